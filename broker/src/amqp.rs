@@ -1,0 +1,467 @@
+//! The RabbitMQ adapter: the only code in the workspace that touches lapin.
+//!
+//! Publishing and consuming use separate connections, because RabbitMQ blocks a publishing
+//! connection under a resource alarm and a consumer must still be able to ack. Each consumer
+//! gets its own channel, because a channel error kills every consumer on the channel.
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures_lite::StreamExt;
+use lapin::Confirmation;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use uuid::Uuid;
+
+use crate::topology::{
+    self, DEAD_LETTER_EXCHANGE, DELIVERY_LIMIT, ExchangeKind, STATUS_EXCHANGE, Topology,
+};
+use crate::{BrokerError, Delivery, Headers, Outgoing, Route, Settle, redact_url};
+
+/// Marks our envelope; consumers do not depend on it, operators reading a queue do.
+const CONTENT_TYPE: &str = "application/vnd.pipelines.v1";
+
+#[derive(Clone)]
+pub struct AmqpBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    url: String,
+    name: String,
+    publish_connection: Connection,
+    publish_channel: Channel,
+    consume_connection: Connection,
+}
+
+impl fmt::Debug for AmqpBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpBroker")
+            .field("url", &self.inner.url)
+            .field("name", &self.inner.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn protocol(operation: &'static str) -> impl FnOnce(lapin::Error) -> BrokerError {
+    move |err| BrokerError::Protocol {
+        operation,
+        reason: err.to_string(),
+    }
+}
+
+impl AmqpBroker {
+    pub(crate) async fn connect(url: &str, name: &str) -> Result<AmqpBroker, BrokerError> {
+        let redacted = redact_url(url);
+        let open = |role: &str| {
+            let properties = ConnectionProperties::default()
+                .with_connection_name(format!("{name}-{role}").into());
+            let redacted = redacted.clone();
+            async move {
+                Connection::connect(url, properties)
+                    .await
+                    .map_err(|err| BrokerError::Connect {
+                        url: redacted,
+                        reason: err.to_string(),
+                    })
+            }
+        };
+        let publish_connection = open("publish").await?;
+        let consume_connection = open("consume").await?;
+        let publish_channel = publish_connection
+            .create_channel()
+            .await
+            .map_err(protocol("channel.open"))?;
+        publish_channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(protocol("confirm.select"))?;
+        Ok(AmqpBroker {
+            inner: Arc::new(Inner {
+                url: redacted,
+                name: name.to_owned(),
+                publish_connection,
+                publish_channel,
+                consume_connection,
+            }),
+        })
+    }
+
+    pub(crate) async fn declare_topology(&self, topology: &Topology) -> Result<(), BrokerError> {
+        let channel = self
+            .inner
+            .consume_connection
+            .create_channel()
+            .await
+            .map_err(protocol("channel.open"))?;
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        for (name, kind) in topology.exchanges() {
+            let kind = match kind {
+                ExchangeKind::Direct => lapin::ExchangeKind::Direct,
+                ExchangeKind::Topic => lapin::ExchangeKind::Topic,
+            };
+            channel
+                .exchange_declare(name.into(), kind, durable, FieldTable::default())
+                .await
+                .map_err(protocol("exchange.declare"))?;
+        }
+        for spec in topology.work_queues() {
+            let mut arguments = quorum_arguments();
+            arguments.insert(
+                "x-dead-letter-exchange".into(),
+                long_string(DEAD_LETTER_EXCHANGE),
+            );
+            arguments.insert("x-dead-letter-routing-key".into(), long_string(&spec.name));
+            // At-least-once dead-lettering: the broker keeps a message until the dead-letter
+            // queue confirms it. It requires reject-publish overflow.
+            arguments.insert(
+                "x-dead-letter-strategy".into(),
+                long_string("at-least-once"),
+            );
+            arguments.insert("x-overflow".into(), long_string("reject-publish"));
+            arguments.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongInt(i32::try_from(DELIVERY_LIMIT).unwrap_or(i32::MAX)),
+            );
+            declare_and_bind(
+                &channel,
+                &spec.name,
+                spec.exchange,
+                &spec.routing_key,
+                arguments,
+            )
+            .await?;
+            declare_and_bind(
+                &channel,
+                &spec.dead_letter_queue,
+                DEAD_LETTER_EXCHANGE,
+                &spec.name,
+                quorum_arguments(),
+            )
+            .await?;
+        }
+        let _ = channel.close(200, "topology declared".into()).await;
+        Ok(())
+    }
+
+    pub(crate) async fn publish(
+        &self,
+        route: Route<'_>,
+        message: Outgoing<'_>,
+    ) -> Result<(), BrokerError> {
+        let (exchange, routing_key, mandatory) = topology::resolve(route);
+        self.publish_raw(exchange, &routing_key, mandatory, message)
+            .await
+    }
+
+    async fn publish_raw(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+        message: Outgoing<'_>,
+    ) -> Result<(), BrokerError> {
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(CONTENT_TYPE.into())
+            .with_message_id(message.message_id.into())
+            .with_headers(to_field_table(message.headers));
+        let options = BasicPublishOptions {
+            mandatory,
+            ..BasicPublishOptions::default()
+        };
+        let confirmation = self
+            .inner
+            .publish_channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                options,
+                message.body,
+                properties,
+            )
+            .await
+            .map_err(protocol("basic.publish"))?
+            .await
+            .map_err(protocol("publisher confirm"))?;
+        match confirmation {
+            // A returned (unroutable) mandatory message is still acked: look inside.
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+            }),
+            Confirmation::Nack(_) => Err(BrokerError::NotConfirmed {
+                exchange: exchange.to_owned(),
+                reason: "the broker nacked the message".into(),
+            }),
+            Confirmation::NotRequested => Err(BrokerError::NotConfirmed {
+                exchange: exchange.to_owned(),
+                reason: "publisher confirms are not enabled on the channel".into(),
+            }),
+        }
+    }
+
+    pub(crate) async fn consume(
+        &self,
+        queue: &str,
+        prefetch: u16,
+    ) -> Result<AmqpConsumer, BrokerError> {
+        let channel = self
+            .inner
+            .consume_connection
+            .create_channel()
+            .await
+            .map_err(protocol("channel.open"))?;
+        // Per-consumer prefetch: global QoS is an error on quorum queues.
+        channel
+            .basic_qos(prefetch.max(1), BasicQosOptions { global: false })
+            .await
+            .map_err(protocol("basic.qos"))?;
+        let tag = format!("{}-{}", self.inner.name, Uuid::new_v4());
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(protocol("basic.consume"))?;
+        Ok(AmqpConsumer {
+            broker: self.clone(),
+            queue: queue.to_owned(),
+            _channel: channel,
+            consumer,
+        })
+    }
+
+    pub(crate) async fn follow_run(&self, run_id: Uuid) -> Result<AmqpConsumer, BrokerError> {
+        let channel = self
+            .inner
+            .consume_connection
+            .create_channel()
+            .await
+            .map_err(protocol("channel.open"))?;
+        // A private, server-named queue that disappears with this connection.
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = channel
+            .queue_declare("".into(), options, FieldTable::default())
+            .await
+            .map_err(protocol("queue.declare"))?;
+        let name = queue.name().as_str().to_owned();
+        channel
+            .queue_bind(
+                name.as_str().into(),
+                STATUS_EXCHANGE.into(),
+                topology::status_routing_key(run_id).into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(protocol("queue.bind"))?;
+        drop(channel);
+        self.consume(&name, 100).await
+    }
+
+    pub(crate) async fn close(&self) {
+        let _ = self
+            .inner
+            .publish_connection
+            .close(200, "closing".into())
+            .await;
+        let _ = self
+            .inner
+            .consume_connection
+            .close(200, "closing".into())
+            .await;
+    }
+}
+
+fn quorum_arguments() -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-queue-type".into(), long_string("quorum"));
+    arguments
+}
+
+fn long_string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+async fn declare_and_bind(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    routing_key: &str,
+    arguments: FieldTable,
+) -> Result<(), BrokerError> {
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(queue.into(), options, arguments)
+        .await
+        .map_err(protocol("queue.declare"))?;
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(protocol("queue.bind"))
+}
+
+fn to_field_table(headers: &Headers) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in headers {
+        table.insert(ShortString::from(key.as_str()), long_string(value));
+    }
+    table
+}
+
+fn from_field_table(table: Option<&FieldTable>) -> Headers {
+    let Some(table) = table else {
+        return Headers::new();
+    };
+    table
+        .inner()
+        .iter()
+        .filter_map(|(key, value)| {
+            let text = match value {
+                AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                AMQPValue::ShortString(s) => s.as_str().to_owned(),
+                // x-death and friends are tables: not ours to interpret.
+                _ => return None,
+            };
+            Some((key.as_str().to_owned(), text))
+        })
+        .collect()
+}
+
+pub struct AmqpConsumer {
+    broker: AmqpBroker,
+    queue: String,
+    // Dropping the channel would cancel the consumer: keep it for the consumer's lifetime.
+    _channel: Channel,
+    consumer: lapin::Consumer,
+}
+
+impl fmt::Debug for AmqpConsumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpConsumer")
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AmqpConsumer {
+    pub(crate) async fn next(&mut self) -> Option<Result<Delivery, BrokerError>> {
+        let delivery = match self.consumer.next().await? {
+            Ok(delivery) => delivery,
+            Err(err) => return Some(Err(protocol("basic.deliver")(err))),
+        };
+        let properties = &delivery.properties;
+        Some(Ok(Delivery {
+            message_id: properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.as_str().to_owned()),
+            headers: from_field_table(properties.headers().as_ref()),
+            user_id: properties
+                .user_id()
+                .as_ref()
+                .map(|id| id.as_str().to_owned()),
+            redelivered: delivery.redelivered,
+            settle: Settle::Amqp(AmqpSettle {
+                broker: self.broker.clone(),
+                queue: self.queue.clone(),
+                acker: delivery.acker,
+            }),
+            body: delivery.data,
+        }))
+    }
+}
+
+pub(crate) struct AmqpSettle {
+    broker: AmqpBroker,
+    queue: String,
+    acker: lapin::Acker,
+}
+
+impl fmt::Debug for AmqpSettle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpSettle")
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AmqpSettle {
+    pub(crate) async fn ack(self) -> Result<(), BrokerError> {
+        self.acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map(drop)
+            .map_err(protocol("basic.ack"))
+    }
+
+    pub(crate) async fn requeue(self) -> Result<(), BrokerError> {
+        let options = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        self.acker
+            .nack(options)
+            .await
+            .map(drop)
+            .map_err(protocol("basic.nack"))
+    }
+
+    /// Publishes a copy with the reason to the dead-letter exchange, then acks the original.
+    /// If the copy cannot be published, rejects the original so that the broker's own
+    /// dead-lettering (configured on every work queue) takes it, without the reason.
+    pub(crate) async fn dead_letter(
+        self,
+        body: &[u8],
+        message_id: Option<String>,
+        headers: Headers,
+    ) -> Result<(), BrokerError> {
+        let message_id = message_id.unwrap_or_default();
+        let copy = Outgoing {
+            body,
+            message_id: &message_id,
+            headers: &headers,
+        };
+        match self
+            .broker
+            .publish_raw(DEAD_LETTER_EXCHANGE, &self.queue, true, copy)
+            .await
+        {
+            Ok(()) => self.ack().await,
+            Err(err) => {
+                tracing::error!(error = %err, queue = %self.queue, "Dead-letter copy failed; rejecting instead.");
+                self.acker
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await
+                    .map(drop)
+                    .map_err(protocol("basic.reject"))
+            }
+        }
+    }
+}

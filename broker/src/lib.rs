@@ -1,0 +1,259 @@
+//! The message broker port: publish with confirms; consume with ack, requeue or dead-letter.
+//!
+//! Two adapters implement it: [`amqp`] over RabbitMQ (the only module in the workspace that
+//! uses lapin) and [`memory`], an in-process broker with the same ack and requeue semantics
+//! that powers embedded mode (`pipelines run`). Callers see one closed enum, [`Broker`], so no
+//! generic parameter spreads through the components.
+//!
+//! Delivery is at-least-once: a message is acked only when its consumer says so, and anything
+//! unacked when a consumer goes away comes back with `redelivered` set.
+
+mod amqp;
+mod memory;
+pub mod topology;
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+pub use topology::Topology;
+
+/// String headers carried with a message (trace context, dead-letter reasons).
+pub type Headers = BTreeMap<String, String>;
+
+/// The header in which a dead-lettered message carries why it was dead-lettered.
+pub const REASON_HEADER: &str = "x-pipelines-reason";
+
+/// Where a message goes. Each variant maps to one exchange and routing key (see [`topology`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// Orchestrator → dispatcher.
+    Changes,
+    /// Dispatcher → the executors of one account.
+    Jobs { account: &'a str },
+    /// Executors → dispatcher.
+    JobEvents,
+    /// Dispatcher → followers of one run. Not mandatory: nobody may be following.
+    Status { run_id: Uuid },
+}
+
+/// A message to publish.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    pub body: &'a [u8],
+    /// Consumers deduplicate on it; use the payload's own id.
+    pub message_id: &'a str,
+    pub headers: &'a Headers,
+}
+
+/// What went wrong, and so what the caller should do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// Could not connect. Retry later; nothing was sent.
+    #[error("cannot connect to the broker at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    /// The broker accepted the publish but no queue was bound: the topology is missing. Not
+    /// retryable until an operator declares it (`pipelines broker setup`).
+    #[error(
+        "message to exchange {exchange:?} with routing key {routing_key:?} was not routed to any \
+         queue: declare the topology first (`pipelines broker setup --config FILE`)"
+    )]
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+    },
+    /// The broker refused to take responsibility for the message. Republish.
+    #[error("broker did not confirm the message to exchange {exchange:?}: {reason}")]
+    NotConfirmed { exchange: String, reason: String },
+    /// A channel or connection failed. Reconnect; unacked deliveries will be redelivered.
+    #[error("broker {operation} failed: {reason}")]
+    Protocol {
+        operation: &'static str,
+        reason: String,
+    },
+    /// The in-memory broker was asked about a queue nobody declared.
+    #[error("queue {0:?} does not exist")]
+    UnknownQueue(String),
+    /// An ack or requeue for a delivery whose consumer is gone; the broker has already put the
+    /// message back, so nothing is lost.
+    #[error("delivery {0} is no longer held by its consumer")]
+    StaleDelivery(u64),
+}
+
+impl BrokerError {
+    /// Whether retrying the same operation later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            BrokerError::Connect { .. }
+                | BrokerError::NotConfirmed { .. }
+                | BrokerError::Protocol { .. }
+        )
+    }
+}
+
+/// A connection to a broker: RabbitMQ or the in-process one.
+#[derive(Debug, Clone)]
+pub enum Broker {
+    Amqp(amqp::AmqpBroker),
+    Memory(memory::MemoryBroker),
+}
+
+impl Broker {
+    /// Connects to RabbitMQ. `name` shows up in the management UI's connection list.
+    pub async fn connect(url: &str, name: &str) -> Result<Broker, BrokerError> {
+        Ok(Broker::Amqp(amqp::AmqpBroker::connect(url, name).await?))
+    }
+
+    /// A fresh in-process broker, for embedded mode.
+    pub fn in_memory() -> Broker {
+        Broker::Memory(memory::MemoryBroker::default())
+    }
+
+    /// Declares exchanges, queues and bindings. Idempotent.
+    pub async fn declare_topology(&self, topology: &Topology) -> Result<(), BrokerError> {
+        match self {
+            Broker::Amqp(broker) => broker.declare_topology(topology).await,
+            Broker::Memory(broker) => {
+                broker.declare_topology(topology);
+                Ok(())
+            }
+        }
+    }
+
+    /// Publishes one persistent message and waits for the broker to confirm it.
+    pub async fn publish(
+        &self,
+        route: Route<'_>,
+        message: Outgoing<'_>,
+    ) -> Result<(), BrokerError> {
+        match self {
+            Broker::Amqp(broker) => broker.publish(route, message).await,
+            Broker::Memory(broker) => broker.publish(route, message),
+        }
+    }
+
+    /// Consumes a declared queue with manual acks and at most `prefetch` unacked deliveries.
+    pub async fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer, BrokerError> {
+        match self {
+            Broker::Amqp(broker) => Ok(Consumer::Amqp(broker.consume(queue, prefetch).await?)),
+            Broker::Memory(broker) => Ok(Consumer::Memory(broker.consume(queue, prefetch)?)),
+        }
+    }
+
+    /// Follows the status of one run through a private queue that lives as long as the
+    /// returned consumer. Call it before publishing the event, so no status is missed.
+    pub async fn follow_run(&self, run_id: Uuid) -> Result<Consumer, BrokerError> {
+        match self {
+            Broker::Amqp(broker) => Ok(Consumer::Amqp(broker.follow_run(run_id).await?)),
+            Broker::Memory(broker) => Ok(Consumer::Memory(broker.follow_run(run_id)?)),
+        }
+    }
+
+    /// Closes connections cleanly; unacked deliveries go back to their queues.
+    pub async fn close(&self) {
+        if let Broker::Amqp(broker) = self {
+            broker.close().await;
+        }
+    }
+}
+
+/// A stream of deliveries from one queue.
+#[derive(Debug)]
+pub enum Consumer {
+    Amqp(amqp::AmqpConsumer),
+    Memory(memory::MemoryConsumer),
+}
+
+impl Consumer {
+    /// The next delivery; `None` when the broker cancelled the consumer or the connection closed
+    /// (re-subscribe or exit: unacked deliveries are redelivered either way).
+    pub async fn next(&mut self) -> Option<Result<Delivery, BrokerError>> {
+        match self {
+            Consumer::Amqp(consumer) => consumer.next().await,
+            Consumer::Memory(consumer) => consumer.next().await.map(Ok),
+        }
+    }
+}
+
+/// One received message. Settle it exactly once with [`ack`](Delivery::ack),
+/// [`requeue`](Delivery::requeue) or [`dead_letter`](Delivery::dead_letter); dropping it
+/// unsettled leaves it unacked until the consumer goes away, when it is redelivered.
+#[derive(Debug)]
+pub struct Delivery {
+    pub body: Vec<u8>,
+    pub message_id: Option<String>,
+    pub headers: Headers,
+    /// The publishing user as validated by RabbitMQ, when the publisher set it.
+    pub user_id: Option<String>,
+    /// Set when an earlier delivery of this message was not acked.
+    pub redelivered: bool,
+    pub(crate) settle: Settle,
+}
+
+#[derive(Debug)]
+pub(crate) enum Settle {
+    Amqp(amqp::AmqpSettle),
+    Memory(memory::MemorySettle),
+}
+
+impl Delivery {
+    /// The message is handled and its effects are durable: the broker forgets it.
+    pub async fn ack(self) -> Result<(), BrokerError> {
+        match self.settle {
+            Settle::Amqp(settle) => settle.ack().await,
+            Settle::Memory(settle) => settle.ack(),
+        }
+    }
+
+    /// Not handled, through no fault of the message (shutting down, a transient error): give it
+    /// back to be delivered again.
+    pub async fn requeue(self) -> Result<(), BrokerError> {
+        match self.settle {
+            Settle::Amqp(settle) => settle.requeue().await,
+            Settle::Memory(settle) => settle.requeue(),
+        }
+    }
+
+    /// The message can never be handled (undecodable, invalid): move it to the queue's
+    /// dead-letter queue with `reason` in the [`REASON_HEADER`] header, then forget it.
+    pub async fn dead_letter(self, reason: &str) -> Result<(), BrokerError> {
+        tracing::warn!(message_id = ?self.message_id, %reason, "Dead-lettering a message.");
+        let mut headers = self.headers;
+        headers.insert(REASON_HEADER.to_owned(), reason.to_owned());
+        match self.settle {
+            Settle::Amqp(settle) => {
+                settle
+                    .dead_letter(&self.body, self.message_id, headers)
+                    .await
+            }
+            Settle::Memory(settle) => settle.dead_letter(headers),
+        }
+    }
+}
+
+/// Hides the password of an AMQP URL, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((credentials, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let user = credentials.split(':').next().unwrap_or_default();
+    format!("{scheme}://{user}:***@{host}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact_url("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact_url("amqp://127.0.0.1"), "amqp://127.0.0.1");
+    }
+}

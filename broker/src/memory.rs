@@ -1,0 +1,556 @@
+//! The in-process broker behind embedded mode: bound queues, prefetch, manual acks, requeues,
+//! a delivery limit, dead-lettering, and redelivery of whatever a vanished consumer held.
+//!
+//! It mirrors the RabbitMQ semantics the components rely on, so that embedded mode exercises
+//! the same code paths as a distributed deployment. It is not a test double: the broker tests
+//! run against the real RabbitMQ.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::topology::{self, DEAD_LETTER_EXCHANGE, DELIVERY_LIMIT, STATUS_EXCHANGE, Topology};
+use crate::{BrokerError, Delivery, Headers, Outgoing, REASON_HEADER, Route, Settle};
+
+#[derive(Debug, Clone, Default)]
+pub struct MemoryBroker {
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    bindings: Vec<Binding>,
+    queues: HashMap<String, Queue>,
+    consumers: HashMap<u64, ConsumerState>,
+    next_tag: u64,
+    next_consumer: u64,
+}
+
+#[derive(Debug)]
+struct Binding {
+    exchange: String,
+    key: String,
+    queue: String,
+    topic: bool,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    ready: VecDeque<Stored>,
+    /// Delivered and not yet settled, by delivery tag, with the consumer holding it.
+    unacked: BTreeMap<u64, (u64, Stored)>,
+    notify: Arc<Notify>,
+    dead_letter: bool,
+    /// Deleted with its consumer (a run follower's private queue).
+    exclusive: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Stored {
+    body: Vec<u8>,
+    message_id: String,
+    headers: Headers,
+    deliveries: u32,
+}
+
+#[derive(Debug)]
+struct ConsumerState {
+    queue: String,
+    prefetch: usize,
+    held: usize,
+}
+
+impl MemoryBroker {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that
+        // matters more than stopping embedded mode would, so keep going with the data.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn declare_topology(&self, topology: &Topology) {
+        let mut state = self.lock();
+        for spec in topology.work_queues() {
+            state.declare_queue(&spec.name, true, false);
+            state.bind(spec.exchange, &spec.routing_key, &spec.name, false);
+            state.declare_queue(&spec.dead_letter_queue, false, false);
+            state.bind(
+                DEAD_LETTER_EXCHANGE,
+                &spec.name,
+                &spec.dead_letter_queue,
+                false,
+            );
+        }
+    }
+
+    pub(crate) fn publish(
+        &self,
+        route: Route<'_>,
+        message: Outgoing<'_>,
+    ) -> Result<(), BrokerError> {
+        let (exchange, routing_key, mandatory) = topology::resolve(route);
+        let stored = Stored {
+            body: message.body.to_vec(),
+            message_id: message.message_id.to_owned(),
+            headers: message.headers.clone(),
+            deliveries: 0,
+        };
+        let routed = self.lock().route(exchange, &routing_key, stored);
+        if routed == 0 && mandatory {
+            return Err(BrokerError::Unroutable {
+                exchange: exchange.to_owned(),
+                routing_key,
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn consume(
+        &self,
+        queue: &str,
+        prefetch: u16,
+    ) -> Result<MemoryConsumer, BrokerError> {
+        let mut state = self.lock();
+        let notify = state
+            .queues
+            .get(queue)
+            .ok_or_else(|| BrokerError::UnknownQueue(queue.to_owned()))?
+            .notify
+            .clone();
+        state.next_consumer += 1;
+        let id = state.next_consumer;
+        state.consumers.insert(
+            id,
+            ConsumerState {
+                queue: queue.to_owned(),
+                prefetch: usize::from(prefetch.max(1)),
+                held: 0,
+            },
+        );
+        Ok(MemoryConsumer {
+            broker: self.clone(),
+            id,
+            queue: queue.to_owned(),
+            notify,
+        })
+    }
+
+    pub(crate) fn follow_run(&self, run_id: Uuid) -> Result<MemoryConsumer, BrokerError> {
+        let queue = format!("follow.{run_id}.{}", Uuid::new_v4());
+        {
+            let mut state = self.lock();
+            state.declare_queue(&queue, false, true);
+            state.bind(
+                STATUS_EXCHANGE,
+                &topology::status_routing_key(run_id),
+                &queue,
+                true,
+            );
+        }
+        self.consume(&queue, 1000)
+    }
+
+    /// Hands the consumer its next message if its prefetch window allows.
+    fn take(&self, consumer: u64) -> Option<Delivery> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let holder = state.consumers.get_mut(&consumer)?;
+        if holder.held >= holder.prefetch {
+            return None;
+        }
+        let queue = state.queues.get_mut(&holder.queue)?;
+        let mut stored = queue.ready.pop_front()?;
+        stored.deliveries += 1;
+        holder.held += 1;
+        state.next_tag += 1;
+        let tag = state.next_tag;
+        let delivery = Delivery {
+            body: stored.body.clone(),
+            message_id: Some(stored.message_id.clone()),
+            headers: stored.headers.clone(),
+            user_id: None,
+            redelivered: stored.deliveries > 1,
+            settle: Settle::Memory(MemorySettle {
+                broker: self.clone(),
+                queue: holder.queue.clone(),
+                tag,
+            }),
+        };
+        queue.unacked.insert(tag, (consumer, stored));
+        Some(delivery)
+    }
+
+    fn settle(&self, queue: &str, tag: u64, how: Settlement) -> Result<(), BrokerError> {
+        let mut state = self.lock();
+        let (consumer, stored) = state
+            .queues
+            .get_mut(queue)
+            .and_then(|q| q.unacked.remove(&tag))
+            .ok_or(BrokerError::StaleDelivery(tag))?;
+        if let Some(holder) = state.consumers.get_mut(&consumer) {
+            holder.held = holder.held.saturating_sub(1);
+        }
+        match how {
+            Settlement::Ack => {}
+            Settlement::Requeue => state.give_back(queue, vec![stored]),
+            Settlement::DeadLetter(headers) => {
+                state.dead_letter(queue, Stored { headers, ..stored });
+            }
+        }
+        state.wake(queue);
+        Ok(())
+    }
+
+    fn release(&self, consumer: u64) {
+        let mut state = self.lock();
+        let Some(holder) = state.consumers.remove(&consumer) else {
+            return;
+        };
+        let Some(queue) = state.queues.get_mut(&holder.queue) else {
+            return;
+        };
+        if queue.exclusive {
+            state.queues.remove(&holder.queue);
+            state.bindings.retain(|b| b.queue != holder.queue);
+            return;
+        }
+        let held: Vec<u64> = queue
+            .unacked
+            .iter()
+            .filter(|(_, (owner, _))| *owner == consumer)
+            .map(|(tag, _)| *tag)
+            .collect();
+        let returned = held
+            .into_iter()
+            .filter_map(|tag| queue.unacked.remove(&tag).map(|(_, stored)| stored))
+            .collect();
+        state.give_back(&holder.queue, returned);
+        state.wake(&holder.queue);
+    }
+}
+
+enum Settlement {
+    Ack,
+    Requeue,
+    DeadLetter(Headers),
+}
+
+impl State {
+    fn declare_queue(&mut self, name: &str, dead_letter: bool, exclusive: bool) {
+        self.queues.entry(name.to_owned()).or_insert_with(|| Queue {
+            dead_letter,
+            exclusive,
+            ..Queue::default()
+        });
+    }
+
+    fn bind(&mut self, exchange: &str, key: &str, queue: &str, topic: bool) {
+        let exists = self
+            .bindings
+            .iter()
+            .any(|b| b.exchange == exchange && b.key == key && b.queue == queue);
+        if !exists {
+            self.bindings.push(Binding {
+                exchange: exchange.to_owned(),
+                key: key.to_owned(),
+                queue: queue.to_owned(),
+                topic,
+            });
+        }
+    }
+
+    /// Appends the message to every queue bound to `exchange` for `key`; returns how many.
+    fn route(&mut self, exchange: &str, key: &str, stored: Stored) -> usize {
+        let targets: Vec<String> = self
+            .bindings
+            .iter()
+            .filter(|b| b.exchange == exchange)
+            .filter(|b| {
+                if b.topic {
+                    topology::topic_matches(&b.key, key)
+                } else {
+                    b.key == key
+                }
+            })
+            .map(|b| b.queue.clone())
+            .collect();
+        for target in &targets {
+            if let Some(queue) = self.queues.get_mut(target) {
+                queue.ready.push_back(stored.clone());
+            }
+            self.wake(target);
+        }
+        targets.len()
+    }
+
+    /// Puts returned messages back at the head of the queue, in their original order, or
+    /// dead-letters those that reached the delivery limit.
+    fn give_back(&mut self, queue_name: &str, returned: Vec<Stored>) {
+        let mut requeue = Vec::new();
+        for stored in returned {
+            if stored.deliveries >= DELIVERY_LIMIT {
+                let mut headers = stored.headers.clone();
+                headers.insert(
+                    REASON_HEADER.to_owned(),
+                    format!("delivery limit of {DELIVERY_LIMIT} reached"),
+                );
+                self.dead_letter(queue_name, Stored { headers, ..stored });
+            } else {
+                requeue.push(stored);
+            }
+        }
+        if let Some(queue) = self.queues.get_mut(queue_name) {
+            for stored in requeue.into_iter().rev() {
+                queue.ready.push_front(stored);
+            }
+        }
+    }
+
+    fn dead_letter(&mut self, queue_name: &str, stored: Stored) {
+        let has_dead_letter_queue = self.queues.get(queue_name).is_some_and(|q| q.dead_letter);
+        if has_dead_letter_queue {
+            self.route(
+                DEAD_LETTER_EXCHANGE,
+                queue_name,
+                Stored {
+                    deliveries: 0,
+                    ..stored
+                },
+            );
+        }
+    }
+
+    fn wake(&self, queue: &str) {
+        if let Some(queue) = self.queues.get(queue) {
+            queue.notify.notify_waiters();
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct MemoryConsumer {
+    broker: MemoryBroker,
+    id: u64,
+    queue: String,
+    notify: Arc<Notify>,
+}
+
+impl MemoryConsumer {
+    pub(crate) async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            // Register interest before looking, so a publish between the look and the wait
+            // still wakes us.
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(delivery) = self.broker.take(self.id) {
+                return Some(delivery);
+            }
+            if !self.broker.lock().queues.contains_key(&self.queue) {
+                return None;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for MemoryConsumer {
+    fn drop(&mut self) {
+        self.broker.release(self.id);
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct MemorySettle {
+    broker: MemoryBroker,
+    queue: String,
+    tag: u64,
+}
+
+impl MemorySettle {
+    pub(crate) fn ack(self) -> Result<(), BrokerError> {
+        self.broker.settle(&self.queue, self.tag, Settlement::Ack)
+    }
+
+    pub(crate) fn requeue(self) -> Result<(), BrokerError> {
+        self.broker
+            .settle(&self.queue, self.tag, Settlement::Requeue)
+    }
+
+    pub(crate) fn dead_letter(self, headers: Headers) -> Result<(), BrokerError> {
+        self.broker
+            .settle(&self.queue, self.tag, Settlement::DeadLetter(headers))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::Broker;
+    use crate::topology::{CHANGES_QUEUE, dead_letter_queue, jobs_queue};
+
+    fn broker() -> Broker {
+        let broker = Broker::in_memory();
+        let Broker::Memory(memory) = &broker else {
+            unreachable!()
+        };
+        memory.declare_topology(&Topology::new(["dev".to_owned()]));
+        broker
+    }
+
+    async fn publish(broker: &Broker, route: Route<'_>, body: &[u8]) {
+        let headers = Headers::new();
+        let message = Outgoing {
+            body,
+            message_id: "m",
+            headers: &headers,
+        };
+        broker.publish(route, message).await.expect("publish");
+    }
+
+    async fn next(consumer: &mut crate::Consumer) -> Delivery {
+        tokio::time::timeout(Duration::from_secs(5), consumer.next())
+            .await
+            .expect("a delivery within 5 s")
+            .expect("consumer open")
+            .expect("delivery")
+    }
+
+    fn is_idle(consumer: &mut crate::Consumer) -> bool {
+        let crate::Consumer::Memory(memory) = consumer else {
+            unreachable!()
+        };
+        memory.broker.take(memory.id).is_none()
+    }
+
+    #[tokio::test]
+    async fn publish_to_an_unbound_key_is_an_error() {
+        let broker = broker();
+        let headers = Headers::new();
+        let message = Outgoing {
+            body: b"x",
+            message_id: "m",
+            headers: &headers,
+        };
+        let err = broker
+            .publish(Route::Jobs { account: "nobody" }, message)
+            .await;
+        assert!(
+            matches!(err, Err(BrokerError::Unroutable { .. })),
+            "{err:?}"
+        );
+        // Status is fire-and-forget: nobody following is fine.
+        let status = broker
+            .publish(
+                Route::Status {
+                    run_id: Uuid::new_v4(),
+                },
+                message,
+            )
+            .await;
+        assert!(status.is_ok());
+    }
+
+    #[tokio::test]
+    async fn prefetch_limits_unacked_deliveries_and_ack_frees_the_window() {
+        let broker = broker();
+        for body in [b"1", b"2"] {
+            publish(&broker, Route::Jobs { account: "dev" }, body).await;
+        }
+        let mut consumer = broker.consume(&jobs_queue("dev"), 1).await.unwrap();
+        let first = next(&mut consumer).await;
+        assert_eq!(first.body, b"1");
+        assert!(is_idle(&mut consumer), "second delivery despite prefetch 1");
+        first.ack().await.unwrap();
+        assert_eq!(next(&mut consumer).await.body, b"2");
+    }
+
+    #[tokio::test]
+    async fn requeued_messages_come_back_first_and_marked_redelivered() {
+        let broker = broker();
+        for body in [b"1", b"2"] {
+            publish(&broker, Route::Changes, body).await;
+        }
+        let mut consumer = broker.consume(CHANGES_QUEUE, 10).await.unwrap();
+        let first = next(&mut consumer).await;
+        assert!(!first.redelivered);
+        first.requeue().await.unwrap();
+        let again = next(&mut consumer).await;
+        assert_eq!(
+            (again.body.as_slice(), again.redelivered),
+            (&b"1"[..], true)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_consumer_returns_what_it_held_and_late_acks_are_stale() {
+        let broker = broker();
+        publish(&broker, Route::Changes, b"1").await;
+        let mut consumer = broker.consume(CHANGES_QUEUE, 10).await.unwrap();
+        let held = next(&mut consumer).await;
+        drop(consumer);
+        assert!(matches!(
+            held.ack().await,
+            Err(BrokerError::StaleDelivery(_))
+        ));
+        let mut other = broker.consume(CHANGES_QUEUE, 10).await.unwrap();
+        let again = next(&mut other).await;
+        assert_eq!(
+            (again.body.as_slice(), again.redelivered),
+            (&b"1"[..], true)
+        );
+    }
+
+    #[tokio::test]
+    async fn dead_lettered_messages_carry_their_reason() {
+        let broker = broker();
+        publish(&broker, Route::Changes, b"garbage").await;
+        let mut consumer = broker.consume(CHANGES_QUEUE, 10).await.unwrap();
+        next(&mut consumer)
+            .await
+            .dead_letter("cannot decode")
+            .await
+            .unwrap();
+        let mut dead = broker
+            .consume(&dead_letter_queue(CHANGES_QUEUE), 10)
+            .await
+            .unwrap();
+        let delivery = next(&mut dead).await;
+        assert_eq!(delivery.body, b"garbage");
+        assert_eq!(
+            delivery.headers.get(REASON_HEADER).map(String::as_str),
+            Some("cannot decode")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_message_requeued_past_the_delivery_limit_is_dead_lettered() {
+        let broker = broker();
+        publish(&broker, Route::Changes, b"poison").await;
+        let mut consumer = broker.consume(CHANGES_QUEUE, 1).await.unwrap();
+        for _ in 0..DELIVERY_LIMIT {
+            next(&mut consumer).await.requeue().await.unwrap();
+        }
+        assert!(is_idle(&mut consumer));
+        let mut dead = broker
+            .consume(&dead_letter_queue(CHANGES_QUEUE), 10)
+            .await
+            .unwrap();
+        assert_eq!(next(&mut dead).await.body, b"poison");
+    }
+
+    #[tokio::test]
+    async fn a_run_follower_sees_only_its_run_and_a_waiting_consumer_wakes_up() {
+        let broker = broker();
+        let (mine, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut follower = broker.follow_run(mine).await.unwrap();
+        let waiting = tokio::spawn(async move { next(&mut follower).await.body });
+        tokio::task::yield_now().await;
+        publish(&broker, Route::Status { run_id: other }, b"other").await;
+        publish(&broker, Route::Status { run_id: mine }, b"mine").await;
+        assert_eq!(waiting.await.unwrap(), b"mine");
+    }
+}

@@ -1,0 +1,309 @@
+//! The subcommands: each loads what it needs, wires the libraries together and reports.
+#![allow(clippy::print_stdout)] // Printing results is this module's job.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use broker::{Broker, Topology};
+use config::Config;
+use dispatcher::Dispatcher;
+use executor_worker::WorkerSettings;
+use orchestrator::submit::{follow, submit};
+use orchestrator::{DetectOutcome, DetectRequest, render};
+use proto_types::{EventKind, RunState, RunStatus, Trigger, run_status_json};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing_subscriber::EnvFilter;
+
+use crate::{ChangeArgs, DispatchArgs, ExecuteArgs, Format, OrchestrateArgs, Outcome, RunArgs};
+
+/// Logs go to stderr. Services log at info; interactive commands only warn, because their
+/// progress lines already say what is happening. `RUST_LOG` overrides both.
+pub(crate) fn init_logging(quiet: bool) {
+    let default = if quiet { "warn" } else { "info" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+pub(crate) async fn orchestrate(args: OrchestrateArgs) -> anyhow::Result<Outcome> {
+    let detected = detect(&args.change)?;
+    if args.dry_run {
+        let report = detected.report();
+        match args.format {
+            Format::Json => println!("{}", report.to_json()),
+            Format::Text => print!("{}", render::detection_table(&report)),
+        }
+        return Ok(Outcome::Success);
+    }
+    for warning in &detected.detection.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let event = detected.change_event(&repository_name(&args.change)?, trigger(&args.change)?);
+    let broker = Broker::connect(&args.broker, "pipelines-orchestrate").await?;
+    // Subscribe before publishing, so that not even the first status is missed.
+    let mut follower = match args.wait {
+        true => Some(broker.follow_run(event.id).await?),
+        false => None,
+    };
+    submit(&broker, &event).await?;
+    eprintln!(
+        "Submitted run {} ({} unit(s)).",
+        event.id,
+        detected.detection.units().len()
+    );
+    let Some(follower) = follower.as_mut() else {
+        if args.format == Format::Json {
+            println!("{{\"run_id\": \"{}\"}}", event.id);
+        }
+        broker.close().await;
+        return Ok(Outcome::Success);
+    };
+    let waited = tokio::time::timeout(
+        Duration::from_secs(args.wait_timeout),
+        follow(follower, progress_printer()),
+    )
+    .await;
+    broker.close().await;
+    let status = waited.map_err(|_| {
+        anyhow!(
+            "run {} did not finish within {} s (--wait-timeout)",
+            event.id,
+            args.wait_timeout
+        )
+    })??;
+    Ok(report_run(&status, args.format))
+}
+
+pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
+    let detected = detect(&args.change)?;
+    for warning in &detected.detection.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let trigger = trigger(&args.change)?;
+    let repository = repository_name(&args.change)?;
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => {
+            let url = std::fs::canonicalize(&args.change.repo)
+                .with_context(|| format!("cannot resolve {}", args.change.repo.display()))?;
+            let deploy_branch = match &trigger {
+                Trigger::Push { branch } => branch.as_str(),
+                Trigger::PullRequest { .. } => "main",
+            };
+            Config::embedded(&repository, &url.to_string_lossy(), deploy_branch)
+        }
+    };
+    let work_dir = tempfile::Builder::new()
+        .prefix("pipelines-run-")
+        .tempdir()
+        .context("cannot create a work directory")?;
+
+    let broker = Broker::in_memory();
+    broker
+        .declare_topology(&Topology::new(config.account_names()))
+        .await?;
+    let (stop, stopped) = watch::channel(false);
+    let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let mut components: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    let dispatcher = Dispatcher::new(broker.clone(), config.clone());
+    components.spawn({
+        let stopped = until_stopped(stopped.clone());
+        async move { Ok(dispatcher.run(stopped).await?) }
+    });
+    for account in config.account_names() {
+        for i in 1..=args.workers {
+            let name = format!("embedded-{account}-{i}");
+            let dir = work_dir.path().join(&name);
+            let settings = WorkerSettings::from_config(&config, &account, Some(name), Some(dir))
+                .map_err(|reason| anyhow!(reason))?;
+            let stopped = until_stopped(stopped.clone());
+            let broker = broker.clone();
+            components
+                .spawn(async move { Ok(executor_worker::run(broker, settings, stopped).await?) });
+        }
+    }
+
+    let event = detected.change_event(&repository, trigger);
+    let mut follower = broker.follow_run(event.id).await?;
+    submit(&broker, &event).await?;
+    eprintln!(
+        "Running {} unit(s) of {} ({} {}..{}) in embedded mode.",
+        detected.detection.units().len(),
+        repository,
+        event.trigger.kind(),
+        short(&event.base_sha),
+        short(&event.head_sha)
+    );
+    let status = tokio::select! {
+        status = follow(&mut follower, progress_printer()) => status?,
+        Some(ended) = components.join_next() => {
+            // A component stopped before the run ended: that is a bug or a broken setup.
+            match ended {
+                Ok(Ok(())) => bail!("an embedded component stopped unexpectedly"),
+                Ok(Err(err)) => return Err(err.context("an embedded component failed")),
+                Err(err) => bail!("an embedded component panicked: {err}"),
+            }
+        }
+    };
+    let _ = stop.send(true);
+    while let Some(ended) = components.join_next().await {
+        if let Ok(Err(err)) = ended {
+            tracing::warn!(error = %err, "Component failed while stopping.");
+        }
+    }
+    Ok(report_run(&status, args.format))
+}
+
+pub(crate) async fn dispatch(args: DispatchArgs) -> anyhow::Result<Outcome> {
+    let config = Config::load(&args.config)?;
+    let broker = connect(&config, "pipelines-dispatch").await?;
+    Dispatcher::new(broker.clone(), config)
+        .run(shutdown_signal())
+        .await?;
+    broker.close().await;
+    Ok(Outcome::Success)
+}
+
+pub(crate) async fn execute(args: ExecuteArgs) -> anyhow::Result<Outcome> {
+    let config = Config::load(&args.config)?;
+    let settings = WorkerSettings::from_config(&config, &args.account, args.name, args.work_dir)
+        .map_err(|reason| anyhow!(reason))?;
+    let broker = connect(&config, &format!("pipelines-execute-{}", settings.account)).await?;
+    executor_worker::run(broker.clone(), settings, shutdown_signal()).await?;
+    broker.close().await;
+    Ok(Outcome::Success)
+}
+
+pub(crate) async fn broker_setup(path: &Path) -> anyhow::Result<Outcome> {
+    let config = Config::load(path)?;
+    let broker = connect(&config, "pipelines-setup").await?;
+    let topology = Topology::new(config.account_names());
+    broker.declare_topology(&topology).await?;
+    broker.close().await;
+    println!(
+        "Declared exchanges and queues for accounts: {}",
+        config.account_names().join(", ")
+    );
+    Ok(Outcome::Success)
+}
+
+pub(crate) fn config_check(path: &Path) -> anyhow::Result<Outcome> {
+    let config = Config::load(path)?;
+    println!("{} is valid.", path.display());
+    for repo in &config.repositories {
+        println!(
+            "repository {}: {} (deploys from {})",
+            repo.name, repo.url, repo.deploy_branch
+        );
+    }
+    for account in &config.accounts {
+        println!("account {}: {}", account.name, account.paths.join(", "));
+    }
+    Ok(Outcome::Success)
+}
+
+fn detect(change: &ChangeArgs) -> anyhow::Result<DetectOutcome> {
+    Ok(orchestrator::detect_changes(DetectRequest {
+        repo: &change.repo,
+        base: &change.base,
+        head: &change.head,
+        event: change.event,
+    })?)
+}
+
+fn trigger(change: &ChangeArgs) -> anyhow::Result<Trigger> {
+    match change.event {
+        EventKind::Push => {
+            let branch = change
+                .branch
+                .clone()
+                .or_else(github_ref_name)
+                .or_else(|| orchestrator::pushed_branch(&change.repo, &change.head))
+                .context("cannot tell which branch was pushed: pass --branch")?;
+            Ok(Trigger::Push { branch })
+        }
+        EventKind::PullRequest => Ok(Trigger::PullRequest {
+            number: change.pr,
+            base_branch: orchestrator::branch_named(&change.repo, &change.base)
+                .unwrap_or_else(|| change.base.clone()),
+            head_branch: change
+                .branch
+                .clone()
+                .or_else(|| orchestrator::branch_named(&change.repo, &change.head))
+                .unwrap_or_else(|| change.head.clone()),
+        }),
+    }
+}
+
+/// In GitHub Actions, the branch of a push event.
+fn github_ref_name() -> Option<String> {
+    if std::env::var("GITHUB_ACTIONS").ok()? != "true" {
+        return None;
+    }
+    std::env::var("GITHUB_REF_NAME")
+        .ok()
+        .filter(|name| !name.is_empty())
+}
+
+fn repository_name(change: &ChangeArgs) -> anyhow::Result<String> {
+    if let Some(name) = &change.repo_name {
+        return Ok(name.clone());
+    }
+    let path: PathBuf = std::fs::canonicalize(&change.repo)
+        .with_context(|| format!("cannot resolve {}", change.repo.display()))?;
+    path.file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .context("cannot name the repository: pass --repo-name")
+}
+
+async fn connect(config: &Config, name: &str) -> anyhow::Result<Broker> {
+    Ok(Broker::connect(&config.broker_url, name).await?)
+}
+
+/// Prints one line per unit transition to stderr as statuses arrive.
+fn progress_printer() -> impl FnMut(&RunStatus) {
+    let mut previous: Option<RunStatus> = None;
+    move |status| {
+        for line in render::progress(previous.as_ref(), status) {
+            eprintln!("{line}");
+        }
+        previous = Some(status.clone());
+    }
+}
+
+fn report_run(status: &RunStatus, format: Format) -> Outcome {
+    match format {
+        Format::Json => println!("{}", run_status_json(status)),
+        Format::Text => print!("{}", render::summary(status)),
+    }
+    match status.state {
+        RunState::Succeeded => Outcome::Success,
+        _ => Outcome::JobFailed,
+    }
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
+}
+
+/// Resolves on Ctrl-C or SIGTERM: services stop consuming and finish the message in hand.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

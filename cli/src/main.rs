@@ -1,0 +1,205 @@
+//! The `pipelines` binary: argument parsing, logging and exit codes around the libraries.
+//!
+//! Exit codes: 0 success; 1 a job failed or the run was rejected; 2 a usage, configuration or
+//! connection problem (one line on stderr says which).
+
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use proto_types::EventKind;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pipelines",
+    version,
+    about = "Plans and applies exactly the Terraform/OpenTofu/Terragrunt units a change affects, in dependency order.",
+    long_about = "Plans and applies exactly the Terraform/OpenTofu/Terragrunt units a change affects, in dependency order.\n\n\
+        A CI job runs `pipelines orchestrate` (unprivileged: it only states what changed). An admin-owned \
+        `pipelines dispatch` turns each change into jobs, and `pipelines execute` workers, one set per cloud \
+        account, run them. `pipelines run` does all three in one process, without RabbitMQ.\n\n\
+        Exit codes: 0 success; 1 a job failed or the run was rejected; 2 usage, configuration or connection error."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Detect which units changed between two commits and submit them as a run.
+    Orchestrate(OrchestrateArgs),
+    /// Embedded mode: orchestrate, dispatch and execute in one process over an in-memory broker.
+    Run(RunArgs),
+    /// Run the dispatcher: validate change events against the policy and schedule jobs.
+    Dispatch(DispatchArgs),
+    /// Run an executor worker for one account.
+    Execute(ExecuteArgs),
+    /// Broker administration.
+    #[command(subcommand)]
+    Broker(BrokerCommand),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// Which commits to compare, shared by `orchestrate` and `run`.
+#[derive(Debug, Args)]
+struct ChangeArgs {
+    /// The git repository to read (its object database; the working tree is ignored).
+    #[arg(long, value_name = "DIR")]
+    repo: PathBuf,
+    /// The revision to compare against. For pull requests the merge base of BASE and HEAD is used.
+    #[arg(long, value_name = "REV")]
+    base: String,
+    /// The revision to plan or apply.
+    #[arg(long, value_name = "REV")]
+    head: String,
+    /// pull-request plans the affected units; push (to the deploy branch) applies them.
+    #[arg(long, value_parser = parse_event)]
+    event: EventKind,
+    /// The pull request number, shown in reports.
+    #[arg(long, value_name = "N")]
+    pr: Option<u64>,
+    /// The repository's name in the dispatcher's configuration [default: the directory name].
+    #[arg(long, value_name = "NAME")]
+    repo_name: Option<String>,
+    /// The branch that was pushed [default: $GITHUB_REF_NAME in GitHub Actions, else the branch
+    /// HEAD names, else the checked-out branch].
+    #[arg(long, value_name = "BRANCH")]
+    branch: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct OrchestrateArgs {
+    #[command(flatten)]
+    change: ChangeArgs,
+    /// Print the detected changes instead of submitting them.
+    #[arg(long)]
+    dry_run: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// The RabbitMQ URL.
+    #[arg(long, env = "PIPELINES_BROKER_URL", default_value = config::DEFAULT_BROKER_URL, hide_env_values = true)]
+    broker: String,
+    /// Follow the run until it ends, print each unit's outcome, and exit 0 (all succeeded) or 1.
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this many seconds (exit 2).
+    #[arg(long, value_name = "SECONDS", default_value_t = 6 * 3600)]
+    wait_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    change: ChangeArgs,
+    /// A policy file as `dispatch` takes [default: the local repository, one account owning
+    /// every unit, deployable from the pushed branch].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Executor workers per account.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
+    /// Output format of the final summary.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+struct DispatchArgs {
+    /// The admin-owned policy file (TOML; see deploy/pipelines.example.toml).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct ExecuteArgs {
+    /// The admin-owned policy file (TOML; see deploy/pipelines.example.toml).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// The account whose jobs this worker runs (it consumes `jobs.<ACCOUNT>`).
+    #[arg(long, value_name = "NAME")]
+    account: String,
+    /// Where to keep the git mirror and job checkouts; one per worker process
+    /// [default: executor.work_dir, else a directory under the system temp dir].
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// The worker's name in job events [default: <hostname>-<pid>].
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum BrokerCommand {
+    /// Declare every exchange and queue the configuration needs (idempotent).
+    Setup {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate a policy file and print a summary; exit 2 naming the first bad key.
+    Check { file: PathBuf },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+fn parse_event(value: &str) -> Result<EventKind, String> {
+    value.parse()
+}
+
+/// How a command ended, for the exit code.
+#[derive(Debug)]
+enum Outcome {
+    Success,
+    JobFailed,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let quiet = matches!(
+        cli.command,
+        Command::Orchestrate(_) | Command::Run(_) | Command::Config(_)
+    );
+    commands::init_logging(quiet);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Orchestrate(args) => commands::orchestrate(args).await,
+            Command::Run(args) => commands::run(args).await,
+            Command::Dispatch(args) => commands::dispatch(args).await,
+            Command::Execute(args) => commands::execute(args).await,
+            Command::Broker(BrokerCommand::Setup { config }) => {
+                commands::broker_setup(&config).await
+            }
+            Command::Config(ConfigCommand::Check { file }) => commands::config_check(&file),
+        }
+    });
+    match result {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::JobFailed) => ExitCode::from(1),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! Judging a change event against the admin-owned policy: which repository, which branch,
+//! which paths, which account owns each unit, and what action each unit gets. Pure.
+//!
+//! Everything in a change event is untrusted (it comes from where collaborators change code),
+//! so every field that influences what runs is checked here before any job exists.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use config::{Config, compile_glob};
+use globset::GlobMatcher;
+use proto_types::{Action, ChangeEvent, ChangeKind, DependencyEdge, Trigger};
+
+/// One unit the run will act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedUnit {
+    pub unit: String,
+    pub account: String,
+    pub action: Action,
+}
+
+/// A validated event, ready to become a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunPlan {
+    pub units: Vec<PlannedUnit>,
+    pub edges: Vec<DependencyEdge>,
+}
+
+/// Routes unit paths to accounts: the first account, in config order, with a matching glob.
+#[derive(Debug)]
+pub struct AccountRouter {
+    accounts: Vec<(String, Vec<GlobMatcher>)>,
+}
+
+impl AccountRouter {
+    /// Globs were validated when the config was loaded; one that still fails to compile
+    /// matches nothing.
+    pub fn new(config: &Config) -> AccountRouter {
+        let accounts = config
+            .accounts
+            .iter()
+            .map(|account| {
+                let globs = account
+                    .paths
+                    .iter()
+                    .filter_map(|g| compile_glob(g).ok())
+                    .collect();
+                (account.name.clone(), globs)
+            })
+            .collect();
+        AccountRouter { accounts }
+    }
+
+    pub fn route(&self, unit: &str) -> Option<&str> {
+        self.accounts
+            .iter()
+            .find(|(_, globs)| globs.iter().any(|glob| glob.is_match(unit)))
+            .map(|(name, _)| name.as_str())
+    }
+}
+
+/// Checks the event and decides one action per unit. `Err` is the reason to reject it,
+/// naming the offending value.
+pub fn plan(
+    event: &ChangeEvent,
+    config: &Config,
+    router: &AccountRouter,
+) -> Result<RunPlan, String> {
+    let repository = config.repository(&event.repository).ok_or_else(|| {
+        format!(
+            "unknown repository {:?}: it is not in the dispatcher's configuration",
+            event.repository
+        )
+    })?;
+    let push = match &event.trigger {
+        Trigger::PullRequest { .. } => false,
+        Trigger::Push { branch } if *branch == repository.deploy_branch => true,
+        Trigger::Push { branch } => {
+            return Err(format!(
+                "push to branch {branch:?} of {:?}: only pushes to its deploy branch {:?} may apply",
+                repository.name, repository.deploy_branch
+            ));
+        }
+    };
+    for (name, sha) in [("base_sha", &event.base_sha), ("head_sha", &event.head_sha)] {
+        if !is_commit_sha(sha) {
+            return Err(format!("{name} {sha:?} is not a full commit sha"));
+        }
+    }
+
+    let mut actions: BTreeMap<&str, Action> = BTreeMap::new();
+    for change in &event.changes {
+        for path in change.units.iter().chain(&change.files) {
+            check_path(path)?;
+        }
+        let Some(action) = action_for(change.kind, push) else {
+            continue;
+        };
+        for unit in &change.units {
+            match actions.insert(unit, action) {
+                Some(previous) if previous.is_destroy() != action.is_destroy() => {
+                    return Err(format!(
+                        "unit {unit:?} is listed as both deleted and not deleted"
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    let mut units = Vec::with_capacity(actions.len());
+    for (unit, action) in &actions {
+        let account = router
+            .route(unit)
+            .ok_or_else(|| format!("unit {unit:?} matches no account's paths"))?;
+        units.push(PlannedUnit {
+            unit: (*unit).to_owned(),
+            account: account.to_owned(),
+            action: *action,
+        });
+    }
+
+    let mut edges = BTreeSet::new();
+    for edge in &event.dependencies {
+        check_path(&edge.unit)?;
+        check_path(&edge.depends_on)?;
+        let (Some(from), Some(to)) = (
+            actions.get(edge.unit.as_str()),
+            actions.get(edge.depends_on.as_str()),
+        ) else {
+            return Err(format!(
+                "dependency {} -> {} names a unit the event does not change",
+                edge.unit, edge.depends_on
+            ));
+        };
+        if to.is_destroy() && !from.is_destroy() {
+            return Err(format!(
+                "unit {:?} depends on {:?}, which is being deleted: delete or change the dependent first",
+                edge.unit, edge.depends_on
+            ));
+        }
+        edges.insert(edge.clone());
+    }
+    let edges: Vec<DependencyEdge> = edges.into_iter().collect();
+    if let Some(cycle) = find_cycle(&edges) {
+        return Err(format!("dependency cycle: {}", cycle.join(" -> ")));
+    }
+    Ok(RunPlan { units, edges })
+}
+
+/// The DESIGN.md defaults: pull requests plan (plan-destroy for deletions), pushes to the deploy
+/// branch apply (destroy for deletions). Account changes trigger nothing yet.
+fn action_for(kind: ChangeKind, push: bool) -> Option<Action> {
+    match (kind, push) {
+        (ChangeKind::UnitDeleted, false) => Some(Action::PlanDestroy),
+        (ChangeKind::UnitDeleted, true) => Some(Action::Destroy),
+        (ChangeKind::AccountsRequested | ChangeKind::AccountsChanged, _) => None,
+        (_, false) => Some(Action::Plan),
+        (_, true) => Some(Action::Apply),
+    }
+}
+
+fn is_commit_sha(sha: &str) -> bool {
+    matches!(sha.len(), 40 | 64) && sha.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A path from an event must be relative, normalized and inside the repository.
+pub fn check_path(path: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("path {path:?} {why}"));
+    if path.is_empty() {
+        return bad("is empty");
+    }
+    if path.len() > 4096 {
+        return bad("is longer than 4096 bytes");
+    }
+    if path.starts_with('/') {
+        return bad("is absolute");
+    }
+    if path.contains('\\') || path.contains('\0') || path.chars().any(char::is_control) {
+        return bad("contains a backslash or control character");
+    }
+    for segment in path.split('/') {
+        match segment {
+            "" => return bad("is not normalized (empty segment)"),
+            "." | ".." => return bad("is not normalized (contains . or ..)"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A cycle among the edges, as the list of units around it, if there is one.
+fn find_cycle(edges: &[DependencyEdge]) -> Option<Vec<String>> {
+    let mut graph: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for edge in edges {
+        graph.entry(&edge.unit).or_default().push(&edge.depends_on);
+    }
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        Active,
+        Done,
+    }
+    let mut marks: BTreeMap<&str, Mark> = BTreeMap::new();
+    for &start in graph.keys() {
+        if marks.contains_key(start) {
+            continue;
+        }
+        // Iterative DFS keeping the active path, so deep graphs cannot overflow the stack.
+        let mut path: Vec<(&str, usize)> = vec![(start, 0)];
+        marks.insert(start, Mark::Active);
+        while let Some((node, next)) = path.last_mut() {
+            let children = graph.get(*node).map_or(&[][..], Vec::as_slice);
+            if let Some(&child) = children.get(*next) {
+                *next += 1;
+                match marks.get(child) {
+                    Some(Mark::Active) => {
+                        let from = path.iter().position(|(n, _)| *n == child).unwrap_or(0);
+                        let mut cycle: Vec<String> =
+                            path[from..].iter().map(|(n, _)| (*n).to_owned()).collect();
+                        cycle.push(child.to_owned());
+                        return Some(cycle);
+                    }
+                    Some(Mark::Done) => {}
+                    None => {
+                        marks.insert(child, Mark::Active);
+                        path.push((child, 0));
+                    }
+                }
+            } else {
+                marks.insert(node, Mark::Done);
+                path.pop();
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use proto_types::Change;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn config() -> Config {
+        Config::from_toml(
+            r#"
+            [[repositories]]
+            name = "infra"
+            url = "/srv/infra.git"
+            [[accounts]]
+            name = "prod"
+            paths = ["prod/**"]
+            [[accounts]]
+            name = "dev"
+            paths = ["dev/*", "prod/dev-like/*"]
+            "#,
+        )
+        .unwrap()
+    }
+
+    fn event(
+        trigger: Trigger,
+        changes: Vec<(ChangeKind, &[&str])>,
+        edges: &[(&str, &str)],
+    ) -> ChangeEvent {
+        ChangeEvent {
+            id: Uuid::new_v4(),
+            repository: "infra".into(),
+            trigger,
+            base_sha: "a".repeat(40),
+            head_sha: "b".repeat(40),
+            changes: changes
+                .into_iter()
+                .map(|(kind, units)| Change {
+                    kind,
+                    units: units.iter().map(|u| (*u).to_owned()).collect(),
+                    files: units.iter().map(|u| format!("{u}/main.tf")).collect(),
+                })
+                .collect(),
+            dependencies: edges
+                .iter()
+                .map(|(u, d)| DependencyEdge {
+                    unit: (*u).into(),
+                    depends_on: (*d).into(),
+                })
+                .collect(),
+        }
+    }
+
+    fn push(branch: &str) -> Trigger {
+        Trigger::Push {
+            branch: branch.into(),
+        }
+    }
+
+    fn pr() -> Trigger {
+        Trigger::PullRequest {
+            number: Some(1),
+            base_branch: "main".into(),
+            head_branch: "x".into(),
+        }
+    }
+
+    fn check(event: &ChangeEvent) -> Result<RunPlan, String> {
+        let config = config();
+        plan(event, &config, &AccountRouter::new(&config))
+    }
+
+    #[test]
+    fn units_route_to_the_first_matching_account() {
+        let config = config();
+        let router = AccountRouter::new(&config);
+        assert_eq!(router.route("prod/app"), Some("prod"));
+        assert_eq!(
+            router.route("prod/dev-like/x"),
+            Some("prod"),
+            "first match wins"
+        );
+        assert_eq!(router.route("dev/app"), Some("dev"));
+        assert_eq!(
+            router.route("dev/nested/app"),
+            None,
+            "* does not cross directories"
+        );
+    }
+
+    #[test]
+    fn pushes_apply_and_destroy_pull_requests_plan() {
+        let changes = || {
+            vec![
+                (ChangeKind::UnitChanged, &["prod/app"][..]),
+                (ChangeKind::UnitDeleted, &["dev/old"][..]),
+            ]
+        };
+        let actions = |plan: RunPlan| {
+            plan.units
+                .into_iter()
+                .map(|u| (u.unit, u.account, u.action))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            actions(check(&event(push("main"), changes(), &[])).unwrap()),
+            [
+                ("dev/old".into(), "dev".into(), Action::Destroy),
+                ("prod/app".into(), "prod".into(), Action::Apply)
+            ]
+        );
+        assert_eq!(
+            actions(check(&event(pr(), changes(), &[])).unwrap()),
+            [
+                ("dev/old".into(), "dev".into(), Action::PlanDestroy),
+                ("prod/app".into(), "prod".into(), Action::Plan)
+            ]
+        );
+    }
+
+    #[test]
+    fn rejections_name_what_was_wrong() {
+        let one = || vec![(ChangeKind::UnitChanged, &["prod/app"][..])];
+        let reason = |event: ChangeEvent| check(&event).unwrap_err();
+
+        let mut unknown = event(pr(), one(), &[]);
+        unknown.repository = "other".into();
+        assert!(reason(unknown).contains("unknown repository \"other\""));
+        assert!(reason(event(push("feature"), one(), &[])).contains("push to branch \"feature\""));
+        assert!(
+            reason(event(
+                pr(),
+                vec![(ChangeKind::UnitChanged, &["staging/app"][..])],
+                &[]
+            ))
+            .contains("unit \"staging/app\" matches no account's paths")
+        );
+        assert!(
+            reason(event(
+                pr(),
+                vec![(ChangeKind::UnitChanged, &["prod/../../etc"][..])],
+                &[]
+            ))
+            .contains("\"prod/../../etc\" is not normalized")
+        );
+        let mut bad_sha = event(pr(), one(), &[]);
+        bad_sha.head_sha = "HEAD".into();
+        assert!(reason(bad_sha).contains("head_sha \"HEAD\""));
+    }
+
+    #[test]
+    fn paths_must_be_relative_normalized_and_plain() {
+        for bad in [
+            "", "/etc", "a//b", "a/./b", "a/../b", "..", "a\\b", "a/\u{0}", "a/",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["a", "prod/eu-west-1/app", "a/.hidden/b"] {
+            assert!(check_path(good).is_ok(), "{good:?} refused");
+        }
+    }
+
+    #[test]
+    fn cycles_and_applies_that_depend_on_deleted_units_are_refused() {
+        let both = || vec![(ChangeKind::UnitChanged, &["prod/a", "prod/b"][..])];
+        let cycle = check(&event(
+            pr(),
+            both(),
+            &[("prod/a", "prod/b"), ("prod/b", "prod/a")],
+        ))
+        .unwrap_err();
+        assert!(
+            cycle.starts_with("dependency cycle: prod/a -> prod/b -> prod/a"),
+            "{cycle}"
+        );
+
+        let changes = vec![
+            (ChangeKind::UnitChanged, &["prod/a"][..]),
+            (ChangeKind::UnitDeleted, &["prod/b"][..]),
+        ];
+        let orphan = check(&event(push("main"), changes, &[("prod/a", "prod/b")])).unwrap_err();
+        assert!(
+            orphan.contains("\"prod/a\" depends on \"prod/b\", which is being deleted"),
+            "{orphan}"
+        );
+    }
+}

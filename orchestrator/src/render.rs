@@ -1,0 +1,309 @@
+//! Text for people: the detection table, per-unit progress lines and the run summary. Pure.
+
+use std::fmt::Write as _;
+
+use proto_types::{DetectionReport, RunState, RunStatus, UnitState, UnitStatus};
+
+/// `KIND  UNIT  FILE` rows, one per unit and kind, with the first file that caused it.
+pub fn detection_table(report: &DetectionReport) -> String {
+    let mut rows: Vec<[String; 3]> = Vec::new();
+    for change in &report.changes {
+        for unit in &change.units {
+            let prefix = format!("{unit}/");
+            let mut files = change.files.iter().filter(|f| f.starts_with(&prefix));
+            let file = match (files.next(), files.count()) {
+                (Some(first), 0) => first.clone(),
+                (Some(first), more) => format!("{first} (+{more} more)"),
+                (None, _) => change.files.first().cloned().unwrap_or_default(),
+            };
+            rows.push([change.kind.to_string(), unit.clone(), file]);
+        }
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} {}..{}: {} unit(s) affected",
+        report.event,
+        short(&report.base_sha),
+        short(&report.head_sha),
+        rows.len()
+    );
+    if !rows.is_empty() {
+        out.push_str(&table(&["KIND", "UNIT", "FILE"], &rows));
+    }
+    for warning in &report.warnings {
+        let _ = writeln!(out, "warning: {warning}");
+    }
+    out
+}
+
+/// One line per unit whose state differs from the previous snapshot. Endings come before the
+/// starts they caused, so the lines read in causal order.
+pub fn progress(previous: Option<&RunStatus>, current: &RunStatus) -> Vec<String> {
+    if let RunState::Rejected(reason) = &current.state {
+        return vec![format!("run rejected: {reason}")];
+    }
+    let done = current.units.iter().filter(|u| u.state.is_final()).count();
+    let total = current.units.len();
+    let mut changed: Vec<&UnitStatus> = current
+        .units
+        .iter()
+        .filter(|unit| unit.state != UnitState::Pending)
+        .filter(|unit| {
+            let before = previous.and_then(|p| p.units.iter().find(|u| u.job_id == unit.job_id));
+            before.is_none_or(|b| b.state != unit.state)
+        })
+        .collect();
+    changed.sort_by_key(|unit| match unit.state {
+        UnitState::Queued => 2,
+        UnitState::Running => 1,
+        _ => 0,
+    });
+    changed
+        .into_iter()
+        .map(|unit| {
+            format!(
+                "[{done:>width$}/{total}] {:<9} {} {} ({}){}",
+                unit.state.as_str(),
+                unit.action,
+                unit.unit,
+                unit.account,
+                detail(unit),
+                width = total.to_string().len()
+            )
+        })
+        .collect()
+}
+
+fn detail(unit: &UnitStatus) -> String {
+    match &unit.state {
+        UnitState::Succeeded => {
+            let changes = unit
+                .resource_changes
+                .map(|c| format!(" {c}"))
+                .unwrap_or_default();
+            format!("{changes}{}", duration(unit.duration_ms))
+        }
+        UnitState::Failed => {
+            let code = unit
+                .exit_code
+                .map(|c| format!(" exit {c}"))
+                .unwrap_or_default();
+            format!("{code}{}", duration(unit.duration_ms))
+        }
+        UnitState::Skipped(why) => format!(": {why}"),
+        UnitState::Running => unit
+            .worker
+            .as_ref()
+            .map(|w| format!(" on {w}"))
+            .unwrap_or_default(),
+        UnitState::Pending | UnitState::Queued => String::new(),
+    }
+}
+
+fn duration(ms: Option<u64>) -> String {
+    ms.map(|ms| format!(" in {:.1}s", ms as f64 / 1000.0))
+        .unwrap_or_default()
+}
+
+/// The final report: a header, a table of every unit, and the output tail of failures.
+pub fn summary(status: &RunStatus) -> String {
+    let mut out = String::new();
+    let verdict = match &status.state {
+        RunState::Running => "running".to_owned(),
+        RunState::Succeeded => "succeeded".to_owned(),
+        RunState::Failed(reason) => format!("failed: {reason}"),
+        RunState::Rejected(reason) => format!("rejected: {reason}"),
+    };
+    let _ = writeln!(
+        out,
+        "Run {} ({} of {} at {}): {verdict}",
+        status.run_id,
+        status.event,
+        status.repository,
+        short(&status.head_sha)
+    );
+    if status.units.is_empty() {
+        return out;
+    }
+    let rows: Vec<[String; 6]> = status
+        .units
+        .iter()
+        .map(|u| {
+            let result = match &u.state {
+                UnitState::Skipped(why) => format!("skipped ({why})"),
+                other => other.as_str().to_owned(),
+            };
+            [
+                u.unit.clone(),
+                u.action.to_string(),
+                u.account.clone(),
+                result,
+                u.resource_changes
+                    .map(|c| c.to_string())
+                    .unwrap_or_default(),
+                u.duration_ms
+                    .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["UNIT", "ACTION", "ACCOUNT", "RESULT", "CHANGES", "TIME"],
+        &rows,
+    ));
+    for unit in status.units.iter().filter(|u| u.state == UnitState::Failed) {
+        if let Some(tail) = &unit.output_tail {
+            let _ = writeln!(
+                out,
+                "\n--- {} ({}) output, last lines ---",
+                unit.unit, unit.action
+            );
+            out.push_str(tail.trim_end());
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(padded.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
+}
+
+#[cfg(test)]
+mod tests {
+    use proto_types::{Action, Change, ChangeKind, EventKind, ResourceCounts};
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn unit(name: &str, state: UnitState) -> UnitStatus {
+        UnitStatus {
+            unit: name.into(),
+            account: "dev".into(),
+            action: Action::Apply,
+            job_id: Uuid::new_v4(),
+            state,
+            exit_code: None,
+            resource_changes: None,
+            duration_ms: None,
+            worker: None,
+            output_tail: None,
+        }
+    }
+
+    fn status(units: Vec<UnitStatus>, state: RunState) -> RunStatus {
+        RunStatus {
+            run_id: Uuid::nil(),
+            repository: "infra".into(),
+            event: EventKind::Push,
+            head_sha: "0123456789abcdef".into(),
+            state,
+            units,
+        }
+    }
+
+    #[test]
+    fn the_detection_table_names_kind_unit_and_file() {
+        let report = DetectionReport {
+            base_sha: "a".into(),
+            head_sha: "b".into(),
+            event: EventKind::PullRequest,
+            changes: vec![Change {
+                kind: ChangeKind::UnitChanged,
+                units: vec!["dev/app".into()],
+                files: vec!["dev/app/main.tf".into(), "dev/app/x.tf".into()],
+            }],
+            warnings: vec!["dev/x/main.tf: parse error".into()],
+        };
+        let text = detection_table(&report);
+        assert!(
+            text.contains("UnitChanged  dev/app  dev/app/main.tf (+1 more)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("warning: dev/x/main.tf: parse error"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn progress_reports_only_transitions() {
+        let mut a = unit("dev/a", UnitState::Running);
+        let b = unit("dev/b", UnitState::Pending);
+        let before = status(vec![a.clone(), b.clone()], RunState::Running);
+        a.state = UnitState::Succeeded;
+        a.resource_changes = Some(ResourceCounts {
+            add: 1,
+            change: 0,
+            destroy: 0,
+        });
+        a.duration_ms = Some(1500);
+        let after = status(vec![a, b], RunState::Running);
+        assert_eq!(
+            progress(Some(&before), &after),
+            ["[1/2] succeeded apply dev/a (dev) +1 ~0 -0 in 1.5s"]
+        );
+    }
+
+    #[test]
+    fn endings_are_printed_before_the_starts_they_caused() {
+        let net = unit("dev/net", UnitState::Running);
+        let app = unit("dev/app", UnitState::Pending);
+        let before = status(vec![app.clone(), net.clone()], RunState::Running);
+        let after = status(
+            vec![
+                UnitStatus {
+                    state: UnitState::Queued,
+                    ..app
+                },
+                UnitStatus {
+                    state: UnitState::Succeeded,
+                    ..net
+                },
+            ],
+            RunState::Running,
+        );
+        let lines = progress(Some(&before), &after);
+        assert!(lines[0].contains("succeeded apply dev/net"), "{lines:?}");
+        assert!(lines[1].contains("queued    apply dev/app"), "{lines:?}");
+    }
+
+    #[test]
+    fn the_summary_explains_skips_and_shows_failure_output() {
+        let mut failed = unit("dev/db", UnitState::Failed);
+        failed.output_tail = Some("Error: Invalid block definition\n".into());
+        let skipped = unit("dev/app", UnitState::Skipped("dev/db failed".into()));
+        let text = summary(&status(
+            vec![failed, skipped],
+            RunState::Failed("1 of 2 jobs failed".into()),
+        ));
+        assert!(text.contains("failed: 1 of 2 jobs failed"), "{text}");
+        assert!(text.contains("skipped (dev/db failed)"), "{text}");
+        assert!(text.contains("Error: Invalid block definition"), "{text}");
+    }
+}

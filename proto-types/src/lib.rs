@@ -1,0 +1,25 @@
+//! Every message that crosses a process boundary, and its versioned codec.
+//!
+//! This crate is the project's only serialization boundary: the orchestrator, dispatcher and
+//! executors exchange the types defined here and nothing else. It depends on neither tokio nor
+//! lapin, so that every component (and the fuzzers) can decode messages without a runtime.
+//!
+//! - [`ChangeEvent`]: orchestrator → dispatcher. Facts about a commit range, never commands.
+//! - [`Job`]: dispatcher → `jobs.<account>`. One action on one unit.
+//! - [`JobEvent`]: executor → dispatcher. Started, heartbeat, finished.
+//! - [`RunStatus`]: dispatcher → whoever follows a run (`orchestrate --wait`, reporters).
+//!
+//! On the wire every message is an envelope: one format byte ([`FORMAT_V1`]) followed by a
+//! bincode 2 body. Decoding is total: garbage, truncation and future formats are typed errors.
+
+mod codec;
+mod messages;
+mod report;
+
+pub use codec::{DecodeError, FORMAT_V1, MAX_MESSAGE_BYTES, Message, Payload, decode, encode};
+pub use messages::{
+    Action, Change, ChangeEvent, ChangeKind, DependencyEdge, EventKind, Job, JobEvent,
+    JobEventKind, JobOutcome, JobStatus, ResourceCounts, RunState, RunStatus, Trigger, UnitState,
+    UnitStatus,
+};
+pub use report::{DetectionReport, run_status_json};

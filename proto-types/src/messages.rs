@@ -1,0 +1,325 @@
+//! The message types themselves: plain data with no behaviour beyond naming.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// What the orchestrator saw between two commits. Everything in it is untrusted: the dispatcher
+/// validates it against the admin-owned policy before anything runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeEvent {
+    /// Unique per event; also the id of the run the dispatcher makes from it.
+    pub id: Uuid,
+    /// The repository's name as the policy knows it. Never a URL: executors clone from the
+    /// canonical URL in their own configuration.
+    pub repository: String,
+    pub trigger: Trigger,
+    /// The commit the changes are relative to (the merge base for pull requests).
+    pub base_sha: String,
+    pub head_sha: String,
+    pub changes: Vec<Change>,
+    /// Dependency edges among the affected units (transitively, through unaffected ones).
+    pub dependencies: Vec<DependencyEdge>,
+}
+
+/// The git event that produced a change event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Trigger {
+    PullRequest {
+        number: Option<u64>,
+        base_branch: String,
+        head_branch: String,
+    },
+    Push {
+        branch: String,
+    },
+}
+
+impl Trigger {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Trigger::PullRequest { .. } => EventKind::PullRequest,
+            Trigger::Push { .. } => EventKind::Push,
+        }
+    }
+}
+
+/// The two events the CLI contract names: `pull-request` and `push`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    PullRequest,
+    Push,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::PullRequest => "pull-request",
+            EventKind::Push => "push",
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EventKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pull-request" => Ok(EventKind::PullRequest),
+            "push" => Ok(EventKind::Push),
+            other => Err(format!(
+                "unknown event {other:?}: expected pull-request or push"
+            )),
+        }
+    }
+}
+
+/// One kind of change with the units it affects and the files that caused it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub kind: ChangeKind,
+    /// Repo-relative unit directories, `/`-separated, sorted.
+    pub units: Vec<String>,
+    /// Repo-relative files that caused the change, sorted.
+    pub files: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ChangeKind {
+    UnitAdded,
+    UnitChanged,
+    UnitDeleted,
+    EnvCommonChanged,
+    HclChanged,
+    FileChanged,
+    AccountsRequested,
+    AccountsChanged,
+    DriftDetected,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::UnitAdded => "UnitAdded",
+            ChangeKind::UnitChanged => "UnitChanged",
+            ChangeKind::UnitDeleted => "UnitDeleted",
+            ChangeKind::EnvCommonChanged => "EnvCommonChanged",
+            ChangeKind::HclChanged => "HclChanged",
+            ChangeKind::FileChanged => "FileChanged",
+            ChangeKind::AccountsRequested => "AccountsRequested",
+            ChangeKind::AccountsChanged => "AccountsChanged",
+            ChangeKind::DriftDetected => "DriftDetected",
+        }
+    }
+}
+
+impl fmt::Display for ChangeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `unit` depends on `depends_on`: it reads its outputs, so it must be applied after it and
+/// destroyed before it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DependencyEdge {
+    pub unit: String,
+    pub depends_on: String,
+}
+
+/// What an executor does to a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Plan,
+    PlanDestroy,
+    Apply,
+    Destroy,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Plan => "plan",
+            Action::PlanDestroy => "plan-destroy",
+            Action::Apply => "apply",
+            Action::Destroy => "destroy",
+        }
+    }
+
+    /// Destroy-flavoured actions run on the unit as it was at the base commit, after every
+    /// non-destroy job of the run, dependents first.
+    pub fn is_destroy(self) -> bool {
+        matches!(self, Action::PlanDestroy | Action::Destroy)
+    }
+
+    /// Actions that change real infrastructure and need the apply credentials.
+    pub fn mutates(self) -> bool {
+        matches!(self, Action::Apply | Action::Destroy)
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One action on one unit, addressed to the executors of one account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub job_id: Uuid,
+    pub run_id: Uuid,
+    pub repository: String,
+    pub account: String,
+    /// The commit the run is about (the head).
+    pub commit: String,
+    pub unit: String,
+    pub action: Action,
+    /// For destroys: the commit whose files describe the deleted unit (the base).
+    pub source_commit: Option<String>,
+    /// 1 for the first attempt; the dispatcher increments it on retries.
+    pub attempt: u32,
+}
+
+impl Job {
+    /// The commit whose tree the executor checks out to run this job.
+    pub fn checkout_commit(&self) -> &str {
+        self.source_commit.as_deref().unwrap_or(&self.commit)
+    }
+}
+
+/// What an executor reports about a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobEvent {
+    pub job_id: Uuid,
+    pub run_id: Uuid,
+    /// The worker's name, for operators (`host-pid` unless configured).
+    pub worker: String,
+    pub kind: JobEventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobEventKind {
+    Started,
+    Heartbeat,
+    Finished(JobOutcome),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobOutcome {
+    pub status: JobStatus,
+    /// Exit code of the step that decided the outcome, when a process ran.
+    pub exit_code: Option<i32>,
+    /// Resource changes from `show -json` of the plan, when one was made.
+    pub resource_changes: Option<ResourceCounts>,
+    /// Combined, bounded output of every step.
+    pub output: String,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobStatus {
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceCounts {
+    pub add: u32,
+    pub change: u32,
+    pub destroy: u32,
+}
+
+impl fmt::Display for ResourceCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "+{} ~{} -{}", self.add, self.change, self.destroy)
+    }
+}
+
+/// A snapshot of a run, published on every change of any of its units.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStatus {
+    pub run_id: Uuid,
+    pub repository: String,
+    pub event: EventKind,
+    pub head_sha: String,
+    pub state: RunState,
+    pub units: Vec<UnitStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunState {
+    Running,
+    Succeeded,
+    /// At least one job failed; the reason summarises which.
+    Failed(String),
+    /// The event was refused before any job ran.
+    Rejected(String),
+}
+
+impl RunState {
+    pub fn is_final(&self) -> bool {
+        !matches!(self, RunState::Running)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitStatus {
+    pub unit: String,
+    pub account: String,
+    pub action: Action,
+    pub job_id: Uuid,
+    pub state: UnitState,
+    pub exit_code: Option<i32>,
+    pub resource_changes: Option<ResourceCounts>,
+    pub duration_ms: Option<u64>,
+    pub worker: Option<String>,
+    /// The end of the output of a failed job, so that a follower can say why without the logs.
+    pub output_tail: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnitState {
+    /// Waiting for its dependencies.
+    Pending,
+    /// Published to its account's queue.
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    /// Not run because a job it depends on did not succeed; says which.
+    Skipped(String),
+}
+
+impl UnitState {
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            UnitState::Succeeded | UnitState::Failed | UnitState::Skipped(_)
+        )
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UnitState::Pending => "pending",
+            UnitState::Queued => "queued",
+            UnitState::Running => "running",
+            UnitState::Succeeded => "succeeded",
+            UnitState::Failed => "failed",
+            UnitState::Skipped(_) => "skipped",
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The end-to-end harness: real RabbitMQ vhosts, real git repositories, the real `pipelines`
+//! binary and real terraform, each test with its own names so that tests run in parallel.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)] // Test code: fail loudly.
+
+pub mod git;
+pub mod process;
+pub mod rabbit;
+pub mod scenario;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The `pipelines` binary, built once per test process with the same profile as the tests, so
+/// it is never stale.
+pub fn pipelines_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        // target/<profile>/deps/<test-binary> → target/<profile>
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = std::process::Command::new(cargo);
+        build.args([
+            "build",
+            "--quiet",
+            "-p",
+            "pipelines-cli",
+            "--bin",
+            "pipelines",
+        ]);
+        if profile_dir
+            .file_name()
+            .is_some_and(|name| name == "release")
+        {
+            build.arg("--release");
+        }
+        let status = build.status().expect("running cargo build");
+        assert!(
+            status.success(),
+            "cargo build of the pipelines binary failed"
+        );
+        let binary = profile_dir.join("pipelines");
+        assert!(binary.is_file(), "{} missing after build", binary.display());
+        binary
+    })
+}
+
+/// Terraform or tofu must be on PATH: `scripts/test.sh` installs terraform when it is missing.
+pub fn require_terraform() {
+    let found = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path)
+            .any(|dir| dir.join("terraform").is_file() || dir.join("tofu").is_file())
+    });
+    assert!(
+        found,
+        "neither terraform nor tofu is on PATH: run `bash scripts/test.sh`, which installs \
+         terraform into .tools/ and puts it on PATH"
+    );
+}
+
+/// An empty Terraform CLI config, so a machine-wide `TF_CLI_CONFIG_FILE` pointing at a missing
+/// file cannot add warnings, and nothing reaches for the network.
+pub fn terraform_env(dir: &Path) -> Vec<(String, String)> {
+    let rc = dir.join("terraformrc");
+    std::fs::write(&rc, "").unwrap();
+    vec![
+        (
+            "TF_CLI_CONFIG_FILE".into(),
+            rc.to_string_lossy().into_owned(),
+        ),
+        ("CHECKPOINT_DISABLE".into(), "1".into()),
+        ("TF_IN_AUTOMATION".into(), "1".into()),
+    ]
+}
+
+/// The rows of a run summary table (`UNIT ACTION ACCOUNT RESULT ...`), by unit:
+/// `(action, account, result)` where a skip's result includes its reason.
+pub fn summary_rows(stdout: &str) -> std::collections::BTreeMap<String, (String, String, String)> {
+    let mut rows = std::collections::BTreeMap::new();
+    let mut in_table = false;
+    for line in stdout.lines() {
+        if line.starts_with("UNIT ") {
+            in_table = true;
+            continue;
+        }
+        if !in_table || line.trim().is_empty() || line.starts_with("---") {
+            in_table = in_table && !line.trim().is_empty();
+            continue;
+        }
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        if parts.len() < 4 {
+            continue;
+        }
+        let result = if parts[3] == "skipped" {
+            let start = line.find("skipped").unwrap_or(0);
+            let end = line[start..]
+                .find(')')
+                .map_or(line.len(), |i| start + i + 1);
+            line[start..end].to_owned()
+        } else {
+            parts[3].to_owned()
+        };
+        rows.insert(
+            parts[0].to_owned(),
+            (parts[1].to_owned(), parts[2].to_owned(), result),
+        );
+    }
+    rows
+}
+
+/// Polls `check` until it returns `Some`, or fails the test after `deadline` with `what`.
+pub fn poll_until<T>(
+    deadline: std::time::Duration,
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "gave up after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

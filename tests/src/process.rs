@@ -1,0 +1,122 @@
+//! Child processes: long-running services killed on drop, and commands run with a deadline.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A running service (dispatcher, executor) whose log goes to a file. Killed on drop.
+#[derive(Debug)]
+pub struct Service {
+    pub name: String,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl Service {
+    pub fn start(name: &str, mut command: Command, log_dir: &Path) -> Service {
+        let log = log_dir.join(format!("{name}.log"));
+        let file = File::create(&log).unwrap();
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {name}: {err}"));
+        Service {
+            name: name.to_owned(),
+            log,
+            child,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it is still running (a crashed service fails the test with its log).
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "{} exited with {status}:\n{}",
+                self.name,
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The result of a command run to completion.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// Both streams, for assertion messages.
+    pub fn transcript(&self) -> String {
+        format!(
+            "exit: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs a command to completion, killing it and failing the test after `deadline`.
+pub fn run(mut command: Command, deadline: Duration) -> Finished {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot start {command:?}: {err}"));
+    let pid = child.id();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        let err_reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        let mut out = String::new();
+        let _ = stdout.read_to_string(&mut out);
+        let status = child.wait().unwrap();
+        let _ = done.send(Finished {
+            status,
+            stdout: out,
+            stderr: err_reader.join().unwrap_or_default(),
+        });
+    });
+    match finished.recv_timeout(deadline) {
+        Ok(result) => result,
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            let partial = finished
+                .recv_timeout(Duration::from_secs(10))
+                .map(|f| f.transcript())
+                .unwrap_or_default();
+            panic!("{command:?} did not finish within {deadline:?}; killed.\n{partial}");
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! The multi-account scenario most end-to-end tests share: 12 outputs-only units in 5
+//! dependency layers across two accounts, some dependencies crossing accounts.
+//!
+//! Each unit stores its state with the local backend outside the repository and reads its
+//! dependencies' outputs through `terraform_remote_state`. Its output embeds theirs, so the
+//! state files prove the order: applying a unit before its dependencies fails, and applying it
+//! after them records their values.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::SystemTime;
+
+use tempfile::TempDir;
+
+use crate::git::Repo;
+
+/// (unit, dependencies). Layers: 0 = networks and dev/dns; 4 = prod/monitoring.
+pub const UNITS: &[(&str, &[&str])] = &[
+    ("dev/network", &[]),
+    ("dev/dns", &[]),
+    ("prod/network", &[]),
+    ("dev/database", &["dev/network"]),
+    ("dev/cache", &["dev/network"]),
+    ("prod/dns", &["dev/dns"]),
+    ("prod/database", &["prod/network"]),
+    ("prod/cache", &["prod/network", "dev/cache"]),
+    ("dev/app", &["dev/database", "dev/cache"]),
+    ("prod/app", &["prod/database", "prod/cache", "prod/dns"]),
+    ("dev/monitoring", &["dev/app", "prod/network"]),
+    ("prod/monitoring", &["prod/app", "dev/monitoring"]),
+];
+
+/// Changed between c1 and c2.
+pub const CHANGED_IN_C2: &[&str] = &["dev/database", "prod/cache"];
+/// Deleted between c1 and c2: a leaf nothing depends on.
+pub const DELETED_IN_C2: &str = "prod/monitoring";
+
+pub fn dependencies(unit: &str) -> &'static [&'static str] {
+    UNITS
+        .iter()
+        .find(|(name, _)| *name == unit)
+        .map(|(_, deps)| *deps)
+        .unwrap_or_default()
+}
+
+/// `main.tf` of a unit at `version`.
+pub fn unit_tf(unit: &str, version: u32, state_dir: &Path) -> String {
+    let state = state_dir.display();
+    let mut text = format!(
+        "terraform {{\n  backend \"local\" {{\n    path = \"{state}/{unit}.tfstate\"\n  }}\n}}\n\n"
+    );
+    let mut refs = Vec::new();
+    for (i, dependency) in dependencies(unit).iter().enumerate() {
+        text.push_str(&format!(
+            "data \"terraform_remote_state\" \"dep{i}\" {{\n  backend = \"local\"\n  config = {{\n    path = \"{state}/{dependency}.tfstate\"\n  }}\n}}\n\n"
+        ));
+        refs.push(format!(
+            "${{data.terraform_remote_state.dep{i}.outputs.value}}"
+        ));
+    }
+    text.push_str(&format!(
+        "output \"value\" {{\n  value = \"{unit}@{version}[{}]\"\n}}\n",
+        refs.join(",")
+    ));
+    text
+}
+
+/// `pipelines.hcl` of a unit: marks it as a unit and lists its dependencies.
+pub fn pipelines_hcl(unit: &str) -> String {
+    let deps: Vec<String> = dependencies(unit)
+        .iter()
+        .map(|d| format!("\"../../{d}\""))
+        .collect();
+    format!("dependencies = [{}]\n", deps.join(", "))
+}
+
+/// The output a unit has when every unit was applied in order at the given versions.
+pub fn expected_output(unit: &str, versions: &BTreeMap<&str, u32>) -> String {
+    let inner: Vec<String> = dependencies(unit)
+        .iter()
+        .map(|d| expected_output(d, versions))
+        .collect();
+    format!(
+        "{unit}@{}[{}]",
+        versions.get(unit).copied().unwrap_or(1),
+        inner.join(",")
+    )
+}
+
+/// A repository with the scenario's commits, a state directory and a Terraform environment.
+#[derive(Debug)]
+pub struct Fixture {
+    pub repo: Repo,
+    pub root: TempDir,
+    /// README only.
+    pub c0: String,
+    /// Every unit at version 1.
+    pub c1: String,
+    /// [`CHANGED_IN_C2`] at version 2, [`DELETED_IN_C2`] removed.
+    pub c2: String,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        Fixture::build(None)
+    }
+
+    /// Like [`Fixture::new`], but `broken` has invalid HCL in c1.
+    pub fn with_broken_unit(broken: &str) -> Fixture {
+        Fixture::build(Some(broken))
+    }
+
+    fn build(broken: Option<&str>) -> Fixture {
+        let root = tempfile::Builder::new()
+            .prefix("pipelines-e2e-")
+            .tempdir()
+            .unwrap();
+        let state_dir = root.path().join("state");
+        std::fs::create_dir_all(&state_dir).unwrap();
+        let repo = Repo::new();
+        repo.write("README.md", "# infrastructure\n");
+        let c0 = repo.commit("c0: readme");
+        for (unit, _) in UNITS {
+            let mut tf = unit_tf(unit, 1, &state_dir);
+            if broken == Some(unit) {
+                tf.push_str("output \"broken\" {\n  value = \n");
+            }
+            repo.write(&format!("{unit}/main.tf"), &tf);
+            repo.write(&format!("{unit}/pipelines.hcl"), &pipelines_hcl(unit));
+        }
+        let c1 = repo.commit("c1: every unit");
+        for unit in CHANGED_IN_C2 {
+            repo.write(&format!("{unit}/main.tf"), &unit_tf(unit, 2, &state_dir));
+        }
+        repo.remove_dir(DELETED_IN_C2);
+        let c2 = repo.commit("c2: change two units, delete a leaf");
+        Fixture {
+            repo,
+            root,
+            c0,
+            c1,
+            c2,
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.path().join("state")
+    }
+
+    pub fn dir(&self, name: &str) -> PathBuf {
+        let dir = self.root.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// The policy file for this repository (named `infra`) and the two accounts.
+    pub fn config(&self, broker_url: &str) -> PathBuf {
+        let path = self.root.path().join("pipelines.toml");
+        let text = format!(
+            "broker_url = \"{broker_url}\"\n\n[[repositories]]\nname = \"infra\"\nurl = \"{}\"\ndeploy_branch = \"main\"\n\n\
+             [[accounts]]\nname = \"dev\"\npaths = [\"dev/**\"]\n\n[[accounts]]\nname = \"prod\"\npaths = [\"prod/**\"]\n",
+            self.repo.path().display()
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// `pipelines ARGS` with the Terraform environment set.
+    pub fn pipelines(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(crate::pipelines_binary());
+        command
+            .args(args)
+            .envs(crate::terraform_env(self.root.path()))
+            .env("RUST_LOG", "info");
+        command
+    }
+
+    /// The `value` output of a unit's state, or `None` when it has no state or no outputs.
+    pub fn output_of(&self, unit: &str) -> Option<String> {
+        let path = self.state_dir().join(format!("{unit}.tfstate"));
+        let text = std::fs::read_to_string(path).ok()?;
+        let state: serde_json::Value = serde_json::from_str(&text).unwrap();
+        state["outputs"]["value"]["value"]
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    /// Every state file with its content and modification time.
+    pub fn state_fingerprint(&self) -> BTreeMap<String, (Vec<u8>, SystemTime)> {
+        let mut found = BTreeMap::new();
+        let mut stack = vec![self.state_dir()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    let modified = path.metadata().unwrap().modified().unwrap();
+                    found.insert(
+                        path.display().to_string(),
+                        (std::fs::read(&path).unwrap(), modified),
+                    );
+                }
+            }
+        }
+        found
+    }
+
+    /// Asserts every unit's output is what applying all of them in order at `versions` gives.
+    pub fn assert_all_applied_in_order(&self, versions: &BTreeMap<&str, u32>) {
+        for (unit, _) in UNITS {
+            assert_eq!(
+                self.output_of(unit).as_deref(),
+                Some(expected_output(unit, versions).as_str()),
+                "output of {unit}"
+            );
+        }
+    }
+}
+
+impl Default for Fixture {
+    fn default() -> Fixture {
+        Fixture::new()
+    }
+}

@@ -1,0 +1,246 @@
+//! The RabbitMQ adapter against the real broker: confirms, quorum queues, acks, requeues,
+//! prefetch, dead-lettering and run followers. Each test has its own vhost.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: fail loudly.
+
+use std::time::Duration;
+
+use broker::topology::{CHANGES_QUEUE, dead_letter_queue, jobs_queue};
+use broker::{
+    Broker, BrokerError, Consumer, Delivery, Headers, Outgoing, REASON_HEADER, Route, Topology,
+};
+use harness::poll_until;
+use harness::rabbit::{self, Vhost, rabbitmqctl};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn connect(vhost: &Vhost) -> Broker {
+    let broker = Broker::connect(&vhost.url, "broker-test")
+        .await
+        .expect("connect");
+    broker
+        .declare_topology(&Topology::new(["dev".to_owned()]))
+        .await
+        .expect("declare");
+    broker
+}
+
+async fn publish(
+    broker: &Broker,
+    route: Route<'_>,
+    body: &[u8],
+    id: &str,
+) -> Result<(), BrokerError> {
+    let mut headers = Headers::new();
+    headers.insert("traceparent".into(), "00-abc-def-01".into());
+    broker
+        .publish(
+            route,
+            Outgoing {
+                body,
+                message_id: id,
+                headers: &headers,
+            },
+        )
+        .await
+}
+
+async fn next(consumer: &mut Consumer) -> Delivery {
+    tokio::time::timeout(WAIT, consumer.next())
+        .await
+        .expect("a delivery in time")
+        .expect("consumer open")
+        .expect("delivery ok")
+}
+
+/// (ready, unacked) of a queue, read from the broker itself.
+fn counts(vhost: &Vhost, queue: &str) -> (u64, u64) {
+    let listing = rabbitmqctl(&[
+        "list_queues",
+        "-p",
+        &vhost.name,
+        "--no-table-headers",
+        "name",
+        "messages_ready",
+        "messages_unacknowledged",
+    ]);
+    listing
+        .lines()
+        .find_map(|line| {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            (parts.first() == Some(&queue))
+                .then(|| (parts[1].parse().unwrap(), parts[2].parse().unwrap()))
+        })
+        .unwrap_or_else(|| panic!("queue {queue} not listed: {listing}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn work_queues_are_durable_quorum_queues_with_dead_letter_queues() {
+    let vhost = rabbit::vhost();
+    let broker = connect(&vhost).await;
+    let listing = rabbitmqctl(&[
+        "list_queues",
+        "-p",
+        &vhost.name,
+        "--no-table-headers",
+        "name",
+        "type",
+        "durable",
+    ]);
+    for queue in [
+        CHANGES_QUEUE,
+        "pipelines.job-events",
+        "jobs.dev",
+        "dead.jobs.dev",
+        "dead.pipelines.changes",
+    ] {
+        let line = listing
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(queue))
+            .unwrap_or_else(|| panic!("{queue} missing: {listing}"));
+        assert!(line.contains("quorum") && line.contains("true"), "{line}");
+    }
+    // Declaring twice is harmless: every component declares at start-up.
+    broker
+        .declare_topology(&Topology::new(["dev".to_owned()]))
+        .await
+        .expect("redeclare");
+    broker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_confirmed_message_arrives_with_its_id_and_headers_and_is_gone_once_acked() {
+    let vhost = rabbit::vhost();
+    let broker = connect(&vhost).await;
+    publish(&broker, Route::Jobs { account: "dev" }, b"job-1", "id-1")
+        .await
+        .expect("confirmed");
+    let mut consumer = broker.consume(&jobs_queue("dev"), 1).await.unwrap();
+    let delivery = next(&mut consumer).await;
+    assert_eq!(delivery.body, b"job-1");
+    assert_eq!(delivery.message_id.as_deref(), Some("id-1"));
+    assert_eq!(
+        delivery.headers.get("traceparent").map(String::as_str),
+        Some("00-abc-def-01")
+    );
+    assert!(!delivery.redelivered);
+    delivery.ack().await.unwrap();
+    poll_until(WAIT, "the ack to empty jobs.dev", || {
+        (counts(&vhost, "jobs.dev") == (0, 0)).then_some(())
+    });
+    broker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unroutable_publish_is_an_error_not_a_silent_drop() {
+    let vhost = rabbit::vhost();
+    let broker = connect(&vhost).await;
+    let err = publish(&broker, Route::Jobs { account: "nobody" }, b"x", "id")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BrokerError::Unroutable { .. }), "{err:?}");
+    // A run status nobody follows is fine.
+    publish(
+        &broker,
+        Route::Status {
+            run_id: Uuid::new_v4(),
+        },
+        b"x",
+        "id",
+    )
+    .await
+    .expect("status is not mandatory");
+    broker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prefetch_one_holds_back_the_second_message_until_the_first_is_acked() {
+    let vhost = rabbit::vhost();
+    let broker = connect(&vhost).await;
+    for body in [b"1", b"2"] {
+        publish(&broker, Route::Jobs { account: "dev" }, body, "id")
+            .await
+            .unwrap();
+    }
+    let mut consumer = broker.consume(&jobs_queue("dev"), 1).await.unwrap();
+    let first = next(&mut consumer).await;
+    poll_until(WAIT, "one ready and one unacked", || {
+        (counts(&vhost, "jobs.dev") == (1, 1)).then_some(())
+    });
+    first.ack().await.unwrap();
+    assert_eq!(next(&mut consumer).await.body, b"2");
+    broker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requeued_and_abandoned_deliveries_come_back_redelivered() {
+    let vhost = rabbit::vhost();
+    let broker = connect(&vhost).await;
+    publish(&broker, Route::Changes, b"event", "id")
+        .await
+        .unwrap();
+    let mut consumer = broker.consume(CHANGES_QUEUE, 1).await.unwrap();
+    next(&mut consumer).await.requeue().await.unwrap();
+    let again = next(&mut consumer).await;
+    assert!(again.redelivered);
+    // A consumer that goes away without settling (a crashed worker) gives the message back.
+    drop(again);
+    drop(consumer);
+    let other = Broker::connect(&vhost.url, "broker-test-2").await.unwrap();
+    let mut consumer = other.consume(CHANGES_QUEUE, 1).await.unwrap();
+    let third = next(&mut consumer).await;
+    assert_eq!(
+        (third.body.as_slice(), third.redelivered),
+        (&b"event"[..], true)
+    );
+    third.ack().await.unwrap();
+    broker.close().await;
+    other.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_lettered_message_lands_in_its_dead_letter_queue_with_the_reason() {
+    let vhost = rabbit::vhost();
+    let broker = connect(&vhost).await;
+    publish(&broker, Route::Changes, b"garbage", "poison-1")
+        .await
+        .unwrap();
+    let mut consumer = broker.consume(CHANGES_QUEUE, 1).await.unwrap();
+    next(&mut consumer)
+        .await
+        .dead_letter("undecodable change event: empty")
+        .await
+        .unwrap();
+    let mut dead = broker
+        .consume(&dead_letter_queue(CHANGES_QUEUE), 1)
+        .await
+        .unwrap();
+    let delivery = next(&mut dead).await;
+    assert_eq!(delivery.body, b"garbage");
+    assert_eq!(delivery.message_id.as_deref(), Some("poison-1"));
+    assert_eq!(
+        delivery.headers.get(REASON_HEADER).map(String::as_str),
+        Some("undecodable change event: empty")
+    );
+    delivery.ack().await.unwrap();
+    poll_until(WAIT, "the changes queue to drain", || {
+        (counts(&vhost, CHANGES_QUEUE) == (0, 0)).then_some(())
+    });
+    broker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_follower_receives_only_its_own_runs_statuses() {
+    let vhost = rabbit::vhost();
+    let broker = connect(&vhost).await;
+    let (mine, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut follower = broker.follow_run(mine).await.unwrap();
+    publish(&broker, Route::Status { run_id: other }, b"other", "1")
+        .await
+        .unwrap();
+    publish(&broker, Route::Status { run_id: mine }, b"mine", "2")
+        .await
+        .unwrap();
+    assert_eq!(next(&mut follower).await.body, b"mine");
+    broker.close().await;
+}

@@ -1,0 +1,304 @@
+//! The walking skeleton over the real RabbitMQ: a dispatcher and two executors per account,
+//! each a separate OS process started from the built binary, driven by `orchestrate --wait`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: fail loudly.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use harness::process::{self, Finished, Service};
+use harness::rabbit::{self, Vhost};
+use harness::scenario::{CHANGED_IN_C2, DELETED_IN_C2, Fixture, UNITS, expected_output};
+use harness::{poll_until, require_terraform, summary_rows};
+
+const RUN_DEADLINE: Duration = Duration::from_secs(300);
+
+struct Deployment {
+    services: Vec<Service>,
+}
+
+impl Deployment {
+    /// Declares the topology, then starts one dispatcher and `executors_per_account` executors
+    /// for each of the two accounts.
+    fn start(fixture: &Fixture, vhost: &Vhost, executors_per_account: usize) -> Deployment {
+        let config = fixture.config(&vhost.url);
+        let config_arg = config.to_str().unwrap();
+        let setup = process::run(
+            fixture.pipelines(&["broker", "setup", "--config", config_arg]),
+            Duration::from_secs(60),
+        );
+        assert_eq!(setup.code(), Some(0), "{}", setup.transcript());
+        let logs = fixture.dir("logs");
+        let mut services = vec![Service::start(
+            "dispatcher",
+            fixture.pipelines(&["dispatch", "--config", config_arg]),
+            &logs,
+        )];
+        for account in ["dev", "prod"] {
+            for i in 1..=executors_per_account {
+                let name = format!("{account}-{i}");
+                let work_dir = fixture.dir(&format!("work/{name}"));
+                let command = fixture.pipelines(&[
+                    "execute",
+                    "--config",
+                    config_arg,
+                    "--account",
+                    account,
+                    "--work-dir",
+                    work_dir.to_str().unwrap(),
+                    "--name",
+                    &name,
+                ]);
+                services.push(Service::start(&name, command, &logs));
+            }
+        }
+        Deployment { services }
+    }
+
+    fn assert_running(&mut self) {
+        for service in &mut self.services {
+            service.assert_running();
+        }
+    }
+}
+
+fn orchestrate(
+    fixture: &Fixture,
+    vhost: &Vhost,
+    base: &str,
+    head: &str,
+    event: &str,
+    extra: &[&str],
+) -> Finished {
+    let repo = fixture.repo.path().to_str().unwrap().to_owned();
+    let mut args = vec![
+        "orchestrate",
+        "--repo",
+        &repo,
+        "--base",
+        base,
+        "--head",
+        head,
+        "--event",
+        event,
+        "--repo-name",
+        "infra",
+        "--broker",
+        &vhost.url,
+        "--wait",
+        "--wait-timeout",
+        "280",
+    ];
+    args.extend_from_slice(extra);
+    process::run(fixture.pipelines(&args), RUN_DEADLINE)
+}
+
+fn versions(changed: &[&'static str]) -> BTreeMap<&'static str, u32> {
+    changed.iter().map(|unit| (*unit, 2)).collect()
+}
+
+#[test]
+fn a_push_applies_every_unit_in_order_a_pull_request_plans_and_a_second_push_applies_and_destroys()
+{
+    require_terraform();
+    let vhost = rabbit::vhost();
+    let fixture = Fixture::new();
+    let mut deployment = Deployment::start(&fixture, &vhost, 2);
+
+    // c0 → c1: every unit is new and applied, each after its dependencies, across accounts.
+    let first = orchestrate(&fixture, &vhost, &fixture.c0, &fixture.c1, "push", &[]);
+    assert_eq!(first.code(), Some(0), "{}", first.transcript());
+    fixture.assert_all_applied_in_order(&BTreeMap::new());
+    let rows = summary_rows(&first.stdout);
+    assert_eq!(rows.len(), UNITS.len(), "{}", first.stdout);
+    for (unit, (action, account, result)) in &rows {
+        assert_eq!(
+            (action.as_str(), result.as_str()),
+            ("apply", "succeeded"),
+            "{unit}"
+        );
+        assert_eq!(
+            account,
+            unit.split('/').next().unwrap(),
+            "{unit} routed by its path glob"
+        );
+    }
+
+    // A pull request c1 → c2 after c1 is applied: plans exactly the changed and deleted units
+    // and touches no state.
+    let before = fixture.state_fingerprint();
+    let plan = orchestrate(
+        &fixture,
+        &vhost,
+        &fixture.c1,
+        &fixture.c2,
+        "pull-request",
+        &["--pr", "7"],
+    );
+    assert_eq!(plan.code(), Some(0), "{}", plan.transcript());
+    let rows = summary_rows(&plan.stdout);
+    let mut expected: BTreeMap<String, (String, String, String)> = BTreeMap::new();
+    for unit in CHANGED_IN_C2 {
+        expected.insert(
+            (*unit).into(),
+            (
+                "plan".into(),
+                unit.split('/').next().unwrap().into(),
+                "succeeded".into(),
+            ),
+        );
+    }
+    expected.insert(
+        DELETED_IN_C2.into(),
+        ("plan-destroy".into(), "prod".into(), "succeeded".into()),
+    );
+    assert_eq!(rows, expected, "{}", plan.stdout);
+    assert!(
+        fixture.state_fingerprint() == before,
+        "a pull-request run changed a state file"
+    );
+
+    // The push c1 → c2: re-applies the changed units, destroys the deleted one, and leaves
+    // the rest alone.
+    let second = orchestrate(&fixture, &vhost, &fixture.c1, &fixture.c2, "push", &[]);
+    assert_eq!(second.code(), Some(0), "{}", second.transcript());
+    let rows = summary_rows(&second.stdout);
+    assert_eq!(rows[DELETED_IN_C2].0, "destroy", "{}", second.stdout);
+    assert_eq!(rows.len(), CHANGED_IN_C2.len() + 1, "{}", second.stdout);
+    let v2 = versions(CHANGED_IN_C2);
+    for unit in CHANGED_IN_C2 {
+        assert_eq!(
+            fixture.output_of(unit),
+            Some(expected_output(unit, &v2)),
+            "{unit} re-applied at c2"
+        );
+    }
+    assert_eq!(
+        fixture.output_of(DELETED_IN_C2),
+        None,
+        "{DELETED_IN_C2} destroyed"
+    );
+    for (unit, _) in UNITS
+        .iter()
+        .filter(|(u, _)| !CHANGED_IN_C2.contains(u) && *u != DELETED_IN_C2)
+    {
+        assert_eq!(
+            fixture.output_of(unit),
+            Some(expected_output(unit, &BTreeMap::new())),
+            "{unit} untouched"
+        );
+    }
+    deployment.assert_running();
+}
+
+#[test]
+fn a_unit_with_invalid_hcl_fails_the_run_skips_its_dependents_and_the_rest_is_applied() {
+    require_terraform();
+    let vhost = rabbit::vhost();
+    let fixture = Fixture::with_broken_unit("dev/database");
+    let mut deployment = Deployment::start(&fixture, &vhost, 1);
+
+    let run = orchestrate(&fixture, &vhost, &fixture.c0, &fixture.c1, "push", &[]);
+    assert_eq!(run.code(), Some(1), "{}", run.transcript());
+    let rows = summary_rows(&run.stdout);
+    assert_eq!(rows["dev/database"].2, "failed", "{}", run.stdout);
+    let dependents = ["dev/app", "dev/monitoring", "prod/monitoring"];
+    for unit in dependents {
+        assert_eq!(
+            rows[unit].2, "skipped (dev/database apply failed)",
+            "{unit}: {}",
+            run.stdout
+        );
+        assert_eq!(fixture.output_of(unit), None, "{unit} must not be applied");
+    }
+    for (unit, _) in UNITS
+        .iter()
+        .filter(|(u, _)| *u != "dev/database" && !dependents.contains(u))
+    {
+        assert_eq!(rows[*unit].2, "succeeded", "{unit}: {}", run.stdout);
+        assert_eq!(
+            fixture.output_of(unit),
+            Some(expected_output(unit, &BTreeMap::new())),
+            "{unit}"
+        );
+    }
+    // The failure's own output explains it.
+    assert!(
+        run.stdout.contains("dev/database (apply) output"),
+        "{}",
+        run.stdout
+    );
+    deployment.assert_running();
+}
+
+#[test]
+fn poison_and_rejected_change_events_are_dead_lettered_with_a_reason_and_the_dispatcher_goes_on() {
+    let vhost = rabbit::vhost();
+    let fixture = Fixture::new();
+    let mut deployment = Deployment::start(&fixture, &vhost, 0);
+
+    // Garbage straight onto the changes exchange.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let broker = broker::Broker::connect(&vhost.url, "test-poison")
+            .await
+            .unwrap();
+        let headers = broker::Headers::new();
+        let garbage = broker::Outgoing {
+            body: b"\x01not a change event",
+            message_id: "poison",
+            headers: &headers,
+        };
+        broker
+            .publish(broker::Route::Changes, garbage)
+            .await
+            .unwrap();
+        broker.close().await;
+    });
+
+    // An event for a repository the policy does not know: rejected, with the reason.
+    let repo = fixture.repo.path().to_str().unwrap();
+    let args = [
+        "orchestrate",
+        "--repo",
+        repo,
+        "--base",
+        &fixture.c0,
+        "--head",
+        &fixture.c1,
+        "--event",
+        "push",
+        "--repo-name",
+        "not-configured",
+        "--broker",
+        &vhost.url,
+        "--wait",
+    ];
+    let rejected = process::run(fixture.pipelines(&args), RUN_DEADLINE);
+    assert_eq!(rejected.code(), Some(1), "{}", rejected.transcript());
+    assert!(
+        rejected
+            .stdout
+            .contains("rejected: unknown repository \"not-configured\""),
+        "{}",
+        rejected.transcript()
+    );
+
+    // The dispatcher still works: an empty range is a run with nothing to do.
+    let empty = orchestrate(&fixture, &vhost, &fixture.c1, &fixture.c1, "push", &[]);
+    assert_eq!(empty.code(), Some(0), "{}", empty.transcript());
+
+    // Queue statistics lag behind the queue itself: poll.
+    poll_until(
+        Duration::from_secs(30),
+        "both bad events in dead.pipelines.changes",
+        || {
+            let depths: BTreeMap<String, u64> = rabbit::queue_depths(&vhost).into_iter().collect();
+            (depths.get("dead.pipelines.changes") == Some(&2)
+                && depths.get("pipelines.changes") == Some(&0))
+            .then_some(())
+        },
+    );
+    let log = deployment.services[0].log_text();
+    assert!(log.contains("undecodable change event"), "{log}");
+    deployment.assert_running();
+}
