@@ -14,6 +14,8 @@ use std::time::SystemTime;
 use tempfile::TempDir;
 
 use crate::git::Repo;
+use crate::process::Finished;
+use crate::summary_rows;
 
 /// (unit, dependencies). Layers: 0 = networks and dev/dns; 4 = prod/monitoring.
 pub const UNITS: &[(&str, &[&str])] = &[
@@ -223,4 +225,141 @@ impl Default for Fixture {
     fn default() -> Fixture {
         Fixture::new()
     }
+}
+
+/// The outcome checks both modes share, so that embedded and distributed runs are held to
+/// exactly the same standard.
+impl Fixture {
+    /// c0 → c1 pushed: every unit applied in order, each routed by its path.
+    pub fn check_first_push(&self, run: &Finished) {
+        assert_eq!(run.code(), Some(0), "{}", run.transcript());
+        self.assert_all_applied_in_order(&BTreeMap::new());
+        let rows = summary_rows(&run.stdout);
+        assert_eq!(rows.len(), UNITS.len(), "{}", run.stdout);
+        for (unit, (action, account, result)) in &rows {
+            assert_eq!(
+                (action.as_str(), result.as_str()),
+                ("apply", "succeeded"),
+                "{unit}"
+            );
+            assert_eq!(account, account_of(unit), "{unit} routed by its path glob");
+        }
+    }
+
+    /// c1 → c2 as a pull request after c1 was applied: plans exactly the changed and deleted
+    /// units. Call [`Fixture::state_fingerprint`] before the run and pass it in.
+    pub fn check_pull_request(
+        &self,
+        run: &Finished,
+        before: &BTreeMap<String, (Vec<u8>, SystemTime)>,
+    ) {
+        assert_eq!(run.code(), Some(0), "{}", run.transcript());
+        let mut expected: BTreeMap<String, (String, String, String)> = BTreeMap::new();
+        for unit in CHANGED_IN_C2 {
+            expected.insert(
+                (*unit).into(),
+                ("plan".into(), account_of(unit).into(), "succeeded".into()),
+            );
+        }
+        expected.insert(
+            DELETED_IN_C2.into(),
+            (
+                "plan-destroy".into(),
+                account_of(DELETED_IN_C2).into(),
+                "succeeded".into(),
+            ),
+        );
+        assert_eq!(summary_rows(&run.stdout), expected, "{}", run.stdout);
+        assert!(
+            self.state_fingerprint() == *before,
+            "a pull-request run changed a state file"
+        );
+    }
+
+    /// c1 → c2 pushed: changed units re-applied, the deleted one destroyed, the rest untouched.
+    pub fn check_second_push(&self, run: &Finished) {
+        assert_eq!(run.code(), Some(0), "{}", run.transcript());
+        let rows = summary_rows(&run.stdout);
+        assert_eq!(rows.len(), CHANGED_IN_C2.len() + 1, "{}", run.stdout);
+        assert_eq!(rows[DELETED_IN_C2].0, "destroy", "{}", run.stdout);
+        let v2: BTreeMap<&str, u32> = CHANGED_IN_C2.iter().map(|unit| (*unit, 2)).collect();
+        for unit in CHANGED_IN_C2 {
+            assert_eq!(rows[*unit].0, "apply", "{}", run.stdout);
+            assert_eq!(
+                self.output_of(unit),
+                Some(expected_output(unit, &v2)),
+                "{unit} re-applied at c2"
+            );
+        }
+        assert_eq!(
+            self.output_of(DELETED_IN_C2),
+            None,
+            "{DELETED_IN_C2} destroyed"
+        );
+        for (unit, _) in UNITS
+            .iter()
+            .filter(|(u, _)| !CHANGED_IN_C2.contains(u) && *u != DELETED_IN_C2)
+        {
+            assert_eq!(
+                self.output_of(unit),
+                Some(expected_output(unit, &BTreeMap::new())),
+                "{unit} untouched"
+            );
+        }
+    }
+
+    /// c0 → c1 pushed with `broken` invalid: it fails, its dependents are skipped naming it,
+    /// and every independent unit is applied.
+    pub fn check_broken_push(&self, run: &Finished, broken: &str) {
+        assert_eq!(run.code(), Some(1), "{}", run.transcript());
+        let rows = summary_rows(&run.stdout);
+        assert_eq!(rows[broken].2, "failed", "{}", run.stdout);
+        let dependents = dependents_of(broken);
+        assert!(!dependents.is_empty());
+        for unit in &dependents {
+            assert_eq!(
+                rows[*unit].2,
+                format!("skipped ({broken} apply failed)"),
+                "{unit}: {}",
+                run.stdout
+            );
+            assert_eq!(self.output_of(unit), None, "{unit} must not be applied");
+        }
+        for (unit, _) in UNITS
+            .iter()
+            .filter(|(u, _)| *u != broken && !dependents.contains(u))
+        {
+            assert_eq!(rows[*unit].2, "succeeded", "{unit}: {}", run.stdout);
+            assert_eq!(
+                self.output_of(unit),
+                Some(expected_output(unit, &BTreeMap::new())),
+                "{unit}"
+            );
+        }
+        assert!(
+            run.stdout.contains(&format!("{broken} (apply) output")),
+            "the failure's output is shown: {}",
+            run.stdout
+        );
+    }
+}
+
+/// The account a unit belongs to: its first path segment, as the test policy's globs say.
+pub fn account_of(unit: &str) -> &str {
+    unit.split('/').next().unwrap_or(unit)
+}
+
+/// Every unit that depends on `unit`, directly or not.
+pub fn dependents_of(unit: &str) -> Vec<&'static str> {
+    let mut found: Vec<&'static str> = Vec::new();
+    let mut frontier = vec![unit.to_owned()];
+    while let Some(current) = frontier.pop() {
+        for (candidate, deps) in UNITS {
+            if deps.contains(&current.as_str()) && !found.contains(candidate) {
+                found.push(candidate);
+                frontier.push((*candidate).to_owned());
+            }
+        }
+    }
+    found
 }

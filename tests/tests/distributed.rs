@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use harness::process::{self, Finished, Service};
 use harness::rabbit::{self, Vhost};
-use harness::scenario::{CHANGED_IN_C2, DELETED_IN_C2, Fixture, UNITS, expected_output};
-use harness::{poll_until, require_terraform, summary_rows};
+use harness::scenario::Fixture;
+use harness::{poll_until, require_terraform};
 
 const RUN_DEADLINE: Duration = Duration::from_secs(300);
 
@@ -92,10 +92,6 @@ fn orchestrate(
     process::run(fixture.pipelines(&args), RUN_DEADLINE)
 }
 
-fn versions(changed: &[&'static str]) -> BTreeMap<&'static str, u32> {
-    changed.iter().map(|unit| (*unit, 2)).collect()
-}
-
 #[test]
 fn a_push_applies_every_unit_in_order_a_pull_request_plans_and_a_second_push_applies_and_destroys()
 {
@@ -104,27 +100,9 @@ fn a_push_applies_every_unit_in_order_a_pull_request_plans_and_a_second_push_app
     let fixture = Fixture::new();
     let mut deployment = Deployment::start(&fixture, &vhost, 2);
 
-    // c0 → c1: every unit is new and applied, each after its dependencies, across accounts.
     let first = orchestrate(&fixture, &vhost, &fixture.c0, &fixture.c1, "push", &[]);
-    assert_eq!(first.code(), Some(0), "{}", first.transcript());
-    fixture.assert_all_applied_in_order(&BTreeMap::new());
-    let rows = summary_rows(&first.stdout);
-    assert_eq!(rows.len(), UNITS.len(), "{}", first.stdout);
-    for (unit, (action, account, result)) in &rows {
-        assert_eq!(
-            (action.as_str(), result.as_str()),
-            ("apply", "succeeded"),
-            "{unit}"
-        );
-        assert_eq!(
-            account,
-            unit.split('/').next().unwrap(),
-            "{unit} routed by its path glob"
-        );
-    }
+    fixture.check_first_push(&first);
 
-    // A pull request c1 → c2 after c1 is applied: plans exactly the changed and deleted units
-    // and touches no state.
     let before = fixture.state_fingerprint();
     let plan = orchestrate(
         &fixture,
@@ -134,59 +112,10 @@ fn a_push_applies_every_unit_in_order_a_pull_request_plans_and_a_second_push_app
         "pull-request",
         &["--pr", "7"],
     );
-    assert_eq!(plan.code(), Some(0), "{}", plan.transcript());
-    let rows = summary_rows(&plan.stdout);
-    let mut expected: BTreeMap<String, (String, String, String)> = BTreeMap::new();
-    for unit in CHANGED_IN_C2 {
-        expected.insert(
-            (*unit).into(),
-            (
-                "plan".into(),
-                unit.split('/').next().unwrap().into(),
-                "succeeded".into(),
-            ),
-        );
-    }
-    expected.insert(
-        DELETED_IN_C2.into(),
-        ("plan-destroy".into(), "prod".into(), "succeeded".into()),
-    );
-    assert_eq!(rows, expected, "{}", plan.stdout);
-    assert!(
-        fixture.state_fingerprint() == before,
-        "a pull-request run changed a state file"
-    );
+    fixture.check_pull_request(&plan, &before);
 
-    // The push c1 → c2: re-applies the changed units, destroys the deleted one, and leaves
-    // the rest alone.
     let second = orchestrate(&fixture, &vhost, &fixture.c1, &fixture.c2, "push", &[]);
-    assert_eq!(second.code(), Some(0), "{}", second.transcript());
-    let rows = summary_rows(&second.stdout);
-    assert_eq!(rows[DELETED_IN_C2].0, "destroy", "{}", second.stdout);
-    assert_eq!(rows.len(), CHANGED_IN_C2.len() + 1, "{}", second.stdout);
-    let v2 = versions(CHANGED_IN_C2);
-    for unit in CHANGED_IN_C2 {
-        assert_eq!(
-            fixture.output_of(unit),
-            Some(expected_output(unit, &v2)),
-            "{unit} re-applied at c2"
-        );
-    }
-    assert_eq!(
-        fixture.output_of(DELETED_IN_C2),
-        None,
-        "{DELETED_IN_C2} destroyed"
-    );
-    for (unit, _) in UNITS
-        .iter()
-        .filter(|(u, _)| !CHANGED_IN_C2.contains(u) && *u != DELETED_IN_C2)
-    {
-        assert_eq!(
-            fixture.output_of(unit),
-            Some(expected_output(unit, &BTreeMap::new())),
-            "{unit} untouched"
-        );
-    }
+    fixture.check_second_push(&second);
     deployment.assert_running();
 }
 
@@ -198,35 +127,7 @@ fn a_unit_with_invalid_hcl_fails_the_run_skips_its_dependents_and_the_rest_is_ap
     let mut deployment = Deployment::start(&fixture, &vhost, 1);
 
     let run = orchestrate(&fixture, &vhost, &fixture.c0, &fixture.c1, "push", &[]);
-    assert_eq!(run.code(), Some(1), "{}", run.transcript());
-    let rows = summary_rows(&run.stdout);
-    assert_eq!(rows["dev/database"].2, "failed", "{}", run.stdout);
-    let dependents = ["dev/app", "dev/monitoring", "prod/monitoring"];
-    for unit in dependents {
-        assert_eq!(
-            rows[unit].2, "skipped (dev/database apply failed)",
-            "{unit}: {}",
-            run.stdout
-        );
-        assert_eq!(fixture.output_of(unit), None, "{unit} must not be applied");
-    }
-    for (unit, _) in UNITS
-        .iter()
-        .filter(|(u, _)| *u != "dev/database" && !dependents.contains(u))
-    {
-        assert_eq!(rows[*unit].2, "succeeded", "{unit}: {}", run.stdout);
-        assert_eq!(
-            fixture.output_of(unit),
-            Some(expected_output(unit, &BTreeMap::new())),
-            "{unit}"
-        );
-    }
-    // The failure's own output explains it.
-    assert!(
-        run.stdout.contains("dev/database (apply) output"),
-        "{}",
-        run.stdout
-    );
+    fixture.check_broken_push(&run, "dev/database");
     deployment.assert_running();
 }
 

@@ -1,0 +1,74 @@
+//! `pipelines config check` and start-up validation: a bad policy file fails with exit 2 and a
+//! message naming the key and the value.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: fail loudly.
+
+use std::time::Duration;
+
+use harness::process;
+use harness::scenario::Fixture;
+
+#[test]
+fn a_valid_policy_checks_and_a_bad_one_names_its_key() {
+    let fixture = Fixture::new();
+    let config = fixture.config(config::DEFAULT_BROKER_URL);
+    let path = config.to_str().unwrap();
+    let ok = process::run(
+        fixture.pipelines(&["config", "check", path]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(ok.code(), Some(0), "{}", ok.transcript());
+    assert!(ok.stdout.contains("account dev: dev/**"), "{}", ok.stdout);
+
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("dev/**", "dev/[");
+    std::fs::write(&config, text).unwrap();
+    for args in [
+        vec!["config", "check", path],
+        vec!["dispatch", "--config", path],
+        vec!["execute", "--config", path, "--account", "dev"],
+    ] {
+        let bad = process::run(fixture.pipelines(&args), Duration::from_secs(30));
+        assert_eq!(bad.code(), Some(2), "{args:?}: {}", bad.transcript());
+        assert!(
+            bad.stderr
+                .contains("config key `accounts[0].paths[0]`: invalid glob \"dev/[\""),
+            "{args:?}: {}",
+            bad.stderr
+        );
+    }
+
+    let missing = process::run(
+        fixture.pipelines(&["dispatch", "--config", "/nonexistent.toml"]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(missing.code(), Some(2));
+    assert!(
+        missing
+            .stderr
+            .contains("config file /nonexistent.toml does not exist"),
+        "{}",
+        missing.stderr
+    );
+}
+
+#[test]
+fn an_executor_for_an_unknown_account_refuses_to_start() {
+    let fixture = Fixture::new();
+    let config = fixture.config(config::DEFAULT_BROKER_URL);
+    let args = [
+        "execute",
+        "--config",
+        config.to_str().unwrap(),
+        "--account",
+        "staging",
+    ];
+    let bad = process::run(fixture.pipelines(&args), Duration::from_secs(30));
+    assert_eq!(bad.code(), Some(2), "{}", bad.transcript());
+    assert!(
+        bad.stderr
+            .contains("account \"staging\" is not in the configuration (known: dev, prod)"),
+        "{}",
+        bad.stderr
+    );
+}

@@ -1,0 +1,83 @@
+//! Embedded mode: the same scenarios through `pipelines run`, all three components in one
+//! process over the in-memory broker, with real git and real terraform.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: fail loudly.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use harness::process::{self, Finished};
+use harness::require_terraform;
+use harness::scenario::{Fixture, UNITS, expected_output};
+
+fn run(fixture: &Fixture, base: &str, head: &str, event: &str, with_config: bool) -> Finished {
+    let repo = fixture.repo.path().to_str().unwrap().to_owned();
+    let mut args = vec![
+        "run",
+        "--repo",
+        &repo,
+        "--base",
+        base,
+        "--head",
+        head,
+        "--event",
+        event,
+        "--repo-name",
+        "infra",
+    ];
+    let config = fixture.config(config::DEFAULT_BROKER_URL);
+    let config = config.to_str().unwrap().to_owned();
+    if with_config {
+        args.extend(["--config", &config]);
+    }
+    process::run(fixture.pipelines(&args), Duration::from_secs(300))
+}
+
+#[test]
+fn embedded_push_pull_request_and_push_behave_as_the_distributed_system_does() {
+    require_terraform();
+    let fixture = Fixture::new();
+
+    let first = run(&fixture, &fixture.c0, &fixture.c1, "push", true);
+    fixture.check_first_push(&first);
+    assert!(
+        first
+            .stderr
+            .contains(&format!("[{0}/{0}] succeeded", UNITS.len())),
+        "progress per unit: {}",
+        first.stderr
+    );
+
+    let before = fixture.state_fingerprint();
+    let plan = run(&fixture, &fixture.c1, &fixture.c2, "pull-request", true);
+    fixture.check_pull_request(&plan, &before);
+
+    let second = run(&fixture, &fixture.c1, &fixture.c2, "push", true);
+    fixture.check_second_push(&second);
+}
+
+#[test]
+fn embedded_failure_exits_1_skips_dependents_and_applies_the_rest() {
+    require_terraform();
+    let fixture = Fixture::with_broken_unit("dev/cache");
+    let broken = run(&fixture, &fixture.c0, &fixture.c1, "push", true);
+    fixture.check_broken_push(&broken, "dev/cache");
+}
+
+#[test]
+fn without_a_config_one_default_account_owns_every_unit() {
+    require_terraform();
+    let fixture = Fixture::new();
+    let first = run(&fixture, &fixture.c0, &fixture.c1, "push", false);
+    assert_eq!(first.code(), Some(0), "{}", first.transcript());
+    fixture.assert_all_applied_in_order(&BTreeMap::new());
+    let rows = harness::summary_rows(&first.stdout);
+    assert!(
+        rows.values().all(|(_, account, _)| account == "default"),
+        "{}",
+        first.stdout
+    );
+    assert_eq!(
+        fixture.output_of("prod/monitoring"),
+        Some(expected_output("prod/monitoring", &BTreeMap::new()))
+    );
+}
