@@ -196,6 +196,7 @@ pub(crate) async fn broker_setup(path: &Path) -> anyhow::Result<Outcome> {
 pub(crate) fn config_check(path: &Path) -> anyhow::Result<Outcome> {
     let config = Config::load(path)?;
     println!("{} is valid.", path.display());
+    println!("broker {}", broker::redact_url(&config.broker_url));
     for repo in &config.repositories {
         println!(
             "repository {}: {} (deploys from {})",

@@ -96,9 +96,10 @@ impl Config {
         }
         // Only keys the file format knows are taken from the environment, so unrelated
         // PIPELINES_* variables (PIPELINES_TELEMETRY_OPT_OUT, ...) do not trip validation.
-        let env = Env::prefixed("PIPELINES_")
-            .split("__")
-            .filter(|key| matches!(key.as_str(), "broker_url" | "executor"));
+        let env = Env::prefixed("PIPELINES_").split("__").filter(|key| {
+            let key = key.as_str().to_ascii_lowercase();
+            key == "broker_url" || key.starts_with("executor.") || key.starts_with("executor__")
+        });
         let config: Config = Figment::new()
             .merge(Toml::file_exact(path))
             .merge(env)

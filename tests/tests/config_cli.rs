@@ -19,6 +19,25 @@ fn a_valid_policy_checks_and_a_bad_one_names_its_key() {
     assert_eq!(ok.code(), Some(0), "{}", ok.transcript());
     assert!(ok.stdout.contains("account dev: dev/**"), "{}", ok.stdout);
 
+    // PIPELINES_* environment variables override the file (how compose and Kubernetes inject
+    // the broker URL with its password); unrelated PIPELINES_* variables are not keys.
+    let mut command = fixture.pipelines(&["config", "check", path]);
+    command
+        .env(
+            "PIPELINES_BROKER_URL",
+            "amqp://pipelines:s3cret@rabbitmq:5672/prod",
+        )
+        .env("PIPELINES_TELEMETRY_OPT_OUT", "1");
+    let overridden = process::run(command, Duration::from_secs(30));
+    assert_eq!(overridden.code(), Some(0), "{}", overridden.transcript());
+    assert!(
+        overridden
+            .stdout
+            .contains("broker amqp://pipelines:***@rabbitmq:5672/prod"),
+        "{}",
+        overridden.stdout
+    );
+
     let text = std::fs::read_to_string(&config)
         .unwrap()
         .replace("dev/**", "dev/[");
@@ -71,4 +90,24 @@ fn an_executor_for_an_unknown_account_refuses_to_start() {
         "{}",
         bad.stderr
     );
+}
+
+#[test]
+fn the_shipped_policy_files_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let fixture = Fixture::new();
+    for file in [
+        "deploy/pipelines.example.toml",
+        "deploy/compose/pipelines.toml",
+        "examples/multi-account/pipelines.toml",
+    ] {
+        let path = root.join(file);
+        let check = process::run(
+            fixture.pipelines(&["config", "check", path.to_str().unwrap()]),
+            Duration::from_secs(30),
+        );
+        assert_eq!(check.code(), Some(0), "{file}: {}", check.transcript());
+    }
 }

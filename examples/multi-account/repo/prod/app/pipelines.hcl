@@ -1,0 +1,1 @@
+dependencies = ["../database", "../../shared/dns"]

