@@ -107,8 +107,11 @@ impl Dispatcher {
             tracing::info!(jobs = plan.units.len(), "Run accepted.");
             let ready = run.take_ready();
             publish_jobs(&self.broker, &ready).await?;
-            publish_status(&self.broker, &run.status()).await?;
-            self.finish_if_done(&run);
+            let status = run.status();
+            publish_status(&self.broker, &status).await?;
+            if status.state.is_final() {
+                tracing::info!(state = ?status.state, "Run finished.");
+            }
             self.runs.insert(event.id, run);
             delivery.ack().await?;
             Ok(())
@@ -141,30 +144,24 @@ impl Dispatcher {
             return Ok(());
         };
         let span = tracing::info_span!("job_event", run_id = %event.run_id, job_id = %event.job_id, worker = %event.worker);
-        let _entered = span.enter();
         if run.on_event(&event) {
+            // Decide everything first (pure), then publish: the borrow of the run ends here.
             let ready = run.take_ready();
             let status = run.status();
-            drop(_entered);
-            publish_jobs(&self.broker, &ready)
-                .instrument(span.clone())
-                .await?;
-            publish_status(&self.broker, &status)
-                .instrument(span)
-                .await?;
-            if let Some(run) = self.runs.get(&event.run_id) {
-                self.finish_if_done(run);
+            let finished = status.state.is_final();
+            async {
+                publish_jobs(&self.broker, &ready).await?;
+                publish_status(&self.broker, &status).await?;
+                if finished {
+                    tracing::info!(state = ?status.state, "Run finished.");
+                }
+                Ok::<(), BrokerError>(())
             }
+            .instrument(span)
+            .await?;
         }
         delivery.ack().await?;
         Ok(())
-    }
-
-    fn finish_if_done(&self, run: &Run) {
-        match run.state() {
-            RunState::Running => {}
-            state => tracing::info!(run_id = %run.run_id, ?state, "Run finished."),
-        }
     }
 }
 

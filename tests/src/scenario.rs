@@ -168,6 +168,24 @@ impl Fixture {
         path
     }
 
+    /// `pipelines SUBCOMMAND --repo <this repo> --base BASE --head HEAD --event EVENT EXTRA...`
+    /// with the Terraform environment set.
+    pub fn pipelines_on_range(
+        &self,
+        subcommand: &str,
+        base: &str,
+        head: &str,
+        event: &str,
+        extra: &[&str],
+    ) -> Command {
+        let repo = self.repo.path().to_str().expect("UTF-8 temp path");
+        let mut args = vec![
+            subcommand, "--repo", repo, "--base", base, "--head", head, "--event", event,
+        ];
+        args.extend_from_slice(extra);
+        self.pipelines(&args)
+    }
+
     /// `pipelines ARGS` with the Terraform environment set.
     pub fn pipelines(&self, args: &[&str]) -> Command {
         let mut command = Command::new(crate::pipelines_binary());

@@ -69,17 +69,7 @@ fn orchestrate(
     event: &str,
     extra: &[&str],
 ) -> Finished {
-    let repo = fixture.repo.path().to_str().unwrap().to_owned();
     let mut args = vec![
-        "orchestrate",
-        "--repo",
-        &repo,
-        "--base",
-        base,
-        "--head",
-        head,
-        "--event",
-        event,
         "--repo-name",
         "infra",
         "--broker",
@@ -89,7 +79,10 @@ fn orchestrate(
         "280",
     ];
     args.extend_from_slice(extra);
-    process::run(fixture.pipelines(&args), RUN_DEADLINE)
+    process::run(
+        fixture.pipelines_on_range("orchestrate", base, head, event, &args),
+        RUN_DEADLINE,
+    )
 }
 
 #[test]
@@ -157,24 +150,16 @@ fn poison_and_rejected_change_events_are_dead_lettered_with_a_reason_and_the_dis
     });
 
     // An event for a repository the policy does not know: rejected, with the reason.
-    let repo = fixture.repo.path().to_str().unwrap();
-    let args = [
-        "orchestrate",
-        "--repo",
-        repo,
-        "--base",
-        &fixture.c0,
-        "--head",
-        &fixture.c1,
-        "--event",
-        "push",
+    let extra = [
         "--repo-name",
         "not-configured",
         "--broker",
         &vhost.url,
         "--wait",
     ];
-    let rejected = process::run(fixture.pipelines(&args), RUN_DEADLINE);
+    let command =
+        fixture.pipelines_on_range("orchestrate", &fixture.c0, &fixture.c1, "push", &extra);
+    let rejected = process::run(command, RUN_DEADLINE);
     assert_eq!(rejected.code(), Some(1), "{}", rejected.transcript());
     assert!(
         rejected

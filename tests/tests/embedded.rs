@@ -10,26 +10,15 @@ use harness::require_terraform;
 use harness::scenario::{Fixture, UNITS, expected_output};
 
 fn run(fixture: &Fixture, base: &str, head: &str, event: &str, with_config: bool) -> Finished {
-    let repo = fixture.repo.path().to_str().unwrap().to_owned();
-    let mut args = vec![
-        "run",
-        "--repo",
-        &repo,
-        "--base",
-        base,
-        "--head",
-        head,
-        "--event",
-        event,
-        "--repo-name",
-        "infra",
-    ];
     let config = fixture.config(config::DEFAULT_BROKER_URL);
-    let config = config.to_str().unwrap().to_owned();
+    let mut extra = vec!["--repo-name", "infra"];
     if with_config {
-        args.extend(["--config", &config]);
+        extra.extend(["--config", config.to_str().unwrap()]);
     }
-    process::run(fixture.pipelines(&args), Duration::from_secs(300))
+    process::run(
+        fixture.pipelines_on_range("run", base, head, event, &extra),
+        Duration::from_secs(300),
+    )
 }
 
 #[test]

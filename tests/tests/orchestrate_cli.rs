@@ -9,22 +9,11 @@ use harness::scenario::{Fixture, UNITS, unit_tf};
 use serde_json::json;
 
 fn dry_run(fixture: &Fixture, base: &str, head: &str, event: &str, format: &str) -> Finished {
-    let repo = fixture.repo.path().to_str().unwrap();
-    let args = [
-        "orchestrate",
-        "--repo",
-        repo,
-        "--base",
-        base,
-        "--head",
-        head,
-        "--event",
-        event,
-        "--dry-run",
-        "--format",
-        format,
-    ];
-    process::run(fixture.pipelines(&args), Duration::from_secs(60))
+    let extra = ["--dry-run", "--format", format];
+    process::run(
+        fixture.pipelines_on_range("orchestrate", base, head, event, &extra),
+        Duration::from_secs(60),
+    )
 }
 
 fn json_of(run: &Finished) -> serde_json::Value {
