@@ -30,19 +30,26 @@ pub(crate) fn init_logging(quiet: bool) {
 }
 
 pub(crate) async fn orchestrate(args: OrchestrateArgs) -> anyhow::Result<Outcome> {
-    let detected = detect(&args.change)?;
+    let range = resolve_range(&args.change)?;
+    let detected = detect(&range, &args.change.repo)?;
     if args.dry_run {
         let report = detected.report();
         match args.format {
             Format::Json => println!("{}", report.to_json()),
-            Format::Text => print!("{}", render::detection_table(&report)),
+            Format::Text => print!("{}", render::detection_table(&detected)),
         }
         return Ok(Outcome::Success);
     }
     for warning in &detected.detection.warnings {
         eprintln!("warning: {warning}");
     }
-    let event = detected.change_event(&repository_name(&args.change)?, trigger(&args.change)?);
+    if let Some(outcome) = refuse_if_needed(&detected) {
+        return Ok(outcome);
+    }
+    let event = detected.change_event(
+        &repository_name(&args.change)?,
+        trigger(&range, &args.change.repo)?,
+    );
     let broker = Broker::connect(&args.broker, "pipelines-orchestrate").await?;
     // Subscribe before publishing, so that not even the first status is missed.
     let mut follower = match args.wait {
@@ -79,11 +86,15 @@ pub(crate) async fn orchestrate(args: OrchestrateArgs) -> anyhow::Result<Outcome
 }
 
 pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
-    let detected = detect(&args.change)?;
+    let range = resolve_range(&args.change)?;
+    let detected = detect(&range, &args.change.repo)?;
     for warning in &detected.detection.warnings {
         eprintln!("warning: {warning}");
     }
-    let trigger = trigger(&args.change)?;
+    if let Some(outcome) = refuse_if_needed(&detected) {
+        return Ok(outcome);
+    }
+    let trigger = trigger(&range, &args.change.repo)?;
     let repository = repository_name(&args.change)?;
     let config = match &args.config {
         Some(path) => Config::load(path)?,
@@ -209,37 +220,92 @@ pub(crate) fn config_check(path: &Path) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-fn detect(change: &ChangeArgs) -> anyhow::Result<DetectOutcome> {
+/// The commits to compare, from flags or, in GitHub Actions, from the event payload.
+#[derive(Debug)]
+struct Range {
+    base: Option<String>,
+    head: String,
+    event: EventKind,
+    pr: Option<u64>,
+    branch: Option<String>,
+}
+
+fn resolve_range(change: &ChangeArgs) -> anyhow::Result<Range> {
+    if let (Some(head), Some(event)) = (&change.head, change.event) {
+        return Ok(Range {
+            base: change.base.clone(),
+            head: head.clone(),
+            event,
+            pr: change.pr,
+            branch: change.branch.clone(),
+        });
+    }
+    let (Ok(name), Ok(path)) = (
+        std::env::var("GITHUB_EVENT_NAME"),
+        std::env::var("GITHUB_EVENT_PATH"),
+    ) else {
+        bail!(
+            "pass --head and --event (and --base), or run inside GitHub Actions where the event payload says what to compare"
+        );
+    };
+    let payload = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read GITHUB_EVENT_PATH {path}"))?;
+    let event =
+        orchestrator::github::from_payload(&name, &payload).map_err(|reason| anyhow!(reason))?;
+    Ok(Range {
+        base: change.base.clone().or(Some(event.base)),
+        head: event.head,
+        event: event.event,
+        pr: change.pr.or(event.pr),
+        branch: change.branch.clone().or(event.branch),
+    })
+}
+
+fn detect(range: &Range, repo: &Path) -> anyhow::Result<DetectOutcome> {
     Ok(orchestrator::detect_changes(DetectRequest {
-        repo: &change.repo,
-        base: &change.base,
-        head: &change.head,
-        event: change.event,
+        repo,
+        base: range.base.as_deref(),
+        head: &range.head,
+        event: range.event,
     })?)
 }
 
-fn trigger(change: &ChangeArgs) -> anyhow::Result<Trigger> {
-    match change.event {
+fn trigger(range: &Range, repo: &Path) -> anyhow::Result<Trigger> {
+    match range.event {
         EventKind::Push => {
-            let branch = change
+            let branch = range
                 .branch
                 .clone()
                 .or_else(github_ref_name)
-                .or_else(|| orchestrator::pushed_branch(&change.repo, &change.head))
+                .or_else(|| orchestrator::pushed_branch(repo, &range.head))
                 .context("cannot tell which branch was pushed: pass --branch")?;
             Ok(Trigger::Push { branch })
         }
-        EventKind::PullRequest => Ok(Trigger::PullRequest {
-            number: change.pr,
-            base_branch: orchestrator::branch_named(&change.repo, &change.base)
-                .unwrap_or_else(|| change.base.clone()),
-            head_branch: change
-                .branch
-                .clone()
-                .or_else(|| orchestrator::branch_named(&change.repo, &change.head))
-                .unwrap_or_else(|| change.head.clone()),
-        }),
+        EventKind::PullRequest => {
+            let base = range.base.clone().unwrap_or_default();
+            Ok(Trigger::PullRequest {
+                number: range.pr,
+                base_branch: orchestrator::branch_named(repo, &base).unwrap_or(base),
+                head_branch: range
+                    .branch
+                    .clone()
+                    .or_else(|| orchestrator::branch_named(repo, &range.head))
+                    .unwrap_or_else(|| range.head.clone()),
+            })
+        }
     }
+}
+
+/// Refusals stop a run before anything is published.
+fn refuse_if_needed(detected: &DetectOutcome) -> Option<Outcome> {
+    if detected.detection.refusals.is_empty() {
+        return None;
+    }
+    for refusal in &detected.detection.refusals {
+        eprintln!("refused: {refusal}");
+    }
+    eprintln!("Nothing was submitted: the change deletes units that others still depend on.");
+    Some(Outcome::JobFailed)
 }
 
 /// In GitHub Actions, the branch of a push event.

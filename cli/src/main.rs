@@ -45,29 +45,31 @@ enum Command {
     Config(ConfigCommand),
 }
 
-/// Which commits to compare, shared by `orchestrate` and `run`.
+/// Which commits to compare, shared by `orchestrate` and `run`. Inside GitHub Actions, with
+/// neither --head nor --event, they come from the event payload ($GITHUB_EVENT_PATH).
 #[derive(Debug, Args)]
 struct ChangeArgs {
     /// The git repository to read (its object database; the working tree is ignored).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", default_value = ".")]
     repo: PathBuf,
-    /// The revision to compare against. For pull requests the merge base of BASE and HEAD is used.
+    /// The revision to compare against. Pull requests: the base branch or commit (the merge base
+    /// with HEAD is used). Pushes: the commit before the push [default: HEAD's first parent].
     #[arg(long, value_name = "REV")]
-    base: String,
+    base: Option<String>,
     /// The revision to plan or apply.
-    #[arg(long, value_name = "REV")]
-    head: String,
+    #[arg(long, value_name = "REV", requires = "event")]
+    head: Option<String>,
     /// pull-request plans the affected units; push (to the deploy branch) applies them.
-    #[arg(long, value_parser = parse_event)]
-    event: EventKind,
+    #[arg(long, value_parser = parse_event, requires = "head")]
+    event: Option<EventKind>,
     /// The pull request number, shown in reports.
     #[arg(long, value_name = "N")]
     pr: Option<u64>,
     /// The repository's name in the dispatcher's configuration [default: the directory name].
     #[arg(long, value_name = "NAME")]
     repo_name: Option<String>,
-    /// The branch that was pushed [default: $GITHUB_REF_NAME in GitHub Actions, else the branch
-    /// HEAD names, else the checked-out branch].
+    /// The branch that was pushed [default: from the GitHub event, else the branch HEAD names,
+    /// else the checked-out branch].
     #[arg(long, value_name = "BRANCH")]
     branch: Option<String>,
 }

@@ -1,11 +1,14 @@
-//! Classification: from the units at both commits and the changed paths to the changes and
-//! the dependency edges among affected units. Pure.
+//! Classification: from the units at both commits and the changed paths to the changes, the
+//! dependency edges among affected units, and refusals. Pure. DESIGN.md "Change detection
+//! rules" is the specification; the order of the checks below is the order of its rules.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use proto_types::{Change, ChangeKind, DependencyEdge};
 
-use crate::paths::owning_unit;
+use crate::paths::{file_name, owning_unit, parent};
+use crate::settings::Settings;
+use crate::snapshot::Snapshot;
 use crate::units::UnitIndex;
 
 /// What a commit range affects.
@@ -15,7 +18,19 @@ pub struct Detection {
     pub changes: Vec<Change>,
     /// `unit` depends on `depends_on`, both affected; transitive through unaffected units.
     pub dependencies: Vec<DependencyEdge>,
+    /// Why each unit is listed: (kind, unit, file that caused it), sorted.
+    pub causes: Vec<Cause>,
     pub warnings: Vec<String>,
+    /// Reasons the change must not run (a deleted unit that remaining units depend on).
+    pub refusals: Vec<String>,
+}
+
+/// One reason a unit (or, for account changes, nothing) is affected.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cause {
+    pub kind: ChangeKind,
+    pub unit: Option<String>,
+    pub file: String,
 }
 
 impl Detection {
@@ -65,36 +80,130 @@ impl ChangedPath {
             sides: vec![Side::Base],
         }
     }
+
+    fn exists_at(&self, side: Side) -> bool {
+        self.sides.contains(&side)
+    }
 }
 
-pub fn classify(base: &UnitIndex, head: &UnitIndex, changed: &[ChangedPath]) -> Detection {
-    // unit → files that touched it.
-    let mut touched: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+/// One commit as classification sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Commit<'a> {
+    pub snapshot: &'a Snapshot,
+    pub units: &'a UnitIndex,
+}
+
+/// `_new-account-requests/*.yml` anywhere.
+fn is_account_request(path: &str) -> bool {
+    let name = file_name(path);
+    file_name(parent(path)) == "_new-account-requests"
+        && (name.ends_with(".yml") || name.ends_with(".yaml"))
+}
+
+/// The kind a change to a file read by other units gives them.
+fn shared_file_kind(path: &str) -> ChangeKind {
+    if path.ends_with(".hcl") {
+        if path.split('/').any(|part| part == "_envcommon") {
+            ChangeKind::EnvCommonChanged
+        } else {
+            ChangeKind::HclChanged
+        }
+    } else {
+        ChangeKind::FileChanged
+    }
+}
+
+pub fn classify(
+    base: Commit<'_>,
+    head: Commit<'_>,
+    changed: &[ChangedPath],
+    settings: &Settings,
+) -> Detection {
+    let mut causes: BTreeSet<Cause> = BTreeSet::new();
+    let mut add = |kind: ChangeKind, unit: Option<&str>, file: &str| {
+        causes.insert(Cause {
+            kind,
+            unit: unit.map(str::to_owned),
+            file: file.to_owned(),
+        });
+    };
+
     for change in changed {
-        for side in &change.sides {
-            let index = match side {
-                Side::Base => base,
-                Side::Head => head,
+        let path = change.path.as_str();
+        if settings.ignores(path) {
+            continue;
+        }
+        if is_account_request(path) {
+            add(ChangeKind::AccountsRequested, None, path);
+            continue;
+        }
+        if path == "accounts.yml" {
+            add(ChangeKind::AccountsChanged, None, path);
+            continue;
+        }
+
+        // The units whose directory holds the file, on each side where it exists.
+        let mut owners: BTreeSet<&str> = BTreeSet::new();
+        for (side, commit) in [(Side::Base, base), (Side::Head, head)] {
+            if change.exists_at(side) {
+                owners.extend(owning_unit(path, |dir| commit.units.contains(dir)));
+            }
+        }
+        if file_name(path) == ".drift-history.json" && !owners.is_empty() {
+            for owner in &owners {
+                add(ChangeKind::DriftDetected, Some(owner), path);
+            }
+            continue;
+        }
+        for owner in &owners {
+            let kind = match (base.units.contains(owner), head.units.contains(owner)) {
+                (true, true) => ChangeKind::UnitChanged,
+                (false, true) => ChangeKind::UnitAdded,
+                _ => ChangeKind::UnitDeleted,
             };
-            if let Some(unit) = owning_unit(&change.path, |dir| index.contains(dir)) {
-                touched.entry(unit).or_default().insert(&change.path);
+            add(kind, Some(owner), path);
+        }
+
+        // Units that read the file, judged where it exists: at head, or at base if deleted.
+        let judge = if change.exists_at(Side::Head) {
+            head
+        } else {
+            base
+        };
+        let kind = shared_file_kind(path);
+        for reader in judge.units.readers_of(path) {
+            if !owners.contains(reader.as_str()) {
+                add(kind, Some(reader), path);
+            }
+        }
+        if owners.is_empty() {
+            // The conservative answers: a file we cannot understand affects every unit under
+            // its directory, and a unit whose reads are not all known may read anything.
+            if judge.units.has_problem(path) {
+                let dir = parent(path);
+                for unit in judge
+                    .units
+                    .units
+                    .keys()
+                    .filter(|unit| dir.is_empty() || unit.starts_with(&format!("{dir}/")))
+                {
+                    add(kind, Some(unit), path);
+                }
+            }
+            for unit in judge.units.uncertain_units() {
+                add(kind, Some(&unit.path), path);
             }
         }
     }
 
-    let mut by_kind: BTreeMap<ChangeKind, (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
-    for (unit, files) in &touched {
-        let kind = match (base.contains(unit), head.contains(unit)) {
-            (true, true) => ChangeKind::UnitChanged,
-            (false, true) => ChangeKind::UnitAdded,
-            (true, false) => ChangeKind::UnitDeleted,
-            (false, false) => continue,
-        };
-        let (units, kind_files) = by_kind.entry(kind).or_default();
-        units.insert((*unit).to_owned());
-        kind_files.extend(files.iter().map(|f| (*f).to_owned()));
+    let causes: Vec<Cause> = causes.into_iter().collect();
+    let mut grouped: BTreeMap<ChangeKind, (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
+    for cause in &causes {
+        let (units, files) = grouped.entry(cause.kind).or_default();
+        units.extend(cause.unit.clone());
+        files.insert(cause.file.clone());
     }
-    let changes: Vec<Change> = by_kind
+    let changes: Vec<Change> = grouped
         .into_iter()
         .map(|(kind, (units, files))| Change {
             kind,
@@ -103,17 +212,36 @@ pub fn classify(base: &UnitIndex, head: &UnitIndex, changed: &[ChangedPath]) -> 
         })
         .collect();
 
-    let mut warnings = base.warnings.clone();
-    warnings.extend(head.warnings.iter().cloned());
-    warnings.sort();
-    warnings.dedup();
-
     let mut detection = Detection {
         changes,
-        dependencies: Vec::new(),
-        warnings,
+        causes,
+        ..Detection::default()
     };
-    detection.dependencies = affected_edges(&detection.units(), base, head);
+    let deleted: BTreeSet<&str> = detection
+        .causes
+        .iter()
+        .filter(|c| c.kind == ChangeKind::UnitDeleted)
+        .filter_map(|c| c.unit.as_deref())
+        .collect();
+    for unit in &deleted {
+        for dependent in head.units.dependents_of_missing(unit) {
+            detection.refusals.push(format!(
+                "{unit} is deleted, but {dependent} still depends on it"
+            ));
+        }
+    }
+    detection.dependencies = affected_edges(&detection.units(), base.units, head.units);
+
+    let mut warnings: BTreeSet<String> = head.units.warnings().into_iter().collect();
+    // Base problems matter only where the base was judged: deleted units and files.
+    for warning in base.units.warnings() {
+        let file = warning.split(':').next().unwrap_or_default();
+        if !head.snapshot.exists(file) {
+            warnings.insert(warning);
+        }
+    }
+    warnings.extend(settings.issues.iter().map(ToString::to_string));
+    detection.warnings = warnings.into_iter().collect();
     detection
 }
 
@@ -149,178 +277,4 @@ fn affected_edges(
         }
     }
     edges.into_iter().collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::snapshot::Snapshot;
-    use crate::units::discover;
-
-    const BACKEND: &str = "terraform {\n  backend \"local\" {}\n}\n";
-
-    fn plain(deps: &[&str]) -> String {
-        let list: Vec<String> = deps.iter().map(|d| format!("\"../{d}\"")).collect();
-        format!("dependencies = [{}]\n", list.join(", "))
-    }
-
-    fn check(base: &[(&str, &str)], head: &[(&str, &str)], changed: &[ChangedPath]) -> Detection {
-        let base = discover(&Snapshot::from_files(base.iter().copied()));
-        let head = discover(&Snapshot::from_files(head.iter().copied()));
-        classify(&base, &head, changed)
-    }
-
-    fn summary(detection: &Detection) -> Vec<(ChangeKind, Vec<&str>, Vec<&str>)> {
-        detection
-            .changes
-            .iter()
-            .map(|c| {
-                (
-                    c.kind,
-                    c.units.iter().map(String::as_str).collect(),
-                    c.files.iter().map(String::as_str).collect(),
-                )
-            })
-            .collect()
-    }
-
-    #[test]
-    fn added_changed_and_deleted_units_with_the_files_that_caused_them() {
-        let base = [
-            ("a/main.tf", BACKEND),
-            ("b/main.tf", BACKEND),
-            ("b/vars.tf", ""),
-            ("README.md", ""),
-        ];
-        let head = [
-            ("a/main.tf", BACKEND),
-            ("c/main.tf", BACKEND),
-            ("a/extra.tf", ""),
-            ("README.md", "x"),
-        ];
-        let changed = [
-            ChangedPath::added("a/extra.tf"),
-            ChangedPath::deleted("b/main.tf"),
-            ChangedPath::deleted("b/vars.tf"),
-            ChangedPath::added("c/main.tf"),
-            ChangedPath::modified("README.md"),
-        ];
-        assert_eq!(
-            summary(&check(&base, &head, &changed)),
-            [
-                (ChangeKind::UnitAdded, vec!["c"], vec!["c/main.tf"]),
-                (ChangeKind::UnitChanged, vec!["a"], vec!["a/extra.tf"]),
-                (
-                    ChangeKind::UnitDeleted,
-                    vec!["b"],
-                    vec!["b/main.tf", "b/vars.tf"]
-                ),
-            ]
-        );
-    }
-
-    #[test]
-    fn a_rename_across_units_changes_both() {
-        let base = [
-            ("a/main.tf", BACKEND),
-            ("a/x.tf", ""),
-            ("b/main.tf", BACKEND),
-        ];
-        let head = [
-            ("a/main.tf", BACKEND),
-            ("b/main.tf", BACKEND),
-            ("b/x.tf", ""),
-        ];
-        let changed = [ChangedPath::deleted("a/x.tf"), ChangedPath::added("b/x.tf")];
-        assert_eq!(
-            summary(&check(&base, &head, &changed)),
-            [(
-                ChangeKind::UnitChanged,
-                vec!["a", "b"],
-                vec!["a/x.tf", "b/x.tf"]
-            )]
-        );
-    }
-
-    #[test]
-    fn a_file_in_a_nested_unit_belongs_to_the_nested_unit_only() {
-        let files = [
-            ("a/main.tf", BACKEND),
-            ("a/inner/main.tf", BACKEND),
-            ("a/inner/x.tf", ""),
-        ];
-        let changed = [ChangedPath::modified("a/inner/x.tf")];
-        assert_eq!(
-            summary(&check(&files, &files, &changed)),
-            [(
-                ChangeKind::UnitChanged,
-                vec!["a/inner"],
-                vec!["a/inner/x.tf"]
-            )]
-        );
-    }
-
-    #[test]
-    fn edges_connect_affected_units_through_unaffected_ones() {
-        // a → b → c → d, with a, c and d changed: a depends on c (through b), c on d.
-        let files = [
-            ("a/pipelines.hcl", plain(&["b"])),
-            ("b/pipelines.hcl", plain(&["c"])),
-            ("c/pipelines.hcl", plain(&["d"])),
-            ("d/pipelines.hcl", plain(&[])),
-            ("a/main.tf", String::new()),
-            ("c/main.tf", String::new()),
-            ("d/main.tf", String::new()),
-        ];
-        let files: Vec<(&str, &str)> = files.iter().map(|(p, t)| (*p, t.as_str())).collect();
-        let changed = [
-            ChangedPath::modified("a/main.tf"),
-            ChangedPath::modified("c/main.tf"),
-            ChangedPath::modified("d/main.tf"),
-        ];
-        let detection = check(&files, &files, &changed);
-        let edges: Vec<(&str, &str)> = detection
-            .dependencies
-            .iter()
-            .map(|e| (e.unit.as_str(), e.depends_on.as_str()))
-            .collect();
-        assert_eq!(edges, [("a", "c"), ("c", "d")]);
-    }
-
-    #[test]
-    fn a_deleted_units_dependencies_are_read_at_base() {
-        let base_files = [
-            ("app/pipelines.hcl", plain(&["db"])),
-            ("db/pipelines.hcl", plain(&[])),
-        ];
-        let base: Vec<(&str, &str)> = base_files.iter().map(|(p, t)| (*p, t.as_str())).collect();
-        let head_files = [
-            ("db/pipelines.hcl", plain(&[])),
-            ("db/main.tf", String::new()),
-        ];
-        let head: Vec<(&str, &str)> = head_files.iter().map(|(p, t)| (*p, t.as_str())).collect();
-        let changed = [
-            ChangedPath::deleted("app/pipelines.hcl"),
-            ChangedPath::added("db/main.tf"),
-        ];
-        let detection = check(&base, &head, &changed);
-        assert_eq!(
-            detection.dependencies,
-            [DependencyEdge {
-                unit: "app".into(),
-                depends_on: "db".into()
-            }]
-        );
-    }
-
-    #[test]
-    fn dependency_cycles_terminate() {
-        let files = [
-            ("a/pipelines.hcl", plain(&["b"])),
-            ("b/pipelines.hcl", plain(&["a"])),
-        ];
-        let files: Vec<(&str, &str)> = files.iter().map(|(p, t)| (*p, t.as_str())).collect();
-        let detection = check(&files, &files, &[ChangedPath::modified("a/pipelines.hcl")]);
-        assert!(detection.dependencies.is_empty());
-    }
 }

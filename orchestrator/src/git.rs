@@ -9,7 +9,7 @@ use git2::{Delta, DiffOptions, ObjectType, Oid, Repository, TreeWalkMode, TreeWa
 
 use crate::DetectError;
 use crate::detect::ChangedPath;
-use crate::snapshot::{Snapshot, needs_content};
+use crate::snapshot::{Blob, BlobId, Snapshot, needs_content};
 
 pub struct GitRepo {
     repo: Repository,
@@ -49,6 +49,15 @@ impl GitRepo {
             })
     }
 
+    /// The first parent of a commit; `None` for a root commit.
+    pub fn first_parent(&self, commit: Oid) -> Result<Option<Oid>, DetectError> {
+        let commit = self
+            .repo
+            .find_commit(commit)
+            .map_err(git(format!("reading commit {commit}")))?;
+        Ok(commit.parent_ids().next())
+    }
+
     pub fn merge_base(&self, a: Oid, b: Oid) -> Result<Oid, DetectError> {
         self.repo
             .merge_base(a, b)
@@ -73,24 +82,32 @@ impl GitRepo {
         head.shorthand().ok().map(str::to_owned)
     }
 
-    /// Paths that differ between two commits. No rename detection: a rename is a deletion plus
-    /// an addition, as the change detection rules require.
-    pub fn changed_paths(&self, old: Oid, new: Oid) -> Result<Vec<ChangedPath>, DetectError> {
-        let old_tree = self
-            .repo
-            .find_commit(old)
-            .and_then(|c| c.tree())
-            .map_err(git("reading base tree"))?;
-        let new_tree = self
-            .repo
-            .find_commit(new)
-            .and_then(|c| c.tree())
-            .map_err(git("reading head tree"))?;
+    fn tree(&self, commit: Option<Oid>) -> Result<Option<git2::Tree<'_>>, DetectError> {
+        commit
+            .map(|commit| {
+                self.repo
+                    .find_commit(commit)
+                    .and_then(|c| c.tree())
+                    .map_err(git(format!("reading the tree of {commit}")))
+            })
+            .transpose()
+    }
+
+    /// Paths that differ between two commits (`None` is the empty tree before a root commit).
+    /// No rename detection: a rename is a deletion plus an addition, as the change detection
+    /// rules require.
+    pub fn changed_paths(
+        &self,
+        old: Option<Oid>,
+        new: Oid,
+    ) -> Result<Vec<ChangedPath>, DetectError> {
+        let old_tree = self.tree(old)?;
+        let new_tree = self.tree(Some(new))?;
         let mut options = DiffOptions::new();
         options.ignore_submodules(true);
         let diff = self
             .repo
-            .diff_tree_to_tree(Some(&old_tree), Some(&new_tree), Some(&mut options))
+            .diff_tree_to_tree(old_tree.as_ref(), new_tree.as_ref(), Some(&mut options))
             .map_err(git("diffing trees"))?;
         let mut changed = Vec::new();
         for delta in diff.deltas() {
@@ -111,14 +128,17 @@ impl GitRepo {
         Ok(changed)
     }
 
-    /// Every file of a commit, with the contents unit discovery needs. `cache` shares contents
-    /// between snapshots by blob id, so a file unchanged between base and head is read once.
-    pub fn snapshot(&self, commit: Oid, cache: &mut BlobCache) -> Result<Snapshot, DetectError> {
-        let tree = self
-            .repo
-            .find_commit(commit)
-            .and_then(|c| c.tree())
-            .map_err(git(format!("reading tree of {commit}")))?;
+    /// Every file of a commit (none for `None`), with the contents detection evaluates. `cache`
+    /// shares contents between snapshots by blob id, so a file unchanged between base and head
+    /// is read once.
+    pub fn snapshot(
+        &self,
+        commit: Option<Oid>,
+        cache: &mut BlobCache,
+    ) -> Result<Snapshot, DetectError> {
+        let Some(tree) = self.tree(commit)? else {
+            return Ok(Snapshot::default());
+        };
         let mut entries: Vec<(String, Oid)> = Vec::new();
         tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
             if entry.kind() == Some(ObjectType::Blob) {
@@ -127,18 +147,18 @@ impl GitRepo {
             }
             TreeWalkResult::Ok
         })
-        .map_err(git(format!("walking tree of {commit}")))?;
+        .map_err(git("walking a tree"))?;
 
         let mut snapshot = Snapshot::default();
+        snapshot.files.reserve(entries.len());
         for (path, oid) in entries {
-            if needs_content(&path)
-                && let Some(text) = cache.read(&self.repo, oid)?
-            {
-                snapshot.contents.insert(path.clone(), text);
+            if needs_content(&path) {
+                let blob = cache.read(&self.repo, oid)?;
+                snapshot.blobs.insert(path.clone(), blob);
             }
             snapshot.files.push(path);
         }
-        snapshot.files.sort();
+        snapshot.files.sort_unstable();
         Ok(snapshot)
     }
 }
@@ -147,22 +167,28 @@ fn path_string(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
-/// Blob contents by id; `None` for blobs that are not UTF-8.
+/// Blob contents by id, read once per detection.
 #[derive(Debug, Default)]
 pub struct BlobCache {
-    blobs: HashMap<Oid, Option<Arc<str>>>,
+    blobs: HashMap<Oid, Blob>,
 }
 
 impl BlobCache {
-    fn read(&mut self, repo: &Repository, oid: Oid) -> Result<Option<Arc<str>>, DetectError> {
-        if let Some(text) = self.blobs.get(&oid) {
-            return Ok(text.clone());
+    fn read(&mut self, repo: &Repository, oid: Oid) -> Result<Blob, DetectError> {
+        if let Some(blob) = self.blobs.get(&oid) {
+            return Ok(blob.clone());
         }
-        let blob = repo
+        let content = repo
             .find_blob(oid)
             .map_err(git(format!("reading blob {oid}")))?;
-        let text = std::str::from_utf8(blob.content()).ok().map(Arc::from);
-        self.blobs.insert(oid, text.clone());
-        Ok(text)
+        let mut id = [0_u8; 20];
+        let bytes = oid.as_bytes();
+        id[..bytes.len().min(20)].copy_from_slice(&bytes[..bytes.len().min(20)]);
+        let blob = Blob {
+            id: BlobId(id),
+            text: std::str::from_utf8(content.content()).ok().map(Arc::from),
+        };
+        self.blobs.insert(oid, blob.clone());
+        Ok(blob)
     }
 }

@@ -5,16 +5,24 @@
 //! nothing: it states facts (a [`ChangeEvent`]) and the dispatcher judges them.
 //!
 //! - [`git`]: the only I/O of detection, reading commits through libgit2.
-//! - [`snapshot`], [`units`], [`detect`]: pure; plain data in, plain data out.
+//! - [`snapshot`], `hcl`, `terragrunt`, `terraform`, [`units`], [`settings`], [`detect`]: pure;
+//!   plain data in, plain data out. `units` builds, per commit, what every unit reads and the
+//!   reverse index from a file to its readers; `detect` classifies the changed paths.
+//! - [`github`]: the GitHub Actions event payload, for runs without flags.
 //! - [`submit`]: publishing the event and following the run over the broker.
 //! - [`render`]: text for people.
 
 pub mod detect;
 pub mod git;
+pub mod github;
+mod hcl;
 mod paths;
 pub mod render;
+pub mod settings;
 pub mod snapshot;
 pub mod submit;
+mod terraform;
+mod terragrunt;
 pub mod units;
 
 use std::path::{Path, PathBuf};
@@ -22,8 +30,13 @@ use std::path::{Path, PathBuf};
 use proto_types::{ChangeEvent, DetectionReport, EventKind, Trigger};
 use uuid::Uuid;
 
-use crate::detect::Detection;
+use std::collections::BTreeSet;
+
+use crate::detect::{ChangedPath, Commit, Detection, Side};
 use crate::git::{BlobCache, GitRepo};
+use crate::settings::Settings;
+use crate::snapshot::Snapshot;
+use crate::units::{Evaluate, UnitIndex};
 
 /// Why detection could not run. All are usage errors: wrong path, wrong revision, a broken
 /// repository. None is retryable.
@@ -33,6 +46,8 @@ pub enum DetectError {
     NotARepository { path: PathBuf, reason: String },
     #[error("unknown revision {rev:?}: {reason}")]
     UnknownRevision { rev: String, reason: String },
+    #[error("a pull request needs a base revision (--base)")]
+    MissingBase,
     #[error("git failed {context}: {source}")]
     Git {
         context: String,
@@ -45,7 +60,10 @@ pub enum DetectError {
 #[derive(Debug, Clone, Copy)]
 pub struct DetectRequest<'a> {
     pub repo: &'a Path,
-    pub base: &'a str,
+    /// Pull requests: the base branch or commit (the merge base with head is used). Pushes: the
+    /// commit before the push; `None` (or an all-zero sha, as GitHub sends for new branches)
+    /// means the head's first parent.
+    pub base: Option<&'a str>,
     pub head: &'a str,
     pub event: EventKind,
 }
@@ -61,32 +79,80 @@ pub struct DetectOutcome {
     pub detection: Detection,
 }
 
+/// The all-zero sha GitHub sends as `before` when a branch is created.
+const NULL_SHA: &str = "0000000000000000000000000000000000000000";
+
 /// Detects the changes between two revisions of a repository.
 pub fn detect_changes(request: DetectRequest<'_>) -> Result<DetectOutcome, DetectError> {
     let repo = GitRepo::open(request.repo)?;
     let head = repo.resolve(request.head)?;
-    let given_base = repo.resolve(request.base)?;
-    let base = match request.event {
-        EventKind::PullRequest => repo.merge_base(given_base, head)?,
-        EventKind::Push => given_base,
+    let given_base = match request.base {
+        Some(rev) if rev != NULL_SHA => Some(repo.resolve(rev)?),
+        _ => None,
     };
-    let _span = tracing::info_span!("detect", base = %base, head = %head).entered();
+    let base = match (request.event, given_base) {
+        (EventKind::PullRequest, Some(base)) => Some(repo.merge_base(base, head)?),
+        (EventKind::PullRequest, None) => return Err(DetectError::MissingBase),
+        (EventKind::Push, Some(base)) => Some(base),
+        (EventKind::Push, None) => repo.first_parent(head)?,
+    };
+    let _span = tracing::info_span!("detect", head = %head).entered();
     let changed = repo.changed_paths(base, head)?;
-    let mut cache = BlobCache::default();
-    let base_units = units::discover(&repo.snapshot(base, &mut cache)?);
-    let head_units = units::discover(&repo.snapshot(head, &mut cache)?);
-    let detection = detect::classify(&base_units, &head_units, &changed);
+    let mut blobs = BlobCache::default();
+    let head_snapshot = repo.snapshot(Some(head), &mut blobs)?;
+    let base_snapshot = repo.snapshot(base, &mut blobs)?;
+    let detection = detect_in_snapshots(&base_snapshot, &head_snapshot, &changed);
     tracing::info!(
         changed_paths = changed.len(),
         units = detection.units().len(),
         "Detected changes."
     );
     Ok(DetectOutcome {
-        base_sha: base.to_string(),
+        base_sha: base.map_or_else(|| NULL_SHA.to_owned(), |base| base.to_string()),
         head_sha: head.to_string(),
         event: request.event,
         detection,
     })
+}
+
+/// Detection on plain data: two snapshots and the paths that differ between them.
+pub fn detect_in_snapshots(base: &Snapshot, head: &Snapshot, changed: &[ChangedPath]) -> Detection {
+    let mut parsed = hcl::ParseCache::default();
+    parsed.add_snapshot(head);
+    // Base files are mostly the same blobs: only changed ones are parsed again.
+    parsed.add_snapshot(base);
+    let head_units = UnitIndex::build_with(head, &parsed, Evaluate::All);
+    let mut base_units = UnitIndex::discover(base, &parsed);
+    // At base, evaluate only what is judged there: deleted units, or every unit when a file
+    // outside units was deleted (its readers are read at base).
+    let deleted_shared = changed.iter().any(|c| {
+        c.sides == [Side::Base]
+            && paths::owning_unit(&c.path, |dir| base_units.contains(dir)).is_none()
+    });
+    if deleted_shared {
+        base_units.evaluate(base, &parsed, Evaluate::All);
+    } else {
+        let deleted: BTreeSet<String> = base_units
+            .units
+            .keys()
+            .filter(|unit| !head_units.contains(unit))
+            .cloned()
+            .collect();
+        base_units.evaluate(base, &parsed, Evaluate::Only(&deleted));
+    }
+    let settings = Settings::from_snapshot(base);
+    detect::classify(
+        Commit {
+            snapshot: base,
+            units: &base_units,
+        },
+        Commit {
+            snapshot: head,
+            units: &head_units,
+        },
+        changed,
+        &settings,
+    )
 }
 
 impl DetectOutcome {
@@ -97,7 +163,13 @@ impl DetectOutcome {
             head_sha: self.head_sha.clone(),
             event: self.event,
             changes: self.detection.changes.clone(),
-            warnings: self.detection.warnings.clone(),
+            warnings: self
+                .detection
+                .refusals
+                .iter()
+                .map(|refusal| format!("refused: {refusal}"))
+                .chain(self.detection.warnings.iter().cloned())
+                .collect(),
         }
     }
 

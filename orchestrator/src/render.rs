@@ -2,36 +2,47 @@
 
 use std::fmt::Write as _;
 
-use proto_types::{DetectionReport, RunState, RunStatus, UnitState, UnitStatus};
+use std::collections::BTreeMap;
 
-/// `KIND  UNIT  FILE` rows, one per unit and kind, with the first file that caused it.
-pub fn detection_table(report: &DetectionReport) -> String {
-    let mut rows: Vec<[String; 3]> = Vec::new();
-    for change in &report.changes {
-        for unit in &change.units {
-            let prefix = format!("{unit}/");
-            let mut files = change.files.iter().filter(|f| f.starts_with(&prefix));
-            let file = match (files.next(), files.count()) {
-                (Some(first), 0) => first.clone(),
-                (Some(first), more) => format!("{first} (+{more} more)"),
-                (None, _) => change.files.first().cloned().unwrap_or_default(),
-            };
-            rows.push([change.kind.to_string(), unit.clone(), file]);
-        }
+use proto_types::{ChangeKind, RunState, RunStatus, UnitState, UnitStatus};
+
+use crate::DetectOutcome;
+
+/// `KIND  UNIT  FILE` rows: one per kind and unit, with the first file that caused it.
+pub fn detection_table(outcome: &DetectOutcome) -> String {
+    let mut grouped: BTreeMap<(ChangeKind, Option<&str>), Vec<&str>> = BTreeMap::new();
+    for cause in &outcome.detection.causes {
+        grouped
+            .entry((cause.kind, cause.unit.as_deref()))
+            .or_default()
+            .push(&cause.file);
     }
+    let rows: Vec<[String; 3]> = grouped
+        .into_iter()
+        .map(|((kind, unit), files)| {
+            let file = match files.len() {
+                1 => files[0].to_owned(),
+                n => format!("{} (+{} more)", files[0], n - 1),
+            };
+            [kind.to_string(), unit.unwrap_or("-").to_owned(), file]
+        })
+        .collect();
     let mut out = String::new();
     let _ = writeln!(
         out,
         "{} {}..{}: {} unit(s) affected",
-        report.event,
-        short(&report.base_sha),
-        short(&report.head_sha),
-        rows.len()
+        outcome.event,
+        short(&outcome.base_sha),
+        short(&outcome.head_sha),
+        outcome.detection.units().len()
     );
     if !rows.is_empty() {
         out.push_str(&table(&["KIND", "UNIT", "FILE"], &rows));
     }
-    for warning in &report.warnings {
+    for refusal in &outcome.detection.refusals {
+        let _ = writeln!(out, "refused: {refusal}");
+    }
+    for warning in &outcome.detection.warnings {
         let _ = writeln!(out, "warning: {warning}");
     }
     out
@@ -196,7 +207,7 @@ fn short(sha: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use proto_types::{Action, Change, ChangeKind, EventKind, ResourceCounts};
+    use proto_types::{Action, EventKind, ResourceCounts};
     use uuid::Uuid;
 
     use super::*;
@@ -229,24 +240,42 @@ mod tests {
 
     #[test]
     fn the_detection_table_names_kind_unit_and_file() {
-        let report = DetectionReport {
+        use crate::detect::{Cause, Detection};
+        let cause = |kind, unit: Option<&str>, file: &str| Cause {
+            kind,
+            unit: unit.map(Into::into),
+            file: file.into(),
+        };
+        let outcome = DetectOutcome {
             base_sha: "a".into(),
             head_sha: "b".into(),
             event: EventKind::PullRequest,
-            changes: vec![Change {
-                kind: ChangeKind::UnitChanged,
-                units: vec!["dev/app".into()],
-                files: vec!["dev/app/main.tf".into(), "dev/app/x.tf".into()],
-            }],
-            warnings: vec!["dev/x/main.tf: parse error".into()],
+            detection: Detection {
+                causes: vec![
+                    cause(ChangeKind::UnitChanged, Some("dev/app"), "dev/app/main.tf"),
+                    cause(ChangeKind::UnitChanged, Some("dev/app"), "dev/app/x.tf"),
+                    cause(ChangeKind::HclChanged, Some("dev/app"), "dev/env.hcl"),
+                    cause(ChangeKind::AccountsChanged, None, "accounts.yml"),
+                ],
+                warnings: vec!["dev/x/main.tf:3: syntax error".into()],
+                ..Detection::default()
+            },
         };
-        let text = detection_table(&report);
+        let text = detection_table(&outcome);
         assert!(
-            text.contains("UnitChanged  dev/app  dev/app/main.tf (+1 more)"),
+            text.contains("UnitChanged      dev/app  dev/app/main.tf (+1 more)"),
             "{text}"
         );
         assert!(
-            text.contains("warning: dev/x/main.tf: parse error"),
+            text.contains("HclChanged       dev/app  dev/env.hcl"),
+            "{text}"
+        );
+        assert!(
+            text.contains("AccountsChanged  -        accounts.yml"),
+            "{text}"
+        );
+        assert!(
+            text.contains("warning: dev/x/main.tf:3: syntax error"),
             "{text}"
         );
     }

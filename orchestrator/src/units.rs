@@ -1,18 +1,18 @@
-//! Unit discovery: which directories of a snapshot are units, how they run, and what they
-//! depend on.
+//! Units of one snapshot: which directories are units, what each reads and depends on, and the
+//! reverse index from a file to the units that read it. Pure.
 //!
 //! A unit is a directory other than the repository root that holds `terragrunt.hcl` (run with
-//! terragrunt), or a plain root module: a `pipelines.hcl` file, or `.tf`/`.tofu` files
-//! declaring a backend (run with tofu or terraform). Dependencies come from terragrunt
-//! `dependency`/`dependencies` blocks and, for plain units, `dependencies = [...]` in
-//! `pipelines.hcl`; paths are relative to the unit.
+//! terragrunt), or a plain root module: a `pipelines.hcl` file, or `.tf`/`.tofu` files declaring
+//! a backend (run with tofu or terraform). Plain units list their dependencies in
+//! `pipelines.hcl` (`dependencies = ["../network"]`), Terragrunt units in `dependency` and
+//! `dependencies` blocks.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use hcl::{Body, Expression};
-
+use crate::hcl::{Collector, Eval, Issue, ParseCache, Scope, ScopeKind, Value, resolve};
 use crate::paths::{file_name, join, parent};
 use crate::snapshot::Snapshot;
+use crate::terraform::{declares_backend, is_terraform_source, module_reads};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnitKind {
@@ -26,22 +26,157 @@ pub struct Unit {
     pub kind: UnitKind,
     /// Repo-relative paths of the units this one reads outputs from, sorted.
     pub dependencies: Vec<String>,
+    /// Every file its configuration reads, its own configuration included.
+    pub reads: BTreeSet<String>,
+    /// Dependency targets that are not units of this snapshot (deleted, or never were).
+    pub missing_dependencies: Vec<String>,
+    /// Whether some read could not be resolved, so `reads` may be incomplete.
+    pub uncertain: bool,
 }
 
-/// The units of one snapshot, by path, with what could not be understood.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The units of one snapshot and what they read.
+#[derive(Debug, Clone, Default)]
 pub struct UnitIndex {
     pub units: BTreeMap<String, Unit>,
-    pub warnings: Vec<String>,
+    readers: HashMap<String, Vec<String>>,
+    issues: BTreeSet<Issue>,
+    evaluated: BTreeSet<String>,
+    /// Configuration files (HCL, Terraform) that do not parse.
+    broken: BTreeSet<String>,
+}
+
+/// Which units to evaluate (discovery alone is cheap; evaluation reads every configuration).
+#[derive(Debug, Clone, Copy)]
+pub enum Evaluate<'a> {
+    All,
+    Only(&'a BTreeSet<String>),
 }
 
 impl UnitIndex {
-    pub fn contains(&self, path: &str) -> bool {
-        self.units.contains_key(path)
+    /// Discovers and evaluates every unit of `snapshot`.
+    pub fn build(snapshot: &Snapshot) -> UnitIndex {
+        let mut cache = ParseCache::default();
+        cache.add_snapshot(snapshot);
+        UnitIndex::build_with(snapshot, &cache, Evaluate::All)
     }
 
-    pub fn dependencies_of(&self, path: &str) -> &[String] {
-        self.units.get(path).map_or(&[], |unit| &unit.dependencies)
+    pub(crate) fn build_with(
+        snapshot: &Snapshot,
+        cache: &ParseCache,
+        evaluate: Evaluate<'_>,
+    ) -> UnitIndex {
+        let mut index = UnitIndex::discover(snapshot, cache);
+        index.evaluate(snapshot, cache, evaluate);
+        index
+    }
+
+    /// Finds the units of a snapshot (and its unparsable files) without evaluating them.
+    pub(crate) fn discover(snapshot: &Snapshot, cache: &ParseCache) -> UnitIndex {
+        discover(snapshot, cache)
+    }
+
+    /// Evaluates the units `evaluate` selects that were not evaluated yet.
+    pub(crate) fn evaluate(
+        &mut self,
+        snapshot: &Snapshot,
+        cache: &ParseCache,
+        evaluate: Evaluate<'_>,
+    ) {
+        let todo: Vec<(String, UnitKind)> = self
+            .units
+            .values()
+            .filter(|unit| match evaluate {
+                Evaluate::All => true,
+                Evaluate::Only(wanted) => wanted.contains(&unit.path),
+            })
+            .filter(|unit| !self.evaluated.contains(&unit.path))
+            .map(|unit| (unit.path.clone(), unit.kind))
+            .collect();
+        let results = evaluate_parallel(snapshot, cache, &todo);
+        self.absorb(results);
+    }
+
+    pub fn contains(&self, dir: &str) -> bool {
+        self.units.contains_key(dir)
+    }
+
+    pub fn dependencies_of(&self, unit: &str) -> &[String] {
+        self.units.get(unit).map_or(&[], |unit| &unit.dependencies)
+    }
+
+    /// Units whose configuration reads `file` (directly or through any chain).
+    pub fn readers_of(&self, file: &str) -> &[String] {
+        self.readers.get(file).map_or(&[], Vec::as_slice)
+    }
+
+    /// Units whose reads could not all be resolved.
+    pub fn uncertain_units(&self) -> impl Iterator<Item = &Unit> {
+        self.units.values().filter(|unit| unit.uncertain)
+    }
+
+    /// Whether `file` itself is not understood: it does not parse, or evaluating it hit
+    /// something unresolvable.
+    pub fn has_problem(&self, file: &str) -> bool {
+        self.broken.contains(file)
+            || self
+                .issues
+                .iter()
+                .any(|issue| issue.uncertain && issue.file == file)
+    }
+
+    /// Units whose configuration names `unit` as a dependency although it is not a unit here.
+    pub fn dependents_of_missing(&self, unit: &str) -> Vec<&str> {
+        self.units
+            .values()
+            .filter(|u| u.missing_dependencies.iter().any(|d| d == unit))
+            .map(|u| u.path.as_str())
+            .collect()
+    }
+
+    pub fn is_evaluated(&self, unit: &str) -> bool {
+        self.evaluated.contains(unit)
+    }
+
+    /// Every problem found, as `file:line: message`, sorted and without repeats.
+    pub fn warnings(&self) -> Vec<String> {
+        let unique: BTreeSet<String> = self.issues.iter().map(ToString::to_string).collect();
+        unique.into_iter().collect()
+    }
+
+    fn absorb(&mut self, results: Vec<(String, Collector, BTreeSet<String>)>) {
+        for (path, found, dependencies) in results {
+            let (known, missing): (Vec<String>, Vec<String>) = dependencies
+                .into_iter()
+                .filter(|target| *target != path)
+                .partition(|target| self.units.contains_key(target));
+            for target in &missing {
+                self.issues.insert(Issue {
+                    file: path.clone(),
+                    line: None,
+                    message: format!("dependency {target} is not a unit; ignored"),
+                    uncertain: false,
+                });
+            }
+            for read in &found.reads {
+                self.readers
+                    .entry(read.clone())
+                    .or_default()
+                    .push(path.clone());
+            }
+            let uncertain = found.issues.iter().any(|issue| issue.uncertain);
+            self.issues.extend(found.issues);
+            if let Some(unit) = self.units.get_mut(&path) {
+                unit.dependencies = known;
+                unit.missing_dependencies = missing;
+                unit.reads = found.reads;
+                unit.uncertain = uncertain;
+            }
+            self.evaluated.insert(path);
+        }
+        for readers in self.readers.values_mut() {
+            readers.sort_unstable();
+            readers.dedup();
+        }
     }
 }
 
@@ -51,202 +186,189 @@ fn is_cache_path(path: &str) -> bool {
         .any(|part| part == ".terraform" || part == ".terragrunt-cache")
 }
 
-#[derive(Default)]
-struct DirFiles<'a> {
-    terragrunt: Option<&'a str>,
-    pipelines: Option<&'a str>,
-    sources: Vec<&'a str>,
-}
-
-pub fn discover(snapshot: &Snapshot) -> UnitIndex {
-    let mut dirs: BTreeMap<&str, DirFiles<'_>> = BTreeMap::new();
+/// Finds the units of a snapshot without evaluating them.
+fn discover(snapshot: &Snapshot, cache: &ParseCache) -> UnitIndex {
+    let mut index = UnitIndex::default();
+    for path in snapshot.blobs.keys() {
+        if is_cache_path(path) {
+            continue;
+        }
+        if let Some(issue) = cache
+            .get(snapshot, path)
+            .and_then(|parsed| parsed.syntax_issue(path))
+        {
+            index.broken.insert(path.clone());
+            index.issues.insert(issue);
+        }
+    }
+    #[derive(Default)]
+    struct Markers<'a> {
+        terragrunt: bool,
+        pipelines: bool,
+        sources: Vec<&'a str>,
+    }
+    let mut dirs: BTreeMap<&str, Markers<'_>> = BTreeMap::new();
     for path in &snapshot.files {
         let dir = parent(path);
         if dir.is_empty() || is_cache_path(path) {
             continue;
         }
         let name = file_name(path);
-        let entry = dirs.entry(dir).or_default();
+        let markers = dirs.entry(dir).or_default();
         match name {
-            "terragrunt.hcl" => entry.terragrunt = Some(path),
-            "pipelines.hcl" => entry.pipelines = Some(path),
-            _ if name.ends_with(".tf") || name.ends_with(".tofu") => entry.sources.push(path),
+            "terragrunt.hcl" => markers.terragrunt = true,
+            "pipelines.hcl" => markers.pipelines = true,
+            _ if is_terraform_source(name) => markers.sources.push(path),
             _ => {}
         }
     }
-
-    let mut index = UnitIndex::default();
-    let mut raw_dependencies: Vec<(String, Vec<String>)> = Vec::new();
-    for (dir, files) in dirs {
-        let (kind, dependencies) = if let Some(config) = files.terragrunt {
-            let deps = parse_config(
-                snapshot,
-                config,
-                terragrunt_dependencies,
-                &mut index.warnings,
-            );
-            (UnitKind::Terragrunt, deps)
-        } else if let Some(config) = files.pipelines {
-            let deps = parse_config(
-                snapshot,
-                config,
-                pipelines_dependencies,
-                &mut index.warnings,
-            );
-            (UnitKind::Plain, deps)
-        } else if files
-            .sources
-            .iter()
-            .any(|source| declares_backend(snapshot, source, &mut index.warnings))
-        {
-            (UnitKind::Plain, Vec::new())
+    for (dir, markers) in dirs {
+        let kind = if markers.terragrunt {
+            UnitKind::Terragrunt
+        } else if markers.pipelines {
+            UnitKind::Plain
         } else {
-            continue;
-        };
-        let mut resolved = BTreeSet::new();
-        for relative in dependencies {
-            match join(dir, &relative) {
-                Some(target) if !target.is_empty() => {
-                    resolved.insert(target);
-                }
-                _ => index.warnings.push(format!(
-                    "{dir}: dependency {relative:?} points outside the repository; ignored"
-                )),
+            let mut is_root_module = false;
+            for source in &markers.sources {
+                is_root_module |= declares_backend(snapshot, cache, source);
             }
-        }
-        raw_dependencies.push((dir.to_owned(), resolved.into_iter().collect()));
+            if !is_root_module {
+                continue;
+            }
+            UnitKind::Plain
+        };
         index.units.insert(
             dir.to_owned(),
             Unit {
                 path: dir.to_owned(),
                 kind,
                 dependencies: Vec::new(),
+                reads: BTreeSet::new(),
+                missing_dependencies: Vec::new(),
+                uncertain: false,
             },
         );
-    }
-
-    // Second pass, once every unit is known: keep dependencies that name units.
-    for (dir, dependencies) in raw_dependencies {
-        let (known, unknown): (Vec<String>, Vec<String>) = dependencies
-            .into_iter()
-            .partition(|target| index.units.contains_key(target));
-        for target in unknown {
-            index
-                .warnings
-                .push(format!("{dir}: dependency {target} is not a unit; ignored"));
-        }
-        if let Some(unit) = index.units.get_mut(&dir) {
-            unit.dependencies = known;
-        }
     }
     index
 }
 
-/// Parses a unit's configuration and extracts dependency paths with `extract`. A file that
-/// does not parse still makes a unit; it just contributes no dependencies, with a warning.
-fn parse_config(
+/// Evaluates units on every core; each thread keeps its own memos.
+fn evaluate_parallel(
     snapshot: &Snapshot,
-    path: &str,
-    extract: fn(&Body, &str, &mut Vec<String>) -> Vec<String>,
-    warnings: &mut Vec<String>,
-) -> Vec<String> {
-    let Some(text) = snapshot.content(path) else {
-        warnings.push(format!("{path}: not valid UTF-8; dependencies unknown"));
+    cache: &ParseCache,
+    todo: &[(String, UnitKind)],
+) -> Vec<(String, Collector, BTreeSet<String>)> {
+    if todo.is_empty() {
         return Vec::new();
-    };
-    match hcl::parse(text) {
-        Ok(body) => extract(&body, path, warnings),
-        Err(err) => {
-            warnings.push(format!(
-                "{path}: {}; dependencies unknown",
-                one_line(&err.to_string())
-            ));
-            Vec::new()
-        }
     }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(todo.len());
+    let chunk = todo.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = todo
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    let mut ev = Eval::new(snapshot, cache);
+                    part.iter()
+                        .map(|(path, kind)| {
+                            let (found, deps) = evaluate_unit(&mut ev, path, *kind);
+                            (path.clone(), found, deps)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
 }
 
-/// `dependency "x" { config_path = "../x" }` and `dependencies { paths = ["../x"] }`.
-fn terragrunt_dependencies(body: &Body, path: &str, warnings: &mut Vec<String>) -> Vec<String> {
-    let mut found = Vec::new();
-    for block in body.blocks() {
-        let wanted = match block.identifier() {
-            "dependency" => "config_path",
-            "dependencies" => "paths",
-            _ => continue,
-        };
-        for attribute in block.body().attributes().filter(|a| a.key() == wanted) {
-            literal_strings(attribute.expr(), path, wanted, &mut found, warnings);
-        }
-    }
-    found
-}
-
-/// `dependencies = ["../x", ...]` at the top level of `pipelines.hcl`.
-fn pipelines_dependencies(body: &Body, path: &str, warnings: &mut Vec<String>) -> Vec<String> {
-    let mut found = Vec::new();
-    for attribute in body.attributes().filter(|a| a.key() == "dependencies") {
-        literal_strings(attribute.expr(), path, "dependencies", &mut found, warnings);
-    }
-    found
-}
-
-fn literal_strings(
-    expr: &Expression,
+/// Evaluates one unit with the memos of `ev`.
+pub(crate) fn evaluate_unit(
+    ev: &mut Eval<'_>,
     path: &str,
-    key: &str,
-    found: &mut Vec<String>,
-    warnings: &mut Vec<String>,
-) {
-    match expr {
-        Expression::String(value) => found.push(value.clone()),
-        Expression::Array(items) => {
-            for item in items {
-                literal_strings(item, path, key, found, warnings);
-            }
+    kind: UnitKind,
+) -> (Collector, BTreeSet<String>) {
+    match kind {
+        UnitKind::Terragrunt => {
+            let findings = crate::terragrunt::evaluate_unit(ev, path);
+            (findings.found, findings.dependencies)
         }
-        _ => warnings.push(format!(
-            "{path}: `{key}` is not a literal string or list of strings; that dependency is unknown"
-        )),
+        UnitKind::Plain => {
+            let mut found = Collector::default();
+            let dependencies = plain_dependencies(ev, path, &mut found);
+            let module = module_reads(ev, path);
+            found.merge(&module);
+            (found, dependencies)
+        }
     }
 }
 
-/// Whether a Terraform source declares a backend (or `cloud`) inside a `terraform` block:
-/// what makes a directory of `.tf` files a root module rather than a library module.
-fn declares_backend(snapshot: &Snapshot, path: &str, warnings: &mut Vec<String>) -> bool {
-    let Some(text) = snapshot.content(path) else {
-        return false;
+/// `dependencies = [...]` in a plain unit's `pipelines.hcl`, relative to the unit.
+fn plain_dependencies(ev: &mut Eval<'_>, unit: &str, out: &mut Collector) -> BTreeSet<String> {
+    let mut dependencies = BTreeSet::new();
+    let Some(config) = join(unit, "pipelines.hcl") else {
+        return dependencies;
     };
-    // Cheap pre-filter: most library modules never mention a backend.
-    if !text.contains("backend") && !text.contains("cloud") {
-        return false;
+    if !ev.snapshot.exists(&config) {
+        return dependencies;
     }
-    match hcl::parse(text) {
-        Ok(body) => body
-            .blocks()
-            .filter(|b| b.identifier() == "terraform")
-            .any(|terraform| {
-                terraform
-                    .body()
-                    .blocks()
-                    .any(|b| matches!(b.identifier(), "backend" | "cloud"))
+    out.reads.insert(config.clone());
+    let Some(parsed) = ev.cache.get(ev.snapshot, &config) else {
+        return dependencies;
+    };
+    let body = match &parsed.body {
+        Ok(body) => body,
+        Err(_) => {
+            // Its dependencies are unknown; the unit itself is still a unit.
+            out.issues
+                .extend(parsed.syntax_issue(&config).map(|issue| crate::hcl::Issue {
+                    message: format!("{}; dependencies unknown", issue.message),
+                    uncertain: false,
+                    ..issue
+                }));
+            return dependencies;
+        }
+    };
+    let Some(attribute) = body.get_attribute("dependencies") else {
+        return dependencies;
+    };
+    let variables = BTreeMap::new();
+    let scope = Scope {
+        kind: ScopeKind::Terragrunt,
+        file: &config,
+        parsed: &parsed,
+        dir: unit,
+        includes: &[],
+        locals: None,
+        variables: &variables,
+    };
+    let value = ev.eval(&attribute.value, &scope, out);
+    let items = match value {
+        Value::List(items) => items,
+        other => vec![other],
+    };
+    for item in items {
+        match item.as_string().and_then(|text| resolve(&text, unit)) {
+            Some(target) if !target.is_empty() => {
+                dependencies.insert(target);
+            }
+            _ => out.issues.push(crate::hcl::Issue {
+                file: config.clone(),
+                line: None,
+                message: format!(
+                    "a dependency in `dependencies` is not a path inside the repository ({}); ignored",
+                    item.unknown_reason().unwrap_or("leaves the repository")
+                ),
+                uncertain: false,
             }),
-        Err(err) => {
-            // Conservative: a broken file that mentions a backend is treated as a unit, so a
-            // change to it is planned (and fails loudly) instead of being silently missed.
-            let fallback = text.contains("backend \"");
-            warnings.push(format!(
-                "{path}: {}; treated as {}",
-                one_line(&err.to_string()),
-                if fallback { "a unit" } else { "not a unit" }
-            ));
-            fallback
         }
     }
-}
-
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+    dependencies
 }
 
 #[cfg(test)]
@@ -286,7 +408,7 @@ mod tests {
             ("plain/db/.terraform/modules/m/main.tf", BACKEND),
             ("README.md", "# hi"),
         ]);
-        let index = discover(&snapshot);
+        let index = UnitIndex::build(&snapshot);
         assert_eq!(
             units(&index),
             [
@@ -296,20 +418,7 @@ mod tests {
                 ("plain/db", UnitKind::Plain, vec![]),
             ]
         );
-        assert!(index.warnings.is_empty(), "{:?}", index.warnings);
-    }
-
-    #[test]
-    fn terragrunt_dependencies_blocks_are_read() {
-        let snapshot = Snapshot::from_files([
-            (
-                "a/terragrunt.hcl",
-                "dependencies {\n  paths = [\"../b\", \"../c\"]\n}\n",
-            ),
-            ("b/terragrunt.hcl", ""),
-            ("c/terragrunt.hcl", ""),
-        ]);
-        assert_eq!(discover(&snapshot).dependencies_of("a"), ["b", "c"]);
+        assert!(index.warnings().is_empty(), "{:?}", index.warnings());
     }
 
     #[test]
@@ -323,15 +432,15 @@ mod tests {
             ("c/pipelines.hcl", "dependencies = [\n"),
             ("d/main.tf", "terraform {\n backend \"local\" {\n"),
         ]);
-        let index = discover(&snapshot);
+        let index = UnitIndex::build(&snapshot);
         assert_eq!(index.units.keys().collect::<Vec<_>>(), ["a", "b", "c", "d"]);
-        let warnings = index.warnings.join("\n");
+        let warnings = index.warnings().join("\n");
         for needle in [
-            "a: dependency \"../../../outside\"",
-            "a: dependency missing",
+            "a/pipelines.hcl: a dependency",
+            "a: dependency missing is not a unit",
             "b/pipelines.hcl",
-            "c/pipelines.hcl",
-            "d/main.tf",
+            "c/pipelines.hcl:1: syntax error",
+            "d/main.tf:2: syntax error",
         ] {
             assert!(
                 warnings.contains(needle),
