@@ -5,6 +5,11 @@
 
 mod commands;
 
+/// mimalloc rather than the system allocator: change detection on a 10k-unit repository runs
+/// about 20% faster with it (BENCHMARKS.md), and the services allocate per message.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -113,7 +113,22 @@ fn shared_file_kind(path: &str) -> ChangeKind {
     }
 }
 
+/// Classifies the changes, then adds refusals and dependency edges. Expects the dependencies
+/// of every evaluated unit to be resolved (as [`UnitIndex::build`] does).
 pub fn classify(
+    base: Commit<'_>,
+    head: Commit<'_>,
+    changed: &[ChangedPath],
+    settings: &Settings,
+) -> Detection {
+    let mut detection = classify_changes(base, head, changed, settings);
+    finish(&mut detection, base, head, settings);
+    detection
+}
+
+/// The changes and their causes, without refusals or dependency edges (which need dependencies
+/// resolved: see [`units_to_resolve`]) and warnings (added by [`finish`]).
+pub(crate) fn classify_changes(
     base: Commit<'_>,
     head: Commit<'_>,
     changed: &[ChangedPath],
@@ -172,7 +187,7 @@ pub fn classify(
         };
         let kind = shared_file_kind(path);
         for reader in judge.units.readers_of(path) {
-            if !owners.contains(reader.as_str()) {
+            if !owners.contains(reader) {
                 add(kind, Some(reader), path);
             }
         }
@@ -212,24 +227,87 @@ pub fn classify(
         })
         .collect();
 
-    let mut detection = Detection {
+    Detection {
         changes,
         causes,
         ..Detection::default()
-    };
+    }
+}
+
+/// Whether the change deletes units: refusing it needs every remaining unit's dependencies.
+pub(crate) fn deletes_units(detection: &Detection) -> bool {
+    detection
+        .changes
+        .iter()
+        .any(|change| change.kind == ChangeKind::UnitDeleted)
+}
+
+/// Units whose dependencies the edges need but that are not resolved yet: the affected units,
+/// and the units reached from them through resolved dependencies, as (at base, at head). Call
+/// until both are empty.
+pub(crate) fn units_to_resolve(
+    detection: &Detection,
+    base: &UnitIndex,
+    head: &UnitIndex,
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut wanted = (BTreeSet::new(), BTreeSet::new());
+    let mut seen = (BTreeSet::new(), BTreeSet::new());
+    let mut stack: Vec<(&str, bool)> = detection
+        .units()
+        .into_iter()
+        .map(|unit| (unit, head.contains(unit)))
+        .collect();
+    while let Some((unit, at_head)) = stack.pop() {
+        let (index, seen, wanted) = if at_head {
+            (head, &mut seen.1, &mut wanted.1)
+        } else {
+            (base, &mut seen.0, &mut wanted.0)
+        };
+        if !seen.insert(unit) {
+            continue;
+        }
+        let Some(found) = index.units.get(unit) else {
+            continue;
+        };
+        if !found.dependencies_resolved() {
+            if found.is_evaluated() {
+                wanted.insert(unit.to_owned());
+            }
+            continue;
+        }
+        stack.extend(
+            found
+                .dependencies
+                .iter()
+                .map(|dependency| (dependency.as_str(), at_head)),
+        );
+    }
+    wanted
+}
+
+/// Adds refusals (deleted units still depended on), the dependency edges among affected units,
+/// and the warnings of everything evaluated, now that evaluation is complete.
+pub(crate) fn finish(
+    detection: &mut Detection,
+    base: Commit<'_>,
+    head: Commit<'_>,
+    settings: &Settings,
+) {
     let deleted: BTreeSet<&str> = detection
         .causes
         .iter()
         .filter(|c| c.kind == ChangeKind::UnitDeleted)
         .filter_map(|c| c.unit.as_deref())
         .collect();
+    let mut refusals = Vec::new();
     for unit in &deleted {
         for dependent in head.units.dependents_of_missing(unit) {
-            detection.refusals.push(format!(
+            refusals.push(format!(
                 "{unit} is deleted, but {dependent} still depends on it"
             ));
         }
     }
+    detection.refusals = refusals;
     detection.dependencies = affected_edges(&detection.units(), base.units, head.units);
 
     let mut warnings: BTreeSet<String> = head.units.warnings().into_iter().collect();
@@ -242,7 +320,6 @@ pub fn classify(
     }
     warnings.extend(settings.issues.iter().map(ToString::to_string));
     detection.warnings = warnings.into_iter().collect();
-    detection
 }
 
 /// Edges among affected units. A unit's dependencies are read where it exists: at head, or at

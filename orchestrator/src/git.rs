@@ -1,7 +1,6 @@
 //! The git edge: resolving revisions, diffing two commits and reading a commit's files, all
 //! from the object database (never the working tree), through libgit2.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -101,6 +100,16 @@ impl GitRepo {
         old: Option<Oid>,
         new: Oid,
     ) -> Result<Vec<ChangedPath>, DetectError> {
+        Ok(self.diff(old, new)?.0)
+    }
+
+    /// The changed paths, and the base-side blob of every modified or deleted file.
+    #[allow(clippy::type_complexity)] // A private pair, named by its one caller.
+    fn diff(
+        &self,
+        old: Option<Oid>,
+        new: Oid,
+    ) -> Result<(Vec<ChangedPath>, Vec<(String, Oid)>), DetectError> {
         let old_tree = self.tree(old)?;
         let new_tree = self.tree(Some(new))?;
         let mut options = DiffOptions::new();
@@ -110,9 +119,15 @@ impl GitRepo {
             .diff_tree_to_tree(old_tree.as_ref(), new_tree.as_ref(), Some(&mut options))
             .map_err(git("diffing trees"))?;
         let mut changed = Vec::new();
+        let mut base_blobs = Vec::new();
         for delta in diff.deltas() {
             let old_path = delta.old_file().path().map(path_string);
             let new_path = delta.new_file().path().map(path_string);
+            if delta.status() != Delta::Added
+                && let Some(path) = &old_path
+            {
+                base_blobs.push((path.clone(), delta.old_file().id()));
+            }
             match (delta.status(), old_path, new_path) {
                 (Delta::Added, _, Some(path)) => changed.push(ChangedPath::added(&path)),
                 (Delta::Deleted, Some(path), _) => changed.push(ChangedPath::deleted(&path)),
@@ -125,7 +140,57 @@ impl GitRepo {
                 }
             }
         }
-        Ok(changed)
+        Ok((changed, base_blobs))
+    }
+
+    /// The changes from `base` to `head`, and the base snapshot derived from the head snapshot
+    /// and the diff: unchanged files are the same at both commits, so only the changed ones are
+    /// read from the base tree.
+    pub fn changes_and_base(
+        &self,
+        base: Option<Oid>,
+        head: Oid,
+        head_snapshot: &Snapshot,
+        cache: &mut BlobCache,
+    ) -> Result<(Vec<ChangedPath>, Snapshot), DetectError> {
+        if base.is_none() {
+            return Ok((self.changed_paths(None, head)?, Snapshot::default()));
+        }
+        let (changed, base_blobs) = self.diff(base, head)?;
+        let added: crate::fast_hash::FastSet<&str> = changed
+            .iter()
+            .filter(|c| c.sides == [crate::detect::Side::Head])
+            .map(|c| c.path.as_str())
+            .collect();
+        let mut files: Vec<String> = head_snapshot
+            .files
+            .iter()
+            .filter(|f| !added.contains(f.as_str()))
+            .cloned()
+            .collect();
+        let mut blobs = head_snapshot.blobs.clone();
+        for path in &added {
+            blobs.remove(*path);
+        }
+        for (path, oid) in base_blobs {
+            if !head_snapshot.exists(&path) || added.contains(path.as_str()) {
+                files.push(path.clone());
+            }
+            if needs_content(&path) {
+                blobs.insert(path, cache.read(&self.repo, oid)?);
+            } else {
+                blobs.remove(&path);
+            }
+        }
+        files.sort_unstable();
+        files.dedup();
+        Ok((
+            changed,
+            Snapshot {
+                files: files.into(),
+                blobs,
+            },
+        ))
     }
 
     /// Every file of a commit (none for `None`), with the contents detection evaluates. `cache`
@@ -150,15 +215,16 @@ impl GitRepo {
         .map_err(git("walking a tree"))?;
 
         let mut snapshot = Snapshot::default();
-        snapshot.files.reserve(entries.len());
+        let mut paths = Vec::with_capacity(entries.len());
         for (path, oid) in entries {
             if needs_content(&path) {
                 let blob = cache.read(&self.repo, oid)?;
                 snapshot.blobs.insert(path.clone(), blob);
             }
-            snapshot.files.push(path);
+            paths.push(path);
         }
-        snapshot.files.sort_unstable();
+        paths.sort_unstable();
+        snapshot.files = paths.into();
         Ok(snapshot)
     }
 }
@@ -170,7 +236,7 @@ fn path_string(path: &Path) -> String {
 /// Blob contents by id, read once per detection.
 #[derive(Debug, Default)]
 pub struct BlobCache {
-    blobs: HashMap<Oid, Blob>,
+    blobs: crate::fast_hash::FastMap<Oid, Blob>,
 }
 
 impl BlobCache {

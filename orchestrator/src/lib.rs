@@ -13,6 +13,7 @@
 //! - [`render`]: text for people.
 
 pub mod detect;
+pub mod fast_hash;
 pub mod git;
 pub mod github;
 mod hcl;
@@ -33,6 +34,7 @@ use uuid::Uuid;
 use std::collections::BTreeSet;
 
 use crate::detect::{ChangedPath, Commit, Detection, Side};
+use crate::fast_hash::FastSet;
 use crate::git::{BlobCache, GitRepo};
 use crate::settings::Settings;
 use crate::snapshot::Snapshot;
@@ -97,10 +99,9 @@ pub fn detect_changes(request: DetectRequest<'_>) -> Result<DetectOutcome, Detec
         (EventKind::Push, None) => repo.first_parent(head)?,
     };
     let _span = tracing::info_span!("detect", head = %head).entered();
-    let changed = repo.changed_paths(base, head)?;
     let mut blobs = BlobCache::default();
     let head_snapshot = repo.snapshot(Some(head), &mut blobs)?;
-    let base_snapshot = repo.snapshot(base, &mut blobs)?;
+    let (changed, base_snapshot) = repo.changes_and_base(base, head, &head_snapshot, &mut blobs)?;
     let detection = detect_in_snapshots(&base_snapshot, &head_snapshot, &changed);
     tracing::info!(
         changed_paths = changed.len(),
@@ -121,16 +122,21 @@ pub fn detect_in_snapshots(base: &Snapshot, head: &Snapshot, changed: &[ChangedP
     parsed.add_snapshot(head);
     // Base files are mostly the same blobs: only changed ones are parsed again.
     parsed.add_snapshot(base);
-    let head_units = UnitIndex::build_with(head, &parsed, Evaluate::All);
-    let mut base_units = UnitIndex::discover(base, &parsed);
-    // At base, evaluate only what is judged there: deleted units, or every unit when a file
-    // outside units was deleted (its readers are read at base).
+    let mut head_units = UnitIndex::build_with(head, &parsed, Evaluate::All);
+    // At base only what is judged there matters: which touched directories were units, and the
+    // deleted units. When a file outside units was deleted, its readers are read at base too.
+    let touched: FastSet<&str> = changed
+        .iter()
+        .filter(|c| c.sides.contains(&Side::Base))
+        .flat_map(|c| paths::ancestors(&c.path))
+        .collect();
+    let mut base_units = UnitIndex::discover_among(base, &parsed, &touched);
     let deleted_shared = changed.iter().any(|c| {
         c.sides == [Side::Base]
             && paths::owning_unit(&c.path, |dir| base_units.contains(dir)).is_none()
     });
     if deleted_shared {
-        base_units.evaluate(base, &parsed, Evaluate::All);
+        base_units = UnitIndex::build_with(base, &parsed, Evaluate::All);
     } else {
         let deleted: BTreeSet<String> = base_units
             .units
@@ -141,7 +147,7 @@ pub fn detect_in_snapshots(base: &Snapshot, head: &Snapshot, changed: &[ChangedP
         base_units.evaluate(base, &parsed, Evaluate::Only(&deleted));
     }
     let settings = Settings::from_snapshot(base);
-    detect::classify(
+    let mut detection = detect::classify_changes(
         Commit {
             snapshot: base,
             units: &base_units,
@@ -152,7 +158,33 @@ pub fn detect_in_snapshots(base: &Snapshot, head: &Snapshot, changed: &[ChangedP
         },
         changed,
         &settings,
-    )
+    );
+    // Dependencies are evaluated only where needed: every unit when some are deleted (to refuse
+    // deleting what others depend on), else the affected units and what they reach.
+    if detect::deletes_units(&detection) {
+        head_units.resolve_dependencies(head, &parsed, Evaluate::All);
+    }
+    loop {
+        let (at_base, at_head) = detect::units_to_resolve(&detection, &base_units, &head_units);
+        if at_base.is_empty() && at_head.is_empty() {
+            break;
+        }
+        base_units.resolve_dependencies(base, &parsed, Evaluate::Only(&at_base));
+        head_units.resolve_dependencies(head, &parsed, Evaluate::Only(&at_head));
+    }
+    detect::finish(
+        &mut detection,
+        Commit {
+            snapshot: base,
+            units: &base_units,
+        },
+        Commit {
+            snapshot: head,
+            units: &head_units,
+        },
+        &settings,
+    );
+    detection
 }
 
 impl DetectOutcome {

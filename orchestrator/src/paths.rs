@@ -16,17 +16,33 @@ pub(crate) fn join(dir: &str, relative: &str) -> Option<String> {
     if relative.starts_with('/') || relative.contains('\\') {
         return None;
     }
-    let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
-    for part in relative.split('/') {
+    // One pass, one allocation: this runs for every path of every unit.
+    let mut out = String::with_capacity(dir.len() + relative.len() + 1);
+    for part in dir.split('/').chain(relative.split('/')) {
         match part {
             "" | "." => {}
             ".." => {
-                parts.pop()?;
+                if out.is_empty() {
+                    return None;
+                }
+                let cut = out.rfind('/').unwrap_or(0);
+                out.truncate(cut);
             }
-            other => parts.push(other),
+            part => {
+                if !out.is_empty() {
+                    out.push('/');
+                }
+                out.push_str(part);
+            }
         }
     }
-    Some(parts.join("/"))
+    Some(out)
+}
+
+/// The directories containing `path`, innermost first, without the root.
+pub(crate) fn ancestors(path: &str) -> impl Iterator<Item = &str> {
+    std::iter::successors(Some(parent(path)), |dir| Some(parent(dir)))
+        .take_while(|dir| !dir.is_empty())
 }
 
 /// `path` itself if it is a directory in `is_unit`, else its nearest ancestor that is, never

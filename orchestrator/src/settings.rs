@@ -28,7 +28,7 @@ impl Settings {
         let Some(text) = snapshot.text(SETTINGS_FILE) else {
             return settings;
         };
-        let parsed = ParsedFile::parse(text);
+        let parsed = ParsedFile::parse(text.into());
         let body = match &parsed.body {
             Ok(body) => body,
             Err(_) => {

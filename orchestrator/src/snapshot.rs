@@ -1,7 +1,8 @@
 //! The plain-data view of one commit that change detection works on.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+
+use crate::fast_hash::FastMap;
 
 use crate::paths::file_name;
 
@@ -21,17 +22,18 @@ pub struct Blob {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// Repo-relative, `/`-separated, sorted.
-    pub files: Vec<String>,
+    pub files: Arc<[String]>,
     /// Contents of the files for which [`needs_content`] holds, by path.
-    pub blobs: HashMap<String, Blob>,
+    pub blobs: FastMap<String, Blob>,
 }
 
 impl Snapshot {
     /// Builds a snapshot from `(path, contents)` pairs; for tests and fixtures.
     pub fn from_files<'a>(files: impl IntoIterator<Item = (&'a str, &'a str)>) -> Snapshot {
         let mut snapshot = Snapshot::default();
+        let mut paths = Vec::new();
         for (path, text) in files {
-            snapshot.files.push(path.to_owned());
+            paths.push(path.to_owned());
             if needs_content(path) {
                 let blob = Blob {
                     id: content_id(text),
@@ -40,8 +42,9 @@ impl Snapshot {
                 snapshot.blobs.insert(path.to_owned(), blob);
             }
         }
-        snapshot.files.sort();
-        snapshot.files.dedup();
+        paths.sort();
+        paths.dedup();
+        snapshot.files = paths.into();
         snapshot
     }
 
@@ -54,9 +57,13 @@ impl Snapshot {
     }
 
     pub fn exists(&self, path: &str) -> bool {
-        self.files
-            .binary_search_by(|f| f.as_str().cmp(path))
-            .is_ok()
+        self.position(path).is_some()
+    }
+
+    /// The index of `path` in [`Snapshot::files`]: detection's compact name for a file.
+    pub fn position(&self, path: &str) -> Option<u32> {
+        let index = self.files.binary_search_by(|f| f.as_str().cmp(path)).ok()?;
+        u32::try_from(index).ok()
     }
 
     /// Files directly inside `dir` (`""` is the root).

@@ -29,7 +29,7 @@ pub(crate) fn module_reads(ev: &mut Eval<'_>, dir: &str) -> Arc<Collector> {
     // Mark as in progress with an empty result, so a module cycle ends here.
     ev.modules
         .insert(dir.to_owned(), Arc::new(Collector::default()));
-    let found = Arc::new(analyze(ev, dir));
+    let found = Arc::new(analyze(ev, dir).finish());
     ev.modules.insert(dir.to_owned(), found.clone());
     found
 }
@@ -37,7 +37,8 @@ pub(crate) fn module_reads(ev: &mut Eval<'_>, dir: &str) -> Arc<Collector> {
 fn analyze(ev: &mut Eval<'_>, dir: &str) -> Collector {
     let mut out = Collector::default();
     let files: Vec<String> = ev.snapshot.files_in(dir).map(str::to_owned).collect();
-    out.reads.extend(files.iter().cloned());
+    out.reads
+        .extend(files.iter().filter_map(|file| ev.snapshot.position(file)));
     let mut parsed_sources: Vec<(String, Arc<ParsedFile>)> = Vec::new();
     for file in files.iter().filter(|f| is_terraform_source(f)) {
         match ev.cache.get(ev.snapshot, file) {
@@ -70,7 +71,7 @@ fn analyze(ev: &mut Eval<'_>, dir: &str) -> Collector {
         Value::unknown("path.cwd depends on where terraform runs"),
     );
     let mut variables = BTreeMap::new();
-    variables.insert("path".to_owned(), Value::Object(path));
+    variables.insert("path".to_owned(), Value::object(path));
 
     let mut submodules = Vec::new();
     for (file, parsed) in &parsed_sources {

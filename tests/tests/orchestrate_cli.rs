@@ -180,3 +180,81 @@ fn usage_errors_exit_2_with_a_one_line_reason_naming_the_value() {
         not_a_repo.stderr
     );
 }
+
+#[test]
+fn inside_github_actions_without_flags_the_event_payload_says_what_to_compare() {
+    let fixture = Fixture::new();
+    let payload_dir = fixture.dir("github");
+    let payload = payload_dir.join("event.json");
+    std::fs::write(
+        &payload,
+        format!(
+            r#"{{"number": 9, "pull_request": {{"number": 9, "base": {{"sha": "{}", "ref": "main"}}, "head": {{"sha": "{}", "ref": "change"}}}}}}"#,
+            fixture.c1, fixture.c2
+        ),
+    )
+    .unwrap();
+    let repo = fixture.repo.path().to_str().unwrap();
+    let mut command = fixture.pipelines(&[
+        "orchestrate",
+        "--repo",
+        repo,
+        "--dry-run",
+        "--format",
+        "json",
+    ]);
+    command
+        .env("GITHUB_EVENT_NAME", "pull_request")
+        .env("GITHUB_EVENT_PATH", &payload);
+    let report = json_of(&process::run(command, Duration::from_secs(60)));
+    assert_eq!(report["event"], "pull-request");
+    assert_eq!(report["head_sha"], fixture.c2);
+    assert_eq!(report["base_sha"], fixture.c1);
+    assert_eq!(
+        report["changes"][0]["units"],
+        json!(["dev/database", "prod/cache"])
+    );
+
+    // Outside Actions, the flags are required and the error says so.
+    let bare = process::run(
+        fixture.pipelines(&["orchestrate", "--repo", repo, "--dry-run"]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(bare.code(), Some(2), "{}", bare.transcript());
+    assert!(
+        bare.stderr.contains("pass --head and --event"),
+        "{}",
+        bare.stderr
+    );
+}
+
+#[test]
+fn a_change_deleting_a_unit_others_depend_on_is_refused_before_anything_is_published() {
+    let fixture = Fixture::new();
+    fixture.repo.remove_dir("dev/network");
+    let head = fixture.repo.commit("delete a unit others depend on");
+    // No broker is listening on this port: a refusal must not even try to connect.
+    let extra = ["--broker", "amqp://guest:guest@127.0.0.1:1/%2f", "--wait"];
+    let run = process::run(
+        fixture.pipelines_on_range("orchestrate", &fixture.c2, &head, "push", &extra),
+        Duration::from_secs(60),
+    );
+    assert_eq!(run.code(), Some(1), "{}", run.transcript());
+    assert!(
+        run.stderr
+            .contains("refused: dev/network is deleted, but dev/cache still depends on it"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("refused: dev/network is deleted, but dev/database still depends on it"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("Nothing was submitted"),
+        "{}",
+        run.stderr
+    );
+}

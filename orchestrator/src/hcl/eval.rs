@@ -3,7 +3,7 @@
 //! [`Collector`]; every path it cannot resolve becomes an uncertain [`Issue`].
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use hcl::edit::Span;
@@ -13,6 +13,7 @@ use hcl::edit::expr::{
 use hcl::edit::structure::Body;
 use hcl::edit::template::{Element, Template};
 
+use crate::fast_hash::{FastMap, FastSet};
 use crate::hcl::parse::{ParseCache, ParsedFile};
 use crate::hcl::value::Value;
 use crate::hcl::{Issue, REPO_ROOT, absolute, resolve};
@@ -43,14 +44,27 @@ pub(crate) fn is_read_function(name: &str) -> bool {
 /// What evaluation found: files read, and problems.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Collector {
-    pub(crate) reads: BTreeSet<String>,
+    /// Files read, as positions in the snapshot's file list (see [`Snapshot::position`]). Files
+    /// that do not exist at the commit are not recorded: a changed file always exists on the side
+    /// it is judged on. May hold repeats until [`Collector::finish`].
+    pub(crate) reads: Vec<u32>,
     pub(crate) issues: Vec<Issue>,
 }
 
 impl Collector {
     pub(crate) fn merge(&mut self, other: &Collector) {
-        self.reads.extend(other.reads.iter().cloned());
+        self.reads.extend_from_slice(&other.reads);
         self.issues.extend(other.issues.iter().cloned());
+    }
+
+    /// Sorts and removes repeats: appending and sorting once is much cheaper than keeping a
+    /// set through thousands of merges.
+    pub(crate) fn finish(mut self) -> Collector {
+        self.reads.sort_unstable();
+        self.reads.dedup();
+        self.issues.sort();
+        self.issues.dedup();
+        self
     }
 }
 
@@ -80,15 +94,17 @@ pub(crate) struct Scope<'a> {
 
 /// The `locals` of a configuration, evaluated on first use and remembered.
 pub(crate) struct Locals<'a> {
-    exprs: HashMap<&'a str, &'a Expression>,
-    memo: RefCell<HashMap<String, Value>>,
-    active: RefCell<HashSet<String>>,
+    exprs: FastMap<&'a str, &'a Expression>,
+    /// Values already known from an earlier evaluation of the same file.
+    known: Option<&'a BTreeMap<String, Value>>,
+    memo: RefCell<FastMap<String, Value>>,
+    active: RefCell<FastSet<String>>,
 }
 
 impl<'a> Locals<'a> {
     /// Collects the attributes of every `locals` block of the given bodies.
     pub(crate) fn new(bodies: impl IntoIterator<Item = &'a Body>) -> Locals<'a> {
-        let mut exprs = HashMap::new();
+        let mut exprs = FastMap::default();
         for body in bodies {
             for block in body.get_blocks("locals") {
                 for attribute in block.body.attributes() {
@@ -98,8 +114,20 @@ impl<'a> Locals<'a> {
         }
         Locals {
             exprs,
-            memo: RefCell::new(HashMap::new()),
-            active: RefCell::new(HashSet::new()),
+            known: None,
+            memo: RefCell::new(FastMap::default()),
+            active: RefCell::new(FastSet::default()),
+        }
+    }
+
+    /// Locals whose values are already known (from an earlier evaluation of the same file).
+    pub(crate) fn prefilled(
+        bodies: impl IntoIterator<Item = &'a Body>,
+        values: &'a BTreeMap<String, Value>,
+    ) -> Locals<'a> {
+        Locals {
+            known: Some(values),
+            ..Locals::new(bodies)
         }
     }
 
@@ -117,14 +145,35 @@ pub(crate) struct ReadConfig {
     pub(crate) found: Collector,
 }
 
+/// How much of the evaluating unit's position an evaluation depended on: what decides whether
+/// its result can be reused for other units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum ContextUse {
+    /// Nothing about the unit.
+    Nothing,
+    /// The directory above the unit (`find_in_parent_folders` starts there).
+    ParentDir,
+    /// The unit's own directory (`get_terragrunt_dir`, relative paths, ...).
+    UnitDir,
+}
+
 /// Evaluation state shared by every unit evaluated on one thread: the snapshot, the parse
 /// cache, and memos of context-free results.
 pub(crate) struct Eval<'s> {
     pub(crate) snapshot: &'s Snapshot,
     pub(crate) cache: &'s ParseCache,
-    read_configs: HashMap<String, Arc<ReadConfig>>,
-    reading: HashSet<String>,
-    pub(crate) modules: HashMap<String, Arc<Collector>>,
+    read_configs: FastMap<String, Arc<ReadConfig>>,
+    reading: FastSet<String>,
+    pub(crate) modules: FastMap<String, Arc<Collector>>,
+    /// `find_in_parent_folders` answers by name, then starting directory.
+    found_above: FastMap<String, FastMap<String, Option<String>>>,
+    /// What the evaluation in progress used of the unit's position.
+    pub(crate) context_use: ContextUse,
+    /// Evaluations of included files, by (file, directory above the unit), for those that used
+    /// no more than that directory. Owned by `terragrunt`.
+    pub(crate) included: FastMap<String, FastMap<String, Arc<crate::terragrunt::Included>>>,
+    /// Units' include blocks, by (their text, directory above the unit). Owned by `terragrunt`.
+    pub(crate) unit_includes: FastMap<String, FastMap<String, Arc<crate::terragrunt::IncludeSet>>>,
 }
 
 impl<'s> Eval<'s> {
@@ -132,10 +181,19 @@ impl<'s> Eval<'s> {
         Eval {
             snapshot,
             cache,
-            read_configs: HashMap::new(),
-            reading: HashSet::new(),
-            modules: HashMap::new(),
+            read_configs: FastMap::default(),
+            reading: FastSet::default(),
+            modules: FastMap::default(),
+            found_above: FastMap::default(),
+            context_use: ContextUse::Nothing,
+            included: FastMap::default(),
+            unit_includes: FastMap::default(),
         }
+    }
+
+    /// Records that the evaluation in progress depends on `used` of the unit's position.
+    pub(crate) fn note(&mut self, used: ContextUse) {
+        self.context_use = self.context_use.max(used);
     }
 
     fn issue(
@@ -168,7 +226,7 @@ impl<'s> Eval<'s> {
                 .as_f64()
                 .map_or_else(|| Value::unknown("number"), Value::Number),
             Expression::String(s) => Value::String(s.value().clone()),
-            Expression::Array(items) => Value::List(
+            Expression::Array(items) => Value::list(
                 items
                     .iter()
                     .map(|item| self.eval(item, scope, out))
@@ -189,7 +247,7 @@ impl<'s> Eval<'s> {
                         None => return Value::unknown("object key is not a known string"),
                     }
                 }
-                Value::Object(fields)
+                Value::object(fields)
             }
             Expression::StringTemplate(template) => self.template(template, scope, out),
             Expression::HeredocTemplate(heredoc) => self.template(&heredoc.template, scope, out),
@@ -301,9 +359,13 @@ impl<'s> Eval<'s> {
                 let value = self.local(local, scope, out);
                 fields.insert(local.to_owned(), value);
             }
-            return Value::Object(fields);
+            return Value::object(fields);
         }
-        Value::unknown(format!("`{name}` is only known at run time"))
+        match name {
+            "dependency" => Value::unknown_because("dependency outputs are only known at run time"),
+            "var" => Value::unknown_because("variables are only known at run time"),
+            _ => Value::unknown(format!("`{name}` is only known at run time")),
+        }
     }
 
     /// Evaluates (once) and returns a local.
@@ -311,6 +373,9 @@ impl<'s> Eval<'s> {
         let Some(locals) = scope.locals else {
             return Value::unknown("locals are not available here");
         };
+        if let Some(value) = locals.known.and_then(|known| known.get(name)) {
+            return value.clone();
+        }
         if let Some(value) = locals.memo.borrow().get(name) {
             return value.clone();
         }
@@ -333,12 +398,14 @@ impl<'s> Eval<'s> {
         let collection = self.eval(&for_expr.intro.collection_expr, scope, out);
         let items: Vec<(Value, Value)> = match collection {
             Value::List(items) => items
-                .into_iter()
+                .iter()
+                .cloned()
                 .enumerate()
                 .map(|(i, v)| (Value::Number(i as f64), v))
                 .collect(),
             Value::Object(fields) => fields
-                .into_iter()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
                 .map(|(k, v)| (Value::String(k), v))
                 .collect(),
             unknown @ Value::Unknown(_) => return unknown,
@@ -375,8 +442,8 @@ impl<'s> Eval<'s> {
             }
         }
         match for_expr.key_expr {
-            Some(_) => Value::Object(object),
-            None => Value::List(list),
+            Some(_) => Value::object(object),
+            None => Value::list(list),
         }
     }
 
@@ -452,47 +519,52 @@ impl<'s> Eval<'s> {
                         None => return value,
                     },
                 };
-                let mut dir = scope.dir;
-                while !dir.is_empty() {
-                    dir = parent(dir);
-                    let candidate = if dir.is_empty() {
-                        target.clone()
-                    } else {
-                        format!("{dir}/{target}")
-                    };
-                    if self.snapshot.exists(&candidate) {
-                        return Value::String(absolute(&candidate));
-                    }
-                }
-                match args.get(1) {
-                    Some(fallback) => fallback.clone(),
-                    None => {
-                        Value::unknown(format!("no {target} in any folder above {}", scope.dir))
-                    }
+                self.note(ContextUse::ParentDir);
+                match self.find_above(parent_dir_of(scope.dir), &target) {
+                    Some(found) => Value::String(absolute(&found)),
+                    None => match args.get(1) {
+                        Some(fallback) => fallback.clone(),
+                        None => {
+                            Value::unknown(format!("no {target} in any folder above {}", scope.dir))
+                        }
+                    },
                 }
             }
             "get_terragrunt_dir" | "get_original_terragrunt_dir" if terragrunt => {
+                self.note(ContextUse::UnitDir);
                 Value::String(absolute(scope.dir))
             }
             "get_repo_root" if terragrunt => Value::String(REPO_ROOT.to_owned()),
-            "get_path_to_repo_root" if terragrunt => Value::String(relative_path(scope.dir, "")),
-            "get_path_from_repo_root" if terragrunt => Value::String(if scope.dir.is_empty() {
-                ".".to_owned()
-            } else {
-                scope.dir.to_owned()
-            }),
+            "get_path_to_repo_root" if terragrunt => {
+                self.note(ContextUse::UnitDir);
+                Value::String(relative_path(scope.dir, ""))
+            }
+            "get_path_from_repo_root" if terragrunt => {
+                self.note(ContextUse::UnitDir);
+                Value::String(if scope.dir.is_empty() {
+                    ".".to_owned()
+                } else {
+                    scope.dir.to_owned()
+                })
+            }
             "get_parent_terragrunt_dir" if terragrunt => match include_dir(scope, &arg(0)) {
                 Some(dir) => Value::String(absolute(dir)),
                 None => Value::unknown("get_parent_terragrunt_dir outside an include"),
             },
-            "path_relative_to_include" if terragrunt => match include_dir(scope, &arg(0)) {
-                Some(dir) => Value::String(relative_path(dir, scope.dir)),
-                None => Value::String(".".to_owned()),
-            },
-            "path_relative_from_include" if terragrunt => match include_dir(scope, &arg(0)) {
-                Some(dir) => Value::String(relative_path(scope.dir, dir)),
-                None => Value::String(".".to_owned()),
-            },
+            "path_relative_to_include" if terragrunt => {
+                self.note(ContextUse::UnitDir);
+                match include_dir(scope, &arg(0)) {
+                    Some(dir) => Value::String(relative_path(dir, scope.dir)),
+                    None => Value::String(".".to_owned()),
+                }
+            }
+            "path_relative_from_include" if terragrunt => {
+                self.note(ContextUse::UnitDir);
+                match include_dir(scope, &arg(0)) {
+                    Some(dir) => Value::String(relative_path(scope.dir, dir)),
+                    None => Value::String(".".to_owned()),
+                }
+            }
             "get_env"
             | "get_aws_account_id"
             | "get_aws_caller_identity_arn"
@@ -552,7 +624,7 @@ impl<'s> Eval<'s> {
                 _ => Value::unknown("join of unknown arguments"),
             },
             "split" => match (arg(0).as_string(), arg(1).as_string()) {
-                (Some(separator), Some(s)) => Value::List(
+                (Some(separator), Some(s)) => Value::list(
                     s.split(separator.as_str())
                         .map(|p| Value::String(p.to_owned()))
                         .collect(),
@@ -567,21 +639,22 @@ impl<'s> Eval<'s> {
                         _ => return Value::unknown("concat of non-lists"),
                     }
                 }
-                Value::List(all)
+                Value::list(all)
             }
             "flatten" => match arg(0) {
                 Value::List(items) => {
                     let mut flat = Vec::new();
-                    flatten_into(items, &mut flat);
-                    Value::List(flat)
+                    flatten_into(&items, &mut flat);
+                    Value::list(flat)
                 }
                 _ => Value::unknown("flatten of a non-list"),
             },
             "compact" => match arg(0) {
-                Value::List(items) => Value::List(
+                Value::List(items) => Value::list(
                     items
-                        .into_iter()
+                        .iter()
                         .filter(|v| !matches!(v, Value::Null) && v.as_str() != Some(""))
+                        .cloned()
                         .collect(),
                 ),
                 _ => Value::unknown("compact of a non-list"),
@@ -597,7 +670,7 @@ impl<'s> Eval<'s> {
                         _ => return Value::unknown("merge of non-objects"),
                     }
                 }
-                Value::Object(merged)
+                Value::object(merged)
             }
             "lookup" => match (&arg(0), arg(1).as_string()) {
                 (Value::Object(fields), Some(key)) => fields
@@ -621,12 +694,12 @@ impl<'s> Eval<'s> {
             },
             "keys" => match arg(0) {
                 Value::Object(fields) => {
-                    Value::List(fields.into_keys().map(Value::String).collect())
+                    Value::list(fields.keys().cloned().map(Value::String).collect())
                 }
                 _ => Value::unknown("keys of a non-object"),
             },
             "values" => match arg(0) {
-                Value::Object(fields) => Value::List(fields.into_values().collect()),
+                Value::Object(fields) => Value::list(fields.values().cloned().collect()),
                 _ => Value::unknown("values of a non-object"),
             },
             "contains" => match (&arg(0), &arg(1)) {
@@ -662,9 +735,13 @@ impl<'s> Eval<'s> {
             out.issues.push(issue);
             return None;
         };
+        if !text.starts_with('/') {
+            // Relative paths resolve against the unit.
+            self.note(ContextUse::UnitDir);
+        }
         match resolve(&text, scope.dir) {
             Some(resolved) => {
-                out.reads.insert(resolved.clone());
+                out.reads.extend(self.snapshot.position(&resolved));
                 Some(resolved)
             }
             None => {
@@ -701,6 +778,9 @@ impl<'s> Eval<'s> {
             ));
             return Value::unknown("fileset of unknown arguments");
         };
+        if !dir_text.starts_with('/') {
+            self.note(ContextUse::UnitDir);
+        }
         let Some(base) = resolve(&dir_text, scope.dir) else {
             out.issues.push(self.issue(
                 scope,
@@ -733,11 +813,38 @@ impl<'s> Eval<'s> {
                 &path[base.len() + 1..]
             };
             if matcher.is_match(relative) {
-                out.reads.insert(path.to_owned());
+                out.reads.extend(self.snapshot.position(path));
                 matches.push(Value::String(relative.to_owned()));
             }
         }
-        Value::List(matches)
+        Value::list(matches)
+    }
+
+    /// The nearest `name` in `start` or a folder above it, remembered per (start, name).
+    fn find_above(&mut self, start: Option<&str>, name: &str) -> Option<String> {
+        let start = start?;
+        if let Some(found) = self
+            .found_above
+            .get(name)
+            .and_then(|by_dir| by_dir.get(start))
+        {
+            return found.clone();
+        }
+        let candidate = if start.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{start}/{name}")
+        };
+        let found = if self.snapshot.exists(&candidate) {
+            Some(candidate)
+        } else {
+            self.find_above(parent_dir_of(start), name)
+        };
+        self.found_above
+            .entry(name.to_owned())
+            .or_default()
+            .insert(start.to_owned(), found.clone());
+        found
     }
 
     /// Evaluates a configuration for `read_terragrunt_config`, once per path.
@@ -751,7 +858,11 @@ impl<'s> Eval<'s> {
                 found: Collector::default(),
             });
         }
+        // A read configuration is evaluated in its own directory: what it uses of its own
+        // position says nothing about the unit reading it.
+        let outer = std::mem::replace(&mut self.context_use, ContextUse::Nothing);
         let read = Arc::new(crate::terragrunt::evaluate_read_config(self, path));
+        self.context_use = outer;
         self.reading.remove(path);
         self.read_configs.insert(path.to_owned(), read.clone());
         read
@@ -768,6 +879,15 @@ fn include_dir<'a>(scope: &Scope<'a>, label: &Value) -> Option<&'a str> {
             .find(|(name, _)| *name == label)
             .map(|(_, dir)| dir.as_str()),
         None => scope.includes.first().map(|(_, dir)| dir.as_str()),
+    }
+}
+
+/// The parent of a repo-relative directory; `None` above the root.
+fn parent_dir_of(dir: &str) -> Option<&str> {
+    if dir.is_empty() {
+        None
+    } else {
+        Some(parent(dir))
     }
 }
 
@@ -812,11 +932,11 @@ fn two_strings(a: &Value, b: &Value, f: impl FnOnce(&str, &str) -> String) -> Va
     }
 }
 
-fn flatten_into(items: Vec<Value>, out: &mut Vec<Value>) {
+fn flatten_into(items: &[Value], out: &mut Vec<Value>) {
     for item in items {
         match item {
             Value::List(inner) => flatten_into(inner, out),
-            other => out.push(other),
+            other => out.push(other.clone()),
         }
     }
 }

@@ -9,7 +9,9 @@ mod eval;
 mod parse;
 mod value;
 
-pub(crate) use eval::{Collector, Eval, Locals, ReadConfig, Scope, ScopeKind, contains_read_call};
+pub(crate) use eval::{
+    Collector, ContextUse, Eval, Locals, ReadConfig, Scope, ScopeKind, contains_read_call,
+};
 pub(crate) use parse::{ParseCache, ParsedFile};
 pub(crate) use value::Value;
 

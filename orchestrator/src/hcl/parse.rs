@@ -1,6 +1,6 @@
 //! Parsing HCL once per distinct content, on every core, with line numbers for messages.
 
-use std::collections::HashMap;
+use crate::fast_hash::FastMap;
 use std::sync::Arc;
 
 use hcl::edit::structure::Body;
@@ -13,6 +13,8 @@ use crate::snapshot::{BlobId, Snapshot};
 pub(crate) struct ParsedFile {
     pub(crate) body: Result<Body, ParseError>,
     line_starts: Vec<usize>,
+    /// The source, for spans that are keys of memos.
+    text: Arc<str>,
 }
 
 #[derive(Debug, Clone)]
@@ -22,15 +24,24 @@ pub(crate) struct ParseError {
 }
 
 impl ParsedFile {
-    pub(crate) fn parse(text: &str) -> ParsedFile {
+    pub(crate) fn parse(text: Arc<str>) -> ParsedFile {
         let line_starts = std::iter::once(0)
             .chain(text.match_indices('\n').map(|(i, _)| i + 1))
             .collect();
-        let body = hcl::edit::parser::parse_body(text).map_err(|err| ParseError {
+        let body = hcl::edit::parser::parse_body(&text).map_err(|err| ParseError {
             line: err.location().line(),
             message: err.message().to_owned(),
         });
-        ParsedFile { body, line_starts }
+        ParsedFile {
+            body,
+            line_starts,
+            text,
+        }
+    }
+
+    /// The source text of a span.
+    pub(crate) fn source(&self, span: std::ops::Range<usize>) -> &str {
+        self.text.get(span).unwrap_or_default()
     }
 
     /// The 1-based line of a byte offset.
@@ -54,7 +65,9 @@ impl ParsedFile {
 /// Parsed files by content id, shared by the base and head snapshots.
 #[derive(Debug, Default)]
 pub(crate) struct ParseCache {
-    parsed: HashMap<BlobId, Arc<ParsedFile>>,
+    parsed: FastMap<BlobId, Arc<ParsedFile>>,
+    /// Blobs that did not parse: usually none, so nobody has to look at every file for them.
+    failed: crate::fast_hash::FastSet<BlobId>,
 }
 
 impl ParseCache {
@@ -62,7 +75,7 @@ impl ParseCache {
     /// available core.
     pub(crate) fn add_snapshot(&mut self, snapshot: &Snapshot) {
         let mut todo: Vec<(BlobId, Arc<str>)> = Vec::new();
-        let mut queued = std::collections::HashSet::new();
+        let mut queued = crate::fast_hash::FastSet::default();
         for blob in snapshot.blobs.values() {
             if let Some(text) = &blob.text
                 && !self.parsed.contains_key(&blob.id)
@@ -81,19 +94,40 @@ impl ParseCache {
                 .map(|part| {
                     scope.spawn(move || {
                         part.iter()
-                            .map(|(id, text)| (*id, ParsedFile::parse(text)))
+                            .map(|(id, text)| (*id, ParsedFile::parse(text.clone())))
                             .collect()
                     })
                 })
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or_default())
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
                 .collect()
         });
         for (id, parsed) in results.into_iter().flatten() {
+            if parsed.body.is_err() {
+                self.failed.insert(id);
+            }
             self.parsed.insert(id, Arc::new(parsed));
         }
+    }
+
+    /// Whether some blob parsed so far had a syntax error.
+    pub(crate) fn has_failures(&self) -> bool {
+        !self.failed.is_empty()
+    }
+
+    /// Whether this blob was parsed and failed.
+    pub(crate) fn failed(&self, blob: &crate::snapshot::Blob) -> bool {
+        self.failed.contains(&blob.id)
+    }
+
+    /// The parsed form of a blob, if it was parsed.
+    pub(crate) fn get_blob(&self, blob: &crate::snapshot::Blob) -> Option<Arc<ParsedFile>> {
+        self.parsed.get(&blob.id).cloned()
     }
 
     /// The parsed form of `path` in `snapshot`, parsing it now if it was not parsed before.
@@ -103,7 +137,7 @@ impl ParseCache {
             return Some(parsed.clone());
         }
         blob.text
-            .as_deref()
+            .clone()
             .map(|text| Arc::new(ParsedFile::parse(text)))
     }
 }
@@ -114,7 +148,7 @@ mod tests {
 
     #[test]
     fn syntax_errors_carry_their_line() {
-        let parsed = ParsedFile::parse("a = 1\nb = [\n");
+        let parsed = ParsedFile::parse("a = 1\nb = [\n".into());
         let issue = parsed.syntax_issue("x.hcl").expect("an error");
         // The unclosed bracket opens on line 2.
         assert_eq!(issue.line, Some(2));
@@ -126,7 +160,7 @@ mod tests {
 
     #[test]
     fn offsets_map_to_lines() {
-        let parsed = ParsedFile::parse("a = 1\nb = 2\n");
+        let parsed = ParsedFile::parse("a = 1\nb = 2\n".into());
         assert_eq!(
             (parsed.line_of(0), parsed.line_of(6), parsed.line_of(7)),
             (1, 2, 2)

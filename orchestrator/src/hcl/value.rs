@@ -5,20 +5,51 @@ use std::sync::Arc;
 
 /// What an expression evaluates to. `Unknown` stands for anything not statically knowable
 /// (dependency outputs, environment variables, unsupported constructs) and says why.
+/// Collections are shared: configurations hand the same values to thousands of units.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Value {
     Null,
     Bool(bool),
     Number(f64),
     String(String),
-    List(Vec<Value>),
-    Object(BTreeMap<String, Value>),
-    Unknown(Arc<str>),
+    List(Arc<Vec<Value>>),
+    Object(Arc<BTreeMap<String, Value>>),
+    Unknown(Why),
+}
+
+/// Why a value is unknown: usually a fixed phrase, so saying it costs no allocation.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Why {
+    Fixed(&'static str),
+    Said(Arc<str>),
+}
+
+impl std::ops::Deref for Why {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            Why::Fixed(text) => text,
+            Why::Said(text) => text,
+        }
+    }
 }
 
 impl Value {
     pub(crate) fn unknown(why: impl Into<String>) -> Value {
-        Value::Unknown(Arc::from(why.into()))
+        Value::Unknown(Why::Said(Arc::from(why.into())))
+    }
+
+    pub(crate) fn unknown_because(why: &'static str) -> Value {
+        Value::Unknown(Why::Fixed(why))
+    }
+
+    pub(crate) fn list(items: Vec<Value>) -> Value {
+        Value::List(Arc::new(items))
+    }
+
+    pub(crate) fn object(fields: BTreeMap<String, Value>) -> Value {
+        Value::Object(Arc::new(fields))
     }
 
     pub(crate) fn is_unknown(&self) -> bool {
@@ -28,7 +59,7 @@ impl Value {
     /// The reason this value is unknown, or the first unknown inside it.
     pub(crate) fn unknown_reason(&self) -> Option<&str> {
         match self {
-            Value::Unknown(why) => Some(why),
+            Value::Unknown(why) => Some(&**why),
             Value::List(items) => items.iter().find_map(Value::unknown_reason),
             Value::Object(fields) => fields.values().find_map(Value::unknown_reason),
             _ => None,
@@ -66,9 +97,9 @@ impl Value {
             Value::Object(fields) => fields
                 .get(name)
                 .cloned()
-                .unwrap_or_else(|| Value::unknown(format!("no attribute `{name}`"))),
+                .unwrap_or_else(|| Value::unknown_because("no such attribute")),
             Value::Unknown(_) => self.clone(),
-            _ => Value::unknown(format!("cannot read attribute `{name}` of a non-object")),
+            _ => Value::unknown_because("attribute of a non-object"),
         }
     }
 
@@ -79,12 +110,12 @@ impl Value {
             (Value::List(items), Value::Number(n)) if *n >= 0.0 && n.fract() == 0.0 => items
                 .get(*n as usize)
                 .cloned()
-                .unwrap_or_else(|| Value::unknown("list index out of range")),
+                .unwrap_or_else(|| Value::unknown_because("list index out of range")),
             (Value::Object(_), key) => match key.as_string() {
                 Some(name) => self.get_attr(&name),
-                None => Value::unknown("invalid object key"),
+                None => Value::unknown_because("invalid object key"),
             },
-            _ => Value::unknown("invalid index"),
+            _ => Value::unknown_because("invalid index"),
         }
     }
 }
