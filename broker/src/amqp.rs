@@ -169,11 +169,14 @@ impl AmqpBroker {
         mandatory: bool,
         message: Outgoing<'_>,
     ) -> Result<(), BrokerError> {
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(CONTENT_TYPE.into())
             .with_message_id(message.message_id.into())
             .with_headers(to_field_table(message.headers));
+        if let Some(reply_to) = message.reply_to {
+            properties = properties.with_reply_to(reply_to.into());
+        }
         let options = BasicPublishOptions {
             mandatory,
             ..BasicPublishOptions::default()
@@ -245,23 +248,7 @@ impl AmqpBroker {
     }
 
     pub(crate) async fn follow_run(&self, run_id: Uuid) -> Result<AmqpConsumer, BrokerError> {
-        let channel = self
-            .inner
-            .consume_connection
-            .create_channel()
-            .await
-            .map_err(protocol("channel.open"))?;
-        // A private, server-named queue that disappears with this connection.
-        let options = QueueDeclareOptions {
-            exclusive: true,
-            auto_delete: true,
-            ..QueueDeclareOptions::default()
-        };
-        let queue = channel
-            .queue_declare("".into(), options, FieldTable::default())
-            .await
-            .map_err(protocol("queue.declare"))?;
-        let name = queue.name().as_str().to_owned();
+        let (channel, name) = self.private_queue().await?;
         channel
             .queue_bind(
                 name.as_str().into(),
@@ -274,6 +261,33 @@ impl AmqpBroker {
             .map_err(protocol("queue.bind"))?;
         drop(channel);
         self.consume(&name, 100).await
+    }
+
+    pub(crate) async fn reply_queue(&self) -> Result<AmqpConsumer, BrokerError> {
+        let (channel, name) = self.private_queue().await?;
+        drop(channel);
+        self.consume(&name, 100).await
+    }
+
+    /// Declares a server-named queue that disappears with the consuming connection.
+    async fn private_queue(&self) -> Result<(Channel, String), BrokerError> {
+        let channel = self
+            .inner
+            .consume_connection
+            .create_channel()
+            .await
+            .map_err(protocol("channel.open"))?;
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = channel
+            .queue_declare("".into(), options, FieldTable::default())
+            .await
+            .map_err(protocol("queue.declare"))?;
+        let name = queue.name().as_str().to_owned();
+        Ok((channel, name))
     }
 
     pub(crate) async fn close(&self) {
@@ -371,6 +385,10 @@ impl fmt::Debug for AmqpConsumer {
 }
 
 impl AmqpConsumer {
+    pub(crate) fn queue(&self) -> &str {
+        &self.queue
+    }
+
     pub(crate) async fn next(&mut self) -> Option<Result<Delivery, BrokerError>> {
         let delivery = match self.consumer.next().await? {
             Ok(delivery) => delivery,
@@ -388,6 +406,10 @@ impl AmqpConsumer {
                 .as_ref()
                 .map(|id| id.as_str().to_owned()),
             redelivered: delivery.redelivered,
+            reply_to: properties
+                .reply_to()
+                .as_ref()
+                .map(|queue| queue.as_str().to_owned()),
             settle: Settle::Amqp(AmqpSettle {
                 broker: self.broker.clone(),
                 queue: self.queue.clone(),
@@ -443,11 +465,7 @@ impl AmqpSettle {
         headers: Headers,
     ) -> Result<(), BrokerError> {
         let message_id = message_id.unwrap_or_default();
-        let copy = Outgoing {
-            body,
-            message_id: &message_id,
-            headers: &headers,
-        };
+        let copy = Outgoing::new(body, &message_id, &headers);
         match self
             .broker
             .publish_raw(DEAD_LETTER_EXCHANGE, &self.queue, true, copy)

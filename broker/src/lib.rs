@@ -35,6 +35,9 @@ pub enum Route<'a> {
     JobEvents,
     /// Dispatcher → followers of one run. Not mandatory: nobody may be following.
     Status { run_id: Uuid },
+    /// An answer to a request, straight to the requester's private queue (its `reply_to`).
+    /// Not mandatory: the requester may be gone, and then nobody needs the answer.
+    Reply { queue: &'a str },
 }
 
 /// A message to publish.
@@ -44,6 +47,20 @@ pub struct Outgoing<'a> {
     /// Consumers deduplicate on it; use the payload's own id.
     pub message_id: &'a str,
     pub headers: &'a Headers,
+    /// For a request: the private queue the answer goes to (see [`Broker::reply_queue`]).
+    pub reply_to: Option<&'a str>,
+}
+
+impl<'a> Outgoing<'a> {
+    /// A message with no reply expected.
+    pub fn new(body: &'a [u8], message_id: &'a str, headers: &'a Headers) -> Outgoing<'a> {
+        Outgoing {
+            body,
+            message_id,
+            headers,
+            reply_to: None,
+        }
+    }
 }
 
 /// What went wrong, and so what the caller should do about it.
@@ -150,6 +167,15 @@ impl Broker {
         }
     }
 
+    /// A private queue for answers to this process's requests: server-named, it lives as long
+    /// as the returned consumer. Put [`Consumer::queue`] in [`Outgoing::reply_to`].
+    pub async fn reply_queue(&self) -> Result<Consumer, BrokerError> {
+        match self {
+            Broker::Amqp(broker) => Ok(Consumer::Amqp(broker.reply_queue().await?)),
+            Broker::Memory(broker) => Ok(Consumer::Memory(broker.reply_queue()?)),
+        }
+    }
+
     /// Closes connections cleanly; unacked deliveries go back to their queues.
     pub async fn close(&self) {
         if let Broker::Amqp(broker) = self {
@@ -174,6 +200,24 @@ impl Consumer {
             Consumer::Memory(consumer) => consumer.next().await.map(Ok),
         }
     }
+
+    /// The queue this consumer reads.
+    pub fn queue(&self) -> &str {
+        match self {
+            Consumer::Amqp(consumer) => consumer.queue(),
+            Consumer::Memory(consumer) => consumer.queue(),
+        }
+    }
+}
+
+/// Whether `queue` names a private reply queue, as [`Broker::reply_queue`] makes them. Answers
+/// go only to such queues, so a forged `reply_to` cannot push a message into a work queue.
+pub fn is_reply_queue(queue: &str) -> bool {
+    queue.starts_with(topology::REPLY_QUEUE_PREFIX)
+        && queue.len() <= 255
+        && queue[topology::REPLY_QUEUE_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// One received message. Settle it exactly once with [`ack`](Delivery::ack),
@@ -188,6 +232,8 @@ pub struct Delivery {
     pub user_id: Option<String>,
     /// Set when an earlier delivery of this message was not acked.
     pub redelivered: bool,
+    /// For a request: where the answer goes ([`Route::Reply`]).
+    pub reply_to: Option<String>,
     pub(crate) settle: Settle,
 }
 

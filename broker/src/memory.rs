@@ -52,6 +52,7 @@ struct Stored {
     body: Vec<u8>,
     message_id: String,
     headers: Headers,
+    reply_to: Option<String>,
     deliveries: u32,
 }
 
@@ -94,6 +95,7 @@ impl MemoryBroker {
             body: message.body.to_vec(),
             message_id: message.message_id.to_owned(),
             headers: message.headers.clone(),
+            reply_to: message.reply_to.map(str::to_owned),
             deliveries: 0,
         };
         let routed = self.lock().route(exchange, &routing_key, stored);
@@ -151,6 +153,16 @@ impl MemoryBroker {
         self.consume(&queue, 1000)
     }
 
+    pub(crate) fn reply_queue(&self) -> Result<MemoryConsumer, BrokerError> {
+        let queue = format!(
+            "{}{}",
+            topology::REPLY_QUEUE_PREFIX,
+            Uuid::new_v4().simple()
+        );
+        self.lock().declare_queue(&queue, false, true);
+        self.consume(&queue, 1000)
+    }
+
     /// Hands the consumer its next message if its prefetch window allows.
     fn take(&self, consumer: u64) -> Option<Delivery> {
         let mut state = self.lock();
@@ -171,6 +183,7 @@ impl MemoryBroker {
             headers: stored.headers.clone(),
             user_id: None,
             redelivered: stored.deliveries > 1,
+            reply_to: stored.reply_to.clone(),
             settle: Settle::Memory(MemorySettle {
                 broker: self.clone(),
                 queue: holder.queue.clone(),
@@ -262,6 +275,8 @@ impl State {
 
     /// Appends the message to every queue bound to `exchange` for `key`; returns how many.
     fn route(&mut self, exchange: &str, key: &str, stored: Stored) -> usize {
+        // The default exchange: every queue is bound under its own name.
+        let direct = (exchange.is_empty() && self.queues.contains_key(key)).then(|| key.to_owned());
         let targets: Vec<String> = self
             .bindings
             .iter()
@@ -274,6 +289,7 @@ impl State {
                 }
             })
             .map(|b| b.queue.clone())
+            .chain(direct)
             .collect();
         for target in &targets {
             if let Some(queue) = self.queues.get_mut(target) {
@@ -337,6 +353,10 @@ pub struct MemoryConsumer {
 }
 
 impl MemoryConsumer {
+    pub(crate) fn queue(&self) -> &str {
+        &self.queue
+    }
+
     pub(crate) async fn next(&mut self) -> Option<Delivery> {
         loop {
             // Register interest before looking, so a publish between the look and the wait
@@ -403,12 +423,10 @@ mod tests {
 
     async fn publish(broker: &Broker, route: Route<'_>, body: &[u8]) {
         let headers = Headers::new();
-        let message = Outgoing {
-            body,
-            message_id: "m",
-            headers: &headers,
-        };
-        broker.publish(route, message).await.expect("publish");
+        broker
+            .publish(route, Outgoing::new(body, "m", &headers))
+            .await
+            .expect("publish");
     }
 
     async fn next(consumer: &mut crate::Consumer) -> Delivery {
@@ -430,11 +448,7 @@ mod tests {
     async fn publish_to_an_unbound_key_is_an_error() {
         let broker = broker();
         let headers = Headers::new();
-        let message = Outgoing {
-            body: b"x",
-            message_id: "m",
-            headers: &headers,
-        };
+        let message = Outgoing::new(b"x", "m", &headers);
         let err = broker
             .publish(Route::Jobs { account: "nobody" }, message)
             .await;
@@ -540,6 +554,40 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(next(&mut dead).await.body, b"poison");
+    }
+
+    #[tokio::test]
+    async fn replies_reach_the_requesters_private_queue_and_late_ones_are_dropped() {
+        let broker = broker();
+        let mut replies = broker.reply_queue().await.unwrap();
+        assert!(
+            crate::is_reply_queue(replies.queue()),
+            "{}",
+            replies.queue()
+        );
+        let headers = Headers::new();
+        let request = Outgoing {
+            reply_to: Some(replies.queue()),
+            ..Outgoing::new(b"request", "r", &headers)
+        };
+        broker.publish(Route::Changes, request).await.unwrap();
+        let mut changes = broker.consume(CHANGES_QUEUE, 10).await.unwrap();
+        let reply_to = next(&mut changes).await.reply_to.expect("reply_to travels");
+        publish(&broker, Route::Reply { queue: &reply_to }, b"answer").await;
+        assert_eq!(next(&mut replies).await.body, b"answer");
+        drop(replies);
+        publish(&broker, Route::Reply { queue: &reply_to }, b"late").await;
+        assert!(
+            !broker_has_queue(&broker, &reply_to),
+            "the private queue outlived its consumer"
+        );
+    }
+
+    fn broker_has_queue(broker: &Broker, queue: &str) -> bool {
+        let Broker::Memory(memory) = broker else {
+            unreachable!()
+        };
+        memory.lock().queues.contains_key(queue)
     }
 
     #[tokio::test]

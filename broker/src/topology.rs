@@ -7,6 +7,7 @@
 //! pipelines.job-events (direct) --event-->     pipelines.job-events   (quorum) → dispatcher
 //! pipelines.status     (topic)  --run.<id>-->  one private queue per follower
 //! pipelines.dead-letter(direct) --<queue>-->   dead.<queue>           (quorum) → operators
+//! (default exchange)           --<queue>-->   amq.gen-…  one private reply queue per executor
 //! ```
 
 use uuid::Uuid;
@@ -26,6 +27,9 @@ const JOB_EVENTS_KEY: &str = "event";
 pub const STATUS_EXCHANGE: &str = "pipelines.status";
 
 pub const DEAD_LETTER_EXCHANGE: &str = "pipelines.dead-letter";
+
+/// How the broker names private queues: `amq.gen-` and a random suffix. Replies go only there.
+pub const REPLY_QUEUE_PREFIX: &str = "amq.gen-";
 
 /// Deliveries of one message after which the broker dead-letters it by itself: the guard
 /// against a message that crashes every consumer that touches it.
@@ -113,6 +117,8 @@ pub(crate) fn resolve(route: Route<'_>) -> (&'static str, String, bool) {
         Route::Jobs { account } => (JOBS_EXCHANGE, account.into(), true),
         Route::JobEvents => (JOB_EVENTS_EXCHANGE, JOB_EVENTS_KEY.into(), true),
         Route::Status { run_id } => (STATUS_EXCHANGE, status_routing_key(run_id), false),
+        // The default exchange routes by queue name.
+        Route::Reply { queue } => ("", queue.into(), false),
     }
 }
 

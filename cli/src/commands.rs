@@ -8,6 +8,7 @@ use anyhow::{Context, anyhow, bail};
 use broker::{Broker, Topology};
 use config::Config;
 use dispatcher::Dispatcher;
+use dispatcher::store::Store;
 use executor_worker::WorkerSettings;
 use orchestrator::submit::{follow, submit};
 use orchestrator::{DetectOutcome, DetectRequest, render};
@@ -16,7 +17,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing_subscriber::EnvFilter;
 
-use crate::{ChangeArgs, DispatchArgs, ExecuteArgs, Format, OrchestrateArgs, Outcome, RunArgs};
+use crate::{
+    ChangeArgs, DispatchArgs, ExecuteArgs, Format, OrchestrateArgs, Outcome, RunArgs, StatusArgs,
+};
 
 /// Logs go to stderr. Services log at info; interactive commands only warn, because their
 /// progress lines already say what is happening. `RUST_LOG` overrides both.
@@ -122,7 +125,8 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
     let mut components: JoinSet<anyhow::Result<()>> = JoinSet::new();
-    let dispatcher = Dispatcher::new(broker.clone(), config.clone());
+    // The run ends with the command: its state needs no file.
+    let dispatcher = Dispatcher::new(broker.clone(), config.clone(), Store::in_memory()?)?;
     components.spawn({
         let stopped = until_stopped(stopped.clone());
         async move { Ok(dispatcher.run(stopped).await?) }
@@ -173,8 +177,11 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
 
 pub(crate) async fn dispatch(args: DispatchArgs) -> anyhow::Result<Outcome> {
     let config = Config::load(&args.config)?;
+    let state_dir = config.dispatcher.state_dir();
+    let store = Store::open(&state_dir)?;
+    tracing::info!(database = %state_dir.join(dispatcher::store::DATABASE_FILE).display(), "Run database open.");
     let broker = connect(&config, "pipelines-dispatch").await?;
-    Dispatcher::new(broker.clone(), config)
+    Dispatcher::new(broker.clone(), config, store)?
         .run(shutdown_signal())
         .await?;
     broker.close().await;
@@ -204,6 +211,33 @@ pub(crate) async fn broker_setup(path: &Path) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
+pub(crate) fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
+    let state_dir = match (&args.state_dir, &args.config) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(path)) => Config::load(path)?.dispatcher.state_dir(),
+        (None, None) => config::DispatcherSettings::default().state_dir(),
+    };
+    let store = Store::open_read_only(&state_dir)?;
+    let now = dispatcher::service::now_ms();
+    match &args.run_id {
+        Some(id) => {
+            let detail = store.run_detail(id, now)?;
+            match args.format {
+                Format::Json => println!("{}", proto_types::to_json(&detail)),
+                Format::Text => print!("{}", dispatcher::status::render_run(&detail, now)),
+            }
+        }
+        None => {
+            let runs = store.list_runs(args.limit)?;
+            match args.format {
+                Format::Json => println!("{}", proto_types::to_json(&runs)),
+                Format::Text => print!("{}", dispatcher::status::render_runs(&runs, now)),
+            }
+        }
+    }
+    Ok(Outcome::Success)
+}
+
 pub(crate) fn config_check(path: &Path) -> anyhow::Result<Outcome> {
     let config = Config::load(path)?;
     println!("{} is valid.", path.display());
@@ -215,8 +249,34 @@ pub(crate) fn config_check(path: &Path) -> anyhow::Result<Outcome> {
         );
     }
     for account in &config.accounts {
-        println!("account {}: {}", account.name, account.paths.join(", "));
+        let cap = match account.max_concurrent_jobs {
+            0 => "no cap".to_owned(),
+            n => format!("at most {n} jobs at once"),
+        };
+        let credentials = |name: &Option<String>| {
+            name.clone()
+                .unwrap_or_else(|| "the executor's environment".into())
+        };
+        println!(
+            "account {}: {} ({cap}; timeout {} min; plans as {}, applies as {})",
+            account.name,
+            account.paths.join(", "),
+            account.job_timeout_minutes,
+            credentials(&account.plan_credentials),
+            credentials(&account.apply_credentials),
+        );
     }
+    println!(
+        "dispatcher: state in {}, worker leases of {} s",
+        config.dispatcher.state_dir().display(),
+        config.dispatcher.lease_seconds
+    );
+    println!(
+        "retries: up to {} attempts, backoff from {} s, {} retryable pattern(s)",
+        config.retry.max_attempts,
+        config.retry.backoff_seconds,
+        config.retry.patterns.len()
+    );
     Ok(Outcome::Success)
 }
 

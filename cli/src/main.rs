@@ -42,6 +42,8 @@ enum Command {
     Dispatch(DispatchArgs),
     /// Run an executor worker for one account.
     Execute(ExecuteArgs),
+    /// List recent runs, or one run's jobs, from the dispatcher's run database.
+    Status(StatusArgs),
     /// Broker administration.
     #[command(subcommand)]
     Broker(BrokerCommand),
@@ -140,6 +142,31 @@ struct ExecuteArgs {
     name: Option<String>,
 }
 
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Reads the database read-only; it works while the dispatcher runs, on the same host or volume.\n\n\
+    Examples:\n  pipelines status --config /etc/pipelines/pipelines.toml\n  \
+    pipelines status 3f2a --config /etc/pipelines/pipelines.toml --format json"
+)]
+struct StatusArgs {
+    /// A run id, or an unambiguous prefix of one: list that run's jobs with state, attempt,
+    /// worker, duration and why a job was skipped, cancelled or failed.
+    run_id: Option<String>,
+    /// The dispatcher's policy file, for `dispatcher.state_dir`.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The dispatcher's state directory, instead of --config
+    /// [default: $XDG_STATE_HOME/pipelines, else ~/.local/state/pipelines].
+    #[arg(long, value_name = "DIR", conflicts_with = "config")]
+    state_dir: Option<PathBuf>,
+    /// How many runs to list, newest first.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    limit: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
 #[derive(Debug, Subcommand)]
 enum BrokerCommand {
     /// Declare every exchange and queue the configuration needs (idempotent).
@@ -176,7 +203,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet = matches!(
         cli.command,
-        Command::Orchestrate(_) | Command::Run(_) | Command::Config(_)
+        Command::Orchestrate(_) | Command::Run(_) | Command::Config(_) | Command::Status(_)
     );
     commands::init_logging(quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -195,6 +222,7 @@ fn main() -> ExitCode {
             Command::Run(args) => commands::run(args).await,
             Command::Dispatch(args) => commands::dispatch(args).await,
             Command::Execute(args) => commands::execute(args).await,
+            Command::Status(args) => commands::status(args),
             Command::Broker(BrokerCommand::Setup { config }) => {
                 commands::broker_setup(&config).await
             }

@@ -24,6 +24,15 @@ pub struct Config {
     pub accounts: Vec<Account>,
     #[serde(default)]
     pub executor: ExecutorSettings,
+    #[serde(default)]
+    pub dispatcher: DispatcherSettings,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    #[serde(default)]
+    pub triggers: Triggers,
+    /// Named identities accounts refer to for plans and for applies.
+    #[serde(default)]
+    pub credentials: Vec<Credentials>,
 }
 
 /// A repository the pipeline may act on.
@@ -48,6 +57,162 @@ pub struct Account {
     /// Globs over repo-relative unit paths. `*` stays within one directory; `**` crosses them.
     /// A unit belongs to the first account, in file order, with a matching glob.
     pub paths: Vec<String>,
+    /// At most this many of the account's jobs queued or running at once; 0: no limit.
+    #[serde(default)]
+    pub max_concurrent_jobs: u32,
+    /// Jobs running longer are stopped and reported as failed.
+    #[serde(default = "default_job_timeout_minutes")]
+    pub job_timeout_minutes: u64,
+    /// The `[[credentials]]` plans run with (read-only). Default: the executor's environment.
+    #[serde(default)]
+    pub plan_credentials: Option<String>,
+    /// The `[[credentials]]` applies and destroys run with. Default: the executor's environment.
+    #[serde(default)]
+    pub apply_credentials: Option<String>,
+}
+
+/// Settings only the dispatcher reads.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatcherSettings {
+    /// Where the run database lives. Default: `$XDG_STATE_HOME/pipelines`, else
+    /// `~/.local/state/pipelines`.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// How long a worker's claim on a job lasts without a heartbeat before another worker may
+    /// take the job over.
+    #[serde(default = "default_lease_seconds")]
+    pub lease_seconds: u64,
+}
+
+impl Default for DispatcherSettings {
+    fn default() -> DispatcherSettings {
+        DispatcherSettings {
+            state_dir: None,
+            lease_seconds: default_lease_seconds(),
+        }
+    }
+}
+
+impl DispatcherSettings {
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.state_dir {
+            return dir.clone();
+        }
+        match (std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME")) {
+            (Some(state), _) => PathBuf::from(state).join("pipelines"),
+            (None, Some(home)) => PathBuf::from(home).join(".local/state/pipelines"),
+            (None, None) => PathBuf::from(".pipelines-state"),
+        }
+    }
+}
+
+/// When a failed job is tried again.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included; 1 disables retries.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// The wait before the second attempt; it doubles for each further attempt.
+    #[serde(default = "default_backoff_seconds")]
+    pub backoff_seconds: u64,
+    /// Regular expressions over a failed job's output; a match makes the failure retryable.
+    /// Any other failure is final.
+    #[serde(default = "default_retry_patterns")]
+    pub patterns: Vec<String>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: default_max_attempts(),
+            backoff_seconds: default_backoff_seconds(),
+            patterns: default_retry_patterns(),
+        }
+    }
+}
+
+/// What a kind of change triggers: `default` (plan on pull requests, apply on pushes to the
+/// deploy branch; plan-destroy and destroy for deleted units), `plan` (plan even on pushes), or
+/// `none`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trigger {
+    #[default]
+    Default,
+    Plan,
+    None,
+}
+
+/// A change without units (account requests) runs a unit you name, or nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitTrigger {
+    /// Repo-relative path of the unit planned on pull requests and applied on pushes.
+    pub unit: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Triggers {
+    #[serde(default)]
+    pub unit_added: Trigger,
+    #[serde(default)]
+    pub unit_changed: Trigger,
+    #[serde(default)]
+    pub unit_deleted: Trigger,
+    #[serde(default)]
+    pub env_common_changed: Trigger,
+    #[serde(default)]
+    pub hcl_changed: Trigger,
+    #[serde(default)]
+    pub file_changed: Trigger,
+    #[serde(default)]
+    pub drift_detected: Trigger,
+    /// `_new-account-requests/*.yml` changed. Default: nothing.
+    #[serde(default)]
+    pub accounts_requested: Option<UnitTrigger>,
+    /// `accounts.yml` changed. Default: nothing.
+    #[serde(default)]
+    pub accounts_changed: Option<UnitTrigger>,
+}
+
+/// A named identity for jobs, given to the IaC process's environment and nowhere else.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    pub name: String,
+    pub provider: CredentialsProvider,
+    /// aws-web-identity: the role to assume.
+    #[serde(default)]
+    pub role_arn: Option<String>,
+    /// aws-web-identity: the OIDC token file (for example a projected service account token).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// aws-web-identity: the region (and STS region). Default: us-east-1.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// aws-web-identity: session length. Default: 3600.
+    #[serde(default)]
+    pub session_seconds: Option<u64>,
+    /// aws-web-identity: the STS endpoint. Default: `https://sts.<region>.amazonaws.com`.
+    #[serde(default)]
+    pub sts_endpoint: Option<String>,
+    /// command: a program and its arguments that print JSON credentials.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CredentialsProvider {
+    /// The executor's own environment (instance profile, workload identity, ...).
+    None,
+    /// AWS STS AssumeRoleWithWebIdentity with an OIDC token file.
+    AwsWebIdentity,
+    /// A command printing `{"env": {"NAME": "value", ...}}` (like Gruntwork's `auth_provider_cmd`).
+    Command,
 }
 
 /// Settings only executors read.
@@ -68,6 +233,35 @@ fn default_broker_url() -> String {
 
 fn default_deploy_branch() -> String {
     "main".to_owned()
+}
+
+fn default_job_timeout_minutes() -> u64 {
+    240
+}
+
+fn default_lease_seconds() -> u64 {
+    120
+}
+
+fn default_max_attempts() -> u32 {
+    3
+}
+
+fn default_backoff_seconds() -> u64 {
+    30
+}
+
+/// Failures that are usually transient: state locks, provider API throttling, network blips.
+fn default_retry_patterns() -> Vec<String> {
+    [
+        "Error acquiring the state lock",
+        "(?i)rate exceeded|throttl|RequestLimitExceeded|TooManyRequests",
+        "(?i)connection reset by peer|i/o timeout|TLS handshake timeout|timeout while waiting for plugin",
+        "(?i)failed to install provider|could not query provider registry",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect()
 }
 
 /// Why a configuration was refused. Always fatal at start-up: fix the file and restart.
@@ -98,7 +292,11 @@ impl Config {
         // PIPELINES_* variables (PIPELINES_TELEMETRY_OPT_OUT, ...) do not trip validation.
         let env = Env::prefixed("PIPELINES_").split("__").filter(|key| {
             let key = key.as_str().to_ascii_lowercase();
-            key == "broker_url" || key.starts_with("executor.") || key.starts_with("executor__")
+            key == "broker_url"
+                || ["executor", "dispatcher"].iter().any(|section| {
+                    key.starts_with(&format!("{section}."))
+                        || key.starts_with(&format!("{section}__"))
+                })
         });
         let config: Config = Figment::new()
             .merge(Toml::file_exact(path))
@@ -138,8 +336,16 @@ impl Config {
             accounts: vec![Account {
                 name: "default".to_owned(),
                 paths: vec!["**".to_owned()],
+                max_concurrent_jobs: 0,
+                job_timeout_minutes: default_job_timeout_minutes(),
+                plan_credentials: None,
+                apply_credentials: None,
             }],
             executor: ExecutorSettings::default(),
+            dispatcher: DispatcherSettings::default(),
+            retry: RetryPolicy::default(),
+            triggers: Triggers::default(),
+            credentials: Vec::new(),
         }
     }
 
@@ -156,6 +362,69 @@ impl Config {
             .iter()
             .map(|account| account.name.clone())
             .collect()
+    }
+
+    fn validate_credentials(&self) -> Result<(), ConfigError> {
+        let mut names = HashSet::new();
+        for (i, credentials) in self.credentials.iter().enumerate() {
+            let key = |field: &str| format!("credentials[{i}].{field}");
+            if !is_plain_name(&credentials.name) {
+                return Err(invalid(
+                    key("name"),
+                    format!(
+                        "{:?} must be non-empty letters, digits, '-', '_', '.' or '/'",
+                        credentials.name
+                    ),
+                ));
+            }
+            if !names.insert(credentials.name.as_str()) {
+                return Err(invalid(
+                    key("name"),
+                    format!("{:?} is listed twice", credentials.name),
+                ));
+            }
+            match credentials.provider {
+                CredentialsProvider::None => {}
+                CredentialsProvider::AwsWebIdentity => {
+                    if credentials
+                        .role_arn
+                        .as_deref()
+                        .is_none_or(|arn| !arn.starts_with("arn:"))
+                    {
+                        return Err(invalid(
+                            key("role_arn"),
+                            "aws-web-identity needs role_arn = \"arn:aws:iam::<account>:role/<name>\"",
+                        ));
+                    }
+                    if credentials.token_file.is_none() {
+                        return Err(invalid(
+                            key("token_file"),
+                            "aws-web-identity needs the path of the OIDC token file",
+                        ));
+                    }
+                }
+                CredentialsProvider::Command => {
+                    if credentials.command.as_ref().is_none_or(Vec::is_empty) {
+                        return Err(invalid(
+                            key("command"),
+                            "the command provider needs command = [\"program\", \"args\"...]",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The credentials entry an account uses for `mutates` (apply/destroy) or plans, if any.
+    pub fn credentials_for(&self, account: &Account, mutates: bool) -> Option<&Credentials> {
+        let name = if mutates {
+            &account.apply_credentials
+        } else {
+            &account.plan_credentials
+        };
+        name.as_ref()
+            .and_then(|name| self.credentials.iter().find(|c| &c.name == name))
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -233,6 +502,67 @@ impl Config {
                 if let Err(err) = compile_glob(glob) {
                     return Err(invalid(format!("accounts[{i}].paths[{j}]"), err));
                 }
+            }
+            if account.job_timeout_minutes == 0 {
+                return Err(invalid(key("job_timeout_minutes"), "must be at least 1"));
+            }
+            for (field, reference) in [
+                ("plan_credentials", &account.plan_credentials),
+                ("apply_credentials", &account.apply_credentials),
+            ] {
+                if let Some(name) = reference
+                    && !self.credentials.iter().any(|c| &c.name == name)
+                {
+                    return Err(invalid(
+                        key(field),
+                        format!("{name:?} is not the name of any [[credentials]] entry"),
+                    ));
+                }
+            }
+        }
+        self.validate_credentials()?;
+        if self.dispatcher.lease_seconds < 10 {
+            return Err(invalid(
+                "dispatcher.lease_seconds",
+                format!(
+                    "{} is below the minimum of 10",
+                    self.dispatcher.lease_seconds
+                ),
+            ));
+        }
+        if self.retry.max_attempts == 0 {
+            return Err(invalid(
+                "retry.max_attempts",
+                "must be at least 1 (1 disables retries)",
+            ));
+        }
+        for (i, pattern) in self.retry.patterns.iter().enumerate() {
+            if let Err(err) = regex::Regex::new(pattern) {
+                return Err(invalid(
+                    format!("retry.patterns[{i}]"),
+                    format!("invalid regular expression {pattern:?}: {err}"),
+                ));
+            }
+        }
+        for (name, trigger) in [
+            (
+                "triggers.accounts_requested",
+                &self.triggers.accounts_requested,
+            ),
+            ("triggers.accounts_changed", &self.triggers.accounts_changed),
+        ] {
+            if let Some(trigger) = trigger
+                && (trigger.unit.is_empty()
+                    || trigger.unit.starts_with('/')
+                    || trigger
+                        .unit
+                        .split('/')
+                        .any(|part| matches!(part, "" | "." | "..")))
+            {
+                return Err(invalid(
+                    format!("{name}.unit"),
+                    format!("{:?} is not a relative, normalized unit path", trigger.unit),
+                ));
             }
         }
         Ok(())
@@ -349,6 +679,59 @@ mod tests {
         let path = dir.path().join("pipelines.toml");
         std::fs::write(&path, VALID).unwrap();
         assert_eq!(Config::load(&path).unwrap().accounts[0].name, "prod");
+    }
+
+    #[test]
+    fn dispatcher_retry_trigger_and_credentials_keys_load_and_validate() {
+        let full = format!(
+            "{VALID}\nmax_concurrent_jobs = 2\nplan_credentials = \"prod-plan\"\napply_credentials = \"prod-apply\"\n\
+             [[credentials]]\nname = \"prod-plan\"\nprovider = \"command\"\ncommand = [\"creds\", \"plan\"]\n\
+             [[credentials]]\nname = \"prod-apply\"\nprovider = \"aws-web-identity\"\nrole_arn = \"arn:aws:iam::1:role/apply\"\ntoken_file = \"/var/run/token\"\n\
+             [retry]\nmax_attempts = 4\npatterns = [\"(?i)throttl\"]\n\
+             [triggers]\nhcl_changed = \"plan\"\naccounts_requested = {{ unit = \"_global/account-factory\" }}\n\
+             [dispatcher]\nlease_seconds = 60\nstate_dir = \"/var/lib/pipelines\"\n"
+        );
+        let config = Config::from_toml(&full).unwrap();
+        let account = &config.accounts[0];
+        assert_eq!(
+            (account.max_concurrent_jobs, account.job_timeout_minutes),
+            (2, 240)
+        );
+        assert_eq!(
+            config.credentials_for(account, true).unwrap().provider,
+            CredentialsProvider::AwsWebIdentity
+        );
+        assert_eq!(
+            config.credentials_for(account, false).unwrap().name,
+            "prod-plan"
+        );
+        assert_eq!(config.triggers.hcl_changed, Trigger::Plan);
+        assert_eq!(
+            config.triggers.accounts_requested.as_ref().unwrap().unit,
+            "_global/account-factory"
+        );
+        assert_eq!(
+            config.dispatcher.state_dir(),
+            PathBuf::from("/var/lib/pipelines")
+        );
+
+        let unknown = full.replace(
+            "apply_credentials = \"prod-apply\"",
+            "apply_credentials = \"nope\"",
+        );
+        assert!(
+            error_of(&unknown)
+                .contains("`accounts[0].apply_credentials`: \"nope\" is not the name")
+        );
+        let bad_regex = full.replace("(?i)throttl", "(unclosed");
+        assert!(
+            error_of(&bad_regex)
+                .contains("`retry.patterns[0]`: invalid regular expression \"(unclosed\"")
+        );
+        let no_role = full.replace("role_arn = \"arn:aws:iam::1:role/apply\"\n", "");
+        assert!(error_of(&no_role).contains("`credentials[1].role_arn`"));
+        let bad_unit = full.replace("_global/account-factory", "../escape");
+        assert!(error_of(&bad_unit).contains("`triggers.accounts_requested.unit`"));
     }
 
     #[test]

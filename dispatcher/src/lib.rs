@@ -2,11 +2,18 @@
 //! one component that knows how each run is going.
 //!
 //! - [`policy`]: is this event allowed, and what runs where? Pure.
-//! - [`run`]: the run state machine (dependency order, skips, final state). Pure.
-//! - [`service`]: the broker edge that feeds them and publishes their decisions.
+//! - [`scheduler`]: every active run and what may happen next (dependency order, per-unit
+//!   serialization, account caps, supersession, retries, worker claims). Pure.
+//! - [`store`]: the run database and its outbox (SQLite), so that a crash loses nothing.
+//! - [`status`]: what `pipelines status` prints. Pure.
+//! - [`service`]: the broker edge that feeds the scheduler, commits, acks and publishes.
 
 pub mod policy;
-pub mod run;
+pub mod scheduler;
 pub mod service;
+pub mod status;
+pub mod store;
+#[cfg(test)]
+mod testing;
 
 pub use service::{DispatchError, Dispatcher};

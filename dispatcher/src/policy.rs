@@ -6,9 +6,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use config::{Config, compile_glob};
+use config::{Config, Trigger, Triggers, UnitTrigger, compile_glob};
 use globset::GlobMatcher;
-use proto_types::{Action, ChangeEvent, ChangeKind, DependencyEdge, Trigger};
+use proto_types::{Action, ChangeEvent, ChangeKind, DependencyEdge};
 
 /// One unit the run will act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,7 +19,7 @@ pub struct PlannedUnit {
 }
 
 /// A validated event, ready to become a run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunPlan {
     pub units: Vec<PlannedUnit>,
     pub edges: Vec<DependencyEdge>,
@@ -72,9 +72,9 @@ pub fn plan(
         )
     })?;
     let push = match &event.trigger {
-        Trigger::PullRequest { .. } => false,
-        Trigger::Push { branch } if *branch == repository.deploy_branch => true,
-        Trigger::Push { branch } => {
+        proto_types::Trigger::PullRequest { .. } => false,
+        proto_types::Trigger::Push { branch } if *branch == repository.deploy_branch => true,
+        proto_types::Trigger::Push { branch } => {
             return Err(format!(
                 "push to branch {branch:?} of {:?}: only pushes to its deploy branch {:?} may apply",
                 repository.name, repository.deploy_branch
@@ -92,10 +92,26 @@ pub fn plan(
         for path in change.units.iter().chain(&change.files) {
             check_path(path)?;
         }
-        let Some(action) = action_for(change.kind, push) else {
+        let (action, units): (Option<Action>, Vec<&str>) =
+            match unit_trigger(change.kind, &config.triggers) {
+                // Changes without units of their own run the unit the policy names, if any.
+                Some(configured) => (
+                    configured.map(|_| if push { Action::Apply } else { Action::Plan }),
+                    configured.map(|t| t.unit.as_str()).into_iter().collect(),
+                ),
+                None => (
+                    action_for(
+                        change.kind,
+                        kind_trigger(change.kind, &config.triggers),
+                        push,
+                    ),
+                    change.units.iter().map(String::as_str).collect(),
+                ),
+            };
+        let Some(action) = action else {
             continue;
         };
-        for unit in &change.units {
+        for unit in units {
             match actions.insert(unit, action) {
                 Some(previous) if previous.is_destroy() != action.is_destroy() => {
                     return Err(format!(
@@ -119,43 +135,100 @@ pub fn plan(
         });
     }
 
-    let mut edges = BTreeSet::new();
+    let listed: BTreeSet<&str> = event
+        .changes
+        .iter()
+        .flat_map(|change| change.units.iter().map(String::as_str))
+        .collect();
+    let mut graph: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for edge in &event.dependencies {
         check_path(&edge.unit)?;
         check_path(&edge.depends_on)?;
-        let (Some(from), Some(to)) = (
-            actions.get(edge.unit.as_str()),
-            actions.get(edge.depends_on.as_str()),
-        ) else {
+        if !listed.contains(edge.unit.as_str()) || !listed.contains(edge.depends_on.as_str()) {
             return Err(format!(
                 "dependency {} -> {} names a unit the event does not change",
                 edge.unit, edge.depends_on
             ));
-        };
-        if to.is_destroy() && !from.is_destroy() {
-            return Err(format!(
-                "unit {:?} depends on {:?}, which is being deleted: delete or change the dependent first",
-                edge.unit, edge.depends_on
-            ));
         }
-        edges.insert(edge.clone());
+        graph.entry(&edge.unit).or_default().push(&edge.depends_on);
     }
-    let edges: Vec<DependencyEdge> = edges.into_iter().collect();
-    if let Some(cycle) = find_cycle(&edges) {
+    if let Some(cycle) = find_cycle(&event.dependencies) {
         return Err(format!("dependency cycle: {}", cycle.join(" -> ")));
+    }
+
+    let mut edges = Vec::new();
+    for (&unit, &action) in &actions {
+        for depends_on in nearest_with_jobs(unit, &graph, &actions) {
+            if actions[depends_on].is_destroy() && !action.is_destroy() {
+                return Err(format!(
+                    "unit {unit:?} depends on {depends_on:?}, which is being deleted: delete or change the dependent first"
+                ));
+            }
+            edges.push(DependencyEdge {
+                unit: unit.to_owned(),
+                depends_on: depends_on.to_owned(),
+            });
+        }
     }
     Ok(RunPlan { units, edges })
 }
 
-/// The DESIGN.md defaults: pull requests plan (plan-destroy for deletions), pushes to the deploy
-/// branch apply (destroy for deletions). Account changes trigger nothing yet.
-fn action_for(kind: ChangeKind, push: bool) -> Option<Action> {
-    match (kind, push) {
-        (ChangeKind::UnitDeleted, false) => Some(Action::PlanDestroy),
-        (ChangeKind::UnitDeleted, true) => Some(Action::Destroy),
-        (ChangeKind::AccountsRequested | ChangeKind::AccountsChanged, _) => None,
-        (_, false) => Some(Action::Plan),
-        (_, true) => Some(Action::Apply),
+/// The dependencies of `unit` that get a job, looking through those that do not (a change kind
+/// the policy ignores), so that the order of what does run is kept.
+fn nearest_with_jobs<'a>(
+    unit: &'a str,
+    graph: &BTreeMap<&'a str, Vec<&'a str>>,
+    actions: &BTreeMap<&'a str, Action>,
+) -> BTreeSet<&'a str> {
+    let mut found = BTreeSet::new();
+    let mut seen = BTreeSet::new();
+    let mut stack: Vec<&str> = graph.get(unit).cloned().unwrap_or_default();
+    while let Some(next) = stack.pop() {
+        if !seen.insert(next) {
+            continue;
+        }
+        if actions.contains_key(next) {
+            found.insert(next);
+        } else if let Some(further) = graph.get(next) {
+            stack.extend(further);
+        }
+    }
+    found
+}
+
+/// For the account changes, which carry no units: `Some(configured unit or nothing)`.
+/// `None` for every other kind.
+fn unit_trigger(kind: ChangeKind, triggers: &Triggers) -> Option<Option<&UnitTrigger>> {
+    match kind {
+        ChangeKind::AccountsRequested => Some(triggers.accounts_requested.as_ref()),
+        ChangeKind::AccountsChanged => Some(triggers.accounts_changed.as_ref()),
+        _ => None,
+    }
+}
+
+fn kind_trigger(kind: ChangeKind, triggers: &Triggers) -> Trigger {
+    match kind {
+        ChangeKind::UnitAdded => triggers.unit_added,
+        ChangeKind::UnitChanged => triggers.unit_changed,
+        ChangeKind::UnitDeleted => triggers.unit_deleted,
+        ChangeKind::EnvCommonChanged => triggers.env_common_changed,
+        ChangeKind::HclChanged => triggers.hcl_changed,
+        ChangeKind::FileChanged => triggers.file_changed,
+        ChangeKind::DriftDetected => triggers.drift_detected,
+        ChangeKind::AccountsRequested | ChangeKind::AccountsChanged => Trigger::None,
+    }
+}
+
+/// By default (DESIGN.md) pull requests plan and pushes to the deploy branch apply; deleted
+/// units get plan-destroy and destroy. `plan` plans even on pushes; `none` runs nothing.
+fn action_for(kind: ChangeKind, trigger: Trigger, push: bool) -> Option<Action> {
+    let deleted = kind == ChangeKind::UnitDeleted;
+    match (trigger, deleted, push) {
+        (Trigger::None, _, _) => None,
+        (Trigger::Plan, true, _) | (Trigger::Default, true, false) => Some(Action::PlanDestroy),
+        (Trigger::Plan, false, _) | (Trigger::Default, false, false) => Some(Action::Plan),
+        (Trigger::Default, true, true) => Some(Action::Destroy),
+        (Trigger::Default, false, true) => Some(Action::Apply),
     }
 }
 
@@ -236,7 +309,7 @@ fn find_cycle(edges: &[DependencyEdge]) -> Option<Vec<String>> {
 
 #[cfg(test)]
 mod tests {
-    use proto_types::Change;
+    use proto_types::{Change, Trigger};
     use uuid::Uuid;
 
     use super::*;
@@ -394,6 +467,78 @@ mod tests {
         for good in ["a", "prod/eu-west-1/app", "a/.hidden/b"] {
             assert!(check_path(good).is_ok(), "{good:?} refused");
         }
+    }
+
+    fn with_triggers(triggers: &str) -> Config {
+        let text = format!(
+            "[[repositories]]\nname = \"infra\"\nurl = \"/srv/infra.git\"\n\
+             [[accounts]]\nname = \"prod\"\npaths = [\"prod/**\"]\n[triggers]\n{triggers}"
+        );
+        Config::from_toml(&text).unwrap()
+    }
+
+    /// The planned (unit, action) pairs and (unit, depends_on) edges.
+    type Planned = (Vec<(String, Action)>, Vec<(String, String)>);
+
+    fn actions_with(config: &Config, event: &ChangeEvent) -> Planned {
+        let plan = plan(event, config, &AccountRouter::new(config)).unwrap();
+        (
+            plan.units.into_iter().map(|u| (u.unit, u.action)).collect(),
+            plan.edges
+                .into_iter()
+                .map(|e| (e.unit, e.depends_on))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn triggers_can_plan_or_ignore_a_kind_and_order_is_kept_through_ignored_units() {
+        let config = with_triggers("hcl_changed = \"none\"\ndrift_detected = \"plan\"");
+        // app -> mid -> net, where only mid is an HclChanged unit.
+        let event = event(
+            push("main"),
+            vec![
+                (ChangeKind::UnitChanged, &["prod/app", "prod/net"][..]),
+                (ChangeKind::HclChanged, &["prod/mid"][..]),
+                (ChangeKind::DriftDetected, &["prod/drifted"][..]),
+            ],
+            &[("prod/app", "prod/mid"), ("prod/mid", "prod/net")],
+        );
+        let (actions, edges) = actions_with(&config, &event);
+        assert_eq!(
+            actions,
+            [
+                ("prod/app".into(), Action::Apply),
+                ("prod/drifted".into(), Action::Plan),
+                ("prod/net".into(), Action::Apply)
+            ],
+            "hcl_changed = none drops mid; drift_detected = plan plans even on a push"
+        );
+        assert_eq!(
+            edges,
+            [("prod/app".into(), "prod/net".into())],
+            "app still waits for net"
+        );
+    }
+
+    #[test]
+    fn account_requests_run_the_configured_unit_or_nothing() {
+        let requested =
+            |trigger: Trigger| event(trigger, vec![(ChangeKind::AccountsRequested, &[][..])], &[]);
+        let none = with_triggers("");
+        assert!(
+            actions_with(&none, &requested(pr())).0.is_empty(),
+            "nothing by default"
+        );
+        let config = with_triggers("accounts_requested = { unit = \"prod/account-factory\" }");
+        assert_eq!(
+            actions_with(&config, &requested(pr())).0,
+            [("prod/account-factory".into(), Action::Plan)]
+        );
+        assert_eq!(
+            actions_with(&config, &requested(push("main"))).0,
+            [("prod/account-factory".into(), Action::Apply)]
+        );
     }
 
     #[test]

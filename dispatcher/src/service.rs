@@ -1,47 +1,84 @@
-//! The dispatcher's broker edge: consume change events and job events, feed the pure parts,
-//! publish what they decide, and ack only once that is published.
+//! The dispatcher's broker edge: take messages in batches, let the policy and the scheduler
+//! decide, commit the decisions and their outbox in one transaction, then ack, answer claims
+//! and publish.
+//!
+//! The order is what makes a crash harmless: nothing is acked before its effect is committed,
+//! and nothing committed is lost before it is published, because it waits in the outbox.
 
-use std::collections::HashMap;
 use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use broker::topology::{CHANGES_QUEUE, JOB_EVENTS_QUEUE};
 use broker::{Broker, BrokerError, Consumer, Delivery, Headers, Outgoing, Route, Topology};
 use config::Config;
-use proto_types::{ChangeEvent, Job, JobEvent, Payload, RunState, RunStatus};
-use tracing::Instrument;
+use futures_lite::future::poll_once;
+use proto_types::{
+    ChangeEvent, ClaimReply, ClaimVerdict, JobEvent, JobEventKind, JobStatus, Payload, RunState,
+};
 use uuid::Uuid;
 
 use crate::policy::{self, AccountRouter};
-use crate::run::Run;
+use crate::scheduler::{Effects, Scheduler, Settings};
+use crate::store::{OutboxMessage, OutboxTarget, Store, StoreError};
+
+/// Messages handled per transaction at most: enough to amortize the commit, few enough that a
+/// batch's acks are not held back for long.
+const MAX_BATCH: usize = 256;
+/// Outbox rows read at a time when publishing.
+const OUTBOX_CHUNK: usize = 512;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
     /// The broker failed under us: exit and let the supervisor restart us. Everything not yet
-    /// acked is redelivered.
+    /// acked is redelivered; everything committed is in the outbox.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// The run database failed: exit without acking; the last committed state is intact.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("the broker closed the {0} consumer")]
     ConsumerClosed(&'static str),
 }
 
-/// The dispatcher's state: the policy and the runs it is following.
+/// A message taken from one of the dispatcher's queues.
+enum Incoming {
+    Change(Delivery),
+    JobEvent(Delivery),
+}
+
+/// How a handled message is settled once the batch is committed.
+enum Verdict {
+    Ack,
+    DeadLetter(String),
+}
+
+/// The dispatcher: policy, scheduler and run database, fed by the broker.
 #[derive(Debug)]
 pub struct Dispatcher {
     broker: Broker,
     config: Config,
     router: AccountRouter,
-    runs: HashMap<Uuid, Run>,
+    scheduler: Scheduler,
+    store: Store,
 }
 
 impl Dispatcher {
-    pub fn new(broker: Broker, config: Config) -> Dispatcher {
-        let router = AccountRouter::new(&config);
-        Dispatcher {
-            broker,
-            config,
-            router,
-            runs: HashMap::new(),
+    /// Takes up the runs the store holds where the last dispatcher left them.
+    pub fn new(broker: Broker, config: Config, store: Store) -> Result<Dispatcher, DispatchError> {
+        let (runs, next_seq) = store.load_active()?;
+        if !runs.is_empty() {
+            let jobs: usize = runs.iter().map(|run| run.jobs.len()).sum();
+            tracing::info!(runs = runs.len(), jobs, "Restored the active runs.");
         }
+        let settings = Settings::from_config(&config);
+        let scheduler = Scheduler::restore(settings, runs, next_seq, now_ms());
+        Ok(Dispatcher {
+            broker,
+            router: AccountRouter::new(&config),
+            config,
+            scheduler,
+            store,
+        })
     }
 
     /// Declares the topology, then handles messages until `shutdown` resolves.
@@ -49,120 +86,352 @@ impl Dispatcher {
         self.broker
             .declare_topology(&Topology::new(self.config.account_names()))
             .await?;
-        let mut changes = self.broker.consume(CHANGES_QUEUE, 16).await?;
-        let mut events = self.broker.consume(JOB_EVENTS_QUEUE, 256).await?;
+        // Whatever a crash left committed but unpublished goes out first; then whatever the
+        // restored runs may start now (retries that came due while we were down).
+        self.publish_outbox().await?;
+        let effects = self.scheduler.tick(now_ms());
+        self.commit(&effects, now_ms())?;
+        self.publish_outbox().await?;
+
+        let mut changes = self.broker.consume(CHANGES_QUEUE, 64).await?;
+        let mut events = self.broker.consume(JOB_EVENTS_QUEUE, 512).await?;
         tracing::info!(accounts = ?self.config.account_names(), "Dispatcher ready.");
         tokio::pin!(shutdown);
         loop {
-            // Messages are handled one at a time: run state needs no locks, and every ack
-            // follows the publishes its message caused.
+            let wakeup = self.scheduler.next_wakeup(now_ms());
+            let timer = async move {
+                match wakeup {
+                    Some(at) => {
+                        let wait = at.saturating_sub(now_ms());
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let mut batch = Vec::new();
             tokio::select! {
                 biased;
                 () = &mut shutdown => {
                     tracing::info!("Dispatcher shutting down.");
                     return Ok(());
                 }
-                delivery = next(&mut events, "job events") => self.on_job_event(delivery?).await?,
-                delivery = next(&mut changes, "change events") => self.on_change_event(delivery?).await?,
+                delivery = next(&mut events, "job events") => batch.push(Incoming::JobEvent(delivery?)),
+                delivery = next(&mut changes, "change events") => batch.push(Incoming::Change(delivery?)),
+                () = timer => {}
             }
+            drain(&mut events, &mut changes, &mut batch).await?;
+            self.handle(batch).await?;
         }
     }
 
-    async fn on_change_event(&mut self, delivery: Delivery) -> Result<(), DispatchError> {
+    /// Decides a batch (pure), commits it, then settles, answers and publishes.
+    async fn handle(&mut self, batch: Vec<Incoming>) -> Result<(), DispatchError> {
+        let now = now_ms();
+        let mut effects = Effects::default();
+        let mut settle = Vec::with_capacity(batch.len());
+        let mut replies = Vec::new();
+        for incoming in batch {
+            match incoming {
+                Incoming::Change(delivery) => {
+                    let verdict = self.on_change_event(&delivery, now, &mut effects)?;
+                    settle.push((delivery, verdict));
+                }
+                Incoming::JobEvent(delivery) => {
+                    let verdict = self.on_job_event(&delivery, now, &mut effects, &mut replies)?;
+                    settle.push((delivery, verdict));
+                }
+            }
+        }
+        effects.merge(self.scheduler.tick(now));
+        self.commit(&effects, now)?;
+        for (delivery, verdict) in settle {
+            match verdict {
+                Verdict::Ack => delivery.ack().await?,
+                Verdict::DeadLetter(reason) => delivery.dead_letter(&reason).await?,
+            }
+        }
+        let headers = Headers::new();
+        for (queue, reply) in replies {
+            let body = reply.encode();
+            let id = Uuid::new_v4().to_string();
+            self.broker
+                .publish(
+                    Route::Reply { queue: &queue },
+                    Outgoing::new(&body, &id, &headers),
+                )
+                .await?;
+        }
+        self.publish_outbox().await?;
+        self.scheduler.evict_finished();
+        Ok(())
+    }
+
+    fn on_change_event(
+        &mut self,
+        delivery: &Delivery,
+        now: u64,
+        effects: &mut Effects,
+    ) -> Result<Verdict, DispatchError> {
         let event = match ChangeEvent::decode(&delivery.body) {
             Ok(event) => event,
             Err(err) => {
-                delivery
-                    .dead_letter(&format!("undecodable change event: {err}"))
-                    .await?;
-                return Ok(());
+                return Ok(Verdict::DeadLetter(format!(
+                    "undecodable change event: {err}"
+                )));
             }
         };
         let span = tracing::info_span!("run", run_id = %event.id, repository = %event.repository, event = %event.trigger.kind());
-        async move {
-            if let Some(run) = self.runs.get(&event.id) {
-                // A redelivery of an event we already turned into a run: say how it is going.
-                tracing::info!("Change event redelivered; run already exists.");
-                publish_status(&self.broker, &run.status()).await?;
-                delivery.ack().await?;
-                return Ok(());
-            }
-            let plan = match policy::plan(&event, &self.config, &self.router) {
-                Ok(plan) => plan,
-                Err(reason) => {
-                    tracing::warn!(%reason, "Change event rejected.");
-                    publish_status(&self.broker, &rejected(&event, &reason)).await?;
-                    delivery.dead_letter(&format!("rejected: {reason}")).await?;
-                    return Ok(());
-                }
-            };
-            let mut run = Run::new(
-                event.id,
-                &event.repository,
-                event.trigger.kind(),
-                &event.head_sha,
-                &event.base_sha,
-                &plan,
-            );
-            tracing::info!(jobs = plan.units.len(), "Run accepted.");
-            let ready = run.take_ready();
-            publish_jobs(&self.broker, &ready).await?;
-            let status = run.status();
-            publish_status(&self.broker, &status).await?;
-            if status.state.is_final() {
-                tracing::info!(state = ?status.state, "Run finished.");
-            }
-            self.runs.insert(event.id, run);
-            delivery.ack().await?;
-            Ok(())
+        let _entered = span.enter();
+        // A redelivery (we crashed before the ack, or the publisher sent it twice): the run
+        // exists, so settle the message the way the first delivery was settled.
+        let rejected = if let Some(run) = self.scheduler.run(event.id) {
+            effects.changed_runs.insert(event.id);
+            Some(run.rejected.clone())
+        } else {
+            self.store.known_run(event.id)?.map(|known| known.rejected)
+        };
+        if let Some(rejected) = rejected {
+            tracing::info!("Change event redelivered; its run exists already.");
+            return Ok(match rejected {
+                Some(reason) => Verdict::DeadLetter(format!("rejected: {reason}")),
+                None => Verdict::Ack,
+            });
         }
-        .instrument(span)
-        .await
+        match policy::plan(&event, &self.config, &self.router) {
+            Ok(plan) => {
+                tracing::info!(jobs = plan.units.len(), "Run accepted.");
+                effects.merge(self.scheduler.accept(&event, &plan, now));
+                Ok(Verdict::Ack)
+            }
+            Err(reason) => {
+                tracing::warn!(%reason, "Change event rejected.");
+                effects.merge(self.scheduler.reject(&event, &reason, now));
+                Ok(Verdict::DeadLetter(format!("rejected: {reason}")))
+            }
+        }
     }
 
-    async fn on_job_event(&mut self, delivery: Delivery) -> Result<(), DispatchError> {
+    fn on_job_event(
+        &mut self,
+        delivery: &Delivery,
+        now: u64,
+        effects: &mut Effects,
+        replies: &mut Vec<(String, ClaimReply)>,
+    ) -> Result<Verdict, DispatchError> {
         let event = match JobEvent::decode(&delivery.body) {
             Ok(event) => event,
-            Err(err) => {
-                delivery
-                    .dead_letter(&format!("undecodable job event: {err}"))
-                    .await?;
-                return Ok(());
-            }
+            Err(err) => return Ok(Verdict::DeadLetter(format!("undecodable job event: {err}"))),
         };
-        let Some(run) = self
-            .runs
-            .get_mut(&event.run_id)
-            .filter(|run| run.contains_job(event.job_id))
-        else {
-            delivery
-                .dead_letter(&format!(
-                    "job event for unknown run {} / job {}",
-                    event.run_id, event.job_id
-                ))
-                .await?;
-            return Ok(());
-        };
-        let span = tracing::info_span!("job_event", run_id = %event.run_id, job_id = %event.job_id, worker = %event.worker);
-        if run.on_event(&event) {
-            // Decide everything first (pure), then publish: the borrow of the run ends here.
-            let ready = run.take_ready();
-            let status = run.status();
-            let finished = status.state.is_final();
-            async {
-                publish_jobs(&self.broker, &ready).await?;
-                publish_status(&self.broker, &status).await?;
-                if finished {
-                    tracing::info!(state = ?status.state, "Run finished.");
-                }
-                Ok::<(), BrokerError>(())
-            }
-            .instrument(span)
-            .await?;
+        let active = self.scheduler.job_by_id(event.job_id);
+        let (unit, account) = active.map_or((None, None), |(_, job)| {
+            (Some(job.job.unit.clone()), Some(job.job.account.clone()))
+        });
+        let span = tracing::info_span!(
+            "job_event",
+            run_id = %event.run_id,
+            job_id = %event.job_id,
+            attempt = event.attempt,
+            worker = %event.worker,
+            unit = unit.as_deref().unwrap_or("?"),
+            account = account.as_deref().unwrap_or("?"),
+        );
+        let _entered = span.enter();
+        if let Some((run, _)) = active
+            && run.run_id != event.run_id
+        {
+            return Ok(Verdict::DeadLetter(format!(
+                "job event names run {} but job {} belongs to run {}",
+                event.run_id, event.job_id, run.run_id
+            )));
         }
-        delivery.ack().await?;
+        let active = active.is_some();
+        match event.kind {
+            JobEventKind::Started { redelivered } => {
+                let Some(reply_to) = delivery
+                    .reply_to
+                    .as_deref()
+                    .filter(|q| broker::is_reply_queue(q))
+                else {
+                    return Ok(Verdict::DeadLetter(format!(
+                        "claim for job {} has no valid reply_to ({:?})",
+                        event.job_id, delivery.reply_to
+                    )));
+                };
+                let verdict = if active {
+                    let (verdict, claimed) = self.scheduler.claim(
+                        event.job_id,
+                        event.attempt,
+                        &event.worker,
+                        redelivered,
+                        now,
+                    );
+                    effects.merge(claimed);
+                    verdict
+                } else {
+                    let reason = if self.store.job_known(event.job_id)? {
+                        "the job is finished"
+                    } else {
+                        "the job is unknown"
+                    };
+                    ClaimVerdict::Denied {
+                        reason: reason.into(),
+                        retry: false,
+                    }
+                };
+                match &verdict {
+                    ClaimVerdict::Granted { .. } => tracing::info!(redelivered, "Job started."),
+                    ClaimVerdict::Denied { reason, retry } => {
+                        tracing::info!(%reason, retry, "Claim denied.");
+                    }
+                }
+                replies.push((
+                    reply_to.to_owned(),
+                    ClaimReply {
+                        job_id: event.job_id,
+                        attempt: event.attempt,
+                        verdict,
+                    },
+                ));
+                Ok(Verdict::Ack)
+            }
+            JobEventKind::Heartbeat => {
+                // Leases are not persisted on heartbeats: a restarted dispatcher extends every
+                // lease anyway, so the write would buy nothing.
+                if active
+                    && !self
+                        .scheduler
+                        .heartbeat(event.job_id, event.attempt, &event.worker, now)
+                {
+                    tracing::debug!("Heartbeat from a worker that does not hold the job.");
+                }
+                Ok(Verdict::Ack)
+            }
+            JobEventKind::Finished(outcome) => {
+                if active {
+                    let finished = self.scheduler.finish(
+                        event.job_id,
+                        event.attempt,
+                        &event.worker,
+                        &outcome,
+                        now,
+                    );
+                    if finished.changed_jobs.contains(&event.job_id) {
+                        match outcome.status {
+                            JobStatus::Succeeded => {
+                                tracing::info!(duration_ms = outcome.duration_ms, "Job succeeded.")
+                            }
+                            JobStatus::Failed => {
+                                tracing::warn!(exit_code = ?outcome.exit_code, "Job failed.")
+                            }
+                        }
+                    } else {
+                        tracing::info!("Report of a stale attempt or a former holder ignored.");
+                    }
+                    effects.merge(finished);
+                    Ok(Verdict::Ack)
+                } else if self.store.job_known(event.job_id)? {
+                    tracing::info!("Late report for a finished job ignored.");
+                    Ok(Verdict::Ack)
+                } else {
+                    Ok(Verdict::DeadLetter(format!(
+                        "job event for unknown run {} / job {}",
+                        event.run_id, event.job_id
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Persists what `effects` changed and queues its messages in the outbox, in one
+    /// transaction.
+    fn commit(&mut self, effects: &Effects, now: u64) -> Result<(), StoreError> {
+        if effects.is_empty() {
+            return Ok(());
+        }
+        let runs: Vec<_> = effects
+            .changed_runs
+            .iter()
+            .filter_map(|id| self.scheduler.run(*id))
+            .collect();
+        let jobs: Vec<_> = effects
+            .changed_jobs
+            .iter()
+            .filter_map(|id| self.scheduler.job_by_id(*id))
+            .collect();
+        let mut outbox: Vec<OutboxMessage> =
+            effects.publish.iter().map(OutboxMessage::job).collect();
+        outbox.extend(runs.iter().map(|run| OutboxMessage::status(run)));
+        self.store
+            .commit(runs.iter().copied(), jobs, &outbox, now)?;
+        for job in &effects.publish {
+            tracing::info!(run_id = %job.run_id, job_id = %job.job_id, unit = %job.unit, account = %job.account, action = %job.action, attempt = job.attempt, "Job queued.");
+        }
+        for run in runs {
+            let state = run.state();
+            if state.is_final() {
+                match &state {
+                    RunState::Succeeded => tracing::info!(run_id = %run.run_id, "Run succeeded."),
+                    other => {
+                        tracing::info!(run_id = %run.run_id, state = other.as_str(), reason = other.reason().unwrap_or_default(), "Run finished.")
+                    }
+                }
+            }
+        }
         Ok(())
     }
+
+    /// Publishes the outbox with confirms, forgetting each message once confirmed.
+    async fn publish_outbox(&mut self) -> Result<(), DispatchError> {
+        let headers = Headers::new();
+        loop {
+            let messages = self.store.outbox(OUTBOX_CHUNK)?;
+            let mut published = Vec::with_capacity(messages.len());
+            for message in &messages {
+                let outgoing = Outgoing::new(&message.body, &message.message_id, &headers);
+                let route = match &message.target {
+                    OutboxTarget::Jobs { account } => Route::Jobs { account },
+                    OutboxTarget::Status { run_id } => Route::Status { run_id: *run_id },
+                };
+                if let Err(err) = self.broker.publish(route, outgoing).await {
+                    // Keep what made it; the rest stays in the outbox for the next start.
+                    self.store.delete_outbox(&published)?;
+                    return Err(err.into());
+                }
+                published.push(message.id);
+            }
+            self.store.delete_outbox(&published)?;
+            if messages.len() < OUTBOX_CHUNK {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Adds whatever both consumers have ready, without waiting, up to [`MAX_BATCH`].
+async fn drain(
+    events: &mut Consumer,
+    changes: &mut Consumer,
+    batch: &mut Vec<Incoming>,
+) -> Result<(), DispatchError> {
+    let mut events_open = true;
+    let mut changes_open = true;
+    while batch.len() < MAX_BATCH && (events_open || changes_open) {
+        if events_open {
+            match poll_once(events.next()).await {
+                Some(Some(delivery)) => batch.push(Incoming::JobEvent(delivery?)),
+                Some(None) => return Err(DispatchError::ConsumerClosed("job events")),
+                None => events_open = false,
+            }
+        }
+        if changes_open {
+            match poll_once(changes.next()).await {
+                Some(Some(delivery)) => batch.push(Incoming::Change(delivery?)),
+                Some(None) => return Err(DispatchError::ConsumerClosed("change events")),
+                None => changes_open = false,
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn next(consumer: &mut Consumer, what: &'static str) -> Result<Delivery, DispatchError> {
@@ -172,55 +441,9 @@ async fn next(consumer: &mut Consumer, what: &'static str) -> Result<Delivery, D
     }
 }
 
-fn rejected(event: &ChangeEvent, reason: &str) -> RunStatus {
-    RunStatus {
-        run_id: event.id,
-        repository: event.repository.clone(),
-        event: event.trigger.kind(),
-        head_sha: event.head_sha.clone(),
-        state: RunState::Rejected(reason.to_owned()),
-        units: Vec::new(),
-    }
-}
-
-async fn publish_jobs(broker: &Broker, jobs: &[Job]) -> Result<(), BrokerError> {
-    let headers = Headers::new();
-    for job in jobs {
-        let body = job.encode();
-        let id = job.job_id.to_string();
-        let message = Outgoing {
-            body: &body,
-            message_id: &id,
-            headers: &headers,
-        };
-        broker
-            .publish(
-                Route::Jobs {
-                    account: &job.account,
-                },
-                message,
-            )
-            .await?;
-        tracing::info!(job_id = %job.job_id, unit = %job.unit, account = %job.account, action = %job.action, "Job queued.");
-    }
-    Ok(())
-}
-
-async fn publish_status(broker: &Broker, status: &RunStatus) -> Result<(), BrokerError> {
-    let body = status.encode();
-    let id = Uuid::new_v4().to_string();
-    let headers = Headers::new();
-    let message = Outgoing {
-        body: &body,
-        message_id: &id,
-        headers: &headers,
-    };
-    broker
-        .publish(
-            Route::Status {
-                run_id: status.run_id,
-            },
-            message,
-        )
-        .await
+/// Milliseconds since the Unix epoch: the scheduler's clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }

@@ -18,9 +18,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use broker::topology::jobs_queue;
-use broker::{Broker, BrokerError, Delivery, Headers, Outgoing, Route, Topology};
+use broker::{Broker, BrokerError, Consumer, Delivery, Headers, Outgoing, Route, Topology};
 use config::{Config, Repository};
-use proto_types::{Job, JobEvent, JobEventKind, JobOutcome, JobStatus, Payload};
+use proto_types::{
+    ClaimReply, ClaimVerdict, Job, JobEvent, JobEventKind, JobOutcome, JobStatus, Payload,
+};
 use tracing::Instrument;
 
 use crate::output::BoundedOutput;
@@ -86,6 +88,11 @@ pub enum ExecuteError {
     ConsumerClosed(String),
 }
 
+/// How long a worker waits for the dispatcher to answer a claim before asking again.
+const CLAIM_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest pause between claims while another worker's lease on the job runs out.
+const MAX_CLAIM_RETRY_DELAY: Duration = Duration::from_secs(15);
+
 /// Consumes the account's job queue, one job at a time, until `shutdown` resolves. A job in
 /// progress when `shutdown` resolves finishes first.
 pub async fn run(
@@ -97,6 +104,7 @@ pub async fn run(
         .declare_topology(&Topology::new([settings.account.clone()]))
         .await?;
     let queue = jobs_queue(&settings.account);
+    let mut replies = broker.reply_queue().await?;
     // Prefetch 1: a job waiting behind an hours-long apply should go to another worker.
     let mut jobs = broker.consume(&queue, 1).await?;
     let workspace = Workspace::new(settings.work_dir.clone());
@@ -114,7 +122,7 @@ pub async fn run(
                 None => return Err(ExecuteError::ConsumerClosed(queue)),
             },
         };
-        handle(&broker, &settings, &workspace, delivery).await?;
+        handle(&broker, &settings, &workspace, &mut replies, delivery).await?;
     }
 }
 
@@ -122,6 +130,7 @@ async fn handle(
     broker: &Broker,
     settings: &WorkerSettings,
     workspace: &Workspace,
+    replies: &mut Consumer,
     delivery: Delivery,
 ) -> Result<(), ExecuteError> {
     let job = match Job::decode(&delivery.body) {
@@ -151,13 +160,23 @@ async fn handle(
         attempt = job.attempt,
     );
     async {
-        publish_event(broker, settings, &job, JobEventKind::Started).await?;
-        let heartbeat = tokio::spawn(heartbeats(broker.clone(), settings.clone(), job.clone()));
-        let outcome = execute(settings, workspace, &job).await;
+        let lease = match claim(broker, settings, replies, &job, delivery.redelivered).await? {
+            Ok(lease) => lease,
+            Err(reason) => {
+                // Finished, cancelled, or a second copy of a job someone else runs: drop it.
+                tracing::info!(%reason, "Not running the job.");
+                delivery.ack().await?;
+                return Ok(());
+            }
+        };
+        // Heartbeats well inside the lease, so one lost heartbeat costs nothing.
+        let interval = settings.heartbeat_interval.min(lease / 3).max(Duration::from_secs(1));
+        let heartbeat = tokio::spawn(heartbeats(broker.clone(), settings.clone(), job.clone(), interval));
+        let outcome = execute_with_timeout(settings, workspace, &job).await;
         heartbeat.abort();
         tracing::info!(status = ?outcome.status, exit_code = ?outcome.exit_code, duration_ms = outcome.duration_ms, "Job finished.");
         // Ack only once the outcome is confirmed: if we die in between, the job is redelivered.
-        publish_event(broker, settings, &job, JobEventKind::Finished(outcome)).await?;
+        publish_event(broker, settings, &job, JobEventKind::Finished(outcome), None).await?;
         delivery.ack().await?;
         Ok(())
     }
@@ -165,14 +184,102 @@ async fn handle(
     .await
 }
 
-async fn heartbeats(broker: Broker, settings: WorkerSettings, job: Job) {
-    let mut interval = tokio::time::interval(settings.heartbeat_interval);
+/// Asks the dispatcher for the job until it answers yes (`Ok(lease)`) or no for good
+/// (`Err(reason)`). The dispatcher grants each attempt of a job to one worker at a time, so a
+/// duplicate or redelivered message never runs twice at once.
+async fn claim(
+    broker: &Broker,
+    settings: &WorkerSettings,
+    replies: &mut Consumer,
+    job: &Job,
+    redelivered: bool,
+) -> Result<Result<Duration, String>, ExecuteError> {
+    let mut retry_delay = Duration::from_secs(1);
+    loop {
+        let kind = JobEventKind::Started { redelivered };
+        publish_event(broker, settings, job, kind, Some(replies.queue())).await?;
+        let deadline = tokio::time::Instant::now() + CLAIM_ANSWER_TIMEOUT;
+        let answer = loop {
+            let delivery = match tokio::time::timeout_at(deadline, replies.next()).await {
+                Err(_elapsed) => break None,
+                Ok(None) => return Err(ExecuteError::ConsumerClosed(replies.queue().to_owned())),
+                Ok(Some(delivery)) => delivery?,
+            };
+            let reply = ClaimReply::decode(&delivery.body);
+            delivery.ack().await?;
+            match reply {
+                // Answers to earlier claims (asked again after a timeout) are not this one.
+                Ok(reply) if reply.job_id == job.job_id && reply.attempt == job.attempt => {
+                    break Some(reply.verdict);
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "Undecodable claim reply ignored."),
+            }
+        };
+        match answer {
+            Some(ClaimVerdict::Granted { lease_secs }) => {
+                tracing::info!(lease_secs, "Job claimed.");
+                return Ok(Ok(Duration::from_secs(lease_secs.max(1))));
+            }
+            Some(ClaimVerdict::Denied {
+                reason,
+                retry: false,
+            }) => return Ok(Err(reason)),
+            Some(ClaimVerdict::Denied {
+                reason,
+                retry: true,
+            }) => {
+                tracing::info!(%reason, retry_in_ms = retry_delay.as_millis() as u64, "Job held by another worker; asking again.");
+                tokio::time::sleep(retry_delay).await;
+                retry_delay = (retry_delay * 2).min(MAX_CLAIM_RETRY_DELAY);
+            }
+            None => {
+                tracing::warn!(
+                    timeout_s = CLAIM_ANSWER_TIMEOUT.as_secs(),
+                    "No answer to the claim; is the dispatcher running? Asking again."
+                );
+            }
+        }
+    }
+}
+
+async fn heartbeats(broker: Broker, settings: WorkerSettings, job: Job, every: Duration) {
+    let mut interval = tokio::time::interval(every);
     interval.tick().await;
     loop {
         interval.tick().await;
-        if let Err(err) = publish_event(&broker, &settings, &job, JobEventKind::Heartbeat).await {
+        if let Err(err) =
+            publish_event(&broker, &settings, &job, JobEventKind::Heartbeat, None).await
+        {
             tracing::warn!(error = %err, "Heartbeat not published.");
         }
+    }
+}
+
+/// Runs the job, stopping it when it outlives the account's job timeout.
+async fn execute_with_timeout(
+    settings: &WorkerSettings,
+    workspace: &Workspace,
+    job: &Job,
+) -> JobOutcome {
+    if job.timeout_secs == 0 {
+        return execute(settings, workspace, job).await;
+    }
+    let started = Instant::now();
+    let limit = Duration::from_secs(job.timeout_secs);
+    match tokio::time::timeout(limit, execute(settings, workspace, job)).await {
+        Ok(outcome) => outcome,
+        // Dropping the future kills the tool's process (kill_on_drop).
+        Err(_elapsed) => JobOutcome {
+            status: JobStatus::Failed,
+            exit_code: None,
+            resource_changes: None,
+            output: format!(
+                "Error: the job timed out after {} s and was stopped\n",
+                job.timeout_secs
+            ),
+            duration_ms: elapsed_ms(started),
+        },
     }
 }
 
@@ -254,10 +361,12 @@ async fn publish_event(
     settings: &WorkerSettings,
     job: &Job,
     kind: JobEventKind,
+    reply_to: Option<&str>,
 ) -> Result<(), BrokerError> {
     let event = JobEvent {
         job_id: job.job_id,
         run_id: job.run_id,
+        attempt: job.attempt,
         worker: settings.name.clone(),
         kind,
     };
@@ -265,9 +374,8 @@ async fn publish_event(
     let id = uuid::Uuid::new_v4().to_string();
     let headers = Headers::new();
     let message = Outgoing {
-        body: &body,
-        message_id: &id,
-        headers: &headers,
+        reply_to,
+        ..Outgoing::new(&body, &id, &headers)
     };
     broker.publish(Route::JobEvents, message).await
 }

@@ -102,12 +102,18 @@ fn detail(unit: &UnitStatus) -> String {
                 .unwrap_or_default();
             format!("{code}{}", duration(unit.duration_ms))
         }
-        UnitState::Skipped(why) => format!(": {why}"),
-        UnitState::Running => unit
-            .worker
-            .as_ref()
-            .map(|w| format!(" on {w}"))
-            .unwrap_or_default(),
+        UnitState::Skipped(why) | UnitState::Cancelled(why) => format!(": {why}"),
+        UnitState::Running => {
+            let on = unit
+                .worker
+                .as_ref()
+                .map(|w| format!(" on {w}"))
+                .unwrap_or_default();
+            match unit.attempt {
+                0 | 1 => on,
+                attempt => format!("{on} (attempt {attempt})"),
+            }
+        }
         UnitState::Pending | UnitState::Queued => String::new(),
     }
 }
@@ -125,6 +131,7 @@ pub fn summary(status: &RunStatus) -> String {
         RunState::Succeeded => "succeeded".to_owned(),
         RunState::Failed(reason) => format!("failed: {reason}"),
         RunState::Rejected(reason) => format!("rejected: {reason}"),
+        RunState::Cancelled(reason) => format!("cancelled: {reason}"),
     };
     let _ = writeln!(
         out,
@@ -143,6 +150,7 @@ pub fn summary(status: &RunStatus) -> String {
         .map(|u| {
             let result = match &u.state {
                 UnitState::Skipped(why) => format!("skipped ({why})"),
+                UnitState::Cancelled(why) => format!("cancelled ({why})"),
                 other => other.as_str().to_owned(),
             };
             [
@@ -224,6 +232,8 @@ mod tests {
             duration_ms: None,
             worker: None,
             output_tail: None,
+            attempt: 1,
+            note: None,
         }
     }
 

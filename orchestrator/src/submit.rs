@@ -17,11 +17,7 @@ pub async fn submit(broker: &Broker, event: &ChangeEvent) -> Result<(), SubmitEr
     let body = event.encode();
     let id = event.id.to_string();
     let headers = Headers::new();
-    let message = Outgoing {
-        body: &body,
-        message_id: &id,
-        headers: &headers,
-    };
+    let message = Outgoing::new(&body, &id, &headers);
     broker.publish(Route::Changes, message).await?;
     tracing::info!(run_id = %event.id, units = event.changes.iter().map(|c| c.units.len()).sum::<usize>(), "Change event published.");
     Ok(())

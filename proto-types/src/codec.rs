@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::messages::{ChangeEvent, Job, JobEvent, RunStatus};
+use crate::messages::{ChangeEvent, ClaimReply, Job, JobEvent, RunStatus};
 
 /// The only format this version writes and reads.
 pub const FORMAT_V1: u8 = 1;
@@ -32,6 +32,7 @@ pub enum Message {
     Job(Job),
     JobEvent(JobEvent),
     RunStatus(RunStatus),
+    ClaimReply(ClaimReply),
 }
 
 impl Message {
@@ -41,6 +42,7 @@ impl Message {
             Message::Job(_) => "Job",
             Message::JobEvent(_) => "JobEvent",
             Message::RunStatus(_) => "RunStatus",
+            Message::ClaimReply(_) => "ClaimReply",
         }
     }
 }
@@ -53,6 +55,7 @@ enum MessageRef<'a> {
     Job(&'a Job),
     JobEvent(&'a JobEvent),
     RunStatus(&'a RunStatus),
+    ClaimReply(&'a ClaimReply),
 }
 
 /// Why bytes could not become a message. Every variant is permanent: the same bytes will never
@@ -123,6 +126,7 @@ payload!(ChangeEvent);
 payload!(Job);
 payload!(JobEvent);
 payload!(RunStatus);
+payload!(ClaimReply);
 
 /// Encodes any payload into an envelope.
 pub fn encode<P: Payload>(payload: &P) -> Vec<u8> {
@@ -201,6 +205,7 @@ mod tests {
             action: Action::Destroy,
             source_commit: Some("d".repeat(40)),
             attempt: 1,
+            timeout_secs: 3600,
         }
     }
 
@@ -208,6 +213,7 @@ mod tests {
         JobEvent {
             job_id: Uuid::new_v4(),
             run_id: Uuid::new_v4(),
+            attempt: 2,
             worker: "host-1".into(),
             kind: JobEventKind::Finished(JobOutcome {
                 status: JobStatus::Failed,
@@ -241,7 +247,20 @@ mod tests {
                 duration_ms: None,
                 worker: None,
                 output_tail: None,
+                attempt: 1,
+                note: Some("waiting for its dependencies".into()),
             }],
+        }
+    }
+
+    fn claim_reply() -> ClaimReply {
+        ClaimReply {
+            job_id: Uuid::new_v4(),
+            attempt: 1,
+            verdict: ClaimVerdict::Denied {
+                reason: "cancelled".into(),
+                retry: false,
+            },
         }
     }
 
@@ -257,6 +276,7 @@ mod tests {
         round_trip(job());
         round_trip(job_event());
         round_trip(run_status());
+        round_trip(claim_reply());
     }
 
     #[test]

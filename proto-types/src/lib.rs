@@ -7,6 +7,7 @@
 //! - [`ChangeEvent`]: orchestrator → dispatcher. Facts about a commit range, never commands.
 //! - [`Job`]: dispatcher → `jobs.<account>`. One action on one unit.
 //! - [`JobEvent`]: executor → dispatcher. Started, heartbeat, finished.
+//! - [`ClaimReply`]: dispatcher → one executor, answering its claim to start a job.
 //! - [`RunStatus`]: dispatcher → whoever follows a run (`orchestrate --wait`, reporters).
 //!
 //! On the wire every message is an envelope: one format byte ([`FORMAT_V1`]) followed by a
@@ -18,8 +19,8 @@ mod report;
 
 pub use codec::{DecodeError, FORMAT_V1, MAX_MESSAGE_BYTES, Message, Payload, decode, encode};
 pub use messages::{
-    Action, Change, ChangeEvent, ChangeKind, DependencyEdge, EventKind, Job, JobEvent,
-    JobEventKind, JobOutcome, JobStatus, ResourceCounts, RunState, RunStatus, Trigger, UnitState,
-    UnitStatus,
+    Action, Change, ChangeEvent, ChangeKind, ClaimReply, ClaimVerdict, DependencyEdge, EventKind,
+    Job, JobEvent, JobEventKind, JobOutcome, JobStatus, ResourceCounts, RunState, RunStatus,
+    Trigger, UnitState, UnitStatus,
 };
-pub use report::{DetectionReport, run_status_json};
+pub use report::{DetectionReport, JobSummary, RunDetail, RunSummary, run_status_json, to_json};

@@ -168,6 +168,24 @@ impl Action {
     }
 }
 
+impl FromStr for Action {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            Action::Plan,
+            Action::PlanDestroy,
+            Action::Apply,
+            Action::Destroy,
+        ]
+        .into_iter()
+        .find(|action| action.as_str() == s)
+        .ok_or_else(|| {
+            format!("unknown action {s:?}: expected plan, plan-destroy, apply or destroy")
+        })
+    }
+}
+
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -189,6 +207,8 @@ pub struct Job {
     pub source_commit: Option<String>,
     /// 1 for the first attempt; the dispatcher increments it on retries.
     pub attempt: u32,
+    /// The executor stops the job after this many seconds; 0 means no limit.
+    pub timeout_secs: u64,
 }
 
 impl Job {
@@ -203,6 +223,8 @@ impl Job {
 pub struct JobEvent {
     pub job_id: Uuid,
     pub run_id: Uuid,
+    /// The attempt the event is about: reports of an earlier attempt are stale.
+    pub attempt: u32,
     /// The worker's name, for operators (`host-pid` unless configured).
     pub worker: String,
     pub kind: JobEventKind,
@@ -210,7 +232,12 @@ pub struct JobEvent {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobEventKind {
-    Started,
+    /// A claim: the worker asks to start the job and waits for a [`ClaimReply`]. `redelivered`
+    /// says the broker handed the job out before, so its previous holder is gone.
+    Started {
+        redelivered: bool,
+    },
+    /// Still running: renews the worker's lease on the job.
     Heartbeat,
     Finished(JobOutcome),
 }
@@ -247,6 +274,23 @@ impl fmt::Display for ResourceCounts {
     }
 }
 
+/// The dispatcher's answer to a claim ([`JobEventKind::Started`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimReply {
+    pub job_id: Uuid,
+    pub attempt: u32,
+    pub verdict: ClaimVerdict,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClaimVerdict {
+    /// Run it; send a heartbeat well within `lease_secs`, or another worker may take over.
+    Granted { lease_secs: u64 },
+    /// Do not run it. `retry`: ask again later (another worker's lease is still valid);
+    /// otherwise drop the delivery (the job is finished, cancelled, or a duplicate).
+    Denied { reason: String, retry: bool },
+}
+
 /// A snapshot of a run, published on every change of any of its units.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunStatus {
@@ -267,11 +311,33 @@ pub enum RunState {
     Failed(String),
     /// The event was refused before any job ran.
     Rejected(String),
+    /// A newer run superseded this one before all of it ran; nothing failed.
+    Cancelled(String),
 }
 
 impl RunState {
     pub fn is_final(&self) -> bool {
         !matches!(self, RunState::Running)
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed(_) => "failed",
+            RunState::Rejected(_) => "rejected",
+            RunState::Cancelled(_) => "cancelled",
+        }
+    }
+
+    /// Why the run ended the way it did, when that needs saying.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            RunState::Running | RunState::Succeeded => None,
+            RunState::Failed(reason) | RunState::Rejected(reason) | RunState::Cancelled(reason) => {
+                Some(reason)
+            }
+        }
     }
 }
 
@@ -288,6 +354,11 @@ pub struct UnitStatus {
     pub worker: Option<String>,
     /// The end of the output of a failed job, so that a follower can say why without the logs.
     pub output_tail: Option<String>,
+    /// 1 for the first attempt; more after retries.
+    pub attempt: u32,
+    /// Why a pending job waits (another run holds the unit, the account is at its limit, a
+    /// retry's backoff), when it does.
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -302,13 +373,18 @@ pub enum UnitState {
     Failed,
     /// Not run because a job it depends on did not succeed; says which.
     Skipped(String),
+    /// Not run because a newer run superseded this one; says which.
+    Cancelled(String),
 }
 
 impl UnitState {
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            UnitState::Succeeded | UnitState::Failed | UnitState::Skipped(_)
+            UnitState::Succeeded
+                | UnitState::Failed
+                | UnitState::Skipped(_)
+                | UnitState::Cancelled(_)
         )
     }
 
@@ -320,6 +396,29 @@ impl UnitState {
             UnitState::Succeeded => "succeeded",
             UnitState::Failed => "failed",
             UnitState::Skipped(_) => "skipped",
+            UnitState::Cancelled(_) => "cancelled",
         }
+    }
+
+    /// Why a job was skipped or cancelled.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            UnitState::Skipped(reason) | UnitState::Cancelled(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// The inverse of [`as_str`](Self::as_str) with [`reason`](Self::reason).
+    pub fn from_parts(state: &str, reason: Option<String>) -> Option<UnitState> {
+        Some(match state {
+            "pending" => UnitState::Pending,
+            "queued" => UnitState::Queued,
+            "running" => UnitState::Running,
+            "succeeded" => UnitState::Succeeded,
+            "failed" => UnitState::Failed,
+            "skipped" => UnitState::Skipped(reason.unwrap_or_default()),
+            "cancelled" => UnitState::Cancelled(reason.unwrap_or_default()),
+            _ => return None,
+        })
     }
 }

@@ -3,7 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::messages::{Change, EventKind, RunStatus};
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+use crate::messages::{Action, Change, EventKind, RunStatus};
 
 /// `{"base_sha","head_sha","event","changes":[{"kind","units","files"}],"warnings":[..]}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +27,58 @@ impl DetectionReport {
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(text)
     }
+}
+
+/// A run as `pipelines status` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub run_id: Uuid,
+    pub repository: String,
+    pub event: EventKind,
+    pub pull_request: Option<u64>,
+    pub head_sha: String,
+    /// running, succeeded, failed, rejected or cancelled.
+    pub state: String,
+    /// Why it failed, was rejected or was cancelled.
+    pub reason: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// When its state last changed.
+    pub updated_ms: u64,
+    /// How many of its jobs are in each state.
+    pub jobs: BTreeMap<String, u32>,
+}
+
+/// A job as `pipelines status RUN_ID` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSummary {
+    pub job_id: Uuid,
+    pub unit: String,
+    pub account: String,
+    pub action: Action,
+    /// pending, queued, running, succeeded, failed, skipped or cancelled.
+    pub state: String,
+    /// Why it was skipped or cancelled, or the end of a failure's output.
+    pub reason: Option<String>,
+    /// Why a pending job waits (a unit held by an earlier run, an account cap, a backoff).
+    pub note: Option<String>,
+    pub attempt: u32,
+    pub worker: Option<String>,
+    pub exit_code: Option<i32>,
+    /// How long it ran, or has been running.
+    pub duration_ms: Option<u64>,
+}
+
+/// `pipelines status RUN_ID`: a run and its jobs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunDetail {
+    pub run: RunSummary,
+    pub jobs: Vec<JobSummary>,
+}
+
+/// Pretty JSON of any report, for `--format json`.
+pub fn to_json<T: Serialize>(report: &T) -> String {
+    serde_json::to_string_pretty(report).expect("reports always serialize")
 }
 
 /// A run's status as JSON, for `--wait --format json`.

@@ -161,8 +161,10 @@ impl Fixture {
         let path = self.root.path().join("pipelines.toml");
         let text = format!(
             "broker_url = \"{broker_url}\"\n\n[[repositories]]\nname = \"infra\"\nurl = \"{}\"\ndeploy_branch = \"main\"\n\n\
-             [[accounts]]\nname = \"dev\"\npaths = [\"dev/**\"]\n\n[[accounts]]\nname = \"prod\"\npaths = [\"prod/**\"]\n",
-            self.repo.path().display()
+             [[accounts]]\nname = \"dev\"\npaths = [\"dev/**\"]\n\n[[accounts]]\nname = \"prod\"\npaths = [\"prod/**\"]\n\n\
+             [dispatcher]\nstate_dir = \"{}\"\n",
+            self.repo.path().display(),
+            self.root.path().join("dispatcher").display()
         );
         std::fs::write(&path, text).unwrap();
         path

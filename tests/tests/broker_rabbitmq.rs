@@ -34,14 +34,7 @@ async fn publish(
     let mut headers = Headers::new();
     headers.insert("traceparent".into(), "00-abc-def-01".into());
     broker
-        .publish(
-            route,
-            Outgoing {
-                body,
-                message_id: id,
-                headers: &headers,
-            },
-        )
+        .publish(route, Outgoing::new(body, id, &headers))
         .await
 }
 
@@ -53,17 +46,22 @@ async fn next(consumer: &mut Consumer) -> Delivery {
         .expect("delivery ok")
 }
 
-/// (ready, unacked) of a queue, read from the broker itself.
-fn counts(vhost: &Vhost, queue: &str) -> (u64, u64) {
-    let listing = rabbitmqctl(&[
+/// `rabbitmqctl list_queues` of the vhost: one line per queue, `name` then `columns`.
+fn list_queues(vhost: &Vhost, columns: &[&str]) -> String {
+    let mut args = vec![
         "list_queues",
         "-p",
         &vhost.name,
         "--no-table-headers",
         "name",
-        "messages_ready",
-        "messages_unacknowledged",
-    ]);
+    ];
+    args.extend_from_slice(columns);
+    rabbitmqctl(&args)
+}
+
+/// (ready, unacked) of a queue, read from the broker itself.
+fn counts(vhost: &Vhost, queue: &str) -> (u64, u64) {
+    let listing = list_queues(vhost, &["messages_ready", "messages_unacknowledged"]);
     listing
         .lines()
         .find_map(|line| {
@@ -78,15 +76,7 @@ fn counts(vhost: &Vhost, queue: &str) -> (u64, u64) {
 async fn work_queues_are_durable_quorum_queues_with_dead_letter_queues() {
     let vhost = rabbit::vhost();
     let broker = connect(&vhost).await;
-    let listing = rabbitmqctl(&[
-        "list_queues",
-        "-p",
-        &vhost.name,
-        "--no-table-headers",
-        "name",
-        "type",
-        "durable",
-    ]);
+    let listing = list_queues(&vhost, &["type", "durable"]);
     for queue in [
         CHANGES_QUEUE,
         "pipelines.job-events",
@@ -243,4 +233,56 @@ async fn a_run_follower_receives_only_its_own_runs_statuses() {
         .unwrap();
     assert_eq!(next(&mut follower).await.body, b"mine");
     broker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_carries_its_reply_queue_and_the_answer_reaches_only_that_queue() {
+    let vhost = rabbit::vhost();
+    let broker = connect(&vhost).await;
+    let mut replies = broker.reply_queue().await.unwrap();
+    let others = broker.reply_queue().await.unwrap();
+    assert!(
+        broker::is_reply_queue(replies.queue()),
+        "RabbitMQ named the private queue {:?}",
+        replies.queue()
+    );
+    assert_ne!(replies.queue(), others.queue());
+
+    let headers = Headers::new();
+    let request = Outgoing {
+        reply_to: Some(replies.queue()),
+        ..Outgoing::new(b"claim", "c1", &headers)
+    };
+    broker.publish(Route::JobEvents, request).await.unwrap();
+    let mut events = broker
+        .consume(broker::topology::JOB_EVENTS_QUEUE, 10)
+        .await
+        .unwrap();
+    let delivery = next(&mut events).await;
+    let reply_to = delivery
+        .reply_to
+        .clone()
+        .expect("reply_to travels with the request");
+    delivery.ack().await.unwrap();
+    publish(&broker, Route::Reply { queue: &reply_to }, b"granted", "r1")
+        .await
+        .unwrap();
+    assert_eq!(next(&mut replies).await.body, b"granted");
+    // Routing happened before the answer arrived, so the other queue is settled by now.
+    assert_eq!(
+        counts(&vhost, others.queue()),
+        (0, 0),
+        "another requester's queue got the answer"
+    );
+
+    // The requester is gone: answering it is not an error, and the queue went with it.
+    let name = replies.queue().to_owned();
+    drop(replies);
+    poll_until(WAIT, "the private queue to disappear", || {
+        let listing = list_queues(&vhost, &[]);
+        (!listing.lines().any(|line| line.trim() == name)).then_some(())
+    });
+    publish(&broker, Route::Reply { queue: &name }, b"late", "r2")
+        .await
+        .unwrap();
 }

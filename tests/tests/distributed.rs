@@ -137,11 +137,7 @@ fn poison_and_rejected_change_events_are_dead_lettered_with_a_reason_and_the_dis
             .await
             .unwrap();
         let headers = broker::Headers::new();
-        let garbage = broker::Outgoing {
-            body: b"\x01not a change event",
-            message_id: "poison",
-            headers: &headers,
-        };
+        let garbage = broker::Outgoing::new(b"\x01not a change event", "poison", &headers);
         broker
             .publish(broker::Route::Changes, garbage)
             .await

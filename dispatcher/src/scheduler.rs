@@ -1,0 +1,874 @@
+//! Every active run and what may happen next: the dispatcher's decisions, as a pure state
+//! machine. Messages and the clock go in (`now` is milliseconds since the epoch); jobs to
+//! publish, claim verdicts and changed runs come out. The service persists and publishes them.
+//!
+//! The rules (DESIGN.md "Run semantics"):
+//! - within a run, a job starts once every affected dependency has succeeded; destroy-flavoured
+//!   jobs wait until every other job of the run is final, then run dependents first;
+//! - a failure skips the jobs that need it, naming the root failure; independent jobs go on;
+//! - across runs, applies and destroys of one unit run one at a time, in arrival order;
+//! - an account's jobs in flight never exceed its cap;
+//! - a newer pull-request run supersedes the older run of the same PR: jobs not yet started are
+//!   cancelled, naming the newer run;
+//! - a failure whose output matches a retry pattern runs again after a backoff, up to a limit;
+//! - a worker runs a job only after its claim is granted: one holder per job and attempt, kept
+//!   alive by heartbeats; a redelivered job may be taken over.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use proto_types::{
+    Action, ChangeEvent, ClaimVerdict, EventKind, Job, JobOutcome, JobStatus, ResourceCounts,
+    RunState, RunStatus, Trigger, UnitState, UnitStatus,
+};
+use regex::Regex;
+use uuid::Uuid;
+
+use crate::policy::RunPlan;
+
+/// How much of a failed job's output travels in every status snapshot.
+const OUTPUT_TAIL_BYTES: usize = 4096;
+
+/// The scheduler's settings, from the policy file.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Jobs queued or running per account at most; absent or 0: no limit.
+    pub caps: HashMap<String, u32>,
+    /// Job timeouts per account, in seconds.
+    pub timeouts: HashMap<String, u64>,
+    pub max_attempts: u32,
+    pub backoff_ms: u64,
+    pub retry_patterns: Vec<Regex>,
+    pub lease_ms: u64,
+}
+
+impl Settings {
+    pub fn from_config(config: &config::Config) -> Settings {
+        Settings {
+            caps: config
+                .accounts
+                .iter()
+                .map(|a| (a.name.clone(), a.max_concurrent_jobs))
+                .collect(),
+            timeouts: config
+                .accounts
+                .iter()
+                .map(|a| (a.name.clone(), a.job_timeout_minutes * 60))
+                .collect(),
+            max_attempts: config.retry.max_attempts.max(1),
+            backoff_ms: config.retry.backoff_seconds * 1000,
+            // Validated when the configuration was loaded.
+            retry_patterns: config
+                .retry
+                .patterns
+                .iter()
+                .filter_map(|p| Regex::new(p).ok())
+                .collect(),
+            lease_ms: config.dispatcher.lease_seconds * 1000,
+        }
+    }
+}
+
+/// A worker's hold on a running job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub worker: String,
+    pub until_ms: u64,
+}
+
+/// One job of a run and everything known about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunJob {
+    /// The message that was (or will be) published; `attempt` is the current attempt.
+    pub job: Job,
+    /// Jobs of the run that must succeed first (indexes). Destroy-flavoured jobs also wait
+    /// for every other job of the run to be final, whatever its outcome.
+    pub requires: Vec<usize>,
+    pub state: UnitState,
+    /// Why a pending job waits, when it waits on something other than its dependencies.
+    pub note: Option<String>,
+    /// A retry does not start before this time.
+    pub not_before_ms: u64,
+    pub lease: Option<Lease>,
+    pub exit_code: Option<i32>,
+    pub resource_changes: Option<ResourceCounts>,
+    pub duration_ms: Option<u64>,
+    pub worker: Option<String>,
+    pub output_tail: Option<String>,
+    /// When the current holder's claim was granted.
+    pub started_ms: Option<u64>,
+    /// When the job reached its final state.
+    pub finished_ms: Option<u64>,
+}
+
+/// A run: an accepted (or rejected) change event and its jobs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    /// Arrival order among all runs; applies of one unit follow it.
+    pub seq: u64,
+    pub run_id: Uuid,
+    pub repository: String,
+    pub event: EventKind,
+    pub head_sha: String,
+    pub base_sha: String,
+    pub pull_request: Option<u64>,
+    pub created_ms: u64,
+    pub rejected: Option<String>,
+    pub superseded_by: Option<Uuid>,
+    pub jobs: Vec<RunJob>,
+    /// Jobs other than destroys not final yet; destroys start at zero. Derived: the scheduler
+    /// computes it when it takes the run in.
+    pub open_non_destroy: usize,
+}
+
+impl Run {
+    pub fn state(&self) -> RunState {
+        if let Some(reason) = &self.rejected {
+            return RunState::Rejected(reason.clone());
+        }
+        if self.jobs.iter().any(|j| !j.state.is_final()) {
+            return RunState::Running;
+        }
+        let count = |f: fn(&UnitState) -> bool| self.jobs.iter().filter(|j| f(&j.state)).count();
+        let failed = count(|s| *s == UnitState::Failed);
+        let skipped = count(|s| matches!(s, UnitState::Skipped(_)));
+        let cancelled = count(|s| matches!(s, UnitState::Cancelled(_)));
+        if failed > 0 {
+            return RunState::Failed(format!(
+                "{failed} of {} jobs failed, {skipped} skipped",
+                self.jobs.len()
+            ));
+        }
+        if cancelled > 0 {
+            let by = self.superseded_by.map_or_else(
+                || "cancelled".to_owned(),
+                |id| format!("superseded by run {id}"),
+            );
+            return RunState::Cancelled(format!(
+                "{cancelled} of {} jobs cancelled: {by}",
+                self.jobs.len()
+            ));
+        }
+        RunState::Succeeded
+    }
+
+    pub fn is_final(&self) -> bool {
+        self.state().is_final()
+    }
+
+    pub fn status(&self) -> RunStatus {
+        RunStatus {
+            run_id: self.run_id,
+            repository: self.repository.clone(),
+            event: self.event,
+            head_sha: self.head_sha.clone(),
+            state: self.state(),
+            units: self
+                .jobs
+                .iter()
+                .map(|j| UnitStatus {
+                    unit: j.job.unit.clone(),
+                    account: j.job.account.clone(),
+                    action: j.job.action,
+                    job_id: j.job.job_id,
+                    state: j.state.clone(),
+                    exit_code: j.exit_code,
+                    resource_changes: j.resource_changes,
+                    duration_ms: j.duration_ms,
+                    worker: j.worker.clone(),
+                    output_tail: j.output_tail.clone(),
+                    attempt: j.job.attempt,
+                    note: j.note.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The id of a unit's job in a run: stable, so a re-planned run yields the same ids.
+pub fn job_id(run_id: Uuid, unit: &str, action: Action) -> Uuid {
+    Uuid::new_v5(&run_id, format!("{unit}\0{action}").as_bytes())
+}
+
+/// What a step decided, for the service to persist and publish.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Effects {
+    /// Jobs to publish to their accounts' queues, in order.
+    pub publish: Vec<Job>,
+    /// Runs whose status changed (to persist and publish).
+    pub changed_runs: BTreeSet<Uuid>,
+    /// Jobs that changed (to persist); their runs are in `changed_runs`.
+    pub changed_jobs: BTreeSet<Uuid>,
+}
+
+impl Effects {
+    fn touch_run(&mut self, run_id: Uuid) {
+        self.changed_runs.insert(run_id);
+    }
+
+    fn touch(&mut self, job: &Job) {
+        self.changed_runs.insert(job.run_id);
+        self.changed_jobs.insert(job.job_id);
+    }
+
+    pub fn merge(&mut self, other: Effects) {
+        self.publish.extend(other.publish);
+        self.changed_runs.extend(other.changed_runs);
+        self.changed_jobs.extend(other.changed_jobs);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.publish.is_empty() && self.changed_runs.is_empty()
+    }
+}
+
+type JobRef = (u64, usize);
+
+/// Every active run, and the indexes that make each step cheap.
+#[derive(Debug)]
+pub struct Scheduler {
+    settings: Settings,
+    runs: BTreeMap<u64, Run>,
+    by_id: HashMap<Uuid, u64>,
+    jobs: HashMap<Uuid, JobRef>,
+    /// Jobs whose dependencies are met, waiting for their unit, their account or their backoff.
+    eligible: BTreeSet<JobRef>,
+    /// Applies and destroys not final yet, per (repository, unit), in arrival order.
+    unit_queues: HashMap<(String, String), BTreeSet<JobRef>>,
+    /// Jobs queued or running, per account.
+    in_flight: HashMap<String, u32>,
+    /// For each job, the jobs of its run that require it or wait for it.
+    followers: HashMap<JobRef, Vec<usize>>,
+    next_seq: u64,
+}
+
+impl Scheduler {
+    pub fn new(settings: Settings) -> Scheduler {
+        Scheduler {
+            settings,
+            runs: BTreeMap::new(),
+            by_id: HashMap::new(),
+            jobs: HashMap::new(),
+            eligible: BTreeSet::new(),
+            unit_queues: HashMap::new(),
+            in_flight: HashMap::new(),
+            followers: HashMap::new(),
+            next_seq: 1,
+        }
+    }
+
+    /// Rebuilds the scheduler from persisted runs after a restart. Leases are extended by a full
+    /// lease from `now`: while the dispatcher was down it heard no heartbeats, which says
+    /// nothing about the workers.
+    pub fn restore(settings: Settings, runs: Vec<Run>, next_seq: u64, now: u64) -> Scheduler {
+        let mut scheduler = Scheduler::new(settings);
+        let lease_ms = scheduler.settings.lease_ms;
+        for mut run in runs {
+            for lease in run.jobs.iter_mut().filter_map(|job| job.lease.as_mut()) {
+                lease.until_ms = lease.until_ms.max(now + lease_ms);
+            }
+            scheduler.next_seq = scheduler.next_seq.max(run.seq + 1);
+            scheduler.insert(run);
+        }
+        scheduler.next_seq = scheduler.next_seq.max(next_seq);
+        scheduler
+    }
+
+    pub fn run(&self, run_id: Uuid) -> Option<&Run> {
+        self.by_id.get(&run_id).and_then(|seq| self.runs.get(seq))
+    }
+
+    pub fn runs(&self) -> impl Iterator<Item = &Run> {
+        self.runs.values()
+    }
+
+    pub fn contains_job(&self, job_id: Uuid) -> bool {
+        self.jobs.contains_key(&job_id)
+    }
+
+    /// An active job and its run.
+    pub fn job_by_id(&self, job_id: Uuid) -> Option<(&Run, &RunJob)> {
+        let (seq, idx) = *self.jobs.get(&job_id)?;
+        let run = self.runs.get(&seq)?;
+        Some((run, run.jobs.get(idx)?))
+    }
+
+    /// The run of a job, if the job is active here.
+    pub fn run_of_job(&self, job_id: Uuid) -> Option<Uuid> {
+        self.jobs
+            .get(&job_id)
+            .and_then(|(seq, _)| self.runs.get(seq))
+            .map(|run| run.run_id)
+    }
+
+    /// Forgets final runs (they are persisted); returns their ids.
+    pub fn evict_finished(&mut self) -> Vec<Uuid> {
+        let finished: Vec<u64> = self
+            .runs
+            .iter()
+            .filter(|(_, run)| run.is_final())
+            .map(|(seq, _)| *seq)
+            .collect();
+        let mut ids = Vec::new();
+        for seq in finished {
+            if let Some(run) = self.runs.remove(&seq) {
+                self.by_id.remove(&run.run_id);
+                for (idx, job) in run.jobs.iter().enumerate() {
+                    self.jobs.remove(&job.job.job_id);
+                    self.followers.remove(&(seq, idx));
+                }
+                ids.push(run.run_id);
+            }
+        }
+        ids
+    }
+
+    /// The earliest time after `now` a retry becomes due, if any is waiting.
+    pub fn next_wakeup(&self, now: u64) -> Option<u64> {
+        self.eligible
+            .iter()
+            .filter_map(|job| self.job(*job))
+            .map(|job| job.not_before_ms)
+            .filter(|&at| at > now)
+            .min()
+    }
+
+    /// Records a rejected event as a final run with no jobs, so that redeliveries are recognised
+    /// and `pipelines status` can say why.
+    pub fn reject(&mut self, event: &ChangeEvent, reason: &str, now: u64) -> Effects {
+        let mut run = self.new_run(event, &RunPlan::default(), now);
+        run.rejected = Some(reason.to_owned());
+        let mut effects = Effects::default();
+        effects.touch_run(run.run_id);
+        self.insert(run);
+        effects
+    }
+
+    /// Accepts a validated event: creates the run, supersedes an older run of the same pull
+    /// request, and queues what may start.
+    pub fn accept(&mut self, event: &ChangeEvent, plan: &RunPlan, now: u64) -> Effects {
+        let mut effects = Effects::default();
+        let run = self.new_run(event, plan, now);
+        if let Some(pr) = run.pull_request {
+            self.supersede(&run.repository, pr, run.run_id, now, &mut effects);
+        }
+        let seq = run.seq;
+        effects.touch_run(run.run_id);
+        for job in &run.jobs {
+            effects.touch(&job.job);
+        }
+        self.insert(run);
+        self.propagate_run(seq, now, &mut effects);
+        self.schedule(now, &mut effects);
+        effects
+    }
+
+    fn new_run(&mut self, event: &ChangeEvent, plan: &RunPlan, now: u64) -> Run {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let position = |unit: &str| plan.units.iter().position(|p| p.unit == unit);
+        let mut jobs: Vec<RunJob> = plan
+            .units
+            .iter()
+            .map(|planned| RunJob {
+                job: Job {
+                    job_id: job_id(event.id, &planned.unit, planned.action),
+                    run_id: event.id,
+                    repository: event.repository.clone(),
+                    account: planned.account.clone(),
+                    commit: event.head_sha.clone(),
+                    unit: planned.unit.clone(),
+                    action: planned.action,
+                    source_commit: planned.action.is_destroy().then(|| event.base_sha.clone()),
+                    attempt: 1,
+                    timeout_secs: self
+                        .settings
+                        .timeouts
+                        .get(&planned.account)
+                        .copied()
+                        .unwrap_or(0),
+                },
+                requires: Vec::new(),
+                state: UnitState::Pending,
+                note: None,
+                not_before_ms: 0,
+                lease: None,
+                exit_code: None,
+                resource_changes: None,
+                duration_ms: None,
+                worker: None,
+                output_tail: None,
+                started_ms: None,
+                finished_ms: None,
+            })
+            .collect();
+        for edge in &plan.edges {
+            let (Some(unit), Some(dependency)) = (position(&edge.unit), position(&edge.depends_on))
+            else {
+                continue;
+            };
+            match (
+                jobs[unit].job.action.is_destroy(),
+                jobs[dependency].job.action.is_destroy(),
+            ) {
+                // Apply after what it reads.
+                (false, false) => jobs[unit].requires.push(dependency),
+                // Destroy what reads a unit before the unit itself.
+                (true, true) => jobs[dependency].requires.push(unit),
+                // Policy refuses a live unit depending on a deleted one; a deleted unit reading a
+                // changed one needs nothing beyond the wait below.
+                _ => {}
+            }
+        }
+        let pull_request = match &event.trigger {
+            Trigger::PullRequest { number, .. } => *number,
+            Trigger::Push { .. } => None,
+        };
+        Run {
+            seq,
+            run_id: event.id,
+            repository: event.repository.clone(),
+            event: event.trigger.kind(),
+            head_sha: event.head_sha.clone(),
+            base_sha: event.base_sha.clone(),
+            pull_request,
+            created_ms: now,
+            rejected: None,
+            superseded_by: None,
+            jobs,
+            open_non_destroy: 0,
+        }
+    }
+
+    /// Adds a run and its jobs to the indexes, whatever their states.
+    fn insert(&mut self, mut run: Run) {
+        let seq = run.seq;
+        self.by_id.insert(run.run_id, seq);
+        run.open_non_destroy = run
+            .jobs
+            .iter()
+            .filter(|j| !j.job.action.is_destroy() && !j.state.is_final())
+            .count();
+        for (idx, job) in run.jobs.iter().enumerate() {
+            self.jobs.insert(job.job.job_id, (seq, idx));
+            for &before in &job.requires {
+                self.followers.entry((seq, before)).or_default().push(idx);
+            }
+            if job.job.action.mutates() && !job.state.is_final() {
+                let key = (job.job.repository.clone(), job.job.unit.clone());
+                self.unit_queues.entry(key).or_default().insert((seq, idx));
+            }
+            if matches!(job.state, UnitState::Queued | UnitState::Running) {
+                *self.in_flight.entry(job.job.account.clone()).or_default() += 1;
+            }
+        }
+        let eligible: Vec<usize> = (0..run.jobs.len())
+            .filter(|&i| run.jobs[i].state == UnitState::Pending && dependencies_met(&run, i))
+            .collect();
+        self.runs.insert(seq, run);
+        for idx in eligible {
+            self.eligible.insert((seq, idx));
+        }
+    }
+
+    fn job(&self, (seq, idx): JobRef) -> Option<&RunJob> {
+        self.runs.get(&seq).and_then(|run| run.jobs.get(idx))
+    }
+
+    fn job_mut(&mut self, (seq, idx): JobRef) -> Option<&mut RunJob> {
+        self.runs
+            .get_mut(&seq)
+            .and_then(|run| run.jobs.get_mut(idx))
+    }
+
+    /// Cancels what has not started in older runs of the same pull request.
+    fn supersede(
+        &mut self,
+        repository: &str,
+        pr: u64,
+        newer: Uuid,
+        now: u64,
+        effects: &mut Effects,
+    ) {
+        let older: Vec<u64> = self
+            .runs
+            .iter()
+            .filter(|(_, run)| {
+                run.repository == repository
+                    && run.pull_request == Some(pr)
+                    && run.superseded_by.is_none()
+                    && !run.is_final()
+            })
+            .map(|(seq, _)| *seq)
+            .collect();
+        let reason = format!("superseded by run {newer}");
+        for seq in older {
+            let Some(run) = self.runs.get_mut(&seq) else {
+                continue;
+            };
+            run.superseded_by = Some(newer);
+            effects.touch_run(run.run_id);
+            let waiting: Vec<usize> = (0..run.jobs.len())
+                .filter(|&i| matches!(run.jobs[i].state, UnitState::Pending | UnitState::Queued))
+                .collect();
+            for idx in waiting {
+                self.finalize(
+                    (seq, idx),
+                    UnitState::Cancelled(reason.clone()),
+                    now,
+                    effects,
+                );
+            }
+        }
+    }
+
+    /// Moves a job to a final state and updates everything that depends on that.
+    fn finalize(&mut self, job_ref: JobRef, state: UnitState, now: u64, effects: &mut Effects) {
+        let Some(job) = self.job_mut(job_ref) else {
+            return;
+        };
+        job.finished_ms = Some(now);
+        let was_in_flight = matches!(job.state, UnitState::Queued | UnitState::Running);
+        job.state = state;
+        job.lease = None;
+        job.note = None;
+        let account = job.job.account.clone();
+        let key = (job.job.repository.clone(), job.job.unit.clone());
+        let mutates = job.job.action.mutates();
+        let destroy = job.job.action.is_destroy();
+        effects.touch(&job.job);
+        if was_in_flight && let Some(count) = self.in_flight.get_mut(&account) {
+            *count = count.saturating_sub(1);
+        }
+        if mutates && let Some(queue) = self.unit_queues.get_mut(&key) {
+            queue.remove(&job_ref);
+            if queue.is_empty() {
+                self.unit_queues.remove(&key);
+            }
+        }
+        self.eligible.remove(&job_ref);
+        self.propagate_from(job_ref, now, effects);
+        if !destroy && let Some(run) = self.runs.get_mut(&job_ref.0) {
+            run.open_non_destroy = run.open_non_destroy.saturating_sub(1);
+            if run.open_non_destroy == 0 {
+                // Everything else is final: the destroys may go.
+                let destroys: Vec<usize> = (0..run.jobs.len())
+                    .filter(|&i| run.jobs[i].job.action.is_destroy())
+                    .collect();
+                for idx in destroys {
+                    self.settle_pending((job_ref.0, idx), now, effects);
+                }
+            }
+        }
+    }
+
+    /// After `job_ref` reached a final state: skip or cancel the jobs that needed it, and make
+    /// eligible those whose dependencies are now met.
+    fn propagate_from(&mut self, job_ref: JobRef, now: u64, effects: &mut Effects) {
+        let (seq, _) = job_ref;
+        let followers = self.followers.get(&job_ref).cloned().unwrap_or_default();
+        for follower in followers {
+            self.settle_pending((seq, follower), now, effects);
+        }
+    }
+
+    /// Settles every pending job of a run whose fate is already decided (used on creation).
+    fn propagate_run(&mut self, seq: u64, now: u64, effects: &mut Effects) {
+        let count = self.runs.get(&seq).map_or(0, |run| run.jobs.len());
+        for idx in 0..count {
+            self.settle_pending((seq, idx), now, effects);
+        }
+    }
+
+    /// A pending job either can never run (skip or cancel it, naming why), may run (eligible),
+    /// or still waits for its dependencies.
+    fn settle_pending(&mut self, job_ref: JobRef, now: u64, effects: &mut Effects) {
+        let (seq, idx) = job_ref;
+        let Some(run) = self.runs.get(&seq) else {
+            return;
+        };
+        if run.jobs[idx].state != UnitState::Pending {
+            return;
+        }
+        let blocked = run.jobs[idx]
+            .requires
+            .iter()
+            .find_map(|&r| match &run.jobs[r].state {
+                UnitState::Failed => Some(UnitState::Skipped(format!(
+                    "{} {} failed",
+                    run.jobs[r].job.unit, run.jobs[r].job.action
+                ))),
+                UnitState::Skipped(reason) => Some(UnitState::Skipped(reason.clone())),
+                UnitState::Cancelled(reason) => Some(UnitState::Cancelled(reason.clone())),
+                _ => None,
+            });
+        if let Some(state) = blocked {
+            self.finalize(job_ref, state, now, effects);
+        } else if dependencies_met(run, idx) {
+            self.eligible.insert(job_ref);
+        }
+    }
+
+    /// Queues every eligible job whose unit, account and backoff allow it, in arrival order.
+    fn schedule(&mut self, now: u64, effects: &mut Effects) {
+        let candidates: Vec<JobRef> = self.eligible.iter().copied().collect();
+        for job_ref in candidates {
+            let Some(job) = self.job(job_ref) else {
+                continue;
+            };
+            let account = job.job.account.clone();
+            let note = if job.not_before_ms > now {
+                Some(format!(
+                    "retry {} of {} due in {} s",
+                    job.job.attempt,
+                    self.settings.max_attempts,
+                    (job.not_before_ms - now).div_ceil(1000)
+                ))
+            } else if let Some(holder) = self.unit_holder(job_ref) {
+                Some(format!(
+                    "waiting for run {holder} to finish {}",
+                    job.job.unit
+                ))
+            } else {
+                let cap = self.settings.caps.get(&account).copied().unwrap_or(0);
+                let busy = self.in_flight.get(&account).copied().unwrap_or(0);
+                (cap > 0 && busy >= cap)
+                    .then(|| format!("account {account} has {busy} of {cap} jobs in flight"))
+            };
+            let Some(job) = self.job_mut(job_ref) else {
+                continue;
+            };
+            if note.is_some() {
+                if job.note != note {
+                    job.note = note;
+                    effects.touch(&job.job);
+                }
+                continue;
+            }
+            job.state = UnitState::Queued;
+            job.note = None;
+            effects.publish.push(job.job.clone());
+            effects.touch(&job.job);
+            *self.in_flight.entry(account).or_default() += 1;
+            self.eligible.remove(&job_ref);
+        }
+    }
+
+    /// For an apply or destroy, the run holding its unit, if an earlier one does.
+    fn unit_holder(&self, job_ref: JobRef) -> Option<Uuid> {
+        let job = self.job(job_ref)?;
+        if !job.job.action.mutates() {
+            return None;
+        }
+        let queue = self
+            .unit_queues
+            .get(&(job.job.repository.clone(), job.job.unit.clone()))?;
+        let first = *queue.iter().next()?;
+        (first != job_ref)
+            .then(|| self.runs.get(&first.0).map(|run| run.run_id))
+            .flatten()
+    }
+
+    /// Retries whose backoff ended, and anything else time unblocks.
+    pub fn tick(&mut self, now: u64) -> Effects {
+        let mut effects = Effects::default();
+        self.schedule(now, &mut effects);
+        effects
+    }
+
+    /// A worker asks to start a job. Granted at most once per (job, attempt) while the holder's
+    /// lease lasts; a redelivered job (its holder's connection is gone) or an expired lease may
+    /// be taken over.
+    pub fn claim(
+        &mut self,
+        job_id: Uuid,
+        attempt: u32,
+        worker: &str,
+        redelivered: bool,
+        now: u64,
+    ) -> (ClaimVerdict, Effects) {
+        let mut effects = Effects::default();
+        let deny = |reason: String, retry: bool| ClaimVerdict::Denied { reason, retry };
+        let Some(&job_ref) = self.jobs.get(&job_id) else {
+            return (
+                deny("the job is finished or unknown".into(), false),
+                effects,
+            );
+        };
+        let lease_ms = self.settings.lease_ms;
+        let Some(job) = self.job_mut(job_ref) else {
+            return (deny("the job is unknown".into(), false), effects);
+        };
+        if attempt != job.job.attempt {
+            return (
+                deny(
+                    format!(
+                        "attempt {attempt} is stale; the job is at attempt {}",
+                        job.job.attempt
+                    ),
+                    false,
+                ),
+                effects,
+            );
+        }
+        let granted = ClaimVerdict::Granted {
+            lease_secs: lease_ms / 1000,
+        };
+        match (&job.state, &job.lease) {
+            (UnitState::Queued, _) => {}
+            // The holder asking again: its answer was lost.
+            (UnitState::Running, Some(lease)) if lease.worker == worker => {}
+            (UnitState::Running, Some(lease)) if lease.until_ms > now => {
+                // Never two holders: a redelivered copy waits until the holder's heartbeats
+                // stop (it vanished) or the job ends; a fresh copy is a duplicate publish, and
+                // the holder still has the original.
+                let reason = if redelivered {
+                    format!(
+                        "running on {} (lease {} s more); ask again",
+                        lease.worker,
+                        (lease.until_ms - now).div_ceil(1000)
+                    )
+                } else {
+                    format!(
+                        "already running on {}: this delivery is a duplicate",
+                        lease.worker
+                    )
+                };
+                return (deny(reason, redelivered), effects);
+            }
+            // The holder stopped sending heartbeats: take over.
+            (UnitState::Running, _) => {}
+            (state, _) if state.is_final() => {
+                return (
+                    deny(format!("the job is already {}", state.as_str()), false),
+                    effects,
+                );
+            }
+            (state, _) => {
+                return (
+                    deny(format!("the job is {}, not queued", state.as_str()), false),
+                    effects,
+                );
+            }
+        }
+        job.state = UnitState::Running;
+        job.lease = Some(Lease {
+            worker: worker.to_owned(),
+            until_ms: now + lease_ms,
+        });
+        job.worker = Some(worker.to_owned());
+        job.started_ms = Some(now);
+        effects.touch(&job.job);
+        (granted, effects)
+    }
+
+    /// A heartbeat renews the holder's lease. Returns whether anything changed.
+    pub fn heartbeat(&mut self, job_id: Uuid, attempt: u32, worker: &str, now: u64) -> bool {
+        let lease_ms = self.settings.lease_ms;
+        let Some(&job_ref) = self.jobs.get(&job_id) else {
+            return false;
+        };
+        let Some(job) = self.job_mut(job_ref) else {
+            return false;
+        };
+        match &mut job.lease {
+            Some(lease)
+                if job.job.attempt == attempt
+                    && lease.worker == worker
+                    && job.state == UnitState::Running =>
+            {
+                lease.until_ms = now + lease_ms;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A worker reports the outcome of its attempt. Reports of stale attempts, of workers that
+    /// do not hold the job, and of final jobs change nothing.
+    pub fn finish(
+        &mut self,
+        job_id: Uuid,
+        attempt: u32,
+        worker: &str,
+        outcome: &JobOutcome,
+        now: u64,
+    ) -> Effects {
+        let mut effects = Effects::default();
+        let Some(&job_ref) = self.jobs.get(&job_id) else {
+            return effects;
+        };
+        let max_attempts = self.settings.max_attempts;
+        let backoff_ms = self.settings.backoff_ms;
+        let retryable = outcome.status == JobStatus::Failed
+            && self
+                .settings
+                .retry_patterns
+                .iter()
+                .any(|p| p.is_match(&outcome.output));
+        let Some(job) = self.job_mut(job_ref) else {
+            return effects;
+        };
+        let holds = job
+            .lease
+            .as_ref()
+            .is_some_and(|lease| lease.worker == worker);
+        if job.state != UnitState::Running || job.job.attempt != attempt || !holds {
+            return effects;
+        }
+        job.exit_code = outcome.exit_code;
+        job.resource_changes = outcome.resource_changes;
+        job.duration_ms = Some(outcome.duration_ms);
+        job.worker = Some(worker.to_owned());
+        if outcome.status == JobStatus::Failed {
+            job.output_tail = Some(tail(&outcome.output, OUTPUT_TAIL_BYTES).to_owned());
+        }
+        if retryable && attempt < max_attempts {
+            // Back to pending with the next attempt: it leaves the account's slots and waits.
+            let delay = backoff_ms.saturating_mul(1 << (attempt - 1).min(16));
+            job.job.attempt += 1;
+            job.state = UnitState::Pending;
+            job.lease = None;
+            job.not_before_ms = now + delay;
+            job.note = Some(format!(
+                "retry {} of {max_attempts} due in {} s",
+                job.job.attempt,
+                delay.div_ceil(1000)
+            ));
+            let account = job.job.account.clone();
+            effects.touch(&job.job);
+            if let Some(count) = self.in_flight.get_mut(&account) {
+                *count = count.saturating_sub(1);
+            }
+            self.eligible.insert(job_ref);
+        } else {
+            let state = match outcome.status {
+                JobStatus::Succeeded => UnitState::Succeeded,
+                JobStatus::Failed => UnitState::Failed,
+            };
+            self.finalize(job_ref, state, now, &mut effects);
+        }
+        self.schedule(now, &mut effects);
+        effects
+    }
+}
+
+/// Whether every job `idx` requires has succeeded and, for a destroy, every other job is final.
+fn dependencies_met(run: &Run, idx: usize) -> bool {
+    let job = &run.jobs[idx];
+    job.requires
+        .iter()
+        .all(|&r| run.jobs[r].state == UnitState::Succeeded)
+        && (!job.job.action.is_destroy() || run.open_non_destroy == 0)
+}
+
+/// The last `max` bytes of `text`, cut at a character boundary.
+fn tail(text: &str, max: usize) -> &str {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,838 @@
+//! The scheduler as a pure state machine: messages and a clock in, decisions out.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use proptest::prelude::*;
+
+use super::*;
+
+use crate::testing::{BACKOFF_MS, LEASE_MS, event, outcome, pr, push, settings};
+
+fn applies<'a>(units: &[&'a str]) -> Vec<(&'a str, Action)> {
+    units.iter().map(|u| (*u, Action::Apply)).collect()
+}
+
+fn units(jobs: &[Job]) -> Vec<&str> {
+    let mut units: Vec<&str> = jobs.iter().map(|j| j.unit.as_str()).collect();
+    units.sort_unstable();
+    units
+}
+
+/// A scheduler with a clock, and helpers that play a worker.
+struct Sim {
+    scheduler: Scheduler,
+    now: u64,
+}
+
+impl Sim {
+    fn new() -> Sim {
+        Sim::with(settings())
+    }
+
+    fn with(settings: Settings) -> Sim {
+        Sim {
+            scheduler: Scheduler::new(settings),
+            now: 1_000_000,
+        }
+    }
+
+    fn accept(&mut self, (event, plan): &(ChangeEvent, RunPlan)) -> Effects {
+        self.scheduler.accept(event, plan, self.now)
+    }
+
+    fn job(&self, run_id: Uuid, unit: &str) -> &RunJob {
+        let run = self.scheduler.run(run_id).expect("run is active");
+        run.jobs
+            .iter()
+            .find(|j| j.job.unit == unit)
+            .expect("unit in run")
+    }
+
+    fn state(&self, run_id: Uuid, unit: &str) -> UnitState {
+        self.job(run_id, unit).state.clone()
+    }
+
+    fn claim(&mut self, job: &Job, worker: &str, redelivered: bool) -> ClaimVerdict {
+        self.scheduler
+            .claim(job.job_id, job.attempt, worker, redelivered, self.now)
+            .0
+    }
+
+    /// Claims the job as `w1` and reports `status`; returns what became publishable.
+    fn run_job(&mut self, job: &Job, status: JobStatus) -> Vec<Job> {
+        self.run_job_with(job, status, "output")
+    }
+
+    fn run_job_with(&mut self, job: &Job, status: JobStatus, output: &str) -> Vec<Job> {
+        assert!(
+            matches!(self.claim(job, "w1", false), ClaimVerdict::Granted { .. }),
+            "{} not granted",
+            job.unit
+        );
+        self.scheduler
+            .finish(
+                job.job_id,
+                job.attempt,
+                "w1",
+                &outcome(status, output),
+                self.now,
+            )
+            .publish
+    }
+}
+
+fn find<'a>(jobs: &'a [Job], unit: &str) -> &'a Job {
+    jobs.iter()
+        .find(|j| j.unit == unit)
+        .unwrap_or_else(|| panic!("{unit} not in {:?}", units(jobs)))
+}
+
+#[test]
+fn jobs_start_in_dependency_layers() {
+    // net ← db ← app, net ← cache ← app
+    let mut sim = Sim::new();
+    let event = event(
+        push(),
+        &applies(&["app", "cache", "db", "net"]),
+        &[
+            ("app", "db"),
+            ("app", "cache"),
+            ("db", "net"),
+            ("cache", "net"),
+        ],
+    );
+    let first = sim.accept(&event).publish;
+    assert_eq!(units(&first), ["net"]);
+    let second = sim.run_job(&first[0], JobStatus::Succeeded);
+    assert_eq!(units(&second), ["cache", "db"]);
+    assert!(
+        sim.run_job(find(&second, "db"), JobStatus::Succeeded)
+            .is_empty(),
+        "app started before cache"
+    );
+    let third = sim.run_job(find(&second, "cache"), JobStatus::Succeeded);
+    assert_eq!(units(&third), ["app"]);
+    sim.run_job(&third[0], JobStatus::Succeeded);
+    assert_eq!(
+        sim.scheduler.run(event.0.id).unwrap().state(),
+        RunState::Succeeded
+    );
+}
+
+#[test]
+fn destroys_wait_for_every_apply_then_go_dependents_first() {
+    let mut sim = Sim::new();
+    let event = event(
+        push(),
+        &[
+            ("new", Action::Apply),
+            ("old-app", Action::Destroy),
+            ("old-net", Action::Destroy),
+        ],
+        &[("old-app", "old-net")],
+    );
+    let first = sim.accept(&event).publish;
+    assert_eq!(
+        units(&first),
+        ["new"],
+        "destroys started before the apply finished"
+    );
+    let second = sim.run_job(&first[0], JobStatus::Succeeded);
+    assert_eq!(
+        units(&second),
+        ["old-app"],
+        "the dependent is destroyed first"
+    );
+    let third = sim.run_job(&second[0], JobStatus::Succeeded);
+    assert_eq!(units(&third), ["old-net"]);
+    assert_eq!(
+        third[0].source_commit.as_deref(),
+        Some("a".repeat(40).as_str()),
+        "destroys check out the base"
+    );
+}
+
+#[test]
+fn a_failure_skips_its_dependents_transitively_naming_it_and_independent_units_go_on() {
+    let mut sim = Sim::new();
+    let event = event(
+        push(),
+        &applies(&["app", "db", "net", "other"]),
+        &[("app", "db"), ("db", "net")],
+    );
+    let run_id = event.0.id;
+    let first = sim.accept(&event).publish;
+    assert_eq!(units(&first), ["net", "other"]);
+    assert!(
+        sim.run_job(find(&first, "net"), JobStatus::Failed)
+            .is_empty()
+    );
+    assert_eq!(
+        sim.state(run_id, "db"),
+        UnitState::Skipped("net apply failed".into())
+    );
+    assert_eq!(
+        sim.state(run_id, "app"),
+        UnitState::Skipped("net apply failed".into()),
+        "the root failure is named"
+    );
+    assert_eq!(
+        sim.scheduler.run(run_id).unwrap().state(),
+        RunState::Running,
+        "other is still running"
+    );
+    sim.run_job(find(&first, "other"), JobStatus::Succeeded);
+    assert_eq!(sim.state(run_id, "other"), UnitState::Succeeded);
+    assert_eq!(
+        sim.scheduler.run(run_id).unwrap().state(),
+        RunState::Failed("1 of 4 jobs failed, 2 skipped".into())
+    );
+}
+
+#[test]
+fn applies_of_one_unit_run_one_at_a_time_in_arrival_order() {
+    let mut sim = Sim::new();
+    let older = event(push(), &applies(&["app"]), &[]);
+    let newer = event(push(), &applies(&["app"]), &[]);
+    let third = event(push(), &applies(&["app"]), &[]);
+    let first = sim.accept(&older).publish;
+    assert_eq!(units(&first), ["app"]);
+    assert!(
+        sim.accept(&newer).publish.is_empty(),
+        "a second apply of app was queued while the first is in flight"
+    );
+    assert!(sim.accept(&third).publish.is_empty());
+    assert_eq!(
+        sim.job(newer.0.id, "app").note.as_deref(),
+        Some(format!("waiting for run {} to finish app", older.0.id).as_str())
+    );
+    let next = sim.run_job(&first[0], JobStatus::Failed);
+    assert_eq!(next.len(), 1);
+    assert_eq!(
+        next[0].run_id, newer.0.id,
+        "the hand-off follows arrival order, whatever the outcome"
+    );
+    let last = sim.run_job(&next[0], JobStatus::Succeeded);
+    assert_eq!(last[0].run_id, third.0.id);
+}
+
+#[test]
+fn plans_of_one_unit_are_not_serialized() {
+    let mut sim = Sim::new();
+    let plan = |n| event(pr(n), &[("app", Action::Plan)], &[]);
+    assert_eq!(sim.accept(&plan(1)).publish.len(), 1);
+    assert_eq!(sim.accept(&plan(2)).publish.len(), 1);
+}
+
+#[test]
+fn an_accounts_cap_limits_its_jobs_in_flight_and_says_so() {
+    let mut settings = settings();
+    settings.caps.insert("dev".into(), 2);
+    let mut sim = Sim::with(settings);
+    let event = event(push(), &applies(&["a", "b", "c", "prod/x"]), &[]);
+    let first = sim.accept(&event).publish;
+    assert_eq!(
+        units(&first),
+        ["a", "b", "prod/x"],
+        "prod has no cap; dev has 2"
+    );
+    assert_eq!(
+        sim.job(event.0.id, "c").note.as_deref(),
+        Some("account dev has 2 of 2 jobs in flight")
+    );
+    let next = sim.run_job(find(&first, "a"), JobStatus::Succeeded);
+    assert_eq!(units(&next), ["c"]);
+    assert_eq!(sim.job(event.0.id, "c").note, None);
+}
+
+#[test]
+fn a_newer_pull_request_run_cancels_what_the_older_has_not_started() {
+    let mut sim = Sim::new();
+    let plans =
+        |units: &[&'static str]| units.iter().map(|u| (*u, Action::Plan)).collect::<Vec<_>>();
+    let older = event(
+        pr(7),
+        &plans(&["app", "db", "net"]),
+        &[("app", "db"), ("db", "net")],
+    );
+    let first = sim.accept(&older).publish;
+    assert!(matches!(
+        sim.claim(&first[0], "w1", false),
+        ClaimVerdict::Granted { .. }
+    ));
+    let other_pr = event(pr(8), &plans(&["net"]), &[]);
+    sim.accept(&other_pr);
+    assert_eq!(
+        sim.state(older.0.id, "db"),
+        UnitState::Pending,
+        "another PR superseded this one"
+    );
+
+    let newer = event(pr(7), &plans(&["app", "net"]), &[("app", "net")]);
+    let effects = sim.accept(&newer);
+    assert!(effects.changed_runs.contains(&older.0.id));
+    let cancelled = UnitState::Cancelled(format!("superseded by run {}", newer.0.id));
+    assert_eq!(sim.state(older.0.id, "db"), cancelled);
+    assert_eq!(sim.state(older.0.id, "app"), cancelled);
+    assert_eq!(
+        sim.state(older.0.id, "net"),
+        UnitState::Running,
+        "a started job is left to finish"
+    );
+    sim.scheduler.finish(
+        first[0].job_id,
+        1,
+        "w1",
+        &outcome(JobStatus::Succeeded, ""),
+        sim.now,
+    );
+    let older_state = sim.scheduler.run(older.0.id).unwrap().state();
+    assert_eq!(
+        older_state,
+        RunState::Cancelled(format!(
+            "2 of 3 jobs cancelled: superseded by run {}",
+            newer.0.id
+        ))
+    );
+
+    let jobs = effects.publish;
+    assert_eq!(units(&jobs), ["net"]);
+    let next = sim.run_job(&jobs[0], JobStatus::Succeeded);
+    sim.run_job(&next[0], JobStatus::Succeeded);
+    assert_eq!(
+        sim.scheduler.run(newer.0.id).unwrap().state(),
+        RunState::Succeeded
+    );
+}
+
+#[test]
+fn a_cancelled_queued_job_is_refused_to_workers() {
+    let mut sim = Sim::new();
+    let older = event(pr(7), &[("app", Action::Plan)], &[]);
+    let queued = sim.accept(&older).publish;
+    sim.accept(&event(pr(7), &[("app", Action::Plan)], &[]));
+    let verdict = sim.claim(&queued[0], "w1", false);
+    assert_eq!(
+        verdict,
+        ClaimVerdict::Denied {
+            reason: "the job is already cancelled".into(),
+            retry: false
+        }
+    );
+}
+
+#[test]
+fn retryable_failures_run_again_after_a_doubling_backoff_up_to_the_limit() {
+    let mut sim = Sim::new();
+    let event = event(push(), &applies(&["app"]), &[]);
+    let run_id = event.0.id;
+    let first = sim.accept(&event).publish;
+    let locked = "Error: Error acquiring the state lock\n";
+    assert!(
+        sim.run_job_with(&first[0], JobStatus::Failed, locked)
+            .is_empty(),
+        "retried without a backoff"
+    );
+    assert_eq!(sim.state(run_id, "app"), UnitState::Pending);
+    assert_eq!(
+        sim.scheduler.next_wakeup(sim.now),
+        Some(sim.now + BACKOFF_MS)
+    );
+    assert!(
+        sim.scheduler
+            .tick(sim.now + BACKOFF_MS - 1)
+            .publish
+            .is_empty()
+    );
+    sim.now += BACKOFF_MS;
+    let second = sim.scheduler.tick(sim.now).publish;
+    assert_eq!((second.len(), second[0].attempt), (1, 2));
+    assert_eq!(second[0].job_id, first[0].job_id, "a retry is the same job");
+
+    assert!(
+        sim.run_job_with(&second[0], JobStatus::Failed, locked)
+            .is_empty()
+    );
+    assert_eq!(
+        sim.scheduler.next_wakeup(sim.now),
+        Some(sim.now + 2 * BACKOFF_MS),
+        "the backoff doubles"
+    );
+    sim.now += 2 * BACKOFF_MS;
+    let third = sim.scheduler.tick(sim.now).publish;
+    assert_eq!(third[0].attempt, 3);
+    sim.run_job_with(&third[0], JobStatus::Failed, locked);
+    assert_eq!(
+        sim.state(run_id, "app"),
+        UnitState::Failed,
+        "max_attempts = 3 ends it"
+    );
+    assert_eq!(sim.job(run_id, "app").output_tail.as_deref(), Some(locked));
+}
+
+#[test]
+fn other_failures_are_final_at_once() {
+    let mut sim = Sim::new();
+    let event = event(push(), &applies(&["app"]), &[]);
+    let first = sim.accept(&event).publish;
+    sim.run_job_with(&first[0], JobStatus::Failed, "Error: Unsupported argument");
+    assert_eq!(sim.state(event.0.id, "app"), UnitState::Failed);
+    assert_eq!(sim.scheduler.next_wakeup(sim.now), None);
+}
+
+#[test]
+fn one_holder_per_job_duplicates_dropped_and_a_silent_holder_taken_over() {
+    let mut sim = Sim::new();
+    let event = event(push(), &applies(&["app"]), &[]);
+    let job = sim.accept(&event).publish.remove(0);
+    assert_eq!(
+        sim.claim(&job, "w1", false),
+        ClaimVerdict::Granted {
+            lease_secs: LEASE_MS / 1000
+        }
+    );
+    assert_eq!(
+        sim.claim(&job, "w1", false),
+        ClaimVerdict::Granted {
+            lease_secs: LEASE_MS / 1000
+        },
+        "the holder asking again"
+    );
+    let duplicate = sim.claim(&job, "w2", false);
+    assert_eq!(
+        duplicate,
+        ClaimVerdict::Denied {
+            reason: "already running on w1: this delivery is a duplicate".into(),
+            retry: false
+        }
+    );
+    let redelivered = sim.claim(&job, "w2", true);
+    assert!(
+        matches!(redelivered, ClaimVerdict::Denied { retry: true, .. }),
+        "{redelivered:?}"
+    );
+
+    sim.now += LEASE_MS / 2;
+    assert!(sim.scheduler.heartbeat(job.job_id, 1, "w1", sim.now));
+    assert!(
+        !sim.scheduler.heartbeat(job.job_id, 1, "w2", sim.now),
+        "only the holder renews"
+    );
+    sim.now += LEASE_MS - 1;
+    assert!(
+        matches!(
+            sim.claim(&job, "w2", true),
+            ClaimVerdict::Denied { retry: true, .. }
+        ),
+        "the heartbeat renewed the lease"
+    );
+    sim.now += 1;
+    assert!(
+        matches!(sim.claim(&job, "w2", true), ClaimVerdict::Granted { .. }),
+        "w1 fell silent: w2 takes over"
+    );
+
+    let stale = sim.scheduler.finish(
+        job.job_id,
+        1,
+        "w1",
+        &outcome(JobStatus::Failed, ""),
+        sim.now,
+    );
+    assert!(
+        stale.changed_runs.is_empty(),
+        "the old holder's report counted"
+    );
+    sim.scheduler.finish(
+        job.job_id,
+        1,
+        "w2",
+        &outcome(JobStatus::Succeeded, ""),
+        sim.now,
+    );
+    assert_eq!(sim.state(event.0.id, "app"), UnitState::Succeeded);
+    assert_eq!(sim.job(event.0.id, "app").worker.as_deref(), Some("w2"));
+    assert_eq!(
+        sim.claim(&job, "w3", true),
+        ClaimVerdict::Denied {
+            reason: "the job is already succeeded".into(),
+            retry: false
+        }
+    );
+}
+
+#[test]
+fn stale_attempts_and_unknown_jobs_are_refused() {
+    let mut sim = Sim::new();
+    let event = event(push(), &applies(&["app"]), &[]);
+    let mut job = sim.accept(&event).publish.remove(0);
+    job.attempt = 2;
+    assert!(matches!(
+        sim.claim(&job, "w1", false),
+        ClaimVerdict::Denied { retry: false, .. }
+    ));
+    job.job_id = Uuid::new_v4();
+    job.attempt = 1;
+    assert!(matches!(
+        sim.claim(&job, "w1", false),
+        ClaimVerdict::Denied { retry: false, .. }
+    ));
+}
+
+#[test]
+fn a_restored_scheduler_carries_on_where_the_old_one_stopped() {
+    let mut sim = Sim::new();
+    let older = event(push(), &applies(&["app", "db"]), &[("app", "db")]);
+    let newer = event(push(), &applies(&["db"]), &[]);
+    let first = sim.accept(&older).publish;
+    sim.accept(&newer);
+    assert!(matches!(
+        sim.claim(&first[0], "w1", false),
+        ClaimVerdict::Granted { .. }
+    ));
+    let runs: Vec<Run> = sim.scheduler.runs().cloned().collect();
+
+    // The dispatcher was down for longer than a lease: w1's lease is extended, not lost.
+    let later = sim.now + 5 * LEASE_MS;
+    let mut restored = Scheduler::restore(settings(), runs, 0, later);
+    let taken = restored.claim(first[0].job_id, 1, "w2", true, later).0;
+    assert!(
+        matches!(taken, ClaimVerdict::Denied { retry: true, .. }),
+        "{taken:?}"
+    );
+    let effects = restored.finish(
+        first[0].job_id,
+        1,
+        "w1",
+        &outcome(JobStatus::Succeeded, ""),
+        later,
+    );
+    let mut next: Vec<(Uuid, &str)> = effects
+        .publish
+        .iter()
+        .map(|j| (j.run_id, j.unit.as_str()))
+        .collect();
+    next.sort_unstable();
+    let mut expected = vec![(older.0.id, "app"), (newer.0.id, "db")];
+    expected.sort_unstable();
+    assert_eq!(
+        next, expected,
+        "the unit queue and the dependency graph survived the restore"
+    );
+    let third = event(push(), &applies(&["x"]), &[]);
+    restored.accept(&third.0, &third.1, later);
+    assert!(
+        restored.run(third.0.id).unwrap().seq > restored.run(newer.0.id).unwrap().seq,
+        "arrival order continues"
+    );
+}
+
+#[test]
+fn an_empty_run_succeeds_at_once_and_a_rejected_one_is_final() {
+    let mut sim = Sim::new();
+    let empty = event(push(), &[], &[]);
+    sim.accept(&empty);
+    assert_eq!(
+        sim.scheduler.run(empty.0.id).unwrap().state(),
+        RunState::Succeeded
+    );
+    let bad = event(push(), &[], &[]);
+    sim.scheduler
+        .reject(&bad.0, "unknown repository \"x\"", sim.now);
+    assert_eq!(
+        sim.scheduler.run(bad.0.id).unwrap().state(),
+        RunState::Rejected("unknown repository \"x\"".into())
+    );
+    assert_eq!(sim.scheduler.evict_finished().len(), 2);
+    assert!(sim.scheduler.run(empty.0.id).is_none());
+}
+
+#[test]
+fn job_ids_are_stable_per_run_unit_and_action() {
+    let run = Uuid::new_v4();
+    assert_eq!(
+        job_id(run, "a", Action::Apply),
+        job_id(run, "a", Action::Apply)
+    );
+    assert_ne!(
+        job_id(run, "a", Action::Apply),
+        job_id(run, "a", Action::Destroy)
+    );
+    assert_ne!(
+        job_id(run, "a", Action::Apply),
+        job_id(Uuid::new_v4(), "a", Action::Apply)
+    );
+}
+
+#[test]
+fn the_output_tail_is_cut_on_a_character_boundary() {
+    assert_eq!(tail("héllo", 4), "llo");
+    assert_eq!(tail("abc", 10), "abc");
+}
+
+// --- Property tests: random runs, random outcomes, random interleavings. ---
+
+/// One run in a generated scenario.
+#[derive(Debug, Clone)]
+struct RunSpec {
+    pr: Option<u64>,
+    /// (unit index, destroy?) for each job; unit names come from a small shared pool so that
+    /// runs overlap.
+    jobs: Vec<(usize, bool)>,
+    /// (dependent, dependency) as positions in `jobs`, dependency before dependent.
+    edges: Vec<(usize, usize)>,
+}
+
+fn run_spec() -> impl Strategy<Value = RunSpec> {
+    (
+        prop::option::of(1u64..3),
+        prop::collection::btree_set(0usize..6, 1..5),
+    )
+        .prop_flat_map(|(pr, units)| {
+            let units: Vec<usize> = units.into_iter().collect();
+            let n = units.len();
+            (
+                Just(pr),
+                Just(units),
+                prop::collection::vec(prop::bool::weighted(0.2), n),
+                prop::collection::vec((0..n, 0..n), 0..6),
+            )
+                .prop_map(|(pr, units, destroys, pairs)| {
+                    let jobs: Vec<(usize, bool)> = units.into_iter().zip(destroys).collect();
+                    // Only edges from a later job to an earlier one, between jobs of the same kind
+                    // (as the policy allows): acyclic by construction.
+                    let edges = pairs
+                        .into_iter()
+                        .filter(|(a, b)| a > b && jobs[*a].1 == jobs[*b].1)
+                        .collect();
+                    RunSpec { pr, jobs, edges }
+                })
+        })
+}
+
+/// What the driver does next.
+#[derive(Debug, Clone)]
+enum Step {
+    /// A worker takes the i-th published job (modulo) and reports this outcome.
+    Work {
+        pick: usize,
+        outcome: u8,
+        duplicate_claim: bool,
+    },
+    /// The next run arrives.
+    Arrive,
+    /// Time passes to the next retry.
+    Wait,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => (any::<usize>(), 0u8..4, any::<bool>()).prop_map(|(pick, outcome, duplicate_claim)| Step::Work { pick, outcome, duplicate_claim }),
+        2 => Just(Step::Arrive),
+        1 => Just(Step::Wait),
+    ]
+}
+
+/// Everything the invariants need to know, checked after every step.
+struct Checker {
+    /// Per unit, the arrival sequence numbers of mutating jobs in the order they started.
+    starts: HashMap<String, Vec<u64>>,
+    published: HashSet<(Uuid, u32)>,
+}
+
+impl Checker {
+    fn on_grant(&mut self, scheduler: &Scheduler, job_id: Uuid) {
+        let (seq, idx) = scheduler.jobs[&job_id];
+        let run = &scheduler.runs[&seq];
+        let job = &run.jobs[idx];
+        for &r in &job.requires {
+            assert_eq!(
+                run.jobs[r].state,
+                UnitState::Succeeded,
+                "{} started before {} succeeded",
+                job.job.unit,
+                run.jobs[r].job.unit
+            );
+        }
+        if job.job.action.is_destroy() {
+            for other in run.jobs.iter().filter(|j| !j.job.action.is_destroy()) {
+                assert!(
+                    other.state.is_final(),
+                    "{} destroyed before {} ended",
+                    job.job.unit,
+                    other.job.unit
+                );
+            }
+        }
+        if job.job.action.mutates() && job.job.attempt == 1 {
+            self.starts
+                .entry(job.job.unit.clone())
+                .or_default()
+                .push(seq);
+        }
+    }
+
+    fn on_publish(&mut self, jobs: &[Job]) {
+        for job in jobs {
+            assert!(
+                self.published.insert((job.job_id, job.attempt)),
+                "{} attempt {} published twice",
+                job.unit,
+                job.attempt
+            );
+        }
+    }
+
+    fn check(&self, scheduler: &Scheduler, caps: &HashMap<String, u32>) {
+        let mut in_flight_units: HashMap<&str, usize> = HashMap::new();
+        let mut in_flight_accounts: HashMap<&str, u32> = HashMap::new();
+        for run in scheduler.runs.values() {
+            for job in &run.jobs {
+                if matches!(job.state, UnitState::Queued | UnitState::Running) {
+                    *in_flight_accounts.entry(&job.job.account).or_default() += 1;
+                    if job.job.action.mutates() {
+                        *in_flight_units.entry(&job.job.unit).or_default() += 1;
+                    }
+                }
+            }
+        }
+        for (unit, count) in in_flight_units {
+            assert!(
+                count <= 1,
+                "{count} applies or destroys of {unit} in flight at once"
+            );
+        }
+        for (account, count) in in_flight_accounts {
+            let cap = caps.get(account).copied().unwrap_or(0);
+            assert!(
+                cap == 0 || count <= cap,
+                "{account}: {count} jobs in flight, cap {cap}"
+            );
+        }
+        for (unit, seqs) in &self.starts {
+            assert!(
+                seqs.windows(2).all(|w| w[0] < w[1]),
+                "applies of {unit} started out of arrival order: {seqs:?}"
+            );
+        }
+    }
+}
+
+fn spec_event(spec: &RunSpec) -> (ChangeEvent, RunPlan) {
+    const POOL: [&str; 6] = ["net", "db", "app", "prod/net", "prod/db", "prod/app"];
+    let trigger = match spec.pr {
+        Some(n) => pr(n),
+        None => push(),
+    };
+    let units: Vec<(&str, Action)> = spec
+        .jobs
+        .iter()
+        .map(|&(u, destroy)| {
+            let action = match (spec.pr.is_some(), destroy) {
+                (true, false) => Action::Plan,
+                (true, true) => Action::PlanDestroy,
+                (false, false) => Action::Apply,
+                (false, true) => Action::Destroy,
+            };
+            (POOL[u], action)
+        })
+        .collect();
+    let edges: Vec<(&str, &str)> = spec
+        .edges
+        .iter()
+        .map(|&(a, b)| (units[a].0, units[b].0))
+        .collect();
+    event(trigger, &units, &edges)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// No job starts before its dependencies; at most one apply or destroy per unit is in flight,
+    /// and they start in arrival order; caps hold; every job reaches a final state.
+    #[test]
+    fn scheduling_invariants_hold_for_any_interleaving(
+        specs in prop::collection::vec(run_spec(), 1..5),
+        steps in prop::collection::vec(step(), 0..80),
+        cap in 0u32..3,
+    ) {
+        let mut settings = settings();
+        settings.caps.insert("dev".into(), cap);
+        let caps = settings.caps.clone();
+        let mut sim = Sim::with(settings);
+        let mut checker = Checker { starts: HashMap::new(), published: HashSet::new() };
+        let mut pending_runs = specs.iter().map(spec_event).collect::<Vec<_>>().into_iter();
+        let mut queue: Vec<Job> = Vec::new();
+        let mut all_runs = Vec::new();
+
+        let mut apply = |sim: &mut Sim, queue: &mut Vec<Job>, checker: &mut Checker, step: Step| -> bool {
+            match step {
+                Step::Arrive => {
+                    let Some(event) = pending_runs.next() else { return false };
+                    all_runs.push(event.0.id);
+                    let published = sim.accept(&event).publish;
+                    checker.on_publish(&published);
+                    queue.extend(published);
+                }
+                Step::Wait => {
+                    let Some(at) = sim.scheduler.next_wakeup(sim.now) else { return false };
+                    sim.now = sim.now.max(at);
+                    let published = sim.scheduler.tick(sim.now).publish;
+                    checker.on_publish(&published);
+                    queue.extend(published);
+                }
+                Step::Work { pick, outcome: result, duplicate_claim } => {
+                    if queue.is_empty() {
+                        return false;
+                    }
+                    let job = queue.remove(pick % queue.len());
+                    let verdict = sim.claim(&job, "w1", false);
+                    if let ClaimVerdict::Granted { .. } = verdict {
+                        checker.on_grant(&sim.scheduler, job.job_id);
+                        if duplicate_claim {
+                            let second = sim.claim(&job, "w2", false);
+                            assert!(matches!(second, ClaimVerdict::Denied { retry: false, .. }), "second holder: {second:?}");
+                        }
+                        let (status, output) = match result {
+                            0 => (JobStatus::Failed, "Error acquiring the state lock"),
+                            1 => (JobStatus::Failed, "boom"),
+                            _ => (JobStatus::Succeeded, ""),
+                        };
+                        let published = sim.scheduler.finish(job.job_id, job.attempt, "w1", &outcome(status, output), sim.now).publish;
+                        checker.on_publish(&published);
+                        queue.extend(published);
+                    }
+                }
+            }
+            true
+        };
+
+        for step in steps {
+            apply(&mut sim, &mut queue, &mut checker, step);
+            checker.check(&sim.scheduler, &caps);
+        }
+        // Drain: every run arrives, every job is worked (successfully from now on), every
+        // retry comes due. It must end with every job final.
+        let mut guard = 0;
+        loop {
+            guard += 1;
+            prop_assert!(guard < 10_000, "the schedule did not converge");
+            let progressed = apply(&mut sim, &mut queue, &mut checker, Step::Arrive)
+                || apply(&mut sim, &mut queue, &mut checker, Step::Work { pick: 0, outcome: 2, duplicate_claim: false })
+                || apply(&mut sim, &mut queue, &mut checker, Step::Wait);
+            checker.check(&sim.scheduler, &caps);
+            if !progressed {
+                break;
+            }
+        }
+        let mut states = BTreeMap::new();
+        for run_id in &all_runs {
+            let run = sim.scheduler.run(*run_id).expect("run");
+            for job in &run.jobs {
+                prop_assert!(job.state.is_final(), "{} of run {} stuck in {:?} ({:?})", job.job.unit, run.seq, job.state, job.note);
+            }
+            states.insert(run.seq, run.state());
+        }
+        prop_assert!(states.values().all(RunState::is_final));
+    }
+}

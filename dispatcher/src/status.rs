@@ -1,0 +1,301 @@
+//! What `pipelines status` prints: runs and their jobs as aligned text. Pure.
+
+use std::fmt::Write as _;
+
+use proto_types::{RunDetail, RunSummary};
+
+/// One line saying why a job failed: terraform's first `Error:` line in the output's tail if
+/// there is one, else the last line, after the exit code.
+pub fn failure_reason(output_tail: &str, exit_code: Option<i32>) -> String {
+    let clean = |line: &str| {
+        line.trim_start_matches(['│', '╷', '╵', ' ', '\t'])
+            .trim_end()
+            .to_owned()
+    };
+    let lines: Vec<String> = output_tail
+        .lines()
+        .map(clean)
+        .filter(|line| !line.is_empty())
+        .collect();
+    let line = lines
+        .iter()
+        .find(|line| line.starts_with("Error:") || line.starts_with("ERROR"))
+        .or_else(|| lines.last())
+        .map_or("no output", String::as_str);
+    let line = truncate(line, 160);
+    match exit_code {
+        Some(code) => format!("exit code {code}: {line}"),
+        None => line,
+    }
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    if text.chars().count() <= max_chars {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(max_chars - 1).collect();
+    cut.push('…');
+    cut
+}
+
+/// `pipelines status`: the most recent runs, newest first.
+pub fn render_runs(runs: &[RunSummary], now: u64) -> String {
+    if runs.is_empty() {
+        return "No runs yet.\n".to_owned();
+    }
+    let mut rows = vec![
+        [
+            "RUN",
+            "REPOSITORY",
+            "EVENT",
+            "STATE",
+            "JOBS",
+            "AGE",
+            "REASON",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    for run in runs {
+        let event = match run.pull_request {
+            Some(number) => format!("{} #{number}", run.event),
+            None => run.event.to_string(),
+        };
+        rows.push(vec![
+            run.run_id.to_string(),
+            run.repository.clone(),
+            event,
+            run.state.clone(),
+            job_counts(run),
+            format!("{} ago", duration(now.saturating_sub(run.created_ms))),
+            run.reason
+                .as_deref()
+                .map(|r| truncate(r, 100))
+                .unwrap_or_default(),
+        ]);
+    }
+    table(&rows)
+}
+
+/// `pipelines status RUN_ID`: the run, then one line per job.
+pub fn render_run(detail: &RunDetail, now: u64) -> String {
+    let run = &detail.run;
+    let mut out = String::new();
+    let event = match run.pull_request {
+        Some(number) => format!("{} #{number}", run.event),
+        None => run.event.to_string(),
+    };
+    let head: String = run.head_sha.chars().take(12).collect();
+    let _ = write!(
+        out,
+        "Run {} ({}, {event}, head {head}): {}",
+        run.run_id, run.repository, run.state
+    );
+    if let Some(reason) = &run.reason {
+        let _ = write!(out, ": {reason}");
+    }
+    let elapsed = if run.state == "running" {
+        now
+    } else {
+        run.updated_ms
+    };
+    let _ = writeln!(
+        out,
+        ", {}.",
+        duration(elapsed.saturating_sub(run.created_ms))
+    );
+    if detail.jobs.is_empty() {
+        out.push_str("No jobs.\n");
+        return out;
+    }
+    let mut rows = vec![
+        [
+            "UNIT", "ACCOUNT", "ACTION", "STATE", "ATTEMPT", "WORKER", "DURATION", "REASON",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    for job in &detail.jobs {
+        let why = job
+            .reason
+            .as_deref()
+            .or(job.note.as_deref())
+            .unwrap_or_default();
+        rows.push(vec![
+            job.unit.clone(),
+            job.account.clone(),
+            job.action.to_string(),
+            job.state.clone(),
+            job.attempt.to_string(),
+            job.worker.clone().unwrap_or_else(|| "-".into()),
+            job.duration_ms.map_or_else(|| "-".into(), duration),
+            why.to_owned(),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    out
+}
+
+fn job_counts(run: &RunSummary) -> String {
+    if run.jobs.is_empty() {
+        return "-".into();
+    }
+    // Most interesting first.
+    let order = [
+        "failed",
+        "running",
+        "queued",
+        "pending",
+        "skipped",
+        "cancelled",
+        "succeeded",
+    ];
+    let mut parts: Vec<String> = order
+        .iter()
+        .filter_map(|state| run.jobs.get(*state).map(|count| format!("{count} {state}")))
+        .collect();
+    parts.extend(
+        run.jobs
+            .iter()
+            .filter(|(state, _)| !order.contains(&state.as_str()))
+            .map(|(state, count)| format!("{count} {state}")),
+    );
+    parts.join(", ")
+}
+
+/// `850ms`, `12.3s`, `4m05s`, `2h03m`.
+pub fn duration(ms: u64) -> String {
+    let secs = ms / 1000;
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{}.{}s", secs, (ms % 1000) / 100),
+        60_000..3_600_000 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60),
+    }
+}
+
+/// Left-aligned columns two spaces apart; the last column is not padded.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|row| row.get(c))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<width$}  ", width = widths[c]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proto_types::{Action, EventKind, JobSummary};
+    use uuid::Uuid;
+
+    use super::*;
+
+    #[test]
+    fn the_failure_reason_is_terraforms_error_line_after_the_exit_code() {
+        let output =
+            "Plan: 1 to add\n╷\n│ Error: Invalid reference\n│ \n│   on main.tf line 3:\n╵\n";
+        assert_eq!(
+            failure_reason(output, Some(1)),
+            "exit code 1: Error: Invalid reference"
+        );
+        assert_eq!(failure_reason("first\nlast line\n\n", None), "last line");
+        assert_eq!(failure_reason("", Some(137)), "exit code 137: no output");
+        assert_eq!(failure_reason(&"x".repeat(300), None).chars().count(), 160);
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(duration(850), "850ms");
+        assert_eq!(duration(12_345), "12.3s");
+        assert_eq!(duration(245_000), "4m05s");
+        assert_eq!(duration(7_380_000), "2h03m");
+    }
+
+    fn summary() -> RunSummary {
+        RunSummary {
+            run_id: Uuid::nil(),
+            repository: "infra".into(),
+            event: EventKind::PullRequest,
+            pull_request: Some(7),
+            head_sha: "0123456789abcdef".into(),
+            state: "failed".into(),
+            reason: Some("1 of 2 jobs failed, 0 skipped".into()),
+            created_ms: 1_000,
+            updated_ms: 61_000,
+            jobs: BTreeMap::from([("failed".into(), 1), ("succeeded".into(), 1)]),
+        }
+    }
+
+    #[test]
+    fn the_run_list_aligns_columns_and_leads_with_what_matters() {
+        let text = render_runs(&[summary()], 121_000);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("RUN "), "{text}");
+        assert!(lines[1].contains("pull-request #7"), "{text}");
+        assert!(lines[1].contains("1 failed, 1 succeeded"), "{text}");
+        assert!(lines[1].contains("2m00s ago"), "{text}");
+        assert_eq!(
+            lines[0].find("STATE"),
+            lines[1].find("failed"),
+            "columns misaligned:\n{text}"
+        );
+        assert_eq!(render_runs(&[], 0), "No runs yet.\n");
+    }
+
+    #[test]
+    fn a_run_lists_each_job_with_its_reason_or_note() {
+        let job = |unit: &str, state: &str, reason: Option<&str>, note: Option<&str>| JobSummary {
+            job_id: Uuid::nil(),
+            unit: unit.into(),
+            account: "dev".into(),
+            action: Action::Apply,
+            state: state.into(),
+            reason: reason.map(Into::into),
+            note: note.map(Into::into),
+            attempt: 1,
+            worker: None,
+            exit_code: None,
+            duration_ms: Some(1_500),
+        };
+        let detail = RunDetail {
+            run: summary(),
+            jobs: vec![
+                job("net", "failed", Some("exit code 1: Error: boom"), None),
+                job("app", "skipped", Some("net apply failed"), None),
+                job(
+                    "db",
+                    "pending",
+                    None,
+                    Some("waiting for run X to finish db"),
+                ),
+            ],
+        };
+        let text = render_run(&detail, 0);
+        assert!(text.starts_with("Run 00000000-0000-0000-0000-000000000000 (infra, pull-request #7, head 0123456789ab): failed: 1 of 2 jobs failed, 0 skipped, 1m00s."), "{text}");
+        assert!(text.contains("net   dev      apply   failed   1        -       1.5s      exit code 1: Error: boom"), "{text}");
+        assert!(text.contains("net apply failed"), "{text}");
+        assert!(text.contains("waiting for run X to finish db"), "{text}");
+    }
+}

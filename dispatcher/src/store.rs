@@ -1,0 +1,799 @@
+//! The run database: every run and job, and the outbox of messages not yet published, in one
+//! SQLite file that survives a crash.
+//!
+//! The service commits one transaction per batch of messages: the runs and jobs they changed,
+//! and the jobs and statuses to publish (the outbox). Only then does it ack the messages, and
+//! only then does it publish the outbox, deleting each row once the broker confirmed it. A
+//! `kill -9` at any point leaves either the old state with the messages still in their queues,
+//! or the new state with its outbox; both lead to the same result.
+//!
+//! `pipelines status` reads the same file, read-only, while the dispatcher writes it (WAL).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use proto_types::{
+    Action, EventKind, Job, JobSummary, Payload, ResourceCounts, RunDetail, RunSummary, UnitState,
+};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use uuid::Uuid;
+
+use crate::scheduler::{Lease, Run, RunJob};
+
+/// The file inside the dispatcher's state directory.
+pub const DATABASE_FILE: &str = "dispatcher.sqlite3";
+
+/// The schema this version writes. Bump it with a migration step in [`Store::migrate`].
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE runs (
+    run_id        TEXT PRIMARY KEY,
+    seq           INTEGER NOT NULL UNIQUE,
+    repository    TEXT NOT NULL,
+    event         TEXT NOT NULL,
+    pull_request  INTEGER,
+    head_sha      TEXT NOT NULL,
+    base_sha      TEXT NOT NULL,
+    created_ms    INTEGER NOT NULL,
+    updated_ms    INTEGER NOT NULL,
+    rejected      TEXT,
+    superseded_by TEXT,
+    state         TEXT NOT NULL,
+    reason        TEXT,
+    final         INTEGER NOT NULL
+);
+CREATE INDEX runs_active ON runs (final, seq);
+CREATE TABLE jobs (
+    job_id        TEXT PRIMARY KEY,
+    run_id        TEXT NOT NULL REFERENCES runs (run_id),
+    idx           INTEGER NOT NULL,
+    unit          TEXT NOT NULL,
+    account       TEXT NOT NULL,
+    action        TEXT NOT NULL,
+    commit_sha    TEXT NOT NULL,
+    source_commit TEXT,
+    timeout_secs  INTEGER NOT NULL,
+    requires      TEXT NOT NULL,
+    attempt       INTEGER NOT NULL,
+    state         TEXT NOT NULL,
+    reason        TEXT,
+    note          TEXT,
+    not_before_ms INTEGER NOT NULL,
+    lease_worker  TEXT,
+    lease_until   INTEGER,
+    exit_code     INTEGER,
+    res_add       INTEGER,
+    res_change    INTEGER,
+    res_destroy   INTEGER,
+    duration_ms   INTEGER,
+    worker        TEXT,
+    output_tail   TEXT,
+    started_ms    INTEGER,
+    finished_ms   INTEGER
+);
+CREATE UNIQUE INDEX jobs_by_run ON jobs (run_id, idx);
+CREATE TABLE outbox (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind       TEXT NOT NULL,
+    target     TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    body       BLOB NOT NULL,
+    -- One pending status per run: a newer snapshot replaces the older one.
+    dedup_key  TEXT UNIQUE
+);
+";
+
+/// What went wrong with the run database. Every variant is fatal for the dispatcher: it exits
+/// without acking, the broker redelivers, and the last committed state is intact.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file cannot be opened or created: fix the path or its permissions.
+    #[error("cannot open the run database {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("run database {operation} failed: {reason}")]
+    Sqlite {
+        operation: &'static str,
+        reason: String,
+    },
+    /// A value this version cannot read: written by a newer version, or edited by hand.
+    #[error("the run database holds {what} {value:?}, which this version cannot read")]
+    Corrupt { what: &'static str, value: String },
+    #[error(
+        "the run database {path} has schema version {found}; this version of pipelines knows \
+         versions up to {SCHEMA_VERSION}: upgrade pipelines"
+    )]
+    NewerSchema { path: PathBuf, found: i64 },
+    #[error("no run matches {0:?}")]
+    UnknownRun(String),
+    #[error("{prefix:?} matches {count} runs: give more of the run id")]
+    AmbiguousRun { prefix: String, count: usize },
+}
+
+fn sqlite(operation: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |err| StoreError::Sqlite {
+        operation,
+        reason: err.to_string(),
+    }
+}
+
+/// Where an outbox message goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxTarget {
+    Jobs { account: String },
+    Status { run_id: Uuid },
+}
+
+/// A message to publish once the transaction that produced it is committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    /// The row id; 0 before it is stored.
+    pub id: i64,
+    pub target: OutboxTarget,
+    pub message_id: String,
+    pub body: Vec<u8>,
+}
+
+impl OutboxMessage {
+    pub fn job(job: &Job) -> OutboxMessage {
+        OutboxMessage {
+            id: 0,
+            target: OutboxTarget::Jobs {
+                account: job.account.clone(),
+            },
+            // Unique per attempt: a retry is a new message, a republish of one is not.
+            message_id: format!("{}/{}", job.job_id, job.attempt),
+            body: job.encode(),
+        }
+    }
+
+    pub fn status(run: &Run) -> OutboxMessage {
+        OutboxMessage {
+            id: 0,
+            target: OutboxTarget::Status { run_id: run.run_id },
+            message_id: Uuid::new_v4().to_string(),
+            body: run.status().encode(),
+        }
+    }
+}
+
+/// A run the database knows, with the one fact a redelivered change event needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownRun {
+    pub rejected: Option<String>,
+}
+
+/// The run database.
+#[derive(Debug)]
+pub struct Store {
+    connection: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `state_dir`.
+    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        let path = state_dir.join(DATABASE_FILE);
+        let failed = |reason: String| StoreError::Open {
+            path: path.clone(),
+            reason,
+        };
+        std::fs::create_dir_all(state_dir).map_err(|err| failed(err.to_string()))?;
+        let connection = Connection::open(&path).map_err(|err| failed(err.to_string()))?;
+        Store::configure(connection, &path)
+    }
+
+    /// A database that lives as long as the process: embedded mode, where the runs end with
+    /// the command anyway.
+    pub fn in_memory() -> Result<Store, StoreError> {
+        let connection = Connection::open_in_memory().map_err(sqlite("open"))?;
+        Store::configure(connection, Path::new(":memory:"))
+    }
+
+    /// Opens an existing database without writing to it, for `pipelines status`.
+    pub fn open_read_only(state_dir: &Path) -> Result<Store, StoreError> {
+        let path = state_dir.join(DATABASE_FILE);
+        if !path.is_file() {
+            return Err(StoreError::Open {
+                reason: "no such file: has a dispatcher with this state_dir run yet?".into(),
+                path,
+            });
+        }
+        let connection = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|err| StoreError::Open {
+            path: path.clone(),
+            reason: err.to_string(),
+        })?;
+        connection
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sqlite("busy_timeout"))?;
+        let found: i64 = connection
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(sqlite("read schema version"))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema { path, found });
+        }
+        Ok(Store { connection })
+    }
+
+    fn configure(connection: Connection, path: &Path) -> Result<Store, StoreError> {
+        // WAL: readers (`pipelines status`) never block the writer. FULL: a committed batch
+        // survives power loss, not only a crash, because its messages are acked right after.
+        let _mode: String = connection
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .map_err(sqlite("set journal_mode"))?;
+        connection
+            .execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+            .map_err(sqlite("set pragmas"))?;
+        connection
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sqlite("busy_timeout"))?;
+        let mut store = Store { connection };
+        store.migrate(path)?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self, path: &Path) -> Result<(), StoreError> {
+        let found: i64 = self
+            .connection
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(sqlite("read schema version"))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: path.to_owned(),
+                found,
+            });
+        }
+        if found == 0 {
+            let tx = self
+                .connection
+                .transaction()
+                .map_err(sqlite("begin migration"))?;
+            tx.execute_batch(SCHEMA).map_err(sqlite("create schema"))?;
+            tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+                .map_err(sqlite("set schema version"))?;
+            tx.commit().map_err(sqlite("commit migration"))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the runs and jobs a batch changed and the messages it wants published, in one
+    /// transaction.
+    pub fn commit<'a>(
+        &mut self,
+        runs: impl IntoIterator<Item = &'a Run>,
+        jobs: impl IntoIterator<Item = (&'a Run, &'a RunJob)>,
+        outbox: &[OutboxMessage],
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let tx = self.connection.transaction().map_err(sqlite("begin"))?;
+        {
+            let mut upsert_run = tx
+                .prepare(
+                    "INSERT INTO runs (run_id, seq, repository, event, pull_request, head_sha,
+                         base_sha, created_ms, updated_ms, rejected, superseded_by, state, reason,
+                         final)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                     ON CONFLICT (run_id) DO UPDATE SET updated_ms = excluded.updated_ms,
+                         superseded_by = excluded.superseded_by, state = excluded.state,
+                         reason = excluded.reason, final = excluded.final",
+                )
+                .map_err(sqlite("prepare run upsert"))?;
+            for run in runs {
+                let state = run.state();
+                upsert_run
+                    .execute(params![
+                        run.run_id.to_string(),
+                        run.seq as i64,
+                        run.repository,
+                        run.event.as_str(),
+                        run.pull_request.map(|n| n as i64),
+                        run.head_sha,
+                        run.base_sha,
+                        run.created_ms as i64,
+                        now as i64,
+                        run.rejected,
+                        run.superseded_by.map(|id| id.to_string()),
+                        state.as_str(),
+                        state.reason(),
+                        state.is_final(),
+                    ])
+                    .map_err(sqlite("write run"))?;
+            }
+            let mut upsert_job = tx
+                .prepare(
+                    "INSERT INTO jobs (job_id, run_id, idx, unit, account, action, commit_sha,
+                         source_commit, timeout_secs, requires, attempt, state, reason, note,
+                         not_before_ms, lease_worker, lease_until, exit_code, res_add, res_change,
+                         res_destroy, duration_ms, worker, output_tail, started_ms, finished_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                         ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)
+                     ON CONFLICT (job_id) DO UPDATE SET attempt = excluded.attempt,
+                         state = excluded.state, reason = excluded.reason, note = excluded.note,
+                         not_before_ms = excluded.not_before_ms,
+                         lease_worker = excluded.lease_worker, lease_until = excluded.lease_until,
+                         exit_code = excluded.exit_code, res_add = excluded.res_add,
+                         res_change = excluded.res_change, res_destroy = excluded.res_destroy,
+                         duration_ms = excluded.duration_ms, worker = excluded.worker,
+                         output_tail = excluded.output_tail, started_ms = excluded.started_ms,
+                         finished_ms = excluded.finished_ms",
+                )
+                .map_err(sqlite("prepare job upsert"))?;
+            for (run, job) in jobs {
+                let idx = run
+                    .jobs
+                    .iter()
+                    .position(|j| j.job.job_id == job.job.job_id)
+                    .unwrap_or_default();
+                let requires: Vec<String> = job.requires.iter().map(usize::to_string).collect();
+                let counts = job.resource_changes;
+                upsert_job
+                    .execute(params![
+                        job.job.job_id.to_string(),
+                        run.run_id.to_string(),
+                        idx as i64,
+                        job.job.unit,
+                        job.job.account,
+                        job.job.action.as_str(),
+                        job.job.commit,
+                        job.job.source_commit,
+                        job.job.timeout_secs as i64,
+                        requires.join(","),
+                        job.job.attempt,
+                        job.state.as_str(),
+                        job.state.reason(),
+                        job.note,
+                        job.not_before_ms as i64,
+                        job.lease.as_ref().map(|lease| lease.worker.as_str()),
+                        job.lease.as_ref().map(|lease| lease.until_ms as i64),
+                        job.exit_code,
+                        counts.map(|c| c.add),
+                        counts.map(|c| c.change),
+                        counts.map(|c| c.destroy),
+                        job.duration_ms.map(|ms| ms as i64),
+                        job.worker,
+                        job.output_tail,
+                        job.started_ms.map(|ms| ms as i64),
+                        job.finished_ms.map(|ms| ms as i64),
+                    ])
+                    .map_err(sqlite("write job"))?;
+            }
+            let mut insert_outbox = tx
+                .prepare(
+                    "INSERT INTO outbox (kind, target, message_id, body, dedup_key)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (dedup_key) DO UPDATE SET message_id = excluded.message_id,
+                         body = excluded.body",
+                )
+                .map_err(sqlite("prepare outbox insert"))?;
+            for message in outbox {
+                let (kind, target, dedup) = match &message.target {
+                    OutboxTarget::Jobs { account } => ("job", account.clone(), None),
+                    OutboxTarget::Status { run_id } => (
+                        "status",
+                        run_id.to_string(),
+                        Some(format!("status/{run_id}")),
+                    ),
+                };
+                insert_outbox
+                    .execute(params![
+                        kind,
+                        target,
+                        message.message_id,
+                        message.body,
+                        dedup
+                    ])
+                    .map_err(sqlite("write outbox"))?;
+            }
+        }
+        tx.commit().map_err(sqlite("commit"))
+    }
+
+    /// The messages committed but not yet published, oldest first.
+    pub fn outbox(&self, limit: usize) -> Result<Vec<OutboxMessage>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT id, kind, target, message_id, body FROM outbox ORDER BY id LIMIT ?1")
+            .map_err(sqlite("prepare outbox read"))?;
+        let rows = statement
+            .query_map([limit as i64], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, Vec<u8>>(4)?,
+                ))
+            })
+            .map_err(sqlite("read outbox"))?;
+        let mut messages = Vec::new();
+        for row in rows {
+            let (id, kind, target, message_id, body) = row.map_err(sqlite("read outbox"))?;
+            let target = match kind.as_str() {
+                "job" => OutboxTarget::Jobs { account: target },
+                "status" => OutboxTarget::Status {
+                    run_id: parse_uuid("outbox run id", &target)?,
+                },
+                _ => {
+                    return Err(StoreError::Corrupt {
+                        what: "outbox kind",
+                        value: kind,
+                    });
+                }
+            };
+            messages.push(OutboxMessage {
+                id,
+                target,
+                message_id,
+                body,
+            });
+        }
+        Ok(messages)
+    }
+
+    /// Forgets outbox messages the broker confirmed.
+    pub fn delete_outbox(&mut self, ids: &[i64]) -> Result<(), StoreError> {
+        let tx = self.connection.transaction().map_err(sqlite("begin"))?;
+        {
+            let mut delete = tx
+                .prepare("DELETE FROM outbox WHERE id = ?1")
+                .map_err(sqlite("prepare outbox delete"))?;
+            for id in ids {
+                delete.execute([id]).map_err(sqlite("delete outbox"))?;
+            }
+        }
+        tx.commit().map_err(sqlite("commit outbox delete"))
+    }
+
+    /// Every run not final yet, with its jobs, and the next arrival number.
+    pub fn load_active(&self) -> Result<(Vec<Run>, u64), StoreError> {
+        let next_seq: i64 = self
+            .connection
+            .query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM runs", [], |row| {
+                row.get(0)
+            })
+            .map_err(sqlite("read next seq"))?;
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT run_id, seq, repository, event, pull_request, head_sha, base_sha,
+                     created_ms, rejected, superseded_by
+                 FROM runs WHERE final = 0 ORDER BY seq",
+            )
+            .map_err(sqlite("prepare run read"))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, Option<i64>>(4)?,
+                    row.get::<_, String>(5)?,
+                    row.get::<_, String>(6)?,
+                    row.get::<_, i64>(7)?,
+                    row.get::<_, Option<String>>(8)?,
+                    row.get::<_, Option<String>>(9)?,
+                ))
+            })
+            .map_err(sqlite("read runs"))?;
+        let mut runs = Vec::new();
+        for row in rows {
+            let (id, seq, repository, event, pr, head_sha, base_sha, created, rejected, newer) =
+                row.map_err(sqlite("read runs"))?;
+            let run_id = parse_uuid("run id", &id)?;
+            let event: EventKind = event.parse().map_err(|_| StoreError::Corrupt {
+                what: "event",
+                value: event.clone(),
+            })?;
+            let superseded_by = newer
+                .map(|id| parse_uuid("superseded_by", &id))
+                .transpose()?;
+            let jobs = self.load_jobs(run_id, &repository)?;
+            runs.push(Run {
+                seq: seq as u64,
+                run_id,
+                repository,
+                event,
+                head_sha,
+                base_sha,
+                pull_request: pr.map(|n| n as u64),
+                created_ms: created as u64,
+                rejected,
+                superseded_by,
+                jobs,
+                open_non_destroy: 0,
+            });
+        }
+        Ok((runs, next_seq as u64))
+    }
+
+    fn load_jobs(&self, run_id: Uuid, repository: &str) -> Result<Vec<RunJob>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT job_id, unit, account, action, commit_sha, source_commit, timeout_secs,
+                     requires, attempt, state, reason, note, not_before_ms, lease_worker,
+                     lease_until, exit_code, res_add, res_change, res_destroy, duration_ms,
+                     worker, output_tail, started_ms, finished_ms
+                 FROM jobs WHERE run_id = ?1 ORDER BY idx",
+            )
+            .map_err(sqlite("prepare job read"))?;
+        let mut rows = statement
+            .query([run_id.to_string()])
+            .map_err(sqlite("read jobs"))?;
+        let mut jobs = Vec::new();
+        while let Some(row) = rows.next().map_err(sqlite("read jobs"))? {
+            jobs.push(job_from_row(row, run_id, repository)?);
+        }
+        Ok(jobs)
+    }
+
+    /// Whether the database knows the run, final or not.
+    pub fn known_run(&self, run_id: Uuid) -> Result<Option<KnownRun>, StoreError> {
+        self.connection
+            .query_row(
+                "SELECT rejected FROM runs WHERE run_id = ?1",
+                [run_id.to_string()],
+                |row| {
+                    Ok(KnownRun {
+                        rejected: row.get(0)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(sqlite("look up run"))
+    }
+
+    /// Whether the database knows the job, final or not.
+    pub fn job_known(&self, job_id: Uuid) -> Result<bool, StoreError> {
+        self.connection
+            .query_row(
+                "SELECT 1 FROM jobs WHERE job_id = ?1",
+                [job_id.to_string()],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|found| found.is_some())
+            .map_err(sqlite("look up job"))
+    }
+
+    /// The most recent runs, newest first.
+    pub fn list_runs(&self, limit: usize) -> Result<Vec<RunSummary>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare(&format!("{RUN_SUMMARY_SELECT} ORDER BY seq DESC LIMIT ?1"))
+            .map_err(sqlite("prepare run list"))?;
+        let rows = statement
+            .query_map([limit as i64], summary_columns)
+            .map_err(sqlite("list runs"))?;
+        let mut runs = Vec::new();
+        for row in rows {
+            runs.push(self.summary(row.map_err(sqlite("list runs"))?)?);
+        }
+        Ok(runs)
+    }
+
+    /// One run and its jobs, by full id or an unambiguous prefix of it.
+    pub fn run_detail(&self, id: &str, now: u64) -> Result<RunDetail, StoreError> {
+        let prefix = id.trim().to_ascii_lowercase();
+        if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            return Err(StoreError::UnknownRun(id.to_owned()));
+        }
+        let mut statement = self
+            .connection
+            .prepare(&format!(
+                "{RUN_SUMMARY_SELECT} WHERE run_id LIKE ?1 || '%' ORDER BY seq DESC LIMIT 2"
+            ))
+            .map_err(sqlite("prepare run read"))?;
+        let matches: Vec<SummaryColumns> = statement
+            .query_map([&prefix], summary_columns)
+            .map_err(sqlite("read run"))?
+            .collect::<Result<_, _>>()
+            .map_err(sqlite("read run"))?;
+        let columns = match matches.len() {
+            0 => return Err(StoreError::UnknownRun(id.to_owned())),
+            1 => matches.into_iter().next().expect("one match"),
+            count => {
+                return Err(StoreError::AmbiguousRun { prefix, count });
+            }
+        };
+        let run = self.summary(columns)?;
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT job_id, unit, account, action, state, reason, note, attempt, worker,
+                     exit_code, duration_ms, started_ms, output_tail
+                 FROM jobs WHERE run_id = ?1 ORDER BY idx",
+            )
+            .map_err(sqlite("prepare job list"))?;
+        let mut rows = statement
+            .query([run.run_id.to_string()])
+            .map_err(sqlite("list jobs"))?;
+        let mut jobs = Vec::new();
+        while let Some(row) = rows.next().map_err(sqlite("list jobs"))? {
+            let action: String = get(row, 3)?;
+            let action: Action = action.parse().map_err(|_| StoreError::Corrupt {
+                what: "action",
+                value: action.clone(),
+            })?;
+            let state: String = get(row, 4)?;
+            let exit_code: Option<i32> = get(row, 9)?;
+            let duration: Option<i64> = get(row, 10)?;
+            let started: Option<i64> = get(row, 11)?;
+            let reason = if state == "failed" {
+                let output_tail: Option<String> = get(row, 12)?;
+                Some(crate::status::failure_reason(
+                    output_tail.as_deref().unwrap_or_default(),
+                    exit_code,
+                ))
+            } else {
+                get(row, 5)?
+            };
+            let duration_ms = match (state.as_str(), duration, started) {
+                (_, Some(ms), _) => Some(ms as u64),
+                ("running", None, Some(started)) => Some(now.saturating_sub(started as u64)),
+                _ => None,
+            };
+            jobs.push(JobSummary {
+                job_id: parse_uuid("job id", &get::<String>(row, 0)?)?,
+                unit: get(row, 1)?,
+                account: get(row, 2)?,
+                action,
+                state,
+                reason,
+                note: get(row, 6)?,
+                attempt: get(row, 7)?,
+                worker: get(row, 8)?,
+                exit_code,
+                duration_ms,
+            });
+        }
+        Ok(RunDetail { run, jobs })
+    }
+
+    fn summary(&self, columns: SummaryColumns) -> Result<RunSummary, StoreError> {
+        let (id, repository, event, pr, head_sha, state, reason, created, updated) = columns;
+        let run_id = parse_uuid("run id", &id)?;
+        let event: EventKind = event.parse().map_err(|_| StoreError::Corrupt {
+            what: "event",
+            value: event.clone(),
+        })?;
+        let mut statement = self
+            .connection
+            .prepare("SELECT state, COUNT(*) FROM jobs WHERE run_id = ?1 GROUP BY state")
+            .map_err(sqlite("prepare job counts"))?;
+        let jobs: BTreeMap<String, u32> = statement
+            .query_map([&id], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(sqlite("count jobs"))?
+            .collect::<Result<_, _>>()
+            .map_err(sqlite("count jobs"))?;
+        Ok(RunSummary {
+            run_id,
+            repository,
+            event,
+            pull_request: pr.map(|n| n as u64),
+            head_sha,
+            state,
+            reason,
+            created_ms: created as u64,
+            updated_ms: updated as u64,
+            jobs,
+        })
+    }
+}
+
+const RUN_SUMMARY_SELECT: &str = "SELECT run_id, repository, event, pull_request, head_sha, \
+     state, reason, created_ms, updated_ms FROM runs";
+
+type SummaryColumns = (
+    String,
+    String,
+    String,
+    Option<i64>,
+    String,
+    String,
+    Option<String>,
+    i64,
+    i64,
+);
+
+fn summary_columns(row: &Row<'_>) -> rusqlite::Result<SummaryColumns> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+        row.get(8)?,
+    ))
+}
+
+fn job_from_row(row: &Row<'_>, run_id: Uuid, repository: &str) -> Result<RunJob, StoreError> {
+    let action: String = get(row, 3)?;
+    let action: Action = action.parse().map_err(|_| StoreError::Corrupt {
+        what: "action",
+        value: action.clone(),
+    })?;
+    let state: String = get(row, 9)?;
+    let state =
+        UnitState::from_parts(&state, get(row, 10)?).ok_or_else(|| StoreError::Corrupt {
+            what: "job state",
+            value: state.clone(),
+        })?;
+    let requires: String = get(row, 7)?;
+    let requires = requires
+        .split(',')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            part.parse::<usize>().map_err(|_| StoreError::Corrupt {
+                what: "requires",
+                value: requires.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let counts: (Option<u32>, Option<u32>, Option<u32>) =
+        (get(row, 16)?, get(row, 17)?, get(row, 18)?);
+    let resource_changes = match counts {
+        (Some(add), Some(change), Some(destroy)) => Some(ResourceCounts {
+            add,
+            change,
+            destroy,
+        }),
+        _ => None,
+    };
+    let lease_worker: Option<String> = get(row, 13)?;
+    let lease_until: Option<i64> = get(row, 14)?;
+    let millis = |value: Option<i64>| value.map(|ms| ms as u64);
+    Ok(RunJob {
+        job: Job {
+            job_id: parse_uuid("job id", &get::<String>(row, 0)?)?,
+            run_id,
+            repository: repository.to_owned(),
+            account: get(row, 2)?,
+            commit: get(row, 4)?,
+            unit: get(row, 1)?,
+            action,
+            source_commit: get(row, 5)?,
+            attempt: get(row, 8)?,
+            timeout_secs: get::<i64>(row, 6)? as u64,
+        },
+        requires,
+        state,
+        note: get(row, 11)?,
+        not_before_ms: get::<i64>(row, 12)? as u64,
+        lease: match (lease_worker, lease_until) {
+            (Some(worker), Some(until)) => Some(Lease {
+                worker,
+                until_ms: until as u64,
+            }),
+            _ => None,
+        },
+        exit_code: get(row, 15)?,
+        resource_changes,
+        duration_ms: millis(get(row, 19)?),
+        worker: get(row, 20)?,
+        output_tail: get(row, 21)?,
+        started_ms: millis(get(row, 22)?),
+        finished_ms: millis(get(row, 23)?),
+    })
+}
+
+fn get<T: rusqlite::types::FromSql>(row: &Row<'_>, column: usize) -> Result<T, StoreError> {
+    row.get(column).map_err(sqlite("read row"))
+}
+
+fn parse_uuid(what: &'static str, text: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(text).map_err(|_| StoreError::Corrupt {
+        what,
+        value: text.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

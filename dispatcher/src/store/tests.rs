@@ -1,0 +1,237 @@
+//! The run database against real SQLite files.
+
+use proto_types::JobStatus;
+
+use super::*;
+use crate::scheduler::{Effects, Scheduler};
+use crate::testing::{event, outcome, pr, push, settings};
+
+fn commit(store: &mut Store, scheduler: &Scheduler, effects: &Effects, now: u64) {
+    let runs: Vec<&Run> = effects
+        .changed_runs
+        .iter()
+        .filter_map(|id| scheduler.run(*id))
+        .collect();
+    let jobs: Vec<_> = effects
+        .changed_jobs
+        .iter()
+        .filter_map(|id| scheduler.job_by_id(*id))
+        .collect();
+    let mut outbox: Vec<OutboxMessage> = effects.publish.iter().map(OutboxMessage::job).collect();
+    outbox.extend(runs.iter().map(|run| OutboxMessage::status(run)));
+    store
+        .commit(runs.iter().copied(), jobs, &outbox, now)
+        .unwrap();
+}
+
+#[test]
+fn committed_runs_come_back_exactly_after_reopening_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let mut scheduler = Scheduler::new(settings());
+    let now = 1_000_000;
+    let first = event(
+        push(),
+        &[
+            ("app", Action::Apply),
+            ("db", Action::Apply),
+            ("old", Action::Destroy),
+        ],
+        &[("app", "db")],
+    );
+    let second = event(pr(4), &[("app", Action::Plan)], &[]);
+    let effects = scheduler.accept(&first.0, &first.1, now);
+    commit(&mut store, &scheduler, &effects, now);
+    let effects = scheduler.accept(&second.0, &second.1, now);
+    commit(&mut store, &scheduler, &effects, now);
+    let db = effects
+        .publish
+        .iter()
+        .chain(std::iter::empty())
+        .find(|j| j.unit == "app")
+        .unwrap()
+        .clone();
+    let (_, claimed) = scheduler.claim(db.job_id, 1, "w1", false, now + 1);
+    commit(&mut store, &scheduler, &claimed, now + 1);
+    let finished = scheduler.finish(
+        db.job_id,
+        1,
+        "w1",
+        &outcome(JobStatus::Failed, "Error: boom\n"),
+        now + 2,
+    );
+    commit(&mut store, &scheduler, &finished, now + 2);
+    drop(store);
+
+    let store = Store::open(dir.path()).unwrap();
+    let (loaded, next_seq) = store.load_active().unwrap();
+    let expected: Vec<Run> = scheduler
+        .runs()
+        .filter(|run| !run.is_final())
+        .cloned()
+        .collect();
+    assert_eq!(loaded.len(), expected.len());
+    for (mut loaded, expected) in loaded.into_iter().zip(expected) {
+        loaded.open_non_destroy = expected.open_non_destroy;
+        assert_eq!(
+            loaded, expected,
+            "run {} changed on the way through the database",
+            expected.run_id
+        );
+    }
+    assert_eq!(next_seq, 3);
+}
+
+#[test]
+fn the_outbox_keeps_one_status_per_run_and_forgets_what_was_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let mut scheduler = Scheduler::new(settings());
+    let (event, plan) = event(push(), &[("a", Action::Apply), ("b", Action::Apply)], &[]);
+    let effects = scheduler.accept(&event, &plan, 1);
+    commit(&mut store, &scheduler, &effects, 1);
+    let job = effects.publish[0].clone();
+    let (_, claimed) = scheduler.claim(job.job_id, 1, "w1", false, 2);
+    commit(&mut store, &scheduler, &claimed, 2);
+
+    let outbox = store.outbox(100).unwrap();
+    let kinds: Vec<&OutboxTarget> = outbox.iter().map(|m| &m.target).collect();
+    assert_eq!(
+        kinds,
+        [
+            &OutboxTarget::Jobs {
+                account: "dev".into()
+            },
+            &OutboxTarget::Jobs {
+                account: "dev".into()
+            },
+            &OutboxTarget::Status { run_id: event.id }
+        ],
+        "two jobs, and the newest of two statuses"
+    );
+    let status = proto_types::RunStatus::decode(&outbox[2].body).unwrap();
+    assert_eq!(
+        status
+            .units
+            .iter()
+            .filter(|u| u.state == UnitState::Running)
+            .count(),
+        1,
+        "the status is the newer snapshot"
+    );
+    assert_eq!(
+        outbox[0].message_id,
+        format!("{}/1", outbox_job(&outbox[0]).job_id)
+    );
+
+    store.delete_outbox(&[outbox[0].id, outbox[2].id]).unwrap();
+    let left: Vec<i64> = store.outbox(100).unwrap().iter().map(|m| m.id).collect();
+    assert_eq!(left, [outbox[1].id]);
+}
+
+fn outbox_job(message: &OutboxMessage) -> Job {
+    Job::decode(&message.body).unwrap()
+}
+
+#[test]
+fn final_runs_are_not_loaded_but_stay_known_and_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let mut scheduler = Scheduler::new(settings());
+    let (done, plan) = event(push(), &[("app", Action::Apply)], &[]);
+    let effects = scheduler.accept(&done, &plan, 1_000);
+    commit(&mut store, &scheduler, &effects, 1_000);
+    let job = effects.publish[0].clone();
+    let (_, claimed) = scheduler.claim(job.job_id, 1, "w1", false, 2_000);
+    commit(&mut store, &scheduler, &claimed, 2_000);
+    let finished = scheduler.finish(
+        job.job_id,
+        1,
+        "w1",
+        &outcome(JobStatus::Failed, "Error: boom\n"),
+        3_000,
+    );
+    commit(&mut store, &scheduler, &finished, 3_000);
+    let (bad, _) = event(push(), &[], &[]);
+    let rejected = scheduler.reject(&bad, "unknown repository \"x\"", 4_000);
+    commit(&mut store, &scheduler, &rejected, 4_000);
+
+    assert!(store.load_active().unwrap().0.is_empty());
+    assert_eq!(
+        store.known_run(done.id).unwrap(),
+        Some(KnownRun { rejected: None })
+    );
+    assert_eq!(
+        store.known_run(bad.id).unwrap(),
+        Some(KnownRun {
+            rejected: Some("unknown repository \"x\"".into())
+        })
+    );
+    assert_eq!(store.known_run(Uuid::new_v4()).unwrap(), None);
+    assert!(store.job_known(job.job_id).unwrap());
+    assert!(!store.job_known(Uuid::new_v4()).unwrap());
+
+    let runs = store.list_runs(10).unwrap();
+    assert_eq!(
+        runs.iter().map(|r| r.run_id).collect::<Vec<_>>(),
+        [bad.id, done.id],
+        "newest first"
+    );
+    assert_eq!(
+        (runs[1].state.as_str(), runs[1].reason.as_deref()),
+        ("failed", Some("1 of 1 jobs failed, 0 skipped"))
+    );
+    assert_eq!(runs[1].jobs.get("failed"), Some(&1));
+    assert_eq!(runs[0].state, "rejected");
+
+    let detail = store.run_detail(&done.id.to_string()[..8], 5_000).unwrap();
+    assert_eq!(detail.run.run_id, done.id);
+    let job = &detail.jobs[0];
+    assert_eq!(
+        (
+            job.unit.as_str(),
+            job.state.as_str(),
+            job.attempt,
+            job.worker.as_deref()
+        ),
+        ("app", "failed", 1, Some("w1"))
+    );
+    assert_eq!(job.reason.as_deref(), Some("exit code 1: Error: boom"));
+    assert_eq!(job.duration_ms, Some(1_234));
+    assert!(matches!(
+        store.run_detail("zz", 0),
+        Err(StoreError::UnknownRun(_))
+    ));
+    assert!(matches!(
+        store.run_detail(&Uuid::new_v4().to_string(), 0),
+        Err(StoreError::UnknownRun(_))
+    ));
+}
+
+#[test]
+fn a_database_from_a_newer_version_is_refused_naming_both_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Store::open(dir.path()).unwrap());
+    let connection = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+    connection
+        .execute_batch("PRAGMA user_version = 99")
+        .unwrap();
+    drop(connection);
+    let err = Store::open(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("schema version 99") && err.contains("up to 1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn reading_a_missing_database_says_where_it_looked() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Store::open_read_only(&dir.path().join("nowhere"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nowhere/dispatcher.sqlite3") && err.contains("has a dispatcher"),
+        "{err}"
+    );
+}
