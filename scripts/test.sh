@@ -7,6 +7,7 @@ cd "$ROOT"
 
 use_cache_dirs
 ensure_terraform
+ensure_null_provider
 ensure_rabbitmq
 
 say "Formatting"

@@ -268,13 +268,12 @@ impl Dispatcher {
                     effects.merge(claimed);
                     verdict
                 } else {
-                    let reason = if self.store.job_known(event.job_id)? {
-                        "the job is finished"
-                    } else {
-                        "the job is unknown"
+                    let reason = match self.store.job_state(event.job_id)? {
+                        Some(state) => format!("the job is already {state}"),
+                        None => "the job is unknown".to_owned(),
                     };
                     ClaimVerdict::Denied {
-                        reason: reason.into(),
+                        reason,
                         retry: false,
                     }
                 };
@@ -329,7 +328,7 @@ impl Dispatcher {
                     }
                     effects.merge(finished);
                     Ok(Verdict::Ack)
-                } else if self.store.job_known(event.job_id)? {
+                } else if self.store.job_state(event.job_id)?.is_some() {
                     tracing::info!("Late report for a finished job ignored.");
                     Ok(Verdict::Ack)
                 } else {

@@ -547,16 +547,15 @@ impl Store {
             .map_err(sqlite("look up run"))
     }
 
-    /// Whether the database knows the job, final or not.
-    pub fn job_known(&self, job_id: Uuid) -> Result<bool, StoreError> {
+    /// The state of a job the database knows (`succeeded`, `cancelled`, ...).
+    pub fn job_state(&self, job_id: Uuid) -> Result<Option<String>, StoreError> {
         self.connection
             .query_row(
-                "SELECT 1 FROM jobs WHERE job_id = ?1",
+                "SELECT state FROM jobs WHERE job_id = ?1",
                 [job_id.to_string()],
-                |_| Ok(()),
+                |row| row.get(0),
             )
             .optional()
-            .map(|found| found.is_some())
             .map_err(sqlite("look up job"))
     }
 

@@ -2,9 +2,12 @@
 //! binary and real terraform, each test with its own names so that tests run in parallel.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)] // Test code: fail loudly.
 
+pub mod applies;
+pub mod deployment;
 pub mod git;
 pub mod process;
 pub mod rabbit;
+pub mod sandbox;
 pub mod scenario;
 
 use std::path::{Path, PathBuf};
@@ -61,11 +64,52 @@ pub fn require_terraform() {
     );
 }
 
-/// An empty Terraform CLI config, so a machine-wide `TF_CLI_CONFIG_FILE` pointing at a missing
-/// file cannot add warnings, and nothing reaches for the network.
+/// Where the null provider sits in a filesystem mirror.
+const NULL_PROVIDER: &str =
+    "registry.terraform.io/hashicorp/null/2.1.2/linux_amd64/terraform-provider-null_v2.1.2_x4";
+
+/// The filesystem mirror `scripts/lib.sh` (`ensure_null_provider`) fills, from
+/// `PIPELINES_TEST_PROVIDER_MIRROR` or `.tools/terraform-mirror` in the workspace.
+fn provider_mirror() -> PathBuf {
+    std::env::var_os("PIPELINES_TEST_PROVIDER_MIRROR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".tools/terraform-mirror"))
+}
+
+/// For tests whose units have real resources: the null provider must be in the mirror.
+pub fn require_null_provider() {
+    let mirror = provider_mirror();
+    assert!(
+        mirror.join(NULL_PROVIDER).is_file(),
+        "the Terraform null provider is not in {}: run `bash scripts/test.sh`, which installs it \
+         (or `source scripts/lib.sh && ensure_null_provider`)",
+        mirror.display()
+    );
+}
+
+/// The workspace's root directory.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf()
+}
+
+/// A Terraform CLI config of our own, so a machine-wide `TF_CLI_CONFIG_FILE` pointing at a
+/// missing file cannot add warnings. The null provider comes from the local mirror (when it is
+/// installed), so nothing reaches for the registry.
 pub fn terraform_env(dir: &Path) -> Vec<(String, String)> {
     let rc = dir.join("terraformrc");
-    std::fs::write(&rc, "").unwrap();
+    let mirror = provider_mirror();
+    let text = if mirror.join(NULL_PROVIDER).is_file() {
+        format!(
+            "provider_installation {{\n  filesystem_mirror {{\n    path    = \"{}\"\n    include = [\"registry.terraform.io/hashicorp/null\"]\n  }}\n  direct {{\n    exclude = [\"registry.terraform.io/hashicorp/null\"]\n  }}\n}}\n",
+            mirror.display()
+        )
+    } else {
+        String::new()
+    };
+    std::fs::write(&rc, text).unwrap();
     vec![
         (
             "TF_CLI_CONFIG_FILE".into(),

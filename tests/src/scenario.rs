@@ -8,13 +8,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::SystemTime;
 
-use tempfile::TempDir;
-
-use crate::git::Repo;
 use crate::process::Finished;
+use crate::sandbox::Sandbox;
 use crate::summary_rows;
 
 /// (unit, dependencies). Layers: 0 = networks and dev/dns; 4 = prod/monitoring.
@@ -93,8 +90,7 @@ pub fn expected_output(unit: &str, versions: &BTreeMap<&str, u32>) -> String {
 /// A repository with the scenario's commits, a state directory and a Terraform environment.
 #[derive(Debug)]
 pub struct Fixture {
-    pub repo: Repo,
-    pub root: TempDir,
+    pub sandbox: Sandbox,
     /// README only.
     pub c0: String,
     /// Every unit at version 1.
@@ -114,13 +110,9 @@ impl Fixture {
     }
 
     fn build(broken: Option<&str>) -> Fixture {
-        let root = tempfile::Builder::new()
-            .prefix("pipelines-e2e-")
-            .tempdir()
-            .unwrap();
-        let state_dir = root.path().join("state");
-        std::fs::create_dir_all(&state_dir).unwrap();
-        let repo = Repo::new();
+        let sandbox = Sandbox::new();
+        let state_dir = sandbox.state_dir();
+        let repo = &sandbox.repo;
         repo.write("README.md", "# infrastructure\n");
         let c0 = repo.commit("c0: readme");
         for (unit, _) in UNITS {
@@ -138,64 +130,17 @@ impl Fixture {
         repo.remove_dir(DELETED_IN_C2);
         let c2 = repo.commit("c2: change two units, delete a leaf");
         Fixture {
-            repo,
-            root,
+            sandbox,
             c0,
             c1,
             c2,
         }
     }
 
-    pub fn state_dir(&self) -> PathBuf {
-        self.root.path().join("state")
-    }
-
-    pub fn dir(&self, name: &str) -> PathBuf {
-        let dir = self.root.path().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     /// The policy file for this repository (named `infra`) and the two accounts.
     pub fn config(&self, broker_url: &str) -> PathBuf {
-        let path = self.root.path().join("pipelines.toml");
-        let text = format!(
-            "broker_url = \"{broker_url}\"\n\n[[repositories]]\nname = \"infra\"\nurl = \"{}\"\ndeploy_branch = \"main\"\n\n\
-             [[accounts]]\nname = \"dev\"\npaths = [\"dev/**\"]\n\n[[accounts]]\nname = \"prod\"\npaths = [\"prod/**\"]\n\n\
-             [dispatcher]\nstate_dir = \"{}\"\n",
-            self.repo.path().display(),
-            self.root.path().join("dispatcher").display()
-        );
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    /// `pipelines SUBCOMMAND --repo <this repo> --base BASE --head HEAD --event EVENT EXTRA...`
-    /// with the Terraform environment set.
-    pub fn pipelines_on_range(
-        &self,
-        subcommand: &str,
-        base: &str,
-        head: &str,
-        event: &str,
-        extra: &[&str],
-    ) -> Command {
-        let repo = self.repo.path().to_str().expect("UTF-8 temp path");
-        let mut args = vec![
-            subcommand, "--repo", repo, "--base", base, "--head", head, "--event", event,
-        ];
-        args.extend_from_slice(extra);
-        self.pipelines(&args)
-    }
-
-    /// `pipelines ARGS` with the Terraform environment set.
-    pub fn pipelines(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(crate::pipelines_binary());
-        command
-            .args(args)
-            .envs(crate::terraform_env(self.root.path()))
-            .env("RUST_LOG", "info");
-        command
+        self.sandbox
+            .write_config(broker_url, &[("dev", "dev/**"), ("prod", "prod/**")], "")
     }
 
     /// The `value` output of a unit's state, or `None` when it has no state or no outputs.
@@ -238,6 +183,14 @@ impl Fixture {
                 "output of {unit}"
             );
         }
+    }
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = Sandbox;
+
+    fn deref(&self) -> &Sandbox {
+        &self.sandbox
     }
 }
 

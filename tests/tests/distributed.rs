@@ -5,60 +5,25 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use harness::process::{self, Finished, Service};
+use harness::deployment::Deployment;
+use harness::process::{self, Finished};
 use harness::rabbit::{self, Vhost};
 use harness::scenario::Fixture;
 use harness::{poll_until, require_terraform};
 
 const RUN_DEADLINE: Duration = Duration::from_secs(300);
 
-struct Deployment {
-    services: Vec<Service>,
-}
-
-impl Deployment {
-    /// Declares the topology, then starts one dispatcher and `executors_per_account` executors
-    /// for each of the two accounts.
-    fn start(fixture: &Fixture, vhost: &Vhost, executors_per_account: usize) -> Deployment {
-        let config = fixture.config(&vhost.url);
-        let config_arg = config.to_str().unwrap();
-        let setup = process::run(
-            fixture.pipelines(&["broker", "setup", "--config", config_arg]),
-            Duration::from_secs(60),
-        );
-        assert_eq!(setup.code(), Some(0), "{}", setup.transcript());
-        let logs = fixture.dir("logs");
-        let mut services = vec![Service::start(
-            "dispatcher",
-            fixture.pipelines(&["dispatch", "--config", config_arg]),
-            &logs,
-        )];
-        for account in ["dev", "prod"] {
-            for i in 1..=executors_per_account {
-                let name = format!("{account}-{i}");
-                let work_dir = fixture.dir(&format!("work/{name}"));
-                let command = fixture.pipelines(&[
-                    "execute",
-                    "--config",
-                    config_arg,
-                    "--account",
-                    account,
-                    "--work-dir",
-                    work_dir.to_str().unwrap(),
-                    "--name",
-                    &name,
-                ]);
-                services.push(Service::start(&name, command, &logs));
-            }
-        }
-        Deployment { services }
-    }
-
-    fn assert_running(&mut self) {
-        for service in &mut self.services {
-            service.assert_running();
-        }
-    }
+/// A dispatcher and `executors_per_account` executors for each of the two accounts.
+fn deploy(fixture: &Fixture, vhost: &Vhost, executors_per_account: usize) -> Deployment {
+    let config = fixture.config(&vhost.url);
+    Deployment::start(
+        fixture.path(),
+        &config,
+        &[
+            ("dev", executors_per_account),
+            ("prod", executors_per_account),
+        ],
+    )
 }
 
 fn orchestrate(
@@ -91,7 +56,7 @@ fn a_push_applies_every_unit_in_order_a_pull_request_plans_and_a_second_push_app
     require_terraform();
     let vhost = rabbit::vhost();
     let fixture = Fixture::new();
-    let mut deployment = Deployment::start(&fixture, &vhost, 2);
+    let mut deployment = deploy(&fixture, &vhost, 2);
 
     let first = orchestrate(&fixture, &vhost, &fixture.c0, &fixture.c1, "push", &[]);
     fixture.check_first_push(&first);
@@ -117,7 +82,7 @@ fn a_unit_with_invalid_hcl_fails_the_run_skips_its_dependents_and_the_rest_is_ap
     require_terraform();
     let vhost = rabbit::vhost();
     let fixture = Fixture::with_broken_unit("dev/database");
-    let mut deployment = Deployment::start(&fixture, &vhost, 1);
+    let mut deployment = deploy(&fixture, &vhost, 1);
 
     let run = orchestrate(&fixture, &vhost, &fixture.c0, &fixture.c1, "push", &[]);
     fixture.check_broken_push(&run, "dev/database");
@@ -128,7 +93,7 @@ fn a_unit_with_invalid_hcl_fails_the_run_skips_its_dependents_and_the_rest_is_ap
 fn poison_and_rejected_change_events_are_dead_lettered_with_a_reason_and_the_dispatcher_goes_on() {
     let vhost = rabbit::vhost();
     let fixture = Fixture::new();
-    let mut deployment = Deployment::start(&fixture, &vhost, 0);
+    let mut deployment = deploy(&fixture, &vhost, 0);
 
     // Garbage straight onto the changes exchange.
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -180,7 +145,7 @@ fn poison_and_rejected_change_events_are_dead_lettered_with_a_reason_and_the_dis
             .then_some(())
         },
     );
-    let log = deployment.services[0].log_text();
+    let log = deployment.dispatcher_log();
     assert!(log.contains("undecodable change event"), "{log}");
     deployment.assert_running();
 }

@@ -4,12 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
+use harness::workspace_root;
 
 /// Every tracked-looking file under the workspace with one of `extensions`, skipping build
 /// output and tool folders.

@@ -168,8 +168,11 @@ fn final_runs_are_not_loaded_but_stay_known_and_listed() {
         })
     );
     assert_eq!(store.known_run(Uuid::new_v4()).unwrap(), None);
-    assert!(store.job_known(job.job_id).unwrap());
-    assert!(!store.job_known(Uuid::new_v4()).unwrap());
+    assert_eq!(
+        store.job_state(job.job_id).unwrap().as_deref(),
+        Some("failed")
+    );
+    assert_eq!(store.job_state(Uuid::new_v4()).unwrap(), None);
 
     let runs = store.list_runs(10).unwrap();
     assert_eq!(

@@ -1,0 +1,130 @@
+//! A deployment as separate OS processes from the built binary: one dispatcher and executor
+//! workers per account, each logging to its own file; killed on drop.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::process::{self, Service};
+use crate::sandbox::pipelines_in;
+
+#[derive(Debug)]
+pub struct Deployment {
+    root: PathBuf,
+    config: PathBuf,
+    logs: PathBuf,
+    dispatcher: Option<Service>,
+    /// Every dispatcher process started so far (restarts log to new files).
+    dispatcher_logs: Vec<PathBuf>,
+    executors: Vec<Service>,
+    /// Extra environment for executors (and so for the IaC tools they run).
+    executor_env: Vec<(String, String)>,
+}
+
+impl Deployment {
+    /// Declares the topology, then starts a dispatcher and, per `(account, count)`, that many
+    /// executors named `<account>-<i>`.
+    pub fn start(root: &Path, config: &Path, executors: &[(&str, usize)]) -> Deployment {
+        Deployment::start_with_executor_env(root, config, executors, &[])
+    }
+
+    /// Like [`Self::start`], with `env` set for every executor.
+    pub fn start_with_executor_env(
+        root: &Path,
+        config: &Path,
+        executors: &[(&str, usize)],
+        env: &[(&str, &str)],
+    ) -> Deployment {
+        let config_arg = config.to_str().unwrap();
+        let setup = process::run(
+            pipelines_in(root, &["broker", "setup", "--config", config_arg]),
+            Duration::from_secs(60),
+        );
+        assert_eq!(setup.code(), Some(0), "{}", setup.transcript());
+        let logs = root.join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let mut deployment = Deployment {
+            root: root.to_owned(),
+            config: config.to_owned(),
+            logs,
+            dispatcher: None,
+            dispatcher_logs: Vec::new(),
+            executors: Vec::new(),
+            executor_env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        deployment.start_dispatcher();
+        for (account, count) in executors {
+            for i in 1..=*count {
+                deployment.start_executor(account, &format!("{account}-{i}"));
+            }
+        }
+        deployment
+    }
+
+    /// Starts a dispatcher (again, after [`Self::kill_dispatcher`]).
+    pub fn start_dispatcher(&mut self) {
+        assert!(self.dispatcher.is_none(), "a dispatcher is already running");
+        let name = format!("dispatcher-{}", self.dispatcher_logs.len() + 1);
+        let command = pipelines_in(
+            &self.root,
+            &["dispatch", "--config", self.config.to_str().unwrap()],
+        );
+        let service = Service::start(&name, command, &self.logs);
+        self.dispatcher_logs.push(service.log.clone());
+        self.dispatcher = Some(service);
+    }
+
+    /// `kill -9` the dispatcher: no chance to finish anything.
+    pub fn kill_dispatcher(&mut self) {
+        let mut dispatcher = self.dispatcher.take().expect("a dispatcher is running");
+        dispatcher.kill();
+    }
+
+    pub fn start_executor(&mut self, account: &str, name: &str) {
+        let work_dir = self.root.join("work").join(name);
+        std::fs::create_dir_all(&work_dir).unwrap();
+        let mut command = pipelines_in(
+            &self.root,
+            &[
+                "execute",
+                "--config",
+                self.config.to_str().unwrap(),
+                "--account",
+                account,
+                "--work-dir",
+                work_dir.to_str().unwrap(),
+                "--name",
+                name,
+            ],
+        );
+        command.envs(self.executor_env.iter().map(|(k, v)| (k, v)));
+        self.executors
+            .push(Service::start(name, command, &self.logs));
+    }
+
+    /// Every dispatcher's log, oldest first.
+    pub fn dispatcher_log(&self) -> String {
+        self.dispatcher_logs
+            .iter()
+            .map(|path| std::fs::read_to_string(path).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub fn executor_log(&self, name: &str) -> String {
+        self.executors
+            .iter()
+            .find(|e| e.name == name)
+            .unwrap_or_else(|| panic!("no executor {name}"))
+            .log_text()
+    }
+
+    /// Fails the test with the log of any service that exited.
+    pub fn assert_running(&mut self) {
+        for service in self.dispatcher.iter_mut().chain(&mut self.executors) {
+            service.assert_running();
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! A test's private world: a temporary directory holding a git repository, terraform state,
+//! logs and the policy file, and the `pipelines` command set up to run in it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tempfile::TempDir;
+
+use crate::git::Repo;
+
+#[derive(Debug)]
+pub struct Sandbox {
+    pub root: TempDir,
+    /// The infrastructure repository, named `infra` in every policy file written here.
+    pub repo: Repo,
+}
+
+impl Default for Sandbox {
+    fn default() -> Sandbox {
+        Sandbox::new()
+    }
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        let root = tempfile::Builder::new()
+            .prefix("pipelines-e2e-")
+            .tempdir()
+            .unwrap();
+        Sandbox {
+            root,
+            repo: Repo::new(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// Where units keep their terraform state (outside the repository).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir("state")
+    }
+
+    /// `<root>/<name>`, created.
+    pub fn dir(&self, name: &str) -> PathBuf {
+        let dir = self.root.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// The dispatcher's state directory (its run database).
+    pub fn dispatcher_state_dir(&self) -> PathBuf {
+        self.root.path().join("dispatcher")
+    }
+
+    /// Writes the policy file: this repository as `infra` deploying from `main`, one account per
+    /// `(name, glob)`, the dispatcher's state in [`Self::dispatcher_state_dir`], then `extra`
+    /// (more TOML sections).
+    pub fn write_config(
+        &self,
+        broker_url: &str,
+        accounts: &[(&str, &str)],
+        extra: &str,
+    ) -> PathBuf {
+        let path = self.root.path().join("pipelines.toml");
+        let mut text = format!(
+            "broker_url = \"{broker_url}\"\n\n[[repositories]]\nname = \"infra\"\nurl = \"{}\"\ndeploy_branch = \"main\"\n\n",
+            self.repo.path().display()
+        );
+        for (name, glob) in accounts {
+            text.push_str(&format!(
+                "[[accounts]]\nname = \"{name}\"\npaths = [\"{glob}\"]\n\n"
+            ));
+        }
+        text.push_str(&format!(
+            "[dispatcher]\nstate_dir = \"{}\"\n{extra}",
+            self.dispatcher_state_dir().display()
+        ));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// `pipelines SUBCOMMAND --repo <this repo> --base BASE --head HEAD --event EVENT EXTRA...`
+    /// with the Terraform environment set.
+    pub fn pipelines_on_range(
+        &self,
+        subcommand: &str,
+        base: &str,
+        head: &str,
+        event: &str,
+        extra: &[&str],
+    ) -> Command {
+        let repo = self.repo.path().to_str().expect("UTF-8 temp path");
+        let mut args = vec![
+            subcommand, "--repo", repo, "--base", base, "--head", head, "--event", event,
+        ];
+        args.extend_from_slice(extra);
+        self.pipelines(&args)
+    }
+
+    /// `pipelines ARGS` with the Terraform environment set.
+    pub fn pipelines(&self, args: &[&str]) -> Command {
+        pipelines_in(self.root.path(), args)
+    }
+}
+
+/// `pipelines ARGS` with the Terraform environment of the sandbox at `root`.
+pub fn pipelines_in(root: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(crate::pipelines_binary());
+    command
+        .args(args)
+        .envs(crate::terraform_env(root))
+        .env("RUST_LOG", "info");
+    command
+}
