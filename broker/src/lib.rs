@@ -35,6 +35,8 @@ pub enum Route<'a> {
     JobEvents,
     /// Dispatcher → followers of one run. Not mandatory: nobody may be following.
     Status { run_id: Uuid },
+    /// Operators → dispatcher: cancel a run.
+    Control,
     /// An answer to a request, straight to the requester's private queue (its `reply_to`).
     /// Not mandatory: the requester may be gone, and then nobody needs the answer.
     Reply { queue: &'a str },

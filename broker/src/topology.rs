@@ -6,6 +6,7 @@
 //! pipelines.jobs       (direct) --<account>--> jobs.<account>         (quorum) → executors
 //! pipelines.job-events (direct) --event-->     pipelines.job-events   (quorum) → dispatcher
 //! pipelines.status     (topic)  --run.<id>-->  one private queue per follower
+//! pipelines.control    (direct) --control-->   pipelines.control      (quorum) → dispatcher
 //! pipelines.dead-letter(direct) --<queue>-->   dead.<queue>           (quorum) → operators
 //! (default exchange)           --<queue>-->   amq.gen-…  one private reply queue per executor
 //! ```
@@ -25,6 +26,10 @@ pub const JOB_EVENTS_QUEUE: &str = "pipelines.job-events";
 const JOB_EVENTS_KEY: &str = "event";
 
 pub const STATUS_EXCHANGE: &str = "pipelines.status";
+
+pub const CONTROL_EXCHANGE: &str = "pipelines.control";
+pub const CONTROL_QUEUE: &str = "pipelines.control";
+const CONTROL_KEY: &str = "control";
 
 pub const DEAD_LETTER_EXCHANGE: &str = "pipelines.dead-letter";
 
@@ -78,12 +83,13 @@ impl Topology {
         }
     }
 
-    pub fn exchanges(&self) -> [(&'static str, ExchangeKind); 5] {
+    pub fn exchanges(&self) -> [(&'static str, ExchangeKind); 6] {
         [
             (CHANGES_EXCHANGE, ExchangeKind::Direct),
             (JOBS_EXCHANGE, ExchangeKind::Direct),
             (JOB_EVENTS_EXCHANGE, ExchangeKind::Direct),
             (STATUS_EXCHANGE, ExchangeKind::Topic),
+            (CONTROL_EXCHANGE, ExchangeKind::Direct),
             (DEAD_LETTER_EXCHANGE, ExchangeKind::Direct),
         ]
     }
@@ -102,6 +108,7 @@ impl Topology {
                 JOB_EVENTS_EXCHANGE,
                 JOB_EVENTS_KEY.into(),
             ),
+            spec(CONTROL_QUEUE.into(), CONTROL_EXCHANGE, CONTROL_KEY.into()),
         ];
         for account in &self.accounts {
             queues.push(spec(jobs_queue(account), JOBS_EXCHANGE, account.clone()));
@@ -117,6 +124,7 @@ pub(crate) fn resolve(route: Route<'_>) -> (&'static str, String, bool) {
         Route::Jobs { account } => (JOBS_EXCHANGE, account.into(), true),
         Route::JobEvents => (JOB_EVENTS_EXCHANGE, JOB_EVENTS_KEY.into(), true),
         Route::Status { run_id } => (STATUS_EXCHANGE, status_routing_key(run_id), false),
+        Route::Control => (CONTROL_EXCHANGE, CONTROL_KEY.into(), true),
         // The default exchange routes by queue name.
         Route::Reply { queue } => ("", queue.into(), false),
     }
@@ -153,6 +161,7 @@ mod tests {
             [
                 "pipelines.changes",
                 "pipelines.job-events",
+                "pipelines.control",
                 "jobs.dev",
                 "jobs.prod"
             ]

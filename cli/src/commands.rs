@@ -18,7 +18,8 @@ use tokio::task::JoinSet;
 use tracing_subscriber::EnvFilter;
 
 use crate::{
-    ChangeArgs, DispatchArgs, ExecuteArgs, Format, OrchestrateArgs, Outcome, RunArgs, StatusArgs,
+    CancelArgs, ChangeArgs, DispatchArgs, ExecuteArgs, Format, OrchestrateArgs, Outcome, RunArgs,
+    StatusArgs,
 };
 
 /// Logs go to stderr. Services log at info; interactive commands only warn, because their
@@ -135,8 +136,10 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         for i in 1..=args.workers {
             let name = format!("embedded-{account}-{i}");
             let dir = work_dir.path().join(&name);
-            let settings = WorkerSettings::from_config(&config, &account, Some(name), Some(dir))
-                .map_err(|reason| anyhow!(reason))?;
+            let mut settings =
+                WorkerSettings::from_config(&config, &account, Some(name), Some(dir))
+                    .map_err(|reason| anyhow!(reason))?;
+            settings.supervisor = std::env::current_exe().ok();
             let stopped = until_stopped(stopped.clone());
             let broker = broker.clone();
             components
@@ -190,8 +193,13 @@ pub(crate) async fn dispatch(args: DispatchArgs) -> anyhow::Result<Outcome> {
 
 pub(crate) async fn execute(args: ExecuteArgs) -> anyhow::Result<Outcome> {
     let config = Config::load(&args.config)?;
-    let settings = WorkerSettings::from_config(&config, &args.account, args.name, args.work_dir)
-        .map_err(|reason| anyhow!(reason))?;
+    let mut settings =
+        WorkerSettings::from_config(&config, &args.account, args.name, args.work_dir)
+            .map_err(|reason| anyhow!(reason))?;
+    // Every tool runs under this binary's supervisor, so none outlives this worker.
+    settings.supervisor = Some(
+        std::env::current_exe().context("cannot find the pipelines binary to supervise tools")?,
+    );
     let broker = connect(&config, &format!("pipelines-execute-{}", settings.account)).await?;
     executor_worker::run(broker.clone(), settings, shutdown_signal()).await?;
     broker.close().await;
@@ -238,6 +246,38 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
+pub(crate) async fn cancel(args: CancelArgs) -> anyhow::Result<Outcome> {
+    let config = Config::load(&args.config)?;
+    let run_id = match args.run_id.parse::<uuid::Uuid>() {
+        Ok(id) => id,
+        Err(_) => {
+            let store = Store::open_read_only(&config.dispatcher.state_dir())
+                .context("a run id prefix is looked up in the dispatcher's database")?;
+            store.run_detail(&args.run_id, 0)?.run.run_id
+        }
+    };
+    let user = std::env::var("USER").unwrap_or_else(|_| "someone".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let order = proto_types::CancelRun {
+        run_id,
+        reason: args.reason,
+        requested_by: format!("{user}@{}", host.trim()),
+    };
+    let broker = connect(&config, "pipelines-cancel").await?;
+    let body = proto_types::Payload::encode(&order);
+    let id = uuid::Uuid::new_v4().to_string();
+    let headers = broker::Headers::new();
+    broker
+        .publish(
+            broker::Route::Control,
+            broker::Outgoing::new(&body, &id, &headers),
+        )
+        .await?;
+    broker.close().await;
+    eprintln!("Asked the dispatcher to cancel run {run_id}.");
+    Ok(Outcome::Success)
+}
+
 pub(crate) fn config_check(path: &Path) -> anyhow::Result<Outcome> {
     let config = Config::load(path)?;
     println!("{} is valid.", path.display());
@@ -258,10 +298,10 @@ pub(crate) fn config_check(path: &Path) -> anyhow::Result<Outcome> {
                 .unwrap_or_else(|| "the executor's environment".into())
         };
         println!(
-            "account {}: {} ({cap}; timeout {} min; plans as {}, applies as {})",
+            "account {}: {} ({cap}; job timeout {}; plans as {}, applies as {})",
             account.name,
             account.paths.join(", "),
-            account.job_timeout_minutes,
+            account.job_timeout,
             credentials(&account.plan_credentials),
             credentials(&account.apply_credentials),
         );

@@ -44,6 +44,16 @@ enum Command {
     Execute(ExecuteArgs),
     /// List recent runs, or one run's jobs, from the dispatcher's run database.
     Status(StatusArgs),
+    /// Cancel a run: jobs not started are cancelled, running ones are stopped.
+    Cancel(CancelArgs),
+    /// Internal: run a tool so that its process group dies with the worker (see executor docs).
+    #[command(name = "__supervise", hide = true)]
+    Supervise {
+        worker_pid: u32,
+        program: std::ffi::OsString,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Broker administration.
     #[command(subcommand)]
     Broker(BrokerCommand),
@@ -167,6 +177,23 @@ struct StatusArgs {
     format: Format,
 }
 
+#[derive(Debug, Args)]
+#[command(
+    after_help = "The dispatcher cancels the jobs that have not started and tells the workers running \
+    the others to stop them (terraform is interrupted, then its process group killed after the grace period). \
+    The run ends as cancelled.\n\nExample:\n  pipelines cancel 3f2a9c1e --config /etc/pipelines/pipelines.toml --reason 'wrong change'"
+)]
+struct CancelArgs {
+    /// The run id, or an unambiguous prefix of it (looked up in the dispatcher's database).
+    run_id: String,
+    /// Why, for the record: it shows in the status of every cancelled job.
+    #[arg(long, default_value = "no reason given")]
+    reason: String,
+    /// The policy file, for the broker URL and the dispatcher's database.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 enum BrokerCommand {
     /// Declare every exchange and queue the configuration needs (idempotent).
@@ -201,9 +228,23 @@ enum Outcome {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Supervise {
+        worker_pid,
+        program,
+        args,
+    } = cli.command
+    {
+        // No logging, no runtime of ours: the tool's output is the only output.
+        let code = executor_worker::supervisor::supervise(worker_pid, program, args);
+        return ExitCode::from(u8::try_from(code).unwrap_or(125));
+    }
     let quiet = matches!(
         cli.command,
-        Command::Orchestrate(_) | Command::Run(_) | Command::Config(_) | Command::Status(_)
+        Command::Orchestrate(_)
+            | Command::Run(_)
+            | Command::Config(_)
+            | Command::Status(_)
+            | Command::Cancel(_)
     );
     commands::init_logging(quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -223,6 +264,8 @@ fn main() -> ExitCode {
             Command::Dispatch(args) => commands::dispatch(args).await,
             Command::Execute(args) => commands::execute(args).await,
             Command::Status(args) => commands::status(args),
+            Command::Cancel(args) => commands::cancel(args).await,
+            Command::Supervise { .. } => unreachable!("handled before the runtime starts"),
             Command::Broker(BrokerCommand::Setup { config }) => {
                 commands::broker_setup(&config).await
             }

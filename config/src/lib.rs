@@ -46,6 +46,13 @@ pub struct Repository {
     /// Pushes to this branch apply; nothing else may.
     #[serde(default = "default_deploy_branch")]
     pub deploy_branch: String,
+    /// The `terraform` or `tofu` binary for this repository's plain units (a name on PATH or
+    /// a path). Default: `executor.tf_binary`.
+    #[serde(default)]
+    pub tf_binary: Option<String>,
+    /// The `terragrunt` binary for this repository's Terragrunt units. Default: `terragrunt`.
+    #[serde(default)]
+    pub terragrunt_binary: Option<String>,
 }
 
 /// A cloud account and the units it owns.
@@ -60,15 +67,23 @@ pub struct Account {
     /// At most this many of the account's jobs queued or running at once; 0: no limit.
     #[serde(default)]
     pub max_concurrent_jobs: u32,
-    /// Jobs running longer are stopped and reported as failed.
-    #[serde(default = "default_job_timeout_minutes")]
-    pub job_timeout_minutes: u64,
+    /// Jobs running longer are stopped (their whole process group) and reported as failed:
+    /// `90s`, `45m`, `4h`, `1h30m`.
+    #[serde(default = "default_job_timeout")]
+    pub job_timeout: String,
     /// The `[[credentials]]` plans run with (read-only). Default: the executor's environment.
     #[serde(default)]
     pub plan_credentials: Option<String>,
     /// The `[[credentials]]` applies and destroys run with. Default: the executor's environment.
     #[serde(default)]
     pub apply_credentials: Option<String>,
+}
+
+impl Account {
+    /// The job timeout in seconds (validated when the configuration was loaded).
+    pub fn job_timeout_secs(&self) -> u64 {
+        parse_duration(&self.job_timeout).map_or(4 * 3600, |d| d.as_secs())
+    }
 }
 
 /// Settings only the dispatcher reads.
@@ -216,7 +231,7 @@ pub enum CredentialsProvider {
 }
 
 /// Settings only executors read.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecutorSettings {
     /// Where mirrors and per-job checkouts live. Default: a directory per worker under the
@@ -225,6 +240,29 @@ pub struct ExecutorSettings {
     /// `terraform` or `tofu` (a name on PATH or a path). Default: `tofu` when it is on PATH,
     /// else `terraform`.
     pub tf_binary: Option<String>,
+    /// Where each job's whole (redacted) log is written, as `<run>/<job>-<attempt>.log`.
+    /// Default: `logs` in the work directory.
+    pub log_dir: Option<PathBuf>,
+    /// On SIGTERM, how long a running job may take to finish before it is stopped and given
+    /// back to the queue.
+    #[serde(default = "default_drain_seconds")]
+    pub drain_seconds: u64,
+    /// After asking a job's tool to stop (timeout, cancellation, drain), how long to wait
+    /// before killing its whole process group.
+    #[serde(default = "default_stop_grace_seconds")]
+    pub stop_grace_seconds: u64,
+}
+
+impl Default for ExecutorSettings {
+    fn default() -> ExecutorSettings {
+        ExecutorSettings {
+            work_dir: None,
+            tf_binary: None,
+            log_dir: None,
+            drain_seconds: default_drain_seconds(),
+            stop_grace_seconds: default_stop_grace_seconds(),
+        }
+    }
 }
 
 fn default_broker_url() -> String {
@@ -235,8 +273,50 @@ fn default_deploy_branch() -> String {
     "main".to_owned()
 }
 
-fn default_job_timeout_minutes() -> u64 {
-    240
+fn default_job_timeout() -> String {
+    "4h".to_owned()
+}
+
+fn default_drain_seconds() -> u64 {
+    600
+}
+
+fn default_stop_grace_seconds() -> u64 {
+    30
+}
+
+/// `90s`, `45m`, `4h`, `1h30m`, `2h15m30s`: a positive duration with a unit on every number.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let mut total: u64 = 0;
+    let mut number = String::new();
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => {
+                return Err(format!(
+                    "{text:?} is not a duration like 90s, 45m, 4h or 1h30m"
+                ));
+            }
+        };
+        let value: u64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a duration like 90s, 45m, 4h or 1h30m"))?;
+        total = total.saturating_add(value.saturating_mul(unit));
+        number.clear();
+    }
+    if !number.is_empty() {
+        return Err(format!("{text:?} needs a unit: 90s, 45m, 4h or 1h30m"));
+    }
+    if total == 0 {
+        return Err(format!("{text:?} is not a positive duration"));
+    }
+    Ok(std::time::Duration::from_secs(total))
 }
 
 fn default_lease_seconds() -> u64 {
@@ -332,12 +412,14 @@ impl Config {
                 name: repository.to_owned(),
                 url: url.to_owned(),
                 deploy_branch: deploy_branch.to_owned(),
+                tf_binary: None,
+                terragrunt_binary: None,
             }],
             accounts: vec![Account {
                 name: "default".to_owned(),
                 paths: vec!["**".to_owned()],
                 max_concurrent_jobs: 0,
-                job_timeout_minutes: default_job_timeout_minutes(),
+                job_timeout: default_job_timeout(),
                 plan_credentials: None,
                 apply_credentials: None,
             }],
@@ -503,8 +585,8 @@ impl Config {
                     return Err(invalid(format!("accounts[{i}].paths[{j}]"), err));
                 }
             }
-            if account.job_timeout_minutes == 0 {
-                return Err(invalid(key("job_timeout_minutes"), "must be at least 1"));
+            if let Err(err) = parse_duration(&account.job_timeout) {
+                return Err(invalid(key("job_timeout"), err));
             }
             for (field, reference) in [
                 ("plan_credentials", &account.plan_credentials),
@@ -682,9 +764,25 @@ mod tests {
     }
 
     #[test]
+    fn durations_need_a_unit_on_every_number() {
+        let secs = |text| parse_duration(text).map(|d| d.as_secs());
+        assert_eq!(secs("90s"), Ok(90));
+        assert_eq!(secs("45m"), Ok(2700));
+        assert_eq!(secs("1h30m"), Ok(5400));
+        assert_eq!(secs(" 2h15m30s "), Ok(8130));
+        assert!(secs("90").unwrap_err().contains("needs a unit"));
+        assert!(secs("4 hours").is_err());
+        assert!(secs("0s").unwrap_err().contains("not a positive duration"));
+        let text = format!("{VALID}\njob_timeout = \"forever\"\n");
+        assert!(
+            error_of(&text).contains("`accounts[0].job_timeout`: \"forever\" is not a duration")
+        );
+    }
+
+    #[test]
     fn dispatcher_retry_trigger_and_credentials_keys_load_and_validate() {
         let full = format!(
-            "{VALID}\nmax_concurrent_jobs = 2\nplan_credentials = \"prod-plan\"\napply_credentials = \"prod-apply\"\n\
+            "{VALID}\nmax_concurrent_jobs = 2\njob_timeout = \"1h30m\"\nplan_credentials = \"prod-plan\"\napply_credentials = \"prod-apply\"\n\
              [[credentials]]\nname = \"prod-plan\"\nprovider = \"command\"\ncommand = [\"creds\", \"plan\"]\n\
              [[credentials]]\nname = \"prod-apply\"\nprovider = \"aws-web-identity\"\nrole_arn = \"arn:aws:iam::1:role/apply\"\ntoken_file = \"/var/run/token\"\n\
              [retry]\nmax_attempts = 4\npatterns = [\"(?i)throttl\"]\n\
@@ -694,8 +792,8 @@ mod tests {
         let config = Config::from_toml(&full).unwrap();
         let account = &config.accounts[0];
         assert_eq!(
-            (account.max_concurrent_jobs, account.job_timeout_minutes),
-            (2, 240)
+            (account.max_concurrent_jobs, account.job_timeout_secs()),
+            (2, 5400)
         );
         assert_eq!(
             config.credentials_for(account, true).unwrap().provider,

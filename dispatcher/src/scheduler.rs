@@ -17,8 +17,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use proto_types::{
-    Action, ChangeEvent, ClaimVerdict, EventKind, Job, JobOutcome, JobStatus, ResourceCounts,
-    RunState, RunStatus, Trigger, UnitState, UnitStatus,
+    Action, CancelJob, ChangeEvent, ClaimVerdict, EventKind, Job, JobOutcome, JobStatus,
+    ResourceCounts, RunState, RunStatus, Trigger, UnitState, UnitStatus,
 };
 use regex::Regex;
 use uuid::Uuid;
@@ -52,7 +52,7 @@ impl Settings {
             timeouts: config
                 .accounts
                 .iter()
-                .map(|a| (a.name.clone(), a.job_timeout_minutes * 60))
+                .map(|a| (a.name.clone(), a.job_timeout_secs()))
                 .collect(),
             max_attempts: config.retry.max_attempts.max(1),
             backoff_ms: config.retry.backoff_seconds * 1000,
@@ -73,6 +73,8 @@ impl Settings {
 pub struct Lease {
     pub worker: String,
     pub until_ms: u64,
+    /// The holder's private queue, for telling it to stop the job.
+    pub reply_to: Option<String>,
 }
 
 /// One job of a run and everything known about it.
@@ -98,6 +100,10 @@ pub struct RunJob {
     pub started_ms: Option<u64>,
     /// When the job reached its final state.
     pub finished_ms: Option<u64>,
+    /// Where the worker keeps the whole log (`<worker>:<path>`).
+    pub log: Option<String>,
+    /// Set when the job was told to stop while running; why.
+    pub cancel_requested: Option<String>,
 }
 
 /// A run: an accepted (or rejected) change event and its jobs.
@@ -113,7 +119,8 @@ pub struct Run {
     pub pull_request: Option<u64>,
     pub created_ms: u64,
     pub rejected: Option<String>,
-    pub superseded_by: Option<Uuid>,
+    /// Why the run was cancelled (superseded by a newer run, or by an operator), if it was.
+    pub cancelled: Option<String>,
     pub jobs: Vec<RunJob>,
     /// Jobs other than destroys not final yet; destroys start at zero. Derived: the scheduler
     /// computes it when it takes the run in.
@@ -139,12 +146,9 @@ impl Run {
             ));
         }
         if cancelled > 0 {
-            let by = self.superseded_by.map_or_else(
-                || "cancelled".to_owned(),
-                |id| format!("superseded by run {id}"),
-            );
+            let why = self.cancelled.as_deref().unwrap_or("cancelled");
             return RunState::Cancelled(format!(
-                "{cancelled} of {} jobs cancelled: {by}",
+                "{cancelled} of {} jobs cancelled: {why}",
                 self.jobs.len()
             ));
         }
@@ -178,6 +182,7 @@ impl Run {
                     output_tail: j.output_tail.clone(),
                     attempt: j.job.attempt,
                     note: j.note.clone(),
+                    log: j.log.clone(),
                 })
                 .collect(),
         }
@@ -198,6 +203,8 @@ pub struct Effects {
     pub changed_runs: BTreeSet<Uuid>,
     /// Jobs that changed (to persist); their runs are in `changed_runs`.
     pub changed_jobs: BTreeSet<Uuid>,
+    /// Stop orders for running jobs, to their holders' queues.
+    pub stop: Vec<(String, CancelJob)>,
 }
 
 impl Effects {
@@ -214,6 +221,7 @@ impl Effects {
         self.publish.extend(other.publish);
         self.changed_runs.extend(other.changed_runs);
         self.changed_jobs.extend(other.changed_jobs);
+        self.stop.extend(other.stop);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -399,6 +407,8 @@ impl Scheduler {
                 output_tail: None,
                 started_ms: None,
                 finished_ms: None,
+                log: None,
+                cancel_requested: None,
             })
             .collect();
         for edge in &plan.edges {
@@ -433,7 +443,7 @@ impl Scheduler {
             pull_request,
             created_ms: now,
             rejected: None,
-            superseded_by: None,
+            cancelled: None,
             jobs,
             open_non_destroy: 0,
         }
@@ -495,7 +505,7 @@ impl Scheduler {
             .filter(|(_, run)| {
                 run.repository == repository
                     && run.pull_request == Some(pr)
-                    && run.superseded_by.is_none()
+                    && run.cancelled.is_none()
                     && !run.is_final()
             })
             .map(|(seq, _)| *seq)
@@ -505,7 +515,7 @@ impl Scheduler {
             let Some(run) = self.runs.get_mut(&seq) else {
                 continue;
             };
-            run.superseded_by = Some(newer);
+            run.cancelled = Some(reason.clone());
             effects.touch_run(run.run_id);
             let waiting: Vec<usize> = (0..run.jobs.len())
                 .filter(|&i| matches!(run.jobs[i].state, UnitState::Pending | UnitState::Queued))
@@ -677,13 +687,14 @@ impl Scheduler {
 
     /// A worker asks to start a job. Granted at most once per (job, attempt) while the holder's
     /// lease lasts; a redelivered job (its holder's connection is gone) or an expired lease may
-    /// be taken over.
+    /// be taken over. `reply_to` is where the worker listens (for a later stop order).
     pub fn claim(
         &mut self,
         job_id: Uuid,
         attempt: u32,
         worker: &str,
         redelivered: bool,
+        reply_to: Option<&str>,
         now: u64,
     ) -> (ClaimVerdict, Effects) {
         let mut effects = Effects::default();
@@ -699,20 +710,12 @@ impl Scheduler {
             return (deny("the job is unknown".into(), false), effects);
         };
         if attempt != job.job.attempt {
-            return (
-                deny(
-                    format!(
-                        "attempt {attempt} is stale; the job is at attempt {}",
-                        job.job.attempt
-                    ),
-                    false,
-                ),
-                effects,
+            let reason = format!(
+                "attempt {attempt} is stale; the job is at attempt {}",
+                job.job.attempt
             );
+            return (deny(reason, false), effects);
         }
-        let granted = ClaimVerdict::Granted {
-            lease_secs: lease_ms / 1000,
-        };
         match (&job.state, &job.lease) {
             (UnitState::Queued, _) => {}
             // The holder asking again: its answer was lost.
@@ -735,8 +738,15 @@ impl Scheduler {
                 };
                 return (deny(reason, redelivered), effects);
             }
-            // The holder stopped sending heartbeats: take over.
-            (UnitState::Running, _) => {}
+            (UnitState::Running, _) => {
+                if let Some(reason) = job.cancel_requested.clone() {
+                    // Told to stop, then silent: the holder is gone, and so is the job.
+                    self.finalize(job_ref, UnitState::Cancelled(reason), now, &mut effects);
+                    self.schedule(now, &mut effects);
+                    return (deny("the job is already cancelled".into(), false), effects);
+                }
+                // The holder stopped sending heartbeats: take over.
+            }
             (state, _) if state.is_final() => {
                 return (
                     deny(format!("the job is already {}", state.as_str()), false),
@@ -750,15 +760,105 @@ impl Scheduler {
                 );
             }
         }
+        let Some(job) = self.job_mut(job_ref) else {
+            return (deny("the job is unknown".into(), false), effects);
+        };
         job.state = UnitState::Running;
         job.lease = Some(Lease {
             worker: worker.to_owned(),
             until_ms: now + lease_ms,
+            reply_to: reply_to.map(str::to_owned),
         });
         job.worker = Some(worker.to_owned());
         job.started_ms = Some(now);
         effects.touch(&job.job);
-        (granted, effects)
+        (
+            ClaimVerdict::Granted {
+                lease_secs: lease_ms / 1000,
+            },
+            effects,
+        )
+    }
+
+    /// The holder gives a job back unfinished (it is shutting down): it is queued again, for
+    /// any worker, at the same attempt. A job told to stop is cancelled instead.
+    pub fn release(&mut self, job_id: Uuid, attempt: u32, worker: &str, now: u64) -> Effects {
+        let mut effects = Effects::default();
+        let Some(job_ref) = self.held_by(job_id, attempt, worker) else {
+            return effects;
+        };
+        let Some(job) = self.job_mut(job_ref) else {
+            return effects;
+        };
+        if let Some(reason) = job.cancel_requested.clone() {
+            self.finalize(job_ref, UnitState::Cancelled(reason), now, &mut effects);
+            self.schedule(now, &mut effects);
+            return effects;
+        }
+        // Still in flight: its message goes back to the queue, so it keeps its account slot.
+        job.state = UnitState::Queued;
+        job.lease = None;
+        job.note = Some(format!("given back by {worker}"));
+        effects.touch(&job.job);
+        effects
+    }
+
+    /// Cancels a run: jobs not started are cancelled at once; running jobs are told to stop,
+    /// and are cancelled when their worker reports (or vanishes).
+    pub fn cancel_run(&mut self, run_id: Uuid, reason: &str, now: u64) -> Effects {
+        let mut effects = Effects::default();
+        let Some(&seq) = self.by_id.get(&run_id) else {
+            return effects;
+        };
+        let Some(run) = self.runs.get_mut(&seq) else {
+            return effects;
+        };
+        if run.cancelled.is_none() {
+            run.cancelled = Some(reason.to_owned());
+        }
+        effects.touch_run(run_id);
+        let mut waiting = Vec::new();
+        for (idx, job) in run.jobs.iter_mut().enumerate() {
+            match job.state {
+                UnitState::Pending | UnitState::Queued => waiting.push(idx),
+                UnitState::Running if job.cancel_requested.is_none() => {
+                    job.cancel_requested = Some(reason.to_owned());
+                    job.note = Some(format!("stopping: {reason}"));
+                    effects.touch(&job.job);
+                    if let Some(queue) = job.lease.as_ref().and_then(|lease| lease.reply_to.clone())
+                    {
+                        let order = CancelJob {
+                            job_id: job.job.job_id,
+                            attempt: job.job.attempt,
+                            reason: reason.to_owned(),
+                        };
+                        effects.stop.push((queue, order));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for idx in waiting {
+            self.finalize(
+                (seq, idx),
+                UnitState::Cancelled(reason.to_owned()),
+                now,
+                &mut effects,
+            );
+        }
+        self.schedule(now, &mut effects);
+        effects
+    }
+
+    /// The job, when `worker` holds its running `attempt`: only the holder's reports count.
+    fn held_by(&self, job_id: Uuid, attempt: u32, worker: &str) -> Option<JobRef> {
+        let job_ref = *self.jobs.get(&job_id)?;
+        let job = self.job(job_ref)?;
+        let holds = job
+            .lease
+            .as_ref()
+            .is_some_and(|lease| lease.worker == worker);
+        (job.state == UnitState::Running && job.job.attempt == attempt && holds).then_some(job_ref)
     }
 
     /// A heartbeat renews the holder's lease. Returns whether anything changed.
@@ -805,24 +905,26 @@ impl Scheduler {
                 .retry_patterns
                 .iter()
                 .any(|p| p.is_match(&outcome.output));
+        if self.held_by(job_id, attempt, worker).is_none() {
+            return effects;
+        }
         let Some(job) = self.job_mut(job_ref) else {
             return effects;
         };
-        let holds = job
-            .lease
-            .as_ref()
-            .is_some_and(|lease| lease.worker == worker);
-        if job.state != UnitState::Running || job.job.attempt != attempt || !holds {
-            return effects;
-        }
         job.exit_code = outcome.exit_code;
         job.resource_changes = outcome.resource_changes;
         job.duration_ms = Some(outcome.duration_ms);
         job.worker = Some(worker.to_owned());
-        if outcome.status == JobStatus::Failed {
+        job.log = outcome.log.clone();
+        if outcome.status != JobStatus::Succeeded {
             job.output_tail = Some(tail(&outcome.output, OUTPUT_TAIL_BYTES).to_owned());
         }
-        if retryable && attempt < max_attempts {
+        if let Some(reason) = job.cancel_requested.clone()
+            && outcome.status != JobStatus::Succeeded
+        {
+            // Told to stop: however it ended short of success, it ended because of that.
+            self.finalize(job_ref, UnitState::Cancelled(reason), now, &mut effects);
+        } else if retryable && attempt < max_attempts && job.cancel_requested.is_none() {
             // Back to pending with the next attempt: it leaves the account's slots and waits.
             let delay = backoff_ms.saturating_mul(1 << (attempt - 1).min(16));
             job.job.attempt += 1;
@@ -843,7 +945,9 @@ impl Scheduler {
         } else {
             let state = match outcome.status {
                 JobStatus::Succeeded => UnitState::Succeeded,
-                JobStatus::Failed => UnitState::Failed,
+                // A refusal is a failure that no retry can fix.
+                JobStatus::Failed | JobStatus::Refused => UnitState::Failed,
+                JobStatus::Cancelled => UnitState::Cancelled("stopped by its worker".into()),
             };
             self.finalize(job_ref, state, now, &mut effects);
         }

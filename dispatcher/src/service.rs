@@ -8,12 +8,13 @@
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use broker::topology::{CHANGES_QUEUE, JOB_EVENTS_QUEUE};
+use broker::topology::{CHANGES_QUEUE, CONTROL_QUEUE, JOB_EVENTS_QUEUE};
 use broker::{Broker, BrokerError, Consumer, Delivery, Headers, Outgoing, Route, Topology};
 use config::Config;
 use futures_lite::future::poll_once;
 use proto_types::{
-    ChangeEvent, ClaimReply, ClaimVerdict, JobEvent, JobEventKind, JobStatus, Payload, RunState,
+    CancelRun, ChangeEvent, ClaimReply, ClaimVerdict, JobEvent, JobEventKind, JobStatus, Payload,
+    RunState,
 };
 use uuid::Uuid;
 
@@ -40,10 +41,39 @@ pub enum DispatchError {
     ConsumerClosed(&'static str),
 }
 
+/// The dispatcher's queues, in the order a batch drains them.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    JobEvents,
+    Changes,
+    Control,
+}
+
+impl Source {
+    const ALL: [Source; 3] = [Source::JobEvents, Source::Changes, Source::Control];
+
+    fn queue(self) -> &'static str {
+        match self {
+            Source::JobEvents => JOB_EVENTS_QUEUE,
+            Source::Changes => CHANGES_QUEUE,
+            Source::Control => CONTROL_QUEUE,
+        }
+    }
+
+    /// Unacked deliveries at most: job events come in bursts, the others rarely.
+    fn prefetch(self) -> u16 {
+        match self {
+            Source::JobEvents => 512,
+            Source::Changes => 64,
+            Source::Control => 16,
+        }
+    }
+}
+
 /// A message taken from one of the dispatcher's queues.
-enum Incoming {
-    Change(Delivery),
-    JobEvent(Delivery),
+struct Incoming {
+    source: Source,
+    delivery: Delivery,
 }
 
 /// How a handled message is settled once the batch is committed.
@@ -93,8 +123,12 @@ impl Dispatcher {
         self.commit(&effects, now_ms())?;
         self.publish_outbox().await?;
 
-        let mut changes = self.broker.consume(CHANGES_QUEUE, 64).await?;
-        let mut events = self.broker.consume(JOB_EVENTS_QUEUE, 512).await?;
+        let consume = |source: Source| self.broker.consume(source.queue(), source.prefetch());
+        let mut consumers = [
+            consume(Source::JobEvents).await?,
+            consume(Source::Changes).await?,
+            consume(Source::Control).await?,
+        ];
         tracing::info!(accounts = ?self.config.account_names(), "Dispatcher ready.");
         tokio::pin!(shutdown);
         loop {
@@ -115,11 +149,10 @@ impl Dispatcher {
                     tracing::info!("Dispatcher shutting down.");
                     return Ok(());
                 }
-                delivery = next(&mut events, "job events") => batch.push(Incoming::JobEvent(delivery?)),
-                delivery = next(&mut changes, "change events") => batch.push(Incoming::Change(delivery?)),
+                incoming = next(&mut consumers) => batch.push(incoming?),
                 () = timer => {}
             }
-            drain(&mut events, &mut changes, &mut batch).await?;
+            drain(&mut consumers, &mut batch).await?;
             self.handle(batch).await?;
         }
     }
@@ -130,17 +163,15 @@ impl Dispatcher {
         let mut effects = Effects::default();
         let mut settle = Vec::with_capacity(batch.len());
         let mut replies = Vec::new();
-        for incoming in batch {
-            match incoming {
-                Incoming::Change(delivery) => {
-                    let verdict = self.on_change_event(&delivery, now, &mut effects)?;
-                    settle.push((delivery, verdict));
+        for Incoming { source, delivery } in batch {
+            let verdict = match source {
+                Source::Changes => self.on_change_event(&delivery, now, &mut effects)?,
+                Source::JobEvents => {
+                    self.on_job_event(&delivery, now, &mut effects, &mut replies)?
                 }
-                Incoming::JobEvent(delivery) => {
-                    let verdict = self.on_job_event(&delivery, now, &mut effects, &mut replies)?;
-                    settle.push((delivery, verdict));
-                }
-            }
+                Source::Control => self.on_control(&delivery, now, &mut effects)?,
+            };
+            settle.push((delivery, verdict));
         }
         effects.merge(self.scheduler.tick(now));
         self.commit(&effects, now)?;
@@ -150,20 +181,56 @@ impl Dispatcher {
                 Verdict::DeadLetter(reason) => delivery.dead_letter(&reason).await?,
             }
         }
+        // Answers and stop orders go straight to workers' private queues; a worker that is
+        // gone needs neither, so they are not kept in the outbox.
         let headers = Headers::new();
-        for (queue, reply) in replies {
-            let body = reply.encode();
+        let answers = replies.iter().map(|(queue, reply)| (queue, reply.encode()));
+        let stops = effects
+            .stop
+            .iter()
+            .map(|(queue, order)| (queue, order.encode()));
+        for (queue, body) in answers.chain(stops) {
             let id = Uuid::new_v4().to_string();
             self.broker
-                .publish(
-                    Route::Reply { queue: &queue },
-                    Outgoing::new(&body, &id, &headers),
-                )
+                .publish(Route::Reply { queue }, Outgoing::new(&body, &id, &headers))
                 .await?;
         }
         self.publish_outbox().await?;
         self.scheduler.evict_finished();
         Ok(())
+    }
+
+    /// An operator's order: cancel a run.
+    fn on_control(
+        &mut self,
+        delivery: &Delivery,
+        now: u64,
+        effects: &mut Effects,
+    ) -> Result<Verdict, DispatchError> {
+        let order = match CancelRun::decode(&delivery.body) {
+            Ok(order) => order,
+            Err(err) => {
+                return Ok(Verdict::DeadLetter(format!(
+                    "undecodable control message: {err}"
+                )));
+            }
+        };
+        let span = tracing::info_span!("cancel", run_id = %order.run_id, requested_by = %order.requested_by);
+        let _entered = span.enter();
+        let reason = format!("cancelled by {}: {}", order.requested_by, order.reason);
+        if self.scheduler.run(order.run_id).is_some() {
+            tracing::info!(%reason, "Cancelling the run.");
+            effects.merge(self.scheduler.cancel_run(order.run_id, &reason, now));
+            Ok(Verdict::Ack)
+        } else if self.store.known_run(order.run_id)?.is_some() {
+            tracing::info!("Cancellation of a run that already ended ignored.");
+            Ok(Verdict::Ack)
+        } else {
+            Ok(Verdict::DeadLetter(format!(
+                "cancellation of unknown run {}",
+                order.run_id
+            )))
+        }
     }
 
     fn on_change_event(
@@ -263,6 +330,7 @@ impl Dispatcher {
                         event.attempt,
                         &event.worker,
                         redelivered,
+                        Some(reply_to),
                         now,
                     );
                     effects.merge(claimed);
@@ -305,6 +373,18 @@ impl Dispatcher {
                 }
                 Ok(Verdict::Ack)
             }
+            JobEventKind::Released { reason } => {
+                if active {
+                    tracing::info!(%reason, "Job given back by its worker.");
+                    effects.merge(self.scheduler.release(
+                        event.job_id,
+                        event.attempt,
+                        &event.worker,
+                        now,
+                    ));
+                }
+                Ok(Verdict::Ack)
+            }
             JobEventKind::Finished(outcome) => {
                 if active {
                     let finished = self.scheduler.finish(
@@ -322,6 +402,8 @@ impl Dispatcher {
                             JobStatus::Failed => {
                                 tracing::warn!(exit_code = ?outcome.exit_code, "Job failed.")
                             }
+                            JobStatus::Refused => tracing::warn!("Job refused by its worker."),
+                            JobStatus::Cancelled => tracing::info!("Job stopped."),
                         }
                     } else {
                         tracing::info!("Report of a stale attempt or a former holder ignored.");
@@ -406,38 +488,43 @@ impl Dispatcher {
     }
 }
 
-/// Adds whatever both consumers have ready, without waiting, up to [`MAX_BATCH`].
-async fn drain(
-    events: &mut Consumer,
-    changes: &mut Consumer,
-    batch: &mut Vec<Incoming>,
-) -> Result<(), DispatchError> {
-    let mut events_open = true;
-    let mut changes_open = true;
-    while batch.len() < MAX_BATCH && (events_open || changes_open) {
-        if events_open {
-            match poll_once(events.next()).await {
-                Some(Some(delivery)) => batch.push(Incoming::JobEvent(delivery?)),
-                Some(None) => return Err(DispatchError::ConsumerClosed("job events")),
-                None => events_open = false,
+/// The next delivery from any of the consumers, job events first.
+async fn next(consumers: &mut [Consumer; 3]) -> Result<Incoming, DispatchError> {
+    let wrap = |source: Source, delivery: Option<Result<Delivery, BrokerError>>| match delivery {
+        Some(delivery) => Ok(Incoming {
+            source,
+            delivery: delivery?,
+        }),
+        None => Err(DispatchError::ConsumerClosed(source.queue())),
+    };
+    let [events, changes, control] = consumers;
+    tokio::select! {
+        biased;
+        delivery = events.next() => wrap(Source::JobEvents, delivery),
+        delivery = changes.next() => wrap(Source::Changes, delivery),
+        delivery = control.next() => wrap(Source::Control, delivery),
+    }
+}
+
+/// Adds whatever the consumers have ready, without waiting, up to [`MAX_BATCH`].
+async fn drain(consumers: &mut [Consumer], batch: &mut Vec<Incoming>) -> Result<(), DispatchError> {
+    let mut open = [true; Source::ALL.len()];
+    while batch.len() < MAX_BATCH && open.contains(&true) {
+        for ((consumer, source), open) in consumers.iter_mut().zip(Source::ALL).zip(&mut open) {
+            if !*open {
+                continue;
             }
-        }
-        if changes_open {
-            match poll_once(changes.next()).await {
-                Some(Some(delivery)) => batch.push(Incoming::Change(delivery?)),
-                Some(None) => return Err(DispatchError::ConsumerClosed("change events")),
-                None => changes_open = false,
+            match poll_once(consumer.next()).await {
+                Some(Some(delivery)) => batch.push(Incoming {
+                    source,
+                    delivery: delivery?,
+                }),
+                Some(None) => return Err(DispatchError::ConsumerClosed(source.queue())),
+                None => *open = false,
             }
         }
     }
     Ok(())
-}
-
-async fn next(consumer: &mut Consumer, what: &'static str) -> Result<Delivery, DispatchError> {
-    match consumer.next().await {
-        Some(delivery) => Ok(delivery?),
-        None => Err(DispatchError::ConsumerClosed(what)),
-    }
 }
 
 /// Milliseconds since the Unix epoch: the scheduler's clock.

@@ -278,6 +278,7 @@ mod tests {
             worker: None,
             exit_code: None,
             duration_ms: Some(1_500),
+            log: None,
         };
         let detail = RunDetail {
             run: summary(),

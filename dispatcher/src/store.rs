@@ -38,7 +38,7 @@ CREATE TABLE runs (
     created_ms    INTEGER NOT NULL,
     updated_ms    INTEGER NOT NULL,
     rejected      TEXT,
-    superseded_by TEXT,
+    cancelled     TEXT,
     state         TEXT NOT NULL,
     reason        TEXT,
     final         INTEGER NOT NULL
@@ -62,6 +62,9 @@ CREATE TABLE jobs (
     not_before_ms INTEGER NOT NULL,
     lease_worker  TEXT,
     lease_until   INTEGER,
+    lease_reply_to TEXT,
+    cancel_requested TEXT,
+    log           TEXT,
     exit_code     INTEGER,
     res_add       INTEGER,
     res_change    INTEGER,
@@ -273,11 +276,11 @@ impl Store {
             let mut upsert_run = tx
                 .prepare(
                     "INSERT INTO runs (run_id, seq, repository, event, pull_request, head_sha,
-                         base_sha, created_ms, updated_ms, rejected, superseded_by, state, reason,
+                         base_sha, created_ms, updated_ms, rejected, cancelled, state, reason,
                          final)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
                      ON CONFLICT (run_id) DO UPDATE SET updated_ms = excluded.updated_ms,
-                         superseded_by = excluded.superseded_by, state = excluded.state,
+                         cancelled = excluded.cancelled, state = excluded.state,
                          reason = excluded.reason, final = excluded.final",
                 )
                 .map_err(sqlite("prepare run upsert"))?;
@@ -295,7 +298,7 @@ impl Store {
                         run.created_ms as i64,
                         now as i64,
                         run.rejected,
-                        run.superseded_by.map(|id| id.to_string()),
+                        run.cancelled,
                         state.as_str(),
                         state.reason(),
                         state.is_final(),
@@ -307,9 +310,10 @@ impl Store {
                     "INSERT INTO jobs (job_id, run_id, idx, unit, account, action, commit_sha,
                          source_commit, timeout_secs, requires, attempt, state, reason, note,
                          not_before_ms, lease_worker, lease_until, exit_code, res_add, res_change,
-                         res_destroy, duration_ms, worker, output_tail, started_ms, finished_ms)
+                         res_destroy, duration_ms, worker, output_tail, started_ms, finished_ms,
+                         lease_reply_to, cancel_requested, log)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                         ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)
+                         ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)
                      ON CONFLICT (job_id) DO UPDATE SET attempt = excluded.attempt,
                          state = excluded.state, reason = excluded.reason, note = excluded.note,
                          not_before_ms = excluded.not_before_ms,
@@ -318,7 +322,9 @@ impl Store {
                          res_change = excluded.res_change, res_destroy = excluded.res_destroy,
                          duration_ms = excluded.duration_ms, worker = excluded.worker,
                          output_tail = excluded.output_tail, started_ms = excluded.started_ms,
-                         finished_ms = excluded.finished_ms",
+                         finished_ms = excluded.finished_ms,
+                         lease_reply_to = excluded.lease_reply_to,
+                         cancel_requested = excluded.cancel_requested, log = excluded.log",
                 )
                 .map_err(sqlite("prepare job upsert"))?;
             for (run, job) in jobs {
@@ -357,6 +363,11 @@ impl Store {
                         job.output_tail,
                         job.started_ms.map(|ms| ms as i64),
                         job.finished_ms.map(|ms| ms as i64),
+                        job.lease
+                            .as_ref()
+                            .and_then(|lease| lease.reply_to.as_deref()),
+                        job.cancel_requested,
+                        job.log,
                     ])
                     .map_err(sqlite("write job"))?;
             }
@@ -459,7 +470,7 @@ impl Store {
             .connection
             .prepare(
                 "SELECT run_id, seq, repository, event, pull_request, head_sha, base_sha,
-                     created_ms, rejected, superseded_by
+                     created_ms, rejected, cancelled
                  FROM runs WHERE final = 0 ORDER BY seq",
             )
             .map_err(sqlite("prepare run read"))?;
@@ -481,16 +492,13 @@ impl Store {
             .map_err(sqlite("read runs"))?;
         let mut runs = Vec::new();
         for row in rows {
-            let (id, seq, repository, event, pr, head_sha, base_sha, created, rejected, newer) =
+            let (id, seq, repository, event, pr, head_sha, base_sha, created, rejected, cancelled) =
                 row.map_err(sqlite("read runs"))?;
             let run_id = parse_uuid("run id", &id)?;
             let event: EventKind = event.parse().map_err(|_| StoreError::Corrupt {
                 what: "event",
                 value: event.clone(),
             })?;
-            let superseded_by = newer
-                .map(|id| parse_uuid("superseded_by", &id))
-                .transpose()?;
             let jobs = self.load_jobs(run_id, &repository)?;
             runs.push(Run {
                 seq: seq as u64,
@@ -502,7 +510,7 @@ impl Store {
                 pull_request: pr.map(|n| n as u64),
                 created_ms: created as u64,
                 rejected,
-                superseded_by,
+                cancelled,
                 jobs,
                 open_non_destroy: 0,
             });
@@ -517,7 +525,8 @@ impl Store {
                 "SELECT job_id, unit, account, action, commit_sha, source_commit, timeout_secs,
                      requires, attempt, state, reason, note, not_before_ms, lease_worker,
                      lease_until, exit_code, res_add, res_change, res_destroy, duration_ms,
-                     worker, output_tail, started_ms, finished_ms
+                     worker, output_tail, started_ms, finished_ms, lease_reply_to,
+                     cancel_requested, log
                  FROM jobs WHERE run_id = ?1 ORDER BY idx",
             )
             .map_err(sqlite("prepare job read"))?;
@@ -604,7 +613,7 @@ impl Store {
             .connection
             .prepare(
                 "SELECT job_id, unit, account, action, state, reason, note, attempt, worker,
-                     exit_code, duration_ms, started_ms, output_tail
+                     exit_code, duration_ms, started_ms, output_tail, log
                  FROM jobs WHERE run_id = ?1 ORDER BY idx",
             )
             .map_err(sqlite("prepare job list"))?;
@@ -648,6 +657,7 @@ impl Store {
                 worker: get(row, 8)?,
                 exit_code,
                 duration_ms,
+                log: get(row, 13)?,
             });
         }
         Ok(RunDetail { run, jobs })
@@ -770,6 +780,7 @@ fn job_from_row(row: &Row<'_>, run_id: Uuid, repository: &str) -> Result<RunJob,
             (Some(worker), Some(until)) => Some(Lease {
                 worker,
                 until_ms: until as u64,
+                reply_to: get(row, 24)?,
             }),
             _ => None,
         },
@@ -780,6 +791,8 @@ fn job_from_row(row: &Row<'_>, run_id: Uuid, repository: &str) -> Result<RunJob,
         output_tail: get(row, 21)?,
         started_ms: millis(get(row, 22)?),
         finished_ms: millis(get(row, 23)?),
+        cancel_requested: get(row, 25)?,
+        log: get(row, 26)?,
     })
 }
 

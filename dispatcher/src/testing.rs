@@ -96,5 +96,6 @@ pub(crate) fn outcome(status: JobStatus, output: &str) -> JobOutcome {
         }),
         output: output.into(),
         duration_ms: 1_234,
+        log: Some("w1:/var/log/pipelines/job.log".into()),
     }
 }

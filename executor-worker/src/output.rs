@@ -1,22 +1,123 @@
-//! Bounded job output: the beginning and the end of what the tools printed, never all of it.
+//! A job's output: redacted line by line, written whole to the job's log file, and kept
+//! bounded (its beginning and its end) for the finished event.
 //!
 //! Terraform can print megabytes; a job event must stay small. The head shows what the job
-//! set out to do, the tail shows how it ended, and the middle is counted, not kept.
+//! set out to do, the tail shows how it ended, and the middle is counted, not kept. Secrets
+//! (the job's credential values) are replaced before anything is kept or written.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
 
 /// Bytes kept from the start of the output.
-const HEAD_BYTES: usize = 16 * 1024;
+const HEAD_BYTES: usize = 256 * 1024;
 /// Bytes kept from the end of the output.
-const TAIL_BYTES: usize = 48 * 1024;
+const TAIL_BYTES: usize = 768 * 1024;
+/// A line longer than this is processed in pieces (a secret straddling the cut would escape
+/// redaction; no tool prints such lines around credentials).
+const MAX_LINE_BYTES: usize = 64 * 1024;
+/// What a secret becomes.
+pub(crate) const REDACTED: &str = "***";
+
+/// Everything a job prints, on its way to the log file and the finished event.
+#[derive(Debug)]
+pub(crate) struct JobOutput {
+    bounded: BoundedOutput,
+    /// Longest first, so that a secret containing another is replaced whole.
+    secrets: Vec<String>,
+    partial: Vec<u8>,
+    file: Option<File>,
+}
+
+impl JobOutput {
+    /// `log`: where to write the whole output (created with its directories); `None` keeps
+    /// only the bounded copy. A log that cannot be written is reported in the output itself.
+    pub(crate) fn new(mut secrets: Vec<String>, log: Option<&Path>) -> JobOutput {
+        secrets.retain(|s| !s.is_empty());
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        let mut output = JobOutput {
+            bounded: BoundedOutput::default(),
+            secrets,
+            partial: Vec::new(),
+            file: None,
+        };
+        if let Some(path) = log {
+            let opened = path
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| File::create(path));
+            match opened {
+                Ok(file) => output.file = Some(file),
+                Err(err) => output.push_str(&format!(
+                    "warning: cannot write the job log {}: {err}\n",
+                    path.display()
+                )),
+            }
+        }
+        output
+    }
+
+    /// More values to redact from here on (credentials obtained after the output began).
+    pub(crate) fn add_secrets(&mut self, secrets: Vec<String>) {
+        self.secrets
+            .extend(secrets.into_iter().filter(|s| !s.is_empty()));
+        self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    }
+
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
+        self.partial.extend_from_slice(bytes);
+        while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            self.emit(&line);
+        }
+        if self.partial.len() > MAX_LINE_BYTES {
+            let piece = std::mem::take(&mut self.partial);
+            self.emit(&piece);
+        }
+    }
+
+    pub(crate) fn push_str(&mut self, text: &str) {
+        self.push(text.as_bytes());
+    }
+
+    fn emit(&mut self, bytes: &[u8]) {
+        let mut text = String::from_utf8_lossy(bytes).into_owned();
+        for secret in &self.secrets {
+            if text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), REDACTED);
+            }
+        }
+        if let Some(file) = &mut self.file
+            && file.write_all(text.as_bytes()).is_err()
+        {
+            // A full disk must not fail the job; the bounded copy goes on.
+            self.file = None;
+        }
+        self.bounded.push(text.as_bytes());
+    }
+
+    /// Flushes the last, unterminated line; the bounded, redacted text.
+    pub(crate) fn finish(mut self) -> String {
+        let rest = std::mem::take(&mut self.partial);
+        if !rest.is_empty() {
+            self.emit(&rest);
+        }
+        if let Some(file) = &mut self.file {
+            let _ = file.flush();
+        }
+        self.bounded.finish()
+    }
+}
 
 #[derive(Debug, Default)]
-pub(crate) struct BoundedOutput {
+struct BoundedOutput {
     head: Vec<u8>,
     tail: Vec<u8>,
     omitted: usize,
 }
 
 impl BoundedOutput {
-    pub(crate) fn push(&mut self, mut bytes: &[u8]) {
+    fn push(&mut self, mut bytes: &[u8]) {
         if self.head.len() < HEAD_BYTES {
             let take = bytes.len().min(HEAD_BYTES - self.head.len());
             self.head.extend_from_slice(&bytes[..take]);
@@ -31,11 +132,7 @@ impl BoundedOutput {
         }
     }
 
-    pub(crate) fn push_str(&mut self, text: &str) {
-        self.push(text.as_bytes());
-    }
-
-    pub(crate) fn finish(mut self) -> String {
+    fn finish(mut self) -> String {
         if self.tail.len() > TAIL_BYTES {
             let excess = self.tail.len() - TAIL_BYTES;
             self.tail.drain(..excess);
@@ -59,10 +156,24 @@ mod tests {
 
     #[test]
     fn short_output_is_kept_whole() {
-        let mut output = BoundedOutput::default();
+        let mut output = JobOutput::new(Vec::new(), None);
         output.push_str("hello ");
         output.push_str("world");
         assert_eq!(output.finish(), "hello world");
+    }
+
+    #[test]
+    fn secrets_are_redacted_even_across_chunks_and_the_log_file_gets_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("run/job-1.log");
+        let secrets = vec!["s3cr3t-value".to_owned(), "s3cr3t-value-longer".to_owned()];
+        let mut output = JobOutput::new(secrets, Some(&log));
+        output.push_str("key = s3cr");
+        output.push_str("3t-value\nlonger = s3cr3t-value-longer\n");
+        output.push_str("tail without newline s3cr3t-value");
+        let text = output.finish();
+        assert_eq!(text, "key = ***\nlonger = ***\ntail without newline ***");
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), text);
     }
 
     #[test]

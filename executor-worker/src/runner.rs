@@ -2,17 +2,22 @@
 //! `apply` of the saved plan for applies and destroys.
 //!
 //! The step list is pure ([`steps`]); [`execute`] is the process edge. This module is the only
-//! place in the workspace that starts terraform, tofu or terragrunt.
+//! place in the workspace that starts terraform, tofu or terragrunt: through the supervisor
+//! ([`crate::supervisor`]) in a deployed worker, so that no tool outlives its worker. Stops
+//! (timeout, cancellation, drain) ask the tool to stop, then kill its whole process group.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
 use proto_types::{Action, JobStatus, ResourceCounts};
+use rustix::process::{Pid, Signal};
 use serde::Deserialize;
 use tokio::process::Command;
+use tokio::sync::watch;
 
-use crate::output::BoundedOutput;
+use crate::output::JobOutput;
 
 /// How long to wait for a state lock held by someone else (a previous attempt, a human)
 /// before failing.
@@ -22,7 +27,8 @@ const PLAN_FILE: &str = "tfplan";
 /// Which program runs a unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Tool {
-    Terragrunt,
+    /// `terragrunt`, by name or path.
+    Terragrunt(String),
     /// `terraform` or `tofu`, by name or path.
     Terraform(String),
 }
@@ -30,16 +36,21 @@ pub(crate) enum Tool {
 impl Tool {
     fn program(&self) -> &str {
         match self {
-            Tool::Terragrunt => "terragrunt",
-            Tool::Terraform(binary) => binary,
+            Tool::Terragrunt(binary) | Tool::Terraform(binary) => binary,
         }
     }
 }
 
 /// Picks the tool for a checked-out unit directory.
-pub(crate) fn tool_for(unit_dir: &Path, tf_binary: Option<&str>) -> Result<Tool, String> {
+pub(crate) fn tool_for(
+    unit_dir: &Path,
+    tf_binary: Option<&str>,
+    terragrunt_binary: Option<&str>,
+) -> Result<Tool, String> {
     if unit_dir.join("terragrunt.hcl").is_file() {
-        return Ok(Tool::Terragrunt);
+        return Ok(Tool::Terragrunt(
+            terragrunt_binary.unwrap_or("terragrunt").to_owned(),
+        ));
     }
     if let Some(binary) = tf_binary {
         return Ok(Tool::Terraform(binary.to_owned()));
@@ -115,36 +126,80 @@ pub(crate) fn steps(action: Action) -> Vec<Step> {
     steps
 }
 
+/// Why a running job must stop before it ends by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// It outlived the account's job timeout.
+    Timeout(Duration),
+    /// The dispatcher said so (an operator cancelled the run).
+    Cancel(String),
+    /// The worker is shutting down and the drain period is over.
+    Drain,
+}
+
+/// How tools are started and stopped.
+#[derive(Debug, Clone)]
+pub(crate) struct Launch {
+    /// The `pipelines` binary, to run each tool as `pipelines __supervise <worker pid> TOOL
+    /// ARGS...`: the supervisor kills the tool's whole process group when the worker dies,
+    /// even by SIGKILL. `None` (library tests): the tool runs in its own process group, which
+    /// timeouts and cancellations still kill, but which outlives a killed worker.
+    pub(crate) supervisor: Option<PathBuf>,
+    /// After asking a tool to stop, how long until its process group is killed.
+    pub(crate) grace: Duration,
+    /// Added to the worker's environment: the job's credentials.
+    pub(crate) env: Vec<(String, String)>,
+}
+
 /// What running the steps produced.
 #[derive(Debug)]
 pub(crate) struct StepsOutcome {
     pub(crate) status: JobStatus,
     pub(crate) exit_code: Option<i32>,
     pub(crate) resource_changes: Option<ResourceCounts>,
+    /// Set when the steps were stopped rather than ending by themselves.
+    pub(crate) stopped: Option<Stop>,
 }
 
-/// Runs the steps of `action` in `unit_dir`, stopping at the first failure.
+/// How one process ended.
+enum Ended {
+    Exited(Option<i32>),
+    Stopped(Stop),
+}
+
+/// Runs the steps of `action` in `unit_dir`, stopping at the first failure or when `stop`
+/// says so.
 pub(crate) async fn execute(
     tool: &Tool,
     action: Action,
     unit_dir: &Path,
-    output: &mut BoundedOutput,
+    output: &mut JobOutput,
+    launch: &Launch,
+    stop: &mut watch::Receiver<Option<Stop>>,
 ) -> StepsOutcome {
     let mut outcome = StepsOutcome {
         status: JobStatus::Succeeded,
         exit_code: Some(0),
         resource_changes: None,
+        stopped: None,
     };
     for step in steps(action) {
+        if let Some(reason) = stop.borrow().clone() {
+            outcome.stopped = Some(reason);
+            outcome.status = JobStatus::Failed;
+            outcome.exit_code = None;
+            return outcome;
+        }
         output.push_str(&format!("$ {} {}\n", tool.program(), step.args.join(" ")));
+        let mut command = command(tool.program(), &step.args, unit_dir, launch);
         let result = if step.captures_stdout {
-            run_capturing(tool.program(), &step.args, unit_dir, output).await
+            run_capturing(&mut command, output, stop).await
         } else {
-            run_merged(tool.program(), &step.args, unit_dir, output)
+            run_merged(&mut command, output, launch, stop)
                 .await
-                .map(|code| (code, Vec::new()))
+                .map(|ended| (ended, Vec::new()))
         };
-        let (code, stdout) = match result {
+        let (ended, stdout) = match result {
             Ok(result) => result,
             Err(err) => {
                 output.push_str(&format!("cannot run {}: {err}\n", tool.program()));
@@ -152,7 +207,17 @@ pub(crate) async fn execute(
                     status: JobStatus::Failed,
                     exit_code: None,
                     resource_changes: None,
+                    stopped: None,
                 };
+            }
+        };
+        let code = match ended {
+            Ended::Exited(code) => code,
+            Ended::Stopped(reason) => {
+                outcome.status = JobStatus::Failed;
+                outcome.exit_code = None;
+                outcome.stopped = Some(reason);
+                return outcome;
             }
         };
         if !code.is_some_and(|c| step.ok_codes.contains(&c)) {
@@ -170,12 +235,30 @@ pub(crate) async fn execute(
     outcome
 }
 
-fn command(program: &str, args: &[&str], dir: &Path) -> Command {
-    let mut command = Command::new(program);
+/// The command for one step: under the supervisor when there is one, else in a process group
+/// of its own.
+fn command(program: &str, args: &[&str], dir: &Path, launch: &Launch) -> Command {
+    let mut command = match &launch.supervisor {
+        Some(supervisor) => {
+            let mut command = Command::new(supervisor);
+            command
+                .arg(SUPERVISE_COMMAND)
+                .arg(std::process::id().to_string())
+                .arg(program);
+            command
+        }
+        None => {
+            let mut command = Command::new(program);
+            command.process_group(0);
+            command
+        }
+    };
     command
         .args(args)
         .current_dir(dir)
-        // The child inherits the worker's environment (TF_* settings, proxies, plugin cache).
+        // The child inherits the worker's environment (TF_* settings, proxies, plugin cache),
+        // plus the job's credentials.
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .env("TF_IN_AUTOMATION", "1")
         .env("TF_INPUT", "0")
         .stdin(Stdio::null())
@@ -183,20 +266,22 @@ fn command(program: &str, args: &[&str], dir: &Path) -> Command {
     command
 }
 
+/// The hidden subcommand that runs a tool under [`crate::supervisor`].
+pub const SUPERVISE_COMMAND: &str = "__supervise";
+
 /// Runs with stdout and stderr merged into one pipe, so the output keeps its real order.
 async fn run_merged(
-    program: &str,
-    args: &[&str],
-    dir: &Path,
-    output: &mut BoundedOutput,
-) -> std::io::Result<Option<i32>> {
+    command: &mut Command,
+    output: &mut JobOutput,
+    launch: &Launch,
+    stop: &mut watch::Receiver<Option<Stop>>,
+) -> std::io::Result<Ended> {
     let (mut reader, writer) = std::io::pipe()?;
-    let mut command = command(program, args, dir);
     command.stdout(writer.try_clone()?).stderr(writer);
     let mut child = command.spawn()?;
     // Drop our copies of the pipe's write end, or reading would never see end-of-file.
-    drop(command);
-    let mut collected = std::mem::take(output);
+    command.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut collected = std::mem::replace(output, JobOutput::new(Vec::new(), None));
     let reading = tokio::task::spawn_blocking(move || {
         let mut buffer = [0_u8; 8192];
         loop {
@@ -206,21 +291,72 @@ async fn run_merged(
             }
         }
     });
-    let status = child.wait().await?;
+    let pid = child.id();
+    let ended = tokio::select! {
+        status = child.wait() => Ended::Exited(status?.code()),
+        reason = stopped(stop) => {
+            // Ask the tool to stop (terraform then releases its state lock), then insist.
+            signal_tool(pid, launch.supervisor.is_some(), false);
+            if tokio::time::timeout(launch.grace, child.wait()).await.is_err() {
+                signal_tool(pid, launch.supervisor.is_some(), true);
+                if tokio::time::timeout(KILL_WAIT, child.wait()).await.is_err() {
+                    let _ = child.kill().await;
+                }
+            }
+            Ended::Stopped(reason)
+        }
+    };
     *output = reading.await.map_err(std::io::Error::other)?;
-    Ok(status.code())
+    Ok(ended)
 }
+
+/// How long a killed process group gets to disappear before the supervisor itself is killed.
+const KILL_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs with stdout captured as data and stderr appended to the output.
 async fn run_capturing(
-    program: &str,
-    args: &[&str],
-    dir: &Path,
-    output: &mut BoundedOutput,
-) -> std::io::Result<(Option<i32>, Vec<u8>)> {
-    let result = command(program, args, dir).output().await?;
-    output.push(&result.stderr);
-    Ok((result.status.code(), result.stdout))
+    command: &mut Command,
+    output: &mut JobOutput,
+    stop: &mut watch::Receiver<Option<Stop>>,
+) -> std::io::Result<(Ended, Vec<u8>)> {
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = command.spawn()?;
+    tokio::select! {
+        result = child.wait_with_output() => {
+            let result = result?;
+            output.push(&result.stderr);
+            Ok((Ended::Exited(result.status.code()), result.stdout))
+        }
+        // `show` only reads a file: dropping it (kill on drop) is stop enough.
+        reason = stopped(stop) => Ok((Ended::Stopped(reason), Vec::new())),
+    }
+}
+
+/// Resolves once a stop is asked for.
+async fn stopped(stop: &mut watch::Receiver<Option<Stop>>) -> Stop {
+    let asked = stop
+        .wait_for(Option::is_some)
+        .await
+        .map(|reason| reason.clone());
+    match asked {
+        Ok(reason) => reason.unwrap_or(Stop::Drain),
+        // The job's controller is gone: nobody will ask any more.
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// The polite request (`insist = false`): SIGTERM to the supervisor, which interrupts the
+/// tool's group, or SIGINT to the tool's own group. The end of patience (`insist = true`): a
+/// second SIGTERM makes the supervisor kill the group; without one, SIGKILL to the group.
+fn signal_tool(pid: Option<u32>, supervised: bool, insist: bool) {
+    let Some(pid) = pid.and_then(|pid| Pid::from_raw(pid as i32)) else {
+        return;
+    };
+    let _ = match (supervised, insist) {
+        (true, _) => rustix::process::kill_process(pid, Signal::TERM),
+        (false, false) => rustix::process::kill_process_group(pid, Signal::INT),
+        (false, true) => rustix::process::kill_process_group(pid, Signal::KILL),
+    };
 }
 
 #[derive(Deserialize)]
@@ -310,10 +446,17 @@ mod tests {
     fn terragrunt_units_run_with_terragrunt() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("terragrunt.hcl"), "").unwrap();
-        assert_eq!(tool_for(dir.path(), Some("tofu")), Ok(Tool::Terragrunt));
+        assert_eq!(
+            tool_for(dir.path(), Some("tofu"), None),
+            Ok(Tool::Terragrunt("terragrunt".into()))
+        );
+        assert_eq!(
+            tool_for(dir.path(), None, Some("/opt/terragrunt-0.66")),
+            Ok(Tool::Terragrunt("/opt/terragrunt-0.66".into()))
+        );
         let plain = tempfile::tempdir().unwrap();
         assert_eq!(
-            tool_for(plain.path(), Some("/opt/tofu")),
+            tool_for(plain.path(), Some("/opt/tofu"), None),
             Ok(Tool::Terraform("/opt/tofu".into()))
         );
     }

@@ -4,7 +4,9 @@
 //! It shells out to `git` rather than using libgit2: the git CLI already speaks every
 //! transport and credential helper an operator may configure (HTTPS tokens, SSH keys,
 //! proxies), and the executor host needs git for Terraform module sources anyway.
-//! One worker process owns its work directory; two processes must not share one.
+//! One worker process owns its work directory (a lock file enforces it); jobs of one worker
+//! run one after another, each in a fresh worktree, so the mirror is never written twice at
+//! once.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -26,16 +28,49 @@ pub enum WorkspaceError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the work directory {} is in use by another worker (see {}): give each worker its own --work-dir",
+        root.display(),
+        lock.display()
+    )]
+    InUse { root: PathBuf, lock: PathBuf },
 }
 
 #[derive(Debug, Clone)]
 pub struct Workspace {
     root: PathBuf,
+    /// Held open, locked, for the worker's lifetime.
+    _lock: std::sync::Arc<std::fs::File>,
 }
 
 impl Workspace {
-    pub fn new(root: PathBuf) -> Workspace {
-        Workspace { root }
+    /// Takes the work directory for this process: fails when another worker holds it.
+    pub fn open(root: PathBuf) -> Result<Workspace, WorkspaceError> {
+        create_dir(&root)?;
+        let lock = root.join(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+            .map_err(|source| WorkspaceError::Io {
+                path: lock.clone(),
+                source,
+            })?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(WorkspaceError::InUse { root, lock });
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(WorkspaceError::Io { path: lock, source });
+            }
+        }
+        let _ = std::fs::write(&lock, format!("{}\n", std::process::id()));
+        Ok(Workspace {
+            root,
+            _lock: std::sync::Arc::new(file),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -112,6 +147,45 @@ impl Workspace {
         )
         .await?;
         Ok(dir)
+    }
+
+    /// Whether each of `commits` is reachable from `branch` of the repository at `url`, as
+    /// fetched now by this worker: `Ok(Err(reason))` when one is not. What the dispatcher or the
+    /// event claims about branches plays no part.
+    pub async fn verify_on_branch(
+        &self,
+        repository: &str,
+        url: &str,
+        branch: &str,
+        commits: &[&str],
+    ) -> Result<Result<(), String>, WorkspaceError> {
+        let mirror = self.mirror(repository);
+        if !mirror.join("HEAD").exists() {
+            create_dir(mirror.parent().unwrap_or(&self.root))?;
+            git(None, &["init", "--quiet", "--bare", &path_arg(&mirror)]).await?;
+        }
+        let refspec = format!("+refs/heads/{branch}:refs/verified/{branch}");
+        git(Some(&mirror), &["fetch", "--quiet", url, &refspec]).await?;
+        let tip = format!("refs/verified/{branch}");
+        for commit in commits {
+            let ancestor = Command::new("git")
+                .arg("--git-dir")
+                .arg(&mirror)
+                .args(["merge-base", "--is-ancestor", commit, &tip])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .status()
+                .await
+                .map_err(WorkspaceError::Spawn)?;
+            if !ancestor.success() {
+                return Ok(Err(format!(
+                    "commit {commit} is not on branch {branch:?} of {repository} (as fetched from {url})"
+                )));
+            }
+        }
+        Ok(Ok(()))
     }
 
     /// Removes a job's checkout. Best effort: a leftover directory is replaced next time.

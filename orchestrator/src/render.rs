@@ -234,6 +234,7 @@ mod tests {
             output_tail: None,
             attempt: 1,
             note: None,
+            log: None,
         }
     }
 

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::messages::{ChangeEvent, ClaimReply, Job, JobEvent, RunStatus};
+use crate::messages::{CancelJob, CancelRun, ChangeEvent, ClaimReply, Job, JobEvent, RunStatus};
 
 /// The only format this version writes and reads.
 pub const FORMAT_V1: u8 = 1;
@@ -33,6 +33,8 @@ pub enum Message {
     JobEvent(JobEvent),
     RunStatus(RunStatus),
     ClaimReply(ClaimReply),
+    CancelRun(CancelRun),
+    CancelJob(CancelJob),
 }
 
 impl Message {
@@ -43,6 +45,8 @@ impl Message {
             Message::JobEvent(_) => "JobEvent",
             Message::RunStatus(_) => "RunStatus",
             Message::ClaimReply(_) => "ClaimReply",
+            Message::CancelRun(_) => "CancelRun",
+            Message::CancelJob(_) => "CancelJob",
         }
     }
 }
@@ -56,6 +60,8 @@ enum MessageRef<'a> {
     JobEvent(&'a JobEvent),
     RunStatus(&'a RunStatus),
     ClaimReply(&'a ClaimReply),
+    CancelRun(&'a CancelRun),
+    CancelJob(&'a CancelJob),
 }
 
 /// Why bytes could not become a message. Every variant is permanent: the same bytes will never
@@ -127,6 +133,8 @@ payload!(Job);
 payload!(JobEvent);
 payload!(RunStatus);
 payload!(ClaimReply);
+payload!(CancelRun);
+payload!(CancelJob);
 
 /// Encodes any payload into an envelope.
 pub fn encode<P: Payload>(payload: &P) -> Vec<u8> {
@@ -225,6 +233,7 @@ mod tests {
                 }),
                 output: "Error: boom\n".into(),
                 duration_ms: 1234,
+                log: Some("host-1:/var/log/pipelines/job.log".into()),
             }),
         }
     }
@@ -249,6 +258,7 @@ mod tests {
                 output_tail: None,
                 attempt: 1,
                 note: Some("waiting for its dependencies".into()),
+                log: None,
             }],
         }
     }
@@ -277,6 +287,22 @@ mod tests {
         round_trip(job_event());
         round_trip(run_status());
         round_trip(claim_reply());
+        round_trip(CancelRun {
+            run_id: Uuid::new_v4(),
+            reason: "wrong change".into(),
+            requested_by: "ops@host".into(),
+        });
+        round_trip(CancelJob {
+            job_id: Uuid::new_v4(),
+            attempt: 2,
+            reason: "cancelled by ops@host".into(),
+        });
+        round_trip(JobEvent {
+            kind: JobEventKind::Released {
+                reason: "worker shutting down".into(),
+            },
+            ..job_event()
+        });
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`Job`]: dispatcher → `jobs.<account>`. One action on one unit.
 //! - [`JobEvent`]: executor → dispatcher. Started, heartbeat, finished.
 //! - [`ClaimReply`]: dispatcher → one executor, answering its claim to start a job.
+//! - [`CancelRun`]: an operator → dispatcher; [`CancelJob`]: dispatcher → the job's holder.
 //! - [`RunStatus`]: dispatcher → whoever follows a run (`orchestrate --wait`, reporters).
 //!
 //! On the wire every message is an envelope: one format byte ([`FORMAT_V1`]) followed by a
@@ -19,8 +20,8 @@ mod report;
 
 pub use codec::{DecodeError, FORMAT_V1, MAX_MESSAGE_BYTES, Message, Payload, decode, encode};
 pub use messages::{
-    Action, Change, ChangeEvent, ChangeKind, ClaimReply, ClaimVerdict, DependencyEdge, EventKind,
-    Job, JobEvent, JobEventKind, JobOutcome, JobStatus, ResourceCounts, RunState, RunStatus,
-    Trigger, UnitState, UnitStatus,
+    Action, CancelJob, CancelRun, Change, ChangeEvent, ChangeKind, ClaimReply, ClaimVerdict,
+    DependencyEdge, EventKind, Job, JobEvent, JobEventKind, JobOutcome, JobStatus, ResourceCounts,
+    RunState, RunStatus, Trigger, UnitState, UnitStatus,
 };
 pub use report::{DetectionReport, JobSummary, RunDetail, RunSummary, run_status_json, to_json};

@@ -240,6 +240,11 @@ pub enum JobEventKind {
     /// Still running: renews the worker's lease on the job.
     Heartbeat,
     Finished(JobOutcome),
+    /// The holder gives the job back without an outcome (it is shutting down): another
+    /// worker may take it at once. The job's message goes back to the queue.
+    Released {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,9 +254,11 @@ pub struct JobOutcome {
     pub exit_code: Option<i32>,
     /// Resource changes from `show -json` of the plan, when one was made.
     pub resource_changes: Option<ResourceCounts>,
-    /// Combined, bounded output of every step.
+    /// Combined, bounded and redacted output of every step.
     pub output: String,
     pub duration_ms: u64,
+    /// Where the worker wrote the whole (redacted) log: `<worker>:<path>`.
+    pub log: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -259,6 +266,11 @@ pub struct JobOutcome {
 pub enum JobStatus {
     Succeeded,
     Failed,
+    /// Nothing ran: the worker's own checks refused the job (an apply of a commit that is not
+    /// on the deploy branch). Never retried.
+    Refused,
+    /// Stopped on the dispatcher's word ([`CancelJob`]).
+    Cancelled,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -289,6 +301,24 @@ pub enum ClaimVerdict {
     /// Do not run it. `retry`: ask again later (another worker's lease is still valid);
     /// otherwise drop the delivery (the job is finished, cancelled, or a duplicate).
     Denied { reason: String, retry: bool },
+}
+
+/// An operator asks the dispatcher to cancel a run: jobs not started are cancelled, running
+/// ones are stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelRun {
+    pub run_id: Uuid,
+    pub reason: String,
+    /// Who asked, for the record (`user@host` by default).
+    pub requested_by: String,
+}
+
+/// The dispatcher tells the worker holding a job to stop it; sent to the worker's reply queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelJob {
+    pub job_id: Uuid,
+    pub attempt: u32,
+    pub reason: String,
 }
 
 /// A snapshot of a run, published on every change of any of its units.
@@ -359,6 +389,8 @@ pub struct UnitStatus {
     /// Why a pending job waits (another run holds the unit, the account is at its limit, a
     /// retry's backoff), when it does.
     pub note: Option<String>,
+    /// Where the worker keeps the job's whole log (`<worker>:<path>`).
+    pub log: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

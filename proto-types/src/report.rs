@@ -67,6 +67,8 @@ pub struct JobSummary {
     pub exit_code: Option<i32>,
     /// How long it ran, or has been running.
     pub duration_ms: Option<u64>,
+    /// Where the worker keeps the job's whole log (`<worker>:<path>`).
+    pub log: Option<String>,
 }
 
 /// `pipelines status RUN_ID`: a run and its jobs.

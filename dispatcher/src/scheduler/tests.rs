@@ -1,6 +1,6 @@
 //! The scheduler as a pure state machine: messages and a clock in, decisions out.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use proptest::prelude::*;
 
@@ -54,7 +54,14 @@ impl Sim {
 
     fn claim(&mut self, job: &Job, worker: &str, redelivered: bool) -> ClaimVerdict {
         self.scheduler
-            .claim(job.job_id, job.attempt, worker, redelivered, self.now)
+            .claim(
+                job.job_id,
+                job.attempt,
+                worker,
+                redelivered,
+                Some(&format!("amq.gen-{worker}")),
+                self.now,
+            )
             .0
     }
 
@@ -462,6 +469,154 @@ fn one_holder_per_job_duplicates_dropped_and_a_silent_holder_taken_over() {
 }
 
 #[test]
+fn cancelling_a_run_cancels_what_waits_and_tells_running_holders_to_stop() {
+    let mut sim = Sim::new();
+    let event = event(
+        push(),
+        &applies(&["app", "db", "net", "web"]),
+        &[("app", "db"), ("db", "net")],
+    );
+    let run_id = event.0.id;
+    let first = sim.accept(&event).publish;
+    assert!(matches!(
+        sim.claim(find(&first, "net"), "w1", false),
+        ClaimVerdict::Granted { .. }
+    ));
+    assert!(matches!(
+        sim.claim(find(&first, "web"), "w2", false),
+        ClaimVerdict::Granted { .. }
+    ));
+
+    let effects = sim
+        .scheduler
+        .cancel_run(run_id, "cancelled by ops: wrong change", sim.now);
+    let reason = UnitState::Cancelled("cancelled by ops: wrong change".into());
+    assert_eq!(sim.state(run_id, "db"), reason);
+    assert_eq!(sim.state(run_id, "app"), reason);
+    assert_eq!(
+        sim.state(run_id, "net"),
+        UnitState::Running,
+        "running until its worker stops it"
+    );
+    let mut stops: Vec<(&str, &str)> = effects
+        .stop
+        .iter()
+        .map(|(q, o)| (q.as_str(), o.reason.as_str()))
+        .collect();
+    stops.sort_unstable();
+    assert_eq!(
+        stops,
+        [
+            ("amq.gen-w1", "cancelled by ops: wrong change"),
+            ("amq.gen-w2", "cancelled by ops: wrong change")
+        ]
+    );
+    assert_eq!(
+        sim.job(run_id, "net").note.as_deref(),
+        Some("stopping: cancelled by ops: wrong change")
+    );
+
+    // One stops; the other had already succeeded when the order came, and says so.
+    let stopped = outcome(JobStatus::Cancelled, "interrupted");
+    sim.scheduler
+        .finish(find(&first, "net").job_id, 1, "w1", &stopped, sim.now);
+    assert_eq!(sim.state(run_id, "net"), reason);
+    let done = outcome(JobStatus::Succeeded, "");
+    sim.scheduler
+        .finish(find(&first, "web").job_id, 1, "w2", &done, sim.now);
+    assert_eq!(sim.state(run_id, "web"), UnitState::Succeeded);
+    assert_eq!(
+        sim.scheduler.run(run_id).unwrap().state(),
+        RunState::Cancelled("3 of 4 jobs cancelled: cancelled by ops: wrong change".into())
+    );
+}
+
+#[test]
+fn a_holder_that_falls_silent_after_a_stop_order_leaves_its_job_cancelled() {
+    let mut sim = Sim::new();
+    let event = event(push(), &applies(&["app"]), &[]);
+    let job = sim.accept(&event).publish.remove(0);
+    sim.claim(&job, "w1", false);
+    sim.scheduler
+        .cancel_run(event.0.id, "cancelled by ops: stop", sim.now);
+    assert!(
+        matches!(
+            sim.claim(&job, "w2", true),
+            ClaimVerdict::Denied { retry: true, .. }
+        ),
+        "the lease still runs"
+    );
+    sim.now += LEASE_MS;
+    assert_eq!(
+        sim.claim(&job, "w2", true),
+        ClaimVerdict::Denied {
+            reason: "the job is already cancelled".into(),
+            retry: false
+        }
+    );
+    assert_eq!(
+        sim.state(event.0.id, "app"),
+        UnitState::Cancelled("cancelled by ops: stop".into())
+    );
+}
+
+#[test]
+fn a_given_back_job_is_queued_again_for_any_worker_and_keeps_its_unit() {
+    let mut sim = Sim::new();
+    let older = event(push(), &applies(&["app"]), &[]);
+    let newer = event(push(), &applies(&["app"]), &[]);
+    let job = sim.accept(&older).publish.remove(0);
+    assert!(sim.accept(&newer).publish.is_empty());
+    sim.claim(&job, "w1", false);
+    let given_back = sim.scheduler.release(job.job_id, 1, "w1", sim.now);
+    assert!(
+        given_back.publish.is_empty(),
+        "the worker requeues the message itself"
+    );
+    assert_eq!(sim.state(older.0.id, "app"), UnitState::Queued);
+    assert!(
+        matches!(sim.claim(&job, "w2", true), ClaimVerdict::Granted { .. }),
+        "another worker takes it at once"
+    );
+    assert_eq!(
+        sim.job(older.0.id, "app").job.attempt,
+        1,
+        "giving back is not a failed attempt"
+    );
+    assert_eq!(
+        sim.state(newer.0.id, "app"),
+        UnitState::Pending,
+        "the unit stays with the older run"
+    );
+    assert!(
+        sim.scheduler
+            .release(job.job_id, 1, "w1", sim.now)
+            .changed_jobs
+            .is_empty(),
+        "only the holder gives back"
+    );
+}
+
+#[test]
+fn a_refusal_is_final_even_when_its_output_looks_transient() {
+    let mut sim = Sim::new();
+    let event = event(push(), &applies(&["app"]), &[]);
+    let job = sim.accept(&event).publish.remove(0);
+    sim.claim(&job, "w1", false);
+    let refused = outcome(
+        JobStatus::Refused,
+        "refused: Error acquiring the state lock",
+    );
+    sim.scheduler.finish(job.job_id, 1, "w1", &refused, sim.now);
+    assert_eq!(sim.state(event.0.id, "app"), UnitState::Failed);
+    assert_eq!(sim.job(event.0.id, "app").job.attempt, 1);
+    assert_eq!(
+        sim.job(event.0.id, "app").log.as_deref(),
+        Some("w1:/var/log/pipelines/job.log")
+    );
+}
+
+#[test]
 fn stale_attempts_and_unknown_jobs_are_refused() {
     let mut sim = Sim::new();
     let event = event(push(), &applies(&["app"]), &[]);
@@ -495,7 +650,9 @@ fn a_restored_scheduler_carries_on_where_the_old_one_stopped() {
     // The dispatcher was down for longer than a lease: w1's lease is extended, not lost.
     let later = sim.now + 5 * LEASE_MS;
     let mut restored = Scheduler::restore(settings(), runs, 0, later);
-    let taken = restored.claim(first[0].job_id, 1, "w2", true, later).0;
+    let taken = restored
+        .claim(first[0].job_id, 1, "w2", true, None, later)
+        .0;
     assert!(
         matches!(taken, ClaimVerdict::Denied { retry: true, .. }),
         "{taken:?}"
@@ -613,30 +770,35 @@ fn run_spec() -> impl Strategy<Value = RunSpec> {
 /// What the driver does next.
 #[derive(Debug, Clone)]
 enum Step {
-    /// A worker takes the i-th published job (modulo) and reports this outcome.
-    Work {
-        pick: usize,
-        outcome: u8,
-        duplicate_claim: bool,
-    },
     /// The next run arrives.
     Arrive,
+    /// A worker takes the i-th published job (modulo) and claims it.
+    Claim { pick: usize, worker: u8 },
+    /// The i-th running job (modulo) ends: 0 a transient failure, 1 a failure, 2 a refusal,
+    /// 3 given back (the worker shuts down), otherwise success. A job told to stop reports
+    /// that it stopped, unless the outcome is 5 or 6 (it succeeded first).
+    Finish { pick: usize, outcome: u8 },
+    /// An operator cancels the i-th arrived run (modulo).
+    Cancel { pick: usize },
     /// Time passes to the next retry.
     Wait,
 }
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        6 => (any::<usize>(), 0u8..4, any::<bool>()).prop_map(|(pick, outcome, duplicate_claim)| Step::Work { pick, outcome, duplicate_claim }),
+        4 => (any::<usize>(), 0u8..3).prop_map(|(pick, worker)| Step::Claim { pick, worker }),
+        4 => (any::<usize>(), 0u8..7).prop_map(|(pick, outcome)| Step::Finish { pick, outcome }),
         2 => Just(Step::Arrive),
+        1 => any::<usize>().prop_map(|pick| Step::Cancel { pick }),
         1 => Just(Step::Wait),
     ]
 }
 
 /// Everything the invariants need to know, checked after every step.
 struct Checker {
-    /// Per unit, the arrival sequence numbers of mutating jobs in the order they started.
+    /// Per unit, the arrival sequence numbers of mutating jobs in the order they first started.
     starts: HashMap<String, Vec<u64>>,
+    granted: HashSet<Uuid>,
     published: HashSet<(Uuid, u32)>,
 }
 
@@ -664,7 +826,7 @@ impl Checker {
                 );
             }
         }
-        if job.job.action.mutates() && job.job.attempt == 1 {
+        if job.job.action.mutates() && self.granted.insert(job_id) {
             self.starts
                 .entry(job.job.unit.clone())
                 .or_default()
@@ -683,7 +845,7 @@ impl Checker {
         }
     }
 
-    fn check(&self, scheduler: &Scheduler, caps: &HashMap<String, u32>) {
+    fn check(&self, scheduler: &Scheduler, caps: &HashMap<String, u32>, running: &[(Job, String)]) {
         let mut in_flight_units: HashMap<&str, usize> = HashMap::new();
         let mut in_flight_accounts: HashMap<&str, u32> = HashMap::new();
         for run in scheduler.runs.values() {
@@ -693,6 +855,18 @@ impl Checker {
                     if job.job.action.mutates() {
                         *in_flight_units.entry(&job.job.unit).or_default() += 1;
                     }
+                }
+                if job.state == UnitState::Running {
+                    let holder = job.lease.as_ref().map(|l| l.worker.as_str());
+                    let held = running
+                        .iter()
+                        .find(|(r, _)| r.job_id == job.job.job_id)
+                        .map(|(_, w)| w.as_str());
+                    assert_eq!(
+                        holder, held,
+                        "{} runs on {holder:?} but the workers say {held:?}",
+                        job.job.unit
+                    );
                 }
             }
         }
@@ -745,94 +919,183 @@ fn spec_event(spec: &RunSpec) -> (ChangeEvent, RunPlan) {
     event(trigger, &units, &edges)
 }
 
+/// The world around the scheduler: published messages, workers holding jobs, stop orders.
+struct World {
+    sim: Sim,
+    checker: Checker,
+    arrivals: std::vec::IntoIter<(ChangeEvent, RunPlan)>,
+    arrived: Vec<Uuid>,
+    /// Job messages on the queues (a given-back job returns here).
+    queue: Vec<(Job, bool)>,
+    /// Jobs claimed and not finished, with their worker.
+    running: Vec<(Job, String)>,
+    /// Jobs whose worker was told to stop.
+    stopped: HashSet<Uuid>,
+}
+
+impl World {
+    fn absorb(&mut self, effects: Effects) {
+        self.checker.on_publish(&effects.publish);
+        self.queue
+            .extend(effects.publish.into_iter().map(|job| (job, false)));
+        for (_, order) in effects.stop {
+            self.stopped.insert(order.job_id);
+        }
+    }
+
+    /// Applies one step; whether it did anything.
+    fn apply(&mut self, step: Step) -> bool {
+        match step {
+            Step::Arrive => {
+                let Some(event) = self.arrivals.next() else {
+                    return false;
+                };
+                self.arrived.push(event.0.id);
+                let effects = self.sim.accept(&event);
+                self.absorb(effects);
+            }
+            Step::Wait => {
+                let Some(at) = self.sim.scheduler.next_wakeup(self.sim.now) else {
+                    return false;
+                };
+                self.sim.now = at;
+                let effects = self.sim.scheduler.tick(self.sim.now);
+                self.absorb(effects);
+            }
+            Step::Cancel { pick } => {
+                if self.arrived.is_empty() {
+                    return false;
+                }
+                let run = self.arrived[pick % self.arrived.len()];
+                let effects = self
+                    .sim
+                    .scheduler
+                    .cancel_run(run, "cancelled by ops", self.sim.now);
+                self.absorb(effects);
+            }
+            Step::Claim { pick, worker } => {
+                if self.queue.is_empty() {
+                    return false;
+                }
+                let (job, redelivered) = self.queue.remove(pick % self.queue.len());
+                let worker = format!("w{worker}");
+                let (verdict, effects) = self.sim.scheduler.claim(
+                    job.job_id,
+                    job.attempt,
+                    &worker,
+                    redelivered,
+                    Some(&format!("amq.gen-{worker}")),
+                    self.sim.now,
+                );
+                match verdict {
+                    ClaimVerdict::Granted { .. } => {
+                        self.checker.on_grant(&self.sim.scheduler, job.job_id);
+                        self.running.push((job, worker));
+                    }
+                    // Someone holds it: the copy waits in the queue.
+                    ClaimVerdict::Denied { retry: true, .. } => self.queue.push((job, redelivered)),
+                    ClaimVerdict::Denied { retry: false, .. } => {}
+                }
+                self.absorb(effects);
+            }
+            Step::Finish {
+                pick,
+                outcome: result,
+            } => {
+                if self.running.is_empty() {
+                    return false;
+                }
+                let (job, worker) = self.running.remove(pick % self.running.len());
+                let now = self.sim.now;
+                let effects = if result == 3 && !self.stopped.contains(&job.job_id) {
+                    let effects = self
+                        .sim
+                        .scheduler
+                        .release(job.job_id, job.attempt, &worker, now);
+                    self.queue.push((job, true));
+                    effects
+                } else {
+                    let (status, output) = match result {
+                        // Told to stop: it stops, unless it finished first.
+                        _ if self.stopped.contains(&job.job_id) && result < 5 => {
+                            (JobStatus::Cancelled, "stopped")
+                        }
+                        0 => (JobStatus::Failed, "Error acquiring the state lock"),
+                        1 => (JobStatus::Failed, "boom"),
+                        2 => (
+                            JobStatus::Refused,
+                            "refused: Error acquiring the state lock",
+                        ),
+                        _ => (JobStatus::Succeeded, ""),
+                    };
+                    self.sim.scheduler.finish(
+                        job.job_id,
+                        job.attempt,
+                        &worker,
+                        &outcome(status, output),
+                        now,
+                    )
+                };
+                self.absorb(effects);
+            }
+        }
+        true
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     /// No job starts before its dependencies; at most one apply or destroy per unit is in flight,
-    /// and they start in arrival order; caps hold; every job reaches a final state.
+    /// and they first start in arrival order; caps hold; whoever the scheduler thinks holds a
+    /// job holds it; every job reaches a final state, whatever the interleaving of claims,
+    /// outcomes, give-backs, cancellations and retries.
     #[test]
     fn scheduling_invariants_hold_for_any_interleaving(
         specs in prop::collection::vec(run_spec(), 1..5),
-        steps in prop::collection::vec(step(), 0..80),
+        steps in prop::collection::vec(step(), 0..120),
         cap in 0u32..3,
     ) {
         let mut settings = settings();
         settings.caps.insert("dev".into(), cap);
         let caps = settings.caps.clone();
-        let mut sim = Sim::with(settings);
-        let mut checker = Checker { starts: HashMap::new(), published: HashSet::new() };
-        let mut pending_runs = specs.iter().map(spec_event).collect::<Vec<_>>().into_iter();
-        let mut queue: Vec<Job> = Vec::new();
-        let mut all_runs = Vec::new();
-
-        let mut apply = |sim: &mut Sim, queue: &mut Vec<Job>, checker: &mut Checker, step: Step| -> bool {
-            match step {
-                Step::Arrive => {
-                    let Some(event) = pending_runs.next() else { return false };
-                    all_runs.push(event.0.id);
-                    let published = sim.accept(&event).publish;
-                    checker.on_publish(&published);
-                    queue.extend(published);
-                }
-                Step::Wait => {
-                    let Some(at) = sim.scheduler.next_wakeup(sim.now) else { return false };
-                    sim.now = sim.now.max(at);
-                    let published = sim.scheduler.tick(sim.now).publish;
-                    checker.on_publish(&published);
-                    queue.extend(published);
-                }
-                Step::Work { pick, outcome: result, duplicate_claim } => {
-                    if queue.is_empty() {
-                        return false;
-                    }
-                    let job = queue.remove(pick % queue.len());
-                    let verdict = sim.claim(&job, "w1", false);
-                    if let ClaimVerdict::Granted { .. } = verdict {
-                        checker.on_grant(&sim.scheduler, job.job_id);
-                        if duplicate_claim {
-                            let second = sim.claim(&job, "w2", false);
-                            assert!(matches!(second, ClaimVerdict::Denied { retry: false, .. }), "second holder: {second:?}");
-                        }
-                        let (status, output) = match result {
-                            0 => (JobStatus::Failed, "Error acquiring the state lock"),
-                            1 => (JobStatus::Failed, "boom"),
-                            _ => (JobStatus::Succeeded, ""),
-                        };
-                        let published = sim.scheduler.finish(job.job_id, job.attempt, "w1", &outcome(status, output), sim.now).publish;
-                        checker.on_publish(&published);
-                        queue.extend(published);
-                    }
-                }
-            }
-            true
+        let mut world = World {
+            sim: Sim::with(settings),
+            checker: Checker { starts: HashMap::new(), granted: HashSet::new(), published: HashSet::new() },
+            arrivals: specs.iter().map(spec_event).collect::<Vec<_>>().into_iter(),
+            arrived: Vec::new(),
+            queue: Vec::new(),
+            running: Vec::new(),
+            stopped: HashSet::new(),
         };
-
         for step in steps {
-            apply(&mut sim, &mut queue, &mut checker, step);
-            checker.check(&sim.scheduler, &caps);
+            world.apply(step);
+            world.checker.check(&world.sim.scheduler, &caps, &world.running);
         }
-        // Drain: every run arrives, every job is worked (successfully from now on), every
-        // retry comes due. It must end with every job final.
+        // Drain: every run arrives, every job is claimed and succeeds (or stops, if told to),
+        // every retry comes due. It must end with every job final.
         let mut guard = 0;
         loop {
             guard += 1;
             prop_assert!(guard < 10_000, "the schedule did not converge");
-            let progressed = apply(&mut sim, &mut queue, &mut checker, Step::Arrive)
-                || apply(&mut sim, &mut queue, &mut checker, Step::Work { pick: 0, outcome: 2, duplicate_claim: false })
-                || apply(&mut sim, &mut queue, &mut checker, Step::Wait);
-            checker.check(&sim.scheduler, &caps);
+            let progressed = world.apply(Step::Arrive)
+                || world.apply(Step::Claim { pick: 0, worker: 0 })
+                || world.apply(Step::Finish { pick: 0, outcome: 6 })
+                || world.apply(Step::Wait);
+            world.checker.check(&world.sim.scheduler, &caps, &world.running);
             if !progressed {
                 break;
             }
         }
-        let mut states = BTreeMap::new();
-        for run_id in &all_runs {
-            let run = sim.scheduler.run(*run_id).expect("run");
+        for run_id in &world.arrived {
+            let run = world.sim.scheduler.run(*run_id).expect("run");
             for job in &run.jobs {
                 prop_assert!(job.state.is_final(), "{} of run {} stuck in {:?} ({:?})", job.job.unit, run.seq, job.state, job.note);
+                if world.stopped.contains(&job.job.job_id) && job.state != UnitState::Succeeded {
+                    prop_assert_eq!(&job.state, &UnitState::Cancelled("cancelled by ops".into()), "{} was told to stop", &job.job.unit);
+                }
             }
-            states.insert(run.seq, run.state());
+            prop_assert!(run.state().is_final());
         }
-        prop_assert!(states.values().all(RunState::is_final));
     }
 }

@@ -51,7 +51,7 @@ fn committed_runs_come_back_exactly_after_reopening_the_file() {
         .find(|j| j.unit == "app")
         .unwrap()
         .clone();
-    let (_, claimed) = scheduler.claim(db.job_id, 1, "w1", false, now + 1);
+    let (_, claimed) = scheduler.claim(db.job_id, 1, "w1", false, Some("amq.gen-w1"), now + 1);
     commit(&mut store, &scheduler, &claimed, now + 1);
     let finished = scheduler.finish(
         db.job_id,
@@ -91,7 +91,7 @@ fn the_outbox_keeps_one_status_per_run_and_forgets_what_was_published() {
     let effects = scheduler.accept(&event, &plan, 1);
     commit(&mut store, &scheduler, &effects, 1);
     let job = effects.publish[0].clone();
-    let (_, claimed) = scheduler.claim(job.job_id, 1, "w1", false, 2);
+    let (_, claimed) = scheduler.claim(job.job_id, 1, "w1", false, Some("amq.gen-w1"), 2);
     commit(&mut store, &scheduler, &claimed, 2);
 
     let outbox = store.outbox(100).unwrap();
@@ -142,7 +142,7 @@ fn final_runs_are_not_loaded_but_stay_known_and_listed() {
     let effects = scheduler.accept(&done, &plan, 1_000);
     commit(&mut store, &scheduler, &effects, 1_000);
     let job = effects.publish[0].clone();
-    let (_, claimed) = scheduler.claim(job.job_id, 1, "w1", false, 2_000);
+    let (_, claimed) = scheduler.claim(job.job_id, 1, "w1", false, Some("amq.gen-w1"), 2_000);
     commit(&mut store, &scheduler, &claimed, 2_000);
     let finished = scheduler.finish(
         job.job_id,

@@ -1,0 +1,326 @@
+//! One delivery's life on a worker: claim the job from the dispatcher, run it with heartbeats,
+//! obey a stop order, the job timeout and a shutdown's drain, then report and settle.
+//!
+//! The delivery is acked only after the outcome is confirmed by the broker. A job stopped by
+//! a drain is given back (a `Released` event, then a requeue), so it is never lost.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use broker::{Broker, BrokerError, Consumer, Delivery, Headers, Outgoing, Route};
+use proto_types::{ClaimVerdict, Job, JobEvent, JobEventKind, Message, Payload};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::runner::Stop;
+use crate::workspace::Workspace;
+use crate::{ExecuteError, WorkerSettings, work};
+
+/// How long a worker waits for the dispatcher to answer a claim before asking again.
+const CLAIM_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest pause between claims while another worker's lease on the job runs out.
+const MAX_CLAIM_RETRY_DELAY: Duration = Duration::from_secs(15);
+
+/// What a worker has to hand while it handles a delivery.
+pub(crate) struct Worker<'a> {
+    pub(crate) broker: &'a Broker,
+    pub(crate) settings: &'a WorkerSettings,
+    pub(crate) workspace: &'a Workspace,
+}
+
+/// A message on the worker's private queue.
+enum Reply {
+    Claim(proto_types::ClaimReply),
+    Stop(proto_types::CancelJob),
+    Other,
+}
+
+fn read_reply(delivery: &broker::Delivery) -> Reply {
+    match proto_types::decode(&delivery.body) {
+        Ok(Message::ClaimReply(reply)) => Reply::Claim(reply),
+        Ok(Message::CancelJob(order)) => Reply::Stop(order),
+        Ok(other) => {
+            tracing::warn!(
+                kind = other.kind(),
+                "Unexpected message on the reply queue ignored."
+            );
+            Reply::Other
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "Undecodable message on the reply queue ignored.");
+            Reply::Other
+        }
+    }
+}
+
+impl Worker<'_> {
+    /// Handles one delivery; whether a shutdown began meanwhile (the caller then stops taking
+    /// jobs). `shutdown` must not have resolved yet.
+    pub(crate) async fn handle<S: Future<Output = ()>>(
+        &self,
+        delivery: Delivery,
+        replies: &mut Consumer,
+        shutdown: &mut Pin<&mut S>,
+    ) -> Result<bool, ExecuteError> {
+        let job = match Job::decode(&delivery.body) {
+            Ok(job) => job,
+            Err(err) => {
+                delivery
+                    .dead_letter(&format!("undecodable job: {err}"))
+                    .await?;
+                return Ok(false);
+            }
+        };
+        if job.account != self.settings.account {
+            let reason = format!(
+                "job for account {:?} on the queue of {:?}",
+                job.account, self.settings.account
+            );
+            delivery.dead_letter(&reason).await?;
+            return Ok(false);
+        }
+        let span = tracing::info_span!(
+            "job",
+            run_id = %job.run_id,
+            job_id = %job.job_id,
+            unit = %job.unit,
+            account = %job.account,
+            action = %job.action,
+            attempt = job.attempt,
+        );
+        self.handle_job(job, delivery, replies, shutdown)
+            .instrument(span)
+            .await
+    }
+
+    async fn handle_job<S: Future<Output = ()>>(
+        &self,
+        job: Job,
+        delivery: Delivery,
+        replies: &mut Consumer,
+        shutdown: &mut Pin<&mut S>,
+    ) -> Result<bool, ExecuteError> {
+        let claimed = tokio::select! {
+            claimed = self.claim(&job, replies, delivery.redelivered) => claimed?,
+            () = shutdown.as_mut() => {
+                // We may have been granted it already: give it back either way.
+                self.give_back(&job, delivery, "the worker is shutting down").await?;
+                return Ok(true);
+            }
+        };
+        let lease = match claimed {
+            Ok(lease) => lease,
+            Err(reason) => {
+                // Finished, cancelled, or a second copy of a job someone else runs: drop it.
+                tracing::info!(%reason, "Not running the job.");
+                delivery.ack().await?;
+                return Ok(false);
+            }
+        };
+        let (stop, stop_rx) = watch::channel(None::<Stop>);
+        // Heartbeats well inside the lease, so one lost heartbeat costs nothing.
+        let every = self
+            .settings
+            .heartbeat_interval
+            .min(lease / 3)
+            .max(Duration::from_secs(1));
+        let heartbeat = tokio::spawn(heartbeats(
+            self.broker.clone(),
+            self.settings.name.clone(),
+            job.clone(),
+            every,
+        ));
+        let timeout = (job.timeout_secs > 0).then(|| Duration::from_secs(job.timeout_secs));
+        let timeout_at = timeout.map(|limit| Instant::now() + limit);
+        let mut drain_at: Option<Instant> = None;
+        let work = work::run(self.settings, self.workspace, &job, stop_rx);
+        tokio::pin!(work);
+        let finished = loop {
+            tokio::select! {
+                finished = &mut work => break finished,
+                message = replies.next() => {
+                    let Some(message) = message else {
+                        return Err(ExecuteError::ConsumerClosed(replies.queue().to_owned()));
+                    };
+                    let message = message?;
+                    let reply = read_reply(&message);
+                    message.ack().await?;
+                    if let Reply::Stop(order) = reply
+                        && order.job_id == job.job_id
+                        && order.attempt == job.attempt
+                    {
+                        tracing::info!(reason = %order.reason, "Stopping the job on the dispatcher's word.");
+                        let _ = stop.send(Some(Stop::Cancel(order.reason)));
+                    }
+                }
+                () = sleep_until(timeout_at) => {
+                    let limit = timeout.unwrap_or_default();
+                    tracing::warn!(timeout_s = limit.as_secs(), "The job timed out; stopping it.");
+                    let _ = stop.send(Some(Stop::Timeout(limit)));
+                }
+                () = shutdown.as_mut(), if drain_at.is_none() => {
+                    tracing::info!(drain_s = self.settings.drain.as_secs(), "Shutting down: the running job may finish first.");
+                    drain_at = Some(Instant::now() + self.settings.drain);
+                }
+                () = sleep_until(drain_at) => {
+                    tracing::warn!("The drain period is over; stopping the job and giving it back.");
+                    let _ = stop.send(Some(Stop::Drain));
+                }
+            }
+        };
+        heartbeat.abort();
+        let draining = drain_at.is_some();
+        if finished.stopped == Some(Stop::Drain) {
+            self.give_back(
+                &job,
+                delivery,
+                "the worker shut down before the job finished",
+            )
+            .await?;
+            return Ok(true);
+        }
+        let outcome = finished.outcome;
+        tracing::info!(status = ?outcome.status, exit_code = ?outcome.exit_code, duration_ms = outcome.duration_ms, "Job finished.");
+        // Ack only once the outcome is confirmed: if we die in between, the job is redelivered.
+        publish_event(
+            self.broker,
+            &self.settings.name,
+            &job,
+            JobEventKind::Finished(outcome),
+            None,
+        )
+        .await?;
+        delivery.ack().await?;
+        Ok(draining)
+    }
+
+    /// Tells the dispatcher the job is free again, then puts its message back on the queue.
+    async fn give_back(
+        &self,
+        job: &Job,
+        delivery: Delivery,
+        reason: &str,
+    ) -> Result<(), ExecuteError> {
+        let released = JobEventKind::Released {
+            reason: format!("{}: {reason}", self.settings.name),
+        };
+        publish_event(self.broker, &self.settings.name, job, released, None).await?;
+        delivery.requeue().await?;
+        tracing::info!(%reason, "Job given back to the queue.");
+        Ok(())
+    }
+
+    /// Asks the dispatcher for the job until it answers yes (`Ok(lease)`) or no for good
+    /// (`Err(reason)`). The dispatcher grants each attempt of a job to one worker at a time,
+    /// so a duplicate or redelivered message never runs twice at once.
+    async fn claim(
+        &self,
+        job: &Job,
+        replies: &mut Consumer,
+        redelivered: bool,
+    ) -> Result<Result<Duration, String>, ExecuteError> {
+        let mut retry_delay = Duration::from_secs(1);
+        loop {
+            let kind = JobEventKind::Started { redelivered };
+            publish_event(
+                self.broker,
+                &self.settings.name,
+                job,
+                kind,
+                Some(replies.queue()),
+            )
+            .await?;
+            let deadline = Instant::now() + CLAIM_ANSWER_TIMEOUT;
+            let answer = loop {
+                let delivery = match tokio::time::timeout_at(deadline, replies.next()).await {
+                    Err(_elapsed) => break None,
+                    Ok(None) => {
+                        return Err(ExecuteError::ConsumerClosed(replies.queue().to_owned()));
+                    }
+                    Ok(Some(delivery)) => delivery?,
+                };
+                let reply = read_reply(&delivery);
+                delivery.ack().await?;
+                match reply {
+                    // Answers to earlier claims (asked again after a timeout) are not this one.
+                    Reply::Claim(reply)
+                        if reply.job_id == job.job_id && reply.attempt == job.attempt =>
+                    {
+                        break Some(reply.verdict);
+                    }
+                    Reply::Claim(_) | Reply::Stop(_) | Reply::Other => {}
+                }
+            };
+            match answer {
+                Some(ClaimVerdict::Granted { lease_secs }) => {
+                    tracing::info!(lease_secs, "Job claimed.");
+                    return Ok(Ok(Duration::from_secs(lease_secs.max(1))));
+                }
+                Some(ClaimVerdict::Denied {
+                    reason,
+                    retry: false,
+                }) => return Ok(Err(reason)),
+                Some(ClaimVerdict::Denied {
+                    reason,
+                    retry: true,
+                }) => {
+                    tracing::info!(%reason, retry_in_ms = retry_delay.as_millis() as u64, "Job held by another worker; asking again.");
+                    tokio::time::sleep(retry_delay).await;
+                    retry_delay = (retry_delay * 2).min(MAX_CLAIM_RETRY_DELAY);
+                }
+                None => {
+                    tracing::warn!(
+                        timeout_s = CLAIM_ANSWER_TIMEOUT.as_secs(),
+                        "No answer to the claim; is the dispatcher running? Asking again."
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Resolves at `at`, or never.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn heartbeats(broker: Broker, worker: String, job: Job, every: Duration) {
+    let mut interval = tokio::time::interval(every);
+    interval.tick().await;
+    loop {
+        interval.tick().await;
+        if let Err(err) = publish_event(&broker, &worker, &job, JobEventKind::Heartbeat, None).await
+        {
+            tracing::warn!(error = %err, "Heartbeat not published.");
+        }
+    }
+}
+
+async fn publish_event(
+    broker: &Broker,
+    worker: &str,
+    job: &Job,
+    kind: JobEventKind,
+    reply_to: Option<&str>,
+) -> Result<(), BrokerError> {
+    let event = JobEvent {
+        job_id: job.job_id,
+        run_id: job.run_id,
+        attempt: job.attempt,
+        worker: worker.to_owned(),
+        kind,
+    };
+    let body = event.encode();
+    let id = uuid::Uuid::new_v4().to_string();
+    let headers = Headers::new();
+    let message = Outgoing {
+        reply_to,
+        ..Outgoing::new(&body, &id, &headers)
+    };
+    broker.publish(Route::JobEvents, message).await
+}

@@ -1,0 +1,110 @@
+//! `pipelines __supervise WORKER_PID TOOL ARGS...`: runs one tool process for a worker and makes
+//! sure nothing of it outlives the worker.
+//!
+//! The tool runs in a process group of its own (terraform, its providers, `local-exec`
+//! shells). The supervisor watches its parent: when the worker is gone, even by SIGKILL, it
+//! kills the whole group. A first SIGTERM or SIGINT from the worker interrupts the group
+//! (terraform stops gracefully and releases its state lock); a second kills it. When the tool
+//! exits by itself, whatever it left running in its group is killed too.
+
+use std::ffi::OsString;
+use std::process::Stdio;
+use std::time::Duration;
+
+use rustix::process::{Pid, Signal};
+use tokio::process::Command;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// How often the supervisor checks that its worker is still there.
+const PARENT_CHECK: Duration = Duration::from_millis(100);
+
+/// Runs `program args` until it exits; the exit code to return (128 + signal when it was
+/// killed by one, as shells do).
+pub fn supervise(worker_pid: u32, program: OsString, args: Vec<OsString>) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln_safe(&format!("pipelines supervisor: cannot start: {err}"));
+            return 125;
+        }
+    };
+    runtime.block_on(run(worker_pid, program, args))
+}
+
+async fn run(worker_pid: u32, program: OsString, args: Vec<OsString>) -> i32 {
+    // Handlers first: from here on, SIGTERM and SIGINT are requests, not our death.
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln_safe("pipelines supervisor: cannot handle signals");
+        return 125;
+    };
+    let worker = Pid::from_raw(worker_pid as i32);
+    if rustix::process::getppid() != worker {
+        // The worker died before we got here.
+        return 137;
+    }
+    let mut child = match Command::new(&program)
+        .args(&args)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(err) => {
+            eprintln_safe(&format!("cannot run {}: {err}", program.to_string_lossy()));
+            return 127;
+        }
+    };
+    let Some(group) = child.id().and_then(|id| Pid::from_raw(id as i32)) else {
+        return 125;
+    };
+    let mut requests = 0;
+    let mut check = tokio::time::interval(PARENT_CHECK);
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                // Stragglers (a shell's background job) go with the tool.
+                let _ = rustix::process::kill_process_group(group, Signal::KILL);
+                return match status {
+                    Ok(status) => exit_code(status),
+                    Err(_) => 125,
+                };
+            }
+            _ = terminate.recv() => requests += 1,
+            _ = interrupt.recv() => requests += 1,
+            _ = check.tick() => {
+                if rustix::process::getppid() != worker {
+                    let _ = rustix::process::kill_process_group(group, Signal::KILL);
+                    let _ = child.wait().await;
+                    return 137;
+                }
+                continue;
+            }
+        }
+        let signal = if requests == 1 {
+            Signal::INT
+        } else {
+            Signal::KILL
+        };
+        let _ = rustix::process::kill_process_group(group, signal);
+    }
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|signal| 128 + signal))
+        .unwrap_or(125)
+}
+
+/// The supervisor's stderr is the tool's output stream: one line, no logging framework.
+fn eprintln_safe(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
