@@ -133,6 +133,20 @@ pub fn render_run(detail: &RunDetail, now: u64) -> String {
         ]);
     }
     out.push_str(&table(&rows));
+    let logs: Vec<String> = detail
+        .jobs
+        .iter()
+        .filter_map(|job| {
+            job.log
+                .as_ref()
+                .map(|log| format!("  {} {}: {log}", job.unit, job.action))
+        })
+        .collect();
+    if !logs.is_empty() {
+        out.push_str("Logs (worker:path):\n");
+        out.push_str(&logs.join("\n"));
+        out.push('\n');
+    }
     out
 }
 

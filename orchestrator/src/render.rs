@@ -173,9 +173,14 @@ pub fn summary(status: &RunStatus) -> String {
     ));
     for unit in status.units.iter().filter(|u| u.state == UnitState::Failed) {
         if let Some(tail) = &unit.output_tail {
+            let whole = unit
+                .log
+                .as_deref()
+                .map(|log| format!("; whole log at {log}"))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "\n--- {} ({}) output, last lines ---",
+                "\n--- {} ({}) output, last lines{whole} ---",
                 unit.unit, unit.action
             );
             out.push_str(tail.trim_end());

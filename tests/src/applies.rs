@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::sandbox::Sandbox;
+
 /// What a unit's provisioner does besides logging.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Behaviour {
@@ -15,6 +17,8 @@ pub enum Behaviour {
     FailOnceWithStateLock,
     /// Fails every apply with a message no retry pattern matches.
     AlwaysFail,
+    /// Its first apply takes `seconds` (long enough to be interrupted); later ones one second.
+    SlowOnce { seconds: u32 },
 }
 
 /// `main.tf` of a unit at `version`, its state in `state_dir`, logging to `log`. The resource is
@@ -39,6 +43,9 @@ pub fn null_unit_tf(
         Behaviour::AlwaysFail => {
             "echo 'Error: permanent failure (simulated)' >&2; exit 1".to_owned()
         }
+        Behaviour::SlowOnce { seconds } => {
+            format!("if [ ! -e {marker} ]; then touch {marker}; sleep {seconds}; else sleep 1; fi")
+        }
     };
     // `$(...)` is the shell's; HCL only interpolates `${...}`.
     let command = format!(
@@ -53,6 +60,28 @@ pub fn null_unit_tf(
     )
 }
 
+/// `main.tf` of a unit that shows what credentials its tool got. Plans print its `identity`
+/// and `secret` outputs (from `TF_VAR_identity` and `TF_VAR_secret`); applies also append the
+/// credential variables to `seen` (a file outside any output) and echo the secrets into the
+/// output, where they must arrive redacted.
+pub fn probe_unit_tf(unit: &str, state_dir: &Path, seen: &Path) -> String {
+    let state = state_dir.display();
+    let seen = seen.display();
+    let command = format!(
+        "echo \"{unit} $TF_VAR_identity $TF_VAR_secret $AWS_ACCESS_KEY_ID $AWS_SECRET_ACCESS_KEY\" >> {seen}; \
+         echo \"the secret is $TF_VAR_secret, the key is $AWS_SECRET_ACCESS_KEY\""
+    );
+    let command = command.replace('\\', "\\\\").replace('"', "\\\"");
+    format!(
+        "terraform {{\n  required_providers {{\n    null = {{\n      source  = \"hashicorp/null\"\n      version = \"2.1.2\"\n    }}\n  }}\n  \
+         backend \"local\" {{\n    path = \"{state}/{unit}.tfstate\"\n  }}\n}}\n\n\
+         variable \"identity\" {{\n  default = \"none\"\n}}\n\nvariable \"secret\" {{\n  default = \"\"\n}}\n\n\
+         output \"identity\" {{\n  value = var.identity\n}}\n\noutput \"secret\" {{\n  value = var.secret\n}}\n\n\
+         resource \"null_resource\" \"probe\" {{\n  triggers = {{\n    always = timestamp()\n  }}\n\n  \
+         provisioner \"local-exec\" {{\n    command = \"{command}\"\n  }}\n}}\n"
+    )
+}
+
 /// `pipelines.hcl` of a unit at `<unit>` depending on `dependencies` (repo-relative).
 pub fn pipelines_hcl(unit: &str, dependencies: &[&str]) -> String {
     let up = "../".repeat(unit.split('/').count());
@@ -61,6 +90,46 @@ pub fn pipelines_hcl(unit: &str, dependencies: &[&str]) -> String {
         .map(|d| format!("\"{up}{d}\""))
         .collect();
     format!("dependencies = [{}]\n", deps.join(", "))
+}
+
+/// A repository of null-resource units whose applies log to `applies.log` in the sandbox.
+#[derive(Debug)]
+pub struct Units<'a> {
+    sandbox: &'a Sandbox,
+    pub log: ApplyLog,
+}
+
+impl<'a> Units<'a> {
+    pub fn new(sandbox: &'a Sandbox) -> Units<'a> {
+        sandbox.repo.write("README.md", "# infrastructure\n");
+        Units {
+            sandbox,
+            log: ApplyLog::new(sandbox.path().join("applies.log")),
+        }
+    }
+
+    /// Writes each `(unit, dependencies, behaviour)` at `version` and commits.
+    pub fn commit(
+        &self,
+        message: &str,
+        version: u32,
+        units: &[(&str, &[&str], Behaviour)],
+    ) -> String {
+        let state = self.sandbox.state_dir();
+        for (unit, dependencies, behaviour) in units {
+            let tf = null_unit_tf(unit, version, &state, &self.log.path, *behaviour);
+            self.sandbox.repo.write(&format!("{unit}/main.tf"), &tf);
+            self.sandbox.repo.write(
+                &format!("{unit}/pipelines.hcl"),
+                &pipelines_hcl(unit, dependencies),
+            );
+        }
+        self.sandbox.repo.commit(message)
+    }
+
+    pub fn readme_only(&self) -> String {
+        self.sandbox.repo.commit("c0: readme")
+    }
 }
 
 /// One apply as the log recorded it.

@@ -121,6 +121,43 @@ impl Deployment {
             .log_text()
     }
 
+    /// The executor process named `name`.
+    pub fn executor(&mut self, name: &str) -> &mut Service {
+        self.executors
+            .iter_mut()
+            .find(|e| e.name == name)
+            .unwrap_or_else(|| panic!("no executor {name}"))
+    }
+
+    /// Where the executor named `name` keeps its checkouts (its tools run below it).
+    pub fn work_dir(&self, name: &str) -> PathBuf {
+        self.root.join("work").join(name)
+    }
+
+    /// SIGTERM the executor; fails unless it drains and exits with 0 in time. It is then
+    /// forgotten.
+    pub fn drain_executor(&mut self, name: &str) {
+        let executor = self.executor(name);
+        executor.terminate();
+        let exit = executor.wait_exit(std::time::Duration::from_secs(240));
+        assert!(
+            exit.success(),
+            "{name} exited with {exit}:\n{}",
+            executor.log_text()
+        );
+        self.forget_executor(name);
+    }
+
+    /// Removes an executor that exited (or was killed) from the set `assert_running` checks.
+    pub fn forget_executor(&mut self, name: &str) -> Service {
+        let index = self
+            .executors
+            .iter()
+            .position(|e| e.name == name)
+            .unwrap_or_else(|| panic!("no executor {name}"));
+        self.executors.remove(index)
+    }
+
     /// Fails the test with the log of any service that exited.
     pub fn assert_running(&mut self) {
         for service in self.dispatcher.iter_mut().chain(&mut self.executors) {

@@ -7,6 +7,7 @@ pub mod deployment;
 pub mod git;
 pub mod process;
 pub mod rabbit;
+pub mod runs;
 pub mod sandbox;
 pub mod scenario;
 

@@ -47,6 +47,22 @@ impl Service {
         }
     }
 
+    /// SIGTERM: ask it to shut down.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM {} failed", self.pid());
+    }
+
+    /// Waits for it to exit by itself; fails the test after `deadline`.
+    pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        crate::poll_until(deadline, &format!("{} to exit", self.name), || {
+            self.child.try_wait().unwrap()
+        })
+    }
+
     /// SIGKILL, and wait until it is gone.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -63,6 +79,29 @@ impl Drop for Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Processes whose working directory is under `dir` (a worker's tools run in its checkouts):
+/// `(pid, command line)`.
+pub fn processes_under(dir: &Path) -> Vec<(u32, String)> {
+    let Ok(dir) = dir.canonicalize() else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) else {
+            continue;
+        };
+        if cwd.starts_with(&dir) {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            found.push((pid, cmdline.trim().to_owned()));
+        }
+    }
+    found
 }
 
 /// The result of a command run to completion.

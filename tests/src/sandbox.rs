@@ -63,20 +63,24 @@ impl Sandbox {
         accounts: &[(&str, &str)],
         extra: &str,
     ) -> PathBuf {
+        let accounts: String = accounts
+            .iter()
+            .map(|(name, glob)| {
+                format!("[[accounts]]\nname = \"{name}\"\npaths = [\"{glob}\"]\n\n")
+            })
+            .collect();
+        self.write_config_with(broker_url, &accounts, extra)
+    }
+
+    /// Like [`Self::write_config`], with the `[[accounts]]` tables given as TOML.
+    pub fn write_config_with(&self, broker_url: &str, accounts: &str, extra: &str) -> PathBuf {
         let path = self.root.path().join("pipelines.toml");
-        let mut text = format!(
-            "broker_url = \"{broker_url}\"\n\n[[repositories]]\nname = \"infra\"\nurl = \"{}\"\ndeploy_branch = \"main\"\n\n",
-            self.repo.path().display()
-        );
-        for (name, glob) in accounts {
-            text.push_str(&format!(
-                "[[accounts]]\nname = \"{name}\"\npaths = [\"{glob}\"]\n\n"
-            ));
-        }
-        text.push_str(&format!(
-            "[dispatcher]\nstate_dir = \"{}\"\n{extra}",
+        let text = format!(
+            "broker_url = \"{broker_url}\"\n\n[[repositories]]\nname = \"infra\"\nurl = \"{}\"\ndeploy_branch = \"main\"\n\n\
+             {accounts}\n[dispatcher]\nstate_dir = \"{}\"\n{extra}",
+            self.repo.path().display(),
             self.dispatcher_state_dir().display()
-        ));
+        );
         std::fs::write(&path, text).unwrap();
         path
     }

@@ -8,127 +8,20 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use broker::{Broker, Headers, Outgoing, REASON_HEADER, Route};
-use harness::applies::{ApplyLog, Behaviour, null_unit_tf, pipelines_hcl};
+use harness::applies::{Behaviour, Units};
 use harness::deployment::Deployment;
-use harness::process::{self, Finished};
-use harness::rabbit::{self, Vhost};
+use harness::process;
+use harness::rabbit;
+use harness::runs::{self, assert_job, job, setup, status, status_json, submit, wait_final};
 use harness::sandbox::Sandbox;
-use harness::{poll_until, require_null_provider, require_terraform, summary_rows};
+use harness::{poll_until, summary_rows};
 use proto_types::{
     Change, ChangeEvent, ChangeKind, ClaimReply, ClaimVerdict, Job, JobEvent, JobEventKind,
-    Payload, RunDetail, RunState, RunStatus, RunSummary, Trigger,
+    Payload, RunState, RunStatus, RunSummary, Trigger,
 };
 use uuid::Uuid;
 
-const DEADLINE: Duration = Duration::from_secs(240);
-
-/// The real parts these tests need: terraform with the null provider, a vhost, a sandbox.
-fn setup() -> (Vhost, Sandbox) {
-    require_terraform();
-    require_null_provider();
-    (rabbit::vhost(), Sandbox::new())
-}
-
-/// A repository of null-resource units whose applies log to `applies.log` in the sandbox.
-struct Units<'a> {
-    sandbox: &'a Sandbox,
-    log: ApplyLog,
-}
-
-impl<'a> Units<'a> {
-    fn new(sandbox: &'a Sandbox) -> Units<'a> {
-        sandbox.repo.write("README.md", "# infrastructure\n");
-        Units {
-            sandbox,
-            log: ApplyLog::new(sandbox.path().join("applies.log")),
-        }
-    }
-
-    /// Writes each `(unit, dependencies, behaviour)` at `version` and commits.
-    fn commit(&self, message: &str, version: u32, units: &[(&str, &[&str], Behaviour)]) -> String {
-        let state = self.sandbox.state_dir();
-        for (unit, dependencies, behaviour) in units {
-            let tf = null_unit_tf(unit, version, &state, &self.log.path, *behaviour);
-            self.sandbox.repo.write(&format!("{unit}/main.tf"), &tf);
-            self.sandbox.repo.write(
-                &format!("{unit}/pipelines.hcl"),
-                &pipelines_hcl(unit, dependencies),
-            );
-        }
-        self.sandbox.repo.commit(message)
-    }
-
-    fn readme_only(&self) -> String {
-        self.sandbox.repo.commit("c0: readme")
-    }
-}
-
-/// `orchestrate` for the repository `infra` on `vhost`, with `extra` flags.
-fn orchestrate(
-    sandbox: &Sandbox,
-    vhost: &Vhost,
-    range: (&str, &str),
-    event: &str,
-    extra: &[&str],
-) -> Finished {
-    let mut args = vec!["--repo-name", "infra", "--broker", &vhost.url];
-    args.extend_from_slice(extra);
-    process::run(
-        sandbox.pipelines_on_range("orchestrate", range.0, range.1, event, &args),
-        DEADLINE,
-    )
-}
-
-/// Submits a run without waiting for it; its id.
-fn submit(
-    sandbox: &Sandbox,
-    vhost: &Vhost,
-    range: (&str, &str),
-    event: &str,
-    extra: &[&str],
-) -> Uuid {
-    let mut args = vec!["--format", "json"];
-    args.extend_from_slice(extra);
-    let submitted = orchestrate(sandbox, vhost, range, event, &args);
-    assert_eq!(submitted.code(), Some(0), "{}", submitted.transcript());
-    let value: serde_json::Value = serde_json::from_str(&submitted.stdout).unwrap();
-    value["run_id"].as_str().unwrap().parse().unwrap()
-}
-
-/// `pipelines status [RUN] --format json` against the sandbox's dispatcher database.
-fn status_json(sandbox: &Sandbox, run: Option<Uuid>) -> Option<String> {
-    let state_dir = sandbox.dispatcher_state_dir();
-    let mut args = vec![
-        "status",
-        "--state-dir",
-        state_dir.to_str().unwrap(),
-        "--format",
-        "json",
-    ];
-    let id = run.map(|id| id.to_string());
-    args.extend(id.as_deref());
-    let finished = process::run(sandbox.pipelines(&args), Duration::from_secs(30));
-    (finished.code() == Some(0)).then_some(finished.stdout)
-}
-
-fn status(sandbox: &Sandbox, run: Uuid) -> Option<RunDetail> {
-    status_json(sandbox, Some(run)).map(|json| serde_json::from_str(&json).unwrap())
-}
-
-/// Polls `pipelines status RUN` until the run is final.
-fn wait_final(sandbox: &Sandbox, run: Uuid) -> RunDetail {
-    poll_until(DEADLINE, &format!("run {run} to finish"), || {
-        status(sandbox, run).filter(|detail| detail.run.state != "running")
-    })
-}
-
-fn job<'a>(detail: &'a RunDetail, unit: &str) -> &'a proto_types::JobSummary {
-    detail
-        .jobs
-        .iter()
-        .find(|j| j.unit == unit)
-        .unwrap_or_else(|| panic!("no job for {unit} in {detail:#?}"))
-}
+const DEADLINE: Duration = runs::DEADLINE;
 
 #[test]
 fn two_pushes_touching_one_unit_apply_it_in_arrival_order_and_never_overlap() {
@@ -484,15 +377,7 @@ fn a_transient_failure_is_retried_after_its_backoff_and_status_shows_attempts_an
     );
     let mut deployment = Deployment::start(sandbox.path(), &config, &[("dev", 2)]);
 
-    let run = orchestrate(
-        &sandbox,
-        &vhost,
-        (&c0, &c1),
-        "push",
-        &["--wait", "--format", "json"],
-    );
-    assert_eq!(run.code(), Some(1), "{}", run.transcript());
-    let run_status: RunStatus = serde_json::from_str(&run.stdout).unwrap();
+    let (run_status, _) = runs::follow_to_end(&sandbox, &vhost, (&c0, &c1), "push", 1);
     let detail = status(&sandbox, run_status.run_id).unwrap();
 
     let flaky = job(&detail, "dev/flaky");
@@ -625,16 +510,8 @@ fn a_job_whose_worker_vanished_is_taken_over_once_the_lease_runs_out_and_runs_on
 
     deployment.start_executor("dev", "dev-1");
     let detail = wait_final(&sandbox, run);
-    let app = job(&detail, "dev/app");
-    assert_eq!(
-        (
-            detail.run.state.as_str(),
-            app.worker.as_deref(),
-            app.attempt
-        ),
-        ("succeeded", Some("dev-1"), 1),
-        "{detail:#?}"
-    );
+    assert_eq!(detail.run.state, "succeeded", "{detail:#?}");
+    assert_job(&detail, "dev/app", "succeeded", "dev-1", 1);
     // The redelivered job waited for the lease to run out rather than running beside a holder
     // that might still be alive.
     let executor = deployment.executor_log("dev-1");

@@ -1,0 +1,120 @@
+//! Driving runs from a test: submit with `orchestrate`, follow with `pipelines status`.
+
+use std::time::Duration;
+
+use proto_types::{JobSummary, RunDetail, RunStatus};
+use uuid::Uuid;
+
+use crate::process::{self, Finished};
+use crate::rabbit::{self, Vhost};
+use crate::sandbox::Sandbox;
+use crate::{poll_until, require_null_provider, require_terraform};
+
+/// How long a test waits for a run (or a command) at most.
+pub const DEADLINE: Duration = Duration::from_secs(240);
+
+/// The real parts these tests need: terraform with the null provider, a vhost, a sandbox.
+pub fn setup() -> (Vhost, Sandbox) {
+    require_terraform();
+    require_null_provider();
+    (rabbit::vhost(), Sandbox::new())
+}
+
+/// `orchestrate` for the repository `infra` on `vhost`, with `extra` flags.
+pub fn orchestrate(
+    sandbox: &Sandbox,
+    vhost: &Vhost,
+    range: (&str, &str),
+    event: &str,
+    extra: &[&str],
+) -> Finished {
+    let mut args = vec!["--repo-name", "infra", "--broker", &vhost.url];
+    args.extend_from_slice(extra);
+    process::run(
+        sandbox.pipelines_on_range("orchestrate", range.0, range.1, event, &args),
+        DEADLINE,
+    )
+}
+
+/// Submits a run without waiting for it; its id.
+pub fn submit(
+    sandbox: &Sandbox,
+    vhost: &Vhost,
+    range: (&str, &str),
+    event: &str,
+    extra: &[&str],
+) -> Uuid {
+    let mut args = vec!["--format", "json"];
+    args.extend_from_slice(extra);
+    let submitted = orchestrate(sandbox, vhost, range, event, &args);
+    assert_eq!(submitted.code(), Some(0), "{}", submitted.transcript());
+    let value: serde_json::Value = serde_json::from_str(&submitted.stdout).unwrap();
+    value["run_id"].as_str().unwrap().parse().unwrap()
+}
+
+/// `pipelines status [RUN] --format json` against the sandbox's dispatcher database.
+pub fn status_json(sandbox: &Sandbox, run: Option<Uuid>) -> Option<String> {
+    let state_dir = sandbox.dispatcher_state_dir();
+    let mut args = vec![
+        "status",
+        "--state-dir",
+        state_dir.to_str().unwrap(),
+        "--format",
+        "json",
+    ];
+    let id = run.map(|id| id.to_string());
+    args.extend(id.as_deref());
+    let finished = process::run(sandbox.pipelines(&args), Duration::from_secs(30));
+    (finished.code() == Some(0)).then_some(finished.stdout)
+}
+
+pub fn status(sandbox: &Sandbox, run: Uuid) -> Option<RunDetail> {
+    status_json(sandbox, Some(run)).map(|json| serde_json::from_str(&json).unwrap())
+}
+
+/// Polls `pipelines status RUN` until the run is final.
+pub fn wait_final(sandbox: &Sandbox, run: Uuid) -> RunDetail {
+    poll_until(DEADLINE, &format!("run {run} to finish"), || {
+        status(sandbox, run).filter(|detail| detail.run.state != "running")
+    })
+}
+
+pub fn job<'a>(detail: &'a RunDetail, unit: &str) -> &'a JobSummary {
+    detail
+        .jobs
+        .iter()
+        .find(|j| j.unit == unit)
+        .unwrap_or_else(|| panic!("no job for {unit} in {detail:#?}"))
+}
+
+/// Fails unless `unit`'s job ended in `state` on `worker` at `attempt`.
+pub fn assert_job(detail: &RunDetail, unit: &str, state: &str, worker: &str, attempt: u32) {
+    let found = job(detail, unit);
+    assert_eq!(
+        (found.state.as_str(), found.worker.as_deref(), found.attempt),
+        (state, Some(worker), attempt),
+        "{detail:#?}"
+    );
+}
+
+/// `orchestrate --wait --format json`: fails unless it exits with `code`; the final status and
+/// the command's transcript.
+pub fn follow_to_end(
+    sandbox: &Sandbox,
+    vhost: &Vhost,
+    range: (&str, &str),
+    event: &str,
+    code: i32,
+) -> (RunStatus, Finished) {
+    let run = orchestrate(
+        sandbox,
+        vhost,
+        range,
+        event,
+        &["--wait", "--format", "json"],
+    );
+    assert_eq!(run.code(), Some(code), "{}", run.transcript());
+    let status = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|err| panic!("no status ({err}):\n{}", run.transcript()));
+    (status, run)
+}
