@@ -263,6 +263,26 @@ impl AmqpBroker {
         self.consume(&name, 100).await
     }
 
+    pub(crate) async fn queue_depth(&self, queue: &str) -> Result<u32, BrokerError> {
+        let channel = self
+            .inner
+            .consume_connection
+            .create_channel()
+            .await
+            .map_err(protocol("channel.open"))?;
+        // Passive: only asks; a missing queue is an error rather than a new queue.
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = channel
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await
+            .map_err(protocol("queue.declare (passive)"))?;
+        let _ = channel.close(200, "depth read".into()).await;
+        Ok(declared.message_count())
+    }
+
     pub(crate) async fn reply_queue(&self) -> Result<AmqpConsumer, BrokerError> {
         let (channel, name) = self.private_queue().await?;
         drop(channel);

@@ -169,6 +169,14 @@ impl Broker {
         }
     }
 
+    /// Messages ready (not yet delivered) in a declared queue.
+    pub async fn queue_depth(&self, queue: &str) -> Result<u32, BrokerError> {
+        match self {
+            Broker::Amqp(broker) => broker.queue_depth(queue).await,
+            Broker::Memory(broker) => broker.queue_depth(queue),
+        }
+    }
+
     /// A private queue for answers to this process's requests: server-named, it lives as long
     /// as the returned consumer. Put [`Consumer::queue`] in [`Outgoing::reply_to`].
     pub async fn reply_queue(&self) -> Result<Consumer, BrokerError> {

@@ -153,6 +153,15 @@ impl MemoryBroker {
         self.consume(&queue, 1000)
     }
 
+    pub(crate) fn queue_depth(&self, queue: &str) -> Result<u32, BrokerError> {
+        let state = self.lock();
+        let queue_state = state
+            .queues
+            .get(queue)
+            .ok_or_else(|| BrokerError::UnknownQueue(queue.to_owned()))?;
+        Ok(u32::try_from(queue_state.ready.len()).unwrap_or(u32::MAX))
+    }
+
     pub(crate) fn reply_queue(&self) -> Result<MemoryConsumer, BrokerError> {
         let queue = format!(
             "{}{}",

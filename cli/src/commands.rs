@@ -15,28 +15,22 @@ use orchestrator::{DetectOutcome, DetectRequest, render};
 use proto_types::{EventKind, RunState, RunStatus, Trigger, run_status_json};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing_subscriber::EnvFilter;
+use tracing::Instrument;
 
-use crate::{
-    CancelArgs, ChangeArgs, DispatchArgs, ExecuteArgs, Format, OrchestrateArgs, Outcome, RunArgs,
-    StatusArgs,
-};
-
-/// Logs go to stderr. Services log at info; interactive commands only warn, because their
-/// progress lines already say what is happening. `RUST_LOG` overrides both.
-pub(crate) fn init_logging(quiet: bool) {
-    let default = if quiet { "warn" } else { "info" };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    // Colours only for a terminal: log files and journald get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
-}
+use crate::{CancelArgs, ChangeArgs, Format, OrchestrateArgs, Outcome, RunArgs, StatusArgs};
 
 pub(crate) async fn orchestrate(args: OrchestrateArgs) -> anyhow::Result<Outcome> {
+    // The root of the run's trace: the dispatcher, the jobs and the reports continue it.
+    let span = tracing::info_span!(
+        "orchestrate",
+        run_id = tracing::field::Empty,
+        event = tracing::field::Empty,
+        repository = tracing::field::Empty
+    );
+    orchestrate_in(args, span.clone()).instrument(span).await
+}
+
+async fn orchestrate_in(args: OrchestrateArgs, span: tracing::Span) -> anyhow::Result<Outcome> {
     let range = resolve_range(&args.change)?;
     let detected = detect(&range, &args.change.repo)?;
     if args.dry_run {
@@ -57,6 +51,9 @@ pub(crate) async fn orchestrate(args: OrchestrateArgs) -> anyhow::Result<Outcome
         &repository_name(&args.change)?,
         trigger(&range, &args.change.repo)?,
     );
+    span.record("run_id", tracing::field::display(event.id));
+    span.record("event", event.trigger.kind().as_str());
+    span.record("repository", event.repository.as_str());
     let broker = Broker::connect(&args.broker, "pipelines-orchestrate").await?;
     // Subscribe before publishing, so that not even the first status is missed.
     let mut follower = match args.wait {
@@ -131,6 +128,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let mut components: JoinSet<anyhow::Result<()>> = JoinSet::new();
     // The run ends with the command: its state needs no file.
     let dispatcher = Dispatcher::new(broker.clone(), config.clone(), Store::in_memory()?)?;
+    let ops = telemetry::Ops::default();
     components.spawn({
         let stopped = until_stopped(stopped.clone());
         async move { Ok(dispatcher.run(stopped).await?) }
@@ -144,9 +142,10 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
                     .map_err(|reason| anyhow!(reason))?;
             settings.supervisor = std::env::current_exe().ok();
             let stopped = until_stopped(stopped.clone());
-            let broker = broker.clone();
-            components
-                .spawn(async move { Ok(executor_worker::run(broker, settings, stopped).await?) });
+            let (broker, ops) = (broker.clone(), ops.clone());
+            components.spawn(async move {
+                Ok(executor_worker::run(broker, settings, ops, stopped).await?)
+            });
         }
     }
 
@@ -179,34 +178,6 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         }
     }
     Ok(report_run(&status, args.format))
-}
-
-pub(crate) async fn dispatch(args: DispatchArgs) -> anyhow::Result<Outcome> {
-    let config = Config::load(&args.config)?;
-    let state_dir = config.dispatcher.state_dir();
-    let store = Store::open(&state_dir)?;
-    tracing::info!(database = %state_dir.join(dispatcher::store::DATABASE_FILE).display(), "Run database open.");
-    let broker = connect(&config, "pipelines-dispatch").await?;
-    Dispatcher::new(broker.clone(), config, store)?
-        .run(shutdown_signal())
-        .await?;
-    broker.close().await;
-    Ok(Outcome::Success)
-}
-
-pub(crate) async fn execute(args: ExecuteArgs) -> anyhow::Result<Outcome> {
-    let config = Config::load(&args.config)?;
-    let mut settings =
-        WorkerSettings::from_config(&config, &args.account, args.name, args.work_dir)
-            .map_err(|reason| anyhow!(reason))?;
-    // Every tool runs under this binary's supervisor, so none outlives this worker.
-    settings.supervisor = Some(
-        std::env::current_exe().context("cannot find the pipelines binary to supervise tools")?,
-    );
-    let broker = connect(&config, &format!("pipelines-execute-{}", settings.account)).await?;
-    executor_worker::run(broker.clone(), settings, shutdown_signal()).await?;
-    broker.close().await;
-    Ok(Outcome::Success)
 }
 
 pub(crate) async fn broker_setup(path: &Path) -> anyhow::Result<Outcome> {
@@ -460,20 +431,4 @@ fn report_run(status: &RunStatus, format: Format) -> Outcome {
 
 fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
-}
-
-/// Resolves on Ctrl-C or SIGTERM: services stop consuming and finish the message in hand.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
 }

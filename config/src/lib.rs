@@ -98,6 +98,9 @@ pub struct DispatcherSettings {
     /// take the job over.
     #[serde(default = "default_lease_seconds")]
     pub lease_seconds: u64,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (`host:port`). Default: not served.
+    #[serde(default)]
+    pub metrics_address: Option<String>,
 }
 
 impl Default for DispatcherSettings {
@@ -105,6 +108,7 @@ impl Default for DispatcherSettings {
         DispatcherSettings {
             state_dir: None,
             lease_seconds: default_lease_seconds(),
+            metrics_address: None,
         }
     }
 }
@@ -251,6 +255,10 @@ pub struct ExecutorSettings {
     /// before killing its whole process group.
     #[serde(default = "default_stop_grace_seconds")]
     pub stop_grace_seconds: u64,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (`host:port`; one port per worker
+    /// process). Default: not served.
+    #[serde(default)]
+    pub metrics_address: Option<String>,
 }
 
 impl Default for ExecutorSettings {
@@ -261,6 +269,7 @@ impl Default for ExecutorSettings {
             log_dir: None,
             drain_seconds: default_drain_seconds(),
             stop_grace_seconds: default_stop_grace_seconds(),
+            metrics_address: None,
         }
     }
 }
@@ -603,6 +612,22 @@ impl Config {
             }
         }
         self.validate_credentials()?;
+        for (key, address) in [
+            (
+                "dispatcher.metrics_address",
+                &self.dispatcher.metrics_address,
+            ),
+            ("executor.metrics_address", &self.executor.metrics_address),
+        ] {
+            if let Some(address) = address
+                && address.parse::<std::net::SocketAddr>().is_err()
+            {
+                return Err(invalid(
+                    key,
+                    format!("{address:?} is not a host:port address like 0.0.0.0:9464"),
+                ));
+            }
+        }
         if self.dispatcher.lease_seconds < 10 {
             return Err(invalid(
                 "dispatcher.lease_seconds",

@@ -8,6 +8,7 @@
 //! - [`status`]: what `pipelines status` prints. Pure.
 //! - [`service`]: the broker edge that feeds the scheduler, commits, acks and publishes.
 
+mod metrics;
 pub mod policy;
 pub mod scheduler;
 pub mod service;

@@ -121,6 +121,9 @@ pub struct Run {
     pub rejected: Option<String>,
     /// Why the run was cancelled (superseded by a newer run, or by an operator), if it was.
     pub cancelled: Option<String>,
+    /// The W3C `traceparent` of the span that accepted the run: its jobs and reports join
+    /// that trace.
+    pub trace: Option<String>,
     pub jobs: Vec<RunJob>,
     /// Jobs other than destroys not final yet; destroys start at zero. Derived: the scheduler
     /// computes it when it takes the run in.
@@ -293,6 +296,31 @@ impl Scheduler {
         self.jobs.contains_key(&job_id)
     }
 
+    /// Jobs queued or running, per account.
+    pub fn in_flight(&self) -> &HashMap<String, u32> {
+        &self.in_flight
+    }
+
+    /// Jobs not final and not in flight: waiting for something.
+    pub fn waiting(&self) -> usize {
+        self.runs
+            .values()
+            .flat_map(|run| &run.jobs)
+            .filter(|job| job.state == UnitState::Pending)
+            .count()
+    }
+
+    /// Records the trace a run belongs to (the span that accepted it).
+    pub fn set_trace(&mut self, run_id: Uuid, trace: Option<String>) {
+        if let Some(run) = self
+            .by_id
+            .get(&run_id)
+            .and_then(|seq| self.runs.get_mut(seq))
+        {
+            run.trace = trace;
+        }
+    }
+
     /// An active job and its run.
     pub fn job_by_id(&self, job_id: Uuid) -> Option<(&Run, &RunJob)> {
         let (seq, idx) = *self.jobs.get(&job_id)?;
@@ -444,6 +472,7 @@ impl Scheduler {
             created_ms: now,
             rejected: None,
             cancelled: None,
+            trace: None,
             jobs,
             open_non_destroy: 0,
         }

@@ -18,8 +18,11 @@ use proto_types::{
 };
 use uuid::Uuid;
 
+use telemetry::Ops;
+
+use crate::metrics;
 use crate::policy::{self, AccountRouter};
-use crate::scheduler::{Effects, Scheduler, Settings};
+use crate::scheduler::{Effects, Run, Scheduler, Settings};
 use crate::store::{OutboxMessage, OutboxTarget, Store, StoreError};
 
 /// Messages handled per transaction at most: enough to amortize the commit, few enough that a
@@ -30,15 +33,27 @@ const OUTBOX_CHUNK: usize = 512;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
-    /// The broker failed under us: exit and let the supervisor restart us. Everything not yet
-    /// acked is redelivered; everything committed is in the outbox.
+    /// The broker failed under us: reconnect and start again from the database. Everything
+    /// not yet acked is redelivered; everything committed is in the outbox.
     #[error(transparent)]
     Broker(#[from] BrokerError),
     /// The run database failed: exit without acking; the last committed state is intact.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The broker ended a consumer (it is shutting down, or the connection dropped): reconnect.
     #[error("the broker closed the {0} consumer")]
     ConsumerClosed(&'static str),
+}
+
+impl DispatchError {
+    /// Whether reconnecting to the broker and starting again may help.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DispatchError::Broker(err) => err.is_transient(),
+            DispatchError::ConsumerClosed(_) => true,
+            DispatchError::Store(_) => false,
+        }
+    }
 }
 
 /// The dispatcher's queues, in the order a batch drains them.
@@ -90,6 +105,7 @@ pub struct Dispatcher {
     router: AccountRouter,
     scheduler: Scheduler,
     store: Store,
+    ops: Ops,
 }
 
 impl Dispatcher {
@@ -108,7 +124,14 @@ impl Dispatcher {
             config,
             scheduler,
             store,
+            ops: Ops::default(),
         })
+    }
+
+    /// Where to keep metrics and readiness (served by the binary).
+    pub fn with_ops(mut self, ops: Ops) -> Dispatcher {
+        self.ops = ops;
+        self
     }
 
     /// Declares the topology, then handles messages until `shutdown` resolves.
@@ -129,6 +152,14 @@ impl Dispatcher {
             consume(Source::Changes).await?,
             consume(Source::Control).await?,
         ];
+        metrics::register(&self.ops.metrics);
+        let depths = tokio::spawn(watch_queue_depths(
+            self.broker.clone(),
+            Topology::new(self.config.account_names()),
+            self.ops.metrics.clone(),
+        ));
+        let _stop_depths = AbortOnDrop(depths);
+        self.ops.health.set_ready(true);
         tracing::info!(accounts = ?self.config.account_names(), "Dispatcher ready.");
         tokio::pin!(shutdown);
         loop {
@@ -178,9 +209,17 @@ impl Dispatcher {
         for (delivery, verdict) in settle {
             match verdict {
                 Verdict::Ack => delivery.ack().await?,
-                Verdict::DeadLetter(reason) => delivery.dead_letter(&reason).await?,
+                Verdict::DeadLetter(reason) => {
+                    delivery.dead_letter(&reason).await?;
+                    self.ops.metrics.inc(metrics::DEAD_LETTERS, &[]);
+                }
             }
         }
+        metrics::load(
+            &self.ops.metrics,
+            self.scheduler.in_flight(),
+            self.scheduler.waiting(),
+        );
         // Answers and stop orders go straight to workers' private queues; a worker that is
         // gone needs neither, so they are not kept in the outbox.
         let headers = Headers::new();
@@ -216,6 +255,7 @@ impl Dispatcher {
             }
         };
         let span = tracing::info_span!("cancel", run_id = %order.run_id, requested_by = %order.requested_by);
+        telemetry::propagation::set_parent(&span, &delivery.headers);
         let _entered = span.enter();
         let reason = format!("cancelled by {}: {}", order.requested_by, order.reason);
         if self.scheduler.run(order.run_id).is_some() {
@@ -247,7 +287,9 @@ impl Dispatcher {
                 )));
             }
         };
-        let span = tracing::info_span!("run", run_id = %event.id, repository = %event.repository, event = %event.trigger.kind());
+        // The run's trace: continued from the orchestrator, carried on by every job.
+        let span = tracing::info_span!("dispatch", run_id = %event.id, repository = %event.repository, event = %event.trigger.kind());
+        telemetry::propagation::set_parent(&span, &delivery.headers);
         let _entered = span.enter();
         // A redelivery (we crashed before the ack, or the publisher sent it twice): the run
         // exists, so settle the message the way the first delivery was settled.
@@ -268,11 +310,15 @@ impl Dispatcher {
             Ok(plan) => {
                 tracing::info!(jobs = plan.units.len(), "Run accepted.");
                 effects.merge(self.scheduler.accept(&event, &plan, now));
+                self.scheduler
+                    .set_trace(event.id, telemetry::propagation::traceparent(&span));
                 Ok(Verdict::Ack)
             }
             Err(reason) => {
                 tracing::warn!(%reason, "Change event rejected.");
                 effects.merge(self.scheduler.reject(&event, &reason, now));
+                self.scheduler
+                    .set_trace(event.id, telemetry::propagation::traceparent(&span));
                 Ok(Verdict::DeadLetter(format!("rejected: {reason}")))
             }
         }
@@ -302,6 +348,7 @@ impl Dispatcher {
             unit = unit.as_deref().unwrap_or("?"),
             account = account.as_deref().unwrap_or("?"),
         );
+        telemetry::propagation::set_parent(&span, &delivery.headers);
         let _entered = span.enter();
         if let Some((run, _)) = active
             && run.run_id != event.run_id
@@ -394,6 +441,17 @@ impl Dispatcher {
                         &outcome,
                         now,
                     );
+                    if let Some((_, job)) = self.scheduler.job_by_id(event.job_id)
+                        && job.state.is_final()
+                    {
+                        let action = job.job.action.as_str();
+                        metrics::job_finished(
+                            &self.ops.metrics,
+                            action,
+                            job.state.as_str(),
+                            job.duration_ms,
+                        );
+                    }
                     if finished.changed_jobs.contains(&event.job_id) {
                         match outcome.status {
                             JobStatus::Succeeded => {
@@ -439,23 +497,33 @@ impl Dispatcher {
             .iter()
             .filter_map(|id| self.scheduler.job_by_id(*id))
             .collect();
-        let mut outbox: Vec<OutboxMessage> =
-            effects.publish.iter().map(OutboxMessage::job).collect();
+        let trace_of = |job: &proto_types::Job| {
+            self.scheduler
+                .run(job.run_id)
+                .and_then(|run| run.trace.clone())
+        };
+        let mut outbox: Vec<OutboxMessage> = effects
+            .publish
+            .iter()
+            .map(|job| OutboxMessage::job(job, trace_of(job)))
+            .collect();
         outbox.extend(runs.iter().map(|run| OutboxMessage::status(run)));
         self.store
             .commit(runs.iter().copied(), jobs, &outbox, now)?;
         for job in &effects.publish {
             tracing::info!(run_id = %job.run_id, job_id = %job.job_id, unit = %job.unit, account = %job.account, action = %job.action, attempt = job.attempt, "Job queued.");
+            if job.attempt > 1 {
+                self.ops
+                    .metrics
+                    .inc(metrics::RETRIES, &[("action", job.action.as_str())]);
+            }
         }
         for run in runs {
             let state = run.state();
             if state.is_final() {
-                match &state {
-                    RunState::Succeeded => tracing::info!(run_id = %run.run_id, "Run succeeded."),
-                    other => {
-                        tracing::info!(run_id = %run.run_id, state = other.as_str(), reason = other.reason().unwrap_or_default(), "Run finished.")
-                    }
-                }
+                finished(run, &state, now);
+                let labels = [("event", run.event.as_str()), ("state", state.as_str())];
+                self.ops.metrics.inc(metrics::RUNS_FINISHED, &labels);
             }
         }
         Ok(())
@@ -463,11 +531,12 @@ impl Dispatcher {
 
     /// Publishes the outbox with confirms, forgetting each message once confirmed.
     async fn publish_outbox(&mut self) -> Result<(), DispatchError> {
-        let headers = Headers::new();
         loop {
             let messages = self.store.outbox(OUTBOX_CHUNK)?;
             let mut published = Vec::with_capacity(messages.len());
             for message in &messages {
+                // Each message continues its run's trace.
+                let headers = telemetry::propagation::headers_from(message.trace.as_deref());
                 let outgoing = Outgoing::new(&message.body, &message.message_id, &headers);
                 let route = match &message.target {
                     OutboxTarget::Jobs { account } => Route::Jobs { account },
@@ -486,6 +555,62 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// Reads the depth of every work queue into the metrics, every 15 seconds.
+async fn watch_queue_depths(broker: Broker, topology: Topology, metrics: telemetry::Metrics) {
+    let mut every = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        every.tick().await;
+        for queue in topology.work_queues() {
+            if let Ok(depth) = broker.queue_depth(&queue.name).await {
+                metrics.set(
+                    metrics::QUEUE_DEPTH,
+                    &[("queue", &queue.name)],
+                    f64::from(depth),
+                );
+            }
+        }
+    }
+}
+
+/// Aborts a background task when its owner goes away.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Logs a run's end and records its usage data, in the run's trace.
+fn finished(run: &Run, state: &RunState, now: u64) {
+    let span =
+        tracing::info_span!("run_finished", run_id = %run.run_id, repository = %run.repository);
+    telemetry::propagation::set_parent(
+        &span,
+        &telemetry::propagation::headers_from(run.trace.as_deref()),
+    );
+    let _entered = span.enter();
+    match state {
+        RunState::Succeeded => tracing::info!("Run succeeded."),
+        other => tracing::info!(
+            state = other.as_str(),
+            reason = other.reason().unwrap_or_default(),
+            "Run finished."
+        ),
+    }
+    telemetry::usage::record_run(&telemetry::usage::RunUsage {
+        event: run.event.as_str(),
+        state: state.as_str(),
+        duration_ms: now.saturating_sub(run.created_ms),
+        jobs: run.jobs.len(),
+        failed_jobs: run
+            .jobs
+            .iter()
+            .filter(|job| job.state == proto_types::UnitState::Failed)
+            .count(),
+    });
 }
 
 /// The next delivery from any of the consumers, job events first.

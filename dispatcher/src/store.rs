@@ -39,6 +39,7 @@ CREATE TABLE runs (
     updated_ms    INTEGER NOT NULL,
     rejected      TEXT,
     cancelled     TEXT,
+    trace         TEXT,
     state         TEXT NOT NULL,
     reason        TEXT,
     final         INTEGER NOT NULL
@@ -82,6 +83,7 @@ CREATE TABLE outbox (
     target     TEXT NOT NULL,
     message_id TEXT NOT NULL,
     body       BLOB NOT NULL,
+    trace      TEXT,
     -- One pending status per run: a newer snapshot replaces the older one.
     dedup_key  TEXT UNIQUE
 );
@@ -135,10 +137,12 @@ pub struct OutboxMessage {
     pub target: OutboxTarget,
     pub message_id: String,
     pub body: Vec<u8>,
+    /// The `traceparent` the message carries: its run's trace.
+    pub trace: Option<String>,
 }
 
 impl OutboxMessage {
-    pub fn job(job: &Job) -> OutboxMessage {
+    pub fn job(job: &Job, trace: Option<String>) -> OutboxMessage {
         OutboxMessage {
             id: 0,
             target: OutboxTarget::Jobs {
@@ -147,6 +151,7 @@ impl OutboxMessage {
             // Unique per attempt: a retry is a new message, a republish of one is not.
             message_id: format!("{}/{}", job.job_id, job.attempt),
             body: job.encode(),
+            trace,
         }
     }
 
@@ -156,6 +161,7 @@ impl OutboxMessage {
             target: OutboxTarget::Status { run_id: run.run_id },
             message_id: Uuid::new_v4().to_string(),
             body: run.status().encode(),
+            trace: run.trace.clone(),
         }
     }
 }
@@ -277,8 +283,8 @@ impl Store {
                 .prepare(
                     "INSERT INTO runs (run_id, seq, repository, event, pull_request, head_sha,
                          base_sha, created_ms, updated_ms, rejected, cancelled, state, reason,
-                         final)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                         final, trace)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
                      ON CONFLICT (run_id) DO UPDATE SET updated_ms = excluded.updated_ms,
                          cancelled = excluded.cancelled, state = excluded.state,
                          reason = excluded.reason, final = excluded.final",
@@ -302,6 +308,7 @@ impl Store {
                         state.as_str(),
                         state.reason(),
                         state.is_final(),
+                        run.trace,
                     ])
                     .map_err(sqlite("write run"))?;
             }
@@ -373,10 +380,10 @@ impl Store {
             }
             let mut insert_outbox = tx
                 .prepare(
-                    "INSERT INTO outbox (kind, target, message_id, body, dedup_key)
-                     VALUES (?1, ?2, ?3, ?4, ?5)
+                    "INSERT INTO outbox (kind, target, message_id, body, dedup_key, trace)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                      ON CONFLICT (dedup_key) DO UPDATE SET message_id = excluded.message_id,
-                         body = excluded.body",
+                         body = excluded.body, trace = excluded.trace",
                 )
                 .map_err(sqlite("prepare outbox insert"))?;
             for message in outbox {
@@ -394,7 +401,8 @@ impl Store {
                         target,
                         message.message_id,
                         message.body,
-                        dedup
+                        dedup,
+                        message.trace
                     ])
                     .map_err(sqlite("write outbox"))?;
             }
@@ -406,7 +414,9 @@ impl Store {
     pub fn outbox(&self, limit: usize) -> Result<Vec<OutboxMessage>, StoreError> {
         let mut statement = self
             .connection
-            .prepare("SELECT id, kind, target, message_id, body FROM outbox ORDER BY id LIMIT ?1")
+            .prepare(
+                "SELECT id, kind, target, message_id, body, trace FROM outbox ORDER BY id LIMIT ?1",
+            )
             .map_err(sqlite("prepare outbox read"))?;
         let rows = statement
             .query_map([limit as i64], |row| {
@@ -416,12 +426,13 @@ impl Store {
                     row.get::<_, String>(2)?,
                     row.get::<_, String>(3)?,
                     row.get::<_, Vec<u8>>(4)?,
+                    row.get::<_, Option<String>>(5)?,
                 ))
             })
             .map_err(sqlite("read outbox"))?;
         let mut messages = Vec::new();
         for row in rows {
-            let (id, kind, target, message_id, body) = row.map_err(sqlite("read outbox"))?;
+            let (id, kind, target, message_id, body, trace) = row.map_err(sqlite("read outbox"))?;
             let target = match kind.as_str() {
                 "job" => OutboxTarget::Jobs { account: target },
                 "status" => OutboxTarget::Status {
@@ -439,6 +450,7 @@ impl Store {
                 target,
                 message_id,
                 body,
+                trace,
             });
         }
         Ok(messages)
@@ -470,7 +482,7 @@ impl Store {
             .connection
             .prepare(
                 "SELECT run_id, seq, repository, event, pull_request, head_sha, base_sha,
-                     created_ms, rejected, cancelled
+                     created_ms, rejected, cancelled, trace
                  FROM runs WHERE final = 0 ORDER BY seq",
             )
             .map_err(sqlite("prepare run read"))?;
@@ -487,13 +499,25 @@ impl Store {
                     row.get::<_, i64>(7)?,
                     row.get::<_, Option<String>>(8)?,
                     row.get::<_, Option<String>>(9)?,
+                    row.get::<_, Option<String>>(10)?,
                 ))
             })
             .map_err(sqlite("read runs"))?;
         let mut runs = Vec::new();
         for row in rows {
-            let (id, seq, repository, event, pr, head_sha, base_sha, created, rejected, cancelled) =
-                row.map_err(sqlite("read runs"))?;
+            let (
+                id,
+                seq,
+                repository,
+                event,
+                pr,
+                head_sha,
+                base_sha,
+                created,
+                rejected,
+                cancelled,
+                trace,
+            ) = row.map_err(sqlite("read runs"))?;
             let run_id = parse_uuid("run id", &id)?;
             let event: EventKind = event.parse().map_err(|_| StoreError::Corrupt {
                 what: "event",
@@ -511,6 +535,7 @@ impl Store {
                 created_ms: created as u64,
                 rejected,
                 cancelled,
+                trace,
                 jobs,
                 open_non_destroy: 0,
             });

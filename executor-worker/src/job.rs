@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::metrics;
 use crate::runner::Stop;
 use crate::workspace::Workspace;
 use crate::{ExecuteError, WorkerSettings, work};
@@ -28,6 +29,7 @@ pub(crate) struct Worker<'a> {
     pub(crate) broker: &'a Broker,
     pub(crate) settings: &'a WorkerSettings,
     pub(crate) workspace: &'a Workspace,
+    pub(crate) metrics: &'a telemetry::Metrics,
 }
 
 /// A message on the worker's private queue.
@@ -70,6 +72,7 @@ impl Worker<'_> {
                 delivery
                     .dead_letter(&format!("undecodable job: {err}"))
                     .await?;
+                self.metrics.inc(metrics::DEAD_LETTERS, &[]);
                 return Ok(false);
             }
         };
@@ -79,6 +82,7 @@ impl Worker<'_> {
                 job.account, self.settings.account
             );
             delivery.dead_letter(&reason).await?;
+            self.metrics.inc(metrics::DEAD_LETTERS, &[]);
             return Ok(false);
         }
         let span = tracing::info_span!(
@@ -89,7 +93,10 @@ impl Worker<'_> {
             account = %job.account,
             action = %job.action,
             attempt = job.attempt,
+            repository = %job.repository,
         );
+        // The job joins its run's trace.
+        telemetry::propagation::set_parent(&span, &delivery.headers);
         self.handle_job(job, delivery, replies, shutdown)
             .instrument(span)
             .await
@@ -116,6 +123,7 @@ impl Worker<'_> {
                 // Finished, cancelled, or a second copy of a job someone else runs: drop it.
                 tracing::info!(%reason, "Not running the job.");
                 delivery.ack().await?;
+                self.metrics.inc(metrics::NOT_RUN, &[]);
                 return Ok(false);
             }
         };
@@ -131,10 +139,13 @@ impl Worker<'_> {
             self.settings.name.clone(),
             job.clone(),
             every,
+            telemetry::propagation::current_headers(),
         ));
         let timeout = (job.timeout_secs > 0).then(|| Duration::from_secs(job.timeout_secs));
         let timeout_at = timeout.map(|limit| Instant::now() + limit);
         let mut drain_at: Option<Instant> = None;
+        self.metrics.set(metrics::RUNNING, &[], 1.0);
+        let _idle = Idle(self.metrics);
         let work = work::run(self.settings, self.workspace, &job, stop_rx);
         tokio::pin!(work);
         let finished = loop {
@@ -179,9 +190,17 @@ impl Worker<'_> {
                 "the worker shut down before the job finished",
             )
             .await?;
+            self.metrics.inc(metrics::GIVEN_BACK, &[]);
             return Ok(true);
         }
         let outcome = finished.outcome;
+        let action = job.action.as_str();
+        let status = format!("{:?}", outcome.status).to_ascii_lowercase();
+        self.metrics
+            .inc(metrics::JOBS, &[("action", action), ("status", &status)]);
+        let seconds = outcome.duration_ms as f64 / 1000.0;
+        self.metrics
+            .observe(metrics::JOB_DURATION, &[("action", action)], seconds);
         tracing::info!(status = ?outcome.status, exit_code = ?outcome.exit_code, duration_ms = outcome.duration_ms, "Job finished.");
         // Ack only once the outcome is confirmed: if we die in between, the job is redelivered.
         publish_event(
@@ -281,6 +300,15 @@ impl Worker<'_> {
     }
 }
 
+/// Sets the running gauge back to zero however the job's handling ends.
+struct Idle<'a>(&'a telemetry::Metrics);
+
+impl Drop for Idle<'_> {
+    fn drop(&mut self) {
+        self.0.set(metrics::RUNNING, &[], 0.0);
+    }
+}
+
 /// Resolves at `at`, or never.
 async fn sleep_until(at: Option<Instant>) {
     match at {
@@ -289,24 +317,37 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-async fn heartbeats(broker: Broker, worker: String, job: Job, every: Duration) {
+async fn heartbeats(broker: Broker, worker: String, job: Job, every: Duration, headers: Headers) {
     let mut interval = tokio::time::interval(every);
     interval.tick().await;
     loop {
         interval.tick().await;
-        if let Err(err) = publish_event(&broker, &worker, &job, JobEventKind::Heartbeat, None).await
-        {
+        let heartbeat = JobEventKind::Heartbeat;
+        if let Err(err) = publish_with(&broker, &worker, &job, heartbeat, None, &headers).await {
             tracing::warn!(error = %err, "Heartbeat not published.");
         }
     }
 }
 
+/// Publishes a job event in the current span's trace.
 async fn publish_event(
     broker: &Broker,
     worker: &str,
     job: &Job,
     kind: JobEventKind,
     reply_to: Option<&str>,
+) -> Result<(), BrokerError> {
+    let headers = telemetry::propagation::current_headers();
+    publish_with(broker, worker, job, kind, reply_to, &headers).await
+}
+
+async fn publish_with(
+    broker: &Broker,
+    worker: &str,
+    job: &Job,
+    kind: JobEventKind,
+    reply_to: Option<&str>,
+    headers: &Headers,
 ) -> Result<(), BrokerError> {
     let event = JobEvent {
         job_id: job.job_id,
@@ -317,10 +358,9 @@ async fn publish_event(
     };
     let body = event.encode();
     let id = uuid::Uuid::new_v4().to_string();
-    let headers = Headers::new();
     let message = Outgoing {
         reply_to,
-        ..Outgoing::new(&body, &id, &headers)
+        ..Outgoing::new(&body, &id, headers)
     };
     broker.publish(Route::JobEvents, message).await
 }

@@ -17,6 +17,7 @@
 
 mod credentials;
 mod job;
+mod metrics;
 mod output;
 mod runner;
 pub mod supervisor;
@@ -30,6 +31,7 @@ use std::time::Duration;
 use broker::topology::jobs_queue;
 use broker::{Broker, BrokerError, Topology};
 use config::{Config, Credentials, Repository};
+use telemetry::Ops;
 
 pub use crate::runner::SUPERVISE_COMMAND;
 use crate::workspace::{Workspace, WorkspaceError};
@@ -124,15 +126,28 @@ pub enum ExecuteError {
     ConsumerClosed(String),
 }
 
+impl ExecuteError {
+    /// Whether reconnecting to the broker and starting again may help.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ExecuteError::Broker(err) => err.is_transient(),
+            ExecuteError::ConsumerClosed(_) => true,
+            ExecuteError::Workspace(_) => false,
+        }
+    }
+}
+
 /// Consumes the account's job queue, one job at a time, until `shutdown` resolves. Then it
 /// drains: the job in progress may finish within [`WorkerSettings::drain`]; past that it is
 /// stopped and given back to the queue, never lost.
 pub async fn run(
     broker: Broker,
     settings: WorkerSettings,
+    ops: Ops,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ExecuteError> {
     let workspace = Workspace::open(settings.work_dir.clone())?;
+    metrics::register(&ops.metrics);
     broker
         .declare_topology(&Topology::new([settings.account.clone()]))
         .await?;
@@ -140,6 +155,7 @@ pub async fn run(
     let mut replies = broker.reply_queue().await?;
     // Prefetch 1: a job waiting behind an hours-long apply should go to another worker.
     let mut jobs = broker.consume(&queue, 1).await?;
+    ops.health.set_ready(true);
     tracing::info!(account = %settings.account, worker = %settings.name, work_dir = %settings.work_dir.display(), "Executor ready.");
     tokio::pin!(shutdown);
     let mut draining = false;
@@ -156,6 +172,7 @@ pub async fn run(
             broker: &broker,
             settings: &settings,
             workspace: &workspace,
+            metrics: &ops.metrics,
         };
         draining = worker.handle(delivery, &mut replies, &mut shutdown).await?;
     }

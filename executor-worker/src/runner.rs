@@ -16,6 +16,7 @@ use rustix::process::{Pid, Signal};
 use serde::Deserialize;
 use tokio::process::Command;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::output::JobOutput;
 
@@ -192,10 +193,14 @@ pub(crate) async fn execute(
         }
         output.push_str(&format!("$ {} {}\n", tool.program(), step.args.join(" ")));
         let mut command = command(tool.program(), &step.args, unit_dir, launch);
+        let span = tracing::info_span!("step", step = step.args[0], program = tool.program());
         let result = if step.captures_stdout {
-            run_capturing(&mut command, output, stop).await
+            run_capturing(&mut command, output, stop)
+                .instrument(span)
+                .await
         } else {
             run_merged(&mut command, output, launch, stop)
+                .instrument(span)
                 .await
                 .map(|ended| (ended, Vec::new()))
         };
@@ -262,7 +267,9 @@ fn command(program: &str, args: &[&str], dir: &Path, launch: &Launch) -> Command
         .env("TF_IN_AUTOMATION", "1")
         .env("TF_INPUT", "0")
         .stdin(Stdio::null())
-        .kill_on_drop(true);
+        // A supervisor must outlive an abandoned step long enough to kill the tool's group
+        // (see AbandonGuard); a bare tool is killed with its group.
+        .kill_on_drop(launch.supervisor.is_none());
     command
 }
 
@@ -292,6 +299,11 @@ async fn run_merged(
         }
     });
     let pid = child.id();
+    let mut guard = AbandonGuard {
+        pid,
+        supervised: launch.supervisor.is_some(),
+        armed: true,
+    };
     let ended = tokio::select! {
         status = child.wait() => Ended::Exited(status?.code()),
         reason = stopped(stop) => {
@@ -306,6 +318,7 @@ async fn run_merged(
             Ended::Stopped(reason)
         }
     };
+    guard.armed = false;
     *output = reading.await.map_err(std::io::Error::other)?;
     Ok(ended)
 }
@@ -346,17 +359,34 @@ async fn stopped(stop: &mut watch::Receiver<Option<Stop>>) -> Stop {
 }
 
 /// The polite request (`insist = false`): SIGTERM to the supervisor, which interrupts the
-/// tool's group, or SIGINT to the tool's own group. The end of patience (`insist = true`): a
-/// second SIGTERM makes the supervisor kill the group; without one, SIGKILL to the group.
+/// tool's group, or SIGINT to the tool's own group. The end of patience (`insist = true`):
+/// SIGUSR1 makes the supervisor kill the group; without one, SIGKILL to the group.
 fn signal_tool(pid: Option<u32>, supervised: bool, insist: bool) {
     let Some(pid) = pid.and_then(|pid| Pid::from_raw(pid as i32)) else {
         return;
     };
     let _ = match (supervised, insist) {
-        (true, _) => rustix::process::kill_process(pid, Signal::TERM),
+        (true, false) => rustix::process::kill_process(pid, Signal::TERM),
+        (true, true) => rustix::process::kill_process(pid, Signal::USR1),
         (false, false) => rustix::process::kill_process_group(pid, Signal::INT),
         (false, true) => rustix::process::kill_process_group(pid, Signal::KILL),
     };
+}
+
+/// Kills a tool's process group if the step is abandoned while the tool runs (the job's future
+/// is dropped: the worker lost the broker, or is stopping), so that no tool outlives its job.
+struct AbandonGuard {
+    pid: Option<u32>,
+    supervised: bool,
+    armed: bool,
+}
+
+impl Drop for AbandonGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            signal_tool(self.pid, self.supervised, true);
+        }
+    }
 }
 
 #[derive(Deserialize)]

@@ -4,8 +4,8 @@
 //! The tool runs in a process group of its own (terraform, its providers, `local-exec`
 //! shells). The supervisor watches its parent: when the worker is gone, even by SIGKILL, it
 //! kills the whole group. A first SIGTERM or SIGINT from the worker interrupts the group
-//! (terraform stops gracefully and releases its state lock); a second kills it. When the tool
-//! exits by itself, whatever it left running in its group is killed too.
+//! (terraform stops gracefully and releases its state lock); a second one, or SIGUSR1, kills
+//! it. When the tool exits by itself, whatever it left running in its group is killed too.
 
 use std::ffi::OsString;
 use std::process::Stdio;
@@ -36,9 +36,10 @@ pub fn supervise(worker_pid: u32, program: OsString, args: Vec<OsString>) -> i32
 
 async fn run(worker_pid: u32, program: OsString, args: Vec<OsString>) -> i32 {
     // Handlers first: from here on, SIGTERM and SIGINT are requests, not our death.
-    let (Ok(mut terminate), Ok(mut interrupt)) = (
+    let (Ok(mut terminate), Ok(mut interrupt), Ok(mut kill_now)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::user_defined1()),
     ) else {
         eprintln_safe("pipelines supervisor: cannot handle signals");
         return 125;
@@ -77,6 +78,7 @@ async fn run(worker_pid: u32, program: OsString, args: Vec<OsString>) -> i32 {
             }
             _ = terminate.recv() => requests += 1,
             _ = interrupt.recv() => requests += 1,
+            _ = kill_now.recv() => requests += 2,
             _ = check.tick() => {
                 if rustix::process::getppid() != worker {
                     let _ = rustix::process::kill_process_group(group, Signal::KILL);

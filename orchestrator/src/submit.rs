@@ -16,7 +16,8 @@ pub enum SubmitError {
 pub async fn submit(broker: &Broker, event: &ChangeEvent) -> Result<(), SubmitError> {
     let body = event.encode();
     let id = event.id.to_string();
-    let headers = Headers::new();
+    // The run's trace starts here: the dispatcher continues it from these headers.
+    let headers: Headers = telemetry::propagation::current_headers();
     let message = Outgoing::new(&body, &id, &headers);
     broker.publish(Route::Changes, message).await?;
     tracing::info!(run_id = %event.id, units = event.changes.iter().map(|c| c.units.len()).sum::<usize>(), "Change event published.");

@@ -17,7 +17,12 @@ fn commit(store: &mut Store, scheduler: &Scheduler, effects: &Effects, now: u64)
         .iter()
         .filter_map(|id| scheduler.job_by_id(*id))
         .collect();
-    let mut outbox: Vec<OutboxMessage> = effects.publish.iter().map(OutboxMessage::job).collect();
+    let trace = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned());
+    let mut outbox: Vec<OutboxMessage> = effects
+        .publish
+        .iter()
+        .map(|job| OutboxMessage::job(job, trace.clone()))
+        .collect();
     outbox.extend(runs.iter().map(|run| OutboxMessage::status(run)));
     store
         .commit(runs.iter().copied(), jobs, &outbox, now)
@@ -122,6 +127,10 @@ fn the_outbox_keeps_one_status_per_run_and_forgets_what_was_published() {
     assert_eq!(
         outbox[0].message_id,
         format!("{}/1", outbox_job(&outbox[0]).job_id)
+    );
+    assert!(
+        outbox[0].trace.as_deref().is_some_and(|t| t.starts_with("00-0af76519")),
+        "the trace travels with the job"
     );
 
     store.delete_outbox(&[outbox[0].id, outbox[2].id]).unwrap();

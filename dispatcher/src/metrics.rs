@@ -1,0 +1,64 @@
+//! The dispatcher's Prometheus metrics: their names, their help, and the updates.
+
+use std::collections::HashMap;
+
+use telemetry::Metrics;
+use telemetry::metrics::DURATION_BUCKETS;
+
+pub(crate) const JOBS_FINISHED: &str = "pipelines_jobs_finished_total";
+pub(crate) const JOB_DURATION: &str = "pipelines_job_duration_seconds";
+pub(crate) const JOBS_IN_FLIGHT: &str = "pipelines_jobs_in_flight";
+pub(crate) const JOBS_WAITING: &str = "pipelines_jobs_waiting";
+pub(crate) const QUEUE_DEPTH: &str = "pipelines_queue_depth";
+pub(crate) const RETRIES: &str = "pipelines_job_retries_total";
+pub(crate) const DEAD_LETTERS: &str = "pipelines_dead_letters_total";
+pub(crate) const RUNS_FINISHED: &str = "pipelines_runs_finished_total";
+
+pub(crate) fn register(metrics: &Metrics) {
+    metrics.counter(
+        JOBS_FINISHED,
+        "Jobs that reached a final state, by action and state.",
+    );
+    metrics.histogram(
+        JOB_DURATION,
+        "How long finished jobs ran on their worker, by action.",
+        DURATION_BUCKETS,
+    );
+    metrics.gauge(
+        JOBS_IN_FLIGHT,
+        "Jobs queued for or running on an account's workers.",
+    );
+    metrics.gauge(
+        JOBS_WAITING,
+        "Jobs waiting for their dependencies, their unit, their account's cap or a retry.",
+    );
+    metrics.gauge(
+        QUEUE_DEPTH,
+        "Messages ready in each work queue, read from the broker.",
+    );
+    metrics.counter(
+        RETRIES,
+        "Jobs queued again after a retryable failure, by action.",
+    );
+    metrics.counter(
+        DEAD_LETTERS,
+        "Messages the dispatcher dead-lettered, by queue.",
+    );
+    metrics.counter(RUNS_FINISHED, "Runs that ended, by event and state.");
+}
+
+pub(crate) fn job_finished(metrics: &Metrics, action: &str, state: &str, duration_ms: Option<u64>) {
+    metrics.inc(JOBS_FINISHED, &[("action", action), ("state", state)]);
+    if let Some(ms) = duration_ms {
+        metrics.observe(JOB_DURATION, &[("action", action)], ms as f64 / 1000.0);
+    }
+}
+
+pub(crate) fn load(metrics: &Metrics, in_flight: &HashMap<String, u32>, waiting: usize) {
+    let series = in_flight
+        .iter()
+        .map(|(account, count)| (vec![("account", account.as_str())], f64::from(*count)))
+        .collect();
+    metrics.set_all(JOBS_IN_FLIGHT, series);
+    metrics.set(JOBS_WAITING, &[], waiting as f64);
+}

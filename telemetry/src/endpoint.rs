@@ -1,0 +1,150 @@
+//! `/metrics` (Prometheus text), `/healthz` (the process answers) and `/readyz` (connected to
+//! the broker, consumers running) over plain HTTP/1.1. GET only; one request per connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::metrics::Metrics;
+
+/// Readiness, set by the component: ready once connected with consumers running.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    ready: Arc<AtomicBool>,
+}
+
+impl Health {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+}
+
+/// Binds `address` and answers requests until the runtime stops; the bound address (useful
+/// with port 0).
+pub async fn serve(address: &str, metrics: Metrics, health: Health) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(address).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (metrics, health) = (metrics.clone(), health.clone());
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    answer(stream, &metrics, &health),
+                )
+                .await;
+            });
+        }
+    });
+    Ok(bound)
+}
+
+async fn answer(mut stream: TcpStream, metrics: &Metrics, health: &Health) -> std::io::Result<()> {
+    let mut request = Vec::new();
+    let mut buffer = [0_u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+        let n = stream.read(&mut buffer).await?;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&buffer[..n]);
+    }
+    let line = String::from_utf8_lossy(&request);
+    let mut words = line.split_whitespace();
+    let (method, path) = (
+        words.next().unwrap_or_default(),
+        words.next().unwrap_or_default(),
+    );
+    let (status, content_type, body) = route(method, path, metrics, health);
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// The status line, content type and body for a request. Pure.
+fn route(
+    method: &str,
+    path: &str,
+    metrics: &Metrics,
+    health: &Health,
+) -> (&'static str, &'static str, String) {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    if method != "GET" {
+        return ("405 Method Not Allowed", TEXT, "only GET\n".into());
+    }
+    match path.split('?').next().unwrap_or_default() {
+        "/metrics" => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render(),
+        ),
+        "/healthz" => ("200 OK", TEXT, "ok\n".into()),
+        "/readyz" if health.is_ready() => ("200 OK", TEXT, "ready\n".into()),
+        "/readyz" => (
+            "503 Service Unavailable",
+            TEXT,
+            "not ready: not connected to the broker\n".into(),
+        ),
+        _ => (
+            "404 Not Found",
+            TEXT,
+            "try /metrics, /healthz or /readyz\n".into(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_follows_the_component_and_other_paths_are_refused() {
+        let (metrics, health) = (Metrics::default(), Health::default());
+        assert_eq!(
+            route("GET", "/readyz", &metrics, &health).0,
+            "503 Service Unavailable"
+        );
+        health.set_ready(true);
+        assert_eq!(route("GET", "/readyz", &metrics, &health).0, "200 OK");
+        assert_eq!(route("GET", "/healthz", &metrics, &health).0, "200 OK");
+        assert_eq!(
+            route("POST", "/metrics", &metrics, &health).0,
+            "405 Method Not Allowed"
+        );
+        assert_eq!(route("GET", "/nope", &metrics, &health).0, "404 Not Found");
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_answers_over_tcp() {
+        let metrics = Metrics::default();
+        metrics.counter("jobs_total", "Jobs.");
+        metrics.inc("jobs_total", &[]);
+        let address = serve("127.0.0.1:0", metrics, Health::default())
+            .await
+            .unwrap();
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(response.ends_with("jobs_total 1\n"), "{response}");
+    }
+}
