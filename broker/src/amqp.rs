@@ -92,13 +92,18 @@ impl AmqpBroker {
         })
     }
 
-    pub(crate) async fn declare_topology(&self, topology: &Topology) -> Result<(), BrokerError> {
-        let channel = self
-            .inner
+    /// A new channel on the consuming connection: one per consumer or administrative task, so
+    /// that a channel error never takes anything else down.
+    async fn consume_channel(&self) -> Result<Channel, BrokerError> {
+        self.inner
             .consume_connection
             .create_channel()
             .await
-            .map_err(protocol("channel.open"))?;
+            .map_err(protocol("channel.open"))
+    }
+
+    pub(crate) async fn declare_topology(&self, topology: &Topology) -> Result<(), BrokerError> {
+        let channel = self.consume_channel().await?;
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..ExchangeDeclareOptions::default()
@@ -218,12 +223,7 @@ impl AmqpBroker {
         queue: &str,
         prefetch: u16,
     ) -> Result<AmqpConsumer, BrokerError> {
-        let channel = self
-            .inner
-            .consume_connection
-            .create_channel()
-            .await
-            .map_err(protocol("channel.open"))?;
+        let channel = self.consume_channel().await?;
         // Per-consumer prefetch: global QoS is an error on quorum queues.
         channel
             .basic_qos(prefetch.max(1), BasicQosOptions { global: false })
@@ -264,12 +264,7 @@ impl AmqpBroker {
     }
 
     pub(crate) async fn queue_depth(&self, queue: &str) -> Result<u32, BrokerError> {
-        let channel = self
-            .inner
-            .consume_connection
-            .create_channel()
-            .await
-            .map_err(protocol("channel.open"))?;
+        let channel = self.consume_channel().await?;
         // Passive: only asks; a missing queue is an error rather than a new queue.
         let options = QueueDeclareOptions {
             passive: true,
@@ -291,12 +286,7 @@ impl AmqpBroker {
 
     /// Declares a server-named queue that disappears with the consuming connection.
     async fn private_queue(&self) -> Result<(Channel, String), BrokerError> {
-        let channel = self
-            .inner
-            .consume_connection
-            .create_channel()
-            .await
-            .map_err(protocol("channel.open"))?;
+        let channel = self.consume_channel().await?;
         let options = QueueDeclareOptions {
             exclusive: true,
             auto_delete: true,

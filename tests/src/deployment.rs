@@ -18,6 +18,8 @@ pub struct Deployment {
     executors: Vec<Service>,
     /// Extra environment for executors (and so for the IaC tools they run).
     executor_env: Vec<(String, String)>,
+    /// Extra environment for every service.
+    env: Vec<(String, String)>,
 }
 
 impl Deployment {
@@ -34,6 +36,23 @@ impl Deployment {
         executors: &[(&str, usize)],
         env: &[(&str, &str)],
     ) -> Deployment {
+        Deployment::start_with_env(root, config, executors, &[], env)
+    }
+
+    /// Like [`Self::start`], with `env` set for every service and `executor_env` for executors.
+    pub fn start_with_env(
+        root: &Path,
+        config: &Path,
+        executors: &[(&str, usize)],
+        env: &[(&str, &str)],
+        executor_env: &[(&str, &str)],
+    ) -> Deployment {
+        let owned = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
         let config_arg = config.to_str().unwrap();
         let setup = process::run(
             pipelines_in(root, &["broker", "setup", "--config", config_arg]),
@@ -49,10 +68,8 @@ impl Deployment {
             dispatcher: None,
             dispatcher_logs: Vec::new(),
             executors: Vec::new(),
-            executor_env: env
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
+            executor_env: owned(executor_env),
+            env: owned(env),
         };
         deployment.start_dispatcher();
         for (account, count) in executors {
@@ -67,10 +84,11 @@ impl Deployment {
     pub fn start_dispatcher(&mut self) {
         assert!(self.dispatcher.is_none(), "a dispatcher is already running");
         let name = format!("dispatcher-{}", self.dispatcher_logs.len() + 1);
-        let command = pipelines_in(
+        let mut command = pipelines_in(
             &self.root,
             &["dispatch", "--config", self.config.to_str().unwrap()],
         );
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         let service = Service::start(&name, command, &self.logs);
         self.dispatcher_logs.push(service.log.clone());
         self.dispatcher = Some(service);
@@ -99,7 +117,12 @@ impl Deployment {
                 name,
             ],
         );
-        command.envs(self.executor_env.iter().map(|(k, v)| (k, v)));
+        command.envs(
+            self.env
+                .iter()
+                .chain(&self.executor_env)
+                .map(|(k, v)| (k, v)),
+        );
         self.executors
             .push(Service::start(name, command, &self.logs));
     }

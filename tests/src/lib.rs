@@ -5,6 +5,7 @@
 pub mod applies;
 pub mod deployment;
 pub mod git;
+pub mod otlp;
 pub mod process;
 pub mod rabbit;
 pub mod runs;

@@ -74,3 +74,29 @@ pub fn queue_depths(vhost: &Vhost) -> Vec<(String, u64)> {
     })
     .collect()
 }
+
+/// Stops the RabbitMQ application (every connection drops) until dropped, when it starts it
+/// again and waits for it. Only for a test binary that runs nothing else at the same time.
+#[derive(Debug)]
+pub struct Outage;
+
+impl Outage {
+    pub fn begin() -> Outage {
+        rabbitmqctl(&["stop_app"]);
+        Outage
+    }
+
+    /// Starts the broker again now (dropping does the same).
+    pub fn end(self) {}
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "start_app"])
+            .output();
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "await_startup"])
+            .output();
+    }
+}

@@ -129,7 +129,10 @@ fn the_outbox_keeps_one_status_per_run_and_forgets_what_was_published() {
         format!("{}/1", outbox_job(&outbox[0]).job_id)
     );
     assert!(
-        outbox[0].trace.as_deref().is_some_and(|t| t.starts_with("00-0af76519")),
+        outbox[0]
+            .trace
+            .as_deref()
+            .is_some_and(|t| t.starts_with("00-0af76519")),
         "the trace travels with the job"
     );
 
