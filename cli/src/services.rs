@@ -9,6 +9,8 @@ use anyhow::{Context, anyhow};
 use broker::Broker;
 use config::Config;
 use dispatcher::Dispatcher;
+use dispatcher::github::GitHub;
+use dispatcher::reporter::Reporter;
 use dispatcher::store::Store;
 use executor_worker::WorkerSettings;
 use telemetry::Ops;
@@ -32,6 +34,15 @@ pub(crate) async fn dispatch(args: DispatchArgs) -> anyhow::Result<Outcome> {
         &ops,
     )
     .await?;
+    // The reporter outlives reconnections: its pending updates survive a broker outage.
+    let reporter = match &config.github {
+        Some(github) => {
+            let client = GitHub::from_config(github)?;
+            tracing::info!(api = %github.api_url, "Reporting runs to GitHub.");
+            Some(Reporter::spawn(client, config.clone(), state_dir.clone()))
+        }
+        None => None,
+    };
     let shutdown = Shutdown::on_signals();
     keep_running(
         "pipelines-dispatch",
@@ -40,10 +51,13 @@ pub(crate) async fn dispatch(args: DispatchArgs) -> anyhow::Result<Outcome> {
         &ops,
         |broker| {
             let (config, ops, shutdown) = (config.clone(), ops.clone(), shutdown.clone());
-            let state_dir = state_dir.clone();
+            let (state_dir, reporter) = (state_dir.clone(), reporter.clone());
             async move {
                 let store = Store::open(&state_dir)?;
-                let dispatcher = Dispatcher::new(broker, config, store)?.with_ops(ops);
+                let mut dispatcher = Dispatcher::new(broker, config, store)?.with_ops(ops);
+                if let Some(reporter) = reporter {
+                    dispatcher = dispatcher.with_reporter(reporter);
+                }
                 dispatcher
                     .run(shutdown.wait())
                     .await

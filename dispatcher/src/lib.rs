@@ -8,8 +8,11 @@
 //! - [`status`]: what `pipelines status` prints. Pure.
 //! - [`service`]: the broker edge that feeds the scheduler, commits, acks and publishes.
 
+pub mod github;
 mod metrics;
 pub mod policy;
+pub mod report;
+pub mod reporter;
 pub mod scheduler;
 pub mod service;
 pub mod status;

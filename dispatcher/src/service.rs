@@ -22,12 +22,15 @@ use telemetry::Ops;
 
 use crate::metrics;
 use crate::policy::{self, AccountRouter};
-use crate::scheduler::{Effects, Run, Scheduler, Settings};
+use crate::reporter::Reporter;
+use crate::scheduler::{Effects, Run, Scheduler, Settings, tail};
 use crate::store::{OutboxMessage, OutboxTarget, Store, StoreError};
 
 /// Messages handled per transaction at most: enough to amortize the commit, few enough that a
 /// batch's acks are not held back for long.
 const MAX_BATCH: usize = 256;
+/// How much of each job's output the database keeps for reports (the end of it).
+const KEPT_OUTPUT_BYTES: usize = 64 * 1024;
 /// Outbox rows read at a time when publishing.
 const OUTBOX_CHUNK: usize = 512;
 
@@ -106,6 +109,7 @@ pub struct Dispatcher {
     scheduler: Scheduler,
     store: Store,
     ops: Ops,
+    reporter: Option<Reporter>,
 }
 
 impl Dispatcher {
@@ -125,7 +129,14 @@ impl Dispatcher {
             scheduler,
             store,
             ops: Ops::default(),
+            reporter: None,
         })
+    }
+
+    /// Tells `reporter` about every change of every run.
+    pub fn with_reporter(mut self, reporter: Reporter) -> Dispatcher {
+        self.reporter = Some(reporter);
+        self
     }
 
     /// Where to keep metrics and readiness (served by the binary).
@@ -143,7 +154,7 @@ impl Dispatcher {
         // restored runs may start now (retries that came due while we were down).
         self.publish_outbox().await?;
         let effects = self.scheduler.tick(now_ms());
-        self.commit(&effects, now_ms())?;
+        self.commit(&effects, &[], now_ms())?;
         self.publish_outbox().await?;
 
         let consume = |source: Source| self.broker.consume(source.queue(), source.prefetch());
@@ -194,18 +205,19 @@ impl Dispatcher {
         let mut effects = Effects::default();
         let mut settle = Vec::with_capacity(batch.len());
         let mut replies = Vec::new();
+        let mut outputs = Vec::new();
         for Incoming { source, delivery } in batch {
             let verdict = match source {
                 Source::Changes => self.on_change_event(&delivery, now, &mut effects)?,
                 Source::JobEvents => {
-                    self.on_job_event(&delivery, now, &mut effects, &mut replies)?
+                    self.on_job_event(&delivery, now, &mut effects, &mut replies, &mut outputs)?
                 }
                 Source::Control => self.on_control(&delivery, now, &mut effects)?,
             };
             settle.push((delivery, verdict));
         }
         effects.merge(self.scheduler.tick(now));
-        self.commit(&effects, now)?;
+        self.commit(&effects, &outputs, now)?;
         for (delivery, verdict) in settle {
             match verdict {
                 Verdict::Ack => delivery.ack().await?,
@@ -330,6 +342,7 @@ impl Dispatcher {
         now: u64,
         effects: &mut Effects,
         replies: &mut Vec<(String, ClaimReply)>,
+        outputs: &mut Vec<(Uuid, String)>,
     ) -> Result<Verdict, DispatchError> {
         let event = match JobEvent::decode(&delivery.body) {
             Ok(event) => event,
@@ -441,18 +454,23 @@ impl Dispatcher {
                         &outcome,
                         now,
                     );
-                    if let Some((_, job)) = self.scheduler.job_by_id(event.job_id)
-                        && job.state.is_final()
-                    {
-                        let action = job.job.action.as_str();
-                        metrics::job_finished(
-                            &self.ops.metrics,
-                            action,
-                            job.state.as_str(),
-                            job.duration_ms,
-                        );
-                    }
                     if finished.changed_jobs.contains(&event.job_id) {
+                        if let Some((_, job)) = self.scheduler.job_by_id(event.job_id)
+                            && job.state.is_final()
+                        {
+                            let (action, state) = (job.job.action.as_str(), job.state.as_str());
+                            metrics::job_finished(
+                                &self.ops.metrics,
+                                action,
+                                state,
+                                job.duration_ms,
+                            );
+                        }
+                        // Kept for reports: the end, where plans summarise and errors show.
+                        outputs.push((
+                            event.job_id,
+                            tail(&outcome.output, KEPT_OUTPUT_BYTES).to_owned(),
+                        ));
                         match outcome.status {
                             JobStatus::Succeeded => {
                                 tracing::info!(duration_ms = outcome.duration_ms, "Job succeeded.")
@@ -483,7 +501,12 @@ impl Dispatcher {
 
     /// Persists what `effects` changed and queues its messages in the outbox, in one
     /// transaction.
-    fn commit(&mut self, effects: &Effects, now: u64) -> Result<(), StoreError> {
+    fn commit(
+        &mut self,
+        effects: &Effects,
+        outputs: &[(Uuid, String)],
+        now: u64,
+    ) -> Result<(), StoreError> {
         if effects.is_empty() {
             return Ok(());
         }
@@ -509,7 +532,7 @@ impl Dispatcher {
             .collect();
         outbox.extend(runs.iter().map(|run| OutboxMessage::status(run)));
         self.store
-            .commit(runs.iter().copied(), jobs, &outbox, now)?;
+            .commit(runs.iter().copied(), jobs, &outbox, outputs, now)?;
         for job in &effects.publish {
             tracing::info!(run_id = %job.run_id, job_id = %job.job_id, unit = %job.unit, account = %job.account, action = %job.action, attempt = job.attempt, "Job queued.");
             if job.attempt > 1 {
@@ -519,6 +542,9 @@ impl Dispatcher {
             }
         }
         for run in runs {
+            if let Some(reporter) = &self.reporter {
+                reporter.changed(run.run_id);
+            }
             let state = run.state();
             if state.is_final() {
                 finished(run, &state, now);

@@ -293,6 +293,7 @@ mod tests {
             exit_code: None,
             duration_ms: Some(1_500),
             log: None,
+            resource_changes: None,
         };
         let detail = RunDetail {
             run: summary(),

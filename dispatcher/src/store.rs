@@ -77,6 +77,10 @@ CREATE TABLE jobs (
     finished_ms   INTEGER
 );
 CREATE UNIQUE INDEX jobs_by_run ON jobs (run_id, idx);
+CREATE TABLE job_outputs (
+    job_id TEXT PRIMARY KEY REFERENCES jobs (job_id),
+    output TEXT NOT NULL
+);
 CREATE TABLE outbox (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     kind       TEXT NOT NULL,
@@ -270,11 +274,13 @@ impl Store {
 
     /// Writes the runs and jobs a batch changed and the messages it wants published, in one
     /// transaction.
+    /// `outputs`: the end of what finished jobs printed, for reports.
     pub fn commit<'a>(
         &mut self,
         runs: impl IntoIterator<Item = &'a Run>,
         jobs: impl IntoIterator<Item = (&'a Run, &'a RunJob)>,
         outbox: &[OutboxMessage],
+        outputs: &[(Uuid, String)],
         now: u64,
     ) -> Result<(), StoreError> {
         let tx = self.connection.transaction().map_err(sqlite("begin"))?;
@@ -407,7 +413,40 @@ impl Store {
                     .map_err(sqlite("write outbox"))?;
             }
         }
+        {
+            let mut upsert_output = tx
+                .prepare(
+                    "INSERT INTO job_outputs (job_id, output) VALUES (?1, ?2)
+                     ON CONFLICT (job_id) DO UPDATE SET output = excluded.output",
+                )
+                .map_err(sqlite("prepare output upsert"))?;
+            for (job_id, output) in outputs {
+                upsert_output
+                    .execute(params![job_id.to_string(), output])
+                    .map_err(sqlite("write output"))?;
+            }
+        }
         tx.commit().map_err(sqlite("commit"))
+    }
+
+    /// The kept output of each finished job of a run.
+    pub fn outputs(&self, run_id: Uuid) -> Result<BTreeMap<Uuid, String>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT o.job_id, o.output FROM job_outputs o JOIN jobs j ON j.job_id = o.job_id
+                 WHERE j.run_id = ?1",
+            )
+            .map_err(sqlite("prepare output read"))?;
+        let mut rows = statement
+            .query([run_id.to_string()])
+            .map_err(sqlite("read outputs"))?;
+        let mut outputs = BTreeMap::new();
+        while let Some(row) = rows.next().map_err(sqlite("read outputs"))? {
+            let job_id = parse_uuid("job id", &get::<String>(row, 0)?)?;
+            outputs.insert(job_id, get(row, 1)?);
+        }
+        Ok(outputs)
     }
 
     /// The messages committed but not yet published, oldest first.
@@ -565,6 +604,19 @@ impl Store {
         Ok(jobs)
     }
 
+    /// The `traceparent` a run belongs to, if it has one.
+    pub fn trace(&self, run_id: Uuid) -> Result<Option<String>, StoreError> {
+        self.connection
+            .query_row(
+                "SELECT trace FROM runs WHERE run_id = ?1",
+                [run_id.to_string()],
+                |row| row.get(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(sqlite("look up trace"))
+    }
+
     /// Whether the database knows the run, final or not.
     pub fn known_run(&self, run_id: Uuid) -> Result<Option<KnownRun>, StoreError> {
         self.connection
@@ -638,7 +690,8 @@ impl Store {
             .connection
             .prepare(
                 "SELECT job_id, unit, account, action, state, reason, note, attempt, worker,
-                     exit_code, duration_ms, started_ms, output_tail, log
+                     exit_code, duration_ms, started_ms, output_tail, log, res_add, res_change,
+                     res_destroy
                  FROM jobs WHERE run_id = ?1 ORDER BY idx",
             )
             .map_err(sqlite("prepare job list"))?;
@@ -683,6 +736,7 @@ impl Store {
                 exit_code,
                 duration_ms,
                 log: get(row, 13)?,
+                resource_changes: resource_counts(get(row, 14)?, get(row, 15)?, get(row, 16)?),
             });
         }
         Ok(RunDetail { run, jobs })
@@ -771,16 +825,7 @@ fn job_from_row(row: &Row<'_>, run_id: Uuid, repository: &str) -> Result<RunJob,
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let counts: (Option<u32>, Option<u32>, Option<u32>) =
-        (get(row, 16)?, get(row, 17)?, get(row, 18)?);
-    let resource_changes = match counts {
-        (Some(add), Some(change), Some(destroy)) => Some(ResourceCounts {
-            add,
-            change,
-            destroy,
-        }),
-        _ => None,
-    };
+    let resource_changes = resource_counts(get(row, 16)?, get(row, 17)?, get(row, 18)?);
     let lease_worker: Option<String> = get(row, 13)?;
     let lease_until: Option<i64> = get(row, 14)?;
     let millis = |value: Option<i64>| value.map(|ms| ms as u64);
@@ -818,6 +863,18 @@ fn job_from_row(row: &Row<'_>, run_id: Uuid, repository: &str) -> Result<RunJob,
         finished_ms: millis(get(row, 23)?),
         cancel_requested: get(row, 25)?,
         log: get(row, 26)?,
+    })
+}
+
+fn resource_counts(
+    add: Option<u32>,
+    change: Option<u32>,
+    destroy: Option<u32>,
+) -> Option<ResourceCounts> {
+    Some(ResourceCounts {
+        add: add?,
+        change: change?,
+        destroy: destroy?,
     })
 }
 

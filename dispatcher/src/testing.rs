@@ -10,7 +10,8 @@ use regex::Regex;
 use uuid::Uuid;
 
 use crate::policy::{PlannedUnit, RunPlan};
-use crate::scheduler::Settings;
+use crate::scheduler::{Effects, Run, Scheduler, Settings};
+use crate::store::{OutboxMessage, Store};
 
 pub(crate) const LEASE_MS: u64 = 10_000;
 pub(crate) const BACKOFF_MS: u64 = 1_000;
@@ -98,4 +99,34 @@ pub(crate) fn outcome(status: JobStatus, output: &str) -> JobOutcome {
         duration_ms: 1_234,
         log: Some("w1:/var/log/pipelines/job.log".into()),
     }
+}
+
+/// Persists what `effects` changed (and `outputs`), as the service does; jobs carry a trace.
+pub(crate) fn commit(
+    store: &mut Store,
+    scheduler: &Scheduler,
+    effects: &Effects,
+    outputs: &[(Uuid, String)],
+    now: u64,
+) {
+    let runs: Vec<&Run> = effects
+        .changed_runs
+        .iter()
+        .filter_map(|id| scheduler.run(*id))
+        .collect();
+    let jobs: Vec<_> = effects
+        .changed_jobs
+        .iter()
+        .filter_map(|id| scheduler.job_by_id(*id))
+        .collect();
+    let trace = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned());
+    let mut outbox: Vec<OutboxMessage> = effects
+        .publish
+        .iter()
+        .map(|job| OutboxMessage::job(job, trace.clone()))
+        .collect();
+    outbox.extend(runs.iter().map(|run| OutboxMessage::status(run)));
+    store
+        .commit(runs.iter().copied(), jobs, &outbox, outputs, now)
+        .unwrap();
 }

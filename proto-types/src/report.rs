@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
-use crate::messages::{Action, Change, EventKind, RunStatus};
+use crate::messages::{Action, Change, EventKind, ResourceCounts, RunStatus};
 
 /// `{"base_sha","head_sha","event","changes":[{"kind","units","files"}],"warnings":[..]}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +69,8 @@ pub struct JobSummary {
     pub duration_ms: Option<u64>,
     /// Where the worker keeps the job's whole log (`<worker>:<path>`).
     pub log: Option<String>,
+    /// Resources to add, change and destroy, from the plan.
+    pub resource_changes: Option<ResourceCounts>,
 }
 
 /// `pipelines status RUN_ID`: a run and its jobs.

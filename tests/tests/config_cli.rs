@@ -111,3 +111,43 @@ fn the_shipped_policy_files_are_valid() {
         assert_eq!(check.code(), Some(0), "{file}: {}", check.transcript());
     }
 }
+
+#[test]
+fn a_dispatcher_without_its_broker_keeps_trying_and_logs_json_lines_when_asked() {
+    let fixture = Fixture::new();
+    // Nothing listens on port 1: the dispatcher must wait for its broker, not exit.
+    let config = fixture.config("amqp://guest:guest@127.0.0.1:1/%2f");
+    let mut command = fixture.pipelines(&[
+        "--log-format",
+        "json",
+        "dispatch",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    command.env("RUST_LOG", "info");
+    let mut dispatcher = process::Service::start("dispatcher", command, &fixture.dir("logs"));
+    let retry = harness::poll_until(
+        Duration::from_secs(60),
+        "a second connection attempt",
+        || {
+            let lines: Vec<serde_json::Value> = dispatcher
+                .log_text()
+                .lines()
+                .map(|line| {
+                    serde_json::from_str(line)
+                        .unwrap_or_else(|err| panic!("not a JSON line ({err}): {line}"))
+                })
+                .filter(|value: &serde_json::Value| {
+                    value["fields"]["message"] == "Cannot reach the broker; trying again."
+                })
+                .collect();
+            (lines.len() >= 2).then(|| lines[1].clone())
+        },
+    );
+    assert_eq!(retry["level"], "WARN", "{retry}");
+    assert_eq!(
+        retry["fields"]["retry_in_s"], 2,
+        "the wait doubles: {retry}"
+    );
+    dispatcher.assert_running();
+}

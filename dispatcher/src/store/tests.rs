@@ -7,26 +7,7 @@ use crate::scheduler::{Effects, Scheduler};
 use crate::testing::{event, outcome, pr, push, settings};
 
 fn commit(store: &mut Store, scheduler: &Scheduler, effects: &Effects, now: u64) {
-    let runs: Vec<&Run> = effects
-        .changed_runs
-        .iter()
-        .filter_map(|id| scheduler.run(*id))
-        .collect();
-    let jobs: Vec<_> = effects
-        .changed_jobs
-        .iter()
-        .filter_map(|id| scheduler.job_by_id(*id))
-        .collect();
-    let trace = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned());
-    let mut outbox: Vec<OutboxMessage> = effects
-        .publish
-        .iter()
-        .map(|job| OutboxMessage::job(job, trace.clone()))
-        .collect();
-    outbox.extend(runs.iter().map(|run| OutboxMessage::status(run)));
-    store
-        .commit(runs.iter().copied(), jobs, &outbox, now)
-        .unwrap();
+    crate::testing::commit(store, scheduler, effects, &[], now);
 }
 
 #[test]

@@ -1,0 +1,332 @@
+//! The reporter's GitHub edge: the few REST calls it makes, through octocrab (token or GitHub
+//! App installation auth), with retries that honour rate limits and back off on 5xx.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+use octocrab::Octocrab;
+use serde_json::{Value, json};
+
+use crate::report::CommitStatus;
+
+/// Attempts per call: the first and five retries.
+const MAX_ATTEMPTS: u32 = 6;
+/// The longest wait for a rate limit to reset before giving up on the call.
+const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitHubError {
+    /// The configuration cannot make a client (a bad key or URL): fix it and restart.
+    #[error("cannot set up the GitHub client: {0}")]
+    Setup(String),
+    /// The call failed for good (after retries, or with a 4xx that retrying cannot fix).
+    #[error("GitHub {what} failed: {reason}")]
+    Call { what: String, reason: String },
+}
+
+/// An authenticated client for one GitHub (or GitHub Enterprise) instance.
+#[derive(Debug, Clone)]
+pub struct GitHub {
+    client: Octocrab,
+    api: String,
+    /// The first wait after a 5xx; it doubles.
+    backoff: Duration,
+}
+
+impl GitHub {
+    pub fn from_config(config: &config::GitHub) -> Result<GitHub, GitHubError> {
+        let setup = |err: octocrab::Error| GitHubError::Setup(err.to_string());
+        let builder = Octocrab::builder()
+            .base_uri(config.api_url.as_str())
+            .map_err(setup)?;
+        let client = match (
+            &config.token,
+            config.app_id,
+            &config.private_key_file,
+            config.installation_id,
+        ) {
+            (Some(token), ..) => builder
+                .personal_token(token.clone())
+                .build()
+                .map_err(setup)?,
+            (None, Some(app_id), Some(key_file), Some(installation)) => {
+                let pem = std::fs::read(key_file).map_err(|err| {
+                    GitHubError::Setup(format!(
+                        "cannot read the GitHub App key {}: {err}",
+                        key_file.display()
+                    ))
+                })?;
+                let app = builder
+                    .app_from_rsa_pem(app_id.into(), pem)
+                    .map_err(setup)?
+                    .build()
+                    .map_err(setup)?;
+                app.installation(installation.into()).map_err(setup)?
+            }
+            _ => {
+                return Err(GitHubError::Setup(
+                    "no token and no GitHub App configured".into(),
+                ));
+            }
+        };
+        Ok(GitHub {
+            client,
+            api: config.api_url.trim_end_matches('/').to_owned(),
+            backoff: Duration::from_secs(1),
+        })
+    }
+
+    /// The web root for links (`https://github.com`, or the Enterprise host).
+    pub fn web_url(&self) -> String {
+        if self.api == "https://api.github.com" {
+            "https://github.com".to_owned()
+        } else {
+            self.api.trim_end_matches("/api/v3").to_owned()
+        }
+    }
+
+    /// The id of the first comment of an issue or pull request whose body holds `marker`.
+    pub async fn find_comment(
+        &self,
+        repo: &str,
+        number: u64,
+        marker: &str,
+    ) -> Result<Option<u64>, GitHubError> {
+        for page in 1.. {
+            let path = format!("/repos/{repo}/issues/{number}/comments?per_page=100&page={page}");
+            let comments = self.call(Method::Get, &path, None, "list comments").await?;
+            let comments = comments.as_array().cloned().unwrap_or_default();
+            let found = comments
+                .iter()
+                .find(|c| c["body"].as_str().is_some_and(|b| b.contains(marker)));
+            if let Some(comment) = found {
+                return Ok(comment["id"].as_u64());
+            }
+            if comments.len() < 100 {
+                break;
+            }
+        }
+        Ok(None)
+    }
+
+    pub async fn create_comment(
+        &self,
+        repo: &str,
+        number: u64,
+        body: &str,
+    ) -> Result<Option<u64>, GitHubError> {
+        let path = format!("/repos/{repo}/issues/{number}/comments");
+        let created = self
+            .call(
+                Method::Post,
+                &path,
+                Some(json!({ "body": body })),
+                "create comment",
+            )
+            .await?;
+        Ok(created["id"].as_u64())
+    }
+
+    pub async fn update_comment(&self, repo: &str, id: u64, body: &str) -> Result<(), GitHubError> {
+        let path = format!("/repos/{repo}/issues/comments/{id}");
+        self.call(
+            Method::Patch,
+            &path,
+            Some(json!({ "body": body })),
+            "update comment",
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn set_status(
+        &self,
+        repo: &str,
+        sha: &str,
+        status: &CommitStatus,
+        target_url: Option<&str>,
+    ) -> Result<(), GitHubError> {
+        let mut body = json!({
+            "state": status.state,
+            "context": status.context,
+            "description": status.description,
+        });
+        if let Some(url) = target_url {
+            body["target_url"] = json!(url);
+        }
+        let path = format!("/repos/{repo}/statuses/{sha}");
+        self.call(Method::Post, &path, Some(body), "set commit status")
+            .await?;
+        Ok(())
+    }
+
+    /// The pull requests a commit belongs to, merged ones first: `(number, merged)`.
+    pub async fn pulls_for_commit(
+        &self,
+        repo: &str,
+        sha: &str,
+    ) -> Result<Vec<(u64, bool)>, GitHubError> {
+        let path = format!("/repos/{repo}/commits/{sha}/pulls");
+        let pulls = self
+            .call(Method::Get, &path, None, "find the commit's pull requests")
+            .await?;
+        let mut found: Vec<(u64, bool)> = pulls
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|pull| Some((pull["number"].as_u64()?, !pull["merged_at"].is_null())))
+            .collect();
+        found.sort_by_key(|(_, merged)| !merged);
+        Ok(found)
+    }
+
+    pub async fn create_issue(
+        &self,
+        repo: &str,
+        title: &str,
+        body: &str,
+    ) -> Result<(), GitHubError> {
+        let path = format!("/repos/{repo}/issues");
+        self.call(
+            Method::Post,
+            &path,
+            Some(json!({ "title": title, "body": body })),
+            "open an issue",
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// One call with retries: rate limits wait for their reset, 5xx and network errors back
+    /// off; other errors are final.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        what: &str,
+    ) -> Result<Value, GitHubError> {
+        let url = format!("{}{path}", self.api);
+        let failed = |reason: String| GitHubError::Call {
+            what: what.to_owned(),
+            reason,
+        };
+        let mut backoff = self.backoff;
+        for attempt in 1..=MAX_ATTEMPTS {
+            let sent = match method {
+                Method::Get => self.client._get(url.as_str()).await,
+                Method::Post => self.client._post(url.as_str(), body.as_ref()).await,
+                Method::Patch => self.client._patch(url.as_str(), body.as_ref()).await,
+            };
+            let response = match sent {
+                Ok(response) => response,
+                Err(err) if attempt < MAX_ATTEMPTS => {
+                    tracing::warn!(%what, error = %err, attempt, "GitHub unreachable; retrying.");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    continue;
+                }
+                Err(err) => return Err(failed(err.to_string())),
+            };
+            let status = response.status().as_u16();
+            let wait = rate_limit_wait(status, response.headers(), SystemTime::now());
+            let text = self
+                .client
+                .body_to_string(response)
+                .await
+                .unwrap_or_default();
+            if (200..300).contains(&status) {
+                return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
+            }
+            if attempt == MAX_ATTEMPTS {
+                return Err(failed(format!(
+                    "HTTP {status} after {MAX_ATTEMPTS} attempts: {}",
+                    snippet(&text)
+                )));
+            }
+            if let Some(wait) = wait {
+                if wait > MAX_RATE_LIMIT_WAIT {
+                    return Err(failed(format!(
+                        "rate limited for {} s more",
+                        wait.as_secs()
+                    )));
+                }
+                tracing::warn!(%what, wait_s = wait.as_secs(), "GitHub rate limit; waiting for the reset.");
+                tokio::time::sleep(wait).await;
+            } else if status >= 500 {
+                tracing::warn!(%what, status, attempt, "GitHub server error; retrying.");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            } else {
+                return Err(failed(format!("HTTP {status}: {}", snippet(&text))));
+            }
+        }
+        Err(failed("no attempt was made".into()))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Method {
+    Get,
+    Post,
+    Patch,
+}
+
+/// How long to wait before retrying a rate-limited response (403 or 429 with `retry-after`,
+/// or with no requests left until `x-ratelimit-reset`); `None` when it is not one.
+fn rate_limit_wait(status: u16, headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    if status != 403 && status != 429 {
+        return None;
+    }
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(seconds) = header("retry-after").and_then(|v| v.parse::<u64>().ok()) {
+        return Some(Duration::from_secs(seconds.max(1)));
+    }
+    if header("x-ratelimit-remaining") == Some("0") {
+        let reset = header("x-ratelimit-reset").and_then(|v| v.parse::<u64>().ok())?;
+        let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        // One second past the reset, so that the retry lands after it.
+        return Some(Duration::from_secs(reset.saturating_sub(now) + 1));
+    }
+    None
+}
+
+fn snippet(text: &str) -> String {
+    text.chars().take(300).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn rate_limits_are_read_from_retry_after_or_the_reset_time() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            rate_limit_wait(403, &headers, now),
+            None,
+            "a plain 403 is a refusal"
+        );
+        headers.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+        headers.insert("x-ratelimit-reset", HeaderValue::from_static("1030"));
+        assert_eq!(
+            rate_limit_wait(403, &headers, now),
+            Some(Duration::from_secs(31))
+        );
+        assert_eq!(rate_limit_wait(500, &headers, now), None);
+        let mut secondary = HeaderMap::new();
+        secondary.insert("retry-after", HeaderValue::from_static("60"));
+        assert_eq!(
+            rate_limit_wait(429, &secondary, now),
+            Some(Duration::from_secs(60))
+        );
+    }
+}

@@ -1,0 +1,618 @@
+//! What the GitHub reporter writes: the pull request comment (one per pull request, updated in
+//! place), the apply-failure comment, and the commit status. Pure: a run's details and its
+//! outputs in, Markdown and short strings out.
+//!
+//! A comment must fit GitHub's limit of 65,536 characters. The header and the table of units
+//! are kept whole; unit outputs share what is left, the largest trimmed first (each keeps its
+//! end, where plans summarise and errors show), and the comment says what was cut and where
+//! the whole log is.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use proto_types::{JobSummary, RunDetail};
+use uuid::Uuid;
+
+/// GitHub's limit on a comment body, in characters.
+pub const MAX_COMMENT_CHARS: usize = 65_536;
+/// The hidden marker that finds the living comment of a pull request.
+pub const COMMENT_MARKER: &str = "<!-- pipelines:report -->";
+
+/// The hidden marker of the comment about a failed apply of `run_id`.
+pub fn apply_failure_marker(run_id: Uuid) -> String {
+    format!("<!-- pipelines:apply-failure {run_id} -->")
+}
+
+/// Links the comment and the status carry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Links {
+    /// The commit on the forge.
+    pub commit: Option<String>,
+    /// A page about the run (`[github] details_url`).
+    pub details: Option<String>,
+}
+
+/// A commit status: `state` is pending, success, failure or error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitStatus {
+    pub context: String,
+    pub state: &'static str,
+    pub description: String,
+}
+
+/// The status for a run: `<context>/plan` for pull requests, `<context>/apply` for pushes.
+pub fn commit_status(detail: &RunDetail, context: &str) -> CommitStatus {
+    let run = &detail.run;
+    let kind = if run.pull_request.is_some() || run.event.as_str() == "pull-request" {
+        "plan"
+    } else {
+        "apply"
+    };
+    let state = match run.state.as_str() {
+        "running" => "pending",
+        "succeeded" => "success",
+        "failed" => "failure",
+        _ => "error",
+    };
+    let total = detail.jobs.len();
+    let done = detail
+        .jobs
+        .iter()
+        .filter(|j| j.state == "succeeded")
+        .count();
+    let description = match run.state.as_str() {
+        "running" => format!("{done} of {total} units done"),
+        "succeeded" => format!(
+            "{total} unit(s) {}",
+            if kind == "plan" { "planned" } else { "applied" }
+        ),
+        _ => run.reason.clone().unwrap_or_else(|| run.state.clone()),
+    };
+    CommitStatus {
+        context: format!("{context}/{kind}"),
+        state,
+        description: shorten(&description, 140),
+    }
+}
+
+fn icon(state: &str) -> &'static str {
+    match state {
+        "succeeded" => "✅",
+        "failed" => "❌",
+        "running" => "⏳",
+        "queued" | "pending" => "🕒",
+        "skipped" => "⏭️",
+        "cancelled" => "🚫",
+        "rejected" => "⛔",
+        _ => "•",
+    }
+}
+
+/// The living comment of a pull request for its latest run.
+pub fn pull_request_comment(
+    detail: &RunDetail,
+    outputs: &BTreeMap<Uuid, String>,
+    links: &Links,
+) -> String {
+    let run = &detail.run;
+    let title = format!("### {} Pipelines: plan {}", icon(&run.state), run.state);
+    render(COMMENT_MARKER, &title, detail, outputs, links)
+}
+
+/// The comment on a merged pull request whose apply failed on the deploy branch.
+pub fn apply_failure_comment(
+    detail: &RunDetail,
+    outputs: &BTreeMap<Uuid, String>,
+    links: &Links,
+) -> String {
+    let title = format!(
+        "### ❌ Pipelines: applying `{}` failed after this pull request was merged",
+        short(&detail.run.head_sha)
+    );
+    render(
+        &apply_failure_marker(detail.run.run_id),
+        &title,
+        detail,
+        outputs,
+        links,
+    )
+}
+
+/// The title of the issue opened for a failed apply.
+pub fn apply_failure_issue_title(detail: &RunDetail) -> String {
+    let failed = detail.jobs.iter().filter(|j| j.state == "failed").count();
+    format!(
+        "Apply of {} failed: {failed} unit(s)",
+        short(&detail.run.head_sha)
+    )
+}
+
+fn render(
+    marker: &str,
+    title: &str,
+    detail: &RunDetail,
+    outputs: &BTreeMap<Uuid, String>,
+    links: &Links,
+) -> String {
+    let summary = summary(marker, title, detail, links);
+    let sections: Vec<Section<'_>> = detail
+        .jobs
+        .iter()
+        .filter_map(|job| {
+            let output = outputs.get(&job.job_id)?;
+            let shown = interesting_part(output);
+            (!shown.trim().is_empty()).then_some(Section { job, text: shown })
+        })
+        .collect();
+    // Room for the footer that says what was cut.
+    let budget = MAX_COMMENT_CHARS.saturating_sub(summary.chars().count() + 600);
+    let caps = fit(&sections, budget);
+    let mut body = summary;
+    let mut trimmed = Vec::new();
+    let mut left_out = Vec::new();
+    for (section, cap) in sections.iter().zip(&caps) {
+        match cap {
+            Some(cap) => {
+                let (text, cut) = keep_end(section.text, *cap);
+                if cut > 0 {
+                    trimmed.push((section.job, cut));
+                }
+                body.push_str(&section_markdown(section.job, &text, cut));
+            }
+            None => left_out.push(section.job),
+        }
+    }
+    if !trimmed.is_empty() || !left_out.is_empty() {
+        let _ = writeln!(
+            body,
+            "\n_Outputs were trimmed to fit GitHub's limit of {MAX_COMMENT_CHARS} characters; the whole logs are on the workers:_"
+        );
+        let mut lines: Vec<String> = trimmed
+            .iter()
+            .map(|(job, cut)| {
+                format!(
+                    "- `{}`: {cut} characters cut; `{}`",
+                    job.unit,
+                    job.log.as_deref().unwrap_or("its worker")
+                )
+            })
+            .collect();
+        lines.extend(left_out.iter().map(|job| {
+            format!(
+                "- `{}`: output left out; `{}`",
+                job.unit,
+                job.log.as_deref().unwrap_or("its worker")
+            )
+        }));
+        // The list itself must fit too: what does not is counted.
+        let room = MAX_COMMENT_CHARS.saturating_sub(body.chars().count() + 100);
+        let mut used = 0;
+        let mut shown = 0;
+        for line in &lines {
+            used += line.chars().count() + 1;
+            if used > room {
+                break;
+            }
+            body.push_str(line);
+            body.push('\n');
+            shown += 1;
+        }
+        if shown < lines.len() {
+            let _ = writeln!(body, "- … and {} more", lines.len() - shown);
+        }
+    }
+    body
+}
+
+/// The header and the table of units: always whole (units beyond what fits are counted).
+fn summary(marker: &str, title: &str, detail: &RunDetail, links: &Links) -> String {
+    let run = &detail.run;
+    let mut out = format!("{marker}\n{title}\n\n");
+    let commit = match &links.commit {
+        Some(url) => format!("[`{}`]({url})", short(&run.head_sha)),
+        None => format!("`{}`", short(&run.head_sha)),
+    };
+    let event = match run.pull_request {
+        Some(number) => format!("{} #{number}", run.event),
+        None => run.event.to_string(),
+    };
+    let _ = write!(
+        out,
+        "**{event}** of `{}` at {commit} · run `{}` · {} unit(s)",
+        run.repository,
+        run.run_id,
+        detail.jobs.len()
+    );
+    if let Some(details) = &links.details {
+        let _ = write!(out, " · [details]({details})");
+    }
+    out.push_str("\n\n");
+    if let Some(reason) = &run.reason {
+        let _ = writeln!(out, "> {}\n", shorten(reason, 500));
+    }
+    if detail.jobs.is_empty() {
+        out.push_str("No units to plan or apply.\n");
+        return out;
+    }
+    out.push_str("| Unit | Action | Status | + | ~ | − | Duration | Worker | Account |\n|---|---|---|--:|--:|--:|--:|---|---|\n");
+    // Keep the table under half the limit; the rest is for outputs.
+    let table_room = MAX_COMMENT_CHARS / 2;
+    let start = out.chars().count();
+    for (i, job) in detail.jobs.iter().enumerate() {
+        let row = table_row(job);
+        if out.chars().count() - start + row.chars().count() > table_room {
+            let _ = writeln!(
+                out,
+                "| … | | {} more unit(s) | | | | | | |",
+                detail.jobs.len() - i
+            );
+            break;
+        }
+        out.push_str(&row);
+    }
+    out.push('\n');
+    out
+}
+
+fn table_row(job: &JobSummary) -> String {
+    let status = match &job.reason {
+        Some(reason) => format!(
+            "{} {}: {}",
+            icon(&job.state),
+            job.state,
+            cell(&shorten(reason, 120))
+        ),
+        None => format!("{} {}", icon(&job.state), job.state),
+    };
+    let attempt = if job.attempt > 1 {
+        format!(" (attempt {})", job.attempt)
+    } else {
+        String::new()
+    };
+    let (add, change, destroy) =
+        job.resource_changes
+            .map_or(("".into(), "".into(), "".into()), |c| {
+                (
+                    c.add.to_string(),
+                    c.change.to_string(),
+                    c.destroy.to_string(),
+                )
+            });
+    format!(
+        "| `{}` | {} | {status}{attempt} | {add} | {change} | {destroy} | {} | {} | {} |\n",
+        cell(&job.unit),
+        job.action,
+        job.duration_ms
+            .map_or_else(String::new, crate::status::duration),
+        cell(job.worker.as_deref().unwrap_or("")),
+        cell(&job.account),
+    )
+}
+
+struct Section<'a> {
+    job: &'a JobSummary,
+    text: &'a str,
+}
+
+fn section_markdown(job: &JobSummary, text: &str, cut: usize) -> String {
+    let counts = job
+        .resource_changes
+        .map(|c| format!(" ({c})"))
+        .unwrap_or_default();
+    let note = if cut > 0 {
+        format!("… {cut} characters cut above …\n")
+    } else {
+        String::new()
+    };
+    format!(
+        "<details><summary><code>{}</code> {}: {} {}{counts}</summary>\n\n```\n{note}{}\n```\n</details>\n",
+        cell(&job.unit),
+        job.action,
+        icon(&job.state),
+        job.state,
+        fence_safe(text.trim_end())
+    )
+}
+
+/// The least of a section worth showing: below this, a pointer to the log says more.
+const MIN_SHOWN: usize = 300;
+
+/// Which sections matter most when not all fit: failures, then plans with changes, then the
+/// rest.
+fn priority(job: &JobSummary) -> u8 {
+    let changes = job
+        .resource_changes
+        .is_some_and(|c| c.add + c.change + c.destroy > 0);
+    match job.state.as_str() {
+        "failed" => 0,
+        _ if changes => 1,
+        _ => 2,
+    }
+}
+
+/// How many characters of each section to keep, or `None` to leave it out. Sections are
+/// admitted by priority while their wrappers and a minimum of text fit; the admitted share
+/// the rest of the budget, the largest cut first to a common cap (water-filling).
+fn fit(sections: &[Section<'_>], budget: usize) -> Vec<Option<usize>> {
+    let lengths: Vec<usize> = sections.iter().map(|s| s.text.chars().count()).collect();
+    let overheads: Vec<usize> = sections
+        .iter()
+        .map(|s| section_markdown(s.job, "", 1).chars().count() + 20)
+        .collect();
+    let mut order: Vec<usize> = (0..sections.len()).collect();
+    order.sort_by_key(|&i| (priority(sections[i].job), lengths[i]));
+    let mut admitted = Vec::new();
+    let mut used = 0;
+    for i in order {
+        let cost = overheads[i] + lengths[i].min(MIN_SHOWN);
+        if used + cost <= budget {
+            used += cost;
+            admitted.push(i);
+        }
+    }
+    let mut caps = vec![None; sections.len()];
+    let wrappers: usize = admitted.iter().map(|&i| overheads[i]).sum();
+    let mut remaining = budget.saturating_sub(wrappers);
+    let mut by_length = admitted.clone();
+    by_length.sort_by_key(|&i| lengths[i]);
+    let mut cap = usize::MAX;
+    for (k, &i) in by_length.iter().enumerate() {
+        let left = by_length.len() - k;
+        if lengths[i] * left <= remaining {
+            remaining -= lengths[i];
+        } else {
+            cap = remaining / left;
+            break;
+        }
+    }
+    for i in admitted {
+        caps[i] = Some(lengths[i].min(cap));
+    }
+    caps
+}
+
+/// The last `cap` characters of `text` (from a line start when possible), and how many were
+/// cut.
+fn keep_end(text: &str, cap: usize) -> (String, usize) {
+    let total = text.chars().count();
+    if total <= cap {
+        return (text.to_owned(), 0);
+    }
+    let skip = total - cap;
+    let kept: String = text.chars().skip(skip).collect();
+    // Start at a line boundary if one is near, for readability.
+    let kept = match kept.find('\n') {
+        Some(newline) if newline < 200 && newline + 1 < kept.len() => {
+            kept[newline + 1..].to_owned()
+        }
+        _ => kept,
+    };
+    let cut = total - kept.chars().count();
+    (kept, cut)
+}
+
+/// From the plan step on: what reviewers want, without `init`'s chatter.
+fn interesting_part(output: &str) -> &str {
+    let markers = ["\n$ terraform plan", "\n$ tofu plan", "\n$ terragrunt plan"];
+    let from = markers.iter().filter_map(|m| output.rfind(m)).max();
+    match from {
+        Some(at) => &output[at + 1..],
+        None => output,
+    }
+}
+
+/// Output inside a code fence must not close it.
+fn fence_safe(text: &str) -> String {
+    text.replace("```", "`\u{200b}``")
+}
+
+/// A table cell: no pipes or newlines.
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace('\n', " ")
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
+}
+
+fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(max - 1).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proto_types::{Action, EventKind, ResourceCounts, RunSummary};
+
+    use super::*;
+
+    fn job(i: usize, state: &str) -> JobSummary {
+        JobSummary {
+            job_id: Uuid::from_u128(i as u128 + 1),
+            unit: format!("prod/region-{}/service-{i:03}", i % 7),
+            account: "prod".into(),
+            action: Action::Plan,
+            state: state.into(),
+            reason: (state == "skipped").then(|| "prod/net plan failed".into()),
+            note: None,
+            attempt: 1,
+            worker: Some("prod-worker-1".into()),
+            exit_code: Some(0),
+            duration_ms: Some(12_345),
+            log: Some(format!("prod-worker-1:/var/log/pipelines/run/{i}.log")),
+            resource_changes: Some(ResourceCounts {
+                add: 1,
+                change: 2,
+                destroy: 0,
+            }),
+        }
+    }
+
+    fn detail(jobs: Vec<JobSummary>, state: &str) -> RunDetail {
+        RunDetail {
+            run: RunSummary {
+                run_id: Uuid::nil(),
+                repository: "infra".into(),
+                event: EventKind::PullRequest,
+                pull_request: Some(7),
+                head_sha: "0123456789abcdef0123456789abcdef01234567".into(),
+                state: state.into(),
+                reason: None,
+                created_ms: 0,
+                updated_ms: 0,
+                jobs: BTreeMap::new(),
+            },
+            jobs,
+        }
+    }
+
+    fn plan_output(lines: usize) -> String {
+        let mut text = "Initializing the backend...\n$ terraform plan -input=false\n".to_owned();
+        for i in 0..lines {
+            let _ = writeln!(
+                text,
+                "  + resource \"aws_thing\" \"t{i}\" {{ name = \"a-fairly-long-resource-name-{i}\" }}"
+            );
+        }
+        text.push_str("Plan: 1 to add, 2 to change, 0 to destroy.\n");
+        text
+    }
+
+    #[test]
+    fn a_small_run_shows_every_output_whole_from_the_plan_step_on() {
+        let jobs = vec![job(0, "succeeded"), job(1, "skipped")];
+        let outputs = BTreeMap::from([(jobs[0].job_id, plan_output(3))]);
+        let links = Links {
+            commit: Some("https://github.com/acme/infra/commit/0123".into()),
+            details: None,
+        };
+        let body = pull_request_comment(&detail(jobs, "succeeded"), &outputs, &links);
+        assert!(body.starts_with(COMMENT_MARKER), "{body}");
+        assert!(body.contains("### ✅ Pipelines: plan succeeded"), "{body}");
+        assert!(
+            body.contains("[`0123456789ab`](https://github.com/acme/infra/commit/0123)"),
+            "{body}"
+        );
+        assert!(body.contains("| `prod/region-0/service-000` | plan | ✅ succeeded | 1 | 2 | 0 | 12.3s | prod-worker-1 | prod |"), "{body}");
+        assert!(body.contains("⏭️ skipped: prod/net plan failed"), "{body}");
+        assert!(body.contains("<details><summary><code>prod/region-0/service-000</code> plan: ✅ succeeded (+1 ~2 -0)</summary>"), "{body}");
+        assert!(body.contains("$ terraform plan -input=false"), "{body}");
+        assert!(
+            !body.contains("Initializing the backend"),
+            "init chatter is left out: {body}"
+        );
+        assert!(!body.contains("trimmed"), "{body}");
+    }
+
+    #[test]
+    fn a_300_unit_run_with_long_outputs_fits_the_limit_and_keeps_the_whole_table() {
+        let mut jobs: Vec<JobSummary> = (0..300).map(|i| job(i, "succeeded")).collect();
+        // Three failures with enormous outputs; the rest long plans.
+        for i in [10, 150, 290] {
+            jobs[i].state = "failed".into();
+        }
+        let outputs: BTreeMap<Uuid, String> = jobs
+            .iter()
+            .map(|j| {
+                (
+                    j.job_id,
+                    plan_output(if j.state == "failed" { 5_000 } else { 40 }),
+                )
+            })
+            .collect();
+        let body =
+            pull_request_comment(&detail(jobs.clone(), "failed"), &outputs, &Links::default());
+        assert!(
+            body.chars().count() <= MAX_COMMENT_CHARS,
+            "{} characters",
+            body.chars().count()
+        );
+        for job in &jobs {
+            let icon = if job.state == "failed" { "❌" } else { "✅" };
+            let row = format!("| `{}` | plan | {icon} {}", job.unit, job.state);
+            assert!(body.contains(&row), "row of {} missing", job.unit);
+        }
+        // Failures come first, cut from the top: their ends (the summary line) survive.
+        for i in [10, 150, 290] {
+            let unit = &jobs[i].unit;
+            let start = body
+                .find(&format!("<details><summary><code>{unit}</code>"))
+                .unwrap_or_else(|| panic!("no output for failed {unit}"));
+            let section = &body[start..start + body[start..].find("</details>").unwrap()];
+            assert!(section.contains("characters cut above"), "{section}");
+            assert!(
+                section.contains("Plan: 1 to add, 2 to change, 0 to destroy."),
+                "{section}"
+            );
+        }
+        assert!(body.contains("_Outputs were trimmed to fit GitHub's limit of 65536 characters"));
+        assert!(
+            body.contains("characters cut; `prod-worker-1:/var/log/pipelines/run/10.log`"),
+            "the note says where the whole log is"
+        );
+    }
+
+    #[test]
+    fn a_huge_run_still_fits_and_counts_what_it_leaves_out() {
+        let jobs: Vec<JobSummary> = (0..3_000).map(|i| job(i, "succeeded")).collect();
+        let outputs: BTreeMap<Uuid, String> =
+            jobs.iter().map(|j| (j.job_id, plan_output(50))).collect();
+        let body = pull_request_comment(&detail(jobs, "succeeded"), &outputs, &Links::default());
+        assert!(
+            body.chars().count() <= MAX_COMMENT_CHARS,
+            "{} characters",
+            body.chars().count()
+        );
+        assert!(
+            body.contains("more unit(s)"),
+            "the table says how many rows it left out"
+        );
+    }
+
+    #[test]
+    fn outputs_cannot_break_out_of_their_code_block() {
+        let jobs = vec![job(0, "failed")];
+        let outputs = BTreeMap::from([(jobs[0].job_id, "```\n# injected heading\n".to_owned())]);
+        let body = pull_request_comment(&detail(jobs, "failed"), &outputs, &Links::default());
+        assert_eq!(body.matches("```").count(), 2, "{body}");
+    }
+
+    #[test]
+    fn statuses_name_plan_or_apply_and_map_states() {
+        let mut run = detail(vec![job(0, "succeeded"), job(1, "running")], "running");
+        let status = commit_status(&run, "pipelines");
+        assert_eq!(
+            (
+                status.context.as_str(),
+                status.state,
+                status.description.as_str()
+            ),
+            ("pipelines/plan", "pending", "1 of 2 units done")
+        );
+        run.run.state = "failed".into();
+        run.run.reason = Some("1 of 2 jobs failed, 0 skipped".into());
+        run.run.pull_request = None;
+        run.run.event = EventKind::Push;
+        let status = commit_status(&run, "pipelines");
+        assert_eq!(
+            (
+                status.context.as_str(),
+                status.state,
+                status.description.as_str()
+            ),
+            (
+                "pipelines/apply",
+                "failure",
+                "1 of 2 jobs failed, 0 skipped"
+            )
+        );
+        run.run.state = "succeeded".into();
+        assert_eq!(commit_status(&run, "ci").description, "2 unit(s) applied");
+    }
+}

@@ -1,0 +1,221 @@
+//! The GitHub reporter: a task beside the dispatcher that turns run changes into one living
+//! pull request comment, a commit status per run, and a comment on the merged pull request
+//! when an apply on the deploy branch fails.
+//!
+//! The dispatcher only tells it which runs changed. It reads the runs from the database (its
+//! own read-only connection), coalesces changes (at most one update per run per second), and
+//! never blocks or fails a run: errors are logged, and the next change tries again.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use config::Config;
+use proto_types::RunDetail;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::github::{GitHub, GitHubError};
+use crate::report::{self, Links};
+use crate::store::{Store, StoreError};
+
+/// Changes to one run within this time become one update.
+const COALESCE: Duration = Duration::from_secs(1);
+
+/// The dispatcher's handle on the reporter.
+#[derive(Debug, Clone)]
+pub struct Reporter {
+    changed: mpsc::UnboundedSender<Uuid>,
+}
+
+impl Reporter {
+    /// Starts the reporter task; it reads runs from the database in `state_dir`.
+    pub fn spawn(github: GitHub, config: Config, state_dir: PathBuf) -> Reporter {
+        let (changed, receiver) = mpsc::unbounded_channel();
+        let task = Task {
+            github,
+            config,
+            state_dir,
+            comments: HashMap::new(),
+        };
+        tokio::spawn(task.run(receiver));
+        Reporter { changed }
+    }
+
+    /// Says that a run changed. Never waits.
+    pub fn changed(&self, run_id: Uuid) {
+        let _ = self.changed.send(run_id);
+    }
+}
+
+pub(crate) struct Task {
+    pub(crate) github: GitHub,
+    pub(crate) config: Config,
+    pub(crate) state_dir: PathBuf,
+    /// The living comment of each pull request, once known: `(repo, number)` to comment id.
+    pub(crate) comments: HashMap<(String, u64), u64>,
+}
+
+impl Task {
+    async fn run(mut self, mut changed: mpsc::UnboundedReceiver<Uuid>) {
+        while let Some(first) = changed.recv().await {
+            let mut pending = BTreeSet::from([first]);
+            let gather = tokio::time::sleep(COALESCE);
+            tokio::pin!(gather);
+            loop {
+                tokio::select! {
+                    () = &mut gather => break,
+                    next = changed.recv() => match next {
+                        Some(run_id) => { pending.insert(run_id); }
+                        None => break,
+                    },
+                }
+            }
+            for run_id in pending {
+                self.report(run_id).await;
+            }
+        }
+    }
+
+    /// Reports one run; logs what fails.
+    pub(crate) async fn report(&mut self, run_id: Uuid) {
+        // Everything is read first: the database connection stays off the await points.
+        let read = (|| -> Result<_, StoreError> {
+            let store = Store::open_read_only(&self.state_dir)?;
+            let detail = store.run_detail(&run_id.to_string(), crate::service::now_ms())?;
+            Ok((detail, store.outputs(run_id)?, store.trace(run_id)?))
+        })();
+        let (detail, outputs, trace) = match read {
+            Ok(read) => read,
+            Err(err) => {
+                tracing::warn!(%run_id, error = %err, "Cannot read the run for the GitHub report.");
+                return;
+            }
+        };
+        let span = tracing::info_span!("report", %run_id, repository = %detail.run.repository);
+        telemetry::propagation::set_parent(
+            &span,
+            &telemetry::propagation::headers_from(trace.as_deref()),
+        );
+        if let Err(err) = self.report_run(&detail, &outputs).instrument(span).await {
+            tracing::warn!(%run_id, error = %err, "GitHub report failed; the next change of the run tries again.");
+        }
+    }
+
+    pub(crate) async fn report_run(
+        &mut self,
+        detail: &RunDetail,
+        outputs: &BTreeMap<Uuid, String>,
+    ) -> Result<(), GitHubError> {
+        let Some(repo) = self
+            .config
+            .repository(&detail.run.repository)
+            .and_then(|r| r.github.clone())
+        else {
+            return Ok(());
+        };
+        let Some(settings) = self.config.github.clone() else {
+            return Ok(());
+        };
+        let run_id = detail.run.run_id;
+        let links = Links {
+            commit: Some(format!(
+                "{}/{repo}/commit/{}",
+                self.github.web_url(),
+                detail.run.head_sha
+            )),
+            details: settings
+                .details_url
+                .as_ref()
+                .map(|url| url.replace("{run_id}", &run_id.to_string())),
+        };
+        let status = report::commit_status(detail, &settings.status_context);
+        self.github
+            .set_status(
+                &repo,
+                &detail.run.head_sha,
+                &status,
+                links.details.as_deref(),
+            )
+            .await?;
+        if let Some(number) = detail.run.pull_request {
+            let body = report::pull_request_comment(detail, outputs, &links);
+            self.upsert_comment(&repo, number, &body).await?;
+        } else if detail.run.state == "failed" {
+            let open_issue = settings.open_issue_on_apply_failure;
+            self.report_failed_apply(&repo, detail, outputs, &links, open_issue)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Updates the pull request's living comment, or writes it when there is none.
+    async fn upsert_comment(
+        &mut self,
+        repo: &str,
+        number: u64,
+        body: &str,
+    ) -> Result<(), GitHubError> {
+        let key = (repo.to_owned(), number);
+        let known = match self.comments.get(&key) {
+            Some(id) => Some(*id),
+            None => {
+                self.github
+                    .find_comment(repo, number, report::COMMENT_MARKER)
+                    .await?
+            }
+        };
+        match known {
+            Some(id) => self.github.update_comment(repo, id, body).await?,
+            None => {
+                if let Some(id) = self.github.create_comment(repo, number, body).await? {
+                    self.comments.insert(key.clone(), id);
+                }
+            }
+        }
+        if let Some(id) = known {
+            self.comments.insert(key, id);
+        }
+        Ok(())
+    }
+
+    /// A failed apply on the deploy branch: a comment on the merged pull request the commit
+    /// came from (once per run), and an issue if configured.
+    async fn report_failed_apply(
+        &mut self,
+        repo: &str,
+        detail: &RunDetail,
+        outputs: &BTreeMap<Uuid, String>,
+        links: &Links,
+        open_issue: bool,
+    ) -> Result<(), GitHubError> {
+        let body = report::apply_failure_comment(detail, outputs, links);
+        let marker = report::apply_failure_marker(detail.run.run_id);
+        let pulls = self
+            .github
+            .pulls_for_commit(repo, &detail.run.head_sha)
+            .await?;
+        let mut reported = false;
+        if let Some((number, _)) = pulls.first() {
+            if self
+                .github
+                .find_comment(repo, *number, &marker)
+                .await?
+                .is_some()
+            {
+                return Ok(());
+            }
+            self.github.create_comment(repo, *number, &body).await?;
+            reported = true;
+        }
+        if open_issue && (reported || pulls.is_empty()) {
+            let title = report::apply_failure_issue_title(detail);
+            self.github.create_issue(repo, &title, &body).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,473 @@
+//! The reporter against a local fake GitHub (wiremock): runs are made by the real scheduler
+//! and stored in a real database, then reported.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use proto_types::{Action, JobStatus, RunDetail};
+use serde_json::{Value, json};
+use wiremock::matchers::{body_partial_json, body_string_contains, method, path};
+use wiremock::{Mock, MockBuilder, MockServer, Request, ResponseTemplate};
+
+use super::*;
+use crate::scheduler::Scheduler;
+use crate::store::Store;
+use crate::testing::{commit, event, outcome, pr, push, settings};
+
+const SHA: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+/// A database holding runs, and a reporter task over it talking to `github`.
+struct World {
+    dir: tempfile::TempDir,
+    store: Store,
+    scheduler: Scheduler,
+    now: u64,
+}
+
+impl World {
+    fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        World {
+            dir,
+            store,
+            scheduler: Scheduler::new(settings()),
+            now: 1_000_000,
+        }
+    }
+
+    /// A run of `units` (all one action) whose jobs end as `statuses`; its id.
+    fn run(
+        &mut self,
+        trigger: proto_types::Trigger,
+        units: &[(&str, Action)],
+        statuses: &[JobStatus],
+        output: &dyn Fn(&str) -> String,
+    ) -> Uuid {
+        let (event, plan) = event(trigger, units, &[]);
+        let effects = self.scheduler.accept(&event, &plan, self.now);
+        commit(&mut self.store, &self.scheduler, &effects, &[], self.now);
+        for (job, status) in effects.publish.iter().zip(statuses) {
+            let (_, claimed) = self
+                .scheduler
+                .claim(job.job_id, 1, "w1", false, None, self.now);
+            commit(&mut self.store, &self.scheduler, &claimed, &[], self.now);
+            let text = output(&job.unit);
+            let finished =
+                self.scheduler
+                    .finish(job.job_id, 1, "w1", &outcome(*status, &text), self.now);
+            commit(
+                &mut self.store,
+                &self.scheduler,
+                &finished,
+                &[(job.job_id, text)],
+                self.now,
+            );
+        }
+        event.id
+    }
+
+    fn task(&self, server: &MockServer, extra: &str) -> Task {
+        let text = format!(
+            "[[repositories]]\nname = \"infra\"\nurl = \"/srv/infra.git\"\ngithub = \"acme/infra\"\n\
+             [[accounts]]\nname = \"dev\"\npaths = [\"**\"]\n\
+             [github]\napi_url = \"{}\"\ntoken = \"test-token\"\n{extra}",
+            server.uri()
+        );
+        let config = Config::from_toml(&text).unwrap();
+        let github = GitHub::from_config(config.github.as_ref().unwrap()).unwrap();
+        Task {
+            github,
+            config,
+            state_dir: self.dir.path().to_owned(),
+            comments: HashMap::new(),
+        }
+    }
+
+    fn detail(&self, run_id: Uuid) -> (RunDetail, BTreeMap<Uuid, String>) {
+        let store = Store::open_read_only(self.dir.path()).unwrap();
+        (
+            store.run_detail(&run_id.to_string(), self.now).unwrap(),
+            store.outputs(run_id).unwrap(),
+        )
+    }
+}
+
+fn ok(body: Value) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(body)
+}
+
+fn created(body: Value) -> ResponseTemplate {
+    ResponseTemplate::new(201).set_body_json(body)
+}
+
+/// A request the fake GitHub expects: `verb` on exactly `route`.
+fn on(verb: &str, route: impl Into<String>) -> MockBuilder {
+    Mock::given(method(verb)).and(path(route.into()))
+}
+
+async fn mount(server: &MockServer, mock: Mock) {
+    mock.mount(server).await;
+}
+
+/// A fake GitHub that accepts every commit status for [`SHA`].
+async fn fake_github() -> MockServer {
+    let server = MockServer::start().await;
+    mount(
+        &server,
+        on("POST", format!("/repos/acme/infra/statuses/{SHA}")).respond_with(ok(json!({}))),
+    )
+    .await;
+    server
+}
+
+fn body_of(request: &Request) -> Value {
+    serde_json::from_slice(&request.body).unwrap()
+}
+
+fn plan_output(unit: &str) -> String {
+    format!(
+        "$ terraform plan -input=false\n  + null_resource.{} will be created\nPlan: 1 to add, 0 to change, 0 to destroy.\n",
+        unit.replace('/', "_")
+    )
+}
+
+#[tokio::test]
+async fn the_first_run_creates_the_comment_and_the_next_updates_it_without_a_duplicate() {
+    let server = fake_github().await;
+    // No comment at first; later the one we wrote.
+    mount(
+        &server,
+        on("GET", "/repos/acme/infra/issues/7/comments")
+            .respond_with(ok(json!([])))
+            .up_to_n_times(1)
+            .with_priority(1)
+            .expect(1),
+    )
+    .await;
+    let ours = json!([{ "id": 1, "body": "someone else" }, { "id": 42, "body": format!("{}\nold", report::COMMENT_MARKER) }]);
+    mount(
+        &server,
+        on("GET", "/repos/acme/infra/issues/7/comments")
+            .respond_with(ok(ours))
+            .expect(1),
+    )
+    .await;
+    mount(
+        &server,
+        on("POST", "/repos/acme/infra/issues/7/comments")
+            .respond_with(created(json!({ "id": 42 })))
+            .expect(1),
+    )
+    .await;
+    mount(
+        &server,
+        on("PATCH", "/repos/acme/infra/issues/comments/42")
+            .respond_with(ok(json!({})))
+            .expect(2),
+    )
+    .await;
+
+    let mut world = World::new();
+    let units = [("dev/app", Action::Plan), ("dev/db", Action::Plan)];
+    let first = world.run(
+        pr(7),
+        &units,
+        &[JobStatus::Succeeded, JobStatus::Succeeded],
+        &plan_output,
+    );
+    let mut task = world.task(&server, "");
+    task.report(first).await;
+    task.report(first).await;
+    // A newer push to the pull request, reported after a dispatcher restart: found by marker.
+    let second = world.run(
+        pr(7),
+        &units,
+        &[JobStatus::Succeeded, JobStatus::Failed],
+        &plan_output,
+    );
+    world.task(&server, "").report(second).await;
+
+    let requests = server.received_requests().await.unwrap();
+    let edits: Vec<String> = requests
+        .iter()
+        .filter(|r| r.method.as_str() == "PATCH")
+        .map(|r| body_of(r)["body"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        edits[1].contains("### ❌ Pipelines: plan failed")
+            && edits[1].contains(&second.to_string()),
+        "{}",
+        edits[1]
+    );
+    assert!(
+        edits[1].contains("<code>dev/db</code> plan: ❌ failed"),
+        "{}",
+        edits[1]
+    );
+    server.verify().await;
+}
+
+#[tokio::test]
+async fn a_300_unit_run_with_long_outputs_stays_under_the_limit_with_its_table_whole() {
+    let server = fake_github().await;
+    mount(
+        &server,
+        on("GET", "/repos/acme/infra/issues/9/comments").respond_with(ok(json!([]))),
+    )
+    .await;
+    mount(
+        &server,
+        on("POST", "/repos/acme/infra/issues/9/comments")
+            .respond_with(created(json!({ "id": 5 })))
+            .expect(1),
+    )
+    .await;
+
+    let mut world = World::new();
+    let names: Vec<String> = (0..300).map(|i| format!("dev/service-{i:03}")).collect();
+    let units: Vec<(&str, Action)> = names.iter().map(|n| (n.as_str(), Action::Plan)).collect();
+    let long = |unit: &str| {
+        format!(
+            "$ terraform plan\n{}Plan: 1 to add, 0 to change, 0 to destroy.\n",
+            format!("  + resource in {unit} with a long attribute line\n").repeat(400)
+        )
+    };
+    let run = world.run(pr(9), &units, &vec![JobStatus::Succeeded; 300], &long);
+    world.task(&server, "").report(run).await;
+
+    let requests = server.received_requests().await.unwrap();
+    let posted = requests
+        .iter()
+        .find(|r| r.method.as_str() == "POST" && r.url.path().ends_with("/comments"))
+        .unwrap();
+    let body = body_of(posted)["body"].as_str().unwrap().to_owned();
+    assert!(
+        body.chars().count() <= report::MAX_COMMENT_CHARS,
+        "{} characters",
+        body.chars().count()
+    );
+    for name in &names {
+        assert!(
+            body.contains(&format!("| `{name}` | plan | ✅ succeeded")),
+            "the row of {name} is missing"
+        );
+    }
+    assert!(
+        body.contains("_Outputs were trimmed"),
+        "the cut is not said"
+    );
+    server.verify().await;
+}
+
+#[tokio::test]
+async fn statuses_conclude_success_for_a_good_plan_and_failure_for_a_failed_apply() {
+    let server = MockServer::start().await;
+    let status = |state: &str, context: &str| {
+        on("POST", format!("/repos/acme/infra/statuses/{SHA}"))
+            .and(body_partial_json(
+                json!({ "state": state, "context": context }),
+            ))
+            .respond_with(created(json!({})))
+            .expect(1)
+    };
+    mount(&server, status("success", "pipelines/plan")).await;
+    mount(&server, status("failure", "pipelines/apply")).await;
+    mount(
+        &server,
+        on("GET", "/repos/acme/infra/issues/3/comments").respond_with(ok(json!([]))),
+    )
+    .await;
+    mount(
+        &server,
+        on("POST", "/repos/acme/infra/issues/3/comments").respond_with(created(json!({ "id": 1 }))),
+    )
+    .await;
+    mount(
+        &server,
+        on("GET", format!("/repos/acme/infra/commits/{SHA}/pulls")).respond_with(ok(json!([]))),
+    )
+    .await;
+
+    let mut world = World::new();
+    let planned = world.run(
+        pr(3),
+        &[("dev/app", Action::Plan)],
+        &[JobStatus::Succeeded],
+        &plan_output,
+    );
+    let applied = world.run(
+        push(),
+        &[("dev/app", Action::Apply)],
+        &[JobStatus::Failed],
+        &plan_output,
+    );
+    let mut task = world.task(&server, "");
+    for run in [planned, applied] {
+        let (detail, outputs) = world.detail(run);
+        task.report_run(&detail, &outputs).await.unwrap();
+    }
+    server.verify().await;
+}
+
+#[tokio::test]
+async fn a_502_and_a_rate_limit_are_retried_and_the_report_goes_through() {
+    let server = MockServer::start().await;
+    let statuses = || path(format!("/repos/acme/infra/statuses/{SHA}"));
+    mount(
+        &server,
+        Mock::given(method("POST"))
+            .and(statuses())
+            .respond_with(ResponseTemplate::new(502))
+            .up_to_n_times(1)
+            .with_priority(1),
+    )
+    .await;
+    let reset = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1;
+    let limited = ResponseTemplate::new(403)
+        .insert_header("x-ratelimit-remaining", "0")
+        .insert_header("x-ratelimit-reset", reset.to_string().as_str())
+        .set_body_json(json!({ "message": "API rate limit exceeded" }));
+    mount(
+        &server,
+        Mock::given(method("POST"))
+            .and(statuses())
+            .respond_with(limited)
+            .up_to_n_times(1)
+            .with_priority(2),
+    )
+    .await;
+    mount(
+        &server,
+        Mock::given(method("POST"))
+            .and(statuses())
+            .respond_with(created(json!({})))
+            .with_priority(3)
+            .expect(1),
+    )
+    .await;
+
+    let mut world = World::new();
+    let run = world.run(
+        push(),
+        &[("dev/app", Action::Apply)],
+        &[JobStatus::Succeeded],
+        &plan_output,
+    );
+    let (detail, outputs) = world.detail(run);
+    let started = std::time::Instant::now();
+    world
+        .task(&server, "")
+        .report_run(&detail, &outputs)
+        .await
+        .unwrap();
+    let attempts = server.received_requests().await.unwrap().len();
+    assert_eq!(attempts, 3, "one 502, one rate limit, one success");
+    let waited_until = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        waited_until >= reset,
+        "retried before the rate limit reset ({:?} in)",
+        started.elapsed()
+    );
+    server.verify().await;
+}
+
+#[tokio::test]
+async fn an_apply_failure_on_the_deploy_branch_reaches_the_merged_pull_request_and_an_issue() {
+    let server = fake_github().await;
+    let pulls = json!([{ "number": 11, "merged_at": null }, { "number": 12, "merged_at": "2026-11-26T00:00:00Z" }]);
+    mount(
+        &server,
+        on("GET", format!("/repos/acme/infra/commits/{SHA}/pulls")).respond_with(ok(pulls)),
+    )
+    .await;
+    mount(
+        &server,
+        on("GET", "/repos/acme/infra/issues/12/comments").respond_with(ok(json!([]))),
+    )
+    .await;
+    mount(
+        &server,
+        on("POST", "/repos/acme/infra/issues/12/comments")
+            .and(body_string_contains("pipelines:apply-failure"))
+            .respond_with(created(json!({ "id": 9 })))
+            .expect(1),
+    )
+    .await;
+    mount(
+        &server,
+        on("POST", "/repos/acme/infra/issues")
+            .and(body_string_contains("failed: 1 unit(s)"))
+            .respond_with(created(json!({ "number": 13 })))
+            .expect(1),
+    )
+    .await;
+
+    let mut world = World::new();
+    let failing =
+        |unit: &str| format!("$ terraform apply tfplan\nError: creating {unit}: AccessDenied\n");
+    let run = world.run(
+        push(),
+        &[("dev/app", Action::Apply)],
+        &[JobStatus::Failed],
+        &failing,
+    );
+    world
+        .task(&server, "open_issue_on_apply_failure = true\n")
+        .report(run)
+        .await;
+    let requests = server.received_requests().await.unwrap();
+    let comment = requests
+        .iter()
+        .find(|r| {
+            r.url.path() == "/repos/acme/infra/issues/12/comments" && r.method.as_str() == "POST"
+        })
+        .unwrap();
+    let body = body_of(comment)["body"].as_str().unwrap().to_owned();
+    assert!(
+        body.contains("failed after this pull request was merged") && body.contains("AccessDenied"),
+        "{body}"
+    );
+    server.verify().await;
+}
+
+#[tokio::test]
+async fn a_github_outage_never_fails_the_report_caller() {
+    let server = MockServer::start().await;
+    mount(
+        &server,
+        Mock::given(method("POST")).respond_with(
+            ResponseTemplate::new(401).set_body_json(json!({ "message": "Bad credentials" })),
+        ),
+    )
+    .await;
+    let mut world = World::new();
+    let run = world.run(
+        push(),
+        &[("dev/app", Action::Apply)],
+        &[JobStatus::Succeeded],
+        &plan_output,
+    );
+    let mut task = world.task(&server, "");
+    let (detail, outputs) = world.detail(run);
+    let err = task
+        .report_run(&detail, &outputs)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("HTTP 401") && err.contains("Bad credentials"),
+        "{err}"
+    );
+    // The task's own entry point only logs it.
+    tokio::time::timeout(Duration::from_secs(5), task.report(run))
+        .await
+        .unwrap();
+}
