@@ -34,6 +34,7 @@ pub struct GitHub {
 }
 
 impl GitHub {
+    /// Must run inside the tokio runtime the client will be used on.
     pub fn from_config(config: &config::GitHub) -> Result<GitHub, GitHubError> {
         let setup = |err: octocrab::Error| GitHubError::Setup(err.to_string());
         let builder = Octocrab::builder()
@@ -206,7 +207,9 @@ impl GitHub {
         body: Option<Value>,
         what: &str,
     ) -> Result<Value, GitHubError> {
-        let url = format!("{}{path}", self.api);
+        // Relative: octocrab joins it to the base URI (keeping a GitHub Enterprise `/api/v3`),
+        // and sends installation tokens only with relative requests.
+        let url = path;
         let failed = |reason: String| GitHubError::Call {
             what: what.to_owned(),
             reason,
@@ -214,9 +217,9 @@ impl GitHub {
         let mut backoff = self.backoff;
         for attempt in 1..=MAX_ATTEMPTS {
             let sent = match method {
-                Method::Get => self.client._get(url.as_str()).await,
-                Method::Post => self.client._post(url.as_str(), body.as_ref()).await,
-                Method::Patch => self.client._patch(url.as_str(), body.as_ref()).await,
+                Method::Get => self.client._get(url).await,
+                Method::Post => self.client._post(url, body.as_ref()).await,
+                Method::Patch => self.client._patch(url, body.as_ref()).await,
             };
             let response = match sent {
                 Ok(response) => response,

@@ -132,3 +132,74 @@ fn follow_to_end_pr(
     assert_eq!(run.code(), Some(0), "{}", run.transcript());
     (serde_json::from_str(&run.stdout).unwrap(), run)
 }
+
+#[test]
+fn a_github_app_authenticates_with_its_jwt_then_calls_with_the_installation_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("app.pem");
+    let generated = std::process::Command::new("openssl")
+        .args(["genrsa", "-out", key.to_str().unwrap(), "2048"])
+        .output()
+        .expect("openssl makes the test's App key");
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let github = runtime.block_on(MockServer::start());
+    let token = json!({ "token": "ghs_installation", "expires_at": "2099-01-01T00:00:00Z", "permissions": {} });
+    let mocks = [
+        Mock::given(method("POST"))
+            .and(path_regex("^/app/installations/99/access_tokens$"))
+            .respond_with(ResponseTemplate::new(201).set_body_json(token))
+            .expect(1),
+        Mock::given(method("POST"))
+            .and(path_regex("^/repos/acme/infra/statuses/"))
+            .and(wiremock::matchers::header(
+                "authorization",
+                "Bearer ghs_installation",
+            ))
+            .respond_with(ResponseTemplate::new(201).set_body_json(json!({})))
+            .expect(2),
+    ];
+    for mock in mocks {
+        runtime.block_on(mock.mount(&github));
+    }
+    let settings = config::GitHub {
+        api_url: github.uri(),
+        token: None,
+        app_id: Some(1),
+        private_key_file: Some(key),
+        installation_id: Some(99),
+        status_context: "pipelines".into(),
+        details_url: None,
+        open_issue_on_apply_failure: false,
+    };
+    // octocrab's client needs the runtime it will run on.
+    let _inside = runtime.enter();
+    let client = dispatcher::github::GitHub::from_config(&settings).unwrap();
+    let status = dispatcher::report::CommitStatus {
+        context: "pipelines/plan".into(),
+        state: "success",
+        description: "2 unit(s) planned".into(),
+    };
+    for _ in 0..2 {
+        runtime
+            .block_on(client.set_status("acme/infra", &"b".repeat(40), &status, None))
+            .unwrap();
+    }
+    let requests = runtime.block_on(github.received_requests()).unwrap();
+    let jwt = requests[0]
+        .headers
+        .get("authorization")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(
+        jwt.starts_with("Bearer ey"),
+        "the token request is signed with the App's JWT: {jwt}"
+    );
+    runtime.block_on(github.verify());
+}
