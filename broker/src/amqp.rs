@@ -18,9 +18,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use uuid::Uuid;
 
-use crate::topology::{
-    self, DEAD_LETTER_EXCHANGE, DELIVERY_LIMIT, ExchangeKind, STATUS_EXCHANGE, Topology,
-};
+use crate::topology::{self, DEAD_LETTER_EXCHANGE, ExchangeKind, STATUS_EXCHANGE, Topology};
 use crate::{BrokerError, Delivery, Headers, Outgoing, Route, Settle, redact_url};
 
 /// Marks our envelope; consumers do not depend on it, operators reading a queue do.
@@ -34,6 +32,9 @@ pub struct AmqpBroker {
 struct Inner {
     url: String,
     name: String,
+    /// The user the connection authenticated as: every message says so (`user_id`), and
+    /// RabbitMQ checks it.
+    user: Option<String>,
     publish_connection: Connection,
     publish_channel: Channel,
     consume_connection: Connection,
@@ -49,9 +50,23 @@ impl fmt::Debug for AmqpBroker {
 }
 
 fn protocol(operation: &'static str) -> impl FnOnce(lapin::Error) -> BrokerError {
-    move |err| BrokerError::Protocol {
-        operation,
-        reason: err.to_string(),
+    move |err| {
+        // 403 ACCESS_REFUSED and 406 PRECONDITION_FAILED: the broker's rules, not a fault.
+        let refused = matches!(
+            err.kind(),
+            lapin::ErrorKind::ProtocolError(amqp) if matches!(amqp.get_id(), 403 | 406)
+        );
+        if refused {
+            BrokerError::Refused {
+                operation,
+                reason: err.to_string(),
+            }
+        } else {
+            BrokerError::Protocol {
+                operation,
+                reason: err.to_string(),
+            }
+        }
     }
 }
 
@@ -85,6 +100,7 @@ impl AmqpBroker {
             inner: Arc::new(Inner {
                 url: redacted,
                 name: name.to_owned(),
+                user: url_user(url),
                 publish_connection,
                 publish_channel,
                 consume_connection,
@@ -119,23 +135,7 @@ impl AmqpBroker {
                 .map_err(protocol("exchange.declare"))?;
         }
         for spec in topology.work_queues() {
-            let mut arguments = quorum_arguments();
-            arguments.insert(
-                "x-dead-letter-exchange".into(),
-                long_string(DEAD_LETTER_EXCHANGE),
-            );
-            arguments.insert("x-dead-letter-routing-key".into(), long_string(&spec.name));
-            // At-least-once dead-lettering: the broker keeps a message until the dead-letter
-            // queue confirms it. It requires reject-publish overflow.
-            arguments.insert(
-                "x-dead-letter-strategy".into(),
-                long_string("at-least-once"),
-            );
-            arguments.insert("x-overflow".into(), long_string("reject-publish"));
-            arguments.insert(
-                "x-delivery-limit".into(),
-                AMQPValue::LongInt(i32::try_from(DELIVERY_LIMIT).unwrap_or(i32::MAX)),
-            );
+            let arguments = field_table(topology::work_queue_arguments(&spec.name));
             declare_and_bind(
                 &channel,
                 &spec.name,
@@ -144,12 +144,13 @@ impl AmqpBroker {
                 arguments,
             )
             .await?;
+            let arguments = field_table(topology::dead_letter_queue_arguments());
             declare_and_bind(
                 &channel,
                 &spec.dead_letter_queue,
                 DEAD_LETTER_EXCHANGE,
                 &spec.name,
-                quorum_arguments(),
+                arguments,
             )
             .await?;
         }
@@ -181,6 +182,9 @@ impl AmqpBroker {
             .with_headers(to_field_table(message.headers));
         if let Some(reply_to) = message.reply_to {
             properties = properties.with_reply_to(reply_to.into());
+        }
+        if let Some(user) = message.user_id.or(self.inner.user.as_deref()) {
+            properties = properties.with_user_id(user.into());
         }
         let options = BasicPublishOptions {
             mandatory,
@@ -314,10 +318,39 @@ impl AmqpBroker {
     }
 }
 
-fn quorum_arguments() -> FieldTable {
-    let mut arguments = FieldTable::default();
-    arguments.insert("x-queue-type".into(), long_string("quorum"));
-    arguments
+/// The (percent-decoded) user name of an AMQP URL.
+fn url_user(url: &str) -> Option<String> {
+    let (_, rest) = url.split_once("://")?;
+    let (credentials, _) = rest.rsplit_once('@')?;
+    let user = credentials.split(':').next()?;
+    let mut decoded = Vec::with_capacity(user.len());
+    let mut bytes = user.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'%' => {
+                let hex: String = bytes.by_ref().take(2).map(char::from).collect();
+                decoded.push(u8::from_str_radix(&hex, 16).ok()?);
+            }
+            _ => decoded.push(b),
+        }
+    }
+    let user = String::from_utf8(decoded).ok()?;
+    (!user.is_empty()).then_some(user)
+}
+
+fn field_table(arguments: Vec<(&'static str, topology::Argument)>) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in arguments {
+        let value = match value {
+            topology::Argument::Text(text) => long_string(text),
+            topology::Argument::Owned(text) => long_string(&text),
+            topology::Argument::Number(n) => {
+                AMQPValue::LongInt(i32::try_from(n).unwrap_or(i32::MAX))
+            }
+        };
+        table.insert(key.into(), value);
+    }
+    table
 }
 
 fn long_string(value: &str) -> AMQPValue {
@@ -491,5 +524,23 @@ impl AmqpSettle {
                     .map_err(protocol("basic.reject"))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_user;
+
+    #[test]
+    fn the_user_comes_from_the_url_percent_decoded() {
+        assert_eq!(
+            url_user("amqp://pipelines-dispatcher:s3cret@host:5672/%2f").as_deref(),
+            Some("pipelines-dispatcher")
+        );
+        assert_eq!(
+            url_user("amqps://ops%40acme:pw@host/vhost").as_deref(),
+            Some("ops@acme")
+        );
+        assert_eq!(url_user("amqp://host:5672/%2f"), None);
     }
 }

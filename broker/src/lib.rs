@@ -9,6 +9,7 @@
 //! unacked when a consumer goes away comes back with `redelivered` set.
 
 mod amqp;
+pub mod definitions;
 mod memory;
 pub mod topology;
 
@@ -51,6 +52,9 @@ pub struct Outgoing<'a> {
     pub headers: &'a Headers,
     /// For a request: the private queue the answer goes to (see [`Broker::reply_queue`]).
     pub reply_to: Option<&'a str>,
+    /// The publisher's identity, which RabbitMQ checks against the connection's user and
+    /// refuses when they differ. Default: the connection's user.
+    pub user_id: Option<&'a str>,
 }
 
 impl<'a> Outgoing<'a> {
@@ -61,6 +65,7 @@ impl<'a> Outgoing<'a> {
             message_id,
             headers,
             reply_to: None,
+            user_id: None,
         }
     }
 }
@@ -87,6 +92,13 @@ pub enum BrokerError {
     /// A channel or connection failed. Reconnect; unacked deliveries will be redelivered.
     #[error("broker {operation} failed: {reason}")]
     Protocol {
+        operation: &'static str,
+        reason: String,
+    },
+    /// The broker refused the operation: the user lacks the permission (access refused), or
+    /// the message breaks a rule (a forged `user_id`). Not retryable as it is.
+    #[error("the broker refused {operation}: {reason}")]
+    Refused {
         operation: &'static str,
         reason: String,
     },
@@ -127,6 +139,19 @@ impl Broker {
     /// A fresh in-process broker, for embedded mode.
     pub fn in_memory() -> Broker {
         Broker::Memory(memory::MemoryBroker::default())
+    }
+
+    /// Declares the topology, or, when this user may not (a least-privilege deployment, where
+    /// an admin declared it with `pipelines broker setup`), says so and carries on: consuming
+    /// a queue that does not exist fails later with a clear error anyway.
+    pub async fn ensure_topology(&self, topology: &Topology) -> Result<(), BrokerError> {
+        match self.declare_topology(topology).await {
+            Err(BrokerError::Refused { reason, .. }) => {
+                tracing::info!(%reason, "Not allowed to declare the topology; using what an admin declared.");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Declares exchanges, queues and bindings. Idempotent.

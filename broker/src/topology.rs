@@ -54,6 +54,43 @@ pub fn status_routing_key(run_id: Uuid) -> String {
     format!("run.{run_id}")
 }
 
+/// A queue argument's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Argument {
+    Text(&'static str),
+    Owned(String),
+    Number(i64),
+}
+
+/// The arguments every work queue is declared with: quorum, dead-lettering at least once to
+/// its own dead-letter queue, and a delivery limit.
+pub fn work_queue_arguments(queue: &str) -> Vec<(&'static str, Argument)> {
+    vec![
+        ("x-queue-type", Argument::Text("quorum")),
+        (
+            "x-dead-letter-exchange",
+            Argument::Text(DEAD_LETTER_EXCHANGE),
+        ),
+        (
+            "x-dead-letter-routing-key",
+            Argument::Owned(queue.to_owned()),
+        ),
+        // At-least-once dead-lettering: the broker keeps a message until the dead-letter queue
+        // confirms it. It requires reject-publish overflow.
+        ("x-dead-letter-strategy", Argument::Text("at-least-once")),
+        ("x-overflow", Argument::Text("reject-publish")),
+        (
+            "x-delivery-limit",
+            Argument::Number(i64::from(DELIVERY_LIMIT)),
+        ),
+    ]
+}
+
+/// The arguments of a dead-letter queue: quorum, nothing more.
+pub fn dead_letter_queue_arguments() -> Vec<(&'static str, Argument)> {
+    vec![("x-queue-type", Argument::Text("quorum"))]
+}
+
 /// The exchange kinds the topology uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExchangeKind {

@@ -193,6 +193,46 @@ pub(crate) async fn broker_setup(path: &Path) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
+pub(crate) fn broker_definitions(
+    path: &Path,
+    vhost: &str,
+    prefix: &str,
+    consumer_timeout_minutes: Option<u64>,
+) -> anyhow::Result<Outcome> {
+    use broker::definitions::{self, Role, User};
+    let config = Config::load(path)?;
+    let topology = Topology::new(config.account_names());
+    let mut users = Vec::new();
+    for role in Role::all(&topology) {
+        let name = role.user(prefix);
+        let password = match std::env::var(role.password_variable()) {
+            Ok(password) if !password.is_empty() => password,
+            _ => {
+                let generated = format!(
+                    "{}{}",
+                    uuid::Uuid::new_v4().simple(),
+                    uuid::Uuid::new_v4().simple()
+                );
+                eprintln!("{name} {generated}");
+                generated
+            }
+        };
+        let salt: [u8; 4] = uuid::Uuid::new_v4().as_bytes()[..4]
+            .try_into()
+            .expect("4 bytes");
+        let password_hash = definitions::password_hash(&password, salt);
+        users.push(User {
+            role,
+            name,
+            password_hash,
+        });
+    }
+    let timeout_ms = consumer_timeout_minutes.map(|minutes| minutes * 60_000);
+    let document = definitions::definitions(&topology, vhost, &users, timeout_ms);
+    println!("{}", serde_json::to_string_pretty(&document)?);
+    Ok(Outcome::Success)
+}
+
 pub(crate) fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
     let state_dir = match (&args.state_dir, &args.config) {
         (Some(dir), _) => dir.clone(),

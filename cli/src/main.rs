@@ -215,6 +215,29 @@ enum BrokerCommand {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Print RabbitMQ definitions for a least-privilege deployment: vhost, exchanges, queues,
+    /// policies and one user per component with the narrowest permissions. Load them with
+    /// `rabbitmqctl import_definitions FILE`.
+    #[command(
+        after_help = "Passwords come from PIPELINES_RABBITMQ_PASSWORD_<ROLE> (ADMIN, DISPATCHER, \
+        ORCHESTRATOR, EXECUTOR_<ACCOUNT>); a missing one is generated and printed once on stderr. \
+        The file holds password hashes only.\n\nExample:\n  pipelines broker definitions --config pipelines.toml > definitions.json\n  \
+        rabbitmqctl import_definitions definitions.json"
+    )]
+    Definitions {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The virtual host.
+        #[arg(long, default_value = "pipelines")]
+        vhost: String,
+        /// Put before every user name: `<prefix>dispatcher`, `<prefix>executor-<account>`.
+        #[arg(long, default_value = "pipelines-")]
+        user_prefix: String,
+        /// Add a consumer-timeout policy (RabbitMQ 3.12 and later; older versions take
+        /// `consumer_timeout` in rabbitmq.conf instead). Set it above your longest job timeout.
+        #[arg(long, value_name = "MINUTES")]
+        consumer_timeout_minutes: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -305,6 +328,17 @@ fn main() -> ExitCode {
             Command::Broker(BrokerCommand::Setup { config }) => {
                 commands::broker_setup(&config).await
             }
+            Command::Broker(BrokerCommand::Definitions {
+                config,
+                vhost,
+                user_prefix,
+                consumer_timeout_minutes,
+            }) => commands::broker_definitions(
+                &config,
+                &vhost,
+                &user_prefix,
+                consumer_timeout_minutes,
+            ),
             Command::Config(ConfigCommand::Check { file }) => commands::config_check(&file),
         };
         // Spans still buffered are exported before the runtime stops.

@@ -140,6 +140,10 @@ pub struct DispatcherSettings {
     /// Where to serve `/metrics`, `/healthz` and `/readyz` (`host:port`). Default: not served.
     #[serde(default)]
     pub metrics_address: Option<String>,
+    /// The broker users whose change events start runs (RabbitMQ validates every message's
+    /// `user_id`). Empty: any user that may publish to the changes exchange.
+    #[serde(default)]
+    pub orchestrator_users: Vec<String>,
 }
 
 impl Default for DispatcherSettings {
@@ -148,6 +152,7 @@ impl Default for DispatcherSettings {
             state_dir: None,
             lease_seconds: default_lease_seconds(),
             metrics_address: None,
+            orchestrator_users: Vec::new(),
         }
     }
 }

@@ -565,4 +565,122 @@ mod tests {
             "{orphan}"
         );
     }
+
+    // --- Fuzzing. CI runs a few thousand cases; the full profile:
+    //     PIPELINES_FUZZ_CASES=100000 cargo test --release -p dispatcher fuzz
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn cases() -> u32 {
+            std::env::var("PIPELINES_FUZZ_CASES")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(2_000)
+        }
+
+        /// Path segments, hostile and ordinary.
+        fn segment() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("prod".to_owned()),
+                Just("dev".to_owned()),
+                Just("app".to_owned()),
+                Just("..".to_owned()),
+                Just(".".to_owned()),
+                Just(String::new()),
+                Just("\\x".to_owned()),
+                Just("a\u{0}b".to_owned()),
+                Just("é-ü".to_owned()),
+                "[a-z0-9._-]{1,12}",
+                any::<String>(),
+            ]
+        }
+
+        fn path() -> impl Strategy<Value = String> {
+            (any::<bool>(), prop::collection::vec(segment(), 0..5)).prop_map(|(absolute, parts)| {
+                format!("{}{}", if absolute { "/" } else { "" }, parts.join("/"))
+            })
+        }
+
+        fn kind() -> impl Strategy<Value = ChangeKind> {
+            prop_oneof![
+                Just(ChangeKind::UnitAdded),
+                Just(ChangeKind::UnitChanged),
+                Just(ChangeKind::UnitDeleted),
+                Just(ChangeKind::HclChanged),
+                Just(ChangeKind::AccountsRequested),
+                Just(ChangeKind::DriftDetected),
+            ]
+        }
+
+        fn change_event() -> impl Strategy<Value = ChangeEvent> {
+            (
+                prop::bool::ANY,
+                prop::sample::select(vec!["main", "feature", ""]),
+                prop::collection::vec(
+                    (
+                        kind(),
+                        prop::collection::vec(path(), 0..4),
+                        prop::collection::vec(path(), 0..3),
+                    ),
+                    0..4,
+                ),
+                prop::collection::vec((path(), path()), 0..4),
+                prop::sample::select(vec!["infra".to_owned(), "other".to_owned(), "a".repeat(40)]),
+            )
+                .prop_map(|(push, branch, changes, edges, repository)| ChangeEvent {
+                    id: Uuid::new_v4(),
+                    repository,
+                    trigger: if push {
+                        Trigger::Push {
+                            branch: branch.into(),
+                        }
+                    } else {
+                        Trigger::PullRequest {
+                            number: Some(1),
+                            base_branch: "main".into(),
+                            head_branch: branch.into(),
+                        }
+                    },
+                    base_sha: "a".repeat(40),
+                    head_sha: "b".repeat(40),
+                    changes: changes
+                        .into_iter()
+                        .map(|(kind, units, files)| Change { kind, units, files })
+                        .collect(),
+                    dependencies: edges
+                        .into_iter()
+                        .map(|(unit, depends_on)| DependencyEdge { unit, depends_on })
+                        .collect(),
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+            /// Any event: a plan or a reason, never a panic; and a plan holds only clean paths,
+            /// each routed to an account, with edges among its own units and no cycle.
+            #[test]
+            fn any_event_is_planned_safely_or_refused(event in change_event()) {
+                let config = config();
+                let router = AccountRouter::new(&config);
+                if let Ok(plan) = plan(&event, &config, &router) {
+                    prop_assert!(event.repository == "infra");
+                    for unit in &plan.units {
+                        prop_assert!(check_path(&unit.unit).is_ok(), "accepted {:?}", unit.unit);
+                        prop_assert_eq!(router.route(&unit.unit), Some(unit.account.as_str()));
+                    }
+                    let units: Vec<&str> = plan.units.iter().map(|u| u.unit.as_str()).collect();
+                    for edge in &plan.edges {
+                        prop_assert!(units.contains(&edge.unit.as_str()) && units.contains(&edge.depends_on.as_str()));
+                    }
+                    prop_assert!(find_cycle(&plan.edges).is_none());
+                    if matches!(event.trigger, Trigger::Push { ref branch } if branch != "main") {
+                        prop_assert!(false, "a push to another branch was planned");
+                    }
+                }
+            }
+        }
+    }
 }

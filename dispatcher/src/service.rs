@@ -148,7 +148,7 @@ impl Dispatcher {
     /// Declares the topology, then handles messages until `shutdown` resolves.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), DispatchError> {
         self.broker
-            .declare_topology(&Topology::new(self.config.account_names()))
+            .ensure_topology(&Topology::new(self.config.account_names()))
             .await?;
         // Whatever a crash left committed but unpublished goes out first; then whatever the
         // restored runs may start now (retries that came due while we were down).
@@ -171,6 +171,11 @@ impl Dispatcher {
         ));
         let _stop_depths = AbortOnDrop(depths);
         self.ops.health.set_ready(true);
+        if self.config.dispatcher.orchestrator_users.is_empty() {
+            tracing::warn!(
+                "Change events are accepted from any broker user; set dispatcher.orchestrator_users to the orchestrators' users."
+            );
+        }
         tracing::info!(accounts = ?self.config.account_names(), "Dispatcher ready.");
         tokio::pin!(shutdown);
         loop {
@@ -303,6 +308,23 @@ impl Dispatcher {
         let span = tracing::info_span!("dispatch", run_id = %event.id, repository = %event.repository, event = %event.trigger.kind());
         telemetry::propagation::set_parent(&span, &delivery.headers);
         let _entered = span.enter();
+        let allowed = &self.config.dispatcher.orchestrator_users;
+        if !allowed.is_empty()
+            && !delivery
+                .user_id
+                .as_ref()
+                .is_some_and(|user| allowed.contains(user))
+        {
+            let from = delivery.user_id.as_deref().unwrap_or("(no user_id)");
+            tracing::warn!(
+                user = from,
+                "Change event from a user that may not submit runs."
+            );
+            return Ok(Verdict::DeadLetter(format!(
+                "change event from broker user {from:?}: only {} may submit runs",
+                allowed.join(", ")
+            )));
+        }
         // A redelivery (we crashed before the ack, or the publisher sent it twice): the run
         // exists, so settle the message the way the first delivery was settled.
         let rejected = if let Some(run) = self.scheduler.run(event.id) {

@@ -149,7 +149,7 @@ pub async fn run(
     let workspace = Workspace::open(settings.work_dir.clone())?;
     metrics::register(&ops.metrics);
     broker
-        .declare_topology(&Topology::new([settings.account.clone()]))
+        .ensure_topology(&Topology::new([settings.account.clone()]))
         .await?;
     let queue = jobs_queue(&settings.account);
     let mut replies = broker.reply_queue().await?;

@@ -382,4 +382,100 @@ mod tests {
             let _ = decode(&bytes);
         }
     }
+
+    // --- Fuzzing with proptest. CI runs a few thousand cases; for the full profile:
+    //     PIPELINES_FUZZ_CASES=100000 cargo test --release -p proto-types fuzz
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn cases() -> u32 {
+            std::env::var("PIPELINES_FUZZ_CASES")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(2_000)
+        }
+
+        /// Valid encodings of every kind of message, to mutate.
+        fn seeds() -> Vec<Vec<u8>> {
+            vec![
+                encode(&change_event()),
+                encode(&job()),
+                encode(&job_event()),
+                encode(&run_status()),
+                encode(&claim_reply()),
+            ]
+        }
+
+        #[derive(Debug, Clone)]
+        enum Mutation {
+            Flip { at: usize, bits: u8 },
+            Insert { at: usize, byte: u8 },
+            Delete { at: usize },
+            Truncate { at: usize },
+        }
+
+        fn mutation() -> impl Strategy<Value = Mutation> {
+            prop_oneof![
+                (any::<usize>(), 1u8..=255).prop_map(|(at, bits)| Mutation::Flip { at, bits }),
+                (any::<usize>(), any::<u8>()).prop_map(|(at, byte)| Mutation::Insert { at, byte }),
+                any::<usize>().prop_map(|at| Mutation::Delete { at }),
+                any::<usize>().prop_map(|at| Mutation::Truncate { at }),
+            ]
+        }
+
+        fn apply(bytes: &mut Vec<u8>, mutation: &Mutation) {
+            let len = bytes.len().max(1);
+            match *mutation {
+                Mutation::Flip { at, bits } => {
+                    if let Some(byte) = bytes.get_mut(at % len) {
+                        *byte ^= bits;
+                    }
+                }
+                Mutation::Insert { at, byte } => bytes.insert(at % (bytes.len() + 1), byte),
+                Mutation::Delete { at } => {
+                    if !bytes.is_empty() {
+                        bytes.remove(at % len);
+                    }
+                }
+                Mutation::Truncate { at } => bytes.truncate(at % len),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+            /// Any bytes at all: a message or a typed error, never a panic, never a huge allocation.
+            #[test]
+            fn decoding_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
+                let _ = decode(&bytes);
+            }
+
+            /// Valid messages, damaged: decoding still returns, and whatever decodes is a whole
+            /// message that survives its own round trip.
+            #[test]
+            fn damaged_messages_decode_or_fail_cleanly(
+                seed in 0usize..5,
+                mutations in prop::collection::vec(mutation(), 1..8),
+            ) {
+                let mut bytes = seeds()[seed].clone();
+                for m in &mutations {
+                    apply(&mut bytes, m);
+                }
+                if let Ok(message) = decode(&bytes) {
+                    let again = match &message {
+                        Message::ChangeEvent(m) => encode(m),
+                        Message::Job(m) => encode(m),
+                        Message::JobEvent(m) => encode(m),
+                        Message::RunStatus(m) => encode(m),
+                        Message::ClaimReply(m) => encode(m),
+                        Message::CancelRun(m) => encode(m),
+                        Message::CancelJob(m) => encode(m),
+                    };
+                    prop_assert_eq!(decode(&again).ok(), Some(message));
+                }
+            }
+        }
+    }
 }

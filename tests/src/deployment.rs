@@ -101,6 +101,11 @@ impl Deployment {
     }
 
     pub fn start_executor(&mut self, account: &str, name: &str) {
+        self.start_executor_with(account, name, &[]);
+    }
+
+    /// Starts an executor with `env` on top of the deployment's.
+    pub fn start_executor_with(&mut self, account: &str, name: &str, env: &[(&str, &str)]) {
         let work_dir = self.root.join("work").join(name);
         std::fs::create_dir_all(&work_dir).unwrap();
         let mut command = pipelines_in(
@@ -123,6 +128,7 @@ impl Deployment {
                 .chain(&self.executor_env)
                 .map(|(k, v)| (k, v)),
         );
+        command.envs(env.iter().copied());
         self.executors
             .push(Service::start(name, command, &self.logs));
     }

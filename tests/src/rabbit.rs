@@ -100,3 +100,106 @@ impl Drop for Outage {
             .output();
     }
 }
+
+/// A vhost set up from the shipped definitions (`deploy/rabbitmq/definitions.json`, which a
+/// test keeps equal to `pipelines broker definitions`' output), imported with `rabbitmqctl
+/// import_definitions`: one user per component with its narrowest permissions and the
+/// `.env.example` passwords (`dev-<role>`). Only the vhost and the user names are made unique,
+/// so tests run in parallel. Users and vhost are deleted on drop.
+#[derive(Debug)]
+pub struct LeastPrivilege {
+    pub vhost: String,
+    prefix: String,
+    users: Vec<String>,
+}
+
+/// The shipped definitions' vhost and user-name prefix.
+const SHIPPED_VHOST: &str = "pipelines";
+const SHIPPED_PREFIX: &str = "pipelines-";
+
+impl LeastPrivilege {
+    /// Imports the shipped definitions into a fresh vhost, with fresh user names. `accounts`
+    /// must be among the shipped ones (shared, dev, prod).
+    pub fn import_shipped(root: &std::path::Path, accounts: &[&str]) -> LeastPrivilege {
+        let shipped = crate::workspace_root().join("deploy/rabbitmq/definitions.json");
+        let mut document: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&shipped).unwrap()).unwrap();
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let vhost = format!("pipelines-lp-{}", &id[..12]);
+        let prefix = format!("lp{}-", &id[..8]);
+        let rename = |name: &serde_json::Value| {
+            let name = name.as_str().unwrap();
+            let role = name
+                .strip_prefix(SHIPPED_PREFIX)
+                .unwrap_or_else(|| panic!("shipped user {name} lacks the {SHIPPED_PREFIX} prefix"));
+            serde_json::Value::from(format!("{prefix}{role}"))
+        };
+        let mut users = Vec::new();
+        for (section, key) in [
+            ("users", "name"),
+            ("permissions", "user"),
+            ("topic_permissions", "user"),
+        ] {
+            for entry in document[section].as_array_mut().unwrap() {
+                entry[key] = rename(&entry[key]);
+                if section == "users" {
+                    users.push(entry[key].as_str().unwrap().to_owned());
+                }
+            }
+        }
+        for entries in document.as_object_mut().unwrap().values_mut() {
+            for entry in entries.as_array_mut().unwrap() {
+                if entry.get("vhost").is_some() {
+                    assert_eq!(entry["vhost"], SHIPPED_VHOST);
+                    entry["vhost"] = vhost.clone().into();
+                }
+                if entry.get("name") == Some(&SHIPPED_VHOST.into()) && entry.get("vhost").is_none()
+                {
+                    entry["name"] = vhost.clone().into();
+                }
+            }
+        }
+        for account in accounts {
+            assert!(
+                users.contains(&format!("{prefix}executor-{account}")),
+                "the shipped definitions have no executor user for account {account}"
+            );
+        }
+        let file = root.join(format!("{vhost}.json"));
+        std::fs::write(&file, document.to_string()).unwrap();
+        let imported = LeastPrivilege {
+            vhost,
+            prefix,
+            users,
+        };
+        rabbitmqctl(&["import_definitions", file.to_str().unwrap()]);
+        imported
+    }
+
+    /// The user name of a role: `admin`, `dispatcher`, `orchestrator`, `executor-<account>`.
+    pub fn user(&self, role: &str) -> String {
+        format!("{}{role}", self.prefix)
+    }
+
+    /// The broker URL for a role (passwords are `.env.example`'s: `dev-<role>`).
+    pub fn url(&self, role: &str) -> String {
+        format!(
+            "amqp://{}:dev-{role}@{HOST}/{}",
+            self.user(role),
+            self.vhost
+        )
+    }
+}
+
+impl Drop for LeastPrivilege {
+    fn drop(&mut self) {
+        for user in &self.users {
+            let _ = Command::new("rabbitmqctl")
+                .args(["-q", "delete_user", user])
+                .output();
+        }
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "delete_vhost", &self.vhost])
+            .output();
+    }
+}

@@ -20,15 +20,32 @@ pub fn setup() -> (Vhost, Sandbox) {
     (rabbit::vhost(), Sandbox::new())
 }
 
+/// Where a test's broker is: a [`Vhost`] of its own, or a URL.
+pub trait BrokerUrl {
+    fn broker_url(&self) -> &str;
+}
+
+impl BrokerUrl for Vhost {
+    fn broker_url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl BrokerUrl for str {
+    fn broker_url(&self) -> &str {
+        self
+    }
+}
+
 /// `orchestrate` for the repository `infra` on `vhost`, with `extra` flags.
 pub fn orchestrate(
     sandbox: &Sandbox,
-    vhost: &Vhost,
+    vhost: &(impl BrokerUrl + ?Sized),
     range: (&str, &str),
     event: &str,
     extra: &[&str],
 ) -> Finished {
-    let mut args = vec!["--repo-name", "infra", "--broker", &vhost.url];
+    let mut args = vec!["--repo-name", "infra", "--broker", vhost.broker_url()];
     args.extend_from_slice(extra);
     process::run(
         sandbox.pipelines_on_range("orchestrate", range.0, range.1, event, &args),
@@ -39,7 +56,7 @@ pub fn orchestrate(
 /// Submits a run without waiting for it; its id.
 pub fn submit(
     sandbox: &Sandbox,
-    vhost: &Vhost,
+    vhost: &(impl BrokerUrl + ?Sized),
     range: (&str, &str),
     event: &str,
     extra: &[&str],
@@ -101,7 +118,7 @@ pub fn assert_job(detail: &RunDetail, unit: &str, state: &str, worker: &str, att
 /// the command's transcript.
 pub fn follow_to_end(
     sandbox: &Sandbox,
-    vhost: &Vhost,
+    vhost: &(impl BrokerUrl + ?Sized),
     range: (&str, &str),
     event: &str,
     code: i32,

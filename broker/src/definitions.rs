@@ -1,0 +1,346 @@
+//! RabbitMQ definitions for a least-privilege deployment: the JSON `rabbitmqctl
+//! import_definitions` loads. It holds the vhost, every exchange, queue and binding of the
+//! topology (with the same arguments the adapter declares), policies, and one user per
+//! component with the narrowest permissions that let it work:
+//!
+//! | user          | configure      | write                                        | read                                   |
+//! |---------------|----------------|----------------------------------------------|----------------------------------------|
+//! | admin         | everything     | everything                                   | everything                             |
+//! | dispatcher    | nothing        | jobs, status, dead-letter, default (replies) | changes, job events, control queues    |
+//! | orchestrator  | its own queues | changes exchange, its own queues             | status exchange (one run id at a time) |
+//! | executor of A | its own queues | job events, dead-letter                      | `jobs.A`, its own queues               |
+//!
+//! "Its own queues" are the server-named, exclusive `amq.gen-*` queues (run followers, reply
+//! queues): exclusive, so no other connection can read them. A topic permission on the status
+//! exchange lets the orchestrator bind only to one full run id at a time, never to a pattern.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::topology::{
+    self, Argument, CHANGES_EXCHANGE, CHANGES_QUEUE, CONTROL_QUEUE, DEAD_LETTER_EXCHANGE,
+    ExchangeKind, JOB_EVENTS_EXCHANGE, JOB_EVENTS_QUEUE, JOBS_EXCHANGE, STATUS_EXCHANGE, Topology,
+};
+
+/// A component's broker identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Runs `pipelines broker setup` and `pipelines cancel`.
+    Admin,
+    Dispatcher,
+    Orchestrator,
+    Executor {
+        account: String,
+    },
+}
+
+impl Role {
+    /// Every role a topology needs.
+    pub fn all(topology: &Topology) -> Vec<Role> {
+        let mut roles = vec![Role::Admin, Role::Dispatcher, Role::Orchestrator];
+        roles.extend(topology.accounts.iter().map(|account| Role::Executor {
+            account: account.clone(),
+        }));
+        roles
+    }
+
+    /// The user name, after `prefix`: `pipelines-dispatcher`, `pipelines-executor-prod`.
+    pub fn user(&self, prefix: &str) -> String {
+        match self {
+            Role::Admin => format!("{prefix}admin"),
+            Role::Dispatcher => format!("{prefix}dispatcher"),
+            Role::Orchestrator => format!("{prefix}orchestrator"),
+            Role::Executor { account } => format!("{prefix}executor-{account}"),
+        }
+    }
+
+    /// The environment variable holding the role's password for `pipelines broker
+    /// definitions`: `PIPELINES_RABBITMQ_PASSWORD_DISPATCHER`, `..._EXECUTOR_PROD`.
+    pub fn password_variable(&self) -> String {
+        let role = match self {
+            Role::Admin => "ADMIN".to_owned(),
+            Role::Dispatcher => "DISPATCHER".to_owned(),
+            Role::Orchestrator => "ORCHESTRATOR".to_owned(),
+            Role::Executor { account } => format!(
+                "EXECUTOR_{}",
+                account.to_ascii_uppercase().replace('-', "_")
+            ),
+        };
+        format!("PIPELINES_RABBITMQ_PASSWORD_{role}")
+    }
+
+    /// `(configure, write, read)` regular expressions.
+    pub fn permissions(&self) -> (String, String, String) {
+        let names = |names: &[&str]| {
+            format!(
+                "^({})$",
+                names
+                    .iter()
+                    .map(|n| escape(n))
+                    .collect::<Vec<_>>()
+                    .join("|")
+            )
+        };
+        let own = format!("{}.*", escape(topology::REPLY_QUEUE_PREFIX));
+        match self {
+            Role::Admin => (".*".into(), ".*".into(), ".*".into()),
+            Role::Dispatcher => (
+                "^$".into(),
+                names(&[
+                    JOBS_EXCHANGE,
+                    STATUS_EXCHANGE,
+                    DEAD_LETTER_EXCHANGE,
+                    "amq.default",
+                ]),
+                names(&[CHANGES_QUEUE, JOB_EVENTS_QUEUE, CONTROL_QUEUE]),
+            ),
+            Role::Orchestrator => (
+                format!("^{own}$"),
+                format!("^({}|{own})$", escape(CHANGES_EXCHANGE)),
+                format!("^({}|{own})$", escape(STATUS_EXCHANGE)),
+            ),
+            Role::Executor { account } => (
+                format!("^{own}$"),
+                names(&[JOB_EVENTS_EXCHANGE, DEAD_LETTER_EXCHANGE]),
+                format!("^({}|{own})$", escape(&topology::jobs_queue(account))),
+            ),
+        }
+    }
+}
+
+/// What a run follower may bind to on the status exchange: one full run id.
+pub const RUN_ROUTING_KEY_PATTERN: &str =
+    r"^run\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
+
+/// A user with the hash of its password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub role: Role,
+    pub name: String,
+    pub password_hash: String,
+}
+
+/// RabbitMQ's `rabbit_password_hashing_sha256`: base64(salt ++ sha256(salt ++ password)).
+pub fn password_hash(password: &str, salt: [u8; 4]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(salt);
+    hasher.update(password.as_bytes());
+    let mut bytes = salt.to_vec();
+    bytes.extend_from_slice(&hasher.finalize());
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The definitions document for `topology` in `vhost`.
+pub fn definitions(
+    topology: &Topology,
+    vhost: &str,
+    users: &[User],
+    consumer_timeout_ms: Option<u64>,
+) -> Value {
+    let exchanges: Vec<Value> = topology
+        .exchanges()
+        .iter()
+        .map(|(name, kind)| {
+            let kind = match kind {
+                ExchangeKind::Direct => "direct",
+                ExchangeKind::Topic => "topic",
+            };
+            json!({ "name": name, "vhost": vhost, "type": kind, "durable": true, "auto_delete": false, "internal": false, "arguments": {} })
+        })
+        .collect();
+    let mut queues = Vec::new();
+    let mut bindings = Vec::new();
+    let binding = |source: &str, queue: &str, key: &str| json!({ "source": source, "vhost": vhost, "destination": queue, "destination_type": "queue", "routing_key": key, "arguments": {} });
+    for spec in topology.work_queues() {
+        let queue = |name: &str, arguments: Vec<(&'static str, Argument)>| json!({ "name": name, "vhost": vhost, "durable": true, "auto_delete": false, "arguments": arguments_json(arguments) });
+        queues.push(queue(
+            &spec.name,
+            topology::work_queue_arguments(&spec.name),
+        ));
+        queues.push(queue(
+            &spec.dead_letter_queue,
+            topology::dead_letter_queue_arguments(),
+        ));
+        bindings.push(binding(spec.exchange, &spec.name, &spec.routing_key));
+        bindings.push(binding(
+            DEAD_LETTER_EXCHANGE,
+            &spec.dead_letter_queue,
+            &spec.name,
+        ));
+    }
+    let work_queues = format!(
+        "^({}|jobs\\..+)$",
+        [CHANGES_QUEUE, JOB_EVENTS_QUEUE, CONTROL_QUEUE]
+            .map(escape)
+            .join("|")
+    );
+    let mut policy = json!({ "dead-letter-exchange": DEAD_LETTER_EXCHANGE, "delivery-limit": topology::DELIVERY_LIMIT });
+    if let Some(ms) = consumer_timeout_ms {
+        // RabbitMQ 3.12 and later: older versions refuse the key (use rabbitmq.conf there).
+        policy["consumer-timeout"] = json!(ms);
+    }
+    let policies = vec![json!({
+        "vhost": vhost,
+        "name": "pipelines-work-queues",
+        "pattern": work_queues,
+        "apply-to": "queues",
+        "priority": 0,
+        "definition": policy,
+    })];
+    let users_json: Vec<Value> = users
+        .iter()
+        .map(|user| {
+            let tags: Vec<&str> = if user.role == Role::Admin { vec!["administrator"] } else { vec![] };
+            json!({ "name": user.name, "password_hash": user.password_hash, "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": tags, "limits": {} })
+        })
+        .collect();
+    let permissions: Vec<Value> = users
+        .iter()
+        .map(|user| {
+            let (configure, write, read) = user.role.permissions();
+            json!({ "user": user.name, "vhost": vhost, "configure": configure, "write": write, "read": read })
+        })
+        .collect();
+    let topic_permissions: Vec<Value> = users
+        .iter()
+        .filter(|user| user.role == Role::Orchestrator)
+        .map(|user| json!({ "user": user.name, "vhost": vhost, "exchange": STATUS_EXCHANGE, "write": "^$", "read": RUN_ROUTING_KEY_PATTERN }))
+        .collect();
+    json!({
+        "vhosts": [{ "name": vhost }],
+        "users": users_json,
+        "permissions": permissions,
+        "topic_permissions": topic_permissions,
+        "exchanges": exchanges,
+        "queues": queues,
+        "bindings": bindings,
+        "policies": policies,
+    })
+}
+
+fn arguments_json(arguments: Vec<(&'static str, Argument)>) -> Value {
+    let map: BTreeMap<&str, Value> = arguments
+        .into_iter()
+        .map(|(key, value)| {
+            let value = match value {
+                Argument::Text(text) => json!(text),
+                Argument::Owned(text) => json!(text),
+                Argument::Number(n) => json!(n),
+            };
+            (key, value)
+        })
+        .collect();
+    json!(map)
+}
+
+/// A name as a regular expression matching only itself.
+fn escape(name: &str) -> String {
+    name.chars()
+        .flat_map(|c| match c {
+            '.' | '*' | '+' | '?' | '(' | ')' | '[' | ']' | '{' | '}' | '|' | '^' | '$' | '\\' => {
+                vec!['\\', c]
+            }
+            _ => vec![c],
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_hashes_follow_rabbitmqs_sha256_scheme() {
+        // salt 908d c60a, password "test12": RabbitMQ's documented example.
+        assert_eq!(
+            password_hash("test12", [0x90, 0x8d, 0xc6, 0x0a]),
+            "kI3GCqW5JLMJa4iX1lo7X4D6XbYqlLgxIs30+P6tENUV2POR"
+        );
+    }
+
+    #[test]
+    fn every_role_gets_only_its_own_queues_and_exchanges() {
+        let (configure, write, read) = Role::Executor {
+            account: "prod".into(),
+        }
+        .permissions();
+        assert_eq!(configure, r"^amq\.gen-.*$");
+        assert_eq!(write, r"^(pipelines\.job-events|pipelines\.dead-letter)$");
+        assert_eq!(read, r"^(jobs\.prod|amq\.gen-.*)$");
+        let (configure, write, _) = Role::Dispatcher.permissions();
+        assert_eq!(
+            configure, "^$",
+            "the dispatcher declares nothing in a least-privilege deployment"
+        );
+        assert!(
+            write.contains(r"pipelines\.jobs") && write.contains("amq\\.default"),
+            "{write}"
+        );
+        assert!(!Role::Orchestrator.permissions().1.contains("jobs"));
+        assert_eq!(
+            Role::Executor {
+                account: "eu-prod".into()
+            }
+            .password_variable(),
+            "PIPELINES_RABBITMQ_PASSWORD_EXECUTOR_EU_PROD"
+        );
+    }
+
+    #[test]
+    fn definitions_hold_the_topology_users_and_the_status_topic_rule() {
+        let topology = Topology::new(["dev".to_owned()]);
+        let users: Vec<User> = Role::all(&topology)
+            .into_iter()
+            .map(|role| User {
+                name: role.user("pipelines-"),
+                role,
+                password_hash: "x".into(),
+            })
+            .collect();
+        let doc = definitions(&topology, "pipelines", &users, None);
+        let names = |key: &str| -> Vec<String> {
+            doc[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v["name"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert!(
+            names("queues").contains(&"jobs.dev".to_owned())
+                && names("queues").contains(&"dead.jobs.dev".to_owned())
+        );
+        assert_eq!(names("exchanges").len(), 6);
+        assert_eq!(
+            names("users"),
+            [
+                "pipelines-admin",
+                "pipelines-dispatcher",
+                "pipelines-orchestrator",
+                "pipelines-executor-dev"
+            ]
+        );
+        let jobs = doc["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == "jobs.dev")
+            .unwrap();
+        assert_eq!(jobs["arguments"]["x-delivery-limit"], 10);
+        assert_eq!(jobs["arguments"]["x-dead-letter-routing-key"], "jobs.dev");
+        assert_eq!(doc["topic_permissions"][0]["read"], RUN_ROUTING_KEY_PATTERN);
+        assert!(
+            doc["policies"][0]["definition"]
+                .get("consumer-timeout")
+                .is_none()
+        );
+        let newer = definitions(&topology, "pipelines", &users, Some(18_000_000));
+        assert_eq!(
+            newer["policies"][0]["definition"]["consumer-timeout"],
+            18_000_000
+        );
+    }
+}

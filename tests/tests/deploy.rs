@@ -1,0 +1,389 @@
+//! The shipped deployment files, checked as far as this machine allows (no Docker engine, no
+//! cluster): they parse, they agree with the policy they deploy, and the RabbitMQ definitions
+//! are exactly what `pipelines broker definitions` generates.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: fail loudly.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine;
+use broker::definitions::{Role, password_hash};
+use broker::topology::Topology;
+use harness::process;
+use harness::sandbox::pipelines_in;
+use harness::workspace_root;
+use serde_json::Value;
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn file(relative: &str) -> PathBuf {
+    workspace_root().join(relative)
+}
+
+fn read(relative: &str) -> String {
+    std::fs::read_to_string(file(relative)).unwrap_or_else(|err| panic!("{relative}: {err}"))
+}
+
+fn yaml(relative: &str) -> Vec<Yaml> {
+    YamlLoader::load_from_str(&read(relative)).unwrap_or_else(|err| panic!("{relative}: {err}"))
+}
+
+/// The accounts of a policy file, in order, as the binary reads them.
+fn accounts(policy: &Path) -> Vec<String> {
+    let toml = std::fs::read_to_string(policy).unwrap();
+    toml.split("[[accounts]]")
+        .skip(1)
+        .map(|section| {
+            let name = section
+                .lines()
+                .find_map(|line| line.trim().strip_prefix("name = "))
+                .expect("every account has a name");
+            name.trim_matches('"').to_owned()
+        })
+        .collect()
+}
+
+/// `pipelines config check FILE` passes.
+fn assert_policy_valid(policy: &Path) {
+    let checked = process::run(
+        pipelines_in(
+            policy.parent().unwrap(),
+            &["config", "check", policy.to_str().unwrap()],
+        ),
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        checked.code(),
+        Some(0),
+        "{}: {}",
+        policy.display(),
+        checked.transcript()
+    );
+}
+
+/// `KEY=value` lines of `.env.example`.
+fn env_example() -> BTreeMap<String, String> {
+    read(".env.example")
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))
+        .collect()
+}
+
+fn text(yaml: &Yaml) -> String {
+    match yaml {
+        Yaml::String(s) => s.clone(),
+        Yaml::Integer(n) => n.to_string(),
+        other => panic!("not a scalar: {other:?}"),
+    }
+}
+
+fn words(yaml: &Yaml) -> Vec<String> {
+    yaml.as_vec()
+        .unwrap_or_else(|| panic!("not a list: {yaml:?}"))
+        .iter()
+        .map(text)
+        .collect()
+}
+
+#[test]
+fn shipped_definitions_are_the_generators_output_with_the_env_example_passwords() {
+    let policy = file("deploy/compose/pipelines.toml");
+    let env = env_example();
+    let mut generate = pipelines_in(
+        &workspace_root(),
+        &[
+            "broker",
+            "definitions",
+            "--config",
+            policy.to_str().unwrap(),
+        ],
+    );
+    generate.envs(
+        env.iter()
+            .filter(|(key, _)| key.starts_with("PIPELINES_RABBITMQ_PASSWORD_")),
+    );
+    let generated = process::run(generate, Duration::from_secs(30));
+    assert_eq!(generated.code(), Some(0), "{}", generated.transcript());
+    assert!(
+        !generated
+            .stderr
+            .lines()
+            .any(|line| line.starts_with("pipelines-")),
+        "a password was generated, so .env.example lacks one: {}",
+        generated.stderr
+    );
+    let mut generated: Value = serde_json::from_str(&generated.stdout).unwrap();
+    let mut shipped: Value = serde_json::from_str(&read("deploy/rabbitmq/definitions.json"))
+        .expect("deploy/rabbitmq/definitions.json is JSON");
+
+    // Hashes are salted, so they differ between runs: check each against its password instead.
+    let topology = Topology::new(accounts(&policy));
+    for role in Role::all(&topology) {
+        let name = role.user("pipelines-");
+        let password = env
+            .get(&role.password_variable())
+            .unwrap_or_else(|| panic!(".env.example has no {}", role.password_variable()));
+        let user = shipped["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|user| user["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("the shipped definitions have no user {name}"));
+        let hash = user["password_hash"].as_str().unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(hash)
+            .unwrap();
+        let salt: [u8; 4] = bytes[..4].try_into().unwrap();
+        assert_eq!(
+            password_hash(password, salt),
+            hash,
+            "{name}'s shipped hash is not of the .env.example password"
+        );
+    }
+    for document in [&mut generated, &mut shipped] {
+        for user in document["users"].as_array_mut().unwrap() {
+            user["password_hash"] = Value::Null;
+        }
+    }
+    assert_eq!(
+        shipped, generated,
+        "deploy/rabbitmq/definitions.json is stale: regenerate it (deploy/rabbitmq/README.md)"
+    );
+}
+
+#[test]
+fn compose_runs_each_account_with_its_own_broker_user_and_loads_the_definitions() {
+    let compose = yaml("docker-compose.yml");
+    let services = &compose[0]["services"];
+    let policy = file("deploy/compose/pipelines.toml");
+    assert_policy_valid(&policy);
+
+    let rabbitmq_volumes = words(&services["rabbitmq"]["volumes"]);
+    assert!(
+        rabbitmq_volumes
+            .iter()
+            .any(|v| v.starts_with("./deploy/rabbitmq/definitions.json:")),
+        "{rabbitmq_volumes:?}"
+    );
+    let url = |service: &str| text(&services[service]["environment"]["PIPELINES_BROKER_URL"]);
+    assert!(url("dispatcher").starts_with("amqp://pipelines-dispatcher:"));
+    let accounts = accounts(&policy);
+    assert_eq!(accounts, ["shared", "dev", "prod"]);
+    for account in &accounts {
+        let service = format!("executor-{account}");
+        let command = words(&services[service.as_str()]["command"]);
+        assert_eq!(
+            command[command.iter().position(|w| w == "--account").unwrap() + 1],
+            *account,
+            "{service}: {command:?}"
+        );
+        assert!(
+            url(&service).starts_with(&format!("amqp://pipelines-executor-{account}:")),
+            "{service} logs in as another account's user: {}",
+            url(&service)
+        );
+    }
+    assert!(
+        services["jaeger"]["image"]
+            .as_str()
+            .unwrap()
+            .starts_with("jaegertracing/")
+    );
+    // Every variable the compose file reads has a line in .env.example.
+    let env = env_example();
+    let source = read("docker-compose.yml");
+    for reference in source.split("${").skip(1) {
+        let name: String = reference
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        assert!(
+            name == "PWD" || env.contains_key(&name),
+            "docker-compose.yml reads {name}, which .env.example does not document"
+        );
+    }
+}
+
+#[test]
+fn kubernetes_manifests_have_a_deployment_per_account_and_a_dispatcher_with_a_volume() {
+    let kustomization = yaml("deploy/k8s/kustomization.yaml");
+    let resources = words(&kustomization[0]["resources"]);
+    let mut documents = Vec::new();
+    for resource in &resources {
+        for document in yaml(&format!("deploy/k8s/{resource}")) {
+            assert!(
+                document["apiVersion"].as_str().is_some()
+                    && document["kind"].as_str().is_some()
+                    && document["metadata"]["name"].as_str().is_some(),
+                "{resource}: a document without apiVersion, kind or metadata.name"
+            );
+            documents.push(document);
+        }
+    }
+    let on_disk = std::fs::read_dir(file("deploy/k8s"))
+        .unwrap()
+        .filter(|entry| entry.as_ref().unwrap().file_name() != "kustomization.yaml")
+        .count();
+    assert_eq!(
+        on_disk,
+        resources.len(),
+        "every manifest is listed in kustomization.yaml"
+    );
+    let find = |kind: &str, name: &str| {
+        documents
+            .iter()
+            .find(|d| {
+                d["kind"].as_str() == Some(kind) && d["metadata"]["name"].as_str() == Some(name)
+            })
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+    };
+
+    // The policy in the ConfigMap is valid for the binary.
+    let policy_dir = tempfile::tempdir().unwrap();
+    let policy = policy_dir.path().join("pipelines.toml");
+    let config_map = find("ConfigMap", "pipelines-policy");
+    std::fs::write(
+        &policy,
+        config_map["data"]["pipelines.toml"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert_policy_valid(&policy);
+
+    let dispatcher = find("StatefulSet", "pipelines-dispatcher");
+    assert_eq!(dispatcher["spec"]["replicas"].as_i64(), Some(1));
+    let claim = &dispatcher["spec"]["volumeClaimTemplates"][0]["metadata"]["name"];
+    let container = &dispatcher["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        container["volumeMounts"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == *claim
+                && m["mountPath"].as_str() == Some("/var/lib/pipelines/dispatcher")),
+        "the dispatcher's state_dir is on its volume"
+    );
+    for account in accounts(&policy) {
+        let name = format!("pipelines-executor-{account}");
+        let deployment = find("Deployment", &name);
+        let pod = &deployment["spec"]["template"]["spec"];
+        let args = words(&pod["containers"][0]["args"]);
+        assert_eq!(
+            args[args.iter().position(|w| w == "--account").unwrap() + 1],
+            account
+        );
+        assert_eq!(
+            pod["containers"][0]["envFrom"][0]["secretRef"]["name"].as_str(),
+            Some(name.as_str()),
+            "each account's executors read only their own Secret"
+        );
+        find("Secret", &name);
+        assert!(pod["securityContext"]["runAsNonRoot"].as_bool() == Some(true));
+        assert!(
+            pod["terminationGracePeriodSeconds"].as_i64().unwrap() >= 600 + 30,
+            "room for drain_seconds and stop_grace_seconds"
+        );
+    }
+}
+
+#[test]
+fn the_github_workflow_orchestrates_pull_requests_and_pushes_to_the_deploy_branch_with_wait() {
+    let workflow = &yaml("deploy/github-actions/pipelines.yml")[0];
+    let on = &workflow["on"];
+    assert!(!on["pull_request"].is_badvalue(), "runs on pull requests");
+    assert_eq!(words(&on["push"]["branches"]), ["main"]);
+    let steps = workflow["jobs"]["pipelines"]["steps"].as_vec().unwrap();
+    let orchestrate = steps
+        .iter()
+        .find(|step| {
+            step["run"]
+                .as_str()
+                .is_some_and(|run| run.contains("pipelines orchestrate"))
+        })
+        .expect("a step runs pipelines orchestrate");
+    let run = orchestrate["run"].as_str().unwrap();
+    assert!(run.contains("--wait"), "{run}");
+    assert!(
+        !run.contains("BROKER_URL"),
+        "the broker URL stays in the environment, off the command line: {run}"
+    );
+    assert!(
+        orchestrate["env"]["PIPELINES_BROKER_URL"]
+            .as_str()
+            .unwrap()
+            .contains("secrets."),
+        "the orchestrator's broker login is a secret"
+    );
+    let checkout = steps
+        .iter()
+        .find(|step| {
+            step["uses"]
+                .as_str()
+                .is_some_and(|uses| uses.starts_with("actions/checkout"))
+        })
+        .unwrap();
+    assert_eq!(
+        checkout["with"]["fetch-depth"].as_i64(),
+        Some(0),
+        "change detection needs both commits"
+    );
+}
+
+#[test]
+fn systemd_units_run_the_documented_commands_and_drain_within_their_stop_timeout() {
+    let dispatcher = read("deploy/systemd/pipelines-dispatcher.service");
+    assert!(dispatcher.contains(
+        "ExecStart=/usr/local/bin/pipelines dispatch --config /etc/pipelines/pipelines.toml"
+    ));
+    let executor = read("deploy/systemd/pipelines-executor@.service");
+    let exec_start: String = executor
+        .split("ExecStart=")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .take_while(|line| !line.trim().is_empty() && !line.starts_with("StateDirectory"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("\\\n", " ");
+    // Undo systemd's escapes and run the shell part with the instance name, as systemd would,
+    // with a stand-in for the binary that prints its arguments.
+    let dir = tempfile::tempdir().unwrap();
+    let shell = exec_start
+        .replace("$$", "$")
+        .replace("%%", "%")
+        .replace("%H", "host")
+        .replace("\"%i\"", "eu-prod-3")
+        .replace("%i", "eu-prod-3")
+        .replace("/etc/pipelines/", &format!("{}/", dir.path().display()))
+        .replace("/usr/local/bin/pipelines", "echo");
+    std::fs::write(
+        dir.path().join("executor-eu-prod.env"),
+        "PIPELINES_BROKER_URL=amqp://x\n",
+    )
+    .unwrap();
+    let script = shell
+        .strip_prefix("/bin/sh -c '")
+        .and_then(|rest| rest.rsplit_once("' "))
+        .map(|(script, arg)| (script.to_owned(), arg.trim().to_owned()))
+        .unwrap_or_else(|| panic!("ExecStart is not /bin/sh -c '...' INSTANCE: {shell}"));
+    let output = std::process::Command::new("/bin/sh")
+        .args(["-c", &script.0, &script.1])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        printed.contains("--account eu-prod --name host-eu-prod-3"),
+        "the account is the instance name up to its last '-': {printed}"
+    );
+    let stop = executor
+        .lines()
+        .find_map(|line| line.strip_prefix("TimeoutStopSec="))
+        .unwrap();
+    assert!(stop.parse::<u64>().unwrap() >= 600 + 30);
+}

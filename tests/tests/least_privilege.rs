@@ -1,0 +1,282 @@
+//! The shipped RabbitMQ definitions against the real broker: each component's user can do its
+//! job and nothing more, RabbitMQ refuses forged identities, the dispatcher takes runs only from
+//! orchestrators, and bad messages are dead-lettered while consumers go on.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: fail loudly.
+
+use std::collections::BTreeMap;
+
+use broker::{Broker, BrokerError, Consumer, Headers, Outgoing, REASON_HEADER, Route};
+use harness::applies::{Behaviour, Units};
+use harness::deployment::Deployment;
+use harness::rabbit::LeastPrivilege;
+use harness::runs::{DEADLINE, follow_to_end, setup};
+use harness::sandbox::Sandbox;
+use proto_types::{Change, ChangeEvent, ChangeKind, Payload, Trigger};
+use uuid::Uuid;
+
+/// A two-account deployment where every component runs as its own user. Fields drop in
+/// order: the services, then their users and vhost, then their files.
+struct World {
+    deployment: Deployment,
+    access: LeastPrivilege,
+    sandbox: Sandbox,
+    commits: (String, String),
+    runtime: tokio::runtime::Runtime,
+}
+
+fn world() -> World {
+    let (_vhost, sandbox) = setup();
+    let units = Units::new(&sandbox);
+    let quick = Behaviour::Succeed { seconds: 0 };
+    let c0 = units.readme_only();
+    let c1 = units.commit(
+        "c1: one unit per account",
+        1,
+        &[("dev/app", &[], quick), ("prod/app", &["dev/app"], quick)],
+    );
+    drop(units);
+    let accounts = [("dev", "dev/**"), ("prod", "prod/**")];
+    let access = LeastPrivilege::import_shipped(sandbox.path(), &["dev", "prod"]);
+    let extra = format!(
+        "orchestrator_users = [\"{}\"]\n",
+        access.user("orchestrator")
+    );
+    let config = sandbox.write_config(&access.url("admin"), &accounts, &extra);
+    let dispatcher_url = access.url("dispatcher");
+    let mut deployment = Deployment::start_with_env(
+        sandbox.path(),
+        &config,
+        &[],
+        &[("PIPELINES_BROKER_URL", &dispatcher_url)],
+        &[],
+    );
+    for account in ["dev", "prod"] {
+        let url = access.url(&format!("executor-{account}"));
+        deployment.start_executor_with(
+            account,
+            &format!("{account}-1"),
+            &[("PIPELINES_BROKER_URL", &url)],
+        );
+    }
+    World {
+        deployment,
+        access,
+        sandbox,
+        commits: (c0, c1),
+        runtime: tokio::runtime::Runtime::new().unwrap(),
+    }
+}
+
+impl World {
+    fn connect(&self, role: &str) -> Broker {
+        self.runtime
+            .block_on(Broker::connect(
+                &self.access.url(role),
+                "least-privilege-test",
+            ))
+            .unwrap()
+    }
+
+    fn publish(
+        &self,
+        broker: &Broker,
+        route: Route<'_>,
+        body: &[u8],
+        user_id: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        let headers = Headers::new();
+        let message = Outgoing {
+            user_id,
+            ..Outgoing::new(body, "m", &headers)
+        };
+        self.runtime.block_on(broker.publish(route, message))
+    }
+
+    fn consume(&self, broker: &Broker, queue: &str) -> Result<Consumer, BrokerError> {
+        self.runtime.block_on(broker.consume(queue, 1))
+    }
+
+    /// Dead-lettered messages of `queue` with their reasons (read as the admin).
+    fn dead_letters(&self, queue: &str, count: usize) -> Vec<(Vec<u8>, String)> {
+        let admin = self.connect("admin");
+        let mut dead = self.consume(&admin, &format!("dead.{queue}")).unwrap();
+        let mut found = Vec::new();
+        while found.len() < count {
+            let delivery = self
+                .runtime
+                .block_on(async { tokio::time::timeout(DEADLINE, dead.next()).await })
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "only {} of {count} dead letters in dead.{queue}: {found:?}",
+                        found.len()
+                    )
+                })
+                .unwrap()
+                .unwrap();
+            found.push((
+                delivery.body.clone(),
+                delivery
+                    .headers
+                    .get(REASON_HEADER)
+                    .cloned()
+                    .unwrap_or_default(),
+            ));
+            self.runtime.block_on(delivery.ack()).unwrap();
+        }
+        found
+    }
+
+    /// The orchestrator's run over the two units, followed to its end.
+    fn run(&self) -> proto_types::RunStatus {
+        let orchestrator = self.access.url("orchestrator");
+        let range = (self.commits.0.as_str(), self.commits.1.as_str());
+        follow_to_end(&self.sandbox, orchestrator.as_str(), range, "push", 0).0
+    }
+}
+
+fn refused(result: Result<impl std::fmt::Debug, BrokerError>, what: &str) {
+    match result {
+        Err(BrokerError::Refused { .. }) => {}
+        other => panic!("{what}: expected the broker to refuse, got {other:?}"),
+    }
+}
+
+fn change_event(id: Uuid, unit: &str) -> ChangeEvent {
+    ChangeEvent {
+        id,
+        repository: "infra".into(),
+        trigger: Trigger::PullRequest {
+            number: Some(1),
+            base_branch: "main".into(),
+            head_branch: "x".into(),
+        },
+        base_sha: "a".repeat(40),
+        head_sha: "b".repeat(40),
+        changes: vec![Change {
+            kind: ChangeKind::UnitChanged,
+            units: vec![unit.into()],
+            files: vec![],
+        }],
+        dependencies: vec![],
+    }
+}
+
+#[test]
+fn each_component_user_can_do_its_job_and_nothing_more() {
+    let mut world = world();
+    // The whole pipeline works with least privileges: orchestrate, dispatch, execute in two accounts.
+    let status = world.run();
+    assert!(
+        status.state.is_final()
+            && status
+                .units
+                .iter()
+                .all(|u| u.state == proto_types::UnitState::Succeeded),
+        "{status:#?}"
+    );
+
+    let orchestrator = world.connect("orchestrator");
+    refused(
+        world.publish(&orchestrator, Route::Jobs { account: "dev" }, b"x", None),
+        "the orchestrator publishing a job",
+    );
+    let orchestrator = world.connect("orchestrator");
+    refused(
+        world.consume(&orchestrator, "jobs.dev"),
+        "the orchestrator consuming jobs.dev",
+    );
+    let executor = world.connect("executor-dev");
+    refused(
+        world.consume(&executor, "jobs.prod"),
+        "the dev executor consuming jobs.prod",
+    );
+    let executor = world.connect("executor-dev");
+    refused(
+        world.publish(&executor, Route::Changes, b"x", None),
+        "an executor submitting a change",
+    );
+
+    // RabbitMQ checks who publishes: a forged user_id is refused outright.
+    let orchestrator = world.connect("orchestrator");
+    let forged = change_event(Uuid::new_v4(), "dev/app").encode();
+    let dispatcher_user = world.access.user("dispatcher");
+    refused(
+        world.publish(
+            &orchestrator,
+            Route::Changes,
+            &forged,
+            Some(&dispatcher_user),
+        ),
+        "a forged user_id",
+    );
+
+    // A well-formed change event from a user that is not an orchestrator (here the admin, who
+    // may publish anywhere) is dead-lettered by the dispatcher, saying why.
+    let admin = world.connect("admin");
+    let from_admin = change_event(Uuid::new_v4(), "dev/app").encode();
+    world
+        .publish(&admin, Route::Changes, &from_admin, None)
+        .unwrap();
+    let dead = world.dead_letters("pipelines.changes", 1);
+    let expected = format!(
+        "change event from broker user \"{}\": only {} may submit runs",
+        world.access.user("admin"),
+        world.access.user("orchestrator")
+    );
+    assert_eq!(dead[0].1, expected);
+    world.deployment.assert_running();
+}
+
+#[test]
+fn malformed_oversized_and_wrong_version_messages_are_dead_lettered_and_consumers_go_on() {
+    let mut world = world();
+    let admin = world.connect("admin");
+    let valid = change_event(Uuid::new_v4(), "dev/app").encode();
+    let mut wrong_version = valid.clone();
+    wrong_version[0] = 2;
+    let oversized = vec![1_u8; proto_types::MAX_MESSAGE_BYTES + 1];
+    let garbage = b"\x01not bincode at all".to_vec();
+    for body in [&garbage, &oversized, &wrong_version] {
+        world.publish(&admin, Route::Changes, body, None).unwrap();
+        world
+            .publish(&admin, Route::Jobs { account: "dev" }, body, None)
+            .unwrap();
+        world.publish(&admin, Route::JobEvents, body, None).unwrap();
+    }
+    // The consumers went on: a real run after the bad messages goes through.
+    let status = world.run();
+    assert!(
+        status
+            .units
+            .iter()
+            .all(|u| u.state == proto_types::UnitState::Succeeded),
+        "{status:#?}"
+    );
+
+    let expected = [
+        "malformed message body",
+        "exceeds the limit of 16777216 bytes",
+        "unsupported message format 2",
+    ];
+    for queue in ["pipelines.changes", "jobs.dev", "pipelines.job-events"] {
+        let dead: BTreeMap<usize, String> = world
+            .dead_letters(queue, 3)
+            .into_iter()
+            .map(|(body, reason)| (body.len(), reason))
+            .collect();
+        assert_eq!(dead.len(), 3, "{queue}: {dead:?}");
+        for needle in expected {
+            assert!(
+                dead.values().any(|reason| reason.contains(needle)),
+                "{queue}: no dead letter says {needle:?}: {dead:?}"
+            );
+        }
+        assert_eq!(
+            dead.get(&oversized.len())
+                .map(|r| r.contains("exceeds the limit")),
+            Some(true),
+            "the oversized body is kept whole"
+        );
+    }
+    world.deployment.assert_running();
+}
