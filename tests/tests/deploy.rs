@@ -43,15 +43,17 @@ fn accounts(policy: &Path) -> Vec<String> {
         .collect()
 }
 
+/// `pipelines ARGS`, with its scratch files (a terraformrc) in a directory of its own, never
+/// in the checkout.
+fn pipelines(args: &[&str]) -> (std::process::Command, tempfile::TempDir) {
+    let scratch = tempfile::tempdir().unwrap();
+    (pipelines_in(scratch.path(), args), scratch)
+}
+
 /// `pipelines config check FILE` passes.
 fn assert_policy_valid(policy: &Path) {
-    let checked = process::run(
-        pipelines_in(
-            policy.parent().unwrap(),
-            &["config", "check", policy.to_str().unwrap()],
-        ),
-        Duration::from_secs(30),
-    );
+    let (command, _scratch) = pipelines(&["config", "check", policy.to_str().unwrap()]);
+    let checked = process::run(command, Duration::from_secs(30));
     assert_eq!(
         checked.code(),
         Some(0),
@@ -91,15 +93,12 @@ fn words(yaml: &Yaml) -> Vec<String> {
 fn shipped_definitions_are_the_generators_output_with_the_env_example_passwords() {
     let policy = file("deploy/compose/pipelines.toml");
     let env = env_example();
-    let mut generate = pipelines_in(
-        &workspace_root(),
-        &[
-            "broker",
-            "definitions",
-            "--config",
-            policy.to_str().unwrap(),
-        ],
-    );
+    let (mut generate, _scratch) = pipelines(&[
+        "broker",
+        "definitions",
+        "--config",
+        policy.to_str().unwrap(),
+    ]);
     generate.envs(
         env.iter()
             .filter(|(key, _)| key.starts_with("PIPELINES_RABBITMQ_PASSWORD_")),
