@@ -15,6 +15,7 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use uuid::Uuid;
 
@@ -23,6 +24,8 @@ use crate::{BrokerError, Delivery, Headers, Outgoing, Route, Settle, redact_url}
 
 /// Marks our envelope; consumers do not depend on it, operators reading a queue do.
 const CONTENT_TYPE: &str = "application/vnd.pipelines.v1";
+/// The largest AMQP frame asked for (bytes): small buffers; see [`AmqpBroker::connect`].
+const FRAME_MAX: u32 = 16 * 1024;
 
 #[derive(Clone)]
 pub struct AmqpBroker {
@@ -73,12 +76,21 @@ fn protocol(operation: &'static str) -> impl FnOnce(lapin::Error) -> BrokerError
 impl AmqpBroker {
     pub(crate) async fn connect(url: &str, name: &str) -> Result<AmqpBroker, BrokerError> {
         let redacted = redact_url(url);
+        let mut uri: AMQPUri = url.parse().map_err(|reason| BrokerError::Connect {
+            url: redacted.clone(),
+            reason,
+        })?;
+        // lapin keeps 32 frames of send and of receive buffer per connection: at RabbitMQ's
+        // default frame_max of 128 KiB that is 8 MiB a connection, most of an idle worker's
+        // memory. Larger messages are split into frames; a URL's own frame_max wins.
+        uri.query.frame_max.get_or_insert(FRAME_MAX);
         let open = |role: &str| {
             let properties = ConnectionProperties::default()
                 .with_connection_name(format!("{name}-{role}").into());
             let redacted = redacted.clone();
+            let uri = uri.clone();
             async move {
-                Connection::connect(url, properties)
+                Connection::connect_uri(uri, properties)
                     .await
                     .map_err(|err| BrokerError::Connect {
                         url: redacted,
@@ -168,6 +180,31 @@ impl AmqpBroker {
             .await
     }
 
+    /// Sends every message before waiting for any confirm: one round trip for the lot instead
+    /// of one each. Fails with the first error, after every confirm came back.
+    pub(crate) async fn publish_all(
+        &self,
+        messages: &[(Route<'_>, Outgoing<'_>)],
+    ) -> Result<(), BrokerError> {
+        let mut pending = Vec::with_capacity(messages.len());
+        for (route, message) in messages {
+            let (exchange, routing_key, mandatory) = topology::resolve(*route);
+            let confirm = self
+                .send(exchange, &routing_key, mandatory, *message)
+                .await?;
+            pending.push((exchange, routing_key, confirm));
+        }
+        let mut first_error = None;
+        for (exchange, routing_key, confirm) in pending {
+            let confirmed = confirm.await.map_err(protocol("publisher confirm"));
+            let result = confirmed.and_then(|c| check_confirmation(c, exchange, &routing_key));
+            if let Err(err) = result {
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     async fn publish_raw(
         &self,
         exchange: &str,
@@ -175,6 +212,22 @@ impl AmqpBroker {
         mandatory: bool,
         message: Outgoing<'_>,
     ) -> Result<(), BrokerError> {
+        let confirmation = self
+            .send(exchange, routing_key, mandatory, message)
+            .await?
+            .await
+            .map_err(protocol("publisher confirm"))?;
+        check_confirmation(confirmation, exchange, routing_key)
+    }
+
+    /// Sends one message; the returned future resolves with the broker's confirm.
+    async fn send(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+        message: Outgoing<'_>,
+    ) -> Result<lapin::PublisherConfirm, BrokerError> {
         let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(CONTENT_TYPE.into())
@@ -190,8 +243,7 @@ impl AmqpBroker {
             mandatory,
             ..BasicPublishOptions::default()
         };
-        let confirmation = self
-            .inner
+        self.inner
             .publish_channel
             .basic_publish(
                 exchange.into(),
@@ -201,25 +253,7 @@ impl AmqpBroker {
                 properties,
             )
             .await
-            .map_err(protocol("basic.publish"))?
-            .await
-            .map_err(protocol("publisher confirm"))?;
-        match confirmation {
-            // A returned (unroutable) mandatory message is still acked: look inside.
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable {
-                exchange: exchange.to_owned(),
-                routing_key: routing_key.to_owned(),
-            }),
-            Confirmation::Nack(_) => Err(BrokerError::NotConfirmed {
-                exchange: exchange.to_owned(),
-                reason: "the broker nacked the message".into(),
-            }),
-            Confirmation::NotRequested => Err(BrokerError::NotConfirmed {
-                exchange: exchange.to_owned(),
-                reason: "publisher confirms are not enabled on the channel".into(),
-            }),
-        }
+            .map_err(protocol("basic.publish"))
     }
 
     pub(crate) async fn consume(
@@ -524,6 +558,30 @@ impl AmqpSettle {
                     .map_err(protocol("basic.reject"))
             }
         }
+    }
+}
+
+/// What the broker's confirm of one message means.
+fn check_confirmation(
+    confirmation: Confirmation,
+    exchange: &str,
+    routing_key: &str,
+) -> Result<(), BrokerError> {
+    match confirmation {
+        // A returned (unroutable) mandatory message is still acked: look inside.
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+        }),
+        Confirmation::Nack(_) => Err(BrokerError::NotConfirmed {
+            exchange: exchange.to_owned(),
+            reason: "the broker nacked the message".into(),
+        }),
+        Confirmation::NotRequested => Err(BrokerError::NotConfirmed {
+            exchange: exchange.to_owned(),
+            reason: "publisher confirms are not enabled on the channel".into(),
+        }),
     }
 }
 

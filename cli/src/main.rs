@@ -300,6 +300,9 @@ fn main() -> ExitCode {
             | Command::Status(_)
             | Command::Cancel(_)
     );
+    // A multi-threaded runtime for the services too. A single-threaded one saved ~10% of CPU
+    // per no-op job, but a dispatcher on it once missed its connections' loss during a broker
+    // restart and never reconnected (tests/endpoints.rs caught it, 1 run in 3).
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -197,14 +197,15 @@ impl Default for RetryPolicy {
 }
 
 /// What a kind of change triggers: `default` (plan on pull requests, apply on pushes to the
-/// deploy branch; plan-destroy and destroy for deleted units), `plan` (plan even on pushes), or
-/// `none`.
+/// deploy branch; plan-destroy and destroy for deleted units), `plan` (plan even on pushes),
+/// `noop` (a job that goes through the whole pipeline but runs nothing), or `none`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Trigger {
     #[default]
     Default,
     Plan,
+    Noop,
     None,
 }
 

@@ -10,6 +10,7 @@
 
 pub mod github;
 mod metrics;
+pub mod pacing;
 pub mod policy;
 pub mod report;
 pub mod reporter;

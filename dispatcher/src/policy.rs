@@ -225,6 +225,7 @@ fn action_for(kind: ChangeKind, trigger: Trigger, push: bool) -> Option<Action> 
     let deleted = kind == ChangeKind::UnitDeleted;
     match (trigger, deleted, push) {
         (Trigger::None, _, _) => None,
+        (Trigger::Noop, _, _) => Some(Action::Noop),
         (Trigger::Plan, true, _) | (Trigger::Default, true, false) => Some(Action::PlanDestroy),
         (Trigger::Plan, false, _) | (Trigger::Default, false, false) => Some(Action::Plan),
         (Trigger::Default, true, true) => Some(Action::Destroy),

@@ -451,6 +451,8 @@ mod tests {
                 change: 2,
                 destroy: 0,
             }),
+            started_ms: None,
+            finished_ms: None,
         }
     }
 

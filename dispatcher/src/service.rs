@@ -21,6 +21,7 @@ use uuid::Uuid;
 use telemetry::Ops;
 
 use crate::metrics;
+use crate::pacing::StatusPacer;
 use crate::policy::{self, AccountRouter};
 use crate::reporter::Reporter;
 use crate::scheduler::{Effects, Run, Scheduler, Settings, tail};
@@ -33,6 +34,8 @@ const MAX_BATCH: usize = 256;
 const KEPT_OUTPUT_BYTES: usize = 64 * 1024;
 /// Outbox rows read at a time when publishing.
 const OUTBOX_CHUNK: usize = 512;
+/// A running run's status snapshot goes out at most this often (its final one at once).
+const STATUS_INTERVAL_MS: u64 = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
@@ -110,6 +113,7 @@ pub struct Dispatcher {
     store: Store,
     ops: Ops,
     reporter: Option<Reporter>,
+    status_pacer: StatusPacer,
 }
 
 impl Dispatcher {
@@ -130,6 +134,7 @@ impl Dispatcher {
             store,
             ops: Ops::default(),
             reporter: None,
+            status_pacer: StatusPacer::new(STATUS_INTERVAL_MS),
         })
     }
 
@@ -179,7 +184,14 @@ impl Dispatcher {
         tracing::info!(accounts = ?self.config.account_names(), "Dispatcher ready.");
         tokio::pin!(shutdown);
         loop {
-            let wakeup = self.scheduler.next_wakeup(now_ms());
+            let now = now_ms();
+            let wakeup = [
+                self.scheduler.next_wakeup(now),
+                self.status_pacer.next_due(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let timer = async move {
                 match wakeup {
                     Some(at) => {
@@ -223,6 +235,24 @@ impl Dispatcher {
         }
         effects.merge(self.scheduler.tick(now));
         self.commit(&effects, &outputs, now)?;
+        // Answers and stop orders go straight to workers' private queues (a worker that is
+        // gone needs neither, so they are not kept in the outbox), and first: a worker waits
+        // for its answer, while acks only free the broker's memory.
+        let headers = Headers::new();
+        let answers = replies.iter().map(|(queue, reply)| (queue, reply.encode()));
+        let stops = effects
+            .stop
+            .iter()
+            .map(|(queue, order)| (queue, order.encode()));
+        let bodies: Vec<(&String, Vec<u8>, String)> = answers
+            .chain(stops)
+            .map(|(queue, body)| (queue, body, Uuid::new_v4().to_string()))
+            .collect();
+        let messages: Vec<(Route<'_>, Outgoing<'_>)> = bodies
+            .iter()
+            .map(|(queue, body, id)| (Route::Reply { queue }, Outgoing::new(body, id, &headers)))
+            .collect();
+        self.broker.publish_all(&messages).await?;
         for (delivery, verdict) in settle {
             match verdict {
                 Verdict::Ack => delivery.ack().await?,
@@ -237,20 +267,6 @@ impl Dispatcher {
             self.scheduler.in_flight(),
             self.scheduler.waiting(),
         );
-        // Answers and stop orders go straight to workers' private queues; a worker that is
-        // gone needs neither, so they are not kept in the outbox.
-        let headers = Headers::new();
-        let answers = replies.iter().map(|(queue, reply)| (queue, reply.encode()));
-        let stops = effects
-            .stop
-            .iter()
-            .map(|(queue, order)| (queue, order.encode()));
-        for (queue, body) in answers.chain(stops) {
-            let id = Uuid::new_v4().to_string();
-            self.broker
-                .publish(Route::Reply { queue }, Outgoing::new(&body, &id, &headers))
-                .await?;
-        }
         self.publish_outbox().await?;
         self.scheduler.evict_finished();
         Ok(())
@@ -529,7 +545,8 @@ impl Dispatcher {
         outputs: &[(Uuid, String)],
         now: u64,
     ) -> Result<(), StoreError> {
-        if effects.is_empty() {
+        let snapshots_due = self.status_pacer.next_due().is_some_and(|at| at <= now);
+        if effects.is_empty() && !snapshots_due {
             return Ok(());
         }
         let runs: Vec<_> = effects
@@ -552,7 +569,19 @@ impl Dispatcher {
             .iter()
             .map(|job| OutboxMessage::job(job, trace_of(job)))
             .collect();
-        outbox.extend(runs.iter().map(|run| OutboxMessage::status(run)));
+        for run in &runs {
+            if self
+                .status_pacer
+                .changed(run.run_id, run.state().is_final(), now)
+            {
+                outbox.push(OutboxMessage::status(run));
+            }
+        }
+        for run_id in self.status_pacer.due(now) {
+            if let Some(run) = self.scheduler.run(run_id) {
+                outbox.push(OutboxMessage::status(run));
+            }
+        }
         self.store
             .commit(runs.iter().copied(), jobs, &outbox, outputs, now)?;
         for job in &effects.publish {
@@ -581,22 +610,29 @@ impl Dispatcher {
     async fn publish_outbox(&mut self) -> Result<(), DispatchError> {
         loop {
             let messages = self.store.outbox(OUTBOX_CHUNK)?;
-            let mut published = Vec::with_capacity(messages.len());
-            for message in &messages {
-                // Each message continues its run's trace.
-                let headers = telemetry::propagation::headers_from(message.trace.as_deref());
-                let outgoing = Outgoing::new(&message.body, &message.message_id, &headers);
-                let route = match &message.target {
-                    OutboxTarget::Jobs { account } => Route::Jobs { account },
-                    OutboxTarget::Status { run_id } => Route::Status { run_id: *run_id },
-                };
-                if let Err(err) = self.broker.publish(route, outgoing).await {
-                    // Keep what made it; the rest stays in the outbox for the next start.
-                    self.store.delete_outbox(&published)?;
-                    return Err(err.into());
-                }
-                published.push(message.id);
-            }
+            // Each message continues its run's trace.
+            let headers: Vec<Headers> = messages
+                .iter()
+                .map(|message| telemetry::propagation::headers_from(message.trace.as_deref()))
+                .collect();
+            let outgoing: Vec<(Route<'_>, Outgoing<'_>)> = messages
+                .iter()
+                .zip(&headers)
+                .map(|(message, headers)| {
+                    let route = match &message.target {
+                        OutboxTarget::Jobs { account } => Route::Jobs { account },
+                        OutboxTarget::Status { run_id } => Route::Status { run_id: *run_id },
+                    };
+                    (
+                        route,
+                        Outgoing::new(&message.body, &message.message_id, headers),
+                    )
+                })
+                .collect();
+            // All sent before any confirm is awaited. On an error nothing is deleted: the lot
+            // goes out again on the next start, and consumers drop what they have seen (ids).
+            self.broker.publish_all(&outgoing).await?;
+            let published: Vec<i64> = messages.iter().map(|message| message.id).collect();
             self.store.delete_outbox(&published)?;
             if messages.len() < OUTBOX_CHUNK {
                 return Ok(());

@@ -294,6 +294,8 @@ mod tests {
             duration_ms: Some(1_500),
             log: None,
             resource_changes: None,
+            started_ms: None,
+            finished_ms: None,
         };
         let detail = RunDetail {
             run: summary(),

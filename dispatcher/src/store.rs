@@ -691,7 +691,7 @@ impl Store {
             .prepare(
                 "SELECT job_id, unit, account, action, state, reason, note, attempt, worker,
                      exit_code, duration_ms, started_ms, output_tail, log, res_add, res_change,
-                     res_destroy
+                     res_destroy, finished_ms
                  FROM jobs WHERE run_id = ?1 ORDER BY idx",
             )
             .map_err(sqlite("prepare job list"))?;
@@ -737,6 +737,8 @@ impl Store {
                 duration_ms,
                 log: get(row, 13)?,
                 resource_changes: resource_counts(get(row, 14)?, get(row, 15)?, get(row, 16)?),
+                started_ms: started.map(|ms| ms as u64),
+                finished_ms: get::<Option<i64>>(row, 17)?.map(|ms| ms as u64),
             });
         }
         Ok(RunDetail { run, jobs })

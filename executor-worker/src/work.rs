@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use proto_types::{Job, JobOutcome, JobStatus};
+use proto_types::{Action, Job, JobOutcome, JobStatus};
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -39,8 +39,9 @@ pub(crate) async fn run(
     mut stop: watch::Receiver<Option<Stop>>,
 ) -> Finished {
     let started = Instant::now();
-    let log = log_path(settings, job);
-    let mut output = JobOutput::new(Vec::new(), Some(&log));
+    // A no-op job runs nothing, so it has no log worth a file.
+    let log = (job.action != Action::Noop).then(|| log_path(settings, job));
+    let mut output = JobOutput::new(Vec::new(), log.as_deref());
     output.push_str(&format!(
         "pipelines: {} {} ({} at {}), attempt {}, on {}\n",
         job.action,
@@ -82,7 +83,7 @@ pub(crate) async fn run(
             resource_changes,
             output: output.finish(),
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            log: Some(format!("{}:{}", settings.name, log.display())),
+            log: log.map(|log| format!("{}:{}", settings.name, log.display())),
         },
         stopped,
     }
@@ -139,6 +140,16 @@ async fn prepare_and_run(
     commits.extend(job.source_commit.as_deref());
     if let Some(bad) = commits.iter().find(|c| !is_commit_id(c)) {
         return Err(refused(format!("{bad:?} is not a full commit id")));
+    }
+    if job.action == Action::Noop {
+        // Everything up to here, and the claim, events and run state around it, is real.
+        output.push_str("pipelines: noop: nothing checked out, no tool run\n");
+        return Ok(runner::StepsOutcome {
+            status: JobStatus::Succeeded,
+            exit_code: None,
+            resource_changes: None,
+            stopped: None,
+        });
     }
     if job.action.mutates() {
         let verified = workspace

@@ -144,6 +144,9 @@ pub enum Action {
     PlanDestroy,
     Apply,
     Destroy,
+    /// Goes through the whole pipeline (dispatch, claim, events, run state, reports) but checks
+    /// nothing out and runs no tool: for smoke-testing a deployment, and for benchmarks.
+    Noop,
 }
 
 impl Action {
@@ -153,6 +156,7 @@ impl Action {
             Action::PlanDestroy => "plan-destroy",
             Action::Apply => "apply",
             Action::Destroy => "destroy",
+            Action::Noop => "noop",
         }
     }
 
@@ -177,11 +181,12 @@ impl FromStr for Action {
             Action::PlanDestroy,
             Action::Apply,
             Action::Destroy,
+            Action::Noop,
         ]
         .into_iter()
         .find(|action| action.as_str() == s)
         .ok_or_else(|| {
-            format!("unknown action {s:?}: expected plan, plan-destroy, apply or destroy")
+            format!("unknown action {s:?}: expected plan, plan-destroy, apply, destroy or noop")
         })
     }
 }

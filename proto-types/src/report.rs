@@ -71,6 +71,12 @@ pub struct JobSummary {
     pub log: Option<String>,
     /// Resources to add, change and destroy, from the plan.
     pub resource_changes: Option<ResourceCounts>,
+    /// When the dispatcher granted a worker the job (its latest attempt), in ms since the epoch.
+    #[serde(default)]
+    pub started_ms: Option<u64>,
+    /// When the job's outcome arrived, in ms since the epoch.
+    #[serde(default)]
+    pub finished_ms: Option<u64>,
 }
 
 /// `pipelines status RUN_ID`: a run and its jobs.

@@ -100,6 +100,28 @@ impl Deployment {
         dispatcher.kill();
     }
 
+    /// The running dispatcher's process id.
+    pub fn dispatcher_pid(&self) -> u32 {
+        self.dispatcher
+            .as_ref()
+            .expect("a dispatcher is running")
+            .pid()
+    }
+
+    /// The process id of the executor named `name`.
+    pub fn executor_pid(&self, name: &str) -> u32 {
+        self.executors
+            .iter()
+            .find(|e| e.name == name)
+            .unwrap_or_else(|| panic!("no executor {name}"))
+            .pid()
+    }
+
+    /// `kill -9` the executor named `name` and forget it.
+    pub fn kill_executor(&mut self, name: &str) {
+        self.forget_executor(name).kill();
+    }
+
     pub fn start_executor(&mut self, account: &str, name: &str) {
         self.start_executor_with(account, name, &[]);
     }

@@ -4,6 +4,7 @@
 
 pub mod applies;
 pub mod deployment;
+pub mod faults;
 pub mod git;
 pub mod otlp;
 pub mod process;
@@ -20,12 +21,12 @@ use std::sync::OnceLock;
 pub fn pipelines_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
-        // target/<profile>/deps/<test-binary> → target/<profile>
+        // target/<profile>/deps/<test-binary>, or target/<profile>/<bench binary> → target/<profile>
         let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>");
+        let mut profile_dir = exe.parent().expect("target/<profile>");
+        if profile_dir.file_name().is_some_and(|name| name == "deps") {
+            profile_dir = profile_dir.parent().expect("target/<profile>");
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = std::process::Command::new(cargo);
         build.args([
@@ -161,7 +162,17 @@ pub fn summary_rows(stdout: &str) -> std::collections::BTreeMap<String, (String,
 pub fn poll_until<T>(
     deadline: std::time::Duration,
     what: &str,
+    check: impl FnMut() -> Option<T>,
+) -> T {
+    poll_until_explained(deadline, what, check, String::new)
+}
+
+/// Like [`poll_until`], adding `explain()` (logs, say) to the failure.
+pub fn poll_until_explained<T>(
+    deadline: std::time::Duration,
+    what: &str,
     mut check: impl FnMut() -> Option<T>,
+    explain: impl Fn() -> String,
 ) -> T {
     let start = std::time::Instant::now();
     loop {
@@ -170,7 +181,8 @@ pub fn poll_until<T>(
         }
         assert!(
             start.elapsed() < deadline,
-            "gave up after {deadline:?} waiting for {what}"
+            "gave up after {deadline:?} waiting for {what}\n{}",
+            explain()
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }

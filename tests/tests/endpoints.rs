@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use harness::applies::{Behaviour, Units};
 use harness::deployment::Deployment;
-use harness::poll_until;
 use harness::process::http_get;
 use harness::rabbit::Outage;
 use harness::runs::{follow_to_end, setup};
+use harness::{poll_until, poll_until_explained};
 
 /// The address a service logged it serves its endpoints on.
 fn served_at(log: impl Fn() -> String) -> String {
@@ -102,9 +102,18 @@ fn metrics_count_the_runs_jobs_and_readiness_follows_the_broker() {
     }
     outage.end();
     for address in [&dispatcher, &executor] {
-        poll_until(Duration::from_secs(120), "ready again", || {
-            (ready(address) == Some(200)).then_some(())
-        });
+        poll_until_explained(
+            Duration::from_secs(120),
+            &format!("{address} to be ready again"),
+            || (ready(address) == Some(200)).then_some(()),
+            || {
+                format!(
+                    "--- dispatcher:\n{}\n--- executor:\n{}",
+                    deployment.dispatcher_log(),
+                    deployment.executor_log("dev-1")
+                )
+            },
+        );
     }
 
     // And they work again: a second run goes through.

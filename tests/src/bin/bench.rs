@@ -1,0 +1,635 @@
+//! Pipeline benchmarks, each printed next to its floor or bound measured in the same run:
+//! the broker floor, no-op job throughput and event-to-job-start latency through the real
+//! dispatcher and executor processes, memory, and DAG execution with real terraform.
+//!
+//! `cargo run --release -p pipelines-tests --bin bench -- [all|floor|throughput|latency|memory|dag]`
+//! Writes the figures as JSON to `target/bench/results.json` (or `--out FILE`) for
+//! `scripts/plot_benchmarks.py`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // A program that reports.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use broker::{Broker, Headers, Outgoing, Route, Topology};
+use dispatcher::store::Store;
+use harness::deployment::Deployment;
+use harness::rabbit::{self, Vhost};
+use harness::sandbox::Sandbox;
+use harness::scenario::{self, Fixture};
+use proto_types::{Change, ChangeEvent, ChangeKind, DependencyEdge, RunDetail, Trigger};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const USAGE: &str = "usage: bench [all|floor|throughput|latency|memory|dag]... [--quick] [--workers 1,2,4] [--out FILE]";
+
+fn main() {
+    let mut which = Vec::new();
+    let mut quick = false;
+    let mut workers: Option<Vec<usize>> = None;
+    let mut out = harness::workspace_root().join("target/bench/results.json");
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--out" => out = PathBuf::from(args.next().expect(USAGE)),
+            "--workers" => {
+                let list = args.next().expect(USAGE);
+                workers = Some(list.split(',').map(|n| n.parse().expect(USAGE)).collect());
+            }
+            "all" | "floor" | "throughput" | "latency" | "memory" | "dag" => which.push(arg),
+            "-h" | "--help" => {
+                println!(
+                    "{USAGE}\n\n{}",
+                    include_str!("bench.rs")
+                        .lines()
+                        .take(7)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+                return;
+            }
+            other => {
+                eprintln!("unknown argument {other:?}\n{USAGE}");
+                std::process::exit(2);
+            }
+        }
+    }
+    if which.is_empty() || which.iter().any(|w| w == "all") {
+        which = ["floor", "throughput", "latency", "memory", "dag"]
+            .map(String::from)
+            .to_vec();
+    }
+    let mut size = if quick { Size::quick() } else { Size::full() };
+    if let Some(workers) = workers {
+        size.workers = workers;
+    }
+    println!(
+        "Machine: {} cores, {}; RabbitMQ at 127.0.0.1:5672; {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        memory_total(),
+        if quick { "quick sizes" } else { "full sizes" }
+    );
+    let mut results = serde_json::Map::new();
+    for name in &which {
+        let result = match name.as_str() {
+            "floor" => floor(&size),
+            "throughput" => throughput(&size),
+            "latency" => latency(&size),
+            "memory" => memory(&size),
+            "dag" => dag(),
+            _ => unreachable!(),
+        };
+        results.insert(name.clone(), result);
+    }
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    std::fs::write(
+        &out,
+        serde_json::to_string_pretty(&Value::Object(results)).unwrap(),
+    )
+    .unwrap();
+    println!("\nResults written to {}", out.display());
+}
+
+struct Size {
+    floor_messages: usize,
+    throughput_jobs: usize,
+    workers: Vec<usize>,
+    latency_events: usize,
+    queued_jobs: usize,
+}
+
+impl Size {
+    fn full() -> Size {
+        Size {
+            floor_messages: 20_000,
+            throughput_jobs: 5_000,
+            workers: vec![1, 2, 4, 8],
+            latency_events: 500,
+            queued_jobs: 10_000,
+        }
+    }
+
+    fn quick() -> Size {
+        Size {
+            floor_messages: 2_000,
+            throughput_jobs: 500,
+            workers: vec![1, 4],
+            latency_events: 50,
+            queued_jobs: 1_000,
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+/// Raw RabbitMQ: persistent messages published with confirms into a quorum queue like the job
+/// queues, consumed and acked, through the same broker port the components use.
+fn floor(size: &Size) -> Value {
+    println!("\n== Broker floor: confirmed persistent publish -> consume -> ack ==");
+    let vhost = rabbit::vhost();
+    let runtime = runtime();
+    let rate = runtime.block_on(broker_floor(&vhost, size.floor_messages));
+    println!(
+        "{} messages: {rate:.0} msg/s (publish concurrency 64, prefetch 256, quorum queue)",
+        size.floor_messages
+    );
+    json!({ "messages": size.floor_messages, "msgs_per_sec": rate })
+}
+
+async fn broker_floor(vhost: &Vhost, messages: usize) -> f64 {
+    let publisher = Broker::connect(&vhost.url, "bench-floor-publish")
+        .await
+        .unwrap();
+    publisher
+        .declare_topology(&Topology::new(["floor".to_owned()]))
+        .await
+        .unwrap();
+    let consumer_broker = Broker::connect(&vhost.url, "bench-floor-consume")
+        .await
+        .unwrap();
+    let mut consumer = consumer_broker.consume("jobs.floor", 256).await.unwrap();
+    let body = vec![7u8; 300]; // about a job message's size
+    let start = Instant::now();
+    let consuming = tokio::spawn(async move {
+        for _ in 0..messages {
+            let delivery = consumer.next().await.unwrap().unwrap();
+            delivery.ack().await.unwrap();
+        }
+    });
+    let body = Arc::new(body);
+    let mut tasks = tokio::task::JoinSet::new();
+    let per_task = messages / 64;
+    for task in 0..64 {
+        let publisher = publisher.clone();
+        let body = body.clone();
+        let count = if task == 63 {
+            messages - per_task * 63
+        } else {
+            per_task
+        };
+        tasks.spawn(async move {
+            let headers = Headers::new();
+            for i in 0..count {
+                let id = format!("{task}-{i}");
+                publisher
+                    .publish(
+                        Route::Jobs { account: "floor" },
+                        Outgoing::new(&body, &id, &headers),
+                    )
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    consuming.await.unwrap();
+    messages as f64 / start.elapsed().as_secs_f64()
+}
+
+/// A deployment whose changes run no-op jobs: the real dispatcher and executor processes, the
+/// real claim, events and run state; no checkout and no tool.
+struct NoopWorld {
+    vhost: Vhost,
+    sandbox: Sandbox,
+    deployment: Deployment,
+    runtime: tokio::runtime::Runtime,
+    broker: Broker,
+}
+
+impl NoopWorld {
+    fn start(workers: usize) -> NoopWorld {
+        let vhost = rabbit::vhost();
+        let sandbox = Sandbox::new();
+        let config = sandbox.write_config(
+            &vhost.url,
+            &[("dev", "dev/**")],
+            "\n[triggers]\nunit_added = \"noop\"\nunit_changed = \"noop\"\n",
+        );
+        let deployment = Deployment::start(sandbox.path(), &config, &[("dev", workers)]);
+        let runtime = runtime();
+        let broker = runtime
+            .block_on(Broker::connect(&vhost.url, "bench-orchestrator"))
+            .unwrap();
+        let world = NoopWorld {
+            vhost,
+            sandbox,
+            deployment,
+            runtime,
+            broker,
+        };
+        for i in 1..=workers {
+            world.wait_log(&format!("dev-{i}"), "Executor ready.");
+        }
+        world.wait_dispatcher_ready();
+        world
+    }
+
+    fn wait_dispatcher_ready(&self) {
+        harness::poll_until(Duration::from_secs(60), "the dispatcher to start", || {
+            self.deployment
+                .dispatcher_log()
+                .contains("Dispatcher ready.")
+                .then_some(())
+        });
+    }
+
+    fn wait_log(&self, executor: &str, line: &str) {
+        harness::poll_until(Duration::from_secs(60), line, || {
+            self.deployment
+                .executor_log(executor)
+                .contains(line)
+                .then_some(())
+        });
+    }
+
+    /// Publishes a pull-request change event over `units` (no dependencies); its run id.
+    fn submit(&self, units: Vec<String>, edges: Vec<DependencyEdge>) -> Uuid {
+        let id = Uuid::new_v4();
+        let event = ChangeEvent {
+            id,
+            repository: "infra".into(),
+            trigger: Trigger::PullRequest {
+                number: Some(1),
+                base_branch: "main".into(),
+                head_branch: "bench".into(),
+            },
+            base_sha: "a".repeat(40),
+            head_sha: "b".repeat(40),
+            changes: vec![Change {
+                kind: ChangeKind::UnitChanged,
+                units,
+                files: vec![],
+            }],
+            dependencies: edges,
+        };
+        let body = proto_types::encode(&event);
+        let headers = Headers::new();
+        let message_id = id.to_string();
+        self.runtime
+            .block_on(
+                self.broker
+                    .publish(Route::Changes, Outgoing::new(&body, &message_id, &headers)),
+            )
+            .unwrap();
+        id
+    }
+
+    fn store(&self) -> Option<Store> {
+        Store::open_read_only(&self.sandbox.dispatcher_state_dir()).ok()
+    }
+
+    /// Polls the dispatcher's database until `run` is final.
+    fn wait_final(&self, run: Uuid, deadline: Duration) -> RunDetail {
+        harness::poll_until(deadline, &format!("run {run} to finish"), || {
+            let store = self.store()?;
+            let detail = store.run_detail(&run.to_string(), now_ms()).ok()?;
+            (detail.run.state != "running").then_some(detail)
+        })
+    }
+
+    fn dispatcher_rss(&self) -> (u64, u64) {
+        rss(self.deployment.dispatcher_pid())
+    }
+
+    /// CPU seconds used so far by the dispatcher, and by all executors together.
+    fn cpu_seconds(&self, workers: usize) -> (f64, f64) {
+        let executors = (1..=workers)
+            .map(|i| cpu_seconds(self.deployment.executor_pid(&format!("dev-{i}"))))
+            .sum();
+        (cpu_seconds(self.deployment.dispatcher_pid()), executors)
+    }
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name may hold spaces: fields count from after its closing parenthesis.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+/// CPU seconds of RabbitMQ's Erlang VM (beam.smp), if it runs on this machine.
+fn broker_cpu_seconds() -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "beam.smp")
+        })
+        .map(cpu_seconds)
+        .sum()
+}
+
+/// No-op jobs per second through the whole pipeline, for each number of workers.
+fn throughput(size: &Size) -> Value {
+    println!("\n== Pipeline throughput: no-op jobs through dispatcher and executors ==");
+    let jobs = size.throughput_jobs;
+    let mut rows = Vec::new();
+    let floor_vhost = rabbit::vhost();
+    let floor_rate = runtime().block_on(broker_floor(
+        &floor_vhost,
+        10_000.min(size.floor_messages * 2),
+    ));
+    drop(floor_vhost);
+    // Each job is at least four confirmed broker messages: the job, the claim, its answer and the
+    // finished event. That bounds what any design on this broker can do.
+    let bound = floor_rate / 4.0;
+    println!(
+        "broker floor {floor_rate:.0} msg/s; a job needs >= 4 messages, so at most {bound:.0} jobs/s here"
+    );
+    println!(
+        "{:>8} {:>8} {:>10} {:>10}   CPU seconds: {:>10} {:>10} {:>10}",
+        "workers", "jobs", "seconds", "jobs/s", "dispatcher", "executors", "rabbitmq"
+    );
+    for &workers in &size.workers {
+        let world = NoopWorld::start(workers);
+        let units: Vec<String> = (0..jobs).map(|i| format!("dev/u{i:05}")).collect();
+        let (dispatcher_before, executors_before) = world.cpu_seconds(workers);
+        let broker_before = broker_cpu_seconds();
+        let published = now_ms();
+        let run = world.submit(units, vec![]);
+        let detail = world.wait_final(run, Duration::from_secs(600));
+        assert_eq!(detail.run.state, "succeeded", "{:?}", detail.run);
+        let (dispatcher_after, executors_after) = world.cpu_seconds(workers);
+        let broker_cpu = broker_cpu_seconds() - broker_before;
+        let last = detail
+            .jobs
+            .iter()
+            .filter_map(|j| j.finished_ms)
+            .max()
+            .unwrap();
+        let seconds = (last - published) as f64 / 1000.0;
+        let rate = jobs as f64 / seconds;
+        let dispatcher_cpu = dispatcher_after - dispatcher_before;
+        let executors_cpu = executors_after - executors_before;
+        println!(
+            "{workers:>8} {jobs:>8} {seconds:>10.2} {rate:>10.0}                {dispatcher_cpu:>10.2} {executors_cpu:>10.2} {broker_cpu:>10.2}"
+        );
+        rows.push(json!({
+            "workers": workers, "jobs": jobs, "seconds": seconds, "jobs_per_sec": rate,
+            "cpu_seconds": { "dispatcher": dispatcher_cpu, "executors": executors_cpu, "rabbitmq": broker_cpu },
+        }));
+        drop(world);
+    }
+    json!({ "floor_msgs_per_sec": floor_rate, "bound_jobs_per_sec": bound, "runs": rows })
+}
+
+/// Event-to-job-start latency with 4 workers: one-unit runs published at a steady rate, each
+/// timed from the publish to the dispatcher granting a worker the job.
+fn latency(size: &Size) -> Value {
+    println!("\n== Event-to-job-start latency, 4 workers ==");
+    let world = NoopWorld::start(4);
+    let floor = world.runtime.block_on(publish_roundtrip(&world.vhost, 200));
+    let interval = Duration::from_millis(20);
+    let mut sent = Vec::new();
+    let mut next = Instant::now();
+    for i in 0..size.latency_events {
+        while Instant::now() < next {
+            std::thread::yield_now();
+        }
+        next += interval;
+        let at = now_ms();
+        sent.push((world.submit(vec![format!("dev/l{i:05}")], vec![]), at));
+    }
+    let mut latencies: Vec<u64> = sent
+        .iter()
+        .map(|(run, at)| {
+            let detail = world.wait_final(*run, Duration::from_secs(120));
+            detail.jobs[0].started_ms.unwrap() - at
+        })
+        .collect();
+    latencies.sort_unstable();
+    let pick = |p: f64| {
+        latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
+    };
+    let (p50, p90, p99, max) = (
+        pick(0.50),
+        pick(0.90),
+        pick(0.99),
+        *latencies.last().unwrap(),
+    );
+    println!(
+        "{} runs at {}/s: p50 {p50} ms, p90 {p90} ms, p99 {p99} ms, max {max} ms (target p99 < 50 ms)",
+        latencies.len(),
+        1000 / interval.as_millis()
+    );
+    println!(
+        "floor: one confirmed publish + consume round trip on this broker: p50 {:.1} ms, p99 {:.1} ms; a job start takes 3 such hops",
+        floor.0, floor.1
+    );
+    json!({
+        "runs": latencies.len(),
+        "rate_per_sec": 1000 / interval.as_millis(),
+        "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "max_ms": max,
+        "floor_hop_p50_ms": floor.0, "floor_hop_p99_ms": floor.1,
+    })
+}
+
+/// p50 and p99 of publish-with-confirm until the consumer has the message, one at a time.
+async fn publish_roundtrip(vhost: &Vhost, count: usize) -> (f64, f64) {
+    let broker = Broker::connect(&vhost.url, "bench-hop").await.unwrap();
+    broker
+        .declare_topology(&Topology::new(["hop".to_owned()]))
+        .await
+        .unwrap();
+    let mut consumer = broker.consume("jobs.hop", 1).await.unwrap();
+    let headers = Headers::new();
+    let mut times = Vec::new();
+    for i in 0..count {
+        let start = Instant::now();
+        let id = i.to_string();
+        broker
+            .publish(
+                Route::Jobs { account: "hop" },
+                Outgoing::new(b"x", &id, &headers),
+            )
+            .await
+            .unwrap();
+        let delivery = consumer.next().await.unwrap().unwrap();
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+        delivery.ack().await.unwrap();
+    }
+    times.sort_by(f64::total_cmp);
+    (times[count / 2], times[count * 99 / 100])
+}
+
+/// Dispatcher RSS with many queued jobs and no worker to take them; an idle executor's RSS.
+fn memory(size: &Size) -> Value {
+    println!("\n== Memory ==");
+    let world = NoopWorld::start(1);
+    let (idle_rss, _) = rss(world.deployment.executor_pid("dev-1"));
+    let (dispatcher_idle, _) = world.dispatcher_rss();
+    let mut world = world;
+    world.deployment.kill_executor("dev-1");
+    let jobs = size.queued_jobs;
+    let units: Vec<String> = (0..jobs).map(|i| format!("dev/m{i:05}")).collect();
+    let run = world.submit(units, vec![]);
+    harness::poll_until(Duration::from_secs(300), "every job queued", || {
+        let store = world.store()?;
+        let detail = store.run_detail(&run.to_string(), now_ms()).ok()?;
+        (detail.jobs.len() == jobs && detail.jobs.iter().all(|j| j.state == "queued")).then_some(())
+    });
+    let (queued_rss, peak) = world.dispatcher_rss();
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "dispatcher: {:.1} MiB idle, {:.1} MiB with {jobs} jobs queued (peak {:.1} MiB); target < 100 MiB",
+        mib(dispatcher_idle),
+        mib(queued_rss),
+        mib(peak)
+    );
+    println!("idle executor: {:.1} MiB; target < 30 MiB", mib(idle_rss));
+    json!({
+        "queued_jobs": jobs,
+        "dispatcher_idle_mib": mib(dispatcher_idle),
+        "dispatcher_queued_mib": mib(queued_rss),
+        "dispatcher_peak_mib": mib(peak),
+        "executor_idle_mib": mib(idle_rss),
+    })
+}
+
+/// (VmRSS, VmHWM) of a process, in KiB.
+fn rss(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn memory_total() -> String {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or(0);
+    format!("{:.0} GiB RAM", kib as f64 / 1024.0 / 1024.0)
+}
+
+/// The 12-unit, 5-layer, two-account scenario applied with real terraform by two workers per
+/// account; wall time against max(critical path, work per account / its workers), both from
+/// the job durations the workers measured.
+fn dag() -> Value {
+    println!(
+        "\n== DAG execution with real terraform: 12 units, 5 layers, 2 accounts x 2 workers =="
+    );
+    harness::require_terraform();
+    let vhost = rabbit::vhost();
+    let fixture = Fixture::new();
+    let config = fixture.config(&vhost.url);
+    let workers_per_account = 2;
+    let deployment = Deployment::start(
+        fixture.sandbox.path(),
+        &config,
+        &[("dev", workers_per_account), ("prod", workers_per_account)],
+    );
+    let run = harness::runs::submit(
+        &fixture.sandbox,
+        &vhost,
+        (fixture.c0.as_str(), fixture.c1.as_str()),
+        "push",
+        &[],
+    );
+    let detail = harness::runs::wait_final(&fixture.sandbox, run);
+    drop(deployment);
+    assert_eq!(detail.run.state, "succeeded", "{detail:#?}");
+    let duration: BTreeMap<&str, u64> = detail
+        .jobs
+        .iter()
+        .map(|j| (j.unit.as_str(), j.duration_ms.unwrap()))
+        .collect();
+    let critical = critical_path(&duration);
+    let total: u64 = duration.values().sum();
+    let per_account = ["dev", "prod"]
+        .iter()
+        .map(|account| {
+            duration
+                .iter()
+                .filter(|(unit, _)| scenario::account_of(unit) == *account)
+                .map(|(_, ms)| ms)
+                .sum::<u64>()
+                / workers_per_account as u64
+        })
+        .max()
+        .unwrap();
+    let bound = critical.max(per_account);
+    let first_start = detail
+        .jobs
+        .iter()
+        .filter_map(|j| j.started_ms)
+        .min()
+        .unwrap();
+    let last_end = detail
+        .jobs
+        .iter()
+        .filter_map(|j| j.finished_ms)
+        .max()
+        .unwrap();
+    let wall = last_end - detail.run.created_ms;
+    let ratio = wall as f64 / bound as f64;
+    println!(
+        "total work {total} ms; critical path {critical} ms; busiest account's work / its workers {per_account} ms"
+    );
+    println!(
+        "bound {bound} ms; wall time {wall} ms from the event (first job started after {} ms): {ratio:.2}x the bound (target <= 1.2x)",
+        first_start - detail.run.created_ms
+    );
+    json!({
+        "units": duration.len(), "total_work_ms": total, "critical_path_ms": critical,
+        "account_work_per_worker_ms": per_account, "bound_ms": bound, "wall_ms": wall,
+        "ratio": ratio,
+    })
+}
+
+/// The longest chain of job durations along the scenario's dependencies.
+fn critical_path(duration: &BTreeMap<&str, u64>) -> u64 {
+    fn finish(unit: &str, duration: &BTreeMap<&str, u64>, memo: &mut BTreeMap<String, u64>) -> u64 {
+        if let Some(done) = memo.get(unit) {
+            return *done;
+        }
+        let ready = scenario::dependencies(unit)
+            .iter()
+            .map(|dependency| finish(dependency, duration, memo))
+            .max()
+            .unwrap_or(0);
+        let done = ready + duration[unit];
+        memo.insert(unit.to_owned(), done);
+        done
+    }
+    let mut memo = BTreeMap::new();
+    duration
+        .keys()
+        .map(|unit| finish(unit, duration, &mut memo))
+        .max()
+        .unwrap_or(0)
+}
