@@ -112,7 +112,16 @@ pub fn terraform_env(dir: &Path) -> Vec<(String, String)> {
     } else {
         String::new()
     };
-    std::fs::write(&rc, text).unwrap();
+    // Every `pipelines` command of a test comes through here, also while executors run
+    // terraform with this file: rewriting it in place would let terraform read it empty (and
+    // so reach for the registry). Written once, atomically.
+    if std::fs::read_to_string(&rc).ok().as_deref() != Some(text.as_str()) {
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!("terraformrc.{}.{n}.tmp", std::process::id()));
+        std::fs::write(&tmp, &text).unwrap();
+        std::fs::rename(&tmp, &rc).unwrap();
+    }
     vec![
         (
             "TF_CLI_CONFIG_FILE".into(),

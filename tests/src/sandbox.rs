@@ -15,6 +15,20 @@ pub struct Sandbox {
     pub repo: Repo,
 }
 
+/// A failed test keeps its world (logs, job logs, state, the dispatcher's database) for
+/// inspection, and says where it is.
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.root.disable_cleanup(true);
+            eprintln!(
+                "the test failed: its files are kept in {}",
+                self.root.path().display()
+            );
+        }
+    }
+}
+
 impl Default for Sandbox {
     fn default() -> Sandbox {
         Sandbox::new()

@@ -65,7 +65,8 @@ fn kill_round() {
     let mut rng = Rng::seeded();
     let (vhost, sandbox) = setup();
     let units = Units::new(&sandbox);
-    let layout = random_layout(&mut rng, 3, 3);
+    const WIDTH: usize = 3;
+    let layout = random_layout(&mut rng, 3, WIDTH);
     let (c0, c1) = commit_layout(&units, &layout, 2);
     let mut deployment = two_account_deployment(&sandbox, &vhost);
 
@@ -78,8 +79,15 @@ fn kill_round() {
     let mut replacements = 0;
     let dispatcher_first = rng.below(2) == 0;
     for step in 0..2 {
-        let unit = layout[rng.below(layout.len())].0.clone();
         if (step == 0) == dispatcher_first {
+            // Going first, after a first-layer unit: later layers' applies are still to come
+            // for the executor's kill to land in.
+            let pool = if step == 0 {
+                &layout[..WIDTH]
+            } else {
+                &layout[..]
+            };
+            let unit = &pool[rng.below(pool.len())].0;
             let milestone = format!("end {unit} ");
             poll_until(DEADLINE, &milestone, || {
                 units.log.text().contains(&milestone).then_some(())
@@ -95,6 +103,7 @@ fn kill_round() {
                 .filter(|u| !units.log.text().contains(&format!("start {u} ")))
                 .collect();
             let Some(unit) = candidates.get(rng.below(candidates.len().max(1))).copied() else {
+                println!("no apply left to kill an executor in");
                 continue;
             };
             let milestone = format!("start {unit} ");
