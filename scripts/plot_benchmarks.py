@@ -21,6 +21,10 @@ def throughput(results, out):
     rates = [r["jobs_per_sec"] for r in runs]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(workers, rates, marker="o", label="no-op jobs/s through the pipeline")
+    ceilings = [r.get("cpu_ceiling_jobs_per_sec") for r in runs]
+    if all(ceilings):
+        ax.plot(workers, ceilings, marker="x", linestyle="-.", color="tab:orange",
+                label=f"CPU ceiling: {data['cores']} cores / measured CPU per job")
     ax.axhline(1000, color="tab:red", linestyle="--", label="target 1,000 jobs/s")
     ax.axhline(data["bound_jobs_per_sec"], color="tab:green", linestyle=":",
                label=f"broker floor / 4 messages per job ({data['bound_jobs_per_sec']:.0f})")
@@ -29,7 +33,7 @@ def throughput(results, out):
     ax.set_xticks(workers)
     ax.set_ylim(bottom=0)
     ax.set_title("Throughput against workers")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "throughput.png", dpi=110)
 

@@ -362,9 +362,10 @@ fn throughput(size: &Size) -> Value {
         "broker floor {floor_rate:.0} msg/s; a job needs >= 4 messages, so at most {bound:.0} jobs/s here"
     );
     println!(
-        "{:>8} {:>8} {:>10} {:>10}   CPU seconds: {:>10} {:>10} {:>10}",
-        "workers", "jobs", "seconds", "jobs/s", "dispatcher", "executors", "rabbitmq"
+        "{:>8} {:>8} {:>10} {:>10}   CPU seconds: {:>10} {:>10} {:>10}   {:>8}",
+        "workers", "jobs", "seconds", "jobs/s", "dispatcher", "executors", "rabbitmq", "ceiling"
     );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     for &workers in &size.workers {
         let world = NoopWorld::start(workers);
         let units: Vec<String> = (0..jobs).map(|i| format!("dev/u{i:05}")).collect();
@@ -386,16 +387,22 @@ fn throughput(size: &Size) -> Value {
         let rate = jobs as f64 / seconds;
         let dispatcher_cpu = dispatcher_after - dispatcher_before;
         let executors_cpu = executors_after - executors_before;
+        // What the machine could do at this CPU cost per job, with every core busy.
+        let ceiling = cores as f64 * jobs as f64 / (dispatcher_cpu + executors_cpu + broker_cpu);
         println!(
-            "{workers:>8} {jobs:>8} {seconds:>10.2} {rate:>10.0}                {dispatcher_cpu:>10.2} {executors_cpu:>10.2} {broker_cpu:>10.2}"
+            "{workers:>8} {jobs:>8} {seconds:>10.2} {rate:>10.0}                {dispatcher_cpu:>10.2} {executors_cpu:>10.2} {broker_cpu:>10.2}   {ceiling:>8.0}"
         );
         rows.push(json!({
             "workers": workers, "jobs": jobs, "seconds": seconds, "jobs_per_sec": rate,
+            "cpu_ceiling_jobs_per_sec": ceiling,
             "cpu_seconds": { "dispatcher": dispatcher_cpu, "executors": executors_cpu, "rabbitmq": broker_cpu },
         }));
         drop(world);
     }
-    json!({ "floor_msgs_per_sec": floor_rate, "bound_jobs_per_sec": bound, "runs": rows })
+    println!(
+        "ceiling: jobs/s this machine's {cores} cores could do at the CPU seconds per job measured (all processes)"
+    );
+    json!({ "floor_msgs_per_sec": floor_rate, "bound_jobs_per_sec": bound, "cores": cores, "runs": rows })
 }
 
 /// Event-to-job-start latency with 4 workers: one-unit runs published at a steady rate, each
