@@ -445,6 +445,27 @@ fn from_field_table(table: Option<&FieldTable>) -> Headers {
         .collect()
 }
 
+/// The `x-delivery-count` header quorum queues put on a redelivered message (0 when absent).
+fn delivery_count(table: Option<&FieldTable>) -> u32 {
+    let count = table.and_then(|table| {
+        table
+            .inner()
+            .iter()
+            .find(|(key, _)| key.as_str() == "x-delivery-count")
+            .and_then(|(_, value)| match value {
+                AMQPValue::LongLongInt(n) => Some(*n),
+                AMQPValue::LongInt(n) => Some(i64::from(*n)),
+                AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+                AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+                AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
+                AMQPValue::ShortShortInt(n) => Some(i64::from(*n)),
+                AMQPValue::ShortShortUInt(n) => Some(i64::from(*n)),
+                _ => None,
+            })
+    });
+    count.map_or(0, |n| u32::try_from(n.max(0)).unwrap_or(u32::MAX))
+}
+
 pub struct AmqpConsumer {
     broker: AmqpBroker,
     queue: String,
@@ -483,6 +504,7 @@ impl AmqpConsumer {
                 .as_ref()
                 .map(|id| id.as_str().to_owned()),
             redelivered: delivery.redelivered,
+            delivery_count: delivery_count(properties.headers().as_ref()),
             reply_to: properties
                 .reply_to()
                 .as_ref()

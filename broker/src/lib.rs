@@ -288,6 +288,9 @@ pub struct Delivery {
     pub user_id: Option<String>,
     /// Set when an earlier delivery of this message was not acked.
     pub redelivered: bool,
+    /// How many earlier deliveries of this message ended without an ack (a consumer died, or
+    /// requeued it): RabbitMQ's `x-delivery-count` on quorum queues, 0 on a first delivery.
+    pub delivery_count: u32,
     /// For a request: where the answer goes ([`Route::Reply`]).
     pub reply_to: Option<String>,
     pub(crate) settle: Settle,
@@ -300,6 +303,13 @@ pub(crate) enum Settle {
 }
 
 impl Delivery {
+    /// Whether this is the last delivery the broker promises: not acked this time either, the
+    /// message reaches [`topology::DELIVERY_LIMIT`] and is dead-lettered by the broker itself,
+    /// with no consumer told.
+    pub fn is_last_chance(&self) -> bool {
+        self.delivery_count.saturating_add(1) >= topology::DELIVERY_LIMIT
+    }
+
     /// The message is handled and its effects are durable: the broker forgets it.
     pub async fn ack(self) -> Result<(), BrokerError> {
         match self.settle {

@@ -192,6 +192,7 @@ impl MemoryBroker {
             headers: stored.headers.clone(),
             user_id: None,
             redelivered: stored.deliveries > 1,
+            delivery_count: stored.deliveries - 1,
             reply_to: stored.reply_to.clone(),
             settle: Settle::Memory(MemorySettle {
                 broker: self.clone(),
@@ -554,8 +555,11 @@ mod tests {
         let broker = broker();
         publish(&broker, Route::Changes, b"poison").await;
         let mut consumer = broker.consume(CHANGES_QUEUE, 1).await.unwrap();
-        for _ in 0..DELIVERY_LIMIT {
-            next(&mut consumer).await.requeue().await.unwrap();
+        for count in 0..DELIVERY_LIMIT {
+            let delivery = next(&mut consumer).await;
+            assert_eq!(delivery.delivery_count, count);
+            assert_eq!(delivery.is_last_chance(), count + 1 == DELIVERY_LIMIT);
+            delivery.requeue().await.unwrap();
         }
         assert!(is_idle(&mut consumer));
         let mut dead = broker

@@ -9,7 +9,9 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use broker::{Broker, BrokerError, Consumer, Delivery, Headers, Outgoing, Route};
-use proto_types::{ClaimVerdict, Job, JobEvent, JobEventKind, Message, Payload};
+use proto_types::{
+    ClaimVerdict, Job, JobEvent, JobEventKind, JobOutcome, JobStatus, Message, Payload,
+};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -127,6 +129,9 @@ impl Worker<'_> {
                 return Ok(false);
             }
         };
+        if delivery.is_last_chance() {
+            return self.give_up(&job, delivery).await;
+        }
         let (stop, stop_rx) = watch::channel(None::<Stop>);
         // Heartbeats well inside the lease, so one lost heartbeat costs nothing.
         let every = self
@@ -213,6 +218,39 @@ impl Worker<'_> {
         .await?;
         delivery.ack().await?;
         Ok(draining)
+    }
+
+    /// Fails a job unrun on its message's last delivery. Every earlier delivery ended without a
+    /// result: the workers that took it died (or gave it back). Run once more and ended the
+    /// same way, the message would be dead-lettered by the broker itself, and the dispatcher,
+    /// never told, would wait for the job for ever. Failed, the run ends and says why.
+    async fn give_up(&self, job: &Job, delivery: Delivery) -> Result<bool, ExecuteError> {
+        let deliveries = delivery.delivery_count.saturating_add(1);
+        tracing::error!(
+            deliveries,
+            "Failing the job unrun: every earlier delivery of it ended without a result."
+        );
+        let outcome = JobOutcome {
+            status: JobStatus::Failed,
+            exit_code: None,
+            resource_changes: None,
+            output: format!(
+                "Error: delivered {deliveries} times without a result (each worker that took it died or gave it back); not run again: check the workers' logs for crashes\n"
+            ),
+            duration_ms: 0,
+            log: None,
+        };
+        publish_event(
+            self.broker,
+            &self.settings.name,
+            job,
+            JobEventKind::Finished(outcome),
+            None,
+        )
+        .await?;
+        delivery.ack().await?;
+        self.metrics.inc(metrics::GIVEN_UP, &[]);
+        Ok(false)
     }
 
     /// Tells the dispatcher the job is free again, then puts its message back on the queue.

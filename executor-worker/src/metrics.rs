@@ -8,6 +8,7 @@ pub(crate) const JOB_DURATION: &str = "pipelines_executor_job_duration_seconds";
 pub(crate) const RUNNING: &str = "pipelines_executor_jobs_running";
 pub(crate) const NOT_RUN: &str = "pipelines_executor_jobs_not_run_total";
 pub(crate) const GIVEN_BACK: &str = "pipelines_executor_jobs_given_back_total";
+pub(crate) const GIVEN_UP: &str = "pipelines_executor_jobs_given_up_total";
 pub(crate) const DEAD_LETTERS: &str = "pipelines_dead_letters_total";
 
 pub(crate) fn register(metrics: &Metrics) {
@@ -25,6 +26,10 @@ pub(crate) fn register(metrics: &Metrics) {
     metrics.counter(
         GIVEN_BACK,
         "Jobs this worker gave back to the queue unfinished (shutdown).",
+    );
+    metrics.counter(
+        GIVEN_UP,
+        "Jobs failed unrun on their message's last delivery: every earlier delivery ended without a result.",
     );
     metrics.counter(
         DEAD_LETTERS,

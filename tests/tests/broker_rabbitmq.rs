@@ -188,6 +188,54 @@ async fn requeued_and_abandoned_deliveries_come_back_redelivered() {
     other.close().await;
 }
 
+/// Workers count on it: a message whose deliveries keep ending without an ack is dead-lettered
+/// by RabbitMQ only after a delivery that said it was the last chance.
+#[tokio::test(flavor = "multi_thread")]
+async fn deliveries_are_counted_and_the_broker_dead_letters_only_after_the_last_chance() {
+    let vhost = rabbit::vhost();
+    let broker = connect(&vhost).await;
+    publish(&broker, Route::Changes, b"crashes everyone", "poison-2")
+        .await
+        .unwrap();
+    let mut consumer = broker.consume(CHANGES_QUEUE, 1).await.unwrap();
+    let mut dead = broker
+        .consume(&dead_letter_queue(CHANGES_QUEUE), 1)
+        .await
+        .unwrap();
+    let mut seen: Vec<(u32, bool)> = Vec::new();
+    let mut delivery = next(&mut consumer).await;
+    loop {
+        seen.push((delivery.delivery_count, delivery.is_last_chance()));
+        assert!(seen.len() <= 50, "never dead-lettered: {seen:?}");
+        delivery.requeue().await.unwrap();
+        tokio::select! {
+            again = next(&mut consumer) => delivery = again,
+            dead_letter = next(&mut dead) => {
+                assert_eq!(dead_letter.body, b"crashes everyone");
+                dead_letter.ack().await.unwrap();
+                break;
+            }
+        }
+    }
+    let counts: Vec<u32> = seen.iter().map(|(count, _)| *count).collect();
+    let expected: Vec<u32> = (0..).take(seen.len()).collect();
+    assert_eq!(counts, expected, "x-delivery-count counts every delivery");
+    let last_chance = seen
+        .iter()
+        .position(|(_, last)| *last)
+        .unwrap_or_else(|| panic!("dead-lettered without a last-chance delivery: {seen:?}"));
+    // RabbitMQ 3.10 allows one delivery more than the limit counts; the memory broker none.
+    assert!(
+        seen.len() - last_chance <= 2,
+        "the last chance came too early: {seen:?}"
+    );
+    assert!(
+        seen.len() >= usize::try_from(broker::topology::DELIVERY_LIMIT).unwrap(),
+        "dead-lettered before the delivery limit: {seen:?}"
+    );
+    broker.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_lettered_message_lands_in_its_dead_letter_queue_with_the_reason() {
     let vhost = rabbit::vhost();

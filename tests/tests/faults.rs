@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use broker::topology::DELIVERY_LIMIT;
 use broker::{Broker, Headers, Outgoing, REASON_HEADER, Route};
 use harness::applies::{Behaviour, Units};
 use harness::deployment::Deployment;
@@ -284,6 +285,79 @@ fn a_job_delivered_twice_runs_once_and_records_one_result() {
         &[("dev/app".to_owned(), vec![])],
         &[],
     );
+    deployment.assert_running();
+}
+
+/// A job whose every delivery ends without a result (its workers keep dying) is failed on its
+/// message's last delivery, saying why, instead of being dead-lettered by the broker while the
+/// run waits for it for ever.
+#[test]
+fn a_job_whose_deliveries_all_end_without_a_result_fails_its_run_instead_of_stalling_it() {
+    let (vhost, sandbox) = setup();
+    let units = Units::new(&sandbox);
+    let c0 = units.readme_only();
+    let c1 = units.commit(
+        "c1: two units",
+        1,
+        &[
+            ("dev/app", &[], Behaviour::Succeed { seconds: 1 }),
+            ("dev/next", &["dev/app"], Behaviour::Succeed { seconds: 1 }),
+        ],
+    );
+    let config = sandbox.write_config(&vhost.url, &[("dev", "dev/**")], "");
+    let mut deployment = Deployment::start(sandbox.path(), &config, &[]);
+    let run = harness::runs::submit(&sandbox, &vhost, (&c0, &c1), "push", &[]);
+    // Standing in for workers that die holding the job: its message taken and given back, the
+    // last time by a connection closed while holding it, up to its last delivery.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let crashing = runtime
+        .block_on(Broker::connect(&vhost.url, "crashing-worker"))
+        .unwrap();
+    let mut jobs = runtime.block_on(crashing.consume("jobs.dev", 1)).unwrap();
+    for count in 0..DELIVERY_LIMIT - 1 {
+        let delivery = runtime
+            .block_on(async { tokio::time::timeout(DEADLINE, jobs.next()).await })
+            .expect("the job is queued")
+            .unwrap()
+            .unwrap();
+        assert_eq!(delivery.delivery_count, count);
+        assert!(!delivery.is_last_chance());
+        if count + 2 < DELIVERY_LIMIT {
+            runtime.block_on(delivery.requeue()).unwrap();
+        } else {
+            // Requeued, the message would come straight back to this consumer (prefetch 1).
+            drop(jobs);
+            runtime.block_on(crashing.close());
+            drop(delivery);
+            break;
+        }
+    }
+    deployment.start_executor("dev", "dev-1");
+
+    let detail = wait_final(&sandbox, run);
+    assert_eq!(detail.run.state, "failed", "{detail:#?}");
+    let job = |unit: &str| detail.jobs.iter().find(|j| j.unit == unit).unwrap();
+    assert_eq!(job("dev/app").state, "failed", "{detail:#?}");
+    let reason = job("dev/app").reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains(&format!(
+            "delivered {DELIVERY_LIMIT} times without a result"
+        )),
+        "{reason}"
+    );
+    assert_eq!(job("dev/next").state, "skipped", "{detail:#?}");
+    assert!(
+        !units.log.text().contains("start dev/app "),
+        "the job ran:\n{}",
+        units.log.text()
+    );
+    // Settled by the worker, not dead-lettered by the broker.
+    poll_until(DEADLINE, "the job's message to be settled", || {
+        let depths: BTreeMap<String, u64> = rabbit::queue_depths(&vhost).into_iter().collect();
+        (depths["jobs.dev"] == 0).then_some(())
+    });
+    let depths: BTreeMap<String, u64> = rabbit::queue_depths(&vhost).into_iter().collect();
+    assert_eq!(depths["dead.jobs.dev"], 0, "{depths:?}");
     deployment.assert_running();
 }
 
