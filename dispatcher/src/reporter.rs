@@ -5,6 +5,12 @@
 //! The dispatcher only tells it which runs changed. It reads the runs from the database (its
 //! own read-only connection), coalesces changes (at most one update per run per second), and
 //! never blocks or fails a run: errors are logged, and the next change tries again.
+//!
+//! A run's final report has no next change, yet branch protection waits on its status. So a
+//! final report that fails is tried again with backoff, one that lands is marked in the
+//! database, and a starting reporter sends the final reports of the last day that were never
+//! marked (the dispatcher stopped first). Reports are idempotent, so sending one twice is
+//! harmless.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -12,6 +18,7 @@ use std::time::Duration;
 
 use config::Config;
 use proto_types::RunDetail;
+use proto_types::RunState;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -22,6 +29,14 @@ use crate::store::{Store, StoreError};
 
 /// Changes to one run within this time become one update.
 const COALESCE: Duration = Duration::from_secs(1);
+/// The first wait before a failed final report is tried again; it doubles each time.
+const FIRST_RETRY: Duration = Duration::from_secs(30);
+/// The longest wait between tries of a final report.
+const MAX_RETRY: Duration = Duration::from_secs(600);
+/// Tries of a final report before the reporter leaves it to its next start (about 1.5 h).
+const MAX_TRIES: u32 = 12;
+/// How far back a starting reporter looks for final reports that never landed.
+const CATCH_UP_MS: u64 = 24 * 3600 * 1000;
 
 /// The dispatcher's handle on the reporter.
 #[derive(Debug, Clone)]
@@ -38,6 +53,9 @@ impl Reporter {
             config,
             state_dir,
             comments: HashMap::new(),
+            failures: HashMap::new(),
+            again: changed.downgrade(),
+            first_retry: FIRST_RETRY,
         };
         tokio::spawn(task.run(receiver));
         Reporter { changed }
@@ -55,10 +73,17 @@ pub(crate) struct Task {
     pub(crate) state_dir: PathBuf,
     /// The living comment of each pull request, once known: `(repo, number)` to comment id.
     pub(crate) comments: HashMap<(String, u64), u64>,
+    /// Final reports that failed, by run: how many times.
+    pub(crate) failures: HashMap<Uuid, u32>,
+    /// Where a failed final report comes back after its backoff. Weak, so that the task still
+    /// ends when the dispatcher's handles are gone.
+    pub(crate) again: mpsc::WeakUnboundedSender<Uuid>,
+    pub(crate) first_retry: Duration,
 }
 
 impl Task {
-    async fn run(mut self, mut changed: mpsc::UnboundedReceiver<Uuid>) {
+    pub(crate) async fn run(mut self, mut changed: mpsc::UnboundedReceiver<Uuid>) {
+        self.catch_up().await;
         while let Some(first) = changed.recv().await {
             let mut pending = BTreeSet::from([first]);
             let gather = tokio::time::sleep(COALESCE);
@@ -78,7 +103,30 @@ impl Task {
         }
     }
 
-    /// Reports one run; logs what fails.
+    /// Sends the final reports of the last day that never landed.
+    async fn catch_up(&mut self) {
+        let since = crate::service::now_ms().saturating_sub(CATCH_UP_MS);
+        let unreported =
+            Store::open(&self.state_dir).and_then(|store| store.unreported_runs(since, 1000));
+        match unreported {
+            Ok(runs) if runs.is_empty() => {}
+            Ok(runs) => {
+                tracing::info!(
+                    runs = runs.len(),
+                    "Sending final GitHub reports that never landed."
+                );
+                for run_id in runs {
+                    self.report(run_id).await;
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "Cannot look for unsent final GitHub reports.")
+            }
+        }
+    }
+
+    /// Reports one run; logs what fails. A final report is marked once it lands, and tried
+    /// again later when it does not.
     pub(crate) async fn report(&mut self, run_id: Uuid) {
         // Everything is read first: the database connection stays off the await points.
         let read = (|| -> Result<_, StoreError> {
@@ -98,9 +146,45 @@ impl Task {
             &span,
             &telemetry::propagation::headers_from(trace.as_deref()),
         );
-        if let Err(err) = self.report_run(&detail, &outputs).instrument(span).await {
-            tracing::warn!(%run_id, error = %err, "GitHub report failed; the next change of the run tries again.");
+        let is_final = detail.run.state != RunState::Running.as_str();
+        match self.report_run(&detail, &outputs).instrument(span).await {
+            Ok(()) if is_final => {
+                self.failures.remove(&run_id);
+                let marked = Store::open(&self.state_dir)
+                    .and_then(|mut store| store.mark_reported(run_id, crate::service::now_ms()));
+                if let Err(err) = marked {
+                    tracing::warn!(%run_id, error = %err, "Cannot record that the final report landed; a restart sends it again.");
+                }
+            }
+            Ok(()) => {}
+            Err(err) if is_final => self.retry_later(run_id, &err),
+            Err(err) => {
+                tracing::warn!(%run_id, error = %err, "GitHub report failed; the next change of the run tries again.");
+            }
         }
+    }
+
+    /// Schedules another try of a final report, with exponential backoff, up to [`MAX_TRIES`].
+    fn retry_later(&mut self, run_id: Uuid, err: &GitHubError) {
+        let tries = self.failures.entry(run_id).or_insert(0);
+        *tries += 1;
+        if *tries >= MAX_TRIES {
+            tracing::error!(%run_id, error = %err, tries = *tries, "Giving up on the run's final GitHub report; the dispatcher's next start sends it.");
+            self.failures.remove(&run_id);
+            return;
+        }
+        let wait = self
+            .first_retry
+            .saturating_mul(1 << (*tries - 1).min(16))
+            .min(MAX_RETRY);
+        tracing::warn!(%run_id, error = %err, tries = *tries, retry_in_s = wait.as_secs(), "The run's final GitHub report failed; trying again later.");
+        let again = self.again.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            if let Some(again) = again.upgrade() {
+                let _ = again.send(run_id);
+            }
+        });
     }
 
     pub(crate) async fn report_run(

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use proto_types::{
     Action, EventKind, Job, JobSummary, Payload, ResourceCounts, RunDetail, RunSummary, UnitState,
 };
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use uuid::Uuid;
 
 use crate::scheduler::{Lease, Run, RunJob};
@@ -23,8 +23,15 @@ use crate::scheduler::{Lease, Run, RunJob};
 /// The file inside the dispatcher's state directory.
 pub const DATABASE_FILE: &str = "dispatcher.sqlite3";
 
-/// The schema this version writes. Bump it with a migration step in [`Store::migrate`].
-const SCHEMA_VERSION: i64 = 1;
+/// The schema this version writes: the number of steps in [`MIGRATIONS`].
+const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Step `i` takes a database at schema version `i` to version `i + 1`.
+const MIGRATIONS: [&str; 2] = [
+    SCHEMA,
+    // When a final run's report reached GitHub: a restarted reporter sends the others.
+    "ALTER TABLE runs ADD COLUMN reported_ms INTEGER;",
+];
 
 const SCHEMA: &str = "
 CREATE TABLE runs (
@@ -249,8 +256,13 @@ impl Store {
     }
 
     fn migrate(&mut self, path: &Path) -> Result<(), StoreError> {
-        let found: i64 = self
+        // Immediate: the version is read under the write lock, so two processes opening the
+        // file at once (the dispatcher and its reporter) cannot both run a step.
+        let tx = self
             .connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sqlite("begin migration"))?;
+        let found: i64 = tx
             .query_row("PRAGMA user_version", [], |row| row.get(0))
             .map_err(sqlite("read schema version"))?;
         if found > SCHEMA_VERSION {
@@ -259,16 +271,15 @@ impl Store {
                 found,
             });
         }
-        if found == 0 {
-            let tx = self
-                .connection
-                .transaction()
-                .map_err(sqlite("begin migration"))?;
-            tx.execute_batch(SCHEMA).map_err(sqlite("create schema"))?;
+        let done = usize::try_from(found).unwrap_or(0);
+        for step in &MIGRATIONS[done..] {
+            tx.execute_batch(step).map_err(sqlite("migrate schema"))?;
+        }
+        if found < SCHEMA_VERSION {
             tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
                 .map_err(sqlite("set schema version"))?;
-            tx.commit().map_err(sqlite("commit migration"))?;
         }
+        tx.commit().map_err(sqlite("commit migration"))?;
         Ok(())
     }
 
@@ -602,6 +613,43 @@ impl Store {
             jobs.push(job_from_row(row, run_id, repository)?);
         }
         Ok(jobs)
+    }
+
+    /// Records that a final run's report reached GitHub, so that a restart does not send it
+    /// again.
+    pub fn mark_reported(&mut self, run_id: Uuid, now: u64) -> Result<(), StoreError> {
+        self.connection
+            .execute(
+                "UPDATE runs SET reported_ms = ?2 WHERE run_id = ?1 AND final = 1",
+                params![run_id.to_string(), now as i64],
+            )
+            .map_err(sqlite("mark run reported"))?;
+        Ok(())
+    }
+
+    /// Final runs that changed since `since_ms` and whose report never reached GitHub (the
+    /// dispatcher stopped first, or GitHub was down), oldest first.
+    pub fn unreported_runs(&self, since_ms: u64, limit: usize) -> Result<Vec<Uuid>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT run_id FROM runs WHERE final = 1 AND reported_ms IS NULL
+                 AND updated_ms >= ?1 ORDER BY seq LIMIT ?2",
+            )
+            .map_err(sqlite("prepare unreported runs"))?;
+        let rows = statement
+            .query_map(params![since_ms as i64, limit as i64], |row| {
+                row.get::<_, String>(0)
+            })
+            .map_err(sqlite("list unreported runs"))?;
+        let mut runs = Vec::new();
+        for row in rows {
+            runs.push(parse_uuid(
+                "run id",
+                &row.map_err(sqlite("list unreported runs"))?,
+            )?);
+        }
+        Ok(runs)
     }
 
     /// The `traceparent` a run belongs to, if it has one.

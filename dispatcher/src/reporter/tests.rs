@@ -81,7 +81,28 @@ impl World {
             config,
             state_dir: self.dir.path().to_owned(),
             comments: HashMap::new(),
+            failures: HashMap::new(),
+            // Nobody listens: a test that wants retries gives its own channel.
+            again: mpsc::unbounded_channel().0.downgrade(),
+            first_retry: Duration::from_millis(10),
         }
+    }
+
+    /// A push run whose one apply (`dev/app`) succeeded; its id.
+    fn succeeded_apply(&mut self) -> Uuid {
+        self.run(
+            push(),
+            &[("dev/app", Action::Apply)],
+            &[JobStatus::Succeeded],
+            &plan_output,
+        )
+    }
+
+    fn unreported(&self) -> Vec<Uuid> {
+        Store::open(self.dir.path())
+            .unwrap()
+            .unreported_runs(0, 100)
+            .unwrap()
     }
 
     fn detail(&self, run_id: Uuid) -> (RunDetail, BTreeMap<Uuid, String>) {
@@ -312,17 +333,6 @@ async fn statuses_conclude_success_for_a_good_plan_and_failure_for_a_failed_appl
 
 #[tokio::test]
 async fn a_502_and_a_rate_limit_are_retried_and_the_report_goes_through() {
-    let server = MockServer::start().await;
-    let statuses = || path(format!("/repos/acme/infra/statuses/{SHA}"));
-    mount(
-        &server,
-        Mock::given(method("POST"))
-            .and(statuses())
-            .respond_with(ResponseTemplate::new(502))
-            .up_to_n_times(1)
-            .with_priority(1),
-    )
-    .await;
     let reset = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -332,32 +342,15 @@ async fn a_502_and_a_rate_limit_are_retried_and_the_report_goes_through() {
         .insert_header("x-ratelimit-remaining", "0")
         .insert_header("x-ratelimit-reset", reset.to_string().as_str())
         .set_body_json(json!({ "message": "API rate limit exceeded" }));
-    mount(
-        &server,
-        Mock::given(method("POST"))
-            .and(statuses())
-            .respond_with(limited)
-            .up_to_n_times(1)
-            .with_priority(2),
-    )
-    .await;
-    mount(
-        &server,
-        Mock::given(method("POST"))
-            .and(statuses())
-            .respond_with(created(json!({})))
-            .with_priority(3)
-            .expect(1),
-    )
+    let server = statuses_answering(vec![
+        ResponseTemplate::new(502),
+        limited,
+        created(json!({})),
+    ])
     .await;
 
     let mut world = World::new();
-    let run = world.run(
-        push(),
-        &[("dev/app", Action::Apply)],
-        &[JobStatus::Succeeded],
-        &plan_output,
-    );
+    let run = world.succeeded_apply();
     let (detail, outputs) = world.detail(run);
     let started = std::time::Instant::now();
     world
@@ -438,6 +431,82 @@ async fn an_apply_failure_on_the_deploy_branch_reaches_the_merged_pull_request_a
     server.verify().await;
 }
 
+/// A fake GitHub whose commit statuses get `answers` in turn, the last one from then on
+/// (and expected exactly once).
+async fn statuses_answering(answers: Vec<ResponseTemplate>) -> MockServer {
+    let server = MockServer::start().await;
+    let last = answers.len();
+    for (i, answer) in answers.into_iter().enumerate() {
+        let mock = Mock::given(method("POST"))
+            .and(path(format!("/repos/acme/infra/statuses/{SHA}")))
+            .respond_with(answer)
+            .with_priority(u8::try_from(i + 1).unwrap());
+        let mock = if i + 1 == last {
+            mock.expect(1)
+        } else {
+            mock.up_to_n_times(1)
+        };
+        mount(&server, mock).await;
+    }
+    server
+}
+
+/// A status GitHub refuses once (401), then accepts.
+async fn github_failing_once() -> MockServer {
+    statuses_answering(vec![
+        ResponseTemplate::new(401).set_body_json(json!({ "message": "Bad credentials" })),
+        created(json!({})),
+    ])
+    .await
+}
+
+#[tokio::test]
+async fn a_failed_final_report_is_tried_again_and_marked_once_it_lands() {
+    let server = github_failing_once().await;
+    let mut world = World::new();
+    let run = world.succeeded_apply();
+    let (again, mut retries) = mpsc::unbounded_channel();
+    let mut task = world.task(&server, "");
+    task.again = again.downgrade();
+    task.report(run).await;
+    assert_eq!(world.unreported(), vec![run], "not marked while it failed");
+    let retried = tokio::time::timeout(Duration::from_secs(10), retries.recv())
+        .await
+        .expect("a retry is scheduled");
+    assert_eq!(retried, Some(run));
+    task.report(run).await;
+    assert!(world.unreported().is_empty(), "marked once it landed");
+    assert_eq!(server.received_requests().await.unwrap().len(), 2);
+    server.verify().await;
+}
+
+#[tokio::test]
+async fn a_starting_reporter_sends_the_final_reports_that_never_landed() {
+    let server = github_failing_once().await;
+    let mut world = World::new();
+    // Today (a starting reporter looks back one day).
+    world.now = crate::service::now_ms();
+    // Finished while the dispatcher's reporter was gone: nobody will say it changed.
+    let run = world.succeeded_apply();
+    assert_eq!(world.unreported(), vec![run]);
+    let (changed, receiver) = mpsc::unbounded_channel();
+    let mut task = world.task(&server, "");
+    task.again = changed.downgrade();
+    let reporter = tokio::spawn(task.run(receiver));
+    // Its first try fails (401); the retry lands and marks it.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !world.unreported().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the unsent final report is sent and marked");
+    assert_eq!(server.received_requests().await.unwrap().len(), 2);
+    server.verify().await;
+    drop(changed);
+    reporter.await.unwrap();
+}
+
 #[tokio::test]
 async fn a_github_outage_never_fails_the_report_caller() {
     let server = MockServer::start().await;
@@ -449,12 +518,7 @@ async fn a_github_outage_never_fails_the_report_caller() {
     )
     .await;
     let mut world = World::new();
-    let run = world.run(
-        push(),
-        &[("dev/app", Action::Apply)],
-        &[JobStatus::Succeeded],
-        &plan_output,
-    );
+    let run = world.succeeded_apply();
     let mut task = world.task(&server, "");
     let (detail, outputs) = world.detail(run);
     let err = task

@@ -215,9 +215,59 @@ fn a_database_from_a_newer_version_is_refused_naming_both_versions() {
     drop(connection);
     let err = Store::open(dir.path()).unwrap_err().to_string();
     assert!(
-        err.contains("schema version 99") && err.contains("up to 1"),
+        err.contains("schema version 99") && err.contains(&format!("up to {SCHEMA_VERSION}")),
         "{err}"
     );
+}
+
+#[test]
+fn a_version_1_database_is_migrated_keeping_its_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let connection = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+    connection
+        .execute_batch(&format!("{SCHEMA} PRAGMA user_version = 1;"))
+        .unwrap();
+    let mut v1 = Store { connection };
+    let mut scheduler = Scheduler::new(settings());
+    let (event, plan) = event(push(), &[("app", Action::Plan)], &[]);
+    let effects = scheduler.accept(&event, &plan, 1_000);
+    commit(&mut v1, &scheduler, &effects, 1_000);
+    drop(v1);
+
+    let mut store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.list_runs(10).unwrap()[0].run_id, event.id);
+    store.mark_reported(event.id, 2_000).unwrap();
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    let version: i64 = store
+        .connection
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+}
+
+#[test]
+fn unreported_runs_are_the_recent_final_ones_never_marked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let mut scheduler = Scheduler::new(settings());
+    let mut accept = |units: &[(&str, Action)], now: u64| {
+        let (event, plan) = event(push(), units, &[]);
+        let effects = scheduler.accept(&event, &plan, now);
+        commit(&mut store, &scheduler, &effects, now);
+        event.id
+    };
+    // Nothing to do: final at once. A plan job: running until it finishes.
+    let old = accept(&[], 1_000);
+    let done = accept(&[], 5_000);
+    let marked = accept(&[], 5_000);
+    let running = accept(&[("app", Action::Plan)], 5_000);
+    store.mark_reported(marked, 6_000).unwrap();
+    // Marking a run that is not final changes nothing.
+    store.mark_reported(running, 6_000).unwrap();
+    assert_eq!(store.unreported_runs(2_000, 100).unwrap(), vec![done]);
+    assert_eq!(store.unreported_runs(0, 100).unwrap(), vec![old, done]);
+    assert_eq!(store.unreported_runs(0, 1).unwrap(), vec![old]);
 }
 
 #[test]
