@@ -26,6 +26,8 @@ use crate::{BrokerError, Delivery, Headers, Outgoing, Route, Settle, redact_url}
 const CONTENT_TYPE: &str = "application/vnd.pipelines.v1";
 /// The largest AMQP frame asked for (bytes): small buffers; see [`AmqpBroker::connect`].
 const FRAME_MAX: u32 = 16 * 1024;
+/// How often [`AmqpBroker::lost`] looks at the connections' state.
+const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 #[derive(Clone)]
 pub struct AmqpBroker {
@@ -336,6 +338,35 @@ impl AmqpBroker {
             .map_err(protocol("queue.declare"))?;
         let name = queue.name().as_str().to_owned();
         Ok((channel, name))
+    }
+
+    /// Resolves once either connection is no longer open. lapin tells consumers when their
+    /// connection fails, but a consumer idle at that moment was seen waiting for ever after
+    /// RabbitMQ stopped (`stop_app`); this watch does not depend on being told.
+    pub(crate) async fn lost(&self) -> BrokerError {
+        loop {
+            let connections = [
+                ("publish", &self.inner.publish_connection),
+                ("consume", &self.inner.consume_connection),
+            ];
+            for (which, connection) in connections {
+                let status = connection.status();
+                if !status.connected() {
+                    let state = if status.errored() {
+                        "failed"
+                    } else if status.closed() || status.closing() {
+                        "closed"
+                    } else {
+                        "not connected"
+                    };
+                    return BrokerError::Protocol {
+                        operation: "connection",
+                        reason: format!("the {which} connection is {state}"),
+                    };
+                }
+            }
+            tokio::time::sleep(WATCH_INTERVAL).await;
+        }
     }
 
     pub(crate) async fn close(&self) {

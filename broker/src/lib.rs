@@ -232,6 +232,16 @@ impl Broker {
         }
     }
 
+    /// Resolves when the broker connection is gone (never, for the in-memory broker): a
+    /// service then rebuilds everything on a new connection. Use it beside the consumers,
+    /// which are not always told.
+    pub async fn lost(&self) -> BrokerError {
+        match self {
+            Broker::Amqp(broker) => broker.lost().await,
+            Broker::Memory(_) => std::future::pending().await,
+        }
+    }
+
     /// Closes connections cleanly; unacked deliveries go back to their queues.
     pub async fn close(&self) {
         if let Broker::Amqp(broker) = self {

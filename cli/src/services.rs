@@ -169,7 +169,12 @@ where
             Err(err) => return Err(err.into()),
         };
         delay = Duration::from_secs(1);
-        let ended = component(broker.clone()).await;
+        // The connection's own watch as well as the component's: an idle consumer is not always
+        // told that its connection died.
+        let ended = tokio::select! {
+            ended = component(broker.clone()) => ended,
+            lost = broker.lost() => Err(Failure::Broker(lost.into())),
+        };
         ops.health.set_ready(false);
         broker.close().await;
         match ended {

@@ -236,6 +236,26 @@ async fn deliveries_are_counted_and_the_broker_dead_letters_only_after_the_last_
     broker.close().await;
 }
 
+/// Services rebuild everything when `lost` resolves: it must, even while every consumer sits
+/// idle (lapin does not always wake them).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_whose_connections_the_server_closes_knows_it_is_lost() {
+    let vhost = rabbit::vhost();
+    let broker = connect(&vhost).await;
+    let _idle = broker.consume(CHANGES_QUEUE, 1).await.unwrap();
+    rabbitmqctl(&[
+        "close_all_connections",
+        "--vhost",
+        &vhost.name,
+        "test: the server closes",
+    ]);
+    let lost = tokio::time::timeout(WAIT, broker.lost())
+        .await
+        .expect("the loss is noticed");
+    assert!(lost.is_transient(), "{lost}");
+    assert!(lost.to_string().contains("connection is"), "{lost}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_lettered_message_lands_in_its_dead_letter_queue_with_the_reason() {
     let vhost = rabbit::vhost();
