@@ -489,22 +489,20 @@ async fn a_starting_reporter_sends_the_final_reports_that_never_landed() {
     // Finished while the dispatcher's reporter was gone: nobody will say it changed.
     let run = world.succeeded_apply();
     assert_eq!(world.unreported(), vec![run]);
-    let (changed, receiver) = mpsc::unbounded_channel();
+    let (again, mut retries) = mpsc::unbounded_channel();
     let mut task = world.task(&server, "");
-    task.again = changed.downgrade();
-    let reporter = tokio::spawn(task.run(receiver));
-    // Its first try fails (401); the retry lands and marks it.
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !world.unreported().is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the unsent final report is sent and marked");
+    task.again = again.downgrade();
+    // What a starting task does first.
+    task.catch_up().await;
+    // Its first try failed (401); the retry lands and marks it.
+    let retried = tokio::time::timeout(Duration::from_secs(10), retries.recv())
+        .await
+        .expect("a retry is scheduled");
+    assert_eq!(retried, Some(run));
+    task.report(run).await;
+    assert!(world.unreported().is_empty(), "marked once it landed");
     assert_eq!(server.received_requests().await.unwrap().len(), 2);
     server.verify().await;
-    drop(changed);
-    reporter.await.unwrap();
 }
 
 #[tokio::test]
