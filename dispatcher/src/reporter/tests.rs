@@ -460,6 +460,24 @@ async fn github_failing_once() -> MockServer {
     .await
 }
 
+/// The retry `task` scheduled for `run` comes, lands (the second status request) and marks it.
+async fn retry_lands(
+    task: &mut Task,
+    retries: &mut mpsc::UnboundedReceiver<Uuid>,
+    world: &World,
+    server: &MockServer,
+    run: Uuid,
+) {
+    let retried = tokio::time::timeout(Duration::from_secs(10), retries.recv())
+        .await
+        .expect("a retry is scheduled");
+    assert_eq!(retried, Some(run));
+    task.report(run).await;
+    assert!(world.unreported().is_empty(), "marked once it landed");
+    assert_eq!(server.received_requests().await.unwrap().len(), 2);
+    server.verify().await;
+}
+
 #[tokio::test]
 async fn a_failed_final_report_is_tried_again_and_marked_once_it_lands() {
     let server = github_failing_once().await;
@@ -470,14 +488,7 @@ async fn a_failed_final_report_is_tried_again_and_marked_once_it_lands() {
     task.again = again.downgrade();
     task.report(run).await;
     assert_eq!(world.unreported(), vec![run], "not marked while it failed");
-    let retried = tokio::time::timeout(Duration::from_secs(10), retries.recv())
-        .await
-        .expect("a retry is scheduled");
-    assert_eq!(retried, Some(run));
-    task.report(run).await;
-    assert!(world.unreported().is_empty(), "marked once it landed");
-    assert_eq!(server.received_requests().await.unwrap().len(), 2);
-    server.verify().await;
+    retry_lands(&mut task, &mut retries, &world, &server, run).await;
 }
 
 #[tokio::test]
@@ -495,14 +506,7 @@ async fn a_starting_reporter_sends_the_final_reports_that_never_landed() {
     // What a starting task does first.
     task.catch_up().await;
     // Its first try failed (401); the retry lands and marks it.
-    let retried = tokio::time::timeout(Duration::from_secs(10), retries.recv())
-        .await
-        .expect("a retry is scheduled");
-    assert_eq!(retried, Some(run));
-    task.report(run).await;
-    assert!(world.unreported().is_empty(), "marked once it landed");
-    assert_eq!(server.received_requests().await.unwrap().len(), 2);
-    server.verify().await;
+    retry_lands(&mut task, &mut retries, &world, &server, run).await;
 }
 
 #[tokio::test]
