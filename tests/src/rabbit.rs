@@ -59,13 +59,22 @@ pub fn rabbitmqctl(args: &[&str]) -> String {
 
 /// Messages ready in each queue of the vhost, by name.
 pub fn queue_depths(vhost: &Vhost) -> Vec<(String, u64)> {
+    queue_column(vhost, "messages_ready")
+}
+
+/// Messages in each queue of the vhost, ready or delivered and not yet settled, by name.
+pub fn queue_messages(vhost: &Vhost) -> Vec<(String, u64)> {
+    queue_column(vhost, "messages")
+}
+
+fn queue_column(vhost: &Vhost, column: &str) -> Vec<(String, u64)> {
     rabbitmqctl(&[
         "list_queues",
         "-p",
         &vhost.name,
         "--no-table-headers",
         "name",
-        "messages_ready",
+        column,
     ])
     .lines()
     .filter_map(|line| {

@@ -261,7 +261,7 @@ fn a_job_delivered_twice_runs_once_and_records_one_result() {
     units.log.assert_applied_once_in_order(&[("dev/app", &[])]);
     // The second copy reached a worker, which was told the job is taken, and ran nothing.
     poll_until(DEADLINE, "the duplicate to be settled", || {
-        let depths: BTreeMap<String, u64> = rabbit::queue_depths(&vhost).into_iter().collect();
+        let depths: BTreeMap<String, u64> = rabbit::queue_messages(&vhost).into_iter().collect();
         (depths["jobs.dev"] == 0).then_some(())
     });
     let logs = format!(
@@ -353,10 +353,10 @@ fn a_job_whose_deliveries_all_end_without_a_result_fails_its_run_instead_of_stal
     );
     // Settled by the worker, not dead-lettered by the broker.
     poll_until(DEADLINE, "the job's message to be settled", || {
-        let depths: BTreeMap<String, u64> = rabbit::queue_depths(&vhost).into_iter().collect();
+        let depths: BTreeMap<String, u64> = rabbit::queue_messages(&vhost).into_iter().collect();
         (depths["jobs.dev"] == 0).then_some(())
     });
-    let depths: BTreeMap<String, u64> = rabbit::queue_depths(&vhost).into_iter().collect();
+    let depths: BTreeMap<String, u64> = rabbit::queue_messages(&vhost).into_iter().collect();
     assert_eq!(depths["dead.jobs.dev"], 0, "{depths:?}");
     deployment.assert_running();
 }
