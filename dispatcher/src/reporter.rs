@@ -82,7 +82,7 @@ pub(crate) struct Task {
 }
 
 impl Task {
-    pub(crate) async fn run(mut self, mut changed: mpsc::UnboundedReceiver<Uuid>) {
+    async fn run(mut self, mut changed: mpsc::UnboundedReceiver<Uuid>) {
         self.catch_up().await;
         while let Some(first) = changed.recv().await {
             let mut pending = BTreeSet::from([first]);
