@@ -15,7 +15,7 @@ use serde::Deserialize;
 /// The broker a default local RabbitMQ answers on.
 pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default = "default_broker_url")]
@@ -36,10 +36,124 @@ pub struct Config {
     /// Reporting runs to GitHub (pull request comments, commit statuses). Off when absent.
     #[serde(default)]
     pub github: Option<GitHub>,
+    /// Deadlines of every edge: nothing waits for ever on a broker, a git server, GitHub or
+    /// STS.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+/// How long each kind of outside call may take before it fails with a clear error (durations
+/// like `90s`, `5m`, `1h30m`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// Opening a connection to RabbitMQ (TCP, TLS and the AMQP handshake).
+    #[serde(default = "default_broker_connect_timeout")]
+    pub broker_connect: String,
+    /// The broker's confirm of a published message.
+    #[serde(default = "default_broker_confirm_timeout")]
+    pub broker_confirm: String,
+    /// One git command of an executor (fetch, ls-remote, checkout).
+    #[serde(default = "default_git_timeout")]
+    pub git: String,
+    /// One request to the GitHub API.
+    #[serde(default = "default_github_timeout")]
+    pub github: String,
+    /// Obtaining a job's credentials (an STS call, a credentials command).
+    #[serde(default = "default_credentials_timeout")]
+    pub credentials: String,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            broker_connect: default_broker_connect_timeout(),
+            broker_confirm: default_broker_confirm_timeout(),
+            git: default_git_timeout(),
+            github: default_github_timeout(),
+            credentials: default_credentials_timeout(),
+        }
+    }
+}
+
+impl Timeouts {
+    /// The fields with their keys, for validation.
+    fn fields(&self) -> [(&'static str, &str); 5] {
+        [
+            ("timeouts.broker_connect", &self.broker_connect),
+            ("timeouts.broker_confirm", &self.broker_confirm),
+            ("timeouts.git", &self.git),
+            ("timeouts.github", &self.github),
+            ("timeouts.credentials", &self.credentials),
+        ]
+    }
+
+    pub fn broker_connect(&self) -> std::time::Duration {
+        duration_or(&self.broker_connect, 30)
+    }
+
+    pub fn broker_confirm(&self) -> std::time::Duration {
+        duration_or(&self.broker_confirm, 60)
+    }
+
+    pub fn git(&self) -> std::time::Duration {
+        duration_or(&self.git, 600)
+    }
+
+    pub fn github(&self) -> std::time::Duration {
+        duration_or(&self.github, 30)
+    }
+
+    pub fn credentials(&self) -> std::time::Duration {
+        duration_or(&self.credentials, 60)
+    }
+}
+
+/// A validated duration, or `default_secs` (validation already refused a bad one).
+fn duration_or(text: &str, default_secs: u64) -> std::time::Duration {
+    parse_duration(text).unwrap_or(std::time::Duration::from_secs(default_secs))
+}
+
+fn default_broker_connect_timeout() -> String {
+    "30s".to_owned()
+}
+
+fn default_broker_confirm_timeout() -> String {
+    "60s".to_owned()
+}
+
+fn default_git_timeout() -> String {
+    "10m".to_owned()
+}
+
+fn default_github_timeout() -> String {
+    "30s".to_owned()
+}
+
+fn default_credentials_timeout() -> String {
+    "60s".to_owned()
+}
+
+/// Secrets never reach a log through `{:?}`: URLs lose their passwords, tokens their values.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("broker_url", &redact_url(&self.broker_url))
+            .field("repositories", &self.repositories)
+            .field("accounts", &self.accounts)
+            .field("executor", &self.executor)
+            .field("dispatcher", &self.dispatcher)
+            .field("retry", &self.retry)
+            .field("triggers", &self.triggers)
+            .field("credentials", &self.credentials)
+            .field("github", &self.github)
+            .field("timeouts", &self.timeouts)
+            .finish()
+    }
 }
 
 /// How the dispatcher reports to GitHub.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GitHub {
     /// The REST API root: `https://api.github.com`, or `https://HOST/api/v3` for GitHub
@@ -71,8 +185,29 @@ pub struct GitHub {
     pub open_issue_on_apply_failure: bool,
 }
 
+impl std::fmt::Debug for GitHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitHub")
+            .field("api_url", &redact_url(&self.api_url))
+            .field("token", &self.token.as_ref().map(|_| REDACTED))
+            .field("app_id", &self.app_id)
+            .field("private_key_file", &self.private_key_file)
+            .field("installation_id", &self.installation_id)
+            .field("status_context", &self.status_context)
+            .field("details_url", &self.details_url)
+            .field(
+                "open_issue_on_apply_failure",
+                &self.open_issue_on_apply_failure,
+            )
+            .finish()
+    }
+}
+
+/// What a secret shows as in `Debug` output and messages.
+pub const REDACTED: &str = "***";
+
 /// A repository the pipeline may act on.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Repository {
     /// The name change events use (`--repo-name`).
@@ -92,6 +227,19 @@ pub struct Repository {
     /// `owner/name` on GitHub, for reporting (see `[github]`). Default: not reported.
     #[serde(default)]
     pub github: Option<String>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("name", &self.name)
+            .field("url", &redact_url(&self.url))
+            .field("deploy_branch", &self.deploy_branch)
+            .field("tf_binary", &self.tf_binary)
+            .field("terragrunt_binary", &self.terragrunt_binary)
+            .field("github", &self.github)
+            .finish()
+    }
 }
 
 /// A cloud account and the units it owns.
@@ -435,10 +583,12 @@ impl Config {
         let env = Env::prefixed("PIPELINES_").split("__").filter(|key| {
             let key = key.as_str().to_ascii_lowercase();
             key == "broker_url"
-                || ["executor", "dispatcher", "github"].iter().any(|section| {
-                    key.starts_with(&format!("{section}."))
-                        || key.starts_with(&format!("{section}__"))
-                })
+                || ["executor", "dispatcher", "github", "timeouts"]
+                    .iter()
+                    .any(|section| {
+                        key.starts_with(&format!("{section}."))
+                            || key.starts_with(&format!("{section}__"))
+                    })
         });
         let config: Config = Figment::new()
             .merge(Toml::file_exact(path))
@@ -492,6 +642,7 @@ impl Config {
             triggers: Triggers::default(),
             credentials: Vec::new(),
             github: None,
+            timeouts: Timeouts::default(),
         }
     }
 
@@ -638,7 +789,7 @@ impl Config {
                 "broker_url",
                 format!(
                     "{:?} is not an amqp:// or amqps:// URL",
-                    redact(&self.broker_url)
+                    redact_url(&self.broker_url)
                 ),
             ));
         }
@@ -743,6 +894,11 @@ impl Config {
             }
         }
         self.validate_github()?;
+        for (key, value) in self.timeouts.fields() {
+            if let Err(err) = parse_duration(value) {
+                return Err(invalid(key, err));
+            }
+        }
         if self.dispatcher.lease_seconds < 10 {
             return Err(invalid(
                 "dispatcher.lease_seconds",
@@ -829,10 +985,22 @@ fn is_branch_name(name: &str) -> bool {
         })
 }
 
-fn redact(url: &str) -> String {
-    match (url.split_once("://"), url.rsplit_once('@')) {
-        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://***@{host}"),
-        _ => url.to_owned(),
+/// A URL without its secret: `scheme://user:***@host/...` when it has a password, and
+/// `scheme://***@host/...` when its only user information is a token
+/// (`https://ghp_x@github.com/...`). Anything else is returned as it is.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // The user information ends at the last '@' before the path.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some((userinfo, host)) = rest[..authority_end].rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let tail = &rest[authority_end..];
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:{REDACTED}@{host}{tail}"),
+        None => format!("{scheme}://{REDACTED}@{host}{tail}"),
     }
 }
 
@@ -997,6 +1165,59 @@ mod tests {
         assert!(error_of(&no_role).contains("`credentials[1].role_arn`"));
         let bad_unit = full.replace("_global/account-factory", "../escape");
         assert!(error_of(&bad_unit).contains("`triggers.accounts_requested.unit`"));
+    }
+
+    #[test]
+    fn timeouts_default_and_validate_with_their_key() {
+        let config = Config::from_toml(VALID).unwrap();
+        assert_eq!(config.timeouts.git(), std::time::Duration::from_secs(600));
+        assert_eq!(
+            config.timeouts.broker_confirm(),
+            std::time::Duration::from_secs(60)
+        );
+        let text = format!("{VALID}\n[timeouts]\ngit = \"90s\"\ngithub = \"5s\"\n");
+        let config = Config::from_toml(&text).unwrap();
+        assert_eq!(config.timeouts.git(), std::time::Duration::from_secs(90));
+        assert_eq!(config.timeouts.github(), std::time::Duration::from_secs(5));
+        let bad = format!("{VALID}\n[timeouts]\nbroker_connect = \"soon\"\n");
+        assert!(
+            error_of(&bad).contains("`timeouts.broker_connect`: \"soon\" is not a duration"),
+            "{}",
+            error_of(&bad)
+        );
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_password_or_token() {
+        let text = VALID
+            .replace("guest:guest@", "guest:hunter2-broker@")
+            .replace(
+                "url = \"/srv/git/infra.git\"",
+                "url = \"https://x-access-token:ghs_repo-secret@github.com/acme/infra.git\"\ngithub = \"acme/infra\"",
+            );
+        let text = format!("{text}\n[github]\ntoken = \"ghp_token-secret\"\n");
+        let debug = format!("{:?}", Config::from_toml(&text).unwrap());
+        for secret in ["hunter2-broker", "ghs_repo-secret", "ghp_token-secret"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(debug.contains("github.com/acme/infra.git"), "{debug}");
+    }
+
+    #[test]
+    fn urls_lose_passwords_and_tokens_but_keep_the_rest() {
+        assert_eq!(
+            redact_url("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("https://ghp_abc@github.com/a/b.git"),
+            "https://***@github.com/a/b.git"
+        );
+        assert_eq!(
+            redact_url("https://github.com/a/b@c.git"),
+            "https://github.com/a/b@c.git"
+        );
+        assert_eq!(redact_url("/srv/git/infra.git"), "/srv/git/infra.git");
     }
 
     #[test]
