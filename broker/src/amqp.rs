@@ -20,7 +20,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use uuid::Uuid;
 
 use crate::topology::{self, DEAD_LETTER_EXCHANGE, ExchangeKind, STATUS_EXCHANGE, Topology};
-use crate::{BrokerError, Delivery, Headers, Outgoing, Route, Settle, redact_url};
+use crate::{BrokerError, BrokerTimeouts, Delivery, Headers, Outgoing, Route, Settle, redact_url};
 
 /// Marks our envelope; consumers do not depend on it, operators reading a queue do.
 const CONTENT_TYPE: &str = "application/vnd.pipelines.v1";
@@ -43,6 +43,7 @@ struct Inner {
     publish_connection: Connection,
     publish_channel: Channel,
     consume_connection: Connection,
+    confirm_timeout: std::time::Duration,
 }
 
 impl fmt::Debug for AmqpBroker {
@@ -76,7 +77,11 @@ fn protocol(operation: &'static str) -> impl FnOnce(lapin::Error) -> BrokerError
 }
 
 impl AmqpBroker {
-    pub(crate) async fn connect(url: &str, name: &str) -> Result<AmqpBroker, BrokerError> {
+    pub(crate) async fn connect(
+        url: &str,
+        name: &str,
+        timeouts: BrokerTimeouts,
+    ) -> Result<AmqpBroker, BrokerError> {
         let redacted = redact_url(url);
         let mut uri: AMQPUri = url.parse().map_err(|reason| BrokerError::Connect {
             url: redacted.clone(),
@@ -92,8 +97,16 @@ impl AmqpBroker {
             let redacted = redacted.clone();
             let uri = uri.clone();
             async move {
-                Connection::connect_uri(uri, properties)
+                // A listener that accepts and never speaks AMQP would hold us for ever.
+                tokio::time::timeout(timeouts.connect, Connection::connect_uri(uri, properties))
                     .await
+                    .map_err(|_| BrokerError::Connect {
+                        url: redacted.clone(),
+                        reason: format!(
+                            "no AMQP handshake within {} s (timeouts.broker_connect)",
+                            timeouts.connect.as_secs()
+                        ),
+                    })?
                     .map_err(|err| BrokerError::Connect {
                         url: redacted,
                         reason: err.to_string(),
@@ -102,14 +115,23 @@ impl AmqpBroker {
         };
         let publish_connection = open("publish").await?;
         let consume_connection = open("consume").await?;
-        let publish_channel = publish_connection
-            .create_channel()
+        let setup = async {
+            let publish_channel = publish_connection
+                .create_channel()
+                .await
+                .map_err(protocol("channel.open"))?;
+            publish_channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(protocol("confirm.select"))?;
+            Ok::<_, BrokerError>(publish_channel)
+        };
+        let publish_channel = tokio::time::timeout(timeouts.connect, setup)
             .await
-            .map_err(protocol("channel.open"))?;
-        publish_channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(protocol("confirm.select"))?;
+            .map_err(|_| BrokerError::Timeout {
+                operation: "channel.open",
+                after: timeouts.connect,
+            })??;
         Ok(AmqpBroker {
             inner: Arc::new(Inner {
                 url: redacted,
@@ -118,6 +140,7 @@ impl AmqpBroker {
                 publish_connection,
                 publish_channel,
                 consume_connection,
+                confirm_timeout: timeouts.confirm,
             }),
         })
     }
@@ -197,8 +220,12 @@ impl AmqpBroker {
             pending.push((exchange, routing_key, confirm));
         }
         let mut first_error = None;
+        let deadline = tokio::time::Instant::now() + self.inner.confirm_timeout;
         for (exchange, routing_key, confirm) in pending {
-            let confirmed = confirm.await.map_err(protocol("publisher confirm"));
+            let confirmed = match tokio::time::timeout_at(deadline, confirm).await {
+                Ok(confirmed) => confirmed.map_err(protocol("publisher confirm")),
+                Err(_) => Err(self.confirm_timed_out()),
+            };
             let result = confirmed.and_then(|c| check_confirmation(c, exchange, &routing_key));
             if let Err(err) = result {
                 first_error.get_or_insert(err);
@@ -214,12 +241,19 @@ impl AmqpBroker {
         mandatory: bool,
         message: Outgoing<'_>,
     ) -> Result<(), BrokerError> {
-        let confirmation = self
-            .send(exchange, routing_key, mandatory, message)
-            .await?
+        let confirm = self.send(exchange, routing_key, mandatory, message).await?;
+        let confirmation = tokio::time::timeout(self.inner.confirm_timeout, confirm)
             .await
+            .map_err(|_| self.confirm_timed_out())?
             .map_err(protocol("publisher confirm"))?;
         check_confirmation(confirmation, exchange, routing_key)
+    }
+
+    fn confirm_timed_out(&self) -> BrokerError {
+        BrokerError::Timeout {
+            operation: "a publisher confirm (timeouts.broker_confirm)",
+            after: self.inner.confirm_timeout,
+        }
     }
 
     /// Sends one message; the returned future resolves with the broker's confirm.

@@ -8,7 +8,10 @@
 //! | admin         | everything     | everything                                   | everything                             |
 //! | dispatcher    | nothing        | jobs, status, dead-letter, default (replies) | changes, job events, control queues    |
 //! | orchestrator  | its own queues | changes exchange, its own queues             | status exchange (one run id at a time) |
-//! | executor of A | its own queues | job events, dead-letter                      | `jobs.A`, its own queues               |
+//! | executor of A, role R | its own queues | job events, dead-letter              | `jobs.A.R`, its own queues             |
+//!
+//! Each account has two executor users, `executor-A-plan` and `executor-A-apply`: a plan
+//! worker runs a pull request's code, so its login must not open the apply queue.
 //!
 //! "Its own queues" are the server-named, exclusive `amq.gen-*` queues (run followers, reply
 //! queues): exclusive, so no other connection can read them. A topic permission on the status
@@ -19,6 +22,8 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+
+use proto_types::ExecutorRole;
 
 use crate::topology::{
     self, Argument, CHANGES_EXCHANGE, CHANGES_QUEUE, CONTROL_QUEUE, DEAD_LETTER_EXCHANGE,
@@ -34,6 +39,7 @@ pub enum Role {
     Orchestrator,
     Executor {
         account: String,
+        role: ExecutorRole,
     },
 }
 
@@ -41,32 +47,36 @@ impl Role {
     /// Every role a topology needs.
     pub fn all(topology: &Topology) -> Vec<Role> {
         let mut roles = vec![Role::Admin, Role::Dispatcher, Role::Orchestrator];
-        roles.extend(topology.accounts.iter().map(|account| Role::Executor {
-            account: account.clone(),
-        }));
+        for account in &topology.accounts {
+            roles.extend(ExecutorRole::ALL.map(|role| Role::Executor {
+                account: account.clone(),
+                role,
+            }));
+        }
         roles
     }
 
-    /// The user name, after `prefix`: `pipelines-dispatcher`, `pipelines-executor-prod`.
+    /// The user name, after `prefix`: `pipelines-dispatcher`, `pipelines-executor-prod-plan`.
     pub fn user(&self, prefix: &str) -> String {
         match self {
             Role::Admin => format!("{prefix}admin"),
             Role::Dispatcher => format!("{prefix}dispatcher"),
             Role::Orchestrator => format!("{prefix}orchestrator"),
-            Role::Executor { account } => format!("{prefix}executor-{account}"),
+            Role::Executor { account, role } => format!("{prefix}executor-{account}-{role}"),
         }
     }
 
     /// The environment variable holding the role's password for `pipelines broker
-    /// definitions`: `PIPELINES_RABBITMQ_PASSWORD_DISPATCHER`, `..._EXECUTOR_PROD`.
+    /// definitions`: `PIPELINES_RABBITMQ_PASSWORD_DISPATCHER`, `..._EXECUTOR_PROD_APPLY`.
     pub fn password_variable(&self) -> String {
         let role = match self {
             Role::Admin => "ADMIN".to_owned(),
             Role::Dispatcher => "DISPATCHER".to_owned(),
             Role::Orchestrator => "ORCHESTRATOR".to_owned(),
-            Role::Executor { account } => format!(
-                "EXECUTOR_{}",
-                account.to_ascii_uppercase().replace('-', "_")
+            Role::Executor { account, role } => format!(
+                "EXECUTOR_{}_{}",
+                account.to_ascii_uppercase().replace('-', "_"),
+                role.as_str().to_ascii_uppercase()
             ),
         };
         format!("PIPELINES_RABBITMQ_PASSWORD_{role}")
@@ -102,10 +112,13 @@ impl Role {
                 format!("^({}|{own})$", escape(CHANGES_EXCHANGE)),
                 format!("^({}|{own})$", escape(STATUS_EXCHANGE)),
             ),
-            Role::Executor { account } => (
+            Role::Executor { account, role } => (
                 format!("^{own}$"),
                 names(&[JOB_EVENTS_EXCHANGE, DEAD_LETTER_EXCHANGE]),
-                format!("^({}|{own})$", escape(&topology::jobs_queue(account))),
+                format!(
+                    "^({}|{own})$",
+                    escape(&topology::jobs_queue(account, *role))
+                ),
             ),
         }
     }
@@ -265,11 +278,12 @@ mod tests {
     fn every_role_gets_only_its_own_queues_and_exchanges() {
         let (configure, write, read) = Role::Executor {
             account: "prod".into(),
+            role: ExecutorRole::Plan,
         }
         .permissions();
         assert_eq!(configure, r"^amq\.gen-.*$");
         assert_eq!(write, r"^(pipelines\.job-events|pipelines\.dead-letter)$");
-        assert_eq!(read, r"^(jobs\.prod|amq\.gen-.*)$");
+        assert_eq!(read, r"^(jobs\.prod\.plan|amq\.gen-.*)$");
         let (configure, write, _) = Role::Dispatcher.permissions();
         assert_eq!(
             configure, "^$",
@@ -282,10 +296,11 @@ mod tests {
         assert!(!Role::Orchestrator.permissions().1.contains("jobs"));
         assert_eq!(
             Role::Executor {
-                account: "eu-prod".into()
+                account: "eu-prod".into(),
+                role: ExecutorRole::Apply,
             }
             .password_variable(),
-            "PIPELINES_RABBITMQ_PASSWORD_EXECUTOR_EU_PROD"
+            "PIPELINES_RABBITMQ_PASSWORD_EXECUTOR_EU_PROD_APPLY"
         );
     }
 
@@ -309,10 +324,9 @@ mod tests {
                 .map(|v| v["name"].as_str().unwrap().to_owned())
                 .collect()
         };
-        assert!(
-            names("queues").contains(&"jobs.dev".to_owned())
-                && names("queues").contains(&"dead.jobs.dev".to_owned())
-        );
+        for queue in ["jobs.dev.plan", "dead.jobs.dev.plan", "jobs.dev.apply"] {
+            assert!(names("queues").contains(&queue.to_owned()), "{queue}");
+        }
         assert_eq!(names("exchanges").len(), 6);
         assert_eq!(
             names("users"),
@@ -320,17 +334,21 @@ mod tests {
                 "pipelines-admin",
                 "pipelines-dispatcher",
                 "pipelines-orchestrator",
-                "pipelines-executor-dev"
+                "pipelines-executor-dev-plan",
+                "pipelines-executor-dev-apply"
             ]
         );
         let jobs = doc["queues"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|q| q["name"] == "jobs.dev")
+            .find(|q| q["name"] == "jobs.dev.apply")
             .unwrap();
         assert_eq!(jobs["arguments"]["x-delivery-limit"], 10);
-        assert_eq!(jobs["arguments"]["x-dead-letter-routing-key"], "jobs.dev");
+        assert_eq!(
+            jobs["arguments"]["x-dead-letter-routing-key"],
+            "jobs.dev.apply"
+        );
         assert_eq!(doc["topic_permissions"][0]["read"], RUN_ROUTING_KEY_PATTERN);
         assert!(
             doc["policies"][0]["definition"]

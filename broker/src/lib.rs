@@ -9,6 +9,7 @@
 //! unacked when a consumer goes away comes back with `redelivered` set.
 
 mod amqp;
+pub mod backoff;
 pub mod definitions;
 mod memory;
 pub mod topology;
@@ -30,8 +31,11 @@ pub const REASON_HEADER: &str = "x-pipelines-reason";
 pub enum Route<'a> {
     /// Orchestrator → dispatcher.
     Changes,
-    /// Dispatcher → the executors of one account.
-    Jobs { account: &'a str },
+    /// Dispatcher → the executors of one account and role.
+    Jobs {
+        account: &'a str,
+        role: proto_types::ExecutorRole,
+    },
     /// Executors → dispatcher.
     JobEvents,
     /// Dispatcher → followers of one run. Not mandatory: nobody may be following.
@@ -109,6 +113,31 @@ pub enum BrokerError {
     /// message back, so nothing is lost.
     #[error("delivery {0} is no longer held by its consumer")]
     StaleDelivery(u64),
+    /// The broker did not answer in time (`timeouts.broker_connect`, `timeouts.broker_confirm`):
+    /// reconnect; an unconfirmed message is published again.
+    #[error("the broker did not answer {operation} within {} s", .after.as_secs())]
+    Timeout {
+        operation: &'static str,
+        after: std::time::Duration,
+    },
+}
+
+/// How long the broker may take to answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BrokerTimeouts {
+    /// TCP connect, TLS and the AMQP handshake, per connection.
+    pub connect: std::time::Duration,
+    /// A publisher confirm.
+    pub confirm: std::time::Duration,
+}
+
+impl Default for BrokerTimeouts {
+    fn default() -> BrokerTimeouts {
+        BrokerTimeouts {
+            connect: std::time::Duration::from_secs(30),
+            confirm: std::time::Duration::from_secs(60),
+        }
+    }
 }
 
 impl BrokerError {
@@ -119,6 +148,7 @@ impl BrokerError {
             BrokerError::Connect { .. }
                 | BrokerError::NotConfirmed { .. }
                 | BrokerError::Protocol { .. }
+                | BrokerError::Timeout { .. }
         )
     }
 }
@@ -133,7 +163,18 @@ pub enum Broker {
 impl Broker {
     /// Connects to RabbitMQ. `name` shows up in the management UI's connection list.
     pub async fn connect(url: &str, name: &str) -> Result<Broker, BrokerError> {
-        Ok(Broker::Amqp(amqp::AmqpBroker::connect(url, name).await?))
+        Broker::connect_with(url, name, BrokerTimeouts::default()).await
+    }
+
+    /// Connects to RabbitMQ with the given deadlines for connecting and for each confirm.
+    pub async fn connect_with(
+        url: &str,
+        name: &str,
+        timeouts: BrokerTimeouts,
+    ) -> Result<Broker, BrokerError> {
+        Ok(Broker::Amqp(
+            amqp::AmqpBroker::connect(url, name, timeouts).await?,
+        ))
     }
 
     /// A fresh in-process broker, for embedded mode.

@@ -14,6 +14,9 @@ use uuid::Uuid;
 use crate::topology::{self, DEAD_LETTER_EXCHANGE, DELIVERY_LIMIT, STATUS_EXCHANGE, Topology};
 use crate::{BrokerError, Delivery, Headers, Outgoing, REASON_HEADER, Route, Settle};
 
+/// The most ready messages one queue holds; a publish beyond it is not confirmed.
+pub(crate) const MAX_QUEUE_LENGTH: usize = 100_000;
+
 #[derive(Debug, Clone, Default)]
 pub struct MemoryBroker {
     state: Arc<Mutex<State>>,
@@ -98,7 +101,19 @@ impl MemoryBroker {
             reply_to: message.reply_to.map(str::to_owned),
             deliveries: 0,
         };
-        let routed = self.lock().route(exchange, &routing_key, stored);
+        let mut state = self.lock();
+        // Bounded like a RabbitMQ queue with `overflow = reject-publish`: the publisher is told
+        // (not confirmed, so it retries later), nothing already queued is dropped.
+        if let Some(full) = state.full_target(exchange, &routing_key) {
+            return Err(BrokerError::NotConfirmed {
+                exchange: exchange.to_owned(),
+                reason: format!(
+                    "queue {full:?} holds {MAX_QUEUE_LENGTH} messages, the in-memory broker's limit"
+                ),
+            });
+        }
+        let routed = state.route(exchange, &routing_key, stored);
+        drop(state);
         if routed == 0 && mandatory {
             return Err(BrokerError::Unroutable {
                 exchange: exchange.to_owned(),
@@ -283,8 +298,30 @@ impl State {
         }
     }
 
+    /// The first queue bound to `exchange` for `key` that holds [`MAX_QUEUE_LENGTH`] ready
+    /// messages already.
+    fn full_target(&self, exchange: &str, key: &str) -> Option<String> {
+        self.targets(exchange, key).into_iter().find(|target| {
+            self.queues
+                .get(target)
+                .is_some_and(|queue| queue.ready.len() >= MAX_QUEUE_LENGTH)
+        })
+    }
+
     /// Appends the message to every queue bound to `exchange` for `key`; returns how many.
     fn route(&mut self, exchange: &str, key: &str, stored: Stored) -> usize {
+        let targets = self.targets(exchange, key);
+        for target in &targets {
+            if let Some(queue) = self.queues.get_mut(target) {
+                queue.ready.push_back(stored.clone());
+            }
+            self.wake(target);
+        }
+        targets.len()
+    }
+
+    /// The queues bound to `exchange` for `key`.
+    fn targets(&self, exchange: &str, key: &str) -> Vec<String> {
         // The default exchange: every queue is bound under its own name.
         let direct = (exchange.is_empty() && self.queues.contains_key(key)).then(|| key.to_owned());
         let targets: Vec<String> = self
@@ -301,13 +338,7 @@ impl State {
             .map(|b| b.queue.clone())
             .chain(direct)
             .collect();
-        for target in &targets {
-            if let Some(queue) = self.queues.get_mut(target) {
-                queue.ready.push_back(stored.clone());
-            }
-            self.wake(target);
-        }
-        targets.len()
+        targets
     }
 
     /// Puts returned messages back at the head of the queue, in their original order, or
@@ -420,6 +451,8 @@ mod tests {
 
     use super::*;
     use crate::Broker;
+    use proto_types::ExecutorRole;
+
     use crate::topology::{CHANGES_QUEUE, dead_letter_queue, jobs_queue};
 
     fn broker() -> Broker {
@@ -455,12 +488,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_full_queue_refuses_the_next_publish_and_keeps_what_it_holds() {
+        let broker = broker();
+        for _ in 0..MAX_QUEUE_LENGTH {
+            publish(&broker, Route::Changes, b"x").await;
+        }
+        let headers = Headers::new();
+        let refused = broker
+            .publish(
+                Route::Changes,
+                Outgoing::new(b"one too many", "m", &headers),
+            )
+            .await
+            .unwrap_err();
+        assert!(refused.is_transient(), "{refused}");
+        assert!(
+            refused.to_string().contains("holds 100000 messages"),
+            "{refused}"
+        );
+        let mut consumer = broker.consume(CHANGES_QUEUE, 10).await.unwrap();
+        let first = next(&mut consumer).await;
+        assert_eq!(first.body, b"x");
+        first.ack().await.unwrap();
+        // Room again.
+        publish(&broker, Route::Changes, b"y").await;
+    }
+
+    #[tokio::test]
     async fn publish_to_an_unbound_key_is_an_error() {
         let broker = broker();
         let headers = Headers::new();
         let message = Outgoing::new(b"x", "m", &headers);
         let err = broker
-            .publish(Route::Jobs { account: "nobody" }, message)
+            .publish(
+                Route::Jobs {
+                    account: "nobody",
+                    role: ExecutorRole::Apply,
+                },
+                message,
+            )
             .await;
         assert!(
             matches!(err, Err(BrokerError::Unroutable { .. })),
@@ -482,9 +548,20 @@ mod tests {
     async fn prefetch_limits_unacked_deliveries_and_ack_frees_the_window() {
         let broker = broker();
         for body in [b"1", b"2"] {
-            publish(&broker, Route::Jobs { account: "dev" }, body).await;
+            publish(
+                &broker,
+                Route::Jobs {
+                    account: "dev",
+                    role: ExecutorRole::Apply,
+                },
+                body,
+            )
+            .await;
         }
-        let mut consumer = broker.consume(&jobs_queue("dev"), 1).await.unwrap();
+        let mut consumer = broker
+            .consume(&jobs_queue("dev", ExecutorRole::Apply), 1)
+            .await
+            .unwrap();
         let first = next(&mut consumer).await;
         assert_eq!(first.body, b"1");
         assert!(is_idle(&mut consumer), "second delivery despite prefetch 1");

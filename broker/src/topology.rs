@@ -3,7 +3,9 @@
 //!
 //! ```text
 //! pipelines.changes    (direct) --change-->    pipelines.changes      (quorum) → dispatcher
-//! pipelines.jobs       (direct) --<account>--> jobs.<account>         (quorum) → executors
+//! pipelines.jobs       (direct) --<account>.<role>--> jobs.<account>.<role> (quorum) → executors
+//!                       (one queue per account and role: `plan` workers run pull requests'
+//!                        plans, `apply` workers everything of a push to the deploy branch)
 //! pipelines.job-events (direct) --event-->     pipelines.job-events   (quorum) → dispatcher
 //! pipelines.status     (topic)  --run.<id>-->  one private queue per follower
 //! pipelines.control    (direct) --control-->   pipelines.control      (quorum) → dispatcher
@@ -11,6 +13,7 @@
 //! (default exchange)           --<queue>-->   amq.gen-…  one private reply queue per executor
 //! ```
 
+use proto_types::ExecutorRole;
 use uuid::Uuid;
 
 use crate::Route;
@@ -40,9 +43,14 @@ pub const REPLY_QUEUE_PREFIX: &str = "amq.gen-";
 /// against a message that crashes every consumer that touches it.
 pub const DELIVERY_LIMIT: u32 = 10;
 
-/// The queue executors of `account` consume.
-pub fn jobs_queue(account: &str) -> String {
-    format!("jobs.{account}")
+/// The queue the executors of `account` in `role` consume: `jobs.prod.plan`.
+pub fn jobs_queue(account: &str, role: ExecutorRole) -> String {
+    format!("jobs.{}", jobs_routing_key(account, role))
+}
+
+/// The routing key of an account's and role's jobs on the jobs exchange: `prod.apply`.
+pub fn jobs_routing_key(account: &str, role: ExecutorRole) -> String {
+    format!("{account}.{role}")
 }
 
 /// Where messages of `queue` go when they can never be handled.
@@ -148,7 +156,13 @@ impl Topology {
             spec(CONTROL_QUEUE.into(), CONTROL_EXCHANGE, CONTROL_KEY.into()),
         ];
         for account in &self.accounts {
-            queues.push(spec(jobs_queue(account), JOBS_EXCHANGE, account.clone()));
+            for role in ExecutorRole::ALL {
+                queues.push(spec(
+                    jobs_queue(account, role),
+                    JOBS_EXCHANGE,
+                    jobs_routing_key(account, role),
+                ));
+            }
         }
         queues
     }
@@ -158,7 +172,7 @@ impl Topology {
 pub(crate) fn resolve(route: Route<'_>) -> (&'static str, String, bool) {
     match route {
         Route::Changes => (CHANGES_EXCHANGE, CHANGES_KEY.into(), true),
-        Route::Jobs { account } => (JOBS_EXCHANGE, account.into(), true),
+        Route::Jobs { account, role } => (JOBS_EXCHANGE, jobs_routing_key(account, role), true),
         Route::JobEvents => (JOB_EVENTS_EXCHANGE, JOB_EVENTS_KEY.into(), true),
         Route::Status { run_id } => (STATUS_EXCHANGE, status_routing_key(run_id), false),
         Route::Control => (CONTROL_EXCHANGE, CONTROL_KEY.into(), true),
@@ -190,7 +204,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_work_queue_has_a_dead_letter_queue_and_one_queue_per_account() {
+    fn every_work_queue_has_a_dead_letter_queue_and_one_queue_per_account_and_role() {
         let topology = Topology::new(["dev".to_owned(), "prod".to_owned()]);
         let names: Vec<_> = topology.work_queues().into_iter().map(|q| q.name).collect();
         assert_eq!(
@@ -199,8 +213,10 @@ mod tests {
                 "pipelines.changes",
                 "pipelines.job-events",
                 "pipelines.control",
-                "jobs.dev",
-                "jobs.prod"
+                "jobs.dev.plan",
+                "jobs.dev.apply",
+                "jobs.prod.plan",
+                "jobs.prod.apply"
             ]
         );
         for queue in topology.work_queues() {

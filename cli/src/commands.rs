@@ -12,7 +12,7 @@ use dispatcher::store::Store;
 use executor_worker::WorkerSettings;
 use orchestrator::submit::{follow, submit};
 use orchestrator::{DetectOutcome, DetectRequest, render};
-use proto_types::{EventKind, RunState, RunStatus, Trigger, run_status_json};
+use proto_types::{EventKind, ExecutorRole, RunState, RunStatus, Trigger, run_status_json};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -133,12 +133,17 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         let stopped = until_stopped(stopped.clone());
         async move { Ok(dispatcher.run(stopped).await?) }
     });
+    // Both roles of every account in this one process: a development mode. Deployed, plan
+    // and apply workers never share a process, a machine's identity or a disk.
     for account in config.account_names() {
-        for i in 1..=args.workers {
-            let name = format!("embedded-{account}-{i}");
+        for (role, i) in ExecutorRole::ALL
+            .into_iter()
+            .flat_map(|role| (1..=args.workers).map(move |i| (role, i)))
+        {
+            let name = format!("embedded-{account}-{role}-{i}");
             let dir = work_dir.path().join(&name);
             let mut settings =
-                WorkerSettings::from_config(&config, &account, Some(name), Some(dir))
+                WorkerSettings::from_config(&config, &account, role, Some(name), Some(dir))
                     .map_err(|reason| anyhow!(reason))?;
             settings.supervisor = std::env::current_exe().ok();
             let stopped = until_stopped(stopped.clone());
@@ -292,14 +297,28 @@ pub(crate) async fn cancel(args: CancelArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-pub(crate) fn config_check(path: &Path) -> anyhow::Result<Outcome> {
+pub(crate) fn config_check(
+    path: &Path,
+    worker: Option<(String, ExecutorRole)>,
+) -> anyhow::Result<Outcome> {
     let config = Config::load(path)?;
+    if let Some((account, role)) = &worker {
+        executor_worker::check_isolation(&config, account, *role)
+            .map_err(|reason| anyhow!("{}: {reason}", path.display()))?;
+    }
     println!("{} is valid.", path.display());
     println!("broker {}", broker::redact_url(&config.broker_url));
     for repo in &config.repositories {
         println!(
             "repository {}: {} (deploys from {})",
-            repo.name, repo.url, repo.deploy_branch
+            repo.name,
+            config::redact_url(&repo.url),
+            repo.deploy_branch
+        );
+    }
+    if let Some((account, role)) = &worker {
+        println!(
+            "a {role} worker of {account} can start here: it cannot read the other role's token file"
         );
     }
     for account in &config.accounts {
@@ -444,7 +463,8 @@ fn repository_name(change: &ChangeArgs) -> anyhow::Result<String> {
 }
 
 async fn connect(config: &Config, name: &str) -> anyhow::Result<Broker> {
-    Ok(Broker::connect(&config.broker_url, name).await?)
+    let timeouts = crate::services::broker_timeouts(config);
+    Ok(Broker::connect_with(&config.broker_url_with_password()?, name, timeouts).await?)
 }
 
 /// Prints one line per unit transition to stderr as statuses arrive.

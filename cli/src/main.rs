@@ -53,6 +53,9 @@ enum Command {
     /// Internal: run a tool so that its process group dies with the worker (see executor docs).
     #[command(name = "__supervise", hide = true)]
     Supervise {
+        /// Run the tool as this user (the worker's `executor.tool_user`).
+        #[arg(long, value_name = "UID:GID")]
+        as_user: Option<String>,
         worker_pid: u32,
         program: std::ffi::OsString,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -151,9 +154,16 @@ struct ExecuteArgs {
     /// The admin-owned policy file (TOML; see deploy/pipelines.example.toml).
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
-    /// The account whose jobs this worker runs (it consumes `jobs.<ACCOUNT>`).
+    /// The account whose jobs this worker runs.
     #[arg(long, value_name = "NAME")]
     account: String,
+    /// `plan`: runs pull requests' plans (their code is untrusted) with the account's
+    /// plan_credentials, from `jobs.<ACCOUNT>.plan`. `apply`: runs every job of a push to the
+    /// deploy branch (plans, applies, destroys of reviewed commits) with its
+    /// apply_credentials, from `jobs.<ACCOUNT>.apply`. Run the two on different machines or
+    /// pods, each with only its own credentials and broker login.
+    #[arg(long, value_name = "plan|apply")]
+    role: proto_types::ExecutorRole,
     /// Where to keep the git mirror and job checkouts; one per worker process
     /// [default: executor.work_dir, else a directory under the system temp dir].
     #[arg(long, value_name = "DIR")]
@@ -242,8 +252,18 @@ enum BrokerCommand {
 
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
-    /// Validate a policy file and print a summary; exit 2 naming the first bad key.
-    Check { file: PathBuf },
+    /// Validate a policy file and print a summary; exit 2 naming the first bad key. With
+    /// --account and --role, also check that a worker of that role can start here: a plan
+    /// worker must not be able to read the apply identity's token file.
+    Check {
+        file: PathBuf,
+        /// The account of the worker to check on this machine.
+        #[arg(long, value_name = "NAME", requires = "role")]
+        account: Option<String>,
+        /// The role of the worker to check on this machine.
+        #[arg(long, value_name = "plan|apply", requires = "account")]
+        role: Option<proto_types::ExecutorRole>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -281,13 +301,15 @@ enum Outcome {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Supervise {
+        as_user,
         worker_pid,
         program,
         args,
     } = cli.command
     {
         // No logging, no runtime of ours: the tool's output is the only output.
-        let code = executor_worker::supervisor::supervise(worker_pid, program, args);
+        let code =
+            executor_worker::supervisor::supervise(worker_pid, as_user.as_deref(), program, args);
         return ExitCode::from(u8::try_from(code).unwrap_or(125));
     }
     // Services log at info; interactive commands only warn, because their progress lines
@@ -342,7 +364,11 @@ fn main() -> ExitCode {
                 &user_prefix,
                 consumer_timeout_minutes,
             ),
-            Command::Config(ConfigCommand::Check { file }) => commands::config_check(&file),
+            Command::Config(ConfigCommand::Check {
+                file,
+                account,
+                role,
+            }) => commands::config_check(&file, account.zip(role)),
         };
         // Spans still buffered are exported before the runtime stops.
         telemetry.shutdown();

@@ -3,10 +3,10 @@
 //! stops on SIGTERM or Ctrl-C (an executor drains first).
 
 use std::future::Future;
-use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use broker::Broker;
+use broker::backoff::Backoff;
 use config::Config;
 use dispatcher::Dispatcher;
 use dispatcher::github::GitHub;
@@ -18,8 +18,8 @@ use tokio::sync::watch;
 
 use crate::{DispatchArgs, ExecuteArgs, Outcome};
 
-/// The longest wait between two connection attempts.
-const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+/// Counts every reconnection to the broker after a failed or lost connection.
+const RECONNECTS: &str = "pipelines_broker_reconnects_total";
 
 pub(crate) async fn dispatch(args: DispatchArgs) -> anyhow::Result<Outcome> {
     let config = Config::load(&args.config)?;
@@ -37,7 +37,7 @@ pub(crate) async fn dispatch(args: DispatchArgs) -> anyhow::Result<Outcome> {
     // The reporter outlives reconnections: its pending updates survive a broker outage.
     let reporter = match &config.github {
         Some(github) => {
-            let client = GitHub::from_config(github)?;
+            let client = GitHub::from_config(github)?.with_timeout(config.timeouts.github());
             tracing::info!(api = %github.api_url, "Reporting runs to GitHub.");
             Some(Reporter::spawn(client, config.clone(), state_dir.clone()))
         }
@@ -46,7 +46,8 @@ pub(crate) async fn dispatch(args: DispatchArgs) -> anyhow::Result<Outcome> {
     let shutdown = Shutdown::on_signals();
     keep_running(
         "pipelines-dispatch",
-        &config.broker_url,
+        &config.broker_url_with_password()?,
+        broker_timeouts(&config),
         &shutdown,
         &ops,
         |broker| {
@@ -70,9 +71,28 @@ pub(crate) async fn dispatch(args: DispatchArgs) -> anyhow::Result<Outcome> {
 }
 
 pub(crate) async fn execute(args: ExecuteArgs) -> anyhow::Result<Outcome> {
+    // A worker's environment is readable by what runs as its user (`/proc/<pid>/environ`
+    // before the worker hardens itself, a core dump): no password belongs there.
+    if let Ok(url) = std::env::var("PIPELINES_BROKER_URL")
+        && config::url_password(&url).is_some()
+    {
+        bail!(
+            "PIPELINES_BROKER_URL ({}) carries a password: an executor reads its broker password \
+             from a file (broker_password_file, or PIPELINES_BROKER_PASSWORD_FILE), never from \
+             its environment",
+            config::redact_url(&url)
+        );
+    }
+    executor_worker::harden_process();
     let config = Config::load(&args.config)?;
+    if let Err(reason) = executor_worker::check_isolation(&config, &args.account, args.role) {
+        // `pipelines config check FILE --account A --role plan` fails on this; a running
+        // worker says it loudly, since single-machine setups (development, tests) have it.
+        tracing::error!(%reason, "This worker is not isolated: pull-request code may read the apply identity unless executor.tool_user is set and the file is not readable by it.");
+    }
+    let broker_url = config.broker_url_with_password()?;
     let mut settings =
-        WorkerSettings::from_config(&config, &args.account, args.name, args.work_dir)
+        WorkerSettings::from_config(&config, &args.account, args.role, args.name, args.work_dir)
             .map_err(|reason| anyhow!(reason))?;
     // Every tool runs under this binary's supervisor, so none outlives this worker.
     settings.supervisor = Some(
@@ -86,15 +106,22 @@ pub(crate) async fn execute(args: ExecuteArgs) -> anyhow::Result<Outcome> {
     )
     .await?;
     let shutdown = Shutdown::on_signals();
-    let name = format!("pipelines-execute-{}", settings.account);
-    keep_running(&name, &config.broker_url, &shutdown, &ops, |broker| {
-        let (settings, ops, shutdown) = (settings.clone(), ops.clone(), shutdown.clone());
-        async move {
-            executor_worker::run(broker, settings, ops, shutdown.wait())
-                .await
-                .map_err(Failure::from_execute)
-        }
-    })
+    let name = format!("pipelines-execute-{}-{}", settings.account, settings.role);
+    keep_running(
+        &name,
+        &broker_url,
+        broker_timeouts(&config),
+        &shutdown,
+        &ops,
+        |broker| {
+            let (settings, ops, shutdown) = (settings.clone(), ops.clone(), shutdown.clone());
+            async move {
+                executor_worker::run(broker, settings, ops, shutdown.wait())
+                    .await
+                    .map_err(Failure::from_execute)
+            }
+        },
+    )
     .await?;
     Ok(Outcome::Success)
 }
@@ -138,10 +165,20 @@ impl From<dispatcher::DispatchError> for Failure {
     }
 }
 
-/// Connects, runs the component until it ends, and starts again after a broker outage.
+/// The broker deadlines of `[timeouts]`.
+pub(crate) fn broker_timeouts(config: &Config) -> broker::BrokerTimeouts {
+    broker::BrokerTimeouts {
+        connect: config.timeouts.broker_connect(),
+        confirm: config.timeouts.broker_confirm(),
+    }
+}
+
+/// Connects, runs the component until it ends, and starts again after a broker outage, waiting
+/// longer after each connection that failed or did not last (see [`Backoff`]).
 async fn keep_running<F, Fut>(
     name: &str,
     url: &str,
+    timeouts: broker::BrokerTimeouts,
     shutdown: &Shutdown,
     ops: &Ops,
     mut component: F,
@@ -150,41 +187,70 @@ where
     F: FnMut(Broker) -> Fut,
     Fut: Future<Output = Result<(), Failure>>,
 {
-    let mut delay = Duration::from_secs(1);
+    let backoff = Backoff::default();
+    ops.metrics.counter(
+        RECONNECTS,
+        "Reconnections to the broker after a failed or lost connection.",
+    );
+    let mut failures = 0_u32;
     loop {
         if shutdown.is_set() {
             return Ok(());
         }
-        let broker = match Broker::connect(url, name).await {
+        if failures > 0 {
+            let delay = backoff.delay(failures - 1, random());
+            tracing::info!(
+                retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                failures,
+                "Reconnecting to the broker after a pause."
+            );
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown.wait() => return Ok(()),
+            }
+            ops.metrics.inc(RECONNECTS, &[]);
+        }
+        let broker = match Broker::connect_with(url, name, timeouts).await {
             Ok(broker) => broker,
             Err(err) if err.is_transient() => {
-                tracing::warn!(error = %err, retry_in_s = delay.as_secs(), "Cannot reach the broker; trying again.");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shutdown.wait() => return Ok(()),
-                }
-                delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+                tracing::warn!(error = %err, "Cannot reach the broker; trying again.");
+                ops.health.set_not_ready(err.to_string());
+                failures = failures.saturating_add(1);
                 continue;
             }
             Err(err) => return Err(err.into()),
         };
-        delay = Duration::from_secs(1);
+        let connected = tokio::time::Instant::now();
         // The connection's own watch as well as the component's: an idle consumer is not always
         // told that its connection died.
         let ended = tokio::select! {
             ended = component(broker.clone()) => ended,
             lost = broker.lost() => Err(Failure::Broker(lost.into())),
         };
-        ops.health.set_ready(false);
         broker.close().await;
         match ended {
-            Ok(()) => return Ok(()),
-            Err(Failure::Broker(err)) => {
-                tracing::warn!(error = %format!("{err:#}"), "Lost the broker; reconnecting.");
+            Ok(()) => {
+                ops.health.set_ready(false);
+                return Ok(());
             }
-            Err(Failure::Fatal(err)) => return Err(err),
+            Err(Failure::Broker(err)) => {
+                let reason = format!("{err:#}");
+                tracing::warn!(error = %reason, "Lost the broker; reconnecting.");
+                ops.health.set_not_ready(reason);
+                failures = backoff.after_connection(failures, connected.elapsed());
+            }
+            Err(Failure::Fatal(err)) => {
+                ops.health.set_not_ready(format!("{err:#}"));
+                return Err(err);
+            }
         }
     }
+}
+
+/// A random number for jitter: version 4 uuids are random, and already a dependency.
+fn random() -> u64 {
+    let bits = uuid::Uuid::new_v4().as_u128();
+    (bits >> 64) as u64 ^ bits as u64
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` when an address is configured.

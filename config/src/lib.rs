@@ -5,7 +5,7 @@
 //! figment; `PIPELINES_` environment variables override keys (`PIPELINES_BROKER_URL`,
 //! `PIPELINES_EXECUTOR__WORK_DIR`). Every problem is reported at start-up with its key.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
@@ -18,8 +18,14 @@ pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The RabbitMQ URL. Put the password in `broker_password_file` rather than here or in
+    /// the environment: an executor refuses a password from its environment, where the tools
+    /// it runs could read it.
     #[serde(default = "default_broker_url")]
     pub broker_url: String,
+    /// A file holding the broker password (a mounted secret), added to `broker_url`'s user.
+    #[serde(default)]
+    pub broker_password_file: Option<PathBuf>,
     pub repositories: Vec<Repository>,
     pub accounts: Vec<Account>,
     #[serde(default)]
@@ -139,6 +145,7 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("broker_url", &redact_url(&self.broker_url))
+            .field("broker_password_file", &self.broker_password_file)
             .field("repositories", &self.repositories)
             .field("accounts", &self.accounts)
             .field("executor", &self.executor)
@@ -183,6 +190,11 @@ pub struct GitHub {
     /// Also open an issue when an apply on the deploy branch fails.
     #[serde(default)]
     pub open_issue_on_apply_failure: bool,
+    /// The login whose comments are Pipelines' own: the living comment is the one holding the
+    /// marker *and* written by this user, so a collaborator's comment that copies the marker
+    /// is ignored. Default: the token's user (`GET /user`), or the App's bot (`<slug>[bot]`).
+    #[serde(default)]
+    pub comment_author: Option<String>,
 }
 
 impl std::fmt::Debug for GitHub {
@@ -199,6 +211,7 @@ impl std::fmt::Debug for GitHub {
                 "open_issue_on_apply_failure",
                 &self.open_issue_on_apply_failure,
             )
+            .field("comment_author", &self.comment_author)
             .finish()
     }
 }
@@ -292,6 +305,14 @@ pub struct DispatcherSettings {
     /// `user_id`). Empty: any user that may publish to the changes exchange.
     #[serde(default)]
     pub orchestrator_users: Vec<String>,
+    /// The most units one change event may name. A bigger event is rejected with this limit
+    /// named: its run would hold the dispatcher, the broker and the PR comment hostage.
+    #[serde(default = "default_max_units_per_run")]
+    pub max_units_per_run: usize,
+    /// Finished runs, their jobs and outputs are deleted this many days after they ended
+    /// (checked at start and hourly). 0 keeps everything.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u64,
 }
 
 impl Default for DispatcherSettings {
@@ -301,8 +322,18 @@ impl Default for DispatcherSettings {
             lease_seconds: default_lease_seconds(),
             metrics_address: None,
             orchestrator_users: Vec::new(),
+            max_units_per_run: default_max_units_per_run(),
+            retention_days: default_retention_days(),
         }
     }
+}
+
+fn default_max_units_per_run() -> usize {
+    5_000
+}
+
+fn default_retention_days() -> u64 {
+    90
 }
 
 impl DispatcherSettings {
@@ -452,6 +483,26 @@ pub struct ExecutorSettings {
     /// process). Default: not served.
     #[serde(default)]
     pub metrics_address: Option<String>,
+    /// Run every tool (terraform, tofu, terragrunt and what they start) as this user: a name
+    /// from /etc/passwd, or `uid:gid`. The tools then cannot read the worker's files (its
+    /// configuration, broker password, token files, git mirror). Needs the worker to run as
+    /// root or with CAP_SETUID, CAP_SETGID, CAP_CHOWN, CAP_KILL, CAP_DAC_OVERRIDE and
+    /// CAP_FOWNER. Give each worker its own user: leftover processes of this user are killed
+    /// after every job. Default: tools run as the worker.
+    #[serde(default)]
+    pub tool_user: Option<String>,
+    /// Variables every tool gets (Terraform settings, proxies), beside PATH, HOME and TMPDIR
+    /// inside the job's directory, `pass_env`, and the job's own credentials. Nothing else of
+    /// the worker's environment reaches a tool.
+    #[serde(default)]
+    pub tool_env: BTreeMap<String, String>,
+    /// Names of the worker's own environment variables handed to tools unchanged, when set.
+    #[serde(default = "default_pass_env")]
+    pub pass_env: Vec<String>,
+    /// git settings for the worker's own git (`credential.helper`, `http.proxy`, ...). No
+    /// other git configuration is read: not the system's, not `~/.gitconfig`, not the mirror's.
+    #[serde(default)]
+    pub git_config: BTreeMap<String, String>,
 }
 
 impl Default for ExecutorSettings {
@@ -463,7 +514,70 @@ impl Default for ExecutorSettings {
             drain_seconds: default_drain_seconds(),
             stop_grace_seconds: default_stop_grace_seconds(),
             metrics_address: None,
+            tool_user: None,
+            tool_env: BTreeMap::new(),
+            pass_env: default_pass_env(),
+            git_config: BTreeMap::new(),
         }
+    }
+}
+
+/// Worker variables tools may see by default: where Terraform's CLI configuration is, and
+/// proxies. Never credentials: those come from `[[credentials]]`, per job and role.
+pub const DEFAULT_PASS_ENV: &[&str] = &[
+    "TF_CLI_CONFIG_FILE",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+];
+
+fn default_pass_env() -> Vec<String> {
+    DEFAULT_PASS_ENV
+        .iter()
+        .map(|name| (*name).to_owned())
+        .collect()
+}
+
+/// Variables the worker sets for every tool itself, which configuration may not override.
+const WORKER_SET_ENV: &[&str] = &["PATH", "HOME", "TMPDIR", "TF_IN_AUTOMATION", "TF_INPUT"];
+
+/// A user tools run as: numeric ids, resolved from a name once at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ToolUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl ExecutorSettings {
+    /// `tool_user` as ids: `uid:gid` as written, a name through `passwd` (the text of
+    /// /etc/passwd). `Ok(None)` when tools run as the worker.
+    pub fn tool_user(&self, passwd: &str) -> Result<Option<ToolUser>, String> {
+        let Some(spec) = &self.tool_user else {
+            return Ok(None);
+        };
+        if let Some((uid, gid)) = spec.split_once(':') {
+            return match (uid.parse(), gid.parse()) {
+                (Ok(uid), Ok(gid)) => Ok(Some(ToolUser { uid, gid })),
+                _ => Err(format!("{spec:?} is not uid:gid (numbers) or a user name")),
+            };
+        }
+        passwd
+            .lines()
+            .map(|line| line.split(':').collect::<Vec<_>>())
+            .find(|fields| fields.len() >= 4 && fields[0] == spec)
+            .and_then(|fields| {
+                Some(ToolUser {
+                    uid: fields[2].parse().ok()?,
+                    gid: fields[3].parse().ok()?,
+                })
+            })
+            .map(Some)
+            .ok_or_else(|| format!("user {spec:?} is not in /etc/passwd (or give uid:gid)"))
     }
 }
 
@@ -583,6 +697,7 @@ impl Config {
         let env = Env::prefixed("PIPELINES_").split("__").filter(|key| {
             let key = key.as_str().to_ascii_lowercase();
             key == "broker_url"
+                || key == "broker_password_file"
                 || ["executor", "dispatcher", "github", "timeouts"]
                     .iter()
                     .any(|section| {
@@ -620,6 +735,7 @@ impl Config {
     pub fn embedded(repository: &str, url: &str, deploy_branch: &str) -> Config {
         Config {
             broker_url: String::new(),
+            broker_password_file: None,
             repositories: vec![Repository {
                 name: repository.to_owned(),
                 url: url.to_owned(),
@@ -772,6 +888,119 @@ impl Config {
         Ok(())
     }
 
+    /// Why an account's plan identity is not apart from its apply identity, if it is not: the
+    /// same entry, the same token file or the same role. Plans run pull requests' code.
+    fn roles_apart(&self, account: &Account) -> Result<(), String> {
+        let (Some(plan), Some(apply)) = (
+            self.credentials_for(account, false),
+            self.credentials_for(account, true),
+        ) else {
+            return Ok(());
+        };
+        let why = if plan.name == apply.name {
+            format!("{:?} is also the apply_credentials", plan.name)
+        } else if plan.token_file.is_some() && plan.token_file == apply.token_file {
+            format!(
+                "{:?} reads the apply credentials' token file too",
+                plan.name
+            )
+        } else if plan.role_arn.is_some() && plan.role_arn == apply.role_arn {
+            format!("{:?} assumes the apply credentials' role too", plan.name)
+        } else if plan.command.is_some() && plan.command == apply.command {
+            format!("{:?} runs the apply credentials' command too", plan.name)
+        } else {
+            return Ok(());
+        };
+        Err(format!(
+            "{why}: plans run code from pull requests, so give them their own read-only identity"
+        ))
+    }
+
+    fn validate_executor(&self) -> Result<(), ConfigError> {
+        let executor = &self.executor;
+        if let Some(user) = &executor.tool_user
+            && (user.is_empty() || user == "root" || user == "0:0" || user.starts_with("0:"))
+        {
+            return Err(invalid(
+                "executor.tool_user",
+                format!("{user:?} would run tools as root: name an unprivileged user"),
+            ));
+        }
+        for name in executor.tool_env.keys() {
+            if !is_env_name(name) {
+                return Err(invalid(
+                    format!("executor.tool_env.{name}"),
+                    "is not a valid environment variable name",
+                ));
+            }
+            if WORKER_SET_ENV.contains(&name.as_str()) || name.starts_with("PIPELINES_") {
+                return Err(invalid(
+                    format!("executor.tool_env.{name}"),
+                    "is set by the worker itself and cannot be configured",
+                ));
+            }
+        }
+        for (i, name) in executor.pass_env.iter().enumerate() {
+            if !is_env_name(name)
+                || WORKER_SET_ENV.contains(&name.as_str())
+                || name.starts_with("PIPELINES_")
+            {
+                return Err(invalid(
+                    format!("executor.pass_env[{i}]"),
+                    format!(
+                        "{name:?} cannot be passed to tools (not a variable name, set by the worker, or the worker's own)"
+                    ),
+                ));
+            }
+        }
+        for key in executor.git_config.keys() {
+            let valid = key.contains('.')
+                && !key.starts_with('.')
+                && !key.ends_with('.')
+                && key.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'/' | b':')
+                });
+            let forced =
+                ["core.hookspath", "core.fsmonitor"].contains(&key.to_ascii_lowercase().as_str());
+            if !valid || forced {
+                return Err(invalid(
+                    format!("executor.git_config.{key}"),
+                    "is not a git setting this worker lets you set (section.name; hooks and fsmonitor stay off)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The broker URL with the password from `broker_password_file` added, when there is one.
+    pub fn broker_url_with_password(&self) -> Result<String, ConfigError> {
+        let Some(path) = &self.broker_password_file else {
+            return Ok(self.broker_url.clone());
+        };
+        let password = std::fs::read_to_string(path).map_err(|err| {
+            invalid(
+                "broker_password_file",
+                format!("cannot read {}: {err}", path.display()),
+            )
+        })?;
+        let password = password.trim_end_matches(['\n', '\r']);
+        if password.is_empty() {
+            return Err(invalid(
+                "broker_password_file",
+                format!("{} is empty", path.display()),
+            ));
+        }
+        with_password(&self.broker_url, password).ok_or_else(|| {
+            invalid(
+                "broker_url",
+                format!(
+                    "{:?} names no user for the password in broker_password_file",
+                    redact_url(&self.broker_url)
+                ),
+            )
+        })
+    }
+
     /// The credentials entry an account uses for `mutates` (apply/destroy) or plans, if any.
     pub fn credentials_for(&self, account: &Account, mutates: bool) -> Option<&Credentials> {
         let name = if mutates {
@@ -875,8 +1104,24 @@ impl Config {
                     ));
                 }
             }
+            if let Err(reason) = self.roles_apart(account) {
+                return Err(invalid(key("plan_credentials"), reason));
+            }
         }
         self.validate_credentials()?;
+        self.validate_executor()?;
+        if let Some(path) = &self.broker_password_file
+            && url_password(&self.broker_url).is_some()
+        {
+            return Err(invalid(
+                "broker_password_file",
+                format!(
+                    "{} is given, but broker_url {:?} has a password too: keep only one",
+                    path.display(),
+                    redact_url(&self.broker_url)
+                ),
+            ));
+        }
         for (key, address) in [
             (
                 "dispatcher.metrics_address",
@@ -898,6 +1143,12 @@ impl Config {
             if let Err(err) = parse_duration(value) {
                 return Err(invalid(key, err));
             }
+        }
+        if self.dispatcher.max_units_per_run == 0 {
+            return Err(invalid(
+                "dispatcher.max_units_per_run",
+                "must be at least 1",
+            ));
         }
         if self.dispatcher.lease_seconds < 10 {
             return Err(invalid(
@@ -962,6 +1213,39 @@ fn is_plain_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
+}
+
+fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// The password of a URL's user information, if it has one.
+pub fn url_password(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    userinfo.split_once(':').map(|(_, password)| password)
+}
+
+/// `url` with `password` (percent-encoded) after its user; `None` without a user.
+fn with_password(url: &str, password: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let (user, host) = rest.split_once('@')?;
+    if user.is_empty() || user.contains(':') {
+        return None;
+    }
+    let encoded: String = password
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    Some(format!("{scheme}://{user}:{encoded}@{host}"))
 }
 
 fn is_account_name(name: &str) -> bool {
@@ -1218,6 +1502,121 @@ mod tests {
             "https://github.com/a/b@c.git"
         );
         assert_eq!(redact_url("/srv/git/infra.git"), "/srv/git/infra.git");
+    }
+
+    #[test]
+    fn a_plan_identity_must_be_apart_from_the_apply_identity() {
+        let with = |plan: &str, apply: &str| {
+            format!(
+                "{VALID}\nplan_credentials = \"p\"\napply_credentials = \"a\"\n\
+                 [[credentials]]\nname = \"p\"\nprovider = \"aws-web-identity\"\n{plan}\n\
+                 [[credentials]]\nname = \"a\"\nprovider = \"aws-web-identity\"\n{apply}\n"
+            )
+        };
+        let apart = with(
+            "role_arn = \"arn:aws:iam::1:role/plan\"\ntoken_file = \"/var/run/plan/token\"",
+            "role_arn = \"arn:aws:iam::1:role/apply\"\ntoken_file = \"/var/run/apply/token\"",
+        );
+        assert!(Config::from_toml(&apart).is_ok());
+        let same_token = with(
+            "role_arn = \"arn:aws:iam::1:role/plan\"\ntoken_file = \"/var/run/token\"",
+            "role_arn = \"arn:aws:iam::1:role/apply\"\ntoken_file = \"/var/run/token\"",
+        );
+        assert!(
+            error_of(&same_token).contains(
+                "`accounts[0].plan_credentials`: \"p\" reads the apply credentials' token file too"
+            ),
+            "{}",
+            error_of(&same_token)
+        );
+        let same_role = with(
+            "role_arn = \"arn:aws:iam::1:role/x\"\ntoken_file = \"/a\"",
+            "role_arn = \"arn:aws:iam::1:role/x\"\ntoken_file = \"/b\"",
+        );
+        assert!(error_of(&same_role).contains("assumes the apply credentials' role too"));
+        let same_entry = apart.replace("apply_credentials = \"a\"", "apply_credentials = \"p\"");
+        assert!(error_of(&same_entry).contains("\"p\" is also the apply_credentials"));
+    }
+
+    #[test]
+    fn tool_settings_are_checked_and_the_tool_user_resolves() {
+        let config = Config::from_toml(VALID).unwrap();
+        assert!(
+            config
+                .executor
+                .pass_env
+                .contains(&"TF_CLI_CONFIG_FILE".to_owned())
+        );
+        assert_eq!(config.executor.tool_user(""), Ok(None));
+        let text = |section: &str| format!("{VALID}\n[executor]\n{section}\n");
+        let named = Config::from_toml(&text("tool_user = \"pipelines-tool\"")).unwrap();
+        let passwd =
+            "root:x:0:0::/root:/bin/sh\npipelines-tool:x:10001:10002::/nonexistent:/bin/false\n";
+        assert_eq!(
+            named.executor.tool_user(passwd),
+            Ok(Some(ToolUser {
+                uid: 10001,
+                gid: 10002
+            }))
+        );
+        assert!(
+            named
+                .executor
+                .tool_user("")
+                .unwrap_err()
+                .contains("not in /etc/passwd")
+        );
+        let ids = Config::from_toml(&text("tool_user = \"61001:61001\"")).unwrap();
+        assert_eq!(
+            ids.executor.tool_user(""),
+            Ok(Some(ToolUser {
+                uid: 61001,
+                gid: 61001
+            }))
+        );
+        assert!(error_of(&text("tool_user = \"root\"")).contains("`executor.tool_user`"));
+        assert!(
+            error_of(&text("tool_env = { HOME = \"/root\" }"))
+                .contains("`executor.tool_env.HOME`: is set by the worker")
+        );
+        assert!(
+            error_of(&text("pass_env = [\"PIPELINES_BROKER_URL\"]"))
+                .contains("`executor.pass_env[0]`")
+        );
+        assert!(
+            error_of(&text("git_config = { \"core.hooksPath\" = \"/tmp/h\" }"))
+                .contains("`executor.git_config.core.hooksPath`")
+        );
+        let fine = text(
+            "tool_env = { TF_PLUGIN_CACHE_DIR = \"/cache\" }\ngit_config = { \"credential.helper\" = \"store\" }",
+        );
+        assert!(Config::from_toml(&fine).is_ok());
+    }
+
+    #[test]
+    fn the_broker_password_comes_from_its_file_encoded_and_never_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("password");
+        std::fs::write(&secret, "p@ss/w:rd\n").unwrap();
+        let text = VALID.replace("guest:guest@", "pipelines-executor-prod-plan@");
+        let text = format!("broker_password_file = \"{}\"\n{text}", secret.display());
+        let config = Config::from_toml(&text).unwrap();
+        assert_eq!(
+            config.broker_url_with_password().unwrap(),
+            "amqp://pipelines-executor-prod-plan:p%40ss%2Fw%3Ard@127.0.0.1:5672/%2f"
+        );
+        let twice = text.replace("pipelines-executor-prod-plan@", "u:inline@");
+        assert!(error_of(&twice).contains("`broker_password_file`"));
+        assert_eq!(url_password("amqp://u:inline@h/%2f"), Some("inline"));
+        assert_eq!(url_password("amqp://u@h/%2f"), None);
+        std::fs::write(&secret, "").unwrap();
+        assert!(
+            config
+                .broker_url_with_password()
+                .unwrap_err()
+                .to_string()
+                .contains("is empty")
+        );
     }
 
     #[test]

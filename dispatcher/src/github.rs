@@ -1,16 +1,20 @@
 //! The reporter's GitHub edge: the few REST calls it makes, through octocrab (token or GitHub
 //! App installation auth), with retries that honour rate limits and back off on 5xx.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
 use octocrab::Octocrab;
 use serde_json::{Value, json};
+use tokio::sync::OnceCell;
 
 use crate::report::CommitStatus;
 
 /// Attempts per call: the first and five retries.
 const MAX_ATTEMPTS: u32 = 6;
+/// How long one request may take unless configured (`timeouts.github`).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest wait for a rate limit to reset before giving up on the call.
 const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(15 * 60);
 
@@ -28,9 +32,15 @@ pub enum GitHubError {
 #[derive(Debug, Clone)]
 pub struct GitHub {
     client: Octocrab,
+    /// A GitHub App's own client (JWT), for `GET /app`; `None` with a token.
+    app: Option<Octocrab>,
     api: String,
     /// The first wait after a 5xx; it doubles.
     backoff: Duration,
+    /// How long one request may take (`timeouts.github`).
+    timeout: Duration,
+    /// Whose comments are ours: configured, or resolved once from the API.
+    author: Arc<OnceCell<String>>,
 }
 
 impl GitHub {
@@ -40,6 +50,7 @@ impl GitHub {
         let builder = Octocrab::builder()
             .base_uri(config.api_url.as_str())
             .map_err(setup)?;
+        let mut app_client = None;
         let client = match (
             &config.token,
             config.app_id,
@@ -62,6 +73,7 @@ impl GitHub {
                     .map_err(setup)?
                     .build()
                     .map_err(setup)?;
+                app_client = Some(app.clone());
                 app.installation(installation.into()).map_err(setup)?
             }
             _ => {
@@ -70,11 +82,67 @@ impl GitHub {
                 ));
             }
         };
+        let author = match &config.comment_author {
+            Some(login) => OnceCell::new_with(Some(login.clone())),
+            None => OnceCell::new(),
+        };
         Ok(GitHub {
             client,
+            app: app_client,
             api: config.api_url.trim_end_matches('/').to_owned(),
             backoff: Duration::from_secs(1),
+            timeout: DEFAULT_TIMEOUT,
+            author: Arc::new(author),
         })
+    }
+
+    /// Each request may take at most `timeout` (then it counts as a network error: retried,
+    /// and in the end reported).
+    pub fn with_timeout(mut self, timeout: Duration) -> GitHub {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The first pause after a failed attempt (default 1 s; it doubles).
+    pub fn with_backoff(mut self, backoff: Duration) -> GitHub {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The login that writes Pipelines' comments.
+    pub async fn comment_author(&self) -> Result<String, GitHubError> {
+        self.author
+            .get_or_try_init(|| async {
+                match &self.app {
+                    // An App comments as its bot user.
+                    Some(app) => {
+                        let me = self
+                            .call_on(app, Method::Get, "/app", None, "read the App")
+                            .await?;
+                        me["slug"]
+                            .as_str()
+                            .map(|slug| format!("{slug}[bot]"))
+                            .ok_or_else(|| GitHubError::Call {
+                                what: "read the App".into(),
+                                reason: "no slug in the answer (set github.comment_author)".into(),
+                            })
+                    }
+                    None => {
+                        let me = self
+                            .call(Method::Get, "/user", None, "read the token's user")
+                            .await?;
+                        me["login"]
+                            .as_str()
+                            .map(str::to_owned)
+                            .ok_or_else(|| GitHubError::Call {
+                                what: "read the token's user".into(),
+                                reason: "no login in the answer (set github.comment_author)".into(),
+                            })
+                    }
+                }
+            })
+            .await
+            .cloned()
     }
 
     /// The web root for links (`https://github.com`, or the Enterprise host).
@@ -86,20 +154,23 @@ impl GitHub {
         }
     }
 
-    /// The id of the first comment of an issue or pull request whose body holds `marker`.
+    /// The id of the first comment of an issue or pull request whose body holds `marker` and
+    /// whose author is [`Self::comment_author`]: anyone can write the marker.
     pub async fn find_comment(
         &self,
         repo: &str,
         number: u64,
         marker: &str,
     ) -> Result<Option<u64>, GitHubError> {
+        let author = self.comment_author().await?;
         for page in 1.. {
             let path = format!("/repos/{repo}/issues/{number}/comments?per_page=100&page={page}");
             let comments = self.call(Method::Get, &path, None, "list comments").await?;
             let comments = comments.as_array().cloned().unwrap_or_default();
-            let found = comments
-                .iter()
-                .find(|c| c["body"].as_str().is_some_and(|b| b.contains(marker)));
+            let found = comments.iter().find(|c| {
+                c["body"].as_str().is_some_and(|b| b.contains(marker))
+                    && c["user"]["login"].as_str() == Some(author.as_str())
+            });
             if let Some(comment) = found {
                 return Ok(comment["id"].as_u64());
             }
@@ -207,6 +278,17 @@ impl GitHub {
         body: Option<Value>,
         what: &str,
     ) -> Result<Value, GitHubError> {
+        self.call_on(&self.client, method, path, body, what).await
+    }
+
+    async fn call_on(
+        &self,
+        client: &Octocrab,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        what: &str,
+    ) -> Result<Value, GitHubError> {
         // Relative: octocrab joins it to the base URI (keeping a GitHub Enterprise `/api/v3`),
         // and sends installation tokens only with relative requests.
         let url = path;
@@ -216,10 +298,19 @@ impl GitHub {
         };
         let mut backoff = self.backoff;
         for attempt in 1..=MAX_ATTEMPTS {
-            let sent = match method {
-                Method::Get => self.client._get(url).await,
-                Method::Post => self.client._post(url, body.as_ref()).await,
-                Method::Patch => self.client._patch(url, body.as_ref()).await,
+            let sent = async {
+                match method {
+                    Method::Get => client._get(url).await,
+                    Method::Post => client._post(url, body.as_ref()).await,
+                    Method::Patch => client._patch(url, body.as_ref()).await,
+                }
+            };
+            let sent = match tokio::time::timeout(self.timeout, sent).await {
+                Ok(sent) => sent.map_err(|err| err.to_string()),
+                Err(_) => Err(format!(
+                    "no answer within {} ms (timeouts.github)",
+                    self.timeout.as_millis()
+                )),
             };
             let response = match sent {
                 Ok(response) => response,
@@ -229,14 +320,14 @@ impl GitHub {
                     backoff *= 2;
                     continue;
                 }
-                Err(err) => return Err(failed(err.to_string())),
+                Err(err) => return Err(failed(err)),
             };
             let status = response.status().as_u16();
             let wait = rate_limit_wait(status, response.headers(), SystemTime::now());
-            let text = self
-                .client
-                .body_to_string(response)
+            let text = tokio::time::timeout(self.timeout, client.body_to_string(response))
                 .await
+                .ok()
+                .and_then(Result::ok)
                 .unwrap_or_default();
             if (200..300).contains(&status) {
                 return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
@@ -330,6 +421,55 @@ mod tests {
         assert_eq!(
             rate_limit_wait(429, &secondary, now),
             Some(Duration::from_secs(60))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_github_that_never_answers_fails_each_call_at_its_deadline() {
+        use wiremock::matchers::method;
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(201).set_delay(Duration::from_secs(600)))
+            .mount(&server)
+            .await;
+        let config = config::GitHub {
+            api_url: server.uri(),
+            token: Some("test-token".into()),
+            app_id: None,
+            private_key_file: None,
+            installation_id: None,
+            status_context: "pipelines".into(),
+            details_url: None,
+            open_issue_on_apply_failure: false,
+            comment_author: None,
+        };
+        let github = GitHub::from_config(&config)
+            .unwrap()
+            .with_timeout(Duration::from_millis(200))
+            .with_backoff(Duration::from_millis(1));
+        let status = CommitStatus {
+            context: "pipelines/plan".into(),
+            state: "pending",
+            description: "planning".into(),
+        };
+        let outer = Duration::from_secs(60);
+        let failed = tokio::time::timeout(
+            outer,
+            github.set_status("acme/infra", &"a".repeat(40), &status, None),
+        )
+        .await
+        .expect("the call ends by its own deadline")
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            failed,
+            "GitHub set commit status failed: no answer within 200 ms (timeouts.github)"
+        );
+        // Each attempt was made and abandoned: the reporter goes on with the next update.
+        assert_eq!(
+            server.received_requests().await.unwrap().len(),
+            MAX_ATTEMPTS as usize
         );
     }
 }

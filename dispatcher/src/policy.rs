@@ -123,6 +123,14 @@ pub fn plan(
         }
     }
 
+    let limit = config.dispatcher.max_units_per_run;
+    if actions.len() > limit {
+        return Err(format!(
+            "the event names {} units, more than dispatcher.max_units_per_run ({limit}): split \
+             the change, or raise the limit",
+            actions.len()
+        ));
+    }
     let mut units = Vec::with_capacity(actions.len());
     for (unit, action) in &actions {
         let account = router
@@ -456,6 +464,21 @@ mod tests {
         let mut bad_sha = event(pr(), one(), &[]);
         bad_sha.head_sha = "HEAD".into();
         assert!(reason(bad_sha).contains("head_sha \"HEAD\""));
+    }
+
+    #[test]
+    fn an_event_over_max_units_per_run_is_rejected_naming_the_limit() {
+        let names: Vec<String> = (0..20_000).map(|i| format!("prod/unit-{i}")).collect();
+        let units: Vec<&str> = names.iter().map(String::as_str).collect();
+        let big = event(pr(), vec![(ChangeKind::UnitChanged, &units[..])], &[]);
+        let reason = check(&big).unwrap_err();
+        assert_eq!(
+            reason,
+            "the event names 20000 units, more than dispatcher.max_units_per_run (5000): split \
+             the change, or raise the limit"
+        );
+        let under = event(pr(), vec![(ChangeKind::UnitChanged, &units[..5_000])], &[]);
+        assert_eq!(check(&under).unwrap().units.len(), 5_000);
     }
 
     #[test]

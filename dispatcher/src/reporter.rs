@@ -19,7 +19,9 @@ use std::time::Duration;
 use config::Config;
 use proto_types::RunDetail;
 use proto_types::RunState;
-use tokio::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use tokio::sync::Notify;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -38,32 +40,87 @@ const MAX_TRIES: u32 = 12;
 /// How far back a starting reporter looks for final reports that never landed.
 const CATCH_UP_MS: u64 = 24 * 3600 * 1000;
 
+/// The most runs waiting for a report at once. Each run is there once however often it
+/// changed, so this bounds the reporter's memory while GitHub is slow or down; beyond it, a
+/// change is dropped (a final report is sent again by the next start's catch-up).
+const MAX_PENDING: usize = 10_000;
+
+/// Runs that changed since the reporter last looked: a set, so a run that changes a thousand
+/// times while GitHub hangs is one entry.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    runs: Mutex<BTreeSet<Uuid>>,
+    notify: Notify,
+    closed: AtomicBool,
+}
+
+impl Pending {
+    /// Adds a run; `false` when the set is full and the run was not in it.
+    pub(crate) fn add(&self, run_id: Uuid) -> bool {
+        let added = match self.runs.lock() {
+            Ok(mut runs) if runs.len() < MAX_PENDING || runs.contains(&run_id) => {
+                runs.insert(run_id);
+                true
+            }
+            _ => false,
+        };
+        self.notify.notify_one();
+        added
+    }
+
+    fn take(&self) -> BTreeSet<Uuid> {
+        self.runs
+            .lock()
+            .map(|mut runs| std::mem::take(&mut *runs))
+            .unwrap_or_default()
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+}
+
+/// Closes the pending set when the last handle of the dispatcher is gone, ending the task.
+#[derive(Debug)]
+struct Handle(Arc<Pending>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 /// The dispatcher's handle on the reporter.
 #[derive(Debug, Clone)]
 pub struct Reporter {
-    changed: mpsc::UnboundedSender<Uuid>,
+    handle: Arc<Handle>,
 }
 
 impl Reporter {
     /// Starts the reporter task; it reads runs from the database in `state_dir`.
     pub fn spawn(github: GitHub, config: Config, state_dir: PathBuf) -> Reporter {
-        let (changed, receiver) = mpsc::unbounded_channel();
+        let pending = Arc::new(Pending::default());
         let task = Task {
             github,
             config,
             state_dir,
             comments: HashMap::new(),
             failures: HashMap::new(),
-            again: changed.downgrade(),
+            again: Arc::downgrade(&pending),
             first_retry: FIRST_RETRY,
         };
-        tokio::spawn(task.run(receiver));
-        Reporter { changed }
+        tokio::spawn(task.run(pending.clone()));
+        Reporter {
+            handle: Arc::new(Handle(pending)),
+        }
     }
 
-    /// Says that a run changed. Never waits.
+    /// Says that a run changed. Never waits, and holds each run once.
     pub fn changed(&self, run_id: Uuid) {
-        let _ = self.changed.send(run_id);
+        if !self.handle.0.add(run_id) {
+            tracing::warn!(%run_id, limit = MAX_PENDING, "Too many runs wait for a GitHub report; this change is not reported.");
+        }
     }
 }
 
@@ -77,27 +134,28 @@ pub(crate) struct Task {
     pub(crate) failures: HashMap<Uuid, u32>,
     /// Where a failed final report comes back after its backoff. Weak, so that the task still
     /// ends when the dispatcher's handles are gone.
-    pub(crate) again: mpsc::WeakUnboundedSender<Uuid>,
+    pub(crate) again: Weak<Pending>,
     pub(crate) first_retry: Duration,
 }
 
 impl Task {
-    async fn run(mut self, mut changed: mpsc::UnboundedReceiver<Uuid>) {
+    async fn run(mut self, changed: Arc<Pending>) {
         self.catch_up().await;
-        while let Some(first) = changed.recv().await {
-            let mut pending = BTreeSet::from([first]);
-            let gather = tokio::time::sleep(COALESCE);
-            tokio::pin!(gather);
-            loop {
-                tokio::select! {
-                    () = &mut gather => break,
-                    next = changed.recv() => match next {
-                        Some(run_id) => { pending.insert(run_id); }
-                        None => break,
-                    },
-                }
+        loop {
+            let notified = changed.notify.notified();
+            if changed.closed.load(Ordering::SeqCst) {
+                return;
             }
-            for run_id in pending {
+            let ready = changed.take();
+            if ready.is_empty() {
+                notified.await;
+                continue;
+            }
+            // Changes within the coalescing window join this round.
+            tokio::time::sleep(COALESCE).await;
+            let mut ready = ready;
+            ready.extend(changed.take());
+            for run_id in ready {
                 self.report(run_id).await;
             }
         }
@@ -182,7 +240,7 @@ impl Task {
         tokio::spawn(async move {
             tokio::time::sleep(wait).await;
             if let Some(again) = again.upgrade() {
-                let _ = again.send(run_id);
+                again.add(run_id);
             }
         });
     }
@@ -303,3 +361,24 @@ impl Task {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod pending_tests {
+    use super::*;
+
+    #[test]
+    fn a_run_that_changes_often_waits_once_and_the_set_is_bounded() {
+        let pending = Pending::default();
+        let run = Uuid::new_v4();
+        for _ in 0..1_000 {
+            assert!(pending.add(run));
+        }
+        assert_eq!(pending.take(), BTreeSet::from([run]));
+        for _ in 0..MAX_PENDING {
+            assert!(pending.add(Uuid::new_v4()));
+        }
+        assert!(!pending.add(Uuid::new_v4()), "the set is full");
+        assert_eq!(pending.take().len(), MAX_PENDING);
+        assert!(pending.add(run), "room again once taken");
+    }
+}

@@ -17,8 +17,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use proto_types::{
-    Action, CancelJob, ChangeEvent, ClaimVerdict, EventKind, Job, JobOutcome, JobStatus,
-    ResourceCounts, RunState, RunStatus, Trigger, UnitState, UnitStatus,
+    Action, CancelJob, ChangeEvent, ClaimVerdict, EventKind, ExecutorRole, Job, JobOutcome,
+    JobStatus, ResourceCounts, RunState, RunStatus, Trigger, UnitState, UnitStatus,
 };
 use regex::Regex;
 use uuid::Uuid;
@@ -422,6 +422,7 @@ impl Scheduler {
                         .get(&planned.account)
                         .copied()
                         .unwrap_or(0),
+                    role: ExecutorRole::for_event(event.trigger.kind()),
                 },
                 requires: Vec::new(),
                 state: UnitState::Pending,

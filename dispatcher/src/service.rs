@@ -114,6 +114,8 @@ pub struct Dispatcher {
     ops: Ops,
     reporter: Option<Reporter>,
     status_pacer: StatusPacer,
+    /// When finished runs older than `dispatcher.retention_days` are next pruned.
+    next_prune_ms: Option<u64>,
 }
 
 impl Dispatcher {
@@ -129,6 +131,7 @@ impl Dispatcher {
         Ok(Dispatcher {
             broker,
             router: AccountRouter::new(&config),
+            next_prune_ms: (config.dispatcher.retention_days > 0).then(now_ms),
             config,
             scheduler,
             store,
@@ -185,9 +188,11 @@ impl Dispatcher {
         tokio::pin!(shutdown);
         loop {
             let now = now_ms();
+            self.prune_if_due(now)?;
             let wakeup = [
                 self.scheduler.next_wakeup(now),
                 self.status_pacer.next_due(),
+                self.next_prune_ms,
             ]
             .into_iter()
             .flatten()
@@ -214,6 +219,31 @@ impl Dispatcher {
             drain(&mut consumers, &mut batch).await?;
             self.handle(batch).await?;
         }
+    }
+
+    /// Forgets finished runs past `dispatcher.retention_days`, at start and hourly.
+    fn prune_if_due(&mut self, now: u64) -> Result<(), DispatchError> {
+        let Some(due) = self.next_prune_ms else {
+            return Ok(());
+        };
+        if now < due {
+            return Ok(());
+        }
+        let keep_ms = self
+            .config
+            .dispatcher
+            .retention_days
+            .saturating_mul(24 * 3600 * 1000);
+        let pruned = self.store.prune_finished(now.saturating_sub(keep_ms))?;
+        if pruned > 0 {
+            tracing::info!(
+                runs = pruned,
+                retention_days = self.config.dispatcher.retention_days,
+                "Pruned finished runs."
+            );
+        }
+        self.next_prune_ms = Some(now + PRUNE_EVERY_MS);
+        Ok(())
     }
 
     /// Decides a batch (pure), commits it, then settles, answers and publishes.
@@ -620,7 +650,10 @@ impl Dispatcher {
                 .zip(&headers)
                 .map(|(message, headers)| {
                     let route = match &message.target {
-                        OutboxTarget::Jobs { account } => Route::Jobs { account },
+                        OutboxTarget::Jobs { account, role } => Route::Jobs {
+                            account,
+                            role: *role,
+                        },
                         OutboxTarget::Status { run_id } => Route::Status { run_id: *run_id },
                     };
                     (
@@ -737,6 +770,9 @@ async fn drain(consumers: &mut [Consumer], batch: &mut Vec<Incoming>) -> Result<
 }
 
 /// Milliseconds since the Unix epoch: the scheduler's clock.
+/// How often finished runs past their retention are pruned.
+const PRUNE_EVERY_MS: u64 = 3600 * 1000;
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

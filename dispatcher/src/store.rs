@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use proto_types::{
-    Action, EventKind, Job, JobSummary, Payload, ResourceCounts, RunDetail, RunSummary, UnitState,
+    Action, EventKind, ExecutorRole, Job, JobSummary, Payload, ResourceCounts, RunDetail,
+    RunSummary, UnitState,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use uuid::Uuid;
@@ -136,7 +137,7 @@ fn sqlite(operation: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError
 /// Where an outbox message goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutboxTarget {
-    Jobs { account: String },
+    Jobs { account: String, role: ExecutorRole },
     Status { run_id: Uuid },
 }
 
@@ -158,6 +159,7 @@ impl OutboxMessage {
             id: 0,
             target: OutboxTarget::Jobs {
                 account: job.account.clone(),
+                role: job.role,
             },
             // Unique per attempt: a retry is a new message, a republish of one is not.
             message_id: format!("{}/{}", job.job_id, job.attempt),
@@ -256,6 +258,15 @@ impl Store {
     }
 
     fn migrate(&mut self, path: &Path) -> Result<(), StoreError> {
+        // Up to date: no write lock taken, so a reader starting beside a busy dispatcher (the
+        // reporter, `pipelines status`) does not queue behind it.
+        let current: i64 = self
+            .connection
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(sqlite("read schema version"))?;
+        if current == SCHEMA_VERSION {
+            return Ok(());
+        }
         // Immediate: the version is read under the write lock, so two processes opening the
         // file at once (the dispatcher and its reporter) cannot both run a step.
         let tx = self
@@ -405,7 +416,9 @@ impl Store {
                 .map_err(sqlite("prepare outbox insert"))?;
             for message in outbox {
                 let (kind, target, dedup) = match &message.target {
-                    OutboxTarget::Jobs { account } => ("job", account.clone(), None),
+                    OutboxTarget::Jobs { account, role } => {
+                        ("job", format!("{account}/{role}"), None)
+                    }
                     OutboxTarget::Status { run_id } => (
                         "status",
                         run_id.to_string(),
@@ -484,7 +497,7 @@ impl Store {
         for row in rows {
             let (id, kind, target, message_id, body, trace) = row.map_err(sqlite("read outbox"))?;
             let target = match kind.as_str() {
-                "job" => OutboxTarget::Jobs { account: target },
+                "job" => outbox_jobs_target(&target)?,
                 "status" => OutboxTarget::Status {
                     run_id: parse_uuid("outbox run id", &target)?,
                 },
@@ -573,7 +586,7 @@ impl Store {
                 what: "event",
                 value: event.clone(),
             })?;
-            let jobs = self.load_jobs(run_id, &repository)?;
+            let jobs = self.load_jobs(run_id, &repository, ExecutorRole::for_event(event))?;
             runs.push(Run {
                 seq: seq as u64,
                 run_id,
@@ -593,7 +606,13 @@ impl Store {
         Ok((runs, next_seq as u64))
     }
 
-    fn load_jobs(&self, run_id: Uuid, repository: &str) -> Result<Vec<RunJob>, StoreError> {
+    /// The jobs of a run; `role`: the worker pool of the run's event.
+    fn load_jobs(
+        &self,
+        run_id: Uuid,
+        repository: &str,
+        role: ExecutorRole,
+    ) -> Result<Vec<RunJob>, StoreError> {
         let mut statement = self
             .connection
             .prepare(
@@ -610,7 +629,7 @@ impl Store {
             .map_err(sqlite("read jobs"))?;
         let mut jobs = Vec::new();
         while let Some(row) = rows.next().map_err(sqlite("read jobs"))? {
-            jobs.push(job_from_row(row, run_id, repository)?);
+            jobs.push(job_from_row(row, run_id, repository, role)?);
         }
         Ok(jobs)
     }
@@ -682,6 +701,34 @@ impl Store {
     }
 
     /// The state of a job the database knows (`succeeded`, `cancelled`, ...).
+    /// Deletes the finished runs last changed before `before_ms`, with their jobs and outputs;
+    /// how many runs went. Active runs are never touched.
+    pub fn prune_finished(&mut self, before_ms: u64) -> Result<usize, StoreError> {
+        let before = i64::try_from(before_ms).unwrap_or(i64::MAX);
+        let tx = self.connection.transaction().map_err(sqlite("begin"))?;
+        let old = "SELECT run_id FROM runs WHERE final = 1 AND updated_ms < ?1";
+        tx.execute(
+            &format!(
+                "DELETE FROM job_outputs WHERE job_id IN (SELECT job_id FROM jobs WHERE run_id IN ({old}))"
+            ),
+            [before],
+        )
+        .map_err(sqlite("prune job outputs"))?;
+        tx.execute(
+            &format!("DELETE FROM jobs WHERE run_id IN ({old})"),
+            [before],
+        )
+        .map_err(sqlite("prune jobs"))?;
+        let runs = tx
+            .execute(
+                "DELETE FROM runs WHERE final = 1 AND updated_ms < ?1",
+                [before],
+            )
+            .map_err(sqlite("prune runs"))?;
+        tx.commit().map_err(sqlite("commit prune"))?;
+        Ok(runs)
+    }
+
     pub fn job_state(&self, job_id: Uuid) -> Result<Option<String>, StoreError> {
         self.connection
             .query_row(
@@ -852,7 +899,25 @@ fn summary_columns(row: &Row<'_>) -> rusqlite::Result<SummaryColumns> {
     ))
 }
 
-fn job_from_row(row: &Row<'_>, run_id: Uuid, repository: &str) -> Result<RunJob, StoreError> {
+/// An outbox row's `account/role`.
+fn outbox_jobs_target(target: &str) -> Result<OutboxTarget, StoreError> {
+    let corrupt = || StoreError::Corrupt {
+        what: "outbox job target",
+        value: target.to_owned(),
+    };
+    let (account, role) = target.split_once('/').ok_or_else(corrupt)?;
+    Ok(OutboxTarget::Jobs {
+        account: account.to_owned(),
+        role: role.parse().map_err(|_| corrupt())?,
+    })
+}
+
+fn job_from_row(
+    row: &Row<'_>,
+    run_id: Uuid,
+    repository: &str,
+    role: ExecutorRole,
+) -> Result<RunJob, StoreError> {
     let action: String = get(row, 3)?;
     let action: Action = action.parse().map_err(|_| StoreError::Corrupt {
         what: "action",
@@ -891,6 +956,7 @@ fn job_from_row(row: &Row<'_>, run_id: Uuid, repository: &str) -> Result<RunJob,
             source_commit: get(row, 5)?,
             attempt: get(row, 8)?,
             timeout_secs: get::<i64>(row, 6)? as u64,
+            role,
         },
         requires,
         state,

@@ -4,13 +4,17 @@
 //! Providers (`[[credentials]]` in the policy file):
 //! - `none`: the worker's own environment (instance profile, workload identity);
 //! - `aws-web-identity`: STS `AssumeRoleWithWebIdentity` with an OIDC token file;
-//! - `command`: a program that prints `{"env": {"NAME": "value", ...}}`.
+//! - `command`: a program that prints `{"env": {"NAME": "value", ...}}`, and optionally
+//!   `"files": {"NAME": "content", ...}` for credentials tools read from a file (a
+//!   kubeconfig, a service-account key): each is written, mode 0600, into the job's own
+//!   credentials directory (deleted with the job), and `NAME` is set to its path.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use config::{Credentials, CredentialsProvider};
+use config::{Credentials, CredentialsProvider, ToolUser};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
@@ -18,8 +22,6 @@ use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use tokio::process::Command;
 
-/// How long a credentials command or an STS call may take.
-const PROVIDER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Values shorter than this are not treated as secrets: redacting `1` or `us` everywhere would
 /// make output unreadable, and such values protect nothing.
 const MIN_SECRET_LEN: usize = 8;
@@ -53,6 +55,8 @@ pub(crate) enum CredentialsError {
 #[derive(Clone, Default, PartialEq, Eq)]
 pub(crate) struct JobCredentials {
     pub(crate) env: BTreeMap<String, String>,
+    /// The contents of credential files (whole and line by line), redacted like values.
+    pub(crate) file_secrets: Vec<String>,
 }
 
 impl std::fmt::Debug for JobCredentials {
@@ -73,28 +77,50 @@ impl JobCredentials {
                 !NOT_SECRET.contains(&name.as_str()) && value.len() >= MIN_SECRET_LEN
             })
             .map(|(_, value)| value.clone())
+            .chain(self.file_secrets.iter().cloned())
+            .filter(|value| value.trim().len() >= MIN_SECRET_LEN)
             .collect()
     }
 }
 
-/// Obtains the credentials of `entry` for one job (`session` names the STS session).
+/// Where a job's credential files go, and who must be able to read them.
+#[derive(Debug, Clone)]
+pub(crate) struct FileTarget {
+    pub(crate) dir: PathBuf,
+    pub(crate) owner: Option<ToolUser>,
+}
+
+/// Obtains the credentials of `entry` for one job (`session` names the STS session), within
+/// `timeout`.
 pub(crate) async fn obtain(
     entry: &Credentials,
     session: &str,
+    timeout: Duration,
+    files: &FileTarget,
 ) -> Result<JobCredentials, CredentialsError> {
     match entry.provider {
         CredentialsProvider::None => Ok(JobCredentials::default()),
-        CredentialsProvider::Command => from_command(entry).await,
-        CredentialsProvider::AwsWebIdentity => from_web_identity(entry, session).await,
+        CredentialsProvider::Command => from_command(entry, timeout, files).await,
+        CredentialsProvider::AwsWebIdentity => from_web_identity(entry, session, timeout).await,
     }
 }
 
 #[derive(Deserialize)]
 struct CommandOutput {
     env: BTreeMap<String, String>,
+    #[serde(default)]
+    files: BTreeMap<String, String>,
 }
 
-async fn from_command(entry: &Credentials) -> Result<JobCredentials, CredentialsError> {
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+async fn from_command(
+    entry: &Credentials,
+    timeout: Duration,
+    files: &FileTarget,
+) -> Result<JobCredentials, CredentialsError> {
     let argv = entry.command.clone().unwrap_or_default();
     let failed = |reason: String| CredentialsError::Command {
         name: entry.name.clone(),
@@ -109,9 +135,9 @@ async fn from_command(entry: &Credentials) -> Result<JobCredentials, Credentials
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
-    let output = tokio::time::timeout(PROVIDER_TIMEOUT, run)
+    let output = tokio::time::timeout(timeout, run)
         .await
-        .map_err(|_| failed(format!("no answer within {} s", PROVIDER_TIMEOUT.as_secs())))?
+        .map_err(|_| failed(format!("no answer within {} s", timeout.as_secs())))?
         .map_err(|err| failed(err.to_string()))?;
     if !output.status.success() {
         // Its stderr may say why; its stdout may hold half a secret, so it is not shown.
@@ -123,19 +149,50 @@ async fn from_command(entry: &Credentials) -> Result<JobCredentials, Credentials
             "its output is not {{\"env\": {{\"NAME\": \"value\", ...}}}} ({err})"
         ))
     })?;
-    for name in parsed.env.keys() {
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+    for name in parsed.env.keys().chain(parsed.files.keys()) {
+        if !valid_name(name) {
             return Err(failed(format!(
                 "{name:?} is not a valid environment variable name"
             )));
         }
     }
-    Ok(JobCredentials { env: parsed.env })
+    let mut env = parsed.env;
+    let mut secrets = Vec::new();
+    for (name, content) in parsed.files {
+        let path = write_file(files, &name, &content)
+            .map_err(|err| failed(format!("cannot write the credential file {name}: {err}")))?;
+        secrets.extend(content.lines().map(str::to_owned));
+        secrets.push(content);
+        env.insert(name, path.to_string_lossy().into_owned());
+    }
+    Ok(JobCredentials {
+        env,
+        file_secrets: secrets,
+    })
+}
+
+/// Writes one credential file, readable by its owner alone, never through a symlink.
+fn write_file(target: &FileTarget, name: &str, content: &str) -> std::io::Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    // create_new: O_EXCL, which never follows a symlink planted in the job's directory.
+    let path = target.dir.join(name);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    file.write_all(content.as_bytes())?;
+    if let Some(owner) = target.owner {
+        std::os::unix::fs::fchown(&file, Some(owner.uid), Some(owner.gid))?;
+    }
+    Ok(path)
 }
 
 async fn from_web_identity(
     entry: &Credentials,
     session: &str,
+    timeout: Duration,
 ) -> Result<JobCredentials, CredentialsError> {
     let token_path = entry.token_file.clone().unwrap_or_default();
     // Tokens are rotated on disk (projected service account tokens): read it for every job.
@@ -170,9 +227,9 @@ async fn from_web_identity(
             &entry.session_seconds.unwrap_or(3600).to_string(),
         ),
     ]);
-    let (status, body) = tokio::time::timeout(PROVIDER_TIMEOUT, post_form(&endpoint, form))
+    let (status, body) = tokio::time::timeout(timeout, post_form(&endpoint, form))
         .await
-        .map_err(|_| failed(format!("no answer within {} s", PROVIDER_TIMEOUT.as_secs())))?
+        .map_err(|_| failed(format!("no answer within {} s", timeout.as_secs())))?
         .map_err(failed)?;
     if status != 200 {
         let message =
@@ -187,7 +244,10 @@ async fn from_web_identity(
         ("AWS_REGION".to_owned(), region.clone()),
         ("AWS_DEFAULT_REGION".to_owned(), region),
     ]);
-    Ok(JobCredentials { env })
+    Ok(JobCredentials {
+        env,
+        file_secrets: Vec::new(),
+    })
 }
 
 /// The credentials in an `AssumeRoleWithWebIdentityResponse`.
@@ -318,6 +378,7 @@ mod tests {
                 ("AWS_SECRET_ACCESS_KEY".into(), "wJalrXUtnFEMI".into()),
                 ("TF_VAR_tier".into(), "gold".into()),
             ]),
+            file_secrets: Vec::new(),
         };
         assert_eq!(credentials.secrets(), ["wJalrXUtnFEMI"]);
         let debug = format!("{credentials:?}");
@@ -339,8 +400,21 @@ mod tests {
             sts_endpoint: None,
             command: Some(command.iter().map(|s| (*s).to_owned()).collect()),
         };
+        let dir = tempfile::tempdir().unwrap();
+        let files = FileTarget {
+            dir: dir.path().to_owned(),
+            owner: None,
+        };
+        let obtain = |entry: Credentials, session: &'static str| {
+            let files = files.clone();
+            async move { obtain(&entry, session, Duration::from_secs(10), &files).await }
+        };
         let ok = obtain(
-            &entry(&["sh", "-c", r#"echo '{"env": {"TOKEN": "s3cr3t-value"}}'"#]),
+            entry(&[
+                "sh",
+                "-c",
+                r#"printf '%s' '{"env": {"TOKEN": "s3cr3t-value"}, "files": {"KEY_FILE": "line-one-secret\nline-two-secret"}}'"#,
+            ]),
             "s",
         )
         .await
@@ -349,24 +423,37 @@ mod tests {
             ok.env.get("TOKEN").map(String::as_str),
             Some("s3cr3t-value")
         );
+        let key_file = dir.path().join("KEY_FILE");
+        assert_eq!(
+            ok.env.get("KEY_FILE").map(String::as_str),
+            key_file.to_str()
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(&key_file).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::read_to_string(&key_file).unwrap(),
+            "line-one-secret\nline-two-secret"
+        );
+        let secrets = ok.secrets();
+        for secret in ["s3cr3t-value", "line-one-secret", "line-two-secret"] {
+            assert!(secrets.iter().any(|s| s == secret), "{secret}: {secrets:?}");
+        }
 
-        let failing = obtain(&entry(&["sh", "-c", "echo denied >&2; exit 3"]), "s")
+        let failing = obtain(entry(&["sh", "-c", "echo denied >&2; exit 3"]), "s")
             .await
             .unwrap_err()
             .to_string();
         assert!(failing.contains("exit status: 3: denied"), "{failing}");
-        let garbage = obtain(&entry(&["sh", "-c", "echo not-json"]), "s")
+        let garbage = obtain(entry(&["sh", "-c", "echo not-json"]), "s")
             .await
             .unwrap_err()
             .to_string();
         assert!(garbage.contains("is not {\"env\""), "{garbage}");
-        let bad_name = obtain(
-            &entry(&["sh", "-c", r#"echo '{"env": {"A B": "x"}}'"#]),
-            "s",
-        )
-        .await
-        .unwrap_err()
-        .to_string();
+        let bad_name = obtain(entry(&["sh", "-c", r#"echo '{"env": {"A B": "x"}}'"#]), "s")
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(
             bad_name.contains("\"A B\" is not a valid environment variable name"),
             "{bad_name}"

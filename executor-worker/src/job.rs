@@ -16,15 +16,17 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::metrics;
-use crate::runner::Stop;
+use crate::runner::{self, Stop};
 use crate::workspace::Workspace;
-use crate::{ExecuteError, WorkerSettings, work};
+use crate::{ExecuteError, WorkerSettings, checks, metrics, work};
 
 /// How long a worker waits for the dispatcher to answer a claim before asking again.
 const CLAIM_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest pause between claims while another worker's lease on the job runs out.
 const MAX_CLAIM_RETRY_DELAY: Duration = Duration::from_secs(15);
+/// Beyond the stop grace and the kill wait, how long a stopped job may take to end before the
+/// worker stops heartbeating it.
+const STOP_MARGIN: Duration = Duration::from_secs(30);
 
 /// What a worker has to hand while it handles a delivery.
 pub(crate) struct Worker<'a> {
@@ -111,6 +113,10 @@ impl Worker<'_> {
         replies: &mut Consumer,
         shutdown: &mut Pin<&mut S>,
     ) -> Result<bool, ExecuteError> {
+        // A job this worker must not run is still claimed, so that the dispatcher learns why
+        // it failed (the job then fails with that reason, and nothing runs); one the dispatcher
+        // does not know came from elsewhere, and is dead-lettered with the reason.
+        let refusal = checks::check_job(&job, self.settings.identity()).err();
         let claimed = tokio::select! {
             claimed = self.claim(&job, replies, delivery.redelivered) => claimed?,
             () = shutdown.as_mut() => {
@@ -122,6 +128,13 @@ impl Worker<'_> {
         let lease = match claimed {
             Ok(lease) => lease,
             Err(reason) => {
+                if let Some(refusal) = refusal {
+                    tracing::warn!(%refusal, dispatcher = %reason, "Refusing a job the dispatcher does not know.");
+                    let why = format!("refused by executor {}: {refusal}", self.settings.name);
+                    delivery.dead_letter(&why).await?;
+                    self.metrics.inc(metrics::DEAD_LETTERS, &[]);
+                    return Ok(false);
+                }
                 // Finished, cancelled, or a second copy of a job someone else runs: drop it.
                 tracing::info!(%reason, "Not running the job.");
                 delivery.ack().await?;
@@ -145,6 +158,8 @@ impl Worker<'_> {
             job.clone(),
             every,
             telemetry::propagation::current_headers(),
+            stop_rx.clone(),
+            self.settings.stop_grace + runner::KILL_WAIT + STOP_MARGIN,
         ));
         let timeout = (job.timeout_secs > 0).then(|| Duration::from_secs(job.timeout_secs));
         let timeout_at = timeout.map(|limit| Instant::now() + limit);
@@ -355,11 +370,38 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-async fn heartbeats(broker: Broker, worker: String, job: Job, every: Duration, headers: Headers) {
+/// Heartbeats until aborted, or until a stopped job has had `stop_limit` to end: a worker
+/// stuck past that (a tool that ignores every signal, a hung disk) stops renewing its lease,
+/// so that the dispatcher gives the job up rather than wait on it for ever.
+async fn heartbeats(
+    broker: Broker,
+    worker: String,
+    job: Job,
+    every: Duration,
+    headers: Headers,
+    mut stop: watch::Receiver<Option<Stop>>,
+    stop_limit: Duration,
+) {
     let mut interval = tokio::time::interval(every);
     interval.tick().await;
+    let mut stop_deadline: Option<Instant> = None;
     loop {
-        interval.tick().await;
+        tokio::select! {
+            _ = interval.tick() => {}
+            changed = stop.changed(), if stop_deadline.is_none() => {
+                if changed.is_err() || stop.borrow().is_some() {
+                    stop_deadline = Some(Instant::now() + stop_limit);
+                }
+                continue;
+            }
+        }
+        if stop_deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            tracing::error!(
+                limit_s = stop_limit.as_secs(),
+                "The stopped job did not end in time; no more heartbeats, its lease will lapse."
+            );
+            return;
+        }
         let heartbeat = JobEventKind::Heartbeat;
         if let Err(err) = publish_with(&broker, &worker, &job, heartbeat, None, &headers).await {
             tracing::warn!(error = %err, "Heartbeat not published.");

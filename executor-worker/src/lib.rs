@@ -1,12 +1,18 @@
-//! Executor workers: take jobs from `jobs.<account>`, claim them from the dispatcher, check out
-//! the job's commit from the canonical repository, run the IaC tool with the account's
+//! Executor workers: take jobs from `jobs.<account>.<role>`, claim them from the dispatcher,
+//! check out the job's commit from the canonical repository, run the IaC tool with the role's
 //! credentials, and report what happened.
 //!
-//! Workers hold the cloud credentials, so they trust nothing in a job beyond ids, names and
-//! commits: the clone URL, the tool, its arguments and the credentials come from the worker's
-//! own configuration, and an apply runs only for a commit the worker itself finds on the deploy
-//! branch.
+//! Each account has two kinds of worker. A plan worker runs pull requests' code (providers,
+//! `data "external"`, hooks) and holds only the read-only identity; an apply worker runs only
+//! reviewed commits of the deploy branch and holds the write identity. They share nothing: not
+//! a queue, a broker login, credentials or a disk.
 //!
+//! Workers trust nothing in a job beyond ids, names and commits: the clone URL, the tool, its
+//! arguments, its environment and the credentials come from the worker's own configuration,
+//! the job's unit must belong to the worker's account by that configuration, and an apply
+//! worker runs only commits it finds itself on the deploy branch of the canonical remote.
+//!
+//! - [`checks`]: what the worker checks of a job before anything runs.
 //! - `job`: one delivery's life: claim, heartbeats, stop orders, timeout, drain, report.
 //! - `work`: what a claimed job does: verify, obtain credentials, check out, run the steps.
 //! - [`workspace`]: the git cache and per-job checkouts (git CLI).
@@ -15,6 +21,7 @@
 //! - `credentials`: the credential providers.
 //! - `output`: redacted, bounded output and the job's log file.
 
+pub mod checks;
 mod credentials;
 mod job;
 mod metrics;
@@ -24,22 +31,27 @@ pub mod supervisor;
 mod work;
 pub mod workspace;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use broker::topology::jobs_queue;
 use broker::{Broker, BrokerError, Topology};
-use config::{Config, Credentials, Repository};
+use config::{Config, Credentials, CredentialsProvider, Repository, ToolUser};
+use proto_types::ExecutorRole;
 use telemetry::Ops;
 
+pub use crate::checks::UnitOwners;
 pub use crate::runner::SUPERVISE_COMMAND;
-use crate::workspace::{Workspace, WorkspaceError};
+use crate::workspace::{GitSettings, Workspace, WorkspaceError};
 
 /// Everything a worker needs to know, resolved from the admin-owned config.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
     pub account: String,
+    /// Which jobs this worker takes: pull-request plans, or every job of a push.
+    pub role: ExecutorRole,
     /// Shown in job events and run summaries.
     pub name: String,
     pub work_dir: PathBuf,
@@ -47,9 +59,17 @@ pub struct WorkerSettings {
     pub log_dir: PathBuf,
     pub tf_binary: Option<String>,
     pub repositories: Vec<Repository>,
-    /// The identity for plans (read-only), and for applies and destroys.
-    pub plan_credentials: Option<Credentials>,
-    pub apply_credentials: Option<Credentials>,
+    /// The role's identity, for every job it runs: the account's `plan_credentials` for a plan
+    /// worker, its `apply_credentials` for an apply worker. A worker never holds the other's.
+    pub credentials: Option<Credentials>,
+    /// How long a credentials command or an STS call may take.
+    pub credentials_timeout: Duration,
+    /// Which account owns a unit, by this worker's own configuration.
+    pub owners: UnitOwners,
+    /// The tools' user and environment.
+    pub tools: ToolSettings,
+    /// The worker's own git: its deadline and settings.
+    pub git: GitSettings,
     pub heartbeat_interval: Duration,
     /// On shutdown, how long a running job may take before it is stopped and given back.
     pub drain: Duration,
@@ -59,11 +79,56 @@ pub struct WorkerSettings {
     pub supervisor: Option<PathBuf>,
 }
 
+/// Who tools run as and what environment they get. Nothing else of the worker's environment
+/// reaches a tool.
+#[derive(Clone, Default)]
+pub struct ToolSettings {
+    /// Run tools as this user (`executor.tool_user`); `None`: as the worker.
+    pub user: Option<ToolUser>,
+    /// The worker's `pass_env` variables, read once at start, then `executor.tool_env`.
+    pub env: BTreeMap<String, String>,
+    /// The PATH tools get: the worker's.
+    pub path: String,
+}
+
+impl std::fmt::Debug for ToolSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Names only: a proxy URL may carry a password.
+        f.debug_struct("ToolSettings")
+            .field("user", &self.user)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl ToolSettings {
+    /// From `[executor]` and the worker's own environment (`lookup`).
+    pub fn from_config(
+        executor: &config::ExecutorSettings,
+        user: Option<ToolUser>,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> ToolSettings {
+        let mut env: BTreeMap<String, String> = executor
+            .pass_env
+            .iter()
+            .filter_map(|name| lookup(name).map(|value| (name.clone(), value)))
+            .collect();
+        env.extend(executor.tool_env.clone());
+        ToolSettings {
+            user,
+            env,
+            path: lookup("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".to_owned()),
+        }
+    }
+}
+
 impl WorkerSettings {
-    /// Settings for a worker of `account`. `Err` names what is wrong.
+    /// Settings for a worker of `account` in `role`. `Err` names what is wrong.
     pub fn from_config(
         config: &Config,
         account: &str,
+        role: ExecutorRole,
         name: Option<String>,
         work_dir: Option<PathBuf>,
     ) -> Result<WorkerSettings, String> {
@@ -87,20 +152,76 @@ impl WorkerSettings {
             .log_dir
             .clone()
             .unwrap_or_else(|| work_dir.join("logs"));
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let user = config.executor.tool_user(&passwd)?;
+        let tools =
+            ToolSettings::from_config(&config.executor, user, |name| std::env::var(name).ok());
         Ok(WorkerSettings {
             account: account.to_owned(),
+            role,
             name,
             work_dir,
             log_dir,
             tf_binary: config.executor.tf_binary.clone(),
             repositories: config.repositories.clone(),
-            plan_credentials: config.credentials_for(entry, false).cloned(),
-            apply_credentials: config.credentials_for(entry, true).cloned(),
+            credentials: config
+                .credentials_for(entry, role == ExecutorRole::Apply)
+                .cloned(),
+            credentials_timeout: config.timeouts.credentials(),
+            owners: UnitOwners::from_config(config),
+            tools,
+            git: GitSettings {
+                timeout: config.timeouts.git(),
+                config: config.executor.git_config.clone(),
+            },
             heartbeat_interval: Duration::from_secs(30),
             drain: Duration::from_secs(config.executor.drain_seconds),
             stop_grace: Duration::from_secs(config.executor.stop_grace_seconds),
             supervisor: None,
         })
+    }
+}
+
+/// Why a worker of `account` in `role` must not start on this machine as configured: a plan
+/// worker that can read the apply identity's token file would hand it to a pull request's
+/// code. `Ok` when nothing is wrong. (Reads the file system: run where the worker runs.)
+pub fn check_isolation(config: &Config, account: &str, role: ExecutorRole) -> Result<(), String> {
+    let Some(entry) = config.account(account) else {
+        return Err(format!("account {account:?} is not in the configuration"));
+    };
+    if role != ExecutorRole::Plan {
+        return Ok(());
+    }
+    let plan = config.credentials_for(entry, false);
+    if let Some(apply) = config.credentials_for(entry, true) {
+        if plan.is_some_and(|plan| plan.name == apply.name) {
+            return Err(format!(
+                "the plan worker of {account:?} would hold the apply credentials {:?}",
+                apply.name
+            ));
+        }
+        if apply.provider == CredentialsProvider::AwsWebIdentity
+            && let Some(token) = &apply.token_file
+            && std::fs::File::open(token).is_ok()
+        {
+            return Err(format!(
+                "the plan worker of {account:?} can read the apply credentials' token file {} \
+                 (mount only the plan role's token into plan workers)",
+                token.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl WorkerSettings {
+    /// What [`checks::check_job`] compares a job with.
+    pub(crate) fn identity(&self) -> checks::Identity<'_> {
+        checks::Identity {
+            account: &self.account,
+            role: self.role,
+            owners: &self.owners,
+        }
     }
 }
 
@@ -124,6 +245,9 @@ pub enum ExecuteError {
     Workspace(#[from] WorkspaceError),
     #[error("the broker closed the consumer of {0}")]
     ConsumerClosed(String),
+    /// The worker cannot keep its promises here (missing privileges): fix the deployment.
+    #[error("{0}")]
+    Setup(String),
 }
 
 impl ExecuteError {
@@ -132,7 +256,7 @@ impl ExecuteError {
         match self {
             ExecuteError::Broker(err) => err.is_transient(),
             ExecuteError::ConsumerClosed(_) => true,
-            ExecuteError::Workspace(_) => false,
+            ExecuteError::Workspace(_) | ExecuteError::Setup(_) => false,
         }
     }
 }
@@ -146,17 +270,38 @@ pub async fn run(
     ops: Ops,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ExecuteError> {
-    let workspace = Workspace::open(settings.work_dir.clone())?;
+    harden_process();
+    if let Some(user) = settings.tools.user {
+        can_switch_to(user).map_err(ExecuteError::Setup)?;
+    }
+    let workspace = Workspace::open(
+        settings.work_dir.clone(),
+        settings.git.clone(),
+        settings.tools.user,
+    )?;
+    // Job logs are the worker's: a tool (as the tool user) must not read another job's.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let private = std::fs::create_dir_all(&settings.log_dir).and_then(|()| {
+            std::fs::set_permissions(&settings.log_dir, std::fs::Permissions::from_mode(0o700))
+        });
+        if let Err(source) = private {
+            return Err(ExecuteError::Workspace(WorkspaceError::Io {
+                path: settings.log_dir.clone(),
+                source,
+            }));
+        }
+    }
     metrics::register(&ops.metrics);
     broker
         .ensure_topology(&Topology::new([settings.account.clone()]))
         .await?;
-    let queue = jobs_queue(&settings.account);
+    let queue = jobs_queue(&settings.account, settings.role);
     let mut replies = broker.reply_queue().await?;
     // Prefetch 1: a job waiting behind an hours-long apply should go to another worker.
     let mut jobs = broker.consume(&queue, 1).await?;
     ops.health.set_ready(true);
-    tracing::info!(account = %settings.account, worker = %settings.name, work_dir = %settings.work_dir.display(), "Executor ready.");
+    tracing::info!(account = %settings.account, role = %settings.role, worker = %settings.name, work_dir = %settings.work_dir.display(), "Executor ready.");
     tokio::pin!(shutdown);
     let mut draining = false;
     while !draining {
@@ -178,4 +323,56 @@ pub async fn run(
     }
     tracing::info!("Executor stopped taking jobs; shutting down.");
     Ok(())
+}
+
+/// Makes the worker's memory and `/proc/<pid>/` files (environ, mem, fds) unreadable to
+/// processes of the same user, tools included: they cannot attach to it or read what it holds.
+/// Each tool starts dumpable again (the flag resets on exec), so this costs tools nothing.
+pub fn harden_process() {
+    if let Err(err) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        tracing::warn!(error = %err, "Cannot make the worker non-dumpable.");
+    }
+}
+
+/// Capabilities a worker needs to run tools as another user, and to clean up after them.
+const SWITCH_CAPABILITIES: &[(u32, &str)] = &[
+    (0, "CAP_CHOWN"),
+    (1, "CAP_DAC_OVERRIDE"),
+    (3, "CAP_FOWNER"),
+    (5, "CAP_KILL"),
+    (6, "CAP_SETGID"),
+    (7, "CAP_SETUID"),
+];
+
+/// Whether this process may run tools as `user`: `Err` names what is missing.
+fn can_switch_to(user: ToolUser) -> Result<(), String> {
+    let uid = rustix::process::geteuid().as_raw();
+    if uid == user.uid {
+        return Err(format!(
+            "executor.tool_user is the worker's own user ({uid}): tools would read the worker's files"
+        ));
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let missing: Vec<&str> = SWITCH_CAPABILITIES
+        .iter()
+        .filter(|(bit, _)| effective & (1 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "executor.tool_user = {}:{} needs the worker to hold {} (run it as root, or grant them)",
+            user.uid,
+            user.gid,
+            missing.join(", ")
+        ))
+    }
 }

@@ -32,9 +32,10 @@ pub(crate) struct JobOutput {
 impl JobOutput {
     /// `log`: where to write the whole output (created with its directories); `None` keeps
     /// only the bounded copy. A log that cannot be written is reported in the output itself.
-    pub(crate) fn new(mut secrets: Vec<String>, log: Option<&Path>) -> JobOutput {
-        secrets.retain(|s| !s.is_empty());
+    pub(crate) fn new(secrets: Vec<String>, log: Option<&Path>) -> JobOutput {
+        let mut secrets: Vec<String> = secrets.iter().flat_map(|s| encodings(s)).collect();
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.dedup();
         let mut output = JobOutput {
             bounded: BoundedOutput::default(),
             secrets,
@@ -60,8 +61,9 @@ impl JobOutput {
     /// More values to redact from here on (credentials obtained after the output began).
     pub(crate) fn add_secrets(&mut self, secrets: Vec<String>) {
         self.secrets
-            .extend(secrets.into_iter().filter(|s| !s.is_empty()));
+            .extend(secrets.iter().flat_map(|s| encodings(s)));
         self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        self.secrets.dedup();
     }
 
     pub(crate) fn push(&mut self, bytes: &[u8]) {
@@ -107,6 +109,67 @@ impl JobOutput {
         }
         self.bounded.finish()
     }
+}
+
+/// Shortest encoded form worth redacting: shorter fragments would match ordinary text.
+const MIN_ENCODED_LEN: usize = 8;
+
+/// A secret as a tool may print it: as is, in base64 (standard and URL-safe, at each of the
+/// three alignments it can have inside a longer encoded text, so a token inside an encoded
+/// `user:token` is found too), and percent-encoded (upper- and lower-case hex).
+pub(crate) fn encodings(secret: &str) -> Vec<String> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    if secret.is_empty() {
+        return Vec::new();
+    }
+    let mut forms = vec![secret.to_owned()];
+    for engine in [STANDARD_NO_PAD, URL_SAFE_NO_PAD] {
+        for shift in 0..3_usize {
+            let mut data = vec![0_u8; shift];
+            data.extend_from_slice(secret.as_bytes());
+            let encoded = engine.encode(&data);
+            // Only the 4-character groups made of the secret's bytes alone: the first group
+            // of a shifted copy also encodes what precedes the secret, a last partial group
+            // what follows it.
+            let skip = if shift == 0 { 0 } else { 4 };
+            let whole = data.len() / 3 * 4;
+            if whole > skip && whole - skip >= MIN_ENCODED_LEN {
+                forms.push(encoded[skip..whole].to_owned());
+            }
+        }
+    }
+    let mut upper = String::new();
+    for byte in secret.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            upper.push(char::from(byte));
+        } else {
+            upper.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    if upper != secret {
+        let lower = lower_hex_escapes(&upper);
+        forms.push(upper);
+        forms.push(lower);
+    }
+    forms
+}
+
+/// `%2F` → `%2f`, leaving everything else as it is.
+fn lower_hex_escapes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '%' {
+            for _ in 0..2 {
+                if let Some(hex) = chars.next() {
+                    out.push(hex.to_ascii_lowercase());
+                }
+            }
+        }
+    }
+    out
 }
 
 #[derive(Debug, Default)]
@@ -174,6 +237,36 @@ mod tests {
         let text = output.finish();
         assert_eq!(text, "key = ***\nlonger = ***\ntail without newline ***");
         assert_eq!(std::fs::read_to_string(&log).unwrap(), text);
+    }
+
+    #[test]
+    fn redacts_base64_and_percent_encoded_forms() {
+        use base64::Engine;
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+        let secret = "p4ss/w0rd+with?odd=chars";
+        let mut output = JobOutput::new(vec![secret.to_owned()], None);
+        let forms = [
+            STANDARD.encode(secret),
+            URL_SAFE.encode(secret),
+            // Inside a longer encoded text, at each alignment: a basic-auth header.
+            STANDARD.encode(format!("user:{secret}")),
+            STANDARD.encode(format!("us:{secret}")),
+            STANDARD.encode(format!("u:{secret}")),
+            "p4ss%2Fw0rd%2Bwith%3Fodd%3Dchars".to_owned(),
+            "p4ss%2fw0rd%2bwith%3fodd%3dchars".to_owned(),
+        ];
+        for form in &forms {
+            output.push_str(&format!("value: {form}\n"));
+        }
+        let text = output.finish();
+        for form in &forms {
+            assert!(!text.contains(form.as_str()), "{form} in {text}");
+        }
+        // What could be left of each is a few characters at the edges, never the middle.
+        for line in text.lines() {
+            assert!(line.contains(REDACTED), "{line}");
+            assert!(line.len() < "value: ".len() + 16, "{line}");
+        }
     }
 
     #[test]

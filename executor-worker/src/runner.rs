@@ -148,8 +148,11 @@ pub(crate) struct Launch {
     pub(crate) supervisor: Option<PathBuf>,
     /// After asking a tool to stop, how long until its process group is killed.
     pub(crate) grace: Duration,
-    /// Added to the worker's environment: the job's credentials.
+    /// The tool's whole environment (see [`crate::work::tool_env`]): nothing of the
+    /// worker's own environment is inherited.
     pub(crate) env: Vec<(String, String)>,
+    /// Run the tool (and its supervisor) as this user; `None`: as the worker.
+    pub(crate) user: Option<config::ToolUser>,
 }
 
 /// What running the steps produced.
@@ -202,9 +205,9 @@ pub(crate) async fn execute(
             run_merged(&mut command, output, launch, stop)
                 .instrument(span)
                 .await
-                .map(|ended| (ended, Vec::new()))
+                .map(|ended| (ended, None))
         };
-        let (ended, stdout) = match result {
+        let (ended, counts) = match result {
             Ok(result) => result,
             Err(err) => {
                 output.push_str(&format!("cannot run {}: {err}\n", tool.program()));
@@ -230,11 +233,10 @@ pub(crate) async fn execute(
             outcome.exit_code = code;
             return outcome;
         }
-        if step.captures_stdout {
-            match resource_counts(&stdout) {
-                Ok(counts) => outcome.resource_changes = Some(counts),
-                Err(err) => output.push_str(&format!("cannot read the JSON plan: {err}\n")),
-            }
+        match counts {
+            Some(Ok(counts)) => outcome.resource_changes = Some(counts),
+            Some(Err(err)) => output.push_str(&format!("cannot read the JSON plan: {err}\n")),
+            None => {}
         }
     }
     outcome
@@ -246,26 +248,31 @@ fn command(program: &str, args: &[&str], dir: &Path, launch: &Launch) -> Command
     let mut command = match &launch.supervisor {
         Some(supervisor) => {
             let mut command = Command::new(supervisor);
-            command
-                .arg(SUPERVISE_COMMAND)
-                .arg(std::process::id().to_string())
-                .arg(program);
+            command.arg(SUPERVISE_COMMAND);
+            if let Some(user) = launch.user {
+                command
+                    .arg("--as-user")
+                    .arg(format!("{}:{}", user.uid, user.gid));
+            }
+            command.arg(std::process::id().to_string()).arg(program);
             command
         }
         None => {
             let mut command = Command::new(program);
             command.process_group(0);
+            if let Some(user) = launch.user {
+                // Supplementary groups are dropped with the switch.
+                command.uid(user.uid).gid(user.gid);
+            }
             command
         }
     };
     command
         .args(args)
         .current_dir(dir)
-        // The child inherits the worker's environment (TF_* settings, proxies, plugin cache),
-        // plus the job's credentials.
+        // Built from nothing: a pull request's provider must not find the worker's variables.
+        .env_clear()
         .envs(launch.env.iter().map(|(k, v)| (k, v)))
-        .env("TF_IN_AUTOMATION", "1")
-        .env("TF_INPUT", "0")
         .stdin(Stdio::null())
         // A supervisor must outlive an abandoned step long enough to kill the tool's group
         // (see AbandonGuard); a bare tool is killed with its group.
@@ -324,29 +331,81 @@ async fn run_merged(
 }
 
 /// How long a killed process group gets to disappear before the supervisor itself is killed.
-const KILL_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const KILL_WAIT: Duration = Duration::from_secs(10);
 
-/// Runs with stdout captured as data and stderr appended to the output.
+/// Runs with stdout read as a JSON plan while it streams (a plan of a big unit is hundreds of
+/// megabytes: only its resource actions are kept) and stderr appended to the output.
 async fn run_capturing(
     command: &mut Command,
     output: &mut JobOutput,
     stop: &mut watch::Receiver<Option<Stop>>,
-) -> std::io::Result<(Ended, Vec<u8>)> {
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = command.spawn()?;
+) -> std::io::Result<(Ended, Option<Result<ResourceCounts, String>>)> {
+    let (reader, writer) = std::io::pipe()?;
+    command.stdout(writer).stderr(Stdio::piped());
+    let mut child = command.spawn()?;
+    // Drop our copy of the write end, or the reader would never see end-of-file.
+    command.stdout(Stdio::null());
+    let parsing = tokio::task::spawn_blocking(move || {
+        let mut reader = std::io::BufReader::new(reader);
+        let counts = resource_counts_from(&mut reader).map_err(|err| err.to_string());
+        // Whatever follows (nothing, from a well-behaved tool) is drained, not kept.
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        counts
+    });
+    let mut stderr = child.stderr.take();
+    let collect_stderr = async {
+        let mut bytes = Vec::new();
+        if let Some(stderr) = stderr.as_mut() {
+            use tokio::io::AsyncReadExt;
+            // Bounded: stderr of `show` is a few lines, never a plan.
+            let _ = stderr.take(1 << 20).read_to_end(&mut bytes).await;
+        }
+        bytes
+    };
     tokio::select! {
-        result = child.wait_with_output() => {
-            let result = result?;
-            output.push(&result.stderr);
-            Ok((Ended::Exited(result.status.code()), result.stdout))
+        (status, stderr) = async { tokio::join!(child.wait(), collect_stderr) } => {
+            output.push(&stderr);
+            let counts = parsing.await.map_err(std::io::Error::other)?;
+            Ok((Ended::Exited(status?.code()), Some(counts)))
         }
         // `show` only reads a file: dropping it (kill on drop) is stop enough.
-        reason = stopped(stop) => Ok((Ended::Stopped(reason), Vec::new())),
+        reason = stopped(stop) => Ok((Ended::Stopped(reason), None)),
     }
 }
 
+/// Kills every process of `uid`: what a job's tools left running (a daemon a provider
+/// forked off, escaping its process group) must not see the next job. Returns how many.
+pub(crate) fn kill_processes_of(uid: u32) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        let owner = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().next())
+            .and_then(|real| real.parse::<u32>().ok());
+        if owner == Some(uid)
+            && let Some(pid) = Pid::from_raw(pid)
+            && rustix::process::kill_process(pid, Signal::KILL).is_ok()
+        {
+            killed += 1;
+        }
+    }
+    killed
+}
+
 /// Resolves once a stop is asked for.
-async fn stopped(stop: &mut watch::Receiver<Option<Stop>>) -> Stop {
+pub(crate) async fn stopped(stop: &mut watch::Receiver<Option<Stop>>) -> Stop {
     let asked = stop
         .wait_for(Option::is_some)
         .await
@@ -408,8 +467,17 @@ struct JsonChange {
 /// Counts resources to add, change and destroy from `show -json` of a saved plan. A replace
 /// (`["delete","create"]` or `["create","delete"]`) counts as one add and one destroy, as
 /// Terraform's own summary does.
+#[cfg(test)]
 pub(crate) fn resource_counts(json: &[u8]) -> Result<ResourceCounts, serde_json::Error> {
-    let plan: JsonPlan = serde_json::from_slice(json)?;
+    resource_counts_from(json)
+}
+
+/// [`resource_counts`] from a stream: every field but the resources' actions is skipped as it
+/// is read, never held.
+pub(crate) fn resource_counts_from(
+    json: impl std::io::Read,
+) -> Result<ResourceCounts, serde_json::Error> {
+    let plan: JsonPlan = serde_json::from_reader(json)?;
     let mut counts = ResourceCounts::default();
     for change in plan.resource_changes {
         for action in &change.change.actions {

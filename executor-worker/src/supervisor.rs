@@ -1,5 +1,6 @@
-//! `pipelines __supervise WORKER_PID TOOL ARGS...`: runs one tool process for a worker and makes
-//! sure nothing of it outlives the worker.
+//! `pipelines __supervise [--as-user UID:GID] WORKER_PID TOOL ARGS...`: runs one tool process
+//! for a worker, as the worker's tool user when it has one, and makes sure nothing of it
+//! outlives the worker.
 //!
 //! The tool runs in a process group of its own (terraform, its providers, `local-exec`
 //! shells). The supervisor watches its parent: when the worker is gone, even by SIGKILL, it
@@ -20,7 +21,23 @@ const PARENT_CHECK: Duration = Duration::from_millis(100);
 
 /// Runs `program args` until it exits; the exit code to return (128 + signal when it was
 /// killed by one, as shells do).
-pub fn supervise(worker_pid: u32, program: OsString, args: Vec<OsString>) -> i32 {
+pub fn supervise(
+    worker_pid: u32,
+    as_user: Option<&str>,
+    program: OsString,
+    args: Vec<OsString>,
+) -> i32 {
+    let user = match as_user.map(|spec| {
+        spec.split_once(':')
+            .and_then(|(uid, gid)| Some((uid.parse::<u32>().ok()?, gid.parse::<u32>().ok()?)))
+    }) {
+        None => None,
+        Some(Some(ids)) => Some(ids),
+        Some(None) => {
+            eprintln_safe(&format!("pipelines supervisor: {as_user:?} is not UID:GID"));
+            return 125;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -31,10 +48,15 @@ pub fn supervise(worker_pid: u32, program: OsString, args: Vec<OsString>) -> i32
             return 125;
         }
     };
-    runtime.block_on(run(worker_pid, program, args))
+    runtime.block_on(run(worker_pid, user, program, args))
 }
 
-async fn run(worker_pid: u32, program: OsString, args: Vec<OsString>) -> i32 {
+async fn run(
+    worker_pid: u32,
+    user: Option<(u32, u32)>,
+    program: OsString,
+    args: Vec<OsString>,
+) -> i32 {
     // Handlers first: from here on, SIGTERM and SIGINT are requests, not our death.
     let (Ok(mut terminate), Ok(mut interrupt), Ok(mut kill_now)) = (
         signal(SignalKind::terminate()),
@@ -49,7 +71,12 @@ async fn run(worker_pid: u32, program: OsString, args: Vec<OsString>) -> i32 {
         // The worker died before we got here.
         return 137;
     }
-    let mut child = match Command::new(&program)
+    let mut command = Command::new(&program);
+    if let Some((uid, gid)) = user {
+        // The supervisor stays the worker's user, so the tool can neither signal nor trace it.
+        command.uid(uid).gid(gid);
+    }
+    let mut child = match command
         .args(&args)
         .process_group(0)
         .stdin(Stdio::null())

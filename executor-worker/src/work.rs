@@ -3,18 +3,18 @@
 //! obtain its credentials, check out its commit, run the tool's steps, clean up. Every problem
 //! becomes an outcome whose output says what went wrong; nothing here fails the worker.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use proto_types::{Action, Job, JobOutcome, JobStatus};
+use proto_types::{Action, ExecutorRole, Job, JobOutcome, JobStatus};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::WorkerSettings;
-use crate::credentials;
 use crate::output::JobOutput;
 use crate::runner::{self, Launch, Stop};
-use crate::workspace::Workspace;
+use crate::workspace::{JobDir, Workspace};
+use crate::{ToolSettings, WorkerSettings, checks, credentials};
 
 /// How a claimed job ended.
 #[derive(Debug)]
@@ -111,7 +111,7 @@ fn humane(secs: u64) -> String {
 }
 
 /// Everything up to and including the tool's steps. `Err((status, why))` when nothing (more)
-/// could run.
+/// could run. The job's directory is removed afterwards, however it ended.
 async fn prepare_and_run(
     settings: &WorkerSettings,
     workspace: &Workspace,
@@ -119,13 +119,6 @@ async fn prepare_and_run(
     output: &mut JobOutput,
     stop: &mut watch::Receiver<Option<Stop>>,
 ) -> Result<runner::StepsOutcome, (JobStatus, String)> {
-    let failed = |message: String| (JobStatus::Failed, message);
-    let refused = |message: String| {
-        (
-            JobStatus::Refused,
-            format!("refused: {message}; nothing ran"),
-        )
-    };
     let Some(repository) = settings
         .repositories
         .iter()
@@ -136,11 +129,7 @@ async fn prepare_and_run(
             job.repository
         )));
     };
-    let mut commits = vec![job.commit.as_str()];
-    commits.extend(job.source_commit.as_deref());
-    if let Some(bad) = commits.iter().find(|c| !is_commit_id(c)) {
-        return Err(refused(format!("{bad:?} is not a full commit id")));
-    }
+    checks::check_job(job, settings.identity()).map_err(refused)?;
     if job.action == Action::Noop {
         // Everything up to here, and the claim, events and run state around it, is real.
         output.push_str("pipelines: noop: nothing checked out, no tool run\n");
@@ -151,7 +140,86 @@ async fn prepare_and_run(
             stopped: None,
         });
     }
-    if job.action.mutates() {
+    // Fetching, checking out and obtaining credentials wait on the network: a stop (timeout,
+    // cancellation, drain) ends them too.
+    let prepared = tokio::select! {
+        prepared = prepare(settings, workspace, job, repository, output) => prepared,
+        reason = runner::stopped(stop) => Err(Interrupted::Stopped(reason)),
+    };
+    let result = match prepared {
+        Ok(prepared) => {
+            let launch = Launch {
+                supervisor: settings.supervisor.clone(),
+                grace: settings.stop_grace,
+                env: tool_env(&settings.tools, &prepared.dir, &prepared.credentials.env),
+                user: settings.tools.user,
+            };
+            Ok(runner::execute(
+                &prepared.tool,
+                job.action,
+                &prepared.unit_dir,
+                output,
+                &launch,
+                stop,
+            )
+            .instrument(tracing::info_span!("run_tool", tool = ?prepared.tool))
+            .await)
+        }
+        Err(Interrupted::Stopped(reason)) => Ok(runner::StepsOutcome {
+            status: JobStatus::Failed,
+            exit_code: None,
+            resource_changes: None,
+            stopped: Some(reason),
+        }),
+        Err(Interrupted::Failed(status, message)) => Err((status, message)),
+    };
+    // Nothing of a job outlives it: not its files, not a process its tools left behind.
+    workspace.remove(&workspace.job_dir(job.job_id)).await;
+    if let Some(user) = settings.tools.user {
+        let killed = runner::kill_processes_of(user.uid);
+        if killed > 0 {
+            output.push_str(&format!(
+                "pipelines: killed {killed} process(es) the job's tools left running\n"
+            ));
+        }
+    }
+    result
+}
+
+fn refused(message: String) -> (JobStatus, String) {
+    (
+        JobStatus::Refused,
+        format!("refused: {message}; nothing ran"),
+    )
+}
+
+/// Why preparing a job did not lead to its steps.
+enum Interrupted {
+    Stopped(Stop),
+    Failed(JobStatus, String),
+}
+
+/// A job ready to run: checked out, its unit resolved, its credentials obtained.
+struct Prepared {
+    dir: JobDir,
+    unit_dir: PathBuf,
+    tool: runner::Tool,
+    credentials: credentials::JobCredentials,
+}
+
+async fn prepare(
+    settings: &WorkerSettings,
+    workspace: &Workspace,
+    job: &Job,
+    repository: &config::Repository,
+    output: &mut JobOutput,
+) -> Result<Prepared, Interrupted> {
+    let failed = |message: String| Interrupted::Failed(JobStatus::Failed, message);
+    let mut commits = vec![job.commit.as_str()];
+    commits.extend(job.source_commit.as_deref());
+    if settings.role == ExecutorRole::Apply {
+        // An apply worker runs reviewed code only, whatever the job says it is: every commit
+        // it checks out must be on the deploy branch, as the canonical remote says now.
         let verified = workspace
             .verify_on_branch(
                 &repository.name,
@@ -162,7 +230,10 @@ async fn prepare_and_run(
             .instrument(tracing::info_span!("verify", branch = %repository.deploy_branch))
             .await
             .map_err(|err| failed(format!("cannot verify the commit: {err}")))?;
-        verified.map_err(refused)?;
+        verified.map_err(|reason| {
+            let (status, message) = refused(reason);
+            Interrupted::Failed(status, message)
+        })?;
         output.push_str(&format!(
             "pipelines: verified: {} on branch {:?} of {}\n",
             commits.join(", "),
@@ -171,23 +242,43 @@ async fn prepare_and_run(
         ));
     }
 
-    // The read-only identity for plans; the write identity only for applies and destroys.
-    let entry = if job.action.mutates() {
-        settings.apply_credentials.as_ref()
-    } else {
-        settings.plan_credentials.as_ref()
-    };
-    let credentials = match entry {
+    let commit = job.checkout_commit();
+    let dir = workspace
+        .checkout(&repository.name, &repository.url, commit, job.job_id)
+        .instrument(tracing::info_span!("checkout", commit))
+        .await
+        .map_err(|err| failed(format!("checkout failed: {err}")))?;
+    let unit_dir = checks::resolve_unit(&dir.src, &job.unit, commit).map_err(|reason| {
+        let (status, message) = refused(reason);
+        Interrupted::Failed(status, message)
+    })?;
+    let tf_binary = repository
+        .tf_binary
+        .as_deref()
+        .or(settings.tf_binary.as_deref());
+    let tool = runner::tool_for(
+        &unit_dir,
+        tf_binary,
+        repository.terragrunt_binary.as_deref(),
+    )
+    .map_err(failed)?;
+
+    let credentials = match &settings.credentials {
         Some(entry) => {
             let session = format!(
                 "pipelines-{}-{}",
                 &job.job_id.simple().to_string()[..12],
                 job.attempt
             );
-            let obtained = credentials::obtain(entry, &session)
-                .instrument(tracing::info_span!("credentials", name = %entry.name))
-                .await
-                .map_err(|err| failed(err.to_string()))?;
+            let files = credentials::FileTarget {
+                dir: dir.credentials.clone(),
+                owner: settings.tools.user,
+            };
+            let obtained =
+                credentials::obtain(entry, &session, settings.credentials_timeout, &files)
+                    .instrument(tracing::info_span!("credentials", name = %entry.name))
+                    .await
+                    .map_err(|err| failed(err.to_string()))?;
             output.add_secrets(obtained.secrets());
             output.push_str(&format!(
                 "pipelines: credentials {:?} ({} variable(s))\n",
@@ -198,51 +289,36 @@ async fn prepare_and_run(
         }
         None => credentials::JobCredentials::default(),
     };
-
-    let commit = job.checkout_commit();
-    let dir = workspace
-        .checkout(&repository.name, &repository.url, commit, job.job_id)
-        .instrument(tracing::info_span!("checkout", commit))
-        .await
-        .map_err(|err| failed(format!("checkout failed: {err}")))?;
-    let unit_dir = dir.join(&job.unit);
-    let result = if unit_dir.is_dir() {
-        let tf_binary = repository
-            .tf_binary
-            .as_deref()
-            .or(settings.tf_binary.as_deref());
-        match runner::tool_for(
-            &unit_dir,
-            tf_binary,
-            repository.terragrunt_binary.as_deref(),
-        ) {
-            Ok(tool) => {
-                let launch = Launch {
-                    supervisor: settings.supervisor.clone(),
-                    grace: settings.stop_grace,
-                    env: credentials.env.into_iter().collect(),
-                };
-                Ok(
-                    runner::execute(&tool, job.action, &unit_dir, output, &launch, stop)
-                        .instrument(tracing::info_span!("run_tool", tool = ?tool))
-                        .await,
-                )
-            }
-            Err(reason) => Err(failed(reason)),
-        }
-    } else {
-        Err(failed(format!(
-            "unit directory {} does not exist at commit {commit}",
-            job.unit
-        )))
-    };
-    workspace.remove(&dir).await;
-    result
+    Ok(Prepared {
+        dir,
+        unit_dir,
+        tool,
+        credentials,
+    })
 }
 
-/// A full SHA-1 or SHA-256 commit id, and so never an option or a ref name to git.
-fn is_commit_id(text: &str) -> bool {
-    matches!(text.len(), 40 | 64) && text.bytes().all(|b| b.is_ascii_hexdigit())
+/// The whole environment of a tool, built from nothing: the worker's `pass_env` and
+/// `tool_env` settings, the job's credentials, and what the worker sets itself, in that order
+/// of precedence. Pure.
+pub(crate) fn tool_env(
+    tools: &ToolSettings,
+    dir: &JobDir,
+    credentials: &BTreeMap<String, String>,
+) -> Vec<(String, String)> {
+    let mut env = tools.env.clone();
+    env.extend(credentials.clone());
+    let path = |path: &std::path::Path| path.to_string_lossy().into_owned();
+    for (name, value) in [
+        ("PATH", tools.path.clone()),
+        ("HOME", path(&dir.home)),
+        ("TMPDIR", path(&dir.tmp)),
+        ("TF_IN_AUTOMATION", "1".to_owned()),
+        ("TF_INPUT", "0".to_owned()),
+        ("CHECKPOINT_DISABLE", "1".to_owned()),
+    ] {
+        env.insert(name.to_owned(), value);
+    }
+    env.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -250,12 +326,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_full_hex_ids_are_commits() {
-        assert!(is_commit_id(&"a".repeat(40)));
-        assert!(is_commit_id(&"0".repeat(64)));
-        assert!(!is_commit_id("--upload-pack=touch /tmp/pwned"));
-        assert!(!is_commit_id("main"));
-        assert!(!is_commit_id(&"g".repeat(40)));
+    fn tools_get_an_environment_built_from_nothing_with_the_worker_settings_last() {
+        let tools = ToolSettings {
+            user: None,
+            env: BTreeMap::from([
+                ("HTTPS_PROXY".to_owned(), "http://proxy:3128".to_owned()),
+                ("HOME".to_owned(), "/root".to_owned()),
+                ("AWS_REGION".to_owned(), "eu-west-1".to_owned()),
+            ]),
+            path: "/usr/bin:/bin".to_owned(),
+        };
+        let dir = JobDir::at(std::path::Path::new("/w/jobs/1"));
+        let credentials = BTreeMap::from([
+            ("AWS_REGION".to_owned(), "us-east-1".to_owned()),
+            ("TF_IN_AUTOMATION".to_owned(), "0".to_owned()),
+        ]);
+        let env: BTreeMap<_, _> = tool_env(&tools, &dir, &credentials).into_iter().collect();
+        let get = |name: &str| env.get(name).map(String::as_str);
+        assert_eq!(get("HTTPS_PROXY"), Some("http://proxy:3128"));
+        assert_eq!(
+            get("AWS_REGION"),
+            Some("us-east-1"),
+            "credentials over settings"
+        );
+        assert_eq!(
+            get("HOME"),
+            Some("/w/jobs/1/home"),
+            "the worker's own over both"
+        );
+        assert_eq!(get("TMPDIR"), Some("/w/jobs/1/tmp"));
+        assert_eq!(get("TF_IN_AUTOMATION"), Some("1"));
+        assert_eq!(get("PATH"), Some("/usr/bin:/bin"));
+        assert_eq!(env.len(), 8, "nothing else: {env:?}");
     }
 
     #[test]

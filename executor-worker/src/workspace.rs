@@ -1,16 +1,34 @@
-//! The worker's git cache: one bare mirror per repository, fetched from the canonical URL, and
-//! a fresh worktree per job at the job's commit.
+//! The worker's git cache and job directories: one bare mirror per repository, written only by
+//! the worker's own git, and a fresh directory per job that is deleted when the job ends.
 //!
 //! It shells out to `git` rather than using libgit2: the git CLI already speaks every
 //! transport and credential helper an operator may configure (HTTPS tokens, SSH keys,
 //! proxies), and the executor host needs git for Terraform module sources anyway.
-//! One worker process owns its work directory (a lock file enforces it); jobs of one worker
-//! run one after another, each in a fresh worktree, so the mirror is never written twice at
-//! once.
+//!
+//! A job runs code nobody reviewed (a pull request's providers, `data "external"`, hooks), so
+//! nothing a job could have written is trusted here:
+//! - the worker's git reads no configuration but what the worker gives it (no system or global
+//!   config, the mirror's `config` rewritten before every use), runs no hooks
+//!   (`core.hooksPath=/dev/null`), no fsmonitor, honours no `replace` refs, grafts or
+//!   alternates (removed before every use), and every git command has a deadline;
+//! - a job's checkout is a plain tree in its own directory (`jobs/<id>/src`, with `home`,
+//!   `tmp` and `credentials` beside it), made from the mirror with a private index file, so
+//!   it holds no link back to the mirror; with a tool user it belongs to that user, while the
+//!   mirror stays the worker's (mode 0700);
+//! - the deploy-branch check of an apply asks the canonical remote for the branch's tip
+//!   (`ls-remote`) rather than trusting a ref in the mirror.
+//!
+//! One worker process owns its work directory (a lock file enforces it) and runs one job at a
+//! time, so the mirror is never written twice at once.
 
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
+use config::ToolUser;
+use rustix::process::{Pid, Signal};
 use tokio::process::Command;
 use uuid::Uuid;
 
@@ -20,6 +38,8 @@ pub enum WorkspaceError {
     Spawn(std::io::Error),
     #[error("`git {args}` failed: {stderr}")]
     Git { args: String, stderr: String },
+    #[error("`git {args}` did not finish within {} s (timeouts.git) and was stopped", .after.as_secs())]
+    Timeout { args: String, after: Duration },
     #[error("commit {commit} is not in {url} (fetched branches and tags, then the commit itself)")]
     MissingCommit { commit: String, url: String },
     #[error("cannot prepare {}: {source}", path.display())]
@@ -34,19 +54,118 @@ pub enum WorkspaceError {
         lock.display()
     )]
     InUse { root: PathBuf, lock: PathBuf },
+    #[error(
+        "the tool user cannot reach the work directory: {} has mode {mode:o} (give others execute permission, o+x, or move executor.work_dir)",
+        path.display()
+    )]
+    Unreachable { path: PathBuf, mode: u32 },
+}
+
+/// How the worker's own git runs.
+#[derive(Debug, Clone)]
+pub struct GitSettings {
+    /// The longest any one git command may take.
+    pub timeout: Duration,
+    /// Settings from `executor.git_config` (credential helpers, proxies), given to git
+    /// through its environment rather than its command line, where `ps` would show them.
+    pub config: BTreeMap<String, String>,
+}
+
+impl Default for GitSettings {
+    fn default() -> GitSettings {
+        GitSettings {
+            timeout: Duration::from_secs(600),
+            config: BTreeMap::new(),
+        }
+    }
+}
+
+/// One job's directory and its parts. Everything in it belongs to the job (and, with a tool
+/// user, to that user); all of it is deleted when the job ends.
+#[derive(Debug, Clone)]
+pub struct JobDir {
+    pub root: PathBuf,
+    /// The checkout of the job's commit.
+    pub src: PathBuf,
+    /// The tools' `HOME`.
+    pub home: PathBuf,
+    /// The tools' `TMPDIR`.
+    pub tmp: PathBuf,
+    /// Credential files of the job (mode 0600).
+    pub credentials: PathBuf,
+}
+
+impl JobDir {
+    /// The layout of a job directory at `root`.
+    pub fn at(root: &Path) -> JobDir {
+        JobDir {
+            src: root.join("src"),
+            home: root.join("home"),
+            tmp: root.join("tmp"),
+            credentials: root.join("credentials"),
+            root: root.to_owned(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Workspace {
     root: PathBuf,
+    git: GitSettings,
+    /// Who owns job directories: the tool user, or the worker itself.
+    owner: Option<ToolUser>,
     /// Held open, locked, for the worker's lifetime.
     _lock: std::sync::Arc<std::fs::File>,
 }
 
+/// The only configuration the worker's git finds in a mirror: written before every use, so
+/// that a job that reached the mirror cannot leave settings for the next.
+const MIRROR_CONFIG: &str =
+    "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n";
+
+/// What a job could plant in a mirror to change what the next git command does or reads:
+/// hooks, grafts, alternates (objects from elsewhere), replace refs, worktrees, shallow cuts.
+const MIRROR_PLANTS: &[&str] = &[
+    "hooks",
+    "info/grafts",
+    "objects/info/alternates",
+    "objects/info/http-alternates",
+    "refs/replace",
+    "worktrees",
+    "shallow",
+    "commondir",
+    "FETCH_HEAD",
+];
+
 impl Workspace {
     /// Takes the work directory for this process: fails when another worker holds it.
-    pub fn open(root: PathBuf) -> Result<Workspace, WorkspaceError> {
-        create_dir(&root)?;
+    pub fn open(
+        root: PathBuf,
+        git: GitSettings,
+        owner: Option<ToolUser>,
+    ) -> Result<Workspace, WorkspaceError> {
+        create_dir(&root, 0o711)?;
+        if owner.is_some() {
+            // Tools run as another user: every directory above the job's must let it pass.
+            let absolute = root.canonicalize().map_err(|source| WorkspaceError::Io {
+                path: root.clone(),
+                source,
+            })?;
+            for dir in absolute.ancestors().skip(1) {
+                let mode = std::fs::metadata(dir).map(|m| m.mode()).unwrap_or(0);
+                if mode & 0o001 == 0 {
+                    return Err(WorkspaceError::Unreachable {
+                        path: dir.to_owned(),
+                        mode: mode & 0o7777,
+                    });
+                }
+            }
+        }
+        // Tools (as the tool user) may pass through to their own job directory, never list
+        // or enter the mirrors, the logs or another job's directory.
+        for (dir, mode) in [("mirrors", 0o700), ("index", 0o700), ("jobs", 0o711)] {
+            create_dir(&root.join(dir), mode)?;
+        }
         let lock = root.join(".lock");
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -69,6 +188,8 @@ impl Workspace {
         let _ = std::fs::write(&lock, format!("{}\n", std::process::id()));
         Ok(Workspace {
             root,
+            git,
+            owner,
             _lock: std::sync::Arc::new(file),
         })
     }
@@ -92,66 +213,119 @@ impl Workspace {
         self.root.join("mirrors").join(format!("{safe}.git"))
     }
 
-    fn job_dir(&self, job_id: Uuid) -> PathBuf {
-        self.root.join("jobs").join(job_id.to_string())
+    /// The mirror of `repository`, created if needed and scrubbed of anything a job could
+    /// have planted in it.
+    async fn prepared_mirror(&self, repository: &str) -> Result<PathBuf, WorkspaceError> {
+        let mirror = self.mirror(repository);
+        if !mirror.join("HEAD").exists() {
+            // No template: no sample hooks, nothing copied from the host's git installation.
+            self.git(
+                None,
+                &[
+                    "init",
+                    "--quiet",
+                    "--bare",
+                    "--template=",
+                    &path_arg(&mirror),
+                ],
+            )
+            .await?;
+        }
+        for plant in MIRROR_PLANTS {
+            let path = mirror.join(plant);
+            match std::fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_dir() => {
+                    let _ = std::fs::remove_dir_all(&path);
+                }
+                Ok(_) => {
+                    let _ = std::fs::remove_file(&path);
+                }
+                Err(_) => {}
+            }
+        }
+        let config = mirror.join("config");
+        // Replaced, never edited in place: a symlink planted there must not be followed.
+        let _ = std::fs::remove_file(&config);
+        std::fs::write(&config, MIRROR_CONFIG).map_err(|source| WorkspaceError::Io {
+            path: config,
+            source,
+        })?;
+        Ok(mirror)
     }
 
     /// Makes sure the mirror has `commit`, then checks it out into a fresh directory for the
-    /// job. A directory left by an earlier attempt of the same job is replaced.
+    /// job, owned by the tool user when there is one. A directory left by an earlier attempt
+    /// of the same job is replaced.
     pub async fn checkout(
         &self,
         repository: &str,
         url: &str,
         commit: &str,
         job_id: Uuid,
-    ) -> Result<PathBuf, WorkspaceError> {
-        let mirror = self.mirror(repository);
-        if !mirror.join("HEAD").exists() {
-            create_dir(mirror.parent().unwrap_or(&self.root))?;
-            git(None, &["init", "--quiet", "--bare", &path_arg(&mirror)]).await?;
+    ) -> Result<JobDir, WorkspaceError> {
+        let mirror = self.prepared_mirror(repository).await?;
+        if !self.has_commit(&mirror, commit).await {
+            let mut args = vec!["fetch", "--quiet", "--prune", "--no-write-fetch-head", url];
+            args.extend(["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]);
+            self.git(Some(&mirror), &args).await?;
         }
-        if !has_commit(&mirror, commit).await {
-            let refspecs = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
-            let mut args = vec!["fetch", "--quiet", "--prune", url];
-            args.extend(refspecs);
-            git(Some(&mirror), &args).await?;
-        }
-        if !has_commit(&mirror, commit).await {
+        if !self.has_commit(&mirror, commit).await {
             // Pull request heads live outside branches on most forges; ask for the commit
             // itself (servers allow fetching reachable commits by id).
-            let _ = git(Some(&mirror), &["fetch", "--quiet", url, commit]).await;
+            let fetch = ["fetch", "--quiet", "--no-write-fetch-head", url, commit];
+            if let Err(err @ WorkspaceError::Timeout { .. }) = self.git(Some(&mirror), &fetch).await
+            {
+                return Err(err);
+            }
         }
-        if !has_commit(&mirror, commit).await {
+        if !self.has_commit(&mirror, commit).await {
             return Err(WorkspaceError::MissingCommit {
                 commit: commit.to_owned(),
-                url: url.to_owned(),
+                url: config::redact_url(url),
             });
         }
 
-        let dir = self.job_dir(job_id);
-        if dir.exists() {
-            self.remove(&dir).await;
+        let job = self.job_dir(job_id);
+        if job.root.exists() {
+            self.remove(&job).await;
         }
-        create_dir(dir.parent().unwrap_or(&self.root))?;
-        git(
-            Some(&mirror),
-            &[
-                "worktree",
-                "add",
-                "--quiet",
-                "--detach",
-                "--force",
-                &path_arg(&dir),
-                commit,
-            ],
-        )
-        .await?;
-        Ok(dir)
+        create_dir(&job.root, 0o700)?;
+        for dir in [&job.src, &job.home, &job.tmp, &job.credentials] {
+            create_dir(dir, 0o700)?;
+        }
+        // A private index: the mirror itself is only read.
+        let index = self.root.join("index").join(format!("{job_id}.idx"));
+        let index_env = [("GIT_INDEX_FILE", index.as_os_str())];
+        let result = async {
+            self.git_with(Some(&mirror), &["read-tree", commit], &index_env)
+                .await?;
+            let work_tree = format!("--work-tree={}", path_arg(&job.src));
+            let checkout = [work_tree.as_str(), "checkout-index", "--all", "--force"];
+            self.git_with(Some(&mirror), &checkout, &index_env).await?;
+            // An empty repository of the job's own, so that tools asking git for the
+            // repository root (Terragrunt's get_repo_root) find the checkout.
+            self.git(
+                None,
+                &["init", "--quiet", "--template=", &path_arg(&job.src)],
+            )
+            .await
+        }
+        .await;
+        let _ = std::fs::remove_file(&index);
+        result?;
+        if let Some(owner) = self.owner {
+            give_tree(&job.root, owner).map_err(|source| WorkspaceError::Io {
+                path: job.root.clone(),
+                source,
+            })?;
+        }
+        Ok(job)
     }
 
     /// Whether each of `commits` is reachable from `branch` of the repository at `url`, as
-    /// fetched now by this worker: `Ok(Err(reason))` when one is not. What the dispatcher or the
-    /// event claims about branches plays no part.
+    /// the canonical remote says now: `Ok(Err(reason))` when one is not. The branch's tip
+    /// comes from the remote itself (`ls-remote`); what the dispatcher, the event or the
+    /// mirror's refs claim plays no part.
     pub async fn verify_on_branch(
         &self,
         repository: &str,
@@ -159,87 +333,318 @@ impl Workspace {
         branch: &str,
         commits: &[&str],
     ) -> Result<Result<(), String>, WorkspaceError> {
-        let mirror = self.mirror(repository);
-        if !mirror.join("HEAD").exists() {
-            create_dir(mirror.parent().unwrap_or(&self.root))?;
-            git(None, &["init", "--quiet", "--bare", &path_arg(&mirror)]).await?;
+        let mirror = self.prepared_mirror(repository).await?;
+        let head = format!("refs/heads/{branch}");
+        let listed = self
+            .git(None, &["ls-remote", "--heads", url, &head])
+            .await?;
+        let Some(tip) = listed
+            .lines()
+            .filter_map(|line| line.split_once('\t'))
+            .find(|(_, name)| *name == head)
+            .map(|(sha, _)| sha.to_owned())
+        else {
+            return Ok(Err(format!(
+                "branch {branch:?} does not exist in {repository} (as listed by {})",
+                config::redact_url(url)
+            )));
+        };
+        if !self.has_commit(&mirror, &tip).await {
+            let refspec = format!("+{head}:refs/pipelines/verified/{branch}");
+            let fetch = ["fetch", "--quiet", "--no-write-fetch-head", url, &refspec];
+            self.git(Some(&mirror), &fetch).await?;
         }
-        let refspec = format!("+refs/heads/{branch}:refs/verified/{branch}");
-        git(Some(&mirror), &["fetch", "--quiet", url, &refspec]).await?;
-        let tip = format!("refs/verified/{branch}");
+        if !self.has_commit(&mirror, &tip).await {
+            // The branch moved between the listing and the fetch: take the listed tip itself.
+            let fetch = ["fetch", "--quiet", "--no-write-fetch-head", url, &tip];
+            self.git(Some(&mirror), &fetch).await?;
+        }
         for commit in commits {
-            let ancestor = Command::new("git")
-                .arg("--git-dir")
-                .arg(&mirror)
-                .args(["merge-base", "--is-ancestor", commit, &tip])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .status()
-                .await
-                .map_err(WorkspaceError::Spawn)?;
-            if !ancestor.success() {
-                return Ok(Err(format!(
-                    "commit {commit} is not on branch {branch:?} of {repository} (as fetched from {url})"
-                )));
+            let ancestor = self
+                .git(
+                    Some(&mirror),
+                    &["merge-base", "--is-ancestor", commit, &tip],
+                )
+                .await;
+            match ancestor {
+                Ok(_) => {}
+                Err(err @ WorkspaceError::Timeout { .. }) => return Err(err),
+                Err(_) => {
+                    return Ok(Err(format!(
+                        "commit {commit} is not on branch {branch:?} of {repository} (tip {tip} as listed by {})",
+                        config::redact_url(url)
+                    )));
+                }
             }
         }
         Ok(Ok(()))
     }
 
-    /// Removes a job's checkout. Best effort: a leftover directory is replaced next time.
-    pub async fn remove(&self, dir: &Path) {
-        let _ = tokio::fs::remove_dir_all(dir).await;
-        let mirrors = self.root.join("mirrors");
-        if let Ok(mut entries) = tokio::fs::read_dir(&mirrors).await {
-            while let Ok(Some(entry)) = entries.next_entry().await {
-                let _ = git(Some(&entry.path()), &["worktree", "prune"]).await;
+    /// Where the job's directory is (whether or not it exists).
+    pub fn job_dir(&self, job_id: Uuid) -> JobDir {
+        JobDir::at(&self.root.join("jobs").join(job_id.to_string()))
+    }
+
+    /// Removes a job's directory. Best effort: a leftover directory is replaced next time.
+    pub async fn remove(&self, job: &JobDir) {
+        let _ = tokio::fs::remove_dir_all(&job.root).await;
+    }
+
+    async fn has_commit(&self, mirror: &Path, commit: &str) -> bool {
+        let object = format!("{commit}^{{commit}}");
+        self.git(Some(mirror), &["cat-file", "-e", &object])
+            .await
+            .is_ok()
+    }
+
+    async fn git(&self, git_dir: Option<&Path>, args: &[&str]) -> Result<String, WorkspaceError> {
+        self.git_with(git_dir, args, &[]).await
+    }
+
+    /// Runs the worker's git with `args`, within the git deadline, and its stdout.
+    async fn git_with(
+        &self,
+        git_dir: Option<&Path>,
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<String, WorkspaceError> {
+        let mut command = Command::new("git");
+        // Only the worker's settings: no system or global file (a job running as the worker
+        // could write ~/.gitconfig), no hooks, no fsmonitor, no replace refs, no prompts.
+        command
+            .args([
+                "-c",
+                "core.hooksPath=/dev/null",
+                "-c",
+                "core.fsmonitor=false",
+            ])
+            .args(["-c", "protocol.ext.allow=never"])
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_NO_REPLACE_OBJECTS", "1")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_CONFIG_COUNT", self.git.config.len().to_string());
+        for (i, (key, value)) in self.git.config.iter().enumerate() {
+            command
+                .env(format!("GIT_CONFIG_KEY_{i}"), key)
+                .env(format!("GIT_CONFIG_VALUE_{i}"), value);
+        }
+        if let Some(dir) = git_dir {
+            command.arg("--git-dir").arg(dir);
+        }
+        command
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: a timeout stops git and the transport helpers it started.
+            .process_group(0)
+            .kill_on_drop(true);
+        let shown = || {
+            args.iter()
+                .map(|arg| config::redact_url(arg))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let child = command.spawn().map_err(WorkspaceError::Spawn)?;
+        let group = child.id().and_then(|id| Pid::from_raw(id as i32));
+        let output = match tokio::time::timeout(self.git.timeout, child.wait_with_output()).await {
+            Ok(output) => output.map_err(WorkspaceError::Spawn)?,
+            Err(_elapsed) => {
+                if let Some(group) = group {
+                    let _ = rustix::process::kill_process_group(group, Signal::KILL);
+                }
+                return Err(WorkspaceError::Timeout {
+                    args: shown(),
+                    after: self.git.timeout,
+                });
             }
+        };
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            let mut stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+            for arg in args {
+                let redacted = config::redact_url(arg);
+                if redacted != *arg {
+                    stderr = stderr.replace(arg, &redacted);
+                }
+            }
+            Err(WorkspaceError::Git {
+                args: shown(),
+                stderr,
+            })
         }
     }
 }
 
-fn create_dir(path: &Path) -> Result<(), WorkspaceError> {
-    std::fs::create_dir_all(path).map_err(|source| WorkspaceError::Io {
+fn create_dir(path: &Path, mode: u32) -> Result<(), WorkspaceError> {
+    let io = |source| WorkspaceError::Io {
         path: path.to_owned(),
         source,
-    })
+    };
+    std::fs::create_dir_all(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io)
 }
 
 fn path_arg(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
-async fn has_commit(mirror: &Path, commit: &str) -> bool {
-    git(
-        Some(mirror),
-        &["cat-file", "-e", &format!("{commit}^{{commit}}")],
-    )
-    .await
-    .is_ok()
+/// Hands a directory tree to `owner`, never following a symlink out of it.
+fn give_tree(path: &Path, owner: ToolUser) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(owner.uid), Some(owner.gid))?;
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            give_tree(&entry?.path(), owner)?;
+        }
+    }
+    Ok(())
 }
 
-async fn git(git_dir: Option<&Path>, args: &[&str]) -> Result<String, WorkspaceError> {
-    let mut command = Command::new("git");
-    if let Some(dir) = git_dir {
-        command.arg("--git-dir").arg(dir);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(dir: &Path, script: &str) -> String {
+        let output = std::process::Command::new("sh")
+            .args(["-c", script])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{script}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
-    let output = command
-        .args(args)
-        // Never wait for a password prompt: credentials come from the environment.
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(WorkspaceError::Spawn)?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(WorkspaceError::Git {
-            args: args.join(" "),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        })
+
+    /// A repository with one commit on `main` and one on `feature`; their ids.
+    fn origin(dir: &Path) -> (String, String) {
+        sh(
+            dir,
+            "git init -q -b main origin && cd origin && mkdir -p dev/app && echo 1 > dev/app/main.tf \
+             && git add -A && git -c user.name=t -c user.email=t@t commit -qm one \
+             && git checkout -q -b feature && echo 2 > dev/app/main.tf \
+             && git -c user.name=t -c user.email=t@t commit -qam two && git checkout -q main",
+        );
+        let main = sh(&dir.join("origin"), "git rev-parse main");
+        let feature = sh(&dir.join("origin"), "git rev-parse feature");
+        (main, feature)
+    }
+
+    #[tokio::test]
+    async fn a_planted_hook_config_or_alternate_never_reaches_the_next_git_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let (main, feature) = origin(dir.path());
+        let url = dir.path().join("origin").display().to_string();
+        let workspace =
+            Workspace::open(dir.path().join("work"), GitSettings::default(), None).unwrap();
+        let job = workspace
+            .checkout("infra", &url, &main, Uuid::new_v4())
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(job.src.join("dev/app/main.tf")).unwrap(),
+            "1\n"
+        );
+        assert!(
+            job.src.join(".git").is_dir(),
+            "an empty repository of its own"
+        );
+        workspace.remove(&job).await;
+        assert!(!job.root.exists());
+
+        // What a job running as the worker could leave behind in the mirror.
+        let mirror = workspace.mirror("infra");
+        let marker = dir.path().join("hook-ran");
+        for hook in [
+            "post-checkout",
+            "reference-transaction",
+            "pre-auto-gc",
+            "post-merge",
+        ] {
+            let path = mirror.join("hooks").join(hook);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, format!("#!/bin/sh\ntouch {}\n", marker.display())).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::write(
+            mirror.join("config"),
+            format!(
+                "[core]\n\tbare = true\n\thooksPath = {0}\n\tfsmonitor = {0}/fsmonitor\n[url \"/nonexistent/\"]\n\tinsteadOf = {url}\n",
+                mirror.join("hooks").display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            mirror.join("objects/info/alternates"),
+            "/nonexistent/objects\n",
+        )
+        .unwrap();
+
+        let verified = workspace
+            .verify_on_branch("infra", &url, "main", &[&main])
+            .await
+            .unwrap();
+        assert_eq!(verified, Ok(()));
+        let refused = workspace
+            .verify_on_branch("infra", &url, "main", &[&feature])
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(refused.contains("is not on branch \"main\""), "{refused}");
+        let job = workspace
+            .checkout("infra", &url, &feature, Uuid::new_v4())
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(job.src.join("dev/app/main.tf")).unwrap(),
+            "2\n"
+        );
+        assert!(!marker.exists(), "a planted hook ran");
+        assert_eq!(
+            std::fs::read_to_string(mirror.join("config")).unwrap(),
+            MIRROR_CONFIG
+        );
+        assert!(!mirror.join("hooks").exists());
+        assert!(!mirror.join("objects/info/alternates").exists());
+    }
+
+    #[tokio::test]
+    async fn a_git_server_that_never_answers_fails_within_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/infra.git", listener.local_addr().unwrap());
+        let git = GitSettings {
+            timeout: Duration::from_secs(2),
+            config: BTreeMap::new(),
+        };
+        let workspace = Workspace::open(dir.path().join("work"), git, None).unwrap();
+        let err = workspace
+            .checkout("infra", &url, &"a".repeat(40), Uuid::new_v4())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, WorkspaceError::Timeout { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("did not finish within 2 s (timeouts.git)"),
+            "{err}"
+        );
+        drop(listener);
+    }
+
+    #[tokio::test]
+    async fn errors_never_show_a_token_in_the_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let workspace =
+            Workspace::open(dir.path().join("work"), GitSettings::default(), None).unwrap();
+        let url = "https://x-access-token:ghs_secret123@127.0.0.1:1/acme/infra.git";
+        let err = workspace
+            .checkout("infra", url, &"a".repeat(40), Uuid::new_v4())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("ghs_secret123"), "{err}");
+        assert!(err.contains("127.0.0.1:1/acme/infra.git"), "{err}");
     }
 }

@@ -214,6 +214,7 @@ mod tests {
             source_commit: Some("d".repeat(40)),
             attempt: 1,
             timeout_secs: 3600,
+            role: ExecutorRole::Apply,
         }
     }
 

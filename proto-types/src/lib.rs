@@ -5,7 +5,7 @@
 //! lapin, so that every component (and the fuzzers) can decode messages without a runtime.
 //!
 //! - [`ChangeEvent`]: orchestrator → dispatcher. Facts about a commit range, never commands.
-//! - [`Job`]: dispatcher → `jobs.<account>`. One action on one unit.
+//! - [`Job`]: dispatcher → `jobs.<account>.<role>`. One action on one unit.
 //! - [`JobEvent`]: executor → dispatcher. Started, heartbeat, finished.
 //! - [`ClaimReply`]: dispatcher → one executor, answering its claim to start a job.
 //! - [`CancelRun`]: an operator → dispatcher; [`CancelJob`]: dispatcher → the job's holder.
@@ -21,7 +21,7 @@ mod report;
 pub use codec::{DecodeError, FORMAT_V1, MAX_MESSAGE_BYTES, Message, Payload, decode, encode};
 pub use messages::{
     Action, CancelJob, CancelRun, Change, ChangeEvent, ChangeKind, ClaimReply, ClaimVerdict,
-    DependencyEdge, EventKind, Job, JobEvent, JobEventKind, JobOutcome, JobStatus, ResourceCounts,
-    RunState, RunStatus, Trigger, UnitState, UnitStatus,
+    DependencyEdge, EventKind, ExecutorRole, Job, JobEvent, JobEventKind, JobOutcome, JobStatus,
+    ResourceCounts, RunState, RunStatus, Trigger, UnitState, UnitStatus,
 };
 pub use report::{DetectionReport, JobSummary, RunDetail, RunSummary, run_status_json, to_json};

@@ -136,6 +136,57 @@ pub struct DependencyEdge {
     pub depends_on: String,
 }
 
+/// Which of an account's two worker pools runs a job. They are different processes with
+/// different broker users, credentials and disks, because a pull request's plan runs code
+/// nobody reviewed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExecutorRole {
+    /// Pull-request plans (and drift plans): unreviewed code with the read-only identity.
+    Plan,
+    /// Everything of a push to the deploy branch (plans, applies and destroys of reviewed
+    /// commits), with the write identity for applies and destroys.
+    Apply,
+}
+
+impl ExecutorRole {
+    pub const ALL: [ExecutorRole; 2] = [ExecutorRole::Plan, ExecutorRole::Apply];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutorRole::Plan => "plan",
+            ExecutorRole::Apply => "apply",
+        }
+    }
+
+    /// The pool that runs the jobs of an event: only a push to the deploy branch (which the
+    /// dispatcher checked) reaches the apply workers.
+    pub fn for_event(event: EventKind) -> ExecutorRole {
+        match event {
+            EventKind::PullRequest => ExecutorRole::Plan,
+            EventKind::Push => ExecutorRole::Apply,
+        }
+    }
+}
+
+impl fmt::Display for ExecutorRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ExecutorRole {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "plan" => Ok(ExecutorRole::Plan),
+            "apply" => Ok(ExecutorRole::Apply),
+            other => Err(format!("unknown role {other:?}: expected plan or apply")),
+        }
+    }
+}
+
 /// What an executor does to a unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -197,7 +248,7 @@ impl fmt::Display for Action {
     }
 }
 
-/// One action on one unit, addressed to the executors of one account.
+/// One action on one unit, addressed to the executors of one account and role.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
     pub job_id: Uuid,
@@ -214,6 +265,9 @@ pub struct Job {
     pub attempt: u32,
     /// The executor stops the job after this many seconds; 0 means no limit.
     pub timeout_secs: u64,
+    /// The worker pool it is queued for (`jobs.<account>.<role>`); a worker of the other role
+    /// refuses it.
+    pub role: ExecutorRole,
 }
 
 impl Job {

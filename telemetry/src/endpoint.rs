@@ -2,8 +2,8 @@
 //! the broker, consumers running) over plain HTTP/1.1. GET only; one request per connection.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,15 +15,36 @@ use crate::metrics::Metrics;
 #[derive(Debug, Clone, Default)]
 pub struct Health {
     ready: Arc<AtomicBool>,
+    /// Why it is not ready, for `/readyz` (the last broker error, say).
+    reason: Arc<Mutex<Option<String>>>,
 }
 
 impl Health {
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
+        if ready && let Ok(mut reason) = self.reason.lock() {
+            *reason = None;
+        }
+    }
+
+    /// Not ready, and why: `/readyz` says it.
+    pub fn set_not_ready(&self, why: impl Into<String>) {
+        self.ready.store(false, Ordering::SeqCst);
+        if let Ok(mut reason) = self.reason.lock() {
+            *reason = Some(why.into());
+        }
     }
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+    }
+
+    fn reason(&self) -> String {
+        self.reason
+            .lock()
+            .ok()
+            .and_then(|reason| reason.clone())
+            .unwrap_or_else(|| "not connected to the broker".to_owned())
     }
 }
 
@@ -98,7 +119,7 @@ fn route(
         "/readyz" => (
             "503 Service Unavailable",
             TEXT,
-            "not ready: not connected to the broker\n".into(),
+            format!("not ready: {}\n", health.reason()),
         ),
         _ => (
             "404 Not Found",
@@ -118,6 +139,15 @@ mod tests {
         assert_eq!(
             route("GET", "/readyz", &metrics, &health).0,
             "503 Service Unavailable"
+        );
+        assert_eq!(
+            route("GET", "/readyz", &metrics, &health).2,
+            "not ready: not connected to the broker\n"
+        );
+        health.set_not_ready("cannot consume jobs.dev.plan: 541 INTERNAL_ERROR");
+        assert_eq!(
+            route("GET", "/readyz", &metrics, &health).2,
+            "not ready: cannot consume jobs.dev.plan: 541 INTERNAL_ERROR\n"
         );
         health.set_ready(true);
         assert_eq!(route("GET", "/readyz", &metrics, &health).0, "200 OK");

@@ -1,5 +1,5 @@
 //! A deployment as separate OS processes from the built binary: one dispatcher and executor
-//! workers per account, each logging to its own file; killed on drop.
+//! workers per account and role, each logging to its own file; killed on drop.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,7 +24,7 @@ pub struct Deployment {
 
 impl Deployment {
     /// Declares the topology, then starts a dispatcher and, per `(account, count)`, that many
-    /// executors named `<account>-<i>`.
+    /// apply workers named `<account>-<i>` and as many plan workers named `<account>-plan-<i>`.
     pub fn start(root: &Path, config: &Path, executors: &[(&str, usize)]) -> Deployment {
         Deployment::start_with_executor_env(root, config, executors, &[])
     }
@@ -75,6 +75,8 @@ impl Deployment {
         for (account, count) in executors {
             for i in 1..=*count {
                 deployment.start_executor(account, &format!("{account}-{i}"));
+                deployment
+                    .start_executor(&format!("{account}:plan"), &format!("{account}-plan-{i}"));
             }
         }
         deployment
@@ -122,12 +124,15 @@ impl Deployment {
         self.forget_executor(name).kill();
     }
 
-    pub fn start_executor(&mut self, account: &str, name: &str) {
-        self.start_executor_with(account, name, &[]);
+    /// Starts an executor of `worker`: `ACCOUNT` for an apply worker, `ACCOUNT:plan` for a
+    /// plan worker.
+    pub fn start_executor(&mut self, worker: &str, name: &str) {
+        self.start_executor_with(worker, name, &[]);
     }
 
     /// Starts an executor with `env` on top of the deployment's.
-    pub fn start_executor_with(&mut self, account: &str, name: &str, env: &[(&str, &str)]) {
+    pub fn start_executor_with(&mut self, worker: &str, name: &str, env: &[(&str, &str)]) {
+        let (account, role) = worker.split_once(':').unwrap_or((worker, "apply"));
         let work_dir = self.root.join("work").join(name);
         std::fs::create_dir_all(&work_dir).unwrap();
         let mut command = pipelines_in(
@@ -138,6 +143,8 @@ impl Deployment {
                 self.config.to_str().unwrap(),
                 "--account",
                 account,
+                "--role",
+                role,
                 "--work-dir",
                 work_dir.to_str().unwrap(),
                 "--name",

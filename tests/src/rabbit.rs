@@ -169,10 +169,12 @@ impl LeastPrivilege {
             }
         }
         for account in accounts {
-            assert!(
-                users.contains(&format!("{prefix}executor-{account}")),
-                "the shipped definitions have no executor user for account {account}"
-            );
+            for role in ["plan", "apply"] {
+                assert!(
+                    users.contains(&format!("{prefix}executor-{account}-{role}")),
+                    "the shipped definitions have no {role} executor user for account {account}"
+                );
+            }
         }
         let file = root.join(format!("{vhost}.json"));
         std::fs::write(&file, document.to_string()).unwrap();
@@ -188,6 +190,17 @@ impl LeastPrivilege {
     /// The user name of a role: `admin`, `dispatcher`, `orchestrator`, `executor-<account>`.
     pub fn user(&self, role: &str) -> String {
         format!("{}{role}", self.prefix)
+    }
+
+    /// The broker URL for a role without its password, for a worker that reads the password
+    /// from a file.
+    pub fn url_without_password(&self, role: &str) -> String {
+        format!("amqp://{}@{HOST}/{}", self.user(role), self.vhost)
+    }
+
+    /// A role's password (`.env.example`'s: `dev-<role>`).
+    pub fn password(&self, role: &str) -> String {
+        format!("dev-{role}")
     }
 
     /// The broker URL for a role (passwords are `.env.example`'s: `dev-<role>`).

@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use broker::topology::{CHANGES_QUEUE, dead_letter_queue, jobs_queue};
 use broker::{
-    Broker, BrokerError, Consumer, Delivery, Headers, Outgoing, REASON_HEADER, Route, Topology,
+    Broker, BrokerError, BrokerTimeouts, Consumer, Delivery, Headers, Outgoing, REASON_HEADER,
+    Route, Topology,
 };
 use harness::poll_until;
 use harness::rabbit::{self, Vhost, rabbitmqctl};
+use proto_types::ExecutorRole;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -80,8 +82,8 @@ async fn work_queues_are_durable_quorum_queues_with_dead_letter_queues() {
     for queue in [
         CHANGES_QUEUE,
         "pipelines.job-events",
-        "jobs.dev",
-        "dead.jobs.dev",
+        "jobs.dev.apply",
+        "dead.jobs.dev.apply",
         "dead.pipelines.changes",
     ] {
         let line = listing
@@ -102,10 +104,21 @@ async fn work_queues_are_durable_quorum_queues_with_dead_letter_queues() {
 async fn a_confirmed_message_arrives_with_its_id_and_headers_and_is_gone_once_acked() {
     let vhost = rabbit::vhost();
     let broker = connect(&vhost).await;
-    publish(&broker, Route::Jobs { account: "dev" }, b"job-1", "id-1")
+    publish(
+        &broker,
+        Route::Jobs {
+            account: "dev",
+            role: ExecutorRole::Apply,
+        },
+        b"job-1",
+        "id-1",
+    )
+    .await
+    .expect("confirmed");
+    let mut consumer = broker
+        .consume(&jobs_queue("dev", ExecutorRole::Apply), 1)
         .await
-        .expect("confirmed");
-    let mut consumer = broker.consume(&jobs_queue("dev"), 1).await.unwrap();
+        .unwrap();
     let delivery = next(&mut consumer).await;
     assert_eq!(delivery.body, b"job-1");
     assert_eq!(delivery.message_id.as_deref(), Some("id-1"));
@@ -115,8 +128,8 @@ async fn a_confirmed_message_arrives_with_its_id_and_headers_and_is_gone_once_ac
     );
     assert!(!delivery.redelivered);
     delivery.ack().await.unwrap();
-    poll_until(WAIT, "the ack to empty jobs.dev", || {
-        (counts(&vhost, "jobs.dev") == (0, 0)).then_some(())
+    poll_until(WAIT, "the ack to empty jobs.dev.apply", || {
+        (counts(&vhost, "jobs.dev.apply") == (0, 0)).then_some(())
     });
     broker.close().await;
 }
@@ -125,9 +138,17 @@ async fn a_confirmed_message_arrives_with_its_id_and_headers_and_is_gone_once_ac
 async fn an_unroutable_publish_is_an_error_not_a_silent_drop() {
     let vhost = rabbit::vhost();
     let broker = connect(&vhost).await;
-    let err = publish(&broker, Route::Jobs { account: "nobody" }, b"x", "id")
-        .await
-        .unwrap_err();
+    let err = publish(
+        &broker,
+        Route::Jobs {
+            account: "nobody",
+            role: ExecutorRole::Apply,
+        },
+        b"x",
+        "id",
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, BrokerError::Unroutable { .. }), "{err:?}");
     // A run status nobody follows is fine.
     publish(
@@ -148,14 +169,25 @@ async fn prefetch_one_holds_back_the_second_message_until_the_first_is_acked() {
     let vhost = rabbit::vhost();
     let broker = connect(&vhost).await;
     for body in [b"1", b"2"] {
-        publish(&broker, Route::Jobs { account: "dev" }, body, "id")
-            .await
-            .unwrap();
+        publish(
+            &broker,
+            Route::Jobs {
+                account: "dev",
+                role: ExecutorRole::Apply,
+            },
+            body,
+            "id",
+        )
+        .await
+        .unwrap();
     }
-    let mut consumer = broker.consume(&jobs_queue("dev"), 1).await.unwrap();
+    let mut consumer = broker
+        .consume(&jobs_queue("dev", ExecutorRole::Apply), 1)
+        .await
+        .unwrap();
     let first = next(&mut consumer).await;
     poll_until(WAIT, "one ready and one unacked", || {
-        (counts(&vhost, "jobs.dev") == (1, 1)).then_some(())
+        (counts(&vhost, "jobs.dev.apply") == (1, 1)).then_some(())
     });
     first.ack().await.unwrap();
     assert_eq!(next(&mut consumer).await.body, b"2");
@@ -353,4 +385,132 @@ async fn a_request_carries_its_reply_queue_and_the_answer_reaches_only_that_queu
     publish(&broker, Route::Reply { queue: &name }, b"late", "r2")
         .await
         .unwrap();
+}
+
+/// A TCP proxy to RabbitMQ that can be frozen: it then keeps every connection open and
+/// forwards nothing, like a broker that accepted the connection and stopped answering.
+struct FreezingProxy {
+    port: u16,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FreezingProxy {
+    async fn start() -> FreezingProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = frozen.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(upstream) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (upstream_read, upstream_write) = upstream.into_split();
+                tokio::spawn(pump(client_read, upstream_write, flag.clone()));
+                tokio::spawn(pump(upstream_read, client_write, flag.clone()));
+            }
+        });
+        FreezingProxy { port, frozen }
+    }
+
+    fn url(&self, vhost: &Vhost) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/{}", self.port, vhost.name)
+    }
+
+    fn freeze(&self) {
+        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies bytes until the connection ends; once frozen, holds them instead.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0_u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            // Keep both ends open, answer nothing.
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// How long a test waits for an operation that must end by its own deadline.
+const OUTER: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_that_never_confirms_fails_the_publish_at_the_confirm_deadline() {
+    let vhost = rabbit::vhost();
+    let proxy = FreezingProxy::start().await;
+    let timeouts = BrokerTimeouts {
+        connect: Duration::from_secs(5),
+        confirm: Duration::from_secs(2),
+    };
+    let broker = Broker::connect_with(&proxy.url(&vhost), "freezing", timeouts)
+        .await
+        .expect("connect through the proxy");
+    broker
+        .declare_topology(&Topology::new(["dev".to_owned()]))
+        .await
+        .expect("declare");
+    // Answered while the proxy forwards.
+    publish(&broker, Route::Changes, b"before", "m1")
+        .await
+        .expect("confirmed");
+    proxy.freeze();
+    let frozen = tokio::time::timeout(OUTER, publish(&broker, Route::Changes, b"after", "m2"))
+        .await
+        .expect("the publish ends by its own deadline");
+    match frozen {
+        Err(err @ BrokerError::Timeout { .. }) => {
+            assert!(err.is_transient());
+            assert_eq!(
+                err.to_string(),
+                "the broker did not answer a publisher confirm (timeouts.broker_confirm) within 2 s"
+            );
+        }
+        other => panic!("expected a confirm timeout, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listener_that_never_speaks_amqp_fails_the_connect_at_its_deadline() {
+    let vhost = rabbit::vhost();
+    // Accepts connections (the kernel does) and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "amqp://guest:guest@127.0.0.1:{}/{}",
+        silent.local_addr().unwrap().port(),
+        vhost.name
+    );
+    let timeouts = BrokerTimeouts {
+        connect: Duration::from_secs(2),
+        confirm: Duration::from_secs(2),
+    };
+    let connected = tokio::time::timeout(OUTER, Broker::connect_with(&url, "silent", timeouts))
+        .await
+        .expect("the connect ends by its own deadline");
+    match connected {
+        Err(err @ BrokerError::Connect { .. }) => {
+            let text = err.to_string();
+            assert!(
+                text.contains("no AMQP handshake within 2 s (timeouts.broker_connect)")
+                    && text.contains("guest:***@"),
+                "{text}"
+            );
+        }
+        other => panic!("expected a connect timeout, got {other:?}"),
+    }
+    drop(silent);
 }

@@ -45,7 +45,15 @@ fn a_valid_policy_checks_and_a_bad_one_names_its_key() {
     for args in [
         vec!["config", "check", path],
         vec!["dispatch", "--config", path],
-        vec!["execute", "--config", path, "--account", "dev"],
+        vec![
+            "execute",
+            "--config",
+            path,
+            "--account",
+            "dev",
+            "--role",
+            "plan",
+        ],
     ] {
         let bad = process::run(fixture.pipelines(&args), Duration::from_secs(30));
         assert_eq!(bad.code(), Some(2), "{args:?}: {}", bad.transcript());
@@ -81,6 +89,8 @@ fn an_executor_for_an_unknown_account_refuses_to_start() {
         config.to_str().unwrap(),
         "--account",
         "staging",
+        "--role",
+        "apply",
     ];
     let bad = process::run(fixture.pipelines(&args), Duration::from_secs(30));
     assert_eq!(bad.code(), Some(2), "{}", bad.transcript());
@@ -138,15 +148,23 @@ fn a_dispatcher_without_its_broker_keeps_trying_and_logs_json_lines_when_asked()
                         .unwrap_or_else(|err| panic!("not a JSON line ({err}): {line}"))
                 })
                 .filter(|value: &serde_json::Value| {
-                    value["fields"]["message"] == "Cannot reach the broker; trying again."
+                    value["fields"]["message"] == "Reconnecting to the broker after a pause."
                 })
                 .collect();
             (lines.len() >= 2).then(|| lines[1].clone())
         },
     );
-    assert_eq!(retry["level"], "WARN", "{retry}");
-    assert_eq!(
-        retry["fields"]["retry_in_s"], 2,
+    let log = dispatcher.log_text();
+    assert!(
+        log.contains("Cannot reach the broker; trying again.")
+            && log.contains("\"level\":\"WARN\""),
+        "{log}"
+    );
+    // The second pause: within [1 s, 2 s], the ceiling having doubled, jitter below it.
+    assert_eq!(retry["fields"]["failures"], 2, "{retry}");
+    let pause = retry["fields"]["retry_in_ms"].as_u64().unwrap();
+    assert!(
+        (1_000..=2_000).contains(&pause),
         "the wait doubles: {retry}"
     );
     dispatcher.assert_running();

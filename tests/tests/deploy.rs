@@ -170,19 +170,50 @@ fn compose_runs_each_account_with_its_own_broker_user_and_loads_the_definitions(
     assert!(url("dispatcher").starts_with("amqp://pipelines-dispatcher:"));
     let accounts = accounts(&policy);
     assert_eq!(accounts, ["shared", "dev", "prod"]);
+    let mut tool_users = std::collections::BTreeSet::new();
     for account in &accounts {
-        let service = format!("executor-{account}");
-        let command = words(&services[service.as_str()]["command"]);
-        assert_eq!(
-            command[command.iter().position(|w| w == "--account").unwrap() + 1],
-            *account,
-            "{service}: {command:?}"
-        );
-        assert!(
-            url(&service).starts_with(&format!("amqp://pipelines-executor-{account}:")),
-            "{service} logs in as another account's user: {}",
-            url(&service)
-        );
+        for role in ["plan", "apply"] {
+            let service = format!("executor-{account}-{role}");
+            let command = words(&services[service.as_str()]["command"]);
+            let arg =
+                |flag: &str| command[command.iter().position(|w| w == flag).unwrap() + 1].clone();
+            assert_eq!(arg("--account"), *account, "{service}: {command:?}");
+            assert_eq!(arg("--role"), role, "{service}: {command:?}");
+            // Its own user, and no password in its environment: that comes from a file.
+            assert_eq!(
+                url(&service),
+                format!("amqp://pipelines-executor-{account}-{role}@rabbitmq:5672/pipelines"),
+                "{service}"
+            );
+            let environment = &services[service.as_str()]["environment"];
+            assert_eq!(
+                text(&environment["PIPELINES_BROKER_PASSWORD_FILE"]),
+                "/run/secrets/broker-password",
+                "{service}"
+            );
+            let secret = &services[service.as_str()]["secrets"][0];
+            assert_eq!(
+                text(&secret["source"]),
+                format!("executor-{account}-{role}-password"),
+                "{service} reads another role's password"
+            );
+            let variable = format!(
+                "PIPELINES_RABBITMQ_PASSWORD_EXECUTOR_{}_{}",
+                account.to_ascii_uppercase(),
+                role.to_ascii_uppercase()
+            );
+            assert_eq!(
+                text(
+                    &compose[0]["secrets"][format!("executor-{account}-{role}-password").as_str()]
+                        ["environment"]
+                ),
+                variable
+            );
+            assert!(
+                tool_users.insert(text(&environment["PIPELINES_EXECUTOR__TOOL_USER"])),
+                "{service} shares its tool user"
+            );
+        }
     }
     assert!(
         services["jaeger"]["image"]

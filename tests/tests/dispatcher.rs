@@ -112,17 +112,18 @@ fn a_newer_pull_request_run_cancels_what_the_older_has_not_started_and_completes
         assert_eq!(job.worker, None, "a cancelled job ran: {job:#?}");
     }
 
-    deployment.start_executor("dev", "dev-1");
+    // Pull requests are planned by plan workers.
+    deployment.start_executor("dev:plan", "dev-plan-1");
     let completed = wait_final(&sandbox, newer);
     assert_eq!(completed.run.state, "succeeded", "{completed:#?}");
     assert!(
         completed
             .jobs
             .iter()
-            .all(|j| j.state == "succeeded" && j.worker.as_deref() == Some("dev-1"))
+            .all(|j| j.state == "succeeded" && j.worker.as_deref() == Some("dev-plan-1"))
     );
     // The older run's first job was already on the queue: the worker asked, and was told no.
-    let executor = deployment.executor_log("dev-1");
+    let executor = deployment.executor_log("dev-plan-1");
     assert!(
         executor.contains("the job is already cancelled"),
         "{executor}"
@@ -466,7 +467,7 @@ fn a_job_whose_worker_vanished_is_taken_over_once_the_lease_runs_out_and_runs_on
         let broker = Broker::connect(&vhost.url, "vanishing-worker")
             .await
             .unwrap();
-        let mut jobs = broker.consume("jobs.dev", 1).await.unwrap();
+        let mut jobs = broker.consume("jobs.dev.apply", 1).await.unwrap();
         let mut replies = broker.reply_queue().await.unwrap();
         let delivery = tokio::time::timeout(DEADLINE, jobs.next())
             .await

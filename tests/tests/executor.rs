@@ -368,8 +368,14 @@ fn web_identity_credentials_come_from_sts_per_job_and_never_reach_the_output() {
     let (vhost, sandbox) = setup();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let sts = runtime.block_on(MockServer::start());
-    let token = sandbox.path().join("token");
-    std::fs::write(&token, "oidc-token-value\n").unwrap();
+    // Each role its own token file (the policy refuses a plan identity sharing the apply one).
+    for role in ["plan", "apply"] {
+        std::fs::write(
+            sandbox.path().join(format!("{role}-token")),
+            format!("oidc-{role}-token\n"),
+        )
+        .unwrap();
+    }
     let answer = |key: &str, secret: &str| {
         ResponseTemplate::new(200).set_body_string(format!(
             "<AssumeRoleWithWebIdentityResponse><AssumeRoleWithWebIdentityResult><Credentials>\
@@ -387,7 +393,9 @@ fn web_identity_credentials_come_from_sts_per_job_and_never_reach_the_output() {
             .and(body_string_contains(format!(
                 "RoleArn=arn%3Aaws%3Aiam%3A%3A111111111111%3Arole%2F{role}"
             )))
-            .and(body_string_contains("WebIdentityToken=oidc-token-value"))
+            .and(body_string_contains(format!(
+                "WebIdentityToken=oidc-{role}-token"
+            )))
             .respond_with(answer(key, secret))
             .expect(1);
         runtime.block_on(mock.mount(&sts));
@@ -396,7 +404,7 @@ fn web_identity_credentials_come_from_sts_per_job_and_never_reach_the_output() {
         format!(
             "\n[[credentials]]\nname = \"{name}\"\nprovider = \"aws-web-identity\"\nrole_arn = \"arn:aws:iam::111111111111:role/{role}\"\n\
              token_file = \"{}\"\nregion = \"eu-west-1\"\nsts_endpoint = \"{}/\"\n",
-            token.display(),
+            sandbox.path().join(format!("{role}-token")).display(),
             sts.uri()
         )
     };

@@ -22,6 +22,7 @@ use harness::process::Service;
 use harness::rabbit::{self, Vhost};
 use harness::runs::{DEADLINE, setup, status, wait_final};
 use harness::sandbox::Sandbox;
+use proto_types::ExecutorRole;
 use uuid::Uuid;
 
 /// The worker that holds `unit`'s job, from the dispatcher's database.
@@ -158,13 +159,25 @@ fn a_poison_message_on_every_queue_is_dead_lettered_and_the_run_goes_on() {
     };
     // Before the run, and while it runs: every consumer must go on.
     poison(Route::Changes, b"\x01not bincode");
-    poison(Route::Jobs { account: "dev" }, b"");
+    poison(
+        Route::Jobs {
+            account: "dev",
+            role: ExecutorRole::Apply,
+        },
+        b"",
+    );
     let run = harness::runs::submit(&sandbox, &vhost, (&c0, &c1), "push", &[]);
     poll_until(DEADLINE, "the first apply", || {
         units.log.text().contains("start ").then_some(())
     });
     poison(Route::JobEvents, &[0xff; 64]);
-    poison(Route::Jobs { account: "prod" }, b"\x09a future format");
+    poison(
+        Route::Jobs {
+            account: "prod",
+            role: ExecutorRole::Apply,
+        },
+        b"\x09a future format",
+    );
     poison(Route::Control, b"\x01\x02");
 
     let detail = wait_final(&sandbox, run);
@@ -176,9 +189,9 @@ fn a_poison_message_on_every_queue_is_dead_lettered_and_the_run_goes_on() {
 
     for queue in [
         "pipelines.changes",
-        "jobs.dev",
+        "jobs.dev.apply",
         "pipelines.job-events",
-        "jobs.prod",
+        "jobs.prod.apply",
         "pipelines.control",
     ] {
         let dead_queue = format!("dead.{queue}");
@@ -225,7 +238,9 @@ fn a_job_delivered_twice_runs_once_and_records_one_result() {
     let taker = runtime
         .block_on(Broker::connect(&vhost.url, "taker"))
         .unwrap();
-    let mut jobs = runtime.block_on(taker.consume("jobs.dev", 1)).unwrap();
+    let mut jobs = runtime
+        .block_on(taker.consume("jobs.dev.apply", 1))
+        .unwrap();
     let original = runtime
         .block_on(async { tokio::time::timeout(DEADLINE, jobs.next()).await })
         .expect("the job is queued")
@@ -236,7 +251,10 @@ fn a_job_delivered_twice_runs_once_and_records_one_result() {
         let headers = original.headers.clone();
         runtime
             .block_on(broker.publish(
-                Route::Jobs { account: "dev" },
+                Route::Jobs {
+                    account: "dev",
+                    role: ExecutorRole::Apply,
+                },
                 Outgoing::new(&original.body, &message_id, &headers),
             ))
             .unwrap();
@@ -246,7 +264,7 @@ fn a_job_delivered_twice_runs_once_and_records_one_result() {
     drop(jobs);
     poll_until(DEADLINE, "both copies to be queued", || {
         let depths: BTreeMap<String, u64> = rabbit::queue_depths(&vhost).into_iter().collect();
-        (depths["jobs.dev"] == 2).then_some(())
+        (depths["jobs.dev.apply"] == 2).then_some(())
     });
     deployment.start_executor("dev", "dev-1");
     deployment.start_executor("dev", "dev-2");
@@ -262,7 +280,7 @@ fn a_job_delivered_twice_runs_once_and_records_one_result() {
     // The second copy reached a worker, which was told the job is taken, and ran nothing.
     poll_until(DEADLINE, "the duplicate to be settled", || {
         let depths: BTreeMap<String, u64> = rabbit::queue_messages(&vhost).into_iter().collect();
-        (depths["jobs.dev"] == 0).then_some(())
+        (depths["jobs.dev.apply"] == 0).then_some(())
     });
     let logs = format!(
         "{}{}",
@@ -313,7 +331,9 @@ fn a_job_whose_deliveries_all_end_without_a_result_fails_its_run_instead_of_stal
     let crashing = runtime
         .block_on(Broker::connect(&vhost.url, "crashing-worker"))
         .unwrap();
-    let mut jobs = runtime.block_on(crashing.consume("jobs.dev", 1)).unwrap();
+    let mut jobs = runtime
+        .block_on(crashing.consume("jobs.dev.apply", 1))
+        .unwrap();
     for count in 0..DELIVERY_LIMIT - 1 {
         let delivery = runtime
             .block_on(async { tokio::time::timeout(DEADLINE, jobs.next()).await })
@@ -354,10 +374,10 @@ fn a_job_whose_deliveries_all_end_without_a_result_fails_its_run_instead_of_stal
     // Settled by the worker, not dead-lettered by the broker.
     poll_until(DEADLINE, "the job's message to be settled", || {
         let depths: BTreeMap<String, u64> = rabbit::queue_messages(&vhost).into_iter().collect();
-        (depths["jobs.dev"] == 0).then_some(())
+        (depths["jobs.dev.apply"] == 0).then_some(())
     });
     let depths: BTreeMap<String, u64> = rabbit::queue_messages(&vhost).into_iter().collect();
-    assert_eq!(depths["dead.jobs.dev"], 0, "{depths:?}");
+    assert_eq!(depths["dead.jobs.dev.apply"], 0, "{depths:?}");
     deployment.assert_running();
 }
 

@@ -18,6 +18,7 @@ fn a_pull_request_run_gets_one_living_comment_and_a_concluded_status() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let github = runtime.block_on(MockServer::start());
     for (verb, route, status, body) in [
+        ("GET", r"^/user$", 200, json!({ "login": "pipelines-bot" })),
         (
             "GET",
             r"^/repos/acme/infra/issues/7/comments$",
@@ -176,6 +177,7 @@ fn a_github_app_authenticates_with_its_jwt_then_calls_with_the_installation_toke
         status_context: "pipelines".into(),
         details_url: None,
         open_issue_on_apply_failure: false,
+        comment_author: None,
     };
     // octocrab's client needs the runtime it will run on.
     let _inside = runtime.enter();

@@ -11,7 +11,7 @@ use harness::deployment::Deployment;
 use harness::rabbit::LeastPrivilege;
 use harness::runs::{DEADLINE, follow_to_end, setup};
 use harness::sandbox::Sandbox;
-use proto_types::{Change, ChangeEvent, ChangeKind, Payload, Trigger};
+use proto_types::{Change, ChangeEvent, ChangeKind, ExecutorRole, Payload, Trigger};
 use uuid::Uuid;
 
 /// A two-account deployment where every component runs as its own user. Fields drop in
@@ -50,13 +50,23 @@ fn world() -> World {
         &[("PIPELINES_BROKER_URL", &dispatcher_url)],
         &[],
     );
+    // Executors read their password from a file: their environment holds none.
     for account in ["dev", "prod"] {
-        let url = access.url(&format!("executor-{account}"));
-        deployment.start_executor_with(
-            account,
-            &format!("{account}-1"),
-            &[("PIPELINES_BROKER_URL", &url)],
-        );
+        for role in ["plan", "apply"] {
+            let user = format!("executor-{account}-{role}");
+            let password_file = password_file(&sandbox, &access, &user);
+            deployment.start_executor_with(
+                &format!("{account}:{role}"),
+                &format!("{account}-{role}-1"),
+                &[
+                    ("PIPELINES_BROKER_URL", &access.url_without_password(&user)),
+                    (
+                        "PIPELINES_BROKER_PASSWORD_FILE",
+                        password_file.to_str().unwrap(),
+                    ),
+                ],
+            );
+        }
     }
     World {
         deployment,
@@ -65,6 +75,15 @@ fn world() -> World {
         commits: (c0, c1),
         runtime: tokio::runtime::Runtime::new().unwrap(),
     }
+}
+
+/// A file holding `user`'s password alone, readable by its owner only.
+fn password_file(sandbox: &Sandbox, access: &LeastPrivilege, user: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = sandbox.path().join(format!("{user}.password"));
+    std::fs::write(&path, format!("{}\n", access.password(user))).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
 }
 
 impl World {
@@ -177,20 +196,28 @@ fn each_component_user_can_do_its_job_and_nothing_more() {
 
     let orchestrator = world.connect("orchestrator");
     refused(
-        world.publish(&orchestrator, Route::Jobs { account: "dev" }, b"x", None),
+        world.publish(
+            &orchestrator,
+            Route::Jobs {
+                account: "dev",
+                role: ExecutorRole::Apply,
+            },
+            b"x",
+            None,
+        ),
         "the orchestrator publishing a job",
     );
     let orchestrator = world.connect("orchestrator");
     refused(
-        world.consume(&orchestrator, "jobs.dev"),
-        "the orchestrator consuming jobs.dev",
+        world.consume(&orchestrator, "jobs.dev.apply"),
+        "the orchestrator consuming jobs.dev.apply",
     );
-    let executor = world.connect("executor-dev");
+    let executor = world.connect("executor-dev-apply");
     refused(
-        world.consume(&executor, "jobs.prod"),
-        "the dev executor consuming jobs.prod",
+        world.consume(&executor, "jobs.prod.apply"),
+        "the dev executor consuming jobs.prod.apply",
     );
-    let executor = world.connect("executor-dev");
+    let executor = world.connect("executor-dev-apply");
     refused(
         world.publish(&executor, Route::Changes, b"x", None),
         "an executor submitting a change",
@@ -239,7 +266,15 @@ fn malformed_oversized_and_wrong_version_messages_are_dead_lettered_and_consumer
     for body in [&garbage, &oversized, &wrong_version] {
         world.publish(&admin, Route::Changes, body, None).unwrap();
         world
-            .publish(&admin, Route::Jobs { account: "dev" }, body, None)
+            .publish(
+                &admin,
+                Route::Jobs {
+                    account: "dev",
+                    role: ExecutorRole::Apply,
+                },
+                body,
+                None,
+            )
             .unwrap();
         world.publish(&admin, Route::JobEvents, body, None).unwrap();
     }
@@ -258,7 +293,11 @@ fn malformed_oversized_and_wrong_version_messages_are_dead_lettered_and_consumer
         "exceeds the limit of 16777216 bytes",
         "unsupported message format 2",
     ];
-    for queue in ["pipelines.changes", "jobs.dev", "pipelines.job-events"] {
+    for queue in [
+        "pipelines.changes",
+        "jobs.dev.apply",
+        "pipelines.job-events",
+    ] {
         let dead: BTreeMap<usize, String> = world
             .dead_letters(queue, 3)
             .into_iter()
@@ -279,4 +318,55 @@ fn malformed_oversized_and_wrong_version_messages_are_dead_lettered_and_consumer
         );
     }
     world.deployment.assert_running();
+}
+
+#[test]
+fn the_plan_user_cannot_consume_the_apply_queue_and_the_reverse() {
+    let mut world = world();
+    for account in ["dev", "prod"] {
+        for (user, queue) in [("plan", "apply"), ("apply", "plan")] {
+            let broker = world.connect(&format!("executor-{account}-{user}"));
+            refused(
+                world.consume(&broker, &format!("jobs.{account}.{queue}")),
+                &format!("the {account} {user} worker consuming jobs.{account}.{queue}"),
+            );
+        }
+        // Each can read its own queue (the check above is not refused for everything).
+        for role in ["plan", "apply"] {
+            let broker = world.connect(&format!("executor-{account}-{role}"));
+            let own = world.consume(&broker, &format!("jobs.{account}.{role}"));
+            assert!(own.is_ok(), "{account} {role}: {:?}", own.err());
+            world.runtime.block_on(broker.close());
+        }
+    }
+    world.deployment.assert_running();
+
+    // An executor given its password through its environment refuses to start.
+    let url = world.access.url("executor-dev-plan");
+    let config = world.sandbox.path().join("pipelines.toml");
+    let mut command = harness::sandbox::pipelines_in(
+        world.sandbox.path(),
+        &[
+            "execute",
+            "--config",
+            config.to_str().unwrap(),
+            "--account",
+            "dev",
+            "--role",
+            "plan",
+        ],
+    );
+    command.env("PIPELINES_BROKER_URL", &url);
+    let refused_start = harness::process::run(command, DEADLINE);
+    assert_eq!(
+        refused_start.code(),
+        Some(2),
+        "{}",
+        refused_start.transcript()
+    );
+    let transcript = refused_start.transcript();
+    assert!(
+        transcript.contains("carries a password") && !transcript.contains("dev-executor-dev-plan"),
+        "{transcript}"
+    );
 }

@@ -83,7 +83,7 @@ impl World {
             comments: HashMap::new(),
             failures: HashMap::new(),
             // Nobody listens: a test that wants retries gives its own channel.
-            again: mpsc::unbounded_channel().0.downgrade(),
+            again: std::sync::Weak::new(),
             first_retry: Duration::from_millis(10),
         }
     }
@@ -131,9 +131,17 @@ async fn mount(server: &MockServer, mock: Mock) {
     mock.mount(server).await;
 }
 
-/// A fake GitHub that accepts every commit status for [`SHA`].
+/// The login of the token the tests' reporter uses.
+const BOT: &str = "pipelines-bot";
+
+/// A fake GitHub that accepts every commit status for [`SHA`], and says the token is [`BOT`]'s.
 async fn fake_github() -> MockServer {
     let server = MockServer::start().await;
+    mount(
+        &server,
+        on("GET", "/user").respond_with(ok(json!({ "login": BOT }))),
+    )
+    .await;
     mount(
         &server,
         on("POST", format!("/repos/acme/infra/statuses/{SHA}")).respond_with(ok(json!({}))),
@@ -166,7 +174,12 @@ async fn the_first_run_creates_the_comment_and_the_next_updates_it_without_a_dup
             .expect(1),
     )
     .await;
-    let ours = json!([{ "id": 1, "body": "someone else" }, { "id": 42, "body": format!("{}\nold", report::COMMENT_MARKER) }]);
+    // A collaborator's comment that copies the marker comes first: it is not ours.
+    let ours = json!([
+        { "id": 1, "body": "someone else", "user": { "login": "alice" } },
+        { "id": 5, "body": format!("{}\nforged", report::COMMENT_MARKER), "user": { "login": "mallory" } },
+        { "id": 42, "body": format!("{}\nold", report::COMMENT_MARKER), "user": { "login": BOT } },
+    ]);
     mount(
         &server,
         on("GET", "/repos/acme/infra/issues/7/comments")
@@ -294,6 +307,11 @@ async fn statuses_conclude_success_for_a_good_plan_and_failure_for_a_failed_appl
     };
     mount(&server, status("success", "pipelines/plan")).await;
     mount(&server, status("failure", "pipelines/apply")).await;
+    mount(
+        &server,
+        on("GET", "/user").respond_with(ok(json!({ "login": BOT }))),
+    )
+    .await;
     mount(
         &server,
         on("GET", "/repos/acme/infra/issues/3/comments").respond_with(ok(json!([]))),
@@ -463,15 +481,15 @@ async fn github_failing_once() -> MockServer {
 /// The retry `task` scheduled for `run` comes, lands (the second status request) and marks it.
 async fn retry_lands(
     task: &mut Task,
-    retries: &mut mpsc::UnboundedReceiver<Uuid>,
+    retries: &Pending,
     world: &World,
     server: &MockServer,
     run: Uuid,
 ) {
-    let retried = tokio::time::timeout(Duration::from_secs(10), retries.recv())
+    tokio::time::timeout(Duration::from_secs(10), retries.notify.notified())
         .await
         .expect("a retry is scheduled");
-    assert_eq!(retried, Some(run));
+    assert_eq!(retries.take(), std::collections::BTreeSet::from([run]));
     task.report(run).await;
     assert!(world.unreported().is_empty(), "marked once it landed");
     assert_eq!(server.received_requests().await.unwrap().len(), 2);
@@ -483,12 +501,12 @@ async fn a_failed_final_report_is_tried_again_and_marked_once_it_lands() {
     let server = github_failing_once().await;
     let mut world = World::new();
     let run = world.succeeded_apply();
-    let (again, mut retries) = mpsc::unbounded_channel();
+    let retries = std::sync::Arc::new(Pending::default());
     let mut task = world.task(&server, "");
-    task.again = again.downgrade();
+    task.again = std::sync::Arc::downgrade(&retries);
     task.report(run).await;
     assert_eq!(world.unreported(), vec![run], "not marked while it failed");
-    retry_lands(&mut task, &mut retries, &world, &server, run).await;
+    retry_lands(&mut task, &retries, &world, &server, run).await;
 }
 
 #[tokio::test]
@@ -500,13 +518,13 @@ async fn a_starting_reporter_sends_the_final_reports_that_never_landed() {
     // Finished while the dispatcher's reporter was gone: nobody will say it changed.
     let run = world.succeeded_apply();
     assert_eq!(world.unreported(), vec![run]);
-    let (again, mut retries) = mpsc::unbounded_channel();
+    let retries = std::sync::Arc::new(Pending::default());
     let mut task = world.task(&server, "");
-    task.again = again.downgrade();
+    task.again = std::sync::Arc::downgrade(&retries);
     // What a starting task does first.
     task.catch_up().await;
     // Its first try failed (401); the retry lands and marks it.
-    retry_lands(&mut task, &mut retries, &world, &server, run).await;
+    retry_lands(&mut task, &retries, &world, &server, run).await;
 }
 
 #[tokio::test]

@@ -232,6 +232,28 @@ fn plans_of_one_unit_are_not_serialized() {
 }
 
 #[test]
+fn pull_request_jobs_go_to_plan_workers_and_every_job_of_a_push_to_apply_workers() {
+    let mut sim = Sim::new();
+    let pr_jobs = sim
+        .accept(&event(pr(1), &[("app", Action::Plan)], &[]))
+        .publish;
+    assert_eq!(pr_jobs[0].role, ExecutorRole::Plan);
+    // A push's plans run reviewed code too: they go where its applies go.
+    let push_jobs = sim
+        .accept(&event(
+            push(),
+            &[("db", Action::Apply), ("docs", Action::Plan)],
+            &[],
+        ))
+        .publish;
+    assert_eq!(push_jobs.len(), 2);
+    assert!(
+        push_jobs.iter().all(|job| job.role == ExecutorRole::Apply),
+        "{push_jobs:?}"
+    );
+}
+
+#[test]
 fn an_accounts_cap_limits_its_jobs_in_flight_and_says_so() {
     let mut settings = settings();
     settings.caps.insert("dev".into(), 2);

@@ -86,10 +86,12 @@ fn the_outbox_keeps_one_status_per_run_and_forgets_what_was_published() {
         kinds,
         [
             &OutboxTarget::Jobs {
-                account: "dev".into()
+                account: "dev".into(),
+                role: proto_types::ExecutorRole::Apply,
             },
             &OutboxTarget::Jobs {
-                account: "dev".into()
+                account: "dev".into(),
+                role: proto_types::ExecutorRole::Apply,
             },
             &OutboxTarget::Status { run_id: event.id }
         ],
@@ -280,4 +282,43 @@ fn reading_a_missing_database_says_where_it_looked() {
         err.contains("nowhere/dispatcher.sqlite3") && err.contains("has a dispatcher"),
         "{err}"
     );
+}
+
+#[test]
+fn pruning_forgets_old_finished_runs_and_keeps_recent_and_active_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let mut scheduler = Scheduler::new(settings());
+    let day = 24 * 3600 * 1000;
+    // An old finished run, a recent finished one, and an old one still running.
+    let finish = |scheduler: &mut Scheduler, store: &mut Store, at: u64| {
+        let (event, plan) = event(push(), &[("app", Action::Apply)], &[]);
+        let effects = scheduler.accept(&event, &plan, at);
+        commit(store, scheduler, &effects, at);
+        let job = effects.publish[0].clone();
+        let (_, claimed) = scheduler.claim(job.job_id, 1, "w1", false, Some("amq.gen-w1"), at);
+        commit(store, scheduler, &claimed, at);
+        let finished = scheduler.finish(
+            job.job_id,
+            1,
+            "w1",
+            &outcome(JobStatus::Succeeded, "ok\n"),
+            at,
+        );
+        commit(store, scheduler, &finished, at);
+        (event.id, job.job_id)
+    };
+    let (old, old_job) = finish(&mut scheduler, &mut store, day);
+    let (recent, _) = finish(&mut scheduler, &mut store, 40 * day);
+    let (running, plan) = event(pr(9), &[("db", Action::Plan)], &[]);
+    let effects = scheduler.accept(&running, &plan, day);
+    commit(&mut store, &scheduler, &effects, day);
+
+    assert_eq!(store.prune_finished(30 * day).unwrap(), 1);
+    assert_eq!(store.known_run(old).unwrap(), None);
+    assert_eq!(store.job_state(old_job).unwrap(), None);
+    assert!(store.known_run(recent).unwrap().is_some());
+    assert!(store.known_run(running.id).unwrap().is_some());
+    assert_eq!(store.load_active().unwrap().0.len(), 1);
+    assert_eq!(store.prune_finished(30 * day).unwrap(), 0, "idempotent");
 }

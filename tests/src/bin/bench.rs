@@ -18,7 +18,9 @@ use harness::deployment::Deployment;
 use harness::rabbit::{self, Vhost};
 use harness::sandbox::Sandbox;
 use harness::scenario::{self, Fixture};
-use proto_types::{Change, ChangeEvent, ChangeKind, DependencyEdge, RunDetail, Trigger};
+use proto_types::{
+    Change, ChangeEvent, ChangeKind, DependencyEdge, ExecutorRole, RunDetail, Trigger,
+};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -190,7 +192,10 @@ async fn broker_floor(vhost: &Vhost, messages: usize) -> f64 {
                 let id = format!("{task}-{i}");
                 publisher
                     .publish(
-                        Route::Jobs { account: "floor" },
+                        Route::Jobs {
+                            account: "floor",
+                            role: ExecutorRole::Apply,
+                        },
                         Outgoing::new(&body, &id, &headers),
                     )
                     .await
@@ -471,7 +476,10 @@ async fn publish_roundtrip(vhost: &Vhost, count: usize) -> (f64, f64) {
         let id = i.to_string();
         broker
             .publish(
-                Route::Jobs { account: "hop" },
+                Route::Jobs {
+                    account: "hop",
+                    role: ExecutorRole::Apply,
+                },
                 Outgoing::new(b"x", &id, &headers),
             )
             .await

