@@ -294,26 +294,91 @@ fn kubernetes_manifests_have_a_deployment_per_account_and_a_dispatcher_with_a_vo
                 && m["mountPath"].as_str() == Some("/var/lib/pipelines/dispatcher")),
         "the dispatcher's state_dir is on its volume"
     );
+    let text_of = |yaml: &Yaml| yaml.as_str().unwrap_or_default().to_owned();
     for account in accounts(&policy) {
-        let name = format!("pipelines-executor-{account}");
-        let deployment = find("Deployment", &name);
-        let pod = &deployment["spec"]["template"]["spec"];
-        let args = words(&pod["containers"][0]["args"]);
-        assert_eq!(
-            args[args.iter().position(|w| w == "--account").unwrap() + 1],
-            account
+        let mut tool_users = Vec::new();
+        for role in ["plan", "apply"] {
+            let name = format!("pipelines-executor-{account}-{role}");
+            let deployment = find("Deployment", &name);
+            find("ServiceAccount", &name);
+            let pod = &deployment["spec"]["template"]["spec"];
+            assert_eq!(pod["serviceAccountName"].as_str(), Some(name.as_str()));
+            let container = &pod["containers"][0];
+            let args = words(&container["args"]);
+            let arg = |flag: &str| args[args.iter().position(|w| w == flag).unwrap() + 1].clone();
+            assert_eq!(arg("--account"), account);
+            assert_eq!(arg("--role"), role);
+            // The broker login: the user in the environment, the password only in a file.
+            let env: BTreeMap<String, String> = container["env"]
+                .as_vec()
+                .unwrap()
+                .iter()
+                .map(|var| (text_of(&var["name"]), text_of(&var["value"])))
+                .collect();
+            let url = &env["PIPELINES_BROKER_URL"];
+            assert_eq!(
+                config::url_password(url),
+                None,
+                "{name}: a password in the environment"
+            );
+            assert!(url.starts_with(&format!("amqp://{name}@")), "{name}: {url}");
+            tool_users.push(env["PIPELINES_EXECUTOR__TOOL_USER"].clone());
+            find("Secret", &name);
+            let volumes = pod["volumes"].as_vec().unwrap();
+            let secret_volumes: Vec<String> = volumes
+                .iter()
+                .filter_map(|v| v["secret"]["secretName"].as_str().map(str::to_owned))
+                .collect();
+            assert_eq!(
+                secret_volumes,
+                [name.clone()],
+                "{name} mounts another role's secret"
+            );
+            // Exactly one projected token, of this role's audience.
+            let audiences: Vec<String> = volumes
+                .iter()
+                .filter_map(|v| v["projected"]["sources"].as_vec())
+                .flatten()
+                .filter_map(|source| source["serviceAccountToken"]["audience"].as_str())
+                .map(str::to_owned)
+                .collect();
+            assert_eq!(audiences, [format!("pipelines-{role}")], "{name}");
+            let mounts = container["volumeMounts"].as_vec().unwrap();
+            assert!(
+                mounts
+                    .iter()
+                    .any(|m| m["name"].as_str() == Some("cloud-token")
+                        && m["mountPath"].as_str()
+                            == Some(format!("/var/run/secrets/pipelines/{role}").as_str())),
+                "{name} mounts its token where its credentials read it"
+            );
+            let added = words(&container["securityContext"]["capabilities"]["add"]);
+            assert!(added.contains(&"SETUID".to_owned()), "{name}: {added:?}");
+            assert!(
+                pod["terminationGracePeriodSeconds"].as_i64().unwrap() >= 600 + 30,
+                "room for drain_seconds and stop_grace_seconds"
+            );
+        }
+        assert_ne!(
+            tool_users[0], tool_users[1],
+            "{account}: one tool user per role"
         );
-        assert_eq!(
-            pod["containers"][0]["envFrom"][0]["secretRef"]["name"].as_str(),
-            Some(name.as_str()),
-            "each account's executors read only their own Secret"
-        );
-        find("Secret", &name);
-        assert!(pod["securityContext"]["runAsNonRoot"].as_bool() == Some(true));
-        assert!(
-            pod["terminationGracePeriodSeconds"].as_i64().unwrap() >= 600 + 30,
-            "room for drain_seconds and stop_grace_seconds"
-        );
+    }
+    // The policy gives each role of an account its own token file.
+    let text = config_map["data"]["pipelines.toml"].as_str().unwrap();
+    for account in accounts(&policy) {
+        for role in ["plan", "apply"] {
+            let entry = text
+                .split("[[credentials]]")
+                .find(|section| section.contains(&format!("name = \"{account}-{role}\"")))
+                .unwrap_or_else(|| panic!("no credentials {account}-{role}"));
+            assert!(
+                entry.contains(&format!(
+                    "token_file = \"/var/run/secrets/pipelines/{role}/token\""
+                )),
+                "{account}-{role}: {entry}"
+            );
+        }
     }
 }
 
@@ -383,13 +448,26 @@ fn systemd_units_run_the_documented_commands_and_drain_within_their_stop_timeout
         .replace("$$", "$")
         .replace("%%", "%")
         .replace("%H", "host")
-        .replace("\"%i\"", "eu-prod-3")
-        .replace("%i", "eu-prod-3")
+        .replace("\"%i\"", "eu-prod-plan-3")
+        .replace("%i", "eu-prod-plan-3")
         .replace("/etc/pipelines/", &format!("{}/", dir.path().display()))
-        .replace("/usr/local/bin/pipelines", "echo");
+        .replace(
+            "/usr/local/bin/pipelines",
+            &dir.path().join("stand-in").display().to_string(),
+        );
     std::fs::write(
-        dir.path().join("executor-eu-prod.env"),
-        "PIPELINES_BROKER_URL=amqp://x\n",
+        dir.path().join("stand-in"),
+        "#!/bin/sh\necho \"tool_user=$PIPELINES_EXECUTOR__TOOL_USER $*\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        dir.path().join("stand-in"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("executor-eu-prod-plan.env"),
+        "PIPELINES_BROKER_URL=amqp://x\nPIPELINES_TOOL_UID_BASE=61100\n",
     )
     .unwrap();
     let script = shell
@@ -408,8 +486,12 @@ fn systemd_units_run_the_documented_commands_and_drain_within_their_stop_timeout
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        printed.contains("--account eu-prod --name host-eu-prod-3"),
-        "the account is the instance name up to its last '-': {printed}"
+        printed.contains("--account eu-prod --role plan --name host-eu-prod-plan-3"),
+        "the instance name is ACCOUNT-ROLE-N: {printed}"
+    );
+    assert!(
+        printed.starts_with("tool_user=61103:61103 execute "),
+        "each instance its own tool user: {printed}"
     );
     let stop = executor
         .lines()
