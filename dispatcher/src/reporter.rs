@@ -164,8 +164,9 @@ impl Task {
     /// Sends the final reports of the last day that never landed.
     async fn catch_up(&mut self) {
         let since = crate::service::now_ms().saturating_sub(CATCH_UP_MS);
-        let unreported =
-            Store::open(&self.state_dir).and_then(|store| store.unreported_runs(since, 1000));
+        let unreported = crate::service::off_runtime(|| {
+            Store::open(&self.state_dir).and_then(|store| store.unreported_runs(since, 1000))
+        });
         match unreported {
             Ok(runs) if runs.is_empty() => {}
             Ok(runs) => {
@@ -187,11 +188,11 @@ impl Task {
     /// again later when it does not.
     pub(crate) async fn report(&mut self, run_id: Uuid) {
         // Everything is read first: the database connection stays off the await points.
-        let read = (|| -> Result<_, StoreError> {
+        let read = crate::service::off_runtime(|| -> Result<_, StoreError> {
             let store = Store::open_read_only(&self.state_dir)?;
             let detail = store.run_detail(&run_id.to_string(), crate::service::now_ms())?;
             Ok((detail, store.outputs(run_id)?, store.trace(run_id)?))
-        })();
+        });
         let (detail, outputs, trace) = match read {
             Ok(read) => read,
             Err(err) => {
@@ -208,8 +209,10 @@ impl Task {
         match self.report_run(&detail, &outputs).instrument(span).await {
             Ok(()) if is_final => {
                 self.failures.remove(&run_id);
-                let marked = Store::open(&self.state_dir)
-                    .and_then(|mut store| store.mark_reported(run_id, crate::service::now_ms()));
+                let marked = crate::service::off_runtime(|| {
+                    Store::open(&self.state_dir)
+                        .and_then(|mut store| store.mark_reported(run_id, crate::service::now_ms()))
+                });
                 if let Err(err) = marked {
                     tracing::warn!(%run_id, error = %err, "Cannot record that the final report landed; a restart sends it again.");
                 }

@@ -234,7 +234,8 @@ impl Dispatcher {
             .dispatcher
             .retention_days
             .saturating_mul(24 * 3600 * 1000);
-        let pruned = self.store.prune_finished(now.saturating_sub(keep_ms))?;
+        let store = &mut self.store;
+        let pruned = off_runtime(|| store.prune_finished(now.saturating_sub(keep_ms)))?;
         if pruned > 0 {
             tracing::info!(
                 runs = pruned,
@@ -325,7 +326,7 @@ impl Dispatcher {
             tracing::info!(%reason, "Cancelling the run.");
             effects.merge(self.scheduler.cancel_run(order.run_id, &reason, now));
             Ok(Verdict::Ack)
-        } else if self.store.known_run(order.run_id)?.is_some() {
+        } else if off_runtime(|| self.store.known_run(order.run_id))?.is_some() {
             tracing::info!("Cancellation of a run that already ended ignored.");
             Ok(Verdict::Ack)
         } else {
@@ -377,7 +378,7 @@ impl Dispatcher {
             effects.changed_runs.insert(event.id);
             Some(run.rejected.clone())
         } else {
-            self.store.known_run(event.id)?.map(|known| known.rejected)
+            off_runtime(|| self.store.known_run(event.id))?.map(|known| known.rejected)
         };
         if let Some(rejected) = rejected {
             tracing::info!("Change event redelivered; its run exists already.");
@@ -464,7 +465,7 @@ impl Dispatcher {
                     effects.merge(claimed);
                     verdict
                 } else {
-                    let reason = match self.store.job_state(event.job_id)? {
+                    let reason = match off_runtime(|| self.store.job_state(event.job_id))? {
                         Some(state) => format!("the job is already {state}"),
                         None => "the job is unknown".to_owned(),
                     };
@@ -554,7 +555,7 @@ impl Dispatcher {
                     }
                     effects.merge(finished);
                     Ok(Verdict::Ack)
-                } else if self.store.job_state(event.job_id)?.is_some() {
+                } else if off_runtime(|| self.store.job_state(event.job_id))?.is_some() {
                     tracing::info!("Late report for a finished job ignored.");
                     Ok(Verdict::Ack)
                 } else {
@@ -612,8 +613,8 @@ impl Dispatcher {
                 outbox.push(OutboxMessage::status(run));
             }
         }
-        self.store
-            .commit(runs.iter().copied(), jobs, &outbox, outputs, now)?;
+        let store = &mut self.store;
+        off_runtime(|| store.commit(runs.iter().copied(), jobs, &outbox, outputs, now))?;
         for job in &effects.publish {
             tracing::info!(run_id = %job.run_id, job_id = %job.job_id, unit = %job.unit, account = %job.account, action = %job.action, attempt = job.attempt, "Job queued.");
             if job.attempt > 1 {
@@ -639,7 +640,8 @@ impl Dispatcher {
     /// Publishes the outbox with confirms, forgetting each message once confirmed.
     async fn publish_outbox(&mut self) -> Result<(), DispatchError> {
         loop {
-            let messages = self.store.outbox(OUTBOX_CHUNK)?;
+            let store = &self.store;
+            let messages = off_runtime(|| store.outbox(OUTBOX_CHUNK))?;
             // Each message continues its run's trace.
             let headers: Vec<Headers> = messages
                 .iter()
@@ -666,7 +668,8 @@ impl Dispatcher {
             // goes out again on the next start, and consumers drop what they have seen (ids).
             self.broker.publish_all(&outgoing).await?;
             let published: Vec<i64> = messages.iter().map(|message| message.id).collect();
-            self.store.delete_outbox(&published)?;
+            let store = &mut self.store;
+            off_runtime(|| store.delete_outbox(&published))?;
             if messages.len() < OUTBOX_CHUNK {
                 return Ok(());
             }
@@ -770,6 +773,19 @@ async fn drain(consumers: &mut [Consumer], batch: &mut Vec<Incoming>) -> Result<
 }
 
 /// Milliseconds since the Unix epoch: the scheduler's clock.
+/// Runs blocking database work without stalling the runtime's other tasks: on a multi-thread
+/// runtime the current worker thread first hands its other tasks to a new one
+/// (`block_in_place`); a current-thread runtime (tests) has no other thread to give them to.
+/// SQLITE_BUSY is waited on inside (`busy_timeout`), never returned at once.
+pub(crate) fn off_runtime<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
 /// How often finished runs past their retention are pruned.
 const PRUNE_EVERY_MS: u64 = 3600 * 1000;
 
@@ -777,4 +793,32 @@ pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod off_runtime_tests {
+    use super::off_runtime;
+
+    #[test]
+    fn blocking_store_work_leaves_the_runtime_to_other_tasks() {
+        // One worker thread: were the blocking work to hold it, the task that unblocks it
+        // could never run, and the wait would end in its timeout.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (unblock, blocked) = std::sync::mpsc::channel::<()>();
+            let (started, has_started) = tokio::sync::oneshot::channel();
+            let work = tokio::spawn(async move {
+                let _ = started.send(());
+                // No await from here on: the worker thread goes straight into the wait.
+                off_runtime(|| blocked.recv_timeout(std::time::Duration::from_secs(30)))
+            });
+            has_started.await.unwrap();
+            tokio::spawn(async move { unblock.send(()).unwrap() });
+            assert_eq!(work.await.unwrap(), Ok(()));
+        });
+    }
 }

@@ -331,7 +331,7 @@ fn kubernetes_manifests_have_a_deployment_per_account_and_a_dispatcher_with_a_vo
                 .collect();
             assert_eq!(
                 secret_volumes,
-                [name.clone()],
+                std::slice::from_ref(&name),
                 "{name} mounts another role's secret"
             );
             // Exactly one projected token, of this role's audience.
