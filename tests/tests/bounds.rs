@@ -78,6 +78,48 @@ fn a_git_server_that_never_answers_fails_the_job_at_the_git_deadline_and_the_wor
 }
 
 #[test]
+fn a_job_timeout_stops_a_job_stuck_in_its_checkout() {
+    let (vhost, sandbox) = setup();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "git://127.0.0.1:{}/infra",
+        silent.local_addr().unwrap().port()
+    );
+    let repo = &sandbox.repo;
+    repo.write("README.md", "# infrastructure\n");
+    let c0 = repo.commit("c0: readme");
+    repo.write(
+        "dev/app/main.tf",
+        "output \"value\" {\n  value = \"one\"\n}\n",
+    );
+    repo.write("dev/app/pipelines.hcl", "dependencies = []\n");
+    let c1 = repo.commit("c1: dev/app");
+    // git alone would wait ten minutes; the job may take three seconds in all.
+    let accounts = "[[accounts]]\nname = \"dev\"\npaths = [\"dev/**\"]\njob_timeout = \"3s\"\n";
+    let config = sandbox.write_config_with(&vhost.url, accounts, "\n[timeouts]\ngit = \"10m\"\n");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        &format!("url = \"{}\"", repo.path().display()),
+        &format!("url = \"{url}\""),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut deployment = Deployment::start(sandbox.path(), &config, &[("dev", 1)]);
+    let run = submit(&sandbox, &vhost, (&c0, &c1), "pull-request", &["--pr", "6"]);
+    let detail = wait_final(&sandbox, run);
+    let job = &detail.jobs[0];
+    assert_eq!(job.state, "failed", "{detail:#?}");
+    assert!(
+        job.reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("the job timed out after 3 s and was stopped"),
+        "{job:#?}"
+    );
+    deployment.assert_running();
+    drop(silent);
+}
+
+#[test]
 fn an_event_of_twenty_thousand_units_is_rejected_naming_the_limit() {
     let vhost = rabbit::vhost();
     let sandbox = Sandbox::new();
