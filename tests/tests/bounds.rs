@@ -11,10 +11,19 @@ use harness::sandbox::Sandbox;
 use proto_types::{Change, ChangeEvent, ChangeKind, Payload, Trigger};
 use uuid::Uuid;
 
-#[test]
-fn a_git_server_that_never_answers_fails_the_job_at_the_git_deadline_and_the_worker_goes_on() {
+/// A repository of one unit whose configured URL is a git server that never answers (it
+/// accepts connections, as the kernel does, and never says a word), and a deployment of one
+/// worker per role. `timeouts` and `job_timeout` go into the policy.
+struct HungGit {
+    deployment: Deployment,
+    sandbox: Sandbox,
+    vhost: harness::rabbit::Vhost,
+    commits: (String, String),
+    _silent: std::net::TcpListener,
+}
+
+fn hung_git(timeouts: &str, job_timeout: &str) -> HungGit {
     let (vhost, sandbox) = setup();
-    // Accepts connections (the kernel does) and never says a word.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!(
         "git://127.0.0.1:{}/infra",
@@ -29,8 +38,14 @@ fn a_git_server_that_never_answers_fails_the_job_at_the_git_deadline_and_the_wor
     );
     repo.write("dev/app/pipelines.hcl", "dependencies = []\n");
     let c1 = repo.commit("c1: dev/app");
-    let accounts = "[[accounts]]\nname = \"dev\"\npaths = [\"dev/**\"]\n";
-    let config = sandbox.write_config_with(&vhost.url, accounts, "\n[timeouts]\ngit = \"2s\"\n");
+    let accounts = format!(
+        "[[accounts]]\nname = \"dev\"\npaths = [\"dev/**\"]\njob_timeout = \"{job_timeout}\"\n"
+    );
+    let config = sandbox.write_config_with(
+        &vhost.url,
+        &accounts,
+        &format!("\n[timeouts]\n{timeouts}\n"),
+    );
     // The executors fetch from the configured URL: the silent server.
     let text = std::fs::read_to_string(&config).unwrap().replacen(
         &format!("url = \"{}\"", repo.path().display()),
@@ -39,15 +54,29 @@ fn a_git_server_that_never_answers_fails_the_job_at_the_git_deadline_and_the_wor
     );
     assert!(text.contains(&url), "{text}");
     std::fs::write(&config, text).unwrap();
-    let mut deployment = Deployment::start(sandbox.path(), &config, &[("dev", 1)]);
+    let deployment = Deployment::start(sandbox.path(), &config, &[("dev", 1)]);
+    HungGit {
+        deployment,
+        sandbox,
+        vhost,
+        commits: (c0, c1),
+        _silent: silent,
+    }
+}
+
+#[test]
+fn a_git_server_that_never_answers_fails_the_job_at_the_git_deadline_and_the_worker_goes_on() {
+    let mut world = hung_git("git = \"2s\"", "4h");
+    let (sandbox, vhost) = (&world.sandbox, &world.vhost);
+    let (c0, c1) = (&world.commits.0, &world.commits.1);
 
     for (event, worker) in [("pull-request", "dev-plan-1"), ("push", "dev-1")] {
         let mut extra = vec![];
         if event == "pull-request" {
             extra = vec!["--pr", "5"];
         }
-        let run = submit(&sandbox, &vhost, (&c0, &c1), event, &extra);
-        let detail = wait_final(&sandbox, run);
+        let run = submit(sandbox, vhost, (c0, c1), event, &extra);
+        let detail = wait_final(sandbox, run);
         let job = &detail.jobs[0];
         let reason = job.reason.clone().unwrap_or_default();
         assert_eq!(
@@ -73,39 +102,17 @@ fn a_git_server_that_never_answers_fails_the_job_at_the_git_deadline_and_the_wor
         );
     }
     // Both workers are still there, and took the second job after the first failed.
-    deployment.assert_running();
-    drop(silent);
+    world.deployment.assert_running();
 }
 
 #[test]
 fn a_job_timeout_stops_a_job_stuck_in_its_checkout() {
-    let (vhost, sandbox) = setup();
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!(
-        "git://127.0.0.1:{}/infra",
-        silent.local_addr().unwrap().port()
-    );
-    let repo = &sandbox.repo;
-    repo.write("README.md", "# infrastructure\n");
-    let c0 = repo.commit("c0: readme");
-    repo.write(
-        "dev/app/main.tf",
-        "output \"value\" {\n  value = \"one\"\n}\n",
-    );
-    repo.write("dev/app/pipelines.hcl", "dependencies = []\n");
-    let c1 = repo.commit("c1: dev/app");
     // git alone would wait ten minutes; the job may take three seconds in all.
-    let accounts = "[[accounts]]\nname = \"dev\"\npaths = [\"dev/**\"]\njob_timeout = \"3s\"\n";
-    let config = sandbox.write_config_with(&vhost.url, accounts, "\n[timeouts]\ngit = \"10m\"\n");
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        &format!("url = \"{}\"", repo.path().display()),
-        &format!("url = \"{url}\""),
-        1,
-    );
-    std::fs::write(&config, text).unwrap();
-    let mut deployment = Deployment::start(sandbox.path(), &config, &[("dev", 1)]);
-    let run = submit(&sandbox, &vhost, (&c0, &c1), "pull-request", &["--pr", "6"]);
-    let detail = wait_final(&sandbox, run);
+    let mut world = hung_git("git = \"10m\"", "3s");
+    let (sandbox, vhost) = (&world.sandbox, &world.vhost);
+    let (c0, c1) = (&world.commits.0, &world.commits.1);
+    let run = submit(sandbox, vhost, (c0, c1), "pull-request", &["--pr", "6"]);
+    let detail = wait_final(sandbox, run);
     let job = &detail.jobs[0];
     assert_eq!(job.state, "failed", "{detail:#?}");
     assert!(
@@ -115,8 +122,7 @@ fn a_job_timeout_stops_a_job_stuck_in_its_checkout() {
             .contains("the job timed out after 3 s and was stopped"),
         "{job:#?}"
     );
-    deployment.assert_running();
-    drop(silent);
+    world.deployment.assert_running();
 }
 
 #[test]
