@@ -1,0 +1,207 @@
+//! `[dispatcher]` and `[retry]`: settings only the dispatcher reads.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::{ConfigError, invalid};
+
+/// Settings only the dispatcher reads.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatcherSettings {
+    /// Where the run database lives. Default: `$XDG_STATE_HOME/pipelines`, else
+    /// `~/.local/state/pipelines`.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// How long a worker's claim on a job lasts without a heartbeat before another worker may
+    /// take the job over.
+    #[serde(default = "default_lease_seconds")]
+    pub lease_seconds: u64,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (`host:port`). Default: not served.
+    #[serde(default)]
+    pub metrics_address: Option<String>,
+    /// The broker users whose change events start runs (RabbitMQ validates every message's
+    /// `user_id`). Empty: any user that may publish to the changes exchange.
+    #[serde(default)]
+    pub orchestrator_users: Vec<String>,
+    /// The most units one change event may name. A bigger event is rejected with this limit
+    /// named: its run would hold the dispatcher, the broker and the PR comment hostage.
+    #[serde(default = "default_max_units_per_run")]
+    pub max_units_per_run: usize,
+    /// Finished runs, their jobs and outputs are deleted this many days after they ended
+    /// (checked at start and hourly). 0 keeps everything.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u64,
+}
+
+impl Default for DispatcherSettings {
+    fn default() -> DispatcherSettings {
+        DispatcherSettings {
+            state_dir: None,
+            lease_seconds: default_lease_seconds(),
+            metrics_address: None,
+            orchestrator_users: Vec::new(),
+            max_units_per_run: default_max_units_per_run(),
+            retention_days: default_retention_days(),
+        }
+    }
+}
+
+fn default_max_units_per_run() -> usize {
+    5_000
+}
+
+fn default_retention_days() -> u64 {
+    90
+}
+
+impl DispatcherSettings {
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.state_dir {
+            return dir.clone();
+        }
+        match (std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME")) {
+            (Some(state), _) => PathBuf::from(state).join("pipelines"),
+            (None, Some(home)) => PathBuf::from(home).join(".local/state/pipelines"),
+            (None, None) => PathBuf::from(".pipelines-state"),
+        }
+    }
+}
+
+/// When a failed job is tried again.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included; 1 disables retries.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// The wait before the second attempt; it doubles for each further attempt.
+    #[serde(default = "default_backoff_seconds")]
+    pub backoff_seconds: u64,
+    /// Regular expressions over a failed job's output; a match makes the failure retryable.
+    /// Any other failure is final.
+    #[serde(default = "default_retry_patterns")]
+    pub patterns: Vec<String>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: default_max_attempts(),
+            backoff_seconds: default_backoff_seconds(),
+            patterns: default_retry_patterns(),
+        }
+    }
+}
+
+fn default_lease_seconds() -> u64 {
+    120
+}
+
+fn default_max_attempts() -> u32 {
+    3
+}
+
+fn default_backoff_seconds() -> u64 {
+    30
+}
+
+/// Failures that are usually transient: state locks, provider API throttling, network blips.
+fn default_retry_patterns() -> Vec<String> {
+    [
+        "Error acquiring the state lock",
+        "(?i)rate exceeded|throttl|RequestLimitExceeded|TooManyRequests",
+        "(?i)connection reset by peer|i/o timeout|TLS handshake timeout|timeout while waiting for plugin",
+        "(?i)failed to install provider|could not query provider registry",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// The dispatcher's settings, naming the key of the first bad one.
+pub(crate) fn validate(dispatcher: &DispatcherSettings) -> Result<(), ConfigError> {
+    if let Some(address) = &dispatcher.metrics_address
+        && address.parse::<std::net::SocketAddr>().is_err()
+    {
+        return Err(invalid(
+            "dispatcher.metrics_address",
+            format!("{address:?} is not a host:port address like 0.0.0.0:9464"),
+        ));
+    }
+    if dispatcher.max_units_per_run == 0 {
+        return Err(invalid(
+            "dispatcher.max_units_per_run",
+            "must be at least 1",
+        ));
+    }
+    if dispatcher.lease_seconds < 10 {
+        return Err(invalid(
+            "dispatcher.lease_seconds",
+            format!("{} is below the minimum of 10", dispatcher.lease_seconds),
+        ));
+    }
+    Ok(())
+}
+
+/// The retry policy: at least one attempt, patterns that compile.
+pub(crate) fn validate_retry(retry: &RetryPolicy) -> Result<(), ConfigError> {
+    if retry.max_attempts == 0 {
+        return Err(invalid(
+            "retry.max_attempts",
+            "must be at least 1 (1 disables retries)",
+        ));
+    }
+    for (i, pattern) in retry.patterns.iter().enumerate() {
+        if let Err(err) = regex::Regex::new(pattern) {
+            return Err(invalid(
+                format!("retry.patterns[{i}]"),
+                format!("invalid regular expression {pattern:?}: {err}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dispatcher_and_retry_settings_name_their_key() {
+        let err = |settings: DispatcherSettings| validate(&settings).unwrap_err().to_string();
+        assert!(
+            err(DispatcherSettings {
+                lease_seconds: 5,
+                ..DispatcherSettings::default()
+            })
+            .contains("`dispatcher.lease_seconds`: 5 is below the minimum of 10")
+        );
+        assert!(
+            err(DispatcherSettings {
+                max_units_per_run: 0,
+                ..DispatcherSettings::default()
+            })
+            .contains("`dispatcher.max_units_per_run`: must be at least 1")
+        );
+        assert!(
+            err(DispatcherSettings {
+                metrics_address: Some("localhost".into()),
+                ..DispatcherSettings::default()
+            })
+            .contains("`dispatcher.metrics_address`")
+        );
+        assert!(validate(&DispatcherSettings::default()).is_ok());
+        let bad_pattern = RetryPolicy {
+            patterns: vec!["(unclosed".into()],
+            ..RetryPolicy::default()
+        };
+        assert!(
+            validate_retry(&bad_pattern)
+                .unwrap_err()
+                .to_string()
+                .contains("`retry.patterns[0]`: invalid regular expression")
+        );
+    }
+}
