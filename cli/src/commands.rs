@@ -245,7 +245,7 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
         (None, None) => config::DispatcherSettings::default().state_dir(),
     };
     let store = Store::open_read_only(&state_dir)?;
-    let now = dispatcher::service::now_ms();
+    let now = dispatcher::clock::now_ms();
     match &args.run_id {
         Some(id) => {
             let detail = store.run_detail(id, now)?;

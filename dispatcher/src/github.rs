@@ -23,9 +23,25 @@ pub enum GitHubError {
     /// The configuration cannot make a client (a bad key or URL): fix it and restart.
     #[error("cannot set up the GitHub client: {0}")]
     Setup(String),
-    /// The call failed for good (after retries, or with a 4xx that retrying cannot fix).
+    /// The call failed after its retries (network, 5xx, a rate limit too long to wait for):
+    /// trying again later may work.
     #[error("GitHub {what} failed: {reason}")]
     Call { what: String, reason: String },
+    /// GitHub refused the call (a 4xx other than a rate limit: bad credentials, no permission,
+    /// not found): the same call will be refused again, so it is not retried.
+    #[error("GitHub refused {what}: HTTP {status}: {reason}")]
+    Refused {
+        what: String,
+        status: u16,
+        reason: String,
+    },
+}
+
+impl GitHubError {
+    /// Whether trying the same call later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, GitHubError::Call { .. })
+    }
 }
 
 /// An authenticated client for one GitHub (or GitHub Enterprise) instance.
@@ -352,7 +368,11 @@ impl GitHub {
                 tokio::time::sleep(backoff).await;
                 backoff *= 2;
             } else {
-                return Err(failed(format!("HTTP {status}: {}", snippet(&text))));
+                return Err(GitHubError::Refused {
+                    what: what.to_owned(),
+                    status,
+                    reason: snippet(&text),
+                });
             }
         }
         Err(failed("no attempt was made".into()))

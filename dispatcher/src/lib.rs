@@ -6,8 +6,10 @@
 //!   serialization, account caps, supersession, retries, worker claims). Pure.
 //! - [`store`]: the run database and its outbox (SQLite), so that a crash loses nothing.
 //! - [`status`]: what `pipelines status` prints. Pure.
+//! - [`clock`]: the wall clock, read at the edges only.
 //! - [`service`]: the broker edge that feeds the scheduler, commits, acks and publishes.
 
+pub mod clock;
 pub mod github;
 mod metrics;
 pub mod pacing;

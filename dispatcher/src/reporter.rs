@@ -163,8 +163,8 @@ impl Task {
 
     /// Sends the final reports of the last day that never landed.
     async fn catch_up(&mut self) {
-        let since = crate::service::now_ms().saturating_sub(CATCH_UP_MS);
-        let unreported = crate::service::off_runtime(|| {
+        let since = crate::clock::now_ms().saturating_sub(CATCH_UP_MS);
+        let unreported = crate::store::off_runtime(|| {
             Store::open(&self.state_dir).and_then(|store| store.unreported_runs(since, 1000))
         });
         match unreported {
@@ -188,9 +188,9 @@ impl Task {
     /// again later when it does not.
     pub(crate) async fn report(&mut self, run_id: Uuid) {
         // Everything is read first: the database connection stays off the await points.
-        let read = crate::service::off_runtime(|| -> Result<_, StoreError> {
+        let read = crate::store::off_runtime(|| -> Result<_, StoreError> {
             let store = Store::open_read_only(&self.state_dir)?;
-            let detail = store.run_detail(&run_id.to_string(), crate::service::now_ms())?;
+            let detail = store.run_detail(&run_id.to_string(), crate::clock::now_ms())?;
             Ok((detail, store.outputs(run_id)?, store.trace(run_id)?))
         });
         let (detail, outputs, trace) = match read {
@@ -209,16 +209,19 @@ impl Task {
         match self.report_run(&detail, &outputs).instrument(span).await {
             Ok(()) if is_final => {
                 self.failures.remove(&run_id);
-                let marked = crate::service::off_runtime(|| {
+                let marked = crate::store::off_runtime(|| {
                     Store::open(&self.state_dir)
-                        .and_then(|mut store| store.mark_reported(run_id, crate::service::now_ms()))
+                        .and_then(|mut store| store.mark_reported(run_id, crate::clock::now_ms()))
                 });
                 if let Err(err) = marked {
                     tracing::warn!(%run_id, error = %err, "Cannot record that the final report landed; a restart sends it again.");
                 }
             }
             Ok(()) => {}
-            Err(err) if is_final => self.retry_later(run_id, &err),
+            Err(err) if is_final && err.is_retryable() => self.retry_later(run_id, &err),
+            Err(err) if is_final => {
+                tracing::error!(%run_id, error = %err, "GitHub refused the run's final report; not retried (fix the token or its permissions; the dispatcher's next start sends it).");
+            }
             Err(err) => {
                 tracing::warn!(%run_id, error = %err, "GitHub report failed; the next change of the run tries again.");
             }

@@ -6,7 +6,7 @@
 //! and nothing committed is lost before it is published, because it waits in the outbox.
 
 use std::future::Future;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use broker::topology::{CHANGES_QUEUE, CONTROL_QUEUE, JOB_EVENTS_QUEUE};
 use broker::{Broker, BrokerError, Consumer, Delivery, Headers, Outgoing, Route, Topology};
@@ -20,12 +20,13 @@ use uuid::Uuid;
 
 use telemetry::Ops;
 
+use crate::clock::now_ms;
 use crate::metrics;
 use crate::pacing::StatusPacer;
 use crate::policy::{self, AccountRouter};
 use crate::reporter::Reporter;
 use crate::scheduler::{Effects, Run, Scheduler, Settings, tail};
-use crate::store::{OutboxMessage, OutboxTarget, Store, StoreError};
+use crate::store::{OutboxMessage, OutboxTarget, Store, StoreError, off_runtime};
 
 /// Messages handled per transaction at most: enough to amortize the commit, few enough that a
 /// batch's acks are not held back for long.
@@ -773,52 +774,5 @@ async fn drain(consumers: &mut [Consumer], batch: &mut Vec<Incoming>) -> Result<
 }
 
 /// Milliseconds since the Unix epoch: the scheduler's clock.
-/// Runs blocking database work without stalling the runtime's other tasks: on a multi-thread
-/// runtime the current worker thread first hands its other tasks to a new one
-/// (`block_in_place`); a current-thread runtime (tests) has no other thread to give them to.
-/// SQLITE_BUSY is waited on inside (`busy_timeout`), never returned at once.
-pub(crate) fn off_runtime<T>(work: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(work)
-        }
-        _ => work(),
-    }
-}
-
 /// How often finished runs past their retention are pruned.
 const PRUNE_EVERY_MS: u64 = 3600 * 1000;
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
-
-#[cfg(test)]
-mod off_runtime_tests {
-    use super::off_runtime;
-
-    #[test]
-    fn blocking_store_work_leaves_the_runtime_to_other_tasks() {
-        // One worker thread: were the blocking work to hold it, the task that unblocks it
-        // could never run, and the wait would end in its timeout.
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let (unblock, blocked) = std::sync::mpsc::channel::<()>();
-            let (started, has_started) = tokio::sync::oneshot::channel();
-            let work = tokio::spawn(async move {
-                let _ = started.send(());
-                // No await from here on: the worker thread goes straight into the wait.
-                off_runtime(|| blocked.recv_timeout(std::time::Duration::from_secs(30)))
-            });
-            has_started.await.unwrap();
-            tokio::spawn(async move { unblock.send(()).unwrap() });
-            assert_eq!(work.await.unwrap(), Ok(()));
-        });
-    }
-}

@@ -1007,3 +1007,44 @@ fn parse_uuid(what: &'static str, text: &str) -> Result<Uuid, StoreError> {
 
 #[cfg(test)]
 mod tests;
+
+/// Runs blocking database work without stalling the runtime's other tasks: on a multi-thread
+/// runtime the current worker thread first hands its other tasks to a new one
+/// (`block_in_place`); a current-thread runtime (tests) has no other thread to give them to.
+/// SQLITE_BUSY is waited on inside (`busy_timeout`), never returned at once.
+pub(crate) fn off_runtime<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
+#[cfg(test)]
+mod off_runtime_tests {
+    use super::off_runtime;
+
+    #[test]
+    fn blocking_store_work_leaves_the_runtime_to_other_tasks() {
+        // One worker thread: were the blocking work to hold it, the task that unblocks it
+        // could never run, and the wait would end in its timeout.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (unblock, blocked) = std::sync::mpsc::channel::<()>();
+            let (started, has_started) = tokio::sync::oneshot::channel();
+            let work = tokio::spawn(async move {
+                let _ = started.send(());
+                // No await from here on: the worker thread goes straight into the wait.
+                off_runtime(|| blocked.recv_timeout(std::time::Duration::from_secs(30)))
+            });
+            has_started.await.unwrap();
+            tokio::spawn(async move { unblock.send(()).unwrap() });
+            assert_eq!(work.await.unwrap(), Ok(()));
+        });
+    }
+}

@@ -472,7 +472,10 @@ async fn statuses_answering(answers: Vec<ResponseTemplate>) -> MockServer {
 /// A status GitHub refuses once (401), then accepts.
 async fn github_failing_once() -> MockServer {
     statuses_answering(vec![
-        ResponseTemplate::new(401).set_body_json(json!({ "message": "Bad credentials" })),
+        // Rate limited for an hour: longer than a call waits, so the report fails for now.
+        ResponseTemplate::new(429)
+            .insert_header("retry-after", "3600")
+            .set_body_json(json!({ "message": "API rate limit exceeded" })),
         created(json!({})),
     ])
     .await
@@ -514,7 +517,7 @@ async fn a_starting_reporter_sends_the_final_reports_that_never_landed() {
     let server = github_failing_once().await;
     let mut world = World::new();
     // Today (a starting reporter looks back one day).
-    world.now = crate::service::now_ms();
+    world.now = crate::clock::now_ms();
     // Finished while the dispatcher's reporter was gone: nobody will say it changed.
     let run = world.succeeded_apply();
     assert_eq!(world.unreported(), vec![run]);
@@ -523,12 +526,12 @@ async fn a_starting_reporter_sends_the_final_reports_that_never_landed() {
     task.again = std::sync::Arc::downgrade(&retries);
     // What a starting task does first.
     task.catch_up().await;
-    // Its first try failed (401); the retry lands and marks it.
+    // Its first try failed (rate limited); the retry lands and marks it.
     retry_lands(&mut task, &retries, &world, &server, run).await;
 }
 
-#[tokio::test]
-async fn a_github_outage_never_fails_the_report_caller() {
+/// A GitHub that refuses every post (bad credentials), and a finished apply to report.
+async fn refused_world() -> (MockServer, World, Uuid) {
     let server = MockServer::start().await;
     mount(
         &server,
@@ -539,6 +542,12 @@ async fn a_github_outage_never_fails_the_report_caller() {
     .await;
     let mut world = World::new();
     let run = world.succeeded_apply();
+    (server, world, run)
+}
+
+#[tokio::test]
+async fn a_github_outage_never_fails_the_report_caller() {
+    let (server, world, run) = refused_world().await;
     let mut task = world.task(&server, "");
     let (detail, outputs) = world.detail(run);
     let err = task
@@ -554,4 +563,25 @@ async fn a_github_outage_never_fails_the_report_caller() {
     tokio::time::timeout(Duration::from_secs(5), task.report(run))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_final_report_github_refuses_is_not_retried() {
+    let (server, world, run) = refused_world().await;
+    let retries = std::sync::Arc::new(Pending::default());
+    let mut task = world.task(&server, "");
+    task.again = std::sync::Arc::downgrade(&retries);
+    task.report(run).await;
+    assert!(
+        task.failures.is_empty(),
+        "no retry counted: {:?}",
+        task.failures
+    );
+    assert_eq!(
+        world.unreported(),
+        vec![run],
+        "not marked: the next start sends it"
+    );
+    // One request: the client itself does not retry a 401 either.
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
 }
