@@ -14,7 +14,7 @@ use_cache_dirs
 ensure_terraform
 
 say "Building pipelines"
-cargo build --quiet --locked -p pipelines-cli
+cargo build --quiet --locked -p pipelines
 PIPELINES="$CARGO_TARGET_DIR/debug/pipelines"
 
 WORK="${PIPELINES_EXAMPLE_DIR:-$ROOT/.pipelines-example}"

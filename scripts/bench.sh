@@ -26,7 +26,7 @@ fi
 
 say "Pipeline benchmarks (release build)"
 results="$CARGO_TARGET_DIR/bench/results.json"
-cargo run --release --locked --quiet -p pipelines-tests --bin bench -- all "${quick[@]}" --out "$results"
+cargo run --release --locked --quiet -p harness --bin bench -- all "${quick[@]}" --out "$results"
 
 say "Charts"
 if ! python3 -c 'import matplotlib' 2>/dev/null; then

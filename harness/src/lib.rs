@@ -29,14 +29,7 @@ pub fn pipelines_binary() -> &'static Path {
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = std::process::Command::new(cargo);
-        build.args([
-            "build",
-            "--quiet",
-            "-p",
-            "pipelines-cli",
-            "--bin",
-            "pipelines",
-        ]);
+        build.args(["build", "--quiet", "-p", "pipelines", "--bin", "pipelines"]);
         if profile_dir
             .file_name()
             .is_some_and(|name| name == "release")
@@ -94,7 +87,7 @@ pub fn require_null_provider() {
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("tests/ sits in the workspace")
+        .expect("harness/ sits in the workspace")
         .to_path_buf()
 }
 

@@ -2,7 +2,7 @@
 //! the broker floor, no-op job throughput and event-to-job-start latency through the real
 //! dispatcher and executor processes, memory, and DAG execution with real terraform.
 //!
-//! `cargo run --release -p pipelines-tests --bin bench -- [all|floor|throughput|latency|memory|dag]`
+//! `cargo run --release -p harness --bin bench -- [all|floor|throughput|latency|memory|dag]`
 //! Writes the figures as JSON to `target/bench/results.json` (or `--out FILE`) for
 //! `scripts/plot_benchmarks.py`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // A program that reports.

@@ -91,7 +91,7 @@ fn lapin_is_used_by_the_broker_crate_only() {
     }
     for source in files(&[".rs"]) {
         let name = relative(&source);
-        if name.starts_with("broker/") || name == "tests/tests/tidy.rs" {
+        if name.starts_with("broker/") || name == "harness/tests/tidy.rs" {
             continue;
         }
         assert!(!read(&source).contains("lapin::"), "{name} uses lapin");
@@ -101,7 +101,7 @@ fn lapin_is_used_by_the_broker_crate_only() {
 #[test]
 fn proto_types_depends_on_neither_tokio_nor_lapin() {
     let deps = dependencies("proto-types/Cargo.toml");
-    for forbidden in ["tokio", "lapin", "pipelines-broker"] {
+    for forbidden in ["tokio", "lapin", "broker"] {
         assert!(
             !deps.contains(forbidden),
             "proto-types depends on {forbidden}"
@@ -116,7 +116,7 @@ fn only_the_executor_starts_processes() {
     let spawn = ["Command", "::new("].concat();
     for source in files(&[".rs"]) {
         let name = relative(&source);
-        if name.starts_with("executor-worker/") || name.starts_with("tests/") {
+        if name.starts_with("executor-worker/") || name.starts_with("harness/") {
             continue;
         }
         assert!(!read(&source).contains(&spawn), "{name} starts a process");
@@ -141,7 +141,7 @@ fn tests_poll_with_a_deadline_instead_of_sleeping() {
         let text = read(&source);
         // Product code may wait on purpose (a retry's backoff); test code may not.
         let is_test_file =
-            name.starts_with("tests/") || name.contains("/tests/") || name.ends_with("/tests.rs");
+            name.starts_with("harness/") || name.contains("/tests/") || name.ends_with("/tests.rs");
         let test_code = match text.find("#[cfg(test)]") {
             _ if is_test_file => text.as_str(),
             Some(at) => &text[at..],
@@ -149,7 +149,7 @@ fn tests_poll_with_a_deadline_instead_of_sleeping() {
         };
         let count = test_code.matches(&sleep).count() + test_code.matches(&tokio_sleep).count();
         // The one allowed sleep is the pause between polls inside `harness::poll_until`.
-        let allowed = usize::from(name == "tests/src/lib.rs");
+        let allowed = usize::from(name == "harness/src/lib.rs");
         assert!(count <= allowed, "{name} sleeps {count} time(s)");
     }
 }
