@@ -39,16 +39,6 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap()
 }
 
-/// The `[dependencies]` section of a manifest (not dev-dependencies).
-fn dependencies(manifest: &str) -> String {
-    let text = read(&workspace_root().join(manifest));
-    let start = text
-        .find("[dependencies]")
-        .map_or(text.len(), |i| i + "[dependencies]".len());
-    let rest = &text[start..];
-    rest[..rest.find("\n[").unwrap_or(rest.len())].to_owned()
-}
-
 #[test]
 fn every_rust_file_opens_with_a_module_doc_comment() {
     let missing: Vec<String> = files(&[".rs"])
@@ -98,15 +88,116 @@ fn lapin_is_used_by_the_broker_crate_only() {
     }
 }
 
+/// Every package `package` of the workspace at `manifest` needs to build, transitively, through
+/// normal dependencies only (not dev or build ones), as `cargo metadata` resolves them.
+fn normal_dependencies(manifest: &Path, package: &str) -> std::collections::BTreeSet<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // This machine's platform only: other platforms' crates need not be downloaded.
+    let rustc = std::process::Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .unwrap();
+    let host = String::from_utf8_lossy(&rustc.stdout)
+        .lines()
+        .find_map(|line| line.strip_prefix("host: "))
+        .unwrap()
+        .to_owned();
+    let output = std::process::Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--offline"])
+        .args(["--filter-platform", &host, "--manifest-path"])
+        .arg(manifest)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "cargo metadata --filter-platform {host} --manifest-path {}: {}",
+        manifest.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let name_of = |id: &str| {
+        metadata["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id)
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    let nodes = metadata["resolve"]["nodes"].as_array().unwrap();
+    let root = metadata["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == package)
+        .unwrap_or_else(|| panic!("no package {package} in {}", manifest.display()))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut stack = vec![root];
+    while let Some(id) = stack.pop() {
+        let node = nodes.iter().find(|n| n["id"] == id.as_str()).unwrap();
+        for dep in node["deps"].as_array().unwrap() {
+            let normal = dep["dep_kinds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|kind| kind["kind"].is_null());
+            let dep_id = dep["pkg"].as_str().unwrap().to_owned();
+            if normal && seen.insert(name_of(&dep_id)) {
+                stack.push(dep_id);
+            }
+        }
+    }
+    seen
+}
+
+/// Which of `forbidden` `package` needs to build.
+fn forbidden_in(manifest: &Path, package: &str, forbidden: &[&str]) -> Vec<String> {
+    let needed = normal_dependencies(manifest, package);
+    forbidden
+        .iter()
+        .filter(|name| needed.contains(**name))
+        .map(|name| (*name).to_owned())
+        .collect()
+}
+
 #[test]
 fn proto_types_depends_on_neither_tokio_nor_lapin() {
-    let deps = dependencies("proto-types/Cargo.toml");
-    for forbidden in ["tokio", "lapin", "broker"] {
-        assert!(
-            !deps.contains(forbidden),
-            "proto-types depends on {forbidden}"
-        );
-    }
+    let manifest = workspace_root().join("Cargo.toml");
+    let found = forbidden_in(&manifest, "proto-types", &["tokio", "lapin", "broker"]);
+    assert!(found.is_empty(), "proto-types needs {found:?} to build");
+}
+
+#[test]
+fn the_dependency_check_catches_a_transitive_io_dependency() {
+    // A fixture workspace: `core` depends on `middle`, which depends on a package named tokio.
+    let dir = tempfile::tempdir().unwrap();
+    let package = |name: &str, deps: &str| {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.join("src")).unwrap();
+        std::fs::write(
+            path.join("Cargo.toml"),
+            format!("[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\n{deps}"),
+        )
+        .unwrap();
+        std::fs::write(path.join("src/lib.rs"), "").unwrap();
+    };
+    package("core", "middle = { path = \"../middle\" }\n");
+    package("middle", "tokio = { path = \"../tokio\" }\n");
+    package("tokio", "");
+    std::fs::write(
+        dir.path().join("Cargo.toml"),
+        "[workspace]\nmembers = [\"core\", \"middle\", \"tokio\"]\nresolver = \"2\"\n",
+    )
+    .unwrap();
+    let manifest = dir.path().join("Cargo.toml");
+    assert_eq!(
+        forbidden_in(&manifest, "core", &["tokio", "lapin"]),
+        ["tokio"]
+    );
+    assert!(forbidden_in(&manifest, "tokio", &["tokio", "lapin"]).is_empty());
 }
 
 #[test]
