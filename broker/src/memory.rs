@@ -102,9 +102,10 @@ impl MemoryBroker {
             deliveries: 0,
         };
         let mut state = self.lock();
+        let targets = state.targets(exchange, &routing_key);
         // Bounded like a RabbitMQ queue with `overflow = reject-publish`: the publisher is told
         // (not confirmed, so it retries later), nothing already queued is dropped.
-        if let Some(full) = state.full_target(exchange, &routing_key) {
+        if let Some(full) = state.full_target(&targets) {
             return Err(BrokerError::NotConfirmed {
                 exchange: exchange.to_owned(),
                 reason: format!(
@@ -112,9 +113,9 @@ impl MemoryBroker {
                 ),
             });
         }
-        let routed = state.route(exchange, &routing_key, stored);
+        state.deliver(&targets, stored);
         drop(state);
-        if routed == 0 && mandatory {
+        if targets.is_empty() && mandatory {
             return Err(BrokerError::Unroutable {
                 exchange: exchange.to_owned(),
                 routing_key,
@@ -298,12 +299,11 @@ impl State {
         }
     }
 
-    /// The first queue bound to `exchange` for `key` that holds [`MAX_QUEUE_LENGTH`] ready
-    /// messages already.
-    fn full_target(&self, exchange: &str, key: &str) -> Option<String> {
-        self.targets(exchange, key).into_iter().find(|target| {
+    /// The first of `targets` that holds [`MAX_QUEUE_LENGTH`] ready messages already.
+    fn full_target<'t>(&self, targets: &'t [String]) -> Option<&'t String> {
+        targets.iter().find(|target| {
             self.queues
-                .get(target)
+                .get(*target)
                 .is_some_and(|queue| queue.ready.len() >= MAX_QUEUE_LENGTH)
         })
     }
@@ -311,13 +311,18 @@ impl State {
     /// Appends the message to every queue bound to `exchange` for `key`; returns how many.
     fn route(&mut self, exchange: &str, key: &str, stored: Stored) -> usize {
         let targets = self.targets(exchange, key);
-        for target in &targets {
+        self.deliver(&targets, stored);
+        targets.len()
+    }
+
+    /// Appends the message to each of `targets`.
+    fn deliver(&mut self, targets: &[String], stored: Stored) {
+        for target in targets {
             if let Some(queue) = self.queues.get_mut(target) {
                 queue.ready.push_back(stored.clone());
             }
             self.wake(target);
         }
-        targets.len()
     }
 
     /// The queues bound to `exchange` for `key`.

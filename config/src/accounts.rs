@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 
+use globset::GlobMatcher;
 use serde::Deserialize;
 
 use crate::{Config, ConfigError, invalid, parse_duration};
@@ -56,6 +57,67 @@ fn is_account_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Routes unit paths to accounts: the first account, in config order, with a matching glob.
+#[derive(Debug, Clone, Default)]
+pub struct AccountRouter {
+    accounts: Vec<(String, Vec<GlobMatcher>)>,
+}
+
+impl AccountRouter {
+    /// Globs were validated when the config was loaded; one that still fails to compile
+    /// matches nothing.
+    pub fn new(config: &Config) -> AccountRouter {
+        let accounts = config
+            .accounts
+            .iter()
+            .map(|account| {
+                let globs = account
+                    .paths
+                    .iter()
+                    .filter_map(|g| compile_glob(g).ok())
+                    .collect();
+                (account.name.clone(), globs)
+            })
+            .collect();
+        AccountRouter { accounts }
+    }
+
+    /// The account owning `unit`, if any.
+    pub fn route(&self, unit: &str) -> Option<&str> {
+        self.accounts
+            .iter()
+            .find(|(_, globs)| globs.iter().any(|glob| glob.is_match(unit)))
+            .map(|(name, _)| name.as_str())
+    }
+}
+
+/// A unit or file path from an event or a job must be relative, normalized and inside the
+/// repository: `a/b`, never `/a`, `a/../b`, `./a`, `a//b` or `a\\b`. The dispatcher, the
+/// executors and `[triggers]` share this one rule.
+pub fn check_path(path: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("path {path:?} {why}"));
+    if path.is_empty() {
+        return bad("is empty");
+    }
+    if path.len() > 4096 {
+        return bad("is longer than 4096 bytes");
+    }
+    if path.starts_with('/') {
+        return bad("is absolute");
+    }
+    if path.contains('\\') || path.contains('\0') || path.chars().any(char::is_control) {
+        return bad("contains a backslash or control character");
+    }
+    for segment in path.split('/') {
+        match segment {
+            "" => return bad("is not normalized (empty segment)"),
+            "." | ".." => return bad("is not normalized (contains . or ..)"),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 impl Config {

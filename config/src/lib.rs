@@ -23,7 +23,7 @@ use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
 use crate::accounts::default_job_timeout;
-pub use crate::accounts::{Account, compile_glob};
+pub use crate::accounts::{Account, AccountRouter, check_path, compile_glob};
 pub use crate::credentials::{Credentials, CredentialsProvider};
 pub use crate::dispatcher::{DispatcherSettings, RetryPolicy};
 pub use crate::duration::parse_duration;

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::{ConfigError, invalid};
+use crate::{ConfigError, check_path, invalid};
 
 /// What a kind of change triggers: `default` (plan on pull requests, apply on pushes to the
 /// deploy branch; plan-destroy and destroy for deleted units), `plan` (plan even on pushes),
@@ -57,12 +57,7 @@ pub(crate) fn validate(triggers: &Triggers) -> Result<(), ConfigError> {
         ("triggers.accounts_changed", &triggers.accounts_changed),
     ] {
         if let Some(trigger) = trigger
-            && (trigger.unit.is_empty()
-                || trigger.unit.starts_with('/')
-                || trigger
-                    .unit
-                    .split('/')
-                    .any(|part| matches!(part, "" | "." | "..")))
+            && check_path(&trigger.unit).is_err()
         {
             return Err(invalid(
                 format!("{name}.unit"),

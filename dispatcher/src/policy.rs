@@ -6,8 +6,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use config::{Config, Trigger, Triggers, UnitTrigger, compile_glob};
-use globset::GlobMatcher;
+pub use config::{AccountRouter, check_path};
+use config::{Config, Trigger, Triggers, UnitTrigger};
 use proto_types::{Action, ChangeEvent, ChangeKind, DependencyEdge};
 
 /// One unit the run will act on.
@@ -23,39 +23,6 @@ pub struct PlannedUnit {
 pub struct RunPlan {
     pub units: Vec<PlannedUnit>,
     pub edges: Vec<DependencyEdge>,
-}
-
-/// Routes unit paths to accounts: the first account, in config order, with a matching glob.
-#[derive(Debug)]
-pub struct AccountRouter {
-    accounts: Vec<(String, Vec<GlobMatcher>)>,
-}
-
-impl AccountRouter {
-    /// Globs were validated when the config was loaded; one that still fails to compile
-    /// matches nothing.
-    pub fn new(config: &Config) -> AccountRouter {
-        let accounts = config
-            .accounts
-            .iter()
-            .map(|account| {
-                let globs = account
-                    .paths
-                    .iter()
-                    .filter_map(|g| compile_glob(g).ok())
-                    .collect();
-                (account.name.clone(), globs)
-            })
-            .collect();
-        AccountRouter { accounts }
-    }
-
-    pub fn route(&self, unit: &str) -> Option<&str> {
-        self.accounts
-            .iter()
-            .find(|(_, globs)| globs.iter().any(|glob| glob.is_match(unit)))
-            .map(|(name, _)| name.as_str())
-    }
 }
 
 /// Checks the event and decides one action per unit. `Err` is the reason to reject it,
@@ -243,31 +210,6 @@ fn action_for(kind: ChangeKind, trigger: Trigger, push: bool) -> Option<Action> 
 
 fn is_commit_sha(sha: &str) -> bool {
     matches!(sha.len(), 40 | 64) && sha.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// A path from an event must be relative, normalized and inside the repository.
-pub fn check_path(path: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("path {path:?} {why}"));
-    if path.is_empty() {
-        return bad("is empty");
-    }
-    if path.len() > 4096 {
-        return bad("is longer than 4096 bytes");
-    }
-    if path.starts_with('/') {
-        return bad("is absolute");
-    }
-    if path.contains('\\') || path.contains('\0') || path.chars().any(char::is_control) {
-        return bad("contains a backslash or control character");
-    }
-    for segment in path.split('/') {
-        match segment {
-            "" => return bad("is not normalized (empty segment)"),
-            "." | ".." => return bad("is not normalized (contains . or ..)"),
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 /// A cycle among the edges, as the list of units around it, if there is one.

@@ -6,49 +6,15 @@
 
 use std::path::{Path, PathBuf};
 
-use globset::GlobMatcher;
+use config::AccountRouter;
 use proto_types::{ExecutorRole, Job};
-
-/// Which account owns a unit path, by the worker's own configuration: the first account, in
-/// file order, with a matching glob (the dispatcher's rule).
-#[derive(Debug, Clone, Default)]
-pub struct UnitOwners {
-    accounts: Vec<(String, Vec<GlobMatcher>)>,
-}
-
-impl UnitOwners {
-    /// From the configuration's accounts (globs validated when it was loaded).
-    pub fn from_config(config: &config::Config) -> UnitOwners {
-        UnitOwners {
-            accounts: config
-                .accounts
-                .iter()
-                .map(|account| {
-                    let globs = account
-                        .paths
-                        .iter()
-                        .filter_map(|glob| config::compile_glob(glob).ok())
-                        .collect();
-                    (account.name.clone(), globs)
-                })
-                .collect(),
-        }
-    }
-
-    pub fn owner(&self, unit: &str) -> Option<&str> {
-        self.accounts
-            .iter()
-            .find(|(_, globs)| globs.iter().any(|glob| glob.is_match(unit)))
-            .map(|(name, _)| name.as_str())
-    }
-}
 
 /// What the worker knows of itself for [`check_job`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Identity<'a> {
     pub(crate) account: &'a str,
     pub(crate) role: ExecutorRole,
-    pub(crate) owners: &'a UnitOwners,
+    pub(crate) owners: &'a AccountRouter,
 }
 
 /// Why this worker must not run `job`, if it must not.
@@ -72,7 +38,7 @@ pub(crate) fn check_job(job: &Job, me: Identity<'_>) -> Result<(), String> {
         ));
     }
     check_unit_path(&job.unit)?;
-    match me.owners.owner(&job.unit) {
+    match me.owners.route(&job.unit) {
         Some(owner) if owner == me.account => {}
         Some(owner) => {
             return Err(format!(
@@ -95,21 +61,13 @@ pub(crate) fn check_job(job: &Job, me: Identity<'_>) -> Result<(), String> {
     Ok(())
 }
 
-/// A unit path must be relative and normalized: `a/b`, never `/a`, `a/../b`, `./a`, `a//b`
-/// or `a\b`.
+/// The shared path rule ([`config::check_path`]), worded for a job.
 pub(crate) fn check_unit_path(unit: &str) -> Result<(), String> {
-    let bad = unit.is_empty()
-        || unit.len() > 4096
-        || unit.starts_with('/')
-        || unit.contains('\\')
-        || unit.chars().any(char::is_control)
-        || unit.split('/').any(|part| matches!(part, "" | "." | ".."));
-    if bad {
-        return Err(format!(
-            "unit path {unit:?} is not a relative, normalized path inside the repository"
-        ));
-    }
-    Ok(())
+    config::check_path(unit).map_err(|why| {
+        format!(
+            "unit path {unit:?} is not a relative, normalized path inside the repository ({why})"
+        )
+    })
 }
 
 /// A full SHA-1 or SHA-256 commit id, and so never an option or a ref name to git.
@@ -151,7 +109,7 @@ mod tests {
 
     use super::*;
 
-    fn owners() -> UnitOwners {
+    fn owners() -> AccountRouter {
         let config = config::Config::from_toml(
             r#"
             [[repositories]]
@@ -166,7 +124,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        UnitOwners::from_config(&config)
+        AccountRouter::new(&config)
     }
 
     fn job(unit: &str, action: Action, role: ExecutorRole) -> Job {

@@ -42,7 +42,6 @@ use config::{Config, Credentials, CredentialsProvider, Repository, ToolUser};
 use proto_types::ExecutorRole;
 use telemetry::Ops;
 
-pub use crate::checks::UnitOwners;
 pub use crate::runner::SUPERVISE_COMMAND;
 use crate::workspace::{GitSettings, Workspace, WorkspaceError};
 
@@ -65,7 +64,7 @@ pub struct WorkerSettings {
     /// How long a credentials command or an STS call may take.
     pub credentials_timeout: Duration,
     /// Which account owns a unit, by this worker's own configuration.
-    pub owners: UnitOwners,
+    pub owners: config::AccountRouter,
     /// The tools' user and environment.
     pub tools: ToolSettings,
     /// The worker's own git: its deadline and settings.
@@ -168,7 +167,7 @@ impl WorkerSettings {
                 .credentials_for(entry, role == ExecutorRole::Apply)
                 .cloned(),
             credentials_timeout: config.timeouts.credentials(),
-            owners: UnitOwners::from_config(config),
+            owners: config::AccountRouter::new(config),
             tools,
             git: GitSettings {
                 timeout: config.timeouts.git(),
@@ -192,24 +191,18 @@ pub fn check_isolation(config: &Config, account: &str, role: ExecutorRole) -> Re
     if role != ExecutorRole::Plan {
         return Ok(());
     }
-    let plan = config.credentials_for(entry, false);
-    if let Some(apply) = config.credentials_for(entry, true) {
-        if plan.is_some_and(|plan| plan.name == apply.name) {
-            return Err(format!(
-                "the plan worker of {account:?} would hold the apply credentials {:?}",
-                apply.name
-            ));
-        }
-        if apply.provider == CredentialsProvider::AwsWebIdentity
-            && let Some(token) = &apply.token_file
-            && std::fs::File::open(token).is_ok()
-        {
-            return Err(format!(
-                "the plan worker of {account:?} can read the apply credentials' token file {} \
-                 (mount only the plan role's token into plan workers)",
-                token.display()
-            ));
-        }
+    // Shared entries, token files, roles and commands were refused when the config loaded
+    // (`accounts[i].plan_credentials`); what is left is what this machine lets the worker read.
+    if let Some(apply) = config.credentials_for(entry, true)
+        && apply.provider == CredentialsProvider::AwsWebIdentity
+        && let Some(token) = &apply.token_file
+        && std::fs::File::open(token).is_ok()
+    {
+        return Err(format!(
+            "the plan worker of {account:?} can read the apply credentials' token file {} \
+             (mount only the plan role's token into plan workers)",
+            token.display()
+        ));
     }
     Ok(())
 }
@@ -280,18 +273,7 @@ pub async fn run(
         settings.tools.user,
     )?;
     // Job logs are the worker's: a tool (as the tool user) must not read another job's.
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let private = std::fs::create_dir_all(&settings.log_dir).and_then(|()| {
-            std::fs::set_permissions(&settings.log_dir, std::fs::Permissions::from_mode(0o700))
-        });
-        if let Err(source) = private {
-            return Err(ExecuteError::Workspace(WorkspaceError::Io {
-                path: settings.log_dir.clone(),
-                source,
-            }));
-        }
-    }
+    workspace::create_dir(&settings.log_dir, 0o700)?;
     metrics::register(&ops.metrics);
     broker
         .ensure_topology(&Topology::new([settings.account.clone()]))

@@ -479,7 +479,8 @@ impl Workspace {
     }
 }
 
-fn create_dir(path: &Path, mode: u32) -> Result<(), WorkspaceError> {
+/// Creates `path` (and its parents) and gives it `mode`.
+pub(crate) fn create_dir(path: &Path, mode: u32) -> Result<(), WorkspaceError> {
     let io = |source| WorkspaceError::Io {
         path: path.to_owned(),
         source,
