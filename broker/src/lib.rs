@@ -317,15 +317,7 @@ impl Consumer {
     }
 }
 
-/// Whether `queue` names a private reply queue, as [`Broker::reply_queue`] makes them. Answers
-/// go only to such queues, so a forged `reply_to` cannot push a message into a work queue.
-pub fn is_reply_queue(queue: &str) -> bool {
-    queue.starts_with(topology::REPLY_QUEUE_PREFIX)
-        && queue.len() <= 255
-        && queue[topology::REPLY_QUEUE_PREFIX.len()..]
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
+pub use proto_types::is_reply_queue;
 
 /// One received message. Settle it exactly once with [`ack`](Delivery::ack),
 /// [`requeue`](Delivery::requeue) or [`dead_letter`](Delivery::dead_letter); dropping it

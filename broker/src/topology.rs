@@ -36,8 +36,7 @@ const CONTROL_KEY: &str = "control";
 
 pub const DEAD_LETTER_EXCHANGE: &str = "pipelines.dead-letter";
 
-/// How the broker names private queues: `amq.gen-` and a random suffix. Replies go only there.
-pub const REPLY_QUEUE_PREFIX: &str = "amq.gen-";
+pub use proto_types::REPLY_QUEUE_PREFIX;
 
 /// Deliveries of one message after which the broker dead-letters it by itself: the guard
 /// against a message that crashes every consumer that touches it.

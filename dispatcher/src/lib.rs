@@ -1,26 +1,25 @@
-//! The dispatcher: the gate between untrusted change events and privileged job queues, and the
-//! one component that knows how each run is going.
+//! The dispatcher's edges around its pure core (`dispatcher_core`): the broker service, the run
+//! database and the GitHub reporter.
 //!
-//! - [`policy`]: is this event allowed, and what runs where? Pure.
-//! - [`scheduler`]: every active run and what may happen next (dependency order, per-unit
-//!   serialization, account caps, supersession, retries, worker claims). Pure.
+//! - [`service`]: decode → decide (the core) → apply the effects in one store transaction →
+//!   settle, answer and publish → metrics.
 //! - [`store`]: the run database and its outbox (SQLite), so that a crash loses nothing.
-//! - [`status`]: what `pipelines status` prints. Pure.
+//! - [`reporter`] and [`github`]: what GitHub is told, and the REST edge that tells it.
 //! - [`clock`]: the wall clock, read at the edges only.
-//! - [`service`]: the broker edge that feeds the scheduler, commits, acks and publishes.
+//!
+//! The decisions themselves (`policy`, `scheduler`, `pacing`, `report`, `status`) live in
+//! `dispatcher_core` and are re-exported here under their old paths.
 
 pub mod clock;
 pub mod github;
 mod metrics;
-pub mod pacing;
-pub mod policy;
-pub mod report;
 pub mod reporter;
-pub mod scheduler;
+#[cfg(test)]
+mod scheduling_properties;
 pub mod service;
-pub mod status;
 pub mod store;
 #[cfg(test)]
 mod testing;
 
+pub use dispatcher_core::{decide, pacing, policy, report, scheduler, status};
 pub use service::{DispatchError, Dispatcher};

@@ -17,8 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use config::Config;
-use proto_types::RunDetail;
-use proto_types::RunState;
+use proto_types::{RunDetail, RunPhase};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::Notify;
@@ -205,7 +204,7 @@ impl Task {
             &span,
             &telemetry::propagation::headers_from(trace.as_deref()),
         );
-        let is_final = detail.run.state != RunState::Running.as_str();
+        let is_final = detail.run.state.is_final();
         match self.report_run(&detail, &outputs).instrument(span).await {
             Ok(()) if is_final => {
                 self.failures.remove(&run_id);
@@ -290,7 +289,7 @@ impl Task {
         if let Some(number) = detail.run.pull_request {
             let body = report::pull_request_comment(detail, outputs, &links);
             self.upsert_comment(&repo, number, &body).await?;
-        } else if detail.run.state == "failed" {
+        } else if detail.run.state == RunPhase::Failed {
             let open_issue = settings.open_issue_on_apply_failure;
             self.report_failed_apply(&repo, detail, outputs, &links, open_issue)
                 .await?;

@@ -1,6 +1,6 @@
-//! The dispatcher's broker edge: take messages in batches, let the policy and the scheduler
-//! decide, commit the decisions and their outbox in one transaction, then ack, answer claims
-//! and publish.
+//! The dispatcher's broker edge: take messages in batches, decode them, let the core decide
+//! (`dispatcher_core::decide`), commit the decisions and their outbox in one transaction, then
+//! answer claims, settle the deliveries, publish, and keep the metrics.
 //!
 //! The order is what makes a crash harmless: nothing is acked before its effect is committed,
 //! and nothing committed is lost before it is published, because it waits in the outbox.
@@ -12,31 +12,24 @@ use broker::topology::{CHANGES_QUEUE, CONTROL_QUEUE, JOB_EVENTS_QUEUE};
 use broker::{Broker, BrokerError, Consumer, Delivery, Headers, Outgoing, Route, Topology};
 use config::Config;
 use futures_lite::future::poll_once;
-use proto_types::{
-    CancelRun, ChangeEvent, ClaimReply, ClaimVerdict, JobEvent, JobEventKind, JobStatus, Payload,
-    RunState,
-};
+use proto_types::{CancelRun, ChangeEvent, JobEvent, JobEventKind, JobStatus, Payload, RunState};
 use uuid::Uuid;
 
 use telemetry::Ops;
 
+use dispatcher_core::decide::{Core, Decision, KnownJob, KnownRun, Outcome, Verdict};
+use dispatcher_core::scheduler::{Effects, Run};
+
 use crate::clock::now_ms;
 use crate::metrics;
-use crate::pacing::StatusPacer;
-use crate::policy::{self, AccountRouter};
 use crate::reporter::Reporter;
-use crate::scheduler::{Effects, Run, Scheduler, Settings, tail};
 use crate::store::{OutboxMessage, OutboxTarget, Store, StoreError, off_runtime};
 
 /// Messages handled per transaction at most: enough to amortize the commit, few enough that a
 /// batch's acks are not held back for long.
 const MAX_BATCH: usize = 256;
-/// How much of each job's output the database keeps for reports (the end of it).
-const KEPT_OUTPUT_BYTES: usize = 64 * 1024;
 /// Outbox rows read at a time when publishing.
 const OUTBOX_CHUNK: usize = 512;
-/// A running run's status snapshot goes out at most this often (its final one at once).
-const STATUS_INTERVAL_MS: u64 = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
@@ -98,23 +91,15 @@ struct Incoming {
     delivery: Delivery,
 }
 
-/// How a handled message is settled once the batch is committed.
-enum Verdict {
-    Ack,
-    DeadLetter(String),
-}
-
 /// The dispatcher: policy, scheduler and run database, fed by the broker.
 #[derive(Debug)]
 pub struct Dispatcher {
     broker: Broker,
-    config: Config,
-    router: AccountRouter,
-    scheduler: Scheduler,
+    /// The policy, the scheduler and the status pacing: every decision.
+    core: Core,
     store: Store,
     ops: Ops,
     reporter: Option<Reporter>,
-    status_pacer: StatusPacer,
     /// When finished runs older than `dispatcher.retention_days` are next pruned.
     next_prune_ms: Option<u64>,
 }
@@ -127,18 +112,13 @@ impl Dispatcher {
             let jobs: usize = runs.iter().map(|run| run.jobs.len()).sum();
             tracing::info!(runs = runs.len(), jobs, "Restored the active runs.");
         }
-        let settings = Settings::from_config(&config);
-        let scheduler = Scheduler::restore(settings, runs, next_seq, now_ms());
         Ok(Dispatcher {
             broker,
-            router: AccountRouter::new(&config),
             next_prune_ms: (config.dispatcher.retention_days > 0).then(now_ms),
-            config,
-            scheduler,
+            core: Core::restore(config, runs, next_seq, now_ms()),
             store,
             ops: Ops::default(),
             reporter: None,
-            status_pacer: StatusPacer::new(STATUS_INTERVAL_MS),
         })
     }
 
@@ -157,12 +137,12 @@ impl Dispatcher {
     /// Declares the topology, then handles messages until `shutdown` resolves.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), DispatchError> {
         self.broker
-            .ensure_topology(&Topology::new(self.config.account_names()))
+            .ensure_topology(&Topology::new(self.core.config().account_names()))
             .await?;
         // Whatever a crash left committed but unpublished goes out first; then whatever the
         // restored runs may start now (retries that came due while we were down).
         self.publish_outbox().await?;
-        let effects = self.scheduler.tick(now_ms());
+        let effects = self.core.decide_tick(now_ms());
         self.commit(&effects, &[], now_ms())?;
         self.publish_outbox().await?;
 
@@ -175,29 +155,25 @@ impl Dispatcher {
         metrics::register(&self.ops.metrics);
         let depths = tokio::spawn(watch_queue_depths(
             self.broker.clone(),
-            Topology::new(self.config.account_names()),
+            Topology::new(self.core.config().account_names()),
             self.ops.metrics.clone(),
         ));
         let _stop_depths = AbortOnDrop(depths);
         self.ops.health.set_ready(true);
-        if self.config.dispatcher.orchestrator_users.is_empty() {
+        if self.core.config().dispatcher.orchestrator_users.is_empty() {
             tracing::warn!(
                 "Change events are accepted from any broker user; set dispatcher.orchestrator_users to the orchestrators' users."
             );
         }
-        tracing::info!(accounts = ?self.config.account_names(), "Dispatcher ready.");
+        tracing::info!(accounts = ?self.core.config().account_names(), "Dispatcher ready.");
         tokio::pin!(shutdown);
         loop {
             let now = now_ms();
             self.prune_if_due(now)?;
-            let wakeup = [
-                self.scheduler.next_wakeup(now),
-                self.status_pacer.next_due(),
-                self.next_prune_ms,
-            ]
-            .into_iter()
-            .flatten()
-            .min();
+            let wakeup = [self.core.next_wakeup(now), self.next_prune_ms]
+                .into_iter()
+                .flatten()
+                .min();
             let timer = async move {
                 match wakeup {
                     Some(at) => {
@@ -231,7 +207,8 @@ impl Dispatcher {
             return Ok(());
         }
         let keep_ms = self
-            .config
+            .core
+            .config()
             .dispatcher
             .retention_days
             .saturating_mul(24 * 3600 * 1000);
@@ -240,7 +217,7 @@ impl Dispatcher {
         if pruned > 0 {
             tracing::info!(
                 runs = pruned,
-                retention_days = self.config.dispatcher.retention_days,
+                retention_days = self.core.config().dispatcher.retention_days,
                 "Pruned finished runs."
             );
         }
@@ -248,7 +225,7 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Decides a batch (pure), commits it, then settles, answers and publishes.
+    /// Decode → decide → commit (one transaction) → answer, settle, publish → metrics.
     async fn handle(&mut self, batch: Vec<Incoming>) -> Result<(), DispatchError> {
         let now = now_ms();
         let mut effects = Effects::default();
@@ -256,16 +233,17 @@ impl Dispatcher {
         let mut replies = Vec::new();
         let mut outputs = Vec::new();
         for Incoming { source, delivery } in batch {
-            let verdict = match source {
-                Source::Changes => self.on_change_event(&delivery, now, &mut effects)?,
-                Source::JobEvents => {
-                    self.on_job_event(&delivery, now, &mut effects, &mut replies, &mut outputs)?
-                }
-                Source::Control => self.on_control(&delivery, now, &mut effects)?,
+            let decision = match source {
+                Source::Changes => self.on_change_event(&delivery, now)?,
+                Source::JobEvents => self.on_job_event(&delivery, now)?,
+                Source::Control => self.on_control(&delivery, now)?,
             };
-            settle.push((delivery, verdict));
+            effects.merge(decision.effects);
+            replies.extend(decision.reply);
+            outputs.extend(decision.output);
+            settle.push((delivery, decision.verdict.unwrap_or(Verdict::Ack)));
         }
-        effects.merge(self.scheduler.tick(now));
+        effects.merge(self.core.decide_tick(now));
         self.commit(&effects, &outputs, now)?;
         // Answers and stop orders go straight to workers' private queues (a worker that is
         // gone needs neither, so they are not kept in the outbox), and first: a worker waits
@@ -294,131 +272,66 @@ impl Dispatcher {
                 }
             }
         }
+        let scheduler = self.core.scheduler();
         metrics::load(
             &self.ops.metrics,
-            self.scheduler.in_flight(),
-            self.scheduler.waiting(),
+            scheduler.in_flight(),
+            scheduler.waiting(),
         );
         self.publish_outbox().await?;
-        self.scheduler.evict_finished();
+        self.core.evict_finished();
         Ok(())
     }
 
     /// An operator's order: cancel a run.
-    fn on_control(
-        &mut self,
-        delivery: &Delivery,
-        now: u64,
-        effects: &mut Effects,
-    ) -> Result<Verdict, DispatchError> {
+    fn on_control(&mut self, delivery: &Delivery, now: u64) -> Result<Decision, DispatchError> {
         let order = match CancelRun::decode(&delivery.body) {
             Ok(order) => order,
-            Err(err) => {
-                return Ok(Verdict::DeadLetter(format!(
-                    "undecodable control message: {err}"
-                )));
-            }
+            Err(err) => return Ok(dead_letter(format!("undecodable control message: {err}"))),
         };
         let span = tracing::info_span!("cancel", run_id = %order.run_id, requested_by = %order.requested_by);
         telemetry::propagation::set_parent(&span, &delivery.headers);
         let _entered = span.enter();
-        let reason = format!("cancelled by {}: {}", order.requested_by, order.reason);
-        if self.scheduler.run(order.run_id).is_some() {
-            tracing::info!(%reason, "Cancelling the run.");
-            effects.merge(self.scheduler.cancel_run(order.run_id, &reason, now));
-            Ok(Verdict::Ack)
-        } else if off_runtime(|| self.store.known_run(order.run_id))?.is_some() {
-            tracing::info!("Cancellation of a run that already ended ignored.");
-            Ok(Verdict::Ack)
-        } else {
-            Ok(Verdict::DeadLetter(format!(
-                "cancellation of unknown run {}",
-                order.run_id
-            )))
-        }
+        let known = self.known_run(order.run_id)?;
+        let decision = self.core.decide_control(&order, known, now);
+        log(decision.outcome.as_ref());
+        Ok(decision)
     }
 
     fn on_change_event(
         &mut self,
         delivery: &Delivery,
         now: u64,
-        effects: &mut Effects,
-    ) -> Result<Verdict, DispatchError> {
+    ) -> Result<Decision, DispatchError> {
         let event = match ChangeEvent::decode(&delivery.body) {
             Ok(event) => event,
-            Err(err) => {
-                return Ok(Verdict::DeadLetter(format!(
-                    "undecodable change event: {err}"
-                )));
-            }
+            Err(err) => return Ok(dead_letter(format!("undecodable change event: {err}"))),
         };
         // The run's trace: continued from the orchestrator, carried on by every job.
         let span = tracing::info_span!("dispatch", run_id = %event.id, repository = %event.repository, event = %event.trigger.kind());
         telemetry::propagation::set_parent(&span, &delivery.headers);
         let _entered = span.enter();
-        let allowed = &self.config.dispatcher.orchestrator_users;
-        if !allowed.is_empty()
-            && !delivery
-                .user_id
-                .as_ref()
-                .is_some_and(|user| allowed.contains(user))
-        {
-            let from = delivery.user_id.as_deref().unwrap_or("(no user_id)");
-            tracing::warn!(
-                user = from,
-                "Change event from a user that may not submit runs."
-            );
-            return Ok(Verdict::DeadLetter(format!(
-                "change event from broker user {from:?}: only {} may submit runs",
-                allowed.join(", ")
-            )));
+        let known = self.known_run(event.id)?;
+        let decision = self
+            .core
+            .decide_change(&event, delivery.user_id.as_deref(), known, now);
+        if matches!(
+            decision.outcome,
+            Some(Outcome::RunAccepted { .. } | Outcome::RunRejected { .. })
+        ) {
+            self.core
+                .set_trace(event.id, telemetry::propagation::traceparent(&span));
         }
-        // A redelivery (we crashed before the ack, or the publisher sent it twice): the run
-        // exists, so settle the message the way the first delivery was settled.
-        let rejected = if let Some(run) = self.scheduler.run(event.id) {
-            effects.changed_runs.insert(event.id);
-            Some(run.rejected.clone())
-        } else {
-            off_runtime(|| self.store.known_run(event.id))?.map(|known| known.rejected)
-        };
-        if let Some(rejected) = rejected {
-            tracing::info!("Change event redelivered; its run exists already.");
-            return Ok(match rejected {
-                Some(reason) => Verdict::DeadLetter(format!("rejected: {reason}")),
-                None => Verdict::Ack,
-            });
-        }
-        match policy::plan(&event, &self.config, &self.router) {
-            Ok(plan) => {
-                tracing::info!(jobs = plan.units.len(), "Run accepted.");
-                effects.merge(self.scheduler.accept(&event, &plan, now));
-                self.scheduler
-                    .set_trace(event.id, telemetry::propagation::traceparent(&span));
-                Ok(Verdict::Ack)
-            }
-            Err(reason) => {
-                tracing::warn!(%reason, "Change event rejected.");
-                effects.merge(self.scheduler.reject(&event, &reason, now));
-                self.scheduler
-                    .set_trace(event.id, telemetry::propagation::traceparent(&span));
-                Ok(Verdict::DeadLetter(format!("rejected: {reason}")))
-            }
-        }
+        log(decision.outcome.as_ref());
+        Ok(decision)
     }
 
-    fn on_job_event(
-        &mut self,
-        delivery: &Delivery,
-        now: u64,
-        effects: &mut Effects,
-        replies: &mut Vec<(String, ClaimReply)>,
-        outputs: &mut Vec<(Uuid, String)>,
-    ) -> Result<Verdict, DispatchError> {
+    fn on_job_event(&mut self, delivery: &Delivery, now: u64) -> Result<Decision, DispatchError> {
         let event = match JobEvent::decode(&delivery.body) {
             Ok(event) => event,
-            Err(err) => return Ok(Verdict::DeadLetter(format!("undecodable job event: {err}"))),
+            Err(err) => return Ok(dead_letter(format!("undecodable job event: {err}"))),
         };
-        let active = self.scheduler.job_by_id(event.job_id);
+        let active = self.core.job(event.job_id);
         let (unit, account) = active.map_or((None, None), |(_, job)| {
             (Some(job.job.unit.clone()), Some(job.job.account.clone()))
         });
@@ -433,187 +346,72 @@ impl Dispatcher {
         );
         telemetry::propagation::set_parent(&span, &delivery.headers);
         let _entered = span.enter();
-        if let Some((run, _)) = active
-            && run.run_id != event.run_id
+        // Only an event for a job no longer active needs the database; heartbeats never do.
+        let known = if active.is_none() && !matches!(event.kind, JobEventKind::Heartbeat) {
+            let store = &self.store;
+            off_runtime(|| store.job_state(event.job_id))?.map(|state| KnownJob { state })
+        } else {
+            None
+        };
+        let decision = self
+            .core
+            .decide_job_event(&event, delivery.reply_to.as_deref(), known, now);
+        if let Some(Outcome::JobReported {
+            action,
+            finished: Some(state),
+            duration_ms,
+            ..
+        }) = &decision.outcome
         {
-            return Ok(Verdict::DeadLetter(format!(
-                "job event names run {} but job {} belongs to run {}",
-                event.run_id, event.job_id, run.run_id
-            )));
+            metrics::job_finished(
+                &self.ops.metrics,
+                action.as_str(),
+                state.as_str(),
+                Some(*duration_ms),
+            );
         }
-        let active = active.is_some();
-        match event.kind {
-            JobEventKind::Started { redelivered } => {
-                let Some(reply_to) = delivery
-                    .reply_to
-                    .as_deref()
-                    .filter(|q| broker::is_reply_queue(q))
-                else {
-                    return Ok(Verdict::DeadLetter(format!(
-                        "claim for job {} has no valid reply_to ({:?})",
-                        event.job_id, delivery.reply_to
-                    )));
-                };
-                let verdict = if active {
-                    let (verdict, claimed) = self.scheduler.claim(
-                        event.job_id,
-                        event.attempt,
-                        &event.worker,
-                        redelivered,
-                        Some(reply_to),
-                        now,
-                    );
-                    effects.merge(claimed);
-                    verdict
-                } else {
-                    let reason = match off_runtime(|| self.store.job_state(event.job_id))? {
-                        Some(state) => format!("the job is already {state}"),
-                        None => "the job is unknown".to_owned(),
-                    };
-                    ClaimVerdict::Denied {
-                        reason,
-                        retry: false,
-                    }
-                };
-                match &verdict {
-                    ClaimVerdict::Granted { .. } => tracing::info!(redelivered, "Job started."),
-                    ClaimVerdict::Denied { reason, retry } => {
-                        tracing::info!(%reason, retry, "Claim denied.");
-                    }
-                }
-                replies.push((
-                    reply_to.to_owned(),
-                    ClaimReply {
-                        job_id: event.job_id,
-                        attempt: event.attempt,
-                        verdict,
-                    },
-                ));
-                Ok(Verdict::Ack)
-            }
-            JobEventKind::Heartbeat => {
-                // Leases are not persisted on heartbeats: a restarted dispatcher extends every
-                // lease anyway, so the write would buy nothing.
-                if active
-                    && !self
-                        .scheduler
-                        .heartbeat(event.job_id, event.attempt, &event.worker, now)
-                {
-                    tracing::debug!("Heartbeat from a worker that does not hold the job.");
-                }
-                Ok(Verdict::Ack)
-            }
-            JobEventKind::Released { reason } => {
-                if active {
-                    tracing::info!(%reason, "Job given back by its worker.");
-                    effects.merge(self.scheduler.release(
-                        event.job_id,
-                        event.attempt,
-                        &event.worker,
-                        now,
-                    ));
-                }
-                Ok(Verdict::Ack)
-            }
-            JobEventKind::Finished(outcome) => {
-                if active {
-                    let finished = self.scheduler.finish(
-                        event.job_id,
-                        event.attempt,
-                        &event.worker,
-                        &outcome,
-                        now,
-                    );
-                    if finished.changed_jobs.contains(&event.job_id) {
-                        if let Some((_, job)) = self.scheduler.job_by_id(event.job_id)
-                            && job.state.is_final()
-                        {
-                            let (action, state) = (job.job.action.as_str(), job.state.as_str());
-                            metrics::job_finished(
-                                &self.ops.metrics,
-                                action,
-                                state,
-                                job.duration_ms,
-                            );
-                        }
-                        // Kept for reports: the end, where plans summarise and errors show.
-                        outputs.push((
-                            event.job_id,
-                            tail(&outcome.output, KEPT_OUTPUT_BYTES).to_owned(),
-                        ));
-                        match outcome.status {
-                            JobStatus::Succeeded => {
-                                tracing::info!(duration_ms = outcome.duration_ms, "Job succeeded.")
-                            }
-                            JobStatus::Failed => {
-                                tracing::warn!(exit_code = ?outcome.exit_code, "Job failed.")
-                            }
-                            JobStatus::Refused => tracing::warn!("Job refused by its worker."),
-                            JobStatus::Cancelled => tracing::info!("Job stopped."),
-                        }
-                    } else {
-                        tracing::info!("Report of a stale attempt or a former holder ignored.");
-                    }
-                    effects.merge(finished);
-                    Ok(Verdict::Ack)
-                } else if off_runtime(|| self.store.job_state(event.job_id))?.is_some() {
-                    tracing::info!("Late report for a finished job ignored.");
-                    Ok(Verdict::Ack)
-                } else {
-                    Ok(Verdict::DeadLetter(format!(
-                        "job event for unknown run {} / job {}",
-                        event.run_id, event.job_id
-                    )))
-                }
-            }
-        }
+        log(decision.outcome.as_ref());
+        Ok(decision)
     }
 
-    /// Persists what `effects` changed and queues its messages in the outbox, in one
-    /// transaction.
+    /// The store's answer for a run the core no longer holds (final, or never seen).
+    fn known_run(&self, run_id: Uuid) -> Result<Option<KnownRun>, DispatchError> {
+        if self.core.is_active_run(run_id) {
+            return Ok(None);
+        }
+        let store = &self.store;
+        Ok(off_runtime(|| store.known_run(run_id))?)
+    }
+
+    /// Applies what the core decided for a batch, in one transaction: changed runs and jobs,
+    /// the jobs to publish and the status snapshots due (the outbox), and kept outputs.
     fn commit(
         &mut self,
         effects: &Effects,
         outputs: &[(Uuid, String)],
         now: u64,
     ) -> Result<(), StoreError> {
-        let snapshots_due = self.status_pacer.next_due().is_some_and(|at| at <= now);
-        if effects.is_empty() && !snapshots_due {
+        let persist = self.core.persist(effects, now);
+        if persist.is_empty() && effects.publish.is_empty() && outputs.is_empty() {
             return Ok(());
         }
-        let runs: Vec<_> = effects
-            .changed_runs
-            .iter()
-            .filter_map(|id| self.scheduler.run(*id))
-            .collect();
-        let jobs: Vec<_> = effects
-            .changed_jobs
-            .iter()
-            .filter_map(|id| self.scheduler.job_by_id(*id))
-            .collect();
-        let trace_of = |job: &proto_types::Job| {
-            self.scheduler
-                .run(job.run_id)
-                .and_then(|run| run.trace.clone())
-        };
+        let core = &self.core;
+        let runs: Vec<&Run> = persist.runs.iter().filter_map(|id| core.run(*id)).collect();
+        let jobs: Vec<_> = persist.jobs.iter().filter_map(|id| core.job(*id)).collect();
+        let trace_of =
+            |job: &proto_types::Job| core.run(job.run_id).and_then(|run| run.trace.clone());
         let mut outbox: Vec<OutboxMessage> = effects
             .publish
             .iter()
             .map(|job| OutboxMessage::job(job, trace_of(job)))
             .collect();
-        for run in &runs {
-            if self
-                .status_pacer
-                .changed(run.run_id, run.state().is_final(), now)
-            {
-                outbox.push(OutboxMessage::status(run));
-            }
-        }
-        for run_id in self.status_pacer.due(now) {
-            if let Some(run) = self.scheduler.run(run_id) {
-                outbox.push(OutboxMessage::status(run));
-            }
-        }
+        outbox.extend(
+            persist
+                .statuses
+                .iter()
+                .filter_map(|id| core.run(*id))
+                .map(OutboxMessage::status),
+        );
         let store = &mut self.store;
         off_runtime(|| store.commit(runs.iter().copied(), jobs, &outbox, outputs, now))?;
         for job in &effects.publish {
@@ -704,6 +502,58 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// A message that cannot be decoded: dead-lettered, nothing decided.
+fn dead_letter(reason: String) -> Decision {
+    Decision {
+        verdict: Some(Verdict::DeadLetter(reason)),
+        ..Decision::default()
+    }
+}
+
+/// The log line of a decision, inside its message's span.
+fn log(outcome: Option<&Outcome>) {
+    let Some(outcome) = outcome else { return };
+    match outcome {
+        Outcome::RunAccepted { jobs } => tracing::info!(jobs, "Run accepted."),
+        Outcome::RunRejected { reason } => tracing::warn!(%reason, "Change event rejected."),
+        Outcome::SubmitterRefused { user } => {
+            tracing::warn!(user, "Change event from a user that may not submit runs.");
+        }
+        Outcome::EventRedelivered => {
+            tracing::info!("Change event redelivered; its run exists already.");
+        }
+        Outcome::ClaimGranted { redelivered } => tracing::info!(redelivered, "Job started."),
+        Outcome::ClaimDenied { reason, retry } => tracing::info!(%reason, retry, "Claim denied."),
+        Outcome::ClaimWithoutReplyQueue => tracing::warn!("Claim without a valid reply queue."),
+        Outcome::HeartbeatRenewed => {}
+        Outcome::HeartbeatIgnored => {
+            tracing::debug!("Heartbeat from a worker that does not hold the job.");
+        }
+        Outcome::Released { reason } => tracing::info!(%reason, "Job given back by its worker."),
+        Outcome::JobReported {
+            status,
+            exit_code,
+            duration_ms,
+            ..
+        } => match status {
+            JobStatus::Succeeded => tracing::info!(duration_ms, "Job succeeded."),
+            JobStatus::Failed => tracing::warn!(exit_code = ?exit_code, "Job failed."),
+            JobStatus::Refused => tracing::warn!("Job refused by its worker."),
+            JobStatus::Cancelled => tracing::info!("Job stopped."),
+        },
+        Outcome::StaleReport => {
+            tracing::info!("Report of a stale attempt or a former holder ignored.");
+        }
+        Outcome::LateReport => tracing::info!("Late report for a finished job ignored."),
+        Outcome::UnknownJob => tracing::warn!("Job event for a job this dispatcher does not know."),
+        Outcome::CancelRequested { reason } => tracing::info!(%reason, "Cancelling the run."),
+        Outcome::CancelOfEndedRun => {
+            tracing::info!("Cancellation of a run that already ended ignored.");
+        }
+        Outcome::CancelOfUnknownRun => tracing::warn!("Cancellation of an unknown run."),
+    }
+}
+
 /// Logs a run's end and records its usage data, in the run's trace.
 fn finished(run: &Run, state: &RunState, now: u64) {
     let span =
@@ -773,6 +623,5 @@ async fn drain(consumers: &mut [Consumer], batch: &mut Vec<Incoming>) -> Result<
     Ok(())
 }
 
-/// Milliseconds since the Unix epoch: the scheduler's clock.
 /// How often finished runs past their retention are pruned.
 const PRUNE_EVERY_MS: u64 = 3600 * 1000;

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use proto_types::{
-    Action, EventKind, ExecutorRole, Job, JobSummary, Payload, ResourceCounts, RunDetail,
-    RunSummary, UnitState,
+    Action, EventKind, ExecutorRole, Job, JobPhase, JobSummary, Payload, ResourceCounts, RunDetail,
+    RunPhase, RunSummary, UnitState,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use uuid::Uuid;
@@ -179,11 +179,7 @@ impl OutboxMessage {
     }
 }
 
-/// A run the database knows, with the one fact a redelivered change event needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KnownRun {
-    pub rejected: Option<String>,
-}
+pub use dispatcher_core::decide::{KnownJob, KnownRun};
 
 /// The run database.
 #[derive(Debug)]
@@ -818,6 +814,10 @@ impl Store {
                 ("running", None, Some(started)) => Some(now.saturating_sub(started as u64)),
                 _ => None,
             };
+            let state: JobPhase = state.parse().map_err(|_| StoreError::Corrupt {
+                what: "job state",
+                value: state.clone(),
+            })?;
             jobs.push(JobSummary {
                 job_id: parse_uuid("job id", &get::<String>(row, 0)?)?,
                 unit: get(row, 1)?,
@@ -855,6 +855,10 @@ impl Store {
             .map_err(sqlite("count jobs"))?
             .collect::<Result<_, _>>()
             .map_err(sqlite("count jobs"))?;
+        let state: RunPhase = state.parse().map_err(|_| StoreError::Corrupt {
+            what: "run state",
+            value: state.clone(),
+        })?;
         Ok(RunSummary {
             run_id,
             repository,

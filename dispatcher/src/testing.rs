@@ -1,105 +1,10 @@
-//! Builders shared by the dispatcher's unit tests.
+//! Builders shared by the dispatcher's unit tests: the pure ones come from the core.
 
-use std::collections::HashMap;
-
-use proto_types::{
-    Action, Change, ChangeEvent, ChangeKind, DependencyEdge, JobOutcome, JobStatus, ResourceCounts,
-    Trigger,
-};
-use regex::Regex;
+pub(crate) use dispatcher_core::testing::*;
 use uuid::Uuid;
 
-use crate::policy::{PlannedUnit, RunPlan};
-use crate::scheduler::{Effects, Run, Scheduler, Settings};
+use crate::scheduler::{Effects, Run, Scheduler};
 use crate::store::{OutboxMessage, Store};
-
-pub(crate) const LEASE_MS: u64 = 10_000;
-pub(crate) const BACKOFF_MS: u64 = 1_000;
-
-pub(crate) fn settings() -> Settings {
-    Settings {
-        caps: HashMap::new(),
-        timeouts: HashMap::new(),
-        max_attempts: 3,
-        backoff_ms: BACKOFF_MS,
-        retry_patterns: vec![Regex::new("Error acquiring the state lock").unwrap()],
-        lease_ms: LEASE_MS,
-    }
-}
-
-/// A change event (only its identity matters here) and the plan the policy made of it. Units
-/// under `prod/` belong to the prod account, the others to dev.
-pub(crate) fn event(
-    trigger: Trigger,
-    units: &[(&str, Action)],
-    edges: &[(&str, &str)],
-) -> (ChangeEvent, RunPlan) {
-    let event = ChangeEvent {
-        id: Uuid::new_v4(),
-        repository: "infra".into(),
-        trigger,
-        base_sha: "a".repeat(40),
-        head_sha: "b".repeat(40),
-        changes: vec![Change {
-            kind: ChangeKind::UnitChanged,
-            units: units.iter().map(|(u, _)| (*u).to_owned()).collect(),
-            files: Vec::new(),
-        }],
-        dependencies: Vec::new(),
-    };
-    let plan = RunPlan {
-        units: units
-            .iter()
-            .map(|(unit, action)| PlannedUnit {
-                unit: (*unit).into(),
-                account: if unit.starts_with("prod") {
-                    "prod".into()
-                } else {
-                    "dev".into()
-                },
-                action: *action,
-            })
-            .collect(),
-        edges: edges
-            .iter()
-            .map(|(u, d)| DependencyEdge {
-                unit: (*u).into(),
-                depends_on: (*d).into(),
-            })
-            .collect(),
-    };
-    (event, plan)
-}
-
-pub(crate) fn push() -> Trigger {
-    Trigger::Push {
-        branch: "main".into(),
-    }
-}
-
-pub(crate) fn pr(number: u64) -> Trigger {
-    Trigger::PullRequest {
-        number: Some(number),
-        base_branch: "main".into(),
-        head_branch: "x".into(),
-    }
-}
-
-/// A worker's report: exit code 0 or 1, some resource changes, `output`.
-pub(crate) fn outcome(status: JobStatus, output: &str) -> JobOutcome {
-    JobOutcome {
-        status,
-        exit_code: Some(if status == JobStatus::Succeeded { 0 } else { 1 }),
-        resource_changes: Some(ResourceCounts {
-            add: 1,
-            change: 2,
-            destroy: 3,
-        }),
-        output: output.into(),
-        duration_ms: 1_234,
-        log: Some("w1:/var/log/pipelines/job.log".into()),
-    }
-}
 
 /// Persists what `effects` changed (and `outputs`), as the service does; jobs carry a trace.
 pub(crate) fn commit(

@@ -342,7 +342,7 @@ fn rejected_events_are_dead_lettered_and_reported_with_their_reasons() {
         serde_json::from_str(&status_json(&sandbox, None).unwrap()).unwrap();
     let mut listed: Vec<(String, String)> = runs
         .iter()
-        .map(|r| (r.state.clone(), r.reason.clone().unwrap_or_default()))
+        .map(|r| (r.state.to_string(), r.reason.clone().unwrap_or_default()))
         .collect();
     listed.reverse();
     let wanted: Vec<(String, String)> = expected

@@ -455,7 +455,7 @@ fn a_burst_of_runs_from_concurrent_orchestrators_loses_none() {
         let finished: BTreeMap<Uuid, String> = summaries
             .iter()
             .filter(|s| s.state != "running")
-            .map(|s| (s.run_id, s.state.clone()))
+            .map(|s| (s.run_id, s.state.to_string()))
             .collect();
         (confirmed.iter().all(|id| finished.contains_key(id))).then_some(finished)
     });

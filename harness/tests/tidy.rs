@@ -170,28 +170,85 @@ fn proto_types_depends_on_neither_tokio_nor_lapin() {
     assert!(found.is_empty(), "proto-types needs {found:?} to build");
 }
 
+/// What the dispatcher's pure core may never need, even transitively: a runtime, a broker
+/// client, a database, an HTTP client, git, or the crates that wrap them.
+const IO_CRATES: &[&str] = &[
+    "tokio",
+    "mio",
+    "lapin",
+    "rusqlite",
+    "libsqlite3-sys",
+    "octocrab",
+    "hyper",
+    "reqwest",
+    "git2",
+    "broker",
+    "telemetry",
+    "opentelemetry",
+    "dispatcher",
+];
+
+#[test]
+fn the_dispatcher_core_needs_no_io_crate() {
+    let manifest = workspace_root().join("Cargo.toml");
+    let found = forbidden_in(&manifest, "dispatcher-core", IO_CRATES);
+    assert!(
+        found.is_empty(),
+        "dispatcher-core needs {found:?} to build: decisions must stay pure"
+    );
+}
+
+#[test]
+fn the_core_check_fails_when_the_core_gains_an_io_dependency() {
+    // A fixture workspace whose `dispatcher-core` manifest adds a database, as a careless
+    // change would: the same check as above must name it.
+    let dir = tempfile::tempdir().unwrap();
+    fixture_package(
+        dir.path(),
+        "dispatcher-core",
+        "rusqlite = { path = \"../rusqlite\" }\n",
+    );
+    fixture_package(dir.path(), "rusqlite", "");
+    fixture_workspace(dir.path(), &["dispatcher-core", "rusqlite"]);
+    let manifest = dir.path().join("Cargo.toml");
+    assert_eq!(
+        forbidden_in(&manifest, "dispatcher-core", IO_CRATES),
+        ["rusqlite"]
+    );
+}
+
+/// A package of a fixture workspace, with `deps` as its `[dependencies]`.
+fn fixture_package(root: &Path, name: &str, deps: &str) {
+    let path = root.join(name);
+    std::fs::create_dir_all(path.join("src")).unwrap();
+    std::fs::write(
+        path.join("Cargo.toml"),
+        format!("[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\n{deps}"),
+    )
+    .unwrap();
+    std::fs::write(path.join("src/lib.rs"), "").unwrap();
+}
+
+fn fixture_workspace(root: &Path, members: &[&str]) {
+    let members: Vec<String> = members.iter().map(|m| format!("{m:?}")).collect();
+    std::fs::write(
+        root.join("Cargo.toml"),
+        format!(
+            "[workspace]\nmembers = [{}]\nresolver = \"2\"\n",
+            members.join(", ")
+        ),
+    )
+    .unwrap();
+}
+
 #[test]
 fn the_dependency_check_catches_a_transitive_io_dependency() {
     // A fixture workspace: `core` depends on `middle`, which depends on a package named tokio.
     let dir = tempfile::tempdir().unwrap();
-    let package = |name: &str, deps: &str| {
-        let path = dir.path().join(name);
-        std::fs::create_dir_all(path.join("src")).unwrap();
-        std::fs::write(
-            path.join("Cargo.toml"),
-            format!("[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\n{deps}"),
-        )
-        .unwrap();
-        std::fs::write(path.join("src/lib.rs"), "").unwrap();
-    };
-    package("core", "middle = { path = \"../middle\" }\n");
-    package("middle", "tokio = { path = \"../tokio\" }\n");
-    package("tokio", "");
-    std::fs::write(
-        dir.path().join("Cargo.toml"),
-        "[workspace]\nmembers = [\"core\", \"middle\", \"tokio\"]\nresolver = \"2\"\n",
-    )
-    .unwrap();
+    fixture_package(dir.path(), "core", "middle = { path = \"../middle\" }\n");
+    fixture_package(dir.path(), "middle", "tokio = { path = \"../tokio\" }\n");
+    fixture_package(dir.path(), "tokio", "");
+    fixture_workspace(dir.path(), &["core", "middle", "tokio"]);
     let manifest = dir.path().join("Cargo.toml");
     assert_eq!(
         forbidden_in(&manifest, "core", &["tokio", "lapin"]),

@@ -24,4 +24,20 @@ pub use messages::{
     DependencyEdge, EventKind, ExecutorRole, Job, JobEvent, JobEventKind, JobOutcome, JobStatus,
     ResourceCounts, RunState, RunStatus, Trigger, UnitState, UnitStatus,
 };
-pub use report::{DetectionReport, JobSummary, RunDetail, RunSummary, run_status_json, to_json};
+pub use report::{
+    DetectionReport, JobPhase, JobSummary, RunDetail, RunPhase, RunSummary, run_status_json,
+    to_json,
+};
+
+/// How the broker names private queues: `amq.gen-` and a random suffix. Replies go only there.
+pub const REPLY_QUEUE_PREFIX: &str = "amq.gen-";
+
+/// Whether `queue` names a private reply queue, as the broker makes them. Answers go only to
+/// such queues, so a forged `reply_to` cannot push a message into a work queue.
+pub fn is_reply_queue(queue: &str) -> bool {
+    queue.starts_with(REPLY_QUEUE_PREFIX)
+        && queue.len() <= 255
+        && queue[REPLY_QUEUE_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}

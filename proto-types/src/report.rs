@@ -29,6 +29,97 @@ impl DetectionReport {
     }
 }
 
+/// Where a run is, as `pipelines status` and the reports show it: `running`, `succeeded`,
+/// `failed`, `rejected` or `cancelled` in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunPhase {
+    Running,
+    Succeeded,
+    Failed,
+    Rejected,
+    Cancelled,
+}
+
+/// Where a job is: `pending`, `queued`, `running`, `succeeded`, `failed`, `skipped` or
+/// `cancelled` in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobPhase {
+    Pending,
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+/// The name each phase has in JSON, in the database and on screen; and its parser.
+macro_rules! phase_names {
+    ($phase:ident { $($variant:ident => $name:literal),* $(,)? }) => {
+        impl $phase {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($phase::$variant => $name),*
+                }
+            }
+
+            pub fn is_final(self) -> bool {
+                !matches!(self.as_str(), "pending" | "queued" | "running")
+            }
+        }
+
+        impl std::str::FromStr for $phase {
+            type Err = String;
+
+            fn from_str(text: &str) -> Result<Self, Self::Err> {
+                match text {
+                    $($name => Ok($phase::$variant),)*
+                    other => Err(format!("{other:?} is not a {}", stringify!($phase))),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $phase {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        /// Comparisons with the JSON name, for tests and scripts that read the documents.
+        impl PartialEq<&str> for $phase {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+
+        impl PartialEq<str> for $phase {
+            fn eq(&self, other: &str) -> bool {
+                self.as_str() == other
+            }
+        }
+    };
+}
+
+phase_names!(RunPhase {
+    Running => "running",
+    Succeeded => "succeeded",
+    Failed => "failed",
+    Rejected => "rejected",
+    Cancelled => "cancelled",
+});
+
+phase_names!(JobPhase {
+    Pending => "pending",
+    Queued => "queued",
+    Running => "running",
+    Succeeded => "succeeded",
+    Failed => "failed",
+    Skipped => "skipped",
+    Cancelled => "cancelled",
+});
+
 /// A run as `pipelines status` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunSummary {
@@ -37,8 +128,7 @@ pub struct RunSummary {
     pub event: EventKind,
     pub pull_request: Option<u64>,
     pub head_sha: String,
-    /// running, succeeded, failed, rejected or cancelled.
-    pub state: String,
+    pub state: RunPhase,
     /// Why it failed, was rejected or was cancelled.
     pub reason: Option<String>,
     /// Milliseconds since the Unix epoch.
@@ -56,8 +146,7 @@ pub struct JobSummary {
     pub unit: String,
     pub account: String,
     pub action: Action,
-    /// pending, queued, running, succeeded, failed, skipped or cancelled.
-    pub state: String,
+    pub state: JobPhase,
     /// Why it was skipped or cancelled, or the end of a failure's output.
     pub reason: Option<String>,
     /// Why a pending job waits (a unit held by an earlier run, an account cap, a backoff).

@@ -166,7 +166,8 @@ async fn broker_floor(vhost: &Vhost, messages: usize) -> f64 {
     let consumer_broker = Broker::connect(&vhost.url, "bench-floor-consume")
         .await
         .unwrap();
-    let mut consumer = consumer_broker.consume("jobs.floor", 256).await.unwrap();
+    let queue = broker::topology::jobs_queue("floor", ExecutorRole::Apply);
+    let mut consumer = consumer_broker.consume(&queue, 256).await.unwrap();
     let body = vec![7u8; 300]; // about a job message's size
     let start = Instant::now();
     let consuming = tokio::spawn(async move {
@@ -241,8 +242,9 @@ impl NoopWorld {
             runtime,
             broker,
         };
+        // The benchmark's runs are pull requests: their jobs go to the plan workers.
         for i in 1..=workers {
-            world.wait_log(&format!("dev-{i}"), "Executor ready.");
+            world.wait_log(&format!("dev-plan-{i}"), "Executor ready.");
         }
         world.wait_dispatcher_ready();
         world
@@ -318,7 +320,7 @@ impl NoopWorld {
     /// CPU seconds used so far by the dispatcher, and by all executors together.
     fn cpu_seconds(&self, workers: usize) -> (f64, f64) {
         let executors = (1..=workers)
-            .map(|i| cpu_seconds(self.deployment.executor_pid(&format!("dev-{i}"))))
+            .map(|i| cpu_seconds(self.deployment.executor_pid(&format!("dev-plan-{i}"))))
             .sum();
         (cpu_seconds(self.deployment.dispatcher_pid()), executors)
     }

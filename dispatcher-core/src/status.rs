@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use proto_types::{RunDetail, RunSummary};
+use proto_types::{RunDetail, RunPhase, RunSummary};
 
 /// One line saying why a job failed: terraform's first `Error:` line in the output's tail if
 /// there is one, else the last line, after the exit code.
@@ -65,7 +65,7 @@ pub fn render_runs(runs: &[RunSummary], now: u64) -> String {
             run.run_id.to_string(),
             run.repository.clone(),
             event,
-            run.state.clone(),
+            run.state.to_string(),
             job_counts(run),
             format!("{} ago", duration(now.saturating_sub(run.created_ms))),
             run.reason
@@ -94,7 +94,7 @@ pub fn render_run(detail: &RunDetail, now: u64) -> String {
     if let Some(reason) = &run.reason {
         let _ = write!(out, ": {reason}");
     }
-    let elapsed = if run.state == "running" {
+    let elapsed = if run.state == RunPhase::Running {
         now
     } else {
         run.updated_ms
@@ -125,7 +125,7 @@ pub fn render_run(detail: &RunDetail, now: u64) -> String {
             job.unit.clone(),
             job.account.clone(),
             job.action.to_string(),
-            job.state.clone(),
+            job.state.to_string(),
             job.attempt.to_string(),
             job.worker.clone().unwrap_or_else(|| "-".into()),
             job.duration_ms.map_or_else(|| "-".into(), duration),
@@ -253,7 +253,7 @@ mod tests {
             event: EventKind::PullRequest,
             pull_request: Some(7),
             head_sha: "0123456789abcdef".into(),
-            state: "failed".into(),
+            state: RunPhase::Failed,
             reason: Some("1 of 2 jobs failed, 0 skipped".into()),
             created_ms: 1_000,
             updated_ms: 61_000,
@@ -285,7 +285,7 @@ mod tests {
             unit: unit.into(),
             account: "dev".into(),
             action: Action::Apply,
-            state: state.into(),
+            state: state.parse().expect("a state name"),
             reason: reason.map(Into::into),
             note: note.map(Into::into),
             attempt: 1,

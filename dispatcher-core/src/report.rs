@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use proto_types::{JobSummary, RunDetail};
+use proto_types::{EventKind, JobPhase, JobSummary, RunDetail, RunPhase};
 use uuid::Uuid;
 
 /// GitHub's limit on a comment body, in characters.
@@ -43,30 +43,32 @@ pub struct CommitStatus {
 /// The status for a run: `<context>/plan` for pull requests, `<context>/apply` for pushes.
 pub fn commit_status(detail: &RunDetail, context: &str) -> CommitStatus {
     let run = &detail.run;
-    let kind = if run.pull_request.is_some() || run.event.as_str() == "pull-request" {
+    let kind = if run.pull_request.is_some() || run.event == EventKind::PullRequest {
         "plan"
     } else {
         "apply"
     };
-    let state = match run.state.as_str() {
-        "running" => "pending",
-        "succeeded" => "success",
-        "failed" => "failure",
-        _ => "error",
+    let state = match run.state {
+        RunPhase::Running => "pending",
+        RunPhase::Succeeded => "success",
+        RunPhase::Failed => "failure",
+        RunPhase::Rejected | RunPhase::Cancelled => "error",
     };
     let total = detail.jobs.len();
     let done = detail
         .jobs
         .iter()
-        .filter(|j| j.state == "succeeded")
+        .filter(|j| j.state == JobPhase::Succeeded)
         .count();
-    let description = match run.state.as_str() {
-        "running" => format!("{done} of {total} units done"),
-        "succeeded" => format!(
+    let description = match run.state {
+        RunPhase::Running => format!("{done} of {total} units done"),
+        RunPhase::Succeeded => format!(
             "{total} unit(s) {}",
             if kind == "plan" { "planned" } else { "applied" }
         ),
-        _ => run.reason.clone().unwrap_or_else(|| run.state.clone()),
+        RunPhase::Failed | RunPhase::Rejected | RunPhase::Cancelled => {
+            run.reason.clone().unwrap_or_else(|| run.state.to_string())
+        }
     };
     CommitStatus {
         context: format!("{context}/{kind}"),
@@ -75,16 +77,24 @@ pub fn commit_status(detail: &RunDetail, context: &str) -> CommitStatus {
     }
 }
 
-fn icon(state: &str) -> &'static str {
+fn run_icon(state: RunPhase) -> &'static str {
     match state {
-        "succeeded" => "✅",
-        "failed" => "❌",
-        "running" => "⏳",
-        "queued" | "pending" => "🕒",
-        "skipped" => "⏭️",
-        "cancelled" => "🚫",
-        "rejected" => "⛔",
-        _ => "•",
+        RunPhase::Succeeded => "✅",
+        RunPhase::Failed => "❌",
+        RunPhase::Running => "⏳",
+        RunPhase::Cancelled => "🚫",
+        RunPhase::Rejected => "⛔",
+    }
+}
+
+fn icon(state: JobPhase) -> &'static str {
+    match state {
+        JobPhase::Succeeded => "✅",
+        JobPhase::Failed => "❌",
+        JobPhase::Running => "⏳",
+        JobPhase::Queued | JobPhase::Pending => "🕒",
+        JobPhase::Skipped => "⏭️",
+        JobPhase::Cancelled => "🚫",
     }
 }
 
@@ -95,7 +105,7 @@ pub fn pull_request_comment(
     links: &Links,
 ) -> String {
     let run = &detail.run;
-    let title = format!("### {} Pipelines: plan {}", icon(&run.state), run.state);
+    let title = format!("### {} Pipelines: plan {}", run_icon(run.state), run.state);
     render(COMMENT_MARKER, &title, detail, outputs, links)
 }
 
@@ -120,7 +130,11 @@ pub fn apply_failure_comment(
 
 /// The title of the issue opened for a failed apply.
 pub fn apply_failure_issue_title(detail: &RunDetail) -> String {
-    let failed = detail.jobs.iter().filter(|j| j.state == "failed").count();
+    let failed = detail
+        .jobs
+        .iter()
+        .filter(|j| j.state == JobPhase::Failed)
+        .count();
     format!(
         "Apply of {} failed: {failed} unit(s)",
         short(&detail.run.head_sha)
@@ -258,11 +272,11 @@ fn table_row(job: &JobSummary) -> String {
     let status = match &job.reason {
         Some(reason) => format!(
             "{} {}: {}",
-            icon(&job.state),
+            icon(job.state),
             job.state,
             cell(&shorten(reason, 120))
         ),
-        None => format!("{} {}", icon(&job.state), job.state),
+        None => format!("{} {}", icon(job.state), job.state),
     };
     let attempt = if job.attempt > 1 {
         format!(" (attempt {})", job.attempt)
@@ -308,7 +322,7 @@ fn section_markdown(job: &JobSummary, text: &str, cut: usize) -> String {
         "<details><summary><code>{}</code> {}: {} {}{counts}</summary>\n\n```\n{note}{}\n```\n</details>\n",
         cell(&job.unit),
         job.action,
-        icon(&job.state),
+        icon(job.state),
         job.state,
         fence_safe(text.trim_end())
     )
@@ -323,8 +337,8 @@ fn priority(job: &JobSummary) -> u8 {
     let changes = job
         .resource_changes
         .is_some_and(|c| c.add + c.change + c.destroy > 0);
-    match job.state.as_str() {
-        "failed" => 0,
+    match job.state {
+        JobPhase::Failed => 0,
         _ if changes => 1,
         _ => 2,
     }
@@ -438,7 +452,7 @@ mod tests {
             unit: format!("prod/region-{}/service-{i:03}", i % 7),
             account: "prod".into(),
             action: Action::Plan,
-            state: state.into(),
+            state: state.parse().expect("a state name"),
             reason: (state == "skipped").then(|| "prod/net plan failed".into()),
             note: None,
             attempt: 1,
@@ -464,7 +478,7 @@ mod tests {
                 event: EventKind::PullRequest,
                 pull_request: Some(7),
                 head_sha: "0123456789abcdef0123456789abcdef01234567".into(),
-                state: state.into(),
+                state: state.parse().expect("a state name"),
                 reason: None,
                 created_ms: 0,
                 updated_ms: 0,
@@ -517,7 +531,7 @@ mod tests {
         let mut jobs: Vec<JobSummary> = (0..300).map(|i| job(i, "succeeded")).collect();
         // Three failures with enormous outputs; the rest long plans.
         for i in [10, 150, 290] {
-            jobs[i].state = "failed".into();
+            jobs[i].state = JobPhase::Failed;
         }
         let outputs: BTreeMap<Uuid, String> = jobs
             .iter()
@@ -597,7 +611,7 @@ mod tests {
             ),
             ("pipelines/plan", "pending", "1 of 2 units done")
         );
-        run.run.state = "failed".into();
+        run.run.state = RunPhase::Failed;
         run.run.reason = Some("1 of 2 jobs failed, 0 skipped".into());
         run.run.pull_request = None;
         run.run.event = EventKind::Push;
@@ -614,7 +628,7 @@ mod tests {
                 "1 of 2 jobs failed, 0 skipped"
             )
         );
-        run.run.state = "succeeded".into();
+        run.run.state = RunPhase::Succeeded;
         assert_eq!(commit_status(&run, "ci").description, "2 unit(s) applied");
     }
 }

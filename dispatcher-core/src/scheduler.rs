@@ -996,7 +996,7 @@ fn dependencies_met(run: &Run, idx: usize) -> bool {
 }
 
 /// The last `max` bytes of `text`, cut at a character boundary.
-pub(crate) fn tail(text: &str, max: usize) -> &str {
+pub fn tail(text: &str, max: usize) -> &str {
     let mut start = text.len().saturating_sub(max);
     while !text.is_char_boundary(start) {
         start += 1;

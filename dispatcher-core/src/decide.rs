@@ -1,0 +1,478 @@
+//! One decision per message kind: the dispatcher's state and a decoded message in, the changed
+//! state and its effects out.
+//!
+//! The service decodes a delivery, asks the store what it knows about a run or job that is no
+//! longer active (only then: [`Core::is_active_run`], [`Core::is_active_job`]), calls the
+//! `decide_*` function of the message's kind, and applies the [`Decision`]: the scheduler's
+//! [`Effects`] go into one transaction with the batch's others ([`Core::persist`]), the claim
+//! answer to the worker, the verdict to the delivery, the [`Outcome`] to logs and metrics.
+//! Nothing here reads a clock: `now` is an input.
+
+use config::{AccountRouter, Config};
+use proto_types::{
+    Action, CancelRun, ChangeEvent, ClaimReply, ClaimVerdict, JobEvent, JobEventKind, JobStatus,
+    UnitState,
+};
+use uuid::Uuid;
+
+use crate::pacing::StatusPacer;
+use crate::policy;
+use crate::scheduler::{Effects, Run, RunJob, Scheduler, Settings, tail};
+
+/// How much of each finished job's output the database keeps for reports (the end of it).
+pub const KEPT_OUTPUT_BYTES: usize = 64 * 1024;
+/// A running run's status snapshot goes out at most this often (its final one at once).
+pub const STATUS_INTERVAL_MS: u64 = 500;
+
+/// What the run database knows of a run that is not active (final, or never seen: `None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownRun {
+    /// Why its event was rejected, if it was.
+    pub rejected: Option<String>,
+}
+
+/// What the run database knows of a job that is not active.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownJob {
+    /// Its final state, as stored (`succeeded`, `failed`, ...).
+    pub state: String,
+}
+
+/// How a delivery is settled once its decision is committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Ack,
+    /// Dead-lettered with this reason: the message can never be handled.
+    DeadLetter(String),
+}
+
+/// What a decision amounted to, for logs and metrics (the edge's only inputs for both).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    RunAccepted {
+        jobs: usize,
+    },
+    RunRejected {
+        reason: String,
+    },
+    /// A change event from a broker user not in `dispatcher.orchestrator_users`.
+    SubmitterRefused {
+        user: String,
+    },
+    /// A change event whose run exists already: settled as its first delivery was.
+    EventRedelivered,
+    ClaimGranted {
+        redelivered: bool,
+    },
+    ClaimDenied {
+        reason: String,
+        retry: bool,
+    },
+    /// A claim without a reply queue of the allowed shape.
+    ClaimWithoutReplyQueue,
+    HeartbeatRenewed,
+    /// A heartbeat from a worker that does not hold the job (or of a job no longer active).
+    HeartbeatIgnored,
+    Released {
+        reason: String,
+    },
+    /// The holder's report ended the job (or sent it back to wait for a retry).
+    JobReported {
+        action: Action,
+        status: JobStatus,
+        exit_code: Option<i32>,
+        duration_ms: u64,
+        /// The job's state after the report, when it is final.
+        finished: Option<UnitState>,
+    },
+    /// A report of a stale attempt or of a former holder.
+    StaleReport,
+    /// A report for a job that ended already.
+    LateReport,
+    /// A job event naming a run the job does not belong to, or a job nobody knows.
+    UnknownJob,
+    CancelRequested {
+        reason: String,
+    },
+    CancelOfEndedRun,
+    CancelOfUnknownRun,
+}
+
+/// Everything one message decided.
+#[derive(Debug, Default)]
+pub struct Decision {
+    /// What changed in the scheduler: jobs to publish, runs and jobs to persist, stop orders.
+    pub effects: Effects,
+    /// How to settle the delivery. `None` only for the default value.
+    pub verdict: Option<Verdict>,
+    /// The answer to a claim: the worker's reply queue and the reply.
+    pub reply: Option<(String, ClaimReply)>,
+    /// A finished job's output, kept for reports (its end).
+    pub output: Option<(Uuid, String)>,
+    pub outcome: Option<Outcome>,
+}
+
+impl Decision {
+    fn new(verdict: Verdict, outcome: Outcome) -> Decision {
+        Decision {
+            verdict: Some(verdict),
+            outcome: Some(outcome),
+            ..Decision::default()
+        }
+    }
+
+    fn with_effects(mut self, effects: Effects) -> Decision {
+        self.effects = effects;
+        self
+    }
+}
+
+/// What a batch's transaction writes: the runs and jobs that changed, the jobs to publish
+/// (with their run's trace) and the runs whose status snapshot goes out now.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Persist {
+    pub runs: Vec<Uuid>,
+    pub jobs: Vec<Uuid>,
+    pub statuses: Vec<Uuid>,
+}
+
+impl Persist {
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty() && self.jobs.is_empty() && self.statuses.is_empty()
+    }
+}
+
+/// The dispatcher's state: the policy it judges by, the scheduler and the status pacing.
+#[derive(Debug)]
+pub struct Core {
+    config: Config,
+    router: AccountRouter,
+    scheduler: Scheduler,
+    pacer: StatusPacer,
+}
+
+impl Core {
+    /// The state a dispatcher starts from: the active runs the store holds, leases extended
+    /// from `now`.
+    pub fn restore(config: Config, runs: Vec<Run>, next_seq: u64, now: u64) -> Core {
+        let settings = Settings::from_config(&config);
+        Core {
+            router: AccountRouter::new(&config),
+            scheduler: Scheduler::restore(settings, runs, next_seq, now),
+            pacer: StatusPacer::new(STATUS_INTERVAL_MS),
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    /// Whether a run is active here; if not, its message needs the store's [`KnownRun`].
+    pub fn is_active_run(&self, run_id: Uuid) -> bool {
+        self.scheduler.run(run_id).is_some()
+    }
+
+    /// Whether a job is active here; if not, its event needs the store's [`KnownJob`].
+    pub fn is_active_job(&self, job_id: Uuid) -> bool {
+        self.scheduler.contains_job(job_id)
+    }
+
+    /// Records the trace a run belongs to (the span that accepted it).
+    pub fn set_trace(&mut self, run_id: Uuid, trace: Option<String>) {
+        self.scheduler.set_trace(run_id, trace);
+    }
+
+    /// A change event: a new run, a rejection, or a redelivery of one of those. `user_id` is
+    /// the broker-validated publisher; `known` the store's answer when the run is not active.
+    pub fn decide_change(
+        &mut self,
+        event: &ChangeEvent,
+        user_id: Option<&str>,
+        known: Option<KnownRun>,
+        now: u64,
+    ) -> Decision {
+        let allowed = &self.config.dispatcher.orchestrator_users;
+        if !allowed.is_empty() && !user_id.is_some_and(|user| allowed.iter().any(|a| a == user)) {
+            let from = user_id.unwrap_or("(no user_id)");
+            let reason = format!(
+                "change event from broker user {from:?}: only {} may submit runs",
+                allowed.join(", ")
+            );
+            return Decision::new(
+                Verdict::DeadLetter(reason),
+                Outcome::SubmitterRefused {
+                    user: from.to_owned(),
+                },
+            );
+        }
+        // A redelivery (we crashed before the ack, or the publisher sent it twice): the run
+        // exists, so settle the message the way the first delivery was settled.
+        let mut effects = Effects::default();
+        let rejected = match self.scheduler.run(event.id) {
+            Some(run) => {
+                effects.changed_runs.insert(event.id);
+                Some(run.rejected.clone())
+            }
+            None => known.map(|known| known.rejected),
+        };
+        if let Some(rejected) = rejected {
+            let verdict = match rejected {
+                Some(reason) => Verdict::DeadLetter(format!("rejected: {reason}")),
+                None => Verdict::Ack,
+            };
+            return Decision::new(verdict, Outcome::EventRedelivered).with_effects(effects);
+        }
+        match policy::plan(event, &self.config, &self.router) {
+            Ok(plan) => {
+                let effects = self.scheduler.accept(event, &plan, now);
+                Decision::new(
+                    Verdict::Ack,
+                    Outcome::RunAccepted {
+                        jobs: plan.units.len(),
+                    },
+                )
+                .with_effects(effects)
+            }
+            Err(reason) => {
+                let effects = self.scheduler.reject(event, &reason, now);
+                Decision::new(
+                    Verdict::DeadLetter(format!("rejected: {reason}")),
+                    Outcome::RunRejected { reason },
+                )
+                .with_effects(effects)
+            }
+        }
+    }
+
+    /// A worker's event about a job: a claim, a heartbeat, a give-back or an outcome.
+    /// `reply_to` is the delivery's reply queue; `known` the store's answer when the job is
+    /// not active.
+    pub fn decide_job_event(
+        &mut self,
+        event: &JobEvent,
+        reply_to: Option<&str>,
+        known: Option<KnownJob>,
+        now: u64,
+    ) -> Decision {
+        if let Some((run, _)) = self.scheduler.job_by_id(event.job_id)
+            && run.run_id != event.run_id
+        {
+            let reason = format!(
+                "job event names run {} but job {} belongs to run {}",
+                event.run_id, event.job_id, run.run_id
+            );
+            return Decision::new(Verdict::DeadLetter(reason), Outcome::UnknownJob);
+        }
+        let active = self.scheduler.contains_job(event.job_id);
+        match &event.kind {
+            JobEventKind::Started { redelivered } => {
+                let redelivered = *redelivered;
+                let Some(reply_to) = reply_to.filter(|queue| proto_types::is_reply_queue(queue))
+                else {
+                    let reason = format!(
+                        "claim for job {} has no valid reply_to ({reply_to:?})",
+                        event.job_id
+                    );
+                    return Decision::new(
+                        Verdict::DeadLetter(reason),
+                        Outcome::ClaimWithoutReplyQueue,
+                    );
+                };
+                let (verdict, effects) = if active {
+                    self.scheduler.claim(
+                        event.job_id,
+                        event.attempt,
+                        &event.worker,
+                        redelivered,
+                        Some(reply_to),
+                        now,
+                    )
+                } else {
+                    let reason = match known {
+                        Some(known) => format!("the job is already {}", known.state),
+                        None => "the job is unknown".to_owned(),
+                    };
+                    let verdict = ClaimVerdict::Denied {
+                        reason,
+                        retry: false,
+                    };
+                    (verdict, Effects::default())
+                };
+                let outcome = match &verdict {
+                    ClaimVerdict::Granted { .. } => Outcome::ClaimGranted { redelivered },
+                    ClaimVerdict::Denied { reason, retry } => Outcome::ClaimDenied {
+                        reason: reason.clone(),
+                        retry: *retry,
+                    },
+                };
+                let reply = ClaimReply {
+                    job_id: event.job_id,
+                    attempt: event.attempt,
+                    verdict,
+                };
+                Decision {
+                    reply: Some((reply_to.to_owned(), reply)),
+                    ..Decision::new(Verdict::Ack, outcome).with_effects(effects)
+                }
+            }
+            JobEventKind::Heartbeat => {
+                // Leases are not persisted on heartbeats: a restarted dispatcher extends every
+                // lease anyway, so the write would buy nothing.
+                let renewed = active
+                    && self
+                        .scheduler
+                        .heartbeat(event.job_id, event.attempt, &event.worker, now);
+                let outcome = if renewed {
+                    Outcome::HeartbeatRenewed
+                } else {
+                    Outcome::HeartbeatIgnored
+                };
+                Decision::new(Verdict::Ack, outcome)
+            }
+            JobEventKind::Released { reason } => {
+                let effects = if active {
+                    self.scheduler
+                        .release(event.job_id, event.attempt, &event.worker, now)
+                } else {
+                    Effects::default()
+                };
+                Decision::new(
+                    Verdict::Ack,
+                    Outcome::Released {
+                        reason: reason.clone(),
+                    },
+                )
+                .with_effects(effects)
+            }
+            JobEventKind::Finished(outcome) => {
+                if !active {
+                    return match known {
+                        Some(_) => Decision::new(Verdict::Ack, Outcome::LateReport),
+                        None => Decision::new(
+                            Verdict::DeadLetter(format!(
+                                "job event for unknown run {} / job {}",
+                                event.run_id, event.job_id
+                            )),
+                            Outcome::UnknownJob,
+                        ),
+                    };
+                }
+                let effects =
+                    self.scheduler
+                        .finish(event.job_id, event.attempt, &event.worker, outcome, now);
+                if !effects.changed_jobs.contains(&event.job_id) {
+                    return Decision::new(Verdict::Ack, Outcome::StaleReport).with_effects(effects);
+                }
+                let job = self.scheduler.job_by_id(event.job_id).map(|(_, job)| job);
+                let reported = Outcome::JobReported {
+                    action: job.map_or(Action::Plan, |job| job.job.action),
+                    status: outcome.status,
+                    exit_code: outcome.exit_code,
+                    duration_ms: outcome.duration_ms,
+                    finished: job
+                        .filter(|job| job.state.is_final())
+                        .map(|job| job.state.clone()),
+                };
+                Decision {
+                    // Kept for reports: the end, where plans summarise and errors show.
+                    output: Some((
+                        event.job_id,
+                        tail(&outcome.output, KEPT_OUTPUT_BYTES).to_owned(),
+                    )),
+                    ..Decision::new(Verdict::Ack, reported).with_effects(effects)
+                }
+            }
+        }
+    }
+
+    /// An operator's order to cancel a run; `known` the store's answer when it is not active.
+    pub fn decide_control(
+        &mut self,
+        order: &CancelRun,
+        known: Option<KnownRun>,
+        now: u64,
+    ) -> Decision {
+        let reason = format!("cancelled by {}: {}", order.requested_by, order.reason);
+        if self.is_active_run(order.run_id) {
+            let effects = self.scheduler.cancel_run(order.run_id, &reason, now);
+            Decision::new(Verdict::Ack, Outcome::CancelRequested { reason }).with_effects(effects)
+        } else if known.is_some() {
+            Decision::new(Verdict::Ack, Outcome::CancelOfEndedRun)
+        } else {
+            Decision::new(
+                Verdict::DeadLetter(format!("cancellation of unknown run {}", order.run_id)),
+                Outcome::CancelOfUnknownRun,
+            )
+        }
+    }
+
+    /// Time passing: retries whose backoff ended, and anything else time unblocks.
+    pub fn decide_tick(&mut self, now: u64) -> Effects {
+        self.scheduler.tick(now)
+    }
+
+    /// The earliest time something is due without a message: a retry, a paced status.
+    pub fn next_wakeup(&self, now: u64) -> Option<u64> {
+        [self.scheduler.next_wakeup(now), self.pacer.next_due()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// What the batch's transaction must write for `effects`: changed runs and jobs, and the
+    /// status snapshots due (a running run's at most every [`STATUS_INTERVAL_MS`], a final
+    /// one at once).
+    pub fn persist(&mut self, effects: &Effects, now: u64) -> Persist {
+        let mut persist = Persist {
+            runs: effects
+                .changed_runs
+                .iter()
+                .copied()
+                .filter(|id| self.scheduler.run(*id).is_some())
+                .collect(),
+            jobs: effects
+                .changed_jobs
+                .iter()
+                .copied()
+                .filter(|id| self.scheduler.contains_job(*id))
+                .collect(),
+            statuses: Vec::new(),
+        };
+        for &run_id in &persist.runs {
+            if let Some(run) = self.scheduler.run(run_id)
+                && self.pacer.changed(run_id, run.state().is_final(), now)
+            {
+                persist.statuses.push(run_id);
+            }
+        }
+        for run_id in self.pacer.due(now) {
+            if self.scheduler.run(run_id).is_some() {
+                persist.statuses.push(run_id);
+            }
+        }
+        persist
+    }
+
+    /// An active run.
+    pub fn run(&self, run_id: Uuid) -> Option<&Run> {
+        self.scheduler.run(run_id)
+    }
+
+    /// An active job and its run.
+    pub fn job(&self, job_id: Uuid) -> Option<(&Run, &RunJob)> {
+        self.scheduler.job_by_id(job_id)
+    }
+
+    /// Forgets final runs once their last state is committed.
+    pub fn evict_finished(&mut self) -> Vec<Uuid> {
+        self.scheduler.evict_finished()
+    }
+}
+
+#[cfg(test)]
+mod tests;

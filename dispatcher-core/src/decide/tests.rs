@@ -1,0 +1,248 @@
+//! Each message kind's decision, with plain data: no broker, no database, no clock.
+
+use proto_types::{Action, CancelRun, ClaimVerdict, JobEvent, JobEventKind, JobStatus, Trigger};
+
+use super::*;
+use crate::testing::{event, outcome, pr};
+
+fn core(orchestrators: &[&str]) -> Core {
+    let mut config = Config::from_toml(
+        r#"
+        [[repositories]]
+        name = "infra"
+        url = "https://git.example/infra.git"
+        [[accounts]]
+        name = "dev"
+        paths = ["**"]
+        "#,
+    )
+    .expect("a valid config");
+    config.dispatcher.orchestrator_users = orchestrators.iter().map(|u| (*u).to_owned()).collect();
+    Core::restore(config, Vec::new(), 1, 0)
+}
+
+fn change(trigger: Trigger, units: &[&str]) -> ChangeEvent {
+    let units: Vec<(&str, Action)> = units.iter().map(|u| (*u, Action::Plan)).collect();
+    event(trigger, &units, &[]).0
+}
+
+fn job_event(run_id: Uuid, job_id: Uuid, kind: JobEventKind) -> JobEvent {
+    JobEvent {
+        run_id,
+        job_id,
+        attempt: 1,
+        worker: "w1".into(),
+        kind,
+    }
+}
+
+#[test]
+fn a_change_event_from_a_user_that_may_not_submit_is_dead_lettered_naming_both() {
+    let mut core = core(&["pipelines-orchestrator"]);
+    let decision = core.decide_change(&change(pr(1), &["app"]), Some("mallory"), None, 0);
+    assert_eq!(
+        decision.verdict,
+        Some(Verdict::DeadLetter(
+            "change event from broker user \"mallory\": only pipelines-orchestrator may submit runs"
+                .into()
+        ))
+    );
+    assert!(decision.effects.is_empty(), "nothing was decided");
+}
+
+#[test]
+fn an_accepted_event_publishes_its_jobs_and_its_redelivery_is_acked_without_a_second_run() {
+    let mut core = core(&[]);
+    let event = change(pr(1), &["app", "db"]);
+    let first = core.decide_change(&event, None, None, 0);
+    assert_eq!(first.verdict, Some(Verdict::Ack));
+    assert_eq!(first.outcome, Some(Outcome::RunAccepted { jobs: 2 }));
+    assert_eq!(first.effects.publish.len(), 2);
+    let again = core.decide_change(&event, None, None, 1);
+    assert_eq!(again.verdict, Some(Verdict::Ack));
+    assert_eq!(again.outcome, Some(Outcome::EventRedelivered));
+    assert!(again.effects.publish.is_empty(), "no job published twice");
+}
+
+#[test]
+fn a_redelivered_event_of_a_rejected_run_the_store_knows_is_dead_lettered_again() {
+    let mut core = core(&[]);
+    let known = KnownRun {
+        rejected: Some("unknown repository".into()),
+    };
+    let decision = core.decide_change(&change(pr(1), &["app"]), None, Some(known), 0);
+    assert_eq!(
+        decision.verdict,
+        Some(Verdict::DeadLetter("rejected: unknown repository".into()))
+    );
+    assert!(
+        !core.is_active_run(
+            decision
+                .effects
+                .changed_runs
+                .iter()
+                .next()
+                .copied()
+                .unwrap_or_default()
+        )
+    );
+}
+
+#[test]
+fn a_claim_is_answered_on_its_reply_queue_and_a_claim_without_one_is_dead_lettered() {
+    let mut core = core(&[]);
+    let event = change(pr(1), &["app"]);
+    let job = core.decide_change(&event, None, None, 0).effects.publish[0].clone();
+    let started = job_event(
+        job.run_id,
+        job.job_id,
+        JobEventKind::Started { redelivered: false },
+    );
+
+    let forged = core.decide_job_event(&started, Some("jobs.dev.apply"), None, 1);
+    assert_eq!(forged.outcome, Some(Outcome::ClaimWithoutReplyQueue));
+    assert!(
+        matches!(forged.verdict, Some(Verdict::DeadLetter(reason)) if reason.contains("jobs.dev.apply"))
+    );
+
+    let granted = core.decide_job_event(&started, Some("amq.gen-w1"), None, 1);
+    let (queue, reply) = granted.reply.expect("an answer");
+    assert_eq!(queue, "amq.gen-w1");
+    assert!(matches!(reply.verdict, ClaimVerdict::Granted { .. }));
+    assert!(
+        granted.effects.changed_jobs.contains(&job.job_id),
+        "the grant is persisted"
+    );
+}
+
+#[test]
+fn a_claim_of_a_job_the_store_knows_as_final_is_denied_for_good_naming_its_state() {
+    let mut core = core(&[]);
+    let started = job_event(
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        JobEventKind::Started { redelivered: true },
+    );
+    let known = KnownJob {
+        state: "succeeded".into(),
+    };
+    let decision = core.decide_job_event(&started, Some("amq.gen-w1"), Some(known), 5);
+    assert_eq!(
+        decision.outcome,
+        Some(Outcome::ClaimDenied {
+            reason: "the job is already succeeded".into(),
+            retry: false
+        })
+    );
+}
+
+#[test]
+fn the_holders_report_ends_the_job_keeps_its_output_and_says_how_it_ended() {
+    let mut core = core(&[]);
+    let job = core
+        .decide_change(&change(pr(1), &["app"]), None, None, 0)
+        .effects
+        .publish[0]
+        .clone();
+    let started = job_event(
+        job.run_id,
+        job.job_id,
+        JobEventKind::Started { redelivered: false },
+    );
+    core.decide_job_event(&started, Some("amq.gen-w1"), None, 1);
+    let report = job_event(
+        job.run_id,
+        job.job_id,
+        JobEventKind::Finished(outcome(JobStatus::Failed, "boom")),
+    );
+    let decision = core.decide_job_event(&report, None, None, 2);
+    assert_eq!(decision.output, Some((job.job_id, "boom".into())));
+    assert!(matches!(
+        decision.outcome,
+        Some(Outcome::JobReported {
+            status: JobStatus::Failed,
+            finished: Some(UnitState::Failed),
+            ..
+        })
+    ));
+    // The same report again (a redelivery): the job is final, nothing changes.
+    let again = core.decide_job_event(&report, None, None, 3);
+    assert_eq!(again.outcome, Some(Outcome::StaleReport));
+    assert!(again.output.is_none());
+}
+
+#[test]
+fn a_report_for_a_job_nobody_knows_is_dead_lettered_and_a_late_one_is_acked() {
+    let mut core = core(&[]);
+    let report = job_event(
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        JobEventKind::Finished(outcome(JobStatus::Succeeded, "")),
+    );
+    let unknown = core.decide_job_event(&report, None, None, 0);
+    assert!(
+        matches!(unknown.verdict, Some(Verdict::DeadLetter(reason)) if reason.starts_with("job event for unknown run"))
+    );
+    let known = KnownJob {
+        state: "succeeded".into(),
+    };
+    let late = core.decide_job_event(&report, None, Some(known), 0);
+    assert_eq!(late.verdict, Some(Verdict::Ack));
+    assert_eq!(late.outcome, Some(Outcome::LateReport));
+}
+
+#[test]
+fn a_cancel_of_an_unknown_run_is_dead_lettered_and_of_an_active_one_cancels_its_jobs() {
+    let mut core = core(&[]);
+    let order = |run_id| CancelRun {
+        run_id,
+        requested_by: "ops".into(),
+        reason: "wrong commit".into(),
+    };
+    let unknown = core.decide_control(&order(Uuid::new_v4()), None, 0);
+    assert_eq!(unknown.outcome, Some(Outcome::CancelOfUnknownRun));
+    assert!(matches!(unknown.verdict, Some(Verdict::DeadLetter(_))));
+
+    let job = core
+        .decide_change(&change(pr(1), &["app"]), None, None, 0)
+        .effects
+        .publish[0]
+        .clone();
+    let cancelled = core.decide_control(&order(job.run_id), None, 1);
+    assert_eq!(
+        cancelled.outcome,
+        Some(Outcome::CancelRequested {
+            reason: "cancelled by ops: wrong commit".into()
+        })
+    );
+    let run = core.run(job.run_id).expect("the run");
+    assert!(
+        run.state().is_final(),
+        "a run with nothing started ends at once"
+    );
+}
+
+#[test]
+fn persist_lists_changed_runs_and_jobs_and_a_running_runs_status_at_most_twice_a_second() {
+    let mut core = core(&[]);
+    let accepted = core.decide_change(&change(pr(1), &["app", "db"]), None, None, 0);
+    let first = core.persist(&accepted.effects, 0);
+    assert_eq!(first.runs.len(), 1);
+    assert_eq!(first.jobs.len(), 2);
+    assert_eq!(
+        first.statuses, first.runs,
+        "the first snapshot goes out at once"
+    );
+    let job = &accepted.effects.publish[0];
+    let started = job_event(
+        job.run_id,
+        job.job_id,
+        JobEventKind::Started { redelivered: false },
+    );
+    let claimed = core.decide_job_event(&started, Some("amq.gen-w1"), None, 100);
+    let paced = core.persist(&claimed.effects, 100);
+    assert!(paced.statuses.is_empty(), "the next waits for the interval");
+    assert_eq!(core.next_wakeup(100), Some(STATUS_INTERVAL_MS));
+    let due = core.persist(&Effects::default(), STATUS_INTERVAL_MS);
+    assert_eq!(due.statuses, vec![job.run_id]);
+}
