@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_lite::StreamExt;
 use lapin::Confirmation;
@@ -316,6 +317,7 @@ impl AmqpBroker {
         Ok(AmqpConsumer {
             broker: self.clone(),
             queue: queue.to_owned(),
+            serial: next_consumer_serial(),
             _channel: channel,
             consumer,
         })
@@ -531,9 +533,17 @@ fn delivery_count(table: Option<&FieldTable>) -> u32 {
     count.map_or(0, |n| u32::try_from(n.max(0)).unwrap_or(u32::MAX))
 }
 
+/// A number no other consumer of this process has.
+fn next_consumer_serial() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 pub struct AmqpConsumer {
     broker: AmqpBroker,
     queue: String,
+    /// Tells this consumer's deliveries from every other's, for acks with `multiple`.
+    serial: u64,
     // Dropping the channel would cancel the consumer: keep it for the consumer's lifetime.
     _channel: Channel,
     consumer: lapin::Consumer,
@@ -577,6 +587,8 @@ impl AmqpConsumer {
             settle: Settle::Amqp(AmqpSettle {
                 broker: self.broker.clone(),
                 queue: self.queue.clone(),
+                consumer: self.serial,
+                tag: delivery.delivery_tag,
                 acker: delivery.acker,
             }),
             body: delivery.data,
@@ -587,6 +599,9 @@ impl AmqpConsumer {
 pub(crate) struct AmqpSettle {
     broker: AmqpBroker,
     queue: String,
+    /// The consumer (and so the channel) the delivery came on, and its tag there.
+    pub(crate) consumer: u64,
+    pub(crate) tag: u64,
     acker: lapin::Acker,
 }
 
@@ -602,6 +617,16 @@ impl AmqpSettle {
     pub(crate) async fn ack(self) -> Result<(), BrokerError> {
         self.acker
             .ack(BasicAckOptions::default())
+            .await
+            .map(drop)
+            .map_err(protocol("basic.ack"))
+    }
+
+    /// Acks this delivery and every earlier one of its consumer not settled yet: one frame,
+    /// and on a quorum queue one log entry, for a whole batch.
+    pub(crate) async fn ack_through(self) -> Result<(), BrokerError> {
+        self.acker
+            .ack(BasicAckOptions { multiple: true })
             .await
             .map(drop)
             .map_err(protocol("basic.ack"))

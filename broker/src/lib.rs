@@ -319,6 +319,33 @@ impl Consumer {
 
 pub use proto_types::is_reply_queue;
 
+/// Acks every delivery of `deliveries`. Where they are *all* the unsettled deliveries of their
+/// consumer so far (a batch taken whole and settled whole, the others dead-lettered first),
+/// RabbitMQ gets one ack with `multiple` per consumer instead of one per message: one frame,
+/// one wake-up of the connection's I/O, and one entry in a quorum queue's log for the lot.
+pub async fn ack_all(deliveries: Vec<Delivery>) -> Result<(), BrokerError> {
+    let mut last: Vec<amqp::AmqpSettle> = Vec::new();
+    for delivery in deliveries {
+        match delivery.settle {
+            Settle::Memory(settle) => settle.ack()?,
+            Settle::Amqp(settle) => {
+                match last
+                    .iter_mut()
+                    .find(|kept| kept.consumer == settle.consumer)
+                {
+                    Some(kept) if kept.tag < settle.tag => *kept = settle,
+                    Some(_) => {}
+                    None => last.push(settle),
+                }
+            }
+        }
+    }
+    for settle in last {
+        settle.ack_through().await?;
+    }
+    Ok(())
+}
+
 /// One received message. Settle it exactly once with [`ack`](Delivery::ack),
 /// [`requeue`](Delivery::requeue) or [`dead_letter`](Delivery::dead_letter); dropping it
 /// unsettled leaves it unacked until the consumer goes away, when it is redelivered.

@@ -263,15 +263,19 @@ impl Dispatcher {
             .map(|(queue, body, id)| (Route::Reply { queue }, Outgoing::new(body, id, &headers)))
             .collect();
         self.broker.publish_all(&messages).await?;
+        // The batch is every delivery taken so far, so once the dead letters are settled, one
+        // ack per consumer settles the rest.
+        let mut acks = Vec::with_capacity(settle.len());
         for (delivery, verdict) in settle {
             match verdict {
-                Verdict::Ack => delivery.ack().await?,
+                Verdict::Ack => acks.push(delivery),
                 Verdict::DeadLetter(reason) => {
                     delivery.dead_letter(&reason).await?;
                     self.ops.metrics.inc(metrics::DEAD_LETTERS, &[]);
                 }
             }
         }
+        broker::ack_all(acks).await?;
         let scheduler = self.core.scheduler();
         metrics::load(
             &self.ops.metrics,

@@ -319,6 +319,65 @@ async fn a_dead_lettered_message_lands_in_its_dead_letter_queue_with_the_reason(
     broker.close().await;
 }
 
+/// The dispatcher settles a batch whole: dead letters one by one, then one ack with
+/// `multiple` per consumer. Every message must be settled exactly as decided, and a delivery
+/// of another consumer must not be swept up by it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_acked_at_once_settles_every_delivery_but_the_dead_letter_and_no_other_consumers() {
+    let vhost = rabbit::vhost();
+    let broker = connect(&vhost).await;
+    for i in 0..10 {
+        publish(
+            &broker,
+            Route::Changes,
+            format!("event {i}").as_bytes(),
+            &format!("id-{i}"),
+        )
+        .await
+        .unwrap();
+    }
+    let mut consumer = broker.consume(CHANGES_QUEUE, 6).await.unwrap();
+    let mut batch = Vec::new();
+    for _ in 0..6 {
+        batch.push(next(&mut consumer).await);
+    }
+    // A second consumer (its own channel) holds the rest, unsettled.
+    let mut other = broker.consume(CHANGES_QUEUE, 4).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(next(&mut other).await);
+    }
+    let poison = batch.remove(2);
+    poison
+        .dead_letter("undecodable change event: test")
+        .await
+        .unwrap();
+    broker::ack_all(batch).await.unwrap();
+    poll_until(WAIT, "the batch to be settled", || {
+        (counts(&vhost, CHANGES_QUEUE) == (0, 4)).then_some(())
+    });
+    assert_eq!(counts(&vhost, &dead_letter_queue(CHANGES_QUEUE)), (1, 0));
+    // The other consumer's deliveries were not acked with the batch: dropped unsettled, they
+    // come back.
+    drop(held);
+    drop(other);
+    drop(consumer);
+    let again = Broker::connect(&vhost.url, "broker-test-2").await.unwrap();
+    let mut consumer = again.consume(CHANGES_QUEUE, 10).await.unwrap();
+    let mut back = Vec::new();
+    for _ in 0..4 {
+        let delivery = next(&mut consumer).await;
+        assert!(delivery.redelivered, "{:?} came back", delivery.message_id);
+        back.push(delivery);
+    }
+    broker::ack_all(back).await.unwrap();
+    poll_until(WAIT, "the queue to drain", || {
+        (counts(&vhost, CHANGES_QUEUE) == (0, 0)).then_some(())
+    });
+    broker.close().await;
+    again.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_follower_receives_only_its_own_runs_statuses() {
     let vhost = rabbit::vhost();
