@@ -696,7 +696,27 @@ impl Store {
             .map_err(sqlite("look up run"))
     }
 
-    /// The state of a job the database knows (`succeeded`, `cancelled`, ...).
+    /// Where a run is, without its jobs: what a poller asks, cheaply, until the run ends.
+    pub fn run_phase(&self, run_id: Uuid) -> Result<Option<RunPhase>, StoreError> {
+        let state: Option<String> = self
+            .connection
+            .query_row(
+                "SELECT state FROM runs WHERE run_id = ?1",
+                [run_id.to_string()],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(sqlite("look up run state"))?;
+        state
+            .map(|state| {
+                state.parse().map_err(|_| StoreError::Corrupt {
+                    what: "run state",
+                    value: state,
+                })
+            })
+            .transpose()
+    }
+
     /// Deletes the finished runs last changed before `before_ms`, with their jobs and outputs;
     /// how many runs went. Active runs are never touched.
     pub fn prune_finished(&mut self, before_ms: u64) -> Result<usize, StoreError> {
@@ -725,6 +745,7 @@ impl Store {
         Ok(runs)
     }
 
+    /// The state of a job the database knows (`succeeded`, `cancelled`, ...).
     pub fn job_state(&self, job_id: Uuid) -> Result<Option<String>, StoreError> {
         self.connection
             .query_row(

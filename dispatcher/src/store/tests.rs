@@ -322,3 +322,26 @@ fn pruning_forgets_old_finished_runs_and_keeps_recent_and_active_ones() {
     assert_eq!(store.load_active().unwrap().0.len(), 1);
     assert_eq!(store.prune_finished(30 * day).unwrap(), 0, "idempotent");
 }
+
+#[test]
+fn a_runs_phase_is_read_without_its_jobs_and_an_unknown_run_has_none() {
+    let mut store = Store::in_memory().unwrap();
+    let mut scheduler = Scheduler::new(settings());
+    let run = event(pr(2), &[("app", Action::Plan)], &[]);
+    let effects = scheduler.accept(&run.0, &run.1, 1_000);
+    commit(&mut store, &scheduler, &effects, 1_000);
+    assert_eq!(store.run_phase(run.0.id).unwrap(), Some(RunPhase::Running));
+    let job = effects.publish[0].clone();
+    let (_, claimed) = scheduler.claim(job.job_id, 1, "w1", false, Some("amq.gen-w1"), 1_001);
+    commit(&mut store, &scheduler, &claimed, 1_001);
+    let finished = scheduler.finish(
+        job.job_id,
+        1,
+        "w1",
+        &outcome(JobStatus::Failed, "boom"),
+        1_002,
+    );
+    commit(&mut store, &scheduler, &finished, 1_002);
+    assert_eq!(store.run_phase(run.0.id).unwrap(), Some(RunPhase::Failed));
+    assert_eq!(store.run_phase(Uuid::new_v4()).unwrap(), None);
+}
