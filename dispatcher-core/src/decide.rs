@@ -39,8 +39,9 @@ pub struct KnownJob {
 }
 
 /// How a delivery is settled once its decision is committed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Verdict {
+    #[default]
     Ack,
     /// Dead-lettered with this reason: the message can never be handled.
     DeadLetter(String),
@@ -103,8 +104,8 @@ pub enum Outcome {
 pub struct Decision {
     /// What changed in the scheduler: jobs to publish, runs and jobs to persist, stop orders.
     pub effects: Effects,
-    /// How to settle the delivery. `None` only for the default value.
-    pub verdict: Option<Verdict>,
+    /// How to settle the delivery.
+    pub verdict: Verdict,
     /// The answer to a claim: the worker's reply queue and the reply.
     pub reply: Option<(String, ClaimReply)>,
     /// A finished job's output, kept for reports (its end).
@@ -115,7 +116,7 @@ pub struct Decision {
 impl Decision {
     fn new(verdict: Verdict, outcome: Outcome) -> Decision {
         Decision {
-            verdict: Some(verdict),
+            verdict,
             outcome: Some(outcome),
             ..Decision::default()
         }

@@ -241,7 +241,7 @@ impl Dispatcher {
             effects.merge(decision.effects);
             replies.extend(decision.reply);
             outputs.extend(decision.output);
-            settle.push((delivery, decision.verdict.unwrap_or(Verdict::Ack)));
+            settle.push((delivery, decision.verdict));
         }
         effects.merge(self.core.decide_tick(now));
         self.commit(&effects, &outputs, now)?;
@@ -350,8 +350,12 @@ impl Dispatcher {
         );
         telemetry::propagation::set_parent(&span, &delivery.headers);
         let _entered = span.enter();
-        // Only an event for a job no longer active needs the database; heartbeats never do.
-        let known = if active.is_none() && !matches!(event.kind, JobEventKind::Heartbeat) {
+        // Only a claim or an outcome for a job no longer active needs the database.
+        let needs_store = matches!(
+            event.kind,
+            JobEventKind::Started { .. } | JobEventKind::Finished(_)
+        );
+        let known = if active.is_none() && needs_store {
             let store = &self.store;
             off_runtime(|| store.job_state(event.job_id))?.map(|state| KnownJob { state })
         } else {
@@ -509,7 +513,7 @@ impl Drop for AbortOnDrop {
 /// A message that cannot be decoded: dead-lettered, nothing decided.
 fn dead_letter(reason: String) -> Decision {
     Decision {
-        verdict: Some(Verdict::DeadLetter(reason)),
+        verdict: Verdict::DeadLetter(reason),
         ..Decision::default()
     }
 }

@@ -42,10 +42,10 @@ fn a_change_event_from_a_user_that_may_not_submit_is_dead_lettered_naming_both()
     let decision = core.decide_change(&change(pr(1), &["app"]), Some("mallory"), None, 0);
     assert_eq!(
         decision.verdict,
-        Some(Verdict::DeadLetter(
+        Verdict::DeadLetter(
             "change event from broker user \"mallory\": only pipelines-orchestrator may submit runs"
                 .into()
-        ))
+        )
     );
     assert!(decision.effects.is_empty(), "nothing was decided");
 }
@@ -55,11 +55,11 @@ fn an_accepted_event_publishes_its_jobs_and_its_redelivery_is_acked_without_a_se
     let mut core = core(&[]);
     let event = change(pr(1), &["app", "db"]);
     let first = core.decide_change(&event, None, None, 0);
-    assert_eq!(first.verdict, Some(Verdict::Ack));
+    assert_eq!(first.verdict, Verdict::Ack);
     assert_eq!(first.outcome, Some(Outcome::RunAccepted { jobs: 2 }));
     assert_eq!(first.effects.publish.len(), 2);
     let again = core.decide_change(&event, None, None, 1);
-    assert_eq!(again.verdict, Some(Verdict::Ack));
+    assert_eq!(again.verdict, Verdict::Ack);
     assert_eq!(again.outcome, Some(Outcome::EventRedelivered));
     assert!(again.effects.publish.is_empty(), "no job published twice");
 }
@@ -73,7 +73,7 @@ fn a_redelivered_event_of_a_rejected_run_the_store_knows_is_dead_lettered_again(
     let decision = core.decide_change(&change(pr(1), &["app"]), None, Some(known), 0);
     assert_eq!(
         decision.verdict,
-        Some(Verdict::DeadLetter("rejected: unknown repository".into()))
+        Verdict::DeadLetter("rejected: unknown repository".into())
     );
     assert!(
         !core.is_active_run(
@@ -102,7 +102,7 @@ fn a_claim_is_answered_on_its_reply_queue_and_a_claim_without_one_is_dead_letter
     let forged = core.decide_job_event(&started, Some("jobs.dev.apply"), None, 1);
     assert_eq!(forged.outcome, Some(Outcome::ClaimWithoutReplyQueue));
     assert!(
-        matches!(forged.verdict, Some(Verdict::DeadLetter(reason)) if reason.contains("jobs.dev.apply"))
+        matches!(forged.verdict, Verdict::DeadLetter(reason) if reason.contains("jobs.dev.apply"))
     );
 
     let granted = core.decide_job_event(&started, Some("amq.gen-w1"), None, 1);
@@ -181,13 +181,13 @@ fn a_report_for_a_job_nobody_knows_is_dead_lettered_and_a_late_one_is_acked() {
     );
     let unknown = core.decide_job_event(&report, None, None, 0);
     assert!(
-        matches!(unknown.verdict, Some(Verdict::DeadLetter(reason)) if reason.starts_with("job event for unknown run"))
+        matches!(unknown.verdict, Verdict::DeadLetter(reason) if reason.starts_with("job event for unknown run"))
     );
     let known = KnownJob {
         state: "succeeded".into(),
     };
     let late = core.decide_job_event(&report, None, Some(known), 0);
-    assert_eq!(late.verdict, Some(Verdict::Ack));
+    assert_eq!(late.verdict, Verdict::Ack);
     assert_eq!(late.outcome, Some(Outcome::LateReport));
 }
 
@@ -201,7 +201,7 @@ fn a_cancel_of_an_unknown_run_is_dead_lettered_and_of_an_active_one_cancels_its_
     };
     let unknown = core.decide_control(&order(Uuid::new_v4()), None, 0);
     assert_eq!(unknown.outcome, Some(Outcome::CancelOfUnknownRun));
-    assert!(matches!(unknown.verdict, Some(Verdict::DeadLetter(_))));
+    assert!(matches!(unknown.verdict, Verdict::DeadLetter(_)));
 
     let job = core
         .decide_change(&change(pr(1), &["app"]), None, None, 0)
