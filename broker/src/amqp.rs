@@ -20,7 +20,9 @@ use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use uuid::Uuid;
 
-use crate::topology::{self, DEAD_LETTER_EXCHANGE, ExchangeKind, STATUS_EXCHANGE, Topology};
+use crate::topology::{
+    self, DEAD_LETTER_EXCHANGE, ExchangeKind, Resolved, STATUS_EXCHANGE, Topology,
+};
 use crate::{BrokerError, BrokerTimeouts, Delivery, Headers, Outgoing, Route, Settle, redact_url};
 
 /// Marks our envelope; consumers do not depend on it, operators reading a queue do.
@@ -173,7 +175,7 @@ impl AmqpBroker {
                 .map_err(protocol("exchange.declare"))?;
         }
         for spec in topology.work_queues() {
-            let arguments = field_table(topology::work_queue_arguments(&spec.name));
+            let arguments = field_table(topology::work_queue_arguments(&spec));
             declare_and_bind(
                 &channel,
                 &spec.name,
@@ -201,9 +203,7 @@ impl AmqpBroker {
         route: Route<'_>,
         message: Outgoing<'_>,
     ) -> Result<(), BrokerError> {
-        let (exchange, routing_key, mandatory) = topology::resolve(route);
-        self.publish_raw(exchange, &routing_key, mandatory, message)
-            .await
+        self.publish_raw(&topology::resolve(route), message).await
     }
 
     /// Sends every message before waiting for any confirm: one round trip for the lot instead
@@ -214,11 +214,9 @@ impl AmqpBroker {
     ) -> Result<(), BrokerError> {
         let mut pending = Vec::with_capacity(messages.len());
         for (route, message) in messages {
-            let (exchange, routing_key, mandatory) = topology::resolve(*route);
-            let confirm = self
-                .send(exchange, &routing_key, mandatory, *message)
-                .await?;
-            pending.push((exchange, routing_key, confirm));
+            let target = topology::resolve(*route);
+            let confirm = self.send(&target, *message).await?;
+            pending.push((target.exchange, target.routing_key, confirm));
         }
         let mut first_error = None;
         let deadline = tokio::time::Instant::now() + self.inner.confirm_timeout;
@@ -237,17 +235,15 @@ impl AmqpBroker {
 
     async fn publish_raw(
         &self,
-        exchange: &str,
-        routing_key: &str,
-        mandatory: bool,
+        target: &Resolved,
         message: Outgoing<'_>,
     ) -> Result<(), BrokerError> {
-        let confirm = self.send(exchange, routing_key, mandatory, message).await?;
+        let confirm = self.send(target, message).await?;
         let confirmation = tokio::time::timeout(self.inner.confirm_timeout, confirm)
             .await
             .map_err(|_| self.confirm_timed_out())?
             .map_err(protocol("publisher confirm"))?;
-        check_confirmation(confirmation, exchange, routing_key)
+        check_confirmation(confirmation, target.exchange, &target.routing_key)
     }
 
     fn confirm_timed_out(&self) -> BrokerError {
@@ -260,13 +256,11 @@ impl AmqpBroker {
     /// Sends one message; the returned future resolves with the broker's confirm.
     async fn send(
         &self,
-        exchange: &str,
-        routing_key: &str,
-        mandatory: bool,
+        target: &Resolved,
         message: Outgoing<'_>,
     ) -> Result<lapin::PublisherConfirm, BrokerError> {
         let mut properties = BasicProperties::default()
-            .with_delivery_mode(2)
+            .with_delivery_mode(if target.persistent { 2 } else { 1 })
             .with_content_type(CONTENT_TYPE.into())
             .with_message_id(message.message_id.into())
             .with_headers(to_field_table(message.headers));
@@ -277,14 +271,14 @@ impl AmqpBroker {
             properties = properties.with_user_id(user.into());
         }
         let options = BasicPublishOptions {
-            mandatory,
+            mandatory: target.mandatory,
             ..BasicPublishOptions::default()
         };
         self.inner
             .publish_channel
             .basic_publish(
-                exchange.into(),
-                routing_key.into(),
+                target.exchange.into(),
+                target.routing_key.as_str().into(),
                 options,
                 message.body,
                 properties,
@@ -657,7 +651,7 @@ impl AmqpSettle {
         let copy = Outgoing::new(body, &message_id, &headers);
         match self
             .broker
-            .publish_raw(DEAD_LETTER_EXCHANGE, &self.queue, true, copy)
+            .publish_raw(&Resolved::dead_letter(&self.queue), copy)
             .await
         {
             Ok(()) => self.ack().await,

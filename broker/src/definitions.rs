@@ -6,9 +6,9 @@
 //! | user          | configure      | write                                        | read                                   |
 //! |---------------|----------------|----------------------------------------------|----------------------------------------|
 //! | admin         | everything     | everything                                   | everything                             |
-//! | dispatcher    | nothing        | jobs, status, dead-letter, default (replies) | changes, job events, control queues    |
+//! | dispatcher    | nothing        | jobs, status, dead-letter, default (replies) | changes, job events, claims, control   |
 //! | orchestrator  | its own queues | changes exchange, its own queues             | status exchange (one run id at a time) |
-//! | executor of A, role R | its own queues | job events, dead-letter              | `jobs.A.R`, its own queues             |
+//! | executor of A, role R | its own queues | job events (and claims), dead-letter | `jobs.A.R`, its own queues             |
 //!
 //! Each account has two executor users, `executor-A-plan` and `executor-A-apply`: a plan
 //! worker runs a pull request's code, so its login must not open the apply queue.
@@ -26,8 +26,9 @@ use sha2::{Digest, Sha256};
 use proto_types::ExecutorRole;
 
 use crate::topology::{
-    self, Argument, CHANGES_EXCHANGE, CHANGES_QUEUE, CONTROL_QUEUE, DEAD_LETTER_EXCHANGE,
-    ExchangeKind, JOB_EVENTS_EXCHANGE, JOB_EVENTS_QUEUE, JOBS_EXCHANGE, STATUS_EXCHANGE, Topology,
+    self, Argument, CHANGES_EXCHANGE, CHANGES_QUEUE, CLAIMS_QUEUE, CONTROL_QUEUE,
+    DEAD_LETTER_EXCHANGE, ExchangeKind, JOB_EVENTS_EXCHANGE, JOB_EVENTS_QUEUE, JOBS_EXCHANGE,
+    STATUS_EXCHANGE, Topology,
 };
 
 /// A component's broker identity.
@@ -105,7 +106,7 @@ impl Role {
                     DEAD_LETTER_EXCHANGE,
                     "amq.default",
                 ]),
-                names(&[CHANGES_QUEUE, JOB_EVENTS_QUEUE, CONTROL_QUEUE]),
+                names(&[CHANGES_QUEUE, JOB_EVENTS_QUEUE, CLAIMS_QUEUE, CONTROL_QUEUE]),
             ),
             Role::Orchestrator => (
                 format!("^{own}$"),
@@ -169,10 +170,7 @@ pub fn definitions(
     let binding = |source: &str, queue: &str, key: &str| json!({ "source": source, "vhost": vhost, "destination": queue, "destination_type": "queue", "routing_key": key, "arguments": {} });
     for spec in topology.work_queues() {
         let queue = |name: &str, arguments: Vec<(&'static str, Argument)>| json!({ "name": name, "vhost": vhost, "durable": true, "auto_delete": false, "arguments": arguments_json(arguments) });
-        queues.push(queue(
-            &spec.name,
-            topology::work_queue_arguments(&spec.name),
-        ));
+        queues.push(queue(&spec.name, topology::work_queue_arguments(&spec)));
         queues.push(queue(
             &spec.dead_letter_queue,
             topology::dead_letter_queue_arguments(),
@@ -184,6 +182,8 @@ pub fn definitions(
             &spec.name,
         ));
     }
+    // The quorum work queues. Not the claims queue: it is classic, where a delivery limit
+    // means nothing, and what the broker would dead-letter there has been asked again.
     let work_queues = format!(
         "^({}|jobs\\..+)$",
         [CHANGES_QUEUE, JOB_EVENTS_QUEUE, CONTROL_QUEUE]
@@ -350,6 +350,19 @@ mod tests {
             "jobs.dev.apply"
         );
         assert_eq!(doc["topic_permissions"][0]["read"], RUN_ROUTING_KEY_PATTERN);
+        let claims = doc["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == CLAIMS_QUEUE)
+            .unwrap();
+        assert_eq!(claims["arguments"]["x-queue-type"], "classic");
+        assert!(claims["durable"].as_bool().unwrap());
+        assert!(names("queues").contains(&"dead.pipelines.claims".to_owned()));
+        let (_, _, read) = Role::Dispatcher.permissions();
+        assert!(read.contains(r"pipelines\.claims"), "{read}");
+        let policy = doc["policies"][0]["pattern"].as_str().unwrap();
+        assert!(!policy.contains("claims"), "{policy}");
         assert!(
             doc["policies"][0]["definition"]
                 .get("consumer-timeout")

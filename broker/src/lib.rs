@@ -36,8 +36,11 @@ pub enum Route<'a> {
         account: &'a str,
         role: proto_types::ExecutorRole,
     },
-    /// Executors → dispatcher.
+    /// Executors → dispatcher: what happened to a job (outcomes, releases). Durable.
     JobEvents,
+    /// Executors → dispatcher: claims (`Started`, with a `reply_to`) and heartbeats. Transient:
+    /// the worker repeats them when no answer or lease renewal comes.
+    Claims,
     /// Dispatcher → followers of one run. Not mandatory: nobody may be following.
     Status { run_id: Uuid },
     /// Operators → dispatcher: cancel a run.

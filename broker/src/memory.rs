@@ -93,7 +93,12 @@ impl MemoryBroker {
         route: Route<'_>,
         message: Outgoing<'_>,
     ) -> Result<(), BrokerError> {
-        let (exchange, routing_key, mandatory) = topology::resolve(route);
+        let topology::Resolved {
+            exchange,
+            routing_key,
+            mandatory,
+            ..
+        } = topology::resolve(route);
         let stored = Stored {
             body: message.body.to_vec(),
             message_id: message.message_id.to_owned(),

@@ -7,6 +7,9 @@
 //!                       (one queue per account and role: `plan` workers run pull requests'
 //!                        plans, `apply` workers everything of a push to the deploy branch)
 //! pipelines.job-events (direct) --event-->     pipelines.job-events   (quorum) → dispatcher
+//!                      (direct) --claim-->     pipelines.claims       (classic, transient) → dispatcher
+//!                       (claims and heartbeats: requests a worker repeats on silence, so they
+//!                        need no Raft log entry; outcomes and releases stay on the quorum queue)
 //! pipelines.status     (topic)  --run.<id>-->  one private queue per follower
 //! pipelines.control    (direct) --control-->   pipelines.control      (quorum) → dispatcher
 //! pipelines.dead-letter(direct) --<queue>-->   dead.<queue>           (quorum) → operators
@@ -27,6 +30,18 @@ pub const JOBS_EXCHANGE: &str = "pipelines.jobs";
 pub const JOB_EVENTS_EXCHANGE: &str = "pipelines.job-events";
 pub const JOB_EVENTS_QUEUE: &str = "pipelines.job-events";
 const JOB_EVENTS_KEY: &str = "event";
+
+/// A worker's claims (`Started`) and heartbeats. Transient: a lost one is asked again.
+pub const CLAIMS_QUEUE: &str = "pipelines.claims";
+const CLAIMS_KEY: &str = "claim";
+/// Claims the queue holds at most; past it the broker refuses the publish (the worker asks
+/// again), so a flood from a compromised plan worker cannot grow the broker's memory.
+pub const CLAIMS_MAX_LENGTH: i64 = 10_000;
+/// And bytes at most (a claim is a few hundred; one message may be up to 16 MiB).
+pub const CLAIMS_MAX_BYTES: i64 = 64 * 1024 * 1024;
+/// A claim nobody took within this long is stale: its worker has asked again since
+/// (it waits 10 s for an answer). Expired claims are dropped, not dead-lettered.
+pub const CLAIMS_TTL_MS: i64 = 60_000;
 
 pub const STATUS_EXCHANGE: &str = "pipelines.status";
 
@@ -69,28 +84,50 @@ pub enum Argument {
     Number(i64),
 }
 
-/// The arguments every work queue is declared with: quorum, dead-lettering at least once to
-/// its own dead-letter queue, and a delivery limit.
-pub fn work_queue_arguments(queue: &str) -> Vec<(&'static str, Argument)> {
-    vec![
-        ("x-queue-type", Argument::Text("quorum")),
-        (
-            "x-dead-letter-exchange",
-            Argument::Text(DEAD_LETTER_EXCHANGE),
-        ),
-        (
-            "x-dead-letter-routing-key",
-            Argument::Owned(queue.to_owned()),
-        ),
-        // At-least-once dead-lettering: the broker keeps a message until the dead-letter queue
-        // confirms it. It requires reject-publish overflow.
-        ("x-dead-letter-strategy", Argument::Text("at-least-once")),
-        ("x-overflow", Argument::Text("reject-publish")),
-        (
-            "x-delivery-limit",
-            Argument::Number(i64::from(DELIVERY_LIMIT)),
-        ),
-    ]
+/// How a work queue keeps its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueKind {
+    /// Quorum, persistent messages, at-least-once dead-lettering and a delivery limit: for
+    /// facts that must not be lost (changes, jobs, outcomes, control orders).
+    Durable,
+    /// Classic, transient messages, bounded length and age: for requests the sender repeats
+    /// when no answer comes (claims, heartbeats). No Raft log entry, no disk write.
+    Transient,
+}
+
+/// The arguments a work queue is declared with, by its kind.
+pub fn work_queue_arguments(spec: &QueueSpec) -> Vec<(&'static str, Argument)> {
+    match spec.kind {
+        QueueKind::Durable => vec![
+            ("x-queue-type", Argument::Text("quorum")),
+            (
+                "x-dead-letter-exchange",
+                Argument::Text(DEAD_LETTER_EXCHANGE),
+            ),
+            (
+                "x-dead-letter-routing-key",
+                Argument::Owned(spec.name.clone()),
+            ),
+            // At-least-once dead-lettering: the broker keeps a message until the dead-letter
+            // queue confirms it. It requires reject-publish overflow.
+            ("x-dead-letter-strategy", Argument::Text("at-least-once")),
+            ("x-overflow", Argument::Text("reject-publish")),
+            (
+                "x-delivery-limit",
+                Argument::Number(i64::from(DELIVERY_LIMIT)),
+            ),
+        ],
+        // No dead-letter exchange: what the broker would dead-letter here (an expired or
+        // rejected claim) has been asked again by its worker. The dispatcher still copies an
+        // undecodable claim to `dead.pipelines.claims` itself, with the reason.
+        QueueKind::Transient => vec![
+            ("x-queue-type", Argument::Text("classic")),
+            ("x-max-length", Argument::Number(CLAIMS_MAX_LENGTH)),
+            ("x-max-length-bytes", Argument::Number(CLAIMS_MAX_BYTES)),
+            ("x-overflow", Argument::Text("reject-publish")),
+            ("x-message-ttl", Argument::Number(CLAIMS_TTL_MS)),
+        ],
+    }
 }
 
 /// The arguments of a dead-letter queue: quorum, nothing more.
@@ -111,13 +148,14 @@ pub struct Topology {
     pub accounts: Vec<String>,
 }
 
-/// A durable work queue bound to one exchange with one key, with its dead-letter queue.
+/// A work queue bound to one exchange with one key, with its dead-letter queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueSpec {
     pub name: String,
     pub exchange: &'static str,
     pub routing_key: String,
     pub dead_letter_queue: String,
+    pub kind: QueueKind,
 }
 
 impl Topology {
@@ -144,6 +182,7 @@ impl Topology {
             name,
             exchange,
             routing_key,
+            kind: QueueKind::Durable,
         };
         let mut queues = vec![
             spec(CHANGES_QUEUE.into(), CHANGES_EXCHANGE, CHANGES_KEY.into()),
@@ -152,6 +191,10 @@ impl Topology {
                 JOB_EVENTS_EXCHANGE,
                 JOB_EVENTS_KEY.into(),
             ),
+            QueueSpec {
+                kind: QueueKind::Transient,
+                ..spec(CLAIMS_QUEUE.into(), JOB_EVENTS_EXCHANGE, CLAIMS_KEY.into())
+            },
             spec(CONTROL_QUEUE.into(), CONTROL_EXCHANGE, CONTROL_KEY.into()),
         ];
         for account in &self.accounts {
@@ -167,16 +210,49 @@ impl Topology {
     }
 }
 
-/// The exchange and routing key of a route, and whether an unroutable publish is an error.
-pub(crate) fn resolve(route: Route<'_>) -> (&'static str, String, bool) {
-    match route {
-        Route::Changes => (CHANGES_EXCHANGE, CHANGES_KEY.into(), true),
-        Route::Jobs { account, role } => (JOBS_EXCHANGE, jobs_routing_key(account, role), true),
-        Route::JobEvents => (JOB_EVENTS_EXCHANGE, JOB_EVENTS_KEY.into(), true),
-        Route::Status { run_id } => (STATUS_EXCHANGE, status_routing_key(run_id), false),
-        Route::Control => (CONTROL_EXCHANGE, CONTROL_KEY.into(), true),
-        // The default exchange routes by queue name.
-        Route::Reply { queue } => ("", queue.into(), false),
+/// Where a route's messages go and how they are sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Resolved {
+    pub(crate) exchange: &'static str,
+    pub(crate) routing_key: String,
+    /// Whether an unroutable publish is an error.
+    pub(crate) mandatory: bool,
+    /// Whether the broker writes the message to disk (delivery mode 2).
+    pub(crate) persistent: bool,
+}
+
+impl Resolved {
+    /// A copy of a message of `queue` on its way to `dead.<queue>`.
+    pub(crate) fn dead_letter(queue: &str) -> Resolved {
+        Resolved {
+            exchange: DEAD_LETTER_EXCHANGE,
+            routing_key: queue.to_owned(),
+            mandatory: true,
+            persistent: true,
+        }
+    }
+}
+
+/// The exchange and routing key of a route, whether an unroutable publish is an error, and
+/// whether the message is persistent.
+pub(crate) fn resolve(route: Route<'_>) -> Resolved {
+    let (exchange, routing_key, mandatory, persistent) = match route {
+        Route::Changes => (CHANGES_EXCHANGE, CHANGES_KEY.into(), true, true),
+        Route::Jobs { account, role } => {
+            (JOBS_EXCHANGE, jobs_routing_key(account, role), true, true)
+        }
+        Route::JobEvents => (JOB_EVENTS_EXCHANGE, JOB_EVENTS_KEY.into(), true, true),
+        Route::Claims => (JOB_EVENTS_EXCHANGE, CLAIMS_KEY.into(), true, false),
+        Route::Status { run_id } => (STATUS_EXCHANGE, status_routing_key(run_id), false, true),
+        Route::Control => (CONTROL_EXCHANGE, CONTROL_KEY.into(), true, true),
+        // The default exchange routes by queue name. Reply queues are transient anyway.
+        Route::Reply { queue } => ("", queue.into(), false, false),
+    };
+    Resolved {
+        exchange,
+        routing_key,
+        mandatory,
+        persistent,
     }
 }
 
@@ -211,6 +287,7 @@ mod tests {
             [
                 "pipelines.changes",
                 "pipelines.job-events",
+                "pipelines.claims",
                 "pipelines.control",
                 "jobs.dev.plan",
                 "jobs.dev.apply",
@@ -220,7 +297,36 @@ mod tests {
         );
         for queue in topology.work_queues() {
             assert_eq!(queue.dead_letter_queue, format!("dead.{}", queue.name));
+            let expected = if queue.name == CLAIMS_QUEUE {
+                QueueKind::Transient
+            } else {
+                QueueKind::Durable
+            };
+            assert_eq!(queue.kind, expected, "{}", queue.name);
         }
+    }
+
+    #[test]
+    fn claims_share_the_job_events_exchange_but_are_transient_and_bounded() {
+        let events = resolve(Route::JobEvents);
+        let claims = resolve(Route::Claims);
+        assert_eq!(events.exchange, claims.exchange);
+        assert_ne!(events.routing_key, claims.routing_key);
+        assert!(events.persistent && !claims.persistent);
+        assert!(claims.mandatory, "a claim nobody can receive is an error");
+        let spec = Topology::default()
+            .work_queues()
+            .into_iter()
+            .find(|q| q.name == CLAIMS_QUEUE)
+            .unwrap();
+        let arguments = work_queue_arguments(&spec);
+        assert!(arguments.contains(&("x-queue-type", Argument::Text("classic"))));
+        assert!(arguments.contains(&("x-overflow", Argument::Text("reject-publish"))));
+        assert!(arguments.contains(&("x-max-length", Argument::Number(CLAIMS_MAX_LENGTH))));
+        assert!(
+            !arguments.iter().any(|(key, _)| *key == "x-delivery-limit"),
+            "classic queues refuse quorum-only arguments"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use broker::topology::{CHANGES_QUEUE, CONTROL_QUEUE, JOB_EVENTS_QUEUE};
+use broker::topology::{CHANGES_QUEUE, CLAIMS_QUEUE, CONTROL_QUEUE, JOB_EVENTS_QUEUE};
 use broker::{Broker, BrokerError, Consumer, Delivery, Headers, Outgoing, Route, Topology};
 use config::Config;
 use futures_lite::future::poll_once;
@@ -56,29 +56,37 @@ impl DispatchError {
     }
 }
 
-/// The dispatcher's queues, in the order a batch drains them.
+/// The dispatcher's queues, in the order a batch drains them: outcomes and releases before
+/// claims, so that a unit freed in a batch can be granted in the same batch.
 #[derive(Debug, Clone, Copy)]
 enum Source {
     JobEvents,
+    Claims,
     Changes,
     Control,
 }
 
 impl Source {
-    const ALL: [Source; 3] = [Source::JobEvents, Source::Changes, Source::Control];
+    const ALL: [Source; 4] = [
+        Source::JobEvents,
+        Source::Claims,
+        Source::Changes,
+        Source::Control,
+    ];
 
     fn queue(self) -> &'static str {
         match self {
             Source::JobEvents => JOB_EVENTS_QUEUE,
+            Source::Claims => CLAIMS_QUEUE,
             Source::Changes => CHANGES_QUEUE,
             Source::Control => CONTROL_QUEUE,
         }
     }
 
-    /// Unacked deliveries at most: job events come in bursts, the others rarely.
+    /// Unacked deliveries at most: job events and claims come in bursts, the others rarely.
     fn prefetch(self) -> u16 {
         match self {
-            Source::JobEvents => 512,
+            Source::JobEvents | Source::Claims => 512,
             Source::Changes => 64,
             Source::Control => 16,
         }
@@ -149,6 +157,7 @@ impl Dispatcher {
         let consume = |source: Source| self.broker.consume(source.queue(), source.prefetch());
         let mut consumers = [
             consume(Source::JobEvents).await?,
+            consume(Source::Claims).await?,
             consume(Source::Changes).await?,
             consume(Source::Control).await?,
         ];
@@ -235,7 +244,7 @@ impl Dispatcher {
         for Incoming { source, delivery } in batch {
             let decision = match source {
                 Source::Changes => self.on_change_event(&delivery, now)?,
-                Source::JobEvents => self.on_job_event(&delivery, now)?,
+                Source::JobEvents | Source::Claims => self.on_job_event(&delivery, now)?,
                 Source::Control => self.on_control(&delivery, now)?,
             };
             effects.merge(decision.effects);
@@ -593,7 +602,7 @@ fn finished(run: &Run, state: &RunState, now: u64) {
 }
 
 /// The next delivery from any of the consumers, job events first.
-async fn next(consumers: &mut [Consumer; 3]) -> Result<Incoming, DispatchError> {
+async fn next(consumers: &mut [Consumer; 4]) -> Result<Incoming, DispatchError> {
     let wrap = |source: Source, delivery: Option<Result<Delivery, BrokerError>>| match delivery {
         Some(delivery) => Ok(Incoming {
             source,
@@ -601,10 +610,11 @@ async fn next(consumers: &mut [Consumer; 3]) -> Result<Incoming, DispatchError> 
         }),
         None => Err(DispatchError::ConsumerClosed(source.queue())),
     };
-    let [events, changes, control] = consumers;
+    let [events, claims, changes, control] = consumers;
     tokio::select! {
         biased;
         delivery = events.next() => wrap(Source::JobEvents, delivery),
+        delivery = claims.next() => wrap(Source::Claims, delivery),
         delivery = changes.next() => wrap(Source::Changes, delivery),
         delivery = control.next() => wrap(Source::Control, delivery),
     }

@@ -429,6 +429,7 @@ async fn publish_with(
     reply_to: Option<&str>,
     headers: &Headers,
 ) -> Result<(), BrokerError> {
+    let route = route_of(&kind);
     let event = JobEvent {
         job_id: job.job_id,
         run_id: job.run_id,
@@ -442,5 +443,15 @@ async fn publish_with(
         reply_to,
         ..Outgoing::new(&body, &id, headers)
     };
-    broker.publish(Route::JobEvents, message).await
+    broker.publish(route, message).await
+}
+
+/// Claims and heartbeats are requests this worker repeats when nothing comes back (a claim
+/// after [`CLAIM_ANSWER_TIMEOUT`], a heartbeat at the next tick), so they take the transient
+/// claims queue. What happened to a job (its outcome, a release) must not be lost: durable.
+fn route_of(kind: &JobEventKind) -> Route<'static> {
+    match kind {
+        JobEventKind::Started { .. } | JobEventKind::Heartbeat => Route::Claims,
+        JobEventKind::Finished(_) | JobEventKind::Released { .. } => Route::JobEvents,
+    }
 }

@@ -92,6 +92,16 @@ async fn work_queues_are_durable_quorum_queues_with_dead_letter_queues() {
             .unwrap_or_else(|| panic!("{queue} missing: {listing}"));
         assert!(line.contains("quorum") && line.contains("true"), "{line}");
     }
+    // The one exception: claims and heartbeats, which their senders repeat, live in a durable
+    // classic queue as transient messages.
+    let claims = listing
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("pipelines.claims"))
+        .unwrap_or_else(|| panic!("pipelines.claims missing: {listing}"));
+    assert!(
+        claims.contains("classic") && claims.contains("true"),
+        "{claims}"
+    );
     // Declaring twice is harmless: every component declares at start-up.
     broker
         .declare_topology(&Topology::new(["dev".to_owned()]))
@@ -572,4 +582,37 @@ async fn a_listener_that_never_speaks_amqp_fails_the_connect_at_its_deadline() {
         other => panic!("expected a connect timeout, got {other:?}"),
     }
     drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_claims_is_refused_once_the_claims_queue_is_full_and_nothing_queued_is_lost() {
+    use broker::topology::{CLAIMS_MAX_LENGTH, CLAIMS_QUEUE};
+    let vhost = rabbit::vhost();
+    let broker = connect(&vhost).await;
+    let headers = Headers::new();
+    let body = b"claim";
+    let limit = usize::try_from(CLAIMS_MAX_LENGTH).unwrap();
+    for chunk in 0..limit / 1000 {
+        let ids: Vec<String> = (0..1000).map(|i| format!("{chunk}-{i}")).collect();
+        let messages: Vec<_> = ids
+            .iter()
+            .map(|id| (Route::Claims, Outgoing::new(body, id, &headers)))
+            .collect();
+        broker
+            .publish_all(&messages)
+            .await
+            .expect("below the bound");
+    }
+    let refused = publish(&broker, Route::Claims, body, "one-too-many").await;
+    assert!(
+        matches!(refused, Err(BrokerError::NotConfirmed { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(counts(&vhost, CLAIMS_QUEUE), (CLAIMS_MAX_LENGTH as u64, 0));
+    // The first claim is still the first: the bound refuses new ones, it drops none.
+    let mut claims = broker.consume(CLAIMS_QUEUE, 1).await.unwrap();
+    let first = next(&mut claims).await;
+    assert_eq!(first.message_id.as_deref(), Some("0-0"));
+    first.ack().await.unwrap();
+    broker.close().await;
 }

@@ -176,11 +176,20 @@ fn a_dispatcher_killed_mid_run_takes_it_up_again_and_applies_each_unit_once_in_o
             units.log.text().contains(milestone).then_some(())
         });
         deployment.kill_dispatcher();
-        // Workers go on without it: their reports and claims pile up in the queue.
-        poll_until(DEADLINE, "job events to wait in the queue", || {
-            let depths: BTreeMap<String, u64> = rabbit::queue_depths(&vhost).into_iter().collect();
-            (depths.get("pipelines.job-events").copied().unwrap_or(0) > 0).then_some(())
-        });
+        // Workers go on without it: their reports and claims pile up in the queues.
+        poll_until(
+            DEADLINE,
+            "job events or claims to wait in the queues",
+            || {
+                let depths: BTreeMap<String, u64> =
+                    rabbit::queue_depths(&vhost).into_iter().collect();
+                let waiting = ["pipelines.job-events", "pipelines.claims"]
+                    .iter()
+                    .map(|queue| depths.get(*queue).copied().unwrap_or(0))
+                    .sum::<u64>();
+                (waiting > 0).then_some(())
+            },
+        );
         deployment.start_dispatcher();
     }
     let run = waiter.join().unwrap();

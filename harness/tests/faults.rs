@@ -171,6 +171,7 @@ fn a_poison_message_on_every_queue_is_dead_lettered_and_the_run_goes_on() {
         units.log.text().contains("start ").then_some(())
     });
     poison(Route::JobEvents, &[0xff; 64]);
+    poison(Route::Claims, &[0xfe; 64]);
     poison(
         Route::Jobs {
             account: "prod",
@@ -191,6 +192,7 @@ fn a_poison_message_on_every_queue_is_dead_lettered_and_the_run_goes_on() {
         "pipelines.changes",
         "jobs.dev.apply",
         "pipelines.job-events",
+        "pipelines.claims",
         "jobs.prod.apply",
         "pipelines.control",
     ] {

@@ -277,6 +277,7 @@ fn malformed_oversized_and_wrong_version_messages_are_dead_lettered_and_consumer
             )
             .unwrap();
         world.publish(&admin, Route::JobEvents, body, None).unwrap();
+        world.publish(&admin, Route::Claims, body, None).unwrap();
     }
     // The consumers went on: a real run after the bad messages goes through.
     let status = world.run();
@@ -297,6 +298,7 @@ fn malformed_oversized_and_wrong_version_messages_are_dead_lettered_and_consumer
         "pipelines.changes",
         "jobs.dev.apply",
         "pipelines.job-events",
+        "pipelines.claims",
     ] {
         let dead: BTreeMap<usize, String> = world
             .dead_letters(queue, 3)
