@@ -11,6 +11,7 @@ mod dispatcher;
 mod duration;
 mod executor;
 mod github;
+mod policies;
 mod repositories;
 mod timeouts;
 mod triggers;
@@ -29,6 +30,7 @@ pub use crate::dispatcher::{DispatcherSettings, RetryPolicy};
 pub use crate::duration::parse_duration;
 pub use crate::executor::{DEFAULT_PASS_ENV, ExecutorSettings, ToolUser};
 pub use crate::github::GitHub;
+pub use crate::policies::{PolicyMode, PolicySet, PolicySettings, RegoSyntax};
 pub use crate::repositories::Repository;
 pub use crate::timeouts::Timeouts;
 pub use crate::triggers::{Trigger, Triggers, UnitTrigger};
@@ -69,6 +71,12 @@ pub struct Config {
     /// STS.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Rego policy sets the executors evaluate against every plan they make.
+    #[serde(default)]
+    pub policies: Vec<PolicySet>,
+    /// Limits of every policy evaluation.
+    #[serde(default)]
+    pub policy: PolicySettings,
 }
 
 /// Secrets never reach a log through `{:?}`: URLs lose their passwords, tokens their values.
@@ -86,6 +94,8 @@ impl std::fmt::Debug for Config {
             .field("credentials", &self.credentials)
             .field("github", &self.github)
             .field("timeouts", &self.timeouts)
+            .field("policies", &self.policies)
+            .field("policy", &self.policy)
             .finish()
     }
 }
@@ -123,7 +133,7 @@ impl Config {
             let key = key.as_str().to_ascii_lowercase();
             key == "broker_url"
                 || key == "broker_password_file"
-                || ["executor", "dispatcher", "github", "timeouts"]
+                || ["executor", "dispatcher", "github", "timeouts", "policy"]
                     .iter()
                     .any(|section| {
                         key.starts_with(&format!("{section}."))
@@ -184,6 +194,8 @@ impl Config {
             credentials: Vec::new(),
             github: None,
             timeouts: Timeouts::default(),
+            policies: Vec::new(),
+            policy: PolicySettings::default(),
         }
     }
 
@@ -273,6 +285,7 @@ impl Config {
         self.validate_github()?;
         timeouts::validate(&self.timeouts)?;
         dispatcher::validate_retry(&self.retry)?;
+        policies::validate(&self.policies, &self.policy)?;
         triggers::validate(&self.triggers)
     }
 }

@@ -26,6 +26,7 @@ mod credentials;
 mod job;
 mod metrics;
 mod output;
+pub mod policy;
 mod runner;
 pub mod supervisor;
 mod work;

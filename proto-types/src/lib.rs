@@ -22,7 +22,8 @@ pub use codec::{DecodeError, FORMAT_V1, MAX_MESSAGE_BYTES, Message, Payload, dec
 pub use messages::{
     Action, CancelJob, CancelRun, Change, ChangeEvent, ChangeKind, ClaimReply, ClaimVerdict,
     DependencyEdge, EventKind, ExecutorRole, Job, JobEvent, JobEventKind, JobOutcome, JobStatus,
-    ResourceCounts, RunState, RunStatus, Trigger, UnitState, UnitStatus,
+    PolicyReport, PolicySetResult, ResourceCounts, RunState, RunStatus, Trigger, UnitState,
+    UnitStatus,
 };
 pub use report::{
     DetectionReport, JobPhase, JobSummary, RunDetail, RunPhase, RunSummary, run_status_json,

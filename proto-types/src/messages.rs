@@ -320,6 +320,45 @@ pub struct JobOutcome {
     pub log: Option<String>,
 }
 
+/// What the admin's policy sets said about one plan.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyReport {
+    pub sets: Vec<PolicySetResult>,
+}
+
+impl PolicyReport {
+    /// Whether the plan must not go on: a set in deny mode denied it, or any set failed to
+    /// load or to evaluate (fail closed: a check that did not run is not a pass).
+    pub fn blocks(&self) -> bool {
+        self.sets.iter().any(PolicySetResult::blocks)
+    }
+
+    /// Rules evaluated, over every set.
+    pub fn rules(&self) -> u32 {
+        self.sets.iter().map(|set| set.rules).sum()
+    }
+}
+
+/// One policy set's verdict on one plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySetResult {
+    pub name: String,
+    /// `true`: its `deny` results fail the job; `false` (warn mode): they are warnings.
+    pub enforced: bool,
+    /// `deny` and `warn` rules the set declares (one per name per file) that were evaluated.
+    pub rules: u32,
+    pub denies: Vec<String>,
+    pub warnings: Vec<String>,
+    /// Why the set could not give a verdict (a load or evaluation error, with file and line).
+    pub error: Option<String>,
+}
+
+impl PolicySetResult {
+    pub fn blocks(&self) -> bool {
+        self.error.is_some() || (self.enforced && !self.denies.is_empty())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum JobStatus {
