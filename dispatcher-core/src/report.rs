@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use proto_types::{EventKind, JobPhase, JobSummary, RunDetail, RunPhase};
+use proto_types::{EventKind, JobPhase, JobSummary, PolicyReport, RunDetail, RunPhase};
 use uuid::Uuid;
 
 /// GitHub's limit on a comment body, in characters.
@@ -75,6 +75,124 @@ pub fn commit_status(detail: &RunDetail, context: &str) -> CommitStatus {
         state,
         description: shorten(&description, 140),
     }
+}
+
+/// `<context>/policy`: failure when a plan of the run was denied (or its policies could not
+/// run), success when every policy-checked plan passed; `None` while no plan was checked.
+pub fn policy_status(detail: &RunDetail, context: &str) -> Option<CommitStatus> {
+    let reports: Vec<(&JobSummary, &PolicyReport)> = detail
+        .jobs
+        .iter()
+        .filter_map(|job| job.policy.as_ref().map(|report| (job, report)))
+        .collect();
+    if reports.is_empty() {
+        return None;
+    }
+    let rules: u32 = reports.iter().map(|(_, report)| report.rules()).sum();
+    let blocked: Vec<&str> = reports
+        .iter()
+        .filter(|(_, report)| report.blocks())
+        .map(|(job, _)| job.unit.as_str())
+        .collect();
+    let (state, description) = if blocked.is_empty() {
+        (
+            if detail.run.state == RunPhase::Running {
+                "pending"
+            } else {
+                "success"
+            },
+            format!(
+                "{} plan(s) passed {rules} rule evaluation(s)",
+                reports.len()
+            ),
+        )
+    } else {
+        ("failure", format!("denied: {}", blocked.join(", ")))
+    };
+    Some(CommitStatus {
+        context: format!("{context}/policy"),
+        state,
+        description: shorten(&description, 140),
+    })
+}
+
+/// One job's policy verdict in a few words: `denied (1)`, `passed, 2 warnings`, `error`.
+pub fn policy_cell(report: &PolicyReport) -> String {
+    let denies: usize = report
+        .sets
+        .iter()
+        .filter(|set| set.enforced)
+        .map(|set| set.denies.len())
+        .sum();
+    let warnings: usize = report
+        .sets
+        .iter()
+        .map(|set| set.warnings.len() + if set.enforced { 0 } else { set.denies.len() })
+        .sum();
+    let verdict = if report.sets.iter().any(|set| set.error.is_some()) {
+        "error".to_owned()
+    } else if denies > 0 {
+        format!("denied ({denies})")
+    } else {
+        "passed".to_owned()
+    };
+    let warnings = match warnings {
+        0 => String::new(),
+        1 => ", 1 warning".to_owned(),
+        n => format!(", {n} warnings"),
+    };
+    format!("{verdict}{warnings} · {} rule(s)", report.rules())
+}
+
+/// Every policy message of the run, under its unit, for the comment.
+fn policy_messages(detail: &RunDetail) -> String {
+    let mut out = String::new();
+    for job in &detail.jobs {
+        let Some(report) = &job.policy else { continue };
+        let mut lines = Vec::new();
+        for set in &report.sets {
+            if let Some(error) = &set.error {
+                lines.push(format!(
+                    "- ⛔ **{}** could not run: {}",
+                    cell(&set.name),
+                    cell(&shorten(error, 300))
+                ));
+            }
+            for message in &set.denies {
+                let mark = if set.enforced {
+                    "❌ deny"
+                } else {
+                    "⚠️ warn (deny rule, warn mode)"
+                };
+                lines.push(format!(
+                    "- {mark} **{}**: {}",
+                    cell(&set.name),
+                    cell(&shorten(message, 300))
+                ));
+            }
+            for message in &set.warnings {
+                lines.push(format!(
+                    "- ⚠️ warn **{}**: {}",
+                    cell(&set.name),
+                    cell(&shorten(message, 300))
+                ));
+            }
+        }
+        if !lines.is_empty() {
+            let _ = writeln!(
+                out,
+                "**Policy: `{}`**
+{}
+",
+                cell(&job.unit),
+                lines.join(
+                    "
+"
+                )
+            );
+        }
+    }
+    out
 }
 
 fn run_icon(state: RunPhase) -> &'static str {
@@ -248,7 +366,7 @@ fn summary(marker: &str, title: &str, detail: &RunDetail, links: &Links) -> Stri
         out.push_str("No units to plan or apply.\n");
         return out;
     }
-    out.push_str("| Unit | Action | Status | + | ~ | − | Duration | Worker | Account |\n|---|---|---|--:|--:|--:|--:|---|---|\n");
+    out.push_str("| Unit | Action | Status | + | ~ | − | Policy | Duration | Worker | Account |\n|---|---|---|--:|--:|--:|---|--:|---|---|\n");
     // Keep the table under half the limit; the rest is for outputs.
     let table_room = MAX_COMMENT_CHARS / 2;
     let start = out.chars().count();
@@ -257,7 +375,7 @@ fn summary(marker: &str, title: &str, detail: &RunDetail, links: &Links) -> Stri
         if out.chars().count() - start + row.chars().count() > table_room {
             let _ = writeln!(
                 out,
-                "| … | | {} more unit(s) | | | | | | |",
+                "| … | | {} more unit(s) | | | | | | | |",
                 detail.jobs.len() - i
             );
             break;
@@ -265,6 +383,12 @@ fn summary(marker: &str, title: &str, detail: &RunDetail, links: &Links) -> Stri
         out.push_str(&row);
     }
     out.push('\n');
+    let messages = policy_messages(detail);
+    if !messages.is_empty() {
+        // Bounded like the table: messages are capped per set by the worker, and here.
+        out.push_str(&shorten(&messages, MAX_COMMENT_CHARS / 4));
+        out.push('\n');
+    }
     out
 }
 
@@ -292,8 +416,9 @@ fn table_row(job: &JobSummary) -> String {
                     c.destroy.to_string(),
                 )
             });
+    let policy = job.policy.as_ref().map(policy_cell).unwrap_or_default();
     format!(
-        "| `{}` | {} | {status}{attempt} | {add} | {change} | {destroy} | {} | {} | {} |\n",
+        "| `{}` | {} | {status}{attempt} | {add} | {change} | {destroy} | {policy} | {} | {} | {} |\n",
         cell(&job.unit),
         job.action,
         job.duration_ms
@@ -467,6 +592,7 @@ mod tests {
             }),
             started_ms: None,
             finished_ms: None,
+            policy: None,
         }
     }
 
@@ -515,7 +641,7 @@ mod tests {
             body.contains("[`0123456789ab`](https://github.com/acme/infra/commit/0123)"),
             "{body}"
         );
-        assert!(body.contains("| `prod/region-0/service-000` | plan | ✅ succeeded | 1 | 2 | 0 | 12.3s | prod-worker-1 | prod |"), "{body}");
+        assert!(body.contains("| `prod/region-0/service-000` | plan | ✅ succeeded | 1 | 2 | 0 |  | 12.3s | prod-worker-1 | prod |"), "{body}");
         assert!(body.contains("⏭️ skipped: prod/net plan failed"), "{body}");
         assert!(body.contains("<details><summary><code>prod/region-0/service-000</code> plan: ✅ succeeded (+1 ~2 -0)</summary>"), "{body}");
         assert!(body.contains("$ terraform plan -input=false"), "{body}");
@@ -630,5 +756,102 @@ mod tests {
         );
         run.run.state = RunPhase::Succeeded;
         assert_eq!(commit_status(&run, "ci").description, "2 unit(s) applied");
+    }
+
+    fn denied_report() -> PolicyReport {
+        PolicyReport {
+            sets: vec![
+                proto_types::PolicySetResult {
+                    name: "security".into(),
+                    enforced: true,
+                    rules: 2,
+                    denies: vec!["terraform_data.bucket: not allowed | here".into()],
+                    warnings: vec!["touches prod".into()],
+                    error: None,
+                },
+                proto_types::PolicySetResult {
+                    name: "trial".into(),
+                    enforced: false,
+                    rules: 1,
+                    denies: vec!["would be denied".into()],
+                    warnings: Vec::new(),
+                    error: None,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn policy_verdicts_show_in_the_table_under_the_unit_and_as_a_commit_status() {
+        let mut jobs = vec![job(0, "failed"), job(1, "succeeded"), job(2, "succeeded")];
+        jobs[0].policy = Some(denied_report());
+        jobs[1].policy = Some(PolicyReport {
+            sets: vec![proto_types::PolicySetResult {
+                name: "security".into(),
+                enforced: true,
+                rules: 2,
+                denies: Vec::new(),
+                warnings: Vec::new(),
+                error: None,
+            }],
+        });
+        let detail = detail(jobs, "failed");
+        let body = pull_request_comment(&detail, &BTreeMap::new(), &Links::default());
+        assert!(
+            body.contains("| denied (1), 2 warnings · 3 rule(s) |"),
+            "{body}"
+        );
+        assert!(body.contains("| passed · 2 rule(s) |"), "{body}");
+        assert!(
+            body.contains("**Policy: `prod/region-0/service-000`**"),
+            "{body}"
+        );
+        assert!(
+            body.contains("- ❌ deny **security**: terraform_data.bucket: not allowed \\| here"),
+            "{body}"
+        );
+        assert!(
+            body.contains("- ⚠️ warn (deny rule, warn mode) **trial**: would be denied"),
+            "{body}"
+        );
+        assert!(
+            body.contains("- ⚠️ warn **security**: touches prod"),
+            "{body}"
+        );
+
+        let status = policy_status(&detail, "pipelines").unwrap();
+        assert_eq!(status.context, "pipelines/policy");
+        assert_eq!(status.state, "failure");
+        assert_eq!(status.description, "denied: prod/region-0/service-000");
+
+        let mut passing = detail.clone();
+        passing.jobs[0].policy = passing.jobs[1].policy.clone();
+        passing.run.state = RunPhase::Succeeded;
+        assert_eq!(
+            policy_status(&passing, "pipelines").unwrap().state,
+            "success"
+        );
+        let mut unchecked = detail;
+        for job in &mut unchecked.jobs {
+            job.policy = None;
+        }
+        assert!(policy_status(&unchecked, "pipelines").is_none());
+    }
+
+    #[test]
+    fn a_policy_that_could_not_run_is_an_error_never_a_pass() {
+        let mut report = denied_report();
+        report.sets[0].denies.clear();
+        report.sets[0].error = Some("policies/a.rego:3: unexpected token".into());
+        assert!(policy_cell(&report).starts_with("error"));
+        let mut jobs = vec![job(0, "failed")];
+        jobs[0].policy = Some(report);
+        let detail = detail(jobs, "failed");
+        assert_eq!(policy_status(&detail, "p").unwrap().state, "failure");
+        let body = pull_request_comment(&detail, &BTreeMap::new(), &Links::default());
+        assert!(
+            body.contains("- ⛔ **security** could not run: policies/a.rego:3: unexpected token"),
+            "{body}"
+        );
     }
 }

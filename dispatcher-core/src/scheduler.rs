@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use proto_types::{
     Action, CancelJob, ChangeEvent, ClaimVerdict, EventKind, ExecutorRole, Job, JobOutcome,
-    JobStatus, ResourceCounts, RunState, RunStatus, Trigger, UnitState, UnitStatus,
+    JobStatus, PolicyReport, ResourceCounts, RunState, RunStatus, Trigger, UnitState, UnitStatus,
 };
 use regex::Regex;
 use uuid::Uuid;
@@ -93,6 +93,8 @@ pub struct RunJob {
     pub lease: Option<Lease>,
     pub exit_code: Option<i32>,
     pub resource_changes: Option<ResourceCounts>,
+    /// The policy sets' verdict on its plan, when any governs the unit.
+    pub policy: Option<PolicyReport>,
     pub duration_ms: Option<u64>,
     pub worker: Option<String>,
     pub output_tail: Option<String>,
@@ -431,6 +433,7 @@ impl Scheduler {
                 lease: None,
                 exit_code: None,
                 resource_changes: None,
+                policy: None,
                 duration_ms: None,
                 worker: None,
                 output_tail: None,
@@ -929,7 +932,10 @@ impl Scheduler {
         };
         let max_attempts = self.settings.max_attempts;
         let backoff_ms = self.settings.backoff_ms;
+        // A policy's verdict is the same on every attempt: never retried.
+        let denied = outcome.policy.as_ref().is_some_and(PolicyReport::blocks);
         let retryable = outcome.status == JobStatus::Failed
+            && !denied
             && self
                 .settings
                 .retry_patterns
@@ -943,6 +949,7 @@ impl Scheduler {
         };
         job.exit_code = outcome.exit_code;
         job.resource_changes = outcome.resource_changes;
+        job.policy = outcome.policy.clone();
         job.duration_ms = Some(outcome.duration_ms);
         job.worker = Some(worker.to_owned());
         job.log = outcome.log.clone();

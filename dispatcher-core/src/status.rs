@@ -110,7 +110,8 @@ pub fn render_run(detail: &RunDetail, now: u64) -> String {
     }
     let mut rows = vec![
         [
-            "UNIT", "ACCOUNT", "ACTION", "STATE", "ATTEMPT", "WORKER", "DURATION", "REASON",
+            "UNIT", "ACCOUNT", "ACTION", "STATE", "ATTEMPT", "WORKER", "DURATION", "POLICY",
+            "REASON",
         ]
         .map(str::to_owned)
         .to_vec(),
@@ -129,6 +130,9 @@ pub fn render_run(detail: &RunDetail, now: u64) -> String {
             job.attempt.to_string(),
             job.worker.clone().unwrap_or_else(|| "-".into()),
             job.duration_ms.map_or_else(|| "-".into(), duration),
+            job.policy
+                .as_ref()
+                .map_or_else(|| "-".into(), crate::report::policy_cell),
             why.to_owned(),
         ]);
     }
@@ -296,6 +300,7 @@ mod tests {
             resource_changes: None,
             started_ms: None,
             finished_ms: None,
+            policy: None,
         };
         let detail = RunDetail {
             run: summary(),
@@ -312,7 +317,7 @@ mod tests {
         };
         let text = render_run(&detail, 0);
         assert!(text.starts_with("Run 00000000-0000-0000-0000-000000000000 (infra, pull-request #7, head 0123456789ab): failed: 1 of 2 jobs failed, 0 skipped, 1m00s."), "{text}");
-        assert!(text.contains("net   dev      apply   failed   1        -       1.5s      exit code 1: Error: boom"), "{text}");
+        assert!(text.contains("net   dev      apply   failed   1        -       1.5s      -       exit code 1: Error: boom"), "{text}");
         assert!(text.contains("net apply failed"), "{text}");
         assert!(text.contains("waiting for run X to finish db"), "{text}");
     }

@@ -100,5 +100,6 @@ pub fn outcome(status: JobStatus, output: &str) -> JobOutcome {
         output: output.into(),
         duration_ms: 1_234,
         log: Some("w1:/var/log/pipelines/job.log".into()),
+        policy: None,
     }
 }

@@ -286,6 +286,16 @@ impl Task {
                 links.details.as_deref(),
             )
             .await?;
+        if let Some(policy) = report::policy_status(detail, &settings.status_context) {
+            self.github
+                .set_status(
+                    &repo,
+                    &detail.run.head_sha,
+                    &policy,
+                    links.details.as_deref(),
+                )
+                .await?;
+        }
         if let Some(number) = detail.run.pull_request {
             let body = report::pull_request_comment(detail, outputs, &links);
             self.upsert_comment(&repo, number, &body).await?;

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use proto_types::{
-    Action, EventKind, ExecutorRole, Job, JobPhase, JobSummary, Payload, ResourceCounts, RunDetail,
-    RunPhase, RunSummary, UnitState,
+    Action, EventKind, ExecutorRole, Job, JobPhase, JobSummary, Payload, PolicyReport,
+    ResourceCounts, RunDetail, RunPhase, RunSummary, UnitState,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use uuid::Uuid;
@@ -28,10 +28,12 @@ pub const DATABASE_FILE: &str = "dispatcher.sqlite3";
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Step `i` takes a database at schema version `i` to version `i + 1`.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     SCHEMA,
     // When a final run's report reached GitHub: a restarted reporter sends the others.
     "ALTER TABLE runs ADD COLUMN reported_ms INTEGER;",
+    // The policy sets' verdict on a job's plan (JSON of `PolicyReport`).
+    "ALTER TABLE jobs ADD COLUMN policy TEXT;",
 ];
 
 const SCHEMA: &str = "
@@ -345,9 +347,10 @@ impl Store {
                          source_commit, timeout_secs, requires, attempt, state, reason, note,
                          not_before_ms, lease_worker, lease_until, exit_code, res_add, res_change,
                          res_destroy, duration_ms, worker, output_tail, started_ms, finished_ms,
-                         lease_reply_to, cancel_requested, log)
+                         lease_reply_to, cancel_requested, log, policy)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                         ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)
+                         ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29,
+                         ?30)
                      ON CONFLICT (job_id) DO UPDATE SET attempt = excluded.attempt,
                          state = excluded.state, reason = excluded.reason, note = excluded.note,
                          not_before_ms = excluded.not_before_ms,
@@ -358,7 +361,8 @@ impl Store {
                          output_tail = excluded.output_tail, started_ms = excluded.started_ms,
                          finished_ms = excluded.finished_ms,
                          lease_reply_to = excluded.lease_reply_to,
-                         cancel_requested = excluded.cancel_requested, log = excluded.log",
+                         cancel_requested = excluded.cancel_requested, log = excluded.log,
+                         policy = excluded.policy",
                 )
                 .map_err(sqlite("prepare job upsert"))?;
             for (run, job) in jobs {
@@ -402,6 +406,7 @@ impl Store {
                             .and_then(|lease| lease.reply_to.as_deref()),
                         job.cancel_requested,
                         job.log,
+                        job.policy.as_ref().map(policy_json),
                     ])
                     .map_err(sqlite("write job"))?;
             }
@@ -619,7 +624,7 @@ impl Store {
                      requires, attempt, state, reason, note, not_before_ms, lease_worker,
                      lease_until, exit_code, res_add, res_change, res_destroy, duration_ms,
                      worker, output_tail, started_ms, finished_ms, lease_reply_to,
-                     cancel_requested, log
+                     cancel_requested, log, policy
                  FROM jobs WHERE run_id = ?1 ORDER BY idx",
             )
             .map_err(sqlite("prepare job read"))?;
@@ -806,7 +811,7 @@ impl Store {
             .prepare_cached(
                 "SELECT job_id, unit, account, action, state, reason, note, attempt, worker,
                      exit_code, duration_ms, started_ms, output_tail, log, res_add, res_change,
-                     res_destroy, finished_ms
+                     res_destroy, finished_ms, policy
                  FROM jobs WHERE run_id = ?1 ORDER BY idx",
             )
             .map_err(sqlite("prepare job list"))?;
@@ -858,6 +863,7 @@ impl Store {
                 resource_changes: resource_counts(get(row, 14)?, get(row, 15)?, get(row, 16)?),
                 started_ms: started.map(|ms| ms as u64),
                 finished_ms: get::<Option<i64>>(row, 17)?.map(|ms| ms as u64),
+                policy: policy_from(get(row, 18)?)?,
             });
         }
         Ok(RunDetail { run, jobs })
@@ -1007,7 +1013,22 @@ fn job_from_row(
         finished_ms: millis(get(row, 23)?),
         cancel_requested: get(row, 25)?,
         log: get(row, 26)?,
+        policy: policy_from(get(row, 27)?)?,
     })
+}
+
+fn policy_json(report: &PolicyReport) -> String {
+    serde_json::to_string(report).unwrap_or_default()
+}
+
+fn policy_from(json: Option<String>) -> Result<Option<PolicyReport>, StoreError> {
+    json.map(|json| {
+        serde_json::from_str(&json).map_err(|_| StoreError::Corrupt {
+            what: "policy report",
+            value: json.clone(),
+        })
+    })
+    .transpose()
 }
 
 fn resource_counts(

@@ -254,6 +254,7 @@ impl Worker<'_> {
             ),
             duration_ms: 0,
             log: None,
+            policy: None,
         };
         publish_event(
             self.broker,

@@ -35,6 +35,7 @@ pub mod workspace;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use broker::topology::jobs_queue;
@@ -77,6 +78,8 @@ pub struct WorkerSettings {
     pub stop_grace: Duration,
     /// The `pipelines` binary, which supervises every tool process (see [`supervisor`]).
     pub supervisor: Option<PathBuf>,
+    /// The admin's policy sets, read when the worker started.
+    pub policies: Arc<policy::Policies>,
 }
 
 /// Who tools run as and what environment they get. Nothing else of the worker's environment
@@ -178,6 +181,7 @@ impl WorkerSettings {
             drain: Duration::from_secs(config.executor.drain_seconds),
             stop_grace: Duration::from_secs(config.executor.stop_grace_seconds),
             supervisor: None,
+            policies: Arc::new(policy::Policies::load(&config.policies, &config.policy)),
         })
     }
 }

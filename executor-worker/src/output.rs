@@ -82,13 +82,20 @@ impl JobOutput {
         self.push(text.as_bytes());
     }
 
-    fn emit(&mut self, bytes: &[u8]) {
-        let mut text = String::from_utf8_lossy(bytes).into_owned();
+    /// `text` with every secret replaced, for what leaves the job outside its output (policy
+    /// messages, which may quote the plan).
+    pub(crate) fn redact(&self, text: &str) -> String {
+        let mut text = text.to_owned();
         for secret in &self.secrets {
             if text.contains(secret.as_str()) {
                 text = text.replace(secret.as_str(), REDACTED);
             }
         }
+        text
+    }
+
+    fn emit(&mut self, bytes: &[u8]) {
+        let text = self.redact(&String::from_utf8_lossy(bytes));
         if let Some(file) = &mut self.file
             && file.write_all(text.as_bytes()).is_err()
         {

@@ -180,6 +180,44 @@ impl Policies {
     }
 }
 
+/// The verdict as lines of the job's output.
+pub fn render_report(report: &PolicyReport) -> String {
+    let mut text = format!(
+        "pipelines: policy: {} set(s), {} rule(s)\n",
+        report.sets.len(),
+        report.rules()
+    );
+    for set in &report.sets {
+        let mode = if set.enforced { "deny" } else { "warn" };
+        let verdict = if set.error.is_some() {
+            "error"
+        } else if set.blocks() {
+            "denied"
+        } else {
+            "passed"
+        };
+        text.push_str(&format!(
+            "  {} ({mode} mode, {} rule(s)): {verdict}\n",
+            set.name, set.rules
+        ));
+        if let Some(error) = &set.error {
+            text.push_str(&format!("    error: {error}\n"));
+        }
+        let deny_label = if set.enforced {
+            "deny"
+        } else {
+            "warn (deny in warn mode)"
+        };
+        for message in &set.denies {
+            text.push_str(&format!("    {deny_label}: {message}\n"));
+        }
+        for message in &set.warnings {
+            text.push_str(&format!("    warn: {message}\n"));
+        }
+    }
+    text
+}
+
 /// Reads a set's files into a prepared engine and counts its rules.
 fn load_set(set: &PolicySet) -> Result<Prepared, String> {
     let files = rego_files(&set.path)?;

@@ -9,9 +9,10 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
-use proto_types::{Action, JobStatus, ResourceCounts};
+use proto_types::{Action, JobStatus, PolicyReport, ResourceCounts};
 use rustix::process::{Pid, Signal};
 use serde::Deserialize;
 use tokio::process::Command;
@@ -19,6 +20,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::output::JobOutput;
+use crate::policy::{PlanContext, Policies};
 
 /// How long to wait for a state lock held by someone else (a previous attempt, a human)
 /// before failing.
@@ -163,6 +165,15 @@ pub(crate) struct StepsOutcome {
     pub(crate) resource_changes: Option<ResourceCounts>,
     /// Set when the steps were stopped rather than ending by themselves.
     pub(crate) stopped: Option<Stop>,
+    /// The policy sets' verdict on the plan, when any governs the unit.
+    pub(crate) policy: Option<PolicyReport>,
+}
+
+/// The policy sets to hold the plan against, between `show -json` and `apply`.
+#[derive(Debug, Clone)]
+pub(crate) struct PolicyCheck {
+    pub(crate) policies: Arc<Policies>,
+    pub(crate) context: PlanContext,
 }
 
 /// How one process ended.
@@ -179,6 +190,7 @@ pub(crate) async fn execute(
     unit_dir: &Path,
     output: &mut JobOutput,
     launch: &Launch,
+    policy: Option<PolicyCheck>,
     stop: &mut watch::Receiver<Option<Stop>>,
 ) -> StepsOutcome {
     let mut outcome = StepsOutcome {
@@ -186,7 +198,13 @@ pub(crate) async fn execute(
         exit_code: Some(0),
         resource_changes: None,
         stopped: None,
+        policy: None,
     };
+    // With a policy check, the plan JSON is kept (up to one byte past the limit, which the
+    // check then refuses) instead of only counted as it streams by.
+    let keep_plan = policy
+        .as_ref()
+        .map(|check| check.policies.max_plan_bytes().saturating_add(1));
     for step in steps(action) {
         if let Some(reason) = stop.borrow().clone() {
             outcome.stopped = Some(reason);
@@ -198,16 +216,16 @@ pub(crate) async fn execute(
         let mut command = command(tool.program(), &step.args, unit_dir, launch);
         let span = tracing::info_span!("step", step = step.args[0], program = tool.program());
         let result = if step.captures_stdout {
-            run_capturing(&mut command, output, stop)
+            run_capturing(&mut command, output, keep_plan, stop)
                 .instrument(span)
                 .await
         } else {
             run_merged(&mut command, output, launch, stop)
                 .instrument(span)
                 .await
-                .map(|ended| (ended, None))
+                .map(|ended| (ended, None, None))
         };
-        let (ended, counts) = match result {
+        let (ended, counts, plan_json) = match result {
             Ok(result) => result,
             Err(err) => {
                 output.push_str(&format!("cannot run {}: {err}\n", tool.program()));
@@ -216,6 +234,7 @@ pub(crate) async fn execute(
                     exit_code: None,
                     resource_changes: None,
                     stopped: None,
+                    policy: None,
                 };
             }
         };
@@ -238,8 +257,48 @@ pub(crate) async fn execute(
             Some(Err(err)) => output.push_str(&format!("cannot read the JSON plan: {err}\n")),
             None => {}
         }
+        if let (Some(check), Some(plan_json)) = (&policy, plan_json) {
+            let report = check_policies(check, plan_json, output).await;
+            let blocks = report.blocks();
+            outcome.policy = Some(report);
+            if blocks {
+                output.push_str(if action.mutates() {
+                    "Error: the policy checks did not pass: the plan is not applied\n"
+                } else {
+                    "Error: the policy checks did not pass\n"
+                });
+                outcome.status = JobStatus::Failed;
+                outcome.exit_code = None;
+                return outcome;
+            }
+        }
     }
     outcome
+}
+
+/// Evaluates the policy sets off the async threads (an evaluation may take its whole time
+/// budget), and writes each set's verdict into the job's output.
+async fn check_policies(
+    check: &PolicyCheck,
+    plan_json: Vec<u8>,
+    output: &mut JobOutput,
+) -> PolicyReport {
+    let policies = Arc::clone(&check.policies);
+    let context = check.context.clone();
+    let report = tokio::task::spawn_blocking(move || policies.evaluate(&plan_json, &context))
+        .await
+        .unwrap_or_else(|err| PolicyReport {
+            sets: vec![proto_types::PolicySetResult {
+                name: "policies".into(),
+                enforced: true,
+                rules: 0,
+                denies: Vec::new(),
+                warnings: Vec::new(),
+                error: Some(format!("the evaluation did not finish: {err}")),
+            }],
+        });
+    output.push_str(&crate::policy::render_report(&report));
+    report
 }
 
 /// The command for one step: under the supervisor when there is one, else in a process group
@@ -335,11 +394,20 @@ pub(crate) const KILL_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs with stdout read as a JSON plan while it streams (a plan of a big unit is hundreds of
 /// megabytes: only its resource actions are kept) and stderr appended to the output.
+/// What `show -json` gave: how it ended, the resource counts, and the plan's first
+/// `keep` bytes when asked to keep them.
+type Captured = (
+    Ended,
+    Option<Result<ResourceCounts, String>>,
+    Option<Vec<u8>>,
+);
+
 async fn run_capturing(
     command: &mut Command,
     output: &mut JobOutput,
+    keep: Option<u64>,
     stop: &mut watch::Receiver<Option<Stop>>,
-) -> std::io::Result<(Ended, Option<Result<ResourceCounts, String>>)> {
+) -> std::io::Result<Captured> {
     let (reader, writer) = std::io::pipe()?;
     command.stdout(writer).stderr(Stdio::piped());
     let mut child = command.spawn()?;
@@ -347,10 +415,18 @@ async fn run_capturing(
     command.stdout(Stdio::null());
     let parsing = tokio::task::spawn_blocking(move || {
         let mut reader = std::io::BufReader::new(reader);
-        let counts = resource_counts_from(&mut reader).map_err(|err| err.to_string());
+        let kept = keep.map(|limit| {
+            let mut kept = Vec::new();
+            let _ = (&mut reader).take(limit).read_to_end(&mut kept);
+            kept
+        });
+        // The counts stream over the kept bytes and whatever is left, so a plan too big to
+        // keep is still counted.
+        let head = kept.as_deref().unwrap_or_default();
+        let counts = resource_counts_from(head.chain(&mut reader)).map_err(|err| err.to_string());
         // Whatever follows (nothing, from a well-behaved tool) is drained, not kept.
         let _ = std::io::copy(&mut reader, &mut std::io::sink());
-        counts
+        (counts, kept)
     });
     let mut stderr = child.stderr.take();
     let collect_stderr = async {
@@ -365,11 +441,11 @@ async fn run_capturing(
     tokio::select! {
         (status, stderr) = async { tokio::join!(child.wait(), collect_stderr) } => {
             output.push(&stderr);
-            let counts = parsing.await.map_err(std::io::Error::other)?;
-            Ok((Ended::Exited(status?.code()), Some(counts)))
+            let (counts, kept) = parsing.await.map_err(std::io::Error::other)?;
+            Ok((Ended::Exited(status?.code()), Some(counts), kept))
         }
         // `show` only reads a file: dropping it (kill on drop) is stop enough.
-        reason = stopped(stop) => Ok((Ended::Stopped(reason), None)),
+        reason = stopped(stop) => Ok((Ended::Stopped(reason), None, None)),
     }
 }
 

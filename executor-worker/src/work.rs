@@ -5,14 +5,16 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
-use proto_types::{Action, ExecutorRole, Job, JobOutcome, JobStatus};
+use proto_types::{Action, ExecutorRole, Job, JobOutcome, JobStatus, PolicyReport};
 use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::output::JobOutput;
-use crate::runner::{self, Launch, Stop};
+use crate::policy::PlanContext;
+use crate::runner::{self, Launch, PolicyCheck, Stop};
 use crate::workspace::{JobDir, Workspace};
 use crate::{ToolSettings, WorkerSettings, checks, credentials};
 
@@ -51,7 +53,7 @@ pub(crate) async fn run(
         job.attempt,
         settings.name
     ));
-    let (status, exit_code, resource_changes, stopped) =
+    let (status, exit_code, resource_changes, stopped, policy) =
         match prepare_and_run(settings, workspace, job, &mut output, &mut stop).await {
             Ok(steps) => {
                 let status = match &steps.stopped {
@@ -64,16 +66,18 @@ pub(crate) async fn run(
                     }
                     None => steps.status,
                 };
+                let policy = steps.policy.map(|report| redacted(report, &output));
                 (
                     status,
                     steps.exit_code,
                     steps.resource_changes,
                     steps.stopped,
+                    policy,
                 )
             }
             Err((status, message)) => {
                 output.push_str(&format!("Error: {message}\n"));
-                (status, None, None, None)
+                (status, None, None, None, None)
             }
         };
     Finished {
@@ -84,9 +88,23 @@ pub(crate) async fn run(
             output: output.finish(),
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             log: log.map(|log| format!("{}:{}", settings.name, log.display())),
+            policy,
         },
         stopped,
     }
+}
+
+/// Policy messages may quote the plan, so they are redacted like the output.
+fn redacted(mut report: PolicyReport, output: &JobOutput) -> PolicyReport {
+    for set in &mut report.sets {
+        for message in set.denies.iter_mut().chain(set.warnings.iter_mut()) {
+            *message = output.redact(message);
+        }
+        if let Some(error) = &mut set.error {
+            *error = output.redact(error);
+        }
+    }
+    report
 }
 
 fn stop_message(reason: &Stop) -> String {
@@ -138,6 +156,7 @@ async fn prepare_and_run(
             exit_code: None,
             resource_changes: None,
             stopped: None,
+            policy: None,
         });
     }
     // Fetching, checking out and obtaining credentials wait on the network: a stop (timeout,
@@ -154,12 +173,20 @@ async fn prepare_and_run(
                 env: tool_env(&settings.tools, &prepared.dir, &prepared.credentials.env),
                 user: settings.tools.user,
             };
+            let policy = settings
+                .policies
+                .govern(&job.account, &job.unit)
+                .then(|| PolicyCheck {
+                    policies: Arc::clone(&settings.policies),
+                    context: plan_context(job),
+                });
             Ok(runner::execute(
                 &prepared.tool,
                 job.action,
                 &prepared.unit_dir,
                 output,
                 &launch,
+                policy,
                 stop,
             )
             .instrument(tracing::info_span!("run_tool", tool = ?prepared.tool))
@@ -170,6 +197,7 @@ async fn prepare_and_run(
             exit_code: None,
             resource_changes: None,
             stopped: Some(reason),
+            policy: None,
         }),
         Err(Interrupted::Failed(status, message)) => Err((status, message)),
     };
@@ -184,6 +212,23 @@ async fn prepare_and_run(
         }
     }
     result
+}
+
+/// `input.pipelines` of the job's policy evaluation.
+fn plan_context(job: &Job) -> PlanContext {
+    PlanContext {
+        repository: job.repository.clone(),
+        // Plan workers run pull requests; apply workers everything of a push.
+        event: match job.role {
+            ExecutorRole::Plan => "pull-request",
+            ExecutorRole::Apply => "push",
+        }
+        .to_owned(),
+        unit: job.unit.clone(),
+        account: job.account.clone(),
+        action: job.action.to_string(),
+        commit: job.checkout_commit().to_owned(),
+    }
 }
 
 fn refused(message: String) -> (JobStatus, String) {

@@ -297,6 +297,53 @@ pub(crate) async fn cancel(args: CancelArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
+/// `pipelines policy test`: the configured sets on one plan, as an executor evaluates them.
+pub(crate) fn policy_test(
+    config_path: &Path,
+    plan_path: &Path,
+    mut context: executor_worker::policy::PlanContext,
+    json: bool,
+) -> anyhow::Result<Outcome> {
+    let config = Config::load(config_path)?;
+    if config.account(&context.account).is_none() {
+        return Err(anyhow!(
+            "account {:?} is not in {} (known: {})",
+            context.account,
+            config_path.display(),
+            config.account_names().join(", ")
+        ));
+    }
+    if context.repository.is_empty() {
+        context.repository = config
+            .repositories
+            .first()
+            .map(|repo| repo.name.clone())
+            .unwrap_or_default();
+    }
+    let plan = std::fs::read(plan_path)
+        .with_context(|| format!("cannot read the plan {}", plan_path.display()))?;
+    let policies = executor_worker::policy::Policies::load(&config.policies, &config.policy);
+    if !policies.govern(&context.account, &context.unit) {
+        eprintln!(
+            "No policy set in {} governs {} of account {}: an executor would not check this plan.",
+            config_path.display(),
+            context.unit,
+            context.account
+        );
+    }
+    let report = policies.evaluate(&plan, &context);
+    if json {
+        println!("{}", proto_types::to_json(&report));
+    } else {
+        print!("{}", executor_worker::policy::render_report(&report));
+    }
+    Ok(if report.blocks() {
+        Outcome::JobFailed
+    } else {
+        Outcome::Success
+    })
+}
+
 pub(crate) fn config_check(
     path: &Path,
     worker: Option<(String, ExecutorRole)>,

@@ -67,6 +67,52 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Policy tools: try the configured Rego policy sets on a plan without a run.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Evaluate every policy set that governs UNIT of ACCOUNT against a plan's JSON
+    /// (`terraform show -json tfplan > plan.json`), as an executor would, and print each set's
+    /// verdict. Exit 0 when the plan passes, 1 when it is denied or a set could not run, 2 on a
+    /// bad configuration.
+    ///
+    /// Example:
+    ///   pipelines policy test --config pipelines.toml --plan plan.json --unit prod/db --account prod
+    Test {
+        /// The admin configuration holding [[policies]] and [policy].
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The plan as JSON, from `terraform show -json PLANFILE`.
+        #[arg(long, value_name = "FILE")]
+        plan: PathBuf,
+        /// The unit's repo-relative path, as `input.pipelines.unit`.
+        #[arg(long, value_name = "PATH")]
+        unit: String,
+        /// The account, as `input.pipelines.account`; it selects the sets that apply.
+        #[arg(long, value_name = "NAME")]
+        account: String,
+        /// The job's action, as `input.pipelines.action`.
+        #[arg(long, default_value = "plan", value_name = "ACTION")]
+        action: String,
+        /// The event, as `input.pipelines.event`.
+        #[arg(long, default_value = "pull-request", value_name = "pull-request|push")]
+        event: String,
+        /// The repository, as `input.pipelines.repository` [default: the first configured].
+        #[arg(long, value_name = "NAME")]
+        repository: Option<String>,
+        /// The commit, as `input.pipelines.commit`.
+        #[arg(
+            long,
+            default_value = "0000000000000000000000000000000000000000",
+            value_name = "SHA"
+        )]
+        commit: String,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
 }
 
 /// Which commits to compare, shared by `orchestrate` and `run`. Inside GitHub Actions, with
@@ -319,6 +365,7 @@ fn main() -> ExitCode {
         Command::Orchestrate(_)
             | Command::Run(_)
             | Command::Config(_)
+            | Command::Policy(_)
             | Command::Status(_)
             | Command::Cancel(_)
     );
@@ -369,6 +416,29 @@ fn main() -> ExitCode {
                 account,
                 role,
             }) => commands::config_check(&file, account.zip(role)),
+            Command::Policy(PolicyCommand::Test {
+                config,
+                plan,
+                unit,
+                account,
+                action,
+                event,
+                repository,
+                commit,
+                format,
+            }) => commands::policy_test(
+                &config,
+                &plan,
+                executor_worker::policy::PlanContext {
+                    repository: repository.unwrap_or_default(),
+                    event,
+                    unit,
+                    account,
+                    action,
+                    commit,
+                },
+                format == Format::Json,
+            ),
         };
         // Spans still buffered are exported before the runtime stops.
         telemetry.shutdown();

@@ -235,6 +235,16 @@ mod tests {
                 output: "Error: boom\n".into(),
                 duration_ms: 1234,
                 log: Some("host-1:/var/log/pipelines/job.log".into()),
+                policy: Some(crate::PolicyReport {
+                    sets: vec![crate::PolicySetResult {
+                        name: "security".into(),
+                        enforced: true,
+                        rules: 2,
+                        denies: vec!["aws_s3_bucket.b: no buckets".into()],
+                        warnings: Vec::new(),
+                        error: None,
+                    }],
+                }),
             }),
         }
     }

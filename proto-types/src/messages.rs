@@ -318,6 +318,8 @@ pub struct JobOutcome {
     pub duration_ms: u64,
     /// Where the worker wrote the whole (redacted) log: `<worker>:<path>`.
     pub log: Option<String>,
+    /// What the policy sets governing the unit said about its plan; `None` when none does.
+    pub policy: Option<PolicyReport>,
 }
 
 /// What the admin's policy sets said about one plan.

@@ -160,6 +160,9 @@ pub struct JobSummary {
     pub log: Option<String>,
     /// Resources to add, change and destroy, from the plan.
     pub resource_changes: Option<ResourceCounts>,
+    /// What the policy sets governing the unit said about its plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::PolicyReport>,
     /// When the dispatcher granted a worker the job (its latest attempt), in ms since the epoch.
     #[serde(default)]
     pub started_ms: Option<u64>,

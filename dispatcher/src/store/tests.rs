@@ -225,16 +225,22 @@ fn a_database_from_a_newer_version_is_refused_naming_both_versions() {
 #[test]
 fn a_version_1_database_is_migrated_keeping_its_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let connection = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
-    connection
-        .execute_batch(&format!("{SCHEMA} PRAGMA user_version = 1;"))
-        .unwrap();
-    let mut v1 = Store { connection };
+    let mut store = Store::open(dir.path()).unwrap();
     let mut scheduler = Scheduler::new(settings());
     let (event, plan) = event(push(), &[("app", Action::Plan)], &[]);
     let effects = scheduler.accept(&event, &plan, 1_000);
-    commit(&mut v1, &scheduler, &effects, 1_000);
-    drop(v1);
+    commit(&mut store, &scheduler, &effects, 1_000);
+    drop(store);
+    // Back to version 1, its rows kept: without the columns later versions added.
+    let connection = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+    connection
+        .execute_batch(
+            "ALTER TABLE runs DROP COLUMN reported_ms;
+             ALTER TABLE jobs DROP COLUMN policy;
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    drop(connection);
 
     let mut store = Store::open(dir.path()).unwrap();
     assert_eq!(store.list_runs(10).unwrap()[0].run_id, event.id);

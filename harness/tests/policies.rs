@@ -1,0 +1,200 @@
+//! Policy checks end to end: the admin's Rego policy sets on real workers (the built binary,
+//! real RabbitMQ, real terraform), on a pull request's plans and on a push's applies.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: fail loudly.
+
+use std::path::Path;
+
+use harness::applies::{Behaviour, Units, pipelines_hcl};
+use harness::deployment::Deployment;
+use harness::runs::{job, setup, status_json, submit, wait_final};
+use harness::sandbox::Sandbox;
+
+/// Denies the `terraform_data` resource type anywhere.
+const NO_TERRAFORM_DATA: &str = r#"package main
+
+deny contains msg if {
+    some change in input.resource_changes
+    change.type == "terraform_data"
+    msg := sprintf("%s: terraform_data is not allowed (%s of %s)", [change.address, input.pipelines.action, input.pipelines.unit])
+}
+"#;
+
+/// Warns about every null resource: advice, never a failure.
+const ADVICE: &str = r#"package main
+
+warn contains msg if {
+    some change in input.resource_changes
+    change.type == "null_resource"
+    msg := sprintf("%s: prefer terraform_data in %s", [change.address, input.pipelines.account])
+}
+"#;
+
+/// A unit whose only resource is a `terraform_data` (Terraform's built-in provider).
+fn terraform_data_unit(sandbox: &Sandbox, unit: &str) {
+    let state = sandbox.state_dir();
+    let tf = format!(
+        "terraform {{\n  backend \"local\" {{\n    path = \"{}/{unit}.tfstate\"\n  }}\n}}\n\n\
+         resource \"terraform_data\" \"bucket\" {{\n  input = \"v1\"\n}}\n",
+        state.display()
+    );
+    sandbox.repo.write(&format!("{unit}/main.tf"), &tf);
+    sandbox
+        .repo
+        .write(&format!("{unit}/pipelines.hcl"), &pipelines_hcl(unit, &[]));
+}
+
+fn policy_set(root: &Path, name: &str, rego: &str) -> String {
+    let dir = root.join("policies").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{name}.rego")), rego).unwrap();
+    dir.display().to_string()
+}
+
+#[test]
+fn a_denied_plan_fails_its_unit_alone_and_its_apply_never_starts_while_warnings_let_others_go_on() {
+    let (vhost, sandbox) = setup();
+    let units = Units::new(&sandbox);
+    let quick = Behaviour::Succeed { seconds: 0 };
+    let c0 = units.readme_only();
+    terraform_data_unit(&sandbox, "dev/bucket");
+    let c1 = units.commit(
+        "c1: net, bucket, app on bucket",
+        1,
+        &[("dev/net", &[], quick), ("dev/app", &["dev/bucket"], quick)],
+    );
+    let security = policy_set(sandbox.path(), "security", NO_TERRAFORM_DATA);
+    let advice = policy_set(sandbox.path(), "advice", ADVICE);
+    let extra = format!(
+        "\n[[policies]]\npath = {security:?}\n\n[[policies]]\npath = {advice:?}\nmode = \"warn\"\n"
+    );
+    let config = sandbox.write_config(&vhost.url, &[("dev", "dev/**")], &extra);
+    let mut deployment = Deployment::start(sandbox.path(), &config, &[("dev", 2)]);
+
+    // The pull request: the bucket's plan fails with the policy's message; the plan of its
+    // dependent is skipped; the independent unit's plan passes with a warning.
+    let pr = submit(&sandbox, &vhost, (&c0, &c1), "pull-request", &["--pr", "5"]);
+    let detail = wait_final(&sandbox, pr);
+    assert_eq!(detail.run.state, "failed", "{detail:#?}");
+    let bucket = job(&detail, "dev/bucket");
+    assert_eq!(bucket.state, "failed", "{detail:#?}");
+    let report = bucket.policy.as_ref().expect("a policy report");
+    assert!(report.blocks(), "{report:?}");
+    let security_result = report.sets.iter().find(|s| s.name == "security").unwrap();
+    assert_eq!(
+        security_result.denies,
+        ["terraform_data.bucket: terraform_data is not allowed (plan of dev/bucket)"]
+    );
+    assert_eq!(security_result.rules, 1);
+    assert_eq!(job(&detail, "dev/app").state, "skipped", "{detail:#?}");
+    let net = job(&detail, "dev/net");
+    assert_eq!(net.state, "succeeded", "{detail:#?}");
+    let net_report = net.policy.as_ref().expect("a policy report");
+    assert!(!net_report.blocks(), "{net_report:?}");
+    let advice_result = net_report.sets.iter().find(|s| s.name == "advice").unwrap();
+    assert_eq!(
+        advice_result.warnings,
+        ["null_resource.apply: prefer terraform_data in dev"]
+    );
+    let json = status_json(&sandbox, Some(pr)).unwrap();
+    assert!(
+        json.contains("terraform_data.bucket: terraform_data is not allowed"),
+        "{json}"
+    );
+
+    // The merge: the denied unit is never applied (no state file), its dependent is skipped,
+    // the independent unit is applied despite the warning.
+    let push = submit(&sandbox, &vhost, (&c0, &c1), "push", &[]);
+    let detail = wait_final(&sandbox, push);
+    assert_eq!(detail.run.state, "failed", "{detail:#?}");
+    let bucket = job(&detail, "dev/bucket");
+    assert_eq!(bucket.state, "failed", "{detail:#?}");
+    assert_eq!(bucket.attempt, 1, "a policy's verdict is never retried");
+    assert!(
+        bucket.policy.as_ref().unwrap().sets[0].denies[0].contains("(apply of dev/bucket)"),
+        "{detail:#?}"
+    );
+    assert!(
+        !sandbox.state_dir().join("dev/bucket.tfstate").exists(),
+        "the denied unit was applied"
+    );
+    assert_eq!(job(&detail, "dev/app").state, "skipped", "{detail:#?}");
+    assert_eq!(job(&detail, "dev/net").state, "succeeded", "{detail:#?}");
+    assert!(
+        units.log.text().contains("end dev/net 1"),
+        "{}",
+        units.log.text()
+    );
+    assert!(
+        !units.log.text().contains("dev/app"),
+        "{}",
+        units.log.text()
+    );
+    deployment.assert_running();
+}
+
+#[test]
+fn policy_test_evaluates_a_plan_file_like_an_executor_and_exits_1_on_a_deny() {
+    let sandbox = Sandbox::new();
+    let security = policy_set(sandbox.path(), "security", NO_TERRAFORM_DATA);
+    let config = sandbox.write_config(
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        &[("dev", "dev/**")],
+        &format!("\n[[policies]]\npath = {security:?}\n"),
+    );
+    let plan = sandbox.path().join("plan.json");
+    std::fs::write(
+        &plan,
+        r#"{"format_version":"1.2","resource_changes":[{"address":"terraform_data.x","type":"terraform_data","change":{"actions":["create"]}}]}"#,
+    )
+    .unwrap();
+    let run = |plan: &Path, format: &str| {
+        harness::process::run(
+            sandbox.pipelines(&[
+                "policy",
+                "test",
+                "--config",
+                config.to_str().unwrap(),
+                "--plan",
+                plan.to_str().unwrap(),
+                "--unit",
+                "dev/app",
+                "--account",
+                "dev",
+                "--format",
+                format,
+            ]),
+            harness::runs::DEADLINE,
+        )
+    };
+    let denied = run(&plan, "text");
+    assert_eq!(denied.code(), Some(1), "{}", denied.transcript());
+    assert!(
+        denied
+            .stdout
+            .contains("deny: terraform_data.x: terraform_data is not allowed (plan of dev/app)"),
+        "{}",
+        denied.transcript()
+    );
+    assert!(
+        denied.stdout.contains("1 set(s), 1 rule(s)"),
+        "{}",
+        denied.stdout
+    );
+
+    std::fs::write(&plan, r#"{"resource_changes":[]}"#).unwrap();
+    let passed = run(&plan, "json");
+    assert_eq!(passed.code(), Some(0), "{}", passed.transcript());
+    let report: proto_types::PolicyReport = serde_json::from_str(&passed.stdout).unwrap();
+    assert!(
+        !report.blocks() && report.sets[0].denies.is_empty(),
+        "{report:?}"
+    );
+
+    let missing = run(&sandbox.path().join("absent.json"), "text");
+    assert_eq!(missing.code(), Some(2), "{}", missing.transcript());
+    assert!(
+        missing.stderr.contains("absent.json"),
+        "{}",
+        missing.transcript()
+    );
+}
