@@ -263,6 +263,13 @@ fn load_set(set: &PolicySet) -> Result<Prepared, String> {
             set.package
         ));
     }
+    // Analyse and schedule the modules now, once: an engine clones its preparation, so each
+    // evaluation starts from a prepared engine instead of preparing its own. An error here
+    // (with an empty input) is left for the real evaluation to report.
+    engine.set_input(Value::new_object());
+    for rule in &declared {
+        let _ = engine.eval_rule(format!("data.{}.{rule}", set.package));
+    }
     Ok(Prepared {
         engine,
         declared,
@@ -571,5 +578,61 @@ deny contains msg if {
             ..context()
         };
         assert!(policies.evaluate(PLAN.as_bytes(), &dev).sets.is_empty());
+    }
+
+    /// `examples/policies`, as an admin would configure it.
+    fn examples() -> Policies {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
+        let config = config::Config::from_toml(&format!(
+            "[[repositories]]\nname = \"infra\"\nurl = \"/srv/git/infra.git\"\n\
+             [[accounts]]\nname = \"prod\"\npaths = [\"prod/**\"]\n\
+             [[policies]]\npath = {:?}\n\
+             [[policies]]\npath = {:?}\nmode = \"warn\"\n",
+            root.join("security"),
+            root.join("advice"),
+        ))
+        .unwrap();
+        Policies::load(&config.policies, &config.policy)
+    }
+
+    fn example_plan(name: &str) -> Vec<u8> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/policies/testdata")
+            .join(name);
+        std::fs::read(path).unwrap()
+    }
+
+    #[test]
+    fn the_example_policy_sets_deny_what_they_promise_and_pass_a_compliant_plan() {
+        let policies = examples();
+        assert_eq!(policies.load_errors().count(), 0);
+        let report = policies.evaluate(&example_plan("violations.json"), &context());
+        let security = &report.sets[0];
+        assert_eq!(security.name, "security");
+        assert_eq!(security.rules, 3, "{report:?}");
+        assert_eq!(
+            security.denies,
+            [
+                "aws_db_instance.main: aws_db_instance is protected and would be destroyed",
+                "aws_db_instance.main: missing required tags [\"cost-center\", \"owner\"]",
+                "aws_instance.web: missing required tags [\"cost-center\"]",
+                "aws_s3_bucket_acl.site: the ACL \"public-read\" makes the bucket public",
+                "aws_s3_bucket_public_access_block.site: block_public_policy must stay true",
+            ],
+            "{report:?}"
+        );
+        let advice = &report.sets[1];
+        assert_eq!(
+            advice.warnings,
+            [
+                "aws_db_instance.main will be replaced (destroyed, then created)",
+                "plan changes 4 resource(s) of prod/app in account prod",
+            ]
+        );
+        assert!(report.blocks());
+
+        let report = policies.evaluate(&example_plan("compliant.json"), &context());
+        assert!(report.sets[0].denies.is_empty(), "{report:?}");
+        assert!(!report.blocks(), "{report:?}");
     }
 }

@@ -1,8 +1,9 @@
 //! Pipeline benchmarks, each printed next to its floor or bound measured in the same run:
 //! the broker floor, no-op job throughput and event-to-job-start latency through the real
-//! dispatcher and executor processes, memory, and DAG execution with real terraform.
+//! dispatcher and executor processes, memory, DAG execution with real terraform, and policy
+//! evaluation of a 1,000-resource plan.
 //!
-//! `cargo run --release -p harness --bin bench -- [all|floor|throughput|latency|memory|dag]`
+//! `cargo run --release -p harness --bin bench -- [all|floor|throughput|latency|memory|dag|policy]`
 //! Writes the figures as JSON to `target/bench/results.json` (or `--out FILE`) for
 //! `scripts/plot_benchmarks.py`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // A program that reports.
@@ -24,7 +25,12 @@ use proto_types::{
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-const USAGE: &str = "usage: bench [all|floor|throughput|latency|memory|dag]... [--quick] [--workers 1,2,4] [--out FILE]";
+/// The allocator the `pipelines` binary uses, so that what runs in this process (the policy
+/// evaluation and its floor) allocates as it would in an executor.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const USAGE: &str = "usage: bench [all|floor|throughput|latency|memory|dag|policy]... [--quick] [--workers 1,2,4] [--out FILE]";
 
 fn main() {
     let mut which = Vec::new();
@@ -40,7 +46,9 @@ fn main() {
                 let list = args.next().expect(USAGE);
                 workers = Some(list.split(',').map(|n| n.parse().expect(USAGE)).collect());
             }
-            "all" | "floor" | "throughput" | "latency" | "memory" | "dag" => which.push(arg),
+            "all" | "floor" | "throughput" | "latency" | "memory" | "dag" | "policy" => {
+                which.push(arg)
+            }
             "-h" | "--help" => {
                 println!(
                     "{USAGE}\n\n{}",
@@ -59,7 +67,7 @@ fn main() {
         }
     }
     if which.is_empty() || which.iter().any(|w| w == "all") {
-        which = ["floor", "throughput", "latency", "memory", "dag"]
+        which = ["floor", "throughput", "latency", "memory", "dag", "policy"]
             .map(String::from)
             .to_vec();
     }
@@ -81,6 +89,7 @@ fn main() {
             "latency" => latency(&size),
             "memory" => memory(&size),
             "dag" => dag(),
+            "policy" => policy(&size),
             _ => unreachable!(),
         };
         results.insert(name.clone(), result);
@@ -100,6 +109,8 @@ struct Size {
     workers: Vec<usize>,
     latency_events: usize,
     queued_jobs: usize,
+    /// Evaluations of the policy benchmark (the median is reported).
+    policy_rounds: usize,
 }
 
 impl Size {
@@ -110,6 +121,7 @@ impl Size {
             workers: vec![1, 2, 4, 8],
             latency_events: 500,
             queued_jobs: 10_000,
+            policy_rounds: 21,
         }
     }
 
@@ -120,6 +132,7 @@ impl Size {
             workers: vec![1, 4],
             latency_events: 50,
             queued_jobs: 1_000,
+            policy_rounds: 5,
         }
     }
 }
@@ -574,6 +587,123 @@ fn memory_total() -> String {
 /// The 12-unit, 5-layer, two-account scenario applied with real terraform by two workers per
 /// account; wall time against max(critical path, work per account / its workers), both from
 /// the job durations the workers measured.
+/// A `show -json` plan of `count` AWS resources (a quarter of them missing a required tag),
+/// each with a dozen attributes before and after, as real plans have.
+fn synthetic_plan(count: usize) -> Vec<u8> {
+    let types = [
+        "aws_instance",
+        "aws_s3_bucket",
+        "aws_iam_role",
+        "aws_security_group",
+    ];
+    let changes: Vec<Value> = (0..count)
+        .map(|i| {
+            let kind = types[i % types.len()];
+            let mut tags = json!({ "owner": "platform", "cost-center": "42", "name": format!("r{i}") });
+            if i % 4 == 0 {
+                tags.as_object_mut().unwrap().remove("cost-center");
+            }
+            let attributes = |version: usize| {
+                json!({
+                    "id": format!("{kind}-{i}"), "arn": format!("arn:aws:service:eu-west-1:123456789012:{kind}/{i}"),
+                    "name": format!("resource-{i}"), "description": "managed by pipelines", "version": version,
+                    "enabled": true, "size": i % 100, "region": "eu-west-1", "zones": ["a", "b", "c"],
+                    "settings": { "retention": 30, "encrypted": true, "kms_key": format!("key-{}", i % 7) },
+                    "tags": tags,
+                })
+            };
+            json!({
+                "address": format!("{kind}.r{i}"), "mode": "managed", "type": kind, "name": format!("r{i}"),
+                "provider_name": "registry.terraform.io/hashicorp/aws",
+                "change": { "actions": ["update"], "before": attributes(1), "after": attributes(2) },
+            })
+        })
+        .collect();
+    serde_json::to_vec(&json!({ "format_version": "1.2", "terraform_version": "1.11.4", "resource_changes": changes }))
+        .unwrap()
+}
+
+fn median_ms(mut samples: Vec<Duration>) -> f64 {
+    samples.sort();
+    samples[samples.len() / 2].as_secs_f64() * 1000.0
+}
+
+/// The example policy sets against a 1,000-resource plan, next to the floor of parsing the same
+/// plan JSON once.
+fn policy(size: &Size) -> Value {
+    use executor_worker::policy::{PlanContext, Policies};
+    println!("\n== Policy evaluation: examples/policies against a 1,000-resource plan ==");
+    let examples = harness::workspace_root().join("examples/policies");
+    let config = config::Config::from_toml(&format!(
+        "[[repositories]]\nname = \"infra\"\nurl = \"/srv/git/infra.git\"\n\
+         [[accounts]]\nname = \"prod\"\npaths = [\"**\"]\n\
+         [[policies]]\npath = {:?}\n[[policies]]\npath = {:?}\nmode = \"warn\"\n",
+        examples.join("security"),
+        examples.join("advice")
+    ))
+    .unwrap();
+    let policies = Policies::load(&config.policies, &config.policy);
+    let resources = 1_000;
+    let plan = synthetic_plan(resources);
+    let context = PlanContext {
+        repository: "infra".into(),
+        event: "push".into(),
+        unit: "prod/app".into(),
+        account: "prod".into(),
+        action: "apply".into(),
+        commit: "0".repeat(40),
+    };
+    let mut floor = Vec::new();
+    let mut measured = Vec::new();
+    let mut rego_parse = Vec::new();
+    let mut denies = 0;
+    let text = std::str::from_utf8(&plan).unwrap();
+    for _ in 0..size.policy_rounds {
+        let start = Instant::now();
+        let parsed: Value = serde_json::from_slice(&plan).unwrap();
+        floor.push(start.elapsed());
+        std::hint::black_box(parsed);
+        let start = Instant::now();
+        let input = regorus::Value::from_json_str(text).unwrap();
+        rego_parse.push(start.elapsed());
+        std::hint::black_box(input);
+        let start = Instant::now();
+        let report = policies.evaluate(&plan, &context);
+        measured.push(start.elapsed());
+        assert!(
+            report.sets.iter().all(|set| set.error.is_none()),
+            "{report:?}"
+        );
+        denies = report.sets[0].denies.len();
+    }
+    let floor_ms = median_ms(floor);
+    let evaluation_ms = median_ms(measured);
+    let rego_parse_ms = median_ms(rego_parse);
+    let ratio = evaluation_ms / floor_ms;
+    println!(
+        "{resources} resources, {} KiB of plan JSON, {} rules, {denies} denies (capped per rule): \
+         evaluation {evaluation_ms:.1} ms, floor (serde_json parse of the plan) {floor_ms:.1} ms: \
+         {ratio:.1}x the floor (target <= 5x), median of {}; of which reading the plan into \
+         Rego values {rego_parse_ms:.1} ms",
+        plan.len() / 1024,
+        policies_rules(&policies, &plan, &context),
+        size.policy_rounds
+    );
+    json!({
+        "resources": resources, "plan_bytes": plan.len(), "evaluation_ms": evaluation_ms,
+        "floor_ms": floor_ms, "ratio": ratio, "rounds": size.policy_rounds,
+        "rego_parse_ms": rego_parse_ms,
+    })
+}
+
+fn policies_rules(
+    policies: &executor_worker::policy::Policies,
+    plan: &[u8],
+    context: &executor_worker::policy::PlanContext,
+) -> u32 {
+    policies.evaluate(plan, context).rules()
+}
+
 fn dag() -> Value {
     println!(
         "\n== DAG execution with real terraform: 12 units, 5 layers, 2 accounts x 2 workers =="
