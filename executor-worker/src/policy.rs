@@ -71,7 +71,7 @@ impl Policies {
             .iter()
             .map(|set| LoadedSet {
                 name: set.display_name(),
-                engine: load_set(set),
+                engine: load_set(set, settings.time_budget()),
                 config: set.clone(),
             })
             .collect();
@@ -219,7 +219,7 @@ pub fn render_report(report: &PolicyReport) -> String {
 }
 
 /// Reads a set's files into a prepared engine and counts its rules.
-fn load_set(set: &PolicySet) -> Result<Prepared, String> {
+fn load_set(set: &PolicySet, budget: Duration) -> Result<Prepared, String> {
     let files = rego_files(&set.path)?;
     if files.is_empty() {
         return Err(format!("{} holds no .rego file", set.path.display()));
@@ -265,7 +265,9 @@ fn load_set(set: &PolicySet) -> Result<Prepared, String> {
     }
     // Analyse and schedule the modules now, once: an engine clones its preparation, so each
     // evaluation starts from a prepared engine instead of preparing its own. An error here
-    // (with an empty input) is left for the real evaluation to report.
+    // (with an empty input) is left for the real evaluation to report. Under the same time
+    // budget: a policy that loops must not hold up the worker's start.
+    engine.set_execution_timer_config(timer(budget));
     engine.set_input(Value::new_object());
     for rule in &declared {
         let _ = engine.eval_rule(format!("data.{}.{rule}", set.package));
@@ -315,10 +317,7 @@ fn evaluate_set(
     budget: Duration,
 ) -> Result<(Vec<String>, Vec<String>), String> {
     let mut engine = prepared.engine.clone();
-    engine.set_execution_timer_config(ExecutionTimerConfig {
-        limit: budget,
-        check_interval: NonZeroU32::MIN.saturating_add(63),
-    });
+    engine.set_execution_timer_config(timer(budget));
     engine.set_input(input);
     let mut results = Vec::with_capacity(RULES.len());
     for rule in RULES {
@@ -345,6 +344,14 @@ fn evaluate_set(
     let warnings = results.pop().unwrap_or_default();
     let denies = results.pop().unwrap_or_default();
     Ok((denies, warnings))
+}
+
+/// The time limit of an evaluation, checked every 64 steps of work.
+fn timer(budget: Duration) -> ExecutionTimerConfig {
+    ExecutionTimerConfig {
+        limit: budget,
+        check_interval: NonZeroU32::MIN.saturating_add(63),
+    }
 }
 
 /// A rule's value as messages: a set of strings (or of objects with `msg`, as conftest's
@@ -534,15 +541,8 @@ deny contains msg if {
     msg := sprintf("%d", [n])
 }
 "#;
-        let (_dir, policies) = set(&[("slow.rego", slow)], "");
-        let config = config::PolicySettings {
-            time_budget: "50ms".into(),
-            ..config::PolicySettings::default()
-        };
-        let policies = Policies {
-            budget: config.time_budget(),
-            ..policies
-        };
+        // Loading runs under the budget too: the engine is prepared with an evaluation.
+        let (_dir, policies) = set(&[("slow.rego", slow)], "[policy]\ntime_budget = \"1s\"");
         let report = policies.evaluate(PLAN.as_bytes(), &context());
         let error = report.sets[0].error.as_deref().unwrap();
         assert!(error.contains("policy.time_budget"), "{error}");
