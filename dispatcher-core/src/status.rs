@@ -151,6 +151,37 @@ pub fn render_run(detail: &RunDetail, now: u64) -> String {
         out.push_str(&logs.join("\n"));
         out.push('\n');
     }
+    let mut policy = Vec::new();
+    for job in &detail.jobs {
+        let Some(report) = &job.policy else { continue };
+        for set in &report.sets {
+            let mut line = |kind: &str, text: &str| {
+                policy.push(format!(
+                    "  {} {}: {kind} [{}] {text}",
+                    job.unit, job.action, set.name
+                ));
+            };
+            if let Some(error) = &set.error {
+                line("error", error);
+            }
+            let deny = if set.enforced {
+                "deny"
+            } else {
+                "warn (deny, warn mode)"
+            };
+            for message in &set.denies {
+                line(deny, message);
+            }
+            for message in &set.warnings {
+                line("warn", message);
+            }
+        }
+    }
+    if !policy.is_empty() {
+        out.push_str("Policy messages:\n");
+        out.push_str(&policy.join("\n"));
+        out.push('\n');
+    }
     out
 }
 
@@ -320,5 +351,47 @@ mod tests {
         assert!(text.contains("net   dev      apply   failed   1        -       1.5s      -       exit code 1: Error: boom"), "{text}");
         assert!(text.contains("net apply failed"), "{text}");
         assert!(text.contains("waiting for run X to finish db"), "{text}");
+    }
+
+    #[test]
+    fn policy_messages_follow_the_table_under_their_unit() {
+        let mut detail = RunDetail {
+            run: summary(),
+            jobs: Vec::new(),
+        };
+        let job = JobSummary {
+            job_id: Uuid::nil(),
+            unit: "dev/bucket".into(),
+            account: "dev".into(),
+            action: Action::Plan,
+            state: "failed".parse().unwrap(),
+            reason: None,
+            note: None,
+            attempt: 1,
+            worker: None,
+            exit_code: None,
+            duration_ms: None,
+            log: None,
+            resource_changes: None,
+            started_ms: None,
+            finished_ms: None,
+            policy: Some(proto_types::PolicyReport {
+                sets: vec![proto_types::PolicySetResult {
+                    name: "security".into(),
+                    enforced: true,
+                    rules: 1,
+                    denies: vec!["terraform_data.b: not allowed".into()],
+                    warnings: vec!["mind prod".into()],
+                    error: None,
+                }],
+            }),
+        };
+        detail.jobs.push(job);
+        let text = render_run(&detail, 0);
+        assert!(text.contains("denied (1), 1 warning · 1 rule(s)"), "{text}");
+        assert!(
+            text.contains("Policy messages:\n  dev/bucket plan: deny [security] terraform_data.b: not allowed\n  dev/bucket plan: warn [security] mind prod\n"),
+            "{text}"
+        );
     }
 }

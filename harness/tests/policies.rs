@@ -198,3 +198,93 @@ fn policy_test_evaluates_a_plan_file_like_an_executor_and_exits_1_on_a_deny() {
         missing.transcript()
     );
 }
+
+/// A unit whose plan JSON is over 10 MB: one `terraform_data` holding a 10-million-character
+/// string.
+fn huge_plan_unit(sandbox: &Sandbox, unit: &str) {
+    let state = sandbox.state_dir();
+    let tf = format!(
+        "terraform {{\n  backend \"local\" {{\n    path = \"{}/{unit}.tfstate\"\n  }}\n}}\n\n\
+         resource \"terraform_data\" \"big\" {{\n  input = format(\"%10000000s\", \"x\")\n}}\n",
+        state.display()
+    );
+    sandbox.repo.write(&format!("{unit}/main.tf"), &tf);
+    sandbox
+        .repo
+        .write(&format!("{unit}/pipelines.hcl"), &pipelines_hcl(unit, &[]));
+}
+
+#[test]
+fn a_malformed_policy_a_looping_policy_and_a_10_mb_plan_each_fail_their_job_and_the_worker_goes_on()
+{
+    let (vhost, sandbox) = setup();
+    let units = Units::new(&sandbox);
+    let quick = Behaviour::Succeed { seconds: 0 };
+    let c0 = units.readme_only();
+    huge_plan_unit(&sandbox, "dev/huge");
+    let c1 = units.commit(
+        "c1: four units",
+        1,
+        &[
+            ("dev/broken", &[], quick),
+            ("dev/looping", &[], quick),
+            ("dev/fine", &[], quick),
+        ],
+    );
+    let broken = policy_set(
+        sandbox.path(),
+        "broken",
+        "package main\n\ndeny contains msg if {\n    msg := \n}\n",
+    );
+    let looping = policy_set(
+        sandbox.path(),
+        "looping",
+        "package main\n\ndeny contains msg if {\n    some x in numbers.range(1, 100000)\n    some y in numbers.range(1, 100000)\n    x * y == -1\n    msg := \"never\"\n}\n",
+    );
+    let security = policy_set(sandbox.path(), "security", NO_TERRAFORM_DATA);
+    let extra = format!(
+        "\n[policy]\ntime_budget = \"1s\"\n\n\
+         [[policies]]\npath = {broken:?}\nunits = [\"dev/broken\"]\n\n\
+         [[policies]]\npath = {looping:?}\nunits = [\"dev/looping\"]\n\n\
+         [[policies]]\npath = {security:?}\nunits = [\"dev/fine\", \"dev/huge\"]\n"
+    );
+    let config = sandbox.write_config(&vhost.url, &[("dev", "dev/**")], &extra);
+    // One plan worker: it takes every job of the pull request, one after another.
+    let mut deployment = Deployment::start(sandbox.path(), &config, &[("dev", 1)]);
+
+    let pr = submit(&sandbox, &vhost, (&c0, &c1), "pull-request", &["--pr", "9"]);
+    let detail = wait_final(&sandbox, pr);
+    let error_of = |unit: &str| {
+        let job = job(&detail, unit);
+        assert_eq!(job.state, "failed", "{unit}: {detail:#?}");
+        let report = job.policy.as_ref().expect("a policy report");
+        assert!(report.blocks(), "{report:?}");
+        report.sets[0].error.clone().expect("an error")
+    };
+    let broken_error = error_of("dev/broken");
+    assert!(
+        broken_error.contains(&format!("{broken}/broken.rego:")),
+        "{broken_error}"
+    );
+    let looping_error = error_of("dev/looping");
+    assert!(
+        looping_error.contains("policy.time_budget"),
+        "{looping_error}"
+    );
+    let huge_error = error_of("dev/huge");
+    assert!(
+        huge_error.contains("over policy.max_plan_bytes (8388608)"),
+        "{huge_error}"
+    );
+    // The worker went on: the last unit's plan passed its policies on the same worker.
+    let fine = job(&detail, "dev/fine");
+    assert_eq!(fine.state, "succeeded", "{detail:#?}");
+    assert!(!fine.policy.as_ref().unwrap().blocks());
+    let workers: std::collections::BTreeSet<_> = detail
+        .jobs
+        .iter()
+        .filter_map(|j| j.worker.clone())
+        .collect();
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    deployment.assert_running();
+}
