@@ -30,7 +30,7 @@ pub use crate::dispatcher::{DispatcherSettings, RetryPolicy};
 pub use crate::duration::parse_duration;
 pub use crate::executor::{DEFAULT_PASS_ENV, ExecutorSettings, ToolUser};
 pub use crate::github::GitHub;
-pub use crate::policies::{PolicyMode, PolicySet, PolicySettings, RegoSyntax};
+pub use crate::policies::{PolicyMode, PolicyScope, PolicySet, PolicySettings, RegoSyntax};
 pub use crate::repositories::Repository;
 pub use crate::timeouts::Timeouts;
 pub use crate::triggers::{Trigger, Triggers, UnitTrigger};

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use globset::GlobMatcher;
 use serde::Deserialize;
 
 use crate::{ConfigError, compile_glob, invalid, parse_duration};
@@ -52,16 +53,34 @@ impl PolicySet {
         })
     }
 
-    /// Whether the set applies to `unit` of `account` (globs validated at load; one that
-    /// still fails to compile matches nothing).
-    pub fn applies_to(&self, account: &str, unit: &str) -> bool {
-        let matches = |globs: &[String], value: &str| {
+    /// Which accounts and units the set governs, its globs compiled once (validated at load;
+    /// one that still fails to compile matches nothing).
+    pub fn scope(&self) -> PolicyScope {
+        let compile = |globs: &[String]| {
             globs
                 .iter()
                 .filter_map(|glob| compile_glob(glob).ok())
-                .any(|glob| glob.is_match(value))
+                .collect()
         };
-        matches(&self.accounts, account) && matches(&self.units, unit)
+        PolicyScope {
+            accounts: compile(&self.accounts),
+            units: compile(&self.units),
+        }
+    }
+}
+
+/// A policy set's `accounts` and `units`, compiled.
+#[derive(Debug, Clone)]
+pub struct PolicyScope {
+    accounts: Vec<GlobMatcher>,
+    units: Vec<GlobMatcher>,
+}
+
+impl PolicyScope {
+    /// Whether the set applies to `unit` of `account`.
+    pub fn applies_to(&self, account: &str, unit: &str) -> bool {
+        self.accounts.iter().any(|glob| glob.is_match(account))
+            && self.units.iter().any(|glob| glob.is_match(unit))
     }
 }
 
@@ -206,7 +225,7 @@ mod tests {
         assert_eq!(set.mode, super::PolicyMode::Deny);
         assert_eq!(set.package, "main");
         assert_eq!(set.rego, super::RegoSyntax::V1);
-        assert!(set.applies_to("prod", "prod/app/db"));
+        assert!(set.scope().applies_to("prod", "prod/app/db"));
         assert_eq!(
             config.policy.time_budget(),
             std::time::Duration::from_secs(2)
@@ -220,9 +239,10 @@ mod tests {
         )
         .unwrap();
         let set = &config.policies[0];
-        assert!(set.applies_to("prod-eu", "prod/app"));
-        assert!(!set.applies_to("dev", "prod/app"));
-        assert!(!set.applies_to("prod", "dev/app"));
+        let scope = set.scope();
+        assert!(scope.applies_to("prod-eu", "prod/app"));
+        assert!(!scope.applies_to("dev", "prod/app"));
+        assert!(!scope.applies_to("prod", "dev/app"));
         assert_eq!(set.mode, super::PolicyMode::Warn);
         assert_eq!(set.rego, super::RegoSyntax::V0);
     }

@@ -118,17 +118,13 @@ pub fn policy_status(detail: &RunDetail, context: &str) -> Option<CommitStatus> 
 
 /// One job's policy verdict in a few words: `denied (1)`, `passed, 2 warnings`, `error`.
 pub fn policy_cell(report: &PolicyReport) -> String {
-    let denies: usize = report
-        .sets
-        .iter()
-        .filter(|set| set.enforced)
-        .map(|set| set.denies.len())
-        .sum();
-    let warnings: usize = report
-        .sets
-        .iter()
-        .map(|set| set.warnings.len() + if set.enforced { 0 } else { set.denies.len() })
-        .sum();
+    let count = |wanted: &[PolicyMessage]| {
+        policy_messages(report)
+            .filter(|(_, kind, _)| wanted.contains(kind))
+            .count()
+    };
+    let denies = count(&[PolicyMessage::Deny]);
+    let warnings = count(&[PolicyMessage::Warning, PolicyMessage::DenyInWarnMode]);
     let verdict = if report.sets.iter().any(|set| set.error.is_some()) {
         "error".to_owned()
     } else if denies > 0 {
@@ -144,51 +140,66 @@ pub fn policy_cell(report: &PolicyReport) -> String {
     format!("{verdict}{warnings} · {} rule(s)", report.rules())
 }
 
+/// What a policy message is, by how it bears on the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PolicyMessage {
+    /// The set could not give a verdict.
+    Error,
+    /// A `deny` of an enforced set.
+    Deny,
+    /// A `deny` of a set in warn mode: reported, not enforced.
+    DenyInWarnMode,
+    Warning,
+}
+
+/// Every message of a report with its set's name, errors first, then denies, then warnings,
+/// set by set.
+pub(crate) fn policy_messages(
+    report: &PolicyReport,
+) -> impl Iterator<Item = (&str, PolicyMessage, &str)> {
+    report.sets.iter().flat_map(|set| {
+        let deny = if set.enforced {
+            PolicyMessage::Deny
+        } else {
+            PolicyMessage::DenyInWarnMode
+        };
+        let name = set.name.as_str();
+        set.error
+            .iter()
+            .map(move |error| (name, PolicyMessage::Error, error.as_str()))
+            .chain(set.denies.iter().map(move |m| (name, deny, m.as_str())))
+            .chain(
+                set.warnings
+                    .iter()
+                    .map(move |m| (name, PolicyMessage::Warning, m.as_str())),
+            )
+    })
+}
+
 /// Every policy message of the run, under its unit, for the comment.
-fn policy_messages(detail: &RunDetail) -> String {
+fn policy_section(detail: &RunDetail) -> String {
     let mut out = String::new();
     for job in &detail.jobs {
         let Some(report) = &job.policy else { continue };
-        let mut lines = Vec::new();
-        for set in &report.sets {
-            if let Some(error) = &set.error {
-                lines.push(format!(
-                    "- ⛔ **{}** could not run: {}",
-                    cell(&set.name),
-                    cell(&shorten(error, 300))
-                ));
-            }
-            for message in &set.denies {
-                let mark = if set.enforced {
-                    "❌ deny"
-                } else {
-                    "⚠️ warn (deny rule, warn mode)"
-                };
-                lines.push(format!(
-                    "- {mark} **{}**: {}",
-                    cell(&set.name),
-                    cell(&shorten(message, 300))
-                ));
-            }
-            for message in &set.warnings {
-                lines.push(format!(
-                    "- ⚠️ warn **{}**: {}",
-                    cell(&set.name),
-                    cell(&shorten(message, 300))
-                ));
-            }
-        }
+        let lines: Vec<String> = policy_messages(report)
+            .map(|(set, kind, text)| {
+                let (set, text) = (cell(set), cell(&shorten(text, 300)));
+                match kind {
+                    PolicyMessage::Error => format!("- ⛔ **{set}** could not run: {text}"),
+                    PolicyMessage::Deny => format!("- ❌ deny **{set}**: {text}"),
+                    PolicyMessage::DenyInWarnMode => {
+                        format!("- ⚠️ warn (deny rule, warn mode) **{set}**: {text}")
+                    }
+                    PolicyMessage::Warning => format!("- ⚠️ warn **{set}**: {text}"),
+                }
+            })
+            .collect();
         if !lines.is_empty() {
             let _ = writeln!(
                 out,
-                "**Policy: `{}`**
-{}
-",
+                "**Policy: `{}`**\n{}\n",
                 cell(&job.unit),
-                lines.join(
-                    "
-"
-                )
+                lines.join("\n")
             );
         }
     }
@@ -383,7 +394,7 @@ fn summary(marker: &str, title: &str, detail: &RunDetail, links: &Links) -> Stri
         out.push_str(&row);
     }
     out.push('\n');
-    let messages = policy_messages(detail);
+    let messages = policy_section(detail);
     if !messages.is_empty() {
         // Bounded like the table: messages are capped per set by the worker, and here.
         out.push_str(&shorten(&messages, MAX_COMMENT_CHARS / 4));

@@ -4,6 +4,8 @@ use std::fmt::Write as _;
 
 use proto_types::{RunDetail, RunPhase, RunSummary};
 
+use crate::report::{PolicyMessage, policy_messages};
+
 /// One line saying why a job failed: terraform's first `Error:` line in the output's tail if
 /// there is one, else the last line, after the exit code.
 pub fn failure_reason(output_tail: &str, exit_code: Option<i32>) -> String {
@@ -151,32 +153,22 @@ pub fn render_run(detail: &RunDetail, now: u64) -> String {
         out.push_str(&logs.join("\n"));
         out.push('\n');
     }
-    let mut policy = Vec::new();
-    for job in &detail.jobs {
-        let Some(report) = &job.policy else { continue };
-        for set in &report.sets {
-            let mut line = |kind: &str, text: &str| {
-                policy.push(format!(
-                    "  {} {}: {kind} [{}] {text}",
-                    job.unit, job.action, set.name
-                ));
-            };
-            if let Some(error) = &set.error {
-                line("error", error);
-            }
-            let deny = if set.enforced {
-                "deny"
-            } else {
-                "warn (deny, warn mode)"
-            };
-            for message in &set.denies {
-                line(deny, message);
-            }
-            for message in &set.warnings {
-                line("warn", message);
-            }
-        }
-    }
+    let policy: Vec<String> = detail
+        .jobs
+        .iter()
+        .filter_map(|job| Some((job, job.policy.as_ref()?)))
+        .flat_map(|(job, report)| {
+            policy_messages(report).map(move |(set, kind, text)| {
+                let kind = match kind {
+                    PolicyMessage::Error => "error",
+                    PolicyMessage::Deny => "deny",
+                    PolicyMessage::DenyInWarnMode => "warn (deny, warn mode)",
+                    PolicyMessage::Warning => "warn",
+                };
+                format!("  {} {}: {kind} [{set}] {text}", job.unit, job.action)
+            })
+        })
+        .collect();
     if !policy.is_empty() {
         out.push_str("Policy messages:\n");
         out.push_str(&policy.join("\n"));

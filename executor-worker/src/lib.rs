@@ -287,6 +287,10 @@ pub async fn run(
     let mut replies = broker.reply_queue().await?;
     // Prefetch 1: a job waiting behind an hours-long apply should go to another worker.
     let mut jobs = broker.consume(&queue, 1).await?;
+    // A set that cannot load fails every job it governs; say so now, not at the first job.
+    for (set, error) in settings.policies.load_errors() {
+        tracing::error!(policy_set = set, %error, "Policy set not loaded: the jobs it governs will fail.");
+    }
     ops.health.set_ready(true);
     tracing::info!(account = %settings.account, role = %settings.role, worker = %settings.name, work_dir = %settings.work_dir.display(), "Executor ready.");
     tokio::pin!(shutdown);

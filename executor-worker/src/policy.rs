@@ -11,7 +11,7 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use config::{PolicyMode, PolicySet, PolicySettings, RegoSyntax};
+use config::{PolicyMode, PolicyScope, PolicySet, PolicySettings, RegoSyntax};
 use proto_types::{PolicyReport, PolicySetResult};
 use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::{Engine, Value};
@@ -58,6 +58,7 @@ struct Prepared {
 #[derive(Debug, Clone)]
 struct LoadedSet {
     config: PolicySet,
+    scope: PolicyScope,
     name: String,
     /// The prepared engine, or why there is none.
     engine: Result<Prepared, String>,
@@ -72,6 +73,7 @@ impl Policies {
             .map(|set| LoadedSet {
                 name: set.display_name(),
                 engine: load_set(set, settings.time_budget()),
+                scope: set.scope(),
                 config: set.clone(),
             })
             .collect();
@@ -86,7 +88,7 @@ impl Policies {
     pub fn govern(&self, account: &str, unit: &str) -> bool {
         self.sets
             .iter()
-            .any(|set| set.config.applies_to(account, unit))
+            .any(|set| set.scope.applies_to(account, unit))
     }
 
     /// The largest plan evaluated.
@@ -107,7 +109,7 @@ impl Policies {
         let governing: Vec<&LoadedSet> = self
             .sets
             .iter()
-            .filter(|set| set.config.applies_to(&context.account, &context.unit))
+            .filter(|set| set.scope.applies_to(&context.account, &context.unit))
             .collect();
         if governing.is_empty() {
             return PolicyReport::default();

@@ -392,8 +392,6 @@ async fn run_merged(
 /// How long a killed process group gets to disappear before the supervisor itself is killed.
 pub(crate) const KILL_WAIT: Duration = Duration::from_secs(10);
 
-/// Runs with stdout read as a JSON plan while it streams (a plan of a big unit is hundreds of
-/// megabytes: only its resource actions are kept) and stderr appended to the output.
 /// What `show -json` gave: how it ended, the resource counts, and the plan's first
 /// `keep` bytes when asked to keep them.
 type Captured = (
@@ -402,6 +400,9 @@ type Captured = (
     Option<Vec<u8>>,
 );
 
+/// Runs with stdout read as a JSON plan while it streams (a plan of a big unit is hundreds of
+/// megabytes: only its resource actions are kept, unless a policy check needs the first
+/// `keep` bytes) and stderr appended to the output.
 async fn run_capturing(
     command: &mut Command,
     output: &mut JobOutput,

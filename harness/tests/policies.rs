@@ -29,12 +29,13 @@ warn contains msg if {
 }
 "#;
 
-/// A unit whose only resource is a `terraform_data` (Terraform's built-in provider).
-fn terraform_data_unit(sandbox: &Sandbox, unit: &str) {
+/// A unit whose only resource is a `terraform_data` (Terraform's built-in provider) named
+/// `name`, holding the HCL expression `input`.
+fn terraform_data_unit(sandbox: &Sandbox, unit: &str, name: &str, input: &str) {
     let state = sandbox.state_dir();
     let tf = format!(
         "terraform {{\n  backend \"local\" {{\n    path = \"{}/{unit}.tfstate\"\n  }}\n}}\n\n\
-         resource \"terraform_data\" \"bucket\" {{\n  input = \"v1\"\n}}\n",
+         resource \"terraform_data\" \"{name}\" {{\n  input = {input}\n}}\n",
         state.display()
     );
     sandbox.repo.write(&format!("{unit}/main.tf"), &tf);
@@ -56,7 +57,7 @@ fn a_denied_plan_fails_its_unit_alone_and_its_apply_never_starts_while_warnings_
     let units = Units::new(&sandbox);
     let quick = Behaviour::Succeed { seconds: 0 };
     let c0 = units.readme_only();
-    terraform_data_unit(&sandbox, "dev/bucket");
+    terraform_data_unit(&sandbox, "dev/bucket", "bucket", "\"v1\"");
     let c1 = units.commit(
         "c1: net, bucket, app on bucket",
         1,
@@ -199,21 +200,6 @@ fn policy_test_evaluates_a_plan_file_like_an_executor_and_exits_1_on_a_deny() {
     );
 }
 
-/// A unit whose plan JSON is over 10 MB: one `terraform_data` holding a 10-million-character
-/// string.
-fn huge_plan_unit(sandbox: &Sandbox, unit: &str) {
-    let state = sandbox.state_dir();
-    let tf = format!(
-        "terraform {{\n  backend \"local\" {{\n    path = \"{}/{unit}.tfstate\"\n  }}\n}}\n\n\
-         resource \"terraform_data\" \"big\" {{\n  input = format(\"%10000000s\", \"x\")\n}}\n",
-        state.display()
-    );
-    sandbox.repo.write(&format!("{unit}/main.tf"), &tf);
-    sandbox
-        .repo
-        .write(&format!("{unit}/pipelines.hcl"), &pipelines_hcl(unit, &[]));
-}
-
 #[test]
 fn a_malformed_policy_a_looping_policy_and_a_10_mb_plan_each_fail_their_job_and_the_worker_goes_on()
 {
@@ -221,7 +207,8 @@ fn a_malformed_policy_a_looping_policy_and_a_10_mb_plan_each_fail_their_job_and_
     let units = Units::new(&sandbox);
     let quick = Behaviour::Succeed { seconds: 0 };
     let c0 = units.readme_only();
-    huge_plan_unit(&sandbox, "dev/huge");
+    // Its plan JSON is over 10 MB: a string of ten million characters.
+    terraform_data_unit(&sandbox, "dev/huge", "big", "format(\"%10000000s\", \"x\")");
     let c1 = units.commit(
         "c1: four units",
         1,
