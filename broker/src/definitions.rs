@@ -9,6 +9,7 @@
 //! | dispatcher    | nothing        | jobs, status, dead-letter, default (replies) | changes, job events, claims, control   |
 //! | orchestrator  | its own queues | changes exchange, its own queues             | status exchange (one run id at a time) |
 //! | executor of A, role R | its own queues | job events (and claims), dead-letter | `jobs.A.R`, its own queues             |
+//! | each approver | nothing        | control exchange                             | nothing                                |
 //!
 //! Each account has two executor users, `executor-A-plan` and `executor-A-apply`: a plan
 //! worker runs a pull request's code, so its login must not open the apply queue.
@@ -26,7 +27,7 @@ use sha2::{Digest, Sha256};
 use proto_types::ExecutorRole;
 
 use crate::topology::{
-    self, Argument, CHANGES_EXCHANGE, CHANGES_QUEUE, CLAIMS_QUEUE, CONTROL_QUEUE,
+    self, Argument, CHANGES_EXCHANGE, CHANGES_QUEUE, CLAIMS_QUEUE, CONTROL_EXCHANGE, CONTROL_QUEUE,
     DEAD_LETTER_EXCHANGE, ExchangeKind, JOB_EVENTS_EXCHANGE, JOB_EVENTS_QUEUE, JOBS_EXCHANGE,
     STATUS_EXCHANGE, Topology,
 };
@@ -42,6 +43,9 @@ pub enum Role {
         account: String,
         role: ExecutorRole,
     },
+    /// A person in `[approvals] users`: sends `pipelines approve`, `reject` (and `cancel`).
+    /// Named exactly as the config names them, since the dispatcher checks that name.
+    Approver(String),
 }
 
 impl Role {
@@ -64,6 +68,7 @@ impl Role {
             Role::Dispatcher => format!("{prefix}dispatcher"),
             Role::Orchestrator => format!("{prefix}orchestrator"),
             Role::Executor { account, role } => format!("{prefix}executor-{account}-{role}"),
+            Role::Approver(user) => user.clone(),
         }
     }
 
@@ -78,6 +83,16 @@ impl Role {
                 "EXECUTOR_{}_{}",
                 account.to_ascii_uppercase().replace('-', "_"),
                 role.as_str().to_ascii_uppercase()
+            ),
+            Role::Approver(user) => format!(
+                "APPROVER_{}",
+                user.chars()
+                    .map(|c| if c.is_ascii_alphanumeric() {
+                        c.to_ascii_uppercase()
+                    } else {
+                        '_'
+                    })
+                    .collect::<String>()
             ),
         };
         format!("PIPELINES_RABBITMQ_PASSWORD_{role}")
@@ -121,6 +136,7 @@ impl Role {
                     escape(&topology::jobs_queue(account, *role))
                 ),
             ),
+            Role::Approver(_) => ("^$".into(), names(&[CONTROL_EXCHANGE]), "^$".into()),
         }
     }
 }
@@ -301,6 +317,24 @@ mod tests {
             }
             .password_variable(),
             "PIPELINES_RABBITMQ_PASSWORD_EXECUTOR_EU_PROD_APPLY"
+        );
+    }
+
+    #[test]
+    fn an_approver_may_only_publish_to_the_control_exchange_under_its_own_name() {
+        let approver = Role::Approver("alice.smith".into());
+        assert_eq!(
+            approver.user("pipelines-"),
+            "alice.smith",
+            "named as [approvals] users names it"
+        );
+        assert_eq!(
+            approver.permissions(),
+            ("^$".into(), r"^(pipelines\.control)$".into(), "^$".into())
+        );
+        assert_eq!(
+            approver.password_variable(),
+            "PIPELINES_RABBITMQ_PASSWORD_APPROVER_ALICE_SMITH"
         );
     }
 

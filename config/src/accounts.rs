@@ -29,6 +29,10 @@ pub struct Account {
     /// The `[[credentials]]` applies and destroys run with. Default: the executor's environment.
     #[serde(default)]
     pub apply_credentials: Option<String>,
+    /// Applies and destroys of the account's units wait for an approver (`[approvals]`) before
+    /// they start. Pull-request plans never wait; they say that the apply will.
+    #[serde(default)]
+    pub require_approval: bool,
 }
 
 impl Account {

@@ -6,6 +6,7 @@
 //! `PIPELINES_EXECUTOR__WORK_DIR`). Every problem is reported at start-up with its key.
 
 mod accounts;
+mod approvals;
 mod credentials;
 mod dispatcher;
 mod duration;
@@ -25,6 +26,7 @@ use serde::Deserialize;
 
 use crate::accounts::default_job_timeout;
 pub use crate::accounts::{Account, AccountRouter, check_path, compile_glob};
+pub use crate::approvals::{ApprovalGates, Approvals};
 pub use crate::credentials::{Credentials, CredentialsProvider};
 pub use crate::dispatcher::{DispatcherSettings, RetryPolicy};
 pub use crate::duration::parse_duration;
@@ -35,7 +37,7 @@ pub use crate::repositories::Repository;
 pub use crate::timeouts::Timeouts;
 pub use crate::triggers::{Trigger, Triggers, UnitTrigger};
 use crate::urls::with_password;
-pub use crate::urls::{REDACTED, redact_url, url_password};
+pub use crate::urls::{REDACTED, redact_url, url_password, url_user};
 
 /// The broker a default local RabbitMQ answers on.
 pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -77,6 +79,9 @@ pub struct Config {
     /// Limits of every policy evaluation.
     #[serde(default)]
     pub policy: PolicySettings,
+    /// Who may approve gated applies, and how long they wait.
+    #[serde(default)]
+    pub approvals: Approvals,
 }
 
 /// Secrets never reach a log through `{:?}`: URLs lose their passwords, tokens their values.
@@ -96,6 +101,7 @@ impl std::fmt::Debug for Config {
             .field("timeouts", &self.timeouts)
             .field("policies", &self.policies)
             .field("policy", &self.policy)
+            .field("approvals", &self.approvals)
             .finish()
     }
 }
@@ -133,12 +139,19 @@ impl Config {
             let key = key.as_str().to_ascii_lowercase();
             key == "broker_url"
                 || key == "broker_password_file"
-                || ["executor", "dispatcher", "github", "timeouts", "policy"]
-                    .iter()
-                    .any(|section| {
-                        key.starts_with(&format!("{section}."))
-                            || key.starts_with(&format!("{section}__"))
-                    })
+                || [
+                    "executor",
+                    "dispatcher",
+                    "github",
+                    "timeouts",
+                    "policy",
+                    "approvals",
+                ]
+                .iter()
+                .any(|section| {
+                    key.starts_with(&format!("{section}."))
+                        || key.starts_with(&format!("{section}__"))
+                })
         });
         let config: Config = Figment::new()
             .merge(Toml::file_exact(path))
@@ -186,6 +199,7 @@ impl Config {
                 job_timeout: default_job_timeout(),
                 plan_credentials: None,
                 apply_credentials: None,
+                require_approval: false,
             }],
             executor: ExecutorSettings::default(),
             dispatcher: DispatcherSettings::default(),
@@ -196,6 +210,7 @@ impl Config {
             timeouts: Timeouts::default(),
             policies: Vec::new(),
             policy: PolicySettings::default(),
+            approvals: Approvals::default(),
         }
     }
 
@@ -286,6 +301,7 @@ impl Config {
         timeouts::validate(&self.timeouts)?;
         dispatcher::validate_retry(&self.retry)?;
         policies::validate(&self.policies, &self.policy)?;
+        approvals::validate(self)?;
         triggers::validate(&self.triggers)
     }
 }
@@ -304,6 +320,11 @@ pub(crate) mod testing {
         name = "prod"
         paths = ["prod/**"]
     "#;
+
+    /// [`VALID`] with more TOML after it.
+    pub(crate) fn with(extra: &str) -> Result<Config, crate::ConfigError> {
+        Config::from_toml(&format!("{VALID}\n{extra}"))
+    }
 
     pub(crate) fn error_of(text: &str) -> String {
         Config::from_toml(text).expect_err("refused").to_string()

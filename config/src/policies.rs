@@ -210,12 +210,7 @@ pub(crate) fn validate(sets: &[PolicySet], settings: &PolicySettings) -> Result<
 
 #[cfg(test)]
 mod tests {
-    use crate::Config;
-    use crate::testing::VALID;
-
-    fn with(extra: &str) -> Result<Config, crate::ConfigError> {
-        Config::from_toml(&format!("{VALID}\n{extra}"))
-    }
+    use crate::testing::with;
 
     #[test]
     fn a_policy_set_needs_only_a_path_and_defaults_to_deny_in_package_main_for_everything() {

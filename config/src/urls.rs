@@ -11,6 +11,15 @@ pub fn url_password(url: &str) -> Option<&str> {
     userinfo.split_once(':').map(|(_, password)| password)
 }
 
+/// The user a URL logs in as (`amqp://alice:…@host` → `alice`), if it names one.
+pub fn url_user(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+    (!user.is_empty()).then_some(user)
+}
+
 /// `url` with `password` (percent-encoded) after its user; `None` without a user.
 pub(crate) fn with_password(url: &str, password: &str) -> Option<String> {
     let (scheme, rest) = url.split_once("://")?;

@@ -8,10 +8,10 @@
 //! answer to the worker, the verdict to the delivery, the [`Outcome`] to logs and metrics.
 //! Nothing here reads a clock: `now` is an input.
 
-use config::{AccountRouter, Config};
+use config::{AccountRouter, ApprovalGates, Config};
 use proto_types::{
-    Action, CancelRun, ChangeEvent, ClaimReply, ClaimVerdict, JobEvent, JobEventKind, JobStatus,
-    UnitState,
+    Action, ApprovalOrder, ApprovalVerdict, CancelRun, ChangeEvent, ClaimReply, ClaimVerdict,
+    JobEvent, JobEventKind, JobStatus, UnitState,
 };
 use uuid::Uuid;
 
@@ -21,6 +21,8 @@ use crate::scheduler::{Effects, Run, RunJob, Scheduler, Settings, tail};
 
 /// How much of each finished job's output the database keeps for reports (the end of it).
 pub const KEPT_OUTPUT_BYTES: usize = 64 * 1024;
+/// The longest approval reason kept, in characters.
+pub const MAX_APPROVAL_REASON_CHARS: usize = 1_000;
 /// A running run's status snapshot goes out at most this often (its final one at once).
 pub const STATUS_INTERVAL_MS: u64 = 500;
 
@@ -97,6 +99,20 @@ pub enum Outcome {
     },
     CancelOfEndedRun,
     CancelOfUnknownRun,
+    /// An approval order from a broker user not in `[approvals] users`.
+    ApproverRefused {
+        user: String,
+    },
+    /// An approver's verdict, applied to this many jobs awaiting approval.
+    ApprovalApplied {
+        verdict: ApprovalVerdict,
+        by: String,
+        jobs: usize,
+    },
+    /// An approver's verdict that found no job awaiting approval (why, naming the unit).
+    ApprovalMatchedNothing {
+        reason: String,
+    },
 }
 
 /// Everything one message decided.
@@ -148,6 +164,7 @@ impl Persist {
 pub struct Core {
     config: Config,
     router: AccountRouter,
+    gates: ApprovalGates,
     scheduler: Scheduler,
     pacer: StatusPacer,
 }
@@ -159,6 +176,7 @@ impl Core {
         let settings = Settings::from_config(&config);
         Core {
             router: AccountRouter::new(&config),
+            gates: ApprovalGates::new(&config),
             scheduler: Scheduler::restore(settings, runs, next_seq, now),
             pacer: StatusPacer::new(STATUS_INTERVAL_MS),
             config,
@@ -228,7 +246,7 @@ impl Core {
             };
             return Decision::new(verdict, Outcome::EventRedelivered).with_effects(effects);
         }
-        match policy::plan(event, &self.config, &self.router) {
+        match policy::plan(event, &self.config, &self.router, &self.gates) {
             Ok(plan) => {
                 let effects = self.scheduler.accept(event, &plan, now);
                 Decision::new(
@@ -409,6 +427,74 @@ impl Core {
                 Verdict::DeadLetter(format!("cancellation of unknown run {}", order.run_id)),
                 Outcome::CancelOfUnknownRun,
             )
+        }
+    }
+
+    /// An approver's verdict on a run's jobs awaiting approval. `user_id` is the
+    /// broker-validated publisher: only `[approvals] users` count, whatever the order says
+    /// about who sent it. `known` is the store's answer when the run is not active.
+    pub fn decide_approval(
+        &mut self,
+        order: &ApprovalOrder,
+        user_id: Option<&str>,
+        known: Option<KnownRun>,
+        now: u64,
+    ) -> Decision {
+        let Some(user) = user_id.filter(|user| self.config.approvals.is_approver(user)) else {
+            let from = user_id.unwrap_or("(no user_id)");
+            let allowed = if self.config.approvals.users.is_empty() {
+                "nobody (approvals.users is empty)".to_owned()
+            } else {
+                self.config.approvals.users.join(", ")
+            };
+            let reason = format!(
+                "{} of run {} from broker user {from:?}: only {allowed} may approve or reject",
+                order.verdict.as_str(),
+                order.run_id
+            );
+            return Decision::new(
+                Verdict::DeadLetter(reason),
+                Outcome::ApproverRefused {
+                    user: from.to_owned(),
+                },
+            );
+        };
+        if !self.is_active_run(order.run_id) {
+            let reason = match known {
+                Some(_) => format!("run {} has ended", order.run_id),
+                None => format!("run {} is unknown", order.run_id),
+            };
+            return Decision::new(Verdict::Ack, Outcome::ApprovalMatchedNothing { reason });
+        }
+        // The broker user is the authority; what the order says about its sender is a note.
+        let by = if order.requested_by.is_empty() || order.requested_by == user {
+            user.to_owned()
+        } else {
+            format!("{user} ({})", order.requested_by)
+        };
+        // Kept with every job it opens or closes, and shown in the comment: bounded.
+        let reason = match order.reason.trim() {
+            "" => "no reason given".to_owned(),
+            reason => reason.chars().take(MAX_APPROVAL_REASON_CHARS).collect(),
+        };
+        match self.scheduler.decide_approval(
+            order.run_id,
+            order.unit.as_deref(),
+            order.verdict,
+            &by,
+            &reason,
+            now,
+        ) {
+            Ok((jobs, effects)) => Decision::new(
+                Verdict::Ack,
+                Outcome::ApprovalApplied {
+                    verdict: order.verdict,
+                    by,
+                    jobs,
+                },
+            )
+            .with_effects(effects),
+            Err(reason) => Decision::new(Verdict::Ack, Outcome::ApprovalMatchedNothing { reason }),
         }
     }
 

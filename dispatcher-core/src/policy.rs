@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use config::{AccountRouter, check_path};
+pub use config::{AccountRouter, ApprovalGates, check_path};
 use config::{Config, Trigger, Triggers, UnitTrigger};
 use proto_types::{Action, ChangeEvent, ChangeKind, DependencyEdge};
 
@@ -16,6 +16,9 @@ pub struct PlannedUnit {
     pub unit: String,
     pub account: String,
     pub action: Action,
+    /// Whether the unit's applies and destroys wait for an approver (`require_approval`): a
+    /// push's job waits; a pull request's plan says that the apply will.
+    pub gated: bool,
 }
 
 /// A validated event, ready to become a run.
@@ -31,6 +34,7 @@ pub fn plan(
     event: &ChangeEvent,
     config: &Config,
     router: &AccountRouter,
+    gates: &ApprovalGates,
 ) -> Result<RunPlan, String> {
     let repository = config.repository(&event.repository).ok_or_else(|| {
         format!(
@@ -107,6 +111,7 @@ pub fn plan(
             unit: (*unit).to_owned(),
             account: account.to_owned(),
             action: *action,
+            gated: gates.gates(account, unit),
         });
     }
 
@@ -327,7 +332,12 @@ mod tests {
 
     fn check(event: &ChangeEvent) -> Result<RunPlan, String> {
         let config = config();
-        plan(event, &config, &AccountRouter::new(&config))
+        plan(
+            event,
+            &config,
+            &AccountRouter::new(&config),
+            &ApprovalGates::new(&config),
+        )
     }
 
     #[test]
@@ -447,7 +457,13 @@ mod tests {
     type Planned = (Vec<(String, Action)>, Vec<(String, String)>);
 
     fn actions_with(config: &Config, event: &ChangeEvent) -> Planned {
-        let plan = plan(event, config, &AccountRouter::new(config)).unwrap();
+        let plan = plan(
+            event,
+            config,
+            &AccountRouter::new(config),
+            &ApprovalGates::new(config),
+        )
+        .unwrap();
         (
             plan.units.into_iter().map(|u| (u.unit, u.action)).collect(),
             plan.edges
@@ -631,7 +647,7 @@ mod tests {
             fn any_event_is_planned_safely_or_refused(event in change_event()) {
                 let config = config();
                 let router = AccountRouter::new(&config);
-                if let Ok(plan) = plan(&event, &config, &router) {
+                if let Ok(plan) = plan(&event, &config, &router, &ApprovalGates::new(&config)) {
                     prop_assert!(event.repository == "infra");
                     for unit in &plan.units {
                         prop_assert!(check_path(&unit.unit).is_ok(), "accepted {:?}", unit.unit);

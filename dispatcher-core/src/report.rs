@@ -10,7 +10,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use proto_types::{EventKind, JobPhase, JobSummary, PolicyReport, RunDetail, RunPhase};
+use proto_types::{
+    ApprovalGate, EventKind, JobPhase, JobSummary, PolicyReport, RunDetail, RunPhase,
+};
 use uuid::Uuid;
 
 /// GitHub's limit on a comment body, in characters.
@@ -60,7 +62,15 @@ pub fn commit_status(detail: &RunDetail, context: &str) -> CommitStatus {
         .iter()
         .filter(|j| j.state == JobPhase::Succeeded)
         .count();
+    let awaiting = detail
+        .jobs
+        .iter()
+        .filter(|j| j.state == JobPhase::AwaitingApproval)
+        .count();
     let description = match run.state {
+        RunPhase::Running if awaiting > 0 => {
+            format!("{done} of {total} units done, {awaiting} awaiting approval")
+        }
         RunPhase::Running => format!("{done} of {total} units done"),
         RunPhase::Succeeded => format!(
             "{total} unit(s) {}",
@@ -224,7 +234,76 @@ fn icon(state: JobPhase) -> &'static str {
         JobPhase::Queued | JobPhase::Pending => "🕒",
         JobPhase::Skipped => "⏭️",
         JobPhase::Cancelled => "🚫",
+        JobPhase::AwaitingApproval => "✋",
     }
+}
+
+/// What a job's approval gate means for it now, in one sentence; `None` when the gate no
+/// longer matters (the job was cancelled or skipped while it waited: its reason says why).
+pub fn approval_note(gate: &ApprovalGate, state: JobPhase) -> Option<String> {
+    match gate {
+        ApprovalGate::AfterMerge => {
+            Some("its apply will wait for an approval after the merge".to_owned())
+        }
+        ApprovalGate::Waiting {
+            approvers,
+            since_ms,
+            expires_ms,
+        } if state == JobPhase::AwaitingApproval => Some(format!(
+            "waits for an approval from {} since {} (cancelled at {} without one)",
+            approvers.join(" or "),
+            utc(*since_ms),
+            utc(*expires_ms)
+        )),
+        ApprovalGate::Waiting { .. } => None,
+        ApprovalGate::Approved { by, reason, at_ms } => {
+            Some(format!("approved by {by} at {}: {reason}", utc(*at_ms)))
+        }
+    }
+}
+
+/// `2026-12-04 09:44 UTC` from milliseconds since the Unix epoch (the proleptic Gregorian
+/// calendar; Howard Hinnant's `civil_from_days`).
+pub fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
+    let (hour, minute) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02} UTC")
+}
+
+/// Every gated unit of the run and where its gate stands, for the comment.
+fn approval_section(detail: &RunDetail) -> String {
+    let lines: Vec<String> = detail
+        .jobs
+        .iter()
+        .filter_map(|job| {
+            let note = approval_note(job.approval.as_ref()?, job.state)?;
+            let mark = match job.approval.as_ref()? {
+                ApprovalGate::AfterMerge => "🔒",
+                ApprovalGate::Waiting { .. } => "✋",
+                ApprovalGate::Approved { .. } => "✅",
+            };
+            Some(format!(
+                "- {mark} `{}` {}: {}",
+                cell(&job.unit),
+                job.action,
+                cell(&shorten(&note, 400))
+            ))
+        })
+        .collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!("**Approvals**\n{}\n\n", lines.join("\n"))
 }
 
 /// The living comment of a pull request for its latest run.
@@ -394,6 +473,9 @@ fn summary(marker: &str, title: &str, detail: &RunDetail, links: &Links) -> Stri
         out.push_str(&row);
     }
     out.push('\n');
+    // Bounded like the table: one line of at most ~500 characters per unit, within a quarter
+    // of the limit.
+    out.push_str(&shorten(&approval_section(detail), MAX_COMMENT_CHARS / 4));
     let messages = policy_section(detail);
     if !messages.is_empty() {
         // Bounded like the table: messages are capped per set by the worker, and here.
@@ -603,6 +685,7 @@ mod tests {
             }),
             started_ms: None,
             finished_ms: None,
+            approval: None,
             policy: None,
         }
     }
@@ -864,5 +947,58 @@ mod tests {
             body.contains("- ⛔ **security** could not run: policies/a.rego:3: unexpected token"),
             "{body}"
         );
+    }
+
+    #[test]
+    fn utc_times_read_as_calendar_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00 UTC");
+        assert_eq!(utc(1_796_376_240_000), "2026-12-04 09:24 UTC");
+    }
+
+    #[test]
+    fn gated_units_say_who_may_approve_since_when_or_who_approved_and_why() {
+        let mut waiting = job(0, "awaiting-approval");
+        waiting.action = Action::Apply;
+        waiting.approval = Some(ApprovalGate::Waiting {
+            approvers: vec!["alice".into(), "bob".into()],
+            since_ms: 1_796_376_240_000,
+            expires_ms: 1_796_462_640_000,
+        });
+        let mut approved = job(1, "succeeded");
+        approved.approval = Some(ApprovalGate::Approved {
+            by: "carol".into(),
+            reason: "CHG-1 | ok".into(),
+            at_ms: 1_796_376_300_000,
+        });
+        let mut plan = job(2, "succeeded");
+        plan.approval = Some(ApprovalGate::AfterMerge);
+        let mut rejected = job(3, "cancelled");
+        rejected.approval = Some(ApprovalGate::Waiting {
+            approvers: vec!["alice".into()],
+            since_ms: 0,
+            expires_ms: 1,
+        });
+        let run = detail(vec![waiting, approved, plan, rejected], "running");
+        let comment = pull_request_comment(&run, &BTreeMap::new(), &Links::default());
+        assert!(comment.contains("| ✋ awaiting-approval |"), "{comment}");
+        assert!(
+            comment.contains("**Approvals**\n- ✋ `prod/region-0/service-000` apply: waits for an approval from alice or bob since 2026-12-04 09:24 UTC (cancelled at 2026-12-05 09:24 UTC without one)\n"),
+            "{comment}"
+        );
+        assert!(
+            comment.contains("- ✅ `prod/region-1/service-001` plan: approved by carol at 2026-12-04 09:25 UTC: CHG-1 \\| ok\n"),
+            "{comment}"
+        );
+        assert!(
+            comment.contains("- 🔒 `prod/region-2/service-002` plan: its apply will wait for an approval after the merge\n"),
+            "{comment}"
+        );
+        assert!(
+            !comment.contains("service-003` plan: waits"),
+            "a gate that no longer matters is not listed: {comment}"
+        );
+        let status = commit_status(&run, "pipelines");
+        assert_eq!(status.description, "2 of 4 units done, 1 awaiting approval");
     }
 }

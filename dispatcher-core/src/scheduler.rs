@@ -12,13 +12,17 @@
 //!   cancelled, naming the newer run;
 //! - a failure whose output matches a retry pattern runs again after a backoff, up to a limit;
 //! - a worker runs a job only after its claim is granted: one holder per job and attempt, kept
-//!   alive by heartbeats; a redelivered job may be taken over.
+//!   alive by heartbeats; a redelivered job may be taken over;
+//! - a gated apply or destroy (`require_approval`) waits in `awaiting-approval` until an
+//!   approver approves it (then it waits for its dependencies as any job), rejects it, or the
+//!   approval timeout passes (both cancel it); a newer push of the same unit supersedes it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use proto_types::{
-    Action, CancelJob, ChangeEvent, ClaimVerdict, EventKind, ExecutorRole, Job, JobOutcome,
-    JobStatus, PolicyReport, ResourceCounts, RunState, RunStatus, Trigger, UnitState, UnitStatus,
+    Action, ApprovalGate, ApprovalVerdict, CancelJob, ChangeEvent, ClaimVerdict, EventKind,
+    ExecutorRole, Job, JobOutcome, JobStatus, PolicyReport, ResourceCounts, RunState, RunStatus,
+    Trigger, UnitState, UnitStatus,
 };
 use regex::Regex;
 use uuid::Uuid;
@@ -39,6 +43,10 @@ pub struct Settings {
     pub backoff_ms: u64,
     pub retry_patterns: Vec<Regex>,
     pub lease_ms: u64,
+    /// The broker users who may approve gated jobs (shown to whoever waits for them).
+    pub approvers: Vec<String>,
+    /// How long a gated job waits for an approval before it is cancelled.
+    pub approval_timeout_ms: u64,
 }
 
 impl Settings {
@@ -64,6 +72,9 @@ impl Settings {
                 .filter_map(|p| Regex::new(p).ok())
                 .collect(),
             lease_ms: config.dispatcher.lease_seconds * 1000,
+            approvers: config.approvals.users.clone(),
+            approval_timeout_ms: u64::try_from(config.approvals.timeout().as_millis())
+                .unwrap_or(u64::MAX),
         }
     }
 }
@@ -106,6 +117,20 @@ pub struct RunJob {
     pub log: Option<String>,
     /// Set when the job was told to stop while running; why.
     pub cancel_requested: Option<String>,
+    /// Its approval gate, when the admin config puts one on the unit.
+    pub approval: Option<ApprovalGate>,
+}
+
+impl RunJob {
+    /// When a job awaiting approval is cancelled for want of one.
+    fn approval_expiry(&self) -> Option<u64> {
+        match (&self.state, &self.approval) {
+            (UnitState::AwaitingApproval, Some(ApprovalGate::Waiting { expires_ms, .. })) => {
+                Some(*expires_ms)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A run: an accepted (or rejected) change event and its jobs.
@@ -188,6 +213,7 @@ impl Run {
                     attempt: j.job.attempt,
                     note: j.note.clone(),
                     log: j.log.clone(),
+                    approval: j.approval.clone(),
                 })
                 .collect(),
         }
@@ -251,6 +277,8 @@ pub struct Scheduler {
     in_flight: HashMap<String, u32>,
     /// For each job, the jobs of its run that require it or wait for it.
     followers: HashMap<JobRef, Vec<usize>>,
+    /// Jobs awaiting approval, by the time their wait expires.
+    awaiting: BTreeSet<(u64, JobRef)>,
     next_seq: u64,
 }
 
@@ -265,6 +293,7 @@ impl Scheduler {
             unit_queues: HashMap::new(),
             in_flight: HashMap::new(),
             followers: HashMap::new(),
+            awaiting: BTreeSet::new(),
             next_seq: 1,
         }
     }
@@ -303,13 +332,18 @@ impl Scheduler {
         &self.in_flight
     }
 
-    /// Jobs not final and not in flight: waiting for something.
+    /// Jobs not final and not in flight: waiting for something (an approval included).
     pub fn waiting(&self) -> usize {
         self.runs
             .values()
             .flat_map(|run| &run.jobs)
-            .filter(|job| job.state == UnitState::Pending)
+            .filter(|job| matches!(job.state, UnitState::Pending | UnitState::AwaitingApproval))
             .count()
+    }
+
+    /// Jobs waiting for an approver.
+    pub fn awaiting_approval(&self) -> usize {
+        self.awaiting.len()
     }
 
     /// Records the trace a run belongs to (the span that accepted it).
@@ -360,14 +394,17 @@ impl Scheduler {
         ids
     }
 
-    /// The earliest time after `now` a retry becomes due, if any is waiting.
+    /// The earliest time after `now` a retry becomes due or a wait for an approval expires.
     pub fn next_wakeup(&self, now: u64) -> Option<u64> {
-        self.eligible
+        let retry = self
+            .eligible
             .iter()
             .filter_map(|job| self.job(*job))
             .map(|job| job.not_before_ms)
             .filter(|&at| at > now)
-            .min()
+            .min();
+        let expiry = self.awaiting.first().map(|(at, _)| (*at).max(now + 1));
+        retry.into_iter().chain(expiry).min()
     }
 
     /// Records a rejected event as a final run with no jobs, so that redeliveries are recognised
@@ -389,6 +426,7 @@ impl Scheduler {
         if let Some(pr) = run.pull_request {
             self.supersede(&run.repository, pr, run.run_id, now, &mut effects);
         }
+        self.supersede_approvals(&run, now, &mut effects);
         let seq = run.seq;
         effects.touch_run(run.run_id);
         for job in &run.jobs {
@@ -407,40 +445,59 @@ impl Scheduler {
         let mut jobs: Vec<RunJob> = plan
             .units
             .iter()
-            .map(|planned| RunJob {
-                job: Job {
-                    job_id: job_id(event.id, &planned.unit, planned.action),
-                    run_id: event.id,
-                    repository: event.repository.clone(),
-                    account: planned.account.clone(),
-                    commit: event.head_sha.clone(),
-                    unit: planned.unit.clone(),
-                    action: planned.action,
-                    source_commit: planned.action.is_destroy().then(|| event.base_sha.clone()),
-                    attempt: 1,
-                    timeout_secs: self
-                        .settings
-                        .timeouts
-                        .get(&planned.account)
-                        .copied()
-                        .unwrap_or(0),
-                    role: ExecutorRole::for_event(event.trigger.kind()),
-                },
-                requires: Vec::new(),
-                state: UnitState::Pending,
-                note: None,
-                not_before_ms: 0,
-                lease: None,
-                exit_code: None,
-                resource_changes: None,
-                policy: None,
-                duration_ms: None,
-                worker: None,
-                output_tail: None,
-                started_ms: None,
-                finished_ms: None,
-                log: None,
-                cancel_requested: None,
+            .map(|planned| {
+                let waits = planned.gated && planned.action.mutates();
+                let approval = planned.gated.then(|| {
+                    if waits {
+                        ApprovalGate::Waiting {
+                            approvers: self.settings.approvers.clone(),
+                            since_ms: now,
+                            expires_ms: now.saturating_add(self.settings.approval_timeout_ms),
+                        }
+                    } else {
+                        ApprovalGate::AfterMerge
+                    }
+                });
+                RunJob {
+                    job: Job {
+                        job_id: job_id(event.id, &planned.unit, planned.action),
+                        run_id: event.id,
+                        repository: event.repository.clone(),
+                        account: planned.account.clone(),
+                        commit: event.head_sha.clone(),
+                        unit: planned.unit.clone(),
+                        action: planned.action,
+                        source_commit: planned.action.is_destroy().then(|| event.base_sha.clone()),
+                        attempt: 1,
+                        timeout_secs: self
+                            .settings
+                            .timeouts
+                            .get(&planned.account)
+                            .copied()
+                            .unwrap_or(0),
+                        role: ExecutorRole::for_event(event.trigger.kind()),
+                    },
+                    requires: Vec::new(),
+                    state: if waits {
+                        UnitState::AwaitingApproval
+                    } else {
+                        UnitState::Pending
+                    },
+                    note: None,
+                    not_before_ms: 0,
+                    lease: None,
+                    exit_code: None,
+                    resource_changes: None,
+                    policy: None,
+                    duration_ms: None,
+                    worker: None,
+                    output_tail: None,
+                    started_ms: None,
+                    finished_ms: None,
+                    log: None,
+                    cancel_requested: None,
+                    approval,
+                }
             })
             .collect();
         for edge in &plan.edges {
@@ -503,6 +560,9 @@ impl Scheduler {
             if matches!(job.state, UnitState::Queued | UnitState::Running) {
                 *self.in_flight.entry(job.job.account.clone()).or_default() += 1;
             }
+            if let Some(expires) = job.approval_expiry() {
+                self.awaiting.insert((expires, (seq, idx)));
+            }
         }
         let eligible: Vec<usize> = (0..run.jobs.len())
             .filter(|&i| run.jobs[i].state == UnitState::Pending && dependencies_met(&run, i))
@@ -551,7 +611,12 @@ impl Scheduler {
             run.cancelled = Some(reason.clone());
             effects.touch_run(run.run_id);
             let waiting: Vec<usize> = (0..run.jobs.len())
-                .filter(|&i| matches!(run.jobs[i].state, UnitState::Pending | UnitState::Queued))
+                .filter(|&i| {
+                    matches!(
+                        run.jobs[i].state,
+                        UnitState::Pending | UnitState::Queued | UnitState::AwaitingApproval
+                    )
+                })
                 .collect();
             for idx in waiting {
                 self.finalize(
@@ -570,6 +635,12 @@ impl Scheduler {
             return;
         };
         job.finished_ms = Some(now);
+        if let Some(expires) = job.approval_expiry() {
+            self.awaiting.remove(&(expires, job_ref));
+        }
+        let Some(job) = self.job_mut(job_ref) else {
+            return;
+        };
         let was_in_flight = matches!(job.state, UnitState::Queued | UnitState::Running);
         job.state = state;
         job.lease = None;
@@ -629,7 +700,8 @@ impl Scheduler {
         let Some(run) = self.runs.get(&seq) else {
             return;
         };
-        if run.jobs[idx].state != UnitState::Pending {
+        let awaiting = run.jobs[idx].state == UnitState::AwaitingApproval;
+        if run.jobs[idx].state != UnitState::Pending && !awaiting {
             return;
         }
         let blocked = run.jobs[idx]
@@ -645,8 +717,9 @@ impl Scheduler {
                 _ => None,
             });
         if let Some(state) = blocked {
+            // No approval can make a job run whose dependency did not succeed.
             self.finalize(job_ref, state, now, effects);
-        } else if dependencies_met(run, idx) {
+        } else if !awaiting && dependencies_met(run, idx) {
             self.eligible.insert(job_ref);
         }
     }
@@ -711,11 +784,115 @@ impl Scheduler {
             .flatten()
     }
 
-    /// Retries whose backoff ended, and anything else time unblocks.
+    /// Retries whose backoff ended, waits for an approval that expired, and anything else time
+    /// unblocks.
     pub fn tick(&mut self, now: u64) -> Effects {
         let mut effects = Effects::default();
+        let expired: Vec<JobRef> = self
+            .awaiting
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, job_ref)| *job_ref)
+            .collect();
+        let timeout = human_duration(self.settings.approval_timeout_ms);
+        for job_ref in expired {
+            let reason = format!("approval expired: nobody approved it within {timeout}");
+            self.finalize(job_ref, UnitState::Cancelled(reason), now, &mut effects);
+        }
         self.schedule(now, &mut effects);
         effects
+    }
+
+    /// An approver's verdict on a run's jobs awaiting approval: every one of them, or the one
+    /// of `unit`. Approved jobs wait for their dependencies as any job; rejected ones are
+    /// cancelled with the reason, and so are the jobs that need them. `Err` says why nothing
+    /// matched.
+    pub fn decide_approval(
+        &mut self,
+        run_id: Uuid,
+        unit: Option<&str>,
+        verdict: ApprovalVerdict,
+        by: &str,
+        reason: &str,
+        now: u64,
+    ) -> Result<(usize, Effects), String> {
+        let mut effects = Effects::default();
+        let Some(&seq) = self.by_id.get(&run_id) else {
+            return Err(format!("run {run_id} is not active"));
+        };
+        let Some(run) = self.runs.get(&seq) else {
+            return Err(format!("run {run_id} is not active"));
+        };
+        let matching: Vec<usize> = (0..run.jobs.len())
+            .filter(|&i| unit.is_none_or(|unit| run.jobs[i].job.unit == unit))
+            .collect();
+        let awaiting: Vec<usize> = matching
+            .iter()
+            .copied()
+            .filter(|&i| run.jobs[i].state == UnitState::AwaitingApproval)
+            .collect();
+        if awaiting.is_empty() {
+            return Err(match (unit, matching.first()) {
+                (Some(unit), None) => format!("run {run_id} has no job for unit {unit:?}"),
+                (Some(unit), Some(&i)) => format!(
+                    "unit {unit:?} of run {run_id} is not awaiting approval (it is {})",
+                    run.jobs[i].state.as_str()
+                ),
+                (None, _) => format!("run {run_id} has no job awaiting approval"),
+            });
+        }
+        for &idx in &awaiting {
+            let job_ref = (seq, idx);
+            match verdict {
+                ApprovalVerdict::Approve => {
+                    let Some(job) = self.job(job_ref) else {
+                        continue;
+                    };
+                    if let Some(expires) = job.approval_expiry() {
+                        self.awaiting.remove(&(expires, job_ref));
+                    }
+                    let Some(job) = self.job_mut(job_ref) else {
+                        continue;
+                    };
+                    job.state = UnitState::Pending;
+                    job.approval = Some(ApprovalGate::Approved {
+                        by: by.to_owned(),
+                        reason: reason.to_owned(),
+                        at_ms: now,
+                    });
+                    effects.touch(&job.job);
+                    self.settle_pending(job_ref, now, &mut effects);
+                }
+                ApprovalVerdict::Reject => {
+                    let why = format!("rejected by {by}: {reason}");
+                    self.finalize(job_ref, UnitState::Cancelled(why), now, &mut effects);
+                }
+            }
+        }
+        self.schedule(now, &mut effects);
+        Ok((awaiting.len(), effects))
+    }
+
+    /// A push's apply or destroy of a unit supersedes older jobs of that unit still awaiting
+    /// approval: the newer commit is what an approver should look at.
+    fn supersede_approvals(&mut self, newer: &Run, now: u64, effects: &mut Effects) {
+        let mut older = Vec::new();
+        for job in newer.jobs.iter().filter(|job| job.job.action.mutates()) {
+            let key = (job.job.repository.clone(), job.job.unit.clone());
+            if let Some(queue) = self.unit_queues.get(&key) {
+                older.extend(queue.iter().copied().filter(|&job_ref| {
+                    self.job(job_ref)
+                        .is_some_and(|job| job.state == UnitState::AwaitingApproval)
+                }));
+            }
+        }
+        let reason = format!(
+            "superseded by run {}, a newer push of this unit",
+            newer.run_id
+        );
+        for job_ref in older {
+            self.finalize(job_ref, UnitState::Cancelled(reason.clone()), now, effects);
+        }
     }
 
     /// A worker asks to start a job. Granted at most once per (job, attempt) while the holder's
@@ -853,7 +1030,9 @@ impl Scheduler {
         let mut waiting = Vec::new();
         for (idx, job) in run.jobs.iter_mut().enumerate() {
             match job.state {
-                UnitState::Pending | UnitState::Queued => waiting.push(idx),
+                UnitState::Pending | UnitState::Queued | UnitState::AwaitingApproval => {
+                    waiting.push(idx);
+                }
                 UnitState::Running if job.cancel_requested.is_none() => {
                     job.cancel_requested = Some(reason.to_owned());
                     job.note = Some(format!("stopping: {reason}"));
@@ -1000,6 +1179,18 @@ fn dependencies_met(run: &Run, idx: usize) -> bool {
         .iter()
         .all(|&r| run.jobs[r].state == UnitState::Succeeded)
         && (!job.job.action.is_destroy() || run.open_non_destroy == 0)
+}
+
+/// `24h`, `90m`, `45s`: a timeout as the config would write it.
+fn human_duration(ms: u64) -> String {
+    let secs = ms / 1000;
+    if secs > 0 && secs.is_multiple_of(3600) {
+        format!("{}h", secs / 3600)
+    } else if secs > 0 && secs.is_multiple_of(60) {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
 }
 
 /// The last `max` bytes of `text`, cut at a character boundary.

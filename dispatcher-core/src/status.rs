@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use proto_types::{RunDetail, RunPhase, RunSummary};
+use proto_types::{JobPhase, RunDetail, RunPhase, RunSummary};
 
 use crate::report::{PolicyMessage, policy_messages};
 
@@ -119,10 +119,16 @@ pub fn render_run(detail: &RunDetail, now: u64) -> String {
         .to_vec(),
     ];
     for job in &detail.jobs {
+        let gate = job
+            .approval
+            .as_ref()
+            .filter(|_| job.state == JobPhase::AwaitingApproval)
+            .and_then(|gate| crate::report::approval_note(gate, job.state));
         let why = job
             .reason
             .as_deref()
             .or(job.note.as_deref())
+            .or(gate.as_deref())
             .unwrap_or_default();
         rows.push(vec![
             job.unit.clone(),
@@ -169,6 +175,19 @@ pub fn render_run(detail: &RunDetail, now: u64) -> String {
             })
         })
         .collect();
+    let approvals: Vec<String> = detail
+        .jobs
+        .iter()
+        .filter_map(|job| {
+            let note = crate::report::approval_note(job.approval.as_ref()?, job.state)?;
+            Some(format!("  {} {}: {note}", job.unit, job.action))
+        })
+        .collect();
+    if !approvals.is_empty() {
+        out.push_str("Approvals:\n");
+        out.push_str(&approvals.join("\n"));
+        out.push('\n');
+    }
     if !policy.is_empty() {
         out.push_str("Policy messages:\n");
         out.push_str(&policy.join("\n"));
@@ -184,6 +203,7 @@ fn job_counts(run: &RunSummary) -> String {
     // Most interesting first.
     let order = [
         "failed",
+        "awaiting-approval",
         "running",
         "queued",
         "pending",
@@ -323,6 +343,7 @@ mod tests {
             resource_changes: None,
             started_ms: None,
             finished_ms: None,
+            approval: None,
             policy: None,
         };
         let detail = RunDetail {
@@ -367,6 +388,7 @@ mod tests {
             resource_changes: None,
             started_ms: None,
             finished_ms: None,
+            approval: None,
             policy: Some(proto_types::PolicyReport {
                 sets: vec![proto_types::PolicySetResult {
                     name: "security".into(),

@@ -26,7 +26,21 @@ pub fn settings() -> Settings {
             Regex::new("Error acquiring the state lock").expect("a valid pattern"),
         ],
         lease_ms: LEASE_MS,
+        approvers: vec![APPROVER.to_owned()],
+        approval_timeout_ms: APPROVAL_TIMEOUT_MS,
     }
+}
+
+/// The one broker user [`settings`] lets approve.
+pub const APPROVER: &str = "alice";
+pub const APPROVAL_TIMEOUT_MS: u64 = 3_600_000;
+
+/// `plan` with the applies and destroys of `units` waiting for an approval.
+pub fn gated(mut plan: RunPlan, units: &[&str]) -> RunPlan {
+    for planned in &mut plan.units {
+        planned.gated = units.contains(&planned.unit.as_str());
+    }
+    plan
 }
 
 /// A change event (only its identity matters here) and the plan the policy made of it. Units
@@ -60,6 +74,7 @@ pub fn event(
                     "dev".into()
                 },
                 action: *action,
+                gated: false,
             })
             .collect(),
         edges: edges

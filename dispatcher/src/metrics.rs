@@ -13,6 +13,8 @@ pub(crate) const QUEUE_DEPTH: &str = "pipelines_queue_depth";
 pub(crate) const RETRIES: &str = "pipelines_job_retries_total";
 pub(crate) const DEAD_LETTERS: &str = "pipelines_dead_letters_total";
 pub(crate) const RUNS_FINISHED: &str = "pipelines_runs_finished_total";
+pub(crate) const JOBS_AWAITING_APPROVAL: &str = "pipelines_jobs_awaiting_approval";
+pub(crate) const APPROVAL_ORDERS: &str = "pipelines_approval_orders_total";
 
 pub(crate) fn register(metrics: &Metrics) {
     metrics.counter(
@@ -45,6 +47,14 @@ pub(crate) fn register(metrics: &Metrics) {
         "Messages the dispatcher dead-lettered, by queue.",
     );
     metrics.counter(RUNS_FINISHED, "Runs that ended, by event and state.");
+    metrics.gauge(
+        JOBS_AWAITING_APPROVAL,
+        "Gated applies and destroys waiting for an approver.",
+    );
+    metrics.counter(
+        APPROVAL_ORDERS,
+        "Approval orders received, by verdict (approve, reject) and result (applied, matched-nothing, refused).",
+    );
 }
 
 pub(crate) fn job_finished(metrics: &Metrics, action: &str, state: &str, duration_ms: Option<u64>) {
@@ -54,11 +64,17 @@ pub(crate) fn job_finished(metrics: &Metrics, action: &str, state: &str, duratio
     }
 }
 
-pub(crate) fn load(metrics: &Metrics, in_flight: &HashMap<String, u32>, waiting: usize) {
+pub(crate) fn load(
+    metrics: &Metrics,
+    in_flight: &HashMap<String, u32>,
+    waiting: usize,
+    awaiting_approval: usize,
+) {
     let series = in_flight
         .iter()
         .map(|(account, count)| (vec![("account", account.as_str())], f64::from(*count)))
         .collect();
     metrics.set_all(JOBS_IN_FLIGHT, series);
     metrics.set(JOBS_WAITING, &[], waiting as f64);
+    metrics.set(JOBS_AWAITING_APPROVAL, &[], awaiting_approval as f64);
 }

@@ -1,18 +1,21 @@
 //! The scheduler's property test, run against the real run database: random runs, random
 //! outcomes and random interleavings of claims, heartbeats, give-backs, crashed workers whose
-//! leases expire, cancellations, retries and dispatcher restarts that restore from the store.
-//! The invariants are checked after every step.
+//! leases expire, cancellations, retries, approvals, rejections and expired approval waits of
+//! gated jobs, and dispatcher restarts that restore from the store. The invariants are checked
+//! after every step.
 
 use std::collections::{HashMap, HashSet};
 
 use dispatcher_core::policy::RunPlan;
 use dispatcher_core::scheduler::{Effects, Scheduler, Settings};
 use proptest::prelude::*;
-use proto_types::{Action, ChangeEvent, ClaimVerdict, Job, JobStatus, UnitState};
+use proto_types::{
+    Action, ApprovalGate, ApprovalVerdict, ChangeEvent, ClaimVerdict, Job, JobStatus, UnitState,
+};
 use uuid::Uuid;
 
 use crate::store::Store;
-use crate::testing::{LEASE_MS, commit, event, outcome, pr, push, settings};
+use crate::testing::{APPROVER, LEASE_MS, commit, event, gated, outcome, pr, push, settings};
 
 /// One run in a generated scenario.
 #[derive(Debug, Clone)]
@@ -78,6 +81,13 @@ enum Step {
     /// A lease passes with messages waiting (living holders keep heartbeating), so that a
     /// copy waiting for a dead holder can take over.
     Linger,
+    /// An approver approves (or rejects) the gated jobs of the i-th arrived run (modulo): all
+    /// of them, or the one of the j-th unit of the pool.
+    Approve {
+        pick: usize,
+        unit: Option<usize>,
+        reject: bool,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -91,6 +101,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => any::<usize>().prop_map(|pick| Step::Crash { pick }),
         1 => Just(Step::Restart),
         1 => Just(Step::Linger),
+        2 => (any::<usize>(), prop::option::of(0usize..POOL.len()), prop::bool::weighted(0.25))
+            .prop_map(|(pick, unit, reject)| Step::Approve { pick, unit, reject }),
     ]
 }
 
@@ -108,6 +120,11 @@ impl Checker {
             .job_by_id(job_id)
             .expect("a granted job is active");
         let seq = run.seq;
+        assert!(
+            !matches!(job.approval, Some(ApprovalGate::Waiting { .. })),
+            "{} started without an approval",
+            job.job.unit
+        );
         for &r in &job.requires {
             assert_eq!(
                 run.jobs[r].state,
@@ -157,6 +174,29 @@ impl Checker {
         let mut in_flight_accounts: HashMap<&str, u32> = HashMap::new();
         for run in scheduler.runs() {
             for job in &run.jobs {
+                // A gated job's gate opens before it is published, or never.
+                let ran = !matches!(
+                    job.state,
+                    UnitState::Pending
+                        | UnitState::AwaitingApproval
+                        | UnitState::Skipped(_)
+                        | UnitState::Cancelled(_)
+                );
+                assert!(
+                    !(ran && matches!(job.approval, Some(ApprovalGate::Waiting { .. }))),
+                    "{} is {:?} without an approval",
+                    job.job.unit,
+                    job.state
+                );
+                assert_eq!(
+                    job.state == UnitState::AwaitingApproval,
+                    matches!(job.approval, Some(ApprovalGate::Waiting { .. }))
+                        && !job.state.is_final(),
+                    "{}: state {:?} and gate {:?} disagree",
+                    job.job.unit,
+                    job.state,
+                    job.approval
+                );
                 if matches!(job.state, UnitState::Queued | UnitState::Running) {
                     *in_flight_accounts.entry(&job.job.account).or_default() += 1;
                     if job.job.action.mutates() {
@@ -220,8 +260,10 @@ impl Checker {
     }
 }
 
+/// The units runs share; those under `prod/` are gated.
+const POOL: [&str; 6] = ["net", "db", "app", "prod/net", "prod/db", "prod/app"];
+
 fn spec_event(spec: &RunSpec) -> (ChangeEvent, RunPlan) {
-    const POOL: [&str; 6] = ["net", "db", "app", "prod/net", "prod/db", "prod/app"];
     let trigger = match spec.pr {
         Some(n) => pr(n),
         None => push(),
@@ -244,7 +286,8 @@ fn spec_event(spec: &RunSpec) -> (ChangeEvent, RunPlan) {
         .iter()
         .map(|&(a, b)| (units[a].0, units[b].0))
         .collect();
-    event(trigger, &units, &edges)
+    let (event, plan) = event(trigger, &units, &edges);
+    (event, gated(plan, &["prod/net", "prod/db", "prod/app"]))
 }
 
 /// A scheduler with a clock.
@@ -346,6 +389,29 @@ impl World {
                 self.absorb(effects);
             }
             Step::Restart => self.restart(),
+            Step::Approve { pick, unit, reject } => {
+                if self.arrived.is_empty() {
+                    return false;
+                }
+                let run = self.arrived[pick % self.arrived.len()];
+                let verdict = if reject {
+                    ApprovalVerdict::Reject
+                } else {
+                    ApprovalVerdict::Approve
+                };
+                let Ok((jobs, effects)) = self.sim.scheduler.decide_approval(
+                    run,
+                    unit.map(|u| POOL[u]),
+                    verdict,
+                    APPROVER,
+                    "checked",
+                    self.sim.now,
+                ) else {
+                    return false;
+                };
+                assert!(jobs > 0, "an approval that applied touched no job");
+                self.absorb(effects);
+            }
             Step::Linger => {
                 if self.queue.is_empty() {
                     return false;
@@ -496,6 +562,11 @@ impl World {
             before.waiting(),
             "waiting jobs after a restart"
         );
+        assert_eq!(
+            restored.awaiting_approval(),
+            before.awaiting_approval(),
+            "jobs awaiting approval after a restart"
+        );
         // Same decisions: what each would publish now, and when each wakes up next.
         let mut old = std::mem::replace(&mut self.sim.scheduler, restored);
         assert_eq!(
@@ -556,8 +627,10 @@ proptest! {
     /// and they first start in arrival order; caps hold; whoever the scheduler thinks holds a
     /// job holds it, and no job runs on two workers; every job reaches a final state (in the
     /// database too), whatever the interleaving of claims, heartbeats, outcomes, give-backs,
-    /// crashed workers, cancellations, retries and restarts; a restart restores the same
-    /// runs and states and makes the same decisions.
+    /// crashed workers, cancellations, retries, approvals, rejections, expiries and restarts;
+    /// no gated job starts without an approval, and every gated job ends (run, rejected,
+    /// expired, skipped or cancelled); a restart restores the same runs and states and makes
+    /// the same decisions.
     #[test]
     fn scheduling_invariants_hold_for_any_interleaving(
         specs in prop::collection::vec(run_spec(), 1..5),
@@ -585,7 +658,7 @@ proptest! {
             world.checker.check(&world.sim.scheduler, &caps, &world.running, &world.crashed);
         }
         // Drain: every run arrives, every job is claimed and succeeds (or stops, if told to),
-        // every retry comes due. It must end with every job final.
+        // every retry comes due, and approval waits expire. It must end with every job final.
         let mut guard = 0;
         loop {
             guard += 1;

@@ -12,7 +12,9 @@ use broker::topology::{CHANGES_QUEUE, CLAIMS_QUEUE, CONTROL_QUEUE, JOB_EVENTS_QU
 use broker::{Broker, BrokerError, Consumer, Delivery, Headers, Outgoing, Route, Topology};
 use config::Config;
 use futures_lite::future::poll_once;
-use proto_types::{CancelRun, ChangeEvent, JobEvent, JobEventKind, JobStatus, Payload, RunState};
+use proto_types::{
+    ApprovalOrder, ChangeEvent, JobEvent, JobEventKind, JobStatus, Message, Payload, RunState,
+};
 use uuid::Uuid;
 
 use telemetry::Ops;
@@ -290,16 +292,24 @@ impl Dispatcher {
             &self.ops.metrics,
             scheduler.in_flight(),
             scheduler.waiting(),
+            scheduler.awaiting_approval(),
         );
         self.publish_outbox().await?;
         self.core.evict_finished();
         Ok(())
     }
 
-    /// An operator's order: cancel a run.
+    /// An operator's order: cancel a run, or approve or reject its gated jobs.
     fn on_control(&mut self, delivery: &Delivery, now: u64) -> Result<Decision, DispatchError> {
-        let order = match CancelRun::decode(&delivery.body) {
-            Ok(order) => order,
+        let order = match proto_types::decode(&delivery.body) {
+            Ok(Message::CancelRun(order)) => order,
+            Ok(Message::ApprovalOrder(order)) => return self.on_approval(&order, delivery, now),
+            Ok(other) => {
+                return Ok(dead_letter(format!(
+                    "a {} message on the control queue, which takes CancelRun and ApprovalOrder",
+                    other.kind()
+                )));
+            }
             Err(err) => return Ok(dead_letter(format!("undecodable control message: {err}"))),
         };
         let span = tracing::info_span!("cancel", run_id = %order.run_id, requested_by = %order.requested_by);
@@ -307,6 +317,39 @@ impl Dispatcher {
         let _entered = span.enter();
         let known = self.known_run(order.run_id)?;
         let decision = self.core.decide_control(&order, known, now);
+        log(decision.outcome.as_ref());
+        Ok(decision)
+    }
+
+    fn on_approval(
+        &mut self,
+        order: &ApprovalOrder,
+        delivery: &Delivery,
+        now: u64,
+    ) -> Result<Decision, DispatchError> {
+        let span = tracing::info_span!(
+            "approval",
+            run_id = %order.run_id,
+            unit = order.unit.as_deref().unwrap_or("*"),
+            verdict = order.verdict.as_str(),
+            user = delivery.user_id.as_deref().unwrap_or("?"),
+            requested_by = %order.requested_by,
+        );
+        telemetry::propagation::set_parent(&span, &delivery.headers);
+        let _entered = span.enter();
+        let known = self.known_run(order.run_id)?;
+        let decision = self
+            .core
+            .decide_approval(order, delivery.user_id.as_deref(), known, now);
+        let result = match &decision.outcome {
+            Some(Outcome::ApprovalApplied { .. }) => "applied",
+            Some(Outcome::ApproverRefused { .. }) => "refused",
+            _ => "matched-nothing",
+        };
+        self.ops.metrics.inc(
+            metrics::APPROVAL_ORDERS,
+            &[("verdict", order.verdict.as_str()), ("result", result)],
+        );
         log(decision.outcome.as_ref());
         Ok(decision)
     }
@@ -568,6 +611,23 @@ fn log(outcome: Option<&Outcome>) {
             tracing::info!("Cancellation of a run that already ended ignored.");
         }
         Outcome::CancelOfUnknownRun => tracing::warn!("Cancellation of an unknown run."),
+        Outcome::ApproverRefused { user } => {
+            tracing::warn!(
+                user,
+                "Approval order from a broker user that may not approve: refused."
+            );
+        }
+        Outcome::ApprovalApplied { verdict, by, jobs } => {
+            tracing::info!(
+                verdict = verdict.as_str(),
+                by,
+                jobs,
+                "Approval order applied."
+            );
+        }
+        Outcome::ApprovalMatchedNothing { reason } => {
+            tracing::warn!(%reason, "Approval order matched no job awaiting approval.");
+        }
     }
 }
 

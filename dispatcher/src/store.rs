@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use proto_types::{
-    Action, EventKind, ExecutorRole, Job, JobPhase, JobSummary, Payload, PolicyReport,
-    ResourceCounts, RunDetail, RunPhase, RunSummary, UnitState,
+    Action, EventKind, ExecutorRole, Job, JobPhase, JobSummary, Payload, ResourceCounts, RunDetail,
+    RunPhase, RunSummary, UnitState,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use uuid::Uuid;
@@ -28,12 +28,14 @@ pub const DATABASE_FILE: &str = "dispatcher.sqlite3";
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Step `i` takes a database at schema version `i` to version `i + 1`.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     SCHEMA,
     // When a final run's report reached GitHub: a restarted reporter sends the others.
     "ALTER TABLE runs ADD COLUMN reported_ms INTEGER;",
     // The policy sets' verdict on a job's plan (JSON of `PolicyReport`).
     "ALTER TABLE jobs ADD COLUMN policy TEXT;",
+    // A job's approval gate (JSON of `ApprovalGate`).
+    "ALTER TABLE jobs ADD COLUMN approval TEXT;",
 ];
 
 const SCHEMA: &str = "
@@ -347,10 +349,10 @@ impl Store {
                          source_commit, timeout_secs, requires, attempt, state, reason, note,
                          not_before_ms, lease_worker, lease_until, exit_code, res_add, res_change,
                          res_destroy, duration_ms, worker, output_tail, started_ms, finished_ms,
-                         lease_reply_to, cancel_requested, log, policy)
+                         lease_reply_to, cancel_requested, log, policy, approval)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
                          ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29,
-                         ?30)
+                         ?30, ?31)
                      ON CONFLICT (job_id) DO UPDATE SET attempt = excluded.attempt,
                          state = excluded.state, reason = excluded.reason, note = excluded.note,
                          not_before_ms = excluded.not_before_ms,
@@ -362,7 +364,7 @@ impl Store {
                          finished_ms = excluded.finished_ms,
                          lease_reply_to = excluded.lease_reply_to,
                          cancel_requested = excluded.cancel_requested, log = excluded.log,
-                         policy = excluded.policy",
+                         policy = excluded.policy, approval = excluded.approval",
                 )
                 .map_err(sqlite("prepare job upsert"))?;
             for (run, job) in jobs {
@@ -406,7 +408,8 @@ impl Store {
                             .and_then(|lease| lease.reply_to.as_deref()),
                         job.cancel_requested,
                         job.log,
-                        job.policy.as_ref().map(policy_json),
+                        job.policy.as_ref().map(to_json),
+                        job.approval.as_ref().map(to_json),
                     ])
                     .map_err(sqlite("write job"))?;
             }
@@ -624,7 +627,7 @@ impl Store {
                      requires, attempt, state, reason, note, not_before_ms, lease_worker,
                      lease_until, exit_code, res_add, res_change, res_destroy, duration_ms,
                      worker, output_tail, started_ms, finished_ms, lease_reply_to,
-                     cancel_requested, log, policy
+                     cancel_requested, log, policy, approval
                  FROM jobs WHERE run_id = ?1 ORDER BY idx",
             )
             .map_err(sqlite("prepare job read"))?;
@@ -811,7 +814,7 @@ impl Store {
             .prepare_cached(
                 "SELECT job_id, unit, account, action, state, reason, note, attempt, worker,
                      exit_code, duration_ms, started_ms, output_tail, log, res_add, res_change,
-                     res_destroy, finished_ms, policy
+                     res_destroy, finished_ms, policy, approval
                  FROM jobs WHERE run_id = ?1 ORDER BY idx",
             )
             .map_err(sqlite("prepare job list"))?;
@@ -863,7 +866,8 @@ impl Store {
                 resource_changes: resource_counts(get(row, 14)?, get(row, 15)?, get(row, 16)?),
                 started_ms: started.map(|ms| ms as u64),
                 finished_ms: get::<Option<i64>>(row, 17)?.map(|ms| ms as u64),
-                policy: policy_from(get(row, 18)?)?,
+                policy: from_json("policy report", get(row, 18)?)?,
+                approval: from_json("approval gate", get(row, 19)?)?,
             });
         }
         Ok(RunDetail { run, jobs })
@@ -1013,18 +1017,23 @@ fn job_from_row(
         finished_ms: millis(get(row, 23)?),
         cancel_requested: get(row, 25)?,
         log: get(row, 26)?,
-        policy: policy_from(get(row, 27)?)?,
+        policy: from_json("policy report", get(row, 27)?)?,
+        approval: from_json("approval gate", get(row, 28)?)?,
     })
 }
 
-fn policy_json(report: &PolicyReport) -> String {
-    serde_json::to_string(report).unwrap_or_default()
+/// A column holding a report or a gate as JSON.
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
 }
 
-fn policy_from(json: Option<String>) -> Result<Option<PolicyReport>, StoreError> {
+fn from_json<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    json: Option<String>,
+) -> Result<Option<T>, StoreError> {
     json.map(|json| {
         serde_json::from_str(&json).map_err(|_| StoreError::Corrupt {
-            what: "policy report",
+            what,
             value: json.clone(),
         })
     })

@@ -225,3 +225,40 @@ impl Drop for LeastPrivilege {
             .output();
     }
 }
+
+/// A broker user of a test's own on a vhost, with the permissions of an approver in the
+/// shipped definitions (publish to the control exchange, nothing else); deleted on drop.
+#[derive(Debug)]
+pub struct ControlUser {
+    pub name: String,
+    /// `amqp://<name>:<password>@127.0.0.1:5672/<vhost>`
+    pub url: String,
+}
+
+/// Creates a [`ControlUser`] named `<role>-<random>` on `vhost`.
+pub fn control_user(vhost: &Vhost, role: &str) -> ControlUser {
+    let name = format!("{role}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let password = format!("pw-{name}");
+    rabbitmqctl(&["add_user", &name, &password]);
+    rabbitmqctl(&[
+        "set_permissions",
+        "-p",
+        &vhost.name,
+        &name,
+        "^$",
+        r"^pipelines\.control$",
+        "^$",
+    ]);
+    ControlUser {
+        url: format!("amqp://{name}:{password}@{HOST}/{}", vhost.name),
+        name,
+    }
+}
+
+impl Drop for ControlUser {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "delete_user", &self.name])
+            .output();
+    }
+}

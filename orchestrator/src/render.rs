@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use std::collections::BTreeMap;
 
-use proto_types::{ChangeKind, RunState, RunStatus, UnitState, UnitStatus};
+use proto_types::{ApprovalGate, ChangeKind, RunState, RunStatus, UnitState, UnitStatus};
 
 use crate::DetectOutcome;
 
@@ -114,6 +114,12 @@ fn detail(unit: &UnitStatus) -> String {
                 attempt => format!("{on} (attempt {attempt})"),
             }
         }
+        UnitState::AwaitingApproval => match &unit.approval {
+            Some(ApprovalGate::Waiting { approvers, .. }) => {
+                format!(": waits for an approval from {}", approvers.join(" or "))
+            }
+            _ => String::new(),
+        },
         UnitState::Pending | UnitState::Queued => String::new(),
     }
 }
@@ -240,6 +246,7 @@ mod tests {
             attempt: 1,
             note: None,
             log: None,
+            approval: None,
         }
     }
 

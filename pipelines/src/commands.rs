@@ -17,7 +17,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::{CancelArgs, ChangeArgs, Format, OrchestrateArgs, Outcome, RunArgs, StatusArgs};
+use crate::{
+    ApprovalArgs, CancelArgs, ChangeArgs, Format, OrchestrateArgs, Outcome, RunArgs, StatusArgs,
+};
 
 pub(crate) async fn orchestrate(args: OrchestrateArgs) -> anyhow::Result<Outcome> {
     // The root of the run's trace: the dispatcher, the jobs and the reports continue it.
@@ -267,23 +269,88 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
 
 pub(crate) async fn cancel(args: CancelArgs) -> anyhow::Result<Outcome> {
     let config = Config::load(&args.config)?;
-    let run_id = match args.run_id.parse::<uuid::Uuid>() {
-        Ok(id) => id,
-        Err(_) => {
-            let store = Store::open_read_only(&config.dispatcher.state_dir())
-                .context("a run id prefix is looked up in the dispatcher's database")?;
-            store.run_detail(&args.run_id, 0)?.run.run_id
-        }
-    };
-    let user = std::env::var("USER").unwrap_or_else(|_| "someone".into());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let run_id = resolve_run_id(&config, &args.run_id)?;
     let order = proto_types::CancelRun {
         run_id,
         reason: args.reason,
-        requested_by: format!("{user}@{}", host.trim()),
+        requested_by: requested_by(),
     };
-    let broker = connect(&config, "pipelines-cancel").await?;
-    let body = proto_types::Payload::encode(&order);
+    send_control(&config, "pipelines-cancel", &order).await?;
+    eprintln!("Asked the dispatcher to cancel run {run_id}.");
+    Ok(Outcome::Success)
+}
+
+/// `pipelines approve` and `pipelines reject`.
+pub(crate) async fn approve(
+    args: ApprovalArgs,
+    verdict: proto_types::ApprovalVerdict,
+) -> anyhow::Result<Outcome> {
+    let config = Config::load(&args.config)?;
+    if args.reason.trim().is_empty() {
+        return Err(anyhow!(
+            "--reason is empty: say why, it is recorded and shown"
+        ));
+    }
+    if let Some(unit) = &args.unit {
+        config::check_path(unit).map_err(|err| anyhow!("--unit: {err}"))?;
+    }
+    // The dispatcher is the judge; this only spares an approver a silent refusal.
+    let user = config::url_user(&config.broker_url).unwrap_or("(none)");
+    if !config.approvals.is_approver(user) {
+        return Err(anyhow!(
+            "broker user {user:?} may not {}: approvals.users is [{}]. Log in as an approver \
+             with PIPELINES_BROKER_URL (and PIPELINES_BROKER_PASSWORD_FILE)",
+            verdict.as_str(),
+            config.approvals.users.join(", ")
+        ));
+    }
+    let run_id = resolve_run_id(&config, &args.run_id)?;
+    let order = proto_types::ApprovalOrder {
+        run_id,
+        unit: args.unit.clone(),
+        verdict,
+        reason: args.reason,
+        requested_by: requested_by(),
+    };
+    send_control(&config, "pipelines-approve", &order).await?;
+    let what = args.unit.map_or_else(
+        || "every job awaiting approval".to_owned(),
+        |u| format!("unit {u}"),
+    );
+    eprintln!(
+        "Asked the dispatcher to {} {what} of run {run_id} as {user}; `pipelines status {run_id}` shows the result.",
+        verdict.as_str()
+    );
+    Ok(Outcome::Success)
+}
+
+/// A full run id, or the one run a prefix names in the dispatcher's database.
+fn resolve_run_id(config: &Config, id: &str) -> anyhow::Result<uuid::Uuid> {
+    match id.parse::<uuid::Uuid>() {
+        Ok(id) => Ok(id),
+        Err(_) => {
+            let store = Store::open_read_only(&config.dispatcher.state_dir())
+                .context("a run id prefix is looked up in the dispatcher's database")?;
+            Ok(store.run_detail(id, 0)?.run.run_id)
+        }
+    }
+}
+
+/// `user@host`, for the record (the broker user is the authority).
+fn requested_by() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "someone".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{user}@{}", host.trim())
+}
+
+/// Publishes an operator's order to the dispatcher's control queue, confirmed.
+async fn send_control<P: proto_types::Payload>(
+    config: &Config,
+    name: &str,
+    order: &P,
+) -> anyhow::Result<()> {
+    let broker = connect(config, name).await?;
+    let body = order.encode();
     let id = uuid::Uuid::new_v4().to_string();
     let headers = broker::Headers::new();
     broker
@@ -293,8 +360,7 @@ pub(crate) async fn cancel(args: CancelArgs) -> anyhow::Result<Outcome> {
         )
         .await?;
     broker.close().await;
-    eprintln!("Asked the dispatcher to cancel run {run_id}.");
-    Ok(Outcome::Success)
+    Ok(())
 }
 
 /// `pipelines policy test`: the configured sets on one plan, as an executor evaluates them.
@@ -397,6 +463,21 @@ pub(crate) fn config_check(
         config.retry.backoff_seconds,
         config.retry.patterns.len()
     );
+    let gated: Vec<String> = config
+        .accounts
+        .iter()
+        .filter(|account| account.require_approval)
+        .map(|account| format!("account {}", account.name))
+        .chain(config.approvals.units.iter().cloned())
+        .collect();
+    if !gated.is_empty() {
+        println!(
+            "approvals: applies of {} wait for {} (cancelled after {})",
+            gated.join(", "),
+            config.approvals.users.join(" or "),
+            config.approvals.approval_timeout
+        );
+    }
     Ok(Outcome::Success)
 }
 

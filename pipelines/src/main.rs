@@ -50,6 +50,11 @@ enum Command {
     Status(StatusArgs),
     /// Cancel a run: jobs not started are cancelled, running ones are stopped.
     Cancel(CancelArgs),
+    /// Approve a run's applies and destroys that wait for an approval (`require_approval`).
+    Approve(ApprovalArgs),
+    /// Reject a run's applies and destroys that wait for an approval: they and their
+    /// dependents are cancelled, with the reason.
+    Reject(ApprovalArgs),
     /// Internal: run a tool so that its process group dies with the worker (see executor docs).
     #[command(name = "__supervise", hide = true)]
     Supervise {
@@ -264,6 +269,30 @@ struct CancelArgs {
     config: PathBuf,
 }
 
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Only broker users listed in the dispatcher's `[approvals] users` count: \
+    RabbitMQ checks that each message's user_id is the user that logged in, and the dispatcher \
+    refuses (and logs) anyone else's order. Log in as yourself with PIPELINES_BROKER_URL \
+    (amqp://alice@host/vhost) and PIPELINES_BROKER_PASSWORD_FILE. `pipelines status RUN` shows \
+    who approved what, and why.\n\nExamples:\n  \
+    pipelines approve 3f2a9c1e --config pipelines.toml --reason 'change window CHG-1234'\n  \
+    pipelines reject 3f2a9c1e --unit prod/db --config pipelines.toml --reason 'drops the replica'"
+)]
+struct ApprovalArgs {
+    /// The run id, or an unambiguous prefix of it (looked up in the dispatcher's database).
+    run_id: String,
+    /// Only this unit's job; without it, every job of the run that waits for an approval.
+    #[arg(long, value_name = "PATH")]
+    unit: Option<String>,
+    /// Why, for the record: it shows in the status and the pull request comment.
+    #[arg(long)]
+    reason: String,
+    /// The configuration, for the broker URL, the approvers and the dispatcher's database.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 enum BrokerCommand {
     /// Declare every exchange and queue the configuration needs (idempotent).
@@ -368,6 +397,8 @@ fn main() -> ExitCode {
             | Command::Policy(_)
             | Command::Status(_)
             | Command::Cancel(_)
+            | Command::Approve(_)
+            | Command::Reject(_)
     );
     // A multi-threaded runtime for the services too. A single-threaded one saved ~10% of CPU
     // per no-op job, but a dispatcher on it once missed its connections' loss during a broker
@@ -396,6 +427,12 @@ fn main() -> ExitCode {
             Command::Execute(args) => services::execute(args).await,
             Command::Status(args) => commands::status(args),
             Command::Cancel(args) => commands::cancel(args).await,
+            Command::Approve(args) => {
+                commands::approve(args, proto_types::ApprovalVerdict::Approve).await
+            }
+            Command::Reject(args) => {
+                commands::approve(args, proto_types::ApprovalVerdict::Reject).await
+            }
             Command::Supervise { .. } => unreachable!("handled before the runtime starts"),
             Command::Broker(BrokerCommand::Setup { config }) => {
                 commands::broker_setup(&config).await

@@ -5,7 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::messages::{CancelJob, CancelRun, ChangeEvent, ClaimReply, Job, JobEvent, RunStatus};
+use crate::messages::{
+    ApprovalOrder, CancelJob, CancelRun, ChangeEvent, ClaimReply, Job, JobEvent, RunStatus,
+};
 
 /// The only format this version writes and reads.
 pub const FORMAT_V1: u8 = 1;
@@ -35,6 +37,7 @@ pub enum Message {
     ClaimReply(ClaimReply),
     CancelRun(CancelRun),
     CancelJob(CancelJob),
+    ApprovalOrder(ApprovalOrder),
 }
 
 impl Message {
@@ -47,6 +50,7 @@ impl Message {
             Message::ClaimReply(_) => "ClaimReply",
             Message::CancelRun(_) => "CancelRun",
             Message::CancelJob(_) => "CancelJob",
+            Message::ApprovalOrder(_) => "ApprovalOrder",
         }
     }
 }
@@ -62,6 +66,7 @@ enum MessageRef<'a> {
     ClaimReply(&'a ClaimReply),
     CancelRun(&'a CancelRun),
     CancelJob(&'a CancelJob),
+    ApprovalOrder(&'a ApprovalOrder),
 }
 
 /// Why bytes could not become a message. Every variant is permanent: the same bytes will never
@@ -135,6 +140,7 @@ payload!(RunStatus);
 payload!(ClaimReply);
 payload!(CancelRun);
 payload!(CancelJob);
+payload!(ApprovalOrder);
 
 /// Encodes any payload into an envelope.
 pub fn encode<P: Payload>(payload: &P) -> Vec<u8> {
@@ -270,6 +276,11 @@ mod tests {
                 attempt: 1,
                 note: Some("waiting for its dependencies".into()),
                 log: None,
+                approval: Some(crate::ApprovalGate::Waiting {
+                    approvers: vec!["alice".into()],
+                    since_ms: 1,
+                    expires_ms: 2,
+                }),
             }],
         }
     }
@@ -302,6 +313,13 @@ mod tests {
             run_id: Uuid::new_v4(),
             reason: "wrong change".into(),
             requested_by: "ops@host".into(),
+        });
+        round_trip(crate::ApprovalOrder {
+            run_id: Uuid::new_v4(),
+            unit: Some("prod/app".into()),
+            verdict: crate::ApprovalVerdict::Reject,
+            reason: "not during the freeze".into(),
+            requested_by: "alice@host".into(),
         });
         round_trip(CancelJob {
             job_id: Uuid::new_v4(),
@@ -483,6 +501,7 @@ mod tests {
                         Message::ClaimReply(m) => encode(m),
                         Message::CancelRun(m) => encode(m),
                         Message::CancelJob(m) => encode(m),
+                        Message::ApprovalOrder(m) => encode(m),
                     };
                     prop_assert_eq!(decode(&again).ok(), Some(message));
                 }

@@ -9,6 +9,7 @@
 //! - [`JobEvent`]: executor → dispatcher. Started, heartbeat, finished.
 //! - [`ClaimReply`]: dispatcher → one executor, answering its claim to start a job.
 //! - [`CancelRun`]: an operator → dispatcher; [`CancelJob`]: dispatcher → the job's holder.
+//! - [`ApprovalOrder`]: an approver → dispatcher, opening or closing a gated job's gate.
 //! - [`RunStatus`]: dispatcher → whoever follows a run (`orchestrate --wait`, reporters).
 //!
 //! On the wire every message is an envelope: one format byte ([`FORMAT_V1`]) followed by a
@@ -20,10 +21,10 @@ mod report;
 
 pub use codec::{DecodeError, FORMAT_V1, MAX_MESSAGE_BYTES, Message, Payload, decode, encode};
 pub use messages::{
-    Action, CancelJob, CancelRun, Change, ChangeEvent, ChangeKind, ClaimReply, ClaimVerdict,
-    DependencyEdge, EventKind, ExecutorRole, Job, JobEvent, JobEventKind, JobOutcome, JobStatus,
-    PolicyReport, PolicySetResult, ResourceCounts, RunState, RunStatus, Trigger, UnitState,
-    UnitStatus,
+    Action, ApprovalGate, ApprovalOrder, ApprovalVerdict, CancelJob, CancelRun, Change,
+    ChangeEvent, ChangeKind, ClaimReply, ClaimVerdict, DependencyEdge, EventKind, ExecutorRole,
+    Job, JobEvent, JobEventKind, JobOutcome, JobStatus, PolicyReport, PolicySetResult,
+    ResourceCounts, RunState, RunStatus, Trigger, UnitState, UnitStatus,
 };
 pub use report::{
     DetectionReport, JobPhase, JobSummary, RunDetail, RunPhase, RunSummary, run_status_json,

@@ -413,6 +413,60 @@ pub struct CancelRun {
     pub requested_by: String,
 }
 
+/// An approver opens (or closes) the gate of a run's jobs that wait for an approval. Only the
+/// broker users in `[approvals] users` count: RabbitMQ validates the message's `user_id`, and
+/// the dispatcher refuses anyone else's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalOrder {
+    pub run_id: Uuid,
+    /// One unit, or every job of the run that waits for an approval.
+    pub unit: Option<String>,
+    pub verdict: ApprovalVerdict,
+    /// Why, for the record: it shows in the status and the PR comment.
+    pub reason: String,
+    /// Who asked, for the record (`user@host` by default). The authority is the broker user.
+    pub requested_by: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApprovalVerdict {
+    /// The jobs may run once their dependencies succeed.
+    Approve,
+    /// The jobs are cancelled, with the reason; their dependents too.
+    Reject,
+}
+
+impl ApprovalVerdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalVerdict::Approve => "approve",
+            ApprovalVerdict::Reject => "reject",
+        }
+    }
+}
+
+/// A job's approval gate (`require_approval` in the admin config).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApprovalGate {
+    /// A pull-request plan of a unit whose apply will wait for an approval after the merge.
+    AfterMerge,
+    /// The job waits (state `awaiting-approval`) for one of `approvers` since `since_ms`; it is
+    /// cancelled at `expires_ms` (milliseconds since the epoch).
+    Waiting {
+        approvers: Vec<String>,
+        since_ms: u64,
+        expires_ms: u64,
+    },
+    /// Opened: by which broker user (and who they said they were), why, when.
+    Approved {
+        by: String,
+        reason: String,
+        at_ms: u64,
+    },
+}
+
 /// The dispatcher tells the worker holding a job to stop it; sent to the worker's reply queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CancelJob {
@@ -491,6 +545,8 @@ pub struct UnitStatus {
     pub note: Option<String>,
     /// Where the worker keeps the job's whole log (`<worker>:<path>`).
     pub log: Option<String>,
+    /// Its approval gate, when the admin config puts one on the unit.
+    pub approval: Option<ApprovalGate>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -507,6 +563,9 @@ pub enum UnitState {
     Skipped(String),
     /// Not run because a newer run superseded this one; says which.
     Cancelled(String),
+    /// An apply or destroy that waits for an approver before it may start (last, so that the
+    /// variants before it keep their wire indexes).
+    AwaitingApproval,
 }
 
 impl UnitState {
@@ -529,6 +588,7 @@ impl UnitState {
             UnitState::Failed => "failed",
             UnitState::Skipped(_) => "skipped",
             UnitState::Cancelled(_) => "cancelled",
+            UnitState::AwaitingApproval => "awaiting-approval",
         }
     }
 
@@ -550,6 +610,7 @@ impl UnitState {
             "failed" => UnitState::Failed,
             "skipped" => UnitState::Skipped(reason.unwrap_or_default()),
             "cancelled" => UnitState::Cancelled(reason.unwrap_or_default()),
+            "awaiting-approval" => UnitState::AwaitingApproval,
             _ => return None,
         })
     }

@@ -41,8 +41,8 @@ pub enum RunPhase {
     Cancelled,
 }
 
-/// Where a job is: `pending`, `queued`, `running`, `succeeded`, `failed`, `skipped` or
-/// `cancelled` in JSON.
+/// Where a job is: `pending`, `awaiting-approval`, `queued`, `running`, `succeeded`, `failed`,
+/// `skipped` or `cancelled` in JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobPhase {
@@ -53,6 +53,8 @@ pub enum JobPhase {
     Failed,
     Skipped,
     Cancelled,
+    #[serde(rename = "awaiting-approval")]
+    AwaitingApproval,
 }
 
 /// The name each phase has in JSON, in the database and on screen; and its parser.
@@ -66,7 +68,10 @@ macro_rules! phase_names {
             }
 
             pub fn is_final(self) -> bool {
-                !matches!(self.as_str(), "pending" | "queued" | "running")
+                !matches!(
+                    self.as_str(),
+                    "pending" | "queued" | "running" | "awaiting-approval"
+                )
             }
         }
 
@@ -118,6 +123,7 @@ phase_names!(JobPhase {
     Failed => "failed",
     Skipped => "skipped",
     Cancelled => "cancelled",
+    AwaitingApproval => "awaiting-approval",
 });
 
 /// A run as `pipelines status` lists it.
@@ -163,6 +169,9 @@ pub struct JobSummary {
     /// What the policy sets governing the unit said about its plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<crate::PolicyReport>,
+    /// Its approval gate: who may approve and since when, or who approved and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<crate::ApprovalGate>,
     /// When the dispatcher granted a worker the job (its latest attempt), in ms since the epoch.
     #[serde(default)]
     pub started_ms: Option<u64>,

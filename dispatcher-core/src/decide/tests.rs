@@ -1,6 +1,9 @@
 //! Each message kind's decision, with plain data: no broker, no database, no clock.
 
-use proto_types::{Action, CancelRun, ClaimVerdict, JobEvent, JobEventKind, JobStatus, Trigger};
+use proto_types::{
+    Action, ApprovalOrder, ApprovalVerdict, CancelRun, ClaimVerdict, JobEvent, JobEventKind,
+    JobStatus, Trigger,
+};
 
 use super::*;
 use crate::testing::{event, outcome, pr};
@@ -245,4 +248,136 @@ fn persist_lists_changed_runs_and_jobs_and_a_running_runs_status_at_most_twice_a
     assert_eq!(core.next_wakeup(100), Some(STATUS_INTERVAL_MS));
     let due = core.persist(&Effects::default(), STATUS_INTERVAL_MS);
     assert_eq!(due.statuses, vec![job.run_id]);
+}
+
+/// A core whose `prod/` units are gated, approved by `alice` only.
+fn gated_core() -> Core {
+    let config = Config::from_toml(
+        r#"
+        [[repositories]]
+        name = "infra"
+        url = "https://git.example/infra.git"
+        [[accounts]]
+        name = "prod"
+        paths = ["prod/**"]
+        require_approval = true
+        [[accounts]]
+        name = "dev"
+        paths = ["**"]
+        [approvals]
+        users = ["alice"]
+        approval_timeout = "2h"
+        "#,
+    )
+    .expect("a valid config");
+    Core::restore(config, Vec::new(), 1, 0)
+}
+
+fn push_of(units: &[&str]) -> ChangeEvent {
+    let units: Vec<(&str, Action)> = units.iter().map(|u| (*u, Action::Apply)).collect();
+    event(crate::testing::push(), &units, &[]).0
+}
+
+fn approval(run_id: Uuid, verdict: ApprovalVerdict) -> ApprovalOrder {
+    ApprovalOrder {
+        run_id,
+        unit: None,
+        verdict,
+        reason: "change window".into(),
+        requested_by: "alice@laptop".into(),
+    }
+}
+
+#[test]
+fn a_gated_accounts_applies_wait_and_only_an_approver_broker_user_opens_the_gate() {
+    let mut core = gated_core();
+    let event = push_of(&["prod/app", "dev/app"]);
+    let accepted = core.decide_change(&event, None, None, 0);
+    let started: Vec<&str> = accepted
+        .effects
+        .publish
+        .iter()
+        .map(|j| j.unit.as_str())
+        .collect();
+    assert_eq!(
+        started,
+        ["dev/app"],
+        "the gated unit waits, the rest goes on"
+    );
+
+    // The order says it is from alice; the broker says mallory sent it.
+    let forged = core.decide_approval(
+        &approval(event.id, ApprovalVerdict::Approve),
+        Some("mallory"),
+        None,
+        1,
+    );
+    assert_eq!(
+        forged.outcome,
+        Some(Outcome::ApproverRefused {
+            user: "mallory".into()
+        })
+    );
+    assert!(
+        matches!(&forged.verdict, Verdict::DeadLetter(reason) if reason.contains("only alice may approve")),
+        "{:?}",
+        forged.verdict
+    );
+    assert!(forged.effects.is_empty(), "nothing was decided");
+    let anonymous =
+        core.decide_approval(&approval(event.id, ApprovalVerdict::Approve), None, None, 1);
+    assert!(matches!(
+        anonymous.outcome,
+        Some(Outcome::ApproverRefused { .. })
+    ));
+
+    let approved = core.decide_approval(
+        &approval(event.id, ApprovalVerdict::Approve),
+        Some("alice"),
+        None,
+        2,
+    );
+    assert_eq!(
+        approved.outcome,
+        Some(Outcome::ApprovalApplied {
+            verdict: ApprovalVerdict::Approve,
+            by: "alice (alice@laptop)".into(),
+            jobs: 1
+        })
+    );
+    assert_eq!(approved.effects.publish.len(), 1);
+    assert_eq!(approved.effects.publish[0].unit, "prod/app");
+
+    let again = core.decide_approval(
+        &approval(event.id, ApprovalVerdict::Approve),
+        Some("alice"),
+        None,
+        3,
+    );
+    assert!(
+        matches!(&again.outcome, Some(Outcome::ApprovalMatchedNothing { reason }) if reason.contains("no job awaiting approval")),
+        "{:?}",
+        again.outcome
+    );
+    assert_eq!(again.verdict, Verdict::Ack);
+}
+
+#[test]
+fn a_pull_request_of_a_gated_unit_plans_at_once_and_its_rejection_order_matches_nothing() {
+    let mut core = gated_core();
+    let event = change(pr(3), &["prod/app"]);
+    let accepted = core.decide_change(&event, None, None, 0);
+    assert_eq!(accepted.effects.publish.len(), 1, "plans never wait");
+    let (_, job) = core.job(accepted.effects.publish[0].job_id).unwrap();
+    assert_eq!(job.approval, Some(proto_types::ApprovalGate::AfterMerge));
+    let rejected = core.decide_approval(
+        &approval(event.id, ApprovalVerdict::Reject),
+        Some("alice"),
+        None,
+        1,
+    );
+    assert!(matches!(
+        rejected.outcome,
+        Some(Outcome::ApprovalMatchedNothing { .. })
+    ));
 }

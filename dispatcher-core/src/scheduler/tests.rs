@@ -2,7 +2,9 @@
 
 use super::*;
 
-use crate::testing::{BACKOFF_MS, LEASE_MS, event, outcome, pr, push, settings};
+use crate::testing::{
+    APPROVAL_TIMEOUT_MS, APPROVER, BACKOFF_MS, LEASE_MS, event, gated, outcome, pr, push, settings,
+};
 
 fn applies<'a>(units: &[&'a str]) -> Vec<(&'a str, Action)> {
     units.iter().map(|u| (*u, Action::Apply)).collect()
@@ -743,4 +745,214 @@ fn job_ids_are_stable_per_run_unit_and_action() {
 fn the_output_tail_is_cut_on_a_character_boundary() {
     assert_eq!(tail("héllo", 4), "llo");
     assert_eq!(tail("abc", 10), "abc");
+}
+
+/// A push of `units` (applies, `edges` as given) with the applies of `gates` gated.
+fn gated_push(units: &[&str], edges: &[(&str, &str)], gates: &[&str]) -> (ChangeEvent, RunPlan) {
+    let (event, plan) = event(push(), &applies(units), edges);
+    (event, gated(plan, gates))
+}
+
+impl Sim {
+    fn approve(
+        &mut self,
+        run_id: Uuid,
+        unit: Option<&str>,
+        verdict: ApprovalVerdict,
+    ) -> Result<Effects, String> {
+        self.scheduler
+            .decide_approval(run_id, unit, verdict, APPROVER, "looks right", self.now)
+            .map(|(_, effects)| effects)
+    }
+}
+
+#[test]
+fn a_gated_apply_waits_for_an_approval_while_the_rest_of_the_run_goes_on() {
+    // prod/app needs prod/db; dev/app is independent. Only prod/app is gated.
+    let mut sim = Sim::new();
+    let run = gated_push(
+        &["dev/app", "prod/app", "prod/db"],
+        &[("prod/app", "prod/db")],
+        &["prod/app"],
+    );
+    let first = sim.accept(&run).publish;
+    assert_eq!(units(&first), ["dev/app", "prod/db"]);
+    assert_eq!(sim.state(run.0.id, "prod/app"), UnitState::AwaitingApproval);
+    assert!(matches!(
+        &sim.job(run.0.id, "prod/app").approval,
+        Some(ApprovalGate::Waiting { approvers, since_ms, expires_ms })
+            if approvers == &[APPROVER.to_owned()]
+                && *since_ms == sim.now
+                && *expires_ms == sim.now + APPROVAL_TIMEOUT_MS
+    ));
+    for job in &first {
+        assert!(
+            sim.run_job(job, JobStatus::Succeeded).is_empty(),
+            "a gated job started without an approval"
+        );
+    }
+    assert_eq!(sim.state(run.0.id, "prod/app"), UnitState::AwaitingApproval);
+    assert_eq!(
+        sim.scheduler.run(run.0.id).unwrap().state(),
+        RunState::Running
+    );
+    assert_eq!(sim.scheduler.awaiting_approval(), 1);
+
+    sim.now += 1_000;
+    let approved = sim
+        .approve(run.0.id, Some("prod/app"), ApprovalVerdict::Approve)
+        .unwrap();
+    assert_eq!(units(&approved.publish), ["prod/app"]);
+    assert!(matches!(
+        &sim.job(run.0.id, "prod/app").approval,
+        Some(ApprovalGate::Approved { by, reason, at_ms })
+            if by == APPROVER && reason == "looks right" && *at_ms == sim.now
+    ));
+    sim.run_job(&approved.publish[0], JobStatus::Succeeded);
+    assert_eq!(
+        sim.scheduler.run(run.0.id).unwrap().state(),
+        RunState::Succeeded
+    );
+}
+
+#[test]
+fn an_approval_given_early_still_waits_for_the_dependencies() {
+    let mut sim = Sim::new();
+    let run = gated_push(&["app", "db"], &[("app", "db")], &["app"]);
+    let first = sim.accept(&run).publish;
+    assert_eq!(units(&first), ["db"]);
+    let approved = sim
+        .approve(run.0.id, None, ApprovalVerdict::Approve)
+        .unwrap();
+    assert!(approved.publish.is_empty(), "app started before db");
+    assert_eq!(sim.state(run.0.id, "app"), UnitState::Pending);
+    let next = sim.run_job(&first[0], JobStatus::Succeeded);
+    assert_eq!(units(&next), ["app"]);
+}
+
+#[test]
+fn a_rejection_cancels_the_gated_job_and_its_dependents_with_the_reason() {
+    let mut sim = Sim::new();
+    let run = gated_push(&["app", "db", "other"], &[("app", "db")], &["db"]);
+    let first = sim.accept(&run).publish;
+    assert_eq!(units(&first), ["other"]);
+    let rejected = sim
+        .scheduler
+        .decide_approval(
+            run.0.id,
+            Some("db"),
+            ApprovalVerdict::Reject,
+            APPROVER,
+            "not during the freeze",
+            sim.now,
+        )
+        .unwrap();
+    assert!(rejected.1.publish.is_empty());
+    let why = "rejected by alice: not during the freeze";
+    assert_eq!(sim.state(run.0.id, "db"), UnitState::Cancelled(why.into()));
+    assert_eq!(sim.state(run.0.id, "app"), UnitState::Cancelled(why.into()));
+    sim.run_job(&first[0], JobStatus::Succeeded);
+    assert!(matches!(
+        sim.scheduler.run(run.0.id).unwrap().state(),
+        RunState::Cancelled(_)
+    ));
+}
+
+#[test]
+fn an_unanswered_approval_expires_and_cancels_the_job() {
+    let mut sim = Sim::new();
+    let run = gated_push(&["app"], &[], &["app"]);
+    assert!(sim.accept(&run).publish.is_empty());
+    let due = sim.now + APPROVAL_TIMEOUT_MS;
+    assert_eq!(sim.scheduler.next_wakeup(sim.now), Some(due));
+    assert!(sim.scheduler.tick(due - 1).changed_jobs.is_empty());
+    let expired = sim.scheduler.tick(due);
+    assert!(expired.publish.is_empty());
+    assert_eq!(
+        sim.state(run.0.id, "app"),
+        UnitState::Cancelled("approval expired: nobody approved it within 1h".into())
+    );
+    assert_eq!(sim.scheduler.awaiting_approval(), 0);
+    assert_eq!(sim.scheduler.next_wakeup(due), None);
+    let late = sim.approve(run.0.id, None, ApprovalVerdict::Approve);
+    assert!(late.unwrap_err().contains("no job awaiting approval"));
+}
+
+#[test]
+fn an_approval_that_matches_nothing_says_why() {
+    let mut sim = Sim::new();
+    let run = gated_push(&["app", "db"], &[], &["app"]);
+    sim.accept(&run);
+    let err = sim
+        .approve(run.0.id, Some("db"), ApprovalVerdict::Approve)
+        .unwrap_err();
+    assert!(
+        err.contains("\"db\"") && err.contains("is not awaiting approval (it is queued)"),
+        "{err}"
+    );
+    let err = sim
+        .approve(run.0.id, Some("nope"), ApprovalVerdict::Approve)
+        .unwrap_err();
+    assert!(err.contains("no job for unit \"nope\""), "{err}");
+    let err = sim
+        .approve(Uuid::new_v4(), None, ApprovalVerdict::Approve)
+        .unwrap_err();
+    assert!(err.contains("is not active"), "{err}");
+}
+
+#[test]
+fn a_newer_push_of_the_unit_supersedes_a_waiting_approval() {
+    let mut sim = Sim::new();
+    let older = gated_push(&["app", "web"], &[("web", "app")], &["app"]);
+    sim.accept(&older);
+    let newer = gated_push(&["app"], &[], &["app"]);
+    sim.accept(&newer);
+    let why = format!(
+        "superseded by run {}, a newer push of this unit",
+        newer.0.id
+    );
+    assert_eq!(
+        sim.state(older.0.id, "app"),
+        UnitState::Cancelled(why.clone())
+    );
+    assert_eq!(sim.state(older.0.id, "web"), UnitState::Cancelled(why));
+    assert_eq!(sim.state(newer.0.id, "app"), UnitState::AwaitingApproval);
+    let approved = sim
+        .approve(newer.0.id, None, ApprovalVerdict::Approve)
+        .unwrap();
+    assert_eq!(units(&approved.publish), ["app"], "the unit queue is free");
+}
+
+#[test]
+fn a_pull_request_plan_of_a_gated_unit_runs_and_says_the_apply_will_wait() {
+    let mut sim = Sim::new();
+    let (event, plan) = event(pr(1), &[("app", Action::Plan)], &[]);
+    let first = sim.accept(&(event.clone(), gated(plan, &["app"]))).publish;
+    assert_eq!(units(&first), ["app"]);
+    assert_eq!(
+        sim.job(event.id, "app").approval,
+        Some(ApprovalGate::AfterMerge)
+    );
+}
+
+#[test]
+fn a_failed_dependency_skips_a_job_awaiting_approval_and_a_restore_keeps_the_wait() {
+    let mut sim = Sim::new();
+    let run = gated_push(&["app", "db", "web"], &[("app", "db")], &["app", "web"]);
+    let first = sim.accept(&run).publish;
+    let runs: Vec<Run> = sim.scheduler.runs().cloned().collect();
+    let restored = Scheduler::restore(settings(), runs, 0, sim.now);
+    assert_eq!(restored.awaiting_approval(), 2);
+    assert_eq!(
+        restored.next_wakeup(sim.now),
+        Some(sim.now + APPROVAL_TIMEOUT_MS)
+    );
+    sim.scheduler = restored;
+    sim.run_job(&first[0], JobStatus::Failed);
+    assert_eq!(
+        sim.state(run.0.id, "app"),
+        UnitState::Skipped("db apply failed".into())
+    );
+    assert_eq!(sim.state(run.0.id, "web"), UnitState::AwaitingApproval);
+    assert_eq!(sim.scheduler.awaiting_approval(), 1);
 }

@@ -237,6 +237,7 @@ fn a_version_1_database_is_migrated_keeping_its_runs() {
         .execute_batch(
             "ALTER TABLE runs DROP COLUMN reported_ms;
              ALTER TABLE jobs DROP COLUMN policy;
+             ALTER TABLE jobs DROP COLUMN approval;
              PRAGMA user_version = 1;",
         )
         .unwrap();
