@@ -32,7 +32,9 @@ pub use crate::dispatcher::{DispatcherSettings, RetryPolicy};
 pub use crate::duration::parse_duration;
 pub use crate::executor::{DEFAULT_PASS_ENV, ExecutorSettings, ToolUser};
 pub use crate::github::GitHub;
-pub use crate::policies::{PolicyMode, PolicyScope, PolicySet, PolicySettings, RegoSyntax};
+pub use crate::policies::{
+    PolicyMode, PolicyOverride, PolicyScope, PolicySet, PolicySettings, RegoSyntax,
+};
 pub use crate::repositories::Repository;
 pub use crate::timeouts::Timeouts;
 pub use crate::triggers::{Trigger, Triggers, UnitTrigger};
@@ -300,7 +302,7 @@ impl Config {
         self.validate_github()?;
         timeouts::validate(&self.timeouts)?;
         dispatcher::validate_retry(&self.retry)?;
-        policies::validate(&self.policies, &self.policy)?;
+        policies::validate(&self.policies, &self.policy, &self.approvals.users)?;
         approvals::validate(self)?;
         triggers::validate(&self.triggers)
     }

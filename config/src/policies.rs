@@ -40,6 +40,19 @@ pub struct PolicySet {
     /// `deny[msg] {…}`).
     #[serde(default)]
     pub rego: RegoSyntax,
+    /// `"approvers"`: on a push, an apply or destroy this set denies waits for an approver
+    /// (`[approvals] users`) instead of failing, and runs with the denies recorded as overridden
+    /// once one approves. Default: a deny is final.
+    #[serde(default, rename = "override")]
+    pub override_by: Option<PolicyOverride>,
+}
+
+/// Who may override a set's denies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyOverride {
+    /// The approvers of `[approvals] users`, through `pipelines approve`.
+    Approvers,
 }
 
 impl PolicySet {
@@ -163,7 +176,11 @@ fn is_package(name: &str) -> bool {
         })
 }
 
-pub(crate) fn validate(sets: &[PolicySet], settings: &PolicySettings) -> Result<(), ConfigError> {
+pub(crate) fn validate(
+    sets: &[PolicySet],
+    settings: &PolicySettings,
+    approvers: &[String],
+) -> Result<(), ConfigError> {
     let mut names = HashSet::new();
     for (i, set) in sets.iter().enumerate() {
         let key = |field: &str| format!("policies[{i}].{field}");
@@ -186,6 +203,12 @@ pub(crate) fn validate(sets: &[PolicySet], settings: &PolicySettings) -> Result<
                     return Err(invalid(format!("policies[{i}].{field}[{j}]"), err));
                 }
             }
+        }
+        if set.override_by.is_some() && approvers.is_empty() {
+            return Err(invalid(
+                key("override"),
+                "\"approvers\" needs at least one broker user in approvals.users",
+            ));
         }
         if !is_package(&set.package) {
             return Err(invalid(
@@ -220,6 +243,18 @@ mod tests {
         assert_eq!(set.mode, super::PolicyMode::Deny);
         assert_eq!(set.package, "main");
         assert_eq!(set.rego, super::RegoSyntax::V1);
+        assert_eq!(
+            set.override_by, None,
+            "a deny is final unless the set says otherwise"
+        );
+        let config = with(
+            "[[policies]]\npath = \"p\"\noverride = \"approvers\"\n[approvals]\nusers = [\"alice\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.policies[0].override_by,
+            Some(super::PolicyOverride::Approvers)
+        );
         assert!(set.scope().applies_to("prod", "prod/app/db"));
         assert_eq!(
             config.policy.time_budget(),
@@ -261,6 +296,10 @@ mod tests {
             (
                 "[[policies]]\npath = \"a/p\"\n[[policies]]\npath = \"b/p\"\n",
                 "policies[1].name",
+            ),
+            (
+                "[[policies]]\npath = \"p\"\noverride = \"approvers\"\n",
+                "policies[0].override",
             ),
             ("[policy]\ntime_budget = \"soon\"\n", "policy.time_budget"),
             ("[policy]\nmax_plan_bytes = 0\n", "policy.max_plan_bytes"),

@@ -135,10 +135,18 @@ pub fn policy_cell(report: &PolicyReport) -> String {
     };
     let denies = count(&[PolicyMessage::Deny]);
     let warnings = count(&[PolicyMessage::Warning, PolicyMessage::DenyInWarnMode]);
+    let overridden = report.sets.iter().find_map(|set| set.overridden.as_deref());
     let verdict = if report.sets.iter().any(|set| set.error.is_some()) {
         "error".to_owned()
+    } else if denies > 0 && report.overridable() {
+        format!("denied ({denies}), approvers may override")
     } else if denies > 0 {
         format!("denied ({denies})")
+    } else if let Some(by) = overridden {
+        format!(
+            "denies overridden by {}",
+            by.split(':').next().unwrap_or(by)
+        )
     } else {
         "passed".to_owned()
     };
@@ -157,6 +165,8 @@ pub(crate) enum PolicyMessage {
     Error,
     /// A `deny` of an enforced set.
     Deny,
+    /// A `deny` of an enforced set that an approver overrode.
+    DenyOverridden,
     /// A `deny` of a set in warn mode: reported, not enforced.
     DenyInWarnMode,
     Warning,
@@ -168,10 +178,10 @@ pub(crate) fn policy_messages(
     report: &PolicyReport,
 ) -> impl Iterator<Item = (&str, PolicyMessage, &str)> {
     report.sets.iter().flat_map(|set| {
-        let deny = if set.enforced {
-            PolicyMessage::Deny
-        } else {
-            PolicyMessage::DenyInWarnMode
+        let deny = match (set.enforced, &set.overridden) {
+            (true, None) => PolicyMessage::Deny,
+            (true, Some(_)) => PolicyMessage::DenyOverridden,
+            (false, _) => PolicyMessage::DenyInWarnMode,
         };
         let name = set.name.as_str();
         set.error
@@ -197,6 +207,9 @@ fn policy_section(detail: &RunDetail) -> String {
                 match kind {
                     PolicyMessage::Error => format!("- ⛔ **{set}** could not run: {text}"),
                     PolicyMessage::Deny => format!("- ❌ deny **{set}**: {text}"),
+                    PolicyMessage::DenyOverridden => {
+                        format!("- ☑️ deny (overridden) **{set}**: {text}")
+                    }
                     PolicyMessage::DenyInWarnMode => {
                         format!("- ⚠️ warn (deny rule, warn mode) **{set}**: {text}")
                     }
@@ -249,12 +262,23 @@ pub fn approval_note(gate: &ApprovalGate, state: JobPhase) -> Option<String> {
             approvers,
             since_ms,
             expires_ms,
-        } if state == JobPhase::AwaitingApproval => Some(format!(
-            "waits for an approval from {} since {} (cancelled at {} without one)",
-            approvers.join(" or "),
-            utc(*since_ms),
-            utc(*expires_ms)
-        )),
+            policy_sets,
+        } if state == JobPhase::AwaitingApproval => Some(if policy_sets.is_empty() {
+            format!(
+                "waits for an approval from {} since {} (cancelled at {} without one)",
+                approvers.join(" or "),
+                utc(*since_ms),
+                utc(*expires_ms)
+            )
+        } else {
+            format!(
+                "denied by {}: {} may override the deny (since {}; it stands at {})",
+                policy_sets.join(", "),
+                approvers.join(" or "),
+                utc(*since_ms),
+                utc(*expires_ms)
+            )
+        }),
         ApprovalGate::Waiting { .. } => None,
         ApprovalGate::Approved { by, reason, at_ms } => {
             Some(format!("approved by {by} at {}: {reason}", utc(*at_ms)))
@@ -862,6 +886,8 @@ mod tests {
                     denies: vec!["terraform_data.bucket: not allowed | here".into()],
                     warnings: vec!["touches prod".into()],
                     error: None,
+                    overridable: false,
+                    overridden: None,
                 },
                 proto_types::PolicySetResult {
                     name: "trial".into(),
@@ -870,6 +896,8 @@ mod tests {
                     denies: vec!["would be denied".into()],
                     warnings: Vec::new(),
                     error: None,
+                    overridable: false,
+                    overridden: None,
                 },
             ],
         }
@@ -887,6 +915,8 @@ mod tests {
                 denies: Vec::new(),
                 warnings: Vec::new(),
                 error: None,
+                overridable: false,
+                overridden: None,
             }],
         });
         let detail = detail(jobs, "failed");
@@ -964,6 +994,7 @@ mod tests {
             approvers: vec!["alice".into(), "bob".into()],
             since_ms: 1_796_376_240_000,
             expires_ms: 1_796_462_640_000,
+            policy_sets: Vec::new(),
         });
         let mut approved = job(1, "succeeded");
         approved.approval = Some(ApprovalGate::Approved {
@@ -978,6 +1009,7 @@ mod tests {
             approvers: vec!["alice".into()],
             since_ms: 0,
             expires_ms: 1,
+            policy_sets: Vec::new(),
         });
         let run = detail(vec![waiting, approved, plan, rejected], "running");
         let comment = pull_request_comment(&run, &BTreeMap::new(), &Links::default());
@@ -1000,5 +1032,48 @@ mod tests {
         );
         let status = commit_status(&run, "pipelines");
         assert_eq!(status.description, "2 of 4 units done, 1 awaiting approval");
+    }
+
+    #[test]
+    fn an_overridable_deny_says_so_and_an_overridden_one_says_by_whom() {
+        let mut report = PolicyReport {
+            sets: vec![proto_types::PolicySetResult {
+                name: "security".into(),
+                enforced: true,
+                rules: 1,
+                denies: vec!["terraform_data.b: needs a sign-off".into()],
+                warnings: Vec::new(),
+                error: None,
+                overridable: true,
+                overridden: None,
+            }],
+        };
+        assert_eq!(
+            policy_cell(&report),
+            "denied (1), approvers may override · 1 rule(s)"
+        );
+        report.sets[0].overridden = Some("alice: CHG-7".into());
+        assert!(!report.blocks());
+        assert_eq!(
+            policy_cell(&report),
+            "denies overridden by alice · 1 rule(s)"
+        );
+        let kinds: Vec<PolicyMessage> = policy_messages(&report).map(|(_, kind, _)| kind).collect();
+        assert_eq!(kinds, [PolicyMessage::DenyOverridden]);
+        let note = approval_note(
+            &ApprovalGate::Waiting {
+                approvers: vec!["alice".into()],
+                since_ms: 0,
+                expires_ms: 3_600_000,
+                policy_sets: vec!["security".into()],
+            },
+            JobPhase::AwaitingApproval,
+        );
+        assert_eq!(
+            note.as_deref(),
+            Some(
+                "denied by security: alice may override the deny (since 1970-01-01 00:00 UTC; it stands at 1970-01-01 01:00 UTC)"
+            )
+        );
     }
 }

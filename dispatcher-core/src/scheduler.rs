@@ -122,6 +122,12 @@ pub struct RunJob {
 }
 
 impl RunJob {
+    /// Whether it waits for an approver to override its plan's policy denies.
+    pub fn awaits_policy_override(&self) -> bool {
+        self.state == UnitState::AwaitingApproval
+            && matches!(&self.approval, Some(ApprovalGate::Waiting { policy_sets, .. }) if !policy_sets.is_empty())
+    }
+
     /// When a job awaiting approval is cancelled for want of one.
     fn approval_expiry(&self) -> Option<u64> {
         match (&self.state, &self.approval) {
@@ -449,11 +455,7 @@ impl Scheduler {
                 let waits = planned.gated && planned.action.mutates();
                 let approval = planned.gated.then(|| {
                     if waits {
-                        ApprovalGate::Waiting {
-                            approvers: self.settings.approvers.clone(),
-                            since_ms: now,
-                            expires_ms: now.saturating_add(self.settings.approval_timeout_ms),
-                        }
+                        self.waiting_gate(now, Vec::new())
                     } else {
                         ApprovalGate::AfterMerge
                     }
@@ -476,6 +478,7 @@ impl Scheduler {
                             .copied()
                             .unwrap_or(0),
                         role: ExecutorRole::for_event(event.trigger.kind()),
+                        policy_override: None,
                     },
                     requires: Vec::new(),
                     state: if waits {
@@ -536,6 +539,17 @@ impl Scheduler {
             trace: None,
             jobs,
             open_non_destroy: 0,
+        }
+    }
+
+    /// A gate waiting for an approver from `now`; `policy_sets` names the denies an approval
+    /// would override.
+    fn waiting_gate(&self, now: u64, policy_sets: Vec<String>) -> ApprovalGate {
+        ApprovalGate::Waiting {
+            approvers: self.settings.approvers.clone(),
+            since_ms: now,
+            expires_ms: now.saturating_add(self.settings.approval_timeout_ms),
+            policy_sets,
         }
     }
 
@@ -796,8 +810,17 @@ impl Scheduler {
             .collect();
         let timeout = human_duration(self.settings.approval_timeout_ms);
         for job_ref in expired {
-            let reason = format!("approval expired: nobody approved it within {timeout}");
-            self.finalize(job_ref, UnitState::Cancelled(reason), now, &mut effects);
+            let state = if self
+                .job(job_ref)
+                .is_some_and(RunJob::awaits_policy_override)
+            {
+                // Nobody overrode the denies: they stand.
+                UnitState::Failed
+            } else {
+                let reason = format!("approval expired: nobody approved it within {timeout}");
+                UnitState::Cancelled(reason)
+            };
+            self.finalize(job_ref, state, now, &mut effects);
         }
         self.schedule(now, &mut effects);
         effects
@@ -854,6 +877,12 @@ impl Scheduler {
                     let Some(job) = self.job_mut(job_ref) else {
                         continue;
                     };
+                    if job.awaits_policy_override() {
+                        // Planned again, on a new attempt, with the denies let through.
+                        job.job.attempt += 1;
+                        job.job.policy_override = Some(format!("{by}: {reason}"));
+                        job.finished_ms = None;
+                    }
                     job.state = UnitState::Pending;
                     job.approval = Some(ApprovalGate::Approved {
                         by: by.to_owned(),
@@ -864,8 +893,16 @@ impl Scheduler {
                     self.settle_pending(job_ref, now, &mut effects);
                 }
                 ApprovalVerdict::Reject => {
-                    let why = format!("rejected by {by}: {reason}");
-                    self.finalize(job_ref, UnitState::Cancelled(why), now, &mut effects);
+                    let state = if self
+                        .job(job_ref)
+                        .is_some_and(RunJob::awaits_policy_override)
+                    {
+                        // The denies stand.
+                        UnitState::Failed
+                    } else {
+                        UnitState::Cancelled(format!("rejected by {by}: {reason}"))
+                    };
+                    self.finalize(job_ref, state, now, &mut effects);
                 }
             }
         }
@@ -1111,6 +1148,7 @@ impl Scheduler {
         };
         let max_attempts = self.settings.max_attempts;
         let backoff_ms = self.settings.backoff_ms;
+        let anyone_approves = !self.settings.approvers.is_empty();
         // A policy's verdict is the same on every attempt: never retried.
         let denied = outcome.policy.as_ref().is_some_and(PolicyReport::blocks);
         let retryable = outcome.status == JobStatus::Failed
@@ -1135,11 +1173,44 @@ impl Scheduler {
         if outcome.status != JobStatus::Succeeded {
             job.output_tail = Some(tail(&outcome.output, OUTPUT_TAIL_BYTES).to_owned());
         }
+        let overridable = denied
+            && job.job.action.mutates()
+            && job.cancel_requested.is_none()
+            && anyone_approves
+            && outcome
+                .policy
+                .as_ref()
+                .is_some_and(PolicyReport::overridable);
         if let Some(reason) = job.cancel_requested.clone()
             && outcome.status != JobStatus::Succeeded
         {
             // Told to stop: however it ended short of success, it ended because of that.
             self.finalize(job_ref, UnitState::Cancelled(reason), now, &mut effects);
+        } else if overridable {
+            // Denied by sets an approver may override: it waits for one, holding its unit,
+            // out of its account's slots.
+            let sets = outcome
+                .policy
+                .as_ref()
+                .map(PolicyReport::blocking_sets)
+                .unwrap_or_default();
+            let gate = self.waiting_gate(now, sets);
+            let Some(job) = self.job_mut(job_ref) else {
+                return effects;
+            };
+            let expires = match &gate {
+                ApprovalGate::Waiting { expires_ms, .. } => *expires_ms,
+                _ => now,
+            };
+            job.state = UnitState::AwaitingApproval;
+            job.approval = Some(gate);
+            job.lease = None;
+            let account = job.job.account.clone();
+            effects.touch(&job.job);
+            if let Some(count) = self.in_flight.get_mut(&account) {
+                *count = count.saturating_sub(1);
+            }
+            self.awaiting.insert((expires, job_ref));
         } else if retryable && attempt < max_attempts && job.cancel_requested.is_none() {
             // Back to pending with the next attempt: it leaves the account's slots and waits.
             let delay = backoff_ms.saturating_mul(1 << (attempt - 1).min(16));

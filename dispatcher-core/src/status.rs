@@ -168,6 +168,7 @@ pub fn render_run(detail: &RunDetail, now: u64) -> String {
                 let kind = match kind {
                     PolicyMessage::Error => "error",
                     PolicyMessage::Deny => "deny",
+                    PolicyMessage::DenyOverridden => "deny (overridden)",
                     PolicyMessage::DenyInWarnMode => "warn (deny, warn mode)",
                     PolicyMessage::Warning => "warn",
                 };
@@ -397,6 +398,8 @@ mod tests {
                     denies: vec!["terraform_data.b: not allowed".into()],
                     warnings: vec!["mind prod".into()],
                     error: None,
+                    overridable: false,
+                    overridden: None,
                 }],
             }),
         };

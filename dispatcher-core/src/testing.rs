@@ -118,3 +118,27 @@ pub fn outcome(status: JobStatus, output: &str) -> JobOutcome {
         policy: None,
     }
 }
+
+/// A failed report whose plan the policy set `security` denied; `overridable` when the set
+/// allows an approver to override it.
+pub fn denied(overridable: bool) -> JobOutcome {
+    JobOutcome {
+        exit_code: None,
+        policy: Some(proto_types::PolicyReport {
+            sets: vec![proto_types::PolicySetResult {
+                name: "security".into(),
+                enforced: true,
+                rules: 1,
+                denies: vec!["aws_s3_bucket.b: public".into()],
+                warnings: Vec::new(),
+                error: None,
+                overridable,
+                overridden: None,
+            }],
+        }),
+        ..outcome(
+            JobStatus::Failed,
+            "Error: the policy checks did not pass: the plan is not applied",
+        )
+    }
+}

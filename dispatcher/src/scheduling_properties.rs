@@ -15,7 +15,9 @@ use proto_types::{
 use uuid::Uuid;
 
 use crate::store::Store;
-use crate::testing::{APPROVER, LEASE_MS, commit, event, gated, outcome, pr, push, settings};
+use crate::testing::{
+    APPROVER, LEASE_MS, commit, denied, event, gated, outcome, pr, push, settings,
+};
 
 /// One run in a generated scenario.
 #[derive(Debug, Clone)]
@@ -63,7 +65,8 @@ enum Step {
     /// A worker takes the i-th published job (modulo) and claims it.
     Claim { pick: usize, worker: u8 },
     /// The i-th running job (modulo) ends: 0 a transient failure, 1 a failure, 2 a refusal,
-    /// 3 given back (the worker shuts down), otherwise success. A job told to stop reports
+    /// 3 given back (the worker shuts down), 7 a policy deny an approver may override,
+    /// otherwise success. A job told to stop reports
     /// that it stopped, unless the outcome is 5 or 6 (it succeeded first).
     Finish { pick: usize, outcome: u8 },
     /// An operator cancels the i-th arrived run (modulo).
@@ -93,7 +96,7 @@ enum Step {
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => (any::<usize>(), 0u8..3).prop_map(|(pick, worker)| Step::Claim { pick, worker }),
-        4 => (any::<usize>(), 0u8..7).prop_map(|(pick, outcome)| Step::Finish { pick, outcome }),
+        4 => (any::<usize>(), 0u8..8).prop_map(|(pick, outcome)| Step::Finish { pick, outcome }),
         2 => Just(Step::Arrive),
         1 => any::<usize>().prop_map(|pick| Step::Cancel { pick }),
         1 => Just(Step::Wait),
@@ -123,6 +126,12 @@ impl Checker {
         assert!(
             !matches!(job.approval, Some(ApprovalGate::Waiting { .. })),
             "{} started without an approval",
+            job.job.unit
+        );
+        assert!(
+            job.job.policy_override.is_none()
+                || matches!(job.approval, Some(ApprovalGate::Approved { .. })),
+            "{} runs with a policy override nobody approved",
             job.job.unit
         );
         for &r in &job.requires {
@@ -174,7 +183,8 @@ impl Checker {
         let mut in_flight_accounts: HashMap<&str, u32> = HashMap::new();
         for run in scheduler.runs() {
             for job in &run.jobs {
-                // A gated job's gate opens before it is published, or never.
+                // A gated job's gate opens before it is published, or never. (A job waiting
+                // for a policy override ran once; its deny stands if nobody overrides it.)
                 let ran = !matches!(
                     job.state,
                     UnitState::Pending
@@ -183,7 +193,9 @@ impl Checker {
                         | UnitState::Cancelled(_)
                 );
                 assert!(
-                    !(ran && matches!(job.approval, Some(ApprovalGate::Waiting { .. }))),
+                    !(ran
+                        && matches!(&job.approval, Some(ApprovalGate::Waiting { policy_sets, .. })
+                            if policy_sets.is_empty())),
                     "{} is {:?} without an approval",
                     job.job.unit,
                     job.state
@@ -479,26 +491,24 @@ impl World {
                     self.queue.push((job, true));
                     effects
                 } else {
-                    let (status, output) = match result {
+                    let report = match result {
                         // Told to stop: it stops, unless it finished first.
                         _ if self.stopped.contains(&job.job_id) && result < 5 => {
-                            (JobStatus::Cancelled, "stopped")
+                            outcome(JobStatus::Cancelled, "stopped")
                         }
-                        0 => (JobStatus::Failed, "Error acquiring the state lock"),
-                        1 => (JobStatus::Failed, "boom"),
-                        2 => (
+                        0 => outcome(JobStatus::Failed, "Error acquiring the state lock"),
+                        1 => outcome(JobStatus::Failed, "boom"),
+                        2 => outcome(
                             JobStatus::Refused,
                             "refused: Error acquiring the state lock",
                         ),
-                        _ => (JobStatus::Succeeded, ""),
+                        // A policy deny an approver may override.
+                        7 => denied(true),
+                        _ => outcome(JobStatus::Succeeded, ""),
                     };
-                    self.sim.scheduler.finish(
-                        job.job_id,
-                        job.attempt,
-                        &worker,
-                        &outcome(status, output),
-                        now,
-                    )
+                    self.sim
+                        .scheduler
+                        .finish(job.job_id, job.attempt, &worker, &report, now)
                 };
                 self.absorb(effects);
             }

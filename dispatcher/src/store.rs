@@ -28,7 +28,7 @@ pub const DATABASE_FILE: &str = "dispatcher.sqlite3";
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Step `i` takes a database at schema version `i` to version `i + 1`.
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     SCHEMA,
     // When a final run's report reached GitHub: a restarted reporter sends the others.
     "ALTER TABLE runs ADD COLUMN reported_ms INTEGER;",
@@ -36,6 +36,8 @@ const MIGRATIONS: [&str; 4] = [
     "ALTER TABLE jobs ADD COLUMN policy TEXT;",
     // A job's approval gate (JSON of `ApprovalGate`).
     "ALTER TABLE jobs ADD COLUMN approval TEXT;",
+    // An approver's override of a job's policy denies (`who: why`), sent with the job.
+    "ALTER TABLE jobs ADD COLUMN policy_override TEXT;",
 ];
 
 const SCHEMA: &str = "
@@ -349,10 +351,11 @@ impl Store {
                          source_commit, timeout_secs, requires, attempt, state, reason, note,
                          not_before_ms, lease_worker, lease_until, exit_code, res_add, res_change,
                          res_destroy, duration_ms, worker, output_tail, started_ms, finished_ms,
-                         lease_reply_to, cancel_requested, log, policy, approval)
+                         lease_reply_to, cancel_requested, log, policy, approval,
+                         policy_override)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
                          ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29,
-                         ?30, ?31)
+                         ?30, ?31, ?32)
                      ON CONFLICT (job_id) DO UPDATE SET attempt = excluded.attempt,
                          state = excluded.state, reason = excluded.reason, note = excluded.note,
                          not_before_ms = excluded.not_before_ms,
@@ -364,7 +367,8 @@ impl Store {
                          finished_ms = excluded.finished_ms,
                          lease_reply_to = excluded.lease_reply_to,
                          cancel_requested = excluded.cancel_requested, log = excluded.log,
-                         policy = excluded.policy, approval = excluded.approval",
+                         policy = excluded.policy, approval = excluded.approval,
+                         policy_override = excluded.policy_override",
                 )
                 .map_err(sqlite("prepare job upsert"))?;
             for (run, job) in jobs {
@@ -410,6 +414,7 @@ impl Store {
                         job.log,
                         job.policy.as_ref().map(to_json),
                         job.approval.as_ref().map(to_json),
+                        job.job.policy_override,
                     ])
                     .map_err(sqlite("write job"))?;
             }
@@ -627,7 +632,7 @@ impl Store {
                      requires, attempt, state, reason, note, not_before_ms, lease_worker,
                      lease_until, exit_code, res_add, res_change, res_destroy, duration_ms,
                      worker, output_tail, started_ms, finished_ms, lease_reply_to,
-                     cancel_requested, log, policy, approval
+                     cancel_requested, log, policy, approval, policy_override
                  FROM jobs WHERE run_id = ?1 ORDER BY idx",
             )
             .map_err(sqlite("prepare job read"))?;
@@ -995,6 +1000,7 @@ fn job_from_row(
             attempt: get(row, 8)?,
             timeout_secs: get::<i64>(row, 6)? as u64,
             role,
+            policy_override: get(row, 29)?,
         },
         requires,
         state,

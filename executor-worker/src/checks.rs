@@ -140,6 +140,7 @@ mod tests {
             attempt: 1,
             timeout_secs: 0,
             role,
+            policy_override: None,
         }
     }
 

@@ -118,13 +118,16 @@ impl Policies {
         let sets = governing
             .into_iter()
             .map(|set| {
+                let enforced = set.config.mode == PolicyMode::Deny;
                 let mut result = PolicySetResult {
                     name: set.name.clone(),
-                    enforced: set.config.mode == PolicyMode::Deny,
+                    enforced,
                     rules: 0,
                     denies: Vec::new(),
                     warnings: Vec::new(),
                     error: None,
+                    overridable: enforced && set.config.override_by.is_some(),
+                    overridden: None,
                 };
                 let outcome = match (&set.engine, &input) {
                     (Err(err), _) => Err(err.clone()),
@@ -182,6 +185,17 @@ impl Policies {
     }
 }
 
+/// Records an approver's override (`who: why`) on the sets whose denies may be overridden
+/// (this worker's configuration said so when it evaluated them); a set that could not give a
+/// verdict is never overridden.
+pub fn override_denies(report: &mut PolicyReport, by: &str) {
+    for set in &mut report.sets {
+        if set.overridable && set.error.is_none() && !set.denies.is_empty() {
+            set.overridden = Some(by.to_owned());
+        }
+    }
+}
+
 /// The verdict as lines of the job's output.
 pub fn render_report(report: &PolicyReport) -> String {
     let mut text = format!(
@@ -193,6 +207,8 @@ pub fn render_report(report: &PolicyReport) -> String {
         let mode = if set.enforced { "deny" } else { "warn" };
         let verdict = if set.error.is_some() {
             "error"
+        } else if set.overridden.is_some() {
+            "denied, overridden"
         } else if set.blocks() {
             "denied"
         } else {
@@ -204,6 +220,9 @@ pub fn render_report(report: &PolicyReport) -> String {
         ));
         if let Some(error) = &set.error {
             text.push_str(&format!("    error: {error}\n"));
+        }
+        if let Some(by) = &set.overridden {
+            text.push_str(&format!("    overridden by {by}\n"));
         }
         let deny_label = if set.enforced {
             "deny"
@@ -467,6 +486,41 @@ warn contains msg if {
         );
         assert_eq!(result.warnings, ["prod/app touches prod"]);
         assert_eq!(result.rules, 2);
+        assert!(report.blocks());
+    }
+
+    #[test]
+    fn only_the_denies_of_a_set_that_allows_it_are_overridden_and_they_then_pass() {
+        let (_dir, overridable) = set(
+            &[("buckets.rego", NO_BUCKETS)],
+            "override = \"approvers\"\n[approvals]\nusers = [\"alice\"]\n",
+        );
+        let mut report = overridable.evaluate(PLAN.as_bytes(), &context());
+        assert!(report.blocks() && report.overridable(), "{report:?}");
+        override_denies(&mut report, "alice: CHG-1");
+        assert!(!report.blocks(), "{report:?}");
+        assert_eq!(report.sets[0].overridden.as_deref(), Some("alice: CHG-1"));
+        assert!(render_report(&report).contains("denied, overridden"));
+
+        let (_dir, final_deny) = set(&[("buckets.rego", NO_BUCKETS)], "");
+        let mut report = final_deny.evaluate(PLAN.as_bytes(), &context());
+        assert!(!report.overridable());
+        override_denies(&mut report, "alice: CHG-1");
+        assert!(
+            report.blocks(),
+            "a set that does not allow it is never overridden"
+        );
+
+        let (_dir, broken) = set(
+            &[("broken.rego", "package main\ndeny contains msg if {")],
+            "override = \"approvers\"\n[approvals]\nusers = [\"alice\"]\n",
+        );
+        let mut report = broken.evaluate(PLAN.as_bytes(), &context());
+        assert!(
+            !report.overridable(),
+            "a check that did not run is not a deny"
+        );
+        override_denies(&mut report, "alice: CHG-1");
         assert!(report.blocks());
     }
 

@@ -174,6 +174,8 @@ pub(crate) struct StepsOutcome {
 pub(crate) struct PolicyCheck {
     pub(crate) policies: Arc<Policies>,
     pub(crate) context: PlanContext,
+    /// An approver's override of the overridable denies (`who: why`), on an apply worker.
+    pub(crate) override_by: Option<String>,
 }
 
 /// How one process ended.
@@ -285,18 +287,27 @@ async fn check_policies(
 ) -> PolicyReport {
     let policies = Arc::clone(&check.policies);
     let context = check.context.clone();
-    let report = tokio::task::spawn_blocking(move || policies.evaluate(&plan_json, &context))
-        .await
-        .unwrap_or_else(|err| PolicyReport {
-            sets: vec![proto_types::PolicySetResult {
-                name: "policies".into(),
-                enforced: true,
-                rules: 0,
-                denies: Vec::new(),
-                warnings: Vec::new(),
-                error: Some(format!("the evaluation did not finish: {err}")),
-            }],
-        });
+    let override_by = check.override_by.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        let mut report = policies.evaluate(&plan_json, &context);
+        if let Some(by) = &override_by {
+            crate::policy::override_denies(&mut report, by);
+        }
+        report
+    })
+    .await
+    .unwrap_or_else(|err| PolicyReport {
+        sets: vec![proto_types::PolicySetResult {
+            name: "policies".into(),
+            enforced: true,
+            rules: 0,
+            denies: Vec::new(),
+            warnings: Vec::new(),
+            error: Some(format!("the evaluation did not finish: {err}")),
+            overridable: false,
+            overridden: None,
+        }],
+    });
     output.push_str(&crate::policy::render_report(&report));
     report
 }

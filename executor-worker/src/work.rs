@@ -179,6 +179,11 @@ async fn prepare_and_run(
                 .then(|| PolicyCheck {
                     policies: Arc::clone(&settings.policies),
                     context: plan_context(job),
+                    // Only an apply worker's apply or destroy: a pull request's plan is never
+                    // let through, whatever its job says.
+                    override_by: (job.role == ExecutorRole::Apply && job.action.mutates())
+                        .then(|| job.policy_override.clone())
+                        .flatten(),
                 });
             Ok(runner::execute(
                 &prepared.tool,

@@ -247,3 +247,26 @@ impl ApplyLog {
         }
     }
 }
+
+/// A unit whose only resource is a `terraform_data` (Terraform's built-in provider) named
+/// `name`, holding the HCL expression `input`, its state in the sandbox's state directory.
+pub fn terraform_data_unit(sandbox: &Sandbox, unit: &str, name: &str, input: &str) {
+    let state = sandbox.state_dir();
+    let tf = format!(
+        "terraform {{\n  backend \"local\" {{\n    path = \"{}/{unit}.tfstate\"\n  }}\n}}\n\n\
+         resource \"terraform_data\" \"{name}\" {{\n  input = {input}\n}}\n",
+        state.display()
+    );
+    sandbox.repo.write(&format!("{unit}/main.tf"), &tf);
+    sandbox
+        .repo
+        .write(&format!("{unit}/pipelines.hcl"), &pipelines_hcl(unit, &[]));
+}
+
+/// Writes a policy set of one file, `<root>/policies/<name>/<name>.rego`; its directory.
+pub fn policy_set(root: &Path, name: &str, rego: &str) -> String {
+    let dir = root.join("policies").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{name}.rego")), rego).unwrap();
+    dir.display().to_string()
+}

@@ -5,8 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use harness::applies::Behaviour;
-use harness::applies::Units;
+use harness::applies::{Behaviour, Units, policy_set, terraform_data_unit};
 use harness::deployment::Deployment;
 use harness::poll_until;
 use harness::process::{self, Finished};
@@ -47,6 +46,15 @@ fn decide(sandbox: &Sandbox, config: &Path, verb: &str, run: Uuid, reason: &str)
         reason,
     ];
     process::run(sandbox.pipelines(&args), DEADLINE)
+}
+
+/// `pipelines approve RUN` with `config`'s login, then the run to its successful end.
+fn approve_to_success(sandbox: &Sandbox, config: &Path, run: Uuid, reason: &str) -> RunDetail {
+    let sent = decide(sandbox, config, "approve", run, reason);
+    assert_eq!(sent.code(), Some(0), "{}", sent.transcript());
+    let done = wait_final(sandbox, run);
+    assert_eq!(done.run.state, "succeeded", "{done:#?}");
+    done
 }
 
 /// Polls until `unit` of `run` is in `state`.
@@ -163,16 +171,7 @@ fn a_gated_apply_waits_refuses_a_non_approver_applies_once_approved_and_a_reject
 
     // The approver approves: prod/app applies, and the record says who and why.
     let approver_config = personal_config(&sandbox, "approver", &admin, &approver);
-    let sent = decide(
-        &sandbox,
-        &approver_config,
-        "approve",
-        push,
-        "change window CHG-1",
-    );
-    assert_eq!(sent.code(), Some(0), "{}", sent.transcript());
-    let done = wait_final(&sandbox, push);
-    assert_eq!(done.run.state, "succeeded", "{done:#?}");
+    let done = approve_to_success(&sandbox, &approver_config, push, "change window CHG-1");
     let app = job(&done, "prod/app");
     assert!(
         matches!(&app.approval, Some(ApprovalGate::Approved { by, reason, .. })
@@ -239,5 +238,74 @@ fn an_unanswered_approval_expires_and_cancels_the_apply() {
     );
     assert!(units.log.text().is_empty(), "{}", units.log.text());
     assert!(!sandbox.state_dir().join("prod/app.tfstate").exists());
+    deployment.assert_running();
+}
+
+/// Denies the `terraform_data` resource type anywhere.
+const NO_TERRAFORM_DATA: &str = r#"package main
+
+deny contains msg if {
+    some change in input.resource_changes
+    change.type == "terraform_data"
+    msg := sprintf("%s: terraform_data needs a sign-off", [change.address])
+}
+"#;
+
+#[test]
+fn an_approver_overrides_an_overridable_deny_and_the_apply_goes_on_recording_who_and_why() {
+    let (vhost, sandbox) = setup();
+    let approver = rabbit::control_user(&vhost, "approver");
+    let units = Units::new(&sandbox);
+    let c0 = units.readme_only();
+    terraform_data_unit(&sandbox, "dev/bucket", "bucket", "\"v1\"");
+    let c1 = units.commit(
+        "c1: bucket, app on bucket",
+        1,
+        &[(
+            "dev/app",
+            &["dev/bucket"],
+            Behaviour::Succeed { seconds: 0 },
+        )],
+    );
+    let security = policy_set(sandbox.path(), "security", NO_TERRAFORM_DATA);
+    let extra = format!(
+        "\n[[policies]]\npath = {security:?}\noverride = \"approvers\"\n\n\
+         [approvals]\nusers = [{:?}]\n",
+        approver.name
+    );
+    let admin = sandbox.write_config(&vhost.url, &[("dev", "dev/**")], &extra);
+    let mut deployment = Deployment::start(sandbox.path(), &admin, &[("dev", 1)]);
+
+    // The apply worker's check denies the bucket: instead of failing, it waits for an approver.
+    let push = submit(&sandbox, &vhost, (&c0, &c1), "push", &[]);
+    let waiting = wait_for_state(&sandbox, push, "dev/bucket", "awaiting-approval");
+    let bucket = job(&waiting, "dev/bucket");
+    assert!(
+        matches!(&bucket.approval, Some(ApprovalGate::Waiting { policy_sets, .. }) if policy_sets == &["security".to_owned()]),
+        "{bucket:#?}"
+    );
+    assert!(bucket.policy.as_ref().unwrap().overridable(), "{bucket:#?}");
+    assert!(!sandbox.state_dir().join("dev/bucket.tfstate").exists());
+    assert_eq!(job(&waiting, "dev/app").state, "pending");
+
+    let approver_config = personal_config(&sandbox, "approver", &admin, &approver);
+    let done = approve_to_success(&sandbox, &approver_config, push, "CHG-7: sign-off");
+    let bucket = job(&done, "dev/bucket");
+    assert_eq!(
+        bucket.attempt, 2,
+        "planned and checked again before the apply"
+    );
+    let security = &bucket.policy.as_ref().unwrap().sets[0];
+    assert_eq!(
+        security.denies,
+        ["terraform_data.bucket: terraform_data needs a sign-off"]
+    );
+    let by = security.overridden.as_deref().unwrap_or_default();
+    assert!(
+        by.starts_with(&approver.name) && by.ends_with("CHG-7: sign-off"),
+        "{by}"
+    );
+    assert!(sandbox.state_dir().join("dev/bucket.tfstate").exists());
+    assert_eq!(job(&done, "dev/app").state, "succeeded");
     deployment.assert_running();
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use harness::applies::{Behaviour, Units, pipelines_hcl};
+use harness::applies::{Behaviour, Units, policy_set, terraform_data_unit};
 use harness::deployment::Deployment;
 use harness::runs::{job, setup, status_json, submit, wait_final};
 use harness::sandbox::Sandbox;
@@ -28,28 +28,6 @@ warn contains msg if {
     msg := sprintf("%s: prefer terraform_data in %s", [change.address, input.pipelines.account])
 }
 "#;
-
-/// A unit whose only resource is a `terraform_data` (Terraform's built-in provider) named
-/// `name`, holding the HCL expression `input`.
-fn terraform_data_unit(sandbox: &Sandbox, unit: &str, name: &str, input: &str) {
-    let state = sandbox.state_dir();
-    let tf = format!(
-        "terraform {{\n  backend \"local\" {{\n    path = \"{}/{unit}.tfstate\"\n  }}\n}}\n\n\
-         resource \"terraform_data\" \"{name}\" {{\n  input = {input}\n}}\n",
-        state.display()
-    );
-    sandbox.repo.write(&format!("{unit}/main.tf"), &tf);
-    sandbox
-        .repo
-        .write(&format!("{unit}/pipelines.hcl"), &pipelines_hcl(unit, &[]));
-}
-
-fn policy_set(root: &Path, name: &str, rego: &str) -> String {
-    let dir = root.join("policies").join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join(format!("{name}.rego")), rego).unwrap();
-    dir.display().to_string()
-}
 
 #[test]
 fn a_denied_plan_fails_its_unit_alone_and_its_apply_never_starts_while_warnings_let_others_go_on() {

@@ -426,6 +426,7 @@ fn job(unit: &str, commit: &str) -> Job {
         attempt: 1,
         timeout_secs: 0,
         role: ExecutorRole::Plan,
+        policy_override: None,
     }
 }
 

@@ -221,6 +221,7 @@ mod tests {
             attempt: 1,
             timeout_secs: 3600,
             role: ExecutorRole::Apply,
+            policy_override: Some("alice: CHG-1".into()),
         }
     }
 
@@ -249,6 +250,8 @@ mod tests {
                         denies: vec!["aws_s3_bucket.b: no buckets".into()],
                         warnings: Vec::new(),
                         error: None,
+                        overridable: false,
+                        overridden: None,
                     }],
                 }),
             }),
@@ -280,6 +283,7 @@ mod tests {
                     approvers: vec!["alice".into()],
                     since_ms: 1,
                     expires_ms: 2,
+                    policy_sets: vec!["security".into()],
                 }),
             }],
         }

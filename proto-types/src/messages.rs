@@ -268,6 +268,10 @@ pub struct Job {
     /// The worker pool it is queued for (`jobs.<account>.<role>`); a worker of the other role
     /// refuses it.
     pub role: ExecutorRole,
+    /// An approver overrode the policy denies of this apply or destroy (`who: why`): the
+    /// worker lets the denies of the sets its own configuration allows to be overridden
+    /// (`override = "approvers"`) pass, recorded in the report. Plan workers ignore it.
+    pub policy_override: Option<String>,
 }
 
 impl Job {
@@ -335,6 +339,26 @@ impl PolicyReport {
         self.sets.iter().any(PolicySetResult::blocks)
     }
 
+    /// Whether it blocks only by denies an approver may override: every blocking set allows
+    /// it, and none failed to give a verdict.
+    pub fn overridable(&self) -> bool {
+        self.blocks()
+            && self
+                .sets
+                .iter()
+                .filter(|set| set.blocks())
+                .all(|set| set.overridable && set.error.is_none())
+    }
+
+    /// The sets whose denies block the plan.
+    pub fn blocking_sets(&self) -> Vec<String> {
+        self.sets
+            .iter()
+            .filter(|set| set.blocks())
+            .map(|set| set.name.clone())
+            .collect()
+    }
+
     /// Rules evaluated, over every set.
     pub fn rules(&self) -> u32 {
         self.sets.iter().map(|set| set.rules).sum()
@@ -353,11 +377,18 @@ pub struct PolicySetResult {
     pub warnings: Vec<String>,
     /// Why the set could not give a verdict (a load or evaluation error, with file and line).
     pub error: Option<String>,
+    /// Its denies may be overridden by an approver (`override = "approvers"`).
+    #[serde(default)]
+    pub overridable: bool,
+    /// Its denies were overridden: by whom and why (`who: why`). They no longer block.
+    #[serde(default)]
+    pub overridden: Option<String>,
 }
 
 impl PolicySetResult {
     pub fn blocks(&self) -> bool {
-        self.error.is_some() || (self.enforced && !self.denies.is_empty())
+        self.error.is_some()
+            || (self.enforced && !self.denies.is_empty() && self.overridden.is_none())
     }
 }
 
@@ -458,6 +489,10 @@ pub enum ApprovalGate {
         approvers: Vec<String>,
         since_ms: u64,
         expires_ms: u64,
+        /// The policy sets whose denies an approval would override; empty for a gate of
+        /// `require_approval`.
+        #[serde(default)]
+        policy_sets: Vec<String>,
     },
     /// Opened: by which broker user (and who they said they were), why, when.
     Approved {

@@ -780,10 +780,11 @@ fn a_gated_apply_waits_for_an_approval_while_the_rest_of_the_run_goes_on() {
     assert_eq!(sim.state(run.0.id, "prod/app"), UnitState::AwaitingApproval);
     assert!(matches!(
         &sim.job(run.0.id, "prod/app").approval,
-        Some(ApprovalGate::Waiting { approvers, since_ms, expires_ms })
+        Some(ApprovalGate::Waiting { approvers, since_ms, expires_ms, policy_sets })
             if approvers == &[APPROVER.to_owned()]
                 && *since_ms == sim.now
                 && *expires_ms == sim.now + APPROVAL_TIMEOUT_MS
+                && policy_sets.is_empty()
     ));
     for job in &first {
         assert!(
@@ -955,4 +956,79 @@ fn a_failed_dependency_skips_a_job_awaiting_approval_and_a_restore_keeps_the_wai
     );
     assert_eq!(sim.state(run.0.id, "web"), UnitState::AwaitingApproval);
     assert_eq!(sim.scheduler.awaiting_approval(), 1);
+}
+
+/// Runs `job` as `w1` and reports `report`; what became publishable.
+fn report(sim: &mut Sim, job: &Job, report: &JobOutcome) -> Effects {
+    assert!(matches!(
+        sim.claim(job, "w1", false),
+        ClaimVerdict::Granted { .. }
+    ));
+    sim.scheduler
+        .finish(job.job_id, job.attempt, "w1", report, sim.now)
+}
+
+#[test]
+fn an_overridable_deny_waits_for_an_approver_and_runs_again_with_the_override() {
+    let mut sim = Sim::new();
+    let run = event(push(), &applies(&["app", "web"]), &[("web", "app")]);
+    let first = sim.accept(&run).publish;
+    report(&mut sim, &first[0], &crate::testing::denied(true));
+    assert_eq!(sim.state(run.0.id, "app"), UnitState::AwaitingApproval);
+    assert_eq!(sim.state(run.0.id, "web"), UnitState::Pending);
+    assert!(matches!(
+        &sim.job(run.0.id, "app").approval,
+        Some(ApprovalGate::Waiting { policy_sets, .. }) if policy_sets == &["security".to_owned()]
+    ));
+    assert_eq!(sim.scheduler.in_flight().get("dev"), Some(&0));
+
+    sim.now += 10;
+    let approved = sim
+        .approve(run.0.id, Some("app"), ApprovalVerdict::Approve)
+        .unwrap();
+    assert_eq!(approved.publish.len(), 1);
+    let again = &approved.publish[0];
+    assert_eq!(again.attempt, 2);
+    assert_eq!(again.policy_override.as_deref(), Some("alice: looks right"));
+    let next = sim.run_job(again, JobStatus::Succeeded);
+    assert_eq!(units(&next), ["web"]);
+    assert_eq!(
+        next[0].policy_override, None,
+        "an override is the job's alone"
+    );
+}
+
+#[test]
+fn a_rejected_or_expired_override_leaves_the_deny_standing_and_a_final_deny_fails_at_once() {
+    let mut sim = Sim::new();
+    let rejected = event(push(), &applies(&["a", "b"]), &[("b", "a")]);
+    let first = sim.accept(&rejected).publish;
+    report(&mut sim, &first[0], &crate::testing::denied(true));
+    sim.approve(rejected.0.id, None, ApprovalVerdict::Reject)
+        .unwrap();
+    assert_eq!(sim.state(rejected.0.id, "a"), UnitState::Failed);
+    assert_eq!(
+        sim.state(rejected.0.id, "b"),
+        UnitState::Skipped("a apply failed".into())
+    );
+
+    let expired = event(push(), &applies(&["c"]), &[]);
+    let first = sim.accept(&expired).publish;
+    report(&mut sim, &first[0], &crate::testing::denied(true));
+    sim.scheduler.tick(sim.now + APPROVAL_TIMEOUT_MS);
+    assert_eq!(sim.state(expired.0.id, "c"), UnitState::Failed);
+
+    let final_deny = event(push(), &applies(&["d"]), &[]);
+    let first = sim.accept(&final_deny).publish;
+    report(&mut sim, &first[0], &crate::testing::denied(false));
+    assert_eq!(sim.state(final_deny.0.id, "d"), UnitState::Failed);
+
+    let plan = event(pr(9), &[("e", Action::Plan)], &[]);
+    let first = sim.accept(&plan).publish;
+    report(&mut sim, &first[0], &crate::testing::denied(true));
+    assert_eq!(
+        sim.state(plan.0.id, "e"),
+        UnitState::Failed,
+        "a pull request's plan is never held for an override"
+    );
 }

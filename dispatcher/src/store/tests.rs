@@ -238,6 +238,7 @@ fn a_version_1_database_is_migrated_keeping_its_runs() {
             "ALTER TABLE runs DROP COLUMN reported_ms;
              ALTER TABLE jobs DROP COLUMN policy;
              ALTER TABLE jobs DROP COLUMN approval;
+             ALTER TABLE jobs DROP COLUMN policy_override;
              PRAGMA user_version = 1;",
         )
         .unwrap();
