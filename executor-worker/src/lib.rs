@@ -35,7 +35,6 @@ pub mod workspace;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use broker::topology::jobs_queue;
@@ -78,8 +77,9 @@ pub struct WorkerSettings {
     pub stop_grace: Duration,
     /// The `pipelines` binary, which supervises every tool process (see [`supervisor`]).
     pub supervisor: Option<PathBuf>,
-    /// The admin's policy sets, read when the worker started.
-    pub policies: Arc<policy::Policies>,
+    /// The admin's policy sets, read when the worker started and on an explicit reload
+    /// ([`reload_policies_on_hangup`]).
+    pub policies: policy::PolicyHandle,
 }
 
 /// Who tools run as and what environment they get. Nothing else of the worker's environment
@@ -181,7 +181,10 @@ impl WorkerSettings {
             drain: Duration::from_secs(config.executor.drain_seconds),
             stop_grace: Duration::from_secs(config.executor.stop_grace_seconds),
             supervisor: None,
-            policies: Arc::new(policy::Policies::load(&config.policies, &config.policy)),
+            policies: policy::PolicyHandle::new(policy::Policies::load(
+                &config.policies,
+                &config.policy,
+            )),
         })
     }
 }
@@ -288,7 +291,7 @@ pub async fn run(
     // Prefetch 1: a job waiting behind an hours-long apply should go to another worker.
     let mut jobs = broker.consume(&queue, 1).await?;
     // A set that cannot load fails every job it governs; say so now, not at the first job.
-    for (set, error) in settings.policies.load_errors() {
+    for (set, error) in settings.policies.current().load_errors() {
         tracing::error!(policy_set = set, %error, "Policy set not loaded: the jobs it governs will fail.");
     }
     ops.health.set_ready(true);
@@ -314,6 +317,45 @@ pub async fn run(
     }
     tracing::info!("Executor stopped taking jobs; shutting down.");
     Ok(())
+}
+
+/// On every SIGHUP, reads the policy sets of `config_path` again (`[[policies]]` and
+/// `[policy]`; any other change needs a restart) and puts them in force from the next job on.
+/// A file that no longer loads keeps the sets in force, saying why; a set that fails to load
+/// is logged, and fails the jobs it governs, as at start-up.
+pub async fn reload_policies_on_hangup(config_path: PathBuf, handle: policy::PolicyHandle) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(err) => {
+            tracing::warn!(error = %err, "Cannot listen for SIGHUP: policies reload only on restart.");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        let path = config_path.clone();
+        // Loading prepares every engine under its time budget: off the async threads.
+        let loaded = tokio::task::spawn_blocking(move || {
+            Config::load(&path)
+                .map(|config| policy::Policies::load(&config.policies, &config.policy))
+        })
+        .await;
+        match loaded {
+            Ok(Ok(policies)) => {
+                for (set, error) in policies.load_errors() {
+                    tracing::error!(policy_set = set, %error, "Policy set not loaded: the jobs it governs will fail.");
+                }
+                let sets = policies.len();
+                handle.replace(policies);
+                tracing::info!(sets, config = %config_path.display(), "Policies reloaded: in force from the next job on.");
+            }
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "Policies not reloaded: the configuration does not load; the sets in force stay.");
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "Policies not reloaded: the loader failed; the sets in force stay.");
+            }
+        }
+    }
 }
 
 /// Makes the worker's memory and `/proc/<pid>/` files (environ, mem, fds) unreadable to

@@ -9,6 +9,7 @@
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use config::{PolicyMode, PolicyScope, PolicySet, PolicySettings, RegoSyntax};
@@ -43,6 +44,40 @@ pub struct Policies {
     sets: Vec<LoadedSet>,
     budget: Duration,
     max_plan_bytes: u64,
+}
+
+/// The policy sets a worker holds. Each job takes a snapshot when it starts ([`current`]), so
+/// an explicit reload ([`replace`]) takes effect from the next job on, never in the middle of
+/// one.
+///
+/// [`current`]: PolicyHandle::current
+/// [`replace`]: PolicyHandle::replace
+#[derive(Debug, Clone)]
+pub struct PolicyHandle(Arc<RwLock<Arc<Policies>>>);
+
+impl PolicyHandle {
+    pub fn new(policies: Policies) -> PolicyHandle {
+        PolicyHandle(Arc::new(RwLock::new(Arc::new(policies))))
+    }
+
+    /// The sets in force now.
+    pub fn current(&self) -> Arc<Policies> {
+        // A poisoned lock still holds whole sets: a swap cannot half-happen.
+        Arc::clone(
+            &self
+                .0
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Puts `policies` in force for the jobs that start from now on.
+    pub fn replace(&self, policies: Policies) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(policies);
+    }
 }
 
 /// A set's policies, parsed, with what they declare.
@@ -82,6 +117,15 @@ impl Policies {
             budget: settings.time_budget(),
             max_plan_bytes: settings.max_plan_bytes,
         }
+    }
+
+    /// How many sets are configured (loaded or not).
+    pub fn len(&self) -> usize {
+        self.sets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sets.is_empty()
     }
 
     /// Whether any set governs `unit` of `account`.

@@ -173,11 +173,12 @@ async fn prepare_and_run(
                 env: tool_env(&settings.tools, &prepared.dir, &prepared.credentials.env),
                 user: settings.tools.user,
             };
-            let policy = settings
-                .policies
+            // This job's sets: a reload meanwhile applies from the next job on.
+            let policies = settings.policies.current();
+            let policy = policies
                 .govern(&job.account, &job.unit)
                 .then(|| PolicyCheck {
-                    policies: Arc::clone(&settings.policies),
+                    policies: Arc::clone(&policies),
                     context: plan_context(job),
                     // Only an apply worker's apply or destroy: a pull request's plan is never
                     // let through, whatever its job says.

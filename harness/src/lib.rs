@@ -6,6 +6,7 @@ pub mod applies;
 pub mod deployment;
 pub mod faults;
 pub mod git;
+pub mod github;
 pub mod otlp;
 pub mod process;
 pub mod rabbit;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use harness::applies::{Behaviour, Units, policy_set, terraform_data_unit};
 use harness::deployment::Deployment;
+use harness::github::StandIn;
 use harness::poll_until;
 use harness::process::{self, Finished};
 use harness::rabbit::{self, ControlUser, Vhost};
@@ -19,8 +20,15 @@ const ACCOUNTS: &str = "[[accounts]]\nname = \"dev\"\npaths = [\"dev/**\"]\n\n\
     [[accounts]]\nname = \"prod\"\npaths = [\"prod/**\"]\nrequire_approval = true\n";
 
 /// The admins' configuration: `prod` gated, `approver` the only approver.
-fn admin_config(sandbox: &Sandbox, vhost: &Vhost, approver: &str, timeout: &str) -> PathBuf {
-    let extra = format!("\n[approvals]\nusers = [{approver:?}]\napproval_timeout = {timeout:?}\n");
+fn admin_config(
+    sandbox: &Sandbox,
+    vhost: &Vhost,
+    approver: &str,
+    timeout: &str,
+    more: &str,
+) -> PathBuf {
+    let extra =
+        format!("\n[approvals]\nusers = [{approver:?}]\napproval_timeout = {timeout:?}\n{more}");
     sandbox.write_config_with(&vhost.url, ACCOUNTS, &extra)
 }
 
@@ -86,7 +94,15 @@ fn a_gated_apply_waits_refuses_a_non_approver_applies_once_approved_and_a_reject
         1,
         &[("dev/net", &[], quick), ("prod/app", &["dev/net"], quick)],
     );
-    let admin = admin_config(&sandbox, &vhost, &approver.name, "1h");
+    let github = StandIn::start(3);
+    let admin = admin_config(
+        &sandbox,
+        &vhost,
+        &approver.name,
+        "1h",
+        &github.config_section(),
+    );
+    StandIn::name_repository(&admin);
     let mut deployment = Deployment::start(sandbox.path(), &admin, &[("dev", 1), ("prod", 1)]);
 
     // The pull request plans at once and says that the apply will wait.
@@ -96,6 +112,17 @@ fn a_gated_apply_waits_refuses_a_non_approver_applies_once_approved_and_a_reject
     assert_eq!(
         job(&planned, "prod/app").approval,
         Some(ApprovalGate::AfterMerge)
+    );
+    let reported = github.wait_for("the pull request's final comment", |reported| {
+        reported
+            .comments
+            .last()
+            .is_some_and(|body| body.contains("### ✅ Pipelines: plan succeeded"))
+    });
+    let comment = reported.comments.last().unwrap();
+    assert!(
+        comment.contains("**Approvals**\n- 🔒 `prod/app` plan: its apply will wait for an approval after the merge\n"),
+        "{comment}"
     );
 
     // The merge: dev/net applies, prod/app waits for the approver, visibly.
@@ -225,7 +252,7 @@ fn an_unanswered_approval_expires_and_cancels_the_apply() {
         1,
         &[("prod/app", &[], Behaviour::Succeed { seconds: 0 })],
     );
-    let admin = admin_config(&sandbox, &vhost, "approver", "3s");
+    let admin = admin_config(&sandbox, &vhost, "approver", "3s", "");
     let mut deployment = Deployment::start(sandbox.path(), &admin, &[("prod", 1)]);
     let push = submit(&sandbox, &vhost, (&c0, &c1), "push", &[]);
     let detail = wait_final(&sandbox, push);

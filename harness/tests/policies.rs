@@ -6,7 +6,8 @@ use std::path::Path;
 
 use harness::applies::{Behaviour, Units, policy_set, terraform_data_unit};
 use harness::deployment::Deployment;
-use harness::runs::{job, setup, status_json, submit, wait_final};
+use harness::github::StandIn;
+use harness::runs::{DEADLINE, job, setup, status_json, submit, wait_final};
 use harness::sandbox::Sandbox;
 
 /// Denies the `terraform_data` resource type anywhere.
@@ -43,10 +44,13 @@ fn a_denied_plan_fails_its_unit_alone_and_its_apply_never_starts_while_warnings_
     );
     let security = policy_set(sandbox.path(), "security", NO_TERRAFORM_DATA);
     let advice = policy_set(sandbox.path(), "advice", ADVICE);
+    let github = StandIn::start(5);
     let extra = format!(
-        "\n[[policies]]\npath = {security:?}\n\n[[policies]]\npath = {advice:?}\nmode = \"warn\"\n"
+        "\n[[policies]]\npath = {security:?}\n\n[[policies]]\npath = {advice:?}\nmode = \"warn\"\n{}",
+        github.config_section()
     );
     let config = sandbox.write_config(&vhost.url, &[("dev", "dev/**")], &extra);
+    StandIn::name_repository(&config);
     let mut deployment = Deployment::start(sandbox.path(), &config, &[("dev", 2)]);
 
     // The pull request: the bucket's plan fails with the policy's message; the plan of its
@@ -79,6 +83,27 @@ fn a_denied_plan_fails_its_unit_alone_and_its_apply_never_starts_while_warnings_
         json.contains("terraform_data.bucket: terraform_data is not allowed"),
         "{json}"
     );
+    // On the pull request: the comment names the denied unit's message under it, and the
+    // policy status fails.
+    let reported = github.wait_for("the pull request's final report", |reported| {
+        reported
+            .comments
+            .last()
+            .is_some_and(|body| body.contains("### ❌ Pipelines: plan failed"))
+            && reported.last_status("pipelines/policy").is_some()
+    });
+    let comment = reported.comments.last().unwrap();
+    assert!(
+        comment.contains("**Policy: `dev/bucket`**\n- ❌ deny **security**: terraform_data.bucket: terraform_data is not allowed (plan of dev/bucket)"),
+        "{comment}"
+    );
+    assert!(
+        comment.contains("- ⚠️ warn **advice**: null_resource.apply: prefer terraform_data in dev"),
+        "{comment}"
+    );
+    let policy = reported.last_status("pipelines/policy").unwrap();
+    assert_eq!(policy["state"], "failure", "{policy}");
+    assert_eq!(policy["description"], "denied: dev/bucket", "{policy}");
 
     // The merge: the denied unit is never applied (no state file), its dependent is skipped,
     // the independent unit is applied despite the warning.
@@ -251,5 +276,83 @@ fn a_malformed_policy_a_looping_policy_and_a_10_mb_plan_each_fail_their_job_and_
         .filter_map(|j| j.worker.clone())
         .collect();
     assert_eq!(workers.len(), 1, "{workers:?}");
+    deployment.assert_running();
+}
+
+#[test]
+fn sighup_reloads_a_workers_policies_for_the_next_job_and_a_broken_file_keeps_the_old_ones() {
+    let (vhost, sandbox) = setup();
+    let units = Units::new(&sandbox);
+    let c0 = units.readme_only();
+    terraform_data_unit(&sandbox, "dev/bucket", "bucket", "\"v1\"");
+    let c1 = sandbox.repo.commit("c1: bucket");
+    let security = policy_set(sandbox.path(), "security", NO_TERRAFORM_DATA);
+    let extra = format!("\n[[policies]]\npath = {security:?}\n");
+    let config = sandbox.write_config(&vhost.url, &[("dev", "dev/**")], &extra);
+    let mut deployment = Deployment::start(sandbox.path(), &config, &[("dev", 1)]);
+    let hangup = |deployment: &Deployment| {
+        let pid = deployment.executor_pid("dev-plan-1").to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    let reloads = |deployment: &Deployment| {
+        deployment
+            .executor_log("dev-plan-1")
+            .matches("Policies reloaded")
+            .count()
+    };
+
+    let denied = submit(&sandbox, &vhost, (&c0, &c1), "pull-request", &["--pr", "8"]);
+    assert_eq!(
+        job(&wait_final(&sandbox, denied), "dev/bucket").state,
+        "failed"
+    );
+
+    // A configuration that no longer loads: the worker says so and keeps its sets.
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{good}\n[policy]\ntime_budget = \"soon\"\n"),
+    )
+    .unwrap();
+    hangup(&deployment);
+    harness::poll_until(DEADLINE, "the refused reload to be logged", || {
+        deployment
+            .executor_log("dev-plan-1")
+            .contains("Policies not reloaded")
+            .then_some(())
+    });
+    let still = submit(&sandbox, &vhost, (&c0, &c1), "pull-request", &["--pr", "9"]);
+    assert_eq!(
+        job(&wait_final(&sandbox, still), "dev/bucket").state,
+        "failed"
+    );
+
+    // The admin allows terraform_data (the set now denies another type) and signals: the
+    // next job runs under the new sets.
+    std::fs::write(&config, good).unwrap();
+    std::fs::write(
+        std::path::Path::new(&security).join("security.rego"),
+        NO_TERRAFORM_DATA.replace("\"terraform_data\"", "\"aws_s3_bucket\""),
+    )
+    .unwrap();
+    hangup(&deployment);
+    harness::poll_until(DEADLINE, "the reload to be logged", || {
+        (reloads(&deployment) == 1).then_some(())
+    });
+    let allowed = submit(
+        &sandbox,
+        &vhost,
+        (&c0, &c1),
+        "pull-request",
+        &["--pr", "10"],
+    );
+    let detail = wait_final(&sandbox, allowed);
+    assert_eq!(detail.run.state, "succeeded", "{detail:#?}");
+    let report = job(&detail, "dev/bucket").policy.clone().unwrap();
+    assert!(!report.blocks() && report.rules() == 1, "{report:?}");
     deployment.assert_running();
 }

@@ -105,6 +105,10 @@ pub(crate) async fn execute(args: ExecuteArgs) -> anyhow::Result<Outcome> {
         &ops,
     )
     .await?;
+    tokio::spawn(executor_worker::reload_policies_on_hangup(
+        args.config.clone(),
+        settings.policies.clone(),
+    ));
     let shutdown = Shutdown::on_signals();
     let name = format!("pipelines-execute-{}-{}", settings.account, settings.role);
     keep_running(
