@@ -25,6 +25,24 @@ pub fn apply_failure_marker(run_id: Uuid) -> String {
     format!("<!-- pipelines:apply-failure {run_id} -->")
 }
 
+/// The hidden marker of the comment, on the merged pull request, about `run_id`'s applies
+/// that wait for an approver.
+pub fn approval_marker(run_id: Uuid) -> String {
+    format!("<!-- pipelines:approval {run_id} -->")
+}
+
+/// Whether a push run has jobs that wait or waited for an approver: the merged pull request
+/// then gets a comment that says who may approve, and later who did.
+pub fn needs_approval_comment(detail: &RunDetail) -> bool {
+    detail.run.pull_request.is_none()
+        && detail.jobs.iter().any(|job| {
+            matches!(
+                job.approval,
+                Some(ApprovalGate::Waiting { .. } | ApprovalGate::Approved { .. })
+            )
+        })
+}
+
 /// Links the comment and the status carry.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Links {
@@ -358,6 +376,35 @@ pub fn apply_failure_comment(
         outputs,
         links,
     )
+}
+
+/// The comment on the merged pull request of a push whose applies wait for an approver,
+/// updated in place until the run ends.
+pub fn approval_comment(
+    detail: &RunDetail,
+    outputs: &BTreeMap<Uuid, String>,
+    links: &Links,
+) -> String {
+    let run = &detail.run;
+    let waiting = detail
+        .jobs
+        .iter()
+        .filter(|j| j.state == JobPhase::AwaitingApproval)
+        .count();
+    let title = if waiting > 0 {
+        format!(
+            "### ✋ Pipelines: applying `{}` waits for an approval ({waiting} unit(s))",
+            short(&run.head_sha)
+        )
+    } else {
+        format!(
+            "### {} Pipelines: apply of `{}` {}",
+            run_icon(run.state),
+            short(&run.head_sha),
+            run.state
+        )
+    };
+    render(&approval_marker(run.run_id), &title, detail, outputs, links)
 }
 
 /// The title of the issue opened for a failed apply.

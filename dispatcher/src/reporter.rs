@@ -105,6 +105,7 @@ impl Reporter {
             config,
             state_dir,
             comments: HashMap::new(),
+            approval_comments: HashMap::new(),
             failures: HashMap::new(),
             again: Arc::downgrade(&pending),
             first_retry: FIRST_RETRY,
@@ -129,6 +130,8 @@ pub(crate) struct Task {
     pub(crate) state_dir: PathBuf,
     /// The living comment of each pull request, once known: `(repo, number)` to comment id.
     pub(crate) comments: HashMap<(String, u64), u64>,
+    /// The comment about a push run's approvals, once written: run to `(pull request, id)`.
+    pub(crate) approval_comments: HashMap<Uuid, (u64, u64)>,
     /// Final reports that failed, by run: how many times.
     pub(crate) failures: HashMap<Uuid, u32>,
     /// Where a failed final report comes back after its backoff. Weak, so that the task still
@@ -299,10 +302,57 @@ impl Task {
         if let Some(number) = detail.run.pull_request {
             let body = report::pull_request_comment(detail, outputs, &links);
             self.upsert_comment(&repo, number, &body).await?;
-        } else if detail.run.state == RunPhase::Failed {
-            let open_issue = settings.open_issue_on_apply_failure;
-            self.report_failed_apply(&repo, detail, outputs, &links, open_issue)
-                .await?;
+        } else {
+            if report::needs_approval_comment(detail) {
+                self.report_approvals(&repo, detail, outputs, &links)
+                    .await?;
+            }
+            if detail.run.state == RunPhase::Failed {
+                let open_issue = settings.open_issue_on_apply_failure;
+                self.report_failed_apply(&repo, detail, outputs, &links, open_issue)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A push whose applies wait for an approver: one comment on the merged pull request the
+    /// commit came from, saying who may approve and since when, updated until the run ends.
+    async fn report_approvals(
+        &mut self,
+        repo: &str,
+        detail: &RunDetail,
+        outputs: &BTreeMap<Uuid, String>,
+        links: &Links,
+    ) -> Result<(), GitHubError> {
+        let run_id = detail.run.run_id;
+        let body = report::approval_comment(detail, outputs, links);
+        match self.approval_comments.get(&run_id) {
+            Some(&(_, id)) => self.github.update_comment(repo, id, &body).await?,
+            None => {
+                let pulls = self
+                    .github
+                    .pulls_for_commit(repo, &detail.run.head_sha)
+                    .await?;
+                let Some(&(number, _)) = pulls.first() else {
+                    return Ok(());
+                };
+                let marker = report::approval_marker(run_id);
+                let id = match self.github.find_comment(repo, number, &marker).await? {
+                    Some(id) => {
+                        self.github.update_comment(repo, id, &body).await?;
+                        Some(id)
+                    }
+                    None => self.github.create_comment(repo, number, &body).await?,
+                };
+                if let Some(id) = id {
+                    self.approval_comments.insert(run_id, (number, id));
+                }
+            }
+        }
+        if detail.run.state.is_final() {
+            // Its last update is sent: nothing to remember.
+            self.approval_comments.remove(&run_id);
         }
         Ok(())
     }

@@ -36,7 +36,8 @@ impl Reported {
 
 impl StandIn {
     /// Answers as GitHub would for pull request `pr` of `acme/infra`: the token's user, the
-    /// pull request's comments (none at first; a new one gets id 77), and commit statuses.
+    /// pull request's comments (none at first; a new one gets id 77), commit statuses, and
+    /// `pr` as the merged pull request of any commit (for reports on pushes).
     pub fn start(pr: u64) -> StandIn {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let server = runtime.block_on(MockServer::start());
@@ -56,6 +57,12 @@ impl StandIn {
                 r"^/repos/acme/infra/statuses/[0-9a-f]{40}$",
                 201,
                 json!({}),
+            ),
+            (
+                "GET",
+                r"^/repos/acme/infra/commits/[0-9a-f]{40}/pulls$",
+                200,
+                json!([{ "number": pr, "merged_at": "2026-12-01T00:00:00Z" }]),
             ),
         ] {
             let mock = Mock::given(method(verb))

@@ -210,6 +210,22 @@ fn a_gated_apply_waits_refuses_a_non_approver_applies_once_approved_and_a_reject
         .assert_applied_once_in_order(&[("dev/net", &[]), ("prod/app", &["dev/net"])]);
     let json = status_json(&sandbox, Some(push)).unwrap();
     assert!(json.contains("change window CHG-1"), "{json}");
+    // The merged pull request heard that its apply waited, and then who let it go.
+    let reported = github.wait_for("the approval comment's last update", |reported| {
+        reported
+            .comments
+            .iter()
+            .any(|body| body.contains("approved by") && body.contains("apply of"))
+    });
+    assert!(
+        reported
+            .comments
+            .iter()
+            .any(|body| body.contains("waits for an approval (1 unit(s))")
+                && body.contains(&format!("waits for an approval from {}", approver.name))),
+        "{:#?}",
+        reported.comments
+    );
 
     // The next change is rejected: prod/app is cancelled with the reason, never applied.
     let c2 = units.commit("c2: prod/app v2", 2, &[("prod/app", &["dev/net"], quick)]);

@@ -12,7 +12,7 @@ use wiremock::{Mock, MockBuilder, MockServer, Request, ResponseTemplate};
 use super::*;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
-use crate::testing::{commit, event, outcome, pr, push, settings};
+use crate::testing::{commit, event, gated, outcome, pr, push, settings};
 
 const SHA: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 
@@ -81,6 +81,7 @@ impl World {
             config,
             state_dir: self.dir.path().to_owned(),
             comments: HashMap::new(),
+            approval_comments: HashMap::new(),
             failures: HashMap::new(),
             // Nobody listens: a test that wants retries gives its own channel.
             again: std::sync::Weak::new(),
@@ -390,8 +391,9 @@ async fn a_502_and_a_rate_limit_are_retried_and_the_report_goes_through() {
     server.verify().await;
 }
 
-#[tokio::test]
-async fn an_apply_failure_on_the_deploy_branch_reaches_the_merged_pull_request_and_an_issue() {
+/// [`fake_github`], where [`SHA`] came from pull request 12 (merged; 11 was not), which has
+/// no comment yet.
+async fn merged_pull_request_12() -> MockServer {
     let server = fake_github().await;
     let pulls = json!([{ "number": 11, "merged_at": null }, { "number": 12, "merged_at": "2026-11-26T00:00:00Z" }]);
     mount(
@@ -404,6 +406,12 @@ async fn an_apply_failure_on_the_deploy_branch_reaches_the_merged_pull_request_a
         on("GET", "/repos/acme/infra/issues/12/comments").respond_with(ok(json!([]))),
     )
     .await;
+    server
+}
+
+#[tokio::test]
+async fn an_apply_failure_on_the_deploy_branch_reaches_the_merged_pull_request_and_an_issue() {
+    let server = merged_pull_request_12().await;
     mount(
         &server,
         on("POST", "/repos/acme/infra/issues/12/comments")
@@ -584,4 +592,101 @@ async fn a_final_report_github_refuses_is_not_retried() {
     );
     // One request: the client itself does not retry a 401 either.
     assert_eq!(server.received_requests().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_push_waiting_for_an_approval_says_so_on_the_merged_pull_request_then_who_approved() {
+    let server = merged_pull_request_12().await;
+    mount(
+        &server,
+        on("POST", "/repos/acme/infra/issues/12/comments")
+            .and(body_string_contains("pipelines:approval"))
+            .respond_with(created(json!({ "id": 21 })))
+            .expect(1),
+    )
+    .await;
+    mount(
+        &server,
+        on("PATCH", "/repos/acme/infra/issues/comments/21")
+            .respond_with(ok(json!({})))
+            .expect(1),
+    )
+    .await;
+
+    let mut world = World::new();
+    let (event, plan) = event(push(), &[("prod/db", Action::Apply)], &[]);
+    let accepted = world
+        .scheduler
+        .accept(&event, &gated(plan, &["prod/db"]), world.now);
+    commit(
+        &mut world.store,
+        &world.scheduler,
+        &accepted,
+        &[],
+        world.now,
+    );
+    let mut task = world.task(&server, "");
+    task.report(event.id).await;
+
+    let approved = world
+        .scheduler
+        .decide_approval(
+            event.id,
+            None,
+            proto_types::ApprovalVerdict::Approve,
+            "alice",
+            "CHG-1",
+            world.now,
+        )
+        .unwrap()
+        .1;
+    commit(
+        &mut world.store,
+        &world.scheduler,
+        &approved,
+        &[],
+        world.now,
+    );
+    let job = &approved.publish[0];
+    let claimed = world
+        .scheduler
+        .claim(job.job_id, 1, "w1", false, None, world.now)
+        .1;
+    commit(&mut world.store, &world.scheduler, &claimed, &[], world.now);
+    let finished = world.scheduler.finish(
+        job.job_id,
+        1,
+        "w1",
+        &outcome(JobStatus::Succeeded, "Apply complete!"),
+        world.now,
+    );
+    commit(
+        &mut world.store,
+        &world.scheduler,
+        &finished,
+        &[],
+        world.now,
+    );
+    task.report(event.id).await;
+
+    let requests = server.received_requests().await.unwrap();
+    let bodies: Vec<String> = requests
+        .iter()
+        .filter(|r| r.url.path().contains("/comments") && r.method.as_str() != "GET")
+        .map(|r| body_of(r)["body"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(bodies.len(), 2, "one comment, then its update");
+    assert!(
+        bodies[0].contains("waits for an approval (1 unit(s))")
+            && bodies[0].contains("waits for an approval from alice since"),
+        "{}",
+        bodies[0]
+    );
+    assert!(
+        bodies[1].contains("Pipelines: apply of `bbbbbbbbbbbb` succeeded")
+            && bodies[1].contains("approved by alice at"),
+        "{}",
+        bodies[1]
+    );
+    server.verify().await;
 }
