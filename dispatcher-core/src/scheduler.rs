@@ -648,6 +648,11 @@ impl Scheduler {
         let Some(job) = self.job_mut(job_ref) else {
             return;
         };
+        // A job a loop meant to end may have ended already (the loop's own first job skipped
+        // it): ending it twice would count it twice, and let destroys start early.
+        if job.state.is_final() {
+            return;
+        }
         job.finished_ms = Some(now);
         if let Some(expires) = job.approval_expiry() {
             self.awaiting.remove(&(expires, job_ref));

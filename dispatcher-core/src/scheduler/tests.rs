@@ -1032,3 +1032,30 @@ fn a_rejected_or_expired_override_leaves_the_deny_standing_and_a_final_deny_fail
         "a pull request's plan is never held for an override"
     );
 }
+
+#[test]
+fn expiring_a_gated_job_and_its_gated_dependent_together_ends_each_once() {
+    // a ← b, both gated; c runs meanwhile; d is a destroy, which must wait for c.
+    let mut sim = Sim::new();
+    let (event, plan) = event(
+        push(),
+        &[
+            ("a", Action::Apply),
+            ("b", Action::Apply),
+            ("c", Action::Apply),
+            ("d", Action::Destroy),
+        ],
+        &[("b", "a")],
+    );
+    let run = (event, gated(plan, &["a", "b"]));
+    let first = sim.accept(&run).publish;
+    assert_eq!(units(&first), ["c"]);
+    let expired = sim.scheduler.tick(sim.now + APPROVAL_TIMEOUT_MS);
+    assert!(
+        expired.publish.is_empty(),
+        "the destroy started before c ended"
+    );
+    assert!(matches!(sim.state(run.0.id, "b"), UnitState::Cancelled(_)));
+    let next = sim.run_job(&first[0], JobStatus::Succeeded);
+    assert_eq!(units(&next), ["d"]);
+}
