@@ -1203,19 +1203,16 @@ impl Scheduler {
             let Some(job) = self.job_mut(job_ref) else {
                 return effects;
             };
-            let expires = match &gate {
-                ApprovalGate::Waiting { expires_ms, .. } => *expires_ms,
-                _ => now,
-            };
             job.state = UnitState::AwaitingApproval;
             job.approval = Some(gate);
             job.lease = None;
+            let expires = job.approval_expiry();
             let account = job.job.account.clone();
             effects.touch(&job.job);
             if let Some(count) = self.in_flight.get_mut(&account) {
                 *count = count.saturating_sub(1);
             }
-            self.awaiting.insert((expires, job_ref));
+            self.awaiting.extend(expires.map(|at| (at, job_ref)));
         } else if retryable && attempt < max_attempts && job.cancel_requested.is_none() {
             // Back to pending with the next attempt: it leaves the account's slots and waits.
             let delay = backoff_ms.saturating_mul(1 << (attempt - 1).min(16));
