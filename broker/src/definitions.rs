@@ -115,10 +115,12 @@ impl Role {
             Role::Admin => (".*".into(), ".*".into(), ".*".into()),
             Role::Dispatcher => (
                 "^$".into(),
+                // The changes exchange: the `[[drift]]` schedules submit drift runs.
                 names(&[
                     JOBS_EXCHANGE,
                     STATUS_EXCHANGE,
                     DEAD_LETTER_EXCHANGE,
+                    CHANGES_EXCHANGE,
                     "amq.default",
                 ]),
                 names(&[CHANGES_QUEUE, JOB_EVENTS_QUEUE, CLAIMS_QUEUE, CONTROL_QUEUE]),

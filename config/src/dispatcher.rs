@@ -33,6 +33,11 @@ pub struct DispatcherSettings {
     /// (checked at start and hourly). 0 keeps everything.
     #[serde(default = "default_retention_days")]
     pub retention_days: u64,
+    /// Drift checks queued or running at once per account. Keep it at most the account's
+    /// plan workers: a pull request's plans are queued behind no more than this many drift
+    /// checks, and start as soon as a worker is free.
+    #[serde(default = "default_drift_jobs_per_account")]
+    pub drift_jobs_per_account: u32,
 }
 
 impl Default for DispatcherSettings {
@@ -44,12 +49,17 @@ impl Default for DispatcherSettings {
             orchestrator_users: Vec::new(),
             max_units_per_run: default_max_units_per_run(),
             retention_days: default_retention_days(),
+            drift_jobs_per_account: default_drift_jobs_per_account(),
         }
     }
 }
 
 fn default_max_units_per_run() -> usize {
     5_000
+}
+
+fn default_drift_jobs_per_account() -> u32 {
+    2
 }
 
 fn default_retention_days() -> u64 {

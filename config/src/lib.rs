@@ -9,6 +9,7 @@ mod accounts;
 mod approvals;
 mod credentials;
 mod dispatcher;
+mod drift;
 mod duration;
 mod executor;
 mod github;
@@ -29,6 +30,7 @@ pub use crate::accounts::{Account, AccountRouter, check_path, compile_glob};
 pub use crate::approvals::{ApprovalGates, Approvals};
 pub use crate::credentials::{Credentials, CredentialsProvider};
 pub use crate::dispatcher::{DispatcherSettings, RetryPolicy};
+pub use crate::drift::{DriftSchedule, UnitSelection};
 pub use crate::duration::parse_duration;
 pub use crate::executor::{DEFAULT_PASS_ENV, ExecutorSettings, ToolUser};
 pub use crate::github::GitHub;
@@ -84,6 +86,9 @@ pub struct Config {
     /// Who may approve gated applies, and how long they wait.
     #[serde(default)]
     pub approvals: Approvals,
+    /// Drift checks: per repository, a schedule, which units, and what a drift opens.
+    #[serde(default)]
+    pub drift: Vec<DriftSchedule>,
 }
 
 /// Secrets never reach a log through `{:?}`: URLs lose their passwords, tokens their values.
@@ -104,6 +109,7 @@ impl std::fmt::Debug for Config {
             .field("policies", &self.policies)
             .field("policy", &self.policy)
             .field("approvals", &self.approvals)
+            .field("drift", &self.drift)
             .finish()
     }
 }
@@ -213,6 +219,7 @@ impl Config {
             policies: Vec::new(),
             policy: PolicySettings::default(),
             approvals: Approvals::default(),
+            drift: Vec::new(),
         }
     }
 
@@ -304,6 +311,7 @@ impl Config {
         dispatcher::validate_retry(&self.retry)?;
         policies::validate(&self.policies, &self.policy, &self.approvals.users)?;
         approvals::validate(self)?;
+        drift::validate(self)?;
         triggers::validate(&self.triggers)
     }
 }

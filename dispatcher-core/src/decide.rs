@@ -11,7 +11,7 @@
 use config::{AccountRouter, ApprovalGates, Config};
 use proto_types::{
     Action, ApprovalOrder, ApprovalVerdict, CancelRun, ChangeEvent, ClaimReply, ClaimVerdict,
-    JobEvent, JobEventKind, JobStatus, UnitState,
+    EventKind, JobEvent, JobEventKind, JobStatus, UnitState,
 };
 use uuid::Uuid;
 
@@ -216,7 +216,10 @@ impl Core {
         now: u64,
     ) -> Decision {
         let allowed = &self.config.dispatcher.orchestrator_users;
-        if !allowed.is_empty() && !user_id.is_some_and(|user| allowed.iter().any(|a| a == user)) {
+        // The dispatcher's own user submits the scheduled drift runs.
+        let own = config::url_user(&self.config.broker_url);
+        let submits = |user: &str| allowed.iter().any(|a| a == user) || own == Some(user);
+        if !allowed.is_empty() && !user_id.is_some_and(submits) {
             let from = user_id.unwrap_or("(no user_id)");
             let reason = format!(
                 "change event from broker user {from:?}: only {} may submit runs",
@@ -246,7 +249,18 @@ impl Core {
             };
             return Decision::new(verdict, Outcome::EventRedelivered).with_effects(effects);
         }
-        match policy::plan(event, &self.config, &self.router, &self.gates) {
+        let planned = match event.trigger.kind() {
+            EventKind::Drift => match self.scheduler.active_drift_run(&event.repository) {
+                Some(running) => Err(format!(
+                    "a drift run of {} is already running ({running}): one at a time per \
+                     repository",
+                    event.repository
+                )),
+                None => policy::plan(event, &self.config, &self.router, &self.gates),
+            },
+            _ => policy::plan(event, &self.config, &self.router, &self.gates),
+        };
+        match planned {
             Ok(plan) => {
                 let effects = self.scheduler.accept(event, &plan, now);
                 Decision::new(

@@ -6,6 +6,7 @@
 //! service around it (`dispatcher`) only decodes, applies effects and keeps metrics.
 //!
 //! - [`decide`]: one decision per message kind: `decide(state, input) -> effects`.
+//! - [`drift`]: what a drift check says about its unit, the drift issue, drift schedules.
 //! - [`policy`]: is this event allowed, and what runs where?
 //! - [`scheduler`]: every active run and what may happen next (dependency order, per-unit
 //!   serialization, account caps, supersession, retries, worker claims and leases).
@@ -14,6 +15,7 @@
 //! - [`status`]: what `pipelines status` prints.
 
 pub mod decide;
+pub mod drift;
 pub mod pacing;
 pub mod policy;
 pub mod report;

@@ -51,6 +51,16 @@ pub fn plan(
                 repository.name, repository.deploy_branch
             ));
         }
+        proto_types::Trigger::Drift { branch } if *branch == repository.deploy_branch => {
+            return plan_drift(event, config, router);
+        }
+        proto_types::Trigger::Drift { branch } => {
+            return Err(format!(
+                "drift check of branch {branch:?} of {:?}: drift is checked on its deploy \
+                 branch {:?} only",
+                repository.name, repository.deploy_branch
+            ));
+        }
     };
     for (name, sha) in [("base_sha", &event.base_sha), ("head_sha", &event.head_sha)] {
         if !is_commit_sha(sha) {
@@ -62,6 +72,13 @@ pub fn plan(
     for change in &event.changes {
         for path in change.units.iter().chain(&change.files) {
             check_path(path)?;
+        }
+        if change.kind == ChangeKind::DriftCheck {
+            return Err(format!(
+                "a {} event lists {}: drift checks come in drift events only",
+                event.trigger.kind(),
+                change.kind
+            ));
         }
         let (action, units): (Option<Action>, Vec<&str>) =
             match unit_trigger(change.kind, &config.triggers) {
@@ -153,6 +170,69 @@ pub fn plan(
     Ok(RunPlan { units, edges })
 }
 
+/// A drift check plans every listed unit of the deploy branch's head, read-only, except those
+/// the repository's `[[drift]] exclude` leaves out. Plans change nothing, so they need no
+/// order: the event's dependency edges are not used, and every check may run at once.
+fn plan_drift(
+    event: &ChangeEvent,
+    config: &Config,
+    router: &AccountRouter,
+) -> Result<RunPlan, String> {
+    for (name, sha) in [("base_sha", &event.base_sha), ("head_sha", &event.head_sha)] {
+        if !is_commit_sha(sha) {
+            return Err(format!("{name} {sha:?} is not a full commit sha"));
+        }
+    }
+    let selection = config
+        .drift_of(&event.repository)
+        .map(config::DriftSchedule::selection);
+    let mut units = BTreeSet::new();
+    for change in &event.changes {
+        if change.kind != ChangeKind::DriftCheck {
+            return Err(format!(
+                "a drift event lists {}: it may list DriftCheck units only",
+                change.kind
+            ));
+        }
+        for path in change.units.iter().chain(&change.files) {
+            check_path(path)?;
+        }
+        units.extend(
+            change
+                .units
+                .iter()
+                .filter(|unit| !selection.as_ref().is_some_and(|s| s.excludes(unit)))
+                .map(String::as_str),
+        );
+    }
+    let limit = config.dispatcher.max_units_per_run;
+    if units.len() > limit {
+        return Err(format!(
+            "the drift check names {} units, more than dispatcher.max_units_per_run ({limit}): \
+             narrow it with --units or [[drift]] units, or raise the limit",
+            units.len()
+        ));
+    }
+    let units = units
+        .into_iter()
+        .map(|unit| {
+            let account = router
+                .route(unit)
+                .ok_or_else(|| format!("unit {unit:?} matches no account's paths"))?;
+            Ok(PlannedUnit {
+                unit: unit.to_owned(),
+                account: account.to_owned(),
+                action: Action::DriftPlan,
+                gated: false,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(RunPlan {
+        units,
+        edges: Vec::new(),
+    })
+}
+
 /// The dependencies of `unit` that get a job, looking through those that do not (a change kind
 /// the policy ignores), so that the order of what does run is kept.
 fn nearest_with_jobs<'a>(
@@ -195,7 +275,9 @@ fn kind_trigger(kind: ChangeKind, triggers: &Triggers) -> Trigger {
         ChangeKind::HclChanged => triggers.hcl_changed,
         ChangeKind::FileChanged => triggers.file_changed,
         ChangeKind::DriftDetected => triggers.drift_detected,
-        ChangeKind::AccountsRequested | ChangeKind::AccountsChanged => Trigger::None,
+        ChangeKind::AccountsRequested | ChangeKind::AccountsChanged | ChangeKind::DriftCheck => {
+            Trigger::None
+        }
     }
 }
 
@@ -386,6 +468,78 @@ mod tests {
                 ("prod/app".into(), "prod".into(), Action::Plan)
             ]
         );
+    }
+
+    #[test]
+    fn a_drift_check_plans_every_listed_unit_unordered_minus_exclusions() {
+        let drift = |branch: &str| Trigger::Drift {
+            branch: branch.into(),
+        };
+        let mut config = config();
+        config.drift = vec![config::DriftSchedule {
+            repository: "infra".into(),
+            schedule: None,
+            units: vec!["**".into()],
+            exclude: vec!["dev/*".into()],
+        }];
+        let router = AccountRouter::new(&config);
+        let check =
+            |event: &ChangeEvent| plan(event, &config, &router, &ApprovalGates::new(&config));
+        let units = &["prod/app", "prod/db", "dev/scratch"][..];
+        let planned = check(&event(
+            drift("main"),
+            vec![(ChangeKind::DriftCheck, units)],
+            &[("prod/app", "prod/db")],
+        ))
+        .unwrap();
+        let actions: Vec<(&str, &str, Action, bool)> = planned
+            .units
+            .iter()
+            .map(|u| (u.unit.as_str(), u.account.as_str(), u.action, u.gated))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("prod/app", "prod", Action::DriftPlan, false),
+                ("prod/db", "prod", Action::DriftPlan, false),
+            ]
+        );
+        assert!(planned.edges.is_empty(), "drift plans wait for nothing");
+
+        let err = check(&event(
+            drift("feature"),
+            vec![(ChangeKind::DriftCheck, units)],
+            &[],
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("drift is checked on its deploy branch \"main\" only"),
+            "{err}"
+        );
+        let err = check(&event(
+            drift("main"),
+            vec![(ChangeKind::UnitChanged, &["prod/app"][..])],
+            &[],
+        ))
+        .unwrap_err();
+        assert!(err.contains("it may list DriftCheck units only"), "{err}");
+        let err = check(&event(
+            push("main"),
+            vec![(ChangeKind::DriftCheck, units)],
+            &[],
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("drift checks come in drift events only"),
+            "{err}"
+        );
+        let err = check(&event(
+            drift("main"),
+            vec![(ChangeKind::DriftCheck, &["../etc"][..])],
+            &[],
+        ))
+        .unwrap_err();
+        assert!(err.contains("../etc"), "{err}");
     }
 
     #[test]

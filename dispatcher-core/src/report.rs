@@ -710,7 +710,7 @@ fn fence_safe(text: &str) -> String {
 }
 
 /// A table cell: no pipes or newlines.
-fn cell(text: &str) -> String {
+pub(crate) fn cell(text: &str) -> String {
     text.replace('|', "\\|").replace('\n', " ")
 }
 
@@ -718,7 +718,7 @@ fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
 }
 
-fn shorten(text: &str, max: usize) -> String {
+pub(crate) fn shorten(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
         return text.to_owned();
     }
@@ -758,6 +758,7 @@ mod tests {
             finished_ms: None,
             approval: None,
             policy: None,
+            drift: None,
         }
     }
 

@@ -20,9 +20,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use proto_types::{
-    Action, ApprovalGate, ApprovalVerdict, CancelJob, ChangeEvent, ClaimVerdict, EventKind,
-    ExecutorRole, Job, JobOutcome, JobStatus, PolicyReport, ResourceCounts, RunState, RunStatus,
-    Trigger, UnitState, UnitStatus,
+    Action, ApprovalGate, ApprovalVerdict, CancelJob, ChangeEvent, ClaimVerdict, DriftFindings,
+    EventKind, ExecutorRole, Job, JobOutcome, JobStatus, PolicyReport, ResourceCounts, RunState,
+    RunStatus, Trigger, UnitState, UnitStatus,
 };
 use regex::Regex;
 use uuid::Uuid;
@@ -47,6 +47,8 @@ pub struct Settings {
     pub approvers: Vec<String>,
     /// How long a gated job waits for an approval before it is cancelled.
     pub approval_timeout_ms: u64,
+    /// Drift checks queued or running per account at most (at least 1).
+    pub drift_jobs_per_account: u32,
 }
 
 impl Settings {
@@ -75,6 +77,7 @@ impl Settings {
             approvers: config.approvals.users.clone(),
             approval_timeout_ms: u64::try_from(config.approvals.timeout().as_millis())
                 .unwrap_or(u64::MAX),
+            drift_jobs_per_account: config.dispatcher.drift_jobs_per_account.max(1),
         }
     }
 }
@@ -119,6 +122,8 @@ pub struct RunJob {
     pub cancel_requested: Option<String>,
     /// Its approval gate, when the admin config puts one on the unit.
     pub approval: Option<ApprovalGate>,
+    /// What a drift check found, once it planned.
+    pub drift: Option<DriftFindings>,
 }
 
 impl RunJob {
@@ -281,6 +286,8 @@ pub struct Scheduler {
     unit_queues: HashMap<(String, String), BTreeSet<JobRef>>,
     /// Jobs queued or running, per account.
     in_flight: HashMap<String, u32>,
+    /// Drift checks queued or running, per account (also counted in `in_flight`).
+    drift_in_flight: HashMap<String, u32>,
     /// For each job, the jobs of its run that require it or wait for it.
     followers: HashMap<JobRef, Vec<usize>>,
     /// Jobs awaiting approval, by the time their wait expires.
@@ -298,6 +305,7 @@ impl Scheduler {
             eligible: BTreeSet::new(),
             unit_queues: HashMap::new(),
             in_flight: HashMap::new(),
+            drift_in_flight: HashMap::new(),
             followers: HashMap::new(),
             awaiting: BTreeSet::new(),
             next_seq: 1,
@@ -500,6 +508,7 @@ impl Scheduler {
                     log: None,
                     cancel_requested: None,
                     approval,
+                    drift: None,
                 }
             })
             .collect();
@@ -523,7 +532,7 @@ impl Scheduler {
         }
         let pull_request = match &event.trigger {
             Trigger::PullRequest { number, .. } => *number,
-            Trigger::Push { .. } => None,
+            Trigger::Push { .. } | Trigger::Drift { .. } => None,
         };
         Run {
             seq,
@@ -572,7 +581,7 @@ impl Scheduler {
                 self.unit_queues.entry(key).or_default().insert((seq, idx));
             }
             if matches!(job.state, UnitState::Queued | UnitState::Running) {
-                *self.in_flight.entry(job.job.account.clone()).or_default() += 1;
+                take_slot(&mut self.in_flight, &mut self.drift_in_flight, &job.job);
             }
             if let Some(expires) = job.approval_expiry() {
                 self.awaiting.insert((expires, (seq, idx)));
@@ -664,13 +673,13 @@ impl Scheduler {
         job.state = state;
         job.lease = None;
         job.note = None;
-        let account = job.job.account.clone();
         let key = (job.job.repository.clone(), job.job.unit.clone());
         let mutates = job.job.action.mutates();
         let destroy = job.job.action.is_destroy();
         effects.touch(&job.job);
-        if was_in_flight && let Some(count) = self.in_flight.get_mut(&account) {
-            *count = count.saturating_sub(1);
+        if was_in_flight {
+            let job = job.job.clone();
+            self.leave_slot(&job);
         }
         if mutates && let Some(queue) = self.unit_queues.get_mut(&key) {
             queue.remove(&job_ref);
@@ -743,14 +752,22 @@ impl Scheduler {
         }
     }
 
-    /// Queues every eligible job whose unit, account and backoff allow it, in arrival order.
+    /// Queues every eligible job whose unit, account and backoff allow it, in arrival order,
+    /// drift checks last: they yield to every other run's jobs, and take at most
+    /// `drift_jobs_per_account` places in an account's queue, so whatever comes later is
+    /// queued behind no more than those.
     fn schedule(&mut self, now: u64, effects: &mut Effects) {
-        let candidates: Vec<JobRef> = self.eligible.iter().copied().collect();
-        for job_ref in candidates {
+        let (drift, others): (Vec<JobRef>, Vec<JobRef>) =
+            self.eligible.iter().copied().partition(|&job_ref| {
+                self.job(job_ref)
+                    .is_some_and(|j| j.job.action == Action::DriftPlan)
+            });
+        for job_ref in others.into_iter().chain(drift) {
             let Some(job) = self.job(job_ref) else {
                 continue;
             };
             let account = job.job.account.clone();
+            let drift_limit = self.settings.drift_jobs_per_account;
             let note = if job.not_before_ms > now {
                 Some(format!(
                     "retry {} of {} due in {} s",
@@ -762,6 +779,14 @@ impl Scheduler {
                 Some(format!(
                     "waiting for run {holder} to finish {}",
                     job.job.unit
+                ))
+            } else if job.job.action == Action::DriftPlan
+                && self.drift_in_flight.get(&account).copied().unwrap_or(0) >= drift_limit
+            {
+                // No count in the note: it would change, and be written, on every slot freed.
+                Some(format!(
+                    "waiting for a drift slot of account {account} ({drift_limit} at once, \
+                     after other runs' jobs)"
                 ))
             } else {
                 let cap = self.settings.caps.get(&account).copied().unwrap_or(0);
@@ -781,11 +806,37 @@ impl Scheduler {
             }
             job.state = UnitState::Queued;
             job.note = None;
-            effects.publish.push(job.job.clone());
-            effects.touch(&job.job);
-            *self.in_flight.entry(account).or_default() += 1;
+            let queued = job.job.clone();
+            effects.touch(&queued);
+            take_slot(&mut self.in_flight, &mut self.drift_in_flight, &queued);
+            effects.publish.push(queued);
             self.eligible.remove(&job_ref);
         }
+    }
+
+    /// A job stops being queued or running: it frees its account's slot (and drift slot).
+    fn leave_slot(&mut self, job: &Job) {
+        if let Some(count) = self.in_flight.get_mut(&job.account) {
+            *count = count.saturating_sub(1);
+        }
+        if job.action == Action::DriftPlan
+            && let Some(count) = self.drift_in_flight.get_mut(&job.account)
+        {
+            *count = count.saturating_sub(1);
+        }
+    }
+
+    /// The drift run of `repository` not finished yet, if there is one: there is at most one.
+    pub fn active_drift_run(&self, repository: &str) -> Option<Uuid> {
+        self.runs
+            .values()
+            .find(|run| {
+                run.event == EventKind::Drift
+                    && run.repository == repository
+                    && run.rejected.is_none()
+                    && !run.is_final()
+            })
+            .map(|run| run.run_id)
     }
 
     /// For an apply or destroy, the run holding its unit, if an earlier one does.
@@ -1172,6 +1223,7 @@ impl Scheduler {
         job.exit_code = outcome.exit_code;
         job.resource_changes = outcome.resource_changes;
         job.policy = outcome.policy.clone();
+        job.drift = outcome.drift.clone();
         job.duration_ms = Some(outcome.duration_ms);
         job.worker = Some(worker.to_owned());
         job.log = outcome.log.clone();
@@ -1207,11 +1259,9 @@ impl Scheduler {
             job.approval = Some(gate);
             job.lease = None;
             let expires = job.approval_expiry();
-            let account = job.job.account.clone();
+            let left = job.job.clone();
             effects.touch(&job.job);
-            if let Some(count) = self.in_flight.get_mut(&account) {
-                *count = count.saturating_sub(1);
-            }
+            self.leave_slot(&left);
             self.awaiting.extend(expires.map(|at| (at, job_ref)));
         } else if retryable && attempt < max_attempts && job.cancel_requested.is_none() {
             // Back to pending with the next attempt: it leaves the account's slots and waits.
@@ -1225,11 +1275,9 @@ impl Scheduler {
                 job.job.attempt,
                 delay.div_ceil(1000)
             ));
-            let account = job.job.account.clone();
+            let left = job.job.clone();
             effects.touch(&job.job);
-            if let Some(count) = self.in_flight.get_mut(&account) {
-                *count = count.saturating_sub(1);
-            }
+            self.leave_slot(&left);
             self.eligible.insert(job_ref);
         } else {
             let state = match outcome.status {
@@ -1242,6 +1290,14 @@ impl Scheduler {
         }
         self.schedule(now, &mut effects);
         effects
+    }
+}
+
+/// A job becomes queued: it takes a slot of its account (and a drift slot).
+fn take_slot(in_flight: &mut HashMap<String, u32>, drift: &mut HashMap<String, u32>, job: &Job) {
+    *in_flight.entry(job.account.clone()).or_default() += 1;
+    if job.action == Action::DriftPlan {
+        *drift.entry(job.account.clone()).or_default() += 1;
     }
 }
 

@@ -2,7 +2,9 @@
 
 use std::fmt::Write as _;
 
-use proto_types::{JobPhase, RunDetail, RunPhase, RunSummary};
+use proto_types::{
+    DriftState, DriftUnit, JobPhase, ResourceCounts, RunDetail, RunPhase, RunSummary,
+};
 
 use crate::report::{PolicyMessage, policy_messages};
 
@@ -124,11 +126,17 @@ pub fn render_run(detail: &RunDetail, now: u64) -> String {
             .as_ref()
             .filter(|_| job.state == JobPhase::AwaitingApproval)
             .and_then(|gate| crate::report::approval_note(gate, job.state));
+        let drift = job
+            .drift
+            .as_ref()
+            .filter(|_| job.state == JobPhase::Succeeded)
+            .map(|found| drift_note(found, job.resource_changes));
         let why = job
             .reason
             .as_deref()
             .or(job.note.as_deref())
             .or(gate.as_deref())
+            .or(drift.as_deref())
             .unwrap_or_default();
         rows.push(vec![
             job.unit.clone(),
@@ -226,6 +234,81 @@ fn job_counts(run: &RunSummary) -> String {
 }
 
 /// `850ms`, `12.3s`, `4m05s`, `2h03m`.
+/// A drift check's answer in a word, with its plan's counts when it drifted.
+fn drift_note(found: &proto_types::DriftFindings, counts: Option<ResourceCounts>) -> String {
+    match (found.drifted, counts) {
+        (false, _) => "in sync".to_owned(),
+        (true, Some(counts)) => format!("drifted: {counts}"),
+        (true, None) => "drifted".to_owned(),
+    }
+}
+
+/// `pipelines drift status`: every unit's last drift finding, drifted and failed ones first.
+pub fn render_drift(units: &[DriftUnit], now: u64) -> String {
+    if units.is_empty() {
+        return "No drift check has finished yet: run `pipelines orchestrate --event drift`, \
+                or give a repository a [[drift]] schedule.\n"
+            .to_owned();
+    }
+    let mut sorted: Vec<&DriftUnit> = units.iter().collect();
+    sorted.sort_by_key(|unit| {
+        (
+            match unit.state {
+                DriftState::Drifted => 0,
+                DriftState::Error => 1,
+                DriftState::InSync => 2,
+            },
+            unit.repository.as_str(),
+            unit.unit.as_str(),
+        )
+    });
+    let mut rows = vec![
+        [
+            "REPOSITORY",
+            "UNIT",
+            "ACCOUNT",
+            "STATE",
+            "SINCE",
+            "CHECKED",
+            "PLAN",
+            "ERROR",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    for unit in sorted {
+        rows.push(vec![
+            unit.repository.clone(),
+            unit.unit.clone(),
+            unit.account.clone(),
+            unit.state.as_str().to_owned(),
+            format!("{} ago", duration(now.saturating_sub(unit.since_ms))),
+            format!("{} ago", duration(now.saturating_sub(unit.checked_ms))),
+            unit.resource_changes
+                .map_or_else(|| "-".to_owned(), |c| c.to_string()),
+            unit.error
+                .as_deref()
+                .and_then(|e| e.lines().last())
+                .unwrap_or("-")
+                .to_owned(),
+        ]);
+    }
+    let drifted = units
+        .iter()
+        .filter(|u| u.state == DriftState::Drifted)
+        .count();
+    let errors = units
+        .iter()
+        .filter(|u| u.state == DriftState::Error)
+        .count();
+    format!(
+        "{}{} unit(s): {drifted} drifted, {errors} could not be checked, {} in sync.\n",
+        table(&rows),
+        units.len(),
+        units.len() - drifted - errors
+    )
+}
+
 pub fn duration(ms: u64) -> String {
     let secs = ms / 1000;
     match ms {
@@ -344,6 +427,7 @@ mod tests {
             resource_changes: None,
             started_ms: None,
             finished_ms: None,
+            drift: None,
             approval: None,
             policy: None,
         };
@@ -389,6 +473,7 @@ mod tests {
             resource_changes: None,
             started_ms: None,
             finished_ms: None,
+            drift: None,
             approval: None,
             policy: Some(proto_types::PolicyReport {
                 sets: vec![proto_types::PolicySetResult {
@@ -410,5 +495,57 @@ mod tests {
             text.contains("Policy messages:\n  dev/bucket plan: deny [security] terraform_data.b: not allowed\n  dev/bucket plan: warn [security] mind prod\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn drift_status_lists_drifted_and_failed_units_first() {
+        let unit = |name: &str, state: DriftState| DriftUnit {
+            repository: "infra".into(),
+            unit: name.into(),
+            account: "dev".into(),
+            state,
+            since_ms: 0,
+            checked_ms: 60_000,
+            run_id: uuid::Uuid::nil(),
+            commit: "c".repeat(40),
+            resource_changes: (state == DriftState::Drifted).then_some(ResourceCounts {
+                add: 1,
+                change: 0,
+                destroy: 1,
+            }),
+            resources: Vec::new(),
+            more: 0,
+            digest: None,
+            error: (state == DriftState::Error).then(|| "Initializing\nError: no backend".into()),
+        };
+        let text = render_drift(
+            &[
+                unit("dev/a", DriftState::InSync),
+                unit("dev/b", DriftState::Error),
+                unit("dev/c", DriftState::Drifted),
+            ],
+            120_000,
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("REPOSITORY"), "{text}");
+        assert!(
+            lines[1].contains("dev/c")
+                && lines[1].contains("drifted")
+                && lines[1].contains("+1 ~0 -1"),
+            "{text}"
+        );
+        assert!(
+            lines[2].contains("dev/b") && lines[2].contains("Error: no backend"),
+            "{text}"
+        );
+        assert!(
+            lines[3].contains("dev/a") && lines[3].contains("in-sync"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("3 unit(s): 1 drifted, 1 could not be checked, 1 in sync.\n"),
+            "{text}"
+        );
+        assert!(render_drift(&[], 0).starts_with("No drift check has finished yet"));
     }
 }

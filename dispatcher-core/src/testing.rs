@@ -28,6 +28,7 @@ pub fn settings() -> Settings {
         lease_ms: LEASE_MS,
         approvers: vec![APPROVER.to_owned()],
         approval_timeout_ms: APPROVAL_TIMEOUT_MS,
+        drift_jobs_per_account: 2,
     }
 }
 
@@ -116,6 +117,7 @@ pub fn outcome(status: JobStatus, output: &str) -> JobOutcome {
         duration_ms: 1_234,
         log: Some("w1:/var/log/pipelines/job.log".into()),
         policy: None,
+        drift: None,
     }
 }
 

@@ -268,18 +268,40 @@ impl GitHub {
         Ok(found)
     }
 
+    /// Opens an issue; its number.
     pub async fn create_issue(
         &self,
         repo: &str,
         title: &str,
         body: &str,
-    ) -> Result<(), GitHubError> {
+    ) -> Result<Option<u64>, GitHubError> {
         let path = format!("/repos/{repo}/issues");
+        let created = self
+            .call(
+                Method::Post,
+                &path,
+                Some(json!({ "title": title, "body": body })),
+                "open an issue",
+            )
+            .await?;
+        Ok(created["number"].as_u64())
+    }
+
+    /// Rewrites an issue's body, and opens or closes it.
+    pub async fn update_issue(
+        &self,
+        repo: &str,
+        number: u64,
+        body: &str,
+        open: bool,
+    ) -> Result<(), GitHubError> {
+        let path = format!("/repos/{repo}/issues/{number}");
+        let state = if open { "open" } else { "closed" };
         self.call(
-            Method::Post,
+            Method::Patch,
             &path,
-            Some(json!({ "title": title, "body": body })),
-            "open an issue",
+            Some(json!({ "body": body, "state": state })),
+            "update an issue",
         )
         .await?;
         Ok(())

@@ -5,15 +5,19 @@
 //!   settle, answer and publish → metrics.
 //! - [`store`]: the run database and its outbox (SQLite), so that a crash loses nothing.
 //! - [`reporter`] and [`github`]: what GitHub is told, and the REST edge that tells it.
+//! - [`schedule`] and [`canonical`]: the `[[drift]]` schedules, which list the units of a
+//!   deploy branch from the dispatcher's own mirror of it and submit drift runs.
 //! - [`clock`]: the wall clock, read at the edges only.
 //!
 //! The decisions themselves (`policy`, `scheduler`, `pacing`, `report`, `status`) live in
 //! `dispatcher_core` and are re-exported here under their old paths.
 
+pub mod canonical;
 pub mod clock;
 pub mod github;
 mod metrics;
 pub mod reporter;
+pub mod schedule;
 #[cfg(test)]
 mod scheduling_properties;
 pub mod service;
@@ -21,5 +25,5 @@ pub mod store;
 #[cfg(test)]
 mod testing;
 
-pub use dispatcher_core::{decide, pacing, policy, report, scheduler, status};
+pub use dispatcher_core::{decide, drift, pacing, policy, report, scheduler, status};
 pub use service::{DispatchError, Dispatcher};

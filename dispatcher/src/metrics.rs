@@ -15,6 +15,9 @@ pub(crate) const DEAD_LETTERS: &str = "pipelines_dead_letters_total";
 pub(crate) const RUNS_FINISHED: &str = "pipelines_runs_finished_total";
 pub(crate) const JOBS_AWAITING_APPROVAL: &str = "pipelines_jobs_awaiting_approval";
 pub(crate) const APPROVAL_ORDERS: &str = "pipelines_approval_orders_total";
+pub(crate) const DRIFTED_UNITS: &str = "pipelines_drifted_units";
+pub(crate) const DRIFT_ERRORS: &str = "pipelines_drift_check_errors";
+pub(crate) const DRIFT_LAST_RUN: &str = "pipelines_drift_last_run_timestamp_seconds";
 
 pub(crate) fn register(metrics: &Metrics) {
     metrics.counter(
@@ -51,6 +54,18 @@ pub(crate) fn register(metrics: &Metrics) {
         JOBS_AWAITING_APPROVAL,
         "Gated applies and destroys waiting for an approver.",
     );
+    metrics.gauge(
+        DRIFTED_UNITS,
+        "Units whose last drift check found drift, by repository and account.",
+    );
+    metrics.gauge(
+        DRIFT_ERRORS,
+        "Units whose last drift check could not plan, by repository and account.",
+    );
+    metrics.gauge(
+        DRIFT_LAST_RUN,
+        "When the last drift run of a repository ended (Unix seconds).",
+    );
     metrics.counter(
         APPROVAL_ORDERS,
         "Approval orders received, by verdict (approve, reject) and result (applied, matched-nothing, refused).",
@@ -77,4 +92,38 @@ pub(crate) fn load(
     metrics.set_all(JOBS_IN_FLIGHT, series);
     metrics.set(JOBS_WAITING, &[], waiting as f64);
     metrics.set(JOBS_AWAITING_APPROVAL, &[], awaiting_approval as f64);
+}
+
+/// The drift gauges from every unit's last finding (zeros included, so that a unit back in
+/// sync lowers its account's count to 0 rather than leaving the last value).
+pub(crate) fn drift(metrics: &Metrics, units: &[proto_types::DriftUnit]) {
+    use std::collections::BTreeMap;
+    let mut drifted: BTreeMap<(&str, &str), u32> = BTreeMap::new();
+    let mut errors: BTreeMap<(&str, &str), u32> = BTreeMap::new();
+    for unit in units {
+        let key = (unit.repository.as_str(), unit.account.as_str());
+        let drifted = drifted.entry(key).or_default();
+        let errors = errors.entry(key).or_default();
+        match unit.state {
+            proto_types::DriftState::Drifted => *drifted += 1,
+            proto_types::DriftState::Error => *errors += 1,
+            proto_types::DriftState::InSync => {}
+        }
+    }
+    metrics.set_all(DRIFTED_UNITS, drift_series(&drifted));
+    metrics.set_all(DRIFT_ERRORS, drift_series(&errors));
+}
+
+fn drift_series<'a>(
+    counts: &std::collections::BTreeMap<(&'a str, &'a str), u32>,
+) -> Vec<(Vec<(&'static str, &'a str)>, f64)> {
+    counts
+        .iter()
+        .map(|(&(repository, account), &n)| {
+            (
+                vec![("repository", repository), ("account", account)],
+                f64::from(n),
+            )
+        })
+        .collect()
 }

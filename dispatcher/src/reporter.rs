@@ -268,6 +268,14 @@ impl Task {
         let Some(settings) = self.config.github.clone() else {
             return Ok(());
         };
+        if detail.run.event == proto_types::EventKind::Drift {
+            // A drift run reports on its repository's drift issue, not on the commit: the
+            // commit's status is its push run's.
+            if detail.run.state.is_final() {
+                self.report_drift(&repo, &detail.run.repository).await?;
+            }
+            return Ok(());
+        }
         let run_id = detail.run.run_id;
         let links = Links {
             commit: Some(format!(
@@ -312,6 +320,63 @@ impl Task {
                 self.report_failed_apply(&repo, detail, outputs, &links, open_issue)
                     .await?;
             }
+        }
+        Ok(())
+    }
+
+    /// The repository's living drift issue, after a drift run: opened at the first drift,
+    /// updated when what drifted changes (the same drift seen again says nothing new), closed
+    /// once every unit is back in sync.
+    async fn report_drift(&mut self, repo: &str, repository: &str) -> Result<(), GitHubError> {
+        let read = crate::store::off_runtime(|| -> Result<_, StoreError> {
+            let store = Store::open_read_only(&self.state_dir)?;
+            Ok((
+                store.drift_running(repository)?,
+                store.drift_units(Some(repository))?,
+                store.drift_report(repository)?,
+            ))
+        });
+        let (units, reported) = match read {
+            // Half of the findings are a newer run's: that run reports when it ends.
+            Ok((true, _, _)) => return Ok(()),
+            Ok((false, units, reported)) => (units, reported),
+            Err(err) => {
+                tracing::warn!(repository, error = %err, "Cannot read the drift findings for the drift issue.");
+                return Ok(());
+            }
+        };
+        let (number, notified) = reported.unwrap_or_default();
+        let fingerprint = crate::drift::fingerprint(&units);
+        if fingerprint == notified {
+            tracing::info!(
+                repository,
+                "Drift unchanged since the last report: the issue stays as it is."
+            );
+            return Ok(());
+        }
+        let now = crate::clock::now_ms();
+        let issue = crate::drift::issue(repository, &units, now);
+        let number = match number {
+            Some(number) => {
+                self.github
+                    .update_issue(repo, number, &issue.body, issue.open)
+                    .await?;
+                Some(number)
+            }
+            None if issue.open => {
+                self.github
+                    .create_issue(repo, issue.title, &issue.body)
+                    .await?
+            }
+            None => None,
+        };
+        tracing::info!(repository, issue = ?number, open = issue.open, "Drift issue updated.");
+        let recorded = crate::store::off_runtime(|| {
+            Store::open(&self.state_dir)
+                .and_then(|mut store| store.set_drift_report(repository, number, &fingerprint, now))
+        });
+        if let Err(err) = recorded {
+            tracing::warn!(repository, error = %err, "Cannot record the drift issue; the next drift run updates it again.");
         }
         Ok(())
     }

@@ -110,6 +110,8 @@ pub struct Dispatcher {
     store: Store,
     ops: Ops,
     reporter: Option<Reporter>,
+    /// Where the `[[drift]]` schedules keep their mirrors; `None`: no schedule fires.
+    drift_state_dir: Option<std::path::PathBuf>,
     /// When finished runs older than `dispatcher.retention_days` are next pruned.
     next_prune_ms: Option<u64>,
 }
@@ -129,12 +131,20 @@ impl Dispatcher {
             store,
             ops: Ops::default(),
             reporter: None,
+            drift_state_dir: None,
         })
     }
 
     /// Tells `reporter` about every change of every run.
     pub fn with_reporter(mut self, reporter: Reporter) -> Dispatcher {
         self.reporter = Some(reporter);
+        self
+    }
+
+    /// Fires the `[[drift]]` schedules while running, with their mirrors (and the run
+    /// database that says when the last drift run was) in `state_dir`.
+    pub fn with_drift_schedules(mut self, state_dir: std::path::PathBuf) -> Dispatcher {
+        self.drift_state_dir = Some(state_dir);
         self
     }
 
@@ -164,12 +174,20 @@ impl Dispatcher {
             consume(Source::Control).await?,
         ];
         metrics::register(&self.ops.metrics);
+        self.refresh_drift_metrics()?;
         let depths = tokio::spawn(watch_queue_depths(
             self.broker.clone(),
             Topology::new(self.core.config().account_names()),
             self.ops.metrics.clone(),
         ));
         let _stop_depths = AbortOnDrop(depths);
+        let _stop_schedules = self.drift_state_dir.clone().map(|state_dir| {
+            AbortOnDrop(tokio::spawn(crate::schedule::run(
+                self.broker.clone(),
+                self.core.config().clone(),
+                state_dir,
+            )))
+        });
         self.ops.health.set_ready(true);
         if self.core.config().dispatcher.orchestrator_users.is_empty() {
             tracing::warn!(
@@ -482,6 +500,7 @@ impl Dispatcher {
                     .inc(metrics::RETRIES, &[("action", job.action.as_str())]);
             }
         }
+        let mut drift_ended = Vec::new();
         for run in runs {
             if let Some(reporter) = &self.reporter {
                 reporter.changed(run.run_id);
@@ -491,8 +510,27 @@ impl Dispatcher {
                 finished(run, &state, now);
                 let labels = [("event", run.event.as_str()), ("state", state.as_str())];
                 self.ops.metrics.inc(metrics::RUNS_FINISHED, &labels);
+                if run.event == proto_types::EventKind::Drift {
+                    drift_ended.push(run.repository.clone());
+                }
             }
         }
+        for repository in drift_ended {
+            self.ops.metrics.set(
+                metrics::DRIFT_LAST_RUN,
+                &[("repository", repository.as_str())],
+                now as f64 / 1000.0,
+            );
+            self.refresh_drift_metrics()?;
+        }
+        Ok(())
+    }
+
+    /// The drift gauges, from every unit's last finding in the store.
+    fn refresh_drift_metrics(&self) -> Result<(), StoreError> {
+        let store = &self.store;
+        let units = off_runtime(|| store.drift_units(None))?;
+        metrics::drift(&self.ops.metrics, &units);
         Ok(())
     }
 

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use proto_types::{
-    Action, EventKind, ExecutorRole, Job, JobPhase, JobSummary, Payload, ResourceCounts, RunDetail,
-    RunPhase, RunSummary, UnitState,
+    Action, DriftUnit, EventKind, ExecutorRole, Job, JobPhase, JobSummary, Payload, ResourceCounts,
+    RunDetail, RunPhase, RunSummary, UnitState,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use uuid::Uuid;
@@ -28,7 +28,7 @@ pub const DATABASE_FILE: &str = "dispatcher.sqlite3";
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Step `i` takes a database at schema version `i` to version `i + 1`.
-const MIGRATIONS: [&str; 5] = [
+const MIGRATIONS: [&str; 6] = [
     SCHEMA,
     // When a final run's report reached GitHub: a restarted reporter sends the others.
     "ALTER TABLE runs ADD COLUMN reported_ms INTEGER;",
@@ -38,6 +38,23 @@ const MIGRATIONS: [&str; 5] = [
     "ALTER TABLE jobs ADD COLUMN approval TEXT;",
     // An approver's override of a job's policy denies (`who: why`), sent with the job.
     "ALTER TABLE jobs ADD COLUMN policy_override TEXT;",
+    // Drift: a drift check's finding (JSON of `DriftFindings`); each unit's last finding
+    // (JSON of `DriftUnit`); and what each repository's drift issue last said.
+    "ALTER TABLE jobs ADD COLUMN drift TEXT;
+     CREATE TABLE drift_units (
+         repository TEXT NOT NULL,
+         unit       TEXT NOT NULL,
+         account    TEXT NOT NULL,
+         state      TEXT NOT NULL,
+         document   TEXT NOT NULL,
+         PRIMARY KEY (repository, unit)
+     );
+     CREATE TABLE drift_reports (
+         repository   TEXT PRIMARY KEY,
+         issue_number INTEGER,
+         notified     TEXT NOT NULL,
+         updated_ms   INTEGER NOT NULL
+     );",
 ];
 
 const SCHEMA: &str = "
@@ -352,10 +369,10 @@ impl Store {
                          not_before_ms, lease_worker, lease_until, exit_code, res_add, res_change,
                          res_destroy, duration_ms, worker, output_tail, started_ms, finished_ms,
                          lease_reply_to, cancel_requested, log, policy, approval,
-                         policy_override)
+                         policy_override, drift)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
                          ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29,
-                         ?30, ?31, ?32)
+                         ?30, ?31, ?32, ?33)
                      ON CONFLICT (job_id) DO UPDATE SET attempt = excluded.attempt,
                          state = excluded.state, reason = excluded.reason, note = excluded.note,
                          not_before_ms = excluded.not_before_ms,
@@ -368,7 +385,7 @@ impl Store {
                          lease_reply_to = excluded.lease_reply_to,
                          cancel_requested = excluded.cancel_requested, log = excluded.log,
                          policy = excluded.policy, approval = excluded.approval,
-                         policy_override = excluded.policy_override",
+                         policy_override = excluded.policy_override, drift = excluded.drift",
                 )
                 .map_err(sqlite("prepare job upsert"))?;
             for (run, job) in jobs {
@@ -415,8 +432,12 @@ impl Store {
                         job.policy.as_ref().map(to_json),
                         job.approval.as_ref().map(to_json),
                         job.job.policy_override,
+                        job.drift.as_ref().map(to_json),
                     ])
                     .map_err(sqlite("write job"))?;
+                if job.job.action == Action::DriftPlan && job.state.is_final() {
+                    record_drift(&tx, run, job, now)?;
+                }
             }
             let mut insert_outbox = tx
                 .prepare_cached(
@@ -632,7 +653,7 @@ impl Store {
                      requires, attempt, state, reason, note, not_before_ms, lease_worker,
                      lease_until, exit_code, res_add, res_change, res_destroy, duration_ms,
                      worker, output_tail, started_ms, finished_ms, lease_reply_to,
-                     cancel_requested, log, policy, approval, policy_override
+                     cancel_requested, log, policy, approval, policy_override, drift
                  FROM jobs WHERE run_id = ?1 ORDER BY idx",
             )
             .map_err(sqlite("prepare job read"))?;
@@ -774,6 +795,90 @@ impl Store {
     }
 
     /// The most recent runs, newest first.
+    /// Every unit's last drift finding, of one repository or all, by repository and unit.
+    pub fn drift_units(&self, repository: Option<&str>) -> Result<Vec<DriftUnit>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT document FROM drift_units WHERE ?1 IS NULL OR repository = ?1
+                 ORDER BY repository, unit",
+            )
+            .map_err(sqlite("prepare drift read"))?;
+        let documents = statement
+            .query_map([repository], |row| row.get::<_, String>(0))
+            .map_err(sqlite("read drift"))?
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(sqlite("read drift"))?;
+        documents
+            .into_iter()
+            .map(|document| {
+                serde_json::from_str(&document).map_err(|_| StoreError::Corrupt {
+                    what: "drift finding",
+                    value: document,
+                })
+            })
+            .collect()
+    }
+
+    /// When the last drift run of `repository` was created (scheduled or not), if any.
+    pub fn last_drift_run_ms(&self, repository: &str) -> Result<Option<u64>, StoreError> {
+        self.connection
+            .query_row(
+                "SELECT max(created_ms) FROM runs WHERE repository = ?1 AND event = 'drift'",
+                [repository],
+                |row| row.get::<_, Option<i64>>(0),
+            )
+            .map(|ms| ms.map(|ms| ms as u64))
+            .map_err(sqlite("read the last drift run"))
+    }
+
+    /// Whether a drift run of `repository` is still running.
+    pub fn drift_running(&self, repository: &str) -> Result<bool, StoreError> {
+        self.connection
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM runs
+                     WHERE repository = ?1 AND event = 'drift' AND final = 0)",
+                [repository],
+                |row| row.get(0),
+            )
+            .map_err(sqlite("look for a running drift run"))
+    }
+
+    /// What the drift issue of `repository` last said: its number and fingerprint.
+    pub fn drift_report(
+        &self,
+        repository: &str,
+    ) -> Result<Option<(Option<u64>, String)>, StoreError> {
+        self.connection
+            .query_row(
+                "SELECT issue_number, notified FROM drift_reports WHERE repository = ?1",
+                [repository],
+                |row| Ok((row.get::<_, Option<i64>>(0)?.map(|n| n as u64), row.get(1)?)),
+            )
+            .optional()
+            .map_err(sqlite("read the drift report"))
+    }
+
+    /// Records what the drift issue of `repository` says now.
+    pub fn set_drift_report(
+        &mut self,
+        repository: &str,
+        issue: Option<u64>,
+        notified: &str,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        self.connection
+            .execute(
+                "INSERT INTO drift_reports (repository, issue_number, notified, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (repository) DO UPDATE SET issue_number = excluded.issue_number,
+                     notified = excluded.notified, updated_ms = excluded.updated_ms",
+                params![repository, issue.map(|n| n as i64), notified, now as i64],
+            )
+            .map(drop)
+            .map_err(sqlite("write the drift report"))
+    }
+
     pub fn list_runs(&self, limit: usize) -> Result<Vec<RunSummary>, StoreError> {
         let mut statement = self
             .connection
@@ -819,7 +924,7 @@ impl Store {
             .prepare_cached(
                 "SELECT job_id, unit, account, action, state, reason, note, attempt, worker,
                      exit_code, duration_ms, started_ms, output_tail, log, res_add, res_change,
-                     res_destroy, finished_ms, policy, approval
+                     res_destroy, finished_ms, policy, approval, drift
                  FROM jobs WHERE run_id = ?1 ORDER BY idx",
             )
             .map_err(sqlite("prepare job list"))?;
@@ -873,6 +978,7 @@ impl Store {
                 finished_ms: get::<Option<i64>>(row, 17)?.map(|ms| ms as u64),
                 policy: from_json("policy report", get(row, 18)?)?,
                 approval: from_json("approval gate", get(row, 19)?)?,
+                drift: from_json("drift findings", get(row, 20)?)?,
             });
         }
         Ok(RunDetail { run, jobs })
@@ -1025,7 +1131,45 @@ fn job_from_row(
         log: get(row, 26)?,
         policy: from_json("policy report", get(row, 27)?)?,
         approval: from_json("approval gate", get(row, 28)?)?,
+        drift: from_json("drift findings", get(row, 30)?)?,
     })
+}
+
+/// Keeps what a final drift check found as its unit's last finding (in the batch's
+/// transaction, so the finding and the job's state never disagree).
+fn record_drift(
+    tx: &rusqlite::Transaction<'_>,
+    run: &Run,
+    job: &RunJob,
+    now: u64,
+) -> Result<(), StoreError> {
+    let previous: Option<String> = tx
+        .query_row(
+            "SELECT document FROM drift_units WHERE repository = ?1 AND unit = ?2",
+            params![run.repository, job.job.unit],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(sqlite("read drift"))?;
+    let previous: Option<DriftUnit> = from_json("drift finding", previous)?;
+    let Some(finding) = dispatcher_core::drift::observe(previous.as_ref(), run, job, now) else {
+        return Ok(());
+    };
+    tx.execute(
+        "INSERT INTO drift_units (repository, unit, account, state, document)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (repository, unit) DO UPDATE SET account = excluded.account,
+             state = excluded.state, document = excluded.document",
+        params![
+            finding.repository,
+            finding.unit,
+            finding.account,
+            finding.state.as_str(),
+            to_json(&finding)
+        ],
+    )
+    .map_err(sqlite("write drift"))?;
+    Ok(())
 }
 
 /// A column holding a report or a gate as JSON.

@@ -255,6 +255,7 @@ impl Worker<'_> {
             duration_ms: 0,
             log: None,
             policy: None,
+            drift: None,
         };
         publish_event(
             self.broker,

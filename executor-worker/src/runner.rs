@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use proto_types::{Action, JobStatus, PolicyReport, ResourceCounts};
+use proto_types::{Action, DriftFindings, JobStatus, PolicyReport, ResourceCounts};
 use rustix::process::{Pid, Signal};
 use serde::Deserialize;
 use tokio::process::Command;
@@ -89,7 +89,13 @@ pub(crate) fn steps(action: Action) -> Vec<Step> {
         "plan",
         "-input=false",
         "-no-color",
-        LOCK_TIMEOUT,
+        // A drift check writes no state, so it takes no lock: it never waits for an apply of
+        // its unit, and an apply never waits for it.
+        if action == Action::DriftPlan {
+            "-lock=false"
+        } else {
+            LOCK_TIMEOUT
+        },
         "-detailed-exitcode",
     ];
     if action.is_destroy() {
@@ -167,6 +173,8 @@ pub(crate) struct StepsOutcome {
     pub(crate) stopped: Option<Stop>,
     /// The policy sets' verdict on the plan, when any governs the unit.
     pub(crate) policy: Option<PolicyReport>,
+    /// A drift check's finding, once it planned.
+    pub(crate) drift: Option<DriftFindings>,
 }
 
 /// The policy sets to hold the plan against, between `show -json` and `apply`.
@@ -201,7 +209,10 @@ pub(crate) async fn execute(
         resource_changes: None,
         stopped: None,
         policy: None,
+        drift: None,
     };
+    // `plan -detailed-exitcode`: 0 no changes, 2 changes (a drift check's answer).
+    let mut plan_exit = None;
     // With a policy check, the plan JSON is kept (up to one byte past the limit, which the
     // check then refuses) instead of only counted as it streams by.
     let keep_plan = policy
@@ -237,6 +248,7 @@ pub(crate) async fn execute(
                     resource_changes: None,
                     stopped: None,
                     policy: None,
+                    drift: None,
                 };
             }
         };
@@ -254,8 +266,32 @@ pub(crate) async fn execute(
             outcome.exit_code = code;
             return outcome;
         }
+        if step.args[0] == "plan" {
+            plan_exit = code;
+        }
         match counts {
-            Some(Ok(counts)) => outcome.resource_changes = Some(counts),
+            Some(Ok(summary)) => {
+                outcome.resource_changes = Some(summary.counts);
+                if action == Action::DriftPlan {
+                    let more = summary
+                        .changes
+                        .len()
+                        .saturating_sub(DriftFindings::MAX_RESOURCES);
+                    outcome.drift = Some(DriftFindings {
+                        drifted: plan_exit == Some(2),
+                        digest: summary.digest,
+                        resources: summary
+                            .changes
+                            .iter()
+                            .take(DriftFindings::MAX_RESOURCES)
+                            .map(|change| output.redact(change))
+                            .collect(),
+                        more: u32::try_from(more).unwrap_or(u32::MAX),
+                    });
+                    // The answer is the plan's exit code: 2 says the unit drifted.
+                    outcome.exit_code = plan_exit;
+                }
+            }
             Some(Err(err)) => output.push_str(&format!("cannot read the JSON plan: {err}\n")),
             None => {}
         }
@@ -405,11 +441,7 @@ pub(crate) const KILL_WAIT: Duration = Duration::from_secs(10);
 
 /// What `show -json` gave: how it ended, the resource counts, and the plan's first
 /// `keep` bytes when asked to keep them.
-type Captured = (
-    Ended,
-    Option<Result<ResourceCounts, String>>,
-    Option<Vec<u8>>,
-);
+type Captured = (Ended, Option<Result<PlanSummary, String>>, Option<Vec<u8>>);
 
 /// Runs with stdout read as a JSON plan while it streams (a plan of a big unit is hundreds of
 /// megabytes: only its resource actions are kept, unless a policy check needs the first
@@ -435,7 +467,7 @@ async fn run_capturing(
         // The counts stream over the kept bytes and whatever is left, so a plan too big to
         // keep is still counted.
         let head = kept.as_deref().unwrap_or_default();
-        let counts = resource_counts_from(head.chain(&mut reader)).map_err(|err| err.to_string());
+        let counts = plan_summary_from(head.chain(&mut reader)).map_err(|err| err.to_string());
         // Whatever follows (nothing, from a well-behaved tool) is drained, not kept.
         let _ = std::io::copy(&mut reader, &mut std::io::sink());
         (counts, kept)
@@ -544,12 +576,29 @@ struct JsonPlan {
 
 #[derive(Deserialize)]
 struct JsonResourceChange {
+    #[serde(default)]
+    address: String,
     change: JsonChange,
 }
 
 #[derive(Deserialize)]
 struct JsonChange {
     actions: Vec<String>,
+    #[serde(default)]
+    after: serde_json::Value,
+    #[serde(default)]
+    after_unknown: serde_json::Value,
+}
+
+/// What `show -json` of a saved plan says, in short.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PlanSummary {
+    pub(crate) counts: ResourceCounts,
+    /// `address (actions)` of every resource the plan changes, in address order.
+    pub(crate) changes: Vec<String>,
+    /// SHA-256 over what the plan changes (address, actions, planned values): two plans that
+    /// would do the same have the same digest.
+    pub(crate) digest: String,
 }
 
 /// Counts resources to add, change and destroy from `show -json` of a saved plan. A replace
@@ -557,27 +606,57 @@ struct JsonChange {
 /// Terraform's own summary does.
 #[cfg(test)]
 pub(crate) fn resource_counts(json: &[u8]) -> Result<ResourceCounts, serde_json::Error> {
-    resource_counts_from(json)
+    plan_summary_from(json).map(|summary| summary.counts)
 }
 
-/// [`resource_counts`] from a stream: every field but the resources' actions is skipped as it
-/// is read, never held.
-pub(crate) fn resource_counts_from(
+/// [`resource_counts`] from a stream: every field but the resources' addresses, actions and
+/// planned values is skipped as it is read, never held.
+pub(crate) fn plan_summary_from(
     json: impl std::io::Read,
-) -> Result<ResourceCounts, serde_json::Error> {
+) -> Result<PlanSummary, serde_json::Error> {
+    use sha2::Digest;
     let plan: JsonPlan = serde_json::from_reader(json)?;
     let mut counts = ResourceCounts::default();
+    let mut changed = Vec::new();
     for change in plan.resource_changes {
+        let mut changes = false;
         for action in &change.change.actions {
             match action.as_str() {
                 "create" => counts.add += 1,
                 "update" => counts.change += 1,
                 "delete" => counts.destroy += 1,
-                _ => {}
+                _ => continue,
             }
+            changes = true;
+        }
+        if changes {
+            changed.push(change);
         }
     }
-    Ok(counts)
+    changed.sort_by(|a, b| a.address.cmp(&b.address));
+    let mut digest = sha2::Sha256::new();
+    for change in &changed {
+        // serde_json's maps are sorted, so the same values always print the same.
+        digest.update(format!(
+            "{}\t{}\t{}\t{}\n",
+            change.address,
+            change.change.actions.join(","),
+            change.change.after,
+            change.change.after_unknown
+        ));
+    }
+    Ok(PlanSummary {
+        counts,
+        changes: changed
+            .iter()
+            .map(|c| format!("{} ({})", c.address, c.change.actions.join(", ")))
+            .collect(),
+        digest: digest
+            .finalize()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect(),
+    })
 }
 
 #[cfg(test)]
@@ -626,6 +705,39 @@ mod tests {
             ResourceCounts::default()
         );
         assert!(resource_counts(b"not json").is_err());
+    }
+
+    #[test]
+    fn a_plan_summary_lists_what_changes_and_digests_it_stably() {
+        let plan = |value: &str| {
+            format!(
+                r#"{{"resource_changes":[
+                {{"address":"null_resource.b","change":{{"actions":["delete","create"],"after":{{"triggers":{{"v":"{value}"}}}}}}}},
+                {{"address":"null_resource.a","change":{{"actions":["no-op"]}}}}]}}"#
+            )
+        };
+        let one = plan_summary_from(plan("1").as_bytes()).unwrap();
+        assert_eq!(one.changes, ["null_resource.b (delete, create)"]);
+        assert_eq!(one.digest.len(), 64);
+        assert_eq!(one, plan_summary_from(plan("1").as_bytes()).unwrap());
+        assert_ne!(
+            one.digest,
+            plan_summary_from(plan("2").as_bytes()).unwrap().digest,
+            "a different planned value is a different drift"
+        );
+        let empty = plan_summary_from(&br#"{"resource_changes":[]}"#[..]).unwrap();
+        assert!(empty.changes.is_empty());
+    }
+
+    #[test]
+    fn a_drift_check_plans_without_a_lock_and_never_applies() {
+        let args: Vec<String> = steps(Action::DriftPlan)
+            .iter()
+            .map(|step| step.args.join(" "))
+            .collect();
+        assert_eq!(args.len(), 3, "{args:?}");
+        assert!(args[1].contains("-lock=false") && args[1].contains("-detailed-exitcode"));
+        assert!(!args[1].contains("-destroy"));
     }
 
     #[test]

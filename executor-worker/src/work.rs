@@ -53,7 +53,7 @@ pub(crate) async fn run(
         job.attempt,
         settings.name
     ));
-    let (status, exit_code, resource_changes, stopped, policy) =
+    let (status, exit_code, resource_changes, stopped, policy, drift) =
         match prepare_and_run(settings, workspace, job, &mut output, &mut stop).await {
             Ok(steps) => {
                 let status = match &steps.stopped {
@@ -73,11 +73,12 @@ pub(crate) async fn run(
                     steps.resource_changes,
                     steps.stopped,
                     policy,
+                    steps.drift,
                 )
             }
             Err((status, message)) => {
                 output.push_str(&format!("Error: {message}\n"));
-                (status, None, None, None, None)
+                (status, None, None, None, None, None)
             }
         };
     Finished {
@@ -89,6 +90,7 @@ pub(crate) async fn run(
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             log: log.map(|log| format!("{}:{}", settings.name, log.display())),
             policy,
+            drift,
         },
         stopped,
     }
@@ -157,6 +159,7 @@ async fn prepare_and_run(
             resource_changes: None,
             stopped: None,
             policy: None,
+            drift: None,
         });
     }
     // Fetching, checking out and obtaining credentials wait on the network: a stop (timeout,
@@ -175,17 +178,18 @@ async fn prepare_and_run(
             };
             // This job's sets: a reload meanwhile applies from the next job on.
             let policies = settings.policies.current();
-            let policy = policies
-                .govern(&job.account, &job.unit)
-                .then(|| PolicyCheck {
-                    policies: Arc::clone(&policies),
-                    context: plan_context(job),
-                    // Only an apply worker's apply or destroy: a pull request's plan is never
-                    // let through, whatever its job says.
-                    override_by: (job.role == ExecutorRole::Apply && job.action.mutates())
-                        .then(|| job.policy_override.clone())
-                        .flatten(),
-                });
+            // A drift check's plan changes nothing: there is nothing for a policy to stop.
+            let policy = (job.action != Action::DriftPlan
+                && policies.govern(&job.account, &job.unit))
+            .then(|| PolicyCheck {
+                policies: Arc::clone(&policies),
+                context: plan_context(job),
+                // Only an apply worker's apply or destroy: a pull request's plan is never
+                // let through, whatever its job says.
+                override_by: (job.role == ExecutorRole::Apply && job.action.mutates())
+                    .then(|| job.policy_override.clone())
+                    .flatten(),
+            });
             Ok(runner::execute(
                 &prepared.tool,
                 job.action,
@@ -204,6 +208,7 @@ async fn prepare_and_run(
             resource_changes: None,
             stopped: Some(reason),
             policy: None,
+            drift: None,
         }),
         Err(Interrupted::Failed(status, message)) => Err((status, message)),
     };

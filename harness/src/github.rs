@@ -22,6 +22,8 @@ pub struct StandIn {
 pub struct Reported {
     pub comments: Vec<String>,
     pub statuses: Vec<Value>,
+    /// Issues opened (`POST`, number 42) and updated (`PATCH`), in order: `(verb, body)`.
+    pub issues: Vec<(String, Value)>,
 }
 
 impl Reported {
@@ -57,6 +59,18 @@ impl StandIn {
                 r"^/repos/acme/infra/statuses/[0-9a-f]{40}$",
                 201,
                 json!({}),
+            ),
+            (
+                "POST",
+                r"^/repos/acme/infra/issues$",
+                201,
+                json!({ "number": 42 }),
+            ),
+            (
+                "PATCH",
+                r"^/repos/acme/infra/issues/42$",
+                200,
+                json!({ "number": 42 }),
             ),
             (
                 "GET",
@@ -119,9 +133,24 @@ impl StandIn {
                 body["body"].as_str().unwrap_or_default().to_owned()
             })
             .collect();
+        let issues = requests
+            .iter()
+            .filter(|r| {
+                matches!(r.method.as_str(), "POST" | "PATCH")
+                    && r.url.path().contains("/issues")
+                    && !r.url.path().contains("/comments")
+            })
+            .map(|r| {
+                (
+                    r.method.as_str().to_owned(),
+                    serde_json::from_slice(&r.body).unwrap(),
+                )
+            })
+            .collect();
         Reported {
             comments,
             statuses: bodies("POST", "/statuses/"),
+            issues,
         }
     }
 

@@ -50,6 +50,8 @@ pub enum DetectError {
     UnknownRevision { rev: String, reason: String },
     #[error("a pull request needs a base revision (--base)")]
     MissingBase,
+    #[error("a drift check compares no commits: list the units with `drift_check`")]
+    DriftIsNoDiff,
     #[error("git failed {context}: {source}")]
     Git {
         context: String,
@@ -97,6 +99,7 @@ pub fn detect_changes(request: DetectRequest<'_>) -> Result<DetectOutcome, Detec
         (EventKind::PullRequest, None) => return Err(DetectError::MissingBase),
         (EventKind::Push, Some(base)) => Some(base),
         (EventKind::Push, None) => repo.first_parent(head)?,
+        (EventKind::Drift, _) => return Err(DetectError::DriftIsNoDiff),
     };
     let _span = tracing::info_span!("detect", head = %head).entered();
     let mut blobs = BlobCache::default();
@@ -215,6 +218,59 @@ impl DetectOutcome {
             head_sha: self.head_sha.clone(),
             changes: self.detection.changes.clone(),
             dependencies: self.detection.dependencies.clone(),
+        }
+    }
+}
+
+/// What a drift check of a commit covers: the commit, and its units (repo-relative, sorted)
+/// that `select` keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriftCheck {
+    pub head_sha: String,
+    pub units: Vec<String>,
+}
+
+/// Lists the units of `head` that `select` keeps. Only discovery: no configuration is
+/// evaluated, since a drift check plans each unit alone and in no order.
+pub fn drift_check(
+    repo: &Path,
+    head: &str,
+    select: impl Fn(&str) -> bool,
+) -> Result<DriftCheck, DetectError> {
+    let repo = GitRepo::open(repo)?;
+    let head = repo.resolve(head)?;
+    let snapshot = repo.snapshot(Some(head), &mut BlobCache::default())?;
+    let mut cache = hcl::ParseCache::default();
+    cache.add_snapshot(&snapshot);
+    let index = UnitIndex::discover(&snapshot, &cache);
+    Ok(DriftCheck {
+        head_sha: head.to_string(),
+        units: index
+            .units
+            .keys()
+            .filter(|unit| select(unit))
+            .cloned()
+            .collect(),
+    })
+}
+
+impl DriftCheck {
+    /// The drift event of `repository`'s `branch` (its deploy branch).
+    pub fn change_event(&self, repository: &str, branch: &str) -> ChangeEvent {
+        ChangeEvent {
+            id: Uuid::new_v4(),
+            repository: repository.to_owned(),
+            trigger: Trigger::Drift {
+                branch: branch.to_owned(),
+            },
+            base_sha: self.head_sha.clone(),
+            head_sha: self.head_sha.clone(),
+            changes: vec![proto_types::Change {
+                kind: proto_types::ChangeKind::DriftCheck,
+                units: self.units.clone(),
+                files: Vec::new(),
+            }],
+            dependencies: Vec::new(),
         }
     }
 }

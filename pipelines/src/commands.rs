@@ -18,7 +18,8 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::{
-    ApprovalArgs, CancelArgs, ChangeArgs, Format, OrchestrateArgs, Outcome, RunArgs, StatusArgs,
+    ApprovalArgs, CancelArgs, ChangeArgs, DriftStatusArgs, Format, OrchestrateArgs, Outcome,
+    RunArgs, StatusArgs,
 };
 
 pub(crate) async fn orchestrate(args: OrchestrateArgs) -> anyhow::Result<Outcome> {
@@ -34,25 +35,35 @@ pub(crate) async fn orchestrate(args: OrchestrateArgs) -> anyhow::Result<Outcome
 
 async fn orchestrate_in(args: OrchestrateArgs, span: tracing::Span) -> anyhow::Result<Outcome> {
     let range = resolve_range(&args.change)?;
-    let detected = detect(&range, &args.change.repo)?;
-    if args.dry_run {
-        let report = detected.report();
-        match args.format {
-            Format::Json => println!("{}", report.to_json()),
-            Format::Text => print!("{}", render::detection_table(&detected)),
+    if !args.units.is_empty() && range.event != EventKind::Drift {
+        bail!("--units selects the units of a drift check: pass --event drift");
+    }
+    let event = if range.event == EventKind::Drift {
+        let Some(event) = drift_event(&args, &range)? else {
+            return Ok(Outcome::Success);
+        };
+        event
+    } else {
+        let detected = detect(&range, &args.change.repo)?;
+        if args.dry_run {
+            let report = detected.report();
+            match args.format {
+                Format::Json => println!("{}", report.to_json()),
+                Format::Text => print!("{}", render::detection_table(&detected)),
+            }
+            return Ok(Outcome::Success);
         }
-        return Ok(Outcome::Success);
-    }
-    for warning in &detected.detection.warnings {
-        eprintln!("warning: {warning}");
-    }
-    if let Some(outcome) = refuse_if_needed(&detected) {
-        return Ok(outcome);
-    }
-    let event = detected.change_event(
-        &repository_name(&args.change)?,
-        trigger(&range, &args.change.repo)?,
-    );
+        for warning in &detected.detection.warnings {
+            eprintln!("warning: {warning}");
+        }
+        if let Some(outcome) = refuse_if_needed(&detected) {
+            return Ok(outcome);
+        }
+        detected.change_event(
+            &repository_name(&args.change)?,
+            trigger(&range, &args.change.repo)?,
+        )
+    };
     span.record("run_id", tracing::field::display(event.id));
     span.record("event", event.trigger.kind().as_str());
     span.record("repository", event.repository.as_str());
@@ -66,7 +77,12 @@ async fn orchestrate_in(args: OrchestrateArgs, span: tracing::Span) -> anyhow::R
     eprintln!(
         "Submitted run {} ({} unit(s)).",
         event.id,
-        detected.detection.units().len()
+        event
+            .changes
+            .iter()
+            .flat_map(|change| &change.units)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
     );
     let Some(follower) = follower.as_mut() else {
         if args.format == Format::Json {
@@ -91,8 +107,70 @@ async fn orchestrate_in(args: OrchestrateArgs, span: tracing::Span) -> anyhow::R
     Ok(report_run(&status, args.format))
 }
 
+/// The event of a drift check: every unit of the head matching `--units`. `None` after a
+/// dry run, which prints the units instead.
+fn drift_event(
+    args: &OrchestrateArgs,
+    range: &Range,
+) -> anyhow::Result<Option<proto_types::ChangeEvent>> {
+    let globs: Vec<String> = if args.units.is_empty() {
+        vec!["**".to_owned()]
+    } else {
+        args.units.clone()
+    };
+    let selection =
+        config::UnitSelection::new(&globs, &[]).map_err(|reason| anyhow!("--units: {reason}"))?;
+    let check = orchestrator::drift_check(&args.change.repo, &range.head, |unit| {
+        selection.includes(unit)
+    })?;
+    let branch = range
+        .branch
+        .clone()
+        .or_else(github_ref_name)
+        .or_else(|| orchestrator::pushed_branch(&args.change.repo, &range.head))
+        .context("cannot tell which branch is checked for drift: pass --branch")?;
+    let event = check.change_event(&repository_name(&args.change)?, &branch);
+    if args.dry_run {
+        let report = proto_types::DetectionReport {
+            base_sha: event.base_sha.clone(),
+            head_sha: event.head_sha.clone(),
+            event: EventKind::Drift,
+            changes: event.changes.clone(),
+            warnings: Vec::new(),
+        };
+        match args.format {
+            Format::Json => println!("{}", report.to_json()),
+            Format::Text => {
+                println!(
+                    "Drift check of {branch} at {}: {} unit(s)",
+                    short(&event.head_sha),
+                    check.units.len()
+                );
+                for unit in &check.units {
+                    println!("  {unit}");
+                }
+            }
+        }
+        return Ok(None);
+    }
+    if check.units.is_empty() {
+        bail!(
+            "no unit of {} matches --units {}",
+            short(&check.head_sha),
+            globs.join(" ")
+        );
+    }
+    Ok(Some(event))
+}
+
 pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let range = resolve_range(&args.change)?;
+    if range.event == EventKind::Drift {
+        bail!(
+            "embedded mode runs pull requests and pushes; a drift check needs the dispatcher's \
+             drift report: use `pipelines orchestrate --event drift`"
+        );
+    }
     let detected = detect(&range, &args.change.repo)?;
     for warning in &detected.detection.warnings {
         eprintln!("warning: {warning}");
@@ -108,7 +186,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             let url = std::fs::canonicalize(&args.change.repo)
                 .with_context(|| format!("cannot resolve {}", args.change.repo.display()))?;
             let deploy_branch = match &trigger {
-                Trigger::Push { branch } => branch.as_str(),
+                Trigger::Push { branch } | Trigger::Drift { branch } => branch.as_str(),
                 Trigger::PullRequest { .. } => "main",
             };
             Config::embedded(&repository, &url.to_string_lossy(), deploy_branch)
@@ -240,13 +318,29 @@ pub(crate) fn broker_definitions(
     Ok(Outcome::Success)
 }
 
-pub(crate) fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
-    let state_dir = match (&args.state_dir, &args.config) {
+fn state_dir(dir: Option<&PathBuf>, config: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    Ok(match (dir, config) {
         (Some(dir), _) => dir.clone(),
         (None, Some(path)) => Config::load(path)?.dispatcher.state_dir(),
         (None, None) => config::DispatcherSettings::default().state_dir(),
-    };
-    let store = Store::open_read_only(&state_dir)?;
+    })
+}
+
+pub(crate) fn drift_status(args: DriftStatusArgs) -> anyhow::Result<Outcome> {
+    let store = Store::open_read_only(&state_dir(args.state_dir.as_ref(), args.config.as_ref())?)?;
+    let units = store.drift_units(args.repository.as_deref())?;
+    match args.format {
+        Format::Json => println!("{}", proto_types::to_json(&units)),
+        Format::Text => print!(
+            "{}",
+            dispatcher::status::render_drift(&units, dispatcher::clock::now_ms())
+        ),
+    }
+    Ok(Outcome::Success)
+}
+
+pub(crate) fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
+    let store = Store::open_read_only(&state_dir(args.state_dir.as_ref(), args.config.as_ref())?)?;
     let now = dispatcher::clock::now_ms();
     match &args.run_id {
         Some(id) => {
@@ -492,6 +586,18 @@ struct Range {
 }
 
 fn resolve_range(change: &ChangeArgs) -> anyhow::Result<Range> {
+    if change.event == Some(EventKind::Drift) {
+        return Ok(Range {
+            base: None,
+            head: change.head.clone().unwrap_or_else(|| "HEAD".to_owned()),
+            event: EventKind::Drift,
+            pr: None,
+            branch: change.branch.clone(),
+        });
+    }
+    if change.event.is_some() && change.head.is_none() {
+        bail!("--event pull-request and --event push need --head (and --base)");
+    }
     if let (Some(head), Some(event)) = (&change.head, change.event) {
         return Ok(Range {
             base: change.base.clone(),
@@ -542,6 +648,7 @@ fn trigger(range: &Range, repo: &Path) -> anyhow::Result<Trigger> {
                 .context("cannot tell which branch was pushed: pass --branch")?;
             Ok(Trigger::Push { branch })
         }
+        EventKind::Drift => bail!("a drift check is no change between commits"),
         EventKind::PullRequest => {
             let base = range.base.clone().unwrap_or_default();
             Ok(Trigger::PullRequest {

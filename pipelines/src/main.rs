@@ -75,6 +75,38 @@ enum Command {
     /// Policy tools: try the configured Rego policy sets on a plan without a run.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Drift: what the last drift checks found, unit by unit.
+    #[command(subcommand)]
+    Drift(DriftCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DriftCommand {
+    /// Every unit's last drift finding (in sync; drifted since when, with the plan's counts;
+    /// or why it could not be checked), from the dispatcher's run database.
+    #[command(
+        after_help = "Drift runs start from `pipelines orchestrate --event drift` (a CI cron job) \
+        or from a [[drift]] schedule in the dispatcher's configuration.\n\nExample:\n  \
+        pipelines drift status --config /etc/pipelines/pipelines.toml --repository infra"
+    )]
+    Status(DriftStatusArgs),
+}
+
+#[derive(Debug, Args)]
+struct DriftStatusArgs {
+    /// Only this repository's units.
+    #[arg(long, value_name = "NAME")]
+    repository: Option<String>,
+    /// The dispatcher's policy file, for `dispatcher.state_dir`.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The dispatcher's state directory, instead of --config
+    /// [default: $XDG_STATE_HOME/pipelines, else ~/.local/state/pipelines].
+    #[arg(long, value_name = "DIR", conflicts_with = "config")]
+    state_dir: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,11 +163,12 @@ struct ChangeArgs {
     /// with HEAD is used). Pushes: the commit before the push [default: HEAD's first parent].
     #[arg(long, value_name = "REV")]
     base: Option<String>,
-    /// The revision to plan or apply.
+    /// The revision to plan or apply [drift: default HEAD].
     #[arg(long, value_name = "REV", requires = "event")]
     head: Option<String>,
-    /// pull-request plans the affected units; push (to the deploy branch) applies them.
-    #[arg(long, value_parser = parse_event, requires = "head")]
+    /// pull-request plans the affected units; push (to the deploy branch) applies them; drift
+    /// plans every unit of the deploy branch's head, read-only, to find what drifted.
+    #[arg(long, value_parser = parse_event)]
     event: Option<EventKind>,
     /// The pull request number, shown in reports.
     #[arg(long, value_name = "N")]
@@ -168,6 +201,10 @@ struct OrchestrateArgs {
     /// Give up waiting after this many seconds (exit 2).
     #[arg(long, value_name = "SECONDS", default_value_t = 6 * 3600)]
     wait_timeout: u64,
+    /// With --event drift: check only the units matching one of these globs (repeatable)
+    /// [default: every unit]. The dispatcher still leaves out its `[[drift]] exclude`.
+    #[arg(long = "units", value_name = "GLOB", num_args = 1..)]
+    units: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -434,6 +471,7 @@ fn main() -> ExitCode {
                 commands::approve(args, proto_types::ApprovalVerdict::Reject).await
             }
             Command::Supervise { .. } => unreachable!("handled before the runtime starts"),
+            Command::Drift(DriftCommand::Status(args)) => commands::drift_status(args),
             Command::Broker(BrokerCommand::Setup { config }) => {
                 commands::broker_setup(&config).await
             }

@@ -55,7 +55,9 @@ pub(crate) async fn dispatch(args: DispatchArgs) -> anyhow::Result<Outcome> {
             let (state_dir, reporter) = (state_dir.clone(), reporter.clone());
             async move {
                 let store = Store::open(&state_dir)?;
-                let mut dispatcher = Dispatcher::new(broker, config, store)?.with_ops(ops);
+                let mut dispatcher = Dispatcher::new(broker, config, store)?
+                    .with_ops(ops)
+                    .with_drift_schedules(state_dir);
                 if let Some(reporter) = reporter {
                     dispatcher = dispatcher.with_reporter(reporter);
                 }

@@ -254,6 +254,12 @@ mod tests {
                         overridden: None,
                     }],
                 }),
+                drift: Some(crate::DriftFindings {
+                    drifted: true,
+                    digest: "ab".repeat(32),
+                    resources: vec!["null_resource.x (delete, create)".into()],
+                    more: 0,
+                }),
             }),
         }
     }

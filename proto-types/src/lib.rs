@@ -22,13 +22,13 @@ mod report;
 pub use codec::{DecodeError, FORMAT_V1, MAX_MESSAGE_BYTES, Message, Payload, decode, encode};
 pub use messages::{
     Action, ApprovalGate, ApprovalOrder, ApprovalVerdict, CancelJob, CancelRun, Change,
-    ChangeEvent, ChangeKind, ClaimReply, ClaimVerdict, DependencyEdge, EventKind, ExecutorRole,
-    Job, JobEvent, JobEventKind, JobOutcome, JobStatus, PolicyReport, PolicySetResult,
-    ResourceCounts, RunState, RunStatus, Trigger, UnitState, UnitStatus,
+    ChangeEvent, ChangeKind, ClaimReply, ClaimVerdict, DependencyEdge, DriftFindings, EventKind,
+    ExecutorRole, Job, JobEvent, JobEventKind, JobOutcome, JobStatus, PolicyReport,
+    PolicySetResult, ResourceCounts, RunState, RunStatus, Trigger, UnitState, UnitStatus,
 };
 pub use report::{
-    DetectionReport, JobPhase, JobSummary, RunDetail, RunPhase, RunSummary, run_status_json,
-    to_json,
+    DetectionReport, DriftState, DriftUnit, JobPhase, JobSummary, RunDetail, RunPhase, RunSummary,
+    run_status_json, to_json,
 };
 
 /// How the broker names private queues: `amq.gen-` and a random suffix. Replies go only there.

@@ -35,6 +35,11 @@ pub enum Trigger {
     Push {
         branch: String,
     },
+    /// A drift check of the deploy branch's head: every listed unit is planned, read-only, to
+    /// see whether the real infrastructure still matches the code. Nothing is applied.
+    Drift {
+        branch: String,
+    },
 }
 
 impl Trigger {
@@ -42,16 +47,18 @@ impl Trigger {
         match self {
             Trigger::PullRequest { .. } => EventKind::PullRequest,
             Trigger::Push { .. } => EventKind::Push,
+            Trigger::Drift { .. } => EventKind::Drift,
         }
     }
 }
 
-/// The two events the CLI contract names: `pull-request` and `push`.
+/// The events the CLI contract names: `pull-request`, `push` and `drift`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum EventKind {
     PullRequest,
     Push,
+    Drift,
 }
 
 impl EventKind {
@@ -59,6 +66,7 @@ impl EventKind {
         match self {
             EventKind::PullRequest => "pull-request",
             EventKind::Push => "push",
+            EventKind::Drift => "drift",
         }
     }
 }
@@ -76,8 +84,9 @@ impl FromStr for EventKind {
         match s {
             "pull-request" => Ok(EventKind::PullRequest),
             "push" => Ok(EventKind::Push),
+            "drift" => Ok(EventKind::Drift),
             other => Err(format!(
-                "unknown event {other:?}: expected pull-request or push"
+                "unknown event {other:?}: expected pull-request, push or drift"
             )),
         }
     }
@@ -104,6 +113,9 @@ pub enum ChangeKind {
     AccountsRequested,
     AccountsChanged,
     DriftDetected,
+    /// The unit is checked for drift: the only kind of a drift event, which lists every unit
+    /// it checks (last, so that the kinds before it keep their wire indexes).
+    DriftCheck,
 }
 
 impl ChangeKind {
@@ -118,6 +130,7 @@ impl ChangeKind {
             ChangeKind::AccountsRequested => "AccountsRequested",
             ChangeKind::AccountsChanged => "AccountsChanged",
             ChangeKind::DriftDetected => "DriftDetected",
+            ChangeKind::DriftCheck => "DriftCheck",
         }
     }
 }
@@ -160,10 +173,11 @@ impl ExecutorRole {
     }
 
     /// The pool that runs the jobs of an event: only a push to the deploy branch (which the
-    /// dispatcher checked) reaches the apply workers.
+    /// dispatcher checked) reaches the apply workers. A drift check needs only the read-only
+    /// identity, which is what the plan workers hold, and never the write one.
     pub fn for_event(event: EventKind) -> ExecutorRole {
         match event {
-            EventKind::PullRequest => ExecutorRole::Plan,
+            EventKind::PullRequest | EventKind::Drift => ExecutorRole::Plan,
             EventKind::Push => ExecutorRole::Apply,
         }
     }
@@ -198,6 +212,10 @@ pub enum Action {
     /// Goes through the whole pipeline (dispatch, claim, events, run state, reports) but checks
     /// nothing out and runs no tool: for smoke-testing a deployment, and for benchmarks.
     Noop,
+    /// A drift check: `plan -detailed-exitcode -lock=false` of the deploy branch's head. It
+    /// writes no state and takes no lock, so it never waits for an apply of its unit, nor an
+    /// apply for it. The outcome's [`DriftFindings`] say whether the unit drifted.
+    DriftPlan,
 }
 
 impl Action {
@@ -208,6 +226,7 @@ impl Action {
             Action::Apply => "apply",
             Action::Destroy => "destroy",
             Action::Noop => "noop",
+            Action::DriftPlan => "drift-plan",
         }
     }
 
@@ -233,11 +252,15 @@ impl FromStr for Action {
             Action::Apply,
             Action::Destroy,
             Action::Noop,
+            Action::DriftPlan,
         ]
         .into_iter()
         .find(|action| action.as_str() == s)
         .ok_or_else(|| {
-            format!("unknown action {s:?}: expected plan, plan-destroy, apply, destroy or noop")
+            format!(
+                "unknown action {s:?}: expected plan, plan-destroy, apply, destroy, noop or \
+                 drift-plan"
+            )
         })
     }
 }
@@ -324,6 +347,27 @@ pub struct JobOutcome {
     pub log: Option<String>,
     /// What the policy sets governing the unit said about its plan; `None` when none does.
     pub policy: Option<PolicyReport>,
+    /// For a drift check that planned: whether the unit drifted, and how.
+    pub drift: Option<DriftFindings>,
+}
+
+/// What a drift check's plan found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriftFindings {
+    /// `plan -detailed-exitcode` exited 2: the infrastructure differs from the code.
+    pub drifted: bool,
+    /// A digest of what the plan would change (addresses, actions and planned values): the
+    /// same drift seen twice has the same digest, so it is not reported twice.
+    pub digest: String,
+    /// The resources the plan would change, `address (actions)`, at most
+    /// [`DriftFindings::MAX_RESOURCES`] (redacted like the output).
+    pub resources: Vec<String>,
+    /// Resources to change beyond the ones listed.
+    pub more: u32,
+}
+
+impl DriftFindings {
+    pub const MAX_RESOURCES: usize = 50;
 }
 
 /// What the admin's policy sets said about one plan.

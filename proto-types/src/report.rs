@@ -145,6 +145,63 @@ pub struct RunSummary {
     pub jobs: BTreeMap<String, u32>,
 }
 
+/// What a unit's last drift check found: `in-sync`, `drifted` or `error` in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DriftState {
+    /// The plan was empty: the infrastructure matches the code.
+    InSync,
+    /// The plan would change something: the infrastructure moved away from the code.
+    Drifted,
+    /// The check could not plan (a failure, a timeout, a refusal): nothing is known.
+    Error,
+}
+
+impl DriftState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftState::InSync => "in-sync",
+            DriftState::Drifted => "drifted",
+            DriftState::Error => "error",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<DriftState> {
+        [DriftState::InSync, DriftState::Drifted, DriftState::Error]
+            .into_iter()
+            .find(|state| state.as_str() == text)
+    }
+}
+
+/// A unit's drift, as `pipelines drift status` lists it: the last check's finding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriftUnit {
+    pub repository: String,
+    pub unit: String,
+    pub account: String,
+    pub state: DriftState,
+    /// Since when the unit has been in this state (for `drifted`: the first check that saw
+    /// this drift), in ms since the epoch.
+    pub since_ms: u64,
+    /// When it was last checked.
+    pub checked_ms: u64,
+    /// The drift run that checked it last, and the commit it checked.
+    pub run_id: Uuid,
+    pub commit: String,
+    /// Resources the plan would add, change and destroy.
+    pub resource_changes: Option<ResourceCounts>,
+    /// The resources the plan would change, `address (actions)`.
+    #[serde(default)]
+    pub resources: Vec<String>,
+    /// Resources to change beyond those listed.
+    #[serde(default)]
+    pub more: u32,
+    /// The digest of the drift: the same drift seen again has the same digest.
+    pub digest: Option<String>,
+    /// Why the check failed.
+    pub error: Option<String>,
+}
+
 /// A job as `pipelines status RUN_ID` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSummary {
@@ -178,6 +235,9 @@ pub struct JobSummary {
     /// When the job's outcome arrived, in ms since the epoch.
     #[serde(default)]
     pub finished_ms: Option<u64>,
+    /// What a drift check found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<crate::DriftFindings>,
 }
 
 /// `pipelines status RUN_ID`: a run and its jobs.

@@ -381,3 +381,43 @@ fn a_pull_request_of_a_gated_unit_plans_at_once_and_its_rejection_order_matches_
         Some(Outcome::ApprovalMatchedNothing { .. })
     ));
 }
+
+#[test]
+fn one_drift_run_per_repository_at_a_time_and_the_dispatcher_may_submit_it() {
+    let mut core = core(&["pipelines-orchestrator"]);
+    core.config.broker_url = "amqp://pipelines-dispatcher@127.0.0.1:5672/%2f".into();
+    let drift = || {
+        let mut event = change(
+            Trigger::Drift {
+                branch: "main".into(),
+            },
+            &["app", "db"],
+        );
+        event.changes[0].kind = proto_types::ChangeKind::DriftCheck;
+        event
+    };
+    let first = drift();
+    // The dispatcher's own user submits the scheduled checks.
+    let decision = core.decide_change(&first, Some("pipelines-dispatcher"), None, 0);
+    assert_eq!(decision.verdict, Verdict::Ack);
+    assert_eq!(decision.effects.publish.len(), 2);
+    assert!(
+        decision
+            .effects
+            .publish
+            .iter()
+            .all(|job| job.action == Action::DriftPlan)
+    );
+
+    let second = core.decide_change(&drift(), Some("pipelines-orchestrator"), None, 1);
+    let Verdict::DeadLetter(reason) = &second.verdict else {
+        panic!("a second drift run was accepted: {:?}", second.verdict);
+    };
+    assert!(
+        reason.contains(&format!(
+            "a drift run of infra is already running ({}): one at a time per repository",
+            first.id
+        )),
+        "{reason}"
+    );
+}

@@ -1059,3 +1059,62 @@ fn expiring_a_gated_job_and_its_gated_dependent_together_ends_each_once() {
     let next = sim.run_job(&first[0], JobStatus::Succeeded);
     assert_eq!(units(&next), ["d"]);
 }
+
+fn drift() -> Trigger {
+    Trigger::Drift {
+        branch: "main".into(),
+    }
+}
+
+#[test]
+fn drift_checks_take_few_slots_and_yield_to_later_runs() {
+    let mut sim = Sim::new();
+    let checks: Vec<(&str, Action)> = ["dev/a", "dev/b", "dev/c", "dev/d"]
+        .into_iter()
+        .map(|u| (u, Action::DriftPlan))
+        .collect();
+    let drift_run = event(drift(), &checks, &[]);
+    let first = sim.accept(&drift_run).publish;
+    // settings(): two drift checks per account at once; the rest wait, saying why.
+    assert_eq!(units(&first), ["dev/a", "dev/b"]);
+    assert!(first.iter().all(|job| job.role == ExecutorRole::Plan));
+    let note = sim
+        .job(drift_run.0.id, "dev/c")
+        .note
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        note.contains("waiting for a drift slot of account dev"),
+        "{note}"
+    );
+
+    // A pull request arrives while the checks run: its plan is queued at once, so it is
+    // ahead of every drift check queued after it.
+    let pull = event(pr(7), &[("dev/x", Action::Plan)], &[]);
+    assert_eq!(units(&sim.accept(&pull).publish), ["dev/x"]);
+    // A check ends: the next one is queued only now, behind the pull request's plan.
+    let next = sim.run_job(&first[0], JobStatus::Succeeded);
+    assert_eq!(units(&next), ["dev/c"]);
+    assert_eq!(sim.scheduler.in_flight().get("dev"), Some(&3));
+}
+
+#[test]
+fn drift_checks_neither_hold_nor_wait_for_a_units_applies() {
+    let mut sim = Sim::new();
+    let drift_run = event(drift(), &[("prod/app", Action::DriftPlan)], &[]);
+    let check = sim.accept(&drift_run).publish;
+    assert_eq!(units(&check), ["prod/app"]);
+    assert!(matches!(
+        sim.claim(&check[0], "w1", false),
+        ClaimVerdict::Granted { .. }
+    ));
+    // An apply of the same unit is queued while the check runs: a plan with -lock=false
+    // takes no lock, and the check is not in the unit's queue.
+    let apply = event(push(), &applies(&["prod/app"]), &[]);
+    assert_eq!(units(&sim.accept(&apply).publish), ["prod/app"]);
+    // And a check queued behind a running apply is not held either.
+    let again = event(drift(), &[("prod/app", Action::DriftPlan)], &[]);
+    let published = sim.accept(&again).publish;
+    assert_eq!(units(&published), ["prod/app"]);
+    assert_eq!(published[0].action, Action::DriftPlan);
+}

@@ -239,6 +239,9 @@ fn a_version_1_database_is_migrated_keeping_its_runs() {
              ALTER TABLE jobs DROP COLUMN policy;
              ALTER TABLE jobs DROP COLUMN approval;
              ALTER TABLE jobs DROP COLUMN policy_override;
+             ALTER TABLE jobs DROP COLUMN drift;
+             DROP TABLE drift_units;
+             DROP TABLE drift_reports;
              PRAGMA user_version = 1;",
         )
         .unwrap();
@@ -352,4 +355,55 @@ fn a_runs_phase_is_read_without_its_jobs_and_an_unknown_run_has_none() {
     commit(&mut store, &scheduler, &finished, 1_002);
     assert_eq!(store.run_phase(run.0.id).unwrap(), Some(RunPhase::Failed));
     assert_eq!(store.run_phase(Uuid::new_v4()).unwrap(), None);
+}
+
+#[test]
+fn a_final_drift_check_is_kept_as_its_units_finding_in_the_same_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let mut scheduler = Scheduler::new(settings());
+    let trigger = proto_types::Trigger::Drift {
+        branch: "main".into(),
+    };
+    let (event, plan) = event(trigger, &[("app", Action::DriftPlan)], &[]);
+    let effects = scheduler.accept(&event, &plan, 1_000);
+    commit(&mut store, &scheduler, &effects, 1_000);
+    assert!(store.drift_running("infra").unwrap());
+    assert!(
+        store.drift_units(None).unwrap().is_empty(),
+        "nothing found yet"
+    );
+    let job = effects.publish[0].clone();
+    scheduler.claim(job.job_id, 1, "w1", false, Some("amq.gen-w1"), 1_100);
+    let mut outcome = outcome(JobStatus::Succeeded, "plan");
+    outcome.exit_code = Some(2);
+    outcome.drift = Some(proto_types::DriftFindings {
+        drifted: true,
+        digest: "d1".into(),
+        resources: vec!["terraform_data.x (update)".into()],
+        more: 0,
+    });
+    let effects = scheduler.finish(job.job_id, 1, "w1", &outcome, 1_200);
+    commit(&mut store, &scheduler, &effects, 1_200);
+
+    let units = store.drift_units(Some("infra")).unwrap();
+    assert_eq!(units.len(), 1);
+    assert_eq!(units[0].state, proto_types::DriftState::Drifted);
+    assert_eq!((units[0].unit.as_str(), units[0].since_ms), ("app", 1_200));
+    assert!(store.drift_units(Some("other")).unwrap().is_empty());
+    assert!(!store.drift_running("infra").unwrap());
+    assert_eq!(store.last_drift_run_ms("infra").unwrap(), Some(1_000));
+    assert_eq!(store.last_drift_run_ms("other").unwrap(), None);
+    // The job's findings survive a restart with the job.
+    let detail = store.run_detail(&event.id.to_string(), 1_300).unwrap();
+    assert_eq!(detail.jobs[0].drift.as_ref().map(|d| d.drifted), Some(true));
+
+    assert_eq!(store.drift_report("infra").unwrap(), None);
+    store
+        .set_drift_report("infra", Some(42), "drifted app d1", 1_300)
+        .unwrap();
+    assert_eq!(
+        store.drift_report("infra").unwrap(),
+        Some((Some(42), "drifted app d1".to_owned()))
+    );
 }

@@ -1,0 +1,407 @@
+//! Drift: what a drift check's outcome says about its unit, when the drift report must be
+//! told again and what it says, and when a drift schedule is due. Pure: time is an input.
+
+use chrono::{DateTime, Utc};
+use croner::Cron;
+use proto_types::{Action, DriftState, DriftUnit, UnitState};
+
+use crate::report::{cell, shorten, utc};
+use crate::scheduler::{Run, RunJob};
+
+/// The title of a repository's living drift issue.
+pub const ISSUE_TITLE: &str = "Drift report";
+
+/// What a final drift check says about its unit, given what the last check said: `None` when
+/// it says nothing (skipped or cancelled before it planned).
+pub fn observe(
+    previous: Option<&DriftUnit>,
+    run: &Run,
+    job: &RunJob,
+    now: u64,
+) -> Option<DriftUnit> {
+    if job.job.action != Action::DriftPlan {
+        return None;
+    }
+    let (state, error) = match &job.state {
+        UnitState::Succeeded => {
+            let drifted = job
+                .drift
+                .as_ref()
+                .map_or(job.exit_code == Some(2), |found| found.drifted);
+            let state = if drifted {
+                DriftState::Drifted
+            } else {
+                DriftState::InSync
+            };
+            (state, None)
+        }
+        UnitState::Failed => {
+            let tail = job.output_tail.as_deref().unwrap_or("the check failed");
+            (DriftState::Error, Some(last_lines(tail, 5, 600)))
+        }
+        _ => return None,
+    };
+    let findings = job.drift.clone().unwrap_or_default();
+    Some(DriftUnit {
+        repository: run.repository.clone(),
+        unit: job.job.unit.clone(),
+        account: job.job.account.clone(),
+        state,
+        // A unit that stays drifted has drifted since the first check that saw it.
+        since_ms: match previous {
+            Some(previous) if previous.state == state => previous.since_ms,
+            _ => now,
+        },
+        checked_ms: now,
+        run_id: run.run_id,
+        commit: run.head_sha.clone(),
+        resource_changes: (state == DriftState::Drifted)
+            .then_some(job.resource_changes)
+            .flatten(),
+        resources: if state == DriftState::Drifted {
+            findings.resources
+        } else {
+            Vec::new()
+        },
+        more: if state == DriftState::Drifted {
+            findings.more
+        } else {
+            0
+        },
+        digest: (state == DriftState::Drifted && !findings.digest.is_empty())
+            .then_some(findings.digest),
+        error,
+    })
+}
+
+/// The end of an output: its last `lines` non-empty lines, at most `max` characters.
+fn last_lines(text: &str, lines: usize, max: usize) -> String {
+    let kept: Vec<&str> = text
+        .lines()
+        .map(str::trim_end)
+        .filter(|line| !line.is_empty())
+        .collect();
+    let from = kept.len().saturating_sub(lines);
+    shorten(&kept[from..].join("\n"), max)
+}
+
+/// What the drift report says, reduced to what must re-notify when it changes: which units
+/// drifted and how (their digests), and which could not be checked. The same drift seen
+/// again, or a unit that stays in sync, changes nothing.
+pub fn fingerprint(units: &[DriftUnit]) -> String {
+    let mut parts: Vec<String> = units
+        .iter()
+        .filter_map(|unit| match unit.state {
+            DriftState::InSync => None,
+            DriftState::Drifted => Some(format!(
+                "drifted {} {}",
+                unit.unit,
+                unit.digest.as_deref().unwrap_or("?")
+            )),
+            DriftState::Error => Some(format!("error {}", unit.unit)),
+        })
+        .collect();
+    parts.sort();
+    parts.join("\n")
+}
+
+/// The drift issue of a repository: its body, and whether it stays open (something drifted
+/// or could not be checked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriftIssue {
+    pub title: &'static str,
+    pub body: String,
+    pub open: bool,
+}
+
+/// The marker that finds a repository's drift issue again.
+pub fn issue_marker(repository: &str) -> String {
+    format!("<!-- pipelines:drift {repository} -->")
+}
+
+/// The living drift issue for `units` (the last finding of every unit of the repository).
+pub fn issue(repository: &str, units: &[DriftUnit], now: u64) -> DriftIssue {
+    let drifted: Vec<&DriftUnit> = units
+        .iter()
+        .filter(|u| u.state == DriftState::Drifted)
+        .collect();
+    let errors: Vec<&DriftUnit> = units
+        .iter()
+        .filter(|u| u.state == DriftState::Error)
+        .collect();
+    let in_sync = units.len() - drifted.len() - errors.len();
+    let mut body = format!(
+        "{}\n## Drift report: {}\n\n{} unit(s) checked: **{} drifted**, {} could not be checked, {in_sync} in sync (as of {}).\n\n",
+        issue_marker(repository),
+        cell(repository),
+        units.len(),
+        drifted.len(),
+        errors.len(),
+        utc(now),
+    );
+    if !drifted.is_empty() {
+        body.push_str(
+            "### Drifted\n\n| unit | account | drifted since | plan |\n|---|---|---|---|\n",
+        );
+        for unit in &drifted {
+            body.push_str(&format!(
+                "| `{}` | {} | {} | {} |\n",
+                cell(&unit.unit),
+                cell(&unit.account),
+                utc(unit.since_ms),
+                unit.resource_changes
+                    .map_or_else(|| "changes".to_owned(), |c| c.to_string()),
+            ));
+        }
+        body.push('\n');
+        for unit in &drifted {
+            if unit.resources.is_empty() {
+                continue;
+            }
+            body.push_str(&format!(
+                "<details><summary><code>{}</code>: what the plan would change</summary>\n\n",
+                html(&unit.unit)
+            ));
+            for resource in &unit.resources {
+                body.push_str(&format!("- `{}`\n", cell(resource).replace('`', "'")));
+            }
+            if unit.more > 0 {
+                body.push_str(&format!("- and {} more\n", unit.more));
+            }
+            body.push_str("\n</details>\n\n");
+        }
+    }
+    if !errors.is_empty() {
+        body.push_str(
+            "### Could not be checked\n\n| unit | account | since | error |\n|---|---|---|---|\n",
+        );
+        for unit in &errors {
+            body.push_str(&format!(
+                "| `{}` | {} | {} | {} |\n",
+                cell(&unit.unit),
+                cell(&unit.account),
+                utc(unit.since_ms),
+                cell(&shorten(unit.error.as_deref().unwrap_or("failed"), 300)),
+            ));
+        }
+        body.push('\n');
+    }
+    let open = !drifted.is_empty() || !errors.is_empty();
+    body.push_str(if open {
+        "Bring the infrastructure back by merging a change that records the drift in the \
+         units' `.drift-history.json` (a `DriftDetected` change applies them again), or by \
+         undoing the out-of-band change. The next drift run updates this issue, and closes it \
+         when every unit is back in sync.\n"
+    } else {
+        "Every unit is back in sync.\n"
+    });
+    DriftIssue {
+        title: ISSUE_TITLE,
+        body,
+        open,
+    }
+}
+
+fn html(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn datetime(ms: u64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(i64::try_from(ms).ok()?)
+}
+
+/// The first slot of `cron` strictly after `after_ms`, in ms since the epoch.
+pub fn next_slot(cron: &Cron, after_ms: u64) -> Option<u64> {
+    let next = cron
+        .find_next_occurrence(&datetime(after_ms)?, false)
+        .ok()?;
+    u64::try_from(next.timestamp_millis()).ok()
+}
+
+/// Whether a slot of `cron` passed in `(last_ms, now_ms]` without a drift run: the dispatcher
+/// was down then. However many passed, the answer is one run, now.
+pub fn missed(cron: &Cron, last_ms: u64, now_ms: u64) -> bool {
+    next_slot(cron, last_ms).is_some_and(|slot| slot <= now_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto_types::{DriftFindings, ExecutorRole, Job, ResourceCounts};
+    use uuid::Uuid;
+
+    fn run_and_job(state: UnitState, drift: Option<DriftFindings>) -> (Run, RunJob) {
+        let run_id = Uuid::new_v4();
+        let job = RunJob {
+            job: Job {
+                job_id: Uuid::new_v4(),
+                run_id,
+                repository: "infra".into(),
+                account: "dev".into(),
+                commit: "c".repeat(40),
+                unit: "dev/app".into(),
+                action: Action::DriftPlan,
+                source_commit: None,
+                attempt: 1,
+                timeout_secs: 0,
+                role: ExecutorRole::Plan,
+                policy_override: None,
+            },
+            requires: Vec::new(),
+            state,
+            note: None,
+            not_before_ms: 0,
+            lease: None,
+            exit_code: Some(0),
+            resource_changes: Some(ResourceCounts {
+                add: 1,
+                change: 0,
+                destroy: 1,
+            }),
+            policy: None,
+            duration_ms: Some(10),
+            worker: None,
+            output_tail: Some("Initializing...\n\nError: backend unreachable\n".into()),
+            started_ms: None,
+            finished_ms: None,
+            log: None,
+            cancel_requested: None,
+            approval: None,
+            drift,
+        };
+        let run = Run {
+            seq: 1,
+            run_id,
+            repository: "infra".into(),
+            event: proto_types::EventKind::Drift,
+            head_sha: "c".repeat(40),
+            base_sha: "c".repeat(40),
+            pull_request: None,
+            created_ms: 0,
+            rejected: None,
+            cancelled: None,
+            trace: None,
+            jobs: Vec::new(),
+            open_non_destroy: 0,
+        };
+        (run, job)
+    }
+
+    fn found(digest: &str) -> Option<DriftFindings> {
+        Some(DriftFindings {
+            drifted: true,
+            digest: digest.into(),
+            resources: vec!["null_resource.x (delete, create)".into()],
+            more: 0,
+        })
+    }
+
+    #[test]
+    fn a_check_reports_drift_keeps_its_start_and_errors_apart() {
+        let (run, job) = run_and_job(UnitState::Succeeded, found("d1"));
+        let first = observe(None, &run, &job, 100).unwrap();
+        assert_eq!(first.state, DriftState::Drifted);
+        assert_eq!((first.since_ms, first.checked_ms), (100, 100));
+        assert_eq!(first.digest.as_deref(), Some("d1"));
+        assert_eq!(first.resources, ["null_resource.x (delete, create)"]);
+
+        // Still drifted later: drifted since the first sighting.
+        let again = observe(Some(&first), &run, &job, 200).unwrap();
+        assert_eq!((again.since_ms, again.checked_ms), (100, 200));
+
+        let (run, in_sync) = run_and_job(
+            UnitState::Succeeded,
+            Some(DriftFindings {
+                drifted: false,
+                ..DriftFindings::default()
+            }),
+        );
+        let back = observe(Some(&again), &run, &in_sync, 300).unwrap();
+        assert_eq!(back.state, DriftState::InSync);
+        assert_eq!(back.since_ms, 300);
+        assert!(back.resource_changes.is_none() && back.digest.is_none());
+
+        let (run, failed) = run_and_job(UnitState::Failed, None);
+        let error = observe(Some(&back), &run, &failed, 400).unwrap();
+        assert_eq!(error.state, DriftState::Error);
+        assert_eq!(
+            error.error.as_deref(),
+            Some("Initializing...\nError: backend unreachable")
+        );
+
+        let (run, skipped) = run_and_job(UnitState::Cancelled("superseded".into()), None);
+        assert!(observe(Some(&error), &run, &skipped, 500).is_none());
+    }
+
+    #[test]
+    fn the_same_drift_does_not_renotify_and_a_new_one_does() {
+        let (run, job) = run_and_job(UnitState::Succeeded, found("d1"));
+        let one = observe(None, &run, &job, 100).unwrap();
+        let mut in_sync = one.clone();
+        in_sync.unit = "dev/other".into();
+        in_sync.state = DriftState::InSync;
+        in_sync.digest = None;
+        let before = fingerprint(&[one.clone(), in_sync.clone()]);
+        let later = observe(Some(&one), &run, &job, 900).unwrap();
+        assert_eq!(fingerprint(&[later, in_sync.clone()]), before);
+
+        let (run, changed) = run_and_job(UnitState::Succeeded, found("d2"));
+        let other = observe(Some(&one), &run, &changed, 900).unwrap();
+        assert_ne!(fingerprint(&[other, in_sync.clone()]), before);
+        assert_eq!(fingerprint(&[in_sync]), "");
+    }
+
+    #[test]
+    fn the_issue_lists_drift_and_errors_apart_and_closes_when_all_is_in_sync() {
+        let (run, job) = run_and_job(UnitState::Succeeded, found("d1"));
+        let mut drifted = observe(None, &run, &job, 0).unwrap();
+        drifted.unit = "dev/a|b<x>".into();
+        let (run, failed) = run_and_job(UnitState::Failed, None);
+        let mut error = observe(None, &run, &failed, 0).unwrap();
+        error.unit = "dev/broken".into();
+        let issue = issue("infra", &[drifted.clone(), error.clone()], 0);
+        assert!(issue.open);
+        assert!(issue.body.starts_with("<!-- pipelines:drift infra -->"));
+        assert!(
+            issue
+                .body
+                .contains("2 unit(s) checked: **1 drifted**, 1 could not be checked, 0 in sync")
+        );
+        assert!(
+            issue
+                .body
+                .contains("| `dev/a\\|b<x>` | dev | 1970-01-01 00:00 UTC | +1 ~0 -1 |"),
+            "{}",
+            issue.body
+        );
+        assert!(issue.body.contains("<code>dev/a|b&lt;x&gt;</code>"));
+        assert!(issue.body.contains("- `null_resource.x (delete, create)`"));
+        assert!(issue.body.contains("### Could not be checked"));
+        assert!(issue.body.contains("Error: backend unreachable"));
+
+        let mut synced = drifted;
+        synced.state = DriftState::InSync;
+        let closed = super::issue("infra", &[synced], 0);
+        assert!(!closed.open);
+        assert!(closed.body.contains("Every unit is back in sync."));
+    }
+
+    #[test]
+    fn a_missed_slot_fires_once_and_the_next_slot_is_strictly_later() {
+        let hourly: Cron = "0 * * * *".parse().unwrap();
+        let hour = 3_600_000;
+        assert_eq!(next_slot(&hourly, 10 * hour), Some(11 * hour));
+        assert_eq!(next_slot(&hourly, 10 * hour + 1), Some(11 * hour));
+        // Down from 10:30 to 13:10: three slots passed, one answer.
+        assert!(missed(&hourly, 10 * hour + hour / 2, 13 * hour + hour / 6));
+        assert!(!missed(
+            &hourly,
+            10 * hour + hour / 2,
+            10 * hour + hour * 3 / 4
+        ));
+        let every_two_seconds: Cron = "*/2 * * * * *".parse().unwrap();
+        assert_eq!(next_slot(&every_two_seconds, 1_000), Some(2_000));
+    }
+}

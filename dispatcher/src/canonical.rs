@@ -1,0 +1,157 @@
+//! The dispatcher's own copy of a repository's deploy branch, fetched from the canonical URL in
+//! its configuration: what a scheduled drift check lists its units from. Never a checkout of
+//! anything a pull request can name, and nothing in it is run.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CanonicalError {
+    /// git could not be started: install it on the dispatcher's machine.
+    #[error("cannot run git: {0}")]
+    Spawn(std::io::Error),
+    /// The fetch failed (the URL, the credentials, the network): the next schedule tries again.
+    #[error("git {args} failed: {stderr}")]
+    Git { args: String, stderr: String },
+    #[error("git {args} did not finish within {} s (timeouts.git)", after.as_secs())]
+    Timeout { args: String, after: Duration },
+}
+
+/// A bare mirror of one repository under the dispatcher's state directory.
+#[derive(Debug, Clone)]
+pub struct Canonical {
+    dir: PathBuf,
+    url: String,
+    timeout: Duration,
+}
+
+impl Canonical {
+    /// The mirror of `repository` in `state_dir/repositories/`, fetched from `url`.
+    pub fn new(state_dir: &Path, repository: &str, url: &str, timeout: Duration) -> Canonical {
+        Canonical {
+            dir: state_dir
+                .join("repositories")
+                .join(format!("{repository}.git")),
+            url: url.to_owned(),
+            timeout,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Fetches `branch` and returns the commit it points at.
+    pub async fn fetch(&self, branch: &str) -> Result<String, CanonicalError> {
+        if !self.dir.join("HEAD").is_file() {
+            std::fs::create_dir_all(&self.dir).map_err(CanonicalError::Spawn)?;
+            self.git(&["init", "--bare", "--quiet"]).await?;
+        }
+        let refspec = format!("+refs/heads/{branch}:refs/heads/{branch}");
+        self.git(&["fetch", "--quiet", "--no-tags", &self.url, &refspec])
+            .await?;
+        let sha = self
+            .git(&["rev-parse", &format!("refs/heads/{branch}")])
+            .await?;
+        Ok(sha.trim().to_owned())
+    }
+
+    /// Runs git on the mirror with only the dispatcher's own settings (no system or global
+    /// file, no hooks, no prompts), within the deadline.
+    async fn git(&self, args: &[&str]) -> Result<String, CanonicalError> {
+        let shown = || {
+            args.iter()
+                .map(|arg| config::redact_url(arg))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let mut command = Command::new("git");
+        command
+            .args([
+                "-c",
+                "core.hooksPath=/dev/null",
+                "-c",
+                "protocol.ext.allow=never",
+            ])
+            .arg("--git-dir")
+            .arg(&self.dir)
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let child = command.spawn().map_err(CanonicalError::Spawn)?;
+        let output = tokio::time::timeout(self.timeout, child.wait_with_output())
+            .await
+            .map_err(|_| CanonicalError::Timeout {
+                args: shown(),
+                after: self.timeout,
+            })?
+            .map_err(CanonicalError::Spawn)?;
+        if output.status.success() {
+            return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
+        }
+        let mut stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+        if config::redact_url(&self.url) != self.url {
+            stderr = stderr.replace(&self.url, &config::redact_url(&self.url));
+        }
+        Err(CanonicalError::Git {
+            args: shown(),
+            stderr,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(dir: &Path, script: &str) -> String {
+        let output = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    #[tokio::test]
+    async fn the_mirror_follows_the_branch_and_a_bad_url_says_what_failed() {
+        let origin = tempfile::tempdir().unwrap();
+        let head = sh(
+            origin.path(),
+            "git init -q -b main . && git -c user.name=t -c user.email=t@t commit -q --allow-empty -m one && git rev-parse HEAD",
+        );
+        let state = tempfile::tempdir().unwrap();
+        let url = origin.path().to_str().unwrap();
+        let canonical = Canonical::new(state.path(), "infra", url, Duration::from_secs(30));
+        assert_eq!(canonical.fetch("main").await.unwrap(), head);
+        let next = sh(
+            origin.path(),
+            "git -c user.name=t -c user.email=t@t commit -q --allow-empty -m two && git rev-parse HEAD",
+        );
+        assert_eq!(canonical.fetch("main").await.unwrap(), next);
+
+        let missing = Canonical::new(
+            state.path(),
+            "other",
+            "https://user:s3cret@127.0.0.1:9/none.git",
+            Duration::from_secs(30),
+        );
+        let err = missing.fetch("main").await.unwrap_err().to_string();
+        assert!(err.contains("git fetch"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+}
