@@ -24,6 +24,11 @@ pub struct DriftSchedule {
     /// Units never checked for drift, by any drift run of the repository (scheduled or not).
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// On a new drift, push a branch that records it in each drifted unit's
+    /// `.drift-history.json` (to the repository's `url`, with the dispatcher's credentials for
+    /// it) and open a pull request of it: merging it applies those units again.
+    #[serde(default)]
+    pub open_pull_request: bool,
 }
 
 fn every_unit() -> Vec<String> {
@@ -111,6 +116,19 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
                 format!("{schedule:?} is not a cron pattern like \"0 */6 * * *\": {err}"),
             ));
         }
+        let named = config
+            .repository(&drift.repository)
+            .is_some_and(|r| r.github.is_some());
+        if drift.open_pull_request && (config.github.is_none() || !named) {
+            return Err(invalid(
+                format!("drift[{i}].open_pull_request"),
+                format!(
+                    "opening a pull request needs the [github] section and the repository's \
+                     github name (repositories.github of {:?})",
+                    drift.repository
+                ),
+            ));
+        }
         for (key, globs) in [("units", &drift.units), ("exclude", &drift.exclude)] {
             for (j, glob) in globs.iter().enumerate() {
                 compile_glob(glob).map_err(|err| invalid(format!("drift[{i}].{key}[{j}]"), err))?;
@@ -159,6 +177,10 @@ mod tests {
             (
                 "[[drift]]\nrepository = \"infra\"\n[[drift]]\nrepository = \"infra\"\n",
                 "`drift[1].repository`: \"infra\" has drift settings twice",
+            ),
+            (
+                "[[drift]]\nrepository = \"infra\"\nopen_pull_request = true\n",
+                "`drift[0].open_pull_request`: opening a pull request needs the [github] section",
             ),
             (
                 "[dispatcher]\ndrift_jobs_per_account = 0\n",

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use croner::Cron;
-use proto_types::{Action, DriftState, DriftUnit, UnitState};
+use proto_types::{Action, DriftHistoryEntry, DriftState, DriftUnit, UnitState};
 
 use crate::report::{cell, shorten, utc};
 use crate::scheduler::{Run, RunJob};
@@ -119,8 +119,14 @@ pub fn issue_marker(repository: &str) -> String {
     format!("<!-- pipelines:drift {repository} -->")
 }
 
-/// The living drift issue for `units` (the last finding of every unit of the repository).
-pub fn issue(repository: &str, units: &[DriftUnit], now: u64) -> DriftIssue {
+/// The living drift issue for `units` (the last finding of every unit of the repository);
+/// `pull_request`: the drift pull request opened for them, if one was.
+pub fn issue(
+    repository: &str,
+    units: &[DriftUnit],
+    now: u64,
+    pull_request: Option<u64>,
+) -> DriftIssue {
     let drifted: Vec<&DriftUnit> = units
         .iter()
         .filter(|u| u.state == DriftState::Drifted)
@@ -187,6 +193,12 @@ pub fn issue(repository: &str, units: &[DriftUnit], now: u64) -> DriftIssue {
         body.push('\n');
     }
     let open = !drifted.is_empty() || !errors.is_empty();
+    if let Some(number) = pull_request.filter(|_| !drifted.is_empty()) {
+        body.push_str(&format!(
+            "Pull request #{number} records this drift in the units' `.drift-history.json`: \
+             merging it applies them again.\n\n"
+        ));
+    }
     body.push_str(if open {
         "Bring the infrastructure back by merging a change that records the drift in the \
          units' `.drift-history.json` (a `DriftDetected` change applies them again), or by \
@@ -200,6 +212,82 @@ pub fn issue(repository: &str, units: &[DriftUnit], now: u64) -> DriftIssue {
         body,
         open,
     }
+}
+
+/// A pull request that records a drift: merging it is a `DriftDetected` change of each drifted
+/// unit, which applies the unit again through the push path (and its approval gate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriftPullRequest {
+    pub branch: String,
+    pub title: String,
+    /// The commit message.
+    pub message: String,
+    pub body: String,
+    /// Per drifted unit, its `.drift-history.json` and the entry to append to it.
+    pub entries: Vec<(String, DriftHistoryEntry)>,
+}
+
+/// The pull request for the drifted units of `units`; `None` when none drifted.
+pub fn pull_request(repository: &str, units: &[DriftUnit]) -> Option<DriftPullRequest> {
+    let drifted: Vec<&DriftUnit> = units
+        .iter()
+        .filter(|u| u.state == DriftState::Drifted)
+        .collect();
+    let latest = drifted.iter().max_by_key(|u| u.checked_ms)?;
+    let run = latest.run_id.simple().to_string();
+    let entries: Vec<(String, DriftHistoryEntry)> = drifted
+        .iter()
+        .map(|unit| {
+            let counts = unit.resource_changes.unwrap_or_default();
+            (
+                format!("{}/.drift-history.json", unit.unit),
+                DriftHistoryEntry {
+                    since: utc(unit.since_ms),
+                    run_id: unit.run_id,
+                    commit: unit.commit.clone(),
+                    add: counts.add,
+                    change: counts.change,
+                    destroy: counts.destroy,
+                },
+            )
+        })
+        .collect();
+    let lines: Vec<String> = drifted
+        .iter()
+        .map(|unit| {
+            format!(
+                "- `{}` ({}): {}",
+                cell(&unit.unit),
+                cell(&unit.account),
+                unit.resource_changes
+                    .map_or_else(|| "changes".to_owned(), |c| c.to_string())
+            )
+        })
+        .collect();
+    let title = format!(
+        "Drift: apply {} unit(s) of {repository} again",
+        drifted.len()
+    );
+    Some(DriftPullRequest {
+        branch: format!("pipelines/drift-{}", &run[..12]),
+        message: format!(
+            "Record the drift of {} unit(s) found by drift run {}\n\n{}\n",
+            drifted.len(),
+            latest.run_id,
+            lines.join("\n")
+        ),
+        body: format!(
+            "Drift run `{}` found these units no longer matching their code:\n\n{}\n\n\
+             This change only records the drift in each unit's `.drift-history.json`. Merging \
+             it is a `DriftDetected` change: the units are applied again from the deploy \
+             branch, through the normal push path and its approval gates. Close it instead if \
+             the change made outside the code should stay, and bring the code to it.\n",
+            latest.run_id,
+            lines.join("\n")
+        ),
+        title,
+        entries,
+    })
 }
 
 fn html(text: &str) -> String {
@@ -361,7 +449,8 @@ mod tests {
         let (run, failed) = run_and_job(UnitState::Failed, None);
         let mut error = observe(None, &run, &failed, 0).unwrap();
         error.unit = "dev/broken".into();
-        let issue = issue("infra", &[drifted.clone(), error.clone()], 0);
+        let issue = issue("infra", &[drifted.clone(), error.clone()], 0, Some(43));
+        assert!(issue.body.contains("Pull request #43 records this drift"));
         assert!(issue.open);
         assert!(issue.body.starts_with("<!-- pipelines:drift infra -->"));
         assert!(
@@ -383,9 +472,36 @@ mod tests {
 
         let mut synced = drifted;
         synced.state = DriftState::InSync;
-        let closed = super::issue("infra", &[synced], 0);
+        let closed = super::issue("infra", &[synced], 0, Some(43));
+        assert!(!closed.body.contains("#43"));
         assert!(!closed.open);
         assert!(closed.body.contains("Every unit is back in sync."));
+    }
+
+    #[test]
+    fn the_pull_request_records_each_drifted_unit_and_nothing_else() {
+        let (run, job) = run_and_job(UnitState::Succeeded, found("d1"));
+        let drifted = observe(None, &run, &job, 60_000).unwrap();
+        let mut in_sync = drifted.clone();
+        in_sync.unit = "dev/fine".into();
+        in_sync.state = DriftState::InSync;
+        let pull = pull_request("infra", &[drifted.clone(), in_sync.clone()]).unwrap();
+        assert_eq!(
+            pull.branch,
+            format!("pipelines/drift-{}", &run.run_id.simple().to_string()[..12])
+        );
+        assert_eq!(pull.entries.len(), 1);
+        let (path, entry) = &pull.entries[0];
+        assert_eq!(path, "dev/app/.drift-history.json");
+        assert_eq!((entry.add, entry.destroy, entry.run_id), (1, 1, run.run_id));
+        assert_eq!(entry.since, "1970-01-01 00:01 UTC");
+        assert!(
+            pull.body.contains("- `dev/app` (dev): +1 ~0 -1"),
+            "{}",
+            pull.body
+        );
+        assert!(pull.title.contains("1 unit(s)"));
+        assert!(pull_request("infra", &[in_sync]).is_none());
     }
 
     #[test]

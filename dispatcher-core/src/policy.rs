@@ -481,6 +481,7 @@ mod tests {
             schedule: None,
             units: vec!["**".into()],
             exclude: vec!["dev/*".into()],
+            open_pull_request: false,
         }];
         let router = AccountRouter::new(&config);
         let check =

@@ -1,6 +1,7 @@
 //! The dispatcher's own copy of a repository's deploy branch, fetched from the canonical URL in
-//! its configuration: what a scheduled drift check lists its units from. Never a checkout of
-//! anything a pull request can name, and nothing in it is run.
+//! its configuration: what a scheduled drift check lists its units from, and where a drift's
+//! `.drift-history.json` commit is made and pushed from. Never a checkout of anything a pull
+//! request can name, and nothing in it is run: it has no work tree at all.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -59,9 +60,81 @@ impl Canonical {
         Ok(sha.trim().to_owned())
     }
 
-    /// Runs git on the mirror with only the dispatcher's own settings (no system or global
-    /// file, no hooks, no prompts), within the deadline.
+    /// The content of `path` at `commit`, if the file exists there.
+    pub async fn read(&self, commit: &str, path: &str) -> Result<Option<String>, CanonicalError> {
+        let object = format!("{commit}:{path}");
+        if self.git(&["cat-file", "-e", &object]).await.is_err() {
+            return Ok(None);
+        }
+        self.git(&["cat-file", "blob", &object]).await.map(Some)
+    }
+
+    /// Commits `files` (path, content) on top of `parent` as `author`, and pushes the commit to
+    /// the canonical remote as `branch` (replacing it). Plumbing only: no work tree, no hooks.
+    /// Returns the commit.
+    pub async fn push_commit(
+        &self,
+        parent: &str,
+        files: &[(String, String)],
+        message: &str,
+        author: (&str, &str),
+        branch: &str,
+    ) -> Result<String, CanonicalError> {
+        let index = tempfile::NamedTempFile::new_in(&self.dir).map_err(CanonicalError::Spawn)?;
+        let index_path = index.path().to_string_lossy().into_owned();
+        // A fresh index, not the mirror's: two pushes at once never share one.
+        let with_index = [("GIT_INDEX_FILE", index_path.as_str())];
+        self.git_with(&["read-tree", parent], None, &with_index)
+            .await?;
+        for (path, content) in files {
+            let blob = self
+                .git_with(
+                    &["hash-object", "-w", "--stdin"],
+                    Some(content.as_bytes()),
+                    &[],
+                )
+                .await?;
+            let entry = format!("100644,{},{path}", blob.trim());
+            self.git_with(
+                &["update-index", "--add", "--cacheinfo", &entry],
+                None,
+                &with_index,
+            )
+            .await?;
+        }
+        let tree = self.git_with(&["write-tree"], None, &with_index).await?;
+        let identity = [
+            ("GIT_AUTHOR_NAME", author.0),
+            ("GIT_AUTHOR_EMAIL", author.1),
+            ("GIT_COMMITTER_NAME", author.0),
+            ("GIT_COMMITTER_EMAIL", author.1),
+        ];
+        let commit = self
+            .git_with(
+                &["commit-tree", tree.trim(), "-p", parent],
+                Some(message.as_bytes()),
+                &identity,
+            )
+            .await?;
+        let commit = commit.trim().to_owned();
+        let refspec = format!("{commit}:refs/heads/{branch}");
+        self.git(&["push", "--quiet", "--force", &self.url, &refspec])
+            .await?;
+        Ok(commit)
+    }
+
     async fn git(&self, args: &[&str]) -> Result<String, CanonicalError> {
+        self.git_with(args, None, &[]).await
+    }
+
+    /// Runs git on the mirror with only the dispatcher's own settings (no system or global
+    /// file, no hooks, no prompts), `stdin` as its input, within the deadline.
+    async fn git_with(
+        &self,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+        env: &[(&str, &str)],
+    ) -> Result<String, CanonicalError> {
         let shown = || {
             args.iter()
                 .map(|arg| config::redact_url(arg))
@@ -82,11 +155,20 @@ impl Canonical {
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
             .env("GIT_TERMINAL_PROMPT", "0")
-            .stdin(Stdio::null())
+            .envs(env.iter().copied())
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let child = command.spawn().map_err(CanonicalError::Spawn)?;
+        let mut child = command.spawn().map_err(CanonicalError::Spawn)?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            use tokio::io::AsyncWriteExt;
+            pipe.write_all(input).await.map_err(CanonicalError::Spawn)?;
+        }
         let output = tokio::time::timeout(self.timeout, child.wait_with_output())
             .await
             .map_err(|_| CanonicalError::Timeout {
@@ -143,6 +225,40 @@ mod tests {
             "git -c user.name=t -c user.email=t@t commit -q --allow-empty -m two && git rev-parse HEAD",
         );
         assert_eq!(canonical.fetch("main").await.unwrap(), next);
+
+        // A commit on top of the branch, pushed as another branch of the origin.
+        assert_eq!(
+            canonical
+                .read(&next, "app/.drift-history.json")
+                .await
+                .unwrap(),
+            None
+        );
+        let files = [("app/.drift-history.json".to_owned(), "[]\n".to_owned())];
+        let commit = canonical
+            .push_commit(
+                &next,
+                &files,
+                "record drift",
+                ("Pipelines", "p@example.com"),
+                "drift/x",
+            )
+            .await
+            .unwrap();
+        assert_eq!(sh(origin.path(), "git rev-parse drift/x"), commit);
+        assert_eq!(sh(origin.path(), "git rev-parse drift/x^"), next);
+        assert_eq!(
+            sh(origin.path(), "git show drift/x:app/.drift-history.json"),
+            "[]"
+        );
+        assert_eq!(
+            canonical
+                .read(&commit, "app/.drift-history.json")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("[]\n")
+        );
 
         let missing = Canonical::new(
             state.path(),

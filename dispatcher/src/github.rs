@@ -287,6 +287,27 @@ impl GitHub {
         Ok(created["number"].as_u64())
     }
 
+    /// Opens a pull request of `head` into `base`; its number.
+    pub async fn create_pull(
+        &self,
+        repo: &str,
+        title: &str,
+        head: &str,
+        base: &str,
+        body: &str,
+    ) -> Result<Option<u64>, GitHubError> {
+        let path = format!("/repos/{repo}/pulls");
+        let created = self
+            .call(
+                Method::Post,
+                &path,
+                Some(json!({ "title": title, "head": head, "base": base, "body": body })),
+                "open a pull request",
+            )
+            .await?;
+        Ok(created["number"].as_u64())
+    }
+
     /// Rewrites an issue's body, and opens or closes it.
     pub async fn update_issue(
         &self,

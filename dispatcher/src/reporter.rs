@@ -28,6 +28,9 @@ use crate::github::{GitHub, GitHubError};
 use crate::report::{self, Links};
 use crate::store::{Store, StoreError};
 
+/// Who the drift branch's commit is by.
+const DRIFT_AUTHOR: (&str, &str) = ("Pipelines", "pipelines@users.noreply.github.com");
+
 /// Changes to one run within this time become one update.
 const COALESCE: Duration = Duration::from_secs(1);
 /// The first wait before a failed final report is tried again; it doubles each time.
@@ -355,7 +358,15 @@ impl Task {
             return Ok(());
         }
         let now = crate::clock::now_ms();
-        let issue = crate::drift::issue(repository, &units, now);
+        let wants_pull = self
+            .config
+            .drift_of(repository)
+            .is_some_and(|drift| drift.open_pull_request);
+        let pull = match crate::drift::pull_request(repository, &units) {
+            Some(pull) if wants_pull => self.open_drift_pull_request(repo, repository, &pull).await,
+            _ => None,
+        };
+        let issue = crate::drift::issue(repository, &units, now, pull);
         let number = match number {
             Some(number) => {
                 self.github
@@ -379,6 +390,58 @@ impl Task {
             tracing::warn!(repository, error = %err, "Cannot record the drift issue; the next drift run updates it again.");
         }
         Ok(())
+    }
+
+    /// Pushes a branch recording the drift in each drifted unit's `.drift-history.json`, from
+    /// the deploy branch's head, and opens its pull request. `None` (logged) when any step
+    /// fails: the drift issue goes out all the same.
+    async fn open_drift_pull_request(
+        &mut self,
+        repo: &str,
+        repository: &str,
+        pull: &crate::drift::DriftPullRequest,
+    ) -> Option<u64> {
+        let configured = self.config.repository(repository)?;
+        let canonical = crate::canonical::Canonical::new(
+            &self.state_dir,
+            &configured.name,
+            &configured.url,
+            self.config.timeouts.git(),
+        );
+        let branch = &configured.deploy_branch;
+        let pushed = async {
+            let head = canonical.fetch(branch).await?;
+            let mut files = Vec::with_capacity(pull.entries.len());
+            for (path, entry) in &pull.entries {
+                let previous = canonical.read(&head, path).await?;
+                files.push((
+                    path.clone(),
+                    proto_types::append_drift_history(previous.as_deref(), entry.clone()),
+                ));
+            }
+            canonical
+                .push_commit(&head, &files, &pull.message, DRIFT_AUTHOR, &pull.branch)
+                .await
+        }
+        .await;
+        if let Err(err) = pushed {
+            tracing::error!(repository, branch = %pull.branch, error = %err, "Cannot push the drift branch; the drift issue says what drifted without a pull request.");
+            return None;
+        }
+        match self
+            .github
+            .create_pull(repo, &pull.title, &pull.branch, branch, &pull.body)
+            .await
+        {
+            Ok(number) => {
+                tracing::info!(repository, branch = %pull.branch, pull_request = ?number, "Drift pull request opened.");
+                number
+            }
+            Err(err) => {
+                tracing::error!(repository, branch = %pull.branch, error = %err, "Cannot open the drift pull request; its branch is pushed.");
+                None
+            }
+        }
     }
 
     /// A push whose applies wait for an approver: one comment on the merged pull request the

@@ -20,6 +20,8 @@ pub struct StandIn {
 /// order.
 #[derive(Debug, Clone, Default)]
 pub struct Reported {
+    /// Pull requests opened (number 43).
+    pub pulls: Vec<Value>,
     pub comments: Vec<String>,
     pub statuses: Vec<Value>,
     /// Issues opened (`POST`, number 42) and updated (`PATCH`), in order: `(verb, body)`.
@@ -65,6 +67,12 @@ impl StandIn {
                 r"^/repos/acme/infra/issues$",
                 201,
                 json!({ "number": 42 }),
+            ),
+            (
+                "POST",
+                r"^/repos/acme/infra/pulls$",
+                201,
+                json!({ "number": 43 }),
             ),
             (
                 "PATCH",
@@ -148,6 +156,7 @@ impl StandIn {
             })
             .collect();
         Reported {
+            pulls: bodies("POST", "/pulls"),
             comments,
             statuses: bodies("POST", "/statuses/"),
             issues,

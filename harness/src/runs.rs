@@ -69,6 +69,31 @@ pub fn submit(
     value["run_id"].as_str().unwrap().parse().unwrap()
 }
 
+/// `pipelines orchestrate --event drift` of the sandbox's repository (as `infra`), without
+/// waiting; the run id.
+pub fn submit_drift(sandbox: &Sandbox, vhost: &(impl BrokerUrl + ?Sized)) -> Uuid {
+    let repo = sandbox.repo.path().to_str().unwrap().to_owned();
+    let finished = process::run(
+        sandbox.pipelines(&[
+            "orchestrate",
+            "--event",
+            "drift",
+            "--repo",
+            &repo,
+            "--repo-name",
+            "infra",
+            "--broker",
+            vhost.broker_url(),
+            "--format",
+            "json",
+        ]),
+        DEADLINE,
+    );
+    assert_eq!(finished.code(), Some(0), "{}", finished.transcript());
+    let value: serde_json::Value = serde_json::from_str(&finished.stdout).unwrap();
+    value["run_id"].as_str().unwrap().parse().unwrap()
+}
+
 /// `pipelines status [RUN] --format json` against the sandbox's dispatcher database.
 pub fn status_json(sandbox: &Sandbox, run: Option<Uuid>) -> Option<String> {
     let state_dir = sandbox.dispatcher_state_dir();

@@ -49,28 +49,8 @@ fn unit_names(count: usize) -> Vec<String> {
     (0..count).map(|i| format!("dev/u{i:02}")).collect()
 }
 
-/// `pipelines orchestrate --event drift` of the sandbox's repository; the run id.
 fn drift_run(sandbox: &Sandbox, vhost: &Vhost) -> Uuid {
-    let repo = sandbox.repo.path().to_str().unwrap().to_owned();
-    let finished = process::run(
-        sandbox.pipelines(&[
-            "orchestrate",
-            "--event",
-            "drift",
-            "--repo",
-            &repo,
-            "--repo-name",
-            "infra",
-            "--broker",
-            &vhost.url,
-            "--format",
-            "json",
-        ]),
-        DEADLINE,
-    );
-    assert_eq!(finished.code(), Some(0), "{}", finished.transcript());
-    let value: serde_json::Value = serde_json::from_str(&finished.stdout).unwrap();
-    value["run_id"].as_str().unwrap().parse().unwrap()
+    harness::runs::submit_drift(sandbox, vhost)
 }
 
 /// `pipelines drift status --format json`, by unit.
@@ -137,7 +117,8 @@ fn a_drift_run_finds_exactly_what_changed_out_of_band_and_its_issue_follows_unti
         &vhost.url,
         ACCOUNTS,
         &format!(
-            "drift_jobs_per_account = 4\n\n[[drift]]\nrepository = \"infra\"\nexclude = [\"dev/u09\"]\n{}",
+            "drift_jobs_per_account = 4\n\n[[drift]]\nrepository = \"infra\"\nexclude = [\"dev/u09\"]\n\
+             open_pull_request = true\n{}",
             github.config_section()
         ),
     );
@@ -223,6 +204,30 @@ fn a_drift_run_finds_exactly_what_changed_out_of_band_and_its_issue_follows_unti
         "{body}"
     );
     assert!(body.contains("terraform_data.world (update)"), "{body}");
+    // And a pull request that records the drift of both, pushed to the canonical repository.
+    assert!(
+        body.contains("Pull request #43 records this drift"),
+        "{body}"
+    );
+    assert_eq!(reported.pulls.len(), 1, "{:#?}", reported.pulls);
+    let pull = &reported.pulls[0];
+    assert_eq!(pull["base"], "main");
+    let branch = pull["head"].as_str().unwrap().to_owned();
+    assert!(branch.starts_with("pipelines/drift-"), "{branch}");
+    let changed = sandbox.repo.git(&["diff", "--name-only", &c1, &branch]);
+    assert_eq!(
+        changed.lines().collect::<Vec<_>>(),
+        ["dev/u03/.drift-history.json", "dev/u07/.drift-history.json"]
+    );
+    let history = sandbox
+        .repo
+        .git(&["show", &format!("{branch}:dev/u03/.drift-history.json")]);
+    let history: Vec<proto_types::DriftHistoryEntry> = serde_json::from_str(&history).unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(
+        (history[0].run_id, history[0].change),
+        (found.run.run_id, 1)
+    );
 
     // The same drift again says nothing new: no second issue request.
     let again = wait_final(&sandbox, drift_run(&sandbox, &vhost));
@@ -240,29 +245,31 @@ fn a_drift_run_finds_exactly_what_changed_out_of_band_and_its_issue_follows_unti
         },
         || deployment.dispatcher_log(),
     );
-    assert_eq!(github.reported().issues.len(), 1);
+    let reported = github.reported();
+    assert_eq!((reported.issues.len(), reported.pulls.len()), (1, 1));
 
-    // Back: dev/u07's change is undone; dev/u03's drift is recorded by a merged change that
-    // applies it again (a DriftDetected change of its `.drift-history.json`).
+    // Back: dev/u07's change is undone out of band, and the drift pull request is merged: a
+    // DriftDetected change of both units' `.drift-history.json`, which applies them again.
     std::fs::write(world_file(&sandbox, "dev/u07"), "v1").unwrap();
-    sandbox.repo.write(
-        "dev/u03/.drift-history.json",
-        &format!("[{{\"run_id\":\"{}\"}}]\n", found.run.run_id),
-    );
-    let c2 = sandbox.repo.commit("record the drift of dev/u03");
+    sandbox
+        .repo
+        .git(&["merge", "--quiet", "--ff-only", &branch]);
+    let c2 = sandbox.repo.git(&["rev-parse", "HEAD"]).trim().to_owned();
     let reapplied = wait_final(
         &sandbox,
         submit(&sandbox, &vhost, (&c1, &c2), "push", &["--branch", "main"]),
     );
     assert_eq!(reapplied.run.state, "succeeded", "{reapplied:#?}");
-    assert_eq!(reapplied.jobs.len(), 1, "{reapplied:#?}");
-    assert_eq!(
-        (
-            job(&reapplied, "dev/u03").action,
-            job(&reapplied, "dev/u03").state.as_str()
-        ),
-        (proto_types::Action::Apply, "succeeded")
-    );
+    assert_eq!(reapplied.jobs.len(), 2, "{reapplied:#?}");
+    for unit in ["dev/u03", "dev/u07"] {
+        assert_eq!(
+            (
+                job(&reapplied, unit).action,
+                job(&reapplied, unit).state.as_str()
+            ),
+            (proto_types::Action::Apply, "succeeded")
+        );
+    }
     let synced = wait_final(&sandbox, drift_run(&sandbox, &vhost));
     assert_eq!(synced.run.state, "succeeded");
     assert!(drifted(&drift_status(&sandbox)).is_empty());

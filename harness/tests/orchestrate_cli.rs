@@ -258,3 +258,80 @@ fn a_change_deleting_a_unit_others_depend_on_is_refused_before_anything_is_publi
         run.stderr
     );
 }
+
+#[test]
+fn a_drift_dry_run_lists_the_heads_units_selected_by_glob() {
+    let fixture = Fixture::new();
+    let repo = fixture.sandbox.repo.path().to_str().unwrap().to_owned();
+    let drift = |extra: &[&str]| {
+        let mut args = vec![
+            "orchestrate",
+            "--repo",
+            &repo,
+            "--event",
+            "drift",
+            "--head",
+            &fixture.c1,
+            "--branch",
+            "main",
+            "--dry-run",
+        ];
+        args.extend_from_slice(extra);
+        process::run(fixture.sandbox.pipelines(&args), Duration::from_secs(60))
+    };
+    let report = json_of(&drift(&["--format", "json", "--units", "prod/**"]));
+    let mut prod: Vec<&str> = UNITS
+        .iter()
+        .map(|(unit, _)| *unit)
+        .filter(|unit| unit.starts_with("prod/"))
+        .collect();
+    prod.sort_unstable();
+    assert_eq!(
+        report,
+        json!({
+            "base_sha": fixture.c1,
+            "head_sha": fixture.c1,
+            "event": "drift",
+            "changes": [{"kind": "DriftCheck", "units": prod, "files": []}],
+            "warnings": []
+        })
+    );
+    let text = drift(&[]);
+    assert_eq!(text.code(), Some(0), "{}", text.transcript());
+    assert!(
+        text.stdout.starts_with(&format!(
+            "Drift check of main at {}: {} unit(s)",
+            &fixture.c1[..12],
+            UNITS.len()
+        )),
+        "{}",
+        text.stdout
+    );
+
+    // --units belongs to drift checks, and a bad glob names itself.
+    let misplaced = process::run(
+        fixture.pipelines_on_range(
+            "orchestrate",
+            &fixture.c0,
+            &fixture.c1,
+            "push",
+            &["--dry-run", "--units", "prod/**"],
+        ),
+        Duration::from_secs(60),
+    );
+    assert_eq!(misplaced.code(), Some(2), "{}", misplaced.transcript());
+    assert!(
+        misplaced
+            .stderr
+            .contains("--units selects the units of a drift check"),
+        "{}",
+        misplaced.stderr
+    );
+    let bad = drift(&["--units", "a/["]);
+    assert_eq!(bad.code(), Some(2), "{}", bad.transcript());
+    assert!(
+        bad.stderr.contains("--units: invalid glob \"a/[\""),
+        "{}",
+        bad.stderr
+    );
+}

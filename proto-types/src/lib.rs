@@ -27,8 +27,8 @@ pub use messages::{
     PolicySetResult, ResourceCounts, RunState, RunStatus, Trigger, UnitState, UnitStatus,
 };
 pub use report::{
-    DetectionReport, DriftState, DriftUnit, JobPhase, JobSummary, RunDetail, RunPhase, RunSummary,
-    run_status_json, to_json,
+    DRIFT_HISTORY_ENTRIES, DetectionReport, DriftHistoryEntry, DriftState, DriftUnit, JobPhase,
+    JobSummary, RunDetail, RunPhase, RunSummary, append_drift_history, run_status_json, to_json,
 };
 
 /// How the broker names private queues: `amq.gen-` and a random suffix. Replies go only there.

@@ -202,6 +202,41 @@ pub struct DriftUnit {
     pub error: Option<String>,
 }
 
+/// One entry of a unit's `.drift-history.json`: a drift a drift run found. A change to that
+/// file is a `DriftDetected` change, which applies the unit again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriftHistoryEntry {
+    /// When the drift was first seen (`2026-12-04 13:31 UTC`).
+    pub since: String,
+    pub run_id: Uuid,
+    /// The commit the drift run checked.
+    pub commit: String,
+    pub add: u32,
+    pub change: u32,
+    pub destroy: u32,
+}
+
+/// How many entries a `.drift-history.json` keeps (the oldest go first; git keeps the rest).
+pub const DRIFT_HISTORY_ENTRIES: usize = 100;
+
+/// A `.drift-history.json` with `entry` appended to `previous` (the file as it is, if it
+/// exists). A file that is not a list of entries is kept under `"previous"` rather than lost.
+pub fn append_drift_history(previous: Option<&str>, entry: DriftHistoryEntry) -> String {
+    let mut entries: Vec<serde_json::Value> = Vec::new();
+    if let Some(text) = previous.filter(|text| !text.trim().is_empty()) {
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Array(kept)) => entries = kept,
+            Ok(other) => entries.push(serde_json::json!({ "previous": other })),
+            Err(_) => entries.push(serde_json::json!({ "previous": text })),
+        }
+    }
+    entries.push(serde_json::to_value(entry).expect("an entry always serializes"));
+    let from = entries.len().saturating_sub(DRIFT_HISTORY_ENTRIES);
+    let mut text = serde_json::to_string_pretty(&entries[from..]).expect("JSON always serializes");
+    text.push('\n');
+    text
+}
+
 /// A job as `pipelines status RUN_ID` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSummary {
@@ -286,5 +321,32 @@ mod tests {
                 "warnings": []
             })
         );
+    }
+
+    #[test]
+    fn a_drift_history_grows_by_one_entry_and_keeps_what_it_cannot_read() {
+        let entry = |n: u32| crate::DriftHistoryEntry {
+            since: "2026-12-04 13:31 UTC".into(),
+            run_id: Uuid::nil(),
+            commit: "c".repeat(40),
+            add: n,
+            change: 0,
+            destroy: 0,
+        };
+        let first = crate::append_drift_history(None, entry(1));
+        let second = crate::append_drift_history(Some(&first), entry(2));
+        let parsed: Vec<crate::DriftHistoryEntry> = serde_json::from_str(&second).unwrap();
+        assert_eq!(parsed, [entry(1), entry(2)]);
+        let odd = crate::append_drift_history(Some("not json"), entry(3));
+        let parsed: serde_json::Value = serde_json::from_str(&odd).unwrap();
+        assert_eq!(parsed[0]["previous"], "not json");
+        assert_eq!(parsed[1]["add"], 3);
+        let mut long = String::from("[]");
+        for n in 0..150 {
+            long = crate::append_drift_history(Some(&long), entry(n));
+        }
+        let parsed: Vec<crate::DriftHistoryEntry> = serde_json::from_str(&long).unwrap();
+        assert_eq!(parsed.len(), crate::DRIFT_HISTORY_ENTRIES);
+        assert_eq!(parsed.last().unwrap().add, 149);
     }
 }

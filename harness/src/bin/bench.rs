@@ -1,9 +1,9 @@
 //! Pipeline benchmarks, each printed next to its floor or bound measured in the same run:
 //! the broker floor, no-op job throughput and event-to-job-start latency through the real
-//! dispatcher and executor processes, memory, DAG execution with real terraform, and policy
-//! evaluation of a 1,000-resource plan.
+//! dispatcher and executor processes, memory, DAG execution with real terraform, a drift run
+//! over 200 units with real terraform, and policy evaluation of a 1,000-resource plan.
 //!
-//! `cargo run --release -p harness --bin bench -- [all|floor|throughput|latency|memory|dag|policy]`
+//! `cargo run --release -p harness --bin bench -- [all|floor|throughput|latency|memory|dag|drift|policy]`
 //! Writes the figures as JSON to `target/bench/results.json` (or `--out FILE`) for
 //! `scripts/plot_benchmarks.py`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // A program that reports.
@@ -30,7 +30,7 @@ use uuid::Uuid;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage: bench [all|floor|throughput|latency|memory|dag|policy]... [--quick] [--workers 1,2,4] [--out FILE]";
+const USAGE: &str = "usage: bench [all|floor|throughput|latency|memory|dag|drift|policy]... [--quick] [--workers 1,2,4] [--out FILE]";
 
 fn main() {
     let mut which = Vec::new();
@@ -46,7 +46,7 @@ fn main() {
                 let list = args.next().expect(USAGE);
                 workers = Some(list.split(',').map(|n| n.parse().expect(USAGE)).collect());
             }
-            "all" | "floor" | "throughput" | "latency" | "memory" | "dag" | "policy" => {
+            "all" | "floor" | "throughput" | "latency" | "memory" | "dag" | "drift" | "policy" => {
                 which.push(arg)
             }
             "-h" | "--help" => {
@@ -67,9 +67,17 @@ fn main() {
         }
     }
     if which.is_empty() || which.iter().any(|w| w == "all") {
-        which = ["floor", "throughput", "latency", "memory", "dag", "policy"]
-            .map(String::from)
-            .to_vec();
+        which = [
+            "floor",
+            "throughput",
+            "latency",
+            "memory",
+            "dag",
+            "drift",
+            "policy",
+        ]
+        .map(String::from)
+        .to_vec();
     }
     let mut size = if quick { Size::quick() } else { Size::full() };
     if let Some(workers) = workers {
@@ -89,6 +97,7 @@ fn main() {
             "latency" => latency(&size),
             "memory" => memory(&size),
             "dag" => dag(),
+            "drift" => drift(if quick { 40 } else { 200 }),
             "policy" => policy(&size),
             _ => unreachable!(),
         };
@@ -767,6 +776,67 @@ fn dag() -> Value {
         "units": duration.len(), "total_work_ms": total, "critical_path_ms": critical,
         "account_work_per_worker_ms": per_account, "bound_ms": bound, "wall_ms": wall,
         "ratio": ratio,
+    })
+}
+
+/// A drift run over `units` units with real terraform, 4 plan workers: its wall time against
+/// max(critical path, total work / workers), from the jobs' measured durations. Drift checks
+/// have no order, so the critical path is the longest check.
+fn drift(units: usize) -> Value {
+    const WORKERS: usize = 4;
+    println!(
+        "\n== Drift run with real terraform: {units} units, 1 account x {WORKERS} plan workers =="
+    );
+    harness::require_terraform();
+    let vhost = rabbit::vhost();
+    let sandbox = Sandbox::new();
+    sandbox.repo.write("README.md", "# infrastructure\n");
+    for i in 0..units {
+        harness::applies::terraform_data_unit(
+            &sandbox,
+            &format!("dev/u{i:03}"),
+            "world",
+            &format!("\"v{i}\""),
+        );
+    }
+    sandbox.repo.commit("units");
+    let config = sandbox.write_config_with(
+        &vhost.url,
+        "[[accounts]]\nname = \"dev\"\npaths = [\"dev/**\"]\n",
+        &format!("drift_jobs_per_account = {WORKERS}\nmax_units_per_run = 10000\n"),
+    );
+    let deployment = Deployment::start(sandbox.path(), &config, &[("dev", WORKERS)]);
+    let run = harness::runs::submit_drift(&sandbox, &vhost);
+    let detail = harness::poll_until(Duration::from_secs(1800), "the drift run", || {
+        harness::runs::status(&sandbox, run).filter(|d| d.run.state != "running")
+    });
+    drop(deployment);
+    assert_eq!(detail.run.state, "succeeded", "{detail:#?}");
+    let durations: Vec<u64> = detail.jobs.iter().map(|j| j.duration_ms.unwrap()).collect();
+    let total: u64 = durations.iter().sum();
+    let critical = durations.iter().copied().max().unwrap_or(0);
+    let per_worker = total / WORKERS as u64;
+    let bound = critical.max(per_worker);
+    let last_end = detail
+        .jobs
+        .iter()
+        .filter_map(|j| j.finished_ms)
+        .max()
+        .unwrap();
+    let wall = last_end - detail.run.created_ms;
+    let ratio = wall as f64 / bound as f64;
+    println!(
+        "{} checks; total work {total} ms (mean {} ms per check); longest check {critical} ms; work / workers {per_worker} ms",
+        durations.len(),
+        total / durations.len().max(1) as u64
+    );
+    println!(
+        "bound {bound} ms; wall time {wall} ms from the event: {ratio:.2}x the bound (target <= 1.2x)"
+    );
+    json!({
+        "units": durations.len(), "workers": WORKERS, "total_work_ms": total,
+        "critical_path_ms": critical, "work_per_worker_ms": per_worker, "bound_ms": bound,
+        "wall_ms": wall, "ratio": ratio,
     })
 }
 
