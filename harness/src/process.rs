@@ -184,3 +184,39 @@ pub fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
     Some((status, body.to_owned()))
 }
+
+/// The address a service logged it serves its endpoints on (`Serving /metrics ... address=`).
+pub fn served_at(log: impl Fn() -> String) -> String {
+    crate::poll_until(
+        Duration::from_secs(60),
+        "the endpoint address in the log",
+        || {
+            let log = log();
+            let line = log.lines().find(|l| l.contains("Serving /metrics"))?;
+            Some(
+                line.split("address=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .to_owned(),
+            )
+        },
+    )
+}
+
+/// The value of the series of `metric` whose labels include every `label="value"` pair of
+/// `labels`, in Prometheus text `metrics`.
+pub fn metric_value(metrics: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(metric)?;
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            return None;
+        }
+        let (series, value) = rest.rsplit_once(' ')?;
+        labels
+            .iter()
+            .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
+            .then(|| value.parse().ok())
+            .flatten()
+    })
+}

@@ -117,13 +117,19 @@ fn a_drift_run_finds_exactly_what_changed_out_of_band_and_its_issue_follows_unti
         &vhost.url,
         ACCOUNTS,
         &format!(
-            "drift_jobs_per_account = 4\n\n[[drift]]\nrepository = \"infra\"\nexclude = [\"dev/u09\"]\n\
+            "drift_jobs_per_account = 4\nmetrics_address = \"127.0.0.1:0\"\n\n[[drift]]\nrepository = \"infra\"\nexclude = [\"dev/u09\"]\n\
              open_pull_request = true\n{}",
             github.config_section()
         ),
     );
     StandIn::name_repository(&config);
     let mut deployment = Deployment::start(sandbox.path(), &config, &[("dev", 2)]);
+    let endpoint = process::served_at(|| deployment.dispatcher_log());
+    let drifted_gauge = || {
+        let metrics = process::http_get(&endpoint, "/metrics").unwrap().1;
+        let labels = [("repository", "infra"), ("account", "dev")];
+        process::metric_value(&metrics, "pipelines_drifted_units", &labels)
+    };
 
     let push = submit(&sandbox, &vhost, (&c0, &c1), "push", &["--branch", "main"]);
     let applied = wait_final(&sandbox, push);
@@ -165,6 +171,9 @@ fn a_drift_run_finds_exactly_what_changed_out_of_band_and_its_issue_follows_unti
     }
     let status = drift_status(&sandbox);
     assert_eq!(drifted(&status), ["dev/u03", "dev/u07"], "{status:#?}");
+    poll_until(DEADLINE, "the drift gauge to count both", || {
+        (drifted_gauge() == Some(2.0)).then_some(())
+    });
     let u03 = &status["dev/u03"];
     assert_eq!(u03.run_id, found.run.run_id);
     assert_eq!(u03.resources, ["terraform_data.world (update)"], "{u03:#?}");
@@ -287,8 +296,17 @@ fn a_drift_run_finds_exactly_what_changed_out_of_band_and_its_issue_follows_unti
     );
 
     // The gauges agree.
-    let metrics = deployment.dispatcher_log();
-    assert!(!metrics.contains("panicked"), "{metrics}");
+    poll_until(DEADLINE, "the drift gauge to go back to 0", || {
+        (drifted_gauge() == Some(0.0)).then_some(())
+    });
+    let metrics = process::http_get(&endpoint, "/metrics").unwrap().1;
+    let last = process::metric_value(
+        &metrics,
+        "pipelines_drift_last_run_timestamp_seconds",
+        &[("repository", "infra")],
+    )
+    .unwrap();
+    assert!(last * 1000.0 >= synced.run.created_ms as f64, "{metrics}");
     deployment.assert_running();
 }
 

@@ -7,29 +7,10 @@ use std::time::Duration;
 
 use harness::applies::{Behaviour, Units};
 use harness::deployment::Deployment;
-use harness::process::http_get;
+use harness::process::{http_get, served_at};
 use harness::rabbit::Outage;
 use harness::runs::{follow_to_end, setup};
 use harness::{poll_until, poll_until_explained};
-
-/// The address a service logged it serves its endpoints on.
-fn served_at(log: impl Fn() -> String) -> String {
-    poll_until(
-        Duration::from_secs(60),
-        "the endpoint address in the log",
-        || {
-            let log = log();
-            let line = log.lines().find(|l| l.contains("Serving /metrics"))?;
-            Some(
-                line.split("address=")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .to_owned(),
-            )
-        },
-    )
-}
 
 fn ready(address: &str) -> Option<u16> {
     http_get(address, "/readyz").map(|(status, _)| status)
