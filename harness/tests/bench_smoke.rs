@@ -52,4 +52,6 @@ fn the_benchmark_program_runs_every_pipeline_benchmark_at_quick_sizes() {
     assert!(figure(&["memory", "dispatcher_queued_mib"]) > 0.0);
     assert!(figure(&["memory", "executor_idle_mib"]) > 0.0);
     assert!(figure(&["dag", "wall_ms"]) >= figure(&["dag", "critical_path_ms"]));
+    assert_eq!(results["drift"]["units"], 40, "every unit was checked");
+    assert!(figure(&["drift", "wall_ms"]) >= figure(&["drift", "critical_path_ms"]));
 }
