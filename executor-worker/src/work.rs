@@ -273,9 +273,11 @@ async fn prepare(
     let failed = |message: String| Interrupted::Failed(JobStatus::Failed, message);
     let mut commits = vec![job.commit.as_str()];
     commits.extend(job.source_commit.as_deref());
-    if settings.role == ExecutorRole::Apply {
+    if settings.role == ExecutorRole::Apply || job.action == Action::DriftPlan {
         // An apply worker runs reviewed code only, whatever the job says it is: every commit
-        // it checks out must be on the deploy branch, as the canonical remote says now.
+        // it checks out must be on the deploy branch, as the canonical remote says now. A
+        // drift check is about the deploy branch too: checked at another commit, it could
+        // call drifted infrastructure in sync.
         let verified = workspace
             .verify_on_branch(
                 &repository.name,

@@ -376,6 +376,41 @@ fn a_pull_request_and_a_push_during_a_drift_run_start_before_its_remaining_check
         checks[1..].iter().all(|(ms, _)| *ms > plan_started),
         "the pull request's plan ({plan_started}) started after drift checks: {checks:?}"
     );
+
+    // A drift check of a commit that is not on the deploy branch (an orchestrator may name
+    // any) is refused by the worker: it would report on code that is not deployed.
+    sandbox.repo.git(&["checkout", "--quiet", "-b", "side"]);
+    terraform_data_unit(&sandbox, "dev/u00", "world", "\"elsewhere\"");
+    sandbox.repo.commit("side: not deployed");
+    let repo = sandbox.repo.path().to_str().unwrap().to_owned();
+    let submitted = process::run(
+        sandbox.pipelines(&[
+            "orchestrate",
+            "--event",
+            "drift",
+            "--repo",
+            &repo,
+            "--repo-name",
+            "infra",
+            "--branch",
+            "main",
+            "--units",
+            "dev/u00",
+            "--broker",
+            &vhost.url,
+            "--format",
+            "json",
+        ]),
+        DEADLINE,
+    );
+    assert_eq!(submitted.code(), Some(0), "{}", submitted.transcript());
+    let side: serde_json::Value = serde_json::from_str(&submitted.stdout).unwrap();
+    let refused = wait_final(&sandbox, side["run_id"].as_str().unwrap().parse().unwrap());
+    assert_eq!(refused.run.state, "failed", "{refused:#?}");
+    let reason = job(&refused, "dev/u00").reason.clone().unwrap_or_default();
+    assert!(reason.contains("refused"), "{refused:#?}");
+    let status = drift_status(&sandbox);
+    assert_eq!(status["dev/u00"].state, DriftState::Error, "{status:#?}");
     deployment.assert_running();
 }
 
