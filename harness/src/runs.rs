@@ -69,26 +69,25 @@ pub fn submit(
     value["run_id"].as_str().unwrap().parse().unwrap()
 }
 
-/// `pipelines orchestrate --event drift` of the sandbox's repository (as `infra`), without
-/// waiting; the run id.
-pub fn submit_drift(sandbox: &Sandbox, vhost: &(impl BrokerUrl + ?Sized)) -> Uuid {
+/// `pipelines orchestrate --event drift` of the sandbox's repository (as `infra`) with
+/// `extra` flags, without waiting; the run id.
+pub fn submit_drift(sandbox: &Sandbox, vhost: &(impl BrokerUrl + ?Sized), extra: &[&str]) -> Uuid {
     let repo = sandbox.repo.path().to_str().unwrap().to_owned();
-    let finished = process::run(
-        sandbox.pipelines(&[
-            "orchestrate",
-            "--event",
-            "drift",
-            "--repo",
-            &repo,
-            "--repo-name",
-            "infra",
-            "--broker",
-            vhost.broker_url(),
-            "--format",
-            "json",
-        ]),
-        DEADLINE,
-    );
+    let mut args = vec![
+        "orchestrate",
+        "--event",
+        "drift",
+        "--repo",
+        &repo,
+        "--repo-name",
+        "infra",
+        "--broker",
+        vhost.broker_url(),
+        "--format",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    let finished = process::run(sandbox.pipelines(&args), DEADLINE);
     assert_eq!(finished.code(), Some(0), "{}", finished.transcript());
     let value: serde_json::Value = serde_json::from_str(&finished.stdout).unwrap();
     value["run_id"].as_str().unwrap().parse().unwrap()

@@ -50,7 +50,7 @@ fn unit_names(count: usize) -> Vec<String> {
 }
 
 fn drift_run(sandbox: &Sandbox, vhost: &Vhost) -> Uuid {
-    harness::runs::submit_drift(sandbox, vhost)
+    harness::runs::submit_drift(sandbox, vhost, &[])
 }
 
 /// `pipelines drift status --format json`, by unit.
@@ -382,30 +382,12 @@ fn a_pull_request_and_a_push_during_a_drift_run_start_before_its_remaining_check
     sandbox.repo.git(&["checkout", "--quiet", "-b", "side"]);
     terraform_data_unit(&sandbox, "dev/u00", "world", "\"elsewhere\"");
     sandbox.repo.commit("side: not deployed");
-    let repo = sandbox.repo.path().to_str().unwrap().to_owned();
-    let submitted = process::run(
-        sandbox.pipelines(&[
-            "orchestrate",
-            "--event",
-            "drift",
-            "--repo",
-            &repo,
-            "--repo-name",
-            "infra",
-            "--branch",
-            "main",
-            "--units",
-            "dev/u00",
-            "--broker",
-            &vhost.url,
-            "--format",
-            "json",
-        ]),
-        DEADLINE,
+    let side = harness::runs::submit_drift(
+        &sandbox,
+        &vhost,
+        &["--branch", "main", "--units", "dev/u00"],
     );
-    assert_eq!(submitted.code(), Some(0), "{}", submitted.transcript());
-    let side: serde_json::Value = serde_json::from_str(&submitted.stdout).unwrap();
-    let refused = wait_final(&sandbox, side["run_id"].as_str().unwrap().parse().unwrap());
+    let refused = wait_final(&sandbox, side);
     assert_eq!(refused.run.state, "failed", "{refused:#?}");
     let reason = job(&refused, "dev/u00").reason.clone().unwrap_or_default();
     assert!(reason.contains("refused"), "{refused:#?}");

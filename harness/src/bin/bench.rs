@@ -806,7 +806,7 @@ fn drift(units: usize) -> Value {
         &format!("drift_jobs_per_account = {WORKERS}\nmax_units_per_run = 10000\n"),
     );
     let deployment = Deployment::start(sandbox.path(), &config, &[("dev", WORKERS)]);
-    let run = harness::runs::submit_drift(&sandbox, &vhost);
+    let run = harness::runs::submit_drift(&sandbox, &vhost, &[]);
     let detail = harness::poll_until(Duration::from_secs(1800), "the drift run", || {
         harness::runs::status(&sandbox, run).filter(|d| d.run.state != "running")
     });
