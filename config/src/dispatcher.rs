@@ -38,6 +38,12 @@ pub struct DispatcherSettings {
     /// checks, and start as soon as a worker is free.
     #[serde(default = "default_drift_jobs_per_account")]
     pub drift_jobs_per_account: u32,
+    /// git settings for the dispatcher's own mirrors (`[[drift]]` schedules and drift pull
+    /// requests), given to git through its environment: a credential helper that may push the
+    /// drift branch, for example. Never put a write token in `repositories.url`: executors,
+    /// plan workers included, read that.
+    #[serde(default)]
+    pub git_config: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for DispatcherSettings {
@@ -50,6 +56,7 @@ impl Default for DispatcherSettings {
             max_units_per_run: default_max_units_per_run(),
             retention_days: default_retention_days(),
             drift_jobs_per_account: default_drift_jobs_per_account(),
+            git_config: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -146,6 +153,7 @@ pub(crate) fn validate(dispatcher: &DispatcherSettings) -> Result<(), ConfigErro
             "must be at least 1",
         ));
     }
+    crate::executor::check_git_config("dispatcher.git_config", &dispatcher.git_config)?;
     if dispatcher.lease_seconds < 10 {
         return Err(invalid(
             "dispatcher.lease_seconds",

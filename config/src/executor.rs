@@ -182,24 +182,33 @@ impl Config {
                 ));
             }
         }
-        for key in executor.git_config.keys() {
-            let valid = key.contains('.')
-                && !key.starts_with('.')
-                && !key.ends_with('.')
-                && key.bytes().all(|b| {
-                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'/' | b':')
-                });
-            let forced =
-                ["core.hookspath", "core.fsmonitor"].contains(&key.to_ascii_lowercase().as_str());
-            if !valid || forced {
-                return Err(invalid(
-                    format!("executor.git_config.{key}"),
-                    "is not a git setting this worker lets you set (section.name; hooks and fsmonitor stay off)",
-                ));
-            }
-        }
-        Ok(())
+        check_git_config("executor.git_config", &executor.git_config)
     }
+}
+
+/// Keys of a `git_config` table must be plain `section.name` settings, and never turn hooks
+/// or fsmonitor back on.
+pub(crate) fn check_git_config(
+    table: &str,
+    settings: &std::collections::BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
+    for key in settings.keys() {
+        let valid = key.contains('.')
+            && !key.starts_with('.')
+            && !key.ends_with('.')
+            && key.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'/' | b':')
+            });
+        let forced =
+            ["core.hookspath", "core.fsmonitor"].contains(&key.to_ascii_lowercase().as_str());
+        if !valid || forced {
+            return Err(invalid(
+                format!("{table}.{key}"),
+                "is not a git setting this worker lets you set (section.name; hooks and fsmonitor stay off)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

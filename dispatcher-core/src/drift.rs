@@ -149,18 +149,19 @@ pub fn issue(
         body.push_str(
             "### Drifted\n\n| unit | account | drifted since | plan |\n|---|---|---|---|\n",
         );
-        for unit in &drifted {
+        for unit in drifted.iter().take(MAX_ROWS) {
             body.push_str(&format!(
-                "| `{}` | {} | {} | {} |\n",
-                cell(&unit.unit),
-                cell(&unit.account),
+                "| {} | {} | {} | {} |\n",
+                code(&unit.unit),
+                code(&unit.account),
                 utc(unit.since_ms),
                 unit.resource_changes
                     .map_or_else(|| "changes".to_owned(), |c| c.to_string()),
             ));
         }
+        more_rows(&mut body, drifted.len());
         body.push('\n');
-        for unit in &drifted {
+        for unit in drifted.iter().take(MAX_DETAILS) {
             if unit.resources.is_empty() {
                 continue;
             }
@@ -169,7 +170,7 @@ pub fn issue(
                 html(&unit.unit)
             ));
             for resource in &unit.resources {
-                body.push_str(&format!("- `{}`\n", cell(resource).replace('`', "'")));
+                body.push_str(&format!("- {}\n", code(resource)));
             }
             if unit.more > 0 {
                 body.push_str(&format!("- and {} more\n", unit.more));
@@ -181,15 +182,16 @@ pub fn issue(
         body.push_str(
             "### Could not be checked\n\n| unit | account | since | error |\n|---|---|---|---|\n",
         );
-        for unit in &errors {
+        for unit in errors.iter().take(MAX_ROWS) {
             body.push_str(&format!(
-                "| `{}` | {} | {} | {} |\n",
-                cell(&unit.unit),
-                cell(&unit.account),
+                "| {} | {} | {} | {} |\n",
+                code(&unit.unit),
+                code(&unit.account),
                 utc(unit.since_ms),
-                cell(&shorten(unit.error.as_deref().unwrap_or("failed"), 300)),
+                code(&shorten(unit.error.as_deref().unwrap_or("failed"), 300)),
             ));
         }
+        more_rows(&mut body, errors.len());
         body.push('\n');
     }
     let open = !drifted.is_empty() || !errors.is_empty();
@@ -214,6 +216,10 @@ pub fn issue(
     }
 }
 
+/// The drift pull request's branch: one per repository, pushed again (forced) whenever what
+/// drifted changes, so that its open pull request follows instead of a new one piling up.
+pub const BRANCH: &str = "pipelines/drift";
+
 /// A pull request that records a drift: merging it is a `DriftDetected` change of each drifted
 /// unit, which applies the unit again through the push path (and its approval gate).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,7 +240,6 @@ pub fn pull_request(repository: &str, units: &[DriftUnit]) -> Option<DriftPullRe
         .filter(|u| u.state == DriftState::Drifted)
         .collect();
     let latest = drifted.iter().max_by_key(|u| u.checked_ms)?;
-    let run = latest.run_id.simple().to_string();
     let entries: Vec<(String, DriftHistoryEntry)> = drifted
         .iter()
         .map(|unit| {
@@ -269,7 +274,7 @@ pub fn pull_request(repository: &str, units: &[DriftUnit]) -> Option<DriftPullRe
         drifted.len()
     );
     Some(DriftPullRequest {
-        branch: format!("pipelines/drift-{}", &run[..12]),
+        branch: BRANCH.to_owned(),
         message: format!(
             "Record the drift of {} unit(s) found by drift run {}\n\n{}\n",
             drifted.len(),
@@ -288,6 +293,40 @@ pub fn pull_request(repository: &str, units: &[DriftUnit]) -> Option<DriftPullRe
         title,
         entries,
     })
+}
+
+/// Rows of each table, and units with their resources listed, at most: the body stays far
+/// below GitHub's 65,536 characters however many units drift or fail.
+const MAX_ROWS: usize = 300;
+const MAX_DETAILS: usize = 30;
+
+fn more_rows(body: &mut String, count: usize) {
+    if count > MAX_ROWS {
+        body.push_str(&format!(
+            "\n… and {} more (`pipelines drift status` lists every unit).\n",
+            count - MAX_ROWS
+        ));
+    }
+}
+
+/// Text from a repository or a plan, shown verbatim: an HTML code element whose Markdown and
+/// HTML characters are entities, so that nothing in a unit name or an error becomes a link, a
+/// mention, a table cell or markup (GitHub parses Markdown between inline HTML tags).
+fn code(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len() + 13);
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '\n' | '\r' => escaped.push(' '),
+            '|' | '[' | ']' | '(' | ')' | '@' | '`' | '*' | '_' | '~' | '#' | '!' | '\\' | ':' => {
+                escaped.push_str(&format!("&#{};", u32::from(c)));
+            }
+            c => escaped.push(c),
+        }
+    }
+    format!("<code>{escaped}</code>")
 }
 
 fn html(text: &str) -> String {
@@ -459,16 +498,24 @@ mod tests {
                 .contains("2 unit(s) checked: **1 drifted**, 1 could not be checked, 0 in sync")
         );
         assert!(
-            issue
-                .body
-                .contains("| `dev/a\\|b<x>` | dev | 1970-01-01 00:00 UTC | +1 ~0 -1 |"),
+            issue.body.contains(
+                "| <code>dev/a&#124;b&lt;x&gt;</code> | <code>dev</code> | 1970-01-01 00:00 UTC | +1 ~0 -1 |"
+            ),
             "{}",
             issue.body
         );
-        assert!(issue.body.contains("<code>dev/a|b&lt;x&gt;</code>"));
-        assert!(issue.body.contains("- `null_resource.x (delete, create)`"));
+        assert!(
+            issue
+                .body
+                .contains("<summary><code>dev/a|b&lt;x&gt;</code>")
+        );
+        assert!(
+            issue
+                .body
+                .contains("- <code>null&#95;resource.x &#40;delete, create&#41;</code>")
+        );
         assert!(issue.body.contains("### Could not be checked"));
-        assert!(issue.body.contains("Error: backend unreachable"));
+        assert!(issue.body.contains("Error&#58; backend unreachable"));
 
         let mut synced = drifted;
         synced.state = DriftState::InSync;
@@ -479,6 +526,26 @@ mod tests {
     }
 
     #[test]
+    fn the_issue_stays_small_and_shows_names_verbatim_however_many_units_fail() {
+        let (run, failed) = run_and_job(UnitState::Failed, None);
+        let error = observe(None, &run, &failed, 0).unwrap();
+        let units: Vec<DriftUnit> = (0..5_000)
+            .map(|i| DriftUnit {
+                unit: format!("dev/[click](https://evil.example)-@team-`{i}`"),
+                ..error.clone()
+            })
+            .collect();
+        let issue = issue("infra", &units, 0, None);
+        assert!(issue.body.chars().count() < 65_536, "{}", issue.body.len());
+        assert!(issue.body.contains("… and 4700 more"));
+        assert!(
+            issue
+                .body
+                .contains("<code>dev/&#91;click&#93;&#40;https&#58;//evil.example&#41;-&#64;team-&#96;0&#96;</code>")
+        );
+    }
+
+    #[test]
     fn the_pull_request_records_each_drifted_unit_and_nothing_else() {
         let (run, job) = run_and_job(UnitState::Succeeded, found("d1"));
         let drifted = observe(None, &run, &job, 60_000).unwrap();
@@ -486,10 +553,7 @@ mod tests {
         in_sync.unit = "dev/fine".into();
         in_sync.state = DriftState::InSync;
         let pull = pull_request("infra", &[drifted.clone(), in_sync.clone()]).unwrap();
-        assert_eq!(
-            pull.branch,
-            format!("pipelines/drift-{}", &run.run_id.simple().to_string()[..12])
-        );
+        assert_eq!(pull.branch, "pipelines/drift");
         assert_eq!(pull.entries.len(), 1);
         let (path, entry) = &pull.entries[0];
         assert_eq!(path, "dev/app/.drift-history.json");

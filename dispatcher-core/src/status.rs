@@ -233,7 +233,6 @@ fn job_counts(run: &RunSummary) -> String {
     parts.join(", ")
 }
 
-/// `850ms`, `12.3s`, `4m05s`, `2h03m`.
 /// A drift check's answer in a word, with its plan's counts when it drifted.
 fn drift_note(found: &proto_types::DriftFindings, counts: Option<ResourceCounts>) -> String {
     match (found.drifted, counts) {
@@ -309,6 +308,7 @@ pub fn render_drift(units: &[DriftUnit], now: u64) -> String {
     )
 }
 
+/// `850ms`, `12.3s`, `4m05s`, `2h03m`.
 pub fn duration(ms: u64) -> String {
     let secs = ms / 1000;
     match ms {

@@ -21,12 +21,24 @@ pub enum CanonicalError {
     Timeout { args: String, after: Duration },
 }
 
+/// Held while a sequence of git commands uses a mirror (fetch, list, commit, push): the
+/// schedule and the reporter share the mirrors, and two fetches into one ref collide on its
+/// lock. Mirror work is rare and short, so one lock for all of them is enough.
+static MIRRORS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits until no one else uses a mirror; they are this caller's until the guard drops.
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    MIRRORS.lock().await
+}
+
 /// A bare mirror of one repository under the dispatcher's state directory.
 #[derive(Debug, Clone)]
 pub struct Canonical {
     dir: PathBuf,
     url: String,
     timeout: Duration,
+    /// `dispatcher.git_config`: the only git settings its git sees.
+    settings: Vec<(String, String)>,
 }
 
 impl Canonical {
@@ -38,7 +50,30 @@ impl Canonical {
                 .join(format!("{repository}.git")),
             url: url.to_owned(),
             timeout,
+            settings: Vec::new(),
         }
+    }
+
+    /// The mirror of `repository` as the configuration describes it: its URL, `timeouts.git`
+    /// and `dispatcher.git_config`.
+    pub fn of(
+        config: &config::Config,
+        state_dir: &Path,
+        repository: &config::Repository,
+    ) -> Canonical {
+        let mut canonical = Canonical::new(
+            state_dir,
+            &repository.name,
+            &repository.url,
+            config.timeouts.git(),
+        );
+        canonical.settings = config
+            .dispatcher
+            .git_config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        canonical
     }
 
     pub fn dir(&self) -> &Path {
@@ -155,6 +190,19 @@ impl Canonical {
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
             .env("GIT_TERMINAL_PROMPT", "0")
+            // Through the environment, not the command line, where `ps` would show them.
+            .env("GIT_CONFIG_COUNT", self.settings.len().to_string())
+            .envs(
+                self.settings
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, (key, value))| {
+                        [
+                            (format!("GIT_CONFIG_KEY_{i}"), key.clone()),
+                            (format!("GIT_CONFIG_VALUE_{i}"), value.clone()),
+                        ]
+                    }),
+            )
             .envs(env.iter().copied())
             .stdin(if stdin.is_some() {
                 Stdio::piped()

@@ -348,9 +348,9 @@ impl Task {
                 return Ok(());
             }
         };
-        let (number, notified) = reported.unwrap_or_default();
+        let reported = reported.unwrap_or_default();
         let fingerprint = crate::drift::fingerprint(&units);
-        if fingerprint == notified {
+        if fingerprint == reported.notified {
             tracing::info!(
                 repository,
                 "Drift unchanged since the last report: the issue stays as it is."
@@ -362,12 +362,22 @@ impl Task {
             .config
             .drift_of(repository)
             .is_some_and(|drift| drift.open_pull_request);
-        let pull = match crate::drift::pull_request(repository, &units) {
-            Some(pull) if wants_pull => self.open_drift_pull_request(repo, repository, &pull).await,
-            _ => None,
+        // The branch is pushed again for the new drift; its pull request, when one is open
+        // already, follows the push, so only the first drift opens one.
+        let (pull, pull_failed) = match crate::drift::pull_request(repository, &units) {
+            Some(pull) if wants_pull => {
+                match self
+                    .open_drift_pull_request(repo, repository, &pull, reported.pull_request)
+                    .await
+                {
+                    Some(number) => (Some(number), false),
+                    None => (reported.pull_request, true),
+                }
+            }
+            _ => (None, false),
         };
         let issue = crate::drift::issue(repository, &units, now, pull);
-        let number = match number {
+        let number = match reported.issue {
             Some(number) => {
                 self.github
                     .update_issue(repo, number, &issue.body, issue.open)
@@ -382,9 +392,20 @@ impl Task {
             None => None,
         };
         tracing::info!(repository, issue = ?number, open = issue.open, "Drift issue updated.");
+        let report = crate::store::DriftReport {
+            issue: number,
+            // A pull request that could not be opened is tried again by the next drift run.
+            notified: if pull_failed {
+                String::new()
+            } else {
+                fingerprint
+            },
+            // Once all is back in sync, the next drift gets a pull request of its own.
+            pull_request: pull.filter(|_| issue.open),
+        };
         let recorded = crate::store::off_runtime(|| {
             Store::open(&self.state_dir)
-                .and_then(|mut store| store.set_drift_report(repository, number, &fingerprint, now))
+                .and_then(|mut store| store.set_drift_report(repository, &report, now))
         });
         if let Err(err) = recorded {
             tracing::warn!(repository, error = %err, "Cannot record the drift issue; the next drift run updates it again.");
@@ -392,23 +413,21 @@ impl Task {
         Ok(())
     }
 
-    /// Pushes a branch recording the drift in each drifted unit's `.drift-history.json`, from
-    /// the deploy branch's head, and opens its pull request. `None` (logged) when any step
-    /// fails: the drift issue goes out all the same.
+    /// Pushes the drift branch recording the drift in each drifted unit's `.drift-history.json`,
+    /// from the deploy branch's head, and opens its pull request unless `open` (one opened
+    /// before, which the push updates) says it is. `None` (logged) when any step fails: the
+    /// drift issue goes out all the same.
     async fn open_drift_pull_request(
         &mut self,
         repo: &str,
         repository: &str,
         pull: &crate::drift::DriftPullRequest,
+        open: Option<u64>,
     ) -> Option<u64> {
         let configured = self.config.repository(repository)?;
-        let canonical = crate::canonical::Canonical::new(
-            &self.state_dir,
-            &configured.name,
-            &configured.url,
-            self.config.timeouts.git(),
-        );
+        let canonical = crate::canonical::Canonical::of(&self.config, &self.state_dir, configured);
         let branch = &configured.deploy_branch;
+        let mirror = crate::canonical::exclusive().await;
         let pushed = async {
             let head = canonical.fetch(branch).await?;
             let mut files = Vec::with_capacity(pull.entries.len());
@@ -424,9 +443,14 @@ impl Task {
                 .await
         }
         .await;
+        drop(mirror);
         if let Err(err) = pushed {
             tracing::error!(repository, branch = %pull.branch, error = %err, "Cannot push the drift branch; the drift issue says what drifted without a pull request.");
             return None;
+        }
+        if open.is_some() {
+            tracing::info!(repository, branch = %pull.branch, pull_request = ?open, "Drift branch pushed again: its open pull request follows.");
+            return open;
         }
         match self
             .github

@@ -92,12 +92,18 @@ async fn fire(
     let Some(repository) = config.repository(&drift.repository) else {
         return;
     };
-    let canonical = Canonical::new(
-        state_dir,
-        &repository.name,
-        &repository.url,
-        config.timeouts.git(),
-    );
+    let store_dir = state_dir.to_owned();
+    let name = repository.name.clone();
+    let running =
+        off_runtime(|| Store::open_read_only(&store_dir).and_then(|s| s.drift_running(&name)));
+    if matches!(running, Ok(true)) {
+        tracing::warn!(
+            "The last drift run of the repository is still running: this slot is skipped."
+        );
+        return;
+    }
+    let _mirror = crate::canonical::exclusive().await;
+    let canonical = Canonical::of(config, state_dir, repository);
     let head = match canonical.fetch(&repository.deploy_branch).await {
         Ok(head) => head,
         Err(err) => {

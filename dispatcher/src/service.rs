@@ -174,7 +174,7 @@ impl Dispatcher {
             consume(Source::Control).await?,
         ];
         metrics::register(&self.ops.metrics);
-        self.refresh_drift_metrics()?;
+        self.refresh_drift_metrics();
         let depths = tokio::spawn(watch_queue_depths(
             self.broker.clone(),
             Topology::new(self.core.config().account_names()),
@@ -521,17 +521,21 @@ impl Dispatcher {
                 &[("repository", repository.as_str())],
                 now as f64 / 1000.0,
             );
-            self.refresh_drift_metrics()?;
+            self.refresh_drift_metrics();
         }
         Ok(())
     }
 
-    /// The drift gauges, from every unit's last finding in the store.
-    fn refresh_drift_metrics(&self) -> Result<(), StoreError> {
+    /// The drift gauges, from every unit's last finding in the store. A finding that cannot
+    /// be read leaves the gauges as they were: they are a view, not the state.
+    fn refresh_drift_metrics(&self) {
         let store = &self.store;
-        let units = off_runtime(|| store.drift_units(None))?;
-        metrics::drift(&self.ops.metrics, &units);
-        Ok(())
+        match off_runtime(|| store.drift_units(None)) {
+            Ok(units) => metrics::drift(&self.ops.metrics, &units),
+            Err(err) => {
+                tracing::warn!(error = %err, "Cannot read the drift findings for the gauges.")
+            }
+        }
     }
 
     /// Publishes the outbox with confirms, forgetting each message once confirmed.

@@ -21,6 +21,15 @@ use uuid::Uuid;
 
 use crate::scheduler::{Lease, Run, RunJob};
 
+/// What a repository's drift issue last said, and the drift pull request open for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DriftReport {
+    pub issue: Option<u64>,
+    /// [`crate::drift::fingerprint`] of what the issue says.
+    pub notified: String,
+    pub pull_request: Option<u64>,
+}
+
 /// The file inside the dispatcher's state directory.
 pub const DATABASE_FILE: &str = "dispatcher.sqlite3";
 
@@ -53,7 +62,8 @@ const MIGRATIONS: [&str; 6] = [
          repository   TEXT PRIMARY KEY,
          issue_number INTEGER,
          notified     TEXT NOT NULL,
-         updated_ms   INTEGER NOT NULL
+         updated_ms   INTEGER NOT NULL,
+         pull_request INTEGER
      );",
 ];
 
@@ -794,7 +804,6 @@ impl Store {
             .map_err(sqlite("look up job"))
     }
 
-    /// The most recent runs, newest first.
     /// Every unit's last drift finding, of one repository or all, by repository and unit.
     pub fn drift_units(&self, repository: Option<&str>) -> Result<Vec<DriftUnit>, StoreError> {
         let mut statement = self
@@ -844,16 +853,20 @@ impl Store {
             .map_err(sqlite("look for a running drift run"))
     }
 
-    /// What the drift issue of `repository` last said: its number and fingerprint.
-    pub fn drift_report(
-        &self,
-        repository: &str,
-    ) -> Result<Option<(Option<u64>, String)>, StoreError> {
+    /// What the drift issue of `repository` last said.
+    pub fn drift_report(&self, repository: &str) -> Result<Option<DriftReport>, StoreError> {
         self.connection
             .query_row(
-                "SELECT issue_number, notified FROM drift_reports WHERE repository = ?1",
+                "SELECT issue_number, notified, pull_request FROM drift_reports
+                 WHERE repository = ?1",
                 [repository],
-                |row| Ok((row.get::<_, Option<i64>>(0)?.map(|n| n as u64), row.get(1)?)),
+                |row| {
+                    Ok(DriftReport {
+                        issue: row.get::<_, Option<i64>>(0)?.map(|n| n as u64),
+                        notified: row.get(1)?,
+                        pull_request: row.get::<_, Option<i64>>(2)?.map(|n| n as u64),
+                    })
+                },
             )
             .optional()
             .map_err(sqlite("read the drift report"))
@@ -863,22 +876,30 @@ impl Store {
     pub fn set_drift_report(
         &mut self,
         repository: &str,
-        issue: Option<u64>,
-        notified: &str,
+        report: &DriftReport,
         now: u64,
     ) -> Result<(), StoreError> {
         self.connection
             .execute(
-                "INSERT INTO drift_reports (repository, issue_number, notified, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4)
+                "INSERT INTO drift_reports (repository, issue_number, notified, updated_ms,
+                     pull_request)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (repository) DO UPDATE SET issue_number = excluded.issue_number,
-                     notified = excluded.notified, updated_ms = excluded.updated_ms",
-                params![repository, issue.map(|n| n as i64), notified, now as i64],
+                     notified = excluded.notified, updated_ms = excluded.updated_ms,
+                     pull_request = excluded.pull_request",
+                params![
+                    repository,
+                    report.issue.map(|n| n as i64),
+                    report.notified,
+                    now as i64,
+                    report.pull_request.map(|n| n as i64)
+                ],
             )
             .map(drop)
             .map_err(sqlite("write the drift report"))
     }
 
+    /// The most recent runs, newest first.
     pub fn list_runs(&self, limit: usize) -> Result<Vec<RunSummary>, StoreError> {
         let mut statement = self
             .connection

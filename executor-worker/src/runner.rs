@@ -311,6 +311,13 @@ pub(crate) async fn execute(
             }
         }
     }
+    if action == Action::DriftPlan && outcome.status == JobStatus::Succeeded {
+        // The answer is the plan's exit code (2: drifted), whether or not its JSON could be
+        // read for the details.
+        outcome.exit_code = plan_exit;
+        let drift = outcome.drift.get_or_insert_with(DriftFindings::default);
+        drift.drifted = plan_exit == Some(2);
+    }
     outcome
 }
 

@@ -209,10 +209,15 @@ fn a_drift_run_finds_exactly_what_changed_out_of_band_and_its_issue_follows_unti
     assert_eq!(issue["title"], "Drift report");
     let body = issue["body"].as_str().unwrap();
     assert!(
-        body.contains("`dev/u03`") && body.contains("`dev/u07`") && !body.contains("`dev/u01`"),
+        body.contains("<code>dev/u03</code>")
+            && body.contains("<code>dev/u07</code>")
+            && !body.contains("dev/u01"),
         "{body}"
     );
-    assert!(body.contains("terraform_data.world (update)"), "{body}");
+    assert!(
+        body.contains("terraform&#95;data.world &#40;update&#41;"),
+        "{body}"
+    );
     // And a pull request that records the drift of both, pushed to the canonical repository.
     assert!(
         body.contains("Pull request #43 records this drift"),
@@ -222,7 +227,7 @@ fn a_drift_run_finds_exactly_what_changed_out_of_band_and_its_issue_follows_unti
     let pull = &reported.pulls[0];
     assert_eq!(pull["base"], "main");
     let branch = pull["head"].as_str().unwrap().to_owned();
-    assert!(branch.starts_with("pipelines/drift-"), "{branch}");
+    assert_eq!(branch, "pipelines/drift");
     let changed = sandbox.repo.git(&["diff", "--name-only", &c1, &branch]);
     assert_eq!(
         changed.lines().collect::<Vec<_>>(),

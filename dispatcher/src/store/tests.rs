@@ -399,11 +399,11 @@ fn a_final_drift_check_is_kept_as_its_units_finding_in_the_same_transaction() {
     assert_eq!(detail.jobs[0].drift.as_ref().map(|d| d.drifted), Some(true));
 
     assert_eq!(store.drift_report("infra").unwrap(), None);
-    store
-        .set_drift_report("infra", Some(42), "drifted app d1", 1_300)
-        .unwrap();
-    assert_eq!(
-        store.drift_report("infra").unwrap(),
-        Some((Some(42), "drifted app d1".to_owned()))
-    );
+    let report = DriftReport {
+        issue: Some(42),
+        notified: "drifted app d1".into(),
+        pull_request: Some(43),
+    };
+    store.set_drift_report("infra", &report, 1_300).unwrap();
+    assert_eq!(store.drift_report("infra").unwrap(), Some(report));
 }
