@@ -175,6 +175,19 @@ impl Dispatcher {
         ];
         metrics::register(&self.ops.metrics);
         self.refresh_drift_metrics();
+        let store = &self.store;
+        match off_runtime(|| store.drift_runs_ended()) {
+            Ok(ended) => {
+                for (repository, ms) in ended {
+                    self.ops.metrics.set(
+                        metrics::DRIFT_LAST_RUN,
+                        &[("repository", repository.as_str())],
+                        ms as f64 / 1000.0,
+                    );
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "Cannot read when the last drift runs ended."),
+        }
         let depths = tokio::spawn(watch_queue_depths(
             self.broker.clone(),
             Topology::new(self.core.config().account_names()),

@@ -841,6 +841,27 @@ impl Store {
             .map_err(sqlite("read the last drift run"))
     }
 
+    /// When each repository's last drift run ended (accepted runs only), for the gauge a
+    /// restarted dispatcher shows before its next drift run.
+    pub fn drift_runs_ended(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT repository, max(updated_ms) FROM runs
+                 WHERE event = 'drift' AND final = 1 AND rejected IS NULL
+                 GROUP BY repository",
+            )
+            .map_err(sqlite("prepare drift run read"))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })
+            .map_err(sqlite("read drift runs"))?;
+        rows.map(|row| row.map(|(repository, ms)| (repository, ms as u64)))
+            .collect::<Result<_, _>>()
+            .map_err(sqlite("read drift runs"))
+    }
+
     /// Whether a drift run of `repository` is still running.
     pub fn drift_running(&self, repository: &str) -> Result<bool, StoreError> {
         self.connection

@@ -392,6 +392,11 @@ fn a_final_drift_check_is_kept_as_its_units_finding_in_the_same_transaction() {
     assert_eq!((units[0].unit.as_str(), units[0].since_ms), ("app", 1_200));
     assert!(store.drift_units(Some("other")).unwrap().is_empty());
     assert!(!store.drift_running("infra").unwrap());
+    assert_eq!(
+        store.drift_runs_ended().unwrap(),
+        [("infra".to_owned(), 1_200)],
+        "the run ended when its last check did"
+    );
     assert_eq!(store.last_drift_run_ms("infra").unwrap(), Some(1_000));
     assert_eq!(store.last_drift_run_ms("other").unwrap(), None);
     // The job's findings survive a restart with the job.
