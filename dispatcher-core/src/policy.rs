@@ -62,11 +62,7 @@ pub fn plan(
             ));
         }
     };
-    for (name, sha) in [("base_sha", &event.base_sha), ("head_sha", &event.head_sha)] {
-        if !is_commit_sha(sha) {
-            return Err(format!("{name} {sha:?} is not a full commit sha"));
-        }
-    }
+    check_shas(event)?;
 
     let mut actions: BTreeMap<&str, Action> = BTreeMap::new();
     for change in &event.changes {
@@ -178,11 +174,7 @@ fn plan_drift(
     config: &Config,
     router: &AccountRouter,
 ) -> Result<RunPlan, String> {
-    for (name, sha) in [("base_sha", &event.base_sha), ("head_sha", &event.head_sha)] {
-        if !is_commit_sha(sha) {
-            return Err(format!("{name} {sha:?} is not a full commit sha"));
-        }
-    }
+    check_shas(event)?;
     let selection = config
         .drift_of(&event.repository)
         .map(config::DriftSchedule::selection);
@@ -293,6 +285,16 @@ fn action_for(kind: ChangeKind, trigger: Trigger, push: bool) -> Option<Action> 
         (Trigger::Default, true, true) => Some(Action::Destroy),
         (Trigger::Default, false, true) => Some(Action::Apply),
     }
+}
+
+/// Both commits of an event are full shas, as git prints them.
+fn check_shas(event: &ChangeEvent) -> Result<(), String> {
+    for (name, sha) in [("base_sha", &event.base_sha), ("head_sha", &event.head_sha)] {
+        if !is_commit_sha(sha) {
+            return Err(format!("{name} {sha:?} is not a full commit sha"));
+        }
+    }
+    Ok(())
 }
 
 fn is_commit_sha(sha: &str) -> bool {

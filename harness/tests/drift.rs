@@ -12,12 +12,10 @@ use harness::applies::terraform_data_unit;
 use harness::deployment::Deployment;
 use harness::github::StandIn;
 use harness::process;
-use harness::rabbit::Vhost;
-use harness::runs::{DEADLINE, job, setup, status_json, submit, wait_final};
+use harness::runs::{DEADLINE, job, setup, status_json, submit, submit_drift, wait_final};
 use harness::sandbox::Sandbox;
 use harness::{poll_until, poll_until_explained};
 use proto_types::{DriftState, DriftUnit, RunDetail, RunSummary};
-use uuid::Uuid;
 
 const ACCOUNTS: &str = "[[accounts]]\nname = \"dev\"\npaths = [\"dev/**\"]\n";
 
@@ -47,10 +45,6 @@ fn world_units(sandbox: &Sandbox, units: &[String]) -> String {
 
 fn unit_names(count: usize) -> Vec<String> {
     (0..count).map(|i| format!("dev/u{i:02}")).collect()
-}
-
-fn drift_run(sandbox: &Sandbox, vhost: &Vhost) -> Uuid {
-    harness::runs::submit_drift(sandbox, vhost, &[])
 }
 
 /// `pipelines drift status --format json`, by unit.
@@ -136,7 +130,7 @@ fn a_drift_run_finds_exactly_what_changed_out_of_band_and_its_issue_follows_unti
     assert_eq!(applied.run.state, "succeeded", "{applied:#?}");
 
     // Nothing drifted yet: every checked unit is in sync, and GitHub hears nothing.
-    let first = wait_final(&sandbox, drift_run(&sandbox, &vhost));
+    let first = wait_final(&sandbox, submit_drift(&sandbox, &vhost, &[]));
     assert_eq!(first.run.state, "succeeded", "{first:#?}");
     assert_eq!(first.jobs.len(), 9, "dev/u09 is excluded: {first:#?}");
     assert!(
@@ -153,7 +147,7 @@ fn a_drift_run_finds_exactly_what_changed_out_of_band_and_its_issue_follows_unti
     let before = states(&sandbox.state_dir());
     std::fs::write(world_file(&sandbox, "dev/u03"), "v2").unwrap();
     std::fs::write(world_file(&sandbox, "dev/u07"), "v2").unwrap();
-    let found = wait_final(&sandbox, drift_run(&sandbox, &vhost));
+    let found = wait_final(&sandbox, submit_drift(&sandbox, &vhost, &[]));
     assert_eq!(found.run.state, "succeeded", "{found:#?}");
     for unit in &units[..9] {
         let check = job(&found, unit);
@@ -244,7 +238,7 @@ fn a_drift_run_finds_exactly_what_changed_out_of_band_and_its_issue_follows_unti
     );
 
     // The same drift again says nothing new: no second issue request.
-    let again = wait_final(&sandbox, drift_run(&sandbox, &vhost));
+    let again = wait_final(&sandbox, submit_drift(&sandbox, &vhost, &[]));
     assert_eq!(again.run.state, "succeeded");
     poll_until_explained(
         DEADLINE,
@@ -284,7 +278,7 @@ fn a_drift_run_finds_exactly_what_changed_out_of_band_and_its_issue_follows_unti
             (proto_types::Action::Apply, "succeeded")
         );
     }
-    let synced = wait_final(&sandbox, drift_run(&sandbox, &vhost));
+    let synced = wait_final(&sandbox, submit_drift(&sandbox, &vhost, &[]));
     assert_eq!(synced.run.state, "succeeded");
     assert!(drifted(&drift_status(&sandbox)).is_empty());
     let closed = github.wait_for("the drift issue to close", |r| {
@@ -345,7 +339,7 @@ fn a_pull_request_and_a_push_during_a_drift_run_start_before_its_remaining_check
     );
     assert_eq!(applied.run.state, "succeeded", "{applied:#?}");
 
-    let drift = drift_run(&sandbox, &vhost);
+    let drift = submit_drift(&sandbox, &vhost, &[]);
     poll_until(DEADLINE, "the drift run to queue its first check", || {
         harness::runs::status(&sandbox, drift)
             .filter(|d| d.jobs.iter().filter(|j| j.state == "queued").count() == 1)

@@ -757,13 +757,7 @@ fn dag() -> Value {
         .filter_map(|j| j.started_ms)
         .min()
         .unwrap();
-    let last_end = detail
-        .jobs
-        .iter()
-        .filter_map(|j| j.finished_ms)
-        .max()
-        .unwrap();
-    let wall = last_end - detail.run.created_ms;
+    let wall = wall_ms(&detail);
     let ratio = wall as f64 / bound as f64;
     println!(
         "total work {total} ms; critical path {critical} ms; busiest account's work / its workers {per_account} ms"
@@ -817,13 +811,7 @@ fn drift(units: usize) -> Value {
     let critical = durations.iter().copied().max().unwrap_or(0);
     let per_worker = total / WORKERS as u64;
     let bound = critical.max(per_worker);
-    let last_end = detail
-        .jobs
-        .iter()
-        .filter_map(|j| j.finished_ms)
-        .max()
-        .unwrap();
-    let wall = last_end - detail.run.created_ms;
+    let wall = wall_ms(&detail);
     let ratio = wall as f64 / bound as f64;
     println!(
         "{} checks; total work {total} ms (mean {} ms per check); longest check {critical} ms; work / workers {per_worker} ms",
@@ -838,6 +826,17 @@ fn drift(units: usize) -> Value {
         "critical_path_ms": critical, "work_per_worker_ms": per_worker, "bound_ms": bound,
         "wall_ms": wall, "ratio": ratio,
     })
+}
+
+/// From a run's event to its last job's outcome.
+fn wall_ms(detail: &RunDetail) -> u64 {
+    let last_end = detail
+        .jobs
+        .iter()
+        .filter_map(|j| j.finished_ms)
+        .max()
+        .unwrap();
+    last_end - detail.run.created_ms
 }
 
 /// The longest chain of job durations along the scenario's dependencies.
