@@ -538,10 +538,11 @@ async fn publish_roundtrip(vhost: &Vhost, count: usize) -> (f64, f64) {
 fn memory(size: &Size) -> Value {
     println!("\n== Memory ==");
     let world = NoopWorld::start(1);
-    let (idle_rss, _) = rss(world.deployment.executor_pid("dev-1"));
+    // The benchmark's runs are pull requests: the plan worker is the one that would take them.
+    let (idle_rss, _) = rss(world.deployment.executor_pid("dev-plan-1"));
     let (dispatcher_idle, _) = world.dispatcher_rss();
     let mut world = world;
-    world.deployment.kill_executor("dev-1");
+    world.deployment.kill_executor("dev-plan-1");
     let jobs = size.queued_jobs;
     let units: Vec<String> = (0..jobs).map(|i| format!("dev/m{i:05}")).collect();
     let run = world.submit(units, vec![]);
