@@ -3,6 +3,7 @@
 #   ensure_terraform  puts terraform (or tofu) on PATH, installing Terraform into .tools/ if needed
 #   ensure_null_provider  installs the null provider into .tools/terraform-mirror (tests need it)
 #   ensure_rabbitmq   makes sure RabbitMQ answers on 127.0.0.1:5672, starting it if needed
+#   ensure_chromium   installs Debian's chromium and chromium-driver for the browser tests
 #   use_cache_dirs    points cargo's target directory outside the clone
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -110,4 +111,20 @@ ensure_rabbitmq() {
         sleep 1
     done
     die "RabbitMQ did not come up within 120 s (see /var/log/rabbitmq/)"
+}
+
+# Debian's Chromium and its WebDriver, for the web page's browser tests (harness/tests/dashboard.rs).
+ensure_chromium() {
+    if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+        return
+    fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        say "Installing Chromium and ChromeDriver (Debian packages chromium, chromium-driver)"
+        DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null \
+            || die "apt-get update failed"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null \
+            || die "apt-get install chromium chromium-driver failed"
+    else
+        die "the browser tests need /usr/bin/chromium and /usr/bin/chromedriver: apt-get install chromium chromium-driver"
+    fi
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: installs terraform when it is missing, starts RabbitMQ
-# when it is not running, then checks formatting, lints, architecture invariants and every test.
+# The whole test suite, as CI runs it: installs terraform (and Chromium for the browser tests)
+# when missing, starts RabbitMQ when it is not running, then checks formatting, lints,
+# architecture invariants and every test.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
@@ -9,6 +10,7 @@ use_cache_dirs
 ensure_terraform
 ensure_null_provider
 ensure_rabbitmq
+ensure_chromium
 
 say "Formatting"
 cargo fmt --all -- --check

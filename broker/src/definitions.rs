@@ -29,7 +29,7 @@ use proto_types::ExecutorRole;
 use crate::topology::{
     self, Argument, CHANGES_EXCHANGE, CHANGES_QUEUE, CLAIMS_QUEUE, CONTROL_EXCHANGE, CONTROL_QUEUE,
     DEAD_LETTER_EXCHANGE, ExchangeKind, JOB_EVENTS_EXCHANGE, JOB_EVENTS_QUEUE, JOBS_EXCHANGE,
-    STATUS_EXCHANGE, Topology,
+    LOGS_QUEUE, STATUS_EXCHANGE, Topology,
 };
 
 /// A component's broker identity.
@@ -115,15 +115,24 @@ impl Role {
             Role::Admin => (".*".into(), ".*".into(), ".*".into()),
             Role::Dispatcher => (
                 "^$".into(),
-                // The changes exchange: the `[[drift]]` schedules submit drift runs.
+                // The changes exchange: the `[[drift]]` schedules submit drift runs. The
+                // control exchange: the web page's actions (cancel, approve, reject) of users
+                // the admin's `[web]` section allows.
                 names(&[
                     JOBS_EXCHANGE,
                     STATUS_EXCHANGE,
                     DEAD_LETTER_EXCHANGE,
                     CHANGES_EXCHANGE,
+                    CONTROL_EXCHANGE,
                     "amq.default",
                 ]),
-                names(&[CHANGES_QUEUE, JOB_EVENTS_QUEUE, CLAIMS_QUEUE, CONTROL_QUEUE]),
+                names(&[
+                    CHANGES_QUEUE,
+                    JOB_EVENTS_QUEUE,
+                    CLAIMS_QUEUE,
+                    CONTROL_QUEUE,
+                    LOGS_QUEUE,
+                ]),
             ),
             Role::Orchestrator => (
                 format!("^{own}$"),

@@ -41,6 +41,9 @@ pub enum Route<'a> {
     /// Executors → dispatcher: claims (`Started`, with a `reply_to`) and heartbeats. Transient:
     /// the worker repeats them when no answer or lease renewal comes.
     Claims,
+    /// Executors → dispatcher: a job's log as it is written. Durable and bounded: a full
+    /// queue refuses the publish, and the worker sends it again later.
+    Logs,
     /// Dispatcher → followers of one run. Not mandatory: nobody may be following.
     Status { run_id: Uuid },
     /// Operators → dispatcher: cancel a run.

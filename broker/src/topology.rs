@@ -10,6 +10,9 @@
 //!                      (direct) --claim-->     pipelines.claims       (classic, transient) → dispatcher
 //!                       (claims and heartbeats: requests a worker repeats on silence, so they
 //!                        need no Raft log entry; outcomes and releases stay on the quorum queue)
+//!                      (direct) --log-->       pipelines.logs         (quorum, bounded) → dispatcher
+//!                       (jobs' logs as they are written, for the web page; bounded in bytes,
+//!                        so a chatty job waits for the dispatcher instead of flooding it)
 //! pipelines.status     (topic)  --run.<id>-->  one private queue per follower
 //! pipelines.control    (direct) --control-->   pipelines.control      (quorum) → dispatcher
 //! pipelines.dead-letter(direct) --<queue>-->   dead.<queue>           (quorum) → operators
@@ -42,6 +45,14 @@ pub const CLAIMS_MAX_BYTES: i64 = 64 * 1024 * 1024;
 /// A claim nobody took within this long is stale: its worker has asked again since
 /// (it waits 10 s for an answer). Expired claims are dropped, not dead-lettered.
 pub const CLAIMS_TTL_MS: i64 = 60_000;
+
+/// Jobs' log chunks, on their way to the dispatcher's log store.
+pub const LOGS_QUEUE: &str = "pipelines.logs";
+const LOGS_KEY: &str = "log";
+/// Log bytes the queue holds at most. Past it the broker refuses the publish and the worker
+/// waits and sends again (its job goes on writing to its own disk meanwhile): back-pressure
+/// that keeps a job printing gigabytes from filling the broker or the dispatcher.
+pub const LOGS_MAX_BYTES: i64 = 256 * 1024 * 1024;
 
 pub const STATUS_EXCHANGE: &str = "pipelines.status";
 
@@ -93,11 +104,22 @@ pub enum QueueKind {
     /// Classic, transient messages, bounded length and age: for requests the sender repeats
     /// when no answer comes (claims, heartbeats). No Raft log entry, no disk write.
     Transient,
+    /// Like [`QueueKind::Durable`], bounded in bytes ([`LOGS_MAX_BYTES`]): a full queue refuses
+    /// publishes, which makes their sender wait (log chunks).
+    Bounded,
 }
 
 /// The arguments a work queue is declared with, by its kind.
 pub fn work_queue_arguments(spec: &QueueSpec) -> Vec<(&'static str, Argument)> {
     match spec.kind {
+        QueueKind::Bounded => {
+            let mut arguments = work_queue_arguments(&QueueSpec {
+                kind: QueueKind::Durable,
+                ..spec.clone()
+            });
+            arguments.push(("x-max-length-bytes", Argument::Number(LOGS_MAX_BYTES)));
+            arguments
+        }
         QueueKind::Durable => vec![
             ("x-queue-type", Argument::Text("quorum")),
             (
@@ -196,6 +218,10 @@ impl Topology {
                 ..spec(CLAIMS_QUEUE.into(), JOB_EVENTS_EXCHANGE, CLAIMS_KEY.into())
             },
             spec(CONTROL_QUEUE.into(), CONTROL_EXCHANGE, CONTROL_KEY.into()),
+            QueueSpec {
+                kind: QueueKind::Bounded,
+                ..spec(LOGS_QUEUE.into(), JOB_EVENTS_EXCHANGE, LOGS_KEY.into())
+            },
         ];
         for account in &self.accounts {
             for role in ExecutorRole::ALL {
@@ -243,6 +269,7 @@ pub(crate) fn resolve(route: Route<'_>) -> Resolved {
         }
         Route::JobEvents => (JOB_EVENTS_EXCHANGE, JOB_EVENTS_KEY.into(), true, true),
         Route::Claims => (JOB_EVENTS_EXCHANGE, CLAIMS_KEY.into(), true, false),
+        Route::Logs => (JOB_EVENTS_EXCHANGE, LOGS_KEY.into(), true, true),
         Route::Status { run_id } => (STATUS_EXCHANGE, status_routing_key(run_id), false, true),
         Route::Control => (CONTROL_EXCHANGE, CONTROL_KEY.into(), true, true),
         // The default exchange routes by queue name. Reply queues are transient anyway.
@@ -289,6 +316,7 @@ mod tests {
                 "pipelines.job-events",
                 "pipelines.claims",
                 "pipelines.control",
+                "pipelines.logs",
                 "jobs.dev.plan",
                 "jobs.dev.apply",
                 "jobs.prod.plan",
@@ -297,13 +325,28 @@ mod tests {
         );
         for queue in topology.work_queues() {
             assert_eq!(queue.dead_letter_queue, format!("dead.{}", queue.name));
-            let expected = if queue.name == CLAIMS_QUEUE {
-                QueueKind::Transient
-            } else {
-                QueueKind::Durable
+            let expected = match queue.name.as_str() {
+                CLAIMS_QUEUE => QueueKind::Transient,
+                LOGS_QUEUE => QueueKind::Bounded,
+                _ => QueueKind::Durable,
             };
             assert_eq!(queue.kind, expected, "{}", queue.name);
         }
+    }
+
+    #[test]
+    fn logs_are_durable_and_bounded_in_bytes_so_a_full_queue_pushes_back() {
+        let logs = resolve(Route::Logs);
+        assert!(logs.persistent && logs.mandatory);
+        let spec = Topology::default()
+            .work_queues()
+            .into_iter()
+            .find(|q| q.name == LOGS_QUEUE)
+            .unwrap();
+        let arguments = work_queue_arguments(&spec);
+        assert!(arguments.contains(&("x-queue-type", Argument::Text("quorum"))));
+        assert!(arguments.contains(&("x-overflow", Argument::Text("reject-publish"))));
+        assert!(arguments.contains(&("x-max-length-bytes", Argument::Number(LOGS_MAX_BYTES))));
     }
 
     #[test]

@@ -127,12 +127,16 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
         });
     if let Some(gated) = gated
         && approvals.users.is_empty()
+        && config.web.approvers.is_empty()
     {
         // Every gated job would wait for nobody and expire: refuse rather than find out a day
         // later.
         return Err(invalid(
             "approvals.users",
-            format!("{gated}, but nobody may approve: name at least one broker user"),
+            format!(
+                "{gated}, but nobody may approve: name at least one broker user (or a web page \
+                 user in web.approvers)"
+            ),
         ));
     }
     Ok(())

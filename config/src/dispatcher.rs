@@ -44,6 +44,23 @@ pub struct DispatcherSettings {
     /// plan workers included, read that.
     #[serde(default)]
     pub git_config: std::collections::BTreeMap<String, String>,
+    /// Where to serve the web page of runs, jobs and live logs (`host:port`). Default: not
+    /// served. Bind to a loopback address (127.0.0.1) unless a reverse proxy in front of it
+    /// authenticates users (see `[web]`).
+    #[serde(default)]
+    pub web_address: Option<String>,
+    /// The address users reach the web page at (`https://pipelines.example.com`): pull
+    /// request comments link to their run's page. Default: no link.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Job logs (streamed by the workers, kept under `state_dir/logs`) are deleted this many
+    /// days after they were last written (checked at start and hourly). 0 keeps them.
+    #[serde(default = "default_log_retention_days")]
+    pub log_retention_days: u64,
+    /// The most bytes of one job's log the dispatcher keeps; the rest is dropped and the log
+    /// says so (the worker's own file is whole).
+    #[serde(default = "default_max_log_bytes")]
+    pub max_log_bytes: u64,
 }
 
 impl Default for DispatcherSettings {
@@ -57,8 +74,20 @@ impl Default for DispatcherSettings {
             retention_days: default_retention_days(),
             drift_jobs_per_account: default_drift_jobs_per_account(),
             git_config: std::collections::BTreeMap::new(),
+            web_address: None,
+            public_url: None,
+            log_retention_days: default_log_retention_days(),
+            max_log_bytes: default_max_log_bytes(),
         }
     }
+}
+
+fn default_log_retention_days() -> u64 {
+    30
+}
+
+fn default_max_log_bytes() -> u64 {
+    128 * 1024 * 1024
 }
 
 fn default_max_units_per_run() -> usize {
@@ -147,6 +176,31 @@ pub(crate) fn validate(dispatcher: &DispatcherSettings) -> Result<(), ConfigErro
             format!("{address:?} is not a host:port address like 0.0.0.0:9464"),
         ));
     }
+    if let Some(address) = &dispatcher.web_address
+        && address.parse::<std::net::SocketAddr>().is_err()
+    {
+        return Err(invalid(
+            "dispatcher.web_address",
+            format!("{address:?} is not a host:port address like 127.0.0.1:8480"),
+        ));
+    }
+    if let Some(url) = &dispatcher.public_url
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        return Err(invalid(
+            "dispatcher.public_url",
+            format!("{url:?} is not an http:// or https:// address"),
+        ));
+    }
+    if dispatcher.max_log_bytes < 1024 * 1024 {
+        return Err(invalid(
+            "dispatcher.max_log_bytes",
+            format!(
+                "{} is below the minimum of 1 MiB (1048576)",
+                dispatcher.max_log_bytes
+            ),
+        ));
+    }
     if dispatcher.max_units_per_run == 0 {
         return Err(invalid(
             "dispatcher.max_units_per_run",
@@ -209,6 +263,20 @@ mod tests {
                 ..DispatcherSettings::default()
             })
             .contains("`dispatcher.metrics_address`")
+        );
+        assert!(
+            err(DispatcherSettings {
+                web_address: Some("pipelines.internal".into()),
+                ..DispatcherSettings::default()
+            })
+            .contains("`dispatcher.web_address`: \"pipelines.internal\" is not a host:port")
+        );
+        assert!(
+            err(DispatcherSettings {
+                public_url: Some("pipelines.example.com".into()),
+                ..DispatcherSettings::default()
+            })
+            .contains("`dispatcher.public_url`")
         );
         assert!(validate(&DispatcherSettings::default()).is_ok());
         let bad_pattern = RetryPolicy {

@@ -20,6 +20,11 @@ pub struct ExecutorSettings {
     /// Where each job's whole (redacted) log is written, as `<run>/<job>-<attempt>.log`.
     /// Default: `logs` in the work directory.
     pub log_dir: Option<PathBuf>,
+    /// Stream each job's log to the dispatcher while it is written (through the broker's
+    /// `pipelines.logs` queue), where the web page shows it live. The worker's own file is
+    /// written either way.
+    #[serde(default = "default_stream_logs")]
+    pub stream_logs: bool,
     /// On SIGTERM, how long a running job may take to finish before it is stopped and given
     /// back to the queue.
     #[serde(default = "default_drain_seconds")]
@@ -60,6 +65,7 @@ impl Default for ExecutorSettings {
             work_dir: None,
             tf_binary: None,
             log_dir: None,
+            stream_logs: default_stream_logs(),
             drain_seconds: default_drain_seconds(),
             stop_grace_seconds: default_stop_grace_seconds(),
             metrics_address: None,
@@ -69,6 +75,10 @@ impl Default for ExecutorSettings {
             git_config: BTreeMap::new(),
         }
     }
+}
+
+fn default_stream_logs() -> bool {
+    true
 }
 
 /// Worker variables tools may see by default: where Terraform's CLI configuration is, and

@@ -18,6 +18,7 @@ mod repositories;
 mod timeouts;
 mod triggers;
 mod urls;
+mod web;
 
 use std::path::{Path, PathBuf};
 
@@ -42,6 +43,7 @@ pub use crate::timeouts::Timeouts;
 pub use crate::triggers::{Trigger, Triggers, UnitTrigger};
 use crate::urls::with_password;
 pub use crate::urls::{REDACTED, redact_url, url_password, url_user};
+pub use crate::web::{WebSettings, WebToken};
 
 /// The broker a default local RabbitMQ answers on.
 pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -89,6 +91,9 @@ pub struct Config {
     /// Drift checks: per repository, a schedule, which units, and what a drift opens.
     #[serde(default)]
     pub drift: Vec<DriftSchedule>,
+    /// Who may sign in to the dispatcher's web page and act from it.
+    #[serde(default)]
+    pub web: WebSettings,
 }
 
 /// Secrets never reach a log through `{:?}`: URLs lose their passwords, tokens their values.
@@ -110,6 +115,7 @@ impl std::fmt::Debug for Config {
             .field("policy", &self.policy)
             .field("approvals", &self.approvals)
             .field("drift", &self.drift)
+            .field("web", &self.web)
             .finish()
     }
 }
@@ -154,6 +160,7 @@ impl Config {
                     "timeouts",
                     "policy",
                     "approvals",
+                    "web",
                 ]
                 .iter()
                 .any(|section| {
@@ -220,6 +227,7 @@ impl Config {
             policy: PolicySettings::default(),
             approvals: Approvals::default(),
             drift: Vec::new(),
+            web: WebSettings::default(),
         }
     }
 
@@ -312,6 +320,7 @@ impl Config {
         policies::validate(&self.policies, &self.policy, &self.approvals.users)?;
         approvals::validate(self)?;
         drift::validate(self)?;
+        web::validate(self)?;
         triggers::validate(&self.triggers)
     }
 }

@@ -159,6 +159,9 @@ impl Persist {
     }
 }
 
+/// How an order relayed from the web page names its sender: `web:<user>`.
+pub const WEB_REQUESTER_PREFIX: &str = "web:";
+
 /// The dispatcher's state: the policy it judges by, the scheduler and the status pacing.
 #[derive(Debug)]
 pub struct Core {
@@ -454,7 +457,16 @@ impl Core {
         known: Option<KnownRun>,
         now: u64,
     ) -> Decision {
-        let Some(user) = user_id.filter(|user| self.config.approvals.is_approver(user)) else {
+        // The dispatcher's own user relays the approvals of the web page's users, which the
+        // page let through only for `[web] approvers`; checked again here, by name.
+        let own = config::url_user(&self.config.broker_url);
+        let web_user = order
+            .requested_by
+            .strip_prefix(WEB_REQUESTER_PREFIX)
+            .filter(|name| self.config.web.may_approve(name));
+        let relayed = user_id.is_some() && user_id == own && web_user.is_some();
+        let approver = |user: &&str| self.config.approvals.is_approver(user) || relayed;
+        let Some(user) = user_id.filter(approver) else {
             let from = user_id.unwrap_or("(no user_id)");
             let allowed = if self.config.approvals.users.is_empty() {
                 "nobody (approvals.users is empty)".to_owned()

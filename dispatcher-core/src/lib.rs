@@ -13,10 +13,13 @@
 //! - [`pacing`]: when a run's status snapshot goes out.
 //! - [`report`]: what the GitHub reporter writes.
 //! - [`status`]: what `pipelines status` prints.
+//! - [`pages`] and [`graph`]: the web page's HTML, and a run's dependency graph as SVG.
 
 pub mod decide;
 pub mod drift;
+pub mod graph;
 pub mod pacing;
+pub mod pages;
 pub mod policy;
 pub mod report;
 pub mod scheduler;

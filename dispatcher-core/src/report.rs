@@ -759,6 +759,7 @@ mod tests {
             approval: None,
             policy: None,
             drift: None,
+            requires: Vec::new(),
         }
     }
 

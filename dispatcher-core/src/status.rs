@@ -428,6 +428,7 @@ mod tests {
             started_ms: None,
             finished_ms: None,
             drift: None,
+            requires: Vec::new(),
             approval: None,
             policy: None,
         };
@@ -474,6 +475,7 @@ mod tests {
             started_ms: None,
             finished_ms: None,
             drift: None,
+            requires: Vec::new(),
             approval: None,
             policy: Some(proto_types::PolicyReport {
                 sets: vec![proto_types::PolicySetResult {

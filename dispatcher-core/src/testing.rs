@@ -144,3 +144,63 @@ pub fn denied(overridable: bool) -> JobOutcome {
         )
     }
 }
+
+/// A run of one job per `(unit, state)`, each after the one before it (a chain), as
+/// `pipelines status` would read it from the store.
+pub fn run_detail(jobs: &[(&str, &str)]) -> proto_types::RunDetail {
+    use proto_types::{JobSummary, RunDetail, RunSummary};
+    let run_id = Uuid::from_u128(0xfeed);
+    let jobs: Vec<JobSummary> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, (unit, state))| JobSummary {
+            job_id: Uuid::from_u128(i as u128 + 1),
+            unit: (*unit).to_owned(),
+            account: "prod".into(),
+            action: Action::Apply,
+            state: state.parse().expect("a job state"),
+            reason: None,
+            note: None,
+            attempt: 1,
+            worker: None,
+            exit_code: None,
+            duration_ms: None,
+            log: None,
+            resource_changes: None,
+            policy: None,
+            approval: None,
+            started_ms: None,
+            finished_ms: None,
+            drift: None,
+            requires: if i == 0 {
+                Vec::new()
+            } else {
+                vec![Uuid::from_u128(i as u128)]
+            },
+        })
+        .collect();
+    let mut counts = std::collections::BTreeMap::new();
+    for job in &jobs {
+        *counts.entry(job.state.as_str().to_owned()).or_insert(0) += 1;
+    }
+    let running = jobs.iter().any(|job| !job.state.is_final());
+    RunDetail {
+        run: RunSummary {
+            run_id,
+            repository: "infra".into(),
+            event: proto_types::EventKind::Push,
+            pull_request: None,
+            head_sha: "c0ffee".repeat(6) + "c0ff",
+            state: if running {
+                proto_types::RunPhase::Running
+            } else {
+                proto_types::RunPhase::Succeeded
+            },
+            reason: None,
+            created_ms: 1_000,
+            updated_ms: 61_000,
+            jobs: counts,
+        },
+        jobs,
+    }
+}

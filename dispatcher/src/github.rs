@@ -163,11 +163,7 @@ impl GitHub {
 
     /// The web root for links (`https://github.com`, or the Enterprise host).
     pub fn web_url(&self) -> String {
-        if self.api == "https://api.github.com" {
-            "https://github.com".to_owned()
-        } else {
-            self.api.trim_end_matches("/api/v3").to_owned()
-        }
+        web_url_of(&self.api)
     }
 
     /// The id of the first comment of an issue or pull request whose body holds `marker` and
@@ -455,6 +451,17 @@ fn rate_limit_wait(status: u16, headers: &HeaderMap, now: SystemTime) -> Option<
 
 fn snippet(text: &str) -> String {
     text.chars().take(300).collect()
+}
+
+/// The forge's web address for its API address: `https://github.com` for GitHub.com, the
+/// host of a GitHub Enterprise Server's `https://host/api/v3`.
+pub fn web_url_of(api: &str) -> String {
+    let api = api.trim_end_matches('/');
+    if api == "https://api.github.com" {
+        "https://github.com".to_owned()
+    } else {
+        api.trim_end_matches("/api/v3").to_owned()
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 //! - [`reporter`] and [`github`]: what GitHub is told, and the REST edge that tells it.
 //! - [`schedule`] and [`canonical`]: the `[[drift]]` schedules, which list the units of a
 //!   deploy branch from the dispatcher's own mirror of it and submit drift runs.
+//! - [`logs`]: jobs' whole logs as the workers stream them, kept under the state directory.
+//! - [`web`]: the web page of runs, jobs and live logs, and its signed-in actions.
 //! - [`clock`]: the wall clock, read at the edges only.
 //!
 //! The decisions themselves (`policy`, `scheduler`, `pacing`, `report`, `status`) live in
@@ -15,6 +17,7 @@
 pub mod canonical;
 pub mod clock;
 pub mod github;
+pub mod logs;
 mod metrics;
 pub mod reporter;
 pub mod schedule;
@@ -24,6 +27,7 @@ pub mod service;
 pub mod store;
 #[cfg(test)]
 mod testing;
+pub mod web;
 
 pub use dispatcher_core::{decide, drift, pacing, policy, report, scheduler, status};
 pub use service::{DispatchError, Dispatcher};

@@ -286,10 +286,16 @@ impl Task {
                 self.github.web_url(),
                 detail.run.head_sha
             )),
+            // `[github] details_url` when set, else the run's page on the dispatcher's web
+            // page when users can reach it (`dispatcher.public_url`).
             details: settings
                 .details_url
                 .as_ref()
-                .map(|url| url.replace("{run_id}", &run_id.to_string())),
+                .map(|url| url.replace("{run_id}", &run_id.to_string()))
+                .or_else(|| {
+                    let public = self.config.dispatcher.public_url.as_ref()?;
+                    Some(format!("{}/runs/{run_id}", public.trim_end_matches('/')))
+                }),
         };
         let status = report::commit_status(detail, &settings.status_context);
         self.github

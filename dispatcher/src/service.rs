@@ -23,9 +23,11 @@ use dispatcher_core::decide::{Core, Decision, KnownJob, KnownRun, Outcome, Verdi
 use dispatcher_core::scheduler::{Effects, Run};
 
 use crate::clock::now_ms;
+use crate::logs::LogStore;
 use crate::metrics;
 use crate::reporter::Reporter;
 use crate::store::{OutboxMessage, OutboxTarget, Store, StoreError, off_runtime};
+use crate::web::WebLink;
 
 /// Messages handled per transaction at most: enough to amortize the commit, few enough that a
 /// batch's acks are not held back for long.
@@ -114,6 +116,10 @@ pub struct Dispatcher {
     drift_state_dir: Option<std::path::PathBuf>,
     /// When finished runs older than `dispatcher.retention_days` are next pruned.
     next_prune_ms: Option<u64>,
+    /// Where the workers' streamed logs are kept; `None`: the logs queue is not consumed.
+    logs: Option<LogStore>,
+    /// The web page, told about every change of every run.
+    web: Option<WebLink>,
 }
 
 impl Dispatcher {
@@ -126,12 +132,16 @@ impl Dispatcher {
         }
         Ok(Dispatcher {
             broker,
-            next_prune_ms: (config.dispatcher.retention_days > 0).then(now_ms),
+            next_prune_ms: (config.dispatcher.retention_days > 0
+                || config.dispatcher.log_retention_days > 0)
+                .then(now_ms),
             core: Core::restore(config, runs, next_seq, now_ms()),
             store,
             ops: Ops::default(),
             reporter: None,
             drift_state_dir: None,
+            logs: None,
+            web: None,
         })
     }
 
@@ -145,6 +155,19 @@ impl Dispatcher {
     /// database that says when the last drift run was) in `state_dir`.
     pub fn with_drift_schedules(mut self, state_dir: std::path::PathBuf) -> Dispatcher {
         self.drift_state_dir = Some(state_dir);
+        self
+    }
+
+    /// Keeps the logs the workers stream (`pipelines.logs`) in `logs`.
+    pub fn with_logs(mut self, logs: LogStore) -> Dispatcher {
+        self.logs = Some(logs);
+        self
+    }
+
+    /// Tells the web page about every change of every run, and lends it the broker for the
+    /// actions of its users.
+    pub fn with_web(mut self, link: WebLink) -> Dispatcher {
+        self.web = Some(link);
         self
     }
 
@@ -194,6 +217,16 @@ impl Dispatcher {
             self.ops.metrics.clone(),
         ));
         let _stop_depths = AbortOnDrop(depths);
+        // Logs have their own consumer: a burst of output never delays a decision.
+        let mut log_consumer = self.logs.clone().map(|logs| {
+            AbortOnDrop(tokio::spawn(crate::logs::consume(
+                self.broker.clone(),
+                logs,
+            )))
+        });
+        if let Some(web) = &self.web {
+            web.connected(self.broker.clone());
+        }
         let _stop_schedules = self.drift_state_dir.clone().map(|state_dir| {
             AbortOnDrop(tokio::spawn(crate::schedule::run(
                 self.broker.clone(),
@@ -226,6 +259,12 @@ impl Dispatcher {
                 }
             };
             let mut batch = Vec::new();
+            let logs_ended = async {
+                match &mut log_consumer {
+                    Some(AbortOnDrop(task)) => task.await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 () = &mut shutdown => {
@@ -233,6 +272,12 @@ impl Dispatcher {
                     return Ok(());
                 }
                 incoming = next(&mut consumers) => batch.push(incoming?),
+                ended = logs_ended => {
+                    return Err(match ended {
+                        Ok(Err(err)) => err,
+                        _ => DispatchError::ConsumerClosed("logs"),
+                    });
+                }
                 () = timer => {}
             }
             drain(&mut consumers, &mut batch).await?;
@@ -240,7 +285,8 @@ impl Dispatcher {
         }
     }
 
-    /// Forgets finished runs past `dispatcher.retention_days`, at start and hourly.
+    /// Forgets finished runs past `dispatcher.retention_days` and job logs past
+    /// `dispatcher.log_retention_days`, at start and hourly.
     fn prune_if_due(&mut self, now: u64) -> Result<(), DispatchError> {
         let Some(due) = self.next_prune_ms else {
             return Ok(());
@@ -248,20 +294,32 @@ impl Dispatcher {
         if now < due {
             return Ok(());
         }
-        let keep_ms = self
-            .core
-            .config()
-            .dispatcher
-            .retention_days
-            .saturating_mul(24 * 3600 * 1000);
+        let retention_days = self.core.config().dispatcher.retention_days;
+        let keep_ms = retention_days.saturating_mul(24 * 3600 * 1000);
         let store = &mut self.store;
-        let pruned = off_runtime(|| store.prune_finished(now.saturating_sub(keep_ms)))?;
+        let pruned = match retention_days {
+            0 => 0,
+            _ => off_runtime(|| store.prune_finished(now.saturating_sub(keep_ms)))?,
+        };
         if pruned > 0 {
             tracing::info!(
                 runs = pruned,
                 retention_days = self.core.config().dispatcher.retention_days,
                 "Pruned finished runs."
             );
+        }
+        let log_days = self.core.config().dispatcher.log_retention_days;
+        if let (Some(logs), true) = (&self.logs, log_days > 0) {
+            let before = std::time::SystemTime::now()
+                - Duration::from_secs(log_days.saturating_mul(24 * 3600));
+            let pruned = off_runtime(|| logs.prune(before));
+            if pruned > 0 {
+                tracing::info!(
+                    runs = pruned,
+                    log_retention_days = log_days,
+                    "Pruned job logs."
+                );
+            }
         }
         self.next_prune_ms = Some(now + PRUNE_EVERY_MS);
         Ok(())
@@ -518,6 +576,9 @@ impl Dispatcher {
             if let Some(reporter) = &self.reporter {
                 reporter.changed(run.run_id);
             }
+            if let Some(web) = &self.web {
+                web.run_changed(run.run_id);
+            }
             let state = run.state();
             if state.is_final() {
                 finished(run, &state, now);
@@ -609,9 +670,9 @@ async fn watch_queue_depths(broker: Broker, topology: Topology, metrics: telemet
 }
 
 /// Aborts a background task when its owner goes away.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }

@@ -214,6 +214,16 @@ impl OutboxMessage {
 
 pub use dispatcher_core::decide::{KnownJob, KnownRun};
 
+/// Which runs the web page lists: every condition given must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    pub repository: Option<String>,
+    pub event: Option<EventKind>,
+    /// A run state as stored (`running`, `succeeded`, `failed`, ...).
+    pub state: Option<String>,
+    pub pull_request: Option<u64>,
+}
+
 /// The run database.
 #[derive(Debug)]
 pub struct Store {
@@ -936,6 +946,80 @@ impl Store {
         Ok(runs)
     }
 
+    /// The most recent runs that pass `filter`, newest first (the web page's list).
+    pub fn find_runs(
+        &self,
+        filter: &RunFilter,
+        limit: usize,
+    ) -> Result<Vec<RunSummary>, StoreError> {
+        let mut clauses = Vec::new();
+        let mut values: Vec<rusqlite::types::Value> = Vec::new();
+        let mut clause = |sql: &str, value: rusqlite::types::Value| {
+            values.push(value);
+            clauses.push(format!("{sql} ?{}", values.len()));
+        };
+        if let Some(repository) = &filter.repository {
+            clause("repository =", repository.clone().into());
+        }
+        if let Some(event) = filter.event {
+            clause("event =", event.as_str().to_owned().into());
+        }
+        if let Some(state) = &filter.state {
+            clause("state =", state.clone().into());
+        }
+        if let Some(number) = filter.pull_request {
+            clause("pull_request =", (number as i64).into());
+        }
+        let conditions = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", clauses.join(" AND "))
+        };
+        values.push((limit as i64).into());
+        let mut statement = self
+            .connection
+            .prepare(&format!(
+                "{RUN_SUMMARY_SELECT}{conditions} ORDER BY seq DESC LIMIT ?{}",
+                values.len()
+            ))
+            .map_err(sqlite("prepare run search"))?;
+        let rows = statement
+            .query_map(rusqlite::params_from_iter(values), summary_columns)
+            .map_err(sqlite("search runs"))?;
+        let mut runs = Vec::new();
+        for row in rows {
+            runs.push(self.summary(row.map_err(sqlite("search runs"))?)?);
+        }
+        Ok(runs)
+    }
+
+    /// The run a job belongs to.
+    pub fn run_of_job(&self, job_id: Uuid) -> Result<Option<Uuid>, StoreError> {
+        let run: Option<String> = self
+            .connection
+            .query_row(
+                "SELECT run_id FROM jobs WHERE job_id = ?1",
+                [job_id.to_string()],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(sqlite("find a job's run"))?;
+        run.map(|id| parse_uuid("run id", &id)).transpose()
+    }
+
+    /// The repositories that have runs, for the web page's filter.
+    pub fn repositories(&self) -> Result<Vec<String>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT DISTINCT repository FROM runs ORDER BY repository")
+            .map_err(sqlite("prepare repository list"))?;
+        let rows = statement
+            .query_map([], |row| row.get(0))
+            .map_err(sqlite("list repositories"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sqlite("list repositories"))
+    }
+
     /// One run and its jobs, by full id or an unambiguous prefix of it.
     pub fn run_detail(&self, id: &str, now: u64) -> Result<RunDetail, StoreError> {
         let prefix = id.trim().to_ascii_lowercase();
@@ -966,7 +1050,7 @@ impl Store {
             .prepare_cached(
                 "SELECT job_id, unit, account, action, state, reason, note, attempt, worker,
                      exit_code, duration_ms, started_ms, output_tail, log, res_add, res_change,
-                     res_destroy, finished_ms, policy, approval, drift
+                     res_destroy, finished_ms, policy, approval, drift, requires
                  FROM jobs WHERE run_id = ?1 ORDER BY idx",
             )
             .map_err(sqlite("prepare job list"))?;
@@ -974,7 +1058,10 @@ impl Store {
             .query([run.run_id.to_string()])
             .map_err(sqlite("list jobs"))?;
         let mut jobs = Vec::new();
+        // Dependencies are kept as positions in the run; they become job ids below.
+        let mut requires: Vec<String> = Vec::new();
         while let Some(row) = rows.next().map_err(sqlite("list jobs"))? {
+            requires.push(get(row, 21)?);
             let action: String = get(row, 3)?;
             let action: Action = action.parse().map_err(|_| StoreError::Corrupt {
                 what: "action",
@@ -1021,7 +1108,15 @@ impl Store {
                 policy: from_json("policy report", get(row, 18)?)?,
                 approval: from_json("approval gate", get(row, 19)?)?,
                 drift: from_json("drift findings", get(row, 20)?)?,
+                requires: Vec::new(),
             });
+        }
+        let ids: Vec<Uuid> = jobs.iter().map(|job| job.job_id).collect();
+        for (job, requires) in jobs.iter_mut().zip(&requires) {
+            job.requires = parse_requires(requires)?
+                .into_iter()
+                .filter_map(|index| ids.get(index).copied())
+                .collect();
         }
         Ok(RunDetail { run, jobs })
     }
@@ -1090,6 +1185,20 @@ fn summary_columns(row: &Row<'_>) -> rusqlite::Result<SummaryColumns> {
     ))
 }
 
+/// A job's `requires` column: the positions, in its run, of the jobs it waits for (`1,3`).
+fn parse_requires(requires: &str) -> Result<Vec<usize>, StoreError> {
+    requires
+        .split(',')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            part.parse::<usize>().map_err(|_| StoreError::Corrupt {
+                what: "requires",
+                value: requires.to_owned(),
+            })
+        })
+        .collect()
+}
+
 /// An outbox row's `account/role`.
 fn outbox_jobs_target(target: &str) -> Result<OutboxTarget, StoreError> {
     let corrupt = || StoreError::Corrupt {
@@ -1120,17 +1229,7 @@ fn job_from_row(
             what: "job state",
             value: state.clone(),
         })?;
-    let requires: String = get(row, 7)?;
-    let requires = requires
-        .split(',')
-        .filter(|part| !part.is_empty())
-        .map(|part| {
-            part.parse::<usize>().map_err(|_| StoreError::Corrupt {
-                what: "requires",
-                value: requires.clone(),
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let requires = parse_requires(&get::<String>(row, 7)?)?;
     let resource_changes = resource_counts(get(row, 16)?, get(row, 17)?, get(row, 18)?);
     let lease_worker: Option<String> = get(row, 13)?;
     let lease_until: Option<i64> = get(row, 14)?;

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::logstream::{self, LogStream};
 use crate::runner::{self, Stop};
 use crate::workspace::Workspace;
 use crate::{ExecuteError, WorkerSettings, checks, metrics, work};
@@ -166,7 +167,18 @@ impl Worker<'_> {
         let mut drain_at: Option<Instant> = None;
         self.metrics.set(metrics::RUNNING, &[], 1.0);
         let _idle = Idle(self.metrics);
-        let work = work::run(self.settings, self.workspace, &job, stop_rx);
+        // The log goes to the dispatcher as it is written (no-op jobs write none).
+        let log_stream = (self.settings.stream_logs && job.action != proto_types::Action::Noop)
+            .then(|| {
+                LogStream::start(
+                    self.broker.clone(),
+                    &job,
+                    &self.settings.name,
+                    work::log_path(self.settings, &job),
+                )
+            });
+        let written = log_stream.as_ref().map(|stream| stream.written.clone());
+        let work = work::run(self.settings, self.workspace, &job, stop_rx, written);
         tokio::pin!(work);
         let finished = loop {
             tokio::select! {
@@ -202,6 +214,16 @@ impl Worker<'_> {
             }
         };
         heartbeat.abort();
+        // The whole log reaches the broker before the outcome, so that a finished job's log
+        // on the page is complete (unless the broker pushes back past the grace period).
+        if let Some(stream) = log_stream
+            && stream.finish(logstream::FINISH_GRACE).await.is_none()
+        {
+            tracing::warn!(
+                grace_s = logstream::FINISH_GRACE.as_secs(),
+                "The job's log did not reach the broker in time; the dispatcher's copy stays cut (the worker's file is whole)."
+            );
+        }
         let draining = drain_at.is_some();
         if finished.stopped == Some(Stop::Drain) {
             self.give_back(

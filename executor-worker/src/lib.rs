@@ -24,6 +24,7 @@
 pub mod checks;
 mod credentials;
 mod job;
+mod logstream;
 mod metrics;
 mod output;
 pub mod policy;
@@ -57,6 +58,8 @@ pub struct WorkerSettings {
     pub work_dir: PathBuf,
     /// Where each job's whole log goes: `<log_dir>/<run>/<job>-<attempt>.log`.
     pub log_dir: PathBuf,
+    /// Stream each job's log to the dispatcher as it is written (`executor.stream_logs`).
+    pub stream_logs: bool,
     pub tf_binary: Option<String>,
     pub repositories: Vec<Repository>,
     /// The role's identity, for every job it runs: the account's `plan_credentials` for a plan
@@ -165,6 +168,7 @@ impl WorkerSettings {
             name,
             work_dir,
             log_dir,
+            stream_logs: config.executor.stream_logs,
             tf_binary: config.executor.tf_binary.clone(),
             repositories: config.repositories.clone(),
             credentials: config

@@ -27,6 +27,8 @@ pub(crate) struct JobOutput {
     secrets: Vec<String>,
     partial: Vec<u8>,
     file: Option<File>,
+    /// Told after every write to the file: the log stream follows it.
+    written: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl JobOutput {
@@ -41,6 +43,7 @@ impl JobOutput {
             secrets,
             partial: Vec::new(),
             file: None,
+            written: None,
         };
         if let Some(path) = log {
             let opened = path
@@ -56,6 +59,15 @@ impl JobOutput {
             }
         }
         output
+    }
+
+    /// Tells `written` after every write to the log file.
+    pub(crate) fn notifying(
+        mut self,
+        written: Option<std::sync::Arc<tokio::sync::Notify>>,
+    ) -> JobOutput {
+        self.written = written;
+        self
     }
 
     /// More values to redact from here on (credentials obtained after the output began).
@@ -101,6 +113,9 @@ impl JobOutput {
         {
             // A full disk must not fail the job; the bounded copy goes on.
             self.file = None;
+        }
+        if let Some(written) = &self.written {
+            written.notify_one();
         }
         self.bounded.push(text.as_bytes());
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use proto_types::{Action, ExecutorRole, Job, JobOutcome, JobStatus, PolicyReport};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
 use crate::output::JobOutput;
@@ -27,7 +27,7 @@ pub(crate) struct Finished {
 }
 
 /// Where the whole log of an attempt goes.
-fn log_path(settings: &WorkerSettings, job: &Job) -> PathBuf {
+pub(crate) fn log_path(settings: &WorkerSettings, job: &Job) -> PathBuf {
     settings
         .log_dir
         .join(job.run_id.to_string())
@@ -39,11 +39,12 @@ pub(crate) async fn run(
     workspace: &Workspace,
     job: &Job,
     mut stop: watch::Receiver<Option<Stop>>,
+    log_written: Option<Arc<Notify>>,
 ) -> Finished {
     let started = Instant::now();
     // A no-op job runs nothing, so it has no log worth a file.
     let log = (job.action != Action::Noop).then(|| log_path(settings, job));
-    let mut output = JobOutput::new(Vec::new(), log.as_deref());
+    let mut output = JobOutput::new(Vec::new(), log.as_deref()).notifying(log_written);
     output.push_str(&format!(
         "pipelines: {} {} ({} at {}), attempt {}, on {}\n",
         job.action,

@@ -19,6 +19,14 @@ pub enum Behaviour {
     AlwaysFail,
     /// Its first apply takes `seconds` (long enough to be interrupted); later ones one second.
     SlowOnce { seconds: u32 },
+    /// Prints a line every half second until its gate file ([`gate_path`]) exists: a job that
+    /// is visibly running, with output, for as long as a test wants.
+    WaitForGate,
+}
+
+/// The file that lets a [`Behaviour::WaitForGate`] unit's apply end.
+pub fn gate_path(state_dir: &Path, unit: &str) -> PathBuf {
+    state_dir.join(format!("{}.gate", unit.replace('/', "_")))
 }
 
 /// `main.tf` of a unit at `version`, its state in `state_dir`, logging to `log`. The resource is
@@ -45,6 +53,13 @@ pub fn null_unit_tf(
         }
         Behaviour::SlowOnce { seconds } => {
             format!("if [ ! -e {marker} ]; then touch {marker}; sleep {seconds}; else sleep 1; fi")
+        }
+        Behaviour::WaitForGate => {
+            let gate = gate_path(state_dir, unit);
+            let gate = gate.display();
+            format!(
+                "{{ echo 'waiting for the gate of {unit}'; i=0; while [ ! -e {gate} ]; do i=$((i+1)); echo \"still waiting: tick $i\"; sleep 0.5; done; echo 'the gate of {unit} opened'; }}"
+            )
         }
     };
     // `$(...)` is the shell's; HCL only interpolates `${...}`.

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)] // Test code: fail loudly.
 
 pub mod applies;
+pub mod browser;
 pub mod deployment;
 pub mod faults;
 pub mod git;
@@ -13,6 +14,7 @@ pub mod rabbit;
 pub mod runs;
 pub mod sandbox;
 pub mod scenario;
+pub mod sse;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -168,31 +168,83 @@ pub fn run(mut command: Command, deadline: Duration) -> Finished {
 
 /// `GET path` over plain HTTP/1.1: the status code and the body; `None` when nothing answers.
 pub fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
+    http_request(address, "GET", path, &[], "")
+}
+
+/// `method path` with `headers` and `body` over plain HTTP/1.1: the status code and the body.
+pub fn http_request(
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<(u16, String)> {
     use std::io::Write;
     let mut stream = std::net::TcpStream::connect(address).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
+    let headers: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )
     .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Some((status, body))
+}
+
+/// The body of a `Transfer-Encoding: chunked` answer (chunks may split characters: the
+/// bytes are joined first).
+pub fn dechunk(body: &str) -> String {
+    let mut out = Vec::new();
+    let mut rest = body.as_bytes();
+    while let Some(line_end) = rest.windows(2).position(|pair| pair == b"\r\n") {
+        let size = std::str::from_utf8(&rest[..line_end])
+            .ok()
+            .and_then(|size| usize::from_str_radix(size.trim(), 16).ok());
+        let after = &rest[line_end + 2..];
+        match size {
+            Some(size) if size > 0 && after.len() >= size => {
+                out.extend_from_slice(&after[..size]);
+                rest = after[size..]
+                    .strip_prefix(b"\r\n")
+                    .unwrap_or(&after[size..]);
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The address a service logged it serves its endpoints on (`Serving /metrics ... address=`).
 pub fn served_at(log: impl Fn() -> String) -> String {
+    logged_address(log, "Serving /metrics")
+}
+
+/// The `address=` of the first line of `log` that contains `marker`, once there is one.
+pub fn logged_address(log: impl Fn() -> String, marker: &str) -> String {
     crate::poll_until(
         Duration::from_secs(60),
-        "the endpoint address in the log",
+        &format!("the address of {marker:?} in the log"),
         || {
             let log = log();
-            let line = log.lines().find(|l| l.contains("Serving /metrics"))?;
+            let line = log.lines().find(|l| l.contains(marker))?;
             Some(
                 line.split("address=")
                     .nth(1)?

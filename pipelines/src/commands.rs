@@ -8,7 +8,9 @@ use anyhow::{Context, anyhow, bail};
 use broker::{Broker, Topology};
 use config::Config;
 use dispatcher::Dispatcher;
+use dispatcher::logs::LogStore;
 use dispatcher::store::Store;
+use dispatcher::web::WebLink;
 use executor_worker::WorkerSettings;
 use orchestrator::submit::{follow, submit};
 use orchestrator::{DetectOutcome, DetectRequest, render};
@@ -206,8 +208,22 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
     let mut components: JoinSet<anyhow::Result<()>> = JoinSet::new();
-    // The run ends with the command: its state needs no file.
-    let dispatcher = Dispatcher::new(broker.clone(), config.clone(), Store::in_memory()?)?;
+    // The run ends with the command: its state needs no file, unless the web page reads it.
+    let logs = LogStore::new(work_dir.path(), config.dispatcher.max_log_bytes);
+    let web = WebLink::default();
+    let store = match &args.web {
+        Some(_) => Store::open(work_dir.path())?,
+        None => Store::in_memory()?,
+    };
+    let dispatcher = Dispatcher::new(broker.clone(), config.clone(), store)?
+        .with_logs(logs.clone())
+        .with_web(web.clone());
+    let served = match &args.web {
+        Some(address) => {
+            Some(dispatcher::web::serve(address, config.clone(), work_dir.path(), logs, web).await?)
+        }
+        None => None,
+    };
     let ops = telemetry::Ops::default();
     components.spawn({
         let stopped = until_stopped(stopped.clone());
@@ -237,6 +253,9 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let event = detected.change_event(&repository, trigger);
     let mut follower = broker.follow_run(event.id).await?;
     submit(&broker, &event).await?;
+    if let Some(address) = served {
+        eprintln!("Follow the run at http://{address}/runs/{}", event.id);
+    }
     eprintln!(
         "Running {} unit(s) of {} ({} {}..{}) in embedded mode.",
         detected.detection.units().len(),
@@ -256,13 +275,22 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             }
         }
     };
+    let outcome = report_run(&status, args.format);
+    if let Some(address) = served {
+        // The page stays until the user has seen it; the components stay too, idle.
+        eprintln!(
+            "The run's page stays at http://{address}/runs/{}; press Ctrl-C to stop.",
+            event.id
+        );
+        let _ = tokio::signal::ctrl_c().await;
+    }
     let _ = stop.send(true);
     while let Some(ended) = components.join_next().await {
         if let Ok(Err(err)) = ended {
             tracing::warn!(error = %err, "Component failed while stopping.");
         }
     }
-    Ok(report_run(&status, args.format))
+    Ok(outcome)
 }
 
 pub(crate) async fn broker_setup(path: &Path) -> anyhow::Result<Outcome> {

@@ -221,6 +221,10 @@ struct RunArgs {
     /// Output format of the final summary.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// Serve the run's web page here (`127.0.0.1:8480`) while it runs, with its dependency
+    /// graph and live logs; after the run the page stays up until Ctrl-C.
+    #[arg(long, value_name = "HOST:PORT")]
+    web: Option<String>,
 }
 
 #[derive(Debug, Args)]

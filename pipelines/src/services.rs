@@ -10,8 +10,10 @@ use broker::backoff::Backoff;
 use config::Config;
 use dispatcher::Dispatcher;
 use dispatcher::github::GitHub;
+use dispatcher::logs::LogStore;
 use dispatcher::reporter::Reporter;
 use dispatcher::store::Store;
+use dispatcher::web::WebLink;
 use executor_worker::WorkerSettings;
 use telemetry::Ops;
 use tokio::sync::watch;
@@ -43,6 +45,24 @@ pub(crate) async fn dispatch(args: DispatchArgs) -> anyhow::Result<Outcome> {
         }
         None => None,
     };
+    // The logs and the web page outlive reconnections too.
+    let logs = LogStore::new(&state_dir, config.dispatcher.max_log_bytes);
+    let web = WebLink::default();
+    if let Some(address) = &config.dispatcher.web_address {
+        let served = dispatcher::web::serve(
+            address,
+            config.clone(),
+            &state_dir,
+            logs.clone(),
+            web.clone(),
+        )
+        .await?;
+        let signs_in = config.web.authenticates();
+        tracing::info!(address = %served, read_only = !signs_in, "Serving the web page.");
+        if !served.ip().is_loopback() && !signs_in {
+            tracing::warn!(address = %served, "The web page is served beyond this machine without sign-in ([web]): anyone who reaches it can read every run and log.");
+        }
+    }
     let shutdown = Shutdown::on_signals();
     keep_running(
         "pipelines-dispatch",
@@ -53,10 +73,13 @@ pub(crate) async fn dispatch(args: DispatchArgs) -> anyhow::Result<Outcome> {
         |broker| {
             let (config, ops, shutdown) = (config.clone(), ops.clone(), shutdown.clone());
             let (state_dir, reporter) = (state_dir.clone(), reporter.clone());
+            let (logs, web) = (logs.clone(), web.clone());
             async move {
                 let store = Store::open(&state_dir)?;
                 let mut dispatcher = Dispatcher::new(broker, config, store)?
                     .with_ops(ops)
+                    .with_logs(logs)
+                    .with_web(web)
                     .with_drift_schedules(state_dir);
                 if let Some(reporter) = reporter {
                     dispatcher = dispatcher.with_reporter(reporter);

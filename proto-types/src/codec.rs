@@ -6,7 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::messages::{
-    ApprovalOrder, CancelJob, CancelRun, ChangeEvent, ClaimReply, Job, JobEvent, RunStatus,
+    ApprovalOrder, CancelJob, CancelRun, ChangeEvent, ClaimReply, Job, JobEvent, LogChunk,
+    RunStatus,
 };
 
 /// The only format this version writes and reads.
@@ -38,6 +39,7 @@ pub enum Message {
     CancelRun(CancelRun),
     CancelJob(CancelJob),
     ApprovalOrder(ApprovalOrder),
+    LogChunk(LogChunk),
 }
 
 impl Message {
@@ -51,6 +53,7 @@ impl Message {
             Message::CancelRun(_) => "CancelRun",
             Message::CancelJob(_) => "CancelJob",
             Message::ApprovalOrder(_) => "ApprovalOrder",
+            Message::LogChunk(_) => "LogChunk",
         }
     }
 }
@@ -67,6 +70,7 @@ enum MessageRef<'a> {
     CancelRun(&'a CancelRun),
     CancelJob(&'a CancelJob),
     ApprovalOrder(&'a ApprovalOrder),
+    LogChunk(&'a LogChunk),
 }
 
 /// Why bytes could not become a message. Every variant is permanent: the same bytes will never
@@ -141,6 +145,7 @@ payload!(ClaimReply);
 payload!(CancelRun);
 payload!(CancelJob);
 payload!(ApprovalOrder);
+payload!(LogChunk);
 
 /// Encodes any payload into an envelope.
 pub fn encode<P: Payload>(payload: &P) -> Vec<u8> {
@@ -331,6 +336,15 @@ mod tests {
             reason: "not during the freeze".into(),
             requested_by: "alice@host".into(),
         });
+        round_trip(crate::LogChunk {
+            job_id: Uuid::new_v4(),
+            run_id: Uuid::new_v4(),
+            attempt: 1,
+            worker: "w-1".into(),
+            offset: 4096,
+            text: "null_resource.apply: Creating...\n".into(),
+            end: true,
+        });
         round_trip(CancelJob {
             job_id: Uuid::new_v4(),
             attempt: 2,
@@ -512,6 +526,7 @@ mod tests {
                         Message::CancelRun(m) => encode(m),
                         Message::CancelJob(m) => encode(m),
                         Message::ApprovalOrder(m) => encode(m),
+                        Message::LogChunk(m) => encode(m),
                     };
                     prop_assert_eq!(decode(&again).ok(), Some(message));
                 }

@@ -23,7 +23,7 @@ pub use codec::{DecodeError, FORMAT_V1, MAX_MESSAGE_BYTES, Message, Payload, dec
 pub use messages::{
     Action, ApprovalGate, ApprovalOrder, ApprovalVerdict, CancelJob, CancelRun, Change,
     ChangeEvent, ChangeKind, ClaimReply, ClaimVerdict, DependencyEdge, DriftFindings, EventKind,
-    ExecutorRole, Job, JobEvent, JobEventKind, JobOutcome, JobStatus, PolicyReport,
+    ExecutorRole, Job, JobEvent, JobEventKind, JobOutcome, JobStatus, LogChunk, PolicyReport,
     PolicySetResult, ResourceCounts, RunState, RunStatus, Trigger, UnitState, UnitStatus,
 };
 pub use report::{

@@ -478,6 +478,31 @@ pub enum ClaimVerdict {
     Denied { reason: String, retry: bool },
 }
 
+/// A piece of a job's whole log, streamed by the worker that runs the attempt while it runs,
+/// so that operators can follow it from the dispatcher's web page. The bytes are the worker's
+/// own log file (already redacted), in order; `offset` places them, so a redelivered or
+/// duplicated chunk rewrites the same bytes and changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogChunk {
+    pub job_id: Uuid,
+    pub run_id: Uuid,
+    pub attempt: u32,
+    /// The worker's name: two workers may run the same attempt one after the other (the first
+    /// was lost), and each has its own log.
+    pub worker: String,
+    /// Where in the log `text` starts, in bytes.
+    pub offset: u64,
+    /// Whole UTF-8 characters of the log, at most [`LogChunk::MAX_BYTES`].
+    pub text: String,
+    /// Nothing follows: the log is complete (a log that never gets its end was cut).
+    pub end: bool,
+}
+
+impl LogChunk {
+    /// The most text one chunk carries.
+    pub const MAX_BYTES: usize = 256 * 1024;
+}
+
 /// An operator asks the dispatcher to cancel a run: jobs not started are cancelled, running
 /// ones are stopped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

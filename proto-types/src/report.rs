@@ -273,6 +273,9 @@ pub struct JobSummary {
     /// What a drift check found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift: Option<crate::DriftFindings>,
+    /// The jobs of the run this one starts after (its dependencies in the run).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<Uuid>,
 }
 
 /// `pipelines status RUN_ID`: a run and its jobs.

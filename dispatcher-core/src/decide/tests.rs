@@ -273,6 +273,71 @@ fn gated_core() -> Core {
     Core::restore(config, Vec::new(), 1, 0)
 }
 
+#[test]
+fn the_dispatchers_own_user_relays_only_the_web_approvers_named_in_the_config() {
+    let config = Config::from_toml(
+        r#"
+        broker_url = "amqp://pipelines-dispatcher@rabbit:5672/%2f"
+        [[repositories]]
+        name = "infra"
+        url = "https://git.example/infra.git"
+        [[accounts]]
+        name = "prod"
+        paths = ["**"]
+        require_approval = true
+        [approvals]
+        users = ["alice"]
+        [web]
+        proxy_header = "X-Forwarded-Email"
+        approvers = ["lead@example.com"]
+        "#,
+    )
+    .expect("a valid config");
+    let mut core = Core::restore(config, Vec::new(), 1, 0);
+    let event = push_of(&["prod/app"]);
+    core.decide_change(&event, None, None, 0);
+    let order = |requested_by: &str| ApprovalOrder {
+        requested_by: requested_by.into(),
+        ..approval(event.id, ApprovalVerdict::Approve)
+    };
+    // A web user the configuration does not name, relayed by the dispatcher: refused.
+    let stranger = core.decide_approval(
+        &order("web:intern@example.com"),
+        Some("pipelines-dispatcher"),
+        None,
+        1,
+    );
+    assert!(matches!(
+        stranger.outcome,
+        Some(Outcome::ApproverRefused { .. })
+    ));
+    // A named web approver's order from any other broker user: refused.
+    let forged = core.decide_approval(
+        &order("web:lead@example.com"),
+        Some("orchestrator"),
+        None,
+        1,
+    );
+    assert!(matches!(
+        forged.outcome,
+        Some(Outcome::ApproverRefused { .. })
+    ));
+    let relayed = core.decide_approval(
+        &order("web:lead@example.com"),
+        Some("pipelines-dispatcher"),
+        None,
+        2,
+    );
+    assert_eq!(
+        relayed.outcome,
+        Some(Outcome::ApprovalApplied {
+            verdict: ApprovalVerdict::Approve,
+            by: "pipelines-dispatcher (web:lead@example.com)".into(),
+            jobs: 1
+        })
+    );
+}
+
 fn push_of(units: &[&str]) -> ChangeEvent {
     let units: Vec<(&str, Action)> = units.iter().map(|u| (*u, Action::Apply)).collect();
     event(crate::testing::push(), &units, &[]).0

@@ -690,3 +690,59 @@ async fn a_push_waiting_for_an_approval_says_so_on_the_merged_pull_request_then_
     );
     server.verify().await;
 }
+
+#[tokio::test]
+async fn with_a_public_url_the_comment_and_the_status_link_to_the_runs_page() {
+    let server = MockServer::start().await;
+    let mut world = World::new();
+    let planned = world.run(
+        pr(3),
+        &[("dev/app", Action::Plan)],
+        &[JobStatus::Succeeded],
+        &plan_output,
+    );
+    let page = format!("https://pipelines.example.com/runs/{planned}");
+    mount(
+        &server,
+        on("POST", format!("/repos/acme/infra/statuses/{SHA}"))
+            .and(body_partial_json(json!({ "target_url": page })))
+            .respond_with(created(json!({})))
+            .expect(1),
+    )
+    .await;
+    mount(
+        &server,
+        on("GET", "/user").respond_with(ok(json!({ "login": BOT }))),
+    )
+    .await;
+    mount(
+        &server,
+        on("GET", "/repos/acme/infra/issues/3/comments").respond_with(ok(json!([]))),
+    )
+    .await;
+    mount(
+        &server,
+        on("POST", "/repos/acme/infra/issues/3/comments").respond_with(created(json!({ "id": 1 }))),
+    )
+    .await;
+    let mut task = world.task(
+        &server,
+        "[dispatcher]\npublic_url = \"https://pipelines.example.com/\"\n",
+    );
+    let (detail, outputs) = world.detail(planned);
+    task.report_run(&detail, &outputs).await.unwrap();
+    server.verify().await;
+    let requests = server.received_requests().await.unwrap();
+    let comment = requests
+        .iter()
+        .find(|r| r.method.as_str() == "POST" && r.url.path().ends_with("/comments"))
+        .map(body_of)
+        .unwrap();
+    assert!(
+        comment["body"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("[details]({page})")),
+        "{comment}"
+    );
+}

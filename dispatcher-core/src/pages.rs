@@ -1,0 +1,438 @@
+//! The web page's HTML: the list of runs, one run (its dependency graph and job table, the part
+//! that updates live) and one job (its details and log viewer). Pure: plain data in, markup
+//! out. maud escapes every value, so unit names, reasons and output from the repository can
+//! never become markup; the page's script only ever inserts server-rendered HTML or text.
+
+use std::collections::BTreeMap;
+
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+use proto_types::{EventKind, JobPhase, JobSummary, RunDetail, RunPhase, RunSummary};
+use uuid::Uuid;
+
+use crate::graph;
+use crate::report::{policy_cell, utc};
+use crate::status::duration;
+
+/// Who is looking, and what they may do: decides which buttons the page shows. (The server
+/// checks again on every action; a hidden button is a courtesy, not the control.)
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Viewer {
+    /// The signed-in user, if any.
+    pub user: Option<String>,
+    pub may_cancel: bool,
+    pub may_approve: bool,
+    /// The token every form of this viewer carries (CSRF); `None` when nobody may act.
+    pub csrf: Option<String>,
+    /// Whether the page offers a sign-in form (static tokens are configured).
+    pub sign_in: bool,
+}
+
+/// Where a repository's commits and pull requests are on the forge: `repository →
+/// https://github.com/org/infra`.
+pub type ForgeLinks = BTreeMap<String, String>;
+
+/// The runs list's filter, as the form sends it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunsFilter {
+    pub repository: Option<String>,
+    pub event: Option<EventKind>,
+    pub state: Option<String>,
+    pub pull_request: Option<u64>,
+}
+
+/// One log of a job, as the job page lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    pub attempt: u32,
+    pub worker: String,
+    pub bytes: u64,
+    /// `complete`, `truncated`, `cut` (its job ended without its end) or `streaming`.
+    pub state: &'static str,
+}
+
+const RUN_STATES: [&str; 5] = ["running", "succeeded", "failed", "rejected", "cancelled"];
+
+/// A whole page around `body`.
+fn page(title: &str, viewer: &Viewer, body: Markup) -> String {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Pipelines" }
+                link rel="stylesheet" href="/assets/app.css";
+                script src="/assets/app.js" defer {}
+            }
+            body {
+                header {
+                    a.brand href="/" { "Pipelines" }
+                    span.who {
+                        @if let Some(user) = &viewer.user {
+                            "Signed in as " strong { (user) }
+                        } @else if viewer.sign_in {
+                            a href="/sign-in" { "Sign in" }
+                        } @else {
+                            "Read-only"
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+    .into_string()
+}
+
+/// `/`: the most recent runs that pass `filter`, newest first.
+pub fn runs_page(
+    runs: &[RunSummary],
+    filter: &RunsFilter,
+    repositories: &[String],
+    viewer: &Viewer,
+    links: &ForgeLinks,
+    now: u64,
+) -> String {
+    let selected = |value: &str, chosen: Option<&str>| chosen == Some(value);
+    let body = html! {
+        h1 { "Runs" }
+        form.filters method="get" action="/" {
+            label { "Repository "
+                select name="repository" {
+                    option value="" { "any" }
+                    @for repository in repositories {
+                        option value=(repository) selected[selected(repository, filter.repository.as_deref())] { (repository) }
+                    }
+                }
+            }
+            label { "Event "
+                select name="event" {
+                    option value="" { "any" }
+                    @for event in [EventKind::PullRequest, EventKind::Push, EventKind::Drift] {
+                        option value=(event.as_str()) selected[filter.event == Some(event)] { (event.as_str()) }
+                    }
+                }
+            }
+            label { "State "
+                select name="state" {
+                    option value="" { "any" }
+                    @for state in RUN_STATES {
+                        option value=(state) selected[selected(state, filter.state.as_deref())] { (state) }
+                    }
+                }
+            }
+            label { "PR "
+                input type="number" name="pr" min="1" value=[filter.pull_request] size="6";
+            }
+            button type="submit" { "Filter" }
+        }
+        @if runs.is_empty() {
+            p.empty { "No runs match." }
+        } @else {
+            table.runs {
+                thead { tr {
+                    th { "Run" } th { "Repository" } th { "Event" } th { "State" }
+                    th { "Jobs" } th { "Duration" } th { "Commit" } th { "Started" }
+                } }
+                tbody {
+                    @for run in runs {
+                        tr {
+                            td { a href={ "/runs/" (run.run_id) } { code { (short_id(run.run_id)) } } }
+                            td { (run.repository) }
+                            td { (event_cell(run, links)) }
+                            td { span class={ "state " (run.state.as_str()) } { (run.state.as_str()) }
+                                 @if let Some(reason) = &run.reason { div.reason { (reason) } } }
+                            td { (counts(&run.jobs)) }
+                            td { (run_duration(run, now)) }
+                            td { (commit_link(run, links)) }
+                            td { (utc(run.created_ms)) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page("Runs", viewer, body)
+}
+
+/// `/runs/<id>`: the run, whose live part updates while it goes on.
+pub fn run_page(detail: &RunDetail, viewer: &Viewer, links: &ForgeLinks, now: u64) -> String {
+    let run = &detail.run;
+    let awaiting = detail
+        .jobs
+        .iter()
+        .any(|job| job.state == JobPhase::AwaitingApproval);
+    let body = html! {
+        h1 { "Run " code { (short_id(run.run_id)) } }
+        p.meta {
+            (run.repository) " · " (event_cell(run, links)) " · " (commit_link(run, links))
+            " · started " (utc(run.created_ms))
+        }
+        @if run.state == RunPhase::Running {
+            div #actions .actions {
+                @if let (true, Some(csrf)) = (viewer.may_cancel, &viewer.csrf) {
+                    form method="post" action={ "/runs/" (run.run_id) "/cancel" } {
+                        input type="hidden" name="csrf" value=(csrf);
+                        input type="text" name="reason" placeholder="Why cancel?" required;
+                        button #cancel type="submit" class="danger" { "Cancel run" }
+                    }
+                }
+                @if let (true, true, Some(csrf)) = (awaiting, viewer.may_approve, &viewer.csrf) {
+                    form method="post" action={ "/runs/" (run.run_id) "/approve" } {
+                        input type="hidden" name="csrf" value=(csrf);
+                        input type="text" name="reason" placeholder="Why?" required;
+                        button type="submit" name="verdict" value="approve" { "Approve waiting applies" }
+                        button type="submit" name="verdict" value="reject" class="danger" { "Reject" }
+                    }
+                }
+            }
+        }
+        div #live data-events=(format!("/runs/{}/events", run.run_id))
+            data-final=(run.state != RunPhase::Running) {
+            (PreEscaped(run_live(detail, now)))
+        }
+    };
+    page(&format!("Run {}", short_id(run.run_id)), viewer, body)
+}
+
+/// The part of a run's page that changes while it runs: state, graph, jobs. (The actions stay
+/// outside it, so that an update never wipes what a user is typing; the script removes them
+/// when the run ends.)
+pub fn run_live(detail: &RunDetail, now: u64) -> String {
+    let run = &detail.run;
+    html! {
+        div.summary {
+            span #run-state class={ "state " (run.state.as_str()) } { (run.state.as_str()) }
+            " " span.counts { (counts(&run.jobs)) }
+            " · " (run_duration(run, now))
+            @if let Some(reason) = &run.reason { div.reason { (reason) } }
+        }
+        h2 { "Graph" }
+        div.graph { (graph::svg(detail)) }
+        h2 { "Jobs" }
+        (job_table(detail))
+    }
+    .into_string()
+}
+
+fn job_table(detail: &RunDetail) -> Markup {
+    html! {
+        table.jobs {
+            thead { tr {
+                th { "Unit" } th { "Account" } th { "Action" } th { "State" } th { "Attempt" }
+                th { "Worker" } th { "Duration" } th { "Resources" } th { "Policy" }
+            } }
+            tbody {
+                @for job in &detail.jobs {
+                    tr id={ "job-" (job.job_id) } {
+                        td { a href={ "/jobs/" (job.job_id) } { (job.unit) } }
+                        td { (job.account) }
+                        td { (job.action.as_str()) }
+                        td {
+                            span class={ "state " (job.state.as_str()) } { (job.state.as_str()) }
+                            @if let Some(why) = graph::why(detail, job) { div.reason { (why) } }
+                        }
+                        td { (job.attempt) }
+                        td { (job.worker.as_deref().unwrap_or("")) }
+                        td { (job.duration_ms.map(duration).unwrap_or_default()) }
+                        td { (resources(job)) }
+                        td { (job.policy.as_ref().map(policy_cell).unwrap_or_default()) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `/jobs/<id>`: a job, and the viewer of its newest log.
+pub fn job_page(
+    detail: &RunDetail,
+    job: &JobSummary,
+    logs: &[LogEntry],
+    viewer: &Viewer,
+) -> String {
+    let run = &detail.run;
+    let body = html! {
+        p.crumbs { a href={ "/runs/" (run.run_id) } { "Run " code { (short_id(run.run_id)) } } }
+        h1 { (job.unit) " " small { (job.action.as_str()) } }
+        table.facts {
+            tr { th { "State" } td { span #job-state class={ "state " (job.state.as_str()) } { (job.state.as_str()) }
+                @if let Some(why) = graph::why(detail, job) { div.reason { (why) } } } }
+            tr { th { "Account" } td { (job.account) } }
+            tr { th { "Attempt" } td { (job.attempt) } }
+            tr { th { "Worker" } td { (job.worker.as_deref().unwrap_or("not started")) } }
+            tr { th { "Duration" } td { (job.duration_ms.map(duration).unwrap_or_default()) } }
+            tr { th { "Resources" } td { (resources(job)) } }
+            @if let Some(policy) = &job.policy { tr { th { "Policy" } td { (policy_cell(policy)) } } }
+            @if let Some(code) = job.exit_code { tr { th { "Exit code" } td { (code) } } }
+        }
+        h2 { "Log" }
+        @if logs.len() > 1 {
+            ul.logs {
+                @for log in logs {
+                    li { a href={ "/jobs/" (job.job_id) "/logs/" (log.attempt) "/" (log.worker) } {
+                        "attempt " (log.attempt) " on " (log.worker) } " · " (log.bytes) " bytes · " (log.state) }
+                }
+            }
+        }
+        @if logs.is_empty() && job.state.is_final() {
+            p.empty { "This job has no log here (it never started, or its worker does not stream logs)." }
+        } @else {
+            p.logstate { span #log-state { "loading…" } @if let Some(log) = logs.last() {
+                " · " a href={ "/jobs/" (job.job_id) "/logs/" (log.attempt) "/" (log.worker) } { "raw" } } }
+            pre #log data-stream=(format!("/jobs/{}/stream", job.job_id)) {}
+        }
+    };
+    page(&job.unit, viewer, body)
+}
+
+/// `/sign-in`: a token form (static tokens).
+pub fn sign_in_page(error: Option<&str>, viewer: &Viewer) -> String {
+    let body = html! {
+        h1 { "Sign in" }
+        @if let Some(error) = error { p.error { (error) } }
+        form method="post" action="/sign-in" {
+            label { "Token " input type="password" name="token" autocomplete="current-password" required; }
+            button #sign-in type="submit" { "Sign in" }
+        }
+    };
+    page("Sign in", viewer, body)
+}
+
+/// A short page for errors (404, 403).
+pub fn message_page(title: &str, message: &str, viewer: &Viewer) -> String {
+    page(title, viewer, html! { h1 { (title) } p { (message) } })
+}
+
+fn resources(job: &JobSummary) -> String {
+    let mut text = job
+        .resource_changes
+        .map(|counts| counts.to_string())
+        .unwrap_or_default();
+    if let Some(drift) = &job.drift {
+        text = if drift.drifted {
+            format!("drifted {text}")
+        } else {
+            "in sync".to_owned()
+        };
+    }
+    text
+}
+
+fn short_id(id: Uuid) -> String {
+    id.to_string()[..8].to_owned()
+}
+
+fn counts(jobs: &BTreeMap<String, u32>) -> String {
+    let total: u32 = jobs.values().sum();
+    let parts: Vec<String> = jobs
+        .iter()
+        .map(|(state, count)| format!("{count} {state}"))
+        .collect();
+    format!("{total} jobs: {}", parts.join(", "))
+}
+
+fn run_duration(run: &RunSummary, now: u64) -> String {
+    let end = if run.state == RunPhase::Running {
+        now
+    } else {
+        run.updated_ms
+    };
+    duration(end.saturating_sub(run.created_ms))
+}
+
+fn event_cell(run: &RunSummary, links: &ForgeLinks) -> Markup {
+    match (run.pull_request, links.get(&run.repository)) {
+        (Some(number), Some(base)) => html! {
+            (run.event.as_str()) " " a href=(format!("{base}/pull/{number}")) { "#" (number) }
+        },
+        (Some(number), None) => html! { (run.event.as_str()) " #" (number) },
+        (None, _) => html! { (run.event.as_str()) },
+    }
+}
+
+fn commit_link(run: &RunSummary, links: &ForgeLinks) -> Markup {
+    let short = &run.head_sha[..run.head_sha.len().min(8)];
+    match links.get(&run.repository) {
+        Some(base) => {
+            html! { a href=(format!("{base}/commit/{}", run.head_sha)) { code { (short) } } }
+        }
+        None => html! { code { (short) } },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::run_detail;
+
+    #[test]
+    fn repository_text_is_escaped_everywhere() {
+        let evil = "dev/<script>alert(1)</script>";
+        let mut detail = run_detail(&[(evil, "failed"), ("dev/b\"onmouseover=\"x", "skipped")]);
+        detail.jobs[0].reason = Some("<img src=x onerror=alert(2)>".into());
+        let viewer = Viewer::default();
+        let html = run_page(&detail, &viewer, &ForgeLinks::new(), 0);
+        assert!(!html.contains("<script>alert"), "{html}");
+        assert!(!html.contains("<img src=x"), "{html}");
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(!html.contains("b\"onmouseover"), "{html}");
+        let job = job_page(&detail, &detail.jobs[0], &[], &viewer);
+        assert!(!job.contains("<script>alert"), "{job}");
+    }
+
+    #[test]
+    fn actions_show_only_for_viewers_who_may_act() {
+        let detail = run_detail(&[("dev/a", "running")]);
+        let read_only = run_page(&detail, &Viewer::default(), &ForgeLinks::new(), 0);
+        assert!(!read_only.contains("Cancel run"));
+        let operator = Viewer {
+            user: Some("alice".into()),
+            may_cancel: true,
+            csrf: Some("token-123".into()),
+            ..Viewer::default()
+        };
+        let html = run_page(&detail, &operator, &ForgeLinks::new(), 0);
+        assert!(html.contains("Cancel run"));
+        assert!(
+            !run_live(&detail, 0).contains("Cancel run"),
+            "live updates never replace a form being filled in"
+        );
+        assert!(html.contains(r#"name="csrf" value="token-123""#), "{html}");
+        assert!(!html.contains("Approve"), "nothing waits for an approval");
+    }
+
+    #[test]
+    fn the_runs_list_keeps_its_filter_and_links_to_the_forge() {
+        let detail = run_detail(&[("dev/a", "succeeded")]);
+        let mut run = detail.run.clone();
+        run.pull_request = Some(42);
+        run.event = EventKind::PullRequest;
+        let links = ForgeLinks::from([(
+            run.repository.clone(),
+            "https://github.com/org/infra".into(),
+        )]);
+        let filter = RunsFilter {
+            state: Some("failed".into()),
+            ..RunsFilter::default()
+        };
+        let html = runs_page(
+            &[run.clone()],
+            &filter,
+            &[run.repository.clone()],
+            &Viewer::default(),
+            &links,
+            0,
+        );
+        assert!(
+            html.contains(r#"<option value="failed" selected>"#),
+            "{html}"
+        );
+        assert!(html.contains("https://github.com/org/infra/pull/42"));
+        assert!(html.contains(&format!(
+            "https://github.com/org/infra/commit/{}",
+            run.head_sha
+        )));
+        assert!(html.contains(&format!("/runs/{}", run.run_id)));
+    }
+}

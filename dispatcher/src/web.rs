@@ -1,0 +1,978 @@
+//! The web page's HTTP edge (axum): runs, a run's graph and jobs, a job's live log, and the
+//! actions signed-in users may take. Served by the dispatcher at `dispatcher.web_address`
+//! (and by `pipelines run --web`), with nothing else to deploy: the HTML comes from
+//! `dispatcher_core::pages`, the script and style sheet are compiled in, nothing is fetched
+//! from elsewhere.
+//!
+//! Reads go to the run database through a read-only connection and to the log files; live
+//! updates are server-sent events woken by the dispatcher ([`WebLink`]) and the log store.
+//! Actions are messages on the control queue, published as the dispatcher's own broker user
+//! and decided like anyone's; the page only lets through users `[web]` names, and logs them.
+
+mod auth;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Form, Path as UrlPath, Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use broker::{Broker, Headers, Outgoing, Route};
+use config::Config;
+use dispatcher_core::pages::{self, ForgeLinks, LogEntry, RunsFilter, Viewer};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use proto_types::{
+    ApprovalOrder, ApprovalVerdict, CancelRun, EventKind, JobSummary, Payload, RunDetail,
+};
+use serde::Deserialize;
+use tokio::sync::{broadcast, mpsc};
+use uuid::Uuid;
+
+use crate::clock::now_ms;
+use crate::logs::{self, LogEnd, LogStore};
+use crate::store::{RunFilter, Store, StoreError};
+
+pub(crate) use auth::Auth;
+use auth::{Identity, Method, SESSION_COOKIE};
+
+/// Runs the list shows at most.
+const RUNS_LISTED: usize = 200;
+/// Bytes of log one event carries at most.
+const LOG_EVENT_BYTES: usize = 64 * 1024;
+/// A live run page is re-rendered at most this often (a big run changes many times a second).
+const RUN_UPDATE_EVERY: Duration = Duration::from_millis(500);
+/// A finished job's log without its end marker is declared cut after this long without
+/// growing (its last chunks may still be on their way).
+const CUT_AFTER: Duration = Duration::from_secs(5);
+
+const APP_CSS: &str = include_str!("web/app.css");
+const APP_JS: &str = include_str!("web/app.js");
+
+/// What the dispatcher tells the web page: which runs changed, and the broker to publish the
+/// page's actions on (it changes when the dispatcher reconnects).
+#[derive(Debug, Clone)]
+pub struct WebLink {
+    runs: broadcast::Sender<Uuid>,
+    broker: Arc<Mutex<Option<Broker>>>,
+}
+
+impl Default for WebLink {
+    fn default() -> WebLink {
+        WebLink {
+            runs: broadcast::channel(4096).0,
+            broker: Arc::new(Mutex::new(None)),
+        }
+    }
+}
+
+impl WebLink {
+    /// `run_id` changed: its open pages re-render.
+    pub fn run_changed(&self, run_id: Uuid) {
+        let _ = self.runs.send(run_id);
+    }
+
+    /// The broker the dispatcher is connected to now.
+    pub fn connected(&self, broker: Broker) {
+        *self.broker.lock().unwrap_or_else(|e| e.into_inner()) = Some(broker);
+    }
+
+    fn broker(&self) -> Option<Broker> {
+        self.broker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error("cannot serve the web page on {address}: {reason}")]
+    Bind { address: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Everything a request may need.
+struct Web {
+    store: Mutex<Store>,
+    logs: LogStore,
+    link: WebLink,
+    auth: Auth,
+    links: ForgeLinks,
+    /// Whether the page is served as https (cookies are then `Secure`).
+    secure: bool,
+    /// The newest live part of each followed run, rendered once for every page following it
+    /// (a 1,000-job run's part is about a megabyte; twenty pages must not make twenty).
+    live: tokio::sync::Mutex<HashMap<Uuid, LivePart>>,
+}
+
+/// A run's live part as last rendered (JSON-encoded for an event), and when.
+struct LivePart {
+    rendered: tokio::time::Instant,
+    /// The whole server-sent event: `event: update`, the JSON-encoded HTML as its data.
+    frame: Bytes,
+    is_final: bool,
+}
+
+/// Serves the page on `address` until the task is dropped, reading the run database in
+/// `state_dir` (which must exist) and the logs of `logs`.
+pub async fn serve(
+    address: &str,
+    config: Config,
+    state_dir: &Path,
+    logs: LogStore,
+    link: WebLink,
+) -> Result<SocketAddr, WebError> {
+    let store = Store::open_read_only(state_dir)?;
+    let bind_error = |reason: String| WebError::Bind {
+        address: address.to_owned(),
+        reason,
+    };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|err| bind_error(err.to_string()))?;
+    let local = listener
+        .local_addr()
+        .map_err(|err| bind_error(err.to_string()))?;
+    let web = Arc::new(Web {
+        store: Mutex::new(store),
+        logs,
+        link,
+        auth: Auth::new(config.web.clone(), Auth::random_key()),
+        links: forge_links(&config),
+        secure: config
+            .dispatcher
+            .public_url
+            .as_deref()
+            .is_some_and(|url| url.starts_with("https://")),
+        live: tokio::sync::Mutex::new(HashMap::new()),
+    });
+    let app = router(web);
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            tracing::error!(error = %err, "The web page stopped.");
+        }
+    });
+    Ok(local)
+}
+
+fn router(web: Arc<Web>) -> Router {
+    Router::new()
+        .route("/", get(runs_page))
+        .route("/runs/{id}", get(run_page))
+        .route("/runs/{id}/events", get(run_events))
+        .route("/runs/{id}/cancel", post(cancel_run))
+        .route("/runs/{id}/approve", post(approve_run))
+        .route("/jobs/{id}", get(job_page))
+        .route("/jobs/{id}/stream", get(job_stream))
+        .route("/jobs/{id}/logs/{attempt}/{worker}", get(raw_log))
+        .route("/sign-in", get(sign_in_page).post(sign_in))
+        .route("/sign-out", post(sign_out))
+        .route(
+            "/assets/app.css",
+            get(|| async { asset("text/css", APP_CSS) }),
+        )
+        .route(
+            "/assets/app.js",
+            get(|| async { asset("text/javascript", APP_JS) }),
+        )
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(web)
+}
+
+/// `repository → https://github.com/org/name` for the repositories GitHub knows.
+fn forge_links(config: &Config) -> ForgeLinks {
+    let Some(github) = &config.github else {
+        return ForgeLinks::new();
+    };
+    let web = crate::github::web_url_of(&github.api_url);
+    config
+        .repositories
+        .iter()
+        .filter_map(|repo| {
+            let slug = repo.github.as_ref()?;
+            Some((repo.name.clone(), format!("{web}/{slug}")))
+        })
+        .collect()
+}
+
+/// Nothing but this server's own script and style runs or loads, no other site may frame it,
+/// and nothing sniffs a log into HTML.
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    response
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+impl Web {
+    fn identify(&self, headers: &HeaderMap) -> Option<Identity> {
+        self.auth.identify(headers, now_ms() / 1000)
+    }
+
+    fn viewer(&self, who: Option<&Identity>) -> Viewer {
+        let settings = self.auth.settings();
+        Viewer {
+            user: who.map(|who| who.user.clone()),
+            may_cancel: who.is_some_and(|who| settings.may_cancel(&who.user)),
+            may_approve: who.is_some_and(|who| settings.may_approve(&who.user)),
+            csrf: who.map(|who| self.auth.csrf(&who.user)),
+            sign_in: !settings.tokens.is_empty(),
+        }
+    }
+
+    /// Runs `read` against the run database off the async runtime.
+    async fn read<T: Send + 'static>(
+        self: &Arc<Self>,
+        read: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let web = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let store = web.store.lock().unwrap_or_else(|e| e.into_inner());
+            read(&store)
+        })
+        .await
+        .unwrap_or_else(|err| {
+            Err(StoreError::Sqlite {
+                operation: "read for the web page",
+                reason: err.to_string(),
+            })
+        })
+    }
+
+    /// The live part of `run_id`'s page (JSON-encoded) and whether the run is final: the
+    /// shared rendering when it is fresh (younger than half the update interval), else a new
+    /// one. Pages wait for each other here, so a run is read and rendered once per update.
+    async fn live_part(self: &Arc<Self>, run_id: Uuid) -> Option<(Bytes, bool)> {
+        let mut live = self.live.lock().await;
+        if let Some(part) = live.get(&run_id)
+            && part.rendered.elapsed() < RUN_UPDATE_EVERY / 2
+        {
+            return Some((part.frame.clone(), part.is_final));
+        }
+        let detail = run_detail(self, run_id.to_string()).await.ok()?;
+        // JSON has no line breaks: the data is one `data:` line.
+        let frame = format!(
+            "event: update\ndata: {}\n\n",
+            json(&pages::run_live(&detail, now_ms()))
+        );
+        let frame = Bytes::from(frame.into_bytes());
+        let is_final = detail.run.state.is_final();
+        // Finished runs' parts are not kept: nobody follows them for long.
+        live.retain(|_, part| !part.is_final && part.rendered.elapsed() < Duration::from_secs(60));
+        live.insert(
+            run_id,
+            LivePart {
+                rendered: tokio::time::Instant::now(),
+                frame: frame.clone(),
+                is_final,
+            },
+        );
+        Some((frame, is_final))
+    }
+
+    fn not_found(&self, what: &str, viewer: &Viewer) -> Response {
+        html(
+            StatusCode::NOT_FOUND,
+            pages::message_page("Not found", what, viewer),
+        )
+    }
+
+    fn failed(&self, err: &StoreError, viewer: &Viewer) -> Response {
+        match err {
+            StoreError::UnknownRun(id) => self.not_found(&format!("No run {id}."), viewer),
+            other => {
+                tracing::error!(error = %other, "The web page cannot read the run database.");
+                html(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    pages::message_page("Error", "The run database cannot be read.", viewer),
+                )
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RunsQuery {
+    #[serde(default)]
+    repository: String,
+    #[serde(default)]
+    event: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    pr: String,
+}
+
+async fn runs_page(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Query(query): Query<RunsQuery>,
+) -> Response {
+    let who = web.identify(&headers);
+    let viewer = web.viewer(who.as_ref());
+    let filled = |value: String| Some(value.trim().to_owned()).filter(|v| !v.is_empty());
+    let filter = RunsFilter {
+        repository: filled(query.repository),
+        event: filled(query.event).and_then(|event| event.parse::<EventKind>().ok()),
+        state: filled(query.state),
+        pull_request: filled(query.pr).and_then(|pr| pr.parse().ok()),
+    };
+    let store_filter = RunFilter {
+        repository: filter.repository.clone(),
+        event: filter.event,
+        state: filter.state.clone(),
+        pull_request: filter.pull_request,
+    };
+    let found = web
+        .read(move |store| {
+            Ok((
+                store.find_runs(&store_filter, RUNS_LISTED)?,
+                store.repositories()?,
+            ))
+        })
+        .await;
+    match found {
+        Ok((runs, repositories)) => html(
+            StatusCode::OK,
+            pages::runs_page(&runs, &filter, &repositories, &viewer, &web.links, now_ms()),
+        ),
+        Err(err) => web.failed(&err, &viewer),
+    }
+}
+
+async fn run_detail(web: &Arc<Web>, id: String) -> Result<RunDetail, StoreError> {
+    web.read(move |store| store.run_detail(&id, now_ms())).await
+}
+
+async fn run_page(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    let viewer = web.viewer(web.identify(&headers).as_ref());
+    match run_detail(&web, id).await {
+        Ok(detail) => html(
+            StatusCode::OK,
+            pages::run_page(&detail, &viewer, &web.links, now_ms()),
+        ),
+        Err(err) => web.failed(&err, &viewer),
+    }
+}
+
+/// Server-sent events of one run: `update` with the live part's HTML (JSON-encoded) on every
+/// change, at most every [`RUN_UPDATE_EVERY`]; `end` once the run is final.
+async fn run_events(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    let viewer = web.viewer(web.identify(&headers).as_ref());
+    let Ok(run_id) = id.parse::<Uuid>() else {
+        return web.not_found(&format!("No run {id}."), &viewer);
+    };
+    match web.read(move |store| store.run_phase(run_id)).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return web.not_found(&format!("No run {id}."), &viewer),
+        Err(err) => return web.failed(&err, &viewer),
+    }
+    let mut changes = web.link.runs.subscribe();
+    // One frame in flight per page: only the newest state of a run matters. Frames share the
+    // one rendering (`Bytes` counts references; no copy per page).
+    let (frames, receiver) = mpsc::channel::<Bytes>(1);
+    tokio::spawn(async move {
+        loop {
+            let Some((frame, is_final)) = web.live_part(run_id).await else {
+                return;
+            };
+            if frames.send(frame).await.is_err() {
+                return;
+            }
+            if is_final {
+                let end = Bytes::from_static(b"event: end\ndata: {}\n\n");
+                let _ = frames.send(end).await;
+                return;
+            }
+            // Wait for a change of this run (or look again every few seconds: durations
+            // grow, and a missed notification costs at most that).
+            let wait = async {
+                loop {
+                    match changes.recv().await {
+                        Ok(changed) if changed == run_id => return,
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
+            tokio::time::sleep(RUN_UPDATE_EVERY).await;
+        }
+    });
+    let stream = futures_lite::stream::unfold(receiver, |mut receiver| async move {
+        receiver
+            .recv()
+            .await
+            .map(|frame| (Ok::<Bytes, Infallible>(frame), receiver))
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+fn sse(receiver: mpsc::Receiver<Event>) -> Response {
+    let stream = futures_lite::stream::unfold(receiver, |mut receiver| async move {
+        receiver
+            .recv()
+            .await
+            .map(|event| (Ok::<Event, Infallible>(event), receiver))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// A JSON string: SSE data may not hold carriage returns, and text from a repository may.
+fn json(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned())
+}
+
+/// A job and its run, by the job's id.
+async fn job_and_run(
+    web: &Arc<Web>,
+    id: &str,
+) -> Result<Option<(RunDetail, JobSummary)>, StoreError> {
+    let Ok(job_id) = id.parse::<Uuid>() else {
+        return Ok(None);
+    };
+    let Some(run_id) = web.read(move |store| store.run_of_job(job_id)).await? else {
+        return Ok(None);
+    };
+    let detail = run_detail(web, run_id.to_string()).await?;
+    let job = detail.jobs.iter().find(|job| job.job_id == job_id).cloned();
+    Ok(job.map(|job| (detail, job)))
+}
+
+/// A job's run and its own id, or the page saying it is unknown.
+async fn job_ids(web: &Arc<Web>, id: &str, viewer: &Viewer) -> Result<(Uuid, Uuid), Response> {
+    match job_and_run(web, id).await {
+        Ok(Some((detail, job))) => Ok((detail.run.run_id, job.job_id)),
+        Ok(None) => Err(web.not_found(&format!("No job {id}."), viewer)),
+        Err(err) => Err(web.failed(&err, viewer)),
+    }
+}
+
+fn log_entries(logs: &[logs::LogFile], job_final: bool) -> Vec<LogEntry> {
+    logs.iter()
+        .enumerate()
+        .map(|(i, log)| LogEntry {
+            attempt: log.attempt,
+            worker: log.worker.clone(),
+            bytes: log.len,
+            state: match log.end {
+                Some(LogEnd::Complete) => "complete",
+                Some(LogEnd::Truncated) => "truncated",
+                // An earlier log without its end was cut (a newer one exists).
+                None if job_final || i + 1 < logs.len() => "cut",
+                None => "streaming",
+            },
+        })
+        .collect()
+}
+
+async fn job_page(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    let viewer = web.viewer(web.identify(&headers).as_ref());
+    match job_and_run(&web, &id).await {
+        Ok(Some((detail, job))) => {
+            let files = web.logs.logs(detail.run.run_id, job.job_id);
+            let entries = log_entries(&files, job.state.is_final());
+            html(
+                StatusCode::OK,
+                pages::job_page(&detail, &job, &entries, &viewer),
+            )
+        }
+        Ok(None) => web.not_found(&format!("No job {id}."), &viewer),
+        Err(err) => web.failed(&err, &viewer),
+    }
+}
+
+/// Server-sent events of a job's newest log: `chunk` (JSON text) as the log grows, `state`
+/// when it is known how it ended, then `end`. A new attempt's log replaces the old one on
+/// the page (`reset`).
+async fn job_stream(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    let viewer = web.viewer(web.identify(&headers).as_ref());
+    let (run_id, job_id) = match job_ids(&web, &id, &viewer).await {
+        Ok(ids) => ids,
+        Err(response) => return response,
+    };
+    let mut grew = web.logs.subscribe();
+    let (events, receiver) = mpsc::channel::<Event>(4);
+    tokio::spawn(async move {
+        let mut following: Option<(PathBuf, u64)> = None;
+        let mut quiet_since = tokio::time::Instant::now();
+        loop {
+            let store = web.logs.clone();
+            let files = tokio::task::spawn_blocking(move || store.logs(run_id, job_id))
+                .await
+                .unwrap_or_default();
+            let Some(newest) = files.last().cloned() else {
+                // No log yet: wait for one, unless the job ended without any.
+                if job_final(&web, job_id).await && quiet_since.elapsed() > CUT_AFTER {
+                    let _ = events.send(state_event("none")).await;
+                    let _ = events.send(Event::default().event("end").data("{}")).await;
+                    return;
+                }
+                wait_for_growth(&mut grew, job_id).await;
+                continue;
+            };
+            let offset = match &following {
+                Some((path, offset)) if *path == newest.path => *offset,
+                _ => {
+                    let label = format!("attempt {} on {}", newest.attempt, newest.worker);
+                    let reset = Event::default().event("reset").data(json(&label));
+                    if events.send(reset).await.is_err() {
+                        return;
+                    }
+                    0
+                }
+            };
+            let path = newest.path.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                logs::read_text(&path, offset, LOG_EVENT_BYTES)
+            })
+            .await;
+            let (text, next) = match read {
+                Ok(Ok(read)) => read,
+                _ => (String::new(), offset),
+            };
+            following = Some((newest.path.clone(), next));
+            if !text.is_empty() {
+                quiet_since = tokio::time::Instant::now();
+                let chunk = Event::default().event("chunk").data(json(&text));
+                if events.send(chunk).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            // Caught up with the file.
+            let ended = match newest.end {
+                Some(LogEnd::Complete) => Some("complete"),
+                Some(LogEnd::Truncated) => Some("truncated"),
+                None if job_final(&web, job_id).await && quiet_since.elapsed() > CUT_AFTER => {
+                    Some("cut")
+                }
+                None => None,
+            };
+            if let Some(ended) = ended {
+                let _ = events.send(state_event(ended)).await;
+                let _ = events.send(Event::default().event("end").data("{}")).await;
+                return;
+            }
+            if events.send(state_event("streaming")).await.is_err() {
+                return;
+            }
+            wait_for_growth(&mut grew, job_id).await;
+        }
+    });
+    sse(receiver)
+}
+
+fn state_event(state: &str) -> Event {
+    Event::default().event("state").data(json(state))
+}
+
+async fn job_final(web: &Arc<Web>, job_id: Uuid) -> bool {
+    let state = web.read(move |store| store.job_state(job_id)).await;
+    match state {
+        Ok(Some(state)) => state
+            .parse::<proto_types::JobPhase>()
+            .is_ok_and(proto_types::JobPhase::is_final),
+        _ => true,
+    }
+}
+
+/// Until `job_id`'s log grows, or a second passes (the job's state may have changed).
+async fn wait_for_growth(grew: &mut broadcast::Receiver<Uuid>, job_id: Uuid) {
+    let wait = async {
+        loop {
+            match grew.recv().await {
+                Ok(grown) if grown == job_id => return,
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => return,
+                Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), wait).await;
+}
+
+/// One log as plain text, streamed from its file.
+async fn raw_log(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    UrlPath((id, attempt, worker)): UrlPath<(String, u32, String)>,
+) -> Response {
+    let viewer = web.viewer(web.identify(&headers).as_ref());
+    let (run_id, job_id) = match job_ids(&web, &id, &viewer).await {
+        Ok(ids) => ids,
+        Err(response) => return response,
+    };
+    // The file is looked up among the job's logs, never built from the request's path.
+    let Some(log) = web
+        .logs
+        .logs(run_id, job_id)
+        .into_iter()
+        .find(|log| log.attempt == attempt && log.worker == worker)
+    else {
+        return web.not_found("No such log.", &viewer);
+    };
+    let Ok(file) = tokio::fs::File::open(&log.path).await else {
+        return web.not_found("No such log.", &viewer);
+    };
+    let stream = futures_lite::stream::unfold(Some(file), |file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut file = file?;
+        let mut buffer = vec![0_u8; LOG_EVENT_BYTES];
+        match file.read(&mut buffer).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buffer.truncate(n);
+                Some((Ok::<Vec<u8>, std::io::Error>(buffer), Some(file)))
+            }
+            Err(err) => Some((Err(err), None)),
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+async fn sign_in_page(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    let viewer = web.viewer(web.identify(&headers).as_ref());
+    html(StatusCode::OK, pages::sign_in_page(None, &viewer))
+}
+
+#[derive(Debug, Deserialize)]
+struct SignInForm {
+    #[serde(default)]
+    token: String,
+}
+
+async fn sign_in(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Form(form): Form<SignInForm>,
+) -> Response {
+    let viewer = web.viewer(None);
+    if auth::cross_site(&headers) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "A sign-in from another site.",
+            &viewer,
+        );
+    }
+    let Some(user) = web.auth.user_of_token(form.token.trim()) else {
+        tracing::warn!("A web sign-in with an unknown token was refused.");
+        return html(
+            StatusCode::UNAUTHORIZED,
+            pages::sign_in_page(Some("Unknown token."), &viewer),
+        );
+    };
+    let hours = web.auth.settings().session_hours;
+    let expires = now_ms() / 1000 + hours * 3600;
+    let cookie = format!(
+        "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        web.auth.session(&user, expires),
+        hours * 3600,
+        if web.secure { "; Secure" } else { "" }
+    );
+    tracing::info!(%user, "Signed in to the web page.");
+    let mut response = Redirect::to("/").into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+async fn sign_out() -> Response {
+    let mut response = Redirect::to("/").into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static(
+            "pipelines_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+        ),
+    );
+    response
+}
+
+fn refuse(status: StatusCode, message: &str, viewer: &Viewer) -> Response {
+    html(status, pages::message_page("Refused", message, viewer))
+}
+
+/// Why an action is not taken: the answer's status and what the page says.
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn response(&self) -> Response {
+        refuse(self.status, &self.message, &Viewer::default())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ActionForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    verdict: String,
+}
+
+/// Who may take an action: signed in, allowed, and (for browsers) with the form's token from
+/// this site.
+fn authorize(
+    web: &Web,
+    headers: &HeaderMap,
+    form: &ActionForm,
+    allowed: impl Fn(&config::WebSettings, &str) -> bool,
+    action: &str,
+) -> Result<String, Refusal> {
+    let Some(who) = web.identify(headers) else {
+        tracing::warn!(action, "A web action without a signed-in user was refused.");
+        return Err(Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "Sign in first: the page is read-only for anonymous users.",
+        ));
+    };
+    if who.method != Method::Bearer
+        && (auth::cross_site(headers) || !web.auth.check_csrf(&who.user, &form.csrf))
+    {
+        tracing::warn!(user = %who.user, action, "A web action with a missing or wrong CSRF token was refused.");
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "The form is stale or came from another site; reload the page and try again.",
+        ));
+    }
+    if !allowed(web.auth.settings(), &who.user) {
+        tracing::warn!(user = %who.user, action, "A web action by a user the configuration does not allow was refused.");
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} may not {action} (see [web] in the configuration).",
+                who.user
+            ),
+        ));
+    }
+    Ok(who.user)
+}
+
+async fn publish_control<P: Payload>(web: &Web, order: &P) -> Result<(), Refusal> {
+    let unavailable = || {
+        Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The dispatcher is not connected to the broker; try again shortly.",
+        )
+    };
+    let broker = web.link.broker().ok_or_else(unavailable)?;
+    let body = order.encode();
+    let id = Uuid::new_v4().to_string();
+    let headers = Headers::new();
+    broker
+        .publish(Route::Control, Outgoing::new(&body, &id, &headers))
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, "A web action could not be published.");
+            unavailable()
+        })
+}
+
+/// What every action shares: the user may take it (see [`authorize`]), the run exists. The
+/// run's id and the user, or the answer to send.
+async fn action_on_run(
+    web: &Arc<Web>,
+    headers: &HeaderMap,
+    id: String,
+    form: &ActionForm,
+    allowed: impl Fn(&config::WebSettings, &str) -> bool,
+    action: &str,
+) -> Result<(Uuid, String), Response> {
+    let user = authorize(web, headers, form, allowed, action).map_err(|r| r.response())?;
+    match run_detail(web, id).await {
+        Ok(detail) => Ok((detail.run.run_id, user)),
+        Err(err) => Err(web.failed(&err, &web.viewer(None))),
+    }
+}
+
+async fn cancel_run(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    let allowed = |s: &config::WebSettings, user: &str| s.may_cancel(user);
+    let (run_id, user) =
+        match action_on_run(&web, &headers, id, &form, allowed, "cancel runs").await {
+            Ok(found) => found,
+            Err(response) => return response,
+        };
+    let reason = reason_or(&form.reason, "cancelled from the web page");
+    let order = CancelRun {
+        run_id,
+        reason: reason.clone(),
+        requested_by: web_requester(&user),
+    };
+    if let Err(refusal) = publish_control(&web, &order).await {
+        return refusal.response();
+    }
+    tracing::info!(%user, %run_id, %reason, "Run cancellation requested from the web page.");
+    Redirect::to(&format!("/runs/{run_id}")).into_response()
+}
+
+async fn approve_run(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    let verdict = match form.verdict.as_str() {
+        "approve" => ApprovalVerdict::Approve,
+        "reject" => ApprovalVerdict::Reject,
+        other => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                &format!("Unknown verdict {other:?}: approve or reject."),
+                &web.viewer(None),
+            );
+        }
+    };
+    let allowed = |s: &config::WebSettings, user: &str| s.may_approve(user);
+    let (run_id, user) =
+        match action_on_run(&web, &headers, id, &form, allowed, "approve or reject").await {
+            Ok(found) => found,
+            Err(response) => return response,
+        };
+    let reason = reason_or(&form.reason, "from the web page");
+    let order = ApprovalOrder {
+        run_id,
+        unit: None,
+        verdict,
+        reason: reason.clone(),
+        requested_by: web_requester(&user),
+    };
+    if let Err(refusal) = publish_control(&web, &order).await {
+        return refusal.response();
+    }
+    tracing::info!(%user, %run_id, verdict = verdict.as_str(), %reason, "Approval order sent from the web page.");
+    Redirect::to(&format!("/runs/{run_id}")).into_response()
+}
+
+/// How an order from the page names its sender: the dispatcher's core lets the dispatcher's
+/// own broker user approve only for `[web] approvers`, read from this.
+pub fn web_requester(user: &str) -> String {
+    format!("{}{user}", dispatcher_core::decide::WEB_REQUESTER_PREFIX)
+}
+
+fn reason_or(reason: &str, default: &str) -> String {
+    let reason: String = reason.trim().chars().take(500).collect();
+    if reason.is_empty() {
+        default.to_owned()
+    } else {
+        reason
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_states_follow_their_end_and_the_job() {
+        let file = |attempt, end| logs::LogFile {
+            attempt,
+            worker: "w".into(),
+            path: PathBuf::from(format!("{attempt}-w.log")),
+            len: 10,
+            end,
+            modified: None,
+        };
+        let running = log_entries(&[file(1, None), file(2, None)], false);
+        assert_eq!(running[0].state, "cut", "an older attempt without its end");
+        assert_eq!(running[1].state, "streaming");
+        let ended = log_entries(&[file(1, Some(LogEnd::Complete)), file(2, None)], true);
+        assert_eq!((ended[0].state, ended[1].state), ("complete", "cut"));
+    }
+
+    #[test]
+    fn reasons_are_bounded_and_defaulted() {
+        assert_eq!(reason_or("  ", "default"), "default");
+        assert_eq!(reason_or(&"x".repeat(900), "d").len(), 500);
+    }
+}
