@@ -1,9 +1,10 @@
 //! Pipeline benchmarks, each printed next to its floor or bound measured in the same run:
 //! the broker floor, no-op job throughput and event-to-job-start latency through the real
 //! dispatcher and executor processes, memory, DAG execution with real terraform, a drift run
-//! over 200 units with real terraform, and policy evaluation of a 1,000-resource plan.
+//! over 200 units with real terraform, policy evaluation of a 1,000-resource plan, and the
+//! web page's live logs (line-to-page latency, a 50 MB log, 20 pages following a big run).
 //!
-//! `cargo run --release -p harness --bin bench -- [all|floor|throughput|latency|memory|dag|drift|policy]`
+//! `cargo run --release -p harness --bin bench -- [all|floor|throughput|latency|memory|dag|drift|policy|logs]`
 //! Writes the figures as JSON to `target/bench/results.json` (or `--out FILE`) for
 //! `scripts/plot_benchmarks.py`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // A program that reports.
@@ -30,7 +31,7 @@ use uuid::Uuid;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage: bench [all|floor|throughput|latency|memory|dag|drift|policy]... [--quick] [--workers 1,2,4] [--out FILE]";
+const USAGE: &str = "usage: bench [all|floor|throughput|latency|memory|dag|drift|policy|logs]... [--quick] [--workers 1,2,4] [--out FILE]";
 
 fn main() {
     let mut which = Vec::new();
@@ -46,9 +47,8 @@ fn main() {
                 let list = args.next().expect(USAGE);
                 workers = Some(list.split(',').map(|n| n.parse().expect(USAGE)).collect());
             }
-            "all" | "floor" | "throughput" | "latency" | "memory" | "dag" | "drift" | "policy" => {
-                which.push(arg)
-            }
+            "all" | "floor" | "throughput" | "latency" | "memory" | "dag" | "drift" | "policy"
+            | "logs" => which.push(arg),
             "-h" | "--help" => {
                 println!(
                     "{USAGE}\n\n{}",
@@ -75,6 +75,7 @@ fn main() {
             "dag",
             "drift",
             "policy",
+            "logs",
         ]
         .map(String::from)
         .to_vec();
@@ -99,6 +100,7 @@ fn main() {
             "dag" => dag(),
             "drift" => drift(if quick { 40 } else { 200 }),
             "policy" => policy(&size),
+            "logs" => logs(quick),
             _ => unreachable!(),
         };
         results.insert(name.clone(), result);
@@ -245,12 +247,17 @@ struct NoopWorld {
 
 impl NoopWorld {
     fn start(workers: usize) -> NoopWorld {
+        NoopWorld::start_with(workers, "")
+    }
+
+    /// Like [`NoopWorld::start`], with `dispatcher` settings added to `[dispatcher]`.
+    fn start_with(workers: usize, dispatcher: &str) -> NoopWorld {
         let vhost = rabbit::vhost();
         let sandbox = Sandbox::new();
         let config = sandbox.write_config(
             &vhost.url,
             &[("dev", "dev/**")],
-            "\n[triggers]\nunit_added = \"noop\"\nunit_changed = \"noop\"\n",
+            &format!("{dispatcher}\n[triggers]\nunit_added = \"noop\"\nunit_changed = \"noop\"\n"),
         );
         let deployment = Deployment::start(sandbox.path(), &config, &[("dev", workers)]);
         let runtime = runtime();
@@ -861,4 +868,243 @@ fn critical_path(duration: &BTreeMap<&str, u64>) -> u64 {
         .map(|unit| finish(unit, duration, &mut memo))
         .max()
         .unwrap_or(0)
+}
+
+/// `main.tf` of a unit whose apply runs `command` (a `null_resource` with `local-exec`).
+fn printing_unit_tf(unit: &str, state_dir: &std::path::Path, command: &str) -> String {
+    let command = command.replace('\\', "\\\\").replace('"', "\\\"");
+    format!(
+        "terraform {{\n  required_providers {{\n    null = {{\n      source  = \"hashicorp/null\"\n      version = \"2.1.2\"\n    }}\n  }}\n  \
+         backend \"local\" {{\n    path = \"{}/{unit}.tfstate\"\n  }}\n}}\n\n\
+         resource \"null_resource\" \"print\" {{\n  triggers = {{\n    always = timestamp()\n  }}\n\n  \
+         provisioner \"local-exec\" {{\n    command = \"{command}\"\n  }}\n}}\n",
+        state_dir.display()
+    )
+}
+
+/// A deployment (one apply worker) whose one unit's apply runs `command`, with the web page
+/// on; the job's final detail, the web address and the deployment (still running).
+fn run_printing_unit(
+    command: &str,
+    executor_env: &[(&str, &str)],
+) -> (Sandbox, Vhost, Deployment, String, Uuid, String, String) {
+    harness::require_terraform();
+    harness::require_null_provider();
+    let vhost = rabbit::vhost();
+    let sandbox = Sandbox::new();
+    sandbox.repo.write("README.md", "# infrastructure\n");
+    let c0 = sandbox.repo.commit("c0");
+    sandbox.repo.write(
+        "dev/printer/main.tf",
+        &printing_unit_tf("dev/printer", &sandbox.state_dir(), command),
+    );
+    sandbox
+        .repo
+        .write("dev/printer/pipelines.hcl", "dependencies = []\n");
+    let c1 = sandbox.repo.commit("c1: a printer");
+    let config = sandbox.write_config(
+        &vhost.url,
+        &[("dev", "dev/**")],
+        "web_address = \"127.0.0.1:0\"\n",
+    );
+    let deployment =
+        Deployment::start_with_executor_env(sandbox.path(), &config, &[("dev", 1)], executor_env);
+    let web =
+        harness::process::logged_address(|| deployment.dispatcher_log(), "Serving the web page");
+    let run = harness::runs::submit(&sandbox, &vhost, (&c0, &c1), "push", &[]);
+    (sandbox, vhost, deployment, web, run, c0, c1)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// The web page's live logs: how long a line terraform prints takes to reach an open page
+/// (next to one broker hop), a 50 MB log (the job's time with streaming on and off, the
+/// dispatcher's peak memory, the stored copy against the worker's file), and the dispatcher's
+/// memory while 20 pages follow a 1,000-job run.
+fn logs(quick: bool) -> Value {
+    println!("\n== Live logs through the broker to an open page ==");
+    let lines = if quick { 40 } else { 400 };
+    let ticker =
+        format!("for i in $(seq 1 {lines}); do echo \"tick $(date +%s%N)\"; sleep 0.05; done");
+    let (sandbox, vhost, deployment, web, run, ..) = run_printing_unit(&ticker, &[]);
+    let floor = runtime().block_on(publish_roundtrip(&vhost, 200));
+    let job = harness::poll_until(Duration::from_secs(300), "the ticker to run", || {
+        let detail = harness::runs::status(&sandbox, run)?;
+        let job = detail.jobs.first()?.clone();
+        (job.state == "running").then_some(job.job_id)
+    });
+    let opened = now_ns();
+    let mut stream = harness::sse::Stream::open(&web, &format!("/jobs/{job}/stream"))
+        .expect("the job's log stream");
+    let mut latencies: Vec<f64> = Vec::new();
+    while let Some(event) = stream.next_event() {
+        match event.name.as_str() {
+            "chunk" => {
+                let arrived = now_ns();
+                let text: String = serde_json::from_str(&event.data).unwrap();
+                for line in text.lines() {
+                    let Some(at) = line
+                        .split("tick ")
+                        .nth(1)
+                        .and_then(|ns| ns.trim().parse::<u128>().ok())
+                    else {
+                        continue;
+                    };
+                    // Lines printed before the page opened arrive as its backlog.
+                    if at > opened {
+                        latencies.push((arrived - at) as f64 / 1e6);
+                    }
+                }
+            }
+            "end" => break,
+            _ => {}
+        }
+    }
+    drop(deployment);
+    latencies.sort_by(f64::total_cmp);
+    let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+    println!(
+        "{} lines printed by terraform, seen in an open page: p50 {p50:.1} ms, p99 {p99:.1} ms",
+        latencies.len()
+    );
+    println!(
+        "floor: one confirmed broker hop (publish + consume): p50 {:.1} ms, p99 {:.1} ms; a line takes one such hop plus the worker's and the page's file reads",
+        floor.0, floor.1
+    );
+
+    println!("\n== A 50 MB log ==");
+    let megabytes = if quick { 5 } else { 50 };
+    let big = format!(
+        "yes 'the quick brown fox jumps over the lazy dog 0123456789' | head -c {}",
+        megabytes * 1024 * 1024
+    );
+    let mut durations = Vec::new();
+    let mut peak_mib = 0.0;
+    for streaming in [true, false] {
+        let env: &[(&str, &str)] = if streaming {
+            &[]
+        } else {
+            &[("PIPELINES_EXECUTOR__STREAM_LOGS", "false")]
+        };
+        let (sandbox, _vhost, deployment, web, run, ..) = run_printing_unit(&big, env);
+        let detail = harness::poll_until(Duration::from_secs(900), "the big log's run", || {
+            harness::runs::status(&sandbox, run).filter(|d| d.run.state != "running")
+        });
+        let job = &detail.jobs[0];
+        assert_eq!(job.state, "succeeded", "{detail:#?}");
+        durations.push(job.duration_ms.unwrap());
+        if streaming {
+            peak_mib = rss(deployment.dispatcher_pid()).1 as f64 / 1024.0;
+            let worker_file = job.log.clone().unwrap();
+            let worker_file = std::fs::read(worker_file.split_once(':').unwrap().1).unwrap();
+            let stored = harness::poll_until(Duration::from_secs(300), "the stored log", || {
+                let path = sandbox
+                    .dispatcher_state_dir()
+                    .join("logs")
+                    .join(run.to_string())
+                    .join(job.job_id.to_string())
+                    .join(format!(
+                        "{}-{}.log",
+                        job.attempt,
+                        job.worker.as_deref().unwrap()
+                    ));
+                let end = path.with_extension("end");
+                (std::fs::read_to_string(end).ok()? == "complete")
+                    .then(|| std::fs::read(&path).unwrap())
+            });
+            assert!(
+                stored == worker_file,
+                "the stored log differs from the worker's"
+            );
+            println!(
+                "stored copy: {} bytes, equal to the worker's log byte for byte; page at http://{web}/jobs/{}",
+                stored.len(),
+                job.job_id
+            );
+        }
+        drop(deployment);
+    }
+    println!(
+        "the job printing {megabytes} MB took {} ms with streaming, {} ms without ({:.2}x); dispatcher peak RSS {peak_mib:.1} MiB (target < 100 MiB)",
+        durations[0],
+        durations[1],
+        durations[0] as f64 / durations[1] as f64
+    );
+
+    println!("\n== 20 open pages following a 1,000-job run ==");
+    let jobs = if quick { 200 } else { 1000 };
+    // The same run with no page open first: what the pages add is the difference.
+    let mut peaks = Vec::new();
+    for pages in [0, 20] {
+        let (idle, peak, updates) = follow_run_pages(jobs, pages);
+        println!(
+            "{jobs} jobs, {pages} pages following (updates per page: {}): dispatcher RSS {:.1} MiB idle, peak {:.1} MiB{}",
+            match (updates.iter().min(), updates.iter().max()) {
+                (Some(min), Some(max)) => format!("{min}..{max}"),
+                _ => "none".to_owned(),
+            },
+            idle,
+            peak,
+            if pages > 0 { " (target < 100 MiB)" } else { "" }
+        );
+        peaks.push(peak);
+    }
+    json!({
+        "line_to_page_p50_ms": p50, "line_to_page_p99_ms": p99, "lines": latencies.len(),
+        "floor_hop_p50_ms": floor.0, "floor_hop_p99_ms": floor.1,
+        "big_log_mb": megabytes, "big_log_job_ms_streaming": durations[0],
+        "big_log_job_ms_without": durations[1], "big_log_dispatcher_peak_mib": peak_mib,
+        "pages": 20, "page_run_jobs": jobs, "no_pages_dispatcher_peak_mib": peaks[0],
+        "pages_dispatcher_peak_mib": peaks[1],
+    })
+}
+
+/// A no-op run of `jobs` jobs on 4 workers while `pages` pages follow it on the web page: the
+/// dispatcher's RSS before (MiB), its peak, and how many updates each page got.
+fn follow_run_pages(jobs: usize, pages: usize) -> (f64, f64, Vec<usize>) {
+    let world = NoopWorld::start_with(4, "web_address = \"127.0.0.1:0\"\n");
+    let web = harness::process::logged_address(
+        || world.deployment.dispatcher_log(),
+        "Serving the web page",
+    );
+    let (idle, _) = world.dispatcher_rss();
+    let units: Vec<String> = (0..jobs).map(|i| format!("dev/p{i:05}")).collect();
+    let run = world.submit(units, vec![]);
+    let followers: Vec<std::thread::JoinHandle<usize>> = (0..pages)
+        .map(|_| {
+            let web = web.clone();
+            std::thread::spawn(move || {
+                let mut stream =
+                    harness::poll_until(Duration::from_secs(60), "the run page", || {
+                        harness::sse::Stream::open(&web, &format!("/runs/{run}/events"))
+                    });
+                let mut updates = 0;
+                while let Some(event) = stream.next_event() {
+                    match event.name.as_str() {
+                        "update" => updates += 1,
+                        "end" => break,
+                        _ => {}
+                    }
+                }
+                updates
+            })
+        })
+        .collect();
+    let detail = world.wait_final(run, Duration::from_secs(600));
+    assert_eq!(detail.run.state, "succeeded");
+    let updates = followers
+        .into_iter()
+        .map(|page| page.join().unwrap())
+        .collect();
+    let (_, peak) = world.dispatcher_rss();
+    (idle as f64 / 1024.0, peak as f64 / 1024.0, updates)
 }
