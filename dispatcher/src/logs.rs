@@ -131,7 +131,10 @@ impl LogStore {
             };
             if chunk.end || !end_marker(&path).exists() {
                 file.sync_data().map_err(io)?;
-                std::fs::write(end_marker(&path), end).map_err(io)?;
+                // With the length the log will have: an end overtaking a redelivered earlier
+                // chunk does not make a log with a hole read as complete.
+                let length = (chunk.offset + bytes.len() as u64).min(max);
+                std::fs::write(end_marker(&path), format!("{end} {length}")).map_err(io)?;
             }
         }
         let _ = self.inner.grew.send(chunk.job_id);
@@ -150,10 +153,13 @@ impl LogStore {
                 let name = path.file_name()?.to_str()?.strip_suffix(".log")?.to_owned();
                 let (attempt, worker) = name.split_once('-')?;
                 let metadata = entry.metadata().ok()?;
-                let end = match std::fs::read_to_string(end_marker(&path)).as_deref() {
-                    Ok("complete") => Some(LogEnd::Complete),
-                    Ok(_) => Some(LogEnd::Truncated),
-                    Err(_) => None,
+                let marker = std::fs::read_to_string(end_marker(&path)).unwrap_or_default();
+                let (state, length) = marker.split_once(' ').unwrap_or((marker.as_str(), "0"));
+                let whole = length.parse::<u64>().is_ok_and(|l| metadata.len() >= l);
+                let end = match state {
+                    "complete" if whole => Some(LogEnd::Complete),
+                    "truncated" if whole => Some(LogEnd::Truncated),
+                    _ => None,
                 };
                 Some(LogFile {
                     attempt: attempt.parse().ok()?,
@@ -337,6 +343,19 @@ mod tests {
             "hello world\n"
         );
         assert_eq!(grew.try_recv().unwrap(), Uuid::from_u128(2));
+    }
+
+    #[test]
+    fn an_end_that_overtakes_the_last_bytes_waits_for_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::new(dir.path(), 1 << 20);
+        logs.write(&chunk(0, "hello ", false)).unwrap();
+        logs.write(&chunk(12, "", true)).unwrap();
+        let listed = logs.logs(Uuid::from_u128(1), Uuid::from_u128(2));
+        assert_eq!(listed[0].end, None, "6 of 12 bytes: not complete yet");
+        logs.write(&chunk(6, "world\n", false)).unwrap();
+        let listed = logs.logs(Uuid::from_u128(1), Uuid::from_u128(2));
+        assert_eq!(listed[0].end, Some(LogEnd::Complete));
     }
 
     #[test]
