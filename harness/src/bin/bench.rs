@@ -1018,7 +1018,9 @@ fn logs(quick: bool) -> Value {
                         job.worker.as_deref().unwrap()
                     ));
                 let end = path.with_extension("end");
-                (std::fs::read_to_string(end).ok()? == "complete")
+                std::fs::read_to_string(end)
+                    .ok()?
+                    .starts_with("complete ")
                     .then(|| std::fs::read(&path).unwrap())
             });
             assert!(
