@@ -435,19 +435,7 @@ async fn run_events(
             }
             // Wait for a change of this run (or look again every few seconds: durations
             // grow, and a missed notification costs at most that).
-            let wait = async {
-                loop {
-                    match changes.recv().await {
-                        Ok(changed) if changed == run_id => return,
-                        Ok(_) => {}
-                        Err(broadcast::error::RecvError::Lagged(_)) => return,
-                        Err(broadcast::error::RecvError::Closed) => {
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
+            heard(&mut changes, run_id, Duration::from_secs(5)).await;
             tokio::time::sleep(RUN_UPDATE_EVERY).await;
         }
     });
@@ -577,7 +565,7 @@ async fn job_stream(
                     let _ = events.send(Event::default().event("end").data("{}")).await;
                     return;
                 }
-                wait_for_growth(&mut grew, job_id).await;
+                heard(&mut grew, job_id, Duration::from_secs(1)).await;
                 continue;
             };
             let offset = match &following {
@@ -626,7 +614,7 @@ async fn job_stream(
             if events.send(state_event("streaming")).await.is_err() {
                 return;
             }
-            wait_for_growth(&mut grew, job_id).await;
+            heard(&mut grew, job_id, Duration::from_secs(1)).await;
         }
     });
     sse(receiver)
@@ -646,19 +634,20 @@ async fn job_final(web: &Arc<Web>, job_id: Uuid) -> bool {
     }
 }
 
-/// Until `job_id`'s log grows, or a second passes (the job's state may have changed).
-async fn wait_for_growth(grew: &mut broadcast::Receiver<Uuid>, job_id: Uuid) {
+/// Until `channel` names `id` (a run that changed, a log that grew), it lags behind (something
+/// may have been missed), or `within` passes.
+async fn heard(channel: &mut broadcast::Receiver<Uuid>, id: Uuid, within: Duration) {
     let wait = async {
         loop {
-            match grew.recv().await {
-                Ok(grown) if grown == job_id => return,
+            match channel.recv().await {
+                Ok(named) if named == id => return,
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(_)) => return,
                 Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
             }
         }
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), wait).await;
+    let _ = tokio::time::timeout(within, wait).await;
 }
 
 /// One log as plain text, streamed from its file.
