@@ -115,15 +115,14 @@ impl Role {
             Role::Admin => (".*".into(), ".*".into(), ".*".into()),
             Role::Dispatcher => (
                 "^$".into(),
-                // The changes exchange: the `[[drift]]` schedules submit drift runs. The
-                // control exchange: the web page's actions (cancel, approve, reject) of users
-                // the admin's `[web]` section allows.
+                // The changes exchange: the `[[drift]]` schedules submit drift runs. Not the
+                // control exchange: the web page's actions reach the dispatcher in process, so
+                // its login cannot be used to approve as the page.
                 names(&[
                     JOBS_EXCHANGE,
                     STATUS_EXCHANGE,
                     DEAD_LETTER_EXCHANGE,
                     CHANGES_EXCHANGE,
-                    CONTROL_EXCHANGE,
                     "amq.default",
                 ]),
                 names(&[

@@ -99,7 +99,12 @@ pub enum Outcome {
     },
     CancelOfEndedRun,
     CancelOfUnknownRun,
-    /// An approval order from a broker user not in `[approvals] users`.
+    /// A cancel from a web user not in `[web] operators`.
+    CancellerRefused {
+        user: String,
+    },
+    /// An approval order from a broker user not in `[approvals] users`, or from a web user
+    /// not in `[web] approvers`.
     ApproverRefused {
         user: String,
     },
@@ -159,8 +164,18 @@ impl Persist {
     }
 }
 
-/// How an order relayed from the web page names its sender: `web:<user>`.
+/// How the orders of the web page's users name them: `web:<user>`.
 pub const WEB_REQUESTER_PREFIX: &str = "web:";
+
+/// Who sent an approval order, as the edge that received it vouches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Approver<'a> {
+    /// A message on the control queue: its broker-validated `user_id`.
+    Broker(Option<&'a str>),
+    /// A user signed in to this dispatcher's web page, handed over in process (never through
+    /// the broker, so no broker user can speak for the page).
+    Web(&'a str),
+}
 
 /// The dispatcher's state: the policy it judges by, the scheduler and the status pacing.
 #[derive(Debug)]
@@ -447,44 +462,90 @@ impl Core {
         }
     }
 
-    /// An approver's verdict on a run's jobs awaiting approval. `user_id` is the
-    /// broker-validated publisher: only `[approvals] users` count, whatever the order says
-    /// about who sent it. `known` is the store's answer when the run is not active.
-    pub fn decide_approval(
+    /// A cancel from `user`, signed in to this dispatcher's web page: only `[web] operators`
+    /// may.
+    pub fn decide_web_cancel(
         &mut self,
-        order: &ApprovalOrder,
-        user_id: Option<&str>,
+        run_id: Uuid,
+        user: &str,
+        reason: &str,
         known: Option<KnownRun>,
         now: u64,
     ) -> Decision {
-        // The dispatcher's own user relays the approvals of the web page's users, which the
-        // page let through only for `[web] approvers`; checked again here, by name.
-        let own = config::url_user(&self.config.broker_url);
-        let web_user = order
-            .requested_by
-            .strip_prefix(WEB_REQUESTER_PREFIX)
-            .filter(|name| self.config.web.may_approve(name));
-        let relayed = user_id.is_some() && user_id == own && web_user.is_some();
-        let approver = |user: &&str| self.config.approvals.is_approver(user) || relayed;
-        let Some(user) = user_id.filter(approver) else {
-            let from = user_id.unwrap_or("(no user_id)");
-            let allowed = if self.config.approvals.users.is_empty() {
-                "nobody (approvals.users is empty)".to_owned()
-            } else {
-                self.config.approvals.users.join(", ")
-            };
+        if !self.config.web.may_cancel(user) {
             let reason = format!(
-                "{} of run {} from broker user {from:?}: only {allowed} may approve or reject",
-                order.verdict.as_str(),
-                order.run_id
+                "cancel of run {run_id} from web user {user:?}: only [web] operators may cancel"
             );
             return Decision::new(
                 Verdict::DeadLetter(reason),
-                Outcome::ApproverRefused {
-                    user: from.to_owned(),
+                Outcome::CancellerRefused {
+                    user: format!("{WEB_REQUESTER_PREFIX}{user}"),
                 },
             );
+        }
+        let order = CancelRun {
+            run_id,
+            reason: reason.to_owned(),
+            requested_by: format!("{WEB_REQUESTER_PREFIX}{user}"),
         };
+        self.decide_control(&order, known, now)
+    }
+
+    /// An approver's verdict on a run's jobs awaiting approval, from `approver`: only
+    /// `[approvals] users` count for broker users, only `[web] approvers` for the web page's
+    /// users, whatever the order says about who sent it. `known` is the store's answer when
+    /// the run is not active.
+    pub fn decide_approval(
+        &mut self,
+        order: &ApprovalOrder,
+        approver: Approver<'_>,
+        known: Option<KnownRun>,
+        now: u64,
+    ) -> Decision {
+        let user = match approver {
+            Approver::Broker(user_id) => user_id
+                .filter(|user| self.config.approvals.is_approver(user))
+                .map(str::to_owned),
+            Approver::Web(user) => self
+                .config
+                .web
+                .may_approve(user)
+                .then(|| format!("{WEB_REQUESTER_PREFIX}{user}")),
+        };
+        let Some(user) = user else {
+            let (from, allowed) = match approver {
+                Approver::Broker(user_id) => (
+                    format!("broker user {:?}", user_id.unwrap_or("(no user_id)")),
+                    if self.config.approvals.users.is_empty() {
+                        "nobody (approvals.users is empty)".to_owned()
+                    } else {
+                        self.config.approvals.users.join(", ")
+                    },
+                ),
+                Approver::Web(user) => (
+                    format!("web user {user:?}"),
+                    if self.config.web.approvers.is_empty() {
+                        "nobody on the web page (web.approvers is empty)".to_owned()
+                    } else {
+                        self.config.web.approvers.join(", ")
+                    },
+                ),
+            };
+            let reason = format!(
+                "{} of run {} from {from}: only {allowed} may approve or reject",
+                order.verdict.as_str(),
+                order.run_id
+            );
+            let user = match approver {
+                Approver::Broker(user_id) => user_id.unwrap_or("(no user_id)").to_owned(),
+                Approver::Web(user) => format!("{WEB_REQUESTER_PREFIX}{user}"),
+            };
+            return Decision::new(
+                Verdict::DeadLetter(reason),
+                Outcome::ApproverRefused { user },
+            );
+        };
+        let user = user.as_str();
         if !self.is_active_run(order.run_id) {
             let reason = match known {
                 Some(_) => format!("run {} has ended", order.run_id),

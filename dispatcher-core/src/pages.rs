@@ -44,6 +44,8 @@ pub struct RunsFilter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogEntry {
     pub attempt: u32,
+    /// When its worker began it (tells apart two runs of one attempt on one worker).
+    pub stream: u64,
     pub worker: String,
     pub bytes: u64,
     /// `complete`, `truncated`, `cut` (its job ended without its end) or `streaming`.
@@ -270,7 +272,7 @@ pub fn job_page(
         @if logs.len() > 1 {
             ul.logs {
                 @for log in logs {
-                    li { a href={ "/jobs/" (job.job_id) "/logs/" (log.attempt) "/" (log.worker) } {
+                    li { a href={ "/jobs/" (job.job_id) "/logs/" (log.attempt) "/" (log.stream) "/" (log.worker) } {
                         "attempt " (log.attempt) " on " (log.worker) } " · " (log.bytes) " bytes · " (log.state) }
                 }
             }
@@ -279,7 +281,8 @@ pub fn job_page(
             p.empty { "This job has no log here (it never started, or its worker does not stream logs)." }
         } @else {
             p.logstate { span #log-state { "loading…" } @if let Some(log) = logs.last() {
-                " · " a href={ "/jobs/" (job.job_id) "/logs/" (log.attempt) "/" (log.worker) } { "raw" } } }
+                " · " a href={ "/jobs/" (job.job_id) "/logs/" (log.attempt) "/" (log.stream) "/" (log.worker) } { "raw" } } }
+            p #log-trimmed.note hidden {}
             pre #log data-stream=(format!("/jobs/{}/stream", job.job_id)) {}
         }
     };

@@ -1,11 +1,16 @@
 //! Jobs' whole logs, as their workers stream them ([`LogChunk`] on `pipelines.logs`): written
-//! under `state_dir/logs/<run>/<job>/<attempt>-<worker>.log`, read back by the web page, and
-//! pruned after `dispatcher.log_retention_days`.
+//! under `state_dir/logs/<run>/<job>/<attempt>-<stream>-<worker>.log`, read back by the web
+//! page, and pruned after `dispatcher.log_retention_days`.
 //!
 //! Each chunk says where its bytes go, so a redelivered or duplicated chunk rewrites the same
-//! bytes, and chunks may arrive in any order. A log is complete when its end marker arrived
+//! bytes. A log only grows from its end: a chunk that would leave a hole (an earlier one is
+//! being redelivered) goes back to the queue until its predecessor is written, so a log's
+//! bytes are always the worker's, without gaps. A log is complete when its end marker arrived
 //! (`.end` beside it); a log whose job ended without one was cut (its worker died). Nothing
 //! is held in memory but the chunk being written: the page reads the files.
+//!
+//! Only the worker the run database names as a job's holder (or as the one that reported its
+//! outcome) may start a log of the job's current attempt; what it started it may finish.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -23,6 +28,8 @@ use crate::service::DispatchError;
 
 /// Log chunks taken from the broker at once (each at most 256 KiB).
 const PREFETCH: u16 = 32;
+/// How long a chunk that arrived before the bytes ahead of it waits before it is requeued.
+const EARLY_PAUSE: Duration = Duration::from_millis(50);
 /// Marks a log whose end arrived; holds `complete` or `truncated`.
 const END_SUFFIX: &str = "end";
 
@@ -34,6 +41,8 @@ pub struct LogStore {
 
 #[derive(Debug)]
 struct Inner {
+    /// The dispatcher's state directory: the run database says who may write a job's log.
+    state_dir: PathBuf,
     root: PathBuf,
     max_bytes: u64,
     /// The job whose log just grew (or ended). Followers re-read the file; a follower that
@@ -45,6 +54,8 @@ struct Inner {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogFile {
     pub attempt: u32,
+    /// When its worker began streaming it (ms since the epoch, the worker's clock).
+    pub stream: u64,
     pub worker: String,
     pub path: PathBuf,
     /// Bytes stored so far.
@@ -66,9 +77,13 @@ pub enum LogEnd {
 /// Why a chunk could not be kept.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    /// The chunk can never be written (a worker name that cannot name a file): dead-letter it.
+    /// The chunk can never be written (a worker name that cannot name a file, a worker that
+    /// does not hold the job): dead-letter it.
     #[error("{0}")]
     Invalid(String),
+    /// The chunk starts past the log's end: an earlier chunk is on its way again. Requeue it.
+    #[error("a chunk at byte {offset} of a log of {len} bytes waits for the bytes before it")]
+    Early { offset: u64, len: u64 },
     /// The disk failed (full, read-only): leave the chunk with the broker and try later.
     #[error("cannot write the log {path}: {reason}")]
     Io { path: PathBuf, reason: String },
@@ -80,6 +95,7 @@ impl LogStore {
         let (grew, _) = broadcast::channel(1024);
         LogStore {
             inner: Arc::new(Inner {
+                state_dir: state_dir.to_owned(),
                 root: state_dir.join("logs"),
                 max_bytes,
                 grew,
@@ -99,11 +115,23 @@ impl LogStore {
             .join(job_id.to_string())
     }
 
+    fn path_of(&self, chunk: &LogChunk) -> PathBuf {
+        self.job_dir(chunk.run_id, chunk.job_id).join(format!(
+            "{}-{}-{}.log",
+            chunk.attempt, chunk.stream, chunk.worker
+        ))
+    }
+
+    /// Whether the log `chunk` belongs to was started (its worker was admitted then).
+    pub fn started(&self, chunk: &LogChunk) -> bool {
+        check_worker_name(&chunk.worker).is_ok() && self.path_of(chunk).exists()
+    }
+
     /// Writes one chunk where it belongs (blocking file I/O).
     pub fn write(&self, chunk: &LogChunk) -> Result<(), LogError> {
         check_worker_name(&chunk.worker)?;
         let dir = self.job_dir(chunk.run_id, chunk.job_id);
-        let path = dir.join(format!("{}-{}.log", chunk.attempt, chunk.worker));
+        let path = self.path_of(chunk);
         let io = |err: std::io::Error| LogError::Io {
             path: path.clone(),
             reason: err.to_string(),
@@ -115,8 +143,17 @@ impl LogStore {
             .write(true)
             .open(&path)
             .map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
         let max = self.inner.max_bytes;
+        // Past the cap nothing more is kept, so nothing needs to wait for earlier bytes.
+        if chunk.offset > len && len < max {
+            return Err(LogError::Early {
+                offset: chunk.offset,
+                len,
+            });
+        }
         let bytes = chunk.text.as_bytes();
+        let ends_at = chunk.offset.saturating_add(bytes.len() as u64);
         let keep = max.saturating_sub(chunk.offset).min(bytes.len() as u64) as usize;
         if keep > 0 {
             file.seek(SeekFrom::Start(chunk.offset)).map_err(io)?;
@@ -132,8 +169,8 @@ impl LogStore {
             if chunk.end || !end_marker(&path).exists() {
                 file.sync_data().map_err(io)?;
                 // With the length the log will have: an end overtaking a redelivered earlier
-                // chunk does not make a log with a hole read as complete.
-                let length = (chunk.offset + bytes.len() as u64).min(max);
+                // chunk does not make a log read as complete before its bytes are there.
+                let length = ends_at.min(max);
                 std::fs::write(end_marker(&path), format!("{end} {length}")).map_err(io)?;
             }
         }
@@ -151,7 +188,8 @@ impl LogStore {
             .filter_map(|entry| {
                 let path = entry.path();
                 let name = path.file_name()?.to_str()?.strip_suffix(".log")?.to_owned();
-                let (attempt, worker) = name.split_once('-')?;
+                let (attempt, rest) = name.split_once('-')?;
+                let (stream, worker) = rest.split_once('-')?;
                 let metadata = entry.metadata().ok()?;
                 let marker = std::fs::read_to_string(end_marker(&path)).unwrap_or_default();
                 let (state, length) = marker.split_once(' ').unwrap_or((marker.as_str(), "0"));
@@ -163,6 +201,7 @@ impl LogStore {
                 };
                 Some(LogFile {
                     attempt: attempt.parse().ok()?,
+                    stream: stream.parse().ok()?,
                     worker: worker.to_owned(),
                     len: metadata.len(),
                     modified: metadata.modified().ok(),
@@ -171,7 +210,8 @@ impl LogStore {
                 })
             })
             .collect();
-        logs.sort_by_key(|log| (log.attempt, log.modified));
+        // In the order they began: a late chunk of an older log does not make it the newest.
+        logs.sort_by_key(|log| (log.attempt, log.stream));
         logs
     }
 
@@ -201,6 +241,15 @@ pub fn read_text(path: &Path, offset: u64, max: usize) -> std::io::Result<(Strin
     file.seek(SeekFrom::Start(offset))?;
     let mut buffer = Vec::with_capacity(max.min(1 << 20));
     file.take(max as u64).read_to_end(&mut buffer)?;
+    // Reads start at character boundaries, except a page's first read of a long log's tail:
+    // the rest of a character cut there is skipped.
+    let skipped = buffer
+        .iter()
+        .take(3)
+        .take_while(|byte| *byte & 0xC0 == 0x80)
+        .count();
+    buffer.drain(..skipped);
+    let offset = offset + skipped as u64;
     let whole = match std::str::from_utf8(&buffer) {
         Ok(_) => buffer.len(),
         // A character cut by `max` waits for the next read; anything else is shown replaced.
@@ -250,18 +299,70 @@ fn newest_modification(dir: &Path) -> Option<SystemTime> {
 }
 
 /// Takes log chunks from the broker and writes them, until the broker goes away. A chunk that
-/// can never be written is dead-lettered with the reason; one the disk refused goes back to
-/// the queue after a pause.
+/// can never be written (or comes from a worker that may not write the job's log) is
+/// dead-lettered with the reason; one that must wait for earlier bytes, or that the disk
+/// refused, goes back to the queue after a pause. The run database (read-only) says who may
+/// write.
 pub async fn consume(broker: Broker, logs: LogStore) -> Result<(), DispatchError> {
+    let jobs = crate::store::Store::open_read_only(&logs.inner.state_dir)?;
+    let jobs = Arc::new(std::sync::Mutex::new(jobs));
     let mut consumer = broker.consume(LOGS_QUEUE, PREFETCH).await?;
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;
-        handle(&logs, delivery).await?;
+        handle(&logs, &jobs, delivery).await?;
     }
     Err(DispatchError::ConsumerClosed("logs"))
 }
 
-async fn handle(logs: &LogStore, delivery: Delivery) -> Result<(), DispatchError> {
+/// Whether `chunk`'s worker may write the log it belongs to: it started it already, or the run
+/// database names it as the holder of the job's current attempt (or as the worker that
+/// reported its outcome). Like job events, a worker speaks only for jobs it was granted.
+fn admit(
+    logs: &LogStore,
+    jobs: &std::sync::Mutex<crate::store::Store>,
+    chunk: &LogChunk,
+) -> Result<(), LogError> {
+    if logs.started(chunk) {
+        return Ok(());
+    }
+    let found = jobs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .job_worker(chunk.job_id)
+        .map_err(|err| LogError::Io {
+            path: PathBuf::from("the run database"),
+            reason: err.to_string(),
+        })?;
+    let refuse = |why: String| {
+        Err(LogError::Invalid(format!(
+            "a log chunk of job {} attempt {} from worker {:?}: {why}",
+            chunk.job_id, chunk.attempt, chunk.worker
+        )))
+    };
+    match found {
+        None => refuse("no such job".into()),
+        Some(job) if job.run_id != chunk.run_id => refuse(format!(
+            "the job belongs to run {}, not {}",
+            job.run_id, chunk.run_id
+        )),
+        Some(job)
+            if job.attempt == chunk.attempt && job.worker.as_deref() == Some(&chunk.worker) =>
+        {
+            Ok(())
+        }
+        Some(job) => refuse(format!(
+            "the job is at attempt {} on {}",
+            job.attempt,
+            job.worker.as_deref().unwrap_or("no worker")
+        )),
+    }
+}
+
+async fn handle(
+    logs: &LogStore,
+    jobs: &Arc<std::sync::Mutex<crate::store::Store>>,
+    delivery: Delivery,
+) -> Result<(), DispatchError> {
     let chunk = match proto_types::decode(&delivery.body) {
         Ok(Message::LogChunk(chunk)) => chunk,
         Ok(other) => {
@@ -279,19 +380,28 @@ async fn handle(logs: &LogStore, delivery: Delivery) -> Result<(), DispatchError
         }
     };
     let store = logs.clone();
-    let written = tokio::task::spawn_blocking(move || store.write(&chunk).map(|()| chunk))
-        .await
-        .unwrap_or_else(|err| {
-            Err(LogError::Io {
-                path: PathBuf::new(),
-                reason: err.to_string(),
-            })
-        });
+    let jobs = jobs.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        admit(&store, &jobs, &chunk)?;
+        store.write(&chunk)
+    })
+    .await
+    .unwrap_or_else(|err| {
+        Err(LogError::Io {
+            path: PathBuf::new(),
+            reason: err.to_string(),
+        })
+    });
     match written {
-        Ok(_) => Ok(delivery.ack().await?),
+        Ok(()) => Ok(delivery.ack().await?),
         Err(LogError::Invalid(reason)) => {
             tracing::warn!(%reason, "Dead-lettering a log chunk.");
             Ok(delivery.dead_letter(&reason).await?)
+        }
+        Err(early @ LogError::Early { .. }) => {
+            tracing::debug!(reason = %early, "A log chunk goes back to the queue.");
+            tokio::time::sleep(EARLY_PAUSE).await;
+            Ok(delivery.requeue().await?)
         }
         Err(err) => {
             tracing::error!(error = %err, "A log chunk goes back to the queue.");
@@ -311,6 +421,7 @@ mod tests {
             run_id: Uuid::from_u128(1),
             attempt: 1,
             worker: "prod-apply-1".into(),
+            stream: 7,
             offset,
             text: text.into(),
             end,
@@ -322,9 +433,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let logs = LogStore::new(dir.path(), 1 << 20);
         let mut grew = logs.subscribe();
+        assert!(
+            matches!(
+                logs.write(&chunk(6, "world\n", false)),
+                Err(LogError::Early { offset: 6, len: 0 })
+            ),
+            "a chunk past the end waits (requeued) for the bytes before it"
+        );
+        logs.write(&chunk(0, "hello ", false)).unwrap();
+        logs.write(&chunk(0, "hello ", false)).unwrap();
         logs.write(&chunk(6, "world\n", false)).unwrap();
-        logs.write(&chunk(0, "hello ", false)).unwrap();
-        logs.write(&chunk(0, "hello ", false)).unwrap();
         let listed = logs.logs(Uuid::from_u128(1), Uuid::from_u128(2));
         assert_eq!(listed.len(), 1);
         assert_eq!(
@@ -350,12 +468,59 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let logs = LogStore::new(dir.path(), 1 << 20);
         logs.write(&chunk(0, "hello ", false)).unwrap();
-        logs.write(&chunk(12, "", true)).unwrap();
+        assert!(matches!(
+            logs.write(&chunk(12, "", true)),
+            Err(LogError::Early { offset: 12, len: 6 })
+        ));
         let listed = logs.logs(Uuid::from_u128(1), Uuid::from_u128(2));
         assert_eq!(listed[0].end, None, "6 of 12 bytes: not complete yet");
         logs.write(&chunk(6, "world\n", false)).unwrap();
+        logs.write(&chunk(12, "", true)).unwrap();
         let listed = logs.logs(Uuid::from_u128(1), Uuid::from_u128(2));
         assert_eq!(listed[0].end, Some(LogEnd::Complete));
+        assert_eq!(listed[0].len, 12);
+    }
+
+    #[test]
+    fn offsets_past_the_cap_are_dropped_without_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::new(dir.path(), 8);
+        logs.write(&chunk(0, "01234567", false)).unwrap();
+        logs.write(&chunk(u64::MAX, "boom", true)).unwrap();
+        let listed = logs.logs(Uuid::from_u128(1), Uuid::from_u128(2));
+        assert_eq!(listed[0].len, 8);
+        assert_eq!(listed[0].end, Some(LogEnd::Truncated));
+    }
+
+    #[test]
+    fn the_same_attempt_run_again_by_the_same_worker_is_a_new_log_listed_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::new(dir.path(), 1 << 20);
+        logs.write(&chunk(
+            0,
+            "first run, longer, then the worker died\n",
+            false,
+        ))
+        .unwrap();
+        let again = |offset, text: &str, end| LogChunk {
+            stream: 9,
+            ..chunk(offset, text, end)
+        };
+        logs.write(&again(0, "second\n", false)).unwrap();
+        logs.write(&again(7, "", true)).unwrap();
+        // A late chunk of the first run does not make it the newest.
+        logs.write(&chunk(40, "!", false)).unwrap();
+        let listed = logs.logs(Uuid::from_u128(1), Uuid::from_u128(2));
+        assert_eq!(listed.len(), 2);
+        assert_eq!((listed[0].stream, listed[0].end), (7, None));
+        assert_eq!(
+            (listed[1].stream, listed[1].end),
+            (9, Some(LogEnd::Complete))
+        );
+        assert_eq!(
+            std::fs::read_to_string(&listed[1].path).unwrap(),
+            "second\n"
+        );
     }
 
     #[test]
@@ -370,6 +535,64 @@ mod tests {
             "01234567"
         );
         assert_eq!(listed[0].end, Some(LogEnd::Truncated));
+    }
+
+    #[test]
+    fn only_the_holder_starts_a_log_and_may_finish_what_it_started() {
+        use crate::scheduler::Scheduler;
+        use crate::store::Store;
+        use crate::testing::{event, outcome, push, settings};
+        use proto_types::{Action, JobStatus};
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let mut scheduler = Scheduler::new(settings());
+        let (event, plan) = event(push(), &[("a", Action::Apply)], &[]);
+        let effects = scheduler.accept(&event, &plan, 1);
+        crate::testing::commit(&mut store, &scheduler, &effects, &[], 1);
+        let job = effects.publish[0].clone();
+        let (_, claimed) = scheduler.claim(job.job_id, 1, "w1", false, Some("amq.gen-w1"), 2);
+        crate::testing::commit(&mut store, &scheduler, &claimed, &[], 2);
+
+        let jobs = std::sync::Mutex::new(Store::open_read_only(dir.path()).unwrap());
+        let logs = LogStore::new(dir.path(), 1 << 20);
+        let of = |worker: &str, attempt, offset| LogChunk {
+            job_id: job.job_id,
+            run_id: job.run_id,
+            attempt,
+            worker: worker.into(),
+            stream: 1,
+            offset,
+            text: "x".into(),
+            end: false,
+        };
+        let refused = |chunk: LogChunk| match admit(&logs, &jobs, &chunk) {
+            Err(LogError::Invalid(reason)) => reason,
+            other => panic!("{chunk:?} was not refused: {other:?}"),
+        };
+        assert!(refused(of("w2", 1, 0)).contains("the job is at attempt 1 on w1"));
+        assert!(refused(of("w1", 2, 0)).contains("the job is at attempt 1 on w1"));
+        let mut elsewhere = of("w1", 1, 0);
+        elsewhere.run_id = Uuid::from_u128(99);
+        assert!(refused(elsewhere).contains("belongs to run"));
+        let mut unknown = of("w1", 1, 0);
+        unknown.job_id = Uuid::from_u128(98);
+        assert!(refused(unknown).contains("no such job"));
+        assert!(
+            logs.logs(job.run_id, job.job_id).is_empty(),
+            "nothing written"
+        );
+
+        admit(&logs, &jobs, &of("w1", 1, 0)).unwrap();
+        logs.write(&of("w1", 1, 0)).unwrap();
+        // The job ends (and the lease with it): w1 finishes its log, and reported the outcome.
+        let finished = scheduler.finish(job.job_id, 1, "w1", &outcome(JobStatus::Succeeded, ""), 3);
+        crate::testing::commit(&mut store, &scheduler, &finished, &[], 3);
+        admit(&logs, &jobs, &of("w1", 1, 1)).unwrap();
+        let mut another_stream = of("w1", 1, 0);
+        another_stream.stream = 2;
+        admit(&logs, &jobs, &another_stream).unwrap();
+        assert!(refused(of("w2", 1, 0)).contains("on w1"));
     }
 
     #[test]
@@ -397,6 +620,9 @@ mod tests {
         assert_eq!((text.as_str(), next), ("a", 1));
         let (text, next) = read_text(&path, next, 64).unwrap();
         assert_eq!((text.as_str(), next), ("ñb", 4));
+        // From inside "ñ" (a long log's tail): the rest of it is skipped.
+        let (text, next) = read_text(&path, 2, 64).unwrap();
+        assert_eq!((text.as_str(), next), ("b", 4));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use telemetry::Ops;
 
-use dispatcher_core::decide::{Core, Decision, KnownJob, KnownRun, Outcome, Verdict};
+use dispatcher_core::decide::{Approver, Core, Decision, KnownJob, KnownRun, Outcome, Verdict};
 use dispatcher_core::scheduler::{Effects, Run};
 
 use crate::clock::now_ms;
@@ -27,7 +27,7 @@ use crate::logs::LogStore;
 use crate::metrics;
 use crate::reporter::Reporter;
 use crate::store::{OutboxMessage, OutboxTarget, Store, StoreError, off_runtime};
-use crate::web::WebLink;
+use crate::web::{WebAction, WebAnswer, WebLink, WebOrder};
 
 /// Messages handled per transaction at most: enough to amortize the commit, few enough that a
 /// batch's acks are not held back for long.
@@ -97,10 +97,11 @@ impl Source {
     }
 }
 
-/// A message taken from one of the dispatcher's queues.
-struct Incoming {
-    source: Source,
-    delivery: Delivery,
+/// What a batch is made of: messages taken from the dispatcher's queues, and the actions of
+/// the web page's signed-in users, handed over in process.
+enum Incoming {
+    Delivery { source: Source, delivery: Delivery },
+    Web(WebOrder),
 }
 
 /// The dispatcher: policy, scheduler and run database, fed by the broker.
@@ -224,9 +225,12 @@ impl Dispatcher {
                 logs,
             )))
         });
-        if let Some(web) = &self.web {
-            web.connected(self.broker.clone());
-        }
+        // The page's actions come to this loop, in process, while it runs: no broker user
+        // can speak for the page's users.
+        let mut web_orders = match &self.web {
+            Some(web) => Some(web.take_orders().await),
+            None => None,
+        };
         let _stop_schedules = self.drift_state_dir.clone().map(|state_dir| {
             AbortOnDrop(tokio::spawn(crate::schedule::run(
                 self.broker.clone(),
@@ -272,6 +276,7 @@ impl Dispatcher {
                     return Ok(());
                 }
                 incoming = next(&mut consumers) => batch.push(incoming?),
+                Some(order) = next_web_order(&mut web_orders) => batch.push(Incoming::Web(order)),
                 ended = logs_ended => {
                     return Err(match ended {
                         Ok(Err(err)) => err,
@@ -332,7 +337,17 @@ impl Dispatcher {
         let mut settle = Vec::with_capacity(batch.len());
         let mut replies = Vec::new();
         let mut outputs = Vec::new();
-        for Incoming { source, delivery } in batch {
+        let mut web_answers = Vec::new();
+        for incoming in batch {
+            let (source, delivery) = match incoming {
+                Incoming::Delivery { source, delivery } => (source, delivery),
+                Incoming::Web(order) => {
+                    let decision = self.on_web_order(&order, now)?;
+                    effects.merge(decision.effects);
+                    web_answers.push((order, WebAnswer::of(decision.outcome.as_ref())));
+                    continue;
+                }
+            };
             let decision = match source {
                 Source::Changes => self.on_change_event(&delivery, now)?,
                 Source::JobEvents | Source::Claims => self.on_job_event(&delivery, now)?,
@@ -384,8 +399,59 @@ impl Dispatcher {
             scheduler.awaiting_approval(),
         );
         self.publish_outbox().await?;
+        // Committed (a crash from here on loses nothing the page was told).
+        for (order, answer) in web_answers {
+            order.answer(answer);
+        }
         self.core.evict_finished();
         Ok(())
+    }
+
+    /// A signed-in user's action from the web page, decided like a control message, with the
+    /// page's user as the authority the core checks against `[web]`.
+    fn on_web_order(&mut self, order: &WebOrder, now: u64) -> Result<Decision, DispatchError> {
+        let span = tracing::info_span!(
+            "web_order",
+            run_id = %order.run_id,
+            user = %order.user,
+            action = order.action.as_str(),
+        );
+        let _entered = span.enter();
+        let known = self.known_run(order.run_id)?;
+        let decision = match order.action {
+            WebAction::Cancel => {
+                self.core
+                    .decide_web_cancel(order.run_id, &order.user, &order.reason, known, now)
+            }
+            WebAction::Approval(verdict) => {
+                let approval = ApprovalOrder {
+                    run_id: order.run_id,
+                    unit: None,
+                    verdict,
+                    reason: order.reason.clone(),
+                    requested_by: crate::web::web_requester(&order.user),
+                };
+                let decision =
+                    self.core
+                        .decide_approval(&approval, Approver::Web(&order.user), known, now);
+                self.count_approval(&approval, &decision);
+                decision
+            }
+        };
+        log(decision.outcome.as_ref());
+        Ok(decision)
+    }
+
+    fn count_approval(&self, order: &ApprovalOrder, decision: &Decision) {
+        let result = match &decision.outcome {
+            Some(Outcome::ApprovalApplied { .. }) => "applied",
+            Some(Outcome::ApproverRefused { .. }) => "refused",
+            _ => "matched-nothing",
+        };
+        self.ops.metrics.inc(
+            metrics::APPROVAL_ORDERS,
+            &[("verdict", order.verdict.as_str()), ("result", result)],
+        );
     }
 
     /// An operator's order: cancel a run, or approve or reject its gated jobs.
@@ -427,18 +493,9 @@ impl Dispatcher {
         telemetry::propagation::set_parent(&span, &delivery.headers);
         let _entered = span.enter();
         let known = self.known_run(order.run_id)?;
-        let decision = self
-            .core
-            .decide_approval(order, delivery.user_id.as_deref(), known, now);
-        let result = match &decision.outcome {
-            Some(Outcome::ApprovalApplied { .. }) => "applied",
-            Some(Outcome::ApproverRefused { .. }) => "refused",
-            _ => "matched-nothing",
-        };
-        self.ops.metrics.inc(
-            metrics::APPROVAL_ORDERS,
-            &[("verdict", order.verdict.as_str()), ("result", result)],
-        );
+        let approver = Approver::Broker(delivery.user_id.as_deref());
+        let decision = self.core.decide_approval(order, approver, known, now);
+        self.count_approval(order, &decision);
         log(decision.outcome.as_ref());
         Ok(decision)
     }
@@ -730,8 +787,11 @@ fn log(outcome: Option<&Outcome>) {
         Outcome::ApproverRefused { user } => {
             tracing::warn!(
                 user,
-                "Approval order from a broker user that may not approve: refused."
+                "Approval order from a user that may not approve: refused."
             );
+        }
+        Outcome::CancellerRefused { user } => {
+            tracing::warn!(user, "Cancel from a web user that may not cancel: refused.");
         }
         Outcome::ApprovalApplied { verdict, by, jobs } => {
             tracing::info!(
@@ -780,7 +840,7 @@ fn finished(run: &Run, state: &RunState, now: u64) {
 /// The next delivery from any of the consumers, job events first.
 async fn next(consumers: &mut [Consumer; 4]) -> Result<Incoming, DispatchError> {
     let wrap = |source: Source, delivery: Option<Result<Delivery, BrokerError>>| match delivery {
-        Some(delivery) => Ok(Incoming {
+        Some(delivery) => Ok(Incoming::Delivery {
             source,
             delivery: delivery?,
         }),
@@ -796,6 +856,14 @@ async fn next(consumers: &mut [Consumer; 4]) -> Result<Incoming, DispatchError> 
     }
 }
 
+/// The next action from the web page; never, without a page.
+async fn next_web_order(orders: &mut Option<crate::web::WebOrders>) -> Option<WebOrder> {
+    match orders {
+        Some(orders) => orders.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Adds whatever the consumers have ready, without waiting, up to [`MAX_BATCH`].
 async fn drain(consumers: &mut [Consumer], batch: &mut Vec<Incoming>) -> Result<(), DispatchError> {
     let mut open = [true; Source::ALL.len()];
@@ -805,7 +873,7 @@ async fn drain(consumers: &mut [Consumer], batch: &mut Vec<Incoming>) -> Result<
                 continue;
             }
             match poll_once(consumer.next()).await {
-                Some(Some(delivery)) => batch.push(Incoming {
+                Some(Some(delivery)) => batch.push(Incoming::Delivery {
                     source,
                     delivery: delivery?,
                 }),

@@ -134,6 +134,15 @@ CREATE TABLE outbox (
 );
 ";
 
+/// A job's current attempt and its worker, as [`Store::job_worker`] reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobWorker {
+    pub run_id: Uuid,
+    pub attempt: u32,
+    /// The holder of the attempt, or the worker that reported how it ended.
+    pub worker: Option<String>,
+}
+
 /// What went wrong with the run database. Every variant is fatal for the dispatcher: it exits
 /// without acking, the broker redelivers, and the last committed state is intact.
 #[derive(Debug, thiserror::Error)]
@@ -1005,6 +1014,31 @@ impl Store {
             .optional()
             .map_err(sqlite("find a job's run"))?;
         run.map(|id| parse_uuid("run id", &id)).transpose()
+    }
+
+    /// Who may write a job's log: its run, its attempt, and the worker that holds it now or
+    /// reported its outcome (`None`: the job is unknown).
+    pub fn job_worker(&self, job_id: Uuid) -> Result<Option<JobWorker>, StoreError> {
+        let row: Option<(String, u32, Option<String>, Option<String>)> = self
+            .connection
+            .query_row(
+                "SELECT run_id, attempt, lease_worker, log FROM jobs WHERE job_id = ?1",
+                [job_id.to_string()],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+            )
+            .optional()
+            .map_err(sqlite("find a job's worker"))?;
+        let Some((run_id, attempt, holder, log)) = row else {
+            return Ok(None);
+        };
+        // The outcome's log names its worker: `<worker>:<absolute path>`.
+        let reporter =
+            log.and_then(|log| log.split_once(":/").map(|(worker, _)| worker.to_owned()));
+        Ok(Some(JobWorker {
+            run_id: parse_uuid("run id", &run_id)?,
+            attempt,
+            worker: holder.or(reporter),
+        }))
     }
 
     /// The repositories that have runs, for the web page's filter.

@@ -15,24 +15,24 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Form, Path as UrlPath, Query, State};
+use axum::extract::{ConnectInfo, Form, Path as UrlPath, Query, Request, State};
+use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use broker::{Broker, Headers, Outgoing, Route};
 use config::Config;
+use dispatcher_core::decide::Outcome;
 use dispatcher_core::pages::{self, ForgeLinks, LogEntry, RunsFilter, Viewer};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use proto_types::{
-    ApprovalOrder, ApprovalVerdict, CancelRun, EventKind, JobSummary, Payload, RunDetail,
-};
+use proto_types::{ApprovalVerdict, EventKind, JobSummary, RunDetail};
 use serde::Deserialize;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::clock::now_ms;
@@ -44,6 +44,15 @@ use auth::{Identity, Method, SESSION_COOKIE};
 
 /// Runs the list shows at most.
 const RUNS_LISTED: usize = 200;
+/// Actions waiting for the dispatcher's loop at most; more are refused (503).
+const ORDERS_WAITING: usize = 64;
+/// How long an action waits for the dispatcher's decision.
+const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+/// Open event streams at most (each holds a connection and a task).
+const MAX_STREAMS: usize = 512;
+/// The most of a log a page shows: a longer log starts this far from its end (the raw log
+/// has it all), so a page never holds the whole of a 128 MiB log.
+const SHOWN_BYTES: u64 = 2 * 1024 * 1024;
 /// Bytes of log one event carries at most.
 const LOG_EVENT_BYTES: usize = 64 * 1024;
 /// A live run page is re-rendered at most this often (a big run changes many times a second).
@@ -55,19 +64,26 @@ const CUT_AFTER: Duration = Duration::from_secs(5);
 const APP_CSS: &str = include_str!("web/app.css");
 const APP_JS: &str = include_str!("web/app.js");
 
-/// What the dispatcher tells the web page: which runs changed, and the broker to publish the
-/// page's actions on (it changes when the dispatcher reconnects).
+/// What the dispatcher and its web page share: which runs changed, and the actions of the
+/// page's signed-in users, which the dispatcher's loop decides in process. They never go
+/// through the broker, so no broker login (a shared one included) can speak for the page.
 #[derive(Debug, Clone)]
 pub struct WebLink {
     runs: broadcast::Sender<Uuid>,
-    broker: Arc<Mutex<Option<Broker>>>,
+    orders: mpsc::Sender<WebOrder>,
+    inbox: Arc<tokio::sync::Mutex<mpsc::Receiver<WebOrder>>>,
+    /// Whether a dispatcher loop takes orders now.
+    taking: Arc<AtomicBool>,
 }
 
 impl Default for WebLink {
     fn default() -> WebLink {
+        let (orders, inbox) = mpsc::channel(ORDERS_WAITING);
         WebLink {
             runs: broadcast::channel(4096).0,
-            broker: Arc::new(Mutex::new(None)),
+            orders,
+            inbox: Arc::new(tokio::sync::Mutex::new(inbox)),
+            taking: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -78,16 +94,139 @@ impl WebLink {
         let _ = self.runs.send(run_id);
     }
 
-    /// The broker the dispatcher is connected to now.
-    pub fn connected(&self, broker: Broker) {
-        *self.broker.lock().unwrap_or_else(|e| e.into_inner()) = Some(broker);
+    /// The page's orders, for the dispatcher loop that decides them (one at a time: a second
+    /// loop waits until the first lets go).
+    pub async fn take_orders(&self) -> WebOrders {
+        let inbox = self.inbox.clone().lock_owned().await;
+        self.taking.store(true, Ordering::SeqCst);
+        WebOrders {
+            inbox,
+            taking: self.taking.clone(),
+        }
     }
 
-    fn broker(&self) -> Option<Broker> {
-        self.broker
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// Hands `action` by `user` to the dispatcher and waits for its decision.
+    async fn order(
+        &self,
+        run_id: Uuid,
+        user: &str,
+        action: WebAction,
+        reason: String,
+    ) -> Result<WebAnswer, Refusal> {
+        let unavailable = |why: &str| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, why);
+        if !self.taking.load(Ordering::SeqCst) {
+            return Err(unavailable(
+                "The dispatcher is not taking actions now (it is connecting to the broker); try again shortly.",
+            ));
+        }
+        let (answer, answered) = oneshot::channel();
+        let order = WebOrder {
+            run_id,
+            user: user.to_owned(),
+            action,
+            reason,
+            answer,
+        };
+        self.orders.try_send(order).map_err(|_| {
+            unavailable("The dispatcher has too many actions waiting; try again shortly.")
+        })?;
+        match tokio::time::timeout(ANSWER_WITHIN, answered).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(_)) => Err(unavailable(
+                "The dispatcher stopped before it answered; reload the run's page to see whether the action was taken.",
+            )),
+            Err(_) => Err(Refusal::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "The dispatcher did not answer in time; the action may still be taken. Reload the run's page to see.",
+            )),
+        }
+    }
+}
+
+/// The page's orders while a dispatcher loop holds them.
+#[derive(Debug)]
+pub struct WebOrders {
+    inbox: tokio::sync::OwnedMutexGuard<mpsc::Receiver<WebOrder>>,
+    taking: Arc<AtomicBool>,
+}
+
+impl WebOrders {
+    pub async fn recv(&mut self) -> Option<WebOrder> {
+        self.inbox.recv().await
+    }
+}
+
+impl Drop for WebOrders {
+    fn drop(&mut self) {
+        self.taking.store(false, Ordering::SeqCst);
+    }
+}
+
+/// What a signed-in user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebAction {
+    Cancel,
+    Approval(ApprovalVerdict),
+}
+
+impl WebAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebAction::Cancel => "cancel",
+            WebAction::Approval(verdict) => verdict.as_str(),
+        }
+    }
+}
+
+/// One action of a signed-in user, on its way to the dispatcher's loop. `user` is who the
+/// page authenticated; the core checks it against `[web]` again.
+#[derive(Debug)]
+pub struct WebOrder {
+    pub run_id: Uuid,
+    pub user: String,
+    pub action: WebAction,
+    pub reason: String,
+    answer: oneshot::Sender<WebAnswer>,
+}
+
+impl WebOrder {
+    /// Tells the page what was decided (once it is committed).
+    pub fn answer(self, answer: WebAnswer) {
+        let _ = self.answer.send(answer);
+    }
+}
+
+/// What the dispatcher decided about an action, as the page tells its user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebAnswer {
+    Done(String),
+    Refused(String),
+    NothingToDo(String),
+    UnknownRun(String),
+}
+
+impl WebAnswer {
+    pub fn of(outcome: Option<&Outcome>) -> WebAnswer {
+        match outcome {
+            Some(Outcome::CancelRequested { reason }) => WebAnswer::Done(reason.clone()),
+            Some(Outcome::ApprovalApplied { verdict, by, jobs }) => {
+                WebAnswer::Done(format!("{} by {by}: {jobs} job(s).", verdict.as_str()))
+            }
+            Some(Outcome::CancellerRefused { user }) => {
+                WebAnswer::Refused(format!("{user} may not cancel runs (see [web] operators)."))
+            }
+            Some(Outcome::ApproverRefused { user }) => WebAnswer::Refused(format!(
+                "{user} may not approve or reject (see [web] approvers)."
+            )),
+            Some(Outcome::CancelOfEndedRun) => {
+                WebAnswer::NothingToDo("The run has already ended.".into())
+            }
+            Some(Outcome::ApprovalMatchedNothing { reason }) => {
+                WebAnswer::NothingToDo(reason.clone())
+            }
+            Some(Outcome::CancelOfUnknownRun) => WebAnswer::UnknownRun("No such run.".into()),
+            _ => WebAnswer::NothingToDo("Nothing was done.".into()),
+        }
     }
 }
 
@@ -110,7 +249,9 @@ struct Web {
     secure: bool,
     /// The newest live part of each followed run, rendered once for every page following it
     /// (a 1,000-job run's part is about a megabyte; twenty pages must not make twenty).
-    live: tokio::sync::Mutex<HashMap<Uuid, LivePart>>,
+    live: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<Option<LivePart>>>>>,
+    /// Open event streams (run pages and job logs) at most.
+    streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// A run's live part as last rendered (JSON-encoded for an event), and when.
@@ -152,9 +293,10 @@ pub async fn serve(
             .public_url
             .as_deref()
             .is_some_and(|url| url.starts_with("https://")),
-        live: tokio::sync::Mutex::new(HashMap::new()),
+        live: Mutex::new(HashMap::new()),
+        streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
     });
-    let app = router(web);
+    let app = router(web).into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, app).await {
             tracing::error!(error = %err, "The web page stopped.");
@@ -172,7 +314,7 @@ fn router(web: Arc<Web>) -> Router {
         .route("/runs/{id}/approve", post(approve_run))
         .route("/jobs/{id}", get(job_page))
         .route("/jobs/{id}/stream", get(job_stream))
-        .route("/jobs/{id}/logs/{attempt}/{worker}", get(raw_log))
+        .route("/jobs/{id}/logs/{attempt}/{stream}/{worker}", get(raw_log))
         .route("/sign-in", get(sign_in_page).post(sign_in))
         .route("/sign-out", post(sign_out))
         .route(
@@ -184,6 +326,10 @@ fn router(web: Arc<Web>) -> Router {
             get(|| async { asset("text/javascript", APP_JS) }),
         )
         .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::from_fn_with_state(
+            web.clone(),
+            drop_untrusted_proxy_header,
+        ))
         .with_state(web)
 }
 
@@ -201,6 +347,24 @@ fn forge_links(config: &Config) -> ForgeLinks {
             Some((repo.name.clone(), format!("{web}/{slug}")))
         })
         .collect()
+}
+
+/// The proxy's sign-in header counts only from `[web] proxy_addresses`: from anywhere else it
+/// is removed before any handler sees it, so reaching `web_address` directly claims nobody.
+async fn drop_untrusted_proxy_header(
+    State(web): State<Arc<Web>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let settings = web.auth.settings();
+    if let Some(header) = &settings.proxy_header
+        && !settings.trusts_proxy(peer.ip())
+        && request.headers_mut().remove(header.as_str()).is_some()
+    {
+        tracing::warn!(%peer, header, "A proxy sign-in header from an address not in web.proxy_addresses was ignored.");
+    }
+    next.run(request).await
 }
 
 /// Nothing but this server's own script and style runs or loads, no other site may frame it,
@@ -284,8 +448,22 @@ impl Web {
     /// shared rendering when it is fresh (younger than half the update interval), else a new
     /// one. Pages wait for each other here, so a run is read and rendered once per update.
     async fn live_part(self: &Arc<Self>, run_id: Uuid) -> Option<(Bytes, bool)> {
-        let mut live = self.live.lock().await;
-        if let Some(part) = live.get(&run_id)
+        let slot = {
+            let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+            // Runs nobody followed for a minute are forgotten (their pages are gone).
+            live.retain(|id, slot| {
+                *id == run_id
+                    || slot.try_lock().is_ok_and(|part| {
+                        part.as_ref().is_some_and(|part| {
+                            !part.is_final && part.rendered.elapsed() < Duration::from_secs(60)
+                        })
+                    })
+            });
+            live.entry(run_id).or_default().clone()
+        };
+        // Pages of the same run wait for each other here; other runs' pages do not.
+        let mut part = slot.lock().await;
+        if let Some(part) = part.as_ref()
             && part.rendered.elapsed() < RUN_UPDATE_EVERY / 2
         {
             return Some((part.frame.clone(), part.is_final));
@@ -298,17 +476,44 @@ impl Web {
         );
         let frame = Bytes::from(frame.into_bytes());
         let is_final = detail.run.state.is_final();
-        // Finished runs' parts are not kept: nobody follows them for long.
-        live.retain(|_, part| !part.is_final && part.rendered.elapsed() < Duration::from_secs(60));
-        live.insert(
-            run_id,
-            LivePart {
-                rendered: tokio::time::Instant::now(),
-                frame: frame.clone(),
-                is_final,
-            },
-        );
+        *part = Some(LivePart {
+            rendered: tokio::time::Instant::now(),
+            frame: frame.clone(),
+            is_final,
+        });
         Some((frame, is_final))
+    }
+
+    /// Every log of a job, read off the async runtime.
+    async fn job_logs(&self, run_id: Uuid, job_id: Uuid) -> Vec<logs::LogFile> {
+        let logs = self.logs.clone();
+        tokio::task::spawn_blocking(move || logs.logs(run_id, job_id))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// A place for one more event stream, if there is one: the streams are open to anyone
+    /// who may read the page, so their number is bounded.
+    fn stream_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let slot = self.streams.clone().try_acquire_owned().ok();
+        if slot.is_none() {
+            tracing::warn!(
+                limit = MAX_STREAMS,
+                "Too many open event streams; one more was refused."
+            );
+        }
+        slot
+    }
+
+    fn busy(&self, viewer: &Viewer) -> Response {
+        html(
+            StatusCode::SERVICE_UNAVAILABLE,
+            pages::message_page(
+                "Busy",
+                "Too many pages are following runs and logs; try again shortly.",
+                viewer,
+            ),
+        )
     }
 
     fn not_found(&self, what: &str, viewer: &Viewer) -> Response {
@@ -416,11 +621,15 @@ async fn run_events(
         Ok(None) => return web.not_found(&format!("No run {id}."), &viewer),
         Err(err) => return web.failed(&err, &viewer),
     }
+    let Some(slot) = web.stream_slot() else {
+        return web.busy(&viewer);
+    };
     let mut changes = web.link.runs.subscribe();
     // One frame in flight per page: only the newest state of a run matters. Frames share the
     // one rendering (`Bytes` counts references; no copy per page).
     let (frames, receiver) = mpsc::channel::<Bytes>(1);
     tokio::spawn(async move {
+        let _slot = slot;
         loop {
             let Some((frame, is_final)) = web.live_part(run_id).await else {
                 return;
@@ -435,7 +644,10 @@ async fn run_events(
             }
             // Wait for a change of this run (or look again every few seconds: durations
             // grow, and a missed notification costs at most that).
-            heard(&mut changes, run_id, Duration::from_secs(5)).await;
+            tokio::select! {
+                () = heard(&mut changes, run_id, Duration::from_secs(5)) => {}
+                () = frames.closed() => return,
+            }
             tokio::time::sleep(RUN_UPDATE_EVERY).await;
         }
     });
@@ -502,6 +714,7 @@ fn log_entries(logs: &[logs::LogFile], job_final: bool) -> Vec<LogEntry> {
         .enumerate()
         .map(|(i, log)| LogEntry {
             attempt: log.attempt,
+            stream: log.stream,
             worker: log.worker.clone(),
             bytes: log.len,
             state: match log.end {
@@ -523,7 +736,7 @@ async fn job_page(
     let viewer = web.viewer(web.identify(&headers).as_ref());
     match job_and_run(&web, &id).await {
         Ok(Some((detail, job))) => {
-            let files = web.logs.logs(detail.run.run_id, job.job_id);
+            let files = web.job_logs(detail.run.run_id, job.job_id).await;
             let entries = log_entries(&files, job.state.is_final());
             html(
                 StatusCode::OK,
@@ -548,16 +761,17 @@ async fn job_stream(
         Ok(ids) => ids,
         Err(response) => return response,
     };
+    let Some(slot) = web.stream_slot() else {
+        return web.busy(&viewer);
+    };
     let mut grew = web.logs.subscribe();
     let (events, receiver) = mpsc::channel::<Event>(4);
     tokio::spawn(async move {
+        let _slot = slot;
         let mut following: Option<(PathBuf, u64)> = None;
         let mut quiet_since = tokio::time::Instant::now();
         loop {
-            let store = web.logs.clone();
-            let files = tokio::task::spawn_blocking(move || store.logs(run_id, job_id))
-                .await
-                .unwrap_or_default();
+            let files = web.job_logs(run_id, job_id).await;
             let Some(newest) = files.last().cloned() else {
                 // No log yet: wait for one, unless the job ended without any.
                 if job_final(&web, job_id).await && quiet_since.elapsed() > CUT_AFTER {
@@ -565,7 +779,10 @@ async fn job_stream(
                     let _ = events.send(Event::default().event("end").data("{}")).await;
                     return;
                 }
-                heard(&mut grew, job_id, Duration::from_secs(1)).await;
+                tokio::select! {
+                    () = heard(&mut grew, job_id, Duration::from_secs(1)) => {}
+                    () = events.closed() => return,
+                }
                 continue;
             };
             let offset = match &following {
@@ -576,7 +793,19 @@ async fn job_stream(
                     if events.send(reset).await.is_err() {
                         return;
                     }
-                    0
+                    let start = newest.len.saturating_sub(SHOWN_BYTES);
+                    if start > 0 {
+                        let note = format!(
+                            "The log is {} bytes; the page shows its last {} MiB (the raw log has it all).",
+                            newest.len,
+                            SHOWN_BYTES >> 20
+                        );
+                        let trimmed = Event::default().event("trimmed").data(json(&note));
+                        if events.send(trimmed).await.is_err() {
+                            return;
+                        }
+                    }
+                    start
                 }
             };
             let path = newest.path.clone();
@@ -614,7 +843,10 @@ async fn job_stream(
             if events.send(state_event("streaming")).await.is_err() {
                 return;
             }
-            heard(&mut grew, job_id, Duration::from_secs(1)).await;
+            tokio::select! {
+                () = heard(&mut grew, job_id, Duration::from_secs(1)) => {}
+                () = events.closed() => return,
+            }
         }
     });
     sse(receiver)
@@ -654,7 +886,7 @@ async fn heard(channel: &mut broadcast::Receiver<Uuid>, id: Uuid, within: Durati
 async fn raw_log(
     State(web): State<Arc<Web>>,
     headers: HeaderMap,
-    UrlPath((id, attempt, worker)): UrlPath<(String, u32, String)>,
+    UrlPath((id, attempt, stream, worker)): UrlPath<(String, u32, u64, String)>,
 ) -> Response {
     let viewer = web.viewer(web.identify(&headers).as_ref());
     let (run_id, job_id) = match job_ids(&web, &id, &viewer).await {
@@ -663,10 +895,10 @@ async fn raw_log(
     };
     // The file is looked up among the job's logs, never built from the request's path.
     let Some(log) = web
-        .logs
-        .logs(run_id, job_id)
+        .job_logs(run_id, job_id)
+        .await
         .into_iter()
-        .find(|log| log.attempt == attempt && log.worker == worker)
+        .find(|log| log.attempt == attempt && log.stream == stream && log.worker == worker)
     else {
         return web.not_found("No such log.", &viewer);
     };
@@ -823,26 +1055,6 @@ fn authorize(
     Ok(who.user)
 }
 
-async fn publish_control<P: Payload>(web: &Web, order: &P) -> Result<(), Refusal> {
-    let unavailable = || {
-        Refusal::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The dispatcher is not connected to the broker; try again shortly.",
-        )
-    };
-    let broker = web.link.broker().ok_or_else(unavailable)?;
-    let body = order.encode();
-    let id = Uuid::new_v4().to_string();
-    let headers = Headers::new();
-    broker
-        .publish(Route::Control, Outgoing::new(&body, &id, &headers))
-        .await
-        .map_err(|err| {
-            tracing::error!(error = %err, "A web action could not be published.");
-            unavailable()
-        })
-}
-
 /// What every action shares: the user may take it (see [`authorize`]), the run exists. The
 /// run's id and the user, or the answer to send.
 async fn action_on_run(
@@ -873,16 +1085,12 @@ async fn cancel_run(
             Err(response) => return response,
         };
     let reason = reason_or(&form.reason, "cancelled from the web page");
-    let order = CancelRun {
-        run_id,
-        reason: reason.clone(),
-        requested_by: web_requester(&user),
-    };
-    if let Err(refusal) = publish_control(&web, &order).await {
-        return refusal.response();
-    }
     tracing::info!(%user, %run_id, %reason, "Run cancellation requested from the web page.");
-    Redirect::to(&format!("/runs/{run_id}")).into_response()
+    let answer = web
+        .link
+        .order(run_id, &user, WebAction::Cancel, reason)
+        .await;
+    answered(run_id, answer)
 }
 
 async fn approve_run(
@@ -909,22 +1117,27 @@ async fn approve_run(
             Err(response) => return response,
         };
     let reason = reason_or(&form.reason, "from the web page");
-    let order = ApprovalOrder {
-        run_id,
-        unit: None,
-        verdict,
-        reason: reason.clone(),
-        requested_by: web_requester(&user),
-    };
-    if let Err(refusal) = publish_control(&web, &order).await {
-        return refusal.response();
-    }
-    tracing::info!(%user, %run_id, verdict = verdict.as_str(), %reason, "Approval order sent from the web page.");
-    Redirect::to(&format!("/runs/{run_id}")).into_response()
+    tracing::info!(%user, %run_id, verdict = verdict.as_str(), %reason, "Approval order from the web page.");
+    let answer = web
+        .link
+        .order(run_id, &user, WebAction::Approval(verdict), reason)
+        .await;
+    answered(run_id, answer)
 }
 
-/// How an order from the page names its sender: the dispatcher's core lets the dispatcher's
-/// own broker user approve only for `[web] approvers`, read from this.
+/// The answer to an action: back to the run's page when it was taken, else why not.
+fn answered(run_id: Uuid, answer: Result<WebAnswer, Refusal>) -> Response {
+    let (status, message) = match answer {
+        Ok(WebAnswer::Done(_)) => return Redirect::to(&format!("/runs/{run_id}")).into_response(),
+        Ok(WebAnswer::Refused(why)) => (StatusCode::FORBIDDEN, why),
+        Ok(WebAnswer::NothingToDo(why)) => (StatusCode::CONFLICT, why),
+        Ok(WebAnswer::UnknownRun(why)) => (StatusCode::NOT_FOUND, why),
+        Err(refusal) => return refusal.response(),
+    };
+    refuse(status, &message, &Viewer::default())
+}
+
+/// How the page's orders name their user in reasons and gates: `web:<user>`.
 pub fn web_requester(user: &str) -> String {
     format!("{}{user}", dispatcher_core::decide::WEB_REQUESTER_PREFIX)
 }
@@ -946,6 +1159,7 @@ mod tests {
     fn log_states_follow_their_end_and_the_job() {
         let file = |attempt, end| logs::LogFile {
             attempt,
+            stream: 1,
             worker: "w".into(),
             path: PathBuf::from(format!("{attempt}-w.log")),
             len: 10,
@@ -957,6 +1171,48 @@ mod tests {
         assert_eq!(running[1].state, "streaming");
         let ended = log_entries(&[file(1, Some(LogEnd::Complete)), file(2, None)], true);
         assert_eq!((ended[0].state, ended[1].state), ("complete", "cut"));
+    }
+
+    /// A GET of `path` with `headers`, over a plain socket: the body.
+    async fn get(address: SocketAddr, path: &str, headers: &[(&str, &str)]) -> String {
+        let mut request =
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(address).unwrap();
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            response
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_proxy_header_counts_only_from_the_proxys_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        for (addresses, believed) in [("127.0.0.1", true), ("10.0.0.0/8", false)] {
+            let mut config = Config::embedded("infra", "/srv/git/infra.git", "main");
+            config.web.proxy_header = Some("X-Forwarded-Email".into());
+            config.web.proxy_addresses = vec![addresses.into()];
+            let logs = LogStore::new(dir.path(), 1 << 20);
+            let address = serve("127.0.0.1:0", config, dir.path(), logs, WebLink::default())
+                .await
+                .unwrap();
+            let page = get(address, "/", &[("X-Forwarded-Email", "alice@example.com")]).await;
+            assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+            assert_eq!(
+                page.contains("Signed in as <strong>alice@example.com</strong>"),
+                believed,
+                "proxy_addresses = [{addresses:?}], the request from 127.0.0.1"
+            );
+        }
     }
 
     #[test]

@@ -213,9 +213,10 @@ impl Worker<'_> {
                 }
             }
         };
-        heartbeat.abort();
         // The whole log reaches the broker before the outcome, so that a finished job's log
         // on the page is complete (unless the broker pushes back past the grace period).
+        // Heartbeats go on meanwhile: a drain of up to the grace period must not cost the
+        // lease, or another worker would take over a job that is done.
         if let Some(stream) = log_stream
             && stream.finish(logstream::FINISH_GRACE).await.is_none()
         {
@@ -224,6 +225,7 @@ impl Worker<'_> {
                 "The job's log did not reach the broker in time; the dispatcher's copy stays cut (the worker's file is whole)."
             );
         }
+        heartbeat.abort();
         let draining = drain_at.is_some();
         if finished.stopped == Some(Stop::Drain) {
             self.give_back(

@@ -50,6 +50,9 @@ impl LogStream {
             run_id: job.run_id,
             attempt: job.attempt,
             worker: worker.to_owned(),
+            stream: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis() as u64),
             offset: 0,
             text: String::new(),
             end: false,

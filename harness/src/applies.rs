@@ -80,11 +80,16 @@ pub fn null_unit_tf(
 /// credential variables to `seen` (a file outside any output) and echo the secrets into the
 /// output, where they must arrive redacted.
 pub fn probe_unit_tf(unit: &str, state_dir: &Path, seen: &Path) -> String {
+    probe_unit_tf_printing(unit, state_dir, seen, "")
+}
+
+/// [`probe_unit_tf`] whose apply also runs `also` (shell, no `$`) after printing its secret.
+pub fn probe_unit_tf_printing(unit: &str, state_dir: &Path, seen: &Path, also: &str) -> String {
     let state = state_dir.display();
     let seen = seen.display();
     let command = format!(
         "echo \"{unit} $TF_VAR_identity $TF_VAR_secret $AWS_ACCESS_KEY_ID $AWS_SECRET_ACCESS_KEY\" >> {seen}; \
-         echo \"the secret is $TF_VAR_secret, the key is $AWS_SECRET_ACCESS_KEY\""
+         echo \"the secret is $TF_VAR_secret, the key is $AWS_SECRET_ACCESS_KEY\"; {also}"
     );
     let command = command.replace('\\', "\\\\").replace('"', "\\\"");
     format!(

@@ -120,6 +120,17 @@ impl Browser {
         );
     }
 
+    /// The value of the cookie `name` of the current page, `HttpOnly` ones included.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.try_request(
+            "GET",
+            &format!("/session/{}/cookie/{name}", self.session),
+            None,
+        )?["value"]
+            .as_str()
+            .map(str::to_owned)
+    }
+
     /// Saves a PNG of the window to `path`.
     pub fn screenshot(&self, path: &Path) {
         use base64::Engine;

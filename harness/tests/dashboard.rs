@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use harness::applies::{Behaviour, Units, gate_path, pipelines_hcl, probe_unit_tf};
+use harness::applies::{Behaviour, Units, gate_path, pipelines_hcl, probe_unit_tf_printing};
 use harness::browser::Browser;
 use harness::deployment::Deployment;
 use harness::process;
@@ -22,6 +22,9 @@ const TOKEN: &str = "dashboard-test-token-7f3a";
 const TOKEN_SHA256: &str = "43f6b1c3d53ac236cee74132b862396dd9a31b69e6bf5a3bbc970e8da84808c9";
 /// What the probe unit's credentials command hands its apply: it must never reach a page.
 const SECRET: &str = "apply-secret-5150";
+/// What the probe also prints: markup that would run if the page took log text as HTML.
+const HOSTILE: &str =
+    "<img src=x onerror=document.title='pwned'><script>document.title='pwned'</script>";
 
 /// Where the screenshots go: `PIPELINES_ARTIFACTS`, else `target/artifacts`.
 fn artifacts() -> PathBuf {
@@ -58,7 +61,8 @@ fn the_web_page_follows_runs_live_streams_logs_and_lets_only_signed_in_operators
     let browser = Browser::start();
     let extra = format!(
         "web_address = \"127.0.0.1:0\"\nlease_seconds = 10\n\n\
-         [web]\ntokens = [{{ user = \"alice\", sha256 = \"{TOKEN_SHA256}\" }}]\noperators = [\"alice\"]\napprovers = [\"alice\"]\n\n\
+         [web]\nproxy_header = \"X-Forwarded-User\"\nproxy_addresses = [\"192.0.2.1\"]\n\
+         tokens = [{{ user = \"alice\", sha256 = \"{TOKEN_SHA256}\" }}]\noperators = [\"alice\"]\napprovers = [\"alice\"]\n\n\
          [approvals]\nunits = [\"dev/gated\"]\n\n\
          [[credentials]]\nname = \"dev-apply\"\nprovider = \"command\"\n\
          command = [\"sh\", \"-c\", \"echo '{{\\\"env\\\": {{\\\"TF_VAR_secret\\\": \\\"{SECRET}\\\"}}}}'\"]\n"
@@ -75,10 +79,11 @@ fn the_web_page_follows_runs_live_streams_logs_and_lets_only_signed_in_operators
     let c0 = units.readme_only();
     sandbox.repo.write(
         "dev/probe/main.tf",
-        &probe_unit_tf(
+        &probe_unit_tf_printing(
             "dev/probe",
             &sandbox.state_dir(),
             &sandbox.path().join("seen.txt"),
+            &format!("echo \"{HOSTILE}\""),
         ),
     );
     sandbox
@@ -189,10 +194,16 @@ fn the_web_page_follows_runs_live_streams_logs_and_lets_only_signed_in_operators
     poll_until(DEADLINE, "the finished job's log to say complete", || {
         (browser.text("#log-state").as_deref() == Some("complete")).then_some(())
     });
-    let raw = format!(
-        "/jobs/{a}/logs/{}/{}",
-        a_job.attempt,
-        a_job.worker.as_deref().unwrap()
+    // The raw log, by the page's own link.
+    let raw = browser
+        .script("return document.querySelector('p.logstate a').getAttribute('href');")
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        raw.starts_with(&format!("/jobs/{a}/logs/{}/", a_job.attempt))
+            && raw.ends_with(&format!("/{}", a_job.worker.as_deref().unwrap())),
+        "{raw}"
     );
     let (code, stored) = process::http_get(&web, &raw).unwrap();
     assert_eq!(code, 200);
@@ -214,6 +225,15 @@ fn the_web_page_follows_runs_live_streams_logs_and_lets_only_signed_in_operators
     assert!(
         !page.as_str().unwrap().contains(SECRET),
         "the secret reached the page"
+    );
+    // Markup in a log is text: shown as printed, never an element, never run.
+    assert!(probe_log.contains(HOSTILE), "{probe_log}");
+    let elements =
+        browser.script("return document.querySelectorAll('#log *').length + ':' + document.title;");
+    assert_eq!(
+        elements.as_str().unwrap(),
+        "0:dev/probe · Pipelines",
+        "the log's markup became elements or ran"
     );
 
     // The runs list.
@@ -264,6 +284,21 @@ fn the_web_page_follows_runs_live_streams_logs_and_lets_only_signed_in_operators
     )
     .unwrap();
     assert_eq!(code, 401);
+    // The proxy's header counts only from the proxy's address (192.0.2.1 here), not from
+    // whoever reaches the page directly.
+    let claimed = [
+        ("Content-Type", "application/x-www-form-urlencoded"),
+        ("X-Forwarded-User", "alice"),
+    ];
+    let (code, body) = process::http_request(
+        &web,
+        "POST",
+        &format!("/runs/{second}/cancel"),
+        &claimed,
+        "reason=claimed",
+    )
+    .unwrap();
+    assert_eq!(code, 401, "a proxy header from outside the proxy: {body}");
     // Signed in through the form, a post that carries the session but not the form's CSRF
     // token (what another site could make a browser send) is refused.
     browser.goto(&url("/sign-in"));
@@ -280,6 +315,29 @@ fn the_web_page_follows_runs_live_streams_logs_and_lets_only_signed_in_operators
          x.send('reason=no-token'); return x.status;"
     ));
     assert_eq!(without_csrf, 403, "a session without the CSRF token");
+    // From another site: the session cookie and the right CSRF token, but an `Origin` that is
+    // not the page's (what a cross-site form post sends).
+    browser.goto(&url(&format!("/runs/{second}")));
+    let session = browser
+        .cookie("pipelines_session")
+        .expect("the sign-in set a session cookie");
+    let csrf = browser.script("return document.querySelector('input[name=csrf]').value;");
+    let cross_site = [
+        ("Content-Type", "application/x-www-form-urlencoded"),
+        ("Cookie", &format!("pipelines_session={session}")),
+        ("Origin", "http://evil.example"),
+    ];
+    let (code, body) = process::http_request(
+        &web,
+        "POST",
+        &format!("/runs/{second}/cancel"),
+        &cross_site,
+        &format!("reason=cross-site&csrf={}", csrf.as_str().unwrap()),
+    )
+    .unwrap();
+    assert_eq!(code, 403, "a cross-site post: {body}");
+    // Refused actions never reach the dispatcher (they are decided in process, so an
+    // accepted one would show at once); the run's reason below is alice's, not theirs.
     assert_eq!(
         status(&sandbox, second).unwrap().run.state.as_str(),
         "running",
@@ -298,8 +356,8 @@ fn the_web_page_follows_runs_live_streams_logs_and_lets_only_signed_in_operators
             .reason
             .as_deref()
             .unwrap_or_default()
-            .contains("web:alice"),
-        "the cancellation names its user: {:?}",
+            .contains("web:alice: wrong change window"),
+        "the cancellation names its user and her reason, not a refused one's: {:?}",
         cancelled.run.reason
     );
     assert!(
@@ -342,9 +400,19 @@ fn the_web_page_follows_runs_live_streams_logs_and_lets_only_signed_in_operators
             .text("ul.logs")
             .filter(|text| text.contains("complete"))
     });
+    let killed_line = listed
+        .lines()
+        .find(|line| line.contains(&format!("on {worker} ")))
+        .unwrap_or_else(|| panic!("no log of the killed worker {worker}: {listed}"));
     assert!(
-        listed.contains(&format!("on {worker}")) && listed.contains("cut"),
+        killed_line.ends_with("cut"),
         "the killed worker's log is listed as cut: {listed}"
+    );
+    assert!(
+        listed
+            .lines()
+            .any(|line| !line.contains(&format!("on {worker} ")) && line.ends_with("complete")),
+        "the other worker's log is complete: {listed}"
     );
 
     // A gated unit waits for an approval; alice approves it with her token (a script's way).

@@ -222,6 +222,13 @@ fn each_component_user_can_do_its_job_and_nothing_more() {
         world.publish(&executor, Route::Changes, b"x", None),
         "an executor submitting a change",
     );
+    // The web page's actions reach the dispatcher in process: its own login cannot send
+    // control orders (so it cannot approve as the page's users either).
+    let dispatcher = world.connect("dispatcher");
+    refused(
+        world.publish(&dispatcher, Route::Control, b"x", None),
+        "the dispatcher publishing to the control exchange",
+    );
 
     // RabbitMQ checks who publishes: a forged user_id is refused outright.
     let orchestrator = world.connect("orchestrator");

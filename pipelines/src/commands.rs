@@ -215,9 +215,11 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         Some(_) => Store::open(work_dir.path())?,
         None => Store::in_memory()?,
     };
-    let dispatcher = Dispatcher::new(broker.clone(), config.clone(), store)?
-        .with_logs(logs.clone())
-        .with_web(web.clone());
+    let mut dispatcher = Dispatcher::new(broker.clone(), config.clone(), store)?;
+    // Logs are streamed and kept only for the page: nobody else would read them.
+    if args.web.is_some() {
+        dispatcher = dispatcher.with_logs(logs.clone()).with_web(web.clone());
+    }
     let served = match &args.web {
         Some(address) => {
             Some(dispatcher::web::serve(address, config.clone(), work_dir.path(), logs, web).await?)
@@ -242,6 +244,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
                 WorkerSettings::from_config(&config, &account, role, Some(name), Some(dir))
                     .map_err(|reason| anyhow!(reason))?;
             settings.supervisor = std::env::current_exe().ok();
+            settings.stream_logs &= args.web.is_some();
             let stopped = until_stopped(stopped.clone());
             let (broker, ops) = (broker.clone(), ops.clone());
             components.spawn(async move {

@@ -341,6 +341,7 @@ mod tests {
             run_id: Uuid::new_v4(),
             attempt: 1,
             worker: "w-1".into(),
+            stream: 1_764_000_000_000,
             offset: 4096,
             text: "null_resource.apply: Creating...\n".into(),
             end: true,

@@ -490,6 +490,9 @@ pub struct LogChunk {
     /// The worker's name: two workers may run the same attempt one after the other (the first
     /// was lost), and each has its own log.
     pub worker: String,
+    /// When the worker began streaming this log (ms since the epoch): a worker that runs the
+    /// same attempt again (restarted under the same name) writes a new log, not over the old.
+    pub stream: u64,
     /// Where in the log `text` starts, in bytes.
     pub offset: u64,
     /// Whole UTF-8 characters of the log, at most [`LogChunk::MAX_BYTES`].

@@ -274,7 +274,7 @@ fn gated_core() -> Core {
 }
 
 #[test]
-fn the_dispatchers_own_user_relays_only_the_web_approvers_named_in_the_config() {
+fn web_approvals_count_only_for_web_approvers_and_no_broker_user_speaks_for_the_page() {
     let config = Config::from_toml(
         r#"
         broker_url = "amqp://pipelines-dispatcher@rabbit:5672/%2f"
@@ -290,6 +290,7 @@ fn the_dispatchers_own_user_relays_only_the_web_approvers_named_in_the_config() 
         [web]
         proxy_header = "X-Forwarded-Email"
         approvers = ["lead@example.com"]
+        operators = ["ops@example.com"]
         "#,
     )
     .expect("a valid config");
@@ -300,41 +301,75 @@ fn the_dispatchers_own_user_relays_only_the_web_approvers_named_in_the_config() 
         requested_by: requested_by.into(),
         ..approval(event.id, ApprovalVerdict::Approve)
     };
-    // A web user the configuration does not name, relayed by the dispatcher: refused.
+    // A signed-in user the configuration does not name as an approver: refused.
     let stranger = core.decide_approval(
         &order("web:intern@example.com"),
-        Some("pipelines-dispatcher"),
+        Approver::Web("intern@example.com"),
         None,
         1,
     );
-    assert!(matches!(
+    assert_eq!(
         stranger.outcome,
-        Some(Outcome::ApproverRefused { .. })
-    ));
-    // A named web approver's order from any other broker user: refused.
-    let forged = core.decide_approval(
-        &order("web:lead@example.com"),
-        Some("orchestrator"),
+        Some(Outcome::ApproverRefused {
+            user: "web:intern@example.com".into()
+        })
+    );
+    assert!(stranger.effects.is_empty());
+    // A named web approver's order on the broker, even from the dispatcher's own user (as a
+    // shared login would send it): the broker path counts only `[approvals] users`.
+    for user_id in ["pipelines-dispatcher", "orchestrator"] {
+        let forged = core.decide_approval(
+            &order("web:lead@example.com"),
+            Approver::Broker(Some(user_id)),
+            None,
+            1,
+        );
+        assert!(
+            matches!(forged.outcome, Some(Outcome::ApproverRefused { .. })),
+            "{user_id}: {:?}",
+            forged.outcome
+        );
+        assert!(forged.effects.is_empty());
+    }
+    // An operator is not an approver, and an approver is not an operator.
+    let operator = core.decide_approval(
+        &order("web:ops@example.com"),
+        Approver::Web("ops@example.com"),
         None,
         1,
     );
     assert!(matches!(
-        forged.outcome,
+        operator.outcome,
         Some(Outcome::ApproverRefused { .. })
     ));
-    let relayed = core.decide_approval(
+    let cancel = core.decide_web_cancel(event.id, "lead@example.com", "no", None, 1);
+    assert_eq!(
+        cancel.outcome,
+        Some(Outcome::CancellerRefused {
+            user: "web:lead@example.com".into()
+        })
+    );
+    assert!(cancel.effects.is_empty());
+
+    let approved = core.decide_approval(
         &order("web:lead@example.com"),
-        Some("pipelines-dispatcher"),
+        Approver::Web("lead@example.com"),
         None,
         2,
     );
     assert_eq!(
-        relayed.outcome,
+        approved.outcome,
         Some(Outcome::ApprovalApplied {
             verdict: ApprovalVerdict::Approve,
-            by: "pipelines-dispatcher (web:lead@example.com)".into(),
+            by: "web:lead@example.com".into(),
             jobs: 1
         })
+    );
+    let cancelled = core.decide_web_cancel(event.id, "ops@example.com", "window closed", None, 3);
+    assert!(
+        matches!(&cancelled.outcome, Some(Outcome::CancelRequested { reason }) if reason == "cancelled by web:ops@example.com: window closed"),
+        "{:?}",
+        cancelled.outcome
     );
 }
 
@@ -373,7 +408,7 @@ fn a_gated_accounts_applies_wait_and_only_an_approver_broker_user_opens_the_gate
     // The order says it is from alice; the broker says mallory sent it.
     let forged = core.decide_approval(
         &approval(event.id, ApprovalVerdict::Approve),
-        Some("mallory"),
+        Approver::Broker(Some("mallory")),
         None,
         1,
     );
@@ -389,8 +424,12 @@ fn a_gated_accounts_applies_wait_and_only_an_approver_broker_user_opens_the_gate
         forged.verdict
     );
     assert!(forged.effects.is_empty(), "nothing was decided");
-    let anonymous =
-        core.decide_approval(&approval(event.id, ApprovalVerdict::Approve), None, None, 1);
+    let anonymous = core.decide_approval(
+        &approval(event.id, ApprovalVerdict::Approve),
+        Approver::Broker(None),
+        None,
+        1,
+    );
     assert!(matches!(
         anonymous.outcome,
         Some(Outcome::ApproverRefused { .. })
@@ -398,7 +437,7 @@ fn a_gated_accounts_applies_wait_and_only_an_approver_broker_user_opens_the_gate
 
     let approved = core.decide_approval(
         &approval(event.id, ApprovalVerdict::Approve),
-        Some("alice"),
+        Approver::Broker(Some("alice")),
         None,
         2,
     );
@@ -415,7 +454,7 @@ fn a_gated_accounts_applies_wait_and_only_an_approver_broker_user_opens_the_gate
 
     let again = core.decide_approval(
         &approval(event.id, ApprovalVerdict::Approve),
-        Some("alice"),
+        Approver::Broker(Some("alice")),
         None,
         3,
     );
@@ -437,7 +476,7 @@ fn a_pull_request_of_a_gated_unit_plans_at_once_and_its_rejection_order_matches_
     assert_eq!(job.approval, Some(proto_types::ApprovalGate::AfterMerge));
     let rejected = core.decide_approval(
         &approval(event.id, ApprovalVerdict::Reject),
-        Some("alice"),
+        Approver::Broker(Some("alice")),
         None,
         1,
     );

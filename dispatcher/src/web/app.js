@@ -14,19 +14,38 @@ function followRun(live) {
   });
 }
 
+// The most log text a page holds; older text is dropped from the top (the raw log has it).
+const MAX_SHOWN = 2 * 1024 * 1024;
+
 function followLog(pre) {
   const state = document.getElementById("log-state");
+  const trimmed = document.getElementById("log-trimmed");
   const source = new EventSource(pre.dataset.stream);
   let stick = true;
+  let shown = 0;
   pre.addEventListener("scroll", () => {
     stick = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
   });
   source.addEventListener("reset", (event) => {
     pre.textContent = "";
+    shown = 0;
+    trimmed.hidden = true;
     state.textContent = JSON.parse(event.data);
   });
+  source.addEventListener("trimmed", (event) => {
+    trimmed.textContent = JSON.parse(event.data);
+    trimmed.hidden = false;
+  });
   source.addEventListener("chunk", (event) => {
-    pre.appendChild(document.createTextNode(JSON.parse(event.data)));
+    const text = JSON.parse(event.data);
+    pre.appendChild(document.createTextNode(text));
+    shown += text.length;
+    while (shown > MAX_SHOWN && pre.firstChild) {
+      shown -= pre.firstChild.textContent.length;
+      pre.removeChild(pre.firstChild);
+      trimmed.textContent = "Only the end of the log is shown here; the raw log has it all.";
+      trimmed.hidden = false;
+    }
     if (stick) pre.scrollTop = pre.scrollHeight;
   });
   source.addEventListener("state", (event) => {

@@ -1007,16 +1007,24 @@ fn logs(quick: bool) -> Value {
             let worker_file = job.log.clone().unwrap();
             let worker_file = std::fs::read(worker_file.split_once(':').unwrap().1).unwrap();
             let stored = harness::poll_until(Duration::from_secs(300), "the stored log", || {
-                let path = sandbox
+                // `<attempt>-<stream>-<worker>.log`
+                let dir = sandbox
                     .dispatcher_state_dir()
                     .join("logs")
                     .join(run.to_string())
-                    .join(job.job_id.to_string())
-                    .join(format!(
-                        "{}-{}.log",
-                        job.attempt,
-                        job.worker.as_deref().unwrap()
-                    ));
+                    .join(job.job_id.to_string());
+                let (prefix, suffix) = (
+                    format!("{}-", job.attempt),
+                    format!("-{}.log", job.worker.as_deref().unwrap()),
+                );
+                let path = std::fs::read_dir(&dir)
+                    .ok()?
+                    .flatten()
+                    .map(|e| e.path())
+                    .find(|p| {
+                        let name = p.file_name().unwrap().to_string_lossy();
+                        name.starts_with(&prefix) && name.ends_with(&suffix)
+                    })?;
                 let end = path.with_extension("end");
                 std::fs::read_to_string(end)
                     .ok()?
