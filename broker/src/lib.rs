@@ -183,6 +183,33 @@ impl Broker {
         ))
     }
 
+    /// Connects to the first of a cluster's `nodes` that answers, starting at `first` (an
+    /// index, taken modulo their number) and going round once. The index of the node it
+    /// reached comes back with it; the error of the last node tried otherwise.
+    pub async fn connect_any(
+        nodes: &[String],
+        first: usize,
+        name: &str,
+        timeouts: BrokerTimeouts,
+    ) -> Result<(Broker, usize), BrokerError> {
+        let mut last = BrokerError::Connect {
+            url: String::new(),
+            reason: "no broker node is configured".into(),
+        };
+        for offset in 0..nodes.len() {
+            let index = (first + offset) % nodes.len();
+            match Broker::connect_with(&nodes[index], name, timeouts).await {
+                Ok(broker) => return Ok((broker, index)),
+                Err(err) if err.is_transient() && offset + 1 < nodes.len() => {
+                    tracing::warn!(node = %redact_url(&nodes[index]), error = %err, "A broker node does not answer; trying the next.");
+                    last = err;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(last)
+    }
+
     /// A fresh in-process broker, for embedded mode.
     pub fn in_memory() -> Broker {
         Broker::Memory(memory::MemoryBroker::default())

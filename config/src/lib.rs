@@ -42,7 +42,7 @@ pub use crate::repositories::Repository;
 pub use crate::timeouts::Timeouts;
 pub use crate::triggers::{Trigger, Triggers, UnitTrigger};
 use crate::urls::with_password;
-pub use crate::urls::{REDACTED, redact_url, url_password, url_user};
+pub use crate::urls::{REDACTED, redact_url, url_password, url_user, url_vhost};
 pub use crate::web::{WebSettings, WebToken};
 
 /// The broker a default local RabbitMQ answers on.
@@ -56,6 +56,11 @@ pub struct Config {
     /// it runs could read it.
     #[serde(default = "default_broker_url")]
     pub broker_url: String,
+    /// The nodes of a RabbitMQ cluster, in the order they are tried: when set, it replaces
+    /// `broker_url`. A component connects to the first that answers and, when its connection
+    /// is lost, to the next. Every URL names the same user and vhost.
+    #[serde(default)]
+    pub broker_urls: Vec<String>,
     /// A file holding the broker password (a mounted secret), added to `broker_url`'s user.
     #[serde(default)]
     pub broker_password_file: Option<PathBuf>,
@@ -152,6 +157,7 @@ impl Config {
         let env = Env::prefixed("PIPELINES_").split("__").filter(|key| {
             let key = key.as_str().to_ascii_lowercase();
             key == "broker_url"
+                || key == "broker_urls"
                 || key == "broker_password_file"
                 || [
                     "executor",
@@ -198,6 +204,7 @@ impl Config {
     pub fn embedded(repository: &str, url: &str, deploy_branch: &str) -> Config {
         Config {
             broker_url: String::new(),
+            broker_urls: Vec::new(),
             broker_password_file: None,
             repositories: vec![Repository {
                 name: repository.to_owned(),
@@ -246,10 +253,37 @@ impl Config {
             .collect()
     }
 
-    /// The broker URL with the password from `broker_password_file` added, when there is one.
+    /// The broker's nodes: `broker_urls`, or `broker_url` alone.
+    pub fn broker_nodes(&self) -> Vec<&str> {
+        if self.broker_urls.is_empty() {
+            vec![self.broker_url.as_str()]
+        } else {
+            self.broker_urls.iter().map(String::as_str).collect()
+        }
+    }
+
+    /// The first of [`Config::broker_nodes`]: whose user the components log in as.
+    pub fn first_broker_node(&self) -> &str {
+        self.broker_nodes()[0]
+    }
+
+    /// Every node's URL with the password from `broker_password_file` added.
+    pub fn broker_urls_with_password(&self) -> Result<Vec<String>, ConfigError> {
+        self.broker_nodes()
+            .into_iter()
+            .map(|url| self.with_password_file(url))
+            .collect()
+    }
+
+    /// The first node's URL with the password from `broker_password_file` added, when there
+    /// is one.
     pub fn broker_url_with_password(&self) -> Result<String, ConfigError> {
+        self.with_password_file(self.first_broker_node())
+    }
+
+    fn with_password_file(&self, url: &str) -> Result<String, ConfigError> {
         let Some(path) = &self.broker_password_file else {
-            return Ok(self.broker_url.clone());
+            return Ok(url.to_owned());
         };
         let password = std::fs::read_to_string(path).map_err(|err| {
             invalid(
@@ -264,15 +298,23 @@ impl Config {
                 format!("{} is empty", path.display()),
             ));
         }
-        with_password(&self.broker_url, password).ok_or_else(|| {
+        with_password(url, password).ok_or_else(|| {
             invalid(
-                "broker_url",
+                self.broker_key(),
                 format!(
                     "{:?} names no user for the password in broker_password_file",
-                    redact_url(&self.broker_url)
+                    redact_url(url)
                 ),
             )
         })
+    }
+
+    fn broker_key(&self) -> &'static str {
+        if self.broker_urls.is_empty() {
+            "broker_url"
+        } else {
+            "broker_urls"
+        }
     }
 
     /// The credentials entry an account uses for `mutates` (apply/destroy) or plans, if any.
@@ -288,28 +330,49 @@ impl Config {
 
     /// Checks every section, naming the key of the first bad value.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(self.broker_url.starts_with("amqp://") || self.broker_url.starts_with("amqps://")) {
-            return Err(invalid(
-                "broker_url",
-                format!(
-                    "{:?} is not an amqp:// or amqps:// URL",
-                    redact_url(&self.broker_url)
-                ),
-            ));
+        let first = self.first_broker_node();
+        for (i, url) in self.broker_nodes().into_iter().enumerate() {
+            let key = if self.broker_urls.is_empty() {
+                "broker_url".to_owned()
+            } else {
+                format!("broker_urls[{i}]")
+            };
+            if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+                return Err(invalid(
+                    key,
+                    format!("{:?} is not an amqp:// or amqps:// URL", redact_url(url)),
+                ));
+            }
+            // One identity on every node: permissions, user_id checks and the password file
+            // are the same wherever a component lands.
+            if url_user(url) != url_user(first) || url_vhost(url) != url_vhost(first) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{:?} names another user or vhost than {:?}: every node must be the same cluster, logged in as the same user",
+                        redact_url(url),
+                        redact_url(first)
+                    ),
+                ));
+            }
         }
         repositories::validate(&self.repositories)?;
         self.validate_accounts()?;
         self.validate_credentials()?;
         self.validate_executor()?;
         if let Some(path) = &self.broker_password_file
-            && url_password(&self.broker_url).is_some()
+            && let Some(url) = self
+                .broker_nodes()
+                .into_iter()
+                .find(|url| url_password(url).is_some())
         {
             return Err(invalid(
                 "broker_password_file",
                 format!(
-                    "{} is given, but broker_url {:?} has a password too: keep only one",
+                    "{} is given, but {} {:?} has a password too: keep only one",
                     path.display(),
-                    redact_url(&self.broker_url)
+                    self.broker_key(),
+                    redact_url(url)
                 ),
             ));
         }
@@ -471,6 +534,43 @@ mod tests {
             assert!(!debug.contains(secret), "{secret} in {debug}");
         }
         assert!(debug.contains("github.com/acme/infra.git"), "{debug}");
+    }
+
+    #[test]
+    fn broker_urls_name_a_clusters_nodes_with_one_user_and_one_password_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("password");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let nodes = "broker_urls = [\"amqp://dispatcher@rabbit-1:5672/pipelines\", \"amqps://dispatcher@rabbit-2:5671/pipelines\"]\n";
+        let text = format!(
+            "{nodes}broker_password_file = \"{}\"\n{VALID}",
+            secret.display()
+        );
+        let config = Config::from_toml(&text).unwrap();
+        assert_eq!(
+            config.broker_urls_with_password().unwrap(),
+            [
+                "amqp://dispatcher:s3cret@rabbit-1:5672/pipelines",
+                "amqps://dispatcher:s3cret@rabbit-2:5671/pipelines"
+            ]
+        );
+        assert_eq!(url_user(config.first_broker_node()), Some("dispatcher"));
+        let other_user = text.replace("amqps://dispatcher@", "amqps://mallory@");
+        assert!(
+            error_of(&other_user).contains("`broker_urls[1]`")
+                && error_of(&other_user).contains("another user or vhost"),
+            "{}",
+            error_of(&other_user)
+        );
+        let other_vhost = text.replace("5671/pipelines", "5671/other");
+        assert!(error_of(&other_vhost).contains("`broker_urls[1]`"));
+        let not_amqp = text.replace("amqps://dispatcher@rabbit-2", "http://dispatcher@rabbit-2");
+        assert!(error_of(&not_amqp).contains("`broker_urls[1]`: \"http://"));
+        let inline = text.replace("amqps://dispatcher@", "amqps://dispatcher:inline@");
+        assert!(error_of(&inline).contains("`broker_password_file`"));
+        // Without broker_urls, broker_url is the one node.
+        let single = Config::from_toml(VALID).unwrap();
+        assert_eq!(single.broker_nodes(), [single.broker_url.as_str()]);
     }
 
     #[test]

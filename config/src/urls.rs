@@ -20,6 +20,13 @@ pub fn url_user(url: &str) -> Option<&str> {
     (!user.is_empty()).then_some(user)
 }
 
+/// The vhost part of a URL (`amqp://host:5672/%2f` → `%2f`; empty when it names none).
+pub fn url_vhost(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path = rest.find('/').map_or("", |at| &rest[at + 1..]);
+    &path[..path.find(['?', '#']).unwrap_or(path.len())]
+}
+
 /// `url` with `password` (percent-encoded) after its user; `None` without a user.
 pub(crate) fn with_password(url: &str, password: &str) -> Option<String> {
     let (scheme, rest) = url.split_once("://")?;

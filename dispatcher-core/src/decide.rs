@@ -235,7 +235,7 @@ impl Core {
     ) -> Decision {
         let allowed = &self.config.dispatcher.orchestrator_users;
         // The dispatcher's own user submits the scheduled drift runs.
-        let own = config::url_user(&self.config.broker_url);
+        let own = config::url_user(self.config.first_broker_node());
         let submits = |user: &str| allowed.iter().any(|a| a == user) || own == Some(user);
         if !allowed.is_empty() && !user_id.is_some_and(submits) {
             let from = user_id.unwrap_or("(no user_id)");

@@ -94,12 +94,18 @@ impl Browser {
         )
     }
 
-    /// The visible text of the first element matching `css`, if there is one.
+    /// The visible text of the first element matching `css`, if there is one. `None` too when
+    /// the element went stale between finding and reading it (the page was just replaced, as
+    /// after a form's submit): callers poll.
     pub fn text(&self, css: &str) -> Option<String> {
         let element = self.find(css)?;
-        self.command("GET", &format!("element/{element}/text"), None)
-            .as_str()
-            .map(str::to_owned)
+        self.try_request(
+            "GET",
+            &format!("/session/{}/element/{element}/text", self.session),
+            None,
+        )?
+        .as_str()
+        .map(str::to_owned)
     }
 
     pub fn click(&self, css: &str) {

@@ -616,3 +616,33 @@ async fn a_flood_of_claims_is_refused_once_the_claims_queue_is_full_and_nothing_
     first.ack().await.unwrap();
     broker.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connecting_to_a_cluster_skips_a_node_that_does_not_answer_and_says_which_it_reached() {
+    let vhost = rabbit::vhost();
+    // A port nothing listens on, then the real node: the second is reached.
+    let nodes = vec![
+        vhost.url.replace("127.0.0.1:5672", "127.0.0.1:1"),
+        vhost.url.clone(),
+    ];
+    let timeouts = BrokerTimeouts::default();
+    let (broker, reached) = Broker::connect_any(&nodes, 0, "cluster-test", timeouts)
+        .await
+        .expect("the live node answers");
+    assert_eq!(reached, 1);
+    broker
+        .declare_topology(&Topology::new(["dev".to_owned()]))
+        .await
+        .expect("the reached node works");
+    // Starting at the live node, it is the one reached, first.
+    let (_, reached) = Broker::connect_any(&nodes, 1, "cluster-test", timeouts)
+        .await
+        .unwrap();
+    assert_eq!(reached, 1);
+    // No node answers: the last node's error.
+    let dead = vec![nodes[0].clone(), nodes[0].replace(":1/", ":2/")];
+    match Broker::connect_any(&dead, 0, "cluster-test", timeouts).await {
+        Err(BrokerError::Connect { url, .. }) => assert!(url.contains(":2/"), "{url}"),
+        other => panic!("expected a connect error, got {:?}", other.map(|(_, i)| i)),
+    }
+}

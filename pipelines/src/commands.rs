@@ -420,7 +420,7 @@ pub(crate) async fn approve(
         config::check_path(unit).map_err(|err| anyhow!("--unit: {err}"))?;
     }
     // The dispatcher is the judge; this only spares an approver a silent refusal.
-    let user = config::url_user(&config.broker_url).unwrap_or("(none)");
+    let user = config::url_user(config.first_broker_node()).unwrap_or("(none)");
     if !config.approvals.is_approver(user) {
         return Err(anyhow!(
             "broker user {user:?} may not {}: approvals.users is [{}]. Log in as an approver \
@@ -545,7 +545,15 @@ pub(crate) fn config_check(
             .map_err(|reason| anyhow!("{}: {reason}", path.display()))?;
     }
     println!("{} is valid.", path.display());
-    println!("broker {}", broker::redact_url(&config.broker_url));
+    println!(
+        "broker {}",
+        config
+            .broker_nodes()
+            .into_iter()
+            .map(broker::redact_url)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     for repo in &config.repositories {
         println!(
             "repository {}: {} (deploys from {})",
@@ -730,7 +738,8 @@ fn repository_name(change: &ChangeArgs) -> anyhow::Result<String> {
 
 async fn connect(config: &Config, name: &str) -> anyhow::Result<Broker> {
     let timeouts = crate::services::broker_timeouts(config);
-    Ok(Broker::connect_with(&config.broker_url_with_password()?, name, timeouts).await?)
+    let nodes = config.broker_urls_with_password()?;
+    Ok(Broker::connect_any(&nodes, 0, name, timeouts).await?.0)
 }
 
 /// Prints one line per unit transition to stderr as statuses arrive.

@@ -66,7 +66,7 @@ pub(crate) async fn dispatch(args: DispatchArgs) -> anyhow::Result<Outcome> {
     let shutdown = Shutdown::on_signals();
     keep_running(
         "pipelines-dispatch",
-        &config.broker_url_with_password()?,
+        &config.broker_urls_with_password()?,
         broker_timeouts(&config),
         &shutdown,
         &ops,
@@ -98,15 +98,20 @@ pub(crate) async fn dispatch(args: DispatchArgs) -> anyhow::Result<Outcome> {
 pub(crate) async fn execute(args: ExecuteArgs) -> anyhow::Result<Outcome> {
     // A worker's environment is readable by what runs as its user (`/proc/<pid>/environ`
     // before the worker hardens itself, a core dump): no password belongs there.
-    if let Ok(url) = std::env::var("PIPELINES_BROKER_URL")
-        && config::url_password(&url).is_some()
-    {
-        bail!(
-            "PIPELINES_BROKER_URL ({}) carries a password: an executor reads its broker password \
-             from a file (broker_password_file, or PIPELINES_BROKER_PASSWORD_FILE), never from \
-             its environment",
-            config::redact_url(&url)
-        );
+    for variable in ["PIPELINES_BROKER_URL", "PIPELINES_BROKER_URLS"] {
+        let value = std::env::var(variable).unwrap_or_default();
+        // One URL, or a list of them (`[amqp://…, amqp://…]`).
+        if let Some(url) = value
+            .split([',', '[', ']', '"', '\'', ' '])
+            .find(|url| config::url_password(url).is_some())
+        {
+            bail!(
+                "{variable} ({}) carries a password: an executor reads its broker password \
+                 from a file (broker_password_file, or PIPELINES_BROKER_PASSWORD_FILE), never \
+                 from its environment",
+                config::redact_url(url)
+            );
+        }
     }
     executor_worker::harden_process();
     let config = Config::load(&args.config)?;
@@ -115,7 +120,7 @@ pub(crate) async fn execute(args: ExecuteArgs) -> anyhow::Result<Outcome> {
         // worker says it loudly, since single-machine setups (development, tests) have it.
         tracing::error!(%reason, "This worker is not isolated: pull-request code may read the apply identity unless executor.tool_user is set and the file is not readable by it.");
     }
-    let broker_url = config.broker_url_with_password()?;
+    let broker_urls = config.broker_urls_with_password()?;
     let mut settings =
         WorkerSettings::from_config(&config, &args.account, args.role, args.name, args.work_dir)
             .map_err(|reason| anyhow!(reason))?;
@@ -138,7 +143,7 @@ pub(crate) async fn execute(args: ExecuteArgs) -> anyhow::Result<Outcome> {
     let name = format!("pipelines-execute-{}-{}", settings.account, settings.role);
     keep_running(
         &name,
-        &broker_url,
+        &broker_urls,
         broker_timeouts(&config),
         &shutdown,
         &ops,
@@ -206,7 +211,7 @@ pub(crate) fn broker_timeouts(config: &Config) -> broker::BrokerTimeouts {
 /// longer after each connection that failed or did not last (see [`Backoff`]).
 async fn keep_running<F, Fut>(
     name: &str,
-    url: &str,
+    nodes: &[String],
     timeouts: broker::BrokerTimeouts,
     shutdown: &Shutdown,
     ops: &Ops,
@@ -222,6 +227,8 @@ where
         "Reconnections to the broker after a failed or lost connection.",
     );
     let mut failures = 0_u32;
+    // The node tried first: after a lost connection, the next one (the lost node may be down).
+    let mut node = 0;
     loop {
         if shutdown.is_set() {
             return Ok(());
@@ -239,8 +246,14 @@ where
             }
             ops.metrics.inc(RECONNECTS, &[]);
         }
-        let broker = match Broker::connect_with(url, name, timeouts).await {
-            Ok(broker) => broker,
+        let broker = match Broker::connect_any(nodes, node, name, timeouts).await {
+            Ok((broker, reached)) => {
+                if nodes.len() > 1 {
+                    tracing::info!(node = %broker::redact_url(&nodes[reached]), "Connected to a broker node.");
+                }
+                node = reached + 1;
+                broker
+            }
             Err(err) if err.is_transient() => {
                 tracing::warn!(error = %err, "Cannot reach the broker; trying again.");
                 ops.health.set_not_ready(err.to_string());
