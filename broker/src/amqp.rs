@@ -179,6 +179,7 @@ impl AmqpBroker {
             declare_and_bind(
                 &channel,
                 &spec.name,
+                spec.kind.durable(),
                 spec.exchange,
                 &spec.routing_key,
                 arguments,
@@ -188,6 +189,7 @@ impl AmqpBroker {
             declare_and_bind(
                 &channel,
                 &spec.dead_letter_queue,
+                true,
                 DEAD_LETTER_EXCHANGE,
                 &spec.name,
                 arguments,
@@ -195,6 +197,32 @@ impl AmqpBroker {
             .await?;
         }
         let _ = channel.close(200, "topology declared".into()).await;
+        Ok(())
+    }
+
+    /// Declares the queues that do not outlive their node (the claims queue) and binds them.
+    pub(crate) async fn declare_transient_queues(
+        &self,
+        topology: &Topology,
+    ) -> Result<(), BrokerError> {
+        let channel = self.consume_channel().await?;
+        for spec in topology
+            .work_queues()
+            .into_iter()
+            .filter(|spec| !spec.kind.durable())
+        {
+            let arguments = field_table(topology::work_queue_arguments(&spec));
+            declare_and_bind(
+                &channel,
+                &spec.name,
+                false,
+                spec.exchange,
+                &spec.routing_key,
+                arguments,
+            )
+            .await?;
+        }
+        let _ = channel.close(200, "transient queues declared".into()).await;
         Ok(())
     }
 
@@ -455,12 +483,13 @@ fn long_string(value: &str) -> AMQPValue {
 async fn declare_and_bind(
     channel: &Channel,
     queue: &str,
+    durable: bool,
     exchange: &str,
     routing_key: &str,
     arguments: FieldTable,
 ) -> Result<(), BrokerError> {
     let options = QueueDeclareOptions {
-        durable: true,
+        durable,
         ..QueueDeclareOptions::default()
     };
     channel

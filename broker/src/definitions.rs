@@ -114,7 +114,10 @@ impl Role {
         match self {
             Role::Admin => (".*".into(), ".*".into(), ".*".into()),
             Role::Dispatcher => (
-                "^$".into(),
+                // The claims queue: it does not outlive its node, and the dispatcher declares
+                // it again wherever it reconnects (binding it needs the queue's write, and read
+                // on the job-events exchange, which shares its queue's name).
+                format!("^{}$", escape(CLAIMS_QUEUE)),
                 // The changes exchange: the `[[drift]]` schedules submit drift runs. Not the
                 // control exchange: the web page's actions reach the dispatcher in process, so
                 // its login cannot be used to approve as the page.
@@ -123,6 +126,7 @@ impl Role {
                     STATUS_EXCHANGE,
                     DEAD_LETTER_EXCHANGE,
                     CHANGES_EXCHANGE,
+                    CLAIMS_QUEUE,
                     "amq.default",
                 ]),
                 names(&[
@@ -195,10 +199,15 @@ pub fn definitions(
     let mut bindings = Vec::new();
     let binding = |source: &str, queue: &str, key: &str| json!({ "source": source, "vhost": vhost, "destination": queue, "destination_type": "queue", "routing_key": key, "arguments": {} });
     for spec in topology.work_queues() {
-        let queue = |name: &str, arguments: Vec<(&'static str, Argument)>| json!({ "name": name, "vhost": vhost, "durable": true, "auto_delete": false, "arguments": arguments_json(arguments) });
-        queues.push(queue(&spec.name, topology::work_queue_arguments(&spec)));
+        let queue = |name: &str, durable: bool, arguments: Vec<(&'static str, Argument)>| json!({ "name": name, "vhost": vhost, "durable": durable, "auto_delete": false, "arguments": arguments_json(arguments) });
+        queues.push(queue(
+            &spec.name,
+            spec.kind.durable(),
+            topology::work_queue_arguments(&spec),
+        ));
         queues.push(queue(
             &spec.dead_letter_queue,
+            true,
             topology::dead_letter_queue_arguments(),
         ));
         bindings.push(binding(spec.exchange, &spec.name, &spec.routing_key));
@@ -312,8 +321,9 @@ mod tests {
         assert_eq!(read, r"^(jobs\.prod\.plan|amq\.gen-.*)$");
         let (configure, write, _) = Role::Dispatcher.permissions();
         assert_eq!(
-            configure, "^$",
-            "the dispatcher declares nothing in a least-privilege deployment"
+            configure, r"^pipelines\.claims$",
+            "the dispatcher declares nothing in a least-privilege deployment but the claims \
+             queue, which goes with its node"
         );
         assert!(
             write.contains(r"pipelines\.jobs") && write.contains("amq\\.default"),
@@ -401,7 +411,10 @@ mod tests {
             .find(|q| q["name"] == CLAIMS_QUEUE)
             .unwrap();
         assert_eq!(claims["arguments"]["x-queue-type"], "classic");
-        assert!(claims["durable"].as_bool().unwrap());
+        assert!(
+            !claims["durable"].as_bool().unwrap(),
+            "the claims queue lives and dies with its node; the dispatcher declares it again"
+        );
         assert!(names("queues").contains(&"dead.pipelines.claims".to_owned()));
         let (_, _, read) = Role::Dispatcher.permissions();
         assert!(read.contains(r"pipelines\.claims"), "{read}");

@@ -228,6 +228,17 @@ impl Broker {
         }
     }
 
+    /// Declares the queues that do not outlive their node (the claims queue) again: the
+    /// dispatcher does it on every connection, since in a cluster the node that held them may
+    /// be gone. Idempotent; allowed to the dispatcher's user by the shipped definitions.
+    pub async fn declare_transient_queues(&self, topology: &Topology) -> Result<(), BrokerError> {
+        match self {
+            Broker::Amqp(broker) => broker.declare_transient_queues(topology).await,
+            // The in-process broker's queues live as long as it does.
+            Broker::Memory(_) => Ok(()),
+        }
+    }
+
     /// Declares exchanges, queues and bindings. Idempotent.
     pub async fn declare_topology(&self, topology: &Topology) -> Result<(), BrokerError> {
         match self {

@@ -101,12 +101,22 @@ pub enum QueueKind {
     /// Quorum, persistent messages, at-least-once dead-lettering and a delivery limit: for
     /// facts that must not be lost (changes, jobs, outcomes, control orders).
     Durable,
-    /// Classic, transient messages, bounded length and age: for requests the sender repeats
-    /// when no answer comes (claims, heartbeats). No Raft log entry, no disk write.
+    /// Classic and not durable, transient messages, bounded length and age: for requests the
+    /// sender repeats when no answer comes (claims, heartbeats). No Raft log entry, no disk
+    /// write. It lives on the node that declared it: when that node goes (a cluster losing a
+    /// node, a broker restart), the queue goes with it, and the dispatcher declares it again
+    /// wherever it reconnects; what was in it is asked again.
     Transient,
     /// Like [`QueueKind::Durable`], bounded in bytes ([`LOGS_MAX_BYTES`]): a full queue refuses
     /// publishes, which makes their sender wait (log chunks).
     Bounded,
+}
+
+impl QueueKind {
+    /// Whether the queue outlives its node's restart (every kind but [`QueueKind::Transient`]).
+    pub fn durable(self) -> bool {
+        !matches!(self, QueueKind::Transient)
+    }
 }
 
 /// The arguments a work queue is declared with, by its kind.
@@ -268,7 +278,9 @@ pub(crate) fn resolve(route: Route<'_>) -> Resolved {
             (JOBS_EXCHANGE, jobs_routing_key(account, role), true, true)
         }
         Route::JobEvents => (JOB_EVENTS_EXCHANGE, JOB_EVENTS_KEY.into(), true, true),
-        Route::Claims => (JOB_EVENTS_EXCHANGE, CLAIMS_KEY.into(), true, false),
+        // Not mandatory: while the claims queue is being declared again (its node went), a
+        // claim goes nowhere and its worker asks again, as it does when no answer comes.
+        Route::Claims => (JOB_EVENTS_EXCHANGE, CLAIMS_KEY.into(), false, false),
         Route::Logs => (JOB_EVENTS_EXCHANGE, LOGS_KEY.into(), true, true),
         Route::Status { run_id } => (STATUS_EXCHANGE, status_routing_key(run_id), false, true),
         Route::Control => (CONTROL_EXCHANGE, CONTROL_KEY.into(), true, true),
@@ -356,7 +368,14 @@ mod tests {
         assert_eq!(events.exchange, claims.exchange);
         assert_ne!(events.routing_key, claims.routing_key);
         assert!(events.persistent && !claims.persistent);
-        assert!(claims.mandatory, "a claim nobody can receive is an error");
+        assert!(
+            !claims.mandatory,
+            "a claim sent while its queue is declared again is asked again, not an error"
+        );
+        assert!(
+            events.mandatory,
+            "an outcome nobody can receive is an error"
+        );
         let spec = Topology::default()
             .work_queues()
             .into_iter()

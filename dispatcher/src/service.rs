@@ -180,9 +180,16 @@ impl Dispatcher {
 
     /// Declares the topology, then handles messages until `shutdown` resolves.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), DispatchError> {
-        self.broker
-            .ensure_topology(&Topology::new(self.core.config().account_names()))
-            .await?;
+        let topology = Topology::new(self.core.config().account_names());
+        self.broker.ensure_topology(&topology).await?;
+        // The claims queue lives on one node: in a cluster that lost it, it is declared here
+        // again (a least-privilege deployment allows the dispatcher that much).
+        match self.broker.declare_transient_queues(&topology).await {
+            Err(BrokerError::Refused { reason, .. }) => {
+                tracing::warn!(%reason, "Cannot declare the claims queue: if the broker's node that held it goes, claims go nowhere until it is back. Re-import the definitions (`pipelines broker definitions`).")
+            }
+            other => other?,
+        }
         // Whatever a crash left committed but unpublished goes out first; then whatever the
         // restored runs may start now (retries that came due while we were down).
         self.publish_outbox().await?;

@@ -1,9 +1,13 @@
-//! Fault-injection helpers shared by `tests/faults.rs` and `tests/fault_broker_restart.rs`: a
-//! seeded random layered DAG of logging units, and the end-of-scenario check of every unit's
-//! final state and apply history.
+//! Fault-injection helpers shared by `tests/faults.rs`, `tests/fault_broker_restart.rs` and
+//! `tests/cluster.rs`: a seeded random layered DAG of logging units, the end-of-scenario check
+//! of every unit's final state and apply history, and a burst of runs from concurrent
+//! orchestrators.
 
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use uuid::Uuid;
 
 use crate::applies::{Apply, ApplyLog, Behaviour, Units};
 use crate::deployment::Deployment;
@@ -179,4 +183,126 @@ pub fn commit_layout(
         .collect();
     let c1 = units.commit("c1: the layout", 1, &specs);
     (c0, c1)
+}
+
+/// Orchestrator processes started at once in a burst (a thousand at once would need
+/// gigabytes for nothing).
+const WAVE: usize = 100;
+
+/// A README commit, then a commit adding three units (`dev/u0..2`) with no dependencies:
+/// `(base, head)`.
+pub fn three_noop_units(sandbox: &Sandbox) -> (String, String) {
+    let repo = &sandbox.repo;
+    repo.write("README.md", "# infrastructure\n");
+    let c0 = repo.commit("c0");
+    for i in 0..3 {
+        repo.write(&format!("dev/u{i}/pipelines.hcl"), "dependencies = []\n");
+    }
+    let c1 = repo.commit("c1: three units");
+    (c0, c1)
+}
+
+/// What a burst of runs came to.
+#[derive(Debug)]
+pub struct Burst {
+    pub submitted: usize,
+    pub confirmed: usize,
+    pub finished: usize,
+    pub lost: usize,
+    pub duplicates: usize,
+    pub extra_runs: usize,
+    pub not_succeeded: Vec<(Uuid, String)>,
+}
+
+impl Burst {
+    /// Every confirmed run finished and succeeded, and no other run appeared.
+    pub fn assert_lost_none(&self) {
+        assert_eq!(self.lost, 0, "{self:?}");
+        assert_eq!(
+            self.extra_runs, 0,
+            "a run appeared that no orchestrator submitted"
+        );
+        assert!(self.not_succeeded.is_empty(), "{self:?}");
+    }
+}
+
+/// Submits `runs` pull-request runs of `range` from as many orchestrator processes, in waves
+/// of up to 100 started before any is waited for, each to one of `brokers` in turn; then waits
+/// for every confirmed run to end, reading the dispatcher's database.
+pub fn burst_of_runs(
+    sandbox: &Sandbox,
+    deployment: &Deployment,
+    range: (&str, &str),
+    brokers: &[String],
+    runs: usize,
+) -> Burst {
+    let mut confirmed = Vec::new();
+    let mut failed = Vec::new();
+    for wave in 0..runs.div_ceil(WAVE) {
+        let children: Vec<std::process::Child> = (wave * WAVE..runs.min((wave + 1) * WAVE))
+            .map(|i| {
+                let mut command = sandbox.pipelines_on_range(
+                    "orchestrate",
+                    range.0,
+                    range.1,
+                    "pull-request",
+                    &[
+                        "--repo-name",
+                        "infra",
+                        "--broker",
+                        &brokers[i % brokers.len()],
+                        "--format",
+                        "json",
+                    ],
+                );
+                command
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let output = child.wait_with_output().unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            match serde_json::from_str::<serde_json::Value>(&stdout)
+                .ok()
+                .and_then(|v| v["run_id"].as_str().map(str::to_owned))
+            {
+                Some(id) if output.status.success() => confirmed.push(id.parse::<Uuid>().unwrap()),
+                _ => failed.push(String::from_utf8_lossy(&output.stderr).into_owned()),
+            }
+        }
+    }
+    assert!(failed.is_empty(), "orchestrators failed: {failed:#?}");
+
+    let finals = crate::poll_until(Duration::from_secs(600), "every run to finish", || {
+        let store =
+            dispatcher::store::Store::open_read_only(&sandbox.dispatcher_state_dir()).ok()?;
+        let summaries = store.list_runs(runs * 2).ok()?;
+        let finished: BTreeMap<Uuid, String> = summaries
+            .iter()
+            .filter(|s| s.state != "running")
+            .map(|s| (s.run_id, s.state.to_string()))
+            .collect();
+        (confirmed.iter().all(|id| finished.contains_key(id))).then_some(finished)
+    });
+    Burst {
+        submitted: runs,
+        confirmed: confirmed.len(),
+        finished: finals.len(),
+        lost: confirmed
+            .iter()
+            .filter(|id| !finals.contains_key(id))
+            .count(),
+        duplicates: deployment
+            .dispatcher_log()
+            .matches("Change event redelivered")
+            .count(),
+        extra_runs: finals.len().saturating_sub(confirmed.len()),
+        not_succeeded: finals
+            .into_iter()
+            .filter(|(_, state)| state != "succeeded")
+            .collect(),
+    }
 }

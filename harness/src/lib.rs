@@ -4,6 +4,7 @@
 
 pub mod applies;
 pub mod browser;
+pub mod cluster;
 pub mod deployment;
 pub mod faults;
 pub mod git;

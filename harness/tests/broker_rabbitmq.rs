@@ -92,14 +92,14 @@ async fn work_queues_are_durable_quorum_queues_with_dead_letter_queues() {
             .unwrap_or_else(|| panic!("{queue} missing: {listing}"));
         assert!(line.contains("quorum") && line.contains("true"), "{line}");
     }
-    // The one exception: claims and heartbeats, which their senders repeat, live in a durable
-    // classic queue as transient messages.
+    // The one exception: claims and heartbeats, which their senders repeat, live in a classic
+    // queue that goes with its node (the dispatcher declares it again), as transient messages.
     let claims = listing
         .lines()
         .find(|l| l.split_whitespace().next() == Some("pipelines.claims"))
         .unwrap_or_else(|| panic!("pipelines.claims missing: {listing}"));
     assert!(
-        claims.contains("classic") && claims.contains("true"),
+        claims.contains("classic") && claims.contains("false"),
         "{claims}"
     );
     // Declaring twice is harmless: every component declares at start-up.

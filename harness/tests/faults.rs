@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // Test code: fail loudly, say what it did.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use broker::topology::DELIVERY_LIMIT;
 use broker::{Broker, Headers, Outgoing, REASON_HEADER, Route};
@@ -386,100 +385,25 @@ fn a_job_whose_deliveries_all_end_without_a_result_fails_its_run_instead_of_stal
 /// Many runs submitted at once by concurrent orchestrator processes: every run whose event the
 /// broker confirmed reaches a final status (lost = 0); events delivered more than once are
 /// counted (the dispatcher recognises them by id).
-/// Orchestrator processes started together.
-const WAVE: usize = 100;
-
 #[test]
 fn a_burst_of_runs_from_concurrent_orchestrators_loses_none() {
     let runs: usize = if long_profile() { 1_000 } else { 60 };
     let vhost = rabbit::vhost();
     let sandbox = Sandbox::new();
-    let repo = &sandbox.repo;
-    repo.write("README.md", "# infrastructure\n");
-    let c0 = repo.commit("c0");
-    for i in 0..3 {
-        repo.write(&format!("dev/u{i}/pipelines.hcl"), "dependencies = []\n");
-    }
-    let c1 = repo.commit("c1: three units");
+    let c = harness::faults::three_noop_units(&sandbox);
     let config = sandbox.write_config(
         &vhost.url,
         &[("dev", "dev/**")],
         "\n[triggers]\nunit_added = \"noop\"\n",
     );
     let deployment = Deployment::start(sandbox.path(), &config, &[("dev", 4)]);
-
-    // In waves of up to 100 concurrent orchestrator processes: every process of a wave is
-    // started before any is waited for (a thousand at once would need gigabytes for nothing).
-    let mut confirmed = Vec::new();
-    let mut failed = Vec::new();
-    for wave in 0..runs.div_ceil(WAVE) {
-        let children: Vec<std::process::Child> = (wave * WAVE..runs.min((wave + 1) * WAVE))
-            .map(|_| {
-                let mut command = sandbox.pipelines_on_range(
-                    "orchestrate",
-                    &c0,
-                    &c1,
-                    "pull-request",
-                    &[
-                        "--repo-name",
-                        "infra",
-                        "--broker",
-                        &vhost.url,
-                        "--format",
-                        "json",
-                    ],
-                );
-                command
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        for child in children {
-            let output = child.wait_with_output().unwrap();
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            match serde_json::from_str::<serde_json::Value>(&stdout)
-                .ok()
-                .and_then(|v| v["run_id"].as_str().map(str::to_owned))
-            {
-                Some(id) if output.status.success() => confirmed.push(id.parse::<Uuid>().unwrap()),
-                _ => failed.push(String::from_utf8_lossy(&output.stderr).into_owned()),
-            }
-        }
-    }
-    assert!(failed.is_empty(), "orchestrators failed: {failed:#?}");
-
-    let finals = poll_until(Duration::from_secs(600), "every run to finish", || {
-        let store =
-            dispatcher::store::Store::open_read_only(&sandbox.dispatcher_state_dir()).ok()?;
-        let summaries = store.list_runs(runs * 2).ok()?;
-        let finished: BTreeMap<Uuid, String> = summaries
-            .iter()
-            .filter(|s| s.state != "running")
-            .map(|s| (s.run_id, s.state.to_string()))
-            .collect();
-        (confirmed.iter().all(|id| finished.contains_key(id))).then_some(finished)
-    });
-    let lost = confirmed
-        .iter()
-        .filter(|id| !finals.contains_key(id))
-        .count();
-    let not_succeeded: Vec<_> = finals.iter().filter(|(_, s)| *s != "succeeded").collect();
-    let duplicates = deployment
-        .dispatcher_log()
-        .matches("Change event redelivered")
-        .count();
-    let extra_runs = finals.len() - confirmed.len();
-    println!(
-        "runs submitted {runs}, confirmed {}, final {}, lost {lost}, duplicate deliveries {duplicates}, runs not submitted by us {extra_runs}",
-        confirmed.len(),
-        finals.len()
+    let burst = harness::faults::burst_of_runs(
+        &sandbox,
+        &deployment,
+        (&c.0, &c.1),
+        std::slice::from_ref(&vhost.url),
+        runs,
     );
-    assert_eq!(lost, 0);
-    assert_eq!(
-        extra_runs, 0,
-        "a run appeared that no orchestrator submitted"
-    );
-    assert!(not_succeeded.is_empty(), "{not_succeeded:?}");
+    println!("{burst:?}");
+    burst.assert_lost_none();
 }
