@@ -58,6 +58,9 @@ impl fmt::Debug for AmqpBroker {
     }
 }
 
+/// How long closing a connection may take before it is abandoned.
+const CLOSE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn protocol(operation: &'static str) -> impl FnOnce(lapin::Error) -> BrokerError {
     move |err| {
         // 403 ACCESS_REFUSED and 406 PRECONDITION_FAILED: the broker's rules, not a fault.
@@ -427,17 +430,23 @@ impl AmqpBroker {
         }
     }
 
+    /// Closes both connections, each within [`CLOSE_WITHIN`]: a connection whose socket died
+    /// before its status says so never answers `connection.close`, and waiting for that answer
+    /// kept a dispatcher from reconnecting (seen once in the broker-restart test).
     pub(crate) async fn close(&self) {
-        let _ = self
-            .inner
-            .publish_connection
-            .close(200, "closing".into())
-            .await;
-        let _ = self
-            .inner
-            .consume_connection
-            .close(200, "closing".into())
-            .await;
+        for (which, connection) in [
+            ("publish", &self.inner.publish_connection),
+            ("consume", &self.inner.consume_connection),
+        ] {
+            let closing = connection.close(200, "closing".into());
+            if tokio::time::timeout(CLOSE_WITHIN, closing).await.is_err() {
+                tracing::warn!(
+                    connection = which,
+                    within_s = CLOSE_WITHIN.as_secs(),
+                    "The broker did not answer the close of a connection; leaving it."
+                );
+            }
+        }
     }
 }
 
