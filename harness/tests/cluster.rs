@@ -104,6 +104,18 @@ fn a_run_completes_when_the_broker_node_everyone_is_connected_to_stops() {
     let end_of = |unit: &str| by_unit[unit].iter().find_map(|a| a.end).unwrap();
     let start_of = |unit: &str| by_unit[unit].iter().map(|a| a.start).max().unwrap();
     assert!(end_of("dev/a") < start_of("dev/b") && end_of("dev/b") < start_of("dev/c"));
+    // The CLI in CI takes the nodes too: with node 0 gone, the next one takes the run.
+    let nodes = cluster.urls().join(",");
+    let c2 = units.commit(
+        "c2: a change to plan",
+        2,
+        &[("dev/c", &["dev/b"], Behaviour::Succeed { seconds: 0 })],
+    );
+    let planned = submit(&sandbox, nodes.as_str(), (&c1, &c2), "pull-request", &[]);
+    assert_eq!(
+        wait_final(&sandbox, planned).run.state.as_str(),
+        "succeeded"
+    );
     let others: Vec<String> = cluster.nodes[1..]
         .iter()
         .map(|node| format!(":{}/", node.port))

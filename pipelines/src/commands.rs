@@ -69,7 +69,9 @@ async fn orchestrate_in(args: OrchestrateArgs, span: tracing::Span) -> anyhow::R
     span.record("run_id", tracing::field::display(event.id));
     span.record("event", event.trigger.kind().as_str());
     span.record("repository", event.repository.as_str());
-    let broker = Broker::connect(&args.broker, "pipelines-orchestrate").await?;
+    let timeouts = broker::BrokerTimeouts::default();
+    let (broker, _) =
+        Broker::connect_any(&args.broker, 0, "pipelines-orchestrate", timeouts).await?;
     // Subscribe before publishing, so that not even the first status is missed.
     let mut follower = match args.wait {
         true => Some(broker.follow_run(event.id).await?),

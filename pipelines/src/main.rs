@@ -192,9 +192,10 @@ struct OrchestrateArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
-    /// The RabbitMQ URL.
-    #[arg(long, env = "PIPELINES_BROKER_URL", default_value = config::DEFAULT_BROKER_URL, hide_env_values = true)]
-    broker: String,
+    /// The RabbitMQ URL, or a cluster's nodes separated by commas: the first that answers
+    /// takes the run.
+    #[arg(long, env = "PIPELINES_BROKER_URL", default_value = config::DEFAULT_BROKER_URL, hide_env_values = true, value_delimiter = ',')]
+    broker: Vec<String>,
     /// Follow the run until it ends, print each unit's outcome, and exit 0 (all succeeded) or 1.
     #[arg(long)]
     wait: bool,
