@@ -275,12 +275,6 @@ impl Config {
             .collect()
     }
 
-    /// The first node's URL with the password from `broker_password_file` added, when there
-    /// is one.
-    pub fn broker_url_with_password(&self) -> Result<String, ConfigError> {
-        self.with_password_file(self.first_broker_node())
-    }
-
     fn with_password_file(&self, url: &str) -> Result<String, ConfigError> {
         let Some(path) = &self.broker_password_file else {
             return Ok(url.to_owned());
@@ -582,7 +576,7 @@ mod tests {
         let text = format!("broker_password_file = \"{}\"\n{text}", secret.display());
         let config = Config::from_toml(&text).unwrap();
         assert_eq!(
-            config.broker_url_with_password().unwrap(),
+            config.broker_urls_with_password().unwrap()[0],
             "amqp://pipelines-executor-prod-plan:p%40ss%2Fw%3Ard@127.0.0.1:5672/%2f"
         );
         let twice = text.replace("pipelines-executor-prod-plan@", "u:inline@");
@@ -592,7 +586,7 @@ mod tests {
         std::fs::write(&secret, "").unwrap();
         assert!(
             config
-                .broker_url_with_password()
+                .broker_urls_with_password()
                 .unwrap_err()
                 .to_string()
                 .contains("is empty")
