@@ -3,6 +3,7 @@
 #   ensure_terraform  puts terraform (or tofu) on PATH, installing Terraform into .tools/ if needed
 #   ensure_null_provider  installs the null provider into .tools/terraform-mirror (tests need it)
 #   ensure_rabbitmq   makes sure RabbitMQ answers on 127.0.0.1:5672, starting it if needed
+#   ensure_postgres   makes sure PostgreSQL answers on 127.0.0.1:5432, starting it if needed
 #   ensure_chromium   installs Debian's chromium and chromium-driver for the browser tests
 #   use_cache_dirs    points cargo's target directory outside the clone
 
@@ -111,6 +112,36 @@ ensure_rabbitmq() {
         sleep 1
     done
     die "RabbitMQ did not come up within 120 s (see /var/log/rabbitmq/)"
+}
+
+postgres_up() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
+
+# PostgreSQL on 127.0.0.1:5432 (trust auth), for the PostgreSQL run store's tests: started with
+# Debian's cluster tools when it is installed but down, installed first when it is not.
+ensure_postgres() {
+    if postgres_up; then
+        return
+    fi
+    if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+            say "Installing PostgreSQL (Debian package)"
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null \
+                || die "apt-get install postgresql failed"
+        else
+            die "PostgreSQL is not running on 127.0.0.1:5432 and is not installed"
+        fi
+    fi
+    say "Starting PostgreSQL"
+    pg_lsclusters --no-header | while read -r version name _; do
+        pg_ctlcluster "$version" "$name" start >/dev/null 2>&1 || true
+    done
+    for _ in $(seq 1 60); do
+        if postgres_up && su postgres -c "psql -q -h 127.0.0.1 -c 'SELECT 1'" >/dev/null 2>&1; then
+            return
+        fi
+        sleep 1
+    done
+    die "PostgreSQL did not come up on 127.0.0.1:5432 within 60 s (see /var/log/postgresql/)"
 }
 
 # Debian's Chromium and its WebDriver, for the web page's browser tests (harness/tests/dashboard.rs).

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs terraform (and Chromium for the browser tests)
-# when missing, starts RabbitMQ when it is not running, then checks formatting, lints,
+# when missing, starts RabbitMQ and PostgreSQL when they are not running, then checks formatting, lints,
 # architecture invariants and every test.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -10,6 +10,7 @@ use_cache_dirs
 ensure_terraform
 ensure_null_provider
 ensure_rabbitmq
+ensure_postgres
 ensure_chromium
 
 say "Formatting"

@@ -14,6 +14,19 @@ pub struct DispatcherSettings {
     /// `~/.local/state/pipelines`.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// The run database: `postgres://user@host:5432/database` for one that several
+    /// dispatchers share (one leads, the others stand by), or `sqlite://PATH`. Default: SQLite
+    /// in `state_dir`. Put the password in `store_password_file`, not here.
+    #[serde(default)]
+    pub store: Option<String>,
+    /// A file holding the password of `store`'s user (a mounted secret), trailing newline
+    /// ignored.
+    #[serde(default)]
+    pub store_password_file: Option<PathBuf>,
+    /// PostgreSQL only: how long a leader's lease lasts unless renewed. A standby takes over
+    /// this long after the leader stops renewing it.
+    #[serde(default = "default_leader_lease_seconds")]
+    pub leader_lease_seconds: u64,
     /// How long a worker's claim on a job lasts without a heartbeat before another worker may
     /// take the job over.
     #[serde(default = "default_lease_seconds")]
@@ -67,6 +80,9 @@ impl Default for DispatcherSettings {
     fn default() -> DispatcherSettings {
         DispatcherSettings {
             state_dir: None,
+            store: None,
+            store_password_file: None,
+            leader_lease_seconds: default_leader_lease_seconds(),
             lease_seconds: default_lease_seconds(),
             metrics_address: None,
             orchestrator_users: Vec::new(),
@@ -80,6 +96,10 @@ impl Default for DispatcherSettings {
             max_log_bytes: default_max_log_bytes(),
         }
     }
+}
+
+fn default_leader_lease_seconds() -> u64 {
+    10
 }
 
 fn default_log_retention_days() -> u64 {
@@ -103,6 +123,25 @@ fn default_retention_days() -> u64 {
 }
 
 impl DispatcherSettings {
+    /// `store` with the password from `store_password_file`; `None`: SQLite in `state_dir`.
+    pub fn store_url(&self) -> Result<Option<String>, ConfigError> {
+        let Some(url) = &self.store else {
+            return Ok(None);
+        };
+        let Some(path) = &self.store_password_file else {
+            return Ok(Some(url.clone()));
+        };
+        let password = crate::read_password_file("dispatcher.store_password_file", path)?;
+        crate::urls::with_password(url, &password)
+            .map(Some)
+            .ok_or_else(|| {
+                invalid(
+                    "dispatcher.store",
+                    format!("{url:?} names no user for the password in store_password_file"),
+                )
+            })
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         if let Some(dir) = &self.state_dir {
             return dir.clone();
@@ -208,10 +247,61 @@ pub(crate) fn validate(dispatcher: &DispatcherSettings) -> Result<(), ConfigErro
         ));
     }
     crate::executor::check_git_config("dispatcher.git_config", &dispatcher.git_config)?;
+    validate_store(dispatcher)?;
+    if !(2..=3600).contains(&dispatcher.leader_lease_seconds) {
+        return Err(invalid(
+            "dispatcher.leader_lease_seconds",
+            format!(
+                "{} is outside 2 to 3600 seconds",
+                dispatcher.leader_lease_seconds
+            ),
+        ));
+    }
     if dispatcher.lease_seconds < 10 {
         return Err(invalid(
             "dispatcher.lease_seconds",
             format!("{} is below the minimum of 10", dispatcher.lease_seconds),
+        ));
+    }
+    Ok(())
+}
+
+/// `store`: a PostgreSQL URL without a password, or a SQLite path; a password file only for
+/// PostgreSQL.
+fn validate_store(dispatcher: &DispatcherSettings) -> Result<(), ConfigError> {
+    let postgres = match &dispatcher.store {
+        None => false,
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            if crate::urls::url_password(url).is_some() {
+                return Err(invalid(
+                    "dispatcher.store",
+                    format!(
+                        "{:?} has a password: put it in dispatcher.store_password_file",
+                        crate::urls::redact_url(url)
+                    ),
+                ));
+            }
+            true
+        }
+        Some(url) => {
+            if url.strip_prefix("sqlite://").is_none_or(str::is_empty) {
+                return Err(invalid(
+                    "dispatcher.store",
+                    format!("{url:?} is neither postgres://user@host/database nor sqlite://PATH"),
+                ));
+            }
+            false
+        }
+    };
+    if let Some(path) = &dispatcher.store_password_file
+        && !postgres
+    {
+        return Err(invalid(
+            "dispatcher.store_password_file",
+            format!(
+                "{} is given, but dispatcher.store is not a postgres:// URL",
+                path.display()
+            ),
         ));
     }
     Ok(())
@@ -288,6 +378,60 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("`retry.patterns[0]`: invalid regular expression")
+        );
+    }
+
+    #[test]
+    fn the_store_is_a_postgres_url_with_its_password_in_a_file_or_a_sqlite_path() {
+        let err = |store: &str, file: Option<&std::path::Path>| {
+            validate(&DispatcherSettings {
+                store: Some(store.into()),
+                store_password_file: file.map(Into::into),
+                ..DispatcherSettings::default()
+            })
+            .map_err(|err| err.to_string())
+        };
+        let inline = err("postgres://pipelines:s3cret@db/runs", None).unwrap_err();
+        assert!(
+            inline.contains("`dispatcher.store`")
+                && inline.contains("store_password_file")
+                && !inline.contains("s3cret"),
+            "{inline}"
+        );
+        let unknown = err("mysql://db/runs", None).unwrap_err();
+        assert!(
+            unknown.contains("\"mysql://db/runs\" is neither"),
+            "{unknown}"
+        );
+        let stray = err("sqlite:///var/lib/p", Some(std::path::Path::new("/x"))).unwrap_err();
+        assert!(
+            stray.contains("`dispatcher.store_password_file`"),
+            "{stray}"
+        );
+        assert!(err("sqlite:///var/lib/p", None).is_ok());
+
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("password");
+        std::fs::write(&secret, "p@ss word\n").unwrap();
+        let settings = DispatcherSettings {
+            store: Some("postgres://pipelines@db:5432/runs".into()),
+            store_password_file: Some(secret),
+            ..DispatcherSettings::default()
+        };
+        assert!(validate(&settings).is_ok());
+        assert_eq!(
+            settings.store_url().unwrap().as_deref(),
+            Some("postgres://pipelines:p%40ss%20word@db:5432/runs")
+        );
+        let short = DispatcherSettings {
+            leader_lease_seconds: 1,
+            ..DispatcherSettings::default()
+        };
+        assert!(
+            validate(&short)
+                .unwrap_err()
+                .to_string()
+                .contains("`dispatcher.leader_lease_seconds`: 1 is outside")
         );
     }
 }

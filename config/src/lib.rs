@@ -140,6 +140,17 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
+/// The password in the file `key` names, without its trailing newline; empty is an error.
+fn read_password_file(key: &str, path: &Path) -> Result<String, ConfigError> {
+    let password = std::fs::read_to_string(path)
+        .map_err(|err| invalid(key, format!("cannot read {}: {err}", path.display())))?;
+    let password = password.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        return Err(invalid(key, format!("{} is empty", path.display())));
+    }
+    Ok(password.to_owned())
+}
+
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -279,20 +290,8 @@ impl Config {
         let Some(path) = &self.broker_password_file else {
             return Ok(url.to_owned());
         };
-        let password = std::fs::read_to_string(path).map_err(|err| {
-            invalid(
-                "broker_password_file",
-                format!("cannot read {}: {err}", path.display()),
-            )
-        })?;
-        let password = password.trim_end_matches(['\n', '\r']);
-        if password.is_empty() {
-            return Err(invalid(
-                "broker_password_file",
-                format!("{} is empty", path.display()),
-            ));
-        }
-        with_password(url, password).ok_or_else(|| {
+        let password = read_password_file("broker_password_file", path)?;
+        with_password(url, &password).ok_or_else(|| {
             invalid(
                 self.broker_key(),
                 format!(

@@ -3,7 +3,10 @@
 //!
 //! - [`service`]: decode → decide (the core) → apply the effects in one store transaction →
 //!   settle, answer and publish → metrics.
-//! - [`store`]: the run database and its outbox (SQLite), so that a crash loses nothing.
+//! - [`store`]: the run database and its outbox (SQLite, or PostgreSQL shared by several
+//!   dispatchers), so that a crash loses nothing.
+//! - [`leadership`]: which of the dispatchers sharing a PostgreSQL database leads (a lease,
+//!   and the term that fences off a deposed leader's writes).
 //! - [`reporter`] and [`github`]: what GitHub is told, and the REST edge that tells it.
 //! - [`schedule`] and [`canonical`]: the `[[drift]]` schedules, which list the units of a
 //!   deploy branch from the dispatcher's own mirror of it and submit drift runs.
@@ -17,6 +20,7 @@
 pub mod canonical;
 pub mod clock;
 pub mod github;
+pub mod leadership;
 pub mod logs;
 mod metrics;
 pub mod reporter;

@@ -41,8 +41,8 @@ pub struct LogStore {
 
 #[derive(Debug)]
 struct Inner {
-    /// The dispatcher's state directory: the run database says who may write a job's log.
-    state_dir: PathBuf,
+    /// The run database, which says who may write a job's log.
+    store: crate::store::StoreLocation,
     root: PathBuf,
     max_bytes: u64,
     /// The job whose log just grew (or ended). Followers re-read the file; a follower that
@@ -90,12 +90,25 @@ pub enum LogError {
 }
 
 impl LogStore {
+    /// The run database that says who may write a job's log, when it is not the SQLite file
+    /// in the state directory.
+    pub fn with_store(self, store: crate::store::StoreLocation) -> LogStore {
+        LogStore {
+            inner: Arc::new(Inner {
+                store,
+                root: self.inner.root.clone(),
+                max_bytes: self.inner.max_bytes,
+                grew: self.inner.grew.clone(),
+            }),
+        }
+    }
+
     /// Logs under `state_dir/logs`, at most `max_bytes` per attempt.
     pub fn new(state_dir: &Path, max_bytes: u64) -> LogStore {
         let (grew, _) = broadcast::channel(1024);
         LogStore {
             inner: Arc::new(Inner {
-                state_dir: state_dir.to_owned(),
+                store: crate::store::StoreLocation::state_dir(state_dir),
                 root: state_dir.join("logs"),
                 max_bytes,
                 grew,
@@ -304,7 +317,7 @@ fn newest_modification(dir: &Path) -> Option<SystemTime> {
 /// refused, goes back to the queue after a pause. The run database (read-only) says who may
 /// write.
 pub async fn consume(broker: Broker, logs: LogStore) -> Result<(), DispatchError> {
-    let jobs = crate::store::Store::open_read_only(&logs.inner.state_dir)?;
+    let jobs = crate::store::Store::connect_read_only(&logs.inner.store)?;
     let jobs = Arc::new(std::sync::Mutex::new(jobs));
     let mut consumer = broker.consume(LOGS_QUEUE, PREFETCH).await?;
     while let Some(delivery) = consumer.next().await {

@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use crate::github::{GitHub, GitHubError};
 use crate::report::{self, Links};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoreLocation};
 
 /// Who the drift branch's commit is by.
 const DRIFT_AUTHOR: (&str, &str) = ("Pipelines", "pipelines@users.noreply.github.com");
@@ -100,13 +100,20 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// Starts the reporter task; it reads runs from the database in `state_dir`.
-    pub fn spawn(github: GitHub, config: Config, state_dir: PathBuf) -> Reporter {
+    /// Starts the reporter task; it reads runs from `store` and keeps its mirrors (drift pull
+    /// requests) in `state_dir`.
+    pub fn spawn(
+        github: GitHub,
+        config: Config,
+        state_dir: PathBuf,
+        store: StoreLocation,
+    ) -> Reporter {
         let pending = Arc::new(Pending::default());
         let task = Task {
             github,
             config,
             state_dir,
+            store,
             comments: HashMap::new(),
             approval_comments: HashMap::new(),
             failures: HashMap::new(),
@@ -131,6 +138,7 @@ pub(crate) struct Task {
     pub(crate) github: GitHub,
     pub(crate) config: Config,
     pub(crate) state_dir: PathBuf,
+    pub(crate) store: StoreLocation,
     /// The living comment of each pull request, once known: `(repo, number)` to comment id.
     pub(crate) comments: HashMap<(String, u64), u64>,
     /// The comment about a push run's approvals, once written: run to `(pull request, id)`.
@@ -170,7 +178,7 @@ impl Task {
     async fn catch_up(&mut self) {
         let since = crate::clock::now_ms().saturating_sub(CATCH_UP_MS);
         let unreported = crate::store::off_runtime(|| {
-            Store::open(&self.state_dir).and_then(|store| store.unreported_runs(since, 1000))
+            Store::connect(&self.store).and_then(|store| store.unreported_runs(since, 1000))
         });
         match unreported {
             Ok(runs) if runs.is_empty() => {}
@@ -194,7 +202,7 @@ impl Task {
     pub(crate) async fn report(&mut self, run_id: Uuid) {
         // Everything is read first: the database connection stays off the await points.
         let read = crate::store::off_runtime(|| -> Result<_, StoreError> {
-            let store = Store::open_read_only(&self.state_dir)?;
+            let store = Store::connect_read_only(&self.store)?;
             let detail = store.run_detail(&run_id.to_string(), crate::clock::now_ms())?;
             Ok((detail, store.outputs(run_id)?, store.trace(run_id)?))
         });
@@ -215,7 +223,7 @@ impl Task {
             Ok(()) if is_final => {
                 self.failures.remove(&run_id);
                 let marked = crate::store::off_runtime(|| {
-                    Store::open(&self.state_dir)
+                    Store::connect(&self.store)
                         .and_then(|mut store| store.mark_reported(run_id, crate::clock::now_ms()))
                 });
                 if let Err(err) = marked {
@@ -338,7 +346,7 @@ impl Task {
     /// once every unit is back in sync.
     async fn report_drift(&mut self, repo: &str, repository: &str) -> Result<(), GitHubError> {
         let read = crate::store::off_runtime(|| -> Result<_, StoreError> {
-            let store = Store::open_read_only(&self.state_dir)?;
+            let store = Store::connect_read_only(&self.store)?;
             Ok((
                 store.drift_running(repository)?,
                 store.drift_units(Some(repository))?,
@@ -410,7 +418,7 @@ impl Task {
             pull_request: pull.filter(|_| issue.open),
         };
         let recorded = crate::store::off_runtime(|| {
-            Store::open(&self.state_dir)
+            Store::connect(&self.store)
                 .and_then(|mut store| store.set_drift_report(repository, &report, now))
         });
         if let Err(err) = recorded {

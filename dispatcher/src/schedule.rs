@@ -19,7 +19,7 @@ use tracing::Instrument;
 use crate::canonical::Canonical;
 use crate::clock::now_ms;
 use crate::drift::{missed, next_slot};
-use crate::store::{Store, off_runtime};
+use crate::store::{Store, StoreLocation, off_runtime};
 
 /// One repository's schedule and its next slot.
 struct Slot {
@@ -29,17 +29,16 @@ struct Slot {
 }
 
 /// Fires the drift schedules of `config` until the task is dropped.
-pub async fn run(broker: Broker, config: Config, state_dir: PathBuf) {
+pub async fn run(broker: Broker, config: Config, state_dir: PathBuf, store: StoreLocation) {
     let now = now_ms();
     let mut slots: Vec<Slot> = Vec::new();
     for drift in &config.drift {
         let Some(cron) = drift.cron() else {
             continue;
         };
-        let store_dir = state_dir.clone();
         let repository = drift.repository.clone();
         let last = off_runtime(|| {
-            Store::open_read_only(&store_dir).and_then(|store| store.last_drift_run_ms(&repository))
+            Store::connect_read_only(&store).and_then(|store| store.last_drift_run_ms(&repository))
         });
         let last = match last {
             Ok(last) => last,
@@ -73,7 +72,7 @@ pub async fn run(broker: Broker, config: Config, state_dir: PathBuf) {
         let now = now_ms();
         for slot in slots.iter_mut().filter(|slot| slot.next_ms <= now) {
             let span = tracing::info_span!("drift_schedule", repository = %slot.drift.repository, run_id = tracing::field::Empty);
-            fire(&broker, &config, &state_dir, &slot.drift, &span)
+            fire(&broker, &config, &state_dir, &store, &slot.drift, &span)
                 .instrument(span.clone())
                 .await;
             slot.next_ms = next_slot(&slot.cron, now_ms()).unwrap_or(u64::MAX);
@@ -86,16 +85,16 @@ async fn fire(
     broker: &Broker,
     config: &Config,
     state_dir: &std::path::Path,
+    store: &StoreLocation,
     drift: &DriftSchedule,
     span: &tracing::Span,
 ) {
     let Some(repository) = config.repository(&drift.repository) else {
         return;
     };
-    let store_dir = state_dir.to_owned();
     let name = repository.name.clone();
     let running =
-        off_runtime(|| Store::open_read_only(&store_dir).and_then(|s| s.drift_running(&name)));
+        off_runtime(|| Store::connect_read_only(store).and_then(|s| s.drift_running(&name)));
     if matches!(running, Ok(true)) {
         tracing::warn!(
             "The last drift run of the repository is still running: this slot is skipped."

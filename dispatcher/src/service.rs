@@ -41,7 +41,8 @@ pub enum DispatchError {
     /// not yet acked is redelivered; everything committed is in the outbox.
     #[error(transparent)]
     Broker(#[from] BrokerError),
-    /// The run database failed: exit without acking; the last committed state is intact.
+    /// The run database failed: stop without acking; the last committed state is intact.
+    /// A lost PostgreSQL connection is transient (connect again); anything else exits.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The broker ended a consumer (it is shutting down, or the connection dropped): reconnect.
@@ -55,7 +56,7 @@ impl DispatchError {
         match self {
             DispatchError::Broker(err) => err.is_transient(),
             DispatchError::ConsumerClosed(_) => true,
-            DispatchError::Store(_) => false,
+            DispatchError::Store(err) => err.is_transient(),
         }
     }
 }
@@ -113,8 +114,9 @@ pub struct Dispatcher {
     store: Store,
     ops: Ops,
     reporter: Option<Reporter>,
-    /// Where the `[[drift]]` schedules keep their mirrors; `None`: no schedule fires.
-    drift_state_dir: Option<std::path::PathBuf>,
+    /// Where the `[[drift]]` schedules keep their mirrors, and the run database they read;
+    /// `None`: no schedule fires.
+    drift_state_dir: Option<(std::path::PathBuf, crate::store::StoreLocation)>,
     /// When finished runs older than `dispatcher.retention_days` are next pruned.
     next_prune_ms: Option<u64>,
     /// Where the workers' streamed logs are kept; `None`: the logs queue is not consumed.
@@ -152,10 +154,14 @@ impl Dispatcher {
         self
     }
 
-    /// Fires the `[[drift]]` schedules while running, with their mirrors (and the run
-    /// database that says when the last drift run was) in `state_dir`.
-    pub fn with_drift_schedules(mut self, state_dir: std::path::PathBuf) -> Dispatcher {
-        self.drift_state_dir = Some(state_dir);
+    /// Fires the `[[drift]]` schedules while running, with their mirrors in `state_dir`;
+    /// `store` says when the last drift run was.
+    pub fn with_drift_schedules(
+        mut self,
+        state_dir: std::path::PathBuf,
+        store: crate::store::StoreLocation,
+    ) -> Dispatcher {
+        self.drift_state_dir = Some((state_dir, store));
         self
     }
 
@@ -238,11 +244,12 @@ impl Dispatcher {
             Some(web) => Some(web.take_orders().await),
             None => None,
         };
-        let _stop_schedules = self.drift_state_dir.clone().map(|state_dir| {
+        let _stop_schedules = self.drift_state_dir.clone().map(|(state_dir, store)| {
             AbortOnDrop(tokio::spawn(crate::schedule::run(
                 self.broker.clone(),
                 self.core.config().clone(),
                 state_dir,
+                store,
             )))
         });
         self.ops.health.set_ready(true);

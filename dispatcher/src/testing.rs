@@ -4,7 +4,7 @@ pub(crate) use dispatcher_core::testing::*;
 use uuid::Uuid;
 
 use crate::scheduler::{Effects, Run, Scheduler};
-use crate::store::{OutboxMessage, Store};
+use crate::store::{OutboxMessage, Store, StoreError};
 
 /// Persists what `effects` changed (and `outputs`), as the service does; jobs carry a trace.
 pub(crate) fn commit(
@@ -14,6 +14,17 @@ pub(crate) fn commit(
     outputs: &[(Uuid, String)],
     now: u64,
 ) {
+    try_commit(store, scheduler, effects, outputs, now).unwrap();
+}
+
+/// [`commit`], returning the store's error.
+pub(crate) fn try_commit(
+    store: &mut Store,
+    scheduler: &Scheduler,
+    effects: &Effects,
+    outputs: &[(Uuid, String)],
+    now: u64,
+) -> Result<(), StoreError> {
     let runs: Vec<&Run> = effects
         .changed_runs
         .iter()
@@ -31,7 +42,5 @@ pub(crate) fn commit(
         .map(|job| OutboxMessage::job(job, trace.clone()))
         .collect();
     outbox.extend(runs.iter().map(|run| OutboxMessage::status(run)));
-    store
-        .commit(runs.iter().copied(), jobs, &outbox, outputs, now)
-        .unwrap();
+    store.commit(runs.iter().copied(), jobs, &outbox, outputs, now)
 }

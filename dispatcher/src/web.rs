@@ -14,7 +14,7 @@ mod auth;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,7 +37,7 @@ use uuid::Uuid;
 
 use crate::clock::now_ms;
 use crate::logs::{self, LogEnd, LogStore};
-use crate::store::{RunFilter, Store, StoreError};
+use crate::store::{RunFilter, Store, StoreError, StoreLocation};
 
 pub(crate) use auth::Auth;
 use auth::{Identity, Method, SESSION_COOKIE};
@@ -241,6 +241,8 @@ pub enum WebError {
 /// Everything a request may need.
 struct Web {
     store: Mutex<Store>,
+    /// Where `store` connects again after PostgreSQL dropped it.
+    location: StoreLocation,
     logs: LogStore,
     link: WebLink,
     auth: Auth,
@@ -262,16 +264,16 @@ struct LivePart {
     is_final: bool,
 }
 
-/// Serves the page on `address` until the task is dropped, reading the run database in
-/// `state_dir` (which must exist) and the logs of `logs`.
+/// Serves the page on `address` until the task is dropped, reading the run database at
+/// `location` (which must exist) and the logs of `logs`.
 pub async fn serve(
     address: &str,
     config: Config,
-    state_dir: &Path,
+    location: &StoreLocation,
     logs: LogStore,
     link: WebLink,
 ) -> Result<SocketAddr, WebError> {
-    let store = Store::open_read_only(state_dir)?;
+    let store = Store::connect_read_only(location)?;
     let bind_error = |reason: String| WebError::Bind {
         address: address.to_owned(),
         reason,
@@ -284,6 +286,7 @@ pub async fn serve(
         .map_err(|err| bind_error(err.to_string()))?;
     let web = Arc::new(Web {
         store: Mutex::new(store),
+        location: location.clone(),
         logs,
         link,
         auth: Auth::new(config.web.clone(), Auth::random_key()),
@@ -432,12 +435,19 @@ impl Web {
     ) -> Result<T, StoreError> {
         let web = self.clone();
         tokio::task::spawn_blocking(move || {
-            let store = web.store.lock().unwrap_or_else(|e| e.into_inner());
-            read(&store)
+            let mut store = web.store.lock().unwrap_or_else(|e| e.into_inner());
+            let read = read(&store);
+            // PostgreSQL went away (restarted, failed over): the next read connects again.
+            if matches!(&read, Err(err) if err.is_transient())
+                && let Ok(fresh) = Store::connect_read_only(&web.location)
+            {
+                *store = fresh;
+            }
+            read
         })
         .await
         .unwrap_or_else(|err| {
-            Err(StoreError::Sqlite {
+            Err(StoreError::Database {
                 operation: "read for the web page",
                 reason: err.to_string(),
             })
@@ -1202,9 +1212,15 @@ mod tests {
             config.web.proxy_header = Some("X-Forwarded-Email".into());
             config.web.proxy_addresses = vec![addresses.into()];
             let logs = LogStore::new(dir.path(), 1 << 20);
-            let address = serve("127.0.0.1:0", config, dir.path(), logs, WebLink::default())
-                .await
-                .unwrap();
+            let address = serve(
+                "127.0.0.1:0",
+                config,
+                &StoreLocation::state_dir(dir.path()),
+                logs,
+                WebLink::default(),
+            )
+            .await
+            .unwrap();
             let page = get(address, "/", &[("X-Forwarded-Email", "alice@example.com")]).await;
             assert!(page.starts_with("HTTP/1.1 200"), "{page}");
             assert_eq!(

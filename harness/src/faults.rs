@@ -277,8 +277,7 @@ pub fn burst_of_runs(
     assert!(failed.is_empty(), "orchestrators failed: {failed:#?}");
 
     let finals = crate::poll_until(Duration::from_secs(600), "every run to finish", || {
-        let store =
-            dispatcher::store::Store::open_read_only(&sandbox.dispatcher_state_dir()).ok()?;
+        let store = dispatcher::store::Store::connect_read_only(&sandbox.store_location()).ok()?;
         let summaries = store.list_runs(runs * 2).ok()?;
         let finished: BTreeMap<Uuid, String> = summaries
             .iter()

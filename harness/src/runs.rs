@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::process::{self, Finished};
 use crate::rabbit::{self, Vhost};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Engine, Sandbox};
 use crate::{poll_until, require_null_provider, require_terraform};
 
 /// How long a test waits for a run (or a command) at most.
@@ -15,9 +15,14 @@ pub const DEADLINE: Duration = Duration::from_secs(240);
 
 /// The real parts these tests need: terraform with the null provider, a vhost, a sandbox.
 pub fn setup() -> (Vhost, Sandbox) {
+    setup_on(Engine::Sqlite)
+}
+
+/// [`setup`], the dispatchers keeping their runs in `engine`.
+pub fn setup_on(engine: Engine) -> (Vhost, Sandbox) {
     require_terraform();
     require_null_provider();
-    (rabbit::vhost(), Sandbox::new())
+    (rabbit::vhost(), Sandbox::with_engine(engine))
 }
 
 /// Where a test's broker is: a [`Vhost`] of its own, or a URL.
@@ -95,14 +100,10 @@ pub fn submit_drift(sandbox: &Sandbox, vhost: &(impl BrokerUrl + ?Sized), extra:
 
 /// `pipelines status [RUN] --format json` against the sandbox's dispatcher database.
 pub fn status_json(sandbox: &Sandbox, run: Option<Uuid>) -> Option<String> {
-    let state_dir = sandbox.dispatcher_state_dir();
-    let mut args = vec![
-        "status",
-        "--state-dir",
-        state_dir.to_str().unwrap(),
-        "--format",
-        "json",
-    ];
+    let store = sandbox.store_args();
+    let mut args = vec!["status"];
+    args.extend(store.iter().map(String::as_str));
+    args.extend(["--format", "json"]);
     let id = run.map(|id| id.to_string());
     args.extend(id.as_deref());
     let finished = process::run(sandbox.pipelines(&args), Duration::from_secs(30));

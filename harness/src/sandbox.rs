@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use dispatcher::store::{ScratchDatabase, StoreLocation};
 use tempfile::TempDir;
 
 use crate::git::Repo;
@@ -13,6 +14,17 @@ pub struct Sandbox {
     pub root: TempDir,
     /// The infrastructure repository, named `infra` in every policy file written here.
     pub repo: Repo,
+    /// The PostgreSQL database of its own the dispatchers use; `None`: SQLite in
+    /// [`Self::dispatcher_state_dir`].
+    postgres: Option<ScratchDatabase>,
+}
+
+/// The run database a sandbox's dispatchers keep their runs in: tests of the dispatcher run
+/// once on each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
 }
 
 /// A failed test keeps its world (logs, job logs, state, the dispatcher's database) for
@@ -44,6 +56,45 @@ impl Sandbox {
         Sandbox {
             root,
             repo: Repo::new(),
+            postgres: None,
+        }
+    }
+
+    /// A sandbox whose dispatchers keep their runs in `engine` (PostgreSQL: a database of its
+    /// own on the local server, dropped with the sandbox).
+    pub fn with_engine(engine: Engine) -> Sandbox {
+        let mut sandbox = Sandbox::new();
+        if engine == Engine::Postgres {
+            sandbox.postgres =
+                Some(ScratchDatabase::create().unwrap_or_else(|err| panic!("{err}")));
+        }
+        sandbox
+    }
+
+    /// Where the dispatchers of this sandbox keep their runs.
+    pub fn store_location(&self) -> StoreLocation {
+        match &self.postgres {
+            Some(database) => database.location().clone(),
+            None => StoreLocation::state_dir(&self.dispatcher_state_dir()),
+        }
+    }
+
+    /// What points `pipelines status` (and `drift status`) at that database: the state
+    /// directory, or the policy file that names the PostgreSQL database.
+    pub fn store_args(&self) -> Vec<String> {
+        match &self.postgres {
+            Some(_) => vec![
+                "--config".into(),
+                self.root
+                    .path()
+                    .join("pipelines.toml")
+                    .display()
+                    .to_string(),
+            ],
+            None => vec![
+                "--state-dir".into(),
+                self.dispatcher_state_dir().display().to_string(),
+            ],
         }
     }
 
@@ -69,8 +120,8 @@ impl Sandbox {
     }
 
     /// Writes the policy file: this repository as `infra` deploying from `main`, one account per
-    /// `(name, glob)`, the dispatcher's state in [`Self::dispatcher_state_dir`], then `extra`
-    /// (more TOML sections).
+    /// `(name, glob)`, the dispatcher's state in [`Self::dispatcher_state_dir`] (and its runs in
+    /// the sandbox's PostgreSQL database, if it has one), then `extra` (more TOML sections).
     pub fn write_config(
         &self,
         broker_url: &str,
@@ -89,9 +140,13 @@ impl Sandbox {
     /// Like [`Self::write_config`], with the `[[accounts]]` tables given as TOML.
     pub fn write_config_with(&self, broker_url: &str, accounts: &str, extra: &str) -> PathBuf {
         let path = self.root.path().join("pipelines.toml");
+        let store = match &self.postgres {
+            Some(database) => format!("store = \"{}\"\n", database.url()),
+            None => String::new(),
+        };
         let text = format!(
             "broker_url = \"{broker_url}\"\n\n[[repositories]]\nname = \"infra\"\nurl = \"{}\"\ndeploy_branch = \"main\"\n\n\
-             {accounts}\n[dispatcher]\nstate_dir = \"{}\"\n{extra}",
+             {accounts}\n[dispatcher]\nstate_dir = \"{}\"\n{store}{extra}",
             self.repo.path().display(),
             self.dispatcher_state_dir().display()
         );

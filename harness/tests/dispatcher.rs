@@ -1,7 +1,8 @@
 //! The dispatcher over the real RabbitMQ with real terraform: applies of one unit serialized
 //! across runs, superseded pull-request runs cancelled, a `kill -9` survived, rejections with
 //! their reasons, retries, and a vanished worker's job taken over. Every service is a separate
-//! OS process; `null_resource` units log when each apply starts and ends.
+//! OS process; `null_resource` units log when each apply starts and ends. The scenarios of run
+//! state run on both run databases, SQLite and PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: fail loudly.
 
 use std::collections::BTreeMap;
@@ -12,8 +13,8 @@ use harness::applies::{Behaviour, Units};
 use harness::deployment::Deployment;
 use harness::process;
 use harness::rabbit;
-use harness::runs::{self, assert_job, job, setup, status, status_json, submit, wait_final};
-use harness::sandbox::Sandbox;
+use harness::runs::{self, assert_job, job, setup_on, status, status_json, submit, wait_final};
+use harness::sandbox::{Engine, Sandbox};
 use harness::{poll_until, summary_rows};
 use proto_types::{
     Change, ChangeEvent, ChangeKind, ClaimReply, ClaimVerdict, Job, JobEvent, JobEventKind,
@@ -23,9 +24,34 @@ use uuid::Uuid;
 
 const DEADLINE: Duration = runs::DEADLINE;
 
-#[test]
-fn two_pushes_touching_one_unit_apply_it_in_arrival_order_and_never_overlap() {
-    let (vhost, sandbox) = setup();
+/// Each scenario named runs once per run database: `sqlite::name` and `postgres::name`.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Engine::Sqlite);
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Engine::Postgres);
+            })*
+        }
+    };
+}
+
+on_both_stores!(
+    two_pushes_touching_one_unit_apply_it_in_arrival_order_and_never_overlap,
+    a_newer_pull_request_run_cancels_what_the_older_has_not_started_and_completes,
+    a_dispatcher_killed_mid_run_takes_it_up_again_and_applies_each_unit_once_in_order,
+    a_transient_failure_is_retried_after_its_backoff_and_status_shows_attempts_and_reasons,
+    a_job_whose_worker_vanished_is_taken_over_once_the_lease_runs_out_and_runs_once,
+);
+
+fn two_pushes_touching_one_unit_apply_it_in_arrival_order_and_never_overlap(engine: Engine) {
+    let (vhost, sandbox) = setup_on(engine);
     let units = Units::new(&sandbox);
     let slow = Behaviour::Succeed { seconds: 2 };
     let c0 = units.readme_only();
@@ -68,9 +94,8 @@ fn two_pushes_touching_one_unit_apply_it_in_arrival_order_and_never_overlap() {
     deployment.assert_running();
 }
 
-#[test]
-fn a_newer_pull_request_run_cancels_what_the_older_has_not_started_and_completes() {
-    let (vhost, sandbox) = setup();
+fn a_newer_pull_request_run_cancels_what_the_older_has_not_started_and_completes(engine: Engine) {
+    let (vhost, sandbox) = setup_on(engine);
     let units = Units::new(&sandbox);
     let quick = Behaviour::Succeed { seconds: 0 };
     let chain: [(&str, &[&str], Behaviour); 3] = [
@@ -136,9 +161,10 @@ fn a_newer_pull_request_run_cancels_what_the_older_has_not_started_and_completes
     deployment.assert_running();
 }
 
-#[test]
-fn a_dispatcher_killed_mid_run_takes_it_up_again_and_applies_each_unit_once_in_order() {
-    let (vhost, sandbox) = setup();
+fn a_dispatcher_killed_mid_run_takes_it_up_again_and_applies_each_unit_once_in_order(
+    engine: Engine,
+) {
+    let (vhost, sandbox) = setup_on(engine);
     let units = Units::new(&sandbox);
     let second = Behaviour::Succeed { seconds: 1 };
     // Four layers across two accounts.
@@ -362,9 +388,10 @@ fn rejected_events_are_dead_lettered_and_reported_with_their_reasons() {
     deployment.assert_running();
 }
 
-#[test]
-fn a_transient_failure_is_retried_after_its_backoff_and_status_shows_attempts_and_reasons() {
-    let (vhost, sandbox) = setup();
+fn a_transient_failure_is_retried_after_its_backoff_and_status_shows_attempts_and_reasons(
+    engine: Engine,
+) {
+    let (vhost, sandbox) = setup_on(engine);
     let units = Units::new(&sandbox);
     let c0 = units.readme_only();
     let c1 = units.commit(
@@ -419,17 +446,11 @@ fn a_transient_failure_is_retried_after_its_backoff_and_status_shows_attempts_an
     );
 
     // The text view has the same facts, one job per line.
-    let state_dir = sandbox.dispatcher_state_dir();
     let id = run_status.run_id.to_string();
-    let text = process::run(
-        sandbox.pipelines(&[
-            "status",
-            &id[..8],
-            "--state-dir",
-            state_dir.to_str().unwrap(),
-        ]),
-        Duration::from_secs(30),
-    );
+    let store = sandbox.store_args();
+    let mut args = vec!["status", &id[..8]];
+    args.extend(store.iter().map(String::as_str));
+    let text = process::run(sandbox.pipelines(&args), Duration::from_secs(30));
     assert_eq!(text.code(), Some(0), "{}", text.transcript());
     let line = |unit: &str| {
         text.stdout
@@ -456,9 +477,8 @@ fn a_transient_failure_is_retried_after_its_backoff_and_status_shows_attempts_an
     deployment.assert_running();
 }
 
-#[test]
-fn a_job_whose_worker_vanished_is_taken_over_once_the_lease_runs_out_and_runs_once() {
-    let (vhost, sandbox) = setup();
+fn a_job_whose_worker_vanished_is_taken_over_once_the_lease_runs_out_and_runs_once(engine: Engine) {
+    let (vhost, sandbox) = setup_on(engine);
     let units = Units::new(&sandbox);
     let c0 = units.readme_only();
     let c1 = units.commit(

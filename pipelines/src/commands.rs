@@ -9,7 +9,7 @@ use broker::{Broker, Topology};
 use config::Config;
 use dispatcher::Dispatcher;
 use dispatcher::logs::LogStore;
-use dispatcher::store::Store;
+use dispatcher::store::{Store, StoreLocation};
 use dispatcher::web::WebLink;
 use executor_worker::WorkerSettings;
 use orchestrator::submit::{follow, submit};
@@ -223,9 +223,16 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         dispatcher = dispatcher.with_logs(logs.clone()).with_web(web.clone());
     }
     let served = match &args.web {
-        Some(address) => {
-            Some(dispatcher::web::serve(address, config.clone(), work_dir.path(), logs, web).await?)
-        }
+        Some(address) => Some(
+            dispatcher::web::serve(
+                address,
+                config.clone(),
+                &StoreLocation::state_dir(work_dir.path()),
+                logs,
+                web,
+            )
+            .await?,
+        ),
         None => None,
     };
     let ops = telemetry::Ops::default();
@@ -351,16 +358,26 @@ pub(crate) fn broker_definitions(
     Ok(Outcome::Success)
 }
 
-fn state_dir(dir: Option<&PathBuf>, config: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+/// The run database to read: the state directory given, the config's `dispatcher.store`
+/// (or its `state_dir`), else the default state directory.
+fn store_location(
+    dir: Option<&PathBuf>,
+    config: Option<&PathBuf>,
+) -> anyhow::Result<StoreLocation> {
     Ok(match (dir, config) {
-        (Some(dir), _) => dir.clone(),
-        (None, Some(path)) => Config::load(path)?.dispatcher.state_dir(),
-        (None, None) => config::DispatcherSettings::default().state_dir(),
+        (Some(dir), _) => StoreLocation::state_dir(dir),
+        (None, Some(path)) => StoreLocation::of(&Config::load(path)?)?,
+        (None, None) => {
+            StoreLocation::state_dir(&config::DispatcherSettings::default().state_dir())
+        }
     })
 }
 
 pub(crate) fn drift_status(args: DriftStatusArgs) -> anyhow::Result<Outcome> {
-    let store = Store::open_read_only(&state_dir(args.state_dir.as_ref(), args.config.as_ref())?)?;
+    let store = Store::connect_read_only(&store_location(
+        args.state_dir.as_ref(),
+        args.config.as_ref(),
+    )?)?;
     let units = store.drift_units(args.repository.as_deref())?;
     match args.format {
         Format::Json => println!("{}", proto_types::to_json(&units)),
@@ -373,7 +390,10 @@ pub(crate) fn drift_status(args: DriftStatusArgs) -> anyhow::Result<Outcome> {
 }
 
 pub(crate) fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
-    let store = Store::open_read_only(&state_dir(args.state_dir.as_ref(), args.config.as_ref())?)?;
+    let store = Store::connect_read_only(&store_location(
+        args.state_dir.as_ref(),
+        args.config.as_ref(),
+    )?)?;
     let now = dispatcher::clock::now_ms();
     match &args.run_id {
         Some(id) => {
@@ -456,7 +476,7 @@ fn resolve_run_id(config: &Config, id: &str) -> anyhow::Result<uuid::Uuid> {
     match id.parse::<uuid::Uuid>() {
         Ok(id) => Ok(id),
         Err(_) => {
-            let store = Store::open_read_only(&config.dispatcher.state_dir())
+            let store = Store::connect_read_only(&StoreLocation::of(config)?)
                 .context("a run id prefix is looked up in the dispatcher's database")?;
             Ok(store.run_detail(id, 0)?.run.run_id)
         }
@@ -588,8 +608,9 @@ pub(crate) fn config_check(
         );
     }
     println!(
-        "dispatcher: state in {}, worker leases of {} s",
+        "dispatcher: state in {}, run database {}, worker leases of {} s",
         config.dispatcher.state_dir().display(),
+        StoreLocation::of(&config)?,
         config.dispatcher.lease_seconds
     );
     println!(

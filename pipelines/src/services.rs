@@ -10,9 +10,10 @@ use broker::backoff::Backoff;
 use config::Config;
 use dispatcher::Dispatcher;
 use dispatcher::github::GitHub;
+use dispatcher::leadership;
 use dispatcher::logs::LogStore;
 use dispatcher::reporter::Reporter;
-use dispatcher::store::Store;
+use dispatcher::store::{Store, StoreLocation};
 use dispatcher::web::WebLink;
 use executor_worker::WorkerSettings;
 use telemetry::Ops;
@@ -26,9 +27,10 @@ const RECONNECTS: &str = "pipelines_broker_reconnects_total";
 pub(crate) async fn dispatch(args: DispatchArgs) -> anyhow::Result<Outcome> {
     let config = Config::load(&args.config)?;
     let state_dir = config.dispatcher.state_dir();
+    let location = StoreLocation::of(&config)?;
     // Fail at start-up, not at the first connection, when the database cannot be used.
-    drop(Store::open(&state_dir)?);
-    tracing::info!(database = %state_dir.join(dispatcher::store::DATABASE_FILE).display(), "Run database found.");
+    drop(Store::connect(&location)?);
+    tracing::info!(database = %location, "Run database found.");
     let ops = Ops::default();
     serve_ops(
         args.metrics_address
@@ -36,23 +38,42 @@ pub(crate) async fn dispatch(args: DispatchArgs) -> anyhow::Result<Outcome> {
         &ops,
     )
     .await?;
+    let shutdown = Shutdown::on_signals();
+    // Several dispatchers may share a PostgreSQL database: one leads, the others stand by
+    // here, serving only /metrics and /readyz (not ready), until the lead is theirs.
+    let mut leadership = None;
+    if location.is_postgres() {
+        let lease = std::time::Duration::from_secs(config.dispatcher.leader_lease_seconds);
+        let holder = leadership::holder_name();
+        match leadership::lead(&location, &holder, lease, &ops, shutdown.wait()).await? {
+            Some(lead) => leadership = Some(lead),
+            None => return Ok(Outcome::Success),
+        }
+    }
+    let term = leadership.as_ref().map(|lead| lead.term);
     // The reporter outlives reconnections: its pending updates survive a broker outage.
     let reporter = match &config.github {
         Some(github) => {
             let client = GitHub::from_config(github)?.with_timeout(config.timeouts.github());
             tracing::info!(api = %github.api_url, "Reporting runs to GitHub.");
-            Some(Reporter::spawn(client, config.clone(), state_dir.clone()))
+            Some(Reporter::spawn(
+                client,
+                config.clone(),
+                state_dir.clone(),
+                location.clone(),
+            ))
         }
         None => None,
     };
     // The logs and the web page outlive reconnections too.
-    let logs = LogStore::new(&state_dir, config.dispatcher.max_log_bytes);
+    let logs =
+        LogStore::new(&state_dir, config.dispatcher.max_log_bytes).with_store(location.clone());
     let web = WebLink::default();
     if let Some(address) = &config.dispatcher.web_address {
         let served = dispatcher::web::serve(
             address,
             config.clone(),
-            &state_dir,
+            &location,
             logs.clone(),
             web.clone(),
         )
@@ -63,24 +84,29 @@ pub(crate) async fn dispatch(args: DispatchArgs) -> anyhow::Result<Outcome> {
             tracing::warn!(address = %served, "The web page is served beyond this machine without sign-in ([web]): anyone who reaches it can read every run and log.");
         }
     }
-    let shutdown = Shutdown::on_signals();
-    keep_running(
+    let broker_urls = config.broker_urls_with_password()?;
+    let running = keep_running(
         "pipelines-dispatch",
-        &config.broker_urls_with_password()?,
+        &broker_urls,
         broker_timeouts(&config),
         &shutdown,
         &ops,
         |broker| {
             let (config, ops, shutdown) = (config.clone(), ops.clone(), shutdown.clone());
-            let (state_dir, reporter) = (state_dir.clone(), reporter.clone());
+            let (state_dir, location, reporter) =
+                (state_dir.clone(), location.clone(), reporter.clone());
             let (logs, web) = (logs.clone(), web.clone());
             async move {
-                let store = Store::open(&state_dir)?;
+                let connected = dispatcher::store::off_runtime(|| Store::connect(&location))?;
+                let store = match term {
+                    Some(term) => connected.fenced_by(term),
+                    None => connected,
+                };
                 let mut dispatcher = Dispatcher::new(broker, config, store)?
                     .with_ops(ops)
                     .with_logs(logs)
                     .with_web(web)
-                    .with_drift_schedules(state_dir);
+                    .with_drift_schedules(state_dir, location);
                 if let Some(reporter) = reporter {
                     dispatcher = dispatcher.with_reporter(reporter);
                 }
@@ -90,8 +116,22 @@ pub(crate) async fn dispatch(args: DispatchArgs) -> anyhow::Result<Outcome> {
                     .map_err(Failure::from_dispatch)
             }
         },
-    )
-    .await?;
+    );
+    match &mut leadership {
+        None => running.await?,
+        Some(lead) => {
+            tokio::select! {
+                ran = running => ran?,
+                reason = lead.lost() => {
+                    ops.metrics.set(leadership::LEADER_METRIC, &[], 0.0);
+                    bail!("{reason}: this dispatcher steps down (its supervisor starts it again as a standby)");
+                }
+            }
+        }
+    }
+    if let Some(lead) = leadership {
+        lead.resign().await;
+    }
     Ok(Outcome::Success)
 }
 
@@ -163,7 +203,8 @@ pub(crate) async fn execute(args: ExecuteArgs) -> anyhow::Result<Outcome> {
 /// How a component's run ended badly.
 #[derive(Debug)]
 enum Failure {
-    /// The broker went away: reconnect and start the component again.
+    /// The broker (or the PostgreSQL run database) went away: reconnect and start the
+    /// component again.
     Broker(anyhow::Error),
     /// Anything else: stop with the error.
     Fatal(anyhow::Error),
@@ -188,8 +229,13 @@ impl Failure {
 }
 
 impl From<dispatcher::store::StoreError> for Failure {
+    /// A lost PostgreSQL connection is waited out like a lost broker; anything else stops.
     fn from(err: dispatcher::store::StoreError) -> Failure {
-        Failure::Fatal(err.into())
+        if err.is_transient() {
+            Failure::Broker(err.into())
+        } else {
+            Failure::Fatal(err.into())
+        }
     }
 }
 

@@ -80,6 +80,7 @@ impl World {
             github,
             config,
             state_dir: self.dir.path().to_owned(),
+            store: crate::store::StoreLocation::state_dir(self.dir.path()),
             comments: HashMap::new(),
             approval_comments: HashMap::new(),
             failures: HashMap::new(),

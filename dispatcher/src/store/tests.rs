@@ -1,4 +1,5 @@
-//! The run database against real SQLite files.
+//! The run database against real SQLite files and real PostgreSQL databases: every test of
+//! what the store keeps runs on both engines.
 
 use proto_types::JobStatus;
 
@@ -6,14 +7,70 @@ use super::*;
 use crate::scheduler::{Effects, Scheduler};
 use crate::testing::{event, outcome, pr, push, settings};
 
+/// One engine's database for one test: a SQLite file in a temporary directory, or a
+/// PostgreSQL database of its own on the local server.
+enum Engine {
+    Sqlite(tempfile::TempDir),
+    Postgres(ScratchDatabase),
+}
+
+impl Engine {
+    fn sqlite() -> Engine {
+        Engine::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    fn postgres() -> Engine {
+        Engine::Postgres(ScratchDatabase::create().unwrap_or_else(|err| panic!("{err}")))
+    }
+
+    fn location(&self) -> StoreLocation {
+        match self {
+            Engine::Sqlite(dir) => StoreLocation::state_dir(dir.path()),
+            Engine::Postgres(database) => database.location().clone(),
+        }
+    }
+
+    /// Opens the database again: a new connection, as a restarted dispatcher makes.
+    fn open(&self) -> Store {
+        Store::connect(&self.location()).unwrap()
+    }
+}
+
+/// Each test named runs once per engine: `sqlite::name` and `postgres::name`.
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() {
+                super::$name(&super::Engine::sqlite());
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $name() {
+                super::$name(&super::Engine::postgres());
+            })*
+        }
+    };
+}
+
+on_both_engines!(
+    committed_runs_come_back_exactly_after_reopening_the_database,
+    the_outbox_keeps_one_status_per_run_and_forgets_what_was_published,
+    final_runs_are_not_loaded_but_stay_known_and_listed,
+    unreported_runs_are_the_recent_final_ones_never_marked,
+    pruning_forgets_old_finished_runs_and_keeps_recent_and_active_ones,
+    a_runs_phase_is_read_without_its_jobs_and_an_unknown_run_has_none,
+    a_final_drift_check_is_kept_as_its_units_finding_in_the_same_transaction,
+    read_only_connections_read_and_cannot_write,
+);
+
 fn commit(store: &mut Store, scheduler: &Scheduler, effects: &Effects, now: u64) {
     crate::testing::commit(store, scheduler, effects, &[], now);
 }
 
-#[test]
-fn committed_runs_come_back_exactly_after_reopening_the_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(dir.path()).unwrap();
+fn committed_runs_come_back_exactly_after_reopening_the_database(engine: &Engine) {
+    let mut store = engine.open();
     let mut scheduler = Scheduler::new(settings());
     let now = 1_000_000;
     let first = event(
@@ -49,7 +106,7 @@ fn committed_runs_come_back_exactly_after_reopening_the_file() {
     commit(&mut store, &scheduler, &finished, now + 2);
     drop(store);
 
-    let store = Store::open(dir.path()).unwrap();
+    let store = engine.open();
     let (loaded, next_seq) = store.load_active().unwrap();
     let expected: Vec<Run> = scheduler
         .runs()
@@ -68,10 +125,8 @@ fn committed_runs_come_back_exactly_after_reopening_the_file() {
     assert_eq!(next_seq, 3);
 }
 
-#[test]
-fn the_outbox_keeps_one_status_per_run_and_forgets_what_was_published() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(dir.path()).unwrap();
+fn the_outbox_keeps_one_status_per_run_and_forgets_what_was_published(engine: &Engine) {
+    let mut store = engine.open();
     let mut scheduler = Scheduler::new(settings());
     let (event, plan) = event(push(), &[("a", Action::Apply), ("b", Action::Apply)], &[]);
     let effects = scheduler.accept(&event, &plan, 1);
@@ -128,10 +183,8 @@ fn outbox_job(message: &OutboxMessage) -> Job {
     Job::decode(&message.body).unwrap()
 }
 
-#[test]
-fn final_runs_are_not_loaded_but_stay_known_and_listed() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(dir.path()).unwrap();
+fn final_runs_are_not_loaded_but_stay_known_and_listed(engine: &Engine) {
+    let mut store = engine.open();
     let mut scheduler = Scheduler::new(settings());
     let (done, plan) = event(push(), &[("app", Action::Apply)], &[]);
     let effects = scheduler.accept(&done, &plan, 1_000);
@@ -252,17 +305,11 @@ fn a_version_1_database_is_migrated_keeping_its_runs() {
     store.mark_reported(event.id, 2_000).unwrap();
     drop(store);
     let store = Store::open(dir.path()).unwrap();
-    let version: i64 = store
-        .connection
-        .query_row("PRAGMA user_version", [], |row| row.get(0))
-        .unwrap();
-    assert_eq!(version, SCHEMA_VERSION);
+    assert_eq!(store.sqlite_version().unwrap(), SCHEMA_VERSION);
 }
 
-#[test]
-fn unreported_runs_are_the_recent_final_ones_never_marked() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(dir.path()).unwrap();
+fn unreported_runs_are_the_recent_final_ones_never_marked(engine: &Engine) {
+    let mut store = engine.open();
     let mut scheduler = Scheduler::new(settings());
     let mut accept = |units: &[(&str, Action)], now: u64| {
         let (event, plan) = event(push(), units, &[]);
@@ -295,10 +342,8 @@ fn reading_a_missing_database_says_where_it_looked() {
     );
 }
 
-#[test]
-fn pruning_forgets_old_finished_runs_and_keeps_recent_and_active_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(dir.path()).unwrap();
+fn pruning_forgets_old_finished_runs_and_keeps_recent_and_active_ones(engine: &Engine) {
+    let mut store = engine.open();
     let mut scheduler = Scheduler::new(settings());
     let day = 24 * 3600 * 1000;
     // An old finished run, a recent finished one, and an old one still running.
@@ -334,9 +379,8 @@ fn pruning_forgets_old_finished_runs_and_keeps_recent_and_active_ones() {
     assert_eq!(store.prune_finished(30 * day).unwrap(), 0, "idempotent");
 }
 
-#[test]
-fn a_runs_phase_is_read_without_its_jobs_and_an_unknown_run_has_none() {
-    let mut store = Store::in_memory().unwrap();
+fn a_runs_phase_is_read_without_its_jobs_and_an_unknown_run_has_none(engine: &Engine) {
+    let mut store = engine.open();
     let mut scheduler = Scheduler::new(settings());
     let run = event(pr(2), &[("app", Action::Plan)], &[]);
     let effects = scheduler.accept(&run.0, &run.1, 1_000);
@@ -357,10 +401,8 @@ fn a_runs_phase_is_read_without_its_jobs_and_an_unknown_run_has_none() {
     assert_eq!(store.run_phase(Uuid::new_v4()).unwrap(), None);
 }
 
-#[test]
-fn a_final_drift_check_is_kept_as_its_units_finding_in_the_same_transaction() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(dir.path()).unwrap();
+fn a_final_drift_check_is_kept_as_its_units_finding_in_the_same_transaction(engine: &Engine) {
+    let mut store = engine.open();
     let mut scheduler = Scheduler::new(settings());
     let trigger = proto_types::Trigger::Drift {
         branch: "main".into(),
@@ -411,4 +453,135 @@ fn a_final_drift_check_is_kept_as_its_units_finding_in_the_same_transaction() {
     };
     store.set_drift_report("infra", &report, 1_300).unwrap();
     assert_eq!(store.drift_report("infra").unwrap(), Some(report));
+}
+
+fn read_only_connections_read_and_cannot_write(engine: &Engine) {
+    let mut store = engine.open();
+    let mut scheduler = Scheduler::new(settings());
+    let (event, plan) = event(push(), &[("app", Action::Apply)], &[]);
+    let effects = scheduler.accept(&event, &plan, 1_000);
+    commit(&mut store, &scheduler, &effects, 1_000);
+    let mut reader = Store::connect_read_only(&engine.location()).unwrap();
+    assert_eq!(reader.list_runs(10).unwrap()[0].run_id, event.id);
+    let err = reader
+        .mark_reported(event.id, 2_000)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("mark run reported") && err.contains("read"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_postgres_database_from_a_newer_version_is_refused_naming_both_versions() {
+    let engine = Engine::postgres();
+    let store = engine.open();
+    store
+        .db
+        .batch("test", "UPDATE pipelines_schema SET version = 99")
+        .unwrap();
+    drop(store);
+    let err = Store::connect(&engine.location()).unwrap_err().to_string();
+    assert!(
+        err.contains("schema version 99") && err.contains(&format!("up to {SCHEMA_VERSION}")),
+        "{err}"
+    );
+}
+
+#[test]
+fn dispatchers_starting_together_on_a_new_postgres_database_migrate_it_once() {
+    let engine = Engine::postgres();
+    let location = engine.location();
+    // Eight connections create the schema at once: without the lock, all but one would fail
+    // on "relation already exists".
+    let opened: Vec<_> = std::thread::scope(|scope| {
+        let starts: Vec<_> = (0..8)
+            .map(|_| scope.spawn(|| Store::connect(&location).map(drop)))
+            .collect();
+        starts.into_iter().map(|s| s.join().unwrap()).collect()
+    });
+    for result in opened {
+        result.unwrap();
+    }
+    assert_eq!(engine.open().postgres_version().unwrap(), SCHEMA_VERSION);
+}
+
+#[test]
+fn a_store_location_is_a_postgres_url_or_a_sqlite_path_and_shows_no_password() {
+    let postgres = StoreLocation::parse("postgres://pipelines:s3cret@db:5432/runs").unwrap();
+    assert!(postgres.is_postgres());
+    assert_eq!(postgres.to_string(), "postgres://pipelines@db:5432/runs");
+    assert_eq!(
+        StoreLocation::parse("sqlite:///var/lib/pipelines").unwrap(),
+        StoreLocation::Sqlite("/var/lib/pipelines/dispatcher.sqlite3".into())
+    );
+    assert_eq!(
+        StoreLocation::parse("sqlite:///backup/runs.sqlite3").unwrap(),
+        StoreLocation::Sqlite("/backup/runs.sqlite3".into())
+    );
+    let err = StoreLocation::parse("mysql://db/runs").unwrap_err();
+    assert!(err.contains("mysql://db/runs"), "{err}");
+}
+
+#[test]
+fn one_dispatcher_leads_at_a_time_and_a_deposed_leaders_writes_are_fenced_off() {
+    let engine = Engine::postgres();
+    let first = engine.open();
+    let second = engine.open();
+    assert_eq!(first.leader().unwrap(), None, "nobody has led yet");
+    let term = first
+        .try_lead("first", 60_000)
+        .unwrap()
+        .expect("the lead is free");
+    assert_eq!(second.try_lead("second", 60_000).unwrap(), None);
+    assert_eq!(
+        second.leader().unwrap(),
+        Some(Leader {
+            holder: "first".into(),
+            term,
+            current: true
+        })
+    );
+    assert!(first.renew_lead("first", term, 60_000).unwrap());
+
+    // The leader writes under its term.
+    let mut leading = engine.open().fenced_by(term);
+    let mut scheduler = Scheduler::new(settings());
+    let (run, plan) = event(push(), &[("app", Action::Apply)], &[]);
+    let effects = scheduler.accept(&run, &plan, 1_000);
+    commit(&mut leading, &scheduler, &effects, 1_000);
+
+    // Its lease runs out (here: it is given up) and the second takes over.
+    first.resign("first", term).unwrap();
+    let taken = second
+        .try_lead("second", 60_000)
+        .unwrap()
+        .expect("the lead is free again");
+    assert!(taken > term);
+    assert!(!first.renew_lead("first", term, 60_000).unwrap());
+
+    // Whatever the deposed leader still writes is refused, and nothing of it lands.
+    let (late, plan) = event(push(), &[("db", Action::Apply)], &[]);
+    let effects = scheduler.accept(&late, &plan, 2_000);
+    let err =
+        crate::testing::try_commit(&mut leading, &scheduler, &effects, &[], 2_000).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Fenced { holder, term: t, ours } if holder == "second" && *t == taken && *ours == term),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("steps down"), "{err}");
+    assert_eq!(engine.open().known_run(late.id).unwrap(), None);
+    assert!(leading.delete_outbox(&[1]).is_err());
+    // The new leader writes under its own term.
+    let mut new_leader = engine.open().fenced_by(taken);
+    commit(&mut new_leader, &scheduler, &effects, 2_000);
+    assert!(engine.open().known_run(late.id).unwrap().is_some());
+}
+
+#[test]
+fn leadership_needs_a_shared_database() {
+    let engine = Engine::sqlite();
+    let err = engine.open().try_lead("me", 1_000).unwrap_err();
+    assert!(matches!(err, StoreError::NotShared), "{err:?}");
 }

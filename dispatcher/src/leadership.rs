@@ -1,0 +1,222 @@
+//! Which of several dispatchers sharing a PostgreSQL database leads: the lease taken and
+//! renewed in the database, standing by while another holds it, and the signal that it was
+//! lost.
+//!
+//! The lease is only half of it. A leader that stalls (a long GC-like pause, SIGSTOP, a
+//! network partition) may wake up after a standby took over, still believing it leads; the
+//! term it took the lead with is therefore checked by every write transaction
+//! ([`Store::fenced_by`]), and its writes are refused once a newer term exists. A deposed
+//! leader exits: nothing it holds in memory may outlive its term, and its supervisor starts
+//! it again as a standby.
+
+use std::time::Duration;
+
+use telemetry::Ops;
+use tokio::sync::watch;
+
+use crate::store::{Store, StoreError, StoreLocation, off_runtime};
+
+/// 1 while this dispatcher leads, 0 while it stands by.
+pub const LEADER_METRIC: &str = "pipelines_dispatcher_leader";
+/// The term this dispatcher leads in (0 while standing by).
+pub const TERM_METRIC: &str = "pipelines_dispatcher_leader_term";
+
+/// This dispatcher's lead, renewed in the background until it is dropped or resigned.
+#[derive(Debug)]
+pub struct Leadership {
+    pub holder: String,
+    pub term: i64,
+    location: StoreLocation,
+    lost: watch::Receiver<Option<String>>,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+/// A name for this process among the dispatchers: host, pid and a random part, so that a
+/// restarted process never passes for its predecessor.
+pub fn holder_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|host| host.trim().to_owned())
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| "dispatcher".into());
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}/{}/{}", std::process::id(), &nonce[..8])
+}
+
+/// Stands by until this dispatcher takes the lead of `location`'s dispatchers, then renews
+/// it every third of `lease`. `None`: `shutdown` came first. Lost connections are waited out;
+/// any other database error is returned.
+pub async fn lead(
+    location: &StoreLocation,
+    holder: &str,
+    lease: Duration,
+    ops: &Ops,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<Option<Leadership>, StoreError> {
+    ops.metrics.gauge(
+        LEADER_METRIC,
+        "1 while this dispatcher leads, 0 while it stands by.",
+    );
+    ops.metrics.gauge(
+        TERM_METRIC,
+        "The term this dispatcher leads in; 0 while it stands by.",
+    );
+    ops.metrics.set(LEADER_METRIC, &[], 0.0);
+    tokio::pin!(shutdown);
+    let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+    let mut store: Option<Store> = None;
+    let mut last_seen: Option<String> = None;
+    loop {
+        let tried = off_runtime(|| -> Result<_, StoreError> {
+            let connected = match store.take() {
+                Some(store) => store,
+                None => Store::connect(location)?,
+            };
+            let outcome = match connected.try_lead(holder, lease_ms)? {
+                Some(term) => Ok(term),
+                None => Err(connected.leader()?),
+            };
+            store = Some(connected);
+            Ok(outcome)
+        });
+        match tried {
+            Ok(Ok(term)) => {
+                tracing::info!(
+                    holder,
+                    term,
+                    lease_s = lease.as_secs(),
+                    "Leading the dispatchers."
+                );
+                ops.metrics.set(LEADER_METRIC, &[], 1.0);
+                ops.metrics.set(TERM_METRIC, &[], term as f64);
+                let (tell, lost) = watch::channel(None);
+                let renewer = tokio::spawn(renew(
+                    location.clone(),
+                    holder.to_owned(),
+                    term,
+                    lease,
+                    tell,
+                ));
+                return Ok(Some(Leadership {
+                    holder: holder.to_owned(),
+                    term,
+                    location: location.clone(),
+                    lost,
+                    renewer,
+                }));
+            }
+            Ok(Err(leader)) => {
+                let leads = leader
+                    .as_ref()
+                    .map(|leader| format!("{} leads (term {})", leader.holder, leader.term));
+                if leads != last_seen {
+                    if let Some(leads) = &leads {
+                        tracing::info!(holder, "Standing by: {leads}.");
+                    }
+                    last_seen = leads.clone();
+                }
+                ops.health.set_not_ready(format!(
+                    "standing by: {}",
+                    leads.unwrap_or_else(|| "the lead is being taken".into())
+                ));
+            }
+            Err(err) if err.is_transient() => {
+                tracing::warn!(error = %err, "Cannot reach the run database to take the lead; trying again.");
+                ops.health.set_not_ready(err.to_string());
+                store = None;
+            }
+            Err(err) => return Err(err),
+        }
+        // A quarter of the lease: a lapsed lease is taken within that much of its end.
+        tokio::select! {
+            () = tokio::time::sleep(lease / 4) => {}
+            () = &mut shutdown => return Ok(None),
+        }
+    }
+}
+
+/// Renews the lead every third of `lease`, on a connection of its own. Says why it was lost:
+/// another dispatcher took over, or the lease ran out before it could be renewed (the
+/// database was unreachable for that long, so a standby may have taken over).
+async fn renew(
+    location: StoreLocation,
+    holder: String,
+    term: i64,
+    lease: Duration,
+    lost: watch::Sender<Option<String>>,
+) {
+    let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+    let mut store: Option<Store> = None;
+    let mut renewed = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(lease / 3).await;
+        let attempt = off_runtime(|| -> Result<bool, StoreError> {
+            let connected = match store.take() {
+                Some(store) => store,
+                None => Store::connect(&location)?,
+            };
+            let still = connected.renew_lead(&holder, term, lease_ms)?;
+            store = Some(connected);
+            Ok(still)
+        });
+        match attempt {
+            Ok(true) => renewed = tokio::time::Instant::now(),
+            Ok(false) => {
+                let _ = lost.send(Some(format!(
+                    "another dispatcher took the lead from term {term}"
+                )));
+                return;
+            }
+            Err(err) => {
+                store = None;
+                if renewed.elapsed() >= lease {
+                    let _ = lost.send(Some(format!(
+                        "the lease of term {term} ran out before it could be renewed ({err})"
+                    )));
+                    return;
+                }
+                tracing::warn!(error = %err, term, "Cannot renew the lead; trying again before the lease runs out.");
+            }
+        }
+    }
+}
+
+impl Leadership {
+    /// Resolves when the lead is lost, with why.
+    pub async fn lost(&mut self) -> String {
+        loop {
+            if let Some(reason) = self.lost.borrow_and_update().clone() {
+                return reason;
+            }
+            if self.lost.changed().await.is_err() {
+                return format!("the renewal of term {} stopped", self.term);
+            }
+        }
+    }
+
+    /// Gives the lead up (a clean shutdown), so that a standby takes over at once rather than
+    /// when the lease runs out.
+    pub async fn resign(self) {
+        let (location, holder, term) = (self.location.clone(), self.holder.clone(), self.term);
+        // Stops the renewal first: a renewal after the resignation would take the lead back.
+        drop(self);
+        let resigned = tokio::task::spawn_blocking(move || {
+            Store::connect(&location).and_then(|store| store.resign(&holder, term))
+        })
+        .await;
+        match resigned {
+            Ok(Ok(())) => tracing::info!(term, "Gave up the lead."),
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, term, "Cannot give up the lead; a standby takes over when the lease runs out.");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
+}
