@@ -41,8 +41,7 @@ pub use crate::policies::{
 pub use crate::repositories::Repository;
 pub use crate::timeouts::Timeouts;
 pub use crate::triggers::{Trigger, Triggers, UnitTrigger};
-use crate::urls::with_password;
-pub use crate::urls::{REDACTED, redact_url, url_password, url_user, url_vhost};
+pub use crate::urls::{REDACTED, redact_url, url_password, url_user, url_vhost, with_password};
 pub use crate::web::{WebSettings, WebToken};
 
 /// The broker a default local RabbitMQ answers on.

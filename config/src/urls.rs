@@ -28,7 +28,7 @@ pub fn url_vhost(url: &str) -> &str {
 }
 
 /// `url` with `password` (percent-encoded) after its user; `None` without a user.
-pub(crate) fn with_password(url: &str, password: &str) -> Option<String> {
+pub fn with_password(url: &str, password: &str) -> Option<String> {
     let (scheme, rest) = url.split_once("://")?;
     let (user, host) = rest.split_once('@')?;
     if user.is_empty() || user.contains(':') {

@@ -296,6 +296,9 @@ pub enum StoreError {
         term: i64,
         ours: i64,
     },
+    /// A copy goes only into a database without runs.
+    #[error("the target database already holds {runs} runs: copy into an empty one")]
+    NotEmpty { runs: i64 },
     /// Leadership needs a database that dispatchers share.
     #[error("only a PostgreSQL run database has a leader")]
     NotShared,
@@ -1688,6 +1691,85 @@ fn parse_uuid(what: &'static str, text: &str) -> Result<Uuid, StoreError> {
     })
 }
 
+/// The tables a copy moves, parents before children, with the columns both engines share
+/// (the outbox's `id` is left to the target: it only orders the rows, which the copy keeps).
+const COPIED_TABLES: [(&str, &str, &str); 6] = [
+    (
+        "runs",
+        "run_id, seq, repository, event, pull_request, head_sha, base_sha, created_ms, \
+         updated_ms, rejected, cancelled, trace, state, reason, final, reported_ms",
+        "seq",
+    ),
+    (
+        "jobs",
+        "job_id, run_id, idx, unit, account, action, commit_sha, source_commit, timeout_secs, \
+         requires, attempt, state, reason, note, not_before_ms, lease_worker, lease_until, \
+         lease_reply_to, cancel_requested, log, exit_code, res_add, res_change, res_destroy, \
+         duration_ms, worker, output_tail, started_ms, finished_ms, policy, approval, \
+         policy_override, drift",
+        "run_id, idx",
+    ),
+    ("job_outputs", "job_id, output", "job_id"),
+    (
+        "outbox",
+        "kind, target, message_id, body, trace, dedup_key",
+        "id",
+    ),
+    (
+        "drift_units",
+        "repository, unit, account, state, document",
+        "repository, unit",
+    ),
+    (
+        "drift_reports",
+        "repository, issue_number, notified, updated_ms, pull_request",
+        "repository",
+    ),
+];
+
+impl Store {
+    /// Copies every run, job, output, unpublished message and drift finding into `target`,
+    /// which must hold no runs yet, in one transaction of the target: it ends with all of it or
+    /// none. `progress` hears each table's name and row count as it is done. Run it with the
+    /// dispatcher stopped, so that the source does not change meanwhile.
+    pub fn copy_into(
+        &self,
+        target: &Store,
+        mut progress: impl FnMut(&str, usize),
+    ) -> Result<Vec<(&'static str, usize)>, StoreError> {
+        let existing: i64 = target
+            .db
+            .query_row("count the target's runs", "SELECT COUNT(*) FROM runs", &[])?
+            .map_or(Ok(0), |row| row.get(0))?;
+        if existing > 0 {
+            return Err(StoreError::NotEmpty { runs: existing });
+        }
+        target.db.transaction(true, |db| {
+            let mut copied = Vec::new();
+            for (table, columns, order) in COPIED_TABLES {
+                let rows = self.db.query(
+                    "read for the copy",
+                    &format!("SELECT {columns} FROM {table} ORDER BY {order}"),
+                    &[],
+                )?;
+                let placeholders: Vec<String> = (1..=columns.split(',').count())
+                    .map(|i| format!("?{i}"))
+                    .collect();
+                let insert = format!(
+                    "INSERT INTO {table} ({columns}) VALUES ({})",
+                    placeholders.join(", ")
+                );
+                for row in &rows {
+                    db.execute("write the copy", &insert, &row.0)?;
+                }
+                progress(table, rows.len());
+                copied.push((table, rows.len()));
+            }
+            Ok(copied)
+        })
+    }
+}
+
 /// The PostgreSQL server tests make their databases on when `PIPELINES_TEST_POSTGRES` names
 /// none: this machine's, as `scripts/test.sh` starts it.
 pub const TEST_POSTGRES_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -1708,6 +1790,12 @@ impl ScratchDatabase {
     pub fn create() -> Result<ScratchDatabase, StoreError> {
         let server = std::env::var("PIPELINES_TEST_POSTGRES")
             .unwrap_or_else(|_| TEST_POSTGRES_SERVER.to_owned());
+        ScratchDatabase::create_on(&server)
+    }
+
+    /// Creates an empty database on the server `server` (a URL ending in `/database`).
+    pub fn create_on(server: &str) -> Result<ScratchDatabase, StoreError> {
+        let server = server.to_owned();
         let admin = PgConnection::connect(&server).map_err(|err| StoreError::Open {
             path: postgres::shown_url(&server).into(),
             reason: format!(

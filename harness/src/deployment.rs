@@ -96,6 +96,23 @@ impl Deployment {
         self.dispatcher = Some(service);
     }
 
+    /// Starts one more dispatcher beside the running one, named `name`, with the same policy
+    /// file and environment (sharing a PostgreSQL database, it stands by while the other
+    /// leads). The caller owns it.
+    pub fn start_another_dispatcher(&self, name: &str) -> Service {
+        let mut command = pipelines_in(
+            &self.root,
+            &["dispatch", "--config", self.config.to_str().unwrap()],
+        );
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        Service::start(name, command, &self.logs)
+    }
+
+    /// Hands the running dispatcher over to the caller (to stop, resume or watch it exit).
+    pub fn take_dispatcher(&mut self) -> Service {
+        self.dispatcher.take().expect("a dispatcher is running")
+    }
+
     /// `kill -9` the dispatcher: no chance to finish anything.
     pub fn kill_dispatcher(&mut self) {
         let mut dispatcher = self.dispatcher.take().expect("a dispatcher is running");

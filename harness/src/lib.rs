@@ -10,6 +10,7 @@ pub mod faults;
 pub mod git;
 pub mod github;
 pub mod otlp;
+pub mod postgres;
 pub mod process;
 pub mod rabbit;
 pub mod runs;

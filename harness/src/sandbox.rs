@@ -71,6 +71,15 @@ impl Sandbox {
         sandbox
     }
 
+    /// A sandbox whose dispatchers keep their runs in a database of its own on the
+    /// PostgreSQL server at `server` (a URL ending in `/database`).
+    pub fn on_postgres_server(server: &str) -> Sandbox {
+        let mut sandbox = Sandbox::new();
+        sandbox.postgres =
+            Some(ScratchDatabase::create_on(server).unwrap_or_else(|err| panic!("{err}")));
+        sandbox
+    }
+
     /// Where the dispatchers of this sandbox keep their runs.
     pub fn store_location(&self) -> StoreLocation {
         match &self.postgres {

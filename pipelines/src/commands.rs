@@ -373,6 +373,56 @@ fn store_location(
     })
 }
 
+/// `pipelines store migrate`: copies one run database into an empty other, with progress.
+pub(crate) fn store_migrate(
+    from: &str,
+    to: &str,
+    password_file: Option<&std::path::Path>,
+) -> anyhow::Result<Outcome> {
+    let password = password_file
+        .map(|path| {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --password-file {}", path.display()))?;
+            let password = text.trim_end_matches(['\n', '\r']).to_owned();
+            anyhow::ensure!(
+                !password.is_empty(),
+                "--password-file {} is empty",
+                path.display()
+            );
+            Ok(password)
+        })
+        .transpose()?;
+    let location = |flag: &str, url: &str| -> anyhow::Result<StoreLocation> {
+        if config::url_password(url).is_some() {
+            bail!(
+                "{flag} {} has a password: give it with --password-file",
+                config::redact_url(url)
+            );
+        }
+        let url = match (&password, url.starts_with("postgres")) {
+            (Some(password), true) => config::with_password(url, password)
+                .with_context(|| format!("{flag} {url:?} names no user for the password"))?,
+            _ => url.to_owned(),
+        };
+        StoreLocation::parse(&url).map_err(|reason| anyhow!("{flag}: {reason}"))
+    };
+    let (from, to) = (location("--from", from)?, location("--to", to)?);
+    anyhow::ensure!(from != to, "--from and --to are the same database ({from})");
+    let source = Store::connect_read_only(&from).with_context(|| format!("--from {from}"))?;
+    let target = Store::connect(&to).with_context(|| format!("--to {to}"))?;
+    eprintln!("Copying {from} into {to}");
+    let started = std::time::Instant::now();
+    let copied = source.copy_into(&target, |table, rows| {
+        eprintln!("  {table}: {rows} rows");
+    })?;
+    let rows: usize = copied.iter().map(|(_, rows)| rows).sum();
+    eprintln!(
+        "Copied {rows} rows in {:.1} s. Point [dispatcher] store at {to} and start the dispatchers.",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Outcome::Success)
+}
+
 pub(crate) fn drift_status(args: DriftStatusArgs) -> anyhow::Result<Outcome> {
     let store = Store::connect_read_only(&store_location(
         args.state_dir.as_ref(),

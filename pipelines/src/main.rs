@@ -78,6 +78,35 @@ enum Command {
     /// Drift: what the last drift checks found, unit by unit.
     #[command(subcommand)]
     Drift(DriftCommand),
+    /// The run database: move it between SQLite and PostgreSQL.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Copy every run, job, job output, unpublished message and drift finding from one run
+    /// database into another that has no runs yet, in one transaction of the target.
+    #[command(
+        after_help = "Stop every dispatcher first: the source must not change during the copy.         Then point [dispatcher] store at the target and start the dispatchers again.
+
+        Locations: sqlite://DIR (a dispatcher's state_dir) or sqlite://FILE.sqlite3, and         postgres://USER@HOST:PORT/DATABASE. A PostgreSQL password comes from --password-file,         never from the command line.
+
+Example:
+          pipelines store migrate --from sqlite:///var/lib/pipelines \\\n            --to postgres://pipelines@db:5432/pipelines --password-file /run/secrets/pg"
+    )]
+    Migrate {
+        /// The database to copy from.
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// The database to copy into (created tables, no runs).
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// The password of the PostgreSQL user of --from and --to (those that name no
+        /// password), trailing newline ignored.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -477,6 +506,11 @@ fn main() -> ExitCode {
             }
             Command::Supervise { .. } => unreachable!("handled before the runtime starts"),
             Command::Drift(DriftCommand::Status(args)) => commands::drift_status(args),
+            Command::Store(StoreCommand::Migrate {
+                from,
+                to,
+                password_file,
+            }) => commands::store_migrate(&from, &to, password_file.as_deref()),
             Command::Broker(BrokerCommand::Setup { config }) => {
                 commands::broker_setup(&config).await
             }

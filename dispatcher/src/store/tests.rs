@@ -585,3 +585,77 @@ fn leadership_needs_a_shared_database() {
     let err = engine.open().try_lead("me", 1_000).unwrap_err();
     assert!(matches!(err, StoreError::NotShared), "{err:?}");
 }
+
+#[test]
+fn a_copy_from_sqlite_to_postgres_and_back_keeps_every_run_job_and_message() {
+    let sqlite = Engine::sqlite();
+    let mut source = sqlite.open();
+    let mut scheduler = Scheduler::new(settings());
+    let (done, plan) = event(push(), &[("app", Action::Apply)], &[]);
+    let effects = scheduler.accept(&done, &plan, 1_000);
+    commit(&mut source, &scheduler, &effects, 1_000);
+    let job = effects.publish[0].clone();
+    let (_, claimed) = scheduler.claim(job.job_id, 1, "w1", false, Some("amq.gen-w1"), 2_000);
+    commit(&mut source, &scheduler, &claimed, 2_000);
+    let finished = scheduler.finish(
+        job.job_id,
+        1,
+        "w1",
+        &outcome(JobStatus::Failed, "Error: boom\n"),
+        3_000,
+    );
+    crate::testing::commit(
+        &mut source,
+        &scheduler,
+        &finished,
+        &[(job.job_id, "Error: boom".into())],
+        3_000,
+    );
+    let (active, plan) = event(pr(7), &[("app", Action::Plan), ("db", Action::Plan)], &[]);
+    let effects = scheduler.accept(&active, &plan, 4_000);
+    commit(&mut source, &scheduler, &effects, 4_000);
+    source
+        .set_drift_report("infra", &DriftReport::default(), 4_000)
+        .unwrap();
+
+    let postgres = Engine::postgres();
+    let target = postgres.open();
+    let mut heard = Vec::new();
+    let copied = source
+        .copy_into(&target, |table, rows| heard.push((table.to_owned(), rows)))
+        .unwrap();
+    assert_eq!(copied.len(), heard.len());
+    assert_eq!(copied[0], ("runs", 2));
+    assert_eq!(copied[1], ("jobs", 3));
+
+    let same = |a: &Store, b: &Store| {
+        assert_eq!(a.load_active().unwrap(), b.load_active().unwrap());
+        assert_eq!(a.list_runs(10).unwrap(), b.list_runs(10).unwrap());
+        assert_eq!(
+            a.run_detail(&done.id.to_string(), 5_000).unwrap(),
+            b.run_detail(&done.id.to_string(), 5_000).unwrap()
+        );
+        assert_eq!(a.outputs(done.id).unwrap(), b.outputs(done.id).unwrap());
+        let bodies = |store: &Store| -> Vec<(String, Vec<u8>)> {
+            store
+                .outbox(100)
+                .unwrap()
+                .into_iter()
+                .map(|m| (m.message_id, m.body))
+                .collect()
+        };
+        assert_eq!(bodies(a), bodies(b));
+        assert_eq!(
+            a.drift_report("infra").unwrap(),
+            b.drift_report("infra").unwrap()
+        );
+    };
+    same(&source, &target);
+
+    // And back, into an empty SQLite file; never into a database that has runs.
+    let back = Engine::sqlite();
+    target.copy_into(&back.open(), |_, _| {}).unwrap();
+    same(&source, &back.open());
+    let err = source.copy_into(&target, |_, _| {}).unwrap_err();
+    assert!(matches!(err, StoreError::NotEmpty { runs: 2 }), "{err:?}");
+}
