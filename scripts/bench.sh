@@ -16,6 +16,7 @@ use_cache_dirs
 ensure_terraform
 ensure_null_provider
 ensure_rabbitmq
+ensure_postgres
 
 quick=()
 detection=()

@@ -53,5 +53,17 @@ fn the_benchmark_program_runs_every_pipeline_benchmark_at_quick_sizes() {
     assert!(figure(&["memory", "executor_idle_mib"]) > 0.0);
     assert!(figure(&["dag", "wall_ms"]) >= figure(&["dag", "critical_path_ms"]));
     assert_eq!(results["drift"]["units"], 40, "every unit was checked");
+    for engine in [0, 1] {
+        let row = &results["stores"]["engines"][engine];
+        for key in ["jobs_per_sec", "dispatcher_cpu_ms_per_job", "start_p99_ms"] {
+            assert!(row[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {row}");
+        }
+    }
+    assert_eq!(results["stores"]["engines"][1]["store"], "postgres");
+    let failover = &results["stores"]["failover"][0];
+    assert!(
+        failover["median_ms"].as_f64().is_some_and(|ms| ms > 0.0),
+        "a job was granted after the leader was killed: {failover}"
+    );
     assert!(figure(&["drift", "wall_ms"]) >= figure(&["drift", "critical_path_ms"]));
 }

@@ -168,6 +168,28 @@ fn compose_runs_each_account_with_its_own_broker_user_and_loads_the_definitions(
     );
     let url = |service: &str| text(&services[service]["environment"]["PIPELINES_BROKER_URL"]);
     assert!(url("dispatcher").starts_with("amqp://pipelines-dispatcher:"));
+    // Two dispatchers share PostgreSQL; its password comes from a secret file, not the URL.
+    for dispatcher in ["dispatcher", "dispatcher-standby"] {
+        let environment = &services[dispatcher]["environment"];
+        let store = text(&environment["PIPELINES_DISPATCHER__STORE"]);
+        assert!(
+            store.starts_with("postgres://pipelines@postgres:"),
+            "{dispatcher}: {store}"
+        );
+        assert_eq!(config::url_password(&store), None, "{dispatcher}: {store}");
+        assert_eq!(
+            text(&environment["PIPELINES_DISPATCHER__STORE_PASSWORD_FILE"]),
+            "/run/secrets/postgres-password"
+        );
+        assert_eq!(
+            words(&services[dispatcher]["secrets"]),
+            ["postgres-password"]
+        );
+    }
+    assert_eq!(
+        text(&services["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"]),
+        "/run/secrets/postgres-password"
+    );
     let accounts = accounts(&policy);
     assert_eq!(accounts, ["shared", "dev", "prod"]);
     let mut tool_users = std::collections::BTreeSet::new();
@@ -282,7 +304,8 @@ fn kubernetes_manifests_have_a_deployment_per_account_and_a_dispatcher_with_a_vo
     assert_policy_valid(&policy);
 
     let dispatcher = find("StatefulSet", "pipelines-dispatcher");
-    assert_eq!(dispatcher["spec"]["replicas"].as_i64(), Some(1));
+    // Two replicas on one PostgreSQL database: one leads, one stands by.
+    assert_eq!(dispatcher["spec"]["replicas"].as_i64(), Some(2));
     let claim = &dispatcher["spec"]["volumeClaimTemplates"][0]["metadata"]["name"];
     let container = &dispatcher["spec"]["template"]["spec"]["containers"][0];
     assert!(
@@ -295,6 +318,40 @@ fn kubernetes_manifests_have_a_deployment_per_account_and_a_dispatcher_with_a_vo
         "the dispatcher's state_dir is on its volume"
     );
     let text_of = |yaml: &Yaml| yaml.as_str().unwrap_or_default().to_owned();
+    // The run database's URL from a Secret, its password from a file of that Secret, never
+    // in the environment.
+    let env = container["env"].as_vec().unwrap();
+    let var = |name: &str| {
+        env.iter()
+            .find(|v| v["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("the dispatcher has no {name}"))
+    };
+    let from = &var("PIPELINES_DISPATCHER__STORE")["valueFrom"]["secretKeyRef"];
+    assert_eq!(from["name"].as_str(), Some("pipelines-postgres"));
+    let secret = find("Secret", "pipelines-postgres");
+    let url = text_of(&secret["stringData"][from["key"].as_str().unwrap()]);
+    assert!(url.starts_with("postgres://"), "{url}");
+    assert_eq!(
+        config::url_password(&url),
+        None,
+        "a password in the store URL"
+    );
+    let password_file = text_of(&var("PIPELINES_DISPATCHER__STORE_PASSWORD_FILE")["value"]);
+    let mounted = container["volumeMounts"].as_vec().unwrap().iter().any(|m| {
+        password_file.starts_with(m["mountPath"].as_str().unwrap_or("-"))
+            && dispatcher["spec"]["template"]["spec"]["volumes"]
+                .as_vec()
+                .unwrap()
+                .iter()
+                .any(|v| {
+                    v["name"] == m["name"]
+                        && v["secret"]["secretName"].as_str() == Some("pipelines-postgres")
+                })
+    });
+    assert!(
+        mounted,
+        "{password_file} is not mounted from pipelines-postgres"
+    );
     for account in accounts(&policy) {
         let mut tool_users = Vec::new();
         for role in ["plan", "apply"] {

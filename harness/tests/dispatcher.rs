@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use broker::{Broker, Headers, Outgoing, REASON_HEADER, Route};
+use dispatcher::store::Store;
 use harness::applies::{Behaviour, Units};
 use harness::deployment::Deployment;
 use harness::process;
@@ -202,10 +203,12 @@ fn a_dispatcher_killed_mid_run_takes_it_up_again_and_applies_each_unit_once_in_o
             units.log.text().contains(milestone).then_some(())
         });
         deployment.kill_dispatcher();
-        // Workers go on without it: their reports and claims pile up in the queues.
+        // Work waits for the restarted dispatcher: the workers' reports and claims pile up in
+        // the queues, or, when the kill came between a commit and its publish, the next jobs
+        // wait in the database's outbox.
         poll_until(
             DEADLINE,
-            "job events or claims to wait in the queues",
+            "job events or claims in the queues, or jobs in the outbox",
             || {
                 let depths: BTreeMap<String, u64> =
                     rabbit::queue_depths(&vhost).into_iter().collect();
@@ -213,7 +216,10 @@ fn a_dispatcher_killed_mid_run_takes_it_up_again_and_applies_each_unit_once_in_o
                     .iter()
                     .map(|queue| depths.get(*queue).copied().unwrap_or(0))
                     .sum::<u64>();
-                (waiting > 0).then_some(())
+                let unpublished = Store::connect_read_only(&sandbox.store_location())
+                    .and_then(|store| store.outbox(10))
+                    .map_or(0, |outbox| outbox.len());
+                (waiting > 0 || unpublished > 0).then_some(())
             },
         );
         deployment.start_dispatcher();

@@ -2,9 +2,11 @@
 //! the broker floor, no-op job throughput and event-to-job-start latency through the real
 //! dispatcher and executor processes, memory, DAG execution with real terraform, a drift run
 //! over 200 units with real terraform, policy evaluation of a 1,000-resource plan, and the
-//! web page's live logs (line-to-page latency, a 50 MB log, 20 pages following a big run).
+//! web page's live logs (line-to-page latency, a 50 MB log, 20 pages following a big run), and
+//! the run database's engines (throughput and latency on SQLite and on PostgreSQL, and the
+//! failover time of two dispatchers on PostgreSQL, next to the lease).
 //!
-//! `cargo run --release -p harness --bin bench -- [all|floor|throughput|latency|memory|dag|drift|policy|logs]`
+//! `cargo run --release -p harness --bin bench -- [all|floor|throughput|latency|memory|dag|drift|policy|logs|stores]`
 //! Writes the figures as JSON to `target/bench/results.json` (or `--out FILE`) for
 //! `scripts/plot_benchmarks.py`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // A program that reports.
@@ -18,7 +20,7 @@ use broker::{Broker, Headers, Outgoing, Route, Topology};
 use dispatcher::store::Store;
 use harness::deployment::Deployment;
 use harness::rabbit::{self, Vhost};
-use harness::sandbox::Sandbox;
+use harness::sandbox::{Engine, Sandbox};
 use harness::scenario::{self, Fixture};
 use proto_types::{
     Change, ChangeEvent, ChangeKind, DependencyEdge, ExecutorRole, RunDetail, Trigger,
@@ -31,7 +33,7 @@ use uuid::Uuid;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage: bench [all|floor|throughput|latency|memory|dag|drift|policy|logs]... [--quick] [--workers 1,2,4] [--out FILE]";
+const USAGE: &str = "usage: bench [all|floor|throughput|latency|memory|dag|drift|policy|logs|stores]... [--quick] [--workers 1,2,4] [--out FILE]";
 
 fn main() {
     let mut which = Vec::new();
@@ -48,7 +50,7 @@ fn main() {
                 workers = Some(list.split(',').map(|n| n.parse().expect(USAGE)).collect());
             }
             "all" | "floor" | "throughput" | "latency" | "memory" | "dag" | "drift" | "policy"
-            | "logs" => which.push(arg),
+            | "logs" | "stores" => which.push(arg),
             "-h" | "--help" => {
                 println!(
                     "{USAGE}\n\n{}",
@@ -76,6 +78,7 @@ fn main() {
             "drift",
             "policy",
             "logs",
+            "stores",
         ]
         .map(String::from)
         .to_vec();
@@ -101,6 +104,7 @@ fn main() {
             "drift" => drift(if quick { 40 } else { 200 }),
             "policy" => policy(&size),
             "logs" => logs(quick),
+            "stores" => stores(&size),
             _ => unreachable!(),
         };
         results.insert(name.clone(), result);
@@ -122,6 +126,9 @@ struct Size {
     queued_jobs: usize,
     /// Evaluations of the policy benchmark (the median is reported).
     policy_rounds: usize,
+    /// The leader leases the failover benchmark tries, and its kills per lease.
+    failover_leases: Vec<u64>,
+    failover_rounds: usize,
 }
 
 impl Size {
@@ -133,6 +140,8 @@ impl Size {
             latency_events: 500,
             queued_jobs: 10_000,
             policy_rounds: 21,
+            failover_leases: vec![3, 10],
+            failover_rounds: 3,
         }
     }
 
@@ -144,6 +153,8 @@ impl Size {
             latency_events: 50,
             queued_jobs: 1_000,
             policy_rounds: 5,
+            failover_leases: vec![3],
+            failover_rounds: 1,
         }
     }
 }
@@ -252,8 +263,13 @@ impl NoopWorld {
 
     /// Like [`NoopWorld::start`], with `dispatcher` settings added to `[dispatcher]`.
     fn start_with(workers: usize, dispatcher: &str) -> NoopWorld {
+        NoopWorld::start_on(Engine::Sqlite, workers, dispatcher)
+    }
+
+    /// Like [`NoopWorld::start_with`], the runs kept in `engine`.
+    fn start_on(engine: Engine, workers: usize, dispatcher: &str) -> NoopWorld {
         let vhost = rabbit::vhost();
-        let sandbox = Sandbox::new();
+        let sandbox = Sandbox::with_engine(engine);
         let config = sandbox.write_config(
             &vhost.url,
             &[("dev", "dev/**")],
@@ -334,7 +350,7 @@ impl NoopWorld {
     }
 
     fn store(&self) -> Option<Store> {
-        Store::open_read_only(&self.sandbox.dispatcher_state_dir()).ok()
+        Store::connect_read_only(&self.sandbox.store_location()).ok()
     }
 
     /// Polls the dispatcher's database until `run` is final.
@@ -1117,4 +1133,121 @@ fn follow_run_pages(jobs: usize, pages: usize) -> (f64, f64, Vec<usize>) {
         .collect();
     let (_, peak) = world.dispatcher_rss();
     (idle as f64 / 1024.0, peak as f64 / 1024.0, updates)
+}
+
+/// The run database's engines side by side: no-op throughput with 4 workers and
+/// event-to-job-start latency on SQLite and on PostgreSQL, then the failover time of two
+/// dispatchers on PostgreSQL (leader killed → first job granted by the new leader) for two
+/// lease lengths.
+fn stores(size: &Size) -> Value {
+    println!("\n== Run database: SQLite and PostgreSQL, 4 workers ==");
+    let jobs = size.throughput_jobs;
+    println!(
+        "{:>10} {:>8} {:>10} {:>18} {:>12} {:>12} {:>12}",
+        "store", "jobs", "jobs/s", "dispatcher ms/job", "start p50", "start p99", "start max"
+    );
+    let mut engines = Vec::new();
+    for (name, engine) in [("sqlite", Engine::Sqlite), ("postgres", Engine::Postgres)] {
+        let world = NoopWorld::start_on(engine, 4, "");
+        let units: Vec<String> = (0..jobs).map(|i| format!("dev/u{i:05}")).collect();
+        let (dispatcher_before, _) = world.cpu_seconds(4);
+        let published = now_ms();
+        let run = world.submit(units, vec![]);
+        let detail = world.wait_final(run, Duration::from_secs(600));
+        assert_eq!(detail.run.state, "succeeded", "{:?}", detail.run);
+        let (dispatcher_after, _) = world.cpu_seconds(4);
+        let last = detail
+            .jobs
+            .iter()
+            .filter_map(|j| j.finished_ms)
+            .max()
+            .unwrap();
+        let rate = jobs as f64 / ((last - published) as f64 / 1000.0);
+        let cpu_ms = (dispatcher_after - dispatcher_before) * 1000.0 / jobs as f64;
+        // Latency: one-unit runs at 50/s, publish to grant.
+        let interval = Duration::from_millis(20);
+        let mut sent = Vec::new();
+        let mut next = Instant::now();
+        for i in 0..size.latency_events {
+            while Instant::now() < next {
+                std::thread::yield_now();
+            }
+            next += interval;
+            let at = now_ms();
+            sent.push((world.submit(vec![format!("dev/l{i:05}")], vec![]), at));
+        }
+        let mut latencies: Vec<f64> = sent
+            .iter()
+            .map(|(run, at)| {
+                let detail = world.wait_final(*run, Duration::from_secs(120));
+                (detail.jobs[0].started_ms.unwrap() - at) as f64
+            })
+            .collect();
+        latencies.sort_by(f64::total_cmp);
+        let (p50, p99, max) = (
+            percentile(&latencies, 0.50),
+            percentile(&latencies, 0.99),
+            *latencies.last().unwrap(),
+        );
+        println!(
+            "{name:>10} {jobs:>8} {rate:>10.0} {cpu_ms:>18.2} {p50:>10.0}ms {p99:>10.0}ms {max:>10.0}ms"
+        );
+        engines.push(json!({
+            "store": name, "jobs": jobs, "jobs_per_sec": rate, "dispatcher_cpu_ms_per_job": cpu_ms,
+            "start_p50_ms": p50, "start_p99_ms": p99, "start_max_ms": max,
+        }));
+        drop(world);
+    }
+
+    println!("\n== Failover: two dispatchers on PostgreSQL, the leader killed ==");
+    println!(
+        "{:>10} {:>8} {:>14} {:>14} {:>14}",
+        "lease", "rounds", "min", "median", "max"
+    );
+    let rounds = size.failover_rounds;
+    let mut failovers = Vec::new();
+    for &lease in &size.failover_leases {
+        let mut world = NoopWorld::start_on(
+            Engine::Postgres,
+            2,
+            &format!("leader_lease_seconds = {lease}\n"),
+        );
+        let mut leader: Option<harness::process::Service> = None;
+        let mut took = Vec::new();
+        for round in 0..rounds {
+            let standby = world
+                .deployment
+                .start_another_dispatcher(&format!("standby-{lease}-{round}"));
+            harness::poll_until(Duration::from_secs(60), "a standby", || {
+                standby.log_text().contains("Standing by").then_some(())
+            });
+            // The leader: the deployment's first dispatcher, then each round's new one.
+            let killed = now_ms();
+            match leader.take() {
+                None => world.deployment.kill_dispatcher(),
+                Some(mut old) => old.kill(),
+            }
+            let run = world.submit(vec![format!("dev/f{lease}-{round}")], vec![]);
+            let detail = world.wait_final(run, Duration::from_secs(120));
+            let granted = detail.jobs[0].started_ms.unwrap();
+            took.push((granted - killed) as f64);
+            leader = Some(standby);
+        }
+        took.sort_by(f64::total_cmp);
+        let (min, median, max) = (took[0], percentile(&took, 0.5), took[took.len() - 1]);
+        println!(
+            "{:>9}s {rounds:>8} {:>12.0}ms {:>12.0}ms {:>12.0}ms",
+            lease, min, median, max
+        );
+        failovers.push(json!({
+            "lease_seconds": lease, "rounds": rounds,
+            "min_ms": min, "median_ms": median, "max_ms": max,
+        }));
+        drop(leader);
+        drop(world);
+    }
+    println!(
+        "failover: from kill -9 of the leader to the first job granted by the new one (a run submitted right after the kill); bound: the lease plus a quarter of it (the standbys' poll) plus restoring"
+    );
+    json!({ "engines": engines, "failover": failovers })
 }
