@@ -474,20 +474,19 @@ fn throughput(size: &Size) -> Value {
     json!({ "floor_msgs_per_sec": floor_rate, "bound_jobs_per_sec": bound, "cores": cores, "runs": rows })
 }
 
-/// Event-to-job-start latency with 4 workers: one-unit runs published at a steady rate, each
-/// timed from the publish to the dispatcher granting a worker the job.
-fn latency(size: &Size) -> Value {
-    println!("\n== Event-to-job-start latency, 4 workers ==");
-    let world = NoopWorld::start(4);
-    let floor = world.runtime.block_on(publish_roundtrip(&world.vhost, 200));
-    let interval = Duration::from_millis(20);
+/// How often the latency benchmarks publish a one-unit run.
+const LATENCY_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Publishes `count` one-unit runs, one every [`LATENCY_INTERVAL`]; each one's time from the
+/// publish to the dispatcher granting a worker its job, sorted.
+fn start_latencies(world: &NoopWorld, count: usize) -> Vec<u64> {
     let mut sent = Vec::new();
     let mut next = Instant::now();
-    for i in 0..size.latency_events {
+    for i in 0..count {
         while Instant::now() < next {
             std::thread::yield_now();
         }
-        next += interval;
+        next += LATENCY_INTERVAL;
         let at = now_ms();
         sent.push((world.submit(vec![format!("dev/l{i:05}")], vec![]), at));
     }
@@ -499,6 +498,17 @@ fn latency(size: &Size) -> Value {
         })
         .collect();
     latencies.sort_unstable();
+    latencies
+}
+
+/// Event-to-job-start latency with 4 workers: one-unit runs published at a steady rate, each
+/// timed from the publish to the dispatcher granting a worker the job.
+fn latency(size: &Size) -> Value {
+    println!("\n== Event-to-job-start latency, 4 workers ==");
+    let world = NoopWorld::start(4);
+    let floor = world.runtime.block_on(publish_roundtrip(&world.vhost, 200));
+    let interval = LATENCY_INTERVAL;
+    let latencies = start_latencies(&world, size.latency_events);
     let pick = |p: f64| {
         latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
     };
@@ -1165,25 +1175,10 @@ fn stores(size: &Size) -> Value {
         let rate = jobs as f64 / ((last - published) as f64 / 1000.0);
         let cpu_ms = (dispatcher_after - dispatcher_before) * 1000.0 / jobs as f64;
         // Latency: one-unit runs at 50/s, publish to grant.
-        let interval = Duration::from_millis(20);
-        let mut sent = Vec::new();
-        let mut next = Instant::now();
-        for i in 0..size.latency_events {
-            while Instant::now() < next {
-                std::thread::yield_now();
-            }
-            next += interval;
-            let at = now_ms();
-            sent.push((world.submit(vec![format!("dev/l{i:05}")], vec![]), at));
-        }
-        let mut latencies: Vec<f64> = sent
-            .iter()
-            .map(|(run, at)| {
-                let detail = world.wait_final(*run, Duration::from_secs(120));
-                (detail.jobs[0].started_ms.unwrap() - at) as f64
-            })
+        let latencies: Vec<f64> = start_latencies(&world, size.latency_events)
+            .into_iter()
+            .map(|ms| ms as f64)
             .collect();
-        latencies.sort_by(f64::total_cmp);
         let (p50, p99, max) = (
             percentile(&latencies, 0.50),
             percentile(&latencies, 0.99),
