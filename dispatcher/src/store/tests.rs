@@ -63,6 +63,7 @@ on_both_engines!(
     a_runs_phase_is_read_without_its_jobs_and_an_unknown_run_has_none,
     a_final_drift_check_is_kept_as_its_units_finding_in_the_same_transaction,
     read_only_connections_read_and_cannot_write,
+    the_web_pages_queries_filter_runs_and_find_a_jobs_run_and_worker,
 );
 
 fn commit(store: &mut Store, scheduler: &Scheduler, effects: &Effects, now: u64) {
@@ -658,4 +659,63 @@ fn a_copy_from_sqlite_to_postgres_and_back_keeps_every_run_job_and_message() {
     same(&source, &back.open());
     let err = source.copy_into(&target, |_, _| {}).unwrap_err();
     assert!(matches!(err, StoreError::NotEmpty { runs: 2 }), "{err:?}");
+}
+
+fn the_web_pages_queries_filter_runs_and_find_a_jobs_run_and_worker(engine: &Engine) {
+    let mut store = engine.open();
+    let mut scheduler = Scheduler::new(settings());
+    let (push_run, plan) = event(push(), &[("app", Action::Apply)], &[]);
+    let effects = scheduler.accept(&push_run, &plan, 1_000);
+    commit(&mut store, &scheduler, &effects, 1_000);
+    let job = effects.publish[0].clone();
+    let (_, claimed) = scheduler.claim(job.job_id, 1, "w1", false, Some("amq.gen-w1"), 1_100);
+    commit(&mut store, &scheduler, &claimed, 1_100);
+    let (pr_run, plan) = event(pr(12), &[("db", Action::Plan)], &[]);
+    let effects = scheduler.accept(&pr_run, &plan, 2_000);
+    commit(&mut store, &scheduler, &effects, 2_000);
+
+    let ids = |filter: RunFilter| -> Vec<Uuid> {
+        store
+            .find_runs(&filter, 10)
+            .unwrap()
+            .iter()
+            .map(|run| run.run_id)
+            .collect()
+    };
+    assert_eq!(ids(RunFilter::default()), [pr_run.id, push_run.id]);
+    assert_eq!(
+        ids(RunFilter {
+            event: Some(EventKind::PullRequest),
+            ..RunFilter::default()
+        }),
+        [pr_run.id]
+    );
+    assert_eq!(
+        ids(RunFilter {
+            pull_request: Some(12),
+            state: Some("running".into()),
+            repository: Some("infra".into()),
+            ..RunFilter::default()
+        }),
+        [pr_run.id]
+    );
+    assert!(
+        ids(RunFilter {
+            repository: Some("elsewhere".into()),
+            ..RunFilter::default()
+        })
+        .is_empty()
+    );
+    assert_eq!(store.repositories().unwrap(), ["infra"]);
+    assert_eq!(store.run_of_job(job.job_id).unwrap(), Some(push_run.id));
+    assert_eq!(store.run_of_job(Uuid::new_v4()).unwrap(), None);
+    assert_eq!(
+        store.job_worker(job.job_id).unwrap(),
+        Some(JobWorker {
+            run_id: push_run.id,
+            attempt: 1,
+            worker: Some("w1".into()),
+        })
+    );
+    assert_eq!(store.job_worker(Uuid::new_v4()).unwrap(), None);
 }
