@@ -147,19 +147,29 @@ async fn renew(
     lost: watch::Sender<Option<String>>,
 ) {
     let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
-    let mut store: Option<Store> = None;
+    // The connection lives in a blocking thread's hands while a renewal runs; a renewal that
+    // does not answer within a third of the lease (a hung server, a partition that sends no
+    // reset) is abandoned with its connection, so the lease's end is noticed on time.
+    let store: std::sync::Arc<std::sync::Mutex<Option<Store>>> = Default::default();
     let mut renewed = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(lease / 3).await;
-        let attempt = off_runtime(|| -> Result<bool, StoreError> {
-            let connected = match store.take() {
+        let (held, location, holder) = (store.clone(), location.clone(), holder.clone());
+        let renewal = tokio::task::spawn_blocking(move || -> Result<bool, StoreError> {
+            let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
+            let connected = match held.take() {
                 Some(store) => store,
                 None => Store::connect(&location)?,
             };
             let still = connected.renew_lead(&holder, term, lease_ms)?;
-            store = Some(connected);
+            *held = Some(connected);
             Ok(still)
         });
+        let attempt = match tokio::time::timeout(lease / 3, renewal).await {
+            Ok(Ok(attempt)) => attempt.map_err(|err| err.to_string()),
+            Ok(Err(panicked)) => Err(panicked.to_string()),
+            Err(_) => Err(format!("no answer within {:?}", lease / 3)),
+        };
         match attempt {
             Ok(true) => renewed = tokio::time::Instant::now(),
             Ok(false) => {
@@ -169,7 +179,6 @@ async fn renew(
                 return;
             }
             Err(err) => {
-                store = None;
                 if renewed.elapsed() >= lease {
                     let _ = lost.send(Some(format!(
                         "the lease of term {term} ran out before it could be renewed ({err})"
@@ -183,6 +192,25 @@ async fn renew(
 }
 
 impl Leadership {
+    /// Exits the process as soon as the lead is lost, from a task of its own: the dispatcher's
+    /// loop may be blocked in a statement that never returns (the database hung), and a
+    /// deposed leader must not hold its deliveries until then. Exit code 3.
+    pub fn exit_when_lost(&self) {
+        let mut lost = self.lost.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(reason) = lost.borrow_and_update().clone() {
+                    tracing::error!(%reason, "This dispatcher steps down (its supervisor starts it again as a standby).");
+                    eprintln!("error: {reason}: this dispatcher steps down");
+                    std::process::exit(3);
+                }
+                if lost.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
     /// Resolves when the lead is lost, with why.
     pub async fn lost(&mut self) -> String {
         loop {

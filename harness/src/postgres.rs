@@ -106,6 +106,23 @@ impl PrivatePostgres {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// Freezes (`STOP`) or thaws (`CONT`) every process of the server: connections stay open
+    /// and nothing answers, as in a partition that sends no reset.
+    pub fn signal_all(&self, signal: &str) {
+        let pid_file = self.dir.join("data/postmaster.pid");
+        let text = std::fs::read_to_string(&pid_file).unwrap_or_default();
+        let Some(postmaster) = text.lines().next().map(str::trim).filter(|p| !p.is_empty()) else {
+            return;
+        };
+        // Children first, so that none is started by a postmaster that is still running.
+        let _ = Command::new("pkill")
+            .args([&format!("-{signal}"), "-P", postmaster])
+            .status();
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), postmaster])
+            .status();
+    }
+
     /// Stops the server (fast: connections are closed) and starts it again.
     pub fn restart(&self) {
         self.pg_ctl("stop");
@@ -115,6 +132,8 @@ impl PrivatePostgres {
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
+        // A frozen server would not stop.
+        self.signal_all("CONT");
         let _ = as_postgres(
             "pg_ctl",
             &["-D", &self.data(), "-m", "immediate", "-w", "stop"],

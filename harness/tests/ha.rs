@@ -2,8 +2,8 @@
 //! the other stands by (its `/readyz` and metrics say so); the leader is `kill -9`ed, or
 //! stopped past its lease and resumed, in the middle of a three-layer run. The standby takes
 //! over, the run completes with every unit applied once, in order, never overlapping, and a
-//! resumed leader steps down instead of writing. A PostgreSQL server restarted mid-run is
-//! waited out. And `pipelines store migrate` moves a SQLite run database into PostgreSQL.
+//! resumed leader steps down instead of writing; one whose database stops answering steps
+//! down within its lease. A PostgreSQL server restarted mid-run is waited out. And `pipelines store migrate` moves a SQLite run database into PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: fail loudly.
 
 use std::process::Command;
@@ -323,4 +323,37 @@ fn a_postgres_restart_mid_run_is_waited_out_and_the_run_completes() {
     assert!(log.contains("is unavailable"), "{log}");
     assert_eq!(log.matches(LEADING).count(), 1, "{log}");
     assert!(!log.contains("steps down"), "{log}");
+}
+
+#[test]
+fn a_leader_whose_database_stops_answering_steps_down_within_its_lease() {
+    let server = PrivatePostgres::start();
+    let sandbox = Sandbox::on_postgres_server(&server.url());
+    let vhost = harness::rabbit::vhost();
+    let config = sandbox.write_config(
+        &vhost.url,
+        &[("dev", "dev/**")],
+        &format!("leader_lease_seconds = {LEADER_LEASE_SECONDS}\n"),
+    );
+    let mut deployment = Deployment::start(sandbox.path(), &config, &[("dev", 1)]);
+    poll_until(DEADLINE, "the dispatcher to lead", || {
+        deployment.dispatcher_log().contains(LEADING).then_some(())
+    });
+    // Every statement now waits for ever, on connections that stay open: without its own
+    // deadline the renewal would too, and the leader would never learn that its lease ran out.
+    server.signal_all("STOP");
+    let frozen_at = Instant::now();
+    let mut leader = deployment.take_dispatcher();
+    let status = leader.wait_exit(DEADLINE);
+    let took = frozen_at.elapsed();
+    server.signal_all("CONT");
+    eprintln!(
+        "the leader stepped down {took:?} after its database froze (lease {LEADER_LEASE_SECONDS} s)"
+    );
+    assert_eq!(status.code(), Some(3), "{}", leader.log_text());
+    let log = leader.log_text();
+    assert!(
+        log.contains("ran out before it could be renewed") && log.contains("steps down"),
+        "{log}"
+    );
 }

@@ -46,7 +46,10 @@ pub(crate) async fn dispatch(args: DispatchArgs) -> anyhow::Result<Outcome> {
         let lease = std::time::Duration::from_secs(config.dispatcher.leader_lease_seconds);
         let holder = leadership::holder_name();
         match leadership::lead(&location, &holder, lease, &ops, shutdown.wait()).await? {
-            Some(lead) => leadership = Some(lead),
+            Some(lead) => {
+                lead.exit_when_lost();
+                leadership = Some(lead);
+            }
             None => return Ok(Outcome::Success),
         }
     }
