@@ -139,15 +139,20 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
-/// The password in the file `key` names, without its trailing newline; empty is an error.
-fn read_password_file(key: &str, path: &Path) -> Result<String, ConfigError> {
+/// The password in the file at `path`, without its trailing newline; empty is an error.
+pub fn read_password(path: &Path) -> Result<String, String> {
     let password = std::fs::read_to_string(path)
-        .map_err(|err| invalid(key, format!("cannot read {}: {err}", path.display())))?;
+        .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
     let password = password.trim_end_matches(['\n', '\r']);
     if password.is_empty() {
-        return Err(invalid(key, format!("{} is empty", path.display())));
+        return Err(format!("{} is empty", path.display()));
     }
     Ok(password.to_owned())
+}
+
+/// [`read_password`] for the config key `key`.
+fn read_password_file(key: &str, path: &Path) -> Result<String, ConfigError> {
+    read_password(path).map_err(|message| invalid(key, message))
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {

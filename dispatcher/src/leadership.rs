@@ -211,18 +211,6 @@ impl Leadership {
         });
     }
 
-    /// Resolves when the lead is lost, with why.
-    pub async fn lost(&mut self) -> String {
-        loop {
-            if let Some(reason) = self.lost.borrow_and_update().clone() {
-                return reason;
-            }
-            if self.lost.changed().await.is_err() {
-                return format!("the renewal of term {} stopped", self.term);
-            }
-        }
-    }
-
     /// Gives the lead up (a clean shutdown), so that a standby takes over at once rather than
     /// when the lease runs out.
     pub async fn resign(self) {

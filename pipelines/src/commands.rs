@@ -381,15 +381,7 @@ pub(crate) fn store_migrate(
 ) -> anyhow::Result<Outcome> {
     let password = password_file
         .map(|path| {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read --password-file {}", path.display()))?;
-            let password = text.trim_end_matches(['\n', '\r']).to_owned();
-            anyhow::ensure!(
-                !password.is_empty(),
-                "--password-file {} is empty",
-                path.display()
-            );
-            Ok(password)
+            config::read_password(path).map_err(|reason| anyhow!("--password-file: {reason}"))
         })
         .transpose()?;
     let location = |flag: &str, url: &str| -> anyhow::Result<StoreLocation> {

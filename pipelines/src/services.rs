@@ -120,18 +120,8 @@ pub(crate) async fn dispatch(args: DispatchArgs) -> anyhow::Result<Outcome> {
             }
         },
     );
-    match &mut leadership {
-        None => running.await?,
-        Some(lead) => {
-            tokio::select! {
-                ran = running => ran?,
-                reason = lead.lost() => {
-                    ops.metrics.set(leadership::LEADER_METRIC, &[], 0.0);
-                    bail!("{reason}: this dispatcher steps down (its supervisor starts it again as a standby)");
-                }
-            }
-        }
-    }
+    // Losing the lead exits the process from its own task (`exit_when_lost`).
+    running.await?;
     if let Some(lead) = leadership {
         lead.resign().await;
     }

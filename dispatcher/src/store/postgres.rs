@@ -111,10 +111,10 @@ impl PgConnection {
         params: &[Value],
     ) -> Result<u64, StoreError> {
         let statement = self.statement(operation, sql)?;
-        let params: Vec<Param<'_>> = params.iter().map(Param).collect();
-        let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-        block_on(self.client.execute(&statement, &params))
-            .map_err(|err| self.failed(operation, &err))
+        bound(params, |params| {
+            block_on(self.client.execute(&statement, params))
+        })
+        .map_err(|err| self.failed(operation, &err))
     }
 
     pub(crate) fn query(
@@ -124,10 +124,10 @@ impl PgConnection {
         params: &[Value],
     ) -> Result<Vec<Row>, StoreError> {
         let statement = self.statement(operation, sql)?;
-        let params: Vec<Param<'_>> = params.iter().map(Param).collect();
-        let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-        let rows = block_on(self.client.query(&statement, &params))
-            .map_err(|err| self.failed(operation, &err))?;
+        let rows = bound(params, |params| {
+            block_on(self.client.query(&statement, params))
+        })
+        .map_err(|err| self.failed(operation, &err))?;
         rows.iter()
             .map(|row| read_row(row).map_err(|err| self.failed(operation, &err)))
             .collect()
@@ -167,6 +167,13 @@ fn read_row(row: &tokio_postgres::Row) -> Result<Row, tokio_postgres::Error> {
         values.push(value);
     }
     Ok(Row(values))
+}
+
+/// Calls `call` with `params` as tokio-postgres takes them.
+fn bound<T>(params: &[Value], call: impl FnOnce(&[&(dyn ToSql + Sync)]) -> T) -> T {
+    let params: Vec<Param<'_>> = params.iter().map(Param).collect();
+    let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+    call(&params)
 }
 
 /// A [`Value`] bound to whatever type PostgreSQL inferred for its placeholder.

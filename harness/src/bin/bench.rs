@@ -365,6 +365,22 @@ impl NoopWorld {
         store.run_detail(&run.to_string(), now_ms()).unwrap()
     }
 
+    /// Submits one run of `units` (no dependencies) and waits for it to succeed: seconds from
+    /// the publish to the last job's end.
+    fn run_noop_jobs(&self, units: Vec<String>) -> f64 {
+        let published = now_ms();
+        let run = self.submit(units, vec![]);
+        let detail = self.wait_final(run, Duration::from_secs(600));
+        assert_eq!(detail.run.state, "succeeded", "{:?}", detail.run);
+        let last = detail
+            .jobs
+            .iter()
+            .filter_map(|j| j.finished_ms)
+            .max()
+            .unwrap();
+        (last - published) as f64 / 1000.0
+    }
+
     fn dispatcher_rss(&self) -> (u64, u64) {
         rss(self.deployment.dispatcher_pid())
     }
@@ -438,19 +454,9 @@ fn throughput(size: &Size) -> Value {
         let units: Vec<String> = (0..jobs).map(|i| format!("dev/u{i:05}")).collect();
         let (dispatcher_before, executors_before) = world.cpu_seconds(workers);
         let broker_before = broker_cpu_seconds();
-        let published = now_ms();
-        let run = world.submit(units, vec![]);
-        let detail = world.wait_final(run, Duration::from_secs(600));
-        assert_eq!(detail.run.state, "succeeded", "{:?}", detail.run);
+        let seconds = world.run_noop_jobs(units);
         let (dispatcher_after, executors_after) = world.cpu_seconds(workers);
         let broker_cpu = broker_cpu_seconds() - broker_before;
-        let last = detail
-            .jobs
-            .iter()
-            .filter_map(|j| j.finished_ms)
-            .max()
-            .unwrap();
-        let seconds = (last - published) as f64 / 1000.0;
         let rate = jobs as f64 / seconds;
         let dispatcher_cpu = dispatcher_after - dispatcher_before;
         let executors_cpu = executors_after - executors_before;
@@ -1161,18 +1167,9 @@ fn stores(size: &Size) -> Value {
         let world = NoopWorld::start_on(engine, 4, "");
         let units: Vec<String> = (0..jobs).map(|i| format!("dev/u{i:05}")).collect();
         let (dispatcher_before, _) = world.cpu_seconds(4);
-        let published = now_ms();
-        let run = world.submit(units, vec![]);
-        let detail = world.wait_final(run, Duration::from_secs(600));
-        assert_eq!(detail.run.state, "succeeded", "{:?}", detail.run);
+        let seconds = world.run_noop_jobs(units);
         let (dispatcher_after, _) = world.cpu_seconds(4);
-        let last = detail
-            .jobs
-            .iter()
-            .filter_map(|j| j.finished_ms)
-            .max()
-            .unwrap();
-        let rate = jobs as f64 / ((last - published) as f64 / 1000.0);
+        let rate = jobs as f64 / seconds;
         let cpu_ms = (dispatcher_after - dispatcher_before) * 1000.0 / jobs as f64;
         // Latency: one-unit runs at 50/s, publish to grant.
         let latencies: Vec<f64> = start_latencies(&world, size.latency_events)
