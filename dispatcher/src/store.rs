@@ -646,11 +646,6 @@ impl Store {
     /// once; PostgreSQL's DDL is transactional, so a step that fails leaves the previous
     /// version whole.
     fn migrate_postgres(&self, location: &StoreLocation) -> Result<(), StoreError> {
-        // Up to date: no lock taken, so the reporter's and the renewer's connections do not
-        // queue behind each other (as for SQLite).
-        if self.postgres_version()? == SCHEMA_VERSION {
-            return Ok(());
-        }
         self.db.transaction(true, |db| {
             db.execute(
                 "lock the schema",
