@@ -23,7 +23,9 @@ use uuid::Uuid;
 use crate::topology::{
     self, DEAD_LETTER_EXCHANGE, ExchangeKind, Resolved, STATUS_EXCHANGE, Topology,
 };
-use crate::{BrokerError, BrokerTimeouts, Delivery, Headers, Outgoing, Route, Settle, redact_url};
+use crate::{
+    BrokerError, BrokerTimeouts, Delivery, Headers, Outgoing, Route, Settle, redact_url, start_all,
+};
 
 /// Marks our envelope; consumers do not depend on it, operators reading a queue do.
 const CONTENT_TYPE: &str = "application/vnd.pipelines.v1";
@@ -45,6 +47,10 @@ struct Inner {
     user: Option<String>,
     publish_connection: Connection,
     publish_channel: Channel,
+    /// On the publishing connection, without publisher confirms: for requests that their
+    /// sender repeats when nothing comes back, and the answers to them
+    /// ([`AmqpBroker::send_unconfirmed`]).
+    request_channel: Channel,
     consume_connection: Connection,
     confirm_timeout: std::time::Duration,
 }
@@ -130,9 +136,13 @@ impl AmqpBroker {
                 .confirm_select(ConfirmSelectOptions::default())
                 .await
                 .map_err(protocol("confirm.select"))?;
-            Ok::<_, BrokerError>(publish_channel)
+            let request_channel = publish_connection
+                .create_channel()
+                .await
+                .map_err(protocol("channel.open"))?;
+            Ok::<_, BrokerError>((publish_channel, request_channel))
         };
-        let publish_channel = tokio::time::timeout(timeouts.connect, setup)
+        let (publish_channel, request_channel) = tokio::time::timeout(timeouts.connect, setup)
             .await
             .map_err(|_| BrokerError::Timeout {
                 operation: "channel.open",
@@ -145,6 +155,7 @@ impl AmqpBroker {
                 user: url_user(url),
                 publish_connection,
                 publish_channel,
+                request_channel,
                 consume_connection,
                 confirm_timeout: timeouts.confirm,
             }),
@@ -243,20 +254,25 @@ impl AmqpBroker {
         &self,
         messages: &[(Route<'_>, Outgoing<'_>)],
     ) -> Result<(), BrokerError> {
-        let mut pending = Vec::with_capacity(messages.len());
-        for (route, message) in messages {
-            let target = topology::resolve(*route);
-            let confirm = self.send(&target, *message).await?;
-            pending.push((target.exchange, target.routing_key, confirm));
-        }
+        let (targets, sent) = self.send_all(&self.inner.publish_channel, messages).await;
         let mut first_error = None;
+        let mut pending = Vec::with_capacity(messages.len());
+        for (target, sent) in targets.iter().zip(sent) {
+            match sent {
+                Ok(confirm) => pending.push((target, confirm)),
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
         let deadline = tokio::time::Instant::now() + self.inner.confirm_timeout;
-        for (exchange, routing_key, confirm) in pending {
+        for (target, confirm) in pending {
             let confirmed = match tokio::time::timeout_at(deadline, confirm).await {
                 Ok(confirmed) => confirmed.map_err(protocol("publisher confirm")),
                 Err(_) => Err(self.confirm_timed_out()),
             };
-            let result = confirmed.and_then(|c| check_confirmation(c, exchange, &routing_key));
+            let result =
+                confirmed.and_then(|c| check_confirmation(c, target.exchange, &target.routing_key));
             if let Err(err) = result {
                 first_error.get_or_insert(err);
             }
@@ -264,12 +280,49 @@ impl AmqpBroker {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// Sends transient messages without publisher confirms: requests that their sender repeats
+    /// when nothing comes back (claims, heartbeats) and the answers to them. A message the
+    /// broker drops (a full queue, a reply queue that is gone) is never known to be lost, which
+    /// is what repeating on silence is for; what this saves is a confirm frame each way and the
+    /// wait for it. Fails only when the channel or connection does.
+    pub(crate) async fn send_unconfirmed(
+        &self,
+        messages: &[(Route<'_>, Outgoing<'_>)],
+    ) -> Result<(), BrokerError> {
+        let (_, sent) = self.send_all(&self.inner.request_channel, messages).await;
+        sent.into_iter().find_map(Result::err).map_or(Ok(()), Err)
+    }
+
+    /// Sends every message on `channel`, all started before any is awaited; where each went,
+    /// and what each send gave.
+    async fn send_all(
+        &self,
+        channel: &Channel,
+        messages: &[(Route<'_>, Outgoing<'_>)],
+    ) -> (
+        Vec<Resolved>,
+        Vec<Result<lapin::PublisherConfirm, BrokerError>>,
+    ) {
+        let targets: Vec<Resolved> = messages
+            .iter()
+            .map(|(route, _)| topology::resolve(*route))
+            .collect();
+        let sends = targets
+            .iter()
+            .zip(messages)
+            .map(|(target, (_, message))| self.send(channel, target, *message));
+        let sent = start_all(sends).await;
+        (targets, sent)
+    }
+
     async fn publish_raw(
         &self,
         target: &Resolved,
         message: Outgoing<'_>,
     ) -> Result<(), BrokerError> {
-        let confirm = self.send(target, message).await?;
+        let confirm = self
+            .send(&self.inner.publish_channel, target, message)
+            .await?;
         let confirmation = tokio::time::timeout(self.inner.confirm_timeout, confirm)
             .await
             .map_err(|_| self.confirm_timed_out())?
@@ -284,9 +337,11 @@ impl AmqpBroker {
         }
     }
 
-    /// Sends one message; the returned future resolves with the broker's confirm.
+    /// Sends one message on `channel` once its frames are written; the returned future
+    /// resolves with the broker's confirm (at once on a channel without confirms).
     async fn send(
         &self,
+        channel: &Channel,
         target: &Resolved,
         message: Outgoing<'_>,
     ) -> Result<lapin::PublisherConfirm, BrokerError> {
@@ -305,8 +360,7 @@ impl AmqpBroker {
             mandatory: target.mandatory,
             ..BasicPublishOptions::default()
         };
-        self.inner
-            .publish_channel
+        channel
             .basic_publish(
                 target.exchange.into(),
                 target.routing_key.as_str().into(),
@@ -323,26 +377,37 @@ impl AmqpBroker {
         queue: &str,
         prefetch: u16,
     ) -> Result<AmqpConsumer, BrokerError> {
+        self.consume_with(queue, Some(prefetch)).await
+    }
+
+    /// `prefetch: None` consumes without acks: the broker forgets each message as it sends it.
+    async fn consume_with(
+        &self,
+        queue: &str,
+        prefetch: Option<u16>,
+    ) -> Result<AmqpConsumer, BrokerError> {
         let channel = self.consume_channel().await?;
-        // Per-consumer prefetch: global QoS is an error on quorum queues.
-        channel
-            .basic_qos(prefetch.max(1), BasicQosOptions { global: false })
-            .await
-            .map_err(protocol("basic.qos"))?;
+        if let Some(prefetch) = prefetch {
+            // Per-consumer prefetch: global QoS is an error on quorum queues.
+            channel
+                .basic_qos(prefetch.max(1), BasicQosOptions { global: false })
+                .await
+                .map_err(protocol("basic.qos"))?;
+        }
         let tag = format!("{}-{}", self.inner.name, Uuid::new_v4());
+        let options = BasicConsumeOptions {
+            no_ack: prefetch.is_none(),
+            ..BasicConsumeOptions::default()
+        };
         let consumer = channel
-            .basic_consume(
-                queue.into(),
-                tag.into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
+            .basic_consume(queue.into(), tag.into(), options, FieldTable::default())
             .await
             .map_err(protocol("basic.consume"))?;
         Ok(AmqpConsumer {
             broker: self.clone(),
             queue: queue.to_owned(),
             serial: next_consumer_serial(),
+            auto_ack: prefetch.is_none(),
             _channel: channel,
             consumer,
         })
@@ -382,7 +447,11 @@ impl AmqpBroker {
     pub(crate) async fn reply_queue(&self) -> Result<AmqpConsumer, BrokerError> {
         let (channel, name) = self.private_queue().await?;
         drop(channel);
-        self.consume(&name, 100).await
+        // Without acks: the queue is exclusive, so whatever it holds dies with this connection
+        // anyway, and every answer on it is to a request that is repeated on silence (a stop
+        // order comes with a job that the dispatcher also ends by its lease). An ack per answer
+        // would buy nothing and cost a frame each way.
+        self.consume_with(&name, None).await
     }
 
     /// Declares a server-named queue that disappears with the consuming connection.
@@ -576,6 +645,8 @@ pub struct AmqpConsumer {
     queue: String,
     /// Tells this consumer's deliveries from every other's, for acks with `multiple`.
     serial: u64,
+    /// Consumed without acks: its deliveries are settled already.
+    auto_ack: bool,
     // Dropping the channel would cancel the consumer: keep it for the consumer's lifetime.
     _channel: Channel,
     consumer: lapin::Consumer,
@@ -616,13 +687,17 @@ impl AmqpConsumer {
                 .reply_to()
                 .as_ref()
                 .map(|queue| queue.as_str().to_owned()),
-            settle: Settle::Amqp(AmqpSettle {
-                broker: self.broker.clone(),
-                queue: self.queue.clone(),
-                consumer: self.serial,
-                tag: delivery.delivery_tag,
-                acker: delivery.acker,
-            }),
+            settle: if self.auto_ack {
+                Settle::Auto
+            } else {
+                Settle::Amqp(AmqpSettle {
+                    broker: self.broker.clone(),
+                    queue: self.queue.clone(),
+                    consumer: self.serial,
+                    tag: delivery.delivery_tag,
+                    acker: delivery.acker,
+                })
+            },
             body: delivery.data,
         }))
     }

@@ -15,6 +15,9 @@ mod memory;
 pub mod topology;
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 
 use uuid::Uuid;
 
@@ -271,6 +274,28 @@ impl Broker {
         }
     }
 
+    /// Sends transient requests that their sender repeats when nothing comes back (a claim, a
+    /// heartbeat) and answers to such requests (a claim's answer, a stop order to a worker's
+    /// reply queue), without publisher confirms: nothing is awaited but the writing. A message
+    /// the broker drops (its queue full or gone) is lost without a word, which the repeat
+    /// covers. Fails only when the connection does.
+    pub async fn send_unconfirmed(
+        &self,
+        messages: &[(Route<'_>, Outgoing<'_>)],
+    ) -> Result<(), BrokerError> {
+        match self {
+            Broker::Amqp(broker) => broker.send_unconfirmed(messages).await,
+            Broker::Memory(broker) => {
+                for (route, message) in messages {
+                    if let Err(err) = broker.publish(*route, *message) {
+                        tracing::debug!(error = %err, "An unconfirmed message was dropped.");
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Publishes one persistent message and waits for the broker to confirm it.
     pub async fn publish(
         &self,
@@ -309,7 +334,10 @@ impl Broker {
     }
 
     /// A private queue for answers to this process's requests: server-named, it lives as long
-    /// as the returned consumer. Put [`Consumer::queue`] in [`Outgoing::reply_to`].
+    /// as the returned consumer. Put [`Consumer::queue`] in [`Outgoing::reply_to`]. RabbitMQ
+    /// sends its deliveries without acks (settling one does nothing there), since an answer
+    /// that is lost is asked for again; settle them anyway, as the in-memory broker counts
+    /// them against the consumer's prefetch.
     pub async fn reply_queue(&self) -> Result<Consumer, BrokerError> {
         match self {
             Broker::Amqp(broker) => Ok(Consumer::Amqp(broker.reply_queue().await?)),
@@ -371,6 +399,7 @@ pub async fn ack_all(deliveries: Vec<Delivery>) -> Result<(), BrokerError> {
     let mut last: Vec<amqp::AmqpSettle> = Vec::new();
     for delivery in deliveries {
         match delivery.settle {
+            Settle::Auto => {}
             Settle::Memory(settle) => settle.ack()?,
             Settle::Amqp(settle) => {
                 match last
@@ -384,10 +413,43 @@ pub async fn ack_all(deliveries: Vec<Delivery>) -> Result<(), BrokerError> {
             }
         }
     }
-    for settle in last {
-        settle.ack_through().await?;
+    start_all(last.into_iter().map(amqp::AmqpSettle::ack_through))
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// A future of [`start_all`], and its output once it came on the first poll.
+type Started<F> = (Pin<Box<F>>, Option<<F as Future>::Output>);
+
+/// Starts every future (one poll each, in order), then awaits each in order. lapin's
+/// `basic_publish` queues a message's frames on its first poll and then waits for the
+/// connection's I/O thread to write them: awaited one after another, N messages cost N
+/// wake-ups of that thread and of ours; started together, the I/O thread writes them all in
+/// one pass, and the awaits that follow mostly find them written. The first polls run in
+/// order, so the messages keep their order on the channel.
+pub(crate) async fn start_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut started: Vec<Started<F>> = futures
+        .into_iter()
+        .map(|future| (Box::pin(future), None))
+        .collect();
+    std::future::poll_fn(|cx| {
+        for (future, output) in &mut started {
+            if let Poll::Ready(value) = future.as_mut().poll(cx) {
+                *output = Some(value);
+            }
+        }
+        Poll::Ready(())
+    })
+    .await;
+    let mut outputs = Vec::with_capacity(started.len());
+    for (future, output) in started {
+        outputs.push(match output {
+            Some(value) => value,
+            None => future.await,
+        });
     }
-    Ok(())
+    outputs
 }
 
 /// One received message. Settle it exactly once with [`ack`](Delivery::ack),
@@ -414,6 +476,9 @@ pub struct Delivery {
 pub(crate) enum Settle {
     Amqp(amqp::AmqpSettle),
     Memory(memory::MemorySettle),
+    /// From a consumer without acks ([`Broker::reply_queue`]): the broker forgot the message
+    /// when it sent it, so there is nothing to settle.
+    Auto,
 }
 
 impl Delivery {
@@ -429,6 +494,7 @@ impl Delivery {
         match self.settle {
             Settle::Amqp(settle) => settle.ack().await,
             Settle::Memory(settle) => settle.ack(),
+            Settle::Auto => Ok(()),
         }
     }
 
@@ -438,6 +504,8 @@ impl Delivery {
         match self.settle {
             Settle::Amqp(settle) => settle.requeue().await,
             Settle::Memory(settle) => settle.requeue(),
+            // Gone already: the sender asks again.
+            Settle::Auto => Ok(()),
         }
     }
 
@@ -454,6 +522,8 @@ impl Delivery {
                     .await
             }
             Settle::Memory(settle) => settle.dead_letter(headers),
+            // Nothing to move: the warning above is all that is left of it.
+            Settle::Auto => Ok(()),
         }
     }
 }

@@ -960,10 +960,15 @@ impl Store {
 
     /// The messages committed but not yet published, oldest first.
     pub fn outbox(&self, limit: usize) -> Result<Vec<OutboxMessage>, StoreError> {
+        // The limit is written into the statement, not bound: SQLite (the bundled 3.50) plans a bound
+        // LIMIT by its value and so prepares the statement again after every binding, which
+        // here was after every batch.
         let rows = self.db.query(
             "read outbox",
-            "SELECT id, kind, target, message_id, body, trace FROM outbox ORDER BY id LIMIT ?1",
-            values![limit as i64],
+            &format!(
+                "SELECT id, kind, target, message_id, body, trace FROM outbox ORDER BY id LIMIT {limit}"
+            ),
+            &[],
         )?;
         let mut messages = Vec::new();
         for row in rows {

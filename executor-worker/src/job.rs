@@ -469,12 +469,17 @@ async fn publish_with(
         reply_to,
         ..Outgoing::new(&body, &id, headers)
     };
-    broker.publish(route, message).await
+    match route {
+        // Asked again when unanswered: a publisher confirm would only add a frame and a wait.
+        Route::Claims => broker.send_unconfirmed(&[(route, message)]).await,
+        _ => broker.publish(route, message).await,
+    }
 }
 
 /// Claims and heartbeats are requests this worker repeats when nothing comes back (a claim
 /// after [`CLAIM_ANSWER_TIMEOUT`], a heartbeat at the next tick), so they take the transient
-/// claims queue. What happened to a job (its outcome, a release) must not be lost: durable.
+/// claims queue, without publisher confirms. What happened to a job (its outcome, a release)
+/// must not be lost: durable, and confirmed before the job's delivery is acked.
 fn route_of(kind: &JobEventKind) -> Route<'static> {
     match kind {
         JobEventKind::Started { .. } | JobEventKind::Heartbeat => Route::Claims,

@@ -456,6 +456,84 @@ async fn a_request_carries_its_reply_queue_and_the_answer_reaches_only_that_queu
         .unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_sent_unconfirmed_arrive_in_order_and_a_reply_queue_needs_no_acks() {
+    let vhost = rabbit::vhost();
+    let broker = connect(&vhost).await;
+    let mut replies = broker.reply_queue().await.unwrap();
+    let queue = replies.queue().to_owned();
+    let headers = Headers::new();
+    let ids: Vec<String> = (0..200).map(|i| format!("answer-{i}")).collect();
+    let answers: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let route = Route::Reply { queue: &queue };
+            (route, Outgoing::new(id.as_bytes(), id, &headers))
+        })
+        .collect();
+    broker.send_unconfirmed(&answers).await.unwrap();
+    let mut received = Vec::new();
+    let mut held = Vec::new();
+    for _ in &ids {
+        let delivery = next(&mut replies).await;
+        received.push(delivery.message_id.clone().unwrap_or_default());
+        // Not settled: the broker forgot each answer as it sent it.
+        held.push(delivery);
+    }
+    assert_eq!(received, ids, "answers out of order");
+    assert_eq!(
+        counts(&vhost, &queue),
+        (0, 0),
+        "a reply queue holds nothing unacked while its answers sit unsettled here"
+    );
+    // Settling them anyway is harmless: no unknown delivery tag closes the channel.
+    for delivery in held {
+        delivery.ack().await.unwrap();
+    }
+    broker
+        .send_unconfirmed(&answers[..1])
+        .await
+        .expect("the channel is still open");
+    assert_eq!(next(&mut replies).await.body, b"answer-0");
+    broker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_published_at_once_is_confirmed_whole_and_arrives_in_order() {
+    let vhost = rabbit::vhost();
+    let broker = connect(&vhost).await;
+    let headers = Headers::new();
+    let ids: Vec<String> = (0..1000).map(|i| format!("event-{i}")).collect();
+    let messages: Vec<_> = ids
+        .iter()
+        .map(|id| (Route::JobEvents, Outgoing::new(id.as_bytes(), id, &headers)))
+        .collect();
+    broker.publish_all(&messages).await.unwrap();
+    // Asked of the queue itself: `list_queues` shows a quorum queue's counts with a delay.
+    assert_eq!(
+        broker
+            .queue_depth(broker::topology::JOB_EVENTS_QUEUE)
+            .await
+            .unwrap(),
+        1000,
+        "confirmed means queued"
+    );
+    let mut events = broker
+        .consume(broker::topology::JOB_EVENTS_QUEUE, 1000)
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let mut deliveries = Vec::new();
+    for _ in &ids {
+        let delivery = next(&mut events).await;
+        received.push(delivery.message_id.clone().unwrap_or_default());
+        deliveries.push(delivery);
+    }
+    assert_eq!(received, ids, "messages out of order");
+    broker::ack_all(deliveries).await.unwrap();
+    broker.close().await;
+}
+
 /// A TCP proxy to RabbitMQ that can be frozen: it then keeps every connection open and
 /// forwards nothing, like a broker that accepted the connection and stopped answering.
 struct FreezingProxy {
@@ -608,6 +686,10 @@ async fn a_flood_of_claims_is_refused_once_the_claims_queue_is_full_and_nothing_
         matches!(refused, Err(BrokerError::NotConfirmed { .. })),
         "{refused:?}"
     );
+    // A worker's claims go unconfirmed: one the full queue drops is no error (the worker asks
+    // again when no answer comes), and it costs the connection nothing.
+    let dropped = [(Route::Claims, Outgoing::new(body, "dropped", &headers))];
+    broker.send_unconfirmed(&dropped).await.unwrap();
     assert_eq!(counts(&vhost, CLAIMS_QUEUE), (CLAIMS_MAX_LENGTH as u64, 0));
     // The first claim is still the first: the bound refuses new ones, it drops none.
     let mut claims = broker.consume(CLAIMS_QUEUE, 1).await.unwrap();

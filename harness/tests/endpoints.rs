@@ -45,6 +45,14 @@ fn metrics_count_the_runs_jobs_and_readiness_follows_the_broker() {
     }
 
     follow_to_end(&sandbox, &vhost, (&c0, &c1), "push", 0);
+    // The load gauges are brought up to date at most every quarter second, and once more
+    // after the last change: they settle at zero without another message.
+    poll_until(Duration::from_secs(10), "the load gauges at zero", || {
+        let metrics = http_get(&dispatcher, "/metrics").unwrap().1;
+        (metrics.contains("pipelines_jobs_in_flight{account=\"dev\"} 0\n")
+            && metrics.contains("pipelines_jobs_waiting 0\n"))
+        .then_some(())
+    });
     let metrics = http_get(&dispatcher, "/metrics").unwrap().1;
     assert!(
         metrics.contains("pipelines_jobs_finished_total{action=\"apply\",state=\"succeeded\"} 3\n"),
