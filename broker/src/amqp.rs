@@ -448,8 +448,7 @@ impl AmqpBroker {
         let (channel, name) = self.private_queue().await?;
         drop(channel);
         // Without acks: the queue is exclusive, so whatever it holds dies with this connection
-        // anyway, and every answer on it is to a request that is repeated on silence (a stop
-        // order comes with a job that the dispatcher also ends by its lease). An ack per answer
+        // whether acked or not, and a lost claim answer is asked for again. An ack per answer
         // would buy nothing and cost a frame each way.
         self.consume_with(&name, None).await
     }

@@ -122,7 +122,7 @@ pub struct Dispatcher {
     /// When finished runs older than `dispatcher.retention_days` are next pruned.
     next_prune_ms: Option<u64>,
     /// When the load gauges (jobs in flight, waiting, awaiting approval) were last brought up
-    /// to date, and whether a batch changed anything since ([`Dispatcher::refresh_load`]).
+    /// to date, and whether a batch ran since ([`Dispatcher::refresh_load`]).
     load_refreshed_ms: u64,
     load_stale: bool,
     /// Where the workers' streamed logs are kept; `None`: the logs queue is not consumed.
@@ -315,8 +315,8 @@ impl Dispatcher {
         }
     }
 
-    /// Brings the load gauges up to date when a batch changed something and the last update
-    /// is [`LOAD_REFRESH_EVERY_MS`] old: counting the waiting jobs walks every active job, which
+    /// Brings the load gauges up to date when a batch ran since the last update and that is
+    /// [`LOAD_REFRESH_EVERY_MS`] old: counting the waiting jobs walks every active job, which
     /// after every batch of a 5,000-job run was 3% of the dispatcher's time. The loop wakes up
     /// for a due refresh, so the gauges are never staler than that.
     fn refresh_load(&mut self, now: u64) {

@@ -960,9 +960,9 @@ impl Store {
 
     /// The messages committed but not yet published, oldest first.
     pub fn outbox(&self, limit: usize) -> Result<Vec<OutboxMessage>, StoreError> {
-        // The limit is written into the statement, not bound: SQLite (the bundled 3.50) plans a bound
-        // LIMIT by its value and so prepares the statement again after every binding, which
-        // here was after every batch.
+        // The limit is written into the statement, not bound: SQLite (the bundled 3.50) plans
+        // a bound LIMIT by its value and so prepares the statement again after every binding,
+        // which here was after every batch.
         let rows = self.db.query(
             "read outbox",
             &format!(

@@ -176,7 +176,7 @@ impl Row {
     pub(crate) fn get<T: FromValue>(&self, index: usize) -> Result<T, StoreError> {
         let value = self.0.get(index).cloned().unwrap_or(Value::Null(Kind::Int));
         // Described only when it is wrong: a run's status snapshot is a column of hundreds of
-        // kilobytes, and formatting it on every read was a tenth of the dispatcher's time.
+        // kilobytes, and formatting it on every read was ~3% of the dispatcher's time.
         T::from_value(value).ok_or_else(|| StoreError::Corrupt {
             what: "column",
             value: format!("{} in column {index}", self.describe(index)),
