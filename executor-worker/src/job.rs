@@ -153,15 +153,20 @@ impl Worker<'_> {
             .heartbeat_interval
             .min(lease / 3)
             .max(Duration::from_secs(1));
-        let heartbeat = tokio::spawn(heartbeats(
-            self.broker.clone(),
-            self.settings.name.clone(),
-            job.clone(),
+        // Polled beside the work in this task rather than spawned: a task of its own cost a
+        // spawn, an abort and the wake-ups of another thread on every job, most of which end
+        // before their first heartbeat.
+        let heartbeat = heartbeats(
+            self.broker,
+            &self.settings.name,
+            &job,
             every,
             telemetry::propagation::current_headers(),
             stop_rx.clone(),
             self.settings.stop_grace + runner::KILL_WAIT + STOP_MARGIN,
-        ));
+        );
+        tokio::pin!(heartbeat);
+        let mut beating = true;
         let timeout = (job.timeout_secs > 0).then(|| Duration::from_secs(job.timeout_secs));
         let timeout_at = timeout.map(|limit| Instant::now() + limit);
         let mut drain_at: Option<Instant> = None;
@@ -183,6 +188,7 @@ impl Worker<'_> {
         let finished = loop {
             tokio::select! {
                 finished = &mut work => break finished,
+                () = &mut heartbeat, if beating => beating = false,
                 message = replies.next() => {
                     let Some(message) = message else {
                         return Err(ExecuteError::ConsumerClosed(replies.queue().to_owned()));
@@ -217,15 +223,23 @@ impl Worker<'_> {
         // on the page is complete (unless the broker pushes back past the grace period).
         // Heartbeats go on meanwhile: a drain of up to the grace period must not cost the
         // lease, or another worker would take over a job that is done.
-        if let Some(stream) = log_stream
-            && stream.finish(logstream::FINISH_GRACE).await.is_none()
-        {
-            tracing::warn!(
-                grace_s = logstream::FINISH_GRACE.as_secs(),
-                "The job's log did not reach the broker in time; the dispatcher's copy stays cut (the worker's file is whole)."
-            );
+        if let Some(stream) = log_stream {
+            let finish = stream.finish(logstream::FINISH_GRACE);
+            tokio::pin!(finish);
+            let finished = loop {
+                tokio::select! {
+                    finished = &mut finish => break finished,
+                    () = &mut heartbeat, if beating => beating = false,
+                }
+            };
+            if finished.is_none() {
+                tracing::warn!(
+                    grace_s = logstream::FINISH_GRACE.as_secs(),
+                    "The job's log did not reach the broker in time; the dispatcher's copy stays cut (the worker's file is whole)."
+                );
+            }
         }
-        heartbeat.abort();
+        // Not polled from here on: the heartbeats stop.
         let draining = drain_at.is_some();
         if finished.stopped == Some(Stop::Drain) {
             self.give_back(
@@ -396,13 +410,13 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Heartbeats until aborted, or until a stopped job has had `stop_limit` to end: a worker
+/// Heartbeats until dropped, or until a stopped job has had `stop_limit` to end: a worker
 /// stuck past that (a tool that ignores every signal, a hung disk) stops renewing its lease,
 /// so that the dispatcher gives the job up rather than wait on it for ever.
 async fn heartbeats(
-    broker: Broker,
-    worker: String,
-    job: Job,
+    broker: &Broker,
+    worker: &str,
+    job: &Job,
     every: Duration,
     headers: Headers,
     mut stop: watch::Receiver<Option<Stop>>,
@@ -429,7 +443,7 @@ async fn heartbeats(
             return;
         }
         let heartbeat = JobEventKind::Heartbeat;
-        if let Err(err) = publish_with(&broker, &worker, &job, heartbeat, None, &headers).await {
+        if let Err(err) = publish_with(broker, worker, job, heartbeat, None, &headers).await {
             tracing::warn!(error = %err, "Heartbeat not published.");
         }
     }

@@ -483,6 +483,81 @@ fn a_transient_failure_is_retried_after_its_backoff_and_status_shows_attempts_an
     deployment.assert_running();
 }
 
+/// Sends `claim` as a worker does, on a reply queue of its own, and returns the answer.
+async fn claim_and_answer(broker: &Broker, claim: &JobEvent) -> ClaimReply {
+    let mut replies = broker.reply_queue().await.unwrap();
+    let body = claim.encode();
+    let headers = Headers::new();
+    let message = Outgoing {
+        reply_to: Some(replies.queue()),
+        ..Outgoing::new(&body, "claim", &headers)
+    };
+    broker.publish(Route::JobEvents, message).await.unwrap();
+    let answer = tokio::time::timeout(DEADLINE, replies.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    ClaimReply::decode(&answer.body).unwrap()
+}
+
+/// A worker's heartbeats keep its lease while the job runs past the lease's length: a second
+/// worker asking for the job then is told to wait, and the job runs once.
+#[test]
+fn a_job_running_past_its_lease_keeps_it_by_heartbeats_and_no_other_worker_is_granted_it() {
+    let (vhost, sandbox) = setup_on(Engine::Sqlite);
+    let units = Units::new(&sandbox);
+    let c0 = units.readme_only();
+    // Longer than the lease: without heartbeats the lease would run out mid-apply.
+    let c1 = units.commit(
+        "c1: one slow unit",
+        1,
+        &[("dev/app", &[], Behaviour::Succeed { seconds: 16 })],
+    );
+    let config = sandbox.write_config(&vhost.url, &[("dev", "dev/**")], "lease_seconds = 10\n");
+    let mut deployment = Deployment::start(sandbox.path(), &config, &[("dev", 1)]);
+    let run = submit(&sandbox, &vhost, (&c0, &c1), "push", &[]);
+
+    let granted = poll_until(DEADLINE, "dev/app to be granted to a worker", || {
+        let detail = status(&sandbox, run)?;
+        let app = job(&detail, "dev/app");
+        Some((app.job_id, app.attempt, app.started_ms?))
+    });
+    let (job_id, attempt, started_ms) = granted;
+    // Past the lease the grant gave (10 s), with the job still running (16 s).
+    let past_the_first_lease = started_ms + 12_000;
+    poll_until(DEADLINE, "the first lease's end to pass", || {
+        (dispatcher::clock::now_ms() >= past_the_first_lease).then_some(())
+    });
+    let reply = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let broker = Broker::connect(&vhost.url, "second-worker").await.unwrap();
+        let claim = JobEvent {
+            job_id,
+            run_id: run,
+            attempt,
+            worker: "second-worker".into(),
+            kind: JobEventKind::Started { redelivered: true },
+        };
+        let reply = claim_and_answer(&broker, &claim).await;
+        broker.close().await;
+        reply
+    });
+    match &reply.verdict {
+        ClaimVerdict::Denied {
+            reason,
+            retry: true,
+        } => assert!(reason.starts_with("running on dev-1"), "{reason}"),
+        other => panic!("the lease was not kept by heartbeats: {other:?}"),
+    }
+
+    let detail = wait_final(&sandbox, run);
+    assert_eq!(detail.run.state, "succeeded", "{detail:#?}");
+    assert_job(&detail, "dev/app", "succeeded", "dev-1", 1);
+    let log = units.log.text();
+    assert_eq!(units.log.by_unit()["dev/app"].len(), 1, "{log}");
+    deployment.assert_running();
+}
+
 fn a_job_whose_worker_vanished_is_taken_over_once_the_lease_runs_out_and_runs_once(engine: Engine) {
     let (vhost, sandbox) = setup_on(engine);
     let units = Units::new(&sandbox);
@@ -503,7 +578,6 @@ fn a_job_whose_worker_vanished_is_taken_over_once_the_lease_runs_out_and_runs_on
             .await
             .unwrap();
         let mut jobs = broker.consume("jobs.dev.apply", 1).await.unwrap();
-        let mut replies = broker.reply_queue().await.unwrap();
         let delivery = tokio::time::timeout(DEADLINE, jobs.next())
             .await
             .unwrap()
@@ -517,19 +591,7 @@ fn a_job_whose_worker_vanished_is_taken_over_once_the_lease_runs_out_and_runs_on
             worker: "vanishing-worker".into(),
             kind: JobEventKind::Started { redelivered: false },
         };
-        let body = claim.encode();
-        let headers = Headers::new();
-        let message = Outgoing {
-            reply_to: Some(replies.queue()),
-            ..Outgoing::new(&body, "claim", &headers)
-        };
-        broker.publish(Route::JobEvents, message).await.unwrap();
-        let answer = tokio::time::timeout(DEADLINE, replies.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        let reply = ClaimReply::decode(&answer.body).unwrap();
+        let reply = claim_and_answer(&broker, &claim).await;
         assert!(
             matches!(reply.verdict, ClaimVerdict::Granted { lease_secs: 10 }),
             "{reply:?}"
