@@ -11,13 +11,13 @@
 use config::{AccountRouter, ApprovalGates, Config};
 use proto_types::{
     Action, ApprovalOrder, ApprovalVerdict, CancelRun, ChangeEvent, ClaimReply, ClaimVerdict,
-    EventKind, JobEvent, JobEventKind, JobStatus, UnitState,
+    EventKind, JobEvent, JobEventKind, JobStatus, RunState, UnitState,
 };
 use uuid::Uuid;
 
 use crate::pacing::StatusPacer;
 use crate::policy;
-use crate::scheduler::{Effects, Run, RunJob, Scheduler, Settings, tail};
+use crate::scheduler::{Effects, JobAt, Run, RunJob, Scheduler, Settings, tail};
 
 /// How much of each finished job's output the database keeps for reports (the end of it).
 pub const KEPT_OUTPUT_BYTES: usize = 64 * 1024;
@@ -153,7 +153,9 @@ impl Decision {
 /// (with their run's trace) and the runs whose status snapshot goes out now.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Persist {
-    pub runs: Vec<Uuid>,
+    /// Each changed run with its state after the batch: worked out once here, because it
+    /// reads every job of the run, and the store and the metrics both need it.
+    pub runs: Vec<(Uuid, RunState)>,
     pub jobs: Vec<Uuid>,
     pub statuses: Vec<Uuid>,
 }
@@ -606,8 +608,7 @@ impl Core {
             runs: effects
                 .changed_runs
                 .iter()
-                .copied()
-                .filter(|id| self.scheduler.run(*id).is_some())
+                .filter_map(|id| Some((*id, self.scheduler.run(*id)?.state())))
                 .collect(),
             jobs: effects
                 .changed_jobs
@@ -617,11 +618,9 @@ impl Core {
                 .collect(),
             statuses: Vec::new(),
         };
-        for &run_id in &persist.runs {
-            if let Some(run) = self.scheduler.run(run_id)
-                && self.pacer.changed(run_id, run.state().is_final(), now)
-            {
-                persist.statuses.push(run_id);
+        for (run_id, state) in &persist.runs {
+            if self.pacer.changed(*run_id, state.is_final(), now) {
+                persist.statuses.push(*run_id);
             }
         }
         for run_id in self.pacer.due(now) {
@@ -640,6 +639,11 @@ impl Core {
     /// An active job and its run.
     pub fn job(&self, job_id: Uuid) -> Option<(&Run, &RunJob)> {
         self.scheduler.job_by_id(job_id)
+    }
+
+    /// An active job, its run and its place in the run's jobs.
+    pub fn job_at(&self, job_id: Uuid) -> Option<JobAt<'_>> {
+        self.scheduler.job_at(job_id)
     }
 
     /// Forgets final runs once their last state is committed.

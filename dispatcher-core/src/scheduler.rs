@@ -91,6 +91,14 @@ pub struct Lease {
     pub reply_to: Option<String>,
 }
 
+/// An active job as the store writes it: its run, and where it stands in the run's jobs.
+#[derive(Debug, Clone, Copy)]
+pub struct JobAt<'a> {
+    pub run: &'a Run,
+    pub index: usize,
+    pub job: &'a RunJob,
+}
+
 /// One job of a run and everything known about it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunJob {
@@ -373,9 +381,20 @@ impl Scheduler {
 
     /// An active job and its run.
     pub fn job_by_id(&self, job_id: Uuid) -> Option<(&Run, &RunJob)> {
-        let (seq, idx) = *self.jobs.get(&job_id)?;
+        let at = self.job_at(job_id)?;
+        Some((at.run, at.job))
+    }
+
+    /// A job, its run and its index in the run's jobs (which the store keeps, and finding
+    /// it again by a walk of the run cost a scan of up to every job).
+    pub fn job_at(&self, job_id: Uuid) -> Option<JobAt<'_>> {
+        let (seq, index) = *self.jobs.get(&job_id)?;
         let run = self.runs.get(&seq)?;
-        Some((run, run.jobs.get(idx)?))
+        Some(JobAt {
+            run,
+            index,
+            job: run.jobs.get(index)?,
+        })
     }
 
     /// The run of a job, if the job is active here.

@@ -129,6 +129,11 @@ pub struct Dispatcher {
     logs: Option<LogStore>,
     /// The web page, told about every change of every run.
     web: Option<WebLink>,
+    /// Whether the outbox may hold messages: only this process's commits fill it, so it is
+    /// read only after one that did (or at start, for what a crash left). Most batches (a
+    /// claim, an outcome with nothing to start) write none, and reading an empty outbox after
+    /// each cost a query and a hand-off of the runtime's thread.
+    outbox_pending: bool,
 }
 
 impl Dispatcher {
@@ -153,6 +158,7 @@ impl Dispatcher {
             drift_state_dir: None,
             logs: None,
             web: None,
+            outbox_pending: true,
         })
     }
 
@@ -648,8 +654,16 @@ impl Dispatcher {
             return Ok(());
         }
         let core = &self.core;
-        let runs: Vec<&Run> = persist.runs.iter().filter_map(|id| core.run(*id)).collect();
-        let jobs: Vec<_> = persist.jobs.iter().filter_map(|id| core.job(*id)).collect();
+        let runs: Vec<(&Run, &RunState)> = persist
+            .runs
+            .iter()
+            .filter_map(|(id, state)| Some((core.run(*id)?, state)))
+            .collect();
+        let jobs: Vec<_> = persist
+            .jobs
+            .iter()
+            .filter_map(|id| core.job_at(*id))
+            .collect();
         let trace_of =
             |job: &proto_types::Job| core.run(job.run_id).and_then(|run| run.trace.clone());
         let mut outbox: Vec<OutboxMessage> = effects
@@ -666,6 +680,7 @@ impl Dispatcher {
         );
         let store = &mut self.store;
         off_runtime(|| store.commit(runs.iter().copied(), jobs, &outbox, outputs, now))?;
+        self.outbox_pending |= !outbox.is_empty();
         for job in &effects.publish {
             tracing::info!(run_id = %job.run_id, job_id = %job.job_id, unit = %job.unit, account = %job.account, action = %job.action, attempt = job.attempt, "Job queued.");
             if job.attempt > 1 {
@@ -675,16 +690,15 @@ impl Dispatcher {
             }
         }
         let mut drift_ended = Vec::new();
-        for run in runs {
+        for (run, state) in runs {
             if let Some(reporter) = &self.reporter {
                 reporter.changed(run.run_id);
             }
             if let Some(web) = &self.web {
                 web.run_changed(run.run_id);
             }
-            let state = run.state();
             if state.is_final() {
-                finished(run, &state, now);
+                finished(run, state, now);
                 let labels = [("event", run.event.as_str()), ("state", state.as_str())];
                 self.ops.metrics.inc(metrics::RUNS_FINISHED, &labels);
                 if run.event == proto_types::EventKind::Drift {
@@ -717,7 +731,7 @@ impl Dispatcher {
 
     /// Publishes the outbox with confirms, forgetting each message once confirmed.
     async fn publish_outbox(&mut self) -> Result<(), DispatchError> {
-        loop {
+        while self.outbox_pending {
             let store = &self.store;
             let messages = off_runtime(|| store.outbox(OUTBOX_CHUNK))?;
             // Each message continues its run's trace.
@@ -748,10 +762,9 @@ impl Dispatcher {
             let published: Vec<i64> = messages.iter().map(|message| message.id).collect();
             let store = &mut self.store;
             off_runtime(|| store.delete_outbox(&published))?;
-            if messages.len() < OUTBOX_CHUNK {
-                return Ok(());
-            }
+            self.outbox_pending = messages.len() >= OUTBOX_CHUNK;
         }
+        Ok(())
     }
 }
 

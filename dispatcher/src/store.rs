@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use proto_types::{
     Action, DriftUnit, EventKind, ExecutorRole, Job, JobPhase, JobSummary, Payload, ResourceCounts,
-    RunDetail, RunPhase, RunSummary, UnitState,
+    RunDetail, RunPhase, RunState, RunSummary, UnitState,
 };
 use rusqlite::{Connection, OpenFlags};
 use uuid::Uuid;
@@ -27,7 +27,7 @@ use uuid::Uuid;
 use postgres::PgConnection;
 use sql::{Db, FromValue, Row, ToValue, Value, failed, values};
 
-use crate::scheduler::{Lease, Run, RunJob};
+use crate::scheduler::{JobAt, Lease, Run, RunJob};
 
 /// What a repository's drift issue last said, and the drift pull request open for it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -787,20 +787,19 @@ impl Store {
         }
     }
 
-    /// Writes the runs and jobs a batch changed and the messages it wants published, in one
-    /// transaction.
+    /// Writes the runs (each with its state after the batch) and jobs a batch changed and the
+    /// messages it wants published, in one transaction.
     /// `outputs`: the end of what finished jobs printed, for reports.
     pub fn commit<'a>(
         &mut self,
-        runs: impl IntoIterator<Item = &'a Run>,
-        jobs: impl IntoIterator<Item = (&'a Run, &'a RunJob)>,
+        runs: impl IntoIterator<Item = (&'a Run, &'a RunState)>,
+        jobs: impl IntoIterator<Item = JobAt<'a>>,
         outbox: &[OutboxMessage],
         outputs: &[(Uuid, String)],
         now: u64,
     ) -> Result<(), StoreError> {
         self.write(|db| {
-            for run in runs {
-                let state = run.state();
+            for (run, state) in runs {
                 db.execute(
                     "write run",
                     "INSERT INTO runs (run_id, seq, repository, event, pull_request, head_sha,
@@ -829,12 +828,12 @@ impl Store {
                     ],
                 )?;
             }
-            for (run, job) in jobs {
-                let idx = run
-                    .jobs
-                    .iter()
-                    .position(|j| j.job.job_id == job.job.job_id)
-                    .unwrap_or_default();
+            for JobAt {
+                run,
+                index: idx,
+                job,
+            } in jobs
+            {
                 let requires: Vec<String> = job.requires.iter().map(usize::to_string).collect();
                 let counts = job.resource_changes;
                 db.execute(

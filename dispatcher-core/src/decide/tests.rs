@@ -231,9 +231,15 @@ fn persist_lists_changed_runs_and_jobs_and_a_running_runs_status_at_most_twice_a
     let accepted = core.decide_change(&change(pr(1), &["app", "db"]), None, None, 0);
     let first = core.persist(&accepted.effects, 0);
     assert_eq!(first.runs.len(), 1);
+    assert_eq!(
+        first.runs[0].1,
+        RunState::Running,
+        "with its state after the batch"
+    );
     assert_eq!(first.jobs.len(), 2);
     assert_eq!(
-        first.statuses, first.runs,
+        first.statuses,
+        vec![first.runs[0].0],
         "the first snapshot goes out at once"
     );
     let job = &accepted.effects.publish[0];
