@@ -485,7 +485,8 @@ const LATENCY_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Publishes `count` one-unit runs, one every [`LATENCY_INTERVAL`]; each one's time from the
 /// publish to the dispatcher granting a worker its job, sorted.
-fn start_latencies(world: &NoopWorld, count: usize) -> Vec<u64> {
+/// Each event's latency with when it was published (ms after the first), slowest last.
+fn start_latencies(world: &NoopWorld, count: usize) -> Vec<SlowEvent> {
     let mut sent = Vec::new();
     let mut next = Instant::now();
     for i in 0..count {
@@ -496,25 +497,44 @@ fn start_latencies(world: &NoopWorld, count: usize) -> Vec<u64> {
         let at = now_ms();
         sent.push((world.submit(vec![format!("dev/l{i:05}")], vec![]), at));
     }
-    let mut latencies: Vec<u64> = sent
+    let first = sent.first().map_or(0, |(_, at)| *at);
+    let mut latencies: Vec<SlowEvent> = sent
         .iter()
-        .map(|(run, at)| {
+        .enumerate()
+        .map(|(index, (run, at))| {
             let detail = world.wait_final(*run, Duration::from_secs(120));
-            detail.jobs[0].started_ms.unwrap() - at
+            SlowEvent {
+                ms: detail.jobs[0].started_ms.unwrap() - at,
+                index,
+                published_ms: at - first,
+            }
         })
         .collect();
-    latencies.sort_unstable();
+    latencies.sort_by_key(|event| event.ms);
     latencies
+}
+
+/// One latency event: how long its job took to start, and when it was published, so that
+/// a spike can be matched to what the machine did then.
+#[derive(Debug, Clone, Copy)]
+struct SlowEvent {
+    ms: u64,
+    index: usize,
+    published_ms: u64,
 }
 
 /// Event-to-job-start latency with 4 workers: one-unit runs published at a steady rate, each
 /// timed from the publish to the dispatcher granting a worker the job.
+/// How many of the slowest latency events the report names, with when they were published.
+const SLOWEST_SHOWN: usize = 5;
+
 fn latency(size: &Size) -> Value {
     println!("\n== Event-to-job-start latency, 4 workers ==");
     let world = NoopWorld::start(4);
     let floor = world.runtime.block_on(publish_roundtrip(&world.vhost, 200));
     let interval = LATENCY_INTERVAL;
-    let latencies = start_latencies(&world, size.latency_events);
+    let events = start_latencies(&world, size.latency_events);
+    let latencies: Vec<u64> = events.iter().map(|event| event.ms).collect();
     let pick = |p: f64| {
         latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
     };
@@ -524,6 +544,7 @@ fn latency(size: &Size) -> Value {
         pick(0.99),
         *latencies.last().unwrap(),
     );
+    let slowest: Vec<SlowEvent> = events.iter().rev().take(SLOWEST_SHOWN).copied().collect();
     println!(
         "{} runs at {}/s: p50 {p50} ms, p90 {p90} ms, p99 {p99} ms, max {max} ms (target p99 < 50 ms)",
         latencies.len(),
@@ -533,11 +554,19 @@ fn latency(size: &Size) -> Value {
         "floor: one confirmed publish + consume round trip on this broker: p50 {:.1} ms, p99 {:.1} ms; a job start takes 3 such hops",
         floor.0, floor.1
     );
+    let shown: Vec<String> = slowest
+        .iter()
+        .map(|e| format!("#{} at +{} ms: {} ms", e.index, e.published_ms, e.ms))
+        .collect();
+    println!("slowest: {}", shown.join("; "));
     json!({
         "runs": latencies.len(),
         "rate_per_sec": 1000 / interval.as_millis(),
         "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "max_ms": max,
         "floor_hop_p50_ms": floor.0, "floor_hop_p99_ms": floor.1,
+        "slowest": slowest.iter().map(|e| json!({
+            "index": e.index, "published_ms": e.published_ms, "ms": e.ms,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -1174,7 +1203,7 @@ fn stores(size: &Size) -> Value {
         // Latency: one-unit runs at 50/s, publish to grant.
         let latencies: Vec<f64> = start_latencies(&world, size.latency_events)
             .into_iter()
-            .map(|ms| ms as f64)
+            .map(|event| event.ms as f64)
             .collect();
         let (p50, p99, max) = (
             percentile(&latencies, 0.50),
