@@ -484,9 +484,9 @@ fn throughput(size: &Size) -> Value {
 const LATENCY_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Publishes `count` one-unit runs, one every [`LATENCY_INTERVAL`]; each one's time from the
-/// publish to the dispatcher granting a worker its job, sorted.
-/// Each event's latency with when it was published (ms after the first), slowest last.
-fn start_latencies(world: &NoopWorld, count: usize) -> Vec<SlowEvent> {
+/// publish to the dispatcher granting a worker its job, with when it was published, slowest
+/// last.
+fn start_latencies(world: &NoopWorld, count: usize) -> Vec<LatencyEvent> {
     let mut sent = Vec::new();
     let mut next = Instant::now();
     for i in 0..count {
@@ -498,12 +498,12 @@ fn start_latencies(world: &NoopWorld, count: usize) -> Vec<SlowEvent> {
         sent.push((world.submit(vec![format!("dev/l{i:05}")], vec![]), at));
     }
     let first = sent.first().map_or(0, |(_, at)| *at);
-    let mut latencies: Vec<SlowEvent> = sent
+    let mut latencies: Vec<LatencyEvent> = sent
         .iter()
         .enumerate()
         .map(|(index, (run, at))| {
             let detail = world.wait_final(*run, Duration::from_secs(120));
-            SlowEvent {
+            LatencyEvent {
                 ms: detail.jobs[0].started_ms.unwrap() - at,
                 index,
                 published_ms: at - first,
@@ -517,17 +517,17 @@ fn start_latencies(world: &NoopWorld, count: usize) -> Vec<SlowEvent> {
 /// One latency event: how long its job took to start, and when it was published, so that
 /// a spike can be matched to what the machine did then.
 #[derive(Debug, Clone, Copy)]
-struct SlowEvent {
+struct LatencyEvent {
     ms: u64,
     index: usize,
     published_ms: u64,
 }
 
-/// Event-to-job-start latency with 4 workers: one-unit runs published at a steady rate, each
-/// timed from the publish to the dispatcher granting a worker the job.
 /// How many of the slowest latency events the report names, with when they were published.
 const SLOWEST_SHOWN: usize = 5;
 
+/// Event-to-job-start latency with 4 workers: one-unit runs published at a steady rate, each
+/// timed from the publish to the dispatcher granting a worker the job.
 fn latency(size: &Size) -> Value {
     println!("\n== Event-to-job-start latency, 4 workers ==");
     let world = NoopWorld::start(4);
@@ -544,7 +544,7 @@ fn latency(size: &Size) -> Value {
         pick(0.99),
         *latencies.last().unwrap(),
     );
-    let slowest: Vec<SlowEvent> = events.iter().rev().take(SLOWEST_SHOWN).copied().collect();
+    let slowest: Vec<LatencyEvent> = events.iter().rev().take(SLOWEST_SHOWN).copied().collect();
     println!(
         "{} runs at {}/s: p50 {p50} ms, p90 {p90} ms, p99 {p99} ms, max {max} ms (target p99 < 50 ms)",
         latencies.len(),
