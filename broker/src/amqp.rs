@@ -408,7 +408,7 @@ impl AmqpBroker {
             queue: queue.to_owned(),
             serial: next_consumer_serial(),
             auto_ack: prefetch.is_none(),
-            _channel: channel,
+            channel: Arc::new(channel),
             consumer,
         })
     }
@@ -646,8 +646,9 @@ pub struct AmqpConsumer {
     serial: u64,
     /// Consumed without acks: its deliveries are settled already.
     auto_ack: bool,
-    // Dropping the channel would cancel the consumer: keep it for the consumer's lifetime.
-    _channel: Channel,
+    /// Its deliveries are settled on it. Dropping the last handle would cancel the consumer:
+    /// kept for the consumer's lifetime (and each unsettled delivery's).
+    channel: Arc<Channel>,
     consumer: lapin::Consumer,
 }
 
@@ -694,7 +695,7 @@ impl AmqpConsumer {
                     queue: self.queue.clone(),
                     consumer: self.serial,
                     tag: delivery.delivery_tag,
-                    acker: delivery.acker,
+                    channel: Arc::clone(&self.channel),
                 })
             },
             body: delivery.data,
@@ -708,7 +709,11 @@ pub(crate) struct AmqpSettle {
     /// The consumer (and so the channel) the delivery came on, and its tag there.
     pub(crate) consumer: u64,
     pub(crate) tag: u64,
-    acker: lapin::Acker,
+    /// Settled on the channel itself rather than through lapin's `Acker`, which hands each
+    /// settle to lapin's internal task and spawns a task for it: two more wake-ups per ack,
+    /// on every job (BENCHMARKS.md). A channel that closed meanwhile fails the settle, and the
+    /// broker redelivers the message, as with an `Acker`.
+    channel: Arc<Channel>,
 }
 
 impl fmt::Debug for AmqpSettle {
@@ -720,21 +725,24 @@ impl fmt::Debug for AmqpSettle {
 }
 
 impl AmqpSettle {
-    pub(crate) async fn ack(self) -> Result<(), BrokerError> {
-        self.acker
-            .ack(BasicAckOptions::default())
-            .await
-            .map(drop)
-            .map_err(protocol("basic.ack"))
+    /// Queues the ack on the channel, without waiting for it to be written
+    /// ([`crate::start_and_forget`]): an ack lost with the connection is a redelivery, which
+    /// every consumer handles anyway.
+    pub(crate) fn ack(self) -> Result<(), BrokerError> {
+        crate::start_and_forget([async {
+            self.channel
+                .basic_ack(self.tag, BasicAckOptions::default())
+                .await
+                .map_err(protocol("basic.ack"))
+        }])
     }
 
     /// Acks this delivery and every earlier one of its consumer not settled yet: one frame,
     /// and on a quorum queue one log entry, for a whole batch.
     pub(crate) async fn ack_through(self) -> Result<(), BrokerError> {
-        self.acker
-            .ack(BasicAckOptions { multiple: true })
+        self.channel
+            .basic_ack(self.tag, BasicAckOptions { multiple: true })
             .await
-            .map(drop)
             .map_err(protocol("basic.ack"))
     }
 
@@ -743,10 +751,9 @@ impl AmqpSettle {
             requeue: true,
             ..BasicNackOptions::default()
         };
-        self.acker
-            .nack(options)
+        self.channel
+            .basic_nack(self.tag, options)
             .await
-            .map(drop)
             .map_err(protocol("basic.nack"))
     }
 
@@ -766,13 +773,12 @@ impl AmqpSettle {
             .publish_raw(&Resolved::dead_letter(&self.queue), copy)
             .await
         {
-            Ok(()) => self.ack().await,
+            Ok(()) => self.ack(),
             Err(err) => {
                 tracing::error!(error = %err, queue = %self.queue, "Dead-letter copy failed; rejecting instead.");
-                self.acker
-                    .reject(BasicRejectOptions { requeue: false })
+                self.channel
+                    .basic_reject(self.tag, BasicRejectOptions { requeue: false })
                     .await
-                    .map(drop)
                     .map_err(protocol("basic.reject"))
             }
         }

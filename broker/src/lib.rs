@@ -413,10 +413,7 @@ pub async fn ack_all(deliveries: Vec<Delivery>) -> Result<(), BrokerError> {
             }
         }
     }
-    start_all(last.into_iter().map(amqp::AmqpSettle::ack_through))
-        .await
-        .into_iter()
-        .collect()
+    start_and_forget(last.into_iter().map(amqp::AmqpSettle::ack_through))
 }
 
 /// A future of [`start_all`], and its output once it came on the first poll.
@@ -450,6 +447,28 @@ pub(crate) async fn start_all<F: Future>(futures: impl IntoIterator<Item = F>) -
         });
     }
     outputs
+}
+
+/// Starts every future (one poll each, in order) and drops it: for lapin's acks, whose only
+/// work after the first poll is waiting for the connection's I/O thread to write the frame
+/// they queued. That wait costs this task a wake-up per ack and buys nothing: a write that
+/// fails is a lost connection, which [`Broker::lost`] and the consumers report, and an ack lost
+/// with the connection is a redelivery, which every consumer handles. A close does not
+/// overtake them (lapin writes method frames in order; it is publishes that a close
+/// overtakes, so sends are still waited for until written). The first error of a first poll
+/// (a closed channel) is returned.
+pub(crate) fn start_and_forget<T, F: Future<Output = Result<T, BrokerError>>>(
+    futures: impl IntoIterator<Item = F>,
+) -> Result<(), BrokerError> {
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut first_error = None;
+    for future in futures {
+        let mut future = std::pin::pin!(future);
+        if let Poll::Ready(Err(err)) = future.as_mut().poll(&mut context) {
+            first_error.get_or_insert(err);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// One received message. Settle it exactly once with [`ack`](Delivery::ack),
@@ -492,7 +511,7 @@ impl Delivery {
     /// The message is handled and its effects are durable: the broker forgets it.
     pub async fn ack(self) -> Result<(), BrokerError> {
         match self.settle {
-            Settle::Amqp(settle) => settle.ack().await,
+            Settle::Amqp(settle) => settle.ack(),
             Settle::Memory(settle) => settle.ack(),
             Settle::Auto => Ok(()),
         }

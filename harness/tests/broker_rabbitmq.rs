@@ -498,6 +498,59 @@ async fn answers_sent_unconfirmed_arrive_in_order_and_a_reply_queue_needs_no_ack
     broker.close().await;
 }
 
+/// Acks return once queued, before lapin's I/O thread writes them, and a broker closed right
+/// after them must still write them first, or every worker that acks its last job and shuts
+/// down would leave it to be redelivered. (lapin sends a connection's close ahead of queued
+/// publishes, but not of queued acks; unconfirmed sends are waited for until written, so
+/// that a stop order sent just before a shutdown is not lost either.)
+#[tokio::test(flavor = "multi_thread")]
+async fn acks_and_unconfirmed_sends_reach_the_broker_before_it_closes() {
+    let vhost = rabbit::vhost();
+    let listener = connect(&vhost).await;
+    let mut replies = listener.reply_queue().await.unwrap();
+    let queue = replies.queue().to_owned();
+    let route = Route::Jobs {
+        account: "dev",
+        role: ExecutorRole::Apply,
+    };
+    for i in 0..3 {
+        publish(&listener, route, b"job", &format!("job-{i}"))
+            .await
+            .unwrap();
+    }
+
+    let worker = connect(&vhost).await;
+    let mut jobs = worker
+        .consume(&jobs_queue("dev", ExecutorRole::Apply), 3)
+        .await
+        .unwrap();
+    let mut taken = Vec::new();
+    for _ in 0..3 {
+        taken.push(next(&mut jobs).await);
+    }
+    // The broker's counts lag a little: first see all three out and unacked.
+    poll_until(WAIT, "three unacked jobs", || {
+        (counts(&vhost, "jobs.dev.apply") == (0, 3)).then_some(())
+    });
+    for delivery in taken {
+        delivery.ack().await.unwrap();
+    }
+    let headers = Headers::new();
+    let farewell = [(
+        Route::Reply { queue: &queue },
+        Outgoing::new(b"farewell", "farewell", &headers),
+    )];
+    worker.send_unconfirmed(&farewell).await.unwrap();
+    worker.close().await;
+
+    assert_eq!(next(&mut replies).await.body, b"farewell");
+    // Were an ack lost in the close, its job would be ready again, never gone.
+    poll_until(WAIT, "the acks to empty jobs.dev.apply", || {
+        (counts(&vhost, "jobs.dev.apply") == (0, 0)).then_some(())
+    });
+    listener.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_published_at_once_is_confirmed_whole_and_arrives_in_order() {
     let vhost = rabbit::vhost();
