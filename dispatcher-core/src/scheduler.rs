@@ -181,7 +181,10 @@ impl Run {
         if let Some(reason) = &self.rejected {
             return RunState::Rejected(reason.clone());
         }
-        if self.jobs.iter().any(|j| !j.state.is_final()) {
+        // From the end: jobs are released and finish roughly in order, so a running run's
+        // unfinished job is found among the last at once, where a scan from the start walked
+        // every finished one first, for every active run after every batch (evictions).
+        if self.jobs.iter().rev().any(|j| !j.state.is_final()) {
             return RunState::Running;
         }
         let count = |f: fn(&UnitState) -> bool| self.jobs.iter().filter(|j| f(&j.state)).count();
