@@ -501,10 +501,12 @@ impl AmqpBroker {
     /// Closes both connections, each within [`CLOSE_WITHIN`]: a connection whose socket died
     /// before its status says so never answers `connection.close`, and waiting for that answer
     /// kept a dispatcher from reconnecting (seen once in the broker-restart test).
+    /// Closes the consuming connection first (nothing more is delivered, and the acks queued
+    /// on it go out ahead of its close), then the publishing one.
     pub(crate) async fn close(&self) {
         for (which, connection) in [
-            ("publish", &self.inner.publish_connection),
             ("consume", &self.inner.consume_connection),
+            ("publish", &self.inner.publish_connection),
         ] {
             let closing = connection.close(200, "closing".into());
             if tokio::time::timeout(CLOSE_WITHIN, closing).await.is_err() {

@@ -532,15 +532,17 @@ async fn acks_and_unconfirmed_sends_reach_the_broker_before_it_closes() {
     poll_until(WAIT, "three unacked jobs", || {
         (counts(&vhost, "jobs.dev.apply") == (0, 3)).then_some(())
     });
-    for delivery in taken {
-        delivery.ack().await.unwrap();
-    }
     let headers = Headers::new();
     let farewell = [(
         Route::Reply { queue: &queue },
         Outgoing::new(b"farewell", "farewell", &headers),
     )];
     worker.send_unconfirmed(&farewell).await.unwrap();
+    // The acks last, and the close at once: the consuming connection closes first, so its
+    // close is queued right behind them.
+    for delivery in taken {
+        delivery.ack().await.unwrap();
+    }
     worker.close().await;
 
     assert_eq!(next(&mut replies).await.body, b"farewell");
