@@ -501,8 +501,9 @@ impl AmqpBroker {
     /// Closes both connections, each within [`CLOSE_WITHIN`]: a connection whose socket died
     /// before its status says so never answers `connection.close`, and waiting for that answer
     /// kept a dispatcher from reconnecting (seen once in the broker-restart test).
-    /// Closes the consuming connection first (nothing more is delivered, and the acks queued
-    /// on it go out ahead of its close), then the publishing one.
+    ///
+    /// The consuming connection goes first: nothing more is delivered, and the acks queued on
+    /// it without a wait ([`crate::start_and_forget`]) are written ahead of its close.
     pub(crate) async fn close(&self) {
         for (which, connection) in [
             ("consume", &self.inner.consume_connection),
