@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use broker::topology::{CHANGES_QUEUE, dead_letter_queue, jobs_queue};
 use broker::{
-    Broker, BrokerError, BrokerTimeouts, Consumer, Delivery, Headers, Outgoing, REASON_HEADER,
-    Route, Topology,
+    Broker, BrokerError, BrokerTimeouts, Consumer, Delivery, Headers, HeldAcks, Outgoing,
+    REASON_HEADER, Route, Topology,
 };
 use harness::poll_until;
 use harness::rabbit::{self, Vhost, rabbitmqctl};
@@ -551,6 +551,58 @@ async fn acks_and_unconfirmed_sends_reach_the_broker_before_it_closes() {
         (counts(&vhost, "jobs.dev.apply") == (0, 0)).then_some(())
     });
     listener.close().await;
+}
+
+/// Held acks (the dispatcher holds its batches' acks to send them together) send nothing until
+/// released, and a release settles exactly what was held: with one ack through the highest
+/// held delivery, never a later one that is still being handled.
+#[tokio::test(flavor = "multi_thread")]
+async fn held_acks_are_sent_only_on_release_and_settle_only_what_was_held() {
+    let vhost = rabbit::vhost();
+    let broker = connect(&vhost).await;
+    let route = Route::Jobs {
+        account: "dev",
+        role: ExecutorRole::Apply,
+    };
+    for i in 0..4 {
+        publish(&broker, route, b"job", &format!("job-{i}"))
+            .await
+            .unwrap();
+    }
+    let mut jobs = broker
+        .consume(&jobs_queue("dev", ExecutorRole::Apply), 4)
+        .await
+        .unwrap();
+    let mut taken = Vec::new();
+    for _ in 0..4 {
+        taken.push(next(&mut jobs).await);
+    }
+    let last = taken.pop().unwrap();
+    let still_handled = taken.pop().unwrap();
+    let mut held = HeldAcks::default();
+    for delivery in taken {
+        held.hold(vec![delivery]).unwrap();
+    }
+    assert_eq!(held.len(), 2);
+    // Acked after the holds on the same channel: were a hold to send its ack, it would reach
+    // the queue first, and three unacked would never be seen.
+    last.ack().await.unwrap();
+    poll_until(WAIT, "the last job acked, the held two not", || {
+        (counts(&vhost, "jobs.dev.apply") == (0, 3)).then_some(())
+    });
+
+    held.release().unwrap();
+    assert!(held.is_empty());
+    poll_until(
+        WAIT,
+        "the held two acked, the one still handled not",
+        || (counts(&vhost, "jobs.dev.apply") == (0, 1)).then_some(()),
+    );
+    still_handled.ack().await.unwrap();
+    poll_until(WAIT, "every job acked", || {
+        (counts(&vhost, "jobs.dev.apply") == (0, 0)).then_some(())
+    });
+    broker.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

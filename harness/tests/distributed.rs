@@ -89,6 +89,38 @@ fn a_unit_with_invalid_hcl_fails_the_run_skips_its_dependents_and_the_rest_is_ap
     deployment.assert_running();
 }
 
+/// The dispatcher holds its batches' acks to send several together, never for long: once a
+/// run is over and nothing more comes, every message it took is settled.
+#[test]
+fn once_a_run_is_over_and_nothing_more_comes_the_dispatcher_has_settled_every_message() {
+    require_terraform();
+    let vhost = rabbit::vhost();
+    let fixture = Fixture::new();
+    let mut deployment = deploy(&fixture, &vhost, 1);
+
+    let first = orchestrate(&fixture, &vhost, &fixture.c0, &fixture.c1, "push", &[]);
+    fixture.check_first_push(&first);
+
+    // Queue statistics lag behind the queue itself: poll.
+    poll_until(
+        Duration::from_secs(30),
+        "the dispatcher's queues to hold nothing ready or unacked",
+        || {
+            let messages: BTreeMap<String, u64> =
+                rabbit::queue_messages(&vhost).into_iter().collect();
+            [
+                "pipelines.changes",
+                "pipelines.job-events",
+                "pipelines.claims",
+            ]
+            .iter()
+            .all(|queue| messages.get(*queue) == Some(&0))
+            .then_some(())
+        },
+    );
+    deployment.assert_running();
+}
+
 #[test]
 fn poison_and_rejected_change_events_are_dead_lettered_with_a_reason_and_the_dispatcher_goes_on() {
     let vhost = rabbit::vhost();
