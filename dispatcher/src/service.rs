@@ -326,7 +326,11 @@ impl Dispatcher {
                 biased;
                 () = &mut shutdown => {
                     tracing::info!("Dispatcher shutting down.");
-                    self.held_acks.release()?;
+                    // An ack that cannot go now is a redelivery to the next dispatcher, which
+                    // takes it as a repeat: no reason to fail the shutdown.
+                    if let Err(err) = self.held_acks.release() {
+                        tracing::warn!(error = %err, "Held acks not sent; their messages will be redelivered.");
+                    }
                     return Ok(());
                 }
                 incoming = next(&mut consumers) => batch.push(incoming?),
