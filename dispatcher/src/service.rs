@@ -467,7 +467,7 @@ impl Dispatcher {
             }
         }
         // Committed: the acks may go, but are held to go out with later batches' (one settle
-        // for many in RabbitMQ: 8% less CPU per no-op job, BENCHMARKS.md). A crash before they
+        // for many: RabbitMQ spent 9% less CPU per no-op job, BENCHMARKS.md). A crash before they
         // go redelivers what was committed, which the handlers take as the repeat it is.
         self.held_acks.hold(acks)?;
         if !self.held_acks.is_empty() {
