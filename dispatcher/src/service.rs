@@ -472,7 +472,7 @@ impl Dispatcher {
         self.held_acks.hold(acks)?;
         if !self.held_acks.is_empty() {
             let since = *self.acks_held_since_ms.get_or_insert(now);
-            if self.held_acks.len() >= ACKS_HELD_AT_MOST || now_ms() >= since + ACKS_HELD_FOR_MS {
+            if self.held_acks.len() >= ACKS_HELD_AT_MOST || now >= since + ACKS_HELD_FOR_MS {
                 self.held_acks.release()?;
                 self.acks_held_since_ms = None;
             }
