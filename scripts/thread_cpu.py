@@ -8,8 +8,10 @@ Start it, then the benchmark, in one shell:
     CARGO=/bin/true target/release/bench throughput --workers 4
 
 It samples /proc every 50 ms from the moment a `pipelines dispatch` process is alive until none
-is (or SECONDS pass). A thread's figure is its last reading minus its first, so it includes the
-services' start-up, a few percent of a 5,000-job run. Linux only; nothing to install."""
+is (or SECONDS pass). A thread's figure is its last reading minus its first. So, unlike the
+benchmark's own figures, it counts every `pipelines execute` (the idle apply workers too) and
+the services' start-up and shut-down: ~8% more CPU than the benchmark reports for a 5,000-job
+run. Threads that live under 50 ms are missed. Linux only; nothing to install."""
 import os, sys, time, collections, json
 
 def procs():
@@ -65,7 +67,7 @@ while time.time() < deadline:
 groups = collections.Counter()
 for key, cpu in last.items():
     role, _, _, name = key
-    # Group numbered threads (tokio-runtime-w, 1_scheduler, ...) by their name.
+    # Threads of one name (lapin-io-loop, tokio-rt-worker) are added up across processes.
     groups[(role, name)] += cpu - first[key]
 for (role, name), cpu in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[1])):
     if cpu > 0:
