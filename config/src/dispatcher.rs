@@ -38,6 +38,14 @@ pub struct DispatcherSettings {
     /// `user_id`). Empty: any user that may publish to the changes exchange.
     #[serde(default)]
     pub orchestrator_users: Vec<String>,
+    /// The broker user an executor of each account and role sends job events as, with
+    /// `{account}` and `{role}` (`plan` or `apply`) in it: `pipelines-executor-{account}-{role}`
+    /// for the users `pipelines broker definitions` makes. A claim, heartbeat, give-back or
+    /// outcome about a job from any other user is dead-lettered, naming both users, so that no
+    /// executor login acts on another account's or role's jobs. Default: not set, any user
+    /// that may publish job events (the dispatcher warns at start-up).
+    #[serde(default)]
+    pub executor_users: Option<String>,
     /// The most units one change event may name. A bigger event is rejected with this limit
     /// named: its run would hold the dispatcher, the broker and the PR comment hostage.
     #[serde(default = "default_max_units_per_run")]
@@ -86,6 +94,7 @@ impl Default for DispatcherSettings {
             lease_seconds: default_lease_seconds(),
             metrics_address: None,
             orchestrator_users: Vec::new(),
+            executor_users: None,
             max_units_per_run: default_max_units_per_run(),
             retention_days: default_retention_days(),
             drift_jobs_per_account: default_drift_jobs_per_account(),
@@ -240,6 +249,9 @@ pub(crate) fn validate(dispatcher: &DispatcherSettings) -> Result<(), ConfigErro
             ),
         ));
     }
+    if let Some(template) = &dispatcher.executor_users {
+        check_executor_users(template)?;
+    }
     if dispatcher.max_units_per_run == 0 {
         return Err(invalid(
             "dispatcher.max_units_per_run",
@@ -264,6 +276,42 @@ pub(crate) fn validate(dispatcher: &DispatcherSettings) -> Result<(), ConfigErro
         ));
     }
     Ok(())
+}
+
+/// `executor_users` names one user per account: `{account}` is required, `{role}` optional
+/// (one user for both roles of an account), and no other braces, so that a typo such as
+/// `{acount}` fails here rather than refuse every job event.
+fn check_executor_users(template: &str) -> Result<(), ConfigError> {
+    let key = "dispatcher.executor_users";
+    if !template.contains("{account}") {
+        return Err(invalid(
+            key,
+            format!(
+                "{template:?} has no {{account}}: every account's executors would share one user"
+            ),
+        ));
+    }
+    let rest = template.replace("{account}", "").replace("{role}", "");
+    if rest.contains(['{', '}']) {
+        return Err(invalid(
+            key,
+            format!("{template:?} has a placeholder other than {{account}} and {{role}}"),
+        ));
+    }
+    Ok(())
+}
+
+impl DispatcherSettings {
+    /// The broker user that may send job events about a job of `account` for `role`
+    /// (`plan` or `apply`), when `executor_users` is set.
+    pub fn executor_user(&self, account: &str, role: &str) -> Option<String> {
+        let template = self.executor_users.as_ref()?;
+        Some(
+            template
+                .replace("{account}", account)
+                .replace("{role}", role),
+        )
+    }
 }
 
 /// `store`: a PostgreSQL URL without a password, or a SQLite path; a password file only for
@@ -329,6 +377,42 @@ pub(crate) fn validate_retry(retry: &RetryPolicy) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn executor_users_needs_the_account_and_knows_only_its_two_placeholders() {
+        let with = |template: &str| DispatcherSettings {
+            executor_users: Some(template.to_owned()),
+            ..DispatcherSettings::default()
+        };
+        let err = |template: &str| validate(&with(template)).unwrap_err().to_string();
+        assert!(
+            err("pipelines-executor")
+                .contains("`dispatcher.executor_users`: \"pipelines-executor\" has no {account}"),
+            "{}",
+            err("pipelines-executor")
+        );
+        assert!(
+            err("pipelines-executor-{account}-{rol}")
+                .contains("has a placeholder other than {account} and {role}")
+        );
+        let shipped = with("pipelines-executor-{account}-{role}");
+        validate(&shipped).unwrap();
+        assert_eq!(
+            shipped.executor_user("prod", "apply").as_deref(),
+            Some("pipelines-executor-prod-apply")
+        );
+        // One user for both roles of an account.
+        assert_eq!(
+            with("exec-{account}")
+                .executor_user("dev", "plan")
+                .as_deref(),
+            Some("exec-dev")
+        );
+        assert_eq!(
+            DispatcherSettings::default().executor_user("dev", "plan"),
+            None
+        );
+    }
 
     #[test]
     fn dispatcher_and_retry_settings_name_their_key() {
