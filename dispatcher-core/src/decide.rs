@@ -94,6 +94,12 @@ pub enum Outcome {
     LateReport,
     /// A job event naming a run the job does not belong to, or a job nobody knows.
     UnknownJob,
+    /// A job event from a broker user other than the executor user of the job's account and
+    /// role (`dispatcher.executor_users`).
+    JobEventSenderRefused {
+        user: String,
+        expected: String,
+    },
     CancelRequested {
         reason: String,
     },
@@ -303,23 +309,41 @@ impl Core {
     }
 
     /// A worker's event about a job: a claim, a heartbeat, a give-back or an outcome.
-    /// `reply_to` is the delivery's reply queue; `known` the store's answer when the job is
-    /// not active.
+    /// `reply_to` is the delivery's reply queue and `user` its broker user (RabbitMQ checked
+    /// it against the login); `known` the store's answer when the job is not active.
     pub fn decide_job_event(
         &mut self,
         event: &JobEvent,
         reply_to: Option<&str>,
+        user: Option<&str>,
         known: Option<KnownJob>,
         now: u64,
     ) -> Decision {
-        if let Some((run, _)) = self.scheduler.job_by_id(event.job_id)
-            && run.run_id != event.run_id
-        {
-            let reason = format!(
-                "job event names run {} but job {} belongs to run {}",
-                event.run_id, event.job_id, run.run_id
-            );
-            return Decision::new(Verdict::DeadLetter(reason), Outcome::UnknownJob);
+        if let Some((run, job)) = self.scheduler.job_by_id(event.job_id) {
+            if run.run_id != event.run_id {
+                let reason = format!(
+                    "job event names run {} but job {} belongs to run {}",
+                    event.run_id, event.job_id, run.run_id
+                );
+                return Decision::new(Verdict::DeadLetter(reason), Outcome::UnknownJob);
+            }
+            // The worker name in an event is the sender's word; the broker user is not. Only
+            // the executors of the job's own account and role may act on it, so that no other
+            // executor login can claim it first and report a result it never produced.
+            let (account, role) = (&job.job.account, job.job.role.as_str());
+            if let Some(expected) = self.config.dispatcher.executor_user(account, role)
+                && user != Some(expected.as_str())
+            {
+                let user = user.unwrap_or("(none)").to_owned();
+                let reason = format!(
+                    "job event about job {} of account {account:?} ({role}) sent by broker user {user:?}; only {expected:?} may send it (dispatcher.executor_users)",
+                    event.job_id
+                );
+                return Decision::new(
+                    Verdict::DeadLetter(reason),
+                    Outcome::JobEventSenderRefused { user, expected },
+                );
+            }
         }
         let active = self.scheduler.contains_job(event.job_id);
         match &event.kind {

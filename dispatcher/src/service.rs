@@ -286,6 +286,11 @@ impl Dispatcher {
                 "Change events are accepted from any broker user; set dispatcher.orchestrator_users to the orchestrators' users."
             );
         }
+        if self.core.config().dispatcher.executor_users.is_none() {
+            tracing::warn!(
+                "Job events are accepted from any executor's broker user, for any account and role; set dispatcher.executor_users (see SECURITY.md)."
+            );
+        }
         tracing::info!(accounts = ?self.core.config().account_names(), "Dispatcher ready.");
         tokio::pin!(shutdown);
         loop {
@@ -641,9 +646,13 @@ impl Dispatcher {
         } else {
             None
         };
-        let decision = self
-            .core
-            .decide_job_event(&event, delivery.reply_to.as_deref(), known, now);
+        let decision = self.core.decide_job_event(
+            &event,
+            delivery.reply_to.as_deref(),
+            delivery.user_id.as_deref(),
+            known,
+            now,
+        );
         if let Some(Outcome::JobReported {
             action,
             finished: Some(state),
@@ -847,6 +856,11 @@ fn log(outcome: Option<&Outcome>) {
         Outcome::ClaimGranted { redelivered } => tracing::info!(redelivered, "Job started."),
         Outcome::ClaimDenied { reason, retry } => tracing::info!(%reason, retry, "Claim denied."),
         Outcome::ClaimWithoutReplyQueue => tracing::warn!("Claim without a valid reply queue."),
+        Outcome::JobEventSenderRefused { user, expected } => tracing::warn!(
+            user,
+            expected,
+            "Job event from a broker user that is not the job's executor user: refused."
+        ),
         Outcome::HeartbeatRenewed => {}
         Outcome::HeartbeatIgnored => {
             tracing::debug!("Heartbeat from a worker that does not hold the job.");

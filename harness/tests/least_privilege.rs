@@ -11,7 +11,10 @@ use harness::deployment::Deployment;
 use harness::rabbit::LeastPrivilege;
 use harness::runs::{DEADLINE, follow_to_end, setup};
 use harness::sandbox::Sandbox;
-use proto_types::{Change, ChangeEvent, ChangeKind, ExecutorRole, Payload, Trigger};
+use proto_types::{
+    Change, ChangeEvent, ChangeKind, ExecutorRole, JobEvent, JobEventKind, JobOutcome, JobStatus,
+    Payload, Trigger,
+};
 use uuid::Uuid;
 
 /// A two-account deployment where every component runs as its own user. Fields drop in
@@ -25,6 +28,12 @@ struct World {
 }
 
 fn world() -> World {
+    world_without(&[])
+}
+
+/// The world without the executors named `<account>-<role>` in `held_back`
+/// ([`World::start_executor`] starts one later).
+fn world_without(held_back: &[&str]) -> World {
     let (_vhost, sandbox) = setup();
     let units = Units::new(&sandbox);
     let quick = Behaviour::Succeed { seconds: 0 };
@@ -37,44 +46,36 @@ fn world() -> World {
     drop(units);
     let accounts = [("dev", "dev/**"), ("prod", "prod/**")];
     let access = LeastPrivilege::import_shipped(sandbox.path(), &["dev", "prod"]);
+    // Job events only from the executor user of each job's own account and role.
     let extra = format!(
-        "orchestrator_users = [\"{}\"]\n",
-        access.user("orchestrator")
+        "orchestrator_users = [\"{}\"]\nexecutor_users = \"{}\"\n",
+        access.user("orchestrator"),
+        access.user("executor-{account}-{role}")
     );
     let config = sandbox.write_config(&access.url("admin"), &accounts, &extra);
     let dispatcher_url = access.url("dispatcher");
-    let mut deployment = Deployment::start_with_env(
+    let deployment = Deployment::start_with_env(
         sandbox.path(),
         &config,
         &[],
         &[("PIPELINES_BROKER_URL", &dispatcher_url)],
         &[],
     );
-    // Executors read their password from a file: their environment holds none.
-    for account in ["dev", "prod"] {
-        for role in ["plan", "apply"] {
-            let user = format!("executor-{account}-{role}");
-            let password_file = password_file(&sandbox, &access, &user);
-            deployment.start_executor_with(
-                &format!("{account}:{role}"),
-                &format!("{account}-{role}-1"),
-                &[
-                    ("PIPELINES_BROKER_URL", &access.url_without_password(&user)),
-                    (
-                        "PIPELINES_BROKER_PASSWORD_FILE",
-                        password_file.to_str().unwrap(),
-                    ),
-                ],
-            );
-        }
-    }
-    World {
+    let mut world = World {
         deployment,
         access,
         sandbox,
         commits: (c0, c1),
         runtime: tokio::runtime::Runtime::new().unwrap(),
+    };
+    for account in ["dev", "prod"] {
+        for role in ["plan", "apply"] {
+            if !held_back.contains(&format!("{account}-{role}").as_str()) {
+                world.start_executor(account, role);
+            }
+        }
     }
+    world
 }
 
 /// A file holding `user`'s password alone, readable by its owner only.
@@ -87,6 +88,27 @@ fn password_file(sandbox: &Sandbox, access: &LeastPrivilege, user: &str) -> std:
 }
 
 impl World {
+    /// Starts `<account>-<role>-1` as its own broker user. Executors read their password from
+    /// a file: their environment holds none.
+    fn start_executor(&mut self, account: &str, role: &str) {
+        let user = format!("executor-{account}-{role}");
+        let password_file = password_file(&self.sandbox, &self.access, &user);
+        self.deployment.start_executor_with(
+            &format!("{account}:{role}"),
+            &format!("{account}-{role}-1"),
+            &[
+                (
+                    "PIPELINES_BROKER_URL",
+                    &self.access.url_without_password(&user),
+                ),
+                (
+                    "PIPELINES_BROKER_PASSWORD_FILE",
+                    password_file.to_str().unwrap(),
+                ),
+            ],
+        );
+    }
+
     fn connect(&self, role: &str) -> Broker {
         self.runtime
             .block_on(Broker::connect(
@@ -378,4 +400,84 @@ fn the_plan_user_cannot_consume_the_apply_queue_and_the_reverse() {
         transcript.contains("carries a password") && !transcript.contains("dev-executor-dev-plan"),
         "{transcript}"
     );
+}
+
+/// Job events are bound to the broker user that sent them (`dispatcher.executor_users`): an
+/// executor login of another account, or of the other role, cannot claim a queued job first
+/// nor report a result for it. The job then runs on its own worker.
+#[test]
+fn a_job_event_from_another_accounts_or_roles_executor_is_dead_lettered_and_the_job_runs_on_its_own()
+ {
+    // No dev apply worker yet: dev/app's apply job waits in its queue, active and unclaimed.
+    let mut world = world_without(&["dev-apply"]);
+    let orchestrator = world.access.url("orchestrator");
+    let range = (world.commits.0.as_str(), world.commits.1.as_str());
+    let run = harness::runs::submit(&world.sandbox, orchestrator.as_str(), range, "push", &[]);
+    let job_id = harness::poll_until(DEADLINE, "dev/app's job to be queued", || {
+        let detail = harness::runs::status(&world.sandbox, run)?;
+        detail
+            .jobs
+            .iter()
+            .find(|job| job.unit == "dev/app")
+            .map(|job| job.job_id)
+    });
+    let event = |kind: JobEventKind| {
+        JobEvent {
+            job_id,
+            run_id: run,
+            attempt: 1,
+            worker: "dev-apply-1".into(),
+            kind,
+        }
+        .encode()
+    };
+    let succeeded = JobOutcome {
+        status: JobStatus::Succeeded,
+        exit_code: Some(0),
+        resource_changes: None,
+        output: "forged".into(),
+        duration_ms: 1,
+        log: None,
+        policy: None,
+        drift: None,
+    };
+    for sender in ["executor-prod-apply", "executor-dev-plan"] {
+        let broker = world.connect(sender);
+        world
+            .publish(
+                &broker,
+                Route::Claims,
+                &event(JobEventKind::Started { redelivered: false }),
+                None,
+            )
+            .unwrap();
+        world
+            .publish(
+                &broker,
+                Route::JobEvents,
+                &event(JobEventKind::Finished(succeeded.clone())),
+                None,
+            )
+            .unwrap();
+        let expected = format!(
+            "job event about job {job_id} of account \"dev\" (apply) sent by broker user \"{}\"; only \"{}\" may send it (dispatcher.executor_users)",
+            world.access.user(sender),
+            world.access.user("executor-dev-apply")
+        );
+        for queue in ["pipelines.claims", "pipelines.job-events"] {
+            let dead = world.dead_letters(queue, 1);
+            assert_eq!(dead[0].1, expected, "{queue}");
+        }
+    }
+
+    world.start_executor("dev", "apply");
+    let detail = harness::runs::wait_final(&world.sandbox, run);
+    assert_eq!(detail.run.state, "succeeded", "{detail:#?}");
+    harness::runs::assert_job(&detail, "dev/app", "succeeded", "dev-apply-1", 1);
+    assert_ne!(
+        harness::runs::job(&detail, "dev/app").duration_ms,
+        Some(1),
+        "the forged outcome was not taken"
+    );
+    world.deployment.assert_running();
 }

@@ -1,7 +1,7 @@
 //! Each message kind's decision, with plain data: no broker, no database, no clock.
 
 use proto_types::{
-    Action, ApprovalOrder, ApprovalVerdict, CancelRun, ClaimVerdict, JobEvent, JobEventKind,
+    Action, ApprovalOrder, ApprovalVerdict, CancelRun, ClaimVerdict, Job, JobEvent, JobEventKind,
     JobStatus, Trigger,
 };
 
@@ -37,6 +37,21 @@ fn job_event(run_id: Uuid, job_id: Uuid, kind: JobEventKind) -> JobEvent {
         worker: "w1".into(),
         kind,
     }
+}
+
+/// A pull request's run of one unit accepted by `core`: its job, and a first claim of it.
+fn first_job_and_its_claim(core: &mut Core) -> (Job, JobEvent) {
+    let job = core
+        .decide_change(&change(pr(1), &["app"]), None, None, 0)
+        .effects
+        .publish[0]
+        .clone();
+    let started = job_event(
+        job.run_id,
+        job.job_id,
+        JobEventKind::Started { redelivered: false },
+    );
+    (job, started)
 }
 
 #[test]
@@ -102,13 +117,13 @@ fn a_claim_is_answered_on_its_reply_queue_and_a_claim_without_one_is_dead_letter
         JobEventKind::Started { redelivered: false },
     );
 
-    let forged = core.decide_job_event(&started, Some("jobs.dev.apply"), None, 1);
+    let forged = core.decide_job_event(&started, Some("jobs.dev.apply"), None, None, 1);
     assert_eq!(forged.outcome, Some(Outcome::ClaimWithoutReplyQueue));
     assert!(
         matches!(forged.verdict, Verdict::DeadLetter(reason) if reason.contains("jobs.dev.apply"))
     );
 
-    let granted = core.decide_job_event(&started, Some("amq.gen-w1"), None, 1);
+    let granted = core.decide_job_event(&started, Some("amq.gen-w1"), None, None, 1);
     let (queue, reply) = granted.reply.expect("an answer");
     assert_eq!(queue, "amq.gen-w1");
     assert!(matches!(reply.verdict, ClaimVerdict::Granted { .. }));
@@ -129,7 +144,7 @@ fn a_claim_of_a_job_the_store_knows_as_final_is_denied_for_good_naming_its_state
     let known = KnownJob {
         state: "succeeded".into(),
     };
-    let decision = core.decide_job_event(&started, Some("amq.gen-w1"), Some(known), 5);
+    let decision = core.decide_job_event(&started, Some("amq.gen-w1"), None, Some(known), 5);
     assert_eq!(
         decision.outcome,
         Some(Outcome::ClaimDenied {
@@ -142,23 +157,14 @@ fn a_claim_of_a_job_the_store_knows_as_final_is_denied_for_good_naming_its_state
 #[test]
 fn the_holders_report_ends_the_job_keeps_its_output_and_says_how_it_ended() {
     let mut core = core(&[]);
-    let job = core
-        .decide_change(&change(pr(1), &["app"]), None, None, 0)
-        .effects
-        .publish[0]
-        .clone();
-    let started = job_event(
-        job.run_id,
-        job.job_id,
-        JobEventKind::Started { redelivered: false },
-    );
-    core.decide_job_event(&started, Some("amq.gen-w1"), None, 1);
+    let (job, started) = first_job_and_its_claim(&mut core);
+    core.decide_job_event(&started, Some("amq.gen-w1"), None, None, 1);
     let report = job_event(
         job.run_id,
         job.job_id,
         JobEventKind::Finished(outcome(JobStatus::Failed, "boom")),
     );
-    let decision = core.decide_job_event(&report, None, None, 2);
+    let decision = core.decide_job_event(&report, None, None, None, 2);
     assert_eq!(decision.output, Some((job.job_id, "boom".into())));
     assert!(matches!(
         decision.outcome,
@@ -169,7 +175,7 @@ fn the_holders_report_ends_the_job_keeps_its_output_and_says_how_it_ended() {
         })
     ));
     // The same report again (a redelivery): the job is final, nothing changes.
-    let again = core.decide_job_event(&report, None, None, 3);
+    let again = core.decide_job_event(&report, None, None, None, 3);
     assert_eq!(again.outcome, Some(Outcome::StaleReport));
     assert!(again.output.is_none());
 }
@@ -182,14 +188,14 @@ fn a_report_for_a_job_nobody_knows_is_dead_lettered_and_a_late_one_is_acked() {
         Uuid::new_v4(),
         JobEventKind::Finished(outcome(JobStatus::Succeeded, "")),
     );
-    let unknown = core.decide_job_event(&report, None, None, 0);
+    let unknown = core.decide_job_event(&report, None, None, None, 0);
     assert!(
         matches!(unknown.verdict, Verdict::DeadLetter(reason) if reason.starts_with("job event for unknown run"))
     );
     let known = KnownJob {
         state: "succeeded".into(),
     };
-    let late = core.decide_job_event(&report, None, Some(known), 0);
+    let late = core.decide_job_event(&report, None, None, Some(known), 0);
     assert_eq!(late.verdict, Verdict::Ack);
     assert_eq!(late.outcome, Some(Outcome::LateReport));
 }
@@ -248,7 +254,7 @@ fn persist_lists_changed_runs_and_jobs_and_a_running_runs_status_at_most_twice_a
         job.job_id,
         JobEventKind::Started { redelivered: false },
     );
-    let claimed = core.decide_job_event(&started, Some("amq.gen-w1"), None, 100);
+    let claimed = core.decide_job_event(&started, Some("amq.gen-w1"), None, None, 100);
     let paced = core.persist(&claimed.effects, 100);
     assert!(paced.statuses.is_empty(), "the next waits for the interval");
     assert_eq!(core.next_wakeup(100), Some(STATUS_INTERVAL_MS));
@@ -529,5 +535,70 @@ fn one_drift_run_per_repository_at_a_time_and_the_dispatcher_may_submit_it() {
             first.id
         )),
         "{reason}"
+    );
+}
+
+#[test]
+fn with_executor_users_set_only_the_jobs_own_account_and_role_may_claim_or_report_it() {
+    let mut core = core(&[]);
+    core.config.dispatcher.executor_users = Some("pipelines-executor-{account}-{role}".into());
+    let (job, started) = first_job_and_its_claim(&mut core);
+    let finished = job_event(
+        job.run_id,
+        job.job_id,
+        JobEventKind::Finished(outcome(JobStatus::Succeeded, "")),
+    );
+
+    // Another account's executor, the same account's apply executor, and a message without a
+    // user: none may claim the job first or report a result it never produced.
+    for user in [
+        Some("pipelines-executor-prod-plan"),
+        Some("pipelines-executor-dev-apply"),
+        None,
+    ] {
+        for (event, reply_to) in [(&started, Some("amq.gen-x")), (&finished, None)] {
+            let refused = core.decide_job_event(event, reply_to, user, None, 1);
+            let sender = user.unwrap_or("(none)");
+            assert_eq!(
+                refused.outcome,
+                Some(Outcome::JobEventSenderRefused {
+                    user: sender.into(),
+                    expected: "pipelines-executor-dev-plan".into(),
+                })
+            );
+            assert!(
+                matches!(&refused.verdict, Verdict::DeadLetter(reason)
+                    if reason.contains(&format!("{sender:?}")) && reason.contains("\"pipelines-executor-dev-plan\"")),
+                "{:?}",
+                refused.verdict
+            );
+            assert!(refused.effects.is_empty(), "nothing was decided");
+            assert!(refused.reply.is_none());
+        }
+    }
+
+    // The job is still there for its own executors.
+    let granted = core.decide_job_event(
+        &started,
+        Some("amq.gen-w1"),
+        Some("pipelines-executor-dev-plan"),
+        None,
+        2,
+    );
+    assert!(matches!(
+        granted.reply.expect("an answer").1.verdict,
+        ClaimVerdict::Granted { .. }
+    ));
+    let reported = core.decide_job_event(
+        &finished,
+        None,
+        Some("pipelines-executor-dev-plan"),
+        None,
+        3,
+    );
+    assert!(
+        matches!(reported.outcome, Some(Outcome::JobReported { .. })),
+        "{:?}",
+        reported.outcome
     );
 }
