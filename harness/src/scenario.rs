@@ -139,8 +139,16 @@ impl Fixture {
 
     /// The policy file for this repository (named `infra`) and the two accounts.
     pub fn config(&self, broker_url: &str) -> PathBuf {
-        self.sandbox
-            .write_config(broker_url, &[("dev", "dev/**"), ("prod", "prod/**")], "")
+        self.config_with(broker_url, "")
+    }
+
+    /// [`Fixture::config`] with `dispatcher` lines added.
+    pub fn config_with(&self, broker_url: &str, dispatcher: &str) -> PathBuf {
+        self.sandbox.write_config(
+            broker_url,
+            &[("dev", "dev/**"), ("prod", "prod/**")],
+            dispatcher,
+        )
     }
 
     /// The `value` output of a unit's state, or `None` when it has no state or no outputs.

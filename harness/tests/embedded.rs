@@ -10,7 +10,12 @@ use harness::require_terraform;
 use harness::scenario::{Fixture, UNITS, expected_output};
 
 fn run(fixture: &Fixture, base: &str, head: &str, event: &str, with_config: bool) -> Finished {
-    let config = fixture.config(config::DEFAULT_BROKER_URL);
+    // A deployment's configuration, sender checks included: in one process there are no
+    // broker users, and embedded mode must not refuse its own events for want of one.
+    let config = fixture.config_with(
+        config::DEFAULT_BROKER_URL,
+        "orchestrator_users = [\"pipelines-orchestrator\"]\nexecutor_users = \"pipelines-executor-{account}-{role}\"\n",
+    );
     let mut extra = vec!["--repo-name", "infra"];
     if with_config {
         extra.extend(["--config", config.to_str().unwrap()]);

@@ -184,7 +184,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     }
     let trigger = trigger(&range, &args.change.repo)?;
     let repository = repository_name(&args.change)?;
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => {
             let url = std::fs::canonicalize(&args.change.repo)
@@ -196,6 +196,10 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             Config::embedded(&repository, &url.to_string_lossy(), deploy_branch)
         }
     };
+    // In one process over the in-memory broker there are no broker users: messages carry no
+    // `user_id`, so a deployment's sender checks would refuse every event.
+    config.dispatcher.orchestrator_users.clear();
+    config.dispatcher.executor_users = None;
     let work_dir = tempfile::Builder::new()
         .prefix("pipelines-run-")
         .tempdir()
