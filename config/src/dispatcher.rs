@@ -39,7 +39,7 @@ pub struct DispatcherSettings {
     #[serde(default)]
     pub orchestrator_users: Vec<String>,
     /// The broker user an executor of each account and role sends job events as, with
-    /// `{account}` and `{role}` (`plan` or `apply`) in it: `pipelines-executor-{account}-{role}`
+    /// both `{account}` and `{role}` (`plan` or `apply`) in it: `pipelines-executor-{account}-{role}`
     /// for the users `pipelines broker definitions` makes. A claim, heartbeat, give-back or
     /// outcome about a job from any other user is dead-lettered, naming both users, so that no
     /// executor login acts on another account's or role's jobs. Default: not set, any user
@@ -278,18 +278,22 @@ pub(crate) fn validate(dispatcher: &DispatcherSettings) -> Result<(), ConfigErro
     Ok(())
 }
 
-/// `executor_users` names one user per account: `{account}` is required, `{role}` optional
-/// (one user for both roles of an account), and no other braces, so that a typo such as
-/// `{acount}` fails here rather than refuse every job event.
+/// `executor_users` names one user per account and role: both placeholders are required (a
+/// user shared by an account's plan and apply workers would let a plan worker's login act on
+/// applies), and no other braces, so that a typo such as `{acount}` fails here rather than
+/// refuse every job event.
 fn check_executor_users(template: &str) -> Result<(), ConfigError> {
     let key = "dispatcher.executor_users";
-    if !template.contains("{account}") {
-        return Err(invalid(
-            key,
-            format!(
-                "{template:?} has no {{account}}: every account's executors would share one user"
-            ),
-        ));
+    for (placeholder, shared) in [
+        ("{account}", "every account's executors"),
+        ("{role}", "an account's plan and apply workers"),
+    ] {
+        if !template.contains(placeholder) {
+            return Err(invalid(
+                key,
+                format!("{template:?} has no {placeholder}: {shared} would share one user"),
+            ));
+        }
     }
     let rest = template.replace("{account}", "").replace("{role}", "");
     if rest.contains(['{', '}']) {
@@ -379,7 +383,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn executor_users_needs_the_account_and_knows_only_its_two_placeholders() {
+    fn executor_users_needs_the_account_and_the_role_and_knows_no_other_placeholder() {
         let with = |template: &str| DispatcherSettings {
             executor_users: Some(template.to_owned()),
             ..DispatcherSettings::default()
@@ -392,7 +396,7 @@ mod tests {
             err("pipelines-executor")
         );
         assert!(
-            err("pipelines-executor-{account}-{rol}")
+            err("pipelines-executor-{account}-{role}-{rol}")
                 .contains("has a placeholder other than {account} and {role}")
         );
         let shipped = with("pipelines-executor-{account}-{role}");
@@ -401,13 +405,9 @@ mod tests {
             shipped.executor_user("prod", "apply").as_deref(),
             Some("pipelines-executor-prod-apply")
         );
-        // One user for both roles of an account.
-        assert_eq!(
-            with("exec-{account}")
-                .executor_user("dev", "plan")
-                .as_deref(),
-            Some("exec-dev")
-        );
+        assert!(err("exec-{account}").contains(
+            "\"exec-{account}\" has no {role}: an account's plan and apply workers would share one user"
+        ));
         assert_eq!(
             DispatcherSettings::default().executor_user("dev", "plan"),
             None

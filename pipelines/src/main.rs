@@ -386,7 +386,7 @@ enum BrokerCommand {
         /// The virtual host.
         #[arg(long, default_value = "pipelines")]
         vhost: String,
-        /// Put before every user name: `<prefix>dispatcher`, `<prefix>executor-<account>`.
+        /// Put before every user name: `<prefix>dispatcher`, `<prefix>executor-<account>-<role>`.
         #[arg(long, default_value = "pipelines-")]
         user_prefix: String,
         /// Add a consumer-timeout policy (RabbitMQ 3.12 and later; older versions take
