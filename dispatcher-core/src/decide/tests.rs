@@ -550,13 +550,19 @@ fn with_executor_users_set_only_the_jobs_own_account_and_role_may_claim_or_repor
     );
 
     // Another account's executor, the same account's apply executor, and a message without a
-    // user: none may claim the job first or report a result it never produced.
+    // user: none may claim the job first or report a result it never produced, whatever
+    // worker name it gives.
+    let forged = |event: &JobEvent| JobEvent {
+        worker: "mallory".into(),
+        ..event.clone()
+    };
+    let (forged_claim, forged_outcome) = (forged(&started), forged(&finished));
     for user in [
         Some("pipelines-executor-prod-plan"),
         Some("pipelines-executor-dev-apply"),
         None,
     ] {
-        for (event, reply_to) in [(&started, Some("amq.gen-x")), (&finished, None)] {
+        for (event, reply_to) in [(&forged_claim, Some("amq.gen-x")), (&forged_outcome, None)] {
             let refused = core.decide_job_event(event, reply_to, user, None, 1);
             let sender = user.unwrap_or("(none)");
             assert_eq!(
@@ -577,7 +583,8 @@ fn with_executor_users_set_only_the_jobs_own_account_and_role_may_claim_or_repor
         }
     }
 
-    // The job is still there for its own executors.
+    // The job is still there for its own executors: had a forged claim been granted,
+    // mallory would hold it and w1 would be refused.
     let granted = core.decide_job_event(
         &started,
         Some("amq.gen-w1"),
