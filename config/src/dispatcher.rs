@@ -40,9 +40,10 @@ pub struct DispatcherSettings {
     pub orchestrator_users: Vec<String>,
     /// The broker user an executor of each account and role sends job events as, with
     /// both `{account}` and `{role}` (`plan` or `apply`) in it: `pipelines-executor-{account}-{role}`
-    /// for the users `pipelines broker definitions` makes. A claim, heartbeat, give-back or
-    /// outcome about a job from any other user is dead-lettered, naming both users, so that no
-    /// executor login acts on another account's or role's jobs. Default: not set, any user
+    /// for the users `pipelines broker definitions` makes. A claim, heartbeat, give-back,
+    /// outcome or log chunk about a job from any other user is dead-lettered, naming both
+    /// users, so that no executor login acts on another account's or role's jobs nor writes
+    /// their logs. Default: not set, any user
     /// that may publish job events (the dispatcher warns at start-up).
     #[serde(default)]
     pub executor_users: Option<String>,
@@ -316,6 +317,19 @@ impl DispatcherSettings {
                 .replace("{role}", role),
         )
     }
+
+    /// The user that should have sent a message about a job of `account` for `role`, when
+    /// `executor_users` is set and `user` (the broker user RabbitMQ checked) is not it. Job
+    /// events and log chunks both ask this, so that a login speaks for its own jobs only.
+    pub fn executor_user_mismatch(
+        &self,
+        account: &str,
+        role: &str,
+        user: Option<&str>,
+    ) -> Option<String> {
+        self.executor_user(account, role)
+            .filter(|expected| user != Some(expected.as_str()))
+    }
 }
 
 /// `store`: a PostgreSQL URL without a password, or a SQLite path; a password file only for
@@ -411,6 +425,25 @@ mod tests {
         assert_eq!(
             DispatcherSettings::default().executor_user("dev", "plan"),
             None
+        );
+        let apply = "pipelines-executor-prod-apply";
+        assert_eq!(
+            shipped.executor_user_mismatch("prod", "apply", Some(apply)),
+            None
+        );
+        for other in [Some("pipelines-executor-prod-plan"), None] {
+            assert_eq!(
+                shipped
+                    .executor_user_mismatch("prod", "apply", other)
+                    .as_deref(),
+                Some(apply),
+                "{other:?}"
+            );
+        }
+        assert_eq!(
+            DispatcherSettings::default().executor_user_mismatch("prod", "apply", None),
+            None,
+            "unset: any sender"
         );
     }
 

@@ -331,8 +331,10 @@ impl Core {
             // the executors of the job's own account and role may act on it, so that no other
             // executor login can claim it first and report a result it never produced.
             let (account, role) = (&job.job.account, job.job.role.as_str());
-            if let Some(expected) = self.config.dispatcher.executor_user(account, role)
-                && user != Some(expected.as_str())
+            if let Some(expected) = self
+                .config
+                .dispatcher
+                .executor_user_mismatch(account, role, user)
             {
                 let user = user.unwrap_or("(none)").to_owned();
                 let reason = format!(

@@ -10,7 +10,10 @@
 //! is held in memory but the chunk being written: the page reads the files.
 //!
 //! Only the worker the run database names as a job's holder (or as the one that reported its
-//! outcome) may start a log of the job's current attempt; what it started it may finish.
+//! outcome) may start a log of the job's current attempt; what it started it may finish. With
+//! `dispatcher.executor_users` set, every chunk must also come from the broker user of the
+//! job's account and role, as job events must: a worker's name is its own word, its login is
+//! RabbitMQ's.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -20,6 +23,7 @@ use std::time::{Duration, SystemTime};
 
 use broker::topology::LOGS_QUEUE;
 use broker::{Broker, Delivery};
+use config::DispatcherSettings;
 use proto_types::{LogChunk, Message};
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -316,26 +320,35 @@ fn newest_modification(dir: &Path) -> Option<SystemTime> {
 /// dead-lettered with the reason; one that must wait for earlier bytes, or that the disk
 /// refused, goes back to the queue after a pause. The run database (read-only) says who may
 /// write.
-pub async fn consume(broker: Broker, logs: LogStore) -> Result<(), DispatchError> {
+pub async fn consume(
+    broker: Broker,
+    logs: LogStore,
+    senders: DispatcherSettings,
+) -> Result<(), DispatchError> {
     let jobs = crate::store::Store::connect_read_only(&logs.inner.store)?;
     let jobs = Arc::new(std::sync::Mutex::new(jobs));
     let mut consumer = broker.consume(LOGS_QUEUE, PREFETCH).await?;
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;
-        handle(&logs, &jobs, delivery).await?;
+        handle(&logs, &jobs, &senders, delivery).await?;
     }
     Err(DispatchError::ConsumerClosed("logs"))
 }
 
 /// Whether `chunk`'s worker may write the log it belongs to: it started it already, or the run
 /// database names it as the holder of the job's current attempt (or as the worker that
-/// reported its outcome). Like job events, a worker speaks only for jobs it was granted.
+/// reported its outcome). Like job events, a worker speaks only for jobs it was granted; and
+/// with `executor_users` set, `user` (the broker user RabbitMQ checked) must be the one of the
+/// job's account and role, for every chunk: a log once started is no open door.
 fn admit(
     logs: &LogStore,
     jobs: &std::sync::Mutex<crate::store::Store>,
     chunk: &LogChunk,
+    user: Option<&str>,
+    senders: &DispatcherSettings,
 ) -> Result<(), LogError> {
-    if logs.started(chunk) {
+    let bound_to_users = senders.executor_users.is_some();
+    if !bound_to_users && logs.started(chunk) {
         return Ok(());
     }
     let found = jobs
@@ -352,28 +365,38 @@ fn admit(
             chunk.job_id, chunk.attempt, chunk.worker
         )))
     };
-    match found {
-        None => refuse("no such job".into()),
-        Some(job) if job.run_id != chunk.run_id => refuse(format!(
+    let Some(job) = found else {
+        return refuse("no such job".into());
+    };
+    if job.run_id != chunk.run_id {
+        return refuse(format!(
             "the job belongs to run {}, not {}",
             job.run_id, chunk.run_id
-        )),
-        Some(job)
-            if job.attempt == chunk.attempt && job.worker.as_deref() == Some(&chunk.worker) =>
-        {
-            Ok(())
-        }
-        Some(job) => refuse(format!(
-            "the job is at attempt {} on {}",
-            job.attempt,
-            job.worker.as_deref().unwrap_or("no worker")
-        )),
+        ));
     }
+    if let Some(expected) = senders.executor_user_mismatch(&job.account, job.role.as_str(), user) {
+        return refuse(format!(
+            "sent by broker user {:?}; only {expected:?} may write the logs of account {:?} ({}) (dispatcher.executor_users)",
+            user.unwrap_or("(none)"),
+            job.account,
+            job.role
+        ));
+    }
+    let holder = job.attempt == chunk.attempt && job.worker.as_deref() == Some(&chunk.worker);
+    if holder || (bound_to_users && logs.started(chunk)) {
+        return Ok(());
+    }
+    refuse(format!(
+        "the job is at attempt {} on {}",
+        job.attempt,
+        job.worker.as_deref().unwrap_or("no worker")
+    ))
 }
 
 async fn handle(
     logs: &LogStore,
     jobs: &Arc<std::sync::Mutex<crate::store::Store>>,
+    senders: &DispatcherSettings,
     delivery: Delivery,
 ) -> Result<(), DispatchError> {
     let chunk = match proto_types::decode(&delivery.body) {
@@ -394,8 +417,10 @@ async fn handle(
     };
     let store = logs.clone();
     let jobs = jobs.clone();
+    let senders = senders.clone();
+    let user = delivery.user_id.clone();
     let written = tokio::task::spawn_blocking(move || {
-        admit(&store, &jobs, &chunk)?;
+        admit(&store, &jobs, &chunk, user.as_deref(), &senders)?;
         store.write(&chunk)
     })
     .await
@@ -550,62 +575,156 @@ mod tests {
         assert_eq!(listed[0].end, Some(LogEnd::Truncated));
     }
 
-    #[test]
-    fn only_the_holder_starts_a_log_and_may_finish_what_it_started() {
+    /// A push run's one apply job of `unit`, claimed by w1 at attempt 1, in the run database
+    /// under `dir`; the logs' read-only view of that database and their store.
+    struct Claimed {
+        store: crate::store::Store,
+        scheduler: crate::scheduler::Scheduler,
+        job: proto_types::Job,
+        jobs: std::sync::Mutex<crate::store::Store>,
+        logs: LogStore,
+    }
+
+    fn claimed_by_w1(dir: &Path, unit: &str) -> Claimed {
         use crate::scheduler::Scheduler;
         use crate::store::Store;
-        use crate::testing::{event, outcome, push, settings};
-        use proto_types::{Action, JobStatus};
+        use crate::testing::{event, push, settings};
+        use proto_types::Action;
 
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path()).unwrap();
+        let mut store = Store::open(dir).unwrap();
         let mut scheduler = Scheduler::new(settings());
-        let (event, plan) = event(push(), &[("a", Action::Apply)], &[]);
+        let (event, plan) = event(push(), &[(unit, Action::Apply)], &[]);
         let effects = scheduler.accept(&event, &plan, 1);
         crate::testing::commit(&mut store, &scheduler, &effects, &[], 1);
         let job = effects.publish[0].clone();
         let (_, claimed) = scheduler.claim(job.job_id, 1, "w1", false, Some("amq.gen-w1"), 2);
         crate::testing::commit(&mut store, &scheduler, &claimed, &[], 2);
+        Claimed {
+            store,
+            scheduler,
+            job,
+            jobs: std::sync::Mutex::new(Store::open_read_only(dir).unwrap()),
+            logs: LogStore::new(dir, 1 << 20),
+        }
+    }
 
-        let jobs = std::sync::Mutex::new(Store::open_read_only(dir.path()).unwrap());
-        let logs = LogStore::new(dir.path(), 1 << 20);
-        let of = |worker: &str, attempt, offset| LogChunk {
-            job_id: job.job_id,
-            run_id: job.run_id,
-            attempt,
-            worker: worker.into(),
-            stream: 1,
-            offset,
-            text: "x".into(),
-            end: false,
-        };
-        let refused = |chunk: LogChunk| match admit(&logs, &jobs, &chunk) {
+    impl Claimed {
+        /// One byte of the job's log at `offset`, as `worker` would send it for `attempt`.
+        fn chunk(&self, worker: &str, attempt: u32, offset: u64) -> LogChunk {
+            LogChunk {
+                job_id: self.job.job_id,
+                run_id: self.job.run_id,
+                attempt,
+                worker: worker.into(),
+                stream: 1,
+                offset,
+                text: "x".into(),
+                end: false,
+            }
+        }
+
+        /// w1 reports the job succeeded: its lease ends, the outcome names w1.
+        fn finish(&mut self) {
+            use crate::testing::outcome;
+            use proto_types::JobStatus;
+            let succeeded = outcome(JobStatus::Succeeded, "");
+            let finished = self
+                .scheduler
+                .finish(self.job.job_id, 1, "w1", &succeeded, 3);
+            crate::testing::commit(&mut self.store, &self.scheduler, &finished, &[], 3);
+        }
+    }
+
+    /// Why `admit` refused `chunk` from `user`; fails if it did not.
+    fn refusal(
+        claimed: &Claimed,
+        chunk: &LogChunk,
+        user: Option<&str>,
+        senders: &DispatcherSettings,
+    ) -> String {
+        match admit(&claimed.logs, &claimed.jobs, chunk, user, senders) {
             Err(LogError::Invalid(reason)) => reason,
-            other => panic!("{chunk:?} was not refused: {other:?}"),
+            other => panic!("{chunk:?} from {user:?} was not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_the_holder_starts_a_log_and_may_finish_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut claimed = claimed_by_w1(dir.path(), "a");
+        let anyone = DispatcherSettings::default();
+        let admitted = |claimed: &Claimed, chunk: &LogChunk| {
+            admit(&claimed.logs, &claimed.jobs, chunk, None, &anyone)
         };
-        assert!(refused(of("w2", 1, 0)).contains("the job is at attempt 1 on w1"));
-        assert!(refused(of("w1", 2, 0)).contains("the job is at attempt 1 on w1"));
-        let mut elsewhere = of("w1", 1, 0);
+        let refused = |claimed: &Claimed, chunk: &LogChunk| refusal(claimed, chunk, None, &anyone);
+        let c = &claimed;
+        assert!(refused(c, &c.chunk("w2", 1, 0)).contains("the job is at attempt 1 on w1"));
+        assert!(refused(c, &c.chunk("w1", 2, 0)).contains("the job is at attempt 1 on w1"));
+        let mut elsewhere = c.chunk("w1", 1, 0);
         elsewhere.run_id = Uuid::from_u128(99);
-        assert!(refused(elsewhere).contains("belongs to run"));
-        let mut unknown = of("w1", 1, 0);
+        assert!(refused(c, &elsewhere).contains("belongs to run"));
+        let mut unknown = c.chunk("w1", 1, 0);
         unknown.job_id = Uuid::from_u128(98);
-        assert!(refused(unknown).contains("no such job"));
+        assert!(refused(c, &unknown).contains("no such job"));
         assert!(
-            logs.logs(job.run_id, job.job_id).is_empty(),
+            c.logs.logs(c.job.run_id, c.job.job_id).is_empty(),
             "nothing written"
         );
 
-        admit(&logs, &jobs, &of("w1", 1, 0)).unwrap();
-        logs.write(&of("w1", 1, 0)).unwrap();
+        admitted(c, &c.chunk("w1", 1, 0)).unwrap();
+        c.logs.write(&c.chunk("w1", 1, 0)).unwrap();
         // The job ends (and the lease with it): w1 finishes its log, and reported the outcome.
-        let finished = scheduler.finish(job.job_id, 1, "w1", &outcome(JobStatus::Succeeded, ""), 3);
-        crate::testing::commit(&mut store, &scheduler, &finished, &[], 3);
-        admit(&logs, &jobs, &of("w1", 1, 1)).unwrap();
-        let mut another_stream = of("w1", 1, 0);
+        claimed.finish();
+        let c = &claimed;
+        admitted(c, &c.chunk("w1", 1, 1)).unwrap();
+        let mut another_stream = c.chunk("w1", 1, 0);
         another_stream.stream = 2;
-        admit(&logs, &jobs, &another_stream).unwrap();
-        assert!(refused(of("w2", 1, 0)).contains("on w1"));
+        admitted(c, &another_stream).unwrap();
+        assert!(refused(c, &c.chunk("w2", 1, 0)).contains("on w1"));
+    }
+
+    /// With `executor_users` set, a chunk must come from the job's account's and role's broker
+    /// user, even for a log its worker started: the worker's name in a chunk is the sender's
+    /// word, and both it and the job id are on the web page.
+    #[test]
+    fn with_executor_users_set_only_the_jobs_own_user_writes_its_log_even_once_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut claimed = claimed_by_w1(dir.path(), "prod/app");
+        let senders = DispatcherSettings {
+            executor_users: Some("executor-{account}-{role}".into()),
+            ..DispatcherSettings::default()
+        };
+        let own = Some("executor-prod-apply");
+        let admitted = |claimed: &Claimed, chunk: &LogChunk| {
+            admit(&claimed.logs, &claimed.jobs, chunk, own, &senders)
+        };
+        let c = &claimed;
+        for user in [Some("executor-prod-plan"), Some("executor-dev-apply"), None] {
+            let reason = refusal(c, &c.chunk("w1", 1, 0), user, &senders);
+            assert!(
+                reason.contains(&format!(
+                    "sent by broker user {:?}; only \"executor-prod-apply\" may write the logs of account \"prod\" (apply)",
+                    user.unwrap_or("(none)")
+                )),
+                "{reason}"
+            );
+        }
+        admitted(c, &c.chunk("w1", 1, 0)).unwrap();
+        c.logs.write(&c.chunk("w1", 1, 0)).unwrap();
+        assert!(c.logs.started(&c.chunk("w1", 1, 1)), "the log exists now");
+        let reason = refusal(c, &c.chunk("w1", 1, 1), Some("executor-dev-plan"), &senders);
+        assert!(reason.contains("only \"executor-prod-apply\""), "{reason}");
+        admitted(c, &c.chunk("w1", 1, 1)).unwrap();
+
+        // After the job ended, its own user still finishes the log; no other user may.
+        claimed.finish();
+        let c = &claimed;
+        admitted(c, &c.chunk("w1", 1, 1)).unwrap();
+        let other = Some("executor-dev-apply");
+        assert!(refusal(c, &c.chunk("w1", 1, 1), other, &senders).contains("only"));
+        // The user is right but the worker never held the job: still refused.
+        let reason = refusal(c, &c.chunk("w2", 1, 0), own, &senders);
+        assert!(reason.contains("the job is at attempt 1 on w1"), "{reason}");
     }
 
     #[test]

@@ -264,6 +264,7 @@ impl Dispatcher {
             AbortOnDrop(tokio::spawn(crate::logs::consume(
                 self.broker.clone(),
                 logs,
+                self.core.config().dispatcher.clone(),
             )))
         });
         // The page's actions come to this loop, in process, while it runs: no broker user
@@ -288,7 +289,7 @@ impl Dispatcher {
         }
         if self.core.config().dispatcher.executor_users.is_none() {
             tracing::warn!(
-                "Job events are accepted from any executor's broker user, for any account and role; set dispatcher.executor_users (see SECURITY.md)."
+                "Job events and log chunks are accepted from any executor's broker user, for any account and role; set dispatcher.executor_users (see SECURITY.md)."
             );
         }
         tracing::info!(accounts = ?self.core.config().account_names(), "Dispatcher ready.");

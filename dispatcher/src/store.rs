@@ -248,6 +248,9 @@ INSERT INTO dispatcher_leader (id, holder, term, expires_at) VALUES (1, '', 0, '
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobWorker {
     pub run_id: Uuid,
+    /// The account and worker pool whose executors run the job.
+    pub account: String,
+    pub role: ExecutorRole,
     pub attempt: u32,
     /// The holder of the attempt, or the worker that reported how it ended.
     pub worker: Option<String>,
@@ -1372,12 +1375,18 @@ impl Store {
     pub fn job_worker(&self, job_id: Uuid) -> Result<Option<JobWorker>, StoreError> {
         let Some(row) = self.db.query_row(
             "find a job's worker",
-            "SELECT run_id, attempt, lease_worker, log FROM jobs WHERE job_id = ?1",
+            "SELECT jobs.run_id, jobs.attempt, jobs.lease_worker, jobs.log, jobs.account, runs.event
+             FROM jobs JOIN runs ON runs.run_id = jobs.run_id WHERE jobs.job_id = ?1",
             values![job_id.to_string()],
         )?
         else {
             return Ok(None);
         };
+        let event: String = row.get(5)?;
+        let event: EventKind = event.parse().map_err(|_| StoreError::Corrupt {
+            what: "event",
+            value: event.clone(),
+        })?;
         let holder: Option<String> = row.get(2)?;
         // The outcome's log names its worker: `<worker>:<absolute path>`.
         let reporter = row
@@ -1385,6 +1394,8 @@ impl Store {
             .and_then(|log| log.split_once(":/").map(|(worker, _)| worker.to_owned()));
         Ok(Some(JobWorker {
             run_id: parse_uuid("run id", &row.get::<String>(0)?)?,
+            account: row.get(4)?,
+            role: ExecutorRole::for_event(event),
             attempt: row.get(1)?,
             worker: holder.or(reporter),
         }))

@@ -483,3 +483,75 @@ fn a_job_event_from_another_accounts_or_roles_executor_is_dead_lettered_and_the_
     harness::runs::assert_job(&detail, "dev/app", "succeeded", "dev-apply-1", 1);
     world.deployment.assert_running();
 }
+
+/// Log chunks are bound to the broker user that sent them too: an executor login of another
+/// account or role that knows a finished job's id, attempt, stream and worker (all on the web
+/// page) cannot overwrite the dispatcher's copy of its log. The job's own chunks went in.
+#[test]
+fn a_log_chunk_from_another_accounts_or_roles_executor_is_dead_lettered_and_the_log_is_kept() {
+    let mut world = world();
+    let orchestrator = world.access.url("orchestrator");
+    let range = (world.commits.0.as_str(), world.commits.1.as_str());
+    let run = harness::runs::submit(&world.sandbox, orchestrator.as_str(), range, "push", &[]);
+    let detail = harness::runs::wait_final(&world.sandbox, run);
+    assert_eq!(detail.run.state, "succeeded", "{detail:#?}");
+    let job = harness::runs::job(&detail, "prod/app");
+    let job_dir = world
+        .sandbox
+        .dispatcher_state_dir()
+        .join("logs")
+        .join(run.to_string())
+        .join(job.job_id.to_string());
+    // The job's own worker streamed its log to the end, through the same check.
+    let (log, end) = harness::poll_until(DEADLINE, "prod/app's log to be complete", || {
+        let entries = std::fs::read_dir(&job_dir).ok()?;
+        let log = entries
+            .flatten()
+            .map(|entry| entry.path())
+            .find(|path| path.extension().is_some_and(|e| e == "log"))?;
+        let end = std::fs::read_to_string(log.with_extension("end")).ok()?;
+        Some((log, end))
+    });
+    assert!(end.starts_with("complete"), "{end}");
+    let kept = std::fs::read_to_string(&log).unwrap();
+    assert!(!kept.is_empty(), "the worker's log is empty");
+    let name = log.file_stem().unwrap().to_str().unwrap();
+    let mut parts = name.splitn(3, '-');
+    let (attempt, stream, worker) = (
+        parts.next().unwrap().parse().unwrap(),
+        parts.next().unwrap().parse().unwrap(),
+        parts.next().unwrap().to_owned(),
+    );
+    assert_eq!(worker, "prod-apply-1");
+
+    let forged = proto_types::LogChunk {
+        job_id: job.job_id,
+        run_id: run,
+        attempt,
+        worker,
+        stream,
+        offset: 0,
+        text: "Apply complete! Resources: 0 added. Nothing to see here.\n".repeat(8),
+        end: true,
+    };
+    for sender in ["executor-prod-plan", "executor-dev-apply"] {
+        let broker = world.connect(sender);
+        world
+            .publish(&broker, Route::Logs, &forged.encode(), None)
+            .unwrap();
+        let dead = world.dead_letters("pipelines.logs", 1);
+        let expected = format!(
+            "a log chunk of job {} attempt {attempt} from worker \"prod-apply-1\": sent by broker user \"{}\"; only \"{}\" may write the logs of account \"prod\" (apply) (dispatcher.executor_users)",
+            job.job_id,
+            world.access.user(sender),
+            world.access.user("executor-prod-apply")
+        );
+        assert_eq!(dead[0].1, expected);
+    }
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        kept,
+        "the log changed"
+    );
+    world.deployment.assert_running();
+}

@@ -713,6 +713,8 @@ fn the_web_pages_queries_filter_runs_and_find_a_jobs_run_and_worker(engine: &Eng
         store.job_worker(job.job_id).unwrap(),
         Some(JobWorker {
             run_id: push_run.id,
+            account: job.account.clone(),
+            role: ExecutorRole::Apply,
             attempt: 1,
             worker: Some("w1".into()),
         })
