@@ -218,6 +218,15 @@ impl Broker {
         Broker::Memory(memory::MemoryBroker::default())
     }
 
+    /// Whether messages carry the broker user that sent them, checked by the broker: true for
+    /// RabbitMQ, false in process, where there are no users to tell apart.
+    pub fn carries_users(&self) -> bool {
+        match self {
+            Broker::Amqp(_) => true,
+            Broker::Memory(_) => false,
+        }
+    }
+
     /// Declares the topology, or, when this user may not (a least-privilege deployment, where
     /// an admin declared it with `pipelines broker setup`), says so and carries on: consuming
     /// a queue that does not exist fails later with a clear error anyway.

@@ -282,12 +282,14 @@ impl Dispatcher {
             )))
         });
         self.ops.health.set_ready(true);
-        if self.core.config().dispatcher.orchestrator_users.is_empty() {
+        // In process (embedded mode) no message has a user, so there is nothing to check.
+        let senders_known = self.broker.carries_users();
+        if senders_known && self.core.config().dispatcher.orchestrator_users.is_empty() {
             tracing::warn!(
                 "Change events are accepted from any broker user; set dispatcher.orchestrator_users to the orchestrators' users."
             );
         }
-        if self.core.config().dispatcher.executor_users.is_none() {
+        if senders_known && self.core.config().dispatcher.executor_users.is_none() {
             tracing::warn!(
                 "Job events and log chunks are accepted from any executor's broker user, for any account and role; set dispatcher.executor_users (see SECURITY.md)."
             );

@@ -60,6 +60,13 @@ fn a_push_applies_every_unit_in_order_a_pull_request_plans_and_a_second_push_app
 
     let first = orchestrate(&fixture, &vhost, &fixture.c0, &fixture.c1, "push", &[]);
     fixture.check_first_push(&first);
+    // Over RabbitMQ without sender checks in its configuration, the dispatcher says so.
+    let log = deployment.dispatcher_log();
+    assert!(
+        log.contains("set dispatcher.orchestrator_users")
+            && log.contains("set dispatcher.executor_users"),
+        "{log}"
+    );
 
     let before = fixture.state_fingerprint();
     let plan = orchestrate(
