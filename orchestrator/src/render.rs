@@ -49,26 +49,38 @@ pub fn detection_table(outcome: &DetectOutcome) -> String {
 }
 
 /// One line per unit whose state differs from the previous snapshot. Endings come before the
-/// starts they caused, so the lines read in causal order.
+/// starts they caused, so the lines read in causal order; among endings, a unit that was
+/// already running comes before one that started and ended since the last snapshot (a
+/// dependent whose start the snapshots skipped).
 pub fn progress(previous: Option<&RunStatus>, current: &RunStatus) -> Vec<String> {
     if let RunState::Rejected(reason) = &current.state {
         return vec![format!("run rejected: {reason}")];
     }
     let done = current.units.iter().filter(|u| u.state.is_final()).count();
     let total = current.units.len();
+    let before = |unit: &UnitStatus| {
+        previous
+            .and_then(|p| p.units.iter().find(|u| u.job_id == unit.job_id))
+            .map(|b| &b.state)
+    };
     let mut changed: Vec<&UnitStatus> = current
         .units
         .iter()
         .filter(|unit| unit.state != UnitState::Pending)
-        .filter(|unit| {
-            let before = previous.and_then(|p| p.units.iter().find(|u| u.job_id == unit.job_id));
-            before.is_none_or(|b| b.state != unit.state)
-        })
+        .filter(|unit| before(unit) != Some(&unit.state))
         .collect();
-    changed.sort_by_key(|unit| match unit.state {
-        UnitState::Queued => 2,
-        UnitState::Running => 1,
-        _ => 0,
+    let rank = |state: Option<&UnitState>| match state {
+        Some(UnitState::Running) => 0,
+        Some(UnitState::Queued) => 1,
+        _ => 2,
+    };
+    changed.sort_by_key(|unit| {
+        let now = match unit.state {
+            UnitState::Queued => 2,
+            UnitState::Running => 1,
+            _ => 0,
+        };
+        (now, rank(before(unit)))
     });
     changed
         .into_iter()
@@ -343,6 +355,22 @@ mod tests {
         let lines = progress(Some(&before), &after);
         assert!(lines[0].contains("succeeded apply dev/net"), "{lines:?}");
         assert!(lines[1].contains("queued    apply dev/app"), "{lines:?}");
+    }
+
+    #[test]
+    fn a_dependent_that_started_and_ended_between_snapshots_ends_after_its_dependency() {
+        // dev/app sorts first by name, but it could start only after dev/db ended.
+        let db = unit("dev/db", UnitState::Running);
+        let app = unit("dev/app", UnitState::Pending);
+        let before = status(vec![app.clone(), db.clone()], RunState::Running);
+        let ended = |unit: UnitStatus| UnitStatus {
+            state: UnitState::Succeeded,
+            ..unit
+        };
+        let after = status(vec![ended(app), ended(db)], RunState::Running);
+        let lines = progress(Some(&before), &after);
+        assert!(lines[0].contains("succeeded apply dev/db"), "{lines:?}");
+        assert!(lines[1].contains("succeeded apply dev/app"), "{lines:?}");
     }
 
     #[test]
