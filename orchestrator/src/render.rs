@@ -51,7 +51,8 @@ pub fn detection_table(outcome: &DetectOutcome) -> String {
 /// One line per unit whose state differs from the previous snapshot. Endings come before the
 /// starts they caused, so the lines read in causal order; among endings, a unit that was
 /// already running comes before one that started and ended since the last snapshot (a
-/// dependent whose start the snapshots skipped).
+/// dependent whose start the snapshots skipped). Two units that both started and ended
+/// between snapshots keep the run's order: a snapshot has no dependency edges to sort by.
 pub fn progress(previous: Option<&RunStatus>, current: &RunStatus) -> Vec<String> {
     if let RunState::Rejected(reason) = &current.state {
         return vec![format!("run rejected: {reason}")];
@@ -80,7 +81,9 @@ pub fn progress(previous: Option<&RunStatus>, current: &RunStatus) -> Vec<String
             UnitState::Running => 1,
             _ => 0,
         };
-        (now, rank(before(unit)))
+        // Only endings are reordered by what came before; starts keep the run's order.
+        let came_before = if now == 0 { rank(before(unit)) } else { 0 };
+        (now, came_before)
     });
     changed
         .into_iter()
