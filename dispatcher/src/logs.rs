@@ -727,6 +727,36 @@ mod tests {
         assert!(reason.contains("the job is at attempt 1 on w1"), "{reason}");
     }
 
+    /// With `executor_users` set, a worker that gave its job back (so holds it no more) still
+    /// finishes the log it started, as its own user; it may start no new one.
+    #[test]
+    fn with_executor_users_set_a_started_log_is_finished_after_its_job_was_given_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut claimed = claimed_by_w1(dir.path(), "prod/app");
+        let senders = DispatcherSettings {
+            executor_users: Some("executor-{account}-{role}".into()),
+            ..DispatcherSettings::default()
+        };
+        let own = Some("executor-prod-apply");
+        claimed.logs.write(&claimed.chunk("w1", 1, 0)).unwrap();
+        let released = claimed.scheduler.release(claimed.job.job_id, 1, "w1", 3);
+        crate::testing::commit(&mut claimed.store, &claimed.scheduler, &released, &[], 3);
+        let c = &claimed;
+        let holder = c.jobs.lock().unwrap().job_worker(c.job.job_id).unwrap();
+        assert_ne!(
+            holder.unwrap().worker.as_deref(),
+            Some("w1"),
+            "w1 gave it back"
+        );
+        admit(&c.logs, &c.jobs, &c.chunk("w1", 1, 1), own, &senders).unwrap();
+        let other = Some("executor-dev-apply");
+        assert!(refusal(c, &c.chunk("w1", 1, 1), other, &senders).contains("only"));
+        let mut new_log = c.chunk("w1", 1, 0);
+        new_log.stream = 2;
+        let reason = refusal(c, &new_log, own, &senders);
+        assert!(reason.contains("the job is at attempt"), "{reason}");
+    }
+
     #[test]
     fn worker_names_that_are_not_plain_are_refused() {
         let dir = tempfile::tempdir().unwrap();

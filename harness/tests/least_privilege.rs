@@ -509,8 +509,9 @@ fn a_log_chunk_from_another_accounts_or_roles_executor_is_dead_lettered_and_the_
             .flatten()
             .map(|entry| entry.path())
             .find(|path| path.extension().is_some_and(|e| e == "log"))?;
+        // The marker is written after it is created: wait until it says how the log ended.
         let end = std::fs::read_to_string(log.with_extension("end")).ok()?;
-        Some((log, end))
+        end.starts_with("complete").then_some((log, end))
     });
     assert!(end.starts_with("complete"), "{end}");
     let kept = std::fs::read_to_string(&log).unwrap();

@@ -673,6 +673,7 @@ fn the_web_pages_queries_filter_runs_and_find_a_jobs_run_and_worker(engine: &Eng
     let (pr_run, plan) = event(pr(12), &[("db", Action::Plan)], &[]);
     let effects = scheduler.accept(&pr_run, &plan, 2_000);
     commit(&mut store, &scheduler, &effects, 2_000);
+    let pr_job = effects.publish[0].clone();
 
     let ids = |filter: RunFilter| -> Vec<Uuid> {
         store
@@ -719,5 +720,17 @@ fn the_web_pages_queries_filter_runs_and_find_a_jobs_run_and_worker(engine: &Eng
             worker: Some("w1".into()),
         })
     );
+    // A pull request's job runs on its account's plan workers, as it was routed.
+    assert_eq!(
+        store.job_worker(pr_job.job_id).unwrap(),
+        Some(JobWorker {
+            run_id: pr_run.id,
+            account: pr_job.account.clone(),
+            role: ExecutorRole::Plan,
+            attempt: 1,
+            worker: None,
+        })
+    );
+    assert_eq!(pr_job.role, ExecutorRole::Plan);
     assert_eq!(store.job_worker(Uuid::new_v4()).unwrap(), None);
 }
