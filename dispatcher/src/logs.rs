@@ -635,6 +635,15 @@ mod tests {
         }
     }
 
+    /// Sender checks on, and the broker user of `prod/app`'s apply job under them.
+    fn per_account_and_role() -> (DispatcherSettings, Option<&'static str>) {
+        let senders = DispatcherSettings {
+            executor_users: Some("executor-{account}-{role}".into()),
+            ..DispatcherSettings::default()
+        };
+        (senders, Some("executor-prod-apply"))
+    }
+
     /// Why `admit` refused `chunk` from `user`; fails if it did not.
     fn refusal(
         claimed: &Claimed,
@@ -690,11 +699,7 @@ mod tests {
     fn with_executor_users_set_only_the_jobs_own_user_writes_its_log_even_once_started() {
         let dir = tempfile::tempdir().unwrap();
         let mut claimed = claimed_by_w1(dir.path(), "prod/app");
-        let senders = DispatcherSettings {
-            executor_users: Some("executor-{account}-{role}".into()),
-            ..DispatcherSettings::default()
-        };
-        let own = Some("executor-prod-apply");
+        let (senders, own) = per_account_and_role();
         let admitted = |claimed: &Claimed, chunk: &LogChunk| {
             admit(&claimed.logs, &claimed.jobs, chunk, own, &senders)
         };
@@ -733,11 +738,7 @@ mod tests {
     fn with_executor_users_set_a_started_log_is_finished_after_its_job_was_given_back() {
         let dir = tempfile::tempdir().unwrap();
         let mut claimed = claimed_by_w1(dir.path(), "prod/app");
-        let senders = DispatcherSettings {
-            executor_users: Some("executor-{account}-{role}".into()),
-            ..DispatcherSettings::default()
-        };
-        let own = Some("executor-prod-apply");
+        let (senders, own) = per_account_and_role();
         claimed.logs.write(&claimed.chunk("w1", 1, 0)).unwrap();
         let released = claimed.scheduler.release(claimed.job.job_id, 1, "w1", 3);
         crate::testing::commit(&mut claimed.store, &claimed.scheduler, &released, &[], 3);
