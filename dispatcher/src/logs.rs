@@ -13,18 +13,20 @@
 //! outcome) may start a log of the job's current attempt; what it started it may finish. With
 //! `dispatcher.executor_users` set, every chunk must also come from the broker user of the
 //! job's account and role, as job events must: a worker's name is its own word, its login is
-//! RabbitMQ's.
+//! RabbitMQ's. A job's run, account and role never change, so they are read once per job
+//! ([`Writers`]): a started log's further chunks need no read of the run database.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use broker::topology::LOGS_QUEUE;
 use broker::{Broker, Delivery};
 use config::DispatcherSettings;
-use proto_types::{LogChunk, Message};
+use proto_types::{ExecutorRole, LogChunk, Message};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
@@ -36,6 +38,9 @@ const PREFETCH: u16 = 32;
 const EARLY_PAUSE: Duration = Duration::from_millis(50);
 /// Marks a log whose end arrived; holds `complete` or `truncated`.
 const END_SUFFIX: &str = "end";
+/// Jobs whose owners [`Writers`] remembers before it starts afresh: far more than the logs
+/// being written at once (one or two per worker), so a live log is rarely read twice.
+const KNOWN_JOBS: usize = 4096;
 
 /// Where the logs live, and who wants to hear that one grew.
 #[derive(Debug, Clone)]
@@ -325,14 +330,76 @@ pub async fn consume(
     logs: LogStore,
     senders: DispatcherSettings,
 ) -> Result<(), DispatchError> {
-    let jobs = crate::store::Store::connect_read_only(&logs.inner.store)?;
-    let jobs = Arc::new(std::sync::Mutex::new(jobs));
+    let writers = Arc::new(Writers::new(crate::store::Store::connect_read_only(
+        &logs.inner.store,
+    )?));
     let mut consumer = broker.consume(LOGS_QUEUE, PREFETCH).await?;
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;
-        handle(&logs, &jobs, &senders, delivery).await?;
+        handle(&logs, &writers, &senders, delivery).await?;
     }
     Err(DispatchError::ConsumerClosed("logs"))
+}
+
+/// Whose a job is: what a chunk's sender is checked against once the job's log has started.
+/// None of it changes during a job's life.
+#[derive(Debug, Clone)]
+struct JobOwner {
+    run_id: Uuid,
+    account: String,
+    role: ExecutorRole,
+}
+
+/// Who may write a job's log: the run database (read-only), and the owners of the jobs it was
+/// asked about, remembered so that the chunks of a log already started are checked without a
+/// read (with `executor_users` set, that was a round trip per chunk on PostgreSQL, and a log
+/// stalled while the database was away).
+struct Writers {
+    store: Mutex<crate::store::Store>,
+    owners: Mutex<HashMap<Uuid, JobOwner>>,
+}
+
+impl Writers {
+    fn new(store: crate::store::Store) -> Writers {
+        Writers {
+            store: Mutex::new(store),
+            owners: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn remembered(&self, job_id: Uuid) -> Option<JobOwner> {
+        let owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        owners.get(&job_id).cloned()
+    }
+
+    /// The job's holder and owner from the run database; the owner is remembered.
+    fn read(&self, job_id: Uuid) -> Result<Option<crate::store::JobWorker>, LogError> {
+        let found = self
+            .store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .job_worker(job_id)
+            .map_err(|err| LogError::Io {
+                path: PathBuf::from("the run database"),
+                reason: err.to_string(),
+            })?;
+        if let Some(job) = &found {
+            let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+            // Starting afresh keeps the map bounded; a live log's next chunk reads once more.
+            if owners.len() >= KNOWN_JOBS {
+                owners.clear();
+            }
+            owners.insert(
+                job_id,
+                JobOwner {
+                    run_id: job.run_id,
+                    account: job.account.clone(),
+                    role: job.role,
+                },
+            );
+        }
+        Ok(found)
+    }
 }
 
 /// Whether `chunk`'s worker may write the log it belongs to: it started it already, or the run
@@ -342,60 +409,87 @@ pub async fn consume(
 /// job's account and role, for every chunk: a log once started is no open door.
 fn admit(
     logs: &LogStore,
-    jobs: &std::sync::Mutex<crate::store::Store>,
+    writers: &Writers,
     chunk: &LogChunk,
     user: Option<&str>,
     senders: &DispatcherSettings,
 ) -> Result<(), LogError> {
     let bound_to_users = senders.executor_users.is_some();
-    if !bound_to_users && logs.started(chunk) {
-        return Ok(());
+    let started = logs.started(chunk);
+    if started {
+        if !bound_to_users {
+            return Ok(());
+        }
+        if let Some(owner) = writers.remembered(chunk.job_id) {
+            return check_owner(&owner, chunk, user, senders);
+        }
     }
-    let found = jobs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .job_worker(chunk.job_id)
-        .map_err(|err| LogError::Io {
-            path: PathBuf::from("the run database"),
-            reason: err.to_string(),
-        })?;
-    let refuse = |why: String| {
-        Err(LogError::Invalid(format!(
-            "a log chunk of job {} attempt {} from worker {:?}: {why}",
-            chunk.job_id, chunk.attempt, chunk.worker
-        )))
+    let Some(job) = writers.read(chunk.job_id)? else {
+        return refuse(chunk, "no such job".into());
     };
-    let Some(job) = found else {
-        return refuse("no such job".into());
+    let owner = JobOwner {
+        run_id: job.run_id,
+        account: job.account,
+        role: job.role,
     };
-    if job.run_id != chunk.run_id {
-        return refuse(format!(
-            "the job belongs to run {}, not {}",
-            job.run_id, chunk.run_id
-        ));
-    }
-    if let Some(expected) = senders.executor_user_mismatch(&job.account, job.role.as_str(), user) {
-        return refuse(format!(
-            "sent by broker user {:?}; only {expected:?} may write the logs of account {:?} ({}) (dispatcher.executor_users)",
-            user.unwrap_or("(none)"),
-            job.account,
-            job.role
-        ));
-    }
+    check_owner(&owner, chunk, user, senders)?;
     let holder = job.attempt == chunk.attempt && job.worker.as_deref() == Some(&chunk.worker);
-    if holder || (bound_to_users && logs.started(chunk)) {
+    if holder || started {
         return Ok(());
     }
-    refuse(format!(
-        "the job is at attempt {} on {}",
-        job.attempt,
-        job.worker.as_deref().unwrap_or("no worker")
-    ))
+    refuse(
+        chunk,
+        format!(
+            "the job is at attempt {} on {}",
+            job.attempt,
+            job.worker.as_deref().unwrap_or("no worker")
+        ),
+    )
+}
+
+/// Whether `chunk` names its job's run and, with `executor_users` set, came from the job's
+/// account's and role's broker user.
+fn check_owner(
+    owner: &JobOwner,
+    chunk: &LogChunk,
+    user: Option<&str>,
+    senders: &DispatcherSettings,
+) -> Result<(), LogError> {
+    if owner.run_id != chunk.run_id {
+        return refuse(
+            chunk,
+            format!(
+                "the job belongs to run {}, not {}",
+                owner.run_id, chunk.run_id
+            ),
+        );
+    }
+    if let Some(expected) =
+        senders.executor_user_mismatch(&owner.account, owner.role.as_str(), user)
+    {
+        return refuse(
+            chunk,
+            format!(
+                "sent by broker user {:?}; only {expected:?} may write the logs of account {:?} ({}) (dispatcher.executor_users)",
+                user.unwrap_or("(none)"),
+                owner.account,
+                owner.role
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn refuse(chunk: &LogChunk, why: String) -> Result<(), LogError> {
+    Err(LogError::Invalid(format!(
+        "a log chunk of job {} attempt {} from worker {:?}: {why}",
+        chunk.job_id, chunk.attempt, chunk.worker
+    )))
 }
 
 async fn handle(
     logs: &LogStore,
-    jobs: &Arc<std::sync::Mutex<crate::store::Store>>,
+    writers: &Arc<Writers>,
     senders: &DispatcherSettings,
     delivery: Delivery,
 ) -> Result<(), DispatchError> {
@@ -416,11 +510,11 @@ async fn handle(
         }
     };
     let store = logs.clone();
-    let jobs = jobs.clone();
+    let writers = writers.clone();
     let senders = senders.clone();
     let user = delivery.user_id.clone();
     let written = tokio::task::spawn_blocking(move || {
-        admit(&store, &jobs, &chunk, user.as_deref(), &senders)?;
+        admit(&store, &writers, &chunk, user.as_deref(), &senders)?;
         store.write(&chunk)
     })
     .await
@@ -581,7 +675,7 @@ mod tests {
         store: crate::store::Store,
         scheduler: crate::scheduler::Scheduler,
         job: proto_types::Job,
-        jobs: std::sync::Mutex<crate::store::Store>,
+        writers: Writers,
         logs: LogStore,
     }
 
@@ -603,7 +697,7 @@ mod tests {
             store,
             scheduler,
             job,
-            jobs: std::sync::Mutex::new(Store::open_read_only(dir).unwrap()),
+            writers: Writers::new(Store::open_read_only(dir).unwrap()),
             logs: LogStore::new(dir, 1 << 20),
         }
     }
@@ -651,7 +745,7 @@ mod tests {
         user: Option<&str>,
         senders: &DispatcherSettings,
     ) -> String {
-        match admit(&claimed.logs, &claimed.jobs, chunk, user, senders) {
+        match admit(&claimed.logs, &claimed.writers, chunk, user, senders) {
             Err(LogError::Invalid(reason)) => reason,
             other => panic!("{chunk:?} from {user:?} was not refused: {other:?}"),
         }
@@ -663,7 +757,7 @@ mod tests {
         let mut claimed = claimed_by_w1(dir.path(), "a");
         let anyone = DispatcherSettings::default();
         let admitted = |claimed: &Claimed, chunk: &LogChunk| {
-            admit(&claimed.logs, &claimed.jobs, chunk, None, &anyone)
+            admit(&claimed.logs, &claimed.writers, chunk, None, &anyone)
         };
         let refused = |claimed: &Claimed, chunk: &LogChunk| refusal(claimed, chunk, None, &anyone);
         let c = &claimed;
@@ -701,7 +795,7 @@ mod tests {
         let mut claimed = claimed_by_w1(dir.path(), "prod/app");
         let (senders, own) = per_account_and_role();
         let admitted = |claimed: &Claimed, chunk: &LogChunk| {
-            admit(&claimed.logs, &claimed.jobs, chunk, own, &senders)
+            admit(&claimed.logs, &claimed.writers, chunk, own, &senders)
         };
         let c = &claimed;
         for user in [Some("executor-prod-plan"), Some("executor-dev-apply"), None] {
@@ -743,19 +837,56 @@ mod tests {
         let released = claimed.scheduler.release(claimed.job.job_id, 1, "w1", 3);
         crate::testing::commit(&mut claimed.store, &claimed.scheduler, &released, &[], 3);
         let c = &claimed;
-        let holder = c.jobs.lock().unwrap().job_worker(c.job.job_id).unwrap();
+        let holder = c
+            .writers
+            .store
+            .lock()
+            .unwrap()
+            .job_worker(c.job.job_id)
+            .unwrap();
         assert_ne!(
             holder.unwrap().worker.as_deref(),
             Some("w1"),
             "w1 gave it back"
         );
-        admit(&c.logs, &c.jobs, &c.chunk("w1", 1, 1), own, &senders).unwrap();
+        admit(&c.logs, &c.writers, &c.chunk("w1", 1, 1), own, &senders).unwrap();
         let other = Some("executor-dev-apply");
         assert!(refusal(c, &c.chunk("w1", 1, 1), other, &senders).contains("only"));
         let mut new_log = c.chunk("w1", 1, 0);
         new_log.stream = 2;
         let reason = refusal(c, &new_log, own, &senders);
         assert!(reason.contains("the job is at attempt"), "{reason}");
+    }
+
+    /// With `executor_users` set, a started log's chunks are checked against the job's owner
+    /// as the run database gave it at the log's first chunk, without reading it again: once
+    /// the job's run is gone from the database, the job's own user still finishes its log and
+    /// other users are still refused, while a log not yet started is read for, and refused.
+    #[test]
+    fn with_executor_users_set_a_started_logs_chunks_are_checked_without_reading_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut claimed = claimed_by_w1(dir.path(), "prod/app");
+        let (senders, own) = per_account_and_role();
+        let c = &claimed;
+        admit(&c.logs, &c.writers, &c.chunk("w1", 1, 0), own, &senders).unwrap();
+        c.logs.write(&c.chunk("w1", 1, 0)).unwrap();
+        claimed.finish();
+        let pruned = claimed.store.prune_finished(u64::MAX).unwrap();
+        assert_eq!(pruned, 1, "the finished run is deleted");
+        let c = &claimed;
+        let gone = c.writers.store.lock().unwrap().job_worker(c.job.job_id);
+        assert!(
+            gone.unwrap().is_none(),
+            "the database no longer knows the job"
+        );
+
+        admit(&c.logs, &c.writers, &c.chunk("w1", 1, 1), own, &senders).unwrap();
+        let other = Some("executor-prod-plan");
+        let reason = refusal(c, &c.chunk("w1", 1, 1), other, &senders);
+        assert!(reason.contains("only \"executor-prod-apply\""), "{reason}");
+        let mut new_log = c.chunk("w1", 1, 0);
+        new_log.stream = 2;
+        assert!(refusal(c, &new_log, own, &senders).contains("no such job"));
     }
 
     #[test]
