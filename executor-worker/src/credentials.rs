@@ -130,7 +130,7 @@ async fn from_command(
     let Some((program, args)) = argv.split_first() else {
         return Err(failed("no command configured".into()));
     };
-    let run = Command::new(program)
+    let run = crate::without_worker_settings(&mut Command::new(program))
         .args(args)
         .stdin(Stdio::null())
         .kill_on_drop(true)

@@ -20,6 +20,7 @@
 //! - [`supervisor`]: keeps a tool's process group from outliving its worker.
 //! - `credentials`: the credential providers.
 //! - `output`: redacted, bounded output and the job's log file.
+//! - `pipe`: a tool's output pipe, read so that the worker can stop listening to it.
 
 pub mod checks;
 mod credentials;
@@ -27,6 +28,7 @@ mod job;
 mod logstream;
 mod metrics;
 mod output;
+mod pipe;
 pub mod policy;
 mod runner;
 pub mod supervisor;
@@ -373,6 +375,26 @@ pub fn harden_process() {
     }
 }
 
+/// The worker's own settings in its environment (`PIPELINES_*`: a broker password, a GitHub
+/// token) among `vars`: what the processes it starts for itself (git, credential commands)
+/// must not carry. Tools get an environment built from nothing; these processes need the
+/// worker's (proxies, certificates, an ssh agent), but while one runs, a process a job left
+/// behind as the same user could read its `/proc/<pid>/environ`.
+fn worker_settings(vars: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    vars.filter(|name| name.as_encoded_bytes().starts_with(b"PIPELINES_"))
+        .collect()
+}
+
+/// Removes the worker's own settings (see [`worker_settings`]) from `command`'s environment.
+pub(crate) fn without_worker_settings(
+    command: &mut tokio::process::Command,
+) -> &mut tokio::process::Command {
+    for name in worker_settings(std::env::vars_os().map(|(name, _)| name)) {
+        command.env_remove(name);
+    }
+    command
+}
+
 /// Capabilities a worker needs to run tools as another user, and to clean up after them.
 const SWITCH_CAPABILITIES: &[(u32, &str)] = &[
     (0, "CAP_CHOWN"),
@@ -385,18 +407,41 @@ const SWITCH_CAPABILITIES: &[(u32, &str)] = &[
 
 /// Whether this process may run tools as `user`: `Err` names what is missing.
 fn can_switch_to(user: ToolUser) -> Result<(), String> {
-    let uid = rustix::process::geteuid().as_raw();
-    if uid == user.uid {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let capabilities = |key: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    switch_problem(
+        rustix::process::geteuid().as_raw(),
+        capabilities("CapEff:"),
+        capabilities("CapAmb:"),
+        user,
+    )
+}
+
+/// Whether a worker running as `euid` with the `effective` and `ambient` capability sets (as
+/// `/proc/self/status` shows them) may run tools as `user`.
+///
+/// Ambient capabilities are kept across `execve`, and a switch between two users other than
+/// root does not clear them: a worker started as a plain user with `AmbientCapabilities` would
+/// hand `CAP_SETUID` and `CAP_DAC_OVERRIDE` to every tool, that is to a pull request's code. A
+/// worker running as root loses them, with all others, when it switches to the tool user.
+fn switch_problem(euid: u32, effective: u64, ambient: u64, user: ToolUser) -> Result<(), String> {
+    if euid == user.uid {
         return Err(format!(
-            "executor.tool_user is the worker's own user ({uid}): tools would read the worker's files"
+            "executor.tool_user is the worker's own user ({euid}): tools would read the worker's files"
         ));
     }
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let effective = status
-        .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .unwrap_or(0);
+    if euid != 0 && ambient != 0 {
+        return Err(format!(
+            "the worker (user {euid}) holds ambient capabilities ({ambient:#x}), which tools run as executor.tool_user = {}:{} would inherit: run the worker as root, or give it the capabilities as file capabilities of the pipelines binary (setcap), not as ambient ones (systemd AmbientCapabilities)",
+            user.uid, user.gid
+        ));
+    }
     let missing: Vec<&str> = SWITCH_CAPABILITIES
         .iter()
         .filter(|(bit, _)| effective & (1 << bit) == 0)
@@ -411,5 +456,54 @@ fn can_switch_to(user: ToolUser) -> Result<(), String> {
             user.gid,
             missing.join(", ")
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOOLS: ToolUser = ToolUser {
+        uid: 61001,
+        gid: 61001,
+    };
+    /// Every capability the switch needs.
+    const ALL: u64 = 0b1110_1011;
+
+    #[test]
+    fn a_worker_with_ambient_capabilities_may_not_run_tools_as_another_user() {
+        assert_eq!(switch_problem(0, ALL, 0, TOOLS), Ok(()));
+        assert_eq!(switch_problem(1000, ALL, 0, TOOLS), Ok(()));
+        // Root loses ambient capabilities with the switch; a plain user keeps them.
+        assert_eq!(switch_problem(0, ALL, ALL, TOOLS), Ok(()));
+        let refused = switch_problem(1000, ALL, ALL, TOOLS).unwrap_err();
+        assert!(
+            refused.contains("holds ambient capabilities (0xeb)")
+                && refused.contains("tool_user = 61001:61001"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn the_worker_keeps_its_own_settings_from_the_processes_it_starts() {
+        let names = [
+            "PATH",
+            "PIPELINES_BROKER_URL",
+            "HTTPS_PROXY",
+            "PIPELINES_GITHUB__TOKEN",
+        ];
+        let removed = worker_settings(names.iter().map(std::ffi::OsString::from));
+        assert_eq!(removed, ["PIPELINES_BROKER_URL", "PIPELINES_GITHUB__TOKEN"]);
+    }
+
+    #[test]
+    fn the_switch_names_what_the_worker_lacks_and_refuses_its_own_user() {
+        let lacking = switch_problem(1000, ALL & !(1 << 7), 0, TOOLS).unwrap_err();
+        assert!(
+            lacking.contains("needs the worker to hold CAP_SETUID"),
+            "{lacking}"
+        );
+        let own = switch_problem(61001, ALL, 0, TOOLS).unwrap_err();
+        assert!(own.contains("the worker's own user (61001)"), "{own}");
     }
 }

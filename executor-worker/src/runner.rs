@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::output::JobOutput;
+use crate::pipe;
 use crate::policy::{PlanContext, Policies};
 
 /// How long to wait for a state lock held by someone else (a previous attempt, a human)
@@ -229,7 +230,7 @@ pub(crate) async fn execute(
         let mut command = command(tool.program(), &step.args, unit_dir, launch);
         let span = tracing::info_span!("step", step = step.args[0], program = tool.program());
         let result = if step.captures_stdout {
-            run_capturing(&mut command, output, keep_plan, stop)
+            run_capturing(&mut command, output, launch, keep_plan, stop)
                 .instrument(span)
                 .await
         } else {
@@ -396,18 +397,21 @@ fn command(program: &str, args: &[&str], dir: &Path, launch: &Launch) -> Command
 /// The hidden subcommand that runs a tool under [`crate::supervisor`].
 pub const SUPERVISE_COMMAND: &str = "__supervise";
 
-/// Runs with stdout and stderr merged into one pipe, so the output keeps its real order.
+/// Runs with stdout and stderr merged into one pipe, so the output keeps its real order. The
+/// pipe is listened to for at most [`pipe::OUTPUT_DRAIN`] after the tool ended (see
+/// [`crate::pipe`]).
 async fn run_merged(
     command: &mut Command,
     output: &mut JobOutput,
     launch: &Launch,
     stop: &mut watch::Receiver<Option<Stop>>,
 ) -> std::io::Result<Ended> {
-    let (mut reader, writer) = std::io::pipe()?;
+    let (reader, writer) = std::io::pipe()?;
     command.stdout(writer.try_clone()?).stderr(writer);
     let mut child = command.spawn()?;
     // Drop our copies of the pipe's write end, or reading would never see end-of-file.
     command.stdout(Stdio::null()).stderr(Stdio::null());
+    let (mut reader, feeding) = pipe::feed(reader)?;
     let mut collected = std::mem::replace(output, JobOutput::new(Vec::new(), None));
     let reading = tokio::task::spawn_blocking(move || {
         let mut buffer = [0_u8; 8192];
@@ -439,8 +443,21 @@ async fn run_merged(
         }
     };
     guard.armed = false;
+    let whole = feeding.drained().await;
     *output = reading.await.map_err(std::io::Error::other)?;
+    if !whole {
+        output.push_str(&pipe::given_up_note(&program_of(command)));
+    }
     Ok(ended)
+}
+
+/// The program a step runs, for what the job's output says about it.
+fn program_of(command: &Command) -> String {
+    command
+        .as_std()
+        .get_program()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// How long a killed process group gets to disappear before the supervisor itself is killed.
@@ -452,20 +469,24 @@ type Captured = (Ended, Option<Result<PlanSummary, String>>, Option<Vec<u8>>);
 
 /// Runs with stdout read as a JSON plan while it streams (a plan of a big unit is hundreds of
 /// megabytes: only its resource actions are kept, unless a policy check needs the first
-/// `keep` bytes) and stderr appended to the output.
+/// `keep` bytes) and stderr appended to the output. Like [`run_merged`], both pipes are
+/// listened to for at most [`pipe::OUTPUT_DRAIN`] after the tool ended.
 async fn run_capturing(
     command: &mut Command,
     output: &mut JobOutput,
+    launch: &Launch,
     keep: Option<u64>,
     stop: &mut watch::Receiver<Option<Stop>>,
 ) -> std::io::Result<Captured> {
     let (reader, writer) = std::io::pipe()?;
-    command.stdout(writer).stderr(Stdio::piped());
+    let (stderr_reader, stderr_writer) = std::io::pipe()?;
+    command.stdout(writer).stderr(stderr_writer);
     let mut child = command.spawn()?;
-    // Drop our copy of the write end, or the reader would never see end-of-file.
-    command.stdout(Stdio::null());
+    // Drop our copies of the write ends, or the readers would never see end-of-file.
+    command.stdout(Stdio::null()).stderr(Stdio::null());
+    let (mut reader, feeding) = pipe::feed(reader)?;
+    let (mut stderr, stderr_feeding) = pipe::feed(stderr_reader)?;
     let parsing = tokio::task::spawn_blocking(move || {
-        let mut reader = std::io::BufReader::new(reader);
         let kept = keep.map(|limit| {
             let mut kept = Vec::new();
             let _ = (&mut reader).take(limit).read_to_end(&mut kept);
@@ -479,25 +500,32 @@ async fn run_capturing(
         let _ = std::io::copy(&mut reader, &mut std::io::sink());
         (counts, kept)
     });
-    let mut stderr = child.stderr.take();
-    let collect_stderr = async {
+    let collecting = tokio::task::spawn_blocking(move || {
+        // Bounded: stderr of `show` is a few lines, never a plan; the rest is drained.
         let mut bytes = Vec::new();
-        if let Some(stderr) = stderr.as_mut() {
-            use tokio::io::AsyncReadExt;
-            // Bounded: stderr of `show` is a few lines, never a plan.
-            let _ = stderr.take(1 << 20).read_to_end(&mut bytes).await;
-        }
+        let _ = (&mut stderr).take(1 << 20).read_to_end(&mut bytes);
+        let _ = std::io::copy(&mut stderr, &mut std::io::sink());
         bytes
+    });
+    // `show` only reads a file: a stop (or abandoning the step) kills it at once, through the
+    // guard, as this returns.
+    let mut guard = AbandonGuard {
+        pid: child.id(),
+        supervised: launch.supervisor.is_some(),
+        armed: true,
     };
-    tokio::select! {
-        (status, stderr) = async { tokio::join!(child.wait(), collect_stderr) } => {
-            output.push(&stderr);
-            let (counts, kept) = parsing.await.map_err(std::io::Error::other)?;
-            Ok((Ended::Exited(status?.code()), Some(counts), kept))
-        }
-        // `show` only reads a file: dropping it (kill on drop) is stop enough.
-        reason = stopped(stop) => Ok((Ended::Stopped(reason), None, None)),
+    let status = tokio::select! {
+        status = child.wait() => status?,
+        reason = stopped(stop) => return Ok((Ended::Stopped(reason), None, None)),
+    };
+    guard.armed = false;
+    let whole = feeding.drained().await & stderr_feeding.drained().await;
+    output.push(&collecting.await.map_err(std::io::Error::other)?);
+    let (counts, kept) = parsing.await.map_err(std::io::Error::other)?;
+    if !whole {
+        output.push_str(&pipe::given_up_note(&program_of(command)));
     }
+    Ok((Ended::Exited(status.code()), Some(counts), kept))
 }
 
 /// Kills every process of `uid`: what a job's tools left running (a daemon a provider

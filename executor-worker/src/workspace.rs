@@ -59,6 +59,29 @@ pub enum WorkspaceError {
         path.display()
     )]
     Unreachable { path: PathBuf, mode: u32 },
+    #[error(
+        "the tool user could move the work directory aside and put its own in its place: {} {why} (a pull request's plan could then read and plant what later jobs use: make it writable by the worker only, or move executor.work_dir)",
+        path.display()
+    )]
+    Replaceable { path: PathBuf, why: String },
+}
+
+/// Why `tools` could rename or replace what is in a directory owned by `uid`:`gid` with
+/// `mode`: it owns it, or may write into it without the sticky bit (which would keep it to
+/// its own entries). `None`: it cannot.
+fn replaceable_by(tools: ToolUser, uid: u32, gid: u32, mode: u32) -> Option<String> {
+    let sticky = mode & 0o1000 != 0;
+    if uid == tools.uid {
+        Some(format!("is owned by the tool user ({uid})"))
+    } else if mode & 0o002 != 0 && !sticky {
+        Some(format!("has mode {mode:o}: anyone may write into it"))
+    } else if mode & 0o020 != 0 && gid == tools.gid && !sticky {
+        Some(format!(
+            "has mode {mode:o} and the tool user's group ({gid}): the tool user may write into it"
+        ))
+    } else {
+        None
+    }
 }
 
 /// How the worker's own git runs.
@@ -145,18 +168,29 @@ impl Workspace {
         owner: Option<ToolUser>,
     ) -> Result<Workspace, WorkspaceError> {
         create_dir(&root, 0o711)?;
-        if owner.is_some() {
-            // Tools run as another user: every directory above the job's must let it pass.
+        if let Some(tools) = owner {
+            // Tools run as another user: every directory above the job's must let it pass,
+            // and none may let it move the work directory aside for one of its own.
             let absolute = root.canonicalize().map_err(|source| WorkspaceError::Io {
                 path: root.clone(),
                 source,
             })?;
-            for dir in absolute.ancestors().skip(1) {
-                let mode = std::fs::metadata(dir).map(|m| m.mode()).unwrap_or(0);
-                if mode & 0o001 == 0 {
+            for dir in absolute.ancestors() {
+                let meta = std::fs::metadata(dir).map_err(|source| WorkspaceError::Io {
+                    path: dir.to_owned(),
+                    source,
+                })?;
+                let mode = meta.mode() & 0o7777;
+                if dir != absolute && mode & 0o001 == 0 {
                     return Err(WorkspaceError::Unreachable {
                         path: dir.to_owned(),
-                        mode: mode & 0o7777,
+                        mode,
+                    });
+                }
+                if let Some(why) = replaceable_by(tools, meta.uid(), meta.gid(), mode) {
+                    return Err(WorkspaceError::Replaceable {
+                        path: dir.to_owned(),
+                        why,
                     });
                 }
             }
@@ -411,7 +445,7 @@ impl Workspace {
         let mut command = Command::new("git");
         // Only the worker's settings: no system or global file (a job running as the worker
         // could write ~/.gitconfig), no hooks, no fsmonitor, no replace refs, no prompts.
-        command
+        crate::without_worker_settings(&mut command)
             .args([
                 "-c",
                 "core.hooksPath=/dev/null",
@@ -508,6 +542,60 @@ fn give_tree(path: &Path, owner: ToolUser) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_work_directory_the_tool_user_could_move_aside_is_named_with_why() {
+        let tools = ToolUser {
+            uid: 61001,
+            gid: 61001,
+        };
+        // A Kubernetes emptyDir: root's, 0777, no sticky bit.
+        let why = replaceable_by(tools, 0, 0, 0o777).unwrap();
+        assert_eq!(why, "has mode 777: anyone may write into it");
+        assert!(
+            replaceable_by(tools, 61001, 0, 0o700)
+                .unwrap()
+                .contains("owned by the tool user")
+        );
+        let group = replaceable_by(tools, 0, 61001, 0o775).unwrap();
+        assert!(group.contains("the tool user's group (61001)"), "{group}");
+        // The sticky bit (/tmp) keeps each user to its own entries; others' groups don't count.
+        for (uid, gid, mode) in [(0, 0, 0o1777), (0, 0, 0o755), (0, 0, 0o711), (0, 5, 0o775)] {
+            assert_eq!(replaceable_by(tools, uid, gid, mode), None, "{mode:o}");
+        }
+    }
+
+    #[test]
+    fn a_worker_with_a_tool_user_refuses_a_work_directory_anyone_may_replace() {
+        let open = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let tools = ToolUser {
+            uid: 61001,
+            gid: 61001,
+        };
+        let refused = Workspace::open(
+            open.path().join("work"),
+            GitSettings::default(),
+            Some(tools),
+        );
+        match refused {
+            Err(err @ WorkspaceError::Replaceable { .. }) => {
+                let text = err.to_string();
+                assert!(
+                    text.contains(&format!("{} has mode 777", open.path().display())),
+                    "{text}"
+                );
+            }
+            other => panic!("{:?}", other.map(|w| w.root().to_owned())),
+        }
+        std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        Workspace::open(
+            open.path().join("work"),
+            GitSettings::default(),
+            Some(tools),
+        )
+        .unwrap();
+    }
 
     fn sh(dir: &Path, script: &str) -> String {
         let output = std::process::Command::new("sh")

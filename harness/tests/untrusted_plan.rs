@@ -165,6 +165,16 @@ for w in {mirrors}; do
 done
 echo evil > /tmp/left-by-a-plan-$(id -u) 2>/dev/null
 setsid sleep 600 < /dev/null > /dev/null 2>&1 &
+# Another takes terraform's own output (the job's pipe, the worker's) and holds it open.
+/usr/bin/python3 - "$PPID" >> "$R" 2>&1 <<'PY'
+import ctypes, os, subprocess, sys
+fd = ctypes.CDLL(None, use_errno=True).syscall(438, os.pidfd_open(int(sys.argv[1])), 1, 0)
+if fd < 0:
+    print("denied: terraform's output")
+else:
+    subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True)
+    print("HELD terraform's output")
+PY
 say "== broker attempts"
 timeout 40 /usr/bin/python3 - "$R" >> "$R" 2>&1 <<'PY'
 import re, socket, struct, sys
@@ -339,6 +349,12 @@ fn a_pull_request_provider_finds_no_secret_and_leaves_nothing_for_the_next_apply
 
     let said = std::fs::read_to_string(&report)
         .unwrap_or_else(|err| panic!("the provider never ran ({err}): {detail:#?}"));
+    // A process holding terraform's output kept neither the job nor the worker waiting: the
+    // worker stopped listening and said so.
+    assert!(said.contains("HELD terraform's output"), "{said}");
+    let log = evil.log.as_deref().and_then(|log| log.split_once(':'));
+    let log = std::fs::read_to_string(log.unwrap_or_else(|| panic!("{detail:#?}")).1).unwrap();
+    assert!(log.contains("still held its output 5 s after"), "{log}");
     // It ran, as the plan worker's tool user, with its own (plan) credentials and nothing else.
     assert!(
         said.contains(&format!(
