@@ -239,7 +239,7 @@ fn policy_section(detail: &RunDetail) -> String {
             let _ = writeln!(
                 out,
                 "**Policy: `{}`**\n{}\n",
-                cell(&job.unit),
+                code(&job.unit),
                 lines.join("\n")
             );
         }
@@ -336,7 +336,7 @@ fn approval_section(detail: &RunDetail) -> String {
             };
             Some(format!(
                 "- {mark} `{}` {}: {}",
-                cell(&job.unit),
+                code(&job.unit),
                 job.action,
                 cell(&shorten(&note, 400))
             ))
@@ -465,7 +465,7 @@ fn render(
             .map(|(job, cut)| {
                 format!(
                     "- `{}`: {cut} characters cut; `{}`",
-                    job.unit,
+                    code(&job.unit),
                     job.log.as_deref().unwrap_or("its worker")
                 )
             })
@@ -473,7 +473,7 @@ fn render(
         lines.extend(left_out.iter().map(|job| {
             format!(
                 "- `{}`: output left out; `{}`",
-                job.unit,
+                code(&job.unit),
                 job.log.as_deref().unwrap_or("its worker")
             )
         }));
@@ -583,7 +583,7 @@ fn table_row(job: &JobSummary) -> String {
     let policy = job.policy.as_ref().map(policy_cell).unwrap_or_default();
     format!(
         "| `{}` | {} | {status}{attempt} | {add} | {change} | {destroy} | {policy} | {} | {} | {} |\n",
-        cell(&job.unit),
+        code(&job.unit),
         job.action,
         job.duration_ms
             .map_or_else(String::new, crate::status::duration),
@@ -609,7 +609,7 @@ fn section_markdown(job: &JobSummary, text: &str, cut: usize) -> String {
     };
     format!(
         "<details><summary><code>{}</code> {}: {} {}{counts}</summary>\n\n```\n{note}{}\n```\n</details>\n",
-        cell(&job.unit),
+        html_code(&job.unit),
         job.action,
         icon(job.state),
         job.state,
@@ -707,6 +707,21 @@ fn interesting_part(output: &str) -> &str {
 /// Output inside a code fence must not close it.
 fn fence_safe(text: &str) -> String {
     text.replace("```", "`\u{200b}``")
+}
+
+/// A unit's path inside a Markdown code span (and a table cell): a pull request names its
+/// directories, and a backtick would end the span and let the rest render as Markdown (links,
+/// images, mentions, a fake "passed"). It shows as a look-alike instead.
+pub(crate) fn code(text: &str) -> String {
+    cell(text).replace('`', "\u{2cb}")
+}
+
+/// A unit's path inside the `<code>` of an HTML block: no tag may start or end in it.
+fn html_code(text: &str) -> String {
+    cell(text)
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// A table cell: no pipes or newlines.
@@ -890,6 +905,27 @@ mod tests {
         let outputs = BTreeMap::from([(jobs[0].job_id, "```\n# injected heading\n".to_owned())]);
         let body = pull_request_comment(&detail(jobs, "failed"), &outputs, &Links::default());
         assert_eq!(body.matches("```").count(), 2, "{body}");
+    }
+
+    /// A pull request names its directories: a unit's path shows as it is, and none of it
+    /// renders as Markdown or HTML (a link, an image, a tag).
+    #[test]
+    fn unit_paths_cannot_break_out_of_their_code_spans() {
+        let mut failed = job(0, "failed");
+        failed.unit = "dev/a` ![x](https://e.test/x.png) `b</code><img src=y>".into();
+        let outputs = BTreeMap::from([(failed.job_id, "Error: boom\n".to_owned())]);
+        let body =
+            pull_request_comment(&detail(vec![failed], "failed"), &outputs, &Links::default());
+        assert!(
+            body.contains(
+                "| `dev/a\u{2cb} ![x](https://e.test/x.png) \u{2cb}b</code><img src=y>` | plan |"
+            ),
+            "{body}"
+        );
+        assert!(
+            body.contains("<summary><code>dev/a` ![x](https://e.test/x.png) `b&lt;/code&gt;&lt;img src=y&gt;</code> plan"),
+            "{body}"
+        );
     }
 
     #[test]

@@ -12,9 +12,10 @@ use crate::report::{PolicyMessage, policy_messages};
 /// there is one, else the last line, after the exit code.
 pub fn failure_reason(output_tail: &str, exit_code: Option<i32>) -> String {
     let clean = |line: &str| {
-        line.trim_start_matches(['│', '╷', '╵', ' ', '\t'])
-            .trim_end()
-            .to_owned()
+        printable(
+            line.trim_start_matches(['│', '╷', '╵', ' ', '\t'])
+                .trim_end(),
+        )
     };
     let lines: Vec<String> = output_tail
         .lines()
@@ -31,6 +32,12 @@ pub fn failure_reason(output_tail: &str, exit_code: Option<i32>) -> String {
         Some(code) => format!("exit code {code}: {line}"),
         None => line,
     }
+}
+
+/// `text` without control characters: what a job printed (terminal escapes among it) must not
+/// move the cursor, recolour or hide text on the terminal of whoever reads `pipelines status`.
+fn printable(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).collect()
 }
 
 fn truncate(text: &str, max_chars: usize) -> String {
@@ -149,7 +156,7 @@ pub fn render_run(detail: &RunDetail, now: u64) -> String {
             job.policy
                 .as_ref()
                 .map_or_else(|| "-".into(), crate::report::policy_cell),
-            why.to_owned(),
+            printable(why),
         ]);
     }
     out.push_str(&table(&rows));
@@ -180,6 +187,7 @@ pub fn render_run(detail: &RunDetail, now: u64) -> String {
                     PolicyMessage::DenyInWarnMode => "warn (deny, warn mode)",
                     PolicyMessage::Warning => "warn",
                 };
+                let text = printable(text);
                 format!("  {} {}: {kind} [{set}] {text}", job.unit, job.action)
             })
         })
@@ -366,6 +374,11 @@ mod tests {
         );
         assert_eq!(failure_reason("first\nlast line\n\n", None), "last line");
         assert_eq!(failure_reason("", Some(137)), "exit code 137: no output");
+        // A job's terminal escapes (here: clear the screen, then fake a success) stay inert.
+        assert_eq!(
+            failure_reason("Error: boom\u{1b}[2J\u{1b}[32mall good\u{7}\n", Some(1)),
+            "exit code 1: Error: boom[2J[32mall good"
+        );
         assert_eq!(failure_reason(&"x".repeat(300), None).chars().count(), 160);
     }
 
