@@ -89,6 +89,22 @@ fn words(yaml: &Yaml) -> Vec<String> {
         .collect()
 }
 
+/// `key` of a mapping as Compose reads it: from the mapping itself, else from what it merges
+/// (`<<: *anchor`), which yaml-rust2 leaves as a key of its own.
+fn merged<'a>(mapping: &'a Yaml, key: &str) -> &'a Yaml {
+    let own = &mapping[key];
+    match &mapping["<<"] {
+        _ if !own.is_badvalue() => own,
+        Yaml::Array(sources) => sources
+            .iter()
+            .map(|source| merged(source, key))
+            .find(|value| !value.is_badvalue())
+            .unwrap_or(own),
+        Yaml::BadValue => own,
+        source => merged(source, key),
+    }
+}
+
 #[test]
 fn shipped_definitions_are_the_generators_output_with_the_env_example_passwords() {
     let policy = file("deploy/compose/pipelines.toml");
@@ -158,6 +174,32 @@ fn compose_runs_each_account_with_its_own_broker_user_and_loads_the_definitions(
     let services = &compose[0]["services"];
     let policy = file("deploy/compose/pipelines.toml");
     assert_policy_valid(&policy);
+    // Every service mounts the policy, executors too, where a plan's code can read it: it holds
+    // no broker URL and no password (it once held the admin's login).
+    let policy_text = read("deploy/compose/pipelines.toml");
+    for line in policy_text.lines().map(str::trim) {
+        if line.starts_with('#') {
+            continue;
+        }
+        assert!(
+            !line.starts_with("broker_"),
+            "deploy/compose/pipelines.toml sets `{line}`: each service's login belongs in its \
+             own environment, the admin's on the command line of the admin command"
+        );
+        for word in line.split(['"', '\'', ' ', ',', '[', ']', '=']) {
+            assert_eq!(
+                config::url_password(word),
+                None,
+                "a password in deploy/compose/pipelines.toml: {line}"
+            );
+        }
+    }
+    for (variable, password) in env_example() {
+        assert!(
+            !variable.contains("PASSWORD") || !policy_text.contains(&password),
+            "deploy/compose/pipelines.toml holds {variable}"
+        );
+    }
 
     let rabbitmq_volumes = words(&services["rabbitmq"]["volumes"]);
     assert!(
@@ -168,6 +210,28 @@ fn compose_runs_each_account_with_its_own_broker_user_and_loads_the_definitions(
     );
     let url = |service: &str| text(&services[service]["environment"]["PIPELINES_BROKER_URL"]);
     assert!(url("dispatcher").starts_with("amqp://pipelines-dispatcher:"));
+    // Every service that runs pipelines logs in as its own user, given in its environment.
+    let mut runs_pipelines = Vec::new();
+    for (name, service) in services.as_hash().unwrap() {
+        let name = text(name);
+        let command = merged(service, "command");
+        if command.is_badvalue() {
+            continue;
+        }
+        let url = text(merged(
+            merged(service, "environment"),
+            "PIPELINES_BROKER_URL",
+        ));
+        let user = config::url_user(&url).unwrap_or_else(|| panic!("{name}: {url}"));
+        let expected = match words(command)[0].as_str() {
+            "dispatch" => "pipelines-dispatcher".to_owned(),
+            "execute" => format!("pipelines-{name}"),
+            other => panic!("{name} runs `pipelines {other}`"),
+        };
+        assert_eq!(user, expected, "{name} logs in as {user}");
+        runs_pipelines.push(name);
+    }
+    assert_eq!(runs_pipelines.len(), 2 + 6, "{runs_pipelines:?}");
     // Two dispatchers share PostgreSQL; its password comes from a secret file, not the URL.
     for dispatcher in ["dispatcher", "dispatcher-standby"] {
         let environment = &services[dispatcher]["environment"];
@@ -218,6 +282,17 @@ fn compose_runs_each_account_with_its_own_broker_user_and_loads_the_definitions(
                 text(&secret["source"]),
                 format!("executor-{account}-{role}-password"),
                 "{service} reads another role's password"
+            );
+            // Root's alone: Compose's default mode for a secret from the environment, 0444,
+            // would let the worker's tool user read it.
+            assert_eq!(
+                (
+                    secret["uid"].as_str(),
+                    secret["gid"].as_str(),
+                    secret["mode"].as_i64()
+                ),
+                (Some("0"), Some("0"), Some(0o400)),
+                "{service}: its tool user could read its broker password"
             );
             let variable = format!(
                 "PIPELINES_RABBITMQ_PASSWORD_EXECUTOR_{}_{}",
@@ -482,36 +557,64 @@ fn the_github_workflow_orchestrates_pull_requests_and_pushes_to_the_deploy_branc
     );
 }
 
+/// The command lines of `directive` (`ExecStart`, `ExecStartPre`) in a unit file, continuation
+/// lines joined as systemd joins them (the backslash becomes a space).
+fn unit_commands(unit: &str, directive: &str) -> Vec<String> {
+    let prefix = format!("{directive}=");
+    let mut commands = Vec::new();
+    let mut lines = unit.lines();
+    while let Some(line) = lines.next() {
+        let Some(first) = line.strip_prefix(&prefix) else {
+            continue;
+        };
+        let mut command = first.to_owned();
+        while let Some(joined) = command.strip_suffix('\\') {
+            command = format!("{joined} {}", lines.next().unwrap_or_default());
+        }
+        commands.push(command);
+    }
+    commands
+}
+
+/// Runs a unit's `/bin/sh -c '...' "%i"` command line as systemd would for `instance`: its
+/// escapes undone, `/etc/pipelines/` moved to `etc`, and the binary replaced by `etc/stand-in`.
+fn run_unit_shell(command: &str, instance: &str, etc: &Path) -> std::process::Output {
+    let shell = command
+        .replace("$$", "$")
+        .replace("%%", "%")
+        .replace("%H", "host")
+        .replace("\"%i\"", instance)
+        .replace("%i", instance)
+        .replace("/etc/pipelines/", &format!("{}/", etc.display()))
+        .replace(
+            "/usr/local/bin/pipelines",
+            &etc.join("stand-in").display().to_string(),
+        );
+    let (script, arg) = shell
+        .strip_prefix("/bin/sh -c '")
+        .and_then(|rest| rest.rsplit_once("' "))
+        .unwrap_or_else(|| panic!("not /bin/sh -c '...' INSTANCE: {shell}"));
+    std::process::Command::new("/bin/sh")
+        .args(["-c", script, arg.trim()])
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn systemd_units_run_the_documented_commands_and_drain_within_their_stop_timeout() {
     let dispatcher = read("deploy/systemd/pipelines-dispatcher.service");
     assert!(dispatcher.contains(
         "ExecStart=/usr/local/bin/pipelines dispatch --config /etc/pipelines/pipelines.toml"
     ));
+    // Its logs, mirrors and run database are its own, not a plan tool user's to read.
+    assert!(dispatcher.contains("\nStateDirectoryMode=0700\n"));
+    assert!(dispatcher.contains("\nUMask=0077\n"));
     let executor = read("deploy/systemd/pipelines-executor@.service");
-    let exec_start: String = executor
-        .split("ExecStart=")
-        .nth(1)
-        .unwrap()
-        .lines()
-        .take_while(|line| !line.trim().is_empty() && !line.starts_with("StateDirectory"))
-        .collect::<Vec<_>>()
-        .join("\n")
-        .replace("\\\n", " ");
-    // Undo systemd's escapes and run the shell part with the instance name, as systemd would,
-    // with a stand-in for the binary that prints its arguments.
+    let exec_start = unit_commands(&executor, "ExecStart");
+    assert_eq!(exec_start.len(), 1, "{exec_start:?}");
+    // Run the shell part with the instance name, as systemd would, with a stand-in for the
+    // binary that prints its arguments.
     let dir = tempfile::tempdir().unwrap();
-    let shell = exec_start
-        .replace("$$", "$")
-        .replace("%%", "%")
-        .replace("%H", "host")
-        .replace("\"%i\"", "eu-prod-plan-3")
-        .replace("%i", "eu-prod-plan-3")
-        .replace("/etc/pipelines/", &format!("{}/", dir.path().display()))
-        .replace(
-            "/usr/local/bin/pipelines",
-            &dir.path().join("stand-in").display().to_string(),
-        );
     std::fs::write(
         dir.path().join("stand-in"),
         "#!/bin/sh\necho \"tool_user=$PIPELINES_EXECUTOR__TOOL_USER $*\"\n",
@@ -522,20 +625,18 @@ fn systemd_units_run_the_documented_commands_and_drain_within_their_stop_timeout
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    std::fs::write(
-        dir.path().join("executor-eu-prod-plan.env"),
-        "PIPELINES_BROKER_URL=amqp://x\nPIPELINES_TOOL_UID_BASE=61100\n",
-    )
-    .unwrap();
-    let script = shell
-        .strip_prefix("/bin/sh -c '")
-        .and_then(|rest| rest.rsplit_once("' "))
-        .map(|(script, arg)| (script.to_owned(), arg.trim().to_owned()))
-        .unwrap_or_else(|| panic!("ExecStart is not /bin/sh -c '...' INSTANCE: {shell}"));
-    let output = std::process::Command::new("/bin/sh")
-        .args(["-c", &script.0, &script.1])
-        .output()
+    let env_file = |name: &str, base: Option<u32>| {
+        let base = base.map_or(String::new(), |base| {
+            format!("PIPELINES_TOOL_UID_BASE={base}\n")
+        });
+        std::fs::write(
+            dir.path().join(format!("executor-{name}.env")),
+            format!("PIPELINES_BROKER_URL=amqp://x\n{base}"),
+        )
         .unwrap();
+    };
+    env_file("eu-prod-plan", Some(61100));
+    let output = run_unit_shell(&exec_start[0], "eu-prod-plan-3", dir.path());
     let printed = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -550,6 +651,52 @@ fn systemd_units_run_the_documented_commands_and_drain_within_their_stop_timeout
         printed.starts_with("tool_user=61103:61103 execute "),
         "each instance its own tool user: {printed}"
     );
+
+    // Two env files with one base would give a plan's tools and an apply's tools one uid: the
+    // instance refuses to start, as it does without a base.
+    let guard = unit_commands(&executor, "ExecStartPre")
+        .into_iter()
+        .find(|command| command.contains("PIPELINES_TOOL_UID_BASE"))
+        .expect("an ExecStartPre checks the tool uids");
+    let starts = |instance: &str| {
+        let output = run_unit_shell(&guard, instance, dir.path());
+        let said = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.success(), said)
+    };
+    assert_eq!(starts("eu-prod-plan-3"), (true, String::new()));
+    for shared in [61100, 61150, 61001] {
+        env_file("eu-prod-apply", Some(shared));
+        for instance in ["eu-prod-plan-3", "eu-prod-apply-1"] {
+            let (started, said) = starts(instance);
+            assert!(
+                !started && said.contains("less than 100 apart"),
+                "{instance} with bases 61100 and {shared}: {said}"
+            );
+        }
+    }
+    env_file("eu-prod-apply", Some(61200));
+    assert_eq!(starts("eu-prod-plan-3"), (true, String::new()));
+    assert_eq!(starts("eu-prod-apply-99"), (true, String::new()));
+    for outside in ["eu-prod-plan-0", "eu-prod-plan-100", "eu-prod-plan-x"] {
+        let (started, said) = starts(outside);
+        assert!(
+            !started && said.contains("N from 1 to 99"),
+            "{outside}: {said}"
+        );
+    }
+    env_file("eu-prod-plan", None);
+    let (started, said) = starts("eu-prod-plan-3");
+    assert!(
+        !started && said.contains("sets no PIPELINES_TOOL_UID_BASE"),
+        "{said}"
+    );
+    let output = run_unit_shell(&exec_start[0], "eu-prod-plan-3", dir.path());
+    assert!(
+        !output.status.success() && output.stdout.is_empty(),
+        "without a base the worker starts: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+
     let stop = executor
         .lines()
         .find_map(|line| line.strip_prefix("TimeoutStopSec="))
