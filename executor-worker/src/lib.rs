@@ -85,6 +85,9 @@ pub struct WorkerSettings {
     /// The admin's policy sets, read when the worker started and on an explicit reload
     /// ([`reload_policies_on_hangup`]).
     pub policies: policy::PolicyHandle,
+    /// The file holding the worker's broker password (`broker_password_file`): a tool user
+    /// that could read it would give a plan the worker's broker login.
+    pub broker_password_file: Option<PathBuf>,
 }
 
 /// Who tools run as and what environment they get. Nothing else of the worker's environment
@@ -191,6 +194,7 @@ impl WorkerSettings {
                 &config.policies,
                 &config.policy,
             )),
+            broker_password_file: config.broker_password_file.clone(),
         })
     }
 }
@@ -280,6 +284,14 @@ pub async fn run(
     harden_process();
     if let Some(user) = settings.tools.user {
         can_switch_to(user).map_err(ExecuteError::Setup)?;
+        if let Some(file) = &settings.broker_password_file
+            && let Some(why) = tool_user_reads(file, user)
+        {
+            return Err(ExecuteError::Setup(format!(
+                "broker_password_file {} {why}: a pull request's plan would read the worker's broker password (make it the worker's alone, e.g. mode 0400)",
+                file.display()
+            )));
+        }
     }
     let workspace = Workspace::open(
         settings.work_dir.clone(),
@@ -381,8 +393,13 @@ pub fn harden_process() {
 /// worker's (proxies, certificates, an ssh agent), but while one runs, a process a job left
 /// behind as the same user could read its `/proc/<pid>/environ`.
 fn worker_settings(vars: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
-    vars.filter(|name| name.as_encoded_bytes().starts_with(b"PIPELINES_"))
-        .collect()
+    // Case-insensitive, as the configuration reads them.
+    vars.filter(|name| {
+        name.as_encoded_bytes()
+            .get(..10)
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"PIPELINES_"))
+    })
+    .collect()
 }
 
 /// Removes the worker's own settings (see [`worker_settings`]) from `command`'s environment.
@@ -393,6 +410,39 @@ pub(crate) fn without_worker_settings(
         command.env_remove(name);
     }
     command
+}
+
+/// Why `tools` can read `path`: every directory above it lets the tool user pass, and the
+/// file's mode lets it read (as its owner, its group or anyone). `None`: it cannot.
+fn tool_user_reads(path: &std::path::Path, tools: ToolUser) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let path = path.canonicalize().ok()?;
+    let may = |meta: &std::fs::Metadata, bits: u32| {
+        let mode = meta.mode();
+        if meta.uid() == tools.uid {
+            mode & (bits << 6) != 0
+        } else if meta.gid() == tools.gid {
+            mode & (bits << 3) != 0
+        } else {
+            mode & bits != 0
+        }
+    };
+    for dir in path.ancestors().skip(1) {
+        if !may(&std::fs::metadata(dir).ok()?, 0o1) {
+            return None;
+        }
+    }
+    let meta = std::fs::metadata(&path).ok()?;
+    may(&meta, 0o4).then(|| {
+        format!(
+            "(owner {}, group {}, mode {:o}) is readable by the tool user {}:{}",
+            meta.uid(),
+            meta.gid(),
+            meta.mode() & 0o7777,
+            tools.uid,
+            tools.gid
+        )
+    })
 }
 
 /// Capabilities a worker needs to run tools as another user, and to clean up after them.
@@ -415,22 +465,39 @@ fn can_switch_to(user: ToolUser) -> Result<(), String> {
             .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
             .unwrap_or(0)
     };
+    let groups: Vec<u32> = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Groups:"))
+        .map(|ids| {
+            ids.split_whitespace()
+                .filter_map(|id| id.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
     switch_problem(
         rustix::process::geteuid().as_raw(),
         capabilities("CapEff:"),
         capabilities("CapAmb:"),
+        &groups,
         user,
     )
 }
 
-/// Whether a worker running as `euid` with the `effective` and `ambient` capability sets (as
-/// `/proc/self/status` shows them) may run tools as `user`.
+/// Whether a worker running as `euid` with the `effective` and `ambient` capability sets and
+/// the supplementary `groups` (as `/proc/self/status` shows them) may run tools as `user`.
 ///
-/// Ambient capabilities are kept across `execve`, and a switch between two users other than
-/// root does not clear them: a worker started as a plain user with `AmbientCapabilities` would
-/// hand `CAP_SETUID` and `CAP_DAC_OVERRIDE` to every tool, that is to a pull request's code. A
-/// worker running as root loses them, with all others, when it switches to the tool user.
-fn switch_problem(euid: u32, effective: u64, ambient: u64, user: ToolUser) -> Result<(), String> {
+/// A worker that is not root hands the tools more than it means to. Ambient capabilities are
+/// kept across `execve`, and a switch between two users other than root does not clear them:
+/// `CAP_SETUID` and `CAP_DAC_OVERRIDE` for a pull request's code. And the standard library
+/// drops supplementary groups only when root switches: the tools would read what the worker's
+/// groups may (a policy file `root:pipelines`, mode 0640). Root loses both with the switch.
+fn switch_problem(
+    euid: u32,
+    effective: u64,
+    ambient: u64,
+    groups: &[u32],
+    user: ToolUser,
+) -> Result<(), String> {
     if euid == user.uid {
         return Err(format!(
             "executor.tool_user is the worker's own user ({euid}): tools would read the worker's files"
@@ -439,6 +506,12 @@ fn switch_problem(euid: u32, effective: u64, ambient: u64, user: ToolUser) -> Re
     if euid != 0 && ambient != 0 {
         return Err(format!(
             "the worker (user {euid}) holds ambient capabilities ({ambient:#x}), which tools run as executor.tool_user = {}:{} would inherit: run the worker as root, or give it the capabilities as file capabilities of the pipelines binary (setcap), not as ambient ones (systemd AmbientCapabilities)",
+            user.uid, user.gid
+        ));
+    }
+    if euid != 0 && !groups.is_empty() {
+        return Err(format!(
+            "the worker (user {euid}) has supplementary groups {groups:?}, which tools run as executor.tool_user = {}:{} would keep (they are dropped only when root switches): run the worker as root, or as a user without supplementary groups",
             user.uid, user.gid
         ));
     }
@@ -472,11 +545,11 @@ mod tests {
 
     #[test]
     fn a_worker_with_ambient_capabilities_may_not_run_tools_as_another_user() {
-        assert_eq!(switch_problem(0, ALL, 0, TOOLS), Ok(()));
-        assert_eq!(switch_problem(1000, ALL, 0, TOOLS), Ok(()));
+        assert_eq!(switch_problem(0, ALL, 0, &[], TOOLS), Ok(()));
+        assert_eq!(switch_problem(1000, ALL, 0, &[], TOOLS), Ok(()));
         // Root loses ambient capabilities with the switch; a plain user keeps them.
-        assert_eq!(switch_problem(0, ALL, ALL, TOOLS), Ok(()));
-        let refused = switch_problem(1000, ALL, ALL, TOOLS).unwrap_err();
+        assert_eq!(switch_problem(0, ALL, ALL, &[], TOOLS), Ok(()));
+        let refused = switch_problem(1000, ALL, ALL, &[], TOOLS).unwrap_err();
         assert!(
             refused.contains("holds ambient capabilities (0xeb)")
                 && refused.contains("tool_user = 61001:61001"),
@@ -490,20 +563,56 @@ mod tests {
             "PATH",
             "PIPELINES_BROKER_URL",
             "HTTPS_PROXY",
-            "PIPELINES_GITHUB__TOKEN",
+            "pipelines_github__token",
+            "PIPELINES",
         ];
         let removed = worker_settings(names.iter().map(std::ffi::OsString::from));
-        assert_eq!(removed, ["PIPELINES_BROKER_URL", "PIPELINES_GITHUB__TOKEN"]);
+        assert_eq!(removed, ["PIPELINES_BROKER_URL", "pipelines_github__token"]);
+    }
+
+    #[test]
+    fn a_password_file_the_tool_user_may_read_is_named_with_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let set = |path: &std::path::Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        set(dir.path(), 0o711);
+        let file = dir.path().join("broker.password");
+        std::fs::write(&file, "secret").unwrap();
+        set(&file, 0o444);
+        let why = tool_user_reads(&file, TOOLS).unwrap();
+        assert!(
+            why.contains("mode 444) is readable by the tool user 61001:61001"),
+            "{why}"
+        );
+        set(&file, 0o400);
+        assert_eq!(tool_user_reads(&file, TOOLS), None);
+        // Readable by anyone, but inside a directory the tool user may not pass.
+        set(&file, 0o444);
+        set(dir.path(), 0o700);
+        assert_eq!(tool_user_reads(&file, TOOLS), None);
+    }
+
+    #[test]
+    fn a_worker_that_is_not_root_with_supplementary_groups_may_not_run_tools_as_another_user() {
+        // Root's groups go with the switch; a plain user's would stay with the tools.
+        assert_eq!(switch_problem(0, ALL, 0, &[0, 27], TOOLS), Ok(()));
+        let refused = switch_problem(1000, ALL, 0, &[1000, 27], TOOLS).unwrap_err();
+        assert!(
+            refused.contains("has supplementary groups [1000, 27]"),
+            "{refused}"
+        );
     }
 
     #[test]
     fn the_switch_names_what_the_worker_lacks_and_refuses_its_own_user() {
-        let lacking = switch_problem(1000, ALL & !(1 << 7), 0, TOOLS).unwrap_err();
+        let lacking = switch_problem(1000, ALL & !(1 << 7), 0, &[], TOOLS).unwrap_err();
         assert!(
             lacking.contains("needs the worker to hold CAP_SETUID"),
             "{lacking}"
         );
-        let own = switch_problem(61001, ALL, 0, TOOLS).unwrap_err();
+        let own = switch_problem(61001, ALL, 0, &[], TOOLS).unwrap_err();
         assert!(own.contains("the worker's own user (61001)"), "{own}");
     }
 }

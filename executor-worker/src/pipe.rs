@@ -22,6 +22,9 @@ pub(crate) const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 
 /// Bytes in flight between the pipe and the blocking reader: a few reads' worth.
 const CHUNKS_IN_FLIGHT: usize = 8;
+/// Reads of what is left in the pipe once it was given up: a pipe holds 64 KiB by default,
+/// and a holder that keeps writing must not keep the worker reading.
+const LAST_READS: usize = 4;
 
 /// Starts reading `pipe` on the runtime: what it reads comes out of the returned [`Fed`].
 /// Must be called within a tokio runtime.
@@ -34,15 +37,27 @@ pub(crate) fn feed(pipe: std::io::PipeReader) -> std::io::Result<(Fed, Feeding)>
         loop {
             let read = tokio::select! {
                 read = pipe.read(&mut buffer) => read,
-                _ = &mut given_up => return,
+                _ = &mut given_up => break,
             };
             let chunk = match read {
                 Ok(0) | Err(_) => return,
                 Ok(n) => buffer[..n].to_vec(),
             };
-            tokio::select! {
-                sent = chunks.send(chunk) => if sent.is_err() { return },
-                _ = &mut given_up => return,
+            // Never cancelled: a slow reader must not cost the tool's last bytes.
+            if chunks.send(chunk).await.is_err() {
+                return;
+            }
+        }
+        // Given up: what the tool wrote before it ended may still sit in the pipe behind the
+        // reader. Take what is there now, at most a pipe's buffer, then stop.
+        for _ in 0..LAST_READS {
+            match pipe.try_read(&mut buffer) {
+                Ok(n) if n > 0 => {
+                    if chunks.send(buffer[..n].to_vec()).await.is_err() {
+                        return;
+                    }
+                }
+                _ => return,
             }
         }
     });
@@ -70,6 +85,9 @@ pub(crate) struct Fed {
 
 impl Read for Fed {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
         while self.at == self.pending.len() {
             match self.received.blocking_recv() {
                 Some(chunk) => {
@@ -128,6 +146,14 @@ pub(crate) fn given_up_note(program: &str) -> String {
 mod tests {
     use super::*;
 
+    struct KillGroup(rustix::process::Pid);
+
+    impl Drop for KillGroup {
+        fn drop(&mut self) {
+            let _ = rustix::process::kill_process_group(self.0, rustix::process::Signal::KILL);
+        }
+    }
+
     /// A child that leaves a process holding its output behind: the output written before it
     /// ended is kept, and listening stops after the drain instead of waiting for the holder.
     #[tokio::test]
@@ -140,7 +166,8 @@ mod tests {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let group = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
+        // The sleep is killed with its group however the test ends.
+        let _group = KillGroup(rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap());
         let (mut fed, feeding) = feed(reader).unwrap();
         let reading = tokio::task::spawn_blocking(move || {
             let mut text = String::new();
@@ -150,7 +177,6 @@ mod tests {
         assert!(!feeding.drained().await, "the sleep still holds the pipe");
         let text = reading.await.unwrap().unwrap();
         assert_eq!(text, "before\nafter\n");
-        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
     }
 
     /// A pipe whose writers all closed ends at once, with every byte.

@@ -230,11 +230,18 @@ pub(crate) async fn execute(
         let mut command = command(tool.program(), &step.args, unit_dir, launch);
         let span = tracing::info_span!("step", step = step.args[0], program = tool.program());
         let result = if step.captures_stdout {
-            run_capturing(&mut command, output, launch, keep_plan, stop)
-                .instrument(span)
-                .await
+            run_capturing(
+                &mut command,
+                tool.program(),
+                output,
+                launch,
+                keep_plan,
+                stop,
+            )
+            .instrument(span)
+            .await
         } else {
-            run_merged(&mut command, output, launch, stop)
+            run_merged(&mut command, tool.program(), output, launch, stop)
                 .instrument(span)
                 .await
                 .map(|ended| (ended, None, None))
@@ -375,7 +382,8 @@ fn command(program: &str, args: &[&str], dir: &Path, launch: &Launch) -> Command
             let mut command = Command::new(program);
             command.process_group(0);
             if let Some(user) = launch.user {
-                // Supplementary groups are dropped with the switch.
+                // Supplementary groups are dropped with the switch: std drops them when the
+                // worker is root, and a worker that is not root and has any is refused at start.
                 command.uid(user.uid).gid(user.gid);
             }
             command
@@ -397,21 +405,22 @@ fn command(program: &str, args: &[&str], dir: &Path, launch: &Launch) -> Command
 /// The hidden subcommand that runs a tool under [`crate::supervisor`].
 pub const SUPERVISE_COMMAND: &str = "__supervise";
 
-/// Runs with stdout and stderr merged into one pipe, so the output keeps its real order. The
-/// pipe is listened to for at most [`pipe::OUTPUT_DRAIN`] after the tool ended (see
-/// [`crate::pipe`]).
+/// Runs with stdout and stderr merged into one pipe, so the output keeps its real order. When
+/// the tool ended, what it left running is killed ([`end_of_step`]) and the pipe is listened to
+/// for at most [`pipe::OUTPUT_DRAIN`] more (see [`crate::pipe`]).
 async fn run_merged(
     command: &mut Command,
+    program: &str,
     output: &mut JobOutput,
     launch: &Launch,
     stop: &mut watch::Receiver<Option<Stop>>,
 ) -> std::io::Result<Ended> {
     let (reader, writer) = std::io::pipe()?;
+    let (mut reader, feeding) = pipe::feed(reader)?;
     command.stdout(writer.try_clone()?).stderr(writer);
     let mut child = command.spawn()?;
     // Drop our copies of the pipe's write end, or reading would never see end-of-file.
     command.stdout(Stdio::null()).stderr(Stdio::null());
-    let (mut reader, feeding) = pipe::feed(reader)?;
     let mut collected = std::mem::replace(output, JobOutput::new(Vec::new(), None));
     let reading = tokio::task::spawn_blocking(move || {
         let mut buffer = [0_u8; 8192];
@@ -443,21 +452,30 @@ async fn run_merged(
         }
     };
     guard.armed = false;
+    let killed = end_of_step(launch);
     let whole = feeding.drained().await;
     *output = reading.await.map_err(std::io::Error::other)?;
-    if !whole {
-        output.push_str(&pipe::given_up_note(&program_of(command)));
-    }
+    say_what_was_left(output, program, killed, whole);
     Ok(ended)
 }
 
-/// The program a step runs, for what the job's output says about it.
-fn program_of(command: &Command) -> String {
-    command
-        .as_std()
-        .get_program()
-        .to_string_lossy()
-        .into_owned()
+/// After a step's tool ended, with a tool user: kills what it left running, and how many. No
+/// process of a step may see the next: one left by `plan` could rewrite the saved plan before
+/// `show` reads it, or hold the step's output. (Without a tool user the worker cannot tell a
+/// tool's processes from its own; the output drain still bounds the wait.)
+fn end_of_step(launch: &Launch) -> usize {
+    launch.user.map_or(0, |user| kill_processes_of(user.uid))
+}
+
+fn say_what_was_left(output: &mut JobOutput, program: &str, killed: usize, whole: bool) {
+    if killed > 0 {
+        output.push_str(&format!(
+            "(killed {killed} process(es) {program} left running)\n"
+        ));
+    }
+    if !whole {
+        output.push_str(&pipe::given_up_note(program));
+    }
 }
 
 /// How long a killed process group gets to disappear before the supervisor itself is killed.
@@ -473,6 +491,7 @@ type Captured = (Ended, Option<Result<PlanSummary, String>>, Option<Vec<u8>>);
 /// listened to for at most [`pipe::OUTPUT_DRAIN`] after the tool ended.
 async fn run_capturing(
     command: &mut Command,
+    program: &str,
     output: &mut JobOutput,
     launch: &Launch,
     keep: Option<u64>,
@@ -480,12 +499,12 @@ async fn run_capturing(
 ) -> std::io::Result<Captured> {
     let (reader, writer) = std::io::pipe()?;
     let (stderr_reader, stderr_writer) = std::io::pipe()?;
+    let (mut reader, feeding) = pipe::feed(reader)?;
+    let (mut stderr, stderr_feeding) = pipe::feed(stderr_reader)?;
     command.stdout(writer).stderr(stderr_writer);
     let mut child = command.spawn()?;
     // Drop our copies of the write ends, or the readers would never see end-of-file.
     command.stdout(Stdio::null()).stderr(Stdio::null());
-    let (mut reader, feeding) = pipe::feed(reader)?;
-    let (mut stderr, stderr_feeding) = pipe::feed(stderr_reader)?;
     let parsing = tokio::task::spawn_blocking(move || {
         let kept = keep.map(|limit| {
             let mut kept = Vec::new();
@@ -519,12 +538,11 @@ async fn run_capturing(
         reason = stopped(stop) => return Ok((Ended::Stopped(reason), None, None)),
     };
     guard.armed = false;
-    let whole = feeding.drained().await & stderr_feeding.drained().await;
+    let killed = end_of_step(launch);
+    let (whole, whole_stderr) = tokio::join!(feeding.drained(), stderr_feeding.drained());
     output.push(&collecting.await.map_err(std::io::Error::other)?);
     let (counts, kept) = parsing.await.map_err(std::io::Error::other)?;
-    if !whole {
-        output.push_str(&pipe::given_up_note(&program_of(command)));
-    }
+    say_what_was_left(output, program, killed, whole && whole_stderr);
     Ok((Ended::Exited(status.code()), Some(counts), kept))
 }
 

@@ -168,6 +168,7 @@ impl Workspace {
         owner: Option<ToolUser>,
     ) -> Result<Workspace, WorkspaceError> {
         create_dir(&root, 0o711)?;
+        let mut root = root;
         if let Some(tools) = owner {
             // Tools run as another user: every directory above the job's must let it pass,
             // and none may let it move the work directory aside for one of its own.
@@ -194,6 +195,8 @@ impl Workspace {
                     });
                 }
             }
+            // The path checked is the one used: a symlink on the way could be turned later.
+            root = absolute;
         }
         // Tools (as the tool user) may pass through to their own job directory, never list
         // or enter the mirrors, the logs or another job's directory.
