@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use croner::Cron;
 use proto_types::{Action, DriftHistoryEntry, DriftState, DriftUnit, UnitState};
 
-use crate::report::{cell, shorten, utc};
+use crate::report::{cell, code, html_code, shorten, utc};
 use crate::scheduler::{Run, RunJob};
 
 /// The title of a repository's living drift issue.
@@ -152,8 +152,8 @@ pub fn issue(
         for unit in drifted.iter().take(MAX_ROWS) {
             body.push_str(&format!(
                 "| {} | {} | {} | {} |\n",
-                code(&unit.unit),
-                code(&unit.account),
+                html_code(&unit.unit),
+                html_code(&unit.account),
                 utc(unit.since_ms),
                 unit.resource_changes
                     .map_or_else(|| "changes".to_owned(), |c| c.to_string()),
@@ -170,7 +170,7 @@ pub fn issue(
                 html(&unit.unit)
             ));
             for resource in &unit.resources {
-                body.push_str(&format!("- {}\n", code(resource)));
+                body.push_str(&format!("- {}\n", html_code(resource)));
             }
             if unit.more > 0 {
                 body.push_str(&format!("- and {} more\n", unit.more));
@@ -185,10 +185,10 @@ pub fn issue(
         for unit in errors.iter().take(MAX_ROWS) {
             body.push_str(&format!(
                 "| {} | {} | {} | {} |\n",
-                code(&unit.unit),
-                code(&unit.account),
+                html_code(&unit.unit),
+                html_code(&unit.account),
                 utc(unit.since_ms),
-                code(&shorten(unit.error.as_deref().unwrap_or("failed"), 300)),
+                html_code(&shorten(unit.error.as_deref().unwrap_or("failed"), 300)),
             ));
         }
         more_rows(&mut body, errors.len());
@@ -257,18 +257,22 @@ pub fn pull_request(repository: &str, units: &[DriftUnit]) -> Option<DriftPullRe
             )
         })
         .collect();
-    let lines: Vec<String> = drifted
-        .iter()
-        .map(|unit| {
-            format!(
-                "- `{}` ({}): {}",
-                cell(&unit.unit),
-                cell(&unit.account),
-                unit.resource_changes
-                    .map_or_else(|| "changes".to_owned(), |c| c.to_string())
-            )
-        })
-        .collect();
+    // The commit message is plain text; the pull request's body is Markdown, where a unit's
+    // path (a directory a pull request named) must stay inert.
+    let lines = |show: fn(&str) -> String| -> Vec<String> {
+        drifted
+            .iter()
+            .map(|unit| {
+                format!(
+                    "- {} ({}): {}",
+                    show(&unit.unit),
+                    show(&unit.account),
+                    unit.resource_changes
+                        .map_or_else(|| "changes".to_owned(), |c| c.to_string())
+                )
+            })
+            .collect()
+    };
     let title = format!(
         "Drift: apply {} unit(s) of {repository} again",
         drifted.len()
@@ -279,7 +283,7 @@ pub fn pull_request(repository: &str, units: &[DriftUnit]) -> Option<DriftPullRe
             "Record the drift of {} unit(s) found by drift run {}\n\n{}\n",
             drifted.len(),
             latest.run_id,
-            lines.join("\n")
+            lines(str::to_owned).join("\n")
         ),
         body: format!(
             "Drift run `{}` found these units no longer matching their code:\n\n{}\n\n\
@@ -288,7 +292,7 @@ pub fn pull_request(repository: &str, units: &[DriftUnit]) -> Option<DriftPullRe
              branch, through the normal push path and its approval gates. Close it instead if \
              the change made outside the code should stay, and bring the code to it.\n",
             latest.run_id,
-            lines.join("\n")
+            lines(code).join("\n")
         ),
         title,
         entries,
@@ -307,26 +311,6 @@ fn more_rows(body: &mut String, count: usize) {
             count - MAX_ROWS
         ));
     }
-}
-
-/// Text from a repository or a plan, shown verbatim: an HTML code element whose Markdown and
-/// HTML characters are entities, so that nothing in a unit name or an error becomes a link, a
-/// mention, a table cell or markup (GitHub parses Markdown between inline HTML tags).
-fn code(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len() + 13);
-    for c in text.chars() {
-        match c {
-            '&' => escaped.push_str("&amp;"),
-            '<' => escaped.push_str("&lt;"),
-            '>' => escaped.push_str("&gt;"),
-            '\n' | '\r' => escaped.push(' '),
-            '|' | '[' | ']' | '(' | ')' | '@' | '`' | '*' | '_' | '~' | '#' | '!' | '\\' | ':' => {
-                escaped.push_str(&format!("&#{};", u32::from(c)));
-            }
-            c => escaped.push(c),
-        }
-    }
-    format!("<code>{escaped}</code>")
 }
 
 fn html(text: &str) -> String {
@@ -560,7 +544,7 @@ mod tests {
         assert_eq!((entry.add, entry.destroy, entry.run_id), (1, 1, run.run_id));
         assert_eq!(entry.since, "1970-01-01 00:01 UTC");
         assert!(
-            pull.body.contains("- `dev/app` (dev): +1 ~0 -1"),
+            pull.body.contains("- `dev/app` (`dev`): +1 ~0 -1"),
             "{}",
             pull.body
         );

@@ -221,7 +221,7 @@ fn policy_section(detail: &RunDetail) -> String {
         let Some(report) = &job.policy else { continue };
         let lines: Vec<String> = policy_messages(report)
             .map(|(set, kind, text)| {
-                let (set, text) = (cell(set), cell(&shorten(text, 300)));
+                let (set, text) = (cell(set), inert(&shorten(text, 300)));
                 match kind {
                     PolicyMessage::Error => format!("- ⛔ **{set}** could not run: {text}"),
                     PolicyMessage::Deny => format!("- ❌ deny **{set}**: {text}"),
@@ -238,7 +238,7 @@ fn policy_section(detail: &RunDetail) -> String {
         if !lines.is_empty() {
             let _ = writeln!(
                 out,
-                "**Policy: `{}`**\n{}\n",
+                "**Policy: {}**\n{}\n",
                 code(&job.unit),
                 lines.join("\n")
             );
@@ -335,7 +335,7 @@ fn approval_section(detail: &RunDetail) -> String {
                 ApprovalGate::Approved { .. } => "✅",
             };
             Some(format!(
-                "- {mark} `{}` {}: {}",
+                "- {mark} {} {}: {}",
                 code(&job.unit),
                 job.action,
                 cell(&shorten(&note, 400))
@@ -464,7 +464,7 @@ fn render(
             .iter()
             .map(|(job, cut)| {
                 format!(
-                    "- `{}`: {cut} characters cut; `{}`",
+                    "- {}: {cut} characters cut; `{}`",
                     code(&job.unit),
                     job.log.as_deref().unwrap_or("its worker")
                 )
@@ -472,7 +472,7 @@ fn render(
             .collect();
         lines.extend(left_out.iter().map(|job| {
             format!(
-                "- `{}`: output left out; `{}`",
+                "- {}: output left out; `{}`",
                 code(&job.unit),
                 job.log.as_deref().unwrap_or("its worker")
             )
@@ -562,7 +562,7 @@ fn table_row(job: &JobSummary) -> String {
             "{} {}: {}",
             icon(job.state),
             job.state,
-            cell(&shorten(reason, 120))
+            inert(&shorten(reason, 120))
         ),
         None => format!("{} {}", icon(job.state), job.state),
     };
@@ -582,7 +582,7 @@ fn table_row(job: &JobSummary) -> String {
             });
     let policy = job.policy.as_ref().map(policy_cell).unwrap_or_default();
     format!(
-        "| `{}` | {} | {status}{attempt} | {add} | {change} | {destroy} | {policy} | {} | {} | {} |\n",
+        "| {} | {} | {status}{attempt} | {add} | {change} | {destroy} | {policy} | {} | {} | {} |\n",
         code(&job.unit),
         job.action,
         job.duration_ms
@@ -608,7 +608,7 @@ fn section_markdown(job: &JobSummary, text: &str, cut: usize) -> String {
         String::new()
     };
     format!(
-        "<details><summary><code>{}</code> {}: {} {}{counts}</summary>\n\n```\n{note}{}\n```\n</details>\n",
+        "<details><summary>{} {}: {} {}{counts}</summary>\n\n```\n{note}{}\n```\n</details>\n",
         html_code(&job.unit),
         job.action,
         icon(job.state),
@@ -709,19 +709,42 @@ fn fence_safe(text: &str) -> String {
     text.replace("```", "`\u{200b}``")
 }
 
-/// A unit's path inside a Markdown code span (and a table cell): a pull request names its
-/// directories, and a backtick would end the span and let the rest render as Markdown (links,
-/// images, mentions, a fake "passed"). It shows as a look-alike instead.
-pub(crate) fn code(text: &str) -> String {
-    cell(text).replace('`', "\u{2cb}")
+/// Text from a repository or a plan (a unit's path, a failure's last line, a policy message
+/// quoting planned values), shown verbatim: its Markdown and HTML characters become entities,
+/// so that nothing in it becomes a link, an image, a mention, a table cell or markup (GitHub
+/// parses Markdown between inline HTML tags too).
+pub(crate) fn inert(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '\n' | '\r' => escaped.push(' '),
+            '|' | '[' | ']' | '(' | ')' | '@' | '`' | '*' | '_' | '~' | '#' | '!' | '\\' | ':' => {
+                escaped.push_str(&format!("&#{};", u32::from(c)));
+            }
+            c => escaped.push(c),
+        }
+    }
+    escaped
 }
 
-/// A unit's path inside the `<code>` of an HTML block: no tag may start or end in it.
-fn html_code(text: &str) -> String {
-    cell(text)
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+/// A unit's path as code: a Markdown code span, in which nothing renders, when the path
+/// cannot end it or split a table cell (the short form keeps a 300-unit table within the
+/// comment's limit); else [`inert`] text in an HTML code element.
+pub(crate) fn code(text: &str) -> String {
+    if text.contains(['`', '|', '\n', '\r']) {
+        html_code(text)
+    } else {
+        format!("`{text}`")
+    }
+}
+
+/// [`inert`] text in an HTML code element: what an HTML block shows as code (Markdown does
+/// not render there).
+pub(crate) fn html_code(text: &str) -> String {
+    format!("<code>{}</code>", inert(text))
 }
 
 /// A table cell: no pipes or newlines.
@@ -907,25 +930,23 @@ mod tests {
         assert_eq!(body.matches("```").count(), 2, "{body}");
     }
 
-    /// A pull request names its directories: a unit's path shows as it is, and none of it
-    /// renders as Markdown or HTML (a link, an image, a tag).
+    /// A pull request names its directories and its providers print the failure's last line:
+    /// both show as they are, and none of it renders as Markdown or HTML (a link, an image, a
+    /// tag, a mention, a cell).
     #[test]
-    fn unit_paths_cannot_break_out_of_their_code_spans() {
+    fn unit_paths_and_failure_reasons_cannot_render_as_markdown() {
         let mut failed = job(0, "failed");
         failed.unit = "dev/a` ![x](https://e.test/x.png) `b</code><img src=y>".into();
+        failed.reason = Some("Error: see [docs](https://e.test) @alice | ok".into());
         let outputs = BTreeMap::from([(failed.job_id, "Error: boom\n".to_owned())]);
         let body =
             pull_request_comment(&detail(vec![failed], "failed"), &outputs, &Links::default());
-        assert!(
-            body.contains(
-                "| `dev/a\u{2cb} ![x](https://e.test/x.png) \u{2cb}b</code><img src=y>` | plan |"
-            ),
-            "{body}"
-        );
-        assert!(
-            body.contains("<summary><code>dev/a` ![x](https://e.test/x.png) `b&lt;/code&gt;&lt;img src=y&gt;</code> plan"),
-            "{body}"
-        );
+        let unit = "<code>dev/a&#96; &#33;&#91;x&#93;&#40;https&#58;//e.test/x.png&#41; &#96;b&lt;/code&gt;&lt;img src=y&gt;</code>";
+        assert!(body.contains(&format!("| {unit} | plan | ❌ failed: Error&#58; see &#91;docs&#93;&#40;https&#58;//e.test&#41; &#64;alice &#124; ok |")), "{body}");
+        assert!(body.contains(&format!("<summary>{unit} plan")), "{body}");
+        for live in ["](", "<img", "@alice", "`b"] {
+            assert!(!body.contains(live), "{live} in {body}");
+        }
     }
 
     #[test]
@@ -1016,7 +1037,9 @@ mod tests {
             "{body}"
         );
         assert!(
-            body.contains("- ❌ deny **security**: terraform_data.bucket: not allowed \\| here"),
+            body.contains(
+                "- ❌ deny **security**: terraform&#95;data.bucket&#58; not allowed &#124; here"
+            ),
             "{body}"
         );
         assert!(
@@ -1059,7 +1082,9 @@ mod tests {
         assert_eq!(policy_status(&detail, "p").unwrap().state, "failure");
         let body = pull_request_comment(&detail, &BTreeMap::new(), &Links::default());
         assert!(
-            body.contains("- ⛔ **security** could not run: policies/a.rego:3: unexpected token"),
+            body.contains(
+                "- ⛔ **security** could not run: policies/a.rego&#58;3&#58; unexpected token"
+            ),
             "{body}"
         );
     }

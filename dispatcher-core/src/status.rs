@@ -496,7 +496,8 @@ mod tests {
                     enforced: true,
                     rules: 1,
                     denies: vec!["terraform_data.b: not allowed".into()],
-                    warnings: vec!["mind prod".into()],
+                    // A plan's value quoted in a message carries a terminal escape.
+                    warnings: vec!["mind \u{1b}[2Kprod".into()],
                     error: None,
                     overridable: false,
                     overridden: None,
@@ -507,7 +508,7 @@ mod tests {
         let text = render_run(&detail, 0);
         assert!(text.contains("denied (1), 1 warning · 1 rule(s)"), "{text}");
         assert!(
-            text.contains("Policy messages:\n  dev/bucket plan: deny [security] terraform_data.b: not allowed\n  dev/bucket plan: warn [security] mind prod\n"),
+            text.contains("Policy messages:\n  dev/bucket plan: deny [security] terraform_data.b: not allowed\n  dev/bucket plan: warn [security] mind [2Kprod\n"),
             "{text}"
         );
     }
