@@ -684,6 +684,16 @@ fn systemd_units_run_the_documented_commands_and_drain_within_their_stop_timeout
             "{outside}: {said}"
         );
     }
+    // A tool uid that is already someone's (65534: nobody and nogroup) is refused.
+    env_file("eu-prod-plan", Some(65500));
+    assert_eq!(starts("eu-prod-plan-3"), (true, String::new()));
+    let (started, said) = starts("eu-prod-plan-34");
+    assert!(
+        !started
+            && said.contains("uid or gid 65534")
+            && said.contains("belongs to a user or group"),
+        "{said}"
+    );
     env_file("eu-prod-plan", None);
     let (started, said) = starts("eu-prod-plan-3");
     assert!(
