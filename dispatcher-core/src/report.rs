@@ -221,7 +221,7 @@ fn policy_section(detail: &RunDetail) -> String {
         let Some(report) = &job.policy else { continue };
         let lines: Vec<String> = policy_messages(report)
             .map(|(set, kind, text)| {
-                let (set, text) = (cell(set), inert(&shorten(text, 300)));
+                let (set, text) = (cell(set), html_code(&shorten(text, 300)));
                 match kind {
                     PolicyMessage::Error => format!("- ⛔ **{set}** could not run: {text}"),
                     PolicyMessage::Deny => format!("- ❌ deny **{set}**: {text}"),
@@ -521,7 +521,8 @@ fn summary(marker: &str, title: &str, detail: &RunDetail, links: &Links) -> Stri
     }
     out.push_str("\n\n");
     if let Some(reason) = &run.reason {
-        let _ = writeln!(out, "> {}\n", shorten(reason, 500));
+        // A rejection quotes the paths the pull request named.
+        let _ = writeln!(out, "> {}\n", html_code(&shorten(reason, 500)));
     }
     if detail.jobs.is_empty() {
         out.push_str("No units to plan or apply.\n");
@@ -562,7 +563,7 @@ fn table_row(job: &JobSummary) -> String {
             "{} {}: {}",
             icon(job.state),
             job.state,
-            inert(&shorten(reason, 120))
+            html_code(&shorten(reason, 120))
         ),
         None => format!("{} {}", icon(job.state), job.state),
     };
@@ -711,8 +712,9 @@ fn fence_safe(text: &str) -> String {
 
 /// Text from a repository or a plan (a unit's path, a failure's last line, a policy message
 /// quoting planned values), shown verbatim: its Markdown and HTML characters become entities,
-/// so that nothing in it becomes a link, an image, a mention, a table cell or markup (GitHub
-/// parses Markdown between inline HTML tags too).
+/// so that nothing in it becomes a link, an image, a table cell or markup (GitHub parses
+/// Markdown between inline HTML tags too). Shown in a code element ([`html_code`]), where
+/// GitHub also makes no mentions, references or emoji of it.
 pub(crate) fn inert(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len() + 8);
     for c in text.chars() {
@@ -847,7 +849,10 @@ mod tests {
             "{body}"
         );
         assert!(body.contains("| `prod/region-0/service-000` | plan | ✅ succeeded | 1 | 2 | 0 |  | 12.3s | prod-worker-1 | prod |"), "{body}");
-        assert!(body.contains("⏭️ skipped: prod/net plan failed"), "{body}");
+        assert!(
+            body.contains("⏭️ skipped: <code>prod/net plan failed</code>"),
+            "{body}"
+        );
         assert!(body.contains("<details><summary><code>prod/region-0/service-000</code> plan: ✅ succeeded (+1 ~2 -0)</summary>"), "{body}");
         assert!(body.contains("$ terraform plan -input=false"), "{body}");
         assert!(
@@ -942,7 +947,7 @@ mod tests {
         let body =
             pull_request_comment(&detail(vec![failed], "failed"), &outputs, &Links::default());
         let unit = "<code>dev/a&#96; &#33;&#91;x&#93;&#40;https&#58;//e.test/x.png&#41; &#96;b&lt;/code&gt;&lt;img src=y&gt;</code>";
-        assert!(body.contains(&format!("| {unit} | plan | ❌ failed: Error&#58; see &#91;docs&#93;&#40;https&#58;//e.test&#41; &#64;alice &#124; ok |")), "{body}");
+        assert!(body.contains(&format!("| {unit} | plan | ❌ failed: <code>Error&#58; see &#91;docs&#93;&#40;https&#58;//e.test&#41; &#64;alice &#124; ok</code> |")), "{body}");
         assert!(body.contains(&format!("<summary>{unit} plan")), "{body}");
         for live in ["](", "<img", "@alice", "`b"] {
             assert!(!body.contains(live), "{live} in {body}");
@@ -1038,16 +1043,18 @@ mod tests {
         );
         assert!(
             body.contains(
-                "- ❌ deny **security**: terraform&#95;data.bucket&#58; not allowed &#124; here"
+                "- ❌ deny **security**: <code>terraform&#95;data.bucket&#58; not allowed &#124; here</code>"
             ),
             "{body}"
         );
         assert!(
-            body.contains("- ⚠️ warn (deny rule, warn mode) **trial**: would be denied"),
+            body.contains(
+                "- ⚠️ warn (deny rule, warn mode) **trial**: <code>would be denied</code>"
+            ),
             "{body}"
         );
         assert!(
-            body.contains("- ⚠️ warn **security**: touches prod"),
+            body.contains("- ⚠️ warn **security**: <code>touches prod</code>"),
             "{body}"
         );
 
@@ -1083,7 +1090,7 @@ mod tests {
         let body = pull_request_comment(&detail, &BTreeMap::new(), &Links::default());
         assert!(
             body.contains(
-                "- ⛔ **security** could not run: policies/a.rego&#58;3&#58; unexpected token"
+                "- ⛔ **security** could not run: <code>policies/a.rego&#58;3&#58; unexpected token</code>"
             ),
             "{body}"
         );

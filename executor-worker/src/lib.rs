@@ -505,7 +505,7 @@ fn switch_problem(
     }
     if euid != 0 && ambient != 0 {
         return Err(format!(
-            "the worker (user {euid}) holds ambient capabilities ({ambient:#x}), which tools run as executor.tool_user = {}:{} would inherit: run the worker as root, or give it the capabilities as file capabilities of the pipelines binary (setcap), not as ambient ones (systemd AmbientCapabilities)",
+            "the worker (user {euid}) holds ambient capabilities ({ambient:#x}), which tools run as executor.tool_user = {}:{} would inherit: run the worker as root (bounded to the capabilities it needs), not as a user with AmbientCapabilities",
             user.uid, user.gid
         ));
     }

@@ -160,7 +160,8 @@ pub(crate) struct Launch {
     /// The tool's whole environment (see [`crate::work::tool_env`]): nothing of the
     /// worker's own environment is inherited.
     pub(crate) env: Vec<(String, String)>,
-    /// Run the tool (and its supervisor) as this user; `None`: as the worker.
+    /// Run the tool as this user (the supervisor, the worker's, switches to it); `None`: as
+    /// the worker.
     pub(crate) user: Option<config::ToolUser>,
 }
 
@@ -526,8 +527,8 @@ async fn run_capturing(
         let _ = std::io::copy(&mut stderr, &mut std::io::sink());
         bytes
     });
-    // `show` only reads a file: a stop (or abandoning the step) kills it at once, through the
-    // guard, as this returns.
+    // A stop (or abandoning the step) kills `show` at once, through the guard, as this
+    // returns: it has no state lock to release.
     let mut guard = AbandonGuard {
         pid: child.id(),
         supervised: launch.supervisor.is_some(),
@@ -562,6 +563,11 @@ pub(crate) fn kill_processes_of(uid: u32) -> usize {
             continue;
         };
         let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        // A zombie is already dead (its parent, the worker when it is PID 1 in a container,
+        // has not reaped it): it holds nothing, and is not counted.
+        if status.lines().any(|line| line.starts_with("State:\tZ")) {
+            continue;
+        }
         let owner = status
             .lines()
             .find_map(|line| line.strip_prefix("Uid:"))

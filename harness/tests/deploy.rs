@@ -697,7 +697,7 @@ fn systemd_units_run_the_documented_commands_and_drain_within_their_stop_timeout
     env_file("eu-prod-plan", None);
     let (started, said) = starts("eu-prod-plan-3");
     assert!(
-        !started && said.contains("sets no PIPELINES_TOOL_UID_BASE"),
+        !started && said.contains("has no line PIPELINES_TOOL_UID_BASE=NUMBER"),
         "{said}"
     );
     let output = run_unit_shell(&exec_start[0], "eu-prod-plan-3", dir.path());

@@ -94,11 +94,11 @@ fn a_denied_plan_fails_its_unit_alone_and_its_apply_never_starts_while_warnings_
     });
     let comment = reported.comments.last().unwrap();
     assert!(
-        comment.contains("**Policy: `dev/bucket`**\n- ❌ deny **security**: terraform_data.bucket: terraform_data is not allowed (plan of dev/bucket)"),
+        comment.contains("**Policy: `dev/bucket`**\n- ❌ deny **security**: <code>terraform&#95;data.bucket&#58; terraform&#95;data is not allowed &#40;plan of dev/bucket&#41;</code>"),
         "{comment}"
     );
     assert!(
-        comment.contains("- ⚠️ warn **advice**: null_resource.apply: prefer terraform_data in dev"),
+        comment.contains("- ⚠️ warn **advice**: <code>null&#95;resource.apply&#58; prefer terraform&#95;data in dev</code>"),
         "{comment}"
     );
     let policy = reported.last_status("pipelines/policy").unwrap();
