@@ -229,6 +229,8 @@ fn compose_runs_each_account_with_its_own_broker_user_and_loads_the_definitions(
             other => panic!("{name} runs `pipelines {other}`"),
         };
         assert_eq!(user, expected, "{name} logs in as {user}");
+        // Not PID 1: an init reaps the leftovers a plan's tools were killed for.
+        assert_eq!(merged(service, "init").as_bool(), Some(true), "{name}");
         runs_pipelines.push(name);
     }
     assert_eq!(runs_pipelines.len(), 2 + 6, "{runs_pipelines:?}");
