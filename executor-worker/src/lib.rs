@@ -29,6 +29,7 @@ mod logstream;
 mod metrics;
 mod output;
 mod pipe;
+pub mod plan_summary;
 pub mod policy;
 mod runner;
 pub mod supervisor;

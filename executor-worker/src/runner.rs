@@ -14,13 +14,13 @@ use std::time::Duration;
 
 use proto_types::{Action, DriftFindings, JobStatus, PolicyReport, ResourceCounts};
 use rustix::process::{Pid, Signal};
-use serde::Deserialize;
 use tokio::process::Command;
 use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::output::JobOutput;
 use crate::pipe;
+use crate::plan_summary::{PlanSummary, plan_summary_from};
 use crate::policy::{PlanContext, Policies};
 
 /// How long to wait for a state lock held by someone else (a previous attempt, a human)
@@ -282,17 +282,13 @@ pub(crate) async fn execute(
             Some(Ok(summary)) => {
                 outcome.resource_changes = Some(summary.counts);
                 if action == Action::DriftPlan {
-                    let more = summary
-                        .changes
-                        .len()
-                        .saturating_sub(DriftFindings::MAX_RESOURCES);
+                    let more = summary.changed.saturating_sub(summary.listed.len());
                     outcome.drift = Some(DriftFindings {
                         drifted: plan_exit == Some(2),
                         digest: summary.digest,
                         resources: summary
-                            .changes
+                            .listed
                             .iter()
-                            .take(DriftFindings::MAX_RESOURCES)
                             .map(|change| output.redact(change))
                             .collect(),
                         more: u32::try_from(more).unwrap_or(u32::MAX),
@@ -487,8 +483,8 @@ pub(crate) const KILL_WAIT: Duration = Duration::from_secs(10);
 type Captured = (Ended, Option<Result<PlanSummary, String>>, Option<Vec<u8>>);
 
 /// Runs with stdout read as a JSON plan while it streams (a plan of a big unit is hundreds of
-/// megabytes: only its resource actions are kept, unless a policy check needs the first
-/// `keep` bytes) and stderr appended to the output. Like [`run_merged`], both pipes are
+/// megabytes: only its summary is kept ([`crate::plan_summary`]), unless a policy check needs
+/// the first `keep` bytes) and stderr appended to the output. Like [`run_merged`], both pipes are
 /// listened to for at most [`pipe::OUTPUT_DRAIN`] after the tool ended.
 async fn run_capturing(
     command: &mut Command,
@@ -627,97 +623,6 @@ impl Drop for AbandonGuard {
     }
 }
 
-#[derive(Deserialize)]
-struct JsonPlan {
-    #[serde(default)]
-    resource_changes: Vec<JsonResourceChange>,
-}
-
-#[derive(Deserialize)]
-struct JsonResourceChange {
-    #[serde(default)]
-    address: String,
-    change: JsonChange,
-}
-
-#[derive(Deserialize)]
-struct JsonChange {
-    actions: Vec<String>,
-    #[serde(default)]
-    after: serde_json::Value,
-    #[serde(default)]
-    after_unknown: serde_json::Value,
-}
-
-/// What `show -json` of a saved plan says, in short.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct PlanSummary {
-    pub(crate) counts: ResourceCounts,
-    /// `address (actions)` of every resource the plan changes, in address order.
-    pub(crate) changes: Vec<String>,
-    /// SHA-256 over what the plan changes (address, actions, planned values): two plans that
-    /// would do the same have the same digest.
-    pub(crate) digest: String,
-}
-
-/// Counts resources to add, change and destroy from `show -json` of a saved plan. A replace
-/// (`["delete","create"]` or `["create","delete"]`) counts as one add and one destroy, as
-/// Terraform's own summary does.
-#[cfg(test)]
-pub(crate) fn resource_counts(json: &[u8]) -> Result<ResourceCounts, serde_json::Error> {
-    plan_summary_from(json).map(|summary| summary.counts)
-}
-
-/// [`resource_counts`] from a stream: every field but the resources' addresses, actions and
-/// planned values is skipped as it is read, never held.
-pub(crate) fn plan_summary_from(
-    json: impl std::io::Read,
-) -> Result<PlanSummary, serde_json::Error> {
-    use sha2::Digest;
-    let plan: JsonPlan = serde_json::from_reader(json)?;
-    let mut counts = ResourceCounts::default();
-    let mut changed = Vec::new();
-    for change in plan.resource_changes {
-        let mut changes = false;
-        for action in &change.change.actions {
-            match action.as_str() {
-                "create" => counts.add += 1,
-                "update" => counts.change += 1,
-                "delete" => counts.destroy += 1,
-                _ => continue,
-            }
-            changes = true;
-        }
-        if changes {
-            changed.push(change);
-        }
-    }
-    changed.sort_by(|a, b| a.address.cmp(&b.address));
-    let mut digest = sha2::Sha256::new();
-    for change in &changed {
-        // serde_json's maps are sorted, so the same values always print the same.
-        digest.update(format!(
-            "{}\t{}\t{}\t{}\n",
-            change.address,
-            change.change.actions.join(","),
-            change.change.after,
-            change.change.after_unknown
-        ));
-    }
-    Ok(PlanSummary {
-        counts,
-        changes: changed
-            .iter()
-            .map(|c| format!("{} ({})", c.address, c.change.actions.join(", ")))
-            .collect(),
-        digest: digest
-            .finalize()
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -741,51 +646,6 @@ mod tests {
             "apply -input=false -no-color -lock-timeout=5m tfplan"
         );
         assert_eq!(args(Action::Apply).len(), 4);
-    }
-
-    #[test]
-    fn resource_counts_come_from_plan_actions() {
-        let json = br#"{"format_version":"1.2","resource_changes":[
-            {"address":"a","change":{"actions":["create"]}},
-            {"address":"b","change":{"actions":["update"]}},
-            {"address":"c","change":{"actions":["delete","create"]}},
-            {"address":"d","change":{"actions":["no-op"]}},
-            {"address":"e","change":{"actions":["delete"]}}]}"#;
-        assert_eq!(
-            resource_counts(json).unwrap(),
-            ResourceCounts {
-                add: 2,
-                change: 1,
-                destroy: 2
-            }
-        );
-        assert_eq!(
-            resource_counts(br#"{"format_version":"1.2"}"#).unwrap(),
-            ResourceCounts::default()
-        );
-        assert!(resource_counts(b"not json").is_err());
-    }
-
-    #[test]
-    fn a_plan_summary_lists_what_changes_and_digests_it_stably() {
-        let plan = |value: &str| {
-            format!(
-                r#"{{"resource_changes":[
-                {{"address":"null_resource.b","change":{{"actions":["delete","create"],"after":{{"triggers":{{"v":"{value}"}}}}}}}},
-                {{"address":"null_resource.a","change":{{"actions":["no-op"]}}}}]}}"#
-            )
-        };
-        let one = plan_summary_from(plan("1").as_bytes()).unwrap();
-        assert_eq!(one.changes, ["null_resource.b (delete, create)"]);
-        assert_eq!(one.digest.len(), 64);
-        assert_eq!(one, plan_summary_from(plan("1").as_bytes()).unwrap());
-        assert_ne!(
-            one.digest,
-            plan_summary_from(plan("2").as_bytes()).unwrap().digest,
-            "a different planned value is a different drift"
-        );
-        let empty = plan_summary_from(&br#"{"resource_changes":[]}"#[..]).unwrap();
-        assert!(empty.changes.is_empty());
     }
 
     #[test]

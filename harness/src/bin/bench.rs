@@ -4,9 +4,10 @@
 //! over 200 units with real terraform, policy evaluation of a 1,000-resource plan, and the
 //! web page's live logs (line-to-page latency, a 50 MB log, 20 pages following a big run), and
 //! the run database's engines (throughput and latency on SQLite and on PostgreSQL, and the
-//! failover time of two dispatchers on PostgreSQL, next to the lease).
+//! failover time of two dispatchers on PostgreSQL, next to the lease), and the executor's
+//! summary of a 300 MB `show -json` plan (its time next to reading the bytes, its peak memory).
 //!
-//! `cargo run --release -p harness --bin bench -- [all|floor|throughput|latency|memory|dag|drift|policy|logs|stores]`
+//! `cargo run --release -p harness --bin bench -- [all|floor|throughput|latency|memory|dag|drift|policy|logs|stores|summary]`
 //! Writes the figures as JSON to `target/bench/results.json` (or `--out FILE`) for
 //! `scripts/plot_benchmarks.py`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // A program that reports.
@@ -33,9 +34,15 @@ use uuid::Uuid;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage: bench [all|floor|throughput|latency|memory|dag|drift|policy|logs|stores]... [--quick] [--workers 1,2,4] [--out FILE]";
+const USAGE: &str = "usage: bench [all|floor|throughput|latency|memory|dag|drift|policy|logs|stores|summary]... [--quick] [--workers 1,2,4] [--out FILE]";
 
 fn main() {
+    if let [_, hidden, resources] = &std::env::args().collect::<Vec<_>>()[..]
+        && hidden == SUMMARY_CHILD
+    {
+        summary_child(resources.parse().expect(USAGE));
+        return;
+    }
     let mut which = Vec::new();
     let mut quick = false;
     let mut workers: Option<Vec<usize>> = None;
@@ -50,7 +57,7 @@ fn main() {
                 workers = Some(list.split(',').map(|n| n.parse().expect(USAGE)).collect());
             }
             "all" | "floor" | "throughput" | "latency" | "memory" | "dag" | "drift" | "policy"
-            | "logs" | "stores" => which.push(arg),
+            | "logs" | "stores" | "summary" => which.push(arg),
             "-h" | "--help" => {
                 println!(
                     "{USAGE}\n\n{}",
@@ -79,6 +86,7 @@ fn main() {
             "policy",
             "logs",
             "stores",
+            "summary",
         ]
         .map(String::from)
         .to_vec();
@@ -105,6 +113,7 @@ fn main() {
             "policy" => policy(&size),
             "logs" => logs(quick),
             "stores" => stores(&size),
+            "summary" => summary(quick),
             _ => unreachable!(),
         };
         results.insert(name.clone(), result);
@@ -649,6 +658,120 @@ fn rss(pid: u32) -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The argument that makes this program the summary benchmark's child.
+const SUMMARY_CHILD: &str = "__plan-summary";
+
+/// The executor's summary of `show -json` over a plan generated as it is read (one resource
+/// in 1,000 changes, each with 1 KB of values), in a process of its own, so that its peak
+/// memory is the summary's. The floor is `serde_json` reading the same plan, every value
+/// skipped.
+fn summary(quick: bool) -> Value {
+    let resources: usize = if quick { 25_000 } else { 250_000 };
+    println!("\n== Plan summary: show -json of a {resources}-resource plan, read as it streams ==");
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([SUMMARY_CHILD, &resources.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        child.status.success(),
+        "{}",
+        String::from_utf8_lossy(&child.stderr)
+    );
+    let measured: Value = serde_json::from_slice(&child.stdout).unwrap();
+    let number = |key: &str| measured[key].as_f64().unwrap();
+    println!(
+        "{:.0} MB of plan JSON: summary {:.0} ms, floor (serde_json reading it, every value skipped) \
+         {:.0} ms: {:.1}x the floor; peak RSS {:.1} MiB, {:.1} MiB before the summary",
+        number("plan_mb"),
+        number("summary_ms"),
+        number("floor_ms"),
+        number("summary_ms") / number("floor_ms"),
+        number("peak_mib"),
+        number("before_mib"),
+    );
+    measured
+}
+
+fn summary_child(resources: usize) {
+    use executor_worker::plan_summary::plan_summary_from;
+    let bytes = std::io::copy(&mut GeneratedPlan::new(resources), &mut std::io::sink()).unwrap();
+    // The floor: the cheapest full read of the same JSON, every value skipped.
+    let start = Instant::now();
+    let plan = std::io::BufReader::new(GeneratedPlan::new(resources));
+    serde_json::from_reader::<_, serde::de::IgnoredAny>(plan).unwrap();
+    let floor = start.elapsed();
+    let (_, before) = rss(std::process::id());
+    let start = Instant::now();
+    let plan = std::io::BufReader::new(GeneratedPlan::new(resources));
+    let summary = plan_summary_from(plan).unwrap();
+    let elapsed = start.elapsed();
+    let (_, peak) = rss(std::process::id());
+    assert_eq!(summary.changed, resources / 1000, "{summary:?}");
+    println!(
+        "{}",
+        json!({
+            "resources": resources,
+            "plan_mb": bytes as f64 / 1e6,
+            "summary_ms": elapsed.as_secs_f64() * 1e3,
+            "floor_ms": floor.as_secs_f64() * 1e3,
+            "before_mib": before as f64 / 1024.0,
+            "peak_mib": peak as f64 / 1024.0,
+        })
+    );
+}
+
+/// `show -json` of a plan with `resources` resources, made as it is read.
+struct GeneratedPlan {
+    resources: usize,
+    next: usize,
+    pending: Vec<u8>,
+    at: usize,
+}
+
+impl GeneratedPlan {
+    fn new(resources: usize) -> GeneratedPlan {
+        GeneratedPlan {
+            resources,
+            next: 0,
+            pending: br#"{"format_version":"1.2","resource_changes":["#.to_vec(),
+            at: 0,
+        }
+    }
+}
+
+impl std::io::Read for GeneratedPlan {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.pending.len() {
+            self.pending.clear();
+            self.at = 0;
+            if self.next > self.resources {
+                return Ok(0);
+            }
+            if self.next == self.resources {
+                self.pending.extend_from_slice(b"]}");
+            } else {
+                let n = self.next;
+                let action = if n % 1000 == 999 { "update" } else { "no-op" };
+                let comma = if n == 0 { "" } else { "," };
+                let blob = |c: &str| c.repeat(500);
+                self.pending.extend_from_slice(
+                    format!(
+                        r#"{comma}{{"address":"module.m.aws_x.r[{n}]","mode":"managed","type":"aws_x","change":{{"actions":["{action}"],"before":{{"blob":"{}","tags":{{"a":"b"}}}},"after":{{"blob":"{}","tags":{{"a":"b"}},"list":[1,2,3,4,5,6,7,8]}},"after_unknown":{{}}}}}}"#,
+                        blob("y"),
+                        blob("x")
+                    )
+                    .as_bytes(),
+                );
+            }
+            self.next += 1;
+        }
+        let n = buf.len().min(self.pending.len() - self.at);
+        buf[..n].copy_from_slice(&self.pending[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 fn memory_total() -> String {
