@@ -278,7 +278,7 @@ impl ExecuteError {
 /// stopped and given back to the queue, never lost.
 pub async fn run(
     broker: Broker,
-    settings: WorkerSettings,
+    mut settings: WorkerSettings,
     ops: Ops,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ExecuteError> {
@@ -299,8 +299,20 @@ pub async fn run(
         settings.git.clone(),
         settings.tools.user,
     )?;
-    // Job logs are the worker's: a tool (as the tool user) must not read another job's.
-    workspace::create_dir(&settings.log_dir, 0o700)?;
+    // Job logs are the worker's: a tool (as the tool user) must not read another job's, nor
+    // put a directory of its own in their place. The default is in the work directory as
+    // checked (canonical).
+    let log_dir = if settings.log_dir == settings.work_dir.join("logs") {
+        workspace.root().join("logs")
+    } else {
+        settings.log_dir.clone()
+    };
+    settings.log_dir = workspace::private_dir(
+        &log_dir,
+        0o700,
+        workspace::PrivateDir::Logs,
+        settings.tools.user,
+    )?;
     metrics::register(&ops.metrics);
     broker
         .ensure_topology(&Topology::new([settings.account.clone()]))

@@ -545,11 +545,41 @@ async fn run_capturing(
 
 /// Kills every process of `uid`: what a job's tools left running (a daemon a provider
 /// forked off, escaping its process group) must not see the next job. Returns how many.
+///
+/// One pass over `/proc` is not enough: a process can fork a child the pass has gone by, and
+/// a killed process is still running until it has exited. So passes repeat until one finds
+/// nothing of `uid` alive. A process that has been sent SIGKILL cannot fork any more, so each
+/// pass leaves only what was forked while it ran; [`KILL_PASSES`] bounds the loop for a
+/// process that the kernel takes long to tear down.
 pub(crate) fn kill_processes_of(uid: u32) -> usize {
+    let mut killed = std::collections::HashSet::new();
+    for _ in 0..KILL_PASSES {
+        let alive = processes_of(uid);
+        if alive.is_empty() {
+            break;
+        }
+        for pid in alive {
+            if let Some(process) = Pid::from_raw(pid)
+                && rustix::process::kill_process(process, Signal::KILL).is_ok()
+            {
+                killed.insert(pid);
+            }
+        }
+        std::thread::yield_now();
+    }
+    killed.len()
+}
+
+/// How many passes [`kill_processes_of`] makes at most.
+const KILL_PASSES: usize = 1_000;
+
+/// The processes of `uid` that are alive: not zombies. A zombie is already dead (its parent,
+/// the worker when it is PID 1 in a container, has not reaped it) and holds nothing.
+pub(crate) fn processes_of(uid: u32) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
+        return Vec::new();
     };
-    let mut killed = 0;
+    let mut alive = Vec::new();
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -559,8 +589,6 @@ pub(crate) fn kill_processes_of(uid: u32) -> usize {
             continue;
         };
         let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-        // A zombie is already dead (its parent, the worker when it is PID 1 in a container,
-        // has not reaped it): it holds nothing, and is not counted.
         if status.lines().any(|line| line.starts_with("State:\tZ")) {
             continue;
         }
@@ -569,14 +597,11 @@ pub(crate) fn kill_processes_of(uid: u32) -> usize {
             .find_map(|line| line.strip_prefix("Uid:"))
             .and_then(|ids| ids.split_whitespace().next())
             .and_then(|real| real.parse::<u32>().ok());
-        if owner == Some(uid)
-            && let Some(pid) = Pid::from_raw(pid)
-            && rustix::process::kill_process(pid, Signal::KILL).is_ok()
-        {
-            killed += 1;
+        if owner == Some(uid) {
+            alive.push(pid);
         }
     }
-    killed
+    alive
 }
 
 /// Resolves once a stop is asked for.
@@ -626,6 +651,39 @@ impl Drop for AbandonGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nothing_a_tool_user_left_running_is_alive_when_the_kill_returns() {
+        use std::os::unix::process::CommandExt;
+        // A uid of this test process alone, far from any tool uid base.
+        let uid = 2_000_000_000 + std::process::id();
+        // A shell that keeps forking while the kill runs.
+        let mut shell = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "i=0; while [ $i -lt 400 ]; do sleep 600 & i=$((i+1)); done; wait",
+            ])
+            .current_dir("/")
+            .uid(uid)
+            .gid(uid)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("running a process as another user needs root: run the tests as root");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while processes_of(uid).len() < 20 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the shell did not fork"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let killed = kill_processes_of(uid);
+        assert!(killed >= 20, "{killed}");
+        assert_eq!(processes_of(uid), Vec::<i32>::new(), "alive after the kill");
+        let _ = shell.wait();
+    }
 
     #[test]
     fn plans_never_apply_and_applies_apply_the_saved_plan() {

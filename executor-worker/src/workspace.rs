@@ -60,10 +60,82 @@ pub enum WorkspaceError {
     )]
     Unreachable { path: PathBuf, mode: u32 },
     #[error(
-        "the tool user could move the work directory aside and put its own in its place: {} {why} (a pull request's plan could then read and plant what later jobs use: make it writable by the worker only, or move executor.work_dir)",
-        path.display()
+        "the tool user could move the {} aside and put its own in its place: {} {why} (a pull request's plan could then read and plant what later jobs use: make it writable by the worker only, or move executor.{})",
+        what.noun(),
+        path.display(),
+        what.key()
     )]
-    Replaceable { path: PathBuf, why: String },
+    Replaceable {
+        what: PrivateDir,
+        path: PathBuf,
+        why: String,
+    },
+}
+
+/// A directory of the worker's own that the tool user must not be able to replace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrivateDir {
+    /// `executor.work_dir`: the mirrors and the jobs' directories.
+    Work,
+    /// `executor.log_dir`: every job's whole log.
+    Logs,
+}
+
+impl PrivateDir {
+    fn noun(self) -> &'static str {
+        match self {
+            PrivateDir::Work => "work directory",
+            PrivateDir::Logs => "log directory",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            PrivateDir::Work => "work_dir",
+            PrivateDir::Logs => "log_dir",
+        }
+    }
+}
+
+/// Creates `path` with `mode` if it is missing and, with a tool user, checks that the tool
+/// user can neither move it nor any directory above it aside (see [`replaceable_by`]); the
+/// canonical path it checked, to be used from then on (a symlink on the way could be turned
+/// later). The work directory must also let the tool user pass to its own job's directory.
+pub(crate) fn private_dir(
+    path: &Path,
+    mode: u32,
+    what: PrivateDir,
+    tools: Option<ToolUser>,
+) -> Result<PathBuf, WorkspaceError> {
+    create_dir(path, mode)?;
+    let Some(tools) = tools else {
+        return Ok(path.to_owned());
+    };
+    let absolute = path.canonicalize().map_err(|source| WorkspaceError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    for dir in absolute.ancestors() {
+        let meta = std::fs::metadata(dir).map_err(|source| WorkspaceError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let mode = meta.mode() & 0o7777;
+        if what == PrivateDir::Work && dir != absolute && mode & 0o001 == 0 {
+            return Err(WorkspaceError::Unreachable {
+                path: dir.to_owned(),
+                mode,
+            });
+        }
+        if let Some(why) = replaceable_by(tools, meta.uid(), meta.gid(), mode) {
+            return Err(WorkspaceError::Replaceable {
+                what,
+                path: dir.to_owned(),
+                why,
+            });
+        }
+    }
+    Ok(absolute)
 }
 
 /// Why `tools` could rename or replace what is in a directory owned by `uid`:`gid` with
@@ -167,37 +239,9 @@ impl Workspace {
         git: GitSettings,
         owner: Option<ToolUser>,
     ) -> Result<Workspace, WorkspaceError> {
-        create_dir(&root, 0o711)?;
-        let mut root = root;
-        if let Some(tools) = owner {
-            // Tools run as another user: every directory above the job's must let it pass,
-            // and none may let it move the work directory aside for one of its own.
-            let absolute = root.canonicalize().map_err(|source| WorkspaceError::Io {
-                path: root.clone(),
-                source,
-            })?;
-            for dir in absolute.ancestors() {
-                let meta = std::fs::metadata(dir).map_err(|source| WorkspaceError::Io {
-                    path: dir.to_owned(),
-                    source,
-                })?;
-                let mode = meta.mode() & 0o7777;
-                if dir != absolute && mode & 0o001 == 0 {
-                    return Err(WorkspaceError::Unreachable {
-                        path: dir.to_owned(),
-                        mode,
-                    });
-                }
-                if let Some(why) = replaceable_by(tools, meta.uid(), meta.gid(), mode) {
-                    return Err(WorkspaceError::Replaceable {
-                        path: dir.to_owned(),
-                        why,
-                    });
-                }
-            }
-            // The path checked is the one used: a symlink on the way could be turned later.
-            root = absolute;
-        }
+        // Tools run as another user: every directory above the job's must let it pass, and
+        // none may let it move the work directory aside for one of its own.
+        let root = private_dir(&root, 0o711, PrivateDir::Work, owner)?;
         // Tools (as the tool user) may pass through to their own job directory, never list
         // or enter the mirrors, the logs or another job's directory.
         for (dir, mode) in [("mirrors", 0o700), ("index", 0o700), ("jobs", 0o711)] {
@@ -566,6 +610,46 @@ mod tests {
         for (uid, gid, mode) in [(0, 0, 0o1777), (0, 0, 0o755), (0, 0, 0o711), (0, 5, 0o775)] {
             assert_eq!(replaceable_by(tools, uid, gid, mode), None, "{mode:o}");
         }
+    }
+
+    #[test]
+    fn a_log_directory_the_tool_user_could_move_aside_is_refused_naming_log_dir() {
+        let open = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let tools = ToolUser {
+            uid: 61001,
+            gid: 61001,
+        };
+        let logs = open.path().join("logs");
+        let refused = private_dir(&logs, 0o700, PrivateDir::Logs, Some(tools))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("could move the log directory aside")
+                && refused.contains(&format!("{} has mode 777", open.path().display()))
+                && refused.contains("executor.log_dir"),
+            "{refused}"
+        );
+        // The tool user never needs to reach the logs: a parent closed to it is fine there,
+        // where the work directory would be unreachable.
+        std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let used = private_dir(&logs, 0o700, PrivateDir::Logs, Some(tools)).unwrap();
+        assert_eq!(used, logs.canonicalize().unwrap());
+        assert!(matches!(
+            private_dir(
+                &open.path().join("work"),
+                0o711,
+                PrivateDir::Work,
+                Some(tools)
+            ),
+            Err(WorkspaceError::Unreachable { .. })
+        ));
+        // Without a tool user nothing is checked.
+        std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(
+            private_dir(&logs, 0o700, PrivateDir::Logs, None).unwrap(),
+            logs
+        );
     }
 
     #[test]
