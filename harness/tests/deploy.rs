@@ -337,6 +337,23 @@ fn compose_runs_each_account_with_its_own_broker_user_and_loads_the_definitions(
 
 #[test]
 fn kubernetes_manifests_have_a_deployment_per_account_and_a_dispatcher_with_a_volume() {
+    // PID 1 of the image is an init that reaps, with the binary as its child.
+    let dockerfile = read("deploy/Dockerfile");
+    let entrypoint: Vec<String> = dockerfile
+        .lines()
+        .filter_map(|line| line.strip_prefix("ENTRYPOINT "))
+        .map(|json| serde_json::from_str(json).expect("ENTRYPOINT is an exec-form JSON list"))
+        .next_back()
+        .expect("the Dockerfile has an ENTRYPOINT");
+    assert_eq!(
+        entrypoint.first().map(String::as_str),
+        Some("/usr/bin/tini")
+    );
+    assert_eq!(entrypoint.last().map(String::as_str), Some("pipelines"));
+    assert!(
+        dockerfile.contains("--no-install-recommends git ca-certificates curl unzip tini"),
+        "the image installs tini"
+    );
     let kustomization = yaml("deploy/k8s/kustomization.yaml");
     let resources = words(&kustomization[0]["resources"]);
     let mut documents = Vec::new();
@@ -486,6 +503,16 @@ fn kubernetes_manifests_have_a_deployment_per_account_and_a_dispatcher_with_a_vo
                             == Some(format!("/var/run/secrets/pipelines/{role}").as_str())),
                 "{name} mounts its token where its credentials read it"
             );
+            // The image's entrypoint (tini, which reaps) stays: no command replaces it.
+            assert!(container["command"].is_badvalue(), "{name} sets a command");
+            // A plan can write what it likes: every disk of the pod is bounded.
+            for volume in volumes.iter().filter(|v| !v["emptyDir"].is_badvalue()) {
+                assert!(
+                    volume["emptyDir"]["sizeLimit"].as_str().is_some(),
+                    "{name}: emptyDir {} has no sizeLimit",
+                    text_of(&volume["name"])
+                );
+            }
             let added = words(&container["securityContext"]["capabilities"]["add"]);
             assert!(added.contains(&"SETUID".to_owned()), "{name}: {added:?}");
             assert!(
