@@ -5,8 +5,9 @@
 //! amount (a Terragrunt hook writes to the same stdout). So nothing kept here grows with the
 //! plan: each resource is read, counted, folded into the digest and dropped. The values of
 //! a resource the plan leaves alone (`no-op`, most of a big plan) are skipped unparsed, and
-//! only the first [`LISTED`] addresses are kept. What stays whole while it is read is one
-//! resource's planned values.
+//! only the first [`LISTED`] addresses are kept, each cut to [`KEPT_BYTES`]. What is held
+//! whole while it is read is one resource's entry (its address, actions and planned values):
+//! a plan can still make that one entry as big as it likes.
 
 use std::collections::BinaryHeap;
 use std::fmt;
@@ -17,6 +18,21 @@ use sha2::{Digest, Sha256};
 
 /// How many changed resources a summary names: as many as a drift finding lists.
 pub const LISTED: usize = DriftFindings::MAX_RESOURCES;
+
+/// The longest address, or list of actions, a summary keeps (the digest reads them whole).
+pub const KEPT_BYTES: usize = 1024;
+
+/// `text` cut to [`KEPT_BYTES`] at a character boundary, marked when cut.
+fn kept(text: &str) -> String {
+    if text.len() <= KEPT_BYTES {
+        return text.to_owned();
+    }
+    let mut end = KEPT_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
 
 /// What `show -json` of a saved plan says, in short.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +101,8 @@ impl Summarizer {
             *word = twice;
             carry = first || second;
         }
-        self.first.push((change.address, change.actions.join(", ")));
+        self.first
+            .push((kept(&change.address), kept(&change.actions.join(", "))));
         if self.first.len() > LISTED {
             self.first.pop();
         }
@@ -144,8 +161,13 @@ impl<'de> Visitor<'de> for PlanSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = false;
         while let Some(key) = map.next_key::<String>()? {
             if key == "resource_changes" {
+                if seen {
+                    return Err(de::Error::duplicate_field("resource_changes"));
+                }
+                seen = true;
                 map.next_value_seed(ChangesSeed(&mut *self.0))?;
             } else {
                 map.next_value::<IgnoredAny>()?;
@@ -254,11 +276,20 @@ impl<'de> Visitor<'de> for ChangeSeed {
         let mut actions: Option<Vec<String>> = None;
         let mut after = serde_json::Value::Null;
         let mut after_unknown = serde_json::Value::Null;
+        let (mut seen_after, mut seen_unknown) = (false, false);
         while let Some(key) = map.next_key::<String>()? {
             let wanted = actions.as_deref().is_none_or(changes);
+            let seen = match key.as_str() {
+                "actions" => actions.is_some(),
+                "after" => std::mem::replace(&mut seen_after, true),
+                "after_unknown" => std::mem::replace(&mut seen_unknown, true),
+                _ => false,
+            };
+            if seen {
+                return Err(de::Error::custom(format_args!("duplicate field `{key}`")));
+            }
             match key.as_str() {
-                "actions" if actions.is_none() => actions = Some(map.next_value()?),
-                "actions" => return Err(de::Error::duplicate_field("actions")),
+                "actions" => actions = Some(map.next_value()?),
                 "after" if wanted => after = map.next_value()?,
                 "after_unknown" if wanted => after_unknown = map.next_value()?,
                 _ => {
@@ -313,6 +344,15 @@ mod tests {
         assert!(counts(b"not json").is_err());
         assert!(counts(br#"{"resource_changes":[{"address":"a"}]}"#).is_err());
         assert!(counts(br#"{"resource_changes":[]} trailing"#).is_err());
+        // A key twice is refused, as a derived reader would, not read twice.
+        for twice in [
+            r#"{"resource_changes":[],"resource_changes":[]}"#,
+            r#"{"resource_changes":[{"address":"a","address":"b","change":{"actions":[]}}]}"#,
+            r#"{"resource_changes":[{"change":{"actions":["create"],"after":1,"after":2}}]}"#,
+            r#"{"resource_changes":[{"change":{"actions":["no-op"],"actions":["create"]}}]}"#,
+        ] {
+            assert!(counts(twice.as_bytes()).is_err(), "{twice}");
+        }
     }
 
     fn plan(resources: &[(&str, &str, &str)]) -> String {
@@ -399,6 +439,19 @@ mod tests {
             summary.listed[LISTED - 1],
             format!("null_resource.r{:03} (create)", LISTED - 1)
         );
+        // What is listed is cut; what is digested is not.
+        let long = "é".repeat(KEPT_BYTES);
+        let longer = format!("{long}x");
+        let listed = |address: &str| {
+            plan_summary_from(plan(&[(address, r#"["create"]"#, "v")]).as_bytes()).unwrap()
+        };
+        let (one, two) = (listed(&long), listed(&longer));
+        assert_eq!(one.listed, two.listed);
+        assert_eq!(
+            one.listed[0],
+            format!("{}… (create)", "é".repeat(KEPT_BYTES / 2))
+        );
+        assert_ne!(one.digest, two.digest);
     }
 
     #[test]

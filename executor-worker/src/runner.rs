@@ -449,7 +449,7 @@ async fn run_merged(
         }
     };
     guard.armed = false;
-    let killed = end_of_step(launch);
+    let killed = end_of_step(launch).await;
     let whole = feeding.drained().await;
     *output = reading.await.map_err(std::io::Error::other)?;
     say_what_was_left(output, program, killed, whole);
@@ -460,8 +460,18 @@ async fn run_merged(
 /// process of a step may see the next: one left by `plan` could rewrite the saved plan before
 /// `show` reads it, or hold the step's output. (Without a tool user the worker cannot tell a
 /// tool's processes from its own; the output drain still bounds the wait.)
-fn end_of_step(launch: &Launch) -> usize {
-    launch.user.map_or(0, |user| kill_processes_of(user.uid))
+async fn end_of_step(launch: &Launch) -> usize {
+    match launch.user {
+        Some(user) => kill_all_of(user.uid).await,
+        None => 0,
+    }
+}
+
+/// [`kill_processes_of`], off the async threads.
+pub(crate) async fn kill_all_of(uid: u32) -> usize {
+    tokio::task::spawn_blocking(move || kill_processes_of(uid))
+        .await
+        .unwrap_or(0)
 }
 
 fn say_what_was_left(output: &mut JobOutput, program: &str, killed: usize, whole: bool) {
@@ -535,7 +545,7 @@ async fn run_capturing(
         reason = stopped(stop) => return Ok((Ended::Stopped(reason), None, None)),
     };
     guard.armed = false;
-    let killed = end_of_step(launch);
+    let killed = end_of_step(launch).await;
     let (whole, whole_stderr) = tokio::join!(feeding.drained(), stderr_feeding.drained());
     output.push(&collecting.await.map_err(std::io::Error::other)?);
     let (counts, kept) = parsing.await.map_err(std::io::Error::other)?;
@@ -544,42 +554,61 @@ async fn run_capturing(
 }
 
 /// Kills every process of `uid`: what a job's tools left running (a daemon a provider
-/// forked off, escaping its process group) must not see the next job. Returns how many.
+/// forked off, escaping its process group) must not see the next job. Returns how many were
+/// alive. Blocking: call it off the async threads.
 ///
 /// One pass over `/proc` is not enough: a process can fork a child the pass has gone by, and
 /// a killed process is still running until it has exited. So passes repeat until one finds
-/// nothing of `uid` alive. A process that has been sent SIGKILL cannot fork any more, so each
-/// pass leaves only what was forked while it ran; [`KILL_PASSES`] bounds the loop for a
-/// process that the kernel takes long to tear down.
+/// nothing of `uid` alive, or [`KILL_DEADLINE`] passes. A process sent SIGKILL cannot fork
+/// any more, so each pass leaves only what was forked while it ran; the supervisor's
+/// `RLIMIT_NPROC` ([`crate::supervisor::TOOL_TASKS`]) bounds how many that can be.
 pub(crate) fn kill_processes_of(uid: u32) -> usize {
+    let deadline = std::time::Instant::now() + KILL_DEADLINE;
     let mut killed = std::collections::HashSet::new();
-    for _ in 0..KILL_PASSES {
-        let alive = processes_of(uid);
-        if alive.is_empty() {
+    for pass in 0.. {
+        let found = processes_of(uid);
+        if !found.iter().any(|process| process.alive) {
             break;
         }
-        for pid in alive {
-            if let Some(process) = Pid::from_raw(pid)
-                && rustix::process::kill_process(process, Signal::KILL).is_ok()
+        // Zombies too: a process whose first thread exited while others run looks like one.
+        for process in &found {
+            if let Some(pid) = Pid::from_raw(process.pid)
+                && rustix::process::kill_process(pid, Signal::KILL).is_ok()
+                && process.alive
             {
-                killed.insert(pid);
+                killed.insert(process.pid);
             }
         }
-        std::thread::yield_now();
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+        // What was killed takes a moment to exit: look again at once, then less eagerly.
+        if pass >= 2 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
     killed.len()
 }
 
-/// How many passes [`kill_processes_of`] makes at most.
-const KILL_PASSES: usize = 1_000;
+/// How long [`kill_processes_of`] keeps at it.
+const KILL_DEADLINE: Duration = Duration::from_secs(5);
 
-/// The processes of `uid` that are alive: not zombies. A zombie is already dead (its parent,
-/// the worker when it is PID 1 in a container, has not reaped it) and holds nothing.
-pub(crate) fn processes_of(uid: u32) -> Vec<i32> {
+/// A process of a user, as `/proc` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Found {
+    pub(crate) pid: i32,
+    /// Not a zombie, or a zombie whose other threads still run (its first thread exited).
+    /// A plain zombie is dead (its parent, the worker when it is PID 1 in a container, has
+    /// not reaped it) and holds nothing.
+    pub(crate) alive: bool,
+}
+
+/// The processes whose real user is `uid`.
+pub(crate) fn processes_of(uid: u32) -> Vec<Found> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    let mut alive = Vec::new();
+    let mut found = Vec::new();
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -589,19 +618,23 @@ pub(crate) fn processes_of(uid: u32) -> Vec<i32> {
             continue;
         };
         let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-        if status.lines().any(|line| line.starts_with("State:\tZ")) {
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|value| value.split_whitespace().next())
+        };
+        if field("Uid:").and_then(|real| real.parse::<u32>().ok()) != Some(uid) {
             continue;
         }
-        let owner = status
-            .lines()
-            .find_map(|line| line.strip_prefix("Uid:"))
-            .and_then(|ids| ids.split_whitespace().next())
-            .and_then(|real| real.parse::<u32>().ok());
-        if owner == Some(uid) {
-            alive.push(pid);
-        }
+        let zombie = field("State:") == Some("Z");
+        let threads = field("Threads:").and_then(|n| n.parse::<u32>().ok());
+        found.push(Found {
+            pid,
+            alive: !zombie || threads.is_some_and(|n| n > 1),
+        });
     }
-    alive
+    found
 }
 
 /// Resolves once a stop is asked for.
@@ -653,36 +686,98 @@ mod tests {
     use super::*;
 
     #[test]
-    fn nothing_a_tool_user_left_running_is_alive_when_the_kill_returns() {
+    fn a_process_whose_first_thread_exited_is_killed_though_it_looks_like_a_zombie() {
+        use std::os::unix::fs::PermissionsExt;
         use std::os::unix::process::CommandExt;
-        // A uid of this test process alone, far from any tool uid base.
-        let uid = 2_000_000_000 + std::process::id();
-        // A shell that keeps forking while the kill runs.
-        let mut shell = std::process::Command::new("sh")
-            .args([
-                "-c",
-                "i=0; while [ $i -lt 400 ]; do sleep 600 & i=$((i+1)); done; wait",
-            ])
-            .current_dir("/")
+        // Its main thread exits, its other thread sleeps on: /proc says "Z", with 2 threads.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let source = dir.path().join("half.c");
+        std::fs::write(
+            &source,
+            "#include <pthread.h>\n#include <unistd.h>\n\
+             static void *nap(void *arg) { (void)arg; sleep(600); return 0; }\n\
+             int main(void) { pthread_t t; pthread_create(&t, 0, nap, 0); pthread_exit(0); }\n",
+        )
+        .unwrap();
+        let binary = dir.path().join("half");
+        let compiled = std::process::Command::new("cc")
+            .arg("-pthread")
+            .arg("-o")
+            .arg(&binary)
+            .arg(&source)
+            .status()
+            .expect("this test compiles a C program: install a C compiler (cc)");
+        assert!(compiled.success());
+        let uid = 63_000 + std::process::id() % 1_000;
+        let mut half = std::process::Command::new(&binary)
             .uid(uid)
             .gid(uid)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
             .expect("running a process as another user needs root: run the tests as root");
+        let pid = half.id() as i32;
+        let looks_dead = |process: &Found| {
+            let status = std::fs::read_to_string(format!("/proc/{}/status", process.pid))
+                .unwrap_or_default();
+            status.contains("State:\tZ") && status.contains("Threads:\t2")
+        };
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while processes_of(uid).len() < 20 {
+        loop {
+            let found = processes_of(uid);
+            if found.iter().any(|p| p.pid == pid && looks_dead(p)) {
+                assert!(found.iter().all(|p| p.alive), "{found:?}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{found:?}");
+            std::thread::yield_now();
+        }
+        assert_eq!(kill_processes_of(uid), 1);
+        assert!(processes_of(uid).iter().all(|p| !p.alive));
+        let _ = half.wait();
+    }
+
+    #[test]
+    fn nothing_a_tool_user_left_running_is_alive_when_the_kill_returns() {
+        use std::os::unix::process::CommandExt;
+        // A uid of this test process alone (the end-to-end tests use 61001 and 61002).
+        let uid = 62_000 + std::process::id() % 1_000;
+        // Four shells that keep forking, at once, while the kill runs.
+        let forker = "i=0; while [ $i -lt 150 ]; do sleep 600 & i=$((i+1)); done; wait";
+        let mut shells: Vec<std::process::Child> = (0..4)
+            .map(|_| {
+                std::process::Command::new("sh")
+                    .args(["-c", forker])
+                    .current_dir("/")
+                    .uid(uid)
+                    .gid(uid)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("running a process as another user needs root: run the tests as root")
+            })
+            .collect();
+        let alive = || {
+            processes_of(uid)
+                .into_iter()
+                .filter(|process| process.alive)
+                .map(|process| process.pid)
+                .collect::<Vec<_>>()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while alive().len() < 40 {
             assert!(
                 std::time::Instant::now() < deadline,
-                "the shell did not fork"
+                "the shells did not fork"
             );
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::yield_now();
         }
         let killed = kill_processes_of(uid);
-        assert!(killed >= 20, "{killed}");
-        assert_eq!(processes_of(uid), Vec::<i32>::new(), "alive after the kill");
-        let _ = shell.wait();
+        assert!(killed >= 40, "{killed}");
+        assert_eq!(alive(), Vec::<i32>::new(), "alive after the kill");
+        for shell in &mut shells {
+            let _ = shell.wait();
+        }
     }
 
     #[test]

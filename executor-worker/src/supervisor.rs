@@ -16,6 +16,12 @@ use rustix::process::{Pid, Signal};
 use tokio::process::Command;
 use tokio::signal::unix::{SignalKind, signal};
 
+/// The most processes and threads the tool user may have at once (`RLIMIT_NPROC`, set when
+/// the tool runs as the tool user). Terraform with its providers, all Go programs, uses a few
+/// hundred threads; a fork bomb in a pull request's code stops here instead of at the host's
+/// limit, and the worker's kill of what it left behind has that many at most to chase.
+pub const TOOL_TASKS: u64 = 4096;
+
 /// How often the supervisor checks that its worker is still there.
 const PARENT_CHECK: Duration = Duration::from_millis(100);
 
@@ -73,6 +79,18 @@ async fn run(
     }
     let mut command = Command::new(&program);
     if let Some((uid, gid)) = user {
+        // Inherited by the tool. It counts the tool user's tasks; the supervisor, root, is
+        // exempt.
+        let limit = rustix::process::Rlimit {
+            current: Some(TOOL_TASKS),
+            maximum: Some(TOOL_TASKS),
+        };
+        if let Err(err) = rustix::process::setrlimit(rustix::process::Resource::Nproc, limit) {
+            eprintln_safe(&format!(
+                "pipelines supervisor: cannot limit the tool user's processes: {err}"
+            ));
+            return 125;
+        }
         // The supervisor stays the worker's user, so the tool can neither signal nor trace it.
         command.uid(uid).gid(gid);
     }

@@ -213,16 +213,17 @@ async fn prepare_and_run(
         }),
         Err(Interrupted::Failed(status, message)) => Err((status, message)),
     };
-    // Nothing of a job outlives it: not its files, not a process its tools left behind.
-    workspace.remove(&workspace.job_dir(job.job_id)).await;
+    // Nothing of a job outlives it: not a process its tools left behind, not its files (the
+    // processes first, so that none writes into the directory while it is removed).
     if let Some(user) = settings.tools.user {
-        let killed = runner::kill_processes_of(user.uid);
+        let killed = runner::kill_all_of(user.uid).await;
         if killed > 0 {
             output.push_str(&format!(
                 "pipelines: killed {killed} process(es) the job's tools left running\n"
             ));
         }
     }
+    workspace.remove(&workspace.job_dir(job.job_id)).await;
     result
 }
 

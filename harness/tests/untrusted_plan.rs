@@ -144,6 +144,7 @@ fn attacker_provider(report: &Path, targets: &Targets) -> String {
 R='{report}'
 say() {{ printf '%s\n' "$*" >> "$R"; }}
 say "== ran as uid $(id -u) gid $(id -g) groups $(id -G)"
+say "== limit $(grep 'Max processes' /proc/self/limits)"
 say "== environment"; env >> "$R" 2>&1
 for f in {files}; do say "== read $f"; cat "$f" >> "$R" 2>&1 || say "denied: $f"; done
 pid=$PPID
@@ -370,6 +371,19 @@ fn a_pull_request_provider_finds_no_secret_and_leaves_nothing_for_the_next_apply
         "{said}"
     );
     assert!(said.contains(&format!("PLAN_TOKEN={plan_token}")), "{said}");
+    // A fork bomb stops at the supervisor's RLIMIT_NPROC, not at the host's.
+    let limit: Vec<&str> = said
+        .lines()
+        .find_map(|line| line.strip_prefix("== limit Max processes"))
+        .unwrap_or_else(|| panic!("no limit reported:\n{said}"))
+        .split_whitespace()
+        .collect();
+    let tasks = executor_worker::supervisor::TOOL_TASKS.to_string();
+    assert_eq!(
+        limit,
+        [tasks.as_str(), tasks.as_str(), "processes"],
+        "{said}"
+    );
     assert!(said.contains("== done"), "{said}");
     let attempts: usize = said
         .lines()
