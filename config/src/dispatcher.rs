@@ -80,7 +80,8 @@ pub struct DispatcherSettings {
     #[serde(default = "default_log_retention_days")]
     pub log_retention_days: u64,
     /// The most bytes of one job's log the dispatcher keeps; the rest is dropped and the log
-    /// says so (the worker's own file is whole).
+    /// says so (the worker's own file keeps up to `executor.max_log_bytes`, the same 128 MiB by
+    /// default).
     #[serde(default = "default_max_log_bytes")]
     pub max_log_bytes: u64,
 }

@@ -25,6 +25,16 @@ pub struct ExecutorSettings {
     /// written either way.
     #[serde(default = "default_stream_logs")]
     pub stream_logs: bool,
+    /// The most bytes of one job's output the worker writes to its log file; past it the file
+    /// says so and the rest is not written (the job's result keeps the output's end). Bounds
+    /// what one job, a pull request's plan included, can put on the worker's disk.
+    #[serde(default = "default_max_log_bytes")]
+    pub max_log_bytes: u64,
+    /// The worker deletes a run's job logs this many days after they were last written
+    /// (checked when it starts, then hourly before a job). 0 keeps them. Give each worker a
+    /// log directory of its own.
+    #[serde(default = "default_log_retention_days")]
+    pub log_retention_days: u64,
     /// On SIGTERM, how long a running job may take to finish before it is stopped and given
     /// back to the queue.
     #[serde(default = "default_drain_seconds")]
@@ -66,6 +76,8 @@ impl Default for ExecutorSettings {
             tf_binary: None,
             log_dir: None,
             stream_logs: default_stream_logs(),
+            max_log_bytes: default_max_log_bytes(),
+            log_retention_days: default_log_retention_days(),
             drain_seconds: default_drain_seconds(),
             stop_grace_seconds: default_stop_grace_seconds(),
             metrics_address: None,
@@ -140,6 +152,14 @@ impl ExecutorSettings {
     }
 }
 
+fn default_max_log_bytes() -> u64 {
+    128 * 1024 * 1024
+}
+
+fn default_log_retention_days() -> u64 {
+    30
+}
+
 fn default_drain_seconds() -> u64 {
     600
 }
@@ -157,6 +177,15 @@ fn is_env_name(name: &str) -> bool {
 impl Config {
     pub(crate) fn validate_executor(&self) -> Result<(), ConfigError> {
         let executor = &self.executor;
+        if executor.max_log_bytes < 1024 * 1024 {
+            return Err(invalid(
+                "executor.max_log_bytes",
+                format!(
+                    "{} is below the minimum of 1 MiB (1048576)",
+                    executor.max_log_bytes
+                ),
+            ));
+        }
         if let Some(user) = &executor.tool_user
             && (user.is_empty() || user == "root" || user == "0:0" || user.starts_with("0:"))
         {
@@ -225,6 +254,19 @@ pub(crate) fn check_git_config(
 mod tests {
     use super::*;
     use crate::testing::{VALID, error_of};
+
+    #[test]
+    fn the_log_limits_default_and_a_tiny_max_log_bytes_is_refused_naming_the_key() {
+        let config = Config::from_toml(VALID).unwrap();
+        assert_eq!(config.executor.max_log_bytes, 128 << 20);
+        assert_eq!(config.executor.log_retention_days, 30);
+        let text = format!("{VALID}\n[executor]\nmax_log_bytes = 1000\nlog_retention_days = 0\n");
+        let error = error_of(&text);
+        assert!(
+            error.contains("executor.max_log_bytes") && error.contains("1000 is below"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn tool_settings_are_checked_and_the_tool_user_resolves() {

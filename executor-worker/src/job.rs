@@ -235,7 +235,7 @@ impl Worker<'_> {
             if finished.is_none() {
                 tracing::warn!(
                     grace_s = logstream::FINISH_GRACE.as_secs(),
-                    "The job's log did not reach the broker in time; the dispatcher's copy stays cut (the worker's file is whole)."
+                    "The job's log did not reach the broker in time; the dispatcher's copy stays cut (the worker's own file has it)."
                 );
             }
         }

@@ -63,6 +63,11 @@ pub struct WorkerSettings {
     pub log_dir: PathBuf,
     /// Stream each job's log to the dispatcher as it is written (`executor.stream_logs`).
     pub stream_logs: bool,
+    /// The most bytes of one job's output written to its log file (`executor.max_log_bytes`).
+    pub max_log_bytes: u64,
+    /// Runs' logs not written for this long are deleted (`executor.log_retention_days`);
+    /// `None` keeps them.
+    pub log_retention: Option<Duration>,
     pub tf_binary: Option<String>,
     pub repositories: Vec<Repository>,
     /// The role's identity, for every job it runs: the account's `plan_credentials` for a plan
@@ -175,6 +180,10 @@ impl WorkerSettings {
             work_dir,
             log_dir,
             stream_logs: config.executor.stream_logs,
+            max_log_bytes: config.executor.max_log_bytes,
+            log_retention: (config.executor.log_retention_days > 0).then(|| {
+                Duration::from_secs(config.executor.log_retention_days.saturating_mul(86_400))
+            }),
             tf_binary: config.executor.tf_binary.clone(),
             repositories: config.repositories.clone(),
             credentials: config
@@ -329,7 +338,9 @@ pub async fn run(
     tracing::info!(account = %settings.account, role = %settings.role, worker = %settings.name, work_dir = %settings.work_dir.display(), "Executor ready.");
     tokio::pin!(shutdown);
     let mut draining = false;
+    let mut next_prune = std::time::Instant::now();
     while !draining {
+        prune_logs_if_due(&settings, &mut next_prune).await;
         let delivery = tokio::select! {
             biased;
             () = &mut shutdown => break,
@@ -348,6 +359,34 @@ pub async fn run(
     }
     tracing::info!("Executor stopped taking jobs; shutting down.");
     Ok(())
+}
+
+/// How often, at most, the worker looks for job logs past `executor.log_retention_days`.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Deletes runs' logs past `executor.log_retention_days`: at start, then before the next job
+/// once [`PRUNE_EVERY`] has passed (an idle worker writes no logs). Off the async threads.
+async fn prune_logs_if_due(settings: &WorkerSettings, next: &mut std::time::Instant) {
+    let Some(keep) = settings.log_retention else {
+        return;
+    };
+    if std::time::Instant::now() < *next {
+        return;
+    }
+    *next = std::time::Instant::now() + PRUNE_EVERY;
+    let dir = settings.log_dir.clone();
+    let before = std::time::SystemTime::now()
+        .checked_sub(keep)
+        .unwrap_or(std::time::UNIX_EPOCH);
+    if let Ok(pruned @ 1..) =
+        tokio::task::spawn_blocking(move || work::prune_logs(&dir, before)).await
+    {
+        tracing::info!(
+            runs = pruned,
+            log_retention_days = keep.as_secs() / 86_400,
+            "Pruned job logs."
+        );
+    }
 }
 
 /// On every SIGHUP, reads the policy sets of `config_path` again (`[[policies]]` and

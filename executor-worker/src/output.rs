@@ -1,5 +1,6 @@
-//! A job's output: redacted line by line, written whole to the job's log file, and kept
-//! bounded (its beginning and its end) for the finished event.
+//! A job's output: redacted line by line, written to the job's log file (up to
+//! `executor.max_log_bytes`), and kept bounded (its beginning and its end) for the finished
+//! event.
 //!
 //! Terraform can print megabytes; a job event must stay small. The head shows what the job
 //! set out to do, the tail shows how it ended, and the middle is counted, not kept. Secrets
@@ -27,6 +28,10 @@ pub(crate) struct JobOutput {
     secrets: Vec<String>,
     partial: Vec<u8>,
     file: Option<File>,
+    /// How many more bytes the log file may take (`executor.max_log_bytes`).
+    file_room: u64,
+    /// The limit, for the line that says it was reached.
+    file_limit: u64,
     /// Told after every write to the file: the log stream follows it.
     written: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
@@ -43,6 +48,8 @@ impl JobOutput {
             secrets,
             partial: Vec::new(),
             file: None,
+            file_room: u64::MAX,
+            file_limit: u64::MAX,
             written: None,
         };
         if let Some(path) = log {
@@ -59,6 +66,14 @@ impl JobOutput {
             }
         }
         output
+    }
+
+    /// Writes at most `max` bytes of output to the log file, then a line saying the rest is
+    /// not written there. The bounded copy (the output's end) goes on.
+    pub(crate) fn with_log_limit(mut self, max: u64) -> JobOutput {
+        self.file_room = max;
+        self.file_limit = max;
+        self
     }
 
     /// Tells `written` after every write to the log file.
@@ -108,11 +123,27 @@ impl JobOutput {
 
     fn emit(&mut self, bytes: &[u8]) {
         let text = self.redact(&String::from_utf8_lossy(bytes));
-        if let Some(file) = &mut self.file
-            && file.write_all(text.as_bytes()).is_err()
-        {
-            // A full disk must not fail the job; the bounded copy goes on.
-            self.file = None;
+        if let Some(file) = &mut self.file {
+            let length = text.len() as u64;
+            let written = if length > self.file_room {
+                // Whole lines only, then the reason: a reader of the file sees where it ends.
+                let _ = file.write_all(
+                    format!(
+                        "\n(the log reached executor.max_log_bytes = {} bytes: the rest of the output is not written to this file; its end is in the job's result)\n",
+                        self.file_limit
+                    )
+                    .as_bytes(),
+                );
+                false
+            } else {
+                file.write_all(text.as_bytes()).is_ok()
+            };
+            if written {
+                self.file_room -= length;
+            } else {
+                // Past the limit, or a full disk: neither fails the job; the bounded copy goes on.
+                self.file = None;
+            }
         }
         if let Some(written) = &self.written {
             written.notify_one();
@@ -259,6 +290,35 @@ mod tests {
         let text = output.finish();
         assert_eq!(text, "key = ***\nlonger = ***\ntail without newline ***");
         assert_eq!(std::fs::read_to_string(&log).unwrap(), text);
+    }
+
+    #[test]
+    fn the_log_file_stops_at_max_log_bytes_and_says_so_while_the_result_keeps_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("run/job-1.log");
+        let mut output = JobOutput::new(Vec::new(), Some(&log)).with_log_limit(100);
+        // 8 bytes a line: twelve fit in 100 bytes, the thirteenth does not.
+        for n in 0..50 {
+            output.push_str(&format!("line {n:02}\n"));
+        }
+        let text = output.finish();
+        let file = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            file.starts_with("line 00\n")
+                && file.contains("line 11\n")
+                && !file.contains("line 12"),
+            "{file}"
+        );
+        assert!(
+            file.ends_with(
+                "(the log reached executor.max_log_bytes = 100 bytes: the rest of the output is not written to this file; its end is in the job's result)\n"
+            ),
+            "{file}"
+        );
+        assert!(
+            text.starts_with("line 00\n") && text.ends_with("line 49\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! becomes an outcome whose output says what went wrong; nothing here fails the worker.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -34,6 +34,35 @@ pub(crate) fn log_path(settings: &WorkerSettings, job: &Job) -> PathBuf {
         .join(format!("{}-{}.log", job.job_id, job.attempt))
 }
 
+/// Deletes the logs of runs not written to since `before` (blocking); how many runs' logs
+/// went. Symbolic links are neither followed nor deleted through.
+pub(crate) fn prune_logs(log_dir: &Path, before: std::time::SystemTime) -> usize {
+    let Ok(runs) = std::fs::read_dir(log_dir) else {
+        return 0;
+    };
+    let mut pruned = 0;
+    for run in runs.flatten() {
+        let Ok(meta) = run.metadata() else {
+            continue;
+        };
+        if !meta.is_dir() {
+            continue;
+        }
+        let path = run.path();
+        let newest = std::fs::read_dir(&path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|log| log.metadata().and_then(|meta| meta.modified()).ok())
+            .chain(meta.modified().ok())
+            .max();
+        if newest.is_some_and(|newest| newest < before) && std::fs::remove_dir_all(&path).is_ok() {
+            pruned += 1;
+        }
+    }
+    pruned
+}
+
 pub(crate) async fn run(
     settings: &WorkerSettings,
     workspace: &Workspace,
@@ -44,7 +73,9 @@ pub(crate) async fn run(
     let started = Instant::now();
     // A no-op job runs nothing, so it has no log worth a file.
     let log = (job.action != Action::Noop).then(|| log_path(settings, job));
-    let mut output = JobOutput::new(Vec::new(), log.as_deref()).notifying(log_written);
+    let mut output = JobOutput::new(Vec::new(), log.as_deref())
+        .with_log_limit(settings.max_log_bytes)
+        .notifying(log_written);
     output.push_str(&format!(
         "pipelines: {} {} ({} at {}), attempt {}, on {}\n",
         job.action,
@@ -433,5 +464,44 @@ mod tests {
             stop_message(&Stop::Cancel("cancelled by ops: wrong".into())),
             "the job was stopped: cancelled by ops: wrong"
         );
+    }
+
+    fn age(path: &Path, days: u64) {
+        let when = std::time::SystemTime::now() - std::time::Duration::from_secs(days * 86_400);
+        std::fs::File::open(path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
+
+    #[test]
+    fn runs_logs_not_written_within_the_retention_are_pruned_and_the_rest_kept() {
+        let logs = tempfile::tempdir().unwrap();
+        let run = |name: &str, days: &[u64]| {
+            let dir = logs.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            for (n, days) in days.iter().enumerate() {
+                let log = dir.join(format!("job-{n}.log"));
+                std::fs::write(&log, "output\n").unwrap();
+                age(&log, *days);
+            }
+            age(&dir, days.iter().copied().max().unwrap_or(0));
+        };
+        run("old", &[40, 35]);
+        // One attempt old, the other recent: the run is still being written.
+        run("retried", &[40, 1]);
+        run("new", &[2]);
+        // Not a run's directory: left alone.
+        std::fs::write(logs.path().join("stray"), "").unwrap();
+        age(&logs.path().join("stray"), 90);
+        let month_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86_400);
+        assert_eq!(prune_logs(logs.path(), month_ago), 1);
+        let mut left: Vec<String> = std::fs::read_dir(logs.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["new", "retried", "stray"]);
+        assert_eq!(prune_logs(&logs.path().join("missing"), month_ago), 0);
     }
 }
