@@ -242,15 +242,7 @@ pub(crate) fn validate(dispatcher: &DispatcherSettings) -> Result<(), ConfigErro
             format!("{url:?} is not an http:// or https:// address"),
         ));
     }
-    if dispatcher.max_log_bytes < 1024 * 1024 {
-        return Err(invalid(
-            "dispatcher.max_log_bytes",
-            format!(
-                "{} is below the minimum of 1 MiB (1048576)",
-                dispatcher.max_log_bytes
-            ),
-        ));
-    }
+    crate::check_log_bytes("dispatcher.max_log_bytes", dispatcher.max_log_bytes)?;
     if let Some(template) = &dispatcher.executor_users {
         check_executor_users(template)?;
     }

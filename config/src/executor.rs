@@ -177,15 +177,7 @@ fn is_env_name(name: &str) -> bool {
 impl Config {
     pub(crate) fn validate_executor(&self) -> Result<(), ConfigError> {
         let executor = &self.executor;
-        if executor.max_log_bytes < 1024 * 1024 {
-            return Err(invalid(
-                "executor.max_log_bytes",
-                format!(
-                    "{} is below the minimum of 1 MiB (1048576)",
-                    executor.max_log_bytes
-                ),
-            ));
-        }
+        crate::check_log_bytes("executor.max_log_bytes", executor.max_log_bytes)?;
         if let Some(user) = &executor.tool_user
             && (user.is_empty() || user == "root" || user == "0:0" || user.starts_with("0:"))
         {

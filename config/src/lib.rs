@@ -155,6 +155,17 @@ fn read_password_file(key: &str, path: &Path) -> Result<String, ConfigError> {
     read_password(path).map_err(|message| invalid(key, message))
 }
 
+/// A log size limit (`max_log_bytes`) is at least 1 MiB: less would cut ordinary plans.
+fn check_log_bytes(key: &str, bytes: u64) -> Result<(), ConfigError> {
+    if bytes < 1024 * 1024 {
+        return Err(invalid(
+            key,
+            format!("{bytes} is below the minimum of 1 MiB (1048576)"),
+        ));
+    }
+    Ok(())
+}
+
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
