@@ -17,7 +17,7 @@ pub struct ExecutorSettings {
     /// `terraform` or `tofu` (a name on PATH or a path). Default: `tofu` when it is on PATH,
     /// else `terraform`.
     pub tf_binary: Option<String>,
-    /// Where each job's whole (redacted) log is written, as `<run>/<job>-<attempt>.log`.
+    /// Where each job's (redacted) log is written, as `<run>/<job>-<attempt>.log`.
     /// Default: `logs` in the work directory.
     pub log_dir: Option<PathBuf>,
     /// Stream each job's log to the dispatcher while it is written (through the broker's
@@ -31,7 +31,7 @@ pub struct ExecutorSettings {
     #[serde(default = "default_max_log_bytes")]
     pub max_log_bytes: u64,
     /// The worker deletes a run's job logs this many days after they were last written
-    /// (checked when it starts, then hourly before a job). 0 keeps them. Give each worker a
+    /// (checked when it starts, then after a job once an hour has passed). 0 keeps them. Give each worker a
     /// log directory of its own.
     #[serde(default = "default_log_retention_days")]
     pub log_retention_days: u64,

@@ -59,7 +59,7 @@ pub struct WorkerSettings {
     /// Shown in job events and run summaries.
     pub name: String,
     pub work_dir: PathBuf,
-    /// Where each job's whole log goes: `<log_dir>/<run>/<job>-<attempt>.log`.
+    /// Where each job's log goes: `<log_dir>/<run>/<job>-<attempt>.log`.
     pub log_dir: PathBuf,
     /// Stream each job's log to the dispatcher as it is written (`executor.stream_logs`).
     pub stream_logs: bool,
@@ -294,6 +294,13 @@ pub async fn run(
     harden_process();
     if let Some(user) = settings.tools.user {
         can_switch_to(user).map_err(ExecuteError::Setup)?;
+        if settings.supervisor.is_none() {
+            // Only the supervisor bounds the tool user's tasks and outlives a killed worker.
+            return Err(ExecuteError::Setup(format!(
+                "executor.tool_user = {}:{} needs the pipelines binary to supervise the tools, and none was given",
+                user.uid, user.gid
+            )));
+        }
         if let Some(file) = &settings.broker_password_file
             && let Some(why) = tool_user_reads(file, user)
         {
@@ -364,8 +371,8 @@ pub async fn run(
 /// How often, at most, the worker looks for job logs past `executor.log_retention_days`.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
-/// Deletes runs' logs past `executor.log_retention_days`: at start, then before the next job
-/// once [`PRUNE_EVERY`] has passed (an idle worker writes no logs). Off the async threads.
+/// Deletes runs' logs past `executor.log_retention_days`: at start, then after a job once
+/// [`PRUNE_EVERY`] has passed (an idle worker writes no logs). Off the async threads.
 async fn prune_logs_if_due(settings: &WorkerSettings, next: &mut std::time::Instant) {
     let Some(keep) = settings.log_retention else {
         return;

@@ -460,26 +460,22 @@ async fn run_merged(
 /// process of a step may see the next: one left by `plan` could rewrite the saved plan before
 /// `show` reads it, or hold the step's output. (Without a tool user the worker cannot tell a
 /// tool's processes from its own; the output drain still bounds the wait.)
-async fn end_of_step(launch: &Launch) -> usize {
+async fn end_of_step(launch: &Launch) -> Killed {
     match launch.user {
         Some(user) => kill_all_of(user.uid).await,
-        None => 0,
+        None => Killed::default(),
     }
 }
 
 /// [`kill_processes_of`], off the async threads.
-pub(crate) async fn kill_all_of(uid: u32) -> usize {
+pub(crate) async fn kill_all_of(uid: u32) -> Killed {
     tokio::task::spawn_blocking(move || kill_processes_of(uid))
         .await
-        .unwrap_or(0)
+        .unwrap_or_default()
 }
 
-fn say_what_was_left(output: &mut JobOutput, program: &str, killed: usize, whole: bool) {
-    if killed > 0 {
-        output.push_str(&format!(
-            "(killed {killed} process(es) {program} left running)\n"
-        ));
-    }
+fn say_what_was_left(output: &mut JobOutput, program: &str, killed: Killed, whole: bool) {
+    output.push_str(&killed.note(program));
     if !whole {
         output.push_str(&pipe::given_up_note(program));
     }
@@ -562,12 +558,14 @@ async fn run_capturing(
 /// nothing of `uid` alive, or [`KILL_DEADLINE`] passes. A process sent SIGKILL cannot fork
 /// any more, so each pass leaves only what was forked while it ran; the supervisor's
 /// `RLIMIT_NPROC` ([`crate::supervisor::TOOL_TASKS`]) bounds how many that can be.
-pub(crate) fn kill_processes_of(uid: u32) -> usize {
+pub(crate) fn kill_processes_of(uid: u32) -> Killed {
     let deadline = std::time::Instant::now() + KILL_DEADLINE;
     let mut killed = std::collections::HashSet::new();
+    let mut left = 0;
     for pass in 0.. {
         let found = processes_of(uid);
-        if !found.iter().any(|process| process.alive) {
+        left = found.iter().filter(|process| process.alive).count();
+        if left == 0 {
             break;
         }
         // Zombies too: a process whose first thread exited while others run looks like one.
@@ -580,6 +578,10 @@ pub(crate) fn kill_processes_of(uid: u32) -> usize {
             }
         }
         if std::time::Instant::now() > deadline {
+            left = processes_of(uid)
+                .iter()
+                .filter(|process| process.alive)
+                .count();
             break;
         }
         // What was killed takes a moment to exit: look again at once, then less eagerly.
@@ -587,7 +589,44 @@ pub(crate) fn kill_processes_of(uid: u32) -> usize {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-    killed.len()
+    Killed {
+        killed: killed.len(),
+        left,
+    }
+}
+
+/// What [`kill_processes_of`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Killed {
+    /// Processes that were alive and were sent SIGKILL.
+    pub(crate) killed: usize,
+    /// Processes still alive when it gave up (stuck in the kernel, say).
+    pub(crate) left: usize,
+}
+
+impl Killed {
+    /// What to add to the job's output: nothing when nothing was left running.
+    pub(crate) fn note(self, left_by: &str) -> String {
+        let mut note = String::new();
+        if self.killed > 0 {
+            note.push_str(&format!(
+                "(killed {} process(es) {left_by} left running)\n",
+                self.killed
+            ));
+        }
+        if self.left > 0 {
+            tracing::warn!(
+                left = self.left,
+                "Processes of the tool user outlived the kill."
+            );
+            note.push_str(&format!(
+                "(warning: {} process(es) of the tool user were still alive {} s after they were killed)\n",
+                self.left,
+                KILL_DEADLINE.as_secs()
+            ));
+        }
+        note
+    }
 }
 
 /// How long [`kill_processes_of`] keeps at it.
@@ -598,8 +637,7 @@ const KILL_DEADLINE: Duration = Duration::from_secs(5);
 pub(crate) struct Found {
     pub(crate) pid: i32,
     /// Not a zombie, or a zombie whose other threads still run (its first thread exited).
-    /// A plain zombie is dead (its parent, the worker when it is PID 1 in a container, has
-    /// not reaped it) and holds nothing.
+    /// A plain zombie is dead (its parent has not reaped it yet) and holds nothing.
     pub(crate) alive: bool,
 }
 
@@ -731,7 +769,7 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "{found:?}");
             std::thread::yield_now();
         }
-        assert_eq!(kill_processes_of(uid), 1);
+        assert_eq!(kill_processes_of(uid), Killed { killed: 1, left: 0 });
         assert!(processes_of(uid).iter().all(|p| !p.alive));
         let _ = half.wait();
     }
@@ -773,7 +811,7 @@ mod tests {
             std::thread::yield_now();
         }
         let killed = kill_processes_of(uid);
-        assert!(killed >= 40, "{killed}");
+        assert!(killed.killed >= 40 && killed.left == 0, "{killed:?}");
         assert_eq!(alive(), Vec::<i32>::new(), "alive after the kill");
         for shell in &mut shells {
             let _ = shell.wait();

@@ -7,6 +7,7 @@
 //! kills the whole group. A first SIGTERM or SIGINT from the worker interrupts the group
 //! (terraform stops gracefully and releases its state lock); a second one, or SIGUSR1, kills
 //! it. When the tool exits by itself, whatever it left running in its group is killed too.
+//! As the tool user, the tool and all it starts may have at most [`TOOL_TASKS`] tasks.
 
 use std::ffi::OsString;
 use std::process::Stdio;
@@ -16,10 +17,12 @@ use rustix::process::{Pid, Signal};
 use tokio::process::Command;
 use tokio::signal::unix::{SignalKind, signal};
 
-/// The most processes and threads the tool user may have at once (`RLIMIT_NPROC`, set when
-/// the tool runs as the tool user). Terraform with its providers, all Go programs, uses a few
-/// hundred threads; a fork bomb in a pull request's code stops here instead of at the host's
-/// limit, and the worker's kill of what it left behind has that many at most to chase.
+/// The most processes and threads the tool user may have at once on the host
+/// (`RLIMIT_NPROC`, set when the tool runs as the tool user, or the worker's own limit when
+/// that is lower). Terraform with its providers, all Go programs, uses a few hundred threads;
+/// a fork bomb in a pull request's code stops here instead of at the host's limit, and the
+/// worker's kill of what it left behind has that many at most to chase. Workers that share a
+/// tool uid on one host share the budget.
 pub const TOOL_TASKS: u64 = 4096;
 
 /// How often the supervisor checks that its worker is still there.
@@ -79,11 +82,16 @@ async fn run(
     }
     let mut command = Command::new(&program);
     if let Some((uid, gid)) = user {
-        // Inherited by the tool. It counts the tool user's tasks; the supervisor, root, is
-        // exempt.
+        // Inherited by the tool. It counts the tool user's tasks on the host; the supervisor,
+        // root, is exempt. A lower limit it inherited stays (raising one needs a capability
+        // the worker does not hold).
+        let inherited = rustix::process::getrlimit(rustix::process::Resource::Nproc);
+        let tasks = inherited
+            .maximum
+            .map_or(TOOL_TASKS, |hard| hard.min(TOOL_TASKS));
         let limit = rustix::process::Rlimit {
-            current: Some(TOOL_TASKS),
-            maximum: Some(TOOL_TASKS),
+            current: Some(tasks),
+            maximum: Some(tasks),
         };
         if let Err(err) = rustix::process::setrlimit(rustix::process::Resource::Nproc, limit) {
             eprintln_safe(&format!(

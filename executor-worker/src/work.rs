@@ -26,7 +26,7 @@ pub(crate) struct Finished {
     pub(crate) stopped: Option<Stop>,
 }
 
-/// Where the whole log of an attempt goes.
+/// Where the log of an attempt goes.
 pub(crate) fn log_path(settings: &WorkerSettings, job: &Job) -> PathBuf {
     settings
         .log_dir
@@ -35,7 +35,8 @@ pub(crate) fn log_path(settings: &WorkerSettings, job: &Job) -> PathBuf {
 }
 
 /// Deletes the logs of runs not written to since `before` (blocking); how many runs' logs
-/// went. Symbolic links are neither followed nor deleted through.
+/// went. Only a run's directory (named by its id) goes: whatever else an operator keeps in
+/// the log directory stays. Symbolic links are neither followed nor deleted through.
 pub(crate) fn prune_logs(log_dir: &Path, before: std::time::SystemTime) -> usize {
     let Ok(runs) = std::fs::read_dir(log_dir) else {
         return 0;
@@ -45,7 +46,11 @@ pub(crate) fn prune_logs(log_dir: &Path, before: std::time::SystemTime) -> usize
         let Ok(meta) = run.metadata() else {
             continue;
         };
-        if !meta.is_dir() {
+        let named_by_a_run = run
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.parse::<uuid::Uuid>().is_ok());
+        if !meta.is_dir() || !named_by_a_run {
             continue;
         }
         let path = run.path();
@@ -248,11 +253,7 @@ async fn prepare_and_run(
     // processes first, so that none writes into the directory while it is removed).
     if let Some(user) = settings.tools.user {
         let killed = runner::kill_all_of(user.uid).await;
-        if killed > 0 {
-            output.push_str(&format!(
-                "pipelines: killed {killed} process(es) the job's tools left running\n"
-            ));
-        }
+        output.push_str(&killed.note("the job's tools"));
     }
     workspace.remove(&workspace.job_dir(job.job_id)).await;
     result
@@ -487,11 +488,17 @@ mod tests {
             }
             age(&dir, days.iter().copied().max().unwrap_or(0));
         };
-        run("old", &[40, 35]);
+        let (old, retried, new) = (
+            uuid::Uuid::new_v4().to_string(),
+            uuid::Uuid::new_v4().to_string(),
+            uuid::Uuid::new_v4().to_string(),
+        );
+        run(&old, &[40, 35]);
         // One attempt old, the other recent: the run is still being written.
-        run("retried", &[40, 1]);
-        run("new", &[2]);
-        // Not a run's directory: left alone.
+        run(&retried, &[40, 1]);
+        run(&new, &[2]);
+        // Not a run's: an old directory an operator keeps there, and a stray file.
+        run("archive", &[90]);
         std::fs::write(logs.path().join("stray"), "").unwrap();
         age(&logs.path().join("stray"), 90);
         let month_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86_400);
@@ -501,7 +508,9 @@ mod tests {
             .map(|entry| entry.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
-        assert_eq!(left, ["new", "retried", "stray"]);
+        let mut kept = vec![retried, new, "archive".to_owned(), "stray".to_owned()];
+        kept.sort();
+        assert_eq!(left, kept);
         assert_eq!(prune_logs(&logs.path().join("missing"), month_ago), 0);
     }
 }

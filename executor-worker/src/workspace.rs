@@ -77,7 +77,7 @@ pub enum WorkspaceError {
 pub enum PrivateDir {
     /// `executor.work_dir`: the mirrors and the jobs' directories.
     Work,
-    /// `executor.log_dir`: every job's whole log.
+    /// `executor.log_dir`: every job's log.
     Logs,
 }
 

@@ -256,7 +256,10 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             let mut settings =
                 WorkerSettings::from_config(&config, &account, role, Some(name), Some(dir))
                     .map_err(|reason| anyhow!(reason))?;
-            settings.supervisor = std::env::current_exe().ok();
+            settings.supervisor = Some(
+                std::env::current_exe()
+                    .context("cannot find the pipelines binary to supervise tools")?,
+            );
             settings.stream_logs &= args.web.is_some();
             let stopped = until_stopped(stopped.clone());
             let (broker, ops) = (broker.clone(), ops.clone());
