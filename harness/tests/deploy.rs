@@ -446,6 +446,36 @@ fn kubernetes_manifests_have_a_deployment_per_account_and_a_dispatcher_with_a_vo
         mounted,
         "{password_file} is not mounted from pipelines-postgres"
     );
+    // No executor reaches the node's cloud identity (instance metadata) or a dispatcher, and
+    // no egress rule is open to everything.
+    let network = find("NetworkPolicy", "pipelines-executors");
+    let selected = &network["spec"]["podSelector"]["matchLabels"];
+    let egress = network["spec"]["egress"].as_vec().expect("egress rules");
+    assert!(words(&network["spec"]["policyTypes"]).contains(&"Egress".to_owned()));
+    assert!(
+        egress
+            .iter()
+            .all(|rule| rule["to"].as_vec().is_some_and(|to| !to.is_empty())),
+        "an egress rule without `to` allows everything"
+    );
+    for peer in egress.iter().flat_map(|rule| rule["to"].as_vec().unwrap()) {
+        if let Some(cidr) = peer["ipBlock"]["cidr"].as_str() {
+            let except = words(&peer["ipBlock"]["except"]);
+            let metadata = if cidr.contains(':') {
+                "fd00:ec2::254/128"
+            } else {
+                "169.254.169.254/32"
+            };
+            assert!(except.contains(&metadata.to_owned()), "{cidr}: {except:?}");
+        } else {
+            let unless = &peer["podSelector"]["matchExpressions"][0];
+            assert_eq!(
+                (unless["operator"].as_str(), words(&unless["values"])),
+                (Some("NotIn"), vec!["dispatcher".to_owned()]),
+                "in-cluster egress must leave the dispatchers out"
+            );
+        }
+    }
     for account in accounts(&policy) {
         let mut tool_users = Vec::new();
         for role in ["plan", "apply"] {
@@ -454,6 +484,14 @@ fn kubernetes_manifests_have_a_deployment_per_account_and_a_dispatcher_with_a_vo
             find("ServiceAccount", &name);
             let pod = &deployment["spec"]["template"]["spec"];
             assert_eq!(pod["serviceAccountName"].as_str(), Some(name.as_str()));
+            let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+            for (key, value) in selected.as_hash().unwrap() {
+                assert_eq!(
+                    &labels[key.as_str().unwrap()],
+                    value,
+                    "{name}: not under the NetworkPolicy"
+                );
+            }
             let container = &pod["containers"][0];
             let args = words(&container["args"]);
             let arg = |flag: &str| args[args.iter().position(|w| w == flag).unwrap() + 1].clone();
