@@ -310,6 +310,14 @@ pub async fn run(
             )));
         }
     }
+    if settings.role == ExecutorRole::Plan
+        && let Some(source) = registry_credentials_for_tools(&settings.tools)
+    {
+        tracing::warn!(
+            source,
+            "Registry credentials reach every tool, so a pull request's plan can read them: give plan workers a Terraform CLI configuration and tool_env without credentials."
+        );
+    }
     let workspace = Workspace::open(
         settings.work_dir.clone(),
         settings.git.clone(),
@@ -366,6 +374,32 @@ pub async fn run(
     }
     tracing::info!("Executor stopped taking jobs; shutting down.");
     Ok(())
+}
+
+/// Where the tools would find registry credentials, if anywhere: a `TF_TOKEN_*` variable, or
+/// a Terraform CLI configuration (`TF_CLI_CONFIG_FILE`) with a `credentials` block or a
+/// `credentials_helper`. On a plan worker a pull request's code reads them.
+fn registry_credentials_for_tools(tools: &ToolSettings) -> Option<String> {
+    if let Some(name) = tools.env.keys().find(|name| name.starts_with("TF_TOKEN_")) {
+        return Some(name.clone());
+    }
+    let file = tools.env.get("TF_CLI_CONFIG_FILE")?;
+    let text = std::fs::read_to_string(file).ok()?;
+    hands_out_credentials(&text).then(|| format!("TF_CLI_CONFIG_FILE={file}"))
+}
+
+/// Whether a Terraform CLI configuration gives credentials: a `credentials "host"` block or
+/// a `credentials_helper`, outside comments.
+fn hands_out_credentials(cli_config: &str) -> bool {
+    cli_config
+        .lines()
+        .map(str::trim_start)
+        .filter(|line| !line.starts_with('#') && !line.starts_with("//"))
+        .any(|line| {
+            line.strip_prefix("credentials").is_some_and(|rest| {
+                rest.starts_with([' ', '\t', '"']) || rest.starts_with("_helper")
+            })
+        })
 }
 
 /// How often, at most, the worker looks for job logs past `executor.log_retention_days`.
@@ -594,6 +628,53 @@ fn switch_problem(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registry_credentials_in_the_tools_cli_configuration_are_found() {
+        assert!(hands_out_credentials(
+            "plugin_cache_dir = \"/x\"\ncredentials \"app.terraform.io\" {\n  token = \"t\"\n}\n"
+        ));
+        assert!(hands_out_credentials("  credentials_helper \"vault\" {}\n"));
+        assert!(hands_out_credentials(
+            "credentials\t\"registry.example.com\" { token = \"t\" }"
+        ));
+        for none in [
+            "provider_installation {\n  filesystem_mirror { path = \"/m\" }\n}\n",
+            "# credentials \"app.terraform.io\" { token = \"t\" }\n",
+            "// credentials_helper \"vault\" {}\n",
+            "disable_checkpoint = true\n",
+        ] {
+            assert!(!hands_out_credentials(none), "{none}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("terraformrc");
+        std::fs::write(
+            &file,
+            "credentials \"app.terraform.io\" { token = \"t\" }\n",
+        )
+        .unwrap();
+        let tools = |env: &[(&str, String)]| ToolSettings {
+            env: env
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), value.clone()))
+                .collect(),
+            ..ToolSettings::default()
+        };
+        let path = file.display().to_string();
+        assert_eq!(
+            registry_credentials_for_tools(&tools(&[("TF_CLI_CONFIG_FILE", path.clone())])),
+            Some(format!("TF_CLI_CONFIG_FILE={path}"))
+        );
+        assert_eq!(
+            registry_credentials_for_tools(&tools(&[("TF_TOKEN_app_terraform_io", "t".into())])),
+            Some("TF_TOKEN_app_terraform_io".to_owned())
+        );
+        std::fs::write(&file, "disable_checkpoint = true\n").unwrap();
+        assert_eq!(
+            registry_credentials_for_tools(&tools(&[("TF_CLI_CONFIG_FILE", path)])),
+            None
+        );
+    }
 
     const TOOLS: ToolUser = ToolUser {
         uid: 61001,
