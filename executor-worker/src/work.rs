@@ -199,6 +199,18 @@ async fn prepare_and_run(
             drift: None,
         });
     }
+    // Nothing of an earlier job may meet this one. Its clean-up below does not run when the
+    // job is dropped (the broker went away mid-job) or the worker is killed, so what such a
+    // job's tools left running, and its directory, go now.
+    if let Some(user) = settings.tools.user {
+        output.push_str(&runner::kill_all_of(user.uid).await.note("an earlier job"));
+    }
+    let leftovers = workspace.remove_leftover_jobs().await;
+    if leftovers > 0 {
+        output.push_str(&format!(
+            "pipelines: removed {leftovers} directory(ies) an earlier job left\n"
+        ));
+    }
     // Fetching, checking out and obtaining credentials wait on the network: a stop (timeout,
     // cancellation, drain) ends them too.
     let prepared = tokio::select! {

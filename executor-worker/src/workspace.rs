@@ -471,6 +471,22 @@ impl Workspace {
         let _ = tokio::fs::remove_dir_all(&job.root).await;
     }
 
+    /// Removes every job directory: before a job starts, any is a leftover of one that was
+    /// dropped (the broker went away mid-job) or of a worker that was killed, and holds what
+    /// that job's tools wrote (its checkout, plan and credential files). How many went.
+    pub async fn remove_leftover_jobs(&self) -> usize {
+        let Ok(mut jobs) = tokio::fs::read_dir(self.root.join("jobs")).await else {
+            return 0;
+        };
+        let mut removed = 0;
+        while let Ok(Some(job)) = jobs.next_entry().await {
+            if tokio::fs::remove_dir_all(job.path()).await.is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     async fn has_commit(&self, mirror: &Path, commit: &str) -> bool {
         let object = format!("{commit}^{{commit}}");
         self.git(Some(mirror), &["cat-file", "-e", &object])
@@ -610,6 +626,27 @@ mod tests {
         for (uid, gid, mode) in [(0, 0, 0o1777), (0, 0, 0o755), (0, 0, 0o711), (0, 5, 0o775)] {
             assert_eq!(replaceable_by(tools, uid, gid, mode), None, "{mode:o}");
         }
+    }
+
+    #[tokio::test]
+    async fn directories_of_earlier_jobs_are_removed_and_the_rest_of_the_workspace_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let workspace =
+            Workspace::open(root.path().join("work"), GitSettings::default(), None).unwrap();
+        let dropped = workspace.job_dir(Uuid::new_v4());
+        std::fs::create_dir_all(dropped.root.join("src/unit")).unwrap();
+        std::fs::write(dropped.root.join("src/unit/tfplan"), "plan").unwrap();
+        std::fs::create_dir_all(workspace.job_dir(Uuid::new_v4()).root).unwrap();
+        std::fs::create_dir_all(workspace.root().join("mirrors/infra.git")).unwrap();
+        assert_eq!(workspace.remove_leftover_jobs().await, 2);
+        assert_eq!(
+            std::fs::read_dir(workspace.root().join("jobs"))
+                .unwrap()
+                .count(),
+            0
+        );
+        assert!(workspace.root().join("mirrors/infra.git").is_dir());
+        assert_eq!(workspace.remove_leftover_jobs().await, 0);
     }
 
     #[test]
