@@ -84,6 +84,21 @@ pub struct DispatcherSettings {
     /// default).
     #[serde(default = "default_max_log_bytes")]
     pub max_log_bytes: u64,
+    /// The most bytes all logs of one run may take in the dispatcher's store; past it the
+    /// run's further logs are cut and say so. Bounds what one pull request, each of whose
+    /// units may print `max_log_bytes`, can put on the dispatcher's disk. 0: no limit.
+    #[serde(default = "crate::default_max_run_log_bytes")]
+    pub max_run_log_bytes: u64,
+    /// The most bytes all job logs may take. To write past it, the logs of the runs written
+    /// longest ago are deleted first; what still does not fit is cut. 0 (the default): no
+    /// limit but `log_keep_free_bytes`.
+    #[serde(default)]
+    pub max_total_log_bytes: u64,
+    /// Logs are never written into the last this many bytes of the state directory's
+    /// filesystem, so that the run database always has room: the logs of the runs written
+    /// longest ago are deleted first, and what still does not fit is cut. 0: no reserve.
+    #[serde(default = "crate::default_log_keep_free_bytes")]
+    pub log_keep_free_bytes: u64,
 }
 
 impl Default for DispatcherSettings {
@@ -105,6 +120,9 @@ impl Default for DispatcherSettings {
             public_url: None,
             log_retention_days: default_log_retention_days(),
             max_log_bytes: default_max_log_bytes(),
+            max_run_log_bytes: crate::default_max_run_log_bytes(),
+            max_total_log_bytes: 0,
+            log_keep_free_bytes: crate::default_log_keep_free_bytes(),
         }
     }
 }
@@ -243,6 +261,11 @@ pub(crate) fn validate(dispatcher: &DispatcherSettings) -> Result<(), ConfigErro
         ));
     }
     crate::check_log_bytes("dispatcher.max_log_bytes", dispatcher.max_log_bytes)?;
+    crate::check_log_budget("dispatcher.max_run_log_bytes", dispatcher.max_run_log_bytes)?;
+    crate::check_log_budget(
+        "dispatcher.max_total_log_bytes",
+        dispatcher.max_total_log_bytes,
+    )?;
     if let Some(template) = &dispatcher.executor_users {
         check_executor_users(template)?;
     }
@@ -477,6 +500,38 @@ mod tests {
                 ..DispatcherSettings::default()
             })
             .contains("`dispatcher.public_url`")
+        );
+        assert!(
+            err(DispatcherSettings {
+                max_run_log_bytes: 4096,
+                ..DispatcherSettings::default()
+            })
+            .contains("`dispatcher.max_run_log_bytes`: 4096 is below the minimum of 1 MiB")
+        );
+        assert!(
+            err(DispatcherSettings {
+                max_total_log_bytes: 1,
+                ..DispatcherSettings::default()
+            })
+            .contains("`dispatcher.max_total_log_bytes`: 1 is below")
+        );
+        let defaults = DispatcherSettings::default();
+        assert_eq!(
+            (
+                defaults.max_run_log_bytes,
+                defaults.max_total_log_bytes,
+                defaults.log_keep_free_bytes
+            ),
+            (2 << 30, 0, 2 << 30)
+        );
+        assert!(
+            validate(&DispatcherSettings {
+                max_run_log_bytes: 0,
+                log_keep_free_bytes: 0,
+                ..DispatcherSettings::default()
+            })
+            .is_ok(),
+            "0: no limit"
         );
         assert!(validate(&DispatcherSettings::default()).is_ok());
         let bad_pattern = RetryPolicy {

@@ -35,6 +35,18 @@ pub struct ExecutorSettings {
     /// log directory of its own.
     #[serde(default = "default_log_retention_days")]
     pub log_retention_days: u64,
+    /// The most bytes all job logs in `log_dir` may take. To write past it, the logs of the
+    /// runs written longest ago are deleted first; what still does not fit is not written to
+    /// the file, which says so (the dispatcher's copy, streamed from it, ends there too; the
+    /// job's result keeps the output's end). 0: no limit.
+    /// The default, 4 GiB, stays well inside the 20 GiB work volume of `deploy/k8s`.
+    #[serde(default = "default_max_total_log_bytes")]
+    pub max_total_log_bytes: u64,
+    /// Logs are never written into the last this many bytes of `log_dir`'s filesystem, so
+    /// that checkouts keep room: the logs of the runs written longest ago are deleted first,
+    /// and what still does not fit is not written. 0: no reserve.
+    #[serde(default = "crate::default_log_keep_free_bytes")]
+    pub log_keep_free_bytes: u64,
     /// On SIGTERM, how long a running job may take to finish before it is stopped and given
     /// back to the queue.
     #[serde(default = "default_drain_seconds")]
@@ -78,6 +90,8 @@ impl Default for ExecutorSettings {
             stream_logs: default_stream_logs(),
             max_log_bytes: default_max_log_bytes(),
             log_retention_days: default_log_retention_days(),
+            max_total_log_bytes: default_max_total_log_bytes(),
+            log_keep_free_bytes: crate::default_log_keep_free_bytes(),
             drain_seconds: default_drain_seconds(),
             stop_grace_seconds: default_stop_grace_seconds(),
             metrics_address: None,
@@ -160,6 +174,10 @@ fn default_log_retention_days() -> u64 {
     30
 }
 
+fn default_max_total_log_bytes() -> u64 {
+    4 << 30
+}
+
 fn default_drain_seconds() -> u64 {
     600
 }
@@ -178,6 +196,7 @@ impl Config {
     pub(crate) fn validate_executor(&self) -> Result<(), ConfigError> {
         let executor = &self.executor;
         crate::check_log_bytes("executor.max_log_bytes", executor.max_log_bytes)?;
+        crate::check_log_budget("executor.max_total_log_bytes", executor.max_total_log_bytes)?;
         if let Some(user) = &executor.tool_user
             && (user.is_empty() || user == "root" || user == "0:0" || user.starts_with("0:"))
         {
@@ -258,6 +277,16 @@ mod tests {
             error.contains("executor.max_log_bytes") && error.contains("1000 is below"),
             "{error}"
         );
+        assert_eq!(config.executor.max_total_log_bytes, 4 << 30);
+        assert_eq!(config.executor.log_keep_free_bytes, 2 << 30);
+        let error = error_of(&format!("{VALID}\n[executor]\nmax_total_log_bytes = 5\n"));
+        assert!(
+            error.contains("executor.max_total_log_bytes") && error.contains("5 is below"),
+            "{error}"
+        );
+        let text =
+            format!("{VALID}\n[executor]\nmax_total_log_bytes = 0\nlog_keep_free_bytes = 0\n");
+        assert!(Config::from_toml(&text).is_ok(), "0: no limit");
     }
 
     #[test]

@@ -166,6 +166,25 @@ fn check_log_bytes(key: &str, bytes: u64) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A limit on many logs together (`max_run_log_bytes`, `max_total_log_bytes`): 0 for none, or
+/// at least 1 MiB, as one log's.
+fn check_log_budget(key: &str, bytes: u64) -> Result<(), ConfigError> {
+    match bytes {
+        0 => Ok(()),
+        _ => check_log_bytes(key, bytes),
+    }
+}
+
+/// `dispatcher.max_run_log_bytes`: sixteen logs at the default `max_log_bytes`.
+fn default_max_run_log_bytes() -> u64 {
+    2 << 30
+}
+
+/// `*.log_keep_free_bytes`: room for the run database, or the next checkout, on a full disk.
+fn default_log_keep_free_bytes() -> u64 {
+    2 << 30
+}
+
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),

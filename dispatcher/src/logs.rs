@@ -27,6 +27,7 @@ use broker::topology::LOGS_QUEUE;
 use broker::{Broker, Delivery};
 use config::DispatcherSettings;
 use proto_types::{ExecutorRole, LogChunk, Message};
+use run_logs::{Budget, Limit, RunLogs};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
@@ -54,6 +55,9 @@ struct Inner {
     store: crate::store::StoreLocation,
     root: PathBuf,
     max_bytes: u64,
+    /// What all logs together may take (`dispatcher.max_run_log_bytes`,
+    /// `max_total_log_bytes`, `log_keep_free_bytes`), and what they take.
+    budget: Mutex<RunLogs>,
     /// The job whose log just grew (or ended). Followers re-read the file; a follower that
     /// lags behind just looks again.
     grew: broadcast::Sender<Uuid>,
@@ -81,6 +85,34 @@ pub enum LogEnd {
     Complete,
     /// The log passed `dispatcher.max_log_bytes`; what followed was dropped.
     Truncated,
+    /// The run's logs, all logs, or the disk had no more room (`dispatcher.max_run_log_bytes`,
+    /// `max_total_log_bytes`, `log_keep_free_bytes`); what followed was dropped.
+    OverBudget(Limit),
+}
+
+impl LogEnd {
+    /// What the end marker and the page call it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogEnd::Complete => "complete",
+            LogEnd::Truncated => "truncated",
+            LogEnd::OverBudget(Limit::Run) => "truncated-run",
+            LogEnd::OverBudget(Limit::Total) => "truncated-total",
+            LogEnd::OverBudget(Limit::Disk) => "truncated-disk",
+        }
+    }
+
+    fn parse(state: &str) -> Option<LogEnd> {
+        [
+            LogEnd::Complete,
+            LogEnd::Truncated,
+            LogEnd::OverBudget(Limit::Run),
+            LogEnd::OverBudget(Limit::Total),
+            LogEnd::OverBudget(Limit::Disk),
+        ]
+        .into_iter()
+        .find(|end| end.as_str() == state)
+    }
 }
 
 /// Why a chunk could not be kept.
@@ -102,12 +134,37 @@ impl LogStore {
     /// The run database that says who may write a job's log, when it is not the SQLite file
     /// in the state directory.
     pub fn with_store(self, store: crate::store::StoreLocation) -> LogStore {
+        self.rebuilt(Some(store), None)
+    }
+
+    /// What all logs together may take (by default, as much as they like).
+    pub fn with_budget(self, budget: Budget) -> LogStore {
+        self.rebuilt(None, Some(budget))
+    }
+
+    /// The budget of `dispatcher`'s settings (0: no limit).
+    pub fn budget_of(settings: &DispatcherSettings) -> Budget {
+        Budget::from_settings(
+            settings.max_run_log_bytes,
+            settings.max_total_log_bytes,
+            settings.log_keep_free_bytes,
+        )
+    }
+
+    fn rebuilt(
+        self,
+        store: Option<crate::store::StoreLocation>,
+        budget: Option<Budget>,
+    ) -> LogStore {
+        let inner = &self.inner;
+        let budget = budget.unwrap_or_else(|| inner.lock_budget().budget());
         LogStore {
             inner: Arc::new(Inner {
-                store,
-                root: self.inner.root.clone(),
-                max_bytes: self.inner.max_bytes,
-                grew: self.inner.grew.clone(),
+                store: store.unwrap_or_else(|| inner.store.clone()),
+                root: inner.root.clone(),
+                max_bytes: inner.max_bytes,
+                budget: Mutex::new(RunLogs::new(inner.root.clone(), budget)),
+                grew: inner.grew.clone(),
             }),
         }
     }
@@ -115,10 +172,12 @@ impl LogStore {
     /// Logs under `state_dir/logs`, at most `max_bytes` per attempt.
     pub fn new(state_dir: &Path, max_bytes: u64) -> LogStore {
         let (grew, _) = broadcast::channel(1024);
+        let root = state_dir.join("logs");
         LogStore {
             inner: Arc::new(Inner {
                 store: crate::store::StoreLocation::state_dir(state_dir),
-                root: state_dir.join("logs"),
+                budget: Mutex::new(RunLogs::new(root.clone(), Budget::UNLIMITED)),
+                root,
                 max_bytes,
                 grew,
             }),
@@ -149,9 +208,16 @@ impl LogStore {
         check_worker_name(&chunk.worker).is_ok() && self.path_of(chunk).exists()
     }
 
-    /// Writes one chunk where it belongs (blocking file I/O).
+    /// Writes one chunk where it belongs (blocking file I/O). A chunk of a run whose logs
+    /// were deleted (pruned or evicted for room) is dropped: written, it would start the log
+    /// again from its middle.
     pub fn write(&self, chunk: &LogChunk) -> Result<(), LogError> {
         check_worker_name(&chunk.worker)?;
+        let mut budget = self.inner.lock_budget();
+        if budget.is_gone(chunk.run_id) {
+            tracing::debug!(run_id = %chunk.run_id, job_id = %chunk.job_id, "Dropping a log chunk of a run whose logs were deleted.");
+            return Ok(());
+        }
         let dir = self.job_dir(chunk.run_id, chunk.job_id);
         let path = self.path_of(chunk);
         let io = |err: std::io::Error| LogError::Io {
@@ -167,8 +233,15 @@ impl LogStore {
             .map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         let max = self.inner.max_bytes;
-        // Past the cap nothing more is kept, so nothing needs to wait for earlier bytes.
-        if chunk.offset > len && len < max {
+        // A log cut for want of room ends where it was cut, even once there is room again.
+        let ended = read_end(&path);
+        let cut_for_room = ended.and_then(|(end, length)| match end {
+            LogEnd::OverBudget(_) => Some(length),
+            _ => None,
+        });
+        let limit = max.min(cut_for_room.unwrap_or(u64::MAX));
+        // Past the limit nothing more is kept, so nothing needs to wait for earlier bytes.
+        if chunk.offset > len && len < limit {
             return Err(LogError::Early {
                 offset: chunk.offset,
                 len,
@@ -176,26 +249,59 @@ impl LogStore {
         }
         let bytes = chunk.text.as_bytes();
         let ends_at = chunk.offset.saturating_add(bytes.len() as u64);
-        let keep = max.saturating_sub(chunk.offset).min(bytes.len() as u64) as usize;
-        if keep > 0 {
-            file.seek(SeekFrom::Start(chunk.offset)).map_err(io)?;
-            file.write_all(&bytes[..keep]).map_err(io)?;
-        }
-        let cut = keep < bytes.len();
-        if chunk.end || cut {
-            let end = if cut || chunk.offset > max {
-                "truncated"
-            } else {
-                "complete"
-            };
-            if chunk.end || !end_marker(&path).exists() {
-                file.sync_data().map_err(io)?;
-                // With the length the log will have: an end overtaking a redelivered earlier
-                // chunk does not make a log read as complete before its bytes are there.
-                let length = ends_at.min(max);
-                std::fs::write(end_marker(&path), format!("{end} {length}")).map_err(io)?;
+        let mut keep = limit.saturating_sub(chunk.offset).min(bytes.len() as u64);
+        // What the log grows by: a chunk kept at all starts within the log (else it was early).
+        let growth = match keep {
+            0 => 0,
+            _ => (chunk.offset + keep).saturating_sub(len),
+        };
+        let mut short = None;
+        if growth > 0 {
+            let room = budget.room(chunk.run_id, growth, SystemTime::now());
+            for evicted in &room.evicted {
+                tracing::info!(
+                    run_id = %evicted.run_id,
+                    bytes = evicted.bytes,
+                    for_run = %chunk.run_id,
+                    "Deleted the logs of the run written longest ago, to make room."
+                );
+            }
+            if room.bytes < growth {
+                keep -= growth - room.bytes;
+                short = room.short;
+                tracing::warn!(
+                    run_id = %chunk.run_id,
+                    job_id = %chunk.job_id,
+                    limit = room.short.map_or("", Limit::as_str),
+                    "A job's log is cut: its run's logs, all logs or the disk have no more room."
+                );
             }
         }
+        if keep > 0 {
+            file.seek(SeekFrom::Start(chunk.offset)).map_err(io)?;
+            file.write_all(&bytes[..keep as usize]).map_err(io)?;
+            budget.wrote(
+                chunk.run_id,
+                (chunk.offset + keep).saturating_sub(len),
+                SystemTime::now(),
+            );
+        }
+        let cut = keep < bytes.len() as u64;
+        if cut_for_room.is_none() && (chunk.end || cut) {
+            let (end, length) = match short {
+                Some(limit) => (LogEnd::OverBudget(limit), chunk.offset + keep),
+                // With the length the log will have: an end overtaking a redelivered earlier
+                // chunk does not make a log read as complete before its bytes are there.
+                None if cut || chunk.offset > max => (LogEnd::Truncated, ends_at.min(max)),
+                None => (LogEnd::Complete, ends_at.min(max)),
+            };
+            if chunk.end || short.is_some() || ended.is_none() {
+                file.sync_data().map_err(io)?;
+                std::fs::write(end_marker(&path), format!("{} {length}", end.as_str()))
+                    .map_err(io)?;
+            }
+        }
+        drop(budget);
         let _ = self.inner.grew.send(chunk.job_id);
         Ok(())
     }
@@ -213,14 +319,9 @@ impl LogStore {
                 let (attempt, rest) = name.split_once('-')?;
                 let (stream, worker) = rest.split_once('-')?;
                 let metadata = entry.metadata().ok()?;
-                let marker = std::fs::read_to_string(end_marker(&path)).unwrap_or_default();
-                let (state, length) = marker.split_once(' ').unwrap_or((marker.as_str(), "0"));
-                let whole = length.parse::<u64>().is_ok_and(|l| metadata.len() >= l);
-                let end = match state {
-                    "complete" if whole => Some(LogEnd::Complete),
-                    "truncated" if whole => Some(LogEnd::Truncated),
-                    _ => None,
-                };
+                let end = read_end(&path)
+                    .filter(|(_, length)| metadata.len() >= *length)
+                    .map(|(end, _)| end);
                 Some(LogFile {
                     attempt: attempt.parse().ok()?,
                     stream: stream.parse().ok()?,
@@ -240,19 +341,13 @@ impl LogStore {
     /// Deletes the logs of runs not written to since `before` (blocking). Returns how many
     /// runs' logs went.
     pub fn prune(&self, before: SystemTime) -> usize {
-        let Ok(runs) = std::fs::read_dir(&self.inner.root) else {
-            return 0;
-        };
-        let mut pruned = 0;
-        for run in runs.flatten() {
-            let newest = newest_modification(&run.path());
-            if newest.is_some_and(|newest| newest < before)
-                && std::fs::remove_dir_all(run.path()).is_ok()
-            {
-                pruned += 1;
-            }
-        }
-        pruned
+        self.inner.lock_budget().prune_older_than(before)
+    }
+}
+
+impl Inner {
+    fn lock_budget(&self) -> std::sync::MutexGuard<'_, RunLogs> {
+        self.budget.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -289,6 +384,13 @@ fn end_marker(log: &Path) -> PathBuf {
     log.with_extension(END_SUFFIX)
 }
 
+/// How a log ended and the length it has then, from its end marker.
+fn read_end(log: &Path) -> Option<(LogEnd, u64)> {
+    let marker = std::fs::read_to_string(end_marker(log)).ok()?;
+    let (state, length) = marker.split_once(' ')?;
+    Some((LogEnd::parse(state)?, length.trim().parse().ok()?))
+}
+
 /// A worker's name becomes part of a file name: plain characters only.
 fn check_worker_name(worker: &str) -> Result<(), LogError> {
     let plain = !worker.is_empty()
@@ -305,19 +407,6 @@ fn check_worker_name(worker: &str) -> Result<(), LogError> {
              (letters, digits and ._@:- only, at most 128)"
         )))
     }
-}
-
-fn newest_modification(dir: &Path) -> Option<SystemTime> {
-    let mut newest = std::fs::metadata(dir).and_then(|m| m.modified()).ok();
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let modified = if entry.path().is_dir() {
-            newest_modification(&entry.path())
-        } else {
-            entry.metadata().and_then(|m| m.modified()).ok()
-        };
-        newest = newest.max(modified);
-    }
-    newest
 }
 
 /// Takes log chunks from the broker and writes them, until the broker goes away. A chunk that
@@ -652,6 +741,88 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(&listed[1].path).unwrap(),
             "second\n"
+        );
+    }
+
+    #[test]
+    fn a_runs_logs_past_max_run_log_bytes_are_cut_and_say_why_and_stay_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::new(dir.path(), 1 << 20).with_budget(Budget::from_settings(10, 0, 0));
+        logs.write(&chunk(0, "0123456789abc", false)).unwrap();
+        // Later chunks are dropped, not requeued, though they start past the log's end.
+        logs.write(&chunk(13, "more", false)).unwrap();
+        logs.write(&chunk(17, "", true)).unwrap();
+        let listed = logs.logs(Uuid::from_u128(1), Uuid::from_u128(2));
+        assert_eq!(listed[0].len, 10);
+        assert_eq!(listed[0].end, Some(LogEnd::OverBudget(Limit::Run)));
+        assert_eq!(
+            std::fs::read_to_string(&listed[0].path).unwrap(),
+            "0123456789"
+        );
+        // Another job of the same run has no room left either; another run has its own.
+        let other_job = LogChunk {
+            job_id: Uuid::from_u128(3),
+            ..chunk(0, "x", false)
+        };
+        logs.write(&other_job).unwrap();
+        let listed = logs.logs(Uuid::from_u128(1), Uuid::from_u128(3));
+        assert_eq!(
+            (listed[0].len, listed[0].end),
+            (0, Some(LogEnd::OverBudget(Limit::Run)))
+        );
+        let other_run = LogChunk {
+            run_id: Uuid::from_u128(4),
+            ..chunk(0, "x", true)
+        };
+        logs.write(&other_run).unwrap();
+        let listed = logs.logs(Uuid::from_u128(4), Uuid::from_u128(2));
+        assert_eq!((listed[0].len, listed[0].end), (1, Some(LogEnd::Complete)));
+    }
+
+    #[test]
+    fn an_idle_runs_logs_make_room_and_its_late_chunks_are_dropped_not_requeued() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::new(dir.path(), 1 << 20).with_budget(Budget::from_settings(0, 30, 0));
+        let old_run = Uuid::from_u128(9);
+        let old = LogChunk {
+            run_id: old_run,
+            ..chunk(0, "twenty bytes of log\n", false)
+        };
+        logs.write(&old).unwrap();
+        // Written an hour ago, as far as the files say, and counted from them.
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        let run_dir = dir.path().join("logs").join(old_run.to_string());
+        let job_dir = run_dir.join(Uuid::from_u128(2).to_string());
+        for path in [
+            &run_dir,
+            &job_dir,
+            &logs.logs(old_run, Uuid::from_u128(2))[0].path,
+        ] {
+            File::open(path).unwrap().set_modified(hour_ago).unwrap();
+        }
+        let logs = logs.with_budget(Budget::from_settings(0, 30, 0));
+
+        logs.write(&chunk(0, "another twenty bytes", false))
+            .unwrap();
+        assert!(!run_dir.exists(), "the idle run's logs went to make room");
+        assert_eq!(logs.logs(Uuid::from_u128(1), Uuid::from_u128(2))[0].len, 20);
+        logs.write(&LogChunk {
+            offset: 20,
+            ..old.clone()
+        })
+        .unwrap();
+        assert!(
+            !run_dir.exists(),
+            "a late chunk does not start the log again"
+        );
+
+        // Nothing idle is left: the writer's own log is cut at the total.
+        logs.write(&chunk(20, "and twenty more bytes", false))
+            .unwrap();
+        let listed = logs.logs(Uuid::from_u128(1), Uuid::from_u128(2));
+        assert_eq!(
+            (listed[0].len, listed[0].end),
+            (30, Some(LogEnd::OverBudget(Limit::Total)))
         );
     }
 

@@ -36,7 +36,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::clock::now_ms;
-use crate::logs::{self, LogEnd, LogStore};
+use crate::logs::{self, LogStore};
 use crate::store::{RunFilter, Store, StoreError, StoreLocation};
 
 pub(crate) use auth::Auth;
@@ -728,8 +728,7 @@ fn log_entries(logs: &[logs::LogFile], job_final: bool) -> Vec<LogEntry> {
             worker: log.worker.clone(),
             bytes: log.len,
             state: match log.end {
-                Some(LogEnd::Complete) => "complete",
-                Some(LogEnd::Truncated) => "truncated",
+                Some(end) => end.as_str(),
                 // An earlier log without its end was cut (a newer one exists).
                 None if job_final || i + 1 < logs.len() => "cut",
                 None => "streaming",
@@ -838,8 +837,7 @@ async fn job_stream(
             }
             // Caught up with the file.
             let ended = match newest.end {
-                Some(LogEnd::Complete) => Some("complete"),
-                Some(LogEnd::Truncated) => Some("truncated"),
+                Some(end) => Some(end.as_str()),
                 None if job_final(&web, job_id).await && quiet_since.elapsed() > CUT_AFTER => {
                     Some("cut")
                 }
@@ -1164,6 +1162,7 @@ fn reason_or(reason: &str, default: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::logs::LogEnd;
 
     #[test]
     fn log_states_follow_their_end_and_the_job() {
@@ -1181,6 +1180,23 @@ mod tests {
         assert_eq!(running[1].state, "streaming");
         let ended = log_entries(&[file(1, Some(LogEnd::Complete)), file(2, None)], true);
         assert_eq!((ended[0].state, ended[1].state), ("complete", "cut"));
+        let cut = log_entries(
+            &[
+                file(1, Some(LogEnd::Truncated)),
+                file(2, Some(LogEnd::OverBudget(run_logs::Limit::Run))),
+                file(3, Some(LogEnd::OverBudget(run_logs::Limit::Disk))),
+            ],
+            true,
+        );
+        let states: Vec<&str> = cut.iter().map(|entry| entry.state).collect();
+        assert_eq!(states, ["truncated", "truncated-run", "truncated-disk"]);
+        // The page has words for each of them.
+        for state in ["truncated-run", "truncated-total", "truncated-disk"] {
+            assert!(
+                include_str!("web/app.js").contains(&format!("\"{state}\":")),
+                "{state}"
+            );
+        }
     }
 
     /// A GET of `path` with `headers`, over a plain socket: the body.

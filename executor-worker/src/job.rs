@@ -35,6 +35,8 @@ pub(crate) struct Worker<'a> {
     pub(crate) settings: &'a WorkerSettings,
     pub(crate) workspace: &'a Workspace,
     pub(crate) metrics: &'a telemetry::Metrics,
+    /// The worker's log directory and what its logs may take.
+    pub(crate) run_logs: &'a work::RunLogsHandle,
 }
 
 /// A message on the worker's private queue.
@@ -183,7 +185,14 @@ impl Worker<'_> {
                 )
             });
         let written = log_stream.as_ref().map(|stream| stream.written.clone());
-        let work = work::run(self.settings, self.workspace, &job, stop_rx, written);
+        let work = work::run(
+            self.settings,
+            self.workspace,
+            self.run_logs,
+            &job,
+            stop_rx,
+            written,
+        );
         tokio::pin!(work);
         let finished = loop {
             tokio::select! {

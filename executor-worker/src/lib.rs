@@ -68,6 +68,9 @@ pub struct WorkerSettings {
     /// Runs' logs not written for this long are deleted (`executor.log_retention_days`);
     /// `None` keeps them.
     pub log_retention: Option<Duration>,
+    /// What all logs in `log_dir` may take (`executor.max_total_log_bytes`,
+    /// `log_keep_free_bytes`).
+    pub log_budget: run_logs::Budget,
     pub tf_binary: Option<String>,
     pub repositories: Vec<Repository>,
     /// The role's identity, for every job it runs: the account's `plan_credentials` for a plan
@@ -184,6 +187,11 @@ impl WorkerSettings {
             log_retention: (config.executor.log_retention_days > 0).then(|| {
                 Duration::from_secs(config.executor.log_retention_days.saturating_mul(86_400))
             }),
+            log_budget: run_logs::Budget::from_settings(
+                0,
+                config.executor.max_total_log_bytes,
+                config.executor.log_keep_free_bytes,
+            ),
             tf_binary: config.executor.tf_binary.clone(),
             repositories: config.repositories.clone(),
             credentials: config
@@ -337,6 +345,7 @@ pub async fn run(
         workspace::PrivateDir::Logs,
         settings.tools.user,
     )?;
+    let run_logs = work::RunLogsHandle::new(&settings.log_dir, settings.log_budget);
     metrics::register(&ops.metrics);
     broker
         .ensure_topology(&Topology::new([settings.account.clone()]))
@@ -355,7 +364,7 @@ pub async fn run(
     let mut draining = false;
     let mut next_prune = std::time::Instant::now();
     while !draining {
-        prune_logs_if_due(&settings, &mut next_prune).await;
+        prune_logs_if_due(&settings, &run_logs, &mut next_prune).await;
         let delivery = tokio::select! {
             biased;
             () = &mut shutdown => break,
@@ -369,6 +378,7 @@ pub async fn run(
             settings: &settings,
             workspace: &workspace,
             metrics: &ops.metrics,
+            run_logs: &run_logs,
         };
         draining = worker.handle(delivery, &mut replies, &mut shutdown).await?;
     }
@@ -407,7 +417,11 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Deletes runs' logs past `executor.log_retention_days`: at start, then after a job once
 /// [`PRUNE_EVERY`] has passed (an idle worker writes no logs). Off the async threads.
-async fn prune_logs_if_due(settings: &WorkerSettings, next: &mut std::time::Instant) {
+async fn prune_logs_if_due(
+    settings: &WorkerSettings,
+    run_logs: &work::RunLogsHandle,
+    next: &mut std::time::Instant,
+) {
     let Some(keep) = settings.log_retention else {
         return;
     };
@@ -415,12 +429,12 @@ async fn prune_logs_if_due(settings: &WorkerSettings, next: &mut std::time::Inst
         return;
     }
     *next = std::time::Instant::now() + PRUNE_EVERY;
-    let dir = settings.log_dir.clone();
+    let run_logs = run_logs.clone();
     let before = std::time::SystemTime::now()
         .checked_sub(keep)
         .unwrap_or(std::time::UNIX_EPOCH);
     if let Ok(pruned @ 1..) =
-        tokio::task::spawn_blocking(move || work::prune_logs(&dir, before)).await
+        tokio::task::spawn_blocking(move || run_logs.lock().prune_older_than(before)).await
     {
         tracing::info!(
             runs = pruned,

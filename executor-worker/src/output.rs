@@ -10,6 +10,10 @@ use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
+use run_logs::Limit;
+
+use crate::work::RunLogsHandle;
+
 /// Bytes kept from the start of the output.
 const HEAD_BYTES: usize = 256 * 1024;
 /// Bytes kept from the end of the output.
@@ -32,6 +36,11 @@ pub(crate) struct JobOutput {
     file_room: u64,
     /// The limit, for the line that says it was reached.
     file_limit: u64,
+    /// The worker's log directory, which must have room for each write, and the job's run.
+    run_logs: Option<(RunLogsHandle, uuid::Uuid)>,
+    /// Bytes claimed from `run_logs` and not written yet: room is claimed a block at a time,
+    /// not a line at a time.
+    claimed: u64,
     /// Told after every write to the file: the log stream follows it.
     written: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
@@ -50,6 +59,8 @@ impl JobOutput {
             file: None,
             file_room: u64::MAX,
             file_limit: u64::MAX,
+            run_logs: None,
+            claimed: 0,
             written: None,
         };
         if let Some(path) = log {
@@ -73,6 +84,18 @@ impl JobOutput {
     pub(crate) fn with_log_limit(mut self, max: u64) -> JobOutput {
         self.file_room = max;
         self.file_limit = max;
+        self
+    }
+
+    /// Writes to the log file only what the worker's log directory has room for
+    /// (`executor.max_total_log_bytes`, `log_keep_free_bytes`), counting it to `run_id`;
+    /// older runs' logs are deleted to make room. Past that, a line says why.
+    pub(crate) fn with_run_logs(
+        mut self,
+        run_logs: RunLogsHandle,
+        run_id: uuid::Uuid,
+    ) -> JobOutput {
+        self.run_logs = Some((run_logs, run_id));
         self
     }
 
@@ -125,18 +148,37 @@ impl JobOutput {
         let text = self.redact(&String::from_utf8_lossy(bytes));
         if let Some(file) = &mut self.file {
             let length = text.len() as u64;
-            let written = if length > self.file_room {
-                // Whole lines only, then the reason: a reader of the file sees where it ends.
-                let _ = file.write_all(
-                    format!(
-                        "\n(the log reached executor.max_log_bytes = {} bytes: the rest of the output is not written to this file; its end is in the job's result)\n",
-                        self.file_limit
-                    )
-                    .as_bytes(),
-                );
-                false
+            let full = if length > self.file_room {
+                Some(format!(
+                    "executor.max_log_bytes = {} bytes",
+                    self.file_limit
+                ))
+            } else if let Some((run_logs, run_id)) = &self.run_logs
+                && length > self.claimed
+            {
+                match claim(run_logs, *run_id, length - self.claimed) {
+                    Ok(claimed) => {
+                        self.claimed += claimed;
+                        None
+                    }
+                    Err(limit) => Some(limit),
+                }
             } else {
-                file.write_all(text.as_bytes()).is_ok()
+                None
+            };
+            self.claimed = self.claimed.saturating_sub(length);
+            let written = match full {
+                // Whole lines only, then the reason: a reader of the file sees where it ends.
+                Some(limit) => {
+                    let _ = file.write_all(
+                        format!(
+                            "\n(the log reached {limit}: the rest of the output is not written to this file; its end is in the job's result)\n"
+                        )
+                        .as_bytes(),
+                    );
+                    false
+                }
+                None => file.write_all(text.as_bytes()).is_ok(),
             };
             if written {
                 self.file_room -= length;
@@ -162,6 +204,42 @@ impl JobOutput {
         }
         self.bounded.finish()
     }
+}
+
+/// Room in the log directory is claimed this many bytes at a time (or what a line needs):
+/// a lock and a look at the budget per block, not per line. A job's logs are counted at most
+/// this much too high.
+const CLAIM_BLOCK: u64 = 64 * 1024;
+
+/// Claims at least `needed` bytes of the worker's log directory for `run_id` (a block, where
+/// there is room for one), deleting older runs' logs if need be. The bytes claimed, or the
+/// limit that refused them.
+fn claim(run_logs: &RunLogsHandle, run_id: uuid::Uuid, needed: u64) -> Result<u64, String> {
+    let now = std::time::SystemTime::now();
+    let mut logs = run_logs.lock();
+    let room = logs.room(run_id, needed.max(CLAIM_BLOCK), now);
+    for evicted in &room.evicted {
+        tracing::info!(
+            run_id = %evicted.run_id,
+            bytes = evicted.bytes,
+            "Deleted the logs of the run written longest ago, to make room."
+        );
+    }
+    if room.bytes < needed {
+        let budget = logs.budget();
+        return Err(match room.short {
+            Some(Limit::Disk) => format!(
+                "executor.log_keep_free_bytes: the last {} bytes of the disk stay free",
+                budget.keep_free
+            ),
+            _ => format!(
+                "executor.max_total_log_bytes = {} bytes for all job logs",
+                budget.total
+            ),
+        });
+    }
+    logs.wrote(run_id, room.bytes, now);
+    Ok(room.bytes)
 }
 
 /// Shortest encoded form worth redacting: shorter fragments would match ordinary text.
@@ -290,6 +368,46 @@ mod tests {
         let text = output.finish();
         assert_eq!(text, "key = ***\nlonger = ***\ntail without newline ***");
         assert_eq!(std::fs::read_to_string(&log).unwrap(), text);
+    }
+
+    #[test]
+    fn a_full_log_directory_deletes_older_runs_logs_then_cuts_this_one_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let old_run = uuid::Uuid::from_u128(1);
+        let old = dir.path().join(old_run.to_string());
+        std::fs::create_dir(&old).unwrap();
+        std::fs::write(old.join("job-1.log"), [b'x'; 100]).unwrap();
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for path in [old.join("job-1.log"), old.clone()] {
+            File::open(path).unwrap().set_modified(hour_ago).unwrap();
+        }
+        let run_logs = RunLogsHandle::new(dir.path(), run_logs::Budget::from_settings(0, 150, 0));
+        let run_id = uuid::Uuid::from_u128(2);
+        let log = dir.path().join(run_id.to_string()).join("job-1.log");
+        let mut output =
+            JobOutput::new(Vec::new(), Some(&log)).with_run_logs(run_logs.clone(), run_id);
+        // 8 bytes a line: the old run's 100 bytes go for the first; 18 lines fit in 150.
+        for n in 0..50 {
+            output.push_str(&format!("line {n:02}\n"));
+        }
+        let text = output.finish();
+        assert!(!old.exists(), "the run written longest ago made room");
+        let file = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            file.starts_with("line 00\n")
+                && file.contains("line 17\n")
+                && !file.contains("line 18"),
+            "{file}"
+        );
+        assert!(
+            file.ends_with(
+                "(the log reached executor.max_total_log_bytes = 150 bytes for all job logs: the rest of the output is not written to this file; its end is in the job's result)\n"
+            ),
+            "{file}"
+        );
+        // Claimed a block at a time: the room given, not the 144 bytes written, is counted.
+        assert_eq!(run_logs.lock().total_bytes(), 150);
+        assert!(text.ends_with("line 49\n"), "{text}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use proto_types::{Action, ExecutorRole, Job, JobOutcome, JobStatus, PolicyReport};
+use run_logs::RunLogs;
 use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
@@ -34,43 +35,28 @@ pub(crate) fn log_path(settings: &WorkerSettings, job: &Job) -> PathBuf {
         .join(format!("{}-{}.log", job.job_id, job.attempt))
 }
 
-/// Deletes the logs of runs not written to since `before` (blocking); how many runs' logs
-/// went. Only a run's directory (named by its id) goes: whatever else an operator keeps in
-/// the log directory stays. Symbolic links are neither followed nor deleted through.
-pub(crate) fn prune_logs(log_dir: &Path, before: std::time::SystemTime) -> usize {
-    let Ok(runs) = std::fs::read_dir(log_dir) else {
-        return 0;
-    };
-    let mut pruned = 0;
-    for run in runs.flatten() {
-        let Ok(meta) = run.metadata() else {
-            continue;
-        };
-        let named_by_a_run = run
-            .file_name()
-            .to_str()
-            .is_some_and(|name| name.parse::<uuid::Uuid>().is_ok());
-        if !meta.is_dir() || !named_by_a_run {
-            continue;
-        }
-        let path = run.path();
-        let newest = std::fs::read_dir(&path)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|log| log.metadata().and_then(|meta| meta.modified()).ok())
-            .chain(meta.modified().ok())
-            .max();
-        if newest.is_some_and(|newest| newest < before) && std::fs::remove_dir_all(&path).is_ok() {
-            pruned += 1;
-        }
+/// The worker's log directory, shared by the job being run (which writes) and the hourly
+/// pruning: the sizes of its runs' logs, and the room they may take (`run_logs`).
+#[derive(Debug, Clone)]
+pub(crate) struct RunLogsHandle(Arc<std::sync::Mutex<RunLogs>>);
+
+impl RunLogsHandle {
+    pub(crate) fn new(log_dir: &Path, budget: run_logs::Budget) -> RunLogsHandle {
+        RunLogsHandle(Arc::new(std::sync::Mutex::new(RunLogs::new(
+            log_dir, budget,
+        ))))
     }
-    pruned
+
+    /// Blocks on the file system while held: only off the async threads, or for a write.
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, RunLogs> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 pub(crate) async fn run(
     settings: &WorkerSettings,
     workspace: &Workspace,
+    run_logs: &RunLogsHandle,
     job: &Job,
     mut stop: watch::Receiver<Option<Stop>>,
     log_written: Option<Arc<Notify>>,
@@ -80,6 +66,7 @@ pub(crate) async fn run(
     let log = (job.action != Action::Noop).then(|| log_path(settings, job));
     let mut output = JobOutput::new(Vec::new(), log.as_deref())
         .with_log_limit(settings.max_log_bytes)
+        .with_run_logs(run_logs.clone(), job.run_id)
         .notifying(log_written);
     output.push_str(&format!(
         "pipelines: {} {} ({} at {}), attempt {}, on {}\n",
@@ -514,6 +501,9 @@ mod tests {
         std::fs::write(logs.path().join("stray"), "").unwrap();
         age(&logs.path().join("stray"), 90);
         let month_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86_400);
+        let prune_logs = |dir: &Path, before| {
+            RunLogs::new(dir, run_logs::Budget::UNLIMITED).prune_older_than(before)
+        };
         assert_eq!(prune_logs(logs.path(), month_ago), 1);
         let mut left: Vec<String> = std::fs::read_dir(logs.path())
             .unwrap()

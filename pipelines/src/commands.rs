@@ -215,7 +215,8 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     };
     let mut components: JoinSet<anyhow::Result<()>> = JoinSet::new();
     // The run ends with the command: its state needs no file, unless the web page reads it.
-    let logs = LogStore::new(work_dir.path(), config.dispatcher.max_log_bytes);
+    let logs = LogStore::new(work_dir.path(), config.dispatcher.max_log_bytes)
+        .with_budget(LogStore::budget_of(&config.dispatcher));
     let web = WebLink::default();
     let store = match &args.web {
         Some(_) => Store::open(work_dir.path())?,

@@ -69,8 +69,9 @@ pub(crate) async fn dispatch(args: DispatchArgs) -> anyhow::Result<Outcome> {
         None => None,
     };
     // The logs and the web page outlive reconnections too.
-    let logs =
-        LogStore::new(&state_dir, config.dispatcher.max_log_bytes).with_store(location.clone());
+    let logs = LogStore::new(&state_dir, config.dispatcher.max_log_bytes)
+        .with_store(location.clone())
+        .with_budget(LogStore::budget_of(&config.dispatcher));
     let web = WebLink::default();
     if let Some(address) = &config.dispatcher.web_address {
         let served = dispatcher::web::serve(

@@ -54,6 +54,9 @@ function followLog(pre) {
       streaming: "streaming live…",
       complete: "complete",
       truncated: "truncated: the log passed the dispatcher's size limit",
+      "truncated-run": "truncated: its run's logs reached the dispatcher's limit for one run",
+      "truncated-total": "truncated: all logs reached the dispatcher's limit",
+      "truncated-disk": "truncated: the dispatcher's disk is kept from filling up",
       cut: "cut: its worker stopped before sending the rest",
       none: "no log: the job never ran on a worker that streams logs",
     };
