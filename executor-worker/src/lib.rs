@@ -32,6 +32,7 @@ mod pipe;
 pub mod plan_summary;
 pub mod policy;
 mod runner;
+mod shared_temp;
 pub mod supervisor;
 mod work;
 pub mod workspace;

@@ -16,6 +16,7 @@ use tracing::Instrument;
 use crate::output::JobOutput;
 use crate::policy::PlanContext;
 use crate::runner::{self, Launch, PolicyCheck, Stop};
+use crate::shared_temp;
 use crate::workspace::{JobDir, Workspace};
 use crate::{ToolSettings, WorkerSettings, checks, credentials};
 
@@ -188,9 +189,15 @@ async fn prepare_and_run(
     }
     // Nothing of an earlier job may meet this one. Its clean-up below does not run when the
     // job is dropped (the broker went away mid-job) or the worker is killed, so what such a
-    // job's tools left running, and its directory, go now.
+    // job's tools left running, in the shared temporary directories, and its directory, go
+    // now.
     if let Some(user) = settings.tools.user {
         output.push_str(&runner::kill_all_of(user.uid).await.note("an earlier job"));
+        output.push_str(
+            &shared_temp::remove_left_by(user.uid)
+                .await
+                .note("an earlier job"),
+        );
     }
     let leftovers = workspace.remove_leftover_jobs().await;
     if leftovers > 0 {
@@ -248,11 +255,14 @@ async fn prepare_and_run(
         }),
         Err(Interrupted::Failed(status, message)) => Err((status, message)),
     };
-    // Nothing of a job outlives it: not a process its tools left behind, not its files (the
-    // processes first, so that none writes into the directory while it is removed).
+    // Nothing of a job outlives it: not a process its tools left behind, not its files,
+    // here or in /tmp and /dev/shm (the processes first, so that none writes while its files
+    // are removed).
     if let Some(user) = settings.tools.user {
         let killed = runner::kill_all_of(user.uid).await;
         output.push_str(&killed.note("the job's tools"));
+        let removed = shared_temp::remove_left_by(user.uid).await;
+        output.push_str(&removed.note("the job's tools"));
     }
     workspace.remove(&workspace.job_dir(job.job_id)).await;
     result

@@ -779,4 +779,28 @@ fn systemd_units_run_the_documented_commands_and_drain_within_their_stop_timeout
         .find_map(|line| line.strip_prefix("TimeoutStopSec="))
         .unwrap();
     assert!(stop.parse::<u64>().unwrap() >= 600 + 30);
+
+    // What a plan's code may reach of the host stays bounded.
+    for directive in [
+        "PrivateTmp=yes",
+        "PrivateIPC=yes",
+        "RestrictNamespaces=yes",
+        "ProtectKernelModules=yes",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+    ] {
+        assert!(
+            executor.lines().any(|line| line == directive),
+            "the executor unit lacks {directive}"
+        );
+    }
+    let tasks: u64 = executor
+        .lines()
+        .find_map(|line| line.strip_prefix("TasksMax="))
+        .and_then(|tasks| tasks.parse().ok())
+        .expect("TasksMax");
+    assert!(
+        tasks > 4096,
+        "TasksMax={tasks} leaves the worker no room beside its tools"
+    );
 }

@@ -164,7 +164,13 @@ for w in {mirrors}; do
   say "== leave a file in $w/jobs"
   echo evil > "$w/jobs/left-by-a-plan" 2>>"$R" && say "LEFT a file in $w/jobs" || say "denied: $w/jobs"
 done
-echo evil > /tmp/left-by-a-plan-$(id -u) 2>/dev/null
+# Files in the shared temporary directories; shared memory holds 4 MiB of the host's until
+# it is deleted.
+u=$(id -u)
+echo evil > /tmp/left-by-a-plan-$u && mkdir -p /var/tmp/left-by-a-plan-$u \
+  && echo evil > /var/tmp/left-by-a-plan-$u/inside \
+  && head -c 4194304 /dev/zero > /dev/shm/left-by-a-plan-$u \
+  && say "wrote to /tmp, /var/tmp and /dev/shm" || say "could not write to the shared temporary directories"
 setsid sleep 600 < /dev/null > /dev/null 2>&1 &
 # Another takes terraform's own output (the job's pipe, the worker's) and holds it open.
 /usr/bin/python3 - "$PPID" >> "$R" 2>&1 <<'PY'
@@ -250,8 +256,12 @@ fn a_pull_request_provider_finds_no_secret_and_leaves_nothing_for_the_next_apply
         .prefix("untrusted-report-")
         .tempdir()
         .unwrap();
-    std::fs::set_permissions(report_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    // The tool user appends to a file it does not own: whatever it owns in /tmp is deleted
+    // when its job ends.
+    std::fs::set_permissions(report_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let report = report_dir.path().join("report.txt");
+    std::fs::write(&report, "").unwrap();
+    std::fs::set_permissions(&report, std::fs::Permissions::from_mode(0o666)).unwrap();
 
     let credentials = |name: &str, file: &Path, variable: &str| {
         format!(
@@ -348,8 +358,8 @@ fn a_pull_request_provider_finds_no_secret_and_leaves_nothing_for_the_next_apply
         .unwrap_or_else(|| panic!("{detail:#?}"));
     assert_eq!(evil.worker.as_deref(), Some("dev-plan-1"), "{detail:#?}");
 
-    let said = std::fs::read_to_string(&report)
-        .unwrap_or_else(|err| panic!("the provider never ran ({err}): {detail:#?}"));
+    let said = std::fs::read_to_string(&report).unwrap();
+    assert!(!said.is_empty(), "the provider never ran: {detail:#?}");
     // A process holding terraform's output kept neither the job nor the worker waiting: what
     // the plan step left running was killed as the step ended, and the job's log says so.
     // (Where Yama restricts ptrace, `pidfd_getfd` on a parent is refused: nothing was held.)
@@ -432,6 +442,19 @@ fn a_pull_request_provider_finds_no_secret_and_leaves_nothing_for_the_next_apply
         .flatten()
         .collect();
     assert!(jobs.is_empty(), "{jobs:?}");
+    // So is what it left in the shared temporary directories, removed before the outcome.
+    assert!(
+        said.contains("wrote to /tmp, /var/tmp and /dev/shm"),
+        "{said}"
+    );
+    for dir in ["/tmp", "/var/tmp", "/dev/shm"] {
+        let left = Path::new(dir).join(format!("left-by-a-plan-{PLAN_TOOL_USER}"));
+        assert!(
+            std::fs::symlink_metadata(&left).is_err(),
+            "{} outlived the plan",
+            left.display()
+        );
+    }
 
     // The next apply in the account, on this machine, runs clean.
     let push = orchestrate(
@@ -458,7 +481,6 @@ fn a_pull_request_provider_finds_no_secret_and_leaves_nothing_for_the_next_apply
         assert!(!hooks.exists(), "{}", hooks.display());
     }
     deployment.assert_running();
-    let _ = std::fs::remove_file(format!("/tmp/left-by-a-plan-{PLAN_TOOL_USER}"));
     drop(deployment);
 }
 

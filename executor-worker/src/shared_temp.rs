@@ -1,0 +1,190 @@
+//! What a job's tools leave in the host's shared temporary directories (`/tmp`, `/var/tmp`,
+//! `/dev/shm`, `/dev/mqueue`): removed when the job ends, and again before the next starts.
+//!
+//! Tools get a `TMPDIR` and a `HOME` inside the job's directory, which go with the job. But a
+//! plan's code may write wherever its user may: a file in `/dev/shm` holds memory until it is
+//! deleted (half the host's, by default), one in `/tmp` fills that disk, and either outlives
+//! the job for the next job of the same tool user to find. With a tool user, every entry that
+//! user owns in those directories is an earlier job's: one worker runs one job at a time, each
+//! worker has a tool user of its own (see `deploy/`), and its processes are killed before the
+//! worker looks, so none is writing.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Where any user may write, outside the job's directory.
+pub(crate) const SHARED_TEMP_DIRS: &[&str] = &["/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue"];
+
+/// How deep [`remove_entries_of`] looks through other users' world-writable directories
+/// (`/tmp/.X11-unix`, say), where the tool user could have written too.
+const MAX_DEPTH: usize = 4;
+
+/// What [`remove_entries_of`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Removed {
+    /// Entries (files, links, whole directories) of the tool user that were removed.
+    pub(crate) removed: Vec<PathBuf>,
+    /// Entries that could not be, with why.
+    pub(crate) failed: Vec<(PathBuf, String)>,
+}
+
+impl Removed {
+    /// What to add to the job's output: nothing when nothing was there.
+    pub(crate) fn note(&self, left_by: &str) -> String {
+        let mut note = String::new();
+        if !self.removed.is_empty() {
+            let shown: Vec<String> = self
+                .removed
+                .iter()
+                .take(5)
+                .map(|path| path.display().to_string())
+                .collect();
+            let more = self.removed.len().saturating_sub(shown.len());
+            note.push_str(&format!(
+                "(removed {} file(s) or directory(ies) {left_by} left in the shared temporary directories: {}{})\n",
+                self.removed.len(),
+                shown.join(", "),
+                if more > 0 { format!(" and {more} more") } else { String::new() }
+            ));
+        }
+        for (path, why) in &self.failed {
+            tracing::warn!(path = %path.display(), why, "Cannot remove what a tool user left in a shared temporary directory.");
+            note.push_str(&format!(
+                "(warning: cannot remove {}, left by the tool user: {why})\n",
+                path.display()
+            ));
+        }
+        note
+    }
+}
+
+/// Removes every entry `uid` owns in `dirs`, and in other users' world-writable directories
+/// among them, without following a symbolic link (blocking). A directory of `uid` goes whole.
+pub(crate) fn remove_entries_of(uid: u32, dirs: &[&Path]) -> Removed {
+    let mut removed = Removed::default();
+    for dir in dirs {
+        sweep(uid, dir, 0, &mut removed);
+    }
+    removed
+}
+
+fn sweep(uid: u32, dir: &Path, depth: usize, removed: &mut Removed) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        // `DirEntry::metadata` does not follow a symbolic link: a link is the link's.
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        if meta.uid() == uid {
+            // `remove_dir_all` does not follow links either, nor races with a swap of one.
+            let gone = if meta.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            match gone {
+                Ok(()) => removed.removed.push(path),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => removed.failed.push((path, err.to_string())),
+            }
+        } else if meta.is_dir() && meta.permissions().mode() & 0o002 != 0 && depth < MAX_DEPTH {
+            sweep(uid, &path, depth + 1, removed);
+        }
+    }
+}
+
+/// [`remove_entries_of`] in [`SHARED_TEMP_DIRS`], off the async threads.
+pub(crate) async fn remove_left_by(uid: u32) -> Removed {
+    tokio::task::spawn_blocking(move || {
+        let dirs: Vec<&Path> = SHARED_TEMP_DIRS.iter().map(Path::new).collect();
+        remove_entries_of(uid, &dirs)
+    })
+    .await
+    .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::lchown;
+
+    const TOOLS: u32 = 61_017;
+    const OTHER: u32 = 61_018;
+
+    fn owned(path: &Path, uid: u32) -> &Path {
+        lchown(path, Some(uid), Some(uid)).expect("chown (the tests run as root)");
+        path
+    }
+
+    #[test]
+    fn what_the_tool_user_left_goes_and_nothing_of_anyone_else() {
+        let temp = tempfile::tempdir().unwrap();
+        let shm = tempfile::tempdir().unwrap();
+        let at = |name: &str| temp.path().join(name);
+        // The tool user's: a file, a directory with others' files inside, and a link to
+        // someone else's precious directory.
+        std::fs::write(at("plan-dropped"), "x").unwrap();
+        owned(&at("plan-dropped"), TOOLS);
+        std::fs::create_dir(at("plan-dir")).unwrap();
+        std::fs::write(at("plan-dir/inside"), "x").unwrap();
+        owned(&at("plan-dir"), TOOLS);
+        let precious = tempfile::tempdir().unwrap();
+        std::fs::write(precious.path().join("keep"), "x").unwrap();
+        std::os::unix::fs::symlink(precious.path(), at("plan-link")).unwrap();
+        owned(&at("plan-link"), TOOLS);
+        std::fs::write(shm.path().join("segment"), vec![0u8; 4096]).unwrap();
+        owned(&shm.path().join("segment"), TOOLS);
+        // Someone else's: a file, and a world-writable directory holding one of each.
+        std::fs::write(at("theirs"), "x").unwrap();
+        owned(&at("theirs"), OTHER);
+        std::fs::create_dir(at("shared")).unwrap();
+        std::fs::set_permissions(at("shared"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        std::fs::write(at("shared/plan-socket"), "x").unwrap();
+        owned(&at("shared/plan-socket"), TOOLS);
+        std::fs::write(at("shared/their-socket"), "x").unwrap();
+        // A directory of someone else's, not world-writable: not looked into.
+        std::fs::create_dir(at("private")).unwrap();
+        std::fs::set_permissions(at("private"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(at("private/odd"), "x").unwrap();
+        owned(&at("private/odd"), TOOLS);
+
+        let removed = remove_entries_of(TOOLS, &[temp.path(), shm.path()]);
+
+        let mut gone = removed.removed.clone();
+        gone.sort();
+        let mut expected = vec![
+            at("plan-dir"),
+            at("plan-dropped"),
+            at("plan-link"),
+            at("shared/plan-socket"),
+            shm.path().join("segment"),
+        ];
+        expected.sort();
+        assert_eq!(gone, expected);
+        assert!(removed.failed.is_empty(), "{:?}", removed.failed);
+        for path in expected {
+            assert!(
+                std::fs::symlink_metadata(&path).is_err(),
+                "{}",
+                path.display()
+            );
+        }
+        assert!(
+            precious.path().join("keep").exists(),
+            "a link is not followed"
+        );
+        assert!(at("theirs").exists() && at("shared/their-socket").exists());
+        assert!(at("private/odd").exists());
+        let note = removed.note("an earlier job");
+        assert!(
+            note.starts_with("(removed 5 file(s) or directory(ies) an earlier job left"),
+            "{note}"
+        );
+
+        assert_eq!(remove_entries_of(TOOLS, &[temp.path()]), Removed::default());
+        assert_eq!(Removed::default().note("x"), "");
+    }
+}
