@@ -208,18 +208,26 @@ impl LogStore {
         check_worker_name(&chunk.worker).is_ok() && self.path_of(chunk).exists()
     }
 
-    /// Writes one chunk where it belongs (blocking file I/O). A chunk of a run whose logs
-    /// were deleted (pruned or evicted for room) is dropped: written, it would start the log
-    /// again from its middle.
+    /// Marks a run's logs to be deleted for room only after every other run's (a push's, whose
+    /// applies are the audit trail; blocking).
+    pub fn keep_longer(&self, run_id: Uuid) {
+        self.inner
+            .lock_budget()
+            .keep_longer(run_id, SystemTime::now());
+    }
+
+    /// Writes one chunk where it belongs (blocking file I/O). A chunk from the middle of a log
+    /// that was deleted (its run's logs pruned or evicted for room) is dropped: written, it
+    /// would start the log again with a hole. A new log of such a run starts as any other.
     pub fn write(&self, chunk: &LogChunk) -> Result<(), LogError> {
         check_worker_name(&chunk.worker)?;
         let mut budget = self.inner.lock_budget();
-        if budget.is_gone(chunk.run_id) {
-            tracing::debug!(run_id = %chunk.run_id, job_id = %chunk.job_id, "Dropping a log chunk of a run whose logs were deleted.");
-            return Ok(());
-        }
         let dir = self.job_dir(chunk.run_id, chunk.job_id);
         let path = self.path_of(chunk);
+        if chunk.offset > 0 && budget.is_gone(chunk.run_id) && !path.exists() {
+            tracing::debug!(run_id = %chunk.run_id, job_id = %chunk.job_id, "Dropping a log chunk of a log that was deleted.");
+            return Ok(());
+        }
         let io = |err: std::io::Error| LogError::Io {
             path: path.clone(),
             reason: err.to_string(),
@@ -232,6 +240,8 @@ impl LogStore {
             .open(&path)
             .map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
+        // Counted (and so pruned and evicted) from its first file on, room or not.
+        budget.wrote(chunk.run_id, 0, SystemTime::now());
         let max = self.inner.max_bytes;
         // A log cut for want of room ends where it was cut, even once there is room again.
         let ended = read_end(&path);
@@ -387,7 +397,8 @@ fn end_marker(log: &Path) -> PathBuf {
 /// How a log ended and the length it has then, from its end marker.
 fn read_end(log: &Path) -> Option<(LogEnd, u64)> {
     let marker = std::fs::read_to_string(end_marker(log)).ok()?;
-    let (state, length) = marker.split_once(' ')?;
+    // Markers written before 2026-12-04 hold the state alone.
+    let (state, length) = marker.split_once(' ').unwrap_or((marker.as_str(), "0"));
     Some((LogEnd::parse(state)?, length.trim().parse().ok()?))
 }
 
@@ -495,22 +506,23 @@ impl Writers {
 /// database names it as the holder of the job's current attempt (or as the worker that
 /// reported its outcome). Like job events, a worker speaks only for jobs it was granted; and
 /// with `executor_users` set, `user` (the broker user RabbitMQ checked) must be the one of the
-/// job's account and role, for every chunk: a log once started is no open door.
+/// job's account and role, for every chunk: a log once started is no open door. Admitted, the
+/// job's role when it was looked up (always at a log's first chunk).
 fn admit(
     logs: &LogStore,
     writers: &Writers,
     chunk: &LogChunk,
     user: Option<&str>,
     senders: &DispatcherSettings,
-) -> Result<(), LogError> {
+) -> Result<Option<ExecutorRole>, LogError> {
     let bound_to_users = senders.executor_users.is_some();
     let started = logs.started(chunk);
     if started {
         if !bound_to_users {
-            return Ok(());
+            return Ok(None);
         }
         if let Some(owner) = writers.remembered(chunk.job_id) {
-            return check_owner(&owner, chunk, user, senders);
+            return check_owner(&owner, chunk, user, senders).map(|()| Some(owner.role));
         }
     }
     let Some(job) = writers.read(chunk.job_id)? else {
@@ -524,7 +536,7 @@ fn admit(
     check_owner(&owner, chunk, user, senders)?;
     let holder = job.attempt == chunk.attempt && job.worker.as_deref() == Some(&chunk.worker);
     if holder || started {
-        return Ok(());
+        return Ok(Some(job.role));
     }
     refuse(
         chunk,
@@ -569,7 +581,7 @@ fn check_owner(
     Ok(())
 }
 
-fn refuse(chunk: &LogChunk, why: String) -> Result<(), LogError> {
+fn refuse<T>(chunk: &LogChunk, why: String) -> Result<T, LogError> {
     Err(LogError::Invalid(format!(
         "a log chunk of job {} attempt {} from worker {:?}: {why}",
         chunk.job_id, chunk.attempt, chunk.worker
@@ -603,7 +615,11 @@ async fn handle(
     let senders = senders.clone();
     let user = delivery.user_id.clone();
     let written = tokio::task::spawn_blocking(move || {
-        admit(&store, &writers, &chunk, user.as_deref(), &senders)?;
+        // A push's logs (its applies') are deleted for room after pull requests'.
+        if admit(&store, &writers, &chunk, user.as_deref(), &senders)? == Some(ExecutorRole::Apply)
+        {
+            store.keep_longer(chunk.run_id);
+        }
         store.write(&chunk)
     })
     .await
@@ -815,6 +831,15 @@ mod tests {
             !run_dir.exists(),
             "a late chunk does not start the log again"
         );
+        // A job of that run that starts now (it waited for an approval, say) has its log.
+        let waited = LogChunk {
+            job_id: Uuid::from_u128(5),
+            offset: 0,
+            text: "new\n".into(),
+            ..old.clone()
+        };
+        logs.write(&waited).unwrap();
+        assert_eq!(logs.logs(old_run, Uuid::from_u128(5))[0].len, 4);
 
         // Nothing idle is left: the writer's own log is cut at the total.
         logs.write(&chunk(20, "and twenty more bytes", false))
@@ -822,7 +847,7 @@ mod tests {
         let listed = logs.logs(Uuid::from_u128(1), Uuid::from_u128(2));
         assert_eq!(
             (listed[0].len, listed[0].end),
-            (30, Some(LogEnd::OverBudget(Limit::Total)))
+            (26, Some(LogEnd::OverBudget(Limit::Total)))
         );
     }
 
@@ -920,6 +945,32 @@ mod tests {
             Err(LogError::Invalid(reason)) => reason,
             other => panic!("{chunk:?} from {user:?} was not refused: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_pushs_log_is_admitted_with_its_role_and_kept_longer() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = claimed_by_w1(dir.path(), "a");
+        let anyone = DispatcherSettings::default();
+        let role = admit(&c.logs, &c.writers, &c.chunk("w1", 1, 0), None, &anyone).unwrap();
+        assert_eq!(
+            role,
+            Some(ExecutorRole::Apply),
+            "read at a log's first chunk"
+        );
+        c.logs.keep_longer(c.job.run_id);
+        let mark = dir
+            .path()
+            .join("logs")
+            .join(c.job.run_id.to_string())
+            .join(".keep-longer");
+        assert!(
+            mark.exists(),
+            "the mark outlives a restart: {}",
+            mark.display()
+        );
+        c.logs.write(&c.chunk("w1", 1, 0)).unwrap();
+        assert_eq!(c.logs.logs(c.job.run_id, c.job.job_id)[0].len, 1);
     }
 
     #[test]

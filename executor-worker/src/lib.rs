@@ -347,6 +347,9 @@ pub async fn run(
         settings.tools.user,
     )?;
     let run_logs = work::RunLogsHandle::new(&settings.log_dir, settings.log_budget);
+    // Counted now, off the async threads, rather than at a job's first line.
+    let counting = run_logs.clone();
+    let _ = tokio::task::spawn_blocking(move || counting.lock().total_bytes()).await;
     metrics::register(&ops.metrics);
     broker
         .ensure_topology(&Topology::new([settings.account.clone()]))

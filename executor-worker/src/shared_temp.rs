@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 /// Where any user may write, outside the job's directory.
 pub(crate) const SHARED_TEMP_DIRS: &[&str] = &["/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue"];
 
-/// How deep [`remove_entries_of`] looks through other users' world-writable directories
-/// (`/tmp/.X11-unix`, say), where the tool user could have written too.
+/// How deep [`remove_entries_of`] looks through other users' world-writable, sticky
+/// directories (`/tmp/.X11-unix`, say), where the tool user could have written too.
 const MAX_DEPTH: usize = 4;
 
 /// What [`remove_entries_of`] did.
@@ -59,7 +59,10 @@ impl Removed {
 }
 
 /// Removes every entry `uid` owns in `dirs`, and in other users' world-writable directories
-/// among them, without following a symbolic link (blocking). A directory of `uid` goes whole.
+/// among them that have the sticky bit, without following a symbolic link (blocking). A
+/// directory of `uid` goes whole. Only sticky ones are entered: in any other, a process of
+/// `uid` could rename the directory being walked and put a link in its place, and a removal
+/// by path would follow it.
 pub(crate) fn remove_entries_of(uid: u32, dirs: &[&Path]) -> Removed {
     let mut removed = Removed::default();
     for dir in dirs {
@@ -90,14 +93,19 @@ fn sweep(uid: u32, dir: &Path, depth: usize, removed: &mut Removed) {
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
                 Err(err) => removed.failed.push((path, err.to_string())),
             }
-        } else if meta.is_dir() && meta.permissions().mode() & 0o002 != 0 && depth < MAX_DEPTH {
+        } else if meta.is_dir() && meta.permissions().mode() & 0o1002 == 0o1002 && depth < MAX_DEPTH
+        {
             sweep(uid, &path, depth + 1, removed);
         }
     }
 }
 
-/// [`remove_entries_of`] in [`SHARED_TEMP_DIRS`], off the async threads.
-pub(crate) async fn remove_left_by(uid: u32) -> Removed {
+/// [`remove_entries_of`] in [`SHARED_TEMP_DIRS`], off the async threads; not when processes
+/// of `uid` outlived the kill (`killed.left`), which could race the removal.
+pub(crate) async fn remove_left_by(uid: u32, killed: crate::runner::Killed) -> Removed {
+    if killed.left > 0 {
+        return Removed::default();
+    }
     tokio::task::spawn_blocking(move || {
         let dirs: Vec<&Path> = SHARED_TEMP_DIRS.iter().map(Path::new).collect();
         remove_entries_of(uid, &dirs)
@@ -145,6 +153,11 @@ mod tests {
         std::fs::write(at("shared/plan-socket"), "x").unwrap();
         owned(&at("shared/plan-socket"), TOOLS);
         std::fs::write(at("shared/their-socket"), "x").unwrap();
+        // Someone else's world-writable directory without the sticky bit: not looked into.
+        std::fs::create_dir(at("open")).unwrap();
+        std::fs::set_permissions(at("open"), std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::write(at("open/plan-file"), "x").unwrap();
+        owned(&at("open/plan-file"), TOOLS);
         // A directory of someone else's, not world-writable: not looked into.
         std::fs::create_dir(at("private")).unwrap();
         std::fs::set_permissions(at("private"), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -177,7 +190,7 @@ mod tests {
             "a link is not followed"
         );
         assert!(at("theirs").exists() && at("shared/their-socket").exists());
-        assert!(at("private/odd").exists());
+        assert!(at("private/odd").exists() && at("open/plan-file").exists());
         let note = removed.note("an earlier job");
         assert!(
             note.starts_with("(removed 5 file(s) or directory(ies) an earlier job left"),

@@ -192,9 +192,10 @@ async fn prepare_and_run(
     // job's tools left running, in the shared temporary directories, and its directory, go
     // now.
     if let Some(user) = settings.tools.user {
-        output.push_str(&runner::kill_all_of(user.uid).await.note("an earlier job"));
+        let killed = runner::kill_all_of(user.uid).await;
+        output.push_str(&killed.note("an earlier job"));
         output.push_str(
-            &shared_temp::remove_left_by(user.uid)
+            &shared_temp::remove_left_by(user.uid, killed)
                 .await
                 .note("an earlier job"),
         );
@@ -261,7 +262,7 @@ async fn prepare_and_run(
     if let Some(user) = settings.tools.user {
         let killed = runner::kill_all_of(user.uid).await;
         output.push_str(&killed.note("the job's tools"));
-        let removed = shared_temp::remove_left_by(user.uid).await;
+        let removed = shared_temp::remove_left_by(user.uid, killed).await;
         output.push_str(&removed.note("the job's tools"));
     }
     workspace.remove(&workspace.job_dir(job.job_id)).await;

@@ -5,10 +5,13 @@
 //! log has its own cap; this crate bounds the rest. A run's logs together stay under
 //! `per_run`, all runs' logs under `total`, and no log is written into the last `keep_free`
 //! bytes of its filesystem. When a write needs room, the logs of the runs written longest ago
-//! go first, as journald vacuums its oldest files. A run written in the last
-//! [`IDLE_BEFORE_EVICTION`] is never evicted: its logs are still being written, and a log
-//! deleted under its writer would come back with a hole. What cannot be made room for is not
-//! written, and the caller says so in the log's end.
+//! go first, as journald vacuums its oldest files, but runs marked to be kept longer
+//! ([`RunLogs::keep_longer`]: the dispatcher marks pushes', whose applies are the audit trail)
+//! only once no other is left. A run written in the last [`IDLE_BEFORE_EVICTION`] is never
+//! evicted: its logs are likely still being written. (A run can still be evicted while a job
+//! of it waits, for an approval say; that job's log starts afresh, and the caller drops late
+//! chunks of a log that went.) What cannot be made room for is not written, and the caller
+//! says so in the log's end.
 //!
 //! Only directories named by a run id count and are ever deleted: anything else an operator
 //! keeps beside them stays. Symbolic links are neither followed nor deleted through. The sizes
@@ -28,6 +31,8 @@ pub const CHECK_FREE_EVERY: u64 = 1 << 20;
 /// Runs whose logs went that are remembered, so that a late write to one is refused instead
 /// of starting its log again with a hole.
 const GONE_REMEMBERED: usize = 4096;
+/// The file in a run's directory that marks it to be kept longer.
+const KEEP_LONGER: &str = ".keep-longer";
 
 /// How much room logs may take. `u64::MAX` (or 0 for `keep_free`) means no limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +108,8 @@ pub struct Evicted {
 struct Usage {
     bytes: u64,
     newest: SystemTime,
+    /// Evicted only after every idle run without it.
+    keep_longer: bool,
 }
 
 /// The log directory's runs, their sizes and the budget they are kept within.
@@ -117,7 +124,8 @@ pub struct RunLogs {
     free: u64,
     /// Bytes written since the last read of the free space.
     unread: u64,
-    /// Runs whose logs were evicted or pruned (bounded).
+    /// Runs whose logs were evicted or pruned (bounded): a late chunk of one of their logs is
+    /// dropped, while a new log (from its start) may begin.
     gone: HashSet<Uuid>,
 }
 
@@ -155,9 +163,27 @@ impl RunLogs {
     }
 
     /// Whether `run_id`'s logs were deleted (evicted, or pruned by age) since this started: a
-    /// write to it would start a log again from the middle.
+    /// chunk of one of them from its middle would start that log again with a hole.
     pub fn is_gone(&self, run_id: Uuid) -> bool {
         self.gone.contains(&run_id)
+    }
+
+    /// Marks `run_id`'s logs to be evicted only after every other idle run's (blocking: the
+    /// mark is a file in the run's directory, so that it outlives a restart).
+    pub fn keep_longer(&mut self, run_id: Uuid, now: SystemTime) {
+        let root = self.root.clone();
+        let usage = self.counted().entry(run_id).or_insert(Usage {
+            bytes: 0,
+            newest: now,
+            keep_longer: false,
+        });
+        if usage.keep_longer {
+            return;
+        }
+        usage.keep_longer = true;
+        let dir = root.join(run_id.to_string());
+        let _ =
+            std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(dir.join(KEEP_LONGER), ""));
     }
 
     /// How many of `wanted` more bytes `run_id`'s logs may take now. Evicts the logs of the
@@ -213,6 +239,7 @@ impl RunLogs {
         let usage = runs.entry(run_id).or_insert(Usage {
             bytes: 0,
             newest: now,
+            keep_longer: false,
         });
         usage.bytes = usage.bytes.saturating_add(bytes);
         usage.newest = usage.newest.max(now);
@@ -246,21 +273,26 @@ impl RunLogs {
         self.free
     }
 
+    /// Deletes the idle run written longest ago, those kept longer last; a run that cannot be
+    /// deleted is forgotten (see [`RunLogs::delete`]) and the next one tried.
     fn evict_oldest_idle(&mut self, except: Uuid, now: SystemTime) -> Option<Evicted> {
         let idle_since = now.checked_sub(IDLE_BEFORE_EVICTION)?;
-        let oldest = self
-            .counted()
-            .iter()
-            .filter(|(run_id, usage)| **run_id != except && usage.newest <= idle_since)
-            .min_by_key(|(_, usage)| usage.newest)
-            .map(|(run_id, _)| *run_id)?;
-        let bytes = self.delete(oldest)?;
-        // What was deleted shows in the free space at once.
-        self.unread = CHECK_FREE_EVERY;
-        Some(Evicted {
-            run_id: oldest,
-            bytes,
-        })
+        loop {
+            let oldest = self
+                .counted()
+                .iter()
+                .filter(|(run_id, usage)| **run_id != except && usage.newest <= idle_since)
+                .min_by_key(|(_, usage)| (usage.keep_longer, usage.newest))
+                .map(|(run_id, _)| *run_id)?;
+            if let Some(bytes) = self.delete(oldest) {
+                // What was deleted shows in the free space at once.
+                self.unread = CHECK_FREE_EVERY;
+                return Some(Evicted {
+                    run_id: oldest,
+                    bytes,
+                });
+            }
+        }
     }
 
     /// Deletes one run's directory; its bytes, or `None` when it could not be deleted (it is
@@ -324,6 +356,7 @@ fn count(root: &Path) -> HashMap<Uuid, Usage> {
             let mut usage = Usage {
                 bytes: 0,
                 newest: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                keep_longer: entry.path().join(KEEP_LONGER).exists(),
             };
             add_dir(&entry.path(), &mut usage);
             Some((run_id, usage))
@@ -423,6 +456,30 @@ mod tests {
         assert_eq!((room.bytes, room.short), (400 - 250, Some(Limit::Total)));
         assert!(dir.path().join(run(3).to_string()).exists());
         assert!(dir.path().join("README").exists());
+    }
+
+    #[test]
+    fn runs_kept_longer_go_after_every_other_idle_run_and_the_mark_outlives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in 1..=3 {
+            log(dir.path(), run(n), 100);
+        }
+        let later = SystemTime::now() + HOUR;
+        let mut logs = RunLogs::new(dir.path(), budget(u64::MAX, 300));
+        // Run 1 is the oldest, but a push's: kept longer.
+        logs.keep_longer(run(1), later - 3 * IDLE_BEFORE_EVICTION);
+        logs.wrote(run(2), 0, later - 2 * IDLE_BEFORE_EVICTION);
+        logs.wrote(run(3), 0, later - IDLE_BEFORE_EVICTION);
+        drop(logs);
+
+        let mut logs = RunLogs::new(dir.path(), budget(u64::MAX, 300));
+        let room = logs.room(run(4), 150, later);
+        let mut gone: Vec<Uuid> = room.evicted.iter().map(|e| e.run_id).collect();
+        gone.sort();
+        assert_eq!(gone, [run(2), run(3)], "the unmarked runs first");
+        let room = logs.room(run(4), 250, later);
+        let gone: Vec<Uuid> = room.evicted.iter().map(|e| e.run_id).collect();
+        assert_eq!(gone, [run(1)], "then the marked one");
     }
 
     #[test]
