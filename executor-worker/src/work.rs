@@ -192,13 +192,7 @@ async fn prepare_and_run(
     // job's tools left running, in the shared temporary directories, and its directory, go
     // now.
     if let Some(user) = settings.tools.user {
-        let killed = runner::kill_all_of(user.uid).await;
-        output.push_str(&killed.note("an earlier job"));
-        output.push_str(
-            &shared_temp::remove_left_by(user.uid, killed)
-                .await
-                .note("an earlier job"),
-        );
+        output.push_str(&clear_left_by(user.uid, "an earlier job").await);
     }
     let leftovers = workspace.remove_leftover_jobs().await;
     if leftovers > 0 {
@@ -260,13 +254,19 @@ async fn prepare_and_run(
     // here or in /tmp and /dev/shm (the processes first, so that none writes while its files
     // are removed).
     if let Some(user) = settings.tools.user {
-        let killed = runner::kill_all_of(user.uid).await;
-        output.push_str(&killed.note("the job's tools"));
-        let removed = shared_temp::remove_left_by(user.uid, killed).await;
-        output.push_str(&removed.note("the job's tools"));
+        output.push_str(&clear_left_by(user.uid, "the job's tools").await);
     }
     workspace.remove(&workspace.job_dir(job.job_id)).await;
     result
+}
+
+/// Kills every process of the tool user `uid`, then removes what it left in the shared
+/// temporary directories (not while any process outlived the kill); what to add to the job's
+/// output about what `left_by` left.
+async fn clear_left_by(uid: u32, left_by: &str) -> String {
+    let killed = runner::kill_all_of(uid).await;
+    let removed = shared_temp::remove_left_by(uid, killed).await;
+    killed.note(left_by) + &removed.note(left_by)
 }
 
 /// `input.pipelines` of the job's policy evaluation.
