@@ -27,7 +27,7 @@ use broker::topology::LOGS_QUEUE;
 use broker::{Broker, Delivery};
 use config::DispatcherSettings;
 use proto_types::{ExecutorRole, LogChunk, Message};
-use run_logs::{Budget, Limit, RunLogs};
+use run_logs::{Budget, Limit, SharedRunLogs};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
@@ -39,6 +39,8 @@ const PREFETCH: u16 = 32;
 const EARLY_PAUSE: Duration = Duration::from_millis(50);
 /// Marks a log whose end arrived; holds `complete` or `truncated`.
 const END_SUFFIX: &str = "end";
+/// How often logs past `dispatcher.log_retention_days` are looked for.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Jobs whose owners [`Writers`] remembers before it starts afresh: far more than the logs
 /// being written at once (one or two per worker), so a live log is rarely read twice.
 const KNOWN_JOBS: usize = 4096;
@@ -57,7 +59,7 @@ struct Inner {
     max_bytes: u64,
     /// What all logs together may take (`dispatcher.max_run_log_bytes`,
     /// `max_total_log_bytes`, `log_keep_free_bytes`), and what they take.
-    budget: Mutex<RunLogs>,
+    budget: SharedRunLogs,
     /// The job whose log just grew (or ended). Followers re-read the file; a follower that
     /// lags behind just looks again.
     grew: broadcast::Sender<Uuid>,
@@ -157,13 +159,13 @@ impl LogStore {
         budget: Option<Budget>,
     ) -> LogStore {
         let inner = &self.inner;
-        let budget = budget.unwrap_or_else(|| inner.lock_budget().budget());
+        let budget = budget.unwrap_or_else(|| inner.budget.lock().budget());
         LogStore {
             inner: Arc::new(Inner {
                 store: store.unwrap_or_else(|| inner.store.clone()),
                 root: inner.root.clone(),
                 max_bytes: inner.max_bytes,
-                budget: Mutex::new(RunLogs::new(inner.root.clone(), budget)),
+                budget: SharedRunLogs::new(inner.root.clone(), budget),
                 grew: inner.grew.clone(),
             }),
         }
@@ -176,7 +178,7 @@ impl LogStore {
         LogStore {
             inner: Arc::new(Inner {
                 store: crate::store::StoreLocation::state_dir(state_dir),
-                budget: Mutex::new(RunLogs::new(root.clone(), Budget::UNLIMITED)),
+                budget: SharedRunLogs::new(root.clone(), Budget::UNLIMITED),
                 root,
                 max_bytes,
                 grew,
@@ -212,7 +214,8 @@ impl LogStore {
     /// applies are the audit trail; blocking).
     pub fn keep_longer(&self, run_id: Uuid) {
         self.inner
-            .lock_budget()
+            .budget
+            .lock()
             .keep_longer(run_id, SystemTime::now());
     }
 
@@ -221,7 +224,7 @@ impl LogStore {
     /// would start the log again with a hole. A new log of such a run starts as any other.
     pub fn write(&self, chunk: &LogChunk) -> Result<(), LogError> {
         check_worker_name(&chunk.worker)?;
-        let mut budget = self.inner.lock_budget();
+        let mut budget = self.inner.budget.lock();
         let dir = self.job_dir(chunk.run_id, chunk.job_id);
         let path = self.path_of(chunk);
         if chunk.offset > 0 && budget.is_gone(chunk.run_id) && !path.exists() {
@@ -268,14 +271,6 @@ impl LogStore {
         let mut short = None;
         if growth > 0 {
             let room = budget.room(chunk.run_id, growth, SystemTime::now());
-            for evicted in &room.evicted {
-                tracing::info!(
-                    run_id = %evicted.run_id,
-                    bytes = evicted.bytes,
-                    for_run = %chunk.run_id,
-                    "Deleted the logs of the run written longest ago, to make room."
-                );
-            }
             if room.bytes < growth {
                 keep -= growth - room.bytes;
                 short = room.short;
@@ -351,13 +346,32 @@ impl LogStore {
     /// Deletes the logs of runs not written to since `before` (blocking). Returns how many
     /// runs' logs went.
     pub fn prune(&self, before: SystemTime) -> usize {
-        self.inner.lock_budget().prune_older_than(before)
+        self.inner.budget.lock().prune_older_than(before)
     }
 }
 
-impl Inner {
-    fn lock_budget(&self) -> std::sync::MutexGuard<'_, RunLogs> {
-        self.budget.lock().unwrap_or_else(|e| e.into_inner())
+/// Deletes the logs of runs not written for `retention_days`, at start and then hourly, until
+/// dropped. It runs beside the log writer (they share the budget's lock), not on the decision
+/// loop: a prune of a month of logs deletes many files, and no claim should wait for that.
+pub async fn prune_by_age(logs: LogStore, retention_days: u64) {
+    let keep = Duration::from_secs(retention_days.saturating_mul(24 * 3600));
+    let mut every = tokio::time::interval(PRUNE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let before = SystemTime::now()
+            .checked_sub(keep)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let logs = logs.clone();
+        match tokio::task::spawn_blocking(move || logs.prune(before)).await {
+            Ok(0) => {}
+            Ok(runs) => tracing::info!(
+                runs,
+                log_retention_days = retention_days,
+                "Pruned job logs."
+            ),
+            Err(err) => tracing::warn!(error = %err, "Pruning job logs failed."),
+        }
     }
 }
 
@@ -1149,5 +1163,54 @@ mod tests {
         assert_eq!(logs.prune(SystemTime::now() - Duration::from_secs(3600)), 0);
         assert_eq!(logs.prune(SystemTime::now() + Duration::from_secs(3600)), 1);
         assert!(logs.logs(Uuid::from_u128(1), Uuid::from_u128(2)).is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_pruning_task_deletes_logs_past_the_retention_as_it_starts_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::new(dir.path(), 1 << 20);
+        logs.write(&chunk(0, "old", true)).unwrap();
+        let recent = LogChunk {
+            run_id: Uuid::from_u128(3),
+            job_id: Uuid::from_u128(4),
+            ..chunk(0, "recent", true)
+        };
+        logs.write(&recent).unwrap();
+        let old_run = dir.path().join("logs").join(Uuid::from_u128(1).to_string());
+        let forty_days_ago = SystemTime::now() - Duration::from_secs(40 * 86_400);
+        for entry in walk(&old_run) {
+            File::open(entry)
+                .unwrap()
+                .set_modified(forty_days_ago)
+                .unwrap();
+        }
+
+        // As the dispatcher starts again: the sizes and ages are counted from the files.
+        let logs = LogStore::new(dir.path(), 1 << 20);
+        let pruning = tokio::spawn(prune_by_age(logs.clone(), 30));
+        let mut poll = tokio::time::interval(Duration::from_millis(10));
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while old_run.exists() {
+                poll.tick().await;
+            }
+        })
+        .await
+        .expect("the run written 40 days ago is pruned when the task starts");
+        pruning.abort();
+        assert_eq!(logs.logs(Uuid::from_u128(3), Uuid::from_u128(4)).len(), 1);
+    }
+
+    /// `dir` and everything under it, deepest first.
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            if entry.file_type().unwrap().is_dir() {
+                found.extend(walk(&entry.path()));
+            } else {
+                found.push(entry.path());
+            }
+        }
+        found.push(dir.to_owned());
+        found
     }
 }

@@ -158,9 +158,7 @@ impl Dispatcher {
         }
         Ok(Dispatcher {
             broker,
-            next_prune_ms: (config.dispatcher.retention_days > 0
-                || config.dispatcher.log_retention_days > 0)
-                .then(now_ms),
+            next_prune_ms: (config.dispatcher.retention_days > 0).then(now_ms),
             core: Core::restore(config, runs, next_seq, now_ms()),
             load_refreshed_ms: 0,
             load_stale: true,
@@ -267,6 +265,12 @@ impl Dispatcher {
                 self.core.config().dispatcher.clone(),
             )))
         });
+        let log_days = self.core.config().dispatcher.log_retention_days;
+        let _prune_logs = self
+            .logs
+            .clone()
+            .filter(|_| log_days > 0)
+            .map(|logs| AbortOnDrop(tokio::spawn(crate::logs::prune_by_age(logs, log_days))));
         // The page's actions come to this loop, in process, while it runs: no broker user
         // can speak for the page's users.
         let mut web_orders = match &self.web {
@@ -375,8 +379,8 @@ impl Dispatcher {
         self.load_stale = false;
     }
 
-    /// Forgets finished runs past `dispatcher.retention_days` and job logs past
-    /// `dispatcher.log_retention_days`, at start and hourly.
+    /// Forgets finished runs past `dispatcher.retention_days`, at start and hourly. (Job logs
+    /// past `dispatcher.log_retention_days` go in [`crate::logs::prune_by_age`].)
     fn prune_if_due(&mut self, now: u64) -> Result<(), DispatchError> {
         let Some(due) = self.next_prune_ms else {
             return Ok(());
@@ -387,29 +391,13 @@ impl Dispatcher {
         let retention_days = self.core.config().dispatcher.retention_days;
         let keep_ms = retention_days.saturating_mul(24 * 3600 * 1000);
         let store = &mut self.store;
-        let pruned = match retention_days {
-            0 => 0,
-            _ => off_runtime(|| store.prune_finished(now.saturating_sub(keep_ms)))?,
-        };
+        let pruned = off_runtime(|| store.prune_finished(now.saturating_sub(keep_ms)))?;
         if pruned > 0 {
             tracing::info!(
                 runs = pruned,
                 retention_days = self.core.config().dispatcher.retention_days,
                 "Pruned finished runs."
             );
-        }
-        let log_days = self.core.config().dispatcher.log_retention_days;
-        if let (Some(logs), true) = (&self.logs, log_days > 0) {
-            let before = std::time::SystemTime::now()
-                - Duration::from_secs(log_days.saturating_mul(24 * 3600));
-            let pruned = off_runtime(|| logs.prune(before));
-            if pruned > 0 {
-                tracing::info!(
-                    runs = pruned,
-                    log_retention_days = log_days,
-                    "Pruned job logs."
-                );
-            }
         }
         self.next_prune_ms = Some(now + PRUNE_EVERY_MS);
         Ok(())

@@ -36,7 +36,7 @@ pub(crate) struct Worker<'a> {
     pub(crate) workspace: &'a Workspace,
     pub(crate) metrics: &'a telemetry::Metrics,
     /// The worker's log directory and what its logs may take.
-    pub(crate) run_logs: &'a work::RunLogsHandle,
+    pub(crate) run_logs: &'a run_logs::SharedRunLogs,
 }
 
 /// A message on the worker's private queue.

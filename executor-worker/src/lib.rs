@@ -346,7 +346,7 @@ pub async fn run(
         workspace::PrivateDir::Logs,
         settings.tools.user,
     )?;
-    let run_logs = work::RunLogsHandle::new(&settings.log_dir, settings.log_budget);
+    let run_logs = run_logs::SharedRunLogs::new(&settings.log_dir, settings.log_budget);
     // Counted now, off the async threads, rather than at a job's first line.
     let counting = run_logs.clone();
     let _ = tokio::task::spawn_blocking(move || counting.lock().total_bytes()).await;
@@ -423,7 +423,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// [`PRUNE_EVERY`] has passed (an idle worker writes no logs). Off the async threads.
 async fn prune_logs_if_due(
     settings: &WorkerSettings,
-    run_logs: &work::RunLogsHandle,
+    run_logs: &run_logs::SharedRunLogs,
     next: &mut std::time::Instant,
 ) {
     let Some(keep) = settings.log_retention else {

@@ -10,9 +10,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
-use run_logs::Limit;
-
-use crate::work::RunLogsHandle;
+use run_logs::{Limit, SharedRunLogs};
 
 /// Bytes kept from the start of the output.
 const HEAD_BYTES: usize = 256 * 1024;
@@ -37,7 +35,7 @@ pub(crate) struct JobOutput {
     /// The limit, for the line that says it was reached.
     file_limit: u64,
     /// The worker's log directory, which must have room for each write, and the job's run.
-    run_logs: Option<(RunLogsHandle, uuid::Uuid)>,
+    run_logs: Option<(SharedRunLogs, uuid::Uuid)>,
     /// Bytes claimed from `run_logs` and not written yet: room is claimed a block at a time,
     /// not a line at a time.
     claimed: u64,
@@ -92,7 +90,7 @@ impl JobOutput {
     /// older runs' logs are deleted to make room. Past that, a line says why.
     pub(crate) fn with_run_logs(
         mut self,
-        run_logs: RunLogsHandle,
+        run_logs: SharedRunLogs,
         run_id: uuid::Uuid,
     ) -> JobOutput {
         self.run_logs = Some((run_logs, run_id));
@@ -166,7 +164,9 @@ impl JobOutput {
             } else {
                 None
             };
-            self.claimed = self.claimed.saturating_sub(length);
+            if full.is_none() {
+                self.claimed = self.claimed.saturating_sub(length);
+            }
             let written = match full {
                 // Whole lines only, then the reason: a reader of the file sees where it ends.
                 Some(limit) => {
@@ -202,29 +202,28 @@ impl JobOutput {
         if let Some(file) = &mut self.file {
             let _ = file.flush();
         }
+        // Room claimed ahead and not written is the next job's.
+        if let Some((run_logs, run_id)) = &self.run_logs
+            && self.claimed > 0
+        {
+            run_logs.lock().unwrote(*run_id, self.claimed);
+        }
         self.bounded.finish()
     }
 }
 
 /// Room in the log directory is claimed this many bytes at a time (or what a line needs):
-/// a lock and a look at the budget per block, not per line. A job's logs are counted at most
-/// this much too high.
+/// a lock and a look at the budget per block, not per line; what a job did not use of its
+/// last block is given back when it finishes.
 const CLAIM_BLOCK: u64 = 64 * 1024;
 
 /// Claims at least `needed` bytes of the worker's log directory for `run_id` (a block, where
 /// there is room for one), deleting older runs' logs if need be. The bytes claimed, or the
 /// limit that refused them.
-fn claim(run_logs: &RunLogsHandle, run_id: uuid::Uuid, needed: u64) -> Result<u64, String> {
+fn claim(run_logs: &SharedRunLogs, run_id: uuid::Uuid, needed: u64) -> Result<u64, String> {
     let now = std::time::SystemTime::now();
     let mut logs = run_logs.lock();
     let room = logs.room(run_id, needed.max(CLAIM_BLOCK), now);
-    for evicted in &room.evicted {
-        tracing::info!(
-            run_id = %evicted.run_id,
-            bytes = evicted.bytes,
-            "Deleted the logs of the run written longest ago, to make room."
-        );
-    }
     if room.bytes < needed {
         let budget = logs.budget();
         return Err(match room.short {
@@ -381,7 +380,7 @@ mod tests {
         for path in [old.join("job-1.log"), old.clone()] {
             File::open(path).unwrap().set_modified(hour_ago).unwrap();
         }
-        let run_logs = RunLogsHandle::new(dir.path(), run_logs::Budget::from_settings(0, 150, 0));
+        let run_logs = SharedRunLogs::new(dir.path(), run_logs::Budget::from_settings(0, 150, 0));
         let run_id = uuid::Uuid::from_u128(2);
         let log = dir.path().join(run_id.to_string()).join("job-1.log");
         let mut output =
@@ -405,8 +404,8 @@ mod tests {
             ),
             "{file}"
         );
-        // Claimed a block at a time: the room given, not the 144 bytes written, is counted.
-        assert_eq!(run_logs.lock().total_bytes(), 150);
+        // Claimed a block at a time, and what the job did not use given back at its end.
+        assert_eq!(run_logs.lock().total_bytes(), 144);
         assert!(text.ends_with("line 49\n"), "{text}");
     }
 

@@ -4,12 +4,12 @@
 //! becomes an outcome whose output says what went wrong; nothing here fails the worker.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use proto_types::{Action, ExecutorRole, Job, JobOutcome, JobStatus, PolicyReport};
-use run_logs::RunLogs;
+use run_logs::SharedRunLogs;
 use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
@@ -36,28 +36,10 @@ pub(crate) fn log_path(settings: &WorkerSettings, job: &Job) -> PathBuf {
         .join(format!("{}-{}.log", job.job_id, job.attempt))
 }
 
-/// The worker's log directory, shared by the job being run (which writes) and the hourly
-/// pruning: the sizes of its runs' logs, and the room they may take (`run_logs`).
-#[derive(Debug, Clone)]
-pub(crate) struct RunLogsHandle(Arc<std::sync::Mutex<RunLogs>>);
-
-impl RunLogsHandle {
-    pub(crate) fn new(log_dir: &Path, budget: run_logs::Budget) -> RunLogsHandle {
-        RunLogsHandle(Arc::new(std::sync::Mutex::new(RunLogs::new(
-            log_dir, budget,
-        ))))
-    }
-
-    /// Blocks on the file system while held: only off the async threads, or for a write.
-    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, RunLogs> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 pub(crate) async fn run(
     settings: &WorkerSettings,
     workspace: &Workspace,
-    run_logs: &RunLogsHandle,
+    run_logs: &SharedRunLogs,
     job: &Job,
     mut stop: watch::Receiver<Option<Stop>>,
     log_written: Option<Arc<Notify>>,
@@ -425,6 +407,10 @@ pub(crate) fn tool_env(
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    use run_logs::RunLogs;
+
     use super::*;
 
     #[test]

@@ -20,6 +20,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use uuid::Uuid;
@@ -216,7 +217,15 @@ impl RunLogs {
                 break;
             }
             match self.evict_oldest_idle(run_id, now) {
-                Some(evicted) => room.evicted.push(evicted),
+                Some(evicted) => {
+                    tracing::info!(
+                        run_id = %evicted.run_id,
+                        bytes = evicted.bytes,
+                        for_run = %run_id,
+                        "Deleted the logs of the run written longest ago, to make room."
+                    );
+                    room.evicted.push(evicted);
+                }
                 None => {
                     if total_left < room.bytes {
                         room.bytes = total_left;
@@ -246,6 +255,18 @@ impl RunLogs {
         self.total = self.total.saturating_add(bytes);
         self.free = self.free.saturating_sub(bytes);
         self.unread = self.unread.saturating_add(bytes);
+    }
+
+    /// Gives back `bytes` counted to `run_id` by [`RunLogs::wrote`] and not written after all
+    /// (room claimed ahead of the writes, a block at a time).
+    pub fn unwrote(&mut self, run_id: Uuid, bytes: u64) {
+        let Some(usage) = self.counted().get_mut(&run_id) else {
+            return;
+        };
+        let bytes = bytes.min(usage.bytes);
+        usage.bytes -= bytes;
+        self.total = self.total.saturating_sub(bytes);
+        self.free = self.free.saturating_add(bytes);
     }
 
     /// Deletes the logs of runs not written to since `before` (blocking). Returns how many
@@ -321,6 +342,25 @@ impl RunLogs {
             self.runs = Some(runs);
         }
         self.runs.get_or_insert_with(HashMap::new)
+    }
+}
+
+/// One log directory's [`RunLogs`], shared by the threads that write logs and the task that
+/// prunes them.
+#[derive(Debug, Clone)]
+pub struct SharedRunLogs(Arc<Mutex<RunLogs>>);
+
+impl SharedRunLogs {
+    pub fn new(root: impl Into<PathBuf>, budget: Budget) -> SharedRunLogs {
+        SharedRunLogs(Arc::new(Mutex::new(RunLogs::new(root, budget))))
+    }
+
+    /// The directory's budget and sizes. Holding the guard can block on the file system (a
+    /// first count, an eviction, a prune): take it off async threads, or for one write.
+    /// A thread that panicked while holding it left the sizes as they were, which is still
+    /// a fair count, so a poisoned lock is taken all the same.
+    pub fn lock(&self) -> MutexGuard<'_, RunLogs> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -422,6 +462,25 @@ mod tests {
         let room = logs.room(run(2), 500, now);
         assert_eq!((room.bytes, room.short), (500, None));
         assert!(room.evicted.is_empty());
+    }
+
+    #[test]
+    fn room_claimed_and_given_back_is_free_again_for_the_run_and_the_total() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut logs = RunLogs::new(dir.path(), budget(1000, 1500));
+        let now = SystemTime::now();
+        logs.wrote(run(1), 1000, now);
+        assert_eq!(logs.room(run(1), 1, now).bytes, 0);
+        assert_eq!(logs.room(run(2), 900, now).bytes, 500);
+        // 600 of the 1,000 claimed were never written.
+        logs.unwrote(run(1), 600);
+        assert_eq!((logs.run_bytes(run(1)), logs.total_bytes()), (400, 400));
+        assert_eq!(logs.room(run(1), 600, now).bytes, 600);
+        assert_eq!(logs.room(run(2), 900, now).bytes, 900);
+        // Never more than was counted, and nothing for a run never written.
+        logs.unwrote(run(1), 5000);
+        logs.unwrote(run(3), 5000);
+        assert_eq!((logs.run_bytes(run(1)), logs.total_bytes()), (0, 0));
     }
 
     #[test]
