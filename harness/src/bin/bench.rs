@@ -7,7 +7,8 @@
 //! failover time of two dispatchers on PostgreSQL, next to the lease), and the executor's
 //! summary of a 300 MB `show -json` plan (its time next to reading the bytes, its peak memory).
 //!
-//! `cargo run --release -p harness --bin bench -- [all|floor|throughput|latency|memory|dag|drift|policy|logs|stores|summary]`
+//! `cargo run --release -p harness --bin bench -- [all|floor|throughput|latency|memory|dag|drift|policy|logs|pages|stores|summary]`
+//! (`pages` is the last part of `logs` alone: 20 pages following a 1,000-job run.)
 //! Writes the figures as JSON to `target/bench/results.json` (or `--out FILE`) for
 //! `scripts/plot_benchmarks.py`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // A program that reports.
@@ -34,7 +35,7 @@ use uuid::Uuid;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage: bench [all|floor|throughput|latency|memory|dag|drift|policy|logs|stores|summary]... [--quick] [--workers 1,2,4] [--out FILE]";
+const USAGE: &str = "usage: bench [all|floor|throughput|latency|memory|dag|drift|policy|logs|pages|stores|summary]... [--quick] [--workers 1,2,4] [--out FILE]";
 
 fn main() {
     if let [_, hidden, resources] = &std::env::args().collect::<Vec<_>>()[..]
@@ -57,7 +58,7 @@ fn main() {
                 workers = Some(list.split(',').map(|n| n.parse().expect(USAGE)).collect());
             }
             "all" | "floor" | "throughput" | "latency" | "memory" | "dag" | "drift" | "policy"
-            | "logs" | "stores" | "summary" => which.push(arg),
+            | "logs" | "pages" | "stores" | "summary" => which.push(arg),
             "-h" | "--help" => {
                 println!(
                     "{USAGE}\n\n{}",
@@ -112,6 +113,7 @@ fn main() {
             "drift" => drift(if quick { 40 } else { 200 }),
             "policy" => policy(&size),
             "logs" => logs(quick),
+            "pages" => pages(quick),
             "stores" => stores(&size),
             "summary" => summary(quick),
             _ => unreachable!(),
@@ -614,18 +616,20 @@ async fn publish_roundtrip(vhost: &Vhost, count: usize) -> (f64, f64) {
 /// Dispatcher RSS with many queued jobs and no worker to take them; an idle executor's RSS.
 fn memory(size: &Size) -> Value {
     println!("\n== Memory ==");
-    let world = NoopWorld::start(1);
+    let jobs = size.queued_jobs;
+    // One run of all of them: more units than the default dispatcher.max_units_per_run.
+    let world = NoopWorld::start_with(1, &format!("max_units_per_run = {jobs}\n"));
     // The benchmark's runs are pull requests: the plan worker is the one that would take them.
     let (idle_rss, _) = rss(world.deployment.executor_pid("dev-plan-1"));
     let (dispatcher_idle, _) = world.dispatcher_rss();
     let mut world = world;
     world.deployment.kill_executor("dev-plan-1");
-    let jobs = size.queued_jobs;
     let units: Vec<String> = (0..jobs).map(|i| format!("dev/m{i:05}")).collect();
     let run = world.submit(units, vec![]);
     harness::poll_until(Duration::from_secs(300), "every job queued", || {
         let store = world.store()?;
         let detail = store.run_detail(&run.to_string(), now_ms()).ok()?;
+        assert_ne!(detail.run.state, "rejected", "{:?}", detail.run.reason);
         (detail.jobs.len() == jobs && detail.jobs.iter().all(|j| j.state == "queued")).then_some(())
     });
     let (queued_rss, peak) = world.dispatcher_rss();
@@ -1234,6 +1238,21 @@ fn logs(quick: bool) -> Value {
         durations[0] as f64 / durations[1] as f64
     );
 
+    let pages = pages(quick);
+    json!({
+        "line_to_page_p50_ms": p50, "line_to_page_p99_ms": p99, "lines": latencies.len(),
+        "floor_hop_p50_ms": floor.0, "floor_hop_p99_ms": floor.1,
+        "big_log_mb": megabytes, "big_log_job_ms_streaming": durations[0],
+        "big_log_job_ms_without": durations[1], "big_log_dispatcher_peak_mib": peak_mib,
+        "pages": pages["pages"], "page_run_jobs": pages["page_run_jobs"],
+        "no_pages_dispatcher_peak_mib": pages["no_pages_dispatcher_peak_mib"],
+        "pages_dispatcher_peak_mib": pages["pages_dispatcher_peak_mib"],
+    })
+}
+
+/// The dispatcher's peak memory while 20 pages follow a 1,000-job run, next to the same run
+/// with no page open.
+fn pages(quick: bool) -> Value {
     println!("\n== 20 open pages following a 1,000-job run ==");
     let jobs = if quick { 200 } else { 1000 };
     // The same run with no page open first: what the pages add is the difference.
@@ -1253,10 +1272,6 @@ fn logs(quick: bool) -> Value {
         peaks.push(peak);
     }
     json!({
-        "line_to_page_p50_ms": p50, "line_to_page_p99_ms": p99, "lines": latencies.len(),
-        "floor_hop_p50_ms": floor.0, "floor_hop_p99_ms": floor.1,
-        "big_log_mb": megabytes, "big_log_job_ms_streaming": durations[0],
-        "big_log_job_ms_without": durations[1], "big_log_dispatcher_peak_mib": peak_mib,
         "pages": 20, "page_run_jobs": jobs, "no_pages_dispatcher_peak_mib": peaks[0],
         "pages_dispatcher_peak_mib": peaks[1],
     })
