@@ -478,14 +478,19 @@ impl Web {
         {
             return Some((part.frame.clone(), part.is_final));
         }
-        let detail = run_detail(self, run_id.to_string()).await.ok()?;
-        // JSON has no line breaks: the data is one `data:` line.
-        let frame = format!(
-            "event: update\ndata: {}\n\n",
-            json(&pages::run_live(&detail, now_ms()))
-        );
-        let frame = Bytes::from(frame.into_bytes());
-        let is_final = detail.run.state.is_final();
+        // Read and rendered on one blocking thread: the run's detail and its HTML (about 1 MB
+        // for 1,000 jobs) are allocated and freed there, not spread over the runtime's threads,
+        // whose allocator would each keep freed pages of them for a while.
+        let (frame, is_final) = self
+            .read(move |store| {
+                let detail = store.run_detail(&run_id.to_string(), now_ms())?;
+                Ok((
+                    update_frame(&pages::run_live(&detail, now_ms())),
+                    detail.run.state.is_final(),
+                ))
+            })
+            .await
+            .ok()?;
         *part = Some(LivePart {
             rendered: tokio::time::Instant::now(),
             frame: frame.clone(),
@@ -687,6 +692,21 @@ fn sse(receiver: mpsc::Receiver<Event>) -> Response {
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// An `update` event carrying `html` as a JSON string, written once into the frame's own
+/// buffer (JSON has no line breaks: the data is one `data:` line).
+fn update_frame(html: &str) -> Bytes {
+    const HEAD: &[u8] = b"event: update\ndata: ";
+    // Room for the escapes of a page's quotes: the buffer is not grown (and copied) midway.
+    let mut frame = Vec::with_capacity(HEAD.len() + html.len() + html.len() / 8 + 4);
+    frame.extend_from_slice(HEAD);
+    if serde_json::to_writer(&mut frame, html).is_err() {
+        frame.truncate(HEAD.len());
+        frame.extend_from_slice(b"\"\"");
+    }
+    frame.extend_from_slice(b"\n\n");
+    Bytes::from(frame)
 }
 
 /// A JSON string: SSE data may not hold carriage returns, and text from a repository may.

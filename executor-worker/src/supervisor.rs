@@ -57,6 +57,9 @@ pub fn supervise(
             return 125;
         }
     };
+    // The worker runs without transparent huge pages (`pipelines execute`), and the flag is
+    // inherited: give the tool the host's setting back.
+    let _ = rustix::thread::disable_transparent_huge_pages(false);
     runtime.block_on(run(worker_pid, user, program, args))
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use harness::deployment::Deployment;
 use harness::process::{self, Finished};
 use harness::rabbit::{self, Vhost};
+use harness::sandbox::Sandbox;
 use harness::scenario::Fixture;
 use harness::{poll_until, require_terraform};
 
@@ -186,5 +187,98 @@ fn poison_and_rejected_change_events_are_dead_lettered_with_a_reason_and_the_dis
     );
     let log = deployment.dispatcher_log();
     assert!(log.contains("undecodable change event"), "{log}");
+    deployment.assert_running();
+}
+
+/// `THP_enabled` of a process: 0 once it asked the kernel for no transparent huge pages.
+fn thp_enabled(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("THP_enabled:"))
+        .unwrap_or_else(|| panic!("no THP_enabled in /proc/{pid}/status (Linux 5.0 or later)"))
+        .trim()
+        .to_owned()
+}
+
+/// Every `thp = "…"` a plan printed into the job logs under `dir`.
+fn printed_thp(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if entry.file_type().unwrap().is_dir() {
+            found.extend(printed_thp(&path));
+        } else if path.extension().is_some_and(|ext| ext == "log") {
+            let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+            found.extend(text.lines().filter_map(|line| {
+                let value = line.split_once("thp = \"")?.1;
+                Some(value.trim_end_matches('"').to_owned())
+            }));
+        }
+    }
+    found
+}
+
+/// The services keep their memory in 4 KiB pages (with transparent huge pages, every 2 MiB
+/// region mimalloc touched stayed resident whole: BENCHMARKS.md, "Memory"), and the tools a
+/// worker starts get the host's setting back.
+#[test]
+fn the_services_run_without_huge_pages_and_the_tools_they_start_with_the_hosts_setting() {
+    require_terraform();
+    let vhost = rabbit::vhost();
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config(&vhost.url, &[("dev", "dev/**")], "");
+    let repo = &sandbox.repo;
+    repo.write("README.md", "# infrastructure\n");
+    let c0 = repo.commit("c0: readme");
+    // The plan reads its own process's flag.
+    repo.write(
+        "dev/thp/main.tf",
+        "output \"thp\" {\n  value = regex(\"THP_enabled:\\\\s*(\\\\d)\", file(\"/proc/self/status\"))[0]\n}\n",
+    );
+    repo.write("dev/thp/pipelines.hcl", "dependencies = []\n");
+    let c1 = repo.commit("c1: a unit that prints its THP_enabled");
+    let mut deployment = Deployment::start(sandbox.path(), &config, &[("dev", 1)]);
+    // A process just spawned has its parent's flag until its own code runs: poll.
+    for (service, pid) in [
+        ("the dispatcher", deployment.dispatcher_pid()),
+        ("the plan worker", deployment.executor_pid("dev-plan-1")),
+    ] {
+        poll_until(
+            Duration::from_secs(60),
+            &format!("{service} to run without transparent huge pages"),
+            || (thp_enabled(pid) == "0").then_some(()),
+        );
+    }
+    assert_eq!(
+        thp_enabled(std::process::id()),
+        "1",
+        "this test, as the host has it"
+    );
+
+    let run = process::run(
+        sandbox.pipelines_on_range(
+            "orchestrate",
+            &c0,
+            &c1,
+            "pull-request",
+            &[
+                "--pr",
+                "1",
+                "--repo-name",
+                "infra",
+                "--broker",
+                &vhost.url,
+                "--wait",
+            ],
+        ),
+        RUN_DEADLINE,
+    );
+    assert_eq!(run.code(), Some(0), "{}", run.transcript());
+    let printed = printed_thp(sandbox.path());
+    assert!(
+        !printed.is_empty() && printed.iter().all(|value| value == "1"),
+        "terraform, started by the plan worker, runs with the host's setting: {printed:?}"
+    );
     deployment.assert_running();
 }

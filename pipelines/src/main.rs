@@ -437,6 +437,16 @@ fn service_name(command: &Command) -> &'static str {
     }
 }
 
+/// Keeps a long-running service's memory in 4 KiB pages. mimalloc asks for transparent huge
+/// pages on its arenas, and with them every 2 MiB region it has touched stays resident whole:
+/// the dispatcher's peak with 20 pages following a 1,000-job run was 93–114 MiB with them and
+/// 47–48 MiB without, the idle executor 33 MiB against 18 (BENCHMARKS.md, "Memory"). Best
+/// effort: a kernel without the flag keeps its huge pages. Tools the executor starts get the
+/// host's setting back (the supervisor).
+fn without_huge_pages() {
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
+}
+
 /// How a command ended, for the exit code.
 #[derive(Debug)]
 enum Outcome {
@@ -457,6 +467,9 @@ fn main() -> ExitCode {
         let code =
             executor_worker::supervisor::supervise(worker_pid, as_user.as_deref(), program, args);
         return ExitCode::from(u8::try_from(code).unwrap_or(125));
+    }
+    if matches!(cli.command, Command::Dispatch(_) | Command::Execute(_)) {
+        without_huge_pages();
     }
     // Services log at info; interactive commands only warn, because their progress lines
     // already say what is happening. RUST_LOG overrides both.
