@@ -433,17 +433,31 @@ impl Web {
         self: &Arc<Self>,
         read: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.read_then(read, |value| value).await
+    }
+
+    /// Like [`Web::read`], then `then` on what was read, on the same blocking thread once the
+    /// database is free for other reads again: a big page rendered there keeps its
+    /// allocations on one thread, and no other page's read waits for the rendering.
+    async fn read_then<T, U: Send + 'static>(
+        self: &Arc<Self>,
+        read: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+        then: impl FnOnce(T) -> U + Send + 'static,
+    ) -> Result<U, StoreError> {
         let web = self.clone();
         tokio::task::spawn_blocking(move || {
-            let mut store = web.store.lock().unwrap_or_else(|e| e.into_inner());
-            let read = read(&store);
-            // PostgreSQL went away (restarted, failed over): the next read connects again.
-            if matches!(&read, Err(err) if err.is_transient())
-                && let Ok(fresh) = Store::connect_read_only(&web.location)
-            {
-                *store = fresh;
-            }
-            read
+            let read = {
+                let mut store = web.store.lock().unwrap_or_else(|e| e.into_inner());
+                let read = read(&store);
+                // PostgreSQL went away (restarted, failed over): the next read connects again.
+                if matches!(&read, Err(err) if err.is_transient())
+                    && let Ok(fresh) = Store::connect_read_only(&web.location)
+                {
+                    *store = fresh;
+                }
+                read
+            };
+            read.map(then)
         })
         .await
         .unwrap_or_else(|err| {
@@ -482,13 +496,15 @@ impl Web {
         // for 1,000 jobs) are allocated and freed there, not spread over the runtime's threads,
         // whose allocator would each keep freed pages of them for a while.
         let (frame, is_final) = self
-            .read(move |store| {
-                let detail = store.run_detail(&run_id.to_string(), now_ms())?;
-                Ok((
-                    update_frame(&pages::run_live(&detail, now_ms())),
-                    detail.run.state.is_final(),
-                ))
-            })
+            .read_then(
+                move |store| store.run_detail(&run_id.to_string(), now_ms()),
+                |detail| {
+                    (
+                        update_frame(&pages::run_live(&detail, now_ms())),
+                        detail.run.state.is_final(),
+                    )
+                },
+            )
             .await
             .ok()?;
         *part = Some(LivePart {

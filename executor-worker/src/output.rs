@@ -34,11 +34,8 @@ pub(crate) struct JobOutput {
     file_room: u64,
     /// The limit, for the line that says it was reached.
     file_limit: u64,
-    /// The worker's log directory, which must have room for each write, and the job's run.
-    run_logs: Option<(SharedRunLogs, uuid::Uuid)>,
-    /// Bytes claimed from `run_logs` and not written yet: room is claimed a block at a time,
-    /// not a line at a time.
-    claimed: u64,
+    /// The worker's log directory, which must have room for each write.
+    run_room: Option<RunRoom>,
     /// Told after every write to the file: the log stream follows it.
     written: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
@@ -57,8 +54,7 @@ impl JobOutput {
             file: None,
             file_room: u64::MAX,
             file_limit: u64::MAX,
-            run_logs: None,
-            claimed: 0,
+            run_room: None,
             written: None,
         };
         if let Some(path) = log {
@@ -93,7 +89,11 @@ impl JobOutput {
         run_logs: SharedRunLogs,
         run_id: uuid::Uuid,
     ) -> JobOutput {
-        self.run_logs = Some((run_logs, run_id));
+        self.run_room = Some(RunRoom {
+            run_logs,
+            run_id,
+            claimed: 0,
+        });
         self
     }
 
@@ -151,12 +151,12 @@ impl JobOutput {
                     "executor.max_log_bytes = {} bytes",
                     self.file_limit
                 ))
-            } else if let Some((run_logs, run_id)) = &self.run_logs
-                && length > self.claimed
+            } else if let Some(room) = &mut self.run_room
+                && length > room.claimed
             {
-                match claim(run_logs, *run_id, length - self.claimed) {
+                match claim(&room.run_logs, room.run_id, length - room.claimed) {
                     Ok(claimed) => {
-                        self.claimed += claimed;
+                        room.claimed += claimed;
                         None
                     }
                     Err(limit) => Some(limit),
@@ -164,8 +164,10 @@ impl JobOutput {
             } else {
                 None
             };
-            if full.is_none() {
-                self.claimed = self.claimed.saturating_sub(length);
+            if full.is_none()
+                && let Some(room) = &mut self.run_room
+            {
+                room.claimed = room.claimed.saturating_sub(length);
             }
             let written = match full {
                 // Whole lines only, then the reason: a reader of the file sees where it ends.
@@ -202,19 +204,32 @@ impl JobOutput {
         if let Some(file) = &mut self.file {
             let _ = file.flush();
         }
-        // Room claimed ahead and not written is the next job's.
-        if let Some((run_logs, run_id)) = &self.run_logs
-            && self.claimed > 0
-        {
-            run_logs.lock().unwrote(*run_id, self.claimed);
-        }
         self.bounded.finish()
+    }
+}
+
+/// The job's share of the worker's log directory: room is claimed a block at a time, not a
+/// line at a time, and what was claimed and not written is given back when the output goes
+/// (finished, or dropped when a job ends early), for the next job.
+#[derive(Debug)]
+struct RunRoom {
+    run_logs: SharedRunLogs,
+    run_id: uuid::Uuid,
+    /// Bytes claimed and not written yet.
+    claimed: u64,
+}
+
+impl Drop for RunRoom {
+    fn drop(&mut self) {
+        if self.claimed > 0 {
+            self.run_logs.lock().unwrote(self.run_id, self.claimed);
+        }
     }
 }
 
 /// Room in the log directory is claimed this many bytes at a time (or what a line needs):
 /// a lock and a look at the budget per block, not per line; what a job did not use of its
-/// last block is given back when it finishes.
+/// last block is given back when its output goes ([`RunRoom`]).
 const CLAIM_BLOCK: u64 = 64 * 1024;
 
 /// Claims at least `needed` bytes of the worker's log directory for `run_id` (a block, where
@@ -407,6 +422,25 @@ mod tests {
         // Claimed a block at a time, and what the job did not use given back at its end.
         assert_eq!(run_logs.lock().total_bytes(), 144);
         assert!(text.ends_with("line 49\n"), "{text}");
+    }
+
+    #[test]
+    fn an_output_dropped_without_finishing_gives_back_the_room_it_did_not_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let run_logs = SharedRunLogs::new(dir.path(), run_logs::Budget::UNLIMITED);
+        let run_id = uuid::Uuid::from_u128(2);
+        let log = dir.path().join(run_id.to_string()).join("job-1.log");
+        let mut output =
+            JobOutput::new(Vec::new(), Some(&log)).with_run_logs(run_logs.clone(), run_id);
+        output.push_str("line 00\n");
+        assert_eq!(
+            run_logs.lock().total_bytes(),
+            CLAIM_BLOCK,
+            "a block is claimed"
+        );
+        // A job that ends early (a step's error) drops its output without `finish`.
+        drop(output);
+        assert_eq!(run_logs.lock().total_bytes(), 8);
     }
 
     #[test]

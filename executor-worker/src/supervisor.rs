@@ -58,7 +58,7 @@ pub fn supervise(
         }
     };
     // The worker runs without transparent huge pages (`pipelines execute`), and the flag is
-    // inherited: give the tool the host's setting back.
+    // inherited: turn them back on, so that the host's policy applies to the tool.
     let _ = rustix::thread::disable_transparent_huge_pages(false);
     runtime.block_on(run(worker_pid, user, program, args))
 }

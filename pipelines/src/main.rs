@@ -440,9 +440,11 @@ fn service_name(command: &Command) -> &'static str {
 /// Keeps a long-running service's memory in 4 KiB pages. mimalloc asks for transparent huge
 /// pages on its arenas, and with them every 2 MiB region it has touched stays resident whole:
 /// the dispatcher's peak with 20 pages following a 1,000-job run was 93–114 MiB with them and
-/// 47–48 MiB without, the idle executor 33 MiB against 18 (BENCHMARKS.md, "Memory"). Best
-/// effort: a kernel without the flag keeps its huge pages. Tools the executor starts get the
-/// host's setting back (the supervisor).
+/// 46.7–48.4 MiB without, the idle executor 33 MiB against 18 (BENCHMARKS.md, "Memory"). Best
+/// effort: a kernel without the flag keeps its huge pages. The flag is inherited: the
+/// supervisor turns huge pages back on for the tools (the host's policy then applies to them,
+/// even where the worker itself was started with them off); git and credential commands keep
+/// them off.
 fn without_huge_pages() {
     let _ = rustix::thread::disable_transparent_huge_pages(true);
 }

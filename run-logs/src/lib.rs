@@ -94,7 +94,7 @@ pub struct Room {
     pub bytes: u64,
     /// Why it is less than what was asked.
     pub short: Option<Limit>,
-    /// Runs whose logs were deleted to make the room (the caller logs them).
+    /// Runs whose logs were deleted to make the room (each is logged too).
     pub evicted: Vec<Evicted>,
 }
 
@@ -266,7 +266,8 @@ impl RunLogs {
         let bytes = bytes.min(usage.bytes);
         usage.bytes -= bytes;
         self.total = self.total.saturating_sub(bytes);
-        self.free = self.free.saturating_add(bytes);
+        // The free space is left as counted: it may have been read from the disk since the
+        // claim, without those bytes. It is read again within CHECK_FREE_EVERY.
     }
 
     /// Deletes the logs of runs not written to since `before` (blocking). Returns how many
