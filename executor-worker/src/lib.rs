@@ -34,6 +34,7 @@ pub mod policy;
 mod runner;
 mod shared_temp;
 pub mod supervisor;
+mod sysv_ipc;
 mod work;
 pub mod workspace;
 

@@ -570,10 +570,7 @@ pub(crate) fn kill_processes_of(uid: u32) -> Killed {
         }
         // Zombies too: a process whose first thread exited while others run looks like one.
         for process in &found {
-            if let Some(pid) = Pid::from_raw(process.pid)
-                && rustix::process::kill_process(pid, Signal::KILL).is_ok()
-                && process.alive
-            {
+            if kill_if_still_of(uid, process.pid) && process.alive {
                 killed.insert(process.pid);
             }
         }
@@ -592,6 +589,26 @@ pub(crate) fn kill_processes_of(uid: u32) -> Killed {
     Killed {
         killed: killed.len(),
         left,
+    }
+}
+
+/// Sends SIGKILL to `pid` if it is still a process of `uid`; whether it was sent. Through a
+/// pidfd opened before the check: a pid that was freed and reused since the pass over `/proc`
+/// (a fork bomb churns through them) then names a process that has gone, never someone
+/// else's.
+fn kill_if_still_of(uid: u32, pid: i32) -> bool {
+    let Some(id) = Pid::from_raw(pid) else {
+        return false;
+    };
+    match rustix::process::pidfd_open(id, rustix::process::PidfdFlags::empty()) {
+        Ok(pidfd) => {
+            status_of(pid).is_some_and(|status| status.uid == uid)
+                && rustix::process::pidfd_send_signal(&pidfd, Signal::KILL).is_ok()
+        }
+        // A kernel before 5.3 cannot pin a process: the pid, as found.
+        Err(rustix::io::Errno::NOSYS) => rustix::process::kill_process(id, Signal::KILL).is_ok(),
+        // It has gone (and been reaped).
+        Err(_) => false,
     }
 }
 
@@ -655,24 +672,41 @@ pub(crate) fn processes_of(uid: u32) -> Vec<Found> {
         else {
             continue;
         };
-        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(name))
-                .and_then(|value| value.split_whitespace().next())
-        };
-        if field("Uid:").and_then(|real| real.parse::<u32>().ok()) != Some(uid) {
-            continue;
+        if let Some(status) = status_of(pid)
+            && status.uid == uid
+        {
+            found.push(Found {
+                pid,
+                alive: status.alive,
+            });
         }
-        let zombie = field("State:") == Some("Z");
-        let threads = field("Threads:").and_then(|n| n.parse::<u32>().ok());
-        found.push(Found {
-            pid,
-            alive: !zombie || threads.is_some_and(|n| n > 1),
-        });
     }
     found
+}
+
+/// What `/proc/PID/status` says of a process that matters to a kill.
+struct Status {
+    /// The real user.
+    uid: u32,
+    /// As [`Found::alive`].
+    alive: bool,
+}
+
+fn status_of(pid: i32) -> Option<Status> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|value| value.split_whitespace().next())
+    };
+    let uid = field("Uid:")?.parse().ok()?;
+    let zombie = field("State:") == Some("Z");
+    let threads = field("Threads:").and_then(|n| n.parse::<u32>().ok());
+    Some(Status {
+        uid,
+        alive: !zombie || threads.is_some_and(|n| n > 1),
+    })
 }
 
 /// Resolves once a stop is asked for.
@@ -816,6 +850,26 @@ mod tests {
         for shell in &mut shells {
             let _ = shell.wait();
         }
+    }
+
+    #[test]
+    fn a_pid_that_now_names_another_users_process_is_not_killed() {
+        // What the kill finds at a pid once the tool user's process there has gone and the pid
+        // was reused: a process of someone else (this test's, root's).
+        let mut theirs = std::process::Command::new("sleep")
+            .arg("600")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = theirs.id() as i32;
+        let tool_user = 64_000 + std::process::id() % 1_000;
+        // `false`: no signal was sent.
+        assert!(!kill_if_still_of(tool_user, pid));
+        // The same pid, still of the user it names, is.
+        assert!(kill_if_still_of(rustix::process::getuid().as_raw(), pid));
+        assert!(!theirs.wait().unwrap().success());
+        // Nor does a pid that names nothing any more.
+        assert!(!kill_if_still_of(tool_user, pid));
     }
 
     #[test]

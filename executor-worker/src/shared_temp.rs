@@ -1,5 +1,6 @@
 //! What a job's tools leave in the host's shared temporary directories (`/tmp`, `/var/tmp`,
-//! `/dev/shm`, `/dev/mqueue`): removed when the job ends, and again before the next starts.
+//! `/dev/shm`, `/dev/mqueue`, `/run/lock`): removed when the job ends, and again before the
+//! next starts.
 //!
 //! Tools get a `TMPDIR` and a `HOME` inside the job's directory, which go with the job. But a
 //! plan's code may write wherever its user may: a file in `/dev/shm` holds memory until it is
@@ -12,8 +13,11 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// Where any user may write, outside the job's directory.
-pub(crate) const SHARED_TEMP_DIRS: &[&str] = &["/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue"];
+/// Where any user may write, outside the job's directory. `/run/lock` (`/var/lock`) is a small
+/// memory-backed directory open to all on Debian, read-only under the systemd unit and the
+/// Kubernetes manifests but not in `docker-compose.yml`'s containers or on a plain host.
+pub(crate) const SHARED_TEMP_DIRS: &[&str] =
+    &["/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue", "/run/lock"];
 
 /// How deep [`remove_entries_of`] looks through other users' world-writable, sticky
 /// directories (`/tmp/.X11-unix`, say), where the tool user could have written too.

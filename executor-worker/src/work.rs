@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use config::ToolUser;
 use proto_types::{Action, ExecutorRole, Job, JobOutcome, JobStatus, PolicyReport};
 use run_logs::SharedRunLogs;
 use tokio::sync::{Notify, watch};
@@ -16,9 +17,9 @@ use tracing::Instrument;
 use crate::output::JobOutput;
 use crate::policy::PlanContext;
 use crate::runner::{self, Launch, PolicyCheck, Stop};
-use crate::shared_temp;
 use crate::workspace::{JobDir, Workspace};
 use crate::{ToolSettings, WorkerSettings, checks, credentials};
+use crate::{shared_temp, sysv_ipc};
 
 /// How a claimed job ended.
 #[derive(Debug)]
@@ -171,10 +172,10 @@ async fn prepare_and_run(
     }
     // Nothing of an earlier job may meet this one. Its clean-up below does not run when the
     // job is dropped (the broker went away mid-job) or the worker is killed, so what such a
-    // job's tools left running, in the shared temporary directories, and its directory, go
-    // now.
+    // job's tools left running, in the shared temporary directories, their System V IPC
+    // objects, and its directory, go now.
     if let Some(user) = settings.tools.user {
-        output.push_str(&clear_left_by(user.uid, "an earlier job").await);
+        output.push_str(&clear_left_by(user, "an earlier job").await);
     }
     let leftovers = workspace.remove_leftover_jobs().await;
     if leftovers > 0 {
@@ -233,22 +234,23 @@ async fn prepare_and_run(
         Err(Interrupted::Failed(status, message)) => Err((status, message)),
     };
     // Nothing of a job outlives it: not a process its tools left behind, not its files,
-    // here or in /tmp and /dev/shm (the processes first, so that none writes while its files
-    // are removed).
+    // here or in /tmp and /dev/shm, not its shared memory (the processes first, so that none
+    // writes while its files are removed).
     if let Some(user) = settings.tools.user {
-        output.push_str(&clear_left_by(user.uid, "the job's tools").await);
+        output.push_str(&clear_left_by(user, "the job's tools").await);
     }
     workspace.remove(&workspace.job_dir(job.job_id)).await;
     result
 }
 
-/// Kills every process of the tool user `uid`, then removes what it left in the shared
-/// temporary directories (not while any process outlived the kill); what to add to the job's
-/// output about what `left_by` left.
-async fn clear_left_by(uid: u32, left_by: &str) -> String {
-    let killed = runner::kill_all_of(uid).await;
-    let removed = shared_temp::remove_left_by(uid, killed).await;
-    killed.note(left_by) + &removed.note(left_by)
+/// Kills every process of the tool user, then removes what it left in the shared temporary
+/// directories and its System V IPC objects (not while any process outlived the kill); what
+/// to add to the job's output about what `left_by` left.
+async fn clear_left_by(user: ToolUser, left_by: &str) -> String {
+    let killed = runner::kill_all_of(user.uid).await;
+    let removed = shared_temp::remove_left_by(user.uid, killed).await;
+    let ipc = sysv_ipc::remove_left_by(user, killed).await;
+    killed.note(left_by) + &removed.note(left_by) + &ipc.note(left_by)
 }
 
 /// `input.pipelines` of the job's policy evaluation.

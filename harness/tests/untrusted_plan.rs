@@ -92,6 +92,25 @@ fn processes_of(uid: u32) -> Vec<String> {
 }
 
 /// Every encoding of `secret` a reader could decode it from.
+/// The System V IPC objects `uid` owns or created, as `kind id`, from the kernel's tables.
+fn ipc_objects_of(uid: u32) -> Vec<String> {
+    let mut found = Vec::new();
+    for (kind, id_column) in [("shm", "shmid"), ("sem", "semid"), ("msg", "msqid")] {
+        let table = std::fs::read_to_string(format!("/proc/sysvipc/{kind}")).unwrap();
+        let mut lines = table.lines();
+        let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        let at = |name: &str| header.iter().position(|column| *column == name).unwrap();
+        let (id, owner, creator) = (at(id_column), at("uid"), at("cuid"));
+        for line in lines {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if [fields[owner], fields[creator]].contains(&uid.to_string().as_str()) {
+                found.push(format!("{kind} {}", fields[id]));
+            }
+        }
+    }
+    found
+}
+
 fn encoded_forms(secret: &str) -> Vec<String> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -170,7 +189,10 @@ u=$(id -u)
 echo evil > /tmp/left-by-a-plan-$u && mkdir -p /var/tmp/left-by-a-plan-$u \
   && echo evil > /var/tmp/left-by-a-plan-$u/inside \
   && head -c 4194304 /dev/zero > /dev/shm/left-by-a-plan-$u \
-  && say "wrote to /tmp, /var/tmp and /dev/shm" || say "could not write to the shared temporary directories"
+  && echo evil > /run/lock/left-by-a-plan-$u \
+  && say "wrote to /tmp, /var/tmp, /dev/shm and /run/lock" || say "could not write to the shared temporary directories"
+# System V IPC objects outlive their maker too; a segment holds memory until it is removed.
+say "made System V IPC objects: shm $(ipcmk -M 4194304 2>&1 | awk '{{print $NF}}'), sem $(ipcmk -S 1 2>&1 | awk '{{print $NF}}'), msg $(ipcmk -Q 2>&1 | awk '{{print $NF}}')"
 setsid sleep 600 < /dev/null > /dev/null 2>&1 &
 # Another takes terraform's own output (the job's pipe, the worker's) and holds it open.
 /usr/bin/python3 - "$PPID" >> "$R" 2>&1 <<'PY'
@@ -444,10 +466,10 @@ fn a_pull_request_provider_finds_no_secret_and_leaves_nothing_for_the_next_apply
     assert!(jobs.is_empty(), "{jobs:?}");
     // So is what it left in the shared temporary directories, removed before the outcome.
     assert!(
-        said.contains("wrote to /tmp, /var/tmp and /dev/shm"),
+        said.contains("wrote to /tmp, /var/tmp, /dev/shm and /run/lock"),
         "{said}"
     );
-    for dir in ["/tmp", "/var/tmp", "/dev/shm"] {
+    for dir in ["/tmp", "/var/tmp", "/dev/shm", "/run/lock"] {
         let left = Path::new(dir).join(format!("left-by-a-plan-{PLAN_TOOL_USER}"));
         assert!(
             std::fs::symlink_metadata(&left).is_err(),
@@ -455,6 +477,19 @@ fn a_pull_request_provider_finds_no_secret_and_leaves_nothing_for_the_next_apply
             left.display()
         );
     }
+    // And its System V IPC objects: it made one of each kind, and none is left.
+    let made = said
+        .lines()
+        .find_map(|line| line.strip_prefix("made System V IPC objects: "))
+        .unwrap_or_else(|| panic!("{said}"));
+    for kind in ["shm", "sem", "msg"] {
+        let id = made
+            .split(", ")
+            .find_map(|part| part.strip_prefix(&format!("{kind} ")))
+            .and_then(|id| id.parse::<i32>().ok());
+        assert!(id.is_some(), "no {kind} id in {made:?}");
+    }
+    assert_eq!(ipc_objects_of(PLAN_TOOL_USER), Vec::<String>::new());
 
     // The next apply in the account, on this machine, runs clean.
     let push = orchestrate(
