@@ -484,6 +484,13 @@ fn kubernetes_manifests_have_a_deployment_per_account_and_a_dispatcher_with_a_vo
             find("ServiceAccount", &name);
             let pod = &deployment["spec"]["template"]["spec"];
             assert_eq!(pod["serviceAccountName"].as_str(), Some(name.as_str()));
+            // A user namespace per pod: replicas' tool users are different users on the node,
+            // each with its own process limit.
+            assert_eq!(
+                pod["hostUsers"].as_bool(),
+                Some(false),
+                "{name}: the node's users"
+            );
             let labels = &deployment["spec"]["template"]["metadata"]["labels"];
             for (key, value) in selected.as_hash().unwrap() {
                 assert_eq!(
