@@ -260,6 +260,16 @@ impl Worker<'_> {
             self.metrics.inc(metrics::GIVEN_BACK, &[]);
             return Ok(true);
         }
+        if let Some(Stop::Unclean { left }) = finished.stopped {
+            self.give_back(
+                &job,
+                delivery,
+                "processes of the worker's tool user outlived the kill",
+            )
+            .await?;
+            self.metrics.inc(metrics::GIVEN_BACK, &[]);
+            return Err(ExecuteError::ToolUserAlive(left));
+        }
         let outcome = finished.outcome;
         let action = job.action.as_str();
         let status = format!("{:?}", outcome.status).to_ascii_lowercase();

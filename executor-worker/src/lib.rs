@@ -279,6 +279,12 @@ pub enum ExecuteError {
     /// The worker cannot keep its promises here (missing privileges): fix the deployment.
     #[error("{0}")]
     Setup(String),
+    /// Processes of the tool user outlived SIGKILL (stuck in the kernel): no job may meet
+    /// them, so the worker stops; a restart by systemd or Kubernetes ends them with it.
+    #[error(
+        "{0} process(es) of the tool user outlived the kill; the job in hand went back to the queue"
+    )]
+    ToolUserAlive(usize),
 }
 
 impl ExecuteError {
@@ -287,7 +293,9 @@ impl ExecuteError {
         match self {
             ExecuteError::Broker(err) => err.is_transient(),
             ExecuteError::ConsumerClosed(_) => true,
-            ExecuteError::Workspace(_) | ExecuteError::Setup(_) => false,
+            ExecuteError::Workspace(_)
+            | ExecuteError::Setup(_)
+            | ExecuteError::ToolUserAlive(_) => false,
         }
     }
 }

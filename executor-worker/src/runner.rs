@@ -145,6 +145,9 @@ pub(crate) enum Stop {
     Cancel(String),
     /// The worker is shutting down and the drain period is over.
     Drain,
+    /// Before the job started, processes of the tool user outlived the kill: the job must not
+    /// meet them, and the worker stops.
+    Unclean { left: usize },
 }
 
 /// How tools are started and stopped.
@@ -401,6 +404,9 @@ fn command(program: &str, args: &[&str], dir: &Path, launch: &Launch) -> Command
 
 /// The hidden subcommand that runs a tool under [`crate::supervisor`].
 pub const SUPERVISE_COMMAND: &str = "__supervise";
+/// The hidden subcommand that kills every process of the user it runs as
+/// ([`crate::supervisor::kill_all_of_own_user`]).
+pub(crate) const KILL_ALL_COMMAND: &str = "__kill-all";
 
 /// Runs with stdout and stderr merged into one pipe, so the output keeps its real order. When
 /// the tool ended, what it left running is killed ([`end_of_step`]) and the pipe is listened to
@@ -462,14 +468,14 @@ async fn run_merged(
 /// tool's processes from its own; the output drain still bounds the wait.)
 async fn end_of_step(launch: &Launch) -> Killed {
     match launch.user {
-        Some(user) => kill_all_of(user.uid).await,
+        Some(user) => kill_all_of(user, launch.supervisor.clone()).await,
         None => Killed::default(),
     }
 }
 
 /// [`kill_processes_of`], off the async threads.
-pub(crate) async fn kill_all_of(uid: u32) -> Killed {
-    tokio::task::spawn_blocking(move || kill_processes_of(uid))
+pub(crate) async fn kill_all_of(user: config::ToolUser, pipelines: Option<PathBuf>) -> Killed {
+    tokio::task::spawn_blocking(move || kill_processes_of(user, pipelines.as_deref()))
         .await
         .unwrap_or_default()
 }
@@ -549,18 +555,31 @@ async fn run_capturing(
     Ok((Ended::Exited(status.code()), Some(counts), kept))
 }
 
-/// Kills every process of `uid`: what a job's tools left running (a daemon a provider
+/// Kills every process of `user`: what a job's tools left running (a daemon a provider
 /// forked off, escaping its process group) must not see the next job. Returns how many were
 /// alive. Blocking: call it off the async threads.
 ///
-/// One pass over `/proc` is not enough: a process can fork a child the pass has gone by, and
-/// a killed process is still running until it has exited. So passes repeat until one finds
-/// nothing of `uid` alive, or [`KILL_DEADLINE`] passes. A process sent SIGKILL cannot fork
-/// any more, so each pass leaves only what was forked while it ran; the supervisor's
-/// `RLIMIT_NPROC` ([`crate::supervisor::TOOL_TASKS`]) bounds how many that can be.
-pub(crate) fn kill_processes_of(uid: u32) -> Killed {
+/// First `pipelines __kill-all` (of the binary `pipelines`) becomes `user` and kills all its
+/// processes at once: a process that forks and exits over and over has a new pid each time
+/// a pass over `/proc` looks, and passes alone never catch it
+/// ([`crate::supervisor::kill_all_of_own_user`]). Then passes over `/proc` repeat until one
+/// finds nothing of `user` alive (a killed process is still running until it has exited), or
+/// [`KILL_DEADLINE`] passes, killing what they find. Without the binary (library tests) the
+/// passes alone: a process sent SIGKILL cannot fork any more, so each leaves only what was
+/// forked while it ran; the supervisor's `RLIMIT_NPROC` ([`crate::supervisor::TOOL_TASKS`])
+/// bounds how many that can be.
+pub(crate) fn kill_processes_of(user: config::ToolUser, pipelines: Option<&Path>) -> Killed {
+    let uid = user.uid;
     let deadline = std::time::Instant::now() + KILL_DEADLINE;
-    let mut killed = std::collections::HashSet::new();
+    // Counted before: what the one call kills, the passes never see alive.
+    let mut killed: std::collections::HashSet<i32> = processes_of(uid)
+        .iter()
+        .filter(|process| process.alive)
+        .map(|process| process.pid)
+        .collect();
+    if let Some(pipelines) = pipelines {
+        kill_all_as(user, pipelines);
+    }
     let mut left = 0;
     for pass in 0.. {
         let found = processes_of(uid);
@@ -589,6 +608,34 @@ pub(crate) fn kill_processes_of(uid: u32) -> Killed {
     Killed {
         killed: killed.len(),
         left,
+    }
+}
+
+/// Runs `pipelines __kill-all --as-user UID:GID`, with nothing of the worker's environment.
+/// A failure is logged; the passes over `/proc` that follow still kill what they find.
+fn kill_all_as(user: config::ToolUser, pipelines: &Path) {
+    let ran = std::process::Command::new(pipelines)
+        .arg(KILL_ALL_COMMAND)
+        .arg("--as-user")
+        .arg(format!("{}:{}", user.uid, user.gid))
+        .env_clear()
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output();
+    match ran {
+        Ok(ran) if ran.status.success() => {}
+        Ok(ran) => tracing::warn!(
+            status = %ran.status,
+            stderr = %String::from_utf8_lossy(&ran.stderr).trim(),
+            "Cannot kill the tool user's processes at once; killing them one by one."
+        ),
+        Err(err) => tracing::warn!(
+            error = %err,
+            binary = %pipelines.display(),
+            "Cannot run the tool user's kill; killing its processes one by one."
+        ),
     }
 }
 
@@ -803,7 +850,8 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "{found:?}");
             std::thread::yield_now();
         }
-        assert_eq!(kill_processes_of(uid), Killed { killed: 1, left: 0 });
+        let user = config::ToolUser { uid, gid: uid };
+        assert_eq!(kill_processes_of(user, None), Killed { killed: 1, left: 0 });
         assert!(processes_of(uid).iter().all(|p| !p.alive));
         let _ = half.wait();
     }
@@ -844,7 +892,7 @@ mod tests {
             );
             std::thread::yield_now();
         }
-        let killed = kill_processes_of(uid);
+        let killed = kill_processes_of(config::ToolUser { uid, gid: uid }, None);
         assert!(killed.killed >= 40 && killed.left == 0, "{killed:?}");
         assert_eq!(alive(), Vec::<i32>::new(), "alive after the kill");
         for shell in &mut shells {

@@ -8,6 +8,9 @@
 //! (terraform stops gracefully and releases its state lock); a second one, or SIGUSR1, kills
 //! it. When the tool exits by itself, whatever it left running in its group is killed too.
 //! As the tool user, the tool and all it starts may have at most [`TOOL_TASKS`] tasks.
+//!
+//! `pipelines __kill-all --as-user UID:GID`, which the worker runs after each step and job,
+//! kills every process of the tool user at once ([`kill_all_of_user`]).
 
 use std::ffi::OsString;
 use std::process::Stdio;
@@ -36,10 +39,7 @@ pub fn supervise(
     program: OsString,
     args: Vec<OsString>,
 ) -> i32 {
-    let user = match as_user.map(|spec| {
-        spec.split_once(':')
-            .and_then(|(uid, gid)| Some((uid.parse::<u32>().ok()?, gid.parse::<u32>().ok()?)))
-    }) {
+    let user = match as_user.map(ids) {
         None => None,
         Some(Some(ids)) => Some(ids),
         Some(None) => {
@@ -150,6 +150,59 @@ async fn run(
             Signal::KILL
         };
         let _ = rustix::process::kill_process_group(group, signal);
+    }
+}
+
+/// `UID:GID` as numbers.
+fn ids(spec: &str) -> Option<(u32, u32)> {
+    let (uid, gid) = spec.split_once(':')?;
+    Some((uid.parse().ok()?, gid.parse().ok()?))
+}
+
+/// Becomes `as_user` (`UID:GID`; the worker starts this as root, and the tool user may not be
+/// able to run the binary from where it lies), then sends SIGKILL to every process of that
+/// user (`kill(-1, SIGKILL)`: every process it may signal, in its PID namespace, but itself);
+/// the exit code. Refuses to go on as root, to whom `-1` would mean every process of the host.
+///
+/// One call is enough, and a pass over `/proc` is not. A process that forks and exits at once,
+/// over and over, has a new pid each time a pass looks; every pass kills a pid that is already
+/// gone and misses the next one. The kernel signals every process of `-1` while no fork can
+/// complete, and a fork under way in a signalled process fails: when the call returns,
+/// every process of the user is dying and none can start another. Having changed its user,
+/// this process cannot be traced by the ones it kills (the kernel makes it non-dumpable).
+pub fn kill_all_of_user(as_user: Option<&str>) -> i32 {
+    if let Some(spec) = as_user {
+        let Some((uid, gid)) = ids(spec) else {
+            eprintln_safe(&format!("pipelines __kill-all: {spec:?} is not UID:GID"));
+            return 125;
+        };
+        // Single-threaded here (no runtime), so the thread's ids are the process's.
+        let (uid, gid) = (
+            rustix::process::Uid::from_raw(uid),
+            rustix::process::Gid::from_raw(gid),
+        );
+        let became = rustix::thread::set_thread_groups(&[])
+            .and_then(|()| rustix::thread::set_thread_res_gid(gid, gid, gid))
+            .and_then(|()| rustix::thread::set_thread_res_uid(uid, uid, uid));
+        if let Err(err) = became {
+            eprintln_safe(&format!(
+                "pipelines __kill-all: cannot become {spec}: {err}"
+            ));
+            return 125;
+        }
+    }
+    if rustix::process::getuid().is_root() || rustix::process::geteuid().is_root() {
+        eprintln_safe("pipelines __kill-all: refusing to run as root");
+        return 125;
+    }
+    // `kill(-pid)` signals the group `pid`; for pid 1 that is `kill(-1)`: every process.
+    match rustix::process::kill_process_group(Pid::INIT, Signal::KILL) {
+        // ESRCH: nothing to signal.
+        Ok(()) | Err(rustix::io::Errno::SRCH) => 0,
+        Err(err) => {
+            eprintln_safe(&format!("pipelines __kill-all: {err}"));
+            125
+        }
     }
 }
 

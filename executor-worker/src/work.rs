@@ -69,7 +69,9 @@ pub(crate) async fn run(
                         output.push_str(&format!("Error: {}\n", stop_message(reason)));
                         match reason {
                             Stop::Cancel(_) => JobStatus::Cancelled,
-                            Stop::Timeout(_) | Stop::Drain => JobStatus::Failed,
+                            Stop::Timeout(_) | Stop::Drain | Stop::Unclean { .. } => {
+                                JobStatus::Failed
+                            }
                         }
                     }
                     None => steps.status,
@@ -125,6 +127,9 @@ fn stop_message(reason: &Stop) -> String {
         ),
         Stop::Cancel(why) => format!("the job was stopped: {why}"),
         Stop::Drain => "the worker shut down; the job goes back to the queue".to_owned(),
+        Stop::Unclean { left } => format!(
+            "{left} process(es) of the tool user outlived the kill; the job goes back to the queue and this worker stops"
+        ),
     }
 }
 
@@ -175,7 +180,21 @@ async fn prepare_and_run(
     // job's tools left running, in the shared temporary directories, their System V IPC
     // objects, and its directory, go now.
     if let Some(user) = settings.tools.user {
-        output.push_str(&clear_left_by(user, "an earlier job").await);
+        let (note, killed) = clear_left_by(settings, user, "an earlier job").await;
+        output.push_str(&note);
+        if killed.left > 0 {
+            // Something of the tool user lives on through SIGKILL (stuck in the kernel): it
+            // must not meet this job. The job goes back to the queue for another worker, and
+            // this one stops; restarting it (systemd, Kubernetes) ends what it leaves.
+            return Ok(runner::StepsOutcome {
+                status: JobStatus::Failed,
+                exit_code: None,
+                resource_changes: None,
+                stopped: Some(Stop::Unclean { left: killed.left }),
+                policy: None,
+                drift: None,
+            });
+        }
     }
     let leftovers = workspace.remove_leftover_jobs().await;
     if leftovers > 0 {
@@ -237,7 +256,7 @@ async fn prepare_and_run(
     // here or in /tmp and /dev/shm, not its shared memory (the processes first, so that none
     // writes while its files are removed).
     if let Some(user) = settings.tools.user {
-        output.push_str(&clear_left_by(user, "the job's tools").await);
+        output.push_str(&clear_left_by(settings, user, "the job's tools").await.0);
     }
     workspace.remove(&workspace.job_dir(job.job_id)).await;
     result
@@ -245,12 +264,17 @@ async fn prepare_and_run(
 
 /// Kills every process of the tool user, then removes what it left in the shared temporary
 /// directories and its System V IPC objects (not while any process outlived the kill); what
-/// to add to the job's output about what `left_by` left.
-async fn clear_left_by(user: ToolUser, left_by: &str) -> String {
-    let killed = runner::kill_all_of(user.uid).await;
+/// to add to the job's output about what `left_by` left, and what the kill did.
+async fn clear_left_by(
+    settings: &WorkerSettings,
+    user: ToolUser,
+    left_by: &str,
+) -> (String, runner::Killed) {
+    let killed = runner::kill_all_of(user, settings.supervisor.clone()).await;
     let removed = shared_temp::remove_left_by(user.uid, killed).await;
     let ipc = sysv_ipc::remove_left_by(user, killed).await;
-    killed.note(left_by) + &removed.note(left_by) + &ipc.note(left_by)
+    let note = killed.note(left_by) + &removed.note(left_by) + &ipc.note(left_by);
+    (note, killed)
 }
 
 /// `input.pipelines` of the job's policy evaluation.
@@ -462,6 +486,10 @@ mod tests {
         assert_eq!(
             stop_message(&Stop::Cancel("cancelled by ops: wrong".into())),
             "the job was stopped: cancelled by ops: wrong"
+        );
+        assert_eq!(
+            stop_message(&Stop::Unclean { left: 2 }),
+            "2 process(es) of the tool user outlived the kill; the job goes back to the queue and this worker stops"
         );
     }
 

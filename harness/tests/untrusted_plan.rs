@@ -244,6 +244,14 @@ for user in users:
             print(f"BROKER ACCEPTED {{user}}")
 print(f"broker attempts: {{tried}}")
 PY
+# A process that forks and exits over and over: a new pid each time anyone looks for it.
+setsid /usr/bin/python3 -c 'import os
+while True:
+    try:
+        if os.fork(): os._exit(0)
+    except OSError:
+        os.sched_yield()' < /dev/null > /dev/null 2>&1 &
+say "started a process that hops from pid to pid"
 say "== done"
 exit 1
 "#,
@@ -454,7 +462,8 @@ fn a_pull_request_provider_finds_no_secret_and_leaves_nothing_for_the_next_apply
             file.display()
         );
     }
-    // Nothing it started outlives its job.
+    // Nothing it started outlives its job, not even a process that hops from pid to pid.
+    assert!(said.contains("started a process that hops"), "{said}");
     poll_until(DEADLINE, "the plan's processes to be gone", || {
         processes_of(PLAN_TOOL_USER).is_empty().then_some(())
     });
@@ -641,4 +650,102 @@ fn unit_paths_out_of_the_checkout_fail_at_the_executor() {
     );
     assert!(!reason.contains("$ terraform"), "a tool ran: {reason}");
     drop(deployment);
+}
+
+/// The live processes of `uid` (zombies left out: they hold nothing and run nothing).
+fn alive_processes_of(uid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|line| line.strip_prefix(name))
+                    .and_then(|value| value.split_whitespace().next().map(str::to_owned))
+            };
+            let real: u32 = field("Uid:")?.parse().ok()?;
+            (real == uid && field("State:")? != "Z").then_some(pid)
+        })
+        .collect()
+}
+
+/// Starts, as `uid`, a process that forks and exits over and over: a new pid each time anyone
+/// looks, as a plan's code could leave behind. At most 64 at once (its own `RLIMIT_NPROC`),
+/// so that a slow reaper of orphans on the host does not let zombies pile up.
+fn start_hopping(uid: u32) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let chain = "import os, resource\n\
+                 resource.setrlimit(resource.RLIMIT_NPROC, (64, 64))\n\
+                 while True:\n    \
+                     try:\n        \
+                         if os.fork(): os._exit(0)\n    \
+                     except OSError:\n        \
+                         os.sched_yield()\n";
+    std::process::Command::new("/usr/bin/python3")
+        .args(["-c", chain])
+        .current_dir("/")
+        .uid(uid)
+        .gid(uid)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("running python3 as another user needs root: run the tests as root")
+}
+
+/// Kills every process of its uid when dropped, so that a failed test leaves nothing running.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        use std::os::unix::process::CommandExt;
+        let _ = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", "import os; os.kill(-1, 9)"])
+            .uid(self.0)
+            .gid(self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_process_that_forks_and_exits_over_and_over_is_killed_at_once() {
+    // A uid of this test's own.
+    let uid = 61_021;
+    let mut first = start_hopping(uid);
+    let _stop_it_anyway = KillOnDrop(uid);
+    // It hops: live processes of the user under ever new pids.
+    let mut seen = std::collections::BTreeSet::new();
+    poll_until(DEADLINE, "the chain to hop through three pids", || {
+        seen.extend(alive_processes_of(uid));
+        (seen.len() >= 3).then_some(())
+    });
+    let _ = first.wait();
+
+    // Started as root, as the worker starts it: the binary may lie where the user cannot read.
+    let killed = std::process::Command::new(harness::pipelines_binary())
+        .args(["__kill-all", "--as-user", &format!("{uid}:{uid}")])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(killed.status.success(), "{killed:?}");
+    poll_until(DEADLINE, "nothing of the user to be alive", || {
+        alive_processes_of(uid).is_empty().then_some(())
+    });
+}
+
+#[test]
+fn the_kill_of_every_process_refuses_to_run_as_root() {
+    // As root, `kill(-1)` would be every process of the host.
+    let refused = std::process::Command::new(harness::pipelines_binary())
+        .arg("__kill-all")
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(125), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("refusing to run as root"),
+        "{refused:?}"
+    );
 }

@@ -66,6 +66,14 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+    /// Internal: kill every process of a user (the worker's tool user, after each step and
+    /// job; see executor docs).
+    #[command(name = "__kill-all", hide = true)]
+    KillAll {
+        /// The user whose processes to kill, as which this runs (`executor.tool_user`).
+        #[arg(long, value_name = "UID:GID")]
+        as_user: Option<String>,
+    },
     /// Broker administration.
     #[command(subcommand)]
     Broker(BrokerCommand),
@@ -470,6 +478,10 @@ fn main() -> ExitCode {
             executor_worker::supervisor::supervise(worker_pid, as_user.as_deref(), program, args);
         return ExitCode::from(u8::try_from(code).unwrap_or(125));
     }
+    if let Command::KillAll { as_user } = &cli.command {
+        let code = executor_worker::supervisor::kill_all_of_user(as_user.as_deref());
+        return ExitCode::from(u8::try_from(code).unwrap_or(125));
+    }
     if matches!(cli.command, Command::Dispatch(_) | Command::Execute(_)) {
         without_huge_pages();
     }
@@ -519,7 +531,9 @@ fn main() -> ExitCode {
             Command::Reject(args) => {
                 commands::approve(args, proto_types::ApprovalVerdict::Reject).await
             }
-            Command::Supervise { .. } => unreachable!("handled before the runtime starts"),
+            Command::Supervise { .. } | Command::KillAll { .. } => {
+                unreachable!("handled before the runtime starts")
+            }
             Command::Drift(DriftCommand::Status(args)) => commands::drift_status(args),
             Command::Store(StoreCommand::Migrate {
                 from,
