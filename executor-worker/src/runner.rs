@@ -90,12 +90,15 @@ pub(crate) fn steps(action: Action) -> Vec<Step> {
         "plan",
         "-input=false",
         "-no-color",
-        // A drift check writes no state, so it takes no lock: it never waits for an apply of
-        // its unit, and an apply never waits for it.
-        if action == Action::DriftPlan {
-            "-lock=false"
-        } else {
+        // Only a job that applies writes state, so only its plan takes the lock. Any other
+        // plan (a pull request's, a drift check) never waits for an apply of its unit, and an
+        // apply never waits for it: a pull request's code could otherwise kill its terraform
+        // while it holds the lock and leave it behind for the next apply, and the plan
+        // role's credentials need only read the lock table.
+        if action.mutates() {
             LOCK_TIMEOUT
+        } else {
+            "-lock=false"
         },
         "-detailed-exitcode",
     ];
@@ -934,6 +937,13 @@ mod tests {
         assert!(args(Action::PlanDestroy)[1].contains("-destroy"));
         let destroy = args(Action::Destroy);
         assert!(destroy[1].contains("-destroy"));
+        // Plans that apply nothing take no lock; a job that applies waits for the lock.
+        for action in [Action::Plan, Action::PlanDestroy] {
+            assert!(args(action)[1].contains(" -lock=false "), "{action:?}");
+        }
+        for action in [Action::Apply, Action::Destroy] {
+            assert!(args(action)[1].contains(" -lock-timeout=5m "), "{action:?}");
+        }
         assert_eq!(
             destroy[3],
             "apply -input=false -no-color -lock-timeout=5m tfplan"
