@@ -451,6 +451,15 @@ fn kubernetes_manifests_have_a_deployment_per_account_and_a_dispatcher_with_a_vo
     let network = find("NetworkPolicy", "pipelines-executors");
     let selected = &network["spec"]["podSelector"]["matchLabels"];
     let egress = network["spec"]["egress"].as_vec().expect("egress rules");
+    // Only the scraper connects to an executor: an ingress rule without `from` would let any
+    // pod in, another executor's plan too.
+    let ingress = network["spec"]["ingress"].as_vec().expect("ingress rules");
+    assert!(
+        ingress
+            .iter()
+            .all(|rule| rule["from"].as_vec().is_some_and(|from| !from.is_empty())),
+        "an ingress rule without `from` admits every pod"
+    );
     assert!(words(&network["spec"]["policyTypes"]).contains(&"Egress".to_owned()));
     assert!(
         egress

@@ -48,23 +48,48 @@ impl Health {
     }
 }
 
+/// Connections answered at once. More wait in the listen backlog: a client that opens many
+/// and sends nothing holds each for [`ANSWER_TIMEOUT`] at most, and cannot make the process run
+/// out of file descriptors.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long one connection may take, from accepting it to the last byte of the answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The pause after a failed accept (out of file descriptors, say): it would fail again at once.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Binds `address` and answers requests until the runtime stops; the bound address (useful
 /// with port 0).
 pub async fn serve(address: &str, metrics: Metrics, health: Health) -> std::io::Result<SocketAddr> {
+    serve_at_most(address, metrics, health, MAX_CONNECTIONS).await
+}
+
+async fn serve_at_most(
+    address: &str,
+    metrics: Metrics,
+    health: Health,
+    connections: usize,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(address).await?;
     let bound = listener.local_addr()?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(connections));
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!(error = %err, "Cannot accept a connection to the metrics endpoint.");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
             };
             let (metrics, health) = (metrics.clone(), health.clone());
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    answer(stream, &metrics, &health),
-                )
-                .await;
+                let _ =
+                    tokio::time::timeout(ANSWER_TIMEOUT, answer(stream, &metrics, &health)).await;
+                drop(slot);
             });
         }
     });
@@ -176,5 +201,25 @@ mod tests {
         stream.read_to_string(&mut response).await.unwrap();
         assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
         assert!(response.ends_with("jobs_total 1\n"), "{response}");
+    }
+
+    #[tokio::test]
+    async fn a_slot_is_free_again_when_its_connection_ends() {
+        let address = serve_at_most("127.0.0.1:0", Metrics::default(), Health::default(), 1)
+            .await
+            .unwrap();
+        // The one slot, held by a client that sends nothing.
+        let idle = TcpStream::connect(address).await.unwrap();
+        let mut waiting = TcpStream::connect(address).await.unwrap();
+        waiting
+            .write_all(b"GET /healthz HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        // The idle client goes: its connection ends, and the slot is the waiting one's (were
+        // it never given back, the waiting client would wait for ever).
+        drop(idle);
+        let mut response = String::new();
+        waiting.read_to_string(&mut response).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
     }
 }
