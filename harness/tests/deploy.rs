@@ -273,6 +273,14 @@ fn compose_runs_each_account_with_its_own_broker_user_and_loads_the_definitions(
                 format!("amqp://pipelines-executor-{account}-{role}@rabbitmq:5672/pipelines"),
                 "{service}"
             );
+            // A plan's code gains nothing from a setuid program, and its memory is bounded.
+            let bounds = &services[service.as_str()];
+            assert!(
+                words(merged(bounds, "security_opt"))
+                    .contains(&"no-new-privileges:true".to_owned()),
+                "{service}"
+            );
+            assert!(!merged(bounds, "mem_limit").is_badvalue(), "{service}");
             let environment = &services[service.as_str()]["environment"];
             assert_eq!(
                 text(&environment["PIPELINES_BROKER_PASSWORD_FILE"]),
