@@ -590,21 +590,60 @@ fn path_arg(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
-/// Hands a directory tree to `owner`, never following a symlink out of it.
+/// Hands a directory tree to `owner`, never following a symlink out of it. Depth first, each
+/// directory after what it holds: every directory on the path being walked is still root's,
+/// so that even a process of `owner` could not swap one for a symbolic link and turn a path
+/// of the walk into one outside the tree (`lchown` does not follow the last part of a path,
+/// but does follow the ones before it).
 fn give_tree(path: &Path, owner: ToolUser) -> std::io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(owner.uid), Some(owner.gid))?;
     let meta = std::fs::symlink_metadata(path)?;
     if meta.is_dir() {
         for entry in std::fs::read_dir(path)? {
             give_tree(&entry?.path(), owner)?;
         }
     }
-    Ok(())
+    std::os::unix::fs::lchown(path, Some(owner.uid), Some(owner.gid))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tree_is_given_whole_and_nothing_a_link_in_it_points_to() {
+        use std::os::unix::fs::MetadataExt;
+        let owner = ToolUser {
+            uid: 61_022,
+            gid: 61_022,
+        };
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("precious"), "x").unwrap();
+        let job = root.path().join("job");
+        std::fs::create_dir_all(job.join("src/modules/a")).unwrap();
+        std::fs::write(job.join("src/main.tf"), "").unwrap();
+        std::fs::write(job.join("src/modules/a/main.tf"), "").unwrap();
+        std::os::unix::fs::symlink(outside.path(), job.join("src/escape")).unwrap();
+
+        give_tree(&job, owner).expect("chown (the tests run as root)");
+
+        for path in [
+            "",
+            "src",
+            "src/main.tf",
+            "src/modules",
+            "src/modules/a",
+            "src/modules/a/main.tf",
+            "src/escape",
+        ] {
+            let meta = std::fs::symlink_metadata(job.join(path)).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (61_022, 61_022), "{path:?}");
+        }
+        for path in [outside.path().to_owned(), outside.path().join("precious")] {
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            assert_eq!(meta.uid(), 0, "{} was given away", path.display());
+        }
+    }
 
     #[test]
     fn a_work_directory_the_tool_user_could_move_aside_is_named_with_why() {
