@@ -289,6 +289,9 @@ impl Worker<'_> {
         )
         .await?;
         delivery.ack().await?;
+        if finished.tool_user_alive > 0 {
+            return Err(ExecuteError::ToolUserAlive(finished.tool_user_alive));
+        }
         Ok(draining)
     }
 

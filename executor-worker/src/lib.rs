@@ -280,10 +280,9 @@ pub enum ExecuteError {
     #[error("{0}")]
     Setup(String),
     /// Processes of the tool user outlived SIGKILL (stuck in the kernel): no job may meet
-    /// them, so the worker stops; a restart by systemd or Kubernetes ends them with it.
-    #[error(
-        "{0} process(es) of the tool user outlived the kill; the job in hand went back to the queue"
-    )]
+    /// them, so the worker stops (at start, it does not start); any job in hand was reported
+    /// or given back first.
+    #[error("{0} process(es) of the tool user outlived the kill: no job may meet them")]
     ToolUserAlive(usize),
 }
 
@@ -318,6 +317,18 @@ pub async fn run(
                 "executor.tool_user = {}:{} needs the pipelines binary to supervise the tools, and none was given",
                 user.uid, user.gid
             )));
+        }
+        // What a worker killed before it could clean up after its job left running goes now;
+        // a worker whose tool user keeps processes through SIGKILL takes no job at all.
+        let killed = runner::kill_all_of(user, settings.supervisor.clone()).await;
+        if killed.killed > 0 {
+            tracing::warn!(
+                killed = killed.killed,
+                "Killed processes of the tool user left from before the start."
+            );
+        }
+        if killed.left > 0 {
+            return Err(ExecuteError::ToolUserAlive(killed.left));
         }
         if let Some(file) = &settings.broker_password_file
             && let Some(why) = tool_user_reads(file, user)

@@ -408,7 +408,7 @@ fn command(program: &str, args: &[&str], dir: &Path, launch: &Launch) -> Command
 /// The hidden subcommand that runs a tool under [`crate::supervisor`].
 pub const SUPERVISE_COMMAND: &str = "__supervise";
 /// The hidden subcommand that kills every process of the user it runs as
-/// ([`crate::supervisor::kill_all_of_own_user`]).
+/// ([`crate::supervisor::kill_all_of_user`]).
 pub(crate) const KILL_ALL_COMMAND: &str = "__kill-all";
 
 /// Runs with stdout and stderr merged into one pipe, so the output keeps its real order. When
@@ -565,7 +565,7 @@ async fn run_capturing(
 /// First `pipelines __kill-all` (of the binary `pipelines`) becomes `user` and kills all its
 /// processes at once: a process that forks and exits over and over has a new pid each time
 /// a pass over `/proc` looks, and passes alone never catch it
-/// ([`crate::supervisor::kill_all_of_own_user`]). Then passes over `/proc` repeat until one
+/// ([`crate::supervisor::kill_all_of_user`]). Then passes over `/proc` repeat until one
 /// finds nothing of `user` alive (a killed process is still running until it has exited), or
 /// [`KILL_DEADLINE`] passes, killing what they find. Without the binary (library tests) the
 /// passes alone: a process sent SIGKILL cannot fork any more, so each leaves only what was
@@ -614,33 +614,59 @@ pub(crate) fn kill_processes_of(user: config::ToolUser, pipelines: Option<&Path>
     }
 }
 
-/// Runs `pipelines __kill-all --as-user UID:GID`, with nothing of the worker's environment.
-/// A failure is logged; the passes over `/proc` that follow still kill what they find.
+/// Runs `pipelines __kill-all --as-user UID:GID`, with nothing of the worker's environment,
+/// up to [`KILL_ALL_ATTEMPTS`] times until it exits 0. Once it has become the tool user, a
+/// process of that user may stop or kill it before its own kill: so each attempt has
+/// [`KILL_ALL_WAIT`], after which the worker kills it. A failure is logged; the passes over
+/// `/proc` that follow still kill what they find, and count what is left.
 fn kill_all_as(user: config::ToolUser, pipelines: &Path) {
-    let ran = std::process::Command::new(pipelines)
-        .arg(KILL_ALL_COMMAND)
-        .arg("--as-user")
-        .arg(format!("{}:{}", user.uid, user.gid))
-        .env_clear()
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output();
-    match ran {
-        Ok(ran) if ran.status.success() => {}
-        Ok(ran) => tracing::warn!(
-            status = %ran.status,
-            stderr = %String::from_utf8_lossy(&ran.stderr).trim(),
-            "Cannot kill the tool user's processes at once; killing them one by one."
-        ),
-        Err(err) => tracing::warn!(
-            error = %err,
-            binary = %pipelines.display(),
-            "Cannot run the tool user's kill; killing its processes one by one."
-        ),
+    for attempt in 1..=KILL_ALL_ATTEMPTS {
+        let started = std::process::Command::new(pipelines)
+            .arg(KILL_ALL_COMMAND)
+            .arg("--as-user")
+            .arg(format!("{}:{}", user.uid, user.gid))
+            .env_clear()
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let mut helper = match started {
+            Ok(helper) => helper,
+            Err(err) => {
+                tracing::warn!(error = %err, binary = %pipelines.display(), "Cannot run the tool user's kill; killing its processes one by one.");
+                return;
+            }
+        };
+        let deadline = std::time::Instant::now() + KILL_ALL_WAIT;
+        let status = loop {
+            match helper.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                _ => {
+                    let _ = helper.kill();
+                    let _ = helper.wait();
+                    break None;
+                }
+            }
+        };
+        match status {
+            Some(status) if status.success() => return,
+            status => tracing::warn!(
+                attempt,
+                status = ?status,
+                "The tool user's kill did not finish (stopped or killed by a process of that user?)."
+            ),
+        }
     }
 }
+
+/// How many times [`kill_all_as`] tries.
+const KILL_ALL_ATTEMPTS: u32 = 3;
+/// How long one attempt of [`kill_all_as`] may take: it makes a handful of system calls.
+const KILL_ALL_WAIT: Duration = Duration::from_secs(2);
 
 /// Sends SIGKILL to `pid` if it is still a process of `uid`; whether it was sent. Through a
 /// pidfd opened before the check: a pid that was freed and reused since the pass over `/proc`
@@ -655,10 +681,14 @@ fn kill_if_still_of(uid: u32, pid: i32) -> bool {
             status_of(pid).is_some_and(|status| status.uid == uid)
                 && rustix::process::pidfd_send_signal(&pidfd, Signal::KILL).is_ok()
         }
-        // A kernel before 5.3 cannot pin a process: the pid, as found.
-        Err(rustix::io::Errno::NOSYS) => rustix::process::kill_process(id, Signal::KILL).is_ok(),
         // It has gone (and been reaped).
-        Err(_) => false,
+        Err(rustix::io::Errno::SRCH) => false,
+        // No pidfd here (a kernel before 5.3, a seccomp profile that refuses it): the pid, as
+        // found, once more checked.
+        Err(_) => {
+            status_of(pid).is_some_and(|status| status.uid == uid)
+                && rustix::process::kill_process(id, Signal::KILL).is_ok()
+        }
     }
 }
 

@@ -28,6 +28,9 @@ use tokio::signal::unix::{SignalKind, signal};
 /// tool uid on one host share the budget.
 pub const TOOL_TASKS: u64 = 4096;
 
+/// The tool's `oom_score_adj` (from -1000, never, to 1000, first).
+const TOOL_OOM_SCORE_ADJ: &str = "500";
+
 /// How often the supervisor checks that its worker is still there.
 const PARENT_CHECK: Duration = Duration::from_millis(100);
 
@@ -60,6 +63,10 @@ pub fn supervise(
     // The worker runs without transparent huge pages (`pipelines execute`), and the flag is
     // inherited: turn them back on, so that the host's policy applies to the tool.
     let _ = rustix::thread::disable_transparent_huge_pages(false);
+    // Inherited by the tool: when memory runs out (a plan that filled /dev/shm, in a unit or
+    // pod with a memory limit), the kernel kills the tool's processes before the worker.
+    // Raising one's own score needs no privilege.
+    let _ = std::fs::write("/proc/self/oom_score_adj", TOOL_OOM_SCORE_ADJ);
     runtime.block_on(run(worker_pid, user, program, args))
 }
 
@@ -160,9 +167,10 @@ fn ids(spec: &str) -> Option<(u32, u32)> {
 }
 
 /// Becomes `as_user` (`UID:GID`; the worker starts this as root, and the tool user may not be
-/// able to run the binary from where it lies), then sends SIGKILL to every process of that
+/// able to run the binary from where it lies), with no capability left, then sends SIGKILL to every process of that
 /// user (`kill(-1, SIGKILL)`: every process it may signal, in its PID namespace, but itself);
-/// the exit code. Refuses to go on as root, to whom `-1` would mean every process of the host.
+/// the exit code. Refuses to go on as root or with a capability, to which `-1` would mean
+/// every process of the host.
 ///
 /// One call is enough, and a pass over `/proc` is not. A process that forks and exits at once,
 /// over and over, has a new pid each time a pass looks; every pass kills a pid that is already
@@ -170,29 +178,42 @@ fn ids(spec: &str) -> Option<(u32, u32)> {
 /// complete, and a fork under way in a signalled process fails: when the call returns,
 /// every process of the user is dying and none can start another. Having changed its user,
 /// this process cannot be traced by the ones it kills (the kernel makes it non-dumpable).
-pub fn kill_all_of_user(as_user: Option<&str>) -> i32 {
-    if let Some(spec) = as_user {
-        let Some((uid, gid)) = ids(spec) else {
-            eprintln_safe(&format!("pipelines __kill-all: {spec:?} is not UID:GID"));
-            return 125;
-        };
-        // Single-threaded here (no runtime), so the thread's ids are the process's.
-        let (uid, gid) = (
-            rustix::process::Uid::from_raw(uid),
-            rustix::process::Gid::from_raw(gid),
-        );
-        let became = rustix::thread::set_thread_groups(&[])
-            .and_then(|()| rustix::thread::set_thread_res_gid(gid, gid, gid))
-            .and_then(|()| rustix::thread::set_thread_res_uid(uid, uid, uid));
-        if let Err(err) = became {
-            eprintln_safe(&format!(
-                "pipelines __kill-all: cannot become {spec}: {err}"
-            ));
-            return 125;
-        }
+pub fn kill_all_of_user(as_user: &str) -> i32 {
+    let Some((uid, gid)) = ids(as_user) else {
+        eprintln_safe(&format!("pipelines __kill-all: {as_user:?} is not UID:GID"));
+        return 125;
+    };
+    // Single-threaded here (no runtime), so the thread's ids are the process's.
+    let (uid, gid) = (
+        rustix::process::Uid::from_raw(uid),
+        rustix::process::Gid::from_raw(gid),
+    );
+    let became = rustix::thread::set_thread_groups(&[])
+        .and_then(|()| rustix::thread::set_thread_res_gid(gid, gid, gid))
+        .and_then(|()| rustix::thread::set_thread_res_uid(uid, uid, uid))
+        // Leaving root clears the capabilities; leaving another user that was granted them
+        // (a worker that is not root) does not, and with CAP_KILL `-1` is every process.
+        .and_then(|()| {
+            rustix::thread::set_capabilities(
+                None,
+                rustix::thread::CapabilitySets {
+                    effective: rustix::thread::CapabilitySet::empty(),
+                    permitted: rustix::thread::CapabilitySet::empty(),
+                    inheritable: rustix::thread::CapabilitySet::empty(),
+                },
+            )
+        });
+    if let Err(err) = became {
+        eprintln_safe(&format!(
+            "pipelines __kill-all: cannot become {as_user}: {err}"
+        ));
+        return 125;
     }
-    if rustix::process::getuid().is_root() || rustix::process::geteuid().is_root() {
-        eprintln_safe("pipelines __kill-all: refusing to run as root");
+    let privileged = rustix::thread::capabilities(None).map_or(true, |sets| {
+        !sets.effective.is_empty() || !sets.permitted.is_empty()
+    });
+    if rustix::process::getuid().is_root() || rustix::process::geteuid().is_root() || privileged {
+        eprintln_safe("pipelines __kill-all: refusing to run as root or with capabilities");
         return 125;
     }
     // `kill(-pid)` signals the group `pid`; for pid 1 that is `kill(-1)`: every process.

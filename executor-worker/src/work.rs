@@ -27,6 +27,9 @@ pub(crate) struct Finished {
     pub(crate) outcome: JobOutcome,
     /// Set when it was stopped rather than ending by itself.
     pub(crate) stopped: Option<Stop>,
+    /// Processes of the tool user that outlived the kill after the job: the worker reports
+    /// the job, then stops taking jobs.
+    pub(crate) tool_user_alive: usize,
 }
 
 /// Where the log of an attempt goes.
@@ -61,36 +64,43 @@ pub(crate) async fn run(
         job.attempt,
         settings.name
     ));
-    let (status, exit_code, resource_changes, stopped, policy, drift) =
-        match prepare_and_run(settings, workspace, job, &mut output, &mut stop).await {
-            Ok(steps) => {
-                let status = match &steps.stopped {
-                    Some(reason) => {
-                        output.push_str(&format!("Error: {}\n", stop_message(reason)));
-                        match reason {
-                            Stop::Cancel(_) => JobStatus::Cancelled,
-                            Stop::Timeout(_) | Stop::Drain | Stop::Unclean { .. } => {
-                                JobStatus::Failed
-                            }
-                        }
+    let mut tool_user_alive = 0;
+    let (status, exit_code, resource_changes, stopped, policy, drift) = match prepare_and_run(
+        settings,
+        workspace,
+        job,
+        &mut output,
+        &mut stop,
+        &mut tool_user_alive,
+    )
+    .await
+    {
+        Ok(steps) => {
+            let status = match &steps.stopped {
+                Some(reason) => {
+                    output.push_str(&format!("Error: {}\n", stop_message(reason)));
+                    match reason {
+                        Stop::Cancel(_) => JobStatus::Cancelled,
+                        Stop::Timeout(_) | Stop::Drain | Stop::Unclean { .. } => JobStatus::Failed,
                     }
-                    None => steps.status,
-                };
-                let policy = steps.policy.map(|report| redacted(report, &output));
-                (
-                    status,
-                    steps.exit_code,
-                    steps.resource_changes,
-                    steps.stopped,
-                    policy,
-                    steps.drift,
-                )
-            }
-            Err((status, message)) => {
-                output.push_str(&format!("Error: {message}\n"));
-                (status, None, None, None, None, None)
-            }
-        };
+                }
+                None => steps.status,
+            };
+            let policy = steps.policy.map(|report| redacted(report, &output));
+            (
+                status,
+                steps.exit_code,
+                steps.resource_changes,
+                steps.stopped,
+                policy,
+                steps.drift,
+            )
+        }
+        Err((status, message)) => {
+            output.push_str(&format!("Error: {message}\n"));
+            (status, None, None, None, None, None)
+        }
+    };
     Finished {
         outcome: JobOutcome {
             status,
@@ -103,6 +113,7 @@ pub(crate) async fn run(
             drift,
         },
         stopped,
+        tool_user_alive,
     }
 }
 
@@ -144,13 +155,15 @@ fn humane(secs: u64) -> String {
 }
 
 /// Everything up to and including the tool's steps. `Err((status, why))` when nothing (more)
-/// could run. The job's directory is removed afterwards, however it ended.
+/// could run. The job's directory is removed afterwards, however it ended; `left_after` is
+/// how many processes of the tool user outlived the kill after it.
 async fn prepare_and_run(
     settings: &WorkerSettings,
     workspace: &Workspace,
     job: &Job,
     output: &mut JobOutput,
     stop: &mut watch::Receiver<Option<Stop>>,
+    left_after: &mut usize,
 ) -> Result<runner::StepsOutcome, (JobStatus, String)> {
     let Some(repository) = settings
         .repositories
@@ -256,7 +269,9 @@ async fn prepare_and_run(
     // here or in /tmp and /dev/shm, not its shared memory (the processes first, so that none
     // writes while its files are removed).
     if let Some(user) = settings.tools.user {
-        output.push_str(&clear_left_by(settings, user, "the job's tools").await.0);
+        let (note, killed) = clear_left_by(settings, user, "the job's tools").await;
+        output.push_str(&note);
+        *left_after = killed.left;
     }
     workspace.remove(&workspace.job_dir(job.job_id)).await;
     result

@@ -281,6 +281,7 @@ fn compose_runs_each_account_with_its_own_broker_user_and_loads_the_definitions(
                 "{service}"
             );
             assert!(!merged(bounds, "mem_limit").is_badvalue(), "{service}");
+            assert!(!merged(bounds, "pids_limit").is_badvalue(), "{service}");
             let environment = &services[service.as_str()]["environment"];
             assert_eq!(
                 text(&environment["PIPELINES_BROKER_PASSWORD_FILE"]),
@@ -468,6 +469,16 @@ fn kubernetes_manifests_have_a_deployment_per_account_and_a_dispatcher_with_a_vo
             .all(|rule| rule["from"].as_vec().is_some_and(|from| !from.is_empty())),
         "an ingress rule without `from` admits every pod"
     );
+    for peer in ingress
+        .iter()
+        .flat_map(|rule| rule["from"].as_vec().unwrap())
+    {
+        let selected = &peer["namespaceSelector"]["matchLabels"];
+        assert!(
+            selected.as_hash().is_some_and(|labels| !labels.is_empty()),
+            "an ingress peer that selects every namespace: {peer:?}"
+        );
+    }
     assert!(words(&network["spec"]["policyTypes"]).contains(&"Egress".to_owned()));
     assert!(
         egress

@@ -91,7 +91,6 @@ fn processes_of(uid: u32) -> Vec<String> {
         .collect()
 }
 
-/// Every encoding of `secret` a reader could decode it from.
 /// The System V IPC objects `uid` owns or created, as `kind id`, from the kernel's tables.
 fn ipc_objects_of(uid: u32) -> Vec<String> {
     let mut found = Vec::new();
@@ -111,6 +110,7 @@ fn ipc_objects_of(uid: u32) -> Vec<String> {
     found
 }
 
+/// Every encoding of `secret` a reader could decode it from.
 fn encoded_forms(secret: &str) -> Vec<String> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -738,14 +738,16 @@ fn a_process_that_forks_and_exits_over_and_over_is_killed_at_once() {
 
 #[test]
 fn the_kill_of_every_process_refuses_to_run_as_root() {
-    // As root, `kill(-1)` would be every process of the host.
+    // As root, `kill(-1)` would be every process of the host. (Run by a user who is not root,
+    // the switch to root fails first: nothing is killed either way.)
     let refused = std::process::Command::new(harness::pipelines_binary())
-        .arg("__kill-all")
+        .args(["__kill-all", "--as-user", "0:0"])
         .output()
         .unwrap();
     assert_eq!(refused.status.code(), Some(125), "{refused:?}");
     assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("refusing to run as root"),
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("refusing to run as root or with capabilities"),
         "{refused:?}"
     );
 }

@@ -72,7 +72,7 @@ enum Command {
     KillAll {
         /// The user whose processes to kill, as which this runs (`executor.tool_user`).
         #[arg(long, value_name = "UID:GID")]
-        as_user: Option<String>,
+        as_user: String,
     },
     /// Broker administration.
     #[command(subcommand)]
@@ -479,7 +479,7 @@ fn main() -> ExitCode {
         return ExitCode::from(u8::try_from(code).unwrap_or(125));
     }
     if let Command::KillAll { as_user } = &cli.command {
-        let code = executor_worker::supervisor::kill_all_of_user(as_user.as_deref());
+        let code = executor_worker::supervisor::kill_all_of_user(as_user);
         return ExitCode::from(u8::try_from(code).unwrap_or(125));
     }
     if matches!(cli.command, Command::Dispatch(_) | Command::Execute(_)) {

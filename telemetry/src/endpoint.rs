@@ -49,11 +49,13 @@ impl Health {
 }
 
 /// Connections answered at once. More wait in the listen backlog: a client that opens many
-/// and sends nothing holds each for [`ANSWER_TIMEOUT`] at most, and cannot make the process run
-/// out of file descriptors.
+/// and sends nothing holds each for [`REQUEST_TIMEOUT`] at most, and cannot make the process
+/// run out of file descriptors.
 pub const MAX_CONNECTIONS: usize = 64;
 /// How long one connection may take, from accepting it to the last byte of the answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// The pause after a failed accept (out of file descriptors, say): it would fail again at once.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -99,13 +101,21 @@ async fn serve_at_most(
 async fn answer(mut stream: TcpStream, metrics: &Metrics, health: &Health) -> std::io::Result<()> {
     let mut request = Vec::new();
     let mut buffer = [0_u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-        let n = stream.read(&mut buffer).await?;
-        if n == 0 {
-            break;
+    let reading = async {
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+            let n = stream.read(&mut buffer).await?;
+            if n == 0 {
+                break;
+            }
+            request.extend_from_slice(&buffer[..n]);
         }
-        request.extend_from_slice(&buffer[..n]);
-    }
+        Ok::<(), std::io::Error>(())
+    };
+    // A client that opens a connection and sends nothing gives its slot up soon: a scraper
+    // or a probe sends its request at once.
+    tokio::time::timeout(REQUEST_TIMEOUT, reading)
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     let line = String::from_utf8_lossy(&request);
     let mut words = line.split_whitespace();
     let (method, path) = (
@@ -205,6 +215,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_slot_is_free_again_when_its_connection_ends() {
+        // A slot never given back would keep the waiting client waiting: fail, not hang.
+        tokio::time::timeout(Duration::from_secs(60), slot_given_back())
+            .await
+            .expect("the waiting client was never answered");
+    }
+
+    async fn slot_given_back() {
         let address = serve_at_most("127.0.0.1:0", Metrics::default(), Health::default(), 1)
             .await
             .unwrap();
