@@ -676,19 +676,20 @@ fn kill_if_still_of(uid: u32, pid: i32) -> bool {
     let Some(id) = Pid::from_raw(pid) else {
         return false;
     };
-    match rustix::process::pidfd_open(id, rustix::process::PidfdFlags::empty()) {
-        Ok(pidfd) => {
-            status_of(pid).is_some_and(|status| status.uid == uid)
-                && rustix::process::pidfd_send_signal(&pidfd, Signal::KILL).is_ok()
-        }
+    let pidfd = match rustix::process::pidfd_open(id, rustix::process::PidfdFlags::empty()) {
+        Ok(pidfd) => Some(pidfd),
         // It has gone (and been reaped).
-        Err(rustix::io::Errno::SRCH) => false,
+        Err(rustix::io::Errno::SRCH) => return false,
         // No pidfd here (a kernel before 5.3, a seccomp profile that refuses it): the pid, as
         // found, once more checked.
-        Err(_) => {
-            status_of(pid).is_some_and(|status| status.uid == uid)
-                && rustix::process::kill_process(id, Signal::KILL).is_ok()
-        }
+        Err(_) => None,
+    };
+    if status_of(pid).is_none_or(|status| status.uid != uid) {
+        return false;
+    }
+    match pidfd {
+        Some(pidfd) => rustix::process::pidfd_send_signal(&pidfd, Signal::KILL).is_ok(),
+        None => rustix::process::kill_process(id, Signal::KILL).is_ok(),
     }
 }
 

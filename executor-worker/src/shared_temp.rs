@@ -37,18 +37,15 @@ impl Removed {
     pub(crate) fn note(&self, left_by: &str) -> String {
         let mut note = String::new();
         if !self.removed.is_empty() {
-            let shown: Vec<String> = self
+            let paths: Vec<String> = self
                 .removed
                 .iter()
-                .take(5)
                 .map(|path| path.display().to_string())
                 .collect();
-            let more = self.removed.len().saturating_sub(shown.len());
             note.push_str(&format!(
-                "(removed {} file(s) or directory(ies) {left_by} left in the shared temporary directories: {}{})\n",
+                "(removed {} file(s) or directory(ies) {left_by} left in the shared temporary directories: {})\n",
                 self.removed.len(),
-                shown.join(", "),
-                if more > 0 { format!(" and {more} more") } else { String::new() }
+                first_five(&paths)
             ));
         }
         for (path, why) in &self.failed {
@@ -104,18 +101,19 @@ fn sweep(uid: u32, dir: &Path, depth: usize, removed: &mut Removed) {
     }
 }
 
-/// [`remove_entries_of`] in [`SHARED_TEMP_DIRS`], off the async threads; not when processes
-/// of `uid` outlived the kill (`killed.left`), which could race the removal.
-pub(crate) async fn remove_left_by(uid: u32, killed: crate::runner::Killed) -> Removed {
-    if killed.left > 0 {
-        return Removed::default();
+/// [`remove_entries_of`] in [`SHARED_TEMP_DIRS`] (blocking).
+pub(crate) fn remove_shared_temp_of(uid: u32) -> Removed {
+    let dirs: Vec<&Path> = SHARED_TEMP_DIRS.iter().map(Path::new).collect();
+    remove_entries_of(uid, &dirs)
+}
+
+/// "a, b, c, d, e and 3 more": the first five of `items`, for a note in a job's output.
+pub(crate) fn first_five(items: &[String]) -> String {
+    let shown = items.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+    match items.len().saturating_sub(5) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
     }
-    tokio::task::spawn_blocking(move || {
-        let dirs: Vec<&Path> = SHARED_TEMP_DIRS.iter().map(Path::new).collect();
-        remove_entries_of(uid, &dirs)
-    })
-    .await
-    .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ use std::process::{Command, Stdio};
 
 use config::ToolUser;
 
+use crate::shared_temp::first_five;
+
 /// Where util-linux (essential on Debian, in `deploy/Dockerfile`'s image) installs `ipcrm`.
 /// An absolute path: the worker's own `PATH` decides nothing here.
 const IPCRM: &str = "/usr/bin/ipcrm";
@@ -164,26 +166,14 @@ impl IpcRemoved {
 fn listed(objects: &[IpcObject]) -> String {
     let mut parts = Vec::new();
     for kind in IpcKind::ALL {
-        let ids: Vec<i32> = objects
+        let ids: Vec<String> = objects
             .iter()
             .filter(|object| object.kind == kind)
-            .map(|object| object.id)
+            .map(|object| object.id.to_string())
             .collect();
-        if ids.is_empty() {
-            continue;
+        if !ids.is_empty() {
+            parts.push(format!("{} {}", kind.name(), first_five(&ids)));
         }
-        let shown: Vec<String> = ids.iter().take(5).map(i32::to_string).collect();
-        let more = ids.len() - shown.len();
-        parts.push(format!(
-            "{} {}{}",
-            kind.name(),
-            shown.join(", "),
-            if more > 0 {
-                format!(" and {more} more")
-            } else {
-                String::new()
-            }
-        ));
     }
     parts.join("; ")
 }
@@ -236,17 +226,6 @@ fn remove_with(user: ToolUser, ipcrm: &Path) -> IpcRemoved {
         left,
         why: complaints.join("; "),
     }
-}
-
-/// [`remove_objects_of`] off the async threads; not when processes of the user outlived the
-/// kill (`killed.left`), which could make more while it runs.
-pub(crate) async fn remove_left_by(user: ToolUser, killed: crate::runner::Killed) -> IpcRemoved {
-    if killed.left > 0 {
-        return IpcRemoved::default();
-    }
-    tokio::task::spawn_blocking(move || remove_objects_of(user))
-        .await
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -286,8 +286,19 @@ async fn clear_left_by(
     left_by: &str,
 ) -> (String, runner::Killed) {
     let killed = runner::kill_all_of(user, settings.supervisor.clone()).await;
-    let removed = shared_temp::remove_left_by(user.uid, killed).await;
-    let ipc = sysv_ipc::remove_left_by(user, killed).await;
+    // Not while processes outlived the kill: they could write or make more meanwhile.
+    let (removed, ipc) = if killed.left > 0 {
+        Default::default()
+    } else {
+        tokio::task::spawn_blocking(move || {
+            (
+                shared_temp::remove_shared_temp_of(user.uid),
+                sysv_ipc::remove_objects_of(user),
+            )
+        })
+        .await
+        .unwrap_or_default()
+    };
     let note = killed.note(left_by) + &removed.note(left_by) + &ipc.note(left_by);
     (note, killed)
 }

@@ -71,23 +71,34 @@ fn outputs_only(value: &str) -> String {
     format!("output \"value\" {{\n  value = \"{value}\"\n}}\n")
 }
 
-/// Every process whose real user is `uid`.
-fn processes_of(uid: u32) -> Vec<String> {
+/// Every process whose real user is `uid`: its pid and its `/proc/PID/status`.
+fn statuses_of(uid: u32) -> Vec<(u32, String)> {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
-        .filter(|entry| entry.file_name().to_string_lossy().parse::<u32>().is_ok())
         .filter_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
             let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
-            let real = status
-                .lines()
-                .find_map(|line| line.strip_prefix("Uid:"))?
-                .split_whitespace()
-                .next()?
-                .parse::<u32>()
-                .ok()?;
-            (real == uid).then(|| status.lines().next().unwrap_or_default().to_owned())
+            let real = status_field(&status, "Uid:")?.parse::<u32>().ok()?;
+            (real == uid).then_some((pid, status))
         })
+        .collect()
+}
+
+/// The first word of a field of `/proc/PID/status`.
+fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(name))?
+        .split_whitespace()
+        .next()
+}
+
+/// Every process whose real user is `uid`, by the first line of its status (its name).
+fn processes_of(uid: u32) -> Vec<String> {
+    statuses_of(uid)
+        .into_iter()
+        .map(|(_, status)| status.lines().next().unwrap_or_default().to_owned())
         .collect()
 }
 
@@ -654,21 +665,10 @@ fn unit_paths_out_of_the_checkout_fail_at_the_executor() {
 
 /// The live processes of `uid` (zombies left out: they hold nothing and run nothing).
 fn alive_processes_of(uid: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|entry| {
-            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
-            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
-            let field = |name: &str| {
-                status
-                    .lines()
-                    .find_map(|line| line.strip_prefix(name))
-                    .and_then(|value| value.split_whitespace().next().map(str::to_owned))
-            };
-            let real: u32 = field("Uid:")?.parse().ok()?;
-            (real == uid && field("State:")? != "Z").then_some(pid)
-        })
+    statuses_of(uid)
+        .into_iter()
+        .filter(|(_, status)| status_field(status, "State:") != Some("Z"))
+        .map(|(pid, _)| pid)
         .collect()
 }
 
