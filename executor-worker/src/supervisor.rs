@@ -7,7 +7,9 @@
 //! kills the whole group. A first SIGTERM or SIGINT from the worker interrupts the group
 //! (terraform stops gracefully and releases its state lock); a second one, or SIGUSR1, kills
 //! it. When the tool exits by itself, whatever it left running in its group is killed too.
-//! As the tool user, the tool and all it starts may have at most [`TOOL_TASKS`] tasks.
+//! As the tool user, the tool and all it starts may have at most [`TOOL_TASKS`] tasks, and
+//! none of them gains privileges by `execve` (`no_new_privs`: a set-user-ID program runs with
+//! its caller's ids).
 //!
 //! `pipelines __kill-all --as-user UID:GID`, which the worker runs after each step and job,
 //! kills every process of the tool user at once ([`kill_all_of_user`]).
@@ -60,6 +62,18 @@ pub fn supervise(
             return 125;
         }
     };
+    // Inherited by the tool and all it starts, and never undone: a set-user-ID program (su,
+    // mount, a copy a plan made setuid where it could) runs with its caller's ids, and file
+    // capabilities are not granted. A pull request's code as the tool user cannot become root
+    // through one, whatever the host has installed, with or without the deployment's own
+    // `NoNewPrivileges`. The switch to the tool user below is a setuid call, which the flag
+    // does not touch.
+    if let Err(err) = rustix::thread::set_no_new_privs(true) {
+        eprintln_safe(&format!(
+            "pipelines supervisor: cannot keep the tool from gaining privileges: {err}"
+        ));
+        return 125;
+    }
     // The worker runs without transparent huge pages (`pipelines execute`), and the flag is
     // inherited: turn them back on, so that the host's policy applies to the tool.
     let _ = rustix::thread::disable_transparent_huge_pages(false);

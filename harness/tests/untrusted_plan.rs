@@ -175,6 +175,10 @@ R='{report}'
 say() {{ printf '%s\n' "$*" >> "$R"; }}
 say "== ran as uid $(id -u) gid $(id -g) groups $(id -G)"
 say "== limit $(grep 'Max processes' /proc/self/limits)"
+# A set-user-ID root program where the tool user can run it: root, unless the tools may not
+# gain privileges.
+say "== $(grep NoNewPrivs /proc/self/status)"
+say "== set-uid root program: $('{setuid}' 2>&1)"
 say "== environment"; env >> "$R" 2>&1
 for f in {files}; do say "== read $f"; cat "$f" >> "$R" 2>&1 || say "denied: $f"; done
 pid=$PPID
@@ -267,6 +271,7 @@ say "== done"
 exit 1
 "#,
         report = report.display(),
+        setuid = targets.setuid_program.display(),
     )
 }
 
@@ -274,6 +279,8 @@ exit 1
 struct Targets {
     files: Vec<PathBuf>,
     work_dirs: Vec<PathBuf>,
+    /// A copy of `id`, owned by root and set-user-ID, as a host's `su` or `mount` is.
+    setuid_program: PathBuf,
 }
 
 #[test]
@@ -352,7 +359,19 @@ fn a_pull_request_provider_finds_no_secret_and_leaves_nothing_for_the_next_apply
             plan_token_file.clone(),
         ],
         work_dirs: vec![plan_work.clone(), apply_work.clone()],
+        setuid_program: sandbox.dir("bin").join("id-as-root"),
     };
+    std::fs::set_permissions(
+        targets.setuid_program.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::copy("/usr/bin/id", &targets.setuid_program).unwrap();
+    std::fs::set_permissions(
+        &targets.setuid_program,
+        std::fs::Permissions::from_mode(0o4755),
+    )
+    .unwrap();
     executable(
         &repo
             .path()
@@ -422,6 +441,14 @@ fn a_pull_request_provider_finds_no_secret_and_leaves_nothing_for_the_next_apply
         "{said}"
     );
     assert!(said.contains(&format!("PLAN_TOKEN={plan_token}")), "{said}");
+    // A set-user-ID program on the host does not make it root.
+    assert!(said.contains("== NoNewPrivs:\t1\n"), "{said}");
+    assert!(
+        said.contains(&format!(
+            "== set-uid root program: uid={PLAN_TOOL_USER} gid={PLAN_TOOL_USER} groups={PLAN_TOOL_USER}\n"
+        )),
+        "{said}"
+    );
     // A fork bomb stops at the supervisor's RLIMIT_NPROC (or the worker's own, when lower),
     // not at the host's.
     let limit_of = |limits: &str| -> Vec<String> {
