@@ -32,6 +32,7 @@ mod pipe;
 pub mod plan_summary;
 pub mod policy;
 mod runner;
+mod shared_sources;
 mod shared_temp;
 pub mod supervisor;
 mod sysv_ipc;
@@ -347,6 +348,7 @@ pub async fn run(
             "Registry credentials reach every tool, so a pull request's plan can read them: give plan workers a Terraform CLI configuration and tool_env without credentials."
         );
     }
+    refuse_shared_sources_others_write(&settings)?;
     let workspace = Workspace::open(
         settings.work_dir.clone(),
         settings.git.clone(),
@@ -407,6 +409,32 @@ pub async fn run(
         draining = worker.handle(delivery, &mut replies, &mut shutdown).await?;
     }
     tracing::info!("Executor stopped taking jobs; shutting down.");
+    Ok(())
+}
+
+/// Refuses a plugin cache, filesystem mirror or Terragrunt cache that later jobs read and
+/// that anyone on the host, or a plan worker's tool user, could write into (see
+/// [`shared_sources`]). A plan worker without a tool user only warns: its tools may write
+/// wherever the worker may, and SECURITY.md says what that leaves open.
+fn refuse_shared_sources_others_write(settings: &WorkerSettings) -> Result<(), ExecuteError> {
+    let plan = settings.role == ExecutorRole::Plan;
+    let plan_tools = settings.tools.user.filter(|_| plan);
+    for source in shared_sources::shared_sources(&settings.tools.env) {
+        if let Some(why) = shared_sources::writable_by_others(&source.path, plan_tools) {
+            return Err(ExecuteError::Setup(format!(
+                "{} ({}) {why}. A pull request's plan could put a provider or module there that later jobs run: keep it the worker's user's alone, filled by an admin (a filesystem_mirror), and give plan workers no plugin cache their tools fill",
+                source.named_by,
+                source.path.display()
+            )));
+        }
+        if plan && settings.tools.user.is_none() {
+            tracing::warn!(
+                source = source.named_by,
+                path = %source.path.display(),
+                "Tools run as the worker's user, so a pull request's plan can write into what every later job reads: set executor.tool_user."
+            );
+        }
+    }
     Ok(())
 }
 

@@ -778,3 +778,60 @@ fn the_kill_of_every_process_refuses_to_run_as_root() {
         "{refused:?}"
     );
 }
+
+#[test]
+fn a_plan_worker_refuses_a_plugin_cache_its_tool_user_could_fill() {
+    let vhost = rabbit::vhost();
+    let sandbox = Sandbox::new();
+    let tool_user: u32 = 61_024;
+    // A plugin cache the plan's tool user owns: what one plan puts there, the next plan runs.
+    let cache = sandbox.dir("plugin-cache");
+    std::os::unix::fs::chown(&cache, Some(tool_user), Some(tool_user)).unwrap();
+    let config = sandbox.write_config(
+        &vhost.url,
+        &[("dev", "dev/**")],
+        &format!(
+            "\n[executor]\ntool_env = {{ TF_PLUGIN_CACHE_DIR = \"{}\" }}\n",
+            cache.display()
+        ),
+    );
+    let start = |role: &str| {
+        let work = sandbox.dir(&format!("work-{role}"));
+        let mut command = sandbox.pipelines(&[
+            "execute",
+            "--config",
+            config.to_str().unwrap(),
+            "--account",
+            "dev",
+            "--role",
+            role,
+            "--work-dir",
+            work.to_str().unwrap(),
+        ]);
+        command.env(
+            "PIPELINES_EXECUTOR__TOOL_USER",
+            format!("{tool_user}:{tool_user}"),
+        );
+        harness::process::run(command, DEADLINE)
+    };
+    let refused = start("plan");
+    assert_eq!(refused.code(), Some(2), "{}", refused.transcript());
+    assert!(
+        refused.stderr.contains(&format!(
+            "the tools' TF_PLUGIN_CACHE_DIR ({}) is owned by the tool user ({tool_user})",
+            cache.display(),
+        )) && refused.stderr.contains("later jobs run"),
+        "{}",
+        refused.transcript()
+    );
+    // Anyone may write into it: every worker refuses it, an apply worker too.
+    std::os::unix::fs::chown(&cache, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let refused = start("apply");
+    assert_eq!(refused.code(), Some(2), "{}", refused.transcript());
+    assert!(
+        refused.stderr.contains("has mode 777: anyone may write"),
+        "{}",
+        refused.transcript()
+    );
+}
