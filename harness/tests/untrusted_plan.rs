@@ -71,6 +71,40 @@ fn outputs_only(value: &str) -> String {
     format!("output \"value\" {{\n  value = \"{value}\"\n}}\n")
 }
 
+/// Fills the sandbox's repository: `c0` (a README) and `c1` (the unit `dev/app`) on `main`, and
+/// a pull request's branch `name` whose `c2` adds the unit `dev/<name>` with a provider of its
+/// own, the executable `provider`, where terraform finds it (the unit's
+/// `terraform.d/plugins`). `(c0, c1, c2)`.
+fn pull_request_with_a_provider(
+    sandbox: &Sandbox,
+    name: &str,
+    provider: &str,
+) -> (String, String, String) {
+    let repo = &sandbox.repo;
+    repo.write("README.md", "# infrastructure\n");
+    let c0 = repo.commit("c0: readme");
+    repo.write("dev/app/main.tf", &outputs_only("one"));
+    repo.write("dev/app/pipelines.hcl", "dependencies = []\n");
+    let c1 = repo.commit("c1: dev/app");
+    repo.git(&["checkout", "-q", "-b", name]);
+    repo.write(
+        &format!("dev/{name}/main.tf"),
+        &format!(
+            "terraform {{\n  required_providers {{\n    {name} = {{\n      source  = \"example.com/{name}/{name}\"\n      version = \"1.0.0\"\n    }}\n  }}\n}}\nprovider \"{name}\" {{}}\n"
+        ),
+    );
+    repo.write(&format!("dev/{name}/pipelines.hcl"), "dependencies = []\n");
+    executable(
+        &repo.path().join(format!(
+            "dev/{name}/terraform.d/plugins/example.com/{name}/{name}/1.0.0/linux_amd64/terraform-provider-{name}_v1.0.0"
+        )),
+        provider,
+    );
+    let c2 = repo.commit("c2: a pull request with a provider of its own");
+    repo.git(&["checkout", "-q", "main"]);
+    (c0, c1, c2)
+}
+
 /// Every process whose real user is `uid`: its pid and its `/proc/PID/status`.
 fn statuses_of(uid: u32) -> Vec<(u32, String)> {
     std::fs::read_dir("/proc")
@@ -337,18 +371,6 @@ fn a_pull_request_provider_finds_no_secret_and_leaves_nothing_for_the_next_apply
     );
     write_private(&config, &text);
 
-    let repo = &sandbox.repo;
-    repo.write("README.md", "# infrastructure\n");
-    let c0 = repo.commit("c0: readme");
-    repo.write("dev/app/main.tf", &outputs_only("one"));
-    repo.write("dev/app/pipelines.hcl", "dependencies = []\n");
-    let c1 = repo.commit("c1: dev/app");
-    repo.git(&["checkout", "-q", "-b", "evil"]);
-    repo.write(
-        "dev/evil/main.tf",
-        "terraform {\n  required_providers {\n    evil = {\n      source  = \"example.com/evil/evil\"\n      version = \"1.0.0\"\n    }\n  }\n}\nprovider \"evil\" {}\n",
-    );
-    repo.write("dev/evil/pipelines.hcl", "dependencies = []\n");
     let work = sandbox.path().join("work");
     let (plan_work, apply_work) = (work.join("dev-plan-1"), work.join("dev-1"));
     let targets = Targets {
@@ -372,14 +394,8 @@ fn a_pull_request_provider_finds_no_secret_and_leaves_nothing_for_the_next_apply
         std::fs::Permissions::from_mode(0o4755),
     )
     .unwrap();
-    executable(
-        &repo
-            .path()
-            .join("dev/evil/terraform.d/plugins/example.com/evil/evil/1.0.0/linux_amd64/terraform-provider-evil_v1.0.0"),
-        &attacker_provider(&report, &targets),
-    );
-    let c2 = repo.commit("c2: a pull request with a provider of its own");
-    repo.git(&["checkout", "-q", "main"]);
+    let (c0, c1, c2) =
+        pull_request_with_a_provider(&sandbox, "evil", &attacker_provider(&report, &targets));
 
     let mut deployment = Deployment::start(sandbox.path(), &config, &[]);
     let tool_user = |uid: u32| format!("{uid}:{uid}");
@@ -703,7 +719,6 @@ fn alive_processes_of(uid: u32) -> Vec<u32> {
 /// looks, as a plan's code could leave behind. At most 64 at once (its own `RLIMIT_NPROC`),
 /// so that a slow reaper of orphans on the host does not let zombies pile up.
 fn start_hopping(uid: u32) -> std::process::Child {
-    use std::os::unix::process::CommandExt;
     let chain = "import os, resource\n\
                  resource.setrlimit(resource.RLIMIT_NPROC, (64, 64))\n\
                  while True:\n    \
@@ -711,8 +726,14 @@ fn start_hopping(uid: u32) -> std::process::Child {
                          if os.fork(): os._exit(0)\n    \
                      except OSError:\n        \
                          os.sched_yield()\n";
+    python_as(uid, chain)
+}
+
+/// Starts `python3 -c code` as `uid`, in `/`, with nothing to read or write.
+fn python_as(uid: u32, code: &str) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
     std::process::Command::new("/usr/bin/python3")
-        .args(["-c", chain])
+        .args(["-c", code])
         .current_dir("/")
         .uid(uid)
         .gid(uid)
@@ -777,6 +798,190 @@ fn the_kill_of_every_process_refuses_to_run_as_root() {
             .contains("refusing to run as root or with capabilities"),
         "{refused:?}"
     );
+}
+
+/// A cgroup v1 freezer group of the test's own. A process in it, once frozen, lives on through
+/// SIGKILL until it is thawed, as a process stuck in the kernel does (on a hung network file
+/// system, say): the one thing the worker's kill cannot end. On drop it is thawed, what it
+/// holds is killed, and it is removed.
+struct Freezer(PathBuf);
+
+impl Freezer {
+    fn new() -> Freezer {
+        let root = Path::new("/sys/fs/cgroup/freezer");
+        assert!(
+            root.join("tasks").exists(),
+            "this test needs the cgroup v1 freezer at {0}: a frozen process there outlives SIGKILL, as one stuck in the kernel does (as root: `mkdir -p {0} && mount -t cgroup -o freezer freezer {0}`)",
+            root.display()
+        );
+        let dir = root.join(format!("pipelines-test-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir(&dir).unwrap_or_else(|err| panic!("{}: {err}", dir.display()));
+        Freezer(dir)
+    }
+
+    /// Moves `pid` in and freezes it: until [`Self::thaw`], SIGKILL leaves it alive.
+    fn freeze(&self, pid: u32) {
+        std::fs::write(self.0.join("tasks"), pid.to_string()).unwrap();
+        std::fs::write(self.0.join("freezer.state"), "FROZEN").unwrap();
+        poll_until(DEADLINE, &format!("{pid} to be frozen"), || {
+            let state = std::fs::read_to_string(self.0.join("freezer.state")).unwrap();
+            (state.trim() == "FROZEN").then_some(())
+        });
+    }
+
+    /// Lets what it holds run again: a process killed while frozen dies now.
+    fn thaw(&self) {
+        std::fs::write(self.0.join("freezer.state"), "THAWED").unwrap();
+    }
+}
+
+impl Drop for Freezer {
+    fn drop(&mut self) {
+        self.thaw();
+        let tasks = std::fs::read_to_string(self.0.join("tasks")).unwrap_or_default();
+        for pid in tasks.split_whitespace() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", pid])
+                .status();
+        }
+        let removed = || std::fs::remove_dir(&self.0).is_ok().then_some(());
+        if std::thread::panicking() {
+            let _ = removed();
+        } else {
+            poll_until(DEADLINE, "the freezer group to be removed", removed);
+        }
+    }
+}
+
+/// The provider of a pull request whose plan leaves a process behind: it writes the process's
+/// pid to `dir/stuck.pid`, then waits for `dir/frozen` (the test freezes the process
+/// meanwhile) and fails.
+fn provider_leaving_a_process(dir: &Path) -> String {
+    let dir = dir.display();
+    format!(
+        "#!/bin/sh\n\
+         /usr/bin/python3 -c 'import time; time.sleep(3600)' </dev/null >/dev/null 2>&1 &\n\
+         echo $! > {dir}/stuck.pid\n\
+         while [ ! -e {dir}/frozen ]; do /bin/sleep 0.1; done\n\
+         exit 1\n"
+    )
+}
+
+#[test]
+fn a_worker_whose_tool_user_has_a_process_the_kill_cannot_end_takes_no_further_job() {
+    require_terraform();
+    // A uid of this test's own.
+    let uid: u32 = 61_023;
+    let _stop_it_anyway = KillOnDrop(uid);
+    let freezer = Freezer::new();
+    let vhost = rabbit::vhost();
+    let sandbox = Sandbox::new();
+    // The tool user must pass through to its job directories.
+    std::fs::set_permissions(sandbox.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let meeting = tempfile::Builder::new().prefix("stuck-").tempdir().unwrap();
+    std::fs::set_permissions(meeting.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (c0, c1, c2) = pull_request_with_a_provider(
+        &sandbox,
+        "stuck",
+        &provider_leaving_a_process(meeting.path()),
+    );
+    // No TF_CLI_CONFIG_FILE for tools: terraform finds the provider in the unit's
+    // terraform.d/plugins.
+    let config = sandbox.write_config(
+        &vhost.url,
+        &[("dev", "dev/**")],
+        "\n[executor]\npass_env = []\n",
+    );
+    let mut deployment = Deployment::start(sandbox.path(), &config, &[]);
+    let tool_user = format!("{uid}:{uid}");
+    let env = [("PIPELINES_EXECUTOR__TOOL_USER", tool_user.as_str())];
+    let outlived = "1 process(es) of the tool user outlived the kill: no job may meet them";
+    let start_ready = |deployment: &mut Deployment, name: &str| {
+        deployment.start_executor_with("dev:plan", name, &env);
+        // An executor that exits instead fails the test with its log.
+        poll_until(DEADLINE, &format!("{name} to be ready"), || {
+            deployment.executor(name).assert_running();
+            deployment
+                .executor_log(name)
+                .contains("Executor ready.")
+                .then_some(())
+        });
+    };
+    let stops_for_good = |deployment: &mut Deployment, name: &str| -> String {
+        let exit = deployment.executor(name).wait_exit(DEADLINE);
+        let log = deployment.forget_executor(name).log_text();
+        assert!(!exit.success(), "{name} exited with {exit}:\n{log}");
+        assert!(log.contains(outlived), "{log}");
+        log
+    };
+
+    // After a job: the plan left a process that the kill at the job's end cannot end. The job
+    // is reported, then the worker stops.
+    start_ready(&mut deployment, "dev-plan-1");
+    let run = harness::runs::submit(&sandbox, &vhost, (&c1, &c2), "pull-request", &["--pr", "7"]);
+    let stuck: u32 = poll_until(DEADLINE, "the plan to leave a process", || {
+        std::fs::read_to_string(meeting.path().join("stuck.pid"))
+            .ok()
+            .and_then(|pid| pid.trim().parse().ok())
+    });
+    assert!(alive_processes_of(uid).contains(&stuck), "{stuck}");
+    freezer.freeze(stuck);
+    std::fs::write(meeting.path().join("frozen"), "").unwrap();
+    let detail = wait_final(&sandbox, run);
+    let job = harness::runs::job(&detail, "dev/stuck");
+    assert_eq!(
+        (job.state.as_str(), job.worker.as_deref()),
+        ("failed", Some("dev-plan-1")),
+        "{detail:#?}"
+    );
+    let log = job.log.as_deref().and_then(|log| log.split_once(':'));
+    let log = std::fs::read_to_string(log.unwrap_or_else(|| panic!("{detail:#?}")).1).unwrap();
+    assert!(
+        log.contains("1 process(es) of the tool user were still alive"),
+        "{log}"
+    );
+    stops_for_good(&mut deployment, "dev-plan-1");
+    assert!(alive_processes_of(uid).contains(&stuck), "{stuck}");
+
+    // At start: a worker does not start while it lives.
+    deployment.start_executor_with("dev:plan", "dev-plan-2", &env);
+    let log = stops_for_good(&mut deployment, "dev-plan-2");
+    assert!(!log.contains("Executor ready."), "{log}");
+
+    // Thawed, it dies of the SIGKILL it was sent.
+    freezer.thaw();
+    poll_until(DEADLINE, "the stuck process to die", || {
+        (!alive_processes_of(uid).contains(&stuck)).then_some(())
+    });
+
+    // Before a job: a process of the tool user appeared while the worker waited for one (as
+    // one of a job dropped with the broker's connection can). The job goes back to the queue
+    // unrun, and the worker stops.
+    start_ready(&mut deployment, "dev-plan-3");
+    // A process that only waits: frozen, it stands for one stuck in the kernel.
+    let mut waiting = python_as(uid, "import time; time.sleep(3600)");
+    freezer.freeze(waiting.id());
+    let run = harness::runs::submit(&sandbox, &vhost, (&c0, &c1), "pull-request", &["--pr", "8"]);
+    let log = stops_for_good(&mut deployment, "dev-plan-3");
+    assert!(
+        log.contains("processes of the worker's tool user outlived the kill"),
+        "{log}"
+    );
+    let detail = harness::runs::status(&sandbox, run).unwrap();
+    assert_eq!(detail.run.state, "running", "{detail:#?}");
+    freezer.thaw();
+    let _ = waiting.wait();
+
+    // Nothing of the tool user is left: the next worker runs the job it gave back.
+    start_ready(&mut deployment, "dev-plan-4");
+    let detail = wait_final(&sandbox, run);
+    let job = harness::runs::job(&detail, "dev/app");
+    assert_eq!(
+        (job.state.as_str(), job.worker.as_deref()),
+        ("succeeded", Some("dev-plan-4")),
+        "{detail:#?}"
+    );
+    deployment.assert_running();
 }
 
 #[test]
