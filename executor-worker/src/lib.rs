@@ -414,25 +414,22 @@ pub async fn run(
 
 /// Refuses a plugin cache, filesystem mirror or Terragrunt cache that later jobs read and
 /// that anyone on the host, or a plan worker's tool user, could write into (see
-/// [`shared_sources`]). A plan worker without a tool user only warns: its tools may write
-/// wherever the worker may, and SECURITY.md says what that leaves open.
+/// [`shared_sources`]). Without a tool user a plan's tools may write wherever the worker
+/// may: SECURITY.md says what that leaves open.
 fn refuse_shared_sources_others_write(settings: &WorkerSettings) -> Result<(), ExecuteError> {
     let plan = settings.role == ExecutorRole::Plan;
-    let plan_tools = settings.tools.user.filter(|_| plan);
-    for source in shared_sources::shared_sources(&settings.tools.env) {
-        if let Some(why) = shared_sources::writable_by_others(&source.path, plan_tools) {
+    let writers = shared_sources::Writers {
+        plan_tools: settings.tools.user.filter(|_| plan),
+    };
+    let sources = shared_sources::shared_sources(&settings.tools.env, &settings.tools.path)
+        .map_err(ExecuteError::Setup)?;
+    for source in sources {
+        if let Some(why) = shared_sources::writable_by_others(&source.path, writers) {
             return Err(ExecuteError::Setup(format!(
-                "{} ({}) {why}. A pull request's plan could put a provider or module there that later jobs run: keep it the worker's user's alone, filled by an admin (a filesystem_mirror), and give plan workers no plugin cache their tools fill",
+                "{} ({}) {why}. A pull request's plan could put a program, provider or module there that later jobs run: keep it the worker's user's alone, filled by an admin (a filesystem_mirror), and give plan workers no plugin cache their tools fill",
                 source.named_by,
                 source.path.display()
             )));
-        }
-        if plan && settings.tools.user.is_none() {
-            tracing::warn!(
-                source = source.named_by,
-                path = %source.path.display(),
-                "Tools run as the worker's user, so a pull request's plan can write into what every later job reads: set executor.tool_user."
-            );
         }
     }
     Ok(())

@@ -19,26 +19,40 @@ use std::path::{Path, PathBuf};
 
 use config::ToolUser;
 
-/// The tools' variables that name such a directory: Terraform's plugin cache, Terragrunt's
-/// provider cache and its download directory (both names of each).
+/// The tools' variables that name such a directory: Terraform's plugin cache and data
+/// directory (where `init` installs providers), Terragrunt's provider cache and download
+/// directory (both names of each).
 const DIRECTORY_VARIABLES: &[&str] = &[
     "TF_PLUGIN_CACHE_DIR",
+    "TF_DATA_DIR",
     "TG_PROVIDER_CACHE_DIR",
     "TERRAGRUNT_PROVIDER_CACHE_DIR",
     "TG_DOWNLOAD_DIR",
     "TERRAGRUNT_DOWNLOAD",
 ];
 
-/// A directory every job's tools read from, and what in the worker's settings names it.
+/// Terraform's own local mirrors on Linux, searched when the CLI configuration sets no
+/// `provider_installation` (the ones under `HOME` are the job's own).
+const IMPLICIT_MIRRORS: &[&str] = &[
+    "/usr/local/share/terraform/plugins",
+    "/usr/share/terraform/plugins",
+];
+
+/// A directory (or file) every job's tools read from, and what names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SharedSource {
     pub(crate) named_by: String,
     pub(crate) path: PathBuf,
 }
 
-/// The shared directories the tools' environment names, directly or in the Terraform CLI
-/// configuration (`TF_CLI_CONFIG_FILE`) it points to.
-pub(crate) fn shared_sources(env: &BTreeMap<String, String>) -> Vec<SharedSource> {
+/// What every job's tools read from: the directories the tools' environment names, directly,
+/// on their `path` (the programs they run) or in the Terraform CLI configuration
+/// (`TF_CLI_CONFIG_FILE`) it points to, that file itself, and Terraform's own local mirrors.
+/// `Err`: the CLI configuration exists but cannot be read as text, so what it names is unknown.
+pub(crate) fn shared_sources(
+    env: &BTreeMap<String, String>,
+    path: &str,
+) -> Result<Vec<SharedSource>, String> {
     let mut found: Vec<SharedSource> = DIRECTORY_VARIABLES
         .iter()
         .filter_map(|name| Some((*name, env.get(*name)?)))
@@ -48,25 +62,62 @@ pub(crate) fn shared_sources(env: &BTreeMap<String, String>) -> Vec<SharedSource
             path: PathBuf::from(value),
         })
         .collect();
-    if let Some(file) = env.get("TF_CLI_CONFIG_FILE")
-        && let Ok(text) = std::fs::read_to_string(file)
+    found.extend(
+        path.split(':')
+            .filter(|dir| dir.starts_with('/'))
+            .map(|dir| SharedSource {
+                named_by: "a directory on the tools' PATH".to_owned(),
+                path: PathBuf::from(dir),
+            }),
+    );
+    found.extend(IMPLICIT_MIRRORS.iter().map(|dir| SharedSource {
+        named_by: "Terraform's implicit local mirror".to_owned(),
+        path: PathBuf::from(dir),
+    }));
+    if let Some(file) = env
+        .get("TF_CLI_CONFIG_FILE")
+        .filter(|file| file.starts_with('/'))
     {
-        found.extend(
-            cli_config_directories(&text)
-                .into_iter()
-                .filter(|(_, path)| path.starts_with('/'))
-                .map(|(key, path)| SharedSource {
-                    named_by: format!("{key} in TF_CLI_CONFIG_FILE {file}"),
-                    path: PathBuf::from(path),
-                }),
-        );
+        found.push(SharedSource {
+            named_by: "the tools' TF_CLI_CONFIG_FILE".to_owned(),
+            path: PathBuf::from(file),
+        });
+        match std::fs::metadata(file) {
+            // Missing: nothing in it (who could create it is checked above).
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(meta) if meta.is_file() => {
+                let text = std::fs::read_to_string(file).map_err(|err| {
+                    format!("the tools' TF_CLI_CONFIG_FILE ({file}) cannot be read: {err}")
+                })?;
+                found.extend(
+                    cli_config_directories(&text)
+                        .into_iter()
+                        .filter(|(_, path)| path.starts_with('/'))
+                        .map(|(key, path)| SharedSource {
+                            named_by: format!("{key} in TF_CLI_CONFIG_FILE {file}"),
+                            path: PathBuf::from(path),
+                        }),
+                );
+            }
+            Ok(_) => {
+                return Err(format!(
+                    "the tools' TF_CLI_CONFIG_FILE ({file}) is not a regular file"
+                ));
+            }
+            Err(err) => {
+                return Err(format!(
+                    "the tools' TF_CLI_CONFIG_FILE ({file}) cannot be read: {err}"
+                ));
+            }
+        }
     }
-    found
+    Ok(found)
 }
 
-/// `plugin_cache_dir` and the `path` of every `filesystem_mirror` block of a Terraform CLI
-/// configuration, outside comments, as `(key, path)`. A scan, not an HCL parser: it reads
-/// the forms Terraform's documentation shows, on one line or several.
+/// `plugin_cache_dir`, the `path` of every `filesystem_mirror` block and every directory a
+/// `dev_overrides` block names, in a Terraform CLI configuration, outside comments, as
+/// `(what, path)`. A scan, not a parser: it reads the forms Terraform's documentation shows,
+/// on one line or several, and their JSON spelling.
 pub(crate) fn cli_config_directories(text: &str) -> Vec<(&'static str, String)> {
     let code: String = text
         .lines()
@@ -81,13 +132,46 @@ pub(crate) fn cli_config_directories(text: &str) -> Vec<(&'static str, String)> 
         .collect::<Vec<_>>()
         .join("\n");
     let mut found = Vec::new();
-    for (at, _) in code.match_indices("plugin_cache_dir") {
-        if let Some(path) = assigned_string(&code[at + "plugin_cache_dir".len()..]) {
+    for rest in after_word(&code, "plugin_cache_dir") {
+        if let Some(path) = assigned_string(rest) {
             found.push(("plugin_cache_dir", path));
         }
     }
-    for (at, _) in code.match_indices("filesystem_mirror") {
-        let rest = &code[at + "filesystem_mirror".len()..];
+    for block in blocks(&code, "filesystem_mirror") {
+        for rest in after_word(block, "path") {
+            if let Some(path) = assigned_string(rest) {
+                found.push(("a filesystem_mirror's path", path));
+            }
+        }
+    }
+    for block in blocks(&code, "dev_overrides") {
+        // `"namespace/name" = "/path"`: every value is a directory.
+        for (at, _) in block.match_indices(['=', ':']) {
+            if let Some(path) = assigned_string(&block[at..]) {
+                found.push(("a dev_overrides directory", path));
+            }
+        }
+    }
+    found
+}
+
+/// What follows each occurrence of `word` in `code` that is a whole word (a quoted key too).
+fn after_word<'a>(code: &'a str, word: &str) -> Vec<&'a str> {
+    code.match_indices(word)
+        .filter(|(at, _)| {
+            !code[..*at]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_alphanumeric() || c == '_')
+        })
+        .map(|(at, _)| &code[at + word.len()..])
+        .collect()
+}
+
+/// The inside of each `word { … }` block of `code` (braces in strings are not told apart).
+fn blocks<'a>(code: &'a str, word: &str) -> Vec<&'a str> {
+    let mut found = Vec::new();
+    for rest in after_word(code, word) {
         let Some(open) = rest.find('{') else { continue };
         let mut depth = 0_usize;
         let mut end = rest.len();
@@ -95,7 +179,7 @@ pub(crate) fn cli_config_directories(text: &str) -> Vec<(&'static str, String)> 
             match c {
                 '{' => depth += 1,
                 '}' => {
-                    depth -= 1;
+                    depth = depth.saturating_sub(1);
                     if depth == 0 {
                         end = open + i;
                         break;
@@ -104,108 +188,175 @@ pub(crate) fn cli_config_directories(text: &str) -> Vec<(&'static str, String)> 
                 _ => {}
             }
         }
-        let block = &rest[open + 1..end];
-        for (at, _) in block.match_indices("path") {
-            let before = block[..at].chars().next_back();
-            if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
-                continue;
-            }
-            if let Some(path) = assigned_string(&block[at + "path".len()..]) {
-                found.push(("a filesystem_mirror's path", path));
-            }
-        }
+        found.push(&rest[open + 1..end]);
     }
     found
 }
 
-/// The string in `= "…"` at the start of `rest` (after blanks), if that is what follows.
+/// The string in `= "…"` (or JSON's `: "…"`) at the start of `rest`, after blanks and the
+/// closing quote of a quoted key, if that is what follows.
 fn assigned_string(rest: &str) -> Option<String> {
-    let rest = rest.trim_start_matches([' ', '\t']).strip_prefix('=')?;
+    let rest = rest.strip_prefix('"').unwrap_or(rest);
+    let rest = rest
+        .trim_start_matches([' ', '\t'])
+        .strip_prefix(['=', ':'])?;
     let rest = rest.trim_start_matches([' ', '\t']).strip_prefix('"')?;
     Some(rest[..rest.find('"')?].to_owned())
 }
 
-/// Why someone other than the worker could write into `path` or anything under it, or put
-/// something of their own in its place: anyone on the host, and, when `tools` is given, that
-/// tool user. `None`: nobody could. A symbolic link under `path` is checked where it leads.
-pub(crate) fn writable_by_others(path: &Path, tools: Option<ToolUser>) -> Option<String> {
-    check(path, tools, &mut HashSet::new())
+/// Who may write what every job reads: root and the worker's own user, and on an apply
+/// worker its tool user (which runs reviewed code only). A plan worker's tool user is named,
+/// so that a finding says it is that user.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Writers {
+    /// A plan worker's tool user: it may write nothing every job reads.
+    pub(crate) plan_tools: Option<ToolUser>,
 }
 
-/// [`writable_by_others`], skipping the directories in `seen` (links may lead in circles).
-fn check(path: &Path, tools: Option<ToolUser>, seen: &mut HashSet<PathBuf>) -> Option<String> {
-    let Ok(absolute) = path.canonicalize() else {
-        // Missing: whoever may write into the nearest directory that exists may create it.
-        let existing = path.ancestors().skip(1).find(|dir| dir.is_dir())?;
-        let meta = std::fs::metadata(existing).ok()?;
-        if let Some(why) = may_write(&meta, tools, false) {
-            return Some(format!(
-                "does not exist, and {} {why}: it could be created there",
-                existing.display()
-            ));
-        }
-        return moved_aside(&existing.canonicalize().ok()?, tools);
+/// The most entries [`writable_by_others`] looks at under one source before it gives up
+/// (refusing: what it did not look at could be anyone's).
+const MOST_ENTRIES: usize = 200_000;
+
+/// The most symbolic links followed on the way to one path (as the kernel's limit).
+const MOST_LINKS: usize = 40;
+
+/// Why someone other than the worker could write into `path` or anything under it, or put
+/// something of their own in its place: anyone on the host, and a plan worker's tool user.
+/// `None`: nobody could. Every directory on the way to `path` is checked, and every link,
+/// on the way or under `path`, where it leads.
+pub(crate) fn writable_by_others(path: &Path, writers: Writers) -> Option<String> {
+    let mut seen = HashSet::new();
+    let mut links = 0;
+    let target = match reach(path, writers, &mut links) {
+        Ok(Some(target)) => target,
+        Ok(None) => return None,
+        Err(why) => return Some(why),
     };
-    if !seen.insert(absolute.clone()) {
-        return None;
-    }
-    if let Some(why) = moved_aside(&absolute, tools) {
-        return Some(why);
-    }
-    if let Ok(meta) = std::fs::metadata(&absolute)
-        && let Some(why) = may_write(&meta, tools, false)
+    if let Some(why) = std::fs::metadata(&target)
+        .ok()
+        .and_then(|meta| may_write(&meta, writers, false))
     {
         return Some(why);
     }
-    let mut pending: Vec<PathBuf> = std::fs::read_dir(&absolute)
-        .map(|entries| entries.flatten().map(|entry| entry.path()).collect())
-        .unwrap_or_default();
-    while let Some(path) = pending.pop() {
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+    let mut pending: Vec<PathBuf> = children(&target);
+    seen.insert(target);
+    let mut looked = 0;
+    while let Some(entry) = pending.pop() {
+        looked += 1;
+        if looked > MOST_ENTRIES {
+            return Some(format!(
+                "holds more than {MOST_ENTRIES} entries: too many to check"
+            ));
+        }
+        let Ok(meta) = std::fs::symlink_metadata(&entry) else {
             continue;
         };
-        if meta.file_type().is_symlink() {
-            if let Some(why) = check(&path, tools, seen) {
-                return Some(format!(
-                    "holds the link {}, whose target {why}",
-                    path.display()
-                ));
+        let (real, meta) = if meta.file_type().is_symlink() {
+            let mut links = 0;
+            match reach(&entry, writers, &mut links) {
+                Err(why) => return Some(format!("holds the link {}: {why}", entry.display())),
+                Ok(None) => continue,
+                Ok(Some(real)) => match std::fs::metadata(&real) {
+                    Ok(meta) => (real, meta),
+                    Err(_) => continue,
+                },
             }
-            continue;
+        } else {
+            (entry.clone(), meta)
+        };
+        if let Some(why) = may_write(&meta, writers, false) {
+            return Some(if real == entry {
+                format!("holds {}, which {why}", entry.display())
+            } else {
+                format!(
+                    "holds the link {} to {}, which {why}",
+                    entry.display(),
+                    real.display()
+                )
+            });
         }
-        if let Some(why) = may_write(&meta, tools, false) {
-            return Some(format!("holds {}, which {why}", path.display()));
-        }
-        if meta.is_dir()
-            && let Ok(entries) = std::fs::read_dir(&path)
-        {
-            pending.extend(entries.flatten().map(|entry| entry.path()));
+        if meta.is_dir() && seen.insert(real.clone()) {
+            pending.extend(children(&real));
         }
     }
     None
 }
 
-/// Why anyone, or `tools`, could rename `absolute` (canonical) or a directory above it, and
-/// put their own in its place.
-fn moved_aside(absolute: &Path, tools: Option<ToolUser>) -> Option<String> {
-    absolute.ancestors().skip(1).find_map(|dir| {
-        let meta = std::fs::metadata(dir).ok()?;
-        let why = may_write(&meta, tools, true)?;
-        Some(format!("could be moved aside: {} {why}", dir.display()))
-    })
+/// The entries of directory `dir` (none when it is not one, or cannot be read).
+fn children(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|entry| entry.path()).collect())
+        .unwrap_or_default()
 }
 
-/// Why anyone, or `tools`, may change what `meta` describes (or its entries, for a directory).
-/// With `sticky_protects`, a directory's sticky bit counts: others may add entries to it, but
-/// not rename or remove what is there.
-fn may_write(
-    meta: &std::fs::Metadata,
-    tools: Option<ToolUser>,
-    sticky_protects: bool,
-) -> Option<String> {
+/// Follows `path` from `/`, one name at a time. `Err`: someone could put their own thing at
+/// `path`: a directory on the way lets them replace the next name (or create it, where it is
+/// missing), or a link on the way leads through such a directory. `Ok(Some)`: where `path`
+/// really is, with every link resolved. `Ok(None)`: it does not exist, and nobody could
+/// create it.
+fn reach(path: &Path, writers: Writers, links: &mut usize) -> Result<Option<PathBuf>, String> {
+    let mut at = PathBuf::from("/");
+    for component in path.components() {
+        let name = match component {
+            std::path::Component::Normal(name) => name,
+            std::path::Component::ParentDir => {
+                at.pop();
+                continue;
+            }
+            _ => continue,
+        };
+        let Ok(dir) = std::fs::metadata(&at) else {
+            return Ok(None);
+        };
+        let next = at.join(name);
+        let entry = match std::fs::symlink_metadata(&next) {
+            Ok(entry) => entry,
+            Err(_) => {
+                // Missing: whoever may add an entry to `at` may create it, sticky or not.
+                return match may_write(&dir, writers, false) {
+                    Some(why) => Err(format!(
+                        "does not exist, and {} {why}, so it could be created there",
+                        at.display()
+                    )),
+                    None => Ok(None),
+                };
+            }
+        };
+        if let Some(why) = may_write(&dir, writers, true) {
+            return Err(format!("could be replaced: {} {why}", at.display()));
+        }
+        if entry.file_type().is_symlink() {
+            *links += 1;
+            if *links > MOST_LINKS {
+                return Err(format!("leads through more than {MOST_LINKS} links"));
+            }
+            let target = std::fs::read_link(&next).map_err(|err| {
+                format!(
+                    "holds the link {}, which cannot be read: {err}",
+                    next.display()
+                )
+            })?;
+            match reach(&at.join(target), writers, links) {
+                Ok(Some(real)) => at = real,
+                Ok(None) => return Ok(None),
+                Err(why) => {
+                    return Err(format!("leads through the link {}: {why}", next.display()));
+                }
+            }
+        } else {
+            at = next;
+        }
+    }
+    Ok(Some(at))
+}
+
+/// Why anyone, or a plan worker's tool user, may change what `meta` describes (or its
+/// entries, for a directory). With `sticky_protects`, a directory's sticky bit counts: others
+/// may add entries to it, but not rename or remove what is there.
+fn may_write(meta: &std::fs::Metadata, writers: Writers, sticky_protects: bool) -> Option<String> {
     let mode = meta.mode() & 0o7777;
     let protected = sticky_protects && mode & 0o1000 != 0;
-    if let Some(tools) = tools
+    if let Some(tools) = writers.plan_tools
         && meta.uid() == tools.uid
     {
         return Some(format!("is owned by the tool user ({})", tools.uid));
@@ -213,7 +364,7 @@ fn may_write(
     if mode & 0o002 != 0 && !protected {
         return Some(format!("has mode {mode:o}: anyone may write"));
     }
-    if let Some(tools) = tools
+    if let Some(tools) = writers.plan_tools
         && meta.gid() == tools.gid
         && mode & 0o020 != 0
         && !protected
@@ -235,13 +386,17 @@ mod tests {
         uid: 62_301,
         gid: 62_301,
     };
+    const PLAN: Writers = Writers {
+        plan_tools: Some(TOOLS),
+    };
+    const ANY: Writers = Writers { plan_tools: None };
 
     fn set(path: &Path, mode: u32) {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
 
     #[test]
-    fn the_cli_configuration_names_its_plugin_cache_and_mirrors_outside_comments() {
+    fn the_cli_configuration_names_its_caches_mirrors_and_overrides_outside_comments() {
         let text = "plugin_cache_dir = \"/var/cache/terraform\"\n\
                     # plugin_cache_dir = \"/commented\"\n\
                     provider_installation {\n  \
@@ -251,22 +406,30 @@ mod tests {
                       }\n  \
                       filesystem_mirror { path = \"/srv/other\" }\n  \
                       network_mirror { url = \"https://mirror.example/path\" }\n  \
+                      dev_overrides {\n    \"example/one\" = \"/srv/dev/one\"\n  }\n  \
                       direct { exclude = [\"registry.terraform.io/*/*\"] }\n\
                     }\n\
-                    // filesystem_mirror { path = \"/commented\" }\n";
+                    // filesystem_mirror { path = \"/commented\" }\n\
+                    my_plugin_cache_dir = \"/not/the/key\"\n";
         assert_eq!(
             cli_config_directories(text),
             [
                 ("plugin_cache_dir", "/var/cache/terraform".to_owned()),
                 ("a filesystem_mirror's path", "/srv/mirror".to_owned()),
                 ("a filesystem_mirror's path", "/srv/other".to_owned()),
+                ("a dev_overrides directory", "/srv/dev/one".to_owned()),
             ]
+        );
+        // The JSON spelling, and a quoted key.
+        assert_eq!(
+            cli_config_directories("{\"plugin_cache_dir\": \"/var/cache/json\"}\n"),
+            [("plugin_cache_dir", "/var/cache/json".to_owned())]
         );
         assert_eq!(cli_config_directories("disable_checkpoint = true\n"), []);
     }
 
     #[test]
-    fn only_absolute_directories_are_shared() {
+    fn only_absolute_paths_are_shared_and_the_cli_configuration_is_one() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("terraformrc");
         std::fs::write(
@@ -285,22 +448,40 @@ mod tests {
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value.to_owned()))
         .collect();
+        let source = |named_by: &str, path: &str| SharedSource {
+            named_by: named_by.to_owned(),
+            path: path.into(),
+        };
         assert_eq!(
-            shared_sources(&env),
+            shared_sources(&env, "/usr/bin:relative/bin:").unwrap(),
             [
-                SharedSource {
-                    named_by: "the tools' TF_PLUGIN_CACHE_DIR".into(),
-                    path: "/var/cache/tf".into(),
-                },
-                SharedSource {
-                    named_by: format!(
+                source("the tools' TF_PLUGIN_CACHE_DIR", "/var/cache/tf"),
+                source("a directory on the tools' PATH", "/usr/bin"),
+                source(
+                    "Terraform's implicit local mirror",
+                    "/usr/local/share/terraform/plugins"
+                ),
+                source(
+                    "Terraform's implicit local mirror",
+                    "/usr/share/terraform/plugins"
+                ),
+                source("the tools' TF_CLI_CONFIG_FILE", file.to_str().unwrap()),
+                source(
+                    &format!(
                         "a filesystem_mirror's path in TF_CLI_CONFIG_FILE {}",
                         file.display()
                     ),
-                    path: "/srv/mirror".into(),
-                },
+                    "/srv/mirror"
+                ),
             ]
         );
+        // A configuration the worker cannot read as text hides what it names.
+        std::fs::write(&file, [0xff_u8, 0xfe]).unwrap();
+        let refused = shared_sources(&env, "").unwrap_err();
+        assert!(refused.contains("cannot be read"), "{refused}");
+        // A missing one names nothing (who could create it is checked with the rest).
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(shared_sources(&env, "").unwrap().len(), 4);
     }
 
     #[test]
@@ -314,12 +495,12 @@ mod tests {
         std::fs::write(&binary, "#!/bin/sh\n").unwrap();
         set(&binary, 0o755);
         // The worker's alone: nobody else may write anything in it.
-        assert_eq!(writable_by_others(&cache, Some(TOOLS)), None);
-        assert_eq!(writable_by_others(&cache, None), None);
+        assert_eq!(writable_by_others(&cache, PLAN), None);
+        assert_eq!(writable_by_others(&cache, ANY), None);
 
         // A provider's file anyone may write.
         set(&binary, 0o777);
-        let why = writable_by_others(&cache, None).unwrap();
+        let why = writable_by_others(&cache, ANY).unwrap();
         assert!(
             why.contains(&format!("holds {}", binary.display()))
                 && why.contains("mode 777: anyone may write"),
@@ -328,34 +509,37 @@ mod tests {
         set(&binary, 0o755);
 
         // A directory deep inside that the tool user owns: only a plan worker's check, which
-        // is given its tool user, refuses it.
+        // names its tool user, refuses it.
         std::os::unix::fs::chown(&provider, Some(TOOLS.uid), None).unwrap();
-        let why = writable_by_others(&cache, Some(TOOLS)).unwrap();
+        let why = writable_by_others(&cache, PLAN).unwrap();
         assert!(
             why.contains(&provider.display().to_string())
                 && why.contains("is owned by the tool user (62301)"),
             "{why}"
         );
-        assert_eq!(writable_by_others(&cache, None), None);
+        assert_eq!(writable_by_others(&cache, ANY), None);
         std::os::unix::fs::chown(&provider, Some(0), None).unwrap();
 
         // Group-writable for the tool user's group.
         std::os::unix::fs::chown(&cache, None, Some(TOOLS.gid)).unwrap();
         set(&cache, 0o775);
-        let why = writable_by_others(&cache, Some(TOOLS)).unwrap();
+        let why = writable_by_others(&cache, PLAN).unwrap();
         assert!(why.contains("the tool user's group (62301)"), "{why}");
         std::os::unix::fs::chown(&cache, None, Some(0)).unwrap();
 
         // A parent anyone may write into without the sticky bit: the cache could be renamed
         // and replaced. With the sticky bit it could not.
         set(root.path(), 0o777);
-        let why = writable_by_others(&cache, None).unwrap();
-        assert!(why.starts_with("could be moved aside: "), "{why}");
+        let why = writable_by_others(&cache, ANY).unwrap();
+        assert!(
+            why.starts_with(&format!("could be replaced: {}", root.path().display())),
+            "{why}"
+        );
         set(root.path(), 0o1777);
-        assert_eq!(writable_by_others(&cache, Some(TOOLS)), None);
+        assert_eq!(writable_by_others(&cache, PLAN), None);
 
         // Missing, in a directory where anyone may create it (sticky or not).
-        let why = writable_by_others(&root.path().join("not-yet"), None).unwrap();
+        let why = writable_by_others(&root.path().join("not-yet"), ANY).unwrap();
         assert!(
             why.starts_with(&format!(
                 "does not exist, and {} has mode 1777",
@@ -364,32 +548,66 @@ mod tests {
             "{why}"
         );
         set(root.path(), 0o755);
-        assert_eq!(
-            writable_by_others(&root.path().join("not-yet"), Some(TOOLS)),
-            None
-        );
+        assert_eq!(writable_by_others(&root.path().join("not-yet"), PLAN), None);
     }
 
     #[test]
-    fn a_link_inside_is_checked_where_it_leads() {
+    fn links_are_checked_on_the_way_and_where_they_lead() {
         let root = tempfile::tempdir().unwrap();
         set(root.path(), 0o755);
         let cache = root.path().join("cache");
         std::fs::create_dir(&cache).unwrap();
-        set(&cache, 0o755);
         let elsewhere = root.path().join("elsewhere");
         std::fs::create_dir(&elsewhere).unwrap();
-        set(&elsewhere, 0o755);
+        for dir in [&cache, &elsewhere] {
+            set(dir, 0o755);
+        }
         let link = cache.join("link");
         std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
         // A link back up makes a circle, which ends.
         std::os::unix::fs::symlink(&cache, elsewhere.join("back")).unwrap();
-        assert_eq!(writable_by_others(&cache, Some(TOOLS)), None);
+        assert_eq!(writable_by_others(&cache, PLAN), None);
+        // Under the cache, a link to where anyone may write.
         set(&elsewhere, 0o777);
-        let why = writable_by_others(&cache, None).unwrap();
+        let why = writable_by_others(&cache, ANY).unwrap();
         assert!(
-            why.starts_with(&format!("holds the link {}, whose target", link.display()))
-                && why.contains("mode 777"),
+            why.starts_with(&format!(
+                "holds the link {} to {}, which has mode 777",
+                link.display(),
+                elsewhere.display()
+            )),
+            "{why}"
+        );
+        set(&elsewhere, 0o755);
+
+        // On the way: the cache is reached through a link in a directory anyone may write
+        // into, so the link could be replaced, though where it leads is safe.
+        let open = root.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        set(&open, 0o777);
+        std::os::unix::fs::symlink(&cache, open.join("to-cache")).unwrap();
+        let why = writable_by_others(&open.join("to-cache"), ANY).unwrap();
+        assert!(
+            why.starts_with(&format!(
+                "could be replaced: {} has mode 777",
+                open.display()
+            )),
+            "{why}"
+        );
+
+        // A link to a missing place where anyone could create it.
+        let sticky = root.path().join("sticky");
+        std::fs::create_dir(&sticky).unwrap();
+        set(&sticky, 0o1777);
+        let dangling = root.path().join("dangling");
+        std::os::unix::fs::symlink(sticky.join("tfc"), &dangling).unwrap();
+        let why = writable_by_others(&dangling, ANY).unwrap();
+        assert!(
+            why.starts_with(&format!(
+                "leads through the link {}: does not exist, and {} has mode 1777",
+                dangling.display(),
+                sticky.display()
+            )),
             "{why}"
         );
     }

@@ -52,6 +52,19 @@ pub fn supervise(
             return 125;
         }
     };
+    // Inherited by the tool and all it starts, and never undone: a set-user-ID program (su,
+    // mount, a copy a plan made setuid where it could) runs with its caller's ids, and file
+    // capabilities are not granted. A pull request's code as the tool user cannot become root
+    // through one, whatever the host has installed, with or without the deployment's own
+    // `NoNewPrivileges`. The switch to the tool user below is a setuid call, which the flag
+    // does not touch. Set before the runtime starts any thread: the flag is per thread, and
+    // a thread inherits it from the one that creates it.
+    if let Err(err) = rustix::thread::set_no_new_privs(true) {
+        eprintln_safe(&format!(
+            "pipelines supervisor: cannot keep the tool from gaining privileges: {err}"
+        ));
+        return 125;
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -62,18 +75,6 @@ pub fn supervise(
             return 125;
         }
     };
-    // Inherited by the tool and all it starts, and never undone: a set-user-ID program (su,
-    // mount, a copy a plan made setuid where it could) runs with its caller's ids, and file
-    // capabilities are not granted. A pull request's code as the tool user cannot become root
-    // through one, whatever the host has installed, with or without the deployment's own
-    // `NoNewPrivileges`. The switch to the tool user below is a setuid call, which the flag
-    // does not touch.
-    if let Err(err) = rustix::thread::set_no_new_privs(true) {
-        eprintln_safe(&format!(
-            "pipelines supervisor: cannot keep the tool from gaining privileges: {err}"
-        ));
-        return 125;
-    }
     // The worker runs without transparent huge pages (`pipelines execute`), and the flag is
     // inherited: turn them back on, so that the host's policy applies to the tool.
     let _ = rustix::thread::disable_transparent_huge_pages(false);

@@ -394,6 +394,19 @@ fn a_pull_request_provider_finds_no_secret_and_leaves_nothing_for_the_next_apply
         std::fs::Permissions::from_mode(0o4755),
     )
     .unwrap();
+    {
+        // Run as the plan's tool user, but not by a worker, it does make its caller root
+        // here: the file system honours set-user-ID bits, so the plan's try below means
+        // something.
+        use std::os::unix::process::CommandExt;
+        let direct = std::process::Command::new(&targets.setuid_program)
+            .uid(PLAN_TOOL_USER)
+            .gid(PLAN_TOOL_USER)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&direct.stdout);
+        assert!(said.contains("euid=0(root)"), "{direct:?}");
+    }
     let (c0, c1, c2) =
         pull_request_with_a_provider(&sandbox, "evil", &attacker_provider(&report, &targets));
 
@@ -819,9 +832,10 @@ impl Freezer {
         Freezer(dir)
     }
 
-    /// Moves `pid` in and freezes it: until [`Self::thaw`], SIGKILL leaves it alive.
+    /// Moves process `pid` (all its threads) in and freezes it: until [`Self::thaw`], SIGKILL
+    /// leaves it alive.
     fn freeze(&self, pid: u32) {
-        std::fs::write(self.0.join("tasks"), pid.to_string()).unwrap();
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
         std::fs::write(self.0.join("freezer.state"), "FROZEN").unwrap();
         poll_until(DEADLINE, &format!("{pid} to be frozen"), || {
             let state = std::fs::read_to_string(self.0.join("freezer.state")).unwrap();
@@ -837,18 +851,23 @@ impl Freezer {
 
 impl Drop for Freezer {
     fn drop(&mut self) {
-        self.thaw();
-        let tasks = std::fs::read_to_string(self.0.join("tasks")).unwrap_or_default();
-        for pid in tasks.split_whitespace() {
+        let _ = std::fs::write(self.0.join("freezer.state"), "THAWED");
+        let procs = std::fs::read_to_string(self.0.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.split_whitespace() {
             let _ = std::process::Command::new("kill")
                 .args(["-KILL", pid])
                 .status();
         }
+        // The group can go once its processes have exited. While a failed test unwinds, a
+        // second panic would abort: then only try, for a few seconds.
+        let started = std::time::Instant::now();
         let removed = || std::fs::remove_dir(&self.0).is_ok().then_some(());
-        if std::thread::panicking() {
-            let _ = removed();
-        } else {
+        if !std::thread::panicking() {
             poll_until(DEADLINE, "the freezer group to be removed", removed);
+        } else {
+            while removed().is_none() && started.elapsed() < std::time::Duration::from_secs(10) {
+                std::thread::yield_now();
+            }
         }
     }
 }
@@ -970,6 +989,8 @@ fn a_worker_whose_tool_user_has_a_process_the_kill_cannot_end_takes_no_further_j
     let detail = harness::runs::status(&sandbox, run).unwrap();
     assert_eq!(detail.run.state, "running", "{detail:#?}");
     freezer.thaw();
+    // It dies of the SIGKILL the worker sent; the test's own makes sure of it.
+    let _ = waiting.kill();
     let _ = waiting.wait();
 
     // Nothing of the tool user is left: the next worker runs the job it gave back.
