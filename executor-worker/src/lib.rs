@@ -421,14 +421,19 @@ fn refuse_shared_sources_others_write(settings: &WorkerSettings) -> Result<(), E
     let writers = shared_sources::Writers {
         plan_tools: settings.tools.user.filter(|_| plan),
     };
-    let sources = shared_sources::shared_sources(&settings.tools.env, &settings.tools.path)
-        .map_err(ExecuteError::Setup)?;
+    let sources = shared_sources::shared_sources(
+        &settings.tools.env,
+        &settings.tools.path,
+        settings.tf_binary.as_deref(),
+    )
+    .map_err(ExecuteError::Setup)?;
     for source in sources {
         if let Some(why) = shared_sources::writable_by_others(&source.path, writers) {
             return Err(ExecuteError::Setup(format!(
-                "{} ({}) {why}. A pull request's plan could put a program, provider or module there that later jobs run: keep it the worker's user's alone, filled by an admin (a filesystem_mirror), and give plan workers no plugin cache their tools fill",
+                "{} ({}) {why}. A pull request's plan could put a program, provider or module there that later jobs run: {}",
                 source.named_by,
-                source.path.display()
+                source.path.display(),
+                source.advice
             )));
         }
     }

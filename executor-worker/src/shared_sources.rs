@@ -1,17 +1,18 @@
-//! Directories the tools take providers and modules from that later jobs take them from too (a
-//! plugin cache, a filesystem mirror, Terragrunt's shared caches), and who could write there.
+//! What every job's tools read from that later jobs read too (the programs on their `PATH`, a
+//! plugin cache, a filesystem mirror, Terragrunt's shared caches, the CLI configuration), and
+//! who could write there.
 //!
 //! Terraform runs the providers it finds in its plugin cache or in a filesystem mirror, and
 //! takes a cached one as it is when the unit has no lock file; Terragrunt reuses what its
-//! download directory holds. A pull request's plan that could write into one of them would put
-//! a provider there that every later job of the worker runs: later pull requests' plans, whose
-//! results it could then forge, and, where an apply worker on the host reads the same
-//! directory, applies with their credentials. So a plan worker refuses to start when its tool
-//! user could write into one, and every worker refuses one that anyone on the host may write
-//! into.
+//! download directory holds; every job runs the `terraform` it finds on its `PATH`. A pull
+//! request's plan that could write into one of them would put a program or provider there that
+//! every later job of the worker runs: later pull requests' plans, whose results it could then
+//! forge, and, where an apply worker on the host reads the same place, applies with their
+//! credentials. So a plan worker refuses to start when its tool user could write into one, and
+//! every worker refuses one that anyone on the host may write into.
 //!
 //! Only absolute paths are looked at: a relative one is resolved in the job's own checkout, and
-//! `~` or `$HOME` is the job's own directory (the tools' `HOME`).
+//! `~`, `$HOME` or `$TMPDIR` is the job's own directory.
 
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::MetadataExt;
@@ -19,85 +20,133 @@ use std::path::{Path, PathBuf};
 
 use config::ToolUser;
 
-/// The tools' variables that name such a directory: Terraform's plugin cache and data
-/// directory (where `init` installs providers), Terragrunt's provider cache and download
-/// directory (both names of each).
-const DIRECTORY_VARIABLES: &[&str] = &[
+/// The tools' variables that name such a place: Terraform's plugin cache and data directory
+/// (where `init` installs providers), Terragrunt's provider cache and download directory, and
+/// the binary Terragrunt runs (both names of each).
+const SOURCE_VARIABLES: &[&str] = &[
     "TF_PLUGIN_CACHE_DIR",
     "TF_DATA_DIR",
     "TG_PROVIDER_CACHE_DIR",
     "TERRAGRUNT_PROVIDER_CACHE_DIR",
     "TG_DOWNLOAD_DIR",
     "TERRAGRUNT_DOWNLOAD",
+    "TG_TF_PATH",
+    "TERRAGRUNT_TFPATH",
 ];
 
-/// Terraform's own local mirrors on Linux, searched when the CLI configuration sets no
-/// `provider_installation` (the ones under `HOME` are the job's own).
-const IMPLICIT_MIRRORS: &[&str] = &[
-    "/usr/local/share/terraform/plugins",
-    "/usr/share/terraform/plugins",
-];
+/// Variables the worker sets per job: a path built from one is the job's own.
+const PER_JOB_VARIABLES: &[&str] = &["HOME", "TMPDIR"];
 
-/// A directory (or file) every job's tools read from, and what names it.
+/// Where Terraform and OpenTofu look for providers of their own accord when the CLI
+/// configuration sets no `provider_installation`: `<data dir>/<tool>/plugins` for each data
+/// directory of `XDG_DATA_DIRS` (by default these two) and of `XDG_DATA_HOME` (by default under
+/// `HOME`, the job's own).
+const DEFAULT_DATA_DIRS: &[&str] = &["/usr/local/share", "/usr/share"];
+
+/// What to do about a place a plan could write into.
+const ADVICE: &str = "make it writable by root (or the worker's user) alone";
+const CACHE_ADVICE: &str = "make it writable by root (or the worker's user) alone, and give plan workers a filesystem_mirror an admin fills, not a plugin cache their tools fill";
+
+/// A place every job's tools read from, what names it, and what to do when others could
+/// write there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SharedSource {
     pub(crate) named_by: String,
     pub(crate) path: PathBuf,
+    pub(crate) advice: &'static str,
 }
 
-/// What every job's tools read from: the directories the tools' environment names, directly,
-/// on their `path` (the programs they run) or in the Terraform CLI configuration
-/// (`TF_CLI_CONFIG_FILE`) it points to, that file itself, and Terraform's own local mirrors.
-/// `Err`: the CLI configuration exists but cannot be read as text, so what it names is unknown.
+impl SharedSource {
+    fn new(named_by: impl Into<String>, path: impl Into<PathBuf>, advice: &'static str) -> Self {
+        SharedSource {
+            named_by: named_by.into(),
+            path: path.into(),
+            advice,
+        }
+    }
+}
+
+/// What every job's tools read from: the places the tools' environment names, directly, on
+/// their `path` (the programs they run, and `tf_binary` when it is a path) or in the Terraform
+/// CLI configuration (`TF_CLI_CONFIG_FILE`) it points to, that file itself, and the
+/// providers' implicit local mirrors. `Err`: the CLI configuration exists but cannot be read
+/// as text, so what it names is unknown.
 pub(crate) fn shared_sources(
     env: &BTreeMap<String, String>,
     path: &str,
+    tf_binary: Option<&str>,
 ) -> Result<Vec<SharedSource>, String> {
-    let mut found: Vec<SharedSource> = DIRECTORY_VARIABLES
+    let mut found: Vec<SharedSource> = SOURCE_VARIABLES
         .iter()
         .filter_map(|name| Some((*name, env.get(*name)?)))
         .filter(|(_, value)| value.starts_with('/'))
-        .map(|(name, value)| SharedSource {
-            named_by: format!("the tools' {name}"),
-            path: PathBuf::from(value),
+        .map(|(name, value)| {
+            let advice = if name.ends_with("CACHE_DIR") {
+                CACHE_ADVICE
+            } else {
+                ADVICE
+            };
+            SharedSource::new(format!("the tools' {name}"), value, advice)
         })
         .collect();
     found.extend(
         path.split(':')
             .filter(|dir| dir.starts_with('/'))
-            .map(|dir| SharedSource {
-                named_by: "a directory on the tools' PATH".to_owned(),
-                path: PathBuf::from(dir),
-            }),
+            .map(|dir| SharedSource::new("a directory on the tools' PATH", dir, ADVICE)),
     );
-    found.extend(IMPLICIT_MIRRORS.iter().map(|dir| SharedSource {
-        named_by: "Terraform's implicit local mirror".to_owned(),
-        path: PathBuf::from(dir),
-    }));
+    if let Some(binary) = tf_binary.filter(|binary| binary.starts_with('/')) {
+        found.push(SharedSource::new("executor.tf_binary", binary, ADVICE));
+    }
+    let absolute = |name: &str| env.get(name).filter(|dir| dir.starts_with('/'));
+    let data_dirs: Vec<&str> = match absolute("XDG_DATA_DIRS") {
+        Some(dirs) => dirs.split(':').filter(|dir| dir.starts_with('/')).collect(),
+        None => DEFAULT_DATA_DIRS.to_vec(),
+    };
+    for dir in data_dirs
+        .into_iter()
+        .chain(absolute("XDG_DATA_HOME").map(String::as_str))
+    {
+        for tool in ["terraform", "opentofu"] {
+            found.push(SharedSource::new(
+                "an implicit local provider mirror",
+                Path::new(dir).join(tool).join("plugins"),
+                ADVICE,
+            ));
+        }
+    }
     if let Some(file) = env
         .get("TF_CLI_CONFIG_FILE")
         .filter(|file| file.starts_with('/'))
     {
-        found.push(SharedSource {
-            named_by: "the tools' TF_CLI_CONFIG_FILE".to_owned(),
-            path: PathBuf::from(file),
-        });
+        found.push(SharedSource::new(
+            "the tools' TF_CLI_CONFIG_FILE",
+            file,
+            ADVICE,
+        ));
         match std::fs::metadata(file) {
-            // Missing: nothing in it (who could create it is checked above).
+            // Missing: nothing in it (who could create it is checked with the rest).
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Ok(meta) if meta.is_file() => {
                 let text = std::fs::read_to_string(file).map_err(|err| {
                     format!("the tools' TF_CLI_CONFIG_FILE ({file}) cannot be read: {err}")
                 })?;
-                found.extend(
-                    cli_config_directories(&text)
-                        .into_iter()
-                        .filter(|(_, path)| path.starts_with('/'))
-                        .map(|(key, path)| SharedSource {
-                            named_by: format!("{key} in TF_CLI_CONFIG_FILE {file}"),
-                            path: PathBuf::from(path),
-                        }),
-                );
+                for (key, path) in cli_config_directories(&text) {
+                    let Some(path) = expanded(&path, env) else {
+                        continue;
+                    };
+                    if path.starts_with('/') {
+                        let advice = if key == "plugin_cache_dir" {
+                            CACHE_ADVICE
+                        } else {
+                            ADVICE
+                        };
+                        found.push(SharedSource::new(
+                            format!("{key} in TF_CLI_CONFIG_FILE {file}"),
+                            path,
+                            advice,
+                        ));
+                    }
+                }
             }
             Ok(_) => {
                 return Err(format!(
@@ -112,6 +161,37 @@ pub(crate) fn shared_sources(
         }
     }
     Ok(found)
+}
+
+/// `value` with `$NAME` and `${NAME}` replaced from the tools' `env` (a name it lacks by
+/// nothing), as Terraform expands its CLI configuration. `None` when it names a variable the
+/// worker sets per job ([`PER_JOB_VARIABLES`]): the path is then the job's own.
+fn expanded(value: &str, env: &BTreeMap<String, String>) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let (name, next) = match after.strip_prefix('{') {
+            Some(braced) => match braced.find('}') {
+                Some(end) => (&braced[..end], &braced[end + 1..]),
+                None => (braced, ""),
+            },
+            None => {
+                let end = after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len());
+                (&after[..end], &after[end..])
+            }
+        };
+        if PER_JOB_VARIABLES.contains(&name) {
+            return None;
+        }
+        out.push_str(env.get(name).map_or("", String::as_str));
+        rest = next;
+    }
+    out.push_str(rest);
+    Some(out)
 }
 
 /// `plugin_cache_dir`, the `path` of every `filesystem_mirror` block and every directory a
@@ -132,6 +212,16 @@ pub(crate) fn cli_config_directories(text: &str) -> Vec<(&'static str, String)> 
         .collect::<Vec<_>>()
         .join("\n");
     let mut found = Vec::new();
+    if code.trim_start().starts_with('{') {
+        // The JSON spelling: blocks may be lists of objects. Every string counts; those that
+        // are no path (names, URLs, patterns) are not absolute, and are dropped by the caller.
+        for (i, piece) in code.split('"').enumerate() {
+            if i % 2 == 1 {
+                found.push(("a path in the JSON CLI configuration", piece.to_owned()));
+            }
+        }
+        return found;
+    }
     for rest in after_word(&code, "plugin_cache_dir") {
         if let Some(path) = assigned_string(rest) {
             found.push(("plugin_cache_dir", path));
@@ -204,9 +294,8 @@ fn assigned_string(rest: &str) -> Option<String> {
     Some(rest[..rest.find('"')?].to_owned())
 }
 
-/// Who may write what every job reads: root and the worker's own user, and on an apply
-/// worker its tool user (which runs reviewed code only). A plan worker's tool user is named,
-/// so that a finding says it is that user.
+/// Who, besides anyone on the host, must not be able to write what every job reads. An apply
+/// worker's tool user may (it runs reviewed code only); a plan worker's may not.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Writers {
     /// A plan worker's tool user: it may write nothing every job reads.
@@ -232,13 +321,20 @@ pub(crate) fn writable_by_others(path: &Path, writers: Writers) -> Option<String
         Ok(None) => return None,
         Err(why) => return Some(why),
     };
-    if let Some(why) = std::fs::metadata(&target)
-        .ok()
-        .and_then(|meta| may_write(&meta, writers, false))
-    {
+    let meta = match std::fs::metadata(&target) {
+        Ok(meta) => meta,
+        Err(err) => return Some(format!("cannot be checked: {err}")),
+    };
+    if let Some(why) = may_write(&meta, writers, false) {
         return Some(why);
     }
-    let mut pending: Vec<PathBuf> = children(&target);
+    if !meta.is_dir() {
+        return None;
+    }
+    let mut pending = match children(&target) {
+        Ok(entries) => entries,
+        Err(why) => return Some(why),
+    };
     seen.insert(target);
     let mut looked = 0;
     while let Some(entry) = pending.pop() {
@@ -248,8 +344,16 @@ pub(crate) fn writable_by_others(path: &Path, writers: Writers) -> Option<String
                 "holds more than {MOST_ENTRIES} entries: too many to check"
             ));
         }
-        let Ok(meta) = std::fs::symlink_metadata(&entry) else {
-            continue;
+        let meta = match std::fs::symlink_metadata(&entry) {
+            Ok(meta) => meta,
+            // Gone since its directory was read.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => {
+                return Some(format!(
+                    "holds {}, which cannot be checked: {err}",
+                    entry.display()
+                ));
+            }
         };
         let (real, meta) = if meta.file_type().is_symlink() {
             let mut links = 0;
@@ -258,7 +362,13 @@ pub(crate) fn writable_by_others(path: &Path, writers: Writers) -> Option<String
                 Ok(None) => continue,
                 Ok(Some(real)) => match std::fs::metadata(&real) {
                     Ok(meta) => (real, meta),
-                    Err(_) => continue,
+                    Err(err) => {
+                        return Some(format!(
+                            "holds the link {} to {}, which cannot be checked: {err}",
+                            entry.display(),
+                            real.display()
+                        ));
+                    }
                 },
             }
         } else {
@@ -276,17 +386,24 @@ pub(crate) fn writable_by_others(path: &Path, writers: Writers) -> Option<String
             });
         }
         if meta.is_dir() && seen.insert(real.clone()) {
-            pending.extend(children(&real));
+            match children(&real) {
+                Ok(more) => pending.extend(more),
+                Err(why) => return Some(why),
+            }
         }
     }
     None
 }
 
-/// The entries of directory `dir` (none when it is not one, or cannot be read).
-fn children(dir: &Path) -> Vec<PathBuf> {
+/// The entries of directory `dir`. `Err`: why it cannot be read, and so not checked.
+fn children(dir: &Path) -> Result<Vec<PathBuf>, String> {
     std::fs::read_dir(dir)
-        .map(|entries| entries.flatten().map(|entry| entry.path()).collect())
-        .unwrap_or_default()
+        .and_then(|entries| {
+            entries
+                .map(|entry| entry.map(|entry| entry.path()))
+                .collect()
+        })
+        .map_err(|err| format!("holds {}, which cannot be read: {err}", dir.display()))
 }
 
 /// Follows `path` from `/`, one name at a time. `Err`: someone could put their own thing at
@@ -305,12 +422,18 @@ fn reach(path: &Path, writers: Writers, links: &mut usize) -> Result<Option<Path
             }
             _ => continue,
         };
-        let Ok(dir) = std::fs::metadata(&at) else {
+        let dir = std::fs::metadata(&at)
+            .map_err(|err| format!("cannot be checked: {}: {err}", at.display()))?;
+        if !dir.is_dir() {
+            // A file on the way: nothing can be below it.
             return Ok(None);
-        };
+        }
         let next = at.join(name);
         let entry = match std::fs::symlink_metadata(&next) {
             Ok(entry) => entry,
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("cannot be checked: {}: {err}", next.display()));
+            }
             Err(_) => {
                 // Missing: whoever may add an entry to `at` may create it, sticky or not.
                 return match may_write(&dir, writers, false) {
@@ -326,6 +449,17 @@ fn reach(path: &Path, writers: Writers, links: &mut usize) -> Result<Option<Path
             return Err(format!("could be replaced: {} {why}", at.display()));
         }
         if entry.file_type().is_symlink() {
+            // A link's mode is always 777; its owner may replace it, even in a sticky
+            // directory.
+            if let Some(tools) = writers.plan_tools
+                && entry.uid() == tools.uid
+            {
+                return Err(format!(
+                    "leads through the link {}, which is owned by the tool user ({})",
+                    next.display(),
+                    tools.uid
+                ));
+            }
             *links += 1;
             if *links > MOST_LINKS {
                 return Err(format!("leads through more than {MOST_LINKS} links"));
@@ -395,6 +529,21 @@ mod tests {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
 
+    /// A temporary directory, by its canonical path (findings name resolved paths), mode 0755
+    /// whatever the umask.
+    fn scratch() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().canonicalize().unwrap();
+        set(&path, 0o755);
+        (dir, path)
+    }
+
+    /// A directory at `path`, with `mode`.
+    fn dir_with(path: &Path, mode: u32) {
+        std::fs::create_dir(path).unwrap();
+        set(path, mode);
+    }
+
     #[test]
     fn the_cli_configuration_names_its_caches_mirrors_and_overrides_outside_comments() {
         let text = "plugin_cache_dir = \"/var/cache/terraform\"\n\
@@ -420,77 +569,119 @@ mod tests {
                 ("a dev_overrides directory", "/srv/dev/one".to_owned()),
             ]
         );
-        // The JSON spelling, and a quoted key.
-        assert_eq!(
-            cli_config_directories("{\"plugin_cache_dir\": \"/var/cache/json\"}\n"),
-            [("plugin_cache_dir", "/var/cache/json".to_owned())]
-        );
+        // The JSON spelling, where blocks may be lists: every string, for the caller to keep
+        // the absolute ones.
+        let json = "{\"plugin_cache_dir\": \"/var/cache/json\", \"provider_installation\": \
+                    [{\"filesystem_mirror\": [{\"path\": \"/a\"}, {\"path\": \"/b\"}]}]}\n";
+        let strings: Vec<String> = cli_config_directories(json)
+            .into_iter()
+            .map(|(_, path)| path)
+            .collect();
+        for path in ["/var/cache/json", "/a", "/b"] {
+            assert!(strings.contains(&path.to_owned()), "{path}: {strings:?}");
+        }
         assert_eq!(cli_config_directories("disable_checkpoint = true\n"), []);
     }
 
     #[test]
-    fn only_absolute_paths_are_shared_and_the_cli_configuration_is_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("terraformrc");
+    fn the_sources_are_absolute_paths_the_configuration_itself_and_the_implicit_mirrors() {
+        let (_dir, root) = scratch();
+        let file = root.join("terraformrc");
         std::fs::write(
             &file,
             "plugin_cache_dir = \"$HOME/.terraform.d/plugin-cache\"\n\
-             provider_installation {\n  filesystem_mirror {\n    path = \"/srv/mirror\"\n  }\n}\n",
+             provider_installation {\n  filesystem_mirror {\n    path = \"${SHARED}/mirror\"\n  }\n}\n",
         )
         .unwrap();
-        let env: BTreeMap<String, String> = [
+        let file_path = file.to_str().unwrap();
+        let env = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect()
+        };
+        let tools_env = env(&[
             ("TF_PLUGIN_CACHE_DIR", "/var/cache/tf"),
             ("TG_DOWNLOAD_DIR", "relative/cache"),
             ("TERRAGRUNT_PROVIDER_CACHE_DIR", "~/providers"),
-            ("TF_CLI_CONFIG_FILE", file.to_str().unwrap()),
+            ("TF_CLI_CONFIG_FILE", file_path),
+            ("SHARED", "/srv"),
             ("HTTPS_PROXY", "/not/a/cache"),
-        ]
+            ("XDG_DATA_DIRS", "/opt/share:relative"),
+        ]);
+        let found: Vec<(String, PathBuf)> = shared_sources(
+            &tools_env,
+            "/usr/bin:relative/bin:",
+            Some("/opt/tf/terraform"),
+        )
+        .unwrap()
         .into_iter()
-        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .map(|source| (source.named_by, source.path))
         .collect();
-        let source = |named_by: &str, path: &str| SharedSource {
-            named_by: named_by.to_owned(),
-            path: path.into(),
-        };
+        let named = |by: &str, path: &str| (by.to_owned(), PathBuf::from(path));
         assert_eq!(
-            shared_sources(&env, "/usr/bin:relative/bin:").unwrap(),
+            found,
             [
-                source("the tools' TF_PLUGIN_CACHE_DIR", "/var/cache/tf"),
-                source("a directory on the tools' PATH", "/usr/bin"),
-                source(
-                    "Terraform's implicit local mirror",
-                    "/usr/local/share/terraform/plugins"
+                named("the tools' TF_PLUGIN_CACHE_DIR", "/var/cache/tf"),
+                named("a directory on the tools' PATH", "/usr/bin"),
+                named("executor.tf_binary", "/opt/tf/terraform"),
+                named(
+                    "an implicit local provider mirror",
+                    "/opt/share/terraform/plugins"
                 ),
-                source(
-                    "Terraform's implicit local mirror",
-                    "/usr/share/terraform/plugins"
+                named(
+                    "an implicit local provider mirror",
+                    "/opt/share/opentofu/plugins"
                 ),
-                source("the tools' TF_CLI_CONFIG_FILE", file.to_str().unwrap()),
-                source(
-                    &format!(
-                        "a filesystem_mirror's path in TF_CLI_CONFIG_FILE {}",
-                        file.display()
-                    ),
+                named("the tools' TF_CLI_CONFIG_FILE", file_path),
+                // `${SHARED}` expanded from the tools' environment; `$HOME` is the job's own.
+                named(
+                    &format!("a filesystem_mirror's path in TF_CLI_CONFIG_FILE {file_path}"),
                     "/srv/mirror"
                 ),
             ]
         );
-        // A configuration the worker cannot read as text hides what it names.
+        // Without XDG_DATA_DIRS, the default data directories.
+        let found = shared_sources(&env(&[]), "", None).unwrap();
+        assert_eq!(found.len(), 4);
+        assert_eq!(
+            found[0].path,
+            Path::new("/usr/local/share/terraform/plugins")
+        );
+        // A configuration the worker cannot read as text hides what it names; so would a
+        // FIFO, which would hang the start.
         std::fs::write(&file, [0xff_u8, 0xfe]).unwrap();
-        let refused = shared_sources(&env, "").unwrap_err();
+        let refused = shared_sources(&tools_env, "", None).unwrap_err();
         assert!(refused.contains("cannot be read"), "{refused}");
+        std::fs::remove_file(&file).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&file)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let refused = shared_sources(&tools_env, "", None).unwrap_err();
+        assert!(refused.contains("is not a regular file"), "{refused}");
         // A missing one names nothing (who could create it is checked with the rest).
         std::fs::remove_file(&file).unwrap();
-        assert_eq!(shared_sources(&env, "").unwrap().len(), 4);
+        assert_eq!(shared_sources(&tools_env, "", None).unwrap().len(), 4);
     }
 
     #[test]
     fn a_cache_the_tool_user_or_anyone_could_write_into_is_named_with_why() {
-        let root = tempfile::tempdir().unwrap();
-        set(root.path(), 0o755);
-        let cache = root.path().join("cache");
-        let provider = cache.join("registry.terraform.io/hashicorp/null/3.2.1/linux_amd64");
-        std::fs::create_dir_all(&provider).unwrap();
+        let (_dir, root) = scratch();
+        let cache = root.join("cache");
+        dir_with(&cache, 0o755);
+        let mut provider = cache.clone();
+        for name in [
+            "registry.terraform.io",
+            "hashicorp",
+            "null",
+            "3.2.1",
+            "linux_amd64",
+        ] {
+            provider.push(name);
+            dir_with(&provider, 0o755);
+        }
         let binary = provider.join("terraform-provider-null");
         std::fs::write(&binary, "#!/bin/sh\n").unwrap();
         set(&binary, 0o755);
@@ -526,46 +717,48 @@ mod tests {
         let why = writable_by_others(&cache, PLAN).unwrap();
         assert!(why.contains("the tool user's group (62301)"), "{why}");
         std::os::unix::fs::chown(&cache, None, Some(0)).unwrap();
+        set(&cache, 0o755);
 
         // A parent anyone may write into without the sticky bit: the cache could be renamed
         // and replaced. With the sticky bit it could not.
-        set(root.path(), 0o777);
+        set(&root, 0o777);
         let why = writable_by_others(&cache, ANY).unwrap();
         assert!(
-            why.starts_with(&format!("could be replaced: {}", root.path().display())),
+            why.starts_with(&format!("could be replaced: {}", root.display())),
             "{why}"
         );
-        set(root.path(), 0o1777);
+        set(&root, 0o1777);
         assert_eq!(writable_by_others(&cache, PLAN), None);
 
         // Missing, in a directory where anyone may create it (sticky or not).
-        let why = writable_by_others(&root.path().join("not-yet"), ANY).unwrap();
+        let why = writable_by_others(&root.join("not-yet"), ANY).unwrap();
         assert!(
             why.starts_with(&format!(
                 "does not exist, and {} has mode 1777",
-                root.path().display()
+                root.display()
             )),
             "{why}"
         );
-        set(root.path(), 0o755);
-        assert_eq!(writable_by_others(&root.path().join("not-yet"), PLAN), None);
+        set(&root, 0o755);
+        assert_eq!(writable_by_others(&root.join("not-yet"), PLAN), None);
+        // Below a file, nothing can be.
+        assert_eq!(writable_by_others(&binary.join("below"), PLAN), None);
     }
 
     #[test]
     fn links_are_checked_on_the_way_and_where_they_lead() {
-        let root = tempfile::tempdir().unwrap();
-        set(root.path(), 0o755);
-        let cache = root.path().join("cache");
-        std::fs::create_dir(&cache).unwrap();
-        let elsewhere = root.path().join("elsewhere");
-        std::fs::create_dir(&elsewhere).unwrap();
+        let (_dir, root) = scratch();
+        let cache = root.join("cache");
+        let elsewhere = root.join("elsewhere");
         for dir in [&cache, &elsewhere] {
-            set(dir, 0o755);
+            dir_with(dir, 0o755);
         }
         let link = cache.join("link");
         std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
         // A link back up makes a circle, which ends.
         std::os::unix::fs::symlink(&cache, elsewhere.join("back")).unwrap();
+        // A relative link, through `..`.
+        std::os::unix::fs::symlink("../cache/link", elsewhere.join("relative")).unwrap();
         assert_eq!(writable_by_others(&cache, PLAN), None);
         // Under the cache, a link to where anyone may write.
         set(&elsewhere, 0o777);
@@ -582,9 +775,8 @@ mod tests {
 
         // On the way: the cache is reached through a link in a directory anyone may write
         // into, so the link could be replaced, though where it leads is safe.
-        let open = root.path().join("open");
-        std::fs::create_dir(&open).unwrap();
-        set(&open, 0o777);
+        let open = root.join("open");
+        dir_with(&open, 0o777);
         std::os::unix::fs::symlink(&cache, open.join("to-cache")).unwrap();
         let why = writable_by_others(&open.join("to-cache"), ANY).unwrap();
         assert!(
@@ -596,10 +788,9 @@ mod tests {
         );
 
         // A link to a missing place where anyone could create it.
-        let sticky = root.path().join("sticky");
-        std::fs::create_dir(&sticky).unwrap();
-        set(&sticky, 0o1777);
-        let dangling = root.path().join("dangling");
+        let sticky = root.join("sticky");
+        dir_with(&sticky, 0o1777);
+        let dangling = root.join("dangling");
         std::os::unix::fs::symlink(sticky.join("tfc"), &dangling).unwrap();
         let why = writable_by_others(&dangling, ANY).unwrap();
         assert!(
@@ -607,6 +798,21 @@ mod tests {
                 "leads through the link {}: does not exist, and {} has mode 1777",
                 dangling.display(),
                 sticky.display()
+            )),
+            "{why}"
+        );
+
+        // A link the tool user owns, in a sticky directory: others may not replace it, but
+        // its owner may.
+        let owned = sticky.join("owned");
+        std::os::unix::fs::symlink(&cache, &owned).unwrap();
+        std::os::unix::fs::lchown(&owned, Some(TOOLS.uid), Some(TOOLS.gid)).unwrap();
+        assert_eq!(writable_by_others(&owned, ANY), None);
+        let why = writable_by_others(&owned, PLAN).unwrap();
+        assert!(
+            why.starts_with(&format!(
+                "leads through the link {}, which is owned by the tool user (62301)",
+                owned.display()
             )),
             "{why}"
         );
