@@ -70,8 +70,9 @@ pub struct ExecutorSettings {
     /// Variables every tool gets (Terraform settings, proxies), beside PATH, HOME and TMPDIR
     /// inside the job's directory, `pass_env`, and the job's own credentials. Nothing else of
     /// the worker's environment reaches a tool. A plugin cache or mirror named here or in
-    /// `TF_CLI_CONFIG_FILE`'s file must be the worker's user's alone to write: a worker refuses
-    /// to start when anyone could, and a plan worker also when its tool user could.
+    /// `TF_CLI_CONFIG_FILE`'s file must be writable by root (or the worker's user) alone: a
+    /// worker refuses to start when anyone could write there, and a plan worker also when its
+    /// tool user could.
     #[serde(default)]
     pub tool_env: BTreeMap<String, String>,
     /// Names of the worker's own environment variables handed to tools unchanged, when set.

@@ -412,10 +412,10 @@ pub async fn run(
     Ok(())
 }
 
-/// Refuses a plugin cache, filesystem mirror or Terragrunt cache that later jobs read and
-/// that anyone on the host, or a plan worker's tool user, could write into (see
-/// [`shared_sources`]). Without a tool user a plan's tools may write wherever the worker
-/// may: SECURITY.md says what that leaves open.
+/// Refuses to start when what every job's tools read from (their PATH and binaries, plugin
+/// caches, mirrors, the CLI configuration: see [`shared_sources`]) could be written by anyone
+/// on the host, or by a plan worker's tool user. Without a tool user a plan's tools may write
+/// wherever the worker may: SECURITY.md says what that leaves open.
 fn refuse_shared_sources_others_write(settings: &WorkerSettings) -> Result<(), ExecuteError> {
     let plan = settings.role == ExecutorRole::Plan;
     let writers = shared_sources::Writers {

@@ -53,8 +53,8 @@ pub fn supervise(
         }
     };
     // Inherited by the tool and all it starts, and never undone: a set-user-ID program (su,
-    // mount, a copy a plan made setuid where it could) runs with its caller's ids, and file
-    // capabilities are not granted. A pull request's code as the tool user cannot become root
+    // mount, crontab, a vulnerable one) runs with its caller's ids, and file capabilities are
+    // not granted. A pull request's code as the tool user cannot become root
     // through one, whatever the host has installed, with or without the deployment's own
     // `NoNewPrivileges`. The switch to the tool user below is a setuid call, which the flag
     // does not touch. Set before the runtime starts any thread: the flag is per thread, and
