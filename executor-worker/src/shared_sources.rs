@@ -484,31 +484,16 @@ fn reach(path: &Path, writers: Writers, links: &mut usize) -> Result<Option<Path
     Ok(Some(at))
 }
 
-/// Why anyone, or a plan worker's tool user, may change what `meta` describes (or its
-/// entries, for a directory). With `sticky_protects`, a directory's sticky bit counts: others
-/// may add entries to it, but not rename or remove what is there.
+/// Why anyone, or a plan worker's tool user, may change what `meta` describes (see
+/// [`crate::workspace::writable_by`]).
 fn may_write(meta: &std::fs::Metadata, writers: Writers, sticky_protects: bool) -> Option<String> {
-    let mode = meta.mode() & 0o7777;
-    let protected = sticky_protects && mode & 0o1000 != 0;
-    if let Some(tools) = writers.plan_tools
-        && meta.uid() == tools.uid
-    {
-        return Some(format!("is owned by the tool user ({})", tools.uid));
-    }
-    if mode & 0o002 != 0 && !protected {
-        return Some(format!("has mode {mode:o}: anyone may write"));
-    }
-    if let Some(tools) = writers.plan_tools
-        && meta.gid() == tools.gid
-        && mode & 0o020 != 0
-        && !protected
-    {
-        return Some(format!(
-            "has mode {mode:o} and the tool user's group ({}): the tool user may write",
-            tools.gid
-        ));
-    }
-    None
+    crate::workspace::writable_by(
+        writers.plan_tools,
+        meta.uid(),
+        meta.gid(),
+        meta.mode() & 0o7777,
+        sticky_protects,
+    )
 }
 
 #[cfg(test)]

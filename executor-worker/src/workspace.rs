@@ -142,17 +142,30 @@ pub(crate) fn private_dir(
 /// `mode`: it owns it, or may write into it without the sticky bit (which would keep it to
 /// its own entries). `None`: it cannot.
 fn replaceable_by(tools: ToolUser, uid: u32, gid: u32, mode: u32) -> Option<String> {
-    let sticky = mode & 0o1000 != 0;
-    if uid == tools.uid {
-        Some(format!("is owned by the tool user ({uid})"))
-    } else if mode & 0o002 != 0 && !sticky {
-        Some(format!("has mode {mode:o}: anyone may write into it"))
-    } else if mode & 0o020 != 0 && gid == tools.gid && !sticky {
-        Some(format!(
+    writable_by(Some(tools), uid, gid, mode, true)
+}
+
+/// Why anyone, or `tools` when given, may change what is owned by `uid`:`gid` with `mode` (or
+/// its entries, for a directory): `tools` owns it, anyone may write, or `tools`' group may.
+/// With `sticky_protects`, a directory's sticky bit counts: others may add entries to it, but
+/// not rename or remove what is there. `None`: nobody may.
+pub(crate) fn writable_by(
+    tools: Option<ToolUser>,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    sticky_protects: bool,
+) -> Option<String> {
+    let protected = sticky_protects && mode & 0o1000 != 0;
+    match tools {
+        Some(tools) if uid == tools.uid => Some(format!("is owned by the tool user ({uid})")),
+        _ if mode & 0o002 != 0 && !protected => {
+            Some(format!("has mode {mode:o}: anyone may write into it"))
+        }
+        Some(tools) if gid == tools.gid && mode & 0o020 != 0 && !protected => Some(format!(
             "has mode {mode:o} and the tool user's group ({gid}): the tool user may write into it"
-        ))
-    } else {
-        None
+        )),
+        _ => None,
     }
 }
 
