@@ -13,6 +13,7 @@
 //! worker runs only commits it finds itself on the deploy branch of the canonical remote.
 //!
 //! - [`checks`]: what the worker checks of a job before anything runs.
+//! - `access`: who besides the worker may write a file: its mode bits and POSIX ACLs.
 //! - `job`: one delivery's life: claim, heartbeats, stop orders, timeout, drain, report.
 //! - `work`: what a claimed job does: verify, obtain credentials, check out, run the steps.
 //! - [`workspace`]: the git cache and per-job checkouts (git CLI).
@@ -22,6 +23,7 @@
 //! - `output`: redacted, bounded output and the job's log file.
 //! - `pipe`: a tool's output pipe, read so that the worker can stop listening to it.
 
+mod access;
 pub mod checks;
 mod credentials;
 mod job;
@@ -574,32 +576,43 @@ pub(crate) fn without_worker_settings(
 }
 
 /// Why `tools` can read `path`: every directory above it lets the tool user pass, and the
-/// file's mode lets it read (as its owner, its group or anyone). `None`: it cannot.
+/// file's mode or ACL lets it read (as its owner, a named user, its group or anyone). `None`:
+/// it cannot.
 fn tool_user_reads(path: &std::path::Path, tools: ToolUser) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
+    use access::{Access, READ, SEARCH};
     let path = path.canonicalize().ok()?;
-    let may = |meta: &std::fs::Metadata, bits: u32| {
-        let mode = meta.mode();
-        if meta.uid() == tools.uid {
-            mode & (bits << 6) != 0
-        } else if meta.gid() == tools.gid {
-            mode & (bits << 3) != 0
-        } else {
-            mode & bits != 0
-        }
+    // `Err`: an ACL that cannot be read, which could let the tool user in.
+    let access = |path: &std::path::Path| {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Access::read(path, &meta).map_err(|err| {
+            format!(
+                "may be readable by the tool user: {} cannot be checked: {err}",
+                path.display()
+            )
+        }))
     };
     for dir in path.ancestors().skip(1) {
-        if !may(&std::fs::metadata(dir).ok()?, 0o1) {
-            return None;
+        match access(dir)? {
+            Ok(dir) if !dir.permits(tools, SEARCH) => return None,
+            Ok(_) => {}
+            Err(why) => return Some(why),
         }
     }
-    let meta = std::fs::metadata(&path).ok()?;
-    may(&meta, 0o4).then(|| {
+    let file = match access(&path)? {
+        Ok(file) => file,
+        Err(why) => return Some(why),
+    };
+    file.permits(tools, READ).then(|| {
         format!(
-            "(owner {}, group {}, mode {:o}) is readable by the tool user {}:{}",
-            meta.uid(),
-            meta.gid(),
-            meta.mode() & 0o7777,
+            "(owner {}, group {}, mode {:o}{}) is readable by the tool user {}:{}",
+            file.uid,
+            file.gid,
+            file.mode,
+            if file.acl.is_some() {
+                ", and an access control list"
+            } else {
+                ""
+            },
             tools.uid,
             tools.gid
         )
@@ -792,6 +805,26 @@ mod tests {
         let why = tool_user_reads(&file, TOOLS).unwrap();
         assert!(
             why.contains("mode 444) is readable by the tool user 61001:61001"),
+            "{why}"
+        );
+        set(&file, 0o400);
+        assert_eq!(tool_user_reads(&file, TOOLS), None);
+        // `setfacl -m u:61001:r`: the mode reads 440, the group root's.
+        use access::tests::{MASK, NOBODY, OTHER, OWNER, OWNING_GROUP, USER, set_acl};
+        set_acl(
+            &file,
+            false,
+            &[
+                (OWNER, 4, NOBODY),
+                (USER, 4, TOOLS.uid),
+                (OWNING_GROUP, 0, NOBODY),
+                (MASK, 4, NOBODY),
+                (OTHER, 0, NOBODY),
+            ],
+        );
+        let why = tool_user_reads(&file, TOOLS).unwrap();
+        assert!(
+            why.contains("mode 440, and an access control list) is readable by the tool user"),
             "{why}"
         );
         set(&file, 0o400);

@@ -11,6 +11,8 @@
 //! credentials. So a plan worker refuses to start when its tool user could write into one, and
 //! every worker refuses one that anyone on the host may write into.
 //!
+//! Who may write is read from the mode bits and the ACLs ([`crate::access`]).
+//!
 //! Only absolute paths are looked at: a relative one is resolved in the job's own checkout, and
 //! `~`, `$HOME` or `$TMPDIR` is the job's own directory.
 
@@ -18,6 +20,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::access::{Access, created_writable_by, writable_by};
 use config::ToolUser;
 
 /// The tools' variables that name such a place: Terraform's plugin cache and data directory
@@ -325,7 +328,7 @@ pub(crate) fn writable_by_others(path: &Path, writers: Writers) -> Option<String
         Ok(meta) => meta,
         Err(err) => return Some(format!("cannot be checked: {err}")),
     };
-    if let Some(why) = may_write(&meta, writers, false) {
+    if let Some(why) = contents_writable(&target, &meta, writers) {
         return Some(why);
     }
     if !meta.is_dir() {
@@ -374,7 +377,7 @@ pub(crate) fn writable_by_others(path: &Path, writers: Writers) -> Option<String
         } else {
             (entry.clone(), meta)
         };
-        if let Some(why) = may_write(&meta, writers, false) {
+        if let Some(why) = contents_writable(&real, &meta, writers) {
             return Some(if real == entry {
                 format!("holds {}, which {why}", entry.display())
             } else {
@@ -422,12 +425,13 @@ fn reach(path: &Path, writers: Writers, links: &mut usize) -> Result<Option<Path
             }
             _ => continue,
         };
-        let dir = std::fs::metadata(&at)
-            .map_err(|err| format!("cannot be checked: {}: {err}", at.display()))?;
+        let cannot_check = |err| format!("cannot be checked: {}: {err}", at.display());
+        let dir = std::fs::metadata(&at).map_err(cannot_check)?;
         if !dir.is_dir() {
             // A file on the way: nothing can be below it.
             return Ok(None);
         }
+        let dir = Access::read(&at, &dir).map_err(cannot_check)?;
         let next = at.join(name);
         let entry = match std::fs::symlink_metadata(&next) {
             Ok(entry) => entry,
@@ -436,7 +440,7 @@ fn reach(path: &Path, writers: Writers, links: &mut usize) -> Result<Option<Path
             }
             Err(_) => {
                 // Missing: whoever may add an entry to `at` may create it, sticky or not.
-                return match may_write(&dir, writers, false) {
+                return match writable_by(writers.plan_tools, &dir, false) {
                     Some(why) => Err(format!(
                         "does not exist, and {} {why}, so it could be created there",
                         at.display()
@@ -445,7 +449,7 @@ fn reach(path: &Path, writers: Writers, links: &mut usize) -> Result<Option<Path
                 };
             }
         };
-        if let Some(why) = may_write(&dir, writers, true) {
+        if let Some(why) = writable_by(writers.plan_tools, &dir, true) {
             return Err(format!("could be replaced: {} {why}", at.display()));
         }
         if entry.file_type().is_symlink() {
@@ -484,16 +488,15 @@ fn reach(path: &Path, writers: Writers, links: &mut usize) -> Result<Option<Path
     Ok(Some(at))
 }
 
-/// Why anyone, or a plan worker's tool user, may change what `meta` describes (see
-/// [`crate::workspace::writable_by`]).
-fn may_write(meta: &std::fs::Metadata, writers: Writers, sticky_protects: bool) -> Option<String> {
-    crate::workspace::writable_by(
-        writers.plan_tools,
-        meta.uid(),
-        meta.gid(),
-        meta.mode() & 0o7777,
-        sticky_protects,
-    )
+/// Why anyone, or a plan worker's tool user, may change what `path` (with `meta`, links
+/// followed) is or holds, or what will be created in it (see [`writable_by`] and
+/// [`created_writable_by`]).
+fn contents_writable(path: &Path, meta: &std::fs::Metadata, writers: Writers) -> Option<String> {
+    match Access::read(path, meta) {
+        Err(err) => Some(format!("cannot be checked: {err}")),
+        Ok(access) => writable_by(writers.plan_tools, &access, false)
+            .or_else(|| created_writable_by(writers.plan_tools, &access)),
+    }
 }
 
 #[cfg(test)]
@@ -728,6 +731,79 @@ mod tests {
         assert_eq!(writable_by_others(&root.join("not-yet"), PLAN), None);
         // Below a file, nothing can be.
         assert_eq!(writable_by_others(&binary.join("below"), PLAN), None);
+    }
+
+    #[test]
+    fn an_acl_that_lets_the_tool_user_write_is_named_where_the_mode_bits_say_nothing() {
+        use crate::access::tests::{MASK, NOBODY, OTHER, OWNER, OWNING_GROUP, USER, set_acl};
+        let (_dir, root) = scratch();
+        let cache = root.join("cache");
+        dir_with(&cache, 0o755);
+        let provider = cache.join("terraform-provider-null");
+        std::fs::write(&provider, "#!/bin/sh\n").unwrap();
+        set(&provider, 0o755);
+        assert_eq!(writable_by_others(&cache, PLAN), None);
+        // `setfacl -m u:62301:rwx` on the provider: root's, mode 775 (the mask), group root.
+        let tools_may_write = [
+            (OWNER, 7, NOBODY),
+            (USER, 7, TOOLS.uid),
+            (OWNING_GROUP, 5, NOBODY),
+            (MASK, 7, NOBODY),
+            (OTHER, 5, NOBODY),
+        ];
+        set_acl(&provider, false, &tools_may_write);
+        let why = writable_by_others(&cache, PLAN).unwrap();
+        assert_eq!(
+            why,
+            format!(
+                "holds {}, which has mode 775 and an access control list that lets the tool user (62301) write into it",
+                provider.display()
+            )
+        );
+        // Not anyone's: an apply worker's check, which names no tool user, lets it be.
+        assert_eq!(writable_by_others(&cache, ANY), None);
+        // `chmod 755` narrows the mask, and the entry no longer gives write.
+        set(&provider, 0o755);
+        assert_eq!(writable_by_others(&cache, PLAN), None);
+
+        // On the way: the tool user could replace the cache through its parent's ACL.
+        set_acl(&root, false, &tools_may_write);
+        let why = writable_by_others(&cache, PLAN).unwrap();
+        assert!(
+            why.starts_with(&format!(
+                "could be replaced: {} has mode 775 and an access control list",
+                root.display()
+            )),
+            "{why}"
+        );
+        set(&root, 0o755);
+        assert_eq!(writable_by_others(&cache, PLAN), None);
+
+        // A default ACL: what an admin adds to the cache later would be the tool user's to
+        // write, and anyone's with write for others.
+        set_acl(&cache, true, &tools_may_write);
+        let why = writable_by_others(&cache, PLAN).unwrap();
+        assert!(
+            why.ends_with(
+                "has a default access control list that lets the tool user (62301) write into what is created in it"
+            ),
+            "{why}"
+        );
+        assert_eq!(writable_by_others(&cache, ANY), None);
+        set_acl(
+            &cache,
+            true,
+            &[
+                (OWNER, 7, NOBODY),
+                (OWNING_GROUP, 5, NOBODY),
+                (OTHER, 7, NOBODY),
+            ],
+        );
+        let why = writable_by_others(&cache, ANY).unwrap();
+        assert!(
+            why.contains("lets anyone write into what is created in it"),
+            "{why}"
+        );
     }
 
     #[test]

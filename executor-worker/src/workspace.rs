@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::access::{Access, created_writable_by, writable_by};
 use config::ToolUser;
 use rustix::process::{Pid, Signal};
 use tokio::process::Command;
@@ -66,6 +67,18 @@ pub enum WorkspaceError {
         what.key()
     )]
     Replaceable {
+        what: PrivateDir,
+        path: PathBuf,
+        why: String,
+    },
+    #[error(
+        "the tool user could write into what the worker creates in the {}: {} {why} (a pull request's plan could then change what later jobs use: remove the default ACL, `setfacl -k {}`, or move executor.{})",
+        what.noun(),
+        path.display(),
+        path.display(),
+        what.key()
+    )]
+    OpenToCreations {
         what: PrivateDir,
         path: PathBuf,
         why: String,
@@ -127,8 +140,23 @@ pub(crate) fn private_dir(
                 mode,
             });
         }
-        if let Some(why) = replaceable_by(tools, meta.uid(), meta.gid(), mode) {
+        let access = Access::read(dir, &meta).map_err(|source| WorkspaceError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        if let Some(why) = replaceable_by(tools, &access) {
             return Err(WorkspaceError::Replaceable {
+                what,
+                path: dir.to_owned(),
+                why,
+            });
+        }
+        // What the worker creates in it (mirrors, jobs' directories, logs) gets its default
+        // ACL, if it has one.
+        if dir == absolute
+            && let Some(why) = created_writable_by(Some(tools), &access)
+        {
+            return Err(WorkspaceError::OpenToCreations {
                 what,
                 path: dir.to_owned(),
                 why,
@@ -138,35 +166,11 @@ pub(crate) fn private_dir(
     Ok(absolute)
 }
 
-/// Why `tools` could rename or replace what is in a directory owned by `uid`:`gid` with
-/// `mode`: it owns it, or may write into it without the sticky bit (which would keep it to
-/// its own entries). `None`: it cannot.
-fn replaceable_by(tools: ToolUser, uid: u32, gid: u32, mode: u32) -> Option<String> {
-    writable_by(Some(tools), uid, gid, mode, true)
-}
-
-/// Why anyone, or `tools` when given, may change what is owned by `uid`:`gid` with `mode` (or
-/// its entries, for a directory): `tools` owns it, anyone may write, or `tools`' group may.
-/// With `sticky_protects`, a directory's sticky bit counts: others may add entries to it, but
-/// not rename or remove what is there. `None`: nobody may.
-pub(crate) fn writable_by(
-    tools: Option<ToolUser>,
-    uid: u32,
-    gid: u32,
-    mode: u32,
-    sticky_protects: bool,
-) -> Option<String> {
-    let protected = sticky_protects && mode & 0o1000 != 0;
-    match tools {
-        Some(tools) if uid == tools.uid => Some(format!("is owned by the tool user ({uid})")),
-        _ if mode & 0o002 != 0 && !protected => {
-            Some(format!("has mode {mode:o}: anyone may write into it"))
-        }
-        Some(tools) if gid == tools.gid && mode & 0o020 != 0 && !protected => Some(format!(
-            "has mode {mode:o} and the tool user's group ({gid}): the tool user may write into it"
-        )),
-        _ => None,
-    }
+/// Why `tools` could rename or replace what is in a directory with `access`: it owns it, or
+/// may write into it without the sticky bit (which would keep it to its own entries), by its
+/// mode or an ACL. `None`: it cannot.
+fn replaceable_by(tools: ToolUser, access: &Access) -> Option<String> {
+    writable_by(Some(tools), access, true)
 }
 
 /// How the worker's own git runs.
@@ -664,19 +668,20 @@ mod tests {
             uid: 61001,
             gid: 61001,
         };
+        let bits = |uid, gid, mode| replaceable_by(tools, &Access::bits(uid, gid, mode));
         // A Kubernetes emptyDir: root's, 0777, no sticky bit.
-        let why = replaceable_by(tools, 0, 0, 0o777).unwrap();
+        let why = bits(0, 0, 0o777).unwrap();
         assert_eq!(why, "has mode 777: anyone may write into it");
         assert!(
-            replaceable_by(tools, 61001, 0, 0o700)
+            bits(61001, 0, 0o700)
                 .unwrap()
                 .contains("owned by the tool user")
         );
-        let group = replaceable_by(tools, 0, 61001, 0o775).unwrap();
+        let group = bits(0, 61001, 0o775).unwrap();
         assert!(group.contains("the tool user's group (61001)"), "{group}");
         // The sticky bit (/tmp) keeps each user to its own entries; others' groups don't count.
         for (uid, gid, mode) in [(0, 0, 0o1777), (0, 0, 0o755), (0, 0, 0o711), (0, 5, 0o775)] {
-            assert_eq!(replaceable_by(tools, uid, gid, mode), None, "{mode:o}");
+            assert_eq!(bits(uid, gid, mode), None, "{mode:o}");
         }
     }
 
@@ -738,6 +743,73 @@ mod tests {
         assert_eq!(
             private_dir(&logs, 0o700, PrivateDir::Logs, None).unwrap(),
             logs
+        );
+    }
+
+    #[test]
+    fn a_private_directory_an_acl_opens_to_the_tool_user_is_refused() {
+        use crate::access::tests::{
+            GROUP, MASK, NOBODY, OTHER, OWNER, OWNING_GROUP, USER, set_acl,
+        };
+        let parent = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let tools = ToolUser {
+            uid: 61025,
+            gid: 61025,
+        };
+        let logs = parent.path().join("logs");
+        private_dir(&logs, 0o700, PrivateDir::Logs, Some(tools)).unwrap();
+
+        // `setfacl -m u:61025:rwx` on the parent: its mode reads 775, and the tool user could
+        // rename the log directory.
+        set_acl(
+            parent.path(),
+            false,
+            &[
+                (OWNER, 7, NOBODY),
+                (USER, 7, tools.uid),
+                (OWNING_GROUP, 5, NOBODY),
+                (MASK, 7, NOBODY),
+                (OTHER, 5, NOBODY),
+            ],
+        );
+        let refused = private_dir(&logs, 0o700, PrivateDir::Logs, Some(tools))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("could move the log directory aside")
+                && refused.contains(&format!(
+                    "{} has mode 775 and an access control list that lets the tool user (61025) write into it",
+                    parent.path().display()
+                )),
+            "{refused}"
+        );
+        // The mask without write (`chmod 755`) takes the entry's write away.
+        std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&logs, 0o700, PrivateDir::Logs, Some(tools)).unwrap();
+
+        // A default ACL on the log directory itself: every job's log created in it would be
+        // the tool user's to write.
+        set_acl(
+            &logs,
+            true,
+            &[
+                (OWNER, 7, NOBODY),
+                (OWNING_GROUP, 0, NOBODY),
+                (GROUP, 7, tools.gid),
+                (MASK, 7, NOBODY),
+                (OTHER, 0, NOBODY),
+            ],
+        );
+        let refused = private_dir(&logs, 0o700, PrivateDir::Logs, Some(tools))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.starts_with(&format!(
+                "the tool user could write into what the worker creates in the log directory: {} has a default access control list that lets the tool user (61025) write into what is created in it",
+                logs.display()
+            )) && refused.contains("setfacl -k"),
+            "{refused}"
         );
     }
 

@@ -1060,4 +1060,28 @@ fn a_plan_worker_refuses_a_plugin_cache_its_tool_user_could_fill() {
         "{}",
         refused.transcript()
     );
+    // Root's, and closed to others, but `setfacl -m u:61024:rwx` lets the tool user in: the
+    // mode bits read 775, with root's group.
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let acl = format!(
+        "import os, struct; os.setxattr({:?}, 'system.posix_acl_access', struct.pack('<I', 2) + \
+         b''.join(struct.pack('<HHI', *e) for e in [(1, 7, 2**32 - 1), (2, 7, {tool_user}), \
+         (4, 5, 2**32 - 1), (0x10, 7, 2**32 - 1), (0x20, 5, 2**32 - 1)]))",
+        cache.display().to_string()
+    );
+    let status = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", &acl])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let refused = start("plan");
+    assert_eq!(refused.code(), Some(2), "{}", refused.transcript());
+    assert!(
+        refused.stderr.contains(&format!(
+            "the tools' TF_PLUGIN_CACHE_DIR ({}) has mode 775 and an access control list that lets the tool user ({tool_user}) write into it",
+            cache.display(),
+        )),
+        "{}",
+        refused.transcript()
+    );
 }
