@@ -1,5 +1,5 @@
-//! Who besides the worker may write a file or directory: its owner, its mode bits, and its POSIX
-//! access control lists (ACLs).
+//! Who besides the worker may read or write a file or directory: its owner, its mode bits, and its
+//! POSIX access control lists (ACLs).
 //!
 //! The mode bits name three classes: the owner, the owning group and everyone else. An ACL
 //! (`setfacl -m u:tools:rwx`) can also let named users and groups write, which the mode bits
@@ -254,9 +254,10 @@ pub(crate) fn created_writable_by(tools: Option<ToolUser>, access: &Access) -> O
     let tools = tools?;
     // What is created here belongs to its creator, never the tool user, so the entries that
     // count for the tool user are those naming it or its group, and the owning group's where
-    // the directory's group is the tool user's (a set-group-ID directory hands its group
-    // on). The new entry's mask is the default mask narrowed by the creator's mode: the
-    // default mask is the most it can be.
+    // the directory's group is the tool user's. That is cautious: only a set-group-ID
+    // directory hands its group on, otherwise the new entry is the creator's group's. The
+    // new entry's mask is the default mask narrowed by the creator's mode: the default mask
+    // is the most it can be.
     acl.permits(tools, access.gid, WRITE).then(|| {
         format!(
             "has a default access control list that lets the tool user ({}) write into what is created in it",
@@ -301,6 +302,18 @@ pub(crate) mod tests {
         .unwrap_or_else(|err| panic!("setting {name} on {}: {err}", path.display()));
     }
 
+    /// What `setfacl -m u:UID:rwx` gives a directory of root's with mode 755: write for
+    /// `uid`, and a mask that lets it through (the mode then reads 775).
+    pub(crate) fn user_may_write(uid: u32) -> [AclEntry; 5] {
+        [
+            (OWNER, 7, NOBODY),
+            (USER, 7, uid),
+            (OWNING_GROUP, 5, NOBODY),
+            (MASK, 7, NOBODY),
+            (OTHER, 5, NOBODY),
+        ]
+    }
+
     pub(crate) const NOBODY: u32 = u32::MAX;
     pub(crate) const OWNER: u16 = 0x01;
     pub(crate) const USER: u16 = 0x02;
@@ -330,17 +343,106 @@ pub(crate) mod tests {
         );
     }
 
-    /// The decisions agree with the kernel's: for each ACL, the tool user's `touch` in a
-    /// directory that has it succeeds exactly when [`writable_by`] says it may write.
-    #[test]
-    fn the_tool_users_write_access_is_decided_as_the_kernel_decides() {
+    /// Whether `access(2)` lets the tool user do what `test`'s `flag` (`-r`, `-w`, `-x`)
+    /// asks of `path`: `test` run as the tool user. (The standard library drops root's
+    /// supplementary groups with the switch.)
+    fn kernel_permits(path: &Path, flag: &str) -> bool {
+        std::process::Command::new("test")
+            .args([flag, &path.display().to_string()])
+            .uid(TOOLS.uid)
+            .gid(TOOLS.gid)
+            .status()
+            .unwrap()
+            .success()
+    }
+
+    /// A scratch directory the tool user may pass through, to reach the cases in it.
+    fn passable_scratch() -> tempfile::TempDir {
         let scratch = tempfile::tempdir().unwrap();
-        // The tool user must pass through the scratch directory to reach the cases.
         std::fs::set_permissions(
             scratch.path(),
             std::os::unix::fs::PermissionsExt::from_mode(0o711),
         )
         .unwrap();
+        scratch
+    }
+
+    /// The decisions agree with the kernel's on ACLs and modes drawn at random (from a fixed
+    /// seed, so that a failure repeats): owner root or the tool user; the owning group root's,
+    /// the tool user's or another; entries naming the tool user, its group, or others; any
+    /// permissions and mask; sometimes no ACL, sometimes a `chmod` after it. For each, whether
+    /// the tool user may read, write and pass through is what `access(2)` answers for it.
+    #[test]
+    fn acls_drawn_at_random_are_decided_as_the_kernel_decides() {
+        let scratch = passable_scratch();
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut draw = |below: u16| {
+            // xorshift64: enough to spread the cases, and the same every run.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % u64::from(below)) as u16
+        };
+        for case in 0..200 {
+            let dir = scratch.path().join(case.to_string());
+            std::fs::create_dir(&dir).unwrap();
+            let owner = if draw(4) == 0 { TOOLS.uid } else { 0 };
+            let group = [0, TOOLS.gid, TOOLS.gid + 1][usize::from(draw(3))];
+            std::os::unix::fs::chown(&dir, Some(owner), Some(group)).unwrap();
+            let mut entries = vec![
+                (OWNER, draw(8), NOBODY),
+                (OWNING_GROUP, draw(8), NOBODY),
+                (OTHER, draw(8), NOBODY),
+            ];
+            for (tag, id, odds) in [
+                (USER, TOOLS.uid, 2),
+                (USER, TOOLS.uid + 1, 3),
+                (GROUP, TOOLS.gid, 2),
+                (GROUP, TOOLS.gid + 1, 3),
+            ] {
+                if draw(odds) == 0 {
+                    entries.push((tag, draw(8), id));
+                }
+            }
+            // The kernel wants a mask where users or groups are named.
+            if entries.len() > 3 || draw(2) == 0 {
+                entries.push((MASK, draw(8), NOBODY));
+            }
+            entries.sort_by_key(|(tag, _, id)| (*tag, *id));
+            match draw(5) {
+                0 => std::fs::set_permissions(
+                    &dir,
+                    std::os::unix::fs::PermissionsExt::from_mode(u32::from(draw(0o1000))),
+                )
+                .unwrap(),
+                1 => {
+                    set_acl(&dir, false, &entries);
+                    // A later `chmod` sets the mask (or the group class) anew.
+                    std::fs::set_permissions(
+                        &dir,
+                        std::os::unix::fs::PermissionsExt::from_mode(u32::from(draw(0o1000))),
+                    )
+                    .unwrap();
+                }
+                _ => set_acl(&dir, false, &entries),
+            }
+            let access = Access::read(&dir, &std::fs::metadata(&dir).unwrap()).unwrap();
+            for (bits, flag) in [(READ, "-r"), (WRITE, "-w"), (SEARCH, "-x")] {
+                assert_eq!(
+                    access.permits(TOOLS, bits),
+                    kernel_permits(&dir, flag),
+                    "case {case}, test {flag}: {access:?}"
+                );
+            }
+        }
+    }
+
+    /// The decisions agree with the kernel's: for each ACL, the tool user's `touch` in a
+    /// directory that has it succeeds exactly when [`writable_by`] says it may write, and the
+    /// reason names the ACL.
+    #[test]
+    fn the_tool_users_write_access_is_decided_as_the_kernel_decides() {
+        let scratch = passable_scratch();
         let (uid, gid) = (TOOLS.uid, TOOLS.gid);
         let cases: &[(&str, u32, &[AclEntry], bool)] = &[
             (
@@ -404,6 +506,18 @@ pub(crate) mod tests {
                 false,
             ),
             (
+                "the owning group is the tool user's and gives nothing, a named group gives write",
+                gid,
+                &[
+                    (OWNER, 7, NOBODY),
+                    (OWNING_GROUP, 0, NOBODY),
+                    (GROUP, 7, gid),
+                    (MASK, 7, NOBODY),
+                    (OTHER, 5, NOBODY),
+                ],
+                true,
+            ),
+            (
                 "only other users are named",
                 0,
                 &[
@@ -463,15 +577,9 @@ pub(crate) mod tests {
                 .success();
             assert_eq!(touched, *writes, "{case}: the kernel's answer");
             // And so for reading and passing through, as `access(2)` answers for the user.
-            for (bits, test) in [(READ, "-r"), (WRITE, "-w"), (SEARCH, "-x")] {
-                let kernel = std::process::Command::new("test")
-                    .args([test, &dir.display().to_string()])
-                    .uid(uid)
-                    .gid(gid)
-                    .status()
-                    .unwrap()
-                    .success();
-                assert_eq!(access.permits(TOOLS, bits), kernel, "{case}: test {test}");
+            for (bits, flag) in [(READ, "-r"), (WRITE, "-w"), (SEARCH, "-x")] {
+                let kernel = kernel_permits(&dir, flag);
+                assert_eq!(access.permits(TOOLS, bits), kernel, "{case}: test {flag}");
             }
             let why = writable_by(Some(TOOLS), &access, false);
             assert_eq!(why.is_some(), *writes, "{case}: {why:?}");
@@ -509,11 +617,17 @@ pub(crate) mod tests {
             "has a default access control list that lets the tool user (62401) write into what is created in it"
         );
         assert_eq!(created_writable_by(None, &tools), None);
-        // A file created there does get the entry: the kernel copies the default ACL.
-        std::fs::write(dir.join("new"), "").unwrap();
+        // A file the worker creates there is the tool user's to write: the kernel copies the
+        // default ACL to it.
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
         let new = dir.join("new");
+        std::fs::write(&new, "").unwrap();
         let new_access = Access::read(&new, &std::fs::metadata(&new).unwrap()).unwrap();
-        assert!(new_access.acl.is_some(), "{new_access:?}");
+        assert!(new_access.permits(TOOLS, WRITE), "{new_access:?}");
+        assert!(
+            kernel_permits(&new, "-w"),
+            "the kernel lets the tool user write it"
+        );
 
         let anyone = with(&[(OTHER, 7, NOBODY)]);
         assert!(

@@ -13,7 +13,7 @@
 //! worker runs only commits it finds itself on the deploy branch of the canonical remote.
 //!
 //! - [`checks`]: what the worker checks of a job before anything runs.
-//! - `access`: who besides the worker may write a file: its mode bits and POSIX ACLs.
+//! - `access`: who besides the worker may read or write a file: its mode bits and POSIX ACLs.
 //! - `job`: one delivery's life: claim, heartbeats, stop orders, timeout, drain, report.
 //! - `work`: what a claimed job does: verify, obtain credentials, check out, run the steps.
 //! - [`workspace`]: the git cache and per-job checkouts (git CLI).
@@ -576,47 +576,81 @@ pub(crate) fn without_worker_settings(
 }
 
 /// Why `tools` can read `path`: every directory above it lets the tool user pass, and the
-/// file's mode or ACL lets it read (as its owner, a named user, its group or anyone). `None`:
-/// it cannot.
+/// file's mode or ACL lets it read (as a named user, its group or anyone); or the tool user
+/// owns the file or a directory above it, and so may open it to itself with `chmod`; or the
+/// file has another hard link, which may be in a directory the tool user can pass. What
+/// cannot be checked counts as readable. `None`: it cannot read it.
 fn tool_user_reads(path: &std::path::Path, tools: ToolUser) -> Option<String> {
     use access::{Access, READ, SEARCH};
-    let path = path.canonicalize().ok()?;
-    // `Err`: an ACL that cannot be read, which could let the tool user in.
-    let access = |path: &std::path::Path| {
-        let meta = std::fs::metadata(path).ok()?;
-        Some(Access::read(path, &meta).map_err(|err| {
-            format!(
-                "may be readable by the tool user: {} cannot be checked: {err}",
-                path.display()
-            )
-        }))
+    use std::os::unix::fs::MetadataExt;
+    let cannot_check = |path: &std::path::Path, err: std::io::Error| {
+        format!(
+            "may be readable by the tool user: {} cannot be checked: {err}",
+            path.display()
+        )
     };
+    let path = match path.canonicalize() {
+        Ok(path) => path,
+        Err(err) => return Some(cannot_check(path, err)),
+    };
+    let read = |path: &std::path::Path| {
+        let meta = std::fs::metadata(path).map_err(|err| cannot_check(path, err))?;
+        let access = Access::read(path, &meta).map_err(|err| cannot_check(path, err))?;
+        Ok::<_, String>((access, meta.nlink()))
+    };
+    let mut passes = true;
     for dir in path.ancestors().skip(1) {
-        match access(dir)? {
-            Ok(dir) if !dir.permits(tools, SEARCH) => return None,
-            Ok(_) => {}
+        let dir_access = match read(dir) {
+            Ok((access, _)) => access,
             Err(why) => return Some(why),
+        };
+        if dir_access.uid == tools.uid {
+            return Some(format!(
+                "is in {}, which the tool user {}:{} owns (it may open it to itself)",
+                dir.display(),
+                tools.uid,
+                tools.gid
+            ));
         }
+        passes &= dir_access.permits(tools, SEARCH);
     }
-    let file = match access(&path)? {
+    let (file, links) = match read(&path) {
         Ok(file) => file,
         Err(why) => return Some(why),
     };
-    file.permits(tools, READ).then(|| {
-        format!(
-            "(owner {}, group {}, mode {:o}{}) is readable by the tool user {}:{}",
-            file.uid,
-            file.gid,
-            file.mode,
-            if file.acl.is_some() {
-                ", and an access control list"
-            } else {
-                ""
-            },
-            tools.uid,
-            tools.gid
-        )
-    })
+    let described = format!(
+        "(owner {}, group {}, mode {:o}{})",
+        file.uid,
+        file.gid,
+        file.mode,
+        if file.acl.is_some() {
+            ", and an access control list"
+        } else {
+            ""
+        },
+    );
+    if file.uid == tools.uid {
+        return Some(format!(
+            "{described} is owned by the tool user {}:{} (it may open it to itself)",
+            tools.uid, tools.gid
+        ));
+    }
+    if !file.permits(tools, READ) {
+        return None;
+    }
+    if passes {
+        Some(format!(
+            "{described} is readable by the tool user {}:{}",
+            tools.uid, tools.gid
+        ))
+    } else if links > 1 {
+        Some(format!(
+            "{described} is readable by the tool user {}:{}, and has {links} hard links: another may be where the tool user can pass",
+            tools.uid, tools.gid
+        ))
+    } else {
+        None
+    }
 }
 
 /// Capabilities a worker needs to run tools as another user, and to clean up after them.
@@ -833,6 +867,42 @@ mod tests {
         set(&file, 0o444);
         set(dir.path(), 0o700);
         assert_eq!(tool_user_reads(&file, TOOLS), None);
+        // ... unless another hard link to it may be elsewhere.
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::hard_link(&file, elsewhere.path().join("link")).unwrap();
+        let why = tool_user_reads(&file, TOOLS).unwrap();
+        assert!(
+            why.ends_with("and has 2 hard links: another may be where the tool user can pass"),
+            "{why}"
+        );
+        std::fs::remove_file(elsewhere.path().join("link")).unwrap();
+        // Its owner may open it to itself, whatever the mode says: the file's owner, or the
+        // owner of a directory above it.
+        set(&file, 0o000);
+        std::os::unix::fs::chown(&file, Some(TOOLS.uid), None).unwrap();
+        let why = tool_user_reads(&file, TOOLS).unwrap();
+        assert!(
+            why.contains("is owned by the tool user 61001:61001 (it may open it to itself)"),
+            "{why}"
+        );
+        std::os::unix::fs::chown(&file, Some(0), None).unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(TOOLS.uid), None).unwrap();
+        let why = tool_user_reads(&file, TOOLS).unwrap();
+        assert!(
+            why.starts_with(&format!(
+                "is in {}, which the tool user 61001:61001 owns",
+                dir.path().display()
+            )),
+            "{why}"
+        );
+        std::os::unix::fs::chown(dir.path(), Some(0), None).unwrap();
+        assert_eq!(tool_user_reads(&file, TOOLS), None);
+        // What cannot be checked counts as readable.
+        let why = tool_user_reads(&dir.path().join("missing"), TOOLS).unwrap();
+        assert!(
+            why.starts_with("may be readable by the tool user:"),
+            "{why}"
+        );
     }
 
     #[test]

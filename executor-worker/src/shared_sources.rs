@@ -439,10 +439,17 @@ fn reach(path: &Path, writers: Writers, links: &mut usize) -> Result<Option<Path
                 return Err(format!("cannot be checked: {}: {err}", next.display()));
             }
             Err(_) => {
-                // Missing: whoever may add an entry to `at` may create it, sticky or not.
-                return match writable_by(writers.plan_tools, &dir, false) {
-                    Some(why) => Err(format!(
+                // Missing: whoever may add an entry to `at` may create it, sticky or not; and
+                // what an admin creates there later gets `at`'s default ACL.
+                if let Some(why) = writable_by(writers.plan_tools, &dir, false) {
+                    return Err(format!(
                         "does not exist, and {} {why}, so it could be created there",
+                        at.display()
+                    ));
+                }
+                return match created_writable_by(writers.plan_tools, &dir) {
+                    Some(why) => Err(format!(
+                        "does not exist, and {} {why}, so it would be open to them once created",
                         at.display()
                     )),
                     None => Ok(None),
@@ -718,6 +725,26 @@ mod tests {
         set(&root, 0o1777);
         assert_eq!(writable_by_others(&cache, PLAN), None);
 
+        // Missing, in a directory whose default ACL would let the tool user write it once an
+        // admin creates it.
+        set(&root, 0o755);
+        crate::access::tests::set_acl(
+            &root,
+            true,
+            &crate::access::tests::user_may_write(TOOLS.uid),
+        );
+        let why = writable_by_others(&root.join("not-yet"), PLAN).unwrap();
+        assert!(
+            why.starts_with(&format!(
+                "does not exist, and {} has a default access control list that lets the tool user (62301)",
+                root.display()
+            )) && why.ends_with("so it would be open to them once created"),
+            "{why}"
+        );
+        assert_eq!(writable_by_others(&root.join("not-yet"), ANY), None);
+        rustix::fs::removexattr(&root, "system.posix_acl_default").unwrap();
+        set(&root, 0o1777);
+
         // Missing, in a directory where anyone may create it (sticky or not).
         let why = writable_by_others(&root.join("not-yet"), ANY).unwrap();
         assert!(
@@ -735,7 +762,7 @@ mod tests {
 
     #[test]
     fn an_acl_that_lets_the_tool_user_write_is_named_where_the_mode_bits_say_nothing() {
-        use crate::access::tests::{MASK, NOBODY, OTHER, OWNER, OWNING_GROUP, USER, set_acl};
+        use crate::access::tests::{NOBODY, OTHER, OWNER, OWNING_GROUP, set_acl, user_may_write};
         let (_dir, root) = scratch();
         let cache = root.join("cache");
         dir_with(&cache, 0o755);
@@ -744,13 +771,7 @@ mod tests {
         set(&provider, 0o755);
         assert_eq!(writable_by_others(&cache, PLAN), None);
         // `setfacl -m u:62301:rwx` on the provider: root's, mode 775 (the mask), group root.
-        let tools_may_write = [
-            (OWNER, 7, NOBODY),
-            (USER, 7, TOOLS.uid),
-            (OWNING_GROUP, 5, NOBODY),
-            (MASK, 7, NOBODY),
-            (OTHER, 5, NOBODY),
-        ];
+        let tools_may_write = user_may_write(TOOLS.uid);
         set_acl(&provider, false, &tools_may_write);
         let why = writable_by_others(&cache, PLAN).unwrap();
         assert_eq!(

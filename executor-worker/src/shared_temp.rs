@@ -10,8 +10,11 @@
 //! worker has a tool user of its own (see `deploy/`), and its processes are killed before the
 //! worker looks, so none is writing.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use crate::access::{Access, SEARCH, WRITE};
+use config::ToolUser;
 
 /// Where any user may write, outside the job's directory. `/run/lock` (`/var/lock`) is a small
 /// memory-backed directory open to all on Debian, read-only under the systemd unit and the
@@ -19,8 +22,8 @@ use std::path::{Path, PathBuf};
 pub(crate) const SHARED_TEMP_DIRS: &[&str] =
     &["/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue", "/run/lock"];
 
-/// How deep [`remove_entries_of`] looks through other users' world-writable, sticky
-/// directories (`/tmp/.X11-unix`, say), where the tool user could have written too.
+/// How deep [`remove_entries_of`] looks through other users' sticky directories that the
+/// tool user may write into (`/tmp/.X11-unix`, say), where it could have left entries too.
 const MAX_DEPTH: usize = 4;
 
 /// What [`remove_entries_of`] did.
@@ -59,20 +62,21 @@ impl Removed {
     }
 }
 
-/// Removes every entry `uid` owns in `dirs`, and in other users' world-writable directories
-/// among them that have the sticky bit, without following a symbolic link (blocking). A
-/// directory of `uid` goes whole. Only sticky ones are entered: in any other, a process of
-/// `uid` could rename the directory being walked and put a link in its place, and a removal
-/// by path would follow it.
-pub(crate) fn remove_entries_of(uid: u32, dirs: &[&Path]) -> Removed {
+/// Removes every entry `tools` owns in `dirs`, and in other users' directories among them
+/// that have the sticky bit and that `tools` may add entries to (anyone may, or it may by its
+/// group or an ACL), without following a symbolic link (blocking). A directory of `tools` goes
+/// whole. Only sticky ones are entered: in any other, a process of `tools` could rename the
+/// directory being walked and put a link in its place, and a removal by path would follow it.
+pub(crate) fn remove_entries_of(tools: ToolUser, dirs: &[&Path]) -> Removed {
     let mut removed = Removed::default();
     for dir in dirs {
-        sweep(uid, dir, 0, &mut removed);
+        sweep(tools, dir, 0, &mut removed);
     }
     removed
 }
 
-fn sweep(uid: u32, dir: &Path, depth: usize, removed: &mut Removed) {
+fn sweep(tools: ToolUser, dir: &Path, depth: usize, removed: &mut Removed) {
+    let uid = tools.uid;
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -94,17 +98,27 @@ fn sweep(uid: u32, dir: &Path, depth: usize, removed: &mut Removed) {
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
                 Err(err) => removed.failed.push((path, err.to_string())),
             }
-        } else if meta.is_dir() && meta.permissions().mode() & 0o1002 == 0o1002 && depth < MAX_DEPTH
+        } else if meta.is_dir()
+            && meta.mode() & 0o1000 != 0
+            && depth < MAX_DEPTH
+            && may_add_to(tools, &path, &meta)
         {
-            sweep(uid, &path, depth + 1, removed);
+            sweep(tools, &path, depth + 1, removed);
         }
     }
 }
 
+/// Whether `tools` may add an entry to the directory `dir` (with `meta`, not a link). An ACL
+/// that cannot be read counts as yes: looking in a sticky directory for `tools`' entries is
+/// harmless.
+fn may_add_to(tools: ToolUser, dir: &Path, meta: &std::fs::Metadata) -> bool {
+    Access::read(dir, meta).map_or(true, |access| access.permits(tools, WRITE | SEARCH))
+}
+
 /// [`remove_entries_of`] in [`SHARED_TEMP_DIRS`] (blocking).
-pub(crate) fn remove_shared_temp_of(uid: u32) -> Removed {
+pub(crate) fn remove_shared_temp_of(tools: ToolUser) -> Removed {
     let dirs: Vec<&Path> = SHARED_TEMP_DIRS.iter().map(Path::new).collect();
-    remove_entries_of(uid, &dirs)
+    remove_entries_of(tools, &dirs)
 }
 
 /// "a, b, c, d, e and 3 more": the first five of `items`, for a note in a job's output.
@@ -121,7 +135,12 @@ mod tests {
     use super::*;
     use std::os::unix::fs::lchown;
 
-    const TOOLS: u32 = 61_017;
+    use std::os::unix::fs::PermissionsExt;
+
+    const TOOLS: ToolUser = ToolUser {
+        uid: 61_017,
+        gid: 61_017,
+    };
     const OTHER: u32 = 61_018;
 
     fn owned(path: &Path, uid: u32) -> &Path {
@@ -137,40 +156,59 @@ mod tests {
         // The tool user's: a file, a directory with others' files inside, and a link to
         // someone else's precious directory.
         std::fs::write(at("plan-dropped"), "x").unwrap();
-        owned(&at("plan-dropped"), TOOLS);
+        owned(&at("plan-dropped"), TOOLS.uid);
         std::fs::create_dir(at("plan-dir")).unwrap();
         std::fs::write(at("plan-dir/inside"), "x").unwrap();
-        owned(&at("plan-dir"), TOOLS);
+        owned(&at("plan-dir"), TOOLS.uid);
         let precious = tempfile::tempdir().unwrap();
         std::fs::write(precious.path().join("keep"), "x").unwrap();
         std::os::unix::fs::symlink(precious.path(), at("plan-link")).unwrap();
-        owned(&at("plan-link"), TOOLS);
+        owned(&at("plan-link"), TOOLS.uid);
         std::fs::write(shm.path().join("segment"), vec![0u8; 4096]).unwrap();
-        owned(&shm.path().join("segment"), TOOLS);
+        owned(&shm.path().join("segment"), TOOLS.uid);
         // Someone else's: a file, and a world-writable directory holding one of each.
         std::fs::write(at("theirs"), "x").unwrap();
         owned(&at("theirs"), OTHER);
         std::fs::create_dir(at("shared")).unwrap();
         std::fs::set_permissions(at("shared"), std::fs::Permissions::from_mode(0o1777)).unwrap();
         std::fs::write(at("shared/plan-socket"), "x").unwrap();
-        owned(&at("shared/plan-socket"), TOOLS);
+        owned(&at("shared/plan-socket"), TOOLS.uid);
         std::fs::write(at("shared/their-socket"), "x").unwrap();
+        // Root's sticky directory, closed to others but for an ACL entry naming the tool user
+        // (`setfacl -m u:61017:rwx`): the tool user could leave something there too.
+        std::fs::create_dir(at("acl")).unwrap();
+        std::fs::set_permissions(at("acl"), std::fs::Permissions::from_mode(0o1750)).unwrap();
+        std::fs::write(at("acl/plan-file"), "x").unwrap();
+        owned(&at("acl/plan-file"), TOOLS.uid);
+        use crate::access::tests::{MASK, NOBODY, OTHER as OTHERS, OWNER, OWNING_GROUP, USER};
+        crate::access::tests::set_acl(
+            &at("acl"),
+            false,
+            &[
+                (OWNER, 7, NOBODY),
+                (USER, 7, TOOLS.uid),
+                (OWNING_GROUP, 5, NOBODY),
+                (MASK, 7, NOBODY),
+                (OTHERS, 0, NOBODY),
+            ],
+        );
         // Someone else's world-writable directory without the sticky bit: not looked into.
         std::fs::create_dir(at("open")).unwrap();
         std::fs::set_permissions(at("open"), std::fs::Permissions::from_mode(0o777)).unwrap();
         std::fs::write(at("open/plan-file"), "x").unwrap();
-        owned(&at("open/plan-file"), TOOLS);
+        owned(&at("open/plan-file"), TOOLS.uid);
         // A directory of someone else's, not world-writable: not looked into.
         std::fs::create_dir(at("private")).unwrap();
         std::fs::set_permissions(at("private"), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::write(at("private/odd"), "x").unwrap();
-        owned(&at("private/odd"), TOOLS);
+        owned(&at("private/odd"), TOOLS.uid);
 
         let removed = remove_entries_of(TOOLS, &[temp.path(), shm.path()]);
 
         let mut gone = removed.removed.clone();
         gone.sort();
         let mut expected = vec![
+            at("acl/plan-file"),
             at("plan-dir"),
             at("plan-dropped"),
             at("plan-link"),
@@ -195,7 +233,7 @@ mod tests {
         assert!(at("private/odd").exists() && at("open/plan-file").exists());
         let note = removed.note("an earlier job");
         assert!(
-            note.starts_with("(removed 5 file(s) or directory(ies) an earlier job left"),
+            note.starts_with("(removed 6 file(s) or directory(ies) an earlier job left"),
             "{note}"
         );
 

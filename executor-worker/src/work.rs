@@ -292,7 +292,7 @@ async fn clear_left_by(
     } else {
         tokio::task::spawn_blocking(move || {
             (
-                shared_temp::remove_shared_temp_of(user.uid),
+                shared_temp::remove_shared_temp_of(user),
                 sysv_ipc::remove_objects_of(user),
             )
         })

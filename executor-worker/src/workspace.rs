@@ -22,12 +22,12 @@
 //! time, so the mirror is never written twice at once.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::access::{Access, created_writable_by, writable_by};
+use crate::access::{Access, SEARCH, created_writable_by, writable_by};
 use config::ToolUser;
 use rustix::process::{Pid, Signal};
 use tokio::process::Command;
@@ -56,10 +56,11 @@ pub enum WorkspaceError {
     )]
     InUse { root: PathBuf, lock: PathBuf },
     #[error(
-        "the tool user cannot reach the work directory: {} has mode {mode:o} (give others execute permission, o+x, or move executor.work_dir)",
-        path.display()
+        "the tool user cannot reach the work directory: {} has mode {mode:o}{} (give others execute permission, o+x, or move executor.work_dir)",
+        path.display(),
+        if *.acl { " and an access control list that does not let it pass" } else { "" }
     )]
-    Unreachable { path: PathBuf, mode: u32 },
+    Unreachable { path: PathBuf, mode: u32, acl: bool },
     #[error(
         "the tool user could move the {} aside and put its own in its place: {} {why} (a pull request's plan could then read and plant what later jobs use: make it writable by the worker only, or move executor.{})",
         what.noun(),
@@ -133,17 +134,17 @@ pub(crate) fn private_dir(
             path: dir.to_owned(),
             source,
         })?;
-        let mode = meta.mode() & 0o7777;
-        if what == PrivateDir::Work && dir != absolute && mode & 0o001 == 0 {
-            return Err(WorkspaceError::Unreachable {
-                path: dir.to_owned(),
-                mode,
-            });
-        }
         let access = Access::read(dir, &meta).map_err(|source| WorkspaceError::Io {
             path: dir.to_owned(),
             source,
         })?;
+        if what == PrivateDir::Work && dir != absolute && !access.permits(tools, SEARCH) {
+            return Err(WorkspaceError::Unreachable {
+                path: dir.to_owned(),
+                mode: access.mode,
+                acl: access.acl.is_some(),
+            });
+        }
         if let Some(why) = replaceable_by(tools, &access) {
             return Err(WorkspaceError::Replaceable {
                 what,
@@ -749,7 +750,7 @@ mod tests {
     #[test]
     fn a_private_directory_an_acl_opens_to_the_tool_user_is_refused() {
         use crate::access::tests::{
-            GROUP, MASK, NOBODY, OTHER, OWNER, OWNING_GROUP, USER, set_acl,
+            GROUP, MASK, NOBODY, OTHER, OWNER, OWNING_GROUP, USER, set_acl, user_may_write,
         };
         let parent = tempfile::tempdir().unwrap();
         std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -762,17 +763,7 @@ mod tests {
 
         // `setfacl -m u:61025:rwx` on the parent: its mode reads 775, and the tool user could
         // rename the log directory.
-        set_acl(
-            parent.path(),
-            false,
-            &[
-                (OWNER, 7, NOBODY),
-                (USER, 7, tools.uid),
-                (OWNING_GROUP, 5, NOBODY),
-                (MASK, 7, NOBODY),
-                (OTHER, 5, NOBODY),
-            ],
-        );
+        set_acl(parent.path(), false, &user_may_write(tools.uid));
         let refused = private_dir(&logs, 0o700, PrivateDir::Logs, Some(tools))
             .unwrap_err()
             .to_string();
@@ -787,6 +778,36 @@ mod tests {
         // The mask without write (`chmod 755`) takes the entry's write away.
         std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         private_dir(&logs, 0o700, PrivateDir::Logs, Some(tools)).unwrap();
+
+        // An ACL entry naming the tool user without execute: others may pass, it may not, so
+        // the work directory would be out of its reach.
+        set_acl(
+            parent.path(),
+            false,
+            &[
+                (OWNER, 7, NOBODY),
+                (USER, 0, tools.uid),
+                (OWNING_GROUP, 5, NOBODY),
+                (MASK, 5, NOBODY),
+                (OTHER, 1, NOBODY),
+            ],
+        );
+        let unreachable = private_dir(
+            &parent.path().join("work"),
+            0o711,
+            PrivateDir::Work,
+            Some(tools),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            unreachable.contains(&format!(
+                "cannot reach the work directory: {} has mode 751 and an access control list that does not let it pass",
+                parent.path().display()
+            )),
+            "{unreachable}"
+        );
+        rustix::fs::removexattr(parent.path(), "system.posix_acl_access").unwrap();
 
         // A default ACL on the log directory itself: every job's log created in it would be
         // the tool user's to write.
