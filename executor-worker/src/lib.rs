@@ -337,7 +337,7 @@ pub async fn run(
             && let Some(why) = tool_user_reads(file, user)
         {
             return Err(ExecuteError::Setup(format!(
-                "broker_password_file {} {why}: a pull request's plan would read the worker's broker password (make it the worker's alone, e.g. mode 0400)",
+                "broker_password_file {} {why}: a pull request's plan could read the worker's broker password (keep the file and every directory above it root's, the file with mode 0400 and one link)",
                 file.display()
             )));
         }
@@ -606,7 +606,7 @@ fn tool_user_reads(path: &std::path::Path, tools: ToolUser) -> Option<String> {
         };
         if dir_access.uid == tools.uid {
             return Some(format!(
-                "is in {}, which the tool user {}:{} owns (it may open it to itself)",
+                "is in {}, which the tool user {}:{} owns: it may open that directory to itself and replace the file",
                 dir.display(),
                 tools.uid,
                 tools.gid

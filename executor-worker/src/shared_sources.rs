@@ -449,7 +449,7 @@ fn reach(path: &Path, writers: Writers, links: &mut usize) -> Result<Option<Path
                 }
                 return match created_writable_by(writers.plan_tools, &dir) {
                     Some(why) => Err(format!(
-                        "does not exist, and {} {why}, so it would be open to them once created",
+                        "does not exist, and {} {why}, so it would be open to writing once created",
                         at.display()
                     )),
                     None => Ok(None),
@@ -738,7 +738,7 @@ mod tests {
             why.starts_with(&format!(
                 "does not exist, and {} has a default access control list that lets the tool user (62301)",
                 root.display()
-            )) && why.ends_with("so it would be open to them once created"),
+            )) && why.ends_with("so it would be open to writing once created"),
             "{why}"
         );
         assert_eq!(writable_by_others(&root.join("not-yet"), ANY), None);

@@ -192,6 +192,12 @@ mod tests {
                 (OTHERS, 0, NOBODY),
             ],
         );
+        // Root's sticky directory the tool user may not write into: nothing of its can be
+        // there (this one was put there by root), and it is not looked into.
+        std::fs::create_dir(at("closed")).unwrap();
+        std::fs::set_permissions(at("closed"), std::fs::Permissions::from_mode(0o1755)).unwrap();
+        std::fs::write(at("closed/odd"), "x").unwrap();
+        owned(&at("closed/odd"), TOOLS.uid);
         // Someone else's world-writable directory without the sticky bit: not looked into.
         std::fs::create_dir(at("open")).unwrap();
         std::fs::set_permissions(at("open"), std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -231,6 +237,7 @@ mod tests {
         );
         assert!(at("theirs").exists() && at("shared/their-socket").exists());
         assert!(at("private/odd").exists() && at("open/plan-file").exists());
+        assert!(at("closed/odd").exists());
         let note = removed.note("an earlier job");
         assert!(
             note.starts_with("(removed 6 file(s) or directory(ies) an earlier job left"),

@@ -56,7 +56,7 @@ pub enum WorkspaceError {
     )]
     InUse { root: PathBuf, lock: PathBuf },
     #[error(
-        "the tool user cannot reach the work directory: {} has mode {mode:o}{} (give others execute permission, o+x, or move executor.work_dir)",
+        "the tool user cannot reach the work directory: {} has mode {mode:o}{} (let it pass: o+x, g+x where its group owns the directory, and x in any ACL entry naming it or its group, see `getfacl`; or move executor.work_dir)",
         path.display(),
         if *.acl { " and an access control list that does not let it pass" } else { "" }
     )]
@@ -138,12 +138,8 @@ pub(crate) fn private_dir(
             path: dir.to_owned(),
             source,
         })?;
-        if what == PrivateDir::Work && dir != absolute && !access.permits(tools, SEARCH) {
-            return Err(WorkspaceError::Unreachable {
-                path: dir.to_owned(),
-                mode: access.mode,
-                acl: access.acl.is_some(),
-            });
+        if what == PrivateDir::Work {
+            reachable(dir, &access, tools)?;
         }
         if let Some(why) = replaceable_by(tools, &access) {
             return Err(WorkspaceError::Replaceable {
@@ -165,6 +161,19 @@ pub(crate) fn private_dir(
         }
     }
     Ok(absolute)
+}
+
+/// `Err` when `tools` may not pass through `dir` (with `access`) on the way to its job's
+/// directory.
+fn reachable(dir: &Path, access: &Access, tools: ToolUser) -> Result<(), WorkspaceError> {
+    if access.permits(tools, SEARCH) {
+        return Ok(());
+    }
+    Err(WorkspaceError::Unreachable {
+        path: dir.to_owned(),
+        mode: access.mode,
+        acl: access.acl.is_some(),
+    })
 }
 
 /// Why `tools` could rename or replace what is in a directory with `access`: it owns it, or
@@ -264,6 +273,20 @@ impl Workspace {
         // or enter the mirrors, the logs or another job's directory.
         for (dir, mode) in [("mirrors", 0o700), ("index", 0o700), ("jobs", 0o711)] {
             create_dir(&root.join(dir), mode)?;
+        }
+        if let Some(tools) = owner {
+            // An ACL an earlier life of the directory kept could still shut the tool user
+            // out (a `chmod` leaves its entries, only narrowing them).
+            let jobs = root.join("jobs");
+            let meta = std::fs::metadata(&jobs).map_err(|source| WorkspaceError::Io {
+                path: jobs.clone(),
+                source,
+            })?;
+            let access = Access::read(&jobs, &meta).map_err(|source| WorkspaceError::Io {
+                path: jobs.clone(),
+                source,
+            })?;
+            reachable(&jobs, &access, tools)?;
         }
         let lock = root.join(".lock");
         let file = std::fs::OpenOptions::new()
@@ -781,17 +804,14 @@ mod tests {
 
         // An ACL entry naming the tool user without execute: others may pass, it may not, so
         // the work directory would be out of its reach.
-        set_acl(
-            parent.path(),
-            false,
-            &[
-                (OWNER, 7, NOBODY),
-                (USER, 0, tools.uid),
-                (OWNING_GROUP, 5, NOBODY),
-                (MASK, 5, NOBODY),
-                (OTHER, 1, NOBODY),
-            ],
-        );
+        let shut_out = [
+            (OWNER, 7, NOBODY),
+            (USER, 0, tools.uid),
+            (OWNING_GROUP, 5, NOBODY),
+            (MASK, 5, NOBODY),
+            (OTHER, 1, NOBODY),
+        ];
+        set_acl(parent.path(), false, &shut_out);
         let unreachable = private_dir(
             &parent.path().join("work"),
             0o711,
@@ -808,6 +828,20 @@ mod tests {
             "{unreachable}"
         );
         rustix::fs::removexattr(parent.path(), "system.posix_acl_access").unwrap();
+        // And so on the work directory itself, whose own `chmod 711` leaves such an entry
+        // shut.
+        let work = parent.path().join("work");
+        set_acl(&work, false, &shut_out);
+        let unreachable = private_dir(&work, 0o711, PrivateDir::Work, Some(tools))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            unreachable.contains(&format!(
+                "{} has mode 711 and an access control list",
+                work.display()
+            )),
+            "{unreachable}"
+        );
 
         // A default ACL on the log directory itself: every job's log created in it would be
         // the tool user's to write.
