@@ -52,6 +52,12 @@ impl Access {
         }
     }
 
+    /// `path`'s access, links followed. `Err`: its metadata or an ACL could not be read, or an
+    /// ACL is malformed.
+    pub(crate) fn of(path: &Path) -> std::io::Result<Access> {
+        Access::read(path, &std::fs::metadata(path)?)
+    }
+
     /// `path`'s access, where `meta` is its metadata (links followed). The ACLs are read
     /// through links too, so `path` should be the place `meta` describes. `Err`: an ACL could
     /// not be read or is malformed, so nobody can tell who may write.
@@ -76,17 +82,17 @@ impl Access {
         if self.uid == user.uid {
             return class(6);
         }
-        match &self.acl {
-            Some(acl) if self.mode & 0o070 != 0 => acl.permits(user, self.gid, bits),
-            _ if self.gid == user.gid => class(3),
-            _ => class(0),
+        match self.deciding_acl() {
+            Some(acl) => acl.permits(user, self.gid, bits),
+            None if self.gid == user.gid => class(3),
+            None => class(0),
         }
     }
 
-    /// Whether an ACL, rather than the mode bits alone, decides for users other than the
-    /// owner.
-    fn acl_decides(&self) -> bool {
-        self.acl.is_some() && self.mode & 0o070 != 0
+    /// The ACL, where it rather than the mode bits decides for users other than the owner:
+    /// the kernel skips it when the group class's mode bits (its mask) are all clear.
+    fn deciding_acl(&self) -> Option<&Acl> {
+        self.acl.as_ref().filter(|_| self.mode & 0o070 != 0)
     }
 }
 
@@ -228,7 +234,7 @@ pub(crate) fn writable_by(
     let tools = tools?;
     if !access.permits(tools, WRITE) {
         None
-    } else if access.acl_decides() {
+    } else if access.deciding_acl().is_some() {
         Some(format!(
             "has mode {mode:o} and an access control list that lets the tool user ({}) write into it",
             tools.uid
@@ -426,7 +432,7 @@ pub(crate) mod tests {
                 }
                 _ => set_acl(&dir, false, &entries),
             }
-            let access = Access::read(&dir, &std::fs::metadata(&dir).unwrap()).unwrap();
+            let access = Access::of(&dir).unwrap();
             for (bits, flag) in [(READ, "-r"), (WRITE, "-w"), (SEARCH, "-x")] {
                 assert_eq!(
                     access.permits(TOOLS, bits),
@@ -600,7 +606,7 @@ pub(crate) mod tests {
     fn a_default_acl_that_gives_write_to_what_is_created_is_named() {
         let scratch = tempfile::tempdir().unwrap();
         let dir = scratch.path();
-        let read = || Access::read(dir, &std::fs::metadata(dir).unwrap()).unwrap();
+        let read = || Access::of(dir).unwrap();
         assert_eq!(created_writable_by(Some(TOOLS), &read()), None);
 
         let base = [(OWNER, 7, NOBODY), (OWNING_GROUP, 5, NOBODY)];
@@ -622,7 +628,7 @@ pub(crate) mod tests {
         std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
         let new = dir.join("new");
         std::fs::write(&new, "").unwrap();
-        let new_access = Access::read(&new, &std::fs::metadata(&new).unwrap()).unwrap();
+        let new_access = Access::of(&new).unwrap();
         assert!(new_access.permits(TOOLS, WRITE), "{new_access:?}");
         assert!(
             kernel_permits(&new, "-w"),

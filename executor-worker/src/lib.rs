@@ -593,16 +593,11 @@ fn tool_user_reads(path: &std::path::Path, tools: ToolUser) -> Option<String> {
         Ok(path) => path,
         Err(err) => return Some(cannot_check(path, err)),
     };
-    let read = |path: &std::path::Path| {
-        let meta = std::fs::metadata(path).map_err(|err| cannot_check(path, err))?;
-        let access = Access::read(path, &meta).map_err(|err| cannot_check(path, err))?;
-        Ok::<_, String>((access, meta.nlink()))
-    };
     let mut passes = true;
     for dir in path.ancestors().skip(1) {
-        let dir_access = match read(dir) {
-            Ok((access, _)) => access,
-            Err(why) => return Some(why),
+        let dir_access = match Access::of(dir) {
+            Ok(access) => access,
+            Err(err) => return Some(cannot_check(dir, err)),
         };
         if dir_access.uid == tools.uid {
             return Some(format!(
@@ -614,9 +609,11 @@ fn tool_user_reads(path: &std::path::Path, tools: ToolUser) -> Option<String> {
         }
         passes &= dir_access.permits(tools, SEARCH);
     }
-    let (file, links) = match read(&path) {
-        Ok(file) => file,
-        Err(why) => return Some(why),
+    let read =
+        std::fs::metadata(&path).and_then(|meta| Ok((Access::read(&path, &meta)?, meta.nlink())));
+    let (file, links) = match read {
+        Ok(read) => read,
+        Err(err) => return Some(cannot_check(&path, err)),
     };
     let described = format!(
         "(owner {}, group {}, mode {:o}{})",

@@ -130,14 +130,7 @@ pub(crate) fn private_dir(
         source,
     })?;
     for dir in absolute.ancestors() {
-        let meta = std::fs::metadata(dir).map_err(|source| WorkspaceError::Io {
-            path: dir.to_owned(),
-            source,
-        })?;
-        let access = Access::read(dir, &meta).map_err(|source| WorkspaceError::Io {
-            path: dir.to_owned(),
-            source,
-        })?;
+        let access = access_of(dir)?;
         if what == PrivateDir::Work {
             reachable(dir, &access, tools)?;
         }
@@ -161,6 +154,14 @@ pub(crate) fn private_dir(
         }
     }
     Ok(absolute)
+}
+
+/// [`Access::of`] `path`, its failure named with the path.
+fn access_of(path: &Path) -> Result<Access, WorkspaceError> {
+    Access::of(path).map_err(|source| WorkspaceError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// `Err` when `tools` may not pass through `dir` (with `access`) on the way to its job's
@@ -278,15 +279,7 @@ impl Workspace {
             // An ACL an earlier life of the directory kept could still shut the tool user
             // out (a `chmod` leaves its entries, only narrowing them).
             let jobs = root.join("jobs");
-            let meta = std::fs::metadata(&jobs).map_err(|source| WorkspaceError::Io {
-                path: jobs.clone(),
-                source,
-            })?;
-            let access = Access::read(&jobs, &meta).map_err(|source| WorkspaceError::Io {
-                path: jobs.clone(),
-                source,
-            })?;
-            reachable(&jobs, &access, tools)?;
+            reachable(&jobs, &access_of(&jobs)?, tools)?;
         }
         let lock = root.join(".lock");
         let file = std::fs::OpenOptions::new()
