@@ -2,15 +2,24 @@
 //! it changes, a digest of the changes), read as the JSON streams past.
 //!
 //! A plan of a big unit is hundreds of megabytes, and a pull request's plan can print any
-//! amount (a Terragrunt hook writes to the same stdout). So nothing kept here grows with the
-//! plan: each resource is read, counted, folded into the digest and dropped. The values of
-//! a resource the plan leaves alone (`no-op`, most of a big plan) are skipped unparsed, and
-//! only the first [`LISTED`] addresses are kept, each cut to [`KEPT_BYTES`]. What is held
-//! whole while it is read is one resource's entry (its address, actions and planned values):
-//! a plan can still make that one entry as big as it likes.
+//! bytes at all (a Terragrunt hook writes to the same stdout). So nothing held here grows with
+//! the plan, nor with any one part of it:
+//! - each resource is read, counted, folded into the digest and dropped;
+//! - the values of a resource that changes are hashed as their bytes pass, never parsed into a
+//!   tree; those of a resource the plan leaves alone (`no-op`, most of a big plan) are skipped;
+//! - only the first [`LISTED`] addresses are kept, each cut to [`KEPT_BYTES`], and a list of
+//!   actions is counted as it is read;
+//! - what the parser must hold whole (a key, an address, an action) may not be longer than
+//!   [`HELD_STRING_BYTES`], and the plan may not nest deeper than [`DEEPEST`] levels (even a
+//!   skipped value costs the parser a byte for each level it is in).
+//!
+//! Those two limits are checked by the reader the parser reads through ([`Guarded`]), as each
+//! byte is taken: a plan past them is refused after a bounded read, not after it has been held.
 
+use std::cell::{Cell, RefCell};
 use std::collections::BinaryHeap;
 use std::fmt;
+use std::io::{self, Read};
 
 use proto_types::{DriftFindings, ResourceCounts};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -22,16 +31,35 @@ pub const LISTED: usize = DriftFindings::MAX_RESOURCES;
 /// The longest address, or list of actions, a summary keeps (the digest reads them whole).
 pub const KEPT_BYTES: usize = 1024;
 
+/// The longest string the parser may hold whole: a key, an address, an action. Terraform's
+/// are a few hundred bytes at most; values, which can be long, are never held.
+pub const HELD_STRING_BYTES: u64 = 1 << 20;
+
+/// The deepest the plan may nest. Terraform's plans of nested modules and blocks stay well
+/// under 100 levels.
+pub const DEEPEST: u32 = 1024;
+
+/// How much [`Guarded`] reads from the plan at a time.
+const CHUNK: usize = 64 * 1024;
+
 /// `text` cut to [`KEPT_BYTES`] at a character boundary, marked when cut.
-fn kept(text: &str) -> String {
+pub(crate) fn kept(text: &str) -> String {
     if text.len() <= KEPT_BYTES {
         return text.to_owned();
     }
-    let mut end = KEPT_BYTES;
+    format!("{}…", prefix(text, KEPT_BYTES))
+}
+
+/// The longest start of `text` no longer than `bytes` that ends at a character boundary.
+fn prefix(text: &str, bytes: usize) -> &str {
+    if text.len() <= bytes {
+        return text;
+    }
+    let mut end = bytes;
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}…", &text[..end])
+    &text[..end]
 }
 
 /// What `show -json` of a saved plan says, in short.
@@ -50,10 +78,15 @@ pub struct PlanSummary {
 
 /// Reads a summary from `show -json` of a saved plan. A replace (`["delete","create"]` or
 /// `["create","delete"]`) counts as one add and one destroy, as Terraform's own summary does.
-pub fn plan_summary_from(json: impl std::io::Read) -> Result<PlanSummary, serde_json::Error> {
+pub fn plan_summary_from(json: impl Read) -> Result<PlanSummary, serde_json::Error> {
+    let guard = Guard::default();
     let mut summary = Summarizer::default();
-    let mut reader = serde_json::Deserializer::from_reader(json);
-    PlanSeed(&mut summary).deserialize(&mut reader)?;
+    let mut reader = serde_json::Deserializer::from_reader(Guarded::new(json, &guard));
+    PlanSeed {
+        summary: &mut summary,
+        guard: &guard,
+    }
+    .deserialize(&mut reader)?;
     reader.end()?;
     Ok(summary.finish())
 }
@@ -72,27 +105,29 @@ struct Summarizer {
 
 impl Summarizer {
     fn add(&mut self, change: ResourceChange) {
-        let mut changes = false;
-        for action in &change.actions {
-            match action.as_str() {
-                "create" => self.counts.add = self.counts.add.saturating_add(1),
-                "update" => self.counts.change = self.counts.change.saturating_add(1),
-                "delete" => self.counts.destroy = self.counts.destroy.saturating_add(1),
-                _ => continue,
-            }
-            changes = true;
-        }
-        if !changes {
+        let actions = change.actions;
+        if !actions.changes() {
             return;
         }
+        self.counts.add = self.counts.add.saturating_add(actions.counts.add);
+        self.counts.change = self.counts.change.saturating_add(actions.counts.change);
+        self.counts.destroy = self.counts.destroy.saturating_add(actions.counts.destroy);
         self.changed += 1;
-        let actions = change.actions.join(",");
-        // serde_json's maps are sorted, so the same values always print the same.
-        let line = format!(
-            "{}\t{}\t{}\t{}\n",
-            change.address, actions, change.after, change.after_unknown
-        );
-        let hash = Sha256::digest(line.as_bytes());
+        // Each part by its own hash, so that neither the order of the keys of an entry nor
+        // where one part ends and the next begins can make two changes hash alike.
+        let mut hash = Sha256::new();
+        hash.update(Sha256::digest(change.address.as_bytes()));
+        hash.update(actions.hash.finalize());
+        for part in [change.after, change.after_unknown] {
+            match part {
+                Some(value) => {
+                    hash.update([1_u8]);
+                    hash.update(value);
+                }
+                None => hash.update([0_u8]),
+            }
+        }
+        let hash = hash.finalize();
         let mut carry = false;
         for (word, bytes) in self.sum.iter_mut().zip(hash.chunks_exact(8)) {
             let bytes: [u8; 8] = bytes.try_into().unwrap_or_default();
@@ -102,7 +137,7 @@ impl Summarizer {
             carry = first || second;
         }
         self.first
-            .push((kept(&change.address), kept(&change.actions.join(", "))));
+            .push((kept(&change.address), kept(&actions.shown)));
         if self.first.len() > LISTED {
             self.first.pop();
         }
@@ -110,7 +145,7 @@ impl Summarizer {
 
     fn finish(self) -> PlanSummary {
         let mut digest = Sha256::new();
-        digest.update(b"pipelines plan changes 2\n");
+        digest.update(b"pipelines plan changes 3\n");
         digest.update((self.changed as u64).to_le_bytes());
         for word in self.sum {
             digest.update(word.to_le_bytes());
@@ -136,14 +171,240 @@ impl Summarizer {
 /// One entry of `resource_changes`, as much of it as a summary needs.
 struct ResourceChange {
     address: String,
-    actions: Vec<String>,
-    /// `Null` when the plan leaves the resource alone: its values are not read.
-    after: serde_json::Value,
-    after_unknown: serde_json::Value,
+    actions: Actions,
+    /// The SHA-256 of the planned values as written; `None` when absent, or when the plan
+    /// leaves the resource alone (then they are not read).
+    after: Option<[u8; 32]>,
+    after_unknown: Option<[u8; 32]>,
+}
+
+/// A resource's list of actions, read one at a time.
+#[derive(Default)]
+struct Actions {
+    counts: ResourceCounts,
+    /// How many actions were read.
+    read: u64,
+    /// The actions joined by `, `, as far as [`kept`] shows them.
+    shown: String,
+    /// Over each action, after its length.
+    hash: Sha256,
+}
+
+impl Actions {
+    /// Whether the actions change the resource (a read or a no-op does not).
+    fn changes(&self) -> bool {
+        self.counts != ResourceCounts::default()
+    }
+
+    fn add(&mut self, action: &str) {
+        let counts = &mut self.counts;
+        match action {
+            "create" => counts.add = counts.add.saturating_add(1),
+            "update" => counts.change = counts.change.saturating_add(1),
+            "delete" => counts.destroy = counts.destroy.saturating_add(1),
+            _ => {}
+        }
+        self.hash.update((action.len() as u64).to_le_bytes());
+        self.hash.update(action.as_bytes());
+        // Past KEPT_BYTES the text is cut anyway, so once it is longer nothing more is added,
+        // and of an action no more than reaches past it (a character is at most 4 bytes).
+        if self.shown.len() <= KEPT_BYTES {
+            if self.read > 0 {
+                self.shown.push_str(", ");
+            }
+            self.shown.push_str(prefix(action, KEPT_BYTES + 4));
+        }
+        self.read += 1;
+    }
+}
+
+/// What the parser is doing with the bytes it takes now: tells [`Guarded`] what to check,
+/// and where the bytes of a hashed value go.
+#[derive(Default)]
+struct Guard {
+    mode: Cell<Mode>,
+    hashed: RefCell<Sha256>,
+}
+
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+enum Mode {
+    /// Parsed into something held (a key, an address, an action): a string is limited to
+    /// [`HELD_STRING_BYTES`].
+    #[default]
+    Held,
+    /// Skipped unparsed: nothing of it is held, however long.
+    Skipped,
+    /// Skipped unparsed, its bytes hashed.
+    Hashed,
+}
+
+impl Guard {
+    /// Skips the next value of `map` without holding any of it.
+    fn skip<'de, A: MapAccess<'de>>(&self, map: &mut A) -> Result<(), A::Error> {
+        debug_assert!(self.mode.get() == Mode::Held);
+        self.mode.set(Mode::Skipped);
+        let skipped = map.next_value::<IgnoredAny>();
+        self.mode.set(Mode::Held);
+        skipped.map(|IgnoredAny| ())
+    }
+
+    /// Skips the next value of `map` and gives the SHA-256 of its bytes as written, white
+    /// space between tokens left out ([`Scan::take`] says which bytes are the value's).
+    /// Terraform writes the keys of an object sorted, so the same values give the same bytes.
+    fn hash<'de, A: MapAccess<'de>>(&self, map: &mut A) -> Result<[u8; 32], A::Error> {
+        debug_assert!(self.mode.get() == Mode::Held);
+        self.hashed.replace(Sha256::new());
+        self.mode.set(Mode::Hashed);
+        let skipped = map.next_value::<IgnoredAny>();
+        self.mode.set(Mode::Held);
+        skipped?;
+        Ok(self.hashed.take().finalize().into())
+    }
+}
+
+/// The plan as the parser reads it, each byte checked (and hashed, if the parser is hashing)
+/// as the parser takes it. (`serde_json` peeks at most one byte ahead, at the delimiter after
+/// a number, which is never a string's or a value's first byte.)
+struct Guarded<'a, R> {
+    inner: R,
+    guard: &'a Guard,
+    buffer: Box<[u8]>,
+    start: usize,
+    end: usize,
+    scan: Scan,
+}
+
+impl<'a, R: Read> Guarded<'a, R> {
+    fn new(inner: R, guard: &'a Guard) -> Self {
+        Guarded {
+            inner,
+            guard,
+            buffer: vec![0; CHUNK].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            scan: Scan::default(),
+        }
+    }
+}
+
+impl<R: Read> Read for Guarded<'_, R> {
+    /// Hands over one byte per call, whatever `out`'s length: the checks of a byte go by what
+    /// the parser is doing when it takes it, not when it could have taken it.
+    #[inline]
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let Some(slot) = out.first_mut() else {
+            return Ok(0);
+        };
+        if self.start == self.end {
+            self.end = self.inner.read(&mut self.buffer)?;
+            self.start = 0;
+            if self.end == 0 {
+                return Ok(0);
+            }
+        }
+        let byte = self.buffer[self.start];
+        let mode = self.guard.mode.get();
+        if mode == Mode::Hashed {
+            let from = *self.scan.hashed_from.get_or_insert(self.scan.depth);
+            if self.scan.take(byte, mode, from)? {
+                self.guard.hashed.borrow_mut().update([byte]);
+            }
+        } else {
+            self.scan.hashed_from = None;
+            self.scan.take(byte, mode, u32::MAX)?;
+        }
+        *slot = byte;
+        self.start += 1;
+        Ok(1)
+    }
+}
+
+/// Where the reader is in the JSON: enough to know how deep it is, how long the string being
+/// read is, and which bytes belong to the value being hashed.
+#[derive(Default)]
+struct Scan {
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+    /// Bytes of the string being read, counted while it is held.
+    string_bytes: u64,
+    /// The depth the value being hashed starts at.
+    hashed_from: Option<u32>,
+}
+
+impl Scan {
+    /// Takes `byte` in `mode`; `Ok(true)` when it is part of a value that starts at depth
+    /// `from`: not the `:` before it, the delimiter after it (which ends a number) or white
+    /// space between tokens, so that where the value sits and how it is spaced do not count.
+    #[inline]
+    fn take(&mut self, byte: u8, mode: Mode, from: u32) -> io::Result<bool> {
+        if self.in_string {
+            if self.escaped {
+                self.escaped = false;
+            } else if byte == b'\\' {
+                self.escaped = true;
+            } else if byte == b'"' {
+                self.in_string = false;
+            }
+            if mode == Mode::Held {
+                self.string_bytes += 1;
+                if self.string_bytes > HELD_STRING_BYTES {
+                    return Err(refused(Refused::TooLong));
+                }
+            }
+            return Ok(true);
+        }
+        let inside = self.depth > from;
+        Ok(match byte {
+            b'"' => {
+                self.in_string = true;
+                self.string_bytes = 0;
+                true
+            }
+            b'[' | b'{' => {
+                self.depth += 1;
+                if self.depth > DEEPEST {
+                    return Err(refused(Refused::TooDeep));
+                }
+                true
+            }
+            b']' | b'}' => {
+                self.depth = self.depth.saturating_sub(1);
+                inside
+            }
+            b',' | b':' => inside,
+            b' ' | b'\t' | b'\n' | b'\r' => false,
+            _ => true,
+        })
+    }
+}
+
+/// Why [`Guarded`] stopped the parser.
+#[derive(Clone, Copy)]
+enum Refused {
+    TooLong,
+    TooDeep,
+}
+
+// Out of the way of the per-byte path, which is the summary's cost.
+#[cold]
+#[inline(never)]
+fn refused(why: Refused) -> io::Error {
+    let reason = match why {
+        Refused::TooLong => format!(
+            "a key, address or action in the plan is longer than {} MiB",
+            HELD_STRING_BYTES >> 20
+        ),
+        Refused::TooDeep => format!("the plan nests deeper than {DEEPEST} levels"),
+    };
+    io::Error::new(io::ErrorKind::InvalidData, reason)
 }
 
 /// The plan document: every key but `resource_changes` is skipped as it is read.
-struct PlanSeed<'a>(&'a mut Summarizer);
+struct PlanSeed<'a> {
+    summary: &'a mut Summarizer,
+    guard: &'a Guard,
+}
 
 impl<'de> DeserializeSeed<'de> for PlanSeed<'_> {
     type Value = ();
@@ -168,9 +429,12 @@ impl<'de> Visitor<'de> for PlanSeed<'_> {
                     return Err(de::Error::duplicate_field("resource_changes"));
                 }
                 seen = true;
-                map.next_value_seed(ChangesSeed(&mut *self.0))?;
+                map.next_value_seed(ChangesSeed {
+                    summary: &mut *self.summary,
+                    guard: self.guard,
+                })?;
             } else {
-                map.next_value::<IgnoredAny>()?;
+                self.guard.skip(&mut map)?;
             }
         }
         Ok(())
@@ -178,7 +442,10 @@ impl<'de> Visitor<'de> for PlanSeed<'_> {
 }
 
 /// `resource_changes`: each entry is summed in as soon as it is read.
-struct ChangesSeed<'a>(&'a mut Summarizer);
+struct ChangesSeed<'a> {
+    summary: &'a mut Summarizer,
+    guard: &'a Guard,
+}
 
 impl<'de> DeserializeSeed<'de> for ChangesSeed<'_> {
     type Value = ();
@@ -196,17 +463,17 @@ impl<'de> Visitor<'de> for ChangesSeed<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(change) = seq.next_element_seed(ResourceChangeSeed)? {
-            self.0.add(change);
+        while let Some(change) = seq.next_element_seed(ResourceChangeSeed(self.guard))? {
+            self.summary.add(change);
         }
         Ok(())
     }
 }
 
 /// One entry of `resource_changes`: `address` and `change`; the rest is skipped.
-struct ResourceChangeSeed;
+struct ResourceChangeSeed<'a>(&'a Guard);
 
-impl<'de> DeserializeSeed<'de> for ResourceChangeSeed {
+impl<'de> DeserializeSeed<'de> for ResourceChangeSeed<'_> {
     type Value = ResourceChange;
 
     fn deserialize<D: Deserializer<'de>>(
@@ -217,7 +484,7 @@ impl<'de> DeserializeSeed<'de> for ResourceChangeSeed {
     }
 }
 
-impl<'de> Visitor<'de> for ResourceChangeSeed {
+impl<'de> Visitor<'de> for ResourceChangeSeed<'_> {
     type Value = ResourceChange;
 
     fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -230,17 +497,20 @@ impl<'de> Visitor<'de> for ResourceChangeSeed {
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
                 "address" if address.is_none() => address = Some(map.next_value::<String>()?),
-                "change" if change.is_none() => change = Some(map.next_value_seed(ChangeSeed)?),
+                "change" if change.is_none() => {
+                    change = Some(map.next_value_seed(ChangeSeed(self.0))?);
+                }
                 "address" | "change" => {
                     return Err(de::Error::custom(format_args!("duplicate field `{key}`")));
                 }
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
+                _ => self.0.skip(&mut map)?,
             }
         }
-        let (actions, after, after_unknown) =
-            change.ok_or_else(|| de::Error::missing_field("change"))?;
+        let Change {
+            actions,
+            after,
+            after_unknown,
+        } = change.ok_or_else(|| de::Error::missing_field("change"))?;
         Ok(ResourceChange {
             address: address.unwrap_or_default(),
             actions,
@@ -250,14 +520,19 @@ impl<'de> Visitor<'de> for ResourceChangeSeed {
     }
 }
 
-/// A resource's `change`: its `actions`, and its planned values when the actions change it.
-/// Terraform writes `actions` first, so a no-op's values are skipped without being parsed;
-/// values that come before the actions are parsed and dropped if they turn out not to matter.
-struct ChangeSeed;
+/// A resource's `change`: its `actions`, and the hashes of its planned values when the
+/// actions change it. Terraform writes `actions` first, so a no-op's values are skipped
+/// without being hashed; values that come before the actions are hashed and dropped if they
+/// turn out not to matter.
+struct ChangeSeed<'a>(&'a Guard);
 
-type Change = (Vec<String>, serde_json::Value, serde_json::Value);
+struct Change {
+    actions: Actions,
+    after: Option<[u8; 32]>,
+    after_unknown: Option<[u8; 32]>,
+}
 
-impl<'de> DeserializeSeed<'de> for ChangeSeed {
+impl<'de> DeserializeSeed<'de> for ChangeSeed<'_> {
     type Value = Change;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Change, D::Error> {
@@ -265,7 +540,7 @@ impl<'de> DeserializeSeed<'de> for ChangeSeed {
     }
 }
 
-impl<'de> Visitor<'de> for ChangeSeed {
+impl<'de> Visitor<'de> for ChangeSeed<'_> {
     type Value = Change;
 
     fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -273,12 +548,11 @@ impl<'de> Visitor<'de> for ChangeSeed {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Change, A::Error> {
-        let mut actions: Option<Vec<String>> = None;
-        let mut after = serde_json::Value::Null;
-        let mut after_unknown = serde_json::Value::Null;
+        let mut actions: Option<Actions> = None;
+        let (mut after, mut after_unknown) = (None, None);
         let (mut seen_after, mut seen_unknown) = (false, false);
         while let Some(key) = map.next_key::<String>()? {
-            let wanted = actions.as_deref().is_none_or(changes);
+            let wanted = actions.as_ref().is_none_or(Actions::changes);
             let seen = match key.as_str() {
                 "actions" => actions.is_some(),
                 "after" => std::mem::replace(&mut seen_after, true),
@@ -289,28 +563,49 @@ impl<'de> Visitor<'de> for ChangeSeed {
                 return Err(de::Error::custom(format_args!("duplicate field `{key}`")));
             }
             match key.as_str() {
-                "actions" => actions = Some(map.next_value()?),
-                "after" if wanted => after = map.next_value()?,
-                "after_unknown" if wanted => after_unknown = map.next_value()?,
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
+                "actions" => actions = Some(map.next_value_seed(ActionsSeed)?),
+                "after" if wanted => after = Some(self.0.hash(&mut map)?),
+                "after_unknown" if wanted => after_unknown = Some(self.0.hash(&mut map)?),
+                _ => self.0.skip(&mut map)?,
             }
         }
         let actions = actions.ok_or_else(|| de::Error::missing_field("actions"))?;
-        if !changes(&actions) {
-            after = serde_json::Value::Null;
-            after_unknown = serde_json::Value::Null;
+        if !actions.changes() {
+            (after, after_unknown) = (None, None);
         }
-        Ok((actions, after, after_unknown))
+        Ok(Change {
+            actions,
+            after,
+            after_unknown,
+        })
     }
 }
 
-/// Whether a resource's actions change it (a read or a no-op does not).
-fn changes(actions: &[String]) -> bool {
-    actions
-        .iter()
-        .any(|action| matches!(action.as_str(), "create" | "update" | "delete"))
+/// A list of actions, counted and hashed one action at a time.
+struct ActionsSeed;
+
+impl<'de> DeserializeSeed<'de> for ActionsSeed {
+    type Value = Actions;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Actions, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ActionsSeed {
+    type Value = Actions;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a list of actions")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Actions, A::Error> {
+        let mut actions = Actions::default();
+        while let Some(action) = seq.next_element::<String>()? {
+            actions.add(&action);
+        }
+        Ok(actions)
+    }
 }
 
 #[cfg(test)]
@@ -455,16 +750,274 @@ mod tests {
     }
 
     #[test]
-    fn values_of_a_resource_the_plan_leaves_alone_are_not_parsed() {
-        // A number beyond f64 cannot be parsed into a value; skipped unparsed, it is no error.
-        let json = br#"{"resource_changes":[
-            {"address":"a","change":{"actions":["no-op"],"after":{"n":1e999},"after_unknown":{}}},
-            {"address":"b","change":{"actions":["create"],"after":{"n":1},"after_unknown":{}}}]}"#;
-        let summary = plan_summary_from(&json[..]).unwrap();
+    fn planned_values_are_hashed_as_written_not_parsed() {
+        // A number beyond f64 cannot be parsed into a value: hashed as written, it is no
+        // error, in a resource the plan leaves alone or in one it changes.
+        let json = |n: &str| {
+            format!(
+                r#"{{"resource_changes":[
+                {{"address":"a","change":{{"actions":["no-op"],"after":{{"n":1e999}}}}}},
+                {{"address":"b","change":{{"actions":["update"],"after":{{"n":{n}}}}}}}]}}"#
+            )
+        };
+        let big = plan_summary_from(json("1e999").as_bytes()).unwrap();
+        assert_eq!(big.listed, ["b (update)"]);
+        let bigger = plan_summary_from(json("1e9999").as_bytes()).unwrap();
+        assert_ne!(big.digest, bigger.digest);
+    }
+
+    #[test]
+    fn white_space_between_tokens_does_not_change_the_digest() {
+        let compact = plan(&[("null_resource.a", r#"["create"]"#, "x y")]);
+        let spaced = compact
+            .replace(",\"", ",\n  \"")
+            .replace(":{", ": {\t")
+            .replace('}', " }\r\n");
+        assert_ne!(compact, spaced);
+        let digest = |json: &str| plan_summary_from(json.as_bytes()).unwrap().digest;
+        assert_eq!(digest(&compact), digest(&spaced));
+        // Inside a string, a space is part of the value.
+        let other = plan(&[("null_resource.a", r#"["create"]"#, "x  y")]);
+        assert_ne!(digest(&compact), digest(&other));
+        // Nor does where a value sits: a number's end is taken with the delimiter after it.
+        let number = |change: &str| {
+            digest(&format!(
+                r#"{{"resource_changes":[{{"address":"a","change":{change}}}]}}"#
+            ))
+        };
+        let last = number(r#"{"actions":["update"],"after":1}"#);
+        assert_eq!(
+            number(r#"{"actions":["update"],"after":1,"before":2}"#),
+            last
+        );
+        assert_eq!(
+            number(r#"{"actions":["update"],"after":1 , "before":2}"#),
+            last
+        );
+        assert_ne!(number(r#"{"actions":["update"],"after":12}"#), last);
+    }
+
+    #[test]
+    fn the_digest_of_a_known_plan_stays_what_it_was() {
+        // Drift is reported again when the digest of the same plan changes: a change to how
+        // it is computed must be deliberate (and said in OPERATIONS.md's upgrade notes).
+        let summary = plan_summary_from(
+            plan(&[
+                ("null_resource.a", r#"["create"]"#, "1"),
+                ("null_resource.b", r#"["delete","create"]"#, "2"),
+                ("null_resource.c", r#"["no-op"]"#, "3"),
+            ])
+            .as_bytes(),
+        )
+        .unwrap();
+        // Worked out apart from this code (Python's hashlib), from what `Summarizer::add`
+        // and `Scan::take` say is hashed.
+        assert_eq!(
+            summary.digest,
+            "6b1a6fc1d163b529f98525dba864e8605dc571520eb2dbdde03151254a06bcfb"
+        );
+    }
+
+    #[test]
+    fn a_list_of_actions_is_counted_and_shown_cut_as_it_is_read() {
+        let many = vec![r#""create""#; 1000].join(",");
+        let summary =
+            plan_summary_from(plan(&[("null_resource.a", &format!("[{many}]"), "v")]).as_bytes())
+                .unwrap();
+        assert_eq!(summary.counts.add, 1000);
+        assert_eq!(summary.changed, 1);
+        let joined = vec!["create"; 1000].join(", ");
+        assert_eq!(
+            summary.listed,
+            [format!("null_resource.a ({})", kept(&joined))]
+        );
+        // An action longer than what is shown is cut as the whole list would be.
+        let long = "é".repeat(KEPT_BYTES);
+        let summary =
+            plan_summary_from(plan(&[("a", &format!(r#"["create","{long}"]"#), "v")]).as_bytes())
+                .unwrap();
+        assert_eq!(
+            summary.listed,
+            [format!("a ({})", kept(&format!("create, {long}")))]
+        );
+        // An empty action is shown as one.
+        let summary =
+            plan_summary_from(plan(&[("a", r#"["","create"]"#, "v")]).as_bytes()).unwrap();
+        assert_eq!(summary.listed, ["a (, create)"]);
+    }
+
+    /// `head`, then `fill` over and over, up to `limit` bytes in all, made as it is read.
+    struct Endless {
+        head: &'static [u8],
+        fill: &'static [u8],
+        limit: u64,
+        given: u64,
+    }
+
+    impl Endless {
+        fn new(head: &'static str, fill: &'static str) -> Endless {
+            Endless {
+                head: head.as_bytes(),
+                fill: fill.as_bytes(),
+                limit: 64 << 20,
+                given: 0,
+            }
+        }
+    }
+
+    impl Read for Endless {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let mut written = 0;
+            while written < out.len() && self.given < self.limit {
+                let at = usize::try_from(self.given).unwrap();
+                out[written] = match at.checked_sub(self.head.len()) {
+                    None => self.head[at],
+                    Some(past) => self.fill[past % self.fill.len()],
+                };
+                written += 1;
+                self.given += 1;
+            }
+            Ok(written)
+        }
+    }
+
+    /// What reading `endless` gives, and how many bytes it took.
+    fn read_endless(mut endless: Endless) -> (String, u64) {
+        let error = plan_summary_from(&mut endless).unwrap_err().to_string();
+        (error, endless.given)
+    }
+
+    #[test]
+    fn a_plan_nested_past_the_limit_is_refused_after_a_bounded_read() {
+        for head in [
+            r#"{"planned_values":"#,
+            r#"{"resource_changes":[{"change":{"actions":["update"],"after":"#,
+            r#"{"resource_changes":[{"address":"a","mode":"#,
+        ] {
+            let (error, given) = read_endless(Endless::new(head, "[{\"k\":"));
+            let refused = format!("the plan nests deeper than {DEEPEST} levels at line 1 column");
+            assert!(error.starts_with(&refused), "{head}: {error}");
+            assert!(given <= 2 * CHUNK as u64, "{head}: read {given} bytes");
+        }
+        // Up to the limit, skipping is no error; one level more is.
+        let deep = |levels: usize| {
+            plan_summary_from(
+                format!(
+                    r#"{{"planned_values":{}{},"resource_changes":[]}}"#,
+                    "[".repeat(levels - 1),
+                    "]".repeat(levels - 1)
+                )
+                .as_bytes(),
+            )
+        };
+        deep(DEEPEST as usize).unwrap();
+        let error = deep(DEEPEST as usize + 1).unwrap_err().to_string();
+        assert!(error.starts_with("the plan nests deeper"), "{error}");
+    }
+
+    #[test]
+    fn a_string_the_parser_must_hold_is_refused_past_its_limit_after_a_bounded_read() {
+        for head in [
+            r#"{""#,
+            r#"{"resource_changes":[{"address":""#,
+            r#"{"resource_changes":[{"change":{"actions":["create",""#,
+            r#"{"resource_changes":[{"change":{""#,
+        ] {
+            let (error, given) = read_endless(Endless::new(head, "a\\\"é"));
+            let refused = format!(
+                "a key, address or action in the plan is longer than {} MiB at line 1 column",
+                HELD_STRING_BYTES >> 20
+            );
+            assert!(error.starts_with(&refused), "{head}: {error}");
+            assert!(
+                given <= HELD_STRING_BYTES + 2 * CHUNK as u64,
+                "{head}: read {given} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn values_and_skipped_keys_longer_than_a_held_string_are_read_whole() {
+        let long = "v".repeat(2 * HELD_STRING_BYTES as usize);
+        let json = format!(
+            r#"{{"planned_values":{{"{long}":"{long}"}},"resource_changes":[
+            {{"address":"a","change":{{"actions":["no-op"],"before":"{long}","after":"{long}"}}}},
+            {{"address":"b","change":{{"actions":["create"],"after":{{"v":"{long}"}}}}}}]}}"#
+        );
+        let summary = plan_summary_from(json.as_bytes()).unwrap();
         assert_eq!(summary.listed, ["b (create)"]);
-        // The same number in a resource that changes is read, and fails.
-        let changing = br#"{"resource_changes":[
-            {"address":"a","change":{"actions":["update"],"after":{"n":1e999}}}]}"#;
-        assert!(plan_summary_from(&changing[..]).is_err());
+        let shorter = json.replacen(&format!(r#"{{"v":"{long}"}}"#), r#"{"v":"v"}"#, 1);
+        assert_ne!(
+            plan_summary_from(shorter.as_bytes()).unwrap().digest,
+            summary.digest
+        );
+    }
+
+    /// (VmRSS, VmHWM) of this process, in KiB.
+    fn memory() -> (u64, u64) {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let field = |name: &str| -> u64 {
+            let line = status.lines().find(|line| line.starts_with(name)).unwrap();
+            line[name.len()..]
+                .trim()
+                .trim_end_matches(" kB")
+                .parse()
+                .unwrap()
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// Set in the process [`one_resources_values_do_not_grow_what_the_summary_holds`]
+    /// starts to read the plan, so that its peak memory is the reading's.
+    const MEASURED: &str = "PIPELINES_TEST_SUMMARY_MEMORY";
+
+    /// What reading one resource's 64 MiB of values may add to the peak memory: the
+    /// summary's buffers and the code first run (a tree of those values took 3.3 GiB).
+    const GREW_AT_MOST_KIB: u64 = 8 << 10;
+
+    #[test]
+    fn one_resources_values_do_not_grow_what_the_summary_holds() {
+        const NAME: &str =
+            "plan_summary::tests::one_resources_values_do_not_grow_what_the_summary_holds";
+        if std::env::var_os(MEASURED).is_some() {
+            // 64 MiB of values in one changed resource: a parsed tree of them would take
+            // several times that.
+            let mut endless = Endless::new(
+                r#"{"resource_changes":[{"address":"a","change":{"actions":["update"],"after":[{}"#,
+                r#",{"k":[1,"s",{}]}"#,
+            );
+            let (before, _) = memory();
+            let error = plan_summary_from(&mut endless).unwrap_err();
+            let (_, peak) = memory();
+            // The plan is cut off inside the value: everything was read, then it ended.
+            assert!(error.is_eof(), "{error}");
+            assert_eq!(endless.given, endless.limit);
+            let grew = peak.saturating_sub(before);
+            println!("grew {grew} KiB");
+            assert!(grew < GREW_AT_MOST_KIB, "grew {grew} KiB");
+            return;
+        }
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([NAME, "--exact", "--nocapture", "--test-threads", "1"])
+            .env(MEASURED, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&child.stdout);
+        assert!(
+            child.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&child.stderr)
+        );
+        let grew: u64 = stdout
+            .lines()
+            .find_map(|line| Some(line.split_once("grew ")?.1))
+            .and_then(|line| line.strip_suffix(" KiB"))
+            .unwrap_or_else(|| panic!("no measure in {stdout}"))
+            .parse()
+            .unwrap();
+        assert!(
+            grew < GREW_AT_MOST_KIB,
+            "reading 64 MiB of one resource's values grew the peak memory by {grew} KiB"
+        );
     }
 }

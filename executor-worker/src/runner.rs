@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use crate::output::JobOutput;
 use crate::pipe;
-use crate::plan_summary::{PlanSummary, plan_summary_from};
+use crate::plan_summary::{self, PlanSummary, plan_summary_from};
 use crate::policy::{PlanContext, Policies};
 
 /// How long to wait for a state lock held by someone else (a previous attempt, a human)
@@ -526,7 +526,9 @@ async fn run_capturing(
         // The counts stream over the kept bytes and whatever is left, so a plan too big to
         // keep is still counted.
         let head = kept.as_deref().unwrap_or_default();
-        let counts = plan_summary_from(head.chain(&mut reader)).map_err(|err| err.to_string());
+        // Cut: serde_json quotes a value of the wrong type whole (up to a held string's 1 MiB).
+        let counts = plan_summary_from(head.chain(&mut reader))
+            .map_err(|err| plan_summary::kept(&err.to_string()));
         // Whatever follows (nothing, from a well-behaved tool) is drained, not kept.
         let _ = std::io::copy(&mut reader, &mut std::io::sink());
         (counts, kept)

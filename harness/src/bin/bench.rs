@@ -38,10 +38,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const USAGE: &str = "usage: bench [all|floor|throughput|latency|memory|dag|drift|policy|logs|pages|stores|summary]... [--quick] [--workers 1,2,4] [--out FILE]";
 
 fn main() {
-    if let [_, hidden, resources] = &std::env::args().collect::<Vec<_>>()[..]
+    if let [_, hidden, what] = &std::env::args().collect::<Vec<_>>()[..]
         && hidden == SUMMARY_CHILD
     {
-        summary_child(resources.parse().expect(USAGE));
+        match what.strip_prefix(ONE_RESOURCE) {
+            Some(megabytes) => one_resource_child(megabytes.parse().expect(USAGE)),
+            None => summary_child(what.parse().expect(USAGE)),
+        }
         return;
     }
     let mut which = Vec::new();
@@ -674,16 +677,7 @@ const SUMMARY_CHILD: &str = "__plan-summary";
 fn summary(quick: bool) -> Value {
     let resources: usize = if quick { 25_000 } else { 250_000 };
     println!("\n== Plan summary: show -json of a {resources}-resource plan, read as it streams ==");
-    let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([SUMMARY_CHILD, &resources.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        child.status.success(),
-        "{}",
-        String::from_utf8_lossy(&child.stderr)
-    );
-    let measured: Value = serde_json::from_slice(&child.stdout).unwrap();
+    let mut measured = summary_in_child(&resources.to_string());
     let number = |key: &str| measured[key].as_f64().unwrap();
     println!(
         "{:.0} MB of plan JSON: summary {:.0} ms, floor (serde_json reading it, every value skipped) \
@@ -695,7 +689,103 @@ fn summary(quick: bool) -> Value {
         number("peak_mib"),
         number("before_mib"),
     );
+    // What a pull request's plan can print: one resource whose values are a long list of
+    // small objects (a parsed tree of them is several times their size).
+    let megabytes = if quick { 10 } else { 100 };
+    let one = summary_in_child(&format!("{ONE_RESOURCE}{megabytes}"));
+    let number = |key: &str| one[key].as_f64().unwrap();
+    println!(
+        "one resource with {:.0} MB of planned values: summary {:.0} ms; peak RSS {:.1} MiB, \
+         {:.1} MiB before the summary",
+        number("plan_mb"),
+        number("summary_ms"),
+        number("peak_mib"),
+        number("before_mib"),
+    );
+    measured["one_resource"] = one;
     measured
+}
+
+/// What [`SUMMARY_CHILD`] `what` measured, in a process of its own (its peak RSS is the
+/// summary's).
+fn summary_in_child(what: &str) -> Value {
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([SUMMARY_CHILD, what])
+        .output()
+        .unwrap();
+    assert!(
+        child.status.success(),
+        "{}",
+        String::from_utf8_lossy(&child.stderr)
+    );
+    serde_json::from_slice(&child.stdout).unwrap()
+}
+
+/// The argument of [`SUMMARY_CHILD`] that reads [`OneResourcePlan`] of so many MB.
+const ONE_RESOURCE: &str = "one-resource:";
+
+fn one_resource_child(megabytes: usize) {
+    use executor_worker::plan_summary::plan_summary_from;
+    let bytes = megabytes * 1_000_000;
+    let (_, before) = rss(std::process::id());
+    let start = Instant::now();
+    let summary = plan_summary_from(OneResourcePlan::new(bytes)).unwrap();
+    let elapsed = start.elapsed();
+    let (_, peak) = rss(std::process::id());
+    assert_eq!(summary.changed, 1, "{summary:?}");
+    println!(
+        "{}",
+        json!({
+            "plan_mb": megabytes,
+            "summary_ms": elapsed.as_secs_f64() * 1e3,
+            "before_mib": before as f64 / 1024.0,
+            "peak_mib": peak as f64 / 1024.0,
+        })
+    );
+}
+
+/// `show -json` of a plan whose one changed resource has about `bytes` of planned values,
+/// made as it is read.
+struct OneResourcePlan {
+    left: usize,
+    pending: Vec<u8>,
+    at: usize,
+    ended: bool,
+}
+
+impl OneResourcePlan {
+    const ITEM: &[u8] = br#",{"k":[1,"s",{}]}"#;
+
+    fn new(bytes: usize) -> OneResourcePlan {
+        OneResourcePlan {
+            left: bytes,
+            pending: br#"{"format_version":"1.2","resource_changes":[{"address":"null_resource.big","mode":"managed","change":{"actions":["update"],"after":[{}"#.to_vec(),
+            at: 0,
+            ended: false,
+        }
+    }
+}
+
+impl std::io::Read for OneResourcePlan {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.pending.len() {
+            if self.ended {
+                return Ok(0);
+            }
+            self.at = 0;
+            if self.left == 0 {
+                self.pending = br#"],"after_unknown":{}}}]}"#.to_vec();
+                self.ended = true;
+            } else {
+                self.pending = Self::ITEM.repeat(4096);
+                self.left = self.left.saturating_sub(self.pending.len());
+            }
+        }
+        let n = buf.len().min(self.pending.len() - self.at);
+        buf[..n].copy_from_slice(&self.pending[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 fn summary_child(resources: usize) {
@@ -708,8 +798,8 @@ fn summary_child(resources: usize) {
     let floor = start.elapsed();
     let (_, before) = rss(std::process::id());
     let start = Instant::now();
-    let plan = std::io::BufReader::new(GeneratedPlan::new(resources));
-    let summary = plan_summary_from(plan).unwrap();
+    // As the worker reads a tool's pipe: the summary buffers what it reads itself.
+    let summary = plan_summary_from(GeneratedPlan::new(resources)).unwrap();
     let elapsed = start.elapsed();
     let (_, peak) = rss(std::process::id());
     assert_eq!(summary.changed, resources / 1000, "{summary:?}");
