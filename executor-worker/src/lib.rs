@@ -333,24 +333,13 @@ pub async fn run(
         if killed.left > 0 {
             return Err(ExecuteError::ToolUserAlive(killed.left));
         }
-        if let Some(file) = &settings.broker_password_file
-            && let Some(why) = tool_user_reads(file, user)
-        {
-            return Err(ExecuteError::Setup(format!(
-                "broker_password_file {} {why}: a pull request's plan could read the worker's broker password (keep the file and every directory above it root's, the file with mode 0400 and one link)",
-                file.display()
-            )));
-        }
     }
-    if settings.role == ExecutorRole::Plan
-        && let Some(source) = registry_credentials_for_tools(&settings.tools)
-    {
+    if let Some(source) = check_host(&settings)? {
         tracing::warn!(
             source,
             "Registry credentials reach every tool, so a pull request's plan can read them: give plan workers a Terraform CLI configuration and tool_env without credentials."
         );
     }
-    refuse_shared_sources_others_write(&settings)?;
     let workspace = Workspace::open(
         settings.work_dir.clone(),
         settings.git.clone(),
@@ -412,6 +401,30 @@ pub async fn run(
     }
     tracing::info!("Executor stopped taking jobs; shutting down.");
     Ok(())
+}
+
+/// What this machine must give a worker before it takes a job, checked without changing
+/// anything: its tool user cannot read the broker password file, and nobody else can write
+/// what every job's tools read from ([`refuse_shared_sources_others_write`]). `Ok` holds what
+/// is allowed but must be said: where a plan worker's tools find registry credentials. The
+/// worker checks this at start, `pipelines config check --account --role` ahead of it. (It
+/// reads the file system and the settings' environment: run it where, and as, the worker runs.)
+pub fn check_host(settings: &WorkerSettings) -> Result<Option<String>, ExecuteError> {
+    if let Some(user) = settings.tools.user
+        && let Some(file) = &settings.broker_password_file
+        && let Some(why) = tool_user_reads(file, user)
+    {
+        return Err(ExecuteError::Setup(format!(
+            "broker_password_file {} {why}: a pull request's plan could read the worker's broker password (keep the file and every directory above it root's, the file with mode 0400 and one link)",
+            file.display()
+        )));
+    }
+    refuse_shared_sources_others_write(settings)?;
+    Ok(if settings.role == ExecutorRole::Plan {
+        registry_credentials_for_tools(&settings.tools)
+    } else {
+        None
+    })
 }
 
 /// Refuses to start when what every job's tools read from (their PATH and binaries, plugin

@@ -1005,6 +1005,92 @@ fn a_worker_whose_tool_user_has_a_process_the_kill_cannot_end_takes_no_further_j
     deployment.assert_running();
 }
 
+/// Asserts that `finished` refused to start because `tool_user` owns the plugin `cache`.
+fn assert_refused_for_a_cache_owned_by(
+    finished: &harness::process::Finished,
+    cache: &Path,
+    tool_user: u32,
+) {
+    assert_refused_saying(
+        finished,
+        &format!(
+            "the tools' TF_PLUGIN_CACHE_DIR ({}) is owned by the tool user ({tool_user})",
+            cache.display(),
+        ),
+    );
+    assert_refused_saying(finished, "later jobs run");
+}
+
+/// Asserts that `finished` refused to start (exit 2) saying `says`.
+fn assert_refused_saying(finished: &harness::process::Finished, says: &str) {
+    assert_eq!(finished.code(), Some(2), "{}", finished.transcript());
+    assert!(finished.stderr.contains(says), "{}", finished.transcript());
+}
+
+#[test]
+fn config_check_refuses_what_a_plan_worker_would_refuse_at_start() {
+    let sandbox = Sandbox::new();
+    let tool_user: u32 = 61_026;
+    let cache = sandbox.dir("plugin-cache");
+    std::os::unix::fs::chown(&cache, Some(tool_user), Some(tool_user)).unwrap();
+    let password = sandbox.path().join("broker-password");
+    std::fs::write(&password, "s3cret").unwrap();
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o400)).unwrap();
+    let config = sandbox.write_config(
+        "amqp://pipelines-executor@127.0.0.1:5672/%2f",
+        &[("dev", "dev/**")],
+        &format!(
+            "\n[executor]\ntool_env = {{ TF_PLUGIN_CACHE_DIR = \"{}\" }}\n",
+            cache.display()
+        ),
+    );
+    let check = || {
+        let mut command = sandbox.pipelines(&[
+            "config",
+            "check",
+            config.to_str().unwrap(),
+            "--account",
+            "dev",
+            "--role",
+            "plan",
+        ]);
+        command
+            .env(
+                "PIPELINES_EXECUTOR__TOOL_USER",
+                format!("{tool_user}:{tool_user}"),
+            )
+            .env("PIPELINES_BROKER_PASSWORD_FILE", &password);
+        harness::process::run(command, DEADLINE)
+    };
+    // A plugin cache the plan's tool user owns: the worker's own words, before it is started.
+    let refused = check();
+    assert_refused_for_a_cache_owned_by(&refused, &cache, tool_user);
+    // A broker password file the tool user owns.
+    std::os::unix::fs::chown(&cache, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&password, Some(tool_user), Some(tool_user)).unwrap();
+    assert_refused_saying(
+        &check(),
+        &format!(
+            "broker_password_file {} (owner {tool_user}, group {tool_user}, mode 400) is owned by the tool user {tool_user}:{tool_user}",
+            password.display(),
+        ),
+    );
+    // Both root's: the check passes and says what it checked.
+    std::os::unix::fs::chown(&password, Some(0), Some(0)).unwrap();
+    let passed = check();
+    assert_eq!(passed.code(), Some(0), "{}", passed.transcript());
+    assert!(
+        passed.stdout.contains(
+            "a plan worker of dev can start here: it cannot read the other role's token file, \
+             its tool user cannot read the broker password file, and nobody else can write what \
+             its tools read"
+        ),
+        "{}",
+        passed.transcript()
+    );
+}
+
 #[test]
 fn a_plan_worker_refuses_a_plugin_cache_its_tool_user_could_fill() {
     let vhost = rabbit::vhost();
@@ -1041,25 +1127,11 @@ fn a_plan_worker_refuses_a_plugin_cache_its_tool_user_could_fill() {
         harness::process::run(command, DEADLINE)
     };
     let refused = start("plan");
-    assert_eq!(refused.code(), Some(2), "{}", refused.transcript());
-    assert!(
-        refused.stderr.contains(&format!(
-            "the tools' TF_PLUGIN_CACHE_DIR ({}) is owned by the tool user ({tool_user})",
-            cache.display(),
-        )) && refused.stderr.contains("later jobs run"),
-        "{}",
-        refused.transcript()
-    );
+    assert_refused_for_a_cache_owned_by(&refused, &cache, tool_user);
     // Anyone may write into it: every worker refuses it, an apply worker too.
     std::os::unix::fs::chown(&cache, Some(0), Some(0)).unwrap();
     std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let refused = start("apply");
-    assert_eq!(refused.code(), Some(2), "{}", refused.transcript());
-    assert!(
-        refused.stderr.contains("has mode 777: anyone may write"),
-        "{}",
-        refused.transcript()
-    );
+    assert_refused_saying(&start("apply"), "has mode 777: anyone may write");
     // Root's, and closed to others, but `setfacl -m u:61024:rwx` lets the tool user in: the
     // mode bits read 775, with root's group.
     std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -1074,14 +1146,11 @@ fn a_plan_worker_refuses_a_plugin_cache_its_tool_user_could_fill() {
         .status()
         .unwrap();
     assert!(status.success());
-    let refused = start("plan");
-    assert_eq!(refused.code(), Some(2), "{}", refused.transcript());
-    assert!(
-        refused.stderr.contains(&format!(
+    assert_refused_saying(
+        &start("plan"),
+        &format!(
             "the tools' TF_PLUGIN_CACHE_DIR ({}) has mode 775 and an access control list that lets the tool user ({tool_user}) write into it",
             cache.display(),
-        )),
-        "{}",
-        refused.transcript()
+        ),
     );
 }

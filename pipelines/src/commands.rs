@@ -612,9 +612,16 @@ pub(crate) fn config_check(
     worker: Option<(String, ExecutorRole)>,
 ) -> anyhow::Result<Outcome> {
     let config = Config::load(path)?;
+    let mut registry_credentials = None;
     if let Some((account, role)) = &worker {
         executor_worker::check_isolation(&config, account, *role)
             .map_err(|reason| anyhow!("{}: {reason}", path.display()))?;
+        // What the worker checks at start, read-only: the work and log directories it makes
+        // then are checked then.
+        let settings = WorkerSettings::from_config(&config, account, *role, None, None)
+            .map_err(|reason| anyhow!("{}: {reason}", path.display()))?;
+        registry_credentials = executor_worker::check_host(&settings)
+            .map_err(|err| anyhow!("{}: {err}", path.display()))?;
     }
     println!("{} is valid.", path.display());
     println!(
@@ -636,8 +643,17 @@ pub(crate) fn config_check(
     }
     if let Some((account, role)) = &worker {
         println!(
-            "a {role} worker of {account} can start here: it cannot read the other role's token file"
+            "a {role} worker of {account} can start here: it cannot read the other role's token \
+             file, its tool user cannot read the broker password file, and nobody else can \
+             write what its tools read (PATH, tf_binary, plugin cache, mirrors, CLI configuration)"
         );
+        if let Some(source) = registry_credentials {
+            println!(
+                "warning: registry credentials reach every tool ({source}), so a pull request's \
+                 plan can read them: give plan workers a Terraform CLI configuration and \
+                 tool_env without credentials"
+            );
+        }
     }
     for account in &config.accounts {
         let cap = match account.max_concurrent_jobs {
