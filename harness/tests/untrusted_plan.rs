@@ -1044,7 +1044,7 @@ fn config_check_refuses_what_a_plan_worker_would_refuse_at_start() {
             cache.display()
         ),
     );
-    let check = || {
+    let check_as = |role: &str, tool_user: Option<u32>| {
         let mut command = sandbox.pipelines(&[
             "config",
             "check",
@@ -1052,19 +1052,31 @@ fn config_check_refuses_what_a_plan_worker_would_refuse_at_start() {
             "--account",
             "dev",
             "--role",
-            "plan",
+            role,
         ]);
-        command
-            .env(
-                "PIPELINES_EXECUTOR__TOOL_USER",
-                format!("{tool_user}:{tool_user}"),
-            )
-            .env("PIPELINES_BROKER_PASSWORD_FILE", &password);
+        command.env("PIPELINES_BROKER_PASSWORD_FILE", &password);
+        if let Some(uid) = tool_user {
+            command.env("PIPELINES_EXECUTOR__TOOL_USER", format!("{uid}:{uid}"));
+        }
         harness::process::run(command, DEADLINE)
     };
+    let check = || check_as("plan", Some(tool_user));
     // A plugin cache the plan's tool user owns: the worker's own words, before it is started.
     let refused = check();
     assert_refused_for_a_cache_owned_by(&refused, &cache, tool_user);
+    // An apply worker runs reviewed code: its tool user's writes are not refused, and the
+    // check says which it made.
+    let apply = check_as("apply", Some(tool_user));
+    assert_eq!(apply.code(), Some(0), "{}", apply.transcript());
+    assert!(
+        apply.stdout.contains(
+            "an apply worker of dev can start here: its tool user cannot read the broker \
+             password file; what its tools read (PATH, tf_binary, plugin cache, mirrors, CLI \
+             configuration) is not writable by every user\n"
+        ),
+        "{}",
+        apply.transcript()
+    );
     // A broker password file the tool user owns.
     std::os::unix::fs::chown(&cache, Some(0), Some(0)).unwrap();
     std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -1082,12 +1094,28 @@ fn config_check_refuses_what_a_plan_worker_would_refuse_at_start() {
     assert_eq!(passed.code(), Some(0), "{}", passed.transcript());
     assert!(
         passed.stdout.contains(
-            "a plan worker of dev can start here: it cannot read the other role's token file, \
-             its tool user cannot read the broker password file, and nobody else can write what \
-             its tools read"
-        ),
+            "a plan worker of dev can start here: it cannot read the apply identity's token file \
+             (if any); its tool user cannot read the broker password file; what its tools read \
+             (PATH, tf_binary, plugin cache, mirrors, CLI configuration) is writable neither by \
+             every user nor by its tool user\n"
+        ) && !passed.stdout.contains("no tool user"),
         "{}",
         passed.transcript()
+    );
+    // Without a tool user the tools are the worker: it may start, and is told what that means.
+    let without = check_as("plan", None);
+    assert_eq!(without.code(), Some(0), "{}", without.transcript());
+    assert!(
+        without.stdout.contains(
+            "a plan worker of dev can start here: it cannot read the apply identity's token file \
+             (if any); what its tools read (PATH, tf_binary, plugin cache, mirrors, CLI \
+             configuration) is not writable by every user\n"
+        ) && without.stdout.contains(
+            "warning: no tool user is set here (executor.tool_user, or \
+             PIPELINES_EXECUTOR__TOOL_USER): a worker started so runs the tools as itself"
+        ),
+        "{}",
+        without.transcript()
     );
 }
 

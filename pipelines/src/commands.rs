@@ -612,7 +612,8 @@ pub(crate) fn config_check(
     worker: Option<(String, ExecutorRole)>,
 ) -> anyhow::Result<Outcome> {
     let config = Config::load(path)?;
-    let mut registry_credentials = None;
+    // What a worker's checks found, to say after the summary of the file.
+    let (mut checked, mut warnings) = (Vec::new(), Vec::new());
     if let Some((account, role)) = &worker {
         executor_worker::check_isolation(&config, account, *role)
             .map_err(|reason| anyhow!("{}: {reason}", path.display()))?;
@@ -620,8 +621,41 @@ pub(crate) fn config_check(
         // then are checked then.
         let settings = WorkerSettings::from_config(&config, account, *role, None, None)
             .map_err(|reason| anyhow!("{}: {reason}", path.display()))?;
-        registry_credentials = executor_worker::check_host(&settings)
-            .map_err(|err| anyhow!("{}: {err}", path.display()))?;
+        if let Some(source) = executor_worker::check_host(&settings)
+            .map_err(|err| anyhow!("{}: {err}", path.display()))?
+        {
+            warnings.push(format!(
+                "registry credentials reach every tool ({source}), so a pull request's plan can \
+                 read them: give plan workers a Terraform CLI configuration and tool_env without \
+                 credentials"
+            ));
+        }
+        // Said as checked, no more: what the settings give no path or user for was not.
+        let plan = *role == ExecutorRole::Plan;
+        if plan {
+            checked.push("it cannot read the apply identity's token file (if any)".to_owned());
+        }
+        if settings.tools.user.is_some() && settings.broker_password_file.is_some() {
+            checked.push("its tool user cannot read the broker password file".to_owned());
+        }
+        checked.push(format!(
+            "what its tools read (PATH, tf_binary, plugin cache, mirrors, CLI configuration) is \
+             {}",
+            if plan && settings.tools.user.is_some() {
+                "writable neither by every user nor by its tool user"
+            } else {
+                "not writable by every user"
+            }
+        ));
+        if settings.tools.user.is_none() {
+            warnings.push(
+                "no tool user is set here (executor.tool_user, or \
+                 PIPELINES_EXECUTOR__TOOL_USER): a worker started so runs the tools as itself, \
+                 and they may read and write all it may; check with the worker's environment \
+                 to check its tool user"
+                    .to_owned(),
+            );
+        }
     }
     println!("{} is valid.", path.display());
     println!(
@@ -642,17 +676,17 @@ pub(crate) fn config_check(
         );
     }
     if let Some((account, role)) = &worker {
+        let article = if *role == ExecutorRole::Apply {
+            "an"
+        } else {
+            "a"
+        };
         println!(
-            "a {role} worker of {account} can start here: it cannot read the other role's token \
-             file, its tool user cannot read the broker password file, and nobody else can \
-             write what its tools read (PATH, tf_binary, plugin cache, mirrors, CLI configuration)"
+            "{article} {role} worker of {account} can start here: {}",
+            checked.join("; ")
         );
-        if let Some(source) = registry_credentials {
-            println!(
-                "warning: registry credentials reach every tool ({source}), so a pull request's \
-                 plan can read them: give plan workers a Terraform CLI configuration and \
-                 tool_env without credentials"
-            );
+        for warning in &warnings {
+            println!("warning: {warning}");
         }
     }
     for account in &config.accounts {

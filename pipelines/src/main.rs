@@ -407,13 +407,14 @@ enum BrokerCommand {
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Validate a policy file and print a summary; exit 2 naming the first bad key. With
-    /// --account and --role, also check what that worker checks when it starts, without
-    /// changing anything: a plan worker must not be able to read the apply identity's token
-    /// file; the tool user must not be able to read the broker password file; nobody but
-    /// root (and, for a plan worker, not its tool user) may write what every job's tools
-    /// read (PATH, tf_binary, plugin cache, mirrors, CLI configuration). Run it where and as
-    /// the worker runs: its environment (PATH, pass_env, PIPELINES_*) decides what is
-    /// checked. The work and log directories are checked when the worker creates them.
+    /// --account and --role, also make some of the checks that worker makes when it starts,
+    /// without changing anything: a plan worker must not be able to read the apply identity's
+    /// token file; the tool user must not be able to read the broker password file; what
+    /// every job's tools read (PATH, tf_binary, plugin cache, mirrors, CLI configuration)
+    /// must not be writable by every user, nor, on a plan worker, by its tool user. Run it
+    /// where and as the worker runs: its environment (PATH, pass_env, PIPELINES_*) decides
+    /// what is checked. Not checked here: the worker's privileges, and the work and log
+    /// directories (checked when the worker creates them).
     Check {
         file: PathBuf,
         /// The account of the worker to check on this machine.
