@@ -405,10 +405,11 @@ pub async fn run(
 
 /// What this machine must give a worker before it takes a job, checked without changing
 /// anything: its tool user cannot read the broker password file, and what every job's tools
-/// read from is not open to others' writes ([`refuse_shared_sources_others_write`]). `Ok` holds what
-/// is allowed but must be said: where a plan worker's tools find registry credentials. The
-/// worker checks this at start, `pipelines config check --account --role` ahead of it. (It
-/// reads the file system and the settings' environment: run it where, and as, the worker runs.)
+/// read from is not open to others' writes ([`refuse_shared_sources_others_write`]). `Ok`
+/// holds what is allowed but must be said: where a plan worker's tools find registry
+/// credentials. The worker checks this at start, `pipelines config check --account --role`
+/// ahead of it. (It reads the file system and the settings' environment: run it where, and
+/// as, the worker runs.)
 pub fn check_host(settings: &WorkerSettings) -> Result<Option<String>, ExecuteError> {
     if let Some(user) = settings.tools.user
         && let Some(file) = &settings.broker_password_file

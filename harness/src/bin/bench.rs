@@ -744,6 +744,14 @@ fn one_resource_child(megabytes: usize) {
     );
 }
 
+/// Copies into `buf` what is left of `pending` from `at`, as much as fits; how much.
+fn serve(pending: &[u8], at: &mut usize, buf: &mut [u8]) -> usize {
+    let n = buf.len().min(pending.len() - *at);
+    buf[..n].copy_from_slice(&pending[*at..*at + n]);
+    *at += n;
+    n
+}
+
 /// `show -json` of a plan whose one changed resource has about `bytes` of planned values,
 /// made as it is read.
 struct OneResourcePlan {
@@ -781,10 +789,7 @@ impl std::io::Read for OneResourcePlan {
                 self.left = self.left.saturating_sub(self.pending.len());
             }
         }
-        let n = buf.len().min(self.pending.len() - self.at);
-        buf[..n].copy_from_slice(&self.pending[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
+        Ok(serve(&self.pending, &mut self.at, buf))
     }
 }
 
@@ -861,10 +866,7 @@ impl std::io::Read for GeneratedPlan {
             }
             self.next += 1;
         }
-        let n = buf.len().min(self.pending.len() - self.at);
-        buf[..n].copy_from_slice(&self.pending[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
+        Ok(serve(&self.pending, &mut self.at, buf))
     }
 }
 
