@@ -127,15 +127,21 @@ impl Finished {
 }
 
 /// Runs a command to completion, killing it and failing the test after `deadline`.
-pub fn run(mut command: Command, deadline: Duration) -> Finished {
+pub fn run(command: Command, deadline: Duration) -> Finished {
+    run_writing_to(command, Stdio::piped(), deadline)
+}
+
+/// [`run`] with the command's standard output sent to `stdout` (a pipe whose reader has gone,
+/// `/dev/full`); [`Finished::stdout`] holds it only when `stdout` is [`Stdio::piped`].
+pub fn run_writing_to(mut command: Command, stdout: Stdio, deadline: Duration) -> Finished {
     let mut child = command
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|err| panic!("cannot start {command:?}: {err}"));
     let pid = child.id();
-    let mut stdout = child.stdout.take().unwrap();
+    let stdout = child.stdout.take();
     let mut stderr = child.stderr.take().unwrap();
     let (done, finished) = mpsc::channel();
     std::thread::spawn(move || {
@@ -145,7 +151,9 @@ pub fn run(mut command: Command, deadline: Duration) -> Finished {
             text
         });
         let mut out = String::new();
-        let _ = stdout.read_to_string(&mut out);
+        if let Some(mut stdout) = stdout {
+            let _ = stdout.read_to_string(&mut out);
+        }
         let status = child.wait().unwrap();
         let _ = done.send(Finished {
             status,

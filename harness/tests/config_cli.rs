@@ -1,5 +1,5 @@
 //! `pipelines config check` and start-up validation: a bad policy file fails with exit 2 and a
-//! message naming the key and the value.
+//! message naming the key and the value; what the commands print, when nobody reads it.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: fail loudly.
 
 use std::time::Duration;
@@ -99,6 +99,39 @@ fn an_executor_for_an_unknown_account_refuses_to_start() {
             .contains("account \"staging\" is not in the configuration (known: dev, prod)"),
         "{}",
         bad.stderr
+    );
+}
+
+#[test]
+fn output_a_reader_stopped_reading_is_dropped_quietly_and_output_a_full_disk_lost_fails() {
+    let fixture = Fixture::new();
+    let config = fixture.config(config::DEFAULT_BROKER_URL);
+    let check = || {
+        let mut command = fixture.pipelines(&["config", "check", config.to_str().unwrap()]);
+        // No log lines: stderr must hold nothing but what the command says.
+        command.env_remove("RUST_LOG");
+        command
+    };
+
+    // A pipe whose reader has gone, as `| head -1` leaves it once it has its line: every write
+    // fails with EPIPE.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let cut = process::run_writing_to(check(), writer.into(), Duration::from_secs(30));
+    assert_eq!(cut.code(), Some(0), "{}", cut.transcript());
+    assert!(cut.stderr.is_empty(), "{}", cut.transcript());
+
+    let full = std::fs::File::options()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let lost = process::run_writing_to(check(), full.into(), Duration::from_secs(30));
+    assert_eq!(lost.code(), Some(2), "{}", lost.transcript());
+    assert_eq!(
+        lost.stderr.trim_end(),
+        "error: cannot write to standard output: No space left on device (os error 28)",
+        "{}",
+        lost.transcript()
     );
 }
 

@@ -151,24 +151,24 @@ fn policy_test_evaluates_a_plan_file_like_an_executor_and_exits_1_on_a_deny() {
         r#"{"format_version":"1.2","resource_changes":[{"address":"terraform_data.x","type":"terraform_data","change":{"actions":["create"]}}]}"#,
     )
     .unwrap();
+    let policy_test = |plan: &Path, format: &str| {
+        sandbox.pipelines(&[
+            "policy",
+            "test",
+            "--config",
+            config.to_str().unwrap(),
+            "--plan",
+            plan.to_str().unwrap(),
+            "--unit",
+            "dev/app",
+            "--account",
+            "dev",
+            "--format",
+            format,
+        ])
+    };
     let run = |plan: &Path, format: &str| {
-        harness::process::run(
-            sandbox.pipelines(&[
-                "policy",
-                "test",
-                "--config",
-                config.to_str().unwrap(),
-                "--plan",
-                plan.to_str().unwrap(),
-                "--unit",
-                "dev/app",
-                "--account",
-                "dev",
-                "--format",
-                format,
-            ]),
-            harness::runs::DEADLINE,
-        )
+        harness::process::run(policy_test(plan, format), harness::runs::DEADLINE)
     };
     let denied = run(&plan, "text");
     assert_eq!(denied.code(), Some(1), "{}", denied.transcript());
@@ -184,6 +184,14 @@ fn policy_test_evaluates_a_plan_file_like_an_executor_and_exits_1_on_a_deny() {
         "{}",
         denied.stdout
     );
+    // Piped into `head -1`, which reads its line and goes: the deny still exits 1.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut command = policy_test(&plan, "text");
+    command.env_remove("RUST_LOG");
+    let unread = harness::process::run_writing_to(command, writer.into(), harness::runs::DEADLINE);
+    assert_eq!(unread.code(), Some(1), "{}", unread.transcript());
+    assert!(unread.stderr.is_empty(), "{}", unread.transcript());
 
     std::fs::write(&plan, r#"{"resource_changes":[]}"#).unwrap();
     let passed = run(&plan, "json");

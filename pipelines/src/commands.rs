@@ -1,5 +1,4 @@
 //! The subcommands: each loads what it needs, wires the libraries together and reports.
-#![allow(clippy::print_stdout)] // Printing results is this module's job.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,6 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::output::{out, outln};
 use crate::{
     ApprovalArgs, CancelArgs, ChangeArgs, DriftStatusArgs, Format, OrchestrateArgs, Outcome,
     RunArgs, StatusArgs,
@@ -50,8 +50,8 @@ async fn orchestrate_in(args: OrchestrateArgs, span: tracing::Span) -> anyhow::R
         if args.dry_run {
             let report = detected.report();
             match args.format {
-                Format::Json => println!("{}", report.to_json()),
-                Format::Text => print!("{}", render::detection_table(&detected)),
+                Format::Json => outln!("{}", report.to_json()),
+                Format::Text => out!("{}", render::detection_table(&detected)),
             }
             return Ok(Outcome::Success);
         }
@@ -90,7 +90,7 @@ async fn orchestrate_in(args: OrchestrateArgs, span: tracing::Span) -> anyhow::R
     );
     let Some(follower) = follower.as_mut() else {
         if args.format == Format::Json {
-            println!("{{\"run_id\": \"{}\"}}", event.id);
+            outln!("{{\"run_id\": \"{}\"}}", event.id);
         }
         broker.close().await;
         return Ok(Outcome::Success);
@@ -143,15 +143,15 @@ fn drift_event(
             warnings: Vec::new(),
         };
         match args.format {
-            Format::Json => println!("{}", report.to_json()),
+            Format::Json => outln!("{}", report.to_json()),
             Format::Text => {
-                println!(
+                outln!(
                     "Drift check of {branch} at {}: {} unit(s)",
                     short(&event.head_sha),
                     check.units.len()
                 );
                 for unit in &check.units {
-                    println!("  {unit}");
+                    outln!("  {unit}");
                 }
             }
         }
@@ -319,7 +319,7 @@ pub(crate) async fn broker_setup(path: &Path) -> anyhow::Result<Outcome> {
     let topology = Topology::new(config.account_names());
     broker.declare_topology(&topology).await?;
     broker.close().await;
-    println!(
+    outln!(
         "Declared exchanges and queues for accounts: {}",
         config.account_names().join(", ")
     );
@@ -362,7 +362,7 @@ pub(crate) fn broker_definitions(
     }
     let timeout_ms = consumer_timeout_minutes.map(|minutes| minutes * 60_000);
     let document = definitions::definitions(&topology, vhost, &users, timeout_ms);
-    println!("{}", serde_json::to_string_pretty(&document)?);
+    outln!("{}", serde_json::to_string_pretty(&document)?);
     Ok(Outcome::Success)
 }
 
@@ -430,8 +430,8 @@ pub(crate) fn drift_status(args: DriftStatusArgs) -> anyhow::Result<Outcome> {
     )?)?;
     let units = store.drift_units(args.repository.as_deref())?;
     match args.format {
-        Format::Json => println!("{}", proto_types::to_json(&units)),
-        Format::Text => print!(
+        Format::Json => outln!("{}", proto_types::to_json(&units)),
+        Format::Text => out!(
             "{}",
             dispatcher::status::render_drift(&units, dispatcher::clock::now_ms())
         ),
@@ -449,15 +449,15 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
         Some(id) => {
             let detail = store.run_detail(id, now)?;
             match args.format {
-                Format::Json => println!("{}", proto_types::to_json(&detail)),
-                Format::Text => print!("{}", dispatcher::status::render_run(&detail, now)),
+                Format::Json => outln!("{}", proto_types::to_json(&detail)),
+                Format::Text => out!("{}", dispatcher::status::render_run(&detail, now)),
             }
         }
         None => {
             let runs = store.list_runs(args.limit)?;
             match args.format {
-                Format::Json => println!("{}", proto_types::to_json(&runs)),
-                Format::Text => print!("{}", dispatcher::status::render_runs(&runs, now)),
+                Format::Json => outln!("{}", proto_types::to_json(&runs)),
+                Format::Text => out!("{}", dispatcher::status::render_runs(&runs, now)),
             }
         }
     }
@@ -596,9 +596,9 @@ pub(crate) fn policy_test(
     }
     let report = policies.evaluate(&plan, &context);
     if json {
-        println!("{}", proto_types::to_json(&report));
+        outln!("{}", proto_types::to_json(&report));
     } else {
-        print!("{}", executor_worker::policy::render_report(&report));
+        out!("{}", executor_worker::policy::render_report(&report));
     }
     Ok(if report.blocks() {
         Outcome::JobFailed
@@ -657,8 +657,8 @@ pub(crate) fn config_check(
             );
         }
     }
-    println!("{} is valid.", path.display());
-    println!(
+    outln!("{} is valid.", path.display());
+    outln!(
         "broker {}",
         config
             .broker_nodes()
@@ -668,7 +668,7 @@ pub(crate) fn config_check(
             .join(", ")
     );
     for repo in &config.repositories {
-        println!(
+        outln!(
             "repository {}: {} (deploys from {})",
             repo.name,
             config::redact_url(&repo.url),
@@ -681,12 +681,12 @@ pub(crate) fn config_check(
         } else {
             "a"
         };
-        println!(
+        outln!(
             "{article} {role} worker of {account} can start here: {}",
             checked.join("; ")
         );
         for warning in &warnings {
-            println!("warning: {warning}");
+            outln!("warning: {warning}");
         }
     }
     for account in &config.accounts {
@@ -698,7 +698,7 @@ pub(crate) fn config_check(
             name.clone()
                 .unwrap_or_else(|| "the executor's environment".into())
         };
-        println!(
+        outln!(
             "account {}: {} ({cap}; job timeout {}; plans as {}, applies as {})",
             account.name,
             account.paths.join(", "),
@@ -707,13 +707,13 @@ pub(crate) fn config_check(
             credentials(&account.apply_credentials),
         );
     }
-    println!(
+    outln!(
         "dispatcher: state in {}, run database {}, worker leases of {} s",
         config.dispatcher.state_dir().display(),
         StoreLocation::of(&config)?,
         config.dispatcher.lease_seconds
     );
-    println!(
+    outln!(
         "retries: up to {} attempts, backoff from {} s, {} retryable pattern(s)",
         config.retry.max_attempts,
         config.retry.backoff_seconds,
@@ -727,7 +727,7 @@ pub(crate) fn config_check(
         .chain(config.approvals.units.iter().cloned())
         .collect();
     if !gated.is_empty() {
-        println!(
+        outln!(
             "approvals: applies of {} wait for {} (cancelled after {})",
             gated.join(", "),
             config.approvals.users.join(" or "),
@@ -878,8 +878,8 @@ fn progress_printer() -> impl FnMut(&RunStatus) {
 
 fn report_run(status: &RunStatus, format: Format) -> Outcome {
     match format {
-        Format::Json => println!("{}", run_status_json(status)),
-        Format::Text => print!("{}", render::summary(status)),
+        Format::Json => outln!("{}", run_status_json(status)),
+        Format::Text => out!("{}", render::summary(status)),
     }
     match status.state {
         RunState::Succeeded => Outcome::Success,

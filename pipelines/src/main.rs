@@ -1,9 +1,10 @@
 //! The `pipelines` binary: argument parsing, logging and exit codes around the libraries.
 //!
 //! Exit codes: 0 success; 1 a job failed or the run was rejected; 2 a usage, configuration or
-//! connection problem (one line on stderr says which).
+//! connection problem, or output that could not be written (one line on stderr says which).
 
 mod commands;
+mod output;
 mod services;
 
 /// mimalloc rather than the system allocator: change detection on a 10k-unit repository runs
@@ -26,7 +27,8 @@ use proto_types::EventKind;
         A CI job runs `pipelines orchestrate` (unprivileged: it only states what changed). An admin-owned \
         `pipelines dispatch` turns each change into jobs, and `pipelines execute` workers, one set per cloud \
         account, run them. `pipelines run` does all three in one process, without RabbitMQ.\n\n\
-        Exit codes: 0 success; 1 a job failed or the run was rejected; 2 usage, configuration or connection error."
+        Exit codes: 0 success; 1 a job failed or the run was rejected; 2 usage, configuration or connection error, \
+        or output that could not be written. A reader that stops early (`| head`) only cuts the output short."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -593,12 +595,22 @@ fn main() -> ExitCode {
         telemetry.shutdown();
         result
     });
-    match result {
-        Ok(Outcome::Success) => ExitCode::SUCCESS,
-        Ok(Outcome::JobFailed) => ExitCode::from(1),
-        Err(err) => {
+    match (result, output::failure()) {
+        (Err(err), _) => {
             eprintln!("error: {err:#}");
             ExitCode::from(2)
+        }
+        // The command did its work but what it printed was lost.
+        (Ok(Outcome::Success), Some(failure)) => {
+            eprintln!("error: {failure}");
+            ExitCode::from(2)
+        }
+        (Ok(Outcome::Success), None) => ExitCode::SUCCESS,
+        (Ok(Outcome::JobFailed), failure) => {
+            if let Some(failure) = failure {
+                eprintln!("error: {failure}");
+            }
+            ExitCode::from(1)
         }
     }
 }
