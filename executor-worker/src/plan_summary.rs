@@ -50,6 +50,21 @@ pub(crate) fn kept(text: &str) -> String {
     format!("{}…", prefix(text, KEPT_BYTES))
 }
 
+/// An error's `text` cut to about [`KEPT_BYTES`], marked when cut: its start and its end, where
+/// serde_json says at which line and column of the plan it stopped (after quoting, whole, a
+/// value of the wrong type).
+pub(crate) fn kept_error(text: &str) -> String {
+    if text.len() <= KEPT_BYTES {
+        return text.to_owned();
+    }
+    let tail = KEPT_BYTES / 4;
+    let mut start = text.len() - tail;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("{}…{}", prefix(text, KEPT_BYTES - tail), &text[start..])
+}
+
 /// The longest start of `text` no longer than `bytes` that ends at a character boundary.
 fn prefix(text: &str, bytes: usize) -> &str {
     if text.len() <= bytes {
@@ -844,6 +859,30 @@ mod tests {
         let summary =
             plan_summary_from(plan(&[("a", r#"["","create"]"#, "v")]).as_bytes()).unwrap();
         assert_eq!(summary.listed, ["a (, create)"]);
+    }
+
+    #[test]
+    fn an_error_quoting_a_long_value_is_cut_in_the_middle_and_keeps_where_it_stopped() {
+        // Actions must be a list: serde_json quotes the string it found instead, whole.
+        let long = "é".repeat(4 * KEPT_BYTES);
+        let err = plan_summary_from(plan(&[("a", &format!(r#""{long}""#), "v")]).as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.len() > 8 * KEPT_BYTES, "{err}");
+        let kept = kept_error(&err);
+        assert!(kept.len() <= KEPT_BYTES + "…".len(), "{}", kept.len());
+        assert!(kept.starts_with("invalid type: string \"éé"), "{kept}");
+        assert!(kept.contains("é…é"), "{kept}");
+        let at = err.rsplit_once(" at line ").unwrap().1;
+        assert!(
+            kept.ends_with(&format!("\", expected a list of actions at line {at}")),
+            "{kept}"
+        );
+        // Short ones are kept whole.
+        assert_eq!(
+            kept_error("expected value at line 1 column 1"),
+            "expected value at line 1 column 1"
+        );
     }
 
     /// `head`, then `fill` over and over, up to `limit` bytes in all, made as it is read.

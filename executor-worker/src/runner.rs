@@ -528,7 +528,7 @@ async fn run_capturing(
         let head = kept.as_deref().unwrap_or_default();
         // Cut: serde_json quotes a value of the wrong type whole (up to a held string's 1 MiB).
         let counts = plan_summary_from(head.chain(&mut reader))
-            .map_err(|err| plan_summary::kept(&err.to_string()));
+            .map_err(|err| plan_summary::kept_error(&err.to_string()));
         // Whatever follows (nothing, from a well-behaved tool) is drained, not kept.
         let _ = std::io::copy(&mut reader, &mut std::io::sink());
         (counts, kept)
