@@ -852,24 +852,64 @@ impl Freezer {
 impl Drop for Freezer {
     fn drop(&mut self) {
         let _ = std::fs::write(self.0.join("freezer.state"), "THAWED");
-        let procs = std::fs::read_to_string(self.0.join("cgroup.procs")).unwrap_or_default();
-        for pid in procs.split_whitespace() {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", pid])
-                .status();
-        }
-        // The group can go once its processes have exited. While a failed test unwinds, a
-        // second panic would abort: then only try, for a few seconds.
-        let started = std::time::Instant::now();
-        let removed = || std::fs::remove_dir(&self.0).is_ok().then_some(());
-        if !std::thread::panicking() {
-            poll_until(DEADLINE, "the freezer group to be removed", removed);
-        } else {
-            while removed().is_none() && started.elapsed() < std::time::Duration::from_secs(10) {
-                std::thread::yield_now();
-            }
+        remove_cgroup(&self.0);
+    }
+}
+
+/// Kills what the cgroup at `dir` holds, then removes it.
+fn remove_cgroup(dir: &Path) {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs.split_whitespace() {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", pid])
+            .status();
+    }
+    // The group can go once its processes have exited. While a failed test unwinds, a second
+    // panic would abort: then only try, for a few seconds.
+    let started = std::time::Instant::now();
+    let removed = || std::fs::remove_dir(dir).is_ok().then_some(());
+    if !std::thread::panicking() {
+        poll_until(
+            DEADLINE,
+            &format!("{} to be removed", dir.display()),
+            removed,
+        );
+    } else {
+        while removed().is_none() && started.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::yield_now();
         }
     }
+}
+
+/// A dispatcher for the sandbox's pull requests of [`pull_request_with_a_provider`], and no
+/// worker yet.
+fn deployment_for_pull_requests_with_a_provider(sandbox: &Sandbox, vhost: &Vhost) -> Deployment {
+    // No TF_CLI_CONFIG_FILE for tools: terraform finds the provider in the unit's
+    // terraform.d/plugins.
+    let config = sandbox.write_config(
+        &vhost.url,
+        &[("dev", "dev/**")],
+        "\n[executor]\npass_env = []\n",
+    );
+    Deployment::start(sandbox.path(), &config, &[])
+}
+
+/// Starts a plan worker `name` of `dev` whose tools run as `uid`, and waits until it is ready.
+fn start_ready_plan_worker(deployment: &mut Deployment, name: &str, uid: u32) {
+    let tool_user = format!("{uid}:{uid}");
+    deployment.start_executor_with(
+        "dev:plan",
+        name,
+        &[("PIPELINES_EXECUTOR__TOOL_USER", tool_user.as_str())],
+    );
+    // An executor that exits instead fails the test with its log.
+    poll_until(DEADLINE, &format!("{name} to be ready"), || {
+        deployment.executor(name).assert_running();
+        deployment
+            .executor_log(name)
+            .contains("Executor ready.")
+            .then_some(())
+    });
 }
 
 /// The provider of a pull request whose plan leaves a process behind: it writes the process's
@@ -904,28 +944,10 @@ fn a_worker_whose_tool_user_has_a_process_the_kill_cannot_end_takes_no_further_j
         "stuck",
         &provider_leaving_a_process(meeting.path()),
     );
-    // No TF_CLI_CONFIG_FILE for tools: terraform finds the provider in the unit's
-    // terraform.d/plugins.
-    let config = sandbox.write_config(
-        &vhost.url,
-        &[("dev", "dev/**")],
-        "\n[executor]\npass_env = []\n",
-    );
-    let mut deployment = Deployment::start(sandbox.path(), &config, &[]);
+    let mut deployment = deployment_for_pull_requests_with_a_provider(&sandbox, &vhost);
     let tool_user = format!("{uid}:{uid}");
     let env = [("PIPELINES_EXECUTOR__TOOL_USER", tool_user.as_str())];
     let outlived = "1 process(es) of the tool user outlived the kill: no job may meet them";
-    let start_ready = |deployment: &mut Deployment, name: &str| {
-        deployment.start_executor_with("dev:plan", name, &env);
-        // An executor that exits instead fails the test with its log.
-        poll_until(DEADLINE, &format!("{name} to be ready"), || {
-            deployment.executor(name).assert_running();
-            deployment
-                .executor_log(name)
-                .contains("Executor ready.")
-                .then_some(())
-        });
-    };
     let stops_for_good = |deployment: &mut Deployment, name: &str| -> String {
         let exit = deployment.executor(name).wait_exit(DEADLINE);
         let log = deployment.forget_executor(name).log_text();
@@ -936,7 +958,7 @@ fn a_worker_whose_tool_user_has_a_process_the_kill_cannot_end_takes_no_further_j
 
     // After a job: the plan left a process that the kill at the job's end cannot end. The job
     // is reported, then the worker stops.
-    start_ready(&mut deployment, "dev-plan-1");
+    start_ready_plan_worker(&mut deployment, "dev-plan-1", uid);
     let run = harness::runs::submit(&sandbox, &vhost, (&c1, &c2), "pull-request", &["--pr", "7"]);
     let stuck: u32 = poll_until(DEADLINE, "the plan to leave a process", || {
         std::fs::read_to_string(meeting.path().join("stuck.pid"))
@@ -976,7 +998,7 @@ fn a_worker_whose_tool_user_has_a_process_the_kill_cannot_end_takes_no_further_j
     // Before a job: a process of the tool user appeared while the worker waited for one (as
     // one of a job dropped with the broker's connection can). The job goes back to the queue
     // unrun, and the worker stops.
-    start_ready(&mut deployment, "dev-plan-3");
+    start_ready_plan_worker(&mut deployment, "dev-plan-3", uid);
     // A process that only waits: frozen, it stands for one stuck in the kernel.
     let mut waiting = python_as(uid, "import time; time.sleep(3600)");
     freezer.freeze(waiting.id());
@@ -994,7 +1016,7 @@ fn a_worker_whose_tool_user_has_a_process_the_kill_cannot_end_takes_no_further_j
     let _ = waiting.wait();
 
     // Nothing of the tool user is left: the next worker runs the job it gave back.
-    start_ready(&mut deployment, "dev-plan-4");
+    start_ready_plan_worker(&mut deployment, "dev-plan-4", uid);
     let detail = wait_final(&sandbox, run);
     let job = harness::runs::job(&detail, "dev/app");
     assert_eq!(
@@ -1002,6 +1024,142 @@ fn a_worker_whose_tool_user_has_a_process_the_kill_cannot_end_takes_no_further_j
         ("succeeded", Some("dev-plan-4")),
         "{detail:#?}"
     );
+    deployment.assert_running();
+}
+
+/// A cgroup v1 memory group of the test's own, inside the test's, limited to a number of bytes:
+/// the memory limit a systemd unit (`MemoryMax`) or a pod sets for a worker and its tools. On
+/// drop, what it holds is killed and it is removed.
+struct MemoryGroup(PathBuf);
+
+impl MemoryGroup {
+    fn new(limit: u64) -> MemoryGroup {
+        let root = Path::new("/sys/fs/cgroup/memory");
+        assert!(
+            root.join("tasks").exists(),
+            "this test needs the cgroup v1 memory controller at {0}, to give a worker a memory limit of its own (as root: `mkdir -p {0} && mount -t cgroup -o memory memory {0}`)",
+            root.display()
+        );
+        // Inside the test's own group, so that the test stays within whatever bounds it.
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let own = own
+            .lines()
+            .find_map(|line| {
+                let (controllers, path) = line.split_once(':')?.1.split_once(':')?;
+                controllers
+                    .split(',')
+                    .any(|c| c == "memory")
+                    .then_some(path)
+            })
+            .unwrap_or("/");
+        let dir = root
+            .join(own.trim_start_matches('/'))
+            .join(format!("pipelines-test-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir(&dir).unwrap_or_else(|err| panic!("{}: {err}", dir.display()));
+        std::fs::write(dir.join("memory.limit_in_bytes"), limit.to_string()).unwrap();
+        // Where the host swaps, the limit holds for memory and swap together.
+        let _ = std::fs::write(dir.join("memory.memsw.limit_in_bytes"), limit.to_string());
+        MemoryGroup(dir)
+    }
+
+    /// Moves process `pid`, all its threads, in: what it starts from now on is in it too.
+    fn enter(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+
+    /// How many processes the kernel killed because the group ran out of memory.
+    fn oom_kills(&self) -> u64 {
+        let control = std::fs::read_to_string(self.0.join("memory.oom_control")).unwrap();
+        control
+            .lines()
+            .find_map(|line| line.strip_prefix("oom_kill "))
+            .unwrap_or_else(|| panic!("no oom_kill count in memory.oom_control:\n{control}"))
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for MemoryGroup {
+    fn drop(&mut self) {
+        remove_cgroup(&self.0);
+    }
+}
+
+/// The provider of a pull request that fills `/dev/shm` (up to 4 GiB, far past any limit here):
+/// memory that is no process's. The file's name says the provider's `oom_score_adj`.
+const PROVIDER_FILLING_SHARED_MEMORY: &str = "#!/usr/bin/python3\n\
+    adj = open('/proc/self/oom_score_adj').read().strip()\n\
+    chunk = b'x' * (1 << 20)\n\
+    with open('/dev/shm/filled-by-oom-score-adj-' + adj, 'wb') as f:\n    \
+        for _ in range(4096):\n        \
+            f.write(chunk)\n        \
+            f.flush()\n";
+
+#[test]
+fn a_plan_that_takes_all_the_memory_is_killed_and_its_worker_goes_on() {
+    require_terraform();
+    // A uid of this test's own.
+    let uid: u32 = 61_027;
+    let _stop_it_anyway = KillOnDrop(uid);
+    // A worker takes some 40 MiB, terraform some 100 MiB: room for both, and not for the plan.
+    let group = MemoryGroup::new(512 << 20);
+    let vhost = rabbit::vhost();
+    let sandbox = Sandbox::new();
+    // The tool user must pass through to its job directories.
+    std::fs::set_permissions(sandbox.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let (c0, c1, c2) =
+        pull_request_with_a_provider(&sandbox, "filling", PROVIDER_FILLING_SHARED_MEMORY);
+    let mut deployment = deployment_for_pull_requests_with_a_provider(&sandbox, &vhost);
+    start_ready_plan_worker(&mut deployment, "dev-plan-1", uid);
+    // Idle, it has started nothing: the tools of its jobs start in the group.
+    let worker = deployment.executor_pid("dev-plan-1");
+    group.enter(worker);
+
+    let run = harness::runs::submit(&sandbox, &vhost, (&c1, &c2), "pull-request", &["--pr", "7"]);
+    let detail = wait_final(&sandbox, run);
+    let job = harness::runs::job(&detail, "dev/filling");
+    assert_eq!(
+        (job.state.as_str(), job.worker.as_deref()),
+        ("failed", Some("dev-plan-1")),
+        "{detail:#?}"
+    );
+    let log = deployment.executor_log("dev-plan-1");
+    assert!(
+        group.oom_kills() > 0,
+        "the plan never ran out of memory:\n{log}"
+    );
+    // The kernel killed a tool (terraform, or its supervisor), not the worker: it picks the
+    // process with the most memory after adding its `oom_score_adj`, which the supervisor sets
+    // high for every tool, so that even small ones go before the worker.
+    deployment.executor("dev-plan-1").assert_running();
+    // What the plan left in /dev/shm, which would keep the group full, went with the job, and
+    // the job says so. (The file's name is the provider's `oom_score_adj`.)
+    let reason = job.reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("/dev/shm/filled-by-oom-score-adj-500"),
+        "{detail:#?}"
+    );
+    let left: Vec<_> = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            use std::os::unix::fs::MetadataExt;
+            entry.metadata().is_ok_and(|meta| meta.uid() == uid)
+        })
+        .map(|entry| entry.path())
+        .collect();
+    assert!(left.is_empty(), "{left:?}\n{log}");
+
+    // The same worker, the same process, plans the next pull request.
+    let run = harness::runs::submit(&sandbox, &vhost, (&c0, &c1), "pull-request", &["--pr", "8"]);
+    let detail = wait_final(&sandbox, run);
+    let job = harness::runs::job(&detail, "dev/app");
+    assert_eq!(
+        (job.state.as_str(), job.worker.as_deref()),
+        ("succeeded", Some("dev-plan-1")),
+        "{detail:#?}"
+    );
+    assert_eq!(deployment.executor_pid("dev-plan-1"), worker);
     deployment.assert_running();
 }
 
