@@ -133,21 +133,33 @@ pub fn run(command: Command, deadline: Duration) -> Finished {
 
 /// [`run`] with the command's standard output sent to `stdout` (a pipe whose reader has gone,
 /// `/dev/full`); [`Finished::stdout`] holds it only when `stdout` is [`Stdio::piped`].
-pub fn run_writing_to(mut command: Command, stdout: Stdio, deadline: Duration) -> Finished {
+pub fn run_writing_to(command: Command, stdout: Stdio, deadline: Duration) -> Finished {
+    run_writing_both_to(command, stdout, Stdio::piped(), deadline)
+}
+
+/// [`run_writing_to`] with standard error sent to `stderr` as well.
+pub fn run_writing_both_to(
+    mut command: Command,
+    stdout: Stdio,
+    stderr: Stdio,
+    deadline: Duration,
+) -> Finished {
     let mut child = command
         .stdin(Stdio::null())
         .stdout(stdout)
-        .stderr(Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .unwrap_or_else(|err| panic!("cannot start {command:?}: {err}"));
     let pid = child.id();
     let stdout = child.stdout.take();
-    let mut stderr = child.stderr.take().unwrap();
+    let stderr = child.stderr.take();
     let (done, finished) = mpsc::channel();
     std::thread::spawn(move || {
         let err_reader = std::thread::spawn(move || {
             let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text);
+            if let Some(mut stderr) = stderr {
+                let _ = stderr.read_to_string(&mut text);
+            }
             text
         });
         let mut out = String::new();

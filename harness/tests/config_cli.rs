@@ -121,6 +121,19 @@ fn output_a_reader_stopped_reading_is_dropped_quietly_and_output_a_full_disk_los
     assert_eq!(cut.code(), Some(0), "{}", cut.transcript());
     assert!(cut.stderr.is_empty(), "{}", cut.transcript());
 
+    // Both streams' reader gone, as after `2>&1 | head -1`: an error still exits 2.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut missing = fixture.pipelines(&["config", "check", "/nonexistent.toml"]);
+    missing.env_remove("RUST_LOG");
+    let unread = process::run_writing_both_to(
+        missing,
+        writer.try_clone().unwrap().into(),
+        writer.into(),
+        Duration::from_secs(30),
+    );
+    assert_eq!(unread.code(), Some(2), "{}", unread.transcript());
+
     let full = std::fs::File::options()
         .write(true)
         .open("/dev/full")

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::output::{out, outln};
+use crate::output::{errln, out, outln};
 use crate::{
     ApprovalArgs, CancelArgs, ChangeArgs, DriftStatusArgs, Format, OrchestrateArgs, Outcome,
     RunArgs, StatusArgs,
@@ -56,7 +56,7 @@ async fn orchestrate_in(args: OrchestrateArgs, span: tracing::Span) -> anyhow::R
             return Ok(Outcome::Success);
         }
         for warning in &detected.detection.warnings {
-            eprintln!("warning: {warning}");
+            errln!("warning: {warning}");
         }
         if let Some(outcome) = refuse_if_needed(&detected) {
             return Ok(outcome);
@@ -78,7 +78,7 @@ async fn orchestrate_in(args: OrchestrateArgs, span: tracing::Span) -> anyhow::R
         false => None,
     };
     submit(&broker, &event).await?;
-    eprintln!(
+    errln!(
         "Submitted run {} ({} unit(s)).",
         event.id,
         event
@@ -177,7 +177,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     }
     let detected = detect(&range, &args.change.repo)?;
     for warning in &detected.detection.warnings {
-        eprintln!("warning: {warning}");
+        errln!("warning: {warning}");
     }
     if let Some(outcome) = refuse_if_needed(&detected) {
         return Ok(outcome);
@@ -274,9 +274,9 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let mut follower = broker.follow_run(event.id).await?;
     submit(&broker, &event).await?;
     if let Some(address) = served {
-        eprintln!("Follow the run at http://{address}/runs/{}", event.id);
+        errln!("Follow the run at http://{address}/runs/{}", event.id);
     }
-    eprintln!(
+    errln!(
         "Running {} unit(s) of {} ({} {}..{}) in embedded mode.",
         detected.detection.units().len(),
         repository,
@@ -298,7 +298,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let outcome = report_run(&status, args.format);
     if let Some(address) = served {
         // The page stays until the user has seen it; the components stay too, idle.
-        eprintln!(
+        errln!(
             "The run's page stays at http://{address}/runs/{}; press Ctrl-C to stop.",
             event.id
         );
@@ -346,7 +346,7 @@ pub(crate) fn broker_definitions(
                     uuid::Uuid::new_v4().simple(),
                     uuid::Uuid::new_v4().simple()
                 );
-                eprintln!("{name} {generated}");
+                errln!("{name} {generated}");
                 generated
             }
         };
@@ -410,13 +410,13 @@ pub(crate) fn store_migrate(
     anyhow::ensure!(from != to, "--from and --to are the same database ({from})");
     let source = Store::connect_read_only(&from).with_context(|| format!("--from {from}"))?;
     let target = Store::connect(&to).with_context(|| format!("--to {to}"))?;
-    eprintln!("Copying {from} into {to}");
+    errln!("Copying {from} into {to}");
     let started = std::time::Instant::now();
     let copied = source.copy_into(&target, |table, rows| {
-        eprintln!("  {table}: {rows} rows");
+        errln!("  {table}: {rows} rows");
     })?;
     let rows: usize = copied.iter().map(|(_, rows)| rows).sum();
-    eprintln!(
+    errln!(
         "Copied {rows} rows in {:.1} s. Point [dispatcher] store at {to} and start the dispatchers.",
         started.elapsed().as_secs_f64()
     );
@@ -473,7 +473,7 @@ pub(crate) async fn cancel(args: CancelArgs) -> anyhow::Result<Outcome> {
         requested_by: requested_by(),
     };
     send_control(&config, "pipelines-cancel", &order).await?;
-    eprintln!("Asked the dispatcher to cancel run {run_id}.");
+    errln!("Asked the dispatcher to cancel run {run_id}.");
     Ok(Outcome::Success)
 }
 
@@ -514,7 +514,7 @@ pub(crate) async fn approve(
         || "every job awaiting approval".to_owned(),
         |u| format!("unit {u}"),
     );
-    eprintln!(
+    errln!(
         "Asked the dispatcher to {} {what} of run {run_id} as {user}; `pipelines status {run_id}` shows the result.",
         verdict.as_str()
     );
@@ -587,7 +587,7 @@ pub(crate) fn policy_test(
         .with_context(|| format!("cannot read the plan {}", plan_path.display()))?;
     let policies = executor_worker::policy::Policies::load(&config.policies, &config.policy);
     if !policies.govern(&context.account, &context.unit) {
-        eprintln!(
+        errln!(
             "No policy set in {} governs {} of account {}: an executor would not check this plan.",
             config_path.display(),
             context.unit,
@@ -832,9 +832,9 @@ fn refuse_if_needed(detected: &DetectOutcome) -> Option<Outcome> {
         return None;
     }
     for refusal in &detected.detection.refusals {
-        eprintln!("refused: {refusal}");
+        errln!("refused: {refusal}");
     }
-    eprintln!("Nothing was submitted: the change deletes units that others still depend on.");
+    errln!("Nothing was submitted: the change deletes units that others still depend on.");
     Some(Outcome::JobFailed)
 }
 
@@ -870,7 +870,7 @@ fn progress_printer() -> impl FnMut(&RunStatus) {
     let mut previous: Option<RunStatus> = None;
     move |status| {
         for line in render::progress(previous.as_ref(), status) {
-            eprintln!("{line}");
+            errln!("{line}");
         }
         previous = Some(status.clone());
     }

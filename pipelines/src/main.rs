@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use output::errln;
 use proto_types::EventKind;
 
 #[derive(Debug, Parser)]
@@ -515,7 +516,7 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
+            errln!("error: cannot start the async runtime: {err}");
             return ExitCode::from(2);
         }
     };
@@ -597,18 +598,18 @@ fn main() -> ExitCode {
     });
     match (result, output::failure()) {
         (Err(err), _) => {
-            eprintln!("error: {err:#}");
+            errln!("error: {err:#}");
             ExitCode::from(2)
         }
         // The command did its work but what it printed was lost.
         (Ok(Outcome::Success), Some(failure)) => {
-            eprintln!("error: {failure}");
+            errln!("error: {failure}");
             ExitCode::from(2)
         }
         (Ok(Outcome::Success), None) => ExitCode::SUCCESS,
         (Ok(Outcome::JobFailed), failure) => {
             if let Some(failure) = failure {
-                eprintln!("error: {failure}");
+                errln!("error: {failure}");
             }
             ExitCode::from(1)
         }

@@ -1,5 +1,6 @@
-//! What the commands print on standard output, through [`out!`] and [`outln!`]: a reader that
-//! stops early (`pipelines status | head -1`) ends what is printed, not the command.
+//! What the commands print, through [`out!`] and [`outln!`] on standard output and [`errln!`]
+//! on standard error: a reader that stops early (`pipelines status | head -1`, or
+//! `pipelines run … 2>&1 | head`) ends what is printed, not the command.
 //!
 //! `print!` panics when standard output fails, and a pipe whose reader has gone fails with
 //! `EPIPE` (Rust ignores `SIGPIPE`, so nothing else ends the process). A command panicking
@@ -63,4 +64,15 @@ macro_rules! outln {
     ($($arg:tt)*) => { $crate::output::write(format_args!("{}\n", format_args!($($arg)*))) };
 }
 
-pub(crate) use {out, outln};
+/// `eprintln!` that cannot panic: standard error is where failures are said, so one of its
+/// own has nowhere to go, and the command goes on.
+pub(crate) fn write_err(text: std::fmt::Arguments<'_>) {
+    let _ = io::stderr().lock().write_fmt(text);
+}
+
+/// `eprintln!` to standard error, through [`write_err`].
+macro_rules! errln {
+    ($($arg:tt)*) => { $crate::output::write_err(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+pub(crate) use {errln, out, outln};
