@@ -30,8 +30,11 @@ use tokio::signal::unix::{SignalKind, signal};
 /// tool uid on one host share the budget.
 pub const TOOL_TASKS: u64 = 4096;
 
-/// The tool's `oom_score_adj` (from -1000, never, to 1000, first).
-const TOOL_OOM_SCORE_ADJ: &str = "500";
+/// The tool's `oom_score_adj` (from -1000, never, to 1000, first): the most, so that a tool
+/// goes before its worker wherever the worker stands. Kubernetes gives a Burstable pod's
+/// processes up to 999 (and a process without `CAP_SYS_RESOURCE` may not lower its own), so
+/// any value lower could leave the tool below the worker there.
+const TOOL_OOM_SCORE_ADJ: &str = "1000";
 
 /// How often the supervisor checks that its worker is still there.
 const PARENT_CHECK: Duration = Duration::from_millis(100);
@@ -79,8 +82,8 @@ pub fn supervise(
     // inherited: turn them back on, so that the host's policy applies to the tool.
     let _ = rustix::thread::disable_transparent_huge_pages(false);
     // Inherited by the tool: when memory runs out (a plan that filled /dev/shm, in a unit or
-    // pod with a memory limit), the kernel kills the tool's processes before the worker.
-    // Raising one's own score needs no privilege.
+    // pod with a memory limit), the kernel kills the tool's processes before the worker, even
+    // a small one. Raising one's own score needs no privilege.
     let _ = std::fs::write("/proc/self/oom_score_adj", TOOL_OOM_SCORE_ADJ);
     runtime.block_on(run(worker_pid, user, program, args))
 }

@@ -184,7 +184,7 @@ fn policy_test_evaluates_a_plan_file_like_an_executor_and_exits_1_on_a_deny() {
         "{}",
         denied.stdout
     );
-    // Piped into `head -1`, which reads its line and goes: the deny still exits 1.
+    // Its reader gone, as after `| head -1` has read its line: the deny still exits 1.
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
     let mut command = policy_test(&plan, "text");
