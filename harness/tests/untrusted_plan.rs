@@ -763,23 +763,26 @@ struct KillOnDrop(u32);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        use std::os::unix::fs::MetadataExt;
         use std::os::unix::process::CommandExt;
         let _ = std::process::Command::new("/usr/bin/python3")
             .args(["-c", "import os; os.kill(-1, 9)"])
             .uid(self.0)
             .gid(self.0)
             .status();
-        for entry in std::fs::read_dir("/dev/shm")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if entry.metadata().is_ok_and(|meta| meta.uid() == self.0) {
-                let _ = std::fs::remove_file(entry.path());
-            }
+        for path in shared_memory_files_of(self.0).unwrap_or_default() {
+            let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// The files in `/dev/shm` that `uid` owns.
+fn shared_memory_files_of(uid: u32) -> std::io::Result<Vec<PathBuf>> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::read_dir("/dev/shm")?
+        .filter_map(Result::ok)
+        .filter(|entry| entry.metadata().is_ok_and(|meta| meta.uid() == uid))
+        .map(|entry| entry.path())
+        .collect())
 }
 
 #[test]
@@ -1163,15 +1166,7 @@ fn a_plan_that_takes_all_the_memory_is_killed_and_its_worker_goes_on() {
         reason.contains("/dev/shm/filled-by-oom-score-adj-1000"),
         "{detail:#?}"
     );
-    let left: Vec<_> = std::fs::read_dir("/dev/shm")
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter(|entry| {
-            use std::os::unix::fs::MetadataExt;
-            entry.metadata().is_ok_and(|meta| meta.uid() == uid)
-        })
-        .map(|entry| entry.path())
-        .collect();
+    let left = shared_memory_files_of(uid).unwrap();
     assert!(left.is_empty(), "{left:?}\n{log}");
 
     // The same worker, the same process, plans the next pull request.
