@@ -9,6 +9,7 @@
 //! leader exits: nothing it holds in memory may outlive its term, and its supervisor starts
 //! it again as a standby.
 
+use std::io::Write as _;
 use std::time::Duration;
 
 use telemetry::Ops;
@@ -201,7 +202,12 @@ impl Leadership {
             loop {
                 if let Some(reason) = lost.borrow_and_update().clone() {
                     tracing::error!(%reason, "This dispatcher steps down (its supervisor starts it again as a standby).");
-                    eprintln!("error: {reason}: this dispatcher steps down");
+                    // Not eprintln!: it panics when stderr is closed, which would end this
+                    // task instead of the process and leave a deposed leader running.
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "error: {reason}: this dispatcher steps down"
+                    );
                     std::process::exit(3);
                 }
                 if lost.changed().await.is_err() {

@@ -1109,6 +1109,24 @@ impl Drop for MemoryGroup {
     }
 }
 
+/// How many bytes of `/dev/shm` are free, as `df` says.
+fn shared_memory_free() -> u64 {
+    let df = std::process::Command::new("df")
+        .args(["-B1", "--output=avail", "/dev/shm"])
+        .output()
+        .expect("df runs");
+    let said = String::from_utf8_lossy(&df.stdout);
+    said.lines()
+        .nth(1)
+        .and_then(|line| line.trim().parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "df -B1 --output=avail /dev/shm said {said:?} ({:?})",
+                df.status
+            )
+        })
+}
+
 /// The provider of a pull request that fills `/dev/shm` (up to 4 GiB, far past any limit here):
 /// memory that is no process's. The file's name says the provider's `oom_score_adj`.
 const PROVIDER_FILLING_SHARED_MEMORY: &str = "#!/usr/bin/python3\n\
@@ -1127,7 +1145,17 @@ fn a_plan_that_takes_all_the_memory_is_killed_and_its_worker_goes_on() {
     let _stop_it_anyway = KillOnDrop(uid);
     // Room for terraform and what the worker allocates once it is in (its memory from before
     // stays where it was charged), and not for the plan.
-    let group = MemoryGroup::new(512 << 20);
+    let limit: u64 = 512 << 20;
+    // The plan fills its group through /dev/shm: with less free there than the group holds,
+    // it would run out of room instead, and this test would prove nothing.
+    let free = shared_memory_free();
+    assert!(
+        free > limit,
+        "this test needs more than {} MiB free in /dev/shm, where the plan writes what fills its memory group; {} MiB are (as root: `mount -o remount,size=1G /dev/shm`)",
+        limit >> 20,
+        free >> 20
+    );
+    let group = MemoryGroup::new(limit);
     let vhost = rabbit::vhost();
     let sandbox = Sandbox::new();
     // The tool user must pass through to its job directories.
@@ -1151,7 +1179,7 @@ fn a_plan_that_takes_all_the_memory_is_killed_and_its_worker_goes_on() {
     let log = deployment.executor_log("dev-plan-1");
     assert!(
         group.oom_kills() > 0,
-        "the plan never ran out of memory (is /dev/shm larger than the group's 512 MiB?):\n{log}"
+        "the plan never ran out of memory:\n{log}"
     );
     // The kernel killed a tool (terraform, its provider or its supervisor), not the worker: it
     // picks the process with the most memory after adding its `oom_score_adj`, which the

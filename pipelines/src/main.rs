@@ -1,7 +1,9 @@
 //! The `pipelines` binary: argument parsing, logging and exit codes around the libraries.
 //!
 //! Exit codes: 0 success; 1 a job failed or the run was rejected; 2 a usage, configuration or
-//! connection problem, or output that could not be written (one line on stderr says which).
+//! connection problem, or output that could not be written (one line on stderr says which);
+//! 3 a dispatcher lost the lead to another (`dispatcher::leadership`): its supervisor starts it
+//! again, as a standby.
 
 mod commands;
 mod output;
@@ -29,7 +31,8 @@ use proto_types::EventKind;
         `pipelines dispatch` turns each change into jobs, and `pipelines execute` workers, one set per cloud \
         account, run them. `pipelines run` does all three in one process, without RabbitMQ.\n\n\
         Exit codes: 0 success; 1 a job failed or the run was rejected; 2 usage, configuration or connection error, \
-        or output that could not be written. A reader that stops early (`| head`) only cuts the output short."
+        or output that could not be written; 3 `dispatch` lost the lead to another dispatcher (start it again: \
+        it stands by). A reader that stops early (`| head`) only cuts the output short."
 )]
 struct Cli {
     #[command(subcommand)]
