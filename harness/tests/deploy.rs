@@ -547,6 +547,53 @@ fn kubernetes_manifests_have_a_deployment_per_account_and_a_dispatcher_with_a_vo
             );
             assert!(url.starts_with(&format!("amqp://{name}@")), "{name}: {url}");
             tool_users.push(env["PIPELINES_EXECUTOR__TOOL_USER"].clone());
+            // The init container checks the worker that will start: its policy, account and
+            // role, its settings from the environment (a missing tool user or password file
+            // would leave their checks out) and its read-only mounts.
+            let init = pod["initContainers"]
+                .as_vec()
+                .and_then(|init| {
+                    init.iter()
+                        .find(|c| c["name"].as_str() == Some("isolation"))
+                })
+                .unwrap_or_else(|| panic!("{name}: no isolation init container"));
+            assert_eq!(
+                words(&init["args"]),
+                [
+                    "config",
+                    "check",
+                    arg("--config").as_str(),
+                    "--account",
+                    account.as_str(),
+                    "--role",
+                    role
+                ],
+                "{name}"
+            );
+            let init_env: BTreeMap<String, String> = init["env"]
+                .as_vec()
+                .map(|vars| {
+                    vars.iter()
+                        .map(|var| (text_of(&var["name"]), text_of(&var["value"])))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for (variable, value) in env.iter().filter(|(v, _)| v.starts_with("PIPELINES_")) {
+                assert_eq!(
+                    init_env.get(variable),
+                    Some(value),
+                    "{name}: the init container's {variable}"
+                );
+            }
+            let init_mounts = init["volumeMounts"].as_vec().unwrap();
+            for mount in container["volumeMounts"].as_vec().unwrap() {
+                if mount["readOnly"].as_bool() == Some(true) {
+                    assert!(
+                        init_mounts.contains(mount),
+                        "{name}: the init container lacks {mount:?}"
+                    );
+                }
+            }
             find("Secret", &name);
             let volumes = pod["volumes"].as_vec().unwrap();
             let secret_volumes: Vec<String> = volumes
@@ -753,12 +800,33 @@ fn systemd_units_run_the_documented_commands_and_drain_within_their_stop_timeout
         printed.starts_with("tool_user=61103:61103 execute "),
         "each instance its own tool user: {printed}"
     );
+    // The check before it checks that worker: its account, role and tool user.
+    let check = unit_commands(&executor, "ExecStartPre")
+        .into_iter()
+        .find(|command| command.contains("config check"))
+        .expect("an ExecStartPre runs config check");
+    let output = run_unit_shell(&check, "eu-prod-plan-3", dir.path());
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        printed.trim_end(),
+        format!(
+            "tool_user=61103:61103 config check {}/pipelines.toml --account eu-prod --role plan",
+            dir.path().display()
+        )
+    );
 
     // Two env files with one base would give a plan's tools and an apply's tools one uid: the
     // instance refuses to start, as it does without a base.
     let guard = unit_commands(&executor, "ExecStartPre")
         .into_iter()
-        .find(|command| command.contains("PIPELINES_TOOL_UID_BASE"))
+        .find(|command| {
+            command.contains("PIPELINES_TOOL_UID_BASE") && !command.contains("config check")
+        })
         .expect("an ExecStartPre checks the tool uids");
     let starts = |instance: &str| {
         let output = run_unit_shell(&guard, instance, dir.path());
