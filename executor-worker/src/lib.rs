@@ -33,6 +33,7 @@ mod output;
 mod pipe;
 pub mod plan_summary;
 pub mod policy;
+mod remove_tree;
 mod runner;
 mod shared_sources;
 mod shared_temp;

@@ -87,9 +87,9 @@ fn sweep(tools: ToolUser, dir: &Path, depth: usize, removed: &mut Removed) {
             continue;
         };
         if meta.uid() == uid {
-            // `remove_dir_all` does not follow links either, nor races with a swap of one.
+            // `remove_tree` does not follow links either, nor stops at any depth.
             let gone = if meta.is_dir() {
-                std::fs::remove_dir_all(&path)
+                crate::remove_tree::remove_tree(&path)
             } else {
                 std::fs::remove_file(&path)
             };

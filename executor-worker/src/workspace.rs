@@ -28,6 +28,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::access::{Access, SEARCH, created_writable_by, writable_by};
+use crate::remove_tree::remove_tree;
 use config::ToolUser;
 use rustix::process::{Pid, Signal};
 use tokio::process::Command;
@@ -500,9 +501,17 @@ impl Workspace {
         JobDir::at(&self.root.join("jobs").join(job_id.to_string()))
     }
 
-    /// Removes a job's directory. Best effort: a leftover directory is replaced next time.
+    /// Removes a job's directory, however deep its tools nested theirs. Best effort: a
+    /// leftover directory is tried again before the next job, and a later one never reads it
+    /// (each job has a directory of its own).
     pub async fn remove(&self, job: &JobDir) {
-        let _ = tokio::fs::remove_dir_all(&job.root).await;
+        let root = job.root.clone();
+        let removed = tokio::task::spawn_blocking(move || remove_tree(&root)).await;
+        if let Ok(Err(err)) = removed
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %job.root.display(), error = %err, "Cannot remove a job's directory; trying again before the next job.");
+        }
     }
 
     /// Removes every job directory: before a job starts, any is a leftover of one that was
@@ -514,8 +523,13 @@ impl Workspace {
         };
         let mut removed = 0;
         while let Ok(Some(job)) = jobs.next_entry().await {
-            if tokio::fs::remove_dir_all(job.path()).await.is_ok() {
-                removed += 1;
+            let dir = job.path();
+            match tokio::task::spawn_blocking(move || remove_tree(&dir)).await {
+                Ok(Ok(())) => removed += 1,
+                Ok(Err(err)) => {
+                    tracing::warn!(dir = %job.path().display(), error = %err, "Cannot remove a directory an earlier job left.");
+                }
+                Err(_) => {}
             }
         }
         removed

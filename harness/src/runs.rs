@@ -129,6 +129,26 @@ pub fn job<'a>(detail: &'a RunDetail, unit: &str) -> &'a JobSummary {
         .unwrap_or_else(|| panic!("no job for {unit} in {detail:#?}"))
 }
 
+/// The dispatcher's copy of `job`'s log in `run` (streamed by its worker), once its end
+/// marker says it is complete: the log's path, and the marker.
+pub fn stored_log(sandbox: &Sandbox, run: Uuid, job: Uuid) -> (std::path::PathBuf, String) {
+    let job_dir = sandbox
+        .dispatcher_state_dir()
+        .join("logs")
+        .join(run.to_string())
+        .join(job.to_string());
+    poll_until(DEADLINE, &format!("job {job}'s log to be complete"), || {
+        let log = std::fs::read_dir(&job_dir)
+            .ok()?
+            .flatten()
+            .map(|entry| entry.path())
+            .find(|path| path.extension().is_some_and(|e| e == "log"))?;
+        // The marker is written after the log is created: wait until it says how it ended.
+        let end = std::fs::read_to_string(log.with_extension("end")).ok()?;
+        end.starts_with("complete").then_some((log, end))
+    })
+}
+
 /// Fails unless `unit`'s job ended in `state` on `worker` at `attempt`.
 pub fn assert_job(detail: &RunDetail, unit: &str, state: &str, worker: &str, attempt: u32) {
     let found = job(detail, unit);

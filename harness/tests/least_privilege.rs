@@ -496,23 +496,8 @@ fn a_log_chunk_from_another_accounts_or_roles_executor_is_dead_lettered_and_the_
     let detail = harness::runs::wait_final(&world.sandbox, run);
     assert_eq!(detail.run.state, "succeeded", "{detail:#?}");
     let job = harness::runs::job(&detail, "prod/app");
-    let job_dir = world
-        .sandbox
-        .dispatcher_state_dir()
-        .join("logs")
-        .join(run.to_string())
-        .join(job.job_id.to_string());
     // The job's own worker streamed its log to the end, through the same check.
-    let (log, end) = harness::poll_until(DEADLINE, "prod/app's log to be complete", || {
-        let entries = std::fs::read_dir(&job_dir).ok()?;
-        let log = entries
-            .flatten()
-            .map(|entry| entry.path())
-            .find(|path| path.extension().is_some_and(|e| e == "log"))?;
-        // The marker is written after it is created: wait until it says how the log ended.
-        let end = std::fs::read_to_string(log.with_extension("end")).ok()?;
-        end.starts_with("complete").then_some((log, end))
-    });
+    let (log, end) = harness::runs::stored_log(&world.sandbox, run, job.job_id);
     assert!(end.starts_with("complete"), "{end}");
     let kept = std::fs::read_to_string(&log).unwrap();
     assert!(!kept.is_empty(), "the worker's log is empty");

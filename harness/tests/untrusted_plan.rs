@@ -769,8 +769,14 @@ impl Drop for KillOnDrop {
             .uid(self.0)
             .gid(self.0)
             .status();
-        for path in shared_memory_files_of(self.0).unwrap_or_default() {
-            let _ = std::fs::remove_file(path);
+        // `rm`, which removes a tree at any depth (a test's plan may have nested one deep).
+        let left = shared_memory_files_of(self.0).unwrap_or_default();
+        if !left.is_empty() {
+            let _ = std::process::Command::new("rm")
+                .arg("-rf")
+                .arg("--")
+                .args(left)
+                .status();
         }
     }
 }
@@ -1197,17 +1203,102 @@ fn a_plan_that_takes_all_the_memory_is_killed_and_its_worker_goes_on() {
     let left = shared_memory_files_of(uid).unwrap();
     assert!(left.is_empty(), "{left:?}\n{log}");
 
-    // The same worker, the same process, plans the next pull request.
-    let run = harness::runs::submit(&sandbox, &vhost, (&c0, &c1), "pull-request", &["--pr", "8"]);
-    let detail = wait_final(&sandbox, run);
+    assert_the_same_worker_plans_the_next_pull_request(
+        &sandbox,
+        &vhost,
+        &mut deployment,
+        (&c0, &c1),
+        worker,
+    );
+}
+
+/// Fails unless the plan worker `dev-plan-1`, still the process `pid`, plans the next pull
+/// request (`c0..c1`, the unit `dev/app` of [`pull_request_with_a_provider`]), and every
+/// service still runs.
+fn assert_the_same_worker_plans_the_next_pull_request(
+    sandbox: &Sandbox,
+    vhost: &Vhost,
+    deployment: &mut Deployment,
+    (c0, c1): (&str, &str),
+    pid: u32,
+) {
+    let run = harness::runs::submit(sandbox, vhost, (c0, c1), "pull-request", &["--pr", "8"]);
+    let detail = wait_final(sandbox, run);
     let job = harness::runs::job(&detail, "dev/app");
     assert_eq!(
         (job.state.as_str(), job.worker.as_deref()),
         ("succeeded", Some("dev-plan-1")),
         "{detail:#?}"
     );
-    assert_eq!(deployment.executor_pid("dev-plan-1"), worker);
+    assert_eq!(deployment.executor_pid("dev-plan-1"), pid);
     deployment.assert_running();
+}
+
+/// The provider of a pull request that nests directories 100,000 deep, past the open-file
+/// limit and past what a removal that recursed could take on its stack: once in `/dev/shm`,
+/// once where terraform starts it (the unit's directory in the job's checkout).
+const PROVIDER_NESTING_DIRECTORIES: &str = "#!/usr/bin/python3\n\
+    import os\n\
+    def nest(top):\n    \
+        os.mkdir(top)\n    \
+        os.chdir(top)\n    \
+        for _ in range(100000):\n        \
+            os.mkdir('d')\n        \
+            os.chdir('d')\n    \
+        open('bottom', 'w').write('held')\n\
+    unit = os.getcwd()\n\
+    nest('/dev/shm/nested-by-a-plan')\n\
+    nest(os.path.join(unit, 'nested-by-a-plan'))\n";
+
+#[test]
+fn a_plan_that_nests_directories_past_every_limit_leaves_nothing_and_its_worker_goes_on() {
+    require_terraform();
+    // A uid of this test's own.
+    let uid: u32 = 61_028;
+    let _stop_it_anyway = KillOnDrop(uid);
+    let vhost = rabbit::vhost();
+    let sandbox = Sandbox::new();
+    // The tool user must pass through to its job directories.
+    std::fs::set_permissions(sandbox.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let (c0, c1, c2) =
+        pull_request_with_a_provider(&sandbox, "nesting", PROVIDER_NESTING_DIRECTORIES);
+    let mut deployment = deployment_for_pull_requests_with_a_provider(&sandbox, &vhost);
+    start_ready_plan_worker(&mut deployment, "dev-plan-1", uid);
+    let worker = deployment.executor_pid("dev-plan-1");
+
+    let run = harness::runs::submit(&sandbox, &vhost, (&c1, &c2), "pull-request", &["--pr", "7"]);
+    let detail = wait_final(&sandbox, run);
+    let job = harness::runs::job(&detail, "dev/nesting");
+    assert_eq!(
+        (job.state.as_str(), job.worker.as_deref()),
+        ("failed", Some("dev-plan-1")),
+        "{detail:#?}"
+    );
+    let log = deployment.executor_log("dev-plan-1");
+    // The plan did nest (its provider got that far), and both trees went with the job: its
+    // output says what was removed from /dev/shm.
+    let (output, _) = harness::runs::stored_log(&sandbox, run, job.job_id);
+    let output = std::fs::read_to_string(output).unwrap();
+    assert!(
+        output.contains("left in the shared temporary directories: /dev/shm/nested-by-a-plan"),
+        "{output}\n{log}"
+    );
+    let left = shared_memory_files_of(uid).unwrap();
+    assert!(left.is_empty(), "{left:?}\n{log}");
+    let jobs = sandbox.path().join("work/dev-plan-1/jobs");
+    let job_dirs: Vec<PathBuf> = std::fs::read_dir(&jobs)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert!(job_dirs.is_empty(), "{job_dirs:?}\n{log}");
+
+    assert_the_same_worker_plans_the_next_pull_request(
+        &sandbox,
+        &vhost,
+        &mut deployment,
+        (&c0, &c1),
+        worker,
+    );
 }
 
 /// Asserts that `finished` refused to start because `tool_user` owns the plugin `cache`.
