@@ -553,6 +553,24 @@ impl Workspace {
         args: &[&str],
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Result<String, WorkspaceError> {
+        // A repository URL's user information goes to git as a setting in its environment,
+        // never as an argument: see [`credentials_apart`].
+        let mut settings: Vec<(String, String)> = self
+            .git
+            .config
+            .iter()
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        let args: Vec<String> = args
+            .iter()
+            .map(|arg| match credentials_apart(arg) {
+                Some((bare, setting)) => {
+                    settings.push(setting);
+                    bare
+                }
+                None => (*arg).to_owned(),
+            })
+            .collect();
         let mut command = Command::new("git");
         // Only the worker's settings: no system or global file (a job running as the worker
         // could write ~/.gitconfig), no hooks, no fsmonitor, no replace refs, no prompts.
@@ -568,8 +586,8 @@ impl Workspace {
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
             .env("GIT_NO_REPLACE_OBJECTS", "1")
             .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_CONFIG_COUNT", self.git.config.len().to_string());
-        for (i, (key, value)) in self.git.config.iter().enumerate() {
+            .env("GIT_CONFIG_COUNT", settings.len().to_string());
+        for (i, (key, value)) in settings.iter().enumerate() {
             command
                 .env(format!("GIT_CONFIG_KEY_{i}"), key)
                 .env(format!("GIT_CONFIG_VALUE_{i}"), value);
@@ -578,7 +596,7 @@ impl Workspace {
             command.arg("--git-dir").arg(dir);
         }
         command
-            .args(args)
+            .args(&args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -610,7 +628,7 @@ impl Workspace {
             Ok(String::from_utf8_lossy(&output.stdout).into_owned())
         } else {
             let mut stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-            for arg in args {
+            for arg in &args {
                 let redacted = config::redact_url(arg);
                 if redacted != *arg {
                     stderr = stderr.replace(arg, &redacted);
@@ -636,6 +654,57 @@ pub(crate) fn create_dir(path: &Path, mode: u32) -> Result<(), WorkspaceError> {
 
 fn path_arg(path: &Path) -> String {
     path.to_string_lossy().into_owned()
+}
+
+/// An http(s) URL's user information (`https://x-access-token:TOKEN@host/…`, or a token
+/// alone before the `@`) as a git setting instead: `(the URL without it, (key, value))`,
+/// where the setting sends it as a Basic `Authorization` header to that URL only. `None`
+/// for any other URL, and for other arguments. Git and its transport helper show their
+/// arguments to every user of the host (`/proc/PID/cmdline`), the tools of a plan running
+/// beside this worker among them, while their environment is theirs alone.
+fn credentials_apart(arg: &str) -> Option<(String, (String, String))> {
+    use base64::Engine;
+    let (scheme, rest) = arg.split_once("://")?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (userinfo, host) = rest[..authority_end].rsplit_once('@')?;
+    let bare = format!("{scheme}://{host}{}", &rest[authority_end..]);
+    // As git reads them: percent-decoded, and a password left out is an empty one.
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let mut basic = percent_decoded(user);
+    basic.push(b':');
+    basic.extend(percent_decoded(password));
+    let header = format!(
+        "Authorization: Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(basic)
+    );
+    Some((bare.clone(), (format!("http.{bare}.extraHeader"), header)))
+}
+
+/// `text` with each `%XX` turned into its byte.
+fn percent_decoded(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let hex = bytes
+            .get(at + 1..at + 3)
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match (bytes[at], hex) {
+            (b'%', Some(byte)) => {
+                decoded.push(byte);
+                at += 3;
+            }
+            (byte, _) => {
+                decoded.push(byte);
+                at += 1;
+            }
+        }
+    }
+    decoded
 }
 
 /// Hands a directory tree to `owner`, never following a symlink out of it. Depth first, each
@@ -1030,6 +1099,108 @@ mod tests {
             "{err}"
         );
         drop(listener);
+    }
+
+    #[test]
+    fn the_user_information_of_an_http_url_becomes_a_header_for_that_url_alone() {
+        use base64::Engine;
+        let basic = |credentials: &str| {
+            format!(
+                "Authorization: Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(credentials)
+            )
+        };
+        assert_eq!(
+            credentials_apart("https://x-access-token:s3cr%2Ft@github.com/acme/infra.git"),
+            Some((
+                "https://github.com/acme/infra.git".to_owned(),
+                (
+                    "http.https://github.com/acme/infra.git.extraHeader".to_owned(),
+                    basic("x-access-token:s3cr/t")
+                )
+            ))
+        );
+        // A token alone is a user without a password, as git reads it.
+        assert_eq!(
+            credentials_apart("HTTP://ghp_x@git.example:8080/infra")
+                .map(|(bare, (_, header))| (bare, header)),
+            Some(("HTTP://git.example:8080/infra".to_owned(), basic("ghp_x:")))
+        );
+        for untouched in [
+            "https://github.com/acme/infra.git",
+            "https://github.com/acme/in@fra.git",
+            "ssh://git@github.com/acme/infra.git",
+            "git@github.com:acme/infra.git",
+            "file:///srv/infra.git",
+            "+refs/heads/*:refs/heads/*",
+            "fetch",
+        ] {
+            assert_eq!(credentials_apart(untouched), None, "{untouched}");
+        }
+    }
+
+    /// The command lines of every process on the host that hold any of `needles`.
+    fn command_lines_holding(needles: &[&str]) -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+            .map(|line| String::from_utf8_lossy(&line).replace('\0', " "))
+            .filter(|line| needles.iter().any(|needle| line.contains(needle)))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_token_in_the_url_reaches_the_server_as_a_header_and_no_command_line() {
+        use base64::Engine;
+        use std::io::{Read, Write};
+        let token = format!("s3cr%2Ft-{}", Uuid::new_v4().simple());
+        let decoded = token.replace("%2F", "/");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let url = format!("http://x-access-token:{token}@{address}/acme/infra.git");
+        // The server reads git's first request and, while git and its transport helper wait
+        // for the answer, reads every command line on the host.
+        let needles = [token.clone(), decoded.clone()];
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
+            let holding = command_lines_holding(&needles);
+            let _ = stream.write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+            (String::from_utf8_lossy(&head).into_owned(), holding)
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let git = GitSettings {
+            timeout: Duration::from_secs(60),
+            config: BTreeMap::new(),
+        };
+        let workspace = Workspace::open(dir.path().join("work"), git, None).unwrap();
+        let err = workspace
+            .verify_on_branch("infra", &url, "main", &[])
+            .await
+            .unwrap_err()
+            .to_string();
+        // Had git not connected, the server would wait for ever: this connection ends that.
+        let _ = std::net::TcpStream::connect(address);
+        let (head, holding) = server.join().unwrap();
+        assert!(
+            head.starts_with("GET /acme/infra.git/info/refs"),
+            "{head:?}\n{err}"
+        );
+        let header = format!(
+            "Authorization: Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{decoded}"))
+        );
+        assert!(head.contains(&header), "{head:?}");
+        assert_eq!(holding, Vec::<String>::new());
+        assert!(!err.contains(&decoded) && !err.contains(&token), "{err}");
     }
 
     #[tokio::test]
