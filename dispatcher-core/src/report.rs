@@ -717,13 +717,21 @@ fn fence_safe(text: &str) -> String {
 /// GitHub also makes no mentions, references or emoji of it.
 pub(crate) fn inert(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
+    for (at, c) in text.char_indices() {
         match c {
             '&' => escaped.push_str("&amp;"),
             '<' => escaped.push_str("&lt;"),
             '>' => escaped.push_str("&gt;"),
             '\n' | '\r' => escaped.push(' '),
             '|' | '[' | ']' | '(' | ')' | '@' | '`' | '*' | '_' | '~' | '#' | '!' | '\\' | ':' => {
+                escaped.push_str(&format!("&#{};", u32::from(c)));
+            }
+            // GitHub links `www.` and a domain without a scheme (so without a colon).
+            'w' | 'W'
+                if text
+                    .get(at..at + 4)
+                    .is_some_and(|start| start.eq_ignore_ascii_case("www.")) =>
+            {
                 escaped.push_str(&format!("&#{};", u32::from(c)));
             }
             c => escaped.push(c),
@@ -942,14 +950,14 @@ mod tests {
     fn unit_paths_and_failure_reasons_cannot_render_as_markdown() {
         let mut failed = job(0, "failed");
         failed.unit = "dev/a` ![x](https://e.test/x.png) `b</code><img src=y>".into();
-        failed.reason = Some("Error: see [docs](https://e.test) @alice | ok".into());
+        failed.reason = Some("Error: see [docs](https://e.test) @alice | ok, WWW.e.test".into());
         let outputs = BTreeMap::from([(failed.job_id, "Error: boom\n".to_owned())]);
         let body =
             pull_request_comment(&detail(vec![failed], "failed"), &outputs, &Links::default());
         let unit = "<code>dev/a&#96; &#33;&#91;x&#93;&#40;https&#58;//e.test/x.png&#41; &#96;b&lt;/code&gt;&lt;img src=y&gt;</code>";
-        assert!(body.contains(&format!("| {unit} | plan | ❌ failed: <code>Error&#58; see &#91;docs&#93;&#40;https&#58;//e.test&#41; &#64;alice &#124; ok</code> |")), "{body}");
+        assert!(body.contains(&format!("| {unit} | plan | ❌ failed: <code>Error&#58; see &#91;docs&#93;&#40;https&#58;//e.test&#41; &#64;alice &#124; ok, &#87;WW.e.test</code> |")), "{body}");
         assert!(body.contains(&format!("<summary>{unit} plan")), "{body}");
-        for live in ["](", "<img", "@alice", "`b"] {
+        for live in ["](", "<img", "@alice", "`b", "WWW."] {
             assert!(!body.contains(live), "{live} in {body}");
         }
     }

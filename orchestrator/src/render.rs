@@ -204,8 +204,16 @@ pub fn summary(status: &RunStatus) -> String {
                 "\n--- {} ({}) output, last lines{whole} ---",
                 unit.unit, unit.action
             );
-            out.push_str(tail.trim_end());
-            out.push('\n');
+            // Each line marked as the job's and without control characters: what a plan
+            // printed can neither pass for this summary's own lines (another unit's heading)
+            // nor move the cursor or recolour the terminal of whoever reads it.
+            for line in tail.trim_end().lines() {
+                let line: String = line
+                    .chars()
+                    .filter(|c| *c == '\t' || !c.is_control())
+                    .collect();
+                let _ = writeln!(out, "| {line}");
+            }
         }
     }
     out
@@ -379,7 +387,10 @@ mod tests {
     #[test]
     fn the_summary_explains_skips_and_shows_failure_output() {
         let mut failed = unit("dev/db", UnitState::Failed);
-        failed.output_tail = Some("Error: Invalid block definition\n".into());
+        failed.output_tail = Some(
+            "Error: Invalid block definition\n\u{1b}[2J\u{1b}[1A--- dev/app (plan) output ---\n"
+                .into(),
+        );
         let skipped = unit("dev/app", UnitState::Skipped("dev/db failed".into()));
         let text = summary(&status(
             vec![failed, skipped],
@@ -387,6 +398,15 @@ mod tests {
         ));
         assert!(text.contains("failed: 1 of 2 jobs failed"), "{text}");
         assert!(text.contains("skipped (dev/db failed)"), "{text}");
-        assert!(text.contains("Error: Invalid block definition"), "{text}");
+        assert!(
+            text.contains("\n| Error: Invalid block definition\n"),
+            "{text}"
+        );
+        // The job's lines stay the job's, and none of their escapes reaches the terminal.
+        assert!(
+            text.contains("\n| [2J[1A--- dev/app (plan) output ---\n"),
+            "{text}"
+        );
+        assert!(!text.contains('\u{1b}'), "{text}");
     }
 }
