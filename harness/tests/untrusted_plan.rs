@@ -1236,7 +1236,9 @@ fn assert_the_same_worker_plans_the_next_pull_request(
 
 /// The provider of a pull request that nests directories 100,000 deep, past the open-file
 /// limit and past what a removal that recursed could take on its stack: once in `/dev/shm`,
-/// once where terraform starts it (the unit's directory in the job's checkout).
+/// once where terraform starts it (the unit's directory in the job's checkout). Then it says
+/// so, in one word, where terraform expects its handshake (which terraform quotes in its
+/// error, wrapped at spaces).
 const PROVIDER_NESTING_DIRECTORIES: &str = "#!/usr/bin/python3\n\
     import os\n\
     def nest(top):\n    \
@@ -1248,7 +1250,8 @@ const PROVIDER_NESTING_DIRECTORIES: &str = "#!/usr/bin/python3\n\
         open('bottom', 'w').write('held')\n\
     unit = os.getcwd()\n\
     nest('/dev/shm/nested-by-a-plan')\n\
-    nest(os.path.join(unit, 'nested-by-a-plan'))\n";
+    nest(os.path.join(unit, 'nested-by-a-plan'))\n\
+    print('nested-100000-deep-in-dev-shm-and-the-job-directory', flush=True)\n";
 
 #[test]
 fn a_plan_that_nests_directories_past_every_limit_leaves_nothing_and_its_worker_goes_on() {
@@ -1275,10 +1278,14 @@ fn a_plan_that_nests_directories_past_every_limit_leaves_nothing_and_its_worker_
         "{detail:#?}"
     );
     let log = deployment.executor_log("dev-plan-1");
-    // The plan did nest (its provider got that far), and both trees went with the job: its
-    // output says what was removed from /dev/shm.
+    // The plan did nest, both times (its provider says so, which terraform quotes), and both
+    // trees went with the job: its output says what was removed from /dev/shm.
     let (output, _) = harness::runs::stored_log(&sandbox, run, job.job_id);
     let output = std::fs::read_to_string(output).unwrap();
+    assert!(
+        output.contains("nested-100000-deep-in-dev-shm-and-the-job-directory"),
+        "{output}\n{log}"
+    );
     assert!(
         output.contains("left in the shared temporary directories: /dev/shm/nested-by-a-plan"),
         "{output}\n{log}"
