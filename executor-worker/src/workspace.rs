@@ -656,12 +656,15 @@ fn path_arg(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
-/// An http(s) URL's user information (`https://x-access-token:TOKEN@host/…`, or a token
-/// alone before the `@`) as a git setting instead: `(the URL without it, (key, value))`,
-/// where the setting sends it as a Basic `Authorization` header to that URL only. `None`
-/// for any other URL, and for other arguments. Git and its transport helper show their
-/// arguments to every user of the host (`/proc/PID/cmdline`), the tools of a plan running
-/// beside this worker among them, while their environment is theirs alone.
+/// An http(s) URL's user information as a git setting instead: `(the URL without it, (key,
+/// value))`. A password (`https://x-access-token:TOKEN@host/…`) becomes a Basic
+/// `Authorization` header for requests to that URL (git also sends it after a redirect of
+/// the first request, as it does any extra header); a user alone (`https://org@host/…`,
+/// or a token in its place) becomes `credential.<url>.username`, as git would take it from
+/// the URL, for the credential helpers of `executor.git_config` to answer. `None` for any
+/// other URL, and for other arguments. Git and its transport helper show their arguments to
+/// every user of the host (`/proc/PID/cmdline`), the tools of a plan running beside this
+/// worker among them, while their environment is theirs alone.
 fn credentials_apart(arg: &str) -> Option<(String, (String, String))> {
     use base64::Engine;
     let (scheme, rest) = arg.split_once("://")?;
@@ -671,8 +674,11 @@ fn credentials_apart(arg: &str) -> Option<(String, (String, String))> {
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (userinfo, host) = rest[..authority_end].rsplit_once('@')?;
     let bare = format!("{scheme}://{host}{}", &rest[authority_end..]);
-    // As git reads them: percent-decoded, and a password left out is an empty one.
-    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let Some((user, password)) = userinfo.split_once(':') else {
+        let user = String::from_utf8_lossy(&percent_decoded(userinfo)).into_owned();
+        return Some((bare.clone(), (format!("credential.{bare}.username"), user)));
+    };
+    // As git reads them: percent-decoded.
     let mut basic = percent_decoded(user);
     basic.push(b':');
     basic.extend(percent_decoded(password));
@@ -691,6 +697,7 @@ fn percent_decoded(text: &str) -> Vec<u8> {
     while at < bytes.len() {
         let hex = bytes
             .get(at + 1..at + 3)
+            .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
             .and_then(|hex| std::str::from_utf8(hex).ok())
             .and_then(|hex| u8::from_str_radix(hex, 16).ok());
         match (bytes[at], hex) {
@@ -1102,7 +1109,7 @@ mod tests {
     }
 
     #[test]
-    fn the_user_information_of_an_http_url_becomes_a_header_for_that_url_alone() {
+    fn the_user_information_of_an_http_url_becomes_git_settings_for_that_url() {
         use base64::Engine;
         let basic = |credentials: &str| {
             format!(
@@ -1120,12 +1127,20 @@ mod tests {
                 )
             ))
         );
-        // A token alone is a user without a password, as git reads it.
+        // A user alone stays a user, for the credential helpers; off the command line too,
+        // since it may be a token.
         assert_eq!(
-            credentials_apart("HTTP://ghp_x@git.example:8080/infra")
-                .map(|(bare, (_, header))| (bare, header)),
-            Some(("HTTP://git.example:8080/infra".to_owned(), basic("ghp_x:")))
+            credentials_apart("https://ghp_x%41@dev.example:8080/org/_git/infra"),
+            Some((
+                "https://dev.example:8080/org/_git/infra".to_owned(),
+                (
+                    "credential.https://dev.example:8080/org/_git/infra.username".to_owned(),
+                    "ghp_xA".to_owned()
+                )
+            ))
         );
+        // `%` not followed by two hexadecimal digits is itself.
+        assert_eq!(percent_decoded("a%+1%4g%%41%"), b"a%+1%4g%A%");
         for untouched in [
             "https://github.com/acme/infra.git",
             "https://github.com/acme/in@fra.git",
