@@ -585,6 +585,15 @@ fn kubernetes_manifests_have_a_deployment_per_account_and_a_dispatcher_with_a_vo
                     "{name}: the init container's {variable}"
                 );
             }
+            assert_eq!(
+                words(&init["securityContext"]["capabilities"]["drop"]),
+                ["ALL"],
+                "{name}: the init container's capabilities"
+            );
+            assert!(
+                init["securityContext"]["capabilities"]["add"].is_badvalue(),
+                "{name}: the init container adds capabilities"
+            );
             let init_mounts = init["volumeMounts"].as_vec().unwrap();
             for mount in container["volumeMounts"].as_vec().unwrap() {
                 if mount["readOnly"].as_bool() == Some(true) {
