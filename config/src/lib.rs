@@ -41,7 +41,10 @@ pub use crate::policies::{
 pub use crate::repositories::Repository;
 pub use crate::timeouts::Timeouts;
 pub use crate::triggers::{Trigger, Triggers, UnitTrigger};
-pub use crate::urls::{REDACTED, redact_url, url_password, url_user, url_vhost, with_password};
+pub use crate::urls::{
+    REDACTED, git_args_without_credentials, git_credentials_apart, redact_url, url_password,
+    url_user, url_vhost, with_password,
+};
 pub use crate::web::{WebSettings, WebToken};
 
 /// The broker a default local RabbitMQ answers on.

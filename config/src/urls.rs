@@ -65,6 +65,81 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// An http(s) URL's user information as a git setting instead: `(the URL without it, (key,
+/// value))`. A password (`https://x-access-token:TOKEN@host/…`) becomes a Basic
+/// `Authorization` header for requests to that URL (git also sends it after a redirect of
+/// the first request, as it does any extra header); a user alone (`https://org@host/…`,
+/// or a token in its place) becomes `credential.<url>.username`, as git would take it from
+/// the URL, for the credential helpers of `executor.git_config` (or the dispatcher's) to answer. `None` for any
+/// other URL, and for other arguments. Git and its transport helper show their arguments to
+/// every user of the host (`/proc/PID/cmdline`), the tools of a plan running beside a worker
+/// among them, while their environment is theirs alone.
+pub fn git_credentials_apart(arg: &str) -> Option<(String, (String, String))> {
+    use base64::Engine;
+    let (scheme, rest) = arg.split_once("://")?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (userinfo, host) = rest[..authority_end].rsplit_once('@')?;
+    let bare = format!("{scheme}://{host}{}", &rest[authority_end..]);
+    let Some((user, password)) = userinfo.split_once(':') else {
+        let user = String::from_utf8_lossy(&percent_decoded(userinfo)).into_owned();
+        return Some((bare.clone(), (format!("credential.{bare}.username"), user)));
+    };
+    // As git reads them: percent-decoded.
+    let mut basic = percent_decoded(user);
+    basic.push(b':');
+    basic.extend(percent_decoded(password));
+    let header = format!(
+        "Authorization: Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(basic)
+    );
+    Some((bare.clone(), (format!("http.{bare}.extraHeader"), header)))
+}
+
+/// `args` for git, each http(s) URL's user information moved into `settings` (see
+/// [`git_credentials_apart`]).
+pub fn git_args_without_credentials(
+    args: &[&str],
+    settings: &mut Vec<(String, String)>,
+) -> Vec<String> {
+    args.iter()
+        .map(|arg| match git_credentials_apart(arg) {
+            Some((bare, setting)) => {
+                settings.push(setting);
+                bare
+            }
+            None => (*arg).to_owned(),
+        })
+        .collect()
+}
+
+/// `text` with each `%XX` turned into its byte.
+fn percent_decoded(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let hex = bytes
+            .get(at + 1..at + 3)
+            .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match (bytes[at], hex) {
+            (b'%', Some(byte)) => {
+                decoded.push(byte);
+                at += 3;
+            }
+            (byte, _) => {
+                decoded.push(byte);
+                at += 1;
+            }
+        }
+    }
+    decoded
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,5 +159,51 @@ mod tests {
             "https://github.com/a/b@c.git"
         );
         assert_eq!(redact_url("/srv/git/infra.git"), "/srv/git/infra.git");
+    }
+
+    #[test]
+    fn the_user_information_of_an_http_url_becomes_git_settings_for_that_url() {
+        use base64::Engine;
+        let basic = |credentials: &str| {
+            format!(
+                "Authorization: Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(credentials)
+            )
+        };
+        assert_eq!(
+            git_credentials_apart("https://x-access-token:s3cr%2Ft@github.com/acme/infra.git"),
+            Some((
+                "https://github.com/acme/infra.git".to_owned(),
+                (
+                    "http.https://github.com/acme/infra.git.extraHeader".to_owned(),
+                    basic("x-access-token:s3cr/t")
+                )
+            ))
+        );
+        // A user alone stays a user, for the credential helpers; off the command line too,
+        // since it may be a token.
+        assert_eq!(
+            git_credentials_apart("https://ghp_x%41@dev.example:8080/org/_git/infra"),
+            Some((
+                "https://dev.example:8080/org/_git/infra".to_owned(),
+                (
+                    "credential.https://dev.example:8080/org/_git/infra.username".to_owned(),
+                    "ghp_xA".to_owned()
+                )
+            ))
+        );
+        // `%` not followed by two hexadecimal digits is itself.
+        assert_eq!(percent_decoded("a%+1%4g%%41%"), b"a%+1%4g%A%");
+        for untouched in [
+            "https://github.com/acme/infra.git",
+            "https://github.com/acme/in@fra.git",
+            "ssh://git@github.com/acme/infra.git",
+            "git@github.com:acme/infra.git",
+            "file:///srv/infra.git",
+            "+refs/heads/*:refs/heads/*",
+            "fetch",
+        ] {
+            assert_eq!(git_credentials_apart(untouched), None, "{untouched}");
+        }
     }
 }

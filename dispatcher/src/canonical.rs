@@ -170,6 +170,11 @@ impl Canonical {
         stdin: Option<&[u8]>,
         env: &[(&str, &str)],
     ) -> Result<String, CanonicalError> {
+        // A repository URL's user information goes to git as a setting in its environment,
+        // never as an argument (`ps` shows those to every user of the host): see
+        // [`config::git_credentials_apart`].
+        let mut settings = self.settings.clone();
+        let args = config::git_args_without_credentials(args, &mut settings);
         let shown = || {
             args.iter()
                 .map(|arg| config::redact_url(arg))
@@ -186,23 +191,18 @@ impl Canonical {
             ])
             .arg("--git-dir")
             .arg(&self.dir)
-            .args(args)
+            .args(&args)
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
             .env("GIT_TERMINAL_PROMPT", "0")
             // Through the environment, not the command line, where `ps` would show them.
-            .env("GIT_CONFIG_COUNT", self.settings.len().to_string())
-            .envs(
-                self.settings
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(i, (key, value))| {
-                        [
-                            (format!("GIT_CONFIG_KEY_{i}"), key.clone()),
-                            (format!("GIT_CONFIG_VALUE_{i}"), value.clone()),
-                        ]
-                    }),
-            )
+            .env("GIT_CONFIG_COUNT", settings.len().to_string())
+            .envs(settings.iter().enumerate().flat_map(|(i, (key, value))| {
+                [
+                    (format!("GIT_CONFIG_KEY_{i}"), key.clone()),
+                    (format!("GIT_CONFIG_VALUE_{i}"), value.clone()),
+                ]
+            }))
             .envs(env.iter().copied())
             .stdin(if stdin.is_some() {
                 Stdio::piped()
@@ -255,6 +255,56 @@ mod tests {
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// The dispatcher's git pushes with the URL's token (a drift's history): no command line
+    /// on the host shows it while git waits for the server, and the server gets it as a header.
+    #[tokio::test]
+    async fn a_token_in_the_url_reaches_the_server_as_a_header_and_no_command_line() {
+        use std::io::{Read, Write};
+        let token = format!("s3cr3t-{}", uuid::Uuid::new_v4().simple());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let url = format!("http://x-access-token:{token}@{address}/acme/infra.git");
+        let needle = token.clone();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            // git and its transport helper are waiting for this answer: read them now.
+            let holding: Vec<String> = std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+                .map(|line| String::from_utf8_lossy(&line).replace('\0', " "))
+                .filter(|line| line.contains(&needle))
+                .collect();
+            let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+            (String::from_utf8_lossy(&head).into_owned(), holding)
+        });
+        let state = tempfile::tempdir().unwrap();
+        let canonical = Canonical::new(state.path(), "infra", &url, Duration::from_secs(60));
+        let err = canonical.fetch("main").await.unwrap_err().to_string();
+        // Had git not connected, the server would wait for ever: this connection ends that.
+        let _ = std::net::TcpStream::connect(address);
+        let (head, holding) = server.join().unwrap();
+        assert!(
+            head.starts_with("GET /acme/infra.git/info/refs"),
+            "{head:?}\n{err}"
+        );
+        let basic = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("x-access-token:{token}"),
+        );
+        assert!(
+            head.contains(&format!("Authorization: Basic {basic}")),
+            "{head:?}"
+        );
+        assert_eq!(holding, Vec::<String>::new());
+        assert!(!err.contains(&token), "{err}");
     }
 
     #[tokio::test]
