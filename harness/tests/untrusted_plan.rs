@@ -1162,26 +1162,19 @@ fn a_plan_that_takes_all_the_memory_is_killed_and_its_worker_goes_on() {
         free >> 20
     );
     let group = MemoryGroup::new(limit);
-    let vhost = rabbit::vhost();
-    let sandbox = Sandbox::new();
-    // The tool user must pass through to its job directories.
-    std::fs::set_permissions(sandbox.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-    let (c0, c1, c2) =
-        pull_request_with_a_provider(&sandbox, "filling", PROVIDER_FILLING_SHARED_MEMORY);
-    let mut deployment = deployment_for_pull_requests_with_a_provider(&sandbox, &vhost);
-    start_ready_plan_worker(&mut deployment, "dev-plan-1", uid);
+    let (vhost, sandbox, mut deployment, (c0, c1, c2)) =
+        a_plan_worker_and_a_pull_request_with_a_provider(
+            uid,
+            "filling",
+            PROVIDER_FILLING_SHARED_MEMORY,
+        );
     // Idle, it has started nothing: the tools of its jobs start in the group.
     let worker = deployment.executor_pid("dev-plan-1");
     group.enter(worker);
 
-    let run = harness::runs::submit(&sandbox, &vhost, (&c1, &c2), "pull-request", &["--pr", "7"]);
-    let detail = wait_final(&sandbox, run);
+    let (_, detail) =
+        the_pull_request_fails_on_the_plan_worker(&sandbox, &vhost, (&c1, &c2), "dev/filling");
     let job = harness::runs::job(&detail, "dev/filling");
-    assert_eq!(
-        (job.state.as_str(), job.worker.as_deref()),
-        ("failed", Some("dev-plan-1")),
-        "{detail:#?}"
-    );
     let log = deployment.executor_log("dev-plan-1");
     assert!(
         group.oom_kills() > 0,
@@ -1210,6 +1203,43 @@ fn a_plan_that_takes_all_the_memory_is_killed_and_its_worker_goes_on() {
         (&c0, &c1),
         worker,
     );
+}
+
+/// A vhost, a sandbox whose pull request's unit `dev/<name>` has `provider` (see
+/// [`pull_request_with_a_provider`], whose commits it returns), and a deployment with the
+/// ready plan worker `dev-plan-1`, whose tools run as `uid`.
+fn a_plan_worker_and_a_pull_request_with_a_provider(
+    uid: u32,
+    name: &str,
+    provider: &str,
+) -> (Vhost, Sandbox, Deployment, (String, String, String)) {
+    let vhost = rabbit::vhost();
+    let sandbox = Sandbox::new();
+    // The tool user must pass through to its job directories.
+    std::fs::set_permissions(sandbox.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let commits = pull_request_with_a_provider(&sandbox, name, provider);
+    let mut deployment = deployment_for_pull_requests_with_a_provider(&sandbox, &vhost);
+    start_ready_plan_worker(&mut deployment, "dev-plan-1", uid);
+    (vhost, sandbox, deployment, commits)
+}
+
+/// Submits the pull request `c1..c2` (number 7) and fails unless `unit`'s job failed on the
+/// plan worker `dev-plan-1`: the run and its final detail.
+fn the_pull_request_fails_on_the_plan_worker(
+    sandbox: &Sandbox,
+    vhost: &Vhost,
+    (c1, c2): (&str, &str),
+    unit: &str,
+) -> (Uuid, proto_types::RunDetail) {
+    let run = harness::runs::submit(sandbox, vhost, (c1, c2), "pull-request", &["--pr", "7"]);
+    let detail = wait_final(sandbox, run);
+    let job = harness::runs::job(&detail, unit);
+    assert_eq!(
+        (job.state.as_str(), job.worker.as_deref()),
+        ("failed", Some("dev-plan-1")),
+        "{detail:#?}"
+    );
+    (run, detail)
 }
 
 /// Fails unless the plan worker `dev-plan-1`, still the process `pid`, plans the next pull
@@ -1259,24 +1289,17 @@ fn a_plan_that_nests_directories_past_every_limit_leaves_nothing_and_its_worker_
     // A uid of this test's own.
     let uid: u32 = 61_028;
     let _stop_it_anyway = KillOnDrop(uid);
-    let vhost = rabbit::vhost();
-    let sandbox = Sandbox::new();
-    // The tool user must pass through to its job directories.
-    std::fs::set_permissions(sandbox.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-    let (c0, c1, c2) =
-        pull_request_with_a_provider(&sandbox, "nesting", PROVIDER_NESTING_DIRECTORIES);
-    let mut deployment = deployment_for_pull_requests_with_a_provider(&sandbox, &vhost);
-    start_ready_plan_worker(&mut deployment, "dev-plan-1", uid);
+    let (vhost, sandbox, mut deployment, (c0, c1, c2)) =
+        a_plan_worker_and_a_pull_request_with_a_provider(
+            uid,
+            "nesting",
+            PROVIDER_NESTING_DIRECTORIES,
+        );
     let worker = deployment.executor_pid("dev-plan-1");
 
-    let run = harness::runs::submit(&sandbox, &vhost, (&c1, &c2), "pull-request", &["--pr", "7"]);
-    let detail = wait_final(&sandbox, run);
+    let (run, detail) =
+        the_pull_request_fails_on_the_plan_worker(&sandbox, &vhost, (&c1, &c2), "dev/nesting");
     let job = harness::runs::job(&detail, "dev/nesting");
-    assert_eq!(
-        (job.state.as_str(), job.worker.as_deref()),
-        ("failed", Some("dev-plan-1")),
-        "{detail:#?}"
-    );
     let log = deployment.executor_log("dev-plan-1");
     // The plan did nest, both times (its provider says so, which terraform quotes), and both
     // trees went with the job: its output says what was removed from /dev/shm.
