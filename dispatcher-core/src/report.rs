@@ -705,16 +705,18 @@ fn interesting_part(output: &str) -> &str {
     }
 }
 
-/// Output inside a code fence must not close it.
+/// Output inside a code fence must not close it, nor reorder what reviewers read in it
+/// (bidirectional formatting characters are revealed).
 fn fence_safe(text: &str) -> String {
-    text.replace("```", "`\u{200b}``")
+    proto_types::untrusted_text::reveal_bidi(text).replace("```", "`\u{200b}``")
 }
 
 /// Text from a repository or a plan (a unit's path, a failure's last line, a policy message
 /// quoting planned values), shown verbatim: its Markdown and HTML characters become entities,
 /// so that nothing in it becomes a link, an image, a table cell or markup (GitHub parses
-/// Markdown between inline HTML tags too). Shown in a code element ([`html_code`]), where
-/// GitHub also makes no mentions, references or emoji of it.
+/// Markdown between inline HTML tags too). Bidirectional formatting characters, which an
+/// entity would not stop, are revealed instead. Shown in a code element ([`html_code`]),
+/// where GitHub also makes no mentions, references or emoji of it.
 pub(crate) fn inert(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len() + 8);
     for (at, c) in text.char_indices() {
@@ -723,6 +725,9 @@ pub(crate) fn inert(text: &str) -> String {
             '<' => escaped.push_str("&lt;"),
             '>' => escaped.push_str("&gt;"),
             '\n' | '\r' => escaped.push(' '),
+            c if proto_types::untrusted_text::is_bidi_control(c) => {
+                escaped.push_str(&inert(&proto_types::untrusted_text::bidi_marker(c)));
+            }
             '|' | '[' | ']' | '(' | ')' | '@' | '`' | '*' | '_' | '~' | '#' | '!' | '\\' | ':' => {
                 escaped.push_str(&format!("&#{};", u32::from(c)));
             }
@@ -960,6 +965,34 @@ mod tests {
         for live in ["](", "<img", "@alice", "`b", "WWW."] {
             assert!(!body.contains(live), "{live} in {body}");
         }
+    }
+
+    /// A value the pull request sets can carry a right-to-left override into the plan's
+    /// output: in the comment it shows as its code point and reorders nothing.
+    #[test]
+    fn bidi_controls_in_outputs_and_reasons_are_shown_and_not_obeyed() {
+        let mut failed = job(0, "failed");
+        failed.reason = Some("Error: name = \"\u{202E}yortsed\"".into());
+        let outputs = BTreeMap::from([(
+            failed.job_id,
+            "  + tag = \"\u{2067}prod\u{2069}\" # \u{202E}no change\u{202C}\n".to_owned(),
+        )]);
+        let body =
+            pull_request_comment(&detail(vec![failed], "failed"), &outputs, &Links::default());
+        assert!(
+            body.contains("<code>Error&#58; name = \"&lt;U+202E&gt;yortsed\"</code>"),
+            "{body}"
+        );
+        assert!(
+            body.contains("  + tag = \"<U+2067>prod<U+2069>\" # <U+202E>no change<U+202C>\n"),
+            "{body}"
+        );
+        assert!(
+            !body
+                .chars()
+                .any(proto_types::untrusted_text::is_bidi_control),
+            "{body}"
+        );
     }
 
     #[test]

@@ -34,10 +34,11 @@ pub fn failure_reason(output_tail: &str, exit_code: Option<i32>) -> String {
     }
 }
 
-/// `text` without control characters: what a job printed (terminal escapes among it) must not
-/// move the cursor, recolour or hide text on the terminal of whoever reads `pipelines status`.
+/// `text` as `pipelines status` shows it: what a job printed must not drive the terminal of
+/// whoever reads it (no control characters) nor reorder what they read (bidirectional
+/// formatting characters revealed).
 fn printable(text: &str) -> String {
-    text.chars().filter(|c| !c.is_control()).collect()
+    proto_types::untrusted_text::printable(text)
 }
 
 fn truncate(text: &str, max_chars: usize) -> String {
@@ -380,6 +381,14 @@ mod tests {
             "exit code 1: Error: boom[2J[32mall good"
         );
         assert_eq!(failure_reason(&"x".repeat(300), None).chars().count(), 160);
+    }
+
+    #[test]
+    fn a_failure_reason_shows_bidi_controls_instead_of_obeying_them() {
+        assert_eq!(
+            failure_reason("Error: \u{202E}deen on\u{202C}\n", Some(1)),
+            "exit code 1: Error: <U+202E>deen on<U+202C>"
+        );
     }
 
     #[test]

@@ -865,6 +865,8 @@ async fn job_stream(
             following = Some((newest.path.clone(), next));
             if !text.is_empty() {
                 quiet_since = tokio::time::Instant::now();
+                // A job's words must not reorder what the reader sees; the raw log keeps them.
+                let text = proto_types::untrusted_text::reveal_bidi(&text);
                 let chunk = Event::default().event("chunk").data(json(&text));
                 if events.send(chunk).await.is_err() {
                     return;

@@ -25,6 +25,9 @@ const SECRET: &str = "apply-secret-5150";
 /// What the probe also prints: markup that would run if the page took log text as HTML.
 const HOSTILE: &str =
     "<img src=x onerror=document.title='pwned'><script>document.title='pwned'</script>";
+/// What the probe prints last: a right-to-left override, which would make the rest of its line
+/// read "the name is destroy".
+const REORDERING: &str = "the name is \u{202E}yortsed\u{202C}";
 
 /// Where the screenshots go: `PIPELINES_ARTIFACTS`, else `target/artifacts`.
 fn artifacts() -> PathBuf {
@@ -83,7 +86,7 @@ fn the_web_page_follows_runs_live_streams_logs_and_lets_only_signed_in_operators
             "dev/probe",
             &sandbox.state_dir(),
             &sandbox.path().join("seen.txt"),
-            &format!("echo \"{HOSTILE}\""),
+            &format!("echo \"{HOSTILE}\"; echo \"{REORDERING}\""),
         ),
     );
     sandbox
@@ -218,7 +221,7 @@ fn the_web_page_follows_runs_live_streams_logs_and_lets_only_signed_in_operators
     let probe_log = poll_until(DEADLINE, "the probe's log", || {
         browser
             .text("#log")
-            .filter(|text| text.contains("the secret is"))
+            .filter(|text| text.contains("the secret is") && text.contains("the name is"))
     });
     assert!(probe_log.contains("the secret is ***"), "{probe_log}");
     let page = browser.script("return document.documentElement.outerHTML;");
@@ -235,6 +238,12 @@ fn the_web_page_follows_runs_live_streams_logs_and_lets_only_signed_in_operators
         "0:dev/probe · Pipelines",
         "the log's markup became elements or ran"
     );
+    // A bidirectional override shows as its code point and reorders nothing.
+    assert!(
+        probe_log.contains("the name is <U+202E>yortsed<U+202C>"),
+        "{probe_log}"
+    );
+    assert!(!probe_log.contains('\u{202E}'), "{probe_log}");
 
     // The runs list.
     browser.goto(&url("/"));

@@ -204,15 +204,15 @@ pub fn summary(status: &RunStatus) -> String {
                 "\n--- {} ({}) output, last lines{whole} ---",
                 unit.unit, unit.action
             );
-            // Each line marked as the job's and without control characters: what a plan
-            // printed can neither pass for this summary's own lines (another unit's heading)
-            // nor move the cursor or recolour the terminal of whoever reads it.
+            // Each line marked as the job's and printable: what a plan printed can neither
+            // pass for this summary's own lines (another unit's heading), nor move the cursor
+            // or recolour the terminal of whoever reads it, nor reorder what they read.
             for line in tail.trim_end().lines() {
-                let line: String = line
-                    .chars()
-                    .filter(|c| *c == '\t' || !c.is_control())
+                let line: Vec<String> = line
+                    .split('\t')
+                    .map(proto_types::untrusted_text::printable)
                     .collect();
-                let _ = writeln!(out, "| {line}");
+                let _ = writeln!(out, "| {}", line.join("\t"));
             }
         }
     }
@@ -408,5 +408,19 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains('\u{1b}'), "{text}");
+    }
+
+    #[test]
+    fn failure_output_keeps_its_tabs_and_shows_bidi_controls_instead_of_obeying_them() {
+        let mut failed = unit("dev/db", UnitState::Failed);
+        failed.output_tail = Some("name\t= \"\u{202E}yortsed\u{202C}\"\n".into());
+        let text = summary(&status(
+            vec![failed],
+            RunState::Failed("1 of 1 jobs failed".into()),
+        ));
+        assert!(
+            text.contains("\n| name\t= \"<U+202E>yortsed<U+202C>\"\n"),
+            "{text}"
+        );
     }
 }

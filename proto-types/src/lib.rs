@@ -14,10 +14,14 @@
 //!
 //! On the wire every message is an envelope: one format byte ([`FORMAT_V1`]) followed by a
 //! bincode 2 body. Decoding is total: garbage, truncation and future formats are typed errors.
+//!
+//! Some of what the messages carry is a job's own words (output tails, failure reasons), so
+//! [`untrusted_text`] says how every reader shows them.
 
 mod codec;
 mod messages;
 mod report;
+pub mod untrusted_text;
 
 pub use codec::{DecodeError, FORMAT_V1, MAX_MESSAGE_BYTES, Message, Payload, decode, encode};
 pub use messages::{
