@@ -105,6 +105,36 @@ pub fn commit_status(detail: &RunDetail, context: &str) -> CommitStatus {
     }
 }
 
+/// What a commit shows for a context when other pull requests have it as their head too.
+/// GitHub keeps one status per commit and context, and every pull request with that head shows
+/// it, so each pull request's newest run writes the worst of them all (failure, then error,
+/// then pending, then success): no pull request's plan turns another's failure green. `own`
+/// is the reported run's status; `others` those of the other pull requests' newest runs, with
+/// their numbers. A worse status of another pull request is written with its number.
+pub fn worst_status(own: CommitStatus, others: &[(u64, CommitStatus)]) -> CommitStatus {
+    fn rank(state: &str) -> u8 {
+        match state {
+            "failure" => 3,
+            "error" => 2,
+            "pending" => 1,
+            _ => 0,
+        }
+    }
+    // The worst; on a tie the run's own, then the lowest pull request number.
+    match others
+        .iter()
+        .filter(|(_, other)| rank(other.state) > rank(own.state))
+        .max_by_key(|(number, other)| (rank(other.state), std::cmp::Reverse(*number)))
+    {
+        Some((number, other)) => CommitStatus {
+            context: own.context,
+            state: other.state,
+            description: shorten(&format!("PR #{number}: {}", other.description), 140),
+        },
+        None => own,
+    }
+}
+
 /// `<context>/policy`: failure when a plan of the run was denied (or its policies could not
 /// run), success when every policy-checked plan passed; `None` while no plan was checked.
 pub fn policy_status(detail: &RunDetail, context: &str) -> Option<CommitStatus> {
@@ -1026,6 +1056,58 @@ mod tests {
         );
         run.run.state = RunPhase::Succeeded;
         assert_eq!(commit_status(&run, "ci").description, "2 unit(s) applied");
+    }
+
+    /// Pull requests with one head share its status: the worst of theirs, named by number when
+    /// it is another's; the run's own on a tie; the lowest number among equals.
+    #[test]
+    fn a_shared_commit_shows_the_worst_status_of_its_pull_requests() {
+        let status = |state: &'static str, description: &str| CommitStatus {
+            context: "pipelines/plan".into(),
+            state,
+            description: description.into(),
+        };
+        let shown = |own: CommitStatus, others: &[(u64, CommitStatus)]| {
+            let worst = worst_status(own, others);
+            assert_eq!(worst.context, "pipelines/plan");
+            (worst.state, worst.description)
+        };
+        let good = status("success", "2 unit(s) planned");
+        let failed = status("failure", "1 of 2 jobs failed");
+        assert_eq!(
+            shown(good.clone(), &[(7, failed.clone())]),
+            ("failure", "PR #7: 1 of 2 jobs failed".into())
+        );
+        assert_eq!(
+            shown(failed.clone(), &[(7, good.clone())]),
+            ("failure", "1 of 2 jobs failed".into())
+        );
+        assert_eq!(
+            shown(failed.clone(), &[(7, status("failure", "other"))]),
+            ("failure", "1 of 2 jobs failed".into())
+        );
+        assert_eq!(
+            shown(
+                good.clone(),
+                &[
+                    (9, status("pending", "0 of 1 units done")),
+                    (8, status("error", "cancelled")),
+                    (7, status("pending", "1 of 3 units done")),
+                    (5, status("error", "rejected")),
+                ]
+            ),
+            ("error", "PR #5: rejected".into())
+        );
+        assert_eq!(
+            shown(good.clone(), &[(9, status("pending", "0 of 1 units done"))]),
+            ("pending", "PR #9: 0 of 1 units done".into())
+        );
+        assert_eq!(
+            shown(good.clone(), &[]),
+            ("success", "2 unit(s) planned".into())
+        );
+        let long = status("failure", &"x".repeat(140));
+        assert_eq!(shown(good, &[(7, long)]).1.chars().count(), 140);
     }
 
     fn denied_report() -> PolicyReport {

@@ -2,6 +2,12 @@
 //! pull request comment, a commit status per run, and a comment on the merged pull request
 //! when an apply on the deploy branch fails.
 //!
+//! GitHub keeps one status per commit and context. When several pull requests have the same
+//! head, each one's newest run writes the worst of all their statuses
+//! ([`report::worst_status`]), so that no run turns another pull request's failure green.
+//! When a pull request moves on to another commit, the commit it left gets the statuses of the
+//! pull requests still there, without its old run.
+//!
 //! The dispatcher only tells it which runs changed. It reads the runs from the database (its
 //! own read-only connection), coalesces changes (at most one update per run per second), and
 //! never blocks or fails a run: errors are logged, and the next change tries again.
@@ -25,7 +31,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::github::{GitHub, GitHubError};
-use crate::report::{self, Links};
+use crate::report::{self, CommitStatus, Links};
 use crate::store::{Store, StoreError, StoreLocation};
 
 /// Who the drift branch's commit is by.
@@ -203,10 +209,17 @@ impl Task {
         // Everything is read first: the database connection stays off the await points.
         let read = crate::store::off_runtime(|| -> Result<_, StoreError> {
             let store = Store::connect_read_only(&self.store)?;
-            let detail = store.run_detail(&run_id.to_string(), crate::clock::now_ms())?;
-            Ok((detail, store.outputs(run_id)?, store.trace(run_id)?))
+            let now = crate::clock::now_ms();
+            let detail = store.run_detail(&run_id.to_string(), now)?;
+            let siblings = Siblings::read(&store, &detail, now)?;
+            Ok((
+                detail,
+                siblings,
+                store.outputs(run_id)?,
+                store.trace(run_id)?,
+            ))
         });
-        let (detail, outputs, trace) = match read {
+        let (detail, siblings, outputs, trace) = match read {
             Ok(read) => read,
             Err(err) => {
                 tracing::warn!(%run_id, error = %err, "Cannot read the run for the GitHub report.");
@@ -219,7 +232,11 @@ impl Task {
             &telemetry::propagation::headers_from(trace.as_deref()),
         );
         let is_final = detail.run.state.is_final();
-        match self.report_run(&detail, &outputs).instrument(span).await {
+        match self
+            .report_run(&detail, &siblings, &outputs)
+            .instrument(span)
+            .await
+        {
             Ok(()) if is_final => {
                 self.failures.remove(&run_id);
                 let marked = crate::store::off_runtime(|| {
@@ -267,6 +284,7 @@ impl Task {
     pub(crate) async fn report_run(
         &mut self,
         detail: &RunDetail,
+        siblings: &Siblings,
         outputs: &BTreeMap<Uuid, String>,
     ) -> Result<(), GitHubError> {
         let Some(repo) = self
@@ -287,42 +305,18 @@ impl Task {
             }
             return Ok(());
         }
-        let run_id = detail.run.run_id;
         let links = Links {
             commit: Some(format!(
                 "{}/{repo}/commit/{}",
                 self.github.web_url(),
                 detail.run.head_sha
             )),
-            // `[github] details_url` when set, else the run's page on the dispatcher's web
-            // page when users can reach it (`dispatcher.public_url`).
-            details: settings
-                .details_url
-                .as_ref()
-                .map(|url| url.replace("{run_id}", &run_id.to_string()))
-                .or_else(|| {
-                    let public = self.config.dispatcher.public_url.as_ref()?;
-                    Some(format!("{}/runs/{run_id}", public.trim_end_matches('/')))
-                }),
+            details: self.details_url(&settings, detail.run.run_id),
         };
-        let status = report::commit_status(detail, &settings.status_context);
-        self.github
-            .set_status(
-                &repo,
-                &detail.run.head_sha,
-                &status,
-                links.details.as_deref(),
-            )
+        self.set_statuses(&repo, &settings, detail, &siblings.on_its_commit)
             .await?;
-        if let Some(policy) = report::policy_status(detail, &settings.status_context) {
-            self.github
-                .set_status(
-                    &repo,
-                    &detail.run.head_sha,
-                    &policy,
-                    links.details.as_deref(),
-                )
-                .await?;
+        if let Some((newest, others)) = siblings.on_the_commit_it_left.split_last() {
+            self.set_statuses(&repo, &settings, newest, others).await?;
         }
         if let Some(number) = detail.run.pull_request {
             let body = report::pull_request_comment(detail, outputs, &links);
@@ -337,6 +331,52 @@ impl Task {
                 self.report_failed_apply(&repo, detail, outputs, &links, open_issue)
                     .await?;
             }
+        }
+        Ok(())
+    }
+
+    /// `[github] details_url` when set, else the run's page on the dispatcher's web page when
+    /// users can reach it (`dispatcher.public_url`).
+    fn details_url(&self, settings: &config::GitHub, run_id: Uuid) -> Option<String> {
+        settings
+            .details_url
+            .as_ref()
+            .map(|url| url.replace("{run_id}", &run_id.to_string()))
+            .or_else(|| {
+                let public = self.config.dispatcher.public_url.as_ref()?;
+                Some(format!("{}/runs/{run_id}", public.trim_end_matches('/')))
+            })
+    }
+
+    /// The statuses of `detail`'s commit: its own, or the worst of `others`' (the newest runs
+    /// of the other pull requests with that head).
+    async fn set_statuses(
+        &self,
+        repo: &str,
+        settings: &config::GitHub,
+        detail: &RunDetail,
+        others: &[RunDetail],
+    ) -> Result<(), GitHubError> {
+        let context = &settings.status_context;
+        let details = self.details_url(settings, detail.run.run_id);
+        let theirs = |status: fn(&RunDetail, &str) -> Option<CommitStatus>| {
+            others
+                .iter()
+                .filter_map(|other| Some((other.run.pull_request?, status(other, context)?)))
+                .collect::<Vec<_>>()
+        };
+        let status = report::worst_status(
+            report::commit_status(detail, context),
+            &theirs(|other, context| Some(report::commit_status(other, context))),
+        );
+        self.github
+            .set_status(repo, &detail.run.head_sha, &status, details.as_deref())
+            .await?;
+        if let Some(policy) = report::policy_status(detail, context) {
+            let policy = report::worst_status(policy, &theirs(report::policy_status));
+            self.github
+                .set_status(repo, &detail.run.head_sha, &policy, details.as_deref())
+                .await?;
         }
         Ok(())
     }
@@ -587,6 +627,47 @@ impl Task {
             self.github.create_issue(repo, &title, &body).await?;
         }
         Ok(())
+    }
+}
+
+/// The runs whose statuses share a commit with a reported run: the newest runs of the other
+/// pull requests with its head, and the newest runs of those still at the commit its pull
+/// request left, if it just moved on.
+#[derive(Debug, Default)]
+pub(crate) struct Siblings {
+    pub(crate) on_its_commit: Vec<RunDetail>,
+    pub(crate) on_the_commit_it_left: Vec<RunDetail>,
+}
+
+impl Siblings {
+    /// Empty for a push or drift run: their statuses are their own.
+    pub(crate) fn read(
+        store: &Store,
+        detail: &RunDetail,
+        now: u64,
+    ) -> Result<Siblings, StoreError> {
+        let run = &detail.run;
+        let Some(number) = run.pull_request else {
+            return Ok(Siblings::default());
+        };
+        let others_on = |sha: &str| -> Result<Vec<RunDetail>, StoreError> {
+            let mut others = Vec::new();
+            for run_id in store.pull_request_runs_on(&run.repository, sha)? {
+                let other = store.run_detail(&run_id.to_string(), now)?;
+                if other.run.pull_request != Some(number) {
+                    others.push(other);
+                }
+            }
+            Ok(others)
+        };
+        let left = match store.previous_head(&run.repository, number, run.run_id)? {
+            Some(sha) if sha != run.head_sha => others_on(&sha)?,
+            _ => Vec::new(),
+        };
+        Ok(Siblings {
+            on_its_commit: others_on(&run.head_sha)?,
+            on_the_commit_it_left: left,
+        })
     }
 }
 

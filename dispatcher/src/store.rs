@@ -45,7 +45,7 @@ pub const DATABASE_FILE: &str = "dispatcher.sqlite3";
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Step `i` takes a database at schema version `i` to version `i + 1`.
-const MIGRATIONS: [&str; 6] = [
+const MIGRATIONS: [&str; 7] = [
     SCHEMA,
     // When a final run's report reached GitHub: a restarted reporter sends the others.
     "ALTER TABLE runs ADD COLUMN reported_ms INTEGER;",
@@ -73,7 +73,16 @@ const MIGRATIONS: [&str; 6] = [
          updated_ms   INTEGER NOT NULL,
          pull_request INTEGER
      );",
+    RUNS_BY_COMMIT,
 ];
+
+/// The runs of a commit, and the newest run of a pull request: what the plan status of a
+/// commit that several pull requests share is made of. (`IF NOT EXISTS`: a test takes a
+/// database back to version 1 by dropping what later steps added, indexes aside.)
+const RUNS_BY_COMMIT: &str = "
+CREATE INDEX IF NOT EXISTS runs_by_commit ON runs (repository, head_sha);
+CREATE INDEX IF NOT EXISTS runs_by_pull_request ON runs (repository, pull_request, seq);
+";
 
 const SCHEMA: &str = "
 CREATE TABLE runs (
@@ -144,7 +153,7 @@ CREATE TABLE outbox (
 
 /// The same schema for PostgreSQL, step for step: the first step creates what SQLite's six
 /// did (PostgreSQL came with version 6), so the versions of both engines mean the same.
-const POSTGRES_MIGRATIONS: [&str; 6] = [POSTGRES_SCHEMA, "", "", "", "", ""];
+const POSTGRES_MIGRATIONS: [&str; 7] = [POSTGRES_SCHEMA, "", "", "", "", "", RUNS_BY_COMMIT];
 
 /// The key of the advisory lock under which a PostgreSQL database is migrated.
 const MIGRATION_LOCK: i64 = 0x7069_7065_6c69_6e65; // "pipeline"
@@ -1118,6 +1127,44 @@ impl Store {
             .query_row(operation, sql, key)?
             .map(|row| row.get(0))
             .transpose()
+    }
+
+    /// The newest run of each pull request of `repository` whose head is now `head_sha`: the
+    /// runs whose plans share that commit's status, oldest first. A pull request whose newest
+    /// run is on another commit has moved on, and does not count.
+    pub fn pull_request_runs_on(
+        &self,
+        repository: &str,
+        head_sha: &str,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        self.db
+            .query(
+                "find the pull requests of a commit",
+                "SELECT run_id FROM runs WHERE repository = ?1 AND head_sha = ?2
+                 AND pull_request IS NOT NULL AND NOT EXISTS (
+                     SELECT 1 FROM runs AS newer WHERE newer.repository = runs.repository
+                     AND newer.pull_request = runs.pull_request AND newer.seq > runs.seq)
+                 ORDER BY seq",
+                values![repository, head_sha],
+            )?
+            .iter()
+            .map(|row| parse_uuid("run id", &row.get::<String>(0)?))
+            .collect()
+    }
+
+    /// The head of the run of pull request `number` before `run_id`, if it had one.
+    pub fn previous_head(
+        &self,
+        repository: &str,
+        number: u64,
+        run_id: Uuid,
+    ) -> Result<Option<String>, StoreError> {
+        self.lookup(
+            "find a pull request's previous head",
+            "SELECT head_sha FROM runs WHERE repository = ?1 AND pull_request = ?2
+             AND seq < (SELECT seq FROM runs WHERE run_id = ?3) ORDER BY seq DESC LIMIT 1",
+            values![repository, number as i64, run_id.to_string()],
+        )
     }
 
     /// The `traceparent` a run belongs to, if it has one.

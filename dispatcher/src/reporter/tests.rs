@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proto_types::{Action, JobStatus, RunDetail};
 use serde_json::{Value, json};
-use wiremock::matchers::{body_partial_json, body_string_contains, method, path};
+use wiremock::matchers::{body_partial_json, body_string_contains, method, path, path_regex};
 use wiremock::{Mock, MockBuilder, MockServer, Request, ResponseTemplate};
 
 use super::*;
@@ -36,7 +36,7 @@ impl World {
         }
     }
 
-    /// A run of `units` (all one action) whose jobs end as `statuses`; its id.
+    /// A run of `units` (all one action) at [`SHA`] whose jobs end as `statuses`; its id.
     fn run(
         &mut self,
         trigger: proto_types::Trigger,
@@ -44,7 +44,20 @@ impl World {
         statuses: &[JobStatus],
         output: &dyn Fn(&str) -> String,
     ) -> Uuid {
-        let (event, plan) = event(trigger, units, &[]);
+        self.run_on(SHA, trigger, units, statuses, output)
+    }
+
+    /// [`World::run`] at the commit `head_sha`.
+    fn run_on(
+        &mut self,
+        head_sha: &str,
+        trigger: proto_types::Trigger,
+        units: &[(&str, Action)],
+        statuses: &[JobStatus],
+        output: &dyn Fn(&str) -> String,
+    ) -> Uuid {
+        let (mut event, plan) = event(trigger, units, &[]);
+        event.head_sha = head_sha.to_owned();
         let effects = self.scheduler.accept(&event, &plan, self.now);
         commit(&mut self.store, &self.scheduler, &effects, &[], self.now);
         for (job, status) in effects.publish.iter().zip(statuses) {
@@ -346,9 +359,114 @@ async fn statuses_conclude_success_for_a_good_plan_and_failure_for_a_failed_appl
     let mut task = world.task(&server, "");
     for run in [planned, applied] {
         let (detail, outputs) = world.detail(run);
-        task.report_run(&detail, &outputs).await.unwrap();
+        task.report_run(&detail, &Siblings::default(), &outputs)
+            .await
+            .unwrap();
     }
     server.verify().await;
+}
+
+/// Two pull requests from one branch into two bases have the same head, so GitHub shows both
+/// the same status. The second's good plan leaves the first's failure standing; once the first
+/// moves on to another commit, the one it left shows the second's own status.
+#[tokio::test]
+async fn pull_requests_with_one_head_show_the_worst_plan_until_one_moves_on() {
+    const OTHER: &str = "cccccccccccccccccccccccccccccccccccccccc";
+    let server = MockServer::start().await;
+    mount(
+        &server,
+        on("GET", "/user").respond_with(ok(json!({ "login": BOT }))),
+    )
+    .await;
+    mount(
+        &server,
+        Mock::given(method("GET"))
+            .and(path_regex(r"^/repos/acme/infra/issues/[34]/comments$"))
+            .respond_with(ok(json!([]))),
+    )
+    .await;
+    mount(
+        &server,
+        Mock::given(method("POST"))
+            .and(path_regex(r"^/repos/acme/infra/issues/[34]/comments$"))
+            .respond_with(created(json!({ "id": 1 }))),
+    )
+    .await;
+    mount(
+        &server,
+        Mock::given(method("POST"))
+            .and(path_regex(r"^/repos/acme/infra/statuses/[bc]{40}$"))
+            .respond_with(created(json!({}))),
+    )
+    .await;
+    let statuses = |requests: &[Request]| -> Vec<(String, String, String)> {
+        requests
+            .iter()
+            .filter(|r| r.url.path().contains("/statuses/"))
+            .map(|r| {
+                let body = body_of(r);
+                (
+                    r.url.path().rsplit('/').next().unwrap()[..1].to_owned(),
+                    body["state"].as_str().unwrap().to_owned(),
+                    body["description"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+
+    let mut world = World::new();
+    let failed = world.run(
+        pr(3),
+        &[("dev/app", Action::Plan)],
+        &[JobStatus::Failed],
+        &plan_output,
+    );
+    let planned = world.run(
+        pr(4),
+        &[("dev/db", Action::Plan)],
+        &[JobStatus::Succeeded],
+        &plan_output,
+    );
+    let mut task = world.task(&server, "");
+    task.report(failed).await;
+    task.report(planned).await;
+    let requests = server.received_requests().await.unwrap();
+    let failure = (
+        "b".to_owned(),
+        "failure".to_owned(),
+        "1 of 1 jobs failed, 0 skipped".to_owned(),
+    );
+    assert_eq!(
+        statuses(&requests),
+        [
+            failure.clone(),
+            (
+                "b".into(),
+                "failure".into(),
+                format!("PR #3: {}", failure.2)
+            )
+        ],
+        "PR 4's good plan must not turn PR 3's failure green"
+    );
+
+    // PR 3 is pushed to again: its new run is at another commit.
+    let moved = world.run_on(
+        OTHER,
+        pr(3),
+        &[("dev/app", Action::Plan)],
+        &[JobStatus::Succeeded],
+        &plan_output,
+    );
+    task.report(moved).await;
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(
+        statuses(&requests)[2..],
+        [
+            ("c".into(), "success".into(), "1 unit(s) planned".into()),
+            ("b".into(), "success".into(), "1 unit(s) planned".into()),
+        ],
+        "the commit PR 3 left shows PR 4's own status"
+    );
 }
 
 #[tokio::test]
@@ -375,7 +493,7 @@ async fn a_502_and_a_rate_limit_are_retried_and_the_report_goes_through() {
     let started = std::time::Instant::now();
     world
         .task(&server, "")
-        .report_run(&detail, &outputs)
+        .report_run(&detail, &Siblings::default(), &outputs)
         .await
         .unwrap();
     let attempts = server.received_requests().await.unwrap().len();
@@ -560,7 +678,7 @@ async fn a_github_outage_never_fails_the_report_caller() {
     let mut task = world.task(&server, "");
     let (detail, outputs) = world.detail(run);
     let err = task
-        .report_run(&detail, &outputs)
+        .report_run(&detail, &Siblings::default(), &outputs)
         .await
         .unwrap_err()
         .to_string();
@@ -731,7 +849,9 @@ async fn with_a_public_url_the_comment_and_the_status_link_to_the_runs_page() {
         "[dispatcher]\npublic_url = \"https://pipelines.example.com/\"\n",
     );
     let (detail, outputs) = world.detail(planned);
-    task.report_run(&detail, &outputs).await.unwrap();
+    task.report_run(&detail, &Siblings::default(), &outputs)
+        .await
+        .unwrap();
     server.verify().await;
     let requests = server.received_requests().await.unwrap();
     let comment = requests

@@ -64,6 +64,7 @@ on_both_engines!(
     a_final_drift_check_is_kept_as_its_units_finding_in_the_same_transaction,
     read_only_connections_read_and_cannot_write,
     the_web_pages_queries_filter_runs_and_find_a_jobs_run_and_worker,
+    a_commits_pull_requests_are_those_whose_newest_run_is_on_it,
 );
 
 fn commit(store: &mut Store, scheduler: &Scheduler, effects: &Effects, now: u64) {
@@ -329,6 +330,48 @@ fn unreported_runs_are_the_recent_final_ones_never_marked(engine: &Engine) {
     assert_eq!(store.unreported_runs(2_000, 100).unwrap(), vec![done]);
     assert_eq!(store.unreported_runs(0, 100).unwrap(), vec![old, done]);
     assert_eq!(store.unreported_runs(0, 1).unwrap(), vec![old]);
+}
+
+fn a_commits_pull_requests_are_those_whose_newest_run_is_on_it(engine: &Engine) {
+    let mut store = engine.open();
+    let mut scheduler = Scheduler::new(settings());
+    let (b, c) = ("b".repeat(40), "c".repeat(40));
+    let mut accept = |trigger, head: &str, now: u64| {
+        let (mut event, plan) = event(trigger, &[], &[]);
+        event.head_sha = head.to_owned();
+        let effects = scheduler.accept(&event, &plan, now);
+        commit(&mut store, &scheduler, &effects, now);
+        event.id
+    };
+    let three_at_b = accept(pr(3), &b, 1_000);
+    let four_at_b = accept(pr(4), &b, 2_000);
+    accept(push(), &b, 3_000);
+    let four_again_at_b = accept(pr(4), &b, 4_000);
+    accept(pr(5), &b, 5_000);
+    let five_at_c = accept(pr(5), &c, 6_000);
+    // PR 4 ran twice at b (its newer run counts); PR 5 moved on to c; pushes have no plan status.
+    assert_eq!(
+        store.pull_request_runs_on("infra", &b).unwrap(),
+        vec![three_at_b, four_again_at_b]
+    );
+    assert_eq!(
+        store.pull_request_runs_on("infra", &c).unwrap(),
+        vec![five_at_c]
+    );
+    assert_eq!(
+        store.pull_request_runs_on("other", &b).unwrap(),
+        Vec::<Uuid>::new()
+    );
+    assert_eq!(
+        store.previous_head("infra", 5, five_at_c).unwrap(),
+        Some(b.clone())
+    );
+    assert_eq!(
+        store.previous_head("infra", 4, four_again_at_b).unwrap(),
+        Some(b)
+    );
+    assert_eq!(store.previous_head("infra", 3, three_at_b).unwrap(), None);
+    assert_eq!(store.previous_head("infra", 4, four_at_b).unwrap(), None);
 }
 
 #[test]
