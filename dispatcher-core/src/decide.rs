@@ -298,6 +298,7 @@ impl Core {
                 .with_effects(effects)
             }
             Err(reason) => {
+                let reason = crate::report::shorten(&reason, crate::scheduler::MAX_REASON_CHARS);
                 let effects = self.scheduler.reject(event, &reason, now);
                 Decision::new(
                     Verdict::DeadLetter(format!("rejected: {reason}")),

@@ -355,12 +355,14 @@ fn event_cell(run: &RunSummary, links: &ForgeLinks) -> Markup {
 }
 
 fn commit_link(run: &RunSummary, links: &ForgeLinks) -> Markup {
-    let short = &run.head_sha[..run.head_sha.len().min(8)];
+    // Cut by characters: a rejected event's sha is as it was sent, not necessarily hex, and
+    // only a real sha becomes a link.
+    let short: String = run.head_sha.chars().take(8).collect();
     match links.get(&run.repository) {
-        Some(base) => {
+        Some(base) if crate::policy::is_commit_sha(&run.head_sha) => {
             html! { a href=(format!("{base}/commit/{}", run.head_sha)) { code { (short) } } }
         }
-        None => html! { code { (short) } },
+        _ => html! { code { (short) } },
     }
 }
 
@@ -382,6 +384,30 @@ mod tests {
         assert!(!html.contains("b\"onmouseover"), "{html}");
         let job = job_page(&detail, &detail.jobs[0], &[], &viewer);
         assert!(!job.contains("<script>alert"), "{job}");
+    }
+
+    /// A rejected event's sha is stored as it was sent: the page cuts it by characters (a
+    /// byte slice would panic inside a multi-byte one) and links only a real sha.
+    #[test]
+    fn a_sha_that_is_none_shows_cut_and_links_nowhere() {
+        let links = ForgeLinks::from([(
+            "infra".to_owned(),
+            "https://github.com/acme/infra".to_owned(),
+        )]);
+        let mut detail = run_detail(&[]);
+        detail.run.head_sha = "ééééééééé/../../../evil".into();
+        let html = run_page(&detail, &Viewer::default(), &links, 0);
+        assert!(html.contains("<code>éééééééé</code>"), "{html}");
+        assert!(!html.contains("/commit/"), "{html}");
+        detail.run.head_sha = "c0ffee".repeat(6) + "c0ff";
+        let html = run_page(&detail, &Viewer::default(), &links, 0);
+        assert!(
+            html.contains(&format!(
+                "href=\"https://github.com/acme/infra/commit/{}\"",
+                detail.run.head_sha
+            )),
+            "{html}"
+        );
     }
 
     #[test]

@@ -297,7 +297,8 @@ fn check_shas(event: &ChangeEvent) -> Result<(), String> {
     Ok(())
 }
 
-fn is_commit_sha(sha: &str) -> bool {
+/// A full commit sha: 40 (SHA-1) or 64 (SHA-256) hexadecimal digits.
+pub fn is_commit_sha(sha: &str) -> bool {
     matches!(sha.len(), 40 | 64) && sha.bytes().all(|b| b.is_ascii_hexdigit())
 }
 

@@ -31,6 +31,10 @@ use crate::policy::RunPlan;
 
 /// How much of a failed job's output travels in every status snapshot.
 const OUTPUT_TAIL_BYTES: usize = 4096;
+/// The most characters a rejected event's repository name or malformed sha keeps.
+const MAX_REJECTED_NAME_CHARS: usize = 200;
+/// The most characters of a reason a run or a dead-lettered message keeps.
+pub const MAX_REASON_CHARS: usize = 1_000;
 
 /// The scheduler's settings, from the policy file.
 #[derive(Debug, Clone)]
@@ -447,7 +451,15 @@ impl Scheduler {
     /// and `pipelines status` can say why.
     pub fn reject(&mut self, event: &ChangeEvent, reason: &str, now: u64) -> Effects {
         let mut run = self.new_run(event, &RunPlan::default(), now);
-        run.rejected = Some(reason.to_owned());
+        // A refused event may carry anything, megabytes of it: what it leaves is cut to size,
+        // and a sha that is none shows as written but cannot pass for one.
+        run.repository = crate::report::shorten(&run.repository, MAX_REJECTED_NAME_CHARS);
+        for sha in [&mut run.head_sha, &mut run.base_sha] {
+            if !crate::policy::is_commit_sha(sha) {
+                *sha = crate::report::shorten(sha, MAX_REJECTED_NAME_CHARS);
+            }
+        }
+        run.rejected = Some(crate::report::shorten(reason, MAX_REASON_CHARS));
         let mut effects = Effects::default();
         effects.touch_run(run.run_id);
         self.insert(run);

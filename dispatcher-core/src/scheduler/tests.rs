@@ -724,6 +724,27 @@ fn an_empty_run_succeeds_at_once_and_a_rejected_one_is_final() {
     assert!(sim.scheduler.run(empty.0.id).is_none());
 }
 
+/// What an event may put in a rejected run is bounded: a megabyte of repository name or of
+/// sha, or a reason that quotes them, is kept cut, and a real sha is kept whole.
+#[test]
+fn a_rejected_event_leaves_its_identity_and_reason_cut_to_size() {
+    let mut sim = Sim::new();
+    let (mut huge, _) = event(pr(3), &[], &[]);
+    huge.repository = "r".repeat(1 << 20);
+    huge.head_sha = "é".repeat(1 << 19);
+    let reason = format!("unknown repository {:?}", huge.repository);
+    sim.scheduler.reject(&huge, &reason, sim.now);
+    let run = sim.scheduler.run(huge.id).unwrap();
+    assert_eq!(run.repository.chars().count(), 200);
+    assert_eq!(run.head_sha.chars().count(), 200);
+    assert_eq!(run.base_sha, "a".repeat(40), "a real sha stays whole");
+    let RunState::Rejected(kept) = run.state() else {
+        panic!("{:?}", run.state())
+    };
+    assert_eq!(kept.chars().count(), 1_000);
+    assert!(kept.starts_with("unknown repository \"rrr"), "{kept}");
+}
+
 #[test]
 fn job_ids_are_stable_per_run_unit_and_action() {
     let run = Uuid::new_v4();
