@@ -70,10 +70,10 @@ pub fn redact_url(url: &str) -> String {
 /// `Authorization` header for requests to that URL (git also sends it after a redirect of
 /// the first request, as it does any extra header); a user alone (`https://org@host/…`,
 /// or a token in its place) becomes `credential.<url>.username`, as git would take it from
-/// the URL, for the credential helpers of `executor.git_config` (or the dispatcher's) to answer. `None` for any
-/// other URL, and for other arguments. Git and its transport helper show their arguments to
-/// every user of the host (`/proc/PID/cmdline`), the tools of a plan running beside a worker
-/// among them, while their environment is theirs alone.
+/// the URL, for the credential helpers of `executor.git_config` (or the dispatcher's) to
+/// answer. `None` for any other URL, and for other arguments. Git and its transport helper
+/// show their arguments to every user of the host (`/proc/PID/cmdline`), the tools of a plan
+/// running beside a worker among them, while their environment is theirs alone.
 pub fn git_credentials_apart(arg: &str) -> Option<(String, (String, String))> {
     use base64::Engine;
     let (scheme, rest) = arg.split_once("://")?;
