@@ -341,6 +341,46 @@ struct Prepared {
     credentials: credentials::JobCredentials,
 }
 
+/// A destroy is for a unit the deploy branch deleted: the unit must be gone at the job's
+/// commit and at the branch's tip now. The event that asked for it is the orchestrator's
+/// word, and the orchestrator runs where collaborators change code: a range given backwards
+/// (a later commit as its base), or a forged deletion, names a live unit as deleted, and both
+/// commits are on the branch.
+async fn verify_deleted(
+    workspace: &Workspace,
+    job: &Job,
+    repository: &config::Repository,
+    tip: &str,
+    output: &mut JobOutput,
+) -> Result<(), Interrupted> {
+    for (commit, which) in [(job.commit.as_str(), "the run's commit"), (tip, "the tip")] {
+        let files = workspace
+            .unit_files(&repository.name, commit, &job.unit)
+            .await
+            .map_err(|err| {
+                Interrupted::Failed(
+                    JobStatus::Failed,
+                    format!("cannot verify the unit was deleted: {err}"),
+                )
+            })?;
+        if !files.is_empty() {
+            let (status, message) = refused(format!(
+                "{} is not deleted: {which} {commit} of branch {:?} has its {}; only a unit \
+                 the deploy branch deleted may be destroyed",
+                job.unit,
+                repository.deploy_branch,
+                files.join(", ")
+            ));
+            return Err(Interrupted::Failed(status, message));
+        }
+    }
+    output.push_str(&format!(
+        "pipelines: verified: {} is deleted at {} and at the tip {tip}\n",
+        job.unit, job.commit
+    ));
+    Ok(())
+}
+
 async fn prepare(
     settings: &WorkerSettings,
     workspace: &Workspace,
@@ -366,7 +406,7 @@ async fn prepare(
             .instrument(tracing::info_span!("verify", branch = %repository.deploy_branch))
             .await
             .map_err(|err| failed(format!("cannot verify the commit: {err}")))?;
-        verified.map_err(|reason| {
+        let tip = verified.map_err(|reason| {
             let (status, message) = refused(reason);
             Interrupted::Failed(status, message)
         })?;
@@ -376,6 +416,9 @@ async fn prepare(
             repository.deploy_branch,
             repository.name
         ));
+        if job.action == Action::Destroy {
+            verify_deleted(workspace, job, repository, &tip, output).await?;
+        }
     }
 
     let commit = job.checkout_commit();

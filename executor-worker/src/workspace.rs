@@ -439,16 +439,16 @@ impl Workspace {
     }
 
     /// Whether each of `commits` is reachable from `branch` of the repository at `url`, as
-    /// the canonical remote says now: `Ok(Err(reason))` when one is not. The branch's tip
-    /// comes from the remote itself (`ls-remote`); what the dispatcher, the event or the
-    /// mirror's refs claim plays no part.
+    /// the canonical remote says now: `Ok(Ok(tip))` when all are, `Ok(Err(reason))` when one
+    /// is not. The branch's tip comes from the remote itself (`ls-remote`); what the
+    /// dispatcher, the event or the mirror's refs claim plays no part.
     pub async fn verify_on_branch(
         &self,
         repository: &str,
         url: &str,
         branch: &str,
         commits: &[&str],
-    ) -> Result<Result<(), String>, WorkspaceError> {
+    ) -> Result<Result<String, String>, WorkspaceError> {
         let mirror = self.prepared_mirror(repository).await?;
         let head = format!("refs/heads/{branch}");
         let listed = self
@@ -493,7 +493,39 @@ impl Workspace {
                 }
             }
         }
-        Ok(Ok(()))
+        Ok(Ok(tip))
+    }
+
+    /// The files that make `unit` a unit at `commit` (`terragrunt.hcl`, `pipelines.hcl`, or
+    /// `.tf` and `.tofu` files directly in its directory): none where it is no unit. The
+    /// commit must be in the repository's mirror ([`Workspace::verify_on_branch`] fetched it).
+    pub async fn unit_files(
+        &self,
+        repository: &str,
+        commit: &str,
+        unit: &str,
+    ) -> Result<Vec<String>, WorkspaceError> {
+        let mirror = self.prepared_mirror(repository).await?;
+        let directory = format!("{}/", unit.trim_end_matches('/'));
+        let literal = std::ffi::OsStr::new("1");
+        let listed = self
+            .git_with(
+                Some(&mirror),
+                &["ls-tree", "--name-only", commit, "--", &directory],
+                // The unit is a path, never a pattern or a magic pathspec.
+                &[("GIT_LITERAL_PATHSPECS", literal)],
+            )
+            .await?;
+        Ok(listed
+            .lines()
+            .filter_map(|path| path.strip_prefix(&directory))
+            .filter(|name| {
+                matches!(*name, "terragrunt.hcl" | "pipelines.hcl")
+                    || name.ends_with(".tf")
+                    || name.ends_with(".tofu")
+            })
+            .map(str::to_owned)
+            .collect())
     }
 
     /// Where the job's directory is (whether or not it exists).
@@ -940,6 +972,40 @@ mod tests {
         (main, feature)
     }
 
+    /// What makes a directory a unit at a commit, as the destroy check reads it: its own
+    /// files only, and the unit's path taken literally, never as a pattern.
+    #[tokio::test]
+    async fn a_units_files_are_those_directly_in_its_directory_at_that_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (main, feature) = origin(dir.path());
+        sh(
+            &dir.path().join("origin"),
+            "git checkout -q feature && mkdir -p dev/tg && touch dev/tg/terragrunt.hcl dev/tg/README.md \
+             && git add -A && git -c user.name=t -c user.email=t@t commit -qm three && git checkout -q main",
+        );
+        let feature_now = sh(&dir.path().join("origin"), "git rev-parse feature");
+        let url = dir.path().join("origin").display().to_string();
+        let workspace =
+            Workspace::open(dir.path().join("work"), GitSettings::default(), None).unwrap();
+        let verified = workspace
+            .verify_on_branch("infra", &url, "feature", &[&main, &feature])
+            .await
+            .unwrap();
+        assert_eq!(verified, Ok(feature_now.clone()));
+        let files = |commit: String, unit: &'static str| {
+            let workspace = &workspace;
+            async move { workspace.unit_files("infra", &commit, unit).await.unwrap() }
+        };
+        assert_eq!(files(main.clone(), "dev/app").await, ["main.tf"]);
+        assert_eq!(
+            files(feature_now.clone(), "dev/tg").await,
+            ["terragrunt.hcl"]
+        );
+        assert_eq!(files(main.clone(), "dev/tg").await, Vec::<String>::new());
+        assert_eq!(files(main.clone(), "dev").await, Vec::<String>::new());
+        assert_eq!(files(main, "dev/*").await, Vec::<String>::new());
+    }
+
     #[tokio::test]
     async fn a_planted_hook_config_or_alternate_never_reaches_the_next_git_command() {
         let dir = tempfile::tempdir().unwrap();
@@ -994,7 +1060,7 @@ mod tests {
             .verify_on_branch("infra", &url, "main", &[&main])
             .await
             .unwrap();
-        assert_eq!(verified, Ok(()));
+        assert_eq!(verified, Ok(main.clone()));
         let refused = workspace
             .verify_on_branch("infra", &url, "main", &[&feature])
             .await

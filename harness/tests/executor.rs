@@ -135,6 +135,49 @@ fn a_push_of_a_commit_only_on_an_unmerged_branch_is_refused_and_nothing_runs() {
     deployment.assert_running();
 }
 
+/// Both commits of a range given backwards are on the deploy branch, so the reachability check
+/// passes; the unit the range "deletes" is live at the tip, and the worker refuses to destroy
+/// it.
+#[test]
+fn a_push_whose_range_runs_backwards_cannot_destroy_a_unit_the_deploy_branch_still_has() {
+    let (vhost, sandbox) = setup();
+    let units = Units::new(&sandbox);
+    let (c0, c1) = one_unit(&units, Behaviour::Succeed { seconds: 0 });
+    let config = sandbox.write_config(&vhost.url, &[("dev", "dev/**")], "");
+    let mut deployment = Deployment::start(sandbox.path(), &config, &[("dev", 1)]);
+    let applied = submit(&sandbox, &vhost, (&c0, &c1), "push", &[]);
+    assert_eq!(wait_final(&sandbox, applied).run.state, "succeeded");
+    let state_file = sandbox.state_dir().join("dev/app.tfstate");
+    let state = std::fs::read_to_string(&state_file).unwrap();
+    assert!(state.contains("\"null_resource\""), "{state}");
+
+    // From c1 back to c0: dev/app is only at the base, so the event says it was deleted.
+    let run = orchestrate(
+        &sandbox,
+        &vhost,
+        (&c1, &c0),
+        "push",
+        &["--branch", "main", "--wait"],
+    );
+    assert_eq!(run.code(), Some(1), "{}", run.transcript());
+    assert!(
+        run.stdout.contains("dev/app (destroy)"),
+        "{}",
+        run.transcript()
+    );
+    let reason = format!(
+        "refused: dev/app is not deleted: the tip {c1} of branch \"main\" has its main.tf, pipelines.hcl"
+    );
+    assert!(run.stdout.contains(&reason), "{}", run.transcript());
+    assert!(run.stdout.contains("nothing ran"), "{}", run.transcript());
+    assert_eq!(
+        std::fs::read_to_string(&state_file).unwrap(),
+        state,
+        "the state was touched"
+    );
+    deployment.assert_running();
+}
+
 #[test]
 fn a_job_past_its_timeout_is_stopped_with_its_whole_process_group() {
     let (vhost, sandbox) = setup();
