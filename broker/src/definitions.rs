@@ -7,9 +7,13 @@
 //! |---------------|----------------|----------------------------------------------|----------------------------------------|
 //! | admin         | everything     | everything                                   | everything                             |
 //! | dispatcher    | nothing        | jobs, status, dead-letter, default (replies) | changes, job events, claims, control   |
-//! | orchestrator  | its own queues | changes exchange, its own queues             | status exchange (one run id at a time) |
+//! | orchestrator, orchestrator-deploy | its own queues | changes exchange, its own queues | status exchange (one run id at a time) |
 //! | executor of A, role R | its own queues | job events (and claims), dead-letter | `jobs.A.R`, its own queues             |
 //! | each approver | nothing        | control exchange                             | nothing                                |
+//!
+//! The two orchestrator users have the same permissions; the dispatcher tells them apart
+//! (`[dispatcher] deploy_orchestrator_users`): pull requests' CI holds `orchestrator`, and only
+//! the deploy branch's workflow holds `orchestrator-deploy`, whose pushes may apply.
 //!
 //! Each account has two executor users, `executor-A-plan` and `executor-A-apply`: a plan
 //! worker runs a pull request's code, so its login must not open the apply queue.
@@ -38,7 +42,11 @@ pub enum Role {
     /// Runs `pipelines broker setup` and `pipelines cancel`.
     Admin,
     Dispatcher,
+    /// The orchestrator of pull requests' CI.
     Orchestrator,
+    /// The orchestrator of the deploy branch's workflow: its push and drift events, alone,
+    /// start applies and drift checks when the dispatcher lists it.
+    DeployOrchestrator,
     Executor {
         account: String,
         role: ExecutorRole,
@@ -51,7 +59,12 @@ pub enum Role {
 impl Role {
     /// Every role a topology needs.
     pub fn all(topology: &Topology) -> Vec<Role> {
-        let mut roles = vec![Role::Admin, Role::Dispatcher, Role::Orchestrator];
+        let mut roles = vec![
+            Role::Admin,
+            Role::Dispatcher,
+            Role::Orchestrator,
+            Role::DeployOrchestrator,
+        ];
         for account in &topology.accounts {
             roles.extend(ExecutorRole::ALL.map(|role| Role::Executor {
                 account: account.clone(),
@@ -67,6 +80,7 @@ impl Role {
             Role::Admin => format!("{prefix}admin"),
             Role::Dispatcher => format!("{prefix}dispatcher"),
             Role::Orchestrator => format!("{prefix}orchestrator"),
+            Role::DeployOrchestrator => format!("{prefix}orchestrator-deploy"),
             Role::Executor { account, role } => format!("{prefix}executor-{account}-{role}"),
             Role::Approver(user) => user.clone(),
         }
@@ -79,6 +93,7 @@ impl Role {
             Role::Admin => "ADMIN".to_owned(),
             Role::Dispatcher => "DISPATCHER".to_owned(),
             Role::Orchestrator => "ORCHESTRATOR".to_owned(),
+            Role::DeployOrchestrator => "ORCHESTRATOR_DEPLOY".to_owned(),
             Role::Executor { account, role } => format!(
                 "EXECUTOR_{}_{}",
                 account.to_ascii_uppercase().replace('-', "_"),
@@ -137,7 +152,7 @@ impl Role {
                     LOGS_QUEUE,
                 ]),
             ),
-            Role::Orchestrator => (
+            Role::Orchestrator | Role::DeployOrchestrator => (
                 format!("^{own}$"),
                 format!("^({}|{own})$", escape(CHANGES_EXCHANGE)),
                 format!("^({}|{own})$", escape(STATUS_EXCHANGE)),
@@ -254,7 +269,7 @@ pub fn definitions(
         .collect();
     let topic_permissions: Vec<Value> = users
         .iter()
-        .filter(|user| user.role == Role::Orchestrator)
+        .filter(|user| matches!(user.role, Role::Orchestrator | Role::DeployOrchestrator))
         .map(|user| json!({ "user": user.name, "vhost": vhost, "exchange": STATUS_EXCHANGE, "write": "^$", "read": RUN_ROUTING_KEY_PATTERN }))
         .collect();
     json!({
@@ -331,6 +346,11 @@ mod tests {
         );
         assert!(!Role::Orchestrator.permissions().1.contains("jobs"));
         assert_eq!(
+            Role::DeployOrchestrator.permissions(),
+            Role::Orchestrator.permissions(),
+            "the dispatcher, not the broker, tells the two orchestrators apart"
+        );
+        assert_eq!(
             Role::Executor {
                 account: "eu-prod".into(),
                 role: ExecutorRole::Apply,
@@ -388,6 +408,7 @@ mod tests {
                 "pipelines-admin",
                 "pipelines-dispatcher",
                 "pipelines-orchestrator",
+                "pipelines-orchestrator-deploy",
                 "pipelines-executor-dev-plan",
                 "pipelines-executor-dev-apply"
             ]
@@ -404,6 +425,11 @@ mod tests {
             "jobs.dev.apply"
         );
         assert_eq!(doc["topic_permissions"][0]["read"], RUN_ROUTING_KEY_PATTERN);
+        assert_eq!(
+            doc["topic_permissions"][1]["user"],
+            "pipelines-orchestrator-deploy"
+        );
+        assert_eq!(doc["topic_permissions"][1]["read"], RUN_ROUTING_KEY_PATTERN);
         let claims = doc["queues"]
             .as_array()
             .unwrap()

@@ -38,6 +38,15 @@ pub struct DispatcherSettings {
     /// `user_id`). Empty: any user that may publish to the changes exchange.
     #[serde(default)]
     pub orchestrator_users: Vec<String>,
+    /// The broker users whose push and drift events start runs: the orchestrator of the
+    /// deploy branch's workflow, in a CI environment that pull requests' jobs cannot use
+    /// (`deploy/github-actions/pipelines.yml`). A push event asks to apply and destroy at
+    /// commits of the deploy branch; from a pull request's CI it could ask to apply an older
+    /// one again. These users may submit runs whatever `orchestrator_users` says. Empty: any
+    /// user that may submit runs (the dispatcher warns at start-up when `orchestrator_users`
+    /// is set and this is not).
+    #[serde(default)]
+    pub deploy_orchestrator_users: Vec<String>,
     /// The broker user an executor of each account and role sends job events as, with
     /// both `{account}` and `{role}` (`plan` or `apply`) in it: `pipelines-executor-{account}-{role}`
     /// for the users `pipelines broker definitions` makes. A claim, heartbeat, give-back,
@@ -111,6 +120,7 @@ impl Default for DispatcherSettings {
             lease_seconds: default_lease_seconds(),
             metrics_address: None,
             orchestrator_users: Vec::new(),
+            deploy_orchestrator_users: Vec::new(),
             executor_users: None,
             max_units_per_run: default_max_units_per_run(),
             retention_days: default_retention_days(),

@@ -4,7 +4,7 @@
 # executor per account) with the narrowest permissions. Idempotent: run it again after adding an
 # account to the policy file.
 #
-#   export PIPELINES_RABBITMQ_PASSWORD_DISPATCHER=...   # and _ADMIN, _ORCHESTRATOR, _EXECUTOR_<ACCOUNT>
+#   export PIPELINES_RABBITMQ_PASSWORD_DISPATCHER=...   # and _ADMIN, _ORCHESTRATOR, _ORCHESTRATOR_DEPLOY, _EXECUTOR_<ACCOUNT>_<ROLE>
 #   deploy/rabbitmq/setup.sh /etc/pipelines/pipelines.toml [VHOST]
 #
 # A password that is not set is generated and printed once on stderr. Run it where `rabbitmqctl`

@@ -241,22 +241,45 @@ impl Core {
         known: Option<KnownRun>,
         now: u64,
     ) -> Decision {
-        let allowed = &self.config.dispatcher.orchestrator_users;
+        let settings = &self.config.dispatcher;
+        let (allowed, deploy) = (
+            &settings.orchestrator_users,
+            &settings.deploy_orchestrator_users,
+        );
         // The dispatcher's own user submits the scheduled drift runs.
         let own = config::url_user(self.config.first_broker_node());
-        let submits = |user: &str| allowed.iter().any(|a| a == user) || own == Some(user);
-        if !allowed.is_empty() && !user_id.is_some_and(submits) {
-            let from = user_id.unwrap_or("(no user_id)");
-            let reason = format!(
-                "change event from broker user {from:?}: only {} may submit runs",
-                allowed.join(", ")
-            );
-            return Decision::new(
+        let listed = |users: &[String], user: &str| users.iter().any(|u| u == user);
+        let from = user_id.unwrap_or("(no user_id)");
+        let refused = |reason: String| {
+            Decision::new(
                 Verdict::DeadLetter(reason),
                 Outcome::SubmitterRefused {
                     user: from.to_owned(),
                 },
-            );
+            )
+        };
+        let submits =
+            |user: &str| listed(allowed, user) || listed(deploy, user) || own == Some(user);
+        if !allowed.is_empty() && !user_id.is_some_and(submits) {
+            let users: Vec<&str> = allowed.iter().chain(deploy).map(String::as_str).collect();
+            return refused(format!(
+                "change event from broker user {from:?}: only {} may submit runs",
+                users.join(", ")
+            ));
+        }
+        // Pushes and drift checks are about the deploy branch: only its own workflow's login.
+        let about_deploy_branch =
+            matches!(event.trigger.kind(), EventKind::Push | EventKind::Drift);
+        if about_deploy_branch
+            && !deploy.is_empty()
+            && !user_id.is_some_and(|user| listed(deploy, user) || own == Some(user))
+        {
+            return refused(format!(
+                "{} event from broker user {from:?}: only {} may submit runs of the deploy \
+                 branch (dispatcher.deploy_orchestrator_users)",
+                event.trigger.kind(),
+                deploy.join(", ")
+            ));
         }
         // A redelivery (we crashed before the ack, or the publisher sent it twice): the run
         // exists, so settle the message the way the first delivery was settled.

@@ -293,6 +293,15 @@ impl Dispatcher {
                 "Change events are accepted from any broker user; set dispatcher.orchestrator_users to the orchestrators' users."
             );
         }
+        let settings = &self.core.config().dispatcher;
+        if senders_known
+            && !settings.orchestrator_users.is_empty()
+            && settings.deploy_orchestrator_users.is_empty()
+        {
+            tracing::warn!(
+                "Push and drift events are accepted from every orchestrator user: a pull request's CI holding that login can ask to apply an older commit of the deploy branch again; set dispatcher.deploy_orchestrator_users to the deploy workflow's user (see SECURITY.md)."
+            );
+        }
         if senders_known && self.core.config().dispatcher.executor_users.is_none() {
             tracing::warn!(
                 "Job events and log chunks are accepted from any executor's broker user, for any account and role; set dispatcher.executor_users (see SECURITY.md)."

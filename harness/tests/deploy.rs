@@ -678,40 +678,69 @@ fn the_github_workflow_orchestrates_pull_requests_and_pushes_to_the_deploy_branc
     let on = &workflow["on"];
     assert!(!on["pull_request"].is_badvalue(), "runs on pull requests");
     assert_eq!(words(&on["push"]["branches"]), ["main"]);
-    let steps = workflow["jobs"]["pipelines"]["steps"].as_vec().unwrap();
-    let orchestrate = steps
-        .iter()
-        .find(|step| {
-            step["run"]
-                .as_str()
-                .is_some_and(|run| run.contains("pipelines orchestrate"))
-        })
-        .expect("a step runs pipelines orchestrate");
-    let run = orchestrate["run"].as_str().unwrap();
-    assert!(run.contains("--wait"), "{run}");
-    assert!(
-        !run.contains("BROKER_URL"),
-        "the broker URL stays in the environment, off the command line: {run}"
+    let mut secrets = Vec::new();
+    for (job, event) in [("plan", "pull_request"), ("apply", "push")] {
+        let job = &workflow["jobs"][job];
+        assert_eq!(
+            job["if"].as_str(),
+            Some(format!("github.event_name == '{event}'").as_str())
+        );
+        let steps = job["steps"].as_vec().unwrap();
+        let orchestrate = steps
+            .iter()
+            .find(|step| {
+                step["run"]
+                    .as_str()
+                    .is_some_and(|run| run.contains("pipelines orchestrate"))
+            })
+            .expect("a step runs pipelines orchestrate");
+        let run = orchestrate["run"].as_str().unwrap();
+        assert!(run.contains("--wait"), "{run}");
+        assert!(
+            !run.contains("BROKER_URL"),
+            "the broker URL stays in the environment, off the command line: {run}"
+        );
+        let secret = orchestrate["env"]["PIPELINES_BROKER_URL"].as_str().unwrap();
+        assert!(
+            secret.contains("secrets."),
+            "the orchestrator's broker login is a secret"
+        );
+        secrets.push(secret.to_owned());
+        let checkout = steps
+            .iter()
+            .find(|step| {
+                step["uses"]
+                    .as_str()
+                    .is_some_and(|uses| uses.starts_with("actions/checkout"))
+            })
+            .unwrap();
+        assert_eq!(
+            checkout["with"]["fetch-depth"].as_i64(),
+            Some(0),
+            "change detection needs both commits"
+        );
+    }
+    // Pushes apply: their login is the deploy environment's, which pull requests cannot use.
+    assert_ne!(
+        secrets[0], secrets[1],
+        "pull requests and pushes share a login"
     );
-    assert!(
-        orchestrate["env"]["PIPELINES_BROKER_URL"]
-            .as_str()
-            .unwrap()
-            .contains("secrets."),
-        "the orchestrator's broker login is a secret"
+    assert!(workflow["jobs"]["plan"]["environment"].is_badvalue());
+    assert_eq!(
+        workflow["jobs"]["apply"]["environment"].as_str(),
+        Some("deploy")
     );
-    let checkout = steps
+    let drift = &yaml("deploy/github-actions/drift.yml")[0]["jobs"]["drift"];
+    assert_eq!(drift["environment"].as_str(), Some("deploy"));
+    let drift_login = drift["steps"]
+        .as_vec()
+        .unwrap()
         .iter()
-        .find(|step| {
-            step["uses"]
-                .as_str()
-                .is_some_and(|uses| uses.starts_with("actions/checkout"))
-        })
+        .find_map(|step| step["env"]["PIPELINES_BROKER_URL"].as_str())
         .unwrap();
     assert_eq!(
-        checkout["with"]["fetch-depth"].as_i64(),
-        Some(0),
-        "change detection needs both commits"
+        drift_login, secrets[1],
+        "a drift check takes the deploy login"
     );
 }
 

@@ -14,7 +14,7 @@ fn run(fixture: &Fixture, base: &str, head: &str, event: &str, with_config: bool
     // broker users, and embedded mode must not refuse its own events for want of one.
     let config = fixture.config_with(
         config::DEFAULT_BROKER_URL,
-        "orchestrator_users = [\"pipelines-orchestrator\"]\nexecutor_users = \"pipelines-executor-{account}-{role}\"\n",
+        "orchestrator_users = [\"pipelines-orchestrator\"]\ndeploy_orchestrator_users = [\"pipelines-orchestrator-deploy\"]\nexecutor_users = \"pipelines-executor-{account}-{role}\"\n",
     );
     let mut extra = vec!["--repo-name", "infra"];
     if with_config {

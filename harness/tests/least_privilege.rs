@@ -46,10 +46,12 @@ fn world_without(held_back: &[&str]) -> World {
     drop(units);
     let accounts = [("dev", "dev/**"), ("prod", "prod/**")];
     let access = LeastPrivilege::import_shipped(sandbox.path(), &["dev", "prod"]);
-    // Job events only from the executor user of each job's own account and role.
+    // Pushes only from the deploy branch's orchestrator; job events only from the executor
+    // user of each job's own account and role.
     let extra = format!(
-        "orchestrator_users = [\"{}\"]\nexecutor_users = \"{}\"\n",
+        "orchestrator_users = [\"{}\"]\ndeploy_orchestrator_users = [\"{}\"]\nexecutor_users = \"{}\"\n",
         access.user("orchestrator"),
+        access.user("orchestrator-deploy"),
         access.user("executor-{account}-{role}")
     );
     let config = sandbox.write_config(&access.url("admin"), &accounts, &extra);
@@ -167,9 +169,9 @@ impl World {
         found
     }
 
-    /// The orchestrator's run over the two units, followed to its end.
+    /// The deploy branch orchestrator's push run over the two units, followed to its end.
     fn run(&self) -> proto_types::RunStatus {
-        let orchestrator = self.access.url("orchestrator");
+        let orchestrator = self.access.url("orchestrator-deploy");
         let range = (self.commits.0.as_str(), self.commits.1.as_str());
         follow_to_end(&self.sandbox, orchestrator.as_str(), range, "push", 0).0
     }
@@ -275,9 +277,29 @@ fn each_component_user_can_do_its_job_and_nothing_more() {
         .unwrap();
     let dead = world.dead_letters("pipelines.changes", 1);
     let expected = format!(
-        "change event from broker user \"{}\": only {} may submit runs",
+        "change event from broker user \"{}\": only {}, {} may submit runs",
         world.access.user("admin"),
-        world.access.user("orchestrator")
+        world.access.user("orchestrator"),
+        world.access.user("orchestrator-deploy")
+    );
+    assert_eq!(dead[0].1, expected);
+
+    // The pull requests' orchestrator (whose login their CI holds) cannot ask for applies: its
+    // push event is dead-lettered, saying who may.
+    let orchestrator = world.connect("orchestrator");
+    let mut push = change_event(Uuid::new_v4(), "dev/app");
+    push.trigger = Trigger::Push {
+        branch: "main".into(),
+    };
+    world
+        .publish(&orchestrator, Route::Changes, &push.encode(), None)
+        .unwrap();
+    let dead = world.dead_letters("pipelines.changes", 1);
+    let expected = format!(
+        "push event from broker user \"{}\": only {} may submit runs of the deploy branch \
+         (dispatcher.deploy_orchestrator_users)",
+        world.access.user("orchestrator"),
+        world.access.user("orchestrator-deploy")
     );
     assert_eq!(dead[0].1, expected);
     world.deployment.assert_running();
@@ -410,7 +432,7 @@ fn a_job_event_from_another_accounts_or_roles_executor_is_dead_lettered_and_the_
  {
     // No dev apply worker yet: dev/app's apply job waits in its queue, active and unclaimed.
     let mut world = world_without(&["dev-apply"]);
-    let orchestrator = world.access.url("orchestrator");
+    let orchestrator = world.access.url("orchestrator-deploy");
     let range = (world.commits.0.as_str(), world.commits.1.as_str());
     let run = harness::runs::submit(&world.sandbox, orchestrator.as_str(), range, "push", &[]);
     let job_id = harness::poll_until(DEADLINE, "dev/app's job to be queued", || {
@@ -490,7 +512,7 @@ fn a_job_event_from_another_accounts_or_roles_executor_is_dead_lettered_and_the_
 #[test]
 fn a_log_chunk_from_another_accounts_or_roles_executor_is_dead_lettered_and_the_log_is_kept() {
     let mut world = world();
-    let orchestrator = world.access.url("orchestrator");
+    let orchestrator = world.access.url("orchestrator-deploy");
     let range = (world.commits.0.as_str(), world.commits.1.as_str());
     let run = harness::runs::submit(&world.sandbox, orchestrator.as_str(), range, "push", &[]);
     let detail = harness::runs::wait_final(&world.sandbox, run);

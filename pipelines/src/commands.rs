@@ -199,6 +199,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     // In one process over the in-memory broker there are no broker users: messages carry no
     // `user_id`, so a deployment's sender checks would refuse every event.
     config.dispatcher.orchestrator_users.clear();
+    config.dispatcher.deploy_orchestrator_users.clear();
     config.dispatcher.executor_users = None;
     let work_dir = tempfile::Builder::new()
         .prefix("pipelines-run-")

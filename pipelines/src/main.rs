@@ -390,7 +390,7 @@ enum BrokerCommand {
     /// `rabbitmqctl import_definitions FILE`.
     #[command(
         after_help = "Passwords come from PIPELINES_RABBITMQ_PASSWORD_<ROLE> (ADMIN, DISPATCHER, \
-        ORCHESTRATOR, EXECUTOR_<ACCOUNT>); a missing one is generated and printed once on stderr. \
+        ORCHESTRATOR, ORCHESTRATOR_DEPLOY, EXECUTOR_<ACCOUNT>_<ROLE>); a missing one is generated and printed once on stderr. \
         The file holds password hashes only.\n\nExample:\n  pipelines broker definitions --config pipelines.toml > definitions.json\n  \
         rabbitmqctl import_definitions definitions.json"
     )]

@@ -68,6 +68,62 @@ fn a_change_event_from_a_user_that_may_not_submit_is_dead_lettered_naming_both()
     assert!(decision.effects.is_empty(), "nothing was decided");
 }
 
+/// A pull request's CI holds the orchestrator's login: its pushes and drift checks, which
+/// name commits of the deploy branch, are refused; the deploy workflow's login submits both,
+/// and pull requests too.
+#[test]
+fn only_the_deploy_orchestrator_submits_pushes_and_drift_checks() {
+    let mut core = core(&["pipelines-orchestrator"]);
+    core.config.dispatcher.deploy_orchestrator_users = vec!["pipelines-orchestrator-deploy".into()];
+    let push = || change(crate::testing::push(), &["app"]);
+    let drift = || {
+        change(
+            Trigger::Drift {
+                branch: "main".into(),
+            },
+            &[],
+        )
+    };
+    for (event, kind) in [(push(), "push"), (drift(), "drift")] {
+        let decision = core.decide_change(&event, Some("pipelines-orchestrator"), None, 0);
+        assert_eq!(
+            decision.verdict,
+            Verdict::DeadLetter(format!(
+                "{kind} event from broker user \"pipelines-orchestrator\": only \
+                 pipelines-orchestrator-deploy may submit runs of the deploy branch \
+                 (dispatcher.deploy_orchestrator_users)"
+            ))
+        );
+        assert_eq!(
+            decision.outcome,
+            Some(Outcome::SubmitterRefused {
+                user: "pipelines-orchestrator".into()
+            })
+        );
+        assert!(decision.effects.is_empty(), "nothing was decided");
+    }
+    let from_pr_ci = core.decide_change(
+        &change(pr(1), &["app"]),
+        Some("pipelines-orchestrator"),
+        None,
+        0,
+    );
+    assert_eq!(from_pr_ci.verdict, Verdict::Ack);
+    for event in [push(), change(pr(2), &["app"])] {
+        let decision = core.decide_change(&event, Some("pipelines-orchestrator-deploy"), None, 0);
+        assert_eq!(decision.verdict, Verdict::Ack, "{decision:?}");
+    }
+    let refused = core.decide_change(&push(), Some("mallory"), None, 0);
+    assert_eq!(
+        refused.verdict,
+        Verdict::DeadLetter(
+            "change event from broker user \"mallory\": only pipelines-orchestrator, \
+             pipelines-orchestrator-deploy may submit runs"
+                .into()
+        )
+    );
+}
+
 #[test]
 fn an_accepted_event_publishes_its_jobs_and_its_redelivery_is_acked_without_a_second_run() {
     let mut core = core(&[]);
