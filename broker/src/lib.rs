@@ -599,6 +599,22 @@ impl Delivery {
     }
 }
 
+/// The frame size a consumer of publishers it does not trust asks for: RabbitMQ's default
+/// `frame_max`, the most any publisher may then send. RabbitMQ does not split a message's
+/// headers: it sends a consumer a header frame larger than the consumer asked for, and the
+/// consumer's connection closes on it (`FRAME-ERROR: frame too large`), at every redelivery.
+/// Other components ask for 16 KiB frames, for their memory.
+pub const UNTRUSTED_PUBLISHERS_FRAME_MAX: u32 = 131_072;
+
+/// `url` asking for frames of `bytes`, unless it names its own `frame_max`.
+pub fn with_frame_max(url: &str, bytes: u32) -> String {
+    if url.contains("frame_max=") {
+        return url.to_owned();
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}frame_max={bytes}")
+}
+
 /// Hides the password of an AMQP URL, for messages and logs.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -614,6 +630,22 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frame_size_is_added_to_a_url_that_names_none() {
+        assert_eq!(
+            with_frame_max("amqp://u:p@h:5672/v", 131_072),
+            "amqp://u:p@h:5672/v?frame_max=131072"
+        );
+        assert_eq!(
+            with_frame_max("amqp://u:p@h/v?heartbeat=30", 131_072),
+            "amqp://u:p@h/v?heartbeat=30&frame_max=131072"
+        );
+        assert_eq!(
+            with_frame_max("amqp://h/v?frame_max=8192", 131_072),
+            "amqp://h/v?frame_max=8192"
+        );
+    }
 
     #[test]
     fn passwords_are_redacted_from_urls() {

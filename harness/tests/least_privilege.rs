@@ -141,8 +141,17 @@ impl World {
 
     /// Dead-lettered messages of `queue` with their reasons (read as the admin).
     fn dead_letters(&self, queue: &str, count: usize) -> Vec<(Vec<u8>, String)> {
-        let admin = self.connect("admin");
-        let mut dead = self.consume(&admin, &format!("dead.{queue}")).unwrap();
+        self.dead_letters_via(&self.connect("admin"), queue, count)
+    }
+
+    /// [`World::dead_letters`] read through `broker`.
+    fn dead_letters_via(
+        &self,
+        broker: &Broker,
+        queue: &str,
+        count: usize,
+    ) -> Vec<(Vec<u8>, String)> {
+        let mut dead = self.consume(broker, &format!("dead.{queue}")).unwrap();
         let mut found = Vec::new();
         while found.len() < count {
             let delivery = self
@@ -167,6 +176,18 @@ impl World {
             self.runtime.block_on(delivery.ack()).unwrap();
         }
         found
+    }
+
+    /// A run of the two units goes through: every unit succeeds.
+    fn assert_a_run_succeeds(&self) {
+        let status = self.run();
+        assert!(
+            status
+                .units
+                .iter()
+                .all(|u| u.state == proto_types::UnitState::Succeeded),
+            "{status:#?}"
+        );
     }
 
     /// The deploy branch orchestrator's push run over the two units, followed to its end.
@@ -305,6 +326,46 @@ fn each_component_user_can_do_its_job_and_nothing_more() {
     world.deployment.assert_running();
 }
 
+/// A publisher that raises its frame size may send headers larger than the dispatcher's
+/// frames hold. The dispatcher's dead-letter copy of such a message must still go out, with
+/// its reason, and its publishing must go on.
+#[test]
+fn a_message_with_headers_past_the_dispatchers_frame_is_dead_lettered_with_its_reason() {
+    let mut world = world();
+    let admin = world
+        .runtime
+        .block_on(Broker::connect(
+            &broker::with_frame_max(
+                &world.access.url("admin"),
+                broker::UNTRUSTED_PUBLISHERS_FRAME_MAX,
+            ),
+            "least-privilege-test",
+        ))
+        .unwrap();
+    let mut headers = Headers::new();
+    headers.insert("x-padding".into(), "p".repeat(60_000));
+    headers.insert(
+        "traceparent".into(),
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+    );
+    let garbage = b"\x01not bincode at all".to_vec();
+    world
+        .runtime
+        .block_on(admin.publish(Route::Changes, Outgoing::new(&garbage, "big", &headers)))
+        .unwrap();
+    // Read with frames as large: the dead letter keeps its headers.
+    let dead = world.dead_letters_via(&admin, "pipelines.changes", 1);
+    assert_eq!(dead[0].0, garbage, "the body is kept whole");
+    assert!(
+        dead[0].1.contains("malformed message body"),
+        "{}",
+        dead[0].1
+    );
+    // The dispatcher publishes on: a real run goes through.
+    world.assert_a_run_succeeds();
+    world.deployment.assert_running();
+}
+
 #[test]
 fn malformed_oversized_and_wrong_version_messages_are_dead_lettered_and_consumers_go_on() {
     let mut world = world();
@@ -331,14 +392,7 @@ fn malformed_oversized_and_wrong_version_messages_are_dead_lettered_and_consumer
         world.publish(&admin, Route::Claims, body, None).unwrap();
     }
     // The consumers went on: a real run after the bad messages goes through.
-    let status = world.run();
-    assert!(
-        status
-            .units
-            .iter()
-            .all(|u| u.state == proto_types::UnitState::Succeeded),
-        "{status:#?}"
-    );
+    world.assert_a_run_succeeds();
 
     let expected = [
         "malformed message body",

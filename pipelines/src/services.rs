@@ -88,7 +88,13 @@ pub(crate) async fn dispatch(args: DispatchArgs) -> anyhow::Result<Outcome> {
             tracing::warn!(address = %served, "The web page is served beyond this machine without sign-in ([web]): anyone who reaches it can read every run and log.");
         }
     }
-    let broker_urls = config.broker_urls_with_password()?;
+    // The dispatcher consumes what orchestrators and executors publish: it takes any frame
+    // they could send, so that no message's headers can close its connection.
+    let broker_urls: Vec<String> = config
+        .broker_urls_with_password()?
+        .iter()
+        .map(|url| broker::with_frame_max(url, broker::UNTRUSTED_PUBLISHERS_FRAME_MAX))
+        .collect();
     let running = keep_running(
         "pipelines-dispatch",
         &broker_urls,
