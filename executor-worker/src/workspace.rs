@@ -511,13 +511,15 @@ impl Workspace {
         let listed = self
             .git_with(
                 Some(&mirror),
-                &["ls-tree", "--name-only", commit, "--", &directory],
+                // NUL-separated: without -z, git quotes a path with other than plain ASCII
+                // (`"dev/caf\303\251/main.tf"`), which no prefix matches.
+                &["ls-tree", "-z", "--name-only", commit, "--", &directory],
                 // The unit is a path, never a pattern or a magic pathspec.
                 &[("GIT_LITERAL_PATHSPECS", literal)],
             )
             .await?;
         Ok(listed
-            .lines()
+            .split('\0')
             .filter_map(|path| path.strip_prefix(&directory))
             .filter(|name| {
                 matches!(*name, "terragrunt.hcl" | "pipelines.hcl")
@@ -980,8 +982,9 @@ mod tests {
         let (main, feature) = origin(dir.path());
         sh(
             &dir.path().join("origin"),
-            "git checkout -q feature && mkdir -p dev/tg && touch dev/tg/terragrunt.hcl dev/tg/README.md \
-             && git add -A && git -c user.name=t -c user.email=t@t commit -qm three && git checkout -q main",
+            "git checkout -q feature && mkdir -p dev/tg 'dev/café \"x\"' && touch dev/tg/terragrunt.hcl \
+             dev/tg/README.md 'dev/café \"x\"/main.tf' && git add -A \
+             && git -c user.name=t -c user.email=t@t commit -qm three && git checkout -q main",
         );
         let feature_now = sh(&dir.path().join("origin"), "git rev-parse feature");
         let url = dir.path().join("origin").display().to_string();
@@ -1003,7 +1006,9 @@ mod tests {
         );
         assert_eq!(files(main.clone(), "dev/tg").await, Vec::<String>::new());
         assert_eq!(files(main.clone(), "dev").await, Vec::<String>::new());
-        assert_eq!(files(main, "dev/*").await, Vec::<String>::new());
+        // A path git would quote: read as it is.
+        assert_eq!(files(feature_now, "dev/café \"x\"").await, ["main.tf"]);
+        assert_eq!(files(main, "dev/café \"x\"").await, Vec::<String>::new());
     }
 
     #[tokio::test]
