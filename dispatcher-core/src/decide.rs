@@ -267,12 +267,14 @@ impl Core {
                 users.join(", ")
             ));
         }
-        // Pushes and drift checks are about the deploy branch: only its own workflow's login.
-        let about_deploy_branch =
-            matches!(event.trigger.kind(), EventKind::Push | EventKind::Drift);
-        if about_deploy_branch
+        // Pushes and drift checks are about the deploy branch: only its own workflow's login,
+        // and the dispatcher's own for its `[[drift]]` schedules.
+        let kind = event.trigger.kind();
+        let may_send =
+            |user: &str| listed(deploy, user) || (kind == EventKind::Drift && own == Some(user));
+        if matches!(kind, EventKind::Push | EventKind::Drift)
             && !deploy.is_empty()
-            && !user_id.is_some_and(|user| listed(deploy, user) || own == Some(user))
+            && !user_id.is_some_and(may_send)
         {
             return refused(format!(
                 "{} event from broker user {from:?}: only {} may submit runs of the deploy \

@@ -730,8 +730,13 @@ fn the_github_workflow_orchestrates_pull_requests_and_pushes_to_the_deploy_branc
         workflow["jobs"]["apply"]["environment"].as_str(),
         Some("deploy")
     );
+    // Nor do the two share runners, where a pull request's job could leave a tool behind.
+    let deploy_runners = |job: &Yaml| words(&job["runs-on"]).contains(&"deploy".to_owned());
+    assert!(deploy_runners(&workflow["jobs"]["apply"]));
+    assert!(!deploy_runners(&workflow["jobs"]["plan"]));
     let drift = &yaml("deploy/github-actions/drift.yml")[0]["jobs"]["drift"];
     assert_eq!(drift["environment"].as_str(), Some("deploy"));
+    assert!(deploy_runners(drift));
     let drift_login = drift["steps"]
         .as_vec()
         .unwrap()

@@ -113,6 +113,21 @@ fn only_the_deploy_orchestrator_submits_pushes_and_drift_checks() {
         let decision = core.decide_change(&event, Some("pipelines-orchestrator-deploy"), None, 0);
         assert_eq!(decision.verdict, Verdict::Ack, "{decision:?}");
     }
+    // The dispatcher's own user (the broker URL's) submits its `[[drift]]` schedules, and
+    // nothing else of the deploy branch.
+    let own = config::url_user(core.config.first_broker_node())
+        .unwrap()
+        .to_owned();
+    let scheduled = core.decide_change(&drift(), Some(&own), None, 0);
+    assert!(
+        !matches!(scheduled.outcome, Some(Outcome::SubmitterRefused { .. })),
+        "{scheduled:?}"
+    );
+    let pushed = core.decide_change(&push(), Some(&own), None, 0);
+    assert_eq!(
+        pushed.outcome,
+        Some(Outcome::SubmitterRefused { user: own.clone() })
+    );
     let refused = core.decide_change(&push(), Some("mallory"), None, 0);
     assert_eq!(
         refused.verdict,
