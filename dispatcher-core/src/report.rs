@@ -458,14 +458,20 @@ fn render(
     links: &Links,
 ) -> String {
     let summary = summary(marker, title, detail, links);
-    let sections: Vec<Section<'_>> = detail
+    // Made safe for their code block before they are measured: revealing a bidirectional
+    // character makes it 8 characters, and the comment must still fit.
+    let shown: Vec<(&JobSummary, String)> = detail
         .jobs
         .iter()
         .filter_map(|job| {
             let output = outputs.get(&job.job_id)?;
             let shown = interesting_part(output);
-            (!shown.trim().is_empty()).then_some(Section { job, text: shown })
+            (!shown.trim().is_empty()).then(|| (job, fence_safe(shown)))
         })
+        .collect();
+    let sections: Vec<Section<'_>> = shown
+        .iter()
+        .map(|(job, text)| Section { job, text })
         .collect();
     // Room for the footer that says what was cut.
     let budget = MAX_COMMENT_CHARS.saturating_sub(summary.chars().count() + 600);
@@ -644,7 +650,7 @@ fn section_markdown(job: &JobSummary, text: &str, cut: usize) -> String {
         job.action,
         icon(job.state),
         job.state,
-        fence_safe(text.trim_end())
+        text.trim_end()
     )
 }
 
@@ -779,7 +785,11 @@ pub(crate) fn inert(text: &str) -> String {
 /// cannot end it or split a table cell (the short form keeps a 300-unit table within the
 /// comment's limit); else [`inert`] text in an HTML code element.
 pub(crate) fn code(text: &str) -> String {
-    if text.contains(['`', '|', '\n', '\r']) {
+    if text.contains(['`', '|', '\n', '\r'])
+        || text
+            .chars()
+            .any(proto_types::untrusted_text::is_bidi_control)
+    {
         html_code(text)
     } else {
         format!("`{text}`")
@@ -1022,6 +1032,27 @@ mod tests {
                 .chars()
                 .any(proto_types::untrusted_text::is_bidi_control),
             "{body}"
+        );
+    }
+
+    /// Revealed, a bidirectional character is 8 characters: outputs are measured after, so the
+    /// comment still fits GitHub's limit; and a unit path with one is revealed too.
+    #[test]
+    fn a_plan_full_of_bidi_characters_still_fits_and_its_unit_path_is_revealed() {
+        let mut failed = job(0, "failed");
+        failed.unit = "dev/\u{202E}ppa".into();
+        let outputs = BTreeMap::from([(failed.job_id, "\u{202E}".repeat(70_000))]);
+        let body =
+            pull_request_comment(&detail(vec![failed], "failed"), &outputs, &Links::default());
+        assert!(body.chars().count() <= MAX_COMMENT_CHARS, "{}", body.len());
+        assert!(
+            body.contains("<code>dev/&lt;U+202E&gt;ppa</code>"),
+            "{body}"
+        );
+        assert!(
+            !body
+                .chars()
+                .any(proto_types::untrusted_text::is_bidi_control),
         );
     }
 

@@ -73,16 +73,17 @@ pub fn render_runs(runs: &[RunSummary], now: u64) -> String {
             Some(number) => format!("{} #{number}", run.event),
             None => run.event.to_string(),
         };
+        // A rejected run's repository and reason are the event's, as sent: printable only.
         rows.push(vec![
             run.run_id.to_string(),
-            run.repository.clone(),
+            printable(&run.repository),
             event,
             run.state.to_string(),
             job_counts(run),
             format!("{} ago", duration(now.saturating_sub(run.created_ms))),
             run.reason
                 .as_deref()
-                .map(|r| truncate(r, 100))
+                .map(|r| truncate(&printable(r), 100))
                 .unwrap_or_default(),
         ]);
     }
@@ -97,14 +98,16 @@ pub fn render_run(detail: &RunDetail, now: u64) -> String {
         Some(number) => format!("{} #{number}", run.event),
         None => run.event.to_string(),
     };
-    let head: String = run.head_sha.chars().take(12).collect();
+    let head: String = printable(&run.head_sha).chars().take(12).collect();
     let _ = write!(
         out,
         "Run {} ({}, {event}, head {head}): {}",
-        run.run_id, run.repository, run.state
+        run.run_id,
+        printable(&run.repository),
+        run.state
     );
     if let Some(reason) = &run.reason {
-        let _ = write!(out, ": {reason}");
+        let _ = write!(out, ": {}", printable(reason));
     }
     let elapsed = if run.state == RunPhase::Running {
         now

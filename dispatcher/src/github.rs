@@ -264,6 +264,25 @@ impl GitHub {
         Ok(found)
     }
 
+    /// The open pull requests whose head is `sha`: their numbers.
+    pub async fn open_pulls_headed_at(
+        &self,
+        repo: &str,
+        sha: &str,
+    ) -> Result<std::collections::BTreeSet<u64>, GitHubError> {
+        let path = format!("/repos/{repo}/commits/{sha}/pulls");
+        let pulls = self
+            .call(Method::Get, &path, None, "find the commit's pull requests")
+            .await?;
+        Ok(pulls
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|pull| pull["state"] == "open" && pull["head"]["sha"] == sha)
+            .filter_map(|pull| pull["number"].as_u64())
+            .collect())
+    }
+
     /// Opens an issue; its number.
     pub async fn create_issue(
         &self,

@@ -297,6 +297,11 @@ impl Task {
         let Some(settings) = self.config.github.clone() else {
             return Ok(());
         };
+        if !crate::policy::is_commit_sha(&detail.run.head_sha) {
+            // A rejected event's sha as it was sent: no commit to report on, and text that
+            // must not reach a URL or a comment.
+            return Ok(());
+        }
         if detail.run.event == proto_types::EventKind::Drift {
             // A drift run reports on its repository's drift issue, not on the commit: the
             // commit's status is its push run's.
@@ -313,10 +318,16 @@ impl Task {
             )),
             details: self.details_url(&settings, detail.run.run_id),
         };
-        self.set_statuses(&repo, &settings, detail, &siblings.on_its_commit)
-            .await?;
-        if let Some((newest, others)) = siblings.on_the_commit_it_left.split_last() {
-            self.set_statuses(&repo, &settings, newest, others).await?;
+        if !siblings.superseded {
+            let on_its_commit = self.still_open(&repo, &siblings.on_its_commit).await?;
+            self.set_statuses(&repo, &settings, detail, &on_its_commit)
+                .await?;
+            let left = self
+                .still_open(&repo, &siblings.on_the_commit_it_left)
+                .await?;
+            if let Some((newest, others)) = left.split_last() {
+                self.set_statuses(&repo, &settings, newest, others).await?;
+            }
         }
         if let Some(number) = detail.run.pull_request {
             let body = report::pull_request_comment(detail, outputs, &links);
@@ -333,6 +344,32 @@ impl Task {
             }
         }
         Ok(())
+    }
+
+    /// Of `runs` (pull requests' runs at one commit), those whose pull request GitHub says is
+    /// open with that commit as its head: a closed pull request's failure, or a number an
+    /// event made up, does not hold the commit's status.
+    async fn still_open(
+        &self,
+        repo: &str,
+        runs: &[RunDetail],
+    ) -> Result<Vec<RunDetail>, GitHubError> {
+        let Some(first) = runs.first() else {
+            return Ok(Vec::new());
+        };
+        let open = self
+            .github
+            .open_pulls_headed_at(repo, &first.run.head_sha)
+            .await?;
+        Ok(runs
+            .iter()
+            .filter(|run| {
+                run.run
+                    .pull_request
+                    .is_some_and(|number| open.contains(&number))
+            })
+            .cloned()
+            .collect())
     }
 
     /// `[github] details_url` when set, else the run's page on the dispatcher's web page when
@@ -632,9 +669,14 @@ impl Task {
 
 /// The runs whose statuses share a commit with a reported run: the newest runs of the other
 /// pull requests with its head, and the newest runs of those still at the commit its pull
-/// request left, if it just moved on.
+/// request left, if it just moved on. Rejected runs are not among them (their pull request
+/// number is the event's word alone), and the reporter keeps only the pull requests GitHub
+/// says are open with that head.
 #[derive(Debug, Default)]
 pub(crate) struct Siblings {
+    /// The run is no longer its pull request's newest: the commit's statuses are the newer
+    /// run's to write.
+    pub(crate) superseded: bool,
     pub(crate) on_its_commit: Vec<RunDetail>,
     pub(crate) on_the_commit_it_left: Vec<RunDetail>,
 }
@@ -650,11 +692,20 @@ impl Siblings {
         let Some(number) = run.pull_request else {
             return Ok(Siblings::default());
         };
+        if !store
+            .pull_request_runs_on(&run.repository, &run.head_sha)?
+            .contains(&run.run_id)
+        {
+            return Ok(Siblings {
+                superseded: true,
+                ..Siblings::default()
+            });
+        }
         let others_on = |sha: &str| -> Result<Vec<RunDetail>, StoreError> {
             let mut others = Vec::new();
             for run_id in store.pull_request_runs_on(&run.repository, sha)? {
                 let other = store.run_detail(&run_id.to_string(), now)?;
-                if other.run.pull_request != Some(number) {
+                if other.run.pull_request != Some(number) && other.run.state != RunPhase::Rejected {
                     others.push(other);
                 }
             }
@@ -665,6 +716,7 @@ impl Siblings {
             _ => Vec::new(),
         };
         Ok(Siblings {
+            superseded: false,
             on_its_commit: others_on(&run.head_sha)?,
             on_the_commit_it_left: left,
         })

@@ -78,8 +78,13 @@ const MIGRATIONS: [&str; 7] = [
 
 /// The runs of a commit, and the newest run of a pull request: what the plan status of a
 /// commit that several pull requests share is made of. (`IF NOT EXISTS`: a test takes a
-/// database back to version 1 by dropping what later steps added, indexes aside.)
+/// database back to version 1 by dropping what later steps added, indexes aside.) Rejected
+/// runs stored before their identity was cut to 200 characters are cut first: PostgreSQL
+/// refuses an index entry of more than about 2.7 kB.
 const RUNS_BY_COMMIT: &str = "
+UPDATE runs SET repository = substr(repository, 1, 200), head_sha = substr(head_sha, 1, 200),
+    base_sha = substr(base_sha, 1, 200)
+    WHERE length(repository) > 200 OR length(head_sha) > 200 OR length(base_sha) > 200;
 CREATE INDEX IF NOT EXISTS runs_by_commit ON runs (repository, head_sha);
 CREATE INDEX IF NOT EXISTS runs_by_pull_request ON runs (repository, pull_request, seq);
 ";

@@ -367,8 +367,9 @@ async fn statuses_conclude_success_for_a_good_plan_and_failure_for_a_failed_appl
 }
 
 /// Two pull requests from one branch into two bases have the same head, so GitHub shows both
-/// the same status. The second's good plan leaves the first's failure standing; once the first
-/// moves on to another commit, the one it left shows the second's own status.
+/// the same status. The second's good plan leaves the first's failure standing (a closed pull
+/// request's failure at that head does not count); once the first moves on to another commit,
+/// the one it left shows the second's own status, and the first's old run writes none.
 #[tokio::test]
 async fn pull_requests_with_one_head_show_the_worst_plan_until_one_moves_on() {
     const OTHER: &str = "cccccccccccccccccccccccccccccccccccccccc";
@@ -381,14 +382,25 @@ async fn pull_requests_with_one_head_show_the_worst_plan_until_one_moves_on() {
     mount(
         &server,
         Mock::given(method("GET"))
-            .and(path_regex(r"^/repos/acme/infra/issues/[34]/comments$"))
+            .and(path_regex(r"^/repos/acme/infra/issues/[234]/comments$"))
             .respond_with(ok(json!([]))),
+    )
+    .await;
+    // What GitHub says of the head: 3 and 4 are open there, 2 was closed.
+    let pull = |number: u64, state: &str| json!({ "number": number, "state": state, "head": { "sha": SHA } });
+    mount(
+        &server,
+        on("GET", format!("/repos/acme/infra/commits/{SHA}/pulls")).respond_with(ok(json!([
+            pull(2, "closed"),
+            pull(3, "open"),
+            pull(4, "open")
+        ]))),
     )
     .await;
     mount(
         &server,
         Mock::given(method("POST"))
-            .and(path_regex(r"^/repos/acme/infra/issues/[34]/comments$"))
+            .and(path_regex(r"^/repos/acme/infra/issues/[234]/comments$"))
             .respond_with(created(json!({ "id": 1 }))),
     )
     .await;
@@ -415,6 +427,12 @@ async fn pull_requests_with_one_head_show_the_worst_plan_until_one_moves_on() {
     };
 
     let mut world = World::new();
+    world.run(
+        pr(2),
+        &[("dev/old", Action::Plan)],
+        &[JobStatus::Failed],
+        &plan_output,
+    );
     let failed = world.run(
         pr(3),
         &[("dev/app", Action::Plan)],
@@ -467,6 +485,10 @@ async fn pull_requests_with_one_head_show_the_worst_plan_until_one_moves_on() {
         ],
         "the commit PR 3 left shows PR 4's own status"
     );
+    // PR 3's old run, reported again (a late final report, a restart): it writes no status.
+    task.report(failed).await;
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(statuses(&requests).len(), 4, "{:?}", statuses(&requests));
 }
 
 #[tokio::test]
