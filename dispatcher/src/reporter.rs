@@ -692,18 +692,16 @@ impl Siblings {
         let Some(number) = run.pull_request else {
             return Ok(Siblings::default());
         };
-        if !store
-            .pull_request_runs_on(&run.repository, &run.head_sha)?
-            .contains(&run.run_id)
-        {
+        let on_its_head = store.pull_request_runs_on(&run.repository, &run.head_sha)?;
+        if !on_its_head.contains(&run.run_id) {
             return Ok(Siblings {
                 superseded: true,
                 ..Siblings::default()
             });
         }
-        let others_on = |sha: &str| -> Result<Vec<RunDetail>, StoreError> {
+        let others_among = |run_ids: Vec<Uuid>| -> Result<Vec<RunDetail>, StoreError> {
             let mut others = Vec::new();
-            for run_id in store.pull_request_runs_on(&run.repository, sha)? {
+            for run_id in run_ids {
                 let other = store.run_detail(&run_id.to_string(), now)?;
                 if other.run.pull_request != Some(number) && other.run.state != RunPhase::Rejected {
                     others.push(other);
@@ -712,12 +710,14 @@ impl Siblings {
             Ok(others)
         };
         let left = match store.previous_head(&run.repository, number, run.run_id)? {
-            Some(sha) if sha != run.head_sha => others_on(&sha)?,
+            Some(sha) if sha != run.head_sha => {
+                others_among(store.pull_request_runs_on(&run.repository, &sha)?)?
+            }
             _ => Vec::new(),
         };
         Ok(Siblings {
             superseded: false,
-            on_its_commit: others_on(&run.head_sha)?,
+            on_its_commit: others_among(on_its_head)?,
             on_the_commit_it_left: left,
         })
     }

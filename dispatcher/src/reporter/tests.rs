@@ -373,12 +373,7 @@ async fn statuses_conclude_success_for_a_good_plan_and_failure_for_a_failed_appl
 #[tokio::test]
 async fn pull_requests_with_one_head_show_the_worst_plan_until_one_moves_on() {
     const OTHER: &str = "cccccccccccccccccccccccccccccccccccccccc";
-    let server = MockServer::start().await;
-    mount(
-        &server,
-        on("GET", "/user").respond_with(ok(json!({ "login": BOT }))),
-    )
-    .await;
+    let server = fake_github().await;
     mount(
         &server,
         Mock::given(method("GET"))
@@ -406,9 +401,7 @@ async fn pull_requests_with_one_head_show_the_worst_plan_until_one_moves_on() {
     .await;
     mount(
         &server,
-        Mock::given(method("POST"))
-            .and(path_regex(r"^/repos/acme/infra/statuses/[bc]{40}$"))
-            .respond_with(created(json!({}))),
+        on("POST", format!("/repos/acme/infra/statuses/{OTHER}")).respond_with(ok(json!({}))),
     )
     .await;
     let statuses = |requests: &[Request]| -> Vec<(String, String, String)> {
