@@ -69,6 +69,12 @@ pub struct DispatcherSettings {
     /// checks, and start as soon as a worker is free.
     #[serde(default = "default_drift_jobs_per_account")]
     pub drift_jobs_per_account: u32,
+    /// Of each account's `max_concurrent_jobs`, how many slots only the deploy branch's jobs
+    /// (on apply workers) may take: pull requests' plans and drift checks share the rest, so
+    /// that a pull request's slow plans cannot hold up a merge's applies. At most the cap less
+    /// one is kept, so plans always have a slot; 0 lets plans take every slot.
+    #[serde(default = "default_reserved_apply_slots")]
+    pub reserved_apply_slots: u32,
     /// git settings for the dispatcher's own mirrors (`[[drift]]` schedules and drift pull
     /// requests), given to git through its environment: a credential helper that may push the
     /// drift branch, for example. Never put a write token in `repositories.url`: executors,
@@ -125,6 +131,7 @@ impl Default for DispatcherSettings {
             max_units_per_run: default_max_units_per_run(),
             retention_days: default_retention_days(),
             drift_jobs_per_account: default_drift_jobs_per_account(),
+            reserved_apply_slots: default_reserved_apply_slots(),
             git_config: std::collections::BTreeMap::new(),
             web_address: None,
             public_url: None,
@@ -155,6 +162,10 @@ fn default_max_units_per_run() -> usize {
 
 fn default_drift_jobs_per_account() -> u32 {
     2
+}
+
+fn default_reserved_apply_slots() -> u32 {
+    1
 }
 
 fn default_retention_days() -> u64 {

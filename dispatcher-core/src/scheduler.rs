@@ -7,7 +7,9 @@
 //!   jobs wait until every other job of the run is final, then run dependents first;
 //! - a failure skips the jobs that need it, naming the root failure; independent jobs go on;
 //! - across runs, applies and destroys of one unit run one at a time, in arrival order;
-//! - an account's jobs in flight never exceed its cap;
+//! - an account's jobs in flight never exceed its cap, and plan workers' jobs (pull requests'
+//!   plans, drift checks) leave the slots kept for the deploy branch's jobs free; when a slot
+//!   frees, the deploy branch's jobs take it first, then pull requests', then drift checks;
 //! - a newer pull-request run supersedes the older run of the same PR: jobs not yet started are
 //!   cancelled, naming the newer run;
 //! - a failure whose output matches a retry pattern runs again after a backoff, up to a limit;
@@ -53,6 +55,9 @@ pub struct Settings {
     pub approval_timeout_ms: u64,
     /// Drift checks queued or running per account at most (at least 1).
     pub drift_jobs_per_account: u32,
+    /// Of each capped account's slots, how many only apply workers' jobs may take (at most
+    /// the cap less one, so that plans always have a slot).
+    pub reserved_apply_slots: u32,
 }
 
 impl Settings {
@@ -82,7 +87,15 @@ impl Settings {
             approval_timeout_ms: u64::try_from(config.approvals.timeout().as_millis())
                 .unwrap_or(u64::MAX),
             drift_jobs_per_account: config.dispatcher.drift_jobs_per_account.max(1),
+            reserved_apply_slots: config.dispatcher.reserved_apply_slots,
         }
+    }
+
+    /// How many of `account`'s jobs for plan workers may be queued or running at once: its
+    /// cap less the slots kept for apply workers, and never none. `None`: no limit.
+    pub fn plan_slots(&self, account: &str) -> Option<u32> {
+        let cap = self.caps.get(account).copied().unwrap_or(0);
+        (cap > 0).then(|| cap - self.reserved_apply_slots.min(cap - 1))
     }
 }
 
@@ -300,9 +313,7 @@ pub struct Scheduler {
     /// Applies and destroys not final yet, per (repository, unit), in arrival order.
     unit_queues: HashMap<(String, String), BTreeSet<JobRef>>,
     /// Jobs queued or running, per account.
-    in_flight: HashMap<String, u32>,
-    /// Drift checks queued or running, per account (also counted in `in_flight`).
-    drift_in_flight: HashMap<String, u32>,
+    slots: Slots,
     /// For each job, the jobs of its run that require it or wait for it.
     followers: HashMap<JobRef, Vec<usize>>,
     /// Jobs awaiting approval, by the time their wait expires.
@@ -319,8 +330,7 @@ impl Scheduler {
             jobs: HashMap::new(),
             eligible: BTreeSet::new(),
             unit_queues: HashMap::new(),
-            in_flight: HashMap::new(),
-            drift_in_flight: HashMap::new(),
+            slots: Slots::default(),
             followers: HashMap::new(),
             awaiting: BTreeSet::new(),
             next_seq: 1,
@@ -358,7 +368,7 @@ impl Scheduler {
 
     /// Jobs queued or running, per account.
     pub fn in_flight(&self) -> &HashMap<String, u32> {
-        &self.in_flight
+        &self.slots.all
     }
 
     /// Jobs not final and not in flight: waiting for something (an approval included).
@@ -615,7 +625,7 @@ impl Scheduler {
                 self.unit_queues.entry(key).or_default().insert((seq, idx));
             }
             if matches!(job.state, UnitState::Queued | UnitState::Running) {
-                take_slot(&mut self.in_flight, &mut self.drift_in_flight, &job.job);
+                self.slots.take(&job.job);
             }
             if let Some(expires) = job.approval_expiry() {
                 self.awaiting.insert((expires, (seq, idx)));
@@ -713,7 +723,7 @@ impl Scheduler {
         effects.touch(&job.job);
         if was_in_flight {
             let job = job.job.clone();
-            self.leave_slot(&job);
+            self.slots.leave(&job);
         }
         if mutates && let Some(queue) = self.unit_queues.get_mut(&key) {
             queue.remove(&job_ref);
@@ -786,17 +796,24 @@ impl Scheduler {
         }
     }
 
-    /// Queues every eligible job whose unit, account and backoff allow it, in arrival order,
-    /// drift checks last: they yield to every other run's jobs, and take at most
+    /// Queues every eligible job whose unit, account and backoff allow it, in arrival order
+    /// within three tiers: the deploy branch's jobs (apply workers) first, so that no pull
+    /// request's plans, queued before a merge, hold up its applies; then pull requests'
+    /// plans; drift checks last: they yield to every other run's jobs, and take at most
     /// `drift_jobs_per_account` places in an account's queue, so whatever comes later is
     /// queued behind no more than those.
     fn schedule(&mut self, now: u64, effects: &mut Effects) {
-        let (drift, others): (Vec<JobRef>, Vec<JobRef>) =
-            self.eligible.iter().copied().partition(|&job_ref| {
-                self.job(job_ref)
-                    .is_some_and(|j| j.job.action == Action::DriftPlan)
-            });
-        for job_ref in others.into_iter().chain(drift) {
+        let (mut applies, mut plans, mut drift) = (Vec::new(), Vec::new(), Vec::new());
+        for &job_ref in &self.eligible {
+            match self.job(job_ref).map(|j| (j.job.role, j.job.action)) {
+                Some((_, Action::DriftPlan)) => drift.push(job_ref),
+                Some((ExecutorRole::Plan, _)) => plans.push(job_ref),
+                _ => applies.push(job_ref),
+            }
+        }
+        applies.append(&mut plans);
+        applies.append(&mut drift);
+        for job_ref in applies {
             let Some(job) = self.job(job_ref) else {
                 continue;
             };
@@ -815,7 +832,7 @@ impl Scheduler {
                     job.job.unit
                 ))
             } else if job.job.action == Action::DriftPlan
-                && self.drift_in_flight.get(&account).copied().unwrap_or(0) >= drift_limit
+                && Slots::of(&self.slots.drift, &account) >= drift_limit
             {
                 // No count in the note: it would change, and be written, on every slot freed.
                 Some(format!(
@@ -824,9 +841,25 @@ impl Scheduler {
                 ))
             } else {
                 let cap = self.settings.caps.get(&account).copied().unwrap_or(0);
-                let busy = self.in_flight.get(&account).copied().unwrap_or(0);
-                (cap > 0 && busy >= cap)
-                    .then(|| format!("account {account} has {busy} of {cap} jobs in flight"))
+                let busy = Slots::of(&self.slots.all, &account);
+                let plan_slots = self.settings.plan_slots(&account);
+                if cap > 0 && busy >= cap {
+                    Some(format!(
+                        "account {account} has {busy} of {cap} jobs in flight"
+                    ))
+                } else if let Some(plan_slots) = plan_slots
+                    && job.job.role == ExecutorRole::Plan
+                    && Slots::of(&self.slots.plans, &account) >= plan_slots
+                {
+                    // No count in the note, as for drift: it would be written on every change.
+                    Some(format!(
+                        "waiting for a plan slot of account {account} ({} of its {cap} are \
+                         kept for the deploy branch's jobs)",
+                        cap - plan_slots
+                    ))
+                } else {
+                    None
+                }
             };
             let Some(job) = self.job_mut(job_ref) else {
                 continue;
@@ -842,21 +875,9 @@ impl Scheduler {
             job.note = None;
             let queued = job.job.clone();
             effects.touch(&queued);
-            take_slot(&mut self.in_flight, &mut self.drift_in_flight, &queued);
+            self.slots.take(&queued);
             effects.publish.push(queued);
             self.eligible.remove(&job_ref);
-        }
-    }
-
-    /// A job stops being queued or running: it frees its account's slot (and drift slot).
-    fn leave_slot(&mut self, job: &Job) {
-        if let Some(count) = self.in_flight.get_mut(&job.account) {
-            *count = count.saturating_sub(1);
-        }
-        if job.action == Action::DriftPlan
-            && let Some(count) = self.drift_in_flight.get_mut(&job.account)
-        {
-            *count = count.saturating_sub(1);
         }
     }
 
@@ -1295,7 +1316,7 @@ impl Scheduler {
             let expires = job.approval_expiry();
             let left = job.job.clone();
             effects.touch(&job.job);
-            self.leave_slot(&left);
+            self.slots.leave(&left);
             self.awaiting.extend(expires.map(|at| (at, job_ref)));
         } else if retryable && attempt < max_attempts && job.cancel_requested.is_none() {
             // Back to pending with the next attempt: it leaves the account's slots and waits.
@@ -1311,7 +1332,7 @@ impl Scheduler {
             ));
             let left = job.job.clone();
             effects.touch(&job.job);
-            self.leave_slot(&left);
+            self.slots.leave(&left);
             self.eligible.insert(job_ref);
         } else {
             let state = match outcome.status {
@@ -1327,11 +1348,47 @@ impl Scheduler {
     }
 }
 
-/// A job becomes queued: it takes a slot of its account (and a drift slot).
-fn take_slot(in_flight: &mut HashMap<String, u32>, drift: &mut HashMap<String, u32>, job: &Job) {
-    *in_flight.entry(job.account.clone()).or_default() += 1;
-    if job.action == Action::DriftPlan {
-        *drift.entry(job.account.clone()).or_default() += 1;
+/// Jobs queued or running, per account: all of them, and among them those of plan workers and
+/// the drift checks.
+#[derive(Debug, Default)]
+struct Slots {
+    all: HashMap<String, u32>,
+    plans: HashMap<String, u32>,
+    drift: HashMap<String, u32>,
+}
+
+impl Slots {
+    /// A job becomes queued: it takes a slot of its account (and a plan or drift slot).
+    fn take(&mut self, job: &Job) {
+        self.count(job, |count| count + 1);
+    }
+
+    /// A job stops being queued or running: it frees what [`Slots::take`] took.
+    fn leave(&mut self, job: &Job) {
+        self.count(job, |count| count.saturating_sub(1));
+    }
+
+    fn count(&mut self, job: &Job, change: impl Fn(u32) -> u32) {
+        let mut counts = [Some(&mut self.all), None, None];
+        if job.role == ExecutorRole::Plan {
+            counts[1] = Some(&mut self.plans);
+        }
+        if job.action == Action::DriftPlan {
+            counts[2] = Some(&mut self.drift);
+        }
+        for count in counts.into_iter().flatten() {
+            // Looked up before inserting: the account's name is cloned once per account.
+            match count.get_mut(&job.account) {
+                Some(n) => *n = change(*n),
+                None => {
+                    count.insert(job.account.clone(), change(0));
+                }
+            }
+        }
+    }
+
+    fn of(counts: &HashMap<String, u32>, account: &str) -> u32 {
+        counts.get(account).copied().unwrap_or(0)
     }
 }
 

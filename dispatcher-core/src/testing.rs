@@ -29,6 +29,7 @@ pub fn settings() -> Settings {
         approvers: vec![APPROVER.to_owned()],
         approval_timeout_ms: APPROVAL_TIMEOUT_MS,
         drift_jobs_per_account: 2,
+        reserved_apply_slots: 1,
     }
 }
 

@@ -10,7 +10,8 @@ use dispatcher_core::policy::RunPlan;
 use dispatcher_core::scheduler::{Effects, Scheduler, Settings};
 use proptest::prelude::*;
 use proto_types::{
-    Action, ApprovalGate, ApprovalVerdict, ChangeEvent, ClaimVerdict, Job, JobStatus, UnitState,
+    Action, ApprovalGate, ApprovalVerdict, ChangeEvent, ClaimVerdict, ExecutorRole, Job, JobStatus,
+    UnitState,
 };
 use uuid::Uuid;
 
@@ -175,12 +176,13 @@ impl Checker {
     fn check(
         &self,
         scheduler: &Scheduler,
-        caps: &HashMap<String, u32>,
+        settings: &Settings,
         running: &[(Job, String)],
         crashed: &HashMap<Uuid, String>,
     ) {
         let mut in_flight_units: HashMap<&str, usize> = HashMap::new();
         let mut in_flight_accounts: HashMap<&str, u32> = HashMap::new();
+        let mut plans_in_flight: HashMap<&str, u32> = HashMap::new();
         for run in scheduler.runs() {
             for job in &run.jobs {
                 // A gated job's gate opens before it is published, or never. (A job waiting
@@ -211,6 +213,9 @@ impl Checker {
                 );
                 if matches!(job.state, UnitState::Queued | UnitState::Running) {
                     *in_flight_accounts.entry(&job.job.account).or_default() += 1;
+                    if job.job.role == ExecutorRole::Plan {
+                        *plans_in_flight.entry(&job.job.account).or_default() += 1;
+                    }
                     if job.job.action.mutates() {
                         *in_flight_units.entry(&job.job.unit).or_default() += 1;
                     }
@@ -257,10 +262,17 @@ impl Checker {
             );
         }
         for (account, count) in in_flight_accounts {
-            let cap = caps.get(account).copied().unwrap_or(0);
+            let cap = settings.caps.get(account).copied().unwrap_or(0);
             assert!(
                 cap == 0 || count <= cap,
                 "{account}: {count} jobs in flight, cap {cap}"
+            );
+        }
+        for (account, count) in plans_in_flight {
+            let slots = settings.plan_slots(account);
+            assert!(
+                slots.is_none_or(|slots| count <= slots),
+                "{account}: {count} plans in flight, {slots:?} plan slots"
             );
         }
         for (unit, seqs) in &self.starts {
@@ -634,7 +646,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     /// No job starts before its dependencies; at most one apply or destroy per unit is in flight,
-    /// and they first start in arrival order; caps hold; whoever the scheduler thinks holds a
+    /// and they first start in arrival order; caps hold, and plans leave the slots kept for
+    /// applies; whoever the scheduler thinks holds a
     /// job holds it, and no job runs on two workers; every job reaches a final state (in the
     /// database too), whatever the interleaving of claims, heartbeats, outcomes, give-backs,
     /// crashed workers, cancellations, retries, approvals, rejections, expiries and restarts;
@@ -646,10 +659,12 @@ proptest! {
         specs in prop::collection::vec(run_spec(), 1..5),
         steps in prop::collection::vec(step(), 0..120),
         cap in 0u32..3,
+        reserved_apply_slots in 0u32..3,
     ) {
         let mut settings = settings();
         settings.caps.insert("dev".into(), cap);
-        let caps = settings.caps.clone();
+        settings.reserved_apply_slots = reserved_apply_slots;
+        let checked = settings.clone();
         let mut world = World {
             sim: Sim { scheduler: Scheduler::new(settings.clone()), now: 1_000_000 },
             settings,
@@ -665,7 +680,7 @@ proptest! {
         };
         for step in steps {
             world.apply(step);
-            world.checker.check(&world.sim.scheduler, &caps, &world.running, &world.crashed);
+            world.checker.check(&world.sim.scheduler, &checked, &world.running, &world.crashed);
         }
         // Drain: every run arrives, every job is claimed and succeeds (or stops, if told to),
         // every retry comes due, and approval waits expire. It must end with every job final.
@@ -678,7 +693,7 @@ proptest! {
                 || world.apply(Step::Finish { pick: 0, outcome: 6 })
                 || world.apply(Step::Wait)
                 || world.apply(Step::Linger);
-            world.checker.check(&world.sim.scheduler, &caps, &world.running, &world.crashed);
+            world.checker.check(&world.sim.scheduler, &checked, &world.running, &world.crashed);
             if !progressed {
                 break;
             }

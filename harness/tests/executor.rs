@@ -1,5 +1,5 @@
 //! Executor workers over the real RabbitMQ with real terraform: a worker killed mid-apply, a
-//! forged push, timeouts, cancellation, SIGTERM drains, credentials (command and web identity
+//! forged push, a merge that slow plans cannot hold up, timeouts, cancellation, SIGTERM drains, credentials (command and web identity
 //! against a local STS stand-in), and three workers sharing a thirty-job run.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: fail loudly.
 
@@ -12,9 +12,10 @@ use harness::deployment::Deployment;
 use harness::poll_until;
 use harness::process::{self, processes_under};
 use harness::runs::{
-    DEADLINE, assert_job, follow_to_end, job, orchestrate, setup, submit, wait_final,
+    DEADLINE, assert_job, follow_to_end, job, orchestrate, setup, status, submit, wait_final,
 };
 use harness::sandbox::Sandbox;
+use proto_types::JobPhase;
 use wiremock::matchers::{body_string_contains, method};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -175,6 +176,76 @@ fn a_push_whose_range_runs_backwards_cannot_destroy_a_unit_the_deploy_branch_sti
         state,
         "the state was touched"
     );
+    deployment.assert_running();
+}
+
+/// `terraform` on the PATH the tests run with.
+fn terraform_on_path() -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("terraform"))
+        .find(|binary| binary.is_file())
+        .expect("terraform on PATH (scripts/test.sh installs it)")
+}
+
+/// A pull request's plans that hang (as a slow `data "external"` would) hold every slot its
+/// account gives plans; a merge that comes after them still applies, on the slot kept for the
+/// deploy branch, while they hang.
+#[test]
+fn a_merge_applies_while_a_pull_requests_slow_plans_hold_every_plan_slot() {
+    let (vhost, sandbox) = setup();
+    let units = Units::new(&sandbox);
+    let quick = Behaviour::Succeed { seconds: 0 };
+    let both = [("dev/a", &[][..], quick), ("dev/b", &[][..], quick)];
+    let c0 = units.readme_only();
+    let c1 = units.commit("c1: two units", 1, &both);
+    // The pull request's version of both units plans until the gate opens.
+    for unit in ["dev/a", "dev/b"] {
+        sandbox.repo.write(&format!("{unit}/slow-plan"), "");
+    }
+    let c2 = units.commit("c2: slow plans", 2, &both);
+    let gate = sandbox.path().join("plans.gate");
+    let tool = sandbox.path().join("terraform-with-slow-plans");
+    std::fs::write(
+        &tool,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = plan ] && [ -e slow-plan ]; then\n  while [ ! -e {} ]; do sleep 0.2; done\nfi\nexec {} \"$@\"\n",
+            gate.display(),
+            terraform_on_path().display()
+        ),
+    )
+    .unwrap();
+    let mut permissions = std::fs::metadata(&tool).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&tool, permissions).unwrap();
+    let accounts = "[[accounts]]\nname = \"dev\"\npaths = [\"dev/**\"]\nmax_concurrent_jobs = 2\n";
+    let executor = format!("\n[executor]\ntf_binary = \"{}\"\n", tool.display());
+    let config = sandbox.write_config_with(&vhost.url, accounts, &executor);
+    let mut deployment = Deployment::start(sandbox.path(), &config, &[("dev", 1)]);
+
+    let plans = submit(&sandbox, &vhost, (&c1, &c2), "pull-request", &["--pr", "9"]);
+    let note = poll_until(DEADLINE, "a plan to hang and the other to wait", || {
+        let detail = status(&sandbox, plans)?;
+        let running = detail.jobs.iter().any(|j| j.state == JobPhase::Running);
+        let waiting = detail.jobs.iter().find_map(|j| j.note.clone());
+        running.then_some(waiting).flatten()
+    });
+    assert_eq!(
+        note,
+        "waiting for a plan slot of account dev (1 of its 2 are kept for the deploy branch's jobs)"
+    );
+
+    let merge = submit(&sandbox, &vhost, (&c0, &c1), "push", &[]);
+    let merged = wait_final(&sandbox, merge);
+    assert_eq!(merged.run.state, "succeeded", "{merged:#?}");
+    let applied: BTreeSet<String> = units.log.applies().into_iter().map(|a| a.unit).collect();
+    assert_eq!(applied, BTreeSet::from(["dev/a".into(), "dev/b".into()]));
+    let held = status(&sandbox, plans).unwrap();
+    assert_eq!(held.run.state, "running", "the plans hang: {held:#?}");
+
+    std::fs::write(&gate, "").unwrap();
+    let planned = wait_final(&sandbox, plans);
+    assert_eq!(planned.run.state, "succeeded", "{planned:#?}");
     deployment.assert_running();
 }
 

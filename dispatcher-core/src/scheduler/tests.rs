@@ -273,6 +273,73 @@ fn an_accounts_cap_limits_its_jobs_in_flight_and_says_so() {
 }
 
 #[test]
+fn a_pull_requests_plans_leave_a_slot_for_the_deploy_branch_which_takes_freed_slots_first() {
+    let mut settings = settings();
+    settings.caps.insert("dev".into(), 2);
+    assert_eq!(settings.reserved_apply_slots, 1, "the default");
+    let mut sim = Sim::with(settings);
+    let plans = event(
+        pr(7),
+        &[
+            ("a", Action::Plan),
+            ("b", Action::Plan),
+            ("c", Action::Plan),
+        ],
+        &[],
+    );
+    let first = sim.accept(&plans).publish;
+    assert_eq!(units(&first), ["a"], "one of dev's 2 slots is kept");
+    assert_eq!(
+        sim.job(plans.0.id, "b").note.as_deref(),
+        Some(
+            "waiting for a plan slot of account dev (1 of its 2 are kept for the deploy branch's jobs)"
+        )
+    );
+
+    // A merge arrives while the pull request's plans hold what they may: its first apply
+    // starts at once.
+    let merge = event(push(), &applies(&["x", "y"]), &[]);
+    let applied = sim.accept(&merge).publish;
+    assert_eq!(units(&applied), ["x"]);
+    assert_eq!(
+        sim.job(merge.0.id, "y").note.as_deref(),
+        Some("account dev has 2 of 2 jobs in flight")
+    );
+    // A plan ends: the freed slot goes to the merge's apply, though the plans came first.
+    let second = sim.run_job(find(&first, "a"), JobStatus::Succeeded);
+    assert_eq!(units(&second), ["y"]);
+    assert_eq!(sim.state(plans.0.id, "b"), UnitState::Pending);
+    // The merge's applies end: the plans go on, within the slots they may take.
+    assert_eq!(
+        units(&sim.run_job(find(&applied, "x"), JobStatus::Succeeded)),
+        ["b"]
+    );
+    assert!(
+        sim.run_job(find(&second, "y"), JobStatus::Succeeded)
+            .is_empty(),
+        "a slot is free, but it is the kept one"
+    );
+    assert_eq!(sim.state(plans.0.id, "c"), UnitState::Pending);
+}
+
+#[test]
+fn an_account_with_one_slot_keeps_none_and_zero_kept_lets_plans_take_every_slot() {
+    let mut one = settings();
+    one.caps.insert("dev".into(), 1);
+    one.reserved_apply_slots = 3;
+    let mut sim = Sim::with(one);
+    let plan = event(pr(7), &[("a", Action::Plan)], &[]);
+    assert_eq!(units(&sim.accept(&plan).publish), ["a"]);
+
+    let mut none_kept = settings();
+    none_kept.caps.insert("dev".into(), 2);
+    none_kept.reserved_apply_slots = 0;
+    let mut sim = Sim::with(none_kept);
+    let plans = event(pr(7), &[("a", Action::Plan), ("b", Action::Plan)], &[]);
+    assert_eq!(units(&sim.accept(&plans).publish), ["a", "b"]);
+}
+
+#[test]
 fn a_newer_pull_request_run_cancels_what_the_older_has_not_started() {
     let mut sim = Sim::new();
     let plans =
