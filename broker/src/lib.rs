@@ -29,6 +29,16 @@ pub type Headers = BTreeMap<String, String>;
 /// The header in which a dead-lettered message carries why it was dead-lettered.
 pub const REASON_HEADER: &str = "x-pipelines-reason";
 
+/// The header in which a dead-lettered message says how many bytes of its own headers its copy
+/// left out (see [`DEAD_LETTER_KEEPS_HEADER_BYTES`]).
+pub const HEADERS_LEFT_OUT_HEADER: &str = "x-pipelines-headers-left-out";
+
+/// The most bytes of a message's own headers (names and values) its dead-letter copy keeps.
+/// A message's headers travel in one frame, which RabbitMQ does not split: headers that
+/// filled a publisher's 128 KiB frame would not fit with the reason added, the copy would
+/// fail, and the message would come back at every redelivery. Ours take a few hundred bytes.
+pub const DEAD_LETTER_KEEPS_HEADER_BYTES: usize = 16 * 1024;
+
 /// Where a message goes. Each variant maps to one exchange and routing key (see [`topology`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route<'a> {
@@ -584,7 +594,15 @@ impl Delivery {
     /// dead-letter queue with `reason` in the [`REASON_HEADER`] header, then forget it.
     pub async fn dead_letter(self, reason: &str) -> Result<(), BrokerError> {
         tracing::warn!(message_id = ?self.message_id, %reason, "Dead-lettering a message.");
-        let mut headers = self.headers;
+        let bytes: usize = self.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let mut headers = if bytes > DEAD_LETTER_KEEPS_HEADER_BYTES {
+            let left_out = format!(
+                "{bytes} bytes of headers, more than the {DEAD_LETTER_KEEPS_HEADER_BYTES} a dead letter keeps"
+            );
+            Headers::from([(HEADERS_LEFT_OUT_HEADER.to_owned(), left_out)])
+        } else {
+            self.headers
+        };
         headers.insert(REASON_HEADER.to_owned(), reason.to_owned());
         match self.settle {
             Settle::Amqp(settle) => {

@@ -151,6 +151,22 @@ impl World {
         queue: &str,
         count: usize,
     ) -> Vec<(Vec<u8>, String)> {
+        self.dead_letters_with_headers(broker, queue, count)
+            .into_iter()
+            .map(|(body, headers)| {
+                let reason = headers.get(REASON_HEADER).cloned().unwrap_or_default();
+                (body, reason)
+            })
+            .collect()
+    }
+
+    /// Dead-lettered messages of `queue` with all their headers, read through `broker`.
+    fn dead_letters_with_headers(
+        &self,
+        broker: &Broker,
+        queue: &str,
+        count: usize,
+    ) -> Vec<(Vec<u8>, Headers)> {
         let mut dead = self.consume(broker, &format!("dead.{queue}")).unwrap();
         let mut found = Vec::new();
         while found.len() < count {
@@ -165,14 +181,7 @@ impl World {
                 })
                 .unwrap()
                 .unwrap();
-            found.push((
-                delivery.body.clone(),
-                delivery
-                    .headers
-                    .get(REASON_HEADER)
-                    .cloned()
-                    .unwrap_or_default(),
-            ));
+            found.push((delivery.body.clone(), delivery.headers.clone()));
             self.runtime.block_on(delivery.ack()).unwrap();
         }
         found
@@ -326,41 +335,86 @@ fn each_component_user_can_do_its_job_and_nothing_more() {
     world.deployment.assert_running();
 }
 
-/// A publisher that raises its frame size may send headers larger than the dispatcher's
-/// frames hold. The dispatcher's dead-letter copy of such a message must still go out, with
-/// its reason, and its publishing must go on.
+/// Headers whose `x-padding` takes `padding` bytes, beside a trace context.
+fn padded(padding: usize) -> Headers {
+    Headers::from([
+        ("x-padding".to_owned(), "p".repeat(padding)),
+        (
+            "traceparent".to_owned(),
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
+        ),
+    ])
+}
+
+/// A publisher that raises its frame size may send headers larger than the 16 KiB frames of
+/// the other components, or that leave no room beside them for a dead letter's reason in a
+/// 128 KiB frame. The dispatcher reads them, its dead-letter copy goes out with the body and
+/// the reason (the headers left out), and its publishing goes on.
 #[test]
 fn a_message_with_headers_past_the_dispatchers_frame_is_dead_lettered_with_its_reason() {
     let mut world = world();
-    let admin = world
-        .runtime
-        .block_on(Broker::connect(
-            &broker::with_frame_max(
-                &world.access.url("admin"),
-                broker::UNTRUSTED_PUBLISHERS_FRAME_MAX,
-            ),
-            "least-privilege-test",
-        ))
-        .unwrap();
-    let mut headers = Headers::new();
-    headers.insert("x-padding".into(), "p".repeat(60_000));
-    headers.insert(
-        "traceparent".into(),
-        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
-    );
+    let admin = || {
+        world
+            .runtime
+            .block_on(Broker::connect(
+                &broker::with_frame_max(
+                    &world.access.url("admin"),
+                    broker::UNTRUSTED_PUBLISHERS_FRAME_MAX,
+                ),
+                "least-privilege-test",
+            ))
+            .unwrap()
+    };
     let garbage = b"\x01not bincode at all".to_vec();
-    world
-        .runtime
-        .block_on(admin.publish(Route::Changes, Outgoing::new(&garbage, "big", &headers)))
-        .unwrap();
-    // Read with frames as large: the dead letter keeps its headers.
-    let dead = world.dead_letters_via(&admin, "pipelines.changes", 1);
-    assert_eq!(dead[0].0, garbage, "the body is kept whole");
-    assert!(
-        dead[0].1.contains("malformed message body"),
-        "{}",
-        dead[0].1
-    );
+    let publish = |broker: &Broker, padding: usize| {
+        let headers = padded(padding);
+        world
+            .runtime
+            .block_on(broker.publish(Route::Changes, Outgoing::new(&garbage, "big", &headers)))
+    };
+    // Past the 16 KiB the other components read.
+    publish(&admin(), 60_000).unwrap();
+    // Headers that leave less room in a 128 KiB frame than a dead letter's reason takes. The
+    // most a publisher's frame holds is found from above, by messages to a queue that does not
+    // exist (RabbitMQ closes the connection of a publisher whose frame is larger); RabbitMQ
+    // adds a few bytes on delivery, so 64 fewer.
+    let most = (130_000..131_072)
+        .rev()
+        .step_by(4)
+        .find(|&padding| {
+            let headers = padded(padding);
+            let probe = Outgoing::new(&garbage, "probe", &headers);
+            let route = Route::Reply {
+                queue: "amq.gen-nobody-listens",
+            };
+            match world.runtime.block_on(admin().publish(route, probe)) {
+                Ok(()) | Err(BrokerError::Unroutable { .. }) => true,
+                Err(BrokerError::Protocol { reason, .. }) if reason.contains("FRAME_ERROR") => {
+                    false
+                }
+                Err(other) => panic!("{other}"),
+            }
+        })
+        .expect("a padding that fits a 128 KiB frame");
+    let filling = most - 64;
+    publish(&admin(), filling).unwrap();
+    for padding in [60_000, filling] {
+        let dead = world.dead_letters_with_headers(&admin(), "pipelines.changes", 1);
+        let (body, headers) = &dead[0];
+        assert_eq!(body, &garbage, "the body is kept whole");
+        let reason = &headers[REASON_HEADER];
+        assert!(reason.contains("malformed message body"), "{reason}");
+        // The message's own headers are left out, saying how large they were.
+        let bytes: usize = padded(padding).iter().map(|(k, v)| k.len() + v.len()).sum();
+        let left_out = format!("{bytes} bytes of headers, more than the 16384 a dead letter keeps");
+        assert_eq!(
+            headers.get(broker::HEADERS_LEFT_OUT_HEADER),
+            Some(&left_out),
+            "{:?}",
+            headers.keys().collect::<Vec<_>>()
+        );
+        assert!(!headers.contains_key("x-padding"));
+    }
     // The dispatcher publishes on: a real run goes through.
     world.assert_a_run_succeeds();
     world.deployment.assert_running();
