@@ -33,6 +33,9 @@ pub const REASON_HEADER: &str = "x-pipelines-reason";
 /// left out (see [`DEAD_LETTER_KEEPS_HEADER_BYTES`]).
 pub const HEADERS_LEFT_OUT_HEADER: &str = "x-pipelines-headers-left-out";
 
+/// The most bytes of a dead letter's reason; a longer one is cut.
+pub const DEAD_LETTER_REASON_BYTES: usize = 4 * 1024;
+
 /// The most bytes of a message's own headers (names and values) its dead-letter copy keeps.
 /// A message's headers travel in one frame, which RabbitMQ does not split: headers that
 /// filled a publisher's 128 KiB frame would not fit with the reason added, the copy would
@@ -594,16 +597,23 @@ impl Delivery {
     /// dead-letter queue with `reason` in the [`REASON_HEADER`] header, then forget it.
     pub async fn dead_letter(self, reason: &str) -> Result<(), BrokerError> {
         tracing::warn!(message_id = ?self.message_id, %reason, "Dead-lettering a message.");
-        let bytes: usize = self.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let mut headers = self.headers;
+        // Ours are set here, never taken from the sender.
+        headers.retain(|name, _| !name.starts_with("x-pipelines-"));
+        let bytes: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
         let mut headers = if bytes > DEAD_LETTER_KEEPS_HEADER_BYTES {
             let left_out = format!(
                 "{bytes} bytes of headers, more than the {DEAD_LETTER_KEEPS_HEADER_BYTES} a dead letter keeps"
             );
             Headers::from([(HEADERS_LEFT_OUT_HEADER.to_owned(), left_out)])
         } else {
-            self.headers
+            headers
         };
-        headers.insert(REASON_HEADER.to_owned(), reason.to_owned());
+        let mut cut = reason.len().min(DEAD_LETTER_REASON_BYTES);
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        headers.insert(REASON_HEADER.to_owned(), reason[..cut].to_owned());
         match self.settle {
             Settle::Amqp(settle) => {
                 settle

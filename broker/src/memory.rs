@@ -464,6 +464,9 @@ mod tests {
     use proto_types::ExecutorRole;
 
     use crate::topology::{CHANGES_QUEUE, dead_letter_queue, jobs_queue};
+    use crate::{
+        DEAD_LETTER_KEEPS_HEADER_BYTES, DEAD_LETTER_REASON_BYTES, HEADERS_LEFT_OUT_HEADER,
+    };
 
     fn broker() -> Broker {
         let broker = Broker::in_memory();
@@ -635,6 +638,60 @@ mod tests {
             delivery.headers.get(REASON_HEADER).map(String::as_str),
             Some("cannot decode")
         );
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_keeps_headers_up_to_its_limit_none_of_the_senders_own_and_a_cut_reason()
+    {
+        let broker = broker();
+        let padded = |bytes: usize| {
+            Headers::from([
+                ("x-pad".to_owned(), "p".repeat(bytes - "x-pad".len())),
+                ("x-pipelines-reason".to_owned(), "forged".to_owned()),
+            ])
+        };
+        for bytes in [
+            DEAD_LETTER_KEEPS_HEADER_BYTES,
+            DEAD_LETTER_KEEPS_HEADER_BYTES + 1,
+        ] {
+            let headers = padded(bytes);
+            let message = Outgoing::new(b"garbage", "m", &headers);
+            broker.publish(Route::Changes, message).await.unwrap();
+        }
+        let mut consumer = broker.consume(CHANGES_QUEUE, 10).await.unwrap();
+        // A reason longer than a dead letter keeps, cut inside a two-byte character.
+        let reason = format!("x{}", "é".repeat(DEAD_LETTER_REASON_BYTES));
+        for _ in 0..2 {
+            next(&mut consumer)
+                .await
+                .dead_letter(&reason)
+                .await
+                .unwrap();
+        }
+        let mut dead = broker
+            .consume(&dead_letter_queue(CHANGES_QUEUE), 10)
+            .await
+            .unwrap();
+        let kept = next(&mut dead).await.headers;
+        let left_out = next(&mut dead).await.headers;
+        assert_eq!(
+            kept["x-pad"].len(),
+            DEAD_LETTER_KEEPS_HEADER_BYTES - "x-pad".len()
+        );
+        assert!(!kept.contains_key(HEADERS_LEFT_OUT_HEADER));
+        assert_eq!(
+            left_out.keys().collect::<Vec<_>>(),
+            [HEADERS_LEFT_OUT_HEADER, REASON_HEADER]
+        );
+        assert_eq!(
+            left_out[HEADERS_LEFT_OUT_HEADER],
+            "16385 bytes of headers, more than the 16384 a dead letter keeps"
+        );
+        for headers in [&kept, &left_out] {
+            let cut = &headers[REASON_HEADER];
+            assert_eq!(cut.len(), DEAD_LETTER_REASON_BYTES - 1, "{}", cut.len());
+            assert!(reason.starts_with(cut.as_str()));
+        }
     }
 
     #[tokio::test]

@@ -453,6 +453,10 @@ mod tests {
         let config = Config::from_toml(VALID).unwrap();
         assert_eq!(config.repositories[0].deploy_branch, "main");
         assert_eq!(config.executor, ExecutorSettings::default());
+        assert_eq!(
+            config.dispatcher.reserved_apply_slots, 1,
+            "merges keep a slot of a capped account"
+        );
     }
 
     #[test]

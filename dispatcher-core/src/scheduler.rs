@@ -853,8 +853,8 @@ impl Scheduler {
                 {
                     // No count in the note, as for drift: it would be written on every change.
                     Some(format!(
-                        "waiting for a plan slot of account {account} ({} of its {cap} are \
-                         kept for the deploy branch's jobs)",
+                        "waiting for a plan slot of account {account} (the deploy branch's \
+                         jobs keep {} of its {cap})",
                         cap - plan_slots
                     ))
                 } else {

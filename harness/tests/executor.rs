@@ -232,7 +232,7 @@ fn a_merge_applies_while_a_pull_requests_slow_plans_hold_every_plan_slot() {
     });
     assert_eq!(
         note,
-        "waiting for a plan slot of account dev (1 of its 2 are kept for the deploy branch's jobs)"
+        "waiting for a plan slot of account dev (the deploy branch's jobs keep 1 of its 2)"
     );
 
     let merge = submit(&sandbox, &vhost, (&c0, &c1), "push", &[]);

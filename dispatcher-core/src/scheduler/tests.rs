@@ -291,9 +291,7 @@ fn a_pull_requests_plans_leave_a_slot_for_the_deploy_branch_which_takes_freed_sl
     assert_eq!(units(&first), ["a"], "one of dev's 2 slots is kept");
     assert_eq!(
         sim.job(plans.0.id, "b").note.as_deref(),
-        Some(
-            "waiting for a plan slot of account dev (1 of its 2 are kept for the deploy branch's jobs)"
-        )
+        Some("waiting for a plan slot of account dev (the deploy branch's jobs keep 1 of its 2)")
     );
 
     // A merge arrives while the pull request's plans hold what they may: its first apply
@@ -320,6 +318,25 @@ fn a_pull_requests_plans_leave_a_slot_for_the_deploy_branch_which_takes_freed_sl
         "a slot is free, but it is the kept one"
     );
     assert_eq!(sim.state(plans.0.id, "c"), UnitState::Pending);
+}
+
+#[test]
+fn drift_checks_take_plan_slots_too() {
+    let mut settings = settings();
+    settings.caps.insert("dev".into(), 2);
+    let mut sim = Sim::with(settings);
+    let checks = event(
+        drift(),
+        &[("dev/a", Action::DriftPlan), ("dev/b", Action::DriftPlan)],
+        &[],
+    );
+    assert_eq!(units(&sim.accept(&checks).publish), ["dev/a"]);
+    assert_eq!(
+        sim.job(checks.0.id, "dev/b").note.as_deref(),
+        Some("waiting for a plan slot of account dev (the deploy branch's jobs keep 1 of its 2)")
+    );
+    let merge = event(push(), &applies(&["dev/x"]), &[]);
+    assert_eq!(units(&sim.accept(&merge).publish), ["dev/x"]);
 }
 
 #[test]
