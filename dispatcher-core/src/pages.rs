@@ -1,7 +1,9 @@
 //! The web page's HTML: the list of runs, one run (its dependency graph and job table, the part
 //! that updates live) and one job (its details and log viewer). Pure: plain data in, markup
 //! out. maud escapes every value, so unit names, reasons and output from the repository can
-//! never become markup; the page's script only ever inserts server-rendered HTML or text.
+//! never become markup, and every page shows bidirectional formatting characters as their
+//! code points ([`bidi_revealed`]); the page's script only ever inserts server-rendered HTML
+//! or text.
 
 use std::collections::BTreeMap;
 
@@ -56,7 +58,7 @@ const RUN_STATES: [&str; 5] = ["running", "succeeded", "failed", "rejected", "ca
 
 /// A whole page around `body`.
 fn page(title: &str, viewer: &Viewer, body: Markup) -> String {
-    html! {
+    let html = html! {
         (DOCTYPE)
         html lang="en" {
             head {
@@ -83,7 +85,30 @@ fn page(title: &str, viewer: &Viewer, body: Markup) -> String {
             }
         }
     }
-    .into_string()
+    .into_string();
+    bidi_revealed(html)
+}
+
+/// `html` with every bidirectional formatting character (the "Trojan Source" set) shown as
+/// its code point, `&lt;U+202E&gt;`: a unit's path, a branch, a reason or a worker's name,
+/// which a pull request or a worker chose, cannot reorder what the reader sees (`prod/` then
+/// U+202E then `ppa/ved` reads `prod/dev/app`). maud escapes markup but keeps these, and none
+/// of the page's own markup has one, so the whole page is done at once and no new field can
+/// be missed.
+fn bidi_revealed(html: String) -> String {
+    use proto_types::untrusted_text::{bidi_marker, is_bidi_control};
+    if !html.chars().any(is_bidi_control) {
+        return html;
+    }
+    let mut shown = String::with_capacity(html.len() + 64);
+    for c in html.chars() {
+        if is_bidi_control(c) {
+            shown.push_str(&bidi_marker(c).replace('<', "&lt;").replace('>', "&gt;"));
+        } else {
+            shown.push(c);
+        }
+    }
+    shown
 }
 
 /// `/`: the most recent runs that pass `filter`, newest first.
@@ -202,7 +227,7 @@ pub fn run_page(detail: &RunDetail, viewer: &Viewer, links: &ForgeLinks, now: u6
 /// when the run ends.)
 pub fn run_live(detail: &RunDetail, now: u64) -> String {
     let run = &detail.run;
-    html! {
+    let live = html! {
         div.summary {
             span #run-state class={ "state " (run.state.as_str()) } { (run.state.as_str()) }
             " " span.counts { (counts(&run.jobs)) }
@@ -213,8 +238,8 @@ pub fn run_live(detail: &RunDetail, now: u64) -> String {
         div.graph { (graph::svg(detail)) }
         h2 { "Jobs" }
         (job_table(detail))
-    }
-    .into_string()
+    };
+    bidi_revealed(live.into_string())
 }
 
 fn job_table(detail: &RunDetail) -> Markup {
@@ -384,6 +409,59 @@ mod tests {
         assert!(!html.contains("b\"onmouseover"), "{html}");
         let job = job_page(&detail, &detail.jobs[0], &[], &viewer);
         assert!(!job.contains("<script>alert"), "{job}");
+    }
+
+    /// What a pull request or a worker named cannot reorder the page: each bidirectional
+    /// formatting character shows as its code point, in a unit's path (cell, graph, title), a
+    /// reason, a sha as sent and a worker's name, on every page and in the live part.
+    #[test]
+    fn bidi_controls_anywhere_on_a_page_are_shown_and_not_obeyed() {
+        let unit = "prod/\u{202E}ppa/ved";
+        let mut detail = run_detail(&[(unit, "failed"), ("dev/a", "succeeded")]);
+        detail.jobs[0].reason = Some("exit 1: \u{2066}fine\u{2069}".into());
+        detail.jobs[0].worker = Some("w\u{200F}1".into());
+        detail.run.reason = Some("\u{061C}1 failed".into());
+        // A rejected event's sha is kept as it was sent.
+        detail.run.head_sha = "\u{202D}bad".into();
+        let viewer = Viewer::default();
+        let links = ForgeLinks::new();
+        let pages = [
+            run_page(&detail, &viewer, &links, 0),
+            run_live(&detail, 0),
+            job_page(&detail, &detail.jobs[0], &[], &viewer),
+            runs_page(
+                &[detail.run.clone()],
+                &RunsFilter::default(),
+                &[],
+                &viewer,
+                &links,
+                0,
+            ),
+        ];
+        for (page, shown) in pages.iter().zip([
+            &["202E", "2066", "2069", "200F", "061C", "202D"][..],
+            &["202E", "2066", "200F", "061C"],
+            &["202E", "2066", "200F"],
+            &["061C", "202D"],
+        ]) {
+            assert!(
+                !page
+                    .chars()
+                    .any(proto_types::untrusted_text::is_bidi_control),
+                "{page}"
+            );
+            for code in shown {
+                assert!(
+                    page.contains(&format!("&lt;U+{code}&gt;")),
+                    "U+{code}: {page}"
+                );
+            }
+        }
+        assert!(
+            pages[0].contains("prod/&lt;U+202E&gt;ppa/ved"),
+            "{}",
+            pages[0]
+        );
     }
 
     /// A rejected event's sha is stored as it was sent: the page cuts it by characters (a
