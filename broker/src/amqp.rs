@@ -52,6 +52,10 @@ struct Inner {
     /// ([`AmqpBroker::send_unconfirmed`]).
     request_channel: Channel,
     consume_connection: Connection,
+    /// Where and how to connect, password included, for the connections of consumers that
+    /// have one of their own ([`AmqpBroker::consume_apart`]).
+    uri: AMQPUri,
+    connect_timeout: std::time::Duration,
     confirm_timeout: std::time::Duration,
 }
 
@@ -88,6 +92,31 @@ fn protocol(operation: &'static str) -> impl FnOnce(lapin::Error) -> BrokerError
     }
 }
 
+/// Opens one connection named `name` (the management UI's connection list shows it), within
+/// `timeout`.
+async fn open_connection(
+    uri: &AMQPUri,
+    redacted: &str,
+    name: String,
+    timeout: std::time::Duration,
+) -> Result<Connection, BrokerError> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    // A listener that accepts and never speaks AMQP would hold us for ever.
+    tokio::time::timeout(timeout, Connection::connect_uri(uri.clone(), properties))
+        .await
+        .map_err(|_| BrokerError::Connect {
+            url: redacted.to_owned(),
+            reason: format!(
+                "no AMQP handshake within {} s (timeouts.broker_connect)",
+                timeout.as_secs()
+            ),
+        })?
+        .map_err(|err| BrokerError::Connect {
+            url: redacted.to_owned(),
+            reason: err.to_string(),
+        })
+}
+
 impl AmqpBroker {
     pub(crate) async fn connect(
         url: &str,
@@ -103,30 +132,10 @@ impl AmqpBroker {
         // default frame_max of 128 KiB that is 8 MiB a connection, most of an idle worker's
         // memory. Larger messages are split into frames; a URL's own frame_max wins.
         uri.query.frame_max.get_or_insert(FRAME_MAX);
-        let open = |role: &str| {
-            let properties = ConnectionProperties::default()
-                .with_connection_name(format!("{name}-{role}").into());
-            let redacted = redacted.clone();
-            let uri = uri.clone();
-            async move {
-                // A listener that accepts and never speaks AMQP would hold us for ever.
-                tokio::time::timeout(timeouts.connect, Connection::connect_uri(uri, properties))
-                    .await
-                    .map_err(|_| BrokerError::Connect {
-                        url: redacted.clone(),
-                        reason: format!(
-                            "no AMQP handshake within {} s (timeouts.broker_connect)",
-                            timeouts.connect.as_secs()
-                        ),
-                    })?
-                    .map_err(|err| BrokerError::Connect {
-                        url: redacted,
-                        reason: err.to_string(),
-                    })
-            }
-        };
-        let publish_connection = open("publish").await?;
-        let consume_connection = open("consume").await?;
+        let publish_connection =
+            open_connection(&uri, &redacted, format!("{name}-publish"), timeouts.connect).await?;
+        let consume_connection =
+            open_connection(&uri, &redacted, format!("{name}-consume"), timeouts.connect).await?;
         let setup = async {
             let publish_channel = publish_connection
                 .create_channel()
@@ -157,6 +166,8 @@ impl AmqpBroker {
                 publish_channel,
                 request_channel,
                 consume_connection,
+                uri,
+                connect_timeout: timeouts.connect,
                 confirm_timeout: timeouts.confirm,
             }),
         })
@@ -377,16 +388,41 @@ impl AmqpBroker {
         queue: &str,
         prefetch: u16,
     ) -> Result<AmqpConsumer, BrokerError> {
-        self.consume_with(queue, Some(prefetch)).await
+        let channel = self.consume_channel().await?;
+        self.consume_on(channel, queue, Some(prefetch)).await
     }
 
-    /// `prefetch: None` consumes without acks: the broker forgets each message as it sends it.
-    async fn consume_with(
+    /// Consumes `queue` on a connection opened for this consumer alone: it closes when the
+    /// consumer and its deliveries are dropped ([`crate::Broker::consume_apart`]).
+    pub(crate) async fn consume_apart(
         &self,
+        queue: &str,
+        prefetch: u16,
+    ) -> Result<AmqpConsumer, BrokerError> {
+        let inner = &self.inner;
+        let name = format!("{}-{queue}", inner.name);
+        let connection =
+            open_connection(&inner.uri, &inner.url, name, inner.connect_timeout).await?;
+        let channel = tokio::time::timeout(inner.connect_timeout, connection.create_channel())
+            .await
+            .map_err(|_| BrokerError::Timeout {
+                operation: "channel.open",
+                after: inner.connect_timeout,
+            })?
+            .map_err(protocol("channel.open"))?;
+        let mut consumer = self.consume_on(channel, queue, Some(prefetch)).await?;
+        consumer.own_connection = Some(connection);
+        Ok(consumer)
+    }
+
+    /// Consumes `queue` on `channel`. `prefetch: None` consumes without acks: the broker
+    /// forgets each message as it sends it.
+    async fn consume_on(
+        &self,
+        channel: Channel,
         queue: &str,
         prefetch: Option<u16>,
     ) -> Result<AmqpConsumer, BrokerError> {
-        let channel = self.consume_channel().await?;
         if let Some(prefetch) = prefetch {
             // Per-consumer prefetch: global QoS is an error on quorum queues.
             channel
@@ -410,6 +446,7 @@ impl AmqpBroker {
             auto_ack: prefetch.is_none(),
             channel: Arc::new(channel),
             consumer,
+            own_connection: None,
         })
     }
 
@@ -450,7 +487,8 @@ impl AmqpBroker {
         // Without acks: the queue is exclusive, so whatever it holds dies with this connection
         // whether acked or not, and a lost claim answer is asked for again. An ack per answer
         // would buy nothing and cost a frame each way.
-        self.consume_with(&name, None).await
+        let channel = self.consume_channel().await?;
+        self.consume_on(channel, &name, None).await
     }
 
     /// Declares a server-named queue that disappears with the consuming connection.
@@ -474,24 +512,12 @@ impl AmqpBroker {
     /// RabbitMQ stopped (`stop_app`); this watch does not depend on being told.
     pub(crate) async fn lost(&self) -> BrokerError {
         loop {
-            let connections = [
+            for (which, connection) in [
                 ("publish", &self.inner.publish_connection),
                 ("consume", &self.inner.consume_connection),
-            ];
-            for (which, connection) in connections {
-                let status = connection.status();
-                if !status.connected() {
-                    let state = if status.errored() {
-                        "failed"
-                    } else if status.closed() || status.closing() {
-                        "closed"
-                    } else {
-                        "not connected"
-                    };
-                    return BrokerError::Protocol {
-                        operation: "connection",
-                        reason: format!("the {which} connection is {state}"),
-                    };
+            ] {
+                if let Some(lost) = connection_lost(which, connection) {
+                    return lost;
                 }
             }
             tokio::time::sleep(WATCH_INTERVAL).await;
@@ -636,6 +662,25 @@ fn delivery_count(table: Option<&FieldTable>) -> u32 {
     count.map_or(0, |n| u32::try_from(n.max(0)).unwrap_or(u32::MAX))
 }
 
+/// Why `connection` is no longer open, if it is not.
+fn connection_lost(which: &str, connection: &Connection) -> Option<BrokerError> {
+    let status = connection.status();
+    if status.connected() {
+        return None;
+    }
+    let state = if status.errored() {
+        "failed"
+    } else if status.closed() || status.closing() {
+        "closed"
+    } else {
+        "not connected"
+    };
+    Some(BrokerError::Protocol {
+        operation: "connection",
+        reason: format!("the {which} connection is {state}"),
+    })
+}
+
 /// A number no other consumer of this process has.
 fn next_consumer_serial() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -653,6 +698,10 @@ pub struct AmqpConsumer {
     /// kept for the consumer's lifetime (and each unsettled delivery's).
     channel: Arc<Channel>,
     consumer: lapin::Consumer,
+    /// The connection opened for this consumer alone ([`AmqpBroker::consume_apart`]),
+    /// watched by [`AmqpConsumer::next`]: lapin does not always tell an idle consumer that
+    /// its connection died.
+    own_connection: Option<Connection>,
 }
 
 impl fmt::Debug for AmqpConsumer {
@@ -669,7 +718,14 @@ impl AmqpConsumer {
     }
 
     pub(crate) async fn next(&mut self) -> Option<Result<Delivery, BrokerError>> {
-        let delivery = match self.consumer.next().await? {
+        let next = match &self.own_connection {
+            None => self.consumer.next().await?,
+            Some(connection) => tokio::select! {
+                next = self.consumer.next() => next?,
+                lost = watch_connection(connection) => return Some(Err(lost)),
+            },
+        };
+        let delivery = match next {
             Ok(delivery) => delivery,
             Err(err) => return Some(Err(protocol("basic.deliver")(err))),
         };
@@ -703,6 +759,16 @@ impl AmqpConsumer {
             },
             body: delivery.data,
         }))
+    }
+}
+
+/// Resolves once `connection` is no longer open.
+async fn watch_connection(connection: &Connection) -> BrokerError {
+    loop {
+        if let Some(lost) = connection_lost("consumer's own", connection) {
+            return lost;
+        }
+        tokio::time::sleep(WATCH_INTERVAL).await;
     }
 }
 

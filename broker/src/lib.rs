@@ -338,6 +338,23 @@ impl Broker {
         }
     }
 
+    /// [`Broker::consume`] on a connection opened for this consumer alone (in process: as
+    /// [`Broker::consume`]), which closes when the consumer and its deliveries are dropped.
+    /// For a queue that publishers who are not trusted write to: RabbitMQ sends a consumer a
+    /// header frame larger than the frame size it asked for when a message's headers fill a
+    /// publisher's frame (it adds bytes on delivery), and the consumer's connection closes on
+    /// it. Apart, that takes down this consumer alone, not the process's other consumers and
+    /// its publishing; open it again (with a prefetch of 1, the message comes back alone and
+    /// reaches the queue's delivery limit without taking others with it).
+    pub async fn consume_apart(&self, queue: &str, prefetch: u16) -> Result<Consumer, BrokerError> {
+        match self {
+            Broker::Amqp(broker) => {
+                Ok(Consumer::Amqp(broker.consume_apart(queue, prefetch).await?))
+            }
+            Broker::Memory(broker) => Ok(Consumer::Memory(broker.consume(queue, prefetch)?)),
+        }
+    }
+
     /// Follows the status of one run through a private queue that lives as long as the
     /// returned consumer. Call it before publishing the event, so no status is missed.
     pub async fn follow_run(&self, run_id: Uuid) -> Result<Consumer, BrokerError> {

@@ -3,6 +3,8 @@
 //!
 //! - [`service`]: decode → decide (the core) → apply the effects in one store transaction →
 //!   settle, answer and publish → metrics.
+//! - `change_intake`: change events on a broker connection of their own, opened again
+//!   whenever a message closes it.
 //! - [`store`]: the run database and its outbox (SQLite, or PostgreSQL shared by several
 //!   dispatchers), so that a crash loses nothing.
 //! - [`leadership`]: which of the dispatchers sharing a PostgreSQL database leads (a lease,
@@ -18,6 +20,7 @@
 //! `dispatcher_core` and are re-exported here under their old paths.
 
 pub mod canonical;
+mod change_intake;
 pub mod clock;
 pub mod github;
 pub mod leadership;

@@ -18,6 +18,7 @@ pub(crate) const APPROVAL_ORDERS: &str = "pipelines_approval_orders_total";
 pub(crate) const DRIFTED_UNITS: &str = "pipelines_drifted_units";
 pub(crate) const DRIFT_ERRORS: &str = "pipelines_drift_check_errors";
 pub(crate) const DRIFT_LAST_RUN: &str = "pipelines_drift_last_run_timestamp_seconds";
+pub(crate) const CHANGE_CONNECTION_REOPENED: &str = "pipelines_change_connection_reopened_total";
 
 pub(crate) fn register(metrics: &Metrics) {
     metrics.counter(
@@ -50,6 +51,10 @@ pub(crate) fn register(metrics: &Metrics) {
         "Messages the dispatcher dead-lettered, by queue.",
     );
     metrics.counter(RUNS_FINISHED, "Runs that ended, by event and state.");
+    metrics.counter(
+        CHANGE_CONNECTION_REOPENED,
+        "Attempts to open the connection for change events again after it failed (a change event whose headers fill its frame closes it).",
+    );
     metrics.gauge(
         JOBS_AWAITING_APPROVAL,
         "Gated applies and destroys waiting for an approver.",

@@ -24,6 +24,7 @@ use telemetry::Ops;
 use dispatcher_core::decide::{Approver, Core, Decision, KnownJob, KnownRun, Outcome, Verdict};
 use dispatcher_core::scheduler::{Effects, Run};
 
+use crate::change_intake::ChangeIntake;
 use crate::clock::now_ms;
 use crate::logs::LogStore;
 use crate::metrics;
@@ -98,12 +99,42 @@ impl Source {
         }
     }
 
-    /// Unacked deliveries at most: job events and claims come in bursts, the others rarely.
+    /// Unacked deliveries at most: job events and claims come in bursts, the others rarely
+    /// (and change events one at a time: [`crate::change_intake::PREFETCH`]).
     fn prefetch(self) -> u16 {
         match self {
             Source::JobEvents | Source::Claims => 512,
-            Source::Changes => 64,
+            Source::Changes => crate::change_intake::PREFETCH,
             Source::Control => 16,
+        }
+    }
+
+    /// Starts consuming this source's queue: change events on a connection of their own
+    /// ([`ChangeIntake`]), the others on the broker's shared one.
+    async fn consume(
+        self,
+        broker: &Broker,
+        metrics: &telemetry::Metrics,
+    ) -> Result<Feed, BrokerError> {
+        Ok(match self {
+            Source::Changes => Feed::Changes(ChangeIntake::start(broker, metrics.clone()).await?),
+            _ => Feed::Queue(broker.consume(self.queue(), self.prefetch()).await?),
+        })
+    }
+}
+
+/// Where a source's deliveries come from.
+#[derive(Debug)]
+enum Feed {
+    Queue(Consumer),
+    Changes(ChangeIntake),
+}
+
+impl Feed {
+    async fn next(&mut self) -> Option<Result<Delivery, BrokerError>> {
+        match self {
+            Feed::Queue(consumer) => consumer.next().await,
+            Feed::Changes(intake) => intake.next().await,
         }
     }
 }
@@ -229,14 +260,14 @@ impl Dispatcher {
         self.commit(&effects, &[], now_ms())?;
         self.publish_outbox().await?;
 
-        let consume = |source: Source| self.broker.consume(source.queue(), source.prefetch());
+        metrics::register(&self.ops.metrics);
+        let consume = |source: Source| source.consume(&self.broker, &self.ops.metrics);
         let mut consumers = [
             consume(Source::JobEvents).await?,
             consume(Source::Claims).await?,
             consume(Source::Changes).await?,
             consume(Source::Control).await?,
         ];
-        metrics::register(&self.ops.metrics);
         self.refresh_drift_metrics();
         let store = &self.store;
         match off_runtime(|| store.drift_runs_ended()) {
@@ -438,7 +469,7 @@ impl Dispatcher {
             effects.merge(decision.effects);
             replies.extend(decision.reply);
             outputs.extend(decision.output);
-            settle.push((delivery, decision.verdict));
+            settle.push((source, delivery, decision.verdict));
         }
         effects.merge(self.core.decide_tick(now));
         self.commit(&effects, &outputs, now)?;
@@ -461,14 +492,30 @@ impl Dispatcher {
             .map(|(queue, body, id)| (Route::Reply { queue }, Outgoing::new(body, id, &headers)))
             .collect();
         // Dead letters first: the acks below settle every delivery up to each consumer's last.
+        // Change events are settled at once (one is delivered at a time), and a settle that
+        // fails there is their own connection's failure, which their intake mends: the
+        // message comes again and is taken as the repeat it is.
         let mut acks = Vec::with_capacity(settle.len());
-        for (delivery, verdict) in settle {
-            match verdict {
-                Verdict::Ack => acks.push(delivery),
-                Verdict::DeadLetter(reason) => {
-                    delivery.dead_letter(&reason).await?;
-                    self.ops.metrics.inc(metrics::DEAD_LETTERS, &[]);
+        for (source, delivery, verdict) in settle {
+            let settled = match verdict {
+                Verdict::Ack if !matches!(source, Source::Changes) => {
+                    acks.push(delivery);
+                    continue;
                 }
+                Verdict::Ack => delivery.ack().await,
+                Verdict::DeadLetter(reason) => {
+                    let dead = delivery.dead_letter(&reason).await;
+                    if dead.is_ok() {
+                        self.ops.metrics.inc(metrics::DEAD_LETTERS, &[]);
+                    }
+                    dead
+                }
+            };
+            match (settled, source) {
+                (Err(err), Source::Changes) => {
+                    tracing::warn!(error = %err, "A change event's settle failed with its connection; it will come again.");
+                }
+                (settled, _) => settled?,
             }
         }
         // Committed: the acks may go, but are held to go out with later batches' (one settle
@@ -941,7 +988,7 @@ fn finished(run: &Run, state: &RunState, now: u64) {
 }
 
 /// The next delivery from any of the consumers, job events first.
-async fn next(consumers: &mut [Consumer; 4]) -> Result<Incoming, DispatchError> {
+async fn next(consumers: &mut [Feed; 4]) -> Result<Incoming, DispatchError> {
     let wrap = |source: Source, delivery: Option<Result<Delivery, BrokerError>>| match delivery {
         Some(delivery) => Ok(Incoming::Delivery {
             source,
@@ -968,7 +1015,7 @@ async fn next_web_order(orders: &mut Option<crate::web::WebOrders>) -> Option<We
 }
 
 /// Adds whatever the consumers have ready, without waiting, up to [`MAX_BATCH`].
-async fn drain(consumers: &mut [Consumer], batch: &mut Vec<Incoming>) -> Result<(), DispatchError> {
+async fn drain(consumers: &mut [Feed], batch: &mut Vec<Incoming>) -> Result<(), DispatchError> {
     let mut open = [true; Source::ALL.len()];
     while batch.len() < MAX_BATCH && open.contains(&true) {
         for ((consumer, source), open) in consumers.iter_mut().zip(Source::ALL).zip(&mut open) {

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use broker::{Broker, BrokerError, Consumer, Headers, Outgoing, REASON_HEADER, Route};
 use harness::applies::{Behaviour, Units};
 use harness::deployment::Deployment;
+use harness::poll_until;
 use harness::rabbit::LeastPrivilege;
 use harness::runs::{DEADLINE, follow_to_end, setup};
 use harness::sandbox::Sandbox;
@@ -118,6 +119,45 @@ impl World {
                 "least-privilege-test",
             ))
             .unwrap()
+    }
+
+    /// An admin connection that may send frames as large as RabbitMQ allows, as any
+    /// publisher may.
+    fn connect_with_big_frames(&self) -> Broker {
+        let url = broker::with_frame_max(
+            &self.access.url("admin"),
+            broker::UNTRUSTED_PUBLISHERS_FRAME_MAX,
+        );
+        self.runtime
+            .block_on(Broker::connect(&url, "least-privilege-test"))
+            .unwrap()
+    }
+
+    /// The most bytes of padding (to 4) whose headers still fit a publisher's frame, found
+    /// from above by messages to a queue that does not exist (RabbitMQ closes the connection
+    /// of a publisher whose frame is larger), so that it does not depend on which properties
+    /// a message carries.
+    fn most_padding_in_a_frame(&self) -> usize {
+        let body = b"probe".to_vec();
+        (130_000..131_072)
+            .rev()
+            .step_by(4)
+            .find(|&padding| {
+                let headers = padded(padding);
+                let probe = Outgoing::new(&body, "probe", &headers);
+                let route = Route::Reply {
+                    queue: "amq.gen-nobody-listens",
+                };
+                let publisher = self.connect_with_big_frames();
+                match self.runtime.block_on(publisher.publish(route, probe)) {
+                    Ok(()) | Err(BrokerError::Unroutable { .. }) => true,
+                    Err(BrokerError::Protocol { reason, .. }) if reason.contains("FRAME_ERROR") => {
+                        false
+                    }
+                    Err(other) => panic!("{other}"),
+                }
+            })
+            .expect("a padding that fits a 128 KiB frame")
     }
 
     fn publish(
@@ -353,18 +393,6 @@ fn padded(padding: usize) -> Headers {
 #[test]
 fn a_message_with_headers_past_the_dispatchers_frame_is_dead_lettered_with_its_reason() {
     let mut world = world();
-    let admin = || {
-        world
-            .runtime
-            .block_on(Broker::connect(
-                &broker::with_frame_max(
-                    &world.access.url("admin"),
-                    broker::UNTRUSTED_PUBLISHERS_FRAME_MAX,
-                ),
-                "least-privilege-test",
-            ))
-            .unwrap()
-    };
     let garbage = b"\x01not bincode at all".to_vec();
     let publish = |broker: &Broker, padding: usize| {
         let headers = padded(padding);
@@ -373,33 +401,17 @@ fn a_message_with_headers_past_the_dispatchers_frame_is_dead_lettered_with_its_r
             .block_on(broker.publish(Route::Changes, Outgoing::new(&garbage, "big", &headers)))
     };
     // Past the 16 KiB the other components read.
-    publish(&admin(), 60_000).unwrap();
-    // Headers that leave less room in a 128 KiB frame than a dead letter's reason takes. The
-    // most a publisher's frame holds is found from above, by messages to a queue that does not
-    // exist (RabbitMQ closes the connection of a publisher whose frame is larger); RabbitMQ
-    // adds a few bytes on delivery, so 64 fewer.
-    let most = (130_000..131_072)
-        .rev()
-        .step_by(4)
-        .find(|&padding| {
-            let headers = padded(padding);
-            let probe = Outgoing::new(&garbage, "probe", &headers);
-            let route = Route::Reply {
-                queue: "amq.gen-nobody-listens",
-            };
-            match world.runtime.block_on(admin().publish(route, probe)) {
-                Ok(()) | Err(BrokerError::Unroutable { .. }) => true,
-                Err(BrokerError::Protocol { reason, .. }) if reason.contains("FRAME_ERROR") => {
-                    false
-                }
-                Err(other) => panic!("{other}"),
-            }
-        })
-        .expect("a padding that fits a 128 KiB frame");
-    let filling = most - 64;
-    publish(&admin(), filling).unwrap();
+    publish(&world.connect_with_big_frames(), 60_000).unwrap();
+    // Headers that leave less room in a 128 KiB frame than a dead letter's reason takes;
+    // RabbitMQ adds a few bytes on delivery, so 64 fewer than the most a frame holds.
+    let filling = world.most_padding_in_a_frame() - 64;
+    publish(&world.connect_with_big_frames(), filling).unwrap();
     for padding in [60_000, filling] {
-        let dead = world.dead_letters_with_headers(&admin(), "pipelines.changes", 1);
+        let dead = world.dead_letters_with_headers(
+            &world.connect_with_big_frames(),
+            "pipelines.changes",
+            1,
+        );
         let (body, headers) = &dead[0];
         assert_eq!(body, &garbage, "the body is kept whole");
         let reason = &headers[REASON_HEADER];
@@ -417,6 +429,56 @@ fn a_message_with_headers_past_the_dispatchers_frame_is_dead_lettered_with_its_r
     }
     // The dispatcher publishes on: a real run goes through.
     world.assert_a_run_succeeds();
+    world.deployment.assert_running();
+}
+
+/// A change event whose headers fill a publisher's frame to its last bytes arrives as a frame
+/// larger than the dispatcher accepts (RabbitMQ adds bytes on delivery), and the connection it
+/// comes on closes at each delivery. That is the change events' own connection: the
+/// dispatcher keeps its other one, opens this one again at once, and the message comes back
+/// alone until the queue's delivery limit dead-letters it; a run whose event came after it
+/// goes through.
+#[test]
+fn a_change_event_that_fills_its_frame_closes_only_the_change_events_connection() {
+    let mut world = world();
+    let most = world.most_padding_in_a_frame();
+    let headers = padded(most);
+    let body = change_event(Uuid::new_v4(), "dev/app").encode();
+    let orchestrator = world.connect_with_big_frames();
+    world
+        .runtime
+        // The message id the padding was measured with: the same frame, to the byte.
+        .block_on(orchestrator.publish(Route::Changes, Outgoing::new(&body, "probe", &headers)))
+        .unwrap();
+    // Behind it in the queue: a push run over both units.
+    world.assert_a_run_succeeds();
+    // The message was delivered and closed the connection it came on (so this test tests
+    // what it says), the broker dead-lettered it at its delivery limit, and it alone: the
+    // message is too large for any reader here, so its queue's depth says so.
+    // Once at each delivery: it came back alone each time, until its returns passed the
+    // delivery limit (RabbitMQ dead-letters a message returned more often than that).
+    let log = world.deployment.dispatcher_log();
+    let closes = log
+        .matches("The connection for change events failed")
+        .count();
+    assert_eq!(
+        closes,
+        broker::topology::DELIVERY_LIMIT as usize + 1,
+        "the change events' connection closed {closes} times:\n{log}"
+    );
+    let dead_letters = || {
+        world
+            .runtime
+            .block_on(orchestrator.queue_depth("dead.pipelines.changes"))
+            .unwrap()
+    };
+    poll_until(DEADLINE, "the message in dead.pipelines.changes", || {
+        (dead_letters() > 0).then_some(())
+    });
+    assert_eq!(dead_letters(), 1, "only the message that fills its frame");
+    // Claims, job events and publishing never lost their connection.
+    let log = world.deployment.dispatcher_log();
+    assert!(!log.contains("Lost the broker"), "{log}");
     world.deployment.assert_running();
 }
 
