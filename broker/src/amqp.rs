@@ -393,7 +393,9 @@ impl AmqpBroker {
     }
 
     /// Consumes `queue` on a connection opened for this consumer alone: it closes when the
-    /// consumer and its deliveries are dropped ([`crate::Broker::consume_apart`]).
+    /// consumer and its deliveries are dropped ([`crate::Broker::consume_apart`]). The
+    /// handshake and, after it, the channel and the consume each have `timeouts.connect`: a
+    /// broker that opens a channel and never answers `basic.consume` fails it too.
     pub(crate) async fn consume_apart(
         &self,
         queue: &str,
@@ -403,14 +405,19 @@ impl AmqpBroker {
         let name = format!("{}-{queue}", inner.name);
         let connection =
             open_connection(&inner.uri, &inner.url, name, inner.connect_timeout).await?;
-        let channel = tokio::time::timeout(inner.connect_timeout, connection.create_channel())
+        let consume = async {
+            let channel = connection
+                .create_channel()
+                .await
+                .map_err(protocol("channel.open"))?;
+            self.consume_on(channel, queue, Some(prefetch)).await
+        };
+        let mut consumer = tokio::time::timeout(inner.connect_timeout, consume)
             .await
             .map_err(|_| BrokerError::Timeout {
-                operation: "channel.open",
+                operation: "basic.consume",
                 after: inner.connect_timeout,
-            })?
-            .map_err(protocol("channel.open"))?;
-        let mut consumer = self.consume_on(channel, queue, Some(prefetch)).await?;
+            })??;
         consumer.own_connection = Some(connection);
         Ok(consumer)
     }

@@ -36,6 +36,11 @@ const REOPEN: Backoff = Backoff {
     stable_after: Duration::from_secs(10),
 };
 
+/// How long the connection may fail to open again before the dispatcher is told: it then
+/// starts over on all its connections, with the service's own backoff, and says so in
+/// `/readyz`, rather than going on without change events while looking ready.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
+
 /// The change events, as they arrive on their own connection.
 #[derive(Debug)]
 pub(crate) struct ChangeIntake {
@@ -63,8 +68,8 @@ impl ChangeIntake {
         Ok(ChangeIntake { deliveries, feed })
     }
 
-    /// The next change event; an error once the connection cannot be opened again for a
-    /// reason that waiting does not mend (the broker refuses it); `None` after that.
+    /// The next change event; an error once the connection cannot be opened again (refused,
+    /// or still failing after [`GIVE_UP_AFTER`]); `None` after that.
     pub(crate) async fn next(&mut self) -> Option<Result<Delivery, BrokerError>> {
         self.deliveries.recv().await
     }
@@ -99,12 +104,13 @@ async fn feed(
             reason = %ended,
             "The connection for change events failed; opening another. A change event whose headers fill its frame closes it at each delivery until the queue's delivery limit dead-letters it."
         );
+        let failing_since = Instant::now();
         consumer = loop {
             tokio::time::sleep(REOPEN.delay(failures, random())).await;
             metrics.inc(metrics::CHANGE_CONNECTION_REOPENED, &[]);
             match broker.consume_apart(CHANGES_QUEUE, PREFETCH).await {
                 Ok(consumer) => break consumer,
-                Err(err) if err.is_transient() => {
+                Err(err) if err.is_transient() && failing_since.elapsed() < GIVE_UP_AFTER => {
                     tracing::warn!(error = %err, "Cannot open the connection for change events yet; trying again.");
                     failures = failures.saturating_add(1);
                 }
