@@ -626,11 +626,8 @@ impl Delivery {
         } else {
             headers
         };
-        let mut cut = reason.len().min(DEAD_LETTER_REASON_BYTES);
-        while !reason.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        headers.insert(REASON_HEADER.to_owned(), reason[..cut].to_owned());
+        let reason = proto_types::untrusted_text::head(reason, DEAD_LETTER_REASON_BYTES);
+        headers.insert(REASON_HEADER.to_owned(), reason.to_owned());
         match self.settle {
             Settle::Amqp(settle) => {
                 settle

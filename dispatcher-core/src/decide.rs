@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::pacing::StatusPacer;
 use crate::policy;
-use crate::scheduler::{Effects, JobAt, Run, RunJob, Scheduler, Settings, tail};
+use crate::scheduler::{Effects, JobAt, Run, RunJob, Scheduler, Settings};
 
 /// How much of each finished job's output the database keeps for reports (the end of it).
 pub const KEPT_OUTPUT_BYTES: usize = 64 * 1024;
@@ -487,7 +487,8 @@ impl Core {
                     // Kept for reports: the end, where plans summarise and errors show.
                     output: Some((
                         event.job_id,
-                        tail(&outcome.output, KEPT_OUTPUT_BYTES).to_owned(),
+                        proto_types::untrusted_text::tail(&outcome.output, KEPT_OUTPUT_BYTES)
+                            .to_owned(),
                     )),
                     ..Decision::new(Verdict::Ack, reported).with_effects(effects)
                 }

@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use proto_types::untrusted_text::tail;
 use proto_types::{
     Action, ApprovalGate, ApprovalVerdict, CancelJob, ChangeEvent, ClaimVerdict, DriftFindings,
     EventKind, ExecutorRole, Job, JobOutcome, JobStatus, PolicyReport, ResourceCounts, RunState,
@@ -1411,15 +1412,6 @@ fn human_duration(ms: u64) -> String {
     } else {
         format!("{secs}s")
     }
-}
-
-/// The last `max` bytes of `text`, cut at a character boundary.
-pub fn tail(text: &str, max: usize) -> &str {
-    let mut start = text.len().saturating_sub(max);
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    &text[start..]
 }
 
 #[cfg(test)]

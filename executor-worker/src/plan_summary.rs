@@ -21,6 +21,7 @@ use std::collections::BinaryHeap;
 use std::fmt;
 use std::io::{self, Read};
 
+use proto_types::untrusted_text::{self, head};
 use proto_types::{DriftFindings, ResourceCounts};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use sha2::{Digest, Sha256};
@@ -47,7 +48,7 @@ pub(crate) fn kept(text: &str) -> String {
     if text.len() <= KEPT_BYTES {
         return text.to_owned();
     }
-    format!("{}…", prefix(text, KEPT_BYTES))
+    format!("{}…", head(text, KEPT_BYTES))
 }
 
 /// An error's `text` cut to about [`KEPT_BYTES`], marked when cut: its start and its end, where
@@ -57,24 +58,12 @@ pub(crate) fn kept_error(text: &str) -> String {
     if text.len() <= KEPT_BYTES {
         return text.to_owned();
     }
-    let tail = KEPT_BYTES / 4;
-    let mut start = text.len() - tail;
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("{}…{}", prefix(text, KEPT_BYTES - tail), &text[start..])
-}
-
-/// The longest start of `text` no longer than `bytes` that ends at a character boundary.
-fn prefix(text: &str, bytes: usize) -> &str {
-    if text.len() <= bytes {
-        return text;
-    }
-    let mut end = bytes;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
+    let end = KEPT_BYTES / 4;
+    format!(
+        "{}…{}",
+        head(text, KEPT_BYTES - end),
+        untrusted_text::tail(text, end)
+    )
 }
 
 /// What `show -json` of a saved plan says, in short.
@@ -227,7 +216,7 @@ impl Actions {
             if self.read > 0 {
                 self.shown.push_str(", ");
             }
-            self.shown.push_str(prefix(action, KEPT_BYTES + 4));
+            self.shown.push_str(head(action, KEPT_BYTES + 4));
         }
         self.read += 1;
     }

@@ -453,11 +453,7 @@ fn messages(value: &Value) -> Vec<String> {
 
 fn bounded(mut text: String) -> String {
     if text.len() > MAX_MESSAGE_BYTES {
-        let mut end = MAX_MESSAGE_BYTES;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
+        text.truncate(proto_types::untrusted_text::head(&text, MAX_MESSAGE_BYTES).len());
         text.push('…');
     }
     text

@@ -1,5 +1,6 @@
 //! Text a job printed, made fit to show a person: what a plan's code wrote can neither drive
-//! the reader's terminal nor reorder what the reader sees.
+//! the reader's terminal nor reorder what the reader sees, and is cut short only between
+//! characters.
 
 /// Unicode's bidirectional formatting characters, the "Trojan Source" set (CVE-2021-42574).
 /// Each reorders or isolates what follows it on its line: `abc` `U+202E` `def` reads `abcfed`.
@@ -41,9 +42,40 @@ pub fn printable(text: &str) -> String {
     reveal_bidi(&text.chars().filter(|c| !c.is_control()).collect::<String>())
 }
 
+/// The longest start of `text` of at most `max` bytes that ends on a character boundary:
+/// a byte slice that cuts a multi-byte character panics.
+pub fn head(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The longest end of `text` of at most `max` bytes that starts on a character boundary.
+pub fn tail(text: &str, max: usize) -> &str {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heads_and_tails_are_cut_on_character_boundaries() {
+        assert_eq!(head("héllo", 2), "h", "not inside the two bytes of é");
+        assert_eq!(head("héllo", 3), "hé");
+        assert_eq!(head("abc", 10), "abc");
+        assert_eq!(head("abc", 0), "");
+        assert_eq!(tail("héllo", 4), "llo");
+        assert_eq!(tail("héllo", 5), "éllo");
+        assert_eq!(tail("abc", 10), "abc");
+        assert_eq!(tail("abc", 0), "");
+    }
 
     #[test]
     fn bidi_controls_are_shown_as_their_code_points_and_the_rest_is_kept() {

@@ -846,12 +846,6 @@ fn job_ids_are_stable_per_run_unit_and_action() {
     );
 }
 
-#[test]
-fn the_output_tail_is_cut_on_a_character_boundary() {
-    assert_eq!(tail("héllo", 4), "llo");
-    assert_eq!(tail("abc", 10), "abc");
-}
-
 /// A push of `units` (applies, `edges` as given) with the applies of `gates` gated.
 fn gated_push(units: &[&str], edges: &[(&str, &str)], gates: &[&str]) -> (ChangeEvent, RunPlan) {
     let (event, plan) = event(push(), &applies(units), edges);
