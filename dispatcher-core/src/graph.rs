@@ -118,6 +118,8 @@ pub fn svg(detail: &RunDetail) -> Markup {
 }
 
 fn label(unit: &str) -> String {
+    // Measured as shown: the page shows each bidirectional character as 8 (`<U+202E>`).
+    let unit = proto_types::untrusted_text::reveal_bidi(unit);
     let chars = unit.chars().count();
     if chars <= LABEL_CHARS {
         return unit.to_owned();
@@ -224,5 +226,9 @@ mod tests {
             "…us-east-1/networking/vpc-main"
         );
         assert_eq!(label("dev/app"), "dev/app");
+        // Revealed before it is measured, so a node fits whatever the path holds.
+        let bidi = label(&"\u{202E}".repeat(10));
+        assert_eq!(bidi.chars().count(), LABEL_CHARS, "{bidi}");
+        assert_eq!(label("dev/\u{2066}a"), "dev/<U+2066>a");
     }
 }
