@@ -394,8 +394,9 @@ impl AmqpBroker {
 
     /// Consumes `queue` on a connection opened for this consumer alone: it closes when the
     /// consumer and its deliveries are dropped ([`crate::Broker::consume_apart`]). The
-    /// handshake and, after it, the channel and the consume each have `timeouts.connect`: a
-    /// broker that opens a channel and never answers `basic.consume` fails it too.
+    /// handshake has `timeouts.connect`, and so do the channel's opening, its QoS and the
+    /// consume, together: a broker that opens a channel and never answers `basic.consume`
+    /// fails it too.
     pub(crate) async fn consume_apart(
         &self,
         queue: &str,
@@ -415,7 +416,7 @@ impl AmqpBroker {
         let mut consumer = tokio::time::timeout(inner.connect_timeout, consume)
             .await
             .map_err(|_| BrokerError::Timeout {
-                operation: "basic.consume",
+                operation: "channel.open, basic.qos and basic.consume",
                 after: inner.connect_timeout,
             })??;
         consumer.own_connection = Some(connection);

@@ -122,7 +122,7 @@ fn label(unit: &str) -> String {
     let unit = proto_types::untrusted_text::reveal_bidi(unit);
     let chars = unit.chars().count();
     if chars <= LABEL_CHARS {
-        return unit.to_owned();
+        return unit;
     }
     // The end of a path says most: `…/prod/us-east-1/app`.
     let tail: String = unit.chars().skip(chars - (LABEL_CHARS - 1)).collect();
