@@ -519,16 +519,9 @@ impl AmqpBroker {
     /// connection fails, but a consumer idle at that moment was seen waiting for ever after
     /// RabbitMQ stopped (`stop_app`); this watch does not depend on being told.
     pub(crate) async fn lost(&self) -> BrokerError {
-        loop {
-            for (which, connection) in [
-                ("publish", &self.inner.publish_connection),
-                ("consume", &self.inner.consume_connection),
-            ] {
-                if let Some(lost) = connection_lost(which, connection) {
-                    return lost;
-                }
-            }
-            tokio::time::sleep(WATCH_INTERVAL).await;
+        tokio::select! {
+            lost = watch_connection("publish", &self.inner.publish_connection) => lost,
+            lost = watch_connection("consume", &self.inner.consume_connection) => lost,
         }
     }
 
@@ -730,7 +723,7 @@ impl AmqpConsumer {
             None => self.consumer.next().await?,
             Some(connection) => tokio::select! {
                 next = self.consumer.next() => next?,
-                lost = watch_connection(connection) => return Some(Err(lost)),
+                lost = watch_connection("consumer's own", connection) => return Some(Err(lost)),
             },
         };
         let delivery = match next {
@@ -770,10 +763,10 @@ impl AmqpConsumer {
     }
 }
 
-/// Resolves once `connection` is no longer open.
-async fn watch_connection(connection: &Connection) -> BrokerError {
+/// Resolves once `connection` (the `which` one) is no longer open.
+async fn watch_connection(which: &str, connection: &Connection) -> BrokerError {
     loop {
-        if let Some(lost) = connection_lost("consumer's own", connection) {
+        if let Some(lost) = connection_lost(which, connection) {
             return lost;
         }
         tokio::time::sleep(WATCH_INTERVAL).await;
