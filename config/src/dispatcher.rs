@@ -114,6 +114,12 @@ pub struct DispatcherSettings {
     /// longest ago are deleted first, and what still does not fit is cut. 0: no reserve.
     #[serde(default = "crate::default_log_keep_free_bytes")]
     pub log_keep_free_bytes: u64,
+    /// Pull request events must carry an OIDC token of their own pull request's CI job
+    /// (`PIPELINES_ID_TOKEN`, a GitHub Actions `id-token`): one pull request's CI, which holds
+    /// the orchestrator login every pull request shares, then cannot submit runs in another's
+    /// name. Default: not checked (the number is the orchestrator's word).
+    #[serde(default)]
+    pub oidc: Option<crate::OidcSettings>,
 }
 
 impl Default for DispatcherSettings {
@@ -140,6 +146,7 @@ impl Default for DispatcherSettings {
             max_run_log_bytes: crate::default_max_run_log_bytes(),
             max_total_log_bytes: 0,
             log_keep_free_bytes: crate::default_log_keep_free_bytes(),
+            oidc: None,
         }
     }
 }

@@ -13,6 +13,7 @@ mod drift;
 mod duration;
 mod executor;
 mod github;
+mod oidc;
 mod policies;
 mod repositories;
 mod timeouts;
@@ -35,6 +36,7 @@ pub use crate::drift::{DriftSchedule, UnitSelection};
 pub use crate::duration::parse_duration;
 pub use crate::executor::{DEFAULT_PASS_ENV, ExecutorSettings, ToolUser};
 pub use crate::github::GitHub;
+pub use crate::oidc::{GITHUB_ACTIONS_ISSUER, OidcSettings};
 pub use crate::policies::{
     PolicyMode, PolicyOverride, PolicyScope, PolicySet, PolicySettings, RegoSyntax,
 };
@@ -408,6 +410,7 @@ impl Config {
         }
         dispatcher::validate(&self.dispatcher)?;
         self.validate_github()?;
+        oidc::validate(self)?;
         timeouts::validate(&self.timeouts)?;
         dispatcher::validate_retry(&self.retry)?;
         policies::validate(&self.policies, &self.policy, &self.approvals.users)?;

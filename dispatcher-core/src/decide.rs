@@ -11,10 +11,11 @@
 use config::{AccountRouter, ApprovalGates, Config};
 use proto_types::{
     Action, ApprovalOrder, ApprovalVerdict, CancelRun, ChangeEvent, ClaimReply, ClaimVerdict,
-    EventKind, JobEvent, JobEventKind, JobStatus, RunState, UnitState,
+    EventKind, JobEvent, JobEventKind, JobStatus, RunState, Trigger, UnitState,
 };
 use uuid::Uuid;
 
+use crate::identity::{self, Identity};
 use crate::pacing::StatusPacer;
 use crate::policy;
 use crate::scheduler::{Effects, JobAt, Run, RunJob, Scheduler, Settings};
@@ -38,6 +39,26 @@ pub struct KnownRun {
 pub struct KnownJob {
     /// Its final state, as stored (`succeeded`, `failed`, ...).
     pub state: String,
+}
+
+/// What a pull request event its token did not vouch for leaves as its rejected run: neither
+/// its pull request's number nor its commits, so that nothing is reported in the name of a
+/// pull request it may not speak for (its reason names them; the dead-letter queue keeps the
+/// message as sent).
+fn unvouched(event: &ChangeEvent) -> ChangeEvent {
+    let mut trigger = event.trigger.clone();
+    if let Trigger::PullRequest { number, .. } = &mut trigger {
+        *number = None;
+    }
+    ChangeEvent {
+        id: event.id,
+        repository: event.repository.clone(),
+        trigger,
+        base_sha: String::new(),
+        head_sha: String::new(),
+        changes: Vec::new(),
+        dependencies: Vec::new(),
+    }
 }
 
 /// How a delivery is settled once its decision is committed.
@@ -238,6 +259,7 @@ impl Core {
         &mut self,
         event: &ChangeEvent,
         user_id: Option<&str>,
+        identity: &Identity,
         known: Option<KnownRun>,
         now: u64,
     ) -> Decision {
@@ -300,6 +322,17 @@ impl Core {
             };
             return Decision::new(verdict, Outcome::EventRedelivered).with_effects(effects);
         }
+        // After the redelivery check: a run accepted once is not refused for a token that
+        // expired while its event waited to be acked.
+        if let Some(reason) = self.identity_refusal(event, identity) {
+            let reason = crate::report::shorten(&reason, crate::scheduler::MAX_REASON_CHARS);
+            let effects = self.scheduler.reject(&unvouched(event), &reason, now);
+            return Decision::new(
+                Verdict::DeadLetter(format!("rejected: {reason}")),
+                Outcome::RunRejected { reason },
+            )
+            .with_effects(effects);
+        }
         let planned = match event.trigger.kind() {
             EventKind::Drift => match self.scheduler.active_drift_run(&event.repository) {
                 Some(running) => Err(format!(
@@ -332,6 +365,18 @@ impl Core {
                 .with_effects(effects)
             }
         }
+    }
+
+    /// Why `event` may not start a run under `[dispatcher.oidc]` ([`identity::refusal`]).
+    /// An unknown repository is left to the policy, which refuses it by name.
+    fn identity_refusal(&self, event: &ChangeEvent, identity: &Identity) -> Option<String> {
+        self.config.dispatcher.oidc.as_ref()?;
+        let github = self
+            .config
+            .repository(&event.repository)?
+            .github
+            .as_deref()?;
+        identity::refusal(event, github, identity)
     }
 
     /// A worker's event about a job: a claim, a heartbeat, a give-back or an outcome.

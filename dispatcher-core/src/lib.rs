@@ -7,6 +7,7 @@
 //!
 //! - [`decide`]: one decision per message kind: `decide(state, input) -> effects`.
 //! - [`drift`]: what a drift check says about its unit, the drift issue, drift schedules.
+//! - [`identity`]: does a pull request event's OIDC token vouch for its pull request?
 //! - [`policy`]: is this event allowed, and what runs where?
 //! - [`scheduler`]: every active run and what may happen next (dependency order, per-unit
 //!   serialization, account caps, supersession, retries, worker claims and leases).
@@ -18,6 +19,7 @@
 pub mod decide;
 pub mod drift;
 pub mod graph;
+pub mod identity;
 pub mod pacing;
 pub mod pages;
 pub mod policy;

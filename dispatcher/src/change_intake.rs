@@ -16,10 +16,12 @@ use std::time::Duration;
 use broker::backoff::Backoff;
 use broker::topology::CHANGES_QUEUE;
 use broker::{Broker, BrokerError, Consumer, Delivery};
+use dispatcher_core::identity::Identity;
 use telemetry::Metrics;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::identity::Verifier;
 use crate::metrics;
 
 /// Unacked change events at most: one, so that a message that closes the connection is the
@@ -41,10 +43,14 @@ const REOPEN: Backoff = Backoff {
 /// `/readyz`, rather than going on without change events while looking ready.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
 
+/// A change event as it arrived, with what its identity token says (always
+/// [`Identity::Absent`] without `[dispatcher.oidc]`).
+pub(crate) type Arrival = (Delivery, Identity);
+
 /// The change events, as they arrive on their own connection.
 #[derive(Debug)]
 pub(crate) struct ChangeIntake {
-    deliveries: mpsc::Receiver<Result<Delivery, BrokerError>>,
+    deliveries: mpsc::Receiver<Result<Arrival, BrokerError>>,
     feed: tokio::task::JoinHandle<()>,
 }
 
@@ -57,20 +63,23 @@ impl Drop for ChangeIntake {
 
 impl ChangeIntake {
     /// Opens the connection and starts consuming. Fails as [`Broker::consume_apart`] does: at
-    /// start, a refusal is the deployment's mistake and is reported as such.
+    /// start, a refusal is the deployment's mistake and is reported as such. With a
+    /// `verifier`, each event's identity token is checked before it is handed on (one at a
+    /// time, as they are delivered: the issuer's keys are read only for a key not seen yet).
     pub(crate) async fn start(
         broker: &Broker,
         metrics: Metrics,
+        verifier: Option<Verifier>,
     ) -> Result<ChangeIntake, BrokerError> {
         let consumer = broker.consume_apart(CHANGES_QUEUE, PREFETCH).await?;
         let (sender, deliveries) = mpsc::channel(usize::from(PREFETCH));
-        let feed = tokio::spawn(feed(broker.clone(), consumer, metrics, sender));
+        let feed = tokio::spawn(feed(broker.clone(), consumer, metrics, verifier, sender));
         Ok(ChangeIntake { deliveries, feed })
     }
 
     /// The next change event; an error once the connection cannot be opened again (refused,
     /// or still failing after [`GIVE_UP_AFTER`]); `None` after that.
-    pub(crate) async fn next(&mut self) -> Option<Result<Delivery, BrokerError>> {
+    pub(crate) async fn next(&mut self) -> Option<Result<Arrival, BrokerError>> {
         self.deliveries.recv().await
     }
 }
@@ -80,7 +89,8 @@ async fn feed(
     broker: Broker,
     mut consumer: Consumer,
     metrics: Metrics,
-    sender: mpsc::Sender<Result<Delivery, BrokerError>>,
+    mut verifier: Option<Verifier>,
+    sender: mpsc::Sender<Result<Arrival, BrokerError>>,
 ) {
     let mut failures = 0_u32;
     loop {
@@ -88,7 +98,11 @@ async fn feed(
         let ended = loop {
             match consumer.next().await {
                 Some(Ok(delivery)) => {
-                    if sender.send(Ok(delivery)).await.is_err() {
+                    let identity = match &mut verifier {
+                        Some(verifier) => verifier.identify(&delivery.headers).await,
+                        None => Identity::Absent,
+                    };
+                    if sender.send(Ok((delivery, identity))).await.is_err() {
                         return;
                     }
                 }

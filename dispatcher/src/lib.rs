@@ -5,6 +5,8 @@
 //!   settle, answer and publish → metrics.
 //! - `change_intake`: change events on a broker connection of their own, opened again
 //!   whenever a message closes it.
+//! - [`identity`]: pull request events' OIDC tokens checked against the issuer's keys
+//!   (`[dispatcher.oidc]`).
 //! - [`store`]: the run database and its outbox (SQLite, or PostgreSQL shared by several
 //!   dispatchers), so that a crash loses nothing.
 //! - [`leadership`]: which of the dispatchers sharing a PostgreSQL database leads (a lease,
@@ -23,6 +25,7 @@ pub mod canonical;
 mod change_intake;
 pub mod clock;
 pub mod github;
+pub mod identity;
 pub mod leadership;
 pub mod logs;
 mod metrics;

@@ -22,10 +22,12 @@ use uuid::Uuid;
 use telemetry::Ops;
 
 use dispatcher_core::decide::{Approver, Core, Decision, KnownJob, KnownRun, Outcome, Verdict};
+use dispatcher_core::identity::Identity;
 use dispatcher_core::scheduler::{Effects, Run};
 
 use crate::change_intake::ChangeIntake;
 use crate::clock::now_ms;
+use crate::identity::Verifier;
 use crate::logs::LogStore;
 use crate::metrics;
 use crate::reporter::Reporter;
@@ -53,6 +55,9 @@ pub enum DispatchError {
     /// The broker ended a consumer (it is shutting down, or the connection dropped): reconnect.
     #[error("the broker closed the {0} consumer")]
     ConsumerClosed(&'static str),
+    /// Something the configuration asks for cannot be set up: fix it and restart.
+    #[error("{0}")]
+    Setup(String),
 }
 
 impl DispatchError {
@@ -62,6 +67,7 @@ impl DispatchError {
             DispatchError::Broker(err) => err.is_transient(),
             DispatchError::ConsumerClosed(_) => true,
             DispatchError::Store(err) => err.is_transient(),
+            DispatchError::Setup(_) => false,
         }
     }
 }
@@ -115,9 +121,19 @@ impl Source {
         self,
         broker: &Broker,
         metrics: &telemetry::Metrics,
-    ) -> Result<Feed, BrokerError> {
+        config: &config::Config,
+    ) -> Result<Feed, DispatchError> {
         Ok(match self {
-            Source::Changes => Feed::Changes(ChangeIntake::start(broker, metrics.clone()).await?),
+            Source::Changes => {
+                let verifier = match &config.dispatcher.oidc {
+                    Some(oidc) => Some(
+                        Verifier::new(oidc, config.timeouts.github())
+                            .map_err(DispatchError::Setup)?,
+                    ),
+                    None => None,
+                };
+                Feed::Changes(ChangeIntake::start(broker, metrics.clone(), verifier).await?)
+            }
             _ => Feed::Queue(broker.consume(self.queue(), self.prefetch()).await?),
         })
     }
@@ -131,9 +147,10 @@ enum Feed {
 }
 
 impl Feed {
-    async fn next(&mut self) -> Option<Result<Delivery, BrokerError>> {
+    /// The next delivery, with its identity token's verdict (change events only).
+    async fn next(&mut self) -> Option<Result<(Delivery, Identity), BrokerError>> {
         match self {
-            Feed::Queue(consumer) => consumer.next().await,
+            Feed::Queue(consumer) => Some(consumer.next().await?.map(|d| (d, Identity::Absent))),
             Feed::Changes(intake) => intake.next().await,
         }
     }
@@ -142,7 +159,11 @@ impl Feed {
 /// What a batch is made of: messages taken from the dispatcher's queues, and the actions of
 /// the web page's signed-in users, handed over in process.
 enum Incoming {
-    Delivery { source: Source, delivery: Delivery },
+    Delivery {
+        source: Source,
+        delivery: Delivery,
+        identity: Identity,
+    },
     Web(WebOrder),
 }
 
@@ -261,7 +282,8 @@ impl Dispatcher {
         self.publish_outbox().await?;
 
         metrics::register(&self.ops.metrics);
-        let consume = |source: Source| source.consume(&self.broker, &self.ops.metrics);
+        let config = self.core.config().clone();
+        let consume = |source: Source| source.consume(&self.broker, &self.ops.metrics, &config);
         let mut consumers = [
             consume(Source::JobEvents).await?,
             consume(Source::Claims).await?,
@@ -452,8 +474,12 @@ impl Dispatcher {
         let mut outputs = Vec::new();
         let mut web_answers = Vec::new();
         for incoming in batch {
-            let (source, delivery) = match incoming {
-                Incoming::Delivery { source, delivery } => (source, delivery),
+            let (source, delivery, identity) = match incoming {
+                Incoming::Delivery {
+                    source,
+                    delivery,
+                    identity,
+                } => (source, delivery, identity),
                 Incoming::Web(order) => {
                     let decision = self.on_web_order(&order, now)?;
                     effects.merge(decision.effects);
@@ -462,7 +488,7 @@ impl Dispatcher {
                 }
             };
             let decision = match source {
-                Source::Changes => self.on_change_event(&delivery, now)?,
+                Source::Changes => self.on_change_event(&delivery, &identity, now)?,
                 Source::JobEvents | Source::Claims => self.on_job_event(&delivery, now)?,
                 Source::Control => self.on_control(&delivery, now)?,
             };
@@ -637,6 +663,7 @@ impl Dispatcher {
     fn on_change_event(
         &mut self,
         delivery: &Delivery,
+        identity: &Identity,
         now: u64,
     ) -> Result<Decision, DispatchError> {
         let event = match ChangeEvent::decode(&delivery.body) {
@@ -648,9 +675,9 @@ impl Dispatcher {
         telemetry::propagation::set_parent(&span, &delivery.headers);
         let _entered = span.enter();
         let known = self.known_run(event.id)?;
-        let decision = self
-            .core
-            .decide_change(&event, delivery.user_id.as_deref(), known, now);
+        let decision =
+            self.core
+                .decide_change(&event, delivery.user_id.as_deref(), identity, known, now);
         if matches!(
             decision.outcome,
             Some(Outcome::RunAccepted { .. } | Outcome::RunRejected { .. })
@@ -989,12 +1016,14 @@ fn finished(run: &Run, state: &RunState, now: u64) {
 
 /// The next delivery from any of the consumers, job events first.
 async fn next(consumers: &mut [Feed; 4]) -> Result<Incoming, DispatchError> {
-    let wrap = |source: Source, delivery: Option<Result<Delivery, BrokerError>>| match delivery {
-        Some(delivery) => Ok(Incoming::Delivery {
+    let wrap = |source: Source, delivery: Option<Result<(Delivery, Identity), BrokerError>>| {
+        let (delivery, identity) =
+            delivery.ok_or(DispatchError::ConsumerClosed(source.queue()))??;
+        Ok(Incoming::Delivery {
             source,
-            delivery: delivery?,
-        }),
-        None => Err(DispatchError::ConsumerClosed(source.queue())),
+            delivery,
+            identity,
+        })
     };
     let [events, claims, changes, control] = consumers;
     tokio::select! {
@@ -1023,10 +1052,14 @@ async fn drain(consumers: &mut [Feed], batch: &mut Vec<Incoming>) -> Result<(), 
                 continue;
             }
             match poll_once(consumer.next()).await {
-                Some(Some(delivery)) => batch.push(Incoming::Delivery {
-                    source,
-                    delivery: delivery?,
-                }),
+                Some(Some(delivery)) => {
+                    let (delivery, identity) = delivery?;
+                    batch.push(Incoming::Delivery {
+                        source,
+                        delivery,
+                        identity,
+                    });
+                }
                 Some(None) => return Err(DispatchError::ConsumerClosed(source.queue())),
                 None => *open = false,
             }

@@ -9,6 +9,7 @@ pub mod deployment;
 pub mod faults;
 pub mod git;
 pub mod github;
+pub mod oidc;
 pub mod otlp;
 pub mod postgres;
 pub mod process;

@@ -152,3 +152,93 @@ fn a_github_app_authenticates_with_its_jwt_then_calls_with_the_installation_toke
     );
     runtime.block_on(github.verify());
 }
+
+/// `orchestrate --pr 7 --wait --format json` with `token` as `PIPELINES_ID_TOKEN`.
+fn orchestrate_pr_7(
+    sandbox: &harness::sandbox::Sandbox,
+    vhost: &harness::rabbit::Vhost,
+    range: (&str, &str),
+    token: Option<&str>,
+) -> harness::process::Finished {
+    let args = [
+        "--repo-name",
+        "infra",
+        "--broker",
+        vhost.url.as_str(),
+        "--pr",
+        "7",
+        "--wait",
+        "--format",
+        "json",
+    ];
+    let mut command =
+        sandbox.pipelines_on_range("orchestrate", range.0, range.1, "pull-request", &args);
+    if let Some(token) = token {
+        command.env("PIPELINES_ID_TOKEN", token);
+    }
+    harness::process::run(command, std::time::Duration::from_secs(120))
+}
+
+/// With `[dispatcher.oidc]`, a pull request's run starts only with a token of that pull
+/// request's own workflow run: the CI of pull request 8 (which holds the same orchestrator
+/// login) cannot submit a run as pull request 7, nor can a CI job without a token. Refused
+/// events end `--wait` with the reason and report nothing to GitHub; the real one runs and is
+/// reported on pull request 7.
+#[test]
+fn with_oidc_a_pull_requests_ci_cannot_submit_runs_for_another() {
+    let (vhost, sandbox) = setup();
+    let github = StandIn::start(7);
+    let issuer = harness::oidc::Issuer::start();
+    let units = Units::new(&sandbox);
+    let quick = Behaviour::Succeed { seconds: 0 };
+    let c0 = units.readme_only();
+    let c1 = units.commit("c1: one unit", 1, &[("dev/app", &[], quick)]);
+    let accounts = "[[accounts]]\nname = \"dev\"\npaths = [\"dev/**\"]\n";
+    let extra = format!("{}{}", github.config_section(), issuer.config_section());
+    let config = sandbox.write_config_with(&vhost.url, accounts, &extra);
+    StandIn::name_repository(&config);
+    let mut deployment = Deployment::start(sandbox.path(), &config, &[("dev", 1)]);
+
+    let of_pr_8 = issuer.token("acme/infra", "pull_request", "refs/pull/8/merge");
+    for (token, reason) in [
+        (
+            Some(of_pr_8.as_str()),
+            "pull request #7's identity token is of the workflow run of \\\"refs/pull/8/merge\\\", not of \\\"refs/pull/7/merge\\\"",
+        ),
+        (None, "pull request #7's event carries no identity token"),
+    ] {
+        let refused = orchestrate_pr_7(&sandbox, &vhost, (&c0, &c1), token);
+        assert_eq!(refused.code(), Some(1), "{}", refused.transcript());
+        assert!(refused.stdout.contains(reason), "{}", refused.transcript());
+    }
+
+    let own = issuer.token("acme/infra", "pull_request", "refs/pull/7/merge");
+    let accepted = orchestrate_pr_7(&sandbox, &vhost, (&c0, &c1), Some(&own));
+    assert_eq!(accepted.code(), Some(0), "{}", accepted.transcript());
+    let status: proto_types::RunStatus = serde_json::from_str(&accepted.stdout).unwrap();
+    let run_id = status.run_id.to_string();
+    let reported = github.wait_for("the accepted run's final report", |reported| {
+        reported
+            .comments
+            .last()
+            .is_some_and(|body| body.contains("### ✅ Pipelines: plan succeeded"))
+            && reported.statuses.iter().any(|s| s["state"] == "success")
+    });
+    // Only the accepted run was reported: its comment, and no failure on the commit.
+    assert!(
+        reported.comments.iter().all(|body| body.contains(&run_id)),
+        "{:?}",
+        reported.comments
+    );
+    assert!(
+        reported
+            .statuses
+            .iter()
+            .all(|s| s["state"] == "pending" || s["state"] == "success"),
+        "{:?}",
+        reported.statuses
+    );
+    // Read once for the first token; the next ones named the same key.
+    assert_eq!(issuer.key_reads(), 1);
+    deployment.assert_running();
+}

@@ -12,12 +12,23 @@ pub enum SubmitError {
 }
 
 /// Publishes the event and waits for the broker's confirm: once this returns, the event is
-/// durable and the dispatcher will see it.
-pub async fn submit(broker: &Broker, event: &ChangeEvent) -> Result<(), SubmitError> {
+/// durable and the dispatcher will see it. `id_token` is the CI job's OIDC token, which
+/// vouches for the pull request the event names ([`proto_types::ID_TOKEN_HEADER`]).
+pub async fn submit(
+    broker: &Broker,
+    event: &ChangeEvent,
+    id_token: Option<&str>,
+) -> Result<(), SubmitError> {
     let body = event.encode();
     let id = event.id.to_string();
     // The run's trace starts here: the dispatcher continues it from these headers.
-    let headers: Headers = telemetry::propagation::current_headers();
+    let mut headers: Headers = telemetry::propagation::current_headers();
+    if let Some(token) = id_token {
+        headers.insert(
+            proto_types::ID_TOKEN_HEADER.to_owned(),
+            token.trim().to_owned(),
+        );
+    }
     let message = Outgoing::new(&body, &id, &headers);
     broker.publish(Route::Changes, message).await?;
     tracing::info!(run_id = %event.id, units = event.changes.iter().map(|c| c.units.len()).sum::<usize>(), "Change event published.");

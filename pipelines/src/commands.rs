@@ -77,7 +77,7 @@ async fn orchestrate_in(args: OrchestrateArgs, span: tracing::Span) -> anyhow::R
         true => Some(broker.follow_run(event.id).await?),
         false => None,
     };
-    submit(&broker, &event).await?;
+    submit(&broker, &event, args.id_token.as_deref()).await?;
     errln!(
         "Submitted run {} ({} unit(s)).",
         event.id,
@@ -273,7 +273,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
 
     let event = detected.change_event(&repository, trigger);
     let mut follower = broker.follow_run(event.id).await?;
-    submit(&broker, &event).await?;
+    submit(&broker, &event, None).await?;
     if let Some(address) = served {
         errln!("Follow the run at http://{address}/runs/{}", event.id);
     }

@@ -249,6 +249,17 @@ struct OrchestrateArgs {
     /// [default: every unit]. The dispatcher still leaves out its `[[drift]] exclude`.
     #[arg(long = "units", value_name = "GLOB", num_args = 1..)]
     units: Vec<String>,
+    /// This CI job's OIDC token (GitHub Actions: `core.getIDToken('pipelines')`), sent with
+    /// the event: a dispatcher with `[dispatcher.oidc]` takes a pull request's event only with
+    /// a token of that pull request's own workflow run. Give it in the environment, not on the
+    /// command line, where other processes can read it.
+    #[arg(
+        long,
+        env = "PIPELINES_ID_TOKEN",
+        hide_env_values = true,
+        value_name = "JWT"
+    )]
+    id_token: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -35,6 +35,11 @@ pub use report::{
     JobSummary, RunDetail, RunPhase, RunSummary, append_drift_history, run_status_json, to_json,
 };
 
+/// The change event's header holding its CI job's OIDC token (a JWT), when the orchestrator
+/// was given one (`PIPELINES_ID_TOKEN`): with `[dispatcher.oidc]` the dispatcher takes a pull
+/// request event only with a token of that pull request's own workflow run.
+pub const ID_TOKEN_HEADER: &str = "pipelines-id-token";
+
 /// How the broker names private queues: `amq.gen-` and a random suffix. Replies go only there.
 pub const REPLY_QUEUE_PREFIX: &str = "amq.gen-";
 

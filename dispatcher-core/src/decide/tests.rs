@@ -42,7 +42,7 @@ fn job_event(run_id: Uuid, job_id: Uuid, kind: JobEventKind) -> JobEvent {
 /// A pull request's run of one unit accepted by `core`: its job, and a first claim of it.
 fn first_job_and_its_claim(core: &mut Core) -> (Job, JobEvent) {
     let job = core
-        .decide_change(&change(pr(1), &["app"]), None, None, 0)
+        .decide_change(&change(pr(1), &["app"]), None, &Identity::Absent, None, 0)
         .effects
         .publish[0]
         .clone();
@@ -57,7 +57,13 @@ fn first_job_and_its_claim(core: &mut Core) -> (Job, JobEvent) {
 #[test]
 fn a_change_event_from_a_user_that_may_not_submit_is_dead_lettered_naming_both() {
     let mut core = core(&["pipelines-orchestrator"]);
-    let decision = core.decide_change(&change(pr(1), &["app"]), Some("mallory"), None, 0);
+    let decision = core.decide_change(
+        &change(pr(1), &["app"]),
+        Some("mallory"),
+        &Identity::Absent,
+        None,
+        0,
+    );
     assert_eq!(
         decision.verdict,
         Verdict::DeadLetter(
@@ -85,7 +91,13 @@ fn only_the_deploy_orchestrator_submits_pushes_and_drift_checks() {
         )
     };
     for (event, kind) in [(push(), "push"), (drift(), "drift")] {
-        let decision = core.decide_change(&event, Some("pipelines-orchestrator"), None, 0);
+        let decision = core.decide_change(
+            &event,
+            Some("pipelines-orchestrator"),
+            &Identity::Absent,
+            None,
+            0,
+        );
         assert_eq!(
             decision.verdict,
             Verdict::DeadLetter(format!(
@@ -105,12 +117,19 @@ fn only_the_deploy_orchestrator_submits_pushes_and_drift_checks() {
     let from_pr_ci = core.decide_change(
         &change(pr(1), &["app"]),
         Some("pipelines-orchestrator"),
+        &Identity::Absent,
         None,
         0,
     );
     assert_eq!(from_pr_ci.verdict, Verdict::Ack);
     for event in [push(), change(pr(2), &["app"])] {
-        let decision = core.decide_change(&event, Some("pipelines-orchestrator-deploy"), None, 0);
+        let decision = core.decide_change(
+            &event,
+            Some("pipelines-orchestrator-deploy"),
+            &Identity::Absent,
+            None,
+            0,
+        );
         assert_eq!(decision.verdict, Verdict::Ack, "{decision:?}");
     }
     // The dispatcher's own user (the broker URL's) submits its `[[drift]]` schedules, and
@@ -118,17 +137,17 @@ fn only_the_deploy_orchestrator_submits_pushes_and_drift_checks() {
     let own = config::url_user(core.config.first_broker_node())
         .unwrap()
         .to_owned();
-    let scheduled = core.decide_change(&drift(), Some(&own), None, 0);
+    let scheduled = core.decide_change(&drift(), Some(&own), &Identity::Absent, None, 0);
     assert!(
         !matches!(scheduled.outcome, Some(Outcome::SubmitterRefused { .. })),
         "{scheduled:?}"
     );
-    let pushed = core.decide_change(&push(), Some(&own), None, 0);
+    let pushed = core.decide_change(&push(), Some(&own), &Identity::Absent, None, 0);
     assert_eq!(
         pushed.outcome,
         Some(Outcome::SubmitterRefused { user: own.clone() })
     );
-    let refused = core.decide_change(&push(), Some("mallory"), None, 0);
+    let refused = core.decide_change(&push(), Some("mallory"), &Identity::Absent, None, 0);
     assert_eq!(
         refused.verdict,
         Verdict::DeadLetter(
@@ -139,15 +158,78 @@ fn only_the_deploy_orchestrator_submits_pushes_and_drift_checks() {
     );
 }
 
+/// With `[dispatcher.oidc]`: a pull request event starts a run only with a token of that pull
+/// request's workflow run. Another's is refused, leaves a rejected run that names neither
+/// pull request nor commit (nothing can be reported in their name), and supersedes nothing.
+#[test]
+fn with_oidc_a_pull_request_event_needs_its_own_pull_requests_token() {
+    let mut config = core(&[]).config().clone();
+    config.repositories[0].github = Some("acme/infra".into());
+    config.dispatcher.oidc = Some(
+        Config::from_toml(
+            "[[repositories]]\nname = \"x\"\nurl = \"/x\"\ngithub = \"a/x\"\n\
+             [[accounts]]\nname = \"dev\"\npaths = [\"**\"]\n[dispatcher.oidc]\n",
+        )
+        .expect("a valid config")
+        .dispatcher
+        .oidc
+        .expect("set"),
+    );
+    let mut core = Core::restore(config, Vec::new(), 1, 0);
+    let token_of = |number: u64| {
+        Identity::Verified(crate::identity::TokenClaims {
+            repository: "acme/infra".into(),
+            event_name: "pull_request".into(),
+            git_ref: format!("refs/pull/{number}/merge"),
+        })
+    };
+
+    let own = change(pr(7), &["app"]);
+    let accepted = core.decide_change(&own, None, &token_of(7), None, 0);
+    assert_eq!(accepted.outcome, Some(Outcome::RunAccepted { jobs: 1 }));
+
+    for (identity, says) in [
+        (token_of(8), "not of \"refs/pull/7/merge\""),
+        (Identity::Absent, "carries no identity token"),
+    ] {
+        let forged = change(pr(7), &["app"]);
+        let refused = core.decide_change(&forged, None, &identity, None, 1);
+        let Some(Outcome::RunRejected { reason }) = &refused.outcome else {
+            panic!("expected a rejected run, got {:?}", refused.outcome);
+        };
+        assert!(
+            reason.starts_with("pull request #7's ") && reason.contains(says),
+            "{reason}"
+        );
+        assert_eq!(
+            refused.verdict,
+            Verdict::DeadLetter(format!("rejected: {reason}"))
+        );
+        assert!(refused.effects.publish.is_empty(), "no job");
+        let run = core.scheduler().run(forged.id).expect("a rejected run");
+        assert_eq!(run.pull_request, None, "no pull request named");
+        assert_eq!((run.head_sha.as_str(), run.base_sha.as_str()), ("", ""));
+        let first = core
+            .scheduler()
+            .run(own.id)
+            .expect("the pull request's own run");
+        assert_eq!(first.cancelled, None, "the pull request's own run goes on");
+    }
+
+    // Pushes are the deploy login's: no token asked.
+    let pushed = core.decide_change(&push_of(&["app"]), None, &Identity::Absent, None, 2);
+    assert!(matches!(pushed.outcome, Some(Outcome::RunAccepted { .. })));
+}
+
 #[test]
 fn an_accepted_event_publishes_its_jobs_and_its_redelivery_is_acked_without_a_second_run() {
     let mut core = core(&[]);
     let event = change(pr(1), &["app", "db"]);
-    let first = core.decide_change(&event, None, None, 0);
+    let first = core.decide_change(&event, None, &Identity::Absent, None, 0);
     assert_eq!(first.verdict, Verdict::Ack);
     assert_eq!(first.outcome, Some(Outcome::RunAccepted { jobs: 2 }));
     assert_eq!(first.effects.publish.len(), 2);
-    let again = core.decide_change(&event, None, None, 1);
+    let again = core.decide_change(&event, None, &Identity::Absent, None, 1);
     assert_eq!(again.verdict, Verdict::Ack);
     assert_eq!(again.outcome, Some(Outcome::EventRedelivered));
     assert!(again.effects.publish.is_empty(), "no job published twice");
@@ -159,7 +241,13 @@ fn a_redelivered_event_of_a_rejected_run_the_store_knows_is_dead_lettered_again(
     let known = KnownRun {
         rejected: Some("unknown repository".into()),
     };
-    let decision = core.decide_change(&change(pr(1), &["app"]), None, Some(known), 0);
+    let decision = core.decide_change(
+        &change(pr(1), &["app"]),
+        None,
+        &Identity::Absent,
+        Some(known),
+        0,
+    );
     assert_eq!(
         decision.verdict,
         Verdict::DeadLetter("rejected: unknown repository".into())
@@ -181,7 +269,11 @@ fn a_redelivered_event_of_a_rejected_run_the_store_knows_is_dead_lettered_again(
 fn a_claim_is_answered_on_its_reply_queue_and_a_claim_without_one_is_dead_lettered() {
     let mut core = core(&[]);
     let event = change(pr(1), &["app"]);
-    let job = core.decide_change(&event, None, None, 0).effects.publish[0].clone();
+    let job = core
+        .decide_change(&event, None, &Identity::Absent, None, 0)
+        .effects
+        .publish[0]
+        .clone();
     let started = job_event(
         job.run_id,
         job.job_id,
@@ -284,7 +376,7 @@ fn a_cancel_of_an_unknown_run_is_dead_lettered_and_of_an_active_one_cancels_its_
     assert!(matches!(unknown.verdict, Verdict::DeadLetter(_)));
 
     let job = core
-        .decide_change(&change(pr(1), &["app"]), None, None, 0)
+        .decide_change(&change(pr(1), &["app"]), None, &Identity::Absent, None, 0)
         .effects
         .publish[0]
         .clone();
@@ -305,7 +397,13 @@ fn a_cancel_of_an_unknown_run_is_dead_lettered_and_of_an_active_one_cancels_its_
 #[test]
 fn persist_lists_changed_runs_and_jobs_and_a_running_runs_status_at_most_twice_a_second() {
     let mut core = core(&[]);
-    let accepted = core.decide_change(&change(pr(1), &["app", "db"]), None, None, 0);
+    let accepted = core.decide_change(
+        &change(pr(1), &["app", "db"]),
+        None,
+        &Identity::Absent,
+        None,
+        0,
+    );
     let first = core.persist(&accepted.effects, 0);
     assert_eq!(first.runs.len(), 1);
     assert_eq!(
@@ -379,7 +477,7 @@ fn web_approvals_count_only_for_web_approvers_and_no_broker_user_speaks_for_the_
     .expect("a valid config");
     let mut core = Core::restore(config, Vec::new(), 1, 0);
     let event = push_of(&["prod/app"]);
-    core.decide_change(&event, None, None, 0);
+    core.decide_change(&event, None, &Identity::Absent, None, 0);
     let order = |requested_by: &str| ApprovalOrder {
         requested_by: requested_by.into(),
         ..approval(event.id, ApprovalVerdict::Approve)
@@ -475,7 +573,7 @@ fn approval(run_id: Uuid, verdict: ApprovalVerdict) -> ApprovalOrder {
 fn a_gated_accounts_applies_wait_and_only_an_approver_broker_user_opens_the_gate() {
     let mut core = gated_core();
     let event = push_of(&["prod/app", "dev/app"]);
-    let accepted = core.decide_change(&event, None, None, 0);
+    let accepted = core.decide_change(&event, None, &Identity::Absent, None, 0);
     let started: Vec<&str> = accepted
         .effects
         .publish
@@ -553,7 +651,7 @@ fn a_gated_accounts_applies_wait_and_only_an_approver_broker_user_opens_the_gate
 fn a_pull_request_of_a_gated_unit_plans_at_once_and_its_rejection_order_matches_nothing() {
     let mut core = gated_core();
     let event = change(pr(3), &["prod/app"]);
-    let accepted = core.decide_change(&event, None, None, 0);
+    let accepted = core.decide_change(&event, None, &Identity::Absent, None, 0);
     assert_eq!(accepted.effects.publish.len(), 1, "plans never wait");
     let (_, job) = core.job(accepted.effects.publish[0].job_id).unwrap();
     assert_eq!(job.approval, Some(proto_types::ApprovalGate::AfterMerge));
@@ -585,7 +683,13 @@ fn one_drift_run_per_repository_at_a_time_and_the_dispatcher_may_submit_it() {
     };
     let first = drift();
     // The dispatcher's own user submits the scheduled checks.
-    let decision = core.decide_change(&first, Some("pipelines-dispatcher"), None, 0);
+    let decision = core.decide_change(
+        &first,
+        Some("pipelines-dispatcher"),
+        &Identity::Absent,
+        None,
+        0,
+    );
     assert_eq!(decision.verdict, Verdict::Ack);
     assert_eq!(decision.effects.publish.len(), 2);
     assert!(
@@ -596,7 +700,13 @@ fn one_drift_run_per_repository_at_a_time_and_the_dispatcher_may_submit_it() {
             .all(|job| job.action == Action::DriftPlan)
     );
 
-    let second = core.decide_change(&drift(), Some("pipelines-orchestrator"), None, 1);
+    let second = core.decide_change(
+        &drift(),
+        Some("pipelines-orchestrator"),
+        &Identity::Absent,
+        None,
+        1,
+    );
     let Verdict::DeadLetter(reason) = &second.verdict else {
         panic!("a second drift run was accepted: {:?}", second.verdict);
     };
