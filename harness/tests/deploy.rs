@@ -730,6 +730,20 @@ fn the_github_workflow_orchestrates_pull_requests_and_pushes_to_the_deploy_branc
         workflow["jobs"]["apply"]["environment"].as_str(),
         Some("deploy")
     );
+    // A pull request's event carries its run's OIDC token, for `[dispatcher.oidc]`.
+    let plan = &workflow["jobs"]["plan"];
+    assert_eq!(plan["permissions"]["id-token"].as_str(), Some("write"));
+    let plan_run = plan["steps"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|step| step["run"].as_str())
+        .find(|run| run.contains("pipelines orchestrate"))
+        .unwrap();
+    assert!(
+        plan_run.contains("audience=pipelines") && plan_run.contains("export PIPELINES_ID_TOKEN"),
+        "{plan_run}"
+    );
     // Nor do the two share runners, where a pull request's job could leave a tool behind.
     let deploy_runners = |job: &Yaml| words(&job["runs-on"]).contains(&"deploy".to_owned());
     assert!(deploy_runners(&workflow["jobs"]["apply"]));
