@@ -62,18 +62,40 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     let Some(oidc) = &config.dispatcher.oidc else {
         return Ok(());
     };
+    // Whoever could answer for the keys could sign any pull request's token: HTTPS, but for
+    // an issuer on this machine.
     for (key, url) in [
         ("dispatcher.oidc.issuer", Some(oidc.issuer.as_str())),
         ("dispatcher.oidc.jwks_url", oidc.jwks_url.as_deref()),
     ] {
         if let Some(url) = url
-            && !(url.starts_with("https://") || url.starts_with("http://"))
+            && !(url.starts_with("https://") || is_loopback_http(url))
         {
             return Err(invalid(
                 key,
-                format!("{url:?} is not an http:// or https:// address"),
+                format!(
+                    "{url:?} is not an https:// address (http:// only on 127.0.0.1, ::1 or localhost)"
+                ),
             ));
         }
+    }
+    if oidc.issuer.ends_with('/') {
+        return Err(invalid(
+            "dispatcher.oidc.issuer",
+            format!(
+                "{:?} ends with '/': tokens name their issuer without it",
+                oidc.issuer
+            ),
+        ));
+    }
+    // A token vouches for pull requests; pushes, which apply, must come from the deploy
+    // branch's own login, or the pull requests' login could still ask for applies.
+    if config.dispatcher.deploy_orchestrator_users.is_empty() {
+        return Err(invalid(
+            "dispatcher.deploy_orchestrator_users",
+            "must name the deploy branch's orchestrator login when [dispatcher.oidc] is set: \
+             otherwise the pull requests' login may still send push events",
+        ));
     }
     if oidc.audience.trim().is_empty() {
         return Err(invalid(
@@ -98,22 +120,39 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `http://` to this machine (a test issuer, a local proxy), whose traffic nobody between
+/// can change.
+fn is_loopback_http(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split('/').next().unwrap_or_default();
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    matches!(host, "127.0.0.1" | "::1" | "localhost")
+}
+
 #[cfg(test)]
 mod tests {
     use crate::Config;
 
-    fn config(repository: &str, oidc: &str) -> Result<Config, String> {
+    const GITHUB: &str = "github = \"acme/infra\"";
+    const DEPLOY: &str = "deploy_orchestrator_users = [\"pipelines-orchestrator-deploy\"]";
+
+    fn config(repository: &str, deploy: &str, oidc: &str) -> Result<Config, String> {
         Config::from_toml(&format!(
             "[[repositories]]\nname = \"infra\"\nurl = \"/srv/infra.git\"\n{repository}\n\
-             [[accounts]]\nname = \"dev\"\npaths = [\"**\"]\n[dispatcher.oidc]\n{oidc}\n"
+             [[accounts]]\nname = \"dev\"\npaths = [\"**\"]\n[dispatcher]\n{deploy}\n\
+             [dispatcher.oidc]\n{oidc}\n"
         ))
         .map_err(|err| err.to_string())
     }
 
     #[test]
     fn defaults_are_github_actions_with_the_pipelines_audience() {
-        let config = config("github = \"acme/infra\"", "").unwrap();
-        let oidc = config.dispatcher.oidc.unwrap();
+        let oidc = config(GITHUB, DEPLOY, "").unwrap().dispatcher.oidc.unwrap();
         assert_eq!(oidc.issuer, "https://token.actions.githubusercontent.com");
         assert_eq!(
             oidc.jwks_url(),
@@ -121,39 +160,75 @@ mod tests {
         );
         assert_eq!(oidc.audience, "pipelines");
         assert_eq!(oidc.leeway(), std::time::Duration::from_secs(3600));
+        // An issuer on this machine may speak plain HTTP.
+        for local in [
+            "http://127.0.0.1:8080",
+            "http://localhost/token",
+            "http://[::1]:9",
+        ] {
+            assert!(
+                config(GITHUB, DEPLOY, &format!("issuer = \"{local}\"")).is_ok(),
+                "{local}"
+            );
+        }
     }
 
     #[test]
     fn bad_values_are_refused_naming_their_key() {
-        let github = "github = \"acme/infra\"";
-        for (repository, oidc, expected) in [
+        for (repository, deploy, oidc, expected) in [
             (
-                github,
+                GITHUB,
+                DEPLOY,
                 "issuer = \"token.actions\"",
-                "`dispatcher.oidc.issuer`: \"token.actions\" is not an http:// or https:// address",
+                "`dispatcher.oidc.issuer`: \"token.actions\" is not an https:// address",
             ),
             (
-                github,
+                GITHUB,
+                DEPLOY,
+                "issuer = \"http://token.example\"",
+                "`dispatcher.oidc.issuer`: \"http://token.example\" is not an https:// address \
+                 (http:// only on 127.0.0.1, ::1 or localhost)",
+            ),
+            (
+                GITHUB,
+                DEPLOY,
+                "issuer = \"https://token.actions.githubusercontent.com/\"",
+                "`dispatcher.oidc.issuer`: \"https://token.actions.githubusercontent.com/\" ends \
+                 with '/'",
+            ),
+            (
+                GITHUB,
+                DEPLOY,
                 "jwks_url = \"file:///keys\"",
-                "`dispatcher.oidc.jwks_url`: \"file:///keys\" is not an http:// or https:// address",
+                "`dispatcher.oidc.jwks_url`: \"file:///keys\" is not an https:// address",
             ),
             (
-                github,
+                GITHUB,
+                DEPLOY,
                 "audience = \" \"",
                 "`dispatcher.oidc.audience`: must name the audience",
             ),
             (
-                github,
+                GITHUB,
+                DEPLOY,
                 "leeway = \"soon\"",
                 "`dispatcher.oidc.leeway`: \"soon\"",
             ),
             (
                 "",
+                DEPLOY,
                 "",
                 "`repositories[0].github`: \"infra\" needs its GitHub owner/name",
             ),
+            (
+                GITHUB,
+                "",
+                "",
+                "`dispatcher.deploy_orchestrator_users`: must name the deploy branch's \
+                 orchestrator login",
+            ),
         ] {
-            let err = config(repository, oidc).unwrap_err();
+            let err = config(repository, deploy, oidc).unwrap_err();
             assert!(err.contains(expected), "{oidc}: {err}");
         }
     }

@@ -17,6 +17,9 @@ use tokio::time::Instant;
 /// For a key not among those read, the keys are read again at most this often: a stream of
 /// tokens naming made-up keys costs the issuer one request a minute.
 const READ_KEYS_AT_MOST_EVERY: Duration = Duration::from_secs(60);
+/// After a read that failed, the next may come this soon: an issuer that was briefly
+/// unreachable costs pull requests' runs seconds, not a minute.
+const READ_KEYS_AGAIN_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
 /// A longer header is not a token worth parsing (GitHub's are about 1.5 KB).
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -41,6 +44,9 @@ pub struct Verifier {
     timeout: Duration,
     keys: JwkSet,
     read_at: Option<Instant>,
+    /// Why the last read failed, if it did: the reason a token whose key was not found is
+    /// refused until the next read.
+    read_failed: Option<String>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -68,6 +74,7 @@ impl Verifier {
             timeout,
             keys: JwkSet { keys: Vec::new() },
             read_at: None,
+            read_failed: None,
         })
     }
 
@@ -102,12 +109,16 @@ impl Verifier {
         if self.keys.find(&kid).is_none() && self.may_read_keys() {
             self.read_keys().await?;
         }
-        let jwk = self.keys.find(&kid).ok_or_else(|| {
-            format!(
-                "its signing key {kid:?} is not among the issuer's keys at {}",
-                self.jwks_url
-            )
-        })?;
+        let jwk = match (self.keys.find(&kid), &self.read_failed) {
+            (Some(jwk), _) => jwk,
+            (None, Some(failed)) => return Err(failed.clone()),
+            (None, None) => {
+                return Err(format!(
+                    "its signing key {kid:?} is not among the issuer's keys at {}",
+                    self.jwks_url
+                ));
+            }
+        };
         let key = DecodingKey::from_jwk(jwk)
             .map_err(|err| format!("the issuer's key {kid:?} cannot be used: {err}"))?;
         let mut validation = Validation::new(Algorithm::RS256);
@@ -146,13 +157,34 @@ impl Verifier {
     }
 
     fn may_read_keys(&self) -> bool {
-        self.read_at
-            .is_none_or(|at| at.elapsed() >= READ_KEYS_AT_MOST_EVERY)
+        let every = match self.read_failed {
+            Some(_) => READ_KEYS_AGAIN_AFTER_FAILURE,
+            None => READ_KEYS_AT_MOST_EVERY,
+        };
+        self.read_at.is_none_or(|at| at.elapsed() >= every)
     }
 
-    /// Reads the issuer's keys; the keys read before stay when it fails.
+    /// Reads the issuer's keys; the keys read before stay when it fails, and the failure is
+    /// kept as the reason for tokens whose key was not found until the next read.
     async fn read_keys(&mut self) -> Result<(), String> {
+        let read = self.fetch_keys().await;
         self.read_at = Some(Instant::now());
+        match read {
+            Ok(keys) => {
+                tracing::info!(url = %self.jwks_url, keys = keys.keys.len(), "Read the OIDC issuer's signing keys.");
+                self.keys = keys;
+                self.read_failed = None;
+                Ok(())
+            }
+            Err(reason) => {
+                tracing::warn!(url = %self.jwks_url, %reason, "Cannot read the OIDC issuer's signing keys: pull requests' runs are refused until they can be.");
+                self.read_failed = Some(reason.clone());
+                Err(reason)
+            }
+        }
+    }
+
+    async fn fetch_keys(&self) -> Result<JwkSet, String> {
         let url = &self.jwks_url;
         let failed =
             |reason: String| format!("the issuer's keys cannot be read from {url}: {reason}");
@@ -174,7 +206,7 @@ impl Verifier {
             serde_json::from_str::<JwkSet>(&body)
                 .map_err(|err| format!("not a JWKS document: {err}"))
         };
-        let keys = tokio::time::timeout(self.timeout, read)
+        tokio::time::timeout(self.timeout, read)
             .await
             .map_err(|_| {
                 failed(format!(
@@ -182,9 +214,6 @@ impl Verifier {
                     self.timeout.as_millis()
                 ))
             })?
-            .map_err(failed)?;
-        tracing::info!(url = %self.jwks_url, keys = keys.keys.len(), "Read the OIDC issuer's signing keys.");
-        self.keys = keys;
-        Ok(())
+            .map_err(failed)
     }
 }

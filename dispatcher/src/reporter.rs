@@ -318,7 +318,7 @@ impl Task {
             )),
             details: self.details_url(&settings, detail.run.run_id),
         };
-        if !siblings.superseded {
+        if !siblings.superseded && self.vouched_for_its_commit(&repo, detail).await? {
             let on_its_commit = self.still_open(&repo, &siblings.on_its_commit).await?;
             self.set_statuses(&repo, &settings, detail, &on_its_commit)
                 .await?;
@@ -344,6 +344,30 @@ impl Task {
             }
         }
         Ok(())
+    }
+
+    /// Whether the run's own statuses may go on its commit. Under `[dispatcher.oidc]` a pull
+    /// request's token vouches for its number, not for the commit its event names: they go
+    /// there only while GitHub says that pull request is open with it as its head, so that
+    /// one pull request's CI cannot mark another's head. Otherwise (no check configured, or a
+    /// push) always.
+    async fn vouched_for_its_commit(
+        &self,
+        repo: &str,
+        detail: &RunDetail,
+    ) -> Result<bool, GitHubError> {
+        let (Some(number), Some(_)) = (detail.run.pull_request, &self.config.dispatcher.oidc)
+        else {
+            return Ok(true);
+        };
+        let open = self
+            .github
+            .open_pulls_headed_at(repo, &detail.run.head_sha)
+            .await?;
+        if !open.contains(&number) {
+            tracing::warn!(run_id = %detail.run.run_id, pull_request = number, sha = %detail.run.head_sha, "A pull request's run names a commit that is not its head on GitHub: no status written there.");
+        }
+        Ok(open.contains(&number))
     }
 
     /// Of `runs` (pull requests' runs at one commit), those whose pull request GitHub says is

@@ -113,6 +113,11 @@ impl StandIn {
         std::fs::write(config, text).unwrap();
     }
 
+    /// Adds an answer (give it a priority below 5 to take precedence over the stand-in's).
+    pub fn mount(&self, mock: Mock) {
+        self.runtime.block_on(mock.mount(&self.server));
+    }
+
     /// Every request received so far.
     pub fn requests(&self) -> Vec<wiremock::Request> {
         self.runtime

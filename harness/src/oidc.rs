@@ -98,6 +98,11 @@ impl Issuer {
         jsonwebtoken::encode(&header, claims, &key).unwrap()
     }
 
+    /// The issuer's private key (PEM), for tokens built by hand.
+    pub fn key_pem(&self) -> Vec<u8> {
+        self.key.clone()
+    }
+
     /// How many times the signing keys were read.
     pub fn key_reads(&self) -> usize {
         self.runtime

@@ -153,11 +153,12 @@ fn a_github_app_authenticates_with_its_jwt_then_calls_with_the_installation_toke
     runtime.block_on(github.verify());
 }
 
-/// `orchestrate --pr 7 --wait --format json` with `token` as `PIPELINES_ID_TOKEN`.
-fn orchestrate_pr_7(
+/// `orchestrate --pr NUMBER --wait --format json` with `token` as `PIPELINES_ID_TOKEN`.
+fn orchestrate_pr(
     sandbox: &harness::sandbox::Sandbox,
     vhost: &harness::rabbit::Vhost,
     range: (&str, &str),
+    number: &str,
     token: Option<&str>,
 ) -> harness::process::Finished {
     let args = [
@@ -166,7 +167,7 @@ fn orchestrate_pr_7(
         "--broker",
         vhost.url.as_str(),
         "--pr",
-        "7",
+        number,
         "--wait",
         "--format",
         "json",
@@ -182,8 +183,9 @@ fn orchestrate_pr_7(
 /// With `[dispatcher.oidc]`, a pull request's run starts only with a token of that pull
 /// request's own workflow run: the CI of pull request 8 (which holds the same orchestrator
 /// login) cannot submit a run as pull request 7, nor can a CI job without a token. Refused
-/// events end `--wait` with the reason and report nothing to GitHub; the real one runs and is
-/// reported on pull request 7.
+/// events end `--wait` with the reason and report nothing to GitHub. Pull request 8's own run
+/// naming pull request 7's head writes no status there (GitHub says 7 is open with that head,
+/// not 8). The real one runs and is reported on pull request 7.
 #[test]
 fn with_oidc_a_pull_requests_ci_cannot_submit_runs_for_another() {
     let (vhost, sandbox) = setup();
@@ -193,8 +195,23 @@ fn with_oidc_a_pull_requests_ci_cannot_submit_runs_for_another() {
     let quick = Behaviour::Succeed { seconds: 0 };
     let c0 = units.readme_only();
     let c1 = units.commit("c1: one unit", 1, &[("dev/app", &[], quick)]);
+    // GitHub: pull request 7 is open with c1 as its head.
+    github.mount(
+        Mock::given(method("GET"))
+            .and(wiremock::matchers::path(format!(
+                "/repos/acme/infra/commits/{c1}/pulls"
+            )))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!([
+                { "number": 7, "state": "open", "merged_at": null, "head": { "sha": c1 } }
+            ])))
+            .with_priority(1),
+    );
     let accounts = "[[accounts]]\nname = \"dev\"\npaths = [\"dev/**\"]\n";
-    let extra = format!("{}{}", github.config_section(), issuer.config_section());
+    let extra = format!(
+        "deploy_orchestrator_users = [\"pipelines-deploy\"]\n{}{}",
+        github.config_section(),
+        issuer.config_section()
+    );
     let config = sandbox.write_config_with(&vhost.url, accounts, &extra);
     StandIn::name_repository(&config);
     let mut deployment = Deployment::start(sandbox.path(), &config, &[("dev", 1)]);
@@ -207,13 +224,34 @@ fn with_oidc_a_pull_requests_ci_cannot_submit_runs_for_another() {
         ),
         (None, "pull request #7's event carries no identity token"),
     ] {
-        let refused = orchestrate_pr_7(&sandbox, &vhost, (&c0, &c1), token);
+        let refused = orchestrate_pr(&sandbox, &vhost, (&c0, &c1), "7", token);
         assert_eq!(refused.code(), Some(1), "{}", refused.transcript());
         assert!(refused.stdout.contains(reason), "{}", refused.transcript());
     }
 
+    // Pull request 8's own run, naming pull request 7's head: it runs, and once the reporter
+    // has turned to its comment (after the statuses), no status was written.
+    let own_8 = orchestrate_pr(&sandbox, &vhost, (&c0, &c1), "8", Some(&of_pr_8));
+    assert_eq!(own_8.code(), Some(0), "{}", own_8.transcript());
+    harness::poll_until(
+        std::time::Duration::from_secs(60),
+        "pull request 8's report",
+        || {
+            github
+                .requests()
+                .iter()
+                .any(|r| r.url.path() == "/repos/acme/infra/issues/8/comments")
+                .then_some(())
+        },
+    );
+    assert!(
+        github.reported().statuses.is_empty(),
+        "{:?}",
+        github.reported().statuses
+    );
+
     let own = issuer.token("acme/infra", "pull_request", "refs/pull/7/merge");
-    let accepted = orchestrate_pr_7(&sandbox, &vhost, (&c0, &c1), Some(&own));
+    let accepted = orchestrate_pr(&sandbox, &vhost, (&c0, &c1), "7", Some(&own));
     assert_eq!(accepted.code(), Some(0), "{}", accepted.transcript());
     let status: proto_types::RunStatus = serde_json::from_str(&accepted.stdout).unwrap();
     let run_id = status.run_id.to_string();
@@ -224,7 +262,7 @@ fn with_oidc_a_pull_requests_ci_cannot_submit_runs_for_another() {
             .is_some_and(|body| body.contains("### ✅ Pipelines: plan succeeded"))
             && reported.statuses.iter().any(|s| s["state"] == "success")
     });
-    // Only the accepted run was reported: its comment, and no failure on the commit.
+    // Only pull request 7's run was reported: its comment, and no failure on the commit.
     assert!(
         reported.comments.iter().all(|body| body.contains(&run_id)),
         "{:?}",

@@ -23,11 +23,10 @@ pub async fn submit(
     let id = event.id.to_string();
     // The run's trace starts here: the dispatcher continues it from these headers.
     let mut headers: Headers = telemetry::propagation::current_headers();
-    if let Some(token) = id_token {
-        headers.insert(
-            proto_types::ID_TOKEN_HEADER.to_owned(),
-            token.trim().to_owned(),
-        );
+    // An empty one (a workflow whose token request failed) is none: the dispatcher then says
+    // the event carries no token, which points at the workflow.
+    if let Some(token) = id_token.map(str::trim).filter(|token| !token.is_empty()) {
+        headers.insert(proto_types::ID_TOKEN_HEADER.to_owned(), token.to_owned());
     }
     let message = Outgoing::new(&body, &id, &headers);
     broker.publish(Route::Changes, message).await?;

@@ -168,7 +168,8 @@ fn with_oidc_a_pull_request_event_needs_its_own_pull_requests_token() {
     config.dispatcher.oidc = Some(
         Config::from_toml(
             "[[repositories]]\nname = \"x\"\nurl = \"/x\"\ngithub = \"a/x\"\n\
-             [[accounts]]\nname = \"dev\"\npaths = [\"**\"]\n[dispatcher.oidc]\n",
+             [[accounts]]\nname = \"dev\"\npaths = [\"**\"]\n[dispatcher]\n\
+             deploy_orchestrator_users = [\"deploy\"]\n[dispatcher.oidc]\n",
         )
         .expect("a valid config")
         .dispatcher
