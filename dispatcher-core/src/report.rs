@@ -52,11 +52,39 @@ pub struct Links {
     pub details: Option<String>,
 }
 
-/// A commit status: `state` is pending, success, failure or error.
+/// A commit status's state, as GitHub names them. Declared from best to worst, so that `Ord`
+/// is the order in which a shared commit shows them ([`worst_status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CommitState {
+    Success,
+    Pending,
+    Error,
+    Failure,
+}
+
+impl CommitState {
+    /// The name GitHub's statuses API takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommitState::Success => "success",
+            CommitState::Pending => "pending",
+            CommitState::Error => "error",
+            CommitState::Failure => "failure",
+        }
+    }
+}
+
+impl std::fmt::Display for CommitState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A commit status: a context, its state and a line GitHub shows beside it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitStatus {
     pub context: String,
-    pub state: &'static str,
+    pub state: CommitState,
     pub description: String,
 }
 
@@ -69,10 +97,10 @@ pub fn commit_status(detail: &RunDetail, context: &str) -> CommitStatus {
         "apply"
     };
     let state = match run.state {
-        RunPhase::Running => "pending",
-        RunPhase::Succeeded => "success",
-        RunPhase::Failed => "failure",
-        RunPhase::Rejected | RunPhase::Cancelled => "error",
+        RunPhase::Running => CommitState::Pending,
+        RunPhase::Succeeded => CommitState::Success,
+        RunPhase::Failed => CommitState::Failure,
+        RunPhase::Rejected | RunPhase::Cancelled => CommitState::Error,
     };
     let total = detail.jobs.len();
     let done = detail
@@ -112,19 +140,11 @@ pub fn commit_status(detail: &RunDetail, context: &str) -> CommitStatus {
 /// is the reported run's status; `others` those of the other pull requests' newest runs, with
 /// their numbers. A worse status of another pull request is written with its number.
 pub fn worst_status(own: CommitStatus, others: &[(u64, CommitStatus)]) -> CommitStatus {
-    fn rank(state: &str) -> u8 {
-        match state {
-            "failure" => 3,
-            "error" => 2,
-            "pending" => 1,
-            _ => 0,
-        }
-    }
     // The worst; on a tie the run's own, then the lowest pull request number.
     match others
         .iter()
-        .filter(|(_, other)| rank(other.state) > rank(own.state))
-        .max_by_key(|(number, other)| (rank(other.state), std::cmp::Reverse(*number)))
+        .filter(|(_, other)| other.state > own.state)
+        .max_by_key(|(number, other)| (other.state, std::cmp::Reverse(*number)))
     {
         Some((number, other)) => CommitStatus {
             context: own.context,
@@ -155,9 +175,9 @@ pub fn policy_status(detail: &RunDetail, context: &str) -> Option<CommitStatus> 
     let (state, description) = if blocked.is_empty() {
         (
             if detail.run.state == RunPhase::Running {
-                "pending"
+                CommitState::Pending
             } else {
-                "success"
+                CommitState::Success
             },
             format!(
                 "{} plan(s) passed {rules} rule evaluation(s)",
@@ -165,7 +185,10 @@ pub fn policy_status(detail: &RunDetail, context: &str) -> Option<CommitStatus> 
             ),
         )
     } else {
-        ("failure", format!("denied: {}", blocked.join(", ")))
+        (
+            CommitState::Failure,
+            format!("denied: {}", blocked.join(", ")),
+        )
     };
     Some(CommitStatus {
         context: format!("{context}/policy"),
@@ -176,6 +199,16 @@ pub fn policy_status(detail: &RunDetail, context: &str) -> Option<CommitStatus> 
 
 /// One job's policy verdict in a few words: `denied (1)`, `passed, 2 warnings`, `error`.
 pub fn policy_cell(report: &PolicyReport) -> String {
+    policy_verdict(report, proto_types::untrusted_text::printable)
+}
+
+/// [`policy_cell`] for the comment's Markdown.
+fn policy_cell_markdown(report: &PolicyReport) -> String {
+    policy_verdict(report, inert)
+}
+
+/// [`policy_cell`], with the override's author (the worker's word) shown by `show`.
+fn policy_verdict(report: &PolicyReport, show: fn(&str) -> String) -> String {
     let count = |wanted: &[PolicyMessage]| {
         policy_messages(report)
             .filter(|(_, kind, _)| wanted.contains(kind))
@@ -191,10 +224,9 @@ pub fn policy_cell(report: &PolicyReport) -> String {
     } else if denies > 0 {
         format!("denied ({denies})")
     } else if let Some(by) = overridden {
-        format!(
-            "denies overridden by {}",
-            by.split(':').next().unwrap_or(by)
-        )
+        // `who: why`, where who may be a web user (`web:alice@example.com`).
+        let who = by.split_once(": ").map_or(by, |(who, _)| who);
+        format!("denies overridden by {}", show(&shorten(who, 120)))
     } else {
         "passed".to_owned()
     };
@@ -500,17 +532,17 @@ fn render(
             .iter()
             .map(|(job, cut)| {
                 format!(
-                    "- {}: {cut} characters cut; `{}`",
+                    "- {}: {cut} characters cut; {}",
                     code(&job.unit),
-                    job.log.as_deref().unwrap_or("its worker")
+                    code(job.log.as_deref().unwrap_or("its worker"))
                 )
             })
             .collect();
         lines.extend(left_out.iter().map(|job| {
             format!(
-                "- {}: output left out; `{}`",
+                "- {}: output left out; {}",
                 code(&job.unit),
-                job.log.as_deref().unwrap_or("its worker")
+                code(job.log.as_deref().unwrap_or("its worker"))
             )
         }));
         // The list itself must fit too: what does not is counted.
@@ -581,17 +613,27 @@ fn summary(marker: &str, title: &str, detail: &RunDetail, links: &Links) -> Stri
         out.push_str(&row);
     }
     out.push('\n');
-    // Bounded like the table: one line of at most ~500 characters per unit, within a quarter
-    // of the limit.
-    out.push_str(&shorten(&approval_section(detail), MAX_COMMENT_CHARS / 4));
+    // Each at most a quarter of the limit, and of what the table and the section before leave
+    // (with room for the outputs' footer): the three together could pass the limit, and GitHub
+    // refuses a comment over it whole. Approvals: one line of at most ~500 characters per unit.
+    let room = |out: &str| {
+        MAX_COMMENT_CHARS
+            .saturating_sub(out.chars().count() + SUMMARY_FOOTER_ROOM)
+            .min(MAX_COMMENT_CHARS / 4)
+    };
+    out.push_str(&shorten(&approval_section(detail), room(&out)));
     let messages = policy_section(detail);
     if !messages.is_empty() {
-        // Bounded like the table: messages are capped per set by the worker, and here.
-        out.push_str(&shorten(&messages, MAX_COMMENT_CHARS / 4));
+        // Messages are capped per set by the worker, and here.
+        out.push_str(&shorten(&messages, room(&out)));
         out.push('\n');
     }
     out
 }
+
+/// What the summary leaves of the limit at least, for what follows it when the outputs do not
+/// fit: the note that says so, and the list of what was cut.
+const SUMMARY_FOOTER_ROOM: usize = 1_000;
 
 fn table_row(job: &JobSummary) -> String {
     let status = match &job.reason {
@@ -617,14 +659,19 @@ fn table_row(job: &JobSummary) -> String {
                     c.destroy.to_string(),
                 )
             });
-    let policy = job.policy.as_ref().map(policy_cell).unwrap_or_default();
+    let policy = job
+        .policy
+        .as_ref()
+        .map(policy_cell_markdown)
+        .unwrap_or_default();
     format!(
         "| {} | {} | {status}{attempt} | {add} | {change} | {destroy} | {policy} | {} | {} | {} |\n",
         code(&job.unit),
         job.action,
         job.duration_ms
             .map_or_else(String::new, crate::status::duration),
-        cell(job.worker.as_deref().unwrap_or("")),
+        // The worker's name is the sender's word: inert, like every sender's text here.
+        inert(job.worker.as_deref().unwrap_or("")),
         cell(&job.account),
     )
 }
@@ -815,6 +862,9 @@ pub(crate) fn shorten(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
         return text.to_owned();
     }
+    if max == 0 {
+        return String::new();
+    }
     let mut cut: String = text.chars().take(max - 1).collect();
     cut.push('…');
     cut
@@ -963,6 +1013,69 @@ mod tests {
         );
     }
 
+    /// A table at its share of the limit, every unit gated and its note long, every unit's
+    /// plan denied with long messages, and outputs: each section stays within its cap, and
+    /// together they still fit (a comment over the limit is refused whole).
+    #[test]
+    fn a_full_table_approvals_and_policy_messages_fit_the_limit_together() {
+        let jobs: Vec<JobSummary> = (0..400)
+            .map(|i| {
+                let mut job = job(i, "succeeded");
+                job.unit = format!("prod/{}/service-{i:03}", "x".repeat(60));
+                job.approval = Some(ApprovalGate::Approved {
+                    by: "alice".into(),
+                    reason: "r".repeat(400),
+                    at_ms: 0,
+                });
+                let mut report = denied_report();
+                for set in &mut report.sets {
+                    set.denies = vec!["d".repeat(300); 5];
+                }
+                job.policy = Some(report);
+                job
+            })
+            .collect();
+        let outputs: BTreeMap<Uuid, String> =
+            jobs.iter().map(|j| (j.job_id, plan_output(40))).collect();
+        let mut run = detail(jobs, "succeeded");
+        run.run.reason = Some("a long reason ".repeat(50));
+        let body = pull_request_comment(&run, &outputs, &Links::default());
+        assert!(
+            body.chars().count() <= MAX_COMMENT_CHARS,
+            "{} characters",
+            body.chars().count()
+        );
+        assert!(body.contains("more unit(s)"), "the table is at its share");
+        assert!(body.contains("**Approvals**") && body.contains("**Policy: "));
+        assert!(
+            body.contains("_Outputs were trimmed to fit GitHub's limit"),
+            "the outputs' footer is there"
+        );
+    }
+
+    /// A worker's name and log place are the sender's word: no link, mention or image of
+    /// theirs renders, in the table or in the note on trimmed outputs.
+    #[test]
+    fn what_an_executor_names_stays_inert_in_the_table_and_the_note() {
+        let mut failed = job(0, "failed");
+        failed.worker = Some("[approve here](https://evil.example) @org/team".into());
+        failed.log = Some("w:/l`[log](https://evil.example)".into());
+        let outputs = BTreeMap::from([(failed.job_id, "x\n".repeat(40_000))]);
+        let body =
+            pull_request_comment(&detail(vec![failed], "failed"), &outputs, &Links::default());
+        assert!(
+            body.contains(
+                "| &#91;approve here&#93;&#40;https&#58;//evil.example&#41; &#64;org/team |"
+            ),
+            "{body}"
+        );
+        assert!(
+            body.contains("characters cut; <code>w&#58;/l&#96;"),
+            "{body}"
+        );
+        assert!(!body.contains("](https://evil.example)"), "{body}");
+    }
+
     #[test]
     fn a_huge_run_still_fits_and_counts_what_it_leaves_out() {
         let jobs: Vec<JobSummary> = (0..3_000).map(|i| job(i, "succeeded")).collect();
@@ -1066,7 +1179,7 @@ mod tests {
                 status.state,
                 status.description.as_str()
             ),
-            ("pipelines/plan", "pending", "1 of 2 units done")
+            ("pipelines/plan", CommitState::Pending, "1 of 2 units done")
         );
         run.run.state = RunPhase::Failed;
         run.run.reason = Some("1 of 2 jobs failed, 0 skipped".into());
@@ -1081,7 +1194,7 @@ mod tests {
             ),
             (
                 "pipelines/apply",
-                "failure",
+                CommitState::Failure,
                 "1 of 2 jobs failed, 0 skipped"
             )
         );
@@ -1093,7 +1206,7 @@ mod tests {
     /// it is another's; the run's own on a tie; the lowest number among equals.
     #[test]
     fn a_shared_commit_shows_the_worst_status_of_its_pull_requests() {
-        let status = |state: &'static str, description: &str| CommitStatus {
+        let status = |state: CommitState, description: &str| CommitStatus {
             context: "pipelines/plan".into(),
             state,
             description: description.into(),
@@ -1103,41 +1216,47 @@ mod tests {
             assert_eq!(worst.context, "pipelines/plan");
             (worst.state, worst.description)
         };
-        let good = status("success", "2 unit(s) planned");
-        let failed = status("failure", "1 of 2 jobs failed");
+        let good = status(CommitState::Success, "2 unit(s) planned");
+        let failed = status(CommitState::Failure, "1 of 2 jobs failed");
         assert_eq!(
             shown(good.clone(), &[(7, failed.clone())]),
-            ("failure", "PR #7: 1 of 2 jobs failed".into())
+            (CommitState::Failure, "PR #7: 1 of 2 jobs failed".into())
         );
         assert_eq!(
             shown(failed.clone(), &[(7, good.clone())]),
-            ("failure", "1 of 2 jobs failed".into())
+            (CommitState::Failure, "1 of 2 jobs failed".into())
         );
         assert_eq!(
-            shown(failed.clone(), &[(7, status("failure", "other"))]),
-            ("failure", "1 of 2 jobs failed".into())
+            shown(
+                failed.clone(),
+                &[(7, status(CommitState::Failure, "other"))]
+            ),
+            (CommitState::Failure, "1 of 2 jobs failed".into())
         );
         assert_eq!(
             shown(
                 good.clone(),
                 &[
-                    (9, status("pending", "0 of 1 units done")),
-                    (8, status("error", "cancelled")),
-                    (7, status("pending", "1 of 3 units done")),
-                    (5, status("error", "rejected")),
+                    (9, status(CommitState::Pending, "0 of 1 units done")),
+                    (8, status(CommitState::Error, "cancelled")),
+                    (7, status(CommitState::Pending, "1 of 3 units done")),
+                    (5, status(CommitState::Error, "rejected")),
                 ]
             ),
-            ("error", "PR #5: rejected".into())
+            (CommitState::Error, "PR #5: rejected".into())
         );
         assert_eq!(
-            shown(good.clone(), &[(9, status("pending", "0 of 1 units done"))]),
-            ("pending", "PR #9: 0 of 1 units done".into())
+            shown(
+                good.clone(),
+                &[(9, status(CommitState::Pending, "0 of 1 units done"))]
+            ),
+            (CommitState::Pending, "PR #9: 0 of 1 units done".into())
         );
         assert_eq!(
             shown(good.clone(), &[]),
-            ("success", "2 unit(s) planned".into())
+            (CommitState::Success, "2 unit(s) planned".into())
         );
-        let long = status("failure", &"x".repeat(140));
+        let long = status(CommitState::Failure, &"x".repeat(140));
         assert_eq!(shown(good, &[(7, long)]).1.chars().count(), 140);
     }
 
@@ -1214,7 +1333,7 @@ mod tests {
 
         let status = policy_status(&detail, "pipelines").unwrap();
         assert_eq!(status.context, "pipelines/policy");
-        assert_eq!(status.state, "failure");
+        assert_eq!(status.state, CommitState::Failure);
         assert_eq!(status.description, "denied: prod/region-0/service-000");
 
         let mut passing = detail.clone();
@@ -1222,7 +1341,7 @@ mod tests {
         passing.run.state = RunPhase::Succeeded;
         assert_eq!(
             policy_status(&passing, "pipelines").unwrap().state,
-            "success"
+            CommitState::Success
         );
         let mut unchecked = detail;
         for job in &mut unchecked.jobs {
@@ -1240,7 +1359,10 @@ mod tests {
         let mut jobs = vec![job(0, "failed")];
         jobs[0].policy = Some(report);
         let detail = detail(jobs, "failed");
-        assert_eq!(policy_status(&detail, "p").unwrap().state, "failure");
+        assert_eq!(
+            policy_status(&detail, "p").unwrap().state,
+            CommitState::Failure
+        );
         let body = pull_request_comment(&detail, &BTreeMap::new(), &Links::default());
         assert!(
             body.contains(
@@ -1329,6 +1451,25 @@ mod tests {
             policy_cell(&report),
             "denies overridden by alice · 1 rule(s)"
         );
+        // A web user's name keeps its prefix; in the comment, what an event says stays inert.
+        report.sets[0].overridden = Some("web:lead@example.com: CHG-8".into());
+        assert_eq!(
+            policy_cell(&report),
+            "denies overridden by web:lead@example.com · 1 rule(s)"
+        );
+        assert_eq!(
+            policy_cell_markdown(&report),
+            "denies overridden by web&#58;lead&#64;example.com · 1 rule(s)"
+        );
+        report.sets[0].overridden = Some("[approve](https://evil.example): x".into());
+        assert!(
+            policy_cell_markdown(&report).starts_with(
+                "denies overridden by &#91;approve&#93;&#40;https&#58;//evil.example&#41;"
+            ),
+            "{}",
+            policy_cell_markdown(&report)
+        );
+        report.sets[0].overridden = Some("alice: CHG-7".into());
         let kinds: Vec<PolicyMessage> = policy_messages(&report).map(|(_, kind, _)| kind).collect();
         assert_eq!(kinds, [PolicyMessage::DenyOverridden]);
         let note = approval_note(

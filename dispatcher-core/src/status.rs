@@ -150,12 +150,12 @@ pub fn render_run(detail: &RunDetail, now: u64) -> String {
             .or(drift.as_deref())
             .unwrap_or_default();
         rows.push(vec![
-            job.unit.clone(),
+            printable(&job.unit),
             job.account.clone(),
             job.action.to_string(),
             job.state.to_string(),
             job.attempt.to_string(),
-            job.worker.clone().unwrap_or_else(|| "-".into()),
+            job.worker.as_deref().map_or_else(|| "-".into(), printable),
             job.duration_ms.map_or_else(|| "-".into(), duration),
             job.policy
                 .as_ref()
@@ -168,9 +168,14 @@ pub fn render_run(detail: &RunDetail, now: u64) -> String {
         .jobs
         .iter()
         .filter_map(|job| {
-            job.log
-                .as_ref()
-                .map(|log| format!("  {} {}: {log}", job.unit, job.action))
+            job.log.as_ref().map(|log| {
+                format!(
+                    "  {} {}: {}",
+                    printable(&job.unit),
+                    job.action,
+                    printable(log)
+                )
+            })
         })
         .collect();
     if !logs.is_empty() {
@@ -475,6 +480,26 @@ mod tests {
         assert!(text.contains("net   dev      apply   failed   1        -       1.5s      -       exit code 1: Error: boom"), "{text}");
         assert!(text.contains("net apply failed"), "{text}");
         assert!(text.contains("waiting for run X to finish db"), "{text}");
+
+        // A unit's path (a pull request's word) and a worker's name and log place (the
+        // sender's) neither drive the terminal nor reorder what is read.
+        let mut odd = job("dev/\u{202E}ppa", "succeeded", None, None);
+        odd.worker = Some("w\u{1b}[2J1".into());
+        odd.log = Some("w1:/l\u{1b}]0;title\u{7}.log".into());
+        let text = render_run(
+            &RunDetail {
+                run: summary(),
+                jobs: vec![odd],
+            },
+            0,
+        );
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}') && !text.contains('\u{202E}'),
+            "{text:?}"
+        );
+        assert!(text.contains("dev/<U+202E>ppa"), "{text}");
+        assert!(text.contains("w[2J1"), "{text}");
+        assert!(text.contains("w1:/l]0;title.log"), "{text}");
     }
 
     #[test]

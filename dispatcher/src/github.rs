@@ -231,7 +231,7 @@ impl GitHub {
         target_url: Option<&str>,
     ) -> Result<(), GitHubError> {
         let mut body = json!({
-            "state": status.state,
+            "state": status.state.as_str(),
             "context": status.context,
             "description": status.description,
         });
@@ -539,7 +539,7 @@ mod tests {
             .with_backoff(Duration::from_millis(1));
         let status = CommitStatus {
             context: "pipelines/plan".into(),
-            state: "pending",
+            state: crate::report::CommitState::Pending,
             description: "planning".into(),
         };
         let outer = Duration::from_secs(60);

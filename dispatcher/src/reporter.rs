@@ -318,15 +318,35 @@ impl Task {
             )),
             details: self.details_url(&settings, detail.run.run_id),
         };
-        if !siblings.superseded && self.vouched_for_its_commit(&repo, detail).await? {
-            let on_its_commit = self.still_open(&repo, &siblings.on_its_commit).await?;
-            self.set_statuses(&repo, &settings, detail, &on_its_commit)
-                .await?;
-            let left = self
-                .still_open(&repo, &siblings.on_the_commit_it_left)
-                .await?;
-            if let Some((newest, others)) = left.split_last() {
-                self.set_statuses(&repo, &settings, newest, others).await?;
+        if !siblings.superseded {
+            // One read of the pull requests open at the run's head serves both questions asked
+            // of it: whether the run may write there, and which siblings still count.
+            let must_vouch =
+                detail.run.pull_request.is_some() && self.config.dispatcher.oidc.is_some();
+            let open_at_its_head = if must_vouch || !siblings.on_its_commit.is_empty() {
+                self.github
+                    .open_pulls_headed_at(&repo, &detail.run.head_sha)
+                    .await?
+            } else {
+                BTreeSet::new()
+            };
+            if !must_vouch || vouched_for_its_commit(detail, &open_at_its_head) {
+                let on_its_commit = still_open(&siblings.on_its_commit, &open_at_its_head);
+                self.set_statuses(&repo, &settings, detail, &on_its_commit)
+                    .await?;
+                let left = match siblings.on_the_commit_it_left.first() {
+                    Some(first) => {
+                        let open = self
+                            .github
+                            .open_pulls_headed_at(&repo, &first.run.head_sha)
+                            .await?;
+                        still_open(&siblings.on_the_commit_it_left, &open)
+                    }
+                    None => Vec::new(),
+                };
+                if let Some((newest, others)) = left.split_last() {
+                    self.set_statuses(&repo, &settings, newest, others).await?;
+                }
             }
         }
         if let Some(number) = detail.run.pull_request {
@@ -344,56 +364,6 @@ impl Task {
             }
         }
         Ok(())
-    }
-
-    /// Whether the run's own statuses may go on its commit. Under `[dispatcher.oidc]` a pull
-    /// request's token vouches for its number, not for the commit its event names: they go
-    /// there only while GitHub says that pull request is open with it as its head, so that
-    /// one pull request's CI cannot mark another's head. Otherwise (no check configured, or a
-    /// push) always.
-    async fn vouched_for_its_commit(
-        &self,
-        repo: &str,
-        detail: &RunDetail,
-    ) -> Result<bool, GitHubError> {
-        let (Some(number), Some(_)) = (detail.run.pull_request, &self.config.dispatcher.oidc)
-        else {
-            return Ok(true);
-        };
-        let open = self
-            .github
-            .open_pulls_headed_at(repo, &detail.run.head_sha)
-            .await?;
-        if !open.contains(&number) {
-            tracing::warn!(run_id = %detail.run.run_id, pull_request = number, sha = %detail.run.head_sha, "A pull request's run names a commit that is not its head on GitHub: no status written there.");
-        }
-        Ok(open.contains(&number))
-    }
-
-    /// Of `runs` (pull requests' runs at one commit), those whose pull request GitHub says is
-    /// open with that commit as its head: a closed pull request's failure, or a number an
-    /// event made up, does not hold the commit's status.
-    async fn still_open(
-        &self,
-        repo: &str,
-        runs: &[RunDetail],
-    ) -> Result<Vec<RunDetail>, GitHubError> {
-        let Some(first) = runs.first() else {
-            return Ok(Vec::new());
-        };
-        let open = self
-            .github
-            .open_pulls_headed_at(repo, &first.run.head_sha)
-            .await?;
-        Ok(runs
-            .iter()
-            .filter(|run| {
-                run.run
-                    .pull_request
-                    .is_some_and(|number| open.contains(&number))
-            })
-            .cloned()
-            .collect())
     }
 
     /// `[github] details_url` when set, else the run's page on the dispatcher's web page when
@@ -689,6 +659,35 @@ impl Task {
         }
         Ok(())
     }
+}
+
+/// Whether a pull request's run may write its own statuses on its commit under
+/// `[dispatcher.oidc]`: its token vouches for its number, not for the commit its event names,
+/// so they go there only while GitHub says that pull request is open with it as its head
+/// (`open_at_its_head`), and one pull request's CI cannot mark another's head.
+fn vouched_for_its_commit(detail: &RunDetail, open_at_its_head: &BTreeSet<u64>) -> bool {
+    let vouched = detail
+        .run
+        .pull_request
+        .is_some_and(|number| open_at_its_head.contains(&number));
+    if !vouched {
+        tracing::warn!(run_id = %detail.run.run_id, pull_request = ?detail.run.pull_request, sha = %detail.run.head_sha, "A pull request's run names a commit that is not its head on GitHub: no status written there.");
+    }
+    vouched
+}
+
+/// Of `runs` (pull requests' runs at one commit), those whose pull request GitHub says is
+/// open with that commit as its head (`open_there`): a closed pull request's failure, or a
+/// number an event made up, does not hold the commit's status.
+fn still_open(runs: &[RunDetail], open_there: &BTreeSet<u64>) -> Vec<RunDetail> {
+    runs.iter()
+        .filter(|run| {
+            run.run
+                .pull_request
+                .is_some_and(|number| open_there.contains(&number))
+        })
+        .cloned()
+        .collect()
 }
 
 /// The runs whose statuses share a commit with a reported run: the newest runs of the other

@@ -1504,10 +1504,14 @@ impl Store {
                 value: action.clone(),
             })?;
             let state: String = row.get(4)?;
+            let state: JobPhase = state.parse().map_err(|_| StoreError::Corrupt {
+                what: "job state",
+                value: state.clone(),
+            })?;
             let exit_code: Option<i32> = row.get(9)?;
             let duration: Option<i64> = row.get(10)?;
             let started: Option<i64> = row.get(11)?;
-            let reason = if state == "failed" {
+            let reason = if state == JobPhase::Failed {
                 let output_tail: Option<String> = row.get(12)?;
                 Some(crate::status::failure_reason(
                     output_tail.as_deref().unwrap_or_default(),
@@ -1516,15 +1520,13 @@ impl Store {
             } else {
                 row.get(5)?
             };
-            let duration_ms = match (state.as_str(), duration, started) {
+            let duration_ms = match (state, duration, started) {
                 (_, Some(ms), _) => Some(ms as u64),
-                ("running", None, Some(started)) => Some(now.saturating_sub(started as u64)),
+                (JobPhase::Running, None, Some(started)) => {
+                    Some(now.saturating_sub(started as u64))
+                }
                 _ => None,
             };
-            let state: JobPhase = state.parse().map_err(|_| StoreError::Corrupt {
-                what: "job state",
-                value: state.clone(),
-            })?;
             jobs.push(JobSummary {
                 job_id: parse_uuid("job id", &row.get::<String>(0)?)?,
                 unit: row.get(1)?,

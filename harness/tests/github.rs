@@ -131,7 +131,7 @@ fn a_github_app_authenticates_with_its_jwt_then_calls_with_the_installation_toke
     let client = dispatcher::github::GitHub::from_config(&settings).unwrap();
     let status = dispatcher::report::CommitStatus {
         context: "pipelines/plan".into(),
-        state: "success",
+        state: dispatcher::report::CommitState::Success,
         description: "2 unit(s) planned".into(),
     };
     for _ in 0..2 {

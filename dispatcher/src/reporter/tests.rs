@@ -169,6 +169,23 @@ fn body_of(request: &Request) -> Value {
     serde_json::from_slice(&request.body).unwrap()
 }
 
+/// The commit statuses written, in order: the commit's first character, the state and the
+/// description.
+fn statuses(requests: &[Request]) -> Vec<(String, String, String)> {
+    requests
+        .iter()
+        .filter(|r| r.url.path().contains("/statuses/"))
+        .map(|r| {
+            let body = body_of(r);
+            (
+                r.url.path().rsplit('/').next().unwrap()[..1].to_owned(),
+                body["state"].as_str().unwrap().to_owned(),
+                body["description"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
 fn plan_output(unit: &str) -> String {
     format!(
         "$ terraform plan -input=false\n  + null_resource.{} will be created\nPlan: 1 to add, 0 to change, 0 to destroy.\n",
@@ -404,20 +421,6 @@ async fn pull_requests_with_one_head_show_the_worst_plan_until_one_moves_on() {
         on("POST", format!("/repos/acme/infra/statuses/{OTHER}")).respond_with(ok(json!({}))),
     )
     .await;
-    let statuses = |requests: &[Request]| -> Vec<(String, String, String)> {
-        requests
-            .iter()
-            .filter(|r| r.url.path().contains("/statuses/"))
-            .map(|r| {
-                let body = body_of(r);
-                (
-                    r.url.path().rsplit('/').next().unwrap()[..1].to_owned(),
-                    body["state"].as_str().unwrap().to_owned(),
-                    body["description"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect()
-    };
 
     let mut world = World::new();
     world.run(
@@ -482,6 +485,84 @@ async fn pull_requests_with_one_head_show_the_worst_plan_until_one_moves_on() {
     task.report(failed).await;
     let requests = server.received_requests().await.unwrap();
     assert_eq!(statuses(&requests).len(), 4, "{:?}", statuses(&requests));
+}
+
+/// Under `[dispatcher.oidc]`, one read of the pull requests open at a run's head answers both
+/// whether the run may write its statuses there and which other pull requests' runs at that
+/// head still count: pull requests 3 and 4 share a head and each report asks GitHub once; pull
+/// request 5's run names that head, which is not 5's, and writes no status there (its comment
+/// on pull request 5 still goes out).
+#[tokio::test]
+async fn with_oidc_a_report_reads_its_heads_pull_requests_once() {
+    let server = fake_github().await;
+    mount(
+        &server,
+        Mock::given(method("GET"))
+            .and(path_regex(r"^/repos/acme/infra/issues/[345]/comments$"))
+            .respond_with(ok(json!([]))),
+    )
+    .await;
+    mount(
+        &server,
+        Mock::given(method("POST"))
+            .and(path_regex(r"^/repos/acme/infra/issues/[345]/comments$"))
+            .respond_with(created(json!({ "id": 1 })))
+            .expect(3),
+    )
+    .await;
+    let pull = |number: u64| json!({ "number": number, "state": "open", "head": { "sha": SHA } });
+    mount(
+        &server,
+        on("GET", format!("/repos/acme/infra/commits/{SHA}/pulls"))
+            .respond_with(ok(json!([pull(3), pull(4)])))
+            .expect(3),
+    )
+    .await;
+
+    let mut world = World::new();
+    let failed = world.run(
+        pr(3),
+        &[("dev/app", Action::Plan)],
+        &[JobStatus::Failed],
+        &plan_output,
+    );
+    let planned = world.run(
+        pr(4),
+        &[("dev/db", Action::Plan)],
+        &[JobStatus::Succeeded],
+        &plan_output,
+    );
+    let elsewhere = world.run(
+        pr(5),
+        &[("dev/web", Action::Plan)],
+        &[JobStatus::Succeeded],
+        &plan_output,
+    );
+    let mut task = world.task(
+        &server,
+        "[dispatcher]\ndeploy_orchestrator_users = [\"deploy\"]\n[dispatcher.oidc]\n",
+    );
+    for run in [failed, planned, elsewhere] {
+        task.report(run).await;
+    }
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(
+        statuses(&requests),
+        [
+            (
+                "b".into(),
+                "failure".into(),
+                "1 of 1 jobs failed, 0 skipped".into()
+            ),
+            (
+                "b".into(),
+                "failure".into(),
+                "PR #3: 1 of 1 jobs failed, 0 skipped".into()
+            ),
+        ],
+        "pull request 5's run must not write on pull requests 3 and 4's head"
+    );
+    server.verify().await;
 }
 
 #[tokio::test]
