@@ -136,7 +136,7 @@ pub fn issue(
         .filter(|u| u.state == DriftState::Error)
         .collect();
     let in_sync = units.len() - drifted.len() - errors.len();
-    let mut body = format!(
+    let header = format!(
         "{}\n## Drift report: {}\n\n{} unit(s) checked: **{} drifted**, {} could not be checked, {in_sync} in sync (as of {}).\n\n",
         issue_marker(repository),
         cell(repository),
@@ -145,63 +145,50 @@ pub fn issue(
         errors.len(),
         utc(now),
     );
+    let mut drifted_table = String::new();
     if !drifted.is_empty() {
-        body.push_str(
+        drifted_table.push_str(
             "### Drifted\n\n| unit | account | drifted since | plan |\n|---|---|---|---|\n",
         );
-        for unit in drifted.iter().take(MAX_ROWS) {
-            body.push_str(&format!(
+        let rows = drifted.iter().map(|unit| {
+            format!(
                 "| {} | {} | {} | {} |\n",
                 html_code(&unit.unit),
                 html_code(&unit.account),
                 utc(unit.since_ms),
                 unit.resource_changes
                     .map_or_else(|| "changes".to_owned(), |c| c.to_string()),
-            ));
-        }
-        more_rows(&mut body, drifted.len());
-        body.push('\n');
-        for unit in drifted.iter().take(MAX_DETAILS) {
-            if unit.resources.is_empty() {
-                continue;
-            }
-            body.push_str(&format!(
-                "<details><summary><code>{}</code>: what the plan would change</summary>\n\n",
-                html(&unit.unit)
-            ));
-            for resource in &unit.resources {
-                body.push_str(&format!("- {}\n", html_code(resource)));
-            }
-            if unit.more > 0 {
-                body.push_str(&format!("- and {} more\n", unit.more));
-            }
-            body.push_str("\n</details>\n\n");
-        }
+            )
+        });
+        push_rows(&mut drifted_table, rows, DRIFTED_TABLE_BYTES);
+        drifted_table.push('\n');
     }
+    let mut errors_table = String::new();
     if !errors.is_empty() {
-        body.push_str(
+        errors_table.push_str(
             "### Could not be checked\n\n| unit | account | since | error |\n|---|---|---|---|\n",
         );
-        for unit in errors.iter().take(MAX_ROWS) {
-            body.push_str(&format!(
+        let rows = errors.iter().map(|unit| {
+            format!(
                 "| {} | {} | {} | {} |\n",
                 html_code(&unit.unit),
                 html_code(&unit.account),
                 utc(unit.since_ms),
                 html_code(&shorten(unit.error.as_deref().unwrap_or("failed"), 300)),
-            ));
-        }
-        more_rows(&mut body, errors.len());
-        body.push('\n');
+            )
+        });
+        push_rows(&mut errors_table, rows, ERROR_TABLE_BYTES);
+        errors_table.push('\n');
     }
     let open = !drifted.is_empty() || !errors.is_empty();
+    let mut footer = String::new();
     if let Some(number) = pull_request.filter(|_| !drifted.is_empty()) {
-        body.push_str(&format!(
+        footer.push_str(&format!(
             "Pull request #{number} records this drift in the units' `.drift-history.json`: \
              merging it applies them again.\n\n"
         ));
     }
-    body.push_str(if open {
+    footer.push_str(if open {
         "Bring the infrastructure back by merging a change that records the drift in the \
          units' `.drift-history.json` (a `DriftDetected` change applies them again), or by \
          undoing the out-of-band change. The next drift run updates this issue, and closes it \
@@ -209,6 +196,52 @@ pub fn issue(
     } else {
         "Every unit is back in sync.\n"
     });
+    // What the plans would change, unit by unit, in what the rest leaves of the body.
+    let room = MAX_BODY_BYTES
+        .saturating_sub(header.len() + drifted_table.len() + errors_table.len() + footer.len())
+        .saturating_sub(LEFT_OUT_LINE_BYTES);
+    let listed: Vec<&&DriftUnit> = drifted
+        .iter()
+        .filter(|unit| !unit.resources.is_empty())
+        .collect();
+    let mut details = String::new();
+    let mut shown = 0;
+    const TAIL: &str = "\n</details>\n\n";
+    // Room for the block's last lines: what was left out of it, and its end.
+    let ending = TAIL.len() + LEFT_OUT_LINE_BYTES;
+    for unit in listed.iter().take(MAX_DETAILS) {
+        let mut block = format!(
+            "<details><summary><code>{}</code>: what the plan would change</summary>\n\n",
+            html(&unit.unit)
+        );
+        if details.len() + block.len() + ending > room {
+            break;
+        }
+        // A unit's resources are listed while they fit; the rest are counted.
+        let mut more = u64::from(unit.more);
+        for (i, resource) in unit.resources.iter().enumerate() {
+            let line = format!("- {}\n", html_code(resource));
+            if details.len() + block.len() + line.len() + ending > room {
+                more += (unit.resources.len() - i) as u64;
+                break;
+            }
+            block.push_str(&line);
+        }
+        if more > 0 {
+            block.push_str(&format!("- and {more} more\n"));
+        }
+        block.push_str(TAIL);
+        details.push_str(&block);
+        shown += 1;
+    }
+    if shown < listed.len() {
+        details.push_str(&format!(
+            "What the plans of {} more drifted unit(s) would change is left out here \
+             (`pipelines drift status` lists it).\n\n",
+            listed.len() - shown
+        ));
+    }
+    let body = [header, drifted_table, details, errors_table, footer].concat();
     DriftIssue {
         title: ISSUE_TITLE,
         body,
@@ -277,6 +310,23 @@ pub fn pull_request(repository: &str, units: &[DriftUnit]) -> Option<DriftPullRe
         "Drift: apply {} unit(s) of {repository} again",
         drifted.len()
     );
+    // The body lists what fits in it; the change itself holds every unit.
+    let all = lines(code);
+    let mut listed = Vec::new();
+    let mut listed_bytes = 0;
+    for line in &all {
+        listed_bytes += line.len() + 1;
+        if listed_bytes > MAX_BODY_BYTES - PULL_REQUEST_TEXT_BYTES {
+            break;
+        }
+        listed.push(line.as_str());
+    }
+    let more = all.len() - listed.len();
+    let more = if more > 0 {
+        format!("\n- … and {more} more: each has its `.drift-history.json` in this change")
+    } else {
+        String::new()
+    };
     Some(DriftPullRequest {
         branch: BRANCH.to_owned(),
         message: format!(
@@ -286,29 +336,53 @@ pub fn pull_request(repository: &str, units: &[DriftUnit]) -> Option<DriftPullRe
             lines(str::to_owned).join("\n")
         ),
         body: format!(
-            "Drift run `{}` found these units no longer matching their code:\n\n{}\n\n\
+            "Drift run `{}` found these units no longer matching their code:\n\n{}{more}\n\n\
              This change only records the drift in each unit's `.drift-history.json`. Merging \
              it is a `DriftDetected` change: the units are applied again from the deploy \
              branch, through the normal push path and its approval gates. Close it instead if \
              the change made outside the code should stay, and bring the code to it.\n",
             latest.run_id,
-            lines(code).join("\n")
+            listed.join("\n")
         ),
         title,
         entries,
     })
 }
 
-/// Rows of each table, and units with their resources listed, at most: the body stays far
-/// below GitHub's 65,536 characters however many units drift or fail.
+/// Rows of each table, and units with their resources listed, at most.
 const MAX_ROWS: usize = 300;
 const MAX_DETAILS: usize = 30;
 
-fn more_rows(body: &mut String, count: usize) {
-    if count > MAX_ROWS {
-        body.push_str(&format!(
+/// What a drift issue's or drift pull request's body may take, in bytes (each character is at
+/// least one): GitHub refuses a body over 65,536 characters, and a refused update would leave
+/// the issue as it was at every later run, however many units drift or fail, and whatever their
+/// names, errors and resources.
+const MAX_BODY_BYTES: usize = 60_000;
+/// The tables' shares of it; what the plans would change gets what they and the rest leave.
+const DRIFTED_TABLE_BYTES: usize = 20_000;
+const ERROR_TABLE_BYTES: usize = 20_000;
+/// Room kept in a drift pull request's body for its text around the list of units.
+const PULL_REQUEST_TEXT_BYTES: usize = 2_000;
+/// Room kept for a line that says what was left out.
+const LEFT_OUT_LINE_BYTES: usize = 200;
+
+/// Appends the rows of a table of `rows.len()` while it stays within `budget` bytes and
+/// [`MAX_ROWS`] rows; then says how many were left out.
+fn push_rows(table: &mut String, rows: impl ExactSizeIterator<Item = String>, budget: usize) {
+    let total = rows.len();
+    let budget = budget.saturating_sub(LEFT_OUT_LINE_BYTES);
+    let mut shown = 0;
+    for row in rows.take(MAX_ROWS) {
+        if table.len() + row.len() > budget {
+            break;
+        }
+        table.push_str(&row);
+        shown += 1;
+    }
+    if shown < total {
+        table.push_str(&format!(
             "\n… and {} more (`pipelines drift status` lists every unit).\n",
-            count - MAX_ROWS
+            total - shown
         ));
     }
 }
@@ -521,11 +595,89 @@ mod tests {
             .collect();
         let issue = issue("infra", &units, 0, None);
         assert!(issue.body.chars().count() < 65_536, "{}", issue.body.len());
-        assert!(issue.body.contains("… and 4700 more"));
+        let rows = issue.body.matches("\n| <code>dev/").count();
+        assert!((1..=MAX_ROWS).contains(&rows), "{rows}");
+        assert!(
+            issue.body.contains(&format!("… and {} more", 5_000 - rows)),
+            "{}",
+            issue.body
+        );
         assert!(
             issue
                 .body
                 .contains("<code>dev/&#91;click&#93;&#40;https&#58;//evil.example&#41;-&#64;team-&#96;0&#96;</code>")
+        );
+    }
+
+    /// Honest findings at their largest: hundreds of units drifted, each with the most
+    /// resources a check lists, and hundreds failing with long errors. GitHub refuses a body
+    /// over 65,536 characters (and a refused update leaves the issue stale for good): the
+    /// issue and the pull request say what they leave out instead, and the change keeps every
+    /// unit.
+    #[test]
+    fn the_issue_and_the_pull_request_fit_githubs_limit_with_every_finding_at_its_largest() {
+        let (run, job) = run_and_job(UnitState::Succeeded, found("d1"));
+        let drifted = observe(None, &run, &job, 0).unwrap();
+        let (run, failed) = run_and_job(UnitState::Failed, None);
+        let error = observe(None, &run, &failed, 0).unwrap();
+        let mut units: Vec<DriftUnit> = (0..2_000)
+            .map(|i| DriftUnit {
+                unit: format!("prod/eu-west-1/service-{i:04}/<app>"),
+                resources: (0..DriftFindings::MAX_RESOURCES)
+                    .map(|r| {
+                        format!(
+                            "module.app.aws_route_table.private[\"eu-west-1{r}\"] (update) {}",
+                            "&".repeat(60)
+                        )
+                    })
+                    .collect(),
+                more: 7,
+                ..drifted.clone()
+            })
+            .collect();
+        units.extend((0..2_000).map(|i| DriftUnit {
+            unit: format!("dev/eu-west-1/service-{i:04}"),
+            error: Some(format!("Error: {}", "credentials expired <".repeat(40))),
+            ..error.clone()
+        }));
+
+        let issue = issue("infra", &units, 0, Some(9));
+        let body = &issue.body;
+        assert!(body.chars().count() <= 65_536, "{}", body.chars().count());
+        let drifted_rows = body.matches("\n| <code>prod/").count();
+        let error_rows = body.matches("\n| <code>dev/").count();
+        let details = body.matches("<details>").count();
+        assert!(drifted_rows > 0 && error_rows > 0 && details > 0, "{body}");
+        for left_out in [
+            format!("… and {} more", 2_000 - drifted_rows),
+            format!("… and {} more", 2_000 - error_rows),
+            format!(
+                "What the plans of {} more drifted unit(s) would change is left out",
+                2_000 - details
+            ),
+        ] {
+            assert!(body.contains(&left_out), "{left_out}: {body}");
+        }
+        assert!(body.contains("Pull request #9 records this drift"));
+        assert!(body.ends_with("when every unit is back in sync.\n"));
+
+        let pull = pull_request("infra", &units).unwrap();
+        assert!(pull.body.chars().count() <= 65_536, "{}", pull.body.len());
+        assert_eq!(pull.entries.len(), 2_000, "the change records every unit");
+        let listed = pull.body.matches("\n- `prod/").count();
+        assert!(listed > 0);
+        assert!(
+            pull.body.contains(&format!(
+                "- … and {} more: each has its `.drift-history.json` in this change",
+                2_000 - listed
+            )),
+            "{}",
+            pull.body
+        );
+        assert!(
+            pull.body.ends_with("and bring the code to it.\n"),
+            "{}",
+            pull.body
         );
     }
 
