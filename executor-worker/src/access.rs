@@ -9,6 +9,7 @@
 //! read the ACL too, and decide as the kernel does. A directory's default ACL is what entries
 //! created in it later get, so it counts for places whose future contents matter.
 
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -62,10 +63,23 @@ impl Access {
     /// through links too, so `path` should be the place `meta` describes. `Err`: an ACL could
     /// not be read or is malformed, so nobody can tell who may write.
     pub(crate) fn read(path: &Path, meta: &std::fs::Metadata) -> std::io::Result<Access> {
+        Access::read_from(AclOf::Path(path), meta)
+    }
+
+    /// [`Access::read`] of an open file or directory (`meta` its metadata): its ACLs are read
+    /// through the descriptor, so a rename of its path meanwhile cannot make another's be read.
+    pub(crate) fn read_open(
+        open: BorrowedFd<'_>,
+        meta: &std::fs::Metadata,
+    ) -> std::io::Result<Access> {
+        Access::read_from(AclOf::Open(open), meta)
+    }
+
+    fn read_from(of: AclOf<'_>, meta: &std::fs::Metadata) -> std::io::Result<Access> {
         Ok(Access {
-            acl: read_acl(path, ACCESS_ACL)?,
+            acl: read_acl(of, ACCESS_ACL)?,
             default_acl: if meta.is_dir() {
-                read_acl(path, DEFAULT_ACL)?
+                read_acl(of, DEFAULT_ACL)?
             } else {
                 None
             },
@@ -193,17 +207,31 @@ impl Acl {
     }
 }
 
-/// `name`'s ACL of `path`. `Ok(None)`: `path` has none, or its file system keeps none.
-fn read_acl(path: &Path, name: &str) -> std::io::Result<Option<Acl>> {
+/// What an ACL is read from: a path (links followed) or an open file.
+#[derive(Debug, Clone, Copy)]
+enum AclOf<'a> {
+    Path(&'a Path),
+    Open(BorrowedFd<'a>),
+}
+
+/// `name`'s ACL of `of`. `Ok(None)`: it has none, or its file system keeps none.
+fn read_acl(of: AclOf<'_>, name: &str) -> std::io::Result<Option<Acl>> {
     use rustix::io::Errno;
-    let size = match rustix::fs::getxattr_query(path, name) {
+    let size = match of {
+        AclOf::Path(path) => rustix::fs::getxattr_query(path, name),
+        AclOf::Open(open) => rustix::fs::fgetxattr_query(open, name),
+    };
+    let size = match size {
         Ok(size) => size,
         Err(Errno::NODATA | Errno::NOTSUP) => return Ok(None),
         Err(err) => return Err(err.into()),
     };
     let mut value = vec![0; size];
     // Should the ACL grow between the two calls, this fails (ERANGE) and the caller refuses.
-    let read = rustix::fs::getxattr(path, name, &mut value[..])?;
+    let read = match of {
+        AclOf::Path(path) => rustix::fs::getxattr(path, name, &mut value[..])?,
+        AclOf::Open(open) => rustix::fs::fgetxattr(open, name, &mut value[..])?,
+    };
     Acl::parse(&value[..read])
         .map(Some)
         .map_err(|why| std::io::Error::new(std::io::ErrorKind::InvalidData, why))

@@ -37,6 +37,13 @@ pub(crate) fn remove_tree(path: &Path) -> std::io::Result<()> {
     std::fs::remove_dir(path)
 }
 
+/// Removes everything in the open directory `top`, however deep, never following a link
+/// (blocking): for a tree reached through open directories, where a path could lead elsewhere
+/// by the time it is used.
+pub(crate) fn empty_directory(top: OwnedFd) -> std::io::Result<()> {
+    Ok(empty(top)?)
+}
+
 /// A directory on the way down from the top.
 struct Level {
     /// Device and inode: where `..` must lead back to.
@@ -166,7 +173,7 @@ fn remove_child(dir: &OwnedFd, from: i64, (device, inode): (u64, u64)) -> Result
 /// A reader of the open directory `dir` from the cookie `at`. A descriptor of its own, but
 /// no new open of the directory, which would need search permission on it where reading
 /// needs none; its position is shared with `dir`, so it is always set.
-fn entries_of(dir: &OwnedFd, at: i64) -> Result<Dir, Errno> {
+pub(crate) fn entries_of(dir: impl AsFd, at: i64) -> Result<Dir, Errno> {
     let mut entries = Dir::new(rustix::io::fcntl_dupfd_cloexec(dir, 0)?)?;
     entries.seek(at)?;
     Ok(entries)
@@ -179,7 +186,10 @@ fn id_of(dir: &OwnedFd) -> Result<(u64, u64), Errno> {
 }
 
 /// Opens the directory `name` in `at`, unless it is a symbolic link (`ELOOP` or `ENOTDIR`).
-fn open_directory<P: rustix::path::Arg>(at: impl AsFd, name: P) -> Result<OwnedFd, Errno> {
+pub(crate) fn open_directory<P: rustix::path::Arg>(
+    at: impl AsFd,
+    name: P,
+) -> Result<OwnedFd, Errno> {
     rustix::fs::openat(
         at,
         name,

@@ -10,11 +10,17 @@
 //! worker has a tool user of its own (see `deploy/`), and its processes are killed before the
 //! worker looks, so none is writing.
 
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::access::{Access, SEARCH, WRITE};
 use config::ToolUser;
+use rustix::fs::{AtFlags, CWD, FileType};
+
+use crate::access::{Access, SEARCH, WRITE};
+use crate::remove_tree::{self, entries_of, open_directory};
 
 /// Where any user may write, outside the job's directory. `/run/lock` (`/var/lock`) is a small
 /// memory-backed directory open to all on Debian, read-only under the systemd unit and the
@@ -65,54 +71,103 @@ impl Removed {
 /// Removes every entry `tools` owns in `dirs`, and in other users' directories among them
 /// that have the sticky bit and that `tools` may add entries to (anyone may, or it may by its
 /// group or an ACL), without following a symbolic link (blocking). A directory of `tools` goes
-/// whole. Only sticky ones are entered: in any other, a process of `tools` could rename the
-/// directory being walked and put a link in its place, and a removal by path would follow it.
+/// whole. Only sticky ones are entered, where an entry's owner alone (and the directory's)
+/// may rename or remove it.
+///
+/// Below each of `dirs`, every step is taken from the directory already open, never by path:
+/// the owner of a sticky directory, another worker's tool user say, may rename it while it is
+/// walked and put a link to `/dev` or the worker's state in its place, and a removal by path
+/// would follow that link as root.
 pub(crate) fn remove_entries_of(tools: ToolUser, dirs: &[&Path]) -> Removed {
+    remove_entries_watched(tools, dirs, &mut |_| {})
+}
+
+/// [`remove_entries_of`], calling `entered` with each directory it enters below `dirs`, once
+/// it is open and before anything in it is looked at.
+fn remove_entries_watched(
+    tools: ToolUser,
+    dirs: &[&Path],
+    entered: &mut dyn FnMut(&Path),
+) -> Removed {
     let mut removed = Removed::default();
     for dir in dirs {
-        sweep(tools, dir, 0, &mut removed);
+        // The shared directories themselves are the host's, opened by their path once.
+        if let Ok(open) = open_directory(CWD, *dir) {
+            sweep(tools, open.as_fd(), dir, 0, &mut removed, entered);
+        }
     }
     removed
 }
 
-fn sweep(tools: ToolUser, dir: &Path, depth: usize, removed: &mut Removed) {
-    let uid = tools.uid;
-    let Ok(entries) = std::fs::read_dir(dir) else {
+/// Removes what `tools` owns in the open directory `dir` (found at `path`, which names what
+/// was removed, and is never opened again).
+fn sweep(
+    tools: ToolUser,
+    dir: BorrowedFd<'_>,
+    path: &Path,
+    depth: usize,
+    removed: &mut Removed,
+    entered: &mut dyn FnMut(&Path),
+) {
+    let Ok(mut entries) = entries_of(dir, 0) else {
         return;
     };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        // `DirEntry::metadata` does not follow a symbolic link: a link is the link's.
-        let Ok(meta) = entry.metadata() else {
+    while let Some(Ok(entry)) = entries.read() {
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let shown = path.join(OsStr::from_bytes(name.to_bytes()));
+        // A link is the link's.
+        let Ok(stat) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
             continue;
         };
-        if meta.uid() == uid {
-            // `remove_tree` does not follow links either, nor stops at any depth.
-            let gone = if meta.is_dir() {
-                crate::remove_tree::remove_tree(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
-            match gone {
-                Ok(()) => removed.removed.push(path),
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(err) => removed.failed.push((path, err.to_string())),
+        let is_dir = FileType::from_raw_mode(stat.st_mode) == FileType::Directory;
+        let gone = if !is_dir {
+            if stat.st_uid != tools.uid {
+                continue;
             }
-        } else if meta.is_dir()
-            && meta.mode() & 0o1000 != 0
-            && depth < MAX_DEPTH
-            && may_add_to(tools, &path, &meta)
-        {
-            sweep(tools, &path, depth + 1, removed);
+            rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(std::io::Error::from)
+        } else if stat.st_uid == tools.uid || (stat.st_mode & 0o1000 != 0 && depth < MAX_DEPTH) {
+            // Whatever is there now, as long as it is a directory and not a link.
+            let Ok(open) = open_directory(dir, name) else {
+                continue;
+            };
+            let open = std::fs::File::from(open);
+            let Ok(meta) = open.metadata() else {
+                continue;
+            };
+            if meta.uid() == tools.uid {
+                // Emptied through the open directory, then its entry, empty, goes.
+                remove_tree::empty_directory(open.into()).and_then(|()| {
+                    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR).map_err(Into::into)
+                })
+            } else {
+                if meta.mode() & 0o1000 != 0
+                    && depth < MAX_DEPTH
+                    && may_add_to(tools, open.as_fd(), &meta)
+                {
+                    entered(&shown);
+                    sweep(tools, open.as_fd(), &shown, depth + 1, removed, entered);
+                }
+                continue;
+            }
+        } else {
+            continue;
+        };
+        match gone {
+            Ok(()) => removed.removed.push(shown),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => removed.failed.push((shown, err.to_string())),
         }
     }
 }
 
-/// Whether `tools` may add an entry to the directory `dir` (with `meta`, not a link). An ACL
-/// that cannot be read counts as yes: looking in a sticky directory for `tools`' entries is
+/// Whether `tools` may add an entry to the open directory `dir` (with `meta`). An ACL that
+/// cannot be read counts as yes: looking in a sticky directory for `tools`' entries is
 /// harmless.
-fn may_add_to(tools: ToolUser, dir: &Path, meta: &std::fs::Metadata) -> bool {
-    Access::read(dir, meta).map_or(true, |access| access.permits(tools, WRITE | SEARCH))
+fn may_add_to(tools: ToolUser, dir: BorrowedFd<'_>, meta: &std::fs::Metadata) -> bool {
+    Access::read_open(dir, meta).map_or(true, |access| access.permits(tools, WRITE | SEARCH))
 }
 
 /// [`remove_entries_of`] in [`SHARED_TEMP_DIRS`] (blocking).
@@ -246,5 +301,49 @@ mod tests {
 
         assert_eq!(remove_entries_of(TOOLS, &[temp.path()]), Removed::default());
         assert_eq!(Removed::default().note("x"), "");
+    }
+
+    /// The owner of a sticky directory (another worker's tool user) renames it while it is
+    /// walked and puts a link in its place, leading where entries of the same names are the
+    /// host's (`/dev/null`, the worker's state): what the tool user left is removed where it
+    /// is, and nothing where the link leads.
+    #[test]
+    fn a_directory_swapped_for_a_link_while_it_is_walked_leads_the_removal_nowhere() {
+        let temp = tempfile::tempdir().unwrap();
+        let at = |name: &str| temp.path().join(name);
+        std::fs::create_dir(at("b")).unwrap();
+        std::fs::set_permissions(at("b"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        owned(&at("b"), OTHER);
+        std::fs::write(at("b/null"), "x").unwrap();
+        owned(&at("b/null"), TOOLS.uid);
+        std::fs::create_dir(at("b/state")).unwrap();
+        std::fs::write(at("b/state/file"), "x").unwrap();
+        owned(&at("b/state"), TOOLS.uid);
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("null"), "keep").unwrap();
+        std::fs::create_dir(host.path().join("state")).unwrap();
+        std::fs::write(host.path().join("state/mirror"), "keep").unwrap();
+
+        let mut swapped = false;
+        let removed = remove_entries_watched(TOOLS, &[temp.path()], &mut |entered| {
+            if !swapped && entered == at("b") {
+                std::fs::rename(at("b"), at("b-moved")).unwrap();
+                std::os::unix::fs::symlink(host.path(), at("b")).unwrap();
+                swapped = true;
+            }
+        });
+
+        assert!(swapped, "the walk entered the sticky directory");
+        assert!(removed.failed.is_empty(), "{:?}", removed.failed);
+        let mut gone = removed.removed.clone();
+        gone.sort();
+        assert_eq!(gone, [at("b/null"), at("b/state")]);
+        let kept = |name: &str| std::fs::read_to_string(host.path().join(name)).unwrap();
+        assert_eq!(
+            (kept("null"), kept("state/mirror")),
+            ("keep".into(), "keep".into())
+        );
+        // Removed from the directory that was walked, now under another name.
+        assert_eq!(std::fs::read_dir(at("b-moved")).unwrap().count(), 0);
     }
 }

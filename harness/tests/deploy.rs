@@ -944,6 +944,7 @@ fn systemd_units_run_the_documented_commands_and_drain_within_their_stop_timeout
     for directive in [
         "PrivateTmp=yes",
         "PrivateIPC=yes",
+        "TemporaryFileSystem=/dev/shm:mode=1777",
         "RestrictNamespaces=yes",
         "ProtectKernelModules=yes",
         "NoNewPrivileges=yes",
