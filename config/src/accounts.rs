@@ -183,6 +183,16 @@ impl Config {
         Ok(())
     }
 
+    /// Whether an account's applies run as the executor host's own identity (no
+    /// `apply_credentials`, or a `none` provider): an instance profile, a node's workload
+    /// identity. Then nothing in the configuration keeps a plan from it: a plan's code on a
+    /// host with that identity reaches it through the instance metadata endpoint, whatever
+    /// the plan's own credentials; only where plan workers run does.
+    pub fn applies_as_the_host(&self, account: &Account) -> bool {
+        self.credentials_for(account, true)
+            .is_none_or(|apply| apply.provider == crate::CredentialsProvider::None)
+    }
+
     /// Why an account's plan identity is not apart from its apply identity, if it is not: the
     /// same entry, the same token file or the same role. Plans run pull requests' code.
     pub(crate) fn roles_apart(&self, account: &Account) -> Result<(), String> {
@@ -249,6 +259,27 @@ mod tests {
         assert!(error_of(&same_role).contains("assumes the apply credentials' role too"));
         let same_entry = apart.replace("apply_credentials = \"a\"", "apply_credentials = \"p\"");
         assert!(error_of(&same_entry).contains("\"p\" is also the apply_credentials"));
+    }
+
+    #[test]
+    fn applies_without_credentials_of_their_own_run_as_the_host() {
+        let config = |apply: &str| Config::from_toml(&format!("{VALID}\n{apply}")).unwrap();
+        let as_host = |config: &Config| config.applies_as_the_host(&config.accounts[0]);
+        assert!(as_host(&config("")));
+        assert!(as_host(&config(
+            "apply_credentials = \"a\"\n[[credentials]]\nname = \"a\"\nprovider = \"none\"\n"
+        )));
+        assert!(!as_host(&config(
+            "apply_credentials = \"a\"\n[[credentials]]\nname = \"a\"\n\
+             provider = \"aws-web-identity\"\nrole_arn = \"arn:aws:iam::1:role/apply\"\n\
+             token_file = \"/var/run/apply/token\"\n"
+        )));
+        // Plans as the host, applies with their own: the host's identity is not the apply's.
+        assert!(!as_host(&config(
+            "plan_credentials = \"p\"\napply_credentials = \"a\"\n\
+             [[credentials]]\nname = \"p\"\nprovider = \"none\"\n\
+             [[credentials]]\nname = \"a\"\nprovider = \"command\"\ncommand = [\"creds\"]\n"
+        )));
     }
 
     #[test]

@@ -18,6 +18,13 @@ fn a_valid_policy_checks_and_a_bad_one_names_its_key() {
     );
     assert_eq!(ok.code(), Some(0), "{}", ok.transcript());
     assert!(ok.stdout.contains("account dev: dev/**"), "{}", ok.stdout);
+    // The fixture's applies name no credentials: they would run as the host.
+    assert!(
+        ok.stdout
+            .contains("warning: account dev: applies run as the executor host's own identity"),
+        "{}",
+        ok.stdout
+    );
 
     // PIPELINES_* environment variables override the file (how compose and Kubernetes inject
     // the broker URL with its password); unrelated PIPELINES_* variables are not keys.
@@ -165,6 +172,15 @@ fn the_shipped_policy_files_are_valid() {
             Duration::from_secs(30),
         );
         assert_eq!(check.code(), Some(0), "{file}: {}", check.transcript());
+        if file == "deploy/pipelines.example.toml" {
+            // prod's applies have credentials of their own; dev's run as the host.
+            let warned = |account: &str| {
+                check.stdout.contains(&format!(
+                    "warning: account {account}: applies run as the executor host's own identity"
+                ))
+            };
+            assert!(warned("dev") && !warned("prod"), "{}", check.stdout);
+        }
     }
 }
 
