@@ -27,6 +27,75 @@ pub const MAX_APPROVAL_REASON_CHARS: usize = 1_000;
 /// A running run's status snapshot goes out at most this often (its final one at once).
 pub const STATUS_INTERVAL_MS: u64 = 500;
 
+/// What a job event may carry at most, far above what an executor sends (it bounds what it
+/// makes): each is kept in the run database and repeated in every status of the run, so only
+/// a sender that is not one of our executors (a plan that escaped its tool user, holding the
+/// executor's login) meets these, and its event is dead-lettered.
+const MAX_WORKER_NAME_BYTES: usize = 256;
+/// A give-back's reason, a finished job's log place.
+const MAX_EVENT_TEXT_BYTES: usize = 8 * 1024;
+/// Every string of a finished job's policy report together.
+const MAX_POLICY_REPORT_BYTES: usize = 256 * 1024;
+/// One resource a drift check lists, and its digest.
+const MAX_DRIFT_TEXT_BYTES: usize = 4 * 1024;
+
+/// Why `event` is larger than any executor's, if it is.
+fn oversized(event: &JobEvent) -> Option<String> {
+    let over = |what: &str, bytes: usize, max: usize| {
+        (bytes > max)
+            .then(|| format!("its {what} takes {bytes} bytes, more than an executor's {max}"))
+    };
+    let text = |text: &Option<String>| text.as_ref().map_or(0, String::len);
+    if let Some(why) = over("worker name", event.worker.len(), MAX_WORKER_NAME_BYTES) {
+        return Some(why);
+    }
+    match &event.kind {
+        JobEventKind::Released { reason } => over("reason", reason.len(), MAX_EVENT_TEXT_BYTES),
+        JobEventKind::Finished(outcome) => {
+            let policy: usize = outcome
+                .policy
+                .iter()
+                .flat_map(|report| &report.sets)
+                .map(|set| {
+                    set.name.len()
+                        + set
+                            .denies
+                            .iter()
+                            .chain(&set.warnings)
+                            .map(String::len)
+                            .sum::<usize>()
+                        + text(&set.error)
+                        + text(&set.overridden)
+                })
+                .sum();
+            let drift = outcome.drift.as_ref();
+            let resources = drift.map_or(0, |found| found.resources.len());
+            let longest_resource = drift
+                .and_then(|found| found.resources.iter().map(String::len).max())
+                .unwrap_or(0);
+            over("log place", text(&outcome.log), MAX_EVENT_TEXT_BYTES)
+                .or_else(|| over("policy report", policy, MAX_POLICY_REPORT_BYTES))
+                .or_else(|| {
+                    (resources > proto_types::DriftFindings::MAX_RESOURCES).then(|| {
+                        format!(
+                            "its drift findings list {resources} resources, more than an executor's {}",
+                            proto_types::DriftFindings::MAX_RESOURCES
+                        )
+                    })
+                })
+                .or_else(|| over("longest drift resource", longest_resource, MAX_DRIFT_TEXT_BYTES))
+                .or_else(|| {
+                    over(
+                        "drift digest",
+                        drift.map_or(0, |found| found.digest.len()),
+                        MAX_DRIFT_TEXT_BYTES,
+                    )
+                })
+        }
+        JobEventKind::Started { .. } | JobEventKind::Heartbeat => None,
+    }
+}
+
 /// What the run database knows of a run that is not active (final, or never seen: `None`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KnownRun {
@@ -115,6 +184,9 @@ pub enum Outcome {
     LateReport,
     /// A job event naming a run the job does not belong to, or a job nobody knows.
     UnknownJob,
+    /// A job event carrying more than any executor sends (a worker name, a log place, a
+    /// policy report or drift findings): dead-lettered, nothing of it kept.
+    OversizedJobEvent,
     /// A job event from a broker user other than the executor user of the job's account and
     /// role (`dispatcher.executor_users`).
     JobEventSenderRefused {
@@ -390,6 +462,10 @@ impl Core {
         known: Option<KnownJob>,
         now: u64,
     ) -> Decision {
+        if let Some(why) = oversized(event) {
+            let reason = format!("job event about job {} refused: {why}", event.job_id);
+            return Decision::new(Verdict::DeadLetter(reason), Outcome::OversizedJobEvent);
+        }
         if let Some((run, job)) = self.scheduler.job_by_id(event.job_id) {
             if run.run_id != event.run_id {
                 let reason = format!(

@@ -14,6 +14,7 @@ use broker::{
 };
 use config::Config;
 use futures_lite::future::poll_once;
+use proto_types::untrusted_text::head;
 use proto_types::{
     ApprovalOrder, ChangeEvent, JobEvent, JobEventKind, JobStatus, Message, Payload, RunState,
 };
@@ -671,7 +672,8 @@ impl Dispatcher {
             Err(err) => return Ok(dead_letter(format!("undecodable change event: {err}"))),
         };
         // The run's trace: continued from the orchestrator, carried on by every job.
-        let span = tracing::info_span!("dispatch", run_id = %event.id, repository = %event.repository, event = %event.trigger.kind());
+        // The repository is the sender's word until the policy checks it: quoted, and cut.
+        let span = tracing::info_span!("dispatch", run_id = %event.id, repository = ?head(&event.repository, 256), event = %event.trigger.kind());
         telemetry::propagation::set_parent(&span, &delivery.headers);
         let _entered = span.enter();
         let known = self.known_run(event.id)?;
@@ -703,7 +705,8 @@ impl Dispatcher {
             run_id = %event.run_id,
             job_id = %event.job_id,
             attempt = event.attempt,
-            worker = %event.worker,
+            // The sender's word: quoted, and cut (one too long is refused below).
+            worker = ?head(&event.worker, 256),
             unit = unit.as_deref().unwrap_or("?"),
             account = account.as_deref().unwrap_or("?"),
         );
@@ -939,7 +942,7 @@ fn log(outcome: Option<&Outcome>) {
         Outcome::HeartbeatIgnored => {
             tracing::debug!("Heartbeat from a worker that does not hold the job.");
         }
-        Outcome::Released { reason } => tracing::info!(%reason, "Job given back by its worker."),
+        Outcome::Released { reason } => tracing::info!(?reason, "Job given back by its worker."),
         Outcome::JobReported {
             status,
             exit_code,
@@ -956,6 +959,9 @@ fn log(outcome: Option<&Outcome>) {
         }
         Outcome::LateReport => tracing::info!("Late report for a finished job ignored."),
         Outcome::UnknownJob => tracing::warn!("Job event for a job this dispatcher does not know."),
+        Outcome::OversizedJobEvent => {
+            tracing::warn!("Job event larger than any executor sends: refused.");
+        }
         Outcome::CancelRequested { reason } => tracing::info!(%reason, "Cancelling the run."),
         Outcome::CancelOfEndedRun => {
             tracing::info!("Cancellation of a run that already ended ignored.");

@@ -2,7 +2,7 @@
 
 use proto_types::{
     Action, ApprovalOrder, ApprovalVerdict, CancelRun, ClaimVerdict, Job, JobEvent, JobEventKind,
-    JobStatus, Trigger,
+    JobOutcome, JobStatus, Trigger,
 };
 
 use super::*;
@@ -342,6 +342,88 @@ fn the_holders_report_ends_the_job_keeps_its_output_and_says_how_it_ended() {
     let again = core.decide_job_event(&report, None, None, None, 3);
     assert_eq!(again.outcome, Some(Outcome::StaleReport));
     assert!(again.output.is_none());
+}
+
+/// Worker names, log places, policy reports and drift findings are kept and repeated in every
+/// status of the run: one larger than any executor sends is dead-lettered, saying which, and
+/// changes nothing; the holder's honest claim and report still count afterwards.
+#[test]
+fn a_job_event_larger_than_any_executors_is_dead_lettered_naming_what_and_changes_nothing() {
+    let mut core = core(&[]);
+    let (job, started) = first_job_and_its_claim(&mut core);
+    let mut huge_name = started.clone();
+    huge_name.worker = "w".repeat(300);
+    let refused = core.decide_job_event(&huge_name, Some("amq.gen-w1"), None, None, 1);
+    assert_eq!(refused.outcome, Some(Outcome::OversizedJobEvent));
+    assert!(refused.reply.is_none() && refused.effects.changed_jobs.is_empty());
+    assert!(
+        matches!(&refused.verdict, Verdict::DeadLetter(reason) if reason.ends_with("its worker name takes 300 bytes, more than an executor's 256")),
+        "{:?}",
+        refused.verdict
+    );
+    let granted = core.decide_job_event(&started, Some("amq.gen-w1"), None, None, 2);
+    assert_eq!(
+        granted.outcome,
+        Some(Outcome::ClaimGranted { redelivered: false })
+    );
+
+    let finished = |change: &dyn Fn(&mut JobOutcome)| {
+        let mut report = outcome(JobStatus::Succeeded, "done");
+        change(&mut report);
+        job_event(job.run_id, job.job_id, JobEventKind::Finished(report))
+    };
+    let mut policy = crate::testing::denied(false)
+        .policy
+        .expect("a policy report");
+    policy.sets[0].denies = vec!["d".repeat(1024); 300];
+    let drift = |resources: usize, each: usize| {
+        Some(proto_types::DriftFindings {
+            drifted: true,
+            digest: "d1".into(),
+            resources: vec!["r".repeat(each); resources],
+            more: 0,
+        })
+    };
+    for (report, why) in [
+        (
+            finished(&|report| report.log = Some("l".repeat(9_000))),
+            "its log place takes 9000 bytes",
+        ),
+        (
+            finished(&|report| report.policy = Some(policy.clone())),
+            "its policy report takes",
+        ),
+        (
+            finished(&|report| report.drift = drift(51, 10)),
+            "its drift findings list 51 resources, more than an executor's 50",
+        ),
+        (
+            finished(&|report| report.drift = drift(1, 5_000)),
+            "its longest drift resource takes 5000 bytes",
+        ),
+    ] {
+        let refused = core.decide_job_event(&report, None, None, None, 3);
+        assert_eq!(refused.outcome, Some(Outcome::OversizedJobEvent), "{why}");
+        assert!(
+            matches!(&refused.verdict, Verdict::DeadLetter(reason) if reason.contains(why)),
+            "{why}: {:?}",
+            refused.verdict
+        );
+        assert!(refused.effects.changed_jobs.is_empty() && refused.output.is_none());
+    }
+    let honest = finished(&|report| report.drift = drift(50, 1_024));
+    let reported = core.decide_job_event(&honest, None, None, None, 4);
+    assert!(
+        matches!(
+            reported.outcome,
+            Some(Outcome::JobReported {
+                finished: Some(UnitState::Succeeded),
+                ..
+            })
+        ),
+        "{:?}",
+        reported.outcome
+    );
 }
 
 #[test]
