@@ -18,24 +18,33 @@ pub struct Issuer {
     key: Vec<u8>,
 }
 
+/// Writes a new 2048-bit RSA private key, PEM, to `file`: a key made for the test run, so that
+/// no private key lives in the repository.
+pub fn new_rsa_key(file: &std::path::Path) {
+    openssl(&["genrsa", "-out", file.to_str().unwrap(), "2048"]);
+}
+
+/// What `openssl args` prints; a failure fails the test with openssl's words.
+fn openssl(args: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl runs (Debian's openssl package)");
+    assert!(
+        out.status.success(),
+        "openssl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 impl Issuer {
     pub fn start() -> Issuer {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("issuer.pem");
+        new_rsa_key(&file);
         let file = file.to_str().unwrap();
-        let openssl = |args: &[&str]| {
-            let out = std::process::Command::new("openssl")
-                .args(args)
-                .output()
-                .expect("openssl makes the issuer's key");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            out.stdout
-        };
-        openssl(&["genrsa", "-out", file, "2048"]);
         let modulus =
             String::from_utf8(openssl(&["rsa", "-in", file, "-noout", "-modulus"])).unwrap();
         let hex = modulus.trim().trim_start_matches("Modulus=");

@@ -85,15 +85,7 @@ fn follow_to_end_pr(
 fn a_github_app_authenticates_with_its_jwt_then_calls_with_the_installation_token() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("app.pem");
-    let generated = std::process::Command::new("openssl")
-        .args(["genrsa", "-out", key.to_str().unwrap(), "2048"])
-        .output()
-        .expect("openssl makes the test's App key");
-    assert!(
-        generated.status.success(),
-        "{}",
-        String::from_utf8_lossy(&generated.stderr)
-    );
+    harness::oidc::new_rsa_key(&key);
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let github = runtime.block_on(MockServer::start());
