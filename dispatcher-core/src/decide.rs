@@ -11,7 +11,7 @@
 use config::{AccountRouter, ApprovalGates, Config};
 use proto_types::{
     Action, ApprovalOrder, ApprovalVerdict, CancelRun, ChangeEvent, ClaimReply, ClaimVerdict,
-    EventKind, JobEvent, JobEventKind, JobStatus, RunState, Trigger, UnitState,
+    EventKind, JobEvent, JobEventKind, JobStatus, PolicyReport, RunState, Trigger, UnitState,
 };
 use uuid::Uuid;
 
@@ -32,10 +32,9 @@ pub const STATUS_INTERVAL_MS: u64 = 500;
 /// a sender that is not one of our executors (a plan that escaped its tool user, holding the
 /// executor's login) meets these, and its event is dead-lettered.
 const MAX_WORKER_NAME_BYTES: usize = 256;
-/// A give-back's reason, a finished job's log place.
+/// A give-back's reason, a finished job's log place. (A policy report's text is fitted, and
+/// its sets bounded by [`PolicyReport::MAX_SETS`].)
 const MAX_EVENT_TEXT_BYTES: usize = 8 * 1024;
-/// Every string of a finished job's policy report together.
-const MAX_POLICY_REPORT_BYTES: usize = 256 * 1024;
 /// One resource a drift check lists, and its digest.
 const MAX_DRIFT_TEXT_BYTES: usize = 4 * 1024;
 
@@ -52,29 +51,26 @@ fn oversized(event: &JobEvent) -> Option<String> {
     match &event.kind {
         JobEventKind::Released { reason } => over("reason", reason.len(), MAX_EVENT_TEXT_BYTES),
         JobEventKind::Finished(outcome) => {
-            let policy: usize = outcome
+            // A report's text is fitted rather than refused ([`PolicyReport::fit`]): several
+            // full sets are honest.
+            let sets = outcome
                 .policy
-                .iter()
-                .flat_map(|report| &report.sets)
-                .map(|set| {
-                    set.name.len()
-                        + set
-                            .denies
-                            .iter()
-                            .chain(&set.warnings)
-                            .map(String::len)
-                            .sum::<usize>()
-                        + text(&set.error)
-                        + text(&set.overridden)
-                })
-                .sum();
+                .as_ref()
+                .map_or(0, |report| report.sets.len());
             let drift = outcome.drift.as_ref();
             let resources = drift.map_or(0, |found| found.resources.len());
             let longest_resource = drift
                 .and_then(|found| found.resources.iter().map(String::len).max())
                 .unwrap_or(0);
             over("log place", text(&outcome.log), MAX_EVENT_TEXT_BYTES)
-                .or_else(|| over("policy report", policy, MAX_POLICY_REPORT_BYTES))
+                .or_else(|| {
+                    (sets > PolicyReport::MAX_SETS).then(|| {
+                        format!(
+                            "its policy report names {sets} sets, more than {}",
+                            PolicyReport::MAX_SETS
+                        )
+                    })
+                })
                 .or_else(|| {
                     (resources > proto_types::DriftFindings::MAX_RESOURCES).then(|| {
                         format!(
@@ -588,6 +584,19 @@ impl Core {
                         ),
                     };
                 }
+                // A policy report larger than a report may be keeps what fits of each set.
+                let fitted;
+                let outcome = match &outcome.policy {
+                    Some(report) if report.text_bytes() > PolicyReport::MAX_TEXT_BYTES => {
+                        let mut smaller = outcome.clone();
+                        if let Some(report) = &mut smaller.policy {
+                            report.fit(PolicyReport::MAX_TEXT_BYTES);
+                        }
+                        fitted = smaller;
+                        &fitted
+                    }
+                    _ => outcome,
+                };
                 let effects =
                     self.scheduler
                         .finish(event.job_id, event.attempt, &event.worker, outcome, now);

@@ -621,14 +621,36 @@ fn summary(marker: &str, title: &str, detail: &RunDetail, links: &Links) -> Stri
             .saturating_sub(out.chars().count() + SUMMARY_FOOTER_ROOM)
             .min(MAX_COMMENT_CHARS / 4)
     };
-    out.push_str(&shorten(&approval_section(detail), room(&out)));
+    out.push_str(&whole_lines(&approval_section(detail), room(&out)));
     let messages = policy_section(detail);
     if !messages.is_empty() {
         // Messages are capped per set by the worker, and here.
-        out.push_str(&shorten(&messages, room(&out)));
+        out.push_str(&whole_lines(&messages, room(&out)));
         out.push('\n');
     }
     out
+}
+
+/// The whole lines of `text` that fit in `max` characters, then `…` on a line of its own: a
+/// cut in the middle of a line could leave an entity or a `<code>` open.
+fn whole_lines(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut kept = String::new();
+    let mut used = 0;
+    for line in text.split_inclusive('\n') {
+        let chars = line.chars().count();
+        if used + chars + 3 > max {
+            break;
+        }
+        kept.push_str(line);
+        used += chars;
+    }
+    if max >= 3 {
+        kept.push_str("…\n\n");
+    }
+    kept
 }
 
 /// What the summary leaves of the limit at least, for what follows it when the outputs do not
@@ -1047,6 +1069,8 @@ mod tests {
         );
         assert!(body.contains("more unit(s)"), "the table is at its share");
         assert!(body.contains("**Approvals**") && body.contains("**Policy: "));
+        // Each section cut keeps whole lines: the next starts on a line of its own.
+        assert!(body.contains("\n…\n\n**Policy: "), "{body}");
         assert!(
             body.contains("_Outputs were trimmed to fit GitHub's limit"),
             "the outputs' footer is there"

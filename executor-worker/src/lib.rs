@@ -149,6 +149,9 @@ impl ToolSettings {
     }
 }
 
+/// The longest worker name, in bytes.
+const MAX_WORKER_NAME_BYTES: usize = 128;
+
 impl WorkerSettings {
     /// Settings for a worker of `account` in `role`. `Err` names what is wrong.
     pub fn from_config(
@@ -165,9 +168,15 @@ impl WorkerSettings {
             ));
         };
         let name = name.unwrap_or_else(default_worker_name);
-        if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        // Longer names are refused by the dispatcher's log store, and past 256 bytes its every
+        // claim: the worker could take no job.
+        if name.is_empty()
+            || name.len() > MAX_WORKER_NAME_BYTES
+            || name.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(format!(
-                "worker name {name:?} must be non-empty, without spaces"
+                "worker name {name:?} must be non-empty, without spaces, at most \
+                 {MAX_WORKER_NAME_BYTES} bytes"
             ));
         }
         let work_dir = work_dir
@@ -835,6 +844,27 @@ mod tests {
         ];
         let removed = worker_settings(names.iter().map(std::ffi::OsString::from));
         assert_eq!(removed, ["PIPELINES_BROKER_URL", "pipelines_github__token"]);
+    }
+
+    #[test]
+    fn a_worker_name_the_dispatcher_would_refuse_is_refused_at_start() {
+        let config = Config::from_toml(
+            "[[repositories]]\nname = \"infra\"\nurl = \"/srv/infra.git\"\n\
+             [[accounts]]\nname = \"dev\"\npaths = [\"**\"]\n",
+        )
+        .unwrap();
+        let with = |name: &str| {
+            WorkerSettings::from_config(&config, "dev", ExecutorRole::Plan, Some(name.into()), None)
+                .map(|settings| settings.name)
+        };
+        assert_eq!(with(&"w".repeat(128)), Ok("w".repeat(128)));
+        for bad in ["w".repeat(129), "has space".into(), String::new()] {
+            let refused = with(&bad).unwrap_err();
+            assert!(
+                refused.contains("must be non-empty, without spaces, at most 128 bytes"),
+                "{refused}"
+            );
+        }
     }
 
     #[test]

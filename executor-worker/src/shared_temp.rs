@@ -17,7 +17,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use config::ToolUser;
-use rustix::fs::{AtFlags, CWD, FileType};
+use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags};
+use rustix::io::Errno;
 
 use crate::access::{Access, SEARCH, WRITE};
 use crate::remove_tree::{self, entries_of, open_directory};
@@ -91,9 +92,17 @@ fn remove_entries_watched(
 ) -> Removed {
     let mut removed = Removed::default();
     for dir in dirs {
-        // The shared directories themselves are the host's, opened by their path once.
-        if let Ok(open) = open_directory(CWD, *dir) {
-            sweep(tools, open.as_fd(), dir, 0, &mut removed, entered);
+        // The shared directories themselves are the host's, opened by their path once, a link
+        // followed (`/dev/shm` may be one to `/run/shm`); one the host does not have is skipped.
+        match rustix::fs::openat(
+            CWD,
+            *dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(open) => sweep(tools, open.as_fd(), dir, 0, &mut removed, entered),
+            Err(Errno::NOENT) => {}
+            Err(err) => removed.failed.push((dir.to_path_buf(), err.to_string())),
         }
     }
     removed
@@ -109,10 +118,15 @@ fn sweep(
     removed: &mut Removed,
     entered: &mut dyn FnMut(&Path),
 ) {
-    let Ok(mut entries) = entries_of(dir, 0) else {
-        return;
+    let mut entries = match entries_of(dir, 0) {
+        Ok(entries) => entries,
+        Err(err) => return removed.failed.push((path.to_path_buf(), err.to_string())),
     };
-    while let Some(Ok(entry)) = entries.read() {
+    while let Some(entry) = entries.read() {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(err) => return removed.failed.push((path.to_path_buf(), err.to_string())),
+        };
         let name = entry.file_name();
         if name == c"." || name == c".." {
             continue;
@@ -129,13 +143,21 @@ fn sweep(
             }
             rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(std::io::Error::from)
         } else if stat.st_uid == tools.uid || (stat.st_mode & 0o1000 != 0 && depth < MAX_DEPTH) {
-            // Whatever is there now, as long as it is a directory and not a link.
-            let Ok(open) = open_directory(dir, name) else {
-                continue;
+            // Whatever is there now, as long as it is a directory and not a link (one that
+            // changed since it was looked at is for the next sweep).
+            let open = match open_directory(dir, name) {
+                Ok(open) => Ok(std::fs::File::from(open)),
+                Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => continue,
+                Err(err) => Err(std::io::Error::from(err)),
             };
-            let open = std::fs::File::from(open);
-            let Ok(meta) = open.metadata() else {
-                continue;
+            let (meta, open) = match open.and_then(|open| Ok((open.metadata()?, open))) {
+                Ok(opened) => opened,
+                // The tool user's, and it stays: said in the job's output.
+                Err(err) if stat.st_uid == tools.uid => {
+                    removed.failed.push((shown, err.to_string()));
+                    continue;
+                }
+                Err(_) => continue,
             };
             if meta.uid() == tools.uid {
                 // Emptied through the open directory, then its entry, empty, goes.

@@ -712,9 +712,10 @@ pub(crate) fn config_check(
         if config.applies_as_the_host(account) {
             outln!(
                 "warning: account {}: applies run as the executor host's own identity \
-                 (apply_credentials unset, or provider \"none\"), which a plan's code on such a \
-                 host takes from the instance metadata endpoint: run plan workers on other hosts, \
-                 or block 169.254.169.254 for their tool users (SECURITY.md)",
+                 (apply_credentials unset, or provider \"none\": the executor's environment \
+                 and the host's cloud identity), which a plan's code on such a host takes from \
+                 the instance metadata endpoint: run plan workers on other hosts, or block \
+                 169.254.169.254 for their tool users (SECURITY.md)",
                 account.name
             );
         }

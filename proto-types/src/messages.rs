@@ -407,6 +407,86 @@ impl PolicyReport {
     pub fn rules(&self) -> u32 {
         self.sets.iter().map(|set| set.rules).sum()
     }
+
+    /// Bytes of text a report keeps, at most, once [`PolicyReport::fit`]: the run database
+    /// keeps it, and every status of the run repeats it.
+    pub const MAX_TEXT_BYTES: usize = 256 * 1024;
+    /// Sets a report may name: far more than govern any unit.
+    pub const MAX_SETS: usize = 256;
+    /// What a set's error, name and override keep of themselves when a report is fitted.
+    const KEPT_ERROR_BYTES: usize = 2048;
+    const KEPT_NAME_BYTES: usize = 256;
+    const KEPT_OVERRIDE_BYTES: usize = 1024;
+    /// What a message keeps: the executor's own bound (and its `…`).
+    const KEPT_MESSAGE_BYTES: usize = 1024 + 3;
+
+    /// Its text, in bytes: names, messages, errors and overrides.
+    pub fn text_bytes(&self) -> usize {
+        self.sets.iter().map(PolicySetResult::text_bytes).sum()
+    }
+
+    /// Makes a report of more than `max` bytes of text smaller. Each set keeps its first
+    /// messages within an equal share of `max`, denies before warnings, and always its first
+    /// deny (so that [`PolicyReport::blocks`] says what it said), then says how many it cut; its
+    /// error, name and override keep their start. What an executor sends for a few sets is
+    /// within `max` and left as it is. How many messages were cut.
+    pub fn fit(&mut self, max: usize) -> usize {
+        if self.text_bytes() <= max {
+            return 0;
+        }
+        let share = max / self.sets.len().max(1);
+        let mut cut = 0;
+        for set in &mut self.sets {
+            cut_text(&mut set.name, Self::KEPT_NAME_BYTES);
+            if let Some(error) = &mut set.error {
+                cut_text(error, Self::KEPT_ERROR_BYTES);
+            }
+            if let Some(overridden) = &mut set.overridden {
+                cut_text(overridden, Self::KEPT_OVERRIDE_BYTES);
+            }
+            let mut used = set.name.len()
+                + set.error.as_ref().map_or(0, String::len)
+                + set.overridden.as_ref().map_or(0, String::len);
+            cut += keep_within(&mut set.denies, &mut used, share, true);
+            cut += keep_within(&mut set.warnings, &mut used, share, false);
+        }
+        cut
+    }
+}
+
+/// Keeps the first of `messages` while `used` stays within `share` (the first always, with
+/// `keep_first`), each cut to [`PolicyReport::KEPT_MESSAGE_BYTES`]; a line says how many went.
+fn keep_within(
+    messages: &mut Vec<String>,
+    used: &mut usize,
+    share: usize,
+    keep_first: bool,
+) -> usize {
+    let mut kept = 0;
+    for message in messages.iter_mut() {
+        cut_text(message, PolicyReport::KEPT_MESSAGE_BYTES);
+        // Room is kept for the line that says what went.
+        if *used + message.len() + 64 > share && !(keep_first && kept == 0) {
+            break;
+        }
+        *used += message.len();
+        kept += 1;
+    }
+    let cut = messages.len() - kept;
+    if cut > 0 {
+        messages.truncate(kept);
+        messages.push(format!("… and {cut} more, cut to fit the report"));
+    }
+    cut
+}
+
+/// `text`'s first `max` bytes at most, on a character boundary, with `…` when cut.
+fn cut_text(text: &mut String, max: usize) {
+    if text.len() > max {
+        let keep = crate::untrusted_text::head(text, max.saturating_sub(3)).len();
+        text.truncate(keep);
+        text.push('…');
+    }
 }
 
 /// One policy set's verdict on one plan.
@@ -430,6 +510,19 @@ pub struct PolicySetResult {
 }
 
 impl PolicySetResult {
+    /// Its text, in bytes.
+    pub fn text_bytes(&self) -> usize {
+        self.name.len()
+            + self
+                .denies
+                .iter()
+                .chain(&self.warnings)
+                .map(String::len)
+                .sum::<usize>()
+            + self.error.as_ref().map_or(0, String::len)
+            + self.overridden.as_ref().map_or(0, String::len)
+    }
+
     pub fn blocks(&self) -> bool {
         self.error.is_some()
             || (self.enforced && !self.denies.is_empty() && self.overridden.is_none())
@@ -720,5 +813,67 @@ impl UnitState {
             "awaiting-approval" => UnitState::AwaitingApproval,
             _ => return None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(name: &str, denies: usize, warnings: usize, each: usize) -> PolicySetResult {
+        PolicySetResult {
+            name: name.into(),
+            enforced: true,
+            rules: 2,
+            denies: vec!["d".repeat(each); denies],
+            warnings: vec!["w".repeat(each); warnings],
+            error: None,
+            overridable: false,
+            overridden: None,
+        }
+    }
+
+    /// Three sets each at what an executor sends at most (51 messages of about 1 KiB per rule)
+    /// come to more than a report keeps: each keeps its share, denies first and its first deny
+    /// always, says what it cut, and blocks as it did; a report within the bound is untouched.
+    #[test]
+    fn a_report_larger_than_it_may_be_is_fitted_and_still_blocks_as_it_did() {
+        let full = || set("security", 51, 51, 1_027);
+        let mut report = PolicyReport {
+            sets: vec![full(), full(), full()],
+        };
+        assert!(report.text_bytes() > PolicyReport::MAX_TEXT_BYTES);
+        let cut = report.fit(PolicyReport::MAX_TEXT_BYTES);
+        assert!(cut > 0);
+        assert!(
+            report.text_bytes() <= PolicyReport::MAX_TEXT_BYTES,
+            "{}",
+            report.text_bytes()
+        );
+        assert!(report.blocks());
+        for set in &report.sets {
+            assert!(set.denies.len() > 1, "each set keeps its share");
+            let said = set.denies.last().unwrap().clone() + set.warnings.last().unwrap();
+            assert!(said.contains("more, cut to fit the report"), "{said}");
+        }
+
+        // One huge message, an endless error and a name: each keeps its start.
+        let mut one = PolicyReport {
+            sets: vec![PolicySetResult {
+                error: Some("e".repeat(1 << 20)),
+                ..set(&"n".repeat(1_000), 1, 0, 1 << 20)
+            }],
+        };
+        one.fit(PolicyReport::MAX_TEXT_BYTES);
+        assert!(one.text_bytes() <= 4 * 1024, "{}", one.text_bytes());
+        assert_eq!(one.sets[0].denies.len(), 1, "the first deny stays");
+        assert!(one.sets[0].denies[0].ends_with('…') && one.blocks());
+
+        let mut small = PolicyReport {
+            sets: vec![set("security", 3, 2, 100)],
+        };
+        let before = small.clone();
+        assert_eq!(small.fit(PolicyReport::MAX_TEXT_BYTES), 0);
+        assert_eq!(small, before);
     }
 }

@@ -375,7 +375,7 @@ fn a_job_event_larger_than_any_executors_is_dead_lettered_naming_what_and_change
     let mut policy = crate::testing::denied(false)
         .policy
         .expect("a policy report");
-    policy.sets[0].denies = vec!["d".repeat(1024); 300];
+    policy.sets = vec![policy.sets[0].clone(); 300];
     let drift = |resources: usize, each: usize| {
         Some(proto_types::DriftFindings {
             drifted: true,
@@ -391,7 +391,7 @@ fn a_job_event_larger_than_any_executors_is_dead_lettered_naming_what_and_change
         ),
         (
             finished(&|report| report.policy = Some(policy.clone())),
-            "its policy report takes",
+            "its policy report names 300 sets, more than 256",
         ),
         (
             finished(&|report| report.drift = drift(51, 10)),
@@ -411,8 +411,26 @@ fn a_job_event_larger_than_any_executors_is_dead_lettered_naming_what_and_change
         );
         assert!(refused.effects.changed_jobs.is_empty() && refused.output.is_none());
     }
-    let honest = finished(&|report| report.drift = drift(50, 1_024));
+    // The most an executor sends: a drift check's 50 resources of 1 KiB, and three policy
+    // sets each with 51 warnings of about 1 KiB per rule, whose report is fitted, not refused.
+    let mut warned = crate::testing::denied(false)
+        .policy
+        .expect("a policy report");
+    warned.sets[0].denies.clear();
+    warned.sets[0].warnings = vec!["w".repeat(1_027); 102];
+    warned.sets = vec![warned.sets[0].clone(); 3];
+    assert!(warned.text_bytes() > proto_types::PolicyReport::MAX_TEXT_BYTES);
+    let honest = finished(&|report| {
+        report.drift = drift(50, 1_024);
+        report.policy = Some(warned.clone());
+    });
     let reported = core.decide_job_event(&honest, None, None, None, 4);
+    let kept = core.job(job.job_id).and_then(|(_, job)| job.policy.clone());
+    assert!(
+        kept.is_some_and(|report| report.sets.len() == 3
+            && report.text_bytes() <= proto_types::PolicyReport::MAX_TEXT_BYTES),
+        "the report is kept, fitted"
+    );
     assert!(
         matches!(
             reported.outcome,
