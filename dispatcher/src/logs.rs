@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use broker::topology::LOGS_QUEUE;
+use broker::topology::{DELIVERY_LIMIT, LOGS_QUEUE};
 use broker::{Broker, Delivery};
 use config::DispatcherSettings;
 use proto_types::{ExecutorRole, LogChunk, Message};
@@ -646,6 +646,12 @@ async fn handle(
     match written {
         Ok(()) => Ok(delivery.ack().await?),
         Err(LogError::Invalid(reason)) => {
+            tracing::warn!(%reason, "Dead-lettering a log chunk.");
+            Ok(delivery.dead_letter(&reason).await?)
+        }
+        // On its last delivery the broker would drop it into the dead letters unexplained.
+        Err(early @ LogError::Early { .. }) if delivery.is_last_chance() => {
+            let reason = format!("{early}, which did not come in {DELIVERY_LIMIT} deliveries");
             tracing::warn!(%reason, "Dead-lettering a log chunk.");
             Ok(delivery.dead_letter(&reason).await?)
         }

@@ -93,7 +93,8 @@ fn remove_entries_watched(
     let mut removed = Removed::default();
     for dir in dirs {
         // The shared directories themselves are the host's, opened by their path once, a link
-        // followed (`/dev/shm` may be one to `/run/shm`); one the host does not have is skipped.
+        // followed (`/dev/shm` may be one to `/run/shm`); one the host does not have (or has
+        // as something else than a directory) is skipped.
         match rustix::fs::openat(
             CWD,
             *dir,
@@ -101,7 +102,7 @@ fn remove_entries_watched(
             Mode::empty(),
         ) {
             Ok(open) => sweep(tools, open.as_fd(), dir, 0, &mut removed, entered),
-            Err(Errno::NOENT) => {}
+            Err(Errno::NOENT | Errno::NOTDIR) => {}
             Err(err) => removed.failed.push((dir.to_path_buf(), err.to_string())),
         }
     }

@@ -679,9 +679,11 @@ fn a_job_event_from_another_accounts_or_roles_executor_is_dead_lettered_and_the_
 
 /// Log chunks are bound to the broker user that sent them too: an executor login of another
 /// account or role that knows a finished job's id, attempt, stream and worker (all on the web
-/// page) cannot overwrite the dispatcher's copy of its log. The job's own chunks went in.
+/// page) cannot overwrite the dispatcher's copy of its log. The job's own chunks went in. A
+/// chunk of the holder's that waits for bytes that never come is dead-lettered saying so.
 #[test]
-fn a_log_chunk_from_another_accounts_or_roles_executor_is_dead_lettered_and_the_log_is_kept() {
+fn a_log_chunk_from_another_accounts_or_roles_executor_or_that_never_fits_is_dead_lettered_saying_why_and_the_log_is_kept()
+ {
     let mut world = world();
     let orchestrator = world.access.url("orchestrator-deploy");
     let range = (world.commits.0.as_str(), world.commits.1.as_str());
@@ -727,6 +729,28 @@ fn a_log_chunk_from_another_accounts_or_roles_executor_is_dead_lettered_and_the_
         );
         assert_eq!(dead[0].1, expected);
     }
+    // The holder's own chunk far past the log's end waits for bytes that never come: on its
+    // last delivery it is dead-lettered saying so, not dropped there by the broker unexplained.
+    let early = proto_types::LogChunk {
+        offset: 1 << 20,
+        end: false,
+        ..forged.clone()
+    };
+    let holder = world.connect("executor-prod-apply");
+    world
+        .publish(&holder, Route::Logs, &early.encode(), None)
+        .unwrap();
+    let dead = world.dead_letters("pipelines.logs", 1);
+    assert!(
+        dead[0]
+            .1
+            .starts_with(&format!("a chunk at byte {} of a log of ", 1 << 20))
+            && dead[0]
+                .1
+                .ends_with("waits for the bytes before it, which did not come in 10 deliveries"),
+        "{}",
+        dead[0].1
+    );
     assert_eq!(
         std::fs::read_to_string(&log).unwrap(),
         kept,
