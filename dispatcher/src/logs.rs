@@ -418,13 +418,7 @@ fn read_end(log: &Path) -> Option<(LogEnd, u64)> {
 
 /// A worker's name becomes part of a file name: plain characters only.
 fn check_worker_name(worker: &str) -> Result<(), LogError> {
-    let plain = !worker.is_empty()
-        && worker.len() <= 128
-        && !worker.starts_with('.')
-        && worker
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._@:-".contains(&b));
-    if plain {
+    if proto_types::is_worker_name(worker) {
         Ok(())
     } else {
         Err(LogError::Invalid(format!(

@@ -149,9 +149,6 @@ impl ToolSettings {
     }
 }
 
-/// The longest worker name, in bytes.
-const MAX_WORKER_NAME_BYTES: usize = 128;
-
 impl WorkerSettings {
     /// Settings for a worker of `account` in `role`. `Err` names what is wrong.
     pub fn from_config(
@@ -168,15 +165,13 @@ impl WorkerSettings {
             ));
         };
         let name = name.unwrap_or_else(default_worker_name);
-        // Longer names are refused by the dispatcher's log store, and past 256 bytes its every
-        // claim: the worker could take no job.
-        if name.is_empty()
-            || name.len() > MAX_WORKER_NAME_BYTES
-            || name.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
+        // Another name's log chunks are refused by the dispatcher's log store (and a name past
+        // 256 bytes its every claim): the worker would stream no log, or take no job.
+        if !proto_types::is_worker_name(&name) {
             return Err(format!(
-                "worker name {name:?} must be non-empty, without spaces, at most \
-                 {MAX_WORKER_NAME_BYTES} bytes"
+                "worker name {name:?} must be letters, digits and ._@:- only, not starting \
+                 with '.', at most {} bytes",
+                proto_types::MAX_WORKER_NAME_BYTES
             ));
         }
         let work_dir = work_dir
@@ -858,10 +853,23 @@ mod tests {
                 .map(|settings| settings.name)
         };
         assert_eq!(with(&"w".repeat(128)), Ok("w".repeat(128)));
-        for bad in ["w".repeat(129), "has space".into(), String::new()] {
+        assert_eq!(
+            with("host-1.example:prod@2"),
+            Ok("host-1.example:prod@2".into())
+        );
+        for bad in [
+            "w".repeat(129),
+            "has space".into(),
+            String::new(),
+            "host/1".into(),
+            ".hidden".into(),
+            "wörker".into(),
+        ] {
             let refused = with(&bad).unwrap_err();
             assert!(
-                refused.contains("must be non-empty, without spaces, at most 128 bytes"),
+                refused.contains(
+                    "must be letters, digits and ._@:- only, not starting with '.', at most 128 bytes"
+                ),
                 "{refused}"
             );
         }

@@ -315,7 +315,8 @@ struct ExecuteArgs {
     /// [default: executor.work_dir, else a directory under the system temp dir].
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
-    /// The worker's name in job events [default: <hostname>-<pid>].
+    /// The worker's name in job events and its logs' file names: letters, digits and ._@:-,
+    /// at most 128 bytes [default: <hostname>-<pid>].
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
     /// Serve /metrics, /healthz and /readyz here [default: executor.metrics_address].

@@ -43,6 +43,22 @@ pub const ID_TOKEN_HEADER: &str = "pipelines-id-token";
 /// How the broker names private queues: `amq.gen-` and a random suffix. Replies go only there.
 pub const REPLY_QUEUE_PREFIX: &str = "amq.gen-";
 
+/// The longest worker name, in bytes.
+pub const MAX_WORKER_NAME_BYTES: usize = 128;
+
+/// Whether `name` may name a worker: it becomes part of its logs' file names on the
+/// dispatcher, so letters, digits and `._@:-` only, not starting with `.`, at most
+/// [`MAX_WORKER_NAME_BYTES`]. A worker refuses another name at start; the dispatcher refuses
+/// the log chunks of one.
+pub fn is_worker_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_WORKER_NAME_BYTES
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._@:-".contains(&b))
+}
+
 /// Whether `queue` names a private reply queue, as the broker makes them. Answers go only to
 /// such queues, so a forged `reply_to` cannot push a message into a work queue.
 pub fn is_reply_queue(queue: &str) -> bool {

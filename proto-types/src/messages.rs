@@ -435,39 +435,48 @@ impl PolicyReport {
             return 0;
         }
         let share = max / self.sets.len().max(1);
+        // What a set keeps whatever its share holds (its name, error and override, its first
+        // deny and the lines that say what went) takes at most its share: with many sets, the
+        // shares are small.
+        let kept = |most: usize, part: usize| most.min(share / part).max(8);
         let mut cut = 0;
         for set in &mut self.sets {
-            cut_text(&mut set.name, Self::KEPT_NAME_BYTES);
+            cut_text(&mut set.name, kept(Self::KEPT_NAME_BYTES, 8));
             if let Some(error) = &mut set.error {
-                cut_text(error, Self::KEPT_ERROR_BYTES);
+                cut_text(error, kept(Self::KEPT_ERROR_BYTES, 4));
             }
             if let Some(overridden) = &mut set.overridden {
-                cut_text(overridden, Self::KEPT_OVERRIDE_BYTES);
+                cut_text(overridden, kept(Self::KEPT_OVERRIDE_BYTES, 8));
             }
             let mut used = set.name.len()
                 + set.error.as_ref().map_or(0, String::len)
                 + set.overridden.as_ref().map_or(0, String::len);
-            cut += keep_within(&mut set.denies, &mut used, share, true);
-            cut += keep_within(&mut set.warnings, &mut used, share, false);
+            let first_deny = kept(Self::KEPT_MESSAGE_BYTES, 4);
+            cut += keep_within(&mut set.denies, &mut used, share, Some(first_deny));
+            cut += keep_within(&mut set.warnings, &mut used, share, None);
         }
         cut
     }
 }
 
-/// Keeps the first of `messages` while `used` stays within `share` (the first always, with
-/// `keep_first`), each cut to [`PolicyReport::KEPT_MESSAGE_BYTES`]; a line says how many went.
+/// Keeps the first of `messages` while `used` stays within `share`, each cut to
+/// [`PolicyReport::KEPT_MESSAGE_BYTES`]; with `first`, the first always, cut to that many
+/// bytes when it does not fit. A line says how many went, counted in `used`.
 fn keep_within(
     messages: &mut Vec<String>,
     used: &mut usize,
     share: usize,
-    keep_first: bool,
+    first: Option<usize>,
 ) -> usize {
     let mut kept = 0;
     for message in messages.iter_mut() {
         cut_text(message, PolicyReport::KEPT_MESSAGE_BYTES);
         // Room is kept for the line that says what went.
-        if *used + message.len() + 64 > share && !(keep_first && kept == 0) {
-            break;
+        if *used + message.len() + 64 > share {
+            match first {
+                Some(bytes) if kept == 0 => cut_text(message, bytes),
+                _ => break,
+            }
         }
         *used += message.len();
         kept += 1;
@@ -475,7 +484,9 @@ fn keep_within(
     let cut = messages.len() - kept;
     if cut > 0 {
         messages.truncate(kept);
-        messages.push(format!("… and {cut} more, cut to fit the report"));
+        let said = format!("… and {cut} more, cut to fit the report");
+        *used += said.len();
+        messages.push(said);
     }
     cut
 }
@@ -868,6 +879,29 @@ mod tests {
         assert!(one.text_bytes() <= 4 * 1024, "{}", one.text_bytes());
         assert_eq!(one.sets[0].denies.len(), 1, "the first deny stays");
         assert!(one.sets[0].denies[0].ends_with('…') && one.blocks());
+
+        // As many sets as a report may name, each full, with a long name and error: the
+        // report still fits, and each set still blocks.
+        let mut many = PolicyReport {
+            sets: vec![
+                PolicySetResult {
+                    error: Some("e".repeat(10_000)),
+                    ..set(&"n".repeat(1_000), 51, 51, 1_027)
+                };
+                PolicyReport::MAX_SETS
+            ],
+        };
+        many.fit(PolicyReport::MAX_TEXT_BYTES);
+        assert!(
+            many.text_bytes() <= PolicyReport::MAX_TEXT_BYTES,
+            "{}",
+            many.text_bytes()
+        );
+        assert!(
+            many.sets
+                .iter()
+                .all(|set| set.blocks() && !set.denies.is_empty())
+        );
 
         let mut small = PolicyReport {
             sets: vec![set("security", 3, 2, 100)],
