@@ -8,10 +8,13 @@
 //! answer to the worker, the verdict to the delivery, the [`Outcome`] to logs and metrics.
 //! Nothing here reads a clock: `now` is an input.
 
+use std::borrow::Cow;
+
 use config::{AccountRouter, ApprovalGates, Config};
 use proto_types::{
     Action, ApprovalOrder, ApprovalVerdict, CancelRun, ChangeEvent, ClaimReply, ClaimVerdict,
-    EventKind, JobEvent, JobEventKind, JobStatus, PolicyReport, RunState, Trigger, UnitState,
+    EventKind, JobEvent, JobEventKind, JobOutcome, JobStatus, PolicyReport, RunState, Trigger,
+    UnitState,
 };
 use uuid::Uuid;
 
@@ -31,12 +34,28 @@ pub const STATUS_INTERVAL_MS: u64 = 500;
 /// makes): each is kept in the run database and repeated in every status of the run, so only
 /// a sender that is not one of our executors (a plan that escaped its tool user, holding the
 /// executor's login) meets these, and its event is dead-lettered.
-const MAX_WORKER_NAME_BYTES: usize = 256;
+/// Twice what a worker takes as its name ([`proto_types::MAX_WORKER_NAME_BYTES`]).
+const MAX_WORKER_NAME_BYTES: usize = 2 * proto_types::MAX_WORKER_NAME_BYTES;
 /// A give-back's reason, a finished job's log place. (A policy report's text is fitted, and
 /// its sets bounded by [`PolicyReport::MAX_SETS`].)
 const MAX_EVENT_TEXT_BYTES: usize = 8 * 1024;
 /// One resource a drift check lists, and its digest.
 const MAX_DRIFT_TEXT_BYTES: usize = 4 * 1024;
+
+/// `outcome`, its policy report cut to [`PolicyReport::MAX_TEXT_BYTES`] when it is larger
+/// (a copy only then).
+fn fitted(outcome: &JobOutcome) -> Cow<'_, JobOutcome> {
+    match &outcome.policy {
+        Some(report) if report.text_bytes() > PolicyReport::MAX_TEXT_BYTES => {
+            let mut smaller = outcome.clone();
+            if let Some(report) = &mut smaller.policy {
+                report.fit(PolicyReport::MAX_TEXT_BYTES);
+            }
+            Cow::Owned(smaller)
+        }
+        _ => Cow::Borrowed(outcome),
+    }
+}
 
 /// Why `event` is larger than any executor's, if it is.
 fn oversized(event: &JobEvent) -> Option<String> {
@@ -584,19 +603,7 @@ impl Core {
                         ),
                     };
                 }
-                // A policy report larger than a report may be keeps what fits of each set.
-                let fitted;
-                let outcome = match &outcome.policy {
-                    Some(report) if report.text_bytes() > PolicyReport::MAX_TEXT_BYTES => {
-                        let mut smaller = outcome.clone();
-                        if let Some(report) = &mut smaller.policy {
-                            report.fit(PolicyReport::MAX_TEXT_BYTES);
-                        }
-                        fitted = smaller;
-                        &fitted
-                    }
-                    _ => outcome,
-                };
+                let outcome = &*fitted(outcome);
                 let effects =
                     self.scheduler
                         .finish(event.job_id, event.attempt, &event.worker, outcome, now);

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use croner::Cron;
 use proto_types::{Action, DriftHistoryEntry, DriftState, DriftUnit, UnitState};
 
-use crate::report::{cell, code, html_code, shorten, utc};
+use crate::report::{cell, code, fitting, html_code, shorten, utc};
 use crate::scheduler::{Run, RunJob};
 
 /// The title of a repository's living drift issue.
@@ -312,15 +312,10 @@ pub fn pull_request(repository: &str, units: &[DriftUnit]) -> Option<DriftPullRe
     );
     // The body lists what fits in it; the change itself holds every unit.
     let all = lines(code);
-    let mut listed = Vec::new();
-    let mut listed_bytes = 0;
-    for line in &all {
-        listed_bytes += line.len() + 1;
-        if listed_bytes > MAX_BODY_BYTES - PULL_REQUEST_TEXT_BYTES {
-            break;
-        }
-        listed.push(line.as_str());
-    }
+    let listed = &all[..fitting(
+        all.iter().map(|line| line.len() + 1),
+        MAX_BODY_BYTES - PULL_REQUEST_TEXT_BYTES,
+    )];
     let more = all.len() - listed.len();
     let more = if more > 0 {
         format!("\n- … and {more} more: each has its `.drift-history.json` in this change")
@@ -370,15 +365,12 @@ const LEFT_OUT_LINE_BYTES: usize = 200;
 /// [`MAX_ROWS`] rows; then says how many were left out.
 fn push_rows(table: &mut String, rows: impl ExactSizeIterator<Item = String>, budget: usize) {
     let total = rows.len();
-    let budget = budget.saturating_sub(LEFT_OUT_LINE_BYTES);
-    let mut shown = 0;
-    for row in rows.take(MAX_ROWS) {
-        if table.len() + row.len() > budget {
-            break;
-        }
-        table.push_str(&row);
-        shown += 1;
-    }
+    let rows: Vec<String> = rows.take(MAX_ROWS).collect();
+    let room = budget
+        .saturating_sub(LEFT_OUT_LINE_BYTES)
+        .saturating_sub(table.len());
+    let shown = fitting(rows.iter().map(String::len), room);
+    table.push_str(&rows[..shown].concat());
     if shown < total {
         table.push_str(&format!(
             "\n… and {} more (`pipelines drift status` lists every unit).\n",

@@ -547,16 +547,10 @@ fn render(
         }));
         // The list itself must fit too: what does not is counted.
         let room = MAX_COMMENT_CHARS.saturating_sub(body.chars().count() + 100);
-        let mut used = 0;
-        let mut shown = 0;
-        for line in &lines {
-            used += line.chars().count() + 1;
-            if used > room {
-                break;
-            }
+        let shown = fitting(lines.iter().map(|line| line.chars().count() + 1), room);
+        for line in &lines[..shown] {
             body.push_str(line);
             body.push('\n');
-            shown += 1;
         }
         if shown < lines.len() {
             let _ = writeln!(body, "- … and {} more", lines.len() - shown);
@@ -631,22 +625,30 @@ fn summary(marker: &str, title: &str, detail: &RunDetail, links: &Links) -> Stri
     out
 }
 
+/// How many of the first items, whose sizes are `sizes`, fit together in `room`.
+pub(crate) fn fitting(sizes: impl IntoIterator<Item = usize>, room: usize) -> usize {
+    let mut used = 0;
+    sizes
+        .into_iter()
+        .take_while(|size| {
+            used += size;
+            used <= room
+        })
+        .count()
+}
+
 /// The whole lines of `text` that fit in `max` characters, then `…` on a line of its own: a
 /// cut in the middle of a line could leave an entity or a `<code>` open.
 fn whole_lines(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
         return text.to_owned();
     }
-    let mut kept = String::new();
-    let mut used = 0;
-    for line in text.split_inclusive('\n') {
-        let chars = line.chars().count();
-        if used + chars + 3 > max {
-            break;
-        }
-        kept.push_str(line);
-        used += chars;
-    }
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let shown = fitting(
+        lines.iter().map(|line| line.chars().count()),
+        max.saturating_sub(3),
+    );
+    let mut kept = lines[..shown].concat();
     if max >= 3 {
         kept.push_str("…\n\n");
     }

@@ -283,8 +283,8 @@ impl Dispatcher {
         self.publish_outbox().await?;
 
         metrics::register(&self.ops.metrics);
-        let config = self.core.config().clone();
-        let consume = |source: Source| source.consume(&self.broker, &self.ops.metrics, &config);
+        let config = self.core.config();
+        let consume = |source: Source| source.consume(&self.broker, &self.ops.metrics, config);
         let mut consumers = [
             consume(Source::JobEvents).await?,
             consume(Source::Claims).await?,
