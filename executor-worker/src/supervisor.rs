@@ -2,8 +2,10 @@
 //! for a worker, as the worker's tool user when it has one, and makes sure nothing of it
 //! outlives the worker.
 //!
-//! The tool runs in a process group of its own (terraform, its providers, `local-exec`
-//! shells). The supervisor watches its parent: when the worker is gone, even by SIGKILL, it
+//! The supervisor leaves the worker's session, so the tool has no controlling terminal (a
+//! worker started from an operator's shell has one, and a tool that could open it could type
+//! into that shell with `TIOCSTI`). The tool runs in a process group of its own (terraform,
+//! its providers, `local-exec` shells). The supervisor watches its parent: when the worker is gone, even by SIGKILL, it
 //! kills the whole group. A first SIGTERM or SIGINT from the worker interrupts the group
 //! (terraform stops gracefully and releases its state lock); a second one, or SIGUSR1, kills
 //! it. When the tool exits by itself, whatever it left running in its group is killed too.
@@ -65,6 +67,17 @@ pub fn supervise(
     if let Err(err) = rustix::thread::set_no_new_privs(true) {
         eprintln_safe(&format!(
             "pipelines supervisor: cannot keep the tool from gaining privileges: {err}"
+        ));
+        return 125;
+    }
+    // A session of its own, with no controlling terminal, for the supervisor and so for the
+    // tool: `/dev/tty` then opens nothing, and no terminal the worker has is the tool's. It
+    // also takes the supervisor out of the worker's process group, so that a terminal's
+    // Ctrl-C or hang-up reaches the worker alone, which stops its tools its own way. A child
+    // of the worker leads no group, so this succeeds unless something is wrong.
+    if let Err(err) = rustix::process::setsid() {
+        eprintln_safe(&format!(
+            "pipelines supervisor: cannot leave the worker's terminal session: {err}"
         ));
         return 125;
     }

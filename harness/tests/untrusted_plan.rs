@@ -209,6 +209,11 @@ R='{report}'
 say() {{ printf '%s\n' "$*" >> "$R"; }}
 say "== ran as uid $(id -u) gid $(id -g) groups $(id -G)"
 say "== limit $(grep 'Max processes' /proc/self/limits)"
+# The session it is in, by its leader's command line, and its controlling terminal (0: none).
+# A tool in the worker's session would share the terminal of the shell that started it.
+sid=$(sed 's/.*) //' /proc/self/stat | cut -d' ' -f4)
+say "== session led by: $(tr '\0' ' ' < /proc/$sid/cmdline 2>&1)"
+say "== controlling terminal: $(sed 's/.*) //' /proc/self/stat | cut -d' ' -f5)"
 # A set-user-ID root program where the tool user can run it: root, unless the tools may not
 # gain privileges.
 say "== $(grep NoNewPrivs /proc/self/status)"
@@ -478,6 +483,17 @@ fn a_pull_request_provider_finds_no_secret_and_leaves_nothing_for_the_next_apply
         )),
         "{said}"
     );
+    // It is in a session its supervisor leads, apart from the worker's, and has no
+    // controlling terminal.
+    let leader = said
+        .lines()
+        .find_map(|line| line.strip_prefix("== session led by: "))
+        .unwrap_or_else(|| panic!("no session reported:\n{said}"));
+    assert!(
+        leader.contains(executor_worker::SUPERVISE_COMMAND),
+        "the tool's session is led by {leader:?}:\n{said}"
+    );
+    assert!(said.contains("== controlling terminal: 0\n"), "{said}");
     // A fork bomb stops at the supervisor's RLIMIT_NPROC (or the worker's own, when lower),
     // not at the host's.
     let limit_of = |limits: &str| -> Vec<String> {
