@@ -41,6 +41,10 @@ const EARLY_PAUSE: Duration = Duration::from_millis(50);
 const END_SUFFIX: &str = "end";
 /// How often logs past `dispatcher.log_retention_days` are looked for.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Logs one attempt of a job may have. A worker streams one log per attempt it runs, so an
+/// honest attempt has one. Each stream number names a file of its own, and an empty one costs
+/// the budget nothing: without a bound, a job's holder could fill the directory with them.
+pub const MAX_LOGS_PER_ATTEMPT: usize = 8;
 /// Jobs whose owners [`Writers`] remembers before it starts afresh: far more than the logs
 /// being written at once (one or two per worker), so a live log is rarely read twice.
 const KNOWN_JOBS: usize = 4096;
@@ -235,6 +239,17 @@ impl LogStore {
             path: path.clone(),
             reason: err.to_string(),
         };
+        if !path.exists() {
+            let logs = logs_of_attempt(&dir, chunk.attempt);
+            if logs >= MAX_LOGS_PER_ATTEMPT {
+                return Err(LogError::Invalid(format!(
+                    "attempt {} of job {} already has {logs} logs, the most it may have \
+                     ({MAX_LOGS_PER_ATTEMPT}); a worker streams one per attempt, and this \
+                     chunk would start another (stream {})",
+                    chunk.attempt, chunk.job_id, chunk.stream
+                )));
+            }
+        }
         std::fs::create_dir_all(&dir).map_err(io)?;
         let mut file = OpenOptions::new()
             .create(true)
@@ -417,6 +432,22 @@ fn read_end(log: &Path) -> Option<(LogEnd, u64)> {
 }
 
 /// A worker's name becomes part of a file name: plain characters only.
+/// How many logs of `attempt` the job directory `dir` holds (none when it does not exist).
+fn logs_of_attempt(dir: &Path, attempt: u32) -> usize {
+    let prefix = format!("{attempt}-");
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .filter(|entry| {
+                entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|name| name.starts_with(&prefix) && name.ends_with(".log"))
+            })
+            .count()
+    })
+}
+
 fn check_worker_name(worker: &str) -> Result<(), LogError> {
     if proto_types::is_worker_name(worker) {
         Ok(())
@@ -677,6 +708,40 @@ mod tests {
             text: text.into(),
             end,
         }
+    }
+
+    #[test]
+    fn an_attempt_has_at_most_a_few_logs_however_many_streams_its_chunks_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::new(dir.path(), 1 << 20);
+        let of_stream = |stream: u64, offset: u64, text: &str| LogChunk {
+            stream,
+            ..chunk(offset, text, false)
+        };
+        for stream in 0..MAX_LOGS_PER_ATTEMPT as u64 {
+            logs.write(&of_stream(stream, 0, "")).unwrap();
+        }
+        let one_more = MAX_LOGS_PER_ATTEMPT as u64;
+        match logs.write(&of_stream(one_more, 0, "")) {
+            Err(LogError::Invalid(reason)) => assert!(
+                reason.contains(&format!(
+                    "attempt 1 of job {} already has {MAX_LOGS_PER_ATTEMPT} logs",
+                    Uuid::from_u128(2)
+                )) && reason.contains(&format!("(stream {one_more})")),
+                "{reason}"
+            ),
+            other => panic!("a log past the bound was not refused: {other:?}"),
+        }
+        let listed = logs.logs(Uuid::from_u128(1), Uuid::from_u128(2));
+        assert_eq!(listed.len(), MAX_LOGS_PER_ATTEMPT, "{listed:?}");
+        // The logs it has still grow, and another attempt has logs of its own.
+        logs.write(&of_stream(0, 0, "still written")).unwrap();
+        let mut next_attempt = of_stream(one_more, 0, "x");
+        next_attempt.attempt = 2;
+        logs.write(&next_attempt).unwrap();
+        let listed = logs.logs(Uuid::from_u128(1), Uuid::from_u128(2));
+        assert_eq!(listed.len(), MAX_LOGS_PER_ATTEMPT + 1, "{listed:?}");
+        assert!(listed.iter().any(|log| log.stream == 0 && log.len == 13));
     }
 
     #[test]
