@@ -1,9 +1,15 @@
 //! Text for people: the detection table, per-unit progress lines and the run summary. Pure.
+//!
+//! Much of it is a pull request's or a worker's word: unit paths and file names (any bytes
+//! git allows but NUL and `/`), reasons that quote them, workers' names and log places. Every
+//! line and table cell goes through [`printable`], so none of it can drive the terminal or CI
+//! log of whoever reads it, start a line of its own, or reorder what they read.
 
 use std::fmt::Write as _;
 
 use std::collections::BTreeMap;
 
+use proto_types::untrusted_text::printable;
 use proto_types::{ApprovalGate, ChangeKind, RunState, RunStatus, UnitState, UnitStatus};
 
 use crate::DetectOutcome;
@@ -40,10 +46,10 @@ pub fn detection_table(outcome: &DetectOutcome) -> String {
         out.push_str(&table(&["KIND", "UNIT", "FILE"], &rows));
     }
     for refusal in &outcome.detection.refusals {
-        let _ = writeln!(out, "refused: {refusal}");
+        let _ = writeln!(out, "refused: {}", printable(refusal));
     }
     for warning in &outcome.detection.warnings {
-        let _ = writeln!(out, "warning: {warning}");
+        let _ = writeln!(out, "warning: {}", printable(warning));
     }
     out
 }
@@ -55,7 +61,7 @@ pub fn detection_table(outcome: &DetectOutcome) -> String {
 /// between snapshots keep the run's order: a snapshot has no dependency edges to sort by.
 pub fn progress(previous: Option<&RunStatus>, current: &RunStatus) -> Vec<String> {
     if let RunState::Rejected(reason) = &current.state {
-        return vec![format!("run rejected: {reason}")];
+        return vec![printable(&format!("run rejected: {reason}"))];
     }
     let done = current.units.iter().filter(|u| u.state.is_final()).count();
     let total = current.units.len();
@@ -88,7 +94,7 @@ pub fn progress(previous: Option<&RunStatus>, current: &RunStatus) -> Vec<String
     changed
         .into_iter()
         .map(|unit| {
-            format!(
+            printable(&format!(
                 "[{done:>width$}/{total}] {:<9} {} {} ({}){}",
                 unit.state.as_str(),
                 unit.action,
@@ -96,7 +102,7 @@ pub fn progress(previous: Option<&RunStatus>, current: &RunStatus) -> Vec<String
                 unit.account,
                 detail(unit),
                 width = total.to_string().len()
-            )
+            ))
         })
         .collect()
 }
@@ -154,14 +160,14 @@ pub fn summary(status: &RunStatus) -> String {
         RunState::Rejected(reason) => format!("rejected: {reason}"),
         RunState::Cancelled(reason) => format!("cancelled: {reason}"),
     };
-    let _ = writeln!(
-        out,
+    let header = format!(
         "Run {} ({} of {} at {}): {verdict}",
         status.run_id,
         status.event,
         status.repository,
         short(&status.head_sha)
     );
+    let _ = writeln!(out, "{}", printable(&header));
     if status.units.is_empty() {
         return out;
     }
@@ -199,19 +205,16 @@ pub fn summary(status: &RunStatus) -> String {
                 .as_deref()
                 .map(|log| format!("; whole log at {log}"))
                 .unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "\n--- {} ({}) output, last lines{whole} ---",
+            let heading = format!(
+                "--- {} ({}) output, last lines{whole} ---",
                 unit.unit, unit.action
             );
+            let _ = writeln!(out, "\n{}", printable(&heading));
             // Each line marked as the job's and printable: what a plan printed can neither
             // pass for this summary's own lines (another unit's heading), nor move the cursor
             // or recolour the terminal of whoever reads it, nor reorder what they read.
             for line in tail.trim_end().lines() {
-                let line: Vec<String> = line
-                    .split('\t')
-                    .map(proto_types::untrusted_text::printable)
-                    .collect();
+                let line: Vec<String> = line.split('\t').map(printable).collect();
                 let _ = writeln!(out, "| {}", line.join("\t"));
             }
         }
@@ -220,8 +223,12 @@ pub fn summary(status: &RunStatus) -> String {
 }
 
 fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+    let rows: Vec<[String; N]> = rows
+        .iter()
+        .map(|row| row.each_ref().map(|cell| printable(cell)))
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
+    for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
@@ -237,7 +244,7 @@ fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
         out.push('\n');
     };
     line(header.to_vec());
-    for row in rows {
+    for row in &rows {
         line(row.iter().map(String::as_str).collect());
     }
     out
@@ -420,6 +427,91 @@ mod tests {
         ));
         assert!(
             text.contains("\n| name\t= \"<U+202E>yortsed<U+202C>\"\n"),
+            "{text}"
+        );
+    }
+
+    /// A unit path, a file name, a worker's name, a log place and a reason can carry what git
+    /// or a worker allows: a newline that would start a line of its own (a fake "succeeded"),
+    /// terminal escapes, bidi controls.
+    #[test]
+    fn names_and_reasons_from_a_pull_request_or_a_worker_cannot_drive_the_terminal() {
+        use crate::detect::{Cause, Detection};
+        let evil = "dev/x\n[1/1] succeeded apply dev/prod (prod)\u{1b}[2K\u{202E}";
+        let shown = "dev/x[1/1] succeeded apply dev/prod (prod)[2K<U+202E>";
+        let mut running = unit(evil, UnitState::Running);
+        running.worker = Some("w1\u{1b}]0;title\u{7}".into());
+        let lines = progress(None, &status(vec![running], RunState::Running));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(
+            lines[0],
+            format!("[0/1] running   apply {shown} (dev) on w1]0;title")
+        );
+
+        let mut failed = unit(evil, UnitState::Failed);
+        failed.output_tail = Some("boom\n".into());
+        failed.log = Some("w1:/var/log/\u{1b}[31mx.log".into());
+        let skipped = unit("dev/y", UnitState::Skipped(format!("{evil} failed")));
+        let text = summary(&status(
+            vec![failed, skipped],
+            RunState::Failed(format!("{evil} failed")),
+        ));
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{202E}'),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("failed: {shown} failed\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("skipped ({shown} failed)")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "\n--- {shown} (apply) output, last lines; whole log at w1:/var/log/[31mx.log ---\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            !text.lines().any(|line| line.starts_with("[1/1]")),
+            "no line of its own: {text}"
+        );
+        let rejected = progress(
+            None,
+            &status(
+                vec![],
+                RunState::Rejected(format!("unit {evil} matches no account")),
+            ),
+        );
+        assert_eq!(
+            rejected,
+            [format!("run rejected: unit {shown} matches no account")]
+        );
+
+        let outcome = DetectOutcome {
+            base_sha: "a".into(),
+            head_sha: "b".into(),
+            event: EventKind::PullRequest,
+            detection: Detection {
+                causes: vec![Cause {
+                    kind: ChangeKind::UnitChanged,
+                    unit: Some(evil.into()),
+                    file: format!("{evil}/main.tf"),
+                }],
+                warnings: vec![format!("{evil}/main.tf:3: syntax error")],
+                ..Detection::default()
+            },
+        };
+        let text = detection_table(&outcome);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{202E}'),
+            "{text}"
+        );
+        assert!(text.contains(&format!("{shown}/main.tf")), "{text}");
+        assert!(
+            text.contains(&format!("warning: {shown}/main.tf:3: syntax error\n")),
             "{text}"
         );
     }
