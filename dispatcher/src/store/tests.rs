@@ -623,6 +623,50 @@ fn one_dispatcher_leads_at_a_time_and_a_deposed_leaders_writes_are_fenced_off() 
     assert!(engine.open().known_run(late.id).unwrap().is_some());
 }
 
+/// A leader that stalls inside a write transaction (SIGSTOP, a paused container, a network
+/// that went silent) holds the leader row `FOR SHARE`, on which a takeover waits: the server
+/// ends such a session, so the standby takes over once the lease ran out.
+#[test]
+fn a_leader_stalled_inside_a_transaction_does_not_keep_the_standby_from_taking_over() {
+    let engine = Engine::postgres();
+    let first = engine.open();
+    let term = first
+        .try_lead("first", 200)
+        .unwrap()
+        .expect("the lead is free");
+    let stalled = engine.open().fenced_by(term);
+    // What the fencing check of a write transaction does first, and then nothing more: the
+    // process stopped there.
+    stalled
+        .db
+        .batch(
+            "stall",
+            "BEGIN; SELECT holder, term FROM dispatcher_leader WHERE id = 1 FOR SHARE",
+        )
+        .unwrap();
+    let location = engine.location();
+    let (taken, took) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let second = Store::connect(&location).unwrap();
+        let term = loop {
+            match second.try_lead("second", 60_000) {
+                Ok(None) => std::thread::yield_now(),
+                taken => break taken,
+            }
+        };
+        let _ = taken.send(term);
+    });
+    let deadline = super::postgres::IDLE_IN_TRANSACTION * 4;
+    let new_term = took
+        .recv_timeout(deadline)
+        .unwrap_or_else(|_| panic!("the standby could not take over within {deadline:?}"))
+        .unwrap()
+        .unwrap();
+    assert!(new_term > term, "{new_term}");
+    // The stalled session is gone: its transaction was rolled back with it.
+    assert!(stalled.db.batch("wake up", "COMMIT").is_err());
+}
+
 #[test]
 fn leadership_needs_a_shared_database() {
     let engine = Engine::sqlite();
