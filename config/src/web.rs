@@ -28,7 +28,9 @@ pub struct WebSettings {
     /// Users who may cancel runs from the page.
     #[serde(default)]
     pub operators: Vec<String>,
-    /// Users who may approve or reject gated applies and destroys from the page.
+    /// Users who may approve or reject gated applies and destroys from the page. They open
+    /// approval gates; they do not override policy denies (`override = "approvers"` names
+    /// `[approvals] users` alone).
     #[serde(default)]
     pub approvers: Vec<String>,
     /// Hours a sign-in through the form lasts.

@@ -762,6 +762,9 @@ impl Core {
             order.verdict,
             &by,
             &reason,
+            // `override = "approvers"` names `[approvals] users`: a web approver opens
+            // approval gates, and overrides no policy.
+            matches!(approver, Approver::Broker(_)),
             now,
         ) {
             Ok((jobs, effects)) => Decision::new(

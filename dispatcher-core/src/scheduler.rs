@@ -940,8 +940,11 @@ impl Scheduler {
 
     /// An approver's verdict on a run's jobs awaiting approval: every one of them, or the one
     /// of `unit`. Approved jobs wait for their dependencies as any job; rejected ones are
-    /// cancelled with the reason, and so are the jobs that need them. `Err` says why nothing
-    /// matched.
+    /// cancelled with the reason, and so are the jobs that need them. A job waiting because a
+    /// policy denied its plan is approved (its denies overridden) only when `overrides`: the
+    /// approver is one of `[approvals] users`, whom `override = "approvers"` names; others
+    /// leave it waiting. `Err` says why nothing matched.
+    #[allow(clippy::too_many_arguments)] // Each is one fact of the order; a struct would only rename them.
     pub fn decide_approval(
         &mut self,
         run_id: Uuid,
@@ -949,6 +952,7 @@ impl Scheduler {
         verdict: ApprovalVerdict,
         by: &str,
         reason: &str,
+        overrides: bool,
         now: u64,
     ) -> Result<(usize, Effects), String> {
         let mut effects = Effects::default();
@@ -975,6 +979,23 @@ impl Scheduler {
                 ),
                 (None, _) => format!("run {run_id} has no job awaiting approval"),
             });
+        }
+        let awaiting: Vec<usize> = match verdict {
+            ApprovalVerdict::Approve if !overrides => awaiting
+                .into_iter()
+                .filter(|&i| !run.jobs[i].awaits_policy_override())
+                .collect(),
+            _ => awaiting,
+        };
+        if awaiting.is_empty() {
+            return Err(format!(
+                "{} of run {run_id} waits because a policy denied its plan: only the approvers \
+                 of approvals.users may override a policy, with `pipelines approve`",
+                match unit {
+                    Some(unit) => format!("unit {unit:?}"),
+                    None => "every job awaiting approval".to_owned(),
+                }
+            ));
         }
         for &idx in &awaiting {
             let job_ref = (seq, idx);

@@ -429,6 +429,7 @@ impl World {
                     verdict,
                     APPROVER,
                     "checked",
+                    true,
                     self.sim.now,
                 ) else {
                     return false;

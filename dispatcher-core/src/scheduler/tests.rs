@@ -860,7 +860,15 @@ impl Sim {
         verdict: ApprovalVerdict,
     ) -> Result<Effects, String> {
         self.scheduler
-            .decide_approval(run_id, unit, verdict, APPROVER, "looks right", self.now)
+            .decide_approval(
+                run_id,
+                unit,
+                verdict,
+                APPROVER,
+                "looks right",
+                true,
+                self.now,
+            )
             .map(|(_, effects)| effects)
     }
 }
@@ -944,6 +952,7 @@ fn a_rejection_cancels_the_gated_job_and_its_dependents_with_the_reason() {
             ApprovalVerdict::Reject,
             APPROVER,
             "not during the freeze",
+            true,
             sim.now,
         )
         .unwrap();
@@ -1094,6 +1103,61 @@ fn an_overridable_deny_waits_for_an_approver_and_runs_again_with_the_override() 
     assert_eq!(
         next[0].policy_override, None,
         "an override is the job's alone"
+    );
+}
+
+/// `override = "approvers"` names `[approvals] users`. An approver who is not one (a web
+/// approver) opens the approval gates of the run, and leaves a job that a policy denied
+/// waiting: approving the whole run overrides nothing it was not meant to.
+#[test]
+fn an_approver_who_may_not_override_opens_gates_and_leaves_a_denied_job_waiting() {
+    let mut sim = Sim::new();
+    let run = gated_push(&["app", "db"], &[], &["app"]);
+    let first = sim.accept(&run).publish;
+    assert_eq!(units(&first), ["db"]);
+    report(&mut sim, &first[0], &crate::testing::denied(true));
+    assert_eq!(sim.state(run.0.id, "db"), UnitState::AwaitingApproval);
+    assert_eq!(sim.state(run.0.id, "app"), UnitState::AwaitingApproval);
+
+    let by_web = |sim: &mut Sim, unit: Option<&str>| {
+        sim.scheduler.decide_approval(
+            run.0.id,
+            unit,
+            ApprovalVerdict::Approve,
+            "web:lead@example.com",
+            "ship it",
+            false,
+            sim.now,
+        )
+    };
+    let refused = by_web(&mut sim, Some("db")).unwrap_err();
+    assert_eq!(
+        refused,
+        format!(
+            "unit \"db\" of run {} waits because a policy denied its plan: only the approvers \
+             of approvals.users may override a policy, with `pipelines approve`",
+            run.0.id
+        )
+    );
+    assert_eq!(sim.state(run.0.id, "db"), UnitState::AwaitingApproval);
+    let (approved, effects) = by_web(&mut sim, None).unwrap();
+    assert_eq!(approved, 1, "the gate of app only");
+    assert_eq!(units(&effects.publish), ["app"]);
+    assert!(effects.publish[0].policy_override.is_none());
+    assert_eq!(sim.state(run.0.id, "db"), UnitState::AwaitingApproval);
+    assert!(
+        by_web(&mut sim, None)
+            .unwrap_err()
+            .contains("policy denied")
+    );
+
+    // An approver of approvals.users overrides it.
+    let overridden = sim
+        .approve(run.0.id, Some("db"), ApprovalVerdict::Approve)
+        .unwrap();
+    assert_eq!(
+        overridden.publish[0].policy_override.as_deref(),
+        Some("alice: looks right")
     );
 }
 

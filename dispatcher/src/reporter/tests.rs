@@ -851,6 +851,7 @@ async fn a_push_waiting_for_an_approval_says_so_on_the_merged_pull_request_then_
             proto_types::ApprovalVerdict::Approve,
             "alice",
             "CHG-1",
+            true,
             world.now,
         )
         .unwrap()
