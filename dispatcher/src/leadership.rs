@@ -8,9 +8,16 @@
 //! ([`Store::fenced_by`]), and its writes are refused once a newer term exists. A deposed
 //! leader exits: nothing it holds in memory may outlive its term, and its supervisor starts
 //! it again as a standby.
+//!
+//! A write is fenced; an answer is not. A deposed leader that wakes with claims in its
+//! buffer would answer them from what it last knew ("unknown job": the worker drops the
+//! delivery) before its next write or renewal found it out. So it also keeps its own clock of
+//! the lease ([`LeaseClock`]), from when it last asked for it, and answers nothing once that
+//! clock ran out.
 
 use std::io::Write as _;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use telemetry::Ops;
 use tokio::sync::watch;
@@ -27,9 +34,51 @@ pub const TERM_METRIC: &str = "pipelines_dispatcher_leader_term";
 pub struct Leadership {
     pub holder: String,
     pub term: i64,
+    clock: LeaseClock,
     location: StoreLocation,
     lost: watch::Receiver<Option<String>>,
     renewer: tokio::task::JoinHandle<()>,
+}
+
+/// When the lease of a term ends by this process's monotonic clock: a twentieth of the lease
+/// before the time it asked for its last renewal (or for the lead) plus the lease. The
+/// database starts the lease when the request reaches it, later than it was asked for, so
+/// while this clock has not run out no standby can have taken over.
+#[derive(Debug, Clone)]
+pub struct LeaseClock {
+    term: i64,
+    ends: Arc<Mutex<Instant>>,
+}
+
+impl LeaseClock {
+    /// The lease of `term`, asked for at `asked`, lasting `lease`.
+    pub fn new(term: i64, asked: Instant, lease: Duration) -> LeaseClock {
+        LeaseClock {
+            term,
+            ends: Arc::new(Mutex::new(Self::end(asked, lease))),
+        }
+    }
+
+    fn end(asked: Instant, lease: Duration) -> Instant {
+        asked + lease - lease / 20
+    }
+
+    /// A renewal asked for at `asked` succeeded.
+    fn renewed(&self, asked: Instant, lease: Duration) {
+        let mut ends = self.ends.lock().unwrap_or_else(|e| e.into_inner());
+        *ends = (*ends).max(Self::end(asked, lease));
+    }
+
+    /// Whether the lease may still be this process's; [`StoreError::LeaseLapsed`] once its
+    /// clock ran out, whatever the database says later.
+    pub fn check(&self) -> Result<(), StoreError> {
+        let ends = *self.ends.lock().unwrap_or_else(|e| e.into_inner());
+        if Instant::now() < ends {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseLapsed { term: self.term })
+        }
+    }
 }
 
 /// A name for this process among the dispatchers: host, pid and a random part, so that a
@@ -69,6 +118,7 @@ pub async fn lead(
     let mut store: Option<Store> = None;
     let mut last_seen: Option<String> = None;
     loop {
+        let asked = Instant::now();
         let tried = off_runtime(|| -> Result<_, StoreError> {
             let connected = match store.take() {
                 Some(store) => store,
@@ -92,16 +142,18 @@ pub async fn lead(
                 ops.metrics.set(LEADER_METRIC, &[], 1.0);
                 ops.metrics.set(TERM_METRIC, &[], term as f64);
                 let (tell, lost) = watch::channel(None);
+                let clock = LeaseClock::new(term, asked, lease);
                 let renewer = tokio::spawn(renew(
                     location.clone(),
                     holder.to_owned(),
-                    term,
+                    clock.clone(),
                     lease,
                     tell,
                 ));
                 return Ok(Some(Leadership {
                     holder: holder.to_owned(),
                     term,
+                    clock,
                     location: location.clone(),
                     lost,
                     renewer,
@@ -143,10 +195,11 @@ pub async fn lead(
 async fn renew(
     location: StoreLocation,
     holder: String,
-    term: i64,
+    clock: LeaseClock,
     lease: Duration,
     lost: watch::Sender<Option<String>>,
 ) {
+    let term = clock.term;
     let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
     // The connection lives in a blocking thread's hands while a renewal runs; a renewal that
     // does not answer within a third of the lease (a hung server, a partition that sends no
@@ -155,6 +208,7 @@ async fn renew(
     let mut renewed = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(lease / 3).await;
+        let asked = Instant::now();
         let (held, location, holder) = (store.clone(), location.clone(), holder.clone());
         let renewal = tokio::task::spawn_blocking(move || -> Result<bool, StoreError> {
             let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
@@ -172,7 +226,10 @@ async fn renew(
             Err(_) => Err(format!("no answer within {:?}", lease / 3)),
         };
         match attempt {
-            Ok(true) => renewed = tokio::time::Instant::now(),
+            Ok(true) => {
+                renewed = tokio::time::Instant::now();
+                clock.renewed(asked, lease);
+            }
             Ok(false) => {
                 let _ = lost.send(Some(format!(
                     "another dispatcher took the lead from term {term}"
@@ -193,6 +250,11 @@ async fn renew(
 }
 
 impl Leadership {
+    /// The lease's end by this process's clock, for the dispatcher to check before it answers.
+    pub fn clock(&self) -> LeaseClock {
+        self.clock.clone()
+    }
+
     /// Exits the process as soon as the lead is lost, from a task of its own: the dispatcher's
     /// loop may be blocked in a statement that never returns (the database hung), and a
     /// deposed leader must not hold its deliveries until then. Exit code 3.

@@ -29,6 +29,7 @@ use dispatcher_core::scheduler::{Effects, Run};
 use crate::change_intake::ChangeIntake;
 use crate::clock::now_ms;
 use crate::identity::Verifier;
+use crate::leadership::LeaseClock;
 use crate::logs::LogStore;
 use crate::metrics;
 use crate::reporter::Reporter;
@@ -199,6 +200,9 @@ pub struct Dispatcher {
     /// [`ACKS_HELD_FOR_MS`]), and since when the oldest is held.
     held_acks: HeldAcks,
     acks_held_since_ms: Option<u64>,
+    /// The lead's end by this process's clock, when dispatchers share a database: past it,
+    /// no batch is answered, acked or committed ([`crate::leadership::LeaseClock`]).
+    lease: Option<LeaseClock>,
 }
 
 impl Dispatcher {
@@ -224,7 +228,16 @@ impl Dispatcher {
             logs: None,
             web: None,
             outbox_pending: true,
+            lease: None,
         })
+    }
+
+    /// Answers nothing once `lease` ran out: a leader paused past it (SIGSTOP, a stalled
+    /// VM) may have been replaced, and what it would answer from memory (an "unknown" job the
+    /// new leader published, a stale attempt) would make workers drop jobs. It steps down.
+    pub fn with_lease(mut self, lease: LeaseClock) -> Dispatcher {
+        self.lease = Some(lease);
+        self
     }
 
     /// Tells `reporter` about every change of every run.
@@ -499,6 +512,11 @@ impl Dispatcher {
             settle.push((source, delivery, decision.verdict));
         }
         effects.merge(self.core.decide_tick(now));
+        // Before anything of the batch leaves: its commit (a write is fenced, but a batch of
+        // refusals writes nothing), its answers and its acks.
+        if let Some(lease) = &self.lease {
+            lease.check()?;
+        }
         self.commit(&effects, &outputs, now)?;
         // Answers and stop orders go straight to workers' private queues (a worker that is
         // gone needs neither, so they are not kept in the outbox), without publisher

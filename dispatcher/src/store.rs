@@ -313,6 +313,13 @@ pub enum StoreError {
         term: i64,
         ours: i64,
     },
+    /// This dispatcher's lease ran out by its own clock before a renewal came back: a standby
+    /// may lead now, so it answers nothing more and steps down.
+    #[error(
+        "the lease of term {term} ran out by this dispatcher's clock before it was renewed: \
+         another dispatcher may lead now, so this one answers nothing more and steps down"
+    )]
+    LeaseLapsed { term: i64 },
     /// A copy goes only into a database without runs.
     #[error("the target database already holds {runs} runs: copy into an empty one")]
     NotEmpty { runs: i64 },

@@ -2,8 +2,8 @@
 //! the other stands by (its `/readyz` and metrics say so); the leader is `kill -9`ed, or
 //! stopped past its lease and resumed, in the middle of a three-layer run. The standby takes
 //! over, the run completes with every unit applied once, in order, never overlapping, and a
-//! resumed leader steps down instead of writing; one whose database stops answering steps
-//! down within its lease. A PostgreSQL server restarted mid-run is waited out. And `pipelines store migrate` moves a SQLite run database into PostgreSQL.
+//! resumed leader steps down instead of writing or answering; one whose database stops
+//! answering steps down within its lease. A PostgreSQL server restarted mid-run is waited out. And `pipelines store migrate` moves a SQLite run database into PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: fail loudly.
 
 use std::process::Command;
@@ -200,7 +200,8 @@ fn a_leader_stopped_past_its_lease_is_fenced_off_when_it_resumes_and_steps_down(
     let took = pair.wait_for_the_takeover(Instant::now());
     eprintln!("the standby led {took:?} after the leader stopped (lease {LEADER_LEASE_SECONDS} s)");
     // Resumed, the old leader finds a newer term: on its next write (fenced off), or on its
-    // next renewal, whichever comes first. Either way it exits rather than go on.
+    // next renewal, or its own clock of the lease says it ran out before its next answer,
+    // whichever comes first. Either way it exits rather than go on.
     signal(&frozen, "CONT");
     let status = frozen.wait_exit(DEADLINE);
     assert!(!status.success(), "a deposed leader exits with an error");
@@ -209,7 +210,9 @@ fn a_leader_stopped_past_its_lease_is_fenced_off_when_it_resumes_and_steps_down(
     eprintln!("the resumed leader: {stepped_down:?}");
     assert!(stepped_down.is_some(), "{log}");
     assert!(
-        log.contains("is fenced off") || log.contains("another dispatcher took the lead"),
+        log.contains("is fenced off")
+            || log.contains("another dispatcher took the lead")
+            || log.contains("ran out by this dispatcher's clock"),
         "{log}"
     );
     pair.assert_the_run_completed();
@@ -368,4 +371,79 @@ fn a_leader_whose_database_stops_answering_steps_down_within_its_lease() {
         log.contains("ran out before it could be renewed") && log.contains("steps down"),
         "{log}"
     );
+}
+
+/// A leader paused past its lease may wake with workers' claims in its buffer, for jobs a new
+/// leader published since. From what it last knew it would answer "unknown job", and the
+/// worker would drop the delivery. Before anything of a batch leaves, it reads its own clock
+/// of the lease: run out, it answers nothing, acks nothing and steps down, and the claim stays
+/// with the broker for the leader.
+#[test]
+fn a_dispatcher_whose_lease_ran_out_by_its_clock_answers_no_claim_and_steps_down() {
+    use broker::topology::Topology;
+    use broker::{Broker, Headers, Outgoing, Route};
+    use dispatcher::leadership::LeaseClock;
+    use proto_types::{JobEvent, JobEventKind, Payload};
+
+    let vhost = harness::rabbit::vhost();
+    let sandbox = Sandbox::new();
+    let config =
+        config::Config::load(&sandbox.write_config(&vhost.url, &[("dev", "dev/**")], "")).unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let worker = Broker::connect(&vhost.url, "w1").await.unwrap();
+        let topology = Topology::new(config.account_names());
+        worker.ensure_topology(&topology).await.unwrap();
+        worker.declare_transient_queues(&topology).await.unwrap();
+        let mut replies = worker.reply_queue().await.unwrap();
+        // A job the deposed leader never heard of.
+        let claim = JobEvent {
+            job_id: uuid::Uuid::new_v4(),
+            run_id: uuid::Uuid::new_v4(),
+            attempt: 1,
+            worker: "w1".into(),
+            kind: JobEventKind::Started { redelivered: false },
+        };
+        let body = claim.encode();
+        let headers = Headers::new();
+        let message = Outgoing {
+            reply_to: Some(replies.queue()),
+            ..Outgoing::new(&body, "claim", &headers)
+        };
+        worker.publish(Route::Claims, message).await.unwrap();
+
+        // Its lease, of term 7 and 10 s, was last renewed a minute ago.
+        let lease = Duration::from_secs(10);
+        let lapsed = LeaseClock::new(7, Instant::now() - Duration::from_secs(60), lease);
+        let store = dispatcher::store::Store::in_memory().unwrap();
+        let broker = Broker::connect(&vhost.url, "deposed").await.unwrap();
+        let deposed = dispatcher::Dispatcher::new(broker, config.clone(), store)
+            .unwrap()
+            .with_lease(lapsed);
+        let ended = tokio::time::timeout(DEADLINE, deposed.run(std::future::pending()))
+            .await
+            .expect("the deposed dispatcher went on answering");
+        let err = ended.expect_err("it stepped down");
+        assert!(
+            err.to_string().contains(
+                "the lease of term 7 ran out by this dispatcher's clock before it was renewed"
+            ),
+            "{err}"
+        );
+        // The claim was taken (it is why the dispatcher looked at its clock) and not settled:
+        // it is still the broker's, ready or delivered.
+        let held: u64 = harness::rabbit::queue_messages(&vhost)
+            .iter()
+            .filter(|(queue, _)| queue.starts_with("pipelines."))
+            .map(|(_, messages)| messages)
+            .sum();
+        assert_eq!(held, 1, "{:?}", harness::rabbit::queue_messages(&vhost));
+        // Nothing waits on the reply queue (a timeout of zero looks once).
+        assert!(
+            tokio::time::timeout(Duration::ZERO, replies.next())
+                .await
+                .is_err(),
+            "it answered the claim"
+        );
+        worker.close().await;
+    });
 }

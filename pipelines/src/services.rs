@@ -54,6 +54,7 @@ pub(crate) async fn dispatch(args: DispatchArgs) -> anyhow::Result<Outcome> {
         }
     }
     let term = leadership.as_ref().map(|lead| lead.term);
+    let lease = leadership.as_ref().map(|lead| lead.clock());
     // The reporter outlives reconnections: its pending updates survive a broker outage.
     let reporter = match &config.github {
         Some(github) => {
@@ -105,7 +106,7 @@ pub(crate) async fn dispatch(args: DispatchArgs) -> anyhow::Result<Outcome> {
             let (config, ops, shutdown) = (config.clone(), ops.clone(), shutdown.clone());
             let (state_dir, location, reporter) =
                 (state_dir.clone(), location.clone(), reporter.clone());
-            let (logs, web) = (logs.clone(), web.clone());
+            let (logs, web, lease) = (logs.clone(), web.clone(), lease.clone());
             async move {
                 let connected = dispatcher::store::off_runtime(|| Store::connect(&location))?;
                 let store = match term {
@@ -119,6 +120,9 @@ pub(crate) async fn dispatch(args: DispatchArgs) -> anyhow::Result<Outcome> {
                     .with_drift_schedules(state_dir, location);
                 if let Some(reporter) = reporter {
                     dispatcher = dispatcher.with_reporter(reporter);
+                }
+                if let Some(lease) = lease {
+                    dispatcher = dispatcher.with_lease(lease);
                 }
                 dispatcher
                     .run(shutdown.wait())
