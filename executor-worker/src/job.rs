@@ -4,8 +4,10 @@
 //! The delivery is acked only after the outcome is confirmed by the broker. A job stopped by
 //! a drain is given back (a `Released` event, then a requeue), so it is never lost.
 
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use broker::{Broker, BrokerError, Consumer, Delivery, Headers, Outgoing, Route};
@@ -29,6 +31,39 @@ const MAX_CLAIM_RETRY_DELAY: Duration = Duration::from_secs(15);
 /// worker stops heartbeating it.
 const STOP_MARGIN: Duration = Duration::from_secs(30);
 
+/// Attempts a worker remembers having reported.
+const REPORTED_REMEMBERED: usize = 1024;
+
+/// The job attempts this worker reported an outcome for, the latest
+/// [`REPORTED_REMEMBERED`]. A second copy of a job exists when a dispatcher stopped between
+/// publishing it and forgetting it in its outbox, and published it again. Should that copy
+/// reach the worker that ran the first, its claim may reach the dispatcher before the first
+/// copy's outcome does; the dispatcher then sees the holder asking again (its answer lost) and
+/// grants it: the job would run twice, the second time after its unit was released to later
+/// runs. The worker knows better: it drops the copy unrun.
+#[derive(Debug, Default)]
+pub(crate) struct Reported {
+    order: VecDeque<(uuid::Uuid, u32)>,
+    attempts: HashSet<(uuid::Uuid, u32)>,
+}
+
+impl Reported {
+    fn insert(&mut self, attempt: (uuid::Uuid, u32)) {
+        if self.attempts.insert(attempt) {
+            self.order.push_back(attempt);
+        }
+        while self.order.len() > REPORTED_REMEMBERED {
+            if let Some(oldest) = self.order.pop_front() {
+                self.attempts.remove(&oldest);
+            }
+        }
+    }
+
+    fn contains(&self, attempt: (uuid::Uuid, u32)) -> bool {
+        self.attempts.contains(&attempt)
+    }
+}
+
 /// What a worker has to hand while it handles a delivery.
 pub(crate) struct Worker<'a> {
     pub(crate) broker: &'a Broker,
@@ -37,6 +72,8 @@ pub(crate) struct Worker<'a> {
     pub(crate) metrics: &'a telemetry::Metrics,
     /// The worker's log directory and what its logs may take.
     pub(crate) run_logs: &'a run_logs::SharedRunLogs,
+    /// What it reported, so that it never runs an attempt twice.
+    pub(crate) reported: &'a Mutex<Reported>,
 }
 
 /// A message on the worker's private queue.
@@ -65,6 +102,20 @@ fn read_reply(delivery: &broker::Delivery) -> Reply {
 }
 
 impl Worker<'_> {
+    fn has_reported(&self, job: &Job) -> bool {
+        self.reported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains((job.job_id, job.attempt))
+    }
+
+    fn remember_reported(&self, job: &Job) {
+        self.reported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((job.job_id, job.attempt));
+    }
+
     /// Handles one delivery; whether a shutdown began meanwhile (the caller then stops taking
     /// jobs). `shutdown` must not have resolved yet.
     pub(crate) async fn handle<S: Future<Output = ()>>(
@@ -119,6 +170,15 @@ impl Worker<'_> {
         // A job this worker must not run is still claimed, so that the dispatcher learns why
         // it failed (the job then fails with that reason, and nothing runs); one the dispatcher
         // does not know came from elsewhere, and is dead-lettered with the reason.
+        if self.has_reported(&job) {
+            tracing::info!(
+                reason = "this worker ran this attempt and reported it already: a second copy",
+                "Not running the job."
+            );
+            delivery.ack().await?;
+            self.metrics.inc(metrics::NOT_RUN, &[]);
+            return Ok(false);
+        }
         let refusal = checks::check_job(&job, self.settings.identity()).err();
         let claimed = tokio::select! {
             claimed = self.claim(&job, replies, delivery.redelivered) => claimed?,
@@ -288,6 +348,7 @@ impl Worker<'_> {
             None,
         )
         .await?;
+        self.remember_reported(&job);
         delivery.ack().await?;
         if finished.tool_user_alive > 0 {
             return Err(ExecuteError::ToolUserAlive(finished.tool_user_alive));
@@ -325,6 +386,7 @@ impl Worker<'_> {
             None,
         )
         .await?;
+        self.remember_reported(job);
         delivery.ack().await?;
         self.metrics.inc(metrics::GIVEN_UP, &[]);
         Ok(false)
@@ -520,5 +582,27 @@ fn route_of(kind: &JobEventKind) -> Route<'static> {
     match kind {
         JobEventKind::Started { .. } | JobEventKind::Heartbeat => Route::Claims,
         JobEventKind::Finished(_) | JobEventKind::Released { .. } => Route::JobEvents,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_remembers_the_latest_attempts_it_reported_and_only_those() {
+        let mut reported = Reported::default();
+        let job = uuid::Uuid::from_u128(1);
+        reported.insert((job, 1));
+        reported.insert((job, 1));
+        assert!(reported.contains((job, 1)));
+        assert!(!reported.contains((job, 2)), "a retry is a new attempt");
+        for n in 0..REPORTED_REMEMBERED as u128 {
+            reported.insert((uuid::Uuid::from_u128(100 + n), 1));
+        }
+        assert!(!reported.contains((job, 1)), "the oldest is forgotten");
+        assert!(reported.contains((uuid::Uuid::from_u128(100), 1)));
+        assert_eq!(reported.attempts.len(), REPORTED_REMEMBERED);
+        assert_eq!(reported.order.len(), REPORTED_REMEMBERED);
     }
 }

@@ -385,6 +385,7 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut draining = false;
     let mut next_prune = std::time::Instant::now();
+    let reported = std::sync::Mutex::new(job::Reported::default());
     while !draining {
         prune_logs_if_due(&settings, &run_logs, &mut next_prune).await;
         let delivery = tokio::select! {
@@ -401,6 +402,7 @@ pub async fn run(
             workspace: &workspace,
             metrics: &ops.metrics,
             run_logs: &run_logs,
+            reported: &reported,
         };
         draining = worker.handle(delivery, &mut replies, &mut shutdown).await?;
     }

@@ -22,7 +22,7 @@ pub(crate) fn register(metrics: &Metrics) {
         DURATION_BUCKETS,
     );
     metrics.gauge(RUNNING, "Jobs running on this worker (0 or 1).");
-    metrics.counter(NOT_RUN, "Deliveries this worker dropped because the dispatcher said no (finished, cancelled or duplicate jobs).");
+    metrics.counter(NOT_RUN, "Deliveries this worker dropped unrun: the dispatcher said no (finished, cancelled or duplicate jobs), or the worker had run and reported that attempt already.");
     metrics.counter(
         GIVEN_BACK,
         "Jobs this worker gave back to the queue unfinished (shutdown).",
