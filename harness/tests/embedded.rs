@@ -81,3 +81,39 @@ fn without_a_config_one_default_account_owns_every_unit() {
         Some(expected_output("prod/monitoring", &BTreeMap::new()))
     );
 }
+
+/// The plans `pipelines run` starts run on this machine, where the page would take the proxy
+/// header from any local process as a signed-in user's word: refused before anything runs.
+#[test]
+fn embedded_web_refuses_a_proxy_header() {
+    let fixture = Fixture::new();
+    let config = fixture.config_with(
+        config::DEFAULT_BROKER_URL,
+        "\n[web]\nproxy_header = \"X-Forwarded-Email\"\n",
+    );
+    let extra = [
+        "--repo-name",
+        "infra",
+        "--config",
+        config.to_str().unwrap(),
+        "--web",
+        "127.0.0.1:0",
+    ];
+    let refused = process::run(
+        fixture.pipelines_on_range("run", &fixture.c0, &fixture.c1, "push", &extra),
+        Duration::from_secs(300),
+    );
+    assert_eq!(refused.code(), Some(2), "{}", refused.transcript());
+    assert!(
+        refused.stderr.contains(
+            "config key `web.proxy_header`: `pipelines run --web` runs plans on this machine"
+        ),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        fixture.output_of("dev/network"),
+        None,
+        "nothing was applied"
+    );
+}

@@ -197,6 +197,15 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         }
     };
     // In one process over the in-memory broker there are no broker users: messages carry no
+    // The plans run on this machine, and a plan's code can send any header from 127.0.0.1,
+    // where the page would take `proxy_header` as a signed-in user's word.
+    if args.web.is_some() && config.web.proxy_header.is_some() {
+        bail!(
+            "config key `web.proxy_header`: `pipelines run --web` runs plans on this machine, \
+             whose code could send that header from here and approve or cancel as anyone; sign \
+             in with `web.tokens` instead, or drop --web"
+        );
+    }
     // `user_id`, so a deployment's sender checks would refuse every event.
     config.dispatcher.orchestrator_users.clear();
     config.dispatcher.deploy_orchestrator_users.clear();

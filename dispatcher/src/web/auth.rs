@@ -76,17 +76,24 @@ impl Auth {
                 method: Method::Bearer,
             });
         }
-        if let Some(header) = &self.settings.proxy_header
-            && let Some(user) = headers
-                .get(header.as_str())
+        if let Some(header) = &self.settings.proxy_header {
+            let mut values = headers.get_all(header.as_str()).iter();
+            let (first, second) = (values.next(), values.next());
+            // A proxy that adds its header beside one the client sent, instead of replacing
+            // it, passes on both: whichever came first could be the client's. Nobody, then.
+            if second.is_some() {
+                return None;
+            }
+            if let Some(user) = first
                 .and_then(|value| value.to_str().ok())
                 .map(str::trim)
                 .filter(|user| !user.is_empty())
-        {
-            return Some(Identity {
-                user: user.to_owned(),
-                method: Method::Proxy,
-            });
+            {
+                return Some(Identity {
+                    user: user.to_owned(),
+                    method: Method::Proxy,
+                });
+            }
         }
         let cookie = cookie(headers, SESSION_COOKIE)?;
         self.verify_session(&cookie, now_s).map(|user| Identity {
@@ -254,6 +261,40 @@ mod tests {
             auth.identify(&wrong, 0),
             None,
             "a wrong token is not a fallback to the proxy"
+        );
+    }
+
+    #[test]
+    fn the_proxy_header_signs_in_its_user_unless_the_request_carries_it_twice() {
+        let auth = auth();
+        assert_eq!(
+            auth.identify(&headers(&[("x-forwarded-email", "bob")]), 0),
+            Some(Identity {
+                user: "bob".into(),
+                method: Method::Proxy
+            })
+        );
+        let twice = headers(&[
+            ("x-forwarded-email", "alice"),
+            ("x-forwarded-email", "mallory"),
+        ]);
+        assert_eq!(
+            auth.identify(&twice, 0),
+            None,
+            "either could be the client's"
+        );
+        let with_session = headers(&[
+            ("x-forwarded-email", "alice"),
+            ("x-forwarded-email", "alice"),
+            (
+                "cookie",
+                &format!("{SESSION_COOKIE}={}", auth.session("alice", 100)),
+            ),
+        ]);
+        assert_eq!(
+            auth.identify(&with_session, 0),
+            None,
+            "not a fallback to the session either"
         );
     }
 
