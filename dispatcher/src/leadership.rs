@@ -12,8 +12,8 @@
 //! A write is fenced; an answer is not. A deposed leader that wakes with claims in its
 //! buffer would answer them from what it last knew ("unknown job": the worker drops the
 //! delivery) before its next write or renewal found it out. So it also keeps its own clock of
-//! the lease ([`LeaseClock`]), from when it last asked for it, and answers nothing once that
-//! clock ran out.
+//! the lease ([`LeaseClock`]), from when it last asked for it; once that clock ran out, it
+//! renews the lease itself before it answers, and steps down if another took it.
 
 use std::io::Write as _;
 use std::sync::{Arc, Mutex};
@@ -46,15 +46,19 @@ pub struct Leadership {
 /// while this clock has not run out no standby can have taken over.
 #[derive(Debug, Clone)]
 pub struct LeaseClock {
-    term: i64,
+    pub term: i64,
+    pub holder: String,
+    pub lease: Duration,
     ends: Arc<Mutex<Instant>>,
 }
 
 impl LeaseClock {
-    /// The lease of `term`, asked for at `asked`, lasting `lease`.
-    pub fn new(term: i64, asked: Instant, lease: Duration) -> LeaseClock {
+    /// `holder`'s lease of `term`, asked for at `asked`, lasting `lease`.
+    pub fn new(term: i64, holder: &str, asked: Instant, lease: Duration) -> LeaseClock {
         LeaseClock {
             term,
+            holder: holder.to_owned(),
+            lease,
             ends: Arc::new(Mutex::new(Self::end(asked, lease))),
         }
     }
@@ -64,20 +68,20 @@ impl LeaseClock {
     }
 
     /// A renewal asked for at `asked` succeeded.
-    fn renewed(&self, asked: Instant, lease: Duration) {
+    pub fn renewed(&self, asked: Instant) {
         let mut ends = self.ends.lock().unwrap_or_else(|e| e.into_inner());
-        *ends = (*ends).max(Self::end(asked, lease));
+        *ends = (*ends).max(Self::end(asked, self.lease));
     }
 
-    /// Whether the lease may still be this process's; [`StoreError::LeaseLapsed`] once its
-    /// clock ran out, whatever the database says later.
-    pub fn check(&self) -> Result<(), StoreError> {
-        let ends = *self.ends.lock().unwrap_or_else(|e| e.into_inner());
-        if Instant::now() < ends {
-            Ok(())
-        } else {
-            Err(StoreError::LeaseLapsed { term: self.term })
-        }
+    /// Whether no standby can have taken over yet, by this process's clock. When not, only
+    /// the database can say (renewing the lease, [`Store::renew_lead`]).
+    pub fn running(&self) -> bool {
+        Instant::now() < *self.ends.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The lease in milliseconds, as the database takes it.
+    pub fn lease_ms(&self) -> u64 {
+        u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX)
     }
 }
 
@@ -142,7 +146,7 @@ pub async fn lead(
                 ops.metrics.set(LEADER_METRIC, &[], 1.0);
                 ops.metrics.set(TERM_METRIC, &[], term as f64);
                 let (tell, lost) = watch::channel(None);
-                let clock = LeaseClock::new(term, asked, lease);
+                let clock = LeaseClock::new(term, holder, asked, lease);
                 let renewer = tokio::spawn(renew(
                     location.clone(),
                     holder.to_owned(),
@@ -206,9 +210,12 @@ async fn renew(
     // reset) is abandoned with its connection, so the lease's end is noticed on time.
     let store: std::sync::Arc<std::sync::Mutex<Option<Store>>> = Default::default();
     let mut renewed = tokio::time::Instant::now();
+    let mut asked = Instant::now();
     loop {
-        tokio::time::sleep(lease / 3).await;
-        let asked = Instant::now();
+        // A third of the lease after the last renewal was asked for (not after it came back):
+        // a slow or abandoned one does not push the next one past the lease's end.
+        tokio::time::sleep_until((asked + lease / 3).into()).await;
+        asked = Instant::now();
         let (held, location, holder) = (store.clone(), location.clone(), holder.clone());
         let renewal = tokio::task::spawn_blocking(move || -> Result<bool, StoreError> {
             let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
@@ -228,7 +235,7 @@ async fn renew(
         match attempt {
             Ok(true) => {
                 renewed = tokio::time::Instant::now();
-                clock.renewed(asked, lease);
+                clock.renewed(asked);
             }
             Ok(false) => {
                 let _ = lost.send(Some(format!(

@@ -41,10 +41,12 @@ const EARLY_PAUSE: Duration = Duration::from_millis(50);
 const END_SUFFIX: &str = "end";
 /// How often logs past `dispatcher.log_retention_days` are looked for.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-/// Logs one attempt of a job may have. A worker streams one log per attempt it runs, so an
-/// honest attempt has one. Each stream number names a file of its own, and an empty one costs
-/// the budget nothing: without a bound, a job's holder could fill the directory with them.
-pub const MAX_LOGS_PER_ATTEMPT: usize = 8;
+/// Logs one attempt of a job may have. A worker streams one log each time it runs the
+/// attempt: once, or again each time the job's message comes back to a worker (its worker
+/// died), at most the queue's delivery limit ([`DELIVERY_LIMIT`], 10) times. Each stream
+/// number names a file of its own, and an empty one costs the budget nothing: without a
+/// bound, a job's holder could fill the directory with them.
+pub const MAX_LOGS_PER_ATTEMPT: usize = 32;
 /// Jobs whose owners [`Writers`] remembers before it starts afresh: far more than the logs
 /// being written at once (one or two per worker), so a live log is rarely read twice.
 const KNOWN_JOBS: usize = 4096;
@@ -431,7 +433,6 @@ fn read_end(log: &Path) -> Option<(LogEnd, u64)> {
     Some((LogEnd::parse(state)?, length.trim().parse().ok()?))
 }
 
-/// A worker's name becomes part of a file name: plain characters only.
 /// How many logs of `attempt` the job directory `dir` holds (none when it does not exist).
 fn logs_of_attempt(dir: &Path, attempt: u32) -> usize {
     let prefix = format!("{attempt}-");
@@ -448,6 +449,7 @@ fn logs_of_attempt(dir: &Path, attempt: u32) -> usize {
     })
 }
 
+/// A worker's name becomes part of a file name: plain characters only.
 fn check_worker_name(worker: &str) -> Result<(), LogError> {
     if proto_types::is_worker_name(worker) {
         Ok(())

@@ -201,7 +201,8 @@ pub struct Dispatcher {
     held_acks: HeldAcks,
     acks_held_since_ms: Option<u64>,
     /// The lead's end by this process's clock, when dispatchers share a database: past it,
-    /// no batch is answered, acked or committed ([`crate::leadership::LeaseClock`]).
+    /// no batch is answered, acked or committed before the lease is renewed
+    /// ([`Dispatcher::confirm_lead`]).
     lease: Option<LeaseClock>,
 }
 
@@ -232,9 +233,10 @@ impl Dispatcher {
         })
     }
 
-    /// Answers nothing once `lease` ran out: a leader paused past it (SIGSTOP, a stalled
-    /// VM) may have been replaced, and what it would answer from memory (an "unknown" job the
-    /// new leader published, a stale attempt) would make workers drop jobs. It steps down.
+    /// Answers nothing once `lease` ran out unless it renews it first: a leader paused past
+    /// it (SIGSTOP, a stalled VM) may have been replaced, and what it would answer from memory
+    /// (an "unknown" job the new leader published, a stale attempt) would make workers drop
+    /// jobs. Replaced, it steps down.
     pub fn with_lease(mut self, lease: LeaseClock) -> Dispatcher {
         self.lease = Some(lease);
         self
@@ -514,9 +516,7 @@ impl Dispatcher {
         effects.merge(self.core.decide_tick(now));
         // Before anything of the batch leaves: its commit (a write is fenced, but a batch of
         // refusals writes nothing), its answers and its acks.
-        if let Some(lease) = &self.lease {
-            lease.check()?;
-        }
+        self.confirm_lead()?;
         self.commit(&effects, &outputs, now)?;
         // Answers and stop orders go straight to workers' private queues (a worker that is
         // gone needs neither, so they are not kept in the outbox), without publisher
@@ -766,6 +766,30 @@ impl Dispatcher {
         Ok(decision)
     }
 
+    /// Whether this dispatcher may still answer, when dispatchers share a database: by its
+    /// own clock of the lease, or, when that ran out (a pause, slow renewals), by renewing the
+    /// lease itself, which fails when another dispatcher took it meanwhile.
+    fn confirm_lead(&self) -> Result<(), StoreError> {
+        let Some(lease) = &self.lease else {
+            return Ok(());
+        };
+        if lease.running() {
+            return Ok(());
+        }
+        let asked = std::time::Instant::now();
+        let store = &self.store;
+        let still = off_runtime(|| store.renew_lead(&lease.holder, lease.term, lease.lease_ms()))?;
+        if !still {
+            return Err(StoreError::LeaseLapsed { term: lease.term });
+        }
+        tracing::info!(
+            term = lease.term,
+            "The lease had run out by this dispatcher's clock; renewed it before answering."
+        );
+        lease.renewed(asked);
+        Ok(())
+    }
+
     /// The store's answer for a run the core no longer holds (final, or never seen).
     fn known_run(&self, run_id: Uuid) -> Result<Option<KnownRun>, DispatchError> {
         if self.core.is_active_run(run_id) {
@@ -868,6 +892,11 @@ impl Dispatcher {
         while self.outbox_pending {
             let store = &self.store;
             let messages = off_runtime(|| store.outbox(OUTBOX_CHUNK))?;
+            if messages.is_empty() {
+                // Nothing to forget either: no write transaction for it.
+                self.outbox_pending = false;
+                break;
+            }
             // Each message continues its run's trace.
             let headers: Vec<Headers> = messages
                 .iter()

@@ -313,11 +313,11 @@ pub enum StoreError {
         term: i64,
         ours: i64,
     },
-    /// This dispatcher's lease ran out by its own clock before a renewal came back: a standby
-    /// may lead now, so it answers nothing more and steps down.
+    /// This dispatcher's lease ran out by its own clock, and renewing it found another
+    /// dispatcher leading: it answers nothing more and steps down.
     #[error(
-        "the lease of term {term} ran out by this dispatcher's clock before it was renewed: \
-         another dispatcher may lead now, so this one answers nothing more and steps down"
+        "the lease of term {term} ran out by this dispatcher's clock, and another dispatcher \
+         took the lead meanwhile: this one answers nothing more and steps down"
     )]
     LeaseLapsed { term: i64 },
     /// A copy goes only into a database without runs.
@@ -335,6 +335,16 @@ impl StoreError {
         matches!(self, StoreError::Unavailable { .. })
     }
 }
+
+/// How long PostgreSQL keeps a leader's session that opened a transaction and then went
+/// silent. A leader's write transaction sends its statements back to back, so only a process
+/// that stalled (SIGSTOP, a paused container) or lost the network mid-transaction is this
+/// quiet. That transaction holds the leader row `FOR SHARE`, on which a standby's takeover
+/// waits: without this bound it would wait as long as the stall, or for TCP's keepalive
+/// (hours). Ended, the session's transaction is rolled back and its locks released; the
+/// stalled process finds its connection gone. Only the leader's fenced connection has it:
+/// `pipelines store migrate` keeps its target's transaction open while it reads each table.
+pub const IDLE_IN_TRANSACTION: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Who leads the dispatchers sharing a PostgreSQL database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -709,10 +719,21 @@ impl Store {
     }
 
     /// Makes every later write of this connection conditional on `term` still being the
-    /// leader's: a deposed leader's writes are refused ([`StoreError::Fenced`]).
-    pub fn fenced_by(mut self, term: i64) -> Store {
+    /// leader's: a deposed leader's writes are refused ([`StoreError::Fenced`]). The server
+    /// also ends the connection's session when a transaction of it stays quiet for
+    /// [`IDLE_IN_TRANSACTION`] (see there).
+    pub fn fenced_by(mut self, term: i64) -> Result<Store, StoreError> {
+        if self.db.is_postgres() {
+            self.db.batch(
+                "bound idle transactions",
+                &format!(
+                    "SET idle_in_transaction_session_timeout = {}",
+                    IDLE_IN_TRANSACTION.as_millis()
+                ),
+            )?;
+        }
         self.fence = Some(term);
-        self
+        Ok(self)
     }
 
     /// One write transaction, after the fencing check. The check reads the leader row `FOR

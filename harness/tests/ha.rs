@@ -376,61 +376,108 @@ fn a_leader_whose_database_stops_answering_steps_down_within_its_lease() {
 /// A leader paused past its lease may wake with workers' claims in its buffer, for jobs a new
 /// leader published since. From what it last knew it would answer "unknown job", and the
 /// worker would drop the delivery. Before anything of a batch leaves, it reads its own clock
-/// of the lease: run out, it answers nothing, acks nothing and steps down, and the claim stays
-/// with the broker for the leader.
+/// of the lease. Run out, it renews the lease first: while the lead is still its own it goes
+/// on answering; taken by another, it answers nothing, acks nothing and steps down, and the
+/// claim stays with the broker for the leader.
 #[test]
-fn a_dispatcher_whose_lease_ran_out_by_its_clock_answers_no_claim_and_steps_down() {
+fn a_dispatcher_whose_lease_ran_out_by_its_clock_answers_only_once_it_renewed_it() {
     use broker::topology::Topology;
     use broker::{Broker, Headers, Outgoing, Route};
     use dispatcher::leadership::LeaseClock;
-    use proto_types::{JobEvent, JobEventKind, Payload};
+    use dispatcher::store::Store;
+    use proto_types::{ClaimReply, JobEvent, JobEventKind, Payload};
 
     let vhost = harness::rabbit::vhost();
     let sandbox = Sandbox::new();
+    let database = ScratchDatabase::create().unwrap();
+    let location = database.location().clone();
     let config =
-        config::Config::load(&sandbox.write_config(&vhost.url, &[("dev", "dev/**")], "")).unwrap();
+        // No pruning at start: that is a write, which the fence would refuse first.
+        config::Config::load(&sandbox.write_config(
+            &vhost.url,
+            &[("dev", "dev/**")],
+            "retention_days = 0\n",
+        ))
+        .unwrap();
+    let term = Store::connect(&location)
+        .unwrap()
+        .try_lead("first", 60_000)
+        .unwrap()
+        .expect("the lead is free");
+    // A clock of a lease of no length: it ran out as it was read.
+    let lapsed = || LeaseClock::new(term, "first", Instant::now(), Duration::ZERO);
+    let dispatcher_with = |broker: Broker| {
+        let store = Store::connect(&location).unwrap().fenced_by(term).unwrap();
+        dispatcher::Dispatcher::new(broker, config.clone(), store)
+            .unwrap()
+            .with_lease(lapsed())
+    };
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let worker = Broker::connect(&vhost.url, "w1").await.unwrap();
         let topology = Topology::new(config.account_names());
         worker.ensure_topology(&topology).await.unwrap();
         worker.declare_transient_queues(&topology).await.unwrap();
         let mut replies = worker.reply_queue().await.unwrap();
-        // A job the deposed leader never heard of.
-        let claim = JobEvent {
-            job_id: uuid::Uuid::new_v4(),
+        let claim = |job| JobEvent {
+            job_id: job,
             run_id: uuid::Uuid::new_v4(),
             attempt: 1,
             worker: "w1".into(),
             kind: JobEventKind::Started { redelivered: false },
         };
-        let body = claim.encode();
-        let headers = Headers::new();
-        let message = Outgoing {
-            reply_to: Some(replies.queue()),
-            ..Outgoing::new(&body, "claim", &headers)
+        let reply_queue = replies.queue().to_owned();
+        let send = |claim: JobEvent| {
+            let (worker, queue) = (&worker, reply_queue.clone());
+            async move {
+                let body = claim.encode();
+                let headers = Headers::new();
+                let message = Outgoing {
+                    reply_to: Some(&queue),
+                    ..Outgoing::new(&body, "claim", &headers)
+                };
+                worker.publish(Route::Claims, message).await.unwrap();
+            }
         };
-        worker.publish(Route::Claims, message).await.unwrap();
 
-        // Its lease, of term 7 and 10 s, was last renewed a minute ago.
-        let lease = Duration::from_secs(10);
-        let lapsed = LeaseClock::new(7, Instant::now() - Duration::from_secs(60), lease);
-        let store = dispatcher::store::Store::in_memory().unwrap();
-        let broker = Broker::connect(&vhost.url, "deposed").await.unwrap();
-        let deposed = dispatcher::Dispatcher::new(broker, config.clone(), store)
-            .unwrap()
-            .with_lease(lapsed);
-        let ended = tokio::time::timeout(DEADLINE, deposed.run(std::future::pending()))
+        // Still the leader in the database: it renews the lease and answers.
+        send(claim(uuid::Uuid::new_v4())).await;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let leader = Broker::connect(&vhost.url, "leader").await.unwrap();
+        let running = tokio::spawn(dispatcher_with(leader).run(async {
+            let _ = stopped.await;
+        }));
+        let answer = tokio::time::timeout(DEADLINE, replies.next())
             .await
-            .expect("the deposed dispatcher went on answering");
+            .expect("the leader answered")
+            .unwrap()
+            .unwrap();
+        let reply = ClaimReply::decode(&answer.body).unwrap();
+        assert!(format!("{reply:?}").contains("unknown"), "{reply:?}");
+        let _ = stop.send(());
+        running.await.unwrap().unwrap();
+
+        // Another dispatcher took the lead: it answers nothing and steps down.
+        let database_side = Store::connect(&location).unwrap();
+        database_side.resign("first", term).unwrap();
+        let taken = database_side.try_lead("second", 60_000).unwrap().unwrap();
+        assert!(taken > term);
+        send(claim(uuid::Uuid::new_v4())).await;
+        let deposed = Broker::connect(&vhost.url, "deposed").await.unwrap();
+        let ended = tokio::time::timeout(
+            DEADLINE,
+            dispatcher_with(deposed).run(std::future::pending()),
+        )
+        .await
+        .expect("the deposed dispatcher went on answering");
         let err = ended.expect_err("it stepped down");
         assert!(
-            err.to_string().contains(
-                "the lease of term 7 ran out by this dispatcher's clock before it was renewed"
-            ),
+            err.to_string().contains(&format!(
+                "the lease of term {term} ran out by this dispatcher's clock, and another \
+                 dispatcher took the lead meanwhile"
+            )),
             "{err}"
         );
-        // The claim was taken (it is why the dispatcher looked at its clock) and not settled:
-        // it is still the broker's, ready or delivered.
+        // The claim was not settled: it is still the broker's, ready or delivered.
         let held: u64 = harness::rabbit::queue_messages(&vhost)
             .iter()
             .filter(|(queue, _)| queue.starts_with("pipelines."))

@@ -13,6 +13,7 @@ use dispatcher::web::WebLink;
 use executor_worker::WorkerSettings;
 use orchestrator::submit::{follow, submit};
 use orchestrator::{DetectOutcome, DetectRequest, render};
+use proto_types::untrusted_text::printable;
 use proto_types::{EventKind, ExecutorRole, RunState, RunStatus, Trigger, run_status_json};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -56,7 +57,7 @@ async fn orchestrate_in(args: OrchestrateArgs, span: tracing::Span) -> anyhow::R
             return Ok(Outcome::Success);
         }
         for warning in &detected.detection.warnings {
-            errln!("warning: {warning}");
+            errln!("warning: {}", printable(warning));
         }
         if let Some(outcome) = refuse_if_needed(&detected) {
             return Ok(outcome);
@@ -151,7 +152,7 @@ fn drift_event(
                     check.units.len()
                 );
                 for unit in &check.units {
-                    outln!("  {unit}");
+                    outln!("  {}", printable(unit));
                 }
             }
         }
@@ -177,7 +178,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     }
     let detected = detect(&range, &args.change.repo)?;
     for warning in &detected.detection.warnings {
-        errln!("warning: {warning}");
+        errln!("warning: {}", printable(warning));
     }
     if let Some(outcome) = refuse_if_needed(&detected) {
         return Ok(outcome);
@@ -196,7 +197,6 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             Config::embedded(&repository, &url.to_string_lossy(), deploy_branch)
         }
     };
-    // In one process over the in-memory broker there are no broker users: messages carry no
     // The plans run on this machine, and a plan's code can send any header from 127.0.0.1,
     // where the page would take `proxy_header` as a signed-in user's word.
     if args.web.is_some() && config.web.proxy_header.is_some() {
@@ -206,6 +206,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
              in with `web.tokens` instead, or drop --web"
         );
     }
+    // In one process over the in-memory broker there are no broker users: messages carry no
     // `user_id`, so a deployment's sender checks would refuse every event.
     config.dispatcher.orchestrator_users.clear();
     config.dispatcher.deploy_orchestrator_users.clear();
@@ -854,7 +855,7 @@ fn refuse_if_needed(detected: &DetectOutcome) -> Option<Outcome> {
         return None;
     }
     for refusal in &detected.detection.refusals {
-        errln!("refused: {refusal}");
+        errln!("refused: {}", printable(refusal));
     }
     errln!("Nothing was submitted: the change deletes units that others still depend on.");
     Some(Outcome::JobFailed)

@@ -110,7 +110,7 @@ pub(crate) async fn dispatch(args: DispatchArgs) -> anyhow::Result<Outcome> {
             async move {
                 let connected = dispatcher::store::off_runtime(|| Store::connect(&location))?;
                 let store = match term {
-                    Some(term) => connected.fenced_by(term),
+                    Some(term) => dispatcher::store::off_runtime(|| connected.fenced_by(term))?,
                     None => connected,
                 };
                 let mut dispatcher = Dispatcher::new(broker, config, store)?

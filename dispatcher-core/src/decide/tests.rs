@@ -555,6 +555,77 @@ fn gated_core() -> Core {
     Core::restore(config, Vec::new(), 1, 0)
 }
 
+/// `override = "approvers"` names `[approvals] users`: a web approver's approval of a job
+/// that a policy denied is refused, saying why, and a broker approver's overrides it.
+#[test]
+fn only_a_broker_approver_overrides_a_policy_and_a_web_approver_is_told_so() {
+    let config = Config::from_toml(
+        r#"
+        broker_url = "amqp://pipelines-dispatcher@rabbit:5672/%2f"
+        [[repositories]]
+        name = "infra"
+        url = "https://git.example/infra.git"
+        [[accounts]]
+        name = "prod"
+        paths = ["**"]
+        [approvals]
+        users = ["alice"]
+        [web]
+        proxy_header = "X-Forwarded-Email"
+        approvers = ["lead@example.com"]
+        "#,
+    )
+    .expect("a valid config");
+    let mut core = Core::restore(config, Vec::new(), 1, 0);
+    let event = push_of(&["prod/app"]);
+    let job = core
+        .decide_change(&event, None, &Identity::Absent, None, 0)
+        .effects
+        .publish[0]
+        .clone();
+    let started = job_event(
+        job.run_id,
+        job.job_id,
+        JobEventKind::Started { redelivered: false },
+    );
+    core.decide_job_event(&started, Some("amq.gen-w1"), None, None, 1);
+    let denied = job_event(
+        job.run_id,
+        job.job_id,
+        JobEventKind::Finished(crate::testing::denied(true)),
+    );
+    core.decide_job_event(&denied, None, None, None, 2);
+
+    let by_web = core.decide_approval(
+        &approval(event.id, ApprovalVerdict::Approve),
+        Approver::Web("lead@example.com"),
+        None,
+        3,
+    );
+    assert!(
+        matches!(&by_web.outcome, Some(Outcome::ApprovalMatchedNothing { reason }) if reason.contains("only the approvers of approvals.users may override a policy")),
+        "{:?}",
+        by_web.outcome
+    );
+    assert!(by_web.effects.publish.is_empty());
+
+    let by_alice = core.decide_approval(
+        &approval(event.id, ApprovalVerdict::Approve),
+        Approver::Broker(Some("alice")),
+        None,
+        4,
+    );
+    assert_eq!(by_alice.effects.publish.len(), 1, "{:?}", by_alice.outcome);
+    assert!(
+        by_alice.effects.publish[0]
+            .policy_override
+            .as_deref()
+            .is_some_and(|by| by.starts_with("alice")),
+        "{:?}",
+        by_alice.effects.publish[0]
+    );
+}
+
 #[test]
 fn web_approvals_count_only_for_web_approvers_and_no_broker_user_speaks_for_the_page() {
     let config = Config::from_toml(

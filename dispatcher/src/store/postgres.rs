@@ -19,14 +19,6 @@ use super::sql::{Kind, Row, Value, postgres_placeholders};
 
 /// How long connecting may take before the store gives up (unless the URL says otherwise).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the server keeps a session that opened a transaction and then went silent. A
-/// dispatcher sends a transaction's statements back to back, so only a process that stalled
-/// (SIGSTOP, a paused container) or lost the network mid-transaction is this quiet. Its write
-/// transaction holds the leader row `FOR SHARE`, and a standby's takeover waits on that lock:
-/// without this bound it would wait as long as the stall, or for TCP's keepalive (hours).
-/// Ended, the session's transaction is rolled back and its locks released; the stalled
-/// process finds its connection gone and starts again from what was committed.
-pub(crate) const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(5);
 
 pub(crate) struct PgConnection {
     client: Client,
@@ -88,19 +80,11 @@ impl PgConnection {
             .recv()
             .map_err(|_| open_failed("the connection thread ended".into()))?
             .map_err(open_failed)?;
-        let connection = PgConnection {
+        Ok(PgConnection {
             client,
             statements: RefCell::new(HashMap::new()),
             shown_url,
-        };
-        connection.batch(
-            "bound idle transactions",
-            &format!(
-                "SET idle_in_transaction_session_timeout = {}",
-                IDLE_IN_TRANSACTION.as_millis()
-            ),
-        )?;
-        Ok(connection)
+        })
     }
 
     /// The URL without its password, for messages.

@@ -590,7 +590,7 @@ fn one_dispatcher_leads_at_a_time_and_a_deposed_leaders_writes_are_fenced_off() 
     assert!(first.renew_lead("first", term, 60_000).unwrap());
 
     // The leader writes under its term.
-    let mut leading = engine.open().fenced_by(term);
+    let mut leading = engine.open().fenced_by(term).unwrap();
     let mut scheduler = Scheduler::new(settings());
     let (run, plan) = event(push(), &[("app", Action::Apply)], &[]);
     let effects = scheduler.accept(&run, &plan, 1_000);
@@ -618,7 +618,7 @@ fn one_dispatcher_leads_at_a_time_and_a_deposed_leaders_writes_are_fenced_off() 
     assert_eq!(engine.open().known_run(late.id).unwrap(), None);
     assert!(leading.delete_outbox(&[1]).is_err());
     // The new leader writes under its own term.
-    let mut new_leader = engine.open().fenced_by(taken);
+    let mut new_leader = engine.open().fenced_by(taken).unwrap();
     commit(&mut new_leader, &scheduler, &effects, 2_000);
     assert!(engine.open().known_run(late.id).unwrap().is_some());
 }
@@ -634,7 +634,7 @@ fn a_leader_stalled_inside_a_transaction_does_not_keep_the_standby_from_taking_o
         .try_lead("first", 200)
         .unwrap()
         .expect("the lead is free");
-    let stalled = engine.open().fenced_by(term);
+    let stalled = engine.open().fenced_by(term).unwrap();
     // What the fencing check of a write transaction does first, and then nothing more: the
     // process stopped there.
     stalled
@@ -656,7 +656,7 @@ fn a_leader_stalled_inside_a_transaction_does_not_keep_the_standby_from_taking_o
         };
         let _ = taken.send(term);
     });
-    let deadline = super::postgres::IDLE_IN_TRANSACTION * 4;
+    let deadline = IDLE_IN_TRANSACTION * 4;
     let new_term = took
         .recv_timeout(deadline)
         .unwrap_or_else(|_| panic!("the standby could not take over within {deadline:?}"))
@@ -665,6 +665,19 @@ fn a_leader_stalled_inside_a_transaction_does_not_keep_the_standby_from_taking_o
     assert!(new_term > term, "{new_term}");
     // The stalled session is gone: its transaction was rolled back with it.
     assert!(stalled.db.batch("wake up", "COMMIT").is_err());
+    // Only the leader's fenced connection is bounded so: a store copy keeps its target's
+    // transaction open while it reads each table of the source.
+    let setting = |store: &Store| {
+        store
+            .db
+            .query_row("show", "SHOW idle_in_transaction_session_timeout", &[])
+            .unwrap()
+            .unwrap()
+            .get::<String>(0)
+            .unwrap()
+    };
+    assert_eq!(setting(&engine.open()), "0");
+    assert_eq!(setting(&engine.open().fenced_by(new_term).unwrap()), "5s");
 }
 
 #[test]
