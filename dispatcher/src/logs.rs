@@ -246,8 +246,8 @@ impl LogStore {
             if logs >= MAX_LOGS_PER_ATTEMPT {
                 return Err(LogError::Invalid(format!(
                     "attempt {} of job {} already has {logs} logs, the most it may have \
-                     ({MAX_LOGS_PER_ATTEMPT}); a worker streams one per attempt, and this \
-                     chunk would start another (stream {})",
+                     ({MAX_LOGS_PER_ATTEMPT}); a worker streams one each time it runs the attempt, \
+                     and this chunk would start another (stream {})",
                     chunk.attempt, chunk.job_id, chunk.stream
                 )));
             }

@@ -167,9 +167,7 @@ impl Worker<'_> {
         replies: &mut Consumer,
         shutdown: &mut Pin<&mut S>,
     ) -> Result<bool, ExecuteError> {
-        // A job this worker must not run is still claimed, so that the dispatcher learns why
-        // it failed (the job then fails with that reason, and nothing runs); one the dispatcher
-        // does not know came from elsewhere, and is dead-lettered with the reason.
+        // A second copy of an attempt this worker reported: not claimed (see `Reported`).
         if self.has_reported(&job) {
             tracing::info!(
                 reason = "this worker ran this attempt and reported it already: a second copy",
@@ -179,6 +177,9 @@ impl Worker<'_> {
             self.metrics.inc(metrics::NOT_RUN, &[]);
             return Ok(false);
         }
+        // A job this worker must not run is still claimed, so that the dispatcher learns why
+        // it failed (the job then fails with that reason, and nothing runs); one the dispatcher
+        // does not know came from elsewhere, and is dead-lettered with the reason.
         let refusal = checks::check_job(&job, self.settings.identity()).err();
         let claimed = tokio::select! {
             claimed = self.claim(&job, replies, delivery.redelivered) => claimed?,
