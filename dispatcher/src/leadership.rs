@@ -32,8 +32,6 @@ pub const TERM_METRIC: &str = "pipelines_dispatcher_leader_term";
 /// This dispatcher's lead, renewed in the background until it is dropped or resigned.
 #[derive(Debug)]
 pub struct Leadership {
-    pub holder: String,
-    pub term: i64,
     clock: LeaseClock,
     location: StoreLocation,
     lost: watch::Receiver<Option<String>>,
@@ -147,16 +145,8 @@ pub async fn lead(
                 ops.metrics.set(TERM_METRIC, &[], term as f64);
                 let (tell, lost) = watch::channel(None);
                 let clock = LeaseClock::new(term, holder, asked, lease);
-                let renewer = tokio::spawn(renew(
-                    location.clone(),
-                    holder.to_owned(),
-                    clock.clone(),
-                    lease,
-                    tell,
-                ));
+                let renewer = tokio::spawn(renew(location.clone(), clock.clone(), tell));
                 return Ok(Some(Leadership {
-                    holder: holder.to_owned(),
-                    term,
                     clock,
                     location: location.clone(),
                     lost,
@@ -193,18 +183,11 @@ pub async fn lead(
     }
 }
 
-/// Renews the lead every third of `lease`, on a connection of its own. Says why it was lost:
-/// another dispatcher took over, or the lease ran out before it could be renewed (the
+/// Renews the lead every third of the lease, on a connection of its own. Says why it was
+/// lost: another dispatcher took over, or the lease ran out before it could be renewed (the
 /// database was unreachable for that long, so a standby may have taken over).
-async fn renew(
-    location: StoreLocation,
-    holder: String,
-    clock: LeaseClock,
-    lease: Duration,
-    lost: watch::Sender<Option<String>>,
-) {
-    let term = clock.term;
-    let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+async fn renew(location: StoreLocation, clock: LeaseClock, lost: watch::Sender<Option<String>>) {
+    let (term, lease, lease_ms) = (clock.term, clock.lease, clock.lease_ms());
     // The connection lives in a blocking thread's hands while a renewal runs; a renewal that
     // does not answer within a third of the lease (a hung server, a partition that sends no
     // reset) is abandoned with its connection, so the lease's end is noticed on time.
@@ -216,7 +199,7 @@ async fn renew(
         // a slow or abandoned one does not push the next one past the lease's end.
         tokio::time::sleep_until((asked + lease / 3).into()).await;
         asked = Instant::now();
-        let (held, location, holder) = (store.clone(), location.clone(), holder.clone());
+        let (held, location, holder) = (store.clone(), location.clone(), clock.holder.clone());
         let renewal = tokio::task::spawn_blocking(move || -> Result<bool, StoreError> {
             let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
             let connected = match held.take() {
@@ -257,6 +240,11 @@ async fn renew(
 }
 
 impl Leadership {
+    /// The term this dispatcher leads in.
+    pub fn term(&self) -> i64 {
+        self.clock.term
+    }
+
     /// The lease's end by this process's clock, for the dispatcher to check before it answers.
     pub fn clock(&self) -> LeaseClock {
         self.clock.clone()
@@ -289,7 +277,11 @@ impl Leadership {
     /// Gives the lead up (a clean shutdown), so that a standby takes over at once rather than
     /// when the lease runs out.
     pub async fn resign(self) {
-        let (location, holder, term) = (self.location.clone(), self.holder.clone(), self.term);
+        let (location, holder, term) = (
+            self.location.clone(),
+            self.clock.holder.clone(),
+            self.clock.term,
+        );
         // Stops the renewal first: a renewal after the resignation would take the lead back.
         drop(self);
         let resigned = tokio::task::spawn_blocking(move || {

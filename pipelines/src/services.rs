@@ -53,7 +53,7 @@ pub(crate) async fn dispatch(args: DispatchArgs) -> anyhow::Result<Outcome> {
             None => return Ok(Outcome::Success),
         }
     }
-    let term = leadership.as_ref().map(|lead| lead.term);
+    let term = leadership.as_ref().map(leadership::Leadership::term);
     let lease = leadership.as_ref().map(|lead| lead.clock());
     // The reporter outlives reconnections: its pending updates survive a broker outage.
     let reporter = match &config.github {
