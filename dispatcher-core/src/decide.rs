@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::identity::{self, Identity};
 use crate::pacing::StatusPacer;
 use crate::policy;
-use crate::scheduler::{Effects, JobAt, Run, RunJob, Scheduler, Settings};
+use crate::scheduler::{ApprovalScope, Effects, JobAt, Run, RunJob, Scheduler, Settings, ShownJob};
 
 /// How much of each finished job's output the database keeps for reports (the end of it).
 pub const KEPT_OUTPUT_BYTES: usize = 64 * 1024;
@@ -289,8 +289,13 @@ pub enum Approver<'a> {
     /// A message on the control queue: its broker-validated `user_id`.
     Broker(Option<&'a str>),
     /// A user signed in to this dispatcher's web page, handed over in process (never through
-    /// the broker, so no broker user can speak for the page).
-    Web(&'a str),
+    /// the broker, so no broker user can speak for the page), with the jobs they chose among
+    /// those the page showed waiting: the verdict is for those alone, whatever the order's
+    /// unit says.
+    Web {
+        user: &'a str,
+        chosen: &'a [ShownJob],
+    },
 }
 
 /// The dispatcher's state: the policy it judges by, the scheduler and the status pacing.
@@ -698,7 +703,7 @@ impl Core {
             Approver::Broker(user_id) => user_id
                 .filter(|user| self.config.approvals.is_approver(user))
                 .map(str::to_owned),
-            Approver::Web(user) => self
+            Approver::Web { user, .. } => self
                 .config
                 .web
                 .may_approve(user)
@@ -714,7 +719,7 @@ impl Core {
                         self.config.approvals.users.join(", ")
                     },
                 ),
-                Approver::Web(user) => (
+                Approver::Web { user, .. } => (
                     format!("web user {user:?}"),
                     if self.config.web.approvers.is_empty() {
                         "nobody on the web page (web.approvers is empty)".to_owned()
@@ -730,7 +735,7 @@ impl Core {
             );
             let user = match approver {
                 Approver::Broker(user_id) => user_id.unwrap_or("(no user_id)").to_owned(),
-                Approver::Web(user) => format!("{WEB_REQUESTER_PREFIX}{user}"),
+                Approver::Web { user, .. } => format!("{WEB_REQUESTER_PREFIX}{user}"),
             };
             return Decision::new(
                 Verdict::DeadLetter(reason),
@@ -756,9 +761,13 @@ impl Core {
             "" => "no reason given".to_owned(),
             reason => reason.chars().take(MAX_APPROVAL_REASON_CHARS).collect(),
         };
+        let scope = match approver {
+            Approver::Web { chosen, .. } => ApprovalScope::Jobs(chosen),
+            Approver::Broker(_) => ApprovalScope::from(order.unit.as_deref()),
+        };
         match self.scheduler.decide_approval(
             order.run_id,
-            order.unit.as_deref(),
+            scope,
             order.verdict,
             &by,
             &reason,

@@ -185,10 +185,11 @@ pub fn runs_page(
 /// `/runs/<id>`: the run, whose live part updates while it goes on.
 pub fn run_page(detail: &RunDetail, viewer: &Viewer, links: &ForgeLinks, now: u64) -> String {
     let run = &detail.run;
-    let awaiting = detail
+    let awaiting: Vec<&JobSummary> = detail
         .jobs
         .iter()
-        .any(|job| job.state == JobPhase::AwaitingApproval);
+        .filter(|job| job.state == JobPhase::AwaitingApproval)
+        .collect();
     let body = html! {
         h1 { "Run " code { (short_id(run.run_id)) } }
         p.meta {
@@ -204,12 +205,22 @@ pub fn run_page(detail: &RunDetail, viewer: &Viewer, links: &ForgeLinks, now: u6
                         button #cancel type="submit" class="danger" { "Cancel run" }
                     }
                 }
-                @if let (true, true, Some(csrf)) = (awaiting, viewer.may_approve, &viewer.csrf) {
-                    form method="post" action={ "/runs/" (run.run_id) "/approve" } {
+                @if let (false, true, Some(csrf)) = (awaiting.is_empty(), viewer.may_approve, &viewer.csrf) {
+                    // Each job at the attempt shown: the verdict is for these alone, not for
+                    // what begins to wait after the page was loaded.
+                    form #approval .approval method="post" action={ "/runs/" (run.run_id) "/approve" } {
                         input type="hidden" name="csrf" value=(csrf);
+                        span.label { "Waiting:" }
+                        @for job in &awaiting {
+                            label.choice {
+                                input type="checkbox" name="job" value=(shown_job(job)) checked;
+                                " " (job.unit) " " small { (job.action.as_str()) ", attempt " (job.attempt) }
+                            }
+                        }
                         input type="text" name="reason" placeholder="Why?" required;
-                        button type="submit" name="verdict" value="approve" { "Approve waiting applies" }
-                        button type="submit" name="verdict" value="reject" class="danger" { "Reject" }
+                        button type="submit" name="verdict" value="approve" { "Approve chosen" }
+                        button type="submit" name="verdict" value="reject" class="danger" { "Reject chosen" }
+                        p #approval-stale .note hidden {}
                     }
                 }
             }
@@ -251,7 +262,8 @@ fn job_table(detail: &RunDetail) -> Markup {
             } }
             tbody {
                 @for job in &detail.jobs {
-                    tr id={ "job-" (job.job_id) } {
+                    tr id={ "job-" (job.job_id) }
+                        data-waiting=[(job.state == JobPhase::AwaitingApproval).then(|| shown_job(job))] {
                         td { a href={ "/jobs/" (job.job_id) } { (job.unit) } }
                         td { (job.account) }
                         td { (job.action.as_str()) }
@@ -269,6 +281,12 @@ fn job_table(detail: &RunDetail) -> Markup {
             }
         }
     }
+}
+
+/// How the approval form names a waiting job, and the job table marks one:
+/// `JOB_ID:ATTEMPT`.
+fn shown_job(job: &JobSummary) -> String {
+    format!("{}:{}", job.job_id, job.attempt)
 }
 
 /// `/jobs/<id>`: a job, and the viewer of its newest log.
@@ -507,6 +525,43 @@ mod tests {
         );
         assert!(html.contains(r#"name="csrf" value="token-123""#), "{html}");
         assert!(!html.contains("Approve"), "nothing waits for an approval");
+    }
+
+    /// The approval form names each waiting job at the attempt shown, and the live part
+    /// marks the waiting ones the same way, so the page can tell when more wait than its form
+    /// offers.
+    #[test]
+    fn the_approval_form_names_each_waiting_job_at_its_attempt() {
+        let mut detail = run_detail(&[
+            ("prod/db", "awaiting-approval"),
+            ("prod/app", "running"),
+            ("prod/web", "awaiting-approval"),
+        ]);
+        detail.jobs[2].attempt = 3;
+        let approver = Viewer {
+            user: Some("lead".into()),
+            may_approve: true,
+            csrf: Some("token-123".into()),
+            ..Viewer::default()
+        };
+        let html = run_page(&detail, &approver, &ForgeLinks::new(), 0);
+        let offered: Vec<&str> = html
+            .split(r#"name="job" value=""#)
+            .skip(1)
+            .map(|rest| &rest[..rest.find('"').unwrap()])
+            .collect();
+        let first = Uuid::from_u128(1);
+        let third = Uuid::from_u128(3);
+        assert_eq!(offered, [format!("{first}:1"), format!("{third}:3")]);
+        assert!(html.contains("Approve chosen"), "{html}");
+        let live = run_live(&detail, 0);
+        assert!(
+            live.contains(&format!(r#"data-waiting="{third}:3""#)),
+            "{live}"
+        );
+        assert_eq!(live.matches("data-waiting=").count(), 2, "{live}");
+        let read_only = run_page(&detail, &Viewer::default(), &ForgeLinks::new(), 0);
+        assert!(!read_only.contains(r#"name="job""#), "{read_only}");
     }
 
     #[test]

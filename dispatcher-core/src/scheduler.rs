@@ -109,6 +109,33 @@ pub struct Lease {
     pub reply_to: Option<String>,
 }
 
+/// Which of a run's waiting jobs an approver's verdict is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApprovalScope<'a> {
+    /// Every job of the run that waits (`pipelines approve RUN`).
+    Run,
+    /// The unit's (`pipelines approve RUN --unit U`).
+    Unit(&'a str),
+    /// These jobs, each at the attempt the approver saw waiting (the web page's choice). A job
+    /// that began to wait after the page was shown, or waits again on a later attempt, is not
+    /// among them: an approver answers only for what they saw.
+    Jobs(&'a [ShownJob]),
+}
+
+impl<'a> From<Option<&'a str>> for ApprovalScope<'a> {
+    /// The unit's jobs, or the whole run's.
+    fn from(unit: Option<&'a str>) -> Self {
+        unit.map_or(ApprovalScope::Run, ApprovalScope::Unit)
+    }
+}
+
+/// A job as an approver saw it waiting: its id and attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ShownJob {
+    pub job_id: Uuid,
+    pub attempt: u32,
+}
+
 /// An active job as the store writes it: its run, and where it stands in the run's jobs.
 #[derive(Debug, Clone, Copy)]
 pub struct JobAt<'a> {
@@ -938,17 +965,17 @@ impl Scheduler {
         effects
     }
 
-    /// An approver's verdict on a run's jobs awaiting approval: every one of them, or the one
-    /// of `unit`. Approved jobs wait for their dependencies as any job; rejected ones are
-    /// cancelled with the reason, and so are the jobs that need them. A job waiting because a
-    /// policy denied its plan is approved (its denies overridden) only when `overrides`: the
-    /// approver is one of `[approvals] users`, whom `override = "approvers"` names; others
-    /// leave it waiting. `Err` says why nothing matched.
+    /// An approver's verdict on the run's jobs awaiting approval that `scope` names. Approved
+    /// jobs wait for their dependencies as any job; rejected ones are cancelled with the
+    /// reason, and so are the jobs that need them. A job waiting because a policy denied its
+    /// plan is approved (its denies overridden) only when `overrides`: the approver is one of
+    /// `[approvals] users`, whom `override = "approvers"` names; others leave it waiting.
+    /// `Err` says why nothing matched.
     #[allow(clippy::too_many_arguments)] // Each is one fact of the order; a struct would only rename them.
     pub fn decide_approval(
         &mut self,
         run_id: Uuid,
-        unit: Option<&str>,
+        scope: ApprovalScope<'_>,
         verdict: ApprovalVerdict,
         by: &str,
         reason: &str,
@@ -962,23 +989,53 @@ impl Scheduler {
         let Some(run) = self.runs.get(&seq) else {
             return Err(format!("run {run_id} is not active"));
         };
-        let matching: Vec<usize> = (0..run.jobs.len())
-            .filter(|&i| unit.is_none_or(|unit| run.jobs[i].job.unit == unit))
-            .collect();
-        let awaiting: Vec<usize> = matching
-            .iter()
-            .copied()
-            .filter(|&i| run.jobs[i].state == UnitState::AwaitingApproval)
-            .collect();
+        let waits = |i: usize| run.jobs[i].state == UnitState::AwaitingApproval;
+        let awaiting: Vec<usize> = match scope {
+            ApprovalScope::Run => (0..run.jobs.len()).filter(|&i| waits(i)).collect(),
+            ApprovalScope::Unit(unit) => {
+                let matching: Vec<usize> = (0..run.jobs.len())
+                    .filter(|&i| run.jobs[i].job.unit == unit)
+                    .collect();
+                match matching.first() {
+                    None => return Err(format!("run {run_id} has no job for unit {unit:?}")),
+                    Some(&i) if !matching.iter().any(|&i| waits(i)) => {
+                        return Err(format!(
+                            "unit {unit:?} of run {run_id} is not awaiting approval (it is {})",
+                            run.jobs[i].state.as_str()
+                        ));
+                    }
+                    Some(_) => matching.into_iter().filter(|&i| waits(i)).collect(),
+                }
+            }
+            ApprovalScope::Jobs(shown) => {
+                let shown: HashMap<Uuid, u32> =
+                    shown.iter().map(|job| (job.job_id, job.attempt)).collect();
+                let chosen: Vec<usize> = (0..run.jobs.len())
+                    .filter(|&i| shown.contains_key(&run.jobs[i].job.job_id))
+                    .collect();
+                if chosen.is_empty() {
+                    return Err(format!("none of the chosen jobs is a job of run {run_id}"));
+                }
+                let still: Vec<usize> = chosen
+                    .iter()
+                    .copied()
+                    .filter(|&i| {
+                        waits(i)
+                            && shown.get(&run.jobs[i].job.job_id) == Some(&run.jobs[i].job.attempt)
+                    })
+                    .collect();
+                if still.is_empty() {
+                    return Err(format!(
+                        "none of the {} chosen job(s) of run {run_id} waits for approval any \
+                         more at the attempt shown; reload the run's page",
+                        chosen.len()
+                    ));
+                }
+                still
+            }
+        };
         if awaiting.is_empty() {
-            return Err(match (unit, matching.first()) {
-                (Some(unit), None) => format!("run {run_id} has no job for unit {unit:?}"),
-                (Some(unit), Some(&i)) => format!(
-                    "unit {unit:?} of run {run_id} is not awaiting approval (it is {})",
-                    run.jobs[i].state.as_str()
-                ),
-                (None, _) => format!("run {run_id} has no job awaiting approval"),
-            });
+            return Err(format!("run {run_id} has no job awaiting approval"));
         }
         let awaiting: Vec<usize> = match verdict {
             ApprovalVerdict::Approve if !overrides => awaiting
@@ -991,9 +1048,10 @@ impl Scheduler {
             return Err(format!(
                 "{} of run {run_id} waits because a policy denied its plan: only the approvers \
                  of approvals.users may override a policy, with `pipelines approve`",
-                match unit {
-                    Some(unit) => format!("unit {unit:?}"),
-                    None => "every job awaiting approval".to_owned(),
+                match scope {
+                    ApprovalScope::Unit(unit) => format!("unit {unit:?}"),
+                    ApprovalScope::Run => "every job awaiting approval".to_owned(),
+                    ApprovalScope::Jobs(_) => "every job chosen".to_owned(),
                 }
             ));
         }

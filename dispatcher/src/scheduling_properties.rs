@@ -425,7 +425,7 @@ impl World {
                 };
                 let Ok((jobs, effects)) = self.sim.scheduler.decide_approval(
                     run,
-                    unit.map(|u| POOL[u]),
+                    unit.map(|u| POOL[u]).into(),
                     verdict,
                     APPROVER,
                     "checked",

@@ -597,22 +597,24 @@ impl Dispatcher {
         );
         let _entered = span.enter();
         let known = self.known_run(order.run_id)?;
-        let decision = match order.action {
+        let decision = match &order.action {
             WebAction::Cancel => {
                 self.core
                     .decide_web_cancel(order.run_id, &order.user, &order.reason, known, now)
             }
-            WebAction::Approval(verdict) => {
+            WebAction::Approval { verdict, chosen } => {
                 let approval = ApprovalOrder {
                     run_id: order.run_id,
                     unit: None,
-                    verdict,
+                    verdict: *verdict,
                     reason: order.reason.clone(),
                     requested_by: crate::web::web_requester(&order.user),
                 };
-                let decision =
-                    self.core
-                        .decide_approval(&approval, Approver::Web(&order.user), known, now);
+                let approver = Approver::Web {
+                    user: &order.user,
+                    chosen,
+                };
+                let decision = self.core.decide_approval(&approval, approver, known, now);
                 self.count_approval(&approval, &decision);
                 decision
             }

@@ -29,6 +29,7 @@ use axum::routing::{get, post};
 use config::Config;
 use dispatcher_core::decide::Outcome;
 use dispatcher_core::pages::{self, ForgeLinks, LogEntry, RunsFilter, Viewer};
+use dispatcher_core::scheduler::ShownJob;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use proto_types::{ApprovalVerdict, EventKind, JobSummary, RunDetail};
 use serde::Deserialize;
@@ -163,17 +164,21 @@ impl Drop for WebOrders {
 }
 
 /// What a signed-in user asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WebAction {
     Cancel,
-    Approval(ApprovalVerdict),
+    /// A verdict on the waiting jobs the user chose, at the attempts their page showed.
+    Approval {
+        verdict: ApprovalVerdict,
+        chosen: Vec<ShownJob>,
+    },
 }
 
 impl WebAction {
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             WebAction::Cancel => "cancel",
-            WebAction::Approval(verdict) => verdict.as_str(),
+            WebAction::Approval { verdict, .. } => verdict.as_str(),
         }
     }
 }
@@ -403,10 +408,15 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
+/// A page. Never stored by a browser or a proxy: a signed-in user's page carries their form
+/// token, and a shared cache would hand it (and a run's state as it was) to the next reader.
 fn html(status: StatusCode, body: String) -> Response {
     (
         status,
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
         body,
     )
         .into_response()
@@ -1053,7 +1063,7 @@ impl Refusal {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 struct ActionForm {
     #[serde(default)]
     csrf: String,
@@ -1143,8 +1153,12 @@ async fn approve_run(
     State(web): State<Arc<Web>>,
     headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
-    Form(form): Form<ActionForm>,
+    Form(fields): Form<Vec<(String, String)>>,
 ) -> Response {
+    let (form, chosen) = match approval_form(fields) {
+        Ok(read) => read,
+        Err(why) => return refuse(StatusCode::BAD_REQUEST, &why, &web.viewer(None)),
+    };
     let verdict = match form.verdict.as_str() {
         "approve" => ApprovalVerdict::Approve,
         "reject" => ApprovalVerdict::Reject,
@@ -1163,12 +1177,53 @@ async fn approve_run(
             Err(response) => return response,
         };
     let reason = reason_or(&form.reason, "from the web page");
-    tracing::info!(%user, %run_id, verdict = verdict.as_str(), %reason, "Approval order from the web page.");
+    tracing::info!(%user, %run_id, verdict = verdict.as_str(), jobs = chosen.len(), %reason, "Approval order from the web page.");
     let answer = web
         .link
-        .order(run_id, &user, WebAction::Approval(verdict), reason)
+        .order(
+            run_id,
+            &user,
+            WebAction::Approval { verdict, chosen },
+            reason,
+        )
         .await;
     answered(run_id, answer)
+}
+
+/// An approval form's fields, and the jobs it names (`job=JOB_ID:ATTEMPT`, one field each, as
+/// the run's page lists the waiting jobs): at least one, each well-formed.
+fn approval_form(fields: Vec<(String, String)>) -> Result<(ActionForm, Vec<ShownJob>), String> {
+    let mut form = ActionForm::default();
+    let mut chosen = Vec::new();
+    for (name, value) in fields {
+        match name.as_str() {
+            "csrf" => form.csrf = value,
+            "reason" => form.reason = value,
+            "verdict" => form.verdict = value,
+            "job" => chosen.push(shown_job(&value).ok_or_else(|| {
+                format!(
+                    "Malformed job {:?}: JOB_ID:ATTEMPT, as the run's page lists it.",
+                    value.chars().take(80).collect::<String>()
+                )
+            })?),
+            _ => {}
+        }
+    }
+    if chosen.is_empty() {
+        return Err(
+            "Choose at least one waiting job (job=JOB_ID:ATTEMPT, as the run's page lists them)."
+                .into(),
+        );
+    }
+    Ok((form, chosen))
+}
+
+fn shown_job(value: &str) -> Option<ShownJob> {
+    let (job_id, attempt) = value.split_once(':')?;
+    Some(ShownJob {
+        job_id: Uuid::parse_str(job_id).ok()?,
+        attempt: attempt.parse().ok()?,
+    })
 }
 
 /// The answer to an action: back to the run's page when it was taken, else why not.
@@ -1201,6 +1256,58 @@ fn reason_or(reason: &str, default: &str) -> String {
 mod tests {
     use super::*;
     use crate::logs::LogEnd;
+
+    #[test]
+    fn pages_are_never_stored_by_a_browser_or_a_proxy() {
+        let page = html(StatusCode::OK, "<p>csrf</p>".into());
+        assert_eq!(page.headers()[header::CACHE_CONTROL], "no-store");
+        let refused = refuse(StatusCode::FORBIDDEN, "no", &Viewer::default());
+        assert_eq!(refused.headers()[header::CACHE_CONTROL], "no-store");
+    }
+
+    #[test]
+    fn approval_forms_name_their_jobs_and_a_form_naming_none_or_a_malformed_one_is_refused() {
+        let job_id = Uuid::from_u128(7);
+        let field = |name: &str, value: &str| (name.to_owned(), value.to_owned());
+        let (form, chosen) = approval_form(vec![
+            field("csrf", "t"),
+            field("verdict", "approve"),
+            field("job", &format!("{job_id}:2")),
+            field("reason", "CHG-1"),
+            field("job", &format!("{job_id}:3")),
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                form.csrf.as_str(),
+                form.verdict.as_str(),
+                form.reason.as_str()
+            ),
+            ("t", "approve", "CHG-1")
+        );
+        assert_eq!(
+            chosen,
+            [
+                ShownJob { job_id, attempt: 2 },
+                ShownJob { job_id, attempt: 3 }
+            ]
+        );
+        let none = approval_form(vec![field("verdict", "approve")]).unwrap_err();
+        assert!(none.contains("job=JOB_ID:ATTEMPT"), "{none}");
+        for bad in [
+            "7",
+            &format!("{job_id}"),
+            &format!("{job_id}:x"),
+            &format!("{job_id}:-1"),
+            "x:1",
+        ] {
+            let why = approval_form(vec![field("job", bad)]).unwrap_err();
+            assert!(
+                why.starts_with(&format!("Malformed job {bad:?}")),
+                "{bad}: {why}"
+            );
+        }
+    }
 
     #[test]
     fn log_states_follow_their_end_and_the_job() {

@@ -66,7 +66,7 @@ fn the_web_page_follows_runs_live_streams_logs_and_lets_only_signed_in_operators
         "web_address = \"127.0.0.1:0\"\nlease_seconds = 10\n\n\
          [web]\nproxy_header = \"X-Forwarded-User\"\nproxy_addresses = [\"192.0.2.1\"]\n\
          tokens = [{{ user = \"alice\", sha256 = \"{TOKEN_SHA256}\" }}]\noperators = [\"alice\"]\napprovers = [\"alice\"]\n\n\
-         [approvals]\nunits = [\"dev/gated\"]\n\n\
+         [approvals]\nunits = [\"dev/gated\", \"dev/gated-too\"]\n\n\
          [[credentials]]\nname = \"dev-apply\"\nprovider = \"command\"\n\
          command = [\"sh\", \"-c\", \"echo '{{\\\"env\\\": {{\\\"TF_VAR_secret\\\": \\\"{SECRET}\\\"}}}}'\"]\n"
     );
@@ -424,36 +424,79 @@ fn the_web_page_follows_runs_live_streams_logs_and_lets_only_signed_in_operators
         "the other worker's log is complete: {listed}"
     );
 
-    // A gated unit waits for an approval; alice approves it with her token (a script's way).
+    // Two gated units wait for an approval. alice answers for one from the page, unticking
+    // the other, and then for the other with her token (a script's way).
     let c4 = units.commit(
-        "c4: a gated unit",
+        "c4: two gated units",
         4,
-        &[("dev/gated", &[], Behaviour::Succeed { seconds: 0 })],
+        &[
+            ("dev/gated", &[], Behaviour::Succeed { seconds: 0 }),
+            ("dev/gated-too", &[], Behaviour::Succeed { seconds: 0 }),
+        ],
     );
     let gated = submit(&sandbox, &vhost, (&c3, &c4), "push", &[]);
-    poll_until(DEADLINE, "the gated job to wait for an approval", || {
-        status(&sandbox, gated)
-            .filter(|d| harness::runs::job(d, "dev/gated").state.as_str() == "awaiting-approval")
+    let waiting = poll_until(DEADLINE, "both gated jobs to wait for an approval", || {
+        status(&sandbox, gated).filter(|d| {
+            ["dev/gated", "dev/gated-too"]
+                .iter()
+                .all(|unit| harness::runs::job(d, unit).state.as_str() == "awaiting-approval")
+        })
     });
+    let shown = |unit: &str| {
+        let job = harness::runs::job(&waiting, unit);
+        format!("{}:{}", job.job_id, job.attempt)
+    };
+    browser.goto(&url(&format!("/runs/{gated}")));
+    browser.click(&format!(
+        "#approval input[name=job][value='{}']",
+        shown("dev/gated-too")
+    ));
+    browser.type_into("#approval input[name=reason]", "change window CHG-7");
+    browser.click("#approval button[value=approve]");
+    let first = poll_until(DEADLINE, "the ticked gated job to succeed", || {
+        status(&sandbox, gated)
+            .filter(|d| harness::runs::job(d, "dev/gated").state.as_str() == "succeeded")
+    });
+    assert_eq!(
+        harness::runs::job(&first, "dev/gated-too").state.as_str(),
+        "awaiting-approval",
+        "the unticked job still waits: {first:#?}"
+    );
     let bearer = format!("Bearer {TOKEN}");
+    let script = [
+        ("Content-Type", "application/x-www-form-urlencoded"),
+        ("Authorization", bearer.as_str()),
+    ];
     let (code, body) = process::http_request(
         &web,
         "POST",
         &format!("/runs/{gated}/approve"),
-        &[
-            ("Content-Type", "application/x-www-form-urlencoded"),
-            ("Authorization", &bearer),
-        ],
+        &script,
         "verdict=approve&reason=change+window+CHG-7",
+    )
+    .unwrap();
+    assert_eq!(code, 400, "an approval that names no job: {body}");
+    assert!(body.contains("job=JOB_ID:ATTEMPT"), "{body}");
+    let (code, body) = process::http_request(
+        &web,
+        "POST",
+        &format!("/runs/{gated}/approve"),
+        &script,
+        &format!(
+            "verdict=approve&reason=change+window+CHG-7&job={}",
+            shown("dev/gated-too")
+        ),
     )
     .unwrap();
     assert_eq!(code, 303, "{body}");
     let approved = wait_final(&sandbox, gated);
     assert_eq!(approved.run.state.as_str(), "succeeded", "{approved:#?}");
-    let gate = harness::runs::job(&approved, "dev/gated").approval.clone();
-    assert!(
-        format!("{gate:?}").contains("web:alice"),
-        "the approval names its web user: {gate:?}"
-    );
+    for unit in ["dev/gated", "dev/gated-too"] {
+        let gate = harness::runs::job(&approved, unit).approval.clone();
+        assert!(
+            format!("{gate:?}").contains("web:alice"),
+            "the approval names its web user: {gate:?}"
+        );
+    }
     deployment.assert_running();
 }

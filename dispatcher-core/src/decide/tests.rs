@@ -596,9 +596,14 @@ fn only_a_broker_approver_overrides_a_policy_and_a_web_approver_is_told_so() {
     );
     core.decide_job_event(&denied, None, None, None, 2);
 
+    let chosen = shown_waiting(&core, event.id);
+    assert_eq!(chosen.len(), 1);
     let by_web = core.decide_approval(
         &approval(event.id, ApprovalVerdict::Approve),
-        Approver::Web("lead@example.com"),
+        Approver::Web {
+            user: "lead@example.com",
+            chosen: &chosen,
+        },
         None,
         3,
     );
@@ -650,6 +655,11 @@ fn web_approvals_count_only_for_web_approvers_and_no_broker_user_speaks_for_the_
     let mut core = Core::restore(config, Vec::new(), 1, 0);
     let event = push_of(&["prod/app"]);
     core.decide_change(&event, None, &Identity::Absent, None, 0);
+    let chosen = shown_waiting(&core, event.id);
+    let web = |user| Approver::Web {
+        user,
+        chosen: &chosen,
+    };
     let order = |requested_by: &str| ApprovalOrder {
         requested_by: requested_by.into(),
         ..approval(event.id, ApprovalVerdict::Approve)
@@ -657,7 +667,7 @@ fn web_approvals_count_only_for_web_approvers_and_no_broker_user_speaks_for_the_
     // A signed-in user the configuration does not name as an approver: refused.
     let stranger = core.decide_approval(
         &order("web:intern@example.com"),
-        Approver::Web("intern@example.com"),
+        web("intern@example.com"),
         None,
         1,
     );
@@ -687,7 +697,7 @@ fn web_approvals_count_only_for_web_approvers_and_no_broker_user_speaks_for_the_
     // An operator is not an approver, and an approver is not an operator.
     let operator = core.decide_approval(
         &order("web:ops@example.com"),
-        Approver::Web("ops@example.com"),
+        web("ops@example.com"),
         None,
         1,
     );
@@ -706,7 +716,7 @@ fn web_approvals_count_only_for_web_approvers_and_no_broker_user_speaks_for_the_
 
     let approved = core.decide_approval(
         &order("web:lead@example.com"),
-        Approver::Web("lead@example.com"),
+        web("lead@example.com"),
         None,
         2,
     );
@@ -724,6 +734,20 @@ fn web_approvals_count_only_for_web_approvers_and_no_broker_user_speaks_for_the_
         "{:?}",
         cancelled.outcome
     );
+}
+
+/// What a run's page shows waiting: each of its jobs awaiting approval, at its attempt.
+fn shown_waiting(core: &Core, run_id: Uuid) -> Vec<ShownJob> {
+    core.run(run_id)
+        .expect("an active run")
+        .jobs
+        .iter()
+        .filter(|job| job.state == UnitState::AwaitingApproval)
+        .map(|job| ShownJob {
+            job_id: job.job.job_id,
+            attempt: job.job.attempt,
+        })
+        .collect()
 }
 
 fn push_of(units: &[&str]) -> ChangeEvent {

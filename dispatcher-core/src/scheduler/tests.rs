@@ -862,7 +862,7 @@ impl Sim {
         self.scheduler
             .decide_approval(
                 run_id,
-                unit,
+                unit.into(),
                 verdict,
                 APPROVER,
                 "looks right",
@@ -948,7 +948,7 @@ fn a_rejection_cancels_the_gated_job_and_its_dependents_with_the_reason() {
         .scheduler
         .decide_approval(
             run.0.id,
-            Some("db"),
+            ApprovalScope::Unit("db"),
             ApprovalVerdict::Reject,
             APPROVER,
             "not during the freeze",
@@ -1122,7 +1122,7 @@ fn an_approver_who_may_not_override_opens_gates_and_leaves_a_denied_job_waiting(
     let by_web = |sim: &mut Sim, unit: Option<&str>| {
         sim.scheduler.decide_approval(
             run.0.id,
-            unit,
+            unit.into(),
             ApprovalVerdict::Approve,
             "web:lead@example.com",
             "ship it",
@@ -1158,6 +1158,84 @@ fn an_approver_who_may_not_override_opens_gates_and_leaves_a_denied_job_waiting(
     assert_eq!(
         overridden.publish[0].policy_override.as_deref(),
         Some("alice: looks right")
+    );
+}
+
+/// The web page's approval is for the jobs its user chose, each at the attempt the page
+/// showed: a job left unchosen, or one that waits again on a later attempt, stays waiting.
+#[test]
+fn a_chosen_jobs_verdict_answers_for_those_jobs_at_the_attempts_shown_and_no_others() {
+    let mut sim = Sim::new();
+    let run = gated_push(&["app", "db", "web"], &[], &["app", "web"]);
+    let first = sim.accept(&run).publish;
+    assert_eq!(units(&first), ["db"]);
+    report(&mut sim, &first[0], &crate::testing::denied(true));
+    let shown = |sim: &Sim, unit: &str| {
+        let job = &sim.job(run.0.id, unit).job;
+        ShownJob {
+            job_id: job.job_id,
+            attempt: job.attempt,
+        }
+    };
+    // The page showed app, db and web waiting; its user chose app and db.
+    let chosen = [shown(&sim, "app"), shown(&sim, "db")];
+    // Meanwhile an approver of approvals.users overrode db, and its plan was denied again:
+    // it waits once more, on attempt 2, for denies the page never showed.
+    let again = sim
+        .approve(run.0.id, Some("db"), ApprovalVerdict::Approve)
+        .unwrap()
+        .publish;
+    report(&mut sim, &again[0], &crate::testing::denied(true));
+    assert_eq!(sim.state(run.0.id, "db"), UnitState::AwaitingApproval);
+    assert_eq!(sim.job(run.0.id, "db").job.attempt, 2);
+
+    let by_web = |sim: &mut Sim, chosen: &[ShownJob], verdict| {
+        sim.scheduler.decide_approval(
+            run.0.id,
+            ApprovalScope::Jobs(chosen),
+            verdict,
+            "web:lead@example.com",
+            "as shown",
+            false,
+            sim.now,
+        )
+    };
+    let stale = by_web(&mut sim, &chosen[1..], ApprovalVerdict::Reject).unwrap_err();
+    assert_eq!(
+        stale,
+        format!(
+            "none of the 1 chosen job(s) of run {} waits for approval any more at the attempt \
+             shown; reload the run's page",
+            run.0.id
+        )
+    );
+    assert_eq!(
+        sim.state(run.0.id, "db"),
+        UnitState::AwaitingApproval,
+        "a reject of attempt 1 is none of attempt 2"
+    );
+
+    let (approved, effects) = by_web(&mut sim, &chosen, ApprovalVerdict::Approve).unwrap();
+    assert_eq!(approved, 1);
+    assert_eq!(units(&effects.publish), ["app"]);
+    assert_eq!(
+        sim.state(run.0.id, "web"),
+        UnitState::AwaitingApproval,
+        "not chosen"
+    );
+    assert_eq!(
+        sim.state(run.0.id, "db"),
+        UnitState::AwaitingApproval,
+        "waits again, on an attempt the page did not show"
+    );
+
+    let elsewhere = ShownJob {
+        job_id: Uuid::new_v4(),
+        attempt: 1,
+    };
+    assert_eq!(
+        by_web(&mut sim, &[elsewhere], ApprovalVerdict::Approve).unwrap_err(),
+        format!("none of the chosen jobs is a job of run {}", run.0.id)
     );
 }
 

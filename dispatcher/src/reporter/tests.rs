@@ -847,7 +847,7 @@ async fn a_push_waiting_for_an_approval_says_so_on_the_merged_pull_request_then_
         .scheduler
         .decide_approval(
             event.id,
-            None,
+            dispatcher_core::scheduler::ApprovalScope::Run,
             proto_types::ApprovalVerdict::Approve,
             "alice",
             "CHG-1",

@@ -6,12 +6,28 @@ function followRun(live) {
   const source = new EventSource(live.dataset.events);
   source.addEventListener("update", (event) => {
     live.innerHTML = JSON.parse(event.data);
+    noteUnshownWaits(live);
   });
   source.addEventListener("end", () => {
     source.close();
     const actions = document.getElementById("actions");
     if (actions) actions.remove();
   });
+}
+
+// The approval form answers only for the jobs it was loaded with; says when more wait now.
+function noteUnshownWaits(live) {
+  const form = document.getElementById("approval");
+  const note = document.getElementById("approval-stale");
+  if (!form || !note) return;
+  const offered = new Set(
+    Array.from(form.querySelectorAll('input[name="job"]'), (input) => input.value),
+  );
+  const unshown = Array.from(live.querySelectorAll("tr[data-waiting]")).filter(
+    (row) => !offered.has(row.dataset.waiting),
+  ).length;
+  note.textContent = `${unshown} more job(s) wait since this page was loaded: reload it to answer for them.`;
+  note.hidden = unshown === 0;
 }
 
 // The most log text a page holds; older text is dropped from the top (the raw log has it).
