@@ -190,10 +190,12 @@ async fn renew(location: StoreLocation, clock: LeaseClock, lost: watch::Sender<O
     let (term, lease, lease_ms) = (clock.term, clock.lease, clock.lease_ms());
     // The connection lives in a blocking thread's hands while a renewal runs; a renewal that
     // does not answer within a third of the lease (a hung server, a partition that sends no
-    // reset) is abandoned with its connection, so the lease's end is noticed on time.
+    // reset) is abandoned with its connection, so the lease's end is noticed on time, and the
+    // next renewal opens another.
     let store: std::sync::Arc<std::sync::Mutex<Option<Store>>> = Default::default();
     let mut renewed = tokio::time::Instant::now();
     let mut asked = Instant::now();
+    let mut failing = false;
     loop {
         // A third of the lease after the last renewal was asked for (not after it came back):
         // a slow or abandoned one does not push the next one past the lease's end.
@@ -201,13 +203,15 @@ async fn renew(location: StoreLocation, clock: LeaseClock, lost: watch::Sender<O
         asked = Instant::now();
         let (held, location, holder) = (store.clone(), location.clone(), clock.holder.clone());
         let renewal = tokio::task::spawn_blocking(move || -> Result<bool, StoreError> {
-            let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
-            let connected = match held.take() {
+            // Taken out, not used under the lock: a renewal that hangs keeps its connection to
+            // itself, and the next one connects again instead of waiting for it.
+            let taken = held.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let connected = match taken {
                 Some(store) => store,
                 None => Store::connect(&location)?,
             };
             let still = connected.renew_lead(&holder, term, lease_ms)?;
-            *held = Some(connected);
+            *held.lock().unwrap_or_else(|e| e.into_inner()) = Some(connected);
             Ok(still)
         });
         let attempt = match tokio::time::timeout(lease / 3, renewal).await {
@@ -219,6 +223,9 @@ async fn renew(location: StoreLocation, clock: LeaseClock, lost: watch::Sender<O
             Ok(true) => {
                 renewed = tokio::time::Instant::now();
                 clock.renewed(asked);
+                if std::mem::take(&mut failing) {
+                    tracing::info!(term, "Renewed the lead again.");
+                }
             }
             Ok(false) => {
                 let _ = lost.send(Some(format!(
@@ -233,6 +240,7 @@ async fn renew(location: StoreLocation, clock: LeaseClock, lost: watch::Sender<O
                     )));
                     return;
                 }
+                failing = true;
                 tracing::warn!(error = %err, term, "Cannot renew the lead; trying again before the lease runs out.");
             }
         }

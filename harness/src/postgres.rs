@@ -106,6 +106,34 @@ impl PrivatePostgres {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// The processes serving the idle connections whose last statement matches `like` (SQL
+    /// `LIKE`), in any database of the server.
+    pub fn idle_backends(&self, like: &str) -> Vec<u32> {
+        let query = format!(
+            "SELECT pid FROM pg_stat_activity WHERE state = 'idle' AND query LIKE '{}'",
+            like.replace('\'', "''")
+        );
+        let (port, socket) = (self.port.to_string(), self.dir.display().to_string());
+        as_postgres(
+            "psql",
+            &[
+                "-h", &socket, "-p", &port, "-U", "postgres", "-d", "postgres", "-At", "-c", &query,
+            ],
+        )
+        .unwrap_or_else(|err| panic!("{err}"))
+        .lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .collect()
+    }
+
+    /// Freezes (`STOP`) or thaws (`CONT`) one process of the server: its connection stays open
+    /// and answers nothing, while others do.
+    pub fn signal_backend(&self, pid: u32, signal: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status();
+    }
+
     /// Freezes (`STOP`) or thaws (`CONT`) every process of the server: connections stay open
     /// and nothing answers, as in a partition that sends no reset.
     pub fn signal_all(&self, signal: &str) {

@@ -340,8 +340,9 @@ fn a_postgres_restart_mid_run_is_waited_out_and_the_run_completes() {
     assert!(!log.contains("steps down"), "{log}");
 }
 
-#[test]
-fn a_leader_whose_database_stops_answering_steps_down_within_its_lease() {
+/// A dispatcher leading with a short lease, and one worker, on a PostgreSQL server of the
+/// test's own (to freeze). Dropped in reverse: the deployment before the server.
+fn one_leader_on_a_private_server() -> (PrivatePostgres, Sandbox, Vhost, Deployment) {
     let server = PrivatePostgres::start();
     let sandbox = Sandbox::on_postgres_server(&server.url());
     let vhost = harness::rabbit::vhost();
@@ -350,10 +351,16 @@ fn a_leader_whose_database_stops_answering_steps_down_within_its_lease() {
         &[("dev", "dev/**")],
         &format!("leader_lease_seconds = {LEADER_LEASE_SECONDS}\n"),
     );
-    let mut deployment = Deployment::start(sandbox.path(), &config, &[("dev", 1)]);
+    let deployment = Deployment::start(sandbox.path(), &config, &[("dev", 1)]);
     poll_until(DEADLINE, "the dispatcher to lead", || {
         deployment.dispatcher_log().contains(LEADING).then_some(())
     });
+    (server, sandbox, vhost, deployment)
+}
+
+#[test]
+fn a_leader_whose_database_stops_answering_steps_down_within_its_lease() {
+    let (server, _sandbox, _vhost, mut deployment) = one_leader_on_a_private_server();
     // Every statement now waits for ever, on connections that stay open: without its own
     // deadline the renewal would too, and the leader would never learn that its lease ran out.
     server.signal_all("STOP");
@@ -371,6 +378,37 @@ fn a_leader_whose_database_stops_answering_steps_down_within_its_lease() {
         log.contains("ran out before it could be renewed") && log.contains("steps down"),
         "{log}"
     );
+}
+
+/// One connection that stops answering (its server process stuck, or a connection a
+/// middlebox dropped without a reset) costs the leader one renewal: the next is asked on a new
+/// connection, and the lead is kept. (Before, the next renewal waited for the stuck one's
+/// connection until the lease ran out, and a healthy database saw its leader step down.)
+#[test]
+fn a_leader_whose_renewal_connection_hangs_renews_on_another_and_keeps_the_lead() {
+    let (server, _sandbox, _vhost, mut deployment) = one_leader_on_a_private_server();
+    let renewals = "UPDATE dispatcher_leader%SET expires_at = clock_timestamp() +%";
+    let renewer = poll_until(
+        DEADLINE,
+        "the renewer's connection, between renewals",
+        || match server.idle_backends(renewals)[..] {
+            [pid] => Some(pid),
+            _ => None,
+        },
+    );
+    server.signal_backend(renewer, "STOP");
+    poll_until(DEADLINE, "a renewal on another connection", || {
+        let log = deployment.dispatcher_log();
+        assert!(!log.contains("steps down"), "{log}");
+        log.contains("Renewed the lead again.").then_some(())
+    });
+    server.signal_backend(renewer, "CONT");
+    let log = deployment.dispatcher_log();
+    assert!(
+        log.contains("Cannot renew the lead; trying again"),
+        "the stuck renewal was abandoned: {log}"
+    );
+    deployment.assert_running();
 }
 
 /// A leader paused past its lease may wake with workers' claims in its buffer, for jobs a new
