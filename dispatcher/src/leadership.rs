@@ -79,8 +79,13 @@ impl LeaseClock {
 
     /// The lease in milliseconds, as the database takes it.
     pub fn lease_ms(&self) -> u64 {
-        u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX)
+        in_ms(self.lease)
     }
+}
+
+/// A lease in milliseconds, as the database takes it.
+fn in_ms(lease: Duration) -> u64 {
+    u64::try_from(lease.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A name for this process among the dispatchers: host, pid and a random part, so that a
@@ -116,7 +121,7 @@ pub async fn lead(
     );
     ops.metrics.set(LEADER_METRIC, &[], 0.0);
     tokio::pin!(shutdown);
-    let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+    let lease_ms = in_ms(lease);
     let mut store: Option<Store> = None;
     let mut last_seen: Option<String> = None;
     loop {
@@ -211,7 +216,11 @@ async fn renew(location: StoreLocation, clock: LeaseClock, lost: watch::Sender<O
                 None => Store::connect(&location)?,
             };
             let still = connected.renew_lead(&holder, term, lease_ms)?;
-            *held.lock().unwrap_or_else(|e| e.into_inner()) = Some(connected);
+            // A renewal that comes back after a later one opened another connection drops its
+            // own: one kept is enough.
+            held.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(connected);
             Ok(still)
         });
         let attempt = match tokio::time::timeout(lease / 3, renewal).await {
@@ -290,7 +299,9 @@ impl Leadership {
             self.clock.holder.clone(),
             self.clock.term,
         );
-        // Stops the renewal first: a renewal after the resignation would take the lead back.
+        // Stops the renewal task first: a renewal after the resignation would take the lead
+        // back. (One already asked on a blocking thread may still land after it; the lease
+        // then ends a lease later, and a standby takes over as from a leader that stopped.)
         drop(self);
         let resigned = tokio::task::spawn_blocking(move || {
             Store::connect(&location).and_then(|store| store.resign(&holder, term))

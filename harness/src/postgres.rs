@@ -129,9 +129,11 @@ impl PrivatePostgres {
     /// Freezes (`STOP`) or thaws (`CONT`) one process of the server: its connection stays open
     /// and answers nothing, while others do.
     pub fn signal_backend(&self, pid: u32, signal: &str) {
-        let _ = Command::new("kill")
+        let sent = Command::new("kill")
             .args([&format!("-{signal}"), &pid.to_string()])
-            .status();
+            .status()
+            .is_ok_and(|status| status.success());
+        assert!(sent, "kill -{signal} {pid}: no such server process");
     }
 
     /// Freezes (`STOP`) or thaws (`CONT`) every process of the server: connections stay open

@@ -388,15 +388,24 @@ fn a_leader_whose_database_stops_answering_steps_down_within_its_lease() {
 fn a_leader_whose_renewal_connection_hangs_renews_on_another_and_keeps_the_lead() {
     let (server, _sandbox, _vhost, mut deployment) = one_leader_on_a_private_server();
     let renewals = "UPDATE dispatcher_leader%SET expires_at = clock_timestamp() +%";
+    // Frozen between two renewals: one frozen inside its UPDATE would hold the lease row's
+    // lock, on which every other connection waits. A frozen process cannot change the state
+    // it reported, so one still idle after the STOP holds nothing.
     let renewer = poll_until(
         DEADLINE,
-        "the renewer's connection, between renewals",
-        || match server.idle_backends(renewals)[..] {
-            [pid] => Some(pid),
-            _ => None,
+        "the renewer's connection, frozen while idle",
+        || {
+            let [pid] = server.idle_backends(renewals)[..] else {
+                return None;
+            };
+            server.signal_backend(pid, "STOP");
+            if server.idle_backends(renewals).contains(&pid) {
+                return Some(pid);
+            }
+            server.signal_backend(pid, "CONT");
+            None
         },
     );
-    server.signal_backend(renewer, "STOP");
     poll_until(DEADLINE, "a renewal on another connection", || {
         let log = deployment.dispatcher_log();
         assert!(!log.contains("steps down"), "{log}");
