@@ -8,11 +8,12 @@
 use std::collections::BTreeMap;
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
-use proto_types::{EventKind, JobPhase, JobSummary, RunDetail, RunPhase, RunSummary};
+use proto_types::{EventKind, JobSummary, RunDetail, RunPhase, RunSummary};
 use uuid::Uuid;
 
 use crate::graph;
 use crate::report::{policy_cell, utc};
+use crate::scheduler::ShownJob;
 use crate::status::duration;
 
 /// Who is looking, and what they may do: decides which buttons the page shows. (The server
@@ -185,10 +186,10 @@ pub fn runs_page(
 /// `/runs/<id>`: the run, whose live part updates while it goes on.
 pub fn run_page(detail: &RunDetail, viewer: &Viewer, links: &ForgeLinks, now: u64) -> String {
     let run = &detail.run;
-    let awaiting: Vec<&JobSummary> = detail
+    let awaiting: Vec<(&JobSummary, ShownJob)> = detail
         .jobs
         .iter()
-        .filter(|job| job.state == JobPhase::AwaitingApproval)
+        .filter_map(|job| Some((job, ShownJob::waiting(job)?)))
         .collect();
     let body = html! {
         h1 { "Run " code { (short_id(run.run_id)) } }
@@ -206,14 +207,14 @@ pub fn run_page(detail: &RunDetail, viewer: &Viewer, links: &ForgeLinks, now: u6
                     }
                 }
                 @if let (false, true, Some(csrf)) = (awaiting.is_empty(), viewer.may_approve, &viewer.csrf) {
-                    // Each job at the attempt shown: the verdict is for these alone, not for
-                    // what begins to wait after the page was loaded.
+                    // Each job in the wait shown: the verdict is for these alone, not for what
+                    // begins to wait after the page was loaded.
                     form #approval .approval method="post" action={ "/runs/" (run.run_id) "/approve" } {
                         input type="hidden" name="csrf" value=(csrf);
                         span.label { "Waiting:" }
-                        @for job in &awaiting {
+                        @for (job, wait) in &awaiting {
                             label.choice {
-                                input type="checkbox" name="job" value=(shown_job(job)) checked;
+                                input type="checkbox" name="job" value=(wait) checked;
                                 " " (job.unit) " " small { (job.action.as_str()) ", attempt " (job.attempt) }
                             }
                         }
@@ -263,7 +264,7 @@ fn job_table(detail: &RunDetail) -> Markup {
             tbody {
                 @for job in &detail.jobs {
                     tr id={ "job-" (job.job_id) }
-                        data-waiting=[(job.state == JobPhase::AwaitingApproval).then(|| shown_job(job))] {
+                        data-waiting=[ShownJob::waiting(job)] {
                         td { a href={ "/jobs/" (job.job_id) } { (job.unit) } }
                         td { (job.account) }
                         td { (job.action.as_str()) }
@@ -281,12 +282,6 @@ fn job_table(detail: &RunDetail) -> Markup {
             }
         }
     }
-}
-
-/// How the approval form names a waiting job, and the job table marks one:
-/// `JOB_ID:ATTEMPT`.
-fn shown_job(job: &JobSummary) -> String {
-    format!("{}:{}", job.job_id, job.attempt)
 }
 
 /// `/jobs/<id>`: a job, and the viewer of its newest log.
@@ -527,17 +522,25 @@ mod tests {
         assert!(!html.contains("Approve"), "nothing waits for an approval");
     }
 
-    /// The approval form names each waiting job at the attempt shown, and the live part
+    /// The approval form names each waiting job's wait (attempt, since when), and the live part
     /// marks the waiting ones the same way, so the page can tell when more wait than its form
     /// offers.
     #[test]
-    fn the_approval_form_names_each_waiting_job_at_its_attempt() {
+    fn the_approval_form_names_each_waiting_jobs_wait() {
         let mut detail = run_detail(&[
             ("prod/db", "awaiting-approval"),
             ("prod/app", "running"),
             ("prod/web", "awaiting-approval"),
         ]);
         detail.jobs[2].attempt = 3;
+        for (job, since_ms) in [(0, 5), (2, 9)] {
+            detail.jobs[job].approval = Some(proto_types::ApprovalGate::Waiting {
+                approvers: vec!["lead".into()],
+                since_ms,
+                expires_ms: 100,
+                policy_sets: Vec::new(),
+            });
+        }
         let approver = Viewer {
             user: Some("lead".into()),
             may_approve: true,
@@ -552,11 +555,11 @@ mod tests {
             .collect();
         let first = Uuid::from_u128(1);
         let third = Uuid::from_u128(3);
-        assert_eq!(offered, [format!("{first}:1"), format!("{third}:3")]);
+        assert_eq!(offered, [format!("{first}:1:5"), format!("{third}:3:9")]);
         assert!(html.contains("Approve chosen"), "{html}");
         let live = run_live(&detail, 0);
         assert!(
-            live.contains(&format!(r#"data-waiting="{third}:3""#)),
+            live.contains(&format!(r#"data-waiting="{third}:3:9""#)),
             "{live}"
         );
         assert_eq!(live.matches("data-waiting=").count(), 2, "{live}");

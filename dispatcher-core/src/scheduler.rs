@@ -19,13 +19,13 @@
 //!   approver approves it (then it waits for its dependencies as any job), rejects it, or the
 //!   approval timeout passes (both cancel it); a newer push of the same unit supersedes it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use proto_types::untrusted_text::tail;
 use proto_types::{
     Action, ApprovalGate, ApprovalVerdict, CancelJob, ChangeEvent, ClaimVerdict, DriftFindings,
-    EventKind, ExecutorRole, Job, JobOutcome, JobStatus, PolicyReport, ResourceCounts, RunState,
-    RunStatus, Trigger, UnitState, UnitStatus,
+    EventKind, ExecutorRole, Job, JobOutcome, JobPhase, JobStatus, JobSummary, PolicyReport,
+    ResourceCounts, RunState, RunStatus, Trigger, UnitState, UnitStatus,
 };
 use regex::Regex;
 use uuid::Uuid;
@@ -116,9 +116,10 @@ pub enum ApprovalScope<'a> {
     Run,
     /// The unit's (`pipelines approve RUN --unit U`).
     Unit(&'a str),
-    /// These jobs, each at the attempt the approver saw waiting (the web page's choice). A job
-    /// that began to wait after the page was shown, or waits again on a later attempt, is not
-    /// among them: an approver answers only for what they saw.
+    /// These jobs, each in the wait the approver's page showed (the web page's choice). A job
+    /// that began to wait after the page was loaded, or waits again since (its plan denied
+    /// after an approval, on the same attempt or a later one), is not among them: a stale
+    /// page answers for nothing it did not show.
     Jobs(&'a [ShownJob]),
 }
 
@@ -129,11 +130,69 @@ impl<'a> From<Option<&'a str>> for ApprovalScope<'a> {
     }
 }
 
-/// A job as an approver saw it waiting: its id and attempt.
+/// A job as an approver's page showed it waiting: its id, its attempt and when that wait
+/// began. The attempt alone does not tell two waits apart: approving a gate does not raise
+/// it, and the same attempt's plan may then be denied and wait again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ShownJob {
     pub job_id: Uuid,
     pub attempt: u32,
+    pub since_ms: u64,
+}
+
+impl ShownJob {
+    /// The wait `job` is in, if it waits for an approval.
+    pub fn waiting(job: &JobSummary) -> Option<ShownJob> {
+        match (&job.approval, job.state) {
+            (Some(ApprovalGate::Waiting { since_ms, .. }), JobPhase::AwaitingApproval) => {
+                Some(ShownJob {
+                    job_id: job.job_id,
+                    attempt: job.attempt,
+                    since_ms: *since_ms,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The wait an active job is in, if it waits for an approval.
+    pub fn current(job: &RunJob) -> Option<ShownJob> {
+        match (&job.approval, &job.state) {
+            (Some(ApprovalGate::Waiting { since_ms, .. }), UnitState::AwaitingApproval) => {
+                Some(ShownJob {
+                    job_id: job.job.job_id,
+                    attempt: job.job.attempt,
+                    since_ms: *since_ms,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// How a form names a wait: `JOB_ID:ATTEMPT:SINCE_MS`.
+impl std::fmt::Display for ShownJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.job_id, self.attempt, self.since_ms)
+    }
+}
+
+impl std::str::FromStr for ShownJob {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<ShownJob, ()> {
+        let mut parts = text.split(':');
+        let (Some(job_id), Some(attempt), Some(since_ms), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(());
+        };
+        Ok(ShownJob {
+            job_id: Uuid::parse_str(job_id).map_err(|_| ())?,
+            attempt: attempt.parse().map_err(|_| ())?,
+            since_ms: since_ms.parse().map_err(|_| ())?,
+        })
+    }
 }
 
 /// An active job as the store writes it: its run, and where it stands in the run's jobs.
@@ -998,36 +1057,35 @@ impl Scheduler {
                     .collect();
                 match matching.first() {
                     None => return Err(format!("run {run_id} has no job for unit {unit:?}")),
-                    Some(&i) if !matching.iter().any(|&i| waits(i)) => {
+                    Some(&first) if !matching.iter().any(|&i| waits(i)) => {
                         return Err(format!(
                             "unit {unit:?} of run {run_id} is not awaiting approval (it is {})",
-                            run.jobs[i].state.as_str()
+                            run.jobs[first].state.as_str()
                         ));
                     }
                     Some(_) => matching.into_iter().filter(|&i| waits(i)).collect(),
                 }
             }
             ApprovalScope::Jobs(shown) => {
-                let shown: HashMap<Uuid, u32> =
-                    shown.iter().map(|job| (job.job_id, job.attempt)).collect();
+                let ids: HashSet<Uuid> = shown.iter().map(|job| job.job_id).collect();
                 let chosen: Vec<usize> = (0..run.jobs.len())
-                    .filter(|&i| shown.contains_key(&run.jobs[i].job.job_id))
+                    .filter(|&i| ids.contains(&run.jobs[i].job.job_id))
                     .collect();
                 if chosen.is_empty() {
                     return Err(format!("none of the chosen jobs is a job of run {run_id}"));
                 }
+                let shown: HashSet<&ShownJob> = shown.iter().collect();
                 let still: Vec<usize> = chosen
                     .iter()
                     .copied()
                     .filter(|&i| {
-                        waits(i)
-                            && shown.get(&run.jobs[i].job.job_id) == Some(&run.jobs[i].job.attempt)
+                        ShownJob::current(&run.jobs[i]).is_some_and(|now| shown.contains(&now))
                     })
                     .collect();
                 if still.is_empty() {
                     return Err(format!(
-                        "none of the {} chosen job(s) of run {run_id} waits for approval any \
-                         more at the attempt shown; reload the run's page",
+                        "none of the {} chosen job(s) of run {run_id} is still in the wait the \
+                         page showed; reload the run's page",
                         chosen.len()
                     ));
                 }
@@ -1051,7 +1109,7 @@ impl Scheduler {
                 match scope {
                     ApprovalScope::Unit(unit) => format!("unit {unit:?}"),
                     ApprovalScope::Run => "every job awaiting approval".to_owned(),
-                    ApprovalScope::Jobs(_) => "every job chosen".to_owned(),
+                    ApprovalScope::Jobs(_) => "every chosen job".to_owned(),
                 }
             ));
         }

@@ -1155,10 +1155,13 @@ async fn approve_run(
     UrlPath(id): UrlPath<String>,
     Form(fields): Form<Vec<(String, String)>>,
 ) -> Response {
-    let (form, chosen) = match approval_form(fields) {
-        Ok(read) => read,
-        Err(why) => return refuse(StatusCode::BAD_REQUEST, &why, &web.viewer(None)),
-    };
+    let (form, jobs) = approval_fields(fields);
+    let allowed = |s: &config::WebSettings, user: &str| s.may_approve(user);
+    let (run_id, user) =
+        match action_on_run(&web, &headers, id, &form, allowed, "approve or reject").await {
+            Ok(found) => found,
+            Err(response) => return response,
+        };
     let verdict = match form.verdict.as_str() {
         "approve" => ApprovalVerdict::Approve,
         "reject" => ApprovalVerdict::Reject,
@@ -1170,12 +1173,10 @@ async fn approve_run(
             );
         }
     };
-    let allowed = |s: &config::WebSettings, user: &str| s.may_approve(user);
-    let (run_id, user) =
-        match action_on_run(&web, &headers, id, &form, allowed, "approve or reject").await {
-            Ok(found) => found,
-            Err(response) => return response,
-        };
+    let chosen = match chosen_waits(&jobs) {
+        Ok(chosen) => chosen,
+        Err(why) => return refuse(StatusCode::BAD_REQUEST, &why, &web.viewer(None)),
+    };
     let reason = reason_or(&form.reason, "from the web page");
     tracing::info!(%user, %run_id, verdict = verdict.as_str(), jobs = chosen.len(), %reason, "Approval order from the web page.");
     let answer = web
@@ -1190,40 +1191,51 @@ async fn approve_run(
     answered(run_id, answer)
 }
 
-/// An approval form's fields, and the jobs it names (`job=JOB_ID:ATTEMPT`, one field each, as
-/// the run's page lists the waiting jobs): at least one, each well-formed.
-fn approval_form(fields: Vec<(String, String)>) -> Result<(ActionForm, Vec<ShownJob>), String> {
+/// The most jobs one approval form may name (a run's page lists at most as many waiting).
+const MAX_CHOSEN: usize = 10_000;
+
+/// An approval form's fields, and the values of its `job` fields (one per ticked job).
+fn approval_fields(fields: Vec<(String, String)>) -> (ActionForm, Vec<String>) {
     let mut form = ActionForm::default();
-    let mut chosen = Vec::new();
+    let mut jobs = Vec::new();
     for (name, value) in fields {
         match name.as_str() {
             "csrf" => form.csrf = value,
             "reason" => form.reason = value,
             "verdict" => form.verdict = value,
-            "job" => chosen.push(shown_job(&value).ok_or_else(|| {
-                format!(
-                    "Malformed job {:?}: JOB_ID:ATTEMPT, as the run's page lists it.",
-                    value.chars().take(80).collect::<String>()
-                )
-            })?),
+            "job" => jobs.push(value),
             _ => {}
         }
     }
-    if chosen.is_empty() {
+    (form, jobs)
+}
+
+/// The waits an approval form names (`JOB_ID:ATTEMPT:SINCE_MS`, as the run's page writes
+/// them): at least one, at most [`MAX_CHOSEN`], each well-formed.
+fn chosen_waits(jobs: &[String]) -> Result<Vec<ShownJob>, String> {
+    if jobs.is_empty() {
         return Err(
-            "Choose at least one waiting job (job=JOB_ID:ATTEMPT, as the run's page lists them)."
+            "Choose at least one waiting job (job=JOB_ID:ATTEMPT:SINCE_MS, as the run's \
+                    page lists them)."
                 .into(),
         );
     }
-    Ok((form, chosen))
-}
-
-fn shown_job(value: &str) -> Option<ShownJob> {
-    let (job_id, attempt) = value.split_once(':')?;
-    Some(ShownJob {
-        job_id: Uuid::parse_str(job_id).ok()?,
-        attempt: attempt.parse().ok()?,
-    })
+    if jobs.len() > MAX_CHOSEN {
+        return Err(format!(
+            "An approval names at most {MAX_CHOSEN} jobs; this one names {}.",
+            jobs.len()
+        ));
+    }
+    jobs.iter()
+        .map(|value| {
+            value.parse().map_err(|()| {
+                format!(
+                    "Malformed job {:?}: JOB_ID:ATTEMPT:SINCE_MS, as the run's page lists it.",
+                    value.chars().take(80).collect::<String>()
+                )
+            })
+        })
+        .collect()
 }
 
 /// The answer to an action: back to the run's page when it was taken, else why not.
@@ -1266,17 +1278,20 @@ mod tests {
     }
 
     #[test]
-    fn approval_forms_name_their_jobs_and_a_form_naming_none_or_a_malformed_one_is_refused() {
-        let job_id = Uuid::from_u128(7);
+    fn approval_forms_name_their_waits_and_a_form_naming_none_or_a_malformed_one_is_refused() {
+        let wait = |attempt| ShownJob {
+            job_id: Uuid::from_u128(7),
+            attempt,
+            since_ms: 1_000,
+        };
         let field = |name: &str, value: &str| (name.to_owned(), value.to_owned());
-        let (form, chosen) = approval_form(vec![
+        let (form, jobs) = approval_fields(vec![
             field("csrf", "t"),
             field("verdict", "approve"),
-            field("job", &format!("{job_id}:2")),
+            field("job", &wait(2).to_string()),
             field("reason", "CHG-1"),
-            field("job", &format!("{job_id}:3")),
-        ])
-        .unwrap();
+            field("job", &wait(3).to_string()),
+        ]);
         assert_eq!(
             (
                 form.csrf.as_str(),
@@ -1285,23 +1300,18 @@ mod tests {
             ),
             ("t", "approve", "CHG-1")
         );
-        assert_eq!(
-            chosen,
-            [
-                ShownJob { job_id, attempt: 2 },
-                ShownJob { job_id, attempt: 3 }
-            ]
+        assert_eq!(chosen_waits(&jobs).unwrap(), [wait(2), wait(3)]);
+        let none = chosen_waits(&[]).unwrap_err();
+        assert!(none.contains("job=JOB_ID:ATTEMPT:SINCE_MS"), "{none}");
+        let too_many = vec![wait(1).to_string(); MAX_CHOSEN + 1];
+        assert!(
+            chosen_waits(&too_many)
+                .unwrap_err()
+                .contains("at most 10000")
         );
-        let none = approval_form(vec![field("verdict", "approve")]).unwrap_err();
-        assert!(none.contains("job=JOB_ID:ATTEMPT"), "{none}");
-        for bad in [
-            "7",
-            &format!("{job_id}"),
-            &format!("{job_id}:x"),
-            &format!("{job_id}:-1"),
-            "x:1",
-        ] {
-            let why = approval_form(vec![field("job", bad)]).unwrap_err();
+        let id = Uuid::from_u128(7);
+        for bad in ["7:1:1".to_owned(), format!("{id}:1"), format!("{id}:x:1")] {
+            let why = chosen_waits(std::slice::from_ref(&bad)).unwrap_err();
             assert!(
                 why.starts_with(&format!("Malformed job {bad:?}")),
                 "{bad}: {why}"

@@ -14,7 +14,7 @@ use harness::deployment::Deployment;
 use harness::process;
 use harness::runs::{DEADLINE, setup, status, submit, wait_final};
 use harness::{poll_until, poll_until_explained};
-use proto_types::RunDetail;
+use proto_types::{ApprovalGate, RunDetail};
 use uuid::Uuid;
 
 /// The token alice signs in with, and its SHA-256 as the configuration holds it.
@@ -442,9 +442,13 @@ fn the_web_page_follows_runs_live_streams_logs_and_lets_only_signed_in_operators
                 .all(|unit| harness::runs::job(d, unit).state.as_str() == "awaiting-approval")
         })
     });
+    // How the page names a wait: the job, its attempt, since when it waits.
     let shown = |unit: &str| {
         let job = harness::runs::job(&waiting, unit);
-        format!("{}:{}", job.job_id, job.attempt)
+        let Some(ApprovalGate::Waiting { since_ms, .. }) = &job.approval else {
+            panic!("{unit} waits for an approval: {job:#?}");
+        };
+        format!("{}:{}:{since_ms}", job.job_id, job.attempt)
     };
     browser.goto(&url(&format!("/runs/{gated}")));
     browser.click(&format!(
@@ -476,7 +480,7 @@ fn the_web_page_follows_runs_live_streams_logs_and_lets_only_signed_in_operators
     )
     .unwrap();
     assert_eq!(code, 400, "an approval that names no job: {body}");
-    assert!(body.contains("job=JOB_ID:ATTEMPT"), "{body}");
+    assert!(body.contains("job=JOB_ID:ATTEMPT:SINCE_MS"), "{body}");
     let (code, body) = process::http_request(
         &web,
         "POST",

@@ -736,17 +736,13 @@ fn web_approvals_count_only_for_web_approvers_and_no_broker_user_speaks_for_the_
     );
 }
 
-/// What a run's page shows waiting: each of its jobs awaiting approval, at its attempt.
+/// What a run's page shows waiting: each of its jobs awaiting approval, in its wait.
 fn shown_waiting(core: &Core, run_id: Uuid) -> Vec<ShownJob> {
     core.run(run_id)
         .expect("an active run")
         .jobs
         .iter()
-        .filter(|job| job.state == UnitState::AwaitingApproval)
-        .map(|job| ShownJob {
-            job_id: job.job.job_id,
-            attempt: job.job.attempt,
-        })
+        .filter_map(ShownJob::current)
         .collect()
 }
 

@@ -1161,82 +1161,106 @@ fn an_approver_who_may_not_override_opens_gates_and_leaves_a_denied_job_waiting(
     );
 }
 
-/// The web page's approval is for the jobs its user chose, each at the attempt the page
-/// showed: a job left unchosen, or one that waits again on a later attempt, stays waiting.
+/// The web page's approval is for the jobs its user chose, each in the wait the page showed:
+/// a job left unchosen stays waiting, and so does one that waits again since, although its
+/// attempt is the same (approving a gate does not raise it).
 #[test]
-fn a_chosen_jobs_verdict_answers_for_those_jobs_at_the_attempts_shown_and_no_others() {
+fn a_chosen_jobs_verdict_answers_for_those_waits_the_page_showed_and_no_others() {
     let mut sim = Sim::new();
-    let run = gated_push(&["app", "db", "web"], &[], &["app", "web"]);
-    let first = sim.accept(&run).publish;
-    assert_eq!(units(&first), ["db"]);
-    report(&mut sim, &first[0], &crate::testing::denied(true));
+    let run = gated_push(&["app", "dns", "web"], &[], &["app", "dns", "web"]);
+    assert!(sim.accept(&run).publish.is_empty(), "every apply is gated");
     let shown = |sim: &Sim, unit: &str| {
-        let job = &sim.job(run.0.id, unit).job;
+        let job = &sim.job(run.0.id, unit);
+        let Some(ApprovalGate::Waiting { since_ms, .. }) = job.approval else {
+            panic!("{unit} waits: {:?}", job.approval);
+        };
         ShownJob {
-            job_id: job.job_id,
-            attempt: job.attempt,
+            job_id: job.job.job_id,
+            attempt: job.job.attempt,
+            since_ms,
         }
     };
-    // The page showed app, db and web waiting; its user chose app and db.
-    let chosen = [shown(&sim, "app"), shown(&sim, "db")];
-    // Meanwhile an approver of approvals.users overrode db, and its plan was denied again:
-    // it waits once more, on attempt 2, for denies the page never showed.
-    let again = sim
-        .approve(run.0.id, Some("db"), ApprovalVerdict::Approve)
+    // The page showed the three waiting; its user ticked app and web.
+    let chosen = [shown(&sim, "app"), shown(&sim, "web")];
+    // Meanwhile an approver of approvals.users opened app's gate, and its plan was denied:
+    // it waits again, on the same attempt, for denies the page never showed.
+    sim.now += 1_000;
+    let opened = sim
+        .approve(run.0.id, Some("app"), ApprovalVerdict::Approve)
         .unwrap()
         .publish;
-    report(&mut sim, &again[0], &crate::testing::denied(true));
-    assert_eq!(sim.state(run.0.id, "db"), UnitState::AwaitingApproval);
-    assert_eq!(sim.job(run.0.id, "db").job.attempt, 2);
+    report(&mut sim, &opened[0], &crate::testing::denied(true));
+    assert_eq!(sim.state(run.0.id, "app"), UnitState::AwaitingApproval);
+    assert_eq!(sim.job(run.0.id, "app").job.attempt, chosen[0].attempt);
+    assert_ne!(shown(&sim, "app"), chosen[0]);
 
-    let by_web = |sim: &mut Sim, chosen: &[ShownJob], verdict| {
+    let by_web = |sim: &mut Sim, chosen: &[ShownJob], verdict, overrides| {
         sim.scheduler.decide_approval(
             run.0.id,
             ApprovalScope::Jobs(chosen),
             verdict,
             "web:lead@example.com",
             "as shown",
-            false,
+            overrides,
             sim.now,
         )
     };
-    let stale = by_web(&mut sim, &chosen[1..], ApprovalVerdict::Reject).unwrap_err();
-    assert_eq!(
-        stale,
-        format!(
-            "none of the 1 chosen job(s) of run {} waits for approval any more at the attempt \
-             shown; reload the run's page",
-            run.0.id
-        )
+    let stale = format!(
+        "none of the 1 chosen job(s) of run {} is still in the wait the page showed; reload \
+         the run's page",
+        run.0.id
     );
-    assert_eq!(
-        sim.state(run.0.id, "db"),
-        UnitState::AwaitingApproval,
-        "a reject of attempt 1 is none of attempt 2"
-    );
+    for verdict in [ApprovalVerdict::Reject, ApprovalVerdict::Approve] {
+        // Even from an approver who may override: the wait is not the one shown.
+        let refused = by_web(&mut sim, &chosen[..1], verdict, true).unwrap_err();
+        assert_eq!(refused, stale, "{verdict:?}");
+        assert_eq!(sim.state(run.0.id, "app"), UnitState::AwaitingApproval);
+    }
 
-    let (approved, effects) = by_web(&mut sim, &chosen, ApprovalVerdict::Approve).unwrap();
-    assert_eq!(approved, 1);
-    assert_eq!(units(&effects.publish), ["app"]);
+    let (approved, effects) = by_web(
+        &mut sim,
+        &[chosen[0], chosen[1], chosen[1]],
+        ApprovalVerdict::Approve,
+        true,
+    )
+    .unwrap();
+    assert_eq!(approved, 1, "web alone, once");
+    assert_eq!(units(&effects.publish), ["web"]);
     assert_eq!(
-        sim.state(run.0.id, "web"),
+        sim.state(run.0.id, "dns"),
         UnitState::AwaitingApproval,
         "not chosen"
     );
-    assert_eq!(
-        sim.state(run.0.id, "db"),
-        UnitState::AwaitingApproval,
-        "waits again, on an attempt the page did not show"
-    );
+    assert_eq!(sim.state(run.0.id, "app"), UnitState::AwaitingApproval);
 
     let elsewhere = ShownJob {
         job_id: Uuid::new_v4(),
-        attempt: 1,
+        ..chosen[1]
     };
     assert_eq!(
-        by_web(&mut sim, &[elsewhere], ApprovalVerdict::Approve).unwrap_err(),
+        by_web(&mut sim, &[elsewhere], ApprovalVerdict::Approve, true).unwrap_err(),
         format!("none of the chosen jobs is a job of run {}", run.0.id)
     );
+}
+
+#[test]
+fn a_shown_wait_reads_back_as_it_is_written() {
+    let wait = ShownJob {
+        job_id: Uuid::from_u128(7),
+        attempt: 2,
+        since_ms: 1_700_000_000_123,
+    };
+    assert_eq!(wait.to_string().parse(), Ok(wait));
+    for bad in [
+        "",
+        "7:1:1",
+        "00000000-0000-0000-0000-000000000007:1",
+        "00000000-0000-0000-0000-000000000007:x:1",
+        "00000000-0000-0000-0000-000000000007:1:1:1",
+        "00000000-0000-0000-0000-000000000007:-1:1",
+    ] {
+        assert_eq!(bad.parse::<ShownJob>(), Err(()), "{bad}");
+    }
 }
 
 #[test]
