@@ -167,7 +167,7 @@ impl Drop for WebOrders {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WebAction {
     Cancel,
-    /// A verdict on the waiting jobs the user chose, at the attempts their page showed.
+    /// A verdict on the waiting jobs the user chose, each in the wait their page showed.
     Approval {
         verdict: ApprovalVerdict,
         chosen: Vec<ShownJob>,
